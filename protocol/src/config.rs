@@ -1,0 +1,153 @@
+//! Local configuration and the settings both peers announce in the handshake.
+
+use std::time::Duration;
+
+use crate::frame::{DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_LIMIT, MAX_WINDOW};
+use crate::proto;
+
+/// The protocol version this crate implements.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Defaults applied when a peer announces 0 for a setting (PROTOCOL.md, "Settings").
+pub mod defaults {
+    use std::time::Duration;
+    pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+    pub const INITIAL_STREAM_WINDOW: u32 = 1024 * 1024;
+    pub const INITIAL_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+    pub const MAX_FRAME_SIZE: u32 = super::DEFAULT_MAX_FRAME_SIZE;
+    pub const MAX_HEADER_SIZE: u32 = 64 * 1024;
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+    pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+}
+
+/// Limits one side is willing to receive, with defaults resolved (never zero).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// How many streams the *peer* may have open towards us at once.
+    pub max_concurrent_streams: u32,
+    /// Initial per-stream receive window.
+    pub initial_stream_window: u32,
+    /// Initial connection receive window.
+    pub initial_connection_window: u32,
+    /// Largest frame payload we accept.
+    pub max_frame_size: u32,
+    /// Largest REQUEST/RESPONSE/TRAILER payload we accept.
+    pub max_header_size: u32,
+    /// We close the connection after this much silence from the peer.
+    pub idle_timeout: Duration,
+    /// We PING after this much silence from the peer.
+    pub keepalive_interval: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_concurrent_streams: defaults::MAX_CONCURRENT_STREAMS,
+            initial_stream_window: defaults::INITIAL_STREAM_WINDOW,
+            initial_connection_window: defaults::INITIAL_CONNECTION_WINDOW,
+            max_frame_size: defaults::MAX_FRAME_SIZE,
+            max_header_size: defaults::MAX_HEADER_SIZE,
+            idle_timeout: defaults::IDLE_TIMEOUT,
+            keepalive_interval: defaults::KEEPALIVE_INTERVAL,
+        }
+    }
+}
+
+fn or_default(v: u32, d: u32) -> u32 {
+    if v == 0 { d } else { v }
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+impl Settings {
+    /// Resolves a received settings message: zero means default; out-of-range values are errors.
+    pub fn from_wire(s: Option<&proto::Settings>) -> Result<Settings, String> {
+        let d = Settings::default();
+        let Some(s) = s else { return Ok(d) };
+        let out = Settings {
+            max_concurrent_streams: or_default(s.max_concurrent_streams, d.max_concurrent_streams),
+            initial_stream_window: or_default(s.initial_stream_window, d.initial_stream_window),
+            initial_connection_window: or_default(
+                s.initial_connection_window,
+                d.initial_connection_window,
+            ),
+            max_frame_size: or_default(s.max_frame_size, d.max_frame_size),
+            max_header_size: or_default(s.max_header_size, d.max_header_size),
+            idle_timeout: if s.idle_timeout_ms == 0 {
+                d.idle_timeout
+            } else {
+                Duration::from_millis(s.idle_timeout_ms.into())
+            },
+            keepalive_interval: if s.keepalive_interval_ms == 0 {
+                d.keepalive_interval
+            } else {
+                Duration::from_millis(s.keepalive_interval_ms.into())
+            },
+        };
+        out.validate()?;
+        Ok(out)
+    }
+
+    /// Checks the ranges PROTOCOL.md allows.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(DEFAULT_MAX_FRAME_SIZE..=MAX_FRAME_SIZE_LIMIT).contains(&self.max_frame_size) {
+            return Err(format!(
+                "max_frame_size {} outside {DEFAULT_MAX_FRAME_SIZE}..={MAX_FRAME_SIZE_LIMIT}",
+                self.max_frame_size
+            ));
+        }
+        if self.initial_stream_window > MAX_WINDOW || self.initial_connection_window > MAX_WINDOW
+        {
+            return Err("window above 2^31-1".into());
+        }
+        if self.max_header_size < 1024 || self.max_header_size > MAX_FRAME_SIZE_LIMIT {
+            return Err(format!(
+                "max_header_size {} outside 1024..={MAX_FRAME_SIZE_LIMIT}",
+                self.max_header_size
+            ));
+        }
+        Ok(())
+    }
+
+    /// The message announcing these settings.
+    pub fn to_wire(&self) -> proto::Settings {
+        proto::Settings {
+            max_concurrent_streams: self.max_concurrent_streams,
+            initial_stream_window: self.initial_stream_window,
+            initial_connection_window: self.initial_connection_window,
+            max_frame_size: self.max_frame_size,
+            max_header_size: self.max_header_size,
+            idle_timeout_ms: millis(self.idle_timeout),
+            keepalive_interval_ms: millis(self.keepalive_interval),
+        }
+    }
+}
+
+/// Everything a [`crate::Connection`] needs besides its role.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// What we announce and enforce.
+    pub settings: Settings,
+    /// Inclusive range of versions we speak.
+    pub min_version: u32,
+    pub max_version: u32,
+    /// The handshake must complete within this time.
+    pub handshake_timeout: Duration,
+    /// Upper bound of one buffer returned by `poll_transmit`.
+    pub max_transmit: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            settings: Settings::default(),
+            min_version: PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            handshake_timeout: defaults::HANDSHAKE_TIMEOUT,
+            max_transmit: 256 * 1024,
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! The connection's timers. All deadlines are absolute `Instant`s computed from the `now` the driver
+//! passes in; the connection never reads a clock.
+
+use std::time::Instant;
+
+/// Which deadline fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Timer {
+    /// The handshake did not finish in time.
+    Handshake,
+    /// Nothing was received for the keepalive interval: send a PING.
+    Keepalive,
+    /// Nothing was received for the idle timeout: close.
+    Idle,
+}
+
+/// One optional deadline per [`Timer`].
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Timers {
+    pub(crate) handshake: Option<Instant>,
+    pub(crate) keepalive: Option<Instant>,
+    pub(crate) idle: Option<Instant>,
+}
+
+impl Timers {
+    /// The earliest armed deadline.
+    pub(crate) fn next(&self) -> Option<Instant> {
+        [self.handshake, self.keepalive, self.idle]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Disarms and returns the timers that expired at `now`, earliest first.
+    pub(crate) fn expired(&mut self, now: Instant) -> Vec<Timer> {
+        let mut fired: Vec<(Instant, Timer)> = Vec::new();
+        for (slot, t) in [
+            (&mut self.handshake, Timer::Handshake),
+            (&mut self.idle, Timer::Idle),
+            (&mut self.keepalive, Timer::Keepalive),
+        ] {
+            if let Some(at) = *slot {
+                if at <= now {
+                    *slot = None;
+                    fired.push((at, t));
+                }
+            }
+        }
+        fired.sort_by_key(|(at, _)| *at);
+        fired.into_iter().map(|(_, t)| t).collect()
+    }
+}

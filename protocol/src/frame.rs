@@ -1,0 +1,645 @@
+//! The frame codec: the 9-byte header, every frame type, and strict validation.
+//!
+//! ```text
+//!  0                   1                   2                   3
+//!  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+//! +-----------------------------------------------+---------------+
+//! |                 Length (24)                   |   Type (8)    |
+//! +---------------+-------------------------------+---------------+
+//! |   Flags (8)   |R|             Stream Identifier (31)          |
+//! +---------------+-+---------------------------------------------+
+//! |                   Payload (Length octets) ...                 |
+//! +---------------------------------------------------------------+
+//! ```
+//!
+//! All integers are big-endian. `R` is reserved and must be zero. Decoding works on a growing buffer
+//! ([`Decoder::decode`]) so input may arrive split at any byte boundary; DATA payloads are handed out as
+//! zero-copy slices of the input ([`Bytes`]). Every malformed input yields a [`FrameError`] with the
+//! [`ErrorCode`] the connection closes with; the decoder never panics.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::Message;
+
+use crate::error::FrameError;
+use crate::proto;
+
+/// Size of the fixed frame header in bytes.
+pub const HEADER_LEN: usize = 9;
+/// Smallest maximum frame payload a peer may announce, and the default.
+pub const DEFAULT_MAX_FRAME_SIZE: u32 = 16 * 1024;
+/// Largest maximum frame payload a peer may announce (2^24 - 1).
+pub const MAX_FRAME_SIZE_LIMIT: u32 = (1 << 24) - 1;
+/// Largest payload of a handshake frame (HELLO, ACCEPT, REJECT), whatever the settings say.
+pub const MAX_HANDSHAKE_PAYLOAD: u32 = 64 * 1024;
+/// Largest window increment (2^31 - 1), also the largest window.
+pub const MAX_WINDOW: u32 = (1 << 31) - 1;
+/// The 8 octets an agent sends before its first frame.
+pub const PREFACE: &[u8; 8] = b"\x89AGTUN\r\n";
+
+/// Flag on DATA, REQUEST and RESPONSE: the sender's direction of the stream ends with this frame.
+pub const FLAG_END_STREAM: u8 = 0x1;
+/// Flag on PING: this is the answer to a PING.
+pub const FLAG_ACK: u8 = 0x1;
+
+/// A stream identifier (31 bits). 0 is the connection itself.
+///
+/// Agent-initiated streams are odd, server-initiated streams are even (and non-zero).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId(pub u32);
+
+impl StreamId {
+    /// The connection-level pseudo stream.
+    pub const CONNECTION: StreamId = StreamId(0);
+
+    /// Whether the stream was opened by the agent (odd ids).
+    pub fn is_agent_initiated(self) -> bool {
+        self.0 % 2 == 1
+    }
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Wire code of each frame type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameType {
+    Data = 0x0,
+    Request = 0x1,
+    Response = 0x2,
+    Trailer = 0x3,
+    Reset = 0x4,
+    WindowUpdate = 0x5,
+    Ping = 0x6,
+    GoAway = 0x7,
+    Hello = 0x8,
+    Accept = 0x9,
+    Reject = 0xA,
+}
+
+impl FrameType {
+    /// Maps a wire code to a known type; `None` for types this version does not know (ignored by receivers).
+    pub fn from_code(code: u8) -> Option<FrameType> {
+        Some(match code {
+            0x0 => FrameType::Data,
+            0x1 => FrameType::Request,
+            0x2 => FrameType::Response,
+            0x3 => FrameType::Trailer,
+            0x4 => FrameType::Reset,
+            0x5 => FrameType::WindowUpdate,
+            0x6 => FrameType::Ping,
+            0x7 => FrameType::GoAway,
+            0x8 => FrameType::Hello,
+            0x9 => FrameType::Accept,
+            0xA => FrameType::Reject,
+            _ => return None,
+        })
+    }
+
+    /// Flag bits legal on this type; any other bit set is [`FrameError::BadFlags`].
+    pub fn allowed_flags(self) -> u8 {
+        match self {
+            FrameType::Data | FrameType::Request | FrameType::Response => FLAG_END_STREAM,
+            FrameType::Ping => FLAG_ACK,
+            _ => 0,
+        }
+    }
+
+    /// Where the type may appear.
+    pub fn scope(self) -> Scope {
+        match self {
+            FrameType::Data
+            | FrameType::Request
+            | FrameType::Response
+            | FrameType::Trailer
+            | FrameType::Reset => Scope::Stream,
+            FrameType::WindowUpdate => Scope::Any,
+            FrameType::Ping
+            | FrameType::GoAway
+            | FrameType::Hello
+            | FrameType::Accept
+            | FrameType::Reject => Scope::Connection,
+        }
+    }
+}
+
+/// Which stream ids a frame type may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Only stream 0.
+    Connection,
+    /// Only non-zero streams.
+    Stream,
+    /// Either.
+    Any,
+}
+
+/// The fixed header of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub length: u32,
+    pub kind: u8,
+    pub flags: u8,
+    pub stream: StreamId,
+}
+
+impl Header {
+    /// Parses the 9 header octets. Fails only on the reserved bit.
+    pub fn parse(b: &[u8; HEADER_LEN]) -> Result<Header, FrameError> {
+        let length = u32::from_be_bytes([0, b[0], b[1], b[2]]);
+        let raw_id = u32::from_be_bytes([b[5], b[6], b[7], b[8]]);
+        if raw_id & 0x8000_0000 != 0 {
+            return Err(FrameError::ReservedBit);
+        }
+        Ok(Header {
+            length,
+            kind: b[3],
+            flags: b[4],
+            stream: StreamId(raw_id),
+        })
+    }
+
+    fn write(&self, out: &mut BytesMut) {
+        debug_assert!(self.length <= MAX_FRAME_SIZE_LIMIT);
+        debug_assert!(self.stream.0 & 0x8000_0000 == 0);
+        out.put_slice(&self.length.to_be_bytes()[1..]);
+        out.put_u8(self.kind);
+        out.put_u8(self.flags);
+        out.put_u32(self.stream.0);
+    }
+}
+
+/// A decoded frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    Data {
+        stream: StreamId,
+        data: Bytes,
+        end_stream: bool,
+    },
+    Request {
+        stream: StreamId,
+        head: proto::RequestHead,
+        end_stream: bool,
+    },
+    Response {
+        stream: StreamId,
+        head: proto::ResponseHead,
+        end_stream: bool,
+    },
+    Trailer {
+        stream: StreamId,
+        trailer: proto::Trailer,
+    },
+    Reset {
+        stream: StreamId,
+        reset: proto::Reset,
+    },
+    WindowUpdate {
+        stream: StreamId,
+        increment: u32,
+    },
+    Ping {
+        ack: bool,
+        payload: [u8; 8],
+    },
+    GoAway(proto::GoAway),
+    Hello(proto::Hello),
+    Accept(proto::Accept),
+    Reject(proto::Reject),
+    /// A frame type this version does not know. Receivers ignore it (extension rule).
+    Unknown {
+        kind: u8,
+        flags: u8,
+        stream: StreamId,
+        payload: Bytes,
+    },
+}
+
+impl Frame {
+    /// The stream the frame belongs to (0 for connection frames).
+    pub fn stream(&self) -> StreamId {
+        match self {
+            Frame::Data { stream, .. }
+            | Frame::Request { stream, .. }
+            | Frame::Response { stream, .. }
+            | Frame::Trailer { stream, .. }
+            | Frame::Reset { stream, .. }
+            | Frame::WindowUpdate { stream, .. }
+            | Frame::Unknown { stream, .. } => *stream,
+            Frame::Ping { .. }
+            | Frame::GoAway(_)
+            | Frame::Hello(_)
+            | Frame::Accept(_)
+            | Frame::Reject(_) => StreamId::CONNECTION,
+        }
+    }
+
+    /// The frame's type code.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Frame::Data { .. } => FrameType::Data as u8,
+            Frame::Request { .. } => FrameType::Request as u8,
+            Frame::Response { .. } => FrameType::Response as u8,
+            Frame::Trailer { .. } => FrameType::Trailer as u8,
+            Frame::Reset { .. } => FrameType::Reset as u8,
+            Frame::WindowUpdate { .. } => FrameType::WindowUpdate as u8,
+            Frame::Ping { .. } => FrameType::Ping as u8,
+            Frame::GoAway(_) => FrameType::GoAway as u8,
+            Frame::Hello(_) => FrameType::Hello as u8,
+            Frame::Accept(_) => FrameType::Accept as u8,
+            Frame::Reject(_) => FrameType::Reject as u8,
+            Frame::Unknown { kind, .. } => *kind,
+        }
+    }
+
+    /// Encoded payload length, without the header.
+    pub fn payload_len(&self) -> usize {
+        match self {
+            Frame::Data { data, .. } => data.len(),
+            Frame::Request { head, .. } => head.encoded_len(),
+            Frame::Response { head, .. } => head.encoded_len(),
+            Frame::Trailer { trailer, .. } => trailer.encoded_len(),
+            Frame::Reset { reset, .. } => reset.encoded_len(),
+            Frame::WindowUpdate { .. } => 4,
+            Frame::Ping { .. } => 8,
+            Frame::GoAway(m) => m.encoded_len(),
+            Frame::Hello(m) => m.encoded_len(),
+            Frame::Accept(m) => m.encoded_len(),
+            Frame::Reject(m) => m.encoded_len(),
+            Frame::Unknown { payload, .. } => payload.len(),
+        }
+    }
+
+    /// Appends the encoded frame to `out`.
+    ///
+    /// The caller guarantees the payload fits the peer's maximum frame size (the connection splits DATA
+    /// and checks heads before calling); a payload above [`MAX_FRAME_SIZE_LIMIT`] is a bug.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let len = self.payload_len();
+        debug_assert!(len <= MAX_FRAME_SIZE_LIMIT as usize, "frame payload too large");
+        let flags = match self {
+            Frame::Data { end_stream, .. }
+            | Frame::Request { end_stream, .. }
+            | Frame::Response { end_stream, .. } => {
+                if *end_stream {
+                    FLAG_END_STREAM
+                } else {
+                    0
+                }
+            }
+            Frame::Ping { ack, .. } => {
+                if *ack {
+                    FLAG_ACK
+                } else {
+                    0
+                }
+            }
+            Frame::Unknown { flags, .. } => *flags,
+            _ => 0,
+        };
+        out.reserve(HEADER_LEN + len);
+        Header {
+            length: len as u32,
+            kind: self.kind(),
+            flags,
+            stream: self.stream(),
+        }
+        .write(out);
+        match self {
+            Frame::Data { data, .. } => out.put_slice(data),
+            Frame::Request { head, .. } => encode_msg(head, out),
+            Frame::Response { head, .. } => encode_msg(head, out),
+            Frame::Trailer { trailer, .. } => encode_msg(trailer, out),
+            Frame::Reset { reset, .. } => encode_msg(reset, out),
+            Frame::WindowUpdate { increment, .. } => out.put_u32(*increment),
+            Frame::Ping { payload, .. } => out.put_slice(payload),
+            Frame::GoAway(m) => encode_msg(m, out),
+            Frame::Hello(m) => encode_msg(m, out),
+            Frame::Accept(m) => encode_msg(m, out),
+            Frame::Reject(m) => encode_msg(m, out),
+            Frame::Unknown { payload, .. } => out.put_slice(payload),
+        }
+    }
+
+    /// Encodes into a fresh buffer.
+    pub fn to_bytes(&self) -> Bytes {
+        let mut b = BytesMut::new();
+        self.encode(&mut b);
+        b.freeze()
+    }
+}
+
+/// Appends the header of a DATA frame; the caller appends `len` payload octets right after.
+///
+/// This is how the connection writes DATA without building a [`Frame`] first.
+pub fn encode_data_header(stream: StreamId, len: usize, end_stream: bool, out: &mut BytesMut) {
+    Header {
+        length: len as u32,
+        kind: FrameType::Data as u8,
+        flags: if end_stream { FLAG_END_STREAM } else { 0 },
+        stream,
+    }
+    .write(out);
+}
+
+fn encode_msg<M: Message>(m: &M, out: &mut BytesMut) {
+    // Encoding into a BytesMut grows it as needed, so this cannot fail for lack of capacity.
+    m.encode_raw(out);
+}
+
+/// An incremental frame decoder with a payload size limit.
+///
+/// Feed bytes with [`Decoder::feed`] and pull frames with [`Decoder::decode`] until it returns `Ok(None)`.
+/// After an error the decoder is poisoned: the connection is being closed and further input is
+/// meaningless, so every later call returns the same error.
+#[derive(Debug)]
+pub struct Decoder {
+    buf: BytesMut,
+    max_payload: u32,
+    max_header: u32,
+    poisoned: Option<FrameError>,
+}
+
+impl Decoder {
+    /// A decoder accepting payloads up to `max_payload` octets, REQUEST/RESPONSE/TRAILER payloads up
+    /// to `max_header` octets, and handshake frames up to [`MAX_HANDSHAKE_PAYLOAD`] (or `max_payload`
+    /// if larger).
+    pub fn new(max_payload: u32, max_header: u32) -> Decoder {
+        Decoder {
+            buf: BytesMut::new(),
+            max_payload: max_payload.min(MAX_FRAME_SIZE_LIMIT),
+            max_header: max_header.min(MAX_FRAME_SIZE_LIMIT),
+            poisoned: None,
+        }
+    }
+
+    /// Appends received bytes.
+    pub fn feed(&mut self, data: &[u8]) {
+        if self.poisoned.is_none() {
+            self.buf.extend_from_slice(data);
+        }
+    }
+
+    /// Octets received but not yet decoded.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Removes `n` raw octets from the front of the buffer if they are all there (used for the preface).
+    pub fn take_raw(&mut self, n: usize) -> Option<Bytes> {
+        if self.buf.len() >= n {
+            Some(self.buf.split_to(n).freeze())
+        } else {
+            None
+        }
+    }
+
+    /// Decodes the next complete frame, `Ok(None)` if more input is needed.
+    pub fn decode(&mut self) -> Result<Option<Frame>, FrameError> {
+        if let Some(e) = &self.poisoned {
+            return Err(e.clone());
+        }
+        match self.decode_inner() {
+            Err(e) => {
+                self.poisoned = Some(e.clone());
+                self.buf.clear();
+                Err(e)
+            }
+            ok => ok,
+        }
+    }
+
+    fn decode_inner(&mut self) -> Result<Option<Frame>, FrameError> {
+        let Some(hdr_bytes) = self.buf.get(..HEADER_LEN) else {
+            return Ok(None);
+        };
+        let mut raw = [0u8; HEADER_LEN];
+        raw.copy_from_slice(hdr_bytes);
+        let header = Header::parse(&raw)?;
+        let known = FrameType::from_code(header.kind);
+        match known {
+            Some(FrameType::Request | FrameType::Response | FrameType::Trailer) => {
+                if header.length > self.max_header {
+                    return Err(FrameError::HeaderTooLarge {
+                        len: header.length,
+                        max: self.max_header,
+                    });
+                }
+            }
+            _ => {
+                let limit = match known {
+                    Some(FrameType::Hello | FrameType::Accept | FrameType::Reject) => {
+                        MAX_HANDSHAKE_PAYLOAD.max(self.max_payload)
+                    }
+                    _ => self.max_payload,
+                };
+                if header.length > limit {
+                    return Err(FrameError::TooLarge {
+                        len: header.length,
+                        max: limit,
+                    });
+                }
+            }
+        }
+        // Validate what the header alone tells before waiting for the payload, so a bad frame is
+        // reported as soon as its header is in.
+        if let Some(kind) = known {
+            check_header(kind, &header)?;
+        }
+        let total = HEADER_LEN + header.length as usize;
+        if self.buf.len() < total {
+            self.buf.reserve(total - self.buf.len());
+            return Ok(None);
+        }
+        self.buf.advance(HEADER_LEN);
+        let payload = self.buf.split_to(header.length as usize).freeze();
+        match known {
+            None => Ok(Some(Frame::Unknown {
+                kind: header.kind,
+                flags: header.flags,
+                stream: header.stream,
+                payload,
+            })),
+            Some(kind) => parse_payload(kind, &header, payload).map(Some),
+        }
+    }
+}
+
+/// Validates flags, stream scope and fixed payload sizes of a known frame type.
+fn check_header(kind: FrameType, h: &Header) -> Result<(), FrameError> {
+    if h.flags & !kind.allowed_flags() != 0 {
+        return Err(FrameError::BadFlags {
+            kind: h.kind,
+            flags: h.flags,
+        });
+    }
+    match (kind.scope(), h.stream.0) {
+        (Scope::Stream, 0) => return Err(FrameError::StreamZero { kind: h.kind }),
+        (Scope::Connection, id) if id != 0 => {
+            return Err(FrameError::NonZeroStream {
+                kind: h.kind,
+                stream: id,
+            });
+        }
+        _ => {}
+    }
+    let fixed = match kind {
+        FrameType::WindowUpdate => Some(4),
+        FrameType::Ping => Some(8),
+        _ => None,
+    };
+    if let Some(want) = fixed {
+        if h.length != want {
+            return Err(FrameError::BadLength {
+                kind: h.kind,
+                len: h.length,
+                want,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn parse_payload(kind: FrameType, h: &Header, mut payload: Bytes) -> Result<Frame, FrameError> {
+    let stream = h.stream;
+    let end_stream = h.flags & FLAG_END_STREAM != 0;
+    let bad = |e: prost::DecodeError| FrameError::BadPayload {
+        kind: h.kind,
+        reason: e.to_string(),
+    };
+    Ok(match kind {
+        FrameType::Data => Frame::Data {
+            stream,
+            data: payload,
+            end_stream,
+        },
+        FrameType::Request => Frame::Request {
+            stream,
+            head: proto::RequestHead::decode(payload).map_err(bad)?,
+            end_stream,
+        },
+        FrameType::Response => Frame::Response {
+            stream,
+            head: proto::ResponseHead::decode(payload).map_err(bad)?,
+            end_stream,
+        },
+        FrameType::Trailer => Frame::Trailer {
+            stream,
+            trailer: proto::Trailer::decode(payload).map_err(bad)?,
+        },
+        FrameType::Reset => Frame::Reset {
+            stream,
+            reset: proto::Reset::decode(payload).map_err(bad)?,
+        },
+        FrameType::WindowUpdate => {
+            let increment = payload.get_u32();
+            if increment == 0 || increment > MAX_WINDOW {
+                return Err(FrameError::BadWindowIncrement { increment });
+            }
+            Frame::WindowUpdate { stream, increment }
+        }
+        FrameType::Ping => {
+            let mut p = [0u8; 8];
+            payload.copy_to_slice(&mut p);
+            Frame::Ping {
+                ack: h.flags & FLAG_ACK != 0,
+                payload: p,
+            }
+        }
+        FrameType::GoAway => Frame::GoAway(proto::GoAway::decode(payload).map_err(bad)?),
+        FrameType::Hello => Frame::Hello(proto::Hello::decode(payload).map_err(bad)?),
+        FrameType::Accept => Frame::Accept(proto::Accept::decode(payload).map_err(bad)?),
+        FrameType::Reject => Frame::Reject(proto::Reject::decode(payload).map_err(bad)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(f: Frame) {
+        let bytes = f.to_bytes();
+        let mut d = Decoder::new(MAX_FRAME_SIZE_LIMIT, MAX_FRAME_SIZE_LIMIT);
+        d.feed(&bytes);
+        assert_eq!(d.decode().ok().flatten(), Some(f));
+        assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn header_layout_is_big_endian() {
+        let f = Frame::WindowUpdate {
+            stream: StreamId(0x01020304),
+            increment: 0x0A0B0C0D,
+        };
+        assert_eq!(
+            &f.to_bytes()[..],
+            &[0, 0, 4, 5, 0, 1, 2, 3, 4, 0x0A, 0x0B, 0x0C, 0x0D]
+        );
+    }
+
+    #[test]
+    fn every_type_roundtrips() {
+        roundtrip(Frame::Data {
+            stream: StreamId(1),
+            data: Bytes::from_static(b"hello"),
+            end_stream: true,
+        });
+        roundtrip(Frame::Request {
+            stream: StreamId(2),
+            head: proto::RequestHead {
+                service: "k8s-api".into(),
+                method: "GET".into(),
+                path: "/api".into(),
+                headers: vec![proto::Header {
+                    name: "accept".into(),
+                    value: Bytes::from_static(b"*/*"),
+                }],
+                timeout_ms: 5,
+            },
+            end_stream: false,
+        });
+        roundtrip(Frame::Ping {
+            ack: true,
+            payload: *b"12345678",
+        });
+        roundtrip(Frame::GoAway(proto::GoAway {
+            last_stream_id: 7,
+            code: 0,
+            message: "bye".into(),
+        }));
+        roundtrip(Frame::Unknown {
+            kind: 0x42,
+            flags: 0xff,
+            stream: StreamId(9),
+            payload: Bytes::from_static(b"ext"),
+        });
+    }
+
+    #[test]
+    fn data_payload_is_zero_copy_slice_of_input() {
+        let f = Frame::Data {
+            stream: StreamId(3),
+            data: Bytes::from(vec![7u8; 1000]),
+            end_stream: false,
+        };
+        let mut d = Decoder::new(DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_FRAME_SIZE);
+        d.feed(&f.to_bytes());
+        let Ok(Some(Frame::Data { data, .. })) = d.decode() else {
+            panic!("expected data")
+        };
+        assert_eq!(data.len(), 1000);
+    }
+
+    #[test]
+    fn poisoned_after_error() {
+        let mut d = Decoder::new(DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_FRAME_SIZE);
+        d.feed(&[0, 0, 0, 0, 0, 0, 0, 0, 0]); // DATA on stream 0
+        assert!(matches!(d.decode(), Err(FrameError::StreamZero { .. })));
+        d.feed(&Frame::Ping { ack: false, payload: [0; 8] }.to_bytes());
+        assert!(d.decode().is_err());
+    }
+}

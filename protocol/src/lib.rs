@@ -1,0 +1,98 @@
+//! # protocol: the Sans-IO core of the agent tunnel
+//!
+//! agentk dials out of a cluster behind NAT to kas and keeps one connection open; over it kas — which
+//! *accepted* the connection — sends requests *into* the cluster, and agentk pushes its own streams
+//! (cache views, events) to kas. This crate is everything about that connection that is not I/O:
+//!
+//! | module | what it is |
+//! |---|---|
+//! | [`frame`] | the 9-octet frame header, every frame type, the incremental decoder and the encoder |
+//! | [`proto`] | protobuf control payloads generated from `proto/tunnel.proto` |
+//! | [`config`] | local configuration and the settings peers announce |
+//! | [`connection`] | the [`Connection`] state machine: handshake, streams, flow control, keepalive, GOAWAY |
+//! | [`flow`] | credit windows |
+//! | [`event`] | what a connection reports |
+//! | [`error`] | error types and the wire error codes they map to |
+//! | [`pair`] | a deterministic two-connection harness on a simulated clock (tests, benchmarks) |
+//! | [`router`] | kas's inverted request routing: which connection of which agent serves a request |
+//! | [`cache`] | informer-cache semantics: store, views, view updates and the kas-side mirror |
+//!
+//! No sockets, no async runtime, no threads, no clock reads: octets and `now` go in, octets, events and
+//! deadlines come out. The wire format is specified in `PROTOCOL.md` beside this crate.
+//!
+//! ## The driving loop
+//!
+//! Every driver (the tokio and smol runtimes, the deterministic simulator, the tests' pair harness) runs
+//! the same loop:
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use protocol::{AgentHello, Config, Connection, Event};
+//!
+//! let start = Instant::now(); // the driver's clock, never read by the connection
+//! let mut agent = Connection::agent(Config::default(), AgentHello::default(), start);
+//! let mut server = Connection::server(Config::default(), start);
+//!
+//! let mut now = start;
+//! for _round in 0..10 {
+//!     // 1. What each side wants to send goes to the other side (a socket write in a real driver).
+//!     while let Some(bytes) = agent.poll_transmit() {
+//!         server.handle_input(&bytes, now);
+//!     }
+//!     while let Some(bytes) = server.poll_transmit() {
+//!         agent.handle_input(&bytes, now);
+//!     }
+//!     // 2. Events are handled by the application, which issues commands.
+//!     while let Some(ev) = server.poll_event() {
+//!         if let Event::Hello(hello) = ev {
+//!             // authenticate hello.token here (possibly asynchronously), then:
+//!             server.accept(42, "conn-1".into(), now);
+//!         }
+//!     }
+//!     while let Some(ev) = agent.poll_event() {
+//!         if let Event::Connected(e) = ev {
+//!             assert_eq!(e.agent_id, 42);
+//!         }
+//!     }
+//!     // 3. Sleep until the earliest deadline (or until input arrives), then tell the connection.
+//!     if let Some(deadline) = agent.poll_timeout() {
+//!         now = now.max(deadline.min(now + Duration::from_millis(10)));
+//!         agent.handle_timeout(now);
+//!     }
+//! }
+//! assert!(agent.established().is_some());
+//! ```
+//!
+//! Octets received go to [`Connection::handle_input`]; end of file to [`Connection::handle_eof`]. After
+//! [`Event::Closed`], drain `poll_transmit` (a final GOAWAY or REJECT) and close the transport.
+//!
+//! ## Streams
+//!
+//! Either side opens a stream with [`Connection::open_stream`] and a [`proto::RequestHead`]; the other
+//! side gets [`Event::StreamOpened`] and answers with [`Connection::send_response`]. Body octets go
+//! through [`Connection::send_data`], which accepts only what flow control allows (the rest waits for
+//! [`Event::Writable`]); received body arrives as [`Event::Data`] and must be handed back with
+//! [`Connection::release_capacity`] once consumed, which is what lets a slow reader slow down its
+//! sender, on its own stream only.
+
+pub mod cache;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod event;
+pub mod flow;
+pub mod frame;
+pub mod pair;
+pub mod router;
+
+/// Protobuf messages generated from `proto/tunnel.proto` (package `agent_tunnel.v1`).
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/agent_tunnel.v1.rs"));
+}
+
+pub use config::{Config, PROTOCOL_VERSION, Settings};
+pub use connection::{AgentHello, Connection, ConnectionStats, Phase, Role};
+pub use error::{CloseReason, ConnectionError, ErrorCode, FrameError, StreamError};
+pub use event::{Established, Event, HelloInfo};
+pub use frame::{Frame, StreamId};
