@@ -8,6 +8,15 @@
 
 use crate::frame::MAX_WINDOW;
 
+/// A window rule was broken; the caller turns it into a FLOW_CONTROL_ERROR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FlowError {
+    #[error("window would exceed 2^31-1")]
+    Overflow,
+    #[error("peer sent more than the window allowed")]
+    Exceeded,
+}
+
 /// Credit granted by the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SendWindow {
@@ -32,11 +41,11 @@ impl SendWindow {
         self.credit = self.credit.saturating_sub(n);
     }
 
-    /// Applies a WINDOW_UPDATE; `Err(())` if the window would exceed 2^31-1 (a flow-control error).
-    pub fn grow(&mut self, increment: u32) -> Result<(), ()> {
+    /// Applies a WINDOW_UPDATE; fails if the window would exceed 2^31-1.
+    pub fn grow(&mut self, increment: u32) -> Result<(), FlowError> {
         let next = self.credit + u64::from(increment);
         if next > u64::from(MAX_WINDOW) {
-            return Err(());
+            return Err(FlowError::Overflow);
         }
         self.credit = next;
         Ok(())
@@ -72,10 +81,10 @@ impl RecvWindow {
         self.initial - self.remaining - self.released
     }
 
-    /// Accounts for `n` received octets; `Err(())` when the peer exceeded the window.
-    pub fn receive(&mut self, n: u32) -> Result<(), ()> {
+    /// Accounts for `n` received octets; fails when the peer exceeded the window.
+    pub fn receive(&mut self, n: u32) -> Result<(), FlowError> {
         if n > self.remaining {
-            return Err(());
+            return Err(FlowError::Exceeded);
         }
         self.remaining -= n;
         Ok(())

@@ -280,24 +280,15 @@ impl Frame {
     /// and checks heads before calling); a payload above [`MAX_FRAME_SIZE_LIMIT`] is a bug.
     pub fn encode(&self, out: &mut BytesMut) {
         let len = self.payload_len();
-        debug_assert!(len <= MAX_FRAME_SIZE_LIMIT as usize, "frame payload too large");
+        debug_assert!(
+            len <= MAX_FRAME_SIZE_LIMIT as usize,
+            "frame payload too large"
+        );
         let flags = match self {
             Frame::Data { end_stream, .. }
             | Frame::Request { end_stream, .. }
-            | Frame::Response { end_stream, .. } => {
-                if *end_stream {
-                    FLAG_END_STREAM
-                } else {
-                    0
-                }
-            }
-            Frame::Ping { ack, .. } => {
-                if *ack {
-                    FLAG_ACK
-                } else {
-                    0
-                }
-            }
+            | Frame::Response { end_stream, .. } => u8::from(*end_stream) * FLAG_END_STREAM,
+            Frame::Ping { ack, .. } => u8::from(*ack) * FLAG_ACK,
             Frame::Unknown { flags, .. } => *flags,
             _ => 0,
         };
@@ -492,14 +483,14 @@ fn check_header(kind: FrameType, h: &Header) -> Result<(), FrameError> {
         FrameType::Ping => Some(8),
         _ => None,
     };
-    if let Some(want) = fixed {
-        if h.length != want {
-            return Err(FrameError::BadLength {
-                kind: h.kind,
-                len: h.length,
-                want,
-            });
-        }
+    if let Some(want) = fixed
+        && h.length != want
+    {
+        return Err(FrameError::BadLength {
+            kind: h.kind,
+            len: h.length,
+            want,
+        });
     }
     Ok(())
 }
@@ -639,7 +630,13 @@ mod tests {
         let mut d = Decoder::new(DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_FRAME_SIZE);
         d.feed(&[0, 0, 0, 0, 0, 0, 0, 0, 0]); // DATA on stream 0
         assert!(matches!(d.decode(), Err(FrameError::StreamZero { .. })));
-        d.feed(&Frame::Ping { ack: false, payload: [0; 8] }.to_bytes());
+        d.feed(
+            &Frame::Ping {
+                ack: false,
+                payload: [0; 8],
+            }
+            .to_bytes(),
+        );
         assert!(d.decode().is_err());
     }
 }

@@ -9,8 +9,7 @@ use prost::Message;
 use protocol::frame::{Decoder, Frame};
 use protocol::pair::Pair;
 use protocol::{
-    AgentHello, CloseReason, Config, ConnectionError, ErrorCode, Event, FrameError, Settings,
-    proto,
+    AgentHello, CloseReason, Config, ConnectionError, ErrorCode, Event, FrameError, Settings, proto,
 };
 
 fn raw(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -104,7 +103,9 @@ fn check(name: &str, input: Vec<u8>, expect: Expect) {
         Expect::ResetStream(id, code) => {
             assert!(!p.server.is_closed(), "{name}: must stay open");
             assert!(
-                events.iter().any(|e| matches!(e, Event::Reset { id: i, code: c, .. } if i.0 == id && *c == code)),
+                events.iter().any(
+                    |e| matches!(e, Event::Reset { id: i, code: c, .. } if i.0 == id && *c == code)
+                ),
                 "{name}: expected reset of {id} with {code}, got {events:?}"
             );
         }
@@ -142,36 +143,226 @@ fn malformed_inputs_table() {
     after_close.extend(raw(0, 0, 1, b"more"));
 
     let cases: Vec<(&str, Vec<u8>, Expect)> = vec![
-        ("oversized DATA", raw(0, 0, 1, &big), Expect::Close(|e| matches!(e, C::Frame(F::TooLarge { .. })), ErrorCode::FrameSize)),
-        ("DATA on stream 0", raw(0, 0, 0, b"x"), Expect::Close(|e| matches!(e, C::Frame(F::StreamZero { .. })), ErrorCode::Protocol)),
-        ("REQUEST on stream 0", raw(1, 0, 0, b""), Expect::Close(|e| matches!(e, C::Frame(F::StreamZero { .. })), ErrorCode::Protocol)),
-        ("RESET on stream 0", raw(4, 0, 0, b""), Expect::Close(|e| matches!(e, C::Frame(F::StreamZero { .. })), ErrorCode::Protocol)),
-        ("PING on stream 1", raw(6, 0, 1, &[0; 8]), Expect::Close(|e| matches!(e, C::Frame(F::NonZeroStream { .. })), ErrorCode::Protocol)),
-        ("GOAWAY on stream 3", raw(7, 0, 3, b""), Expect::Close(|e| matches!(e, C::Frame(F::NonZeroStream { .. })), ErrorCode::Protocol)),
-        ("flags on RESET", raw(4, 1, 1, b""), Expect::Close(|e| matches!(e, C::Frame(F::BadFlags { .. })), ErrorCode::Protocol)),
-        ("unknown flag on DATA", raw(0, 2, 1, b""), Expect::Close(|e| matches!(e, C::Frame(F::BadFlags { .. })), ErrorCode::Protocol)),
-        ("short PING", raw(6, 0, 0, &[0; 7]), Expect::Close(|e| matches!(e, C::Frame(F::BadLength { .. })), ErrorCode::FrameSize)),
-        ("long WINDOW_UPDATE", raw(5, 0, 0, &[0, 0, 0, 1, 0]), Expect::Close(|e| matches!(e, C::Frame(F::BadLength { .. })), ErrorCode::FrameSize)),
-        ("zero window increment", raw(5, 0, 0, &[0, 0, 0, 0]), Expect::Close(|e| matches!(e, C::Frame(F::BadWindowIncrement { .. })), ErrorCode::FlowControl)),
-        ("window increment above 2^31-1", raw(5, 0, 0, &[0x80, 0, 0, 0]), Expect::Close(|e| matches!(e, C::Frame(F::BadWindowIncrement { .. })), ErrorCode::FlowControl)),
-        ("reserved bit", { let mut v = raw(6, 0, 0, &[0; 8]); v[5] |= 0x80; v }, Expect::Close(|e| matches!(e, C::Frame(F::ReservedBit)), ErrorCode::Protocol)),
-        ("truncated protobuf", raw(1, 0, 1, &[0x0a, 0x05, b'a']), Expect::Close(|e| matches!(e, C::Frame(F::BadPayload { .. })), ErrorCode::Protocol)),
-        ("bad protobuf wire type in GOAWAY", raw(7, 0, 0, &[0x0f]), Expect::Close(|e| matches!(e, C::Frame(F::BadPayload { .. })), ErrorCode::Protocol)),
-        ("REQUEST with server parity", request(2), Expect::Close(|e| matches!(e, C::WrongParity { .. }), ErrorCode::Protocol)),
-        ("REQUEST reusing an older id", stale, Expect::Close(|e| matches!(e, C::StreamIdReused { .. }), ErrorCode::Protocol)),
-        ("DATA on idle stream", raw(0, 0, 9, b"x"), Expect::Close(|e| matches!(e, C::IdleStream { .. }), ErrorCode::Protocol)),
-        ("RESET on idle stream", raw(4, 0, 11, b""), Expect::Close(|e| matches!(e, C::IdleStream { .. }), ErrorCode::Protocol)),
-        ("WINDOW_UPDATE on idle stream", raw(5, 0, 13, &[0, 0, 0, 1]), Expect::Close(|e| matches!(e, C::IdleStream { .. }), ErrorCode::Protocol)),
-        ("HELLO after the handshake", raw(8, 0, 0, b""), Expect::Close(|e| matches!(e, C::UnexpectedHandshake { .. }), ErrorCode::Protocol)),
-        ("ACCEPT sent to a server", raw(9, 0, 0, b""), Expect::Close(|e| matches!(e, C::UnexpectedHandshake { .. }), ErrorCode::Protocol)),
-        ("head above max header size", raw(1, 0, 1, &huge_head), Expect::Close(|e| matches!(e, C::Frame(F::HeaderTooLarge { .. })), ErrorCode::HeaderTooLarge)),
-        ("stream window exceeded", window_flood, Expect::Close(|e| matches!(e, C::StreamWindowExceeded { .. }), ErrorCode::FlowControl)),
-        ("connection window exceeded", conn_flood, Expect::Close(|e| matches!(e, C::ConnectionWindowExceeded), ErrorCode::FlowControl)),
-        ("connection window overflow", raw(5, 0, 0, &[0x7f, 0xff, 0xff, 0xff]), Expect::Close(|e| matches!(e, C::WindowOverflow { .. }), ErrorCode::FlowControl)),
-        ("DATA after END_STREAM", after_close, Expect::ResetStream(1, ErrorCode::StreamClosed)),
-        ("unknown frame type", raw(0x42, 0xff, 7, b"future"), Expect::Ignore),
-        ("unknown frame type on stream 0", raw(0xEE, 0, 0, b""), Expect::Ignore),
-        ("unsolicited PING ack", raw(6, 1, 0, &[9; 8]), Expect::Ignore),
+        (
+            "oversized DATA",
+            raw(0, 0, 1, &big),
+            Expect::Close(
+                |e| matches!(e, C::Frame(F::TooLarge { .. })),
+                ErrorCode::FrameSize,
+            ),
+        ),
+        (
+            "DATA on stream 0",
+            raw(0, 0, 0, b"x"),
+            Expect::Close(
+                |e| matches!(e, C::Frame(F::StreamZero { .. })),
+                ErrorCode::Protocol,
+            ),
+        ),
+        (
+            "REQUEST on stream 0",
+            raw(1, 0, 0, b""),
+            Expect::Close(
+                |e| matches!(e, C::Frame(F::StreamZero { .. })),
+                ErrorCode::Protocol,
+            ),
+        ),
+        (
+            "RESET on stream 0",
+            raw(4, 0, 0, b""),
+            Expect::Close(
+                |e| matches!(e, C::Frame(F::StreamZero { .. })),
+                ErrorCode::Protocol,
+            ),
+        ),
+        (
+            "PING on stream 1",
+            raw(6, 0, 1, &[0; 8]),
+            Expect::Close(
+                |e| matches!(e, C::Frame(F::NonZeroStream { .. })),
+                ErrorCode::Protocol,
+            ),
+        ),
+        (
+            "GOAWAY on stream 3",
+            raw(7, 0, 3, b""),
+            Expect::Close(
+                |e| matches!(e, C::Frame(F::NonZeroStream { .. })),
+                ErrorCode::Protocol,
+            ),
+        ),
+        (
+            "flags on RESET",
+            raw(4, 1, 1, b""),
+            Expect::Close(
+                |e| matches!(e, C::Frame(F::BadFlags { .. })),
+                ErrorCode::Protocol,
+            ),
+        ),
+        (
+            "unknown flag on DATA",
+            raw(0, 2, 1, b""),
+            Expect::Close(
+                |e| matches!(e, C::Frame(F::BadFlags { .. })),
+                ErrorCode::Protocol,
+            ),
+        ),
+        (
+            "short PING",
+            raw(6, 0, 0, &[0; 7]),
+            Expect::Close(
+                |e| matches!(e, C::Frame(F::BadLength { .. })),
+                ErrorCode::FrameSize,
+            ),
+        ),
+        (
+            "long WINDOW_UPDATE",
+            raw(5, 0, 0, &[0, 0, 0, 1, 0]),
+            Expect::Close(
+                |e| matches!(e, C::Frame(F::BadLength { .. })),
+                ErrorCode::FrameSize,
+            ),
+        ),
+        (
+            "zero window increment",
+            raw(5, 0, 0, &[0, 0, 0, 0]),
+            Expect::Close(
+                |e| matches!(e, C::Frame(F::BadWindowIncrement { .. })),
+                ErrorCode::FlowControl,
+            ),
+        ),
+        (
+            "window increment above 2^31-1",
+            raw(5, 0, 0, &[0x80, 0, 0, 0]),
+            Expect::Close(
+                |e| matches!(e, C::Frame(F::BadWindowIncrement { .. })),
+                ErrorCode::FlowControl,
+            ),
+        ),
+        (
+            "reserved bit",
+            {
+                let mut v = raw(6, 0, 0, &[0; 8]);
+                v[5] |= 0x80;
+                v
+            },
+            Expect::Close(
+                |e| matches!(e, C::Frame(F::ReservedBit)),
+                ErrorCode::Protocol,
+            ),
+        ),
+        (
+            "truncated protobuf",
+            raw(1, 0, 1, &[0x0a, 0x05, b'a']),
+            Expect::Close(
+                |e| matches!(e, C::Frame(F::BadPayload { .. })),
+                ErrorCode::Protocol,
+            ),
+        ),
+        (
+            "bad protobuf wire type in GOAWAY",
+            raw(7, 0, 0, &[0x0f]),
+            Expect::Close(
+                |e| matches!(e, C::Frame(F::BadPayload { .. })),
+                ErrorCode::Protocol,
+            ),
+        ),
+        (
+            "REQUEST with server parity",
+            request(2),
+            Expect::Close(|e| matches!(e, C::WrongParity { .. }), ErrorCode::Protocol),
+        ),
+        (
+            "REQUEST reusing an older id",
+            stale,
+            Expect::Close(
+                |e| matches!(e, C::StreamIdReused { .. }),
+                ErrorCode::Protocol,
+            ),
+        ),
+        (
+            "DATA on idle stream",
+            raw(0, 0, 9, b"x"),
+            Expect::Close(|e| matches!(e, C::IdleStream { .. }), ErrorCode::Protocol),
+        ),
+        (
+            "RESET on idle stream",
+            raw(4, 0, 11, b""),
+            Expect::Close(|e| matches!(e, C::IdleStream { .. }), ErrorCode::Protocol),
+        ),
+        (
+            "WINDOW_UPDATE on idle stream",
+            raw(5, 0, 13, &[0, 0, 0, 1]),
+            Expect::Close(|e| matches!(e, C::IdleStream { .. }), ErrorCode::Protocol),
+        ),
+        (
+            "HELLO after the handshake",
+            raw(8, 0, 0, b""),
+            Expect::Close(
+                |e| matches!(e, C::UnexpectedHandshake { .. }),
+                ErrorCode::Protocol,
+            ),
+        ),
+        (
+            "ACCEPT sent to a server",
+            raw(9, 0, 0, b""),
+            Expect::Close(
+                |e| matches!(e, C::UnexpectedHandshake { .. }),
+                ErrorCode::Protocol,
+            ),
+        ),
+        (
+            "head above max header size",
+            raw(1, 0, 1, &huge_head),
+            Expect::Close(
+                |e| matches!(e, C::Frame(F::HeaderTooLarge { .. })),
+                ErrorCode::HeaderTooLarge,
+            ),
+        ),
+        (
+            "stream window exceeded",
+            window_flood,
+            Expect::Close(
+                |e| matches!(e, C::StreamWindowExceeded { .. }),
+                ErrorCode::FlowControl,
+            ),
+        ),
+        (
+            "connection window exceeded",
+            conn_flood,
+            Expect::Close(
+                |e| matches!(e, C::ConnectionWindowExceeded),
+                ErrorCode::FlowControl,
+            ),
+        ),
+        (
+            "connection window overflow",
+            raw(5, 0, 0, &[0x7f, 0xff, 0xff, 0xff]),
+            Expect::Close(
+                |e| matches!(e, C::WindowOverflow { .. }),
+                ErrorCode::FlowControl,
+            ),
+        ),
+        (
+            "DATA after END_STREAM",
+            after_close,
+            Expect::ResetStream(1, ErrorCode::StreamClosed),
+        ),
+        (
+            "unknown frame type",
+            raw(0x42, 0xff, 7, b"future"),
+            Expect::Ignore,
+        ),
+        (
+            "unknown frame type on stream 0",
+            raw(0xEE, 0, 0, b""),
+            Expect::Ignore,
+        ),
+        (
+            "unsolicited PING ack",
+            raw(6, 1, 0, &[9; 8]),
+            Expect::Ignore,
+        ),
     ];
     assert!(cases.len() >= 20);
     for (name, input, expect) in cases {
@@ -186,7 +377,9 @@ fn handshake_phase_violations() {
     c.handle_input(b"GET / HTTP/1.1\r\n", Instant::now());
     assert!(matches!(
         c.close_reason(),
-        Some(CloseReason::Local(ConnectionError::Frame(FrameError::BadPreface)))
+        Some(CloseReason::Local(ConnectionError::Frame(
+            FrameError::BadPreface
+        )))
     ));
     // A REQUEST instead of HELLO.
     let mut c = protocol::Connection::server(Config::default(), Instant::now());
@@ -231,9 +424,11 @@ fn data_before_response_resets_only_that_stream() {
     let now = p.now;
     p.server.handle_input(&raw(0, 0, id.0, b"early"), now);
     let events: Vec<Event> = std::iter::from_fn(|| p.server.poll_event()).collect();
-    assert!(events.iter().any(
-        |e| matches!(e, Event::Reset { id: i, code: ErrorCode::Protocol, .. } if *i == id)
-    ));
+    assert!(
+        events.iter().any(
+            |e| matches!(e, Event::Reset { id: i, code: ErrorCode::Protocol, .. } if *i == id)
+        )
+    );
     assert!(!p.server.is_closed());
     assert!(p.server.stream_exists(other));
 }

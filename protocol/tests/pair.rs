@@ -279,11 +279,11 @@ fn slow_reader_blocks_only_its_own_stream() {
         assert!(n > 0, "fast stream must not be blocked by the slow one");
         p.drive();
         while let Some(ev) = p.agent.poll_event() {
-            if let Event::Data { id, data } = ev {
-                if id == fast {
-                    fast_got += data.len();
-                    p.agent.release_capacity(id, data.len());
-                }
+            if let Event::Data { id, data } = ev
+                && id == fast
+            {
+                fast_got += data.len();
+                p.agent.release_capacity(id, data.len());
             }
         }
         p.drive();
@@ -396,13 +396,7 @@ fn stream_limit_gives_typed_refusal() {
         settings,
         ..Config::default()
     };
-    let mut p = Pair::new(
-        cfg.clone(),
-        cfg,
-        AgentHello::default(),
-        10,
-        Instant::now(),
-    );
+    let mut p = Pair::new(cfg.clone(), cfg, AgentHello::default(), 10, Instant::now());
     p.handshake(1);
     for _ in 0..3 {
         p.server.open_stream(head("/"), false).expect("open");
@@ -430,7 +424,10 @@ fn handshake_refused_and_version_mismatch() {
         panic!("hello expected")
     };
     assert_eq!(h.token, "bad");
-    assert!(!format!("{h:?}").contains("bad"), "token must not be logged");
+    assert!(
+        !format!("{h:?}").contains("bad"),
+        "token must not be logged"
+    );
     p.server.reject(proto::Reject {
         code: proto::RejectCode::Unauthenticated as i32,
         message: "unknown token".into(),
@@ -440,7 +437,11 @@ fn handshake_refused_and_version_mismatch() {
     p.drive();
     assert!(matches!(
         p.agent.close_reason(),
-        Some(CloseReason::Refused { code: 1, retry_after_ms: 500, .. })
+        Some(CloseReason::Refused {
+            code: 1,
+            retry_after_ms: 500,
+            ..
+        })
     ));
 
     let newer = Config {
@@ -476,6 +477,8 @@ fn handshake_timeout() {
     p.advance(Duration::from_secs(11));
     assert!(matches!(
         p.agent.close_reason(),
-        Some(CloseReason::Local(protocol::ConnectionError::HandshakeTimeout))
+        Some(CloseReason::Local(
+            protocol::ConnectionError::HandshakeTimeout
+        ))
     ));
 }

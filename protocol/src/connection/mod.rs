@@ -592,7 +592,11 @@ impl Connection {
     }
 
     /// Ends our direction of the stream with a trailer (after any queued data).
-    pub fn send_trailer(&mut self, id: StreamId, trailer: proto::Trailer) -> Result<(), StreamError> {
+    pub fn send_trailer(
+        &mut self,
+        id: StreamId,
+        trailer: proto::Trailer,
+    ) -> Result<(), StreamError> {
         self.check_head_size(trailer.encoded_len())?;
         self.end_with(id, Chunk::Trailer(trailer))
     }
@@ -641,15 +645,14 @@ impl Connection {
                 increment: inc,
             });
         }
-        if let Some(s) = self.streams.map.get_mut(&id) {
-            if s.recv.state == RecvState::Open {
-                if let Some(inc) = s.recv.window.release(n) {
-                    self.push_frame(&Frame::WindowUpdate {
-                        stream: id,
-                        increment: inc,
-                    });
-                }
-            }
+        if let Some(s) = self.streams.map.get_mut(&id)
+            && s.recv.state == RecvState::Open
+            && let Some(inc) = s.recv.window.release(n)
+        {
+            self.push_frame(&Frame::WindowUpdate {
+                stream: id,
+                increment: inc,
+            });
         }
         self.check_invariants();
     }
@@ -877,7 +880,10 @@ impl Connection {
                 }
             }
             Frame::WindowUpdate { stream, increment } => self.on_window_update(stream, increment),
-            Frame::Ping { ack: false, payload } => {
+            Frame::Ping {
+                ack: false,
+                payload,
+            } => {
                 self.push_frame(&Frame::Ping { ack: true, payload });
                 Ok(())
             }
@@ -909,7 +915,7 @@ impl Connection {
         let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
         self.recv_conn
             .receive(len)
-            .map_err(|()| ConnectionError::ConnectionWindowExceeded)?;
+            .map_err(|_| ConnectionError::ConnectionWindowExceeded)?;
         self.stats.data_bytes_received += u64::from(len);
         let Some(s) = self.streams.map.get_mut(&id) else {
             self.unknown_stream(id)?;
@@ -933,7 +939,7 @@ impl Connection {
         s.recv
             .window
             .receive(len)
-            .map_err(|()| ConnectionError::StreamWindowExceeded { stream: id })?;
+            .map_err(|_| ConnectionError::StreamWindowExceeded { stream: id })?;
         if end {
             s.recv.state = RecvState::Closed;
         }
@@ -1000,7 +1006,7 @@ impl Connection {
         if id == StreamId::CONNECTION {
             self.send_conn
                 .grow(inc)
-                .map_err(|()| ConnectionError::WindowOverflow { stream: id })?;
+                .map_err(|_| ConnectionError::WindowOverflow { stream: id })?;
             let waiting: Vec<StreamId> = self
                 .streams
                 .map
@@ -1026,15 +1032,14 @@ impl Connection {
 
     fn notify_writable(&mut self, id: StreamId) {
         let conn_free = self.send_conn.available().saturating_sub(self.conn_queued);
-        if let Some(s) = self.streams.map.get_mut(&id) {
-            if s.send.wants_writable
-                && s.send.can_write()
-                && s.send.unclaimed_credit() > 0
-                && conn_free > 0
-            {
-                s.send.wants_writable = false;
-                self.events.push_back(Event::Writable { id });
-            }
+        if let Some(s) = self.streams.map.get_mut(&id)
+            && s.send.wants_writable
+            && s.send.can_write()
+            && s.send.unclaimed_credit() > 0
+            && conn_free > 0
+        {
+            s.send.wants_writable = false;
+            self.events.push_back(Event::Writable { id });
         }
     }
 

@@ -39,11 +39,11 @@ impl Timers {
             (&mut self.idle, Timer::Idle),
             (&mut self.keepalive, Timer::Keepalive),
         ] {
-            if let Some(at) = *slot {
-                if at <= now {
-                    *slot = None;
-                    fired.push((at, t));
-                }
+            if let Some(at) = *slot
+                && at <= now
+            {
+                *slot = None;
+                fired.push((at, t));
             }
         }
         fired.sort_by_key(|(at, _)| *at);

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README's second command and CI's only step.
+# Installs the system programs the tests need (kubectl, chromium) when they are missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "== installing ${need_apt[*]}"
+    if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+echo "== rustfmt"
+cargo fmt --all -- --check
+
+echo "== the protocol crate depends on no async runtime or socket crate"
+if cargo tree -p protocol -e normal --prefix none | grep -E '^(tokio|smol|async-io|async-std|mio|async-net) v'; then
+    echo "protocol must stay Sans-IO" >&2
+    exit 1
+fi
+
+echo "== clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== tests"
+cargo test --workspace
