@@ -15,6 +15,7 @@
 //! | [`error`] | error types and the wire error codes they map to |
 //! | [`pair`] | a deterministic two-connection harness on a simulated clock (tests, benchmarks) |
 //! | [`router`] | kas's inverted request routing: which connection of which agent serves a request |
+//! | [`service`] | names and head conventions of the services carried over streams (k8s-api, ...) |
 //! | [`cache`] | informer-cache semantics: store, views, view updates and the kas-side mirror |
 //!
 //! No sockets, no async runtime, no threads, no clock reads: octets and `now` go in, octets, events and
@@ -84,6 +85,7 @@ pub mod flow;
 pub mod frame;
 pub mod pair;
 pub mod router;
+pub mod service;
 
 /// Protobuf messages generated from `proto/tunnel.proto` (package `agent_tunnel.v1`).
 #[allow(clippy::all, missing_docs)]
