@@ -1,0 +1,1064 @@
+//! kas's configuration file (`kas.yaml`).
+//!
+//! Every field has a default, so an empty file (or no file) is a valid configuration; a file only lists
+//! what differs. Unknown keys are errors, so a typo does not silently fall back to a default.
+//!
+//! ```yaml
+//! state_dir: .                      # embedded auth files live here
+//! agent_listener:
+//!   address: 0.0.0.0:8150
+//!   tls: { cert_file: kas.crt, key_file: kas.key }   # client_ca_file: ca.crt (optional)
+//! api_listener:
+//!   address: 127.0.0.1:8080
+//! agent_auth:
+//!   backend: embedded               # or: { agents_file: agents.yaml }
+//!                                   # or: { gitlab: { url: https://gitlab.example.com, secret_file: .gitlab_kas_secret } }
+//! users:
+//!   file: users.yaml
+//! routing: { pending_request_deadline: 20s, max_pending_per_agent: 256, max_pending_total: 16384 }
+//! keepalive: { interval: 20s, idle_timeout: 60s, handshake_timeout: 10s }
+//! limits: { max_streams_per_connection: 256, max_frame_size: 16384 }
+//! rate_limits:
+//!   agent_auth_failures: { max_failures: 10, window: 1m, max_sources: 10000 }
+//!   user_auth_failures: { max_failures: 20, window: 1m, max_sources: 10000 }
+//! log: { level: info, format: text }
+//! ```
+//!
+//! Durations are written as a number and a unit (`500ms`, `20s`, `5m`, `1h`, or combined: `1m30s`).
+//! Relative paths are resolved against the directory of the file they were loaded from
+//! ([`Config::load`]), so a state directory holding `kas.yaml` and the files it names can be moved as a
+//! whole. [`Config::validate`] checks what loading cannot: that named files exist and values make sense.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::files::write_atomic;
+
+/// The whole kas configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory of the embedded auth backend's files (`agents.yaml`); default `.` (the config file's
+    /// directory once loaded).
+    pub state_dir: PathBuf,
+    /// Where agents (agentk) connect.
+    pub agent_listener: AgentListenerConfig,
+    /// kas's HTTP API (`/k8s-proxy`, `/api/v1`, health and metrics).
+    pub api_listener: ApiListenerConfig,
+    /// How agents are authenticated.
+    pub agent_auth: AgentAuthConfig,
+    /// Who may use the HTTP API, and reach which agents.
+    pub users: UsersConfig,
+    /// Requests waiting for an agent.
+    pub routing: RoutingConfig,
+    /// Liveness of agent connections.
+    pub keepalive: KeepaliveConfig,
+    /// Per-connection protocol limits.
+    pub limits: LimitsConfig,
+    /// Limits on failed authentications per source address.
+    pub rate_limits: RateLimitsConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("."),
+            agent_listener: AgentListenerConfig::default(),
+            api_listener: ApiListenerConfig::default(),
+            agent_auth: AgentAuthConfig::default(),
+            users: UsersConfig::default(),
+            routing: RoutingConfig::default(),
+            keepalive: KeepaliveConfig::default(),
+            limits: LimitsConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// The agent listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentListenerConfig {
+    /// Address to listen on; default `0.0.0.0:8150`.
+    pub address: SocketAddr,
+    /// Server certificate and key (always TLS).
+    pub tls: TlsFilesConfig,
+}
+
+impl Default for AgentListenerConfig {
+    fn default() -> Self {
+        Self {
+            address: SocketAddr::from(([0, 0, 0, 0], 8150)),
+            tls: TlsFilesConfig::default(),
+        }
+    }
+}
+
+/// PEM files for a TLS server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsFilesConfig {
+    /// Certificate chain, PEM; default `kas.crt`.
+    pub cert_file: PathBuf,
+    /// Private key, PEM; default `kas.key`.
+    pub key_file: PathBuf,
+    /// If set, clients must present a certificate issued by one of these CAs (PEM); default unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl Default for TlsFilesConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: PathBuf::from("kas.crt"),
+            key_file: PathBuf::from("kas.key"),
+            client_ca_file: None,
+        }
+    }
+}
+
+/// The HTTP API listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiListenerConfig {
+    /// Address to listen on (plain HTTP); default `127.0.0.1:8080`.
+    pub address: SocketAddr,
+}
+
+impl Default for ApiListenerConfig {
+    fn default() -> Self {
+        Self {
+            address: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// Agent authentication.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentAuthConfig {
+    /// Which backend decides; default `embedded`.
+    #[serde(with = "serde_yaml::with::singleton_map")]
+    pub backend: AuthBackendConfig,
+}
+
+impl Default for AgentAuthConfig {
+    fn default() -> Self {
+        Self {
+            backend: AuthBackendConfig::Embedded,
+        }
+    }
+}
+
+/// An agent authentication backend. In YAML: `embedded`, `{agents_file: PATH}` or `{gitlab: {...}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthBackendConfig {
+    /// The agents file kas's demo generates: `<state_dir>/agents.yaml`
+    /// (see [`crate::auth::AgentsFile::generate`]).
+    Embedded,
+    /// An agents file at this path (agent id, name and SHA-256 of the token).
+    AgentsFile(PathBuf),
+    /// Ask GitLab's internal API.
+    Gitlab(GitLabConfig),
+}
+
+/// The GitLab backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GitLabConfig {
+    /// GitLab's base URL (kas appends `/api/v4/internal/kubernetes/agent_info`); default
+    /// `http://127.0.0.1:8080`.
+    pub url: String,
+    /// File with the shared secret, base64 of 32 bytes (GitLab's `.gitlab_kas_secret`); default
+    /// `.gitlab_kas_secret`.
+    pub secret_file: PathBuf,
+    /// Extra CA certificates (PEM) trusted for GitLab's HTTPS instead of the built-in roots; default unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Whole-request timeout; default `10s`.
+    #[serde(with = "duration_format")]
+    pub timeout: Duration,
+    /// Caching of GitLab's answers.
+    pub cache: AuthCacheConfig,
+}
+
+impl Default for GitLabConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8080".to_owned(),
+            secret_file: PathBuf::from(".gitlab_kas_secret"),
+            ca_file: None,
+            timeout: Duration::from_secs(10),
+            cache: AuthCacheConfig::default(),
+        }
+    }
+}
+
+/// How long authentication answers are reused, keyed by the token's SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthCacheConfig {
+    /// Lifetime of a successful answer; default `5m`. `0s` disables.
+    #[serde(with = "duration_format")]
+    pub positive_ttl: Duration,
+    /// Lifetime of a rejection (401/403/404); default `1m`. `0s` disables. Backend failures are never cached.
+    #[serde(with = "duration_format")]
+    pub negative_ttl: Duration,
+    /// Most entries kept; the oldest go first; default 10000.
+    pub max_entries: usize,
+}
+
+impl Default for AuthCacheConfig {
+    fn default() -> Self {
+        Self {
+            positive_ttl: Duration::from_secs(300),
+            negative_ttl: Duration::from_secs(60),
+            max_entries: 10_000,
+        }
+    }
+}
+
+/// Users of the HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsersConfig {
+    /// The users file (see [`crate::users::UsersFile`]); default `users.yaml`.
+    pub file: PathBuf,
+}
+
+impl Default for UsersConfig {
+    fn default() -> Self {
+        Self {
+            file: PathBuf::from("users.yaml"),
+        }
+    }
+}
+
+/// Requests waiting for an agent connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// How long a request for an agent with no usable connection waits before 503; default `20s`.
+    #[serde(with = "duration_format")]
+    pub pending_request_deadline: Duration,
+    /// How long kas waits for the agent's response head before 504; default `60s`.
+    #[serde(with = "duration_format")]
+    pub response_timeout: Duration,
+    /// Most requests waiting for one agent; beyond, 503 at once; default 256.
+    pub max_pending_per_agent: usize,
+    /// Most requests waiting in total; default 16384.
+    pub max_pending_total: usize,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            pending_request_deadline: Duration::from_secs(20),
+            response_timeout: Duration::from_secs(60),
+            max_pending_per_agent: 256,
+            max_pending_total: 16_384,
+        }
+    }
+}
+
+/// Liveness of agent connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeepaliveConfig {
+    /// How often kas pings an otherwise quiet connection; default `20s`.
+    #[serde(with = "duration_format")]
+    pub interval: Duration,
+    /// A connection silent this long is closed; default `60s`. Must exceed `interval`.
+    #[serde(with = "duration_format")]
+    pub idle_timeout: Duration,
+    /// Time allowed for TLS and protocol handshakes, including authentication; default `10s`.
+    #[serde(with = "duration_format")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for KeepaliveConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Smallest accepted `limits.max_frame_size`.
+pub const MIN_FRAME_SIZE: u32 = 1024;
+/// Largest accepted `limits.max_frame_size` (24-bit frame length).
+pub const MAX_FRAME_SIZE: u32 = (1 << 24) - 1;
+
+/// Per-connection protocol limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most concurrent streams kas opens on one agent connection; default 256.
+    pub max_streams_per_connection: u32,
+    /// Largest frame payload kas accepts, in bytes ([`MIN_FRAME_SIZE`]..=[`MAX_FRAME_SIZE`]); default 16384.
+    pub max_frame_size: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_streams_per_connection: 256,
+            max_frame_size: 16 * 1024,
+        }
+    }
+}
+
+/// Limits on failed authentications.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// Failed agent authentications; default 10 per minute per source.
+    pub agent_auth_failures: RateLimitConfig,
+    /// Failed HTTP API authentications; default 20 per minute per source.
+    pub user_auth_failures: RateLimitConfig,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        Self {
+            agent_auth_failures: RateLimitConfig::default(),
+            user_auth_failures: RateLimitConfig {
+                max_failures: 20,
+                ..RateLimitConfig::default()
+            },
+        }
+    }
+}
+
+/// A sliding-window limit on failures per source address (IPv6 sources grouped by /64).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Failures allowed per source within `window`; further attempts are refused without asking the
+    /// backend until the oldest failure leaves the window. `0` disables the limit. Default 10.
+    pub max_failures: u32,
+    /// The window; default `1m`.
+    #[serde(with = "duration_format")]
+    pub window: Duration,
+    /// Most sources remembered; beyond, the least recently failing one is forgotten. Default 10000.
+    pub max_sources: usize,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            max_failures: 10,
+            window: Duration::from_secs(60),
+            max_sources: 10_000,
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter directive, e.g. `info` or `info,kas=debug`; default `info`. Use
+    /// [`LogConfig::filter_directives`] to build the filter.
+    pub level: String,
+    /// Output format; default `text`.
+    pub format: LogFormat,
+}
+
+/// Directives appended to every log filter: ureq's protocol layer logs raw request bytes at `trace`,
+/// which would include agent tokens sent to GitLab, so it is capped at `info` whatever `level` says.
+pub const FORCED_LOG_DIRECTIVES: &str = "ureq_proto=info";
+
+impl LogConfig {
+    /// The filter to give `tracing_subscriber::EnvFilter`: `level` plus [`FORCED_LOG_DIRECTIVES`].
+    pub fn filter_directives(&self) -> String {
+        let level = self.level.trim().trim_end_matches(',');
+        if level.is_empty() {
+            FORCED_LOG_DIRECTIVES.to_owned()
+        } else {
+            format!("{level},{FORCED_LOG_DIRECTIVES}")
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Errors loading or writing a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not a valid configuration.
+    #[error(transparent)]
+    Yaml(#[from] YamlError),
+    /// The configuration could not be written.
+    #[error("cannot write config file {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The configuration could not be serialized.
+    #[error("cannot serialize config: {0}")]
+    Serialize(#[source] serde_yaml::Error),
+}
+
+/// A YAML file that does not parse, or does not match the expected structure.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid YAML in {}: {source}", path.display())]
+pub struct YamlError {
+    /// The file (or a name for in-memory text).
+    pub path: PathBuf,
+    /// 1-based line of the problem, when known.
+    pub line: Option<usize>,
+    /// 1-based column of the problem, when known.
+    pub column: Option<usize>,
+    /// The parser's message (it also mentions the location).
+    pub source: serde_yaml::Error,
+}
+
+/// Parses YAML text into `T`, naming `path` and the line on failure. Empty text parses as `null`,
+/// which types with `#[serde(default)]` do not accept, so callers that allow empty files handle it.
+pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, YamlError> {
+    serde_yaml::from_str(text).map_err(|source| {
+        let location = source.location();
+        YamlError {
+            path: path.to_owned(),
+            line: location.as_ref().map(|l| l.line()),
+            column: location.as_ref().map(|l| l.column()),
+            source,
+        }
+    })
+}
+
+impl Config {
+    /// Reads `path`, then resolves relative paths against its directory ([`Config::resolve_paths`]).
+    /// An empty file gives the defaults. Does not validate; call [`Config::validate`].
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Config::from_yaml_str(&text, path)?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        config.resolve_paths(base);
+        tracing::debug!(path = %path.display(), "loaded config");
+        Ok(config)
+    }
+
+    /// Parses YAML text; `origin` names it in errors. Relative paths are left as written.
+    pub fn from_yaml_str(text: &str, origin: &Path) -> Result<Config, YamlError> {
+        if is_blank_yaml(text) {
+            return Ok(Config::default());
+        }
+        parse_yaml(origin, text)
+    }
+
+    /// The configuration as YAML.
+    pub fn to_yaml_string(&self) -> Result<String, ConfigError> {
+        serde_yaml::to_string(self).map_err(ConfigError::Serialize)
+    }
+
+    /// Writes the configuration to `path` (atomically), as it is: relative paths stay relative, so they
+    /// will be resolved against `path`'s directory when loaded again.
+    pub fn write(&self, path: impl AsRef<Path>) -> Result<(), ConfigError> {
+        let path = path.as_ref();
+        let body = self.to_yaml_string()?;
+        let text = format!(
+            "# kas configuration. Every key is optional; relative paths are relative to this file.\n{body}"
+        );
+        write_atomic(path, text.as_bytes(), false).map_err(|source| ConfigError::Write {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Makes every relative path absolute-ish by joining it to `base` (normally the config file's
+    /// directory). Absolute paths are unchanged; an empty `base` changes nothing.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() && !base.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.state_dir);
+        fix(&mut self.agent_listener.tls.cert_file);
+        fix(&mut self.agent_listener.tls.key_file);
+        if let Some(ca) = &mut self.agent_listener.tls.client_ca_file {
+            fix(ca);
+        }
+        match &mut self.agent_auth.backend {
+            AuthBackendConfig::Embedded => {}
+            AuthBackendConfig::AgentsFile(p) => fix(p),
+            AuthBackendConfig::Gitlab(g) => {
+                fix(&mut g.secret_file);
+                if let Some(ca) = &mut g.ca_file {
+                    fix(ca);
+                }
+            }
+        }
+        fix(&mut self.users.file);
+    }
+
+    /// The agents file the configured backend reads: `<state_dir>/agents.yaml` for `embedded`, the
+    /// given path for `agents_file`, `None` for `gitlab`.
+    pub fn agents_file_path(&self) -> Option<PathBuf> {
+        match &self.agent_auth.backend {
+            AuthBackendConfig::Embedded => Some(self.state_dir.join(crate::auth::AGENTS_FILE_NAME)),
+            AuthBackendConfig::AgentsFile(p) => Some(p.clone()),
+            AuthBackendConfig::Gitlab(_) => None,
+        }
+    }
+
+    /// Checks that named files exist and values are in range. Returns every problem found.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errors = Vec::new();
+        let mut need_file = |what: &'static str, path: &Path| {
+            if !path.is_file() {
+                errors.push(ValidationError::MissingFile {
+                    what,
+                    path: path.to_owned(),
+                });
+            }
+        };
+        let tls = &self.agent_listener.tls;
+        need_file("agent listener TLS certificate", &tls.cert_file);
+        need_file("agent listener TLS key", &tls.key_file);
+        if let Some(ca) = &tls.client_ca_file {
+            need_file("agent listener client CA", ca);
+        }
+        if let Some(agents) = self.agents_file_path() {
+            need_file("agents file", &agents);
+        }
+        if let AuthBackendConfig::Gitlab(g) = &self.agent_auth.backend {
+            need_file("GitLab shared secret", &g.secret_file);
+            if let Some(ca) = &g.ca_file {
+                need_file("GitLab CA", ca);
+            }
+        }
+        need_file("users file", &self.users.file);
+
+        let mut invalid = |field: &'static str, reason: String| {
+            errors.push(ValidationError::InvalidValue { field, reason });
+        };
+        if let AuthBackendConfig::Gitlab(g) = &self.agent_auth.backend {
+            match url::Url::parse(&g.url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+                Ok(u) => invalid(
+                    "agent_auth.backend.gitlab.url",
+                    format!(
+                        "scheme must be http or https with a host, got {:?}",
+                        u.scheme()
+                    ),
+                ),
+                Err(e) => invalid("agent_auth.backend.gitlab.url", e.to_string()),
+            }
+            if g.timeout.is_zero() {
+                invalid("agent_auth.backend.gitlab.timeout", "must be > 0".into());
+            }
+        }
+        if self.keepalive.interval.is_zero() {
+            invalid("keepalive.interval", "must be > 0".into());
+        }
+        if self.keepalive.idle_timeout <= self.keepalive.interval {
+            invalid(
+                "keepalive.idle_timeout",
+                format!(
+                    "must exceed keepalive.interval ({})",
+                    format_duration(self.keepalive.interval)
+                ),
+            );
+        }
+        if self.keepalive.handshake_timeout.is_zero() {
+            invalid("keepalive.handshake_timeout", "must be > 0".into());
+        }
+        if self.routing.response_timeout.is_zero() {
+            invalid("routing.response_timeout", "must be > 0".into());
+        }
+        if self.limits.max_streams_per_connection == 0 {
+            invalid("limits.max_streams_per_connection", "must be >= 1".into());
+        }
+        if !(MIN_FRAME_SIZE..=MAX_FRAME_SIZE).contains(&self.limits.max_frame_size) {
+            invalid(
+                "limits.max_frame_size",
+                format!("must be within {MIN_FRAME_SIZE}..={MAX_FRAME_SIZE}"),
+            );
+        }
+        for (field, rl) in [
+            (
+                "rate_limits.agent_auth_failures.window",
+                &self.rate_limits.agent_auth_failures,
+            ),
+            (
+                "rate_limits.user_auth_failures.window",
+                &self.rate_limits.user_auth_failures,
+            ),
+        ] {
+            if rl.max_failures > 0 && rl.window.is_zero() {
+                invalid(field, "must be > 0 when max_failures > 0".into());
+            }
+        }
+        if self.log.level.trim().is_empty() {
+            invalid("log.level", "must not be empty".into());
+        }
+        if self.agent_listener.address == self.api_listener.address {
+            errors.push(ValidationError::AddressConflict(self.api_listener.address));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationErrors(errors))
+        }
+    }
+}
+
+fn is_blank_yaml(text: &str) -> bool {
+    text.lines().all(|l| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#') || l == "---"
+    })
+}
+
+/// One problem found by [`Config::validate`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    /// A file the configuration names does not exist (or is not a regular file).
+    #[error("{what} {} does not exist", path.display())]
+    MissingFile {
+        /// What the file is for.
+        what: &'static str,
+        /// The path as configured (after resolution).
+        path: PathBuf,
+    },
+    /// A value is out of range.
+    #[error("{field}: {reason}")]
+    InvalidValue {
+        /// The YAML key path.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The agent and API listeners use the same address.
+    #[error("agent_listener.address and api_listener.address are both {0}")]
+    AddressConflict(SocketAddr),
+}
+
+/// Every problem found by [`Config::validate`] (never empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationErrors(pub Vec<ValidationError>);
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid configuration: ")?;
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ValidationErrors {}
+
+/// Why a duration string could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {input:?}: {reason} (expected e.g. 500ms, 20s, 5m, 1h, 1m30s)")]
+pub struct DurationParseError {
+    input: String,
+    reason: &'static str,
+}
+
+/// Parses `500ms`, `20s`, `5m`, `1h`, `1m30s`, `0s`... (units `ms`, `s`, `m`, `h`; at most 8 parts).
+pub fn parse_duration(input: &str) -> Result<Duration, DurationParseError> {
+    let err = |reason| DurationParseError {
+        input: input.chars().take(40).collect(),
+        reason,
+    };
+    let s = input.trim();
+    if s.is_empty() {
+        return Err(err("empty"));
+    }
+    let mut rest = s;
+    let mut total = Duration::ZERO;
+    for _ in 0..8 {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(err("expected a number"));
+        }
+        let value: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| err("number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let (unit, after) = rest.split_at(unit_len);
+        let part = match unit {
+            "ms" => Duration::from_millis(value),
+            "s" => Duration::from_secs(value),
+            "m" => Duration::from_secs(value.checked_mul(60).ok_or_else(|| err("too large"))?),
+            "h" => Duration::from_secs(value.checked_mul(3600).ok_or_else(|| err("too large"))?),
+            "" => return Err(err("missing unit")),
+            _ => return Err(err("unknown unit")),
+        };
+        total = total.checked_add(part).ok_or_else(|| err("too large"))?;
+        rest = after;
+        if rest.is_empty() {
+            return Ok(total);
+        }
+    }
+    Err(err("too many parts"))
+}
+
+/// Formats a duration the way [`parse_duration`] reads it, in the largest exact unit
+/// (`300s` → `5m`, `1500ms` → `1500ms`).
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_owned();
+    }
+    for (unit_ms, unit) in [(3_600_000u128, "h"), (60_000, "m"), (1000, "s")] {
+        let whole = ms / unit_ms;
+        if whole * unit_ms == ms {
+            return format!("{whole}{unit}");
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// Serde adapter for durations written as `20s`, `5m`, ... (sub-millisecond parts are dropped when
+/// writing).
+pub mod duration_format {
+    use super::{format_duration, parse_duration};
+    use serde::{Deserialize as _, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// Writes `d` as e.g. `20s`.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(*d))
+    }
+
+    /// Reads e.g. `20s`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    #[test]
+    fn empty_file_is_defaults() -> TestResult {
+        let c = Config::from_yaml_str("# nothing\n", Path::new("kas.yaml"))?;
+        assert_eq!(c, Config::default());
+        let c = Config::from_yaml_str("{}", Path::new("kas.yaml"))?;
+        assert_eq!(c, Config::default());
+        Ok(())
+    }
+
+    #[test]
+    fn partial_file_overrides_only_what_it_names() -> TestResult {
+        let text = "api_listener:\n  address: 127.0.0.1:9999\nrouting:\n  pending_request_deadline: 1m30s\n";
+        let c = Config::from_yaml_str(text, Path::new("kas.yaml"))?;
+        assert_eq!(
+            c.api_listener.address,
+            SocketAddr::from(([127, 0, 0, 1], 9999))
+        );
+        assert_eq!(c.routing.pending_request_deadline, Duration::from_secs(90));
+        assert_eq!(
+            c.routing.max_pending_per_agent,
+            RoutingConfig::default().max_pending_per_agent
+        );
+        assert_eq!(c.keepalive, KeepaliveConfig::default());
+        Ok(())
+    }
+
+    #[test]
+    fn backends_parse_in_map_form() -> TestResult {
+        let c = Config::from_yaml_str("agent_auth:\n  backend: embedded\n", Path::new("k"))?;
+        assert_eq!(c.agent_auth.backend, AuthBackendConfig::Embedded);
+        let c = Config::from_yaml_str(
+            "agent_auth:\n  backend:\n    agents_file: /etc/kas/agents.yaml\n",
+            Path::new("k"),
+        )?;
+        assert_eq!(
+            c.agent_auth.backend,
+            AuthBackendConfig::AgentsFile(PathBuf::from("/etc/kas/agents.yaml"))
+        );
+        let text = "agent_auth:\n  backend:\n    gitlab:\n      url: https://gitlab.example.com\n      secret_file: s\n      cache: { positive_ttl: 10s, negative_ttl: 0s }\n";
+        let c = Config::from_yaml_str(text, Path::new("k"))?;
+        let AuthBackendConfig::Gitlab(g) = &c.agent_auth.backend else {
+            return Err(format!("not gitlab: {:?}", c.agent_auth.backend).into());
+        };
+        assert_eq!(g.url, "https://gitlab.example.com");
+        assert_eq!(g.cache.positive_ttl, Duration::from_secs(10));
+        assert_eq!(g.cache.negative_ttl, Duration::ZERO);
+        assert_eq!(g.cache.max_entries, 10_000);
+        assert_eq!(g.timeout, Duration::from_secs(10));
+        Ok(())
+    }
+
+    #[test]
+    fn broken_yaml_names_file_and_line() {
+        let text = "api_listener:\n  address: 127.0.0.1:8080\nrouting: [\n";
+        let Err(e) = Config::from_yaml_str(text, Path::new("/etc/kas/kas.yaml")) else {
+            panic!("broken YAML accepted");
+        };
+        assert_eq!(e.path, Path::new("/etc/kas/kas.yaml"));
+        assert!(e.line.is_some_and(|l| l >= 3), "line {:?}", e.line);
+        assert!(e.to_string().contains("/etc/kas/kas.yaml"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors_with_lines() {
+        let cases = [
+            ("api_listenr:\n  address: 1.2.3.4:5\n", 1),
+            ("routing:\n  pending_request_deadline: 20\n", 2),
+            ("routing:\n  pending_request_deadline: 20 parsecs\n", 2),
+            ("agent_auth:\n  backend: nope\n", 2),
+            ("agent_listener:\n  address: not-an-address\n", 2),
+            ("log:\n  format: xml\n", 2),
+        ];
+        for (text, line) in cases {
+            match Config::from_yaml_str(text, Path::new("kas.yaml")) {
+                Ok(c) => panic!("accepted {text:?}: {c:?}"),
+                Err(e) => assert_eq!(e.line, Some(line), "{text:?}: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn write_then_load_round_trips() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("kas.yaml");
+        let mut c = Config::default();
+        c.agent_auth.backend = AuthBackendConfig::Gitlab(GitLabConfig {
+            url: "https://gitlab.example.com/".into(),
+            ca_file: Some(PathBuf::from("gitlab-ca.pem")),
+            ..GitLabConfig::default()
+        });
+        c.routing.pending_request_deadline = Duration::from_millis(1500);
+        c.log.format = LogFormat::Json;
+        c.write(&path)?;
+        let loaded = Config::load(&path)?;
+        let mut expected = c.clone();
+        expected.resolve_paths(dir.path());
+        assert_eq!(loaded, expected);
+        // The written text keeps relative paths relative.
+        let text = std::fs::read_to_string(&path)?;
+        assert!(text.contains("secret_file: .gitlab_kas_secret"), "{text}");
+        assert!(text.contains("pending_request_deadline: 1500ms"), "{text}");
+        Ok(())
+    }
+
+    #[test]
+    fn load_resolves_relative_paths_against_the_file() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("kas.yaml");
+        std::fs::write(
+            &path,
+            "users: { file: u.yaml }\nagent_auth: { backend: { agents_file: /abs/agents.yaml } }\n",
+        )?;
+        let c = Config::load(&path)?;
+        assert_eq!(c.users.file, dir.path().join("u.yaml"));
+        assert_eq!(c.agent_listener.tls.cert_file, dir.path().join("kas.crt"));
+        assert_eq!(
+            c.agents_file_path(),
+            Some(PathBuf::from("/abs/agents.yaml"))
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn load_of_missing_file_is_a_read_error() {
+        match Config::load("/nonexistent/dir/kas.yaml") {
+            Err(ConfigError::Read { path, .. }) => {
+                assert_eq!(path, Path::new("/nonexistent/dir/kas.yaml"))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn validate_reports_missing_files_and_bad_values() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let mut c = Config::default();
+        c.resolve_paths(dir.path());
+        c.keepalive.idle_timeout = c.keepalive.interval;
+        c.limits.max_frame_size = 10;
+        let Err(ValidationErrors(errors)) = c.validate() else {
+            return Err("invalid config accepted".into());
+        };
+        let missing: Vec<_> = errors
+            .iter()
+            .filter_map(|e| match e {
+                ValidationError::MissingFile { what, .. } => Some(*what),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            missing,
+            [
+                "agent listener TLS certificate",
+                "agent listener TLS key",
+                "agents file",
+                "users file"
+            ]
+        );
+        let fields: Vec<_> = errors
+            .iter()
+            .filter_map(|e| match e {
+                ValidationError::InvalidValue { field, .. } => Some(*field),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(fields, ["keepalive.idle_timeout", "limits.max_frame_size"]);
+
+        // Create the files and fix the values: now valid.
+        for f in ["kas.crt", "kas.key", "agents.yaml", "users.yaml"] {
+            std::fs::write(dir.path().join(f), "x")?;
+        }
+        c.keepalive = KeepaliveConfig::default();
+        c.limits = LimitsConfig::default();
+        c.validate()?;
+        Ok(())
+    }
+
+    #[test]
+    fn validate_checks_gitlab_settings() -> TestResult {
+        let mut c = Config::default();
+        c.agent_auth.backend = AuthBackendConfig::Gitlab(GitLabConfig {
+            url: "ftp://gitlab".into(),
+            ..GitLabConfig::default()
+        });
+        let Err(ValidationErrors(errors)) = c.validate() else {
+            return Err("invalid config accepted".into());
+        };
+        assert!(
+            errors.iter().any(|e| matches!(
+                e,
+                ValidationError::MissingFile {
+                    what: "GitLab shared secret",
+                    ..
+                }
+            )),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| matches!(
+                e,
+                ValidationError::InvalidValue {
+                    field: "agent_auth.backend.gitlab.url",
+                    ..
+                }
+            )),
+            "{errors:?}"
+        );
+        // No agents file is needed with GitLab.
+        assert!(
+            !errors.iter().any(|e| matches!(
+                e,
+                ValidationError::MissingFile {
+                    what: "agents file",
+                    ..
+                }
+            )),
+            "{errors:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn log_filter_never_traces_raw_http() {
+        let mut log = LogConfig::default();
+        assert_eq!(log.filter_directives(), "info,ureq_proto=info");
+        log.level = "trace,".into();
+        assert_eq!(log.filter_directives(), "trace,ureq_proto=info");
+    }
+
+    #[test]
+    fn durations_parse_and_format() {
+        let ok = [
+            ("0s", 0),
+            ("500ms", 500),
+            ("20s", 20_000),
+            ("5m", 300_000),
+            ("1h", 3_600_000),
+            ("1m30s", 90_000),
+            ("1h1ms", 3_600_001),
+        ];
+        for (text, ms) in ok {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_millis(ms)),
+                "{text}"
+            );
+        }
+        for bad in [
+            "",
+            "20",
+            "s",
+            "5 m",
+            "1d",
+            "-1s",
+            "1s1s1s1s1s1s1s1s1s",
+            "99999999999999999999999s",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(format_duration(Duration::from_secs(300)), "5m");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::ZERO), "0s");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn duration_format_round_trips(ms in 0u64..10_000_000_000) {
+            let d = Duration::from_millis(ms);
+            proptest::prop_assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+        }
+    }
+}
