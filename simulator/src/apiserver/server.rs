@@ -1,0 +1,330 @@
+//! Starting and stopping the simulated API server: configuration, binding, the accept loop
+//! (hyper HTTP/1.1 on tokio, plain HTTP), and the background tasks (simulated kubelet, churn).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+
+use super::churn::{self, Churn, ChurnConfig};
+use super::handlers::{self, Context};
+use super::kubeconfig;
+use super::kubelet;
+use super::population;
+use super::recorder::EventRecorder;
+use super::store::{Store, StoreConfig, StoreError};
+
+/// Settings of a simulated API server. `Default` gives a small cluster on an ephemeral
+/// 127.0.0.1 port without churn.
+#[derive(Debug, Clone)]
+pub struct ApiServerConfig {
+    /// Address to listen on (port 0 = any free port).
+    pub listen: SocketAddr,
+    /// Initial number of Ready nodes (`sim-node-1`, ...).
+    pub nodes: usize,
+    /// Initial number of running pods, spread over the initial deployments.
+    pub pods: usize,
+    /// Churn steps per second (0 = no churn).
+    pub churn_rate: f64,
+    /// Seed of the churn and naming RNG.
+    pub seed: u64,
+    /// Change events retained for watch resumption and paging (older versions get 410).
+    pub history_size: usize,
+    /// Capacity of the change broadcast; watchers lagging further behind are ended with 410.
+    pub broadcast_capacity: usize,
+    /// Interval between watch bookmarks (for watches with `allowWatchBookmarks=true`).
+    pub bookmark_interval: Duration,
+    /// Interval between fake log lines of each running container.
+    pub log_interval: Duration,
+    /// Run the simulated kubelet, which starts Pending pods.
+    pub kubelet: bool,
+    /// How long a Pending pod waits before the simulated kubelet starts it.
+    pub pod_startup_delay: Duration,
+    /// If set, every API request must carry `Authorization: Bearer <token>`.
+    pub bearer_token: Option<String>,
+    /// Most events kept from simulated activity.
+    pub max_events: usize,
+}
+
+impl Default for ApiServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            nodes: 3,
+            pods: 10,
+            churn_rate: 0.0,
+            seed: 1,
+            history_size: 10_000,
+            broadcast_capacity: 4096,
+            bookmark_interval: Duration::from_secs(15),
+            log_interval: Duration::from_secs(1),
+            kubelet: true,
+            pod_startup_delay: Duration::from_millis(500),
+            bearer_token: None,
+            max_events: 200,
+        }
+    }
+}
+
+/// Errors starting or using the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address asked for.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A tokio runtime could not be created.
+    #[error("cannot start a tokio runtime for the API server: {0}")]
+    Runtime(std::io::Error),
+    /// The kubeconfig could not be written.
+    #[error("cannot write kubeconfig {path}: {source}")]
+    WriteKubeconfig {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The initial cluster state could not be created.
+    #[error("cannot create the initial cluster state: {0}")]
+    Populate(#[from] StoreError),
+}
+
+/// Entry points to start a simulated API server.
+pub struct ApiServer;
+
+impl ApiServer {
+    /// Binds and starts serving; returns at once. Inside a tokio runtime the server runs as
+    /// tasks of that runtime (note: a current-thread runtime only serves while it is polled, so
+    /// don't block it, e.g. with a blocking `kubectl` call); outside any runtime it gets its own
+    /// runtime on a background thread.
+    pub fn start(config: ApiServerConfig) -> Result<RunningApiServer, Error> {
+        match Handle::try_current() {
+            Ok(h) => Self::start_on(&h, config),
+            Err(_) => Self::start_with_own_runtime(config),
+        }
+    }
+
+    /// Starts the server on its own two-thread tokio runtime on a background thread; the
+    /// runtime stops with [`RunningApiServer::shutdown`] (or when the handle is dropped).
+    pub fn start_with_own_runtime(config: ApiServerConfig) -> Result<RunningApiServer, Error> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sim-apiserver")
+            .enable_all()
+            .build()
+            .map_err(Error::Runtime)?;
+        let mut running = Self::start_on(rt.handle(), config)?;
+        let mut stop = running.shutdown.subscribe();
+        let thread = std::thread::Builder::new()
+            .name("sim-apiserver-rt".to_string())
+            .spawn(move || {
+                rt.block_on(async move {
+                    // Ends when shutdown is signalled or the sender is dropped.
+                    while !*stop.borrow_and_update() {
+                        if stop.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                rt.shutdown_timeout(Duration::from_secs(2));
+            })
+            .map_err(Error::Runtime)?;
+        running.own_runtime = Some(thread);
+        Ok(running)
+    }
+
+    /// Starts the server as tasks on the given tokio runtime.
+    pub fn start_on(handle: &Handle, config: ApiServerConfig) -> Result<RunningApiServer, Error> {
+        let _guard = handle.enter();
+        let bind_err = |source| Error::Bind {
+            addr: config.listen,
+            source,
+        };
+        let std_listener = std::net::TcpListener::bind(config.listen).map_err(bind_err)?;
+        std_listener.set_nonblocking(true).map_err(bind_err)?;
+        let addr = std_listener.local_addr().map_err(bind_err)?;
+        let listener = tokio::net::TcpListener::from_std(std_listener).map_err(bind_err)?;
+
+        let store = Store::new(StoreConfig {
+            history_size: config.history_size.max(1),
+            broadcast_capacity: config.broadcast_capacity,
+        });
+        population::populate(&store, config.nodes, config.pods, config.seed)?;
+        let recorder = EventRecorder::new(store.clone(), config.max_events);
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let ctx = Arc::new(Context {
+            store: store.clone(),
+            bearer_token: config.bearer_token.clone(),
+            bookmark_interval: config.bookmark_interval,
+            log_interval: config.log_interval,
+            shutdown: shutdown_rx.clone(),
+            server_address: addr.to_string(),
+        });
+        handle.spawn(accept_loop(listener, ctx, shutdown_rx.clone()));
+        if config.kubelet {
+            handle.spawn(kubelet::run(
+                store.clone(),
+                recorder.clone(),
+                config.pod_startup_delay,
+                shutdown_rx.clone(),
+            ));
+        }
+        if config.churn_rate > 0.0 {
+            let churn = Churn::new(
+                store.clone(),
+                recorder,
+                ChurnConfig {
+                    rate: config.churn_rate,
+                    seed: config.seed,
+                    target_pods: config.pods,
+                },
+            );
+            handle.spawn(churn::run(churn, shutdown_rx));
+        }
+        tracing::info!(%addr, nodes = config.nodes, pods = config.pods, churn = config.churn_rate, "simulated API server listening");
+        Ok(RunningApiServer {
+            addr,
+            store,
+            bearer_token: config.bearer_token,
+            shutdown,
+            own_runtime: None,
+        })
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    ctx: Arc<Context>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(serve_connection(stream, peer, ctx.clone(), shutdown.clone()));
+                }
+                Err(e) => {
+                    // E.g. out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    tracing::debug!("simulated API server stopped accepting");
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let service = service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(handlers::handle(ctx, req).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        r = conn => if let Err(e) = r {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        },
+        _ = shutdown.changed() => {}
+    }
+}
+
+/// A running simulated API server. Dropping it stops the server.
+pub struct RunningApiServer {
+    addr: SocketAddr,
+    store: Store,
+    bearer_token: Option<String>,
+    shutdown: watch::Sender<bool>,
+    own_runtime: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RunningApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningApiServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningApiServer {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The object store behind the server: changes made here are served and watched like
+    /// changes made through the API.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The bearer token clients must present, if any.
+    pub fn bearer_token(&self) -> Option<&str> {
+        self.bearer_token.as_deref()
+    }
+
+    /// A kubeconfig (YAML) for this server with one context named `context`.
+    pub fn kubeconfig(&self, context: &str) -> String {
+        kubeconfig::kubeconfig_yaml(&self.url(), context, self.bearer_token.as_deref())
+    }
+
+    /// Writes [`kubeconfig`](Self::kubeconfig) to `path`.
+    pub fn write_kubeconfig(&self, path: impl AsRef<Path>, context: &str) -> Result<(), Error> {
+        let path = path.as_ref();
+        std::fs::write(path, self.kubeconfig(context)).map_err(|source| Error::WriteKubeconfig {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// A receiver that sees `true` once the server is shutting down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Stops accepting, ends open connections, streams and background tasks.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.shutdown.send_replace(true);
+        if let Some(t) = self.own_runtime.take()
+            && t.join().is_err()
+        {
+            tracing::warn!("the API server runtime thread panicked");
+        }
+    }
+}
+
+impl Drop for RunningApiServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
