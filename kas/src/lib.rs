@@ -1,14 +1,54 @@
 //! kas: the agent server. Agents (agentk) dial out to kas and keep a tunnel open; kas routes requests
 //! from its HTTP API into the clusters over those tunnels.
 //!
-//! Authentication, authorisation and configuration are synchronous, runtime-independent modules:
-//! [`auth`] decides which agent a connection belongs to (agents file, the embedded default generated
-//! into the state directory, or GitLab's internal API with a signed JWT and a cache), with a per-source
-//! limit on failed attempts; [`users`] authorises HTTP API requests (`Authorization: Bearer
-//! <kind>:<agent-id>:<token>`) against a users file; [`config`] is `kas.yaml`. Blocking calls (file
-//! reads, HTTP to GitLab) are meant to run on the async runtime's blocking pool; nothing here spawns
-//! threads or needs a runtime.
+//! # Architecture
+//!
+//! ```text
+//!  kubectl / curl ──HTTP──▶ api (hyper on smol) ──▶ users: 401/403 ──▶ directory: 404
+//!                                 │
+//!                                 ▼ registry.route(agent, deadline)      (protocol::router decides)
+//!                           Lease on a connection ──open stream──▶ agent_listener's connections
+//!                                 │                                      (runtime-smol, TLS)
+//!                                 ◀── response head (≤ response timeout) + body streamed back
+//! ```
+//!
+//! Synchronous, runtime-independent modules: [`auth`] decides which agent a connection belongs to
+//! (agents file, the embedded default generated into the state directory, or GitLab's internal API
+//! with a signed JWT and a cache), with a per-source limit on failed attempts; [`users`] authorises
+//! HTTP API requests (`Authorization: Bearer <kind>:<agent-id>:<token>`) against a users file;
+//! [`config`] is `kas.yaml`; [`directory`] says which agents exist; [`metrics`] renders Prometheus
+//! text; [`rfc3339`] formats timestamps.
+//!
+//! The running server, on smol: [`server`] ([`Kas::start`] → [`Running`]) binds both listeners and
+//! spawns every task on kas's own executor threads ([`pool`]); [`agent_listener`] accepts agent
+//! connections (TLS, HELLO authenticated on smol's blocking pool, REJECT codes) and registers them in
+//! the [`registry`], the async face of `protocol::router::Router` (waiting requests, one timer task,
+//! leases); [`api`] is the HTTP API (health, readiness, metrics, agent listing, `/k8s-proxy` and the
+//! service proxy, streaming both ways). [`state`] is what all tasks share; [`signals`] waits for
+//! SIGINT/SIGTERM.
+//!
+//! Starting kas in-process (as the demo does):
+//!
+//! ```no_run
+//! let config = kas::config::Config::load("state/kas.yaml")?;
+//! let running = kas::Kas::start(config)?;
+//! println!("{} / {}", running.agent_addr(), running.k8s_proxy_url());
+//! running.shutdown();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
+pub mod agent_listener;
+pub mod api;
 pub mod auth;
 pub mod config;
+pub mod directory;
+pub mod metrics;
+pub mod pool;
+pub mod registry;
+pub mod rfc3339;
+pub mod server;
+pub mod signals;
+pub mod state;
 pub mod users;
+
+pub use server::{Kas, Running, ShutdownReport, StartError, StartOptions};

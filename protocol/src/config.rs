@@ -99,8 +99,7 @@ impl Settings {
                 self.max_frame_size
             ));
         }
-        if self.initial_stream_window > MAX_WINDOW || self.initial_connection_window > MAX_WINDOW
-        {
+        if self.initial_stream_window > MAX_WINDOW || self.initial_connection_window > MAX_WINDOW {
             return Err("window above 2^31-1".into());
         }
         if self.max_header_size < 1024 || self.max_header_size > MAX_FRAME_SIZE_LIMIT {

@@ -150,7 +150,9 @@ pub enum ConnectionError {
     BeforeHandshake { frame: &'static str },
     #[error("unexpected handshake frame {frame} after the handshake")]
     UnexpectedHandshake { frame: &'static str },
-    #[error("no common protocol version: ours {ours_min}..={ours_max}, theirs {theirs_min}..={theirs_max}")]
+    #[error(
+        "no common protocol version: ours {ours_min}..={ours_max}, theirs {theirs_min}..={theirs_max}"
+    )]
     VersionMismatch {
         ours_min: u32,
         ours_max: u32,

@@ -94,7 +94,8 @@ impl Pair {
         self.drive();
         while let Some(ev) = self.server.poll_event() {
             if let Event::Hello(_) = ev {
-                self.server.accept(agent_id, format!("c{agent_id}"), self.now);
+                self.server
+                    .accept(agent_id, format!("c{agent_id}"), self.now);
             }
         }
         self.drive();

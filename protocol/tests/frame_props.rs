@@ -46,20 +46,30 @@ fn frame() -> impl Strategy<Value = Frame> {
                 end_stream,
             }
         }),
-        (stream_id(), ".{0,30}", ".{0,8}", ".{0,60}", headers(), any::<u32>(), any::<bool>())
-            .prop_map(|(stream, service, method, path, headers, timeout_ms, end_stream)| {
-                Frame::Request {
-                    stream,
-                    head: proto::RequestHead {
-                        service,
-                        method,
-                        path,
-                        headers,
-                        timeout_ms,
-                    },
-                    end_stream,
+        (
+            stream_id(),
+            ".{0,30}",
+            ".{0,8}",
+            ".{0,60}",
+            headers(),
+            any::<u32>(),
+            any::<bool>()
+        )
+            .prop_map(
+                |(stream, service, method, path, headers, timeout_ms, end_stream)| {
+                    Frame::Request {
+                        stream,
+                        head: proto::RequestHead {
+                            service,
+                            method,
+                            path,
+                            headers,
+                            timeout_ms,
+                        },
+                        end_stream,
+                    }
                 }
-            }),
+            ),
         (stream_id(), any::<u32>(), headers(), any::<bool>()).prop_map(
             |(stream, status, headers, end_stream)| Frame::Response {
                 stream,
@@ -81,11 +91,10 @@ fn frame() -> impl Strategy<Value = Frame> {
             stream,
             reset: proto::Reset { code, message },
         }),
-        (0u32..0x7fff_ffff, 1u32..=0x7fff_ffff)
-            .prop_map(|(s, increment)| Frame::WindowUpdate {
-                stream: StreamId(s),
-                increment,
-            }),
+        (0u32..0x7fff_ffff, 1u32..=0x7fff_ffff).prop_map(|(s, increment)| Frame::WindowUpdate {
+            stream: StreamId(s),
+            increment,
+        }),
         (any::<bool>(), any::<[u8; 8]>()).prop_map(|(ack, payload)| Frame::Ping { ack, payload }),
         (any::<u32>(), any::<u32>(), ".{0,40}").prop_map(|(last_stream_id, code, message)| {
             Frame::GoAway(proto::GoAway {

@@ -249,7 +249,11 @@ impl Connection {
             match self.decoder.take_raw(PREFACE.len()) {
                 None => {
                     // A peer that is plainly not one of ours (e.g. an HTTP client) is told at once.
-                    if !PREFACE.starts_with(&data[..data.len().min(PREFACE.len())]) {
+                    // Everything buffered so far is preface: `data` sits at its end, so compare it
+                    // with the preface octets at the same offset (input may split anywhere).
+                    let end = self.decoder.buffered();
+                    let start = end.saturating_sub(data.len());
+                    if PREFACE.get(start..end) != Some(data) {
                         self.fail(frame_err(crate::error::FrameError::BadPreface));
                     }
                     return;
