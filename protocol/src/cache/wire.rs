@@ -1,0 +1,288 @@
+//! Conversions between the cache's values and the `agent_tunnel.cache.v1` protobuf messages, and
+//! decoding with typed errors.
+
+use prost::Message;
+
+use super::decimal::Decimal;
+use super::object::ResourceKind;
+use super::proto;
+use super::store::{ChangeType, ObjectChange};
+use super::table::{GroupKey, View, ViewSchema, Views};
+
+/// A cache message that cannot be decoded or is inconsistent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// Not a valid protobuf encoding of the expected message.
+    #[error("cannot decode cache message: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// Decodes, but breaks a rule of `cache.proto`.
+    #[error("malformed cache message: {0}")]
+    Malformed(String),
+}
+
+fn malformed(reason: impl Into<String>) -> WireError {
+    WireError::Malformed(reason.into())
+}
+
+/// Decodes a message agentk sent.
+pub fn decode_agent_message(bytes: &[u8]) -> Result<proto::AgentToServer, WireError> {
+    Ok(proto::AgentToServer::decode(bytes)?)
+}
+
+/// Decodes a message kas sent.
+pub fn decode_server_message(bytes: &[u8]) -> Result<proto::ServerToAgent, WireError> {
+    Ok(proto::ServerToAgent::decode(bytes)?)
+}
+
+impl From<&ViewSchema> for proto::ViewSchema {
+    fn from(s: &ViewSchema) -> Self {
+        proto::ViewSchema {
+            name: s.name.clone(),
+            kind: s.kind.clone(),
+            group_by: s.group_by.clone(),
+            metrics: s.metrics.clone(),
+        }
+    }
+}
+
+impl From<&proto::ViewSchema> for ViewSchema {
+    fn from(s: &proto::ViewSchema) -> Self {
+        ViewSchema {
+            name: s.name.clone(),
+            kind: s.kind.clone(),
+            group_by: s.group_by.clone(),
+            metrics: s.metrics.clone(),
+        }
+    }
+}
+
+/// Encodes one row; `nanos` is left empty when every value is whole.
+pub(crate) fn row_to_proto(key: &GroupKey, values: &[Decimal]) -> proto::Row {
+    let parts: Vec<(i64, i32)> = values.iter().map(|v| v.to_parts()).collect();
+    let nanos = if parts.iter().all(|(_, n)| *n == 0) {
+        Vec::new()
+    } else {
+        parts.iter().map(|(_, n)| *n).collect()
+    };
+    proto::Row {
+        key: key.clone(),
+        units: parts.iter().map(|(u, _)| *u).collect(),
+        nanos,
+    }
+}
+
+/// Decodes one row of a view with `schema`, checking its shape.
+pub(crate) fn row_from_proto(
+    row: &proto::Row,
+    schema: &ViewSchema,
+) -> Result<(GroupKey, Vec<Decimal>), WireError> {
+    if row.key.len() != schema.group_by.len() {
+        return Err(malformed(format!(
+            "view {:?}: row key has {} fields, schema {}",
+            schema.name,
+            row.key.len(),
+            schema.group_by.len()
+        )));
+    }
+    if row.units.len() != schema.metrics.len()
+        || !(row.nanos.is_empty() || row.nanos.len() == row.units.len())
+    {
+        return Err(malformed(format!(
+            "view {:?}: row has {} values ({} nanos), schema {} metrics",
+            schema.name,
+            row.units.len(),
+            row.nanos.len(),
+            schema.metrics.len()
+        )));
+    }
+    let values = row
+        .units
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            Decimal::from_parts(*u, row.nanos.get(i).copied().unwrap_or(0))
+                .ok_or_else(|| malformed(format!("view {:?}: nanos out of range", schema.name)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((row.key.clone(), values))
+}
+
+/// Checks that a removed key fits the schema.
+pub(crate) fn removed_from_proto(
+    row: &proto::RemovedRow,
+    schema: &ViewSchema,
+) -> Result<GroupKey, WireError> {
+    if row.key.len() != schema.group_by.len() {
+        return Err(malformed(format!(
+            "view {:?}: removed key has {} fields, schema {}",
+            schema.name,
+            row.key.len(),
+            schema.group_by.len()
+        )));
+    }
+    Ok(row.key.clone())
+}
+
+/// The views a snapshot carries, validated: view names unique and non-empty, rows shaped as their
+/// schema says, no duplicate keys.
+pub fn views_from_snapshot(snapshot: &proto::Snapshot) -> Result<Views, WireError> {
+    let mut views = Views::new();
+    for data in &snapshot.views {
+        let schema: ViewSchema = data
+            .schema
+            .as_ref()
+            .map(ViewSchema::from)
+            .ok_or_else(|| malformed("snapshot view without schema"))?;
+        if schema.name.is_empty() || views.get(&schema.name).is_some() {
+            return Err(malformed(format!(
+                "snapshot view name {:?} empty or repeated",
+                schema.name
+            )));
+        }
+        let mut view = View::new(schema);
+        for row in &data.rows {
+            let (key, values) = row_from_proto(row, &view.schema)?;
+            if view.rows.insert(key, values).is_some() {
+                return Err(malformed(format!(
+                    "snapshot view {:?} repeats a row key",
+                    view.schema.name
+                )));
+            }
+        }
+        views.insert(view);
+    }
+    Ok(views)
+}
+
+impl From<ChangeType> for proto::ChangeType {
+    fn from(t: ChangeType) -> Self {
+        match t {
+            ChangeType::Added => proto::ChangeType::Added,
+            ChangeType::Modified => proto::ChangeType::Modified,
+            ChangeType::Deleted => proto::ChangeType::Deleted,
+        }
+    }
+}
+
+impl From<&ObjectChange> for proto::ObjectChange {
+    fn from(c: &ObjectChange) -> Self {
+        proto::ObjectChange {
+            group: c.kind.group.clone(),
+            version: c.kind.version.clone(),
+            kind: c.kind.kind.clone(),
+            namespace: c.namespace.clone(),
+            name: c.name.clone(),
+            r#type: proto::ChangeType::from(c.change_type) as i32,
+            uid: c.uid.clone(),
+            resource_version: c.resource_version.clone(),
+        }
+    }
+}
+
+impl TryFrom<&proto::ObjectChange> for ObjectChange {
+    type Error = WireError;
+    fn try_from(c: &proto::ObjectChange) -> Result<Self, WireError> {
+        let change_type = match proto::ChangeType::try_from(c.r#type) {
+            Ok(proto::ChangeType::Added) => ChangeType::Added,
+            Ok(proto::ChangeType::Modified) => ChangeType::Modified,
+            Ok(proto::ChangeType::Deleted) => ChangeType::Deleted,
+            _ => return Err(malformed(format!("object change type {}", c.r#type))),
+        };
+        if c.kind.is_empty() || c.version.is_empty() || c.name.is_empty() {
+            return Err(malformed("object change without kind, version or name"));
+        }
+        Ok(ObjectChange {
+            kind: ResourceKind::new(&c.group, &c.version, &c.kind),
+            namespace: c.namespace.clone(),
+            name: c.name.clone(),
+            uid: c.uid.clone(),
+            resource_version: c.resource_version.clone(),
+            change_type,
+        })
+    }
+}
+
+/// Wraps object changes for the cache stream.
+pub fn object_changes_message(changes: &[ObjectChange]) -> proto::AgentToServer {
+    proto::AgentToServer {
+        msg: Some(proto::agent_to_server::Msg::ObjectChanges(
+            proto::ObjectChanges {
+                changes: changes.iter().map(proto::ObjectChange::from).collect(),
+            },
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> ViewSchema {
+        ViewSchema {
+            name: "v".into(),
+            kind: "Pod".into(),
+            group_by: vec!["ns".into()],
+            metrics: vec!["a".into(), "b".into()],
+        }
+    }
+
+    #[test]
+    fn rows_round_trip() {
+        let key = vec!["default".to_owned()];
+        let whole = vec![Decimal::from_int(3), Decimal::from_int(-4)];
+        let row = row_to_proto(&key, &whole);
+        assert!(row.nanos.is_empty());
+        assert_eq!(row_from_proto(&row, &schema()), Ok((key.clone(), whole)));
+        let frac = vec![Decimal::from_nanos(1_500_000_000), Decimal::from_nanos(-7)];
+        let row = row_to_proto(&key, &frac);
+        assert_eq!(row.nanos.len(), 2);
+        assert_eq!(row_from_proto(&row, &schema()), Ok((key, frac)));
+    }
+
+    #[test]
+    fn rejects_misshapen_rows() {
+        let ok = proto::Row {
+            key: vec!["x".into()],
+            units: vec![1, 2],
+            nanos: vec![],
+        };
+        assert!(row_from_proto(&ok, &schema()).is_ok());
+        for bad in [
+            proto::Row {
+                key: vec![],
+                ..ok.clone()
+            },
+            proto::Row {
+                units: vec![1],
+                ..ok.clone()
+            },
+            proto::Row {
+                nanos: vec![1],
+                ..ok.clone()
+            },
+            proto::Row {
+                nanos: vec![0, 1_000_000_000],
+                ..ok.clone()
+            },
+        ] {
+            assert!(row_from_proto(&bad, &schema()).is_err(), "{bad:?}");
+        }
+        assert!(decode_agent_message(&[0xff, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn object_change_round_trip() {
+        let c = ObjectChange {
+            kind: ResourceKind::deployment(),
+            namespace: "ns".into(),
+            name: "d".into(),
+            uid: "u".into(),
+            resource_version: "9".into(),
+            change_type: ChangeType::Modified,
+        };
+        let p = proto::ObjectChange::from(&c);
+        assert_eq!(ObjectChange::try_from(&p), Ok(c));
+        let unknown = proto::ObjectChange { r#type: 0, ..p };
+        assert!(ObjectChange::try_from(&unknown).is_err());
+    }
+}
