@@ -1135,13 +1135,15 @@ impl Connection {
 
     /// Resets a stream because of the peer and reports it to the application.
     fn reset_with(&mut self, id: StreamId, code: ErrorCode, message: &str) {
-        self.reset(id, code, message);
+        // The event goes first: resetting the last stream of a draining connection closes it, and
+        // `Closed` must stay the last event.
         self.events.push_back(Event::Reset {
             id,
             code,
             message: message.to_owned(),
             remote: false,
         });
+        self.reset(id, code, message);
     }
 
     fn remove_stream(&mut self, id: StreamId) -> Option<Stream> {

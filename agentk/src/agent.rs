@@ -1,0 +1,330 @@
+//! The agent: dial kas, serve its streams, reconnect forever.
+//!
+//! ```text
+//!  dial (TCP, TLS, HELLO) ──ok──▶ serve streams (own task) ──┬─ GOAWAY ─▶ dial a replacement at once;
+//!        │                                                  │            the old connection drains
+//!        └─err──▶ back off (Reconnect) ◀── connection lost ─┘
+//! ```
+//!
+//! Only one connection is "current"; connections that got GOAWAY keep serving their in-flight
+//! streams on their own task until kas closes them. Back-off decisions come from the pure
+//! [`Reconnect`]; this module only supplies clock and randomness and does the I/O.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use protocol::CloseReason;
+use protocol::proto::RejectCode;
+use runtime_tokio::{AgentOptions, Connection, Error as TunnelError, connect_agent};
+use rustls::pki_types::ServerName;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::address::KasAddress;
+use crate::config::Config;
+use crate::dispatch::{Services, serve_connection};
+use crate::error::Error;
+use crate::reconnect::{BackoffPolicy, Next, Reconnect};
+use crate::upstream;
+
+/// A connection that got GOAWAY sooner than this after its handshake counts as a failure (back-off)
+/// rather than a graceful handover, so a kas that accepts and at once sends GOAWAY is not dialled in
+/// a tight loop.
+const MIN_LIFETIME_FOR_HANDOVER: Duration = Duration::from_secs(1);
+/// Upper bound of one dial (TCP connect, TLS, HELLO/ACCEPT), so an unroutable kas address does not
+/// hang an attempt for the operating system's connect timeout.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the current connection is checked for a GOAWAY from kas.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
+
+/// A ready-to-run agent: configuration checked, TLS and upstream clients built.
+pub struct Agent {
+    address: KasAddress,
+    tls: Arc<rustls::ClientConfig>,
+    server_name: ServerName<'static>,
+    options: AgentOptions,
+    token_file: Option<std::path::PathBuf>,
+    backoff: BackoffPolicy,
+    shutdown_grace: Duration,
+    services: Arc<Services>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("address", &self.address)
+            .field("server_name", &self.server_name)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection still serving streams (current, or draining after GOAWAY).
+struct Live {
+    conn: Connection,
+    task: JoinHandle<()>,
+}
+
+enum End {
+    Draining,
+    Closed(CloseReason),
+}
+
+impl Agent {
+    /// Checks the configuration and builds everything that does not need kas: the TLS client
+    /// configuration, the Kubernetes API client (loading kube's configuration), the service client.
+    pub async fn new(config: Config) -> Result<Agent, Error> {
+        // kube builds its TLS configuration with rustls' process-wide provider; make it `ring`, the
+        // one provider this workspace compiles in (a no-op if the application installed one).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let address = KasAddress::parse(&config.kas_address)?;
+        if config.token.trim().is_empty() {
+            return Err(Error::EmptyToken);
+        }
+        let tls = tunnel_tls::client_config(&config.ca, None)?;
+        let server_name =
+            tunnel_tls::server_name(config.tls_server_name.as_deref().unwrap_or(&address.host))?;
+        let kube_config = upstream::load_kube_config(&config.kube).await?;
+        tracing::info!(api_server = %kube_config.cluster_url, "Kubernetes API configuration loaded");
+        let services = Services {
+            kube: upstream::kube_service(&kube_config)?,
+            plain: upstream::plain_service(),
+        };
+        let options = AgentOptions {
+            token: config.token.clone(),
+            meta: config.meta.agent_meta(),
+            config: config.tunnel.clone(),
+        };
+        Ok(Agent {
+            address,
+            tls,
+            server_name,
+            options,
+            token_file: config.token_file.clone(),
+            backoff: config.backoff,
+            shutdown_grace: config.shutdown_grace,
+            services: Arc::new(services),
+        })
+    }
+
+    /// Connects to kas and serves it until `shutdown` resolves, reconnecting forever. On shutdown,
+    /// every connection is closed gracefully (in-flight requests get the shutdown grace).
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut reconnect = Reconnect::new(self.backoff);
+        let mut live: Vec<Live> = Vec::new();
+        let mut token_refused = false;
+        tracing::info!(kas = %self.address, "agentk starting");
+        // Runs until shutdown; every iteration dials once and then waits (back-off, or the life of
+        // the connection), so it never spins.
+        loop {
+            live.retain(|l| !l.task.is_finished());
+            if std::mem::take(&mut token_refused) {
+                self.reload_token();
+            }
+            let dial = async {
+                tokio::time::timeout(
+                    DIAL_TIMEOUT,
+                    connect_agent(
+                        (self.address.host.as_str(), self.address.port),
+                        self.tls.clone(),
+                        self.server_name.clone(),
+                        self.options.clone(),
+                    ),
+                )
+                .await
+                .unwrap_or(Err(TunnelError::Timeout))
+            };
+            let result = tokio::select! {
+                () = &mut shutdown => break,
+                r = dial => r,
+            };
+            let next = match result {
+                Ok((conn, established)) => {
+                    let connected_at = Instant::now();
+                    reconnect.connected(connected_at);
+                    tracing::info!(
+                        agent_id = established.agent_id,
+                        connection_id = %established.connection_id,
+                        "connected to kas"
+                    );
+                    let span = tracing::info_span!(
+                        "connection",
+                        agent_id = established.agent_id,
+                        connection_id = %established.connection_id,
+                    );
+                    let task = tokio::spawn(
+                        serve_connection(conn.clone(), self.services.clone()).instrument(span),
+                    );
+                    live.push(Live {
+                        conn: conn.clone(),
+                        task,
+                    });
+                    let end = tokio::select! {
+                        () = &mut shutdown => break,
+                        reason = conn.closed() => End::Closed(reason),
+                        () = draining(&conn) => End::Draining,
+                    };
+                    self.after_connection(&mut reconnect, end, connected_at, &established)
+                }
+                Err(e) => {
+                    let retry_after = match &e {
+                        TunnelError::Refused {
+                            retry_after, code, ..
+                        } => {
+                            token_refused = *code == RejectCode::Unauthenticated as i32;
+                            *retry_after
+                        }
+                        _ => None,
+                    };
+                    let next = reconnect.failed(Instant::now(), rand::random(), retry_after);
+                    log_failure(&e, reconnect.failures(), delay(next));
+                    next
+                }
+            };
+            if let Next::WaitUntil(at) = next {
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep_until(at.into()) => {}
+                }
+            }
+        }
+        self.close_all(live).await;
+    }
+
+    /// Reads the token file again (after kas refused the token); keeps the old token on failure.
+    fn reload_token(&mut self) {
+        let Some(path) = &self.token_file else {
+            return;
+        };
+        match crate::config::read_token_file(path) {
+            Ok(token) if token != self.options.token => {
+                tracing::info!(path = %path.display(), "the token file changed; using the new token");
+                self.options.token = token;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot re-read the token file; keeping the token")
+            }
+        }
+    }
+
+    /// What to do after the current connection ended or started draining.
+    fn after_connection(
+        &self,
+        reconnect: &mut Reconnect,
+        end: End,
+        connected_at: Instant,
+        established: &protocol::Established,
+    ) -> Next {
+        let lived = connected_at.elapsed();
+        match end {
+            End::Draining | End::Closed(CloseReason::Graceful)
+                if lived >= MIN_LIFETIME_FOR_HANDOVER =>
+            {
+                tracing::info!(
+                    agent_id = established.agent_id,
+                    connection_id = %established.connection_id,
+                    "kas is going away: opening a new connection while this one drains"
+                );
+                reconnect.goaway()
+            }
+            End::Draining | End::Closed(CloseReason::Graceful) => {
+                let next = reconnect.failed(Instant::now(), rand::random(), None);
+                tracing::warn!(
+                    attempt = reconnect.failures(),
+                    delay_ms = delay_ms(delay(next)),
+                    lived_ms = delay_ms(lived),
+                    "kas sent GOAWAY right after connecting; reconnecting after a back-off"
+                );
+                next
+            }
+            End::Closed(reason) => {
+                let next = reconnect.failed(Instant::now(), rand::random(), None);
+                tracing::warn!(
+                    connection_id = %established.connection_id,
+                    %reason,
+                    attempt = reconnect.failures(),
+                    delay_ms = delay_ms(delay(next)),
+                    "connection to kas lost; reconnecting"
+                );
+                next
+            }
+        }
+    }
+
+    /// Graceful close of every connection, bounded by the shutdown grace.
+    async fn close_all(self, mut live: Vec<Live>) {
+        live.retain(|l| !l.task.is_finished());
+        tracing::info!(connections = live.len(), "agentk shutting down");
+        for l in &live {
+            l.conn.start_close(self.shutdown_grace);
+        }
+        let wait = async {
+            for l in live {
+                let _ = l.task.await;
+            }
+        };
+        if tokio::time::timeout(self.shutdown_grace + Duration::from_secs(1), wait)
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections did not close within the shutdown grace");
+        }
+    }
+}
+
+/// Resolves once kas sent GOAWAY on `conn` (runtime-tokio reports it only as a state, so poll it).
+async fn draining(conn: &Connection) {
+    let mut tick = tokio::time::interval(DRAIN_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Bounded by the connection: the caller also waits for its end and drops this future then.
+    loop {
+        tick.tick().await;
+        if conn.is_draining() {
+            return;
+        }
+    }
+}
+
+fn delay(next: Next) -> Duration {
+    match next {
+        Next::Connect => Duration::ZERO,
+        Next::WaitUntil(at) => at.saturating_duration_since(Instant::now()),
+    }
+}
+
+fn delay_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One log line per failed attempt.
+fn log_failure(e: &TunnelError, attempt: u32, delay: Duration) {
+    let delay_ms = delay_ms(delay);
+    match e {
+        TunnelError::Refused { code, message, .. }
+            if *code == RejectCode::Unauthenticated as i32
+                || *code == RejectCode::PermissionDenied as i32 =>
+        {
+            tracing::error!(
+                attempt,
+                delay_ms,
+                code = *code,
+                %message,
+                "kas refused the agent's token; check the token (retrying)"
+            );
+        }
+        TunnelError::Refused { code, message, .. } => {
+            tracing::warn!(attempt, delay_ms, code = *code, %message, "kas refused the connection; retrying");
+        }
+        e => tracing::warn!(attempt, delay_ms, error = %e, "cannot connect to kas; retrying"),
+    }
+}
+
+/// Connects to kas and serves it until `shutdown` resolves; reconnects forever. Fails only when the
+/// configuration is unusable (see [`Agent::new`]).
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    Agent::new(config).await?.run(shutdown).await;
+    Ok(())
+}

@@ -1,0 +1,46 @@
+//! The one error type of the agentk library: everything that stops agentk from starting.
+//!
+//! Once running, agentk does not fail: connection problems are retried with back-off and request
+//! problems are answered to kas (see the crate documentation).
+
+use std::path::PathBuf;
+
+/// Why agentk could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The kas address could not be parsed.
+    #[error("invalid kas address {address:?}: {reason}")]
+    KasAddress { address: String, reason: String },
+    /// The TLS configuration (root certificates, server name) is unusable.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] tunnel_tls::TlsError),
+    /// The token file could not be read.
+    #[error("cannot read the token file {path}: {source}")]
+    TokenFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The token is empty.
+    #[error("the agent token is empty")]
+    EmptyToken,
+    /// The Kubernetes client configuration (kubeconfig or in-cluster) could not be loaded or used.
+    #[error("Kubernetes client configuration ({what}): {source}")]
+    Kube {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl Error {
+    pub(crate) fn kube(
+        what: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error::Kube {
+            what,
+            source: Box::new(source),
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The `agentk` binary: parses flags (each also from an `AGENTK_*` environment variable), sets up
+//! logging, and runs [`agentk::run`] until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The GitLab-style agent for Kubernetes: dials out to kas and serves its requests into this
+/// cluster. Never listens on any port.
+#[derive(Debug, Parser)]
+#[command(name = "agentk", version)]
+struct Cli {
+    /// kas's agent listener: host:port or tls://host:port.
+    #[arg(long, env = "AGENTK_KAS_ADDRESS")]
+    kas_address: String,
+    /// File holding the agent token (surrounding whitespace is ignored).
+    #[arg(long, env = "AGENTK_TOKEN_FILE")]
+    token_file: PathBuf,
+    /// PEM file with the CA certificate(s) kas's certificate must chain to (default: system roots).
+    #[arg(long, env = "AGENTK_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Kubeconfig with agentk's credentials for the cluster's API server.
+    #[arg(long, env = "AGENTK_KUBECONFIG", conflicts_with = "in_cluster")]
+    kubeconfig: Option<PathBuf>,
+    /// Use the pod's service account (in-cluster configuration).
+    #[arg(long, env = "AGENTK_IN_CLUSTER")]
+    in_cluster: bool,
+    /// Kubeconfig context (default: the current context). Without --kubeconfig, the file comes
+    /// from $KUBECONFIG or ~/.kube/config.
+    #[arg(long, env = "AGENTK_CONTEXT", conflicts_with = "in_cluster")]
+    context: Option<String>,
+    /// Name kas's certificate is verified against (default: the host of --kas-address).
+    #[arg(long, env = "AGENTK_TLS_SERVER_NAME")]
+    tls_server_name: Option<String>,
+    /// Log format.
+    #[arg(long, env = "AGENTK_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Seconds in-flight requests may take to finish on shutdown.
+    #[arg(long, env = "AGENTK_SHUTDOWN_GRACE", default_value_t = 10)]
+    shutdown_grace: u64,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The kubeconfig file used when only --context is given.
+fn default_kubeconfig() -> anyhow::Result<PathBuf> {
+    if let Some(first) = std::env::var_os("KUBECONFIG")
+        .as_ref()
+        .and_then(|v| std::env::split_paths(v).find(|p| !p.as_os_str().is_empty()))
+    {
+        return Ok(first);
+    }
+    let home = std::env::var_os("HOME")
+        .context("--context without --kubeconfig needs $KUBECONFIG or $HOME")?;
+    Ok(PathBuf::from(home).join(".kube").join("config"))
+}
+
+fn config(cli: &Cli) -> anyhow::Result<agentk::Config> {
+    let token = agentk::read_token_file(&cli.token_file)?;
+    let mut config = agentk::Config::new(cli.kas_address.clone(), token);
+    config.token_file = Some(cli.token_file.clone());
+    if let Some(ca) = &cli.ca_file {
+        config.ca = tunnel_tls::Roots::PemFile(ca.clone());
+    }
+    config.tls_server_name = cli.tls_server_name.clone();
+    config.kube = match (&cli.kubeconfig, cli.in_cluster, &cli.context) {
+        (Some(path), _, context) => agentk::KubeSource::Kubeconfig {
+            path: path.clone(),
+            context: context.clone(),
+        },
+        (None, true, _) => agentk::KubeSource::InCluster,
+        (None, false, Some(context)) => agentk::KubeSource::Kubeconfig {
+            path: default_kubeconfig()?,
+            context: Some(context.clone()),
+        },
+        (None, false, None) => agentk::KubeSource::Infer,
+    };
+    config.shutdown_grace = Duration::from_secs(cli.shutdown_grace);
+    Ok(config)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops agentk");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown requested");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let config = config(&cli)?;
+    agentk::run(config, shutdown_signal())
+        .await
+        .context("agentk cannot start")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn kubeconfig_and_in_cluster_conflict() {
+        let r = Cli::try_parse_from([
+            "agentk",
+            "--kas-address",
+            "kas:1",
+            "--token-file",
+            "t",
+            "--kubeconfig",
+            "k",
+            "--in-cluster",
+        ]);
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn flags_map_to_the_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "tok\n").expect("write");
+        let cli = Cli::try_parse_from([
+            "agentk",
+            "--kas-address",
+            "tls://kas:8150",
+            "--token-file",
+            token.to_str().expect("utf-8 path"),
+            "--ca-file",
+            "/ca.pem",
+            "--kubeconfig",
+            "/kc",
+            "--context",
+            "c1",
+            "--tls-server-name",
+            "kas.example",
+        ])
+        .expect("valid flags");
+        let c = config(&cli).expect("config");
+        assert_eq!(c.token, "tok");
+        assert_eq!(c.kas_address, "tls://kas:8150");
+        assert_eq!(c.ca, tunnel_tls::Roots::PemFile("/ca.pem".into()));
+        assert_eq!(c.tls_server_name.as_deref(), Some("kas.example"));
+        assert_eq!(
+            c.kube,
+            agentk::KubeSource::Kubeconfig {
+                path: "/kc".into(),
+                context: Some("c1".into())
+            }
+        );
+    }
+}

@@ -1,0 +1,261 @@
+//! The service-proxy path `/{namespace}/{service}:{port}/{rest}?query`, and resolving a Service
+//! object's cluster IP and port from it.
+
+use std::net::IpAddr;
+
+use crate::head::BadRequest;
+
+/// A Service port as the path names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortRef {
+    Number(u16),
+    Name(String),
+}
+
+/// A parsed service-proxy path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyTarget {
+    pub namespace: String,
+    pub service: String,
+    pub port: PortRef,
+    /// `/{rest}?query`, at least `/`.
+    pub path_and_query: String,
+}
+
+/// A DNS-1123 label (namespaces, Service names, port names): lowercase alphanumerics and `-`,
+/// starting and ending alphanumeric, at most 63 characters. Anything else could smuggle path
+/// segments into the API request, so it is refused.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Parses `/{namespace}/{service}:{port}/{rest}?query`.
+pub fn parse(path: &str) -> Result<ProxyTarget, BadRequest> {
+    let bad = |why: &str| {
+        BadRequest(format!(
+            "service-proxy path {path:?}: {why} (expected /{{namespace}}/{{service}}:{{port}}/{{path}})"
+        ))
+    };
+    let rest = path
+        .strip_prefix('/')
+        .ok_or_else(|| bad("must start with '/'"))?;
+    let (namespace, rest) = rest.split_once('/').ok_or_else(|| bad("missing service"))?;
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (service_port, tail) = rest.split_at(split);
+    let (service, port) = service_port
+        .split_once(':')
+        .ok_or_else(|| bad("missing :port after the service name"))?;
+    if !is_dns_label(namespace) {
+        return Err(bad("invalid namespace"));
+    }
+    if !is_dns_label(service) {
+        return Err(bad("invalid service name"));
+    }
+    let port = if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+        match port.parse::<u16>() {
+            Ok(n) if n > 0 => PortRef::Number(n),
+            _ => return Err(bad("port out of range")),
+        }
+    } else if is_dns_label(port) {
+        PortRef::Name(port.to_owned())
+    } else {
+        return Err(bad("invalid port"));
+    };
+    let path_and_query = if tail.starts_with('?') || tail.is_empty() {
+        format!("/{tail}")
+    } else {
+        tail.to_owned()
+    };
+    Ok(ProxyTarget {
+        namespace: namespace.to_owned(),
+        service: service.to_owned(),
+        port,
+        path_and_query,
+    })
+}
+
+/// Why a Service cannot be proxied to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    #[error("the service object is not valid JSON of a Service")]
+    Malformed,
+    #[error("the service has no cluster IP (headless or ExternalName)")]
+    NoClusterIp,
+    #[error("the service has no port {0}")]
+    NoSuchPort(String),
+}
+
+/// The `host:port` authority to send the request to, from the Service object's `spec.clusterIP`
+/// and `spec.ports` (the port by number or by name).
+pub fn resolve(service: &serde_json::Value, port: &PortRef) -> Result<String, ResolveError> {
+    let spec = service.get("spec").ok_or(ResolveError::Malformed)?;
+    let ip = spec
+        .get("clusterIP")
+        .and_then(|v| v.as_str())
+        .filter(|ip| !ip.is_empty() && *ip != "None")
+        .ok_or(ResolveError::NoClusterIp)?;
+    let ip: IpAddr = ip.parse().map_err(|_| ResolveError::NoClusterIp)?;
+    let ports = spec
+        .get("ports")
+        .and_then(|p| p.as_array())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let port_of = |p: &serde_json::Value| {
+        p.get("port")
+            .and_then(|n| n.as_u64())
+            .and_then(|n| u16::try_from(n).ok())
+    };
+    let number = match port {
+        PortRef::Number(n) => ports
+            .iter()
+            .filter_map(port_of)
+            .find(|p| p == n)
+            .ok_or_else(|| ResolveError::NoSuchPort(n.to_string()))?,
+        PortRef::Name(name) => ports
+            .iter()
+            .find(|p| p.get("name").and_then(|n| n.as_str()) == Some(name.as_str()))
+            .and_then(port_of)
+            .ok_or_else(|| ResolveError::NoSuchPort(name.clone()))?,
+    };
+    Ok(match ip {
+        IpAddr::V4(v4) => format!("{v4}:{number}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{number}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn target(ns: &str, svc: &str, port: PortRef, pq: &str) -> ProxyTarget {
+        ProxyTarget {
+            namespace: ns.into(),
+            service: svc.into(),
+            port,
+            path_and_query: pq.into(),
+        }
+    }
+
+    #[test]
+    fn parses_paths() {
+        assert_eq!(
+            parse("/monitoring/prometheus:9090/api/v1/query?query=up").expect("ok"),
+            target(
+                "monitoring",
+                "prometheus",
+                PortRef::Number(9090),
+                "/api/v1/query?query=up"
+            )
+        );
+        assert_eq!(
+            parse("/default/web:http").expect("ok"),
+            target("default", "web", PortRef::Name("http".into()), "/")
+        );
+        assert_eq!(
+            parse("/default/web:80?x=1").expect("ok"),
+            target("default", "web", PortRef::Number(80), "/?x=1")
+        );
+        assert_eq!(
+            parse("/default/web:80/").expect("ok"),
+            target("default", "web", PortRef::Number(80), "/")
+        );
+    }
+
+    #[test]
+    fn rejects_bad_paths() {
+        for p in [
+            "",
+            "default/web:80/",
+            "/default",
+            "/default/web/x",
+            "/default/web:/x",
+            "/default/web:0/x",
+            "/default/web:70000/x",
+            "/default/web:Http/x",
+            "/Default/web:80/x",
+            "/../web:80/x",
+            "/default/we%2Fb:80/x",
+            "/default/:80/x",
+        ] {
+            assert!(parse(p).is_err(), "{p:?} should be rejected");
+        }
+    }
+
+    fn svc(ip: &str) -> serde_json::Value {
+        json!({"spec": {"clusterIP": ip, "ports": [
+            {"name": "http", "port": 80, "targetPort": 8080},
+            {"name": "metrics", "port": 9090}
+        ]}})
+    }
+
+    #[test]
+    fn resolves_by_number_and_name() {
+        assert_eq!(
+            resolve(&svc("10.0.0.7"), &PortRef::Number(80)),
+            Ok("10.0.0.7:80".into())
+        );
+        assert_eq!(
+            resolve(&svc("10.0.0.7"), &PortRef::Name("metrics".into())),
+            Ok("10.0.0.7:9090".into())
+        );
+        assert_eq!(
+            resolve(&svc("fd00::7"), &PortRef::Number(9090)),
+            Ok("[fd00::7]:9090".into())
+        );
+    }
+
+    #[test]
+    fn refuses_unresolvable_services() {
+        assert_eq!(
+            resolve(&svc("None"), &PortRef::Number(80)),
+            Err(ResolveError::NoClusterIp)
+        );
+        assert_eq!(
+            resolve(&svc(""), &PortRef::Number(80)),
+            Err(ResolveError::NoClusterIp)
+        );
+        assert_eq!(
+            resolve(&svc("10.0.0.7"), &PortRef::Number(81)),
+            Err(ResolveError::NoSuchPort("81".into()))
+        );
+        assert_eq!(
+            resolve(&svc("10.0.0.7"), &PortRef::Name("grpc".into())),
+            Err(ResolveError::NoSuchPort("grpc".into()))
+        );
+        assert_eq!(
+            resolve(&json!({}), &PortRef::Number(80)),
+            Err(ResolveError::Malformed)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn valid_paths_parse_to_their_parts(
+            ns in "[a-z][a-z0-9]{0,10}",
+            svc in "[a-z][a-z0-9-]{0,10}[a-z0-9]",
+            port in 1u16..,
+            rest in "(/[a-zA-Z0-9._~-]{0,8}){0,3}",
+            query in prop::option::of("[a-z0-9=&]{0,12}"),
+        ) {
+            let q = query.as_ref().map(|q| format!("?{q}")).unwrap_or_default();
+            let t = parse(&format!("/{ns}/{svc}:{port}{rest}{q}")).expect("valid");
+            prop_assert_eq!(t.namespace, ns);
+            prop_assert_eq!(t.service, svc);
+            prop_assert_eq!(t.port, PortRef::Number(port));
+            let rest = if rest.is_empty() { "/".to_owned() } else { rest };
+            prop_assert_eq!(t.path_and_query, format!("{rest}{q}"));
+        }
+
+        #[test]
+        fn parse_never_panics(path in "\\PC{0,40}") {
+            let _ = parse(&path);
+        }
+    }
+}
