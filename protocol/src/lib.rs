@@ -64,6 +64,8 @@
 //! assert!(agent.established().is_some());
 //! ```
 //!
+//! Every command and `poll_transmit` itself may queue events (transmitting a stream's last frame can end
+//! the stream, and with it a draining connection), so a driver drains `poll_event` after each of them.
 //! Octets received go to [`Connection::handle_input`]; end of file to [`Connection::handle_eof`]. After
 //! [`Event::Closed`], drain `poll_transmit` (a final GOAWAY or REJECT) and close the transport.
 //!

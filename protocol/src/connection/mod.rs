@@ -346,6 +346,8 @@ impl Connection {
     /// from the streams that have some, one frame per stream per turn.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         let max = self.config.max_transmit;
+        // Frames are written into `out`, which keeps the rest of its allocation between calls: `split`
+        // hands out the filled part (no copy). An idle connection holds no transmit buffer.
         let mut buf = std::mem::take(&mut self.out);
         while buf.len() < max {
             let Some(id) = self.streams.ready.pop_front() else {
@@ -353,12 +355,14 @@ impl Connection {
             };
             self.transmit_one(id, &mut buf);
         }
+        let filled = buf.split();
+        self.out = buf;
         self.check_invariants();
-        if buf.is_empty() {
+        if filled.is_empty() {
             None
         } else {
-            self.stats.bytes_sent += buf.len() as u64;
-            Some(buf.freeze())
+            self.stats.bytes_sent += filled.len() as u64;
+            Some(filled.freeze())
         }
     }
 
@@ -642,6 +646,9 @@ impl Connection {
     /// The application consumed `n` octets of body received on `id`. Must be called for every octet a
     /// `Data` event delivered, also after the stream ended (the connection window depends on it).
     pub fn release_capacity(&mut self, id: StreamId, n: usize) {
+        if self.phase == Phase::Closed {
+            return;
+        }
         let n = u32::try_from(n).unwrap_or(u32::MAX);
         if let Some(inc) = self.recv_conn.release(n) {
             self.push_frame(&Frame::WindowUpdate {

@@ -1,0 +1,249 @@
+//! The driver: the one task per connection that owns the transport. It is a plain `Future`, generic
+//! over two tiny traits each runtime implements for its own I/O and timer types, so both runtimes run
+//! exactly the same loop:
+//!
+//! 1. read what the transport has into a buffer → `handle_input` (or `handle_eof` at EOF/error);
+//! 2. [`Session::step`]: run due timers, take a batch of transmit output, register the task's waker so
+//!    that stream commands that produce output wake it;
+//! 3. write the batch with vectored writes, flush when it is all written;
+//! 4. arm the one timer at the earliest deadline;
+//! 5. once the connection is closed and everything is flushed (or after [`LINGER`]), shut the
+//!    transport down and finish.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+
+use crate::session::Session;
+
+/// A byte stream as the driver needs it (implemented by each runtime for its I/O traits).
+pub trait Transport: Unpin {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;
+    fn poll_write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>>;
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+/// A resettable one-shot timer (implemented by each runtime).
+pub trait Timer: Unpin {
+    /// Arms the timer for `deadline`, replacing any earlier arming.
+    fn reset(&mut self, deadline: Instant);
+    /// Ready once the armed deadline has passed.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()>;
+}
+
+/// Receive buffer size. Pages are only touched as far as reads fill them, so idle connections stay
+/// small.
+pub const READ_BUFFER: usize = 64 * 1024;
+/// How much transmit output the driver takes from the connection at once.
+pub const WRITE_BATCH: usize = 512 * 1024;
+/// Most slices in one vectored write.
+const MAX_IOV: usize = 64;
+/// How long a closed connection may take to flush its last frames before the transport is dropped
+/// (a peer that stopped reading must not keep the task alive).
+pub const LINGER: Duration = Duration::from_secs(2);
+/// Iterations before the driver yields to other tasks.
+const BUDGET: usize = 64;
+
+/// The connection's I/O task. Spawn it; it completes when the connection is over.
+pub struct Driver<T, S> {
+    session: Session,
+    io: T,
+    timer: S,
+    armed: Option<Instant>,
+    read_buf: Box<[u8]>,
+    read_closed: bool,
+    out: VecDeque<Bytes>,
+    out_len: usize,
+    need_flush: bool,
+    write_failed: bool,
+    closed: bool,
+    linger: Option<Instant>,
+}
+
+impl<T: Transport, S: Timer> Driver<T, S> {
+    pub fn new(session: Session, io: T, timer: S) -> Self {
+        Driver {
+            session,
+            io,
+            timer,
+            armed: None,
+            read_buf: vec![0u8; READ_BUFFER].into_boxed_slice(),
+            read_closed: false,
+            out: VecDeque::new(),
+            out_len: 0,
+            need_flush: false,
+            write_failed: false,
+            closed: false,
+            linger: None,
+        }
+    }
+
+    fn read(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
+        if self.read_closed || self.closed {
+            return false;
+        }
+        match self.io.poll_read(cx, &mut self.read_buf) {
+            Poll::Ready(Ok(0)) => {
+                tracing::debug!("transport reached end of file");
+                self.read_closed = true;
+                self.session.handle_eof();
+                true
+            }
+            Poll::Ready(Ok(n)) => {
+                self.session.handle_input(&self.read_buf[..n], now);
+                true
+            }
+            Poll::Ready(Err(e)) => {
+                tracing::debug!(error = %e, "transport read failed");
+                self.read_closed = true;
+                self.session.handle_eof();
+                true
+            }
+            Poll::Pending => false,
+        }
+    }
+
+    fn write_failed(&mut self, e: &io::Error) {
+        tracing::debug!(error = %e, "transport write failed");
+        self.write_failed = true;
+        self.out.clear();
+        self.out_len = 0;
+        self.session.handle_eof();
+    }
+
+    fn write(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.write_failed {
+            self.out.clear();
+            self.out_len = 0;
+            return false;
+        }
+        let mut progress = false;
+        while !self.out.is_empty() {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut k = 0;
+            for b in self.out.iter().take(MAX_IOV) {
+                iov[k] = IoSlice::new(b);
+                k += 1;
+            }
+            match self.io.poll_write_vectored(cx, &iov[..k]) {
+                Poll::Ready(Ok(0)) => {
+                    self.write_failed(&io::ErrorKind::WriteZero.into());
+                    return true;
+                }
+                Poll::Ready(Ok(mut n)) => {
+                    progress = true;
+                    self.need_flush = true;
+                    self.out_len -= n;
+                    while n > 0 {
+                        let Some(front) = self.out.front_mut() else {
+                            break;
+                        };
+                        if front.len() <= n {
+                            n -= front.len();
+                            self.out.pop_front();
+                        } else {
+                            front.advance(n);
+                            n = 0;
+                        }
+                    }
+                }
+                Poll::Ready(Err(e)) => {
+                    self.write_failed(&e);
+                    return true;
+                }
+                Poll::Pending => return progress,
+            }
+        }
+        if self.need_flush {
+            match self.io.poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.need_flush = false;
+                    progress = true;
+                }
+                Poll::Ready(Err(e)) => {
+                    self.write_failed(&e);
+                    return true;
+                }
+                Poll::Pending => {}
+            }
+        }
+        progress
+    }
+}
+
+impl<T: Transport, S: Timer> Future for Driver<T, S> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let span = this.session.span().clone();
+        let _entered = span.enter();
+        for _ in 0..BUDGET {
+            let now = Instant::now();
+            let mut progress = this.read(cx, now);
+            let step = this.session.step(
+                now,
+                cx.waker(),
+                &mut this.out,
+                &mut this.out_len,
+                WRITE_BATCH,
+            );
+            progress |= this.write(cx);
+            if step.finished && !this.closed {
+                this.closed = true;
+                this.linger = Some(now + LINGER);
+            }
+            if this.closed {
+                let flushed = this.out.is_empty() && !this.need_flush;
+                let expired = this.linger.is_some_and(|l| l <= now);
+                if this.write_failed || expired {
+                    return Poll::Ready(());
+                }
+                if flushed {
+                    match this.io.poll_shutdown(cx) {
+                        Poll::Ready(r) => {
+                            if let Err(e) = r {
+                                tracing::debug!(error = %e, "transport shutdown failed");
+                            }
+                            return Poll::Ready(());
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+            }
+            let deadline = match (step.deadline, this.linger) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(d) = deadline {
+                if d <= now {
+                    progress = true;
+                } else {
+                    if this.armed != Some(d) {
+                        this.timer.reset(d);
+                        this.armed = Some(d);
+                    }
+                    if this.timer.poll_expired(cx).is_ready() {
+                        this.armed = None;
+                        progress = true;
+                    }
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}

@@ -1,0 +1,967 @@
+//! The shared state of one tunnel connection: the protocol [`Connection`], one slot per stream, the
+//! queue of peer-opened streams, the handshake state and every waker, behind one mutex.
+//!
+//! Application tasks (stream reads and writes, opens, closes) and the driver task (socket I/O, timers)
+//! both act on it. Every command ends in [`Shared::after_command`], which routes the events the
+//! command produced and wakes the driver when there is something to transmit: the driver never polls.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use protocol::proto::{RequestHead, ResponseHead, Trailer};
+use protocol::{
+    AgentHello, CloseReason, Config, Connection, ErrorCode, Established, Event, HelloInfo, Role,
+    StreamError, StreamId,
+};
+
+use crate::error::Error;
+use crate::wakers::{WakerList, register, wake};
+
+/// Most octets one `poll_write` copies: larger writes take several calls, which keeps every buffer
+/// below the allocator's mmap threshold (allocating and unmapping 256 KiB buffers per write costs more
+/// than the extra calls).
+pub const MAX_WRITE_CHUNK: usize = 64 * 1024;
+
+/// How long a connection whose last handle was dropped may drain before it is aborted.
+pub const DROP_GRACE: Duration = Duration::from_secs(10);
+
+/// Why a stream cannot be used any more.
+#[derive(Debug, Clone)]
+enum Failure {
+    Reset {
+        code: ErrorCode,
+        message: String,
+        remote: bool,
+    },
+    Conn(CloseReason),
+}
+
+impl Failure {
+    fn to_error(&self) -> Error {
+        match self {
+            Failure::Reset {
+                code,
+                message,
+                remote,
+            } => Error::StreamReset {
+                code: *code,
+                message: message.clone(),
+                remote: *remote,
+            },
+            Failure::Conn(r) => Error::from_close(r),
+        }
+    }
+}
+
+/// What the application side knows about one stream.
+#[derive(Debug, Default)]
+struct Slot {
+    /// Received body not yet read, and its length.
+    recv: VecDeque<Bytes>,
+    buffered: usize,
+    /// The peer ended its direction: `Some(None)` without trailer, `Some(Some(t))` with one.
+    recv_end: Option<Option<Trailer>>,
+    /// Opener: the acceptor's answer.
+    response: Option<ResponseHead>,
+    failure: Option<Failure>,
+    /// We ended our direction (FIN or trailer queued, or opened/answered with end of stream).
+    send_done: bool,
+    /// The handle is gone; the stream only lives on until its FIN is flushed or the peer ends it.
+    detached: bool,
+    read: Option<Waker>,
+    write: Option<Waker>,
+    /// Tasks waiting for the response head or the trailer.
+    meta: WakerList,
+}
+
+impl Slot {
+    fn wake_all(&mut self) {
+        wake(&mut self.read);
+        wake(&mut self.write);
+        self.meta.wake_all();
+    }
+}
+
+/// What the driver learns from one [`Session::step`].
+#[derive(Debug, Clone, Copy)]
+pub struct Step {
+    /// When to call `step` again at the latest.
+    pub deadline: Option<Instant>,
+    /// The connection is over and nothing is left to transmit: flush, shut the transport down, exit.
+    pub finished: bool,
+}
+
+/// Everything behind the session's mutex.
+pub(crate) struct Shared {
+    conn: Connection,
+    slots: HashMap<StreamId, Slot>,
+    incoming: VecDeque<(StreamId, RequestHead)>,
+    incoming_wakers: WakerList,
+    /// Server: the HELLO awaiting the application's verdict.
+    hello: Option<HelloInfo>,
+    handshake_wakers: WakerList,
+    driver: Option<Waker>,
+    close_wakers: WakerList,
+    /// Graceful close in progress: abort at this instant.
+    close_deadline: Option<Instant>,
+    /// Detached streams to reset once everything queued for them has been transmitted.
+    cancel_after_flush: Vec<StreamId>,
+    span: tracing::Span,
+}
+
+/// A handle on the shared state of one connection. Cheap to clone.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Mutex<Shared>>,
+    span: tracing::Span,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").finish_non_exhaustive()
+    }
+}
+
+fn stream_io_error(e: Error) -> io::Error {
+    e.into()
+}
+
+impl Session {
+    /// An agent session; the preface and HELLO are queued at once.
+    pub fn agent(config: Config, hello: AgentHello) -> Session {
+        Session::new(
+            Connection::agent(config, hello, Instant::now()),
+            Role::Agent,
+        )
+    }
+
+    /// A server session, waiting for an agent's HELLO.
+    pub fn server(config: Config) -> Session {
+        Session::new(Connection::server(config, Instant::now()), Role::Server)
+    }
+
+    fn new(conn: Connection, role: Role) -> Session {
+        let span = tracing::info_span!(
+            "tunnel",
+            role = ?role,
+            agent_id = tracing::field::Empty,
+            connection_id = tracing::field::Empty
+        );
+        let shared = Shared {
+            conn,
+            slots: HashMap::new(),
+            incoming: VecDeque::new(),
+            incoming_wakers: WakerList::default(),
+            hello: None,
+            handshake_wakers: WakerList::default(),
+            driver: None,
+            close_wakers: WakerList::default(),
+            close_deadline: None,
+            cancel_after_flush: Vec::new(),
+            span: span.clone(),
+        };
+        Session {
+            inner: Arc::new(Mutex::new(shared)),
+            span,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The tracing span of this connection (fields `role`, `agent_id`, `connection_id`).
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    // ------------------------------------------------------------------ driver side
+
+    /// Octets received from the transport.
+    pub fn handle_input(&self, data: &[u8], now: Instant) {
+        let mut s = self.lock();
+        s.conn.handle_input(data, now);
+        s.dispatch();
+    }
+
+    /// The transport reached end of file or failed.
+    pub fn handle_eof(&self) {
+        let mut s = self.lock();
+        s.conn.handle_eof();
+        s.dispatch();
+    }
+
+    /// Runs due timers, moves up to `limit` octets of transmit output into `out`, and registers
+    /// `waker` to be woken when more output (or a close) is produced by a command.
+    pub fn step(
+        &self,
+        now: Instant,
+        waker: &Waker,
+        out: &mut VecDeque<Bytes>,
+        out_len: &mut usize,
+        limit: usize,
+    ) -> Step {
+        let mut s = self.lock();
+        s.step(now, waker, out, out_len, limit)
+    }
+
+    // ------------------------------------------------------------------ handshake
+
+    /// Server: the agent's HELLO, once it arrived.
+    pub fn poll_hello(&self, cx: &mut Context<'_>) -> Poll<Result<HelloInfo, Error>> {
+        let mut s = self.lock();
+        if let Some(h) = s.hello.take() {
+            return Poll::Ready(Ok(h));
+        }
+        if let Some(r) = s.conn.close_reason() {
+            return Poll::Ready(Err(Error::from_close(r)));
+        }
+        s.handshake_wakers.register(cx.waker());
+        Poll::Pending
+    }
+
+    /// Server: accepts the agent whose HELLO was reported.
+    pub fn accept(&self, agent_id: u64, connection_id: String) {
+        let mut s = self.lock();
+        s.conn.accept(agent_id, connection_id, Instant::now());
+        s.after_command();
+        // The accept armed the keepalive timers: the driver must look at them.
+        wake(&mut s.driver);
+    }
+
+    /// Server: refuses the agent whose HELLO was reported.
+    pub fn reject(&self, reject: protocol::proto::Reject) {
+        let mut s = self.lock();
+        s.conn.reject(reject);
+        s.after_command();
+    }
+
+    /// Both sides: the handshake result.
+    pub fn poll_established(&self, cx: &mut Context<'_>) -> Poll<Result<Established, Error>> {
+        let mut s = self.lock();
+        if let Some(e) = s.conn.established() {
+            return Poll::Ready(Ok(e.clone()));
+        }
+        if let Some(r) = s.conn.close_reason() {
+            return Poll::Ready(Err(Error::from_close(r)));
+        }
+        s.handshake_wakers.register(cx.waker());
+        Poll::Pending
+    }
+
+    // ------------------------------------------------------------------ connection
+
+    /// Opens a stream; see [`crate::StreamHandle`].
+    pub(crate) fn open(&self, head: RequestHead, end_stream: bool) -> Result<StreamId, Error> {
+        let mut s = self.lock();
+        if let Some(r) = s.conn.close_reason() {
+            return Err(Error::from_close(r));
+        }
+        let id = s.conn.open_stream(head, end_stream)?;
+        s.slots.insert(
+            id,
+            Slot {
+                send_done: end_stream,
+                ..Slot::default()
+            },
+        );
+        s.after_command();
+        Ok(id)
+    }
+
+    /// The next stream the peer opened; `None` once the connection is over.
+    pub(crate) fn poll_accept(
+        &self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<(StreamId, RequestHead)>> {
+        let mut s = self.lock();
+        if let Some(x) = s.incoming.pop_front() {
+            return Poll::Ready(Some(x));
+        }
+        if s.conn.is_closed() {
+            return Poll::Ready(None);
+        }
+        s.incoming_wakers.register(cx.waker());
+        Poll::Pending
+    }
+
+    /// Starts a graceful close (GOAWAY); the connection is aborted if streams are still open after
+    /// `grace`.
+    pub(crate) fn start_close(&self, grace: Duration) {
+        let mut s = self.lock();
+        if s.conn.is_closed() {
+            return;
+        }
+        let deadline = Instant::now() + grace;
+        s.close_deadline = Some(s.close_deadline.map_or(deadline, |d| d.min(deadline)));
+        s.conn.close(ErrorCode::NoError, "closing");
+        s.after_command();
+        wake(&mut s.driver);
+    }
+
+    /// Closes at once with `code`; every stream fails.
+    pub(crate) fn abort(&self, code: ErrorCode, message: &str) {
+        let mut s = self.lock();
+        s.conn.abort(code, message);
+        s.after_command();
+    }
+
+    pub(crate) fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        let mut s = self.lock();
+        if let Some(r) = s.conn.close_reason() {
+            return Poll::Ready(r.clone());
+        }
+        s.close_wakers.register(cx.waker());
+        Poll::Pending
+    }
+
+    pub(crate) fn with_conn<R>(&self, f: impl FnOnce(&Connection) -> R) -> R {
+        f(&self.lock().conn)
+    }
+
+    // ------------------------------------------------------------------ streams
+
+    pub(crate) fn poll_read(
+        &self,
+        id: StreamId,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        let Some(slot) = s.slots.get_mut(&id) else {
+            return Poll::Ready(Err(stream_io_error(Error::Protocol(
+                StreamError::UnknownStream(id),
+            ))));
+        };
+        if slot.buffered > 0 {
+            let mut n = 0;
+            while n < buf.len() {
+                let Some(front) = slot.recv.front_mut() else {
+                    break;
+                };
+                let k = front.len().min(buf.len() - n);
+                buf[n..n + k].copy_from_slice(&front[..k]);
+                n += k;
+                if k == front.len() {
+                    slot.recv.pop_front();
+                } else {
+                    let _ = front.split_to(k);
+                }
+            }
+            slot.buffered -= n;
+            if n > 0 {
+                s.release(id, n);
+                s.after_command();
+            }
+            return Poll::Ready(Ok(n));
+        }
+        if slot.recv_end.is_some() || buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if let Some(f) = &slot.failure {
+            return Poll::Ready(Err(stream_io_error(f.to_error())));
+        }
+        register(&mut slot.read, cx.waker());
+        Poll::Pending
+    }
+
+    /// Zero-copy read: the next received chunk (at most `max` octets), `None` at end of stream.
+    pub(crate) fn poll_read_chunk(
+        &self,
+        id: StreamId,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<Option<io::Result<Bytes>>> {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        let Some(slot) = s.slots.get_mut(&id) else {
+            return Poll::Ready(Some(Err(stream_io_error(Error::Protocol(
+                StreamError::UnknownStream(id),
+            )))));
+        };
+        if let Some(front) = slot.recv.front_mut() {
+            let chunk = if front.len() <= max {
+                slot.recv.pop_front().unwrap_or_default()
+            } else {
+                front.split_to(max)
+            };
+            slot.buffered -= chunk.len();
+            s.release(id, chunk.len());
+            s.after_command();
+            return Poll::Ready(Some(Ok(chunk)));
+        }
+        if slot.recv_end.is_some() {
+            return Poll::Ready(None);
+        }
+        if let Some(f) = &slot.failure {
+            return Poll::Ready(Some(Err(stream_io_error(f.to_error()))));
+        }
+        register(&mut slot.read, cx.waker());
+        Poll::Pending
+    }
+
+    pub(crate) fn poll_write(
+        &self,
+        id: StreamId,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        let Some(slot) = s.slots.get_mut(&id) else {
+            return Poll::Ready(Err(stream_io_error(Error::Protocol(
+                StreamError::UnknownStream(id),
+            ))));
+        };
+        if let Some(f) = &slot.failure {
+            return Poll::Ready(Err(stream_io_error(f.to_error())));
+        }
+        if slot.send_done {
+            return Poll::Ready(Err(stream_io_error(Error::Protocol(
+                StreamError::SendClosed(id),
+            ))));
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        // Offer what the windows allow; when they allow nothing, offer one octet so that the
+        // connection remembers to report `Writable` (it is refused, or taken if credit just came).
+        let cap = s.conn.send_capacity(id).max(1);
+        let take = buf.len().min(cap).min(MAX_WRITE_CHUNK);
+        match s
+            .conn
+            .send_data(id, Bytes::copy_from_slice(&buf[..take]), false)
+        {
+            Ok(0) => {
+                register(&mut slot.write, cx.waker());
+                Poll::Pending
+            }
+            Ok(n) => {
+                s.after_command();
+                Poll::Ready(Ok(n))
+            }
+            Err(e) => Poll::Ready(Err(stream_io_error(Error::Protocol(e)))),
+        }
+    }
+
+    /// Ends our direction of the stream (idempotent).
+    pub(crate) fn finish(&self, id: StreamId) -> Result<(), Error> {
+        self.end_send(id, |conn| conn.finish(id))
+    }
+
+    pub(crate) fn send_trailer(&self, id: StreamId, trailer: Trailer) -> Result<(), Error> {
+        self.end_send(id, |conn| conn.send_trailer(id, trailer))
+    }
+
+    fn end_send(
+        &self,
+        id: StreamId,
+        f: impl FnOnce(&mut Connection) -> Result<(), StreamError>,
+    ) -> Result<(), Error> {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        let slot = s
+            .slots
+            .get_mut(&id)
+            .ok_or(Error::Protocol(StreamError::UnknownStream(id)))?;
+        if let Some(f) = &slot.failure {
+            return Err(f.to_error());
+        }
+        if slot.send_done {
+            return Ok(());
+        }
+        f(&mut s.conn)?;
+        slot.send_done = true;
+        s.after_command();
+        Ok(())
+    }
+
+    pub(crate) fn respond(
+        &self,
+        id: StreamId,
+        head: ResponseHead,
+        end_stream: bool,
+    ) -> Result<(), Error> {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        let slot = s
+            .slots
+            .get_mut(&id)
+            .ok_or(Error::Protocol(StreamError::UnknownStream(id)))?;
+        if let Some(f) = &slot.failure {
+            return Err(f.to_error());
+        }
+        s.conn.send_response(id, head, end_stream)?;
+        slot.send_done |= end_stream;
+        s.after_command();
+        Ok(())
+    }
+
+    pub(crate) fn reset(&self, id: StreamId, code: ErrorCode) {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        let Some(slot) = s.slots.get_mut(&id) else {
+            return;
+        };
+        if slot.failure.is_some() {
+            return;
+        }
+        tracing::debug!(parent: &s.span, stream = id.0, %code, "resetting stream");
+        s.conn.reset(id, code, "reset by application");
+        s.fail_stream(
+            id,
+            Failure::Reset {
+                code,
+                message: "reset by application".into(),
+                remote: false,
+            },
+        );
+        s.after_command();
+    }
+
+    pub(crate) fn poll_response(
+        &self,
+        id: StreamId,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<ResponseHead, Error>> {
+        let mut s = self.lock();
+        let Some(slot) = s.slots.get_mut(&id) else {
+            return Poll::Ready(Err(Error::Protocol(StreamError::UnknownStream(id))));
+        };
+        if let Some(h) = &slot.response {
+            return Poll::Ready(Ok(h.clone()));
+        }
+        if let Some(f) = &slot.failure {
+            return Poll::Ready(Err(f.to_error()));
+        }
+        slot.meta.register(cx.waker());
+        Poll::Pending
+    }
+
+    pub(crate) fn poll_trailer(
+        &self,
+        id: StreamId,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Trailer>, Error>> {
+        let mut s = self.lock();
+        let Some(slot) = s.slots.get_mut(&id) else {
+            return Poll::Ready(Err(Error::Protocol(StreamError::UnknownStream(id))));
+        };
+        if let Some(end) = &slot.recv_end {
+            return Poll::Ready(Ok(end.clone()));
+        }
+        if let Some(f) = &slot.failure {
+            return Poll::Ready(Err(f.to_error()));
+        }
+        slot.meta.register(cx.waker());
+        Poll::Pending
+    }
+
+    /// The application dropped its handle on the stream. Unread octets are released (the connection
+    /// window must not leak); a stream whose sending is unfinished is reset with CANCEL; one that
+    /// finished sending but still expects data is reset once its end has been transmitted.
+    pub(crate) fn drop_stream(&self, id: StreamId) {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        let Some(mut slot) = s.slots.remove(&id) else {
+            return;
+        };
+        if slot.buffered > 0 {
+            s.release(id, slot.buffered);
+        }
+        if slot.failure.is_none() && s.conn.stream_exists(id) {
+            if !slot.send_done {
+                tracing::debug!(parent: &s.span, stream = id.0, "stream dropped unfinished: reset with CANCEL");
+                s.conn.reset(id, ErrorCode::Cancel, "stream dropped");
+            } else if slot.recv_end.is_none() {
+                slot.recv.clear();
+                slot.buffered = 0;
+                slot.detached = true;
+                s.slots.insert(id, slot);
+                s.cancel_after_flush.push(id);
+                wake(&mut s.driver);
+            }
+        }
+        s.after_command();
+    }
+}
+
+impl Shared {
+    /// Routes the events a call produced and wakes the driver if it has something to do.
+    fn after_command(&mut self) {
+        self.dispatch();
+        if self.conn.has_pending_transmit() || self.conn.is_closed() {
+            wake(&mut self.driver);
+        }
+    }
+
+    /// Hands consumed octets back to flow control.
+    fn release(&mut self, id: StreamId, n: usize) {
+        if !self.conn.is_closed() {
+            self.conn.release_capacity(id, n);
+        }
+    }
+
+    fn fail_stream(&mut self, id: StreamId, failure: Failure) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        if slot.detached {
+            self.slots.remove(&id);
+            return;
+        }
+        if slot.recv_end.is_none() && slot.buffered > 0 {
+            // The body is incomplete and will never be read: give its credit back now.
+            let n = slot.buffered;
+            slot.recv.clear();
+            slot.buffered = 0;
+            if !self.conn.is_closed() {
+                self.conn.release_capacity(id, n);
+            }
+        }
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.failure = Some(failure);
+            slot.wake_all();
+        }
+    }
+
+    fn end_recv(&mut self, id: StreamId, trailer: Option<Trailer>) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        if slot.detached {
+            self.slots.remove(&id);
+            return;
+        }
+        slot.recv_end = Some(trailer);
+        wake(&mut slot.read);
+        slot.meta.wake_all();
+    }
+
+    fn dispatch(&mut self) {
+        while let Some(ev) = self.conn.poll_event() {
+            match ev {
+                Event::Hello(h) => {
+                    self.hello = Some(h);
+                    self.handshake_wakers.wake_all();
+                }
+                Event::Connected(e) => {
+                    self.span.record("agent_id", e.agent_id);
+                    self.span.record("connection_id", e.connection_id.as_str());
+                    tracing::debug!(parent: &self.span, version = e.version, "tunnel connection established");
+                    self.handshake_wakers.wake_all();
+                }
+                Event::StreamOpened {
+                    id,
+                    head,
+                    end_stream,
+                } => {
+                    let slot = Slot {
+                        recv_end: end_stream.then_some(None),
+                        ..Slot::default()
+                    };
+                    self.slots.insert(id, slot);
+                    self.incoming.push_back((id, head));
+                    self.incoming_wakers.wake_all();
+                }
+                Event::Response {
+                    id,
+                    head,
+                    end_stream,
+                } => {
+                    if let Some(slot) = self.slots.get_mut(&id) {
+                        slot.response = Some(head);
+                        slot.meta.wake_all();
+                    }
+                    if end_stream {
+                        self.end_recv(id, None);
+                    }
+                }
+                Event::Data { id, data } => match self.slots.get_mut(&id) {
+                    Some(slot) if !slot.detached && slot.failure.is_none() => {
+                        slot.buffered += data.len();
+                        slot.recv.push_back(data);
+                        wake(&mut slot.read);
+                    }
+                    _ => {
+                        if !self.conn.is_closed() {
+                            self.conn.release_capacity(id, data.len());
+                        }
+                    }
+                },
+                Event::Finished { id } => self.end_recv(id, None),
+                Event::Trailer { id, trailer } => self.end_recv(id, Some(trailer)),
+                Event::Reset {
+                    id,
+                    code,
+                    message,
+                    remote,
+                } => {
+                    tracing::debug!(parent: &self.span, stream = id.0, %code, remote, %message, "stream reset");
+                    self.fail_stream(
+                        id,
+                        Failure::Reset {
+                            code,
+                            message,
+                            remote,
+                        },
+                    );
+                }
+                Event::Writable { id } => {
+                    if let Some(slot) = self.slots.get_mut(&id) {
+                        wake(&mut slot.write);
+                    }
+                }
+                Event::GoAway {
+                    last_stream_id,
+                    code,
+                    message,
+                } => {
+                    tracing::debug!(parent: &self.span, last_stream_id, %code, %message, "peer is going away");
+                }
+                Event::Closed(reason) => self.on_closed(reason),
+            }
+        }
+    }
+
+    fn on_closed(&mut self, reason: CloseReason) {
+        {
+            match &reason {
+                CloseReason::Graceful => {
+                    tracing::debug!(parent: &self.span, %reason, "tunnel connection closed")
+                }
+                _ => tracing::info!(parent: &self.span, %reason, "tunnel connection closed"),
+            }
+        }
+        // The streams the close reset carry the connection's reason rather than a bare RESET.
+        let text = reason.to_string();
+        self.slots.retain(|_, s| !s.detached);
+        for slot in self.slots.values_mut() {
+            if matches!(&slot.failure, Some(Failure::Reset { message, .. }) if *message == text) {
+                slot.failure = Some(Failure::Conn(reason.clone()));
+            }
+            slot.wake_all();
+        }
+        self.cancel_after_flush.clear();
+        self.close_deadline = None;
+        self.handshake_wakers.wake_all();
+        self.incoming_wakers.wake_all();
+        self.close_wakers.wake_all();
+        wake(&mut self.driver);
+    }
+
+    fn step(
+        &mut self,
+        now: Instant,
+        waker: &Waker,
+        out: &mut VecDeque<Bytes>,
+        out_len: &mut usize,
+        limit: usize,
+    ) -> Step {
+        if self.conn.poll_timeout().is_some_and(|t| t <= now) {
+            self.conn.handle_timeout(now);
+        }
+        if self.close_deadline.is_some_and(|d| d <= now) {
+            self.close_deadline = None;
+            tracing::info!(parent: &self.span, "graceful close deadline passed with streams open: aborting");
+            self.conn
+                .abort(ErrorCode::Cancel, "graceful close deadline passed");
+        }
+        self.dispatch();
+        for _ in 0..2 {
+            while *out_len < limit {
+                let Some(b) = self.conn.poll_transmit() else {
+                    break;
+                };
+                *out_len += b.len();
+                out.push_back(b);
+            }
+            // Transmitting a stream's end can complete it, and with it a graceful close.
+            self.dispatch();
+            if self.conn.has_pending_transmit() || self.cancel_after_flush.is_empty() {
+                break;
+            }
+            // Everything queued (including the FINs of detached streams) has been handed over: the
+            // resets go after it on the wire.
+            for id in std::mem::take(&mut self.cancel_after_flush) {
+                if self.slots.get(&id).is_some_and(|s| s.detached) {
+                    self.slots.remove(&id);
+                    self.conn.reset(id, ErrorCode::Cancel, "stream dropped");
+                }
+            }
+            self.dispatch();
+        }
+        register(&mut self.driver, waker);
+        let deadline = match (self.conn.poll_timeout(), self.close_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Step {
+            deadline,
+            finished: self.conn.is_closed() && !self.conn.has_pending_transmit(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ConnectionHandle, StreamHandle};
+
+    /// Moves every transmitted octet between the two sessions until both are quiet.
+    fn pump(a: &Session, b: &Session) {
+        let w = Waker::noop();
+        for _ in 0..1000 {
+            let mut moved = false;
+            for (from, to) in [(a, b), (b, a)] {
+                let mut out = VecDeque::new();
+                let mut len = 0;
+                from.step(Instant::now(), w, &mut out, &mut len, usize::MAX);
+                for bytes in out {
+                    moved = true;
+                    to.handle_input(&bytes, Instant::now());
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("sessions never went quiet");
+    }
+
+    fn connected() -> (ConnectionHandle, ConnectionHandle) {
+        let agent = Session::agent(Config::default(), AgentHello::default());
+        let server = Session::server(Config::default());
+        pump(&agent, &server);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(server.poll_hello(&mut cx), Poll::Ready(Ok(_))));
+        server.accept(1, "c".into());
+        pump(&agent, &server);
+        assert!(matches!(
+            agent.poll_established(&mut cx),
+            Poll::Ready(Ok(_))
+        ));
+        (ConnectionHandle::new(agent), ConnectionHandle::new(server))
+    }
+
+    fn accept(c: &ConnectionHandle) -> StreamHandle {
+        let mut cx = Context::from_waker(Waker::noop());
+        match c.poll_accept_stream(&mut cx) {
+            Poll::Ready(Some((_, s))) => s,
+            _ => panic!("no incoming stream"),
+        }
+    }
+
+    fn write(s: &StreamHandle, data: &[u8]) {
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(s.poll_write(&mut cx, data), Poll::Ready(Ok(n)) if n == data.len()));
+    }
+
+    fn read(s: &StreamHandle) -> Poll<io::Result<Vec<u8>>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut buf = vec![0u8; 4096];
+        s.poll_read(&mut cx, &mut buf)
+            .map(|r| r.map(|n| buf[..n].to_vec()))
+    }
+
+    #[test]
+    fn complete_body_stays_readable_after_a_later_reset() {
+        let (agent, server) = connected();
+        let s = agent.open(RequestHead::default(), false).expect("open");
+        write(&s, b"whole body");
+        s.finish().expect("finish");
+        pump(agent.session(), server.session());
+        let r = accept(&server);
+        s.reset(ErrorCode::Cancel);
+        pump(agent.session(), server.session());
+        // The body ended before the reset came: it is delivered whole, then EOF.
+        assert!(matches!(read(&r), Poll::Ready(Ok(ref v)) if v == b"whole body"));
+        assert!(matches!(read(&r), Poll::Ready(Ok(ref v)) if v.is_empty()));
+    }
+
+    #[test]
+    fn incomplete_body_fails_with_the_reset() {
+        let (agent, server) = connected();
+        let s = agent.open(RequestHead::default(), false).expect("open");
+        write(&s, b"partial");
+        pump(agent.session(), server.session());
+        let r = accept(&server);
+        s.reset(ErrorCode::Cancel);
+        pump(agent.session(), server.session());
+        match read(&r) {
+            Poll::Ready(Err(e)) => assert!(matches!(
+                Error::from(e),
+                Error::StreamReset {
+                    code: ErrorCode::Cancel,
+                    remote: true,
+                    ..
+                }
+            )),
+            other => panic!("expected the reset, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn dropping_an_unfinished_stream_resets_it() {
+        let (agent, server) = connected();
+        let s = agent.open(RequestHead::default(), false).expect("open");
+        pump(agent.session(), server.session());
+        let r = accept(&server);
+        drop(r);
+        pump(agent.session(), server.session());
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(
+            s.poll_response(&mut cx),
+            Poll::Ready(Err(Error::StreamReset {
+                code: ErrorCode::Cancel,
+                remote: true,
+                ..
+            }))
+        ));
+        assert_eq!(server.open_streams(), (0, 0));
+    }
+
+    #[test]
+    fn dropped_finished_stream_is_cancelled_after_its_end_is_sent() {
+        let (agent, server) = connected();
+        let s = agent.open(RequestHead::default(), false).expect("open");
+        write(&s, b"fire and forget");
+        s.finish().expect("finish");
+        drop(s);
+        pump(agent.session(), server.session());
+        // The body and its end arrived before the cancel.
+        let r = accept(&server);
+        assert!(matches!(read(&r), Poll::Ready(Ok(ref v)) if v == b"fire and forget"));
+        assert!(matches!(read(&r), Poll::Ready(Ok(ref v)) if v.is_empty()));
+        assert_eq!(agent.open_streams(), (0, 0));
+        assert!(agent.session().lock().slots.is_empty());
+    }
+
+    #[test]
+    fn unread_octets_of_a_dropped_stream_return_to_the_connection_window() {
+        let mut small = Config::default();
+        small.settings.initial_connection_window = 64 * 1024;
+        small.settings.initial_stream_window = 64 * 1024;
+        let agent = Session::agent(Config::default(), AgentHello::default());
+        let server = Session::server(small);
+        pump(&agent, &server);
+        server.accept(1, "c".into());
+        pump(&agent, &server);
+        let (agent, server) = (ConnectionHandle::new(agent), ConnectionHandle::new(server));
+        let body = vec![7u8; 64 * 1024];
+        for _ in 0..4 {
+            let s = agent.open(RequestHead::default(), false).expect("open");
+            // With a leaked window the second stream could not send anything.
+            write(&s, &body);
+            s.finish().expect("finish");
+            pump(agent.session(), server.session());
+            drop(accept(&server));
+            pump(agent.session(), server.session());
+        }
+    }
+}

@@ -1,0 +1,734 @@
+//! The scenarios. Each is an `async fn` generic over the runtime; they panic on failure.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use protocol::proto::{Reject, RejectCode, RequestHead, ResponseHead, Trailer};
+use protocol::{CloseReason, Config, ConnectionError, ErrorCode, StreamError};
+
+use super::util::{Gate, JoinHandle, spawn, timeout};
+use super::{Pair, Setup, SuiteConn, SuiteRuntime, SuiteStream};
+use crate::error::Error;
+
+type StreamOf<R> = <<R as SuiteRuntime>::Conn as SuiteConn>::Stream;
+
+/// A bound for one step inside a scenario (far above what it needs; a hang guard).
+const STEP: Duration = Duration::from_secs(60);
+
+fn head(path: &str) -> RequestHead {
+    RequestHead {
+        service: "suite".into(),
+        method: "POST".into(),
+        path: path.into(),
+        ..RequestHead::default()
+    }
+}
+
+fn status(code: u32) -> ResponseHead {
+    ResponseHead {
+        status: code,
+        headers: vec![],
+    }
+}
+
+/// The octet at `offset` of the test body with `seed`.
+fn pattern_byte(seed: u64, offset: u64) -> u8 {
+    let x = (offset ^ seed.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (x >> 56) as u8
+}
+
+fn fill_pattern(seed: u64, offset: u64, buf: &mut [u8]) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = pattern_byte(seed, offset + i as u64);
+    }
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0; len];
+    fill_pattern(seed, 0, &mut v);
+    v
+}
+
+async fn pair<R: SuiteRuntime>(setup: Setup) -> Pair<R::Conn> {
+    match R::pair(setup).await {
+        Ok(p) => p,
+        Err(e) => panic!("could not connect a pair: {e}"),
+    }
+}
+
+async fn read_to_end<S: SuiteStream>(s: &S) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Reads until the stream fails and returns the error (or panics at a clean end).
+async fn read_until_error<S: SuiteStream>(s: &S) -> Error {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) => panic!("stream ended cleanly where an error was expected"),
+            Ok(_) => {}
+            Err(e) => return e,
+        }
+    }
+}
+
+/// The standard handler: `/echo` echoes, `/sink` reads everything and answers with a trailer holding
+/// the count, anything else is a 404.
+async fn handle<S: SuiteStream>(head: RequestHead, s: Arc<S>) -> Result<(), Error> {
+    match head.path.as_str() {
+        "/echo" => {
+            s.respond(status(200), false)?;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = s.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                s.write_all(&buf[..n]).await?;
+            }
+            s.shutdown().await
+        }
+        "/sink" => {
+            s.respond(status(200), false)?;
+            let n = read_to_end(&*s).await?.len();
+            s.send_trailer(Trailer {
+                code: 0,
+                message: n.to_string(),
+                headers: vec![],
+            })
+        }
+        _ => s.respond(status(404), true),
+    }
+}
+
+/// Serves every stream the peer opens on `conn` with [`handle`].
+fn serve<R: SuiteRuntime>(conn: R::Conn) {
+    R::spawn(async move {
+        while let Some((head, s)) = conn.accept_stream().await {
+            R::spawn(async move {
+                let _ = handle(head, Arc::new(s)).await;
+            });
+        }
+    });
+}
+
+/// Opens `/echo`, sends `data` from a second task while reading the echo, returns what came back.
+async fn echo<R: SuiteRuntime>(conn: &R::Conn, data: Arc<Vec<u8>>) -> Result<Vec<u8>, Error> {
+    let s = Arc::new(conn.open(head("/echo"), false)?);
+    echo_on::<R>(s, data).await
+}
+
+async fn echo_on<R: SuiteRuntime>(
+    s: Arc<StreamOf<R>>,
+    data: Arc<Vec<u8>>,
+) -> Result<Vec<u8>, Error> {
+    let writer = {
+        let s = s.clone();
+        spawn::<R, _>(async move {
+            s.write_all(&data).await?;
+            s.shutdown().await
+        })
+    };
+    let resp = s.response().await?;
+    assert_eq!(resp.status, 200);
+    let got = read_to_end(&*s).await?;
+    writer.await?;
+    Ok(got)
+}
+
+/// Waits (bounded) until `cond` holds.
+async fn wait_until<R: SuiteRuntime>(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..(STEP.as_millis() / 5) {
+        if cond() {
+            return;
+        }
+        R::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{what}: condition not reached within {STEP:?}");
+}
+
+async fn step<R: SuiteRuntime, T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    match timeout::<R, _>(STEP, f).await {
+        Some(v) => v,
+        None => panic!("{what}: did not complete within {STEP:?}"),
+    }
+}
+
+fn short_keepalive(keepalive: Duration, idle: Duration) -> Config {
+    let mut c = Config::default();
+    c.settings.keepalive_interval = keepalive;
+    c.settings.idle_timeout = idle;
+    c
+}
+
+// ---------------------------------------------------------------------------------------- echo
+
+/// One stream each way (agent → server and server → agent), 1 MiB echoed; an unknown path is a 404.
+pub async fn echo_one_stream_each_direction<R: SuiteRuntime>() {
+    let p = pair::<R>(Setup::default()).await;
+    serve::<R>(p.server.clone());
+    serve::<R>(p.agent.clone());
+    let data = Arc::new(pattern(1, 1 << 20));
+    let got = echo::<R>(&p.agent, data.clone())
+        .await
+        .expect("agent-opened echo");
+    assert!(got == *data, "agent-opened echo returned other octets");
+    let got = echo::<R>(&p.server, data.clone())
+        .await
+        .expect("server-opened echo");
+    assert!(got == *data, "server-opened echo returned other octets");
+
+    let s = p.agent.open(head("/nope"), true).expect("open");
+    assert_eq!(s.response().await.expect("response").status, 404);
+    assert!(read_to_end(&s).await.expect("read").is_empty());
+    assert_eq!(s.trailer().await.expect("trailer"), None);
+}
+
+/// 1,000 streams opened at once (all in flight together), each echoing its own body.
+pub async fn echo_1000_concurrent_streams<R: SuiteRuntime>() {
+    const N: usize = 1000;
+    let p = pair::<R>(Setup::default()).await;
+    serve::<R>(p.server.clone());
+    let streams: Vec<_> = (0..N)
+        .map(|_| Arc::new(p.agent.open(head("/echo"), false).expect("open")))
+        .collect();
+    assert_eq!(p.agent.open_streams().0, N as u32);
+    let tasks: Vec<JoinHandle<(usize, bool)>> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            spawn::<R, _>(async move {
+                let data = Arc::new(pattern(i as u64, 1000 + (i * 37) % 9000));
+                let got = echo_on::<R>(s, data.clone()).await;
+                match got {
+                    Ok(g) => (i, g == *data),
+                    Err(e) => panic!("stream {i}: {e}"),
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (i, same) = t.await;
+        assert!(same, "stream {i} echoed other octets");
+    }
+}
+
+// ------------------------------------------------------------------------ large body, slow reader
+
+/// 64 MiB on one stream whose reader stalls, then reads slowly; 16 other streams complete while it
+/// is still incomplete (an ordering assertion), then the large body arrives whole.
+pub async fn large_body_slow_reader_does_not_block_others<R: SuiteRuntime>() {
+    const BIG: u64 = 64 << 20;
+    const BEFORE_GATE: u64 = 2 << 20;
+    const SEED: u64 = 77;
+    let p = pair::<R>(Setup::default()).await;
+    let progress = Arc::new(AtomicU64::new(0));
+    let gate = Gate::new();
+    {
+        let (server, progress, gate) = (p.server.clone(), progress.clone(), gate.clone());
+        R::spawn(async move {
+            while let Some((h, s)) = server.accept_stream().await {
+                let s = Arc::new(s);
+                if h.path != "/slow" {
+                    R::spawn(async move {
+                        let _ = handle(h, s).await;
+                    });
+                    continue;
+                }
+                let (progress, gate) = (progress.clone(), gate.clone());
+                R::spawn(async move {
+                    s.respond(status(200), false).expect("respond");
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut expect = vec![0u8; 16 * 1024];
+                    let mut total = 0u64;
+                    let mut intact = true;
+                    loop {
+                        if total >= BEFORE_GATE && !gate.is_open() {
+                            gate.wait().await;
+                        }
+                        // Small reads, and a pause every MiB: a deliberately slow reader.
+                        let n = s.read(&mut buf).await.expect("slow read");
+                        if n == 0 {
+                            break;
+                        }
+                        fill_pattern(SEED, total, &mut expect[..n]);
+                        intact &= buf[..n] == expect[..n];
+                        if (total >> 20) != ((total + n as u64) >> 20) {
+                            R::sleep(Duration::from_millis(1)).await;
+                        }
+                        total += n as u64;
+                        progress.store(total, Ordering::SeqCst);
+                    }
+                    s.send_trailer(Trailer {
+                        code: u32::from(!intact),
+                        message: total.to_string(),
+                        headers: vec![],
+                    })
+                    .expect("trailer");
+                });
+            }
+        });
+    }
+    let slow = Arc::new(p.agent.open(head("/slow"), false).expect("open slow"));
+    let writer_done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (slow, writer_done) = (slow.clone(), writer_done.clone());
+        spawn::<R, _>(async move {
+            let mut chunk = vec![0u8; 256 * 1024];
+            let mut off = 0u64;
+            while off < BIG {
+                fill_pattern(SEED, off, &mut chunk);
+                slow.write_all(&chunk).await.expect("write big body");
+                off += chunk.len() as u64;
+            }
+            slow.shutdown().await.expect("finish big body");
+            writer_done.store(true, Ordering::SeqCst);
+        })
+    };
+    assert_eq!(slow.response().await.expect("slow response").status, 200);
+    wait_until::<R>("slow reader reaches its gate", || {
+        progress.load(Ordering::SeqCst) >= BEFORE_GATE
+    })
+    .await;
+
+    let others: Vec<_> = (0..16u64)
+        .map(|i| {
+            let agent = p.agent.clone();
+            spawn::<R, _>(async move {
+                let data = Arc::new(pattern(i, 1 << 20));
+                let got = echo::<R>(&agent, data.clone()).await.expect("other echo");
+                assert!(got == *data, "other stream {i} echoed other octets");
+            })
+        })
+        .collect();
+    for o in others {
+        step::<R, _>("other streams complete", o).await;
+    }
+    // The ordering assertion: all the others are done, the large body is not.
+    assert!(progress.load(Ordering::SeqCst) < BIG);
+    assert!(!writer_done.load(Ordering::SeqCst));
+
+    gate.open();
+    writer.await;
+    let trailer = slow.trailer().await.expect("trailer").expect("a trailer");
+    assert_eq!(trailer.message, BIG.to_string(), "octets received");
+    assert_eq!(trailer.code, 0, "the large body arrived altered");
+}
+
+// ------------------------------------------------------------------------------------ half-close
+
+/// The opener sends its whole request and finishes; the acceptor reads to EOF, only then answers with
+/// a body and a trailer, which the opener reads to EOF.
+pub async fn half_close_opener_finishes_first<R: SuiteRuntime>() {
+    let p = pair::<R>(Setup::default()).await;
+    let server = p.server.clone();
+    let acceptor = spawn::<R, _>(async move {
+        let (h, s) = server.accept_stream().await.expect("a stream");
+        assert_eq!(h.path, "/half");
+        let request = read_to_end(&s).await.expect("request body");
+        s.respond(status(200), false).expect("respond");
+        let reply: Vec<u8> = request.iter().rev().copied().collect();
+        s.write_all(&reply).await.expect("reply body");
+        s.send_trailer(Trailer {
+            code: 0,
+            message: "done".into(),
+            headers: vec![],
+        })
+        .expect("trailer");
+        request.len()
+    });
+    let s = p.agent.open(head("/half"), false).expect("open");
+    let request = pattern(5, 300 * 1024);
+    s.write_all(&request).await.expect("request");
+    s.shutdown().await.expect("finish");
+    match s.write_all(b"late").await {
+        Err(Error::Protocol(StreamError::SendClosed(_))) => {}
+        other => panic!("write after finish: {other:?}"),
+    }
+    assert_eq!(s.response().await.expect("response").status, 200);
+    let reply = read_to_end(&s).await.expect("reply");
+    assert!(
+        reply.iter().rev().eq(request.iter()),
+        "reply is not the reversed request"
+    );
+    let t = s.trailer().await.expect("trailer").expect("some trailer");
+    assert_eq!((t.code, t.message.as_str()), (0, "done"));
+    assert_eq!(acceptor.await, request.len());
+}
+
+/// Server-opened stream (kas → agent): the acceptor (agent) answers and finishes its direction
+/// before reading anything; the opener reads that to EOF, then sends its own body and finishes.
+pub async fn half_close_acceptor_finishes_first<R: SuiteRuntime>() {
+    let p = pair::<R>(Setup::default()).await;
+    let agent = p.agent.clone();
+    let reply = Arc::new(pattern(9, 200 * 1024));
+    let acceptor = {
+        let reply = reply.clone();
+        spawn::<R, _>(async move {
+            let (_, s) = agent.accept_stream().await.expect("a stream");
+            s.respond(status(200), false).expect("respond");
+            s.write_all(&reply).await.expect("reply");
+            s.shutdown().await.expect("finish");
+            read_to_end(&s).await.expect("request after finishing")
+        })
+    };
+    let s = p.server.open(head("/half"), false).expect("open");
+    assert_eq!(s.response().await.expect("response").status, 200);
+    let got = read_to_end(&s).await.expect("reply");
+    assert!(got == *reply);
+    assert_eq!(s.trailer().await.expect("trailer"), None);
+    // Our direction is still open.
+    let request = pattern(10, 100 * 1024);
+    s.write_all(&request)
+        .await
+        .expect("request after the peer finished");
+    s.shutdown().await.expect("finish");
+    assert!(acceptor.await == request);
+}
+
+// ---------------------------------------------------------------------------------------- resets
+
+/// The opener resets mid-body: the acceptor's read fails with the remote reset and its code.
+pub async fn reset_by_opener<R: SuiteRuntime>() {
+    let p = pair::<R>(Setup::default()).await;
+    let server = p.server.clone();
+    let acceptor = spawn::<R, _>(async move {
+        let (_, s) = server.accept_stream().await.expect("a stream");
+        s.respond(status(200), false).expect("respond");
+        read_until_error(&s).await
+    });
+    let s = p.agent.open(head("/reset"), false).expect("open");
+    s.write_all(&pattern(1, 64 * 1024)).await.expect("write");
+    assert_eq!(s.response().await.expect("response").status, 200);
+    s.reset(ErrorCode::Cancel);
+    match s.read(&mut [0u8; 16]).await {
+        Err(Error::StreamReset {
+            code: ErrorCode::Cancel,
+            remote: false,
+            ..
+        }) => {}
+        other => panic!("read after own reset: {other:?}"),
+    }
+    assert!(s.write_all(b"x").await.is_err());
+    match acceptor.await {
+        Error::StreamReset {
+            code: ErrorCode::Cancel,
+            remote: true,
+            ..
+        } => {}
+        other => panic!("acceptor saw {other:?}"),
+    }
+}
+
+/// The acceptor resets without answering: the opener's `response()` and writes fail with the remote
+/// reset and its code.
+pub async fn reset_by_acceptor<R: SuiteRuntime>() {
+    let p = pair::<R>(Setup::default()).await;
+    let server = p.server.clone();
+    R::spawn(async move {
+        if let Some((_, s)) = server.accept_stream().await {
+            s.reset(ErrorCode::Internal);
+        }
+    });
+    let s = p.agent.open(head("/reset"), false).expect("open");
+    match s.response().await {
+        Err(Error::StreamReset {
+            code: ErrorCode::Internal,
+            remote: true,
+            ..
+        }) => {}
+        other => panic!("response after peer reset: {other:?}"),
+    }
+    match s.write_all(b"x").await {
+        Err(Error::StreamReset { remote: true, .. }) => {}
+        other => panic!("write after peer reset: {other:?}"),
+    }
+    match s.read(&mut [0u8; 4]).await {
+        Err(Error::StreamReset { remote: true, .. }) => {}
+        other => panic!("read after peer reset: {other:?}"),
+    }
+}
+
+/// Streams dropped with unread body give their connection credit back: with a 256 KiB connection
+/// window, eight 128 KiB bodies dropped unread, then a 1 MiB echo, all complete.
+pub async fn dropped_streams_return_connection_window<R: SuiteRuntime>() {
+    let mut setup = Setup::default();
+    setup.server.settings.initial_connection_window = 256 * 1024;
+    setup.server.settings.initial_stream_window = 128 * 1024;
+    let p = pair::<R>(setup).await;
+    let server = p.server.clone();
+    R::spawn(async move {
+        while let Some((h, s)) = server.accept_stream().await {
+            R::spawn(async move {
+                if h.path == "/drop" {
+                    // The whole body is buffered once the end arrived; drop it unread.
+                    let _ = s.trailer().await;
+                    let _ = s.respond(status(200), true);
+                    drop(s);
+                } else {
+                    let _ = handle(h, Arc::new(s)).await;
+                }
+            });
+        }
+    });
+    for i in 0..8 {
+        let s = p.agent.open(head("/drop"), false).expect("open");
+        step::<R, _>("body into a dropped stream", async {
+            s.write_all(&pattern(i, 128 * 1024)).await.expect("write");
+            s.shutdown().await.expect("finish");
+            assert_eq!(s.response().await.expect("response").status, 200);
+            assert!(read_to_end(&s).await.expect("read").is_empty());
+        })
+        .await;
+    }
+    let data = Arc::new(pattern(3, 1 << 20));
+    let got = step::<R, _>(
+        "echo after dropped streams",
+        echo::<R>(&p.agent, data.clone()),
+    )
+    .await
+    .expect("echo");
+    assert!(got == *data);
+}
+
+// ------------------------------------------------------------------------------------ peer death
+
+/// The server's transport dies with eight streams open: every stream on both sides fails with the
+/// typed `TransportClosed`, both connections report it, and opening fails the same way.
+pub async fn peer_killed_mid_stream<R: SuiteRuntime>() {
+    const N: usize = 8;
+    let setup = Setup::default();
+    let kill = setup.server_switch.clone();
+    let p = pair::<R>(setup).await;
+    let server = p.server.clone();
+    let acceptor = spawn::<R, _>(async move {
+        let mut readers = Vec::new();
+        for _ in 0..N {
+            let (_, s) = server.accept_stream().await.expect("a stream");
+            s.respond(status(200), false).expect("respond");
+            readers.push(spawn::<R, _>(async move { read_until_error(&s).await }));
+        }
+        readers
+    });
+    let streams: Vec<_> = (0..N)
+        .map(|_| p.agent.open(head("/doomed"), false).expect("open"))
+        .collect();
+    for (i, s) in streams.iter().enumerate() {
+        s.write_all(&pattern(i as u64, 10_000))
+            .await
+            .expect("write");
+        assert_eq!(s.response().await.expect("response").status, 200);
+    }
+    let readers = acceptor.await;
+    kill.kill();
+    for s in &streams {
+        match step::<R, _>("agent stream fails", read_until_error(s)).await {
+            Error::TransportClosed => {}
+            other => panic!("agent stream saw {other:?}"),
+        }
+        assert!(s.write_all(b"x").await.is_err());
+    }
+    for r in readers {
+        match step::<R, _>("server stream fails", r).await {
+            Error::TransportClosed => {}
+            other => panic!("server stream saw {other:?}"),
+        }
+    }
+    assert_eq!(p.agent.closed().await, CloseReason::TransportClosed);
+    assert_eq!(p.server.closed().await, CloseReason::TransportClosed);
+    match p.agent.open(head("/late"), false) {
+        Err(Error::TransportClosed) => {}
+        other => panic!("open after death: {:?}", other.map(|_| ())),
+    }
+}
+
+/// The authenticator refuses: the agent gets the typed refusal with code, message and back-off.
+pub async fn handshake_refused<R: SuiteRuntime>() {
+    let setup = Setup {
+        reject: Some(Reject {
+            code: RejectCode::Unauthenticated as i32,
+            message: "unknown token".into(),
+            retry_after_ms: 1500,
+            ..Reject::default()
+        }),
+        ..Setup::default()
+    };
+    match R::pair(setup).await {
+        Err(Error::Refused {
+            code,
+            message,
+            retry_after,
+        }) => {
+            assert_eq!(code, RejectCode::Unauthenticated as i32);
+            assert_eq!(message, "unknown token");
+            assert_eq!(retry_after, Some(Duration::from_millis(1500)));
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+}
+
+// ------------------------------------------------------------------------------------- keepalive
+
+/// With keepalive 200 ms / idle 600 ms, the server's transport goes silent (it neither reads nor
+/// writes): both ends close with the typed idle timeout, and the in-flight stream fails with it.
+pub async fn keepalive_timeout_on_silent_peer<R: SuiteRuntime>() {
+    let cfg = short_keepalive(Duration::from_millis(200), Duration::from_millis(600));
+    let setup = Setup {
+        agent: cfg.clone(),
+        server: cfg,
+        ..Setup::default()
+    };
+    let freeze = setup.server_switch.clone();
+    let p = pair::<R>(setup).await;
+    serve::<R>(p.server.clone());
+    let s = p.agent.open(head("/echo"), false).expect("open");
+    s.write_all(b"hello").await.expect("write");
+    assert_eq!(s.response().await.expect("response").status, 200);
+    let mut buf = [0u8; 5];
+    assert_eq!(s.read(&mut buf).await.expect("echo"), 5);
+    freeze.freeze();
+    let idle = CloseReason::Local(ConnectionError::IdleTimeout);
+    assert_eq!(step::<R, _>("agent closes", p.agent.closed()).await, idle);
+    let e = read_until_error(&s).await;
+    assert!(e.is_idle_timeout(), "stream saw {e:?}");
+    assert_eq!(step::<R, _>("server closes", p.server.closed()).await, idle);
+}
+
+/// With keepalive 100 ms / idle 1.5 s, a connection with no application traffic for 4 s stays open
+/// (the pings keep it alive) and still works.
+pub async fn keepalive_keeps_idle_connection_open<R: SuiteRuntime>() {
+    let cfg = short_keepalive(Duration::from_millis(100), Duration::from_millis(1500));
+    let p = pair::<R>(Setup {
+        agent: cfg.clone(),
+        server: cfg,
+        ..Setup::default()
+    })
+    .await;
+    serve::<R>(p.server.clone());
+    let closed = timeout::<R, _>(Duration::from_secs(4), p.agent.closed()).await;
+    assert_eq!(closed, None, "an idle but healthy connection closed");
+    let data = Arc::new(pattern(4, 10_000));
+    assert!(echo::<R>(&p.agent, data.clone()).await.expect("echo") == *data);
+}
+
+// ----------------------------------------------------------------------------------------- goaway
+
+/// The server closes gracefully while a stream is in flight: both sides refuse new streams with
+/// `GoingAway`, the in-flight stream completes, and both ends close `Graceful`.
+pub async fn goaway_drains_in_flight_streams<R: SuiteRuntime>() {
+    let p = pair::<R>(Setup::default()).await;
+    let gate = Gate::new();
+    {
+        let (server, gate) = (p.server.clone(), gate.clone());
+        R::spawn(async move {
+            while let Some((h, s)) = server.accept_stream().await {
+                let gate = gate.clone();
+                R::spawn(async move {
+                    gate.wait().await;
+                    let _ = handle(h, Arc::new(s)).await;
+                });
+            }
+        });
+    }
+    let data = Arc::new(pattern(8, 1 << 20));
+    let s = Arc::new(p.agent.open(head("/echo"), false).expect("open"));
+    let echoed = spawn::<R, _>(echo_on::<R>(s, data.clone()));
+    wait_until::<R>("server sees the stream", || p.server.open_streams().1 == 1).await;
+    let closing = {
+        let server = p.server.clone();
+        spawn::<R, _>(async move { server.close(Duration::from_secs(60)).await })
+    };
+    wait_until::<R>("agent sees GOAWAY", || p.agent.is_draining()).await;
+    match p.agent.open(head("/echo"), false) {
+        Err(e) if e.is_going_away() => {}
+        other => panic!("agent open while draining: {:?}", other.map(|_| ())),
+    }
+    match p.server.open(head("/echo"), false) {
+        Err(e) if e.is_going_away() => {}
+        other => panic!("server open while draining: {:?}", other.map(|_| ())),
+    }
+    gate.open();
+    let got = echoed.await.expect("in-flight echo");
+    assert!(got == *data, "in-flight stream altered");
+    assert_eq!(closing.await, CloseReason::Graceful);
+    assert_eq!(p.agent.closed().await, CloseReason::Graceful);
+}
+
+/// A stream that never finishes is cut when the graceful close's deadline passes: the closer reports
+/// `Aborted`, the peer `Remote { CANCEL }`, and the stream fails on both sides.
+pub async fn goaway_deadline_aborts_stuck_streams<R: SuiteRuntime>() {
+    let p = pair::<R>(Setup::default()).await;
+    let server = p.server.clone();
+    let stuck = spawn::<R, _>(async move {
+        let (_, s) = server.accept_stream().await.expect("a stream");
+        s.respond(status(200), false).expect("respond");
+        read_until_error(&s).await
+    });
+    let s = p.agent.open(head("/stuck"), false).expect("open");
+    s.write_all(b"never finished").await.expect("write");
+    assert_eq!(s.response().await.expect("response").status, 200);
+    let reason = p.server.close(Duration::from_millis(300)).await;
+    assert!(
+        matches!(
+            reason,
+            CloseReason::Aborted {
+                code: ErrorCode::Cancel,
+                ..
+            }
+        ),
+        "closer: {reason:?}"
+    );
+    let peer = p.agent.closed().await;
+    assert!(
+        matches!(
+            peer,
+            CloseReason::Remote {
+                code: ErrorCode::Cancel,
+                ..
+            }
+        ),
+        "peer: {peer:?}"
+    );
+    match read_until_error(&s).await {
+        Error::Closed(CloseReason::Remote { .. }) => {}
+        other => panic!("agent stream saw {other:?}"),
+    }
+    match stuck.await {
+        Error::Closed(CloseReason::Aborted { .. }) => {}
+        other => panic!("server stream saw {other:?}"),
+    }
+}
+
+/// Past the peer's concurrency limit, `open` fails with the typed `LimitReached`; once a stream is
+/// done, opening works again.
+pub async fn stream_limit_is_a_typed_error<R: SuiteRuntime>() {
+    let mut setup = Setup::default();
+    setup.server.settings.max_concurrent_streams = 4;
+    let p = pair::<R>(setup).await;
+    serve::<R>(p.server.clone());
+    let streams: Vec<_> = (0..4)
+        .map(|_| p.agent.open(head("/echo"), false).expect("open"))
+        .collect();
+    match p.agent.open(head("/echo"), false) {
+        Err(Error::Protocol(StreamError::LimitReached { limit: 4 })) => {}
+        other => panic!("fifth open: {:?}", other.map(|_| ())),
+    }
+    let first = &streams[0];
+    first.write_all(b"ping").await.expect("write");
+    first.shutdown().await.expect("finish");
+    assert_eq!(read_to_end(first).await.expect("echo"), b"ping");
+    let late = p
+        .agent
+        .open(head("/echo"), true)
+        .expect("open after one finished");
+    assert_eq!(late.response().await.expect("response").status, 200);
+}

@@ -1,0 +1,761 @@
+//! Tunnel benchmark on loopback with TLS 1.3, printing one table.
+//!
+//! `cargo run --release -p runtime-tokio --example bench [-- --idle N] [-- --smol]`
+//!
+//! Phases (each bounded to a few seconds):
+//! - idle connections: a child process (this binary, `--idle-clients`) opens N agent connections to a
+//!   server in this process; server-side RSS delta / N, and connections accepted per second;
+//! - bulk throughput agent → server over 1 stream and over 64 concurrent streams of one tunnel
+//!   connection, next to raw rustls over TCP (one TLS connection, no tunnel) in the same run;
+//! - round-trip latency of a 64-octet request / 64-octet response, one new stream per request
+//!   (server → agent, as kas calls into the cluster), next to a ping-pong on a raw TLS connection.
+//!
+//! `BENCH_FRAME_KIB`, `BENCH_STREAM_WINDOW_KIB`, `BENCH_CONN_WINDOW_KIB` override the tunnel's
+//! `protocol::Config` (default: 16 KiB frames, 1 MiB stream and 16 MiB connection windows).
+//!
+//! With `--smol`, the tunnel rows run on `runtime-smol` (both ends) instead of `runtime-tokio`; the raw
+//! TLS baseline stays on tokio. Set `SMOL_THREADS=2` to give smol's executor both cores.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use protocol::proto::{Reject, RequestHead, ResponseHead, Trailer};
+use protocol::{Config, HelloInfo};
+use runtime_core::{Accepted, AgentOptions};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+const PHASE: Duration = Duration::from_millis(1500);
+/// Bulk rounds; the best of each kind is reported (the machine may be shared).
+const ROUNDS: usize = 3;
+const CHUNK: usize = 256 * 1024;
+const SMALL: usize = 64;
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn authenticate(_h: HelloInfo, _p: SocketAddr) -> Result<Accepted, Reject> {
+    Ok(Accepted {
+        agent_id: 1,
+        connection_id: "bench".into(),
+    })
+}
+
+/// The tunnel configuration: defaults, or with `--tuned` larger frames and windows.
+fn config() -> Config {
+    let mut c = Config::default();
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u32>().ok());
+    if let Some(v) = env("BENCH_MAX_TRANSMIT_KIB") {
+        c.max_transmit = v as usize * 1024;
+    }
+    if let Some(v) = env("BENCH_FRAME_KIB") {
+        c.settings.max_frame_size = v * 1024;
+    }
+    if let Some(v) = env("BENCH_STREAM_WINDOW_KIB") {
+        c.settings.initial_stream_window = v * 1024;
+    }
+    if let Some(v) = env("BENCH_CONN_WINDOW_KIB") {
+        c.settings.initial_connection_window = v * 1024;
+    }
+    c
+}
+
+fn opts() -> AgentOptions {
+    AgentOptions {
+        token: "bench".into(),
+        meta: Default::default(),
+        config: config(),
+    }
+}
+
+fn head(path: &str) -> RequestHead {
+    RequestHead {
+        service: "bench".into(),
+        method: "POST".into(),
+        path: path.into(),
+        ..RequestHead::default()
+    }
+}
+
+struct Tls {
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+    ca_pem: String,
+}
+
+fn tls() -> Result<Tls> {
+    let pki = tunnel_tls::ThrowawayPki::generate()?;
+    Ok(Tls {
+        server: tunnel_tls::server_config_with(pki.server.identity()?, None)?,
+        client: tunnel_tls::client_config(&pki.roots(), None)?,
+        ca_pem: pki.ca_pem().to_owned(),
+    })
+}
+
+/// User + system CPU time of this process so far, in seconds (clock ticks of 10 ms).
+fn cpu_s() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_owned();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// One bulk measurement: throughput and CPU seconds per GiB moved.
+#[derive(Debug, Clone, Copy, Default)]
+struct Bulk {
+    mib_s: f64,
+    cpu_per_gib: f64,
+}
+
+async fn measure<F: std::future::Future<Output = Result<(u64, Duration)>>>(
+    f: F,
+    best: &mut Bulk,
+) -> Result<()> {
+    let c0 = cpu_s();
+    let (bytes, elapsed) = f.await?;
+    let cpu = cpu_s() - c0;
+    let b = Bulk {
+        mib_s: mib_s(bytes, elapsed),
+        cpu_per_gib: cpu / (bytes as f64 / f64::from(1u32 << 30)),
+    };
+    if b.mib_s > best.mib_s {
+        *best = b;
+    }
+    Ok(())
+}
+
+fn mib_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / (1024.0 * 1024.0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+// ------------------------------------------------------------------------------------ raw TLS
+
+/// Bulk over one raw TLS connection: the client writes for PHASE, the server counts to EOF and
+/// answers with the count. Returns (bytes, elapsed until the count arrived).
+async fn raw_bulk(t: &Tls) -> Result<(u64, Duration)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let acceptor = TlsAcceptor::from(t.server.clone());
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await?;
+        tcp.set_nodelay(true)?;
+        let mut s = acceptor.accept(tcp).await?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut n = 0u64;
+        loop {
+            let k = s.read(&mut buf).await?;
+            if k == 0 {
+                break;
+            }
+            n += k as u64;
+        }
+        s.write_all(&n.to_be_bytes()).await?;
+        s.shutdown().await?;
+        anyhow::Ok(())
+    });
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let mut s = TlsConnector::from(t.client.clone())
+        .connect(tunnel_tls::server_name("localhost")?, tcp)
+        .await?;
+    let chunk = vec![7u8; CHUNK];
+    let start = Instant::now();
+    while start.elapsed() < PHASE {
+        s.write_all(&chunk).await?;
+    }
+    s.shutdown().await?;
+    let mut count = [0u8; 8];
+    s.read_exact(&mut count).await?;
+    let elapsed = start.elapsed();
+    server.await??;
+    Ok((u64::from_be_bytes(count), elapsed))
+}
+
+/// Ping-pong of SMALL octets on one raw TLS connection.
+async fn raw_latency(t: &Tls) -> Result<Vec<Duration>> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let acceptor = TlsAcceptor::from(t.server.clone());
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await?;
+        tcp.set_nodelay(true)?;
+        let mut s = acceptor.accept(tcp).await?;
+        let mut buf = [0u8; SMALL];
+        while s.read_exact(&mut buf).await.is_ok() {
+            s.write_all(&buf).await?;
+        }
+        anyhow::Ok(())
+    });
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let mut s = TlsConnector::from(t.client.clone())
+        .connect(tunnel_tls::server_name("localhost")?, tcp)
+        .await?;
+    let mut rtts = Vec::new();
+    let msg = [1u8; SMALL];
+    let mut buf = [0u8; SMALL];
+    let start = Instant::now();
+    while start.elapsed() < PHASE && rtts.len() < 200_000 {
+        let t0 = Instant::now();
+        s.write_all(&msg).await?;
+        s.read_exact(&mut buf).await?;
+        rtts.push(t0.elapsed());
+    }
+    rtts.sort();
+    Ok(rtts)
+}
+
+// ------------------------------------------------------------------------------- tunnel (tokio)
+
+mod tok {
+    use super::*;
+    use runtime_tokio::{Connection, Server};
+
+    pub async fn pair(t: &Tls) -> Result<(Server, Connection, Connection)> {
+        let server = Server::bind(
+            "127.0.0.1:0",
+            Some(t.server.clone()),
+            config(),
+            authenticate,
+        )
+        .await?;
+        let (agent, _) = runtime_tokio::connect_agent(
+            server.local_addr(),
+            t.client.clone(),
+            tunnel_tls::server_name("localhost")?,
+            opts(),
+        )
+        .await?;
+        let kas = server.accept().await?.connection;
+        Ok((server, agent, kas))
+    }
+
+    /// Server side of bulk: every stream is read to EOF and answered with a trailer holding the count.
+    pub fn sink(kas: Connection) {
+        tokio::spawn(async move {
+            while let Some((_, mut s)) = kas.accept_stream().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; CHUNK];
+                    let mut n = 0u64;
+                    while let Ok(k) = s.read(&mut buf).await {
+                        if k == 0 {
+                            break;
+                        }
+                        n += k as u64;
+                    }
+                    let _ = s.respond(
+                        ResponseHead {
+                            status: 200,
+                            headers: vec![],
+                        },
+                        false,
+                    );
+                    let _ = s.send_trailer(Trailer {
+                        code: 0,
+                        message: n.to_string(),
+                        headers: vec![],
+                    });
+                });
+            }
+        });
+    }
+
+    pub async fn bulk(agent: &Connection, streams: usize) -> Result<(u64, Duration)> {
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..streams {
+            let mut s = agent.open(head("/bulk"), false)?;
+            tasks.push(tokio::spawn(async move {
+                let chunk = vec![7u8; CHUNK];
+                while start.elapsed() < PHASE {
+                    s.write_all(&chunk).await?;
+                }
+                s.shutdown().await?;
+                let t = s.trailer().await?.context("no trailer")?;
+                anyhow::Ok(t.message.parse::<u64>()?)
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await??;
+        }
+        Ok((total, start.elapsed()))
+    }
+
+    /// Agent side of latency: answer each stream's SMALL request with SMALL octets.
+    pub fn responder(agent: Connection) {
+        tokio::spawn(async move {
+            while let Some((_, mut s)) = agent.accept_stream().await {
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    s.read_to_end(&mut req).await?;
+                    s.respond(
+                        ResponseHead {
+                            status: 200,
+                            headers: vec![],
+                        },
+                        false,
+                    )?;
+                    s.write_all(&req).await?;
+                    s.shutdown().await?;
+                    anyhow::Ok(())
+                });
+            }
+        });
+    }
+
+    pub async fn latency(kas: &Connection) -> Result<Vec<Duration>> {
+        let mut rtts = Vec::new();
+        let msg = [1u8; SMALL];
+        let start = Instant::now();
+        while start.elapsed() < PHASE && rtts.len() < 200_000 {
+            let t0 = Instant::now();
+            let mut s = kas.open(head("/rtt"), false)?;
+            s.write_all(&msg).await?;
+            s.shutdown().await?;
+            s.response().await?;
+            let mut got = Vec::with_capacity(SMALL);
+            s.read_to_end(&mut got).await?;
+            rtts.push(t0.elapsed());
+        }
+        rtts.sort();
+        Ok(rtts)
+    }
+}
+
+// -------------------------------------------------------------------------------- tunnel (smol)
+
+mod sml {
+    use super::*;
+    use runtime_smol::{Connection, Server};
+    use smol::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    pub async fn pair(t: &Tls) -> Result<(Server, Connection, Connection)> {
+        let server = Server::bind(
+            "127.0.0.1:0",
+            Some(t.server.clone()),
+            config(),
+            authenticate,
+        )
+        .await?;
+        let (agent, _) = runtime_smol::connect_agent(
+            server.local_addr(),
+            t.client.clone(),
+            tunnel_tls::server_name("localhost")?,
+            opts(),
+        )
+        .await?;
+        let kas = server.accept().await?.connection;
+        Ok((server, agent, kas))
+    }
+
+    pub fn sink(kas: Connection) {
+        smol::spawn(async move {
+            while let Some((_, mut s)) = kas.accept_stream().await {
+                smol::spawn(async move {
+                    let mut buf = vec![0u8; CHUNK];
+                    let mut n = 0u64;
+                    while let Ok(k) = s.read(&mut buf).await {
+                        if k == 0 {
+                            break;
+                        }
+                        n += k as u64;
+                    }
+                    let _ = s.respond(
+                        ResponseHead {
+                            status: 200,
+                            headers: vec![],
+                        },
+                        false,
+                    );
+                    let _ = s.send_trailer(Trailer {
+                        code: 0,
+                        message: n.to_string(),
+                        headers: vec![],
+                    });
+                })
+                .detach();
+            }
+        })
+        .detach();
+    }
+
+    pub async fn bulk(agent: &Connection, streams: usize) -> Result<(u64, Duration)> {
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..streams {
+            let mut s = agent.open(head("/bulk"), false)?;
+            tasks.push(smol::spawn(async move {
+                let chunk = vec![7u8; CHUNK];
+                while start.elapsed() < PHASE {
+                    s.write_all(&chunk).await?;
+                }
+                s.close().await?;
+                let t = s.trailer().await?.context("no trailer")?;
+                anyhow::Ok(t.message.parse::<u64>()?)
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await?;
+        }
+        Ok((total, start.elapsed()))
+    }
+
+    pub fn responder(agent: Connection) {
+        smol::spawn(async move {
+            while let Some((_, mut s)) = agent.accept_stream().await {
+                smol::spawn(async move {
+                    let mut req = Vec::new();
+                    s.read_to_end(&mut req).await?;
+                    s.respond(
+                        ResponseHead {
+                            status: 200,
+                            headers: vec![],
+                        },
+                        false,
+                    )?;
+                    s.write_all(&req).await?;
+                    s.close().await?;
+                    anyhow::Ok(())
+                })
+                .detach();
+            }
+        })
+        .detach();
+    }
+
+    pub async fn latency(kas: &Connection) -> Result<Vec<Duration>> {
+        let mut rtts = Vec::new();
+        let msg = [1u8; SMALL];
+        let start = Instant::now();
+        while start.elapsed() < PHASE && rtts.len() < 200_000 {
+            let t0 = Instant::now();
+            let mut s = kas.open(head("/rtt"), false)?;
+            s.write_all(&msg).await?;
+            s.close().await?;
+            s.response().await?;
+            let mut got = Vec::with_capacity(SMALL);
+            s.read_to_end(&mut got).await?;
+            rtts.push(t0.elapsed());
+        }
+        rtts.sort();
+        Ok(rtts)
+    }
+}
+
+// ---------------------------------------------------------------------------- idle connections
+
+/// Child process: opens `n` agent connections to `addr` (32 handshakes in flight), reports "ready",
+/// holds them until stdin closes.
+fn idle_clients(addr: SocketAddr, n: usize) -> Result<()> {
+    let ca = std::env::var("BENCH_CA_PEM").context("BENCH_CA_PEM")?;
+    let client = tunnel_tls::client_config(&tunnel_tls::Roots::Pem(ca.into_bytes()), None)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let next = Arc::new(AtomicU64::new(0));
+        let mut workers = Vec::new();
+        for _ in 0..32 {
+            let (client, next) = (client.clone(), next.clone());
+            workers.push(tokio::spawn(async move {
+                let mut held = Vec::new();
+                while (next.fetch_add(1, Ordering::SeqCst) as usize) < n {
+                    let (c, _) = runtime_tokio::connect_agent(
+                        addr,
+                        client.clone(),
+                        tunnel_tls::server_name("localhost")?,
+                        opts(),
+                    )
+                    .await?;
+                    held.push(c);
+                }
+                anyhow::Ok(held)
+            }));
+        }
+        let mut held = Vec::new();
+        for w in workers {
+            held.extend(w.await??);
+        }
+        println!("ready {}", held.len());
+        let mut line = String::new();
+        let _ = tokio::io::BufReader::new(tokio::io::stdin())
+            .read_line(&mut line)
+            .await;
+        drop(held);
+        anyhow::Ok(())
+    })
+}
+
+struct Idle {
+    n: usize,
+    kib_per_conn: f64,
+    accepts_per_s: f64,
+}
+
+/// The server of the idle phase, on either runtime.
+enum AnyServer {
+    Tokio(runtime_tokio::Server),
+    Smol(runtime_smol::Server),
+}
+
+impl AnyServer {
+    async fn bind(t: &Tls, smol: bool) -> Result<AnyServer> {
+        Ok(if smol {
+            AnyServer::Smol(
+                runtime_smol::Server::bind(
+                    "127.0.0.1:0",
+                    Some(t.server.clone()),
+                    config(),
+                    authenticate,
+                )
+                .await?,
+            )
+        } else {
+            AnyServer::Tokio(
+                runtime_tokio::Server::bind(
+                    "127.0.0.1:0",
+                    Some(t.server.clone()),
+                    config(),
+                    authenticate,
+                )
+                .await?,
+            )
+        })
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        match self {
+            AnyServer::Tokio(s) => s.local_addr(),
+            AnyServer::Smol(s) => s.local_addr(),
+        }
+    }
+
+    async fn accept(&self) -> Result<AnyConn> {
+        Ok(match self {
+            AnyServer::Tokio(s) => AnyConn::Tokio(s.accept().await?.connection),
+            AnyServer::Smol(s) => AnyConn::Smol(s.accept().await?.connection),
+        })
+    }
+}
+
+enum AnyConn {
+    Tokio(runtime_tokio::Connection),
+    Smol(runtime_smol::Connection),
+}
+
+impl AnyConn {
+    fn is_closed(&self) -> bool {
+        match self {
+            AnyConn::Tokio(c) => c.is_closed(),
+            AnyConn::Smol(c) => c.is_closed(),
+        }
+    }
+}
+
+async fn idle_phase(t: &Tls, n: usize, smol: bool) -> Result<Idle> {
+    let server = AnyServer::bind(t, smol).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = rss_kib();
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("--idle-clients")
+        .arg(server.local_addr().to_string())
+        .arg(n.to_string())
+        .env("BENCH_CA_PEM", &t.ca_pem)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let start = Instant::now();
+    let mut conns = Vec::with_capacity(n);
+    let deadline = Duration::from_secs(120);
+    while conns.len() < n {
+        match tokio::time::timeout(deadline, server.accept()).await {
+            Ok(c) => conns.push(c?),
+            Err(_) => bail!("only {} of {n} connections in {deadline:?}", conns.len()),
+        }
+    }
+    let accept_time = start.elapsed();
+    let mut out = tokio::io::BufReader::new(child.stdout.take().context("stdout")?);
+    let mut line = String::new();
+    out.read_line(&mut line).await?;
+    if !line.starts_with("ready") {
+        bail!("child said {line:?}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib();
+    drop(child.stdin.take());
+    let _ = child.wait().await;
+    // Let every connection notice the end before the next phase starts.
+    for _ in 0..300 {
+        if conns.iter().all(AnyConn::is_closed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(conns);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(Idle {
+        n,
+        kib_per_conn: after.saturating_sub(before) as f64 / n as f64,
+        accepts_per_s: n as f64 / accept_time.as_secs_f64(),
+    })
+}
+
+// ----------------------------------------------------------------------------------------- main
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--idle-clients") {
+        let addr = args.get(2).context("addr")?.parse()?;
+        let n = args.get(3).context("n")?.parse()?;
+        return idle_clients(addr, n);
+    }
+    let use_smol = args.iter().any(|a| a == "--smol");
+    let idle_n = args
+        .iter()
+        .position(|a| a == "--idle")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000usize);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let t = tls()?;
+        let idle = if idle_n > 0 {
+            idle_phase(&t, idle_n, use_smol).await
+        } else {
+            Err(anyhow::anyhow!("skipped (--idle 0)"))
+        };
+
+        let (mut raw, mut t1, mut t64) = (Bulk::default(), Bulk::default(), Bulk::default());
+        let (tun_rtt, raw_rtt) = if use_smol {
+            let (_server, agent, kas) = sml::pair(&t).await?;
+            sml::sink(kas.clone());
+            sml::responder(agent.clone());
+            for _ in 0..ROUNDS {
+                measure(raw_bulk(&t), &mut raw).await?;
+                measure(sml::bulk(&agent, 1), &mut t1).await?;
+                measure(sml::bulk(&agent, 64), &mut t64).await?;
+            }
+            (sml::latency(&kas).await?, raw_latency(&t).await?)
+        } else {
+            let (_server, agent, kas) = tok::pair(&t).await?;
+            tok::sink(kas.clone());
+            tok::responder(agent.clone());
+            for _ in 0..ROUNDS {
+                measure(raw_bulk(&t), &mut raw).await?;
+                measure(tok::bulk(&agent, 1), &mut t1).await?;
+                measure(tok::bulk(&agent, 64), &mut t64).await?;
+            }
+            (tok::latency(&kas).await?, raw_latency(&t).await?)
+        };
+
+        let runtime = if use_smol {
+            "runtime-smol"
+        } else {
+            "runtime-tokio"
+        };
+        let c = config();
+        let tuned = format!(
+            "frames {} KiB, windows {} KiB/stream {} KiB/connection",
+            c.settings.max_frame_size / 1024,
+            c.settings.initial_stream_window / 1024,
+            c.settings.initial_connection_window / 1024
+        );
+        println!(
+            "agent tunnel benchmark ({runtime}, {tuned}; loopback, TLS 1.3, rustls/ring, release)"
+        );
+        println!(
+            "{:<44} {:>12} {:>12} {:>7}",
+            "measure", "tunnel", "raw TLS", "ratio"
+        );
+        println!(
+            "{:<44} {:>12.0} {:>12.0} {:>6.2}x",
+            "bulk, 1 stream (MiB/s, best of 3)",
+            t1.mib_s,
+            raw.mib_s,
+            t1.mib_s / raw.mib_s
+        );
+        println!(
+            "{:<44} {:>12.0} {:>12.0} {:>6.2}x",
+            "bulk, 64 streams on 1 connection (MiB/s)",
+            t64.mib_s,
+            raw.mib_s,
+            t64.mib_s / raw.mib_s
+        );
+        for (name, b) in [("1 stream", t1), ("64 streams", t64)] {
+            println!(
+                "{:<44} {:>12.2} {:>12.2} {:>6.2}x",
+                format!("CPU s per GiB, {name} (both ends)"),
+                b.cpu_per_gib,
+                raw.cpu_per_gib,
+                b.cpu_per_gib / raw.cpu_per_gib
+            );
+        }
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+            let a = percentile(&tun_rtt, p);
+            let b = percentile(&raw_rtt, p);
+            println!(
+                "{:<44} {:>12.1} {:>12.1} {:>6.2}x",
+                format!("round trip 64 B / 64 B, {name} (µs)"),
+                us(a),
+                us(b),
+                us(a) / us(b)
+            );
+        }
+        println!(
+            "{:<44} {:>12} {:>12}",
+            "round trips measured",
+            tun_rtt.len(),
+            raw_rtt.len()
+        );
+        match idle {
+            Ok(i) => {
+                println!(
+                    "{:<44} {:>12.1}",
+                    format!("server RSS per idle connection, N={} (KiB)", i.n),
+                    i.kib_per_conn
+                );
+                println!(
+                    "{:<44} {:>12.0}",
+                    "connections accepted per second (TLS+HELLO)", i.accepts_per_s
+                );
+            }
+            Err(e) => println!("idle connections: failed: {e:#}"),
+        }
+        anyhow::Ok(())
+    })
+}
