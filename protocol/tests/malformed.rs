@@ -432,3 +432,53 @@ fn data_before_response_resets_only_that_stream() {
     assert!(!p.server.is_closed());
     assert!(p.server.stream_exists(other));
 }
+
+#[test]
+fn valid_preface_and_hello_split_byte_by_byte_is_accepted() {
+    let now = Instant::now();
+    let mut agent = protocol::Connection::agent(Config::default(), AgentHello::default(), now);
+    let mut server = protocol::Connection::server(Config::default(), now);
+    while let Some(b) = agent.poll_transmit() {
+        for byte in b.iter() {
+            server.handle_input(std::slice::from_ref(byte), now);
+        }
+    }
+    assert!(!server.is_closed(), "{:?}", server.close_reason());
+    assert!(matches!(server.poll_event(), Some(Event::Hello(_))));
+}
+
+#[test]
+fn closed_is_always_the_last_event() {
+    // Found by the connection_input fuzz target: the agent opens stream 1 and sends GOAWAY, then breaks
+    // the stream's rules; resetting the last stream of the draining connection closes it, and the
+    // stream's Reset must still come before Closed.
+    let mut p = connected();
+    let now = p.now;
+    let mut input = request(1);
+    input.extend(Frame::GoAway(proto::GoAway::default()).to_bytes());
+    input.extend(
+        Frame::Response {
+            stream: protocol::StreamId(1),
+            head: proto::ResponseHead::default(),
+            end_stream: false,
+        }
+        .to_bytes(),
+    );
+    p.server.handle_input(&input, now);
+    let events: Vec<Event> = std::iter::from_fn(|| p.server.poll_event()).collect();
+    assert!(
+        p.server.is_closed(),
+        "draining connection with no streams left closes"
+    );
+    assert!(
+        matches!(events.last(), Some(Event::Closed(CloseReason::Graceful))),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::Reset {
+            code: ErrorCode::Protocol,
+            ..
+        }
+    )));
+}
