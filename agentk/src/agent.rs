@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::CloseReason;
+use protocol::cache::{AgentCache, PublisherConfig, ResourceKind};
 use protocol::proto::RejectCode;
 use runtime_tokio::{AgentOptions, Connection, Error as TunnelError, connect_agent};
 use rustls::pki_types::ServerName;
@@ -22,11 +23,12 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::address::KasAddress;
+use crate::cache::CacheHandle;
 use crate::config::Config;
 use crate::dispatch::{Services, serve_connection};
 use crate::error::Error;
 use crate::reconnect::{BackoffPolicy, Next, Reconnect};
-use crate::upstream;
+use crate::{cache, informer, upstream, views};
 
 /// A connection that got GOAWAY sooner than this after its handshake counts as a failure (back-off)
 /// rather than a graceful handover, so a kas that accepts and at once sends GOAWAY is not dialled in
@@ -47,7 +49,40 @@ pub struct Agent {
     token_file: Option<std::path::PathBuf>,
     backoff: BackoffPolicy,
     shutdown_grace: Duration,
-    services: Arc<Services>,
+    services: Services,
+    cache: Option<CacheSetup>,
+}
+
+/// The informer cache, built but not started.
+struct CacheSetup {
+    cache: AgentCache,
+    client: kube::Client,
+    kinds: Vec<ResourceKind>,
+    window: Duration,
+}
+
+/// The running cache task and informers; dropping it stops them.
+struct RunningCache {
+    handle: CacheHandle,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl CacheSetup {
+    fn start(self) -> RunningCache {
+        let (handle, task) = cache::spawn(self.cache, &self.kinds, self.window);
+        let mut tasks = informer::spawn(&self.client, &self.kinds, &handle);
+        tasks.push(task);
+        tracing::info!(kinds = ?self.kinds.iter().map(ToString::to_string).collect::<Vec<_>>(), "informer cache started");
+        RunningCache { handle, tasks }
+    }
+}
+
+impl Drop for RunningCache {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for Agent {
@@ -73,7 +108,8 @@ enum End {
 
 impl Agent {
     /// Checks the configuration and builds everything that does not need kas: the TLS client
-    /// configuration, the Kubernetes API client (loading kube's configuration), the service client.
+    /// configuration, the Kubernetes API client (loading kube's configuration), the service client,
+    /// and the informer cache (views compiled, not started yet).
     pub async fn new(config: Config) -> Result<Agent, Error> {
         // kube builds its TLS configuration with rustls' process-wide provider; make it `ring`, the
         // one provider this workspace compiles in (a no-op if the application installed one).
@@ -90,10 +126,27 @@ impl Agent {
         let services = Services {
             kube: upstream::kube_service(&kube_config)?,
             plain: upstream::plain_service(),
+            cache: None,
+        };
+        let cache = if config.cache.enabled() {
+            let mut publisher = PublisherConfig::new(rand::random());
+            publisher.window = config.cache.window;
+            publisher.ack_timeout = config.cache.ack_timeout;
+            let cache = AgentCache::new(&config.cache.views, publisher)?;
+            let client = kube::Client::try_from(kube_config.clone())
+                .map_err(|e| Error::kube("the watch client", e))?;
+            Some(CacheSetup {
+                cache,
+                client,
+                kinds: config.cache.watch_kinds.clone(),
+                window: config.cache.window,
+            })
+        } else {
+            None
         };
         let options = AgentOptions {
             token: config.token.clone(),
-            meta: config.meta.agent_meta(),
+            meta: config.meta.agent_meta(cache.is_some()),
             config: config.tunnel.clone(),
         };
         Ok(Agent {
@@ -104,14 +157,21 @@ impl Agent {
             token_file: config.token_file.clone(),
             backoff: config.backoff,
             shutdown_grace: config.shutdown_grace,
-            services: Arc::new(services),
+            services,
+            cache,
         })
     }
 
-    /// Connects to kas and serves it until `shutdown` resolves, reconnecting forever. On shutdown,
-    /// every connection is closed gracefully (in-flight requests get the shutdown grace).
+    /// Starts the informer cache, then connects to kas and serves it until `shutdown` resolves,
+    /// reconnecting forever. On shutdown, every connection is closed gracefully (in-flight requests
+    /// get the shutdown grace), then the cache stops.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         let mut shutdown = std::pin::pin!(shutdown);
+        let running_cache = self.cache.take().map(CacheSetup::start);
+        let services = Arc::new(Services {
+            cache: running_cache.as_ref().map(|c| c.handle.clone()),
+            ..self.services.clone()
+        });
         let mut reconnect = Reconnect::new(self.backoff);
         let mut live: Vec<Live> = Vec::new();
         let mut token_refused = false;
@@ -154,8 +214,18 @@ impl Agent {
                         agent_id = established.agent_id,
                         connection_id = %established.connection_id,
                     );
+                    let serving = serve_connection(conn.clone(), services.clone());
+                    let views = services.cache.clone().map(|c| views::run(conn.clone(), c));
                     let task = tokio::spawn(
-                        serve_connection(conn.clone(), self.services.clone()).instrument(span),
+                        async move {
+                            match views {
+                                Some(views) => {
+                                    tokio::join!(serving, views);
+                                }
+                                None => serving.await,
+                            }
+                        }
+                        .instrument(span),
                     );
                     live.push(Live {
                         conn: conn.clone(),
@@ -191,6 +261,7 @@ impl Agent {
             }
         }
         self.close_all(live).await;
+        drop(running_cache);
     }
 
     /// Reads the token file again (after kas refused the token); keeps the old token on failure.
@@ -275,8 +346,9 @@ impl Agent {
     }
 }
 
-/// Resolves once kas sent GOAWAY on `conn` (runtime-tokio reports it only as a state, so poll it).
-async fn draining(conn: &Connection) {
+/// Resolves once either side sent GOAWAY on `conn` (runtime-tokio reports it only as a state, so
+/// poll it).
+pub(crate) async fn draining(conn: &Connection) {
     let mut tick = tokio::time::interval(DRAIN_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Bounded by the connection: the caller also waits for its end and drops this future then.

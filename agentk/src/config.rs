@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use protocol::cache::{ResourceKind, ViewSpec, default_views};
 use protocol::proto::AgentMeta;
 use protocol::service;
 
@@ -36,12 +37,17 @@ pub struct MetaOverrides {
     pub capabilities: Option<Vec<String>>,
 }
 
-/// The services agentk serves, announced in HELLO.
+/// The services agentk always serves, announced in HELLO.
 pub const CAPABILITIES: &[&str] = &[service::K8S_API, service::SERVICE_PROXY];
 
+/// Announced in addition to [`CAPABILITIES`] while the informer cache runs: kas may query the
+/// cache (`cache`) and agentk opens a `views` stream on every connection.
+pub const CACHE_CAPABILITIES: &[&str] = &[service::CACHE, service::VIEWS];
+
 impl MetaOverrides {
-    /// The HELLO metadata: these overrides, then the environment, then defaults.
-    pub fn agent_meta(&self) -> AgentMeta {
+    /// The HELLO metadata: these overrides, then the environment, then defaults; `caching` adds
+    /// [`CACHE_CAPABILITIES`] to the default capability list.
+    pub fn agent_meta(&self, caching: bool) -> AgentMeta {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         AgentMeta {
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -61,12 +67,100 @@ impl MetaOverrides {
                 .clone()
                 .or_else(|| env("NODE_NAME"))
                 .unwrap_or_default(),
-            capabilities: self
-                .capabilities
-                .clone()
-                .unwrap_or_else(|| CAPABILITIES.iter().map(|c| (*c).to_owned()).collect()),
+            capabilities: self.capabilities.clone().unwrap_or_else(|| {
+                let extra = if caching { CACHE_CAPABILITIES } else { &[] };
+                CAPABILITIES
+                    .iter()
+                    .chain(extra)
+                    .map(|c| (*c).to_owned())
+                    .collect()
+            }),
         }
     }
+}
+
+/// The kinds watched by default: nodes, pods, deployments and core events.
+pub fn default_watch_kinds() -> Vec<ResourceKind> {
+    vec![
+        ResourceKind::node(),
+        ResourceKind::pod(),
+        ResourceKind::deployment(),
+        ResourceKind::event(),
+    ]
+}
+
+/// The informer cache: which kinds agentk watches and which views it maintains over them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// Kinds to watch (all namespaces), e.g. `v1/Pod`, `apps/v1/Deployment`. Empty: no cache,
+    /// no `views` stream, and the `cache` service answers 404.
+    pub watch_kinds: Vec<ResourceKind>,
+    /// The views maintained and pushed to kas (default: [`default_views`]).
+    pub views: Vec<ViewSpec>,
+    /// At most one view update and one object-change message per window (default 100 ms).
+    pub window: Duration,
+    /// Re-send view updates kas did not acknowledge within this long (default 5 s).
+    pub ack_timeout: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            watch_kinds: default_watch_kinds(),
+            views: default_views(),
+            window: Duration::from_millis(100),
+            ack_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl CacheConfig {
+    /// Whether the cache runs (at least one kind is watched).
+    pub fn enabled(&self) -> bool {
+        !self.watch_kinds.is_empty()
+    }
+}
+
+/// Parses a comma-separated kind list (`v1/Node,v1/Pod,apps/v1/Deployment,v1/Event`); blanks
+/// around entries are ignored, duplicates dropped; an empty list disables the cache.
+pub fn parse_watch_kinds(text: &str) -> Result<Vec<ResourceKind>, Error> {
+    let mut kinds: Vec<ResourceKind> = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let kind = part
+            .parse::<ResourceKind>()
+            .map_err(|e| Error::WatchKinds(e.to_string()))?;
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    Ok(kinds)
+}
+
+/// Reads extra view specs from a JSON or YAML file: a list of specs, or `{"views": [...]}`.
+pub fn read_views_file(path: &Path) -> Result<Vec<ViewSpec>, Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum ViewsFile {
+        List(Vec<ViewSpec>),
+        Wrapped { views: Vec<ViewSpec> },
+    }
+    let bad = |reason: String| Error::ViewsFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    // YAML is a superset of JSON as far as view specs go; try JSON first for its error messages.
+    let parsed = match serde_json::from_str::<ViewsFile>(&text) {
+        Ok(v) => v,
+        Err(json) => serde_yaml::from_str::<ViewsFile>(&text).map_err(|yaml| {
+            bad(format!(
+                "neither a JSON nor a YAML list of view specs (JSON: {json}; YAML: {yaml})"
+            ))
+        })?,
+    };
+    Ok(match parsed {
+        ViewsFile::List(v) | ViewsFile::Wrapped { views: v } => v,
+    })
 }
 
 /// Everything [`crate::run`] needs. Build it with [`Config::new`] and adjust the public fields.
@@ -93,6 +187,8 @@ pub struct Config {
     pub tunnel: protocol::Config,
     /// How long in-flight requests may finish when agentk shuts down.
     pub shutdown_grace: Duration,
+    /// The informer cache and its views.
+    pub cache: CacheConfig,
 }
 
 impl fmt::Debug for Config {
@@ -108,13 +204,15 @@ impl fmt::Debug for Config {
             .field("meta", &self.meta)
             .field("tunnel", &self.tunnel)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("cache", &self.cache)
             .finish()
     }
 }
 
 impl Config {
     /// Defaults: system roots, server name from the address, [`KubeSource::Infer`], the default
-    /// back-off, metadata from the environment, default tunnel settings, 10 s shutdown grace.
+    /// back-off, metadata from the environment, default tunnel settings, 10 s shutdown grace, the
+    /// default cache ([`CacheConfig::default`]).
     pub fn new(kas_address: impl Into<String>, token: impl Into<String>) -> Config {
         Config {
             kas_address: kas_address.into(),
@@ -127,6 +225,7 @@ impl Config {
             meta: MetaOverrides::default(),
             tunnel: protocol::Config::default(),
             shutdown_grace: Duration::from_secs(10),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -176,11 +275,73 @@ mod tests {
             node_name: Some("n".into()),
             capabilities: None,
         }
-        .agent_meta();
+        .agent_meta(false);
         assert_eq!(m.pod_name, "p");
         assert_eq!(m.pod_namespace, "ns");
         assert_eq!(m.node_name, "n");
         assert_eq!(m.version, env!("CARGO_PKG_VERSION"));
         assert_eq!(m.capabilities, vec!["k8s-api", "service-proxy"]);
+        let m = MetaOverrides::default().agent_meta(true);
+        assert_eq!(
+            m.capabilities,
+            vec!["k8s-api", "service-proxy", "cache", "views"]
+        );
+        let m = MetaOverrides {
+            capabilities: Some(vec!["x".into()]),
+            ..Default::default()
+        }
+        .agent_meta(true);
+        assert_eq!(m.capabilities, vec!["x"]);
+    }
+
+    #[test]
+    fn watch_kinds_parse() {
+        assert_eq!(
+            parse_watch_kinds("v1/Node, v1/Pod,apps/v1/Deployment,v1/Event,v1/Pod").expect("valid"),
+            default_watch_kinds()
+        );
+        assert_eq!(parse_watch_kinds(" , ").expect("valid"), Vec::new());
+        assert!(matches!(
+            parse_watch_kinds("v1/Pod,Pod"),
+            Err(Error::WatchKinds(_))
+        ));
+        assert!(matches!(
+            parse_watch_kinds("a/b/c/d"),
+            Err(Error::WatchKinds(_))
+        ));
+        assert!(CacheConfig::default().enabled());
+    }
+
+    #[test]
+    fn views_files_in_json_and_yaml() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let json = dir.path().join("views.json");
+        std::fs::write(
+            &json,
+            r#"[{"name": "web_pods", "kind": "Pod", "filter": [{"path": "metadata.labels.app", "eq": "web"}]}]"#,
+        )
+        .expect("write");
+        let v = read_views_file(&json).expect("json views");
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].name, "web_pods");
+        let yaml = dir.path().join("views.yaml");
+        std::fs::write(
+            &yaml,
+            "views:\n  - name: services\n    kind: v1/Service\n    group_by: [metadata.namespace]\n",
+        )
+        .expect("write");
+        let v = read_views_file(&yaml).expect("yaml views");
+        assert_eq!(v[0].name, "services");
+        assert_eq!(v[0].metrics.len(), 1, "default metric: count");
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(&bad, "- name: x\n  kind: Pod\n  colour: blue\n").expect("write");
+        assert!(matches!(
+            read_views_file(&bad),
+            Err(Error::ViewsFile { .. })
+        ));
+        assert!(matches!(
+            read_views_file(&dir.path().join("missing")),
+            Err(Error::ViewsFile { .. })
+        ));
     }
 }

@@ -1,5 +1,5 @@
-//! Serving the streams kas opens: one task per stream, dispatched on the request head's service,
-//! with one log line per request.
+//! Serving the streams kas opens: one task per stream, dispatched on the request head's service
+//! (`k8s-api`, `service-proxy`, `cache`), with one log line per request.
 //!
 //! An unknown service is answered with 404 and a Kubernetes `Status` body (reason `NotFound`), not
 //! with a RESET: kas can pass a readable answer on to its client.
@@ -13,17 +13,21 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::body::RequestBody;
+use crate::cache::CacheHandle;
 use crate::forward::{Exchange, Outcome};
 use crate::service_proxy::Clients;
 use crate::upstream::HttpService;
-use crate::{k8s_api, service_proxy};
+use crate::{cache_service, k8s_api, service_proxy};
 
 /// What serving a stream needs.
+#[derive(Clone)]
 pub struct Services {
     /// The Kubernetes API server, with agentk's credentials.
     pub kube: HttpService,
     /// Plain HTTP/1.1 for in-cluster services.
     pub plain: HttpService,
+    /// The informer cache, if it runs.
+    pub cache: Option<CacheHandle>,
 }
 
 /// Accepts streams on `conn` until it is over, each served on its own task.
@@ -54,6 +58,7 @@ pub async fn serve_stream(services: Arc<Services>, head: RequestHead, stream: St
             };
             service_proxy::serve(clients, &head, recv, send).await
         }
+        service::CACHE => cache_service::serve(services.cache.as_ref(), &head, recv, send).await,
         other => {
             let (_, reset) = RequestBody::from_tunnel(recv);
             let mut ex = Exchange::new(send, reset, 0);

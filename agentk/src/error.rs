@@ -24,6 +24,15 @@ pub enum Error {
     /// The token is empty.
     #[error("the agent token is empty")]
     EmptyToken,
+    /// A kind to watch is not `version/Kind` or `group/version/Kind`.
+    #[error("invalid kind to watch: {0}")]
+    WatchKinds(String),
+    /// The views file could not be read or parsed.
+    #[error("views file {path}: {reason}")]
+    ViewsFile { path: PathBuf, reason: String },
+    /// A view spec is invalid (or two views share a name).
+    #[error("invalid view: {0}")]
+    Views(#[from] protocol::cache::ViewSpecError),
     /// The Kubernetes client configuration (kubeconfig or in-cluster) could not be loaded or used.
     #[error("Kubernetes client configuration ({what}): {source}")]
     Kube {

@@ -2,13 +2,15 @@
 //!
 //! agentk runs inside a Kubernetes cluster (typically behind NAT), dials **out** to kas over TLS,
 //! keeps one multiplexed tunnel connection open (runtime-tokio), and serves the requests kas sends
-//! into the cluster over it. agentk never listens on any port. It stays small: decisions (routing,
-//! authorisation, retries) belong in kas.
+//! into the cluster over it. It also keeps an informer cache of the cluster's objects and pushes
+//! small precomputed *views* of it to kas. agentk never listens on any port. It stays small:
+//! decisions (routing, authorisation, retries) belong in kas.
 //!
 //! ## Using it
 //!
 //! The binary (`agentk --kas-address tls://kas:8150 --token-file token [--ca-file ca.pem]
-//! [--kubeconfig FILE [--context NAME] | --in-cluster]`, see `agentk --help`) is a thin CLI over:
+//! [--kubeconfig FILE [--context NAME] | --in-cluster] [--watch-kinds v1/Node,v1/Pod,...]
+//! [--views-file views.yaml]`, see `agentk --help`) is a thin CLI over:
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), agentk::Error> {
@@ -29,12 +31,17 @@
 //!
 //! | module | what it is |
 //! |---|---|
-//! | [`config`] | [`Config`], [`KubeSource`], [`MetaOverrides`] (HELLO metadata), token files |
+//! | [`config`] | [`Config`], [`KubeSource`], [`MetaOverrides`] (HELLO metadata), [`CacheConfig`], token and views files |
 //! | [`address`] | the kas address (`host:port`, `tls://host:port`) |
 //! | [`reconnect`] | pure back-off policy: exponential, full jitter, bounded, honours REJECT `retry_after` |
 //! | [`agent`] | the connection loop: dial, serve, GOAWAY handover, reconnect |
 //! | [`dispatch`] | one task per kas-opened stream, by service; one log line per request |
 //! | [`k8s_api`] | `k8s-api`: forward to the API server with agentk's own credentials |
+//! | [`informer`] | one `kube-runtime` watcher per configured kind, feeding the cache task |
+//! | [`cache`] | the one task owning the [`AgentCache`](protocol::cache::AgentCache): events, queries, view sync, object-change batching |
+//! | [`views`] | the `views` stream agentk opens on every connection, linked to the cache task |
+//! | [`frame`] | length-delimited protobuf framing of the views stream, 16 MiB limit |
+//! | [`cache_service`] | `cache`: LIST/GET of cached objects, answered from the store |
 //! | [`service_proxy`] | `service-proxy`: resolve a Service, forward to `clusterIP:port` |
 //! | [`proxy_path`] | the service-proxy path and Service resolution |
 //! | [`forward`] | one HTTP exchange, streaming both ways, with cancel and deadline |
@@ -47,7 +54,8 @@
 //!
 //! - **Connecting.** TCP + TLS 1.3 (ALPN `agent-tunnel/1`, roots from [`Config::ca`]), then HELLO
 //!   with the token and [`AgentMeta`](protocol::proto::AgentMeta): capabilities `k8s-api`,
-//!   `service-proxy`; version; pod, namespace and node from `POD_NAME`, `POD_NAMESPACE`, `NODE_NAME`.
+//!   `service-proxy` (+ `cache`, `views` while the informer cache runs); version; pod, namespace
+//!   and node from `POD_NAME`, `POD_NAMESPACE`, `NODE_NAME`.
 //! - **Reconnecting.** Every failure (dial, TLS, REJECT, lost connection) waits per
 //!   [`Reconnect`]: a random delay up to `initial * 2^(n-1)` capped at `max`,
 //!   at least REJECT's `retry_after`; a connection that lived `stable_after` resets the count. A
@@ -67,6 +75,20 @@
 //! - **service-proxy.** `/{namespace}/{service}:{port}/{rest}`: the Service is read from the API
 //!   server (404 if it does not exist), its `clusterIP` and port (number or name) resolved (503 if
 //!   headless or no such port), and the request sent over HTTP/1.1 to `clusterIP:port/rest`.
+//! - **Informer cache.** From start-up, whether or not kas is connected, one watcher per kind of
+//!   [`CacheConfig::watch_kinds`] (default `v1/Node`, `v1/Pod`, `apps/v1/Deployment`, `v1/Event`, all
+//!   namespaces) feeds one cache task owning the store, the views ([`CacheConfig::views`], default
+//!   `protocol::cache::default_views`) and the view publisher. Watch failures are retried with
+//!   kube-runtime's back-off, each distinct failure logged once.
+//! - **views.** After each handshake agentk opens one `views` stream (`SYNC /`); on 200 the cache
+//!   task links to it (`on_connected`), answers kas's resync request with a catch-up update or a
+//!   snapshot, and sends view updates (at most one per window, 100 ms) and object changes (batched,
+//!   at most one message per window) as length-delimited protobuf, with the stream's flow control.
+//!   The stream ends with the connection (or its GOAWAY); a bad message from kas resets it with
+//!   `ErrorCode::Protocol`. The next connection opens a new one and resyncs incrementally.
+//! - **cache.** `LIST /{kind}?namespace=&labelSelector=` and `GET /{kind}/{namespace}/{name}` are
+//!   answered from the store (never from the API server): a Kubernetes `List` or the object; 404
+//!   unknown kind or object, 400 bad request or selector, 503 while the kind is not listed yet.
 //! - **Unknown service.** Answered with 404 and a `Status` body (reason `NotFound`), not a RESET.
 //! - **Logging.** `tracing`: per connection (agent id, connection id) and per stream (stream id,
 //!   service, method, path, status, duration). The token is never logged.
@@ -74,19 +96,27 @@
 pub mod address;
 pub mod agent;
 pub mod body;
+pub mod cache;
+pub mod cache_service;
 pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod forward;
+pub mod frame;
 pub mod head;
+pub mod informer;
 pub mod k8s_api;
 pub mod proxy_path;
 pub mod reconnect;
 pub mod service_proxy;
 pub mod upstream;
+pub mod views;
 
 pub use address::KasAddress;
 pub use agent::{Agent, run};
-pub use config::{CAPABILITIES, Config, KubeSource, MetaOverrides, read_token_file};
+pub use config::{
+    CACHE_CAPABILITIES, CAPABILITIES, CacheConfig, Config, KubeSource, MetaOverrides,
+    default_watch_kinds, parse_watch_kinds, read_token_file, read_views_file,
+};
 pub use error::Error;
 pub use reconnect::{BackoffPolicy, Next, Reconnect};

@@ -46,6 +46,22 @@ struct Cli {
     /// Seconds in-flight requests may take to finish on shutdown.
     #[arg(long, env = "AGENTK_SHUTDOWN_GRACE", default_value_t = 10)]
     shutdown_grace: u64,
+    /// Kinds the informer cache watches (all namespaces), comma-separated `version/Kind` or
+    /// `group/version/Kind`. An empty value disables the cache (no views, no cache queries).
+    #[arg(
+        long,
+        env = "AGENTK_WATCH_KINDS",
+        default_value = "v1/Node,v1/Pod,apps/v1/Deployment,v1/Event"
+    )]
+    watch_kinds: String,
+    /// JSON or YAML file with extra view specs (a list, or `{views: [...]}`), maintained in
+    /// addition to the default views.
+    #[arg(long, env = "AGENTK_VIEWS_FILE")]
+    views_file: Option<PathBuf>,
+    /// Milliseconds over which view updates and object changes are coalesced (at most one message
+    /// of each per window).
+    #[arg(long, env = "AGENTK_VIEWS_WINDOW_MS", default_value_t = 100)]
+    views_window_ms: u64,
 }
 
 fn init_logging(format: LogFormat) {
@@ -94,6 +110,11 @@ fn config(cli: &Cli) -> anyhow::Result<agentk::Config> {
         (None, false, None) => agentk::KubeSource::Infer,
     };
     config.shutdown_grace = Duration::from_secs(cli.shutdown_grace);
+    config.cache.watch_kinds = agentk::parse_watch_kinds(&cli.watch_kinds)?;
+    if let Some(path) = &cli.views_file {
+        config.cache.views.extend(agentk::read_views_file(path)?);
+    }
+    config.cache.window = Duration::from_millis(cli.views_window_ms);
     Ok(config)
 }
 
@@ -191,5 +212,54 @@ mod tests {
                 context: Some("c1".into())
             }
         );
+        assert_eq!(c.cache.watch_kinds, agentk::default_watch_kinds());
+        assert_eq!(c.cache.views, protocol::cache::default_views());
+    }
+
+    #[test]
+    fn cache_flags_map_to_the_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "tok\n").expect("write");
+        let views = dir.path().join("views.yaml");
+        std::fs::write(&views, "- name: services\n  kind: Service\n").expect("write");
+        let token = token.to_str().expect("utf-8 path");
+        let views = views.to_str().expect("utf-8 path");
+        let base = ["agentk", "--kas-address", "kas:1", "--token-file", token];
+        let parse = |extra: &[&str]| {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            config(&Cli::try_parse_from(args).expect("valid flags"))
+        };
+        let c = parse(&[
+            "--watch-kinds",
+            "v1/Service,apps/v1/Deployment",
+            "--views-file",
+            views,
+            "--views-window-ms",
+            "250",
+        ])
+        .expect("config");
+        assert_eq!(
+            c.cache.watch_kinds,
+            vec![
+                protocol::cache::ResourceKind::new("", "v1", "Service"),
+                protocol::cache::ResourceKind::deployment()
+            ]
+        );
+        let names: Vec<&str> = c.cache.views.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "nodes",
+                "pods_by_phase",
+                "deployments",
+                "objects_by_kind",
+                "services"
+            ]
+        );
+        assert_eq!(c.cache.window, Duration::from_millis(250));
+        let c = parse(&["--watch-kinds", ""]).expect("config");
+        assert!(!c.cache.enabled());
+        assert!(parse(&["--watch-kinds", "Pod"]).is_err());
     }
 }

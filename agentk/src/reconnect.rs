@@ -97,6 +97,38 @@ impl Reconnect {
     }
 }
 
+/// How an established connection ended, as the reconnect policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The server sent GOAWAY (the connection now drains) or closed it gracefully.
+    GoingAway,
+    /// Anything else: transport error, idle timeout, abort.
+    Lost,
+}
+
+/// A connection must have lived this long for a GOAWAY to count as a hand-over (dial a replacement at
+/// once) rather than as a failure (back off), so a server that accepts and immediately sends GOAWAY
+/// cannot make agents dial in a tight loop.
+pub const MIN_LIFETIME_FOR_HANDOVER: Duration = Duration::from_secs(1);
+
+impl Reconnect {
+    /// What to do once an established connection ended or started draining, `lived` after the
+    /// handshake: a hand-over dials at once, anything else backs off (`unit` as in
+    /// [`Reconnect::failed`]).
+    pub fn after_connection(
+        &mut self,
+        ending: Ending,
+        lived: Duration,
+        now: Instant,
+        unit: f64,
+    ) -> Next {
+        match ending {
+            Ending::GoingAway if lived >= MIN_LIFETIME_FOR_HANDOVER => self.goaway(),
+            _ => self.failed(now, unit, None),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +158,22 @@ mod tests {
         r.connected(t0);
         r.failed(t0 + Duration::from_millis(10), 0.5, None);
         assert_eq!(r.failures(), 2);
+    }
+
+    #[test]
+    fn goaway_hands_over_only_after_a_minimum_lifetime() {
+        let t0 = Instant::now();
+        let mut r = Reconnect::new(BackoffPolicy::default());
+        r.connected(t0);
+        let next = r.after_connection(Ending::GoingAway, Duration::from_secs(5), t0, 0.5);
+        assert_eq!(next, Next::Connect);
+        assert_eq!(r.failures(), 0);
+        r.connected(t0);
+        let next = r.after_connection(Ending::GoingAway, Duration::from_millis(10), t0, 0.5);
+        assert!(matches!(next, Next::WaitUntil(_)));
+        assert_eq!(r.failures(), 1);
+        let next = r.after_connection(Ending::Lost, Duration::from_secs(60), t0, 0.5);
+        assert!(matches!(next, Next::WaitUntil(_)));
     }
 
     proptest! {

@@ -344,7 +344,20 @@ impl Drop for RunningAgent {
     }
 }
 
+/// agentk's configuration for these tests, without the informer cache (the k8s-api and
+/// service-proxy tests count upstream connections and streams); see [`cache_agent_config`].
 pub fn agent_config(
+    pki: &ThrowawayPki,
+    kas: SocketAddr,
+    kubeconfig: &std::path::Path,
+) -> agentk::Config {
+    let mut c = cache_agent_config(pki, kas, kubeconfig);
+    c.cache.watch_kinds.clear();
+    c
+}
+
+/// agentk's configuration with the default informer cache (nodes, pods, deployments, events).
+pub fn cache_agent_config(
     pki: &ThrowawayPki,
     kas: SocketAddr,
     kubeconfig: &std::path::Path,
@@ -553,4 +566,303 @@ pub fn loopback_service(namespace: &str, name: &str, port: u16) -> serde_json::V
     svc["spec"]["clusterIP"] = serde_json::json!("127.0.0.1");
     svc["spec"]["clusterIPs"] = serde_json::json!(["127.0.0.1"]);
     svc
+}
+
+// ------------------------------------------------------------------- views: kas's mirror
+
+/// A message agentk sent on a views stream, as the fake kas saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Received {
+    Snapshot { epoch: u64, seq: u64 },
+    Update { epoch: u64, base_seq: u64, seq: u64 },
+    ObjectChanges(Vec<protocol::cache::ObjectChange>),
+}
+
+/// The fake kas's view of one agent, kept by the test across connections (like kas's registry).
+#[derive(Debug, Default)]
+pub struct MirrorState {
+    pub mirror: protocol::cache::Mirror,
+    /// Every message received, with the number (1, 2, ...) of the views stream it came on.
+    pub received: Vec<(usize, Received)>,
+    /// The resync request sent when each views stream opened: (stream, epoch, seq).
+    pub opening_requests: Vec<(usize, u64, u64)>,
+    /// How often the mirror could not apply an update and asked for a resync.
+    pub resyncs_needed: usize,
+    /// Messages the mirror rejected as malformed.
+    pub errors: Vec<String>,
+    /// Views streams opened so far.
+    pub streams: usize,
+}
+
+pub type SharedMirror = Arc<Mutex<MirrorState>>;
+
+impl MirrorState {
+    /// View messages (snapshots and updates) received on views stream `stream`.
+    pub fn view_messages(&self, stream: usize) -> Vec<Received> {
+        self.received
+            .iter()
+            .filter(|(s, r)| *s == stream && !matches!(r, Received::ObjectChanges(_)))
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+
+    /// Every object change received, in order.
+    pub fn object_changes(&self) -> Vec<protocol::cache::ObjectChange> {
+        self.received
+            .iter()
+            .filter_map(|(_, r)| match r {
+                Received::ObjectChanges(c) => Some(c.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+}
+
+fn server_message(msg: protocol::cache::proto::server_to_agent::Msg) -> Bytes {
+    agentk::frame::encode(&protocol::cache::proto::ServerToAgent { msg: Some(msg) })
+}
+
+async fn write_frame(stream: &Stream, frame: Bytes) -> bool {
+    let mut w = stream;
+    tokio::io::AsyncWriteExt::write_all(&mut w, &frame)
+        .await
+        .is_ok()
+}
+
+/// Serves, like kas, the streams agentk opens on `conn`: each `views` stream feeds `state`'s
+/// mirror (first a resync request, then an ack or resync request per message as the mirror
+/// says); anything else is answered 404.
+pub fn serve_views(conn: Connection, state: SharedMirror) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some((head, stream)) = conn.accept_stream().await {
+            if head.service != protocol::service::VIEWS || head.method != "SYNC" {
+                let _ = stream.respond(
+                    ResponseHead {
+                        status: 404,
+                        headers: vec![],
+                    },
+                    true,
+                );
+                continue;
+            }
+            tokio::spawn(mirror_stream(stream, state.clone()));
+        }
+    })
+}
+
+async fn mirror_stream(stream: Stream, state: SharedMirror) {
+    use protocol::cache::MirrorOutcome;
+    use protocol::cache::proto::agent_to_server::Msg as In;
+    use protocol::cache::proto::server_to_agent::Msg as Out;
+    stream
+        .respond(
+            ResponseHead {
+                status: 200,
+                headers: vec![],
+            },
+            false,
+        )
+        .expect("answer the views stream");
+    let (number, first) = {
+        let mut s = state.lock().expect("mirror lock");
+        s.streams += 1;
+        let number = s.streams;
+        let request = s.mirror.on_connected(std::time::Instant::now());
+        s.opening_requests
+            .push((number, request.epoch, request.seq));
+        (number, request)
+    };
+    if !write_frame(&stream, server_message(Out::Resync(first))).await {
+        return;
+    }
+    let mut decoder = agentk::frame::FrameDecoder::default();
+    while let Some(Ok(chunk)) = stream.read_chunk(64 * 1024).await {
+        decoder.push(&chunk);
+        while let Some(bytes) = decoder.next_message().expect("agentk frames its messages") {
+            let message = protocol::cache::decode_agent_message(&bytes)
+                .expect("agentk sends valid cache messages");
+            let reply = {
+                let mut s = state.lock().expect("mirror lock");
+                let r = match &message.msg {
+                    Some(In::Snapshot(x)) => Received::Snapshot {
+                        epoch: x.epoch,
+                        seq: x.seq,
+                    },
+                    Some(In::Update(x)) => Received::Update {
+                        epoch: x.epoch,
+                        base_seq: x.base_seq,
+                        seq: x.seq,
+                    },
+                    Some(In::ObjectChanges(x)) => Received::ObjectChanges(
+                        x.changes
+                            .iter()
+                            .map(|c| {
+                                protocol::cache::ObjectChange::try_from(c)
+                                    .expect("valid object change")
+                            })
+                            .collect(),
+                    ),
+                    None => panic!("agentk sent an empty cache message"),
+                };
+                s.received.push((number, r));
+                match s.mirror.handle(&message, std::time::Instant::now()) {
+                    Ok(MirrorOutcome::Applied { ack, .. }) => Some(Out::Ack(ack)),
+                    Ok(MirrorOutcome::Ignored { ack }) => ack.map(Out::Ack),
+                    Ok(MirrorOutcome::ResyncNeeded { request }) => {
+                        s.resyncs_needed += 1;
+                        Some(Out::Resync(request))
+                    }
+                    Err(e) => {
+                        s.errors.push(e.to_string());
+                        None
+                    }
+                }
+            };
+            if let Some(reply) = reply
+                && !write_frame(&stream, server_message(reply)).await
+            {
+                break;
+            }
+        }
+    }
+    state.lock().expect("mirror lock").mirror.on_disconnected();
+}
+
+/// The views computed from scratch over the API server's current objects of the default watched
+/// kinds: what the mirror must show once agentk caught up.
+pub fn truth(api: &RunningApiServer) -> protocol::cache::Views {
+    let set = protocol::cache::ViewSet::new(&protocol::cache::default_views()).expect("views");
+    let objects: Vec<(protocol::cache::ResourceKind, serde_json::Value)> =
+        agentk::default_watch_kinds()
+            .into_iter()
+            .flat_map(|k| {
+                api.store()
+                    .list(&k.api_version(), &k.kind, None)
+                    .into_iter()
+                    .map(move |o| (k.clone(), o))
+            })
+            .collect();
+    set.recompute(objects.iter().map(|(k, o)| (k, o)))
+}
+
+/// Whether the mirror's views equal [`truth`].
+pub fn mirror_is_truth(state: &SharedMirror, api: &RunningApiServer) -> bool {
+    let s = state.lock().expect("mirror lock");
+    s.mirror.is_synced() && *s.mirror.views() == truth(api)
+}
+
+/// The value of `metric` in row `key` of view `view` (0 when the row does not exist).
+pub fn view_value(views: &protocol::cache::Views, view: &str, key: &[&str], metric: &str) -> i64 {
+    let v = views.get(view).unwrap_or_else(|| panic!("no view {view}"));
+    let i = v
+        .schema
+        .metrics
+        .iter()
+        .position(|m| m == metric)
+        .unwrap_or_else(|| panic!("view {view} has no metric {metric}"));
+    let key: Vec<String> = key.iter().map(|k| (*k).to_owned()).collect();
+    v.rows
+        .get(&key)
+        .and_then(|r| r.get(i))
+        .map_or(0, |d| (d.nanos() / 1_000_000_000) as i64)
+}
+
+/// The views the mirror shows now.
+pub fn mirror_views(state: &SharedMirror) -> protocol::cache::Views {
+    state.lock().expect("mirror lock").mirror.views().clone()
+}
+
+// -------------------------------------------------------------- API server request log
+
+/// A TCP relay in front of the API server recording the request line (method and path with
+/// query) of every HTTP/1.1 request passing through it.
+pub struct RecordingRelay {
+    pub addr: SocketAddr,
+    pub requests: Arc<Mutex<Vec<String>>>,
+    task: JoinHandle<()>,
+}
+
+impl RecordingRelay {
+    pub async fn start(upstream: SocketAddr) -> RecordingRelay {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        let addr = listener.local_addr().expect("relay addr");
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let log = requests.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        let mut line: Vec<u8> = Vec::new();
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            for &b in &buf[..n] {
+                                if b == b'\n' {
+                                    record_request_line(&line, &log);
+                                    line.clear();
+                                } else if line.len() < 8192 {
+                                    line.push(b);
+                                }
+                            }
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    let down = async move {
+                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                    };
+                    tokio::select! {
+                        () = up => {}
+                        () = down => {}
+                    }
+                });
+            }
+        });
+        RecordingRelay {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    /// The request lines so far (`GET /api/v1/pods?limit=500`).
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().expect("log lock").clone()
+    }
+}
+
+fn record_request_line(line: &[u8], log: &Mutex<Vec<String>>) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches('\r');
+    let mut parts = text.split(' ');
+    if let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+        && version.starts_with("HTTP/1.")
+        && matches!(
+            method,
+            "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS"
+        )
+    {
+        log.lock()
+            .expect("log lock")
+            .push(format!("{method} {target}"));
+    }
+}
+
+impl Drop for RecordingRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

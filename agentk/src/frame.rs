@@ -1,0 +1,229 @@
+//! Length-delimited protobuf framing for the `views` stream (tunnel-services.md): every message is
+//! prefixed by its length as a protobuf varint (prost's `encode_length_delimited`). [`FrameDecoder`]
+//! reassembles messages from the stream's chunks, however the chunks split them, and refuses a
+//! message over [`MAX_MESSAGE`] before buffering it.
+
+use bytes::{Buf, Bytes, BytesMut};
+use prost::Message;
+
+/// The largest message either side may send (16 MiB); a larger one is a protocol violation.
+pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// The longest varint encoding of a `u64`.
+const MAX_VARINT: usize = 10;
+
+/// A byte sequence that is not a valid sequence of length-delimited messages.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// A length prefix announces more than [`MAX_MESSAGE`] octets.
+    #[error("message of {len} octets exceeds the limit of {max}")]
+    TooLarge { len: u64, max: usize },
+    /// A length prefix is not a valid varint (longer than 10 octets).
+    #[error("invalid length prefix")]
+    BadLength,
+    /// The stream ended inside a message.
+    #[error("the stream ended inside a message ({buffered} octets buffered)")]
+    Truncated { buffered: usize },
+}
+
+/// `message` with its length prefix.
+pub fn encode(message: &impl Message) -> Bytes {
+    Bytes::from(message.encode_length_delimited_to_vec())
+}
+
+/// Reassembles length-delimited messages from chunks.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: BytesMut,
+    max: usize,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        FrameDecoder::new(MAX_MESSAGE)
+    }
+}
+
+impl FrameDecoder {
+    /// A decoder refusing messages over `max` octets.
+    pub fn new(max: usize) -> FrameDecoder {
+        FrameDecoder {
+            buf: BytesMut::new(),
+            max,
+        }
+    }
+
+    /// Appends received octets.
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// The next complete message, `Ok(None)` if more octets are needed. Once this fails the
+    /// decoder's state is unspecified: the stream must be abandoned.
+    pub fn next_message(&mut self) -> Result<Option<Bytes>, FrameError> {
+        let Some((len, prefix)) = self.length()? else {
+            return Ok(None);
+        };
+        if len > self.max as u64 {
+            return Err(FrameError::TooLarge { len, max: self.max });
+        }
+        // `len <= max`, which is a usize.
+        let len = len as usize;
+        if self.buf.len() < prefix + len {
+            self.buf.reserve(prefix + len - self.buf.len());
+            return Ok(None);
+        }
+        self.buf.advance(prefix);
+        Ok(Some(self.buf.split_to(len).freeze()))
+    }
+
+    /// Checks that the stream did not end inside a message.
+    pub fn finish(&self) -> Result<(), FrameError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(FrameError::Truncated {
+                buffered: self.buf.len(),
+            })
+        }
+    }
+
+    /// The length prefix at the front of the buffer and its size, if complete.
+    fn length(&self) -> Result<Option<(u64, usize)>, FrameError> {
+        let mut value: u64 = 0;
+        for (i, b) in self.buf.iter().take(MAX_VARINT).enumerate() {
+            let bits = u64::from(b & 0x7f);
+            if i == MAX_VARINT - 1 && *b > 1 {
+                return Err(FrameError::BadLength);
+            }
+            value |= bits << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(Some((value, i + 1)));
+            }
+        }
+        if self.buf.len() >= MAX_VARINT {
+            return Err(FrameError::BadLength);
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use protocol::cache::proto;
+
+    fn ack(seq: u64) -> proto::ServerToAgent {
+        proto::ServerToAgent {
+            msg: Some(proto::server_to_agent::Msg::Ack(proto::Ack {
+                epoch: 7,
+                seq,
+            })),
+        }
+    }
+
+    #[test]
+    fn decodes_what_encode_produced() {
+        let mut d = FrameDecoder::default();
+        let mut wire = Vec::new();
+        for seq in [0, 1, 300, u64::MAX] {
+            wire.extend_from_slice(&encode(&ack(seq)));
+        }
+        d.push(&wire);
+        for seq in [0, 1, 300, u64::MAX] {
+            let m = d.next_message().expect("valid").expect("complete");
+            assert_eq!(proto::ServerToAgent::decode(m).expect("decode"), ack(seq));
+        }
+        assert_eq!(d.next_message(), Ok(None));
+        assert_eq!(d.finish(), Ok(()));
+    }
+
+    #[test]
+    fn empty_messages_are_messages() {
+        let mut d = FrameDecoder::default();
+        d.push(&[0, 0]);
+        assert_eq!(d.next_message(), Ok(Some(Bytes::new())));
+        assert_eq!(d.next_message(), Ok(Some(Bytes::new())));
+        assert_eq!(d.next_message(), Ok(None));
+    }
+
+    #[test]
+    fn refuses_oversized_messages_before_buffering_them() {
+        let mut d = FrameDecoder::new(100);
+        d.push(&[101]);
+        assert_eq!(
+            d.next_message(),
+            Err(FrameError::TooLarge { len: 101, max: 100 })
+        );
+        let mut d = FrameDecoder::default();
+        // 16 MiB + 1 as a varint.
+        let mut prefix = Vec::new();
+        prost::encoding::encode_varint((MAX_MESSAGE + 1) as u64, &mut prefix);
+        d.push(&prefix);
+        assert!(matches!(d.next_message(), Err(FrameError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn refuses_overlong_varints() {
+        let mut d = FrameDecoder::default();
+        d.push(&[0xff; 11]);
+        assert_eq!(d.next_message(), Err(FrameError::BadLength));
+        let mut d = FrameDecoder::default();
+        d.push(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]);
+        assert_eq!(d.next_message(), Err(FrameError::BadLength));
+    }
+
+    #[test]
+    fn a_stream_ending_inside_a_message_is_truncated() {
+        let mut d = FrameDecoder::default();
+        let wire = encode(&ack(5));
+        d.push(&wire[..wire.len() - 1]);
+        assert_eq!(d.next_message(), Ok(None));
+        assert_eq!(
+            d.finish(),
+            Err(FrameError::Truncated {
+                buffered: wire.len() - 1
+            })
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_of_any_messages_decodes_to_the_messages(
+            seqs in prop::collection::vec(any::<u64>(), 0..20),
+            cuts in prop::collection::vec(0usize..400, 0..20),
+        ) {
+            let mut wire = Vec::new();
+            for s in &seqs {
+                wire.extend_from_slice(&encode(&ack(*s)));
+            }
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(wire.len())).collect();
+            cuts.push(0);
+            cuts.push(wire.len());
+            cuts.sort_unstable();
+            let mut d = FrameDecoder::default();
+            let mut got = Vec::new();
+            for w in cuts.windows(2) {
+                d.push(&wire[w[0]..w[1]]);
+                while let Some(m) = d.next_message().expect("valid") {
+                    got.push(proto::ServerToAgent::decode(m).expect("decode"));
+                }
+            }
+            prop_assert_eq!(got, seqs.iter().map(|s| ack(*s)).collect::<Vec<_>>());
+            prop_assert_eq!(d.finish(), Ok(()));
+        }
+
+        #[test]
+        fn arbitrary_octets_never_panic(data in prop::collection::vec(any::<u8>(), 0..64)) {
+            let mut d = FrameDecoder::new(32);
+            d.push(&data);
+            for _ in 0..64 {
+                match d.next_message() {
+                    Ok(Some(m)) => prop_assert!(m.len() <= 32),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+    }
+}
