@@ -1,0 +1,273 @@
+//! The agent listener: TLS, HELLO authenticated through the configured [`AgentAuthenticator`] on smol's
+//! blocking pool, REJECT with the right code, and registration of accepted connections in the registry.
+//!
+//! Each accepted connection gets a watcher task that marks it draining in the registry once either side
+//! sent GOAWAY and removes it once it closed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use protocol::proto::{Reject, RejectCode};
+use protocol::{HelloInfo, PROTOCOL_VERSION};
+use runtime_smol::{Accepted, Connection, ServerConnection};
+
+use crate::auth::{AgentAuthenticator, AuthError};
+use crate::config::Config;
+use crate::registry::ConnectionEntry;
+use crate::state::KasState;
+
+/// How often a connection's watcher checks for GOAWAY (closing is noticed at once).
+const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// What an agent is told to wait before reconnecting when the backend could not answer.
+const BACKEND_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// The tunnel configuration kas announces to agents.
+pub fn tunnel_config(config: &Config) -> protocol::Config {
+    let mut c = protocol::Config::default();
+    c.settings.idle_timeout = config.keepalive.idle_timeout;
+    c.settings.keepalive_interval = config.keepalive.interval;
+    c.settings.max_frame_size = config.limits.max_frame_size.clamp(
+        protocol::frame::DEFAULT_MAX_FRAME_SIZE,
+        protocol::frame::MAX_FRAME_SIZE_LIMIT,
+    );
+    c.handshake_timeout = config.keepalive.handshake_timeout;
+    c
+}
+
+fn reject(code: RejectCode, message: impl Into<String>, retry_after: Option<Duration>) -> Reject {
+    Reject {
+        code: code as i32,
+        message: message.into(),
+        retry_after_ms: retry_after
+            .map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1))
+            .unwrap_or(0),
+        min_version: PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+    }
+}
+
+/// The connection id sent in ACCEPT: `<instance>-<serial>`.
+pub fn connection_id(instance: &str, serial: u64) -> String {
+    format!("{instance}-{serial}")
+}
+
+/// The serial inside a connection id made by [`connection_id`].
+fn serial_of(connection_id: &str) -> Option<u64> {
+    connection_id.rsplit_once('-')?.1.parse().ok()
+}
+
+/// The authenticator the tunnel server calls for each HELLO.
+pub fn authenticator(
+    state: Arc<KasState>,
+    backend: Arc<dyn AgentAuthenticator>,
+) -> impl Fn(HelloInfo, SocketAddr) -> futures_lite::future::Boxed<Result<Accepted, Reject>>
++ Send
++ Sync
++ 'static {
+    move |hello: HelloInfo, peer: SocketAddr| {
+        let state = state.clone();
+        let backend = backend.clone();
+        Box::pin(async move {
+            if state.is_shutting_down() {
+                state.metrics.agent_auth_failure("shutting_down");
+                return Err(reject(
+                    RejectCode::Unavailable,
+                    "kas is shutting down",
+                    Some(Duration::from_secs(1)),
+                ));
+            }
+            let token = hello.token;
+            let result = smol::unblock(move || backend.authenticate(&token, peer.ip())).await;
+            match result {
+                Ok(identity) => {
+                    state.set_auth_backend_ok(true);
+                    state.registry.note_agent(identity.agent_id, &identity.name);
+                    let serial = state.registry.next_connection_serial();
+                    tracing::debug!(agent_id = identity.agent_id, %peer, "agent authenticated");
+                    Ok(Accepted {
+                        agent_id: identity.agent_id,
+                        connection_id: connection_id(&state.instance, serial),
+                    })
+                }
+                Err(e) => {
+                    let (code, reason, retry_after) = match &e {
+                        AuthError::Unauthenticated => {
+                            state.set_auth_backend_ok(true);
+                            (RejectCode::Unauthenticated, "unauthenticated", None)
+                        }
+                        AuthError::PermissionDenied => {
+                            state.set_auth_backend_ok(true);
+                            (RejectCode::PermissionDenied, "permission_denied", None)
+                        }
+                        AuthError::RateLimited { retry_after } => {
+                            (RejectCode::RateLimited, "rate_limited", Some(*retry_after))
+                        }
+                        AuthError::Backend(_) => {
+                            state.set_auth_backend_ok(false);
+                            (
+                                RejectCode::Unavailable,
+                                "backend",
+                                Some(BACKEND_RETRY_AFTER),
+                            )
+                        }
+                    };
+                    state.metrics.agent_auth_failure(reason);
+                    tracing::info!(%peer, reason, error = %e, "agent authentication failed");
+                    Err(reject(code, e.to_string(), retry_after))
+                }
+            }
+        })
+    }
+}
+
+/// Registers an accepted connection and starts its watcher.
+pub fn register(state: &Arc<KasState>, accepted: ServerConnection<Connection>, max_streams: u32) {
+    let ServerConnection {
+        connection,
+        agent_id,
+        connection_id,
+        meta,
+        peer,
+        established,
+    } = accepted;
+    let Some(serial) = serial_of(&connection_id) else {
+        tracing::error!(%connection_id, "accepted connection with a foreign id; closing it");
+        connection.abort(protocol::ErrorCode::Internal, "internal error");
+        return;
+    };
+    let max_streams = max_streams.min(established.peer_settings.max_concurrent_streams);
+    let entry = ConnectionEntry {
+        serial,
+        agent_id,
+        connection_id: connection_id.clone(),
+        handle: connection.clone(),
+        meta: meta.clone(),
+        peer,
+        connected_since: SystemTime::now(),
+        draining: false,
+    };
+    if let Err(e) = state.registry.add_connection(entry, max_streams) {
+        tracing::info!(agent_id, %connection_id, error = %e, "not registering agent connection");
+        connection.start_close(Duration::from_secs(1));
+        return;
+    }
+    state.metrics.connection_accepted();
+    tracing::info!(
+        agent_id,
+        %connection_id,
+        %peer,
+        version = %meta.version,
+        pod = %format!("{}/{}", meta.pod_namespace, meta.pod_name),
+        max_streams,
+        "agent connected"
+    );
+    let watcher_state = state.clone();
+    state.spawner.spawn_detached(async move {
+        watch(watcher_state, connection, serial, agent_id, connection_id).await;
+    });
+}
+
+/// Follows one connection: draining on GOAWAY, removal once closed.
+async fn watch(
+    state: Arc<KasState>,
+    connection: Connection,
+    serial: u64,
+    agent_id: u64,
+    connection_id: String,
+) {
+    // Bounded by the connection's life: every iteration waits for it to close or for the interval.
+    loop {
+        let closed = futures_lite::future::or(async { Some(connection.closed().await) }, async {
+            smol::Timer::after(DRAIN_CHECK_INTERVAL).await;
+            None
+        })
+        .await;
+        if let Some(reason) = closed {
+            let lost = state.registry.remove_connection(serial);
+            tracing::info!(
+                agent_id,
+                %connection_id,
+                reason = ?reason,
+                lost_requests = lost.len(),
+                "agent disconnected"
+            );
+            return;
+        }
+        if connection.is_draining() && state.registry.set_draining(serial) {
+            tracing::info!(agent_id, %connection_id, "agent connection draining (goaway)");
+        }
+    }
+}
+
+/// Accepts authenticated connections until `stop` closes.
+pub async fn accept_loop(
+    state: Arc<KasState>,
+    server: runtime_smol::Server,
+    max_streams: u32,
+    stop: async_channel::Receiver<()>,
+) {
+    loop {
+        let next = futures_lite::future::or(async { Some(server.accept().await) }, async {
+            let _ = stop.recv().await;
+            None
+        })
+        .await;
+        match next {
+            None => break,
+            Some(Ok(accepted)) => register(&state, accepted, max_streams),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "agent listener stopped accepting");
+                break;
+            }
+        }
+    }
+    tracing::debug!("agent listener closed");
+    drop(server);
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_ids_carry_the_serial() {
+        let id = connection_id("a1b2c3d4", 17);
+        assert_eq!(id, "a1b2c3d4-17");
+        assert_eq!(serial_of(&id), Some(17));
+        assert_eq!(serial_of("nonsense"), None);
+        assert_eq!(serial_of("x-y"), None);
+    }
+
+    #[test]
+    fn rejects_carry_retry_after_and_versions() {
+        let r = reject(
+            RejectCode::RateLimited,
+            "slow down",
+            Some(Duration::from_millis(1500)),
+        );
+        assert_eq!(r.code, RejectCode::RateLimited as i32);
+        assert_eq!(r.retry_after_ms, 1500);
+        assert_eq!((r.min_version, r.max_version), (1, 1));
+        assert_eq!(
+            reject(RejectCode::Unauthenticated, "", None).retry_after_ms,
+            0
+        );
+    }
+
+    #[test]
+    fn tunnel_config_follows_kas_config() {
+        let mut config = Config::default();
+        config.keepalive.interval = Duration::from_secs(7);
+        config.limits.max_frame_size = 1024;
+        let c = tunnel_config(&config);
+        assert_eq!(c.settings.keepalive_interval, Duration::from_secs(7));
+        assert_eq!(
+            c.settings.max_frame_size,
+            protocol::frame::DEFAULT_MAX_FRAME_SIZE
+        );
+        assert!(c.settings.validate().is_ok());
+    }
+}

@@ -1,0 +1,123 @@
+//! `GET /api/v1/agents` and `GET /api/v1/agents/{id}`: agents with their connection status.
+//!
+//! The list is the union of the agents the directory lists (the agents file), the agents that
+//! authenticated since kas started, and the agents connected now, sorted by id:
+//!
+//! ```json
+//! [{"id": 1, "name": "agent-1", "connected": true, "connections": 1, "version": "0.1.0",
+//!   "pod": "gitlab-agent/agentk-7d9f", "node": "node-1", "capabilities": ["k8s-api"],
+//!   "connected_since": "2024-05-01T12:34:56Z", "open_streams": 2, "pending_requests": 0,
+//!   "tunnels": [{"connection_id": "1a2b3c4d-1", "peer": "10.0.0.7:51234", "draining": false,
+//!                "connected_since": "2024-05-01T12:34:56Z", "open_streams": 2, "requests": 1}]}]
+//! ```
+//!
+//! `version`, `pod`, `node` and `capabilities` come from the newest connection's HELLO and are `null`
+//! (empty for capabilities) when the agent is not connected; `connected_since` is the oldest live
+//! connection's.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::registry::ConnectionEntry;
+use crate::rfc3339;
+use crate::state::KasState;
+
+fn non_empty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn agent_json(
+    state: &KasState,
+    agent_id: u64,
+    name: &str,
+    conns: &[&ConnectionEntry<runtime_smol::Connection>],
+) -> Value {
+    let newest = conns.iter().max_by_key(|c| c.serial);
+    let oldest = conns.iter().min_by_key(|c| c.connected_since);
+    let mut open_streams = 0u64;
+    let tunnels: Vec<Value> = conns
+        .iter()
+        .map(|c| {
+            let (ours, theirs) = c.handle.open_streams();
+            let n = u64::from(ours) + u64::from(theirs);
+            open_streams += n;
+            json!({
+                "connection_id": c.connection_id,
+                "peer": c.peer.to_string(),
+                "draining": c.draining,
+                "connected_since": rfc3339::format(c.connected_since),
+                "open_streams": n,
+                "requests": state.registry.load(c.serial),
+            })
+        })
+        .collect();
+    let pod = newest.and_then(|c| {
+        let m = &c.meta;
+        match (non_empty(&m.pod_namespace), non_empty(&m.pod_name)) {
+            (Some(ns), Some(pod)) => Some(format!("{ns}/{pod}")),
+            (None, Some(pod)) => Some(pod.to_owned()),
+            _ => None,
+        }
+    });
+    json!({
+        "id": agent_id,
+        "name": name,
+        "connected": !conns.is_empty(),
+        "connections": conns.len(),
+        "version": newest.and_then(|c| non_empty(&c.meta.version)),
+        "pod": pod,
+        "node": newest.and_then(|c| non_empty(&c.meta.node_name)),
+        "capabilities": newest.map(|c| c.meta.capabilities.clone()).unwrap_or_default(),
+        "connected_since": oldest.map(|c| rfc3339::format(c.connected_since)),
+        "open_streams": open_streams,
+        "pending_requests": state.registry.pending_for(agent_id),
+        "tunnels": tunnels,
+    })
+}
+
+/// Every agent, as a JSON array sorted by id.
+pub fn list(state: &KasState) -> Value {
+    let connections = state.registry.connections();
+    let mut names: BTreeMap<u64, String> = BTreeMap::new();
+    for seen in state.registry.seen_agents() {
+        names.insert(seen.agent_id, seen.name);
+    }
+    for (id, name) in state.directory.listed() {
+        names.insert(id, name);
+    }
+    for c in &connections {
+        names.entry(c.agent_id).or_default();
+    }
+    let agents: Vec<Value> = names
+        .iter()
+        .map(|(&id, name)| {
+            let conns: Vec<_> = connections.iter().filter(|c| c.agent_id == id).collect();
+            agent_json(state, id, name, &conns)
+        })
+        .collect();
+    Value::Array(agents)
+}
+
+/// One agent, if it exists or is connected.
+pub fn get(state: &KasState, agent_id: u64) -> Option<Value> {
+    let connections = state.registry.connections_of(agent_id);
+    let listed = state
+        .directory
+        .listed()
+        .into_iter()
+        .find(|(id, _)| *id == agent_id)
+        .map(|(_, name)| name);
+    let seen = state
+        .registry
+        .seen_agents()
+        .into_iter()
+        .find(|s| s.agent_id == agent_id)
+        .map(|s| s.name);
+    if listed.is_none() && seen.is_none() && connections.is_empty() {
+        return None;
+    }
+    let name = listed.or(seen).unwrap_or_default();
+    let conns: Vec<_> = connections.iter().collect();
+    Some(agent_json(state, agent_id, &name, &conns))
+}

@@ -1,0 +1,473 @@
+//! kas's HTTP API: HTTP/1.1 (plain, or HTTPS with [`crate::StartOptions::api_tls`]), hyper 1 on smol
+//! through `smol-hyper`'s I/O and timer adapters.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /healthz` | the process is alive: always 200 |
+//! | `GET /readyz` | 200 when the listeners are bound, the agent authentication backend is usable and kas is not shutting down; else 503 with the reasons |
+//! | `GET /metrics` | Prometheus text ([`crate::metrics`]) |
+//! | `GET /api/v1/agents` | agents with connection status ([`agents`]) |
+//! | `GET /api/v1/agents/{id}` | one agent |
+//! | `* /api/v1/agents/{id}/proxy/{namespace}/{service}:{port}/{path...}` | an in-cluster service through the tunnel (`service-proxy`) |
+//! | `* /k8s-proxy/{path...}` | the agent's Kubernetes API (`k8s-api`); `Authorization: Bearer <kind>:<agent-id>:<token>` selects and authorises |
+//!
+//! Tunnel routes need a user bearer (`<kind>:<agent-id>:<token>`, the same for both; on the service
+//! proxy the URL's agent id is the one authorised). Status mapping: bad or missing token 401, agent
+//! not allowed 403, unknown agent 404, too many failed attempts 429, no live connection until the
+//! routing deadline 503, agent-side failure 502, no response head within the response timeout 504.
+//! Error bodies are JSON: Kubernetes `Status` objects on `/k8s-proxy`, `{code, reason, message}`
+//! elsewhere ([`response`]).
+
+pub mod agents;
+pub mod proxy;
+pub mod response;
+pub mod tunnel_body;
+pub mod user_auth;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tracing::Instrument as _;
+
+use crate::state::KasState;
+
+use self::proxy::Target;
+use self::response::{ApiError, ErrorStyle, ResponseBody};
+
+/// The prefix of the Kubernetes API proxy.
+pub const K8S_PROXY_PREFIX: &str = "/k8s-proxy";
+
+/// What a request path asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiRoute {
+    /// `/healthz`
+    Healthz,
+    /// `/readyz`
+    Readyz,
+    /// `/metrics`
+    Metrics,
+    /// `/api/v1/agents`
+    Agents,
+    /// `/api/v1/agents/{id}`
+    Agent(u64),
+    /// `/api/v1/agents/{id}/proxy/...`: the target path is `/{namespace}/{service}:{port}/{rest}`.
+    ServiceProxy {
+        /// The agent.
+        agent_id: u64,
+        /// Path for the agent, without the query.
+        path: String,
+    },
+    /// `/k8s-proxy/...`: the Kubernetes API path, without the query.
+    K8sProxy {
+        /// Path for the agent, without the query.
+        path: String,
+    },
+    /// A service proxy path that does not parse.
+    BadServicePath(String),
+    /// Anything else.
+    NotFound,
+}
+
+impl ApiRoute {
+    /// The `route` label in metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ApiRoute::Healthz => "healthz",
+            ApiRoute::Readyz => "readyz",
+            ApiRoute::Metrics => "metrics",
+            ApiRoute::Agents | ApiRoute::Agent(_) => "agents",
+            ApiRoute::ServiceProxy { .. } | ApiRoute::BadServicePath(_) => "service-proxy",
+            ApiRoute::K8sProxy { .. } => "k8s-proxy",
+            ApiRoute::NotFound => "not-found",
+        }
+    }
+
+    fn error_style(&self) -> ErrorStyle {
+        match self {
+            ApiRoute::K8sProxy { .. } => ErrorStyle::Kubernetes,
+            _ => ErrorStyle::Plain,
+        }
+    }
+}
+
+/// A Kubernetes-style name segment: lower-case alphanumerics, `-` and `.`, not empty, not `.`/`..`.
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+/// A port number or a port name.
+fn valid_port(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn parse_service_proxy(agent_id: u64, rest: &str) -> ApiRoute {
+    // rest: "{namespace}/{service}:{port}" then optionally "/{path...}"
+    let (namespace, after) = rest.split_once('/').unwrap_or((rest, ""));
+    let (service_port, path) = match after.find('/') {
+        Some(i) => (&after[..i], &after[i..]),
+        None => (after, "/"),
+    };
+    let Some((service, port)) = service_port.split_once(':') else {
+        return ApiRoute::BadServicePath(
+            "expected /api/v1/agents/{id}/proxy/{namespace}/{service}:{port}/{path}".into(),
+        );
+    };
+    if !valid_name(namespace) || !valid_name(service) || !valid_port(port) {
+        return ApiRoute::BadServicePath(format!(
+            "invalid namespace, service or port in {:?}",
+            rest.chars().take(120).collect::<String>()
+        ));
+    }
+    ApiRoute::ServiceProxy {
+        agent_id,
+        path: format!("/{namespace}/{service}:{port}{path}"),
+    }
+}
+
+/// Classifies a request path (as received: percent-encoding untouched).
+pub fn classify(path: &str) -> ApiRoute {
+    match path {
+        "/healthz" => return ApiRoute::Healthz,
+        "/readyz" => return ApiRoute::Readyz,
+        "/metrics" => return ApiRoute::Metrics,
+        "/api/v1/agents" | "/api/v1/agents/" => return ApiRoute::Agents,
+        _ => {}
+    }
+    if let Some(rest) = path.strip_prefix(K8S_PROXY_PREFIX) {
+        if rest.is_empty() {
+            return ApiRoute::K8sProxy { path: "/".into() };
+        }
+        if rest.starts_with('/') {
+            return ApiRoute::K8sProxy { path: rest.into() };
+        }
+        return ApiRoute::NotFound;
+    }
+    if let Some(rest) = path.strip_prefix("/api/v1/agents/") {
+        let (id, after) = rest.split_once('/').unwrap_or((rest, ""));
+        // Canonical decimal only ("07" is not agent 7), and ids start at 1.
+        let agent_id = match id.parse::<u64>() {
+            Ok(n) if n > 0 && n.to_string() == id => n,
+            _ => return ApiRoute::NotFound,
+        };
+        if after.is_empty() {
+            return ApiRoute::Agent(agent_id);
+        }
+        if let Some(target) = after.strip_prefix("proxy/") {
+            return parse_service_proxy(agent_id, target);
+        }
+    }
+    ApiRoute::NotFound
+}
+
+/// Handles one request from `peer`; never fails (errors are responses).
+pub async fn handle(
+    state: Arc<KasState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<ResponseBody> {
+    let arrived = Instant::now();
+    let request_id = state.next_request_id();
+    let route = classify(req.uri().path());
+    let label = route.label();
+    let span = tracing::info_span!(
+        "http",
+        request_id,
+        method = %req.method(),
+        route = label,
+        agent_id = tracing::field::Empty,
+        user = tracing::field::Empty,
+        connection_id = tracing::field::Empty,
+        stream = tracing::field::Empty,
+    );
+    let style = route.error_style();
+    let result = dispatch(&state, req, peer, route, &span)
+        .instrument(span.clone())
+        .await;
+    let resp = result.unwrap_or_else(|e| e.into_response(style));
+    let status = resp.status().as_u16();
+    let elapsed = arrived.elapsed();
+    state.metrics.request(label, status);
+    state.metrics.latency(label, elapsed);
+    let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+    span.in_scope(|| match label {
+        "healthz" | "readyz" | "metrics" => {
+            tracing::debug!(status, elapsed_ms, "request answered")
+        }
+        _ => tracing::info!(status, elapsed_ms, "request answered"),
+    });
+    resp
+}
+
+fn only_get(req: &Request<Incoming>) -> Result<(), ApiError> {
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{} is not allowed here", req.method()),
+        ))
+    }
+}
+
+async fn dispatch(
+    state: &Arc<KasState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    route: ApiRoute,
+    span: &tracing::Span,
+) -> Result<Response<ResponseBody>, ApiError> {
+    match route {
+        ApiRoute::Healthz => {
+            only_get(&req)?;
+            Ok(response::with_body(StatusCode::OK, "text/plain", "ok\n"))
+        }
+        ApiRoute::Readyz => {
+            only_get(&req)?;
+            Ok(readiness(state))
+        }
+        ApiRoute::Metrics => {
+            only_get(&req)?;
+            let text = state.metrics.render(&state.snapshot());
+            Ok(response::with_body(
+                StatusCode::OK,
+                crate::metrics::CONTENT_TYPE,
+                text,
+            ))
+        }
+        ApiRoute::Agents => {
+            only_get(&req)?;
+            Ok(response::json(StatusCode::OK, &agents::list(state)))
+        }
+        ApiRoute::Agent(id) => {
+            only_get(&req)?;
+            match agents::get(state, id) {
+                Some(v) => Ok(response::json(StatusCode::OK, &v)),
+                None => Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("agent {id} does not exist"),
+                )),
+            }
+        }
+        ApiRoute::BadServicePath(message) => Err(ApiError::new(StatusCode::BAD_REQUEST, message)),
+        ApiRoute::NotFound => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no route for {}", req.uri().path()),
+        )),
+        ApiRoute::ServiceProxy { agent_id, path } => {
+            let target = Target {
+                service: protocol::service::SERVICE_PROXY,
+                path: with_query(path, &req),
+                agent_in_url: Some(agent_id),
+            };
+            proxy::proxy(state, req, peer, target, span).await
+        }
+        ApiRoute::K8sProxy { path } => {
+            let target = Target {
+                service: protocol::service::K8S_API,
+                path: with_query(path, &req),
+                agent_in_url: None,
+            };
+            proxy::proxy(state, req, peer, target, span).await
+        }
+    }
+}
+
+fn with_query(mut path: String, req: &Request<Incoming>) -> String {
+    if let Some(q) = req.uri().query() {
+        path.push('?');
+        path.push_str(q);
+    }
+    path
+}
+
+fn readiness(state: &KasState) -> Response<ResponseBody> {
+    let mut problems = Vec::new();
+    if state.is_shutting_down() {
+        problems.push("shutting down");
+    }
+    if !state.auth_backend_ok() {
+        problems.push("agent authentication backend not usable");
+    }
+    if problems.is_empty() {
+        response::json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+    } else {
+        response::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "not ready", "problems": problems}),
+        )
+    }
+}
+
+/// Time allowed for a client's TLS handshake on the HTTPS API.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A TLS acceptor for the HTTPS API from PEM files: the same certificate loading as the agent
+/// listener, but with ALPN `http/1.1` (the agent listener's ALPN is the tunnel's own).
+pub fn https_acceptor(
+    cert_file: &std::path::Path,
+    key_file: &std::path::Path,
+) -> Result<futures_rustls::TlsAcceptor, tunnel_tls::TlsError> {
+    let base = tunnel_tls::server_config(cert_file, key_file, None)?;
+    let mut config = (*base).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(futures_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves HTTP (HTTPS with `tls`) on `listener` until `stop` closes; then every connection finishes
+/// its in-flight request and closes (a graceful shutdown). Each connection task holds a clone of
+/// `active`, so the caller can wait for them all to end.
+pub async fn serve(
+    state: Arc<KasState>,
+    listener: smol::net::TcpListener,
+    tls: Option<futures_rustls::TlsAcceptor>,
+    stop: async_channel::Receiver<()>,
+    active: async_channel::Sender<()>,
+) {
+    // Bounded by `stop`: every iteration accepts one connection or ends.
+    loop {
+        let next = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            let _ = stop.recv().await;
+            None
+        })
+        .await;
+        match next {
+            None => break,
+            Some(Ok((tcp, peer))) => {
+                let _ = tcp.set_nodelay(true);
+                let (state2, stop, active) = (state.clone(), stop.clone(), active.clone());
+                let tls = tls.clone();
+                state.spawner.spawn_detached(async move {
+                    match tls {
+                        None => serve_connection(state2, tcp, peer, stop, active).await,
+                        Some(acceptor) => {
+                            let handshake = futures_lite::future::or(
+                                async { Some(acceptor.accept(tcp).await) },
+                                async {
+                                    smol::Timer::after(TLS_HANDSHAKE_TIMEOUT).await;
+                                    None
+                                },
+                            )
+                            .await;
+                            match handshake {
+                                Some(Ok(io)) => {
+                                    serve_connection(state2, io, peer, stop, active).await
+                                }
+                                Some(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "HTTPS handshake failed")
+                                }
+                                None => tracing::debug!(%peer, "HTTPS handshake timed out"),
+                            }
+                        }
+                    }
+                });
+            }
+            Some(Err(e)) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "HTTP accept failed");
+                smol::Timer::after(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    tracing::debug!("HTTP listener closed");
+}
+
+async fn serve_connection<I>(
+    state: Arc<KasState>,
+    io: I,
+    peer: SocketAddr,
+    stop: async_channel::Receiver<()>,
+    _active: async_channel::Sender<()>,
+) where
+    I: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(smol_hyper::rt::SmolTimer::new())
+        .serve_connection(smol_hyper::rt::FuturesIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    let finished = futures_lite::future::or(async { Some(conn.as_mut().await) }, async {
+        let _ = stop.recv().await;
+        None
+    })
+    .await;
+    let result = match finished {
+        Some(r) => r,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_routes() {
+        assert_eq!(classify("/healthz"), ApiRoute::Healthz);
+        assert_eq!(classify("/api/v1/agents"), ApiRoute::Agents);
+        assert_eq!(classify("/api/v1/agents/7"), ApiRoute::Agent(7));
+        assert_eq!(classify("/api/v1/agents/07"), ApiRoute::NotFound);
+        assert_eq!(classify("/api/v1/agents/0"), ApiRoute::NotFound);
+        assert_eq!(classify("/api/v1/agents/x/proxy/a/b:1"), ApiRoute::NotFound);
+        assert_eq!(
+            classify("/k8s-proxy/api/v1/pods"),
+            ApiRoute::K8sProxy {
+                path: "/api/v1/pods".into()
+            }
+        );
+        assert_eq!(
+            classify("/k8s-proxy"),
+            ApiRoute::K8sProxy { path: "/".into() }
+        );
+        assert_eq!(classify("/k8s-proxyx"), ApiRoute::NotFound);
+        assert_eq!(
+            classify("/api/v1/agents/3/proxy/monitoring/prometheus:9090/api/v1/query"),
+            ApiRoute::ServiceProxy {
+                agent_id: 3,
+                path: "/monitoring/prometheus:9090/api/v1/query".into()
+            }
+        );
+        assert_eq!(
+            classify("/api/v1/agents/3/proxy/default/web:http"),
+            ApiRoute::ServiceProxy {
+                agent_id: 3,
+                path: "/default/web:http/".into()
+            }
+        );
+        for bad in [
+            "/api/v1/agents/3/proxy/default/web",
+            "/api/v1/agents/3/proxy/../web:80/x",
+            "/api/v1/agents/3/proxy/Default/web:80/x",
+            "/api/v1/agents/3/proxy/default/web:/x",
+            "/api/v1/agents/3/proxy/",
+        ] {
+            assert!(
+                matches!(classify(bad), ApiRoute::BadServicePath(_)),
+                "{bad}: {:?}",
+                classify(bad)
+            );
+        }
+        assert_eq!(classify("/"), ApiRoute::NotFound);
+    }
+}

@@ -1,0 +1,215 @@
+//! Who may use the tunnel routes of the HTTP API: `Authorization: Bearer <kind>:<agent-id>:<token>`
+//! (or the same triple as Basic credentials, see [`UserGate::authorize`]) checked against the users
+//! file, with a per-source limit on failed attempts.
+//!
+//! The order of checks never tells an unauthenticated client more than "401": a bad or missing token is
+//! 401, a valid token for an agent the user may not reach is 403, and only then is the agent's existence
+//! checked (404, by the caller).
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use http::StatusCode;
+
+use crate::auth::{RateLimitOptions, RateLimiter};
+use crate::metrics::Metrics;
+use crate::users::{UserAuthError, UserIdentity, UsersFile, parse_bearer};
+
+use super::response::ApiError;
+
+/// The users file behind a failure rate limit.
+#[derive(Debug)]
+pub struct UserGate {
+    users: Arc<UsersFile>,
+    limiter: Mutex<RateLimiter>,
+    metrics: Arc<Metrics>,
+}
+
+impl UserGate {
+    /// A gate over `users`, limiting failures per source as `limits` says.
+    pub fn new(users: Arc<UsersFile>, limits: RateLimitOptions, metrics: Arc<Metrics>) -> Self {
+        UserGate {
+            users,
+            limiter: Mutex::new(RateLimiter::new(limits)),
+            metrics,
+        }
+    }
+
+    /// The users file (for reloading).
+    pub fn users(&self) -> &Arc<UsersFile> {
+        &self.users
+    }
+
+    fn limiter(&self) -> std::sync::MutexGuard<'_, RateLimiter> {
+        self.limiter.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Authorises a request from `source` carrying `authorization` (the header's value, if any):
+    /// `Bearer <kind>:<agent-id>:<token>`, or `Basic base64(<kind>:<agent-id>:<token>)`, which is what
+    /// clients send for credentials in the server URL (`http://pat:1:<token>@host/k8s-proxy`; kubectl
+    /// sends no bearer token over plain HTTP).
+    /// `agent_id`: the agent named by the URL, when the route names one (the service proxy); otherwise
+    /// the agent is the one in the bearer credentials. Errors are ready to send (401, 403 or 429).
+    pub fn authorize(
+        &self,
+        authorization: Option<&[u8]>,
+        agent_id: Option<u64>,
+        source: IpAddr,
+    ) -> Result<UserIdentity, ApiError> {
+        let now = Instant::now();
+        if let Err(retry_after) = self.limiter().check(source, now) {
+            self.metrics.user_auth_failure("rate_limited");
+            tracing::debug!(%source, ?retry_after, "user authentication refused: rate limited");
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed authentications from this address; retry later",
+            )
+            .retry_after(retry_after));
+        }
+        let header = authorization
+            .ok_or(UserAuthError::MissingBearer)
+            .and_then(|v| std::str::from_utf8(v).map_err(|_| UserAuthError::Malformed))
+            .and_then(basic_as_bearer);
+        let result = header
+            .as_deref()
+            .map_err(Clone::clone)
+            .and_then(parse_bearer)
+            .and_then(|(kind, bearer_agent, token)| {
+                self.users
+                    .authorize(kind, agent_id.unwrap_or(bearer_agent), token)
+            });
+        match result {
+            Ok(user) => Ok(user),
+            Err(e) => {
+                let status = e.http_status();
+                if status == 401 {
+                    self.limiter().record_failure(source, now);
+                    self.metrics.user_auth_failure("unauthenticated");
+                } else {
+                    self.metrics.user_auth_failure("forbidden");
+                }
+                tracing::info!(%source, status, error = %e, "HTTP API request not authorised");
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED);
+                Err(ApiError::new(status, e.to_string()))
+            }
+        }
+    }
+}
+
+/// `Basic base64("<kind>:<agent-id>:<token>")` is accepted as `Bearer <kind>:<agent-id>:<token>`:
+/// clients such as kubectl send no bearer token over plain HTTP, but turn credentials in the server
+/// URL (`http://pat:1:<token>@host/k8s-proxy`) into Basic authorisation. Other values pass unchanged.
+fn basic_as_bearer(value: &str) -> Result<std::borrow::Cow<'_, str>, UserAuthError> {
+    use base64::Engine as _;
+    let value = value.trim();
+    let Some((scheme, encoded)) = value.split_once(' ') else {
+        return Ok(value.into());
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Ok(value.into());
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| UserAuthError::Malformed)?;
+    let credentials = String::from_utf8(decoded).map_err(|_| UserAuthError::Malformed)?;
+    Ok(format!("Bearer {credentials}").into())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::auth::TokenDigest;
+    use std::net::Ipv4Addr;
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn gate(max_failures: u32) -> UserGate {
+        let yaml = format!(
+            "users:\n- name: alice\n  token_sha256: {}\n  agents: [1]\n",
+            TokenDigest::of("alice-token").to_hex()
+        );
+        let users = UsersFile::from_yaml_str(&yaml, Path::new("users.yaml")).unwrap();
+        UserGate::new(
+            Arc::new(users),
+            RateLimitOptions {
+                max_failures,
+                window: Duration::from_secs(60),
+                max_sources: 10,
+            },
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    const SRC: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn statuses() {
+        let g = gate(100);
+        let ok = g.authorize(Some(b"Bearer pat:1:alice-token"), None, SRC);
+        assert_eq!(ok.map(|u| u.agent_id), Ok(1));
+        let code = |h: Option<&[u8]>, a| g.authorize(h, a, SRC).map_err(|e| e.status.as_u16());
+        assert_eq!(code(None, None).err(), Some(401));
+        assert_eq!(code(Some(b"Basic x"), None).err(), Some(401));
+        assert_eq!(code(Some(b"Bearer pat:1:nope"), None).err(), Some(401));
+        assert_eq!(
+            code(Some(b"Bearer pat:2:alice-token"), None).err(),
+            Some(403)
+        );
+        // The URL's agent wins over the bearer's.
+        assert_eq!(
+            code(Some(b"Bearer pat:1:alice-token"), Some(2)).err(),
+            Some(403)
+        );
+        assert_eq!(
+            code(Some(b"Bearer pat:2:alice-token"), Some(1))
+                .ok()
+                .map(|u| u.agent_id),
+            Some(1)
+        );
+        assert_eq!(code(Some(&[0xff, 0xfe]), None).err(), Some(401));
+    }
+
+    #[test]
+    fn basic_credentials_carry_the_same_triple() {
+        use base64::Engine as _;
+        let g = gate(100);
+        let enc = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let basic = format!("Basic {}", enc("pat:1:alice-token"));
+        assert_eq!(
+            g.authorize(Some(basic.as_bytes()), None, SRC)
+                .map(|u| u.agent_id),
+            Ok(1)
+        );
+        let wrong = format!("Basic {}", enc("pat:1:nope"));
+        let e = g.authorize(Some(wrong.as_bytes()), None, SRC);
+        assert_eq!(e.map_err(|e| e.status.as_u16()).err(), Some(401));
+        let e = g.authorize(Some(b"Basic !!!"), None, SRC);
+        assert_eq!(e.map_err(|e| e.status.as_u16()).err(), Some(401));
+    }
+
+    #[test]
+    fn failures_are_rate_limited_per_source() {
+        let g = gate(2);
+        for _ in 0..2 {
+            assert_eq!(
+                g.authorize(Some(b"Bearer pat:1:bad"), None, SRC)
+                    .map_err(|e| e.status.as_u16())
+                    .err(),
+                Some(401)
+            );
+        }
+        let e = g.authorize(Some(b"Bearer pat:1:alice-token"), None, SRC);
+        let e = e
+            .err()
+            .map(|e| (e.status.as_u16(), e.retry_after.is_some()));
+        assert_eq!(e, Some((429, true)));
+        // Another source is unaffected.
+        let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+        assert!(
+            g.authorize(Some(b"Bearer pat:1:alice-token"), None, other)
+                .is_ok()
+        );
+    }
+}

@@ -1,0 +1,471 @@
+//! Starting and stopping one kas: [`Kas::start`] binds both listeners and spawns every task on kas's
+//! own executor threads; [`Running`] tells where it listens and shuts it down gracefully.
+//!
+//! ```no_run
+//! use kas::{Kas, config::Config};
+//! let config = Config::load("/etc/kas/kas.yaml")?;
+//! let running = Kas::start(config)?;
+//! println!("agents connect to {}, HTTP API on {}", running.agent_addr(), running.api_addr());
+//! kas::signals::wait_for_termination()?;
+//! let report = running.shutdown();
+//! println!("{report:?}");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Shutdown: stop accepting (agents and HTTP), fail requests still waiting for an agent (503), GOAWAY
+//! every agent connection (in-flight streams may finish), let every HTTP connection finish its
+//! in-flight request, and wait for all that up to the grace period; then abort what is left and stop
+//! the threads.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use protocol::router::RouterConfig;
+
+use crate::agent_listener;
+use crate::api::user_auth::UserGate;
+use crate::auth::{
+    AgentAuthenticator, AgentsFile, AuthSetupError, GitLabAuthenticator, RateLimitOptions,
+    RateLimited,
+};
+use crate::config::{AuthBackendConfig, Config, TlsFilesConfig, ValidationError, ValidationErrors};
+use crate::directory::AgentDirectory;
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use crate::registry::Registry;
+use crate::state::KasState;
+use crate::users::{UsersFile, UsersFileError};
+
+/// How often the agents and users files are checked for changes.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Why kas could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid (missing files, bad values).
+    #[error(transparent)]
+    Invalid(#[from] ValidationErrors),
+    /// The agent listener's certificate or key is unusable.
+    #[error("agent listener TLS: {0}")]
+    Tls(#[from] tunnel_tls::TlsError),
+    /// The agent authentication backend could not be set up.
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
+    /// The users file could not be loaded.
+    #[error(transparent)]
+    Users(#[from] UsersFileError),
+    /// The agent listener could not be bound.
+    #[error("cannot listen for agents on {addr}: {source}")]
+    AgentListen {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The cause.
+        source: runtime_smol::Error,
+    },
+    /// The HTTP API listener could not be bound.
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    ApiListen {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The executor threads could not be started.
+    #[error("cannot start threads: {0}")]
+    Threads(std::io::Error),
+}
+
+/// How kas runs, besides its configuration.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// Executor threads; default: the available parallelism, 2 to 8.
+    pub threads: usize,
+    /// How long [`Running::shutdown`] waits for in-flight work; default 10 s.
+    pub shutdown_grace: Duration,
+    /// Serve the HTTP API over HTTPS with this certificate and key (PEM; `client_ca_file` is not
+    /// used); default: plain HTTP. kubectl sends bearer tokens only over HTTPS.
+    pub api_tls: Option<TlsFilesConfig>,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .clamp(2, 8),
+            shutdown_grace: Duration::from_secs(10),
+            api_tls: None,
+        }
+    }
+}
+
+/// What [`Running::shutdown`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Agent connections that were sent GOAWAY.
+    pub agent_connections: usize,
+    /// Agent connections still open at the end of the grace period (aborted).
+    pub agent_connections_aborted: usize,
+    /// HTTP connections still busy at the end of the grace period (dropped).
+    pub http_connections_aborted: usize,
+}
+
+impl ShutdownReport {
+    /// Whether everything finished within the grace period.
+    pub fn is_clean(&self) -> bool {
+        self.agent_connections_aborted == 0 && self.http_connections_aborted == 0
+    }
+}
+
+/// Starts kas.
+#[derive(Debug)]
+pub struct Kas;
+
+impl Kas {
+    /// Validates `config`, builds the authentication backend and the users file, binds the agent
+    /// listener (TLS) and the HTTP API, and starts serving on kas's own threads. Returns once both
+    /// listeners are bound (ports 0 are resolved: see [`Running::agent_addr`] / [`Running::api_addr`]).
+    /// Paths in `config` must be resolved ([`Config::load`] does it).
+    pub fn start(config: Config) -> Result<Running, StartError> {
+        Self::start_with(config, StartOptions::default())
+    }
+
+    /// [`Kas::start`] with explicit [`StartOptions`].
+    pub fn start_with(config: Config, options: StartOptions) -> Result<Running, StartError> {
+        validate(&config)?;
+        let tls = tunnel_tls::server_config(
+            &config.agent_listener.tls.cert_file,
+            &config.agent_listener.tls.key_file,
+            config.agent_listener.tls.client_ca_file.as_deref(),
+        )?;
+        let limits = RateLimitOptions::from(&config.rate_limits.agent_auth_failures);
+        let (backend, directory): (Box<dyn AgentAuthenticator>, AgentDirectory) =
+            match &config.agent_auth.backend {
+                AuthBackendConfig::Embedded | AuthBackendConfig::AgentsFile(_) => {
+                    let path = config.agents_file_path().unwrap_or_default();
+                    let file =
+                        Arc::new(AgentsFile::load(&path).map_err(|e| StartError::Auth(e.into()))?);
+                    (Box::new(file.clone()), AgentDirectory::File(file))
+                }
+                AuthBackendConfig::Gitlab(g) => (
+                    Box::new(
+                        GitLabAuthenticator::from_config(g)
+                            .map_err(|e| StartError::Auth(e.into()))?,
+                    ),
+                    AgentDirectory::Seen,
+                ),
+            };
+        let backend: Arc<dyn AgentAuthenticator> = Arc::new(RateLimited::new(backend, limits));
+        let metrics = Arc::new(Metrics::new());
+        let users = Arc::new(UsersFile::load(&config.users.file)?);
+        let gate = UserGate::new(
+            users,
+            RateLimitOptions::from(&config.rate_limits.user_auth_failures),
+            metrics.clone(),
+        );
+        let api_tls = options
+            .api_tls
+            .as_ref()
+            .map(|files| crate::api::https_acceptor(&files.cert_file, &files.key_file))
+            .transpose()?;
+        let registry = Registry::new(RouterConfig {
+            max_pending_per_agent: config.routing.max_pending_per_agent,
+            max_pending_total: config.routing.max_pending_total,
+        });
+        let pool = Pool::new(options.threads, "kas").map_err(StartError::Threads)?;
+        let instance = format!("{:08x}", rand::random::<u32>());
+        let state = Arc::new(KasState::new(
+            registry,
+            directory,
+            gate,
+            metrics,
+            config.routing.clone(),
+            pool.spawner(),
+            instance,
+        ));
+
+        let agent_addr = config.agent_listener.address;
+        let api_addr = config.api_listener.address;
+        let tunnel_config = agent_listener::tunnel_config(&config);
+        let auth = agent_listener::authenticator(state.clone(), backend);
+        let (server, listener) = smol::block_on(async {
+            let server = runtime_smol::Server::bind(agent_addr, Some(tls), tunnel_config, auth)
+                .await
+                .map_err(|source| StartError::AgentListen {
+                    addr: agent_addr,
+                    source,
+                })?;
+            let listener = smol::net::TcpListener::bind(api_addr)
+                .await
+                .map_err(|source| StartError::ApiListen {
+                    addr: api_addr,
+                    source,
+                })?;
+            Ok::<_, StartError>((server, listener))
+        })?;
+        let agent_addr = server.local_addr();
+        let api_addr = listener
+            .local_addr()
+            .map_err(|source| StartError::ApiListen {
+                addr: api_addr,
+                source,
+            })?;
+
+        let (stop, stopped) = async_channel::bounded::<()>(1);
+        let (http_active, http_idle) = async_channel::bounded::<()>(1);
+        let timers = state.registry.clone();
+        pool.spawn(async move { timers.run_timers().await })
+            .detach();
+        pool.spawn(agent_listener::accept_loop(
+            state.clone(),
+            server,
+            config.limits.max_streams_per_connection,
+            stopped.clone(),
+        ))
+        .detach();
+        let https = api_tls.is_some();
+        pool.spawn(crate::api::serve(
+            state.clone(),
+            listener,
+            api_tls,
+            stopped.clone(),
+            http_active,
+        ))
+        .detach();
+        pool.spawn(reload_files(state.clone(), stopped)).detach();
+
+        tracing::info!(
+            %agent_addr,
+            %api_addr,
+            https,
+            instance = %state.instance,
+            threads = options.threads,
+            "kas started"
+        );
+        Ok(Running {
+            state,
+            pool: Some(pool),
+            agent_addr,
+            api_addr,
+            stop,
+            http_idle,
+            shutdown_grace: options.shutdown_grace,
+            https,
+        })
+    }
+}
+
+/// [`Config::validate`], except that both listeners may ask for port 0 on the same address (each gets
+/// its own ephemeral port: tests and the demo do this).
+fn validate(config: &Config) -> Result<(), ValidationErrors> {
+    match config.validate() {
+        Ok(()) => Ok(()),
+        Err(ValidationErrors(errors)) => {
+            let errors: Vec<ValidationError> = errors
+                .into_iter()
+                .filter(|e| !matches!(e, ValidationError::AddressConflict(a) if a.port() == 0))
+                .collect();
+            if errors.is_empty() {
+                Ok(())
+            } else {
+                Err(ValidationErrors(errors))
+            }
+        }
+    }
+}
+
+/// Checks the agents and users files for changes every [`RELOAD_INTERVAL`] until `stop` closes.
+async fn reload_files(state: Arc<KasState>, stop: async_channel::Receiver<()>) {
+    loop {
+        let stopped = futures_lite::future::or(
+            async {
+                let _ = stop.recv().await;
+                true
+            },
+            async {
+                smol::Timer::after(RELOAD_INTERVAL).await;
+                false
+            },
+        )
+        .await;
+        if stopped {
+            return;
+        }
+        let directory = state.directory.clone();
+        let users = state.users.users().clone();
+        let (agents, users) =
+            smol::unblock(move || (directory.reload_if_changed(), users.reload_if_changed())).await;
+        match agents {
+            Ok(_) => {
+                if matches!(state.directory, AgentDirectory::File(_)) {
+                    state.set_auth_backend_ok(true);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "agents file unusable; keeping the agents loaded before");
+                state.set_auth_backend_ok(false);
+            }
+        }
+        if let Err(e) = users {
+            tracing::warn!(error = %e, "users file unusable; keeping the users loaded before");
+        }
+    }
+}
+
+/// A running kas.
+#[derive(Debug)]
+pub struct Running {
+    state: Arc<KasState>,
+    pool: Option<Pool>,
+    agent_addr: SocketAddr,
+    api_addr: SocketAddr,
+    stop: async_channel::Sender<()>,
+    http_idle: async_channel::Receiver<()>,
+    shutdown_grace: Duration,
+    https: bool,
+}
+
+impl Running {
+    /// Where agents connect (TLS).
+    pub fn agent_addr(&self) -> SocketAddr {
+        self.agent_addr
+    }
+
+    /// Where the HTTP API listens.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// `http://<api_addr>` (`https://` when the API is served over TLS).
+    pub fn api_url(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.api_addr)
+    }
+
+    /// `<api_url>/k8s-proxy`: the server URL of a kubeconfig reaching agents through kas.
+    pub fn k8s_proxy_url(&self) -> String {
+        format!("{}{}", self.api_url(), crate::api::K8S_PROXY_PREFIX)
+    }
+
+    /// Counters and histograms.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.state.metrics
+    }
+
+    /// Ids of the agents with at least one live connection, sorted.
+    pub fn connected_agents(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .state
+            .registry
+            .connections()
+            .iter()
+            .map(|c| c.agent_id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Blocks until every agent in `agent_ids` has a live connection, or `timeout` passed. Returns
+    /// whether they all did.
+    pub fn wait_for_agents(&self, agent_ids: &[u64], timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let connected = self.connected_agents();
+            if agent_ids.iter().all(|id| connected.contains(id)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Graceful shutdown with the grace period from [`StartOptions`]; blocks until done.
+    pub fn shutdown(self) -> ShutdownReport {
+        let grace = self.shutdown_grace;
+        self.shutdown_within(grace)
+    }
+
+    /// Graceful shutdown: waits at most `grace` for in-flight work, then aborts what is left.
+    /// Must not be called from one of kas's own tasks.
+    pub fn shutdown_within(mut self, grace: Duration) -> ShutdownReport {
+        let deadline = Instant::now() + grace;
+        self.state.begin_shutdown();
+        tracing::info!(grace = ?grace, "kas shutting down");
+        // Stop accepting agents and HTTP connections; HTTP connections finish their request and close.
+        self.stop.close();
+        // Requests waiting for an agent get 503 now; no new request is routed.
+        self.state.registry.close();
+        let connections = self.state.registry.connections();
+        for c in &connections {
+            tracing::info!(agent_id = c.agent_id, connection_id = %c.connection_id, "sending goaway");
+            c.handle.start_close(grace);
+        }
+        let http_idle = self.http_idle.clone();
+        let http_left = smol::block_on(async {
+            let _ = futures_lite::future::or(
+                async {
+                    // Err once every connection task dropped its sender.
+                    let _ = http_idle.recv().await;
+                },
+                async {
+                    smol::Timer::at(deadline).await;
+                },
+            )
+            .await;
+            http_idle.sender_count()
+        });
+        let mut aborted = 0;
+        smol::block_on(async {
+            for c in &connections {
+                let closed = futures_lite::future::or(
+                    async {
+                        c.handle.closed().await;
+                        true
+                    },
+                    async {
+                        smol::Timer::at(deadline).await;
+                        false
+                    },
+                )
+                .await;
+                if !closed {
+                    aborted += 1;
+                    c.handle
+                        .abort(protocol::ErrorCode::NoError, "kas shut down");
+                }
+            }
+        });
+        if let Some(pool) = self.pool.take() {
+            pool.stop();
+        }
+        let report = ShutdownReport {
+            agent_connections: connections.len(),
+            agent_connections_aborted: aborted,
+            http_connections_aborted: http_left,
+        };
+        tracing::info!(?report, "kas stopped");
+        report
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.pool.is_some() {
+            // Not shut down explicitly: stop at once.
+            self.state.begin_shutdown();
+            self.stop.close();
+            self.state.registry.close();
+            for c in self.state.registry.connections() {
+                c.handle.abort(protocol::ErrorCode::NoError, "kas stopped");
+            }
+            if let Some(pool) = self.pool.take() {
+                pool.stop();
+            }
+        }
+    }
+}

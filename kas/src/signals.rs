@@ -1,0 +1,16 @@
+//! Waiting for SIGINT or SIGTERM, for the `kas` binary and the demo.
+
+/// Blocks until the process receives SIGINT or SIGTERM; returns the signal's name.
+pub fn wait_for_termination() -> std::io::Result<&'static str> {
+    use async_signal::{Signal, Signals};
+    use futures_lite::StreamExt as _;
+    let mut signals = Signals::new([Signal::Term, Signal::Int])?;
+    let received = smol::block_on(signals.next());
+    Ok(match received {
+        Some(Ok(Signal::Term)) => "SIGTERM",
+        Some(Ok(Signal::Int)) => "SIGINT",
+        Some(Ok(_)) => "signal",
+        Some(Err(e)) => return Err(e),
+        None => "end of signal stream",
+    })
+}

@@ -1,0 +1,117 @@
+//! What every task of one running kas shares.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::api::user_auth::UserGate;
+use crate::config::RoutingConfig;
+use crate::directory::AgentDirectory;
+use crate::metrics::{Metrics, Snapshot};
+use crate::pool::Spawner;
+use crate::registry::Registry;
+
+/// The registry of live agent connections, keyed by `runtime_smol` connection handles.
+pub type AgentRegistry = Registry<runtime_smol::Connection>;
+
+/// Shared state of one running kas.
+#[derive(Debug)]
+pub struct KasState {
+    /// Live agent connections and the requests waiting for them.
+    pub registry: AgentRegistry,
+    /// Which agents exist.
+    pub directory: AgentDirectory,
+    /// HTTP API users.
+    pub users: UserGate,
+    /// Counters and histograms.
+    pub metrics: Arc<Metrics>,
+    /// Deadlines for requests through tunnels.
+    pub routing: RoutingConfig,
+    /// Spawns tasks on kas's executor.
+    pub spawner: Spawner,
+    /// A short random id of this kas process, the prefix of connection ids.
+    pub instance: String,
+    shutting_down: AtomicBool,
+    auth_backend_ok: AtomicBool,
+    next_request: AtomicU64,
+}
+
+impl KasState {
+    /// New state.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        registry: AgentRegistry,
+        directory: AgentDirectory,
+        users: UserGate,
+        metrics: Arc<Metrics>,
+        routing: RoutingConfig,
+        spawner: Spawner,
+        instance: String,
+    ) -> Self {
+        KasState {
+            registry,
+            directory,
+            users,
+            metrics,
+            routing,
+            spawner,
+            instance,
+            shutting_down: AtomicBool::new(false),
+            auth_backend_ok: AtomicBool::new(true),
+            next_request: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh HTTP request id (for logs).
+    pub fn next_request_id(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether shutdown began.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Marks shutdown as begun; returns whether it already was.
+    pub fn begin_shutdown(&self) -> bool {
+        self.shutting_down.swap(true, Ordering::SeqCst)
+    }
+
+    /// Whether the agent authentication backend answered last time it was asked (or its files could
+    /// be read at the last check).
+    pub fn auth_backend_ok(&self) -> bool {
+        self.auth_backend_ok.load(Ordering::Relaxed)
+    }
+
+    /// Records whether the authentication backend is usable.
+    pub fn set_auth_backend_ok(&self, ok: bool) {
+        let was = self.auth_backend_ok.swap(ok, Ordering::Relaxed);
+        if was != ok {
+            if ok {
+                tracing::info!("agent authentication backend usable again");
+            } else {
+                tracing::warn!("agent authentication backend not usable");
+            }
+        }
+    }
+
+    /// The current-state gauges for `/metrics`.
+    pub fn snapshot(&self) -> Snapshot {
+        let connections = self.registry.connections();
+        let mut agents: Vec<u64> = connections.iter().map(|c| c.agent_id).collect();
+        agents.sort_unstable();
+        agents.dedup();
+        let open_streams = connections
+            .iter()
+            .map(|c| {
+                let (ours, theirs) = c.handle.open_streams();
+                u64::from(ours) + u64::from(theirs)
+            })
+            .sum();
+        Snapshot {
+            agents_connected: agents.len() as u64,
+            connections: connections.len() as u64,
+            open_streams,
+            pending_requests: self.registry.stats().pending as u64,
+        }
+    }
+}
