@@ -128,14 +128,19 @@ impl Default for TlsFilesConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiListenerConfig {
-    /// Address to listen on (plain HTTP); default `127.0.0.1:8080`.
+    /// Address to listen on; default `127.0.0.1:8080`.
     pub address: SocketAddr,
+    /// Serve HTTPS with this certificate and key (default: plain HTTP). kubectl sends bearer tokens
+    /// only over TLS, so a kubeconfig with `token:` needs this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFilesConfig>,
 }
 
 impl Default for ApiListenerConfig {
     fn default() -> Self {
         Self {
             address: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls: None,
         }
     }
 }
@@ -537,6 +542,10 @@ impl Config {
             }
         }
         fix(&mut self.users.file);
+        if let Some(tls) = &mut self.api_listener.tls {
+            fix(&mut tls.cert_file);
+            fix(&mut tls.key_file);
+        }
     }
 
     /// The agents file the configured backend reads: `<state_dir>/agents.yaml` for `embedded`, the

@@ -25,7 +25,7 @@
 //! the [`registry`], the async face of `protocol::router::Router` (waiting requests, one timer task,
 //! leases); [`api`] is the HTTP API (health, readiness, metrics, agent listing, `/k8s-proxy` and the
 //! service proxy, streaming both ways). [`state`] is what all tasks share; [`signals`] waits for
-//! SIGINT/SIGTERM.
+//! SIGINT/SIGTERM. [`demo`] is `kas demo`: kas, simulated clusters and agentk in one process.
 //!
 //! Starting kas in-process (as the demo does):
 //!
@@ -41,6 +41,7 @@ pub mod agent_listener;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod demo;
 pub mod directory;
 pub mod metrics;
 pub mod pool;

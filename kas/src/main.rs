@@ -1,4 +1,4 @@
-//! The `kas` binary: `kas [run] --config kas.yaml [overrides]`, and `kas demo` (to come).
+//! The `kas` binary: `kas [run] --config kas.yaml [overrides]`, and `kas demo [--agents N] [--state-dir DIR]`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,7 +25,7 @@ struct Cli {
 enum Command {
     /// Run kas (the default).
     Run(RunArgs),
-    /// Start kas, N agents and simulated clusters in one process (not available yet).
+    /// Start kas, N agents and their simulated clusters in one process (a complete local deployment).
     Demo(DemoArgs),
 }
 
@@ -67,12 +67,24 @@ struct RunArgs {
 
 #[derive(Debug, Args)]
 struct DemoArgs {
-    /// Number of agents.
+    /// Number of agents (each with its own simulated cluster).
     #[arg(long, default_value_t = 2)]
     agents: usize,
-    /// Where certificates, tokens and configuration are generated.
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
+    /// Where certificates, tokens, configuration and the kubeconfig are generated.
+    #[arg(long, default_value = "demo-state")]
+    state_dir: PathBuf,
+    /// kas's agent listener (TLS).
+    #[arg(long, default_value = "127.0.0.1:8150")]
+    agent_listen: SocketAddr,
+    /// kas's HTTP API (HTTPS with the demo CA).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    api_listen: SocketAddr,
+    /// Churn steps per second in each simulated cluster.
+    #[arg(long, default_value_t = 0.5)]
+    churn: f64,
+    /// Log filter.
+    #[arg(long, env = "KAS_LOG_LEVEL", default_value = "warn,kas=info")]
+    log_level: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,15 +92,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         None => run(cli.run),
         Some(Command::Run(args)) => run(args),
-        Some(Command::Demo(args)) => {
-            anyhow::bail!(
-                "kas demo (--agents {}, --state-dir {}): not yet implemented",
-                args.agents,
-                args.state_dir
-                    .as_deref()
-                    .map_or_else(|| "<temporary>".into(), |p| p.display().to_string())
-            )
-        }
+        Some(Command::Demo(args)) => demo(args),
     }
 }
 
@@ -133,6 +137,29 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    Ok(())
+}
+
+/// `kas demo`: prints `ready` once every agent is connected, then runs until SIGINT/SIGTERM.
+fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let mut config = Config::default();
+    config.log.level = args.log_level.clone();
+    init_logging(&config)?;
+    let mut opts = kas::demo::DemoOptions::new(args.agents, args.state_dir);
+    opts.agent_listen = args.agent_listen;
+    opts.api_listen = args.api_listen;
+    opts.churn = args.churn;
+    let demo = kas::demo::Demo::start(&opts).context("starting the demo")?;
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "ready")?;
+        writeln!(out, "{}", demo.banner())?;
+        out.flush()?;
+    }
+    let signal = kas::signals::wait_for_termination().context("waiting for signals")?;
+    tracing::info!(signal, "termination requested");
+    demo.shutdown();
     Ok(())
 }
 

@@ -168,6 +168,7 @@ impl Kas {
         let api_tls = options
             .api_tls
             .as_ref()
+            .or(config.api_listener.tls.as_ref())
             .map(|files| crate::api::https_acceptor(&files.cert_file, &files.key_file))
             .transpose()?;
         let registry = Registry::new(RouterConfig {

@@ -1,0 +1,459 @@
+//! `kas demo`: a complete local deployment on embedded defaults, in one process.
+//!
+//! It generates everything a real deployment needs into a state directory — a throw-away CA and kas's
+//! certificate, one token per agent (kas keeps only their SHA-256), a users file with a `demo` user
+//! allowed on every agent, and `kas.yaml` — then starts kas, one simulated Kubernetes API server per
+//! agent (with churn and a fake Prometheus service inside the "cluster"), and one agentk per cluster.
+//! The agents dial kas over TLS exactly as they would from behind a NAT: nothing listens on their
+//! side. Finally it writes `DIR/kubeconfig` with one context per agent (`agent-1`, …) pointing at kas's
+//! `/k8s-proxy`, so the real `kubectl` reaches each cluster through kas.
+//!
+//! Every file in the state directory is what the hand-started pieces use, so the same deployment can be
+//! run piece by piece (`kas --config DIR/kas.yaml`, `simulator apiserver …`, `agentk …`):
+//! [`Demo::manual_commands`] prints those commands.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use simulator::apiserver::{ApiServer, ApiServerConfig, RunningApiServer};
+
+use crate::auth::AgentsFile;
+use crate::config::{AuthBackendConfig, Config};
+use crate::users::{TokenKind, UsersFile};
+use crate::{Kas, Running, StartOptions};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub agents: usize,
+    pub state_dir: PathBuf,
+    /// kas's agent listener (TLS).
+    pub agent_listen: SocketAddr,
+    /// kas's HTTP API.
+    pub api_listen: SocketAddr,
+    /// Nodes and pods each simulated cluster starts with.
+    pub nodes: usize,
+    pub pods: usize,
+    /// Churn steps per second in each cluster.
+    pub churn: f64,
+}
+
+impl DemoOptions {
+    pub fn new(agents: usize, state_dir: PathBuf) -> DemoOptions {
+        DemoOptions {
+            agents,
+            state_dir,
+            agent_listen: SocketAddr::from(([127, 0, 0, 1], 8150)),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            nodes: 3,
+            pods: 12,
+            churn: 0.5,
+        }
+    }
+}
+
+/// Why the demo could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("demo needs at least one agent")]
+    NoAgents,
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("certificates: {0}")]
+    Tls(#[from] tunnel_tls::TlsError),
+    #[error("agents file: {0}")]
+    Agents(#[from] crate::auth::AgentsFileError),
+    #[error("users file: {0}")]
+    Users(#[from] crate::users::UsersFileError),
+    #[error("kas configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("kas: {0}")]
+    Kas(#[from] crate::StartError),
+    #[error("simulated API server: {0}")]
+    ApiServer(#[from] simulator::apiserver::Error),
+    #[error("tokio runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("agent {0}: {1}")]
+    Agent(u64, agentk::Error),
+    #[error("agents {0:?} did not connect within {1:?}")]
+    AgentsNotConnected(Vec<u64>, Duration),
+}
+
+fn write(path: &Path, text: &str) -> Result<(), DemoError> {
+    std::fs::write(path, text).map_err(|source| DemoError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// One simulated cluster with its agent.
+struct Cluster {
+    agent_id: u64,
+    apiserver: RunningApiServer,
+    kubeconfig: PathBuf,
+    token_file: PathBuf,
+    prometheus: SocketAddr,
+}
+
+/// The running demo. Dropping it without [`Demo::shutdown`] stops everything abruptly.
+pub struct Demo {
+    kas: Option<Running>,
+    clusters: Vec<Cluster>,
+    runtime: Option<tokio::runtime::Runtime>,
+    stop_agents: Option<tokio::sync::watch::Sender<bool>>,
+    state_dir: PathBuf,
+    ca_file: PathBuf,
+    user_token: String,
+}
+
+impl Demo {
+    /// Generates the state directory and starts everything; returns once every agent is connected.
+    pub fn start(opts: &DemoOptions) -> Result<Demo, DemoError> {
+        if opts.agents == 0 {
+            return Err(DemoError::NoAgents);
+        }
+        let dir = &opts.state_dir;
+        std::fs::create_dir_all(dir).map_err(|source| DemoError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        let dir = dir.canonicalize().map_err(|source| DemoError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+
+        // Credentials: kas's certificate, agent tokens (hashed for kas), the demo user.
+        let pki = tunnel_tls::ThrowawayPki::generate()?;
+        let files = pki.write_pem_files(&dir)?;
+        let agents = AgentsFile::generate(opts.agents, &dir)?;
+        let user = UsersFile::generate_demo(&dir)?;
+
+        let mut config = Config::default();
+        config.state_dir = dir.clone();
+        config.agent_listener.address = opts.agent_listen;
+        config.agent_listener.tls.cert_file = files.server_cert.clone();
+        config.agent_listener.tls.key_file = files.server_key.clone();
+        config.api_listener.address = opts.api_listen;
+        // HTTPS, because kubectl sends bearer tokens only over TLS; the demo CA signs both listeners.
+        config.api_listener.tls = Some(crate::config::TlsFilesConfig {
+            cert_file: files.server_cert.clone(),
+            key_file: files.server_key.clone(),
+            client_ca_file: None,
+        });
+        config.agent_auth.backend = AuthBackendConfig::Embedded;
+        config.users.file = dir.join("users.yaml");
+        config.write(dir.join("kas.yaml"))?;
+        let kas = Kas::start_with(config, StartOptions::default())?;
+
+        // The clusters and their agents share one tokio runtime (agentk and the simulated API server
+        // are tokio programs; kas runs on its own smol executor).
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("demo-clusters")
+            .enable_all()
+            .build()
+            .map_err(DemoError::Runtime)?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut clusters = Vec::new();
+        for agent in &agents {
+            let apiserver = ApiServer::start_on(
+                runtime.handle(),
+                ApiServerConfig {
+                    nodes: opts.nodes,
+                    pods: opts.pods,
+                    churn_rate: opts.churn,
+                    seed: agent.id,
+                    ..ApiServerConfig::default()
+                },
+            )?;
+            let kubeconfig = dir.join(format!("cluster-{}.kubeconfig", agent.id));
+            apiserver.write_kubeconfig(&kubeconfig, &format!("cluster-{}", agent.id))?;
+            let prometheus = runtime.block_on(start_prometheus(agent.id))?;
+            add_prometheus_service(&apiserver, prometheus);
+
+            let mut cfg = agentk::Config::new(kas.agent_addr().to_string(), agent.token.clone());
+            cfg.token_file = Some(agent.token_file.clone());
+            cfg.ca = tunnel_tls::Roots::PemFile(files.ca.clone());
+            cfg.tls_server_name = Some("localhost".into());
+            cfg.kube = agentk::KubeSource::Kubeconfig {
+                path: kubeconfig.clone(),
+                context: None,
+            };
+            cfg.meta.pod_name = Some(format!("agentk-{}", agent.id));
+            cfg.meta.node_name = Some("sim-node-1".into());
+            let mut stop = stop_rx.clone();
+            let id = agent.id;
+            runtime.spawn(async move {
+                let shutdown = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(e) = agentk::run(cfg, shutdown).await {
+                    tracing::error!(agent_id = id, error = %e, "agent stopped");
+                }
+            });
+            clusters.push(Cluster {
+                agent_id: agent.id,
+                apiserver,
+                kubeconfig,
+                token_file: agent.token_file.clone(),
+                prometheus,
+            });
+        }
+
+        let demo = Demo {
+            kas: Some(kas),
+            clusters,
+            runtime: Some(runtime),
+            stop_agents: Some(stop_tx),
+            state_dir: dir.clone(),
+            ca_file: files.ca,
+            user_token: user.token.clone(),
+        };
+        demo.write_kubeconfig()?;
+        write(&dir.join("manual-commands.sh"), &demo.manual_commands())?;
+        let ids: Vec<u64> = demo.clusters.iter().map(|c| c.agent_id).collect();
+        let wait = Duration::from_secs(60);
+        if !demo.kas().wait_for_agents(&ids, wait) {
+            let connected = demo.kas().connected_agents();
+            let missing = ids.into_iter().filter(|i| !connected.contains(i)).collect();
+            return Err(DemoError::AgentsNotConnected(missing, wait));
+        }
+        Ok(demo)
+    }
+
+    /// The running kas.
+    pub fn kas(&self) -> &Running {
+        // Present until shutdown consumes the demo.
+        self.kas
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("kas is set until shutdown"))
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// `DIR/kubeconfig`.
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.state_dir.join("kubeconfig")
+    }
+
+    /// The demo's CA certificate (trust anchor of both kas listeners).
+    pub fn ca_file(&self) -> &Path {
+        &self.ca_file
+    }
+
+    /// The demo user's bearer value for an agent (`pat:<id>:<token>`).
+    pub fn bearer(&self, agent_id: u64) -> String {
+        crate::users::format_bearer(TokenKind::Pat, agent_id, &self.user_token)
+    }
+
+    /// The simulated API server of agent `agent_id` (tests change the "cluster" through it).
+    pub fn cluster(&self, agent_id: u64) -> Option<&RunningApiServer> {
+        self.clusters
+            .iter()
+            .find(|c| c.agent_id == agent_id)
+            .map(|c| &c.apiserver)
+    }
+
+    /// Agent ids, in order.
+    pub fn agent_ids(&self) -> Vec<u64> {
+        self.clusters.iter().map(|c| c.agent_id).collect()
+    }
+
+    fn write_kubeconfig(&self) -> Result<(), DemoError> {
+        let server = self.kas().k8s_proxy_url();
+        let mut clusters = String::new();
+        let mut users = String::new();
+        let mut contexts = String::new();
+        for c in &self.clusters {
+            let name = format!("agent-{}", c.agent_id);
+            clusters.push_str(&format!(
+                "- name: {name}\n  cluster:\n    server: {server}\n    certificate-authority: {}\n",
+                self.ca_file.display()
+            ));
+            users.push_str(&format!(
+                "- name: {name}\n  user:\n    token: \"{}\"\n",
+                self.bearer(c.agent_id)
+            ));
+            contexts.push_str(&format!(
+                "- name: {name}\n  context:\n    cluster: {name}\n    user: {name}\n    namespace: default\n"
+            ));
+        }
+        let text = format!(
+            "# Written by `kas demo`: one context per agent; every request goes through kas's /k8s-proxy\n\
+             # and the agent's tunnel. The token is `pat:<agent id>:<demo user token>`.\n\
+             apiVersion: v1\nkind: Config\ncurrent-context: agent-1\nclusters:\n{clusters}users:\n{users}contexts:\n{contexts}"
+        );
+        let path = self.kubeconfig_path();
+        write(&path, &text)?;
+        set_owner_only(&path);
+        Ok(())
+    }
+
+    /// What to tell a person once the demo is up.
+    pub fn banner(&self) -> String {
+        let api = self.kas().api_url();
+        let kubeconfig = self.kubeconfig_path();
+        let mut s = String::new();
+        s.push_str(&format!("kas API:        {api}\n"));
+        s.push_str(&format!("dashboard:      {api}/\n"));
+        s.push_str(&format!(
+            "agent listener: {} (TLS)\n",
+            self.kas().agent_addr()
+        ));
+        s.push_str(&format!("state dir:      {}\n", self.state_dir.display()));
+        s.push_str(&format!("kubeconfig:     {}\n\n", kubeconfig.display()));
+        s.push_str("try:\n");
+        s.push_str(&format!(
+            "  kubectl --kubeconfig {} get pods\n",
+            kubeconfig.display()
+        ));
+        s.push_str(&format!(
+            "  kubectl --kubeconfig {} --context agent-2 get nodes\n",
+            kubeconfig.display()
+        ));
+        s.push_str(&format!(
+            "  kubectl --kubeconfig {} get pods --watch\n",
+            kubeconfig.display()
+        ));
+        let ca = self.ca_file.display();
+        s.push_str(&format!("  curl --cacert {ca} {api}/api/v1/agents\n"));
+        s.push_str(&format!(
+            "  curl --cacert {ca} -H 'Authorization: Bearer {}' '{api}/api/v1/agents/1/proxy/monitoring/prometheus:web/api/v1/query?query=up'\n",
+            self.bearer(1)
+        ));
+        s.push_str(&format!("  curl --cacert {ca} {api}/metrics\n"));
+        s
+    }
+
+    /// Shell commands that start the same deployment piece by piece.
+    pub fn manual_commands(&self) -> String {
+        let dir = self.state_dir.display();
+        let agent_addr = self.kas().agent_addr();
+        let mut s = format!(
+            "#!/bin/sh\n# The demo deployment, piece by piece (what `kas demo` does in one process).\n\
+             # On a real deployment kas runs on one machine and each agentk inside its cluster.\n\
+             kas --config {dir}/kas.yaml &\n"
+        );
+        for c in &self.clusters {
+            let port = c.apiserver.addr().port();
+            s.push_str(&format!(
+                "simulator apiserver --listen 127.0.0.1:{port} --nodes 3 --pods 12 --churn 0.5 --kubeconfig-out {} &\n",
+                c.kubeconfig.display()
+            ));
+            s.push_str(&format!(
+                "agentk --kas-address {agent_addr} --tls-server-name localhost --ca-file {} --token-file {} --kubeconfig {} &\n",
+                self.ca_file.display(),
+                c.token_file.display(),
+                c.kubeconfig.display()
+            ));
+            let _ = c.prometheus;
+        }
+        s.push_str(&format!("kubectl --kubeconfig {dir}/kubeconfig get pods\n"));
+        s
+    }
+
+    /// Stops agents, clusters and kas, in that order.
+    pub fn shutdown(mut self) {
+        if let Some(stop) = self.stop_agents.take() {
+            let _ = stop.send(true);
+        }
+        if let Some(kas) = self.kas.take() {
+            kas.shutdown_within(Duration::from_secs(5));
+        }
+        for c in self.clusters.drain(..) {
+            c.apiserver.shutdown();
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+#[cfg(unix)]
+fn set_owner_only(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+}
+
+#[cfg(not(unix))]
+fn set_owner_only(_: &Path) {}
+
+/// The demo cluster's in-cluster service: `monitoring/prometheus`, port `web`, whose cluster IP is
+/// loopback in the simulation.
+fn add_prometheus_service(apiserver: &RunningApiServer, addr: SocketAddr) {
+    let store = apiserver.store();
+    if let Err(e) = store.add_namespace("monitoring") {
+        tracing::warn!(error = %e, "could not create the demo monitoring namespace");
+    }
+    let svc = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "prometheus", "namespace": "monitoring", "labels": {"app": "prometheus"}},
+        "spec": {
+            "clusterIP": addr.ip().to_string(),
+            "ports": [{"name": "web", "port": addr.port(), "protocol": "TCP"}],
+            "selector": {"app": "prometheus"}
+        }
+    });
+    if let Err(e) = store.apply(svc) {
+        tracing::warn!(error = %e, "could not create the demo prometheus service");
+    }
+}
+
+/// A tiny Prometheus-shaped HTTP server standing in for an in-cluster service.
+async fn start_prometheus(agent_id: u64) -> Result<SocketAddr, DemoError> {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(DemoError::Runtime)?;
+    let addr = listener.local_addr().map_err(DemoError::Runtime)?;
+    let started = Arc::new(std::time::Instant::now());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let started = started.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let uptime = started.elapsed().as_secs();
+                    async move {
+                        let body = if req.uri().path() == "/api/v1/query" {
+                            serde_json::json!({
+                                "status": "success",
+                                "data": {"resultType": "vector", "result": [
+                                    {"metric": {"__name__": "up", "job": "kubernetes-nodes", "cluster": format!("cluster-{agent_id}")},
+                                     "value": [uptime, "1"]}
+                                ]}
+                            })
+                        } else {
+                            serde_json::json!({"status": "success", "data": format!("prometheus of cluster-{agent_id}")})
+                        };
+                        let mut resp =
+                            hyper::Response::new(Full::new(Bytes::from(body.to_string())));
+                        resp.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static("application/json"),
+                        );
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
