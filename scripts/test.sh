@@ -26,5 +26,8 @@ fi
 echo "== clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-echo "== tests"
+echo "== binaries the conformance suite runs against (target/debug/agentk, target/debug/kas)"
+cargo build -p agentk -p kas
+
+echo "== tests (unit, property, integration, kubectl and Chromium end to end, conformance)"
 cargo test --workspace
