@@ -2,7 +2,9 @@
 //! blocking pool, REJECT with the right code, and registration of accepted connections in the registry.
 //!
 //! Each accepted connection gets a watcher task that marks it draining in the registry once either side
-//! sent GOAWAY and removes it once it closed.
+//! sent GOAWAY and removes it once it closed, and a task accepting the streams the agent opens
+//! ([`crate::agent_streams`]: the `views` stream). Agents' first connections and last disconnections
+//! are published as `agent` events ([`crate::events::Presence`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -154,6 +156,7 @@ pub fn register(state: &Arc<KasState>, accepted: ServerConnection<Connection>, m
         return;
     }
     state.metrics.connection_accepted();
+    state.presence.connection_up(agent_id, &state.events);
     tracing::info!(
         agent_id,
         %connection_id,
@@ -163,6 +166,13 @@ pub fn register(state: &Arc<KasState>, accepted: ServerConnection<Connection>, m
         max_streams,
         "agent connected"
     );
+    state.spawner.spawn_detached(crate::agent_streams::serve(
+        connection.clone(),
+        agent_id,
+        connection_id.clone(),
+        state.mirrors.clone(),
+        state.spawner.clone(),
+    ));
     let watcher_state = state.clone();
     state.spawner.spawn_detached(async move {
         watch(watcher_state, connection, serial, agent_id, connection_id).await;
@@ -186,6 +196,7 @@ async fn watch(
         .await;
         if let Some(reason) = closed {
             let lost = state.registry.remove_connection(serial);
+            state.presence.connection_down(agent_id, &state.events);
             tracing::info!(
                 agent_id,
                 %connection_id,

@@ -10,6 +10,7 @@
 //!   tls: { cert_file: kas.crt, key_file: kas.key }   # client_ca_file: ca.crt (optional)
 //! api_listener:
 //!   address: 127.0.0.1:8080
+//!   public_read: false              # true: views, events and the dashboard need no token
 //! agent_auth:
 //!   backend: embedded               # or: { agents_file: agents.yaml }
 //!                                   # or: { gitlab: { url: https://gitlab.example.com, secret_file: .gitlab_kas_secret } }
@@ -134,6 +135,10 @@ pub struct ApiListenerConfig {
     /// only over TLS, so a kubeconfig with `token:` needs this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsFilesConfig>,
+    /// Views, events and the dashboard are readable without a token (default `false`: they need a
+    /// user bearer allowed on the agent). The demo turns this on. Cache listings and the tunnel
+    /// routes always need a bearer.
+    pub public_read: bool,
 }
 
 impl Default for ApiListenerConfig {
@@ -141,6 +146,7 @@ impl Default for ApiListenerConfig {
         Self {
             address: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tls: None,
+            public_read: false,
         }
     }
 }

@@ -133,8 +133,10 @@ impl Demo {
         let agents = AgentsFile::generate(opts.agents, &dir)?;
         let user = UsersFile::generate_demo(&dir)?;
 
-        let mut config = Config::default();
-        config.state_dir = dir.clone();
+        let mut config = Config {
+            state_dir: dir.clone(),
+            ..Config::default()
+        };
         config.agent_listener.address = opts.agent_listen;
         config.agent_listener.tls.cert_file = files.server_cert.clone();
         config.agent_listener.tls.key_file = files.server_key.clone();
@@ -145,6 +147,8 @@ impl Demo {
             key_file: files.server_key.clone(),
             client_ca_file: None,
         });
+        // The dashboard, views and events are readable without a token on the demo's local listener.
+        config.api_listener.public_read = true;
         config.agent_auth.backend = AuthBackendConfig::Embedded;
         config.users.file = dir.join("users.yaml");
         config.write(dir.join("kas.yaml"))?;

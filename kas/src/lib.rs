@@ -27,6 +27,22 @@
 //! service proxy, streaming both ways). [`state`] is what all tasks share; [`signals`] waits for
 //! SIGINT/SIGTERM. [`demo`] is `kas demo`: kas, simulated clusters and agentk in one process.
 //!
+//! Views and events (the informer cache, issue 5):
+//!
+//! ```text
+//!  agentk ──views stream (SYNC /)──▶ agent_streams ──▶ views_stream ──▶ mirrors (one Mirror per agent)
+//!         ◀──acks, resync requests──                                      │ view / object changes
+//!                                                                         ▼
+//!  browser ◀── dashboard (/) ◀── api: /views (from memory), /events (SSE) ◀── events (hub, bounded queues)
+//!  curl ──▶ api: /cache/{kind} ──▶ registry.route ──▶ `cache` stream ──▶ agentk's store
+//! ```
+//!
+//! [`agent_streams`] accepts the streams an agent opens (the `views` stream); [`views_stream`] serves
+//! one with [`frame`]'s length-delimited protobuf; [`mirrors`] keeps every agent's
+//! `protocol::cache::Mirror` across reconnects and turns changes into [`events`], the hub that
+//! broadcasts them (and agent connects/disconnects) to subscribers with bounded queues; the
+//! [`dashboard`] is one embedded page over that API.
+//!
 //! Starting kas in-process (as the demo does):
 //!
 //! ```no_run
@@ -38,12 +54,17 @@
 //! ```
 
 pub mod agent_listener;
+pub mod agent_streams;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod directory;
+pub mod events;
+pub mod frame;
 pub mod metrics;
+pub mod mirrors;
 pub mod pool;
 pub mod registry;
 pub mod rfc3339;
@@ -51,5 +72,6 @@ pub mod server;
 pub mod signals;
 pub mod state;
 pub mod users;
+pub mod views_stream;
 
 pub use server::{Kas, Running, ShutdownReport, StartError, StartOptions};

@@ -13,6 +13,9 @@
 //! | `kas_agent_connections_accepted_total` | counter | |
 //! | `kas_tunnel_open_streams` | gauge | |
 //! | `kas_pending_requests` | gauge | |
+//! | `kas_views_agents` | gauge (agents whose views kas mirrors) | |
+//! | `kas_event_subscribers` | gauge (open event streams) | |
+//! | `kas_event_subscribers_dropped_total` | counter (event streams dropped as too slow) | |
 //! | `kas_http_requests_total` | counter | `route`, `code` |
 //! | `kas_http_request_duration_seconds` | histogram (time to response head) | `route` |
 //! | `kas_proxied_bytes_total` | counter | `direction` (`in`: client → agent, `out`: agent → client) |
@@ -44,6 +47,12 @@ pub struct Snapshot {
     pub open_streams: u64,
     /// Requests waiting for an agent connection.
     pub pending_requests: u64,
+    /// Agents whose views kas mirrors.
+    pub views_agents: u64,
+    /// Open event streams.
+    pub event_subscribers: u64,
+    /// Event streams dropped for being too slow, since start.
+    pub event_subscribers_dropped: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -201,6 +210,29 @@ impl Metrics {
             "Requests waiting for an agent connection.",
             snapshot.pending_requests,
         );
+        gauge(
+            &mut out,
+            "kas_views_agents",
+            "Agents whose views kas mirrors (connected or not).",
+            snapshot.views_agents,
+        );
+        gauge(
+            &mut out,
+            "kas_event_subscribers",
+            "Open event streams (Server-Sent Events).",
+            snapshot.event_subscribers,
+        );
+        header(
+            &mut out,
+            "kas_event_subscribers_dropped_total",
+            "Event streams dropped because their client did not keep up.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "kas_event_subscribers_dropped_total {}",
+            snapshot.event_subscribers_dropped
+        );
         header(
             &mut out,
             "kas_proxied_bytes_total",
@@ -337,12 +369,18 @@ mod tests {
             connections: 3,
             open_streams: 4,
             pending_requests: 1,
+            views_agents: 5,
+            event_subscribers: 6,
+            event_subscribers_dropped: 7,
         });
         for line in [
             "kas_agents_connected 2",
             "kas_agent_connections 3",
             "kas_tunnel_open_streams 4",
             "kas_pending_requests 1",
+            "kas_views_agents 5",
+            "kas_event_subscribers 6",
+            "kas_event_subscribers_dropped_total 7",
             "kas_http_requests_total{route=\"k8s-proxy\",code=\"200\"} 2",
             "kas_http_requests_total{route=\"k8s-proxy\",code=\"503\"} 1",
             "kas_http_request_duration_seconds_bucket{route=\"k8s-proxy\",le=\"0.0025\"} 0",

@@ -177,15 +177,18 @@ impl Kas {
         });
         let pool = Pool::new(options.threads, "kas").map_err(StartError::Threads)?;
         let instance = format!("{:08x}", rand::random::<u32>());
-        let state = Arc::new(KasState::new(
-            registry,
-            directory,
-            gate,
-            metrics,
-            config.routing.clone(),
-            pool.spawner(),
-            instance,
-        ));
+        let state = Arc::new(
+            KasState::new(
+                registry,
+                directory,
+                gate,
+                metrics,
+                config.routing.clone(),
+                pool.spawner(),
+                instance,
+            )
+            .with_public_read(config.api_listener.public_read),
+        );
 
         let agent_addr = config.agent_listener.address;
         let api_addr = config.api_listener.address;
@@ -355,6 +358,16 @@ impl Running {
         &self.state.metrics
     }
 
+    /// Every agent's view mirror.
+    pub fn mirrors(&self) -> &crate::mirrors::Mirrors {
+        &self.state.mirrors
+    }
+
+    /// The event hub (views, objects, agents).
+    pub fn events(&self) -> &crate::events::EventHub {
+        &self.state.events
+    }
+
     /// Ids of the agents with at least one live connection, sorted.
     pub fn connected_agents(&self) -> Vec<u64> {
         let mut ids: Vec<u64> = self
@@ -401,6 +414,8 @@ impl Running {
         self.stop.close();
         // Requests waiting for an agent get 503 now; no new request is routed.
         self.state.registry.close();
+        // Event streams end (they never finish on their own), so HTTP connections can close.
+        self.state.events.close();
         let connections = self.state.registry.connections();
         for c in &connections {
             tracing::info!(agent_id = c.agent_id, connection_id = %c.connection_id, "sending goaway");
@@ -461,6 +476,7 @@ impl Drop for Running {
             self.state.begin_shutdown();
             self.stop.close();
             self.state.registry.close();
+            self.state.events.close();
             for c in self.state.registry.connections() {
                 c.handle.abort(protocol::ErrorCode::NoError, "kas stopped");
             }

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::api::user_auth::UserGate;
 use crate::config::RoutingConfig;
 use crate::directory::AgentDirectory;
+use crate::events::{EventHub, Presence};
 use crate::metrics::{Metrics, Snapshot};
+use crate::mirrors::Mirrors;
 use crate::pool::Spawner;
 use crate::registry::Registry;
 
@@ -30,13 +32,21 @@ pub struct KasState {
     pub spawner: Spawner,
     /// A short random id of this kas process, the prefix of connection ids.
     pub instance: String,
+    /// Every agent's view mirror (kept across reconnects).
+    pub mirrors: Mirrors,
+    /// Events for subscribers (views, objects, agents).
+    pub events: EventHub,
+    /// Which agents have a live connection (publishes `agent` events).
+    pub presence: Presence,
+    /// Views, events and the dashboard are readable without a token (`api_listener.public_read`).
+    pub public_read: bool,
     shutting_down: AtomicBool,
     auth_backend_ok: AtomicBool,
     next_request: AtomicU64,
 }
 
 impl KasState {
-    /// New state.
+    /// New state, with an empty event hub and no mirrored views (see [`KasState::with_public_read`]).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         registry: AgentRegistry,
@@ -47,6 +57,7 @@ impl KasState {
         spawner: Spawner,
         instance: String,
     ) -> Self {
+        let events = EventHub::default();
         KasState {
             registry,
             directory,
@@ -55,10 +66,20 @@ impl KasState {
             routing,
             spawner,
             instance,
+            mirrors: Mirrors::new(events.clone(), crate::mirrors::DEFAULT_MAX_AGENTS),
+            events,
+            presence: Presence::new(),
+            public_read: false,
             shutting_down: AtomicBool::new(false),
             auth_backend_ok: AtomicBool::new(true),
             next_request: AtomicU64::new(1),
         }
+    }
+
+    /// Sets whether views, events and the dashboard are readable without a token.
+    pub fn with_public_read(mut self, public_read: bool) -> Self {
+        self.public_read = public_read;
+        self
     }
 
     /// A fresh HTTP request id (for logs).
@@ -112,6 +133,9 @@ impl KasState {
             connections: connections.len() as u64,
             open_streams,
             pending_requests: self.registry.stats().pending as u64,
+            views_agents: self.mirrors.agent_count() as u64,
+            event_subscribers: self.events.subscribers() as u64,
+            event_subscribers_dropped: self.events.dropped_slow(),
         }
     }
 }

@@ -10,19 +10,28 @@
 //! | `GET /api/v1/agents/{id}` | one agent |
 //! | `* /api/v1/agents/{id}/proxy/{namespace}/{service}:{port}/{path...}` | an in-cluster service through the tunnel (`service-proxy`) |
 //! | `* /k8s-proxy/{path...}` | the agent's Kubernetes API (`k8s-api`); `Authorization: Bearer <kind>:<agent-id>:<token>` selects and authorises |
+//! | `GET /api/v1/agents/{id}/views`, `.../views/{name}` | the agent's views, from kas's memory ([`views`]) |
+//! | `GET /api/v1/agents/{id}/cache/{kind}?namespace=&labelSelector=` | objects from agentk's informer cache (`cache`, [`cache`]) |
+//! | `GET /api/v1/events`, `/api/v1/agents/{id}/events` | Server-Sent Events: `view`, `object`, `agent` ([`events`]) |
+//! | `GET /`, `/ui/*` | the dashboard ([`crate::dashboard`]) |
 //!
 //! Tunnel routes need a user bearer (`<kind>:<agent-id>:<token>`, the same for both; on the service
 //! proxy the URL's agent id is the one authorised). Status mapping: bad or missing token 401, agent
 //! not allowed 403, unknown agent 404, too many failed attempts 429, no live connection until the
 //! routing deadline 503, agent-side failure 502, no response head within the response timeout 504.
 //! Error bodies are JSON: Kubernetes `Status` objects on `/k8s-proxy`, `{code, reason, message}`
-//! elsewhere ([`response`]).
+//! elsewhere ([`response`]). The cache route is authorised like the tunnel routes; views and events
+//! need a bearer too unless `api_listener.public_read` is set ([`read_access`]).
 
 pub mod agents;
+pub mod cache;
+pub mod events;
 pub mod proxy;
+pub mod read_access;
 pub mod response;
 pub mod tunnel_body;
 pub mod user_auth;
+pub mod views;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -36,6 +45,7 @@ use tracing::Instrument as _;
 use crate::state::KasState;
 
 use self::proxy::Target;
+use self::read_access::ReadTarget;
 use self::response::{ApiError, ErrorStyle, ResponseBody};
 
 /// The prefix of the Kubernetes API proxy.
@@ -68,6 +78,28 @@ pub enum ApiRoute {
     },
     /// A service proxy path that does not parse.
     BadServicePath(String),
+    /// `/api/v1/agents/{id}/views`
+    Views(u64),
+    /// `/api/v1/agents/{id}/views/{name}`
+    View {
+        /// The agent.
+        agent_id: u64,
+        /// The view's name.
+        name: String,
+    },
+    /// `/api/v1/agents/{id}/cache/{kind}`: the kind as received.
+    Cache {
+        /// The agent.
+        agent_id: u64,
+        /// `pods`, `Pod`, `apps/v1/Deployment`, ...
+        kind: String,
+    },
+    /// `/api/v1/events`
+    Events,
+    /// `/api/v1/agents/{id}/events`
+    AgentEvents(u64),
+    /// `/`, `/index.html`, `/ui/...`: the dashboard's page and assets.
+    Dashboard,
     /// Anything else.
     NotFound,
 }
@@ -82,6 +114,10 @@ impl ApiRoute {
             ApiRoute::Agents | ApiRoute::Agent(_) => "agents",
             ApiRoute::ServiceProxy { .. } | ApiRoute::BadServicePath(_) => "service-proxy",
             ApiRoute::K8sProxy { .. } => "k8s-proxy",
+            ApiRoute::Views(_) | ApiRoute::View { .. } => "views",
+            ApiRoute::Cache { .. } => "cache",
+            ApiRoute::Events | ApiRoute::AgentEvents(_) => "events",
+            ApiRoute::Dashboard => "dashboard",
             ApiRoute::NotFound => "not-found",
         }
     }
@@ -102,6 +138,14 @@ fn valid_name(s: &str) -> bool {
         && s != ".."
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+/// A view name as views files define them: letters, digits, `_`, `-`, `.`.
+fn valid_view_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 /// A port number or a port name.
@@ -143,6 +187,8 @@ pub fn classify(path: &str) -> ApiRoute {
         "/readyz" => return ApiRoute::Readyz,
         "/metrics" => return ApiRoute::Metrics,
         "/api/v1/agents" | "/api/v1/agents/" => return ApiRoute::Agents,
+        "/api/v1/events" => return ApiRoute::Events,
+        p if crate::dashboard::PATHS.contains(&p) => return ApiRoute::Dashboard,
         _ => {}
     }
     if let Some(rest) = path.strip_prefix(K8S_PROXY_PREFIX) {
@@ -166,6 +212,25 @@ pub fn classify(path: &str) -> ApiRoute {
         }
         if let Some(target) = after.strip_prefix("proxy/") {
             return parse_service_proxy(agent_id, target);
+        }
+        match after {
+            "views" | "views/" => return ApiRoute::Views(agent_id),
+            "events" => return ApiRoute::AgentEvents(agent_id),
+            _ => {}
+        }
+        if let Some(name) = after.strip_prefix("views/")
+            && valid_view_name(name)
+        {
+            return ApiRoute::View {
+                agent_id,
+                name: name.to_owned(),
+            };
+        }
+        if let Some(kind) = after.strip_prefix("cache/") {
+            return ApiRoute::Cache {
+                agent_id,
+                kind: kind.to_owned(),
+            };
         }
     }
     ApiRoute::NotFound
@@ -261,6 +326,69 @@ async fn dispatch(
             }
         }
         ApiRoute::BadServicePath(message) => Err(ApiError::new(StatusCode::BAD_REQUEST, message)),
+        ApiRoute::Dashboard => {
+            only_get(&req)?;
+            crate::dashboard::asset(req.uri().path()).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no route for {}", req.uri().path()),
+                )
+            })
+        }
+        ApiRoute::Views(agent_id) => {
+            only_get(&req)?;
+            span.record("agent_id", agent_id);
+            read_access::authorize(
+                state,
+                authorization(&req),
+                ReadTarget::Agent(agent_id),
+                peer.ip(),
+            )?;
+            views::views(state, agent_id)
+        }
+        ApiRoute::View { agent_id, name } => {
+            only_get(&req)?;
+            span.record("agent_id", agent_id);
+            read_access::authorize(
+                state,
+                authorization(&req),
+                ReadTarget::Agent(agent_id),
+                peer.ip(),
+            )?;
+            views::view(state, agent_id, &name)
+        }
+        ApiRoute::Events => {
+            only_get(&req)?;
+            let scope = read_access::authorize(
+                state,
+                authorization(&req),
+                ReadTarget::AllAgents,
+                peer.ip(),
+            )?;
+            events::stream(&state.events, scope, peer.to_string())
+        }
+        ApiRoute::AgentEvents(agent_id) => {
+            only_get(&req)?;
+            span.record("agent_id", agent_id);
+            let scope = read_access::authorize(
+                state,
+                authorization(&req),
+                ReadTarget::Agent(agent_id),
+                peer.ip(),
+            )?;
+            if !state.mirrors.has(agent_id) && agents::get(state, agent_id).is_none() {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("agent {agent_id} does not exist"),
+                ));
+            }
+            events::stream(&state.events, scope, peer.to_string())
+        }
+        ApiRoute::Cache { agent_id, kind } => {
+            only_get(&req)?;
+            let target = cache::target(agent_id, &kind, req.uri().query())?;
+            proxy::proxy(state, req, peer, target, span).await
+        }
         ApiRoute::NotFound => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no route for {}", req.uri().path()),
@@ -268,6 +396,7 @@ async fn dispatch(
         ApiRoute::ServiceProxy { agent_id, path } => {
             let target = Target {
                 service: protocol::service::SERVICE_PROXY,
+                method: None,
                 path: with_query(path, &req),
                 agent_in_url: Some(agent_id),
             };
@@ -276,12 +405,19 @@ async fn dispatch(
         ApiRoute::K8sProxy { path } => {
             let target = Target {
                 service: protocol::service::K8S_API,
+                method: None,
                 path: with_query(path, &req),
                 agent_in_url: None,
             };
             proxy::proxy(state, req, peer, target, span).await
         }
     }
+}
+
+fn authorization(req: &Request<Incoming>) -> Option<&[u8]> {
+    req.headers()
+        .get(http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
 }
 
 fn with_query(mut path: String, req: &Request<Incoming>) -> String {
@@ -468,6 +604,31 @@ mod tests {
                 classify(bad)
             );
         }
-        assert_eq!(classify("/"), ApiRoute::NotFound);
+        assert_eq!(classify("/"), ApiRoute::Dashboard);
+        assert_eq!(classify("/ui/dashboard.js"), ApiRoute::Dashboard);
+        assert_eq!(classify("/ui/other.js"), ApiRoute::NotFound);
+        assert_eq!(classify("/api/v1/events"), ApiRoute::Events);
+        assert_eq!(
+            classify("/api/v1/agents/4/events"),
+            ApiRoute::AgentEvents(4)
+        );
+        assert_eq!(classify("/api/v1/agents/4/views"), ApiRoute::Views(4));
+        assert_eq!(classify("/api/v1/agents/4/views/"), ApiRoute::Views(4));
+        assert_eq!(
+            classify("/api/v1/agents/4/views/pods_by_phase"),
+            ApiRoute::View {
+                agent_id: 4,
+                name: "pods_by_phase".into()
+            }
+        );
+        assert_eq!(classify("/api/v1/agents/4/views/a/b"), ApiRoute::NotFound);
+        assert_eq!(
+            classify("/api/v1/agents/4/cache/apps/v1/Deployment"),
+            ApiRoute::Cache {
+                agent_id: 4,
+                kind: "apps/v1/Deployment".into()
+            }
+        );
+        assert_eq!(classify("/api/v1/agents/x/views"), ApiRoute::NotFound);
     }
 }

@@ -40,8 +40,10 @@ const MAX_ATTEMPTS: usize = 4;
 /// Where a proxied request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    /// The tunnel service (`k8s-api` or `service-proxy`).
+    /// The tunnel service (`k8s-api`, `service-proxy` or `cache`).
     pub service: &'static str,
+    /// The method sent to the agent; `None`: the client's HTTP method (`cache` uses `LIST`).
+    pub method: Option<&'static str>,
     /// The path and query sent to the agent.
     pub path: String,
     /// The agent named by the URL (service proxy); `None`: the bearer's agent (k8s-proxy).
@@ -61,7 +63,9 @@ fn request_head(req: &Request<Incoming>, target: &Target) -> RequestHead {
         .collect();
     RequestHead {
         service: target.service.to_owned(),
-        method: req.method().as_str().to_owned(),
+        method: target
+            .method
+            .map_or_else(|| req.method().as_str().to_owned(), str::to_owned),
         path: target.path.clone(),
         headers,
         timeout_ms: 0,

@@ -14,7 +14,7 @@ use http::StatusCode;
 
 use crate::auth::{RateLimitOptions, RateLimiter};
 use crate::metrics::Metrics;
-use crate::users::{UserAuthError, UserIdentity, UsersFile, parse_bearer};
+use crate::users::{UserAuthError, UserGrant, UserIdentity, UsersFile, parse_bearer};
 
 use super::response::ApiError;
 
@@ -94,6 +94,31 @@ impl UserGate {
                 Err(ApiError::new(status, e.to_string()))
             }
         }
+    }
+}
+
+impl UserGate {
+    /// Authenticates a request's credentials (as [`UserGate::authorize`] does, for the bearer's own
+    /// agent) and returns the user with every agent they may reach: for routes spanning agents
+    /// (`/api/v1/events`). Errors are those of [`UserGate::authorize`].
+    pub fn grant(
+        &self,
+        authorization: Option<&[u8]>,
+        source: IpAddr,
+    ) -> Result<UserGrant, ApiError> {
+        let identity = self.authorize(authorization, None, source)?;
+        // `authorize` accepted the credentials, so they parse again the same way.
+        let header = authorization
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| basic_as_bearer(v).ok());
+        let token = header
+            .as_deref()
+            .and_then(|h| parse_bearer(h).ok())
+            .map(|(_, _, token)| token.to_owned())
+            .unwrap_or_default();
+        self.users
+            .authenticate(identity.kind, &token)
+            .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))
     }
 }
 
@@ -187,6 +212,18 @@ mod tests {
         assert_eq!(e.map_err(|e| e.status.as_u16()).err(), Some(401));
         let e = g.authorize(Some(b"Basic !!!"), None, SRC);
         assert_eq!(e.map_err(|e| e.status.as_u16()).err(), Some(401));
+    }
+
+    #[test]
+    fn grants_list_the_users_agents() {
+        let g = gate(100);
+        let grant = g.grant(Some(b"Bearer pat:1:alice-token"), SRC).unwrap();
+        assert_eq!(grant.name, "alice");
+        assert!(grant.agents.allows(1) && !grant.agents.allows(2));
+        let code = |h: Option<&[u8]>| g.grant(h, SRC).map_err(|e| e.status.as_u16()).err();
+        assert_eq!(code(None), Some(401));
+        assert_eq!(code(Some(b"Bearer pat:1:nope")), Some(401));
+        assert_eq!(code(Some(b"Bearer pat:2:alice-token")), Some(403));
     }
 
     #[test]

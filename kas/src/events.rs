@@ -1,0 +1,575 @@
+//! The event hub: what happens in the clusters and to the agents, broadcast to subscribers (the
+//! Server-Sent Events of [`crate::api::events`], the dashboard).
+//!
+//! Three kinds of [`Event`]:
+//!
+//! - `view`: rows of one agent's view changed (from the view mirror, [`crate::mirrors`]);
+//! - `object`: an object in an agent's cluster was added, modified or deleted (agentk's object
+//!   changes, carried on the views stream);
+//! - `agent`: an agent got its first live tunnel connection, or lost its last one ([`Presence`]).
+//!
+//! Every subscriber has a bounded queue. Publishing never waits: a subscriber whose queue is full is
+//! too slow for the feed and is dropped (its queue is closed, after the events already in it; a warning
+//! is logged once), so one stuck client can neither slow the agents down nor make kas buffer without
+//! bound. The number of subscribers is bounded too. Each event is serialised to JSON once, whatever
+//! the number of subscribers.
+//!
+//! The hub is synchronous (a mutex and non-blocking sends on `async-channel` queues), so it is tested
+//! here without a runtime.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use protocol::cache::ObjectChange;
+use serde_json::{Value, json};
+
+use crate::users::AllowedAgents;
+
+/// Events a subscriber may have waiting before it counts as too slow (default).
+pub const DEFAULT_QUEUE_DEPTH: usize = 1024;
+
+/// Subscribers at most at once (default).
+pub const DEFAULT_MAX_SUBSCRIBERS: usize = 1000;
+
+/// Something that happened, for subscribers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Rows of one view of one agent changed.
+    View {
+        /// The agent.
+        agent_id: u64,
+        /// The view's name.
+        view: String,
+        /// The changed rows: `{"key": {labels}, "values": {metrics} | null}` (`null`: row removed).
+        changes: Vec<Value>,
+    },
+    /// An object in the agent's cluster changed.
+    Object {
+        /// The agent.
+        agent_id: u64,
+        /// What changed.
+        change: ObjectChange,
+    },
+    /// The agent got its first live connection (`connected`) or lost its last one.
+    Agent {
+        /// The agent.
+        agent_id: u64,
+        /// Whether it is connected now.
+        connected: bool,
+    },
+}
+
+impl Event {
+    /// The agent the event is about.
+    pub fn agent_id(&self) -> u64 {
+        match self {
+            Event::View { agent_id, .. }
+            | Event::Object { agent_id, .. }
+            | Event::Agent { agent_id, .. } => *agent_id,
+        }
+    }
+
+    /// The event type: `view`, `object` or `agent` (the SSE `event:` field).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::View { .. } => "view",
+            Event::Object { .. } => "object",
+            Event::Agent { .. } => "agent",
+        }
+    }
+
+    /// The event's JSON (the SSE `data:` field):
+    ///
+    /// ```json
+    /// {"agent_id": 1, "view": "pods_by_phase", "changes": [{"key": {"namespace": "default", "phase": "Running"}, "values": {"count": 4}}]}
+    /// {"agent_id": 1, "group": "", "version": "v1", "kind": "Pod", "namespace": "default", "name": "web-1", "uid": "…", "resource_version": "812", "type": "Added"}
+    /// {"agent_id": 1, "connected": false}
+    /// ```
+    pub fn to_json(&self) -> Value {
+        match self {
+            Event::View {
+                agent_id,
+                view,
+                changes,
+            } => json!({"agent_id": agent_id, "view": view, "changes": changes}),
+            Event::Object { agent_id, change } => {
+                let mut v = serde_json::to_value(change).unwrap_or_else(|_| json!({}));
+                if let Value::Object(map) = &mut v {
+                    map.insert("agent_id".into(), json!(agent_id));
+                }
+                v
+            }
+            Event::Agent {
+                agent_id,
+                connected,
+            } => json!({"agent_id": agent_id, "connected": connected}),
+        }
+    }
+}
+
+/// One published event as subscribers receive it: a hub-wide sequence number and the event's JSON,
+/// serialised once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    /// Increases by one per published event (the SSE `id:` field).
+    pub id: u64,
+    /// `view`, `object` or `agent`.
+    pub kind: &'static str,
+    /// The agent the event is about.
+    pub agent_id: u64,
+    /// [`Event::to_json`], serialised.
+    pub data: String,
+}
+
+/// Which agents' events a subscriber receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every agent's.
+    All,
+    /// One agent's.
+    Agent(u64),
+    /// The agents a user may reach.
+    Allowed(AllowedAgents),
+}
+
+impl Scope {
+    /// Whether events about `agent_id` are in scope.
+    pub fn includes(&self, agent_id: u64) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Agent(id) => *id == agent_id,
+            Scope::Allowed(allowed) => allowed.allows(agent_id),
+        }
+    }
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    /// As many subscribers as the hub takes are subscribed.
+    #[error("too many event subscribers ({0})")]
+    TooMany(usize),
+    /// kas is shutting down.
+    #[error("kas is shutting down")]
+    Closed,
+}
+
+struct Subscriber {
+    scope: Scope,
+    tx: async_channel::Sender<Arc<Published>>,
+    lagged: Arc<AtomicBool>,
+    label: String,
+}
+
+struct HubState {
+    next_event: u64,
+    next_subscriber: u64,
+    subscribers: BTreeMap<u64, Subscriber>,
+    closed: bool,
+    dropped_slow: u64,
+}
+
+struct Shared {
+    state: Mutex<HubState>,
+    queue_depth: usize,
+    max_subscribers: usize,
+}
+
+/// The hub; cheap to clone (all clones share one state).
+#[derive(Clone)]
+pub struct EventHub {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for EventHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventHub")
+            .field("queue_depth", &self.shared.queue_depth)
+            .field("subscribers", &self.subscribers())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for EventHub {
+    fn default() -> Self {
+        EventHub::new(DEFAULT_QUEUE_DEPTH, DEFAULT_MAX_SUBSCRIBERS)
+    }
+}
+
+impl EventHub {
+    /// A hub whose subscribers may each have `queue_depth` events waiting (at least 1), with at most
+    /// `max_subscribers` subscribers at once.
+    pub fn new(queue_depth: usize, max_subscribers: usize) -> Self {
+        EventHub {
+            shared: Arc::new(Shared {
+                state: Mutex::new(HubState {
+                    next_event: 1,
+                    next_subscriber: 1,
+                    subscribers: BTreeMap::new(),
+                    closed: false,
+                    dropped_slow: 0,
+                }),
+                queue_depth: queue_depth.max(1),
+                max_subscribers,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HubState> {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Subscribes to the events in `scope`; `label` names the subscriber in logs (e.g. its address).
+    pub fn subscribe(
+        &self,
+        scope: Scope,
+        label: impl Into<String>,
+    ) -> Result<Subscription, SubscribeError> {
+        let mut s = self.lock();
+        if s.closed {
+            return Err(SubscribeError::Closed);
+        }
+        if s.subscribers.len() >= self.shared.max_subscribers {
+            return Err(SubscribeError::TooMany(self.shared.max_subscribers));
+        }
+        let id = s.next_subscriber;
+        s.next_subscriber += 1;
+        let (tx, rx) = async_channel::bounded(self.shared.queue_depth);
+        let lagged = Arc::new(AtomicBool::new(false));
+        s.subscribers.insert(
+            id,
+            Subscriber {
+                scope,
+                tx,
+                lagged: lagged.clone(),
+                label: label.into(),
+            },
+        );
+        Ok(Subscription {
+            hub: self.clone(),
+            id,
+            rx,
+            lagged,
+        })
+    }
+
+    /// Publishes `event` to every subscriber in whose scope it is; never waits. Returns its id.
+    pub fn publish(&self, event: &Event) -> u64 {
+        let data = event.to_json().to_string();
+        let (kind, agent_id) = (event.kind(), event.agent_id());
+        let mut s = self.lock();
+        let id = s.next_event;
+        s.next_event += 1;
+        if s.closed || s.subscribers.is_empty() {
+            return id;
+        }
+        let published = Arc::new(Published {
+            id,
+            kind,
+            agent_id,
+            data,
+        });
+        let mut gone = Vec::new();
+        for (sub_id, sub) in &s.subscribers {
+            if !sub.scope.includes(agent_id) {
+                continue;
+            }
+            match sub.tx.try_send(published.clone()) {
+                Ok(()) => {}
+                Err(async_channel::TrySendError::Full(_)) => {
+                    sub.lagged.store(true, Ordering::SeqCst);
+                    sub.tx.close();
+                    tracing::warn!(
+                        subscriber = %sub.label,
+                        queue_depth = self.shared.queue_depth,
+                        "event subscriber too slow: dropped"
+                    );
+                    gone.push(*sub_id);
+                }
+                Err(async_channel::TrySendError::Closed(_)) => gone.push(*sub_id),
+            }
+        }
+        for sub_id in gone {
+            if let Some(sub) = s.subscribers.remove(&sub_id)
+                && sub.lagged.load(Ordering::SeqCst)
+            {
+                s.dropped_slow += 1;
+            }
+        }
+        id
+    }
+
+    /// Publishes several events in order.
+    pub fn publish_all(&self, events: &[Event]) {
+        for e in events {
+            self.publish(e);
+        }
+    }
+
+    /// Subscribers now.
+    pub fn subscribers(&self) -> usize {
+        self.lock().subscribers.len()
+    }
+
+    /// Subscribers dropped for being too slow since the hub was made.
+    pub fn dropped_slow(&self) -> u64 {
+        self.lock().dropped_slow
+    }
+
+    /// Shutdown: every subscription ends (after the events already queued) and no new one is taken.
+    pub fn close(&self) {
+        let mut s = self.lock();
+        s.closed = true;
+        for (_, sub) in std::mem::take(&mut s.subscribers) {
+            sub.tx.close();
+        }
+    }
+
+    fn unsubscribe(&self, id: u64) {
+        self.lock().subscribers.remove(&id);
+    }
+}
+
+/// One subscriber's queue. Dropping it unsubscribes.
+#[derive(Debug)]
+pub struct Subscription {
+    hub: EventHub,
+    id: u64,
+    rx: async_channel::Receiver<Arc<Published>>,
+    lagged: Arc<AtomicBool>,
+}
+
+impl Subscription {
+    /// The next event; `None` once the subscription ended (kas shuts down, or the subscriber was too
+    /// slow: see [`Subscription::was_dropped`]).
+    pub async fn recv(&self) -> Option<Arc<Published>> {
+        self.rx.recv().await.ok()
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_recv(&self) -> Option<Arc<Published>> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Whether the hub dropped this subscriber because its queue was full.
+    pub fn was_dropped(&self) -> bool {
+        self.lagged.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(self.id);
+    }
+}
+
+/// Which agents are connected, counted in live tunnel connections: publishes an `agent` event when an
+/// agent gets its first connection or loses its last one (several connections overlap during a GOAWAY
+/// handover; that is not a disconnection).
+#[derive(Debug, Default)]
+pub struct Presence {
+    connections: Mutex<BTreeMap<u64, u32>>,
+}
+
+impl Presence {
+    /// A table with no agent connected.
+    pub fn new() -> Self {
+        Presence::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, u32>> {
+        self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A connection of `agent_id` was registered; publishes `connected` if it is the agent's first.
+    pub fn connection_up(&self, agent_id: u64, hub: &EventHub) {
+        let first = {
+            let mut c = self.lock();
+            let n = c.entry(agent_id).or_insert(0);
+            *n += 1;
+            *n == 1
+        };
+        if first {
+            hub.publish(&Event::Agent {
+                agent_id,
+                connected: true,
+            });
+        }
+    }
+
+    /// A connection of `agent_id` is gone; publishes `disconnected` if it was the agent's last.
+    pub fn connection_down(&self, agent_id: u64, hub: &EventHub) {
+        let last = {
+            let mut c = self.lock();
+            match c.get_mut(&agent_id) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    c.remove(&agent_id);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            hub.publish(&Event::Agent {
+                agent_id,
+                connected: false,
+            });
+        }
+    }
+
+    /// Whether `agent_id` has a live connection.
+    pub fn is_connected(&self, agent_id: u64) -> bool {
+        self.lock().contains_key(&agent_id)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use protocol::cache::{ChangeType, ResourceKind};
+
+    fn agent(agent_id: u64, connected: bool) -> Event {
+        Event::Agent {
+            agent_id,
+            connected,
+        }
+    }
+
+    fn pod_added(agent_id: u64, name: &str) -> Event {
+        Event::Object {
+            agent_id,
+            change: ObjectChange {
+                kind: ResourceKind::pod(),
+                namespace: "default".into(),
+                name: name.into(),
+                uid: "u-1".into(),
+                resource_version: "7".into(),
+                change_type: ChangeType::Added,
+            },
+        }
+    }
+
+    fn drain(sub: &Subscription) -> Vec<Arc<Published>> {
+        std::iter::from_fn(|| sub.try_recv()).collect()
+    }
+
+    #[test]
+    fn event_json_shapes() {
+        assert_eq!(
+            pod_added(3, "web").to_json(),
+            json!({"agent_id": 3, "group": "", "version": "v1", "kind": "Pod", "namespace": "default",
+                   "name": "web", "uid": "u-1", "resource_version": "7", "type": "Added"})
+        );
+        assert_eq!(
+            agent(2, false).to_json(),
+            json!({"agent_id": 2, "connected": false})
+        );
+        let view = Event::View {
+            agent_id: 1,
+            view: "nodes".into(),
+            changes: vec![json!({"key": {}, "values": {"count": 3}})],
+        };
+        assert_eq!(view.kind(), "view");
+        assert_eq!(
+            view.to_json(),
+            json!({"agent_id": 1, "view": "nodes", "changes": [{"key": {}, "values": {"count": 3}}]})
+        );
+    }
+
+    #[test]
+    fn subscribers_get_the_events_in_their_scope_in_order() {
+        let hub = EventHub::new(16, 10);
+        let all = hub.subscribe(Scope::All, "all").unwrap();
+        let one = hub.subscribe(Scope::Agent(1), "one").unwrap();
+        let allowed = hub
+            .subscribe(
+                Scope::Allowed(AllowedAgents::Only([2, 3].into_iter().collect())),
+                "allowed",
+            )
+            .unwrap();
+        hub.publish(&agent(1, true));
+        hub.publish(&pod_added(2, "a"));
+        hub.publish(&pod_added(1, "b"));
+        let ids = |v: Vec<Arc<Published>>| v.iter().map(|p| (p.id, p.agent_id)).collect::<Vec<_>>();
+        assert_eq!(ids(drain(&all)), vec![(1, 1), (2, 2), (3, 1)]);
+        assert_eq!(ids(drain(&one)), vec![(1, 1), (3, 1)]);
+        assert_eq!(ids(drain(&allowed)), vec![(2, 2)]);
+        let p = hub.publish(&agent(9, false));
+        assert_eq!(p, 4);
+        let got = drain(&all);
+        assert_eq!(got[0].kind, "agent");
+        assert_eq!(
+            serde_json::from_str::<Value>(&got[0].data).unwrap(),
+            json!({"agent_id": 9, "connected": false})
+        );
+    }
+
+    #[test]
+    fn a_slow_subscriber_is_dropped_without_disturbing_others() {
+        let hub = EventHub::new(2, 10);
+        let slow = hub.subscribe(Scope::All, "slow").unwrap();
+        let fast = hub.subscribe(Scope::All, "fast").unwrap();
+        for i in 0..5 {
+            hub.publish(&pod_added(1, &format!("p{i}")));
+            // The fast one keeps up.
+            assert_eq!(drain(&fast).len(), 1);
+        }
+        assert!(slow.was_dropped());
+        assert!(!fast.was_dropped());
+        assert_eq!(hub.subscribers(), 1);
+        assert_eq!(hub.dropped_slow(), 1);
+        // What was queued before the drop is still delivered, then the subscription ends.
+        assert_eq!(drain(&slow).len(), 2);
+        assert_eq!(smol::block_on(slow.recv()), None);
+    }
+
+    #[test]
+    fn dropping_a_subscription_unsubscribes_and_close_ends_all() {
+        let hub = EventHub::new(4, 2);
+        let a = hub.subscribe(Scope::All, "a").unwrap();
+        let b = hub.subscribe(Scope::All, "b").unwrap();
+        assert_eq!(
+            hub.subscribe(Scope::All, "c").map(|_| ()),
+            Err(SubscribeError::TooMany(2))
+        );
+        drop(b);
+        assert_eq!(hub.subscribers(), 1);
+        hub.publish(&agent(1, true));
+        hub.close();
+        assert_eq!(drain(&a).len(), 1);
+        assert_eq!(smol::block_on(a.recv()), None);
+        assert!(!a.was_dropped());
+        assert_eq!(
+            hub.subscribe(Scope::All, "late").map(|_| ()),
+            Err(SubscribeError::Closed)
+        );
+    }
+
+    #[test]
+    fn presence_reports_first_and_last_connection_only() {
+        let hub = EventHub::new(16, 10);
+        let sub = hub.subscribe(Scope::All, "t").unwrap();
+        let p = Presence::new();
+        p.connection_up(1, &hub);
+        p.connection_up(1, &hub); // GOAWAY handover: a second connection
+        p.connection_down(1, &hub);
+        assert!(p.is_connected(1));
+        p.connection_down(1, &hub);
+        p.connection_down(1, &hub); // unknown: nothing
+        assert!(!p.is_connected(1));
+        let got: Vec<String> = drain(&sub).iter().map(|e| e.data.clone()).collect();
+        assert_eq!(
+            got,
+            vec![
+                r#"{"agent_id":1,"connected":true}"#.to_owned(),
+                r#"{"agent_id":1,"connected":false}"#.to_owned()
+            ]
+        );
+    }
+}

@@ -1,0 +1,325 @@
+//! The dashboard end to end in headless Chromium: the demo deployment (kas, two simulated clusters,
+//! two agentk) is started in-process, Chromium loads `/`, the test changes cluster 1 (a node and a pod
+//! are added) and polls the page's DOM over the DevTools protocol until the new counts and the events
+//! appear — in the same page (a marker set on `window` before the change is still there, so nothing
+//! reloaded). A screenshot is saved as `target/artifacts/dashboard.png`.
+//!
+//! Needs Debian's `chromium` (`/usr/bin/chromium`, or the path in `$CHROMIUM`); the test fails with a
+//! clear message when it is missing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kas::demo::{Demo, DemoOptions};
+use serde_json::{Value, json};
+use support::GUARD;
+
+/// How long Chromium may take to start (a hang guard; it is slow on a busy machine).
+const BROWSER_START: Duration = Duration::from_secs(60);
+
+fn chromium_path() -> PathBuf {
+    let path = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    assert!(
+        path.exists(),
+        "Chromium is needed for the dashboard test and was not found at {} \
+         (install Debian's `chromium` package, or set CHROMIUM to its path)",
+        path.display()
+    );
+    path
+}
+
+fn artifacts_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("artifacts")
+}
+
+/// A headless Chromium with remote debugging; killed when dropped.
+struct Browser {
+    child: Child,
+    port: u16,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn launch() -> Browser {
+        let profile = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(profile.path().join("chromium.log")).unwrap();
+        let child = Command::new(chromium_path())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                // The demo's HTTPS API uses the demo's own throw-away CA.
+                "--ignore-certificate-errors",
+                "--window-size=1400,640",
+                "--remote-debugging-port=0",
+                "--remote-allow-origins=*",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start chromium: {e}"));
+        let mut browser = Browser {
+            child,
+            port: 0,
+            _profile: profile,
+        };
+        // Chromium writes the port it chose to DevToolsActivePort in the profile directory.
+        let port_file = browser._profile.path().join("DevToolsActivePort");
+        let deadline = Instant::now() + BROWSER_START;
+        loop {
+            if let Some(port) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
+            {
+                browser.port = port;
+                break;
+            }
+            if let Ok(Some(status)) = browser.child.try_wait() {
+                panic!(
+                    "chromium exited ({status}) before it listened: {}",
+                    browser.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromium did not start remote debugging: {}",
+                browser.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        browser
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._profile.path().join("chromium.log")).unwrap_or_default()
+    }
+
+    /// A DevTools connection to the browser's first page.
+    fn page(&self) -> Cdp {
+        let list = support::get(&format!("http://127.0.0.1:{}/json/list", self.port), None);
+        assert_eq!(list.status, 200, "{}", list.body);
+        let targets = list.json();
+        let url = targets
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["type"] == "page")
+            .and_then(|t| t["webSocketDebuggerUrl"].as_str())
+            .unwrap_or_else(|| panic!("no page target: {targets}"))
+            .to_owned();
+        Cdp::connect(&url)
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal Chrome DevTools Protocol client: one request at a time, events skipped.
+struct Cdp {
+    ws: tungstenite::WebSocket<TcpStream>,
+    next_id: u64,
+}
+
+impl Cdp {
+    fn connect(url: &str) -> Cdp {
+        let addr = url
+            .strip_prefix("ws://")
+            .and_then(|r| r.split('/').next())
+            .unwrap_or_else(|| panic!("unexpected DevTools URL {url}"));
+        let tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(GUARD)).unwrap();
+        let (ws, _) = tungstenite::client(url, tcp).unwrap();
+        Cdp { ws, next_id: 1 }
+    }
+
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = json!({"id": id, "method": method, "params": params});
+        self.ws
+            .send(tungstenite::Message::text(request.to_string()))
+            .unwrap();
+        // Bounded: events in between are skipped; the socket's read timeout is the hang guard.
+        for _ in 0..100_000 {
+            let message = self.ws.read().unwrap();
+            let Ok(text) = message.to_text() else {
+                continue;
+            };
+            let Ok(reply) = serde_json::from_str::<Value>(text) else {
+                continue;
+            };
+            if reply["id"] == id {
+                assert!(
+                    reply.get("error").is_none(),
+                    "{method} failed: {}",
+                    reply["error"]
+                );
+                return reply["result"].clone();
+            }
+        }
+        panic!("no answer to {method}");
+    }
+
+    /// Evaluates `expression` in the page: its value (JSON-serialisable), or the exception.
+    fn try_eval(&mut self, expression: &str) -> Result<Value, Value> {
+        let r = self.call(
+            "Runtime.evaluate",
+            json!({"expression": expression, "returnByValue": true}),
+        );
+        match r.get("exceptionDetails") {
+            Some(e) => Err(e.clone()),
+            None => Ok(r["result"]["value"].clone()),
+        }
+    }
+
+    /// [`Cdp::try_eval`], panicking on an exception.
+    fn eval(&mut self, expression: &str) -> Value {
+        self.try_eval(expression)
+            .unwrap_or_else(|e| panic!("{expression}: {e}"))
+    }
+}
+
+/// What the page shows for agent 1, read from the DOM.
+const READ_PAGE: &str = r#"(() => {
+  const card = document.querySelector('.agent[data-agent="1"]');
+  const f = (n) => { const el = card && card.querySelector('[data-field="' + n + '"]'); return el ? el.textContent : null; };
+  return {
+    agents: document.querySelectorAll('.agent[data-agent]').length,
+    status: f('status'),
+    nodes: f('nodes-count'),
+    ready: f('nodes-ready'),
+    pods: f('pods-total'),
+    desired: f('deployments-desired'),
+    events: [...document.querySelectorAll('#events li:not([hidden])')].map((li) => li.textContent),
+    marker: window.__kasTestMarker || null,
+    login_shown: document.getElementById('login') ? getComputedStyle(document.getElementById('login')).display !== 'none' : null,
+    opens: (window.kasDashboard || {}).streamOpens || 0,
+  };
+})()"#;
+
+/// Polls the page until `f` accepts what it shows (hang guard [`GUARD`]).
+fn wait_page(cdp: &mut Cdp, what: &str, mut f: impl FnMut(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + GUARD;
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        // While the page is still loading the expression may throw: try again.
+        last = cdp.try_eval(READ_PAGE).unwrap_or_else(|e| e);
+        if f(&last) {
+            return last;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for the page to show {what}; it shows {last:#}");
+}
+
+fn count(v: &Value, field: &str) -> Option<usize> {
+    v[field].as_str().and_then(|s| s.parse().ok())
+}
+
+#[test]
+fn the_dashboard_updates_in_place_when_the_cluster_changes() {
+    let chromium = chromium_path();
+    let state = tempfile::tempdir().unwrap();
+    let mut opts = DemoOptions::new(2, state.path().join("demo"));
+    opts.agent_listen = "127.0.0.1:0".parse().unwrap();
+    opts.api_listen = "127.0.0.1:0".parse().unwrap();
+    opts.nodes = 3;
+    opts.pods = 8;
+    opts.churn = 0.0;
+    let demo = Demo::start(&opts).unwrap();
+    let cluster = demo.cluster(1).unwrap();
+    let url = format!("{}/", demo.kas().api_url());
+    let browser = Browser::launch();
+    let mut page = browser.page();
+    page.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": 1400, "height": 640, "deviceScaleFactor": 1, "mobile": false}),
+    );
+    page.call("Page.enable", json!({}));
+    page.call("Page.navigate", json!({"url": url}));
+
+    let store = cluster.store();
+    let nodes_now = || store.list("v1", "Node", None).len();
+    let pods_now = || store.list("v1", "Pod", None).len();
+    let shown = wait_page(&mut page, "both agents with the cluster's counts", |v| {
+        v["agents"] == 2
+            && v["status"] == "connected"
+            && v["opens"].as_u64() >= Some(1)
+            && count(v, "nodes") == Some(nodes_now())
+            && count(v, "pods") == Some(pods_now())
+    });
+    let (nodes, pods) = (nodes_now(), pods_now());
+    assert_eq!(
+        shown["login_shown"], false,
+        "the demo's API is public: no token is asked for"
+    );
+    assert_eq!(nodes, 3, "{shown}");
+    assert!(pods >= 8, "{shown}");
+
+    // Marks this page: a reload would lose it.
+    page.eval("window.__kasTestMarker = 'same-page'; true");
+    store.add_node("e2e-node").unwrap();
+    store.add_pod("default", "e2e-pod").unwrap();
+
+    let shown = wait_page(&mut page, "the new node, pod and their events", |v| {
+        let events: Vec<&str> = v["events"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        count(v, "nodes") == Some(nodes + 1)
+            && count(v, "ready") == Some(nodes + 1)
+            && count(v, "pods") == Some(pods + 1)
+            && events
+                .iter()
+                .any(|e| e.contains("Added") && e.contains("Pod default/e2e-pod"))
+            && events
+                .iter()
+                .any(|e| e.contains("Added") && e.contains("Node e2e-node"))
+    });
+    assert_eq!(
+        shown["marker"], "same-page",
+        "the page must update in place, without a reload: {shown}"
+    );
+
+    // The screenshot, as a test artefact (and for the README).
+    let shot = page.call("Page.captureScreenshot", json!({"format": "png"}));
+    let png = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        shot["data"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    let dir = artifacts_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dashboard.png");
+    std::fs::write(&path, &png).unwrap();
+    println!("screenshot: {} ({})", path.display(), chromium.display());
+
+    drop(page);
+    drop(browser);
+    demo.shutdown();
+}
