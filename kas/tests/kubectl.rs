@@ -2,7 +2,8 @@
 //! with the token `pat:1:<token>`, and a forwarding fake agent that sends `k8s-api` streams to the
 //! simulated Kubernetes API server (a minimal stand-in for agentk, so this test needs only kas).
 //!
-//! Skipped, with a message, when `kubectl` is not installed (`apt-get install kubernetes-client`).
+//! `kubectl` is required: without it these tests fail with a message saying how to install it
+//! (`apt-get install kubernetes-client`); they never skip.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -29,6 +30,16 @@ fn kubectl_available() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Fails the test, saying how to install kubectl, when it is missing: a skipped test would pass.
+fn require_kubectl() {
+    assert!(
+        kubectl_available(),
+        "kubectl is not installed or does not run (`kubectl version --client` failed): these tests \
+         drive the real kubectl and do not skip. Install it (Debian/Ubuntu: `apt-get install \
+         kubernetes-client`) and run again."
+    );
 }
 
 /// Serves one k8s-api stream by sending it to the API server at `upstream` over HTTP/1.1.
@@ -175,10 +186,7 @@ fn cluster(start: impl FnOnce(&Env) -> kas::Running) -> (Cluster, kas::Running) 
 
 #[test]
 fn kubectl_works_through_kas_over_https_with_a_bearer_token() {
-    if !kubectl_available() {
-        eprintln!("SKIPPED: kubectl is not installed (apt-get install kubernetes-client)");
-        return;
-    }
+    require_kubectl();
     let (c, kas) = cluster(Env::start_https);
     assert!(kas.k8s_proxy_url().starts_with("https://127.0.0.1:"));
     let ca = c.env.dir.path().join("ca.pem");
@@ -250,10 +258,7 @@ fn kubectl_works_through_kas_over_https_with_a_bearer_token() {
 
 #[test]
 fn kubectl_works_over_plain_http_with_credentials_in_the_url() {
-    if !kubectl_available() {
-        eprintln!("SKIPPED: kubectl is not installed (apt-get install kubernetes-client)");
-        return;
-    }
+    require_kubectl();
     let (c, kas) = cluster(Env::start);
     let config = c.env.dir.path().join("kubeconfig");
     // kubectl sends no bearer token over plain HTTP; credentials in the URL become Basic auth.

@@ -225,7 +225,14 @@ pub async fn proxy(
             }
             Some(Err(e)) => return Err(tunnel_failure(agent_id, &e)),
             Some(Ok(head)) => {
-                let body = TunnelBody::new(stream, lease, state.metrics.clone(), span.clone());
+                let length = head
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(&h.value).ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                let body = TunnelBody::new(stream, lease, state.metrics.clone(), span.clone())
+                    .with_content_length(length);
                 return response_from(&head, body.boxed_unsync()).map_err(|m| {
                     ApiError::new(StatusCode::BAD_GATEWAY, format!("agent {agent_id}: {m}"))
                 });

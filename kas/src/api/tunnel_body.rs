@@ -54,6 +54,9 @@ pub struct TunnelBody {
     stream: Arc<Stream>,
     next: Option<NextFuture>,
     done: bool,
+    /// Octets still expected when the response head announced a Content-Length: once they are all
+    /// delivered the body is complete, even if hyper drops it before seeing the stream's end.
+    remaining: Option<u64>,
     _lease: Lease<Connection>,
     metrics: Arc<Metrics>,
     span: tracing::Span,
@@ -71,10 +74,19 @@ impl TunnelBody {
             stream,
             next: None,
             done: false,
+            remaining: None,
             _lease: lease,
             metrics,
             span,
         }
+    }
+}
+
+impl TunnelBody {
+    /// Declares the length the response head announced (`Content-Length`).
+    pub fn with_content_length(mut self, length: Option<u64>) -> Self {
+        self.remaining = length;
+        self
     }
 }
 
@@ -100,6 +112,13 @@ impl Body for TunnelBody {
         match event {
             Next::Data(bytes) => {
                 this.metrics.bytes_out(bytes.len());
+                if let Some(left) = &mut this.remaining {
+                    *left = left.saturating_sub(bytes.len() as u64);
+                    if *left == 0 {
+                        // Everything announced has arrived: hyper may now drop the body unread.
+                        this.done = true;
+                    }
+                }
                 Poll::Ready(Some(Ok(Frame::data(bytes))))
             }
             Next::End => {
