@@ -1,0 +1,781 @@
+//! A simulated agentk: its cluster, its informer cache ([`AgentCache`], the production code), its
+//! reconnect policy ([`Reconnect`], agentk's own) and its side of the tunnel.
+//!
+//! Life of an agent: it boots (a new process: a new cache epoch, a relist of its cluster), dials a kas
+//! replica picked by the load balancer, says HELLO, and once accepted opens the `views` stream on
+//! which its publisher pushes view updates (length-delimited protobuf in DATA) and receives kas's
+//! acknowledgements and resync requests. kas's requests arrive as streams; the agent checks they are
+//! meant for it, takes a random think time and answers — from its informer cache for the `cache`
+//! service, with a body of the configured size otherwise. When kas sends GOAWAY the agent hands over:
+//! it dials a replacement at once and lets the old connection finish its streams. When a connection is
+//! lost it backs off as [`Reconnect`] decides.
+
+use std::collections::BTreeSet;
+use std::num::NonZeroU64;
+use std::time::Duration;
+
+use agentk::reconnect::{BackoffPolicy, Ending, Next, Reconnect};
+use bytes::Bytes;
+use protocol::cache::proto as cache_proto;
+use protocol::cache::{AgentCache, LabelSelector, PublisherConfig, default_views};
+use protocol::{AgentHello, CloseReason, Connection, ErrorCode, Event, StreamId, proto};
+use rand::Rng;
+
+use super::clock::SimTime;
+use super::cluster::Cluster;
+use super::flow::{AgentEnd, End, Flow, Serving, Side, drain_outbox, send_body};
+use super::framing;
+use super::net::{Dir, Link, LinkParams, PathFaults};
+use super::scenario::{LoadBalancing, Scenario};
+use super::world::{Ev, World};
+
+/// Header naming the agent a request is meant for.
+pub const AGENT_HEADER: &str = "x-sim-agent";
+/// Header carrying the client request id.
+pub const REQUEST_HEADER: &str = "x-sim-request";
+/// Header carrying the request kind (index into the scenario's mix).
+pub const KIND_HEADER: &str = "x-sim-kind";
+
+/// Where an agent is in its connection life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentState {
+    /// The process is not running.
+    Down,
+    /// Waiting for the back-off to pass (a `Dial` event is scheduled).
+    Waiting,
+    /// TCP connect in progress (`None`: it will fail).
+    Dialing { flow: Option<u64> },
+    /// HELLO sent.
+    Handshaking { flow: u64 },
+    /// Accepted; `flow` is the active connection.
+    Connected { flow: u64 },
+}
+
+/// One simulated agent (see the module docs).
+#[derive(Debug)]
+pub struct SimAgent {
+    pub id: u64,
+    pub up: bool,
+    pub cluster: Cluster,
+    pub cache: Option<AgentCache>,
+    pub reconnect: Reconnect,
+    pub state: AgentState,
+    /// Invalidates stale `Dial`/`DialFailed` events.
+    pub dial_gen: u64,
+    /// Flows with a live agent end (the active one and draining ones).
+    pub flows: BTreeSet<u64>,
+    pub timer_at: Option<SimTime>,
+    pub connected_since: Option<SimTime>,
+    pub faults: PathFaults,
+    pub link: LinkParams,
+    pub restarts: u32,
+    pub connects: u64,
+}
+
+impl SimAgent {
+    pub fn new(index: usize, sc: &Scenario, latency: Duration, policy: BackoffPolicy) -> SimAgent {
+        let id = index as u64 + 1;
+        SimAgent {
+            id,
+            up: false,
+            cluster: Cluster::new(id, &sc.cluster),
+            cache: None,
+            reconnect: Reconnect::new(policy),
+            state: AgentState::Down,
+            dial_gen: 0,
+            flows: BTreeSet::new(),
+            timer_at: None,
+            connected_since: None,
+            faults: PathFaults::default(),
+            link: LinkParams {
+                latency,
+                jitter: sc.network.jitter,
+                bandwidth: sc.network.bandwidth,
+            },
+            restarts: 0,
+            connects: 0,
+        }
+    }
+
+    /// The active connection, if established.
+    pub fn connected_flow(&self) -> Option<u64> {
+        match self.state {
+            AgentState::Connected { flow } => Some(flow),
+            _ => None,
+        }
+    }
+}
+
+fn header_u64(head: &proto::RequestHead, name: &str) -> Option<u64> {
+    head.headers
+        .iter()
+        .find(|h| h.name == name)
+        .and_then(|h| std::str::from_utf8(&h.value).ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn header(name: &str, value: u64) -> proto::Header {
+    proto::Header {
+        name: name.to_owned(),
+        value: value.to_string().into_bytes().into(),
+    }
+}
+
+/// Connection errors that only a buggy peer (or a bug in the core) can cause. A GOAWAY received during
+/// the handshake is the exception: PROTOCOL.md 7.6 says a peer giving up on the handshake (its handshake
+/// timeout) sends one, and the other side sees it as a protocol error.
+pub fn is_protocol_failure(reason: &CloseReason) -> bool {
+    if let CloseReason::Local(protocol::ConnectionError::BeforeHandshake { frame: "GOAWAY" }) =
+        reason
+    {
+        return false;
+    }
+    let code = match reason {
+        CloseReason::Local(e) => e.code(),
+        CloseReason::Remote { code, .. } => *code,
+        _ => return false,
+    };
+    matches!(
+        code,
+        ErrorCode::Protocol
+            | ErrorCode::FlowControl
+            | ErrorCode::StreamClosed
+            | ErrorCode::FrameSize
+            | ErrorCode::HeaderTooLarge
+            | ErrorCode::Internal
+    )
+}
+
+impl World {
+    // ------------------------------------------------------------------ life cycle
+
+    pub(super) fn agent_boot(&mut self, i: usize) {
+        let epoch = NonZeroU64::new(self.rng.random::<u64>() | 1).unwrap_or(NonZeroU64::MIN);
+        let mut cfg = PublisherConfig::new(epoch);
+        cfg.window = self.sc.agent.views_window;
+        cfg.ack_timeout = self.sc.agent.views_ack_timeout;
+        cfg.max_unacked = self.sc.agent.views_max_unacked;
+        let mut cache = match AgentCache::new(&default_views(), cfg) {
+            Ok(c) => c,
+            Err(e) => {
+                self.violate("agent-cache", format!("default views do not compile: {e}"));
+                return;
+            }
+        };
+        let a = &mut self.agents[i];
+        for (kind, ev) in a.cluster.relist() {
+            if let Err(e) = cache.apply(&kind, ev) {
+                let detail = format!("agent {} relist rejected: {e}", a.id);
+                self.violate("agent-cache", detail);
+                return;
+            }
+        }
+        a.cache = Some(cache);
+        a.up = true;
+        a.reconnect = Reconnect::new(self.policy);
+        a.dial_gen += 1;
+        a.state = AgentState::Waiting;
+        let attempt = a.dial_gen;
+        self.note(format_args!("agent-up a={i} epoch={epoch}"));
+        self.agent_dial(i, attempt);
+    }
+
+    /// The process dies (its sockets are reset by the kernel); it boots again after `down_for`.
+    pub(super) fn agent_crash(&mut self, i: usize, down_for: Duration) {
+        let a = &mut self.agents[i];
+        if !a.up {
+            return;
+        }
+        a.up = false;
+        a.cache = None;
+        a.dial_gen += 1;
+        a.state = AgentState::Down;
+        a.connected_since = None;
+        a.restarts += 1;
+        let flows = std::mem::take(&mut a.flows);
+        self.note(format_args!("agent-down a={i} flows={}", flows.len()));
+        for fid in flows {
+            let Some(flow) = self.flows.get_mut(&fid) else {
+                continue;
+            };
+            flow.a = End::Gone;
+            if flow.k.live().is_some() {
+                self.send_signal(fid, Dir::Up, true);
+            }
+            self.maybe_remove_flow(fid);
+        }
+        self.queue
+            .push(self.now.plus(down_for), Ev::Boot { agent: i });
+    }
+
+    /// Picks a replica as the load balancer in front of kas does.
+    fn lb_pick(&mut self) -> Option<usize> {
+        let up: Vec<usize> = (0..self.kas.len()).filter(|k| self.lb_up[*k]).collect();
+        if up.is_empty() {
+            return None;
+        }
+        Some(match self.sc.agent.load_balancing {
+            LoadBalancing::Random => up[self.rng.random_range(0..up.len())],
+            LoadBalancing::RoundRobin => {
+                let n = self.kas.len();
+                let mut pick = up[0];
+                for step in 0..n {
+                    let k = (self.lb_next + step) % n;
+                    if self.lb_up[k] {
+                        pick = k;
+                        break;
+                    }
+                }
+                self.lb_next = (pick + 1) % n;
+                pick
+            }
+        })
+    }
+
+    pub(super) fn agent_dial(&mut self, i: usize, attempt: u64) {
+        let a = &self.agents[i];
+        if !a.up || a.dial_gen != attempt || a.state != AgentState::Waiting {
+            return;
+        }
+        let latency = a.link.latency;
+        let connect_timeout = self.sc.network.connect_timeout;
+        let Some(k) = self.lb_pick() else {
+            self.agents[i].state = AgentState::Dialing { flow: None };
+            self.queue
+                .push(self.now, Ev::DialFailed { agent: i, attempt });
+            return;
+        };
+        let kas = &self.kas[k];
+        let partitioned = self.agents[i]
+            .faults
+            .partitioned_until(k, self.now)
+            .is_some();
+        let fail_at = if partitioned || !kas.host_up() {
+            Some(self.now.plus(connect_timeout))
+        } else if !kas.accepting() {
+            Some(self.now.plus(latency * 2))
+        } else {
+            None
+        };
+        if let Some(at) = fail_at {
+            self.agents[i].state = AgentState::Dialing { flow: None };
+            self.queue.push(at, Ev::DialFailed { agent: i, attempt });
+            return;
+        }
+        let fid = self.new_flow_id();
+        let mut link = Link::new(self.agents[i].link, self.now);
+        let syn = link.signal(Dir::Up, self.now, k, &self.agents[i].faults, &mut self.rng);
+        self.flows.insert(
+            fid,
+            Flow {
+                agent: i,
+                kas: k,
+                incarnation: self.kas[k].incarnation,
+                link,
+                a: End::Pending,
+                k: End::Pending,
+                created: self.now,
+            },
+        );
+        self.agents[i].state = AgentState::Dialing { flow: Some(fid) };
+        self.note(format_args!("dial a={i} k={k} f={fid}"));
+        if let Some(at) = syn {
+            self.queue.push(at, Ev::Syn { flow: fid });
+        }
+        // The connect gives up unless the SYN-ACK arrived by then (it may be lost or held).
+        self.queue.push(
+            self.now.plus(connect_timeout),
+            Ev::DialFailed { agent: i, attempt },
+        );
+    }
+
+    pub(super) fn agent_dial_failed(&mut self, i: usize, attempt: u64) {
+        let a = &mut self.agents[i];
+        if !a.up || a.dial_gen != attempt || !matches!(a.state, AgentState::Dialing { .. }) {
+            return;
+        }
+        if let AgentState::Dialing { flow: Some(fid) } = a.state
+            && let Some(flow) = self.flows.get_mut(&fid)
+        {
+            // The socket is abandoned; a SYN-ACK arriving later gets RST.
+            flow.a = End::Gone;
+            self.maybe_remove_flow(fid);
+        }
+        let unit: f64 = self.rng.random();
+        let next = self.agents[i].reconnect.failed(self.now_i, unit, None);
+        self.note(format_args!("dial-failed a={i}"));
+        self.schedule_dial(i, next, None);
+    }
+
+    /// Schedules the next dial as the reconnect policy said, checking its bound.
+    fn schedule_dial(&mut self, i: usize, next: Next, retry_after: Option<Duration>) {
+        let a = &mut self.agents[i];
+        a.dial_gen += 1;
+        a.state = AgentState::Waiting;
+        let attempt = a.dial_gen;
+        let at = match next {
+            Next::Connect => self.now,
+            Next::WaitUntil(t) => self.clock.to_sim(t).max(self.now),
+        };
+        let bound = self.policy.max.max(retry_after.unwrap_or_default());
+        if at.since(self.now) > bound {
+            let detail = format!(
+                "agent {} backs off {:?}, beyond the bound {bound:?}",
+                a.id,
+                at.since(self.now)
+            );
+            self.violate("backoff-bound", detail);
+        }
+        self.queue.push(at, Ev::Dial { agent: i, attempt });
+    }
+
+    pub(super) fn agent_syn_ack(&mut self, fid: u64) {
+        let Some(flow) = self.flows.get(&fid) else {
+            return;
+        };
+        let i = flow.agent;
+        let a = &self.agents[i];
+        let wanted = a.up && a.state == (AgentState::Dialing { flow: Some(fid) });
+        if !wanted || !matches!(flow.a, End::Pending) {
+            if let Some(flow) = self.flows.get_mut(&fid) {
+                flow.a = End::Gone;
+            }
+            self.send_signal(fid, Dir::Up, true);
+            self.maybe_remove_flow(fid);
+            return;
+        }
+        let hello = AgentHello {
+            token: format!("agent-{}", a.id),
+            meta: proto::AgentMeta {
+                version: "sim".into(),
+                capabilities: vec![protocol::service::VIEWS.into()],
+                ..Default::default()
+            },
+        };
+        let conn = Connection::agent(self.config.clone(), hello, self.now_i);
+        if let Some(flow) = self.flows.get_mut(&fid) {
+            flow.a = End::Live(AgentEnd::new(conn));
+        }
+        let a = &mut self.agents[i];
+        a.state = AgentState::Handshaking { flow: fid };
+        a.flows.insert(fid);
+        self.pump(fid, Side::Agent);
+    }
+
+    // ------------------------------------------------------------------ connection events
+
+    pub(super) fn on_agent_event(&mut self, fid: u64, ev: Event) {
+        let Some(flow) = self.flows.get_mut(&fid) else {
+            return;
+        };
+        let i = flow.agent;
+        let Some(end) = flow.a.live_mut() else {
+            return;
+        };
+        match ev {
+            Event::Connected(e) => {
+                end.connected_at = Some(self.now);
+                let head = proto::RequestHead {
+                    service: protocol::service::VIEWS.into(),
+                    method: "STREAM".into(),
+                    path: "/".into(),
+                    ..Default::default()
+                };
+                match end.conn.open_stream(head, false) {
+                    Ok(id) => end.views = Some(id),
+                    Err(err) => {
+                        let detail =
+                            format!("agent {} cannot open its views stream: {err}", e.agent_id);
+                        self.violate("views-stream", detail);
+                    }
+                }
+                if e.agent_id != self.agents[i].id {
+                    let detail = format!(
+                        "agent {} was accepted as agent {}",
+                        self.agents[i].id, e.agent_id
+                    );
+                    self.violate("identity", detail);
+                }
+                let a = &mut self.agents[i];
+                a.state = AgentState::Connected { flow: fid };
+                a.reconnect.connected(self.now_i);
+                a.connected_since = Some(self.now);
+                a.connects += 1;
+                self.metrics.agent_connected(i, self.now);
+                self.note(format_args!("connected a={i} f={fid}"));
+            }
+            Event::Response { id, .. } if end.views == Some(id) => {
+                if self.agents[i].connected_flow() == Some(fid)
+                    && let Some(cache) = &mut self.agents[i].cache
+                {
+                    cache.on_connected(self.now_i);
+                }
+                self.pump_views(i);
+            }
+            Event::Data { id, data } => {
+                end.conn.release_capacity(id, data.len());
+                if end.views == Some(id) {
+                    end.views_rx.push(&data);
+                    let mut msgs = Vec::new();
+                    // Each round takes one message out of a finite buffer.
+                    loop {
+                        match end.views_rx.next_message::<cache_proto::ServerToAgent>() {
+                            Ok(Some(m)) => msgs.push(m),
+                            Ok(None) => break,
+                            Err(e) => {
+                                self.violate("views-framing", format!("agent {i}: {e}"));
+                                return;
+                            }
+                        }
+                    }
+                    if let Some(cache) = &mut self.agents[i].cache {
+                        for m in &msgs {
+                            cache.handle(m, self.now_i);
+                        }
+                    }
+                    self.pump_views(i);
+                }
+            }
+            Event::Finished { id } | Event::Trailer { id, .. } => {
+                if let Some(s) = end.serving.get_mut(&id) {
+                    s.body_done = true;
+                    self.schedule_respond(fid, id);
+                } else if end.views == Some(id) {
+                    // kas ended the views stream: close ours too and stop publishing on it.
+                    end.views = None;
+                    end.conn.reset(id, ErrorCode::Cancel, "views stream ended");
+                    self.views_gone(i, fid);
+                }
+            }
+            Event::StreamOpened {
+                id,
+                head,
+                end_stream,
+            } => {
+                let target = header_u64(&head, AGENT_HEADER);
+                let request = header_u64(&head, REQUEST_HEADER).unwrap_or(0);
+                let kind = header_u64(&head, KIND_HEADER).unwrap_or(0) as usize;
+                let me = self.agents[i].id;
+                end.serving.insert(
+                    id,
+                    Serving {
+                        request,
+                        kind,
+                        body_done: end_stream,
+                    },
+                );
+                if target != Some(me) {
+                    let meant = target.map_or_else(|| "(none)".to_owned(), |t| t.to_string());
+                    let detail = format!(
+                        "request {request} meant for agent {meant} was delivered to agent {me} \
+                         (flow {fid}, stream {id})"
+                    );
+                    self.violate("misdelivered-request", detail);
+                }
+                if end_stream {
+                    self.schedule_respond(fid, id);
+                }
+            }
+            Event::Reset { id, .. } => {
+                end.serving.remove(&id);
+                end.outbox.remove(&id);
+                if end.views == Some(id) {
+                    end.views = None;
+                    self.views_gone(i, fid);
+                }
+            }
+            Event::Writable { id } => {
+                if let Err(e) = drain_outbox(&mut end.conn, &mut end.outbox, id) {
+                    tracing::debug!(error = %e, "agent outbox");
+                    end.outbox.remove(&id);
+                }
+            }
+            Event::GoAway { .. } => {
+                let active = self.agents[i].connected_flow() == Some(fid);
+                if active && !end.draining {
+                    end.draining = true;
+                    if let Some(v) = end.views.take() {
+                        end.conn
+                            .reset(v, ErrorCode::Cancel, "handing over to a new connection");
+                    }
+                    let lived = end
+                        .connected_at
+                        .map_or(Duration::ZERO, |t| self.now.since(t));
+                    self.views_gone(i, fid);
+                    let unit: f64 = self.rng.random();
+                    let a = &mut self.agents[i];
+                    let next =
+                        a.reconnect
+                            .after_connection(Ending::GoingAway, lived, self.now_i, unit);
+                    self.note(format_args!("goaway a={i} f={fid}"));
+                    self.schedule_dial(i, next, None);
+                }
+            }
+            Event::Closed(reason) => {
+                let connected_at = end.connected_at;
+                let carried_views = end.views.take().is_some();
+                if is_protocol_failure(&reason) {
+                    let detail = format!("agent {i} connection {fid} failed: {reason}");
+                    self.violate("protocol-error", detail);
+                }
+                self.note(format_args!("closed a={i} f={fid} {reason}"));
+                let a = &mut self.agents[i];
+                a.flows.remove(&fid);
+                let was_active = matches!(
+                    a.state,
+                    AgentState::Connected { flow } | AgentState::Handshaking { flow } if flow == fid
+                );
+                if carried_views && was_active {
+                    self.views_gone(i, fid);
+                }
+                if !was_active {
+                    return;
+                }
+                let a = &mut self.agents[i];
+                a.connected_since = None;
+                let unit: f64 = self.rng.random();
+                let (next, retry_after) = match a.state {
+                    AgentState::Connected { .. } => {
+                        let lived = connected_at.map_or(Duration::ZERO, |t| self.now.since(t));
+                        let ending = if reason == CloseReason::Graceful {
+                            Ending::GoingAway
+                        } else {
+                            Ending::Lost
+                        };
+                        (
+                            a.reconnect
+                                .after_connection(ending, lived, self.now_i, unit),
+                            None,
+                        )
+                    }
+                    _ => {
+                        let retry_after = match &reason {
+                            CloseReason::Refused { retry_after_ms, .. } if *retry_after_ms > 0 => {
+                                Some(Duration::from_millis((*retry_after_ms).into()))
+                            }
+                            _ => None,
+                        };
+                        (
+                            a.reconnect.failed(self.now_i, unit, retry_after),
+                            retry_after,
+                        )
+                    }
+                };
+                self.schedule_dial(i, next, retry_after);
+            }
+            Event::Hello(_) | Event::Response { .. } => {}
+        }
+    }
+
+    /// The views stream of agent `i` on `fid` is gone.
+    fn views_gone(&mut self, i: usize, fid: u64) {
+        let a = &mut self.agents[i];
+        let active = matches!(a.state, AgentState::Connected { flow } if flow == fid);
+        // Only the active connection's views stream feeds the publisher; a draining connection's
+        // stream was already let go when kas sent GOAWAY.
+        if active && let Some(cache) = &mut a.cache {
+            cache.on_disconnected();
+        }
+    }
+
+    // ------------------------------------------------------------------ requests
+
+    fn schedule_respond(&mut self, fid: u64, id: StreamId) {
+        let kind = self
+            .flows
+            .get(&fid)
+            .and_then(|f| f.a.live())
+            .and_then(|e| e.serving.get(&id))
+            .map_or(0, |s| s.kind);
+        let mean = self
+            .sc
+            .clients
+            .mix
+            .get(kind)
+            .map_or(Duration::ZERO, |k| k.think);
+        let think = if mean.is_zero() {
+            Duration::ZERO
+        } else {
+            self.exp(1.0 / mean.as_secs_f64())
+        };
+        self.queue.push(
+            self.now.plus(think),
+            Ev::AgentRespond {
+                flow: fid,
+                stream: id.0,
+            },
+        );
+    }
+
+    pub(super) fn agent_respond(&mut self, fid: u64, stream: u32) {
+        let id = StreamId(stream);
+        let Some(flow) = self.flows.get_mut(&fid) else {
+            return;
+        };
+        let i = flow.agent;
+        let Some(end) = flow.a.live_mut() else {
+            return;
+        };
+        let Some(serving) = end.serving.remove(&id) else {
+            return;
+        };
+        if !end.conn.stream_exists(id) {
+            return;
+        }
+        let kind = self.sc.clients.mix.get(serving.kind);
+        let (status, body) = match kind {
+            Some(k) if k.service == protocol::service::CACHE => {
+                match self.agents[i]
+                    .cache
+                    .as_ref()
+                    .map(|c| cache_query(c, &k.path))
+                {
+                    Some(Ok(body)) => (200, body),
+                    Some(Err(msg)) => (404, Bytes::from(msg)),
+                    None => (503, Bytes::new()),
+                }
+            }
+            Some(k) => {
+                let n = usize::try_from(k.response_bytes)
+                    .unwrap_or(0)
+                    .min(self.zeros.len());
+                (200, self.zeros.slice(0..n))
+            }
+            None => (400, Bytes::new()),
+        };
+        let me = self.agents[i].id;
+        let head = proto::ResponseHead {
+            status,
+            headers: vec![
+                header(AGENT_HEADER, me),
+                header(REQUEST_HEADER, serving.request),
+            ],
+        };
+        let empty = body.is_empty();
+        let result = end.conn.send_response(id, head, empty).and_then(|()| {
+            if empty {
+                Ok(())
+            } else {
+                send_body(&mut end.conn, &mut end.outbox, id, body, true)
+            }
+        });
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "agent cannot answer");
+        }
+        self.pump(fid, Side::Agent);
+    }
+
+    // ------------------------------------------------------------------ views
+
+    /// Lets the publisher send what is due on the active connection's views stream and arms its
+    /// timer. The caller flushes the connection.
+    pub(super) fn pump_views(&mut self, i: usize) {
+        let now_i = self.now_i;
+        let a = &mut self.agents[i];
+        let connected = a.connected_flow();
+        let Some(cache) = &mut a.cache else {
+            return;
+        };
+        if let Some(fid) = connected
+            && let Some(end) = self.flows.get_mut(&fid).and_then(|f| f.a.live_mut())
+            && let Some(views) = end.views
+        {
+            // The publisher sends a bounded number of messages per call (window, max_unacked).
+            for _ in 0..1000 {
+                let Some(m) = cache.poll_transmit(now_i) else {
+                    break;
+                };
+                let bytes = framing::encode(&m);
+                if let Err(e) = send_body(&mut end.conn, &mut end.outbox, views, bytes, false) {
+                    tracing::debug!(error = %e, "views stream unusable");
+                    break;
+                }
+            }
+        }
+        if let Some(deadline) = cache.poll_timeout() {
+            let t = self
+                .clock
+                .to_sim(deadline)
+                .max(self.now.plus(Duration::from_millis(1)));
+            if a.timer_at.is_none_or(|s| t < s) {
+                a.timer_at = Some(t);
+                self.queue.push(t, Ev::AgentTimer { agent: i });
+            }
+        }
+    }
+
+    pub(super) fn agent_timer(&mut self, i: usize) {
+        self.agents[i].timer_at = None;
+        self.pump_views(i);
+        if let Some(fid) = self.agents[i].connected_flow() {
+            self.pump(fid, Side::Agent);
+        }
+    }
+
+    /// Total cluster change rate (per second).
+    pub(super) fn churn_rate(&self) -> f64 {
+        let c = &self.sc.cluster;
+        let per_agent = c.churn_per_minute / 60.0;
+        self.agents.len() as f64 * per_agent
+            + self.hot.len() as f64 * per_agent * (c.hot_factor - 1.0).max(0.0)
+    }
+
+    /// One cluster changes; its agent's watcher feeds the cache.
+    pub(super) fn churn(&mut self) {
+        if self.now >= self.quiet_from {
+            return;
+        }
+        let rate = self.churn_rate();
+        let next = self.now.plus(self.exp(rate));
+        if next < self.quiet_from {
+            self.queue.push(next, Ev::Churn);
+        }
+        let c = &self.sc.cluster;
+        let n = self.agents.len() as f64;
+        let base = n * c.churn_per_minute / 60.0;
+        let i = if !self.hot.is_empty() && self.rng.random::<f64>() >= base / rate {
+            self.hot[self.rng.random_range(0..self.hot.len())]
+        } else {
+            self.rng.random_range(0..self.agents.len())
+        };
+        let a = &mut self.agents[i];
+        let events = a.cluster.churn(&mut self.rng);
+        self.metrics.churn += 1;
+        if let Some(cache) = &mut a.cache {
+            for (kind, ev) in events {
+                if let Err(e) = cache.apply(&kind, ev) {
+                    let detail = format!("agent {} cache rejected a watch event: {e}", a.id);
+                    self.violate("agent-cache", detail);
+                    return;
+                }
+            }
+        }
+        self.pump_views(i);
+        if let Some(fid) = self.agents[i].connected_flow() {
+            self.pump(fid, Side::Agent);
+        }
+    }
+}
+
+/// Answers a `cache` request (`/{kind}?namespace=..&labelSelector=..`) from the informer cache.
+fn cache_query(cache: &AgentCache, path: &str) -> Result<Bytes, String> {
+    let (kind, query) = path.split_once('?').unwrap_or((path, ""));
+    let kind = kind.trim_start_matches('/');
+    let mut namespace = None;
+    let mut selector = LabelSelector::everything();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "namespace" => namespace = Some(v),
+            "labelSelector" => {
+                selector = LabelSelector::parse(v).map_err(|e| e.to_string())?;
+            }
+            _ => {}
+        }
+    }
+    let kind = cache.store().find_kind(kind).map_err(|e| e.to_string())?;
+    let list = cache.store().list_json(&kind, namespace, &selector);
+    serde_json::to_vec(&list)
+        .map(Bytes::from)
+        .map_err(|e| e.to_string())
+}

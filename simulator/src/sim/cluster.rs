@@ -1,0 +1,339 @@
+//! One agent's simulated Kubernetes cluster: a tiny set of nodes, pods and deployments kept in compact
+//! form (the truth), and the churn that changes it.
+//!
+//! Every change yields the watch events a `kube-runtime` watcher would deliver to agentk
+//! ([`WatchEvent::Apply`]/[`WatchEvent::Delete`] with the object's JSON); a restarting agent relists
+//! with [`Cluster::relist`]. The truth is also what the end-of-run check recomputes views from
+//! ([`Cluster::objects`]), independently of the agent's cache.
+
+use std::collections::BTreeMap;
+
+use protocol::cache::{ResourceKind, WatchEvent};
+use rand::Rng;
+use serde_json::{Value, json};
+
+use super::scenario::ClusterSpec;
+
+const PHASES: [&str; 4] = ["Pending", "Running", "Succeeded", "Failed"];
+
+#[derive(Debug, Clone)]
+struct Node {
+    name: u32,
+    uid: u64,
+    ready: bool,
+    rv: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Pod {
+    uid: u64,
+    phase: u8,
+    node: u32,
+    rv: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Deployment {
+    uid: u64,
+    replicas: u32,
+    ready: u32,
+    rv: u64,
+}
+
+/// A cluster's objects (see the module docs).
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    agent: u64,
+    nodes: Vec<Node>,
+    /// (namespace, pod number) → pod.
+    pods: BTreeMap<(u32, u64), Pod>,
+    /// (namespace, deployment number) → deployment.
+    deployments: BTreeMap<(u32, u32), Deployment>,
+    namespaces: u32,
+    target_pods: usize,
+    next_rv: u64,
+    next_uid: u64,
+    next_pod: u64,
+    changes: u64,
+}
+
+/// A kind's events, as the agent's watcher sees them.
+pub type KindEvent = (ResourceKind, WatchEvent);
+
+impl Cluster {
+    /// The initial cluster of agent `agent`.
+    pub fn new(agent: u64, spec: &ClusterSpec) -> Cluster {
+        let mut c = Cluster {
+            agent,
+            nodes: Vec::new(),
+            pods: BTreeMap::new(),
+            deployments: BTreeMap::new(),
+            namespaces: u32::try_from(spec.namespaces.max(1)).unwrap_or(u32::MAX),
+            target_pods: spec.pods_per_namespace * spec.namespaces.max(1),
+            next_rv: 1,
+            next_uid: 1,
+            next_pod: 0,
+            changes: 0,
+        };
+        for n in 0..spec.nodes.max(1) {
+            let uid = c.uid();
+            let rv = c.rv();
+            c.nodes.push(Node {
+                name: u32::try_from(n).unwrap_or(u32::MAX),
+                uid,
+                ready: true,
+                rv,
+            });
+        }
+        for ns in 0..c.namespaces {
+            for d in 0..spec.deployments_per_namespace {
+                let uid = c.uid();
+                let rv = c.rv();
+                let replicas = u32::try_from(spec.pods_per_namespace).unwrap_or(u32::MAX);
+                c.deployments.insert(
+                    (ns, u32::try_from(d).unwrap_or(u32::MAX)),
+                    Deployment {
+                        uid,
+                        replicas,
+                        ready: replicas,
+                        rv,
+                    },
+                );
+            }
+            for _ in 0..spec.pods_per_namespace {
+                c.create_pod(ns, 1);
+            }
+        }
+        c
+    }
+
+    fn uid(&mut self) -> u64 {
+        self.next_uid += 1;
+        self.next_uid
+    }
+
+    fn rv(&mut self) -> u64 {
+        self.next_rv += 1;
+        self.next_rv
+    }
+
+    fn create_pod(&mut self, ns: u32, phase: u8) -> (u32, u64) {
+        let n = self.next_pod;
+        self.next_pod += 1;
+        let uid = self.uid();
+        let rv = self.rv();
+        let node = u32::try_from(n % self.nodes.len().max(1) as u64).unwrap_or(0);
+        self.pods.insert(
+            (ns, n),
+            Pod {
+                uid,
+                phase,
+                node,
+                rv,
+            },
+        );
+        (ns, n)
+    }
+
+    /// Number of objects.
+    pub fn len(&self) -> usize {
+        self.nodes.len() + self.pods.len() + self.deployments.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Changes applied so far.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    fn node_json(&self, n: &Node) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": format!("node-{}", n.name), "uid": format!("a{}-{}", self.agent, n.uid),
+                         "resourceVersion": n.rv.to_string()},
+            "status": {"conditions": [{"type": "Ready", "status": if n.ready { "True" } else { "False" }}]},
+        })
+    }
+
+    fn pod_json(&self, (ns, n): (u32, u64), p: &Pod) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("pod-{n}"), "namespace": format!("ns-{ns}"),
+                         "uid": format!("a{}-{}", self.agent, p.uid), "resourceVersion": p.rv.to_string(),
+                         "labels": {"app": "app-0"}},
+            "spec": {"nodeName": format!("node-{}", p.node)},
+            "status": {"phase": PHASES[usize::from(p.phase) % PHASES.len()]},
+        })
+    }
+
+    fn deployment_json(&self, (ns, n): (u32, u32), d: &Deployment) -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": format!("app-{n}"), "namespace": format!("ns-{ns}"),
+                         "uid": format!("a{}-{}", self.agent, d.uid), "resourceVersion": d.rv.to_string()},
+            "spec": {"replicas": d.replicas},
+            "status": {"readyReplicas": d.ready, "availableReplicas": d.ready},
+        })
+    }
+
+    /// Every object with its kind (the truth).
+    pub fn objects(&self) -> Vec<(ResourceKind, Value)> {
+        let mut out = Vec::with_capacity(self.len());
+        for n in &self.nodes {
+            out.push((ResourceKind::node(), self.node_json(n)));
+        }
+        for (k, p) in &self.pods {
+            out.push((ResourceKind::pod(), self.pod_json(*k, p)));
+        }
+        for (k, d) in &self.deployments {
+            out.push((ResourceKind::deployment(), self.deployment_json(*k, d)));
+        }
+        out
+    }
+
+    /// The events of a full relist of every kind (a starting watcher).
+    pub fn relist(&self) -> Vec<KindEvent> {
+        let mut out = Vec::with_capacity(self.len() + 6);
+        let kinds = [
+            ResourceKind::node(),
+            ResourceKind::pod(),
+            ResourceKind::deployment(),
+        ];
+        let objects = self.objects();
+        for kind in kinds {
+            out.push((kind.clone(), WatchEvent::Init));
+            for (k, o) in &objects {
+                if *k == kind {
+                    out.push((kind.clone(), WatchEvent::InitApply(o.clone())));
+                }
+            }
+            out.push((kind, WatchEvent::InitDone));
+        }
+        out
+    }
+
+    /// Applies one random change and returns its watch events.
+    pub fn churn<R: Rng>(&mut self, rng: &mut R) -> Vec<KindEvent> {
+        self.changes += 1;
+        let roll: f64 = rng.random();
+        if roll < 0.05 && !self.nodes.is_empty() {
+            let i = rng.random_range(0..self.nodes.len());
+            let rv = self.rv();
+            let n = &mut self.nodes[i];
+            n.ready = !n.ready;
+            n.rv = rv;
+            let n = self.nodes[i].clone();
+            return vec![(ResourceKind::node(), WatchEvent::Apply(self.node_json(&n)))];
+        }
+        if roll < 0.20 && !self.deployments.is_empty() {
+            let i = rng.random_range(0..self.deployments.len());
+            let key = *self.deployments.keys().nth(i).unwrap_or(&(0, 0));
+            let rv = self.rv();
+            let scale = rng.random_bool(0.5);
+            if let Some(d) = self.deployments.get_mut(&key) {
+                if scale {
+                    if rng.random_bool(0.5) && d.replicas < 20 {
+                        d.replicas += 1;
+                    } else if d.replicas > 1 {
+                        d.replicas -= 1;
+                    }
+                    d.ready = d.ready.min(d.replicas);
+                } else {
+                    d.ready = rng.random_range(0..=d.replicas);
+                }
+                d.rv = rv;
+            }
+            let d = self.deployments[&key].clone();
+            return vec![(
+                ResourceKind::deployment(),
+                WatchEvent::Apply(self.deployment_json(key, &d)),
+            )];
+        }
+        // Pods: keep the population around its target.
+        let too_few = self.pods.len() < self.target_pods;
+        let too_many = self.pods.len() > self.target_pods + self.target_pods / 2 + 1;
+        if roll < 0.40 && !too_many || self.pods.is_empty() {
+            let ns = rng.random_range(0..self.namespaces);
+            let key = self.create_pod(ns, 0);
+            let p = self.pods[&key].clone();
+            return vec![(
+                ResourceKind::pod(),
+                WatchEvent::Apply(self.pod_json(key, &p)),
+            )];
+        }
+        let i = rng.random_range(0..self.pods.len());
+        let Some(key) = self.pods.keys().nth(i).copied() else {
+            return Vec::new();
+        };
+        let finished = self.pods.get(&key).is_some_and(|p| p.phase >= 2);
+        if (roll < 0.55 && !too_few) || finished && rng.random_bool(0.7) {
+            if let Some(p) = self.pods.remove(&key) {
+                // The deleted object's final state carries a new resourceVersion.
+                let p = Pod { rv: self.rv(), ..p };
+                return vec![(
+                    ResourceKind::pod(),
+                    WatchEvent::Delete(self.pod_json(key, &p)),
+                )];
+            }
+            return Vec::new();
+        }
+        let rv = self.rv();
+        if let Some(p) = self.pods.get_mut(&key) {
+            p.phase = match p.phase {
+                0 => 1,
+                1 => {
+                    if rng.random_bool(0.8) {
+                        2
+                    } else {
+                        3
+                    }
+                }
+                _ => 1,
+            };
+            p.rv = rv;
+        }
+        let p = self.pods[&key].clone();
+        vec![(
+            ResourceKind::pod(),
+            WatchEvent::Apply(self.pod_json(key, &p)),
+        )]
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use protocol::cache::{AgentCache, PublisherConfig, default_views};
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+    use std::num::NonZeroU64;
+
+    #[test]
+    fn cache_fed_by_churn_matches_the_truth() {
+        let spec = ClusterSpec::default();
+        let mut c = Cluster::new(7, &spec);
+        let mut cache = AgentCache::new(
+            &default_views(),
+            PublisherConfig::new(NonZeroU64::new(1).unwrap()),
+        )
+        .unwrap();
+        for (kind, ev) in c.relist() {
+            cache.apply(&kind, ev).unwrap();
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..2000 {
+            for (kind, ev) in c.churn(&mut rng) {
+                cache.apply(&kind, ev).unwrap();
+            }
+        }
+        assert_eq!(cache.store().len(), c.len());
+        let objects = c.objects();
+        let truth = cache.views().recompute(objects.iter().map(|(k, v)| (k, v)));
+        assert_eq!(cache.views().views(), truth);
+        assert!(c.len() < 100, "the population stays bounded: {}", c.len());
+    }
+}

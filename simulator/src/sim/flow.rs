@@ -1,0 +1,364 @@
+//! One TCP connection between an agent and a kas replica: its two endpoints, each a real
+//! [`protocol::Connection`] plus the little state the simulated application keeps beside it, and the
+//! [`Link`] between them.
+//!
+//! An endpoint is `Pending` until its socket exists (the kas end when the SYN arrives, the agent end
+//! when the SYN-ACK does), `Live` while the process holds it, and `Gone` once the process closed it or
+//! died. The flow is forgotten when both ends are gone.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+use protocol::{Connection, StreamError, StreamId};
+
+use super::clock::SimTime;
+use super::framing::Deframer;
+use super::net::{Dir, Link};
+
+/// Which end of a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Side {
+    Agent,
+    Kas,
+}
+
+impl Side {
+    /// The direction of what this side sends.
+    pub fn out_dir(self) -> Dir {
+        match self {
+            Side::Agent => Dir::Up,
+            Side::Kas => Dir::Down,
+        }
+    }
+
+    /// The side receiving what travels in `dir`.
+    pub fn receiver(dir: Dir) -> Side {
+        match dir {
+            Dir::Up => Side::Kas,
+            Dir::Down => Side::Agent,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Agent => "agent",
+            Side::Kas => "kas",
+        }
+    }
+}
+
+/// Life of one endpoint.
+#[derive(Debug)]
+pub enum End<T> {
+    Pending,
+    Live(T),
+    Gone,
+}
+
+impl<T> End<T> {
+    pub fn live(&self) -> Option<&T> {
+        match self {
+            End::Live(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub fn live_mut(&mut self) -> Option<&mut T> {
+        match self {
+            End::Live(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub fn is_gone(&self) -> bool {
+        matches!(self, End::Gone)
+    }
+}
+
+/// Body octets waiting for flow-control credit on one stream, and whether the stream ends after them.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    pub queue: VecDeque<Bytes>,
+    pub fin: bool,
+}
+
+impl Outbox {
+    pub fn bytes(&self) -> usize {
+        self.queue.iter().map(Bytes::len).sum()
+    }
+}
+
+/// Offers `data` (then the end of the stream if `fin`) on stream `id`, queueing what flow control does
+/// not take now in `outboxes`; [`drain_outbox`] continues on `Writable`.
+pub fn send_body(
+    conn: &mut Connection,
+    outboxes: &mut BTreeMap<StreamId, Outbox>,
+    id: StreamId,
+    data: Bytes,
+    fin: bool,
+) -> Result<(), StreamError> {
+    if let Some(o) = outboxes.get_mut(&id) {
+        if !data.is_empty() {
+            o.queue.push_back(data);
+        }
+        o.fin |= fin;
+        return Ok(());
+    }
+    let len = data.len();
+    let n = conn.send_data(id, data.clone(), fin)?;
+    if n < len {
+        let mut o = Outbox::default();
+        o.queue.push_back(data.slice(n..));
+        o.fin = fin;
+        outboxes.insert(id, o);
+    }
+    Ok(())
+}
+
+/// Sends what stream `id` has queued, as far as credit allows.
+pub fn drain_outbox(
+    conn: &mut Connection,
+    outboxes: &mut BTreeMap<StreamId, Outbox>,
+    id: StreamId,
+) -> Result<(), StreamError> {
+    let Some(o) = outboxes.get_mut(&id) else {
+        return Ok(());
+    };
+    // Each round sends one queued chunk or stops; bounded by the queue length.
+    for _ in 0..=o.queue.len() {
+        let Some(front) = o.queue.pop_front() else {
+            break;
+        };
+        let last = o.queue.is_empty();
+        let len = front.len();
+        let n = conn.send_data(id, front.clone(), last && o.fin)?;
+        if n < len {
+            o.queue.push_front(front.slice(n..));
+            return Ok(());
+        }
+    }
+    // Everything, and the end of the stream with the last chunk, was accepted.
+    if o.queue.is_empty() {
+        outboxes.remove(&id);
+    }
+    Ok(())
+}
+
+/// A request kas opened towards the agent, as the agent serves it.
+#[derive(Debug, Clone, Copy)]
+pub struct Serving {
+    pub request: u64,
+    pub kind: usize,
+    pub body_done: bool,
+}
+
+/// agentk's end of a connection.
+#[derive(Debug)]
+pub struct AgentEnd {
+    pub conn: Connection,
+    pub timer_at: Option<SimTime>,
+    pub connected_at: Option<SimTime>,
+    /// kas sent GOAWAY: a replacement was dialled; this one only finishes its streams.
+    pub draining: bool,
+    pub views: Option<StreamId>,
+    pub views_rx: Deframer,
+    pub outbox: BTreeMap<StreamId, Outbox>,
+    pub serving: BTreeMap<StreamId, Serving>,
+}
+
+impl AgentEnd {
+    pub fn new(conn: Connection) -> AgentEnd {
+        AgentEnd {
+            conn,
+            timer_at: None,
+            connected_at: None,
+            draining: false,
+            views: None,
+            views_rx: Deframer::new(),
+            outbox: BTreeMap::new(),
+            serving: BTreeMap::new(),
+        }
+    }
+}
+
+/// kas's end of a connection.
+#[derive(Debug)]
+pub struct KasEnd {
+    pub conn: Connection,
+    pub timer_at: Option<SimTime>,
+    /// The authenticated agent, once accepted.
+    pub agent_id: Option<u64>,
+    /// Registered in the router.
+    pub registered: bool,
+    pub views: Option<StreamId>,
+    pub views_rx: Deframer,
+    pub outbox: BTreeMap<StreamId, Outbox>,
+    /// Request streams kas opened on this connection.
+    pub requests: BTreeMap<StreamId, KasStream>,
+}
+
+/// A request stream kas opened.
+#[derive(Debug, Clone, Copy)]
+pub struct KasStream {
+    pub request: u64,
+    /// The response status, once the head arrived.
+    pub status: Option<u32>,
+}
+
+impl KasEnd {
+    pub fn new(conn: Connection) -> KasEnd {
+        KasEnd {
+            conn,
+            timer_at: None,
+            agent_id: None,
+            registered: false,
+            views: None,
+            views_rx: Deframer::new(),
+            outbox: BTreeMap::new(),
+            requests: BTreeMap::new(),
+        }
+    }
+}
+
+/// One TCP connection (see the module docs).
+#[derive(Debug)]
+pub struct Flow {
+    pub agent: usize,
+    pub kas: usize,
+    /// The kas process incarnation the connection was made to.
+    pub incarnation: u32,
+    pub link: Link,
+    pub a: End<AgentEnd>,
+    pub k: End<KasEnd>,
+    pub created: SimTime,
+}
+
+impl Flow {
+    /// Both ends gone: nothing can happen on this flow any more.
+    pub fn is_finished(&self) -> bool {
+        self.a.is_gone() && self.k.is_gone()
+    }
+}
+
+/// Every flow, by id. Ids are handed out in increasing order and index a vector directly (a slab
+/// without reuse), so lookups are cheap and iteration is in id order, like an ordered map.
+#[derive(Debug, Default)]
+pub struct FlowTable {
+    slots: Vec<Option<Box<Flow>>>,
+    live: usize,
+}
+
+impl FlowTable {
+    /// Adds a flow under an id not used before.
+    pub fn insert(&mut self, id: u64, flow: Flow) {
+        let i = usize::try_from(id).unwrap_or(usize::MAX);
+        if i >= self.slots.len() {
+            self.slots.resize_with(i + 1, || None);
+        }
+        if self.slots[i].replace(Box::new(flow)).is_none() {
+            self.live += 1;
+        }
+    }
+
+    pub fn get(&self, id: &u64) -> Option<&Flow> {
+        self.slots.get(usize::try_from(*id).ok()?)?.as_deref()
+    }
+
+    pub fn get_mut(&mut self, id: &u64) -> Option<&mut Flow> {
+        self.slots
+            .get_mut(usize::try_from(*id).ok()?)?
+            .as_deref_mut()
+    }
+
+    pub fn remove(&mut self, id: &u64) -> Option<Flow> {
+        let f = self.slots.get_mut(usize::try_from(*id).ok()?)?.take()?;
+        self.live -= 1;
+        Some(*f)
+    }
+
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Flows in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Flow)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| f.as_deref().map(|f| (i as u64, f)))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use protocol::pair::Pair;
+    use protocol::proto;
+    use std::time::Instant;
+
+    #[test]
+    fn outbox_sends_everything_despite_small_windows() {
+        let mut cfg = protocol::Config::default();
+        cfg.settings.initial_stream_window = 1000;
+        let mut p = Pair::new(
+            protocol::Config::default(),
+            cfg,
+            protocol::AgentHello::default(),
+            1,
+            Instant::now(),
+        );
+        p.handshake(1);
+        let head = proto::RequestHead {
+            service: "x".into(),
+            ..Default::default()
+        };
+        let id = p.agent.open_stream(head, false).unwrap();
+        let mut out = BTreeMap::new();
+        send_body(
+            &mut p.agent,
+            &mut out,
+            id,
+            Bytes::from(vec![7u8; 5000]),
+            true,
+        )
+        .unwrap();
+        assert!(out.contains_key(&id));
+        let mut got = 0;
+        let mut finished = false;
+        for _ in 0..100 {
+            p.drive();
+            while let Some(ev) = p.server.poll_event() {
+                match ev {
+                    protocol::Event::StreamOpened { id, .. } => {
+                        p.server
+                            .send_response(id, proto::ResponseHead::default(), true)
+                            .unwrap();
+                    }
+                    protocol::Event::Data { id, data } => {
+                        got += data.len();
+                        p.server.release_capacity(id, data.len());
+                    }
+                    protocol::Event::Finished { .. } => finished = true,
+                    _ => {}
+                }
+            }
+            p.drive();
+            while let Some(ev) = p.agent.poll_event() {
+                if let protocol::Event::Writable { id } = ev {
+                    drain_outbox(&mut p.agent, &mut out, id).unwrap();
+                }
+            }
+            if finished {
+                break;
+            }
+        }
+        assert_eq!(got, 5000);
+        assert!(finished);
+        assert!(out.is_empty());
+    }
+}

@@ -1,0 +1,952 @@
+//! A simulated kas replica: the production [`Router`] deciding which agent connection carries each
+//! request, one [`Mirror`] per agent fed by the agent's views stream, and kas's side of the tunnel.
+//!
+//! A client request reaches a replica (the one holding a connection of the agent, found through the
+//! directory of connected agents, or any replica when there is none), is routed, and travels as a real
+//! tunnel stream (REQUEST, body DATA, RESPONSE, DATA, end of stream). Refused streams (GOAWAY, stream
+//! limit) are retried through the router, a lost connection fails what it carried, deadlines fail
+//! what waited too long. When an agent connects to a replica, requests waiting for it at other
+//! replicas move there (the directory watch).
+//!
+//! Replicas crash (connections vanish, silently or with RST; everything in memory is lost) and are
+//! restarted in turn (GOAWAY, drain for at most the grace period, stop, start).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use protocol::cache::proto as cache_proto;
+use protocol::cache::{Mirror, MirrorOutcome};
+use protocol::router::{Route, Router, RouterConfig};
+use protocol::{ErrorCode, Event, StreamId, proto};
+
+use super::agent::{AGENT_HEADER, KIND_HEADER, REQUEST_HEADER, is_protocol_failure};
+use super::clients::Outcome;
+use super::clock::SimTime;
+use super::flow::{End, KasEnd, KasStream, Side, drain_outbox, send_body};
+use super::framing;
+use super::net::Dir;
+use super::report::StormCause;
+use super::scenario::{Fault, Scenario};
+use super::world::{Ev, World};
+
+/// Whether the replica runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KasState {
+    Up,
+    /// Stopped; `host_up`: the machine answers (connection refused) rather than staying silent.
+    Down {
+        host_up: bool,
+    },
+}
+
+/// An agent's mirror on a replica.
+#[derive(Debug)]
+pub struct MirrorSlot {
+    pub mirror: Mirror,
+    /// The connection whose views stream feeds it.
+    pub flow: Option<u64>,
+    /// When its views stream went away (for retention).
+    pub released_at: Option<SimTime>,
+}
+
+/// Where a routed request is on its replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Pending,
+    Started { flow: u64, stream: StreamId },
+}
+
+/// One kas replica (see the module docs).
+#[derive(Debug)]
+pub struct SimKas {
+    pub index: usize,
+    pub state: KasState,
+    accepting: bool,
+    pub incarnation: u32,
+    pub router: Router<u64, u64>,
+    router_config: RouterConfig,
+    /// Flows with a live kas end.
+    pub conns: BTreeSet<u64>,
+    /// Accepted connections among them.
+    pub established: usize,
+    pub mirrors: BTreeMap<u64, MirrorSlot>,
+    pub requests: BTreeMap<u64, Stage>,
+    pub router_timer_at: Option<SimTime>,
+    /// The rolling restart (fault index) this replica is draining for.
+    pub rolling: Option<usize>,
+    pub restarts: u32,
+}
+
+impl SimKas {
+    pub fn new(index: usize, sc: &Scenario) -> SimKas {
+        let router_config = RouterConfig {
+            max_pending_per_agent: sc.kas.max_pending_per_agent,
+            max_pending_total: sc.kas.max_pending_total,
+        };
+        SimKas {
+            index,
+            state: KasState::Up,
+            accepting: true,
+            incarnation: 0,
+            router: Router::new(router_config),
+            router_config,
+            conns: BTreeSet::new(),
+            established: 0,
+            mirrors: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            router_timer_at: None,
+            rolling: None,
+            restarts: 0,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.state == KasState::Up
+    }
+
+    pub fn host_up(&self) -> bool {
+        !matches!(self.state, KasState::Down { host_up: false })
+    }
+
+    /// Up and taking new connections and requests.
+    pub fn accepting(&self) -> bool {
+        self.is_up() && self.accepting
+    }
+
+    /// Whether the replica holds a usable (non-draining) connection of `agent_id`.
+    pub fn holds(&self, agent_id: u64) -> bool {
+        self.router
+            .connections(agent_id)
+            .iter()
+            .any(|c| !c.draining)
+    }
+}
+
+fn parse_agent_token(token: &str) -> Option<u64> {
+    token.strip_prefix("agent-")?.parse().ok()
+}
+
+impl World {
+    // ------------------------------------------------------------------ connections
+
+    pub(super) fn kas_syn(&mut self, fid: u64) {
+        let Some(flow) = self.flows.get_mut(&fid) else {
+            return;
+        };
+        let (k, i) = (flow.kas, flow.agent);
+        let kas = &mut self.kas[k];
+        if kas.accepting() && kas.incarnation == flow.incarnation && matches!(flow.k, End::Pending)
+        {
+            let conn = protocol::Connection::server(self.config.clone(), self.now_i);
+            flow.k = End::Live(KasEnd::new(conn));
+            kas.conns.insert(fid);
+            let faults = &self.agents[i].faults;
+            if let Some(at) = flow
+                .link
+                .signal(Dir::Down, self.now, k, faults, &mut self.rng)
+            {
+                self.queue.push(at, Ev::SynAck { flow: fid });
+            }
+            self.touch(fid, Side::Kas);
+            return;
+        }
+        // Refused (or nobody home): the dial fails.
+        let host_up = kas.host_up();
+        flow.k = End::Gone;
+        flow.a = End::Gone;
+        let latency = flow.link.params().latency;
+        self.flows.remove(&fid);
+        let a = &self.agents[i];
+        if a.state == (super::agent::AgentState::Dialing { flow: Some(fid) }) {
+            let attempt = a.dial_gen;
+            let at = if host_up {
+                self.now.plus(latency)
+            } else {
+                self.now.plus(self.sc.network.connect_timeout)
+            };
+            self.queue.push(at, Ev::DialFailed { agent: i, attempt });
+        }
+    }
+
+    pub(super) fn on_kas_event(&mut self, fid: u64, ev: Event) {
+        let Some(flow) = self.flows.get_mut(&fid) else {
+            return;
+        };
+        let k = flow.kas;
+        let Some(end) = flow.k.live_mut() else {
+            return;
+        };
+        match ev {
+            Event::Hello(info) => {
+                let kas = &self.kas[k];
+                match parse_agent_token(&info.token) {
+                    None => end.conn.reject(proto::Reject {
+                        code: proto::RejectCode::Unauthenticated as i32,
+                        message: "unknown token".into(),
+                        ..Default::default()
+                    }),
+                    Some(_)
+                        if self.sc.kas.max_connections > 0
+                            && kas.established >= self.sc.kas.max_connections =>
+                    {
+                        let retry_after_ms =
+                            u32::try_from(self.sc.kas.refuse_retry_after.as_millis())
+                                .unwrap_or(u32::MAX);
+                        end.conn.reject(proto::Reject {
+                            code: proto::RejectCode::Unavailable as i32,
+                            message: "too many connections".into(),
+                            retry_after_ms,
+                            ..Default::default()
+                        });
+                        self.metrics.kas[k].refused += 1;
+                    }
+                    Some(agent_id) => {
+                        end.conn
+                            .accept(agent_id, format!("k{k}-f{fid}"), self.now_i);
+                    }
+                }
+            }
+            Event::Connected(e) => {
+                end.agent_id = Some(e.agent_id);
+                end.registered = true;
+                let kas = &mut self.kas[k];
+                kas.established += 1;
+                let added = kas.router.add_connection(
+                    e.agent_id,
+                    fid,
+                    e.peer_settings.max_concurrent_streams,
+                    self.now_i,
+                );
+                if let Err(err) = added {
+                    self.violate("router", format!("kas {k} add_connection({fid}): {err}"));
+                    return;
+                }
+                self.directory_notify(k, e.agent_id);
+                self.drain_router(k);
+            }
+            Event::StreamOpened { id, head, .. } => {
+                if head.service == protocol::service::VIEWS
+                    && let Some(agent_id) = end.agent_id
+                    && end.views.is_none()
+                {
+                    let ok = proto::ResponseHead {
+                        status: 200,
+                        headers: Vec::new(),
+                    };
+                    if end.conn.send_response(id, ok, false).is_err() {
+                        return;
+                    }
+                    end.views = Some(id);
+                    let resync_interval = self.sc.kas.resync_interval;
+                    let slot = self.kas[k]
+                        .mirrors
+                        .entry(agent_id)
+                        .or_insert_with(|| MirrorSlot {
+                            mirror: Mirror::with_resync_interval(resync_interval),
+                            flow: None,
+                            released_at: None,
+                        });
+                    slot.flow = Some(fid);
+                    slot.released_at = None;
+                    let request = slot.mirror.on_connected(self.now_i);
+                    let msg = cache_proto::ServerToAgent {
+                        msg: Some(cache_proto::server_to_agent::Msg::Resync(request)),
+                    };
+                    let _ = send_body(
+                        &mut end.conn,
+                        &mut end.outbox,
+                        id,
+                        framing::encode(&msg),
+                        false,
+                    );
+                } else {
+                    end.conn
+                        .reset(id, ErrorCode::UnknownService, "no such service on kas");
+                }
+            }
+            Event::Data { id, data } => {
+                end.conn.release_capacity(id, data.len());
+                if end.views == Some(id) {
+                    end.views_rx.push(&data);
+                    let Some(agent_id) = end.agent_id else {
+                        return;
+                    };
+                    let mut replies: Vec<cache_proto::ServerToAgent> = Vec::new();
+                    // Each round takes one message out of a finite buffer.
+                    loop {
+                        let m = match end.views_rx.next_message::<cache_proto::AgentToServer>() {
+                            Ok(Some(m)) => m,
+                            Ok(None) => break,
+                            Err(e) => {
+                                self.violate("views-framing", format!("kas {k} flow {fid}: {e}"));
+                                return;
+                            }
+                        };
+                        let Some(slot) = self.kas[k].mirrors.get_mut(&agent_id) else {
+                            break;
+                        };
+                        use cache_proto::server_to_agent::Msg;
+                        match slot.mirror.handle(&m, self.now_i) {
+                            Ok(MirrorOutcome::Applied { ack, .. })
+                            | Ok(MirrorOutcome::Ignored { ack: Some(ack) }) => {
+                                replies.push(cache_proto::ServerToAgent {
+                                    msg: Some(Msg::Ack(ack)),
+                                });
+                            }
+                            Ok(MirrorOutcome::Ignored { ack: None }) => {}
+                            Ok(MirrorOutcome::ResyncNeeded { request }) => {
+                                replies.push(cache_proto::ServerToAgent {
+                                    msg: Some(Msg::Resync(request)),
+                                });
+                            }
+                            Err(e) => {
+                                self.violate(
+                                    "views-wire",
+                                    format!("kas {k} agent {agent_id}: {e}"),
+                                );
+                                return;
+                            }
+                        }
+                        self.metrics.views_messages += 1;
+                    }
+                    for r in replies {
+                        let _ = send_body(
+                            &mut end.conn,
+                            &mut end.outbox,
+                            id,
+                            framing::encode(&r),
+                            false,
+                        );
+                    }
+                } else if end.requests.contains_key(&id) {
+                    self.metrics.kas[k].response_bytes += data.len() as u64;
+                }
+            }
+            Event::Response {
+                id,
+                head,
+                end_stream,
+            } => {
+                let Some(s) = end.requests.get_mut(&id) else {
+                    return;
+                };
+                s.status = Some(head.status);
+                let request = s.request;
+                let from = head
+                    .headers
+                    .iter()
+                    .find(|h| h.name == AGENT_HEADER)
+                    .and_then(|h| std::str::from_utf8(&h.value).ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if end_stream {
+                    end.requests.remove(&id);
+                }
+                let meant = self.ledger.get(request).map(|r| r.agent);
+                if meant.is_some() && from != meant {
+                    let detail = format!(
+                        "response to request {request} (for agent {meant:?}) came from agent {from:?}"
+                    );
+                    self.violate("misdelivered-response", detail);
+                    return;
+                }
+                if end_stream {
+                    self.finish_request(k, request, Outcome::Response(head.status));
+                }
+            }
+            Event::Finished { id } | Event::Trailer { id, .. } => {
+                if let Some(s) = end.requests.remove(&id) {
+                    let outcome = Outcome::Response(s.status.unwrap_or(0));
+                    self.finish_request(k, s.request, outcome);
+                } else if end.views == Some(id) {
+                    end.views = None;
+                    end.conn.reset(id, ErrorCode::Cancel, "views stream ended");
+                    let agent_id = end.agent_id;
+                    self.mirror_released(k, agent_id, fid);
+                }
+            }
+            Event::Reset {
+                id, code, remote, ..
+            } => {
+                end.outbox.remove(&id);
+                let closing = end.conn.is_closed();
+                if end.views == Some(id) {
+                    end.views = None;
+                    let agent_id = end.agent_id;
+                    self.mirror_released(k, agent_id, fid);
+                } else if let Some(s) = end.requests.remove(&id) {
+                    if code == ErrorCode::RefusedStream && remote {
+                        // Never processed by the agent (GOAWAY or stream limit): safe to retry.
+                        self.retry_request(k, s.request);
+                    } else if closing {
+                        self.finish_request(k, s.request, Outcome::ConnectionLost);
+                    } else {
+                        self.finish_request(k, s.request, Outcome::StreamReset);
+                    }
+                }
+            }
+            Event::Writable { id } => {
+                if let Err(e) = drain_outbox(&mut end.conn, &mut end.outbox, id) {
+                    tracing::debug!(error = %e, "kas outbox");
+                    end.outbox.remove(&id);
+                }
+            }
+            Event::GoAway { .. } => {
+                if end.registered {
+                    let r = self.kas[k].router.set_draining(&fid);
+                    if let Err(e) = r {
+                        self.violate("router", format!("kas {k} set_draining({fid}): {e}"));
+                    }
+                    self.drain_router(k);
+                }
+            }
+            Event::Closed(reason) => {
+                let registered = end.registered;
+                let agent_id = end.agent_id;
+                let views = end.views.take();
+                let leftovers: Vec<u64> = std::mem::take(&mut end.requests)
+                    .into_values()
+                    .map(|s| s.request)
+                    .collect();
+                if is_protocol_failure(&reason) {
+                    self.violate(
+                        "protocol-error",
+                        format!("kas {k} connection {fid} failed: {reason}"),
+                    );
+                }
+                self.note(format_args!("kas-closed k={k} f={fid} {reason}"));
+                let kas = &mut self.kas[k];
+                kas.conns.remove(&fid);
+                if views.is_some() {
+                    self.mirror_released(k, agent_id, fid);
+                }
+                for r in leftovers {
+                    // Streams are reported reset before Closed, so this only catches glue bugs.
+                    self.finish_request(k, r, Outcome::ConnectionLost);
+                }
+                if registered {
+                    let kas = &mut self.kas[k];
+                    kas.established -= 1;
+                    match kas.router.remove_connection(&fid) {
+                        Ok(lost) => {
+                            for (r, e) in lost {
+                                self.kas[k].requests.remove(&r);
+                                self.complete(r, Outcome::from_route_error(&e));
+                            }
+                        }
+                        Err(e) => {
+                            self.violate("router", format!("kas {k} remove_connection({fid}): {e}"))
+                        }
+                    }
+                    self.drain_router(k);
+                }
+                let kas = &self.kas[k];
+                if let Some(fault) = kas.rolling
+                    && kas.is_up()
+                    && kas.conns.is_empty()
+                {
+                    let incarnation = kas.incarnation;
+                    self.queue.push(
+                        self.now,
+                        Ev::KasStop {
+                            kas: k,
+                            incarnation,
+                            fault,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// The views stream of agent `agent_id` on connection `fid` is gone.
+    fn mirror_released(&mut self, k: usize, agent_id: Option<u64>, fid: u64) {
+        let now = self.now;
+        if let Some(slot) = agent_id.and_then(|a| self.kas[k].mirrors.get_mut(&a))
+            && slot.flow == Some(fid)
+        {
+            slot.flow = None;
+            slot.released_at = Some(now);
+            slot.mirror.on_disconnected();
+        }
+    }
+
+    // ------------------------------------------------------------------ requests
+
+    /// The replica holding a usable connection of `agent_id`, lowest index first.
+    pub(super) fn directory_owner(&self, agent_id: u64) -> Option<usize> {
+        (0..self.kas.len()).find(|&k| self.kas[k].accepting() && self.kas[k].holds(agent_id))
+    }
+
+    /// Sends a request to the replica that will route it: the agent's owner, else `front`, else any
+    /// accepting replica. `hop`: it crosses from one replica to another.
+    pub(super) fn dispatch_request(&mut self, request: u64, front: Option<usize>) {
+        let Some(r) = self.ledger.get_mut(request) else {
+            return;
+        };
+        r.at_kas = None;
+        let agent = r.agent;
+        let target = self.directory_owner(agent).or(front).or_else(|| {
+            let up: Vec<usize> = (0..self.kas.len())
+                .filter(|&k| self.kas[k].accepting())
+                .collect();
+            (!up.is_empty()).then(|| up[usize::try_from(request).unwrap_or(0) % up.len()])
+        });
+        match target {
+            Some(k) => {
+                let at = if Some(k) == front {
+                    self.now
+                } else {
+                    self.now.plus(self.sc.kas.hop_latency)
+                };
+                self.queue.push(at, Ev::KasArrive { kas: k, request });
+            }
+            None => self.complete(request, Outcome::KasUnavailable),
+        }
+    }
+
+    pub(super) fn kas_arrive(&mut self, k: usize, request: u64) {
+        let Some(r) = self.ledger.get_mut(request) else {
+            return;
+        };
+        if !self.kas[k].accepting() {
+            self.complete(request, Outcome::KasUnavailable);
+            return;
+        }
+        r.at_kas = Some(k);
+        let agent = r.agent;
+        let deadline = self.now.plus(self.sc.kas.pending_timeout).min(r.deadline);
+        let route =
+            self.kas[k]
+                .router
+                .route(agent, request, self.clock.instant(deadline), self.now_i);
+        match route {
+            Route::Assigned(fid) => self.start_request(k, request, fid),
+            Route::Pending => {
+                self.kas[k].requests.insert(request, Stage::Pending);
+                self.pending_for.entry(agent).or_default().insert(request);
+            }
+            Route::Rejected(e) => self.complete(request, Outcome::from_route_error(&e)),
+        }
+        self.drain_router(k);
+    }
+
+    fn unpend(&mut self, agent: u64, request: u64) {
+        if let Some(set) = self.pending_for.get_mut(&agent) {
+            set.remove(&request);
+            if set.is_empty() {
+                self.pending_for.remove(&agent);
+            }
+        }
+    }
+
+    /// Opens a started request's stream on connection `fid`.
+    fn start_request(&mut self, k: usize, request: u64, fid: u64) {
+        let Some(r) = self.ledger.get(request).copied() else {
+            // Ended while queued in the router (cannot happen: ending cancels it there).
+            let _ = self.kas[k].router.request_finished(&request);
+            return;
+        };
+        self.unpend(r.agent, request);
+        let mut target = fid;
+        if self.sc.inject.misroute_request == Some(request) {
+            // Deliberate bug: open the stream on another agent's connection.
+            let other = self.kas[k].conns.iter().copied().find(|f| {
+                self.flows
+                    .get(f)
+                    .and_then(|fl| fl.k.live())
+                    .is_some_and(|e| {
+                        e.registered && e.agent_id != Some(r.agent) && !e.conn.is_draining()
+                    })
+            });
+            if let Some(o) = other {
+                self.note(format_args!("INJECT misroute r={request} f={fid}->{o}"));
+                target = o;
+            }
+        }
+        let kind = self.sc.clients.mix.get(r.kind);
+        let body_len = kind.map_or(0, |k| usize::try_from(k.request_bytes).unwrap_or(0));
+        let head = proto::RequestHead {
+            service: kind.map_or_else(String::new, |k| k.service.clone()),
+            method: kind.map_or_else(String::new, |k| k.method.clone()),
+            path: kind.map_or_else(String::new, |k| k.path.clone()),
+            headers: vec![
+                header(AGENT_HEADER, r.agent),
+                header(REQUEST_HEADER, request),
+                header(KIND_HEADER, r.kind as u64),
+            ],
+            timeout_ms: u32::try_from(r.deadline.since(self.now).as_millis()).unwrap_or(u32::MAX),
+        };
+        let body = self.zeros.slice(0..body_len.min(self.zeros.len()));
+        let opened = match self.flows.get_mut(&target).and_then(|f| f.k.live_mut()) {
+            Some(end) => match end.conn.open_stream(head, body.is_empty()) {
+                Ok(id) => {
+                    end.requests.insert(
+                        id,
+                        KasStream {
+                            request,
+                            status: None,
+                        },
+                    );
+                    if !body.is_empty()
+                        && let Err(e) = send_body(&mut end.conn, &mut end.outbox, id, body, true)
+                    {
+                        tracing::debug!(error = %e, "request body");
+                    }
+                    Some(id)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "open_stream refused; retrying elsewhere");
+                    None
+                }
+            },
+            None => None,
+        };
+        match opened {
+            Some(stream) => {
+                self.kas[k].requests.insert(
+                    request,
+                    Stage::Started {
+                        flow: target,
+                        stream,
+                    },
+                );
+                self.touch(target, Side::Kas);
+            }
+            None => {
+                // The connection cannot take streams: never choose it again, and re-queue.
+                let kas = &mut self.kas[k];
+                let _ = kas.router.set_draining(&fid);
+                kas.requests.insert(
+                    request,
+                    Stage::Started {
+                        flow: fid,
+                        stream: StreamId(0),
+                    },
+                );
+                self.retry_request(k, request);
+            }
+        }
+    }
+
+    /// A started request's stream was refused: back to the router (or elsewhere if this replica is
+    /// going away).
+    fn retry_request(&mut self, k: usize, request: u64) {
+        let kas = &mut self.kas[k];
+        if let Err(e) = kas.router.retry(&request) {
+            self.violate("router", format!("kas {k} retry({request}): {e}"));
+            return;
+        }
+        kas.requests.insert(request, Stage::Pending);
+        if let Some(r) = self.ledger.get(request) {
+            self.pending_for.entry(r.agent).or_default().insert(request);
+        }
+        if !self.kas[k].accepting() {
+            self.move_pending(k, request);
+        }
+        self.drain_router(k);
+    }
+
+    /// Takes a pending request out of replica `k` and dispatches it again.
+    fn move_pending(&mut self, k: usize, request: u64) {
+        if self.kas[k].requests.get(&request) != Some(&Stage::Pending) {
+            return;
+        }
+        if !self.kas[k].router.cancel(&request) {
+            return;
+        }
+        self.kas[k].requests.remove(&request);
+        if let Some(agent) = self.ledger.get(request).map(|r| r.agent) {
+            self.unpend(agent, request);
+        }
+        self.dispatch_request(request, None);
+    }
+
+    /// Agent `agent_id` connected to replica `k`: requests waiting for it elsewhere move here.
+    fn directory_notify(&mut self, k: usize, agent_id: u64) {
+        let Some(waiting) = self.pending_for.get(&agent_id) else {
+            return;
+        };
+        let moving: Vec<(u64, usize)> = waiting
+            .iter()
+            .filter_map(|r| {
+                let at = self.ledger.get(*r)?.at_kas?;
+                (at != k).then_some((*r, at))
+            })
+            .collect();
+        for (request, at) in moving {
+            self.move_pending(at, request);
+        }
+    }
+
+    /// Starts assigned requests, fails expired ones, re-arms the router timer.
+    pub(super) fn drain_router(&mut self, k: usize) {
+        // Each round removes one request from the router's queues.
+        for _ in 0..1_000_000u32 {
+            if let Some((request, fid)) = self.kas[k].router.poll_assigned() {
+                self.start_request(k, request, fid);
+                continue;
+            }
+            if let Some((request, e)) = self.kas[k].router.poll_failed() {
+                self.kas[k].requests.remove(&request);
+                if let Some(agent) = self.ledger.get(request).map(|r| r.agent) {
+                    self.unpend(agent, request);
+                }
+                self.complete(request, Outcome::from_route_error(&e));
+                continue;
+            }
+            break;
+        }
+        let kas = &mut self.kas[k];
+        if let Some(deadline) = kas.router.poll_timeout() {
+            let t = self.clock.to_sim(deadline).max(self.now);
+            if kas.router_timer_at.is_none_or(|s| t < s) {
+                kas.router_timer_at = Some(t);
+                self.queue.push(t, Ev::RouterTimer { kas: k });
+            }
+        }
+    }
+
+    pub(super) fn router_timer(&mut self, k: usize) {
+        self.kas[k].router_timer_at = None;
+        if self.kas[k].is_up() {
+            self.kas[k].router.handle_timeout(self.now_i);
+            self.drain_router(k);
+        }
+    }
+
+    /// A started request ended on its stream.
+    fn finish_request(&mut self, k: usize, request: u64, outcome: Outcome) {
+        self.kas[k].requests.remove(&request);
+        if let Err(e) = self.kas[k].router.request_finished(&request) {
+            self.violate(
+                "router",
+                format!("kas {k} request_finished({request}): {e}"),
+            );
+            return;
+        }
+        self.complete(request, outcome);
+        self.drain_router(k);
+    }
+
+    /// The client's deadline passed.
+    pub(super) fn request_deadline(&mut self, request: u64) {
+        let Some(r) = self.ledger.get(request).copied() else {
+            return;
+        };
+        if let Some(k) = r.at_kas {
+            match self.kas[k].requests.remove(&request) {
+                Some(Stage::Pending) => {
+                    self.kas[k].router.cancel(&request);
+                    self.unpend(r.agent, request);
+                }
+                Some(Stage::Started { flow, stream }) => {
+                    if let Some(end) = self.flows.get_mut(&flow).and_then(|f| f.k.live_mut()) {
+                        end.requests.remove(&stream);
+                        end.outbox.remove(&stream);
+                        end.conn.reset(stream, ErrorCode::Cancel, "client gave up");
+                        self.touch(flow, Side::Kas);
+                    }
+                    if let Err(e) = self.kas[k].router.request_finished(&request) {
+                        self.violate(
+                            "router",
+                            format!("kas {k} request_finished({request}): {e}"),
+                        );
+                    }
+                }
+                None => {}
+            }
+            self.complete(request, Outcome::Timeout);
+            self.drain_router(k);
+        } else {
+            self.complete(request, Outcome::Timeout);
+        }
+    }
+
+    // ------------------------------------------------------------------ replicas
+
+    /// The replica's process ends: its sockets vanish (with RST if `notify`), its memory is lost, and
+    /// everything it was handling fails.
+    fn kas_down(&mut self, k: usize, notify: bool, host_up: bool) {
+        let conns = std::mem::take(&mut self.kas[k].conns);
+        for fid in conns {
+            let Some(flow) = self.flows.get_mut(&fid) else {
+                continue;
+            };
+            flow.k = End::Gone;
+            if notify && flow.a.live().is_some() {
+                self.send_signal(fid, Dir::Down, true);
+            }
+            self.maybe_remove_flow(fid);
+        }
+        let requests = std::mem::take(&mut self.kas[k].requests);
+        for (request, _) in requests {
+            if let Some(agent) = self.ledger.get(request).map(|r| r.agent) {
+                self.unpend(agent, request);
+            }
+            self.complete(request, Outcome::KasFailed);
+        }
+        let kas = &mut self.kas[k];
+        kas.router = Router::new(kas.router_config);
+        kas.mirrors.clear();
+        kas.established = 0;
+        kas.router_timer_at = None;
+        kas.rolling = None;
+        kas.state = KasState::Down { host_up };
+        kas.incarnation += 1;
+        kas.restarts += 1;
+    }
+
+    pub(super) fn kas_crash(&mut self, k: usize, fault: usize) {
+        let Some(Fault::KasCrash(f)) = self.sc.faults.get(fault).cloned() else {
+            return;
+        };
+        if !self.kas[k].is_up() {
+            return;
+        }
+        self.storm_begin(k, StormCause::Crash);
+        // A crash in the middle of a rolling restart: the restart goes on once this replica is back.
+        let rolling = self.kas[k].rolling;
+        self.kas_down(k, !f.silent, !f.silent);
+        self.queue
+            .push(self.now.plus(f.down_for), Ev::KasStart { kas: k, rolling });
+    }
+
+    pub(super) fn kas_start(&mut self, k: usize, rolling: Option<usize>) {
+        let kas = &mut self.kas[k];
+        kas.state = KasState::Up;
+        kas.accepting = true;
+        if let Some(fault) = rolling
+            && let Some(Fault::RollingRestart(f)) = self.sc.faults.get(fault)
+            && k + 1 < self.kas.len()
+        {
+            self.queue.push(
+                self.now.plus(f.interval),
+                Ev::RollingBegin { kas: k + 1, fault },
+            );
+        }
+    }
+
+    pub(super) fn rolling_begin(&mut self, k: usize, fault: usize) {
+        let Some(Fault::RollingRestart(f)) = self.sc.faults.get(fault).cloned() else {
+            return;
+        };
+        if !self.kas[k].is_up() {
+            // Down already (crashed; it restarts on its own): nothing to drain, next replica.
+            if k + 1 < self.kas.len() {
+                self.queue.push(
+                    self.now.plus(f.interval),
+                    Ev::RollingBegin { kas: k + 1, fault },
+                );
+            }
+            return;
+        }
+        self.storm_begin(k, StormCause::Rolling);
+        let kas = &mut self.kas[k];
+        kas.accepting = false;
+        kas.rolling = Some(fault);
+        let incarnation = kas.incarnation;
+        let conns: Vec<u64> = kas.conns.iter().copied().collect();
+        for fid in &conns {
+            let mut registered = false;
+            if let Some(end) = self.flows.get_mut(fid).and_then(|f| f.k.live_mut()) {
+                end.conn.close(ErrorCode::NoError, "kas is restarting");
+                registered = end.registered;
+            }
+            if registered {
+                let _ = self.kas[k].router.set_draining(fid);
+            }
+            self.touch(*fid, Side::Kas);
+        }
+        let pending: Vec<u64> = self.kas[k]
+            .requests
+            .iter()
+            .filter(|(_, s)| **s == Stage::Pending)
+            .map(|(r, _)| *r)
+            .collect();
+        for r in pending {
+            self.move_pending(k, r);
+        }
+        self.drain_router(k);
+        let stop_at = if conns.is_empty() {
+            self.now
+        } else {
+            self.now.plus(f.grace)
+        };
+        self.queue.push(
+            stop_at,
+            Ev::KasStop {
+                kas: k,
+                incarnation,
+                fault,
+            },
+        );
+    }
+
+    pub(super) fn kas_stop(&mut self, k: usize, incarnation: u32, fault: usize) {
+        let kas = &self.kas[k];
+        if kas.incarnation != incarnation || !kas.is_up() {
+            return;
+        }
+        let Some(Fault::RollingRestart(f)) = self.sc.faults.get(fault).cloned() else {
+            return;
+        };
+        self.note(format_args!("kas-stop k={k} remaining={}", kas.conns.len()));
+        self.kas_down(k, true, true);
+        self.queue.push(
+            self.now.plus(f.down_for),
+            Ev::KasStart {
+                kas: k,
+                rolling: Some(fault),
+            },
+        );
+    }
+
+    pub(super) fn lb_check(&mut self) {
+        for k in 0..self.kas.len() {
+            self.lb_up[k] = self.kas[k].accepting();
+        }
+        let next = self.now.plus(self.sc.network.lb_health_interval);
+        if next < self.end {
+            self.queue.push(next, Ev::LbCheck);
+        }
+    }
+
+    /// Ends a request towards its client (exactly once, or it is a violation).
+    pub(super) fn complete(&mut self, request: u64, outcome: Outcome) {
+        if self.sc.inject.lose_request == Some(request) {
+            self.note(format_args!("INJECT lose r={request}"));
+            return;
+        }
+        match self.ledger.complete(request, outcome, self.now) {
+            Ok(c) => {
+                self.note(format_args!(
+                    "done r={request} {} {}us",
+                    outcome.name(),
+                    c.latency_ns / 1000
+                ));
+                self.metrics.request_done(&c, self.now);
+                if self.sc.inject.duplicate_completion == Some(request) {
+                    self.note(format_args!("INJECT duplicate r={request}"));
+                    self.complete(request, outcome);
+                }
+            }
+            Err(e) => {
+                self.violate(
+                    "request-ended-twice",
+                    format!("request {} ended again ({})", e.0, outcome.name()),
+                );
+            }
+        }
+    }
+
+    /// Records that a flow needs its events handled and its output flushed after this event.
+    pub(super) fn touch(&mut self, fid: u64, side: Side) {
+        self.dirty.insert((fid, side));
+    }
+}
+
+fn header(name: &str, value: u64) -> proto::Header {
+    proto::Header {
+        name: name.to_owned(),
+        value: value.to_string().into_bytes().into(),
+    }
+}

@@ -1,0 +1,78 @@
+//! # The deterministic simulator
+//!
+//! Thousands of agents, their clusters and a few kas replicas in virtual time, with faults, driving
+//! the production code directly: [`protocol::Connection`] (framing, flow control, keepalive, GOAWAY) on
+//! both ends of every tunnel, [`protocol::router::Router`] in every replica,
+//! [`protocol::cache::AgentCache`] in every agent and [`protocol::cache::Mirror`] in every replica,
+//! and agentk's [`agentk::reconnect::Reconnect`] deciding when agents dial. No async runtime, no
+//! threads, no clock reads in the loop.
+//!
+//! | module | what it is |
+//! |---|---|
+//! | [`scenario`] | scenario files (YAML) and command-line overrides |
+//! | [`units`] | durations and sizes as written in scenarios |
+//! | [`clock`] | virtual time and its mapping onto the `Instant`s the core takes |
+//! | [`queue`] | the single event queue, ordered by (time, sequence) |
+//! | [`trace`] | the canonical event trace and its FNV-1a hash |
+//! | [`world`] | the world, the event loop and the transport mechanics |
+//! | [`net`] | the network model of a connection: latency, jitter, bandwidth, partitions, NAT |
+//! | [`flow`] | one connection: its two endpoints and what the applications keep beside them |
+//! | [`agent`] | a simulated agentk: cache, views stream, requests, reconnects |
+//! | [`kas`] | a simulated kas replica: router, mirrors, requests, crash and rolling restart |
+//! | [`cluster`] | a simulated cluster: objects and churn |
+//! | [`clients`] | client requests and the exactly-once ledger |
+//! | [`faults`] | the scenario's faults as events |
+//! | [`framing`] | length-delimited protobuf messages in stream bodies |
+//! | [`invariants`] | what must always hold, and the checks |
+//! | [`report`] | capacity metrics and the report |
+//! | [`plot`] | the report's curves as SVG |
+//! | [`progress`] | the progress line (the only other wall-clock reader) |
+//!
+//! ## Determinism
+//!
+//! One [`rand_chacha::ChaCha8Rng`] seeded from the scenario's seed makes every random choice, in the
+//! order events happen; events are totally ordered by (time, insertion sequence); every table is a
+//! `BTreeMap`/`BTreeSet`; simulated time is an integer ([`clock::SimTime`]) mapped onto instants as
+//! offsets from one epoch. The same scenario and seed therefore give the same trace, byte for byte,
+//! and the same [trace hash](world::Outcome::trace_hash).
+//!
+//! ## Running one
+//!
+//! ```no_run
+//! use simulator::sim::{Scenario, RunOptions, run};
+//! let scenario = Scenario::load("simulator/scenarios/steady.yaml".as_ref())?;
+//! let outcome = run(scenario, RunOptions::default());
+//! println!("trace hash: {:016x}", outcome.trace_hash);
+//! assert!(outcome.violation.is_none());
+//! # Ok::<(), simulator::sim::ScenarioError>(())
+//! ```
+
+pub mod agent;
+pub mod clients;
+pub mod clock;
+pub mod cluster;
+pub mod faults;
+pub mod flow;
+pub mod framing;
+pub mod invariants;
+pub mod kas;
+pub mod net;
+pub mod plot;
+pub mod progress;
+pub mod queue;
+pub mod report;
+pub mod scenario;
+pub mod trace;
+pub mod units;
+pub mod world;
+
+pub use invariants::Violation;
+pub use report::Report;
+pub use scenario::{Overrides, Scenario, ScenarioError};
+pub use trace::TraceSink;
+pub use world::{Outcome, RunOptions};
+
+/// Runs a scenario (with its `seed`) to the end or to the first invariant violation.
+pub fn run(scenario: Scenario, options: RunOptions) -> Outcome {
+    world::World::new(scenario, options).run()
+}

@@ -1,0 +1,783 @@
+//! The world and its event loop.
+//!
+//! [`World`] owns everything: the agents (each with its cluster), the kas replicas, the connections
+//! between them ([`Flow`]s), the client ledger, one seeded RNG, the virtual clock and the single event
+//! queue. [`World::run`] pops events in (time, sequence) order and dispatches them until the end of the
+//! scenario or the first invariant violation; each event and each notable outcome becomes one trace
+//! line.
+//!
+//! The transport mechanics live here: [`World::pump`] hands a connection's events to the agent or kas
+//! logic and then [`World::flush`]es what it wants to send onto its link (each transmit becomes one
+//! `Deliver` event at its arrival time) and (re)arms its timer. Timers are lazy: an endpoint has at most
+//! one timer event it relies on (`timer_at`); when a deadline moves later, the old event fires, finds
+//! nothing due and re-arms, so an idle connection costs a few events per keepalive interval and
+//! nothing else.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::agent::SimAgent;
+use super::clients::Ledger;
+use super::clock::{Clock, SimTime};
+use super::flow::{End, Flow, FlowTable, Side};
+use super::invariants::Violation;
+use super::kas::SimKas;
+use super::net::Dir;
+use super::progress::Progress;
+use super::queue::EventQueue;
+use super::report::{Metrics, Report};
+use super::scenario::Scenario;
+use super::trace::{Trace, TraceSink};
+
+/// Everything that can happen.
+#[derive(Debug)]
+pub(super) enum Ev {
+    /// An agent process starts (first boot or after a restart).
+    Boot {
+        agent: usize,
+    },
+    /// An agent's back-off is over: dial.
+    Dial {
+        agent: usize,
+        attempt: u64,
+    },
+    /// A dial failed (timeout or refused).
+    DialFailed {
+        agent: usize,
+        attempt: u64,
+    },
+    /// The SYN reaches kas.
+    Syn {
+        flow: u64,
+    },
+    /// The SYN-ACK reaches the agent: the TCP connection is up.
+    SynAck {
+        flow: u64,
+    },
+    /// Octets arrive.
+    Deliver {
+        flow: u64,
+        dir: Dir,
+        data: Bytes,
+    },
+    /// FIN or RST arrives.
+    Signal {
+        flow: u64,
+        dir: Dir,
+        rst: bool,
+    },
+    /// A connection's deadline.
+    ConnTimer {
+        flow: u64,
+        side: Side,
+    },
+    /// An agent's publisher deadline.
+    AgentTimer {
+        agent: usize,
+    },
+    /// The agent has its answer to a request ready.
+    AgentRespond {
+        flow: u64,
+        stream: u32,
+    },
+    /// A cluster changes.
+    Churn,
+    /// A client sends a request.
+    ClientRequest,
+    /// A request reaches the kas replica that will route it.
+    KasArrive {
+        kas: usize,
+        request: u64,
+    },
+    /// A client's deadline.
+    RequestDeadline {
+        request: u64,
+    },
+    /// A router's pending-request deadline.
+    RouterTimer {
+        kas: usize,
+    },
+    /// A random connection drop (fault index).
+    DropTick {
+        fault: usize,
+    },
+    /// A random agent restart (fault index).
+    RestartTick {
+        fault: usize,
+    },
+    KasCrash {
+        kas: usize,
+        fault: usize,
+    },
+    KasStart {
+        kas: usize,
+        rolling: Option<usize>,
+    },
+    /// Rolling restart of replica `kas` begins (GOAWAY to its agents).
+    RollingBegin {
+        kas: usize,
+        fault: usize,
+    },
+    /// A draining replica stops (its grace is over or its connections are gone).
+    KasStop {
+        kas: usize,
+        incarnation: u32,
+        fault: usize,
+    },
+    /// The load balancer re-checks which replicas are up.
+    LbCheck,
+    /// Metrics sampling and periodic invariant checks.
+    Sample,
+    /// The end of the run.
+    End,
+}
+
+/// How to run.
+#[derive(Debug)]
+pub struct RunOptions {
+    /// Where trace lines go (the hash is always computed).
+    pub trace: TraceSink,
+    /// Print a progress line on stderr.
+    pub progress: bool,
+    /// Do not free the world's memory at the end (a large world takes seconds to free): for a
+    /// process that exits right after the run.
+    pub fast_exit: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            trace: TraceSink::None,
+            progress: false,
+            fast_exit: false,
+        }
+    }
+}
+
+/// The result of a run.
+#[derive(Debug)]
+pub struct Outcome {
+    pub seed: u64,
+    pub trace_hash: u64,
+    /// Events processed.
+    pub events: u64,
+    /// Trace lines, when kept in memory.
+    pub trace_lines: Vec<String>,
+    /// The first invariant violation, if any.
+    pub violation: Option<Violation>,
+    pub report: Report,
+    /// Wall-clock time of the run (not part of the trace).
+    pub wall: Duration,
+    /// A trace file could not be written.
+    pub trace_error: Option<String>,
+}
+
+/// The simulated world (see the module docs).
+pub(super) struct World {
+    pub sc: Scenario,
+    pub seed: u64,
+    pub clock: Clock,
+    pub now: SimTime,
+    pub now_i: Instant,
+    pub queue: EventQueue<Ev>,
+    pub rng: ChaCha8Rng,
+    pub trace: Trace,
+    pub event_index: u64,
+    pub violation: Option<Violation>,
+    pub agents: Vec<SimAgent>,
+    pub kas: Vec<SimKas>,
+    pub flows: FlowTable,
+    pub next_flow: u64,
+    pub ledger: Ledger,
+    /// Requests waiting in some replica's router, by agent id (the directory watch uses it).
+    pub pending_for: BTreeMap<u64, BTreeSet<u64>>,
+    /// The load balancer's view of which replicas are up.
+    pub lb_up: Vec<bool>,
+    pub lb_next: usize,
+    pub config: protocol::Config,
+    pub policy: agentk::reconnect::BackoffPolicy,
+    /// No new requests, changes or faults from then on.
+    pub quiet_from: SimTime,
+    /// Agents must be connected by then (faults and start-up over, plus the reconnect bound).
+    pub reconnect_deadline: SimTime,
+    pub end: SimTime,
+    pub metrics: Metrics,
+    /// Agents that churn `hot_factor` times faster.
+    pub hot: Vec<usize>,
+    /// Cumulative weights of the request mix.
+    pub mix_cdf: Vec<f64>,
+    /// Zeros to slice synthetic bodies from.
+    pub zeros: Bytes,
+    /// Endpoints touched by the current event, pumped once it is handled.
+    pub dirty: BTreeSet<(u64, Side)>,
+    progress: Option<Progress>,
+    fast_exit: bool,
+}
+
+impl World {
+    pub fn new(sc: Scenario, options: RunOptions) -> World {
+        let seed = sc.seed;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let clock = Clock::new();
+        let n = sc.agents;
+        let config = sc.connection_config();
+        let policy = agentk::reconnect::BackoffPolicy {
+            initial: sc.agent.backoff.initial,
+            max: sc.agent.backoff.max,
+            stable_after: sc.agent.backoff.stable_after,
+        };
+        let mut agents = Vec::with_capacity(n);
+        for i in 0..n {
+            let spread = sc.network.latency_spread * (rng.random::<f64>() * 2.0 - 1.0);
+            let latency = sc.network.latency.mul_f64((1.0 + spread).max(0.0));
+            agents.push(SimAgent::new(i, &sc, latency, policy));
+        }
+        let hot: Vec<usize> = (0..n)
+            .filter(|_| sc.cluster.hot_fraction > 0.0 && rng.random_bool(sc.cluster.hot_fraction))
+            .collect();
+        let kas = (0..sc.kas.replicas).map(|i| SimKas::new(i, &sc)).collect();
+        let mut total = 0.0;
+        let mix_cdf = sc
+            .clients
+            .mix
+            .iter()
+            .map(|k| {
+                total += k.weight;
+                total
+            })
+            .collect();
+        let max_body = sc
+            .clients
+            .mix
+            .iter()
+            .map(|k| k.request_bytes.max(k.response_bytes))
+            .max()
+            .unwrap_or(0);
+        let end = SimTime::from_duration(sc.duration);
+        let quiet_from = SimTime::from_duration(sc.duration - sc.quiesce);
+        let reconnect_deadline = SimTime::from_duration(
+            sc.faults_end().max(sc.agent.start_spread) + sc.reconnect_bound(),
+        );
+        let replicas = sc.kas.replicas;
+        let mut w = World {
+            seed,
+            clock,
+            now: SimTime::ZERO,
+            now_i: clock.instant(SimTime::ZERO),
+            queue: EventQueue::new(),
+            rng,
+            trace: Trace::new(options.trace),
+            event_index: 0,
+            violation: None,
+            agents,
+            kas,
+            flows: FlowTable::default(),
+            next_flow: 0,
+            ledger: Ledger::default(),
+            pending_for: BTreeMap::new(),
+            lb_up: vec![true; replicas],
+            lb_next: 0,
+            config,
+            policy,
+            quiet_from,
+            reconnect_deadline,
+            end,
+            metrics: Metrics::new(replicas),
+            hot,
+            mix_cdf,
+            zeros: Bytes::from(vec![0u8; usize::try_from(max_body).unwrap_or(0)]),
+            dirty: BTreeSet::new(),
+            progress: options.progress.then(|| Progress::new(end)),
+            fast_exit: options.fast_exit,
+            sc,
+        };
+        w.schedule_start();
+        w
+    }
+
+    /// The initial events.
+    fn schedule_start(&mut self) {
+        let spread = self.sc.agent.start_spread;
+        for i in 0..self.agents.len() {
+            let at = SimTime::from_duration(spread.mul_f64(self.rng.random::<f64>()));
+            self.queue.push(at, Ev::Boot { agent: i });
+        }
+        self.schedule_faults();
+        let churn = self.churn_rate();
+        if churn > 0.0 {
+            let at = SimTime::ZERO.plus(self.exp(churn));
+            self.queue.push(at, Ev::Churn);
+        }
+        if self.sc.clients.rate > 0.0 {
+            let at =
+                SimTime::from_duration(self.sc.clients.start).plus(self.exp(self.sc.clients.rate));
+            self.queue.push(at, Ev::ClientRequest);
+        }
+        self.queue.push(SimTime::ZERO, Ev::LbCheck);
+        self.queue
+            .push(SimTime::from_duration(self.sc.sample_interval), Ev::Sample);
+        self.queue.push(self.end, Ev::End);
+    }
+
+    /// An exponentially distributed delay with the given rate (per second).
+    pub fn exp(&mut self, rate: f64) -> Duration {
+        if rate <= 0.0 {
+            return Duration::MAX;
+        }
+        let u: f64 = self.rng.random();
+        Duration::try_from_secs_f64(-(1.0 - u).ln() / rate).unwrap_or(Duration::MAX)
+    }
+
+    /// Runs to the end (or the first violation) and reports.
+    pub fn run(mut self) -> Outcome {
+        let started = Instant::now();
+        // Bounded by the queue: every event is due no later than the end event, which stops the loop.
+        while let Some((t, ev)) = self.queue.pop() {
+            self.now = t;
+            self.now_i = self.clock.instant(t);
+            self.trace_event(&ev);
+            let is_end = matches!(ev, Ev::End);
+            self.dispatch(ev);
+            self.flush_dirty();
+            self.event_index += 1;
+            if self.violation.is_some() || is_end {
+                break;
+            }
+            if self.event_index & 0xffff == 0
+                && let Some(p) = &mut self.progress
+            {
+                p.tick(self.now, self.event_index, started);
+            }
+        }
+        if let Some(p) = &mut self.progress {
+            p.finish();
+        }
+        let wall = started.elapsed();
+        let trace_error = self.trace.finish().err();
+        let report = self.report(wall);
+        let outcome = Outcome {
+            seed: self.seed,
+            trace_hash: self.trace.hash(),
+            events: self.event_index,
+            trace_lines: self.trace.take_lines(),
+            violation: self.violation.take(),
+            report,
+            wall,
+            trace_error,
+        };
+        if self.fast_exit {
+            // Freeing millions of small allocations only to exit: let the process end do it.
+            std::mem::forget(self);
+        }
+        outcome
+    }
+
+    fn dispatch(&mut self, ev: Ev) {
+        match ev {
+            Ev::Boot { agent } => self.agent_boot(agent),
+            Ev::Dial { agent, attempt } => self.agent_dial(agent, attempt),
+            Ev::DialFailed { agent, attempt } => self.agent_dial_failed(agent, attempt),
+            Ev::Syn { flow } => self.kas_syn(flow),
+            Ev::SynAck { flow } => self.agent_syn_ack(flow),
+            Ev::Deliver { flow, dir, data } => self.on_deliver(flow, dir, &data),
+            Ev::Signal { flow, dir, .. } => self.on_signal(flow, dir),
+            Ev::ConnTimer { flow, side } => self.on_conn_timer(flow, side),
+            Ev::AgentTimer { agent } => self.agent_timer(agent),
+            Ev::AgentRespond { flow, stream } => self.agent_respond(flow, stream),
+            Ev::Churn => self.churn(),
+            Ev::ClientRequest => self.client_request(),
+            Ev::KasArrive { kas, request } => self.kas_arrive(kas, request),
+            Ev::RequestDeadline { request } => self.request_deadline(request),
+            Ev::RouterTimer { kas } => self.router_timer(kas),
+            Ev::DropTick { fault } => self.drop_tick(fault),
+            Ev::RestartTick { fault } => self.restart_tick(fault),
+            Ev::KasCrash { kas, fault } => self.kas_crash(kas, fault),
+            Ev::KasStart { kas, rolling } => self.kas_start(kas, rolling),
+            Ev::RollingBegin { kas, fault } => self.rolling_begin(kas, fault),
+            Ev::KasStop {
+                kas,
+                incarnation,
+                fault,
+            } => self.kas_stop(kas, incarnation, fault),
+            Ev::LbCheck => self.lb_check(),
+            Ev::Sample => self.sample(),
+            Ev::End => self.check_end(),
+        }
+    }
+
+    fn trace_event(&mut self, ev: &Ev) {
+        let i = self.event_index;
+        let t = self.now;
+        let tr = &mut self.trace;
+        let u = |x: usize| x as u64;
+        match ev {
+            Ev::Boot { agent } => tr.event(i, t, "boot", "", &[("a", u(*agent))]),
+            Ev::Dial { agent, attempt } => {
+                tr.event(i, t, "dial", "", &[("a", u(*agent)), ("g", *attempt)])
+            }
+            Ev::DialFailed { agent, attempt } => tr.event(
+                i,
+                t,
+                "dial-failed",
+                "",
+                &[("a", u(*agent)), ("g", *attempt)],
+            ),
+            Ev::Syn { flow } => tr.event(i, t, "syn", "", &[("f", *flow)]),
+            Ev::SynAck { flow } => tr.event(i, t, "syn-ack", "", &[("f", *flow)]),
+            Ev::Deliver { flow, dir, data } => tr.event(
+                i,
+                t,
+                "deliver",
+                dir_name(*dir),
+                &[("f", *flow), ("n", data.len() as u64)],
+            ),
+            Ev::Signal { flow, dir, rst } => tr.event(
+                i,
+                t,
+                if *rst { "rst" } else { "fin" },
+                dir_name(*dir),
+                &[("f", *flow)],
+            ),
+            Ev::ConnTimer { flow, side } => tr.event(i, t, "timer", side.name(), &[("f", *flow)]),
+            Ev::AgentTimer { agent } => tr.event(i, t, "views-timer", "", &[("a", u(*agent))]),
+            Ev::AgentRespond { flow, stream } => tr.event(
+                i,
+                t,
+                "respond",
+                "",
+                &[("f", *flow), ("s", u64::from(*stream))],
+            ),
+            Ev::Churn => tr.event(i, t, "churn", "", &[]),
+            Ev::ClientRequest => tr.event(i, t, "client", "", &[]),
+            Ev::KasArrive { kas, request } => {
+                tr.event(i, t, "arrive", "", &[("k", u(*kas)), ("r", *request)])
+            }
+            Ev::RequestDeadline { request } => tr.event(i, t, "deadline", "", &[("r", *request)]),
+            Ev::RouterTimer { kas } => tr.event(i, t, "router-timer", "", &[("k", u(*kas))]),
+            Ev::DropTick { fault } => tr.event(i, t, "drop-tick", "", &[("x", u(*fault))]),
+            Ev::RestartTick { fault } => tr.event(i, t, "restart-tick", "", &[("x", u(*fault))]),
+            Ev::KasCrash { kas, .. } => tr.event(i, t, "kas-crash", "", &[("k", u(*kas))]),
+            Ev::KasStart { kas, .. } => tr.event(i, t, "kas-start", "", &[("k", u(*kas))]),
+            Ev::RollingBegin { kas, .. } => tr.event(i, t, "rolling", "", &[("k", u(*kas))]),
+            Ev::KasStop {
+                kas, incarnation, ..
+            } => tr.event(
+                i,
+                t,
+                "kas-stop",
+                "",
+                &[("k", u(*kas)), ("n", u64::from(*incarnation))],
+            ),
+            Ev::LbCheck => tr.event(i, t, "lb-check", "", &[]),
+            Ev::Sample => tr.event(i, t, "sample", "", &[]),
+            Ev::End => tr.event(i, t, "end", "", &[]),
+        }
+    }
+
+    /// A trace line about an outcome of the current event.
+    pub fn note(&mut self, args: std::fmt::Arguments<'_>) {
+        let i = self.event_index;
+        let t = self.now;
+        self.trace.line(format_args!("{i} {t} . {args}"));
+    }
+
+    /// Records an invariant violation (the first one stops the run).
+    pub fn violate(&mut self, invariant: &'static str, detail: String) {
+        if self.violation.is_some() {
+            return;
+        }
+        let v = Violation {
+            seed: self.seed,
+            event_index: self.event_index,
+            time: self.now,
+            invariant,
+            detail,
+        };
+        self.note(format_args!("VIOLATION {}: {}", v.invariant, v.detail));
+        tracing::debug!(invariant, detail = %v.detail, "invariant violated");
+        self.violation = Some(v);
+    }
+
+    // ------------------------------------------------------------------ transport
+
+    /// The next event of an endpoint, if it is live and has one.
+    fn next_event(&mut self, fid: u64, side: Side) -> Option<protocol::Event> {
+        let flow = self.flows.get_mut(&fid)?;
+        match side {
+            Side::Agent => flow.a.live_mut()?.conn.poll_event(),
+            Side::Kas => flow.k.live_mut()?.conn.poll_event(),
+        }
+    }
+
+    fn handle_event(&mut self, fid: u64, side: Side, ev: protocol::Event) {
+        match side {
+            Side::Agent => self.on_agent_event(fid, ev),
+            Side::Kas => self.on_kas_event(fid, ev),
+        }
+    }
+
+    /// Hands an endpoint's events to the agent or kas logic and moves what it wants to send onto its
+    /// link, until neither produces anything (transmitting can complete streams and so report new
+    /// events, `Closed` among them); then closes the socket if the connection is over, or arms the
+    /// endpoint's timer.
+    pub fn pump(&mut self, fid: u64, side: Side) {
+        // Each round handles at least one event or ends; handlers add a bounded number of events.
+        for _ in 0..1_000_000u32 {
+            while let Some(ev) = self.next_event(fid, side) {
+                self.handle_event(fid, side, ev);
+            }
+            self.transmit(fid, side);
+            match self.next_event(fid, side) {
+                Some(ev) => self.handle_event(fid, side, ev),
+                None => break,
+            }
+        }
+        self.settle(fid, side);
+    }
+
+    /// Moves what an endpoint wants to send onto its link.
+    fn transmit(&mut self, fid: u64, side: Side) {
+        let now = self.now;
+        let Some(flow) = self.flows.get_mut(&fid) else {
+            return;
+        };
+        let Flow {
+            a, k, link, agent, ..
+        } = flow;
+        let kas = flow.kas;
+        let faults = &self.agents[*agent].faults;
+        let dir = side.out_dir();
+        let conn = match side {
+            Side::Agent => match a {
+                End::Live(e) => &mut e.conn,
+                _ => return,
+            },
+            Side::Kas => match k {
+                End::Live(e) => &mut e.conn,
+                _ => return,
+            },
+        };
+        let mut sent = 0u64;
+        // poll_transmit drains a finite buffer.
+        while let Some(bytes) = conn.poll_transmit() {
+            sent += bytes.len() as u64;
+            if let Some(at) = link.send(dir, now, bytes.len(), kas, faults, &mut self.rng) {
+                self.queue.push(
+                    at,
+                    Ev::Deliver {
+                        flow: fid,
+                        dir,
+                        data: bytes,
+                    },
+                );
+            }
+        }
+        if side == Side::Kas {
+            self.metrics.kas[kas].bytes += sent;
+        }
+    }
+
+    /// Closes the socket of a connection that is over (FIN after the last octets), or arms the
+    /// endpoint's timer.
+    fn settle(&mut self, fid: u64, side: Side) {
+        let now = self.now;
+        let Some(flow) = self.flows.get_mut(&fid) else {
+            return;
+        };
+        let Flow {
+            a, k, link, agent, ..
+        } = flow;
+        let kas = flow.kas;
+        let faults = &self.agents[*agent].faults;
+        let dir = side.out_dir();
+        let (conn, timer_at) = match side {
+            Side::Agent => match a {
+                End::Live(e) => (&mut e.conn, &mut e.timer_at),
+                _ => return,
+            },
+            Side::Kas => match k {
+                End::Live(e) => (&mut e.conn, &mut e.timer_at),
+                _ => return,
+            },
+        };
+        if conn.is_closed() {
+            if let Some(at) = link.signal(dir, now, kas, faults, &mut self.rng) {
+                self.queue.push(
+                    at,
+                    Ev::Signal {
+                        flow: fid,
+                        dir,
+                        rst: false,
+                    },
+                );
+            }
+            match side {
+                Side::Agent => *a = End::Gone,
+                Side::Kas => *k = End::Gone,
+            }
+            self.maybe_remove_flow(fid);
+            return;
+        }
+        if let Some(deadline) = conn.poll_timeout() {
+            let t = self.clock.to_sim(deadline).max(now);
+            if timer_at.is_none_or(|s| t < s) {
+                *timer_at = Some(t);
+                self.queue.push(t, Ev::ConnTimer { flow: fid, side });
+            }
+        }
+    }
+
+    /// Sends FIN or RST from the sending side of `dir`.
+    pub fn send_signal(&mut self, fid: u64, dir: Dir, rst: bool) {
+        let now = self.now;
+        let Some(flow) = self.flows.get_mut(&fid) else {
+            return;
+        };
+        let faults = &self.agents[flow.agent].faults;
+        if let Some(at) = flow.link.signal(dir, now, flow.kas, faults, &mut self.rng) {
+            self.queue.push(
+                at,
+                Ev::Signal {
+                    flow: fid,
+                    dir,
+                    rst,
+                },
+            );
+        }
+    }
+
+    /// Forgets a flow whose ends are both gone.
+    pub fn maybe_remove_flow(&mut self, fid: u64) {
+        if self.flows.get(&fid).is_some_and(Flow::is_finished) {
+            self.flows.remove(&fid);
+        }
+    }
+
+    fn on_deliver(&mut self, fid: u64, dir: Dir, data: &[u8]) {
+        let now = self.now_i;
+        let side = Side::receiver(dir);
+        let Some(flow) = self.flows.get_mut(&fid) else {
+            return;
+        };
+        let kas = flow.kas;
+        let delivered = match side {
+            Side::Agent => match &mut flow.a {
+                End::Live(e) => {
+                    e.conn.handle_input(data, now);
+                    true
+                }
+                _ => false,
+            },
+            Side::Kas => match &mut flow.k {
+                End::Live(e) => {
+                    e.conn.handle_input(data, now);
+                    true
+                }
+                _ => false,
+            },
+        };
+        if side == Side::Kas {
+            self.metrics.kas[kas].bytes += data.len() as u64;
+        }
+        if delivered {
+            self.pump(fid, side);
+            return;
+        }
+        // Octets for a socket that no longer exists: the host answers RST, unless it is down.
+        let host_down = side == Side::Kas && !self.kas[kas].host_up();
+        let sender_live = match side {
+            Side::Agent => flow.k.live().is_some(),
+            Side::Kas => flow.a.live().is_some(),
+        };
+        if !host_down && sender_live {
+            let back = match dir {
+                Dir::Up => Dir::Down,
+                Dir::Down => Dir::Up,
+            };
+            self.send_signal(fid, back, true);
+        }
+    }
+
+    fn on_signal(&mut self, fid: u64, dir: Dir) {
+        let side = Side::receiver(dir);
+        let Some(flow) = self.flows.get_mut(&fid) else {
+            return;
+        };
+        let live = match side {
+            Side::Agent => match &mut flow.a {
+                End::Live(e) => {
+                    e.conn.handle_eof();
+                    true
+                }
+                End::Pending => {
+                    flow.a = End::Gone;
+                    false
+                }
+                End::Gone => false,
+            },
+            Side::Kas => match &mut flow.k {
+                End::Live(e) => {
+                    e.conn.handle_eof();
+                    true
+                }
+                End::Pending => {
+                    flow.k = End::Gone;
+                    false
+                }
+                End::Gone => false,
+            },
+        };
+        if live {
+            self.pump(fid, side);
+        } else {
+            self.maybe_remove_flow(fid);
+        }
+    }
+
+    fn on_conn_timer(&mut self, fid: u64, side: Side) {
+        let now = self.now_i;
+        let Some(flow) = self.flows.get_mut(&fid) else {
+            return;
+        };
+        let fired = match side {
+            Side::Agent => flow.a.live_mut().map(|e| {
+                e.timer_at = None;
+                e.conn.handle_timeout(now);
+            }),
+            Side::Kas => flow.k.live_mut().map(|e| {
+                e.timer_at = None;
+                e.conn.handle_timeout(now);
+            }),
+        };
+        if fired.is_some() {
+            self.pump(fid, side);
+        }
+    }
+
+    /// Pumps every endpoint the current event touched (pumping may touch more; bounded).
+    fn flush_dirty(&mut self) {
+        for _ in 0..1_000_000u32 {
+            let Some((fid, side)) = self.dirty.pop_first() else {
+                return;
+            };
+            self.pump(fid, side);
+        }
+    }
+
+    /// A new flow id.
+    pub fn new_flow_id(&mut self) -> u64 {
+        self.next_flow += 1;
+        self.next_flow
+    }
+}
+
+fn dir_name(d: Dir) -> &'static str {
+    match d {
+        Dir::Up => "up",
+        Dir::Down => "down",
+    }
+}
