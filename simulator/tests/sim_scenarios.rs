@@ -13,6 +13,20 @@ fn load(name: &str) -> Scenario {
 }
 
 #[test]
+fn every_shipped_scenario_file_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("scenarios directory") {
+        let path = entry.expect("directory entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            Scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 3, "only {n} scenarios");
+}
+
+#[test]
 fn shipped_scenarios_are_valid() {
     let steady = load("steady.yaml");
     assert!(steady.faults.is_empty());
