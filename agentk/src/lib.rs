@@ -102,7 +102,8 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod forward;
-pub mod frame;
+/// Length-delimited framing of the `views` stream (shared with kas, in `protocol`).
+pub use protocol::cache::framing as frame;
 pub mod head;
 pub mod informer;
 pub mod k8s_api;

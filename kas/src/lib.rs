@@ -62,7 +62,8 @@ pub mod dashboard;
 pub mod demo;
 pub mod directory;
 pub mod events;
-pub mod frame;
+/// Length-delimited framing of the `views` stream (shared with agentk, in `protocol`).
+pub use protocol::cache::framing as frame;
 pub mod metrics;
 pub mod mirrors;
 pub mod pool;

@@ -27,6 +27,7 @@
 
 pub mod agent;
 pub mod decimal;
+pub mod framing;
 pub mod mirror;
 pub mod object;
 pub mod path;
