@@ -1,0 +1,2 @@
+//! GitOps (placeholder while agent-config builds).
+#![warn(missing_docs)]
