@@ -188,12 +188,10 @@ pub(crate) fn decode(d: &mut Decoder, node: &Node, path: &str) -> GitopsConfig {
             }
         }
     }
-    // Two entries for the same project and ref would prune each other's objects. Entries that had
-    // errors are not compared: their defaults could collide spuriously.
+    // Two entries for the same project would share one inventory and prune each other's objects.
+    // Entries that had errors are not compared: their defaults could collide spuriously.
     for (i, (p, node, clean)) in projects.iter().enumerate() {
-        let twin = projects[..i]
-            .iter()
-            .any(|(q, _, ok)| *ok && q.id == p.id && q.git_ref == p.git_ref);
+        let twin = projects[..i].iter().any(|(q, _, ok)| *ok && q.id == p.id);
         if *clean && twin {
             let name =
                 p.id.as_ref()
@@ -202,7 +200,7 @@ pub(crate) fn decode(d: &mut Decoder, node: &Node, path: &str) -> GitopsConfig {
                 ErrorKind::InvalidValue,
                 &index(&f.path_of("manifest_projects"), i),
                 node.pos,
-                format!("manifest project {name} is listed twice with the same ref; each would prune the other's objects"),
+                format!("manifest project {name} is listed twice; list it once with one ref and several paths (two entries would prune each other's objects)"),
             );
         }
     }

@@ -293,13 +293,12 @@ fn duplicate_manifest_projects_are_refused() {
     let e = one_error("gitops:\n  manifest_projects:\n  - id: a/b\n  - id: a/b\n");
     assert_eq!(e.path, "gitops.manifest_projects[1]");
     assert_eq!(e.line, 4);
-    // The same project on two refs is fine.
-    assert!(
-        ConfigFile::parse(
-            "gitops:\n  manifest_projects:\n  - id: a/b\n  - id: a/b\n    ref: {branch: x}\n"
-        )
-        .is_ok()
+    // Also on two refs: one inventory per project.
+    let e = one_error(
+        "gitops:\n  manifest_projects:\n  - id: a/b\n  - id: a/b\n    ref: {branch: x}\n",
     );
+    assert!(e.message.contains("listed twice"), "{e}");
+    assert!(ConfigFile::parse("gitops:\n  manifest_projects:\n  - id: a/b\n  - id: c/d\n").is_ok());
 }
 
 #[test]
@@ -516,7 +515,7 @@ gitops:
     id: a/b
     prune: false
   - <<: *p
-    ref: {branch: other}
+    id: c/d
 ";
     let f = ConfigFile::parse(src).expect("valid");
     assert!(!f.gitops.manifest_projects[1].prune);
@@ -525,6 +524,6 @@ gitops:
             .id
             .as_ref()
             .map(ProjectId::as_str),
-        Some("a/b")
+        Some("c/d")
     );
 }
