@@ -45,6 +45,13 @@ impl InventoryRef {
     }
 }
 
+impl InventoryRef {
+    /// The id of the inventory ConfigMap itself (never applied or pruned as a manifest).
+    pub fn object_id(&self) -> ObjectId {
+        ObjectId::namespaced("", "ConfigMap", &self.namespace, &self.name)
+    }
+}
+
 /// Why an inventory object cannot be used. Refusing is the safe answer: nothing is applied or pruned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InventoryError {

@@ -656,6 +656,9 @@ impl Sync {
             },
         };
         let Some(round) = &mut self.round else { return };
+        // The inventory never tracks (so never prunes) itself.
+        let mut old = old;
+        old.remove(&self.config.inventory.object_id());
         // Results shown: this round's objects (desired and prune candidates) only.
         let shown: BTreeSet<ObjectId> = round.desired_ids.union(&old).cloned().collect();
         self.results.retain(|id, _| shown.contains(id));
@@ -696,6 +699,14 @@ impl Sync {
         let Some(round) = &mut self.round else { return };
         if round.stop.is_some() {
             return;
+        }
+        if object == self.config.inventory.object_id() {
+            return self.record(
+                &object,
+                ObjectResult::Skipped,
+                Some("this is the inventory object of the project; rename the manifest".into()),
+                now,
+            );
         }
         if let Err(not_ours) = can_apply(
             self.config.inventory_policy,
@@ -854,8 +865,13 @@ impl Sync {
             let dry = self.config.dry_run != DryRunStrategy::None;
             match round.stage {
                 Stage::ReadInventory => {
-                    let union: BTreeSet<ObjectId> =
-                        round.old.union(&round.desired_ids).cloned().collect();
+                    let itself = self.config.inventory.object_id();
+                    let union: BTreeSet<ObjectId> = round
+                        .old
+                        .union(&round.desired_ids)
+                        .filter(|id| **id != itself)
+                        .cloned()
+                        .collect();
                     if dry {
                         round.stage = Stage::Apply(0);
                     } else if union == round.old {

@@ -51,7 +51,7 @@ pub struct ModelCluster {
 
 /// The id of an inventory's ConfigMap.
 pub fn inventory_object(at: &InventoryRef) -> ObjectId {
-    ObjectId::namespaced("", "ConfigMap", &at.namespace, &at.name)
+    at.object_id()
 }
 
 impl ModelCluster {

@@ -821,3 +821,38 @@ fn status_reports_wall_clock_times() {
     assert!((1_000_000 - 60_000..=1_000_000).contains(&synced));
     assert!(json["next_attempt_at"].as_u64().expect("next") > 1_000_000);
 }
+
+#[test]
+fn a_manifest_named_like_the_inventory_is_never_applied() {
+    let mut h = Harness::new(
+        config(InventoryPolicy::AdoptAll, true, DryRunStrategy::None),
+        19,
+    );
+    let inv = h.config.inventory.clone();
+    let id = inventory_object(&inv);
+    let set = DesiredSet::new(
+        "c1",
+        vec![Object {
+            manifest: manifest(&id, "v1", 1, false),
+            api_version: "v1".into(),
+            id: id.clone(),
+            source: Source::default(),
+        }],
+    )
+    .expect("set");
+    converge(&mut h, set);
+    let status = h.sync.status();
+    assert_eq!(status.phase, Phase::Degraded);
+    assert!(
+        status
+            .objects
+            .iter()
+            .any(|s| s.object == id && s.result == ObjectResult::Skipped)
+    );
+    // The inventory is still an inventory, and does not list itself: a later commit cannot prune it.
+    let listed = h.cluster.inventory(&inv).map(|i| i.objects).unwrap_or_default();
+    assert!(!listed.contains(&id));
+    converge(&mut h, commit(2, 0b1, 0, 1));
+    assert!(h.cluster.inventory(&inv).is_some());
+    assert!(h.cluster.violations.is_empty());
+}
