@@ -201,39 +201,35 @@ pub enum NotOurs {
 
 /// May we apply over `live` (cli-utils' `CanApply`)? A missing object may always be created.
 pub fn can_apply(policy: InventoryPolicy, ours: &str, live: &Live) -> Result<(), NotOurs> {
-    let Live::Present { owner, .. } = live else {
-        return Ok(());
-    };
-    match owner.as_deref() {
-        Some(o) if o == ours => Ok(()),
-        None | Some("") => match policy {
-            InventoryPolicy::MustMatch => Err(NotOurs::NeedsAdoption),
-            _ => Ok(()),
-        },
-        Some(other) => match policy {
-            InventoryPolicy::AdoptAll => Ok(()),
-            _ => Err(NotOurs::OwnedByOther(other.to_string())),
-        },
-    }
+    ownership(policy, ours, live, policy == InventoryPolicy::AdoptAll)
 }
 
 /// May we delete `live`, an object of our inventory that left the desired set? Stricter than
 /// cli-utils: an object another inventory names is never pruned, whatever the policy (it took the
 /// object over after us). An unowned one is pruned unless the policy is `must_match`.
 pub fn can_prune(policy: InventoryPolicy, ours: &str, live: &Live) -> Result<(), NotOurs> {
+    ownership(policy, ours, live, false)
+}
+
+/// Ours, or one we may take: absent, annotated with our id, unannotated unless `must_match`, or
+/// another inventory's when `take_others`.
+fn ownership(
+    policy: InventoryPolicy,
+    ours: &str,
+    live: &Live,
+    take_others: bool,
+) -> Result<(), NotOurs> {
     let Live::Present { owner, .. } = live else {
         return Ok(());
     };
     match owner.as_deref() {
         Some(o) if o == ours => Ok(()),
-        None | Some("") => match policy {
-            InventoryPolicy::MustMatch => Err(NotOurs::NeedsAdoption),
-            _ => Ok(()),
-        },
+        None | Some("") if policy == InventoryPolicy::MustMatch => Err(NotOurs::NeedsAdoption),
+        None | Some("") => Ok(()),
+        Some(_) if take_others => Ok(()),
         Some(other) => Err(NotOurs::OwnedByOther(other.to_string())),
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

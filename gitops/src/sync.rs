@@ -10,6 +10,25 @@
 //! [`Sync::handle_timeout`] at [`Sync::poll_timeout`]; read [`Sync::poll_event`] and
 //! [`Sync::status`]. An agent restart is a new `Sync`: it starts from the inventory in the cluster.
 //!
+//! ```
+//! use std::time::Instant;
+//! use agent_config::{ManifestProject, ProjectId};
+//! use gitops::{Action, DesiredSet, InventoryRef, Outcome, Sync, SyncConfig};
+//!
+//! let project = ManifestProject::with_defaults(Some(ProjectId::new("group/manifests").unwrap()));
+//! let inventory = InventoryRef::for_project("gitlab-agent", "agent-1", "group/manifests");
+//! let mut sync = Sync::new(SyncConfig::new(&project, inventory), 42);
+//! let now = Instant::now();
+//! sync.handle_desired(DesiredSet::new("c0ffee", vec![]).unwrap(), now);
+//! // The first thing a round does is read the inventory; the driver answers (here: 404).
+//! let Some(Action::ReadInventory { id, .. }) = sync.poll_action() else { panic!() };
+//! sync.handle_outcome(id, Outcome::Inventory(Ok(None)), now).unwrap();
+//! // Nothing desired, nothing inventoried: the round is done; drift correction is scheduled.
+//! assert!(sync.poll_action().is_none());
+//! assert_eq!(sync.status().phase, gitops::Phase::Synced);
+//! assert!(sync.poll_timeout().is_some_and(|t| t > now));
+//! ```
+//!
 //! # A round
 //! 1. read the inventory (a ConfigMap; one that belongs to another inventory stops the round);
 //! 2. record `old ∪ desired` in it *before* applying, so a crash mid-round can never leave an object
@@ -684,17 +703,26 @@ impl Sync {
         }
     }
 
-    fn on_read_for_apply(&mut self, object: ObjectId, r: Result<Live, ApiError>, now: Instant) {
-        let live = match r {
-            Ok(live) => live,
+    /// The live object read, or the read error recorded as `failure`.
+    fn live_or_record(
+        &mut self,
+        object: &ObjectId,
+        r: Result<Live, ApiError>,
+        failure: ObjectResult,
+        now: Instant,
+    ) -> Option<Live> {
+        match r {
+            Ok(live) => Some(live),
             Err(e) => {
-                return self.record(
-                    &object,
-                    ObjectResult::ApplyFailed,
-                    Some(format!("reading it: {e}")),
-                    now,
-                );
+                self.record(object, failure, Some(format!("reading it: {e}")), now);
+                None
             }
+        }
+    }
+
+    fn on_read_for_apply(&mut self, object: ObjectId, r: Result<Live, ApiError>, now: Instant) {
+        let Some(live) = self.live_or_record(&object, r, ObjectResult::ApplyFailed, now) else {
+            return;
         };
         let Some(round) = &mut self.round else { return };
         if round.stop.is_some() {
@@ -780,16 +808,8 @@ impl Sync {
     }
 
     fn on_read_for_prune(&mut self, object: ObjectId, r: Result<Live, ApiError>, now: Instant) {
-        let live = match r {
-            Ok(live) => live,
-            Err(e) => {
-                return self.record(
-                    &object,
-                    ObjectResult::PruneFailed,
-                    Some(format!("reading it: {e}")),
-                    now,
-                );
-            }
+        let Some(live) = self.live_or_record(&object, r, ObjectResult::PruneFailed, now) else {
+            return;
         };
         let Some(round) = &mut self.round else { return };
         let uid = match &live {

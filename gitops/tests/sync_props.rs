@@ -850,9 +850,44 @@ fn a_manifest_named_like_the_inventory_is_never_applied() {
             .any(|s| s.object == id && s.result == ObjectResult::Skipped)
     );
     // The inventory is still an inventory, and does not list itself: a later commit cannot prune it.
-    let listed = h.cluster.inventory(&inv).map(|i| i.objects).unwrap_or_default();
+    let listed = h
+        .cluster
+        .inventory(&inv)
+        .map(|i| i.objects)
+        .unwrap_or_default();
     assert!(!listed.contains(&id));
     converge(&mut h, commit(2, 0b1, 0, 1));
     assert!(h.cluster.inventory(&inv).is_some());
     assert!(h.cluster.violations.is_empty());
+}
+
+#[test]
+fn a_wrong_answer_is_the_driver_s_bug_and_changes_nothing() {
+    let c = config(InventoryPolicy::MustMatch, true, DryRunStrategy::None);
+    let mut sync = Sync::new(c, 1);
+    let now = Instant::now();
+    sync.handle_desired(commit(1, 0b1, 0, 1), now);
+    let action = sync.poll_action().expect("read inventory");
+    let wrong = sync.handle_outcome(
+        action.id(),
+        gitops::Outcome::Applied(Ok(gitops::Applied::Created)),
+        now,
+    );
+    assert!(
+        matches!(wrong, Err(gitops::sync::Misuse::WrongOutcome { .. })),
+        "{wrong:?}"
+    );
+    // The right answer still counts; a stale id is ignored.
+    sync.handle_outcome(action.id(), gitops::Outcome::Inventory(Ok(None)), now)
+        .expect("ok");
+    sync.handle_outcome(
+        gitops::ActionId(9999),
+        gitops::Outcome::Inventory(Ok(None)),
+        now,
+    )
+    .expect("ignored");
+    assert!(matches!(
+        sync.poll_action(),
+        Some(Action::WriteInventory { .. })
+    ));
 }
