@@ -13,7 +13,15 @@
 //! - [`Error`]s are typed and say whose fault they are ([`Fault`]); they never contain credentials.
 //!
 //! Everything here blocks (network, disk). Async callers run it on a blocking pool (kas: smol's
-//! `blocking::unblock`); calls are thread-safe.
+//! `blocking::unblock`); calls are thread-safe. One process owns a state directory.
+//!
+//! This crate returns errors and does not log them (the caller logs once, rate-limited, with the
+//! [`Error::code`] and [`Fault`]); it logs successful updates at `debug`.
+//!
+//! Limits: [`Limits`] bounds each fetch (timeout, bytes received, largest object after inflation, so a
+//! small pack that inflates to a huge blob is refused while it is indexed) and tree walks
+//! ([`ReadLimits`]: entries, depth); blob reads take a maximum size checked against the object header.
+//! Mirrors are never garbage-collected; [`Mirror::disk_usage`] lets the caller watch their size.
 
 mod auth;
 mod budget;

@@ -89,7 +89,8 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Whether an update would fetch (or move the mirror's ref).
+    /// Whether an update would fetch (or move the mirror's ref). `false` when the remote has no such
+    /// ref (`remote == None`): an update would fail with [`Error::RefNotFound`].
     pub fn moved(&self) -> bool {
         self.remote.is_some() && self.remote != self.local
     }
@@ -126,6 +127,8 @@ struct Flight {
     /// Completed updates of this want.
     epoch: u64,
     last: Option<Result<Update, Error>>,
+    /// Callers waiting for this want's next update.
+    waiters: usize,
 }
 
 /// A bare mirror of one remote repository under the state directory.
@@ -185,10 +188,24 @@ impl Mirror {
         if !dir.exists() {
             init_bare(&dir, &remote.url, &limits)?;
         }
-        let repo =
-            gix::ThreadSafeRepository::open_opts(&dir, open_options(&limits)).map_err(|e| {
-                Error::local(&format!("opening the mirror {}", dir.display()), chain(&e))
-            })?;
+        let repo = match gix::ThreadSafeRepository::open_opts(&dir, open_options(&limits)) {
+            Ok(repo) => repo,
+            Err(e) => {
+                // A mirror is a cache: one that cannot be opened (a crash mid-creation, a disk
+                // problem, someone's editing) is replaced by a new one, fetched again on next update.
+                tracing::warn!(
+                    mirror = %dir.display(), error = %chain(&e),
+                    "the mirror cannot be opened; re-creating it"
+                );
+                std::fs::remove_dir_all(&dir).map_err(|e| {
+                    Error::local(&format!("removing the broken mirror {}", dir.display()), e)
+                })?;
+                init_bare(&dir, &remote.url, &limits)?;
+                gix::ThreadSafeRepository::open_opts(&dir, open_options(&limits)).map_err(|e| {
+                    Error::local(&format!("opening the mirror {}", dir.display()), chain(&e))
+                })?
+            }
+        };
         Ok(Mirror {
             id: remote.url.id(),
             dir,
@@ -244,6 +261,26 @@ impl Mirror {
         }
     }
 
+    /// Bytes the mirror's objects take on disk (packs and loose objects). Mirrors are never garbage
+    /// collected: every update adds the objects of a new snapshot, so kas can watch this (metrics) and
+    /// drop a mirror directory that grew too large (it is re-created and fetched on next use).
+    pub fn disk_usage(&self) -> Result<u64, Error> {
+        fn walk(dir: &Path, depth: usize) -> std::io::Result<u64> {
+            let mut total = 0;
+            for entry in std::fs::read_dir(dir)? {
+                let entry = entry?;
+                let meta = entry.metadata()?;
+                if meta.is_dir() && depth < 2 {
+                    total += walk(&entry.path(), depth + 1)?;
+                } else if meta.is_file() {
+                    total += meta.len();
+                }
+            }
+            Ok(total)
+        }
+        walk(&self.dir.join("objects"), 0).map_err(|e| Error::local("measuring the mirror", e))
+    }
+
     /// What the mirror has for `want` from earlier updates, without any network: `(target, commit)`.
     /// After a failed update (the remote gone, a bad pack) this is still the last good state.
     pub fn local(&self, want: &Want) -> Result<Option<(ObjectId, ObjectId)>, Error> {
@@ -267,7 +304,11 @@ impl Mirror {
     /// the one ref; no pack is requested) and compares with the mirror. For a commit no network is used.
     pub fn probe(&self, want: &Want) -> Result<Probe, Error> {
         self.counters.probes.fetch_add(1, Ordering::Relaxed);
-        let result = self.probe_inner(want);
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.probe_inner(want)))
+                .unwrap_or_else(|_| {
+                    Err(Error::local("probe", "internal error: the probe panicked"))
+                });
         if result.is_err() {
             self.counters.failures.fetch_add(1, Ordering::Relaxed);
         }
@@ -331,15 +372,21 @@ impl Mirror {
         loop {
             let f = flights.entry(want.clone()).or_default();
             if f.epoch >= target_epoch {
-                if !ran {
-                    self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
-                }
-                return f.last.clone().unwrap_or_else(|| {
+                let result = f.last.clone().unwrap_or_else(|| {
                     Err(Error::local(
                         "update",
                         "no result recorded for a finished update",
                     ))
                 });
+                // Nobody else needs this want's state: forget it (the map stays as small as the set
+                // of wants being updated right now).
+                if !f.running && f.waiters == 0 {
+                    flights.remove(want);
+                }
+                if !ran {
+                    self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
+                }
+                return result;
             }
             if !f.running {
                 f.running = true;
@@ -348,7 +395,16 @@ impl Mirror {
                 let result = {
                     let _serialised = lock(&self.fetch_lock);
                     self.counters.updates.fetch_add(1, Ordering::Relaxed);
-                    self.update_inner(want)
+                    // A panic in gix on hostile input must not leave waiters hanging or reach callers.
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.update_inner(want)
+                    }))
+                    .unwrap_or_else(|_| {
+                        Err(Error::local(
+                            "update",
+                            "internal error: the update panicked",
+                        ))
+                    })
                 };
                 match &result {
                     Ok(u) if u.change != Change::Unchanged => {
@@ -367,10 +423,15 @@ impl Mirror {
                 self.flight_done.notify_all();
                 continue;
             }
+            f.waiters += 1;
             flights = self
                 .flight_done
                 .wait(flights)
                 .unwrap_or_else(|p| p.into_inner());
+            // The entry exists: it is only removed when nobody waits and no update runs.
+            if let Some(f) = flights.get_mut(want) {
+                f.waiters -= 1;
+            }
         }
     }
 
@@ -636,6 +697,14 @@ impl Ctx<'_> {
                 return Error::RepoNotFound {
                     url,
                     detail: "HTTP 404".into(),
+                };
+            }
+            Some(Trip::HttpStatus(s @ 300..=399)) => {
+                return Error::Protocol {
+                    url,
+                    detail: format!(
+                        "HTTP {s}: redirects are not followed (credentials must not go elsewhere); configure the final URL"
+                    ),
                 };
             }
             Some(Trip::HttpStatus(s)) => {

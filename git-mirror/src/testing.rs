@@ -273,7 +273,13 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str, log: Option<&Path>) -
 /// Kills the process group the child leads (servers fork workers and per-connection processes),
 /// then reaps the child.
 fn stop(child: &mut Child) {
-    let _ = Command::new("kill")
+    // By absolute path when there is one: the caller may have changed PATH.
+    let kill = if Path::new("/bin/kill").exists() {
+        "/bin/kill"
+    } else {
+        "kill"
+    };
+    let _ = Command::new(kill)
         .args(["-KILL", "--", &format!("-{}", child.id())])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

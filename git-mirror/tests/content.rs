@@ -405,3 +405,27 @@ fn unchanged_local_and_commit_wants_use_no_transfer() {
         Error::MissingObject { .. }
     ));
 }
+
+#[test]
+fn a_broken_mirror_is_recreated_and_refetched() {
+    let e = Env::new();
+    e.repo.write("a", "1").unwrap();
+    let c = e.repo.commit("one").unwrap();
+    let dir = {
+        let set = e.set(limits());
+        let m = set.mirror(&e.local()).unwrap();
+        m.update(&Want::DefaultBranch).unwrap();
+        assert!(m.disk_usage().unwrap() > 0);
+        m.dir().to_path_buf()
+    };
+    // Damage it: no HEAD, garbage config.
+    std::fs::remove_file(dir.join("HEAD")).unwrap();
+    std::fs::write(dir.join("config"), "[[[ not a config").unwrap();
+    let set = e.set(limits());
+    let m = set.mirror(&e.local()).unwrap();
+    assert_eq!(m.dir(), dir);
+    assert!(m.local(&Want::DefaultBranch).unwrap().is_none());
+    let u = m.update(&Want::DefaultBranch).unwrap();
+    assert_eq!(u.commit, c);
+    assert_eq!(m.snapshot(c).unwrap().read_file("a", 10).unwrap(), b"1");
+}
