@@ -2,13 +2,16 @@
 //! over two tiny traits each runtime implements for its own I/O and timer types, so both runtimes run
 //! exactly the same loop:
 //!
-//! 1. read what the transport has into a buffer → `handle_input` (or `handle_eof` at EOF/error);
+//! 1. read what the transport has into a buffer → `handle_input` (or `handle_eof` at EOF/error) —
+//!    unless the connection wants no input: answers to the peer's earlier input are piling up
+//!    untransmitted because the peer does not read, so the driver stops reading too until they are
+//!    written (back-pressure: the peer's sends block in TCP, and kas's memory stays bounded);
 //! 2. [`Session::step`]: run due timers, take a batch of transmit output, register the task's waker so
 //!    that stream commands that produce output wake it;
 //! 3. write the batch with vectored writes, flush when it is all written;
 //! 4. arm the one timer at the earliest deadline;
-//! 5. once the connection is closed and everything is flushed (or after [`LINGER`]), shut the
-//!    transport down and finish.
+//! 5. once the connection is closed, stop reading; once everything is flushed (or [`LINGER`] after
+//!    the close, whether or not the peer reads), shut the transport down and finish.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -68,6 +71,8 @@ pub struct Driver<T, S> {
     write_failed: bool,
     closed: bool,
     linger: Option<Instant>,
+    /// The connection wanted no input at the last step: do not read.
+    input_paused: bool,
 }
 
 impl<T: Transport, S: Timer> Driver<T, S> {
@@ -85,11 +90,12 @@ impl<T: Transport, S: Timer> Driver<T, S> {
             write_failed: false,
             closed: false,
             linger: None,
+            input_paused: false,
         }
     }
 
     fn read(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
-        if self.read_closed || self.closed {
+        if self.read_closed || self.closed || self.linger.is_some() {
             return false;
         }
         match self.io.poll_read(cx, &mut self.read_buf) {
@@ -190,7 +196,7 @@ impl<T: Transport, S: Timer> Future for Driver<T, S> {
         let _entered = span.enter();
         for _ in 0..BUDGET {
             let now = Instant::now();
-            let mut progress = this.read(cx, now);
+            let mut progress = !this.input_paused && this.read(cx, now);
             let step = this.session.step(
                 now,
                 cx.waker(),
@@ -199,16 +205,28 @@ impl<T: Transport, S: Timer> Future for Driver<T, S> {
                 WRITE_BATCH,
             );
             progress |= this.write(cx);
-            if step.finished && !this.closed {
-                this.closed = true;
+            if this.input_paused != !step.wants_input {
+                if this.input_paused {
+                    // Reading resumes: the read has to be attempted (and its waker registered).
+                    progress = true;
+                } else {
+                    tracing::debug!("peer does not read its answers: pausing input");
+                }
+                this.input_paused = !step.wants_input;
+            }
+            if step.closed && this.linger.is_none() {
+                // The connection is over: nothing more is read, and its last frames get LINGER to
+                // leave however slowly (or not at all) the peer reads.
                 this.linger = Some(now + LINGER);
+            }
+            if step.finished {
+                this.closed = true;
+            }
+            if this.linger.is_some_and(|l| l <= now) || (this.closed && this.write_failed) {
+                return Poll::Ready(());
             }
             if this.closed {
                 let flushed = this.out.is_empty() && !this.need_flush;
-                let expired = this.linger.is_some_and(|l| l <= now);
-                if this.write_failed || expired {
-                    return Poll::Ready(());
-                }
                 if flushed {
                     match this.io.poll_shutdown(cx) {
                         Poll::Ready(r) => {
