@@ -165,10 +165,11 @@ pub struct FloodLimits {
     pub window_updates: u32,
     /// Frames of unknown types (ignored otherwise, PROTOCOL.md §16) per window.
     pub unknown_frames: u32,
-    /// Octets of answers to the peer's frames (PING acknowledgements, RESETs, GOAWAY) queued and not
-    /// yet taken by `poll_transmit`. Above it [`crate::Connection::wants_input`] is false: a driver
-    /// stops reading until the peer reads (back-pressure). Above four times it the peer is closed
-    /// with `ENHANCE_YOUR_CALM` (it made us queue that much in one go).
+    /// Octets of answers to the peer (PING acknowledgements, RESETs, GOAWAY, response heads to the
+    /// streams it opened) queued and not yet taken by `poll_transmit`. Above it
+    /// [`crate::Connection::wants_input`] is false: a driver stops reading until the peer reads
+    /// (back-pressure). Answers produced by input fed anyway beyond four times it close the peer
+    /// with `ENHANCE_YOUR_CALM`.
     pub max_queued_answers: usize,
 }
 

@@ -249,6 +249,70 @@ fn unread_answers_stop_input_and_then_close_the_peer() {
     );
 }
 
+#[test]
+fn unread_response_heads_stop_input_but_never_close_the_peer() {
+    // The peer opens stream after stream and reads none of the answers.
+    let limits = FloodLimits {
+        max_queued_answers: 4 * 1024,
+        ..FloodLimits::default()
+    };
+    let mut p = connected(limits);
+    let now = p.now;
+    let mut n = 0u32;
+    while p.server.wants_input() {
+        let stream = StreamId(2 * n + 1);
+        n += 1;
+        let req = Frame::Request {
+            stream,
+            head: proto::RequestHead {
+                service: "unknown".into(),
+                ..Default::default()
+            },
+            end_stream: true,
+        };
+        p.server.handle_input(&req.to_bytes(), now);
+        while p.server.poll_event().is_some() {}
+        p.server
+            .send_response(
+                stream,
+                proto::ResponseHead {
+                    status: 404,
+                    headers: vec![proto::Header {
+                        name: "x-tunnel-error".into(),
+                        value: Bytes::from_static(b"unknown-service"),
+                    }],
+                },
+                true,
+            )
+            .expect("the stream is open");
+        assert!(n < 10_000, "never stopped wanting input");
+    }
+    assert!(p.server.queued_answers() > 4 * 1024);
+    // The application answering more (it is its own output) is no reason to close the peer.
+    for _ in 0..1000 {
+        let stream = StreamId(2 * n + 1);
+        n += 1;
+        let req = Frame::Request {
+            stream,
+            head: proto::RequestHead::default(),
+            end_stream: true,
+        };
+        p.server.handle_input(&req.to_bytes(), now);
+        while p.server.poll_event().is_some() {}
+        let _ = p.server.send_response(
+            stream,
+            proto::ResponseHead {
+                status: 404,
+                headers: vec![],
+            },
+            true,
+        );
+    }
+    assert!(!p.server.is_closed(), "{:?}", p.server.close_reason());
+    while p.server.poll_transmit().is_some() {}
+    assert!(p.server.wants_input());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 

@@ -10,8 +10,10 @@
 //!    that stream commands that produce output wake it;
 //! 3. write the batch with vectored writes, flush when it is all written;
 //! 4. arm the one timer at the earliest deadline;
-//! 5. once the connection is closed, stop reading; once everything is flushed (or [`LINGER`] after
-//!    the close, whether or not the peer reads), shut the transport down and finish.
+//! 5. once the connection is closed, stop reading; once everything is flushed, shut our direction
+//!    of the transport down and read (and drop) what the peer still sends until its end of file, so
+//!    that the kernel does not reset a connection whose last frames the peer has not read yet
+//!    (a lingering close); [`LINGER`] after the close, whether or not the peer reads, finish.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -73,6 +75,16 @@ pub struct Driver<T, S> {
     linger: Option<Instant>,
     /// The connection wanted no input at the last step: do not read.
     input_paused: bool,
+    /// Our direction of the transport is shut down; what the peer still sends is discarded.
+    shut_down: bool,
+}
+
+/// What discarding the peer's last octets gave.
+enum Discard {
+    /// End of file or an error: the transport can be dropped.
+    Done,
+    Progress,
+    Pending,
 }
 
 impl<T: Transport, S: Timer> Driver<T, S> {
@@ -91,6 +103,7 @@ impl<T: Transport, S: Timer> Driver<T, S> {
             closed: false,
             linger: None,
             input_paused: false,
+            shut_down: false,
         }
     }
 
@@ -116,6 +129,32 @@ impl<T: Transport, S: Timer> Driver<T, S> {
                 true
             }
             Poll::Pending => false,
+        }
+    }
+
+    /// Lingering close: after our last frames and our shutdown, reads and drops what the peer still
+    /// sends until its end of file (bounded by [`LINGER`] at the caller). Dropping a socket with
+    /// unread input makes the kernel reset the connection, and a reset destroys what the peer has
+    /// not read yet — the GOAWAY saying why it was closed, for one.
+    fn discard(&mut self, cx: &mut Context<'_>) -> Discard {
+        if self.read_closed {
+            return Discard::Done;
+        }
+        let mut progress = false;
+        for _ in 0..BUDGET {
+            match self.io.poll_read(cx, &mut self.read_buf) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    self.read_closed = true;
+                    return Discard::Done;
+                }
+                Poll::Ready(Ok(_)) => progress = true,
+                Poll::Pending => break,
+            }
+        }
+        if progress {
+            Discard::Progress
+        } else {
+            Discard::Pending
         }
     }
 
@@ -205,7 +244,8 @@ impl<T: Transport, S: Timer> Future for Driver<T, S> {
                 WRITE_BATCH,
             );
             progress |= this.write(cx);
-            if this.input_paused != !step.wants_input {
+            // A change between paused (no input wanted) and reading.
+            if this.input_paused == step.wants_input {
                 if this.input_paused {
                     // Reading resumes: the read has to be attempted (and its waker registered).
                     progress = true;
@@ -227,15 +267,24 @@ impl<T: Transport, S: Timer> Future for Driver<T, S> {
             }
             if this.closed {
                 let flushed = this.out.is_empty() && !this.need_flush;
-                if flushed {
+                if flushed && !this.shut_down {
                     match this.io.poll_shutdown(cx) {
                         Poll::Ready(r) => {
                             if let Err(e) = r {
                                 tracing::debug!(error = %e, "transport shutdown failed");
+                                return Poll::Ready(());
                             }
-                            return Poll::Ready(());
+                            this.shut_down = true;
+                            progress = true;
                         }
                         Poll::Pending => {}
+                    }
+                }
+                if this.shut_down {
+                    match this.discard(cx) {
+                        Discard::Done => return Poll::Ready(()),
+                        Discard::Progress => progress = true,
+                        Discard::Pending => {}
                     }
                 }
             }

@@ -20,7 +20,7 @@
 //! - stream counts by initiator match the table; the transmit rotation holds only streams with
 //!   something queued;
 //! - once closed, no stream remains and no timer is armed;
-//! - answers queued in reply to the peer's input never exceed four times
+//! - answers queued while processing the peer's input never exceed four times
 //!   `FloodLimits::max_queued_answers` (beyond, the peer is closed with `ENHANCE_YOUR_CALM`).
 //!
 //! Abuse (PROTOCOL.md §17): frames that cost work without doing any (PINGs, rapid resets, empty DATA,
@@ -121,8 +121,11 @@ pub struct Connection {
     pings: u64,
     stats: ConnectionStats,
     flood: FloodGuard,
-    /// Octets queued in `out` while processing input (answers), since `poll_transmit` last took it.
-    queued_answers: usize,
+    /// Octets queued in `out` while processing input (acknowledgements, RESETs, GOAWAY), since
+    /// `poll_transmit` last took it.
+    input_answers: usize,
+    /// Octets of response heads to streams the peer opened queued in `out` since then.
+    responses: usize,
 }
 
 impl Connection {
@@ -176,7 +179,8 @@ impl Connection {
             pings: 0,
             stats: ConnectionStats::default(),
             flood: FloodGuard::new(config.flood),
-            queued_answers: 0,
+            input_answers: 0,
+            responses: 0,
             config,
         }
     }
@@ -247,17 +251,19 @@ impl Connection {
     }
 
     /// Whether the connection wants more input now. False while the answers to the peer's earlier
-    /// input (PING acknowledgements, RESETs) exceed `FloodLimits::max_queued_answers` and have not
-    /// been taken by `poll_transmit`: the peer is not reading them, so a driver stops reading too
-    /// until they are transmitted (back-pressure). Input fed anyway is still processed; a peer that
-    /// makes four times the bound pile up is closed with `ENHANCE_YOUR_CALM`.
+    /// input — PING acknowledgements, RESETs, and response heads to the streams it opened — exceed
+    /// `FloodLimits::max_queued_answers` and have not been taken by `poll_transmit`: the peer is not
+    /// reading them, so a driver stops reading too until they are transmitted (back-pressure: the
+    /// peer can then not make us queue more). Input fed anyway is still processed; a peer whose
+    /// frames make four times the bound pile up in one go is closed with `ENHANCE_YOUR_CALM`.
     pub fn wants_input(&self) -> bool {
-        self.phase == Phase::Closed || self.queued_answers <= self.config.flood.max_queued_answers
+        self.phase == Phase::Closed || self.queued_answers() <= self.config.flood.max_queued_answers
     }
 
-    /// Octets of answers to the peer's input waiting in the transmit buffer.
+    /// Octets of answers to the peer (acknowledgements, RESETs, response heads) waiting in the
+    /// transmit buffer.
     pub fn queued_answers(&self) -> usize {
-        self.queued_answers
+        self.input_answers + self.responses
     }
 
     /// Whether `poll_transmit` has something to return.
@@ -313,14 +319,14 @@ impl Connection {
                 Err(e) => self.fail(ConnectionError::Frame(e)),
             }
             // Everything queued while processing the peer's frame answers it.
-            self.queued_answers += self.out.len().saturating_sub(before);
+            self.input_answers += self.out.len().saturating_sub(before);
             let bound = self.config.flood.max_queued_answers;
             if bound > 0
                 && self.phase != Phase::Closed
-                && self.queued_answers > bound.saturating_mul(4)
+                && self.input_answers > bound.saturating_mul(4)
             {
                 self.fail(ConnectionError::UnreadAnswers {
-                    queued: self.queued_answers,
+                    queued: self.input_answers,
                     bound,
                 });
             }
@@ -391,7 +397,8 @@ impl Connection {
         // Frames are written into `out`, which keeps the rest of its allocation between calls: `split`
         // hands out the filled part (no copy). An idle connection holds no transmit buffer.
         let mut buf = std::mem::take(&mut self.out);
-        self.queued_answers = 0;
+        self.input_answers = 0;
+        self.responses = 0;
         while buf.len() < max {
             let Some(id) = self.streams.ready.pop_front() else {
                 break;
@@ -587,11 +594,14 @@ impl Connection {
         } else {
             SendState::Open
         };
+        let before = self.out.len();
         self.push_frame(&Frame::Response {
             stream: id,
             head,
             end_stream,
         });
+        // An answer to the peer's REQUEST: counted for back-pressure like the others.
+        self.responses += self.out.len() - before;
         self.maybe_remove(id);
         self.check_invariants();
         Ok(())
