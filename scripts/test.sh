@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README's second command and CI's only step.
-# Installs the system programs the tests need (kubectl, chromium) when they are missing.
+# Installs the system programs the tests need (kubectl, chromium, ss) when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# `ss` reads listen backlogs (kas's listener test)
+command -v ss >/dev/null 2>&1 || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]}"
     if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

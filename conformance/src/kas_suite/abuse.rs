@@ -65,25 +65,10 @@ pub fn flood_pings_enhance_your_calm(sh: &Shared) -> Result<(), String> {
 /// answered with GOAWAY ENHANCE_YOUR_CALM and the close.
 pub fn flood_rapid_reset_enhance_your_calm(sh: &Shared) -> Result<(), String> {
     let mut c = connect(sh, 12, Settings::default())?;
-    let mut frames = Vec::new();
-    for i in 0..10 * DOCUMENTED_RAPID_RESETS_PER_WINDOW as u32 {
-        let stream = StreamId(2 * i + 1);
-        frames.push(Frame::Request {
-            stream,
-            head: proto::RequestHead {
-                service: "conformance-nothing".into(),
-                ..Default::default()
-            },
-            end_stream: false,
-        });
-        frames.push(Frame::Reset {
-            stream,
-            reset: proto::Reset {
-                code: ErrorCode::Cancel.to_u32(),
-                message: String::new(),
-            },
-        });
-    }
+    let frames = crate::wire::rapid_resets(
+        10 * DOCUMENTED_RAPID_RESETS_PER_WINDOW as u32,
+        "conformance-nothing",
+    );
     for chunk in frames.chunks(1000) {
         if c.peer.send_all(chunk).is_err() {
             break;
