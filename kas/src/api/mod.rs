@@ -641,6 +641,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_route_declares_its_access() {
+        let user = |agent_in_url| Access::User { agent_in_url };
+        let cases = [
+            ("/healthz", Access::Public),
+            ("/readyz", Access::Public),
+            ("/metrics", Access::Public),
+            ("/", Access::Public),
+            ("/ui/dashboard.js", Access::Public),
+            ("/nope", Access::Public),
+            ("/api/v1/agents/3/proxy/x", Access::Public),
+            ("/api/v1/agents", Access::Read(ReadTarget::AllAgents)),
+            ("/api/v1/agents/", Access::Read(ReadTarget::AllAgents)),
+            ("/api/v1/agents/7", Access::Read(ReadTarget::Agent(7))),
+            ("/api/v1/agents/7/views", Access::Read(ReadTarget::Agent(7))),
+            (
+                "/api/v1/agents/7/views/nodes",
+                Access::Read(ReadTarget::Agent(7)),
+            ),
+            (
+                "/api/v1/agents/7/events",
+                Access::Read(ReadTarget::Agent(7)),
+            ),
+            ("/api/v1/events", Access::Read(ReadTarget::AllAgents)),
+            ("/api/v1/agents/7/cache/pods", user(Some(7))),
+            ("/api/v1/agents/7/proxy/default/web:80/x", user(Some(7))),
+            ("/k8s-proxy/api/v1/pods", user(None)),
+        ];
+        for (path, access) in cases {
+            assert_eq!(classify(path).access(), access, "{path}");
+        }
+    }
+
+    #[test]
     fn classifies_routes() {
         assert_eq!(classify("/healthz"), ApiRoute::Healthz);
         assert_eq!(classify("/api/v1/agents"), ApiRoute::Agents);
