@@ -21,6 +21,9 @@ use crate::config::Config;
 use crate::registry::ConnectionEntry;
 use crate::state::KasState;
 
+/// How long a connection kas retires (GOAWAY) gives its streams in flight.
+pub const RETIRE_GRACE: Duration = Duration::from_secs(30);
+
 /// What an agent is told to wait before reconnecting when the backend could not answer.
 const BACKEND_RETRY_AFTER: Duration = Duration::from_secs(5);
 

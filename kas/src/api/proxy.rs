@@ -259,6 +259,15 @@ pub async fn proxy(
                     ),
                 ));
             }
+            // Stream ids are used up (after 2^30 streams): the connection can take no more, so it
+            // is retired for real (GOAWAY) and the request goes elsewhere.
+            Err(TunnelError::Protocol(StreamError::IdsExhausted)) if !last => {
+                lease
+                    .connection()
+                    .start_close(crate::agent_listener::RETIRE_GRACE);
+                lease = lease.reroute(true).await.map_err(route_failure)?;
+                continue;
+            }
             // Nothing was sent because the connection is going away (a GOAWAY either way) or gone:
             // another connection may take the request.
             Err(e) if !last && unusable(lease.connection()) => {
