@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README's second command and CI's only step.
-# Installs the system programs the tests need (kubectl, chromium, git, nginx, fcgiwrap) when they are missing.
+# Installs the system programs the tests need (kubectl, chromium, git, nginx, fcgiwrap, ss) when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,8 +9,10 @@ command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 # git-mirror's tests serve repositories with git daemon and git http-backend (both in Debian's git) behind nginx + fcgiwrap
 command -v git >/dev/null 2>&1 || need_apt+=(git)
-command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
-command -v fcgiwrap >/dev/null 2>&1 || need_apt+=(fcgiwrap)
+{ command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1 || need_apt+=(nginx)
+{ command -v fcgiwrap || [ -x /usr/sbin/fcgiwrap ]; } >/dev/null 2>&1 || need_apt+=(fcgiwrap)
+# `ss` reads listen backlogs (kas's listener test)
+{ command -v ss || [ -x /usr/sbin/ss ] || [ -x /usr/bin/ss ]; } >/dev/null 2>&1 || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]}"
     if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

@@ -37,8 +37,6 @@ const MIN_LIFETIME_FOR_HANDOVER: Duration = Duration::from_secs(1);
 /// Upper bound of one dial (TCP connect, TLS, HELLO/ACCEPT), so an unroutable kas address does not
 /// hang an attempt for the operating system's connect timeout.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often the current connection is checked for a GOAWAY from kas.
-const DRAIN_POLL: Duration = Duration::from_millis(100);
 
 /// A ready-to-run agent: configuration checked, TLS and upstream clients built.
 pub struct Agent {
@@ -346,17 +344,12 @@ impl Agent {
     }
 }
 
-/// Resolves once either side sent GOAWAY on `conn` (runtime-tokio reports it only as a state, so
-/// poll it).
+/// Resolves once either side sent GOAWAY on `conn` (the runtime's drain event, no polling). A
+/// connection that ends without GOAWAY never resolves it: the caller waits for its end as well.
 pub(crate) async fn draining(conn: &Connection) {
-    let mut tick = tokio::time::interval(DRAIN_POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Bounded by the connection: the caller also waits for its end and drops this future then.
-    loop {
-        tick.tick().await;
-        if conn.is_draining() {
-            return;
-        }
+    conn.handle().draining().await;
+    if !conn.is_draining() {
+        std::future::pending::<()>().await;
     }
 }
 

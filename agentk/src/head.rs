@@ -6,7 +6,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, StatusCode};
 use protocol::proto::{Header, RequestHead, ResponseHead};
-use protocol::service::is_forwarded;
+use protocol::service::HeaderRule;
 
 /// Marks a response agentk produced because the upstream could not be reached (tunnel-services.md).
 pub const TUNNEL_ERROR_HEADER: &str = "x-tunnel-error";
@@ -24,9 +24,15 @@ pub struct HttpHead {
     pub headers: HeaderMap,
 }
 
-/// Parses the HTTP-shaped parts of `head`. Headers that must not cross the tunnel
-/// ([`is_forwarded`]: hop-by-hop, `Host`, `Authorization`) are dropped even if kas sent them, so
-/// agentk's own credentials are the only ones that reach the upstream.
+/// Parses the HTTP-shaped parts of `head`. Headers that must not cross the tunnel (the one
+/// forwarding rule, [`HeaderRule`]: hop-by-hop and `Connection`-named headers, `Host`, credentials
+/// such as `Authorization` and `Cookie`, `Impersonate-*`, front-proxy identity assertions) are
+/// dropped even if kas sent them: agentk never trusts a head for them. So agentk's own credentials
+/// and identity are the only ones that reach the upstream; in particular no client can make the API
+/// server act as another user through agentk (GHSA-gvh9-xgrq-r8hw). When kas decides whom a
+/// request acts as (access control), it says so in a dedicated, typed field of the request head,
+/// which agentk maps to impersonation itself ([`crate::k8s_api::api_request`] is that one place);
+/// a header never can.
 pub fn http_head(head: &RequestHead) -> Result<HttpHead, BadRequest> {
     let method = Method::from_bytes(head.method.as_bytes())
         .map_err(|_| BadRequest(format!("invalid HTTP method {:?}", head.method)))?;
@@ -52,9 +58,11 @@ pub fn parse_path(path: &str) -> Result<PathAndQuery, BadRequest> {
 
 /// Tunnel headers to an HTTP header map, keeping only forwardable ones.
 pub fn headers_from_tunnel(headers: &[Header]) -> Result<HeaderMap, BadRequest> {
+    let rule = HeaderRule::for_head(headers.iter().map(|h| (h.name.as_str(), h.value.as_ref())));
     let mut map = HeaderMap::with_capacity(headers.len());
     for h in headers {
-        if !is_forwarded(&h.name) {
+        if let Some(why) = rule.verdict(&h.name) {
+            tracing::debug!(header = %h.name, ?why, "header not forwarded");
             continue;
         }
         let name = HeaderName::from_bytes(h.name.as_bytes())
@@ -68,9 +76,10 @@ pub fn headers_from_tunnel(headers: &[Header]) -> Result<HeaderMap, BadRequest> 
 
 /// An HTTP header map to tunnel headers, keeping only forwardable ones.
 pub fn headers_to_tunnel(headers: &HeaderMap) -> Vec<Header> {
+    let rule = HeaderRule::for_head(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
     headers
         .iter()
-        .filter(|(name, _)| is_forwarded(name.as_str()))
+        .filter(|(name, _)| rule.forwards(name.as_str()))
         .map(|(name, value)| Header {
             name: name.as_str().to_owned(),
             value: Bytes::copy_from_slice(value.as_bytes()),
@@ -188,6 +197,32 @@ mod tests {
     }
 
     #[test]
+    fn client_impersonation_never_reaches_the_api_server() {
+        let hh = http_head(&head(
+            "GET",
+            "/api/v1/secrets",
+            vec![
+                h("Impersonate-User", "system:admin"),
+                h("impersonate-group", "system:masters"),
+                h("IMPERSONATE-UID", "0"),
+                h("Impersonate-Extra-Scopes", "everything"),
+                h("Cookie", "_gitlab_session=abc"),
+                h("Proxy-Authorization", "Basic eA=="),
+                h("X-Remote-User", "admin"),
+                h("X-Remote-Group", "system:masters"),
+                h("X-Remote-Extra-Scopes", "all"),
+                h("X-Forwarded-User", "admin"),
+                h("Connection", "X-Secret-Hop"),
+                h("X-Secret-Hop", "1"),
+                h("Accept", "application/json"),
+            ],
+        ))
+        .expect("valid");
+        let names: Vec<&str> = hh.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["accept"], "{names:?}");
+    }
+
+    #[test]
     fn bad_heads_are_rejected() {
         assert!(http_head(&head("GE T", "/api", vec![])).is_err());
         assert!(http_head(&head("GET", "api/v1", vec![])).is_err());
@@ -230,7 +265,8 @@ mod tests {
             let tunnel: Vec<Header> = headers.iter().map(|(n, v)| h(n, v)).collect();
             let map = headers_from_tunnel(&tunnel).expect("valid headers");
             let back = headers_to_tunnel(&map);
-            let expected: Vec<&Header> = tunnel.iter().filter(|x| is_forwarded(&x.name)).collect();
+            let rule = HeaderRule::for_head(tunnel.iter().map(|x| (x.name.as_str(), x.value.as_ref())));
+            let expected: Vec<&Header> = tunnel.iter().filter(|x| rule.forwards(&x.name)).collect();
             prop_assert_eq!(back.len(), expected.len());
             for e in expected {
                 prop_assert!(back.contains(e));

@@ -11,6 +11,12 @@ use crate::head::{HttpHead, http_head};
 use crate::upstream::HttpService;
 
 /// The HTTP request for the API server (origin-form URI: kube's base-URI layer adds the server).
+///
+/// `head` went through the forwarding rule ([`crate::head::http_head`]): it carries no credentials
+/// and no `Impersonate-*` header, so the request acts as agentk's own identity (kube's layers add
+/// its credentials, and the impersonation its kubeconfig asks for, if any). This is the one place
+/// where a request's identity for the API server is decided; when kas sends whom a request acts as
+/// (access control), it arrives in a dedicated field of the request head and is mapped here.
 pub fn api_request(head: HttpHead, body: RequestBody) -> Request<RequestBody> {
     let mut request = Request::new(body);
     *request.method_mut() = head.method;

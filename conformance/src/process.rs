@@ -129,6 +129,46 @@ impl Child {
         &self.log
     }
 
+    /// The resident memory of every process in the command's process group, in KiB (Linux
+    /// `/proc`; `None` where it cannot be read).
+    pub fn group_rss_kib(&self) -> Option<u64> {
+        let mut total = 0;
+        let mut found = false;
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            // `pid (comm) state ppid pgrp ...`: the group is the third field after the command.
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let pgrp = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+                .and_then(|g| g.parse::<u32>().ok());
+            if pgrp != Some(self.pgid) {
+                continue;
+            }
+            let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|status| {
+                    status
+                        .lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                });
+            if let Some(kib) = rss {
+                total += kib;
+                found = true;
+            }
+        }
+        found.then_some(total)
+    }
+
     /// The last `n` lines of the log.
     pub fn log_tail(&self, n: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

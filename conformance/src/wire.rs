@@ -157,6 +157,31 @@ pub struct Peer {
     eof: bool,
 }
 
+/// `count` streams opened (odd ids from 1, service `service`) and reset at once, each REQUEST
+/// followed by its RESET: the "rapid reset" pattern of PROTOCOL.md §17.
+pub fn rapid_resets(count: u32, service: &str) -> Vec<Frame> {
+    let mut frames = Vec::with_capacity(2 * count as usize);
+    for i in 0..count {
+        let stream = StreamId(2 * i + 1);
+        frames.push(Frame::Request {
+            stream,
+            head: protocol::proto::RequestHead {
+                service: service.to_owned(),
+                ..Default::default()
+            },
+            end_stream: false,
+        });
+        frames.push(Frame::Reset {
+            stream,
+            reset: protocol::proto::Reset {
+                code: protocol::ErrorCode::Cancel.to_u32(),
+                message: String::new(),
+            },
+        });
+    }
+    frames
+}
+
 /// A short description of a frame for logs and failure messages.
 pub fn summary(f: &Frame) -> String {
     match f {

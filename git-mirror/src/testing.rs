@@ -291,7 +291,13 @@ fn stop(child: &mut Child) {
 /// A command in its own process group, so that [`stop`] ends it and everything it forked.
 fn server_command(program: &str) -> Command {
     use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(program);
+    // nginx and fcgiwrap live in /usr/sbin, which a non-login PATH may lack.
+    let sbin = Path::new("/usr/sbin").join(program);
+    let mut cmd = if sbin.exists() {
+        Command::new(sbin)
+    } else {
+        Command::new(program)
+    };
     cmd.process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

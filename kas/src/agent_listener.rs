@@ -2,7 +2,8 @@
 //! blocking pool, REJECT with the right code, and registration of accepted connections in the registry.
 //!
 //! Each accepted connection gets a watcher task that marks it draining in the registry once either side
-//! sent GOAWAY and removes it once it closed, and a task accepting the streams the agent opens
+//! sent GOAWAY (the runtime's drain event: the moment the protocol processed the GOAWAY, no polling)
+//! and removes it once it closed, and a task accepting the streams the agent opens
 //! ([`crate::agent_streams`]: the `views` stream). Agents' first connections and last disconnections
 //! are published as `agent` events ([`crate::events::Presence`]).
 
@@ -11,30 +12,34 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use protocol::proto::{Reject, RejectCode};
-use protocol::{HelloInfo, PROTOCOL_VERSION};
+use protocol::{CloseReason, ConnectionError, HelloInfo, PROTOCOL_VERSION};
 use runtime_smol::{Accepted, Connection, ServerConnection};
 
+use crate::agent_log::Misbehaviour;
 use crate::auth::{AgentAuthenticator, AuthError};
 use crate::config::Config;
 use crate::registry::ConnectionEntry;
 use crate::state::KasState;
 
-/// How often a connection's watcher checks for GOAWAY (closing is noticed at once).
-const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// How long a connection kas retires (GOAWAY) gives its streams in flight.
+pub const RETIRE_GRACE: Duration = Duration::from_secs(30);
 
 /// What an agent is told to wait before reconnecting when the backend could not answer.
 const BACKEND_RETRY_AFTER: Duration = Duration::from_secs(5);
 
-/// The tunnel configuration kas announces to agents.
+/// The tunnel configuration kas announces to agents, and the flood limits it enforces on them.
+/// `config` must be valid ([`Config::validate`]): values are used as they are.
 pub fn tunnel_config(config: &Config) -> protocol::Config {
     let mut c = protocol::Config::default();
     c.settings.idle_timeout = config.keepalive.idle_timeout;
     c.settings.keepalive_interval = config.keepalive.interval;
-    c.settings.max_frame_size = config.limits.max_frame_size.clamp(
-        protocol::frame::DEFAULT_MAX_FRAME_SIZE,
-        protocol::frame::MAX_FRAME_SIZE_LIMIT,
-    );
+    c.settings.max_frame_size = config.limits.max_frame_size;
     c.handshake_timeout = config.keepalive.handshake_timeout;
+    c.flood = config.limits.flood.to_protocol();
+    debug_assert!(
+        c.settings.validate().is_ok(),
+        "tunnel settings out of range"
+    );
     c
 }
 
@@ -170,8 +175,7 @@ pub fn register(state: &Arc<KasState>, accepted: ServerConnection<Connection>, m
         connection.clone(),
         agent_id,
         connection_id.clone(),
-        state.mirrors.clone(),
-        state.spawner.clone(),
+        state.clone(),
     ));
     let watcher_state = state.clone();
     state.spawner.spawn_detached(async move {
@@ -179,7 +183,8 @@ pub fn register(state: &Arc<KasState>, accepted: ServerConnection<Connection>, m
     });
 }
 
-/// Follows one connection: draining on GOAWAY, removal once closed.
+/// Follows one connection: draining when the protocol processed a GOAWAY (either way), removal once
+/// closed. Both are events of the runtime; nothing is polled.
 async fn watch(
     state: Arc<KasState>,
     connection: Connection,
@@ -187,29 +192,29 @@ async fn watch(
     agent_id: u64,
     connection_id: String,
 ) {
-    // Bounded by the connection's life: every iteration waits for it to close or for the interval.
-    loop {
-        let closed = futures_lite::future::or(async { Some(connection.closed().await) }, async {
-            smol::Timer::after(DRAIN_CHECK_INTERVAL).await;
-            None
-        })
-        .await;
-        if let Some(reason) = closed {
-            let lost = state.registry.remove_connection(serial);
-            state.presence.connection_down(agent_id, &state.events);
-            tracing::info!(
-                agent_id,
-                %connection_id,
-                reason = ?reason,
-                lost_requests = lost.len(),
-                "agent disconnected"
-            );
-            return;
-        }
-        if connection.is_draining() && state.registry.set_draining(serial) {
-            tracing::info!(agent_id, %connection_id, "agent connection draining (goaway)");
-        }
+    connection.handle().draining().await;
+    if !connection.is_closed() && state.registry.set_draining(serial) {
+        tracing::info!(agent_id, %connection_id, "agent connection draining (goaway)");
     }
+    let reason = connection.closed().await;
+    let lost = state.registry.remove_connection(serial);
+    state.presence.connection_down(agent_id, &state.events);
+    if let CloseReason::Local(
+        e @ (ConnectionError::Flood { .. } | ConnectionError::UnreadAnswers { .. }),
+    ) = &reason
+    {
+        state
+            .agent_log
+            .warn(agent_id, Misbehaviour::Flood, &e.to_string());
+    }
+    state.agent_log.flush(agent_id);
+    tracing::info!(
+        agent_id,
+        %connection_id,
+        reason = ?reason,
+        lost_requests = lost.len(),
+        "agent disconnected"
+    );
 }
 
 /// Accepts authenticated connections until `stop` closes.
@@ -272,13 +277,12 @@ mod tests {
     fn tunnel_config_follows_kas_config() {
         let mut config = Config::default();
         config.keepalive.interval = Duration::from_secs(7);
-        config.limits.max_frame_size = 1024;
+        config.limits.max_frame_size = 65_536;
+        config.limits.flood.pings = 3;
         let c = tunnel_config(&config);
         assert_eq!(c.settings.keepalive_interval, Duration::from_secs(7));
-        assert_eq!(
-            c.settings.max_frame_size,
-            protocol::frame::DEFAULT_MAX_FRAME_SIZE
-        );
+        assert_eq!(c.settings.max_frame_size, 65_536);
+        assert_eq!(c.flood.pings, 3);
         assert!(c.settings.validate().is_ok());
     }
 }

@@ -2,13 +2,21 @@
 //! connection and dispatched by service. Today that is `views` ([`crate::views_stream`]); any other
 //! service is answered 404 (with `x-tunnel-error: unknown-service`), so a newer agent offering a
 //! service this kas does not know learns it at once instead of waiting.
+//!
+//! What an agent does wrong here (unknown services, views streams it breaks or kas cannot take) goes
+//! to the agent misbehaviour log ([`crate::agent_log`]): counted every time, logged at most once a
+//! minute per agent and kind, so that an agent opening thousands of bad streams cannot flood kas's
+//! log.
+
+use std::sync::Arc;
 
 use protocol::proto::{Header, ResponseHead};
 use protocol::service;
 use runtime_smol::Connection;
 
-use crate::mirrors::Mirrors;
-use crate::pool::Spawner;
+use crate::agent_log::Misbehaviour;
+use crate::state::KasState;
+use crate::views_stream::StreamEnd;
 
 /// Accepts the streams `agent_id` opens on `connection` until the connection is over, serving each on
 /// its own task.
@@ -16,26 +24,42 @@ pub async fn serve(
     connection: Connection,
     agent_id: u64,
     connection_id: String,
-    mirrors: Mirrors,
-    spawner: Spawner,
+    state: Arc<KasState>,
 ) {
     // Bounded by the connection: `accept_stream` returns `None` once it is over.
     while let Some((head, stream)) = connection.accept_stream().await {
         match head.service.as_str() {
             service::VIEWS => {
-                let mirrors = mirrors.clone();
+                let state2 = state.clone();
                 let connection_id = connection_id.clone();
-                spawner.spawn_detached(async move {
-                    let end = crate::views_stream::serve(&mirrors, agent_id, &head, stream).await;
-                    tracing::debug!(agent_id, %connection_id, ?end, "views stream over");
+                state.spawner.spawn_detached(async move {
+                    let end =
+                        crate::views_stream::serve(&state2.mirrors, agent_id, &head, stream).await;
+                    let problem = match &end {
+                        StreamEnd::BadRequest(method) => {
+                            Some(format!("views stream with method {method:?}: 400"))
+                        }
+                        StreamEnd::Refused(why) => Some(format!("views stream refused: {why}")),
+                        StreamEnd::Violation(why) => {
+                            Some(format!("views protocol broken, stream reset: {why}"))
+                        }
+                        StreamEnd::Finished | StreamEnd::Failed(_) => None,
+                    };
+                    match problem {
+                        Some(p) => state2
+                            .agent_log
+                            .warn(agent_id, Misbehaviour::ViewsStream, &p),
+                        None => {
+                            tracing::debug!(agent_id, %connection_id, ?end, "views stream over")
+                        }
+                    }
                 });
             }
             other => {
-                tracing::info!(
+                state.agent_log.warn(
                     agent_id,
-                    %connection_id,
-                    service = %other,
-                    "agent opened a stream for an unknown service: 404"
+                    Misbehaviour::UnknownService,
+                    &format!("stream for unknown service {other:?}: 404"),
                 );
                 let _ = stream.respond(
                     ResponseHead {

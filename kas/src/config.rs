@@ -8,9 +8,12 @@
 //! agent_listener:
 //!   address: 0.0.0.0:8150
 //!   tls: { cert_file: kas.crt, key_file: kas.key }   # client_ca_file: ca.crt (optional)
+//!   backlog: 4096                   # listen(2) backlog (the kernel caps it at net.core.somaxconn)
 //! api_listener:
 //!   address: 127.0.0.1:8080
 //!   public_read: false              # true: views, events and the dashboard need no token
+//!   backlog: 4096
+//! events: { max_subscribers: 1000, max_per_source: 64, max_per_user: 32 }
 //! agent_auth:
 //!   backend: embedded               # or: { agents_file: agents.yaml }
 //!                                   # or: { gitlab: { url: https://gitlab.example.com, secret_file: .gitlab_kas_secret } }
@@ -18,11 +21,16 @@
 //!   file: users.yaml
 //! routing: { pending_request_deadline: 20s, max_pending_per_agent: 256, max_pending_total: 16384 }
 //! keepalive: { interval: 20s, idle_timeout: 60s, handshake_timeout: 10s }
-//! limits: { max_streams_per_connection: 256, max_frame_size: 16384 }
+//! limits:
+//!   max_streams_per_connection: 256
+//!   max_frame_size: 16384           # 16384..=16777215 (PROTOCOL.md §6)
+//!   flood: { window: 10s, pings: 100, rapid_resets: 1000, empty_data: 1000,
+//!            window_updates: 100000, unknown_frames: 1000, max_queued_answers: 262144 }
 //! rate_limits:
 //!   agent_auth_failures: { max_failures: 10, window: 1m, max_sources: 10000 }
 //!   user_auth_failures: { max_failures: 20, window: 1m, max_sources: 10000 }
-//! log: { level: info, format: text }
+//! log: { level: info, format: text }   # level: a level, or target=level directives
+//!                                     # separated by commas (info,kas=debug)
 //! ```
 //!
 //! Durations are written as a number and a unit (`500ms`, `20s`, `5m`, `1h`, or combined: `1m30s`).
@@ -54,13 +62,15 @@ pub struct Config {
     pub agent_auth: AgentAuthConfig,
     /// Who may use the HTTP API, and reach which agents.
     pub users: UsersConfig,
+    /// Event streams (Server-Sent Events) of the HTTP API.
+    pub events: EventsConfig,
     /// Requests waiting for an agent.
     pub routing: RoutingConfig,
     /// Liveness of agent connections.
     pub keepalive: KeepaliveConfig,
     /// Per-connection protocol limits.
     pub limits: LimitsConfig,
-    /// Limits on failed authentications per source address.
+    /// Limits on failed authentications per source address and credential.
     pub rate_limits: RateLimitsConfig,
     /// Logging.
     pub log: LogConfig,
@@ -74,6 +84,7 @@ impl Default for Config {
             api_listener: ApiListenerConfig::default(),
             agent_auth: AgentAuthConfig::default(),
             users: UsersConfig::default(),
+            events: EventsConfig::default(),
             routing: RoutingConfig::default(),
             keepalive: KeepaliveConfig::default(),
             limits: LimitsConfig::default(),
@@ -91,13 +102,20 @@ pub struct AgentListenerConfig {
     pub address: SocketAddr,
     /// Server certificate and key (always TLS).
     pub tls: TlsFilesConfig,
+    /// Connections the kernel queues before kas accepts them (`listen(2)`); default 4096. The kernel
+    /// caps it at `net.core.somaxconn`. A fleet reconnecting at once after a kas restart needs room.
+    pub backlog: u32,
 }
+
+/// Default `listen(2)` backlog of both listeners.
+pub const DEFAULT_BACKLOG: u32 = 4096;
 
 impl Default for AgentListenerConfig {
     fn default() -> Self {
         Self {
             address: SocketAddr::from(([0, 0, 0, 0], 8150)),
             tls: TlsFilesConfig::default(),
+            backlog: DEFAULT_BACKLOG,
         }
     }
 }
@@ -137,8 +155,10 @@ pub struct ApiListenerConfig {
     pub tls: Option<TlsFilesConfig>,
     /// Views, events and the dashboard are readable without a token (default `false`: they need a
     /// user bearer allowed on the agent). The demo turns this on. Cache listings and the tunnel
-    /// routes always need a bearer.
+    /// routes always need a bearer. The agent listing (`/api/v1/agents`) follows the same rule.
     pub public_read: bool,
+    /// Connections the kernel queues before kas accepts them (`listen(2)`); default 4096.
+    pub backlog: u32,
 }
 
 impl Default for ApiListenerConfig {
@@ -147,6 +167,31 @@ impl Default for ApiListenerConfig {
             address: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tls: None,
             public_read: false,
+            backlog: DEFAULT_BACKLOG,
+        }
+    }
+}
+
+/// Limits on event streams (`/api/v1/events`, `/api/v1/agents/{id}/events`), so that no single
+/// client, address or user can take every slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Event streams open at once in all; default 1000.
+    pub max_subscribers: usize,
+    /// Event streams open at once from one source address (IPv6: one /64); default 64.
+    pub max_per_source: usize,
+    /// Event streams open at once for one user (streams read without a token, with
+    /// `api_listener.public_read`, count per source only); default 32.
+    pub max_per_user: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            max_subscribers: crate::events::DEFAULT_MAX_SUBSCRIBERS,
+            max_per_source: crate::events::DEFAULT_MAX_PER_SOURCE,
+            max_per_user: crate::events::DEFAULT_MAX_PER_USER,
         }
     }
 }
@@ -305,10 +350,10 @@ impl Default for KeepaliveConfig {
     }
 }
 
-/// Smallest accepted `limits.max_frame_size`.
-pub const MIN_FRAME_SIZE: u32 = 1024;
+/// Smallest accepted `limits.max_frame_size` (PROTOCOL.md §6: the default is also the minimum).
+pub const MIN_FRAME_SIZE: u32 = protocol::frame::DEFAULT_MAX_FRAME_SIZE;
 /// Largest accepted `limits.max_frame_size` (24-bit frame length).
-pub const MAX_FRAME_SIZE: u32 = (1 << 24) - 1;
+pub const MAX_FRAME_SIZE: u32 = protocol::frame::MAX_FRAME_SIZE_LIMIT;
 
 /// Per-connection protocol limits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -318,6 +363,8 @@ pub struct LimitsConfig {
     pub max_streams_per_connection: u32,
     /// Largest frame payload kas accepts, in bytes ([`MIN_FRAME_SIZE`]..=[`MAX_FRAME_SIZE`]); default 16384.
     pub max_frame_size: u32,
+    /// What an agent may make kas do without doing useful work (PROTOCOL.md §17).
+    pub flood: FloodConfig,
 }
 
 impl Default for LimitsConfig {
@@ -325,6 +372,62 @@ impl Default for LimitsConfig {
         Self {
             max_streams_per_connection: 256,
             max_frame_size: 16 * 1024,
+            flood: FloodConfig::default(),
+        }
+    }
+}
+
+/// Flood limits on agent connections ([`protocol::config::FloodLimits`]): frames that cost kas work
+/// without doing any are counted per `window`; an agent over a limit is closed with GOAWAY
+/// `ENHANCE_YOUR_CALM`. A count of 0 disables that limit. Defaults are far above what agentk does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FloodConfig {
+    /// The counting window; default `10s`.
+    #[serde(with = "duration_format")]
+    pub window: Duration,
+    /// PINGs per window; default 100.
+    pub pings: u32,
+    /// Streams the agent opened that did no work (reset before kas answered, or refused) per
+    /// window; default 1000.
+    pub rapid_resets: u32,
+    /// Empty DATA frames without END_STREAM per window; default 1000.
+    pub empty_data: u32,
+    /// WINDOW_UPDATE frames per window; default 100000.
+    pub window_updates: u32,
+    /// Frames of unknown types per window; default 1000.
+    pub unknown_frames: u32,
+    /// Octets of answers (PING acknowledgements, RESETs) the agent may leave unread before kas stops
+    /// reading from it; four times this closes it. Default 262144.
+    pub max_queued_answers: usize,
+}
+
+impl Default for FloodConfig {
+    fn default() -> Self {
+        let d = protocol::config::FloodLimits::default();
+        Self {
+            window: d.window,
+            pings: d.pings,
+            rapid_resets: d.rapid_resets,
+            empty_data: d.empty_data,
+            window_updates: d.window_updates,
+            unknown_frames: d.unknown_frames,
+            max_queued_answers: d.max_queued_answers,
+        }
+    }
+}
+
+impl FloodConfig {
+    /// The limits as the protocol takes them.
+    pub fn to_protocol(&self) -> protocol::config::FloodLimits {
+        protocol::config::FloodLimits {
+            window: self.window,
+            pings: self.pings,
+            rapid_resets: self.rapid_resets,
+            empty_data: self.empty_data,
+            window_updates: self.window_updates,
+            unknown_frames: self.unknown_frames,
+            max_queued_answers: self.max_queued_answers,
         }
     }
 }
@@ -333,9 +436,9 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitsConfig {
-    /// Failed agent authentications; default 10 per minute per source.
+    /// Failed agent authentications; default 10 per minute per source and token.
     pub agent_auth_failures: RateLimitConfig,
-    /// Failed HTTP API authentications; default 20 per minute per source.
+    /// Failed HTTP API authentications; default 20 per minute per source and credential.
     pub user_auth_failures: RateLimitConfig,
 }
 
@@ -351,17 +454,21 @@ impl Default for RateLimitsConfig {
     }
 }
 
-/// A sliding-window limit on failures per source address (IPv6 sources grouped by /64).
+/// A sliding-window limit on failures per source address (IPv6 sources grouped by /64) and
+/// credential (its SHA-256): a credential that keeps failing is refused from that address for a
+/// while; other credentials from the same address, valid ones in particular, are not affected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
-    /// Failures allowed per source within `window`; further attempts are refused without asking the
+    /// Failures allowed per source and credential within `window`; further attempts with that
+    /// credential from that source are refused without asking the
     /// backend until the oldest failure leaves the window. `0` disables the limit. Default 10.
     pub max_failures: u32,
     /// The window; default `1m`.
     #[serde(with = "duration_format")]
     pub window: Duration,
-    /// Most sources remembered; beyond, the least recently failing one is forgotten. Default 10000.
+    /// Most (source, credential) pairs remembered; beyond, the least recently failing one is
+    /// forgotten. Default 10000.
     pub max_sources: usize,
 }
 
@@ -390,7 +497,46 @@ pub struct LogConfig {
 /// which would include agent tokens sent to GitLab, so it is capped at `info` whatever `level` says.
 pub const FORCED_LOG_DIRECTIVES: &str = "ureq_proto=info";
 
+/// The levels a `log.level` directive may name.
+pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+
 impl LogConfig {
+    /// Checks `level`: comma-separated directives, each a level ([`LOG_LEVELS`], any case) or
+    /// `target=level` with a Rust module path as target (`kas::api=debug`). Anything else (which
+    /// `tracing`'s filter would silently read as "log nothing but this odd target") is an error
+    /// saying what is accepted.
+    pub fn validate_level(&self) -> Result<(), String> {
+        let level = self.level.trim().trim_end_matches(',');
+        if level.is_empty() {
+            return Err("must not be empty".into());
+        }
+        let is_level = |l: &str| LOG_LEVELS.iter().any(|x| x.eq_ignore_ascii_case(l.trim()));
+        let is_target = |t: &str| {
+            let t = t.trim();
+            !t.is_empty()
+                && t.split("::").all(|seg| {
+                    !seg.is_empty()
+                        && seg
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                })
+        };
+        for directive in level.split(',') {
+            let ok = match directive.split_once('=') {
+                Some((target, l)) => is_target(target) && is_level(l),
+                None => is_level(directive),
+            };
+            if !ok {
+                let shown: String = directive.trim().chars().take(40).collect();
+                return Err(format!(
+                    "{shown:?} is not a log level ({}) or a target=level directive (e.g. info,kas=debug)",
+                    LOG_LEVELS.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The filter to give `tracing_subscriber::EnvFilter`: `level` plus [`FORCED_LOG_DIRECTIVES`].
     pub fn filter_directives(&self) -> String {
         let level = self.level.trim().trim_end_matches(',');
@@ -635,7 +781,28 @@ impl Config {
         if !(MIN_FRAME_SIZE..=MAX_FRAME_SIZE).contains(&self.limits.max_frame_size) {
             invalid(
                 "limits.max_frame_size",
-                format!("must be within {MIN_FRAME_SIZE}..={MAX_FRAME_SIZE}"),
+                format!(
+                    "{} is outside {MIN_FRAME_SIZE}..={MAX_FRAME_SIZE} (PROTOCOL.md §6: 16 KiB is the default and the minimum)",
+                    self.limits.max_frame_size
+                ),
+            );
+        }
+        if self.limits.flood.window.is_zero() {
+            invalid("limits.flood.window", "must be > 0".into());
+        }
+        for (field, backlog) in [
+            ("agent_listener.backlog", self.agent_listener.backlog),
+            ("api_listener.backlog", self.api_listener.backlog),
+        ] {
+            if backlog == 0 {
+                invalid(field, "must be >= 1".into());
+            }
+        }
+        let ev = &self.events;
+        if ev.max_subscribers == 0 || ev.max_per_source == 0 || ev.max_per_user == 0 {
+            invalid(
+                "events",
+                "max_subscribers, max_per_source and max_per_user must be >= 1".into(),
             );
         }
         for (field, rl) in [
@@ -652,8 +819,8 @@ impl Config {
                 invalid(field, "must be > 0 when max_failures > 0".into());
             }
         }
-        if self.log.level.trim().is_empty() {
-            invalid("log.level", "must not be empty".into());
+        if let Err(reason) = self.log.validate_level() {
+            invalid("log.level", reason);
         }
         if self.agent_listener.address == self.api_listener.address {
             errors.push(ValidationError::AddressConflict(self.api_listener.address));
@@ -1024,6 +1191,95 @@ mod tests {
             "{errors:?}"
         );
         Ok(())
+    }
+
+    #[test]
+    fn frame_sizes_below_the_protocol_minimum_are_rejected_with_the_right_range() {
+        let mut c = Config::default();
+        for bad in [0, 1000, 1024, 16_383, 16_777_216] {
+            c.limits.max_frame_size = bad;
+            let Err(ValidationErrors(errors)) = c.validate() else {
+                panic!("{bad} accepted");
+            };
+            let message = errors
+                .iter()
+                .find_map(|e| match e {
+                    ValidationError::InvalidValue {
+                        field: "limits.max_frame_size",
+                        reason,
+                    } => Some(reason.clone()),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("{bad}: no max_frame_size error in {errors:?}"));
+            assert!(message.contains("16384..=16777215"), "{message}");
+            assert!(message.contains(&bad.to_string()), "{message}");
+        }
+        for good in [16_384, 65_536, 16_777_215] {
+            c.limits.max_frame_size = good;
+            let errors = c.validate().err().map(|e| e.0).unwrap_or_default();
+            assert!(
+                !errors.iter().any(|e| matches!(
+                    e,
+                    ValidationError::InvalidValue {
+                        field: "limits.max_frame_size",
+                        ..
+                    }
+                )),
+                "{good}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn log_levels_are_checked() {
+        let check = |level: &str| {
+            LogConfig {
+                level: level.into(),
+                ..LogConfig::default()
+            }
+            .validate_level()
+        };
+        for good in [
+            "info",
+            "WARN",
+            "off",
+            "info,kas=debug",
+            "warn,kas::api=trace,runtime_core=info,",
+            " debug ",
+        ] {
+            assert_eq!(check(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "loud!!",
+            "",
+            "   ",
+            "kas",
+            "info,kas=loud",
+            "=info",
+            "kas::=info",
+            "info;kas=debug",
+        ] {
+            let e = check(bad).expect_err(bad);
+            assert!(
+                e.contains("not a log level") || e.contains("empty"),
+                "{bad}: {e}"
+            );
+        }
+        let e = check("loud!!").expect_err("loud!! accepted");
+        assert!(
+            e.contains("\"loud!!\"") && e.contains("trace, debug, info"),
+            "{e}"
+        );
+        let mut c = Config::default();
+        c.log.level = "loud!!".into();
+        let Err(ValidationErrors(errors)) = c.validate() else {
+            panic!("accepted");
+        };
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.to_string().starts_with("log.level: "))
+        );
     }
 
     #[test]

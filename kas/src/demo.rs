@@ -109,6 +109,8 @@ pub struct Demo {
     state_dir: PathBuf,
     ca_file: PathBuf,
     user_token: String,
+    /// Where the demo user's token is (the banner names the file, never the token).
+    user_token_file: PathBuf,
 }
 
 impl Demo {
@@ -217,6 +219,7 @@ impl Demo {
             state_dir: dir.clone(),
             ca_file: files.ca,
             user_token: user.token.clone(),
+            user_token_file: user.token_file.clone(),
         };
         demo.write_kubeconfig()?;
         write(&dir.join("manual-commands.sh"), &demo.manual_commands())?;
@@ -250,6 +253,11 @@ impl Demo {
     /// The demo's CA certificate (trust anchor of both kas listeners).
     pub fn ca_file(&self) -> &Path {
         &self.ca_file
+    }
+
+    /// The file holding the demo user's token.
+    pub fn user_token_file(&self) -> &Path {
+        &self.user_token_file
     }
 
     /// The demo user's bearer value for an agent (`pat:<id>:<token>`).
@@ -328,9 +336,11 @@ impl Demo {
         ));
         let ca = self.ca_file.display();
         s.push_str(&format!("  curl --cacert {ca} {api}/api/v1/agents\n"));
+        // The token stays in its file: output that ends up in terminals' scrollback, CI logs or
+        // screenshots shows where it is, not what it is.
         s.push_str(&format!(
-            "  curl --cacert {ca} -H 'Authorization: Bearer {}' '{api}/api/v1/agents/1/proxy/monitoring/prometheus:web/api/v1/query?query=up'\n",
-            self.bearer(1)
+            "  curl --cacert {ca} -H \"Authorization: Bearer pat:1:$(cat {})\" '{api}/api/v1/agents/1/proxy/monitoring/prometheus:web/api/v1/query?query=up'\n",
+            self.user_token_file.display()
         ));
         s.push_str(&format!("  curl --cacert {ca} {api}/metrics\n"));
         s

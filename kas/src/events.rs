@@ -11,19 +11,22 @@
 //! Every subscriber has a bounded queue. Publishing never waits: a subscriber whose queue is full is
 //! too slow for the feed and is dropped (its queue is closed, after the events already in it; a warning
 //! is logged once), so one stuck client can neither slow the agents down nor make kas buffer without
-//! bound. The number of subscribers is bounded too. Each event is serialised to JSON once, whatever
-//! the number of subscribers.
+//! bound. The number of subscribers is bounded in all, per source address and per user
+//! ([`SubscriberLimits`]), so that one client cannot take every slot and lock the dashboard out.
+//! Each event is serialised to JSON once, whatever the number of subscribers.
 //!
 //! The hub is synchronous (a mutex and non-blocking sends on `async-channel` queues), so it is tested
 //! here without a runtime.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use protocol::cache::ObjectChange;
 use serde_json::{Value, json};
 
+use crate::auth::rate_limit::SourceKey;
 use crate::users::AllowedAgents;
 
 /// Events a subscriber may have waiting before it counts as too slow (default).
@@ -31,6 +34,72 @@ pub const DEFAULT_QUEUE_DEPTH: usize = 1024;
 
 /// Subscribers at most at once (default).
 pub const DEFAULT_MAX_SUBSCRIBERS: usize = 1000;
+
+/// Subscribers at most at once from one source address (default).
+pub const DEFAULT_MAX_PER_SOURCE: usize = 64;
+
+/// Subscribers at most at once for one user (default).
+pub const DEFAULT_MAX_PER_USER: usize = 32;
+
+/// How many subscriptions the hub takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscriberLimits {
+    /// In all.
+    pub total: usize,
+    /// From one source address (IPv6 addresses grouped by /64).
+    pub per_source: usize,
+    /// For one user.
+    pub per_user: usize,
+}
+
+impl Default for SubscriberLimits {
+    fn default() -> Self {
+        SubscriberLimits {
+            total: DEFAULT_MAX_SUBSCRIBERS,
+            per_source: DEFAULT_MAX_PER_SOURCE,
+            per_user: DEFAULT_MAX_PER_USER,
+        }
+    }
+}
+
+/// Who holds a subscription: the client's address and, when it authenticated, the user. Limits
+/// are counted per source and per user; an in-process subscriber ([`Owner::internal`]) counts only
+/// towards the total.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    source: Option<SourceKey>,
+    user: Option<String>,
+    label: String,
+}
+
+impl Owner {
+    /// A client at `source`, authenticated as `user` (`None`: read without a token).
+    pub fn client(source: IpAddr, user: Option<&str>) -> Owner {
+        Owner {
+            source: Some(SourceKey::from(source)),
+            user: user.map(str::to_owned),
+            label: match user {
+                Some(u) => format!("{source} ({u})"),
+                None => source.to_string(),
+            },
+        }
+    }
+
+    /// An in-process subscriber named `label` (tests, kas itself).
+    pub fn internal(label: &str) -> Owner {
+        Owner {
+            source: None,
+            user: None,
+            label: label.to_owned(),
+        }
+    }
+}
+
+impl From<&str> for Owner {
+    fn from(label: &str) -> Owner {
+        Owner::internal(label)
+    }
+}
 
 /// Something that happened, for subscribers.
 #[derive(Debug, Clone, PartialEq)]
@@ -150,6 +219,12 @@ pub enum SubscribeError {
     /// As many subscribers as the hub takes are subscribed.
     #[error("too many event subscribers ({0})")]
     TooMany(usize),
+    /// The client's address holds as many event streams as one address may.
+    #[error("too many event streams from this address ({0})")]
+    TooManyFromSource(usize),
+    /// The user holds as many event streams as one user may.
+    #[error("too many event streams for this user ({0})")]
+    TooManyForUser(usize),
     /// kas is shutting down.
     #[error("kas is shutting down")]
     Closed,
@@ -159,21 +234,47 @@ struct Subscriber {
     scope: Scope,
     tx: async_channel::Sender<Arc<Published>>,
     lagged: Arc<AtomicBool>,
-    label: String,
+    owner: Owner,
 }
 
 struct HubState {
     next_event: u64,
     next_subscriber: u64,
     subscribers: BTreeMap<u64, Subscriber>,
+    /// Subscriptions held per source and per user (entries at zero are removed).
+    per_source: HashMap<SourceKey, usize>,
+    per_user: HashMap<String, usize>,
     closed: bool,
     dropped_slow: u64,
+}
+
+impl HubState {
+    /// Forgets subscriber `id`, with its place in the per-source and per-user counts.
+    fn remove(&mut self, id: u64) -> Option<Subscriber> {
+        let sub = self.subscribers.remove(&id)?;
+        if let Some(k) = &sub.owner.source {
+            decrement(&mut self.per_source, k);
+        }
+        if let Some(u) = &sub.owner.user {
+            decrement(&mut self.per_user, u);
+        }
+        Some(sub)
+    }
+}
+
+fn decrement<K: std::hash::Hash + Eq + Clone>(map: &mut HashMap<K, usize>, k: &K) {
+    if let Some(n) = map.get_mut(k) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(k);
+        }
+    }
 }
 
 struct Shared {
     state: Mutex<HubState>,
     queue_depth: usize,
-    max_subscribers: usize,
+    limits: SubscriberLimits,
 }
 
 /// The hub; cheap to clone (all clones share one state).
@@ -199,19 +300,32 @@ impl Default for EventHub {
 
 impl EventHub {
     /// A hub whose subscribers may each have `queue_depth` events waiting (at least 1), with at most
-    /// `max_subscribers` subscribers at once.
+    /// `max_subscribers` subscribers at once (and the default limits per source and per user).
     pub fn new(queue_depth: usize, max_subscribers: usize) -> Self {
+        Self::with_limits(
+            queue_depth,
+            SubscriberLimits {
+                total: max_subscribers,
+                ..SubscriberLimits::default()
+            },
+        )
+    }
+
+    /// A hub with explicit subscriber limits.
+    pub fn with_limits(queue_depth: usize, limits: SubscriberLimits) -> Self {
         EventHub {
             shared: Arc::new(Shared {
                 state: Mutex::new(HubState {
                     next_event: 1,
                     next_subscriber: 1,
                     subscribers: BTreeMap::new(),
+                    per_source: HashMap::new(),
+                    per_user: HashMap::new(),
                     closed: false,
                     dropped_slow: 0,
                 }),
                 queue_depth: queue_depth.max(1),
-                max_subscribers,
+                limits,
             }),
         }
     }
@@ -220,18 +334,37 @@ impl EventHub {
         self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Subscribes to the events in `scope`; `label` names the subscriber in logs (e.g. its address).
+    /// Subscribes `owner` to the events in `scope`, unless the hub, the owner's source or the owner's
+    /// user is at its limit.
     pub fn subscribe(
         &self,
         scope: Scope,
-        label: impl Into<String>,
+        owner: impl Into<Owner>,
     ) -> Result<Subscription, SubscribeError> {
+        let owner = owner.into();
+        let limits = self.shared.limits;
         let mut s = self.lock();
         if s.closed {
             return Err(SubscribeError::Closed);
         }
-        if s.subscribers.len() >= self.shared.max_subscribers {
-            return Err(SubscribeError::TooMany(self.shared.max_subscribers));
+        if let Some(k) = &owner.source
+            && s.per_source.get(k).copied().unwrap_or(0) >= limits.per_source
+        {
+            return Err(SubscribeError::TooManyFromSource(limits.per_source));
+        }
+        if let Some(u) = &owner.user
+            && s.per_user.get(u).copied().unwrap_or(0) >= limits.per_user
+        {
+            return Err(SubscribeError::TooManyForUser(limits.per_user));
+        }
+        if s.subscribers.len() >= limits.total {
+            return Err(SubscribeError::TooMany(limits.total));
+        }
+        if let Some(k) = &owner.source {
+            *s.per_source.entry(*k).or_default() += 1;
+        }
+        if let Some(u) = &owner.user {
+            *s.per_user.entry(u.clone()).or_default() += 1;
         }
         let id = s.next_subscriber;
         s.next_subscriber += 1;
@@ -243,7 +376,7 @@ impl EventHub {
                 scope,
                 tx,
                 lagged: lagged.clone(),
-                label: label.into(),
+                owner,
             },
         );
         Ok(Subscription {
@@ -281,7 +414,7 @@ impl EventHub {
                     sub.lagged.store(true, Ordering::SeqCst);
                     sub.tx.close();
                     tracing::warn!(
-                        subscriber = %sub.label,
+                        subscriber = %sub.owner.label,
                         queue_depth = self.shared.queue_depth,
                         "event subscriber too slow: dropped"
                     );
@@ -291,7 +424,7 @@ impl EventHub {
             }
         }
         for sub_id in gone {
-            if let Some(sub) = s.subscribers.remove(&sub_id)
+            if let Some(sub) = s.remove(sub_id)
                 && sub.lagged.load(Ordering::SeqCst)
             {
                 s.dropped_slow += 1;
@@ -324,10 +457,12 @@ impl EventHub {
         for (_, sub) in std::mem::take(&mut s.subscribers) {
             sub.tx.close();
         }
+        s.per_source.clear();
+        s.per_user.clear();
     }
 
     fn unsubscribe(&self, id: u64) {
-        self.lock().subscribers.remove(&id);
+        self.lock().remove(id);
     }
 }
 
@@ -548,6 +683,93 @@ mod tests {
         assert_eq!(
             hub.subscribe(Scope::All, "late").map(|_| ()),
             Err(SubscribeError::Closed)
+        );
+    }
+
+    #[test]
+    fn one_source_or_one_user_cannot_take_every_slot() {
+        let hub = EventHub::with_limits(
+            4,
+            SubscriberLimits {
+                total: 10,
+                per_source: 3,
+                per_user: 2,
+            },
+        );
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let held: Vec<Subscription> = (0..3)
+            .map(|_| hub.subscribe(Scope::All, Owner::client(a, None)).unwrap())
+            .collect();
+        assert_eq!(
+            hub.subscribe(Scope::All, Owner::client(a, None))
+                .map(|_| ()),
+            Err(SubscribeError::TooManyFromSource(3))
+        );
+        // Another address still gets in (the dashboard is not locked out).
+        let other = hub.subscribe(Scope::All, Owner::client(b, None)).unwrap();
+        // Per user, across addresses.
+        let u1 = hub
+            .subscribe(Scope::All, Owner::client(b, Some("mallory")))
+            .unwrap();
+        let c: IpAddr = "10.0.0.3".parse().unwrap();
+        let u2 = hub
+            .subscribe(Scope::All, Owner::client(c, Some("mallory")))
+            .unwrap();
+        let d: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(
+            hub.subscribe(Scope::All, Owner::client(d, Some("mallory")))
+                .map(|_| ()),
+            Err(SubscribeError::TooManyForUser(2))
+        );
+        assert!(
+            hub.subscribe(Scope::All, Owner::client(d, Some("alice")))
+                .is_ok()
+        );
+        // Slots come back when streams end, and also when the hub drops a slow one.
+        drop(held);
+        drop(u1);
+        assert!(hub.subscribe(Scope::All, Owner::client(a, None)).is_ok());
+        assert!(
+            hub.subscribe(Scope::All, Owner::client(d, Some("mallory")))
+                .is_ok()
+        );
+        drop((other, u2));
+        // IPv6 addresses of one /64 are one source.
+        let hub = EventHub::with_limits(
+            4,
+            SubscriberLimits {
+                total: 10,
+                per_source: 1,
+                per_user: 10,
+            },
+        );
+        let x: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        let y: IpAddr = "2001:db8:0:1::2".parse().unwrap();
+        let _x = hub.subscribe(Scope::All, Owner::client(x, None)).unwrap();
+        assert!(hub.subscribe(Scope::All, Owner::client(y, None)).is_err());
+    }
+
+    #[test]
+    fn slots_of_dropped_slow_subscribers_are_released() {
+        let hub = EventHub::with_limits(
+            1,
+            SubscriberLimits {
+                total: 10,
+                per_source: 1,
+                per_user: 1,
+            },
+        );
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let slow = hub
+            .subscribe(Scope::All, Owner::client(a, Some("u")))
+            .unwrap();
+        hub.publish(&agent(1, true));
+        hub.publish(&agent(1, false));
+        assert!(slow.was_dropped());
+        assert!(
+            hub.subscribe(Scope::All, Owner::client(a, Some("u")))
+                .is_ok()
         );
     }
 

@@ -54,6 +54,7 @@
 //! ```
 
 pub mod agent_listener;
+pub mod agent_log;
 pub mod agent_streams;
 pub mod api;
 pub mod auth;
@@ -64,6 +65,7 @@ pub mod directory;
 pub mod events;
 /// Length-delimited framing of the `views` stream (shared with agentk, in `protocol`).
 pub use protocol::cache::framing as frame;
+pub mod listener;
 pub mod metrics;
 pub mod mirrors;
 pub mod pool;

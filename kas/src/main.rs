@@ -128,6 +128,11 @@ fn load_config(args: &RunArgs) -> anyhow::Result<Config> {
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {
+    // A filter tracing would accept but that logs nothing useful ("loud!!") is refused up front.
+    config
+        .log
+        .validate_level()
+        .map_err(|e| anyhow::anyhow!("invalid log level: {e}"))?;
     let filter = tracing_subscriber::EnvFilter::try_new(config.log.filter_directives())
         .with_context(|| format!("invalid log level {:?}", config.log.level))?;
     let builder = tracing_subscriber::fmt()
@@ -222,6 +227,18 @@ mod tests {
         let cli = Cli::try_parse_from(["kas", "--api-tls-cert", "c.pem", "--api-tls-key", "k.pem"])
             .unwrap();
         assert_eq!(cli.run.api_tls_key, Some(PathBuf::from("k.pem")));
+    }
+
+    #[test]
+    fn a_log_level_that_logs_nothing_is_refused() {
+        let mut c = Config::default();
+        c.log.level = "loud!!".into();
+        let e = init_logging(&c).expect_err("accepted");
+        let text = format!("{e:#}");
+        assert!(
+            text.contains("loud!!") && text.contains("trace, debug, info"),
+            "{text}"
+        );
     }
 
     #[test]

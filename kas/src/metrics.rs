@@ -21,6 +21,7 @@
 //! | `kas_proxied_bytes_total` | counter | `direction` (`in`: client → agent, `out`: agent → client) |
 //! | `kas_agent_auth_failures_total` | counter | `reason` |
 //! | `kas_user_auth_failures_total` | counter | `reason` |
+//! | `kas_agent_misbehaviour_total` | counter (what agents did wrong, [`crate::agent_log`]) | `kind` |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -89,6 +90,7 @@ struct Labelled {
     latency: BTreeMap<String, Histogram>,
     agent_auth_failures: BTreeMap<String, u64>,
     user_auth_failures: BTreeMap<String, u64>,
+    agent_misbehaviour: BTreeMap<String, u64>,
 }
 
 /// Counters and histograms, shared by every task of one kas.
@@ -160,6 +162,15 @@ impl Metrics {
             .labelled()
             .user_auth_failures
             .entry(reason.to_owned())
+            .or_default() += 1;
+    }
+
+    /// An agent misbehaved (`kind`: a [`crate::agent_log::Misbehaviour`] label).
+    pub fn agent_misbehaviour(&self, kind: &str) {
+        *self
+            .labelled()
+            .agent_misbehaviour
+            .entry(kind.to_owned())
             .or_default() += 1;
     }
 
@@ -318,6 +329,19 @@ impl Metrics {
                 out,
                 "kas_user_auth_failures_total{{reason=\"{}\"}} {n}",
                 escape(reason)
+            );
+        }
+        header(
+            &mut out,
+            "kas_agent_misbehaviour_total",
+            "Things agents did wrong, by kind (each is logged at most once a minute per agent and kind).",
+            "counter",
+        );
+        for (kind, n) in &l.agent_misbehaviour {
+            let _ = writeln!(
+                out,
+                "kas_agent_misbehaviour_total{{kind=\"{}\"}} {n}",
+                escape(kind)
             );
         }
         out

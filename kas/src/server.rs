@@ -31,6 +31,7 @@ use crate::auth::{
 };
 use crate::config::{AuthBackendConfig, Config, TlsFilesConfig, ValidationError, ValidationErrors};
 use crate::directory::AgentDirectory;
+use crate::events::SubscriberLimits;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::registry::Registry;
@@ -186,6 +187,11 @@ impl Kas {
                 config.routing.clone(),
                 pool.spawner(),
                 instance,
+                SubscriberLimits {
+                    total: config.events.max_subscribers,
+                    per_source: config.events.max_per_source,
+                    per_user: config.events.max_per_user,
+                },
             )
             .with_public_read(config.api_listener.public_read),
         );
@@ -194,19 +200,29 @@ impl Kas {
         let api_addr = config.api_listener.address;
         let tunnel_config = agent_listener::tunnel_config(&config);
         let auth = agent_listener::authenticator(state.clone(), backend);
-        let (server, listener) = smol::block_on(async {
-            let server = runtime_smol::Server::bind(agent_addr, Some(tls), tunnel_config, auth)
-                .await
-                .map_err(|source| StartError::AgentListen {
-                    addr: agent_addr,
-                    source,
-                })?;
-            let listener = smol::net::TcpListener::bind(api_addr)
-                .await
-                .map_err(|source| StartError::ApiListen {
+        let agent_listen_error = |source| StartError::AgentListen {
+            addr: agent_addr,
+            source,
+        };
+        let agent_socket = crate::listener::bind(agent_addr, config.agent_listener.backlog)
+            .map_err(|e| agent_listen_error(runtime_smol::Error::Io(e)))?;
+        let api_socket =
+            crate::listener::bind(api_addr, config.api_listener.backlog).map_err(|source| {
+                StartError::ApiListen {
                     addr: api_addr,
                     source,
-                })?;
+                }
+            })?;
+        let (server, listener) = smol::block_on(async {
+            let server =
+                runtime_smol::Server::from_listener(agent_socket, Some(tls), tunnel_config, auth)
+                    .map_err(agent_listen_error)?;
+            let listener = smol::net::TcpListener::try_from(api_socket).map_err(|source| {
+                StartError::ApiListen {
+                    addr: api_addr,
+                    source,
+                }
+            })?;
             Ok::<_, StartError>((server, listener))
         })?;
         let agent_addr = server.local_addr();

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use crate::agent_log::AgentLog;
 use crate::api::user_auth::UserGate;
 use crate::config::RoutingConfig;
 use crate::directory::AgentDirectory;
-use crate::events::{EventHub, Presence};
+use crate::events::{EventHub, Presence, SubscriberLimits};
 use crate::metrics::{Metrics, Snapshot};
 use crate::mirrors::Mirrors;
 use crate::pool::Spawner;
@@ -26,6 +27,8 @@ pub struct KasState {
     pub users: UserGate,
     /// Counters and histograms.
     pub metrics: Arc<Metrics>,
+    /// What agents do wrong, rate-limited and counted.
+    pub agent_log: AgentLog,
     /// Deadlines for requests through tunnels.
     pub routing: RoutingConfig,
     /// Spawns tasks on kas's executor.
@@ -56,12 +59,14 @@ impl KasState {
         routing: RoutingConfig,
         spawner: Spawner,
         instance: String,
+        event_limits: SubscriberLimits,
     ) -> Self {
-        let events = EventHub::default();
+        let events = EventHub::with_limits(crate::events::DEFAULT_QUEUE_DEPTH, event_limits);
         KasState {
             registry,
             directory,
             users,
+            agent_log: AgentLog::new(metrics.clone()),
             metrics,
             routing,
             spawner,

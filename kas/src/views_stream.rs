@@ -9,8 +9,9 @@
 //!
 //! Messages are length-delimited protobuf ([`crate::frame`]) both ways. A message that does not
 //! frame (over 16 MiB, bad length prefix, stream ending inside a message), does not decode, or breaks
-//! the sync rules is a protocol violation: the stream is reset with `ErrorCode::Protocol` and the
-//! violation is logged once. When agentk finishes its direction, kas finishes its own. A stream that
+//! the sync rules is a protocol violation: the stream is reset with `ErrorCode::Protocol`; the caller
+//! logs the [`StreamEnd`] through the agent misbehaviour log ([`crate::agent_log`]), which an agent
+//! cannot flood. When agentk finishes its direction, kas finishes its own. A stream that
 //! fails (reset, connection lost) just ends. Whatever the end, the stream's [`ViewsLink`] is dropped,
 //! so the mirror is marked disconnected once the agent's last stream is gone.
 
@@ -37,8 +38,8 @@ pub enum StreamEnd {
     Failed(String),
     /// agentk broke the protocol: the stream was reset with `ErrorCode::Protocol`.
     Violation(String),
-    /// Not a `SYNC` request: answered 400.
-    BadRequest,
+    /// Not a `SYNC` request (the method as received): answered 400.
+    BadRequest(String),
     /// No mirror capacity: answered 503.
     Refused(String),
 }
@@ -64,24 +65,19 @@ pub async fn serve(
     stream: Stream,
 ) -> StreamEnd {
     if head.method != "SYNC" {
-        tracing::info!(agent_id, method = %head.method, "views stream with an unknown method: 400");
         answer(&stream, 400, "bad-method");
-        return StreamEnd::BadRequest;
+        return StreamEnd::BadRequest(head.method.chars().take(64).collect());
     }
     let (link, first) = match mirrors.open(agent_id, Instant::now()) {
         Ok(x) => x,
         Err(e) => {
-            tracing::warn!(agent_id, error = %e, "views stream refused: 503");
             answer(&stream, 503, "no-capacity");
             return StreamEnd::Refused(e.to_string());
         }
     };
     let end = run(&link, &stream, first).await;
     match &end {
-        StreamEnd::Violation(error) => {
-            stream.reset(ErrorCode::Protocol);
-            tracing::warn!(agent_id, stream = stream.id().0, %error, "agentk broke the views protocol: stream reset");
-        }
+        StreamEnd::Violation(_) => stream.reset(ErrorCode::Protocol),
         StreamEnd::Failed(error) => {
             tracing::debug!(agent_id, stream = stream.id().0, %error, "views stream ended")
         }

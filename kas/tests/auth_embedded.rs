@@ -147,15 +147,21 @@ fn rate_limit_from_config_protects_the_agents_file() -> TestResult {
             Err(AuthError::Unauthenticated)
         ));
     }
+    // The failing credential is refused from this source, without reading the file...
     assert!(matches!(
-        limited.authenticate_at(&agents[0].token, SOURCE, t0),
+        limited.authenticate_at("guess", SOURCE, t0),
         Err(AuthError::RateLimited { .. })
     ));
+    // ...but a valid token from the same source is never locked out by it.
     assert_eq!(
         limited
-            .authenticate_at(&agents[0].token, SOURCE, t0 + Duration::from_secs(30))?
+            .authenticate_at(&agents[0].token, SOURCE, t0)?
             .agent_id,
         1
     );
+    assert!(matches!(
+        limited.authenticate_at("guess", SOURCE, t0 + Duration::from_secs(30)),
+        Err(AuthError::Unauthenticated)
+    ));
     Ok(())
 }

@@ -121,7 +121,7 @@ fn an_agent_that_never_connects_is_503_at_the_deadline() {
     let s = stack();
     assert!(!s.kas().connected_agents().contains(&3));
     // kas knows agent 3 (the agents file lists it) and says it is not connected.
-    let agent = s.get("/api/v1/agents/3", None);
+    let agent = s.get("/api/v1/agents/3", Some(&s.admin(3)));
     assert_eq!(agent.status, 200, "{}", agent.body);
     assert_eq!(agent.json()["connected"], false, "{}", agent.body);
     let started = Instant::now();

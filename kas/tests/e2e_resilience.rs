@@ -228,7 +228,7 @@ fn agents_reconnect_by_themselves_after_kas_restarts_on_the_same_ports() {
         s.kas().connected_agents()
     );
     eprintln!("agents back {:?} after kas restarted", waiting.elapsed());
-    let agents = s.get("/api/v1/agents", None);
+    let agents = s.get("/api/v1/agents", Some(&s.admin(1)));
     assert_eq!(agents.status, 200, "{}", agents.body);
     let list = agents.json();
     for id in [1u64, 2] {
@@ -328,7 +328,7 @@ fn open_streams_end_when_the_agent_is_killed() {
 
 /// Open tunnel streams of agent `id`, as kas's agent API reports them.
 fn open_streams(s: &Stack, id: u64) -> u64 {
-    let reply = s.get(&format!("/api/v1/agents/{id}"), None);
+    let reply = s.get(&format!("/api/v1/agents/{id}"), Some(&s.admin(id)));
     assert_eq!(reply.status, 200, "{}", reply.body);
     reply.json()["open_streams"]
         .as_u64()

@@ -19,6 +19,8 @@ pub mod defaults {
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
     pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// The window flood limits are counted in.
+    pub const FLOOD_WINDOW: Duration = Duration::from_secs(10);
 }
 
 /// Limits one side is willing to receive, with defaults resolved (never zero).
@@ -137,6 +139,52 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Upper bound of one buffer returned by `poll_transmit`.
     pub max_transmit: usize,
+    /// How much the peer may make us do without doing useful work (PROTOCOL.md §17).
+    pub flood: FloodLimits,
+}
+
+/// Limits on what a peer can make a connection do without consuming any of the limits it announced
+/// (PROTOCOL.md §17, "Floods"): frames that cost work but carry nothing useful are counted per
+/// `window` (a fixed window that restarts with the first frame after it ended), and answers the peer
+/// does not read are bounded. A peer over a limit is closed with GOAWAY `ENHANCE_YOUR_CALM`.
+///
+/// A count of 0 disables that limit. The defaults are far above what a correct peer does (agentk
+/// PINGs once per keepalive interval and never sends empty DATA) and far below what an attack needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FloodLimits {
+    /// The counting window.
+    pub window: Duration,
+    /// PINGs (and unsolicited PING acknowledgements) per window.
+    pub pings: u32,
+    /// Streams the peer opened that did no work, per window: reset by the peer before we answered
+    /// ("rapid reset"), or refused by us (over the concurrency limit, or after GOAWAY).
+    pub rapid_resets: u32,
+    /// DATA frames without payload and without END_STREAM, per window.
+    pub empty_data: u32,
+    /// WINDOW_UPDATE frames per window.
+    pub window_updates: u32,
+    /// Frames of unknown types (ignored otherwise, PROTOCOL.md §16) per window.
+    pub unknown_frames: u32,
+    /// Octets of answers to the peer (PING acknowledgements, RESETs, GOAWAY, response heads to the
+    /// streams it opened) queued and not yet taken by `poll_transmit`. Above it
+    /// [`crate::Connection::wants_input`] is false: a driver stops reading until the peer reads
+    /// (back-pressure). Answers produced by input fed anyway beyond four times it close the peer
+    /// with `ENHANCE_YOUR_CALM`.
+    pub max_queued_answers: usize,
+}
+
+impl Default for FloodLimits {
+    fn default() -> Self {
+        FloodLimits {
+            window: defaults::FLOOD_WINDOW,
+            pings: 100,
+            rapid_resets: 1000,
+            empty_data: 1000,
+            window_updates: 100_000,
+            unknown_frames: 1000,
+            max_queued_answers: 256 * 1024,
+        }
+    }
 }
 
 impl Default for Config {
@@ -147,6 +195,7 @@ impl Default for Config {
             max_version: PROTOCOL_VERSION,
             handshake_timeout: defaults::HANDSHAKE_TIMEOUT,
             max_transmit: 256 * 1024,
+            flood: FloodLimits::default(),
         }
     }
 }

@@ -184,6 +184,17 @@ pub enum ConnectionError {
     IdleTimeout,
     #[error("peer settings invalid: {reason}")]
     BadSettings { reason: String },
+    /// The peer sent more frames of one costly-but-useless kind than the flood limit allows
+    /// (PROTOCOL.md §17).
+    #[error("flood: more than {limit} {kind} frames within {window:?}")]
+    Flood {
+        kind: crate::connection::FloodKind,
+        limit: u32,
+        window: std::time::Duration,
+    },
+    /// The peer made us queue more answers than the bound without reading them (PROTOCOL.md §17).
+    #[error("peer does not read: {queued} octets of answers queued (bound {bound})")]
+    UnreadAnswers { queued: usize, bound: usize },
 }
 
 impl ConnectionError {
@@ -195,6 +206,9 @@ impl ConnectionError {
             | ConnectionError::StreamWindowExceeded { .. }
             | ConnectionError::WindowOverflow { .. } => ErrorCode::FlowControl,
             ConnectionError::HandshakeTimeout | ConnectionError::IdleTimeout => ErrorCode::Timeout,
+            ConnectionError::Flood { .. } | ConnectionError::UnreadAnswers { .. } => {
+                ErrorCode::EnhanceYourCalm
+            }
             _ => ErrorCode::Protocol,
         }
     }

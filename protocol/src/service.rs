@@ -35,30 +35,158 @@ pub mod status {
     pub const UNAVAILABLE: u32 = 14;
 }
 
-/// HTTP headers that describe one hop and must not be forwarded through the tunnel (RFC 9110 §7.6.1),
-/// plus credentials, which never cross the tunnel.
-pub const NOT_FORWARDED: &[&str] = &[
+/// Why an HTTP header does not cross the tunnel ([`HeaderRule`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotForwarded {
+    /// Describes one hop of the connection (RFC 9110 §7.6.1): `Connection`, `Keep-Alive`, `TE`,
+    /// `Transfer-Encoding`, `Upgrade`, ... and `Host` (each hop has its own).
+    HopByHop,
+    /// Authenticates the client to kas, or is a browser credential for kas's origin:
+    /// `Authorization`, `Proxy-Authorization`, `Cookie`, `Set-Cookie`. The upstream gets agentk's own
+    /// credentials; a user's cookies for kas's site (a GitLab session, say) never reach the cluster.
+    Credential,
+    /// Asks the Kubernetes API server to act as another identity: `Impersonate-User`,
+    /// `Impersonate-Group`, `Impersonate-Uid`, `Impersonate-Extra-*`. agentk sends requests with its
+    /// own, usually powerful, credentials, so a client choosing the identity would choose its own
+    /// privileges (Rancher's GHSA-gvh9-xgrq-r8hw). Only kas decides whom a request acts as, and it does
+    /// so through the request head's own fields, never a header.
+    Impersonation,
+    /// Asserts an identity that an authenticating front proxy established: `X-Remote-User`,
+    /// `X-Remote-Group`, `X-Remote-Extra-*` (the API server's request-header authentication),
+    /// `X-Forwarded-User`, `X-Forwarded-Groups`, `X-Forwarded-Email`, `X-Forwarded-Preferred-Username`,
+    /// `X-Forwarded-Access-Token` and `X-Auth-Request-*` (oauth2-proxy and the like). Services behind
+    /// such a proxy trust these headers; no client may set them.
+    IdentityAssertion,
+    /// Named in this head's `Connection` header: hop-by-hop by declaration (RFC 9110 §7.6.1).
+    ConnectionOption,
+}
+
+/// Headers that describe one hop (RFC 9110 §7.6.1, plus the obsolete `Proxy-Connection`), and `Host`.
+const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",
     "proxy-authenticate",
-    "proxy-authorization",
     "te",
     "trailer",
     "transfer-encoding",
     "upgrade",
     "host",
-    "authorization",
 ];
 
-/// Whether an HTTP header may cross the tunnel.
+/// Credentials for kas or its origin.
+const CREDENTIALS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
+
+/// Exact names of front-proxy identity assertions.
+const IDENTITY_ASSERTIONS: &[&str] = &[
+    "x-forwarded-user",
+    "x-forwarded-groups",
+    "x-forwarded-email",
+    "x-forwarded-preferred-username",
+    "x-forwarded-access-token",
+];
+
+/// Name prefixes of front-proxy identity assertions.
+const IDENTITY_ASSERTION_PREFIXES: &[&str] = &["x-remote-", "x-auth-request-"];
+
+/// The prefix of every Kubernetes impersonation header.
+const IMPERSONATION_PREFIX: &str = "impersonate-";
+
+/// At most this many options of a `Connection` header are honoured (each one is compared with every
+/// header name; a head has at most a few).
+const MAX_CONNECTION_OPTIONS: usize = 64;
+
+fn has_prefix_ignore_case(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len()
+        && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+/// Why `name` never crosses the tunnel, whatever the rest of the head says; `None` if it may.
+pub fn classify_header(name: &str) -> Option<NotForwarded> {
+    let is = |list: &[&str]| list.iter().any(|h| h.eq_ignore_ascii_case(name));
+    if is(HOP_BY_HOP) {
+        Some(NotForwarded::HopByHop)
+    } else if is(CREDENTIALS) {
+        Some(NotForwarded::Credential)
+    } else if has_prefix_ignore_case(name, IMPERSONATION_PREFIX) {
+        Some(NotForwarded::Impersonation)
+    } else if is(IDENTITY_ASSERTIONS)
+        || IDENTITY_ASSERTION_PREFIXES
+            .iter()
+            .any(|p| has_prefix_ignore_case(name, p))
+    {
+        Some(NotForwarded::IdentityAssertion)
+    } else {
+        None
+    }
+}
+
+/// Whether an HTTP header may cross the tunnel by its name alone. A head's `Connection` header can
+/// make more headers hop-by-hop: use [`HeaderRule`] for a whole head.
 pub fn is_forwarded(name: &str) -> bool {
-    !NOT_FORWARDED.iter().any(|h| h.eq_ignore_ascii_case(name))
+    classify_header(name).is_none()
+}
+
+/// The one rule deciding which headers of an HTTP head cross the tunnel, in both directions: kas
+/// applies it to a client's request before it enters the tunnel and to an agent's response before it
+/// reaches the client; agentk applies it again to every head it receives from kas before the upstream
+/// sees it and to every upstream response (defence in depth: agentk never trusts a head for this).
+///
+/// A header is dropped when [`classify_header`] names a reason, or when the head's `Connection`
+/// header lists it ([`NotForwarded::ConnectionOption`]).
+#[derive(Debug, Clone, Default)]
+pub struct HeaderRule {
+    /// The options listed in the head's `Connection` headers, lower-case.
+    connection_options: Vec<String>,
+}
+
+impl HeaderRule {
+    /// The rule for one head, given every header of it (`Connection` may appear several times).
+    pub fn for_head<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> HeaderRule {
+        let mut connection_options = Vec::new();
+        for (name, value) in headers {
+            if !name.eq_ignore_ascii_case("connection") {
+                continue;
+            }
+            // A list of tokens separated by commas and optional whitespace (RFC 9110 §5.6.1).
+            for option in value.split(|b| *b == b',') {
+                let option = option.trim_ascii();
+                if option.is_empty() || connection_options.len() >= MAX_CONNECTION_OPTIONS {
+                    continue;
+                }
+                if let Ok(text) = std::str::from_utf8(option) {
+                    connection_options.push(text.to_ascii_lowercase());
+                }
+            }
+        }
+        HeaderRule { connection_options }
+    }
+
+    /// Why `name` is not forwarded in this head; `None` if it is.
+    pub fn verdict(&self, name: &str) -> Option<NotForwarded> {
+        classify_header(name).or_else(|| {
+            self.connection_options
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(name))
+                .then_some(NotForwarded::ConnectionOption)
+        })
+    }
+
+    /// Whether `name` crosses the tunnel in this head.
+    pub fn forwards(&self, name: &str) -> bool {
+        self.verdict(name).is_none()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn hop_by_hop_and_credentials_are_dropped() {
@@ -66,5 +194,89 @@ mod tests {
         assert!(!is_forwarded("transfer-encoding"));
         assert!(is_forwarded("accept"));
         assert!(is_forwarded("content-type"));
+    }
+
+    #[test]
+    fn impersonation_credentials_and_identity_assertions_are_dropped_in_any_case() {
+        for (name, why) in [
+            ("Impersonate-User", NotForwarded::Impersonation),
+            ("impersonate-group", NotForwarded::Impersonation),
+            ("IMPERSONATE-UID", NotForwarded::Impersonation),
+            ("Impersonate-Extra-Scopes", NotForwarded::Impersonation),
+            (
+                "impersonate-extra-acme.com%2Fproject",
+                NotForwarded::Impersonation,
+            ),
+            ("Cookie", NotForwarded::Credential),
+            ("Set-Cookie", NotForwarded::Credential),
+            ("Proxy-Authorization", NotForwarded::Credential),
+            ("X-Remote-User", NotForwarded::IdentityAssertion),
+            ("x-remote-group", NotForwarded::IdentityAssertion),
+            ("X-Remote-Extra-Scopes", NotForwarded::IdentityAssertion),
+            ("X-Forwarded-User", NotForwarded::IdentityAssertion),
+            ("X-Forwarded-Groups", NotForwarded::IdentityAssertion),
+            ("x-forwarded-access-token", NotForwarded::IdentityAssertion),
+            ("X-Auth-Request-Email", NotForwarded::IdentityAssertion),
+            ("Host", NotForwarded::HopByHop),
+            ("Upgrade", NotForwarded::HopByHop),
+        ] {
+            assert_eq!(classify_header(name), Some(why), "{name}");
+        }
+        // Look-alikes that carry nothing of the sort pass.
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "impersonate",
+            "x-remote",
+            "accept-encoding",
+            "user-agent",
+        ] {
+            assert_eq!(classify_header(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn headers_named_in_connection_are_hop_by_hop() {
+        let headers: [(&str, &[u8]); 4] = [
+            ("Connection", b"keep-alive, X-Secret-Hop"),
+            ("connection", b" x-other ,,"),
+            ("X-Secret-Hop", b"1"),
+            ("Accept", b"*/*"),
+        ];
+        let rule = HeaderRule::for_head(headers);
+        assert_eq!(
+            rule.verdict("x-secret-hop"),
+            Some(NotForwarded::ConnectionOption)
+        );
+        assert_eq!(
+            rule.verdict("X-OTHER"),
+            Some(NotForwarded::ConnectionOption)
+        );
+        assert_eq!(rule.verdict("Connection"), Some(NotForwarded::HopByHop));
+        assert!(rule.forwards("accept"));
+        // Without a Connection header only the fixed rule applies.
+        assert!(HeaderRule::default().forwards("x-secret-hop"));
+    }
+
+    proptest! {
+        /// The rule is a superset of the name-only rule, and never forwards an impersonation header
+        /// whatever its case or suffix.
+        #[test]
+        fn rule_never_forwards_what_the_name_rule_drops(
+            name in "[A-Za-z][A-Za-z0-9-]{0,20}",
+            suffix in "[A-Za-z0-9-]{0,12}",
+            options in prop::collection::vec("[A-Za-z0-9-]{1,12}", 0..4),
+        ) {
+            let joined = options.join(", ");
+            let rule = HeaderRule::for_head([("Connection", joined.as_bytes())]);
+            if !is_forwarded(&name) {
+                prop_assert!(!rule.forwards(&name));
+            }
+            for o in &options {
+                prop_assert!(!rule.forwards(o));
+            }
+            let imp = format!("iMpErSoNaTe-{suffix}");
+            prop_assert!(!rule.forwards(&imp));
+        }
     }
 }

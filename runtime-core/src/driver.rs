@@ -2,13 +2,18 @@
 //! over two tiny traits each runtime implements for its own I/O and timer types, so both runtimes run
 //! exactly the same loop:
 //!
-//! 1. read what the transport has into a buffer → `handle_input` (or `handle_eof` at EOF/error);
+//! 1. read what the transport has into a buffer → `handle_input` (or `handle_eof` at EOF/error) —
+//!    unless the connection wants no input: answers to the peer's earlier input are piling up
+//!    untransmitted because the peer does not read, so the driver stops reading too until they are
+//!    written (back-pressure: the peer's sends block in TCP, and kas's memory stays bounded);
 //! 2. [`Session::step`]: run due timers, take a batch of transmit output, register the task's waker so
 //!    that stream commands that produce output wake it;
 //! 3. write the batch with vectored writes, flush when it is all written;
 //! 4. arm the one timer at the earliest deadline;
-//! 5. once the connection is closed and everything is flushed (or after [`LINGER`]), shut the
-//!    transport down and finish.
+//! 5. once the connection is closed, stop reading; once everything is flushed, shut our direction
+//!    of the transport down and read (and drop) what the peer still sends until its end of file, so
+//!    that the kernel does not reset a connection whose last frames the peer has not read yet
+//!    (a lingering close); [`LINGER`] after the close, whether or not the peer reads, finish.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -68,6 +73,18 @@ pub struct Driver<T, S> {
     write_failed: bool,
     closed: bool,
     linger: Option<Instant>,
+    /// The connection wanted no input at the last step: do not read.
+    input_paused: bool,
+    /// Our direction of the transport is shut down; what the peer still sends is discarded.
+    shut_down: bool,
+}
+
+/// What discarding the peer's last octets gave.
+enum Discard {
+    /// End of file or an error: the transport can be dropped.
+    Done,
+    Progress,
+    Pending,
 }
 
 impl<T: Transport, S: Timer> Driver<T, S> {
@@ -85,11 +102,13 @@ impl<T: Transport, S: Timer> Driver<T, S> {
             write_failed: false,
             closed: false,
             linger: None,
+            input_paused: false,
+            shut_down: false,
         }
     }
 
     fn read(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
-        if self.read_closed || self.closed {
+        if self.read_closed || self.closed || self.linger.is_some() {
             return false;
         }
         match self.io.poll_read(cx, &mut self.read_buf) {
@@ -110,6 +129,32 @@ impl<T: Transport, S: Timer> Driver<T, S> {
                 true
             }
             Poll::Pending => false,
+        }
+    }
+
+    /// Lingering close: after our last frames and our shutdown, reads and drops what the peer still
+    /// sends until its end of file (bounded by [`LINGER`] at the caller). Dropping a socket with
+    /// unread input makes the kernel reset the connection, and a reset destroys what the peer has
+    /// not read yet — the GOAWAY saying why it was closed, for one.
+    fn discard(&mut self, cx: &mut Context<'_>) -> Discard {
+        if self.read_closed {
+            return Discard::Done;
+        }
+        let mut progress = false;
+        for _ in 0..BUDGET {
+            match self.io.poll_read(cx, &mut self.read_buf) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    self.read_closed = true;
+                    return Discard::Done;
+                }
+                Poll::Ready(Ok(_)) => progress = true,
+                Poll::Pending => break,
+            }
+        }
+        if progress {
+            Discard::Progress
+        } else {
+            Discard::Pending
         }
     }
 
@@ -190,7 +235,7 @@ impl<T: Transport, S: Timer> Future for Driver<T, S> {
         let _entered = span.enter();
         for _ in 0..BUDGET {
             let now = Instant::now();
-            let mut progress = this.read(cx, now);
+            let mut progress = !this.input_paused && this.read(cx, now);
             let step = this.session.step(
                 now,
                 cx.waker(),
@@ -199,25 +244,47 @@ impl<T: Transport, S: Timer> Future for Driver<T, S> {
                 WRITE_BATCH,
             );
             progress |= this.write(cx);
-            if step.finished && !this.closed {
-                this.closed = true;
+            // A change between paused (no input wanted) and reading.
+            if this.input_paused == step.wants_input {
+                if this.input_paused {
+                    // Reading resumes: the read has to be attempted (and its waker registered).
+                    progress = true;
+                } else {
+                    tracing::debug!("peer does not read its answers: pausing input");
+                }
+                this.input_paused = !step.wants_input;
+            }
+            if step.closed && this.linger.is_none() {
+                // The connection is over: nothing more is read, and its last frames get LINGER to
+                // leave however slowly (or not at all) the peer reads.
                 this.linger = Some(now + LINGER);
+            }
+            if step.finished {
+                this.closed = true;
+            }
+            if this.linger.is_some_and(|l| l <= now) || (this.closed && this.write_failed) {
+                return Poll::Ready(());
             }
             if this.closed {
                 let flushed = this.out.is_empty() && !this.need_flush;
-                let expired = this.linger.is_some_and(|l| l <= now);
-                if this.write_failed || expired {
-                    return Poll::Ready(());
-                }
-                if flushed {
+                if flushed && !this.shut_down {
                     match this.io.poll_shutdown(cx) {
                         Poll::Ready(r) => {
                             if let Err(e) = r {
                                 tracing::debug!(error = %e, "transport shutdown failed");
+                                return Poll::Ready(());
                             }
-                            return Poll::Ready(());
+                            this.shut_down = true;
+                            progress = true;
                         }
                         Poll::Pending => {}
+                    }
+                }
+                if this.shut_down {
+                    match this.discard(cx) {
+                        Discard::Done => return Poll::Ready(()),
+                        Discard::Progress => progress = true,
+                        Discard::Pending => {}
                     }
                 }
             }

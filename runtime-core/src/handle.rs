@@ -102,6 +102,16 @@ impl ConnectionHandle {
         self.session.with_conn(|c| *c.stats())
     }
 
+    pub fn poll_draining(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.session.poll_draining(cx)
+    }
+
+    /// Waits until the connection drains: either side sent GOAWAY (no new streams from then on), or
+    /// it is over. Woken by the protocol's GOAWAY event and by our own close, never by polling.
+    pub async fn draining(&self) {
+        poll_fn(|cx| self.poll_draining(cx)).await
+    }
+
     /// Whether either side sent GOAWAY (no new streams).
     pub fn is_draining(&self) -> bool {
         self.session.with_conn(|c| c.is_draining())

@@ -93,6 +93,11 @@ pub struct Step {
     pub deadline: Option<Instant>,
     /// The connection is over and nothing is left to transmit: flush, shut the transport down, exit.
     pub finished: bool,
+    /// The connection is over (its last frames may still wait for transmission).
+    pub closed: bool,
+    /// Whether the connection wants more input ([`Connection::wants_input`]): false while answers
+    /// to the peer's input pile up untransmitted, and the driver stops reading until they are gone.
+    pub wants_input: bool,
 }
 
 /// Everything behind the session's mutex.
@@ -106,6 +111,8 @@ pub(crate) struct Shared {
     handshake_wakers: WakerList,
     driver: Option<Waker>,
     close_wakers: WakerList,
+    /// Tasks waiting for the connection to drain (GOAWAY either way) or close.
+    drain_wakers: WakerList,
     /// Graceful close in progress: abort at this instant.
     close_deadline: Option<Instant>,
     /// Detached streams to reset once everything queued for them has been transmitted.
@@ -160,6 +167,7 @@ impl Session {
             handshake_wakers: WakerList::default(),
             driver: None,
             close_wakers: WakerList::default(),
+            drain_wakers: WakerList::default(),
             close_deadline: None,
             cancel_after_flush: Vec::new(),
             span: span.clone(),
@@ -316,6 +324,17 @@ impl Session {
             return Poll::Ready(r.clone());
         }
         s.close_wakers.register(cx.waker());
+        Poll::Pending
+    }
+
+    /// Ready once either side sent GOAWAY (a real drain, reported by the protocol as
+    /// [`Event::GoAway`] or caused by our own close), or the connection is over.
+    pub(crate) fn poll_draining(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut s = self.lock();
+        if s.conn.is_draining() || s.conn.is_closed() {
+            return Poll::Ready(());
+        }
+        s.drain_wakers.register(cx.waker());
         Poll::Pending
     }
 
@@ -595,6 +614,10 @@ impl Shared {
     /// Routes the events a call produced and wakes the driver if it has something to do.
     fn after_command(&mut self) {
         self.dispatch();
+        // Our own GOAWAY (close, abort) produces no event: tell the drain waiters here.
+        if self.conn.is_draining() || self.conn.is_closed() {
+            self.drain_wakers.wake_all();
+        }
         if self.conn.has_pending_transmit() || self.conn.is_closed() {
             wake(&mut self.driver);
         }
@@ -723,6 +746,7 @@ impl Shared {
                     message,
                 } => {
                     tracing::debug!(parent: &self.span, last_stream_id, %code, %message, "peer is going away");
+                    self.drain_wakers.wake_all();
                 }
                 Event::Closed(reason) => self.on_closed(reason),
             }
@@ -752,6 +776,7 @@ impl Shared {
         self.handshake_wakers.wake_all();
         self.incoming_wakers.wake_all();
         self.close_wakers.wake_all();
+        self.drain_wakers.wake_all();
         wake(&mut self.driver);
     }
 
@@ -801,9 +826,15 @@ impl Shared {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        // A GOAWAY we sent because of a timer (idle timeout) or the close deadline.
+        if self.conn.is_draining() {
+            self.drain_wakers.wake_all();
+        }
         Step {
             deadline,
             finished: self.conn.is_closed() && !self.conn.has_pending_transmit(),
+            closed: self.conn.is_closed(),
+            wants_input: self.conn.wants_input(),
         }
     }
 }
@@ -940,6 +971,77 @@ mod tests {
         assert!(matches!(read(&r), Poll::Ready(Ok(ref v)) if v.is_empty()));
         assert_eq!(agent.open_streams(), (0, 0));
         assert!(agent.session().lock().slots.is_empty());
+    }
+
+    /// A waker that counts its wake-ups.
+    struct Counter(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn counting_waker() -> (Arc<Counter>, Waker) {
+        let c = Arc::new(Counter(std::sync::atomic::AtomicUsize::new(0)));
+        (c.clone(), Waker::from(c))
+    }
+
+    #[test]
+    fn drain_waiters_are_woken_by_the_peers_goaway() {
+        let (agent, server) = connected();
+        let (woken, waker) = counting_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(server.poll_draining(&mut cx).is_pending());
+        assert!(server.poll_draining(&mut cx).is_pending());
+        // A stream keeps the connection open while it drains.
+        let _s = agent.open(RequestHead::default(), false).expect("open");
+        agent.start_close(Duration::from_secs(60));
+        pump(agent.session(), server.session());
+        assert!(woken.0.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+        assert!(server.poll_draining(&mut cx).is_ready());
+        assert!(server.is_draining() && !server.is_closed());
+    }
+
+    #[test]
+    fn drain_waiters_are_woken_by_our_own_goaway_and_by_the_end() {
+        let (agent, server) = connected();
+        let (woken, waker) = counting_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(agent.poll_draining(&mut cx).is_pending());
+        agent.start_close(Duration::from_secs(60));
+        assert_eq!(woken.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(agent.poll_draining(&mut cx).is_ready());
+
+        let (woken, waker) = counting_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(server.poll_draining(&mut cx).is_pending());
+        server.abort(ErrorCode::Internal, "gone");
+        assert_eq!(woken.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(server.poll_draining(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn a_refused_open_does_not_drain_the_connection() {
+        // A head larger than the peer accepts fails that open only.
+        let (agent, server) = connected();
+        let big = RequestHead {
+            headers: vec![protocol::proto::Header {
+                name: "x-big".into(),
+                value: Bytes::from(vec![b'a'; 70 * 1024]),
+            }],
+            ..RequestHead::default()
+        };
+        assert!(matches!(
+            server.open(big, true),
+            Err(Error::Protocol(StreamError::HeadTooLarge { .. }))
+        ));
+        let (_, waker) = counting_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(server.poll_draining(&mut cx).is_pending());
+        assert!(!server.is_draining());
+        assert!(server.open(RequestHead::default(), true).is_ok());
+        drop(agent);
     }
 
     #[test]

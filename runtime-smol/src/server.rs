@@ -38,6 +38,26 @@ impl Server {
         authenticator: impl Authenticator,
     ) -> Result<Server, Error> {
         let listener = TcpListener::bind(addr).await.map_err(Error::Io)?;
+        Self::serve(listener, tls, config, authenticator)
+    }
+
+    /// Serves on a listener bound by the caller (e.g. with its own `listen(2)` backlog).
+    pub fn from_listener(
+        listener: std::net::TcpListener,
+        tls: Option<Arc<ServerConfig>>,
+        config: Config,
+        authenticator: impl Authenticator,
+    ) -> Result<Server, Error> {
+        let listener = TcpListener::try_from(listener).map_err(Error::Io)?;
+        Self::serve(listener, tls, config, authenticator)
+    }
+
+    fn serve(
+        listener: TcpListener,
+        tls: Option<Arc<ServerConfig>>,
+        config: Config,
+        authenticator: impl Authenticator,
+    ) -> Result<Server, Error> {
         let local_addr = listener.local_addr().map_err(Error::Io)?;
         let (tx, rx) = bounded(BACKLOG);
         let auth: Arc<dyn Authenticator> = Arc::new(authenticator);

@@ -776,10 +776,12 @@ pub fn mirror_views(state: &SharedMirror) -> protocol::cache::Views {
 // -------------------------------------------------------------- API server request log
 
 /// A TCP relay in front of the API server recording the request line (method and path with
-/// query) of every HTTP/1.1 request passing through it.
+/// query) of every HTTP/1.1 request passing through it, and every line the client sent (so the
+/// request headers that reached the API server can be checked).
 pub struct RecordingRelay {
     pub addr: SocketAddr,
     pub requests: Arc<Mutex<Vec<String>>>,
+    pub lines: Arc<Mutex<Vec<String>>>,
     task: JoinHandle<()>,
 }
 
@@ -789,13 +791,16 @@ impl RecordingRelay {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
         let addr = listener.local_addr().expect("relay addr");
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::new(Mutex::new(Vec::new()));
         let log = requests.clone();
+        let all = lines.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(upstream).await else {
                     continue;
                 };
                 let log = log.clone();
+                let all = all.clone();
                 tokio::spawn(async move {
                     let (mut cr, mut cw) = client.into_split();
                     let (mut sr, mut sw) = server.into_split();
@@ -810,6 +815,9 @@ impl RecordingRelay {
                             for &b in &buf[..n] {
                                 if b == b'\n' {
                                     record_request_line(&line, &log);
+                                    all.lock()
+                                        .expect("log lock")
+                                        .push(String::from_utf8_lossy(&line).trim_end().to_owned());
                                     line.clear();
                                 } else if line.len() < 8192 {
                                     line.push(b);
@@ -833,6 +841,7 @@ impl RecordingRelay {
         RecordingRelay {
             addr,
             requests,
+            lines,
             task,
         }
     }
@@ -840,6 +849,11 @@ impl RecordingRelay {
     /// The request lines so far (`GET /api/v1/pods?limit=500`).
     pub fn requests(&self) -> Vec<String> {
         self.requests.lock().expect("log lock").clone()
+    }
+
+    /// Every line clients sent so far (request lines, headers, line-oriented bodies).
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().expect("log lock").clone()
     }
 }
 

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `ca.pem` | the CA that issued `kas.crt` (the scripted agents trust it) |
 //! | `kas.crt`, `kas.key` | the agent listener's certificate (for `localhost`, `127.0.0.1`, `::1`) and key |
-//! | `agents.yaml` | agents 1..=10: `agents: [{id, name, token_sha256}]` |
+//! | `agents.yaml` | agents 1..=14: `agents: [{id, name, token_sha256}]` |
 //! | `agent-N.token` | agent N's token in clear |
 //! | `users.yaml` | one user `conformance` allowed every agent: `users: [{name, token_sha256, agents: "*"}]` |
 //! | `user.token` | that user's token in clear (API requests send `Authorization: Bearer pat:<agent-id>:<token>`) |
@@ -17,6 +17,7 @@
 //! Then it starts the kas command once (placeholders `{agent_port}`, `{api_port}`, `{state_dir}`,
 //! `{config}`), waits until both ports accept connections, runs the scenarios, and kills it.
 
+mod abuse;
 mod scenarios;
 
 use std::collections::BTreeMap;
@@ -40,7 +41,7 @@ use crate::wire::{Peer, SendCredit, WireError, summary};
 pub use scenarios::SCENARIOS;
 
 /// Agents listed in `agents.yaml`: ids 1..=AGENTS.
-pub const AGENTS: u64 = 10;
+pub const AGENTS: u64 = 14;
 /// The routing deadline `kas.yaml` configures (a request for an agent that is not connected fails
 /// with 503 after it).
 pub const PENDING_DEADLINE: Duration = Duration::from_secs(2);
@@ -230,6 +231,11 @@ impl Shared {
         {
             kas.kill();
         }
+    }
+
+    /// The resident memory of the kas command (its whole process group), in KiB.
+    pub fn kas_rss_kib(&self) -> Option<u64> {
+        self.kas.lock().ok()?.as_ref()?.group_rss_kib()
     }
 
     pub fn token(&self, agent: u64) -> String {

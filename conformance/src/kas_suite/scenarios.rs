@@ -77,6 +77,15 @@ pub const SCENARIOS: &[(&str, Scenario)] = &[
     ("agent-never-connects-503", agent_never_connects_503),
     ("unknown-agent-404", unknown_agent_404),
     ("bad-user-token-401", bad_user_token_401),
+    (
+        "flood-pings-enhance-your-calm",
+        super::abuse::flood_pings_enhance_your_calm,
+    ),
+    (
+        "flood-rapid-reset-enhance-your-calm",
+        super::abuse::flood_rapid_reset_enhance_your_calm,
+    ),
+    ("output-backpressure", super::abuse::output_backpressure),
 ];
 
 fn io(e: std::io::Error) -> String {

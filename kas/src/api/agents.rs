@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
+use crate::events::Scope;
 use crate::registry::ConnectionEntry;
 use crate::rfc3339;
 use crate::state::KasState;
@@ -76,8 +77,8 @@ fn agent_json(
     })
 }
 
-/// Every agent, as a JSON array sorted by id.
-pub fn list(state: &KasState) -> Value {
+/// Every agent in `scope` (what the request may read), as a JSON array sorted by id.
+pub fn list(state: &KasState, scope: &Scope) -> Value {
     let connections = state.registry.connections();
     let mut names: BTreeMap<u64, String> = BTreeMap::new();
     for seen in state.registry.seen_agents() {
@@ -91,6 +92,7 @@ pub fn list(state: &KasState) -> Value {
     }
     let agents: Vec<Value> = names
         .iter()
+        .filter(|(id, _)| scope.includes(**id))
         .map(|(&id, name)| {
             let conns: Vec<_> = connections.iter().filter(|c| c.agent_id == id).collect();
             agent_json(state, id, name, &conns)

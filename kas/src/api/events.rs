@@ -34,7 +34,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body::Frame;
 use http_body_util::{BodyExt as _, StreamBody};
 
-use crate::events::{EventHub, Published, Scope, SubscribeError, Subscription};
+use crate::events::{EventHub, Owner, Published, Scope, SubscribeError, Subscription};
 
 use super::response::{ApiError, BodyError, ResponseBody};
 
@@ -107,15 +107,22 @@ pub fn sse_body(sub: Subscription, heartbeat: Duration) -> ResponseBody {
     StreamBody::new(frames).boxed_unsync()
 }
 
-/// Subscribes to `scope` and answers with the event stream; 503 when the hub takes no more
-/// subscribers or kas is shutting down.
+/// Subscribes `owner` to `scope` and answers with the event stream; 429 when the owner's address or
+/// user holds as many streams as it may, 503 when the hub takes no more subscribers or kas is
+/// shutting down.
 pub fn stream(
     hub: &EventHub,
     scope: Scope,
-    label: String,
+    owner: Owner,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let sub = hub.subscribe(scope, label).map_err(|e: SubscribeError| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    let sub = hub.subscribe(scope, owner).map_err(|e: SubscribeError| {
+        let status = match e {
+            SubscribeError::TooManyFromSource(_) | SubscribeError::TooManyForUser(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            SubscribeError::TooMany(_) | SubscribeError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.to_string())
     })?;
     let mut resp = Response::new(sse_body(sub, HEARTBEAT));
     let h = resp.headers_mut();

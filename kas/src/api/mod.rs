@@ -1,27 +1,30 @@
 //! kas's HTTP API: HTTP/1.1 (plain, or HTTPS with [`crate::StartOptions::api_tls`]), hyper 1 on smol
 //! through `smol-hyper`'s I/O and timer adapters.
 //!
-//! | route | what |
-//! |---|---|
-//! | `GET /healthz` | the process is alive: always 200 |
-//! | `GET /readyz` | 200 when the listeners are bound, the agent authentication backend is usable and kas is not shutting down; else 503 with the reasons |
-//! | `GET /metrics` | Prometheus text ([`crate::metrics`]) |
-//! | `GET /api/v1/agents` | agents with connection status ([`agents`]) |
-//! | `GET /api/v1/agents/{id}` | one agent |
-//! | `* /api/v1/agents/{id}/proxy/{namespace}/{service}:{port}/{path...}` | an in-cluster service through the tunnel (`service-proxy`) |
-//! | `* /k8s-proxy/{path...}` | the agent's Kubernetes API (`k8s-api`); `Authorization: Bearer <kind>:<agent-id>:<token>` selects and authorises |
-//! | `GET /api/v1/agents/{id}/views`, `.../views/{name}` | the agent's views, from kas's memory ([`views`]) |
-//! | `GET /api/v1/agents/{id}/cache/{kind}?namespace=&labelSelector=` | objects from agentk's informer cache (`cache`, [`cache`]) |
-//! | `GET /api/v1/events`, `/api/v1/agents/{id}/events` | Server-Sent Events: `view`, `object`, `agent` ([`events`]) |
-//! | `GET /`, `/ui/*` | the dashboard ([`crate::dashboard`]) |
+//! | route | access | what |
+//! |---|---|---|
+//! | `GET /healthz` | public | the process is alive: always 200 |
+//! | `GET /readyz` | public | 200 when the listeners are bound, the agent authentication backend is usable and kas is not shutting down; else 503 with the reasons |
+//! | `GET /metrics` | public | Prometheus text ([`crate::metrics`]) |
+//! | `GET /api/v1/agents` | read | agents with connection status ([`agents`]), those the user may reach |
+//! | `GET /api/v1/agents/{id}` | read | one agent |
+//! | `* /api/v1/agents/{id}/proxy/{namespace}/{service}:{port}/{path...}` | user | an in-cluster service through the tunnel (`service-proxy`) |
+//! | `* /k8s-proxy/{path...}` | user | the agent's Kubernetes API (`k8s-api`); `Authorization: Bearer <kind>:<agent-id>:<token>` selects and authorises |
+//! | `GET /api/v1/agents/{id}/views`, `.../views/{name}` | read | the agent's views, from kas's memory ([`views`]) |
+//! | `GET /api/v1/agents/{id}/cache/{kind}?namespace=&labelSelector=` | user | objects from agentk's informer cache (`cache`, [`cache`]) |
+//! | `GET /api/v1/events`, `/api/v1/agents/{id}/events` | read | Server-Sent Events: `view`, `object`, `agent` ([`events`]) |
+//! | `GET /`, `/ui/*` | public | the dashboard's page and assets ([`crate::dashboard`]; the data it shows comes from read routes) |
 //!
-//! Tunnel routes need a user bearer (`<kind>:<agent-id>:<token>`, the same for both; on the service
-//! proxy the URL's agent id is the one authorised). Status mapping: bad or missing token 401, agent
-//! not allowed 403, unknown agent 404, too many failed attempts 429, no live connection until the
-//! routing deadline 503, agent-side failure 502, no response head within the response timeout 504.
-//! Error bodies are JSON: Kubernetes `Status` objects on `/k8s-proxy`, `{code, reason, message}`
-//! elsewhere ([`response`]). The cache route is authorised like the tunnel routes; views and events
-//! need a bearer too unless `api_listener.public_read` is set ([`read_access`]).
+//! Access is a property of the route ([`ApiRoute::access`], an exhaustive match: a new route does not
+//! compile until it declares its access), enforced once, before any handler runs ([`authorize`]):
+//! [`Access::Public`] for anyone who can reach the API; [`Access::Read`] for a user bearer allowed on
+//! the agent, or anyone when `api_listener.public_read` is set ([`read_access`]); [`Access::User`]
+//! for a user bearer allowed on the agent, always (`<kind>:<agent-id>:<token>`, the same for every
+//! route; on routes naming an agent in the URL that agent is the one authorised). Status mapping: bad
+//! or missing token 401, agent not allowed 403, unknown agent 404, too many failed attempts 429, no
+//! live connection until the routing deadline 503, agent-side failure 502, no response head within
+//! the response timeout 504. Error bodies are JSON: Kubernetes `Status` objects on `/k8s-proxy`,
+//! `{code, reason, message}` elsewhere ([`response`]).
 
 pub mod agents;
 pub mod cache;
@@ -42,10 +45,12 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tracing::Instrument as _;
 
+use crate::events::Owner;
 use crate::state::KasState;
+use crate::users::UserIdentity;
 
 use self::proxy::Target;
-use self::read_access::ReadTarget;
+use self::read_access::{ReadGrant, ReadTarget};
 use self::response::{ApiError, ErrorStyle, ResponseBody};
 
 /// The prefix of the Kubernetes API proxy.
@@ -104,7 +109,55 @@ pub enum ApiRoute {
     NotFound,
 }
 
+/// Who may use a route ([`ApiRoute::access`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone who can reach the API.
+    Public,
+    /// Read access to `target`: a user bearer allowed on it, unless `api_listener.public_read`.
+    Read(ReadTarget),
+    /// A user bearer allowed on the agent, always: the URL's agent, or (`None`) the bearer's own.
+    User {
+        /// The agent the URL names, if it names one.
+        agent_in_url: Option<u64>,
+    },
+}
+
+/// What [`authorize`] granted, for the handler.
+#[derive(Debug, Clone)]
+pub enum Grant {
+    /// A public route.
+    Public,
+    /// Read access: the events (and agents) in scope, and the user if one authenticated.
+    Read(ReadGrant),
+    /// A user allowed on the agent the request is for.
+    User(UserIdentity),
+}
+
 impl ApiRoute {
+    /// Who may use this route. Exhaustive on purpose: every route declares its access.
+    pub fn access(&self) -> Access {
+        match self {
+            ApiRoute::Healthz
+            | ApiRoute::Readyz
+            | ApiRoute::Metrics
+            | ApiRoute::Dashboard
+            | ApiRoute::BadServicePath(_)
+            | ApiRoute::NotFound => Access::Public,
+            ApiRoute::Agents | ApiRoute::Events => Access::Read(ReadTarget::AllAgents),
+            ApiRoute::Agent(id)
+            | ApiRoute::Views(id)
+            | ApiRoute::View { agent_id: id, .. }
+            | ApiRoute::AgentEvents(id) => Access::Read(ReadTarget::Agent(*id)),
+            ApiRoute::ServiceProxy { agent_id, .. } | ApiRoute::Cache { agent_id, .. } => {
+                Access::User {
+                    agent_in_url: Some(*agent_id),
+                }
+            }
+            ApiRoute::K8sProxy { .. } => Access::User { agent_in_url: None },
+        }
+    }
+
     /// The `route` label in metrics and logs.
     pub fn label(&self) -> &'static str {
         match self {
@@ -286,6 +339,26 @@ fn only_get(req: &Request<Incoming>) -> Result<(), ApiError> {
     }
 }
 
+/// Enforces `route`'s access for a request from `peer` carrying `authorization`; the grant the
+/// handler works with, or the error to answer (401, 403, 429).
+pub fn authorize(
+    state: &KasState,
+    route: &ApiRoute,
+    authorization: Option<&[u8]>,
+    peer: SocketAddr,
+) -> Result<Grant, ApiError> {
+    match route.access() {
+        Access::Public => Ok(Grant::Public),
+        Access::Read(target) => {
+            read_access::authorize(state, authorization, target, peer.ip()).map(Grant::Read)
+        }
+        Access::User { agent_in_url } => state
+            .users
+            .authorize(authorization, agent_in_url, peer.ip())
+            .map(Grant::User),
+    }
+}
+
 async fn dispatch(
     state: &Arc<KasState>,
     req: Request<Incoming>,
@@ -293,16 +366,32 @@ async fn dispatch(
     route: ApiRoute,
     span: &tracing::Span,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    match route {
-        ApiRoute::Healthz => {
+    let grant = authorize(state, &route, authorization(&req), peer)?;
+    match (&grant, &route) {
+        (Grant::User(user), _) => {
+            span.record("agent_id", user.agent_id);
+            span.record("user", user.name.as_str());
+        }
+        (Grant::Read(read), _) => {
+            if let Some(user) = &read.user {
+                span.record("user", user.as_str());
+            }
+            if let ReadTarget::Agent(id) = read.target {
+                span.record("agent_id", id);
+            }
+        }
+        (Grant::Public, _) => {}
+    }
+    match (route, grant) {
+        (ApiRoute::Healthz, Grant::Public) => {
             only_get(&req)?;
             Ok(response::with_body(StatusCode::OK, "text/plain", "ok\n"))
         }
-        ApiRoute::Readyz => {
+        (ApiRoute::Readyz, Grant::Public) => {
             only_get(&req)?;
             Ok(readiness(state))
         }
-        ApiRoute::Metrics => {
+        (ApiRoute::Metrics, Grant::Public) => {
             only_get(&req)?;
             let text = state.metrics.render(&state.snapshot());
             Ok(response::with_body(
@@ -311,11 +400,14 @@ async fn dispatch(
                 text,
             ))
         }
-        ApiRoute::Agents => {
+        (ApiRoute::Agents, Grant::Read(read)) => {
             only_get(&req)?;
-            Ok(response::json(StatusCode::OK, &agents::list(state)))
+            Ok(response::json(
+                StatusCode::OK,
+                &agents::list(state, &read.scope),
+            ))
         }
-        ApiRoute::Agent(id) => {
+        (ApiRoute::Agent(id), Grant::Read(_)) => {
             only_get(&req)?;
             match agents::get(state, id) {
                 Some(v) => Ok(response::json(StatusCode::OK, &v)),
@@ -325,8 +417,10 @@ async fn dispatch(
                 )),
             }
         }
-        ApiRoute::BadServicePath(message) => Err(ApiError::new(StatusCode::BAD_REQUEST, message)),
-        ApiRoute::Dashboard => {
+        (ApiRoute::BadServicePath(message), Grant::Public) => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, message))
+        }
+        (ApiRoute::Dashboard, Grant::Public) => {
             only_get(&req)?;
             crate::dashboard::asset(req.uri().path()).ok_or_else(|| {
                 ApiError::new(
@@ -335,83 +429,71 @@ async fn dispatch(
                 )
             })
         }
-        ApiRoute::Views(agent_id) => {
+        (ApiRoute::Views(agent_id), Grant::Read(_)) => {
             only_get(&req)?;
-            span.record("agent_id", agent_id);
-            read_access::authorize(
-                state,
-                authorization(&req),
-                ReadTarget::Agent(agent_id),
-                peer.ip(),
-            )?;
             views::views(state, agent_id)
         }
-        ApiRoute::View { agent_id, name } => {
+        (ApiRoute::View { agent_id, name }, Grant::Read(_)) => {
             only_get(&req)?;
-            span.record("agent_id", agent_id);
-            read_access::authorize(
-                state,
-                authorization(&req),
-                ReadTarget::Agent(agent_id),
-                peer.ip(),
-            )?;
             views::view(state, agent_id, &name)
         }
-        ApiRoute::Events => {
+        (ApiRoute::Events, Grant::Read(read)) => {
             only_get(&req)?;
-            let scope = read_access::authorize(
-                state,
-                authorization(&req),
-                ReadTarget::AllAgents,
-                peer.ip(),
-            )?;
-            events::stream(&state.events, scope, peer.to_string())
+            let who = owner(peer, &read);
+            events::stream(&state.events, read.scope, who)
         }
-        ApiRoute::AgentEvents(agent_id) => {
+        (ApiRoute::AgentEvents(agent_id), Grant::Read(read)) => {
             only_get(&req)?;
-            span.record("agent_id", agent_id);
-            let scope = read_access::authorize(
-                state,
-                authorization(&req),
-                ReadTarget::Agent(agent_id),
-                peer.ip(),
-            )?;
             if !state.mirrors.has(agent_id) && agents::get(state, agent_id).is_none() {
                 return Err(ApiError::new(
                     StatusCode::NOT_FOUND,
                     format!("agent {agent_id} does not exist"),
                 ));
             }
-            events::stream(&state.events, scope, peer.to_string())
+            let who = owner(peer, &read);
+            events::stream(&state.events, read.scope, who)
         }
-        ApiRoute::Cache { agent_id, kind } => {
+        (ApiRoute::Cache { agent_id, kind }, Grant::User(user)) => {
             only_get(&req)?;
             let target = cache::target(agent_id, &kind, req.uri().query())?;
-            proxy::proxy(state, req, peer, target, span).await
+            proxy::proxy(state, req, user, target, span).await
         }
-        ApiRoute::NotFound => Err(ApiError::new(
+        (ApiRoute::NotFound, Grant::Public) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no route for {}", req.uri().path()),
         )),
-        ApiRoute::ServiceProxy { agent_id, path } => {
+        (ApiRoute::ServiceProxy { agent_id, path }, Grant::User(user)) => {
             let target = Target {
                 service: protocol::service::SERVICE_PROXY,
                 method: None,
                 path: with_query(path, &req),
                 agent_in_url: Some(agent_id),
             };
-            proxy::proxy(state, req, peer, target, span).await
+            proxy::proxy(state, req, user, target, span).await
         }
-        ApiRoute::K8sProxy { path } => {
+        (ApiRoute::K8sProxy { path }, Grant::User(user)) => {
             let target = Target {
                 service: protocol::service::K8S_API,
                 method: None,
                 path: with_query(path, &req),
                 agent_in_url: None,
             };
-            proxy::proxy(state, req, peer, target, span).await
+            proxy::proxy(state, req, user, target, span).await
+        }
+        // `authorize` grants what `access` declares: nothing else can reach here.
+        (route, grant) => {
+            tracing::error!(?route, ?grant, "route and grant disagree");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error: route and access disagree",
+            ))
         }
     }
+}
+
+/// The owner of an event stream: the client's address and its user, if it authenticated.
+fn owner(peer: SocketAddr, read: &ReadGrant) -> Owner {
+    Owner::client(peer.ip(), read.user.as_deref())
 }
 
 fn authorization(req: &Request<Incoming>) -> Option<&[u8]> {
@@ -557,6 +639,39 @@ async fn serve_connection<I>(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_route_declares_its_access() {
+        let user = |agent_in_url| Access::User { agent_in_url };
+        let cases = [
+            ("/healthz", Access::Public),
+            ("/readyz", Access::Public),
+            ("/metrics", Access::Public),
+            ("/", Access::Public),
+            ("/ui/dashboard.js", Access::Public),
+            ("/nope", Access::Public),
+            ("/api/v1/agents/3/proxy/x", Access::Public),
+            ("/api/v1/agents", Access::Read(ReadTarget::AllAgents)),
+            ("/api/v1/agents/", Access::Read(ReadTarget::AllAgents)),
+            ("/api/v1/agents/7", Access::Read(ReadTarget::Agent(7))),
+            ("/api/v1/agents/7/views", Access::Read(ReadTarget::Agent(7))),
+            (
+                "/api/v1/agents/7/views/nodes",
+                Access::Read(ReadTarget::Agent(7)),
+            ),
+            (
+                "/api/v1/agents/7/events",
+                Access::Read(ReadTarget::Agent(7)),
+            ),
+            ("/api/v1/events", Access::Read(ReadTarget::AllAgents)),
+            ("/api/v1/agents/7/cache/pods", user(Some(7))),
+            ("/api/v1/agents/7/proxy/default/web:80/x", user(Some(7))),
+            ("/k8s-proxy/api/v1/pods", user(None)),
+        ];
+        for (path, access) in cases {
+            assert_eq!(classify(path).access(), access, "{path}");
+        }
+    }
 
     #[test]
     fn classifies_routes() {

@@ -1,35 +1,42 @@
 //! Proxying an HTTP request through an agent's tunnel: `/k8s-proxy/...` (service `k8s-api`) and
 //! `/api/v1/agents/{id}/proxy/...` (service `service-proxy`).
 //!
-//! 1. authorise the user (401/403, 429 when rate limited), then check the agent exists (404);
+//! 1. the user was authorised by the route's access ([`super::authorize`]: 401/403, 429 when rate
+//!    limited); check the agent exists (404);
 //! 2. route: a connection of the agent now, or wait for one until the routing deadline (503);
-//! 3. open a stream with the request head (method, path and query, headers filtered by
-//!    [`protocol::service::is_forwarded`]); the request body, if any, is pumped by its own task;
-//! 4. wait for the response head at most the response timeout (504), then stream the body back
-//!    unbuffered ([`TunnelBody`]).
+//! 3. open a stream with the request head (method, path and query, headers filtered by the one
+//!    forwarding rule, [`protocol::service::HeaderRule`]: no credentials, impersonation, identity
+//!    assertions or hop-by-hop headers); the request body, if any, is pumped by its own task. A head
+//!    larger than the agent accepts is the client's problem: 431, and nothing else changes;
+//! 4. wait for the response head at most the response timeout (504), check it ([`check_head`]: a
+//!    final status in 200..=599, a consistent `Content-Length`; else 502), then stream the body back
+//!    unbuffered ([`TunnelBody`]), which fails the response (the client sees it cut short) if the body
+//!    does not match its `Content-Length`.
 //!
-//! A request the agent provably never saw — the stream could not be opened (the connection is draining
-//! or already gone), or the agent refused it — is rerouted to another connection of the same agent,
-//! keeping the request's deadline; a refused stream only for requests without a body, which is not
-//! replayable. Any other agent-side failure is 502.
+//! A request the agent provably never saw — the stream could not be opened because the connection is
+//! draining (a real GOAWAY) or already gone, or the agent refused it — is rerouted to another
+//! connection of the same agent, keeping the request's deadline; a refused stream only for requests
+//! without a body, which is not replayable. A connection is marked draining only when it is (the
+//! protocol saw a GOAWAY either way, or it closed), never because one request could not use it. Any
+//! other agent-side failure is 502.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use protocol::proto::{Header, RequestHead, ResponseHead};
 use protocol::router::RouteError;
-use protocol::service::is_forwarded;
+use protocol::service::HeaderRule;
 use protocol::{ErrorCode, StreamError};
 use runtime_smol::Error as TunnelError;
 
 use crate::agent_listener;
 use crate::registry::RouteFailure;
 use crate::state::KasState;
+use crate::users::UserIdentity;
 
 use super::response::{ApiError, ResponseBody};
 use super::tunnel_body::{TunnelBody, pump_request_body};
@@ -50,12 +57,17 @@ pub struct Target {
     pub agent_in_url: Option<u64>,
 }
 
-/// The request head for the agent.
+/// The request head for the agent: the client's headers as the forwarding rule allows.
 fn request_head(req: &Request<Incoming>, target: &Target) -> RequestHead {
+    let rule = HeaderRule::for_head(
+        req.headers()
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes())),
+    );
     let headers = req
         .headers()
         .iter()
-        .filter(|(name, _)| is_forwarded(name.as_str()))
+        .filter(|(name, _)| rule.forwards(name.as_str()))
         .map(|(name, value)| Header {
             name: name.as_str().to_owned(),
             value: bytes::Bytes::copy_from_slice(value.as_bytes()),
@@ -100,20 +112,77 @@ fn never_processed(e: &TunnelError) -> bool {
         )
 }
 
-/// The client's response from the agent's response head.
+/// What a valid response head says about the body that follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CheckedHead {
+    status: StatusCode,
+    /// The body length the head declares, when the body must have exactly that length.
+    length: Option<u64>,
+}
+
+/// Checks the agent's response head for a request with `method`: the status must be a final one
+/// (200..=599: the tunnel's RESPONSE is the final response; kas never asks for an upgrade, so 101 is
+/// as wrong as any other 1xx), and every `Content-Length` must agree (RFC 9110 §8.6). A body follows
+/// (and must match the length) except for HEAD requests and 204/304 answers.
+fn check_head(head: &ResponseHead, method: &Method) -> Result<CheckedHead, String> {
+    let status = match head.status {
+        101 => return Err("agent switched protocols (101) without an upgrade request".into()),
+        s @ 100..=199 => {
+            return Err(format!(
+                "agent answered the informational status {s} as its final response"
+            ));
+        }
+        s @ 200..=599 => u16::try_from(s)
+            .ok()
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .ok_or_else(|| format!("agent answered an invalid status {s}"))?,
+        s => return Err(format!("agent answered an invalid status {s}")),
+    };
+    let mut length: Option<u64> = None;
+    for h in head
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+    {
+        // A list of identical values is allowed; anything else is not a length.
+        for part in h.value.split(|b| *b == b',') {
+            let n = std::str::from_utf8(part)
+                .ok()
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or("agent answered an invalid content-length")?;
+            if length.is_some_and(|l| l != n) {
+                return Err("agent answered conflicting content-length values".into());
+            }
+            length = Some(n);
+        }
+    }
+    let has_body = method != Method::HEAD
+        && status != StatusCode::NO_CONTENT
+        && status != StatusCode::NOT_MODIFIED;
+    Ok(CheckedHead {
+        status,
+        length: length.filter(|_| has_body),
+    })
+}
+
+/// The client's response from the agent's (checked) response head.
 fn response_from(
     head: &ResponseHead,
+    checked: CheckedHead,
     body: ResponseBody,
-) -> Result<Response<ResponseBody>, String> {
-    let status = u16::try_from(head.status)
-        .ok()
-        .and_then(|s| StatusCode::from_u16(s).ok())
-        .ok_or_else(|| format!("agent answered an invalid status {}", head.status))?;
+) -> Response<ResponseBody> {
     let mut resp = Response::new(body);
-    *resp.status_mut() = status;
+    *resp.status_mut() = checked.status;
+    let rule = HeaderRule::for_head(
+        head.headers
+            .iter()
+            .map(|h| (h.name.as_str(), h.value.as_ref())),
+    );
     let headers = resp.headers_mut();
     for h in &head.headers {
-        if !is_forwarded(&h.name) {
+        if !rule.forwards(&h.name) {
             continue;
         }
         match (
@@ -126,29 +195,26 @@ fn response_from(
             _ => tracing::debug!(name = %h.name, "dropping an invalid response header"),
         }
     }
-    Ok(resp)
+    resp
 }
 
-/// Proxies `req` from `peer` through the tunnel as `target` says. Every failure is an [`ApiError`]
-/// ready to be written in the route's style.
+/// Whether the connection behind a failed open is really unusable for new streams: the protocol
+/// processed a GOAWAY (either way), or the connection is over. Only then may it be marked draining.
+fn unusable(connection: &runtime_smol::Connection) -> bool {
+    connection.is_draining() || connection.is_closed()
+}
+
+/// Proxies `req`, authorised for `user`, through the tunnel as `target` says. Every failure is an
+/// [`ApiError`] ready to be written in the route's style.
 pub async fn proxy(
     state: &Arc<KasState>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    user: UserIdentity,
     target: Target,
     span: &tracing::Span,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let arrived = Instant::now();
-    let authorization = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .map(|v| v.as_bytes());
-    let user = state
-        .users
-        .authorize(authorization, target.agent_in_url, peer.ip())?;
     let agent_id = user.agent_id;
-    span.record("agent_id", agent_id);
-    span.record("user", user.name.as_str());
     if !state
         .directory
         .is_known(agent_id, state.registry.is_seen(agent_id))
@@ -159,6 +225,7 @@ pub async fn proxy(
         ));
     }
 
+    let method = req.method().clone();
     let head = request_head(&req, &target);
     let has_body = !req.body().is_end_stream();
     let mut body = Some(req.into_body());
@@ -182,9 +249,29 @@ pub async fn proxy(
                     format!("agent {agent_id} has no stream capacity left ({limit} in use)"),
                 ));
             }
-            // Nothing was sent: the connection is going away or gone. Another one may take it.
-            Err(e) if !last => {
-                tracing::debug!(parent: span, error = %e, "connection unusable: rerouting");
+            // The client's head is larger than the agent accepts: that request only, and the
+            // client's to fix. The connection is as healthy as before.
+            Err(TunnelError::Protocol(StreamError::HeadTooLarge { len, max })) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    format!(
+                        "the request's headers take {len} octets on the tunnel; agent {agent_id} accepts at most {max}"
+                    ),
+                ));
+            }
+            // Stream ids are used up (after 2^30 streams): the connection can take no more, so it
+            // is retired for real (GOAWAY) and the request goes elsewhere.
+            Err(TunnelError::Protocol(StreamError::IdsExhausted)) if !last => {
+                lease
+                    .connection()
+                    .start_close(crate::agent_listener::RETIRE_GRACE);
+                lease = lease.reroute(true).await.map_err(route_failure)?;
+                continue;
+            }
+            // Nothing was sent because the connection is going away (a GOAWAY either way) or gone:
+            // another connection may take the request.
+            Err(e) if !last && unusable(lease.connection()) => {
+                tracing::debug!(parent: span, error = %e, "connection draining or gone: rerouting");
                 lease = lease.reroute(true).await.map_err(route_failure)?;
                 continue;
             }
@@ -218,24 +305,36 @@ pub async fn proxy(
             }
             Some(Err(e)) if never_processed(&e) && !has_body && !last => {
                 tracing::debug!(parent: span, error = %e, "stream refused: rerouting");
-                let draining = lease.connection().is_draining();
+                let draining = unusable(lease.connection());
                 drop(stream);
                 lease = lease.reroute(draining).await.map_err(route_failure)?;
                 continue;
             }
             Some(Err(e)) => return Err(tunnel_failure(agent_id, &e)),
             Some(Ok(head)) => {
-                let length = head
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .and_then(|h| std::str::from_utf8(&h.value).ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok());
-                let body = TunnelBody::new(stream, lease, state.metrics.clone(), span.clone())
-                    .with_content_length(length);
-                return response_from(&head, body.boxed_unsync()).map_err(|m| {
+                let bad_gateway = |m: String| {
                     ApiError::new(StatusCode::BAD_GATEWAY, format!("agent {agent_id}: {m}"))
-                });
+                };
+                let checked = match check_head(&head, &method) {
+                    Ok(c) => c,
+                    Err(m) => {
+                        stream.reset(ErrorCode::Cancel);
+                        state.agent_log.warn(
+                            agent_id,
+                            crate::agent_log::Misbehaviour::BadResponseHead,
+                            &m,
+                        );
+                        return Err(bad_gateway(m));
+                    }
+                };
+                let mut body = TunnelBody::new(stream, lease, state.clone(), span.clone())
+                    .with_content_length(checked.length);
+                // A body already known to contradict its length is refused before the head goes
+                // out: the client gets a 502 rather than a response cut short.
+                if let Err(m) = body.check_start().await {
+                    return Err(bad_gateway(m));
+                }
+                return Ok(response_from(&head, checked, body.boxed_unsync()));
             }
         }
     }
@@ -250,44 +349,86 @@ pub async fn proxy(
 mod tests {
     use super::*;
 
+    fn h(name: &str, value: &str) -> Header {
+        Header {
+            name: name.into(),
+            value: bytes::Bytes::copy_from_slice(value.as_bytes()),
+        }
+    }
+
     #[test]
-    fn invalid_statuses_and_headers_are_handled() {
+    fn headers_are_filtered_by_the_forwarding_rule() {
         let head = ResponseHead {
             status: 200,
             headers: vec![
-                Header {
-                    name: "content-type".into(),
-                    value: bytes::Bytes::from_static(b"application/json"),
-                },
-                Header {
-                    name: "transfer-encoding".into(),
-                    value: bytes::Bytes::from_static(b"chunked"),
-                },
-                Header {
-                    name: "bad name".into(),
-                    value: bytes::Bytes::from_static(b"x"),
-                },
-                Header {
-                    name: "x-multi".into(),
-                    value: bytes::Bytes::from_static(b"1"),
-                },
-                Header {
-                    name: "x-multi".into(),
-                    value: bytes::Bytes::from_static(b"2"),
-                },
+                h("content-type", "application/json"),
+                h("transfer-encoding", "chunked"),
+                h("connection", "x-hop"),
+                h("x-hop", "1"),
+                h("set-cookie", "session=1"),
+                h("bad name", "x"),
+                h("x-multi", "1"),
+                h("x-multi", "2"),
             ],
         };
-        let resp = response_from(&head, super::super::response::full("")).unwrap();
+        let checked = check_head(&head, &Method::GET).unwrap();
+        let resp = response_from(&head, checked, super::super::response::full(""));
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["content-type"], "application/json");
         assert!(resp.headers().get("transfer-encoding").is_none());
+        assert!(resp.headers().get("x-hop").is_none());
+        assert!(resp.headers().get("set-cookie").is_none());
         assert_eq!(resp.headers().get_all("x-multi").iter().count(), 2);
         assert_eq!(resp.headers().len(), 3);
-        let bad = ResponseHead {
-            status: 7,
-            headers: vec![],
+    }
+
+    #[test]
+    fn only_final_statuses_pass() {
+        let status = |s: u32| {
+            check_head(
+                &ResponseHead {
+                    status: s,
+                    headers: vec![],
+                },
+                &Method::GET,
+            )
+            .map(|c| c.status.as_u16())
         };
-        assert!(response_from(&bad, super::super::response::full("")).is_err());
+        for bad in [0, 7, 99, 100, 101, 103, 199, 600, 999, 1000, u32::MAX] {
+            assert!(status(bad).is_err(), "{bad}");
+        }
+        assert!(status(101).unwrap_err().contains("upgrade"));
+        for good in [200, 204, 301, 404, 431, 502, 599] {
+            assert_eq!(status(good), Ok(u16::try_from(good).unwrap()));
+        }
+    }
+
+    #[test]
+    fn content_length_must_be_one_number() {
+        let length = |values: &[&str], method: &Method, status: u32| {
+            check_head(
+                &ResponseHead {
+                    status,
+                    headers: values.iter().map(|v| h("Content-Length", v)).collect(),
+                },
+                method,
+            )
+            .map(|c| c.length)
+        };
+        assert_eq!(length(&["12"], &Method::GET, 200), Ok(Some(12)));
+        assert_eq!(length(&["12, 12"], &Method::GET, 200), Ok(Some(12)));
+        assert_eq!(length(&["12", "12"], &Method::GET, 200), Ok(Some(12)));
+        assert_eq!(length(&[], &Method::GET, 200), Ok(None));
+        assert!(length(&["12", "13"], &Method::GET, 200).is_err());
+        assert!(length(&["-1"], &Method::GET, 200).is_err());
+        assert!(length(&["+5"], &Method::GET, 200).is_err());
+        assert!(length(&["0x10"], &Method::GET, 200).is_err());
+        assert!(length(&[""], &Method::GET, 200).is_err());
+        assert!(length(&["99999999999999999999999"], &Method::GET, 200).is_err());
+        // No body follows: the length describes something else and is not enforced.
+        assert_eq!(length(&["12"], &Method::HEAD, 200), Ok(None));
+        assert_eq!(length(&["12"], &Method::GET, 304), Ok(None));
+        assert_eq!(length(&["12"], &Method::GET, 204), Ok(None));
     }
 
     #[test]

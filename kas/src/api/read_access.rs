@@ -1,14 +1,15 @@
-//! Who may read views and events.
+//! Who may read views, events and the agent inventory (the routes with [`super::Access::Read`]).
 //!
 //! Views and events are read-only summaries (counts per view row; kind, namespace and name of changed
-//! objects). By default they need the same user bearer as the tunnel routes
-//! (`Authorization: Bearer <kind>:<agent-id>:<token>`, [`super::user_auth`]): one agent's views and
-//! events need a user allowed on that agent (401/403/429 as for the proxy); `/api/v1/events` needs a
-//! valid user and carries the events of the agents that user may reach.
+//! objects); the inventory (`/api/v1/agents`) lists agents with their peers, pods, nodes, versions and
+//! connection ids. By default they need the same user bearer as the tunnel routes
+//! (`Authorization: Bearer <kind>:<agent-id>:<token>`, [`super::user_auth`]): one agent's views,
+//! events and entry need a user allowed on that agent (401/403/429 as for the proxy);
+//! `/api/v1/events` and `/api/v1/agents` need a valid user and carry the agents that user may reach.
 //!
 //! With `api_listener.public_read: true` in `kas.yaml` (the demo sets it, so its dashboard works
-//! without a login), views, events and the dashboard are readable without a token by anyone who can
-//! reach kas's HTTP API; bind that listener to a trusted address then. The cache route
+//! without a login), these are readable without a token by anyone who can reach kas's HTTP API; bind
+//! that listener to a trusted address then. The cache route
 //! (`/api/v1/agents/{id}/cache/...`) returns whole objects from the cluster and always needs a bearer,
 //! as do the tunnel routes.
 
@@ -28,27 +29,50 @@ pub enum ReadTarget {
     AllAgents,
 }
 
-/// Whether the request may read `target`; the scope of events it may see.
+/// Read access granted to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadGrant {
+    /// What was asked for.
+    pub target: ReadTarget,
+    /// The agents whose events (and inventory entries) the request may see.
+    pub scope: Scope,
+    /// The user, when the request authenticated (`None`: public read without a token).
+    pub user: Option<String>,
+}
+
+/// Whether the request may read `target`; what it may see.
 pub fn authorize(
     state: &KasState,
     authorization: Option<&[u8]>,
     target: ReadTarget,
     source: IpAddr,
-) -> Result<Scope, ApiError> {
+) -> Result<ReadGrant, ApiError> {
     if state.public_read {
-        return Ok(match target {
-            ReadTarget::Agent(id) => Scope::Agent(id),
-            ReadTarget::AllAgents => Scope::All,
+        return Ok(ReadGrant {
+            target,
+            scope: match target {
+                ReadTarget::Agent(id) => Scope::Agent(id),
+                ReadTarget::AllAgents => Scope::All,
+            },
+            user: None,
         });
     }
     match target {
         ReadTarget::Agent(id) => {
-            state.users.authorize(authorization, Some(id), source)?;
-            Ok(Scope::Agent(id))
+            let user = state.users.authorize(authorization, Some(id), source)?;
+            Ok(ReadGrant {
+                target,
+                scope: Scope::Agent(id),
+                user: Some(user.name),
+            })
         }
         ReadTarget::AllAgents => {
             let grant = state.users.grant(authorization, source)?;
-            Ok(Scope::Allowed(grant.agents))
+            Ok(ReadGrant {
+                target,
+                scope: Scope::Allowed(grant.agents),
+                user: Some(grant.name),
+            })
         }
     }
 }

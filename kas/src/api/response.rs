@@ -121,6 +121,8 @@ pub fn reason_for(status: StatusCode) -> &'static str {
         404 => "NotFound",
         405 => "MethodNotAllowed",
         429 => "TooManyRequests",
+        // Kubernetes has no reason of its own for oversized headers: the request is invalid.
+        431 => "BadRequest",
         503 => "ServiceUnavailable",
         504 => "Timeout",
         _ => "InternalError",

@@ -1,5 +1,10 @@
 //! Bodies crossing the tunnel: the agent's response body as a hyper body (chunks are passed on as they
 //! arrive, never buffered), and the client's request body pumped into the stream.
+//!
+//! A response body must match the `Content-Length` its head declared: one that ends early or runs
+//! past it fails instead (hyper then cuts the connection, so the client sees a response shorter than
+//! announced, never a well-formed lie); one known to be wrong before the head is sent is refused
+//! ([`TunnelBody::check_start`], the caller answers 502).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,8 +19,10 @@ use protocol::ErrorCode;
 use protocol::service::status;
 use runtime_smol::{Connection, Stream};
 
+use crate::agent_log::Misbehaviour;
 use crate::metrics::Metrics;
 use crate::registry::Lease;
+use crate::state::KasState;
 
 use super::response::BodyError;
 
@@ -53,12 +60,15 @@ type NextFuture = Pin<Box<dyn Future<Output = Next> + Send>>;
 pub struct TunnelBody {
     stream: Arc<Stream>,
     next: Option<NextFuture>,
+    /// An event taken by [`TunnelBody::check_start`], delivered first.
+    ready: Option<Next>,
     done: bool,
     /// Octets still expected when the response head announced a Content-Length: once they are all
     /// delivered the body is complete, even if hyper drops it before seeing the stream's end.
     remaining: Option<u64>,
     _lease: Lease<Connection>,
-    metrics: Arc<Metrics>,
+    state: Arc<KasState>,
+    agent_id: u64,
     span: tracing::Span,
 }
 
@@ -67,26 +77,83 @@ impl TunnelBody {
     pub fn new(
         stream: Arc<Stream>,
         lease: Lease<Connection>,
-        metrics: Arc<Metrics>,
+        state: Arc<KasState>,
         span: tracing::Span,
     ) -> Self {
+        let agent_id = lease.agent_id();
         TunnelBody {
             stream,
             next: None,
+            ready: None,
             done: false,
             remaining: None,
             _lease: lease,
-            metrics,
+            state,
+            agent_id,
             span,
         }
     }
 }
 
 impl TunnelBody {
-    /// Declares the length the response head announced (`Content-Length`).
+    /// Declares the length the response head announced (`Content-Length`), when a body of exactly
+    /// that length must follow.
     pub fn with_content_length(mut self, length: Option<u64>) -> Self {
         self.remaining = length;
         self
+    }
+
+    /// Looks at what already arrived of the body, without waiting: an error if it already
+    /// contradicts the declared length (the stream ended short, or more arrived than declared) or
+    /// failed. The event is kept for the body either way.
+    pub async fn check_start(&mut self) -> Result<(), String> {
+        let mut next: NextFuture = Box::pin(next_event(self.stream.clone()));
+        match futures_lite::future::poll_once(&mut next).await {
+            None => {
+                self.next = Some(next);
+                Ok(())
+            }
+            Some(event) => {
+                let verdict = match (&event, self.remaining) {
+                    (Next::End, Some(left)) if left > 0 => Err(format!(
+                        "the response declares {left} body octets and has none"
+                    )),
+                    (Next::Data(b), Some(left)) if b.len() as u64 > left => Err(format!(
+                        "the response declares {left} body octets and sends more"
+                    )),
+                    (Next::Failed(m), _) => Err(m.clone()),
+                    _ => Ok(()),
+                };
+                if let Err(m) = &verdict {
+                    self.done = true;
+                    self.stream.reset(ErrorCode::Cancel);
+                    if !matches!(event, Next::Failed(_)) {
+                        self.state
+                            .agent_log
+                            .warn(self.agent_id, Misbehaviour::BadResponseBody, m);
+                    }
+                }
+                self.ready = Some(event);
+                verdict
+            }
+        }
+    }
+
+    /// The body contradicts its head: the agent's fault.
+    fn contradicts(&mut self, message: String) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.state
+            .agent_log
+            .warn(self.agent_id, Misbehaviour::BadResponseBody, &message);
+        self.fail(message)
+    }
+
+    fn fail(&mut self, message: String) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.done = true;
+        self.stream.reset(ErrorCode::Cancel);
+        self.span.in_scope(|| {
+            tracing::info!(stream = self.stream.id().0, error = %message, "response body aborted")
+        });
+        Poll::Ready(Some(Err(message.into())))
     }
 }
 
@@ -102,24 +169,42 @@ impl Body for TunnelBody {
         if this.done {
             return Poll::Ready(None);
         }
-        let next = this
-            .next
-            .get_or_insert_with(|| Box::pin(next_event(this.stream.clone())));
-        let Poll::Ready(event) = next.as_mut().poll(cx) else {
-            return Poll::Pending;
+        let event = match this.ready.take() {
+            Some(event) => event,
+            None => {
+                let next = this
+                    .next
+                    .get_or_insert_with(|| Box::pin(next_event(this.stream.clone())));
+                let Poll::Ready(event) = next.as_mut().poll(cx) else {
+                    return Poll::Pending;
+                };
+                this.next = None;
+                event
+            }
         };
-        this.next = None;
         match event {
             Next::Data(bytes) => {
-                this.metrics.bytes_out(bytes.len());
                 if let Some(left) = &mut this.remaining {
-                    *left = left.saturating_sub(bytes.len() as u64);
+                    if bytes.len() as u64 > *left {
+                        let declared = *left;
+                        return this.contradicts(format!(
+                            "the agent sent more body than the {declared} octets left of its content-length"
+                        ));
+                    }
+                    *left -= bytes.len() as u64;
                     if *left == 0 {
                         // Everything announced has arrived: hyper may now drop the body unread.
                         this.done = true;
                     }
                 }
+                this.state.metrics.bytes_out(bytes.len());
                 Poll::Ready(Some(Ok(Frame::data(bytes))))
+            }
+            Next::End if this.remaining.is_some_and(|left| left > 0) => {
+                let left = this.remaining.unwrap_or_default();
+                this.contradicts(format!(
+                    "the agent's body ended {left} octets short of its content-length"
+                ))
             }
             Next::End => {
                 this.done = true;
@@ -128,13 +213,7 @@ impl Body for TunnelBody {
                 });
                 Poll::Ready(None)
             }
-            Next::Failed(message) => {
-                this.done = true;
-                this.span.in_scope(|| {
-                    tracing::info!(stream = this.stream.id().0, error = %message, "response body aborted")
-                });
-                Poll::Ready(Some(Err(message.into())))
-            }
+            Next::Failed(message) => this.fail(message),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Who may use the tunnel routes of the HTTP API: `Authorization: Bearer <kind>:<agent-id>:<token>`
 //! (or the same triple as Basic credentials, see [`UserGate::authorize`]) checked against the users
-//! file, with a per-source limit on failed attempts.
+//! file, with a limit on failed attempts per source address and credential (a valid credential is
+//! never refused because another one failed from the same address: see [`crate::auth::rate_limit`]).
 //!
 //! The order of checks never tells an unauthenticated client more than "401": a bad or missing token is
 //! 401, a valid token for an agent the user may not reach is 403, and only then is the agent's existence
@@ -12,7 +13,7 @@ use std::time::Instant;
 
 use http::StatusCode;
 
-use crate::auth::{RateLimitOptions, RateLimiter};
+use crate::auth::{RateLimitOptions, RateLimiter, TokenDigest};
 use crate::metrics::Metrics;
 use crate::users::{UserAuthError, UserGrant, UserIdentity, UsersFile, parse_bearer};
 
@@ -58,12 +59,14 @@ impl UserGate {
         source: IpAddr,
     ) -> Result<UserIdentity, ApiError> {
         let now = Instant::now();
-        if let Err(retry_after) = self.limiter().check(source, now) {
+        // Failures count per credential: the header as received (no header at all is one more).
+        let credential = TokenDigest::of_bytes(authorization.unwrap_or_default());
+        if let Err(retry_after) = self.limiter().check(source, &credential, now) {
             self.metrics.user_auth_failure("rate_limited");
             tracing::debug!(%source, ?retry_after, "user authentication refused: rate limited");
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "too many failed authentications from this address; retry later",
+                "too many failed authentications with these credentials from this address; retry later",
             )
             .retry_after(retry_after));
         }
@@ -84,7 +87,7 @@ impl UserGate {
             Err(e) => {
                 let status = e.http_status();
                 if status == 401 {
-                    self.limiter().record_failure(source, now);
+                    self.limiter().record_failure(source, &credential, now);
                     self.metrics.user_auth_failure("unauthenticated");
                 } else {
                     self.metrics.user_auth_failure("forbidden");
@@ -227,7 +230,7 @@ mod tests {
     }
 
     #[test]
-    fn failures_are_rate_limited_per_source() {
+    fn failures_are_rate_limited_per_source_and_credential() {
         let g = gate(2);
         for _ in 0..2 {
             assert_eq!(
@@ -237,16 +240,23 @@ mod tests {
                 Some(401)
             );
         }
-        let e = g.authorize(Some(b"Bearer pat:1:alice-token"), None, SRC);
+        let e = g.authorize(Some(b"Bearer pat:1:bad"), None, SRC);
         let e = e
             .err()
             .map(|e| (e.status.as_u16(), e.retry_after.is_some()));
         assert_eq!(e, Some((429, true)));
-        // Another source is unaffected.
-        let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+        // A valid token from the same address still works: failures never lock it out.
         assert!(
-            g.authorize(Some(b"Bearer pat:1:alice-token"), None, other)
+            g.authorize(Some(b"Bearer pat:1:alice-token"), None, SRC)
                 .is_ok()
+        );
+        // Another source is unaffected even for the bad credential.
+        let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(
+            g.authorize(Some(b"Bearer pat:1:bad"), None, other)
+                .map_err(|e| e.status.as_u16())
+                .err(),
+            Some(401)
         );
     }
 }

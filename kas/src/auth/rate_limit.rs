@@ -1,15 +1,22 @@
-//! Rate limiting of failed authentications per source address.
+//! Rate limiting of failed authentications per source address and credential.
 //!
-//! A sliding window: each source may fail at most `max_failures` times within `window`; while it is at
-//! the limit, attempts are refused with [`AuthError::RateLimited`] without reaching the backend, until
-//! its oldest failure leaves the window. Only answers about the token (unauthenticated, permission
-//! denied) count; backend outages do not, and successes do not reset the count (one valid token must
-//! not unlock guessing others).
+//! A sliding window: each (source, credential) pair may fail at most `max_failures` times within
+//! `window`; while it is at the limit, attempts with that credential from that source are refused
+//! with [`AuthError::RateLimited`] without reaching the backend, until its oldest failure leaves the
+//! window. Only answers about the token (unauthenticated, permission denied) count; backend outages
+//! do not, and successes do not reset the count.
+//!
+//! Why per credential and not per address alone: an address is shared (a NAT in front of a fleet of
+//! agents, an office of users), and a limit per address lets anyone behind it lock every valid token
+//! out by failing on purpose. Keyed by the credential's SHA-256 as well, failures only ever block the
+//! credential that failed: a valid token is never refused because of another one's failures. What the
+//! limit is for is a client retrying a bad token in a loop (a misconfigured agent, a revoked token),
+//! which then costs the backend nothing; guessing tokens is hopeless anyway (256 random bits).
 //!
 //! Sources are IP addresses; IPv6 addresses are grouped by their /64 prefix (one host usually has a
-//! whole /64), and IPv4-mapped IPv6 addresses count as their IPv4 address. At most `max_sources` are
-//! remembered; when full, sources whose failures all left the window are dropped, then the one that
-//! failed least recently.
+//! whole /64), and IPv4-mapped IPv6 addresses count as their IPv4 address. At most `max_sources`
+//! pairs are remembered; when full, pairs whose failures all left the window are dropped, then the
+//! one that failed least recently.
 //!
 //! [`RateLimiter`] takes `now` as an argument so tests control time; [`RateLimited`] wraps an
 //! [`AgentAuthenticator`] and reads the clock.
@@ -19,17 +26,17 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{AgentAuthenticator, AgentIdentity, AuthError};
+use super::{AgentAuthenticator, AgentIdentity, AuthError, TokenDigest};
 use crate::config::RateLimitConfig;
 
 /// Limits for a [`RateLimiter`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimitOptions {
-    /// Failures allowed per source within `window`; 0 disables limiting.
+    /// Failures allowed per (source, credential) within `window`; 0 disables limiting.
     pub max_failures: u32,
     /// The sliding window.
     pub window: Duration,
-    /// Most sources remembered.
+    /// Most (source, credential) pairs remembered.
     pub max_sources: usize,
 }
 
@@ -64,11 +71,15 @@ impl From<IpAddr> for SourceKey {
     }
 }
 
-/// Failure counts per source (sliding window log, at most `max_failures` timestamps per source).
+/// What failures are counted under: the source and the digest of the credential it presented.
+type Key = (SourceKey, TokenDigest);
+
+/// Failure counts per (source, credential) (sliding window log, at most `max_failures` timestamps
+/// each).
 #[derive(Debug)]
 pub struct RateLimiter {
     options: RateLimitOptions,
-    sources: HashMap<SourceKey, VecDeque<Instant>>,
+    sources: HashMap<Key, VecDeque<Instant>>,
 }
 
 impl RateLimiter {
@@ -85,12 +96,18 @@ impl RateLimiter {
         self.options
     }
 
-    /// `Ok` if `source` may attempt to authenticate at `now`, else the time until it may.
-    pub fn check(&mut self, source: IpAddr, now: Instant) -> Result<(), Duration> {
+    /// `Ok` if `source` may attempt to authenticate with `credential` at `now`, else the time until
+    /// it may.
+    pub fn check(
+        &mut self,
+        source: IpAddr,
+        credential: &TokenDigest,
+        now: Instant,
+    ) -> Result<(), Duration> {
         if self.options.max_failures == 0 {
             return Ok(());
         }
-        let key = SourceKey::from(source);
+        let key = (SourceKey::from(source), *credential);
         let window = self.options.window;
         let Some(log) = self.sources.get_mut(&key) else {
             return Ok(());
@@ -107,13 +124,13 @@ impl RateLimiter {
         Err((oldest + window).saturating_duration_since(now))
     }
 
-    /// Records a failed attempt by `source` at `now`.
-    pub fn record_failure(&mut self, source: IpAddr, now: Instant) {
+    /// Records a failed attempt by `source` with `credential` at `now`.
+    pub fn record_failure(&mut self, source: IpAddr, credential: &TokenDigest, now: Instant) {
         let max = self.options.max_failures as usize;
         if max == 0 || self.options.max_sources == 0 {
             return;
         }
-        let key = SourceKey::from(source);
+        let key = (SourceKey::from(source), *credential);
         if !self.sources.contains_key(&key) {
             self.make_room(now);
         }
@@ -129,12 +146,12 @@ impl RateLimiter {
                 %source,
                 failures = max,
                 window_secs = window.as_secs_f64(),
-                "too many failed authentications; refusing this source for a while"
+                "too many failed authentications with one credential; refusing it from this source for a while"
             );
         }
     }
 
-    /// Number of sources currently remembered.
+    /// Number of (source, credential) pairs currently remembered.
     pub fn tracked_sources(&self) -> usize {
         self.sources.len()
     }
@@ -200,13 +217,14 @@ impl<A: AgentAuthenticator> RateLimited<A> {
         source: IpAddr,
         now: Instant,
     ) -> Result<AgentIdentity, AuthError> {
-        if let Err(retry_after) = self.lock().check(source, now) {
+        let credential = TokenDigest::of(token);
+        if let Err(retry_after) = self.lock().check(source, &credential, now) {
             tracing::debug!(%source, ?retry_after, "authentication refused: rate limited");
             return Err(AuthError::RateLimited { retry_after });
         }
         let result = self.inner.authenticate(token, source);
         if result.as_ref().is_err_and(AuthError::is_client_failure) {
-            self.lock().record_failure(source, now);
+            self.lock().record_failure(source, &credential, now);
         }
         result
     }
@@ -239,22 +257,26 @@ mod tests {
     const A: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
     const B: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
 
+    fn bad() -> TokenDigest {
+        TokenDigest::of("bad")
+    }
+
     #[test]
     fn limits_after_n_failures_within_window() {
         let t0 = Instant::now();
         let mut rl = RateLimiter::new(opts(3, 60));
         for i in 0..3 {
-            assert_eq!(rl.check(A, t0 + Duration::from_secs(i)), Ok(()));
-            rl.record_failure(A, t0 + Duration::from_secs(i));
+            assert_eq!(rl.check(A, &bad(), t0 + Duration::from_secs(i)), Ok(()));
+            rl.record_failure(A, &bad(), t0 + Duration::from_secs(i));
         }
         let now = t0 + Duration::from_secs(10);
-        assert_eq!(rl.check(A, now), Err(Duration::from_secs(50)));
-        assert_eq!(rl.check(B, now), Ok(()), "other sources unaffected");
+        assert_eq!(rl.check(A, &bad(), now), Err(Duration::from_secs(50)));
+        assert_eq!(rl.check(B, &bad(), now), Ok(()), "other sources unaffected");
         // The oldest failure leaves the window at t0+60: one more attempt allowed.
-        assert_eq!(rl.check(A, t0 + Duration::from_secs(60)), Ok(()));
-        rl.record_failure(A, t0 + Duration::from_secs(60));
+        assert_eq!(rl.check(A, &bad(), t0 + Duration::from_secs(60)), Ok(()));
+        rl.record_failure(A, &bad(), t0 + Duration::from_secs(60));
         assert_eq!(
-            rl.check(A, t0 + Duration::from_secs(60)),
+            rl.check(A, &bad(), t0 + Duration::from_secs(60)),
             Err(Duration::from_secs(1))
         );
     }
@@ -264,9 +286,9 @@ mod tests {
         let t0 = Instant::now();
         let mut rl = RateLimiter::new(opts(0, 60));
         for _ in 0..100 {
-            rl.record_failure(A, t0);
+            rl.record_failure(A, &bad(), t0);
         }
-        assert_eq!(rl.check(A, t0), Ok(()));
+        assert_eq!(rl.check(A, &bad(), t0), Ok(()));
         assert_eq!(rl.tracked_sources(), 0);
     }
 
@@ -277,14 +299,14 @@ mod tests {
         let a1: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 0, 0, 0, 1));
         let a2: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 9, 9, 9, 9));
         let other: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 3, 0, 0, 0, 1));
-        rl.record_failure(a1, t0);
-        rl.record_failure(a2, t0);
-        assert!(rl.check(a1, t0).is_err());
-        assert_eq!(rl.check(other, t0), Ok(()));
+        rl.record_failure(a1, &bad(), t0);
+        rl.record_failure(a2, &bad(), t0);
+        assert!(rl.check(a1, &bad(), t0).is_err());
+        assert_eq!(rl.check(other, &bad(), t0), Ok(()));
         let mapped = IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped());
-        rl.record_failure(mapped, t0);
-        rl.record_failure(A, t0);
-        assert!(rl.check(A, t0).is_err());
+        rl.record_failure(mapped, &bad(), t0);
+        rl.record_failure(A, &bad(), t0);
+        assert!(rl.check(A, &bad(), t0).is_err());
     }
 
     #[test]
@@ -297,6 +319,7 @@ mod tests {
         for i in 0..50u8 {
             rl.record_failure(
                 IpAddr::V4(Ipv4Addr::new(10, 1, 0, i)),
+                &bad(),
                 t0 + Duration::from_secs(u64::from(i)),
             );
             assert!(rl.tracked_sources() <= 4);
@@ -305,6 +328,7 @@ mod tests {
         assert!(
             rl.check(
                 IpAddr::V4(Ipv4Addr::new(10, 1, 0, 49)),
+                &bad(),
                 t0 + Duration::from_secs(49)
             )
             .is_err()
@@ -361,18 +385,26 @@ mod tests {
             Err(AuthError::Unauthenticated)
         ));
         let calls = rl.inner().calls.load(Ordering::SeqCst);
-        // Limited now: even a good token is refused, and the backend is not asked.
-        match rl.authenticate_at("good", A, t0 + Duration::from_secs(1)) {
+        // Limited now: the bad token is refused, and the backend is not asked.
+        match rl.authenticate_at("bad", A, t0 + Duration::from_secs(1)) {
             Err(AuthError::RateLimited { retry_after }) => {
                 assert_eq!(retry_after, Duration::from_secs(59))
             }
             other => panic!("expected RateLimited, got {other:?}"),
         }
         assert_eq!(rl.inner().calls.load(Ordering::SeqCst), calls);
+        // A valid token from the same address is never refused because of the bad one (an attacker
+        // behind the same NAT cannot lock a fleet of agents out).
+        for _ in 0..10 {
+            assert!(
+                rl.authenticate_at("good", A, t0 + Duration::from_secs(1))
+                    .is_ok()
+            );
+        }
         assert!(rl.authenticate_at("good", B, t0).is_ok());
         assert!(
-            rl.authenticate_at("good", A, t0 + Duration::from_secs(60))
-                .is_ok()
+            rl.authenticate_at("bad", A, t0 + Duration::from_secs(60))
+                .is_err_and(|e| matches!(e, AuthError::Unauthenticated))
         );
     }
 }

@@ -31,6 +31,11 @@ impl TokenDigest {
         Self(Sha256::digest(token.as_bytes()).into())
     }
 
+    /// Digest of raw credential bytes (an `Authorization` header value as received).
+    pub fn of_bytes(credential: &[u8]) -> Self {
+        Self(Sha256::digest(credential).into())
+    }
+
     /// Parses a digest written as 64 hexadecimal digits (either case).
     pub fn from_hex(hex_digits: &str) -> Result<Self, DigestParseError> {
         let hex_digits = hex_digits.trim();

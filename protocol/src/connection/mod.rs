@@ -19,8 +19,16 @@
 //!   and each stream's queued octets never exceed its own credit: accepted data is always sendable;
 //! - stream counts by initiator match the table; the transmit rotation holds only streams with
 //!   something queued;
-//! - once closed, no stream remains and no timer is armed.
+//! - once closed, no stream remains and no timer is armed;
+//! - answers queued while processing the peer's input never exceed four times
+//!   `FloodLimits::max_queued_answers` (beyond, the peer is closed with `ENHANCE_YOUR_CALM`).
+//!
+//! Abuse (PROTOCOL.md §17): frames that cost work without doing any (PINGs, rapid resets, empty DATA,
+//! WINDOW_UPDATEs, unknown frame types) are counted per window ([`FloodKind`],
+//! [`crate::config::FloodLimits`]), and answers the peer does not read are bounded:
+//! [`Connection::wants_input`] tells the driver to stop reading while too many are queued.
 
+mod flood;
 mod stats;
 pub(crate) mod streams;
 mod timer;
@@ -31,6 +39,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use prost::Message;
 
+pub use flood::FloodKind;
 pub use stats::ConnectionStats;
 
 use crate::config::{Config, Settings};
@@ -39,6 +48,7 @@ use crate::event::{Established, Event, HelloInfo};
 use crate::flow::{RecvWindow, SendWindow};
 use crate::frame::{self, Decoder, Frame, PREFACE, StreamId};
 use crate::proto;
+use flood::FloodGuard;
 use streams::recv::RecvState;
 use streams::send::{Chunk, SendState};
 use streams::{Stream, Streams};
@@ -110,6 +120,12 @@ pub struct Connection {
     ping_outstanding: Option<[u8; 8]>,
     pings: u64,
     stats: ConnectionStats,
+    flood: FloodGuard,
+    /// Octets queued in `out` while processing input (acknowledgements, RESETs, GOAWAY), since
+    /// `poll_transmit` last took it.
+    input_answers: usize,
+    /// Octets of response heads to streams the peer opened queued in `out` since then.
+    responses: usize,
 }
 
 impl Connection {
@@ -162,6 +178,9 @@ impl Connection {
             ping_outstanding: None,
             pings: 0,
             stats: ConnectionStats::default(),
+            flood: FloodGuard::new(config.flood),
+            input_answers: 0,
+            responses: 0,
             config,
         }
     }
@@ -231,6 +250,22 @@ impl Connection {
         self.streams.map.contains_key(&id)
     }
 
+    /// Whether the connection wants more input now. False while the answers to the peer's earlier
+    /// input — PING acknowledgements, RESETs, and response heads to the streams it opened — exceed
+    /// `FloodLimits::max_queued_answers` and have not been taken by `poll_transmit`: the peer is not
+    /// reading them, so a driver stops reading too until they are transmitted (back-pressure: the
+    /// peer can then not make us queue more). Input fed anyway is still processed; a peer whose
+    /// frames make four times the bound pile up in one go is closed with `ENHANCE_YOUR_CALM`.
+    pub fn wants_input(&self) -> bool {
+        self.phase == Phase::Closed || self.queued_answers() <= self.config.flood.max_queued_answers
+    }
+
+    /// Octets of answers to the peer (acknowledgements, RESETs, response heads) waiting in the
+    /// transmit buffer.
+    pub fn queued_answers(&self) -> usize {
+        self.input_answers + self.responses
+    }
+
     /// Whether `poll_transmit` has something to return.
     pub fn has_pending_transmit(&self) -> bool {
         !self.out.is_empty() || !self.streams.ready.is_empty()
@@ -272,6 +307,7 @@ impl Connection {
             if self.phase == Phase::Closed {
                 break;
             }
+            let before = self.out.len();
             match self.decoder.decode() {
                 Ok(None) => break,
                 Ok(Some(f)) => {
@@ -281,6 +317,18 @@ impl Connection {
                     }
                 }
                 Err(e) => self.fail(ConnectionError::Frame(e)),
+            }
+            // Everything queued while processing the peer's frame answers it.
+            self.input_answers += self.out.len().saturating_sub(before);
+            let bound = self.config.flood.max_queued_answers;
+            if bound > 0
+                && self.phase != Phase::Closed
+                && self.input_answers > bound.saturating_mul(4)
+            {
+                self.fail(ConnectionError::UnreadAnswers {
+                    queued: self.input_answers,
+                    bound,
+                });
             }
         }
         self.check_invariants();
@@ -349,6 +397,8 @@ impl Connection {
         // Frames are written into `out`, which keeps the rest of its allocation between calls: `split`
         // hands out the filled part (no copy). An idle connection holds no transmit buffer.
         let mut buf = std::mem::take(&mut self.out);
+        self.input_answers = 0;
+        self.responses = 0;
         while buf.len() < max {
             let Some(id) = self.streams.ready.pop_front() else {
                 break;
@@ -544,11 +594,14 @@ impl Connection {
         } else {
             SendState::Open
         };
+        let before = self.out.len();
         self.push_frame(&Frame::Response {
             stream: id,
             head,
             end_stream,
         });
+        // An answer to the peer's REQUEST: counted for back-pressure like the others.
+        self.responses += self.out.len() - before;
         self.maybe_remove(id);
         self.check_invariants();
         Ok(())
@@ -729,7 +782,7 @@ impl Connection {
             Phase::HelloPending { .. } => Err(ConnectionError::BeforeHandshake {
                 frame: frame_name(&f),
             }),
-            Phase::Open => self.on_open_frame(f),
+            Phase::Open => self.on_open_frame(f, now),
             Phase::Closed => Ok(()),
         }
     }
@@ -822,18 +875,23 @@ impl Connection {
         }
     }
 
-    fn on_open_frame(&mut self, f: Frame) -> Result<(), ConnectionError> {
+    fn on_open_frame(&mut self, f: Frame, now: Instant) -> Result<(), ConnectionError> {
         match f {
             Frame::Data {
                 stream,
                 data,
                 end_stream,
-            } => self.on_data(stream, data, end_stream),
+            } => {
+                if data.is_empty() && !end_stream {
+                    self.flood.record(FloodKind::EmptyData, now)?;
+                }
+                self.on_data(stream, data, end_stream)
+            }
             Frame::Request {
                 stream,
                 head,
                 end_stream,
-            } => self.on_request(stream, head, end_stream),
+            } => self.on_request(stream, head, end_stream, now),
             Frame::Response {
                 stream,
                 head,
@@ -876,7 +934,7 @@ impl Connection {
                 Ok(())
             }
             Frame::Reset { stream, reset } => {
-                if self.remove_stream(stream).is_some() {
+                if let Some(s) = self.remove_stream(stream) {
                     self.stats.streams_reset_received += 1;
                     self.events.push_back(Event::Reset {
                         id: stream,
@@ -885,23 +943,33 @@ impl Connection {
                         remote: true,
                     });
                     self.check_drained();
+                    if !s.local && s.send.state == SendState::AwaitingHead {
+                        // Opened and abandoned before we could answer: work for nothing.
+                        self.flood.record(FloodKind::RapidReset, now)?;
+                    }
                     Ok(())
                 } else {
                     self.unknown_stream(stream)
                 }
             }
-            Frame::WindowUpdate { stream, increment } => self.on_window_update(stream, increment),
+            Frame::WindowUpdate { stream, increment } => {
+                self.flood.record(FloodKind::WindowUpdate, now)?;
+                self.on_window_update(stream, increment)
+            }
             Frame::Ping {
                 ack: false,
                 payload,
             } => {
+                self.flood.record(FloodKind::Ping, now)?;
                 self.push_frame(&Frame::Ping { ack: true, payload });
                 Ok(())
             }
             Frame::Ping { ack: true, payload } => {
-                // An acknowledgement we did not ask for is harmless: ignore it.
+                // An acknowledgement we did not ask for is harmless: ignore it (but count it).
                 if self.ping_outstanding == Some(payload) {
                     self.ping_outstanding = None;
+                } else {
+                    self.flood.record(FloodKind::Ping, now)?;
                 }
                 Ok(())
             }
@@ -917,7 +985,7 @@ impl Connection {
             Frame::Unknown { kind, .. } => {
                 tracing::trace!(kind, "ignoring unknown frame type");
                 self.stats.unknown_frames_ignored += 1;
-                Ok(())
+                self.flood.record(FloodKind::UnknownFrame, now)
             }
         }
     }
@@ -969,6 +1037,7 @@ impl Connection {
         id: StreamId,
         head: proto::RequestHead,
         end: bool,
+        now: Instant,
     ) -> Result<(), ConnectionError> {
         if !self.is_peer_parity(id) {
             return Err(ConnectionError::WrongParity { stream: id });
@@ -987,6 +1056,7 @@ impl Connection {
         if let Some(why) = refuse {
             tracing::debug!(stream = id.0, why, "refusing stream");
             self.stats.streams_refused += 1;
+            self.flood.record(FloodKind::RapidReset, now)?;
             self.push_frame(&Frame::Reset {
                 stream: id,
                 reset: proto::Reset {
