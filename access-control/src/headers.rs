@@ -25,10 +25,13 @@ const EXTRA_KEY_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'|')
     .remove(b'~');
 
-/// A value that cannot be carried in an HTTP header (a control character other than tab). The
-/// identity comes from configuration, so this is the configuration's fault.
+/// A value that cannot be carried in an HTTP header unchanged (a control character other than tab,
+/// or leading/trailing whitespace, which HTTP strips). Identities come from configuration or GitLab,
+/// so this is their fault, never the client's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the {header} value contains a control character and cannot be sent as an HTTP header")]
+#[error(
+    "the {header} value contains a control character or surrounding whitespace and cannot be sent as an HTTP header unchanged"
+)]
 pub struct HeaderValueError {
     /// The header whose value is bad.
     pub header: String,
@@ -69,7 +72,8 @@ pub fn to_impersonation_headers(act_as: &ActAs) -> Result<Vec<(String, String)>,
         }
     }
     for (name, value) in &out {
-        if value.chars().any(|c| c.is_control() && c != '\t') {
+        let padded = value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']);
+        if padded || value.chars().any(|c| c.is_control() && c != '\t') {
             return Err(HeaderValueError {
                 header: name.clone(),
             });

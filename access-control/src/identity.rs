@@ -27,6 +27,23 @@ pub enum ActAs {
     },
 }
 
+impl ActAs {
+    /// The impersonated username, `None` for the agent's own identity.
+    pub fn username(&self) -> Option<&str> {
+        match self {
+            ActAs::Agent => None,
+            ActAs::Impersonate { user, .. } => Some(user),
+        }
+    }
+}
+
+/// For logs and the audit log: `agent` or the impersonated username.
+impl std::fmt::Display for ActAs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.username().unwrap_or("agent"))
+    }
+}
+
 fn extra(pairs: impl IntoIterator<Item = (&'static str, String)>) -> BTreeMap<String, Vec<String>> {
     pairs
         .into_iter()

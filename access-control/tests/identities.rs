@@ -307,6 +307,20 @@ fn configured_impersonation_uses_uid_groups_extras_and_refuses_control_character
             header: "Impersonate-User".into()
         })
     );
+    let padded = ActAs::Impersonate {
+        user: "ok".into(),
+        uid: None,
+        groups: vec![" admins".into()],
+        extra: BTreeMap::new(),
+    };
+    assert_eq!(
+        to_impersonation_headers(&padded),
+        Err(HeaderValueError {
+            header: "Impersonate-Group".into()
+        })
+    );
+    assert_eq!(act_as.to_string(), "deployer");
+    assert_eq!(ActAs::Agent.to_string(), "agent");
 }
 
 #[test]
