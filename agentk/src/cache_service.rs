@@ -1,5 +1,5 @@
 //! The `cache` service: kas's queries for cached objects, answered from agentk's informer store,
-//! never from the API server (tunnel-services.md, "cache").
+//! never from the API server (protocol/SERVICES.md §5).
 //!
 //! - `LIST /{kind}?namespace=NS&labelSelector=SEL` → 200 with a Kubernetes `List`
 //!   ([`Store::list_json`]), in (namespace, name) order;

@@ -8,7 +8,8 @@ use http::{Method, StatusCode};
 use protocol::proto::{Header, RequestHead, ResponseHead};
 use protocol::service::HeaderRule;
 
-/// Marks a response agentk produced because the upstream could not be reached (tunnel-services.md).
+/// Marks a response agentk produced because the upstream could not be reached
+/// (protocol/SERVICES.md §2.3).
 pub const TUNNEL_ERROR_HEADER: &str = "x-tunnel-error";
 
 /// A request head that cannot be turned into an HTTP request: answered with 400.

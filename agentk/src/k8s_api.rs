@@ -1,5 +1,5 @@
 //! The `k8s-api` service: a kas request forwarded to the cluster's API server with agentk's own
-//! credentials; see tunnel-services.md.
+//! credentials; see protocol/SERVICES.md §3.
 
 use http::Request;
 use protocol::proto::RequestHead;

@@ -50,7 +50,7 @@
 //! | [`head`] | tunnel heads ↔ HTTP (header filtering), Kubernetes `Status` answers |
 //! | [`error`] | [`Error`]: why agentk could not start |
 //!
-//! ## Behaviour (binding conventions in `notes/tunnel-services.md`)
+//! ## Behaviour (binding conventions in `protocol/SERVICES.md`)
 //!
 //! - **Connecting.** TCP + TLS 1.3 (ALPN `agent-tunnel/1`, roots from [`Config::ca`]), then HELLO
 //!   with the token and [`AgentMeta`](protocol::proto::AgentMeta): capabilities `k8s-api`,

@@ -1,6 +1,6 @@
 //! The `service-proxy` service: an HTTP request for an in-cluster Service. agentk reads the Service
 //! from the API server, resolves its cluster IP and port, and forwards the request there over
-//! HTTP/1.1, streaming both ways; see tunnel-services.md.
+//! HTTP/1.1, streaming both ways; see protocol/SERVICES.md §4.
 
 use http::{Request, Uri};
 use http_body_util::{BodyExt, Limited};

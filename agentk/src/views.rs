@@ -1,5 +1,5 @@
-//! The `views` stream: after each handshake agentk opens one stream to kas (tunnel-services.md,
-//! "views") and, once kas answers 200, links it to the cache task for the life of the connection.
+//! The `views` stream: after each handshake agentk opens one stream to kas (protocol/SERVICES.md
+//! §6) and, once kas answers 200, links it to the cache task for the life of the connection.
 //!
 //! ```text
 //!  cache task ──encoded AgentToServer (bounded channel)──▶ writer ──▶ stream (flow-controlled)

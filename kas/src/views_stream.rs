@@ -1,4 +1,4 @@
-//! Serving one `views` stream (tunnel-services.md, "views"): agentk opens it after each handshake and
+//! Serving one `views` stream (protocol/SERVICES.md §6): agentk opens it after each handshake and
 //! keeps it for the connection's lifetime; kas feeds it to the agent's mirror ([`crate::mirrors`]).
 //!
 //! ```text

@@ -764,8 +764,8 @@ fn reset_stream(sh: &Shared) -> Result<(), String> {
     Ok(())
 }
 
-/// tunnel-services.md (k8s-api): when kas resets a stream with CANCEL, agentk drops the upstream
-/// request (the API server sees the request's connection close).
+/// protocol/SERVICES.md §2.5, §3 (k8s-api): when kas resets a stream with CANCEL, agentk drops
+/// the upstream request (the API server sees the request's connection close).
 fn reset_cancels_upstream_request(sh: &Shared) -> Result<(), String> {
     let mut s = Session::start(sh, "reset-cancels-upstream-request")?;
     let mut c = established(&mut s)?;
@@ -817,9 +817,9 @@ fn unknown_service_refused(sh: &Shared) -> Result<(), String> {
     c.ping(*b"still-up", ANSWER)
 }
 
-/// tunnel-services.md (k8s-api): the agent forwards with its own credentials (the kubeconfig's
-/// token), never with the Authorization header received through the tunnel, and passes the API
-/// server's response back.
+/// protocol/SERVICES.md §2.2, §3 (k8s-api): the agent forwards with its own credentials (the
+/// kubeconfig's token), never with the Authorization header received through the tunnel, and
+/// passes the API server's response back.
 fn k8s_api_uses_own_credentials(sh: &Shared) -> Result<(), String> {
     let mut s = Session::start(sh, "k8s-api-uses-own-credentials")?;
     let mut c = established(&mut s)?;

@@ -559,7 +559,7 @@ impl AgentConn {
     }
 }
 
-/// tunnel-services.md: when the HTTP client goes away, kas resets the stream with CANCEL.
+/// protocol/SERVICES.md §2.5: when the HTTP client goes away, kas resets the stream with CANCEL.
 fn reset_on_client_disconnect(sh: &Shared) -> Result<(), String> {
     let mut c = connect(sh, 8, Settings::default())?;
     let (addr, bearer) = (sh.api_addr, sh.bearer(8));

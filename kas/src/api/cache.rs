@@ -1,6 +1,6 @@
 //! `GET /api/v1/agents/{id}/cache/{kind}?namespace=NS&labelSelector=SEL`: objects from the agent's
 //! informer cache, answered by agentk from its store (never from the API server) through the tunnel
-//! (service `cache`, method `LIST`, tunnel-services.md).
+//! (service `cache`, method `LIST`, protocol/SERVICES.md §5).
 //!
 //! `kind` is what agentk resolves: `pods`, `Pod`, `v1/Pod`, `apps/v1/Deployment`. The query is passed
 //! on as is. agentk's answer passes through: 200 with a Kubernetes `List` (in namespace, name order),

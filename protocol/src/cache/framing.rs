@@ -1,4 +1,4 @@
-//! Length-delimited protobuf framing for the `views` stream (tunnel-services.md): every message is
+//! Length-delimited protobuf framing for the `views` stream (SERVICES.md §2.8): every message is
 //! prefixed by its length as a protobuf varint (prost's `encode_length_delimited`). [`FrameDecoder`]
 //! reassembles messages from the stream's chunks, however the chunks split them, and refuses a
 //! message over [`MAX_MESSAGE`] before buffering it. agentk and kas (and the simulator's model of
