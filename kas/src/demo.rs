@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use simulator::apiserver::{ApiServer, ApiServerConfig, RunningApiServer};
+use sim_apiserver::{ApiServer, ApiServerConfig, RunningApiServer};
 
 use crate::auth::AgentsFile;
 use crate::config::{AuthBackendConfig, Config};
@@ -75,7 +75,7 @@ pub enum DemoError {
     #[error("kas: {0}")]
     Kas(#[from] crate::StartError),
     #[error("simulated API server: {0}")]
-    ApiServer(#[from] simulator::apiserver::Error),
+    ApiServer(#[from] sim_apiserver::Error),
     #[error("tokio runtime: {0}")]
     Runtime(std::io::Error),
     #[error("agent {0}: {1}")]

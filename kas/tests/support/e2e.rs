@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use kas::config::Config;
 use kas::{Kas, Running, ShutdownReport, StartOptions};
-use simulator::apiserver::{ApiServer, ApiServerConfig, RunningApiServer};
+use sim_apiserver::{ApiServer, ApiServerConfig, RunningApiServer};
 
 use crate::support::{Env, GUARD, Reply, eventually};
 

@@ -275,7 +275,7 @@ pub fn pod_logs(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::store::StoreConfig;
+    use crate::store::StoreConfig;
 
     fn setup() -> (Store, watch::Sender<bool>, watch::Receiver<bool>) {
         let s = Store::new(StoreConfig::default());

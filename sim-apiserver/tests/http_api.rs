@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use simulator::apiserver::{ApiServer, ApiServerConfig, RunningApiServer};
+use sim_apiserver::{ApiServer, ApiServerConfig, RunningApiServer};
 
 struct Reply {
     status: u16,

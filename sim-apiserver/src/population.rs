@@ -98,7 +98,7 @@ pub fn populate(store: &Store, nodes: usize, pods: usize, seed: u64) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::store::StoreConfig;
+    use crate::store::StoreConfig;
 
     #[test]
     fn populates() {

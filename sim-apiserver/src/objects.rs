@@ -487,7 +487,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::store::StoreConfig;
+    use crate::store::StoreConfig;
 
     #[test]
     fn conveniences() {

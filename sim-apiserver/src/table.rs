@@ -402,7 +402,7 @@ pub fn table<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::resource::{RESOURCES, known};
+    use crate::resource::{RESOURCES, known};
 
     #[test]
     fn pod_rows() {

@@ -168,7 +168,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::store::StoreConfig;
+    use crate::store::StoreConfig;
 
     #[test]
     fn starts_pending_pods_after_delay() {

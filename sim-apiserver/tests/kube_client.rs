@@ -11,7 +11,7 @@ use kube::api::{
 };
 use kube::runtime::watcher;
 use serde_json::json;
-use simulator::apiserver::{ApiServer, ApiServerConfig, PodPhase, RunningApiServer};
+use sim_apiserver::{ApiServer, ApiServerConfig, PodPhase, RunningApiServer};
 
 /// Hang guard for anything awaited in these tests.
 const GUARD: Duration = Duration::from_secs(30);

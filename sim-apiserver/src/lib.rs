@@ -1,6 +1,10 @@
 //! A simulated Kubernetes API server, faithful enough for unmodified `kubectl`, the `kube`
 //! crate's client and `kube::runtime::watcher`.
 //!
+//! It is a test double and the demo's stand-in for a cluster: `kas demo` and kas's tests,
+//! agentk's tests and the conformance tooling run against it. It lives in its own crate so that
+//! neither the production kas binary nor the pure `simulator` links it (it brings tokio and hyper).
+//!
 //! # Architecture
 //!
 //! * [`store`]: the HTTP-free core. Objects (`serde_json::Value`) keyed by resource type,
@@ -26,7 +30,7 @@
 //! # Example
 //!
 //! ```no_run
-//! use simulator::apiserver::{ApiServer, ApiServerConfig};
+//! use sim_apiserver::{ApiServer, ApiServerConfig};
 //! let server = ApiServer::start(ApiServerConfig::default())?;
 //! server.write_kubeconfig("/tmp/kubeconfig", "sim")?;
 //! server.store().add_pod("default", "hello")?;

@@ -357,7 +357,7 @@ pub async fn run(mut churn: Churn, mut shutdown: watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::store::StoreConfig;
+    use crate::store::StoreConfig;
 
     fn cluster() -> (Store, EventRecorder) {
         let s = Store::new(StoreConfig::default());
@@ -397,7 +397,7 @@ mod tests {
                 ChurnAction::Idle => {}
             }
             // Play kubelet so pods get to run.
-            crate::apiserver::kubelet::step(
+            crate::kubelet::step(
                 &s,
                 &rec,
                 &mut fk,

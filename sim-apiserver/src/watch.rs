@@ -245,9 +245,9 @@ pub fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::resource::known;
-    use crate::apiserver::selector::LabelSelector;
-    use crate::apiserver::store::StoreConfig;
+    use crate::resource::known;
+    use crate::selector::LabelSelector;
+    use crate::store::StoreConfig;
 
     fn ev(t: EventType, prev: Option<Value>, obj: Value) -> StoreEvent {
         StoreEvent {

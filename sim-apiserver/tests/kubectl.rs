@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
-use simulator::apiserver::{ApiServer, ApiServerConfig, PodPhase, RunningApiServer};
+use sim_apiserver::{ApiServer, ApiServerConfig, PodPhase, RunningApiServer};
 
 /// Hang guard for waiting on kubectl output.
 const GUARD: Duration = Duration::from_secs(60);

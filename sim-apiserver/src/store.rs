@@ -1125,8 +1125,8 @@ impl StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::resource::known;
-    use crate::apiserver::selector::LabelSelector;
+    use crate::resource::known;
+    use crate::selector::LabelSelector;
     use proptest::prelude::*;
 
     fn store(history: usize) -> Store {

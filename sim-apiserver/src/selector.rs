@@ -328,7 +328,7 @@ impl Selectors {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::resource::known;
+    use crate::resource::known;
     use proptest::prelude::*;
     use serde_json::json;
 

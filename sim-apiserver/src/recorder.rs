@@ -71,7 +71,7 @@ impl EventRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::store::StoreConfig;
+    use crate::store::StoreConfig;
     use serde_json::json;
 
     #[test]

@@ -164,7 +164,7 @@ fn resource_route(group: &str, version: &str, rest: &[&str]) -> Route {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::resource::known;
+    use crate::resource::known;
 
     #[test]
     fn routes() {
