@@ -78,6 +78,19 @@ pub fn error(e: &ApiError) -> Response<ResponseBody> {
     json(e.code, &e.to_status())
 }
 
+/// A response with raw `bytes` of `content_type`.
+pub fn bytes(
+    code: StatusCode,
+    body: impl Into<Bytes>,
+    content_type: &'static str,
+) -> Response<ResponseBody> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = code;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
 /// A plain-text response.
 pub fn text(code: StatusCode, body: impl Into<Bytes>) -> Response<ResponseBody> {
     let mut r = Response::new(full(body));

@@ -56,22 +56,12 @@ pub struct Churn {
 
 const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
+pub use super::objects::template_hash;
+
 fn meta<'a>(v: &'a Value, field: &str) -> &'a str {
     v.pointer(&format!("/metadata/{field}"))
         .and_then(Value::as_str)
         .unwrap_or("")
-}
-
-/// The `pod-template-hash` label value of a deployment.
-pub fn template_hash(deployment: &str) -> String {
-    let mut h = objects::name_hash(deployment);
-    (0..10)
-        .map(|_| {
-            let c = NAME_ALPHABET[(h % NAME_ALPHABET.len() as u64) as usize];
-            h /= NAME_ALPHABET.len() as u64;
-            char::from(c)
-        })
-        .collect()
 }
 
 impl Churn {
@@ -207,6 +197,14 @@ impl Churn {
             .and_then(Value::as_str)
             .unwrap_or("registry.example/app:1.0")
             .to_string();
+        // As the deployment controller would: the pod belongs to the deployment's ReplicaSet.
+        let rs = match self.store.ensure_replicaset(&ns, &app) {
+            Ok(rs) => rs,
+            Err(e) => {
+                tracing::debug!(error = %e, "churn could not find the replica set");
+                return ChurnAction::Idle;
+            }
+        };
         let mut pod = objects::pod(
             &ns,
             &name,
@@ -215,12 +213,7 @@ impl Churn {
             &image,
             PodPhase::Pending,
         );
-        pod["metadata"]["ownerReferences"] = json!([{
-            "apiVersion": "apps/v1", "kind": "ReplicaSet",
-            "name": format!("{app}-{}", template_hash(&app)),
-            "uid": format!("{:032x}", objects::name_hash(&format!("{ns}/{app}"))),
-            "controller": true, "blockOwnerDeletion": true,
-        }]);
+        pod["metadata"]["ownerReferences"] = objects::controller_ref(&rs);
         match self.store.create(pod) {
             Ok(_) => {
                 self.sync_deployment(&ns, &app);

@@ -1,5 +1,6 @@
 //! Discovery documents: `/version`, `/api`, `/apis`, `/apis/{group}` and resource lists,
-//! generated from the resource registry.
+//! generated from the resource registry (so custom resources appear as soon as their
+//! definition is stored).
 //!
 //! Only the legacy (unaggregated) forms are served. When kubectl asks for aggregated discovery
 //! (`as=APIGroupDiscoveryList`) it gets these with `Content-Type: application/json` and falls
@@ -7,7 +8,7 @@
 
 use serde_json::{Value, json};
 
-use super::resource::{self, RESOURCES, VERBS};
+use super::resource::{Registry, VERBS};
 
 /// The Kubernetes version the simulator claims to be.
 pub const GIT_VERSION: &str = "v1.32.0-simulated";
@@ -36,30 +37,8 @@ pub fn core_versions(server_address: &str) -> Value {
     })
 }
 
-fn groups() -> Vec<&'static str> {
-    let mut gs: Vec<&'static str> = Vec::new();
-    for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
-        if !gs.contains(&r.group) {
-            gs.push(r.group);
-        }
-    }
-    gs
-}
-
-fn versions_of(group: &str) -> Vec<&'static str> {
-    let mut vs: Vec<&'static str> = Vec::new();
-    for r in RESOURCES.iter().filter(|r| r.group == group) {
-        if !vs.contains(&r.version) {
-            vs.push(r.version);
-        }
-    }
-    vs
-}
-
-/// `/apis/{group}` (`None` if the group is unknown).
-pub fn group(name: &str) -> Option<Value> {
-    let versions = versions_of(name);
-    let preferred = *versions.first()?;
+fn group_doc(name: &str, versions: &[String]) -> Option<Value> {
+    let preferred = versions.first()?;
     Some(json!({
         "kind": "APIGroup",
         "apiVersion": "v1",
@@ -69,11 +48,19 @@ pub fn group(name: &str) -> Option<Value> {
     }))
 }
 
+/// `/apis/{group}` (`None` if the group is unknown).
+pub fn group(registry: &Registry, name: &str) -> Option<Value> {
+    let groups = registry.groups();
+    let (_, versions) = groups.iter().find(|(g, _)| g == name)?;
+    group_doc(name, versions)
+}
+
 /// `/apis`.
-pub fn group_list() -> Value {
-    let groups: Vec<Value> = groups()
-        .into_iter()
-        .filter_map(group)
+pub fn group_list(registry: &Registry) -> Value {
+    let groups: Vec<Value> = registry
+        .groups()
+        .iter()
+        .filter_map(|(g, vs)| group_doc(g, vs))
         .map(|mut g| {
             if let Some(o) = g.as_object_mut() {
                 o.remove("kind");
@@ -86,9 +73,9 @@ pub fn group_list() -> Value {
 }
 
 /// `/api/v1` or `/apis/{group}/{version}` (`None` if unknown).
-pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<Value> {
     let mut resources = Vec::new();
-    for r in resource::in_group_version(group, version) {
+    for r in registry.in_group_version(group, version) {
         let mut entry = json!({
             "name": r.plural,
             "singularName": r.singular,
@@ -114,7 +101,18 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
                 "verbs": ["get", "patch", "update"],
             }));
         }
-        if r.kind == "Pod" {
+        if r.has_scale {
+            resources.push(json!({
+                "name": format!("{}/scale", r.plural),
+                "singularName": "",
+                "namespaced": r.namespaced,
+                "group": "autoscaling",
+                "version": "v1",
+                "kind": "Scale",
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
+        if r.kind == "Pod" && r.group.is_empty() {
             resources.push(json!({
                 "name": "pods/log",
                 "singularName": "",
@@ -146,7 +144,8 @@ mod tests {
 
     #[test]
     fn documents() {
-        let core = resource_list("", "v1").unwrap_or_default();
+        let reg = Registry::builtin();
+        let core = resource_list(&reg, "", "v1").unwrap_or_default();
         let names: Vec<&str> = core["resources"]
             .as_array()
             .into_iter()
@@ -162,15 +161,31 @@ mod tests {
             "configmaps",
             "secrets",
             "events",
+            "serviceaccounts",
+            "persistentvolumeclaims",
         ] {
             assert!(names.contains(&n), "{n} missing from {names:?}");
         }
         assert!(!names.contains(&"deployments"));
-        let apps = resource_list("apps", "v1").unwrap_or_default();
+        let apps = resource_list(&reg, "apps", "v1").unwrap_or_default();
         assert_eq!(apps["groupVersion"], "apps/v1");
         assert_eq!(apps["resources"][0]["shortNames"], json!(["deploy"]));
-        assert!(resource_list("apps", "v2").is_none());
-        assert_eq!(group_list()["groups"][0]["name"], "apps");
-        assert!(group("batch").is_none());
+        assert!(resource_list(&reg, "apps", "v2").is_none());
+        let groups: Vec<String> = group_list(&reg)["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g["name"].as_str().map(str::to_string))
+            .collect();
+        for g in [
+            "apps",
+            "batch",
+            "networking.k8s.io",
+            "rbac.authorization.k8s.io",
+            "apiextensions.k8s.io",
+        ] {
+            assert!(groups.iter().any(|x| x == g), "{g} missing from {groups:?}");
+        }
+        assert!(group(&reg, "example.com").is_none());
     }
 }

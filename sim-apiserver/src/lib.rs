@@ -39,13 +39,17 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod access;
 pub mod body;
 pub mod churn;
+pub mod crd;
 pub mod discovery;
+pub mod fieldpath;
 pub(crate) mod handlers;
 pub mod kubeconfig;
 pub mod kubelet;
 pub mod logs;
+pub mod managed;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
@@ -55,16 +59,20 @@ pub mod query;
 pub mod recorder;
 pub mod resource;
 pub mod router;
+pub mod schema;
 pub mod selector;
 pub mod server;
 pub mod status;
 pub mod store;
+pub mod strategy;
 pub mod table;
 pub mod time;
+pub mod typed;
 pub mod watch;
+pub(crate) mod writes;
 
 pub use objects::{HOLD_PHASE_ANNOTATION, PodPhase};
-pub use resource::ResourceType;
+pub use resource::{Registry, Resource, ResourceType};
 pub use selector::{FieldSelector, LabelSelector, Selectors};
 pub use server::{ApiServer, ApiServerConfig, Error, RunningApiServer};
 pub use status::ApiError;

@@ -197,7 +197,7 @@ pub fn pod_logs(
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<LogBody, ApiError> {
-    let pod = store.get_object(known::pod(), Some(namespace), name)?;
+    let pod = store.get_object(&known::pod(), Some(namespace), name)?;
     let container = choose_container(&pod, req.container.as_deref())?;
     let tl = timeline(&pod, &container, interval)?;
     let now = now_ms();
@@ -250,7 +250,7 @@ pub fn pod_logs(
             }
             // Stop following once the container stops running (or the pod is gone).
             let running = store
-                .get_object(known::pod(), Some(&namespace), &name)
+                .get_object(&known::pod(), Some(&namespace), &name)
                 .ok()
                 .is_some_and(|p| PodPhase::of(&p) == PodPhase::Running);
             if !running {

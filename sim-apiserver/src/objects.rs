@@ -52,6 +52,70 @@ impl PodPhase {
     }
 }
 
+const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+/// The `pod-template-hash` label value of a deployment.
+pub fn template_hash(deployment: &str) -> String {
+    let mut h = name_hash(deployment);
+    (0..10)
+        .map(|_| {
+            let c = NAME_ALPHABET[(h % NAME_ALPHABET.len() as u64) as usize];
+            h /= NAME_ALPHABET.len() as u64;
+            char::from(c)
+        })
+        .collect()
+}
+
+/// `ownerReferences` naming `owner` (a stored object) as controller, blocking its deletion.
+pub fn controller_ref(owner: &Value) -> Value {
+    json!([{
+        "apiVersion": owner.get("apiVersion"),
+        "kind": owner.get("kind"),
+        "name": owner.pointer("/metadata/name"),
+        "uid": owner.pointer("/metadata/uid"),
+        "controller": true,
+        "blockOwnerDeletion": true,
+    }])
+}
+
+/// The `ReplicaSet` a (stored) deployment's controller keeps for its current template.
+pub fn replicaset(deployment: &Value) -> Value {
+    let app = deployment
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let hash = template_hash(app);
+    let mut template = deployment
+        .pointer("/spec/template")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    template["metadata"]["labels"]["pod-template-hash"] = json!(hash);
+    let mut selector = deployment
+        .pointer("/spec/selector")
+        .cloned()
+        .unwrap_or_else(|| json!({"matchLabels": {"app": app}}));
+    selector["matchLabels"]["pod-template-hash"] = json!(hash);
+    let replicas = deployment
+        .pointer("/spec/replicas")
+        .cloned()
+        .unwrap_or(json!(1));
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {
+            "name": format!("{app}-{hash}"),
+            "namespace": deployment.pointer("/metadata/namespace"),
+            "labels": template["metadata"]["labels"].clone(),
+            "annotations": {"deployment.kubernetes.io/revision": "1"},
+            "ownerReferences": controller_ref(deployment),
+        },
+        "spec": {"replicas": replicas, "selector": selector, "template": template},
+        "status": {"replicas": replicas, "readyReplicas": replicas,
+                   "availableReplicas": replicas, "fullyLabeledReplicas": replicas,
+                   "observedGeneration": 1},
+    })
+}
+
 /// A stable small hash (FNV-1a) for deriving fake addresses from names.
 pub(crate) fn name_hash(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
@@ -476,6 +540,22 @@ impl Store {
             }
             set_pod_status(p, phase);
         })
+    }
+
+    /// The ReplicaSet of deployment `namespace/app`, created (owned by the deployment) if
+    /// missing, as the deployment controller keeps it.
+    pub fn ensure_replicaset(&self, namespace: &str, app: &str) -> Result<Value, StoreError> {
+        let name = format!("{app}-{}", template_hash(app));
+        if let Some(rs) = self.get("apps/v1", "ReplicaSet", Some(namespace), &name) {
+            return Ok(rs);
+        }
+        let d = self
+            .get("apps/v1", "Deployment", Some(namespace), app)
+            .ok_or_else(|| StoreError::NotFound {
+                resource: "deployments.apps".to_string(),
+                name: app.to_string(),
+            })?;
+        self.create(replicaset(&d))
     }
 
     /// Deletes pod `namespace/name`.

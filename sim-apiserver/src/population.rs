@@ -5,8 +5,7 @@ use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
-use super::churn::template_hash;
-use super::objects::{self, PodPhase};
+use super::objects::{self, PodPhase, template_hash};
 use super::store::{Store, StoreError};
 
 /// Namespaces every simulated cluster has.
@@ -58,6 +57,24 @@ pub fn populate(store: &Store, nodes: usize, pods: usize, seed: u64) -> Result<(
     }
     let mut counts = vec![0i64; DEPLOYMENTS.len()];
     for i in 0..pods {
+        counts[i % DEPLOYMENTS.len()] += 1;
+    }
+    // Deployments with their ReplicaSets (as the deployment controller keeps them) and services.
+    let mut replicasets = Vec::new();
+    for (d, (ns, app, image)) in DEPLOYMENTS.iter().enumerate() {
+        let ready = if nodes == 0 { 0 } else { counts[d] };
+        let deployment = store.create(objects::deployment(ns, app, counts[d], ready, image))?;
+        replicasets.push(store.create(objects::replicaset(&deployment))?);
+        let (svc, port) = if *app == "coredns" {
+            ("kube-dns", 53)
+        } else {
+            (*app, 80)
+        };
+        if *app != "worker" {
+            store.create(objects::service(ns, svc, Some(app), port))?;
+        }
+    }
+    for i in 0..pods {
         let d = i % DEPLOYMENTS.len();
         let (ns, app, image) = DEPLOYMENTS[d];
         let suffix: String = (0..5)
@@ -70,27 +87,16 @@ pub fn populate(store: &Store, nodes: usize, pods: usize, seed: u64) -> Result<(
         } else {
             PodPhase::Pending
         };
-        store.create(objects::pod(
+        let mut pod = objects::pod(
             ns,
             &name,
             node,
             json!({"app": app, "pod-template-hash": template_hash(app)}),
             image,
             phase,
-        ))?;
-        counts[d] += 1;
-    }
-    for (d, (ns, app, image)) in DEPLOYMENTS.iter().enumerate() {
-        let ready = if nodes == 0 { 0 } else { counts[d] };
-        store.create(objects::deployment(ns, app, counts[d], ready, image))?;
-        let (svc, port) = if *app == "coredns" {
-            ("kube-dns", 53)
-        } else {
-            (*app, 80)
-        };
-        if *app != "worker" {
-            store.create(objects::service(ns, svc, Some(app), port))?;
-        }
+        );
+        pod["metadata"]["ownerReferences"] = objects::controller_ref(&replicasets[d]);
+        store.create(pod)?;
     }
     Ok(())
 }
@@ -112,6 +118,19 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(web["status"]["replicas"], 3);
         assert_eq!(web["status"]["availableReplicas"], 3);
+        let rs = s.list("apps/v1", "ReplicaSet", Some("default"));
+        assert_eq!(rs.len(), 3);
+        let pod = &s.list("v1", "Pod", Some("default"))[0];
+        assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "ReplicaSet");
+        // Deleting a deployment takes its replica set and pods with it.
+        s.delete("apps/v1", "Deployment", Some("default"), "web")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.list("apps/v1", "ReplicaSet", Some("default")).len(), 2);
+        assert!(
+            s.list("v1", "Pod", Some("default"))
+                .iter()
+                .all(|p| p["metadata"]["labels"]["app"] != "web")
+        );
         assert!(
             s.get("v1", "Service", Some("default"), "kubernetes")
                 .is_some()

@@ -131,6 +131,22 @@ impl Query {
         IncludeObject::parse(self.get("includeObject"))
     }
 
+    /// The `fieldManager` parameter (checked: at most 128 printable characters).
+    pub fn field_manager(&self) -> Result<Option<String>, ApiError> {
+        match self.get("fieldManager").filter(|m| !m.is_empty()) {
+            None => Ok(None),
+            Some(m) => {
+                crate::managed::validate_field_manager(m)?;
+                Ok(Some(m.to_string()))
+            }
+        }
+    }
+
+    /// Whether `force=true` (server-side apply taking over conflicting fields).
+    pub fn force(&self) -> Result<bool, ApiError> {
+        self.flag("force")
+    }
+
     /// Whether `dryRun=All` was requested.
     pub fn dry_run(&self) -> Result<bool, ApiError> {
         match self.get("dryRun") {

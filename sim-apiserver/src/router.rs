@@ -11,7 +11,7 @@
 
 use percent_encoding::percent_decode_str;
 
-use super::resource::{self, ResourceType};
+use super::resource::{Registry, Resource};
 
 /// What a request path names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +36,7 @@ pub enum Route {
     /// A collection of objects.
     Collection {
         /// Resource type.
-        resource: &'static ResourceType,
+        resource: Resource,
         /// Namespace (`None`: cluster-scoped or all namespaces).
         namespace: Option<String>,
         /// Reached through a deprecated `/watch/` path.
@@ -45,7 +45,7 @@ pub enum Route {
     /// One object, or one of its subresources.
     Object {
         /// Resource type.
-        resource: &'static ResourceType,
+        resource: Resource,
         /// Namespace (`None` for cluster-scoped).
         namespace: Option<String>,
         /// Object name.
@@ -55,6 +55,8 @@ pub enum Route {
         /// Reached through a deprecated `/watch/` path.
         watch_path: bool,
     },
+    /// `/openapi/v2`
+    OpenApiV2,
     /// `/openapi/v3`
     OpenApiIndex,
     /// `/openapi/v3/{api/v1 | apis/G/V}`
@@ -63,8 +65,8 @@ pub enum Route {
     NotFound,
 }
 
-/// Routes `path` (without query string).
-pub fn route(path: &str) -> Route {
+/// Routes `path` (without query string) to what `registry` serves there.
+pub fn route(path: &str, registry: &Registry) -> Route {
     let segs: Vec<String> = path
         .split('/')
         .filter(|s| !s.is_empty())
@@ -75,6 +77,7 @@ pub fn route(path: &str) -> Route {
         ["version"] => Route::Version,
         ["healthz" | "livez" | "readyz", ..] => Route::Health,
         ["api"] => Route::CoreVersions,
+        ["openapi", "v2"] => Route::OpenApiV2,
         ["openapi", "v3"] => Route::OpenApiIndex,
         ["openapi", "v3", rest @ ..] => Route::OpenApiGroupVersion(rest.join("/")),
         ["apis"] => Route::GroupList,
@@ -87,20 +90,20 @@ pub fn route(path: &str) -> Route {
             group: (*g).to_string(),
             version: (*v).to_string(),
         },
-        ["api", v, rest @ ..] => resource_route("", v, rest),
-        ["apis", g, v, rest @ ..] => resource_route(g, v, rest),
+        ["api", v, rest @ ..] => resource_route(registry, "", v, rest),
+        ["apis", g, v, rest @ ..] => resource_route(registry, g, v, rest),
         _ => Route::NotFound,
     }
 }
 
-fn resource_route(group: &str, version: &str, rest: &[&str]) -> Route {
+fn resource_route(registry: &Registry, group: &str, version: &str, rest: &[&str]) -> Route {
     let (watch_path, rest) = match rest {
         ["watch", tail @ ..] => (true, tail),
         _ => (false, rest),
     };
     // /namespaces/{ns}/{plural}... addresses namespaced resources.
     if let ["namespaces", ns, plural, tail @ ..] = rest
-        && let Some(r) = resource::by_plural(group, version, plural)
+        && let Some(r) = registry.by_plural(group, version, plural)
     {
         if !r.namespaced {
             return Route::NotFound;
@@ -132,7 +135,7 @@ fn resource_route(group: &str, version: &str, rest: &[&str]) -> Route {
     let Some((plural, tail)) = rest.split_first() else {
         return Route::NotFound;
     };
-    let Some(r) = resource::by_plural(group, version, plural) else {
+    let Some(r) = registry.by_plural(group, version, plural) else {
         return Route::NotFound;
     };
     match tail {
@@ -165,6 +168,10 @@ fn resource_route(group: &str, version: &str, rest: &[&str]) -> Route {
 mod tests {
     use super::*;
     use crate::resource::known;
+
+    fn route(path: &str) -> Route {
+        super::route(path, &Registry::builtin())
+    }
 
     #[test]
     fn routes() {
@@ -227,7 +234,8 @@ mod tests {
         assert_eq!(route("/api/v1/pods/x"), Route::NotFound);
         assert_eq!(route("/api/v1/namespaces/default/nodes"), Route::NotFound);
         assert_eq!(route("/api/v1/widgets"), Route::NotFound);
-        assert_eq!(route("/openapi/v2"), Route::NotFound);
+        assert_eq!(route("/openapi/v2"), Route::OpenApiV2);
+        assert_eq!(route("/openapi/v1"), Route::NotFound);
         assert_eq!(route("/openapi/v3"), Route::OpenApiIndex);
         assert_eq!(
             route("/openapi/v3/apis/apps/v1"),

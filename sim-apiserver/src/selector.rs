@@ -256,7 +256,7 @@ impl FieldSelector {
             };
             let field = field.trim();
             let supported = matches!(field, "metadata.name" | "metadata.namespace")
-                || extra_fields(resource.kind).contains(&field);
+                || extra_fields(&resource.kind).contains(&field);
             if !supported {
                 return Err(SelectorError(format!("field label not supported: {field}")));
             }
@@ -391,7 +391,7 @@ mod tests {
     fn field_selectors() {
         let pod = known::pod();
         let o = obj(json!({}));
-        let f = |s: &str| FieldSelector::parse(s, pod).unwrap_or_else(|e| panic!("{s}: {e}"));
+        let f = |s: &str| FieldSelector::parse(s, &pod).unwrap_or_else(|e| panic!("{s}: {e}"));
         assert!(f("").matches(&o));
         assert!(f("metadata.name=p1").matches(&o));
         assert!(f("metadata.name==p1,metadata.namespace=default").matches(&o));
@@ -400,9 +400,9 @@ mod tests {
         assert!(f("spec.nodeName=node-1,status.phase!=Pending").matches(&o));
         assert!(!f("status.phase=Pending").matches(&o));
         assert_eq!(f("metadata.name=p1").pinned_name(), Some("p1"));
-        assert!(FieldSelector::parse("spec.bogus=1", pod).is_err());
-        assert!(FieldSelector::parse("spec.nodeName=x", known::configmap()).is_err());
-        assert!(FieldSelector::parse("metadata.name", pod).is_err());
+        assert!(FieldSelector::parse("spec.bogus=1", &pod).is_err());
+        assert!(FieldSelector::parse("spec.nodeName=x", &known::configmap()).is_err());
+        assert!(FieldSelector::parse("metadata.name", &pod).is_err());
     }
 
     proptest! {
@@ -421,7 +421,7 @@ mod tests {
         #[test]
         fn parse_never_panics(s in ".{0,40}") {
             let _ = LabelSelector::parse(&s);
-            let _ = FieldSelector::parse(&s, known::pod());
+            let _ = FieldSelector::parse(&s, &known::pod());
         }
     }
 }

@@ -36,13 +36,18 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
     }
 
-    /// 404 NotFound for a URL that names nothing.
+    /// 404 NotFound for a URL that names nothing (an unknown group, version, resource or
+    /// subresource), worded as the real server words it; clients add what they asked for.
     pub fn not_found_path(path: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!("the server could not find the requested resource ({path})"),
-        )
+        tracing::debug!(path, "nothing served here");
+        Self {
+            details: Some(json!({})),
+            ..Self::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            )
+        }
     }
 
     /// 405 MethodNotAllowed.
@@ -139,9 +144,21 @@ impl From<StoreError> for ApiError {
                     ..Self::new(StatusCode::CONFLICT, "Conflict", message)
                 }
             }
-            StoreError::Invalid { kind, name, .. } => Self {
-                details: Some(json!({"name": name, "kind": kind})),
-                ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message)
+            StoreError::Invalid { kind, name, errors } => {
+                let (kind, group) = split_resource(&kind);
+                let causes: Vec<Value> = errors.iter().map(|e| field_cause(e)).collect();
+                Self {
+                    details: Some(
+                        json!({"name": name, "group": group, "kind": kind, "causes": causes}),
+                    ),
+                    ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message)
+                }
+            }
+            StoreError::Forbidden { cause, .. } => Self {
+                details: cause.map(|reason| {
+                    json!({"causes": [{"reason": reason, "message": message.clone(), "field": "metadata.namespace"}]})
+                }),
+                ..Self::new(StatusCode::FORBIDDEN, "Forbidden", message.clone())
             },
             StoreError::BadRequest(m) => Self::bad_request(m),
             StoreError::Expired(m) => Self::expired(m),
@@ -153,6 +170,22 @@ impl From<StoreError> for ApiError {
             },
         }
     }
+}
+
+/// A `StatusCause` for a `field: Type: detail` field error.
+fn field_cause(error: &str) -> Value {
+    let (field, detail) = error.split_once(": ").unwrap_or(("", error));
+    let reason = match detail.split(':').next().unwrap_or("") {
+        "Required value" => "FieldValueRequired",
+        "Invalid value" => "FieldValueInvalid",
+        "Forbidden" => "FieldValueForbidden",
+        "Unsupported value" => "FieldValueNotSupported",
+        "Duplicate value" => "FieldValueDuplicate",
+        "Too long" => "FieldValueTooLong",
+        "Not found" => "FieldValueNotFound",
+        _ => "FieldValueInvalid",
+    };
+    json!({"reason": reason, "message": detail, "field": field})
 }
 
 impl From<SelectorError> for ApiError {
@@ -217,7 +250,7 @@ mod tests {
                 StoreError::Invalid {
                     kind: "Pod".into(),
                     name: "".into(),
-                    message: "m".into(),
+                    errors: vec!["metadata.name: Required value: x".into()],
                 },
                 422,
                 "Invalid",
@@ -240,5 +273,22 @@ mod tests {
         assert_eq!(nf["message"], "deployments.apps \"web\" not found");
         assert_eq!(nf["details"]["group"], "apps");
         assert_eq!(nf["details"]["kind"], "deployments");
+        let inv = ApiError::from(StoreError::Invalid {
+            kind: "Deployment.apps".into(),
+            name: "web".into(),
+            errors: vec![
+                "metadata.finalizers: Forbidden: no new finalizers".into(),
+                "spec.replicas: Invalid value: -1".into(),
+            ],
+        })
+        .to_status();
+        assert_eq!(
+            inv["message"],
+            "Deployment.apps \"web\" is invalid: [metadata.finalizers: Forbidden: no new finalizers, spec.replicas: Invalid value: -1]"
+        );
+        assert_eq!(inv["details"]["kind"], "Deployment");
+        assert_eq!(inv["details"]["group"], "apps");
+        assert_eq!(inv["details"]["causes"][0]["reason"], "FieldValueForbidden");
+        assert_eq!(inv["details"]["causes"][1]["field"], "spec.replicas");
     }
 }

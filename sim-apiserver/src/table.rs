@@ -31,16 +31,16 @@ impl IncludeObject {
 }
 
 struct Column {
-    name: &'static str,
+    name: String,
     ty: &'static str,
     format: &'static str,
-    priority: u8,
+    priority: i64,
     description: &'static str,
 }
 
-const fn col(name: &'static str, ty: &'static str, priority: u8) -> Column {
+fn col(name: &str, ty: &'static str, priority: i64) -> Column {
     Column {
-        name,
+        name: name.to_string(),
         ty,
         format: "",
         priority,
@@ -49,15 +49,45 @@ const fn col(name: &'static str, ty: &'static str, priority: u8) -> Column {
 }
 
 const NAME: Column = Column {
-    name: "Name",
+    name: String::new(),
     ty: "string",
     format: "name",
     priority: 0,
     description: "Name must be unique within a namespace.",
 };
 
-fn columns(kind: &str) -> Vec<Column> {
-    match kind {
+fn columns(r: &ResourceType) -> Vec<Column> {
+    let mut cols = kind_columns(r);
+    if let Some(n) = cols.iter_mut().find(|c| c.format == "name") {
+        n.name = "Name".to_string();
+    }
+    cols
+}
+
+/// The columns of a custom resource: Name and its printer columns (Age when it has none).
+fn custom_columns(r: &ResourceType) -> Vec<Column> {
+    let mut cols = vec![NAME];
+    if r.printer_columns.is_empty() {
+        cols.push(col("Age", "date", 0));
+    }
+    for p in &r.printer_columns {
+        let ty = match p.ty.as_str() {
+            "integer" => "integer",
+            "number" => "number",
+            "boolean" => "boolean",
+            "date" => "date",
+            _ => "string",
+        };
+        cols.push(col(&p.name, ty, p.priority));
+    }
+    cols
+}
+
+fn kind_columns(r: &ResourceType) -> Vec<Column> {
+    if r.crd.is_some() {
+        return custom_columns(r);
+    }
+    match r.kind.as_str() {
         "Pod" => vec![
             NAME,
             col("Ready", "string", 0),
@@ -114,8 +144,135 @@ fn columns(kind: &str) -> Vec<Column> {
                 ..NAME
             },
         ],
+        "ReplicaSet" => vec![
+            NAME,
+            col("Desired", "integer", 0),
+            col("Current", "integer", 0),
+            col("Ready", "integer", 0),
+            col("Age", "string", 0),
+            col("Containers", "string", 1),
+            col("Images", "string", 1),
+            col("Selector", "string", 1),
+        ],
+        "StatefulSet" => vec![
+            NAME,
+            col("Ready", "string", 0),
+            col("Age", "string", 0),
+            col("Containers", "string", 1),
+            col("Images", "string", 1),
+        ],
+        "DaemonSet" => vec![
+            NAME,
+            col("Desired", "integer", 0),
+            col("Current", "integer", 0),
+            col("Ready", "integer", 0),
+            col("Up-to-date", "integer", 0),
+            col("Available", "integer", 0),
+            col("Node Selector", "string", 0),
+            col("Age", "string", 0),
+        ],
+        "Job" => vec![
+            NAME,
+            col("Status", "string", 0),
+            col("Completions", "string", 0),
+            col("Duration", "string", 0),
+            col("Age", "string", 0),
+        ],
+        "CronJob" => vec![
+            NAME,
+            col("Schedule", "string", 0),
+            col("Timezone", "string", 0),
+            col("Suspend", "boolean", 0),
+            col("Active", "integer", 0),
+            col("Last Schedule", "string", 0),
+            col("Age", "string", 0),
+        ],
+        "Ingress" => vec![
+            NAME,
+            col("Class", "string", 0),
+            col("Hosts", "string", 0),
+            col("Address", "string", 0),
+            col("Ports", "string", 0),
+            col("Age", "string", 0),
+        ],
+        "NetworkPolicy" => vec![
+            NAME,
+            col("Pod-Selector", "string", 0),
+            col("Age", "string", 0),
+        ],
+        "PersistentVolumeClaim" => vec![
+            NAME,
+            col("Status", "string", 0),
+            col("Volume", "string", 0),
+            col("Capacity", "string", 0),
+            col("Access Modes", "string", 0),
+            col("StorageClass", "string", 0),
+            col("Age", "string", 0),
+        ],
+        "ServiceAccount" => vec![NAME, col("Secrets", "string", 0), col("Age", "string", 0)],
+        "RoleBinding" | "ClusterRoleBinding" => {
+            vec![NAME, col("Role", "string", 0), col("Age", "string", 0)]
+        }
+        "Role" | "ClusterRole" | "CustomResourceDefinition" => {
+            vec![NAME, col("Created At", "date", 0)]
+        }
         _ => vec![NAME, col("Age", "string", 0)],
     }
+}
+
+/// The value at a simple JSONPath (`.spec.replicas`, `.status.conditions[0].type`), printed.
+fn json_path(obj: &Value, path: &str) -> Value {
+    let mut cur = obj;
+    let path = path.trim().trim_start_matches('{').trim_end_matches('}');
+    for part in path
+        .trim_start_matches('.')
+        .split('.')
+        .filter(|p| !p.is_empty())
+    {
+        let (field, index) = match part.split_once('[') {
+            Some((f, rest)) => (f, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        cur = match cur.get(field) {
+            Some(v) => v,
+            None => return Value::Null,
+        };
+        if let Some(i) = index {
+            cur = match cur.get(i) {
+                Some(v) => v,
+                None => return Value::Null,
+            };
+        }
+    }
+    cur.clone()
+}
+
+fn selector_string(obj: &Value, ptr: &str) -> String {
+    or_none(&crate::access::labels_at(obj, ptr))
+}
+
+fn template_containers(obj: &Value) -> (String, String) {
+    let containers = arr(obj, "/spec/template/spec/containers");
+    let names: Vec<&str> = containers.iter().map(|c| s(c, "/name")).collect();
+    let images: Vec<&str> = containers.iter().map(|c| s(c, "/image")).collect();
+    (names.join(","), images.join(","))
+}
+
+fn custom_cells(obj: &Value, r: &ResourceType, name: Value) -> Vec<Value> {
+    let mut cells = vec![name];
+    if r.printer_columns.is_empty() {
+        cells.push(json!(age(obj)));
+    }
+    for p in &r.printer_columns {
+        let v = json_path(obj, &p.json_path);
+        cells.push(match (p.ty.as_str(), v) {
+            ("date", Value::String(t)) => json!(time::age(Some(&t))),
+            (_, Value::Null) => json!("<none>"),
+            (_, Value::String(t)) => json!(t),
+            (_, v) => v,
+        });
+    }
+    cells
 }
 
 fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
@@ -176,9 +333,12 @@ pub fn pod_status(pod: &Value) -> String {
     }
 }
 
-fn cells(obj: &Value, kind: &str) -> Vec<Value> {
+fn cells(obj: &Value, r: &ResourceType) -> Vec<Value> {
     let name = json!(s(obj, "/metadata/name"));
-    match kind {
+    if r.crd.is_some() {
+        return custom_cells(obj, r, name);
+    }
+    match r.kind.as_str() {
         "Pod" => {
             let total = arr(obj, "/spec/containers").len();
             let statuses = arr(obj, "/status/containerStatuses");
@@ -253,13 +413,6 @@ fn cells(obj: &Value, kind: &str) -> Vec<Value> {
                     }
                 })
                 .collect();
-            let selector: Vec<String> = obj
-                .pointer("/spec/selector")
-                .and_then(Value::as_object)
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                .collect();
             let ty = s(obj, "/spec/type");
             vec![
                 name,
@@ -268,7 +421,7 @@ fn cells(obj: &Value, kind: &str) -> Vec<Value> {
                 json!("<none>"),
                 json!(or_none(&ports.join(","))),
                 json!(age(obj)),
-                json!(or_none(&selector.join(","))),
+                json!(selector_string(obj, "/spec/selector")),
             ]
         }
         "Deployment" => {
@@ -276,25 +429,16 @@ fn cells(obj: &Value, kind: &str) -> Vec<Value> {
                 .pointer("/spec/replicas")
                 .and_then(Value::as_i64)
                 .unwrap_or(1);
-            let containers = arr(obj, "/spec/template/spec/containers");
-            let cnames: Vec<&str> = containers.iter().map(|c| s(c, "/name")).collect();
-            let images: Vec<&str> = containers.iter().map(|c| s(c, "/image")).collect();
-            let selector: Vec<String> = obj
-                .pointer("/spec/selector/matchLabels")
-                .and_then(Value::as_object)
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                .collect();
+            let (containers, images) = template_containers(obj);
             vec![
                 name,
                 json!(format!("{}/{want}", n(obj, "/status/readyReplicas"))),
                 json!(n(obj, "/status/updatedReplicas")),
                 json!(n(obj, "/status/availableReplicas")),
                 json!(age(obj)),
-                json!(cnames.join(",")),
-                json!(images.join(",")),
-                json!(or_none(&selector.join(","))),
+                json!(containers),
+                json!(images),
+                json!(selector_string(obj, "/spec/selector/matchLabels")),
             ]
         }
         "ConfigMap" => {
@@ -341,11 +485,160 @@ fn cells(obj: &Value, kind: &str) -> Vec<Value> {
                 name,
             ]
         }
+        "ReplicaSet" => {
+            let (containers, images) = template_containers(obj);
+            vec![
+                name,
+                json!(n(obj, "/spec/replicas")),
+                json!(n(obj, "/status/replicas")),
+                json!(n(obj, "/status/readyReplicas")),
+                json!(age(obj)),
+                json!(containers),
+                json!(images),
+                json!(selector_string(obj, "/spec/selector/matchLabels")),
+            ]
+        }
+        "StatefulSet" => {
+            let (containers, images) = template_containers(obj);
+            let want = obj
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            vec![
+                name,
+                json!(format!("{}/{want}", n(obj, "/status/readyReplicas"))),
+                json!(age(obj)),
+                json!(containers),
+                json!(images),
+            ]
+        }
+        "DaemonSet" => vec![
+            name,
+            json!(n(obj, "/status/desiredNumberScheduled")),
+            json!(n(obj, "/status/currentNumberScheduled")),
+            json!(n(obj, "/status/numberReady")),
+            json!(n(obj, "/status/updatedNumberScheduled")),
+            json!(n(obj, "/status/numberAvailable")),
+            json!(selector_string(obj, "/spec/template/spec/nodeSelector")),
+            json!(age(obj)),
+        ],
+        "Job" => {
+            let want = obj
+                .pointer("/spec/completions")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            let done = n(obj, "/status/succeeded");
+            let complete = arr(obj, "/status/conditions")
+                .iter()
+                .any(|c| s(c, "/type") == "Complete" && s(c, "/status") == "True");
+            let failed = arr(obj, "/status/conditions")
+                .iter()
+                .any(|c| s(c, "/type") == "Failed" && s(c, "/status") == "True");
+            let status = if complete {
+                "Complete"
+            } else if failed {
+                "Failed"
+            } else {
+                "Running"
+            };
+            vec![
+                name,
+                json!(status),
+                json!(format!("{done}/{want}")),
+                json!(""),
+                json!(age(obj)),
+            ]
+        }
+        "CronJob" => vec![
+            name,
+            json!(s(obj, "/spec/schedule")),
+            json!(or_none(s(obj, "/spec/timeZone"))),
+            json!(
+                obj.pointer("/spec/suspend")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+            ),
+            json!(arr(obj, "/status/active").len()),
+            json!(or_none(s(obj, "/status/lastScheduleTime"))),
+            json!(age(obj)),
+        ],
+        "Ingress" => {
+            let hosts: Vec<&str> = arr(obj, "/spec/rules")
+                .iter()
+                .map(|r| s(r, "/host"))
+                .filter(|h| !h.is_empty())
+                .collect();
+            let address: Vec<&str> = arr(obj, "/status/loadBalancer/ingress")
+                .iter()
+                .map(|i| s(i, "/ip"))
+                .collect();
+            let ports = if arr(obj, "/spec/tls").is_empty() {
+                "80"
+            } else {
+                "80, 443"
+            };
+            vec![
+                name,
+                json!(or_none(s(obj, "/spec/ingressClassName"))),
+                json!(if hosts.is_empty() {
+                    "*".to_string()
+                } else {
+                    hosts.join(",")
+                }),
+                json!(address.join(",")),
+                json!(ports),
+                json!(age(obj)),
+            ]
+        }
+        "NetworkPolicy" => vec![
+            name,
+            json!(selector_string(obj, "/spec/podSelector/matchLabels")),
+            json!(age(obj)),
+        ],
+        "PersistentVolumeClaim" => {
+            let modes: Vec<&str> = arr(obj, "/status/accessModes")
+                .iter()
+                .filter_map(Value::as_str)
+                .map(|m| match m {
+                    "ReadWriteOnce" => "RWO",
+                    "ReadOnlyMany" => "ROX",
+                    "ReadWriteMany" => "RWX",
+                    "ReadWriteOncePod" => "RWOP",
+                    other => other,
+                })
+                .collect();
+            vec![
+                name,
+                json!(s(obj, "/status/phase")),
+                json!(s(obj, "/spec/volumeName")),
+                json!(s(obj, "/status/capacity/storage")),
+                json!(modes.join(",")),
+                json!(or_none(s(obj, "/spec/storageClassName"))),
+                json!(age(obj)),
+            ]
+        }
+        "ServiceAccount" => vec![
+            name,
+            json!(arr(obj, "/secrets").len().to_string()),
+            json!(age(obj)),
+        ],
+        "RoleBinding" | "ClusterRoleBinding" => vec![
+            name,
+            json!(format!(
+                "{}/{}",
+                s(obj, "/roleRef/kind"),
+                s(obj, "/roleRef/name")
+            )),
+            json!(age(obj)),
+        ],
+        "Role" | "ClusterRole" | "CustomResourceDefinition" => {
+            vec![name, json!(s(obj, "/metadata/creationTimestamp"))]
+        }
         _ => vec![name, json!(age(obj))],
     }
 }
 
-fn row(obj: &Value, kind: &str, include: IncludeObject) -> Value {
+fn row(obj: &Value, r: &ResourceType, include: IncludeObject) -> Value {
     let object = match include {
         IncludeObject::None => Value::Null,
         IncludeObject::Object => obj.clone(),
@@ -355,13 +648,13 @@ fn row(obj: &Value, kind: &str, include: IncludeObject) -> Value {
             "metadata": obj.get("metadata").cloned().unwrap_or(Value::Null),
         }),
     };
-    let mut r = json!({"cells": cells(obj, kind)});
+    let mut row = json!({"cells": cells(obj, r)});
     if !object.is_null()
-        && let Some(o) = r.as_object_mut()
+        && let Some(o) = row.as_object_mut()
     {
         o.insert("object".to_string(), object);
     }
-    r
+    row
 }
 
 /// A `Table` of `objects` of type `r`. `resource_version`/`continue_token` go into its
@@ -375,7 +668,7 @@ pub fn table<'a>(
     with_columns: bool,
 ) -> Value {
     let defs: Vec<Value> = if with_columns {
-        columns(r.kind)
+        columns(r)
             .iter()
             .map(|c| {
                 json!({
@@ -395,14 +688,14 @@ pub fn table<'a>(
         "apiVersion": "meta.k8s.io/v1",
         "metadata": list_meta,
         "columnDefinitions": defs,
-        "rows": objects.into_iter().map(|o| row(o, r.kind, include)).collect::<Vec<_>>(),
+        "rows": objects.into_iter().map(|o| row(o, r, include)).collect::<Vec<_>>(),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::{RESOURCES, known};
+    use crate::resource::{PrinterColumn, Registry, known};
 
     #[test]
     fn pod_rows() {
@@ -414,7 +707,7 @@ mod tests {
                 {"name": "b", "ready": false, "restartCount": 1}]}
         });
         let t = table(
-            known::pod(),
+            &known::pod(),
             [&pod],
             IncludeObject::Metadata,
             json!({"resourceVersion": "5"}),
@@ -435,8 +728,18 @@ mod tests {
 
     #[test]
     fn every_kind_has_matching_cells() {
-        for r in RESOURCES {
-            let obj = json!({"metadata": {"name": "x"}});
+        let mut custom = (*known::pod()).clone();
+        custom.crd = Some("widgets.example.com".to_string());
+        custom.printer_columns = vec![PrinterColumn {
+            name: "Size".into(),
+            ty: "integer".into(),
+            json_path: ".spec.size".into(),
+            priority: 0,
+        }];
+        let custom = std::sync::Arc::new(custom);
+        let reg = Registry::builtin();
+        for r in reg.all().iter().chain([&custom]) {
+            let obj = json!({"metadata": {"name": "x"}, "spec": {"size": 3}});
             let t = table(r, [&obj], IncludeObject::None, json!({}), true);
             assert_eq!(
                 t["columnDefinitions"].as_array().map(Vec::len),
@@ -446,6 +749,15 @@ mod tests {
             );
             assert!(t["rows"][0].get("object").is_none());
         }
+        let t = table(
+            &custom,
+            [&json!({"metadata": {"name": "x"}, "spec": {"size": 3}})],
+            IncludeObject::None,
+            json!({}),
+            true,
+        );
+        assert_eq!(t["rows"][0]["cells"], json!(["x", 3]));
+        assert_eq!(t["columnDefinitions"][1]["name"], "Size");
     }
 
     #[test]

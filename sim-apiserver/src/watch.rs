@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use super::resource::ResourceType;
+use super::resource::{Resource, ResourceType};
 use super::selector::Selectors;
 use super::status::ApiError;
 use super::store::{EventType, Store, StoreError, StoreEvent, WatchStart};
@@ -25,7 +25,7 @@ use super::table::{self, IncludeObject};
 #[derive(Debug, Clone)]
 pub struct WatchRequest {
     /// Resource type watched.
-    pub resource: &'static ResourceType,
+    pub resource: Resource,
     /// Namespace, or `None` for all namespaces / cluster-scoped.
     pub namespace: Option<String>,
     /// Label and field selectors.
@@ -52,7 +52,7 @@ pub fn filter_event(
     namespace: Option<&str>,
     selectors: &Selectors,
 ) -> Option<(&'static str, Arc<Value>)> {
-    if !std::ptr::eq(ev.resource, resource) && ev.resource != resource {
+    if !ev.is_of(resource) {
         return None;
     }
     if let Some(ns) = namespace
@@ -106,7 +106,7 @@ pub fn expired_status(message: &str) -> Value {
 
 struct Emitter {
     tx: mpsc::Sender<Bytes>,
-    resource: &'static ResourceType,
+    resource: Resource,
     as_table: Option<IncludeObject>,
     sent_columns: bool,
 }
@@ -114,10 +114,16 @@ struct Emitter {
 impl Emitter {
     /// Sends one event; `false` when the client is gone.
     async fn send(&mut self, event_type: &str, object: &Value) -> bool {
+        let presented = if event_type == "BOOKMARK" || event_type == "ERROR" {
+            std::borrow::Cow::Borrowed(object)
+        } else {
+            self.resource.present(object)
+        };
+        let object: &Value = &presented;
         let line = match (self.as_table, event_type) {
             (Some(include), "ADDED" | "MODIFIED" | "DELETED") => {
                 let t = table::table(
-                    self.resource,
+                    &self.resource,
                     [object],
                     include,
                     json!({"resourceVersion": object.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null)}),
@@ -140,7 +146,7 @@ pub fn start(
     req: WatchRequest,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<mpsc::Receiver<Bytes>, StoreError> {
-    let sub = store.watch_objects(req.resource, req.start)?;
+    let sub = store.watch_objects(&req.resource, req.start)?;
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
         let mut receiver = sub.receiver;
@@ -148,12 +154,12 @@ pub fn start(
         let ns = req.namespace.as_deref();
         let mut out = Emitter {
             tx,
-            resource: req.resource,
+            resource: req.resource.clone(),
             as_table: req.as_table,
             sent_columns: false,
         };
         for ev in &sub.initial {
-            if let Some((ty, obj)) = filter_event(ev, req.resource, ns, &req.selectors)
+            if let Some((ty, obj)) = filter_event(ev, &req.resource, ns, &req.selectors)
                 && !out.send(ty, &obj).await
             {
                 return;
@@ -161,7 +167,7 @@ pub fn start(
         }
         if req.send_initial_events
             && !out
-                .send("BOOKMARK", &bookmark_object(req.resource, last_rv, true))
+                .send("BOOKMARK", &bookmark_object(&req.resource, last_rv, true))
                 .await
         {
             return;
@@ -183,24 +189,24 @@ pub fn start(
                 biased;
                 _ = shutdown.changed() => break,
                 () = &mut sleep_until_deadline => {
-                    tracing::debug!(resource = req.resource.plural, "watch reached timeoutSeconds");
+                    tracing::debug!(resource = %req.resource.plural, "watch reached timeoutSeconds");
                     break;
                 }
                 () = out.tx.closed() => {
-                    tracing::debug!(resource = req.resource.plural, "watch client went away");
+                    tracing::debug!(resource = %req.resource.plural, "watch client went away");
                     break;
                 }
                 r = receiver.recv() => match r {
                     Ok(ev) => {
                         last_rv = last_rv.max(ev.resource_version);
-                        if let Some((ty, obj)) = filter_event(&ev, req.resource, ns, &req.selectors)
+                        if let Some((ty, obj)) = filter_event(&ev, &req.resource, ns, &req.selectors)
                             && !out.send(ty, &obj).await
                         {
                             break;
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::info!(resource = req.resource.plural, missed = n, "watcher fell behind; ending it with 410");
+                        tracing::info!(resource = %req.resource.plural, missed = n, "watcher fell behind; ending it with 410");
                         let _ = out.send("ERROR", &expired_status(&format!(
                             "too old resource version: {last_rv} (the watcher fell behind by {n} events)"
                         ))).await;
@@ -216,7 +222,7 @@ pub fn start(
                         match receiver.try_recv() {
                             Ok(ev) => {
                                 last_rv = last_rv.max(ev.resource_version);
-                                if let Some((ty, obj)) = filter_event(&ev, req.resource, ns, &req.selectors)
+                                if let Some((ty, obj)) = filter_event(&ev, &req.resource, ns, &req.selectors)
                                     && !out.send(ty, &obj).await
                                 {
                                     return;
@@ -232,7 +238,7 @@ pub fn start(
                         ))).await;
                         break;
                     }
-                    if !out.send("BOOKMARK", &bookmark_object(req.resource, last_rv, false)).await {
+                    if !out.send("BOOKMARK", &bookmark_object(&req.resource, last_rv, false)).await {
                         break;
                     }
                 }
@@ -269,7 +275,7 @@ mod tests {
         };
         let web = json!({"metadata": {"labels": {"app": "web"}}});
         let db = json!({"metadata": {"labels": {"app": "db"}}});
-        let f = |e: &StoreEvent| filter_event(e, known::pod(), Some("default"), &sel).map(|x| x.0);
+        let f = |e: &StoreEvent| filter_event(e, &known::pod(), Some("default"), &sel).map(|x| x.0);
         assert_eq!(f(&ev(EventType::Added, None, web.clone())), Some("ADDED"));
         assert_eq!(f(&ev(EventType::Added, None, db.clone())), None);
         assert_eq!(
@@ -299,14 +305,14 @@ mod tests {
         assert_eq!(
             filter_event(
                 &ev(EventType::Added, None, web.clone()),
-                known::pod(),
+                &known::pod(),
                 Some("other"),
                 &sel
             ),
             None
         );
         assert_eq!(
-            filter_event(&ev(EventType::Added, None, web), known::node(), None, &sel),
+            filter_event(&ev(EventType::Added, None, web), &known::node(), None, &sel),
             None
         );
     }

@@ -162,7 +162,8 @@ fn discovery_documents() {
         get(a, "/apis/apps").json()["preferredVersion"]["version"],
         "v1"
     );
-    assert_eq!(get(a, "/openapi/v2").status, 404);
+    assert_eq!(get(a, "/openapi/v2").status, 200);
+    assert_eq!(get(a, "/openapi/v1").status, 404);
     assert_eq!(get(a, "/healthz").status, 200);
 }
 

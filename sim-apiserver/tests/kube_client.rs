@@ -305,15 +305,22 @@ async fn create_update_patch_apply_delete() {
     let logs = pods.logs(&name, &Default::default()).await.expect("logs");
     assert!(logs.contains("handled request"), "{logs}");
 
-    // Delete returns the object; then it is gone.
+    // Deleting a config map answers a Success status naming it (as the real registry does
+    // for kinds that do not return the deleted object); then it is gone.
     let deleted = cms
         .delete("settings", &DeleteParams::default())
         .await
         .expect("delete");
-    assert!(
-        deleted.left().is_some(),
-        "delete returns the deleted object"
+    let status = deleted.right().expect("a Status for a deleted config map");
+    assert_eq!(
+        status.details.as_ref().map(|d| d.name.as_str()),
+        Some("settings")
     );
+    let deleted = pods
+        .delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete pod");
+    assert!(deleted.left().is_some(), "deleting a pod returns the pod");
     let err = cms.get("settings").await.expect_err("deleted");
     assert!(
         matches!(err, kube::Error::Api(ref s) if s.code == 404),
@@ -555,4 +562,287 @@ async fn bearer_token_from_kubeconfig() {
         matches!(err, kube::Error::Api(ref s) if s.code == 401),
         "{err:?}"
     );
+}
+
+/// A one-node cluster without pods, and a client for it.
+async fn small() -> (RunningApiServer, kube::Client) {
+    let server = start(ApiServerConfig {
+        nodes: 1,
+        pods: 0,
+        ..Default::default()
+    });
+    let c = client(&server).await;
+    (server, c)
+}
+
+fn deployment(name: &str, replicas: i32, image: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"containers": [{"name": name, "image": image}]}}}
+    })
+}
+
+/// Server-side apply as a GitOps agent does it with `kube`: `Patch::Apply` with one field
+/// manager, conflicts as typed 409 errors, `force` to take fields over, dry runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_ownership_and_conflicts() {
+    let (_server, c) = small().await;
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
+    let pp = PatchParams::apply("gitops").force();
+    let doc = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                     "metadata": {"name": "cfg"}, "data": {"a": "1"}});
+    let cm = cms
+        .patch("cfg", &pp, &Patch::Apply(&doc))
+        .await
+        .expect("apply creates");
+    let mf = cm.metadata.managed_fields.clone().unwrap_or_default();
+    assert_eq!(mf.len(), 1, "{mf:?}");
+    assert_eq!(mf[0].manager.as_deref(), Some("gitops"));
+    assert_eq!(mf[0].operation.as_deref(), Some("Apply"));
+    assert_eq!(mf[0].fields_type.as_deref(), Some("FieldsV1"));
+    let fields = serde_json::to_value(&mf[0].fields_v1).expect("fieldsV1");
+    assert_eq!(fields, json!({"f:data": {"f:a": {}}}));
+    let again = cms
+        .patch("cfg", &pp, &Patch::Apply(&doc))
+        .await
+        .expect("re-apply");
+    assert_eq!(
+        again.metadata.resource_version, cm.metadata.resource_version,
+        "an unchanged apply writes nothing"
+    );
+
+    let deploys: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    let created: Deployment =
+        serde_json::from_value(deployment("shop", 1, "shop:1")).expect("deployment");
+    deploys
+        .create(
+            &PostParams {
+                field_manager: Some("creator".into()),
+                ..Default::default()
+            },
+            &created,
+        )
+        .await
+        .expect("create");
+    let desired = deployment("shop", 3, "shop:1");
+    let err = deploys
+        .patch(
+            "shop",
+            &PatchParams::apply("gitops"),
+            &Patch::Apply(&desired),
+        )
+        .await
+        .expect_err("the replicas belong to creator");
+    let kube::Error::Api(status) = err else {
+        panic!("not an API error: {err:?}")
+    };
+    assert_eq!(status.code, 409);
+    assert_eq!(status.reason, "Conflict");
+    assert_eq!(
+        status.message,
+        "Apply failed with 1 conflict: conflict with \"creator\" using apps/v1: .spec.replicas"
+    );
+    let causes = status.details.map(|d| d.causes).unwrap_or_default();
+    assert_eq!(causes.len(), 1);
+    assert_eq!(causes[0].reason, "FieldManagerConflict");
+    assert_eq!(causes[0].field, ".spec.replicas");
+
+    let dry = deploys
+        .patch(
+            "shop",
+            &PatchParams::apply("gitops").force().dry_run(),
+            &Patch::Apply(&desired),
+        )
+        .await
+        .expect("dry run");
+    assert_eq!(dry.spec.replicas, Some(3));
+    let live = deploys.get("shop").await.expect("get");
+    assert_eq!(live.spec.replicas, Some(1));
+
+    let forced = deploys
+        .patch(
+            "shop",
+            &PatchParams::apply("gitops").force(),
+            &Patch::Apply(&desired),
+        )
+        .await
+        .expect("forced apply");
+    assert_eq!(forced.spec.replicas, Some(3));
+    let managers: Vec<(String, String)> = forced
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| {
+            (
+                m.manager.unwrap_or_default(),
+                m.operation.unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        managers,
+        vec![
+            ("gitops".to_string(), "Apply".to_string()),
+            ("creator".to_string(), "Update".to_string())
+        ]
+    );
+}
+
+/// Custom resources, as a GitOps agent applies them: the definition first, then (after
+/// discovery sees the new kind) the resources, dynamically typed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_resources_through_discovery() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{DynamicObject, GroupVersionKind};
+    use kube::discovery::Discovery;
+
+    let (_server, c) = small().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
+    let crd = json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {"group": "example.com", "scope": "Namespaced",
+                 "names": {"plural": "widgets", "kind": "Widget"},
+                 "versions": [{"name": "v1", "served": true, "storage": true,
+                               "schema": {"openAPIV3Schema": {"type": "object",
+                                   "x-kubernetes-preserve-unknown-fields": true}}}]}
+    });
+    let gvk = GroupVersionKind::gvk("example.com", "v1", "Widget");
+    let before = Discovery::new(c.clone()).run().await.expect("discovery");
+    assert!(before.resolve_gvk(&gvk).is_none());
+    crds.patch(
+        "widgets.example.com",
+        &PatchParams::apply("gitops"),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("apply the definition");
+    let discovery = Discovery::new(c.clone()).run().await.expect("discovery");
+    let (ar, caps) = discovery.resolve_gvk(&gvk).expect("Widget is served");
+    assert_eq!(ar.plural, "widgets");
+    assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
+    let widgets: Api<DynamicObject> = Api::namespaced_with(c.clone(), "default", &ar);
+    let w = json!({"apiVersion": "example.com/v1", "kind": "Widget",
+                   "metadata": {"name": "gizmo"}, "spec": {"size": 3}});
+    widgets
+        .patch("gizmo", &PatchParams::apply("gitops"), &Patch::Apply(&w))
+        .await
+        .expect("apply the resource");
+    let got = widgets.get("gizmo").await.expect("get");
+    assert_eq!(got.data["spec"]["size"], 3);
+    crds.delete("widgets.example.com", &DeleteParams::default())
+        .await
+        .expect("delete the definition");
+    let err = widgets
+        .get("gizmo")
+        .await
+        .expect_err("gone with its definition");
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 404),
+        "{err:?}"
+    );
+}
+
+/// Deletion propagation through owner references with `kube`'s `DeleteParams`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_params_propagate_through_owner_references() {
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+
+    let (_server, c) = small().await;
+    let deploys: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    let sets: Api<ReplicaSet> = Api::namespaced(c.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let apply = PatchParams::apply("gitops");
+    let owner_ref = |kind: &str, api: &str, name: &str, uid: Option<String>| {
+        json!([{"apiVersion": api, "kind": kind, "name": name, "uid": uid,
+                "controller": true, "blockOwnerDeletion": true}])
+    };
+    let chain = |hold: bool| {
+        let (deploys, sets, pods, apply, owner_ref) = (&deploys, &sets, &pods, &apply, &owner_ref);
+        async move {
+            let d = deploys
+                .patch(
+                    "shop",
+                    apply,
+                    &Patch::Apply(deployment("shop", 1, "shop:1")),
+                )
+                .await
+                .expect("deployment");
+            let rs = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "metadata": {"name": "shop-1",
+                             "ownerReferences": owner_ref("Deployment", "apps/v1", "shop", d.metadata.uid)},
+                "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "shop"}},
+                         "template": {"metadata": {"labels": {"app": "shop"}},
+                                      "spec": {"containers": [{"name": "shop", "image": "shop:1"}]}}}});
+            let rs = sets
+                .patch("shop-1", apply, &Patch::Apply(&rs))
+                .await
+                .expect("replica set");
+            let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "shop-1-a",
+                             "ownerReferences": owner_ref("ReplicaSet", "apps/v1", "shop-1", rs.metadata.uid)},
+                "spec": {"containers": [{"name": "shop", "image": "shop:1"}]}});
+            if hold {
+                pod["metadata"]["finalizers"] = json!(["example.com/hold"]);
+            }
+            pods.patch("shop-1-a", apply, &Patch::Apply(&pod))
+                .await
+                .expect("pod");
+        }
+    };
+    let exists = |r: Result<(), kube::Error>| r.is_ok();
+
+    chain(false).await;
+    deploys
+        .delete("shop", &DeleteParams::background())
+        .await
+        .expect("background delete");
+    assert!(!exists(sets.get("shop-1").await.map(drop)));
+    assert!(!exists(pods.get("shop-1-a").await.map(drop)));
+
+    chain(false).await;
+    deploys
+        .delete("shop", &DeleteParams::orphan())
+        .await
+        .expect("orphan delete");
+    let rs = sets
+        .get("shop-1")
+        .await
+        .expect("orphaned replica set stays");
+    assert!(rs.metadata.owner_references.is_none());
+    assert!(exists(pods.get("shop-1-a").await.map(drop)));
+    sets.delete("shop-1", &DeleteParams::background())
+        .await
+        .expect("delete replica set");
+    assert!(!exists(pods.get("shop-1-a").await.map(drop)));
+
+    chain(true).await;
+    let d = deploys
+        .delete("shop", &DeleteParams::foreground())
+        .await
+        .expect("foreground delete");
+    let d = d.left().expect("still there, being deleted");
+    assert!(d.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        d.metadata.finalizers,
+        Some(vec!["foregroundDeletion".to_string()])
+    );
+    assert!(
+        exists(sets.get("shop-1").await.map(drop)),
+        "waits for its pod"
+    );
+    pods.patch(
+        "shop-1-a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("release the pod");
+    assert!(!exists(pods.get("shop-1-a").await.map(drop)));
+    assert!(!exists(sets.get("shop-1").await.map(drop)));
+    assert!(!exists(deploys.get("shop").await.map(drop)));
 }

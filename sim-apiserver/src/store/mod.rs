@@ -3,25 +3,40 @@
 //! Everything the API server serves lives here, free of HTTP so it can be tested on its own and
 //! driven directly by tests, the churn generator and the simulated kubelet.
 //!
-//! * Objects are `serde_json::Value`s keyed by resource type, namespace and name.
+//! * Objects are `serde_json::Value`s keyed by storage bucket (a resource's group and plural,
+//!   the same for every version it is served at), namespace and name.
+//! * The [`Registry`] of served resource types lives here too, so that storing a
+//!   `CustomResourceDefinition` and serving its kind are one step.
 //! * One global counter gives every change a `resourceVersion`; each change is recorded as a
 //!   [`StoreEvent`] (with the object before the change) in a bounded history and broadcast to
 //!   subscribers. History makes watches resumable from a version and lists consistent across
 //!   pages: the state at an older version is rebuilt by undoing the newer events. Versions
 //!   older than the retained history are answered with [`StoreError::Expired`] (HTTP 410).
-//! * All mutations take one lock, so versions, history and broadcasts are in one order.
+//! * All mutations run as one transaction under one lock ([`txn`]), so versions, history and
+//!   broadcasts are in one order, and so does the garbage collection they trigger ([`gc`]):
+//!   finalizers, `ownerReferences` with `Foreground`/`Background`/`Orphan` propagation, and
+//!   namespace and custom-resource-definition termination run to completion within the write
+//!   that started them (where the real server's controllers take milliseconds to seconds).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+mod gc;
+mod txn;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use base64::Engine as _;
 use rand::Rng as _;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 
-use super::resource::{self, ResourceType};
-use super::selector::Selectors;
-use super::time;
+pub use gc::{DeleteOptions, Deletion, Propagation};
+
+use crate::managed::{FieldManager, Target};
+use crate::resource::{Registry, Resource, ResourceType, StorageKey};
+use crate::selector::Selectors;
+use crate::status::ApiError;
+use crate::time;
+use txn::Txn;
 
 /// What happened to an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +67,8 @@ pub struct StoreEvent {
     pub resource_version: u64,
     /// What happened.
     pub event_type: EventType,
-    /// The resource type of the object.
-    pub resource: &'static ResourceType,
+    /// The resource type of the object (one of the versions it is served at).
+    pub resource: Resource,
     /// Namespace ("" for cluster-scoped objects).
     pub namespace: String,
     /// Object name.
@@ -62,6 +77,13 @@ pub struct StoreEvent {
     pub object: Arc<Value>,
     /// The object before the change (`None` for additions).
     pub previous: Option<Arc<Value>>,
+}
+
+impl StoreEvent {
+    /// Whether this change is to an object of resource `r` (at any version).
+    pub fn is_of(&self, r: &ResourceType) -> bool {
+        self.resource.group == r.group && self.resource.plural == r.plural
+    }
 }
 
 /// Errors of store operations; each maps to a Kubernetes `Status` reason and HTTP code.
@@ -94,14 +116,23 @@ pub enum StoreError {
         message: String,
     },
     /// 422 Invalid.
-    #[error("{kind} \"{name}\" is invalid: {message}")]
+    #[error("{kind} \"{name}\" is invalid: {}", field_errors(errors))]
     Invalid {
-        /// Object kind.
+        /// Object kind, qualified by its group (`Deployment.apps`).
         kind: String,
         /// Object name (may be empty).
         name: String,
-        /// What is wrong.
+        /// What is wrong, one `field: Type: detail` per error
+        /// (`metadata.name: Required value: ...`).
+        errors: Vec<String>,
+    },
+    /// 403 Forbidden (e.g. creating in a namespace being deleted).
+    #[error("{message}")]
+    Forbidden {
+        /// Why.
         message: String,
+        /// `details.causes[].reason`, if any (`NamespaceTerminating`).
+        cause: Option<String>,
     },
     /// 400 BadRequest.
     #[error("{0}")]
@@ -117,6 +148,14 @@ pub enum StoreError {
         /// The store's current version.
         current: u64,
     },
+}
+
+/// Field errors as Kubernetes joins them: one as is, several in brackets.
+fn field_errors(errors: &[String]) -> String {
+    match errors {
+        [one] => one.clone(),
+        many => format!("[{}]", many.join(", ")),
+    }
 }
 
 /// Store sizing.
@@ -137,26 +176,23 @@ impl Default for StoreConfig {
     }
 }
 
-type ResourceKey = (&'static str, &'static str);
 type ObjectKey = (String, String);
 type Objects = BTreeMap<ObjectKey, Arc<Value>>;
 
-fn key_of(r: &ResourceType) -> ResourceKey {
-    (r.group, r.plural)
-}
+/// One stored object: bucket, namespace and name.
+pub(crate) type ObjRef = (StorageKey, String, String);
 
 /// The qualified resource name used in messages (`pods`, `deployments.apps`).
 pub fn qualified(r: &ResourceType) -> String {
-    if r.group.is_empty() {
-        r.plural.to_string()
-    } else {
-        format!("{}.{}", r.plural, r.group)
-    }
+    r.qualified()
 }
 
 struct State {
     resource_version: u64,
-    objects: HashMap<ResourceKey, Objects>,
+    registry: Registry,
+    buckets: HashMap<StorageKey, Objects>,
+    /// Owner uid → the objects whose `ownerReferences` name it.
+    dependents: HashMap<String, BTreeSet<ObjRef>>,
     history: VecDeque<Arc<StoreEvent>>,
     /// Every event with a version at or below this is no longer in `history`.
     compacted: u64,
@@ -236,6 +272,16 @@ pub struct Preconditions {
     pub resource_version: Option<String>,
 }
 
+/// Whether a write is stored or only computed (`dryRun=All`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Commit {
+    /// Store the result.
+    #[default]
+    Yes,
+    /// Validate and compute the result without storing it.
+    DryRun,
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ContinueKey {
     v: String,
@@ -285,38 +331,6 @@ pub fn new_uid() -> String {
     )
 }
 
-fn random_suffix(n: usize) -> String {
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut rng = rand::rng();
-    (0..n)
-        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
-        .collect()
-}
-
-fn valid_name(name: &str, dns_label: bool) -> Result<(), String> {
-    let max = if dns_label { 63 } else { 253 };
-    let ok_chars = name.chars().all(|c| {
-        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (!dns_label && c == '.')
-    });
-    let ends_ok = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .last()
-            .is_some_and(|c| c.is_ascii_alphanumeric());
-    if name.len() <= max && ok_chars && ends_ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "metadata.name: Invalid value: {name:?}: a lowercase RFC 1123 {} must consist of lower case alphanumeric characters, '-'{}, and must start and end with an alphanumeric character (at most {max} characters)",
-            if dns_label { "label" } else { "subdomain" },
-            if dns_label { "" } else { " or '.'" }
-        ))
-    }
-}
-
 fn meta(obj: &Value) -> Option<&Map<String, Value>> {
     obj.get("metadata").and_then(Value::as_object)
 }
@@ -344,40 +358,24 @@ fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
     }
 }
 
-/// Whether two versions of an object differ outside `metadata.resourceVersion`.
-fn differs(a: &Value, b: &Value) -> bool {
-    let strip = |v: &Value| {
-        let mut v = v.clone();
-        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-            m.remove("resourceVersion");
-            m.remove("managedFields");
-        }
-        v
-    };
-    strip(a) != strip(b)
+fn finalizers(obj: &Value) -> Vec<String> {
+    crate::access::strings_at(obj, "/metadata/finalizers")
 }
 
-/// Whether anything but metadata and status differs (bumps `metadata.generation`).
-fn spec_differs(a: &Value, b: &Value) -> bool {
-    let strip = |v: &Value| {
-        let mut v = v.clone();
-        if let Some(m) = v.as_object_mut() {
-            m.remove("metadata");
-            m.remove("status");
-        }
-        v
-    };
-    strip(a) != strip(b)
+fn is_deleting(obj: &Value) -> bool {
+    obj.pointer("/metadata/deletionTimestamp")
+        .is_some_and(|v| !v.is_null())
 }
 
 impl State {
-    fn objects(&self, r: &ResourceType) -> Option<&Objects> {
-        self.objects.get(&key_of(r))
+    fn objects(&self, key: &StorageKey) -> Option<&Objects> {
+        self.buckets.get(key)
     }
 
     /// The objects of `r` as they were at version `rv` (which must be retained).
-    fn objects_at(&self, r: &'static ResourceType, rv: u64) -> Result<Objects, StoreError> {
-        let mut objs = self.objects(r).cloned().unwrap_or_default();
+    fn objects_at(&self, r: &ResourceType, rv: u64) -> Result<Objects, StoreError> {
+        let key = r.storage_key();
+        let mut objs = self.objects(&key).cloned().unwrap_or_default();
         if rv >= self.resource_version {
             return Ok(objs);
         }
@@ -391,16 +389,16 @@ impl State {
             if ev.resource_version <= rv {
                 break;
             }
-            if !std::ptr::eq(ev.resource, r) {
+            if !ev.is_of(r) {
                 continue;
             }
-            let key = (ev.namespace.clone(), ev.name.clone());
+            let k = (ev.namespace.clone(), ev.name.clone());
             match &ev.previous {
                 Some(p) => {
-                    objs.insert(key, p.clone());
+                    objs.insert(k, p.clone());
                 }
                 None => {
-                    objs.remove(&key);
+                    objs.remove(&k);
                 }
             }
         }
@@ -409,7 +407,7 @@ impl State {
 }
 
 impl Store {
-    /// An empty store.
+    /// An empty store serving the built-in kinds.
     pub fn new(config: StoreConfig) -> Self {
         let (events, _) = broadcast::channel(config.broadcast_capacity.max(16));
         Self {
@@ -417,7 +415,9 @@ impl Store {
                 config,
                 state: Mutex::new(State {
                     resource_version: 1,
-                    objects: HashMap::new(),
+                    registry: Registry::builtin(),
+                    buckets: HashMap::new(),
+                    dependents: HashMap::new(),
                     history: VecDeque::new(),
                     compacted: 1,
                 }),
@@ -435,6 +435,10 @@ impl Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn txn(&self) -> Txn<'_> {
+        Txn::new(&self.inner, self.lock())
+    }
+
     /// The current (latest) resource version.
     pub fn resource_version(&self) -> u64 {
         self.lock().resource_version
@@ -445,27 +449,9 @@ impl Store {
         self.lock().compacted
     }
 
-    fn record(&self, st: &mut State, ev: StoreEvent) {
-        let ev = Arc::new(ev);
-        st.history.push_back(ev.clone());
-        while st.history.len() > self.inner.config.history_size {
-            if let Some(old) = st.history.pop_front() {
-                st.compacted = old.resource_version;
-            }
-        }
-        // No receivers is fine: nobody is watching.
-        let _ = self.inner.events.send(ev);
-    }
-
-    fn check_namespace(r: &ResourceType, namespace: Option<&str>) -> Result<String, StoreError> {
-        match (r.namespaced, namespace) {
-            (true, Some(ns)) if !ns.is_empty() => Ok(ns.to_string()),
-            (true, _) => Err(StoreError::BadRequest(format!(
-                "{} is namespaced: a namespace is required",
-                qualified(r)
-            ))),
-            (false, _) => Ok(String::new()),
-        }
+    /// The resource types served now (built-in kinds and established custom resources).
+    pub fn registry(&self) -> Registry {
+        self.lock().registry.clone()
     }
 
     /// Creates an object of type `r` in `namespace` (ignored for cluster-scoped types).
@@ -474,116 +460,26 @@ impl Store {
     /// `resourceVersion` and `namespace`; resolves `generateName`.
     pub fn create_object(
         &self,
-        r: &'static ResourceType,
+        r: &Resource,
         namespace: Option<&str>,
-        mut obj: Value,
+        obj: Value,
     ) -> Result<Arc<Value>, StoreError> {
-        if !obj.is_object() {
-            return Err(StoreError::BadRequest(
-                "the request body must be a JSON object".to_string(),
-            ));
-        }
-        let body_ns = meta_str(&obj, "namespace").map(str::to_string);
-        let ns = if r.namespaced {
-            let ns = namespace
-                .filter(|n| !n.is_empty())
-                .map(str::to_string)
-                .or(body_ns.clone().filter(|n| !n.is_empty()))
-                .unwrap_or_else(|| "default".to_string());
-            if let Some(b) = body_ns.as_deref()
-                && !b.is_empty()
-                && b != ns
-            {
-                return Err(StoreError::BadRequest(
-                    "the namespace of the provided object does not match the namespace sent on the request"
-                        .to_string(),
-                ));
-            }
-            ns
-        } else {
-            String::new()
-        };
-        check_kind(r, &obj)?;
-        let mut st = self.lock();
-        if r.namespaced
-            && st
-                .objects(resource::known::namespace())
-                .is_none_or(|m| !m.contains_key(&(String::new(), ns.clone())))
-        {
-            return Err(StoreError::NotFound {
-                resource: "namespaces".to_string(),
-                name: ns,
-            });
-        }
-        let name = match meta_str(&obj, "name").filter(|n| !n.is_empty()) {
-            Some(n) => n.to_string(),
-            None => match meta_str(&obj, "generateName").filter(|n| !n.is_empty()) {
-                Some(g) => {
-                    let mut candidate = format!("{g}{}", random_suffix(5));
-                    for _ in 0..8 {
-                        let taken = st
-                            .objects(r)
-                            .is_some_and(|m| m.contains_key(&(ns.clone(), candidate.clone())));
-                        if !taken {
-                            break;
-                        }
-                        candidate = format!("{g}{}", random_suffix(5));
-                    }
-                    candidate
-                }
-                None => {
-                    return Err(StoreError::Invalid {
-                        kind: r.kind.to_string(),
-                        name: String::new(),
-                        message: "metadata.name: Required value: name or generateName is required"
-                            .to_string(),
-                    });
-                }
-            },
-        };
-        let dns_label = matches!(r.kind, "Namespace" | "Service");
-        valid_name(&name, dns_label).map_err(|message| StoreError::Invalid {
-            kind: r.kind.to_string(),
-            name: name.clone(),
-            message,
-        })?;
-        let key = (ns.clone(), name.clone());
-        if st.objects(r).is_some_and(|m| m.contains_key(&key)) {
-            return Err(StoreError::AlreadyExists {
-                resource: qualified(r),
-                name,
-            });
-        }
-        let rv = st.resource_version + 1;
-        st.resource_version = rv;
-        if let Some(o) = obj.as_object_mut() {
-            o.insert("apiVersion".to_string(), json!(r.api_version()));
-            o.insert("kind".to_string(), json!(r.kind));
-        }
-        let m = meta_mut(&mut obj);
-        m.insert("name".to_string(), json!(name));
-        if r.namespaced {
-            m.insert("namespace".to_string(), json!(ns));
-        } else {
-            m.remove("namespace");
-        }
-        m.insert("uid".to_string(), json!(new_uid()));
-        m.insert("resourceVersion".to_string(), json!(rv.to_string()));
-        m.insert("creationTimestamp".to_string(), json!(time::now_rfc3339()));
-        m.insert("generation".to_string(), json!(1));
-        m.remove("deletionTimestamp");
-        m.remove("selfLink");
-        let obj = Arc::new(obj);
-        st.objects
-            .entry(key_of(r))
-            .or_default()
-            .insert(key.clone(), obj.clone());
-        self.record(
-            &mut st,
-            event(rv, EventType::Added, r, key, obj.clone(), None),
-        );
-        tracing::debug!(resource = r.plural, namespace = %ns, name = %obj_name(&obj), rv, "created");
-        Ok(obj)
+        self.create_object_with(r, namespace, obj, Commit::Yes)
+    }
+
+    /// [`create_object`](Self::create_object), or with [`Commit::DryRun`] only what it would
+    /// create.
+    pub fn create_object_with(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        obj: Value,
+        commit: Commit,
+    ) -> Result<Arc<Value>, StoreError> {
+        let mut t = self.txn();
+        let out = t.create(r, namespace, obj, commit)?;
+        t.collect_garbage();
+        Ok(out)
     }
 
     /// Replaces an existing object (PUT). A non-empty `metadata.resourceVersion` in `obj` must
@@ -591,11 +487,12 @@ impl Store {
     /// object. An update that changes nothing returns the stored object without a new version.
     pub fn update_object(
         &self,
-        r: &'static ResourceType,
+        r: &Resource,
         namespace: Option<&str>,
         name: &str,
         obj: Value,
     ) -> Result<Arc<Value>, StoreError> {
+        let rr = r.clone();
         self.modify_object(r, namespace, name, move |current| {
             let expected = meta_str(&obj, "resourceVersion")
                 .filter(|s| !s.is_empty())
@@ -603,7 +500,7 @@ impl Store {
             if let Some(expected) = expected
                 && meta_str(current, "resourceVersion") != Some(expected.as_str())
             {
-                return Err(conflict(r, name));
+                return Err(txn::conflict(&rr, name));
             }
             if let Some(n) = meta_str(&obj, "name")
                 && n != name
@@ -627,7 +524,7 @@ impl Store {
     /// write fails with 409 Conflict (the precondition semantics of patches).
     pub fn modify_object<F>(
         &self,
-        r: &'static ResourceType,
+        r: &Resource,
         namespace: Option<&str>,
         name: &str,
         f: F,
@@ -635,182 +532,119 @@ impl Store {
     where
         F: FnOnce(&mut Value) -> Result<(), StoreError>,
     {
-        let ns = Self::check_namespace(r, namespace)?;
-        let key = (ns.clone(), name.to_string());
-        let mut st = self.lock();
-        let Some(old) = st.objects(r).and_then(|m| m.get(&key)).cloned() else {
-            return Err(StoreError::NotFound {
-                resource: qualified(r),
-                name: name.to_string(),
-            });
-        };
-        let old_rv = meta_str(&old, "resourceVersion").unwrap_or("").to_string();
-        let mut new = (*old).clone();
-        f(&mut new)?;
-        if !new.is_object() {
-            return Err(StoreError::BadRequest(
-                "the object must be a JSON object".to_string(),
-            ));
-        }
-        if let Some(rv) = meta_str(&new, "resourceVersion")
-            && !rv.is_empty()
-            && rv != old_rv
-        {
-            return Err(conflict(r, name));
-        }
-        // Identity is the store's, whatever the change said.
-        if let Some(o) = new.as_object_mut() {
-            o.insert("apiVersion".to_string(), json!(r.api_version()));
-            o.insert("kind".to_string(), json!(r.kind));
-        }
-        let generation = meta(&old)
-            .and_then(|m| m.get("generation"))
-            .and_then(Value::as_i64)
-            .unwrap_or(1);
-        let bump = spec_differs(&old, &new);
-        {
-            let m = meta_mut(&mut new);
-            m.insert("name".to_string(), json!(name));
-            if r.namespaced {
-                m.insert("namespace".to_string(), json!(ns));
-            } else {
-                m.remove("namespace");
-            }
-            for field in ["uid", "creationTimestamp"] {
-                match meta(&old).and_then(|om| om.get(field)) {
-                    Some(v) => m.insert(field.to_string(), v.clone()),
-                    None => m.remove(field),
-                };
-            }
-            m.insert(
-                "generation".to_string(),
-                json!(if bump { generation + 1 } else { generation }),
-            );
-            m.insert("resourceVersion".to_string(), json!(old_rv));
-        }
-        if !differs(&old, &new) {
-            return Ok(old);
-        }
-        let rv = st.resource_version + 1;
-        st.resource_version = rv;
-        meta_mut(&mut new).insert("resourceVersion".to_string(), json!(rv.to_string()));
-        let new = Arc::new(new);
-        st.objects
-            .entry(key_of(r))
-            .or_default()
-            .insert(key.clone(), new.clone());
-        self.record(
-            &mut st,
-            event(rv, EventType::Modified, r, key, new.clone(), Some(old)),
-        );
-        Ok(new)
+        self.modify_object_with(r, namespace, name, Commit::Yes, f)
     }
 
-    /// Deletes an object; returns its last state (carrying the deletion's version).
-    /// Deleting a namespace deletes everything in it first.
+    /// [`modify_object`](Self::modify_object) with any error type and optionally dry-run.
+    pub fn modify_object_with<E, F>(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        commit: Commit,
+        f: F,
+    ) -> Result<Arc<Value>, E>
+    where
+        E: From<StoreError>,
+        F: FnOnce(&mut Value) -> Result<(), E>,
+    {
+        let mut t = self.txn();
+        let ns = txn::namespace_of(r, namespace)?;
+        let Some(old) = t.get(&r.storage_key(), &ns, name) else {
+            return Err(txn::not_found(r, name).into());
+        };
+        let mut new = (*old).clone();
+        f(&mut new)?;
+        let out = t.update(r, &ns, name, old, new, commit)?;
+        t.collect_garbage();
+        Ok(out)
+    }
+
+    /// Creates or changes one object under the store lock: `f` gets the stored object (or
+    /// `None`) and returns the object to store. Returns the stored object and whether it was
+    /// created.
+    pub fn upsert_object<E, F>(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        commit: Commit,
+        f: F,
+    ) -> Result<(Arc<Value>, bool), E>
+    where
+        E: From<StoreError>,
+        F: FnOnce(Option<&Value>) -> Result<Value, E>,
+    {
+        let mut t = self.txn();
+        let ns = txn::namespace_of(r, namespace)?;
+        let out = match t.get(&r.storage_key(), &ns, name) {
+            Some(old) => {
+                let new = f(Some(&old))?;
+                (t.update(r, &ns, name, old, new, commit)?, false)
+            }
+            None => {
+                let new = f(None)?;
+                (t.create(r, Some(&ns), new, commit)?, true)
+            }
+        };
+        t.collect_garbage();
+        Ok(out)
+    }
+
+    /// Deletes an object as the `DELETE` verb does: with finalizers (its own, or those the
+    /// propagation policy adds) it is marked for deletion and stays until they are removed;
+    /// otherwise it is removed. Dependents are handled as `options.propagation` says.
+    pub fn delete_object_with(
+        &self,
+        r: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> Result<Deletion, StoreError> {
+        let mut t = self.txn();
+        let ns = txn::namespace_of(r, namespace)?;
+        let out = t.delete(r, &ns, name, options)?;
+        t.collect_garbage();
+        Ok(out)
+    }
+
+    /// Deletes an object (background propagation); returns its last state.
     pub fn delete_object(
         &self,
-        r: &'static ResourceType,
+        r: &Resource,
         namespace: Option<&str>,
         name: &str,
         preconditions: &Preconditions,
     ) -> Result<Arc<Value>, StoreError> {
-        let ns = Self::check_namespace(r, namespace)?;
-        let key = (ns.clone(), name.to_string());
-        let mut st = self.lock();
-        let Some(old) = st.objects(r).and_then(|m| m.get(&key)).cloned() else {
-            return Err(StoreError::NotFound {
-                resource: qualified(r),
-                name: name.to_string(),
-            });
+        let options = DeleteOptions {
+            preconditions: preconditions.clone(),
+            ..DeleteOptions::default()
         };
-        if let Some(uid) = &preconditions.uid
-            && meta_str(&old, "uid") != Some(uid.as_str())
-        {
-            return Err(StoreError::Conflict {
-                resource: qualified(r),
-                name: name.to_string(),
-                message: format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                    meta_str(&old, "uid").unwrap_or("")
-                ),
-            });
-        }
-        if let Some(rv) = &preconditions.resource_version
-            && meta_str(&old, "resourceVersion") != Some(rv.as_str())
-        {
-            return Err(StoreError::Conflict {
-                resource: qualified(r),
-                name: name.to_string(),
-                message: format!(
-                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                    meta_str(&old, "resourceVersion").unwrap_or("")
-                ),
-            });
-        }
-        if r.kind == "Namespace" {
-            let contained: Vec<(&'static ResourceType, ObjectKey)> = resource::RESOURCES
-                .iter()
-                .filter(|t| t.namespaced)
-                .flat_map(|t| {
-                    st.objects(t)
-                        .into_iter()
-                        .flat_map(|m| m.keys())
-                        .filter(|k| k.0 == name)
-                        .map(move |k| (t, k.clone()))
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            for (t, k) in contained {
-                Self::remove_locked(self, &mut st, t, k);
-            }
-        }
-        Ok(Self::remove_locked(self, &mut st, r, key).unwrap_or(old))
-    }
-
-    fn remove_locked(
-        &self,
-        st: &mut State,
-        r: &'static ResourceType,
-        key: ObjectKey,
-    ) -> Option<Arc<Value>> {
-        let old = st.objects.get_mut(&key_of(r))?.remove(&key)?;
-        let rv = st.resource_version + 1;
-        st.resource_version = rv;
-        let mut last = (*old).clone();
-        let m = meta_mut(&mut last);
-        m.insert("resourceVersion".to_string(), json!(rv.to_string()));
-        let last = Arc::new(last);
-        self.record(
-            st,
-            event(rv, EventType::Deleted, r, key, last.clone(), Some(old)),
-        );
-        Some(last)
+        Ok(self
+            .delete_object_with(r, namespace, name, &options)?
+            .object)
     }
 
     /// The stored object, if any.
     pub fn get_object(
         &self,
-        r: &'static ResourceType,
+        r: &Resource,
         namespace: Option<&str>,
         name: &str,
     ) -> Result<Arc<Value>, StoreError> {
-        let ns = Self::check_namespace(r, namespace)?;
+        let ns = txn::namespace_of(r, namespace)?;
         self.lock()
-            .objects(r)
+            .objects(&r.storage_key())
             .and_then(|m| m.get(&(ns, name.to_string())))
             .cloned()
-            .ok_or_else(|| StoreError::NotFound {
-                resource: qualified(r),
-                name: name.to_string(),
-            })
+            .ok_or_else(|| txn::not_found(r, name))
     }
 
     /// Lists objects of `r` in `namespace` (`None` = all namespaces) matching `selectors`,
     /// one page at a time. Pages after the first reflect the same version as the first.
     pub fn list_objects(
         &self,
-        r: &'static ResourceType,
+        r: &Resource,
         namespace: Option<&str>,
         selectors: &Selectors,
         opts: &ListOptions,
@@ -891,14 +725,14 @@ impl Store {
     /// [`StoreError::Expired`] when `start` is older than the retained history.
     pub fn watch_objects(
         &self,
-        r: &'static ResourceType,
+        r: &Resource,
         start: WatchStart,
     ) -> Result<Subscription, StoreError> {
         let st = self.lock();
         let receiver = self.inner.events.subscribe();
         let initial = match start {
             WatchStart::Snapshot => st
-                .objects(r)
+                .objects(&r.storage_key())
                 .into_iter()
                 .flat_map(|m| m.iter())
                 .map(|((ns, name), obj)| {
@@ -907,7 +741,7 @@ impl Store {
                             .and_then(|s| s.parse().ok())
                             .unwrap_or(0),
                         event_type: EventType::Added,
-                        resource: r,
+                        resource: r.clone(),
                         namespace: ns.clone(),
                         name: name.clone(),
                         object: obj.clone(),
@@ -924,7 +758,7 @@ impl Store {
                 }
                 st.history
                     .iter()
-                    .filter(|e| e.resource_version > rv && std::ptr::eq(e.resource, r))
+                    .filter(|e| e.resource_version > rv && e.is_of(r))
                     .cloned()
                     .collect()
             }
@@ -943,70 +777,59 @@ impl Store {
 
     // ----- convenience API keyed by apiVersion/kind, for tests and generators -----
 
-    fn resource_of(obj: &Value) -> Result<&'static ResourceType, StoreError> {
+    fn resource_of(&self, obj: &Value) -> Result<Resource, StoreError> {
         let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
         let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
-        resource::by_kind(api_version, kind).ok_or_else(|| {
-            StoreError::BadRequest(format!(
-                "no resource type for apiVersion {api_version:?} kind {kind:?}"
-            ))
-        })
+        self.resource_named(api_version, kind)
     }
 
-    fn resource_named(api_version: &str, kind: &str) -> Result<&'static ResourceType, StoreError> {
-        resource::by_kind(api_version, kind).ok_or_else(|| {
-            StoreError::BadRequest(format!(
-                "no resource type for apiVersion {api_version:?} kind {kind:?}"
-            ))
-        })
+    fn resource_named(&self, api_version: &str, kind: &str) -> Result<Resource, StoreError> {
+        self.lock()
+            .registry
+            .by_kind(api_version, kind)
+            .ok_or_else(|| {
+                StoreError::BadRequest(format!(
+                    "no resource type for apiVersion {api_version:?} kind {kind:?}"
+                ))
+            })
     }
 
     /// Creates `obj` (its `apiVersion`, `kind` and `metadata.namespace` say where).
     pub fn create(&self, obj: Value) -> Result<Value, StoreError> {
-        let r = Self::resource_of(&obj)?;
+        let r = self.resource_of(&obj)?;
         let ns = meta_str(&obj, "namespace").map(str::to_string);
-        Ok((*self.create_object(r, ns.as_deref(), obj)?).clone())
+        Ok((*self.create_object(&r, ns.as_deref(), obj)?).clone())
     }
 
-    /// Creates `obj`, or merges it into the existing object of the same name (the semantics of
-    /// server-side apply, without field ownership).
-    pub fn apply(&self, obj: Value) -> Result<Value, StoreError> {
-        let r = Self::resource_of(&obj)?;
+    /// Server-side applies `obj` for field manager `manager` (creating it if absent), as
+    /// `PATCH` with `application/apply-patch+yaml` does.
+    pub fn apply(&self, obj: Value, manager: &str, force: bool) -> Result<Value, ApiError> {
+        let r = self.resource_of(&obj)?;
         let ns = meta_str(&obj, "namespace").map(str::to_string);
-        let ns = if r.namespaced {
-            Some(ns.unwrap_or_else(|| "default".to_string()))
-        } else {
-            None
-        };
+        let ns = r
+            .namespaced
+            .then(|| ns.unwrap_or_else(|| "default".to_string()));
         let name = meta_str(&obj, "name")
             .ok_or_else(|| StoreError::Invalid {
-                kind: r.kind.to_string(),
+                kind: r.qualified_kind(),
                 name: String::new(),
-                message: "metadata.name: Required value".to_string(),
+                errors: vec!["metadata.name: Required value: name is required".to_string()],
             })?
             .to_string();
-        match self.modify_object(r, ns.as_deref(), &name, |cur| {
-            let mut applied = obj.clone();
-            if let Some(m) = applied.get_mut("metadata").and_then(Value::as_object_mut) {
-                m.remove("resourceVersion");
-            }
-            super::patch::apply_merge(cur, &applied);
-            Ok(())
-        }) {
-            Ok(v) => Ok((*v).clone()),
-            Err(StoreError::NotFound { .. }) => {
-                Ok((*self.create_object(r, ns.as_deref(), obj)?).clone())
-            }
-            Err(e) => Err(e),
-        }
+        let fm = FieldManager::new(&r, Target::Main);
+        let now = time::now_rfc3339();
+        let (v, _) = self.upsert_object(&r, ns.as_deref(), &name, Commit::Yes, |live| {
+            fm.apply(live, &obj, manager, force, &now)
+        })?;
+        Ok((*v).clone())
     }
 
     /// Replaces the stored object of the same name with `obj` (checking `resourceVersion` if set).
     pub fn replace(&self, obj: Value) -> Result<Value, StoreError> {
-        let r = Self::resource_of(&obj)?;
+        let r = self.resource_of(&obj)?;
         let ns = meta_str(&obj, "namespace").map(str::to_string);
         let name = meta_str(&obj, "name").unwrap_or("").to_string();
-        Ok((*self.update_object(r, ns.as_deref(), &name, obj)?).clone())
+        Ok((*self.update_object(&r, ns.as_deref(), &name, obj)?).clone())
     }
 
     /// The object of this `apiVersion`/`kind` (e.g. `"v1"`, `"Pod"`), if it exists.
@@ -1017,23 +840,29 @@ impl Store {
         namespace: Option<&str>,
         name: &str,
     ) -> Option<Value> {
-        let r = Self::resource_named(api_version, kind).ok()?;
-        self.get_object(r, namespace, name)
+        let r = self.resource_named(api_version, kind).ok()?;
+        self.get_object(&r, namespace, name)
             .ok()
             .map(|v| (*v).clone())
     }
 
     /// All objects of this `apiVersion`/`kind` in `namespace` (`None` = all), sorted.
     pub fn list(&self, api_version: &str, kind: &str, namespace: Option<&str>) -> Vec<Value> {
-        let Ok(r) = Self::resource_named(api_version, kind) else {
+        let Ok(r) = self.resource_named(api_version, kind) else {
             return Vec::new();
         };
-        self.list_objects(r, namespace, &Selectors::default(), &ListOptions::default())
-            .map(|p| p.items.into_iter().map(|v| (*v).clone()).collect())
-            .unwrap_or_default()
+        self.list_objects(
+            &r,
+            namespace,
+            &Selectors::default(),
+            &ListOptions::default(),
+        )
+        .map(|p| p.items.into_iter().map(|v| (*v).clone()).collect())
+        .unwrap_or_default()
     }
 
-    /// Deletes the object of this `apiVersion`/`kind`; returns its last state.
+    /// Deletes the object of this `apiVersion`/`kind` (background propagation); returns its
+    /// last state (still present if finalizers hold it).
     pub fn delete(
         &self,
         api_version: &str,
@@ -1041,8 +870,8 @@ impl Store {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<Value, StoreError> {
-        let r = Self::resource_named(api_version, kind)?;
-        Ok((*self.delete_object(r, namespace, name, &Preconditions::default())?).clone())
+        let r = self.resource_named(api_version, kind)?;
+        Ok((*self.delete_object(&r, namespace, name, &Preconditions::default())?).clone())
     }
 
     /// Changes the object of this `apiVersion`/`kind` with `f` (read-modify-write).
@@ -1054,71 +883,12 @@ impl Store {
         name: &str,
         f: impl FnOnce(&mut Value),
     ) -> Result<Value, StoreError> {
-        let r = Self::resource_named(api_version, kind)?;
-        let v = self.modify_object(r, namespace, name, |o| {
+        let r = self.resource_named(api_version, kind)?;
+        let v = self.modify_object(&r, namespace, name, |o| {
             f(o);
             Ok(())
         })?;
         Ok((*v).clone())
-    }
-}
-
-fn event(
-    resource_version: u64,
-    event_type: EventType,
-    resource: &'static ResourceType,
-    key: ObjectKey,
-    object: Arc<Value>,
-    previous: Option<Arc<Value>>,
-) -> StoreEvent {
-    StoreEvent {
-        resource_version,
-        event_type,
-        resource,
-        namespace: key.0,
-        name: key.1,
-        object,
-        previous,
-    }
-}
-
-fn obj_name(v: &Value) -> &str {
-    meta_str(v, "name").unwrap_or("")
-}
-
-fn conflict(r: &ResourceType, name: &str) -> StoreError {
-    StoreError::Conflict {
-        resource: qualified(r),
-        name: name.to_string(),
-        message: "the object has been modified; please apply your changes to the latest version and try again".to_string(),
-    }
-}
-
-fn check_kind(r: &ResourceType, obj: &Value) -> Result<(), StoreError> {
-    let api_version = obj.get("apiVersion").and_then(Value::as_str);
-    let kind = obj.get("kind").and_then(Value::as_str);
-    if let (Some(a), Some(k)) = (api_version, kind)
-        && !r.matches(a, k)
-    {
-        return Err(StoreError::BadRequest(format!(
-            "the API version in the data ({a}) does not match the expected API version ({})",
-            r.api_version()
-        ))
-        .with_kind_hint(k, r));
-    }
-    Ok(())
-}
-
-impl StoreError {
-    fn with_kind_hint(self, kind: &str, r: &ResourceType) -> Self {
-        if kind != r.kind {
-            StoreError::BadRequest(format!(
-                "the kind in the data ({kind}) does not match the expected kind ({})",
-                r.kind
-            ))
-        } else {
-            self
-        }
     }
 }
 
@@ -1128,6 +898,7 @@ mod tests {
     use crate::resource::known;
     use crate::selector::LabelSelector;
     use proptest::prelude::*;
+    use serde_json::json;
 
     fn store(history: usize) -> Store {
         let s = Store::new(StoreConfig {
@@ -1162,7 +933,10 @@ mod tests {
         assert_eq!(o["kind"], "ConfigMap");
         assert_eq!(o["apiVersion"], "v1");
         assert_eq!(rv(&o), before + 1);
-        assert_eq!(o["metadata"]["generation"], 1);
+        assert!(
+            o["metadata"].get("generation").is_none(),
+            "config maps track no generation"
+        );
         assert!(o["metadata"]["uid"].as_str().is_some_and(|u| u.len() == 36));
         assert!(o["metadata"]["creationTimestamp"].as_str().is_some());
         assert!(matches!(
@@ -1203,7 +977,6 @@ mod tests {
         let updated = s.replace(stale.clone()).unwrap_or_else(|e| panic!("{e}"));
         assert!(rv(&updated) > rv(&o));
         assert_eq!(updated["metadata"]["uid"], o["metadata"]["uid"]);
-        assert_eq!(updated["metadata"]["generation"], 2);
         stale["data"]["k"] = json!("v3");
         assert!(matches!(s.replace(stale), Err(StoreError::Conflict { .. })));
         // A no-op update keeps the version.
@@ -1212,17 +985,67 @@ mod tests {
     }
 
     #[test]
-    fn apply_creates_then_merges() {
+    fn generation_counts_spec_changes() {
+        let s = store(100);
+        let d = s
+            .create(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                           "metadata": {"name": "d", "namespace": "default"}, "spec": {"replicas": 1}}))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(d["metadata"]["generation"], 1);
+        let d = s
+            .modify("apps/v1", "Deployment", Some("default"), "d", |d| {
+                d["metadata"]["labels"] = json!({"a": "b"});
+                d["status"] = json!({"replicas": 1});
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            d["metadata"]["generation"], 1,
+            "metadata and status do not count"
+        );
+        let d = s
+            .modify("apps/v1", "Deployment", Some("default"), "d", |d| {
+                d["spec"]["replicas"] = json!(2);
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(d["metadata"]["generation"], 2);
+    }
+
+    #[test]
+    fn apply_creates_then_merges_by_owner() {
         let s = store(100);
         let a = s
-            .apply(cm("a", json!({"x": "1"})))
+            .apply(cm("a", json!({"x": "1"})), "first", false)
             .unwrap_or_else(|e| panic!("{e}"));
         let b = s
-            .apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
-                          "metadata": {"name": "a", "namespace": "default", "labels": {"y": "2"}}}))
+            .apply(
+                json!({"apiVersion": "v1", "kind": "ConfigMap",
+                       "metadata": {"name": "a", "namespace": "default", "labels": {"y": "2"}}}),
+                "second",
+                false,
+            )
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(b["metadata"]["labels"], json!({"x": "1", "y": "2"}));
         assert_eq!(b["data"], a["data"]);
+        // The first manager stops applying its label and data: they go, the second's stays.
+        let c = s
+            .apply(
+                json!({"apiVersion": "v1", "kind": "ConfigMap",
+                       "metadata": {"name": "a", "namespace": "default"}}),
+                "first",
+                false,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c["metadata"]["labels"], json!({"y": "2"}));
+        assert!(c.get("data").is_none(), "{c}");
+        let again = s
+            .apply(
+                json!({"apiVersion": "v1", "kind": "ConfigMap",
+                       "metadata": {"name": "a", "namespace": "default"}}),
+                "first",
+                false,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rv(&again), rv(&c), "an unchanged apply keeps the version");
     }
 
     #[test]
@@ -1239,7 +1062,7 @@ mod tests {
             ..Default::default()
         };
         let p1 = s
-            .list_objects(r, Some("default"), &Selectors::default(), &opts(None))
+            .list_objects(&r, Some("default"), &Selectors::default(), &opts(None))
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(p1.items.len(), 4);
         assert_eq!(p1.remaining, Some(6));
@@ -1254,7 +1077,7 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         let p2 = s
             .list_objects(
-                r,
+                &r,
                 Some("default"),
                 &Selectors::default(),
                 &opts(p1.continue_token.clone()),
@@ -1262,7 +1085,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let p3 = s
             .list_objects(
-                r,
+                &r,
                 Some("default"),
                 &Selectors::default(),
                 &opts(p2.continue_token.clone()),
@@ -1292,7 +1115,7 @@ mod tests {
         let r = known::configmap();
         let page = s
             .list_objects(
-                r,
+                &r,
                 None,
                 &Selectors::default(),
                 &ListOptions {
@@ -1302,7 +1125,7 @@ mod tests {
             )
             .unwrap_or_else(|e| panic!("{e}"));
         let first_rv = page.resource_version;
-        assert!(s.watch_objects(r, WatchStart::After(first_rv)).is_ok());
+        assert!(s.watch_objects(&r, WatchStart::After(first_rv)).is_ok());
         for i in 0..10 {
             s.modify("v1", "ConfigMap", Some("default"), "c0", |o| {
                 o["data"]["n"] = json!(i)
@@ -1311,7 +1134,7 @@ mod tests {
         }
         assert!(matches!(
             s.list_objects(
-                r,
+                &r,
                 None,
                 &Selectors::default(),
                 &ListOptions {
@@ -1323,17 +1146,17 @@ mod tests {
             Err(StoreError::Expired(_))
         ));
         assert!(matches!(
-            s.watch_objects(r, WatchStart::After(first_rv)),
+            s.watch_objects(&r, WatchStart::After(first_rv)),
             Err(StoreError::Expired(_))
         ));
         let recent = s.resource_version() - 2;
         let sub = s
-            .watch_objects(r, WatchStart::After(recent))
+            .watch_objects(&r, WatchStart::After(recent))
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(sub.initial.len(), 2);
         assert!(matches!(
             s.list_objects(
-                r,
+                &r,
                 None,
                 &Selectors::default(),
                 &ListOptions {
@@ -1352,7 +1175,7 @@ mod tests {
         s.create(cm("a", json!({})))
             .unwrap_or_else(|e| panic!("{e}"));
         let mut sub = s
-            .watch_objects(known::configmap(), WatchStart::After(start))
+            .watch_objects(&known::configmap(), WatchStart::After(start))
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(sub.initial.len(), 1);
         assert_eq!(sub.initial[0].event_type, EventType::Added);
@@ -1390,12 +1213,12 @@ mod tests {
                 ..Default::default()
             };
             let r = known::configmap();
-            let full = s.list_objects(r, None, &selectors, &ListOptions::default())
+            let full = s.list_objects(&r, None, &selectors, &ListOptions::default())
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             let mut got = Vec::new();
             let mut token = None;
             for _ in 0..=n {
-                let p = s.list_objects(r, None, &selectors, &ListOptions { limit: Some(page), continue_token: token.clone(), ..Default::default() })
+                let p = s.list_objects(&r, None, &selectors, &ListOptions { limit: Some(page), continue_token: token.clone(), ..Default::default() })
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert!(p.items.len() <= page);
                 got.extend(p.items);
