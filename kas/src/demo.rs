@@ -406,7 +406,7 @@ fn add_prometheus_service(apiserver: &RunningApiServer, addr: SocketAddr) {
             "selector": {"app": "prometheus"}
         }
     });
-    if let Err(e) = store.apply(svc) {
+    if let Err(e) = store.apply(svc, "kas-demo", true) {
         tracing::warn!(error = %e, "could not create the demo prometheus service");
     }
 }

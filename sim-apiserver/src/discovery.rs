@@ -2,13 +2,14 @@
 //! generated from the resource registry (so custom resources appear as soon as their
 //! definition is stored).
 //!
-//! Only the legacy (unaggregated) forms are served. When kubectl asks for aggregated discovery
-//! (`as=APIGroupDiscoveryList`) it gets these with `Content-Type: application/json` and falls
-//! back to the legacy protocol, as it does with older servers.
+//! Both forms are served: the legacy documents, and aggregated discovery
+//! (`apidiscovery.k8s.io` `v2` and `v2beta1` `APIGroupDiscoveryList` at `/api` and `/apis`,
+//! chosen by the `Accept` header), which kubectl 1.32 and `kube`'s
+//! `Discovery::run_aggregated` ask for first.
 
 use serde_json::{Value, json};
 
-use super::resource::{Registry, VERBS};
+use super::resource::{Registry, ResourceType, VERBS};
 
 /// The Kubernetes version the simulator claims to be.
 pub const GIT_VERSION: &str = "v1.32.0-simulated";
@@ -70,6 +71,112 @@ pub fn group_list(registry: &Registry) -> Value {
         })
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+/// The aggregated-discovery version a client accepts (`v2` preferred, then `v2beta1`), from
+/// its `Accept` header values.
+pub fn aggregated_version<'a>(accept: impl Iterator<Item = &'a str>) -> Option<&'static str> {
+    let mut best = None;
+    for v in accept.flat_map(|h| h.split(',')) {
+        let params: Vec<&str> = v.split(';').map(str::trim).collect();
+        let has = |p: &str| params.contains(&p);
+        if !has("g=apidiscovery.k8s.io") || !has("as=APIGroupDiscoveryList") {
+            continue;
+        }
+        if has("v=v2") {
+            return Some("v2");
+        }
+        if has("v=v2beta1") {
+            best = Some("v2beta1");
+        }
+    }
+    best
+}
+
+/// The content type of an aggregated discovery document of `version`.
+pub fn aggregated_content_type(version: &str) -> &'static str {
+    match version {
+        "v2beta1" => "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList",
+        _ => "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList",
+    }
+}
+
+fn resource_discovery(r: &ResourceType) -> Value {
+    let kind = |group: &str, version: &str, kind: &str| json!({"group": group, "version": version, "kind": kind});
+    let mut subresources = Vec::new();
+    if r.has_status {
+        subresources.push(json!({
+            "subresource": "status",
+            "responseKind": kind(&r.group, &r.version, &r.kind),
+            "verbs": ["get", "patch", "update"],
+        }));
+    }
+    if r.has_scale {
+        subresources.push(json!({
+            "subresource": "scale",
+            "responseKind": kind("autoscaling", "v1", "Scale"),
+            "verbs": ["get", "patch", "update"],
+        }));
+    }
+    if r.kind == "Pod" && r.group.is_empty() {
+        subresources.push(json!({
+            "subresource": "log",
+            "responseKind": kind("", "v1", "Pod"),
+            "verbs": ["get"],
+        }));
+    }
+    let mut entry = json!({
+        "resource": r.plural,
+        "responseKind": kind(&r.group, &r.version, &r.kind),
+        "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+        "singularResource": r.singular,
+        "verbs": VERBS,
+    });
+    if let Some(o) = entry.as_object_mut() {
+        if !r.short_names.is_empty() {
+            o.insert("shortNames".to_string(), json!(r.short_names));
+        }
+        if !r.categories.is_empty() {
+            o.insert("categories".to_string(), json!(r.categories));
+        }
+        if !subresources.is_empty() {
+            o.insert("subresources".to_string(), json!(subresources));
+        }
+    }
+    entry
+}
+
+/// The aggregated discovery document (`APIGroupDiscoveryList` of `version`) of the core group
+/// (`/api`, `core = true`) or of the named groups (`/apis`).
+pub fn aggregated(registry: &Registry, core: bool, version: &str) -> Value {
+    let groups: Vec<(String, Vec<String>)> = if core {
+        vec![(String::new(), vec!["v1".to_string()])]
+    } else {
+        registry.groups()
+    };
+    let items: Vec<Value> = groups
+        .iter()
+        .map(|(g, versions)| {
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(|v| {
+                    let resources: Vec<Value> = registry
+                        .in_group_version(g, v)
+                        .iter()
+                        .map(|r| resource_discovery(r))
+                        .collect();
+                    json!({"version": v, "resources": resources, "freshness": "Current"})
+                })
+                .collect();
+            json!({"metadata": {"name": g, "creationTimestamp": null}, "versions": versions})
+        })
+        .collect();
+    json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": format!("apidiscovery.k8s.io/{version}"),
+        "metadata": {},
+        "items": items,
+    })
 }
 
 /// `/api/v1` or `/apis/{group}/{version}` (`None` if unknown).
@@ -187,5 +294,38 @@ mod tests {
             assert!(groups.iter().any(|x| x == g), "{g} missing from {groups:?}");
         }
         assert!(group(&reg, "example.com").is_none());
+    }
+
+    #[test]
+    fn aggregated_documents() {
+        let reg = Registry::builtin();
+        let accept = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(aggregated_version([accept].into_iter()), Some("v2"));
+        assert_eq!(
+            aggregated_version(
+                ["application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList"]
+                    .into_iter()
+            ),
+            Some("v2beta1")
+        );
+        assert_eq!(aggregated_version(["application/json"].into_iter()), None);
+        let core = aggregated(&reg, true, "v2");
+        assert_eq!(core["apiVersion"], "apidiscovery.k8s.io/v2");
+        assert_eq!(core["items"][0]["metadata"]["name"], "");
+        let pods = core["items"][0]["versions"][0]["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["resource"] == "pods")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(pods["scope"], "Namespaced");
+        assert_eq!(pods["responseKind"]["kind"], "Pod");
+        assert_eq!(pods["subresources"][0]["subresource"], "status");
+        let apis = aggregated(&reg, false, "v2");
+        assert_eq!(apis["items"][0]["metadata"]["name"], "apps");
+        let deploy = &apis["items"][0]["versions"][0]["resources"][0];
+        assert_eq!(deploy["resource"], "deployments");
+        assert_eq!(deploy["subresources"][1]["responseKind"]["kind"], "Scale");
     }
 }

@@ -133,7 +133,7 @@ pub(crate) fn decode_object(bytes: &[u8], content_type: &str) -> Result<Value, A
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UnsupportedMediaType",
             format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, and application/vnd.kubernetes.protobuf for Namespace, ConfigMap, Secret and Deployment (got {base:?}); use `kubectl create -f` or `kubectl apply -f` for other kinds"
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, and application/vnd.kubernetes.protobuf for Namespace, ConfigMap, Secret, Deployment, ServiceAccount and RBAC roles and bindings (got {base:?}); use `kubectl create -f` or `kubectl apply -f` for other kinds"
             ),
         )
     };
@@ -212,8 +212,23 @@ where
             Ok(body::text(StatusCode::OK, "ok"))
         }
         Route::Version => read_only(Some(discovery::version())),
-        Route::CoreVersions => read_only(Some(discovery::core_versions(&ctx.server_address))),
-        Route::GroupList => read_only(Some(discovery::group_list(&registry))),
+        Route::CoreVersions | Route::GroupList => {
+            let core = route == Route::CoreVersions;
+            let accept = parts
+                .headers
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok());
+            match discovery::aggregated_version(accept) {
+                Some(v) if method == Method::GET || method == Method::HEAD => Ok(body::json_typed(
+                    StatusCode::OK,
+                    &discovery::aggregated(&registry, core, v),
+                    discovery::aggregated_content_type(v),
+                )),
+                _ if core => read_only(Some(discovery::core_versions(&ctx.server_address))),
+                _ => read_only(Some(discovery::group_list(&registry))),
+            }
+        }
         Route::Group(g) => read_only(discovery::group(&registry, &g)),
         Route::ResourceList { group, version } => {
             read_only(discovery::resource_list(&registry, &group, &version))

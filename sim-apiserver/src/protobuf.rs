@@ -1,5 +1,6 @@
-//! Decoding the Kubernetes protobuf request encoding for the few kinds kubectl's typed
-//! commands send that way (`kubectl create namespace|configmap|secret|deployment`).
+//! Decoding the Kubernetes protobuf request encoding for the kinds kubectl's typed commands send
+//! that way (`kubectl create namespace|configmap|secret|deployment|serviceaccount|role|
+//! clusterrole|rolebinding|clusterrolebinding`).
 //!
 //! The envelope is the magic `k8s\0` followed by a `runtime.Unknown` message (type meta, raw
 //! bytes of the object). Objects are decoded with hand-written field tables into the same JSON
@@ -345,6 +346,97 @@ fn deployment(buf: &[u8]) -> Result<Value, ProtobufError> {
     Ok(o)
 }
 
+/// Strings of repeated string fields, by field number, into `obj[name]`.
+fn strings_into(obj: &mut Value, names: &[(u64, &str)], buf: &[u8]) -> Result<(), ProtobufError> {
+    for (n, f) in fields(buf)? {
+        if let (Some((_, name)), Field::Bytes(b)) = (names.iter().find(|(k, _)| *k == n), f) {
+            let s = json!(string(b)?);
+            match obj.get_mut(*name).and_then(Value::as_array_mut) {
+                Some(a) => a.push(s),
+                None => obj[*name] = json!([s]),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Scalar string fields, by field number, into `obj[name]`.
+fn string_fields(names: &[(u64, &str)], buf: &[u8]) -> Result<Value, ProtobufError> {
+    let mut o = json!({});
+    for (n, f) in fields(buf)? {
+        if let (Some((_, name)), Field::Bytes(b)) = (names.iter().find(|(k, _)| *k == n), f)
+            && !b.is_empty()
+        {
+            o[*name] = json!(string(b)?);
+        }
+    }
+    Ok(o)
+}
+
+fn service_account(buf: &[u8]) -> Result<Value, ProtobufError> {
+    let mut o = json!({"apiVersion": "v1", "kind": "ServiceAccount"});
+    for (n, f) in fields(buf)? {
+        match (n, f) {
+            (1, Field::Bytes(b)) => o["metadata"] = object_meta(b)?,
+            (4, Field::Varint(v)) => o["automountServiceAccountToken"] = json!(v != 0),
+            _ => {}
+        }
+    }
+    Ok(o)
+}
+
+/// `Role` and `ClusterRole`: metadata and policy rules.
+fn role(kind: &str, buf: &[u8]) -> Result<Value, ProtobufError> {
+    let mut o = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "rules": []});
+    for (n, f) in fields(buf)? {
+        match (n, f) {
+            (1, Field::Bytes(b)) => o["metadata"] = object_meta(b)?,
+            (2, Field::Bytes(b)) => {
+                let mut rule = json!({});
+                strings_into(
+                    &mut rule,
+                    &[
+                        (1, "verbs"),
+                        (2, "apiGroups"),
+                        (3, "resources"),
+                        (4, "resourceNames"),
+                        (5, "nonResourceURLs"),
+                    ],
+                    b,
+                )?;
+                if let Some(rules) = o["rules"].as_array_mut() {
+                    rules.push(rule);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(o)
+}
+
+/// `RoleBinding` and `ClusterRoleBinding`: metadata, subjects and the role reference.
+fn role_binding(kind: &str, buf: &[u8]) -> Result<Value, ProtobufError> {
+    let mut o = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind});
+    let mut subjects = Vec::new();
+    for (n, f) in fields(buf)? {
+        match (n, f) {
+            (1, Field::Bytes(b)) => o["metadata"] = object_meta(b)?,
+            (2, Field::Bytes(b)) => subjects.push(string_fields(
+                &[(1, "kind"), (2, "apiGroup"), (3, "name"), (4, "namespace")],
+                b,
+            )?),
+            (3, Field::Bytes(b)) => {
+                o["roleRef"] = string_fields(&[(1, "apiGroup"), (2, "kind"), (3, "name")], b)?;
+            }
+            _ => {}
+        }
+    }
+    if !subjects.is_empty() {
+        o["subjects"] = Value::Array(subjects);
+    }
+    Ok(o)
+}
+
 /// Decodes a `k8s\0`-prefixed protobuf body into a JSON object. Returns `Ok(None)` for kinds
 /// this decoder does not know.
 pub fn decode(body: &[u8]) -> Result<Option<Value>, ProtobufError> {
@@ -375,6 +467,11 @@ pub fn decode(body: &[u8]) -> Result<Option<Value>, ProtobufError> {
         ("v1", "ConfigMap") => configmap(raw)?,
         ("v1", "Secret") => secret(raw)?,
         ("apps/v1", "Deployment") => deployment(raw)?,
+        ("v1", "ServiceAccount") => service_account(raw)?,
+        ("rbac.authorization.k8s.io/v1", k @ ("Role" | "ClusterRole")) => role(k, raw)?,
+        ("rbac.authorization.k8s.io/v1", k @ ("RoleBinding" | "ClusterRoleBinding")) => {
+            role_binding(k, raw)?
+        }
         _ => return Ok(None),
     };
     Ok(Some(obj))
@@ -455,6 +552,60 @@ mod tests {
         assert_eq!(decode(&envelope("batch/v1", "Job", b"")), Ok(None));
         assert!(decode(b"not protobuf").is_err());
         assert!(decode(b"k8s\0\x0a\xff").is_err());
+    }
+
+    #[test]
+    fn rbac_kinds() {
+        let mut meta = Vec::new();
+        bytes_field(1, b"reader", &mut meta);
+        let mut rule = Vec::new();
+        bytes_field(1, b"get", &mut rule);
+        bytes_field(1, b"list", &mut rule);
+        bytes_field(2, b"", &mut rule);
+        bytes_field(3, b"pods", &mut rule);
+        let mut role = Vec::new();
+        bytes_field(1, &meta, &mut role);
+        bytes_field(2, &rule, &mut role);
+        let r = decode(&envelope("rbac.authorization.k8s.io/v1", "Role", &role))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_default();
+        assert_eq!(
+            r["rules"],
+            json!([{"verbs": ["get", "list"], "apiGroups": [""], "resources": ["pods"]}])
+        );
+        let mut subject = Vec::new();
+        bytes_field(1, b"User", &mut subject);
+        bytes_field(2, b"rbac.authorization.k8s.io", &mut subject);
+        bytes_field(3, b"ann", &mut subject);
+        let mut role_ref = Vec::new();
+        bytes_field(1, b"rbac.authorization.k8s.io", &mut role_ref);
+        bytes_field(2, b"ClusterRole", &mut role_ref);
+        bytes_field(3, b"view", &mut role_ref);
+        let mut binding = Vec::new();
+        bytes_field(1, &meta, &mut binding);
+        bytes_field(2, &subject, &mut binding);
+        bytes_field(3, &role_ref, &mut binding);
+        let b = decode(&envelope(
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRoleBinding",
+            &binding,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_default();
+        assert_eq!(b["metadata"]["name"], "reader");
+        assert_eq!(
+            b["subjects"],
+            json!([{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "ann"}])
+        );
+        assert_eq!(b["roleRef"]["name"], "view");
+        let sa = decode(&envelope("v1", "ServiceAccount", &{
+            let mut s = Vec::new();
+            bytes_field(1, &meta, &mut s);
+            s
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_default();
+        assert_eq!(sa["kind"], "ServiceAccount");
     }
 
     #[test]

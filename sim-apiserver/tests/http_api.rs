@@ -164,6 +164,36 @@ fn discovery_documents() {
     );
     assert_eq!(get(a, "/openapi/v2").status, 200);
     assert_eq!(get(a, "/openapi/v1").status, 404);
+
+    // Aggregated discovery, as kubectl 1.32 asks for it first.
+    let accept = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+    let agg = request(a, "GET", "/apis", &[("Accept", accept)], b"");
+    assert_eq!(agg.status, 200);
+    assert_eq!(
+        agg.header("content-type"),
+        Some("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList")
+    );
+    let agg = agg.json();
+    assert_eq!(agg["kind"], "APIGroupDiscoveryList");
+    assert_eq!(agg["items"][0]["metadata"]["name"], "apps");
+    assert_eq!(
+        agg["items"][0]["versions"][0]["resources"][0]["resource"],
+        "deployments"
+    );
+    let core = request(a, "GET", "/api", &[("Accept", accept)], b"").json();
+    assert_eq!(core["items"][0]["versions"][0]["version"], "v1");
+    let legacy = request(a, "GET", "/api", &[("Accept", "application/json")], b"").json();
+    assert_eq!(legacy["kind"], "APIVersions");
+
+    // Unknown groups, versions and resources are the real 404 Status.
+    for path in ["/apis/example.com/v1/widgets", "/apis/example.com", "/api/v1/widgets"] {
+        let r = get(a, path);
+        assert_status(&r, 404, "NotFound");
+        assert_eq!(
+            r.json()["message"],
+            "the server could not find the requested resource"
+        );
+    }
     assert_eq!(get(a, "/healthz").status, 200);
 }
 

@@ -721,8 +721,29 @@ async fn custom_resources_through_discovery() {
     )
     .await
     .expect("apply the definition");
+    let aggregated = Discovery::new(c.clone())
+        .run_aggregated()
+        .await
+        .expect("aggregated discovery");
+    let (ar, caps) = aggregated.resolve_gvk(&gvk).expect("Widget is served");
+    assert_eq!(ar.plural, "widgets");
+    assert!(
+        aggregated
+            .resolve_gvk(&GroupVersionKind::gvk("apps", "v1", "Deployment"))
+            .is_some()
+    );
+    assert!(
+        aggregated
+            .resolve_gvk(&GroupVersionKind::gvk("", "v1", "Pod"))
+            .is_some()
+    );
     let discovery = Discovery::new(c.clone()).run().await.expect("discovery");
-    let (ar, caps) = discovery.resolve_gvk(&gvk).expect("Widget is served");
+    let (ar, caps) = {
+        let legacy = discovery.resolve_gvk(&gvk).expect("Widget is served");
+        assert_eq!(legacy.0, ar);
+        assert_eq!(legacy.1.scope, caps.scope);
+        legacy
+    };
     assert_eq!(ar.plural, "widgets");
     assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
     let widgets: Api<DynamicObject> = Api::namespaced_with(c.clone(), "default", &ar);

@@ -391,6 +391,77 @@ fn create_typed_objects() {
         d["spec"]["template"]["spec"]["containers"][0]["image"],
         "shop:1"
     );
+    e.ok(&["create", "serviceaccount", "bot", "-n", "team-a"]);
+    e.ok(&[
+        "create",
+        "role",
+        "reader",
+        "-n",
+        "team-a",
+        "--verb=get,list",
+        "--resource=pods",
+    ]);
+    e.ok(&[
+        "create",
+        "rolebinding",
+        "reader",
+        "-n",
+        "team-a",
+        "--role=reader",
+        "--serviceaccount=team-a:bot",
+    ]);
+    e.ok(&[
+        "create",
+        "clusterrole",
+        "viewer",
+        "--verb=get",
+        "--resource=nodes",
+    ]);
+    e.ok(&[
+        "create",
+        "clusterrolebinding",
+        "viewer",
+        "--clusterrole=viewer",
+        "--user=ann",
+    ]);
+    assert!(
+        store
+            .get("v1", "ServiceAccount", Some("team-a"), "bot")
+            .is_some()
+    );
+    let role = store
+        .get(
+            "rbac.authorization.k8s.io/v1",
+            "Role",
+            Some("team-a"),
+            "reader",
+        )
+        .expect("role stored");
+    assert_eq!(
+        role["rules"][0]["verbs"],
+        serde_json::json!(["get", "list"])
+    );
+    assert_eq!(role["rules"][0]["resources"], serde_json::json!(["pods"]));
+    let rb = store
+        .get(
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            Some("team-a"),
+            "reader",
+        )
+        .expect("role binding stored");
+    assert_eq!(rb["subjects"][0]["kind"], "ServiceAccount");
+    assert_eq!(rb["subjects"][0]["namespace"], "team-a");
+    assert_eq!(rb["roleRef"]["kind"], "Role");
+    let crb = store
+        .get(
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRoleBinding",
+            None,
+            "viewer",
+        )
+        .expect("cluster role binding stored");
+    assert_eq!(crb["subjects"][0]["name"], "ann");
     let out = e.ok(&["delete", "namespace", "team-a"]);
     assert!(out.contains("deleted"), "{out}");
     assert!(
