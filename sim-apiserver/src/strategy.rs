@@ -85,6 +85,13 @@ fn generation(obj: &Value) -> i64 {
         .unwrap_or(1)
 }
 
+/// Whether the status already reports this generation (a controller would catch up).
+fn observed(obj: &Value) -> bool {
+    obj.pointer("/status/observedGeneration")
+        .and_then(Value::as_i64)
+        == Some(generation(obj))
+}
+
 fn set_status(obj: &mut Value, status: Value) {
     if let Some(o) = obj.as_object_mut() {
         o.insert("status".to_string(), status);
@@ -141,7 +148,7 @@ pub fn normalize(r: &ResourceType, obj: &mut Value, creating: bool, nodes: usize
             // No controller runs pods for user deployments; report them as fully available.
             let want = replicas(obj);
             let have = obj.pointer("/status/replicas").and_then(Value::as_i64);
-            if creating || have != Some(want) {
+            if creating || have != Some(want) || !observed(obj) {
                 let mut st = objects::deployment_status(want, want);
                 st["observedGeneration"] = json!(generation(obj));
                 set_status(obj, st);
@@ -150,7 +157,7 @@ pub fn normalize(r: &ResourceType, obj: &mut Value, creating: bool, nodes: usize
         "ReplicaSet" | "StatefulSet" => {
             let want = replicas(obj);
             let have = obj.pointer("/status/replicas").and_then(Value::as_i64);
-            if creating || have != Some(want) {
+            if creating || have != Some(want) || !observed(obj) {
                 let mut st = json!({
                     "replicas": want, "readyReplicas": want, "availableReplicas": want,
                     "observedGeneration": generation(obj),
@@ -169,7 +176,7 @@ pub fn normalize(r: &ResourceType, obj: &mut Value, creating: bool, nodes: usize
             let have = obj
                 .pointer("/status/desiredNumberScheduled")
                 .and_then(Value::as_i64);
-            if creating || have != Some(n) {
+            if creating || have != Some(n) || !observed(obj) {
                 set_status(
                     obj,
                     json!({

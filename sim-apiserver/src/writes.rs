@@ -13,7 +13,8 @@ use crate::query::Query;
 use crate::resource::Resource;
 use crate::status::{self, ApiError};
 use crate::store::{
-    Commit, DeleteOptions, Preconditions, Propagation, Store, StoreError, qualified,
+    Commit, DeleteOptions, Preconditions, Propagation, Store, StoreError, generation_after,
+    qualified,
 };
 use crate::strategy::{keep_status, normalize, only_status};
 use crate::time;
@@ -144,9 +145,26 @@ fn update_with(
             };
             let mut new = fm.update(Some(cur), new, &manager, &now);
             normalize(r, &mut new, false, nodes);
+            if observe_generation(r, Some(cur), &mut new) {
+                normalize(r, &mut new, false, nodes);
+            }
             *cur = new;
             Ok(())
         })
+}
+
+/// Sets the generation the store will give the (defaulted) `new`, so that the strategy's
+/// status can observe it; returns whether it changed.
+fn observe_generation(r: &Resource, cur: Option<&Value>, new: &mut Value) -> bool {
+    let Some(g) = generation_after(r, cur, new) else {
+        return false;
+    };
+    let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return false;
+    };
+    let changed = m.get("generation").and_then(Value::as_i64) != Some(g);
+    m.insert("generation".to_string(), json!(g));
+    changed
 }
 
 /// `PUT` to an object or its status.
@@ -301,6 +319,9 @@ fn apply(
             _ => keep_status(r, live, &mut out),
         }
         normalize(r, &mut out, live.is_none(), nodes);
+        if observe_generation(r, live, &mut out) {
+            normalize(r, &mut out, live.is_none(), nodes);
+        }
         Ok::<Value, ApiError>(out)
     })?;
     let code = if created {

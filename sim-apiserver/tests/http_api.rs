@@ -186,7 +186,11 @@ fn discovery_documents() {
     assert_eq!(legacy["kind"], "APIVersions");
 
     // Unknown groups, versions and resources are the real 404 Status.
-    for path in ["/apis/example.com/v1/widgets", "/apis/example.com", "/api/v1/widgets"] {
+    for path in [
+        "/apis/example.com/v1/widgets",
+        "/apis/example.com",
+        "/api/v1/widgets",
+    ] {
         let r = get(a, path);
         assert_status(&r, 404, "NotFound");
         assert_eq!(

@@ -30,6 +30,7 @@ use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 
 pub use gc::{DeleteOptions, Deletion, Propagation};
+pub use txn::generation_after;
 
 use crate::managed::{FieldManager, Target};
 use crate::resource::{Registry, Resource, ResourceType, StorageKey};

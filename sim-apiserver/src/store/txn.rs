@@ -105,6 +105,24 @@ fn differs(a: &Value, b: &Value) -> bool {
     strip(a) != strip(b)
 }
 
+/// The `metadata.generation` a write of `new` over `old` (`None`: a create) stores, for kinds
+/// that track it: 1 on create, one more whenever anything but metadata and status changes.
+pub fn generation_after(r: &ResourceType, old: Option<&Value>, new: &Value) -> Option<i64> {
+    if !r.tracks_generation {
+        return None;
+    }
+    let Some(old) = old else { return Some(1) };
+    let generation = meta(old)
+        .and_then(|m| m.get("generation"))
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    Some(if spec_differs(old, new) {
+        generation + 1
+    } else {
+        generation
+    })
+}
+
 /// Whether anything but metadata and status differs (bumps `metadata.generation`).
 fn spec_differs(a: &Value, b: &Value) -> bool {
     let strip = |v: &Value| {
@@ -371,11 +389,7 @@ impl<'a> Txn<'a> {
                 });
             }
         }
-        let generation = meta(&old)
-            .and_then(|m| m.get("generation"))
-            .and_then(Value::as_i64)
-            .unwrap_or(1);
-        let bump = spec_differs(&old, &new);
+        let generation = generation_after(r, Some(&old), &new);
         {
             let m = meta_mut(&mut new);
             m.insert("name".to_string(), json!(name));
@@ -395,14 +409,10 @@ impl<'a> Txn<'a> {
                     None => m.remove(field),
                 };
             }
-            if r.tracks_generation {
-                m.insert(
-                    "generation".to_string(),
-                    json!(if bump { generation + 1 } else { generation }),
-                );
-            } else {
-                m.remove("generation");
-            }
+            match generation {
+                Some(g) => m.insert("generation".to_string(), json!(g)),
+                None => m.remove("generation"),
+            };
             m.insert("resourceVersion".to_string(), json!(old_rv));
             if m.get("finalizers")
                 .is_some_and(|f| f.as_array().is_some_and(Vec::is_empty) || f.is_null())
