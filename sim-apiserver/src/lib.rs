@@ -7,7 +7,7 @@
 //!
 //! # What it serves
 //!
-//! * **Kinds:** 30 built-in kinds (core `v1` Namespace, Node, Pod, Service, ConfigMap, Secret,
+//! * **Kinds:** 31 built-in kinds (core `v1` Namespace, Node, Pod, Service, ConfigMap, Secret,
 //!   ServiceAccount, Event, PersistentVolumeClaim/Volume, ResourceQuota, LimitRange; `apps/v1`
 //!   Deployment, ReplicaSet, DaemonSet, StatefulSet; `batch/v1` Job, CronJob; HPA, PDB;
 //!   `networking.k8s.io` Ingress, IngressClass, NetworkPolicy; RBAC Role, ClusterRole and their

@@ -373,7 +373,11 @@ impl Txn<'_> {
                 left += 1;
             }
         }
-        if left == 0 {
+        // The namespace goes once it is empty and its own finalizers (if any) are removed.
+        let held = self
+            .get(&ns_type.storage_key(), "", ns)
+            .is_some_and(|n| !finalizers(&n).is_empty());
+        if left == 0 && !held {
             self.remove(ns_type, "", ns);
         }
     }
@@ -660,5 +664,18 @@ mod tests {
         })
         .unwrap_or_else(|e| panic!("{e}"));
         assert!(s.get("v1", "Namespace", None, "tmp").is_none());
+
+        // A finalizer on the namespace itself holds it, empty, until removed.
+        s.create(json!({"apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": "held", "finalizers": ["x/y"]}}))
+            .unwrap_or_else(|e| panic!("{e}"));
+        s.delete("v1", "Namespace", None, "held")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.get("v1", "Namespace", None, "held").is_some());
+        s.modify("v1", "Namespace", None, "held", |n| {
+            n["metadata"]["finalizers"] = json!([]);
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.get("v1", "Namespace", None, "held").is_none());
     }
 }
