@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use common::*;
 use protocol::service::CACHE;
 use serde_json::json;
-use simulator::apiserver::{PodPhase, objects};
+use sim_apiserver::{PodPhase, objects};
 use tunnel_tls::ThrowawayPki;
 
 fn pod_with(labels: serde_json::Value, ns: &str, name: &str) -> serde_json::Value {

@@ -6,14 +6,14 @@ mod common;
 use common::*;
 use protocol::ErrorCode;
 use protocol::cache::{ChangeType, ResourceKind};
-use simulator::apiserver::PodPhase;
+use sim_apiserver::PodPhase;
 use tunnel_tls::ThrowawayPki;
 
-fn nodes(api: &simulator::apiserver::RunningApiServer) -> i64 {
+fn nodes(api: &sim_apiserver::RunningApiServer) -> i64 {
     api.store().list("v1", "Node", None).len() as i64
 }
 
-fn pods_in_phase(api: &simulator::apiserver::RunningApiServer, ns: &str, phase: PodPhase) -> i64 {
+fn pods_in_phase(api: &sim_apiserver::RunningApiServer, ns: &str, phase: PodPhase) -> i64 {
     api.store()
         .list("v1", "Pod", Some(ns))
         .iter()

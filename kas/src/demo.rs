@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use simulator::apiserver::{ApiServer, ApiServerConfig, RunningApiServer};
+use sim_apiserver::{ApiServer, ApiServerConfig, RunningApiServer};
 
 use crate::auth::AgentsFile;
 use crate::config::{AuthBackendConfig, Config};
@@ -75,7 +75,7 @@ pub enum DemoError {
     #[error("kas: {0}")]
     Kas(#[from] crate::StartError),
     #[error("simulated API server: {0}")]
-    ApiServer(#[from] simulator::apiserver::Error),
+    ApiServer(#[from] sim_apiserver::Error),
     #[error("tokio runtime: {0}")]
     Runtime(std::io::Error),
     #[error("agent {0}: {1}")]
@@ -416,7 +416,7 @@ fn add_prometheus_service(apiserver: &RunningApiServer, addr: SocketAddr) {
             "selector": {"app": "prometheus"}
         }
     });
-    if let Err(e) = store.apply(svc) {
+    if let Err(e) = store.apply(svc, "kas-demo", true) {
         tracing::warn!(error = %e, "could not create the demo prometheus service");
     }
 }

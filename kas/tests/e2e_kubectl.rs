@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 
 use e2e::{Kubectl, names, pod_names};
 use kas::demo::{Demo, DemoOptions};
-use simulator::apiserver::objects::PodPhase;
+use sim_apiserver::objects::PodPhase;
 
 /// The demo on ephemeral ports, without churn (the clusters change only when a test changes them).
 struct Setup {
@@ -54,7 +54,7 @@ impl Setup {
         )
     }
 
-    fn cluster(&self, id: u64) -> &simulator::apiserver::RunningApiServer {
+    fn cluster(&self, id: u64) -> &sim_apiserver::RunningApiServer {
         self.demo().cluster(id).unwrap()
     }
 }

@@ -12,7 +12,7 @@ mod support;
 use std::time::Duration;
 
 use e2e::{EchoServer, Stack, StackOptions, add_loopback_service, call, names, pod_names};
-use simulator::apiserver::objects::PodPhase;
+use sim_apiserver::objects::PodPhase;
 use support::{GUARD, eventually, metric};
 
 /// How the agent goes away.

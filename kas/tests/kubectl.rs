@@ -19,7 +19,7 @@ use http_body_util::{BodyExt as _, Full};
 use protocol::proto::{Header, RequestHead, ResponseHead};
 use protocol::service::is_forwarded;
 use runtime_smol::{Connection, Stream};
-use simulator::apiserver::{ApiServer, ApiServerConfig};
+use sim_apiserver::{ApiServer, ApiServerConfig};
 use support::{Env, GUARD, agent_meta, try_connect};
 
 fn kubectl_available() -> bool {
@@ -156,7 +156,7 @@ fn kubectl(config: &Path, args: &[&str]) -> std::process::Output {
 }
 
 struct Cluster {
-    apiserver: simulator::apiserver::RunningApiServer,
+    apiserver: sim_apiserver::RunningApiServer,
     env: Env,
     _serving: smol::Task<()>,
 }

@@ -1,7 +1,8 @@
 //! `simulator`: runs simulated infrastructure from the command line.
 //!
-//! `simulator apiserver --listen ADDR [--nodes N] [--pods N] [--churn RATE] [--kubeconfig-out FILE]`
-//! runs a simulated Kubernetes API server until interrupted.
+//! `simulator apiserver …` runs the simulated Kubernetes API server: it replaces itself with the
+//! `sim-apiserver` binary (crate `sim-apiserver`) next to this one, or on `PATH`, passing the
+//! arguments on. The server lives in its own crate so that the simulator links no HTTP stack.
 //!
 //! `simulator run --scenario FILE [--seed S] [--agents M] [--kas N] [--duration 1h] [--report out.json]
 //! [--plot out.svg] [--trace out.txt]` runs a scenario in the deterministic simulator, prints a summary
@@ -10,13 +11,12 @@
 //! `simulator sweep --scenario FILE --seeds 1..50 [--agents M] [--kas N] [--duration D]` runs many seeds,
 //! stops at the first violation and prints the command that replays it.
 
-use std::net::SocketAddr;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use simulator::apiserver::{ApiServer, ApiServerConfig};
 use simulator::sim;
 
 #[derive(Parser, Debug)]
@@ -32,7 +32,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a simulated Kubernetes API server until interrupted.
+    /// Run a simulated Kubernetes API server until interrupted (runs `sim-apiserver`; see
+    /// `simulator apiserver --help`).
+    #[command(disable_help_flag = true)]
     Apiserver(ApiserverArgs),
     /// Run a scenario in the deterministic simulator.
     Run(RunArgs),
@@ -146,55 +148,20 @@ fn parse_sim_duration(s: &str) -> Result<Duration, String> {
     sim::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
+/// Arguments for `sim-apiserver`, passed on unchanged (including `--help`).
 #[derive(Args, Debug)]
 struct ApiserverArgs {
-    /// Address to listen on (plain HTTP).
-    #[arg(long, env = "SIM_APISERVER_LISTEN", default_value = "127.0.0.1:6443")]
-    listen: SocketAddr,
-    /// Initial number of Ready nodes.
-    #[arg(long, default_value_t = 3)]
-    nodes: usize,
-    /// Initial number of running pods.
-    #[arg(long, default_value_t = 10)]
-    pods: usize,
-    /// Churn: random pod/node changes per second (0 = none).
-    #[arg(long, default_value_t = 0.0)]
-    churn: f64,
-    /// Seed for the churn generator.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Write a kubeconfig for this server to FILE.
-    #[arg(long, value_name = "FILE")]
-    kubeconfig_out: Option<PathBuf>,
-    /// Context (and cluster/user) name in the written kubeconfig.
-    #[arg(long, default_value = "simulator")]
-    context: String,
-    /// Require this bearer token on every API request.
-    #[arg(long, env = "SIM_APISERVER_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// Change events retained for watch resumption (older versions get 410 Gone).
-    #[arg(long, default_value_t = 10_000)]
-    history: usize,
-    /// Seconds between watch bookmarks.
-    #[arg(long, default_value_t = 15.0)]
-    bookmark_interval: f64,
-    /// Seconds between fake log lines of each running container.
-    #[arg(long, default_value_t = 1.0)]
-    log_interval: f64,
-}
-
-fn seconds(name: &str, s: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(s)
-        .with_context(|| format!("--{name} must be a non-negative number of seconds"))
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<OsString>,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Apiserver(args) = cli.command {
+        return run_apiserver(args);
+    }
     // The simulator's core logs what individual connections do; by default only errors show.
-    let default_filter = match cli.command {
-        Command::Apiserver(_) => "info",
-        Command::Run(_) | Command::Sweep(_) => "error",
-    };
+    let default_filter = "error";
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -293,48 +260,21 @@ fn run_sweep(args: SweepArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Replaces this process with `sim-apiserver ARGS…`: the binary next to this one (as cargo builds
+/// and installs them), else the one on `PATH`.
 fn run_apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
-    if !(args.churn.is_finite() && args.churn >= 0.0) {
-        anyhow::bail!("--churn must be a non-negative number of changes per second");
-    }
-    let config = ApiServerConfig {
-        listen: args.listen,
-        nodes: args.nodes,
-        pods: args.pods,
-        churn_rate: args.churn,
-        seed: args.seed,
-        history_size: args.history.max(1),
-        bookmark_interval: seconds("bookmark-interval", args.bookmark_interval)?,
-        log_interval: seconds("log-interval", args.log_interval)?.max(Duration::from_millis(10)),
-        bearer_token: args.token,
-        ..ApiServerConfig::default()
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    rt.block_on(async move {
-        let server = ApiServer::start(config).context("starting the simulated API server")?;
-        if let Some(path) = &args.kubeconfig_out {
-            server
-                .write_kubeconfig(path, &args.context)
-                .context("writing the kubeconfig")?;
-            eprintln!("kubeconfig written to {}", path.display());
-        }
-        println!("simulated API server ready at {}", server.url());
-        wait_for_signal().await?;
-        eprintln!("shutting down");
-        server.shutdown();
-        anyhow::Ok(())
+    use std::os::unix::process::CommandExt as _;
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("sim-apiserver")))
+        .filter(|p| p.is_file());
+    let program = sibling.unwrap_or_else(|| PathBuf::from("sim-apiserver"));
+    let err = std::process::Command::new(&program).args(&args.args).exec();
+    Err(err).with_context(|| {
+        format!(
+            "cannot run {}: the simulated API server is the `sim-apiserver` binary \
+             (build it with `cargo build -p sim-apiserver`)",
+            program.display()
+        )
     })
-}
-
-/// Waits for SIGINT (Ctrl-C) or SIGTERM.
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C"),
-        _ = term.recv() => Ok(()),
-    }
 }

@@ -17,7 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use protocol::proto::{Header, Reject, RejectCode, RequestHead, ResponseHead, Trailer};
 use runtime_tokio::{Accepted, Connection, Server, ServerConnection, Stream};
-use simulator::apiserver::{ApiServer, ApiServerConfig, RunningApiServer};
+use sim_apiserver::{ApiServer, ApiServerConfig, RunningApiServer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -299,7 +299,7 @@ pub fn kubeconfig_for(dir: &std::path::Path, name: &str, server: &str) -> PathBu
     let path = dir.join(name);
     std::fs::write(
         &path,
-        simulator::apiserver::kubeconfig::kubeconfig_yaml(server, "sim", None),
+        sim_apiserver::kubeconfig::kubeconfig_yaml(server, "sim", None),
     )
     .expect("write kubeconfig");
     path
@@ -562,7 +562,7 @@ impl Drop for TestHttpServer {
 
 /// A Service `namespace/name` with cluster IP 127.0.0.1 and one port named `http`.
 pub fn loopback_service(namespace: &str, name: &str, port: u16) -> serde_json::Value {
-    let mut svc = simulator::apiserver::objects::service(namespace, name, None, port.into());
+    let mut svc = sim_apiserver::objects::service(namespace, name, None, port.into());
     svc["spec"]["clusterIP"] = serde_json::json!("127.0.0.1");
     svc["spec"]["clusterIPs"] = serde_json::json!(["127.0.0.1"]);
     svc

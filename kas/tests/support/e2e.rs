@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use kas::config::Config;
 use kas::{Kas, Running, ShutdownReport, StartOptions};
-use simulator::apiserver::{ApiServer, ApiServerConfig, RunningApiServer};
+use sim_apiserver::{ApiServer, ApiServerConfig, RunningApiServer};
 
 use crate::support::{Env, GUARD, Reply, eventually};
 
@@ -901,15 +901,19 @@ pub fn add_loopback_service(
     }
     cluster
         .store()
-        .apply(serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "clusterIP": "127.0.0.1",
-                "ports": [{"name": port_name, "port": addr.port(), "protocol": "TCP"}],
-            }
-        }))
+        .apply(
+            serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {
+                    "clusterIP": "127.0.0.1",
+                    "ports": [{"name": port_name, "port": addr.port(), "protocol": "TCP"}],
+                }
+            }),
+            "kas-e2e",
+            true,
+        )
         .unwrap();
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use kas::Running;
 use protocol::cache::{ResourceKind, ViewSet, Views, default_views};
-use simulator::apiserver::{ApiServer, ApiServerConfig, RunningApiServer};
+use sim_apiserver::{ApiServer, ApiServerConfig, RunningApiServer};
 
 use super::{Env, GUARD, eventually, get};
 

@@ -1,0 +1,110 @@
+//! `sim-apiserver`: runs a simulated Kubernetes API server until interrupted.
+//!
+//! `sim-apiserver --listen ADDR [--nodes N] [--pods N] [--churn RATE] [--kubeconfig-out FILE]`
+//! (also reachable as `simulator apiserver …`, which runs this binary).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use sim_apiserver::{ApiServer, ApiServerConfig};
+
+/// Run a simulated Kubernetes API server until interrupted.
+#[derive(Parser, Debug)]
+#[command(name = "sim-apiserver", version)]
+struct Args {
+    /// Address to listen on (plain HTTP).
+    #[arg(long, env = "SIM_APISERVER_LISTEN", default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Initial number of Ready nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Initial number of running pods.
+    #[arg(long, default_value_t = 10)]
+    pods: usize,
+    /// Churn: random pod/node changes per second (0 = none).
+    #[arg(long, default_value_t = 0.0)]
+    churn: f64,
+    /// Seed for the churn generator.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write a kubeconfig for this server to FILE.
+    #[arg(long, value_name = "FILE")]
+    kubeconfig_out: Option<PathBuf>,
+    /// Context (and cluster/user) name in the written kubeconfig.
+    #[arg(long, default_value = "simulator")]
+    context: String,
+    /// Require this bearer token on every API request.
+    #[arg(long, env = "SIM_APISERVER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Change events retained for watch resumption (older versions get 410 Gone).
+    #[arg(long, default_value_t = 10_000)]
+    history: usize,
+    /// Seconds between watch bookmarks.
+    #[arg(long, default_value_t = 15.0)]
+    bookmark_interval: f64,
+    /// Seconds between fake log lines of each running container.
+    #[arg(long, default_value_t = 1.0)]
+    log_interval: f64,
+}
+
+fn seconds(name: &str, s: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s)
+        .with_context(|| format!("--{name} must be a non-negative number of seconds"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if !(args.churn.is_finite() && args.churn >= 0.0) {
+        anyhow::bail!("--churn must be a non-negative number of changes per second");
+    }
+    let config = ApiServerConfig {
+        listen: args.listen,
+        nodes: args.nodes,
+        pods: args.pods,
+        churn_rate: args.churn,
+        seed: args.seed,
+        history_size: args.history.max(1),
+        bookmark_interval: seconds("bookmark-interval", args.bookmark_interval)?,
+        log_interval: seconds("log-interval", args.log_interval)?.max(Duration::from_millis(10)),
+        bearer_token: args.token,
+        ..ApiServerConfig::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        let server = ApiServer::start(config).context("starting the simulated API server")?;
+        if let Some(path) = &args.kubeconfig_out {
+            server
+                .write_kubeconfig(path, &args.context)
+                .context("writing the kubeconfig")?;
+            eprintln!("kubeconfig written to {}", path.display());
+        }
+        println!("simulated API server ready at {}", server.url());
+        wait_for_signal().await?;
+        eprintln!("shutting down");
+        server.shutdown();
+        anyhow::Ok(())
+    })
+}
+
+/// Waits for SIGINT (Ctrl-C) or SIGTERM.
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C"),
+        _ = term.recv() => Ok(()),
+    }
+}
