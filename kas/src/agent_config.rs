@@ -673,3 +673,154 @@ fn project_id_of(url: &RepoUrl) -> ProjectId {
         .or_else(|_| ProjectId::new(&url.to_string()))
         .unwrap_or_else(|_| ProjectId::new("config").unwrap_or_else(|_| unreachable!()))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::auth::AgentsFile;
+
+    fn configs(projects: &[(u64, &str)], secret: Option<&str>) -> Arc<AgentConfigs> {
+        let mut yaml = String::from("agents:\n");
+        for (id, url) in projects {
+            yaml.push_str(&format!(
+                "- id: {id}\n  name: agent-{id}\n  token_sha256: {}\n  config_project: {{url: '{url}'}}\n",
+                TokenDigest::of(&format!("token-{id}")).to_hex()
+            ));
+        }
+        let file = AgentsFile::from_yaml_str(&yaml, Path::new("agents.yaml")).unwrap();
+        AgentConfigs::new(
+            Settings {
+                poll_period: Duration::from_secs(300),
+                fetch_timeout: Duration::from_secs(5),
+                max_file_size: 1024,
+                mirrors_dir: PathBuf::from("unused"),
+                webhook_secret: secret.map(Secret::new),
+            },
+            AgentDirectory::File(Arc::new(file)),
+        )
+    }
+
+    #[test]
+    fn agents_on_one_repository_share_one_fetch() {
+        let c = configs(
+            &[
+                (1, "https://gitlab.example.com/group/config.git"),
+                (2, "https://oauth2:tok@gitlab.example.com/group/config.git"),
+                (3, "https://GITLAB.example.com/group/config.git"),
+                (4, "https://gitlab.example.com/group/other.git"),
+            ],
+            None,
+        );
+        let groups = c.groups();
+        assert_eq!(
+            groups.len(),
+            2,
+            "{:?}",
+            groups.iter().map(|g| g.key.to_string()).collect::<Vec<_>>()
+        );
+        let sizes: Vec<usize> = groups.iter().map(|g| g.agents.len()).collect();
+        assert!(sizes.contains(&3) && sizes.contains(&1), "{sizes:?}");
+        let shared = groups.iter().find(|g| g.agents.len() == 3).unwrap();
+        assert_eq!(shared.project.as_str(), "group/config");
+    }
+
+    #[test]
+    fn broken_commits_keep_the_last_good_config_and_are_logged_once() {
+        let c = configs(&[(1, "https://gitlab.example.com/group/config.git")], None);
+        let project = ProjectId::new("group/config").unwrap();
+        let repo = "https://gitlab.example.com/group/config.git";
+        let good = b"observability: {logging: {level: debug}}\n".to_vec();
+        c.accept(1, "agent-1", repo, &project, "c1", Ok(Some(good.clone())));
+        let v = c.agent_json(1);
+        assert_eq!(v["status"], "ok");
+        let applied_at = v["applied_at"].clone();
+        c.accept(
+            1,
+            "agent-1",
+            repo,
+            &project,
+            "c2",
+            Ok(Some(b"bogus: 1\n".to_vec())),
+        );
+        let v = c.agent_json(1);
+        assert_eq!(v["status"], "error");
+        assert_eq!(v["errors"][0]["path"], "bogus");
+        assert_eq!(v["errors"][0]["line"], 1);
+        assert_eq!(v["applied_commit"], "c1");
+        assert_eq!(v["config"]["observability"]["logging"]["level"], "debug");
+        assert_eq!(
+            c.states().get(&1).unwrap().logged.as_deref(),
+            Some("commit:c2")
+        );
+        // An oversized file is an error of that commit, too.
+        c.accept(
+            1,
+            "agent-1",
+            repo,
+            &project,
+            "c3",
+            Ok(Some(vec![b'#'; 2048])),
+        );
+        assert_eq!(c.agent_json(1)["errors"][0]["commit"], "c3");
+        // A missing file is an empty configuration; the content changed, so applied_at moves on.
+        c.accept(1, "agent-1", repo, &project, "c4", Ok(None));
+        let v = c.agent_json(1);
+        assert_eq!(v["status"], "ok");
+        assert_eq!(v["config"]["observability"]["logging"]["level"], "info");
+        assert_eq!(c.states().get(&1).unwrap().logged, None);
+        assert!(v["applied_at"].is_string() && applied_at.is_string());
+        // A fetch failure keeps everything and is shown with its fault.
+        let e = git_mirror::Error::RepoNotFound {
+            url: repo.into(),
+            detail: "gone".into(),
+        };
+        c.fetch_failed(1, repo, &e);
+        let v = c.agent_json(1);
+        assert_eq!(v["status"], "error");
+        assert_eq!(v["errors"][0]["fault"], "remote");
+        assert_eq!(v["errors"][0]["commit"], "c4");
+        assert_eq!(v["applied_commit"], "c4");
+        assert!(
+            c.render_metrics()
+                .contains("kas_agent_configs_with_errors 1")
+        );
+    }
+
+    #[test]
+    fn webhook_checks_the_secret_and_matches_repositories() {
+        let c = configs(
+            &[(1, "https://user:pw@gitlab.example.com/group/config.git")],
+            Some("hunter2"),
+        );
+        let body = br#"{"ref":"refs/heads/main","project":{"path_with_namespace":"group/config"}}"#;
+        assert_eq!(c.webhook(None, body), WebhookOutcome::BadSecret);
+        assert_eq!(c.webhook(Some(b"hunter"), body), WebhookOutcome::BadSecret);
+        assert_eq!(
+            c.webhook(Some(b"hunter22"), body),
+            WebhookOutcome::BadSecret
+        );
+        assert_eq!(
+            c.webhook(Some(b"hunter2"), body),
+            WebhookOutcome::Triggered(1)
+        );
+        let by_url =
+            br#"{"project":{"git_http_url":"https://gitlab.example.com/group/config.git"}}"#;
+        assert_eq!(
+            c.webhook(Some(b"hunter2"), by_url),
+            WebhookOutcome::Triggered(1)
+        );
+        let other = br#"{"project":{"path_with_namespace":"group/other"}}"#;
+        assert_eq!(c.webhook(Some(b"hunter2"), other), WebhookOutcome::NoMatch);
+        assert!(matches!(
+            c.webhook(Some(b"hunter2"), b"{}"),
+            WebhookOutcome::BadRequest(_)
+        ));
+        assert!(matches!(
+            c.webhook(Some(b"hunter2"), b"[1"),
+            WebhookOutcome::BadRequest(_)
+        ));
+        let off = configs(&[(1, "https://gitlab.example.com/group/config.git")], None);
+        assert_eq!(off.webhook(Some(b"x"), body), WebhookOutcome::Disabled);
+    }
+}

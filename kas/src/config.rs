@@ -1046,6 +1046,42 @@ mod tests {
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
     #[test]
+    fn agent_configuration_defaults_parse_and_validation() -> TestResult {
+        let c = Config::from_yaml_str(
+            "agent_configuration: { poll_period: 30s, max_file_size: 1024 }\n",
+            Path::new("kas.yaml"),
+        )?;
+        assert_eq!(c.agent_configuration.poll_period, Duration::from_secs(30));
+        assert_eq!(c.agent_configuration.fetch_timeout, Duration::from_secs(30));
+        assert_eq!(c.agent_config_mirrors_dir(), PathBuf::from("./git-mirrors"));
+        assert_eq!(
+            Config::default().agent_configuration.poll_period,
+            Duration::from_secs(300)
+        );
+        let err = Config::from_yaml_str(
+            "agent_configuration: { pol_period: 1s }\n",
+            Path::new("kas.yaml"),
+        )
+        .expect_err("unknown key");
+        assert!(err.to_string().contains("pol_period"), "{err}");
+        let mut c = Config::default();
+        c.agent_configuration.poll_period = Duration::from_millis(10);
+        c.agent_configuration.fetch_timeout = Duration::ZERO;
+        c.agent_configuration.max_file_size = 0;
+        c.agent_configuration.webhook_secret_file = Some(PathBuf::from("/nonexistent/secret"));
+        let text = c.validate().expect_err("invalid").to_string();
+        for field in [
+            "agent_configuration.poll_period",
+            "agent_configuration.fetch_timeout",
+            "agent_configuration.max_file_size",
+            "webhook secret",
+        ] {
+            assert!(text.contains(field), "{field} missing from {text}");
+        }
+        Ok(())
+    }
+
+    #[test]
     fn empty_file_is_defaults() -> TestResult {
         let c = Config::from_yaml_str("# nothing\n", Path::new("kas.yaml"))?;
         assert_eq!(c, Config::default());

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/logcapture.rs"]
+mod logcapture;
 mod support;
 
 use std::time::{Duration, Instant};
@@ -32,6 +34,7 @@ fn config_yaml(level: &str) -> String {
 }
 
 fn setup(poll_period: Duration) -> Setup {
+    logcapture::capture();
     let git_root = tempfile::tempdir().unwrap();
     let repo = TestRepo::create(git_root.path(), "group/config").unwrap();
     repo.write(".gitlab/agents/agent-1/config.yaml", config_yaml("info"))
@@ -174,6 +177,16 @@ fn config_is_polled_updated_and_broken_commits_keep_the_last_good_one() {
     assert_eq!(e["file"], ".gitlab/agents/agent-1/config.yaml");
     assert_eq!(v["applied_commit"], second.as_str());
     assert_eq!(level(&v), "warning", "the last good config is still served");
+    // Logged once, however many polls see the broken commit.
+    std::thread::sleep(Duration::from_millis(1000));
+    let log = logcapture::capture();
+    assert_eq!(
+        log.lines_with(&["agent configuration rejected", &broken])
+            .len(),
+        1,
+        "{}",
+        log.text()
+    );
     // Agent 2's file did not change: it stays ok.
     assert_eq!(s.config(2)["status"], "ok");
     let m = metrics(&s.kas);
@@ -202,6 +215,14 @@ fn config_is_polled_updated_and_broken_commits_keep_the_last_good_one() {
     assert_eq!(v["applied_commit"], second.as_str());
     assert_eq!(level(&v), "warning");
     let v2 = s.wait(2, "agent 2's fetch error", |v| v["status"] == "error");
+    std::thread::sleep(Duration::from_millis(1000));
+    let port = format!(":{}/", s._daemon.port());
+    let failed = log.lines_with(&["fetch failed", "agent_id=1", &port]);
+    assert_eq!(
+        failed.len(),
+        1,
+        "logged once per agent and error: {failed:?}"
+    );
     assert_eq!(level(&v2), "debug", "agent 2 keeps its config");
     let m = metrics(&s.kas);
     assert!(
@@ -240,6 +261,13 @@ fn push_webhook_polls_at_once_and_checks_its_secret() {
     assert_eq!(s.webhook(Some(SECRET), "not json").0, 400);
     std::thread::sleep(Duration::from_millis(500));
     assert_ne!(s.config(1)["commit"], next.as_str());
+    assert!(!logcapture::capture().text().contains("wrong-secret"));
+    // An agent kas does not know: 404.
+    let reply = get(
+        &format!("{}/api/v1/agents/99/config", s.kas.api_url()),
+        Some(&s.env.admin_bearer(99)),
+    );
+    assert_eq!(reply.status, 404, "{}", reply.body);
 
     // The right secret: 202, and the new commit is visible within 2 s.
     let pushed = Instant::now();

@@ -749,6 +749,16 @@ mod tests {
             ApiRoute::AgentEvents(4)
         );
         assert_eq!(classify("/api/v1/agents/4/views"), ApiRoute::Views(4));
+        assert_eq!(
+            classify("/api/v1/agents/4/config"),
+            ApiRoute::AgentConfig(4)
+        );
+        assert_eq!(
+            classify("/api/v1/agents/4/config").access(),
+            Access::Read(ReadTarget::Agent(4))
+        );
+        assert_eq!(classify("/api/v1/webhooks/git"), ApiRoute::GitWebhook);
+        assert_eq!(classify("/api/v1/webhooks/git/x"), ApiRoute::NotFound);
         assert_eq!(classify("/api/v1/agents/4/views/"), ApiRoute::Views(4));
         assert_eq!(
             classify("/api/v1/agents/4/views/pods_by_phase"),

@@ -511,6 +511,44 @@ mod tests {
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
+    #[test]
+    fn config_projects_are_parsed_checked_and_resolved() -> TestResult {
+        let digest = TokenDigest::of("t1").to_hex();
+        let yaml = format!(
+            "agents:\n- id: 1\n  name: a\n  token_sha256: {digest}\n  config_project: {{url: 'https://gitlab.example.com/g/c.git', token_file: c.token}}\n"
+        );
+        let file = AgentsFile::from_yaml_str(&yaml, Path::new("/etc/kas/agents.yaml"))?;
+        let projects = file.config_projects();
+        assert_eq!(projects.len(), 1);
+        assert_eq!(
+            projects[0].2.token_file.as_deref(),
+            Some(Path::new("/etc/kas/c.token"))
+        );
+        for (bad, why) in [
+            (
+                "{url: 'https://h/g.git', token_file: a, header_file: b}",
+                "not both",
+            ),
+            (
+                "{url: 'https://h/g.git', username: u}",
+                "username needs token_file",
+            ),
+            ("{url: ''}", "must not be empty"),
+            ("{url: 'ftp://user:secretpw@h/g.git'}", "url"),
+            ("{url: 'https://h/g.git', tokenfile: a}", "unknown field"),
+        ] {
+            let yaml = format!(
+                "agents:\n- id: 1\n  name: a\n  token_sha256: {digest}\n  config_project: {bad}\n"
+            );
+            let err = AgentsFile::from_yaml_str(&yaml, Path::new("agents.yaml"))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+            assert!(!err.contains("secretpw"), "{err}");
+        }
+        Ok(())
+    }
+
     const SRC: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
     fn yaml_for(entries: &[(u64, &str, &str)]) -> String {
