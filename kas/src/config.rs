@@ -31,6 +31,12 @@
 //!   user_auth_failures: { max_failures: 20, window: 1m, max_sources: 10000 }
 //! log: { level: info, format: text }   # level: a level, or target=level directives
 //!                                     # separated by commas (info,kas=debug)
+//! agent_configuration:                # each agent's config.yaml from its config project (agents file:
+//!   poll_period: 5m                   #   `config_project: {url, token_file}` per agent)
+//!   fetch_timeout: 30s
+//!   max_file_size: 262144
+//!   state_dir: git-mirrors            # default <state_dir>/git-mirrors
+//!   webhook_secret_file: webhook.secret   # POST /api/v1/webhooks/git (X-Gitlab-Token); unset: off
 //! ```
 //!
 //! Durations are written as a number and a unit (`500ms`, `20s`, `5m`, `1h`, or combined: `1m30s`).
