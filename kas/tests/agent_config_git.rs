@@ -10,7 +10,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use git_mirror::testing::{GitDaemon, TestRepo};
+use git_mirror::testing::{GitDaemon, HttpAuth, HttpGitServer, TestRepo};
 use kas::Running;
 use kas::auth::TokenDigest;
 use serde_json::Value;
@@ -22,7 +22,10 @@ const SECRET: &str = "s3cret-webhook-value";
 struct Setup {
     env: Env,
     _git_root: tempfile::TempDir,
-    _daemon: GitDaemon,
+    /// The Git server (dropped: stopped).
+    _server: Box<dyn std::any::Any>,
+    /// The Git server's port.
+    port: u16,
     repo: TestRepo,
     kas: Running,
 }
@@ -33,8 +36,7 @@ fn config_yaml(level: &str) -> String {
     )
 }
 
-fn setup(poll_period: Duration) -> Setup {
-    logcapture::capture();
+fn config_repo() -> (tempfile::TempDir, TestRepo) {
     let git_root = tempfile::tempdir().unwrap();
     let repo = TestRepo::create(git_root.path(), "group/config").unwrap();
     repo.write(".gitlab/agents/agent-1/config.yaml", config_yaml("info"))
@@ -42,9 +44,37 @@ fn setup(poll_period: Duration) -> Setup {
     repo.write(".gitlab/agents/agent-2/config.yaml", config_yaml("debug"))
         .unwrap();
     repo.commit("initial").unwrap();
-    let daemon = GitDaemon::start(git_root.path()).unwrap();
-    let url = daemon.url("group/config");
+    (git_root, repo)
+}
 
+/// The config project on `git daemon`.
+fn setup(poll_period: Duration) -> Setup {
+    let (git_root, repo) = config_repo();
+    let daemon = GitDaemon::start(git_root.path()).unwrap();
+    let project = format!("{{url: '{}'}}", daemon.url("group/config"));
+    let port = daemon.port();
+    start(
+        poll_period,
+        git_root,
+        Box::new(daemon),
+        port,
+        repo,
+        &project,
+        &[],
+    )
+}
+
+/// kas whose agents 1 and 2 name `config_project` (flow YAML), with `files` written to its state dir.
+fn start(
+    poll_period: Duration,
+    git_root: tempfile::TempDir,
+    server: Box<dyn std::any::Any>,
+    port: u16,
+    repo: TestRepo,
+    config_project: &str,
+    files: &[(&str, &[u8])],
+) -> Setup {
+    logcapture::capture();
     let mut env = Env::new();
     // Agents 1 and 2 share the config project (one fetch); agent 3 has none.
     let mut yaml = String::from("agents:\n");
@@ -56,11 +86,14 @@ fn setup(poll_period: Duration) -> Setup {
             TokenDigest::of(&a.token).to_hex()
         ));
         if a.id <= 2 {
-            yaml.push_str(&format!("  config_project: {{url: '{url}'}}\n"));
+            yaml.push_str(&format!("  config_project: {config_project}\n"));
         }
     }
     std::fs::write(env.dir.path().join("agents.yaml"), yaml).unwrap();
     std::fs::write(env.dir.path().join("webhook.secret"), format!("{SECRET}\n")).unwrap();
+    for (name, content) in files {
+        std::fs::write(env.dir.path().join(name), content).unwrap();
+    }
     env.config.agent_configuration.poll_period = poll_period;
     env.config.agent_configuration.fetch_timeout = Duration::from_secs(10);
     env.config.agent_configuration.webhook_secret_file =
@@ -69,7 +102,8 @@ fn setup(poll_period: Duration) -> Setup {
     Setup {
         env,
         _git_root: git_root,
-        _daemon: daemon,
+        _server: server,
+        port,
         repo,
         kas,
     }
@@ -216,7 +250,7 @@ fn config_is_polled_updated_and_broken_commits_keep_the_last_good_one() {
     assert_eq!(level(&v), "warning");
     let v2 = s.wait(2, "agent 2's fetch error", |v| v["status"] == "error");
     std::thread::sleep(Duration::from_millis(1000));
-    let port = format!(":{}/", s._daemon.port());
+    let port = format!(":{}/", s.port);
     let failed = log.lines_with(&["fetch failed", "agent_id=1", &port]);
     assert_eq!(
         failed.len(),
@@ -277,5 +311,60 @@ fn push_webhook_polls_at_once_and_checks_its_secret() {
     let took = pushed.elapsed();
     assert!(took < Duration::from_secs(2), "visible after {took:?}");
     assert_eq!(level(&v), "debug");
+    s.kas.shutdown();
+}
+
+#[test]
+fn https_with_a_token_file_and_refused_credentials_never_leak_the_token() {
+    const TOKEN: &str = "glpat-test-token-0123456789";
+    let (git_root, repo) = config_repo();
+    let server = HttpGitServer::start(
+        git_root.path(),
+        HttpAuth::Basic {
+            user: "oauth2".into(),
+            password: TOKEN.into(),
+        },
+        true,
+    )
+    .unwrap();
+    let ca = std::fs::read(server.ca_file.as_ref().unwrap()).unwrap();
+    let project = format!(
+        "{{url: '{}', token_file: config.token, ca_file: git-ca.pem}}",
+        server.url("group/config")
+    );
+    let port = server.port();
+    let s = start(
+        Duration::from_millis(300),
+        git_root,
+        Box::new(server),
+        port,
+        repo,
+        &project,
+        &[
+            ("config.token", format!("{TOKEN}\n").as_bytes()),
+            ("git-ca.pem", &ca),
+        ],
+    );
+    let v = s.wait(1, "the config over https", |v| v["status"] == "ok");
+    assert_eq!(level(&v), "info");
+
+    // The token is rotated on the server side only: refused, whose fault is said, nothing leaks.
+    std::fs::write(
+        s.env.dir.path().join("config.token"),
+        "glpat-wrong-token-999\n",
+    )
+    .unwrap();
+    let v = s.wait(1, "the refusal", |v| v["errors"][0]["kind"] == "fetch");
+    assert_eq!(v["errors"][0]["fault"], "credentials", "{v}");
+    assert_eq!(level(&v), "info", "the last good config stays");
+    let body = v.to_string();
+    assert!(!body.contains("glpat"), "{body}");
+    let log = logcapture::capture().text();
+    assert!(!log.contains("glpat"), "a token reached the log");
+    assert!(!metrics(&s.kas).contains("glpat"));
+
+    // The right token again: picked up from the file without a restart.
+    std::fs::write(s.env.dir.path().join("config.token"), TOKEN).unwrap();
+    s.wait(1, "recovery", |v| v["status"] == "ok");
     s.kas.shutdown();
 }
