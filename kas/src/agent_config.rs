@@ -33,6 +33,9 @@ use crate::auth::{ConfigProject, TokenDigest};
 use crate::config::Config;
 use crate::directory::AgentDirectory;
 
+/// Fetches of one poll running at once, at most.
+pub const MAX_CONCURRENT_FETCHES: usize = 16;
+
 /// What the poller needs from `kas.yaml`.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -262,42 +265,55 @@ impl AgentConfigs {
             .into_iter()
             .filter(|g| only.is_none_or(|o| o.contains(&g.key.repo)))
             .collect();
-        let tasks: Vec<_> = groups
-            .into_iter()
-            .map(|group| {
-                let this = self.clone();
-                smol::unblock(move || {
-                    let result = this.fetch(&group);
-                    (group, result)
+        let mut groups = groups.into_iter();
+        loop {
+            // At most MAX_CONCURRENT_FETCHES fetches at once: a poll of many repositories does not
+            // take every blocking thread.
+            let tasks: Vec<_> = groups
+                .by_ref()
+                .take(MAX_CONCURRENT_FETCHES)
+                .map(|group| {
+                    let this = self.clone();
+                    smol::unblock(move || {
+                        let result = this.fetch(&group);
+                        (group, result)
+                    })
                 })
-            })
-            .collect();
-        for task in tasks {
-            let (group, result) = task.await;
-            self.polls.fetch_add(1, Ordering::Relaxed);
-            let repository = group.remote.url.to_string();
-            match result {
-                Ok((commit, files)) => {
-                    for (agent_id, file) in files {
-                        let name = group
-                            .agents
-                            .iter()
-                            .find(|(id, _)| *id == agent_id)
-                            .map(|(_, n)| n.as_str())
-                            .unwrap_or_default();
-                        self.accept(agent_id, name, &repository, &group.project, &commit, file);
-                    }
+                .collect();
+            if tasks.is_empty() {
+                return;
+            }
+            for task in tasks {
+                self.record(task.await);
+            }
+        }
+    }
+
+    /// Records one group's fetch.
+    fn record(&self, (group, result): (Group, Result<Fetched, git_mirror::Error>)) {
+        self.polls.fetch_add(1, Ordering::Relaxed);
+        let repository = group.remote.url.to_string();
+        match result {
+            Ok((commit, files)) => {
+                for (agent_id, file) in files {
+                    let name = group
+                        .agents
+                        .iter()
+                        .find(|(id, _)| *id == agent_id)
+                        .map(|(_, n)| n.as_str())
+                        .unwrap_or_default();
+                    self.accept(agent_id, name, &repository, &group.project, &commit, file);
                 }
-                Err(e) => {
-                    *self
-                        .fetch_failures
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .entry(fault_label(e.fault()))
-                        .or_default() += 1;
-                    for (agent_id, _) in &group.agents {
-                        self.fetch_failed(*agent_id, &repository, &e);
-                    }
+            }
+            Err(e) => {
+                *self
+                    .fetch_failures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(fault_label(e.fault()))
+                    .or_default() += 1;
+                for (agent_id, _) in &group.agents {
+                    self.fetch_failed(*agent_id, &repository, &e);
                 }
             }
         }
