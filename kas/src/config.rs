@@ -31,6 +31,12 @@
 //!   user_auth_failures: { max_failures: 20, window: 1m, max_sources: 10000 }
 //! log: { level: info, format: text }   # level: a level, or target=level directives
 //!                                     # separated by commas (info,kas=debug)
+//! agent_configuration:                # each agent's config.yaml from its config project (agents file:
+//!   poll_period: 5m                   #   `config_project: {url, token_file}` per agent)
+//!   fetch_timeout: 30s
+//!   max_file_size: 262144
+//!   state_dir: git-mirrors            # default <state_dir>/git-mirrors
+//!   webhook_secret_file: webhook.secret   # POST /api/v1/webhooks/git (X-Gitlab-Token); unset: off
 //! ```
 //!
 //! Durations are written as a number and a unit (`500ms`, `20s`, `5m`, `1h`, or combined: `1m30s`).
@@ -74,6 +80,8 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Agent configuration files read from Git ([`crate::agent_config`]).
+    pub agent_configuration: AgentConfigurationConfig,
 }
 
 impl Default for Config {
@@ -90,7 +98,53 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             rate_limits: RateLimitsConfig::default(),
             log: LogConfig::default(),
+            agent_configuration: AgentConfigurationConfig::default(),
         }
+    }
+}
+
+/// Agent configuration from Git: each agent's `.gitlab/agents/<name>/config.yaml` on its config
+/// project's default branch, polled by kas ([`crate::agent_config`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfigurationConfig {
+    /// How often every config project is polled; default `5m` (GitLab's 300 s). A push webhook
+    /// (`POST /api/v1/webhooks/git`) triggers a poll at once.
+    #[serde(with = "duration_format")]
+    pub poll_period: Duration,
+    /// Whole-fetch timeout; default `30s`.
+    #[serde(with = "duration_format")]
+    pub fetch_timeout: Duration,
+    /// Largest configuration file read, in bytes; default 262144 (256 KiB).
+    pub max_file_size: u64,
+    /// Where the Git mirrors live; default `<state_dir>/git-mirrors`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+    /// File holding the push webhook's shared secret (GitLab's `X-Gitlab-Token`); default unset, and
+    /// then the webhook answers 404.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_secret_file: Option<PathBuf>,
+}
+
+impl Default for AgentConfigurationConfig {
+    fn default() -> Self {
+        Self {
+            poll_period: Duration::from_secs(300),
+            fetch_timeout: Duration::from_secs(30),
+            max_file_size: 256 * 1024,
+            state_dir: None,
+            webhook_secret_file: None,
+        }
+    }
+}
+
+impl Config {
+    /// The directory of the agent configuration mirrors.
+    pub fn agent_config_mirrors_dir(&self) -> PathBuf {
+        self.agent_configuration
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("git-mirrors"))
     }
 }
 
@@ -694,6 +748,12 @@ impl Config {
             }
         }
         fix(&mut self.users.file);
+        if let Some(dir) = &mut self.agent_configuration.state_dir {
+            fix(dir);
+        }
+        if let Some(secret) = &mut self.agent_configuration.webhook_secret_file {
+            fix(secret);
+        }
         if let Some(tls) = &mut self.api_listener.tls {
             fix(&mut tls.cert_file);
             fix(&mut tls.key_file);
@@ -737,6 +797,9 @@ impl Config {
             }
         }
         need_file("users file", &self.users.file);
+        if let Some(secret) = &self.agent_configuration.webhook_secret_file {
+            need_file("agent_configuration webhook secret", secret);
+        }
 
         let mut invalid = |field: &'static str, reason: String| {
             errors.push(ValidationError::InvalidValue { field, reason });
@@ -818,6 +881,22 @@ impl Config {
             if rl.max_failures > 0 && rl.window.is_zero() {
                 invalid(field, "must be > 0 when max_failures > 0".into());
             }
+        }
+        let ac = &self.agent_configuration;
+        if ac.poll_period < Duration::from_millis(100) {
+            invalid(
+                "agent_configuration.poll_period",
+                "must be at least 100ms".into(),
+            );
+        }
+        if ac.fetch_timeout.is_zero() {
+            invalid("agent_configuration.fetch_timeout", "must be > 0".into());
+        }
+        if !(1..=16 * 1024 * 1024).contains(&ac.max_file_size) {
+            invalid(
+                "agent_configuration.max_file_size",
+                format!("{} is outside 1..=16777216 bytes", ac.max_file_size),
+            );
         }
         if let Err(reason) = self.log.validate_level() {
             invalid("log.level", reason);
@@ -971,6 +1050,42 @@ mod tests {
     use super::*;
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    #[test]
+    fn agent_configuration_defaults_parse_and_validation() -> TestResult {
+        let c = Config::from_yaml_str(
+            "agent_configuration: { poll_period: 30s, max_file_size: 1024 }\n",
+            Path::new("kas.yaml"),
+        )?;
+        assert_eq!(c.agent_configuration.poll_period, Duration::from_secs(30));
+        assert_eq!(c.agent_configuration.fetch_timeout, Duration::from_secs(30));
+        assert_eq!(c.agent_config_mirrors_dir(), PathBuf::from("./git-mirrors"));
+        assert_eq!(
+            Config::default().agent_configuration.poll_period,
+            Duration::from_secs(300)
+        );
+        let err = Config::from_yaml_str(
+            "agent_configuration: { pol_period: 1s }\n",
+            Path::new("kas.yaml"),
+        )
+        .expect_err("unknown key");
+        assert!(err.to_string().contains("pol_period"), "{err}");
+        let mut c = Config::default();
+        c.agent_configuration.poll_period = Duration::from_millis(10);
+        c.agent_configuration.fetch_timeout = Duration::ZERO;
+        c.agent_configuration.max_file_size = 0;
+        c.agent_configuration.webhook_secret_file = Some(PathBuf::from("/nonexistent/secret"));
+        let text = c.validate().expect_err("invalid").to_string();
+        for field in [
+            "agent_configuration.poll_period",
+            "agent_configuration.fetch_timeout",
+            "agent_configuration.max_file_size",
+            "webhook secret",
+        ] {
+            assert!(text.contains(field), "{field} missing from {text}");
+        }
+        Ok(())
+    }
 
     #[test]
     fn empty_file_is_defaults() -> TestResult {

@@ -34,6 +34,14 @@ impl AgentDirectory {
         }
     }
 
+    /// `(id, name, config project)` of every listed agent that names a config project.
+    pub fn config_projects(&self) -> Vec<(u64, String, crate::auth::ConfigProject)> {
+        match self {
+            AgentDirectory::File(f) => f.config_projects(),
+            AgentDirectory::Seen => Vec::new(),
+        }
+    }
+
     /// Re-reads the file if it changed (blocking: call from a blocking pool). Returns whether it did.
     pub fn reload_if_changed(&self) -> Result<bool, AgentsFileError> {
         match self {

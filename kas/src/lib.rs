@@ -53,6 +53,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod agent_config;
 pub mod agent_listener;
 pub mod agent_log;
 pub mod agent_streams;

@@ -75,6 +75,9 @@ pub enum StartError {
     /// The executor threads could not be started.
     #[error("cannot start threads: {0}")]
     Threads(std::io::Error),
+    /// The agent configuration settings are unusable (the webhook secret file).
+    #[error(transparent)]
+    AgentConfig(#[from] crate::agent_config::SettingsError),
 }
 
 /// How kas runs, besides its configuration.
@@ -176,6 +179,10 @@ impl Kas {
             max_pending_per_agent: config.routing.max_pending_per_agent,
             max_pending_total: config.routing.max_pending_total,
         });
+        let agent_configs = crate::agent_config::AgentConfigs::new(
+            crate::agent_config::Settings::from_config(&config)?,
+            directory.clone(),
+        );
         let pool = Pool::new(options.threads, "kas").map_err(StartError::Threads)?;
         let instance = format!("{:08x}", rand::random::<u32>());
         let state = Arc::new(
@@ -193,7 +200,8 @@ impl Kas {
                     per_user: config.events.max_per_user,
                 },
             )
-            .with_public_read(config.api_listener.public_read),
+            .with_public_read(config.api_listener.public_read)
+            .with_agent_config(agent_configs.clone()),
         );
 
         let agent_addr = config.agent_listener.address;
@@ -254,6 +262,7 @@ impl Kas {
             http_active,
         ))
         .detach();
+        pool.spawn(agent_configs.run(stopped.clone())).detach();
         pool.spawn(reload_files(state.clone(), stopped)).detach();
 
         tracing::info!(

@@ -43,6 +43,8 @@ pub struct KasState {
     pub presence: Presence,
     /// Views, events and the dashboard are readable without a token (`api_listener.public_read`).
     pub public_read: bool,
+    /// Agent configurations polled from Git (`None` when not started, e.g. in unit tests).
+    pub agent_config: Option<Arc<crate::agent_config::AgentConfigs>>,
     shutting_down: AtomicBool,
     auth_backend_ok: AtomicBool,
     next_request: AtomicU64,
@@ -75,10 +77,17 @@ impl KasState {
             events,
             presence: Presence::new(),
             public_read: false,
+            agent_config: None,
             shutting_down: AtomicBool::new(false),
             auth_backend_ok: AtomicBool::new(true),
             next_request: AtomicU64::new(1),
         }
+    }
+
+    /// Sets the agent configuration poller.
+    pub fn with_agent_config(mut self, configs: Arc<crate::agent_config::AgentConfigs>) -> Self {
+        self.agent_config = Some(configs);
+        self
     }
 
     /// Sets whether views, events and the dashboard are readable without a token.

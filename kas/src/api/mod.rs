@@ -13,6 +13,8 @@
 //! | `GET /api/v1/agents/{id}/views`, `.../views/{name}` | read | the agent's views, from kas's memory ([`views`]) |
 //! | `GET /api/v1/agents/{id}/cache/{kind}?namespace=&labelSelector=` | user | objects from agentk's informer cache (`cache`, [`cache`]) |
 //! | `GET /api/v1/events`, `/api/v1/agents/{id}/events` | read | Server-Sent Events: `view`, `object`, `agent` ([`events`]) |
+//! | `GET /api/v1/agents/{id}/config` | read | the agent's configuration from Git: commit, applied-at, status, errors ([`agent_config`]) |
+//! | `POST /api/v1/webhooks/git` | public + shared secret | GitLab push webhook (`X-Gitlab-Token`): poll the named repository now |
 //! | `GET /`, `/ui/*` | public | the dashboard's page and assets ([`crate::dashboard`]; the data it shows comes from read routes) |
 //!
 //! Access is a property of the route ([`ApiRoute::access`], an exhaustive match: a new route does not
@@ -26,6 +28,7 @@
 //! the response timeout 504. Error bodies are JSON: Kubernetes `Status` objects on `/k8s-proxy`,
 //! `{code, reason, message}` elsewhere ([`response`]).
 
+pub mod agent_config;
 pub mod agents;
 pub mod cache;
 pub mod events;
@@ -99,6 +102,10 @@ pub enum ApiRoute {
         /// `pods`, `Pod`, `apps/v1/Deployment`, ...
         kind: String,
     },
+    /// `/api/v1/agents/{id}/config`
+    AgentConfig(u64),
+    /// `/api/v1/webhooks/git`: authenticated by its own shared secret, not by a user bearer.
+    GitWebhook,
     /// `/api/v1/events`
     Events,
     /// `/api/v1/agents/{id}/events`
@@ -143,11 +150,13 @@ impl ApiRoute {
             | ApiRoute::Metrics
             | ApiRoute::Dashboard
             | ApiRoute::BadServicePath(_)
+            | ApiRoute::GitWebhook
             | ApiRoute::NotFound => Access::Public,
             ApiRoute::Agents | ApiRoute::Events => Access::Read(ReadTarget::AllAgents),
             ApiRoute::Agent(id)
             | ApiRoute::Views(id)
             | ApiRoute::View { agent_id: id, .. }
+            | ApiRoute::AgentConfig(id)
             | ApiRoute::AgentEvents(id) => Access::Read(ReadTarget::Agent(*id)),
             ApiRoute::ServiceProxy { agent_id, .. } | ApiRoute::Cache { agent_id, .. } => {
                 Access::User {
@@ -169,6 +178,8 @@ impl ApiRoute {
             ApiRoute::K8sProxy { .. } => "k8s-proxy",
             ApiRoute::Views(_) | ApiRoute::View { .. } => "views",
             ApiRoute::Cache { .. } => "cache",
+            ApiRoute::AgentConfig(_) => "agent-config",
+            ApiRoute::GitWebhook => "webhook",
             ApiRoute::Events | ApiRoute::AgentEvents(_) => "events",
             ApiRoute::Dashboard => "dashboard",
             ApiRoute::NotFound => "not-found",
@@ -241,6 +252,7 @@ pub fn classify(path: &str) -> ApiRoute {
         "/metrics" => return ApiRoute::Metrics,
         "/api/v1/agents" | "/api/v1/agents/" => return ApiRoute::Agents,
         "/api/v1/events" => return ApiRoute::Events,
+        "/api/v1/webhooks/git" => return ApiRoute::GitWebhook,
         p if crate::dashboard::PATHS.contains(&p) => return ApiRoute::Dashboard,
         _ => {}
     }
@@ -269,6 +281,7 @@ pub fn classify(path: &str) -> ApiRoute {
         match after {
             "views" | "views/" => return ApiRoute::Views(agent_id),
             "events" => return ApiRoute::AgentEvents(agent_id),
+            "config" => return ApiRoute::AgentConfig(agent_id),
             _ => {}
         }
         if let Some(name) = after.strip_prefix("views/")
@@ -393,7 +406,10 @@ async fn dispatch(
         }
         (ApiRoute::Metrics, Grant::Public) => {
             only_get(&req)?;
-            let text = state.metrics.render(&state.snapshot());
+            let mut text = state.metrics.render(&state.snapshot());
+            if let Some(configs) = &state.agent_config {
+                text.push_str(&configs.render_metrics());
+            }
             Ok(response::with_body(
                 StatusCode::OK,
                 crate::metrics::CONTENT_TYPE,
@@ -437,6 +453,11 @@ async fn dispatch(
             only_get(&req)?;
             views::view(state, agent_id, &name)
         }
+        (ApiRoute::AgentConfig(agent_id), Grant::Read(_)) => {
+            only_get(&req)?;
+            agent_config::get(state, agent_id)
+        }
+        (ApiRoute::GitWebhook, Grant::Public) => agent_config::webhook(state, req).await,
         (ApiRoute::Events, Grant::Read(read)) => {
             only_get(&req)?;
             let who = owner(peer, &read);
@@ -728,6 +749,16 @@ mod tests {
             ApiRoute::AgentEvents(4)
         );
         assert_eq!(classify("/api/v1/agents/4/views"), ApiRoute::Views(4));
+        assert_eq!(
+            classify("/api/v1/agents/4/config"),
+            ApiRoute::AgentConfig(4)
+        );
+        assert_eq!(
+            classify("/api/v1/agents/4/config").access(),
+            Access::Read(ReadTarget::Agent(4))
+        );
+        assert_eq!(classify("/api/v1/webhooks/git"), ApiRoute::GitWebhook);
+        assert_eq!(classify("/api/v1/webhooks/git/x"), ApiRoute::NotFound);
         assert_eq!(classify("/api/v1/agents/4/views/"), ApiRoute::Views(4));
         assert_eq!(
             classify("/api/v1/agents/4/views/pods_by_phase"),

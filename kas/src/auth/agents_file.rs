@@ -5,6 +5,11 @@
 //!   - id: 1
 //!     name: agent-1
 //!     token_sha256: 5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8
+//!     config_project:               # optional: where .gitlab/agents/agent-1/config.yaml lives
+//!       url: https://gitlab.example.com/group/config.git   # also git://…, a local path
+//!       token_file: config.token    # optional: basic auth (username `oauth2` unless given)
+//!       # header_file: auth-header  # or: a whole `Authorization` header value, re-read per fetch
+//!       # ca_file: ca.pem           # optional: CA certificates for https
 //! ```
 //!
 //! Authentication hashes the presented token and compares the digest with every entry in constant time
@@ -33,6 +38,29 @@ pub struct AgentEntry {
     pub name: String,
     /// SHA-256 of the agent's token (unique in the file).
     pub token_sha256: TokenDigest,
+    /// The repository holding the agent's configuration file, if any.
+    pub config_project: Option<ConfigProject>,
+}
+
+/// Where an agent's configuration project is and how to authenticate to it. Relative file paths are
+/// resolved against the agents file's directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigProject {
+    /// The repository: `https://…`, `http://…` (credentials only to loopback), `git://…`, or a local path.
+    pub url: String,
+    /// Basic auth: a file holding the token (re-read before every fetch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Basic auth username with `token_file`; default `oauth2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// A file holding a whole `Authorization` header value (re-read before every fetch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_file: Option<PathBuf>,
+    /// CA certificates (PEM) trusted for `https` instead of the built-in roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -48,6 +76,8 @@ struct AgentRecord {
     id: u64,
     name: String,
     token_sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    config_project: Option<ConfigProject>,
 }
 
 /// Problems with an agents file.
@@ -91,6 +121,16 @@ pub enum AgentsFileError {
         id: u64,
         /// What is wrong.
         source: super::token::DigestParseError,
+    },
+    /// An agent's `config_project` is invalid.
+    #[error("agents file {}: agent {id}: config_project: {reason}", path.display())]
+    BadConfigProject {
+        /// The file.
+        path: PathBuf,
+        /// The agent id.
+        id: u64,
+        /// What is wrong (never a credential).
+        reason: String,
     },
     /// An entry is invalid (id 0, empty name).
     #[error("agents file {}: entry {index}: {reason}", path.display())]
@@ -210,6 +250,15 @@ impl AgentsFile {
             .collect()
     }
 
+    /// `(id, name, config project)` of every agent that names a config project, in file order.
+    pub fn config_projects(&self) -> Vec<(u64, String, ConfigProject)> {
+        self.read_state()
+            .entries
+            .iter()
+            .filter_map(|e| e.config_project.clone().map(|p| (e.id, e.name.clone(), p)))
+            .collect()
+    }
+
     /// Reads the file again. On error the previous entries stay in use. Returns the number of agents.
     /// In-memory instances have nothing to reload and return their count.
     pub fn reload(&self) -> Result<usize, AgentsFileError> {
@@ -262,6 +311,7 @@ impl AgentsFile {
                 id,
                 name: name.clone(),
                 token_sha256: TokenDigest::of(&token).to_hex(),
+                config_project: None,
             });
             agents.push(GeneratedAgent {
                 id,
@@ -367,13 +417,58 @@ fn parse(text: &str, origin: &Path) -> Result<Vec<AgentEntry>, AgentsFileError> 
                     source,
                 }
             })?;
+            let base = origin.parent().unwrap_or(Path::new(""));
+            let config_project = r
+                .config_project
+                .map(|p| check_config_project(p, r.id, base, origin))
+                .transpose()?;
             Ok(AgentEntry {
                 id: r.id,
                 name: r.name,
                 token_sha256,
+                config_project,
             })
         })
         .collect()
+}
+
+/// Checks a config project and resolves its relative paths against `base`.
+fn check_config_project(
+    mut p: ConfigProject,
+    id: u64,
+    base: &Path,
+    origin: &Path,
+) -> Result<ConfigProject, AgentsFileError> {
+    let bad = |reason: String| AgentsFileError::BadConfigProject {
+        path: origin.to_owned(),
+        id,
+        reason,
+    };
+    if p.token_file.is_some() && p.header_file.is_some() {
+        return Err(bad("give token_file or header_file, not both".into()));
+    }
+    if p.username.is_some() && p.token_file.is_none() {
+        return Err(bad("username needs token_file".into()));
+    }
+    // The URL is checked without echoing credentials it may carry.
+    let url = p.url.trim();
+    if url.contains("://") {
+        git_mirror::RepoUrl::parse_with_credentials(url).map_err(|e| bad(format!("url: {e}")))?;
+    } else if url.is_empty() {
+        return Err(bad("url must not be empty".into()));
+    }
+    for f in [&mut p.token_file, &mut p.header_file, &mut p.ca_file]
+        .into_iter()
+        .flatten()
+    {
+        if f.is_relative() && !base.as_os_str().is_empty() {
+            *f = base.join(&*f);
+        }
+    }
+    if !url.contains("://") && Path::new(url).is_relative() && !base.as_os_str().is_empty() {
+        p.url = base.join(url).to_string_lossy().into_owned();
+    }
+    Ok(p)
 }
 
 fn check_entries(entries: &[AgentEntry], origin: &Path) -> Result<(), AgentsFileError> {
@@ -415,6 +510,44 @@ mod tests {
     use std::net::Ipv4Addr;
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    #[test]
+    fn config_projects_are_parsed_checked_and_resolved() -> TestResult {
+        let digest = TokenDigest::of("t1").to_hex();
+        let yaml = format!(
+            "agents:\n- id: 1\n  name: a\n  token_sha256: {digest}\n  config_project: {{url: 'https://gitlab.example.com/g/c.git', token_file: c.token}}\n"
+        );
+        let file = AgentsFile::from_yaml_str(&yaml, Path::new("/etc/kas/agents.yaml"))?;
+        let projects = file.config_projects();
+        assert_eq!(projects.len(), 1);
+        assert_eq!(
+            projects[0].2.token_file.as_deref(),
+            Some(Path::new("/etc/kas/c.token"))
+        );
+        for (bad, why) in [
+            (
+                "{url: 'https://h/g.git', token_file: a, header_file: b}",
+                "not both",
+            ),
+            (
+                "{url: 'https://h/g.git', username: u}",
+                "username needs token_file",
+            ),
+            ("{url: ''}", "must not be empty"),
+            ("{url: 'ftp://user:secretpw@h/g.git'}", "url"),
+            ("{url: 'https://h/g.git', tokenfile: a}", "unknown field"),
+        ] {
+            let yaml = format!(
+                "agents:\n- id: 1\n  name: a\n  token_sha256: {digest}\n  config_project: {bad}\n"
+            );
+            let err = AgentsFile::from_yaml_str(&yaml, Path::new("agents.yaml"))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+            assert!(!err.contains("secretpw"), "{err}");
+        }
+        Ok(())
+    }
 
     const SRC: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 

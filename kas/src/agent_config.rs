@@ -1,0 +1,842 @@
+//! Agent configuration from Git: kas polls every agent's config project (agents-file backend:
+//! `config_project` of each agent) and parses `.gitlab/agents/<name>/config.yaml` on its default
+//! branch with [`agent_config::ConfigFile`].
+//!
+//! - **One fetch per repository.** Agents whose config projects normalise to the same repository share
+//!   one [`FetchKey`] and one fetch per poll ([`git_mirror::Mirror::update`]), however many they are.
+//! - **Blocking work off the executor.** Fetches, tree reads and parsing run in `smol::unblock`.
+//! - **Last good config stays.** A commit whose file does not parse (or is too large, or not a file)
+//!   records its errors (commit, path, line, column, message) and keeps the previously accepted
+//!   config; a failed fetch (repository gone, unreachable, credentials refused) keeps everything and
+//!   adds the fetch error. A missing file is an empty configuration.
+//! - **Logged once.** A broken commit is logged once per (agent, commit); a fetch failure once per
+//!   (agent, error code) until it clears. Messages come from `git-mirror`, which never puts a
+//!   credential in an error.
+//! - **Triggers.** A full poll every `agent_configuration.poll_period`, and [`AgentConfigs::trigger`]
+//!   (the push webhook) polls the matching repositories at once.
+//!
+//! Read by `GET /api/v1/agents/{id}/config` ([`AgentConfigs::agent_json`]); metrics in
+//! [`AgentConfigs::render_metrics`]. Delivery to agentk (a `config` tunnel service) is not here yet.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use agent_config::{AgentConfig, AgentName, ConfigFile, ProjectId};
+use git_mirror::{Auth, FetchKey, Limits, MirrorSet, Remote, RepoId, RepoUrl, Secret, Want};
+use serde_json::{Value, json};
+
+use crate::auth::{ConfigProject, TokenDigest};
+use crate::config::Config;
+use crate::directory::AgentDirectory;
+
+/// Fetches of one poll running at once, at most.
+pub const MAX_CONCURRENT_FETCHES: usize = 16;
+
+/// What the poller needs from `kas.yaml`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Time between full polls.
+    pub poll_period: Duration,
+    /// Whole-fetch timeout.
+    pub fetch_timeout: Duration,
+    /// Largest configuration file read.
+    pub max_file_size: u64,
+    /// Where the mirrors live.
+    pub mirrors_dir: PathBuf,
+    /// The push webhook's shared secret, if configured.
+    pub webhook_secret: Option<Secret>,
+}
+
+/// Why [`Settings::from_config`] failed.
+#[derive(Debug, thiserror::Error)]
+#[error("agent_configuration.webhook_secret_file {}: {reason}", path.display())]
+pub struct SettingsError {
+    /// The secret file.
+    pub path: PathBuf,
+    /// What is wrong (never the secret).
+    pub reason: String,
+}
+
+impl Settings {
+    /// From `kas.yaml`; reads the webhook secret file.
+    pub fn from_config(config: &Config) -> Result<Settings, SettingsError> {
+        let ac = &config.agent_configuration;
+        let webhook_secret = match &ac.webhook_secret_file {
+            None => None,
+            Some(path) => {
+                let fail = |reason: String| SettingsError {
+                    path: path.clone(),
+                    reason,
+                };
+                let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+                let secret = text.trim();
+                if secret.is_empty() {
+                    return Err(fail("empty".into()));
+                }
+                Some(Secret::new(secret))
+            }
+        };
+        Ok(Settings {
+            poll_period: ac.poll_period,
+            fetch_timeout: ac.fetch_timeout,
+            max_file_size: ac.max_file_size,
+            mirrors_dir: config.agent_config_mirrors_dir(),
+            webhook_secret,
+        })
+    }
+}
+
+/// One agent's configuration as kas last saw it.
+#[derive(Debug, Clone, Default)]
+struct AgentState {
+    /// The repository (redacted URL) it comes from.
+    repository: String,
+    /// The last commit examined.
+    commit: Option<String>,
+    /// When that commit was last fetched.
+    fetched_at: Option<SystemTime>,
+    /// The commit of the config in force.
+    applied_commit: Option<String>,
+    /// When the config in force was accepted (its content last changed).
+    applied_at: Option<SystemTime>,
+    /// The last good config.
+    config: Option<AgentConfig>,
+    /// Current problems: parse errors of `commit`, or the last fetch failure.
+    errors: Vec<Value>,
+    /// What was last logged (`commit:<id>` or `fetch:<code>`), so each problem is logged once.
+    logged: Option<String>,
+}
+
+/// The push webhook's answer ([`AgentConfigs::webhook`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    /// No secret is configured: the webhook is off.
+    Disabled,
+    /// The secret is missing or wrong.
+    BadSecret,
+    /// The body is not a push event kas understands.
+    BadRequest(String),
+    /// No agent's config project is this repository.
+    NoMatch,
+    /// A poll of this many repositories was triggered.
+    Triggered(usize),
+}
+
+/// The agent configuration poller and its results.
+pub struct AgentConfigs {
+    settings: Settings,
+    directory: AgentDirectory,
+    mirrors: OnceLock<Result<MirrorSet, git_mirror::Error>>,
+    states: Mutex<BTreeMap<u64, AgentState>>,
+    pending: Mutex<BTreeSet<RepoId>>,
+    wake_tx: async_channel::Sender<()>,
+    wake_rx: async_channel::Receiver<()>,
+    polls: AtomicU64,
+    fetch_failures: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl std::fmt::Debug for AgentConfigs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfigs")
+            .field("mirrors_dir", &self.settings.mirrors_dir)
+            .field("poll_period", &self.settings.poll_period)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The agents sharing one fetch.
+struct Group {
+    key: FetchKey,
+    remote: Remote,
+    project: ProjectId,
+    agents: Vec<(u64, String)>,
+}
+
+/// What one fetch of a group found, per agent: the file's bytes (`None`: no file) or a read error.
+type Fetched = (String, Vec<(u64, Result<Option<Vec<u8>>, String>)>);
+
+impl AgentConfigs {
+    /// A poller over the agents `directory` lists (nothing is fetched before [`AgentConfigs::run`]).
+    pub fn new(settings: Settings, directory: AgentDirectory) -> Arc<Self> {
+        let (wake_tx, wake_rx) = async_channel::bounded(1);
+        Arc::new(AgentConfigs {
+            settings,
+            directory,
+            mirrors: OnceLock::new(),
+            states: Mutex::new(BTreeMap::new()),
+            pending: Mutex::new(BTreeSet::new()),
+            wake_tx,
+            wake_rx,
+            polls: AtomicU64::new(0),
+            fetch_failures: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn states(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, AgentState>> {
+        self.states.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Polls every poll period, and the repositories [`AgentConfigs::trigger`] names at once, until
+    /// `stop` closes.
+    pub async fn run(self: Arc<Self>, stop: async_channel::Receiver<()>) {
+        enum Next {
+            Stop,
+            Wake,
+            Full,
+        }
+        let mut next_full = Instant::now();
+        loop {
+            if Instant::now() >= next_full {
+                self.poll(None).await;
+                next_full = Instant::now() + self.settings.poll_period;
+                continue;
+            }
+            let next = futures_lite::future::or(
+                async {
+                    let _ = stop.recv().await;
+                    Next::Stop
+                },
+                futures_lite::future::or(
+                    async {
+                        match self.wake_rx.recv().await {
+                            Ok(()) => Next::Wake,
+                            Err(_) => Next::Stop,
+                        }
+                    },
+                    async {
+                        smol::Timer::at(next_full).await;
+                        Next::Full
+                    },
+                ),
+            )
+            .await;
+            match next {
+                Next::Stop => return,
+                Next::Full => {}
+                Next::Wake => {
+                    let repos = std::mem::take(
+                        &mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()),
+                    );
+                    if !repos.is_empty() {
+                        self.poll(Some(&repos)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The agents with a config project, grouped by fetch; agents whose source is unusable get
+    /// their error recorded here.
+    fn groups(&self) -> Vec<Group> {
+        let mut groups: BTreeMap<FetchKey, Group> = BTreeMap::new();
+        for (agent_id, name, project) in self.directory.config_projects() {
+            match remote_of(&project) {
+                Ok(remote) => {
+                    let key = FetchKey {
+                        repo: remote.url.id(),
+                        want: Want::DefaultBranch,
+                    };
+                    let project_id = project_id_of(&remote.url);
+                    groups
+                        .entry(key.clone())
+                        .or_insert_with(|| Group {
+                            key,
+                            remote,
+                            project: project_id,
+                            agents: Vec::new(),
+                        })
+                        .agents
+                        .push((agent_id, name));
+                }
+                Err(e) => self.fetch_failed(agent_id, &git_mirror::redact(&project.url), &e),
+            }
+        }
+        groups.into_values().collect()
+    }
+
+    /// One poll of every group, or of those whose repository is in `only`.
+    async fn poll(self: &Arc<Self>, only: Option<&BTreeSet<RepoId>>) {
+        let groups: Vec<Group> = self
+            .groups()
+            .into_iter()
+            .filter(|g| only.is_none_or(|o| o.contains(&g.key.repo)))
+            .collect();
+        let mut groups = groups.into_iter();
+        loop {
+            // At most MAX_CONCURRENT_FETCHES fetches at once: a poll of many repositories does not
+            // take every blocking thread.
+            let tasks: Vec<_> = groups
+                .by_ref()
+                .take(MAX_CONCURRENT_FETCHES)
+                .map(|group| {
+                    let this = self.clone();
+                    smol::unblock(move || {
+                        let result = this.fetch(&group);
+                        (group, result)
+                    })
+                })
+                .collect();
+            if tasks.is_empty() {
+                return;
+            }
+            for task in tasks {
+                self.record(task.await);
+            }
+        }
+    }
+
+    /// Records one group's fetch.
+    fn record(&self, (group, result): (Group, Result<Fetched, git_mirror::Error>)) {
+        self.polls.fetch_add(1, Ordering::Relaxed);
+        let repository = group.remote.url.to_string();
+        match result {
+            Ok((commit, files)) => {
+                for (agent_id, file) in files {
+                    let name = group
+                        .agents
+                        .iter()
+                        .find(|(id, _)| *id == agent_id)
+                        .map(|(_, n)| n.as_str())
+                        .unwrap_or_default();
+                    self.accept(agent_id, name, &repository, &group.project, &commit, file);
+                }
+            }
+            Err(e) => {
+                *self
+                    .fetch_failures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(fault_label(e.fault()))
+                    .or_default() += 1;
+                for (agent_id, _) in &group.agents {
+                    self.fetch_failed(*agent_id, &repository, &e);
+                }
+            }
+        }
+    }
+
+    /// Blocking: updates the group's mirror and reads each agent's file at the new commit.
+    fn fetch(&self, group: &Group) -> Result<Fetched, git_mirror::Error> {
+        let mirrors = self
+            .mirrors
+            .get_or_init(|| {
+                MirrorSet::open(
+                    &self.settings.mirrors_dir,
+                    Limits {
+                        fetch_timeout: self.settings.fetch_timeout,
+                        ..Limits::default()
+                    },
+                )
+            })
+            .as_ref()
+            .map_err(Clone::clone)?;
+        let mirror = mirrors.mirror(&group.remote)?;
+        let update = mirror.update(&group.key.want)?;
+        let snapshot = mirror.snapshot(update.commit)?;
+        let files = group
+            .agents
+            .iter()
+            .map(|(agent_id, name)| {
+                let file = match AgentName::new(name) {
+                    Ok(n) => snapshot
+                        .try_read_file(&n.config_path(), self.settings.max_file_size)
+                        .map_err(|e| e.to_string()),
+                    Err(reason) => Err(reason),
+                };
+                (*agent_id, file)
+            })
+            .collect();
+        Ok((update.commit.to_string(), files))
+    }
+
+    /// Records what a successful fetch found for one agent.
+    fn accept(
+        &self,
+        agent_id: u64,
+        name: &str,
+        repository: &str,
+        project: &ProjectId,
+        commit: &str,
+        file: Result<Option<Vec<u8>>, String>,
+    ) {
+        let path = AgentName::new(name)
+            .map(|n| n.config_path())
+            .unwrap_or_default();
+        let parsed = match file {
+            Ok(None) => Ok(ConfigFile::default()),
+            Ok(Some(bytes)) => {
+                let limits = agent_config::yaml::Limits {
+                    max_bytes: usize::try_from(self.settings.max_file_size).unwrap_or(usize::MAX),
+                    ..agent_config::yaml::Limits::default()
+                };
+                ConfigFile::parse_bytes(&bytes, &limits).map_err(|errs| {
+                    errs.errors
+                        .iter()
+                        .map(|e| {
+                            json!({
+                                "kind": e.kind,
+                                "commit": commit,
+                                "file": path,
+                                "path": e.path,
+                                "line": e.line,
+                                "column": e.column,
+                                "message": e.message,
+                            })
+                        })
+                        .collect::<Vec<_>>()
+                })
+            }
+            Err(message) => Err(vec![json!({
+                "kind": "read",
+                "commit": commit,
+                "file": path,
+                "path": "",
+                "line": null,
+                "column": null,
+                "message": message,
+            })]),
+        };
+        let now = SystemTime::now();
+        let mut states = self.states();
+        let state = states.entry(agent_id).or_default();
+        state.repository = repository.to_owned();
+        state.commit = Some(commit.to_owned());
+        state.fetched_at = Some(now);
+        match parsed {
+            Ok(file) => {
+                let config = file.agent_config(project);
+                if state.config.as_ref() != Some(&config) {
+                    state.applied_at = Some(now);
+                    tracing::info!(agent_id, %commit, repository, "agent configuration accepted");
+                }
+                state.config = Some(config);
+                state.applied_commit = Some(commit.to_owned());
+                state.errors.clear();
+                state.logged = None;
+            }
+            Err(errors) => {
+                let logged = format!("commit:{commit}");
+                if state.logged.as_deref() != Some(logged.as_str()) {
+                    let first = errors.first().cloned().unwrap_or(Value::Null);
+                    tracing::warn!(
+                        agent_id,
+                        %commit,
+                        repository,
+                        errors = errors.len(),
+                        first = %first,
+                        "agent configuration rejected; the previous one stays in force"
+                    );
+                    state.logged = Some(logged);
+                }
+                state.errors = errors;
+            }
+        }
+    }
+
+    /// Records a fetch failure for one agent; its last state stays.
+    fn fetch_failed(&self, agent_id: u64, repository: &str, e: &git_mirror::Error) {
+        let mut states = self.states();
+        let state = states.entry(agent_id).or_default();
+        state.repository = repository.to_owned();
+        state.errors = vec![json!({
+            "kind": "fetch",
+            "code": e.code(),
+            "fault": fault_label(e.fault()),
+            "commit": state.commit,
+            "message": e.to_string(),
+        })];
+        let logged = format!("fetch:{}", e.code());
+        if state.logged.as_deref() != Some(logged.as_str()) {
+            tracing::warn!(
+                agent_id,
+                repository,
+                code = e.code(),
+                fault = fault_label(e.fault()),
+                error = %e,
+                "agent configuration fetch failed; the last state stays"
+            );
+            state.logged = Some(logged);
+        }
+    }
+
+    /// Polls the repositories matching a push at once (the webhook). `path_with_namespace` and
+    /// `git_http_url` are GitLab's `project` fields; either may match. Returns how many repositories
+    /// will be polled.
+    pub fn trigger(&self, path_with_namespace: Option<&str>, git_http_url: Option<&str>) -> usize {
+        let by_url = git_http_url
+            .and_then(|u| RepoUrl::parse_with_credentials(u).ok())
+            .map(|(u, _)| u.id());
+        let path = path_with_namespace.map(|p| p.trim_matches('/').trim_end_matches(".git"));
+        let mut matched = BTreeSet::new();
+        for (_, _, project) in self.directory.config_projects() {
+            let Ok(url) = url_of(&project) else { continue };
+            let id = url.id();
+            if by_url.as_ref() == Some(&id)
+                || path.is_some_and(|p| !p.is_empty() && project_path(&url) == p)
+            {
+                matched.insert(id);
+            }
+        }
+        let n = matched.len();
+        if n > 0 {
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(matched);
+            // Full: a wake-up is already queued and will take the pending set.
+            let _ = self.wake_tx.try_send(());
+        }
+        n
+    }
+
+    /// Handles a push webhook: checks `token` against the shared secret (in constant time), then
+    /// triggers a poll of the repository the JSON `body` names.
+    pub fn webhook(&self, token: Option<&[u8]>, body: &[u8]) -> WebhookOutcome {
+        let Some(secret) = &self.settings.webhook_secret else {
+            return WebhookOutcome::Disabled;
+        };
+        let Some(token) = token else {
+            return WebhookOutcome::BadSecret;
+        };
+        // Digests of both, compared in constant time: neither length nor content leaks by timing.
+        if !TokenDigest::of_bytes(token).ct_eq(&TokenDigest::of(secret.expose())) {
+            return WebhookOutcome::BadSecret;
+        }
+        let push: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return WebhookOutcome::BadRequest(format!("the body is not JSON: {e}")),
+        };
+        let project = push.get("project");
+        let field = |k: &str| project.and_then(|p| p.get(k)).and_then(Value::as_str);
+        let path = field("path_with_namespace");
+        let url = field("git_http_url").or_else(|| field("http_url"));
+        if path.is_none() && url.is_none() {
+            return WebhookOutcome::BadRequest(
+                "expected a push event with project.path_with_namespace or project.git_http_url"
+                    .into(),
+            );
+        }
+        match self.trigger(path, url) {
+            0 => WebhookOutcome::NoMatch,
+            n => {
+                let git_ref = push
+                    .get("ref")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default();
+                tracing::info!(
+                    project = path.unwrap_or_default(),
+                    git_ref,
+                    repositories = n,
+                    "push webhook: polling now"
+                );
+                WebhookOutcome::Triggered(n)
+            }
+        }
+    }
+
+    /// Whether `agent_id` has a config project.
+    pub fn has_source(&self, agent_id: u64) -> bool {
+        self.directory
+            .config_projects()
+            .iter()
+            .any(|(id, _, _)| *id == agent_id)
+    }
+
+    /// The API's answer for one agent (`GET /api/v1/agents/{id}/config`).
+    pub fn agent_json(&self, agent_id: u64) -> Value {
+        let states = self.states();
+        let Some(s) = states.get(&agent_id) else {
+            let status = if self.has_source(agent_id) {
+                "pending"
+            } else {
+                "not_configured"
+            };
+            return json!({
+                "agent_id": agent_id, "status": status, "repository": null, "commit": null,
+                "fetched_at": null, "applied_commit": null, "applied_at": null,
+                "errors": [], "config": null,
+            });
+        };
+        let status = match (&s.config, s.errors.is_empty()) {
+            (_, false) => "error",
+            (Some(_), true) => "ok",
+            (None, true) => "pending",
+        };
+        json!({
+            "agent_id": agent_id,
+            "status": status,
+            "repository": s.repository,
+            "commit": s.commit,
+            "fetched_at": s.fetched_at.map(crate::rfc3339::format),
+            "applied_commit": s.applied_commit,
+            "applied_at": s.applied_at.map(crate::rfc3339::format),
+            "errors": s.errors,
+            "config": s.config.as_ref().map(|c| serde_json::to_value(c).unwrap_or(Value::Null)),
+        })
+    }
+
+    /// Prometheus text: polls, fetch failures by fault, agents whose config has errors.
+    pub fn render_metrics(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP kas_agent_config_polls_total Fetches of config projects (one per repository per poll).\n\
+             # TYPE kas_agent_config_polls_total counter\n\
+             kas_agent_config_polls_total {}",
+            self.polls.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP kas_agent_config_fetch_failures_total Failed config project fetches, by whose fault.\n\
+             # TYPE kas_agent_config_fetch_failures_total counter"
+        );
+        for (fault, n) in self
+            .fetch_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "kas_agent_config_fetch_failures_total{{fault=\"{fault}\"}} {n}"
+            );
+        }
+        let with_errors = self
+            .states()
+            .values()
+            .filter(|s| !s.errors.is_empty())
+            .count();
+        let _ = writeln!(
+            out,
+            "# HELP kas_agent_configs_with_errors Agents whose configuration currently has errors.\n\
+             # TYPE kas_agent_configs_with_errors gauge\n\
+             kas_agent_configs_with_errors {with_errors}"
+        );
+        out
+    }
+}
+
+fn fault_label(fault: git_mirror::Fault) -> &'static str {
+    match fault {
+        git_mirror::Fault::Remote => "remote",
+        git_mirror::Fault::Credentials => "credentials",
+        git_mirror::Fault::Content => "content",
+        git_mirror::Fault::Request => "request",
+        git_mirror::Fault::Local => "local",
+    }
+}
+
+/// The repository URL of a config project (credentials in the URL are dropped here).
+fn url_of(project: &ConfigProject) -> Result<RepoUrl, git_mirror::Error> {
+    let url = project.url.trim();
+    if url.contains("://") {
+        RepoUrl::parse_with_credentials(url).map(|(u, _)| u)
+    } else {
+        RepoUrl::file(Path::new(url))
+    }
+}
+
+/// The remote with its credentials; the token file is read here, so a rotated token is used at once.
+fn remote_of(project: &ConfigProject) -> Result<Remote, git_mirror::Error> {
+    let url = project.url.trim();
+    let mut remote = if url.contains("://") {
+        Remote::parse(url)?
+    } else {
+        Remote::new(RepoUrl::file(Path::new(url))?)
+    };
+    if let Some(file) = &project.token_file {
+        let token =
+            std::fs::read_to_string(file).map_err(|e| git_mirror::Error::CredentialFile {
+                url: remote.url.to_string(),
+                detail: format!("{}: {e}", file.display()),
+            })?;
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(git_mirror::Error::CredentialFile {
+                url: remote.url.to_string(),
+                detail: format!("{}: empty", file.display()),
+            });
+        }
+        remote.auth = Auth::Basic {
+            username: project.username.clone().unwrap_or_else(|| "oauth2".into()),
+            token: Secret::new(token),
+        };
+    } else if let Some(file) = &project.header_file {
+        remote.auth = Auth::HeaderFile(file.clone());
+    }
+    if let Some(ca) = &project.ca_file {
+        remote.ca_file = Some(ca.clone());
+    }
+    Ok(remote)
+}
+
+/// The project path of a repository URL: its path without slashes around it and without `.git`
+/// (`https://gitlab.example.com/group/config.git` → `group/config`).
+fn project_path(url: &RepoUrl) -> String {
+    url.path()
+        .trim_matches('/')
+        .trim_end_matches(".git")
+        .to_owned()
+}
+
+/// The [`ProjectId`] manifest projects default to: the project path, else the URL.
+fn project_id_of(url: &RepoUrl) -> ProjectId {
+    ProjectId::new(&project_path(url))
+        .or_else(|_| ProjectId::new(&url.to_string()))
+        .unwrap_or_else(|_| ProjectId::new("config").unwrap_or_else(|_| unreachable!()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::auth::AgentsFile;
+
+    fn configs(projects: &[(u64, &str)], secret: Option<&str>) -> Arc<AgentConfigs> {
+        let mut yaml = String::from("agents:\n");
+        for (id, url) in projects {
+            yaml.push_str(&format!(
+                "- id: {id}\n  name: agent-{id}\n  token_sha256: {}\n  config_project: {{url: '{url}'}}\n",
+                TokenDigest::of(&format!("token-{id}")).to_hex()
+            ));
+        }
+        let file = AgentsFile::from_yaml_str(&yaml, Path::new("agents.yaml")).unwrap();
+        AgentConfigs::new(
+            Settings {
+                poll_period: Duration::from_secs(300),
+                fetch_timeout: Duration::from_secs(5),
+                max_file_size: 1024,
+                mirrors_dir: PathBuf::from("unused"),
+                webhook_secret: secret.map(Secret::new),
+            },
+            AgentDirectory::File(Arc::new(file)),
+        )
+    }
+
+    #[test]
+    fn agents_on_one_repository_share_one_fetch() {
+        let c = configs(
+            &[
+                (1, "https://gitlab.example.com/group/config.git"),
+                (2, "https://oauth2:tok@gitlab.example.com/group/config.git"),
+                (3, "https://GITLAB.example.com/group/config.git"),
+                (4, "https://gitlab.example.com/group/other.git"),
+            ],
+            None,
+        );
+        let groups = c.groups();
+        assert_eq!(
+            groups.len(),
+            2,
+            "{:?}",
+            groups.iter().map(|g| g.key.to_string()).collect::<Vec<_>>()
+        );
+        let sizes: Vec<usize> = groups.iter().map(|g| g.agents.len()).collect();
+        assert!(sizes.contains(&3) && sizes.contains(&1), "{sizes:?}");
+        let shared = groups.iter().find(|g| g.agents.len() == 3).unwrap();
+        assert_eq!(shared.project.as_str(), "group/config");
+    }
+
+    #[test]
+    fn broken_commits_keep_the_last_good_config_and_are_logged_once() {
+        let c = configs(&[(1, "https://gitlab.example.com/group/config.git")], None);
+        let project = ProjectId::new("group/config").unwrap();
+        let repo = "https://gitlab.example.com/group/config.git";
+        let good = b"observability: {logging: {level: debug}}\n".to_vec();
+        c.accept(1, "agent-1", repo, &project, "c1", Ok(Some(good.clone())));
+        let v = c.agent_json(1);
+        assert_eq!(v["status"], "ok");
+        let applied_at = v["applied_at"].clone();
+        c.accept(
+            1,
+            "agent-1",
+            repo,
+            &project,
+            "c2",
+            Ok(Some(b"bogus: 1\n".to_vec())),
+        );
+        let v = c.agent_json(1);
+        assert_eq!(v["status"], "error");
+        assert_eq!(v["errors"][0]["path"], "bogus");
+        assert_eq!(v["errors"][0]["line"], 1);
+        assert_eq!(v["applied_commit"], "c1");
+        assert_eq!(v["config"]["observability"]["logging"]["level"], "debug");
+        assert_eq!(
+            c.states().get(&1).unwrap().logged.as_deref(),
+            Some("commit:c2")
+        );
+        // An oversized file is an error of that commit, too.
+        c.accept(
+            1,
+            "agent-1",
+            repo,
+            &project,
+            "c3",
+            Ok(Some(vec![b'#'; 2048])),
+        );
+        assert_eq!(c.agent_json(1)["errors"][0]["commit"], "c3");
+        // A missing file is an empty configuration; the content changed, so applied_at moves on.
+        c.accept(1, "agent-1", repo, &project, "c4", Ok(None));
+        let v = c.agent_json(1);
+        assert_eq!(v["status"], "ok");
+        assert_eq!(v["config"]["observability"]["logging"]["level"], "info");
+        assert_eq!(c.states().get(&1).unwrap().logged, None);
+        assert!(v["applied_at"].is_string() && applied_at.is_string());
+        // A fetch failure keeps everything and is shown with its fault.
+        let e = git_mirror::Error::RepoNotFound {
+            url: repo.into(),
+            detail: "gone".into(),
+        };
+        c.fetch_failed(1, repo, &e);
+        let v = c.agent_json(1);
+        assert_eq!(v["status"], "error");
+        assert_eq!(v["errors"][0]["fault"], "remote");
+        assert_eq!(v["errors"][0]["commit"], "c4");
+        assert_eq!(v["applied_commit"], "c4");
+        assert!(
+            c.render_metrics()
+                .contains("kas_agent_configs_with_errors 1")
+        );
+    }
+
+    #[test]
+    fn webhook_checks_the_secret_and_matches_repositories() {
+        let c = configs(
+            &[(1, "https://user:pw@gitlab.example.com/group/config.git")],
+            Some("hunter2"),
+        );
+        let body = br#"{"ref":"refs/heads/main","project":{"path_with_namespace":"group/config"}}"#;
+        assert_eq!(c.webhook(None, body), WebhookOutcome::BadSecret);
+        assert_eq!(c.webhook(Some(b"hunter"), body), WebhookOutcome::BadSecret);
+        assert_eq!(
+            c.webhook(Some(b"hunter22"), body),
+            WebhookOutcome::BadSecret
+        );
+        assert_eq!(
+            c.webhook(Some(b"hunter2"), body),
+            WebhookOutcome::Triggered(1)
+        );
+        let by_url =
+            br#"{"project":{"git_http_url":"https://gitlab.example.com/group/config.git"}}"#;
+        assert_eq!(
+            c.webhook(Some(b"hunter2"), by_url),
+            WebhookOutcome::Triggered(1)
+        );
+        let other = br#"{"project":{"path_with_namespace":"group/other"}}"#;
+        assert_eq!(c.webhook(Some(b"hunter2"), other), WebhookOutcome::NoMatch);
+        assert!(matches!(
+            c.webhook(Some(b"hunter2"), b"{}"),
+            WebhookOutcome::BadRequest(_)
+        ));
+        assert!(matches!(
+            c.webhook(Some(b"hunter2"), b"[1"),
+            WebhookOutcome::BadRequest(_)
+        ));
+        let off = configs(&[(1, "https://gitlab.example.com/group/config.git")], None);
+        assert_eq!(off.webhook(Some(b"x"), body), WebhookOutcome::Disabled);
+    }
+}
