@@ -61,7 +61,7 @@ fn client_impersonation_and_credentials_never_reach_the_api_server() {
     let kubeconfig = s.env.dir.path().join("cluster-1.kubeconfig");
     std::fs::write(
         &kubeconfig,
-        simulator::apiserver::kubeconfig::kubeconfig_yaml(
+        sim_apiserver::kubeconfig::kubeconfig_yaml(
             &format!("http://{}", tap.addr),
             "cluster-1",
             s.cluster(1).bearer_token(),
