@@ -42,3 +42,25 @@ pub fn set_view_fault(fault: Option<ViewFault>) {
 pub fn view_fault() -> Option<ViewFault> {
     VIEW_FAULT.with(Cell::get)
 }
+
+/// A bug to inject into flow control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowFault {
+    /// Every WINDOW_UPDATE received grants twice its increment: the sender overruns the windows the
+    /// receiver announced.
+    DoubleCredit,
+}
+
+thread_local! {
+    static FLOW_FAULT: Cell<Option<FlowFault>> = const { Cell::new(None) };
+}
+
+/// Switches a flow-control fault on (or off with `None`) on this thread until changed again.
+pub fn set_flow_fault(fault: Option<FlowFault>) {
+    FLOW_FAULT.with(|c| c.set(fault));
+}
+
+/// The flow-control fault injected on this thread, if any.
+pub fn flow_fault() -> Option<FlowFault> {
+    FLOW_FAULT.with(Cell::get)
+}

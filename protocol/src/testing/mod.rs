@@ -4,7 +4,7 @@
 //! | module | what it is |
 //! |---|---|
 //! | [`naive_views`] | an independent, from-scratch evaluator of view specs: the oracle for views |
-//! | [`faults`] | deliberate bugs that can be switched on in the production view evaluator, to prove the oracle catches what a comparison with [`ViewSet::recompute`](crate::cache::ViewSet::recompute) cannot |
+//! | [`faults`] | deliberate bugs that can be switched on (per thread) in the production view evaluator and in flow control, to prove that the oracles and the simulator's checks catch them |
 
 pub mod faults;
 pub mod naive_views;

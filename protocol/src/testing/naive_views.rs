@@ -33,6 +33,9 @@ pub fn evaluate<'a>(
     specs.iter().map(|spec| view(spec, &objects)).collect()
 }
 
+/// Predicates with their paths split into steps.
+type Conditions<'a> = Vec<(Path, &'a Predicate)>;
+
 /// One view over every object.
 fn view(spec: &ViewSpec, objects: &[(&ResourceKind, &Value)]) -> View {
     let schema = ViewSchema {
@@ -41,39 +44,58 @@ fn view(spec: &ViewSpec, objects: &[(&ResourceKind, &Value)]) -> View {
         group_by: spec.group_by.iter().map(label).collect(),
         metrics: spec.metrics.iter().map(|m| m.name.clone()).collect(),
     };
+    // Each path is split into steps once per view, not once per object.
+    let filter: Conditions = spec
+        .filter
+        .iter()
+        .map(|p| (Path::new(&p.path), p))
+        .collect();
+    let group_by: Vec<Path> = spec
+        .group_by
+        .iter()
+        .map(|g| Path::new(group_path(g)))
+        .collect();
+    let metrics: Vec<(Conditions, Option<Path>)> = spec
+        .metrics
+        .iter()
+        .map(|m| {
+            let filter = m.filter.iter().map(|p| (Path::new(&p.path), p)).collect();
+            let sum = match m.op {
+                AggregateOp::Count => None,
+                AggregateOp::Sum => Some(Path::new(m.path.as_deref().unwrap_or(""))),
+            };
+            (filter, sum)
+        })
+        .collect();
+    let all = |preds: &[(Path, &Predicate)], kind: &ResourceKind, object: &Value| {
+        preds.iter().all(|(path, p)| holds(path, p, kind, object))
+    };
     // Group first (every member object of each row), aggregate afterwards.
     let mut groups: BTreeMap<GroupKey, Vec<(&ResourceKind, &Value)>> = BTreeMap::new();
     for &(kind, object) in objects {
-        if !kind_matches(&spec.kind, kind) {
+        if !kind_matches(&spec.kind, kind) || !all(&filter, kind, object) {
             continue;
         }
-        if !spec.filter.iter().all(|p| holds(p, kind, object)) {
-            continue;
-        }
-        let key: GroupKey = spec
-            .group_by
+        let key: GroupKey = group_by
             .iter()
-            .map(|g| text_at(group_path(g), kind, object).unwrap_or_default())
+            .map(|path| path.text(kind, object).unwrap_or_default())
             .collect();
         groups.entry(key).or_default().push((kind, object));
     }
     let rows = groups
         .into_iter()
         .map(|(key, members)| {
-            let values = spec
-                .metrics
+            let values = metrics
                 .iter()
-                .map(|m| {
+                .map(|(filter, sum)| {
                     let mut total = Decimal::ZERO;
                     for &(kind, object) in &members {
-                        if !m.filter.iter().all(|p| holds(p, kind, object)) {
+                        if !all(filter, kind, object) {
                             continue;
                         }
-                        let add = match m.op {
-                            AggregateOp::Count => Decimal::ONE,
-                            AggregateOp::Sum => {
-                                number_at(m.path.as_deref().unwrap_or(""), kind, object)
-                            }
+                        let add = match sum {
+                            None => Decimal::ONE,
+                            Some(path) => path.number(kind, object),
                         };
                         total = total.saturating_add(add);
                     }
@@ -126,8 +148,8 @@ fn label(g: &GroupBy) -> String {
     }
 }
 
-fn holds(p: &Predicate, kind: &ResourceKind, object: &Value) -> bool {
-    let v = text_at(&p.path, kind, object);
+fn holds(path: &Path, p: &Predicate, kind: &ResourceKind, object: &Value) -> bool {
+    let v = path.text(kind, object);
     let v = v.as_deref();
     match &p.test {
         Test::Eq(s) => v == Some(s.0.as_str()),
@@ -135,6 +157,43 @@ fn holds(p: &Predicate, kind: &ResourceKind, object: &Value) -> bool {
         Test::In(set) => set.iter().any(|s| Some(s.0.as_str()) == v),
         Test::NotIn(set) => !set.iter().any(|s| Some(s.0.as_str()) == v),
         Test::Exists(present) => v.is_some() == *present,
+    }
+}
+
+/// A path as written, and its steps.
+struct Path {
+    text: String,
+    steps: Vec<Step>,
+}
+
+impl Path {
+    fn new(text: &str) -> Path {
+        let steps = if text.starts_with('@') {
+            Vec::new()
+        } else {
+            steps(text)
+        };
+        Path {
+            text: text.to_owned(),
+            steps,
+        }
+    }
+
+    fn text(&self, kind: &ResourceKind, object: &Value) -> Option<String> {
+        match find(self, kind, object)? {
+            Found::Json(v) => json_text(v),
+            Found::Text(t) => Some(t),
+        }
+    }
+
+    /// The number a `sum` adds: absent or unparsable counts as zero.
+    fn number(&self, kind: &ResourceKind, object: &Value) -> Decimal {
+        let n = match find(self, kind, object) {
+            Some(Found::Json(v)) => Decimal::from_json(v),
+            Some(Found::Text(t)) => Decimal::parse(&t),
+            None => None,
+        };
+        n.unwrap_or(Decimal::ZERO)
     }
 }
 
@@ -186,8 +245,8 @@ enum Found<'a> {
     Text(String),
 }
 
-fn find<'a>(path: &str, kind: &ResourceKind, object: &'a Value) -> Option<Found<'a>> {
-    match path {
+fn find<'a>(path: &Path, kind: &ResourceKind, object: &'a Value) -> Option<Found<'a>> {
+    match path.text.as_str() {
         "@kind" => return Some(Found::Text(kind.kind.clone())),
         "@gvk" => {
             let gvk = if kind.group.is_empty() {
@@ -200,15 +259,15 @@ fn find<'a>(path: &str, kind: &ResourceKind, object: &'a Value) -> Option<Found<
         _ => {}
     }
     let mut cur = object;
-    for step in steps(path) {
+    for step in &path.steps {
         cur = match step {
-            Step::Key(k) => cur.as_object()?.get(&k)?,
-            Step::Index(i) => cur.as_array()?.get(i)?,
+            Step::Key(k) => cur.as_object()?.get(k)?,
+            Step::Index(i) => cur.as_array()?.get(*i)?,
             Step::Select(field, value) => cur.as_array()?.iter().find(|item| {
                 item.as_object()
-                    .and_then(|o| o.get(&field))
+                    .and_then(|o| o.get(field))
                     .and_then(json_text)
-                    .is_some_and(|t| t == value)
+                    .is_some_and(|t| t == *value)
             })?,
         };
     }
@@ -225,23 +284,6 @@ fn json_text(v: &Value) -> Option<String> {
         Value::Number(n) => Some(n.to_string()),
         other => Some(other.to_string()),
     }
-}
-
-fn text_at(path: &str, kind: &ResourceKind, object: &Value) -> Option<String> {
-    match find(path, kind, object)? {
-        Found::Json(v) => json_text(v),
-        Found::Text(t) => Some(t),
-    }
-}
-
-/// The number a `sum` adds: absent or unparsable counts as zero.
-fn number_at(path: &str, kind: &ResourceKind, object: &Value) -> Decimal {
-    let n = match find(path, kind, object) {
-        Some(Found::Json(v)) => Decimal::from_json(v),
-        Some(Found::Text(t)) => Decimal::parse(&t),
-        None => None,
-    };
-    n.unwrap_or(Decimal::ZERO)
 }
 
 #[cfg(test)]
