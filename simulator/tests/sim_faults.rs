@@ -12,32 +12,7 @@ mod sim_common;
 
 use std::collections::BTreeMap;
 
-use sim_common::{CAMPAIGN, run_plain, scenario};
-
-/// The world of the single-fault runs: the campaign's, without its faults.
-const BASE: &str = r#"
-name: one-fault
-duration: 5m
-agents: 1000
-kas: { replicas: 3 }
-agent:
-  start_spread: 20s
-  backoff: { initial: 500ms, max: 10s, stable_after: 10s }
-protocol: { initial_stream_window: 64KiB, initial_connection_window: 256KiB }
-network: { latency: 20ms, latency_spread: 0.5, jitter: 5ms, bandwidth: 2MB, connect_timeout: 5s, lb_health_interval: 5s }
-cluster: { churn_per_minute: 2, hot_fraction: 0.05, hot_factor: 10 }
-clients:
-  rate: 20
-  start: 20s
-  timeout: 20s
-  mix:
-    - { name: get, service: k8s-api, method: GET, path: /api/v1/pods, weight: 5, response_bytes: 8KiB, think: 5ms }
-    - { name: logs, service: k8s-api, method: GET, path: /logs, weight: 1, response_bytes: 200KiB, think: 10ms }
-    - { name: cache-list, service: cache, method: LIST, path: "/Pod?namespace=ns-1", weight: 3, think: 1ms }
-    - { name: apply, service: k8s-api, method: PATCH, path: /apply, weight: 1, request_bytes: 100KiB, response_bytes: 1KiB, think: 20ms }
-quiesce: 40s
-sample_interval: 10s
-"#;
+use sim_common::{CAMPAIGN, CAMPAIGN_WORLD as BASE, run_plain, scenario};
 
 /// What one fault may and must do to the requests.
 struct Expect {
