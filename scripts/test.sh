@@ -35,5 +35,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== binaries the conformance suite runs against (target/debug/agentk, target/debug/kas)"
 cargo build -p agentk -p kas
 
-echo "== tests (unit, property, integration, kubectl and Chromium end to end, conformance)"
+# Also runs, bounded: the fuzz targets' bodies for a few seconds each (protocol/tests/fuzz_bodies.rs),
+# the simulator's fault campaigns and checker self-tests, and both conformance suites against our
+# binaries and, under every injectable fault, against the self-test agent and kas. The test run never
+# rewrites the conformance vectors: regenerate them with `cargo run -p conformance -- gen-vectors`.
+echo "== tests (unit, property, fuzz bodies, simulation, integration, kubectl and Chromium end to end, conformance)"
 cargo test --workspace

@@ -73,14 +73,29 @@ async fn refused_token_is_retried_with_backoff_not_in_a_tight_loop() {
     let mut config = agent_config(&pki, kas.addr, &c.kubeconfig);
     config.backoff = agentk::BackoffPolicy::default();
     assert_eq!(config.backoff.initial, Duration::from_millis(500));
+    let policy = config.backoff;
     let _agent = spawn_agent(config);
-    // Count HELLOs over a bounded window: a tight loop would make hundreds.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let attempts = kas.hellos.load(Ordering::SeqCst);
-    assert!(attempts >= 2, "agentk keeps retrying: {attempts} attempts");
+    // The first six attempts, timed where they arrive (not counted in a fixed window: a slow
+    // machine only stretches the gaps). After the n-th refusal the agent waits a random share of
+    // min(30 s, 500 ms × 2^(n-1)): each gap is at most that ceiling plus the time a connection
+    // takes (generous here), and together they are far from a tight loop.
+    let gaps = kas.hello_gaps(6).await;
+    let slack = Duration::from_secs(5);
+    for (n, gap) in gaps.iter().enumerate() {
+        let ceiling = policy.ceiling(n as u32 + 1);
+        assert!(
+            *gap <= ceiling + slack,
+            "gap {} is {gap:?}, beyond the back-off ceiling {ceiling:?}: {gaps:?}",
+            n + 1
+        );
+    }
+    // Full jitter makes any single gap possibly tiny, but five of them under 200 ms in total has a
+    // probability below 10^-7 unless the agent does not back off at all (a tight loop is a few ms
+    // per attempt).
+    let total: Duration = gaps.iter().sum();
     assert!(
-        attempts < 10,
-        "agentk backs off: {attempts} attempts in 3 s"
+        total >= Duration::from_millis(200),
+        "five retries within {total:?}: no back-off ({gaps:?})"
     );
 }
 
@@ -130,10 +145,20 @@ async fn reject_retry_after_is_honoured() {
         stable_after: Duration::from_secs(10),
     };
     let _agent = spawn_agent(config);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let attempts = kas.hellos.load(Ordering::SeqCst);
-    // At t = 0, >= 1 s, >= 2 s: never more than three in 2.5 s.
-    assert!((2..=3).contains(&attempts), "{attempts} attempts in 2.5 s");
+    // Timed where they arrive: every retry comes at least 1 s (retry_after) after the previous
+    // attempt — the refusal follows its HELLO, and the wait starts once the refusal arrived — and
+    // not much later (the policy alone would retry after 20 ms at most).
+    let gaps = kas.hello_gaps(4).await;
+    for gap in &gaps {
+        assert!(
+            *gap >= Duration::from_millis(1000),
+            "retried {gap:?} after a refusal with retry_after_ms 1000: {gaps:?}"
+        );
+        assert!(
+            *gap <= Duration::from_secs(4),
+            "waited {gap:?} after a refusal with retry_after_ms 1000: {gaps:?}"
+        );
+    }
     kas.set_verdict(Verdict::Accept);
     let conn = kas.next_connection().await;
     api_works(&conn.connection).await;

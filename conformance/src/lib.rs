@@ -29,7 +29,7 @@
 //! | [`report`] | scenario results and the summary line |
 //! | [`agentk_suite`] | the scripted kas and its scenarios |
 //! | [`kas_suite`] | the state directory, the scripted agents and API clients, and their scenarios |
-//! | [`selftest`] | a minimal agent with injectable faults: proves each check can fail |
+//! | [`selftest`] | a minimal agent and a minimal kas with injectable faults: prove each check can fail |
 
 pub mod agentk_suite;
 pub mod apiserver;

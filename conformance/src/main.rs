@@ -71,9 +71,25 @@ enum Command {
         token_file: PathBuf,
         #[arg(long)]
         ca_file: PathBuf,
-        /// none, no-backoff, wrong-ping-payload, silent-on-error, double-data
+        /// The API server k8s-api requests go to.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// One of `conformance::selftest::agent::FAULTS` (none, no-backoff, ...).
         #[arg(long, default_value = "none")]
         fault: conformance::selftest::Fault,
+    },
+    /// A minimal kas with an injectable fault, for the harness's own tests.
+    #[command(hide = true)]
+    SelftestKas {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        agent_port: u16,
+        #[arg(long)]
+        api_port: u16,
+        /// One of `conformance::selftest::kas::FAULTS` (none, accept-any-token, ...).
+        #[arg(long, default_value = "none")]
+        fault: conformance::selftest::kas::Fault,
     },
     /// Check the vector files against the reference implementation (the protocol crate).
     CheckVectors {
@@ -147,15 +163,28 @@ fn main() -> anyhow::Result<()> {
             kas_address,
             token_file,
             ca_file,
+            kubeconfig,
             fault,
         } => {
             let opts = conformance::selftest::AgentOptions::new(
                 &kas_address,
                 &token_file,
                 &ca_file,
+                kubeconfig.as_deref(),
                 fault,
             )?;
             conformance::selftest::run_agent(&opts)
+        }
+        Command::SelftestKas {
+            state_dir,
+            agent_port,
+            api_port,
+            fault,
+        } => {
+            let opts = conformance::selftest::kas::KasOptions::load(
+                &state_dir, agent_port, api_port, fault,
+            )?;
+            conformance::selftest::kas::run_kas(&opts)
         }
         Command::CheckVectors { dir } => {
             let loaded = conformance::vectors::load(&dir)?;

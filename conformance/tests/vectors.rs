@@ -1,8 +1,8 @@
 //! The committed vectors: up to date with the generator and PROTOCOL.md, and conforming to the
 //! reference implementation (the protocol crate's decoder, encoder and connection).
 //!
-//! Regenerate after a specification change with `cargo run -p conformance -- gen-vectors` (or run
-//! this test with `CONFORMANCE_WRITE_VECTORS=1`).
+//! Regenerate after a specification change with `cargo run -p conformance -- gen-vectors` and review
+//! the diff: that command is the only writer. A test run never rewrites the files; it fails on drift.
 
 use conformance::vectors::{self, Loaded, check};
 
@@ -15,9 +15,6 @@ fn vector_files_are_up_to_date_with_the_specification() {
     let generated = vectors::generate_from_file(&vectors::workspace_spec_path())
         .expect("PROTOCOL.md yields vectors");
     let dir = vectors::workspace_vectors_dir();
-    if std::env::var_os("CONFORMANCE_WRITE_VECTORS").is_some() {
-        vectors::write(&dir, &generated).expect("write vectors");
-    }
     let stale = vectors::stale_files(&dir, &generated).expect("compare");
     assert!(
         stale.is_empty(),
@@ -138,4 +135,39 @@ fn corrupted_vectors_are_refused() {
     let mut v = find("window-update-increment-0");
     v.expect.codec_error = Some("StreamZero".into());
     assert!(check::check_malformed_vector(&v).is_err());
+}
+
+/// Drift is detected: a vector file that differs from what the generator makes is reported stale,
+/// and comparing never writes (the committed files are untouched by the check).
+#[test]
+fn drift_is_reported_and_never_repaired() {
+    let generated = vectors::generate_from_file(&vectors::workspace_spec_path())
+        .expect("PROTOCOL.md yields vectors");
+    let dir = tempfile::tempdir().expect("temp dir");
+    vectors::write(dir.path(), &generated).expect("write a copy");
+    assert!(
+        vectors::stale_files(dir.path(), &generated)
+            .expect("compare")
+            .is_empty()
+    );
+    let file = std::fs::read_dir(dir.path())
+        .expect("list")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("a vector file");
+    let text = std::fs::read_to_string(&file).expect("read");
+    let drifted = text.replacen("\"", "\" ", 1);
+    std::fs::write(&file, &drifted).expect("write drift");
+    let stale = vectors::stale_files(dir.path(), &generated).expect("compare");
+    assert!(
+        !stale.is_empty(),
+        "a drifted {} went unnoticed",
+        file.display()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("read again"),
+        drifted,
+        "the check must not rewrite the file"
+    );
 }

@@ -49,6 +49,7 @@ fn stack() -> Stack {
         agents: vec![1],
         pending_request_deadline: Duration::from_secs(5),
         response_timeout: Duration::from_secs(10),
+        ..StackOptions::default()
     })
 }
 

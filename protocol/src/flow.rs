@@ -43,6 +43,11 @@ impl SendWindow {
 
     /// Applies a WINDOW_UPDATE; fails if the window would exceed 2^31-1.
     pub fn grow(&mut self, increment: u32) -> Result<(), FlowError> {
+        #[cfg(feature = "testing")]
+        let increment = match crate::testing::faults::flow_fault() {
+            Some(crate::testing::faults::FlowFault::DoubleCredit) => increment.saturating_mul(2),
+            None => increment,
+        };
         let next = self.credit + u64::from(increment);
         if next > u64::from(MAX_WINDOW) {
             return Err(FlowError::Overflow);

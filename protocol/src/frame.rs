@@ -612,17 +612,43 @@ mod tests {
 
     #[test]
     fn data_payload_is_zero_copy_slice_of_input() {
-        let f = Frame::Data {
-            stream: StreamId(3),
-            data: Bytes::from(vec![7u8; 1000]),
-            end_stream: false,
-        };
+        // Three DATA frames fed in one piece: each payload must be a slice of the decoder's one
+        // input buffer — the next payload starts exactly one header after the previous one ends —
+        // not a fresh copy (which would live at an unrelated address).
+        let mut wire = BytesMut::new();
+        for (i, len) in [1000usize, 1, 4000].into_iter().enumerate() {
+            Frame::Data {
+                stream: StreamId(3),
+                data: Bytes::from(vec![i as u8 + 7; len]),
+                end_stream: false,
+            }
+            .encode(&mut wire);
+        }
         let mut d = Decoder::new(DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_FRAME_SIZE);
-        d.feed(&f.to_bytes());
-        let Ok(Some(Frame::Data { data, .. })) = d.decode() else {
-            panic!("expected data")
-        };
-        assert_eq!(data.len(), 1000);
+        d.feed(&wire);
+        let mut payloads = Vec::new();
+        while let Ok(Some(f)) = d.decode() {
+            let Frame::Data { data, .. } = f else {
+                panic!("expected data")
+            };
+            payloads.push(data);
+        }
+        assert_eq!(
+            payloads.iter().map(Bytes::len).collect::<Vec<_>>(),
+            [1000, 1, 4000]
+        );
+        for pair in payloads.windows(2) {
+            let end_of_first = pair[0].as_ptr() as usize + pair[0].len();
+            assert_eq!(
+                pair[1].as_ptr() as usize,
+                end_of_first + HEADER_LEN,
+                "payloads are not slices of one buffer: copied"
+            );
+        }
+        assert!(payloads[0].iter().all(|b| *b == 7) && payloads[2].iter().all(|b| *b == 9));
+        // A payload outliving the decoder keeps its memory: it is shared, not borrowed.
+        drop(d);
+        assert_eq!(payloads[2].len(), 4000);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! | [`router`] | kas's inverted request routing: which connection of which agent serves a request |
 //! | [`service`] | names and head conventions of the services carried over streams (k8s-api, ...) |
 //! | [`cache`] | informer-cache semantics: store, views, view updates and the kas-side mirror |
+//! | `testing` | (feature `testing`) test support: the naive view oracle, injectable view bugs |
 //!
 //! No sockets, no async runtime, no threads, no clock reads: octets and `now` go in, octets, events and
 //! deadlines come out. The wire format is specified in `PROTOCOL.md` beside this crate.
@@ -88,6 +89,8 @@ pub mod frame;
 pub mod pair;
 pub mod router;
 pub mod service;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 /// Protobuf messages generated from `proto/tunnel.proto` (package `agent_tunnel.v1`).
 #[allow(clippy::all, missing_docs)]

@@ -70,6 +70,8 @@ pub enum Verdict {
 pub struct FakeKas {
     pub addr: SocketAddr,
     pub hellos: Arc<AtomicUsize>,
+    /// When each HELLO arrived, in order.
+    pub hello_times: Arc<Mutex<Vec<std::time::Instant>>>,
     verdict: Arc<Mutex<Verdict>>,
     conns: mpsc::UnboundedReceiver<ServerConnection<Connection>>,
     accept_task: JoinHandle<()>,
@@ -80,9 +82,14 @@ impl FakeKas {
         let tls = tunnel_tls::server_config_with(pki.server.identity().expect("identity"), None)
             .expect("server tls config");
         let hellos = Arc::new(AtomicUsize::new(0));
+        let hello_times = Arc::new(Mutex::new(Vec::new()));
         let verdict = Arc::new(Mutex::new(verdict));
-        let (h, v) = (hellos.clone(), verdict.clone());
+        let (h, v, times) = (hellos.clone(), verdict.clone(), hello_times.clone());
         let auth = move |hello: protocol::HelloInfo, _peer: SocketAddr| {
+            times
+                .lock()
+                .expect("hello times lock")
+                .push(std::time::Instant::now());
             let n = h.fetch_add(1, Ordering::SeqCst) + 1;
             let verdict = *v.lock().expect("verdict lock");
             async move {
@@ -141,9 +148,27 @@ impl FakeKas {
         FakeKas {
             addr,
             hellos,
+            hello_times,
             verdict,
             conns,
             accept_task,
+        }
+    }
+
+    /// Waits (hang guard 60 s) until `n` HELLOs arrived; the gaps between consecutive ones.
+    pub async fn hello_gaps(&self, n: usize) -> Vec<Duration> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let times = self.hello_times.lock().expect("hello times lock").clone();
+            if times.len() >= n {
+                return times.windows(2).map(|w| w[1] - w[0]).take(n - 1).collect();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} HELLOs within 60 s (hang guard)",
+                times.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -729,10 +754,10 @@ async fn mirror_stream(stream: Stream, state: SharedMirror) {
     state.lock().expect("mirror lock").mirror.on_disconnected();
 }
 
-/// The views computed from scratch over the API server's current objects of the default watched
-/// kinds: what the mirror must show once agentk caught up.
+/// The views the naive oracle (`protocol::testing::naive_views`, independent of the production
+/// evaluator) computes over the API server's current objects of the default watched kinds: what the
+/// mirror must show once agentk caught up.
 pub fn truth(api: &RunningApiServer) -> protocol::cache::Views {
-    let set = protocol::cache::ViewSet::new(&protocol::cache::default_views()).expect("views");
     let objects: Vec<(protocol::cache::ResourceKind, serde_json::Value)> =
         agentk::default_watch_kinds()
             .into_iter()
@@ -743,7 +768,10 @@ pub fn truth(api: &RunningApiServer) -> protocol::cache::Views {
                     .map(move |o| (k.clone(), o))
             })
             .collect();
-    set.recompute(objects.iter().map(|(k, o)| (k, o)))
+    protocol::testing::naive_views::evaluate(
+        &protocol::cache::default_views(),
+        objects.iter().map(|(k, o)| (k, o)),
+    )
 }
 
 /// Whether the mirror's views equal [`truth`].

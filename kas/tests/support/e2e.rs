@@ -13,6 +13,8 @@
 //! - [`https`] / [`call`]: an HTTPS client that reports 4xx/5xx as replies.
 //! - [`EchoServer`]: an HTTP server in the test, standing in for an in-cluster service; it reports
 //!   every request it gets.
+//! - [`PartitionProxy`]: a TCP proxy between an agentk and kas that can become a black hole — it
+//!   stops forwarding and never closes (no FIN, no RST): a silent partition between real processes.
 //!
 //! `kubectl` is required: when it is missing the tests fail with a message saying how to install it
 //! (they never skip).
@@ -20,10 +22,11 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::io::{BufRead as _, BufReader, Read as _};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -422,6 +425,11 @@ pub struct StackOptions {
     pub pending_request_deadline: Duration,
     /// kas's `routing.response_timeout`.
     pub response_timeout: Duration,
+    /// Agents that reach kas through a [`PartitionProxy`] (see [`Stack::partition`]).
+    pub behind_proxy: Vec<u64>,
+    /// Keepalive interval and idle timeout of both kas and agentk (default: kas's and agentk's own),
+    /// and agentk's handshake timeout.
+    pub keepalive: Option<(Duration, Duration)>,
 }
 
 impl Default for StackOptions {
@@ -430,6 +438,8 @@ impl Default for StackOptions {
             agents: vec![1, 2],
             pending_request_deadline: Duration::from_secs(10),
             response_timeout: Duration::from_secs(10),
+            behind_proxy: Vec::new(),
+            keepalive: None,
         }
     }
 }
@@ -455,6 +465,9 @@ pub struct Stack {
     runtime: Option<tokio::runtime::Runtime>,
     clusters: Vec<Cluster>,
     agents: HashMap<u64, AgentTask>,
+    /// Proxies between agents and kas, by agent id.
+    proxies: HashMap<u64, PartitionProxy>,
+    keepalive: Option<(Duration, Duration)>,
     /// The CA of both kas listeners (PEM file).
     pub ca_file: PathBuf,
     /// Contexts `agent-N` (user `admin`, N = 1..=3), `alice-N` (user `alice`, N = 1..=2) and
@@ -487,6 +500,10 @@ impl Stack {
         let mut env = Env::new();
         env.config.routing.pending_request_deadline = opts.pending_request_deadline;
         env.config.routing.response_timeout = opts.response_timeout;
+        if let Some((interval, idle)) = opts.keepalive {
+            env.config.keepalive.interval = interval;
+            env.config.keepalive.idle_timeout = idle;
+        }
         let ca_file = env.dir.path().join("ca.pem");
         std::fs::write(&ca_file, env.pki.ca_pem()).unwrap();
         let kas = Kas::start_with(env.config.clone(), kas_options(&env)).unwrap();
@@ -521,12 +538,19 @@ impl Stack {
         }
         let kube_cache = env.dir.path().join("kube-cache");
         let kubeconfig = env.dir.path().join("kubeconfig");
+        let proxies = opts
+            .behind_proxy
+            .iter()
+            .map(|id| (*id, PartitionProxy::start(kas.agent_addr())))
+            .collect();
         let mut stack = Stack {
             env,
             kas: Some(kas),
             runtime: Some(runtime),
             clusters,
             agents: HashMap::new(),
+            proxies,
+            keepalive: opts.keepalive,
             ca_file,
             kubeconfig,
             kube_cache,
@@ -651,10 +675,16 @@ impl Stack {
             .iter()
             .find(|c| c.agent_id == id)
             .unwrap_or_else(|| panic!("no cluster for agent {id}"));
-        let mut cfg = agentk::Config::new(
-            self.kas().agent_addr().to_string(),
-            self.env.token(id).to_owned(),
-        );
+        let kas_address = match self.proxies.get(&id) {
+            Some(p) => p.addr,
+            None => self.kas().agent_addr(),
+        };
+        let mut cfg = agentk::Config::new(kas_address.to_string(), self.env.token(id).to_owned());
+        if let Some((interval, idle)) = self.keepalive {
+            cfg.tunnel.settings.keepalive_interval = interval;
+            cfg.tunnel.settings.idle_timeout = idle;
+            cfg.tunnel.handshake_timeout = idle;
+        }
         cfg.ca = tunnel_tls::Roots::PemFile(self.ca_file.clone());
         cfg.tls_server_name = Some("localhost".into());
         cfg.kube = agentk::KubeSource::Kubeconfig {
@@ -742,6 +772,32 @@ impl Stack {
         assert_eq!(kas.api_addr(), api_addr);
         self.kas = Some(kas);
         report
+    }
+
+    /// Silently partitions agent `id` (started with `behind_proxy`) from kas: see
+    /// [`PartitionProxy::partition`].
+    pub fn partition(&self, id: u64) {
+        self.proxies
+            .get(&id)
+            .unwrap_or_else(|| panic!("agent {id} is not behind a proxy"))
+            .partition();
+    }
+
+    /// Closes agent `id`'s proxied connections politely (FIN both ways) and refuses new ones until
+    /// [`Stack::heal`]: what a *killed* process looks like, for contrast with a partition.
+    pub fn close_proxied(&self, id: u64) {
+        self.proxies
+            .get(&id)
+            .unwrap_or_else(|| panic!("agent {id} is not behind a proxy"))
+            .close_all();
+    }
+
+    /// Ends the partition of agent `id` for new connections.
+    pub fn heal(&self, id: u64) {
+        self.proxies
+            .get(&id)
+            .unwrap_or_else(|| panic!("agent {id} is not behind a proxy"))
+            .heal();
     }
 
     /// Stops every agent, kas and the clusters.
@@ -979,5 +1035,195 @@ impl BlackHole {
         self.events
             .recv_timeout(GUARD + Duration::from_secs(5))
             .expect("the black hole saw nothing (hang guard)")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A silent partition
+
+/// A TCP proxy in front of kas's agent listener that can become a black hole.
+///
+/// Forwarding, it copies octets both ways. [`PartitionProxy::partition`] turns every connection it
+/// carries into a black hole: from then on it reads and discards what either side sends and never
+/// closes either socket — no FIN, no RST, exactly what a dead path, a crashed NAT or a pulled cable
+/// looks like to both ends, which only keepalive and timeouts can detect. New connections accepted
+/// while partitioned are black holes from the start (the TCP handshake completes, nothing else does).
+/// [`PartitionProxy::heal`] lets *new* connections through again; the ones that fell into the hole
+/// stay dead (octets were lost in them). Dropping the proxy closes everything.
+pub struct PartitionProxy {
+    pub addr: SocketAddr,
+    partitioned: Arc<AtomicBool>,
+    /// Bumped at every partition: a connection started in an earlier generation and alive in a
+    /// partitioned one is dead for good.
+    generation: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    /// Close (FIN) instead of swallowing: a polite "partition".
+    polite: Arc<AtomicBool>,
+}
+
+impl PartitionProxy {
+    pub fn start(upstream: SocketAddr) -> PartitionProxy {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let partitioned = Arc::new(AtomicBool::new(false));
+        let generation = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let polite = Arc::new(AtomicBool::new(false));
+        let (p, g, st, pol) = (
+            partitioned.clone(),
+            generation.clone(),
+            stop.clone(),
+            polite.clone(),
+        );
+        std::thread::spawn(move || {
+            // Until the proxy is dropped.
+            while !st.load(Ordering::SeqCst) {
+                let down = match listener.accept() {
+                    Ok((down, _)) => down,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                    Err(_) => return,
+                };
+                let _ = down.set_nonblocking(false);
+                let born = g.load(Ordering::SeqCst);
+                let hole = p.load(Ordering::SeqCst);
+                let up = if hole {
+                    None
+                } else {
+                    std::net::TcpStream::connect(upstream).ok()
+                };
+                let dead = Arc::new(AtomicBool::new(hole));
+                match up {
+                    Some(up) => {
+                        for (from, to) in [
+                            (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                            (up, down),
+                        ] {
+                            let (p, g, st, dead, pol) =
+                                (p.clone(), g.clone(), st.clone(), dead.clone(), pol.clone());
+                            std::thread::spawn(move || {
+                                pump(from, to, born, &p, &g, &st, &dead, &pol)
+                            });
+                        }
+                    }
+                    None if pol.load(Ordering::SeqCst) => drop(down),
+                    None => {
+                        let st = st.clone();
+                        std::thread::spawn(move || swallow(down, &st));
+                    }
+                }
+            }
+        });
+        PartitionProxy {
+            addr,
+            partitioned,
+            generation,
+            stop,
+            polite,
+        }
+    }
+
+    /// Like [`Self::partition`], but closing every connection (FIN both ways) instead of
+    /// swallowing it, and closing new ones at once.
+    pub fn close_all(&self) {
+        self.polite.store(true, Ordering::SeqCst);
+        self.partition();
+    }
+
+    /// Every connection becomes a black hole; new ones are black holes until [`Self::heal`].
+    pub fn partition(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.partitioned.store(true, Ordering::SeqCst);
+    }
+
+    /// New connections are forwarded again.
+    pub fn heal(&self) {
+        self.partitioned.store(false, Ordering::SeqCst);
+        self.polite.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for PartitionProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until the connection falls into the hole; then discards what `from`
+/// sends and holds both sockets open (until the proxy is dropped) — or, `polite`, closes both.
+#[allow(clippy::too_many_arguments)]
+fn pump(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    born: u64,
+    partitioned: &AtomicBool,
+    generation: &AtomicU64,
+    stop: &AtomicBool,
+    dead: &AtomicBool,
+    polite: &AtomicBool,
+) {
+    let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut eof = false;
+    // Until the proxy is dropped, or the connection ends while it is still forwarded.
+    while !stop.load(Ordering::SeqCst) {
+        if partitioned.load(Ordering::SeqCst) || generation.load(Ordering::SeqCst) != born {
+            dead.store(true, Ordering::SeqCst);
+        }
+        let n = if eof {
+            std::thread::sleep(Duration::from_millis(50));
+            0
+        } else {
+            match from.read(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    0
+                }
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    0
+                }
+                Err(_) => {
+                    eof = true;
+                    0
+                }
+            }
+        };
+        if dead.load(Ordering::SeqCst) {
+            if polite.load(Ordering::SeqCst) {
+                let _ = from.shutdown(std::net::Shutdown::Both);
+                let _ = to.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            // The hole: nothing passes, nothing closes.
+            continue;
+        }
+        if eof {
+            let _ = to.shutdown(std::net::Shutdown::Write);
+            return;
+        }
+        if n > 0 && to.write_all(&buf[..n]).is_err() {
+            return;
+        }
+    }
+}
+
+/// Holds a connection that fell into the hole at birth: reads and discards, never answers.
+fn swallow(mut s: std::net::TcpStream, stop: &AtomicBool) {
+    let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut buf = [0u8; 4096];
+    // Until the proxy is dropped.
+    while !stop.load(Ordering::SeqCst) {
+        if let Ok(0) = s.read(&mut buf) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }

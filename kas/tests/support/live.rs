@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kas::Running;
-use protocol::cache::{ResourceKind, ViewSet, Views, default_views};
+use protocol::cache::{ResourceKind, Views, default_views};
 use sim_apiserver::{ApiServer, ApiServerConfig, RunningApiServer};
 
 use super::{Env, GUARD, eventually, get};
@@ -112,7 +112,7 @@ impl Live {
         format!("{}{path}", self.kas.api_url())
     }
 
-    /// The views recomputed from scratch over the API server's objects of agentk's watched kinds.
+    /// The oracle's views of the API server's objects of agentk's watched kinds.
     pub fn truth(&self) -> Views {
         truth(&self.api)
     }
@@ -145,9 +145,9 @@ impl Live {
     }
 }
 
-/// The views computed from scratch over `api`'s objects of agentk's default watched kinds.
+/// The views the naive oracle (`protocol::testing::naive_views`, independent of the production
+/// evaluator) computes over `api`'s objects of agentk's default watched kinds.
 pub fn truth(api: &RunningApiServer) -> Views {
-    let set = ViewSet::new(&default_views()).unwrap();
     let objects: Vec<(ResourceKind, serde_json::Value)> = agentk::default_watch_kinds()
         .into_iter()
         .flat_map(|k| {
@@ -157,7 +157,7 @@ pub fn truth(api: &RunningApiServer) -> Views {
                 .map(move |o| (k.clone(), o))
         })
         .collect();
-    set.recompute(objects.iter().map(|(k, o)| (k, o)))
+    protocol::testing::naive_views::evaluate(&default_views(), objects.iter().map(|(k, o)| (k, o)))
 }
 
 /// The value of `metric` in row `key` of view `view` in a views JSON (0 when the row is absent).

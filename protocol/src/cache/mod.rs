@@ -17,7 +17,7 @@
 //! - [`ViewSpec`] ([`spec`]): declarative views (filter, group-by, count/sum metrics);
 //!   [`default_views`] gives nodes, pods by phase, deployments, objects by kind.
 //! - [`ViewSet`] ([`view`]): the views maintained incrementally per event, plus a from-scratch
-//!   [`ViewSet::recompute`] used as the reference in tests.
+//!   [`ViewSet::recompute`] (the tests' oracle is the independent `protocol::testing::naive_views`).
 //! - [`Publisher`] ([`publisher`]): epochs, sequence numbers, coalescing window, acks, catch-up after
 //!   reconnect, snapshots only when needed.
 //! - [`Mirror`] ([`mirror`]): kas's copy; detects gaps and epoch changes.

@@ -515,7 +515,8 @@ impl CompiledView {
         if !self.kind.matches(kind) || !self.filter.iter().all(|p| p.holds(kind, object)) {
             return None;
         }
-        let key = self
+        #[cfg_attr(not(feature = "testing"), allow(unused_mut))]
+        let mut key: Vec<String> = self
             .group_by
             .iter()
             .map(|p| {
@@ -524,11 +525,24 @@ impl CompiledView {
                     .unwrap_or_default()
             })
             .collect();
+        #[cfg(feature = "testing")]
+        let fault = crate::testing::faults::view_fault();
+        #[cfg(feature = "testing")]
+        if fault == Some(crate::testing::faults::ViewFault::FailedCountsAsPending) {
+            for k in key.iter_mut().filter(|k| *k == "Failed") {
+                *k = "Pending".into();
+            }
+        }
         let values = self
             .metrics
             .iter()
             .map(|m| {
-                if !m.filter.iter().all(|p| p.holds(kind, object)) {
+                #[cfg(feature = "testing")]
+                let ignore_filter =
+                    fault == Some(crate::testing::faults::ViewFault::IgnoreMetricFilter);
+                #[cfg(not(feature = "testing"))]
+                let ignore_filter = false;
+                if !ignore_filter && !m.filter.iter().all(|p| p.holds(kind, object)) {
                     return Decimal::ZERO;
                 }
                 match &m.sum {

@@ -5,8 +5,9 @@
 //! affected rows. That costs O(views × (path evaluation + log rows)) per event, independent of the number
 //! of objects: nothing is ever rescanned. Each row also counts its member objects, so a row disappears
 //! exactly when its last object leaves it. Because metrics are exact [`Decimal`]s, the incremental
-//! tables always equal a from-scratch recomputation ([`ViewSet::recompute`]) — which the property
-//! tests check after every event.
+//! tables always equal a from-scratch recomputation ([`ViewSet::recompute`]). Both share the
+//! evaluator, so the property tests compare them with an independent, naive evaluator
+//! (`protocol::testing::naive_views`, feature `testing`) after every event.
 //!
 //! The set remembers which rows changed since [`ViewSet::take_changed`] was last called (at most one
 //! entry per row), for the [`Publisher`](super::Publisher).

@@ -66,6 +66,8 @@ pub struct Link {
     pub bytes_sent: usize,
     pub messages_sent: usize,
     pub outcomes: Vec<MirrorOutcome>,
+    /// The view specs agentk runs (the oracle evaluates them).
+    pub specs: Vec<ViewSpec>,
 }
 
 fn round_trip_agent(m: &AgentToServer) -> AgentToServer {
@@ -78,7 +80,13 @@ fn round_trip_server(m: &ServerToAgent) -> ServerToAgent {
 
 impl Link {
     pub fn new(agent: AgentCache) -> Self {
+        Link::with_specs(agent, default_views())
+    }
+
+    /// A link whose agent runs `specs` (the oracle evaluates the same).
+    pub fn with_specs(agent: AgentCache, specs: Vec<ViewSpec>) -> Self {
         Link {
+            specs,
             agent,
             mirror: Mirror::new(),
             now: Instant::now(),
@@ -223,8 +231,14 @@ impl Link {
         panic!("did not settle: {:?}", self.agent.publisher());
     }
 
-    /// The reference: views recomputed from scratch on agentk's store.
+    /// The reference: the views the naive, independent evaluator computes over agentk's store (it
+    /// shares no code with the production evaluator; see `protocol::testing::naive_views`).
     pub fn reference(&self) -> Views {
+        protocol::testing::naive_views::evaluate(&self.specs, self.agent.store().objects())
+    }
+
+    /// The production evaluator's from-scratch recomputation over agentk's store.
+    pub fn recomputed(&self) -> Views {
         self.agent.views().recompute(self.agent.store().objects())
     }
 }

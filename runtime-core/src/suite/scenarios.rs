@@ -603,10 +603,13 @@ pub async fn keepalive_timeout_on_silent_peer<R: SuiteRuntime>() {
     assert_eq!(step::<R, _>("server closes", p.server.closed()).await, idle);
 }
 
-/// With keepalive 100 ms / idle 1.5 s, a connection with no application traffic for 4 s stays open
+/// With keepalive 100 ms / idle 3 s, a connection with no application traffic for 7 s stays open
 /// (the pings keep it alive) and still works.
 pub async fn keepalive_keeps_idle_connection_open<R: SuiteRuntime>() {
-    let cfg = short_keepalive(Duration::from_millis(100), Duration::from_millis(1500));
+    // PINGs every 100 ms against a 3 s idle timeout: a busy machine may delay a PING or its ACK by
+    // almost 3 s before the connection would wrongly close. Idle for 7 s, more than twice the idle
+    // timeout, so a connection whose keepalive did not work would have closed.
+    let cfg = short_keepalive(Duration::from_millis(100), Duration::from_secs(3));
     let p = pair::<R>(Setup {
         agent: cfg.clone(),
         server: cfg,
@@ -614,7 +617,7 @@ pub async fn keepalive_keeps_idle_connection_open<R: SuiteRuntime>() {
     })
     .await;
     serve::<R>(p.server.clone());
-    let closed = timeout::<R, _>(Duration::from_secs(4), p.agent.closed()).await;
+    let closed = timeout::<R, _>(Duration::from_secs(7), p.agent.closed()).await;
     assert_eq!(closed, None, "an idle but healthy connection closed");
     let data = Arc::new(pattern(4, 10_000));
     assert!(echo::<R>(&p.agent, data.clone()).await.expect("echo") == *data);

@@ -17,10 +17,13 @@ use std::time::Duration;
 use agentk::reconnect::{BackoffPolicy, Ending, Next, Reconnect};
 use bytes::Bytes;
 use protocol::cache::proto as cache_proto;
-use protocol::cache::{AgentCache, LabelSelector, PublisherConfig, default_views};
+use protocol::cache::{
+    AgentCache, LabelSelector, PublisherConfig, Views, WatchEvent, default_views,
+};
 use protocol::{AgentHello, CloseReason, Connection, ErrorCode, Event, StreamId, proto};
 use rand::Rng;
 
+use super::body::{BodyCheck, Digest, Direction};
 use super::clock::SimTime;
 use super::cluster::Cluster;
 use super::flow::{AgentEnd, End, Flow, Serving, Side, drain_outbox, send_body};
@@ -51,6 +54,26 @@ pub enum AgentState {
     Connected { flow: u64 },
 }
 
+/// An independent model of agentk's back-off policy, the oracle of the `backoff-too-short`
+/// invariant: exponential back-off with full jitter — after `n` consecutive failures the delay is
+/// `unit × min(max, initial × 2^(n−1))` for the random `unit` drawn for that failure, never less
+/// than the server's `retry_after`; the failures count from zero again after a connection that lived
+/// `stable_after`; a connection that lived at least a second and is going away is replaced at once.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BackoffModel {
+    failures: u32,
+    connected_at: Option<SimTime>,
+}
+
+/// What the back-off model allows for the next dial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Dial at once (a hand-over).
+    Now,
+    /// Not before this delay.
+    NotBefore(Duration),
+}
+
 /// One simulated agent (see the module docs).
 #[derive(Debug)]
 pub struct SimAgent {
@@ -70,15 +93,21 @@ pub struct SimAgent {
     pub link: LinkParams,
     pub restarts: u32,
     pub connects: u64,
+    /// The back-off oracle's state.
+    pub backoff_model: BackoffModel,
+    /// The naive oracle's views of the cluster, kept up to date with every change.
+    pub truth: Views,
 }
 
 impl SimAgent {
     pub fn new(index: usize, sc: &Scenario, latency: Duration, policy: BackoffPolicy) -> SimAgent {
         let id = index as u64 + 1;
+        let cluster = Cluster::new(id, &sc.cluster);
         SimAgent {
             id,
             up: false,
-            cluster: Cluster::new(id, &sc.cluster),
+            truth: super::invariants::truth(&cluster),
+            cluster,
             cache: None,
             reconnect: Reconnect::new(policy),
             state: AgentState::Down,
@@ -94,6 +123,7 @@ impl SimAgent {
             },
             restarts: 0,
             connects: 0,
+            backoff_model: BackoffModel::default(),
         }
     }
 
@@ -173,10 +203,12 @@ impl World {
         a.cache = Some(cache);
         a.up = true;
         a.reconnect = Reconnect::new(self.policy);
+        a.backoff_model = BackoffModel::default();
         a.dial_gen += 1;
         a.state = AgentState::Waiting;
         let attempt = a.dial_gen;
         self.note(format_args!("agent-up a={i} epoch={epoch}"));
+        self.check_agent_views(i);
         self.agent_dial(i, attempt);
     }
 
@@ -302,29 +334,103 @@ impl World {
             self.maybe_remove_flow(fid);
         }
         let unit: f64 = self.rng.random();
+        self.inject_forget_backoff(i);
         let next = self.agents[i].reconnect.failed(self.now_i, unit, None);
+        let expect = self.model_failure(i, unit, None);
         self.note(format_args!("dial-failed a={i}"));
-        self.schedule_dial(i, next, None);
+        self.schedule_dial(i, next, None, expect);
     }
 
-    /// Schedules the next dial as the reconnect policy said, checking its bound.
-    fn schedule_dial(&mut self, i: usize, next: Next, retry_after: Option<Duration>) {
+    /// Deliberate bug: the agent forgets its consecutive failures.
+    fn inject_forget_backoff(&mut self, i: usize) {
+        if self.sc.inject.forget_backoff {
+            self.agents[i].reconnect = Reconnect::new(self.policy);
+        }
+    }
+
+    /// The back-off model's answer to a failure (dial, handshake, or a connection lost).
+    fn model_failure(&mut self, i: usize, unit: f64, retry_after: Option<Duration>) -> Expect {
+        let policy = self.policy;
+        let now = self.now;
+        let m = &mut self.agents[i].backoff_model;
+        if let Some(at) = m.connected_at.take()
+            && now.since(at) >= policy.stable_after
+        {
+            m.failures = 0;
+        }
+        m.failures = m.failures.saturating_add(1);
+        let mut ceiling = policy.initial.min(policy.max);
+        for _ in 1..m.failures {
+            if ceiling >= policy.max {
+                break;
+            }
+            ceiling = (ceiling * 2).min(policy.max);
+        }
+        Expect::NotBefore(
+            ceiling
+                .mul_f64(unit.clamp(0.0, 1.0))
+                .max(retry_after.unwrap_or_default()),
+        )
+    }
+
+    /// The back-off model's answer to the end (or draining) of a connection that lived `lived`.
+    fn model_after_connection(
+        &mut self,
+        i: usize,
+        going_away: bool,
+        lived: Duration,
+        unit: f64,
+    ) -> Expect {
+        if going_away && lived >= Duration::from_secs(1) {
+            Expect::Now
+        } else {
+            self.model_failure(i, unit, None)
+        }
+    }
+
+    /// Schedules the next dial as the reconnect policy said, checking it against the policy's bound
+    /// and the back-off model.
+    fn schedule_dial(
+        &mut self,
+        i: usize,
+        next: Next,
+        retry_after: Option<Duration>,
+        expect: Expect,
+    ) {
         let a = &mut self.agents[i];
         a.dial_gen += 1;
         a.state = AgentState::Waiting;
         let attempt = a.dial_gen;
-        let at = match next {
+        let mut at = match next {
             Next::Connect => self.now,
             Next::WaitUntil(t) => self.clock.to_sim(t).max(self.now),
         };
+        if let Some(f) = self.sc.inject.stretch_backoff {
+            // Deliberate bug: the delay is stretched.
+            at = self.now.plus(at.since(self.now).mul_f64(f));
+        }
+        let delay = at.since(self.now);
+        let (id, failures, connects) = (a.id, a.backoff_model.failures, a.connects);
         let bound = self.policy.max.max(retry_after.unwrap_or_default());
-        if at.since(self.now) > bound {
-            let detail = format!(
-                "agent {} backs off {:?}, beyond the bound {bound:?}",
-                a.id,
-                at.since(self.now)
-            );
+        if delay > bound {
+            let detail = format!("agent {id} backs off {delay:?}, beyond the bound {bound:?}");
             self.violate("backoff-bound", detail);
+        }
+        // The model's delay and the policy's are computed the same way from the same random unit;
+        // a microsecond covers the conversions between clocks.
+        if let Expect::NotBefore(min) = expect
+            && delay + Duration::from_micros(1) < min
+        {
+            let detail = format!(
+                "agent {id} backs off {delay:?} after {failures} consecutive failure(s); the policy \
+                 says at least {min:?}"
+            );
+            self.violate("backoff-too-short", detail);
+        }
+        if self.sc.inject.never_redial == Some(i) && connects > 0 {
+            // Deliberate bug: the agent stays in back-off for good.
+            self.note(format_args!("INJECT never-redial a={i}"));
+            return;
         }
         self.queue.push(at, Ev::Dial { agent: i, attempt });
     }
@@ -381,6 +487,10 @@ impl World {
                     path: "/".into(),
                     ..Default::default()
                 };
+                if self.sc.inject.close_before_views == Some(i) {
+                    // Deliberate bug: the agent starts closing before it opened its views stream.
+                    end.conn.close(ErrorCode::NoError, "injected");
+                }
                 match end.conn.open_stream(head, false) {
                     Ok(id) => end.views = Some(id),
                     Err(err) => {
@@ -399,6 +509,7 @@ impl World {
                 let a = &mut self.agents[i];
                 a.state = AgentState::Connected { flow: fid };
                 a.reconnect.connected(self.now_i);
+                a.backoff_model.connected_at = Some(self.now);
                 a.connected_since = Some(self.now);
                 a.connects += 1;
                 self.metrics.agent_connected(i, self.now);
@@ -414,7 +525,9 @@ impl World {
             }
             Event::Data { id, data } => {
                 end.conn.release_capacity(id, data.len());
-                if end.views == Some(id) {
+                if let Some(s) = end.serving.get_mut(&id) {
+                    s.body.received.update(&data);
+                } else if end.views == Some(id) {
                     end.views_rx.push(&data);
                     let mut msgs = Vec::new();
                     // Each round takes one message out of a finite buffer.
@@ -439,6 +552,11 @@ impl World {
             Event::Finished { id } | Event::Trailer { id, .. } => {
                 if let Some(s) = end.serving.get_mut(&id) {
                     s.body_done = true;
+                    if let Some(problem) = s.body.verify() {
+                        let detail = format!("request {} at agent {i}: {problem}", s.request);
+                        self.violate("body-corrupted", detail);
+                        return;
+                    }
                     self.schedule_respond(fid, id);
                 } else if end.views == Some(id) {
                     // kas ended the views stream: close ours too and stop publishing on it.
@@ -456,12 +574,31 @@ impl World {
                 let request = header_u64(&head, REQUEST_HEADER).unwrap_or(0);
                 let kind = header_u64(&head, KIND_HEADER).unwrap_or(0) as usize;
                 let me = self.agents[i].id;
+                let request_bytes = self
+                    .sc
+                    .clients
+                    .mix
+                    .get(kind)
+                    .map_or(0, |k| usize::try_from(k.request_bytes).unwrap_or(0));
+                let body = BodyCheck {
+                    declared: Digest::declared(&head.headers),
+                    expected: Some(
+                        Digest::of(
+                            &self
+                                .patterns
+                                .body(request, Direction::Request, request_bytes),
+                        )
+                        .summary(),
+                    ),
+                    ..BodyCheck::default()
+                };
                 end.serving.insert(
                     id,
                     Serving {
                         request,
                         kind,
                         body_done: end_stream,
+                        body,
                     },
                 );
                 if target != Some(me) {
@@ -473,13 +610,38 @@ impl World {
                     self.violate("misdelivered-request", detail);
                 }
                 if end_stream {
+                    if let Some(problem) = body.verify() {
+                        let detail = format!("request {request} at agent {i}: {problem}");
+                        self.violate("body-corrupted", detail);
+                        return;
+                    }
                     self.schedule_respond(fid, id);
                 }
             }
-            Event::Reset { id, .. } => {
-                end.serving.remove(&id);
-                end.outbox.remove(&id);
-                if end.views == Some(id) {
+            Event::Reset {
+                id,
+                code,
+                remote,
+                message,
+            } => {
+                let closing = end.conn.is_closed();
+                let served = end.serving.remove(&id).is_some() | end.outbox.remove(&id).is_some();
+                let views = end.views == Some(id);
+                // kas cancels what it no longer needs, refuses what it cannot take; the rest goes
+                // with the connection. Anything else is a bug in the core or the glue.
+                let fine = closing
+                    || (remote && code == ErrorCode::Cancel)
+                    || (views && remote && code == ErrorCode::RefusedStream);
+                if (served || views) && !fine {
+                    let detail = format!(
+                        "agent {i} flow {fid}: stream {id} ({}) was reset with {code} (remote \
+                         {remote}): {message}",
+                        if views { "views" } else { "request" }
+                    );
+                    self.violate("stream-error", detail);
+                    return;
+                }
+                if views {
                     end.views = None;
                     self.views_gone(i, fid);
                 }
@@ -503,12 +665,16 @@ impl World {
                         .map_or(Duration::ZERO, |t| self.now.since(t));
                     self.views_gone(i, fid);
                     let unit: f64 = self.rng.random();
+                    if lived < reconnect_handover() {
+                        self.inject_forget_backoff(i);
+                    }
                     let a = &mut self.agents[i];
                     let next =
                         a.reconnect
                             .after_connection(Ending::GoingAway, lived, self.now_i, unit);
+                    let expect = self.model_after_connection(i, true, lived, unit);
                     self.note(format_args!("goaway a={i} f={fid}"));
-                    self.schedule_dial(i, next, None);
+                    self.schedule_dial(i, next, None, expect);
                 }
             }
             Event::Closed(reason) => {
@@ -531,37 +697,39 @@ impl World {
                 if !was_active {
                     return;
                 }
-                let a = &mut self.agents[i];
-                a.connected_since = None;
+                self.agents[i].connected_since = None;
                 let unit: f64 = self.rng.random();
-                let (next, retry_after) = match a.state {
-                    AgentState::Connected { .. } => {
-                        let lived = connected_at.map_or(Duration::ZERO, |t| self.now.since(t));
-                        let ending = if reason == CloseReason::Graceful {
-                            Ending::GoingAway
-                        } else {
-                            Ending::Lost
-                        };
-                        (
-                            a.reconnect
-                                .after_connection(ending, lived, self.now_i, unit),
-                            None,
-                        )
-                    }
-                    _ => {
-                        let retry_after = match &reason {
-                            CloseReason::Refused { retry_after_ms, .. } if *retry_after_ms > 0 => {
-                                Some(Duration::from_millis((*retry_after_ms).into()))
-                            }
-                            _ => None,
-                        };
-                        (
-                            a.reconnect.failed(self.now_i, unit, retry_after),
-                            retry_after,
-                        )
-                    }
+                let connected = matches!(self.agents[i].state, AgentState::Connected { .. });
+                let lived = connected_at.map_or(Duration::ZERO, |t| self.now.since(t));
+                let graceful = reason == CloseReason::Graceful;
+                if !(connected && graceful && lived >= reconnect_handover()) {
+                    self.inject_forget_backoff(i);
+                }
+                let (next, retry_after, expect) = if connected {
+                    let ending = if graceful {
+                        Ending::GoingAway
+                    } else {
+                        Ending::Lost
+                    };
+                    let next = self.agents[i]
+                        .reconnect
+                        .after_connection(ending, lived, self.now_i, unit);
+                    let expect = self.model_after_connection(i, graceful, lived, unit);
+                    (next, None, expect)
+                } else {
+                    let retry_after = match &reason {
+                        CloseReason::Refused { retry_after_ms, .. } if *retry_after_ms > 0 => {
+                            Some(Duration::from_millis((*retry_after_ms).into()))
+                        }
+                        _ => None,
+                    };
+                    let next = self.agents[i]
+                        .reconnect
+                        .failed(self.now_i, unit, retry_after);
+                    let expect = self.model_failure(i, unit, retry_after);
+                    (next, retry_after, expect)
                 };
-                self.schedule_dial(i, next, retry_after);
+                self.schedule_dial(i, next, retry_after, expect);
             }
             Event::Hello(_) | Event::Response { .. } => {}
         }
@@ -622,7 +790,36 @@ impl World {
         if !end.conn.stream_exists(id) {
             return;
         }
-        let kind = self.sc.clients.mix.get(serving.kind);
+        let kind = self.sc.clients.mix.get(serving.kind).cloned();
+        let kind = kind.as_ref();
+        let request = serving.request;
+        let patterned = kind.is_some_and(|k| k.service != protocol::service::CACHE);
+        let inject = self.sc.inject.clone();
+        let once = |w: &mut World, name: &'static str, from: Option<u64>| {
+            from.is_some_and(|n| request >= n) && w.injected.insert(name)
+        };
+        if once(self, "abandon", inject.abandon_request) {
+            // The upstream never answers this one (the kas side of this injection is the bug).
+            self.abandoned = Some(request);
+            self.note(format_args!("INJECT abandon r={request}"));
+            return;
+        }
+        if once(self, "reset-request", inject.reset_request) {
+            // Deliberate bug: the agent resets a stream with a protocol error code.
+            if let Some(end) = self.flows.get_mut(&fid).and_then(|f| f.a.live_mut()) {
+                end.conn.reset(id, ErrorCode::FlowControl, "injected");
+            }
+            self.note(format_args!("INJECT reset r={request}"));
+            self.pump(fid, Side::Agent);
+            return;
+        }
+        let wrong_responder = once(self, "wrong-responder", inject.wrong_responder);
+        let corrupt = patterned
+            && kind.is_some_and(|k| k.response_bytes > 0)
+            && once(self, "corrupt-body", inject.corrupt_body);
+        let Some(end) = self.flows.get_mut(&fid).and_then(|f| f.a.live_mut()) else {
+            return;
+        };
         let (status, body) = match kind {
             Some(k) if k.service == protocol::service::CACHE => {
                 match self.agents[i]
@@ -636,21 +833,28 @@ impl World {
                 }
             }
             Some(k) => {
-                let n = usize::try_from(k.response_bytes)
-                    .unwrap_or(0)
-                    .min(self.zeros.len());
-                (200, self.zeros.slice(0..n))
+                let n = usize::try_from(k.response_bytes).unwrap_or(0);
+                (200, self.patterns.body(request, Direction::Response, n))
             }
             None => (400, Bytes::new()),
         };
         let me = self.agents[i].id;
-        let head = proto::ResponseHead {
-            status,
-            headers: vec![
-                header(AGENT_HEADER, me),
-                header(REQUEST_HEADER, serving.request),
-            ],
+        let claimed = if wrong_responder { me + 1 } else { me };
+        let mut headers = vec![
+            header(AGENT_HEADER, claimed),
+            header(REQUEST_HEADER, request),
+        ];
+        headers.extend(Digest::of(&body).headers());
+        let body = if corrupt {
+            // Deliberate bug: one octet changes after the digest was declared.
+            let mut b = body.to_vec();
+            let mid = b.len() / 2;
+            b[mid] ^= 0x20;
+            Bytes::from(b)
+        } else {
+            body
         };
+        let head = proto::ResponseHead { status, headers };
         let empty = body.is_empty();
         let result = end.conn.send_response(id, head, empty).and_then(|()| {
             if empty {
@@ -682,10 +886,27 @@ impl World {
         {
             // The publisher sends a bounded number of messages per call (window, max_unacked).
             for _ in 0..1000 {
-                let Some(m) = cache.poll_transmit(now_i) else {
+                let Some(mut m) = cache.poll_transmit(now_i) else {
                     break;
                 };
-                let bytes = framing::encode(&m);
+                if self.sc.inject.malformed_view == Some(i)
+                    && add_stray_unit(&mut m)
+                    && self.injected.insert("malformed-view")
+                {
+                    self.trace.line(format_args!(
+                        "{} {} . INJECT malformed-view a={i}",
+                        self.event_index, self.now
+                    ));
+                }
+                let mut bytes = framing::encode(&m);
+                if self.sc.inject.garble_views_frame == Some(i)
+                    && self.injected.insert("garble-views-frame")
+                {
+                    // Deliberate bug: a length prefix no varint has.
+                    let mut b = vec![0xffu8; 11];
+                    b.extend_from_slice(&bytes);
+                    bytes = Bytes::from(b);
+                }
                 if let Err(e) = send_body(&mut end.conn, &mut end.outbox, views, bytes, false) {
                     tracing::debug!(error = %e, "views stream unusable");
                     break;
@@ -740,15 +961,32 @@ impl World {
         };
         let a = &mut self.agents[i];
         let events = a.cluster.churn(&mut self.rng);
+        a.truth = super::invariants::truth(&a.cluster);
         self.metrics.churn += 1;
         if let Some(cache) = &mut a.cache {
             for (kind, ev) in events {
+                self.watch_events += 1;
+                let ev = if self.sc.inject.malformed_watch_event == Some(self.watch_events) {
+                    // Deliberate bug: the object lost its metadata on the way.
+                    WatchEvent::Apply(serde_json::json!({"kind": kind.kind}))
+                } else {
+                    ev
+                };
+                if self.sc.inject.skip_watch_event == Some(self.watch_events) {
+                    // Deliberate bug: the watch event is lost before the cache.
+                    self.trace.line(format_args!(
+                        "{} {} . INJECT skip-watch-event a={i}",
+                        self.event_index, self.now
+                    ));
+                    continue;
+                }
                 if let Err(e) = cache.apply(&kind, ev) {
                     let detail = format!("agent {} cache rejected a watch event: {e}", a.id);
                     self.violate("agent-cache", detail);
                     return;
                 }
             }
+            self.check_agent_views(i);
         }
         self.pump_views(i);
         if let Some(fid) = self.agents[i].connected_flow() {
@@ -778,4 +1016,27 @@ fn cache_query(cache: &AgentCache, path: &str) -> Result<Bytes, String> {
     serde_json::to_vec(&list)
         .map(Bytes::from)
         .map_err(|e| e.to_string())
+}
+
+/// How long a connection must have lived for GOAWAY to be a hand-over rather than a failure.
+fn reconnect_handover() -> Duration {
+    agentk::reconnect::MIN_LIFETIME_FOR_HANDOVER
+}
+
+/// Adds a value without nanos to the first row a view message carries (a deliberate bug); whether
+/// there was one.
+fn add_stray_unit(m: &mut cache_proto::AgentToServer) -> bool {
+    use cache_proto::agent_to_server::Msg;
+    let row = match &mut m.msg {
+        Some(Msg::Update(u)) => u.views.iter_mut().flat_map(|v| v.upserts.iter_mut()).next(),
+        Some(Msg::Snapshot(s)) => s.views.iter_mut().flat_map(|v| v.rows.iter_mut()).next(),
+        _ => None,
+    };
+    match row {
+        Some(r) => {
+            r.units.push(1);
+            true
+        }
+        None => false,
+    }
 }

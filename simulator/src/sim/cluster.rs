@@ -3,8 +3,8 @@
 //!
 //! Every change yields the watch events a `kube-runtime` watcher would deliver to agentk
 //! ([`WatchEvent::Apply`]/[`WatchEvent::Delete`] with the object's JSON); a restarting agent relists
-//! with [`Cluster::relist`]. The truth is also what the end-of-run check recomputes views from
-//! ([`Cluster::objects`]), independently of the agent's cache.
+//! with [`Cluster::relist`]. The truth ([`Cluster::objects`]) is also what the invariants compute the
+//! reference views from, with the naive oracle, independently of the agent's cache.
 
 use std::collections::BTreeMap;
 
@@ -331,8 +331,7 @@ mod tests {
             }
         }
         assert_eq!(cache.store().len(), c.len());
-        let objects = c.objects();
-        let truth = cache.views().recompute(objects.iter().map(|(k, v)| (k, v)));
+        let truth = crate::sim::invariants::truth(&c);
         assert_eq!(cache.views().views(), truth);
         assert!(c.len() < 100, "the population stays bounded: {}", c.len());
     }

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::Bytes;
 use protocol::{Connection, StreamError, StreamId};
 
+use super::body::BodyCheck;
 use super::clock::SimTime;
 use super::framing::Deframer;
 use super::net::{Dir, Link};
@@ -150,6 +151,8 @@ pub struct Serving {
     pub request: u64,
     pub kind: usize,
     pub body_done: bool,
+    /// The request body as it arrives.
+    pub body: BodyCheck,
 }
 
 /// agentk's end of a connection.
@@ -203,6 +206,8 @@ pub struct KasStream {
     pub request: u64,
     /// The response status, once the head arrived.
     pub status: Option<u32>,
+    /// The response body as it arrives.
+    pub body: BodyCheck,
 }
 
 impl KasEnd {

@@ -1,40 +1,109 @@
 //! The invariants and their checks.
 //!
-//! Checked **continuously**, as events happen:
+//! Every invariant has a name (the `invariant` of a [`Violation`]), is listed in [`INVARIANTS`] with
+//! when it is checked, and has a self-test in `simulator/tests/sim_checker.rs` that injects a
+//! deliberate bug ([`Injection`](super::scenario::Injection)) and shows the check fire.
+//!
+//! Checked **continuously**, during the event that could break them:
 //! - `request-ended-twice`: a request ends exactly once (the [`Ledger`](super::clients::Ledger));
 //! - `misdelivered-request` / `misdelivered-response`: a request reaches the agent it is meant for
 //!   (the agent checks the agent id the request carries) and its response comes from that agent;
 //! - `protocol-error`: no connection fails with a protocol, flow-control or framing error (there is no
 //!   malicious peer in the world, so such an error is a bug in the core or the glue);
-//! - `backoff-bound`: every back-off delay is within the policy's maximum (or the server's
-//!   `retry_after`);
-//! - `views-framing` / `views-wire` / `agent-cache`: view messages decode and apply;
+//! - `stream-error`: no stream is reset with a code only a bug explains: a request stream may only be
+//!   refused (`REFUSED_STREAM`, then retried) or die with its connection, a served stream may only be
+//!   cancelled by kas, a views stream only cancelled or refused — never `PROTOCOL_ERROR`,
+//!   `FLOW_CONTROL_ERROR`, `STREAM_CLOSED` or anything else;
+//! - `body-corrupted`: every request and response body that ends arrives with the length and digest
+//!   its sender declared, and patterned bodies are the request's own ([`body`](super::body));
+//! - `backoff-bound`: no back-off delay exceeds the policy's maximum (or the server's `retry_after`);
+//! - `backoff-too-short`: no back-off delay is shorter than an independent model of the policy says
+//!   (full jitter over `min(max, initial·2^(n−1))` after `n` consecutive failures since a connection
+//!   that lived `stable_after`, never below `retry_after`; dial at once only to replace a connection
+//!   that lived at least a second and is going away);
+//! - `flow-control`: after every event, on every connection it touched, octets in flight in each
+//!   direction never exceed the receiver's connection window, no stream's send credit exceeds the
+//!   peer's initial stream window, and open streams stay within both sides' limits;
+//! - `views-diverged`: after every change an agent's cache takes (watch event, relist), its
+//!   incremental views equal the views the naive oracle
+//!   ([`protocol::testing::naive_views`]) computes over its cluster;
+//! - `mirror-diverged`: whenever a replica's mirror has applied everything its agent's publisher sent
+//!   (same epoch and sequence, nothing pending), it equals the oracle's views of the agent's cluster;
+//! - `tracking-leak`: once a request has ended, no replica tracks it, waits for it or has it assigned
+//!   in its router;
+//! - `connection-leak`: once a connection has closed at kas, its replica's router no longer lists it;
+//! - `router`: every router call the glue makes is accepted (no unknown connection or request);
+//! - `views-framing` / `views-wire` / `agent-cache` / `views-stream` / `identity`: view messages
+//!   frame, decode and apply; watch events apply; the views stream opens; an agent is accepted as
+//!   itself;
 //! - in debug builds, `Connection::check_invariants` and `Router::check_invariants` run inside the core
 //!   after every call (`debug_assert!`).
 //!
-//! Checked **periodically** (every sample) by [`World::check_periodic`]:
-//! - `flow-control`: per connection and direction, octets in flight never exceed the receiver's
-//!   connection window; no stream's send credit exceeds the peer's initial stream window; open
-//!   streams stay within both sides' concurrent-stream limits;
-//! - `router`: `Router::check_invariants` holds on every replica (also in release builds).
+//! Checked **periodically** (every sample), because a full sweep costs O(world), by
+//! [`World::check_periodic`]:
+//! - `flow-control` on every connection (those no event touched included);
+//! - `router`: `Router::check_invariants` on every replica (also in release builds);
+//! - `tracking-leak`: every request a replica tracks is still open, and its router holds exactly the
+//!   requests the replica tracks.
 //!
 //! Checked **at the end**, after the final quiet period, by [`World::check_end`]:
 //! - `request-leak`: every request has ended;
-//! - `pending-leak`: no router holds a request, no replica tracks one;
+//! - `tracking-leak`: no router holds a request, no replica tracks one;
 //! - `reconnect-bound`: every agent is connected, and got connected no later than the reconnect
 //!   deadline (start-up and faults over, plus [`Scenario::reconnect_bound`](super::Scenario::reconnect_bound));
 //! - `connection-leak` / `stream-leak`: each agent has exactly one connection, carrying only its views
 //!   stream, with nothing queued;
-//! - `views-diverged`: the views of the mirror on the replica the agent is connected to equal views
-//!   recomputed from scratch from the cluster's objects (and the agent's own incremental views do too),
-//!   at the publisher's epoch and sequence number.
+//! - `views-diverged` / `mirror-diverged`: every agent's views, and the mirror on the replica it is
+//!   connected to (at the publisher's epoch and sequence), equal the oracle's views of its cluster.
 
 use serde::Serialize;
 
+use protocol::cache::{Views, default_views};
+use protocol::testing::naive_views;
+
 use super::agent::AgentState;
 use super::clock::SimTime;
+use super::cluster::Cluster;
 use super::flow::{AgentEnd, Flow, KasEnd};
+use super::kas::Stage;
 use super::world::World;
+
+/// Every invariant, with when it is checked (see the module docs).
+pub const INVARIANTS: &[(&str, &str)] = &[
+    ("request-ended-twice", "continuously"),
+    ("misdelivered-request", "continuously"),
+    ("misdelivered-response", "continuously"),
+    ("protocol-error", "continuously"),
+    ("stream-error", "continuously"),
+    ("body-corrupted", "continuously"),
+    ("backoff-bound", "continuously"),
+    ("backoff-too-short", "continuously"),
+    (
+        "flow-control",
+        "continuously (touched connections) and periodically (all)",
+    ),
+    ("views-diverged", "continuously and at the end"),
+    ("mirror-diverged", "continuously and at the end"),
+    ("tracking-leak", "continuously, periodically and at the end"),
+    ("connection-leak", "continuously and at the end"),
+    ("router", "continuously and periodically"),
+    ("views-framing", "continuously"),
+    ("views-wire", "continuously"),
+    ("agent-cache", "continuously"),
+    ("views-stream", "continuously"),
+    ("identity", "continuously"),
+    ("request-leak", "at the end"),
+    ("reconnect-bound", "at the end"),
+    ("stream-leak", "at the end"),
+];
+
+/// The truth an agent's views must equal: the naive oracle over its cluster's objects.
+pub fn truth(cluster: &Cluster) -> Views {
+    static SPECS: std::sync::OnceLock<Vec<protocol::cache::ViewSpec>> = std::sync::OnceLock::new();
+    let specs = SPECS.get_or_init(default_views);
+    let objects = cluster.objects();
+    naive_views::evaluate(specs, objects.iter().map(|(k, v)| (k, v)))
+}
 
 /// A broken invariant: which, where in the run, and the seed to replay it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -135,26 +204,142 @@ fn flow_control(fid: u64, flow: &Flow, a: &AgentEnd, k: &KasEnd) -> Option<Strin
 }
 
 impl World {
-    /// Flow-control bounds of every connection and the routers' own invariants.
-    pub(super) fn check_periodic(&mut self) {
-        let mut problem = None;
-        for (fid, flow) in self.flows.iter() {
-            if let (Some(a), Some(k)) = (flow.a.live(), flow.k.live())
-                && a.conn.established().is_some()
-                && k.conn.established().is_some()
-                && let Some(p) = flow_control(fid, flow, a, k)
-            {
-                problem = Some(p);
-                break;
-            }
+    /// The flow-control bounds of one flow, if both ends are established.
+    fn flow_problem(&self, fid: u64) -> Option<String> {
+        let flow = self.flows.get(&fid)?;
+        let (a, k) = (flow.a.live()?, flow.k.live()?);
+        if a.conn.established().is_none() || k.conn.established().is_none() {
+            return None;
         }
-        if let Some(p) = problem {
-            self.violate("flow-control", p);
+        flow_control(fid, flow, a, k)
+    }
+
+    /// After every event: the flow-control bounds of every connection the event touched.
+    pub(super) fn check_event(&mut self) {
+        let pumped = std::mem::take(&mut self.pumped);
+        if self.violation.is_some() {
             return;
         }
+        for fid in pumped {
+            if let Some(p) = self.flow_problem(fid) {
+                self.violate("flow-control", p);
+                return;
+            }
+        }
+    }
+
+    /// After agent `i`'s cache took a change: its incremental views equal the oracle's.
+    pub(super) fn check_agent_views(&mut self, i: usize) {
+        let a = &self.agents[i];
+        let Some(cache) = &a.cache else {
+            return;
+        };
+        if !same_views(cache.views(), &a.truth) {
+            let have = cache.views().views();
+            let detail = format!(
+                "agent {i}'s incremental views differ from the oracle's views of its cluster: \
+                 {:?}",
+                differing(&have, &a.truth)
+            );
+            self.violate("views-diverged", detail);
+        }
+    }
+
+    /// After replica `k` applied view messages of `agent_id`: if its mirror has everything the
+    /// agent's publisher sent, it equals the oracle's views of the agent's cluster.
+    pub(super) fn check_mirror(&mut self, k: usize, agent_id: u64) {
+        let Some(i) = usize::try_from(agent_id)
+            .ok()
+            .and_then(|id| id.checked_sub(1))
+            .filter(|i| *i < self.agents.len())
+        else {
+            return;
+        };
+        let a = &self.agents[i];
+        let (Some(cache), Some(slot)) = (&a.cache, self.kas[k].mirrors.get(&agent_id)) else {
+            return;
+        };
+        let p = cache.publisher();
+        let caught_up = slot.mirror.epoch() == Some(p.epoch())
+            && slot.mirror.seq() == Some(p.seq())
+            && !p.has_pending();
+        if caught_up && slot.mirror.views() != &a.truth {
+            let detail = format!(
+                "kas {k}'s mirror of agent {i} is at the agent's (epoch, seq) {:?} but differs from \
+                 the oracle's views of its cluster: {:?}",
+                (p.epoch(), p.seq()),
+                differing(slot.mirror.views(), &a.truth)
+            );
+            self.violate("mirror-diverged", detail);
+        }
+    }
+
+    /// After `request` ended: nothing tracks it any more.
+    pub(super) fn check_released(&mut self, request: u64) {
+        for (k, kas) in self.kas.iter().enumerate() {
+            let stage = kas.requests.get(&request);
+            let routed = kas.router.assigned_connection(&request);
+            if stage.is_some() || routed.is_some() {
+                let detail = format!(
+                    "request {request} ended, yet kas {k} still tracks it (stage {stage:?}, router \
+                     connection {routed:?})"
+                );
+                self.violate("tracking-leak", detail);
+                return;
+            }
+        }
+        if let Some((agent, _)) = self.pending_for.iter().find(|(_, s)| s.contains(&request)) {
+            let detail =
+                format!("request {request} ended, yet it is listed as waiting for agent {agent}");
+            self.violate("tracking-leak", detail);
+        }
+    }
+
+    /// After kas closed connection `fid`: its router no longer lists it.
+    pub(super) fn check_connection_gone(&mut self, k: usize, fid: u64) {
+        if let Some(c) = self.kas[k].router.connection(&fid) {
+            let detail = format!(
+                "kas {k} closed connection {fid} of agent {}, yet its router still lists it (load {})",
+                c.agent_id, c.load
+            );
+            self.violate("connection-leak", detail);
+        }
+    }
+
+    /// Every sample: flow-control bounds of every connection, the routers' own invariants, and
+    /// that every replica's tracking agrees with its router and the ledger.
+    pub(super) fn check_periodic(&mut self) {
+        let ids: Vec<u64> = self.flows.iter().map(|(id, _)| id).collect();
+        for fid in ids {
+            if let Some(p) = self.flow_problem(fid) {
+                self.violate("flow-control", p);
+                return;
+            }
+        }
         for k in 0..self.kas.len() {
-            if let Err(e) = self.kas[k].router.check_invariants() {
+            let kas = &self.kas[k];
+            if let Err(e) = kas.router.check_invariants() {
                 self.violate("router", format!("kas {k}: {e}"));
+                return;
+            }
+            let stats = kas.router.stats();
+            let pending = kas
+                .requests
+                .values()
+                .filter(|s| **s == Stage::Pending)
+                .count();
+            let started = kas.requests.len() - pending;
+            if stats.pending != pending || stats.assigned != started || stats.failed_queued != 0 {
+                let detail = format!(
+                    "kas {k} tracks {pending} pending and {started} started requests, its router \
+                     {stats:?}"
+                );
+                self.violate("tracking-leak", detail);
+                return;
+            }
+            if let Some(r) = kas.requests.keys().find(|r| self.ledger.get(**r).is_none()) {
+                let detail = format!("kas {k} tracks request {r}, which has ended");
+                self.violate("tracking-leak", detail);
                 return;
             }
         }
@@ -185,13 +370,13 @@ impl World {
                     "kas {k} still holds requests: router {s:?}, tracked {}",
                     kas.requests.len()
                 );
-                self.violate("pending-leak", detail);
+                self.violate("tracking-leak", detail);
                 return;
             }
         }
         if let Some((agent, reqs)) = self.pending_for.iter().next() {
             let detail = format!("requests {reqs:?} still listed as waiting for agent {agent}");
-            self.violate("pending-leak", detail);
+            self.violate("tracking-leak", detail);
             return;
         }
         let deadline = self.reconnect_deadline;
@@ -279,17 +464,27 @@ impl World {
             ));
         }
         let cache = a.cache.as_ref()?;
-        let objects = a.cluster.objects();
-        let truth = cache.views().recompute(objects.iter().map(|(k, v)| (k, v)));
-        if cache.views().views() != truth {
+        let truth = truth(&a.cluster);
+        if truth != a.truth {
             return Some((
                 "views-diverged",
-                format!("agent {i}'s own incremental views differ from its cluster"),
+                format!("agent {i}'s cached oracle views are stale (a glue bug in the simulator)"),
+            ));
+        }
+        let own = cache.views().views();
+        if own != truth {
+            return Some((
+                "views-diverged",
+                format!(
+                    "agent {i}'s own incremental views differ from the oracle's views of its \
+                     cluster: {:?}",
+                    differing(&own, &truth)
+                ),
             ));
         }
         let Some(slot) = self.kas[flow.kas].mirrors.get(&a.id) else {
             return Some((
-                "views-diverged",
+                "mirror-diverged",
                 format!("kas {} has no mirror of agent {i}", flow.kas),
             ));
         };
@@ -297,20 +492,39 @@ impl World {
         let position = (slot.mirror.epoch(), slot.mirror.seq());
         let want = (Some(publisher.epoch()), Some(publisher.seq()));
         if position != want || slot.mirror.views() != &truth {
-            let differing: Vec<&str> = truth
-                .iter()
-                .filter(|v| slot.mirror.views().get(&v.schema.name) != Some(*v))
-                .map(|v| v.schema.name.as_str())
-                .collect();
             return Some((
-                "views-diverged",
+                "mirror-diverged",
                 format!(
                     "kas {}'s mirror of agent {i} is at (epoch, seq) {position:?}, the agent at \
-                     {want:?}; views differing from the cluster: {differing:?}",
-                    flow.kas
+                     {want:?}; views differing from the oracle's: {:?}",
+                    flow.kas,
+                    differing(slot.mirror.views(), &truth)
                 ),
             ));
         }
         None
     }
+}
+
+/// Whether the incremental views equal `truth`, without copying them.
+fn same_views(set: &protocol::cache::ViewSet, truth: &Views) -> bool {
+    set.len() == truth.len()
+        && set.schemas().iter().enumerate().all(|(i, schema)| {
+            truth.get(&schema.name).is_some_and(|t| {
+                &t.schema == schema
+                    && t.rows.len() == set.rows(i).count()
+                    && set
+                        .rows(i)
+                        .zip(&t.rows)
+                        .all(|((k, v), (tk, tv))| k == tk && v == tv.as_slice())
+            })
+        })
+}
+
+/// Names of the views that differ between `a` and `b`.
+fn differing<'a>(a: &Views, b: &'a Views) -> Vec<&'a str> {
+    b.iter()
+        .filter(|v| a.get(&v.schema.name) != Some(*v))
+        .map(|v| v.schema.name.as_str())
+        .collect()
 }

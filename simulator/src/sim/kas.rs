@@ -19,6 +19,7 @@ use protocol::router::{Route, Router, RouterConfig};
 use protocol::{ErrorCode, Event, StreamId, proto};
 
 use super::agent::{AGENT_HEADER, KIND_HEADER, REQUEST_HEADER, is_protocol_failure};
+use super::body::{BodyCheck, Digest, Direction};
 use super::clients::Outcome;
 use super::clock::SimTime;
 use super::flow::{End, KasEnd, KasStream, Side, drain_outbox, send_body};
@@ -200,6 +201,17 @@ impl World {
                         self.metrics.kas[k].refused += 1;
                     }
                     Some(agent_id) => {
+                        let agent_id = if self
+                            .sc
+                            .inject
+                            .accept_as_other
+                            .is_some_and(|i| i as u64 + 1 == agent_id)
+                        {
+                            // Deliberate bug: the token is mapped to another agent.
+                            agent_id + 1000
+                        } else {
+                            agent_id
+                        };
                         end.conn
                             .accept(agent_id, format!("k{k}-f{fid}"), self.now_i);
                     }
@@ -284,6 +296,16 @@ impl World {
                         let Some(slot) = self.kas[k].mirrors.get_mut(&agent_id) else {
                             break;
                         };
+                        let mut m = m;
+                        if self.sc.inject.corrupt_view_value.map(|i| i as u64 + 1) == Some(agent_id)
+                            && corrupt_first_value(&mut m)
+                            && self.injected.insert("corrupt-view-value")
+                        {
+                            self.trace.line(format_args!(
+                                "{} {} . INJECT corrupt-view-value a={agent_id}",
+                                self.event_index, self.now
+                            ));
+                        }
                         use cache_proto::server_to_agent::Msg;
                         match slot.mirror.handle(&m, self.now_i) {
                             Ok(MirrorOutcome::Applied { ack, .. })
@@ -317,7 +339,9 @@ impl World {
                             false,
                         );
                     }
-                } else if end.requests.contains_key(&id) {
+                    self.check_mirror(k, agent_id);
+                } else if let Some(s) = end.requests.get_mut(&id) {
+                    s.body.received.update(&data);
                     self.metrics.kas[k].response_bytes += data.len() as u64;
                 }
             }
@@ -330,6 +354,8 @@ impl World {
                     return;
                 };
                 s.status = Some(head.status);
+                s.body.declared = Digest::declared(&head.headers);
+                let body = s.body;
                 let request = s.request;
                 let from = head
                     .headers
@@ -349,11 +375,21 @@ impl World {
                     return;
                 }
                 if end_stream {
+                    if let Some(problem) = body.verify() {
+                        let detail = format!("response to request {request}: {problem}");
+                        self.violate("body-corrupted", detail);
+                        return;
+                    }
                     self.finish_request(k, request, Outcome::Response(head.status));
                 }
             }
             Event::Finished { id } | Event::Trailer { id, .. } => {
                 if let Some(s) = end.requests.remove(&id) {
+                    if let Some(problem) = s.body.verify() {
+                        let detail = format!("response to request {}: {problem}", s.request);
+                        self.violate("body-corrupted", detail);
+                        return;
+                    }
                     let outcome = Outcome::Response(s.status.unwrap_or(0));
                     self.finish_request(k, s.request, outcome);
                 } else if end.views == Some(id) {
@@ -364,13 +400,24 @@ impl World {
                 }
             }
             Event::Reset {
-                id, code, remote, ..
+                id,
+                code,
+                remote,
+                message,
             } => {
                 end.outbox.remove(&id);
                 let closing = end.conn.is_closed();
                 if end.views == Some(id) {
                     end.views = None;
                     let agent_id = end.agent_id;
+                    if !(closing || remote && code == ErrorCode::Cancel) {
+                        let detail = format!(
+                            "kas {k} flow {fid}: the views stream {id} was reset with {code} \
+                             (remote {remote}): {message}"
+                        );
+                        self.violate("stream-error", detail);
+                        return;
+                    }
                     self.mirror_released(k, agent_id, fid);
                 } else if let Some(s) = end.requests.remove(&id) {
                     if code == ErrorCode::RefusedStream && remote {
@@ -379,7 +426,14 @@ impl World {
                     } else if closing {
                         self.finish_request(k, s.request, Outcome::ConnectionLost);
                     } else {
-                        self.finish_request(k, s.request, Outcome::StreamReset);
+                        // The agent never resets a request it serves, and kas never sees its own
+                        // cancellations: any other reset is a bug in the core or the glue.
+                        let detail = format!(
+                            "request {} on kas {k} flow {fid} stream {id} was reset with {code} \
+                             (remote {remote}): {message}",
+                            s.request
+                        );
+                        self.violate("stream-error", detail);
                     }
                 }
             }
@@ -422,7 +476,14 @@ impl World {
                     // Streams are reported reset before Closed, so this only catches glue bugs.
                     self.finish_request(k, r, Outcome::ConnectionLost);
                 }
-                if registered {
+                let keep = registered
+                    && self.sc.inject.keep_closed_connection
+                    && self.injected.insert("keep-closed-connection");
+                if keep {
+                    // Deliberate bug: the router is not told.
+                    self.kas[k].established -= 1;
+                    self.note(format_args!("INJECT keep-closed-connection f={fid}"));
+                } else if registered {
                     let kas = &mut self.kas[k];
                     kas.established -= 1;
                     match kas.router.remove_connection(&fid) {
@@ -438,6 +499,7 @@ impl World {
                     }
                     self.drain_router(k);
                 }
+                self.check_connection_gone(k, fid);
                 let kas = &self.kas[k];
                 if let Some(fault) = kas.rolling
                     && kas.is_up()
@@ -564,18 +626,27 @@ impl World {
         }
         let kind = self.sc.clients.mix.get(r.kind);
         let body_len = kind.map_or(0, |k| usize::try_from(k.request_bytes).unwrap_or(0));
+        let body = self.patterns.body(request, Direction::Request, body_len);
+        let mut headers = vec![
+            header(AGENT_HEADER, r.agent),
+            header(REQUEST_HEADER, request),
+            header(KIND_HEADER, r.kind as u64),
+        ];
+        headers.extend(Digest::of(&body).headers());
         let head = proto::RequestHead {
             service: kind.map_or_else(String::new, |k| k.service.clone()),
             method: kind.map_or_else(String::new, |k| k.method.clone()),
             path: kind.map_or_else(String::new, |k| k.path.clone()),
-            headers: vec![
-                header(AGENT_HEADER, r.agent),
-                header(REQUEST_HEADER, request),
-                header(KIND_HEADER, r.kind as u64),
-            ],
+            headers,
             timeout_ms: u32::try_from(r.deadline.since(self.now).as_millis()).unwrap_or(u32::MAX),
         };
-        let body = self.zeros.slice(0..body_len.min(self.zeros.len()));
+        // What the response body must be, for kinds answered with a patterned body.
+        let response_expected = kind
+            .filter(|k| k.service != protocol::service::CACHE)
+            .map(|k| {
+                let len = usize::try_from(k.response_bytes).unwrap_or(0);
+                Digest::of(&self.patterns.body(request, Direction::Response, len)).summary()
+            });
         let opened = match self.flows.get_mut(&target).and_then(|f| f.k.live_mut()) {
             Some(end) => match end.conn.open_stream(head, body.is_empty()) {
                 Ok(id) => {
@@ -584,6 +655,10 @@ impl World {
                         KasStream {
                             request,
                             status: None,
+                            body: BodyCheck {
+                                expected: response_expected,
+                                ..BodyCheck::default()
+                            },
                         },
                     );
                     if !body.is_empty()
@@ -716,6 +791,12 @@ impl World {
     /// A started request ended on its stream.
     fn finish_request(&mut self, k: usize, request: u64, outcome: Outcome) {
         self.kas[k].requests.remove(&request);
+        if self.sc.inject.double_finish.is_some_and(|n| request >= n)
+            && self.injected.insert("double-finish")
+        {
+            // Deliberate bug: the router is told twice.
+            let _ = self.kas[k].router.request_finished(&request);
+        }
         if let Err(e) = self.kas[k].router.request_finished(&request) {
             self.violate(
                 "router",
@@ -739,10 +820,13 @@ impl World {
                     self.unpend(r.agent, request);
                 }
                 Some(Stage::Started { flow, stream }) => {
+                    let abandon = self.abandoned == Some(request);
                     if let Some(end) = self.flows.get_mut(&flow).and_then(|f| f.k.live_mut()) {
                         end.requests.remove(&stream);
                         end.outbox.remove(&stream);
-                        end.conn.reset(stream, ErrorCode::Cancel, "client gave up");
+                        if !abandon {
+                            end.conn.reset(stream, ErrorCode::Cancel, "client gave up");
+                        }
                         self.touch(flow, Side::Kas);
                     }
                     if let Err(e) = self.kas[k].router.request_finished(&request) {
@@ -778,12 +862,7 @@ impl World {
             self.maybe_remove_flow(fid);
         }
         let requests = std::mem::take(&mut self.kas[k].requests);
-        for (request, _) in requests {
-            if let Some(agent) = self.ledger.get(request).map(|r| r.agent) {
-                self.unpend(agent, request);
-            }
-            self.complete(request, Outcome::KasFailed);
-        }
+        // Everything in memory is gone before the clients hear of it.
         let kas = &mut self.kas[k];
         kas.router = Router::new(kas.router_config);
         kas.mirrors.clear();
@@ -793,6 +872,12 @@ impl World {
         kas.state = KasState::Down { host_up };
         kas.incarnation += 1;
         kas.restarts += 1;
+        for (request, _) in requests {
+            if let Some(agent) = self.ledger.get(request).map(|r| r.agent) {
+                self.unpend(agent, request);
+            }
+            self.complete(request, Outcome::KasFailed);
+        }
     }
 
     pub(super) fn kas_crash(&mut self, k: usize, fault: usize) {
@@ -924,6 +1009,13 @@ impl World {
                     c.latency_ns / 1000
                 ));
                 self.metrics.request_done(&c, self.now);
+                if self.sc.inject.keep_tracking.is_some_and(|n| request >= n)
+                    && self.injected.insert("keep-tracking")
+                {
+                    // Deliberate bug: a replica keeps the ended request.
+                    self.kas[0].requests.insert(request, Stage::Pending);
+                }
+                self.check_released(request);
                 if self.sc.inject.duplicate_completion == Some(request) {
                     self.note(format_args!("INJECT duplicate r={request}"));
                     self.complete(request, outcome);
@@ -948,5 +1040,23 @@ fn header(name: &str, value: u64) -> proto::Header {
     proto::Header {
         name: name.to_owned(),
         value: value.to_string().into_bytes().into(),
+    }
+}
+
+/// Changes the first metric value of the first row a view message carries (a deliberate bug);
+/// whether there was one.
+fn corrupt_first_value(m: &mut cache_proto::AgentToServer) -> bool {
+    use cache_proto::agent_to_server::Msg;
+    let row = match &mut m.msg {
+        Some(Msg::Update(u)) => u.views.iter_mut().flat_map(|v| v.upserts.iter_mut()).next(),
+        Some(Msg::Snapshot(s)) => s.views.iter_mut().flat_map(|v| v.rows.iter_mut()).next(),
+        _ => None,
+    };
+    match row.and_then(|r| r.units.first_mut()) {
+        Some(u) => {
+            *u += 1;
+            true
+        }
+        None => false,
     }
 }

@@ -18,6 +18,7 @@
 //! | [`net`] | the network model of a connection: latency, jitter, bandwidth, partitions, NAT |
 //! | [`flow`] | one connection: its two endpoints and what the applications keep beside them |
 //! | [`agent`] | a simulated agentk: cache, views stream, requests, reconnects |
+//! | [`body`] | patterned request and response bodies with declared length and digest |
 //! | [`kas`] | a simulated kas replica: router, mirrors, requests, crash and rolling restart |
 //! | [`cluster`] | a simulated cluster: objects and churn |
 //! | [`clients`] | client requests and the exactly-once ledger |
@@ -48,6 +49,7 @@
 //! ```
 
 pub mod agent;
+pub mod body;
 pub mod clients;
 pub mod clock;
 pub mod cluster;

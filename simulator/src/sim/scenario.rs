@@ -510,16 +510,61 @@ pub struct AgentRestartFault {
     pub down_for: Duration,
 }
 
-/// Deliberate bugs in the simulated kas, for testing the checker.
+/// Deliberate bugs in the simulated agents, kas replicas and transport, to prove that each invariant's
+/// check fires (`simulator/tests/sim_checker.rs` runs every one). Request ids count from 1 in issue
+/// order; agent indexes from 0. All off by default.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Injection {
-    /// Open this request's stream on a connection of another agent.
+    /// kas opens this request's stream on a connection of another agent.
     pub misroute_request: Option<u64>,
-    /// Never tell the client that this request ended.
+    /// kas never tells the client that this request ended.
     pub lose_request: Option<u64>,
-    /// Tell the client twice that this request ended.
+    /// kas tells the client twice that this request ended.
     pub duplicate_completion: Option<u64>,
+    /// The agent answers this request claiming to be another agent.
+    pub wrong_responder: Option<u64>,
+    /// The agent flips one octet of this request's response body after declaring its digest.
+    pub corrupt_body: Option<u64>,
+    /// The agent resets this request's stream with FLOW_CONTROL_ERROR instead of answering.
+    pub reset_request: Option<u64>,
+    /// The transport appends a DATA frame on stream 0 to the n-th chunk any connection transmits.
+    pub corrupt_transmit: Option<u64>,
+    /// The protocol core grants itself twice the credit each WINDOW_UPDATE gives (the
+    /// `protocol::testing::faults::FlowFault` of the sender's thread).
+    pub double_credit: bool,
+    /// Agents forget their consecutive failures before each one (back-off never grows).
+    pub forget_backoff: bool,
+    /// Every back-off delay is multiplied by this.
+    pub stretch_backoff: Option<f64>,
+    /// This agent never dials again after its first connection ends.
+    pub never_redial: Option<usize>,
+    /// This agent's cache misses the n-th watch event of the run (counting every agent's).
+    pub skip_watch_event: Option<u64>,
+    /// The n-th watch event of the run reaches the cache without metadata (malformed).
+    pub malformed_watch_event: Option<u64>,
+    /// The production view evaluator counts failed pods as pending
+    /// (`protocol::testing::faults::ViewFault`), in every agent and replica.
+    pub view_fault: bool,
+    /// kas applies this agent's first view update with one value changed.
+    pub corrupt_view_value: Option<usize>,
+    /// This agent's first view message carries a row with units but no nanos.
+    pub malformed_view: Option<usize>,
+    /// This agent's first view message gets a length prefix no message has.
+    pub garble_views_frame: Option<usize>,
+    /// kas accepts this agent (index) under another agent id.
+    pub accept_as_other: Option<usize>,
+    /// This agent starts closing its connection before it opens its views stream.
+    pub close_before_views: Option<usize>,
+    /// kas tells its router twice that this request finished.
+    pub double_finish: Option<u64>,
+    /// kas keeps tracking this request after it ended.
+    pub keep_tracking: Option<u64>,
+    /// kas keeps the first connection that closes in its router.
+    pub keep_closed_connection: bool,
+    /// kas forgets to reset this request's stream when the client gives up, while the agent's
+    /// upstream never answers it.
+    pub abandon_request: Option<u64>,
 }
 
 impl Fault {

@@ -16,11 +16,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::agent::SimAgent;
+use super::body::Patterns;
 use super::clients::Ledger;
 use super::clock::{Clock, SimTime};
 use super::flow::{End, Flow, FlowTable, Side};
@@ -210,10 +211,20 @@ pub(super) struct World {
     pub hot: Vec<usize>,
     /// Cumulative weights of the request mix.
     pub mix_cdf: Vec<f64>,
-    /// Zeros to slice synthetic bodies from.
-    pub zeros: Bytes,
+    /// The pattern request and response bodies are cut from.
+    pub patterns: Patterns,
     /// Endpoints touched by the current event, pumped once it is handled.
     pub dirty: BTreeSet<(u64, Side)>,
+    /// Flows pumped during the current event: their flow-control bounds are checked after it.
+    pub pumped: BTreeSet<u64>,
+    /// Chunks transmitted so far (counts for [`Injection::corrupt_transmit`](super::scenario::Injection)).
+    pub transmits: u64,
+    /// Watch events delivered to agents so far (for the watch-event injections).
+    pub watch_events: u64,
+    /// One-shot injections already done.
+    pub injected: BTreeSet<&'static str>,
+    /// The request whose stream kas abandons (the `abandon_request` injection).
+    pub abandoned: Option<u64>,
     progress: Option<Progress>,
     fast_exit: bool,
 }
@@ -289,8 +300,13 @@ impl World {
             metrics: Metrics::new(replicas),
             hot,
             mix_cdf,
-            zeros: Bytes::from(vec![0u8; usize::try_from(max_body).unwrap_or(0)]),
+            patterns: Patterns::new(usize::try_from(max_body).unwrap_or(0)),
             dirty: BTreeSet::new(),
+            pumped: BTreeSet::new(),
+            transmits: 0,
+            watch_events: 0,
+            injected: BTreeSet::new(),
+            abandoned: None,
             progress: options.progress.then(|| Progress::new(end)),
             fast_exit: options.fast_exit,
             sc,
@@ -335,6 +351,20 @@ impl World {
     /// Runs to the end (or the first violation) and reports.
     pub fn run(mut self) -> Outcome {
         let started = Instant::now();
+        // Deliberate bugs inside the protocol core, for the checker's self-tests (this thread only).
+        use protocol::testing::faults;
+        faults::set_flow_fault(
+            self.sc
+                .inject
+                .double_credit
+                .then_some(faults::FlowFault::DoubleCredit),
+        );
+        faults::set_view_fault(
+            self.sc
+                .inject
+                .view_fault
+                .then_some(faults::ViewFault::FailedCountsAsPending),
+        );
         // Bounded by the queue: every event is due no later than the end event, which stops the loop.
         while let Some((t, ev)) = self.queue.pop() {
             self.now = t;
@@ -343,6 +373,7 @@ impl World {
             let is_end = matches!(ev, Ev::End);
             self.dispatch(ev);
             self.flush_dirty();
+            self.check_event();
             self.event_index += 1;
             if self.violation.is_some() || is_end {
                 break;
@@ -356,6 +387,8 @@ impl World {
         if let Some(p) = &mut self.progress {
             p.finish();
         }
+        faults::set_flow_fault(None);
+        faults::set_view_fault(None);
         let wall = started.elapsed();
         let trace_error = self.trace.finish().err();
         let report = self.report(wall);
@@ -525,6 +558,7 @@ impl World {
     /// events, `Closed` among them); then closes the socket if the connection is over, or arms the
     /// endpoint's timer.
     pub fn pump(&mut self, fid: u64, side: Side) {
+        self.pumped.insert(fid);
         // Each round handles at least one event or ends; handlers add a bounded number of events.
         for _ in 0..1_000_000u32 {
             while let Some(ev) = self.next_event(fid, side) {
@@ -563,7 +597,18 @@ impl World {
         };
         let mut sent = 0u64;
         // poll_transmit drains a finite buffer.
-        while let Some(bytes) = conn.poll_transmit() {
+        while let Some(mut bytes) = conn.poll_transmit() {
+            self.transmits += 1;
+            if self.sc.inject.corrupt_transmit == Some(self.transmits) {
+                // Deliberate bug: a DATA frame on stream 0 (a connection error for the receiver).
+                let mut b = BytesMut::from(&bytes[..]);
+                b.extend_from_slice(&[0, 0, 1, 0, 0, 0, 0, 0, 0, b'x']);
+                bytes = b.freeze();
+                self.trace.line(format_args!(
+                    "{} {} . INJECT corrupt-transmit f={fid}",
+                    self.event_index, self.now
+                ));
+            }
             sent += bytes.len() as u64;
             if let Some(at) = link.send(dir, now, bytes.len(), kas, faults, &mut self.rng) {
                 self.queue.push(

@@ -4,8 +4,10 @@
 
 use simulator::sim::{Outcome, RunOptions, Scenario, TraceSink, run};
 
-/// A fault campaign: every kind of fault within the first three minutes, then convergence.
-pub const CAMPAIGN: &str = r#"
+/// The campaign's world without faults (YAML; append a `faults:` list to it).
+macro_rules! campaign_world {
+    () => {
+        r#"
 name: campaign
 duration: 5m
 agents: 1000
@@ -25,7 +27,19 @@ clients:
     - { name: logs, service: k8s-api, method: GET, path: /logs, weight: 1, response_bytes: 200KiB, think: 10ms }
     - { name: cache-list, service: cache, method: LIST, path: "/Pod?namespace=ns-1", weight: 3, think: 1ms }
     - { name: apply, service: k8s-api, method: PATCH, path: /apply, weight: 1, request_bytes: 100KiB, response_bytes: 1KiB, think: 20ms }
-faults:
+quiesce: 40s
+sample_interval: 10s
+"#
+    };
+}
+
+/// 1,000 agents on 3 replicas for 5 minutes, no faults: the world of the fault campaigns.
+pub const CAMPAIGN_WORLD: &str = campaign_world!();
+
+/// A fault campaign: every kind of fault within the first three minutes, then convergence.
+pub const CAMPAIGN: &str = concat!(
+    campaign_world!(),
+    r#"faults:
   - { kind: drop, from: 30s, to: 2m, rate_per_hour: 6, silent: 0.3 }
   - { kind: partition, at: 40s, for: 40s, fraction: 0.05 }
   - { kind: nat_timeout, from: 30s, to: 100s, fraction: 0.05, idle_timeout: 10s }
@@ -33,9 +47,8 @@ faults:
   - { kind: kas_crash, at: 90s, kas: 0, down_for: 10s, silent: false }
   - { kind: rolling_restart, at: 110s, grace: 10s, down_for: 5s, interval: 5s }
   - { kind: agent_restarts, from: 30s, to: 150s, rate_per_hour: 2, down_for: 3s }
-quiesce: 40s
-sample_interval: 10s
-"#;
+"#
+);
 
 /// A small world with faults, for determinism and checker tests.
 pub const SMALL: &str = r#"
