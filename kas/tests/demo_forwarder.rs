@@ -37,7 +37,11 @@ fn kas_demo_runs_the_kas_demo_beside_it_with_the_same_arguments() {
         String::from_utf8_lossy(&out.stdout),
         "arg:--agents\narg:3\narg:--state-dir\narg:/tmp/x y\narg:--help\n"
     );
-    assert_eq!(out.status.code(), Some(7), "kas-demo's exit status is kas's");
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "kas-demo's exit status is kas's"
+    );
 }
 
 #[test]
