@@ -32,8 +32,25 @@ fi
 echo "== clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-echo "== binaries the conformance suite runs against (target/debug/agentk, target/debug/kas)"
-cargo build -p agentk -p kas
+echo "== the kas binary links no agent, Kubernetes client, simulated API server or tokio runtime"
+# The demo (agentk, simulated clusters, a tokio runtime) is the kas-demo crate; `kas demo` execs it.
+if cargo tree -p kas -e normal --prefix none | grep -E '^(kube|agentk|sim-apiserver|simulator|hyper-util|tokio-util) v'; then
+    echo "kas must not depend on these (see ARCHITECTURE.md, crate kas-demo)" >&2
+    exit 1
+fi
+# hyper 1 depends on tokio (feature `sync`) unconditionally; that, and nothing with a runtime, is allowed.
+if cargo tree -p kas -e normal --prefix none | grep -qE '^tokio v'; then
+    tokio_users=$(cargo tree -p kas -e normal -i tokio --depth 1 --prefix none | tail -n +2 | sed 's/ .*//' | sort -u | tr '\n' ' ')
+    tokio_features=$(cargo tree -p kas -e normal,features -i tokio --prefix none \
+        | sed -n 's/^tokio feature "\([^"]*\)".*/\1/p' | grep -vxE 'default|sync' | sort -u | tr '\n' ' ')
+    if [ "$tokio_users" != "hyper " ] || [ -n "$tokio_features" ]; then
+        echo "kas reaches tokio through [${tokio_users}] with runtime features [${tokio_features}]; only hyper with 'sync' is allowed" >&2
+        exit 1
+    fi
+fi
+
+echo "== binaries the conformance suite runs against (target/debug/agentk, target/debug/kas, target/debug/kas-demo)"
+cargo build -p agentk -p kas -p kas-demo
 
 # Also runs, bounded: the fuzz targets' bodies for a few seconds each (protocol/tests/fuzz_bodies.rs),
 # the simulator's fault campaigns and checker self-tests, and both conformance suites against our

@@ -25,7 +25,8 @@
 //! the [`registry`], the async face of `protocol::router::Router` (waiting requests, one timer task,
 //! leases); [`api`] is the HTTP API (health, readiness, metrics, agent listing, `/k8s-proxy` and the
 //! service proxy, streaming both ways). [`state`] is what all tasks share; [`signals`] waits for
-//! SIGINT/SIGTERM. [`demo`] is `kas demo`: kas, simulated clusters and agentk in one process.
+//! SIGINT/SIGTERM. `kas demo` execs the `kas-demo` binary (crate `kas-demo`): the demo links agentk and
+//! tokio, kas does not.
 //!
 //! Views and events (the informer cache, issue 5):
 //!
@@ -61,7 +62,6 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod dashboard;
-pub mod demo;
 pub mod directory;
 pub mod events;
 /// Length-delimited framing of the `views` stream (shared with agentk, in `protocol`).

@@ -1,5 +1,7 @@
-//! The `kas` binary: `kas [run] --config kas.yaml [overrides]`, and `kas demo [--agents N] [--state-dir DIR]`.
+//! The `kas` binary: `kas [run] --config kas.yaml [overrides]`, and `kas demo …`, which execs the
+//! `kas-demo` binary (crate `kas-demo`: it links agentk, the simulated API server and tokio; kas must not).
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,8 +27,15 @@ struct Cli {
 enum Command {
     /// Run kas (the default).
     Run(RunArgs),
-    /// Start kas, N agents and their simulated clusters in one process (a complete local deployment).
-    Demo(DemoArgs),
+    /// Start kas, N agents and their simulated clusters in one process (a complete local deployment):
+    /// runs the `kas-demo` binary with these arguments (`--agents N --state-dir DIR --agent-listen A
+    /// --api-listen A --churn R --log-level F`).
+    #[command(disable_help_flag = true)]
+    Demo {
+        /// Passed to `kas-demo` unchanged.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -65,34 +74,12 @@ struct RunArgs {
     api_tls_key: Option<PathBuf>,
 }
 
-#[derive(Debug, Args)]
-struct DemoArgs {
-    /// Number of agents (each with its own simulated cluster).
-    #[arg(long, default_value_t = 2)]
-    agents: usize,
-    /// Where certificates, tokens, configuration and the kubeconfig are generated.
-    #[arg(long, default_value = "demo-state")]
-    state_dir: PathBuf,
-    /// kas's agent listener (TLS).
-    #[arg(long, default_value = "127.0.0.1:8150")]
-    agent_listen: SocketAddr,
-    /// kas's HTTP API (HTTPS with the demo CA).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    api_listen: SocketAddr,
-    /// Churn steps per second in each simulated cluster.
-    #[arg(long, default_value_t = 0.5)]
-    churn: f64,
-    /// Log filter.
-    #[arg(long, env = "KAS_LOG_LEVEL", default_value = "warn,kas=info")]
-    log_level: String,
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         None => run(cli.run),
         Some(Command::Run(args)) => run(args),
-        Some(Command::Demo(args)) => demo(args),
+        Some(Command::Demo { args }) => demo(args),
     }
 }
 
@@ -145,27 +132,42 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `kas demo`: prints `ready` once every agent is connected, then runs until SIGINT/SIGTERM.
-fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    let mut config = Config::default();
-    config.log.level = args.log_level.clone();
-    init_logging(&config)?;
-    let mut opts = kas::demo::DemoOptions::new(args.agents, args.state_dir);
-    opts.agent_listen = args.agent_listen;
-    opts.api_listen = args.api_listen;
-    opts.churn = args.churn;
-    let demo = kas::demo::Demo::start(&opts).context("starting the demo")?;
+/// `kas demo …`: the demo is the `kas-demo` binary (it links agentk and tokio, kas does not). Runs the
+/// `kas-demo` next to this executable, or the one on `PATH`, with the same arguments.
+fn demo(args: Vec<OsString>) -> anyhow::Result<()> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            Some(
+                exe.parent()?
+                    .join(format!("kas-demo{}", std::env::consts::EXE_SUFFIX)),
+            )
+        })
+        .filter(|p| p.is_file());
+    let program = beside.map_or_else(|| OsString::from("kas-demo"), OsString::from);
+    let mut cmd = std::process::Command::new(&program);
+    cmd.args(&args);
+    let missing = |e: std::io::Error| {
+        anyhow::anyhow!(
+            "kas demo is the kas-demo binary, which is not installed next to kas or on PATH ({e}): \
+             run `cargo run --release -p kas-demo -- {}`",
+            args.iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    };
+    #[cfg(unix)]
     {
-        use std::io::Write as _;
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "ready")?;
-        writeln!(out, "{}", demo.banner())?;
-        out.flush()?;
+        use std::os::unix::process::CommandExt as _;
+        // Only returns on failure.
+        Err(missing(cmd.exec()))
     }
-    let signal = kas::signals::wait_for_termination().context("waiting for signals")?;
-    tracing::info!(signal, "termination requested");
-    demo.shutdown();
-    Ok(())
+    #[cfg(not(unix))]
+    {
+        let status = cmd.status().map_err(missing)?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -212,11 +214,15 @@ mod tests {
             .unwrap();
         assert!(cli.command.is_none());
         assert_eq!(cli.run.config, Some(PathBuf::from("k.yaml")));
-        let cli = Cli::try_parse_from(["kas", "demo", "--agents", "3"]).unwrap();
-        assert!(matches!(
-            cli.command,
-            Some(Command::Demo(DemoArgs { agents: 3, .. }))
-        ));
+        // `kas demo` forwards every argument to kas-demo unparsed (its flags live there).
+        let cli = Cli::try_parse_from(["kas", "demo", "--agents", "3", "--help", "--state-dir=d"])
+            .unwrap();
+        match cli.command {
+            Some(Command::Demo { args }) => {
+                assert_eq!(args, ["--agents", "3", "--help", "--state-dir=d"])
+            }
+            other => panic!("{other:?}"),
+        }
         let cli = Cli::try_parse_from(["kas", "run", "--shutdown-grace", "2s"]).unwrap();
         match cli.command {
             Some(Command::Run(a)) => assert_eq!(a.shutdown_grace, Duration::from_secs(2)),

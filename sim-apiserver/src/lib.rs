@@ -1,7 +1,7 @@
 //! A simulated Kubernetes API server, faithful enough for unmodified `kubectl`, the `kube`
 //! crate's client and `kube::runtime::watcher`.
 //!
-//! It is a test double and the demo's stand-in for a cluster: `kas demo` and kas's tests,
+//! It is a test double and the demo's stand-in for a cluster: `kas-demo` and kas's tests,
 //! agentk's tests and the conformance tooling run against it. It lives in its own crate so that
 //! neither the production kas binary nor the pure `simulator` links it (it brings tokio and hyper).
 //!

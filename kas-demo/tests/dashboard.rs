@@ -15,6 +15,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// kas's test support (HTTP helpers, the hang guard), shared rather than copied.
+#[path = "../../kas/tests/support/mod.rs"]
 mod support;
 
 use std::net::TcpStream;
@@ -22,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kas::demo::{Demo, DemoOptions};
+use kas_demo::{Demo, DemoOptions};
 use serde_json::{Value, json};
 use support::GUARD;
 

@@ -1,11 +1,11 @@
 //! Benchmark: latency from a change in a (simulated) cluster's API server to the updated view in kas's
 //! memory — API server watch → agentk informer → incremental view → tunnel → kas mirror.
 //!
-//! `cargo run --release -p kas --example view_latency [N]` prints p50/p99 over N pod creations.
+//! `cargo run --release -p kas-demo --example view_latency [N]` prints p50/p99 over N pod creations.
 
 use std::time::{Duration, Instant};
 
-use kas::demo::{Demo, DemoOptions};
+use kas_demo::{Demo, DemoOptions};
 
 /// Sums every `count` under the `pods_by_phase` view.
 fn pod_count(v: &serde_json::Value) -> u64 {

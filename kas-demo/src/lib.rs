@@ -1,4 +1,8 @@
-//! `kas demo`: a complete local deployment on embedded defaults, in one process.
+//! `kas-demo` (also reachable as `kas demo`): a complete local deployment on embedded defaults, in one
+//! process.
+//!
+//! It is a crate of its own because it links agentk, the simulated Kubernetes API server and a tokio
+//! runtime; the production `kas` binary must link none of them (`kas demo …` only execs this binary).
 //!
 //! It generates everything a real deployment needs into a state directory — a throw-away CA and kas's
 //! certificate, one token per agent (kas keeps only their SHA-256), a users file with a `demo` user
@@ -19,10 +23,10 @@ use std::time::Duration;
 
 use sim_apiserver::{ApiServer, ApiServerConfig, RunningApiServer};
 
-use crate::auth::AgentsFile;
-use crate::config::{AuthBackendConfig, Config};
-use crate::users::{TokenKind, UsersFile};
-use crate::{Kas, Running, StartOptions};
+use kas::auth::AgentsFile;
+use kas::config::{AuthBackendConfig, Config};
+use kas::users::{TokenKind, UsersFile};
+use kas::{Kas, Running, StartOptions};
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -67,13 +71,13 @@ pub enum DemoError {
     #[error("certificates: {0}")]
     Tls(#[from] tunnel_tls::TlsError),
     #[error("agents file: {0}")]
-    Agents(#[from] crate::auth::AgentsFileError),
+    Agents(#[from] kas::auth::AgentsFileError),
     #[error("users file: {0}")]
-    Users(#[from] crate::users::UsersFileError),
+    Users(#[from] kas::users::UsersFileError),
     #[error("kas configuration: {0}")]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] kas::config::ConfigError),
     #[error("kas: {0}")]
-    Kas(#[from] crate::StartError),
+    Kas(#[from] kas::StartError),
     #[error("simulated API server: {0}")]
     ApiServer(#[from] sim_apiserver::Error),
     #[error("tokio runtime: {0}")]
@@ -144,7 +148,7 @@ impl Demo {
         config.agent_listener.tls.key_file = files.server_key.clone();
         config.api_listener.address = opts.api_listen;
         // HTTPS, because kubectl sends bearer tokens only over TLS; the demo CA signs both listeners.
-        config.api_listener.tls = Some(crate::config::TlsFilesConfig {
+        config.api_listener.tls = Some(kas::config::TlsFilesConfig {
             cert_file: files.server_cert.clone(),
             key_file: files.server_key.clone(),
             client_ca_file: None,
@@ -262,7 +266,7 @@ impl Demo {
 
     /// The demo user's bearer value for an agent (`pat:<id>:<token>`).
     pub fn bearer(&self, agent_id: u64) -> String {
-        crate::users::format_bearer(TokenKind::Pat, agent_id, &self.user_token)
+        kas::users::format_bearer(TokenKind::Pat, agent_id, &self.user_token)
     }
 
     /// The simulated API server of agent `agent_id` (tests change the "cluster" through it).
@@ -298,7 +302,7 @@ impl Demo {
             ));
         }
         let text = format!(
-            "# Written by `kas demo`: one context per agent; every request goes through kas's /k8s-proxy\n\
+            "# Written by `kas-demo`: one context per agent; every request goes through kas's /k8s-proxy\n\
              # and the agent's tunnel. The token is `pat:<agent id>:<demo user token>`.\n\
              apiVersion: v1\nkind: Config\ncurrent-context: agent-1\nclusters:\n{clusters}users:\n{users}contexts:\n{contexts}"
         );
@@ -351,7 +355,7 @@ impl Demo {
         let dir = self.state_dir.display();
         let agent_addr = self.kas().agent_addr();
         let mut s = format!(
-            "#!/bin/sh\n# The demo deployment, piece by piece (what `kas demo` does in one process).\n\
+            "#!/bin/sh\n# The demo deployment, piece by piece (what `kas-demo` does in one process).\n\
              # On a real deployment kas runs on one machine and each agentk inside its cluster.\n\
              kas --config {dir}/kas.yaml &\n"
         );

@@ -1,4 +1,4 @@
-//! End to end with the real `kubectl`: `kas demo` started in-process (kas with its HTTPS API, two
+//! End to end with the real `kubectl`: `kas-demo` started in-process (kas with its HTTPS API, two
 //! simulated clusters, one real agentk per cluster, all on 127.0.0.1 ports chosen by the OS), and
 //! `kubectl` using the kubeconfig the demo writes (`agent-1` / `agent-2` contexts pointing at kas's
 //! `/k8s-proxy` with `pat:<agent>:<token>`). Every request goes kubectl → kas → tunnel → agentk →
@@ -8,14 +8,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/e2e.rs"]
+// kas's test support (the kubectl runner and HTTP helpers), shared rather than copied.
+#[path = "../../kas/tests/support/e2e.rs"]
 mod e2e;
+#[path = "../../kas/tests/support/mod.rs"]
 mod support;
 
 use std::net::SocketAddr;
 
 use e2e::{Kubectl, names, pod_names};
-use kas::demo::{Demo, DemoOptions};
+use kas_demo::{Demo, DemoOptions};
 use sim_apiserver::objects::PodPhase;
 
 /// The demo on ephemeral ports, without churn (the clusters change only when a test changes them).

@@ -1,0 +1,112 @@
+//! The `kas-demo` binary: `kas-demo [--agents N] [--state-dir DIR] [--agent-listen A] [--api-listen A]
+//! [--churn R] [--log-level F]` starts kas, N agents and their simulated clusters in one process, writes
+//! `DIR/kubeconfig` (contexts `agent-1`, …), prints `ready` and a banner, and runs until SIGINT/SIGTERM.
+//! `kas demo …` execs this binary with the same arguments.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use kas::config::Config;
+use kas_demo::{Demo, DemoOptions};
+
+/// Start kas, N agents and their simulated clusters in one process (a complete local deployment).
+#[derive(Debug, Parser)]
+#[command(name = "kas-demo", version)]
+struct DemoArgs {
+    /// Number of agents (each with its own simulated cluster).
+    #[arg(long, default_value_t = 2)]
+    agents: usize,
+    /// Where certificates, tokens, configuration and the kubeconfig are generated.
+    #[arg(long, default_value = "demo-state")]
+    state_dir: PathBuf,
+    /// kas's agent listener (TLS).
+    #[arg(long, default_value = "127.0.0.1:8150")]
+    agent_listen: SocketAddr,
+    /// kas's HTTP API (HTTPS with the demo CA).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    api_listen: SocketAddr,
+    /// Churn steps per second in each simulated cluster.
+    #[arg(long, default_value_t = 0.5)]
+    churn: f64,
+    /// Log filter.
+    #[arg(long, env = "KAS_LOG_LEVEL", default_value = "warn,kas=info")]
+    log_level: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = DemoArgs::parse();
+    init_logging(&args.log_level)?;
+    let mut opts = DemoOptions::new(args.agents, args.state_dir);
+    opts.agent_listen = args.agent_listen;
+    opts.api_listen = args.api_listen;
+    opts.churn = args.churn;
+    let demo = Demo::start(&opts).context("starting the demo")?;
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "ready")?;
+        writeln!(out, "{}", demo.banner())?;
+        out.flush()?;
+    }
+    let signal = kas::signals::wait_for_termination().context("waiting for signals")?;
+    tracing::info!(signal, "termination requested");
+    demo.shutdown();
+    Ok(())
+}
+
+/// Text logs on stderr with kas's filter rules (a level that would log nothing useful is refused).
+fn init_logging(level: &str) -> anyhow::Result<()> {
+    let mut config = Config::default();
+    config.log.level = level.to_owned();
+    config
+        .log
+        .validate_level()
+        .map_err(|e| anyhow::anyhow!("invalid log level: {e}"))?;
+    let filter = tracing_subscriber::EnvFilter::try_new(config.log.filter_directives())
+        .with_context(|| format!("invalid log level {level:?}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_parses_the_demo_flags() {
+        let a = DemoArgs::try_parse_from(["kas-demo", "--agents", "3"]).unwrap();
+        assert_eq!(a.agents, 3);
+        assert_eq!(a.state_dir, PathBuf::from("demo-state"));
+        assert_eq!(a.agent_listen.port(), 8150);
+        assert_eq!(a.api_listen.port(), 8080);
+        let a = DemoArgs::try_parse_from([
+            "kas-demo",
+            "--state-dir",
+            "/tmp/d",
+            "--agent-listen",
+            "127.0.0.1:1",
+            "--api-listen",
+            "127.0.0.1:2",
+            "--churn",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(a.state_dir, PathBuf::from("/tmp/d"));
+        assert_eq!((a.agent_listen.port(), a.api_listen.port()), (1, 2));
+        assert_eq!(a.churn, 0.0);
+        assert!(DemoArgs::try_parse_from(["kas-demo", "--agents", "many"]).is_err());
+        assert!(DemoArgs::try_parse_from(["kas-demo", "--bogus"]).is_err());
+    }
+
+    #[test]
+    fn a_log_level_that_logs_nothing_is_refused() {
+        let e = init_logging("loud!!").expect_err("accepted");
+        assert!(format!("{e:#}").contains("loud!!"), "{e:#}");
+    }
+}
