@@ -26,6 +26,8 @@ struct App {
 struct Opened {
     body: Vec<u8>,
     sent: usize,
+    /// END_STREAM queued (with the last octets, or alone for an empty body).
+    fin: bool,
     got: Vec<u8>,
     response: bool,
     done: bool,
@@ -109,6 +111,13 @@ impl App {
                 let chunk = Bytes::copy_from_slice(&o.body[o.sent..]);
                 let n = p.conn(side).send_data(*id, chunk, true).expect("send");
                 o.sent += n;
+                // send_data queues END_STREAM with the last octets once it accepted them all.
+                o.fin = o.sent == o.body.len();
+            } else if !o.fin {
+                // An empty body: END_STREAM alone (found when the case count was raised: such a
+                // stream never ended and the harness waited forever).
+                p.conn(side).finish(*id).expect("finish");
+                o.fin = true;
             }
         }
         for (id, e) in self.echoing.iter_mut() {
@@ -186,6 +195,7 @@ fn run(w: &Workload) -> (App, App, Pair) {
                 Opened {
                     body,
                     sent: 0,
+                    fin: false,
                     got: vec![],
                     response: false,
                     done: false,
@@ -483,4 +493,27 @@ fn handshake_timeout() {
             protocol::ConnectionError::HandshakeTimeout
         ))
     ));
+}
+
+/// Found by the raised case count of `echo_random_windows_and_chunking`: a stream with an empty body
+/// must still end (the harness used to wait for it forever).
+#[test]
+fn echo_with_empty_bodies_completes() {
+    let (a, s, _) = run(&Workload {
+        streams_each_way: 14,
+        max_body: 258,
+        window: 1024,
+        conn_window: 1024,
+        frame: 16384,
+        max_chunk: 1,
+        seed: 2836600251039414010,
+    });
+    assert_eq!((a.completed, s.completed), (14, 14));
+    assert!(
+        a.opened
+            .values()
+            .chain(s.opened.values())
+            .any(|o| o.body.is_empty()),
+        "the case has an empty body"
+    );
 }
