@@ -138,7 +138,21 @@ const KAS_FAULTS: &[(&str, &[&str])] = &[
     ("accept-highest-version", &["version-negotiated"]),
     (
         "crash-on-missing-token",
-        &["bad-user-token-401", "kas-still-running"],
+        &[
+            "bad-user-token-401",
+            "kas-still-running",
+            // run after the crash: nothing answers them
+            "flood-pings-enhance-your-calm",
+            "flood-rapid-reset-enhance-your-calm",
+            "output-backpressure",
+        ],
+    ),
+    (
+        "no-flood-limits",
+        &[
+            "flood-pings-enhance-your-calm",
+            "flood-rapid-reset-enhance-your-calm",
+        ],
     ),
 ];
 

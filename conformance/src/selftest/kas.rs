@@ -68,6 +68,8 @@ pub enum Fault {
     AcceptHighestVersion,
     /// Exits (as a panic would) on a request without credentials.
     CrashOnMissingToken,
+    /// Enforces no flood limits: never closes a PING or rapid-reset flooder with ENHANCE_YOUR_CALM.
+    NoFloodLimits,
 }
 
 /// Every fault by its command-line name.
@@ -94,6 +96,7 @@ pub const FAULTS: &[(&str, Fault)] = &[
     ("goaway-on-unknown-frame", Fault::GoawayOnUnknownFrame),
     ("accept-highest-version", Fault::AcceptHighestVersion),
     ("crash-on-missing-token", Fault::CrashOnMissingToken),
+    ("no-flood-limits", Fault::NoFloodLimits),
 ];
 
 impl std::str::FromStr for Fault {
@@ -502,6 +505,27 @@ struct Open {
     body: Queue,
 }
 
+/// A lingering close (PROTOCOL.md §17): shut our side down, then discard what the peer still sends for
+/// a moment, so that closing with unread input does not reset the connection and destroy the final
+/// GOAWAY before the peer reads it.
+fn linger(tls: &mut rustls::StreamOwned<rustls::ServerConnection, TcpStream>) {
+    use std::io::Read as _;
+    let _ = tls.sock.shutdown(std::net::Shutdown::Write);
+    let _ = tls.sock.set_read_timeout(Some(Duration::from_millis(200)));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut sink = [0u8; 16 * 1024];
+    while Instant::now() < deadline {
+        match tls.sock.read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// One agent connection, from TLS to close.
 fn serve_agent(opts: &KasOptions, hub: &Hub, mut tcp: TcpStream) -> Result<(), String> {
     let _ = tcp.set_nodelay(true);
@@ -519,7 +543,12 @@ fn serve_agent(opts: &KasOptions, hub: &Hub, mut tcp: TcpStream) -> Result<(), S
     }
     let mut tls = rustls::StreamOwned::new(tls_conn, tcp);
     let fault = opts.fault;
-    let mut conn = Connection::server(Config::default(), Instant::now());
+    let mut config = Config::default();
+    if fault == Fault::NoFloodLimits {
+        config.flood.pings = u32::MAX;
+        config.flood.rapid_resets = u32::MAX;
+    }
+    let mut conn = Connection::server(config, Instant::now());
     let mut out = outgoing(fault);
     let mut first = first_incoming(fault);
     if fault == Fault::AcceptHighestVersion {
@@ -645,6 +674,7 @@ fn serve_agent(opts: &KasOptions, hub: &Hub, mut tcp: TcpStream) -> Result<(), S
                         let _ = tls.write_all(&out.apply(&bytes));
                     }
                     let _ = tls.flush();
+                    linger(&mut tls);
                     if let Some(cid) = me {
                         hub.with(|conns| conns.remove(&cid));
                     }
