@@ -110,6 +110,8 @@ const KAS_FAULTS: &[(&str, &[&str])] = &[
             "malformed-request-wrong-parity",
             "malformed-data-on-idle-stream",
             "malformed-hello-after-handshake",
+            "flood-pings-enhance-your-calm",
+            "flood-rapid-reset-enhance-your-calm",
         ],
     ),
     (
