@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::config::Config;
-use crate::connection::{AgentHello, Connection};
-use crate::event::Event;
+use crate::tunnel::config::Config;
+use crate::tunnel::connection::{AgentHello, Connection};
+use crate::tunnel::event::Event;
 
 /// Which end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,7 @@ pub(crate) mod send;
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::frame::StreamId;
+use crate::tunnel::frame::StreamId;
 use recv::{RecvHalf, RecvState};
 use send::{SendHalf, SendState};
 

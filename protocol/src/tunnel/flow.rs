@@ -6,7 +6,7 @@
 //! - a receive window never exceeds [`MAX_WINDOW`], and received-but-unreleased octets never exceed the
 //!   initial window (the peer can only send within credit we granted).
 
-use crate::frame::MAX_WINDOW;
+use crate::tunnel::frame::MAX_WINDOW;
 
 /// A window rule was broken; the caller turns it into a FLOW_CONTROL_ERROR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -20,8 +20,8 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
 
-use crate::error::FrameError;
 use crate::proto;
+use crate::tunnel::error::FrameError;
 
 /// Size of the fixed frame header in bytes.
 pub const HEADER_LEN: usize = 9;

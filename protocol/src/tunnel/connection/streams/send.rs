@@ -4,8 +4,8 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use crate::flow::SendWindow;
 use crate::proto;
+use crate::tunnel::flow::SendWindow;
 
 /// What is queued for transmission, in order.
 #[derive(Debug)]

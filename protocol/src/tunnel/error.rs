@@ -1,6 +1,6 @@
 //! Errors and the wire error codes they map to (kept side by side, as in quinn-proto).
 
-use crate::frame::StreamId;
+use crate::tunnel::frame::StreamId;
 
 /// Error codes carried in RESET and GOAWAY frames (PROTOCOL.md, "Error codes").
 ///
@@ -188,7 +188,7 @@ pub enum ConnectionError {
     /// (PROTOCOL.md §17).
     #[error("flood: more than {limit} {kind} frames within {window:?}")]
     Flood {
-        kind: crate::connection::FloodKind,
+        kind: crate::tunnel::connection::FloodKind,
         limit: u32,
         window: std::time::Duration,
     },

@@ -25,7 +25,7 @@
 //!
 //! Abuse (PROTOCOL.md §17): frames that cost work without doing any (PINGs, rapid resets, empty DATA,
 //! WINDOW_UPDATEs, unknown frame types) are counted per window ([`FloodKind`],
-//! [`crate::config::FloodLimits`]), and answers the peer does not read are bounded:
+//! [`crate::tunnel::config::FloodLimits`]), and answers the peer does not read are bounded:
 //! [`Connection::wants_input`] tells the driver to stop reading while too many are queued.
 
 mod flood;
@@ -42,12 +42,12 @@ use prost::Message;
 pub use flood::FloodKind;
 pub use stats::ConnectionStats;
 
-use crate::config::{Config, Settings};
-use crate::error::{CloseReason, ConnectionError, ErrorCode, StreamError};
-use crate::event::{Established, Event, HelloInfo};
-use crate::flow::{RecvWindow, SendWindow};
-use crate::frame::{self, Decoder, Frame, PREFACE, StreamId};
 use crate::proto;
+use crate::tunnel::config::{Config, Settings};
+use crate::tunnel::error::{CloseReason, ConnectionError, ErrorCode, StreamError};
+use crate::tunnel::event::{Established, Event, HelloInfo};
+use crate::tunnel::flow::{RecvWindow, SendWindow};
+use crate::tunnel::frame::{self, Decoder, Frame, PREFACE, StreamId};
 use flood::FloodGuard;
 use streams::recv::RecvState;
 use streams::send::{Chunk, SendState};
@@ -289,13 +289,13 @@ impl Connection {
                     let end = self.decoder.buffered();
                     let start = end.saturating_sub(data.len());
                     if PREFACE.get(start..end) != Some(data) {
-                        self.fail(frame_err(crate::error::FrameError::BadPreface));
+                        self.fail(frame_err(crate::tunnel::error::FrameError::BadPreface));
                     }
                     return;
                 }
                 Some(p) if p[..] == PREFACE[..] => self.preface_seen = true,
                 Some(_) => {
-                    self.fail(frame_err(crate::error::FrameError::BadPreface));
+                    self.fail(frame_err(crate::tunnel::error::FrameError::BadPreface));
                     return;
                 }
             }
@@ -1295,7 +1295,7 @@ impl Connection {
     }
 }
 
-fn frame_err(e: crate::error::FrameError) -> ConnectionError {
+fn frame_err(e: crate::tunnel::error::FrameError) -> ConnectionError {
     ConnectionError::Frame(e)
 }
 

@@ -2,10 +2,10 @@
 
 use bytes::Bytes;
 
-use crate::config::Settings;
-use crate::error::{CloseReason, ErrorCode};
-use crate::frame::StreamId;
 use crate::proto;
+use crate::tunnel::config::Settings;
+use crate::tunnel::error::{CloseReason, ErrorCode};
+use crate::tunnel::frame::StreamId;
 
 /// An agent's HELLO as the server application sees it. The token is redacted from `Debug`.
 #[derive(Clone, PartialEq)]

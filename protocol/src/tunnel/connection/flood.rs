@@ -1,5 +1,5 @@
 //! Flood accounting: frames that cost work without doing any, counted per fixed window
-//! ([`crate::config::FloodLimits`], PROTOCOL.md §17).
+//! ([`crate::tunnel::config::FloodLimits`], PROTOCOL.md §17).
 //!
 //! Each kind has its own counter. A window starts with the first counted frame and lasts
 //! `FloodLimits::window`; the first frame after it ends starts a new one. A frame that brings its
@@ -8,8 +8,8 @@
 
 use std::time::Instant;
 
-use crate::config::FloodLimits;
-use crate::error::ConnectionError;
+use crate::tunnel::config::FloodLimits;
+use crate::tunnel::error::ConnectionError;
 
 /// What was counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use crate::frame::{DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_LIMIT, MAX_WINDOW};
 use crate::proto;
+use crate::tunnel::frame::{DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_LIMIT, MAX_WINDOW};
 
 /// The protocol version this crate implements.
 pub const PROTOCOL_VERSION: u32 = 1;

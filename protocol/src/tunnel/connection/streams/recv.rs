@@ -1,6 +1,6 @@
 //! The receiving half of a stream: its state and the credit we granted the peer.
 
-use crate::flow::RecvWindow;
+use crate::tunnel::flow::RecvWindow;
 
 /// Lifecycle of the peer's direction of a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

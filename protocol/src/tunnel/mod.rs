@@ -1,0 +1,25 @@
+//! The tunnel: one multiplexed connection between agentk and kas, as a Sans-IO state machine.
+//!
+//! | module | what it is |
+//! |---|---|
+//! | [`frame`] | the 9-octet frame header, every frame type, the incremental decoder and the encoder |
+//! | [`config`] | local configuration and the settings peers announce |
+//! | [`connection`] | the [`Connection`] state machine: handshake, streams, flow control, keepalive, GOAWAY |
+//! | [`flow`] | credit windows |
+//! | [`event`] | what a connection reports |
+//! | [`error`] | error types and the wire error codes they map to |
+//!
+//! The wire format is specified in `PROTOCOL.md` beside this crate.
+
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod event;
+pub mod flow;
+pub mod frame;
+
+pub use config::{Config, PROTOCOL_VERSION, Settings};
+pub use connection::{AgentHello, Connection, ConnectionStats, Phase, Role};
+pub use error::{CloseReason, ConnectionError, ErrorCode, FrameError, StreamError};
+pub use event::{Established, Event, HelloInfo};
+pub use frame::{Frame, StreamId};
