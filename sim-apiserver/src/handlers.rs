@@ -28,6 +28,7 @@ use super::router::{self, Route};
 use super::status::ApiError;
 use super::store::{Store, StoreError};
 use super::table;
+use super::upgrade::{self, Subresource};
 use super::watch::{self, WatchRequest};
 use super::writes::{self, Write};
 
@@ -42,6 +43,9 @@ pub(crate) struct Context {
     pub log_interval: Duration,
     pub shutdown: tokio_watch::Receiver<bool>,
     pub server_address: String,
+    pub containers: Arc<crate::exec::Containers>,
+    pub network: Arc<crate::portforward::PodNetwork>,
+    pub sessions: Arc<crate::sessions::Sessions>,
 }
 
 type Resp = Response<ResponseBody>;
@@ -176,7 +180,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let (parts, body_stream) = req.into_parts();
+    let (mut parts, body_stream) = req.into_parts();
     let registry = ctx.store.registry();
     let route = router::route(parts.uri.path(), &registry);
     if !matches!(route, Route::Health | Route::Version) && !authorized(ctx, &parts.headers) {
@@ -293,6 +297,13 @@ where
             subresource,
             watch_path,
         } => {
+            if resource.kind == "Pod"
+                && resource.crd.is_none()
+                && let Some(sub) = subresource.as_deref().and_then(Subresource::from_name)
+            {
+                let ns = namespace.as_deref().unwrap_or("default");
+                return upgrade::serve(ctx, sub, ns, &name, &mut parts);
+            }
             let ns = namespace.as_deref();
             let table = wants_table(&parts.headers);
             let target = match subresource.as_deref() {

@@ -55,6 +55,12 @@
 //!   [`server`] (hyper HTTP/1.1 on tokio, plain HTTP, optional bearer token). New subresources
 //!   (exec, attach, port-forward) and request checks (authentication, RBAC) plug into
 //!   `handlers::dispatch` as modules of their own.
+//! * Upgraded subresources ([`upgrade`]): `pods/exec`, `pods/attach` and `pods/portforward`
+//!   over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`, `SPDY/3.1+portforward.k8s.io`)
+//!   and SPDY/3.1 ([`spdy`]), as real kubectl speaks them; [`exec`] runs a small built-in
+//!   command set (`sh -c`, `echo`, `cat`, `tar` for `kubectl cp`, …) in each container's
+//!   in-memory filesystem ([`container_fs`]); [`portforward`] reaches a real TCP listener per
+//!   pod port; [`sessions`] bounds, counts and idles out the sessions.
 //! * Simulated activity, all through the store so watchers see it: [`population`] (initial
 //!   namespaces, nodes, deployments with their replica sets, services, pods), [`kubelet`]
 //!   (starts Pending pods), [`churn`] (seeded random pod/node changes at a rate), [`recorder`]
@@ -76,8 +82,10 @@
 pub mod access;
 pub mod body;
 pub mod churn;
+pub mod container_fs;
 pub mod crd;
 pub mod discovery;
+pub mod exec;
 pub mod fieldpath;
 pub(crate) mod handlers;
 pub mod kubeconfig;
@@ -88,6 +96,7 @@ pub mod objects;
 pub mod openapi;
 pub mod patch;
 pub mod population;
+pub mod portforward;
 pub mod protobuf;
 pub mod query;
 pub mod recorder;
@@ -96,12 +105,15 @@ pub mod router;
 pub mod schema;
 pub mod selector;
 pub mod server;
+pub mod sessions;
+pub mod spdy;
 pub mod status;
 pub mod store;
 pub mod strategy;
 pub mod table;
 pub mod time;
 pub mod typed;
+pub mod upgrade;
 pub mod watch;
 pub(crate) mod writes;
 
@@ -109,5 +121,6 @@ pub use objects::{HOLD_PHASE_ANNOTATION, PodPhase};
 pub use resource::{Registry, Resource, ResourceType};
 pub use selector::{FieldSelector, LabelSelector, Selectors};
 pub use server::{ApiServer, ApiServerConfig, Error, RunningApiServer};
+pub use sessions::SessionStats;
 pub use status::ApiError;
 pub use store::{EventType, Store, StoreConfig, StoreError, StoreEvent};

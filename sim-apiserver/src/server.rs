@@ -18,6 +18,8 @@ use super::handlers::{self, Context};
 use super::kubeconfig;
 use super::kubelet;
 use super::population;
+use super::portforward::PodNetwork;
+use super::sessions::{SessionStats, Sessions};
 use super::recorder::EventRecorder;
 use super::store::{Store, StoreConfig, StoreError};
 
@@ -51,6 +53,10 @@ pub struct ApiServerConfig {
     pub bearer_token: Option<String>,
     /// Most events kept from simulated activity.
     pub max_events: usize,
+    /// Most concurrent streaming sessions (exec, attach, port-forward); more get 429.
+    pub max_streaming_sessions: usize,
+    /// A streaming session with no data in either direction for this long is ended.
+    pub streaming_idle_timeout: Duration,
 }
 
 impl Default for ApiServerConfig {
@@ -69,6 +75,8 @@ impl Default for ApiServerConfig {
             pod_startup_delay: Duration::from_millis(500),
             bearer_token: None,
             max_events: 200,
+            max_streaming_sessions: 256,
+            streaming_idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -164,7 +172,12 @@ impl ApiServer {
         let recorder = EventRecorder::new(store.clone(), config.max_events);
 
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let network = Arc::new(PodNetwork::new(shutdown_rx.clone()));
+        let sessions = Sessions::new(config.max_streaming_sessions, config.streaming_idle_timeout);
         let ctx = Arc::new(Context {
+            containers: Arc::default(),
+            network: network.clone(),
+            sessions: sessions.clone(),
             store: store.clone(),
             bearer_token: config.bearer_token.clone(),
             bookmark_interval: config.bookmark_interval,
@@ -197,6 +210,8 @@ impl ApiServer {
         Ok(RunningApiServer {
             addr,
             store,
+            network,
+            sessions,
             bearer_token: config.bearer_token,
             shutdown,
             own_runtime: None,
@@ -241,7 +256,9 @@ async fn serve_connection(
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(TokioIo::new(stream), service)
+        // exec, attach and port-forward switch protocols (`101`) on this connection.
+        .with_upgrades();
     tokio::select! {
         r = conn => if let Err(e) = r {
             tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -254,6 +271,8 @@ async fn serve_connection(
 pub struct RunningApiServer {
     addr: SocketAddr,
     store: Store,
+    network: Arc<PodNetwork>,
+    sessions: Arc<Sessions>,
     bearer_token: Option<String>,
     shutdown: watch::Sender<bool>,
     own_runtime: Option<std::thread::JoinHandle<()>>,
@@ -282,6 +301,16 @@ impl RunningApiServer {
     /// changes made through the API.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The simulated pod network: where port-forwarded pod ports really listen.
+    pub fn pod_network(&self) -> &Arc<PodNetwork> {
+        &self.network
+    }
+
+    /// Counters of streaming sessions (exec, attach, port-forward).
+    pub fn streaming_sessions(&self) -> SessionStats {
+        self.sessions.stats()
     }
 
     /// The bearer token clients must present, if any.
