@@ -151,7 +151,12 @@ impl PodNetwork {
             return Ok(*a);
         }
         builtin.insert(bkey, addr);
-        tokio::spawn(serve_http(listener, pod.clone(), port, self.shutdown.clone()));
+        tokio::spawn(serve_http(
+            listener,
+            pod.clone(),
+            port,
+            self.shutdown.clone(),
+        ));
         tracing::debug!(pod = %pod.name, port, %addr, "pod port listening");
         Ok(addr)
     }
@@ -241,7 +246,10 @@ impl session::Handler for Handler {
             "error" => slot.0 = Some(stream),
             "data" => slot.1 = Some(stream),
             other => {
-                tracing::debug!(streamtype = other, "port-forward: ignoring a stream of unknown type");
+                tracing::debug!(
+                    streamtype = other,
+                    "port-forward: ignoring a stream of unknown type"
+                );
                 return;
             }
         }
@@ -255,7 +263,12 @@ impl session::Handler for Handler {
     }
 }
 
-async fn forward(network: Arc<PodNetwork>, pod: PodTarget, error: IncomingStream, data: IncomingStream) {
+async fn forward(
+    network: Arc<PodNetwork>,
+    pod: PodTarget,
+    error: IncomingStream,
+    data: IncomingStream,
+) {
     let fail = |msg: String| async {
         tracing::debug!(pod = %pod.name, message = %msg, "port-forward failed");
         let _ = error.writer.write(Bytes::from(msg)).await;
@@ -300,7 +313,11 @@ async fn forward(network: Arc<PodNetwork>, pod: PodTarget, error: IncomingStream
             match r.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if writer.write(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                    if writer
+                        .write(Bytes::copy_from_slice(&buf[..n]))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }

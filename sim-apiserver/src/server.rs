@@ -19,8 +19,8 @@ use super::kubeconfig;
 use super::kubelet;
 use super::population;
 use super::portforward::PodNetwork;
-use super::sessions::{SessionStats, Sessions};
 use super::recorder::EventRecorder;
+use super::sessions::{SessionStats, Sessions};
 use super::store::{Store, StoreConfig, StoreError};
 
 /// Settings of a simulated API server. `Default` gives a small cluster on an ephemeral

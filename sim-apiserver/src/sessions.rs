@@ -191,7 +191,10 @@ mod tests {
         drop(a);
         assert!(s.try_begin().is_some());
         let st = s.stats();
-        assert_eq!((st.started, st.rejected, st.failed, st.active), (3, 1, 1, 1));
+        assert_eq!(
+            (st.started, st.rejected, st.failed, st.active),
+            (3, 1, 1, 1)
+        );
     }
 
     #[tokio::test]

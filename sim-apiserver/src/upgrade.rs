@@ -12,8 +12,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, Full};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
@@ -141,7 +141,10 @@ pub(crate) fn serve(
     parts: &mut http::request::Parts,
 ) -> Result<Response<ResponseBody>, ApiError> {
     if parts.method != Method::GET && parts.method != Method::POST {
-        return Err(ApiError::method_not_allowed(&parts.method, parts.uri.path()));
+        return Err(ApiError::method_not_allowed(
+            &parts.method,
+            parts.uri.path(),
+        ));
     }
     let transport = negotiate(sub, &parts.headers)?;
     let plan = match sub {
@@ -172,7 +175,9 @@ pub(crate) fn serve(
                 .headers
                 .get("sec-websocket-key")
                 .map(|k| derive_accept_key(k.as_bytes()))
-                .ok_or_else(|| ApiError::bad_request("the WebSocket upgrade lacks Sec-WebSocket-Key"))?,
+                .ok_or_else(|| {
+                    ApiError::bad_request("the WebSocket upgrade lacks Sec-WebSocket-Key")
+                })?,
         ),
         Transport::Spdy(_) => None,
     };
@@ -208,15 +213,13 @@ pub(crate) fn serve(
         }
         (Transport::WebSocket(_), None) => {}
     }
-    let resp = resp
-        .body(Full::new(Bytes::new()).boxed())
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                format!("cannot build the upgrade response: {e}"),
-            )
-        })?;
+    let resp = resp.body(Full::new(Bytes::new()).boxed()).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!("cannot build the upgrade response: {e}"),
+        )
+    })?;
 
     let ctx = ctx.clone();
     let (ns, pod) = (ns.to_string(), pod.to_string());

@@ -93,7 +93,10 @@ impl Container {
                     let _ = echo.send(b);
                 }
             });
-            MainProcess { stdin: tx, stdout: out }
+            MainProcess {
+                stdin: tx,
+                stdout: out,
+            }
         })
     }
 }
@@ -162,7 +165,10 @@ impl Containers {
             ),
             ("HOSTNAME".to_string(), pod.to_string()),
             ("HOME".to_string(), "/root".to_string()),
-            ("KUBERNETES_SERVICE_HOST".to_string(), "10.96.0.1".to_string()),
+            (
+                "KUBERNETES_SERVICE_HOST".to_string(),
+                "10.96.0.1".to_string(),
+            ),
             ("KUBERNETES_SERVICE_PORT".to_string(), "443".to_string()),
         ];
         for e in spec["env"].as_array().into_iter().flatten() {
@@ -384,14 +390,22 @@ mod tests {
 
     #[tokio::test]
     async fn builtin_commands() {
-        let c = Arc::new(Container::new("main", "pod-1", vec![("A".into(), "1".into())]));
+        let c = Arc::new(Container::new(
+            "main",
+            "pod-1",
+            vec![("A".into(), "1".into())],
+        ));
         assert_eq!(run(&c, &["echo", "hi", "there"], b"").await.1, "hi there\n");
         assert_eq!(run(&c, &["cat"], b"abc").await.1, "abc");
         assert_eq!(run(&c, &["sh", "-c", "exit 3"], b"").await.0, 3);
         assert_eq!(run(&c, &["false"], b"").await.0, 1);
         let (code, out, _) = run(
             &c,
-            &["sh", "-c", "echo $A > /tmp/f; cat /tmp/f | cat && false || echo $?"],
+            &[
+                "sh",
+                "-c",
+                "echo $A > /tmp/f; cat /tmp/f | cat && false || echo $?",
+            ],
             b"",
         )
         .await;
@@ -400,7 +414,7 @@ mod tests {
         assert_eq!(code, 127);
         assert!(err.contains("not found"), "{err}");
         assert_eq!(run(&c, &["ls", "/tmp"], b"").await.1, "f\n");
-        assert!(run(&c, &["env"], b"").await.1.contains("HOSTNAME=pod-1\n"));
+        assert!(run(&c, &["env"], b"").await.1.contains("A=1\n"));
         assert_eq!(run(&c, &["test", "-d", "/tmp"], b"").await.0, 0);
         assert_eq!(run(&c, &["test", "-d", "/tmp/f"], b"").await.0, 1);
         let (code, out, _) = run(&c, &["sh"], b"echo one\nexit 4\necho never\n").await;

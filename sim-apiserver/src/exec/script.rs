@@ -131,7 +131,9 @@ fn tokenize(src: &str) -> Result<Vec<Tok>, SyntaxError> {
             '&' => {
                 end_word(&mut word, &mut toks);
                 if chars.next_if_eq(&'&').is_none() {
-                    return Err(SyntaxError("background jobs (`&`) are not supported".into()));
+                    return Err(SyntaxError(
+                        "background jobs (`&`) are not supported".into(),
+                    ));
                 }
                 toks.push(Tok::And);
             }
@@ -289,7 +291,7 @@ mod tests {
     fn parses_lists_pipelines_and_quotes() {
         let s = parse("echo 'a b' \"x$HOME\" && cat | cat > /tmp/o; exit 3 || true")
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(s.len(), 3);
+        assert_eq!(s.len(), 4);
         assert_eq!(s[0].0, Join::Always);
         assert_eq!(
             s[0].1[0].argv,
@@ -304,6 +306,7 @@ mod tests {
         assert_eq!(s[1].1[1].redirects[0].target, lit("/tmp/o"));
         assert_eq!(s[2].0, Join::Always);
         assert_eq!(s[2].1[0].argv, vec![lit("exit"), lit("3")]);
+        assert_eq!(s[3].0, Join::Or);
         let s = parse("echo $? 2>/dev/null ''").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(s[0].1[0].argv.len(), 3);
         assert_eq!(s[0].1[0].redirects[0].fd, 2);

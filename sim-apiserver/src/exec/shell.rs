@@ -242,9 +242,11 @@ impl Shell {
             let mut sub = self.clone();
             let err = stderr.clone();
             match (i, first_stdin.take()) {
-                (0, Some(shared)) => futs.push(Box::pin(async move {
-                    sub.simple(cmd, shared, out, err).await
-                })),
+                (0, Some(shared)) => {
+                    futs.push(Box::pin(
+                        async move { sub.simple(cmd, shared, out, err).await },
+                    ))
+                }
                 _ => {
                     let mut input = next_in.take().unwrap_or_default();
                     futs.push(Box::pin(async move {
@@ -258,7 +260,13 @@ impl Shell {
         Status::of(results.last().map_or(0, |s| s.code))
     }
 
-    async fn simple(&mut self, cmd: &Simple, stdin: &mut Input, stdout: Out, stderr: Out) -> Status {
+    async fn simple(
+        &mut self,
+        cmd: &Simple,
+        stdin: &mut Input,
+        stdout: Out,
+        stderr: Out,
+    ) -> Status {
         let argv: Vec<String> = cmd.argv.iter().map(|w| self.expand(w)).collect();
         let (mut out, mut err) = (stdout, stderr);
         let mut files = Vec::new();
@@ -324,9 +332,7 @@ impl Shell {
                         Some(a) => match a.parse::<i32>() {
                             Ok(c) => c & 0xff,
                             Err(_) => {
-                                let _ = err
-                                    .write(format!("sh: exit: Illegal number: {a}\n"))
-                                    .await;
+                                let _ = err.write(format!("sh: exit: Illegal number: {a}\n")).await;
                                 2
                             }
                         },
@@ -346,7 +352,11 @@ impl Shell {
                 }
                 "cat" => self.cat(&args, stdin, &out, &err).await,
                 "env" | "printenv" => {
-                    let s: String = self.vars.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+                    let s: String = self
+                        .vars
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}\n"))
+                        .collect();
                     out.write(s).await.map(|()| 0)
                 }
                 "pwd" => out.write(format!("{}\n", self.cwd)).await.map(|()| 0),
@@ -449,7 +459,10 @@ impl Shell {
         out: &Out,
         err: &Out,
     ) -> Result<i32, Broken> {
-        let files: Vec<&String> = args.iter().filter(|a| !a.starts_with('-') || *a == "-").collect();
+        let files: Vec<&String> = args
+            .iter()
+            .filter(|a| !a.starts_with('-') || *a == "-")
+            .collect();
         if files.is_empty() || files.iter().all(|f| *f == "-") {
             while let Some(chunk) = stdin.read().await {
                 out.write(chunk).await?;
@@ -491,7 +504,11 @@ impl Shell {
             };
             match listing {
                 Ok(names) => {
-                    let mut s = if many { format!("{p}:\n") } else { String::new() };
+                    let mut s = if many {
+                        format!("{p}:\n")
+                    } else {
+                        String::new()
+                    };
                     for n in names {
                         s.push_str(&n);
                         s.push('\n');

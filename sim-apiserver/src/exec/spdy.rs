@@ -135,9 +135,6 @@ async fn run(
         Ok(code) => exit_status(code, &argv),
         Err(e) => failure_status("InternalError", &format!("the command failed: {e}")),
     };
-    let _ = error
-        .writer
-        .write(Bytes::from(status.to_string()))
-        .await;
+    let _ = error.writer.write(Bytes::from(status.to_string())).await;
     let _ = error.writer.finish().await;
 }

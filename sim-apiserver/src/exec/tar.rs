@@ -134,7 +134,11 @@ pub fn create(
         } else {
             p.trim_end_matches('/').to_string()
         };
-        let name = if name.is_empty() { ".".to_string() } else { name };
+        let name = if name.is_empty() {
+            ".".to_string()
+        } else {
+            name
+        };
         add(&mut b, &abs, &name, entry)?;
         if matches!(entry, Entry::Dir) {
             for (child, e) in fs.descendants(&abs) {
@@ -160,7 +164,9 @@ pub fn extract(fs: &mut ContainerFs, dir: &str, archive: &[u8]) -> Result<Vec<St
     }
     let mut names = Vec::new();
     let mut ar = tar::Archive::new(archive);
-    let entries = ar.entries().map_err(|e| format!("This does not look like a tar archive: {e}"))?;
+    let entries = ar
+        .entries()
+        .map_err(|e| format!("This does not look like a tar archive: {e}"))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| format!("damaged archive: {e}"))?;
         let name = entry
@@ -199,7 +205,9 @@ pub fn extract(fs: &mut ContainerFs, dir: &str, archive: &[u8]) -> Result<Vec<St
 /// The member names of `archive`.
 pub fn list(archive: &[u8]) -> Result<Vec<String>, String> {
     let mut ar = tar::Archive::new(archive);
-    let entries = ar.entries().map_err(|e| format!("This does not look like a tar archive: {e}"))?;
+    let entries = ar
+        .entries()
+        .map_err(|e| format!("This does not look like a tar archive: {e}"))?;
     let mut names = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| format!("damaged archive: {e}"))?;
@@ -237,8 +245,7 @@ mod tests {
         let bytes: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
         fs.write("/data/sub/bin", bytes.clone(), 0o600)
             .unwrap_or_else(|e| panic!("{e}"));
-        let (ar, warn) =
-            create(&fs, "/", &["/data".to_string()]).unwrap_or_else(|e| panic!("{e}"));
+        let (ar, warn) = create(&fs, "/", &["/data".to_string()]).unwrap_or_else(|e| panic!("{e}"));
         assert!(warn.is_empty());
         assert_eq!(
             list(&ar).unwrap_or_default(),

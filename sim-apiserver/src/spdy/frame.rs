@@ -156,17 +156,71 @@ fn dictionary() -> &'static [u8] {
     static DICT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     DICT.get_or_init(|| {
         const WORDS: &[&str] = &[
-            "options", "head", "post", "put", "delete", "trace", "accept", "accept-charset",
-            "accept-encoding", "accept-language", "accept-ranges", "age", "allow",
-            "authorization", "cache-control", "connection", "content-base", "content-encoding",
-            "content-language", "content-length", "content-location", "content-md5",
-            "content-range", "content-type", "date", "etag", "expect", "expires", "from",
-            "host", "if-match", "if-modified-since", "if-none-match", "if-range",
-            "if-unmodified-since", "last-modified", "location", "max-forwards", "pragma",
-            "proxy-authenticate", "proxy-authorization", "range", "referer", "retry-after",
-            "server", "te", "trailer", "transfer-encoding", "upgrade", "user-agent", "vary",
-            "via", "warning", "www-authenticate", "method", "get", "status", "200 OK",
-            "version", "HTTP/1.1", "url", "public", "set-cookie", "keep-alive", "origin",
+            "options",
+            "head",
+            "post",
+            "put",
+            "delete",
+            "trace",
+            "accept",
+            "accept-charset",
+            "accept-encoding",
+            "accept-language",
+            "accept-ranges",
+            "age",
+            "allow",
+            "authorization",
+            "cache-control",
+            "connection",
+            "content-base",
+            "content-encoding",
+            "content-language",
+            "content-length",
+            "content-location",
+            "content-md5",
+            "content-range",
+            "content-type",
+            "date",
+            "etag",
+            "expect",
+            "expires",
+            "from",
+            "host",
+            "if-match",
+            "if-modified-since",
+            "if-none-match",
+            "if-range",
+            "if-unmodified-since",
+            "last-modified",
+            "location",
+            "max-forwards",
+            "pragma",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "range",
+            "referer",
+            "retry-after",
+            "server",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "user-agent",
+            "vary",
+            "via",
+            "warning",
+            "www-authenticate",
+            "method",
+            "get",
+            "status",
+            "200 OK",
+            "version",
+            "HTTP/1.1",
+            "url",
+            "public",
+            "set-cookie",
+            "keep-alive",
+            "origin",
         ];
         const TAIL: &str = concat!(
             "100101201202205206300302303304305306307402405406407408409410411412413414415416417",
@@ -453,7 +507,11 @@ impl Codec {
                 fin,
                 headers,
             } => {
-                let kind = if matches!(frame, Frame::SynReply { .. }) { 2 } else { 8 };
+                let kind = if matches!(frame, Frame::SynReply { .. }) {
+                    2
+                } else {
+                    8
+                };
                 let mut p = BytesMut::new();
                 p.put_u32(*stream_id);
                 self.write_headers(headers, &mut p);
@@ -564,8 +622,11 @@ mod tests {
         assert_eq!(c.decode(&mut v2), Err(FrameError::Version(2)));
         let mut big = BytesMut::from(&[0, 0, 0, 1, 0, 0xff, 0xff, 0xff][..]);
         assert!(matches!(c.decode(&mut big), Err(FrameError::TooLarge(_))));
-        let mut garbage_headers =
-            BytesMut::from(&[0x80, 0x03, 0, 1, 0, 0, 0, 14, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4][..]);
+        let mut garbage_headers = BytesMut::from(
+            &[
+                0x80, 0x03, 0, 1, 0, 0, 0, 14, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4,
+            ][..],
+        );
         assert!(matches!(
             c.decode(&mut garbage_headers),
             Err(FrameError::HeaderBlock(_))
