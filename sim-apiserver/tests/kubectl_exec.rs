@@ -517,4 +517,169 @@ fn idle_sessions_end_and_sessions_are_bounded() {
     // kubectl retries a refused WebSocket upgrade over SPDY: both attempts are refused.
     assert_eq!((stats.idle_timeouts, stats.active), (1, 0));
     assert!(stats.rejected >= 1, "{stats:?}");
+
+    // The same over SPDY: the idle session ends with a Status kubectl reports.
+    let (code, _, err) = run(&e, Via::Spdy, &["exec", POD, "--", "sleep", "30"], b"");
+    assert_ne!(code, 0);
+    assert!(err.contains("idle"), "{err}");
+    assert_eq!(e.server.streaming_sessions().idle_timeouts, 2);
+}
+
+/// `kubectl exec -it` through a real pseudo-terminal (util-linux `script` provides it): the
+/// container side echoes what is typed, prints a prompt, ends lines with CRLF.
+fn terminal(via: Via) {
+    let e = cluster(ApiServerConfig::default());
+    let kubectl = match via {
+        Via::WebSocket => format!("kubectl exec -it {POD} -- sh"),
+        Via::Spdy => {
+            format!("KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false kubectl exec -it {POD} -- sh")
+        }
+    };
+    let mut child = Child(
+        Command::new("script")
+            .args(["-qec", &kubectl, "/dev/null"])
+            .env("KUBECONFIG", &e.kubeconfig)
+            .env("HOME", e.dir.path())
+            .env("KUBECACHEDIR", e.dir.path().join("cache"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("util-linux `script` runs"),
+    );
+    let mut input = child.0.stdin.take().expect("stdin");
+    let mut stdout = child.0.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait_for = |needle: &[u8]| {
+        let deadline = Instant::now() + GUARD;
+        while !seen.windows(needle.len()).any(|w| w == needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(b) => seen.extend_from_slice(&b),
+                Err(_) => panic!(
+                    "never saw {:?}; terminal output: {:?}",
+                    String::from_utf8_lossy(needle),
+                    String::from_utf8_lossy(&seen)
+                ),
+            }
+        }
+    };
+    wait_for(b"/ # ");
+    input.write_all(b"echo tty-ok\r").expect("type");
+    input.flush().expect("flush");
+    // The typed line echoed, then the output with CRLF, then the next prompt.
+    wait_for(b"echo tty-ok\r\ntty-ok\r\n/ # ");
+    input.write_all(b"exit 5\r").expect("type");
+    input.flush().expect("flush");
+    let deadline = Instant::now() + GUARD;
+    let code = loop {
+        if let Some(s) = child.0.try_wait().expect("wait") {
+            break s.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kubectl exec -it did not end after `exit 5`"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(5));
+}
+
+#[test]
+fn terminal_session_over_websocket() {
+    terminal(Via::WebSocket);
+}
+
+#[test]
+fn terminal_session_over_spdy() {
+    terminal(Via::Spdy);
+}
+
+/// `kubectl exec deploy/…` and `kubectl port-forward svc/…` resolve to a pod of the initial
+/// cluster; the service port maps to the pods' `targetPort`.
+#[test]
+fn workloads_and_services_resolve_to_pods() {
+    let e = env(ApiServerConfig::default());
+    let (code, out, err) = run(
+        &e,
+        Via::WebSocket,
+        &["exec", "deploy/web", "--", "hostname"],
+        b"",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(String::from_utf8_lossy(&out).starts_with("web-"), "{out:?}");
+    let local = free_port();
+    let mut pf = Child(
+        e.command(&["port-forward", "svc/web", &format!("{local}:80")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kubectl runs"),
+    );
+    let mut out = std::io::BufReader::new(pf.0.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut out, &mut first).expect("first line");
+    assert!(first.contains("-> 8080"), "{first}");
+    let resp = http_get(local, "/");
+    assert!(resp.contains("hello from default/web-"), "{resp}");
+}
+
+/// An older client speaking `v4.channel.k8s.io` (no half-close): output, then the exit status
+/// as a `Status` on channel 3, then a normal close.
+#[test]
+fn v4_channel_protocol() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    use tokio_tungstenite::tungstenite::{Message, client, http::HeaderValue};
+    let e = cluster(ApiServerConfig::default());
+    let url = format!(
+        "ws://{}/api/v1/namespaces/default/pods/{POD}/exec?command=sh&command=-c&command=echo%20out%3B%20exit%207&stdout=true&stderr=true",
+        e.server.addr()
+    );
+    let mut req = url.as_str().into_client_request().expect("request");
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("v4.channel.k8s.io"),
+    );
+    let tcp = TcpStream::connect(e.server.addr()).expect("connect");
+    tcp.set_read_timeout(Some(GUARD)).expect("timeout");
+    let (mut ws, resp) = client(req, tcp).expect("handshake");
+    assert_eq!(
+        resp.headers()
+            .get("Sec-WebSocket-Protocol")
+            .map(|v| v.as_bytes()),
+        Some(&b"v4.channel.k8s.io"[..])
+    );
+    let mut stdout = Vec::new();
+    let mut status = None;
+    loop {
+        match ws.read() {
+            Ok(Message::Binary(b)) if b.first() == Some(&1) => stdout.extend_from_slice(&b[1..]),
+            Ok(Message::Binary(b)) if b.first() == Some(&3) => {
+                status = Some(
+                    serde_json::from_slice::<serde_json::Value>(&b[1..]).expect("Status JSON"),
+                );
+            }
+            Ok(Message::Close(frame)) => {
+                assert_eq!(frame.map(|f| u16::from(f.code)), Some(1000));
+                break;
+            }
+            Ok(_) => {}
+            Err(err) => panic!("read: {err}"),
+        }
+    }
+    assert_eq!(stdout, b"out\n");
+    let status = status.expect("a Status on the error channel");
+    assert_eq!(status["status"], "Failure");
+    assert_eq!(status["reason"], "NonZeroExitCode");
+    assert_eq!(status["details"]["causes"][0]["reason"], "ExitCode");
+    assert_eq!(status["details"]["causes"][0]["message"], "7");
 }

@@ -12,6 +12,7 @@ pub mod script;
 pub mod shell;
 pub mod spdy;
 pub mod tar;
+pub mod terminal;
 pub mod websocket;
 
 use std::collections::HashMap;
@@ -270,17 +271,23 @@ impl Process {
         let (in_tx, in_rx) = mpsc::channel(CHANNEL_DEPTH);
         let (out_tx, out_rx) = mpsc::channel(CHANNEL_DEPTH);
         let (err_tx, err_rx) = mpsc::channel(CHANNEL_DEPTH);
-        let stdout = Out::Chan(out_tx);
-        let stderr = if opts.tty {
+        let (in_rx, stdout, stderr) = if opts.tty {
+            // A terminal between the session and the program: echo, line editing, CRLF.
             drop(err_tx);
-            stdout.clone()
+            let (prog_in_tx, prog_in_rx) = mpsc::channel(CHANNEL_DEPTH);
+            let (prog_out_tx, prog_out_rx) = mpsc::channel(CHANNEL_DEPTH);
+            tokio::spawn(terminal::run(in_rx, prog_in_tx, prog_out_rx, out_tx));
+            let out = Out::Chan(prog_out_tx);
+            (prog_in_rx, out.clone(), out)
         } else {
-            Out::Chan(err_tx)
+            (in_rx, Out::Chan(out_tx), Out::Chan(err_tx))
         };
+        let tty = opts.tty;
         let task = match program {
             Program::Exec(argv) => tokio::spawn(async move {
                 let mut input = Input::stream(in_rx);
                 Shell::new(ctr)
+                    .with_tty(tty)
                     .run_argv(argv, &mut input, stdout, stderr)
                     .await
             }),

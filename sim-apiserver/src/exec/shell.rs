@@ -144,6 +144,7 @@ pub struct Shell {
     vars: BTreeMap<String, String>,
     cwd: String,
     last: i32,
+    tty: bool,
 }
 
 impl Shell {
@@ -155,7 +156,14 @@ impl Shell {
             vars,
             cwd: "/".to_string(),
             last: 0,
+            tty: false,
         }
+    }
+
+    /// Whether the shell talks to a terminal (an interactive `sh` then prints a prompt).
+    pub fn with_tty(mut self, tty: bool) -> Self {
+        self.tty = tty;
+        self
     }
 
     fn fs(&self) -> std::sync::MutexGuard<'_, ContainerFs> {
@@ -430,7 +438,13 @@ impl Shell {
             };
         }
         // Interactive: one line at a time from stdin; commands get no stdin of their own.
-        while let Some(line) = stdin.read_line().await {
+        loop {
+            if sub.tty && out.write(format!("{} # ", sub.cwd)).await.is_err() {
+                return Status::of(BROKEN_PIPE);
+            }
+            let Some(line) = stdin.read_line().await else {
+                break;
+            };
             let text = String::from_utf8_lossy(&line).into_owned();
             match script::parse(&text) {
                 Ok(s) => {

@@ -19,6 +19,7 @@ pub struct Handler {
     start: Option<(Arc<Container>, Program, StreamOptions)>,
     streams: HashMap<&'static str, IncomingStream>,
     running: Option<AbortHandle>,
+    error: Option<StreamWriter>,
 }
 
 impl Handler {
@@ -28,6 +29,7 @@ impl Handler {
             start: Some((ctr, program, opts)),
             streams: HashMap::new(),
             running: None,
+            error: None,
         }
     }
 }
@@ -53,6 +55,9 @@ impl session::Handler for Handler {
                 return;
             }
         };
+        if kind == "error" {
+            self.error = Some(stream.writer.clone());
+        }
         self.streams.insert(kind, stream);
         let Some((_, _, opts)) = &self.start else {
             return;
@@ -75,6 +80,19 @@ impl session::Handler for Handler {
         let streams = std::mem::take(&mut self.streams);
         let task = tokio::spawn(run(ctr, program, opts, streams));
         self.running = Some(task.abort_handle());
+    }
+
+    fn on_idle(&mut self, timeout: std::time::Duration) {
+        if let Some(h) = &self.running {
+            h.abort();
+        }
+        if let Some(w) = &self.error {
+            let status = failure_status(
+                "Timeout",
+                &format!("the session was idle for {timeout:?} and was closed"),
+            );
+            w.try_write_final(Bytes::from(status.to_string()));
+        }
     }
 }
 

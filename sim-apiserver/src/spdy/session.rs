@@ -98,6 +98,15 @@ impl StreamWriter {
             .map_err(|_| Closed)
     }
 
+    /// Queues `data` and FIN without waiting (for last words when the session is ending).
+    pub fn try_write_final(&self, data: Bytes) {
+        let _ = self.tx.try_send(Out::Frame(Frame::Data {
+            stream_id: self.id,
+            fin: true,
+            data,
+        }));
+    }
+
     /// Resets the stream.
     pub async fn reset(&self, status: u32) -> Result<(), Closed> {
         self.tx
@@ -114,6 +123,12 @@ impl StreamWriter {
 pub trait Handler: Send {
     /// The client opened `stream` (its SYN_REPLY is already queued).
     fn stream(&mut self, stream: IncomingStream);
+
+    /// The session is ending because nothing moved for `timeout`: a chance to tell the client
+    /// why (e.g. with [`StreamWriter::try_write_final`]).
+    fn on_idle(&mut self, timeout: Duration) {
+        let _ = timeout;
+    }
 }
 
 /// Why the reader stopped.
@@ -288,10 +303,16 @@ where
         },
         () = activity.idle(idle_timeout) => {
             tracing::info!(timeout_s = idle_timeout.as_secs_f64(), "SPDY session ended: idle timeout");
-            let _ = ctl.try_send(Out::Frame(Frame::GoAway { last_good: 0, status: frame::goaway::OK }));
             Ending::Idle
         },
     };
+    if ending == Ending::Idle {
+        handler.on_idle(idle_timeout);
+        let _ = ctl.try_send(Out::Frame(Frame::GoAway {
+            last_good: 0,
+            status: frame::goaway::OK,
+        }));
+    }
     // The handler's tasks end with it; flush what is queued (bounded), then close.
     drop(handler);
     if !writer_done {
