@@ -48,6 +48,12 @@ struct Args {
     /// Seconds between fake log lines of each running container.
     #[arg(long, default_value_t = 1.0)]
     log_interval: f64,
+    /// Most concurrent exec/attach/port-forward sessions (more are refused with 429).
+    #[arg(long, default_value_t = 4096)]
+    max_streaming_sessions: usize,
+    /// Seconds an exec/attach/port-forward session may pass without data before it is ended.
+    #[arg(long, default_value_t = 14_400.0)]
+    streaming_idle_timeout: f64,
 }
 
 fn seconds(name: &str, s: f64) -> anyhow::Result<Duration> {
@@ -77,6 +83,8 @@ fn main() -> anyhow::Result<()> {
         bookmark_interval: seconds("bookmark-interval", args.bookmark_interval)?,
         log_interval: seconds("log-interval", args.log_interval)?.max(Duration::from_millis(10)),
         bearer_token: args.token,
+        max_streaming_sessions: args.max_streaming_sessions,
+        streaming_idle_timeout: seconds("streaming-idle-timeout", args.streaming_idle_timeout)?,
         ..ApiServerConfig::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -55,7 +55,8 @@ pub struct ApiServerConfig {
     pub max_events: usize,
     /// Most concurrent streaming sessions (exec, attach, port-forward); more get 429.
     pub max_streaming_sessions: usize,
-    /// A streaming session with no data in either direction for this long is ended.
+    /// A streaming session with no data in either direction for this long is ended (the
+    /// default is the kubelet's `streamingConnectionIdleTimeout`, 4 h).
     pub streaming_idle_timeout: Duration,
 }
 
@@ -75,8 +76,8 @@ impl Default for ApiServerConfig {
             pod_startup_delay: Duration::from_millis(500),
             bearer_token: None,
             max_events: 200,
-            max_streaming_sessions: 256,
-            streaming_idle_timeout: Duration::from_secs(300),
+            max_streaming_sessions: 4096,
+            streaming_idle_timeout: Duration::from_secs(4 * 3600),
         }
     }
 }
