@@ -35,6 +35,9 @@ pub const PORT_FORWARD_SPDY: &str = "portforward.k8s.io";
 /// The SPDY stream protocol of exec and attach.
 pub const REMOTE_COMMAND_SPDY: &str = "v4.channel.k8s.io";
 
+/// How long a closing session may wait for a peer that stopped reading.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Largest WebSocket frame and message accepted from a client.
 const MAX_WS_FRAME: usize = 1024 * 1024;
 
@@ -265,8 +268,17 @@ async fn run(
             let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
             let (conn, pump) = spdy::tunnel::over_websocket(ws);
             let handler = portforward::Handler::new(ctx.network.clone(), pod);
-            let (ending, ()) = tokio::join!(spdy::session::serve(conn, handler, idle), pump);
-            ending
+            let session = spdy::session::serve(conn, handler, idle);
+            tokio::pin!(pump, session);
+            tokio::select! {
+                ending = &mut session => {
+                    // Bounded: a client that stopped reading must not hold the session slot.
+                    let _ = tokio::time::timeout(LINGER, &mut pump).await;
+                    ending
+                }
+                // The client went away: the session sees end of file and ends.
+                () = &mut pump => session.await,
+            }
         }
         (
             Transport::Spdy(_),

@@ -368,7 +368,65 @@ fn port_forward(via: Via) {
     s.read_exact(&mut back).expect("echo");
     assert_eq!(&back, b"HELLO");
     server.join().expect("server thread");
-    assert!(e.server.streaming_sessions().started >= 2);
+
+    // Bulk data both ways at once through an echo server: neither direction stalls the other.
+    let echo = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    e.server
+        .pod_network()
+        .register("default", POD, 9001, echo.local_addr().expect("addr"));
+    let echo_thread = std::thread::spawn(move || {
+        let (s, _) = echo.accept().expect("accept");
+        let mut r = s.try_clone().expect("clone");
+        let mut w = s;
+        let _ = std::io::copy(&mut r, &mut w);
+        let _ = w.shutdown(std::net::Shutdown::Write);
+    });
+    let local3 = free_port();
+    let mut pf3 = Child(
+        cmd(
+            &e,
+            via,
+            &[
+                "port-forward",
+                &format!("pod/{POD}"),
+                &format!("{local3}:9001"),
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl runs"),
+    );
+    let mut out3 = std::io::BufReader::new(pf3.0.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut out3, &mut first).expect("first line");
+    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
+    let s = TcpStream::connect(("127.0.0.1", local3)).expect("connect");
+    s.set_read_timeout(Some(GUARD)).expect("timeout");
+    let mut w = s.try_clone().expect("clone");
+    let to_send = data.clone();
+    let started = Instant::now();
+    let sender = std::thread::spawn(move || {
+        w.write_all(&to_send).expect("send");
+        let _ = w.shutdown(std::net::Shutdown::Write);
+    });
+    let mut back = Vec::new();
+    let mut r = s;
+    r.read_to_end(&mut back).expect("read the echo");
+    let took = started.elapsed();
+    sender.join().expect("sender");
+    echo_thread.join().expect("echo server");
+    assert!(
+        back == data,
+        "echoed {} bytes of {}",
+        back.len(),
+        data.len()
+    );
+    println!(
+        "port-forward {via:?}: 2 MB echoed in {took:?} ({:.1} MB/s each way)",
+        2.0 / took.as_secs_f64()
+    );
+    assert!(e.server.streaming_sessions().started >= 3);
 }
 
 struct Child(std::process::Child);

@@ -153,12 +153,11 @@ where
             Err(e) => {
                 tracing::info!(protocol, error = %e, "exec session ended: the client sent a malformed message");
                 abort.abort();
-                let _ = sink
-                    .send(Message::Close(Some(CloseFrame {
-                        code: CloseCode::Protocol,
-                        reason: e.to_string().chars().take(100).collect::<String>().into(),
-                    })))
-                    .await;
+                let close = Message::Close(Some(CloseFrame {
+                    code: CloseCode::Protocol,
+                    reason: e.to_string().chars().take(100).collect::<String>().into(),
+                }));
+                let _ = tokio::time::timeout(LINGER, sink.send(close)).await;
                 return Ending::Failed;
             }
         },
@@ -174,17 +173,18 @@ where
             tracing::info!(protocol, timeout_s = idle_timeout.as_secs_f64(), "exec session ended: idle timeout");
             abort.abort();
             let status = failure_status("Timeout", &format!("the session was idle for {idle_timeout:?} and was closed"));
-            let _ = sink.send(channel_message(ERROR, status.to_string().as_bytes())).await;
+            let last = channel_message(ERROR, status.to_string().as_bytes());
+            let _ = tokio::time::timeout(LINGER, sink.send(last)).await;
             Ending::Idle
         },
     };
     abort.abort();
-    let _ = sink
-        .send(Message::Close(Some(CloseFrame {
-            code: CloseCode::Normal,
-            reason: "".into(),
-        })))
-        .await;
+    let close = Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    }));
+    // Bounded: a client that stopped reading must not hold the session slot.
+    let _ = tokio::time::timeout(LINGER, sink.send(close)).await;
     if !reader_done {
         // Consume the client's close reply so the connection ends without a reset.
         let _ = tokio::time::timeout(LINGER, &mut reader).await;
