@@ -282,6 +282,15 @@ pub fn parse(src: &str) -> Result<Script, SyntaxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text parses or is a syntax error, never a panic.
+        #[test]
+        fn never_panics(src in "[ -~\n]{0,80}") {
+            let _ = parse(&src);
+        }
+    }
 
     fn lit(s: &str) -> Word {
         vec![Part::Lit(s.into())]

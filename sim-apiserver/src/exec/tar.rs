@@ -220,6 +220,27 @@ pub fn list(archive: &[u8]) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A damaged archive is an error, never a panic or a write outside the directory.
+        #[test]
+        fn hostile_archives(bytes in proptest::collection::vec(any::<u8>(), 0..2048), cut in 0usize..3000) {
+            let mut fs = ContainerFs::initial("p");
+            fs.mkdir_all("/x").map_err(|e| TestCaseError::fail(e.to_string()))?;
+            fs.write("/x/f", b"abc".to_vec(), 0o644).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let (good, _) = create(&fs, "/", &["/x".to_string()]).map_err(TestCaseError::fail)?;
+            let mut damaged = good[..cut.min(good.len())].to_vec();
+            damaged.extend_from_slice(&bytes);
+            let before: Vec<String> = fs.descendants("/").map(|(p, _)| p.clone()).collect();
+            let _ = extract(&mut fs, "/tmp", &damaged);
+            let _ = list(&damaged);
+            let after: Vec<String> = fs.descendants("/").map(|(p, _)| p.clone()).collect();
+            for p in after.iter().filter(|p| !before.contains(p)) {
+                prop_assert!(p.starts_with("/tmp/"), "{} written outside /tmp", p);
+            }
+        }
+    }
 
     fn args(s: &str) -> Vec<String> {
         s.split_whitespace().map(str::to_string).collect()

@@ -545,6 +545,81 @@ impl Codec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn header_pairs() -> impl Strategy<Value = Headers> {
+        proptest::collection::vec(("[a-z-]{1,12}", "[ -~]{0,40}"), 0..6).prop_map(|v| {
+            // Names are unique per block (repeated names travel as one NUL-joined value).
+            let mut seen = std::collections::HashSet::new();
+            v.into_iter()
+                .filter(|(k, _)| seen.insert(k.clone()))
+                .collect()
+        })
+    }
+
+    fn frames() -> impl Strategy<Value = Frame> {
+        prop_oneof![
+            (
+                1u32..1000,
+                any::<bool>(),
+                proptest::collection::vec(any::<u8>(), 0..300)
+            )
+                .prop_map(|(stream_id, fin, d)| Frame::Data {
+                    stream_id,
+                    fin,
+                    data: Bytes::from(d)
+                }),
+            (1u32..1000, 0u8..8, 0u8..4, header_pairs()).prop_map(
+                |(stream_id, priority, flags, headers)| Frame::SynStream {
+                    stream_id,
+                    associated: 0,
+                    priority,
+                    flags,
+                    headers
+                }
+            ),
+            (1u32..1000, any::<bool>(), header_pairs()).prop_map(|(stream_id, fin, headers)| {
+                Frame::SynReply {
+                    stream_id,
+                    fin,
+                    headers,
+                }
+            }),
+            any::<u32>().prop_map(|id| Frame::Ping { id }),
+            (1u32..1000, any::<u32>())
+                .prop_map(|(stream_id, status)| Frame::RstStream { stream_id, status }),
+        ]
+    }
+
+    proptest! {
+        /// Frames survive encode/decode in order through one pair of compression contexts,
+        /// however the bytes are split.
+        #[test]
+        fn round_trip(fs in proptest::collection::vec(frames(), 1..12), split in 1usize..64) {
+            let (mut a, mut b) = (Codec::new(), Codec::new());
+            let mut wire = BytesMut::new();
+            for f in &fs {
+                a.encode(f, &mut wire);
+            }
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            for chunk in wire.chunks(split) {
+                buf.extend_from_slice(chunk);
+                while let Some(f) = b.decode(&mut buf).map_err(|e| TestCaseError::fail(e.to_string()))? {
+                    got.push(f);
+                }
+            }
+            prop_assert_eq!(got, fs);
+        }
+
+        /// Arbitrary bytes give frames or an error, never a panic.
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let mut c = Codec::new();
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = c.decode(&mut buf) {}
+        }
+    }
 
     #[test]
     fn dictionary_is_exact() {
