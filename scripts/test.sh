@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README's second command and CI's only step.
-# Installs the system programs the tests need (kubectl, chromium, git, nginx, fcgiwrap, ss) when they are missing.
+# Installs the system programs the tests need (kubectl, chromium, git, nginx, fcgiwrap, ss, script) when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +13,8 @@ command -v git >/dev/null 2>&1 || need_apt+=(git)
 { command -v fcgiwrap || [ -x /usr/sbin/fcgiwrap ]; } >/dev/null 2>&1 || need_apt+=(fcgiwrap)
 # `ss` reads listen backlogs (kas's listener test)
 { command -v ss || [ -x /usr/sbin/ss ] || [ -x /usr/bin/ss ]; } >/dev/null 2>&1 || need_apt+=(iproute2)
+# `script` gives `kubectl exec -it` a pseudo-terminal (sim-apiserver's exec tests; util-linux, usually present)
+command -v script >/dev/null 2>&1 || need_apt+=(bsdutils)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]}"
     if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

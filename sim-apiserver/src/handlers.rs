@@ -2,9 +2,9 @@
 //! dispatch of the write verbs ([`crate::writes`]) on collections, objects and their `status`
 //! and `scale` subresources, answering errors as `Status` objects.
 //!
-//! New subresources (e.g. `pods/exec`, `pods/portforward`) and request checks (e.g. RBAC
-//! authorisation) plug in here: [`dispatch`] sees every request with its route, method,
-//! headers and the caller's credentials.
+//! The upgraded subresources (`pods/exec`, `pods/attach`, `pods/portforward`) go to
+//! [`crate::upgrade`]. Request checks (e.g. RBAC authorisation) plug in here: [`dispatch`]
+//! sees every request with its route, method, headers and the caller's credentials.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -31,7 +31,10 @@
 //! authorization or schema validation of custom resources, no defaulting beyond a few fields,
 //! no graceful pod termination (pods without finalizers go at once), garbage collection and
 //! namespace termination complete within the write that starts them, protobuf request bodies
-//! only for the kinds [`protobuf`] knows.
+//! only for the kinds [`protobuf`] knows. Containers run no real processes: exec runs the
+//! built-in commands of [`exec::shell`] (no signals, no background jobs), attach reaches a main
+//! process that echoes its stdin, and a pod port answers with a small built-in HTTP server
+//! unless a test registers its own listener ([`portforward::PodNetwork::register`]).
 //!
 //! # Architecture
 //!

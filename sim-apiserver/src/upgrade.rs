@@ -1,7 +1,7 @@
 //! The upgraded subresources of pods: `exec`, `attach` and `portforward`. Chooses the
 //! transport the client asked for (WebSocket with a Kubernetes subprotocol, or
 //! `Upgrade: SPDY/3.1` with `X-Stream-Protocol-Version`), checks the request and the pod
-//! before answering, reserves a session slot ([`Sessions`]), answers `101 Switching Protocols`
+//! before answering, reserves a session slot ([`crate::sessions::Sessions`]), answers `101 Switching Protocols`
 //! and runs the session on the upgraded connection.
 //!
 //! Like the real API server, the WebSocket `GET` and the SPDY `POST` are both the `create` verb
