@@ -249,7 +249,10 @@ async fn run(
     guard: &SessionGuard,
 ) -> Ending {
     let idle = guard.sessions().idle_timeout();
+    // Small buffers: thousands of sessions may be open (kubectl's messages are ≤ 32 KiB).
     let config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0)
         .max_frame_size(Some(MAX_WS_FRAME))
         .max_message_size(Some(4 * MAX_WS_FRAME));
     match (transport, plan) {

@@ -267,7 +267,16 @@ fn u31(b: &[u8]) -> u32 {
 impl Codec {
     /// Fresh compression contexts.
     pub fn new() -> Self {
-        let mut deflate = zlib_rs::Deflate::new(6, true, 15);
+        // The server's header blocks are tiny (empty SYN_REPLYs): a 2 KiB window (which holds
+        // the 1423-byte dictionary) and the smallest hash table keep a session's compressor at
+        // a few KiB instead of ~270 KiB. Inflating needs the peer's 32 KiB window.
+        let mut deflate = zlib_rs::Deflate::new_with_config(zlib_rs::DeflateConfig {
+            level: 6,
+            method: zlib_rs::Method::Deflated,
+            window_bits: 11,
+            mem_level: 1,
+            strategy: zlib_rs::Strategy::Default,
+        });
         // A fresh stream always accepts a dictionary.
         let _ = deflate.set_dictionary(dictionary());
         Self {
