@@ -33,15 +33,18 @@ pub struct Sessions {
     rejected: AtomicU64,
     failed: AtomicU64,
     idle_timeouts: AtomicU64,
+    start: Instant,
+    last_log_ms: AtomicU64,
+    suppressed: AtomicU64,
 }
 
 /// How a session ended, for the counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {
     /// Ended by either side as the protocol intends.
     Normal,
-    /// A protocol error (the peer's fault).
-    Failed,
+    /// A protocol error (the peer's fault): what was wrong.
+    Failed(String),
     /// Nothing moved for the idle timeout.
     Idle,
 }
@@ -57,7 +60,27 @@ impl Sessions {
             rejected: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             idle_timeouts: AtomicU64::new(0),
+            start: Instant::now(),
+            last_log_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
         })
+    }
+
+    /// Whether a failure may be logged now (at most one a second); returns how many were
+    /// suppressed since the last one logged.
+    fn log_permit(&self) -> Option<u64> {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX) + 1000;
+        let last = self.last_log_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1000
+            && self
+                .last_log_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
     }
 
     /// Most concurrent sessions.
@@ -112,11 +135,15 @@ impl SessionGuard {
     }
 
     /// Records how the session ended.
-    pub fn end(&self, how: Ending) {
+    pub fn end(&self, how: &Ending) {
         match how {
             Ending::Normal => {}
-            Ending::Failed => {
+            Ending::Failed(why) => {
                 self.sessions.failed.fetch_add(1, Ordering::Relaxed);
+                // Logged at most once a second: a hostile client must not flood the log.
+                if let Some(suppressed) = self.sessions.log_permit() {
+                    tracing::info!(error = %why, suppressed, "streaming session ended: the client broke the protocol");
+                }
             }
             Ending::Idle => {
                 self.sessions.idle_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -186,7 +213,8 @@ mod tests {
         assert!(s.try_begin().is_none());
         assert_eq!(s.stats().active, 2);
         if let Some(g) = &a {
-            g.end(Ending::Failed);
+            g.end(&Ending::Failed("bad frame".into()));
+            assert_eq!(s.log_permit(), None);
         }
         drop(a);
         assert!(s.try_begin().is_some());

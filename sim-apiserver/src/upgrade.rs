@@ -235,7 +235,7 @@ pub(crate) fn serve(
             }
         };
         let ending = run(ctx, transport, plan, upgraded, &guard).await;
-        guard.end(ending);
+        guard.end(&ending);
         tracing::debug!(namespace = %ns, %pod, ?sub, ?ending, "streaming session ended");
     });
     Ok(resp)

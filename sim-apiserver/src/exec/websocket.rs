@@ -151,14 +151,14 @@ where
                 Ending::Normal
             }
             Err(e) => {
-                tracing::info!(protocol, error = %e, "exec session ended: the client sent a malformed message");
+                tracing::debug!(protocol, error = %e, "exec session ended: the client sent a malformed message");
                 abort.abort();
                 let close = Message::Close(Some(CloseFrame {
                     code: CloseCode::Protocol,
                     reason: e.to_string().chars().take(100).collect::<String>().into(),
                 }));
                 let _ = tokio::time::timeout(LINGER, sink.send(close)).await;
-                return Ending::Failed;
+                return Ending::Failed(e.to_string());
             }
         },
         w = writer => match w {

@@ -289,9 +289,9 @@ where
                 Ending::Normal
             }
             ReadEnd::Protocol(e) => {
-                tracing::info!(error = %e, "SPDY session ended: the client sent a malformed frame");
+                tracing::debug!(error = %e, "SPDY session ended: the client sent a malformed frame");
                 let _ = ctl.try_send(Out::Frame(Frame::GoAway { last_good: 0, status: frame::goaway::PROTOCOL_ERROR }));
-                Ending::Failed
+                Ending::Failed(e.to_string())
             }
         },
         w = &mut writer => {
@@ -320,4 +320,156 @@ where
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
     }
     ending
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::DuplexStream;
+
+    /// Echoes each stream's data back, then FIN.
+    struct Echo;
+
+    impl Handler for Echo {
+        fn stream(&mut self, mut s: IncomingStream) {
+            tokio::spawn(async move {
+                while let Some(b) = s.data.recv().await {
+                    if s.writer.write(b).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = s.writer.finish().await;
+            });
+        }
+    }
+
+    struct Client {
+        io: DuplexStream,
+        codec: Codec,
+        buf: BytesMut,
+    }
+
+    impl Client {
+        async fn send(&mut self, f: Frame) {
+            let mut out = BytesMut::new();
+            self.codec.encode(&f, &mut out);
+            self.io
+                .write_all(&out)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+
+        async fn recv(&mut self) -> Option<Frame> {
+            loop {
+                if let Some(f) = self
+                    .codec
+                    .decode(&mut self.buf)
+                    .unwrap_or_else(|e| panic!("{e}"))
+                {
+                    return Some(f);
+                }
+                let n =
+                    tokio::time::timeout(Duration::from_secs(10), self.io.read_buf(&mut self.buf))
+                        .await
+                        .unwrap_or_else(|_| panic!("no frame within 10 s"))
+                        .unwrap_or(0);
+                if n == 0 {
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn syn(stream_id: u32) -> Frame {
+        Frame::SynStream {
+            stream_id,
+            associated: 0,
+            priority: 0,
+            flags: 0,
+            headers: vec![("streamtype".into(), "data".into())],
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_pings_resets_and_goaway() {
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(serve(far, Echo, Duration::from_secs(30)));
+        let mut c = Client {
+            io: near,
+            codec: Codec::new(),
+            buf: BytesMut::new(),
+        };
+        c.send(syn(1)).await;
+        assert!(matches!(
+            c.recv().await,
+            Some(Frame::SynReply { stream_id: 1, .. })
+        ));
+        c.send(Frame::Data {
+            stream_id: 1,
+            fin: true,
+            data: Bytes::from_static(b"hello"),
+        })
+        .await;
+        assert_eq!(
+            c.recv().await,
+            Some(Frame::Data {
+                stream_id: 1,
+                fin: false,
+                data: Bytes::from_static(b"hello")
+            })
+        );
+        assert_eq!(
+            c.recv().await,
+            Some(Frame::Data {
+                stream_id: 1,
+                fin: true,
+                data: Bytes::new()
+            })
+        );
+        c.send(Frame::Ping { id: 9 }).await;
+        assert_eq!(c.recv().await, Some(Frame::Ping { id: 9 }));
+        // Server-numbered (even) or reused ids are refused; the session goes on.
+        c.send(syn(2)).await;
+        assert!(matches!(
+            c.recv().await,
+            Some(Frame::RstStream {
+                stream_id: 2,
+                status: frame::rst::PROTOCOL_ERROR
+            })
+        ));
+        c.send(syn(1)).await;
+        assert!(matches!(
+            c.recv().await,
+            Some(Frame::RstStream { stream_id: 1, .. })
+        ));
+        c.send(Frame::WindowUpdate {
+            stream_id: 0,
+            delta: 1,
+        })
+        .await;
+        c.send(Frame::GoAway {
+            last_good: 0,
+            status: 0,
+        })
+        .await;
+        assert_eq!(c.recv().await, None, "the server closes after GOAWAY");
+        let ending = server.await.unwrap_or(Ending::Failed("join".into()));
+        assert_eq!(ending, Ending::Normal);
+    }
+
+    #[tokio::test]
+    async fn idle_sessions_end_with_goaway() {
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(serve(far, Echo, Duration::from_millis(200)));
+        let mut c = Client {
+            io: near,
+            codec: Codec::new(),
+            buf: BytesMut::new(),
+        };
+        c.send(syn(1)).await;
+        assert!(matches!(c.recv().await, Some(Frame::SynReply { .. })));
+        assert!(matches!(c.recv().await, Some(Frame::GoAway { .. })));
+        assert_eq!(c.recv().await, None);
+        assert_eq!(server.await.unwrap_or(Ending::Normal), Ending::Idle);
+    }
 }

@@ -39,13 +39,13 @@ where
                     Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
                     Ok(Message::Close(_)) => break,
                     Ok(Message::Text(_)) => {
-                        tracing::info!(
+                        tracing::debug!(
                             "SPDY-over-WebSocket session ended: the client sent a text message"
                         );
                         return CloseCode::Protocol;
                     }
                     Err(e) => {
-                        tracing::info!(error = %e, "SPDY-over-WebSocket session ended: bad WebSocket framing");
+                        tracing::debug!(error = %e, "SPDY-over-WebSocket session ended: bad WebSocket framing");
                         return CloseCode::Protocol;
                     }
                 }
