@@ -59,8 +59,9 @@
 //!   (exec, attach, port-forward) and request checks (authentication, RBAC) plug into
 //!   `handlers::dispatch` as modules of their own.
 //! * Upgraded subresources ([`upgrade`]): `pods/exec`, `pods/attach` and `pods/portforward`
-//!   over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`, `SPDY/3.1+portforward.k8s.io`)
-//!   and SPDY/3.1 ([`spdy`]), as real kubectl speaks them; [`exec`] runs a small built-in
+//!   over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`, `SPDY/3.1+portforward.k8s.io`,
+//!   and the kubelet's channel-pair port-forward, [`portforward::channels`]) and SPDY/3.1
+//!   ([`spdy`]), as real kubectl speaks them; [`exec`] runs a small built-in
 //!   command set (`sh -c`, `echo`, `cat`, `tar` for `kubectl cp`, …) in each container's
 //!   in-memory filesystem ([`container_fs`]); [`portforward`] reaches a real TCP listener per
 //!   pod port; [`sessions`] bounds, counts and idles out the sessions.

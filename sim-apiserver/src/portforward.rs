@@ -11,6 +11,8 @@
 //! simulator starts on first use: `GET /metrics` answers Prometheus text, anything else a line
 //! naming the pod and port. Undeclared ports refuse the connection, as an empty port would.
 
+pub mod channels;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -84,7 +84,11 @@ fn negotiate(sub: Subresource, headers: &HeaderMap) -> Result<Transport, ApiErro
         .map(str::to_ascii_lowercase)
         .collect();
     let supported: &[&'static str] = match sub {
-        Subresource::PortForward => &[PORT_FORWARD_WEBSOCKET],
+        Subresource::PortForward => &[
+            PORT_FORWARD_WEBSOCKET,
+            portforward::channels::PROTOCOL_V4,
+            portforward::channels::PROTOCOL_V1,
+        ],
         _ => exec::websocket::PROTOCOLS,
     };
     if upgrade.iter().any(|u| u == "websocket") {
@@ -132,6 +136,8 @@ enum Plan {
     },
     PortForward {
         pod: portforward::PodTarget,
+        /// `ports` of the query (the channel protocol needs them).
+        ports: Vec<u16>,
     },
 }
 
@@ -151,9 +157,20 @@ pub(crate) fn serve(
     }
     let transport = negotiate(sub, &parts.headers)?;
     let plan = match sub {
-        Subresource::PortForward => Plan::PortForward {
-            pod: portforward::PodTarget::resolve(&ctx.store, ns, pod)?,
-        },
+        Subresource::PortForward => {
+            let ports = portforward::channels::ports(parts.uri.query())?;
+            if matches!(transport, Transport::WebSocket(p) if p != PORT_FORWARD_WEBSOCKET)
+                && ports.is_empty()
+            {
+                return Err(ApiError::bad_request(
+                    "query parameter \"ports\" is required for the port-forward channel protocol",
+                ));
+            }
+            Plan::PortForward {
+                pod: portforward::PodTarget::resolve(&ctx.store, ns, pod)?,
+                ports,
+            }
+        }
         Subresource::Exec | Subresource::Attach => {
             let exec = sub == Subresource::Exec;
             let opts = StreamOptions::parse(parts.uri.query(), exec)?;
@@ -267,7 +284,13 @@ async fn run(
             let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
             exec::websocket::serve(ws, proto, container, program, opts, idle).await
         }
-        (Transport::WebSocket(_), Plan::PortForward { pod }) => {
+        (Transport::WebSocket(proto), Plan::PortForward { pod, ports })
+            if proto != PORT_FORWARD_WEBSOCKET =>
+        {
+            let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+            portforward::channels::serve(ws, ctx.network.clone(), pod, ports, idle).await
+        }
+        (Transport::WebSocket(_), Plan::PortForward { pod, .. }) => {
             let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
             let (conn, pump) = spdy::tunnel::over_websocket(ws);
             let handler = portforward::Handler::new(ctx.network.clone(), pod);
@@ -294,7 +317,7 @@ async fn run(
             let handler = exec::spdy::Handler::new(container, program, opts);
             spdy::session::serve(io, handler, idle).await
         }
-        (Transport::Spdy(_), Plan::PortForward { pod }) => {
+        (Transport::Spdy(_), Plan::PortForward { pod, .. }) => {
             let handler = portforward::Handler::new(ctx.network.clone(), pod);
             spdy::session::serve(io, handler, idle).await
         }
