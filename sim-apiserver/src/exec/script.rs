@@ -162,10 +162,9 @@ fn tokenize(src: &str) -> Result<Vec<Tok>, SyntaxError> {
             }
             '\'' => {
                 let w = word.get_or_insert_with(Vec::new);
-                push_lit(w, '\0');
-                // An empty literal marks the word as present even for ''.
-                if let Some(Part::Lit(s)) = w.last_mut() {
-                    s.pop();
+                // The word exists even when the quotes are empty (`''`).
+                if w.is_empty() {
+                    w.push(Part::Lit(String::new()));
                 }
                 loop {
                     match chars.next() {
