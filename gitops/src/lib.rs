@@ -16,6 +16,7 @@ pub mod order;
 pub mod scope;
 pub mod status;
 pub mod sync;
+pub mod wire;
 #[cfg(feature = "testing")]
 pub mod testing;
 
