@@ -16,9 +16,9 @@ pub mod order;
 pub mod scope;
 pub mod status;
 pub mod sync;
-pub mod wire;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod wire;
 
 pub use backoff::Backoff;
 pub use inventory::{Inventory, InventoryError, InventoryRef, Live, NotOurs};

@@ -185,7 +185,9 @@ pub fn encode_set(set: &DesiredSet, max_chunk: usize) -> Result<Vec<ServerMessag
         chunk.push(json);
     }
     if !chunk.is_empty() {
-        out.push(msg(server_message::Kind::Objects(Objects { objects: chunk })));
+        out.push(msg(server_message::Kind::Objects(Objects {
+            objects: chunk,
+        })));
     }
     out.push(msg(server_message::Kind::End(End {
         commit: set.commit.clone(),
@@ -361,10 +363,7 @@ impl Assembler {
                 Ok(Received::Partial)
             }
             Kind::End(e) => {
-                let partial = self
-                    .partial
-                    .take()
-                    .ok_or(WireError::OutOfSequence("End"))?;
+                let partial = self.partial.take().ok_or(WireError::OutOfSequence("End"))?;
                 if e.commit != partial.commit {
                     return Err(WireError::CommitMismatch {
                         begin: partial.commit,
@@ -504,7 +503,10 @@ mod tests {
             max_objects: 0,
             max_bytes: 10,
         });
-        assert!(matches!(a.handle(m[0].clone()), Err(WireError::TooLarge(_))));
+        assert!(matches!(
+            a.handle(m[0].clone()),
+            Err(WireError::TooLarge(_))
+        ));
         assert_eq!(
             Assembler::new(AssemblerLimits::default()).handle(ServerMessage { kind: None }),
             Err(WireError::Empty)

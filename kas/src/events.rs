@@ -127,6 +127,16 @@ pub enum Event {
         /// Whether it is connected now.
         connected: bool,
     },
+    /// A manifest project of the agent changed ([`crate::gitops_poller`]): a new set, a rejected
+    /// commit, a fetch failure, a sync report.
+    Gitops {
+        /// The agent.
+        agent_id: u64,
+        /// The manifest project.
+        project: String,
+        /// `{"type": "commit" | "rejected" | "fetch_failed" | "source_ok" | "report", …}`.
+        data: Value,
+    },
 }
 
 impl Event {
@@ -135,7 +145,8 @@ impl Event {
         match self {
             Event::View { agent_id, .. }
             | Event::Object { agent_id, .. }
-            | Event::Agent { agent_id, .. } => *agent_id,
+            | Event::Agent { agent_id, .. }
+            | Event::Gitops { agent_id, .. } => *agent_id,
         }
     }
 
@@ -145,6 +156,7 @@ impl Event {
             Event::View { .. } => "view",
             Event::Object { .. } => "object",
             Event::Agent { .. } => "agent",
+            Event::Gitops { .. } => "gitops",
         }
     }
 
@@ -173,6 +185,18 @@ impl Event {
                 agent_id,
                 connected,
             } => json!({"agent_id": agent_id, "connected": connected}),
+            Event::Gitops {
+                agent_id,
+                project,
+                data,
+            } => {
+                let mut v = data.clone();
+                if let Value::Object(map) = &mut v {
+                    map.insert("agent_id".into(), json!(agent_id));
+                    map.insert("project".into(), json!(project));
+                }
+                v
+            }
         }
     }
 }

@@ -64,6 +64,8 @@ pub mod config;
 pub mod dashboard;
 pub mod directory;
 pub mod events;
+pub mod gitops_poller;
+pub mod gitops_stream;
 /// Length-delimited framing of the `views` stream (shared with agentk, in `protocol`).
 pub use protocol::cache::framing as frame;
 pub mod listener;
