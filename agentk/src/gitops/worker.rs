@@ -67,6 +67,7 @@ pub async fn run(
     let mut reopen_at: Option<Instant> = Some(Instant::now());
     let mut reopen_delay = REOPEN_MIN;
     let mut told_unknown = false;
+    let mut last_synced: Option<String> = None;
     tracing::info!(project = %id, inventory = %sync.config().inventory.name, "gitops worker started");
     // Every iteration waits for one input (an outcome, a message, a timer, a connection change).
     loop {
@@ -92,7 +93,17 @@ pub async fn run(
                     outcome,
                     ..
                 } => {
-                    tracing::info!(project = %id, round, %commit, ?outcome, "gitops round finished");
+                    // Drift-correction rounds that change nothing are routine: debug.
+                    if outcome == gitops::RoundOutcome::Synced
+                        && last_synced.as_deref() == Some(commit.as_str())
+                    {
+                        tracing::debug!(project = %id, round, %commit, "gitops round finished");
+                    } else {
+                        tracing::info!(project = %id, round, %commit, ?outcome, "gitops round finished");
+                    }
+                    if outcome == gitops::RoundOutcome::Synced {
+                        last_synced = Some(commit);
+                    }
                     report = true;
                 }
                 SyncEvent::Object(status) => {
