@@ -435,3 +435,94 @@ fn the_webhook_makes_a_push_visible_while_the_poll_period_is_five_minutes() {
     s.wait_value("app-config", Some("pushed"));
     s.wait_synced(&pushed);
 }
+
+/// Reads the next `gitops` message kas sends on `stream`.
+async fn next_message(
+    stream: &runtime_tokio::Stream,
+    decoder: &mut protocol::cache::framing::FrameDecoder,
+) -> gitops::wire::ServerMessage {
+    use prost::Message as _;
+    loop {
+        if let Some(bytes) = decoder.next_message().unwrap() {
+            return gitops::wire::ServerMessage::decode(bytes).unwrap();
+        }
+        let chunk = tokio::time::timeout(support::GUARD, stream.read_chunk(64 * 1024))
+            .await
+            .expect("a message from kas within the guard")
+            .expect("the stream is open")
+            .unwrap();
+        decoder.push(&chunk);
+    }
+}
+
+#[test]
+fn streams_resume_by_commit_name_unknown_projects_and_refuse_bad_heads() {
+    use gitops::wire::server_message::Kind;
+    use protocol::proto::RequestHead;
+    let s = setup(Duration::from_millis(300));
+    let first = head(&s.manifests);
+    s.wait_synced(&first);
+    let project = s.project()["project"].as_str().unwrap().to_string();
+    let conn = s._conn_tx.borrow().clone().unwrap();
+    let manifests = s.manifests.clone();
+    s.runtime.block_on(async move {
+        let open = |head: RequestHead| conn.open(head, false).unwrap();
+        // Bad heads: 400.
+        let mut bad = agentk::gitops::link::head(&project, None);
+        bad.method = "GET".into();
+        assert_eq!(open(bad).response().await.unwrap().status, 400);
+        let mut bad = agentk::gitops::link::head(&project, None);
+        bad.headers.clear();
+        assert_eq!(open(bad).response().await.unwrap().status, 400);
+        assert_eq!(
+            open(agentk::gitops::link::head(&project, Some("not-hex")))
+                .response()
+                .await
+                .unwrap()
+                .status,
+            400
+        );
+
+        // A project the configuration does not have: 200 and UNKNOWN_PROJECT.
+        let unknown = open(agentk::gitops::link::head("group/nope", None));
+        assert_eq!(unknown.response().await.unwrap().status, 200);
+        let mut d = Default::default();
+        match next_message(&unknown, &mut d).await.kind {
+            Some(Kind::Status(st)) => {
+                assert_eq!(st.code, gitops::wire::StatusCode::UnknownProject as i32)
+            }
+            other => panic!("expected UNKNOWN_PROJECT, got {other:?}"),
+        }
+
+        // Naming the commit it has, an agent gets nothing until the next commit, then only that.
+        let resumed = open(agentk::gitops::link::head(&project, Some(&first)));
+        assert_eq!(resumed.response().await.unwrap().status, 200);
+        // Without a commit, the current set at once.
+        let fresh = open(agentk::gitops::link::head(&project, None));
+        assert_eq!(fresh.response().await.unwrap().status, 200);
+        let mut fd = Default::default();
+        match next_message(&fresh, &mut fd).await.kind {
+            Some(Kind::Begin(b)) => {
+                assert_eq!(b.commit, first);
+                assert_eq!(b.objects, 3);
+            }
+            other => panic!("expected Begin, got {other:?}"),
+        }
+        manifests
+            .write("apps/config.yaml", configmap("app-config", "resumed"))
+            .unwrap();
+        let second = manifests.commit("second").unwrap().to_string();
+        let mut rd = Default::default();
+        match next_message(&resumed, &mut rd).await.kind {
+            Some(Kind::Begin(b)) => {
+                assert_eq!(
+                    b.commit, second,
+                    "the set of the commit the agent had was resent"
+                );
+                assert_eq!(b.objects, 2);
+            }
+            other => panic!("expected Begin, got {other:?}"),
+        }
+    });
+    s.wait_value("app-config", Some("resumed"));
+}
