@@ -17,10 +17,13 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditi
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, ApiResource, Scope};
 
+/// Group, version (empty: the group's preferred one) and kind.
+type KindKey = (String, String, String);
+
 /// Runs actions for one project's sync.
 pub struct Executor {
     client: kube::Client,
-    kinds: Mutex<HashMap<(String, String, String), (ApiResource, ApiCapabilities)>>,
+    kinds: Mutex<HashMap<KindKey, (ApiResource, ApiCapabilities)>>,
     /// `resourceVersion` seen by the last read of each object (to tell created, configured and
     /// unchanged apart).
     versions: Mutex<HashMap<ObjectId, Option<String>>>,
