@@ -287,10 +287,11 @@ impl GitopsPoller {
         }
     }
 
-    /// Every configured manifest project, grouped by fetch; projects whose source cannot be
-    /// resolved get their error recorded here.
-    fn groups(&self) -> Vec<Group> {
+    /// Every configured manifest project, grouped by fetch, and every (agent, project) configured;
+    /// projects whose source cannot be resolved get their error recorded here.
+    fn groups(&self) -> (Vec<Group>, BTreeSet<(u64, String)>) {
         let mut groups: BTreeMap<FetchKey, Group> = BTreeMap::new();
+        let mut configured = BTreeSet::new();
         for (agent_id, _, config_project) in self.directory.config_projects() {
             let Some(config) = self.configs.applied_config(agent_id) else {
                 continue;
@@ -299,6 +300,7 @@ impl GitopsPoller {
                 let Some(id) = project.id.as_ref().map(|p| p.as_str().to_string()) else {
                     continue;
                 };
+                configured.insert((agent_id, id.clone()));
                 let member = Member {
                     agent_id,
                     project: id.clone(),
@@ -330,21 +332,17 @@ impl GitopsPoller {
                 }
             }
         }
-        groups.into_values().collect()
+        (groups.into_values().collect(), configured)
     }
 
     /// One poll of every group, or of those whose repository is in `only`.
     async fn poll(self: &Arc<Self>, only: Option<&BTreeSet<RepoId>>) {
-        let all = self.groups();
+        let (all, configured) = self.groups();
         if only.is_none() {
             // Projects no longer configured are forgotten (their streams learn it).
-            let live: BTreeSet<(u64, String)> = all
-                .iter()
-                .flat_map(|g| g.members.iter().map(|m| (m.agent_id, m.project.clone())))
-                .collect();
             let mut gone = BTreeSet::new();
-            self.projects().retain(|k, s| {
-                let keep = live.contains(k) || (s.desired.is_none() && s.error.is_some());
+            self.projects().retain(|k, _| {
+                let keep = configured.contains(k);
                 if !keep {
                     gone.insert(k.0);
                 }
@@ -691,8 +689,12 @@ impl GitopsPoller {
         self.sets_sent.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records an agent's sync report for a project.
+    /// Records an agent's sync report for a project (ignored for a project its configuration does
+    /// not have: an agent cannot make kas keep state for names it makes up).
     pub fn handle_report(&self, agent_id: u64, project: &str, status: ProjectStatus<u64>) {
+        if !self.view(agent_id, project).configured {
+            return;
+        }
         self.reports.fetch_add(1, Ordering::Relaxed);
         let data = json!({
             "type": "report",
@@ -727,7 +729,7 @@ impl GitopsPoller {
             .map(|(u, _)| u.id());
         let path = path_with_namespace.map(|p| p.trim_matches('/').trim_end_matches(".git"));
         let mut matched = BTreeSet::new();
-        for group in self.groups() {
+        for group in self.groups().0 {
             let id = group.key.repo.clone();
             if by_url.as_ref() == Some(&id)
                 || path.is_some_and(|p| !p.is_empty() && project_path(&group.remote.url) == p)

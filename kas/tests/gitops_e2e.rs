@@ -523,6 +523,46 @@ fn streams_resume_by_commit_name_unknown_projects_and_refuse_bad_heads() {
             }
             other => panic!("expected Begin, got {other:?}"),
         }
+
+        // Garbage from the agent (a length prefix that is no varint): kas resets that stream only.
+        use tokio::io::AsyncWriteExt as _;
+        let mut hostile = open(agentk::gitops::link::head(&project, Some(&second)));
+        assert_eq!(hostile.response().await.unwrap().status, 200);
+        hostile.write_all(&[0xff; 12]).await.unwrap();
+        let ended = tokio::time::timeout(support::GUARD, async {
+            // Bounded by the guard: kas resets, so the read ends.
+            while let Some(Ok(_)) = hostile.read_chunk(1024).await {}
+        })
+        .await;
+        assert!(ended.is_ok(), "kas did not end a stream carrying garbage");
+        // The other streams go on.
+        manifests
+            .write("apps/config.yaml", configmap("app-config", "after-garbage"))
+            .unwrap();
+        let third = manifests.commit("third").unwrap().to_string();
+        match next_message(&fresh, &mut fd).await.kind {
+            Some(Kind::Objects(_)) | Some(Kind::End(_)) => {}
+            other => panic!("expected the rest of the first set, got {other:?}"),
+        }
+        let mut saw_third = false;
+        for _ in 0..16 {
+            if let Some(Kind::Begin(b)) = next_message(&fresh, &mut fd).await.kind
+                && b.commit == third
+            {
+                saw_third = true;
+                break;
+            }
+        }
+        assert!(saw_third, "the healthy stream did not get the next commit");
     });
-    s.wait_value("app-config", Some("resumed"));
+    s.wait_value("app-config", Some("after-garbage"));
+    let bad = metric(
+        &metrics(&s.kas),
+        "kas_agent_misbehaviour_total{kind=\"gitops_stream\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(
+        bad >= 4.0,
+        "three bad heads and one garbage stream, counted {bad}"
+    );
 }
