@@ -940,6 +940,149 @@ mod tests {
         serde_json::from_value(json!({"url": url})).unwrap()
     }
 
+    /// A poller with `limits` over no agents (its parse is what is tested).
+    fn poller(limits: ManifestLimits, dir: &std::path::Path) -> Arc<GitopsPoller> {
+        let file = crate::auth::AgentsFile::from_yaml_str(
+            "agents: []\n",
+            std::path::Path::new("agents.yaml"),
+        )
+        .unwrap();
+        let directory = AgentDirectory::File(Arc::new(file));
+        let configs = AgentConfigs::new(
+            crate::agent_config::Settings {
+                poll_period: Duration::from_secs(300),
+                fetch_timeout: Duration::from_secs(5),
+                max_file_size: 1024,
+                mirrors_dir: dir.join("config-mirrors"),
+                webhook_secret: None,
+            },
+            directory.clone(),
+        );
+        GitopsPoller::new(
+            Settings {
+                poll_period: Duration::from_secs(300),
+                fetch_timeout: Duration::from_secs(5),
+                limits,
+                mirrors_dir: dir.join("mirrors"),
+            },
+            configs,
+            directory,
+            EventHub::new(16, 16),
+        )
+    }
+
+    /// Hostile and oversized repository content is a clear error of the commit, never a partial set.
+    #[test]
+    fn selection_and_limits_reject_the_commit() {
+        use git_mirror::testing::TestRepo;
+        let root = tempfile::tempdir().unwrap();
+        let repo = TestRepo::create(root.path(), "m").unwrap();
+        let cm = |n: &str| format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {n}}}\n");
+        repo.write("apps/a.yaml", cm("a")).unwrap();
+        repo.write("apps/b.yaml", cm("b")).unwrap();
+        repo.write("apps/.hidden/c.yaml", cm("c")).unwrap();
+        repo.write("README.md", "# not selected\n").unwrap();
+        let good = repo.commit("good").unwrap().to_string();
+        let limits = ManifestLimits {
+            max_files: 2,
+            max_file_bytes: 256,
+            max_total_bytes: 1024,
+            ..ManifestLimits::default()
+        };
+        let p = poller(limits, root.path());
+        let globs = vec![ManifestGlob::new("apps/**/*.yaml").unwrap()];
+        let remote = Remote::new(RepoUrl::file(&repo.served).unwrap());
+        let parse_head = || {
+            let group = Group {
+                key: FetchKey {
+                    repo: remote.url.id(),
+                    want: Want::DefaultBranch,
+                },
+                remote: remote.clone(),
+                members: vec![Member {
+                    agent_id: 1,
+                    project: "m".into(),
+                    git_ref: "HEAD".into(),
+                    paths: globs.clone(),
+                    default_namespace: "demo".into(),
+                }],
+            };
+            let (commit, mut results) = p.fetch(&group).unwrap();
+            (commit, results.remove(0))
+        };
+        let (commit, set) = parse_head();
+        assert_eq!(commit, good);
+        let set = set.unwrap();
+        // Hidden directories and non-matching files are not selected; namespaces are defaulted.
+        let names: Vec<&str> = set.objects.iter().map(|o| o.id.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(set.objects[0].id.namespace.as_deref(), Some("demo"));
+
+        // One file too many.
+        repo.write("apps/d.yaml", cm("d")).unwrap();
+        repo.commit("three").unwrap();
+        let errors = parse_head().1.unwrap_err();
+        assert_eq!(errors[0].kind, ManifestErrorKind::TooLarge, "{errors:?}");
+        repo.remove("apps/d.yaml").unwrap();
+        // An oversized file.
+        repo.write(
+            "apps/b.yaml",
+            format!("{}data: {{x: '{}'}}\n", cm("b"), "y".repeat(400)),
+        )
+        .unwrap();
+        repo.commit("big").unwrap();
+        let errors = parse_head().1.unwrap_err();
+        assert_eq!(errors[0].path, "apps/b.yaml", "{errors:?}");
+        assert_eq!(errors[0].kind, ManifestErrorKind::TooLarge);
+        // A binary file matching the glob.
+        repo.write("apps/b.yaml", [0u8, 159, 146, 150, 0, 1, 2])
+            .unwrap();
+        repo.commit("binary").unwrap();
+        let errors = parse_head().1.unwrap_err();
+        assert_eq!(errors[0].path, "apps/b.yaml", "{errors:?}");
+        // A YAML bomb (aliases expanding beyond the budget).
+        let mut bomb = String::from(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: bomb}\nx:\n  a: &a [x, x, x, x, x, x, x, x, x, x]\n",
+        );
+        for i in 0..8 {
+            let prev = if i == 0 {
+                "a".to_string()
+            } else {
+                format!("b{}", i - 1)
+            };
+            bomb.push_str(&format!("  b{i}: &b{i} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
+        }
+        assert!(bomb.len() <= 1024);
+        let p2 = poller(
+            ManifestLimits {
+                max_file_bytes: 2048,
+                ..ManifestLimits::default()
+            },
+            &root.path().join("p2"),
+        );
+        repo.write("apps/b.yaml", bomb).unwrap();
+        let bombed = repo.commit("bomb").unwrap().to_string();
+        let group = Group {
+            key: FetchKey {
+                repo: remote.url.id(),
+                want: Want::DefaultBranch,
+            },
+            remote: remote.clone(),
+            members: vec![Member {
+                agent_id: 1,
+                project: "m".into(),
+                git_ref: "HEAD".into(),
+                paths: globs.clone(),
+                default_namespace: "demo".into(),
+            }],
+        };
+        let (commit, results) = p2.fetch(&group).unwrap();
+        assert_eq!(commit, bombed);
+        let errors = results[0].clone().unwrap_err();
+        assert_eq!(errors[0].path, "apps/b.yaml", "{errors:?}");
+        assert_eq!(errors[0].kind, ManifestErrorKind::Syntax, "{errors:?}");
+    }
+
     #[test]
     fn project_ids_resolve_to_repositories() {
         let cp = config_project("https://gitlab.example.com/group/config.git");
