@@ -150,7 +150,7 @@ impl Event {
         }
     }
 
-    /// The event type: `view`, `object` or `agent` (the SSE `event:` field).
+    /// The event type: `view`, `object`, `agent` or `gitops` (the SSE `event:` field).
     pub fn kind(&self) -> &'static str {
         match self {
             Event::View { .. } => "view",
@@ -166,6 +166,7 @@ impl Event {
     /// {"agent_id": 1, "view": "pods_by_phase", "changes": [{"key": {"namespace": "default", "phase": "Running"}, "values": {"count": 4}}]}
     /// {"agent_id": 1, "group": "", "version": "v1", "kind": "Pod", "namespace": "default", "name": "web-1", "uid": "…", "resource_version": "812", "type": "Added"}
     /// {"agent_id": 1, "connected": false}
+    /// {"agent_id": 1, "project": "group/manifests", "type": "rejected", "commit": "9fceb02…", "message": "apps/a.yaml:3:1: …"}
     /// ```
     pub fn to_json(&self) -> Value {
         match self {
@@ -638,6 +639,16 @@ mod tests {
         assert_eq!(
             view.to_json(),
             json!({"agent_id": 1, "view": "nodes", "changes": [{"key": {}, "values": {"count": 3}}]})
+        );
+        let gitops = Event::Gitops {
+            agent_id: 3,
+            project: "group/m".into(),
+            data: json!({"type": "commit", "commit": "c1", "objects": 2}),
+        };
+        assert_eq!((gitops.kind(), gitops.agent_id()), ("gitops", 3));
+        assert_eq!(
+            gitops.to_json(),
+            json!({"agent_id": 3, "project": "group/m", "type": "commit", "commit": "c1", "objects": 2})
         );
     }
 
