@@ -421,6 +421,13 @@ fn the_repository_going_away_keeps_the_last_state() {
 fn the_webhook_makes_a_push_visible_while_the_poll_period_is_five_minutes() {
     let s = setup(Duration::from_secs(300));
     s.wait_value("app-config", Some("one"));
+    // kas's event stream for agent 1 (SSE) shows the new commit and the agent's report.
+    let (head_lines, mut events) = support::raw_get(
+        s.kas.api_addr(),
+        "/api/v1/agents/1/events",
+        &s.env.admin_bearer(1),
+    );
+    assert!(head_lines.starts_with("HTTP/1.1 200"), "{head_lines}");
     s.manifests
         .write("apps/config.yaml", configmap("app-config", "pushed"))
         .unwrap();
@@ -434,6 +441,23 @@ fn the_webhook_makes_a_push_visible_while_the_poll_period_is_five_minutes() {
     assert_eq!(s.webhook(&body), 202);
     s.wait_value("app-config", Some("pushed"));
     s.wait_synced(&pushed);
+    let (mut saw_commit, mut saw_report) = (false, false);
+    let mut text = String::new();
+    // Bounded: at most 200 chunks (and each read by the guard).
+    for _ in 0..200 {
+        let Some(chunk) = support::read_chunk(&mut events) else {
+            break;
+        };
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        saw_commit |= text.contains(&format!("\"type\":\"commit\",\"commit\":\"{pushed}\""))
+            || text.contains(&format!("\"commit\":\"{pushed}\",\"objects\""));
+        saw_report |= text.contains("\"type\":\"report\"")
+            && text.contains(&format!("\"synced_commit\":\"{pushed}\""));
+        if saw_commit && saw_report {
+            break;
+        }
+    }
+    assert!(saw_commit && saw_report, "gitops events missing: {text}");
 }
 
 /// Reads the next `gitops` message kas sends on `stream`.
