@@ -48,6 +48,7 @@
 //! | [`body`] | tunnel streams as HTTP request bodies; noticing a RESET from kas |
 //! | [`upstream`] | the HTTP clients: kube's middleware over hyper-util; plain HTTP/1.1 |
 //! | [`head`] | tunnel heads ↔ HTTP (header filtering), Kubernetes `Status` answers |
+//! | [`gitops`] | GitOps sync workers: one `gitops` stream per manifest project, `gitops::Sync` driven with server-side apply, inventory, prune |
 //! | [`error`] | [`Error`]: why agentk could not start |
 //!
 //! ## Behaviour (binding conventions in `protocol/SERVICES.md`)
@@ -102,6 +103,7 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod forward;
+pub mod gitops;
 /// Length-delimited framing of the `views` stream (shared with kas, in `protocol`).
 pub use protocol::cache::framing as frame;
 pub mod head;

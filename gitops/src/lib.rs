@@ -18,6 +18,7 @@ pub mod status;
 pub mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod wire;
 
 pub use backoff::Backoff;
 pub use inventory::{Inventory, InventoryError, InventoryRef, Live, NotOurs};

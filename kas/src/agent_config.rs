@@ -538,6 +538,12 @@ impl AgentConfigs {
         }
     }
 
+    /// The configuration in force for `agent_id` (its last good one), if any (read by the GitOps
+    /// poller, [`crate::gitops_poller`]).
+    pub fn applied_config(&self, agent_id: u64) -> Option<AgentConfig> {
+        self.states().get(&agent_id).and_then(|s| s.config.clone())
+    }
+
     /// Whether `agent_id` has a config project.
     pub fn has_source(&self, agent_id: u64) -> bool {
         self.directory
@@ -620,7 +626,7 @@ impl AgentConfigs {
     }
 }
 
-fn fault_label(fault: git_mirror::Fault) -> &'static str {
+pub(crate) fn fault_label(fault: git_mirror::Fault) -> &'static str {
     match fault {
         git_mirror::Fault::Remote => "remote",
         git_mirror::Fault::Credentials => "credentials",
@@ -631,7 +637,7 @@ fn fault_label(fault: git_mirror::Fault) -> &'static str {
 }
 
 /// The repository URL of a config project (credentials in the URL are dropped here).
-fn url_of(project: &ConfigProject) -> Result<RepoUrl, git_mirror::Error> {
+pub(crate) fn url_of(project: &ConfigProject) -> Result<RepoUrl, git_mirror::Error> {
     let url = project.url.trim();
     if url.contains("://") {
         RepoUrl::parse_with_credentials(url).map(|(u, _)| u)
@@ -641,7 +647,7 @@ fn url_of(project: &ConfigProject) -> Result<RepoUrl, git_mirror::Error> {
 }
 
 /// The remote with its credentials; the token file is read here, so a rotated token is used at once.
-fn remote_of(project: &ConfigProject) -> Result<Remote, git_mirror::Error> {
+pub(crate) fn remote_of(project: &ConfigProject) -> Result<Remote, git_mirror::Error> {
     let url = project.url.trim();
     let mut remote = if url.contains("://") {
         Remote::parse(url)?
@@ -676,7 +682,7 @@ fn remote_of(project: &ConfigProject) -> Result<Remote, git_mirror::Error> {
 
 /// The project path of a repository URL: its path without slashes around it and without `.git`
 /// (`https://gitlab.example.com/group/config.git` → `group/config`).
-fn project_path(url: &RepoUrl) -> String {
+pub(crate) fn project_path(url: &RepoUrl) -> String {
     url.path()
         .trim_matches('/')
         .trim_end_matches(".git")

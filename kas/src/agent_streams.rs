@@ -55,6 +55,19 @@ pub async fn serve(
                     }
                 });
             }
+            service::GITOPS if state.gitops.is_some() => {
+                let state2 = state.clone();
+                state.spawner.spawn_detached(async move {
+                    let Some(poller) = &state2.gitops else { return };
+                    use crate::gitops_stream::StreamEnd;
+                    match crate::gitops_stream::serve(poller, agent_id, &head, stream).await {
+                        StreamEnd::BadRequest(why) | StreamEnd::Violation(why) => state2
+                            .agent_log
+                            .warn(agent_id, Misbehaviour::GitopsStream, &why),
+                        end => tracing::debug!(agent_id, ?end, "gitops stream over"),
+                    }
+                });
+            }
             other => {
                 state.agent_log.warn(
                     agent_id,

@@ -37,6 +37,13 @@
 //!   max_file_size: 262144
 //!   state_dir: git-mirrors            # default <state_dir>/git-mirrors
 //!   webhook_secret_file: webhook.secret   # POST /api/v1/webhooks/git (X-Gitlab-Token); unset: off
+//! gitops:                             # manifest projects of the agents' configurations
+//!   poll_period: 20s                  # the push webhook also polls the named repository at once
+//!   fetch_timeout: 30s
+//!   max_manifest_file_size: 5242880   # per file; and in all:
+//!   max_total_manifest_file_size: 20971520
+//!   max_number_of_files: 1000
+//!   state_dir: gitops-mirrors         # default <state_dir>/gitops-mirrors
 //! ```
 //!
 //! Durations are written as a number and a unit (`500ms`, `20s`, `5m`, `1h`, or combined: `1m30s`).
@@ -82,6 +89,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Agent configuration files read from Git ([`crate::agent_config`]).
     pub agent_configuration: AgentConfigurationConfig,
+    /// GitOps manifest projects read from Git ([`crate::gitops_poller`]).
+    pub gitops: GitopsConfig,
 }
 
 impl Default for Config {
@@ -99,7 +108,54 @@ impl Default for Config {
             rate_limits: RateLimitsConfig::default(),
             log: LogConfig::default(),
             agent_configuration: AgentConfigurationConfig::default(),
+            gitops: GitopsConfig::default(),
         }
+    }
+}
+
+/// GitOps: the manifest projects of every agent's configuration, polled by kas
+/// ([`crate::gitops_poller`]); one fetch per repository and ref serves every agent using it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GitopsConfig {
+    /// How often every manifest project is polled; default `20s` (GitLab's). The push webhook
+    /// triggers a poll of the named repository at once.
+    #[serde(with = "duration_format")]
+    pub poll_period: Duration,
+    /// Whole-fetch timeout; default `30s`.
+    #[serde(with = "duration_format")]
+    pub fetch_timeout: Duration,
+    /// Largest manifest file, in bytes; default 5 MiB (GitLab's).
+    pub max_manifest_file_size: u64,
+    /// Most bytes of all the files a project selects; default 20 MiB (GitLab's).
+    pub max_total_manifest_file_size: u64,
+    /// Most files a project selects; default 1000.
+    pub max_number_of_files: u32,
+    /// Where the manifest mirrors live; default `<state_dir>/gitops-mirrors`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Default for GitopsConfig {
+    fn default() -> Self {
+        Self {
+            poll_period: Duration::from_secs(20),
+            fetch_timeout: Duration::from_secs(30),
+            max_manifest_file_size: 5 << 20,
+            max_total_manifest_file_size: 20 << 20,
+            max_number_of_files: 1000,
+            state_dir: None,
+        }
+    }
+}
+
+impl Config {
+    /// The directory of the manifest project mirrors.
+    pub fn gitops_mirrors_dir(&self) -> PathBuf {
+        self.gitops
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("gitops-mirrors"))
     }
 }
 
@@ -754,6 +810,9 @@ impl Config {
         if let Some(secret) = &mut self.agent_configuration.webhook_secret_file {
             fix(secret);
         }
+        if let Some(dir) = &mut self.gitops.state_dir {
+            fix(dir);
+        }
         if let Some(tls) = &mut self.api_listener.tls {
             fix(&mut tls.cert_file);
             fix(&mut tls.key_file);
@@ -897,6 +956,30 @@ impl Config {
                 "agent_configuration.max_file_size",
                 format!("{} is outside 1..=16777216 bytes", ac.max_file_size),
             );
+        }
+        let g = &self.gitops;
+        if g.poll_period < Duration::from_millis(100) {
+            invalid("gitops.poll_period", "must be at least 100ms".into());
+        }
+        if g.fetch_timeout.is_zero() {
+            invalid("gitops.fetch_timeout", "must be > 0".into());
+        }
+        if !(1..=64 * 1024 * 1024).contains(&g.max_manifest_file_size) {
+            invalid(
+                "gitops.max_manifest_file_size",
+                format!("{} is outside 1..=67108864 bytes", g.max_manifest_file_size),
+            );
+        }
+        if !(g.max_manifest_file_size..=1024 * 1024 * 1024)
+            .contains(&g.max_total_manifest_file_size)
+        {
+            invalid(
+                "gitops.max_total_manifest_file_size",
+                "must be at least max_manifest_file_size and at most 1 GiB".into(),
+            );
+        }
+        if g.max_number_of_files == 0 {
+            invalid("gitops.max_number_of_files", "must be > 0".into());
         }
         if let Err(reason) = self.log.validate_level() {
             invalid("log.level", reason);

@@ -127,6 +127,16 @@ pub enum Event {
         /// Whether it is connected now.
         connected: bool,
     },
+    /// A manifest project of the agent changed ([`crate::gitops_poller`]): a new set, a rejected
+    /// commit, a fetch failure, a sync report.
+    Gitops {
+        /// The agent.
+        agent_id: u64,
+        /// The manifest project.
+        project: String,
+        /// `{"type": "commit" | "rejected" | "fetch_failed" | "source_ok" | "report", …}`.
+        data: Value,
+    },
 }
 
 impl Event {
@@ -135,16 +145,18 @@ impl Event {
         match self {
             Event::View { agent_id, .. }
             | Event::Object { agent_id, .. }
-            | Event::Agent { agent_id, .. } => *agent_id,
+            | Event::Agent { agent_id, .. }
+            | Event::Gitops { agent_id, .. } => *agent_id,
         }
     }
 
-    /// The event type: `view`, `object` or `agent` (the SSE `event:` field).
+    /// The event type: `view`, `object`, `agent` or `gitops` (the SSE `event:` field).
     pub fn kind(&self) -> &'static str {
         match self {
             Event::View { .. } => "view",
             Event::Object { .. } => "object",
             Event::Agent { .. } => "agent",
+            Event::Gitops { .. } => "gitops",
         }
     }
 
@@ -154,6 +166,7 @@ impl Event {
     /// {"agent_id": 1, "view": "pods_by_phase", "changes": [{"key": {"namespace": "default", "phase": "Running"}, "values": {"count": 4}}]}
     /// {"agent_id": 1, "group": "", "version": "v1", "kind": "Pod", "namespace": "default", "name": "web-1", "uid": "…", "resource_version": "812", "type": "Added"}
     /// {"agent_id": 1, "connected": false}
+    /// {"agent_id": 1, "project": "group/manifests", "type": "rejected", "commit": "9fceb02…", "message": "apps/a.yaml:3:1: …"}
     /// ```
     pub fn to_json(&self) -> Value {
         match self {
@@ -173,6 +186,18 @@ impl Event {
                 agent_id,
                 connected,
             } => json!({"agent_id": agent_id, "connected": connected}),
+            Event::Gitops {
+                agent_id,
+                project,
+                data,
+            } => {
+                let mut v = data.clone();
+                if let Value::Object(map) = &mut v {
+                    map.insert("agent_id".into(), json!(agent_id));
+                    map.insert("project".into(), json!(project));
+                }
+                v
+            }
         }
     }
 }
@@ -614,6 +639,16 @@ mod tests {
         assert_eq!(
             view.to_json(),
             json!({"agent_id": 1, "view": "nodes", "changes": [{"key": {}, "values": {"count": 3}}]})
+        );
+        let gitops = Event::Gitops {
+            agent_id: 3,
+            project: "group/m".into(),
+            data: json!({"type": "commit", "commit": "c1", "objects": 2}),
+        };
+        assert_eq!((gitops.kind(), gitops.agent_id()), ("gitops", 3));
+        assert_eq!(
+            gitops.to_json(),
+            json!({"agent_id": 3, "project": "group/m", "type": "commit", "commit": "c1", "objects": 2})
         );
     }
 

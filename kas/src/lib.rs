@@ -44,6 +44,12 @@
 //! broadcasts them (and agent connects/disconnects) to subscribers with bounded queues; the
 //! [`dashboard`] is one embedded page over that API.
 //!
+//! Git (issue 11): [`agent_config`] polls each agent's config project; [`gitops_poller`] polls the
+//! manifest projects of the configurations it accepted (one fetch per repository and ref, glob
+//! selection, parsing and validation with the `gitops` crate, the last good set kept) and
+//! [`gitops_stream`] serves the `gitops` streams agentk opens, one per project (sets for new
+//! commits, statuses, the agent's sync reports shown at `/api/v1/agents/{id}/gitops`).
+//!
 //! Starting kas in-process (as the demo does):
 //!
 //! ```no_run
@@ -64,6 +70,8 @@ pub mod config;
 pub mod dashboard;
 pub mod directory;
 pub mod events;
+pub mod gitops_poller;
+pub mod gitops_stream;
 /// Length-delimited framing of the `views` stream (shared with agentk, in `protocol`).
 pub use protocol::cache::framing as frame;
 pub mod listener;

@@ -183,26 +183,33 @@ impl Kas {
             crate::agent_config::Settings::from_config(&config)?,
             directory.clone(),
         );
+        let gitops_settings = crate::gitops_poller::Settings::from_config(&config);
+        let gitops_directory = directory.clone();
         let pool = Pool::new(options.threads, "kas").map_err(StartError::Threads)?;
         let instance = format!("{:08x}", rand::random::<u32>());
-        let state = Arc::new(
-            KasState::new(
-                registry,
-                directory,
-                gate,
-                metrics,
-                config.routing.clone(),
-                pool.spawner(),
-                instance,
-                SubscriberLimits {
-                    total: config.events.max_subscribers,
-                    per_source: config.events.max_per_source,
-                    per_user: config.events.max_per_user,
-                },
-            )
-            .with_public_read(config.api_listener.public_read)
-            .with_agent_config(agent_configs.clone()),
+        let state = KasState::new(
+            registry,
+            directory,
+            gate,
+            metrics,
+            config.routing.clone(),
+            pool.spawner(),
+            instance,
+            SubscriberLimits {
+                total: config.events.max_subscribers,
+                per_source: config.events.max_per_source,
+                per_user: config.events.max_per_user,
+            },
+        )
+        .with_public_read(config.api_listener.public_read)
+        .with_agent_config(agent_configs.clone());
+        let gitops = crate::gitops_poller::GitopsPoller::new(
+            gitops_settings,
+            agent_configs.clone(),
+            gitops_directory,
+            state.events.clone(),
         );
+        let state = Arc::new(state.with_gitops(gitops.clone()));
 
         let agent_addr = config.agent_listener.address;
         let api_addr = config.api_listener.address;
@@ -263,6 +270,7 @@ impl Kas {
         ))
         .detach();
         pool.spawn(agent_configs.run(stopped.clone())).detach();
+        pool.spawn(gitops.run(stopped.clone())).detach();
         pool.spawn(reload_files(state.clone(), stopped)).detach();
 
         tracing::info!(

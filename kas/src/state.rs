@@ -45,6 +45,8 @@ pub struct KasState {
     pub public_read: bool,
     /// Agent configurations polled from Git (`None` when not started, e.g. in unit tests).
     pub agent_config: Option<Arc<crate::agent_config::AgentConfigs>>,
+    /// GitOps manifest projects polled from Git (`None` when not started).
+    pub gitops: Option<Arc<crate::gitops_poller::GitopsPoller>>,
     shutting_down: AtomicBool,
     auth_backend_ok: AtomicBool,
     next_request: AtomicU64,
@@ -78,6 +80,7 @@ impl KasState {
             presence: Presence::new(),
             public_read: false,
             agent_config: None,
+            gitops: None,
             shutting_down: AtomicBool::new(false),
             auth_backend_ok: AtomicBool::new(true),
             next_request: AtomicU64::new(1),
@@ -87,6 +90,12 @@ impl KasState {
     /// Sets the agent configuration poller.
     pub fn with_agent_config(mut self, configs: Arc<crate::agent_config::AgentConfigs>) -> Self {
         self.agent_config = Some(configs);
+        self
+    }
+
+    /// Sets the GitOps manifest poller.
+    pub fn with_gitops(mut self, poller: Arc<crate::gitops_poller::GitopsPoller>) -> Self {
+        self.gitops = Some(poller);
         self
     }
 

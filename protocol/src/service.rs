@@ -24,6 +24,12 @@ pub const VIEWS: &str = "views";
 /// agentk → kas: a long-lived stream of object-change events (length-delimited protobuf).
 pub const EVENTS: &str = "events";
 
+/// agentk → kas: one long-lived stream per manifest project of agentk's configuration (`method`
+/// "WATCH", headers `gitops-project` and `gitops-commit`); kas sends the project's object set for
+/// each new commit and status messages, agentk sends its sync reports (length-delimited protobuf,
+/// SERVICES.md §9; messages in the `gitops` crate's `wire` module).
+pub const GITOPS: &str = "gitops";
+
 /// Status code carried in a TRAILER when the receiving side failed after the response head.
 pub mod status {
     pub const OK: u32 = 0;

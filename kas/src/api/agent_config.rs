@@ -88,7 +88,20 @@ pub async fn webhook(
             }
         })?
         .to_bytes();
-    match configs.webhook(token.as_deref(), &body) {
+    let mut outcome = configs.webhook(token.as_deref(), &body);
+    // The same push may name a manifest project (once the secret is checked).
+    if matches!(
+        outcome,
+        WebhookOutcome::NoMatch | WebhookOutcome::Triggered(_)
+    ) && let Some(n) = super::gitops::trigger(state, &body)
+        && n > 0
+    {
+        outcome = match outcome {
+            WebhookOutcome::Triggered(m) => WebhookOutcome::Triggered(m + n),
+            _ => WebhookOutcome::Triggered(n),
+        };
+    }
+    match outcome {
         WebhookOutcome::Disabled => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "no webhook secret configured",

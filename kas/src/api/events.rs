@@ -17,6 +17,10 @@
 //! event: agent
 //! data: {"agent_id":2,"connected":false}
 //!
+//! id: 44
+//! event: gitops
+//! data: {"agent_id":1,"project":"group/manifests","type":"report","phase":"synced","commit":"1b2c3d4…","synced_commit":"1b2c3d4…","objects":3,"failed":0}
+//!
 //! : heartbeat
 //! ```
 //!

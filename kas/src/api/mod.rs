@@ -14,7 +14,8 @@
 //! | `GET /api/v1/agents/{id}/cache/{kind}?namespace=&labelSelector=` | user | objects from agentk's informer cache (`cache`, [`cache`]) |
 //! | `GET /api/v1/events`, `/api/v1/agents/{id}/events` | read | Server-Sent Events: `view`, `object`, `agent` ([`events`]) |
 //! | `GET /api/v1/agents/{id}/config` | read | the agent's configuration from Git: commit, applied-at, status, errors ([`agent_config`]) |
-//! | `POST /api/v1/webhooks/git` | public + shared secret | GitLab push webhook (`X-Gitlab-Token`): poll the named repository now |
+//! | `GET /api/v1/agents/{id}/gitops` | read | GitOps per manifest project: source commit, errors, the agent's sync report ([`gitops`]) |
+//! | `POST /api/v1/webhooks/git` | public + shared secret | GitLab push webhook (`X-Gitlab-Token`): poll the named repository now (config and manifest projects) |
 //! | `GET /`, `/ui/*` | public | the dashboard's page and assets ([`crate::dashboard`]; the data it shows comes from read routes) |
 //!
 //! Access is a property of the route ([`ApiRoute::access`], an exhaustive match: a new route does not
@@ -32,6 +33,7 @@ pub mod agent_config;
 pub mod agents;
 pub mod cache;
 pub mod events;
+pub mod gitops;
 pub mod proxy;
 pub mod read_access;
 pub mod response;
@@ -104,6 +106,8 @@ pub enum ApiRoute {
     },
     /// `/api/v1/agents/{id}/config`
     AgentConfig(u64),
+    /// `/api/v1/agents/{id}/gitops`
+    AgentGitops(u64),
     /// `/api/v1/webhooks/git`: authenticated by its own shared secret, not by a user bearer.
     GitWebhook,
     /// `/api/v1/events`
@@ -157,6 +161,7 @@ impl ApiRoute {
             | ApiRoute::Views(id)
             | ApiRoute::View { agent_id: id, .. }
             | ApiRoute::AgentConfig(id)
+            | ApiRoute::AgentGitops(id)
             | ApiRoute::AgentEvents(id) => Access::Read(ReadTarget::Agent(*id)),
             ApiRoute::ServiceProxy { agent_id, .. } | ApiRoute::Cache { agent_id, .. } => {
                 Access::User {
@@ -179,6 +184,7 @@ impl ApiRoute {
             ApiRoute::Views(_) | ApiRoute::View { .. } => "views",
             ApiRoute::Cache { .. } => "cache",
             ApiRoute::AgentConfig(_) => "agent-config",
+            ApiRoute::AgentGitops(_) => "gitops",
             ApiRoute::GitWebhook => "webhook",
             ApiRoute::Events | ApiRoute::AgentEvents(_) => "events",
             ApiRoute::Dashboard => "dashboard",
@@ -282,6 +288,7 @@ pub fn classify(path: &str) -> ApiRoute {
             "views" | "views/" => return ApiRoute::Views(agent_id),
             "events" => return ApiRoute::AgentEvents(agent_id),
             "config" => return ApiRoute::AgentConfig(agent_id),
+            "gitops" => return ApiRoute::AgentGitops(agent_id),
             _ => {}
         }
         if let Some(name) = after.strip_prefix("views/")
@@ -410,6 +417,9 @@ async fn dispatch(
             if let Some(configs) = &state.agent_config {
                 text.push_str(&configs.render_metrics());
             }
+            if let Some(poller) = &state.gitops {
+                text.push_str(&poller.render_metrics());
+            }
             Ok(response::with_body(
                 StatusCode::OK,
                 crate::metrics::CONTENT_TYPE,
@@ -456,6 +466,10 @@ async fn dispatch(
         (ApiRoute::AgentConfig(agent_id), Grant::Read(_)) => {
             only_get(&req)?;
             agent_config::get(state, agent_id)
+        }
+        (ApiRoute::AgentGitops(agent_id), Grant::Read(_)) => {
+            only_get(&req)?;
+            gitops::get(state, agent_id)
         }
         (ApiRoute::GitWebhook, Grant::Public) => agent_config::webhook(state, req).await,
         (ApiRoute::Events, Grant::Read(read)) => {

@@ -24,6 +24,7 @@
 //! | [`clients`] | client requests and the exactly-once ledger |
 //! | [`faults`] | the scenario's faults as events |
 //! | [`framing`] | length-delimited protobuf messages in stream bodies |
+//! | [`gitops`] | GitOps in virtual time: `gitops::Sync` against model clusters under commits, outages, restarts |
 //! | [`invariants`] | what must always hold, and the checks |
 //! | [`report`] | capacity metrics and the report |
 //! | [`plot`] | the report's curves as SVG |
@@ -56,6 +57,7 @@ pub mod cluster;
 pub mod faults;
 pub mod flow;
 pub mod framing;
+pub mod gitops;
 pub mod invariants;
 pub mod kas;
 pub mod net;
