@@ -248,7 +248,12 @@ impl CacheTask {
                 }
             }
             Command::Finished { link, reply } => {
-                let _ = reply.send(self.views.handle_finished(link).err().map(|e| e.to_string()));
+                let _ = reply.send(
+                    self.views
+                        .handle_finished(link)
+                        .err()
+                        .map(|e| e.to_string()),
+                );
             }
             Command::Unlinked { link, end } => self.views.handle_unlinked(link, end),
         }

@@ -96,7 +96,10 @@ fn the_two_endpoints_sync_a_mirror_and_report_object_changes() {
     assert_eq!(a.poll_event(), Some(AgentViewsEvent::Linked { link: 10 }));
     let now = exchange(&mut a, 10, &mut table, &mut s, t0, 5);
     assert_eq!(table.mirror(1).unwrap().views(), &a.cache().views().views());
-    assert_eq!(table.poll_event(), Some(MirrorEvent::Connected { agent_id: 1 }));
+    assert_eq!(
+        table.poll_event(),
+        Some(MirrorEvent::Connected { agent_id: 1 })
+    );
 
     // A new node: one view update and one object-change batch, no change reported for the first
     // list.
@@ -178,7 +181,10 @@ fn a_new_link_replaces_the_old_and_old_bodies_are_ignored() {
     // So does a stream ending inside a message.
     a.handle_linked(4, t0);
     let ack = encode_message(&proto::ServerToAgent {
-        msg: Some(proto::server_to_agent::Msg::Ack(proto::Ack { epoch: 3, seq: 0 })),
+        msg: Some(proto::server_to_agent::Msg::Ack(proto::Ack {
+            epoch: 3,
+            seq: 0,
+        })),
     });
     a.handle_body(4, &ack[..ack.len() - 1], t0).unwrap();
     assert!(a.handle_finished(4).is_err());
@@ -201,8 +207,12 @@ fn object_changes_are_batched_per_window_and_bounded() {
     a.handle_watch(&kind, WatchEvent::InitDone, t0).unwrap();
     a.handle_linked(1, t0);
     for i in 0..8 {
-        a.handle_watch(&kind, WatchEvent::Apply(node(&format!("n{i}"), true, i)), t0)
-            .unwrap();
+        a.handle_watch(
+            &kind,
+            WatchEvent::Apply(node(&format!("n{i}"), true, i)),
+            t0,
+        )
+        .unwrap();
     }
     assert_eq!(a.pending_changes(), 5);
     let mut now = t0;
@@ -226,7 +236,10 @@ fn object_changes_are_batched_per_window_and_bounded() {
         vec![2, 2, 1]
     );
     for w in batches.windows(2) {
-        assert!(w[1].0 - w[0].0 >= WINDOW, "one batch per window: {batches:?}");
+        assert!(
+            w[1].0 - w[0].0 >= WINDOW,
+            "one batch per window: {batches:?}"
+        );
     }
     let dropped: Vec<_> = std::iter::from_fn(|| a.poll_event())
         .filter(|e| matches!(e, AgentViewsEvent::ChangesDropped { .. }))
@@ -400,7 +413,12 @@ fn violations_change_nothing() {
     assert!(table.handle_end(&mut s3).is_err());
     table.handle_closed(s3, now);
     let published: Vec<_> = std::iter::from_fn(|| table.poll_event())
-        .filter(|e| matches!(e, MirrorEvent::ViewsChanged { .. } | MirrorEvent::Objects { .. }))
+        .filter(|e| {
+            matches!(
+                e,
+                MirrorEvent::ViewsChanged { .. } | MirrorEvent::Objects { .. }
+            )
+        })
         .collect();
     assert!(published.is_empty(), "{published:?}");
     table.handle_closed(s, now);
@@ -454,7 +472,12 @@ fn feed(parts: &[Vec<u8>]) -> (String, Vec<MirrorEvent>, Vec<Bytes>, bool) {
     let out: Vec<Bytes> = std::iter::from_fn(|| s.poll_transmit()).collect();
     let views = format!("{:?}", table.mirror(1).unwrap().views());
     table.handle_closed(s, t0);
-    (views, std::iter::from_fn(|| table.poll_event()).collect(), out, ok)
+    (
+        views,
+        std::iter::from_fn(|| table.poll_event()).collect(),
+        out,
+        ok,
+    )
 }
 
 proptest! {

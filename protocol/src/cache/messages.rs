@@ -26,7 +26,7 @@ pub enum MessageError {
         max: usize,
     },
     /// A length prefix is not a valid varint (longer than 10 octets).
-    #[error("invalid length prefix")]
+    #[error("invalid length prefix: not a varint of at most 10 octets")]
     BadLength,
     /// The stream ended inside a message.
     #[error("the stream ended inside a message ({buffered} octets buffered)")]
@@ -177,7 +177,10 @@ mod tests {
         let mut prefix = Vec::new();
         prost::encoding::encode_varint((MAX_MESSAGE + 1) as u64, &mut prefix);
         d.push(&prefix);
-        assert!(matches!(d.next_message(), Err(MessageError::TooLarge { .. })));
+        assert!(matches!(
+            d.next_message(),
+            Err(MessageError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -52,13 +52,13 @@ pub mod proto {
 
 pub use agent::AgentCache;
 pub use batch::ChangeBatch;
+pub use decimal::Decimal;
 pub use endpoint::{
     AgentViews, AgentViewsConfig, AgentViewsEvent, LinkEnd, LinkId, MirrorEvent, MirrorTable,
     MirrorTableConfig, ResponseVerdict, StreamEnd, ViewsRefusal, ViewsStream, ViewsViolation,
     classify_views_response, views_request_head,
 };
 pub use messages::{MAX_MESSAGE, MessageDecoder, MessageError, encode_message};
-pub use decimal::Decimal;
 pub use mirror::{Mirror, MirrorOutcome};
 pub use object::{KindParseError, ObjectError, ResourceKind, compare_resource_versions};
 pub use path::{FieldPath, PathError, PathValue};

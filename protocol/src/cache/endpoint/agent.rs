@@ -314,8 +314,7 @@ impl AgentViews {
     /// as the simulator's fault injection); frame it with [`encode_message`].
     pub fn poll_message(&mut self, now: Instant) -> Option<proto::AgentToServer> {
         self.link.as_ref()?;
-        let publisher_due =
-            self.transmit_due || self.publisher_wake().is_some_and(|t| t <= now);
+        let publisher_due = self.transmit_due || self.publisher_wake().is_some_and(|t| t <= now);
         if publisher_due {
             if let Some(message) = self.cache.poll_transmit(now) {
                 self.transmit_due = true;

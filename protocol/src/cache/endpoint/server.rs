@@ -261,7 +261,7 @@ impl MirrorTable {
         if streams == 0 {
             self.events.push_back(MirrorEvent::Connected { agent_id });
         }
-        self.debug_check();
+        self.debug_check(agent_id);
         Ok((
             stream,
             ResponseHead {
@@ -328,7 +328,10 @@ impl MirrorTable {
             .get_mut(&agent_id)
             .filter(|a| a.streams.contains(&stream.id))
         else {
-            debug_assert!(false, "a stream of agent {agent_id} outlived its table entry");
+            debug_assert!(
+                false,
+                "a stream of agent {agent_id} outlived its table entry"
+            );
             return Ok(());
         };
         match a.mirror.handle(message, now)? {
@@ -363,7 +366,10 @@ impl MirrorTable {
     pub fn handle_closed(&mut self, stream: ViewsStream, now: Instant) {
         let agent_id = stream.agent_id;
         let Some(a) = self.agents.get_mut(&agent_id) else {
-            debug_assert!(false, "a stream of agent {agent_id} outlived its table entry");
+            debug_assert!(
+                false,
+                "a stream of agent {agent_id} outlived its table entry"
+            );
             return;
         };
         let removed = a.streams.remove(&stream.id);
@@ -371,9 +377,10 @@ impl MirrorTable {
         if removed && a.streams.is_empty() {
             a.mirror.on_disconnected();
             a.released_at = Some(now);
-            self.events.push_back(MirrorEvent::Disconnected { agent_id });
+            self.events
+                .push_back(MirrorEvent::Disconnected { agent_id });
         }
-        self.debug_check();
+        self.debug_check(agent_id);
     }
 
     /// When the next mirror expires (only with a retention period).
@@ -394,14 +401,15 @@ impl MirrorTable {
         let expired: Vec<u64> = self
             .agents
             .iter()
-            .filter(|(_, a)| a.streams.is_empty() && a.released_at.is_some_and(|t| t + retention <= now))
+            .filter(|(_, a)| {
+                a.streams.is_empty() && a.released_at.is_some_and(|t| t + retention <= now)
+            })
             .map(|(id, _)| *id)
             .collect();
         for agent_id in expired {
             self.agents.remove(&agent_id);
             self.events.push_back(MirrorEvent::Evicted { agent_id });
         }
-        self.debug_check();
     }
 
     /// Drops every mirror (a replica restarting loses its memory). Streams still out must not be
@@ -447,33 +455,42 @@ impl MirrorTable {
 
     /// Checks the invariants of the module documentation.
     pub fn check_invariants(&self) -> Result<(), String> {
-        for (id, a) in &self.agents {
-            if a.mirror.is_connected() != !a.streams.is_empty() {
-                return Err(format!(
-                    "agent {id}: connected {} with {} streams",
-                    a.mirror.is_connected(),
-                    a.streams.len()
-                ));
-            }
-            if !a.streams.is_empty() && a.released_at.is_some() {
-                return Err(format!("agent {id}: released with open streams"));
-            }
-            if a.streams.len() > self.config.max_streams_per_agent as usize {
-                return Err(format!("agent {id}: {} streams", a.streams.len()));
-            }
-        }
         if self.agents.len() > self.config.max_agents {
             return Err(format!("{} agents mirrored", self.agents.len()));
+        }
+        self.agents.keys().try_for_each(|id| self.check_agent(*id))
+    }
+
+    /// The invariants of one agent's entry.
+    fn check_agent(&self, agent_id: u64) -> Result<(), String> {
+        let Some(a) = self.agents.get(&agent_id) else {
+            return Ok(());
+        };
+        if a.mirror.is_connected() == a.streams.is_empty() {
+            return Err(format!(
+                "agent {agent_id}: connected {} with {} streams",
+                a.mirror.is_connected(),
+                a.streams.len()
+            ));
+        }
+        if !a.streams.is_empty() && a.released_at.is_some() {
+            return Err(format!("agent {agent_id}: released with open streams"));
+        }
+        if a.streams.len() > self.config.max_streams_per_agent as usize {
+            return Err(format!("agent {agent_id}: {} streams", a.streams.len()));
         }
         Ok(())
     }
 
-    fn debug_check(&self) {
-        #[cfg(debug_assertions)]
-        if self.agents.len() <= 64 {
-            if let Err(e) = self.check_invariants() {
-                debug_assert!(false, "mirror table invariant: {e}");
-            }
+    /// After a mutation of `agent_id`'s entry (cheap: that entry and the table's size).
+    fn debug_check(&self, agent_id: u64) {
+        debug_assert!(
+            self.agents.len() <= self.config.max_agents,
+            "mirror table invariant: {} agents",
+            self.agents.len()
+        );
+        if let Err(e) = self.check_agent(agent_id) {
+            debug_assert!(false, "mirror table invariant: {e}");
         }
     }
 }
