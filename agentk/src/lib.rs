@@ -38,9 +38,8 @@
 //! | [`dispatch`] | one task per kas-opened stream, by service; one log line per request |
 //! | [`k8s_api`] | `k8s-api`: forward to the API server with agentk's own credentials |
 //! | [`informer`] | one `kube-runtime` watcher per configured kind, feeding the cache task |
-//! | [`cache`] | the one task owning the [`AgentCache`](protocol::cache::AgentCache): events, queries, view sync, object-change batching |
+//! | [`cache`] | the one task driving the [`AgentViews`](protocol::cache::AgentViews) endpoint: events, queries, view sync, object-change batching |
 //! | [`views`] | the `views` stream agentk opens on every connection, linked to the cache task |
-//! | [`frame`] | length-delimited protobuf framing of the views stream, 16 MiB limit |
 //! | [`cache_service`] | `cache`: LIST/GET of cached objects, answered from the store |
 //! | [`service_proxy`] | `service-proxy`: resolve a Service, forward to `clusterIP:port` |
 //! | [`proxy_path`] | the service-proxy path and Service resolution |
@@ -104,8 +103,6 @@ pub mod dispatch;
 pub mod error;
 pub mod forward;
 pub mod gitops;
-/// Length-delimited framing of the `views` stream (shared with kas, in `protocol`).
-pub use protocol::cache::framing as frame;
 pub mod head;
 pub mod informer;
 pub mod k8s_api;

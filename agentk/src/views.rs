@@ -1,32 +1,32 @@
 //! The `views` stream: after each handshake agentk opens one stream to kas (protocol/SERVICES.md
-//! §6) and, once kas answers 200, links it to the cache task for the life of the connection.
+//! §6) and, once kas answers 200, links it to the cache task for the life of the connection. This
+//! module only moves octets: the cache task's [`AgentViews`](protocol::cache::AgentViews) endpoint
+//! decodes what kas sends and frames what agentk sends.
 //!
 //! ```text
-//!  cache task ──encoded AgentToServer (bounded channel)──▶ writer ──▶ stream (flow-controlled)
-//!  cache task ◀──ServerToAgent (acks, resync requests)─── reader ◀── stream (length-delimited)
+//!  cache task ──framed AgentToServer (bounded channel)──▶ writer ──▶ stream (flow-controlled)
+//!  cache task ◀──raw chunks (acks, resync requests)───── reader ◀── stream
 //! ```
 //!
 //! The stream ends when the connection drains (GOAWAY either way: the replacement connection opens
 //! its own stream) or closes, when kas ends its direction, or when the cache task hands the link to
-//! a newer stream; then agentk finishes its direction and tells the cache task (which calls
-//! `on_disconnected`). A message kas sends that does not decode, or one over 16 MiB, is a protocol
-//! violation: the stream is reset with `ErrorCode::Protocol` and the violation logged once. A
-//! non-200 answer (503: kas has no mirror capacity) is logged and retried on the next connection.
+//! a newer stream; then agentk finishes its direction and tells the cache task. A message kas sends
+//! that does not decode, or one over 16 MiB, is a protocol violation: the stream is reset with
+//! `ErrorCode::Protocol` and the violation logged once. A non-200 answer (503: kas has no mirror
+//! capacity) is logged and retried on the next connection
+//! ([`classify_views_response`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use protocol::ErrorCode;
-use protocol::cache::decode_server_message;
-use protocol::proto::RequestHead;
-use protocol::service;
+use protocol::cache::{LinkEnd, ResponseVerdict, classify_views_response, views_request_head};
 use runtime_tokio::{Connection, RecvStream, SendStream};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::cache::CacheHandle;
-use crate::frame::FrameDecoder;
 
 /// Encoded messages waiting for the stream at most (the cache task coalesces beyond this).
 const OUTGOING_DEPTH: usize = 2;
@@ -37,17 +37,6 @@ const READ_CHUNK: usize = 64 * 1024;
 const FINISH_WAIT: Duration = Duration::from_secs(2);
 
 static NEXT_LINK: AtomicU64 = AtomicU64::new(1);
-
-/// The request head of the views stream.
-pub fn views_head() -> RequestHead {
-    RequestHead {
-        service: service::VIEWS.into(),
-        method: "SYNC".into(),
-        path: "/".into(),
-        headers: Vec::new(),
-        timeout_ms: 0,
-    }
-}
 
 /// Why the stream ended.
 #[derive(Debug)]
@@ -66,13 +55,25 @@ enum End {
     CacheStopped,
 }
 
+impl End {
+    fn link_end(&self) -> LinkEnd {
+        match self {
+            End::Draining | End::CacheStopped => LinkEnd::Draining,
+            End::Replaced => LinkEnd::Replaced,
+            End::KasFinished => LinkEnd::KasFinished,
+            End::Protocol(_) => LinkEnd::Violation,
+            End::Failed(_) => LinkEnd::Failed,
+        }
+    }
+}
+
 /// Runs the views stream of `conn` until it ends (see the module documentation).
 pub async fn run(conn: Connection, cache: CacheHandle) {
     if conn.is_draining() || conn.is_closed() {
         return;
     }
     let link = NEXT_LINK.fetch_add(1, Ordering::Relaxed);
-    let stream = match conn.open(views_head(), false) {
+    let stream = match conn.open(views_request_head(), false) {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(error = %e, "cannot open the views stream");
@@ -86,19 +87,19 @@ pub async fn run(conn: Connection, cache: CacheHandle) {
             return;
         }
     };
-    match answered {
-        Ok(h) if h.status == 200 => {}
-        Ok(h) if h.status == 503 || h.status == 404 => {
+    match answered.map(|h| (h.status, classify_views_response(h.status))) {
+        Ok((_, ResponseVerdict::Linked)) => {}
+        Ok((status, ResponseVerdict::RetryNextConnection)) => {
             tracing::info!(
-                status = h.status,
+                status,
                 "kas does not mirror views now; retrying on the next connection"
             );
             let _ = stream.finish();
             return;
         }
-        Ok(h) => {
+        Ok((status, ResponseVerdict::Refused)) => {
             tracing::warn!(
-                status = h.status,
+                status,
                 "kas refused the views stream; retrying on the next connection"
             );
             let _ = stream.finish();
@@ -111,16 +112,20 @@ pub async fn run(conn: Connection, cache: CacheHandle) {
     }
     let (recv, mut send) = stream.split();
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(OUTGOING_DEPTH);
-    if cache.connected(link, out_tx).await.is_err() {
+    let (violation_tx, violation_rx) = oneshot::channel();
+    if cache.linked(link, out_tx, violation_tx).await.is_err() {
         return;
     }
     let end = tokio::select! {
-        e = write_loop(&mut send, &mut out_rx) => e,
+        // A violation also drops the link (and so ends the writer): report it first.
+        biased;
+        Ok(error) = violation_rx => End::Protocol(error),
         e = read_loop(&recv, &cache, link) => e,
+        e = write_loop(&mut send, &mut out_rx) => e,
         () = draining(&conn) => End::Draining,
     };
     drop(out_rx);
-    let _ = cache.disconnected(link).await;
+    let _ = cache.unlinked(link, end.link_end()).await;
     match end {
         End::Protocol(error) => {
             tracing::warn!(%error, "kas sent a bad message on the views stream; resetting it");
@@ -151,36 +156,23 @@ async fn write_loop(send: &mut SendStream, out: &mut mpsc::Receiver<Bytes>) -> E
     End::Replaced
 }
 
-/// Decodes kas's messages and hands them to the cache task.
+/// Hands kas's octets to the cache task as they come.
 async fn read_loop(recv: &RecvStream, cache: &CacheHandle, link: u64) -> End {
-    let mut decoder = FrameDecoder::default();
     // Bounded by the stream: every iteration consumes a chunk or ends.
     loop {
         let chunk = match recv.read_chunk(READ_CHUNK).await {
             None => {
-                return match decoder.finish() {
-                    Ok(()) => End::KasFinished,
-                    Err(e) => End::Protocol(e.to_string()),
+                return match cache.finished(link).await {
+                    Ok(None) => End::KasFinished,
+                    Ok(Some(error)) => End::Protocol(error),
+                    Err(_) => End::CacheStopped,
                 };
             }
             Some(Err(e)) => return End::Failed(e.to_string()),
             Some(Ok(chunk)) => chunk,
         };
-        decoder.push(&chunk);
-        // Bounded by the buffered octets.
-        loop {
-            let bytes = match decoder.next_message() {
-                Ok(Some(b)) => b,
-                Ok(None) => break,
-                Err(e) => return End::Protocol(e.to_string()),
-            };
-            let message = match decode_server_message(&bytes) {
-                Ok(m) => m,
-                Err(e) => return End::Protocol(e.to_string()),
-            };
-            if cache.from_kas(link, message).await.is_err() {
-                return End::CacheStopped;
-            }
+        if cache.body(link, chunk).await.is_err() {
+            return End::CacheStopped;
         }
     }
 }

@@ -36,10 +36,10 @@ pub async fn serve(
                     let end =
                         crate::views_stream::serve(&state2.mirrors, agent_id, &head, stream).await;
                     let problem = match &end {
-                        StreamEnd::BadRequest(method) => {
-                            Some(format!("views stream with method {method:?}: 400"))
-                        }
-                        StreamEnd::Refused(why) => Some(format!("views stream refused: {why}")),
+                        StreamEnd::Refused(why) => Some(format!(
+                            "views stream refused ({}): {why}",
+                            why.response_head().status
+                        )),
                         StreamEnd::Violation(why) => {
                             Some(format!("views protocol broken, stream reset: {why}"))
                         }

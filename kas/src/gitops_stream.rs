@@ -23,8 +23,8 @@ use protocol::ErrorCode;
 use protocol::proto::{Header, RequestHead, ResponseHead};
 use runtime_smol::Stream;
 
-use crate::frame::{FrameDecoder, encode};
 use crate::gitops_poller::GitopsPoller;
+use protocol::cache::{MessageDecoder, encode_message as encode};
 
 /// Largest chunk read from the stream at once.
 const READ_CHUNK: usize = 64 * 1024;
@@ -213,7 +213,7 @@ async fn read_loop(
     project: &str,
     stream: &Stream,
 ) -> StreamEnd {
-    let mut decoder = FrameDecoder::default();
+    let mut decoder = MessageDecoder::default();
     // Bounded by the stream: every iteration consumes a chunk of it or ends.
     loop {
         let chunk = match stream.read_chunk(READ_CHUNK).await {

@@ -31,7 +31,7 @@
 //! Views and events (the informer cache, issue 5):
 //!
 //! ```text
-//!  agentk ──views stream (SYNC /)──▶ agent_streams ──▶ views_stream ──▶ mirrors (one Mirror per agent)
+//!  agentk ──views stream (SYNC /)──▶ agent_streams ──▶ views_stream ──▶ mirrors (MirrorTable)    
 //!         ◀──acks, resync requests──                                      │ view / object changes
 //!                                                                         ▼
 //!  browser ◀── dashboard (/) ◀── api: /views (from memory), /events (SSE) ◀── events (hub, bounded queues)
@@ -39,8 +39,8 @@
 //! ```
 //!
 //! [`agent_streams`] accepts the streams an agent opens (the `views` stream); [`views_stream`] serves
-//! one with [`frame`]'s length-delimited protobuf; [`mirrors`] keeps every agent's
-//! `protocol::cache::Mirror` across reconnects and turns changes into [`events`], the hub that
+//! one, moving octets to and from [`mirrors`], which drives the `protocol::cache::MirrorTable`
+//! endpoint (every agent's `protocol::cache::Mirror` across reconnects) and turns changes into [`events`], the hub that
 //! broadcasts them (and agent connects/disconnects) to subscribers with bounded queues; the
 //! [`dashboard`] is one embedded page over that API.
 //!
@@ -72,8 +72,6 @@ pub mod directory;
 pub mod events;
 pub mod gitops_poller;
 pub mod gitops_stream;
-/// Length-delimited framing of the `views` stream (shared with agentk, in `protocol`).
-pub use protocol::cache::framing as frame;
 pub mod listener;
 pub mod metrics;
 pub mod mirrors;

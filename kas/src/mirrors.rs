@@ -2,27 +2,30 @@
 //! kept by agent id across reconnects, so the views stay readable (marked disconnected, with their
 //! age) while the agent is away.
 //!
-//! The sync rules are `protocol::cache::Mirror`'s; this module adds what kas needs around it:
+//! The decisions are `protocol::cache::MirrorTable`'s (the `views` endpoint kas and the simulator
+//! both drive): stream counting (the mirror is marked disconnected only when the agent's *last*
+//! stream ends, so a GOAWAY handover keeps it connected), capacity, framing, sync rules, violations.
+//! This module adds what kas needs around it:
 //!
-//! - **Streams.** Each `views` stream an agent opens is a [`ViewsLink`] ([`Mirrors::open`]). During a
-//!   GOAWAY handover the replacement connection's stream can open before the old one ended: the
-//!   mirror is marked disconnected only when the agent's *last* stream ends. Streams per agent and
-//!   mirrored agents are bounded (the stream is answered 503 beyond).
-//! - **Events.** Applied view changes become one `view` event per changed view; object changes
-//!   become `object` events ([`crate::events`]). Events are published after the mirror's lock is
-//!   released.
+//! - **Sharing.** One `Mutex<MirrorTable>`; each `views` stream is a [`ViewsLink`] holding its
+//!   `ViewsStream`, handed back to the table when the link is dropped.
+//! - **Events.** `MirrorEvent`s become one `view` event per changed view and one `object` event per
+//!   object change ([`crate::events`]), published after the table's lock is released.
 //! - **Reading.** [`Mirrors::views_json`] / [`Mirrors::view_json`]: the HTTP API's answers, from
 //!   memory.
 //!
-//! Synchronous (one mutex), so it is tested here without a runtime; the stream itself is served by
+//! Synchronous, so it is tested here without a runtime; the stream itself is served by
 //! [`crate::views_stream`].
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use protocol::cache::proto::{self, agent_to_server::Msg as In, server_to_agent::Msg as Out};
-use protocol::cache::{Mirror, MirrorOutcome, ObjectChange, ViewChange, Views, WireError};
+use bytes::Bytes;
+use protocol::cache::{
+    Mirror, MirrorEvent, MirrorTable, MirrorTableConfig, ViewChange, Views, ViewsRefusal,
+    ViewsStream, ViewsViolation,
+};
+use protocol::proto::{RequestHead, ResponseHead};
 use serde_json::{Value, json};
 
 use crate::events::{Event, EventHub};
@@ -30,34 +33,9 @@ use crate::events::{Event, EventHub};
 /// Agents whose views kas mirrors at most (default).
 pub const DEFAULT_MAX_AGENTS: usize = 10_000;
 
-/// `views` streams one agent may have open at once (two overlap during a GOAWAY handover).
-pub const MAX_STREAMS_PER_AGENT: u32 = 4;
-
-/// Why a `views` stream is not taken (answered 503; agentk retries on its next connection).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CapacityError {
-    /// kas mirrors as many agents as it may.
-    #[error("kas mirrors the views of {0} agents already")]
-    TooManyAgents(usize),
-    /// The agent has too many views streams open.
-    #[error("agent {agent_id} has {streams} views streams open already")]
-    TooManyStreams {
-        /// The agent.
-        agent_id: u64,
-        /// Its open streams.
-        streams: u32,
-    },
-}
-
-struct AgentMirror {
-    mirror: Mirror,
-    streams: u32,
-}
-
 struct Shared {
-    agents: Mutex<BTreeMap<u64, AgentMirror>>,
+    table: Mutex<MirrorTable>,
     hub: EventHub,
-    max_agents: usize,
 }
 
 /// The mirrors of every agent; cheap to clone (all clones share one table).
@@ -85,31 +63,23 @@ pub enum ViewLookup {
     NoAgent,
 }
 
-/// A `views` stream's answer to one message from agentk, and the events it produced.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Handled {
-    /// What to send back to agentk (an ack or a resync request), if anything.
-    pub reply: Option<proto::ServerToAgent>,
-    /// Rows that changed in the mirror.
-    pub view_changes: usize,
-    /// Object changes reported.
-    pub object_changes: usize,
-}
-
 impl Mirrors {
     /// An empty table publishing to `hub`, mirroring at most `max_agents` agents.
     pub fn new(hub: EventHub, max_agents: usize) -> Self {
+        let config = MirrorTableConfig {
+            max_agents,
+            ..MirrorTableConfig::default()
+        };
         Mirrors {
             shared: Arc::new(Shared {
-                agents: Mutex::new(BTreeMap::new()),
+                table: Mutex::new(MirrorTable::new(config)),
                 hub,
-                max_agents,
             }),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, AgentMirror>> {
-        self.shared.agents.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, MirrorTable> {
+        self.shared.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The hub this table publishes to.
@@ -117,56 +87,40 @@ impl Mirrors {
         &self.shared.hub
     }
 
-    /// An agent opened a `views` stream: the link to feed its messages to, and the resync request to
-    /// send first (`Mirror::on_connected`).
+    /// An agent opened a `views` stream with `head`: the link to feed its octets to (with the first
+    /// resync request queued, [`ViewsLink::poll_transmit`]) and the 200 to answer, or why not.
     pub fn open(
         &self,
         agent_id: u64,
+        head: &RequestHead,
         now: Instant,
-    ) -> Result<(ViewsLink, proto::ServerToAgent), CapacityError> {
-        let mut agents = self.lock();
-        let known = agents.len();
-        if !agents.contains_key(&agent_id) && known >= self.shared.max_agents {
-            return Err(CapacityError::TooManyAgents(self.shared.max_agents));
-        }
-        let entry = agents.entry(agent_id).or_insert_with(|| AgentMirror {
-            mirror: Mirror::new(),
-            streams: 0,
-        });
-        if entry.streams >= MAX_STREAMS_PER_AGENT {
-            return Err(CapacityError::TooManyStreams {
-                agent_id,
-                streams: entry.streams,
-            });
-        }
-        entry.streams += 1;
-        let request = entry.mirror.on_connected(now);
+    ) -> Result<(ViewsLink, ResponseHead), ViewsRefusal> {
+        let (stream, ok) = self.lock().handle_open(agent_id, head, now)?;
+        self.publish();
         Ok((
             ViewsLink {
                 mirrors: self.clone(),
-                agent_id,
+                stream: Some(stream),
             },
-            proto::ServerToAgent {
-                msg: Some(Out::Resync(request)),
-            },
+            ok,
         ))
     }
 
     /// Whether kas has (or had) views of `agent_id`.
     pub fn has(&self, agent_id: u64) -> bool {
-        self.lock().contains_key(&agent_id)
+        self.lock().mirror(agent_id).is_some()
     }
 
     /// Whether `agent_id` has a `views` stream open.
     pub fn is_connected(&self, agent_id: u64) -> bool {
         self.lock()
-            .get(&agent_id)
-            .is_some_and(|a| a.mirror.is_connected())
+            .mirror(agent_id)
+            .is_some_and(Mirror::is_connected)
     }
 
     /// A copy of the agent's current views.
     pub fn views(&self, agent_id: u64) -> Option<Views> {
-        self.lock().get(&agent_id).map(|a| a.mirror.views().clone())
+        self.lock().mirror(agent_id).map(|m| m.views().clone())
     }
 
     /// The agent's views as the HTTP API answers them, or `None` if kas never mirrored them:
@@ -181,31 +135,31 @@ impl Mirrors {
     /// `connected`: a `views` stream is open; `synced`: the mirror has state and is not waiting for a
     /// resync answer. `epoch` is a string (a 64-bit number does not fit a JavaScript number).
     pub fn views_json(&self, agent_id: u64, now: Instant) -> Option<Value> {
-        let agents = self.lock();
-        let a = agents.get(&agent_id)?;
-        let mut v = status_json(agent_id, &a.mirror, now);
-        v["views"] = serde_json::to_value(a.mirror.views()).unwrap_or_else(|_| json!({}));
+        let table = self.lock();
+        let m = table.mirror(agent_id)?;
+        let mut v = status_json(agent_id, m, now);
+        v["views"] = serde_json::to_value(m.views()).unwrap_or_else(|_| json!({}));
         Some(v)
     }
 
     /// One view as the HTTP API answers it (the fields of [`Mirrors::views_json`] with `view` instead
     /// of `views`).
     pub fn view_json(&self, agent_id: u64, name: &str, now: Instant) -> ViewLookup {
-        let agents = self.lock();
-        let Some(a) = agents.get(&agent_id) else {
+        let table = self.lock();
+        let Some(m) = table.mirror(agent_id) else {
             return ViewLookup::NoAgent;
         };
-        let Some(view) = a.mirror.views().get(name) else {
+        let Some(view) = m.views().get(name) else {
             return ViewLookup::NoView;
         };
-        let mut v = status_json(agent_id, &a.mirror, now);
+        let mut v = status_json(agent_id, m, now);
         v["view"] = serde_json::to_value(view).unwrap_or(Value::Null);
         ViewLookup::Found(v)
     }
 
     /// The agents kas has views of, by id.
     pub fn agents(&self) -> Vec<u64> {
-        self.lock().keys().copied().collect()
+        self.lock().agents().collect()
     }
 
     /// How many agents kas has views of.
@@ -213,71 +167,48 @@ impl Mirrors {
         self.lock().len()
     }
 
-    fn close_stream(&self, agent_id: u64) {
-        let mut agents = self.lock();
-        if let Some(a) = agents.get_mut(&agent_id) {
-            a.streams = a.streams.saturating_sub(1);
-            if a.streams == 0 {
-                a.mirror.on_disconnected();
+    /// Publishes what the table reported, rendered under the lock, sent after it is released.
+    fn publish(&self) {
+        let events = {
+            let mut table = self.lock();
+            let mut events = Vec::new();
+            // Bounded by the table's event queue.
+            while let Some(e) = table.poll_event() {
+                render(&table, e, &mut events);
             }
-        }
-    }
-
-    fn handle(
-        &self,
-        agent_id: u64,
-        message: &proto::AgentToServer,
-        now: Instant,
-    ) -> Result<Handled, WireError> {
-        if let Some(In::ObjectChanges(batch)) = &message.msg {
-            // Validate the whole batch before publishing any of it.
-            let changes = batch
-                .changes
-                .iter()
-                .map(ObjectChange::try_from)
-                .collect::<Result<Vec<_>, _>>()?;
-            let n = changes.len();
-            for change in changes {
-                self.shared.hub.publish(&Event::Object { agent_id, change });
-            }
-            return Ok(Handled {
-                reply: None,
-                view_changes: 0,
-                object_changes: n,
-            });
-        }
-        let (reply, events, view_changes) = {
-            let mut agents = self.lock();
-            let Some(a) = agents.get_mut(&agent_id) else {
-                // Cannot happen while a link exists; answer like a mirror without state would.
-                return Err(WireError::Malformed(format!(
-                    "no mirror for agent {agent_id}"
-                )));
-            };
-            match a.mirror.handle(message, now)? {
-                MirrorOutcome::Applied { ack, changes } => {
-                    let events = view_events(agent_id, a.mirror.views(), &changes);
-                    (Some(Out::Ack(ack)), events, changes.len())
-                }
-                MirrorOutcome::Ignored { ack } => (ack.map(Out::Ack), Vec::new(), 0),
-                MirrorOutcome::ResyncNeeded { request } => {
-                    tracing::debug!(
-                        agent_id,
-                        epoch = request.epoch,
-                        seq = request.seq,
-                        reason = request.reason,
-                        "view mirror asks for a resync"
-                    );
-                    (Some(Out::Resync(request)), Vec::new(), 0)
-                }
-            }
+            events
         };
         self.shared.hub.publish_all(&events);
-        Ok(Handled {
-            reply: reply.map(|m| proto::ServerToAgent { msg: Some(m) }),
-            view_changes,
-            object_changes: 0,
-        })
+    }
+}
+
+/// The hub events of one table event.
+fn render(table: &MirrorTable, event: MirrorEvent, out: &mut Vec<Event>) {
+    match event {
+        MirrorEvent::ViewsChanged { agent_id, changes } => {
+            if let Some(m) = table.mirror(agent_id) {
+                out.extend(view_events(agent_id, m.views(), &changes));
+            }
+        }
+        MirrorEvent::Objects { agent_id, changes } => {
+            out.extend(
+                changes
+                    .into_iter()
+                    .map(|change| Event::Object { agent_id, change }),
+            );
+        }
+        MirrorEvent::ResyncRequested { agent_id, request } => tracing::debug!(
+            agent_id,
+            epoch = request.epoch,
+            seq = request.seq,
+            reason = request.reason,
+            "view mirror asks for a resync"
+        ),
+        MirrorEvent::Connected { agent_id } => tracing::debug!(agent_id, "views connected"),
+        MirrorEvent::Disconnected { agent_id } => {
+            tracing::debug!(agent_id, "views disconnected (kept)")
+        }
+        MirrorEvent::Evicted { agent_id } => tracing::debug!(agent_id, "views evicted"),
     }
 }
 
@@ -317,34 +248,51 @@ fn view_events(agent_id: u64, views: &Views, changes: &[ViewChange]) -> Vec<Even
     events
 }
 
-/// One open `views` stream of one agent. Dropping it ends the stream's part in the mirror: when the
+/// One open `views` stream of one agent. Dropping it hands the stream back to the table: when the
 /// agent's last stream ends, its mirror is marked disconnected (its views are kept).
 #[derive(Debug)]
 pub struct ViewsLink {
     mirrors: Mirrors,
-    agent_id: u64,
+    stream: Option<ViewsStream>,
 }
 
 impl ViewsLink {
     /// The agent.
     pub fn agent_id(&self) -> u64 {
-        self.agent_id
+        self.stream.as_ref().map_or(0, ViewsStream::agent_id)
     }
 
-    /// Applies one message from agentk; publishes the events it produced. An `Err` is a protocol
-    /// violation (the mirror is unchanged): the stream must be reset.
-    pub fn handle(
-        &self,
-        message: &proto::AgentToServer,
-        now: Instant,
-    ) -> Result<Handled, WireError> {
-        self.mirrors.handle(self.agent_id, message, now)
+    /// Octets agentk sent; publishes the events they produced. An `Err` is a protocol violation
+    /// (the offending message changed nothing): the stream must be reset.
+    pub fn handle_body(&mut self, chunk: &[u8], now: Instant) -> Result<(), ViewsViolation> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        let result = self.mirrors.lock().handle_body(stream, chunk, now);
+        self.mirrors.publish();
+        result
+    }
+
+    /// agentk finished its direction: a violation if it stopped inside a message.
+    pub fn handle_end(&mut self) -> Result<(), ViewsViolation> {
+        match self.stream.as_mut() {
+            Some(stream) => self.mirrors.lock().handle_end(stream),
+            None => Ok(()),
+        }
+    }
+
+    /// The next framed message for agentk (an ack or a resync request).
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.stream.as_mut()?.poll_transmit()
     }
 }
 
 impl Drop for ViewsLink {
     fn drop(&mut self) {
-        self.mirrors.close_stream(self.agent_id);
+        if let Some(stream) = self.stream.take() {
+            self.mirrors.lock().handle_closed(stream, Instant::now());
+            self.mirrors.publish();
+        }
     }
 }
 
@@ -353,9 +301,11 @@ impl Drop for ViewsLink {
 mod tests {
     use super::*;
     use crate::events::Scope;
+    use protocol::cache::proto::{self, agent_to_server::Msg as In, server_to_agent::Msg as Out};
     use protocol::cache::{
-        AgentCache, PublisherConfig, ResourceKind, WatchEvent, default_views,
-        object_changes_message,
+        AgentCache, MessageDecoder, ObjectChange, PublisherConfig, ResourceKind, WatchEvent,
+        decode_server_message, default_views, encode_message, object_changes_message,
+        views_request_head,
     };
     use std::num::NonZeroU64;
 
@@ -406,8 +356,37 @@ mod tests {
         }
     }
 
+    /// Opens a views stream: the link and the first message kas sends.
+    fn open(mirrors: &Mirrors, agent_id: u64, now: Instant) -> (ViewsLink, proto::ServerToAgent) {
+        let (mut link, ok) = mirrors.open(agent_id, &views_request_head(), now).unwrap();
+        assert_eq!(ok.status, 200);
+        let first = replies(&mut link).remove(0);
+        (link, first)
+    }
+
+    /// What kas queued for agentk, decoded.
+    fn replies(link: &mut ViewsLink) -> Vec<proto::ServerToAgent> {
+        let mut d = MessageDecoder::default();
+        while let Some(b) = link.poll_transmit() {
+            d.push(&b);
+        }
+        std::iter::from_fn(|| d.next_message().unwrap())
+            .map(|m| decode_server_message(&m).unwrap())
+            .collect()
+    }
+
+    /// Sends one message from agentk; kas's replies.
+    fn send(
+        link: &mut ViewsLink,
+        m: &proto::AgentToServer,
+        now: Instant,
+    ) -> Result<Vec<proto::ServerToAgent>, ViewsViolation> {
+        link.handle_body(&encode_message(m), now)?;
+        Ok(replies(link))
+    }
+
     /// Feeds agentk's messages to the link and kas's replies back until neither has anything to say.
-    fn exchange(agent: &mut Agent, link: &ViewsLink, first: Option<proto::ServerToAgent>) {
+    fn exchange(agent: &mut Agent, link: &mut ViewsLink, first: Option<proto::ServerToAgent>) {
         if let Some(m) = first {
             agent.receive(&m);
         }
@@ -417,7 +396,7 @@ mod tests {
                 return;
             }
             for m in out {
-                if let Some(reply) = link.handle(&m, agent.now).unwrap().reply {
+                for reply in send(link, &m, agent.now).unwrap() {
                     agent.receive(&reply);
                 }
             }
@@ -436,14 +415,14 @@ mod tests {
         let mirrors = Mirrors::new(hub.clone(), 10);
         let mut agent = Agent::new(11);
         agent.cache.on_connected(agent.now);
-        let (link, first) = mirrors.open(7, agent.now).unwrap();
+        let (mut link, first) = open(&mirrors, 7, agent.now);
         assert!(matches!(first.msg, Some(Out::Resync(ref r)) if r.epoch == 0));
-        exchange(&mut agent, &link, Some(first));
+        exchange(&mut agent, &mut link, Some(first));
         assert_eq!(nodes_count(&mirrors, 7), json!(1));
         assert_eq!(mirrors.views(7).unwrap(), agent.cache.views().views());
 
         let changes = agent.add_node("n2", false);
-        exchange(&mut agent, &link, None);
+        exchange(&mut agent, &mut link, None);
         let v = mirrors.views_json(7, Instant::now()).unwrap();
         assert_eq!(v["connected"], json!(true));
         assert_eq!(v["synced"], json!(true));
@@ -453,8 +432,7 @@ mod tests {
             json!({"count": 2, "ready": 1, "not_ready": 1})
         );
         // The object changes travel as their own message.
-        link.handle(&object_changes_message(&changes), agent.now)
-            .unwrap();
+        send(&mut link, &object_changes_message(&changes), agent.now).unwrap();
 
         let events: Vec<_> = std::iter::from_fn(|| sub.try_recv()).collect();
         let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
@@ -488,18 +466,18 @@ mod tests {
         let mirrors = Mirrors::new(EventHub::default(), 10);
         let mut agent = Agent::new(5);
         agent.cache.on_connected(agent.now);
-        let (old, first) = mirrors.open(1, agent.now).unwrap();
-        exchange(&mut agent, &old, Some(first));
+        let (mut old, first) = open(&mirrors, 1, agent.now);
+        exchange(&mut agent, &mut old, Some(first));
         assert!(mirrors.is_connected(1));
         // GOAWAY handover: the new connection's stream opens before the old one ends.
         agent.cache.on_disconnected();
         agent.cache.on_connected(agent.now);
-        let (new, first) = mirrors.open(1, agent.now).unwrap();
+        let (mut new, first) = open(&mirrors, 1, agent.now);
         drop(old);
         assert!(mirrors.is_connected(1), "the new stream is still open");
-        exchange(&mut agent, &new, Some(first));
+        exchange(&mut agent, &mut new, Some(first));
         agent.add_node("n2", true);
-        exchange(&mut agent, &new, None);
+        exchange(&mut agent, &mut new, None);
         assert_eq!(nodes_count(&mirrors, 1), json!(2));
         drop(new);
         assert!(!mirrors.is_connected(1));
@@ -516,21 +494,21 @@ mod tests {
         let mut a = Agent::new(1);
         a.add_node("n2", true);
         a.cache.on_connected(a.now);
-        let (link_a, first) = mirrors.open(1, a.now).unwrap();
-        exchange(&mut a, &link_a, Some(first));
+        let (mut link_a, first) = open(&mirrors, 1, a.now);
+        exchange(&mut a, &mut link_a, Some(first));
         let mut b = Agent::new(2);
         b.cache.on_connected(b.now);
-        let (link_b, first) = mirrors.open(2, b.now).unwrap();
-        exchange(&mut b, &link_b, Some(first));
+        let (mut link_b, first) = open(&mirrors, 2, b.now);
+        exchange(&mut b, &mut link_b, Some(first));
         assert_eq!(nodes_count(&mirrors, 1), json!(2));
         assert_eq!(nodes_count(&mirrors, 2), json!(1));
         drop(link_a);
         // agent 1 restarts: a new epoch, one node only.
         let mut a2 = Agent::new(99);
         a2.cache.on_connected(a2.now);
-        let (link_a2, first) = mirrors.open(1, a2.now).unwrap();
+        let (mut link_a2, first) = open(&mirrors, 1, a2.now);
         assert!(matches!(first.msg, Some(Out::Resync(ref r)) if r.epoch == 1));
-        exchange(&mut a2, &link_a2, Some(first));
+        exchange(&mut a2, &mut link_a2, Some(first));
         assert_eq!(nodes_count(&mirrors, 1), json!(1));
         assert_eq!(
             mirrors.views_json(1, Instant::now()).unwrap()["epoch"],
@@ -540,25 +518,20 @@ mod tests {
     }
 
     #[test]
-    fn capacity_is_bounded() {
+    fn capacity_and_methods_are_answered() {
         let mirrors = Mirrors::new(EventHub::default(), 1);
         let now = Instant::now();
-        let links: Vec<_> = (0..MAX_STREAMS_PER_AGENT)
-            .map(|_| mirrors.open(1, now).unwrap().0)
-            .collect();
-        assert_eq!(
-            mirrors.open(1, now).map(|_| ()),
-            Err(CapacityError::TooManyStreams {
-                agent_id: 1,
-                streams: MAX_STREAMS_PER_AGENT
-            })
-        );
-        assert_eq!(
-            mirrors.open(2, now).map(|_| ()),
-            Err(CapacityError::TooManyAgents(1))
-        );
-        drop(links);
-        assert!(mirrors.open(1, now).is_ok());
+        let _link = open(&mirrors, 1, now);
+        let refused = mirrors
+            .open(2, &views_request_head(), now)
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(refused, ViewsRefusal::TooManyAgents(1));
+        assert_eq!(refused.response_head().status, 503);
+        let mut head = views_request_head();
+        head.method = "GET".into();
+        let refused = mirrors.open(1, &head, now).map(|_| ()).unwrap_err();
+        assert_eq!(refused.response_head().status, 400);
     }
 
     #[test]
@@ -568,12 +541,12 @@ mod tests {
         let mirrors = Mirrors::new(hub, 10);
         let mut agent = Agent::new(3);
         agent.cache.on_connected(agent.now);
-        let (link, first) = mirrors.open(4, agent.now).unwrap();
-        exchange(&mut agent, &link, Some(first));
+        let (mut link, first) = open(&mirrors, 4, agent.now);
+        exchange(&mut agent, &mut link, Some(first));
         while sub.try_recv().is_some() {}
         let before = mirrors.views(4).unwrap();
         let empty = proto::AgentToServer { msg: None };
-        assert!(link.handle(&empty, agent.now).is_err());
+        assert!(send(&mut link, &empty, agent.now).is_err());
         let bad_change = proto::AgentToServer {
             msg: Some(In::ObjectChanges(proto::ObjectChanges {
                 changes: vec![
@@ -588,7 +561,7 @@ mod tests {
                 ],
             })),
         };
-        assert!(link.handle(&bad_change, agent.now).is_err());
+        assert!(send(&mut link, &bad_change, agent.now).is_err());
         let unknown_view = proto::AgentToServer {
             msg: Some(In::Update(proto::ViewUpdate {
                 epoch: 3,
@@ -603,7 +576,7 @@ mod tests {
                 }],
             })),
         };
-        assert!(link.handle(&unknown_view, agent.now).is_err());
+        assert!(send(&mut link, &unknown_view, agent.now).is_err());
         assert_eq!(mirrors.views(4).unwrap(), before);
         assert!(sub.try_recv().is_none(), "nothing was published");
     }
@@ -618,8 +591,8 @@ mod tests {
         );
         let mut agent = Agent::new(8);
         agent.cache.on_connected(agent.now);
-        let (link, first) = mirrors.open(1, agent.now).unwrap();
-        exchange(&mut agent, &link, Some(first));
+        let (mut link, first) = open(&mirrors, 1, agent.now);
+        exchange(&mut agent, &mut link, Some(first));
         assert_eq!(
             mirrors.view_json(1, "nope", Instant::now()),
             ViewLookup::NoView

@@ -463,7 +463,7 @@ fn the_webhook_makes_a_push_visible_while_the_poll_period_is_five_minutes() {
 /// Reads the next `gitops` message kas sends on `stream`.
 async fn next_message(
     stream: &runtime_tokio::Stream,
-    decoder: &mut protocol::cache::framing::FrameDecoder,
+    decoder: &mut protocol::cache::MessageDecoder,
 ) -> gitops::wire::ServerMessage {
     use prost::Message as _;
     loop {

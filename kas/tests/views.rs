@@ -279,7 +279,7 @@ fn the_views_stream_enforces_the_protocol() {
         let a = first.open(head("SYNC"), false).unwrap();
         assert_eq!(guard(a.response()).await.unwrap().status, 200);
         let chunk = guard(async { a.read_chunk(1024).await.unwrap().unwrap() }).await;
-        let mut decoder = kas::frame::FrameDecoder::default();
+        let mut decoder = protocol::cache::MessageDecoder::default();
         decoder.push(&chunk);
         let msg = decoder.next_message().unwrap().unwrap();
         let request = protocol::cache::decode_server_message(&msg).unwrap();

@@ -178,7 +178,7 @@ const CASES: &[Case] = &[
         when: When::During,
     },
     Case {
-        invariant: "views-framing",
+        invariant: "views-messages",
         inject: |i| i.garble_views_frame = Some(0),
         tune: same,
         detail: "varint",

@@ -17,7 +17,7 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::frame::FrameDecoder;
+use protocol::cache::MessageDecoder;
 
 /// Largest chunk read from the stream at once.
 const READ_CHUNK: usize = 64 * 1024;
@@ -160,7 +160,7 @@ async fn write_loop(
 /// Reads kas's messages; `Ok(violation)` when kas broke the protocol, `Err(why)` when the stream
 /// ended otherwise.
 async fn read_loop(recv: &RecvStream, to_worker: &mpsc::Sender<FromKas>) -> Result<String, String> {
-    let mut decoder = FrameDecoder::default();
+    let mut decoder = MessageDecoder::default();
     let mut assembler = Assembler::new(AssemblerLimits::default());
     // Bounded by the stream: every iteration consumes a chunk or ends.
     loop {

@@ -114,7 +114,7 @@ pub async fn run(
             }
         }
         if report && let Some(l) = &link {
-            l.send(crate::frame::encode(&wire::report(
+            l.send(protocol::cache::encode_message(&wire::report(
                 &sync.report(Instant::now(), unix_ms()),
             )));
         }
@@ -146,7 +146,7 @@ pub async fn run(
                                 tracing::warn!(project = %id, commit = %s.commit, message = %s.message, "gitops: kas cannot use the source; nothing changes");
                                 sync.handle_commit_failed(&s.commit, &s.message, now);
                                 if let Some(l) = &link {
-                                    l.send(crate::frame::encode(&wire::report(&sync.report(now, unix_ms()))));
+                                    l.send(protocol::cache::encode_message(&wire::report(&sync.report(now, unix_ms()))));
                                 }
                             }
                             StatusCode::UnknownProject if !told_unknown => {
@@ -178,7 +178,7 @@ pub async fn run(
                         let has = sync.desired().map(|d| d.commit.clone());
                         let l = Link::open(conn, &id, has.as_deref());
                         if sync.desired().is_some() {
-                            l.send(crate::frame::encode(&wire::report(&sync.report(Instant::now(), unix_ms()))));
+                            l.send(protocol::cache::encode_message(&wire::report(&sync.report(Instant::now(), unix_ms()))));
                         }
                         link = Some(l);
                     }

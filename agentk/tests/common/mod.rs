@@ -645,7 +645,7 @@ impl MirrorState {
 }
 
 fn server_message(msg: protocol::cache::proto::server_to_agent::Msg) -> Bytes {
-    agentk::frame::encode(&protocol::cache::proto::ServerToAgent { msg: Some(msg) })
+    protocol::cache::encode_message(&protocol::cache::proto::ServerToAgent { msg: Some(msg) })
 }
 
 async fn write_frame(stream: &Stream, frame: Bytes) -> bool {
@@ -701,7 +701,7 @@ async fn mirror_stream(stream: Stream, state: SharedMirror) {
     if !write_frame(&stream, server_message(Out::Resync(first))).await {
         return;
     }
-    let mut decoder = agentk::frame::FrameDecoder::default();
+    let mut decoder = protocol::cache::MessageDecoder::default();
     while let Some(Ok(chunk)) = stream.read_chunk(64 * 1024).await {
         decoder.push(&chunk);
         while let Some(bytes) = decoder.next_message().expect("agentk frames its messages") {

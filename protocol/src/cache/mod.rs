@@ -22,12 +22,17 @@
 //!   reconnect, snapshots only when needed.
 //! - [`Mirror`] ([`mirror`]): kas's copy; detects gaps and epoch changes.
 //! - [`AgentCache`] ([`agent`]): store + views + publisher wired together for agentk.
+//! - The `views` stream's endpoints ([`endpoint`]): [`AgentViews`] (agentk) and [`MirrorTable`]
+//!   (kas), Sans-IO, driven by agentk, kas and the simulator; [`ChangeBatch`] ([`batch`]) batches
+//!   object changes; [`messages`] frames the stream's messages.
 //! - Messages: [`proto`] (`proto/cache.proto`, package `agent_tunnel.cache.v1`), conversions in
 //!   [`wire`]; view values in [`table`]; numbers in [`decimal`].
 
 pub mod agent;
+pub mod batch;
 pub mod decimal;
-pub mod framing;
+pub mod endpoint;
+pub mod messages;
 pub mod mirror;
 pub mod object;
 pub mod path;
@@ -46,7 +51,14 @@ pub mod proto {
 }
 
 pub use agent::AgentCache;
+pub use batch::ChangeBatch;
 pub use decimal::Decimal;
+pub use endpoint::{
+    AgentViews, AgentViewsConfig, AgentViewsEvent, LinkEnd, LinkId, MirrorEvent, MirrorTable,
+    MirrorTableConfig, ResponseVerdict, StreamEnd, ViewsRefusal, ViewsStream, ViewsViolation,
+    classify_views_response, views_request_head,
+};
+pub use messages::{MAX_MESSAGE, MessageDecoder, MessageError, encode_message};
 pub use mirror::{Mirror, MirrorOutcome};
 pub use object::{KindParseError, ObjectError, ResourceKind, compare_resource_versions};
 pub use path::{FieldPath, PathError, PathValue};

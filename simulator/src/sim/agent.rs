@@ -16,10 +16,7 @@ use std::time::Duration;
 
 use agentk::reconnect::{BackoffPolicy, Ending, Next, Reconnect};
 use bytes::Bytes;
-use protocol::cache::proto as cache_proto;
-use protocol::cache::{
-    AgentCache, LabelSelector, PublisherConfig, Views, WatchEvent, default_views,
-};
+use protocol::cache::{AgentCache, AgentViews, LabelSelector, LinkEnd, Views, WatchEvent};
 use protocol::{AgentHello, CloseReason, Connection, ErrorCode, Event, StreamId, proto};
 use rand::Rng;
 
@@ -27,7 +24,6 @@ use super::body::{BodyCheck, Digest, Direction};
 use super::clock::SimTime;
 use super::cluster::Cluster;
 use super::flow::{AgentEnd, End, Flow, Serving, Side, drain_outbox, send_body};
-use super::framing;
 use super::net::{Dir, Link, LinkParams, PathFaults};
 use super::scenario::{LoadBalancing, Scenario};
 use super::world::{Ev, World};
@@ -80,7 +76,8 @@ pub struct SimAgent {
     pub id: u64,
     pub up: bool,
     pub cluster: Cluster,
-    pub cache: Option<AgentCache>,
+    /// The views endpoint (the informer cache inside), while the process runs.
+    pub views: Option<AgentViews>,
     pub reconnect: Reconnect,
     pub state: AgentState,
     /// Invalidates stale `Dial`/`DialFailed` events.
@@ -108,7 +105,7 @@ impl SimAgent {
             up: false,
             truth: super::invariants::truth(&cluster),
             cluster,
-            cache: None,
+            views: None,
             reconnect: Reconnect::new(policy),
             state: AgentState::Down,
             dial_gen: 0,
@@ -181,26 +178,11 @@ impl World {
 
     pub(super) fn agent_boot(&mut self, i: usize) {
         let epoch = NonZeroU64::new(self.rng.random::<u64>() | 1).unwrap_or(NonZeroU64::MIN);
-        let mut cfg = PublisherConfig::new(epoch);
-        cfg.window = self.sc.agent.views_window;
-        cfg.ack_timeout = self.sc.agent.views_ack_timeout;
-        cfg.max_unacked = self.sc.agent.views_max_unacked;
-        let mut cache = match AgentCache::new(&default_views(), cfg) {
-            Ok(c) => c,
-            Err(e) => {
-                self.violate("agent-cache", format!("default views do not compile: {e}"));
-                return;
-            }
+        let Some(views) = self.agent_views_boot(i, epoch) else {
+            return;
         };
         let a = &mut self.agents[i];
-        for (kind, ev) in a.cluster.relist() {
-            if let Err(e) = cache.apply(&kind, ev) {
-                let detail = format!("agent {} relist rejected: {e}", a.id);
-                self.violate("agent-cache", detail);
-                return;
-            }
-        }
-        a.cache = Some(cache);
+        a.views = Some(views);
         a.up = true;
         a.reconnect = Reconnect::new(self.policy);
         a.backoff_model = BackoffModel::default();
@@ -219,7 +201,7 @@ impl World {
             return;
         }
         a.up = false;
-        a.cache = None;
+        a.views = None;
         a.dial_gen += 1;
         a.state = AgentState::Down;
         a.connected_since = None;
@@ -481,12 +463,7 @@ impl World {
         match ev {
             Event::Connected(e) => {
                 end.connected_at = Some(self.now);
-                let head = proto::RequestHead {
-                    service: protocol::service::VIEWS.into(),
-                    method: "STREAM".into(),
-                    path: "/".into(),
-                    ..Default::default()
-                };
+                let head = super::views::request_head();
                 if self.sc.inject.close_before_views == Some(i) {
                     // Deliberate bug: the agent starts closing before it opened its views stream.
                     end.conn.close(ErrorCode::NoError, "injected");
@@ -515,38 +492,15 @@ impl World {
                 self.metrics.agent_connected(i, self.now);
                 self.note(format_args!("connected a={i} f={fid}"));
             }
-            Event::Response { id, .. } if end.views == Some(id) => {
-                if self.agents[i].connected_flow() == Some(fid)
-                    && let Some(cache) = &mut self.agents[i].cache
-                {
-                    cache.on_connected(self.now_i);
-                }
-                self.pump_views(i);
+            Event::Response { id, head, .. } if end.views == Some(id) => {
+                self.agent_views_answered(i, fid, head.status);
             }
             Event::Data { id, data } => {
                 end.conn.release_capacity(id, data.len());
                 if let Some(s) = end.serving.get_mut(&id) {
                     s.body.received.update(&data);
                 } else if end.views == Some(id) {
-                    end.views_rx.push(&data);
-                    let mut msgs = Vec::new();
-                    // Each round takes one message out of a finite buffer.
-                    loop {
-                        match end.views_rx.next_message::<cache_proto::ServerToAgent>() {
-                            Ok(Some(m)) => msgs.push(m),
-                            Ok(None) => break,
-                            Err(e) => {
-                                self.violate("views-framing", format!("agent {i}: {e}"));
-                                return;
-                            }
-                        }
-                    }
-                    if let Some(cache) = &mut self.agents[i].cache {
-                        for m in &msgs {
-                            cache.handle(m, self.now_i);
-                        }
-                    }
-                    self.pump_views(i);
+                    self.agent_views_data(i, fid, &data);
                 }
             }
             Event::Finished { id } | Event::Trailer { id, .. } => {
@@ -562,7 +516,7 @@ impl World {
                     // kas ended the views stream: close ours too and stop publishing on it.
                     end.views = None;
                     end.conn.reset(id, ErrorCode::Cancel, "views stream ended");
-                    self.views_gone(i, fid);
+                    self.agent_views_gone(i, fid, LinkEnd::KasFinished);
                 }
             }
             Event::StreamOpened {
@@ -643,7 +597,7 @@ impl World {
                 }
                 if views {
                     end.views = None;
-                    self.views_gone(i, fid);
+                    self.agent_views_gone(i, fid, LinkEnd::Failed);
                 }
             }
             Event::Writable { id } => {
@@ -663,7 +617,7 @@ impl World {
                     let lived = end
                         .connected_at
                         .map_or(Duration::ZERO, |t| self.now.since(t));
-                    self.views_gone(i, fid);
+                    self.agent_views_gone(i, fid, LinkEnd::Draining);
                     let unit: f64 = self.rng.random();
                     if lived < reconnect_handover() {
                         self.inject_forget_backoff(i);
@@ -692,7 +646,7 @@ impl World {
                     AgentState::Connected { flow } | AgentState::Handshaking { flow } if flow == fid
                 );
                 if carried_views && was_active {
-                    self.views_gone(i, fid);
+                    self.agent_views_gone(i, fid, LinkEnd::Draining);
                 }
                 if !was_active {
                     return;
@@ -732,17 +686,6 @@ impl World {
                 self.schedule_dial(i, next, retry_after, expect);
             }
             Event::Hello(_) | Event::Response { .. } => {}
-        }
-    }
-
-    /// The views stream of agent `i` on `fid` is gone.
-    fn views_gone(&mut self, i: usize, fid: u64) {
-        let a = &mut self.agents[i];
-        let active = matches!(a.state, AgentState::Connected { flow } if flow == fid);
-        // Only the active connection's views stream feeds the publisher; a draining connection's
-        // stream was already let go when kas sent GOAWAY.
-        if active && let Some(cache) = &mut a.cache {
-            cache.on_disconnected();
         }
     }
 
@@ -823,9 +766,9 @@ impl World {
         let (status, body) = match kind {
             Some(k) if k.service == protocol::service::CACHE => {
                 match self.agents[i]
-                    .cache
+                    .views
                     .as_ref()
-                    .map(|c| cache_query(c, &k.path))
+                    .map(|v| cache_query(v.cache(), &k.path))
                 {
                     Some(Ok(body)) => (200, body),
                     Some(Err(msg)) => (404, Bytes::from(msg)),
@@ -869,62 +812,6 @@ impl World {
         self.pump(fid, Side::Agent);
     }
 
-    // ------------------------------------------------------------------ views
-
-    /// Lets the publisher send what is due on the active connection's views stream and arms its
-    /// timer. The caller flushes the connection.
-    pub(super) fn pump_views(&mut self, i: usize) {
-        let now_i = self.now_i;
-        let a = &mut self.agents[i];
-        let connected = a.connected_flow();
-        let Some(cache) = &mut a.cache else {
-            return;
-        };
-        if let Some(fid) = connected
-            && let Some(end) = self.flows.get_mut(&fid).and_then(|f| f.a.live_mut())
-            && let Some(views) = end.views
-        {
-            // The publisher sends a bounded number of messages per call (window, max_unacked).
-            for _ in 0..1000 {
-                let Some(mut m) = cache.poll_transmit(now_i) else {
-                    break;
-                };
-                if self.sc.inject.malformed_view == Some(i)
-                    && add_stray_unit(&mut m)
-                    && self.injected.insert("malformed-view")
-                {
-                    self.trace.line(format_args!(
-                        "{} {} . INJECT malformed-view a={i}",
-                        self.event_index, self.now
-                    ));
-                }
-                let mut bytes = framing::encode(&m);
-                if self.sc.inject.garble_views_frame == Some(i)
-                    && self.injected.insert("garble-views-frame")
-                {
-                    // Deliberate bug: a length prefix no varint has.
-                    let mut b = vec![0xffu8; 11];
-                    b.extend_from_slice(&bytes);
-                    bytes = Bytes::from(b);
-                }
-                if let Err(e) = send_body(&mut end.conn, &mut end.outbox, views, bytes, false) {
-                    tracing::debug!(error = %e, "views stream unusable");
-                    break;
-                }
-            }
-        }
-        if let Some(deadline) = cache.poll_timeout() {
-            let t = self
-                .clock
-                .to_sim(deadline)
-                .max(self.now.plus(Duration::from_millis(1)));
-            if a.timer_at.is_none_or(|s| t < s) {
-                a.timer_at = Some(t);
-                self.queue.push(t, Ev::AgentTimer { agent: i });
-            }
-        }
-    }
-
     pub(super) fn agent_timer(&mut self, i: usize) {
         self.agents[i].timer_at = None;
         self.pump_views(i);
@@ -963,7 +850,7 @@ impl World {
         let events = a.cluster.churn(&mut self.rng);
         a.truth = super::invariants::truth(&a.cluster);
         self.metrics.churn += 1;
-        if let Some(cache) = &mut a.cache {
+        if let Some(views) = &mut a.views {
             for (kind, ev) in events {
                 self.watch_events += 1;
                 let ev = if self.sc.inject.malformed_watch_event == Some(self.watch_events) {
@@ -980,7 +867,7 @@ impl World {
                     ));
                     continue;
                 }
-                if let Err(e) = cache.apply(&kind, ev) {
+                if let Err(e) = views.handle_watch(&kind, ev, self.now_i) {
                     let detail = format!("agent {} cache rejected a watch event: {e}", a.id);
                     self.violate("agent-cache", detail);
                     return;
@@ -1021,22 +908,4 @@ fn cache_query(cache: &AgentCache, path: &str) -> Result<Bytes, String> {
 /// How long a connection must have lived for GOAWAY to be a hand-over rather than a failure.
 fn reconnect_handover() -> Duration {
     agentk::reconnect::MIN_LIFETIME_FOR_HANDOVER
-}
-
-/// Adds a value without nanos to the first row a view message carries (a deliberate bug); whether
-/// there was one.
-fn add_stray_unit(m: &mut cache_proto::AgentToServer) -> bool {
-    use cache_proto::agent_to_server::Msg;
-    let row = match &mut m.msg {
-        Some(Msg::Update(u)) => u.views.iter_mut().flat_map(|v| v.upserts.iter_mut()).next(),
-        Some(Msg::Snapshot(s)) => s.views.iter_mut().flat_map(|v| v.rows.iter_mut()).next(),
-        _ => None,
-    };
-    match row {
-        Some(r) => {
-            r.units.push(1);
-            true
-        }
-        None => false,
-    }
 }

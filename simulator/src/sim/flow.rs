@@ -9,11 +9,11 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
+use protocol::cache::ViewsStream;
 use protocol::{Connection, StreamError, StreamId};
 
 use super::body::BodyCheck;
 use super::clock::SimTime;
-use super::framing::Deframer;
 use super::net::{Dir, Link};
 
 /// Which end of a flow.
@@ -164,7 +164,6 @@ pub struct AgentEnd {
     /// kas sent GOAWAY: a replacement was dialled; this one only finishes its streams.
     pub draining: bool,
     pub views: Option<StreamId>,
-    pub views_rx: Deframer,
     pub outbox: BTreeMap<StreamId, Outbox>,
     pub serving: BTreeMap<StreamId, Serving>,
 }
@@ -177,7 +176,6 @@ impl AgentEnd {
             connected_at: None,
             draining: false,
             views: None,
-            views_rx: Deframer::new(),
             outbox: BTreeMap::new(),
             serving: BTreeMap::new(),
         }
@@ -194,7 +192,8 @@ pub struct KasEnd {
     /// Registered in the router.
     pub registered: bool,
     pub views: Option<StreamId>,
-    pub views_rx: Deframer,
+    /// The replica's side of that views stream ([`MirrorTable`](protocol::cache::MirrorTable)).
+    pub views_stream: Option<ViewsStream>,
     pub outbox: BTreeMap<StreamId, Outbox>,
     /// Request streams kas opened on this connection.
     pub requests: BTreeMap<StreamId, KasStream>,
@@ -218,7 +217,7 @@ impl KasEnd {
             agent_id: None,
             registered: false,
             views: None,
-            views_rx: Deframer::new(),
+            views_stream: None,
             outbox: BTreeMap::new(),
             requests: BTreeMap::new(),
         }

@@ -8,7 +8,7 @@
 //! - `request-ended-twice`: a request ends exactly once (the [`Ledger`](super::clients::Ledger));
 //! - `misdelivered-request` / `misdelivered-response`: a request reaches the agent it is meant for
 //!   (the agent checks the agent id the request carries) and its response comes from that agent;
-//! - `protocol-error`: no connection fails with a protocol, flow-control or framing error (there is no
+//! - `protocol-error`: no connection fails with a protocol, flow-control or frame-level error (there is no
 //!   malicious peer in the world, so such an error is a bug in the core or the glue);
 //! - `stream-error`: no stream is reset with a code only a bug explains: a request stream may only be
 //!   refused (`REFUSED_STREAM`, then retried) or die with its connection, a served stream may only be
@@ -33,7 +33,7 @@
 //!   in its router;
 //! - `connection-leak`: once a connection has closed at kas, its replica's router no longer lists it;
 //! - `router`: every router call the glue makes is accepted (no unknown connection or request);
-//! - `views-framing` / `views-wire` / `agent-cache` / `views-stream` / `identity`: view messages
+//! - `views-messages` / `views-wire` / `agent-cache` / `views-stream` / `identity`: view messages
 //!   frame, decode and apply; watch events apply; the views stream opens; an agent is accepted as
 //!   itself;
 //! - in debug builds, `Connection::check_invariants` and `Router::check_invariants` run inside the core
@@ -87,7 +87,7 @@ pub const INVARIANTS: &[(&str, &str)] = &[
     ("tracking-leak", "continuously, periodically and at the end"),
     ("connection-leak", "continuously and at the end"),
     ("router", "continuously and periodically"),
-    ("views-framing", "continuously"),
+    ("views-messages", "continuously"),
     ("views-wire", "continuously"),
     ("agent-cache", "continuously"),
     ("views-stream", "continuously"),
@@ -231,7 +231,7 @@ impl World {
     /// After agent `i`'s cache took a change: its incremental views equal the oracle's.
     pub(super) fn check_agent_views(&mut self, i: usize) {
         let a = &self.agents[i];
-        let Some(cache) = &a.cache else {
+        let Some(cache) = a.views.as_ref().map(|v| v.cache()) else {
             return;
         };
         if !same_views(cache.views(), &a.truth) {
@@ -256,19 +256,21 @@ impl World {
             return;
         };
         let a = &self.agents[i];
-        let (Some(cache), Some(slot)) = (&a.cache, self.kas[k].mirrors.get(&agent_id)) else {
+        let (Some(cache), Some(mirror)) = (
+            a.views.as_ref().map(|v| v.cache()),
+            self.kas[k].mirrors.mirror(agent_id),
+        ) else {
             return;
         };
         let p = cache.publisher();
-        let caught_up = slot.mirror.epoch() == Some(p.epoch())
-            && slot.mirror.seq() == Some(p.seq())
-            && !p.has_pending();
-        if caught_up && slot.mirror.views() != &a.truth {
+        let caught_up =
+            mirror.epoch() == Some(p.epoch()) && mirror.seq() == Some(p.seq()) && !p.has_pending();
+        if caught_up && mirror.views() != &a.truth {
             let detail = format!(
                 "kas {k}'s mirror of agent {i} is at the agent's (epoch, seq) {:?} but differs from \
                  the oracle's views of its cluster: {:?}",
                 (p.epoch(), p.seq()),
-                differing(slot.mirror.views(), &a.truth)
+                differing(mirror.views(), &a.truth)
             );
             self.violate("mirror-diverged", detail);
         }
@@ -463,7 +465,7 @@ impl World {
                 ),
             ));
         }
-        let cache = a.cache.as_ref()?;
+        let cache = a.views.as_ref()?.cache();
         let truth = truth(&a.cluster);
         if truth != a.truth {
             return Some((
@@ -482,23 +484,23 @@ impl World {
                 ),
             ));
         }
-        let Some(slot) = self.kas[flow.kas].mirrors.get(&a.id) else {
+        let Some(mirror) = self.kas[flow.kas].mirrors.mirror(a.id) else {
             return Some((
                 "mirror-diverged",
                 format!("kas {} has no mirror of agent {i}", flow.kas),
             ));
         };
         let publisher = cache.publisher();
-        let position = (slot.mirror.epoch(), slot.mirror.seq());
+        let position = (mirror.epoch(), mirror.seq());
         let want = (Some(publisher.epoch()), Some(publisher.seq()));
-        if position != want || slot.mirror.views() != &truth {
+        if position != want || mirror.views() != &truth {
             return Some((
                 "mirror-diverged",
                 format!(
                     "kas {}'s mirror of agent {i} is at (epoch, seq) {position:?}, the agent at \
                      {want:?}; views differing from the oracle's: {:?}",
                     flow.kas,
-                    differing(slot.mirror.views(), &truth)
+                    differing(mirror.views(), &truth)
                 ),
             ));
         }

@@ -1,5 +1,6 @@
 //! A simulated kas replica: the production [`Router`] deciding which agent connection carries each
-//! request, one [`Mirror`] per agent fed by the agent's views stream, and kas's side of the tunnel.
+//! request, the production [`MirrorTable`] fed by the agents' views streams ([`super::views`]), and
+//! kas's side of the tunnel.
 //!
 //! A client request reaches a replica (the one holding a connection of the agent, found through the
 //! directory of connected agents, or any replica when there is none), is routed, and travels as a real
@@ -13,8 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use protocol::cache::proto as cache_proto;
-use protocol::cache::{Mirror, MirrorOutcome};
+use protocol::cache::MirrorTable;
 use protocol::router::{Route, Router, RouterConfig};
 use protocol::{ErrorCode, Event, StreamId, proto};
 
@@ -23,7 +23,6 @@ use super::body::{BodyCheck, Digest, Direction};
 use super::clients::Outcome;
 use super::clock::SimTime;
 use super::flow::{End, KasEnd, KasStream, Side, drain_outbox, send_body};
-use super::framing;
 use super::net::Dir;
 use super::report::StormCause;
 use super::scenario::{Fault, Scenario};
@@ -37,16 +36,6 @@ pub enum KasState {
     Down {
         host_up: bool,
     },
-}
-
-/// An agent's mirror on a replica.
-#[derive(Debug)]
-pub struct MirrorSlot {
-    pub mirror: Mirror,
-    /// The connection whose views stream feeds it.
-    pub flow: Option<u64>,
-    /// When its views stream went away (for retention).
-    pub released_at: Option<SimTime>,
 }
 
 /// Where a routed request is on its replica.
@@ -69,7 +58,7 @@ pub struct SimKas {
     pub conns: BTreeSet<u64>,
     /// Accepted connections among them.
     pub established: usize,
-    pub mirrors: BTreeMap<u64, MirrorSlot>,
+    pub mirrors: MirrorTable,
     pub requests: BTreeMap<u64, Stage>,
     pub router_timer_at: Option<SimTime>,
     /// The rolling restart (fault index) this replica is draining for.
@@ -92,7 +81,7 @@ impl SimKas {
             router_config,
             conns: BTreeSet::new(),
             established: 0,
-            mirrors: BTreeMap::new(),
+            mirrors: super::views::mirror_table(sc),
             requests: BTreeMap::new(),
             router_timer_at: None,
             rolling: None,
@@ -240,36 +229,7 @@ impl World {
                     && let Some(agent_id) = end.agent_id
                     && end.views.is_none()
                 {
-                    let ok = proto::ResponseHead {
-                        status: 200,
-                        headers: Vec::new(),
-                    };
-                    if end.conn.send_response(id, ok, false).is_err() {
-                        return;
-                    }
-                    end.views = Some(id);
-                    let resync_interval = self.sc.kas.resync_interval;
-                    let slot = self.kas[k]
-                        .mirrors
-                        .entry(agent_id)
-                        .or_insert_with(|| MirrorSlot {
-                            mirror: Mirror::with_resync_interval(resync_interval),
-                            flow: None,
-                            released_at: None,
-                        });
-                    slot.flow = Some(fid);
-                    slot.released_at = None;
-                    let request = slot.mirror.on_connected(self.now_i);
-                    let msg = cache_proto::ServerToAgent {
-                        msg: Some(cache_proto::server_to_agent::Msg::Resync(request)),
-                    };
-                    let _ = send_body(
-                        &mut end.conn,
-                        &mut end.outbox,
-                        id,
-                        framing::encode(&msg),
-                        false,
-                    );
+                    self.kas_views_opened(k, fid, agent_id, id, &head);
                 } else {
                     end.conn
                         .reset(id, ErrorCode::UnknownService, "no such service on kas");
@@ -278,68 +238,9 @@ impl World {
             Event::Data { id, data } => {
                 end.conn.release_capacity(id, data.len());
                 if end.views == Some(id) {
-                    end.views_rx.push(&data);
-                    let Some(agent_id) = end.agent_id else {
-                        return;
-                    };
-                    let mut replies: Vec<cache_proto::ServerToAgent> = Vec::new();
-                    // Each round takes one message out of a finite buffer.
-                    loop {
-                        let m = match end.views_rx.next_message::<cache_proto::AgentToServer>() {
-                            Ok(Some(m)) => m,
-                            Ok(None) => break,
-                            Err(e) => {
-                                self.violate("views-framing", format!("kas {k} flow {fid}: {e}"));
-                                return;
-                            }
-                        };
-                        let Some(slot) = self.kas[k].mirrors.get_mut(&agent_id) else {
-                            break;
-                        };
-                        let mut m = m;
-                        if self.sc.inject.corrupt_view_value.map(|i| i as u64 + 1) == Some(agent_id)
-                            && corrupt_first_value(&mut m)
-                            && self.injected.insert("corrupt-view-value")
-                        {
-                            self.trace.line(format_args!(
-                                "{} {} . INJECT corrupt-view-value a={agent_id}",
-                                self.event_index, self.now
-                            ));
-                        }
-                        use cache_proto::server_to_agent::Msg;
-                        match slot.mirror.handle(&m, self.now_i) {
-                            Ok(MirrorOutcome::Applied { ack, .. })
-                            | Ok(MirrorOutcome::Ignored { ack: Some(ack) }) => {
-                                replies.push(cache_proto::ServerToAgent {
-                                    msg: Some(Msg::Ack(ack)),
-                                });
-                            }
-                            Ok(MirrorOutcome::Ignored { ack: None }) => {}
-                            Ok(MirrorOutcome::ResyncNeeded { request }) => {
-                                replies.push(cache_proto::ServerToAgent {
-                                    msg: Some(Msg::Resync(request)),
-                                });
-                            }
-                            Err(e) => {
-                                self.violate(
-                                    "views-wire",
-                                    format!("kas {k} agent {agent_id}: {e}"),
-                                );
-                                return;
-                            }
-                        }
-                        self.metrics.views_messages += 1;
+                    if let Some(agent_id) = end.agent_id {
+                        self.kas_views_data(k, fid, agent_id, id, &data);
                     }
-                    for r in replies {
-                        let _ = send_body(
-                            &mut end.conn,
-                            &mut end.outbox,
-                            id,
-                            framing::encode(&r),
-                            false,
-                        );
-                    }
-                    self.check_mirror(k, agent_id);
                 } else if let Some(s) = end.requests.get_mut(&id) {
                     s.body.received.update(&data);
                     self.metrics.kas[k].response_bytes += data.len() as u64;
@@ -393,10 +294,7 @@ impl World {
                     let outcome = Outcome::Response(s.status.unwrap_or(0));
                     self.finish_request(k, s.request, outcome);
                 } else if end.views == Some(id) {
-                    end.views = None;
-                    end.conn.reset(id, ErrorCode::Cancel, "views stream ended");
-                    let agent_id = end.agent_id;
-                    self.mirror_released(k, agent_id, fid);
+                    self.kas_views_closed(k, fid, true);
                 }
             }
             Event::Reset {
@@ -408,9 +306,8 @@ impl World {
                 end.outbox.remove(&id);
                 let closing = end.conn.is_closed();
                 if end.views == Some(id) {
-                    end.views = None;
-                    let agent_id = end.agent_id;
                     if !(closing || remote && code == ErrorCode::Cancel) {
+                        end.views = None;
                         let detail = format!(
                             "kas {k} flow {fid}: the views stream {id} was reset with {code} \
                              (remote {remote}): {message}"
@@ -418,7 +315,7 @@ impl World {
                         self.violate("stream-error", detail);
                         return;
                     }
-                    self.mirror_released(k, agent_id, fid);
+                    self.kas_views_closed(k, fid, false);
                 } else if let Some(s) = end.requests.remove(&id) {
                     if code == ErrorCode::RefusedStream && remote {
                         // Never processed by the agent (GOAWAY or stream limit): safe to retry.
@@ -454,8 +351,7 @@ impl World {
             }
             Event::Closed(reason) => {
                 let registered = end.registered;
-                let agent_id = end.agent_id;
-                let views = end.views.take();
+                let views = end.views.is_some();
                 let leftovers: Vec<u64> = std::mem::take(&mut end.requests)
                     .into_values()
                     .map(|s| s.request)
@@ -467,11 +363,11 @@ impl World {
                     );
                 }
                 self.note(format_args!("kas-closed k={k} f={fid} {reason}"));
+                if views {
+                    self.kas_views_closed(k, fid, false);
+                }
                 let kas = &mut self.kas[k];
                 kas.conns.remove(&fid);
-                if views.is_some() {
-                    self.mirror_released(k, agent_id, fid);
-                }
                 for r in leftovers {
                     // Streams are reported reset before Closed, so this only catches glue bugs.
                     self.finish_request(k, r, Outcome::ConnectionLost);
@@ -516,18 +412,6 @@ impl World {
                     );
                 }
             }
-        }
-    }
-
-    /// The views stream of agent `agent_id` on connection `fid` is gone.
-    fn mirror_released(&mut self, k: usize, agent_id: Option<u64>, fid: u64) {
-        let now = self.now;
-        if let Some(slot) = agent_id.and_then(|a| self.kas[k].mirrors.get_mut(&a))
-            && slot.flow == Some(fid)
-        {
-            slot.flow = None;
-            slot.released_at = Some(now);
-            slot.mirror.on_disconnected();
         }
     }
 
@@ -1040,23 +924,5 @@ fn header(name: &str, value: u64) -> proto::Header {
     proto::Header {
         name: name.to_owned(),
         value: value.to_string().into_bytes().into(),
-    }
-}
-
-/// Changes the first metric value of the first row a view message carries (a deliberate bug);
-/// whether there was one.
-fn corrupt_first_value(m: &mut cache_proto::AgentToServer) -> bool {
-    use cache_proto::agent_to_server::Msg;
-    let row = match &mut m.msg {
-        Some(Msg::Update(u)) => u.views.iter_mut().flat_map(|v| v.upserts.iter_mut()).next(),
-        Some(Msg::Snapshot(s)) => s.views.iter_mut().flat_map(|v| v.rows.iter_mut()).next(),
-        _ => None,
-    };
-    match row.and_then(|r| r.units.first_mut()) {
-        Some(u) => {
-            *u += 1;
-            true
-        }
-        None => false,
     }
 }

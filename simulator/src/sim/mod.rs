@@ -1,9 +1,10 @@
 //! # The deterministic simulator
 //!
 //! Thousands of agents, their clusters and a few kas replicas in virtual time, with faults, driving
-//! the production code directly: [`protocol::Connection`] (framing, flow control, keepalive, GOAWAY) on
+//! the production code directly: [`protocol::Connection`] (frames, flow control, keepalive, GOAWAY) on
 //! both ends of every tunnel, [`protocol::router::Router`] in every replica,
-//! [`protocol::cache::AgentCache`] in every agent and [`protocol::cache::Mirror`] in every replica,
+//! the views endpoints [`protocol::cache::AgentViews`] in every agent and
+//! [`protocol::cache::MirrorTable`] in every replica,
 //! and agentk's [`agentk::reconnect::Reconnect`] deciding when agents dial. No async runtime, no
 //! threads, no clock reads in the loop.
 //!
@@ -23,8 +24,8 @@
 //! | [`cluster`] | a simulated cluster: objects and churn |
 //! | [`clients`] | client requests and the exactly-once ledger |
 //! | [`faults`] | the scenario's faults as events |
-//! | [`framing`] | length-delimited protobuf messages in stream bodies |
 //! | [`gitops`] | GitOps in virtual time: `gitops::Sync` against model clusters under commits, outages, restarts |
+//! | [`views`] | the views stream: agents drive `AgentViews`, replicas `MirrorTable`; fault injection |
 //! | [`invariants`] | what must always hold, and the checks |
 //! | [`report`] | capacity metrics and the report |
 //! | [`plot`] | the report's curves as SVG |
@@ -56,7 +57,6 @@ pub mod clock;
 pub mod cluster;
 pub mod faults;
 pub mod flow;
-pub mod framing;
 pub mod gitops;
 pub mod invariants;
 pub mod kas;
@@ -68,6 +68,7 @@ pub mod report;
 pub mod scenario;
 pub mod trace;
 pub mod units;
+pub mod views;
 pub mod world;
 
 pub use invariants::Violation;

@@ -10,13 +10,13 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use protocol::cache::Mirror;
 use serde::Serialize;
 
 use super::clients::{Completed, Outcome};
 use super::clock::SimTime;
 use super::flow::KasEnd;
 use super::invariants::Violation;
-use super::kas::MirrorSlot;
 use super::world::{Ev, World};
 
 /// Estimated bytes of one stream's state inside a `Connection` (windows, send queue, state, map
@@ -240,9 +240,9 @@ pub struct Report {
     pub series: Vec<KasSeries>,
 }
 
-fn mirror_bytes(slot: &MirrorSlot) -> usize {
-    let mut n = std::mem::size_of::<MirrorSlot>();
-    for view in slot.mirror.views().iter() {
+fn mirror_bytes(mirror: &Mirror) -> usize {
+    let mut n = std::mem::size_of::<Mirror>();
+    for view in mirror.views().iter() {
         n += NODE_OVERHEAD + view.schema.name.len() * 2 + 64;
         for (key, values) in &view.rows {
             n += NODE_OVERHEAD
@@ -290,21 +290,17 @@ impl World {
             .max(1e-9);
         self.metrics.last_sample = self.now;
         self.metrics.sample_times.push(self.now.as_secs_f64());
-        let retention = self.sc.kas.mirror_retention;
         for k in 0..self.kas.len() {
+            self.expire_mirrors(k);
             let kas = &mut self.kas[k];
-            let now = self.now;
-            kas.mirrors.retain(|_, s| {
-                s.flow.is_some() || s.released_at.is_none_or(|t| now.since(t) < retention)
-            });
             let mut streams = 0u64;
             let mut buffered = 0usize;
             for fid in &kas.conns {
                 if let Some(e) = self.flows.get(fid).and_then(|f| f.k.live()) {
                     let (l, r) = e.conn.open_streams();
                     streams += u64::from(l + r);
-                    buffered +=
-                        e.outbox.values().map(|o| o.bytes()).sum::<usize>() + e.views_rx.buffered();
+                    buffered += e.outbox.values().map(|o| o.bytes()).sum::<usize>()
+                        + e.views_stream.as_ref().map_or(0, |s| s.buffered());
                 }
             }
             // Measuring every mirror every sample would cost more than the rest of the sample:
@@ -312,9 +308,11 @@ impl World {
             let step = kas.mirrors.len().div_ceil(MIRROR_SAMPLE).max(1);
             let (measured, bytes) = kas
                 .mirrors
-                .values()
+                .mirrors()
                 .step_by(step)
-                .fold((0usize, 0usize), |(n, b), m| (n + 1, b + mirror_bytes(m)));
+                .fold((0usize, 0usize), |(n, b), (_, m)| {
+                    (n + 1, b + mirror_bytes(m))
+                });
             let mirror_bytes = (bytes * kas.mirrors.len())
                 .checked_div(measured)
                 .unwrap_or(0);

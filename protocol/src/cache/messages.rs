@@ -1,8 +1,9 @@
-//! Length-delimited protobuf framing for the `views` stream (SERVICES.md §2.8): every message is
-//! prefixed by its length as a protobuf varint (prost's `encode_length_delimited`). [`FrameDecoder`]
+//! Messages of the `views` stream (SERVICES.md §6): every message is a protobuf encoding prefixed by
+//! its length as a protobuf varint (prost's `encode_length_delimited`). [`MessageDecoder`]
 //! reassembles messages from the stream's chunks, however the chunks split them, and refuses a
-//! message over [`MAX_MESSAGE`] before buffering it. agentk and kas (and the simulator's model of
-//! them) frame the stream with this one implementation.
+//! message over [`MAX_MESSAGE`] before buffering it. "Frame" means only a tunnel frame; the units of
+//! a views-stream body are *messages*. Both views endpoints ([`super::endpoint`]) use this one
+//! implementation.
 
 use bytes::{Buf, Bytes, BytesMut};
 use prost::Message;
@@ -13,42 +14,50 @@ pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// The longest varint encoding of a `u64`.
 const MAX_VARINT: usize = 10;
 
-/// A byte sequence that is not a valid sequence of length-delimited messages.
+/// A byte sequence that is not a valid sequence of length-delimited messages (the peer's fault).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FrameError {
+pub enum MessageError {
     /// A length prefix announces more than [`MAX_MESSAGE`] octets.
     #[error("message of {len} octets exceeds the limit of {max}")]
-    TooLarge { len: u64, max: usize },
+    TooLarge {
+        /// The announced length.
+        len: u64,
+        /// The limit.
+        max: usize,
+    },
     /// A length prefix is not a valid varint (longer than 10 octets).
-    #[error("invalid length prefix")]
+    #[error("invalid length prefix: not a varint of at most 10 octets")]
     BadLength,
     /// The stream ended inside a message.
     #[error("the stream ended inside a message ({buffered} octets buffered)")]
-    Truncated { buffered: usize },
+    Truncated {
+        /// Octets of the incomplete message.
+        buffered: usize,
+    },
 }
 
 /// `message` with its length prefix.
-pub fn encode(message: &impl Message) -> Bytes {
+pub fn encode_message(message: &impl Message) -> Bytes {
     Bytes::from(message.encode_length_delimited_to_vec())
 }
 
 /// Reassembles length-delimited messages from chunks.
 #[derive(Debug)]
-pub struct FrameDecoder {
+pub struct MessageDecoder {
     buf: BytesMut,
     max: usize,
 }
 
-impl Default for FrameDecoder {
+impl Default for MessageDecoder {
     fn default() -> Self {
-        FrameDecoder::new(MAX_MESSAGE)
+        MessageDecoder::new(MAX_MESSAGE)
     }
 }
 
-impl FrameDecoder {
+impl MessageDecoder {
     /// A decoder refusing messages over `max` octets.
-    pub fn new(max: usize) -> FrameDecoder {
-        FrameDecoder {
+    pub fn new(max: usize) -> MessageDecoder {
+        MessageDecoder {
             buf: BytesMut::new(),
             max,
         }
@@ -61,12 +70,12 @@ impl FrameDecoder {
 
     /// The next complete message, `Ok(None)` if more octets are needed. Once this fails the
     /// decoder's state is unspecified: the stream must be abandoned.
-    pub fn next_message(&mut self) -> Result<Option<Bytes>, FrameError> {
+    pub fn next_message(&mut self) -> Result<Option<Bytes>, MessageError> {
         let Some((len, prefix)) = self.length()? else {
             return Ok(None);
         };
         if len > self.max as u64 {
-            return Err(FrameError::TooLarge { len, max: self.max });
+            return Err(MessageError::TooLarge { len, max: self.max });
         }
         // `len <= max`, which is a usize.
         let len = len as usize;
@@ -78,24 +87,29 @@ impl FrameDecoder {
         Ok(Some(self.buf.split_to(len).freeze()))
     }
 
+    /// Octets buffered (part of a message).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Checks that the stream did not end inside a message.
-    pub fn finish(&self) -> Result<(), FrameError> {
+    pub fn finish(&self) -> Result<(), MessageError> {
         if self.buf.is_empty() {
             Ok(())
         } else {
-            Err(FrameError::Truncated {
+            Err(MessageError::Truncated {
                 buffered: self.buf.len(),
             })
         }
     }
 
     /// The length prefix at the front of the buffer and its size, if complete.
-    fn length(&self) -> Result<Option<(u64, usize)>, FrameError> {
+    fn length(&self) -> Result<Option<(u64, usize)>, MessageError> {
         let mut value: u64 = 0;
         for (i, b) in self.buf.iter().take(MAX_VARINT).enumerate() {
             let bits = u64::from(b & 0x7f);
             if i == MAX_VARINT - 1 && *b > 1 {
-                return Err(FrameError::BadLength);
+                return Err(MessageError::BadLength);
             }
             value |= bits << (7 * i);
             if b & 0x80 == 0 {
@@ -103,7 +117,7 @@ impl FrameDecoder {
             }
         }
         if self.buf.len() >= MAX_VARINT {
-            return Err(FrameError::BadLength);
+            return Err(MessageError::BadLength);
         }
         Ok(None)
     }
@@ -127,10 +141,10 @@ mod tests {
 
     #[test]
     fn decodes_what_encode_produced() {
-        let mut d = FrameDecoder::default();
+        let mut d = MessageDecoder::default();
         let mut wire = Vec::new();
         for seq in [0, 1, 300, u64::MAX] {
-            wire.extend_from_slice(&encode(&ack(seq)));
+            wire.extend_from_slice(&encode_message(&ack(seq)));
         }
         d.push(&wire);
         for seq in [0, 1, 300, u64::MAX] {
@@ -143,7 +157,7 @@ mod tests {
 
     #[test]
     fn empty_messages_are_messages() {
-        let mut d = FrameDecoder::default();
+        let mut d = MessageDecoder::default();
         d.push(&[0, 0]);
         assert_eq!(d.next_message(), Ok(Some(Bytes::new())));
         assert_eq!(d.next_message(), Ok(Some(Bytes::new())));
@@ -152,39 +166,42 @@ mod tests {
 
     #[test]
     fn refuses_oversized_messages_before_buffering_them() {
-        let mut d = FrameDecoder::new(100);
+        let mut d = MessageDecoder::new(100);
         d.push(&[101]);
         assert_eq!(
             d.next_message(),
-            Err(FrameError::TooLarge { len: 101, max: 100 })
+            Err(MessageError::TooLarge { len: 101, max: 100 })
         );
-        let mut d = FrameDecoder::default();
+        let mut d = MessageDecoder::default();
         // 16 MiB + 1 as a varint.
         let mut prefix = Vec::new();
         prost::encoding::encode_varint((MAX_MESSAGE + 1) as u64, &mut prefix);
         d.push(&prefix);
-        assert!(matches!(d.next_message(), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            d.next_message(),
+            Err(MessageError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn refuses_overlong_varints() {
-        let mut d = FrameDecoder::default();
+        let mut d = MessageDecoder::default();
         d.push(&[0xff; 11]);
-        assert_eq!(d.next_message(), Err(FrameError::BadLength));
-        let mut d = FrameDecoder::default();
+        assert_eq!(d.next_message(), Err(MessageError::BadLength));
+        let mut d = MessageDecoder::default();
         d.push(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]);
-        assert_eq!(d.next_message(), Err(FrameError::BadLength));
+        assert_eq!(d.next_message(), Err(MessageError::BadLength));
     }
 
     #[test]
     fn a_stream_ending_inside_a_message_is_truncated() {
-        let mut d = FrameDecoder::default();
-        let wire = encode(&ack(5));
+        let mut d = MessageDecoder::default();
+        let wire = encode_message(&ack(5));
         d.push(&wire[..wire.len() - 1]);
         assert_eq!(d.next_message(), Ok(None));
         assert_eq!(
             d.finish(),
-            Err(FrameError::Truncated {
+            Err(MessageError::Truncated {
                 buffered: wire.len() - 1
             })
         );
@@ -198,13 +215,13 @@ mod tests {
         ) {
             let mut wire = Vec::new();
             for s in &seqs {
-                wire.extend_from_slice(&encode(&ack(*s)));
+                wire.extend_from_slice(&encode_message(&ack(*s)));
             }
             let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(wire.len())).collect();
             cuts.push(0);
             cuts.push(wire.len());
             cuts.sort_unstable();
-            let mut d = FrameDecoder::default();
+            let mut d = MessageDecoder::default();
             let mut got = Vec::new();
             for w in cuts.windows(2) {
                 d.push(&wire[w[0]..w[1]]);
@@ -218,7 +235,7 @@ mod tests {
 
         #[test]
         fn arbitrary_octets_never_panic(data in prop::collection::vec(any::<u8>(), 0..64)) {
-            let mut d = FrameDecoder::new(32);
+            let mut d = MessageDecoder::new(32);
             d.push(&data);
             for _ in 0..64 {
                 match d.next_message() {
