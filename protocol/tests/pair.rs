@@ -322,7 +322,7 @@ fn goaway_drains_in_flight_streams_then_closes() {
     assert!(!p.agent.is_closed(), "in-flight stream keeps it open");
     assert!(matches!(
         p.agent.open_stream(head("/new"), true),
-        Err(protocol::StreamError::GoingAway)
+        Err(protocol::OpenError::GoingAway)
     ));
     // The in-flight stream still completes.
     p.agent
@@ -415,7 +415,7 @@ fn stream_limit_gives_typed_refusal() {
     }
     assert_eq!(
         p.server.open_stream(head("/"), false),
-        Err(protocol::StreamError::LimitReached { limit: 3 })
+        Err(protocol::OpenError::LimitReached { limit: 3 })
     );
 }
 
@@ -450,7 +450,7 @@ fn handshake_refused_and_version_mismatch() {
     assert!(matches!(
         p.agent.close_reason(),
         Some(CloseReason::Refused {
-            code: 1,
+            code: protocol::RejectCode::Unauthenticated,
             retry_after_ms: 500,
             ..
         })
@@ -471,7 +471,10 @@ fn handshake_refused_and_version_mismatch() {
     p.drive();
     assert!(matches!(
         p.agent.close_reason(),
-        Some(CloseReason::Refused { code: 2, .. })
+        Some(CloseReason::Refused {
+            code: protocol::RejectCode::VersionUnsupported,
+            ..
+        })
     ));
 }
 

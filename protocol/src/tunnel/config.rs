@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use crate::proto;
-use crate::tunnel::frame::{DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_LIMIT, MAX_WINDOW};
+use crate::tunnel::frame::{
+    DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_LIMIT, MAX_WINDOW, MIN_MAX_FRAME_SIZE,
+};
 
 /// The protocol version this crate implements.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -95,9 +97,9 @@ impl Settings {
 
     /// Checks the ranges PROTOCOL.md allows.
     pub fn validate(&self) -> Result<(), String> {
-        if !(DEFAULT_MAX_FRAME_SIZE..=MAX_FRAME_SIZE_LIMIT).contains(&self.max_frame_size) {
+        if !(MIN_MAX_FRAME_SIZE..=MAX_FRAME_SIZE_LIMIT).contains(&self.max_frame_size) {
             return Err(format!(
-                "max_frame_size {} outside {DEFAULT_MAX_FRAME_SIZE}..={MAX_FRAME_SIZE_LIMIT}",
+                "max_frame_size {} outside {MIN_MAX_FRAME_SIZE}..={MAX_FRAME_SIZE_LIMIT}",
                 self.max_frame_size
             ));
         }
@@ -197,5 +199,26 @@ impl Default for Config {
             max_transmit: 256 * 1024,
             flood: FloodLimits::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_size_below_the_protocol_minimum_is_invalid() {
+        let mut s = Settings {
+            max_frame_size: MIN_MAX_FRAME_SIZE - 1,
+            ..Settings::default()
+        };
+        let err = s.validate().expect_err("16383 accepted");
+        assert!(
+            err.contains(&format!("{MIN_MAX_FRAME_SIZE}..={MAX_FRAME_SIZE_LIMIT}")),
+            "{err}"
+        );
+        assert!(err.contains("16383"), "{err}");
+        s.max_frame_size = MIN_MAX_FRAME_SIZE;
+        assert_eq!(s.validate(), Ok(()));
     }
 }

@@ -214,30 +214,193 @@ impl ConnectionError {
     }
 }
 
-/// Misuse of the local API (the application asked for something the protocol does not allow now).
-/// Never closes the connection.
+/// A stream could not be opened; nothing was sent, so the request was not processed. Every variant
+/// but [`OpenError::HeadTooLarge`] may be retried on another connection
+/// ([`OpenError::retry_elsewhere`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StreamError {
+pub enum OpenError {
+    /// The handshake has not completed (or the connection already ended).
     #[error("the connection is not established")]
-    NotConnected,
+    NotEstablished,
+    /// The connection is draining after GOAWAY (either side's); no new streams.
     #[error("the connection is closing (goaway); no new streams")]
     GoingAway,
+    /// The peer's `max_concurrent_streams` is reached.
     #[error("the peer allows at most {limit} concurrent streams")]
-    LimitReached { limit: u32 },
+    LimitReached {
+        /// The peer's limit.
+        limit: u32,
+    },
+    /// Every stream identifier of our parity was used on this connection.
     #[error("stream ids are exhausted on this connection")]
     IdsExhausted,
-    #[error("no such stream {0}")]
-    UnknownStream(StreamId),
-    #[error("stream {0} can no longer be written in this direction")]
-    SendClosed(StreamId),
-    #[error("stream {0} needs a response head before data")]
-    NoResponseYet(StreamId),
+    /// The encoded request head exceeds the peer's `max_header_size`: no connection would take it.
+    #[error("encoded head of {len} octets exceeds the peer's maximum of {max}")]
+    HeadTooLarge {
+        /// Encoded length of the head.
+        len: usize,
+        /// The peer's `max_header_size`.
+        max: u32,
+    },
+}
+
+impl OpenError {
+    /// Whether another connection (a fresh one, or another agent connection) could take the
+    /// stream: everything but a head too large for any peer.
+    pub fn retry_elsewhere(&self) -> bool {
+        !matches!(self, OpenError::HeadTooLarge { .. })
+    }
+}
+
+/// The application broke the API contract: a bug in the caller, never the peer's fault (rustls'
+/// `ApiMisuse`). The connection is unaffected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiMisuse {
+    /// `send_response` on a stream that already has a response head.
     #[error("stream {0} already has a response head")]
     AlreadyResponded(StreamId),
+    /// `send_response` on a stream we opened: only the acceptor responds.
     #[error("stream {0} was opened locally; only the acceptor responds")]
     NotAcceptor(StreamId),
+    /// Data, trailer or end of stream before the response head.
+    #[error("stream {0} needs a response head before data")]
+    NoResponseYet(StreamId),
+    /// Data, trailer or end of stream after we ended our direction.
+    #[error("stream {0} was already finished in this direction")]
+    SendAfterFinish(StreamId),
+}
+
+/// An operation on an existing stream failed. Never closes the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    /// The stream is gone: reset by the peer, ended, or the connection closed. A race with the peer,
+    /// not a bug.
+    #[error("stream {0} is gone (reset or closed)")]
+    Gone(StreamId),
+    /// The encoded response head or trailer exceeds the peer's `max_header_size`.
     #[error("encoded head of {len} octets exceeds the peer's maximum of {max}")]
-    HeadTooLarge { len: usize, max: u32 },
+    HeadTooLarge {
+        /// Encoded length of the head.
+        len: usize,
+        /// The peer's `max_header_size`.
+        max: u32,
+    },
+    /// The caller broke the API contract (see [`ApiMisuse`]).
+    #[error(transparent)]
+    Misuse(#[from] ApiMisuse),
+}
+
+impl StreamError {
+    /// Whether the caller broke the API contract (a bug), as opposed to a race with the peer.
+    pub fn is_misuse(&self) -> bool {
+        matches!(self, StreamError::Misuse(_))
+    }
+}
+
+/// Why the server refused a HELLO (REJECT, PROTOCOL.md §7.3): the typed form of
+/// [`crate::proto::RejectCode`], keeping unknown wire values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectCode {
+    /// 0: no reason given.
+    Unspecified,
+    /// 1: token missing, malformed or not recognised.
+    Unauthenticated,
+    /// 2: no common protocol version.
+    VersionUnsupported,
+    /// 3: too many attempts; retry after `retry_after_ms`.
+    RateLimited,
+    /// 4: the server is shutting down or overloaded; retry elsewhere or later.
+    Unavailable,
+    /// 5: the token is valid but the agent may not connect.
+    PermissionDenied,
+    /// 6: the HELLO itself was malformed.
+    BadHello,
+    /// Any other wire value.
+    Unknown(i32),
+}
+
+impl RejectCode {
+    /// From the wire value; never fails.
+    pub fn from_wire(v: i32) -> RejectCode {
+        use crate::proto::RejectCode as W;
+        match W::try_from(v) {
+            Ok(W::Unspecified) => RejectCode::Unspecified,
+            Ok(W::Unauthenticated) => RejectCode::Unauthenticated,
+            Ok(W::VersionUnsupported) => RejectCode::VersionUnsupported,
+            Ok(W::RateLimited) => RejectCode::RateLimited,
+            Ok(W::Unavailable) => RejectCode::Unavailable,
+            Ok(W::PermissionDenied) => RejectCode::PermissionDenied,
+            Ok(W::BadHello) => RejectCode::BadHello,
+            Err(_) => RejectCode::Unknown(v),
+        }
+    }
+
+    /// The wire value.
+    pub fn to_wire(self) -> i32 {
+        use crate::proto::RejectCode as W;
+        match self {
+            RejectCode::Unspecified => W::Unspecified as i32,
+            RejectCode::Unauthenticated => W::Unauthenticated as i32,
+            RejectCode::VersionUnsupported => W::VersionUnsupported as i32,
+            RejectCode::RateLimited => W::RateLimited as i32,
+            RejectCode::Unavailable => W::Unavailable as i32,
+            RejectCode::PermissionDenied => W::PermissionDenied as i32,
+            RejectCode::BadHello => W::BadHello as i32,
+            RejectCode::Unknown(v) => v,
+        }
+    }
+
+    /// The upper-case name used in PROTOCOL.md and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            RejectCode::Unspecified => "UNSPECIFIED",
+            RejectCode::Unauthenticated => "UNAUTHENTICATED",
+            RejectCode::VersionUnsupported => "VERSION_UNSUPPORTED",
+            RejectCode::RateLimited => "RATE_LIMITED",
+            RejectCode::Unavailable => "UNAVAILABLE",
+            RejectCode::PermissionDenied => "PERMISSION_DENIED",
+            RejectCode::BadHello => "BAD_HELLO",
+            RejectCode::Unknown(_) => "UNKNOWN",
+        }
+    }
+
+    /// Whether the agent's credentials are the problem (the token should be checked or re-read).
+    pub fn is_credential_problem(self) -> bool {
+        matches!(
+            self,
+            RejectCode::Unauthenticated | RejectCode::PermissionDenied
+        )
+    }
+}
+
+impl From<crate::proto::RejectCode> for RejectCode {
+    fn from(c: crate::proto::RejectCode) -> RejectCode {
+        RejectCode::from_wire(c as i32)
+    }
+}
+
+impl std::fmt::Display for RejectCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RejectCode::Unknown(v) => write!(f, "UNKNOWN({v})"),
+            c => f.write_str(c.name()),
+        }
+    }
+}
+
+/// Whose fault the end of a connection was ([`CloseReason::fault`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// Nobody's: a graceful close, or an orderly GOAWAY with a non-error code.
+    None,
+    /// The peer broke the protocol (or reported that we did): a bug on one side, worth a loud log.
+    PeerMisbehaved,
+    /// Our own application closed or aborted it, or a local limit or timer ended it.
+    Local,
+    /// The transport failed or went silent.
+    Network,
+    /// The server refused the handshake.
+    Refused,
 }
 
 /// Why a connection ended.
@@ -251,10 +414,13 @@ pub enum CloseReason {
     Aborted { code: ErrorCode, message: String },
     /// The peer sent GOAWAY with an error code and its streams are gone.
     Remote { code: ErrorCode, message: String },
-    /// The server refused the handshake (agent side).
+    /// The server refused the handshake (REJECT).
     Refused {
-        code: i32,
+        /// Why.
+        code: RejectCode,
+        /// The server's explanation (for logs).
         message: String,
+        /// Minimum back-off before the next attempt, in milliseconds (0: the agent's own policy).
         retry_after_ms: u32,
     },
     /// The transport ended (reported by the driver through [`crate::Connection::handle_eof`]).
@@ -269,9 +435,44 @@ impl std::fmt::Display for CloseReason {
             CloseReason::Aborted { code, message } => write!(f, "aborted: {code} {message}"),
             CloseReason::Remote { code, message } => write!(f, "closed by peer: {code} {message}"),
             CloseReason::Refused { code, message, .. } => {
-                write!(f, "handshake refused (code {code}): {message}")
+                write!(f, "handshake refused ({code}): {message}")
             }
             CloseReason::TransportClosed => f.write_str("transport closed"),
+        }
+    }
+}
+
+impl CloseReason {
+    /// Whose fault the end was. A protocol-level code (PROTOCOL_ERROR, FLOW_CONTROL_ERROR,
+    /// STREAM_CLOSED, FRAME_SIZE_ERROR, HEADER_TOO_LARGE, INTERNAL_ERROR) in either direction is
+    /// [`Fault::PeerMisbehaved`]: only a buggy peer (or core) causes one. The exception is a GOAWAY
+    /// received during the handshake: a peer giving up on the handshake sends one (PROTOCOL.md 7.6),
+    /// which is the network's doing (a slow link), not a bug.
+    pub fn fault(&self) -> Fault {
+        let code = match self {
+            CloseReason::Graceful => return Fault::None,
+            CloseReason::Refused { .. } => return Fault::Refused,
+            CloseReason::TransportClosed => return Fault::Network,
+            CloseReason::Aborted { .. } => return Fault::Local,
+            CloseReason::Local(ConnectionError::BeforeHandshake { frame: "GOAWAY" }) => {
+                return Fault::Network;
+            }
+            CloseReason::Local(
+                ConnectionError::HandshakeTimeout | ConnectionError::IdleTimeout,
+            ) => return Fault::Network,
+            CloseReason::Local(e) => e.code(),
+            CloseReason::Remote { code, .. } => *code,
+        };
+        match code {
+            ErrorCode::Protocol
+            | ErrorCode::FlowControl
+            | ErrorCode::StreamClosed
+            | ErrorCode::FrameSize
+            | ErrorCode::HeaderTooLarge
+            | ErrorCode::Internal => Fault::PeerMisbehaved,
+            ErrorCode::Timeout => Fault::Network,
+            _ if matches!(self, CloseReason::Local(_)) => Fault::Local,
+            _ => Fault::None,
         }
     }
 }

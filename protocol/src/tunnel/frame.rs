@@ -25,8 +25,11 @@ use crate::tunnel::error::FrameError;
 
 /// Size of the fixed frame header in bytes.
 pub const HEADER_LEN: usize = 9;
-/// Smallest maximum frame payload a peer may announce, and the default.
+/// The maximum frame payload announced when nothing else is configured (PROTOCOL.md §6).
 pub const DEFAULT_MAX_FRAME_SIZE: u32 = 16 * 1024;
+/// Smallest maximum frame payload a peer may announce (PROTOCOL.md §6). The same value as
+/// [`DEFAULT_MAX_FRAME_SIZE`], another meaning: raising the default must not raise the minimum.
+pub const MIN_MAX_FRAME_SIZE: u32 = 16 * 1024;
 /// Largest maximum frame payload a peer may announce (2^24 - 1).
 pub const MAX_FRAME_SIZE_LIMIT: u32 = (1 << 24) - 1;
 /// Largest payload of a handshake frame (HELLO, ACCEPT, REJECT), whatever the settings say.

@@ -4,8 +4,8 @@
 //! the production code directly: [`protocol::Connection`] (framing, flow control, keepalive, GOAWAY) on
 //! both ends of every tunnel, [`protocol::router::Router`] in every replica,
 //! [`protocol::cache::AgentCache`] in every agent and [`protocol::cache::Mirror`] in every replica,
-//! and agentk's [`agentk::reconnect::Reconnect`] deciding when agents dial. No async runtime, no
-//! threads, no clock reads in the loop.
+//! and agentk's reconnect policy [`protocol::tunnel::reconnect::Reconnect`] deciding when agents
+//! dial. No async runtime, no threads, no clock reads in the loop.
 //!
 //! | module | what it is |
 //! |---|---|
