@@ -520,3 +520,48 @@ fn echo_with_empty_bodies_completes() {
         "the case has an empty body"
     );
 }
+
+/// Caller misuse is told apart from a stream the peer took away (rustls' `ApiMisuse` split).
+#[test]
+fn stream_errors_say_whether_the_caller_or_the_peer_is_responsible() {
+    use protocol::{ApiMisuse, StreamError};
+    let mut p = Pair::connected(6, Instant::now());
+    let ours = p.server.open_stream(head("/misuse"), false).expect("open");
+    assert_eq!(
+        p.server
+            .send_response(ours, proto::ResponseHead::default(), false),
+        Err(StreamError::Misuse(ApiMisuse::NotAcceptor(ours)))
+    );
+    p.drive();
+    let mut theirs = None;
+    while let Some(ev) = p.agent.poll_event() {
+        if let Event::StreamOpened { id, .. } = ev {
+            theirs = Some(id);
+        }
+    }
+    let theirs = theirs.expect("the agent saw the stream");
+    assert_eq!(
+        p.agent.send_data(theirs, Bytes::from_static(b"x"), false),
+        Err(StreamError::Misuse(ApiMisuse::NoResponseYet(theirs)))
+    );
+    p.agent
+        .send_response(theirs, proto::ResponseHead::default(), false)
+        .expect("respond");
+    assert_eq!(
+        p.agent
+            .send_response(theirs, proto::ResponseHead::default(), false),
+        Err(StreamError::Misuse(ApiMisuse::AlreadyResponded(theirs)))
+    );
+    p.server.finish(ours).expect("finish");
+    assert_eq!(
+        p.server.finish(ours),
+        Err(StreamError::Misuse(ApiMisuse::SendAfterFinish(ours)))
+    );
+    // The server gives up on its stream: for the agent it is gone, a race and not a bug.
+    p.server.reset(ours, ErrorCode::Cancel, "no longer needed");
+    p.drive();
+    assert_eq!(
+        p.agent.send_data(theirs, Bytes::from_static(b"x"), true),
+        Err(StreamError::Gone(theirs))
+    );
+}

@@ -13,13 +13,21 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Defaults applied when a peer announces 0 for a setting (PROTOCOL.md, "Settings").
 pub mod defaults {
     use std::time::Duration;
+    /// Streams the peer may have open at once.
     pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+    /// Initial flow-control window of each stream, in octets.
     pub const INITIAL_STREAM_WINDOW: u32 = 1024 * 1024;
+    /// Initial flow-control window of the connection, in octets.
     pub const INITIAL_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+    /// Largest frame payload accepted.
     pub const MAX_FRAME_SIZE: u32 = super::DEFAULT_MAX_FRAME_SIZE;
+    /// Largest encoded REQUEST/RESPONSE/TRAILER payload accepted.
     pub const MAX_HEADER_SIZE: u32 = 64 * 1024;
+    /// A peer silent this long is gone.
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// A PING is sent after this long without sending anything.
     pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+    /// The handshake must complete within this time.
     pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     /// The window flood limits are counted in.
     pub const FLOOD_WINDOW: Duration = Duration::from_secs(10);
@@ -136,6 +144,7 @@ pub struct Config {
     pub settings: Settings,
     /// Inclusive range of versions we speak.
     pub min_version: u32,
+    /// Highest version we speak.
     pub max_version: u32,
     /// The handshake must complete within this time.
     pub handshake_timeout: Duration,

@@ -70,16 +70,27 @@ impl std::fmt::Display for StreamId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum FrameType {
+    /// DATA.
     Data = 0x0,
+    /// REQUEST.
     Request = 0x1,
+    /// RESPONSE.
     Response = 0x2,
+    /// TRAILER.
     Trailer = 0x3,
+    /// RESET.
     Reset = 0x4,
+    /// WINDOW_UPDATE.
     WindowUpdate = 0x5,
+    /// PING.
     Ping = 0x6,
+    /// GOAWAY.
     GoAway = 0x7,
+    /// HELLO.
     Hello = 0x8,
+    /// ACCEPT.
     Accept = 0x9,
+    /// REJECT.
     Reject = 0xA,
 }
 
@@ -143,9 +154,13 @@ pub enum Scope {
 /// The fixed header of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// Payload length in octets.
     pub length: u32,
+    /// Frame type.
     pub kind: u8,
+    /// Flags octet.
     pub flags: u8,
+    /// The stream (0: the connection).
     pub stream: StreamId,
 }
 
@@ -178,46 +193,78 @@ impl Header {
 /// A decoded frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
+    /// DATA (0x0): body octets of a stream.
     Data {
+        /// The stream.
         stream: StreamId,
+        /// Body octets.
         data: Bytes,
+        /// The sender's direction ends with this frame (END_STREAM).
         end_stream: bool,
     },
+    /// REQUEST (0x1): opens a stream.
     Request {
+        /// The stream.
         stream: StreamId,
+        /// The head.
         head: proto::RequestHead,
+        /// The sender's direction ends with this frame (END_STREAM).
         end_stream: bool,
     },
+    /// RESPONSE (0x2): the acceptor's answer head.
     Response {
+        /// The stream.
         stream: StreamId,
+        /// The head.
         head: proto::ResponseHead,
+        /// The sender's direction ends with this frame (END_STREAM).
         end_stream: bool,
     },
+    /// TRAILER (0x3): ends a direction with status and metadata.
     Trailer {
+        /// The stream.
         stream: StreamId,
+        /// The trailer.
         trailer: proto::Trailer,
     },
+    /// RESET (0x4): abandons a stream.
     Reset {
+        /// The stream.
         stream: StreamId,
+        /// Code and message.
         reset: proto::Reset,
     },
+    /// WINDOW_UPDATE (0x5): grants flow-control credit (stream 0: the connection).
     WindowUpdate {
+        /// The stream.
         stream: StreamId,
+        /// Credit added, in octets.
         increment: u32,
     },
+    /// PING (0x6): liveness check, or its acknowledgement.
     Ping {
+        /// An acknowledgement of the peer's PING.
         ack: bool,
+        /// Opaque octets (echoed in the acknowledgement).
         payload: [u8; 8],
     },
+    /// GOAWAY (0x7): no new streams; drain.
     GoAway(proto::GoAway),
+    /// HELLO (0x8): the agent's handshake.
     Hello(proto::Hello),
+    /// ACCEPT (0x9): the server accepts the agent.
     Accept(proto::Accept),
+    /// REJECT (0xA): the server refuses the agent.
     Reject(proto::Reject),
     /// A frame type this version does not know. Receivers ignore it (extension rule).
     Unknown {
+        /// Frame type.
         kind: u8,
+        /// Flags octet.
         flags: u8,
+        /// The stream.
         stream: StreamId,
+        /// Opaque octets (echoed in the acknowledgement).
         payload: Bytes,
     },
 }

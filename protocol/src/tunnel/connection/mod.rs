@@ -71,7 +71,10 @@ pub enum Phase {
     /// Server: waiting for the preface and HELLO.
     AwaitHello,
     /// Server: HELLO reported; waiting for `accept` or `reject`.
-    HelloPending { version: u32 },
+    HelloPending {
+        /// The version the connection will use if accepted.
+        version: u32,
+    },
     /// Agent: HELLO sent; waiting for ACCEPT or REJECT.
     AwaitAccept,
     /// Handshake done.
@@ -83,7 +86,9 @@ pub enum Phase {
 /// What the agent says about itself in HELLO.
 #[derive(Clone, Default)]
 pub struct AgentHello {
+    /// The agent's token (redacted from `Debug`).
     pub token: String,
+    /// Version, capabilities, pod.
     pub meta: proto::AgentMeta,
 }
 
@@ -189,10 +194,12 @@ impl Connection {
 
     // ------------------------------------------------------------------ queries
 
+    /// Which side this connection is.
     pub fn role(&self) -> Role {
         self.role
     }
 
+    /// Where the handshake is.
     pub fn phase(&self) -> Phase {
         self.phase
     }
@@ -232,6 +239,7 @@ impl Connection {
         &self.config.settings
     }
 
+    /// Counters since the connection was created.
     pub fn stats(&self) -> &ConnectionStats {
         &self.stats
     }
