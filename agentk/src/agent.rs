@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use protocol::CloseReason;
 use protocol::cache::{AgentCache, PublisherConfig, ResourceKind};
+use protocol::tunnel::reconnect::{BackoffPolicy, Decision, DialFailure, Next, Reconnect, Why};
 use runtime_tokio::{AgentOptions, Connection, Error as TunnelError, connect_agent};
 use rustls::pki_types::ServerName;
 use tokio::task::JoinHandle;
@@ -29,7 +30,6 @@ use crate::config::Config;
 use crate::dispatch::{Services, serve_connection};
 use crate::error::Error;
 use crate::{cache, informer, upstream, views};
-use protocol::tunnel::reconnect::{BackoffPolicy, Decision, DialFailure, Next, Reconnect, Why};
 
 /// Upper bound of one dial (TCP connect, TLS, HELLO/ACCEPT), so an unroutable kas address does not
 /// hang an attempt for the operating system's connect timeout.

@@ -15,7 +15,7 @@
 //! All integers are big-endian. `R` is reserved and must be zero. Decoding works on a growing buffer
 //! ([`Decoder::decode`]) so input may arrive split at any byte boundary; DATA payloads are handed out as
 //! zero-copy slices of the input ([`Bytes`]). Every malformed input yields a [`FrameError`] with the
-//! [`ErrorCode`] the connection closes with; the decoder never panics.
+//! [`ErrorCode`](crate::tunnel::ErrorCode) the connection closes with; the decoder never panics.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
