@@ -51,6 +51,12 @@ if cargo tree -p kas -e normal --prefix none | grep -qE '^tokio v'; then
     fi
 fi
 
+echo "== the simulator links no agent or Kubernetes client (it drives protocol's pure types)"
+if cargo tree -p simulator -e normal --prefix none | grep -E '^(kube|agentk) v'; then
+    echo "the simulator must not depend on these (reconnect policy: protocol::tunnel::reconnect)" >&2
+    exit 1
+fi
+
 echo "== binaries the conformance suite runs against (target/debug/agentk, target/debug/kas, target/debug/kas-demo)"
 cargo build -p agentk -p kas -p kas-demo
 

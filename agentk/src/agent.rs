@@ -7,8 +7,10 @@
 //! ```
 //!
 //! Only one connection is "current"; connections that got GOAWAY keep serving their in-flight
-//! streams on their own task until kas closes them. Back-off decisions come from the pure
-//! [`Reconnect`]; this module only supplies clock and randomness and does the I/O.
+//! streams on their own task until kas closes them. Every decision (back-off after a failure,
+//! handover after GOAWAY) comes from protocol's pure [`Reconnect`], which the simulator drives too;
+//! this module only supplies clock and randomness, waits for the connection's events (no polling)
+//! and does the I/O.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use protocol::CloseReason;
 use protocol::cache::{AgentCache, PublisherConfig, ResourceKind};
-use protocol::proto::RejectCode;
+use protocol::tunnel::reconnect::{BackoffPolicy, Decision, DialFailure, Next, Reconnect, Why};
 use runtime_tokio::{AgentOptions, Connection, Error as TunnelError, connect_agent};
 use rustls::pki_types::ServerName;
 use tokio::task::JoinHandle;
@@ -27,13 +29,8 @@ use crate::cache::CacheHandle;
 use crate::config::Config;
 use crate::dispatch::{Services, serve_connection};
 use crate::error::Error;
-use crate::reconnect::{BackoffPolicy, Next, Reconnect};
 use crate::{cache, informer, upstream, views};
 
-/// A connection that got GOAWAY sooner than this after its handshake counts as a failure (back-off)
-/// rather than a graceful handover, so a kas that accepts and at once sends GOAWAY is not dialled in
-/// a tight loop.
-const MIN_LIFETIME_FOR_HANDOVER: Duration = Duration::from_secs(1);
 /// Upper bound of one dial (TCP connect, TLS, HELLO/ACCEPT), so an unroutable kas address does not
 /// hang an attempt for the operating system's connect timeout.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -97,11 +94,6 @@ impl std::fmt::Debug for Agent {
 struct Live {
     conn: Connection,
     task: JoinHandle<()>,
-}
-
-enum End {
-    Draining,
-    Closed(CloseReason),
 }
 
 impl Agent {
@@ -170,15 +162,17 @@ impl Agent {
             cache: running_cache.as_ref().map(|c| c.handle.clone()),
             ..self.services.clone()
         });
-        let mut reconnect = Reconnect::new(self.backoff);
+        // Connections are named by a serial number; every decision comes from the pure policy.
+        let mut reconnect: Reconnect<u64> = Reconnect::new(self.backoff);
+        let mut serial = 0u64;
         let mut live: Vec<Live> = Vec::new();
-        let mut token_refused = false;
+        let mut reload_token = false;
         tracing::info!(kas = %self.address, "agentk starting");
         // Runs until shutdown; every iteration dials once and then waits (back-off, or the life of
         // the connection), so it never spins.
         loop {
             live.retain(|l| !l.task.is_finished());
-            if std::mem::take(&mut token_refused) {
+            if std::mem::take(&mut reload_token) {
                 self.reload_token();
             }
             let dial = async {
@@ -198,10 +192,10 @@ impl Agent {
                 () = &mut shutdown => break,
                 r = dial => r,
             };
-            let next = match result {
+            let decision = match result {
                 Ok((conn, established)) => {
-                    let connected_at = Instant::now();
-                    reconnect.connected(connected_at);
+                    serial += 1;
+                    reconnect.handle_connected(serial, Instant::now());
                     tracing::info!(
                         agent_id = established.agent_id,
                         connection_id = %established.connection_id,
@@ -229,29 +223,40 @@ impl Agent {
                         conn: conn.clone(),
                         task,
                     });
-                    let end = tokio::select! {
+                    let (decision, reason) = tokio::select! {
                         () = &mut shutdown => break,
-                        reason = conn.closed() => End::Closed(reason),
-                        () = draining(&conn) => End::Draining,
+                        reason = conn.closed() => (
+                            reconnect.handle_closed(&serial, &reason, Instant::now(), rand::random()),
+                            Some(reason),
+                        ),
+                        () = draining(&conn) => (
+                            reconnect.handle_draining(&serial, Instant::now(), rand::random()),
+                            None,
+                        ),
                     };
-                    self.after_connection(&mut reconnect, end, connected_at, &established)
+                    // The connection is current and undecided, so the policy always answers.
+                    let decision = decision.unwrap_or_else(|| {
+                        reconnect.handle_dial_failed(
+                            DialFailure::Network,
+                            Instant::now(),
+                            rand::random(),
+                        )
+                    });
+                    log_connection_end(&decision, &reconnect, &established, reason.as_ref());
+                    decision
                 }
                 Err(e) => {
-                    let retry_after = match &e {
-                        TunnelError::Refused {
-                            retry_after, code, ..
-                        } => {
-                            token_refused = *code == RejectCode::Unauthenticated as i32;
-                            *retry_after
-                        }
-                        _ => None,
-                    };
-                    let next = reconnect.failed(Instant::now(), rand::random(), retry_after);
-                    log_failure(&e, reconnect.failures(), delay(next));
-                    next
+                    let decision = reconnect.handle_dial_failed(
+                        dial_failure(&e),
+                        Instant::now(),
+                        rand::random(),
+                    );
+                    log_failure(&e, reconnect.failures(), decision.delay(Instant::now()));
+                    decision
                 }
             };
-            if let Next::WaitUntil(at) = next {
+            reload_token = decision.reload_credentials;
+            if let Next::WaitUntil(at) = decision.next {
                 tokio::select! {
                     () = &mut shutdown => break,
                     () = tokio::time::sleep_until(at.into()) => {}
@@ -275,50 +280,6 @@ impl Agent {
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "cannot re-read the token file; keeping the token")
-            }
-        }
-    }
-
-    /// What to do after the current connection ended or started draining.
-    fn after_connection(
-        &self,
-        reconnect: &mut Reconnect,
-        end: End,
-        connected_at: Instant,
-        established: &protocol::Established,
-    ) -> Next {
-        let lived = connected_at.elapsed();
-        match end {
-            End::Draining | End::Closed(CloseReason::Graceful)
-                if lived >= MIN_LIFETIME_FOR_HANDOVER =>
-            {
-                tracing::info!(
-                    agent_id = established.agent_id,
-                    connection_id = %established.connection_id,
-                    "kas is going away: opening a new connection while this one drains"
-                );
-                reconnect.goaway()
-            }
-            End::Draining | End::Closed(CloseReason::Graceful) => {
-                let next = reconnect.failed(Instant::now(), rand::random(), None);
-                tracing::warn!(
-                    attempt = reconnect.failures(),
-                    delay_ms = delay_ms(delay(next)),
-                    lived_ms = delay_ms(lived),
-                    "kas sent GOAWAY right after connecting; reconnecting after a back-off"
-                );
-                next
-            }
-            End::Closed(reason) => {
-                let next = reconnect.failed(Instant::now(), rand::random(), None);
-                tracing::warn!(
-                    connection_id = %established.connection_id,
-                    %reason,
-                    attempt = reconnect.failures(),
-                    delay_ms = delay_ms(delay(next)),
-                    "connection to kas lost; reconnecting"
-                );
-                next
             }
         }
     }
@@ -353,10 +314,51 @@ pub(crate) async fn draining(conn: &Connection) {
     }
 }
 
-fn delay(next: Next) -> Duration {
-    match next {
-        Next::Connect => Duration::ZERO,
-        Next::WaitUntil(at) => at.saturating_duration_since(Instant::now()),
+/// The dial failure a runtime error stands for.
+fn dial_failure(e: &TunnelError) -> DialFailure {
+    match e {
+        TunnelError::Refused {
+            code, retry_after, ..
+        } => DialFailure::Refused {
+            code: *code,
+            retry_after: *retry_after,
+        },
+        TunnelError::Timeout => DialFailure::Timeout,
+        TunnelError::Tls(_) => DialFailure::Tls,
+        _ => DialFailure::Network,
+    }
+}
+
+/// One log line for the end (or drain) of the current connection, by the policy's reason.
+fn log_connection_end(
+    decision: &Decision,
+    reconnect: &Reconnect<u64>,
+    established: &protocol::Established,
+    reason: Option<&CloseReason>,
+) {
+    let delay_ms = delay_ms(decision.delay(Instant::now()));
+    let attempt = reconnect.failures();
+    let connection_id = &established.connection_id;
+    match decision.why {
+        Why::Handover => tracing::info!(
+            agent_id = established.agent_id,
+            %connection_id,
+            "kas is going away: opening a new connection while this one drains"
+        ),
+        Why::EarlyGoaway { lived } => tracing::warn!(
+            %connection_id,
+            attempt,
+            delay_ms,
+            lived_ms = self::delay_ms(lived),
+            "kas sent GOAWAY right after connecting; reconnecting after a back-off"
+        ),
+        _ => tracing::warn!(
+            %connection_id,
+            reason = %reason.map_or_else(|| "draining".to_owned(), ToString::to_string),
+            attempt,
+            delay_ms,
+            "connection to kas lost; reconnecting"
+        ),
     }
 }
 
@@ -368,20 +370,17 @@ fn delay_ms(d: Duration) -> u64 {
 fn log_failure(e: &TunnelError, attempt: u32, delay: Duration) {
     let delay_ms = delay_ms(delay);
     match e {
-        TunnelError::Refused { code, message, .. }
-            if *code == RejectCode::Unauthenticated as i32
-                || *code == RejectCode::PermissionDenied as i32 =>
-        {
+        TunnelError::Refused { code, message, .. } if code.is_credential_problem() => {
             tracing::error!(
                 attempt,
                 delay_ms,
-                code = *code,
+                code = %code,
                 %message,
                 "kas refused the agent's token; check the token (retrying)"
             );
         }
         TunnelError::Refused { code, message, .. } => {
-            tracing::warn!(attempt, delay_ms, code = *code, %message, "kas refused the connection; retrying");
+            tracing::warn!(attempt, delay_ms, code = %code, %message, "kas refused the connection; retrying");
         }
         e => tracing::warn!(attempt, delay_ms, error = %e, "cannot connect to kas; retrying"),
     }

@@ -10,7 +10,7 @@ use protocol::proto::AgentMeta;
 use protocol::service;
 
 use crate::error::Error;
-use crate::reconnect::BackoffPolicy;
+use protocol::tunnel::reconnect::BackoffPolicy;
 
 /// Where agentk's Kubernetes credentials and API server address come from (`kube`'s configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -33,8 +33,7 @@
 //! |---|---|
 //! | [`config`] | [`Config`], [`KubeSource`], [`MetaOverrides`] (HELLO metadata), [`CacheConfig`], token and views files |
 //! | [`address`] | the kas address (`host:port`, `tls://host:port`) |
-//! | [`reconnect`] | pure back-off policy: exponential, full jitter, bounded, honours REJECT `retry_after` |
-//! | [`agent`] | the connection loop: dial, serve, GOAWAY handover, reconnect |
+//! | [`agent`] | the connection loop: dial, serve, GOAWAY handover, reconnect (decided by `protocol::tunnel::reconnect`) |
 //! | [`dispatch`] | one task per kas-opened stream, by service; one log line per request |
 //! | [`k8s_api`] | `k8s-api`: forward to the API server with agentk's own credentials |
 //! | [`informer`] | one `kube-runtime` watcher per configured kind, feeding the cache task |
@@ -107,7 +106,6 @@ pub mod head;
 pub mod informer;
 pub mod k8s_api;
 pub mod proxy_path;
-pub mod reconnect;
 pub mod service_proxy;
 pub mod upstream;
 pub mod views;
@@ -119,4 +117,4 @@ pub use config::{
     default_watch_kinds, parse_watch_kinds, read_token_file, read_views_file,
 };
 pub use error::Error;
-pub use reconnect::{BackoffPolicy, Next, Reconnect};
+pub use protocol::tunnel::reconnect::BackoffPolicy;

@@ -460,8 +460,8 @@ impl Default for KeepaliveConfig {
     }
 }
 
-/// Smallest accepted `limits.max_frame_size` (PROTOCOL.md §6: the default is also the minimum).
-pub const MIN_FRAME_SIZE: u32 = protocol::frame::DEFAULT_MAX_FRAME_SIZE;
+/// Smallest accepted `limits.max_frame_size` (PROTOCOL.md §6's minimum).
+pub const MIN_FRAME_SIZE: u32 = protocol::tunnel::frame::MIN_MAX_FRAME_SIZE;
 /// Largest accepted `limits.max_frame_size` (24-bit frame length).
 pub const MAX_FRAME_SIZE: u32 = protocol::frame::MAX_FRAME_SIZE_LIMIT;
 

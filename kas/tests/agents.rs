@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use protocol::CloseReason;
-use protocol::proto::RejectCode;
+use protocol::RejectCode;
 use support::{
     Env, FakeAgent, GUARD, Script, agent_meta, eventually, get, metric, metrics, try_connect,
 };
@@ -23,7 +23,7 @@ fn bad_agent_token_is_rejected_and_failures_are_rate_limited() {
             Err(runtime_smol::Error::Refused {
                 code, retry_after, ..
             }) => {
-                assert_eq!(code, RejectCode::Unauthenticated as i32);
+                assert_eq!(code, RejectCode::Unauthenticated);
                 assert_eq!(retry_after, None);
             }
             other => panic!("expected a refusal, got {other:?}"),
@@ -34,7 +34,7 @@ fn bad_agent_token_is_rejected_and_failures_are_rate_limited() {
         Err(runtime_smol::Error::Refused {
             code, retry_after, ..
         }) => {
-            assert_eq!(code, RejectCode::RateLimited as i32);
+            assert_eq!(code, RejectCode::RateLimited);
             assert!(retry_after.is_some_and(|d| d > Duration::ZERO));
         }
         other => panic!("expected rate limiting, got {other:?}"),

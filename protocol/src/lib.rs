@@ -89,9 +89,9 @@ pub mod proto {
 }
 
 pub use tunnel::{
-    AgentHello, CloseReason, Config, Connection, ConnectionError, ConnectionStats, ErrorCode,
-    Established, Event, Frame, FrameError, HelloInfo, PROTOCOL_VERSION, Phase, Role, Settings,
-    StreamError, StreamId,
+    AgentHello, ApiMisuse, CloseReason, Config, Connection, ConnectionError, ConnectionStats,
+    ErrorCode, Established, Event, Fault, Frame, FrameError, HelloInfo, OpenError,
+    PROTOCOL_VERSION, Phase, RejectCode, Role, Settings, StreamError, StreamId,
 };
 
 // Old module paths, kept while the crates above move to `protocol::tunnel::…` and `protocol::routing`

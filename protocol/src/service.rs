@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Names and conventions of the services carried over tunnel streams (PROTOCOL.md, "Services").
 //!
 //! The tunnel itself is service-agnostic: a REQUEST names a `service` and a `method`, and the receiving
@@ -32,12 +33,19 @@ pub const GITOPS: &str = "gitops";
 
 /// Status code carried in a TRAILER when the receiving side failed after the response head.
 pub mod status {
+    /// Success.
     pub const OK: u32 = 0;
+    /// The operation was cancelled (the stream is no longer needed).
     pub const CANCELLED: u32 = 1;
+    /// An error without a better code.
     pub const UNKNOWN: u32 = 2;
+    /// The request's `timeout_ms` passed after the response head.
     pub const DEADLINE_EXCEEDED: u32 = 4;
+    /// What the request named does not exist.
     pub const NOT_FOUND: u32 = 5;
+    /// The receiving side failed.
     pub const INTERNAL: u32 = 13;
+    /// The upstream went away mid-body.
     pub const UNAVAILABLE: u32 = 14;
 }
 

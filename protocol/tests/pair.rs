@@ -322,7 +322,7 @@ fn goaway_drains_in_flight_streams_then_closes() {
     assert!(!p.agent.is_closed(), "in-flight stream keeps it open");
     assert!(matches!(
         p.agent.open_stream(head("/new"), true),
-        Err(protocol::StreamError::GoingAway)
+        Err(protocol::OpenError::GoingAway)
     ));
     // The in-flight stream still completes.
     p.agent
@@ -415,7 +415,7 @@ fn stream_limit_gives_typed_refusal() {
     }
     assert_eq!(
         p.server.open_stream(head("/"), false),
-        Err(protocol::StreamError::LimitReached { limit: 3 })
+        Err(protocol::OpenError::LimitReached { limit: 3 })
     );
 }
 
@@ -450,7 +450,7 @@ fn handshake_refused_and_version_mismatch() {
     assert!(matches!(
         p.agent.close_reason(),
         Some(CloseReason::Refused {
-            code: 1,
+            code: protocol::RejectCode::Unauthenticated,
             retry_after_ms: 500,
             ..
         })
@@ -471,7 +471,10 @@ fn handshake_refused_and_version_mismatch() {
     p.drive();
     assert!(matches!(
         p.agent.close_reason(),
-        Some(CloseReason::Refused { code: 2, .. })
+        Some(CloseReason::Refused {
+            code: protocol::RejectCode::VersionUnsupported,
+            ..
+        })
     ));
 }
 
@@ -515,5 +518,50 @@ fn echo_with_empty_bodies_completes() {
             .chain(s.opened.values())
             .any(|o| o.body.is_empty()),
         "the case has an empty body"
+    );
+}
+
+/// Caller misuse is told apart from a stream the peer took away (rustls' `ApiMisuse` split).
+#[test]
+fn stream_errors_say_whether_the_caller_or_the_peer_is_responsible() {
+    use protocol::{ApiMisuse, StreamError};
+    let mut p = Pair::connected(6, Instant::now());
+    let ours = p.server.open_stream(head("/misuse"), false).expect("open");
+    assert_eq!(
+        p.server
+            .send_response(ours, proto::ResponseHead::default(), false),
+        Err(StreamError::Misuse(ApiMisuse::NotAcceptor(ours)))
+    );
+    p.drive();
+    let mut theirs = None;
+    while let Some(ev) = p.agent.poll_event() {
+        if let Event::StreamOpened { id, .. } = ev {
+            theirs = Some(id);
+        }
+    }
+    let theirs = theirs.expect("the agent saw the stream");
+    assert_eq!(
+        p.agent.send_data(theirs, Bytes::from_static(b"x"), false),
+        Err(StreamError::Misuse(ApiMisuse::NoResponseYet(theirs)))
+    );
+    p.agent
+        .send_response(theirs, proto::ResponseHead::default(), false)
+        .expect("respond");
+    assert_eq!(
+        p.agent
+            .send_response(theirs, proto::ResponseHead::default(), false),
+        Err(StreamError::Misuse(ApiMisuse::AlreadyResponded(theirs)))
+    );
+    p.server.finish(ours).expect("finish");
+    assert_eq!(
+        p.server.finish(ours),
+        Err(StreamError::Misuse(ApiMisuse::SendAfterFinish(ours)))
+    );
+    // The server gives up on its stream: for the agent it is gone, a race and not a bug.
+    p.server.reset(ours, ErrorCode::Cancel, "no longer needed");
+    p.drive();
+    assert_eq!(
+        p.agent.send_data(theirs, Bytes::from_static(b"x"), true),
+        Err(StreamError::Gone(theirs))
     );
 }

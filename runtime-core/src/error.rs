@@ -3,7 +3,9 @@
 use std::io;
 use std::time::Duration;
 
-use protocol::{CloseReason, ConnectionError, ErrorCode, StreamError};
+use protocol::{
+    ApiMisuse, CloseReason, ConnectionError, ErrorCode, OpenError, RejectCode, StreamError,
+};
 
 /// Everything that can go wrong for an application using a tunnel connection or stream.
 #[derive(Debug, thiserror::Error)]
@@ -15,10 +17,10 @@ pub enum Error {
     #[error("TLS handshake failed: {0}")]
     Tls(#[source] io::Error),
     /// The server refused the agent's HELLO.
-    #[error("handshake refused (code {code}): {message}")]
+    #[error("handshake refused ({code}): {message}")]
     Refused {
-        /// A `protocol::proto::RejectCode` value.
-        code: i32,
+        /// Why.
+        code: RejectCode,
         message: String,
         /// Minimum back-off the server asked for, if any.
         retry_after: Option<Duration>,
@@ -33,9 +35,13 @@ pub enum Error {
     /// The connection is over for another reason (idle timeout, protocol error, abort, goaway with error).
     #[error("connection closed: {0}")]
     Closed(CloseReason),
-    /// The application asked for something the protocol does not allow now (e.g. open after GOAWAY).
+    /// A stream could not be opened (nothing was sent; see [`OpenError::retry_elsewhere`]).
     #[error(transparent)]
-    Protocol(#[from] StreamError),
+    Open(#[from] OpenError),
+    /// An operation on an open stream failed: the stream is gone, a head is too large, or the
+    /// application misused the API ([`StreamError::Misuse`]).
+    #[error(transparent)]
+    Stream(#[from] StreamError),
     /// A deadline passed (TLS handshake, connect).
     #[error("timed out")]
     Timeout,
@@ -63,9 +69,14 @@ impl Error {
         }
     }
 
-    /// Whether this is `Protocol(StreamError::GoingAway)`: the connection is draining, open elsewhere.
+    /// Whether this is `Open(OpenError::GoingAway)`: the connection is draining, open elsewhere.
     pub fn is_going_away(&self) -> bool {
-        matches!(self, Error::Protocol(StreamError::GoingAway))
+        matches!(self, Error::Open(OpenError::GoingAway))
+    }
+
+    /// Whether the application broke the API contract (a bug in the caller, not the peer's fault).
+    pub fn is_misuse(&self) -> bool {
+        matches!(self, Error::Stream(StreamError::Misuse(_)))
     }
 
     /// Whether the connection ended because the peer was silent beyond the idle timeout.
@@ -84,8 +95,11 @@ impl Error {
             Error::Refused { .. } => io::ErrorKind::ConnectionRefused,
             Error::StreamReset { .. } => io::ErrorKind::ConnectionReset,
             Error::Closed(_) => io::ErrorKind::ConnectionAborted,
-            Error::Protocol(StreamError::SendClosed(_)) => io::ErrorKind::BrokenPipe,
-            Error::Protocol(_) => io::ErrorKind::InvalidInput,
+            Error::Stream(StreamError::Misuse(ApiMisuse::SendAfterFinish(_))) => {
+                io::ErrorKind::BrokenPipe
+            }
+            Error::Stream(StreamError::Gone(_)) => io::ErrorKind::NotConnected,
+            Error::Stream(_) | Error::Open(_) => io::ErrorKind::InvalidInput,
             Error::Timeout => io::ErrorKind::TimedOut,
             Error::Io(e) => e.kind(),
         }
@@ -156,17 +170,22 @@ mod tests {
             Error::TransportClosed
         ));
         let refused = Error::from_close(&CloseReason::Refused {
-            code: 1,
+            code: RejectCode::Unauthenticated,
             message: "no".into(),
             retry_after_ms: 1500,
         });
         assert!(matches!(
             refused,
-            Error::Refused { code: 1, retry_after: Some(d), .. } if d == Duration::from_millis(1500)
+            Error::Refused { code: RejectCode::Unauthenticated, retry_after: Some(d), .. }
+                if d == Duration::from_millis(1500)
         ));
         assert!(
             Error::from_close(&CloseReason::Local(ConnectionError::IdleTimeout)).is_idle_timeout()
         );
-        assert!(Error::Protocol(StreamError::GoingAway).is_going_away());
+        assert!(Error::Open(OpenError::GoingAway).is_going_away());
+        assert!(
+            Error::Stream(ApiMisuse::AlreadyResponded(protocol::StreamId(1)).into()).is_misuse()
+        );
+        assert!(!Error::Stream(StreamError::Gone(protocol::StreamId(1))).is_misuse());
     }
 }

@@ -44,8 +44,8 @@ impl ConnectionHandle {
     }
 
     /// Opens a stream with a request head; `end_stream`: no body follows. Fails with
-    /// `Error::Protocol(StreamError::GoingAway)` once either side sent GOAWAY, with
-    /// `StreamError::LimitReached` at the peer's concurrency limit, and with the connection's error once
+    /// `Error::Open(OpenError::GoingAway)` once either side sent GOAWAY, with
+    /// `OpenError::LimitReached` at the peer's concurrency limit, and with the connection's error once
     /// it is over.
     pub fn open(&self, head: RequestHead, end_stream: bool) -> Result<StreamHandle, Error> {
         let id = self.session.open(head, end_stream)?;

@@ -131,7 +131,7 @@ pub async fn server_handshake(
             let _e = session.span().enter();
             tracing::info!(%peer, code = r.code, message = %r.message, "agent refused");
             let err = Error::Refused {
-                code: r.code,
+                code: protocol::RejectCode::from_wire(r.code),
                 message: r.message.clone(),
                 retry_after: (r.retry_after_ms > 0)
                     .then(|| std::time::Duration::from_millis(r.retry_after_ms.into())),

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use protocol::proto::{RequestHead, ResponseHead, Trailer};
 use protocol::{
-    AgentHello, CloseReason, Config, Connection, ErrorCode, Established, Event, HelloInfo, Role,
-    StreamError, StreamId,
+    AgentHello, ApiMisuse, CloseReason, Config, Connection, ErrorCode, Established, Event,
+    HelloInfo, Role, StreamError, StreamId,
 };
 
 use crate::error::Error;
@@ -353,9 +353,7 @@ impl Session {
         let mut guard = self.lock();
         let s = &mut *guard;
         let Some(slot) = s.slots.get_mut(&id) else {
-            return Poll::Ready(Err(stream_io_error(Error::Protocol(
-                StreamError::UnknownStream(id),
-            ))));
+            return Poll::Ready(Err(stream_io_error(Error::Stream(StreamError::Gone(id)))));
         };
         if slot.buffered > 0 {
             let mut n = 0;
@@ -399,8 +397,8 @@ impl Session {
         let mut guard = self.lock();
         let s = &mut *guard;
         let Some(slot) = s.slots.get_mut(&id) else {
-            return Poll::Ready(Some(Err(stream_io_error(Error::Protocol(
-                StreamError::UnknownStream(id),
+            return Poll::Ready(Some(Err(stream_io_error(Error::Stream(
+                StreamError::Gone(id),
             )))));
         };
         if let Some(front) = slot.recv.front_mut() {
@@ -433,16 +431,14 @@ impl Session {
         let mut guard = self.lock();
         let s = &mut *guard;
         let Some(slot) = s.slots.get_mut(&id) else {
-            return Poll::Ready(Err(stream_io_error(Error::Protocol(
-                StreamError::UnknownStream(id),
-            ))));
+            return Poll::Ready(Err(stream_io_error(Error::Stream(StreamError::Gone(id)))));
         };
         if let Some(f) = &slot.failure {
             return Poll::Ready(Err(stream_io_error(f.to_error())));
         }
         if slot.send_done {
-            return Poll::Ready(Err(stream_io_error(Error::Protocol(
-                StreamError::SendClosed(id),
+            return Poll::Ready(Err(stream_io_error(Error::Stream(
+                ApiMisuse::SendAfterFinish(id).into(),
             ))));
         }
         if buf.is_empty() {
@@ -464,7 +460,7 @@ impl Session {
                 s.after_command();
                 Poll::Ready(Ok(n))
             }
-            Err(e) => Poll::Ready(Err(stream_io_error(Error::Protocol(e)))),
+            Err(e) => Poll::Ready(Err(stream_io_error(Error::Stream(e)))),
         }
     }
 
@@ -487,7 +483,7 @@ impl Session {
         let slot = s
             .slots
             .get_mut(&id)
-            .ok_or(Error::Protocol(StreamError::UnknownStream(id)))?;
+            .ok_or(Error::Stream(StreamError::Gone(id)))?;
         if let Some(f) = &slot.failure {
             return Err(f.to_error());
         }
@@ -511,7 +507,7 @@ impl Session {
         let slot = s
             .slots
             .get_mut(&id)
-            .ok_or(Error::Protocol(StreamError::UnknownStream(id)))?;
+            .ok_or(Error::Stream(StreamError::Gone(id)))?;
         if let Some(f) = &slot.failure {
             return Err(f.to_error());
         }
@@ -550,7 +546,7 @@ impl Session {
     ) -> Poll<Result<ResponseHead, Error>> {
         let mut s = self.lock();
         let Some(slot) = s.slots.get_mut(&id) else {
-            return Poll::Ready(Err(Error::Protocol(StreamError::UnknownStream(id))));
+            return Poll::Ready(Err(Error::Stream(StreamError::Gone(id))));
         };
         if let Some(h) = &slot.response {
             return Poll::Ready(Ok(h.clone()));
@@ -569,7 +565,7 @@ impl Session {
     ) -> Poll<Result<Option<Trailer>, Error>> {
         let mut s = self.lock();
         let Some(slot) = s.slots.get_mut(&id) else {
-            return Poll::Ready(Err(Error::Protocol(StreamError::UnknownStream(id))));
+            return Poll::Ready(Err(Error::Stream(StreamError::Gone(id))));
         };
         if let Some(end) = &slot.recv_end {
             return Poll::Ready(Ok(end.clone()));
@@ -1034,7 +1030,7 @@ mod tests {
         };
         assert!(matches!(
             server.open(big, true),
-            Err(Error::Protocol(StreamError::HeadTooLarge { .. }))
+            Err(Error::Open(protocol::OpenError::HeadTooLarge { .. }))
         ));
         let (_, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);

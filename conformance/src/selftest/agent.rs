@@ -482,7 +482,7 @@ fn serve_once(opts: &AgentOptions, id: u64, notes: &Sender<Note>) -> Result<Endi
                             ..
                         } => {
                             if fault == Fault::CrashOnVersionReject
-                                && code == proto::RejectCode::VersionUnsupported as i32
+                                && code == protocol::RejectCode::VersionUnsupported
                             {
                                 eprintln!("selftest-agent: crashing on VERSION_UNSUPPORTED");
                                 std::process::exit(101);

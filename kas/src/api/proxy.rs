@@ -30,7 +30,7 @@ use hyper::body::Incoming;
 use protocol::proto::{Header, RequestHead, ResponseHead};
 use protocol::router::RouteError;
 use protocol::service::HeaderRule;
-use protocol::{ErrorCode, StreamError};
+use protocol::{ErrorCode, OpenError};
 use runtime_smol::Error as TunnelError;
 
 use crate::agent_listener;
@@ -243,7 +243,7 @@ pub async fn proxy(
         span.record("connection_id", connection_id.as_str());
         let stream = match lease.connection().open(head.clone(), !has_body) {
             Ok(s) => Arc::new(s),
-            Err(TunnelError::Protocol(StreamError::LimitReached { limit })) => {
+            Err(TunnelError::Open(OpenError::LimitReached { limit })) => {
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("agent {agent_id} has no stream capacity left ({limit} in use)"),
@@ -251,7 +251,7 @@ pub async fn proxy(
             }
             // The client's head is larger than the agent accepts: that request only, and the
             // client's to fix. The connection is as healthy as before.
-            Err(TunnelError::Protocol(StreamError::HeadTooLarge { len, max })) => {
+            Err(TunnelError::Open(OpenError::HeadTooLarge { len, max })) => {
                 return Err(ApiError::new(
                     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                     format!(
@@ -261,7 +261,7 @@ pub async fn proxy(
             }
             // Stream ids are used up (after 2^30 streams): the connection can take no more, so it
             // is retired for real (GOAWAY) and the request goes elsewhere.
-            Err(TunnelError::Protocol(StreamError::IdsExhausted)) if !last => {
+            Err(TunnelError::Open(OpenError::IdsExhausted)) if !last => {
                 lease
                     .connection()
                     .start_close(crate::agent_listener::RETIRE_GRACE);

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use crate::proto;
-use crate::tunnel::frame::{DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_LIMIT, MAX_WINDOW};
+use crate::tunnel::frame::{
+    DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_LIMIT, MAX_WINDOW, MIN_MAX_FRAME_SIZE,
+};
 
 /// The protocol version this crate implements.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -11,13 +13,21 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Defaults applied when a peer announces 0 for a setting (PROTOCOL.md, "Settings").
 pub mod defaults {
     use std::time::Duration;
+    /// Streams the peer may have open at once.
     pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+    /// Initial flow-control window of each stream, in octets.
     pub const INITIAL_STREAM_WINDOW: u32 = 1024 * 1024;
+    /// Initial flow-control window of the connection, in octets.
     pub const INITIAL_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+    /// Largest frame payload accepted.
     pub const MAX_FRAME_SIZE: u32 = super::DEFAULT_MAX_FRAME_SIZE;
+    /// Largest encoded REQUEST/RESPONSE/TRAILER payload accepted.
     pub const MAX_HEADER_SIZE: u32 = 64 * 1024;
+    /// A peer silent this long is gone.
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// A PING is sent after this long without sending anything.
     pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+    /// The handshake must complete within this time.
     pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     /// The window flood limits are counted in.
     pub const FLOOD_WINDOW: Duration = Duration::from_secs(10);
@@ -95,9 +105,9 @@ impl Settings {
 
     /// Checks the ranges PROTOCOL.md allows.
     pub fn validate(&self) -> Result<(), String> {
-        if !(DEFAULT_MAX_FRAME_SIZE..=MAX_FRAME_SIZE_LIMIT).contains(&self.max_frame_size) {
+        if !(MIN_MAX_FRAME_SIZE..=MAX_FRAME_SIZE_LIMIT).contains(&self.max_frame_size) {
             return Err(format!(
-                "max_frame_size {} outside {DEFAULT_MAX_FRAME_SIZE}..={MAX_FRAME_SIZE_LIMIT}",
+                "max_frame_size {} outside {MIN_MAX_FRAME_SIZE}..={MAX_FRAME_SIZE_LIMIT}",
                 self.max_frame_size
             ));
         }
@@ -134,6 +144,7 @@ pub struct Config {
     pub settings: Settings,
     /// Inclusive range of versions we speak.
     pub min_version: u32,
+    /// Highest version we speak.
     pub max_version: u32,
     /// The handshake must complete within this time.
     pub handshake_timeout: Duration,
@@ -197,5 +208,26 @@ impl Default for Config {
             max_transmit: 256 * 1024,
             flood: FloodLimits::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_size_below_the_protocol_minimum_is_invalid() {
+        let mut s = Settings {
+            max_frame_size: MIN_MAX_FRAME_SIZE - 1,
+            ..Settings::default()
+        };
+        let err = s.validate().expect_err("16383 accepted");
+        assert!(
+            err.contains(&format!("{MIN_MAX_FRAME_SIZE}..={MAX_FRAME_SIZE_LIMIT}")),
+            "{err}"
+        );
+        assert!(err.contains("16383"), "{err}");
+        s.max_frame_size = MIN_MAX_FRAME_SIZE;
+        assert_eq!(s.validate(), Ok(()));
     }
 }

@@ -11,8 +11,10 @@ use crate::tunnel::frame::MAX_WINDOW;
 /// A window rule was broken; the caller turns it into a FLOW_CONTROL_ERROR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FlowError {
+    /// A window update would take the window above 2^31-1.
     #[error("window would exceed 2^31-1")]
     Overflow,
+    /// The peer sent more than the window allowed.
     #[error("peer sent more than the window allowed")]
     Exceeded,
 }
@@ -24,6 +26,7 @@ pub struct SendWindow {
 }
 
 impl SendWindow {
+    /// A window with the peer's initial credit.
     pub fn new(initial: u32) -> SendWindow {
         SendWindow {
             credit: initial.into(),
@@ -68,6 +71,7 @@ pub struct RecvWindow {
 }
 
 impl RecvWindow {
+    /// A window with our initial credit.
     pub fn new(initial: u32) -> RecvWindow {
         RecvWindow {
             initial,

@@ -15,7 +15,7 @@
 //! All integers are big-endian. `R` is reserved and must be zero. Decoding works on a growing buffer
 //! ([`Decoder::decode`]) so input may arrive split at any byte boundary; DATA payloads are handed out as
 //! zero-copy slices of the input ([`Bytes`]). Every malformed input yields a [`FrameError`] with the
-//! [`ErrorCode`] the connection closes with; the decoder never panics.
+//! [`ErrorCode`](crate::tunnel::ErrorCode) the connection closes with; the decoder never panics.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
@@ -25,8 +25,11 @@ use crate::tunnel::error::FrameError;
 
 /// Size of the fixed frame header in bytes.
 pub const HEADER_LEN: usize = 9;
-/// Smallest maximum frame payload a peer may announce, and the default.
+/// The maximum frame payload announced when nothing else is configured (PROTOCOL.md §6).
 pub const DEFAULT_MAX_FRAME_SIZE: u32 = 16 * 1024;
+/// Smallest maximum frame payload a peer may announce (PROTOCOL.md §6). The same value as
+/// [`DEFAULT_MAX_FRAME_SIZE`], another meaning: raising the default must not raise the minimum.
+pub const MIN_MAX_FRAME_SIZE: u32 = 16 * 1024;
 /// Largest maximum frame payload a peer may announce (2^24 - 1).
 pub const MAX_FRAME_SIZE_LIMIT: u32 = (1 << 24) - 1;
 /// Largest payload of a handshake frame (HELLO, ACCEPT, REJECT), whatever the settings say.
@@ -67,16 +70,27 @@ impl std::fmt::Display for StreamId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum FrameType {
+    /// DATA.
     Data = 0x0,
+    /// REQUEST.
     Request = 0x1,
+    /// RESPONSE.
     Response = 0x2,
+    /// TRAILER.
     Trailer = 0x3,
+    /// RESET.
     Reset = 0x4,
+    /// WINDOW_UPDATE.
     WindowUpdate = 0x5,
+    /// PING.
     Ping = 0x6,
+    /// GOAWAY.
     GoAway = 0x7,
+    /// HELLO.
     Hello = 0x8,
+    /// ACCEPT.
     Accept = 0x9,
+    /// REJECT.
     Reject = 0xA,
 }
 
@@ -140,9 +154,13 @@ pub enum Scope {
 /// The fixed header of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// Payload length in octets.
     pub length: u32,
+    /// Frame type.
     pub kind: u8,
+    /// Flags octet.
     pub flags: u8,
+    /// The stream (0: the connection).
     pub stream: StreamId,
 }
 
@@ -175,46 +193,78 @@ impl Header {
 /// A decoded frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
+    /// DATA (0x0): body octets of a stream.
     Data {
+        /// The stream.
         stream: StreamId,
+        /// Body octets.
         data: Bytes,
+        /// The sender's direction ends with this frame (END_STREAM).
         end_stream: bool,
     },
+    /// REQUEST (0x1): opens a stream.
     Request {
+        /// The stream.
         stream: StreamId,
+        /// The head.
         head: proto::RequestHead,
+        /// The sender's direction ends with this frame (END_STREAM).
         end_stream: bool,
     },
+    /// RESPONSE (0x2): the acceptor's answer head.
     Response {
+        /// The stream.
         stream: StreamId,
+        /// The head.
         head: proto::ResponseHead,
+        /// The sender's direction ends with this frame (END_STREAM).
         end_stream: bool,
     },
+    /// TRAILER (0x3): ends a direction with status and metadata.
     Trailer {
+        /// The stream.
         stream: StreamId,
+        /// The trailer.
         trailer: proto::Trailer,
     },
+    /// RESET (0x4): abandons a stream.
     Reset {
+        /// The stream.
         stream: StreamId,
+        /// Code and message.
         reset: proto::Reset,
     },
+    /// WINDOW_UPDATE (0x5): grants flow-control credit (stream 0: the connection).
     WindowUpdate {
+        /// The stream.
         stream: StreamId,
+        /// Credit added, in octets.
         increment: u32,
     },
+    /// PING (0x6): liveness check, or its acknowledgement.
     Ping {
+        /// An acknowledgement of the peer's PING.
         ack: bool,
+        /// Opaque octets (echoed in the acknowledgement).
         payload: [u8; 8],
     },
+    /// GOAWAY (0x7): no new streams; drain.
     GoAway(proto::GoAway),
+    /// HELLO (0x8): the agent's handshake.
     Hello(proto::Hello),
+    /// ACCEPT (0x9): the server accepts the agent.
     Accept(proto::Accept),
+    /// REJECT (0xA): the server refuses the agent.
     Reject(proto::Reject),
     /// A frame type this version does not know. Receivers ignore it (extension rule).
     Unknown {
+        /// Frame type.
         kind: u8,
+        /// Flags octet.
         flags: u8,
+        /// The stream.
         stream: StreamId,
+        /// Opaque octets (echoed in the acknowledgement).
         payload: Bytes,
     },
 }

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! The tunnel: one multiplexed connection between agentk and kas, as a Sans-IO state machine.
 //!
 //! | module | what it is |
@@ -8,6 +9,7 @@
 //! | [`flow`] | credit windows |
 //! | [`event`] | what a connection reports |
 //! | [`error`] | error types and the wire error codes they map to |
+//! | [`reconnect`] | agentk's reconnect policy: back-off after failures, handover after GOAWAY |
 //!
 //! The wire format is specified in `PROTOCOL.md` beside this crate.
 
@@ -17,9 +19,13 @@ pub mod error;
 pub mod event;
 pub mod flow;
 pub mod frame;
+pub mod reconnect;
 
 pub use config::{Config, PROTOCOL_VERSION, Settings};
 pub use connection::{AgentHello, Connection, ConnectionStats, Phase, Role};
-pub use error::{CloseReason, ConnectionError, ErrorCode, FrameError, StreamError};
+pub use error::{
+    ApiMisuse, CloseReason, ConnectionError, ErrorCode, Fault, FrameError, OpenError, RejectCode,
+    StreamError,
+};
 pub use event::{Established, Event, HelloInfo};
 pub use frame::{Frame, StreamId};

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use protocol::proto::{Reject, RejectCode, RequestHead, ResponseHead, Trailer};
-use protocol::{CloseReason, Config, ConnectionError, ErrorCode, StreamError};
+use protocol::{
+    ApiMisuse, CloseReason, Config, ConnectionError, ErrorCode, OpenError, StreamError,
+};
 
 use super::util::{Gate, JoinHandle, spawn, timeout};
 use super::{Pair, Setup, SuiteConn, SuiteRuntime, SuiteStream};
@@ -351,7 +353,7 @@ pub async fn half_close_opener_finishes_first<R: SuiteRuntime>() {
     s.write_all(&request).await.expect("request");
     s.shutdown().await.expect("finish");
     match s.write_all(b"late").await {
-        Err(Error::Protocol(StreamError::SendClosed(_))) => {}
+        Err(Error::Stream(StreamError::Misuse(ApiMisuse::SendAfterFinish(_)))) => {}
         other => panic!("write after finish: {other:?}"),
     }
     assert_eq!(s.response().await.expect("response").status, 200);
@@ -568,7 +570,7 @@ pub async fn handshake_refused<R: SuiteRuntime>() {
             message,
             retry_after,
         }) => {
-            assert_eq!(code, RejectCode::Unauthenticated as i32);
+            assert_eq!(code, protocol::RejectCode::Unauthenticated);
             assert_eq!(message, "unknown token");
             assert_eq!(retry_after, Some(Duration::from_millis(1500)));
         }
@@ -722,7 +724,7 @@ pub async fn stream_limit_is_a_typed_error<R: SuiteRuntime>() {
         .map(|_| p.agent.open(head("/echo"), false).expect("open"))
         .collect();
     match p.agent.open(head("/echo"), false) {
-        Err(Error::Protocol(StreamError::LimitReached { limit: 4 })) => {}
+        Err(Error::Open(OpenError::LimitReached { limit: 4 })) => {}
         other => panic!("fifth open: {:?}", other.map(|_| ())),
     }
     let first = &streams[0];

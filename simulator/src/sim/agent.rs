@@ -1,5 +1,6 @@
 //! A simulated agentk: its cluster, its informer cache ([`AgentCache`], the production code), its
-//! reconnect policy ([`Reconnect`], agentk's own) and its side of the tunnel.
+//! reconnect policy ([`Reconnect`], the one agentk drives, from `protocol::tunnel::reconnect`) and its
+//! side of the tunnel.
 //!
 //! Life of an agent: it boots (a new process: a new cache epoch, a relist of its cluster), dials a kas
 //! replica picked by the load balancer, says HELLO, and once accepted opens the `views` stream on
@@ -14,9 +15,11 @@ use std::collections::BTreeSet;
 use std::num::NonZeroU64;
 use std::time::Duration;
 
-use agentk::reconnect::{BackoffPolicy, Ending, Next, Reconnect};
 use bytes::Bytes;
 use protocol::cache::{AgentCache, AgentViews, LabelSelector, LinkEnd, Views, WatchEvent};
+use protocol::tunnel::reconnect::{
+    BackoffPolicy, Decision, DialFailure, MIN_LIFETIME_FOR_HANDOVER, Next, Reconnect,
+};
 use protocol::{AgentHello, CloseReason, Connection, ErrorCode, Event, StreamId, proto};
 use rand::Rng;
 
@@ -78,7 +81,8 @@ pub struct SimAgent {
     pub cluster: Cluster,
     /// The views endpoint (the informer cache inside), while the process runs.
     pub views: Option<AgentViews>,
-    pub reconnect: Reconnect,
+    /// The reconnect policy; connections are named by their flow id.
+    pub reconnect: Reconnect<u64>,
     pub state: AgentState,
     /// Invalidates stale `Dial`/`DialFailed` events.
     pub dial_gen: u64,
@@ -146,31 +150,6 @@ fn header(name: &str, value: u64) -> proto::Header {
         name: name.to_owned(),
         value: value.to_string().into_bytes().into(),
     }
-}
-
-/// Connection errors that only a buggy peer (or a bug in the core) can cause. A GOAWAY received during
-/// the handshake is the exception: PROTOCOL.md 7.6 says a peer giving up on the handshake (its handshake
-/// timeout) sends one, and the other side sees it as a protocol error.
-pub fn is_protocol_failure(reason: &CloseReason) -> bool {
-    if let CloseReason::Local(protocol::ConnectionError::BeforeHandshake { frame: "GOAWAY" }) =
-        reason
-    {
-        return false;
-    }
-    let code = match reason {
-        CloseReason::Local(e) => e.code(),
-        CloseReason::Remote { code, .. } => *code,
-        _ => return false,
-    };
-    matches!(
-        code,
-        ErrorCode::Protocol
-            | ErrorCode::FlowControl
-            | ErrorCode::StreamClosed
-            | ErrorCode::FrameSize
-            | ErrorCode::HeaderTooLarge
-            | ErrorCode::Internal
-    )
 }
 
 impl World {
@@ -317,16 +296,19 @@ impl World {
         }
         let unit: f64 = self.rng.random();
         self.inject_forget_backoff(i);
-        let next = self.agents[i].reconnect.failed(self.now_i, unit, None);
+        let decision =
+            self.agents[i]
+                .reconnect
+                .handle_dial_failed(DialFailure::Network, self.now_i, unit);
         let expect = self.model_failure(i, unit, None);
         self.note(format_args!("dial-failed a={i}"));
-        self.schedule_dial(i, next, None, expect);
+        self.schedule_dial(i, decision.next, None, expect);
     }
 
     /// Deliberate bug: the agent forgets its consecutive failures.
     fn inject_forget_backoff(&mut self, i: usize) {
         if self.sc.inject.forget_backoff {
-            self.agents[i].reconnect = Reconnect::new(self.policy);
+            self.agents[i].reconnect.reset_failures();
         }
     }
 
@@ -364,10 +346,27 @@ impl World {
         unit: f64,
     ) -> Expect {
         if going_away && lived >= Duration::from_secs(1) {
+            // The oracle's own constant: a second, as agentk's documentation promises.
             Expect::Now
         } else {
             self.model_failure(i, unit, None)
         }
+    }
+
+    /// The policy's decision for the end of agent `i`'s active connection `fid`: the agent considers
+    /// it current, so the policy must answer; a silence is a violation.
+    fn policy_answer(
+        &mut self,
+        i: usize,
+        fid: u64,
+        decision: Option<Decision>,
+    ) -> Option<Decision> {
+        if decision.is_none() {
+            let detail =
+                format!("agent {i}: no reconnect decision for its active connection {fid}");
+            self.violate("reconnect", detail);
+        }
+        decision
     }
 
     /// Schedules the next dial as the reconnect policy said, checking it against the policy's bound
@@ -485,7 +484,7 @@ impl World {
                 }
                 let a = &mut self.agents[i];
                 a.state = AgentState::Connected { flow: fid };
-                a.reconnect.connected(self.now_i);
+                a.reconnect.handle_connected(fid, self.now_i);
                 a.backoff_model.connected_at = Some(self.now);
                 a.connected_since = Some(self.now);
                 a.connects += 1;
@@ -622,19 +621,21 @@ impl World {
                     if lived < reconnect_handover() {
                         self.inject_forget_backoff(i);
                     }
-                    let a = &mut self.agents[i];
-                    let next =
-                        a.reconnect
-                            .after_connection(Ending::GoingAway, lived, self.now_i, unit);
+                    let decision = self.agents[i]
+                        .reconnect
+                        .handle_draining(&fid, self.now_i, unit);
+                    let Some(decision) = self.policy_answer(i, fid, decision) else {
+                        return;
+                    };
                     let expect = self.model_after_connection(i, true, lived, unit);
                     self.note(format_args!("goaway a={i} f={fid}"));
-                    self.schedule_dial(i, next, None, expect);
+                    self.schedule_dial(i, decision.next, None, expect);
                 }
             }
             Event::Closed(reason) => {
                 let connected_at = end.connected_at;
                 let carried_views = end.views.take().is_some();
-                if is_protocol_failure(&reason) {
+                if reason.fault() == protocol::Fault::PeerMisbehaved {
                     let detail = format!("agent {i} connection {fid} failed: {reason}");
                     self.violate("protocol-error", detail);
                 }
@@ -660,28 +661,26 @@ impl World {
                     self.inject_forget_backoff(i);
                 }
                 let (next, retry_after, expect) = if connected {
-                    let ending = if graceful {
-                        Ending::GoingAway
-                    } else {
-                        Ending::Lost
-                    };
-                    let next = self.agents[i]
+                    let decision = self.agents[i]
                         .reconnect
-                        .after_connection(ending, lived, self.now_i, unit);
+                        .handle_closed(&fid, &reason, self.now_i, unit);
+                    let Some(decision) = self.policy_answer(i, fid, decision) else {
+                        return;
+                    };
                     let expect = self.model_after_connection(i, graceful, lived, unit);
-                    (next, None, expect)
+                    (decision.next, None, expect)
                 } else {
-                    let retry_after = match &reason {
-                        CloseReason::Refused { retry_after_ms, .. } if *retry_after_ms > 0 => {
-                            Some(Duration::from_millis((*retry_after_ms).into()))
-                        }
+                    // Ended during the handshake: a failed dial (a REJECT carries its retry_after).
+                    let failure = DialFailure::from_close(&reason);
+                    let retry_after = match failure {
+                        DialFailure::Refused { retry_after, .. } => retry_after,
                         _ => None,
                     };
-                    let next = self.agents[i]
+                    let decision = self.agents[i]
                         .reconnect
-                        .failed(self.now_i, unit, retry_after);
+                        .handle_dial_failed(failure, self.now_i, unit);
                     let expect = self.model_failure(i, unit, retry_after);
-                    (next, retry_after, expect)
+                    (decision.next, retry_after, expect)
                 };
                 self.schedule_dial(i, next, retry_after, expect);
             }
@@ -907,5 +906,5 @@ fn cache_query(cache: &AgentCache, path: &str) -> Result<Bytes, String> {
 
 /// How long a connection must have lived for GOAWAY to be a hand-over rather than a failure.
 fn reconnect_handover() -> Duration {
-    agentk::reconnect::MIN_LIFETIME_FOR_HANDOVER
+    MIN_LIFETIME_FOR_HANDOVER
 }

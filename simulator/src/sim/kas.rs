@@ -18,7 +18,7 @@ use protocol::cache::MirrorTable;
 use protocol::router::{Route, Router, RouterConfig};
 use protocol::{ErrorCode, Event, StreamId, proto};
 
-use super::agent::{AGENT_HEADER, KIND_HEADER, REQUEST_HEADER, is_protocol_failure};
+use super::agent::{AGENT_HEADER, KIND_HEADER, REQUEST_HEADER};
 use super::body::{BodyCheck, Digest, Direction};
 use super::clients::Outcome;
 use super::clock::SimTime;
@@ -356,7 +356,7 @@ impl World {
                     .into_values()
                     .map(|s| s.request)
                     .collect();
-                if is_protocol_failure(&reason) {
+                if reason.fault() == protocol::Fault::PeerMisbehaved {
                     self.violate(
                         "protocol-error",
                         format!("kas {k} connection {fid} failed: {reason}"),

@@ -5,8 +5,8 @@
 //! both ends of every tunnel, [`protocol::router::Router`] in every replica,
 //! the views endpoints [`protocol::cache::AgentViews`] in every agent and
 //! [`protocol::cache::MirrorTable`] in every replica,
-//! and agentk's [`agentk::reconnect::Reconnect`] deciding when agents dial. No async runtime, no
-//! threads, no clock reads in the loop.
+//! and agentk's reconnect policy [`protocol::tunnel::reconnect::Reconnect`] deciding when agents
+//! dial. No async runtime, no threads, no clock reads in the loop.
 //!
 //! | module | what it is |
 //! |---|---|

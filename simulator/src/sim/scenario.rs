@@ -191,7 +191,7 @@ impl Default for AgentSpec {
     }
 }
 
-/// `agentk::reconnect::BackoffPolicy`.
+/// `protocol::tunnel::reconnect::BackoffPolicy`.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackoffSpec {
@@ -205,7 +205,7 @@ pub struct BackoffSpec {
 
 impl Default for BackoffSpec {
     fn default() -> Self {
-        let p = agentk::reconnect::BackoffPolicy::default();
+        let p = protocol::tunnel::reconnect::BackoffPolicy::default();
         BackoffSpec {
             initial: p.initial,
             max: p.max,

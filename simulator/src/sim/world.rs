@@ -200,7 +200,7 @@ pub(super) struct World {
     pub lb_up: Vec<bool>,
     pub lb_next: usize,
     pub config: protocol::Config,
-    pub policy: agentk::reconnect::BackoffPolicy,
+    pub policy: protocol::tunnel::reconnect::BackoffPolicy,
     /// No new requests, changes or faults from then on.
     pub quiet_from: SimTime,
     /// Agents must be connected by then (faults and start-up over, plus the reconnect bound).
@@ -236,7 +236,7 @@ impl World {
         let clock = Clock::new();
         let n = sc.agents;
         let config = sc.connection_config();
-        let policy = agentk::reconnect::BackoffPolicy {
+        let policy = protocol::tunnel::reconnect::BackoffPolicy {
             initial: sc.agent.backoff.initial,
             max: sc.agent.backoff.max,
             stable_after: sc.agent.backoff.stable_after,

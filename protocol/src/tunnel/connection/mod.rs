@@ -44,7 +44,9 @@ pub use stats::ConnectionStats;
 
 use crate::proto;
 use crate::tunnel::config::{Config, Settings};
-use crate::tunnel::error::{CloseReason, ConnectionError, ErrorCode, StreamError};
+use crate::tunnel::error::{
+    ApiMisuse, CloseReason, ConnectionError, ErrorCode, OpenError, RejectCode, StreamError,
+};
 use crate::tunnel::event::{Established, Event, HelloInfo};
 use crate::tunnel::flow::{RecvWindow, SendWindow};
 use crate::tunnel::frame::{self, Decoder, Frame, PREFACE, StreamId};
@@ -69,7 +71,10 @@ pub enum Phase {
     /// Server: waiting for the preface and HELLO.
     AwaitHello,
     /// Server: HELLO reported; waiting for `accept` or `reject`.
-    HelloPending { version: u32 },
+    HelloPending {
+        /// The version the connection will use if accepted.
+        version: u32,
+    },
     /// Agent: HELLO sent; waiting for ACCEPT or REJECT.
     AwaitAccept,
     /// Handshake done.
@@ -81,7 +86,9 @@ pub enum Phase {
 /// What the agent says about itself in HELLO.
 #[derive(Clone, Default)]
 pub struct AgentHello {
+    /// The agent's token (redacted from `Debug`).
     pub token: String,
+    /// Version, capabilities, pod.
     pub meta: proto::AgentMeta,
 }
 
@@ -187,10 +194,12 @@ impl Connection {
 
     // ------------------------------------------------------------------ queries
 
+    /// Which side this connection is.
     pub fn role(&self) -> Role {
         self.role
     }
 
+    /// Where the handshake is.
     pub fn phase(&self) -> Phase {
         self.phase
     }
@@ -230,6 +239,7 @@ impl Connection {
         &self.config.settings
     }
 
+    /// Counters since the connection was created.
     pub fn stats(&self) -> &ConnectionStats {
         &self.stats
     }
@@ -490,7 +500,7 @@ impl Connection {
             return;
         }
         let reason = CloseReason::Refused {
-            code: reject.code,
+            code: RejectCode::from_wire(reject.code),
             message: reject.message.clone(),
             retry_after_ms: reject.retry_after_ms,
         };
@@ -534,21 +544,27 @@ impl Connection {
         &mut self,
         head: proto::RequestHead,
         end_stream: bool,
-    ) -> Result<StreamId, StreamError> {
+    ) -> Result<StreamId, OpenError> {
         if self.phase != Phase::Open {
-            return Err(StreamError::NotConnected);
+            return Err(OpenError::NotEstablished);
         }
         if self.is_draining() {
-            return Err(StreamError::GoingAway);
+            return Err(OpenError::GoingAway);
         }
         if self.streams.open_local >= self.peer.max_concurrent_streams {
-            return Err(StreamError::LimitReached {
+            return Err(OpenError::LimitReached {
                 limit: self.peer.max_concurrent_streams,
             });
         }
-        self.check_head_size(head.encoded_len())?;
+        let len = head.encoded_len();
+        if len > self.peer.max_header_size as usize {
+            return Err(OpenError::HeadTooLarge {
+                len,
+                max: self.peer.max_header_size,
+            });
+        }
         if self.next_local_id > frame::MAX_WINDOW {
-            return Err(StreamError::IdsExhausted);
+            return Err(OpenError::IdsExhausted);
         }
         let id = StreamId(self.next_local_id);
         self.next_local_id += 2;
@@ -578,16 +594,12 @@ impl Connection {
         end_stream: bool,
     ) -> Result<(), StreamError> {
         self.check_head_size(head.encoded_len())?;
-        let s = self
-            .streams
-            .map
-            .get_mut(&id)
-            .ok_or(StreamError::UnknownStream(id))?;
+        let s = self.streams.map.get_mut(&id).ok_or(StreamError::Gone(id))?;
         if s.local {
-            return Err(StreamError::NotAcceptor(id));
+            return Err(ApiMisuse::NotAcceptor(id).into());
         }
         if s.send.state != SendState::AwaitingHead {
-            return Err(StreamError::AlreadyResponded(id));
+            return Err(ApiMisuse::AlreadyResponded(id).into());
         }
         s.send.state = if end_stream {
             SendState::Closed
@@ -616,14 +628,12 @@ impl Connection {
         end_stream: bool,
     ) -> Result<usize, StreamError> {
         let conn_free = self.send_conn.available().saturating_sub(self.conn_queued);
-        let s = self
-            .streams
-            .map
-            .get_mut(&id)
-            .ok_or(StreamError::UnknownStream(id))?;
+        let s = self.streams.map.get_mut(&id).ok_or(StreamError::Gone(id))?;
         match s.send.state {
-            SendState::AwaitingHead => return Err(StreamError::NoResponseYet(id)),
-            SendState::Ending | SendState::Closed => return Err(StreamError::SendClosed(id)),
+            SendState::AwaitingHead => return Err(ApiMisuse::NoResponseYet(id).into()),
+            SendState::Ending | SendState::Closed => {
+                return Err(ApiMisuse::SendAfterFinish(id).into());
+            }
             SendState::Open => {}
         }
         let offered = data.len();
@@ -663,14 +673,12 @@ impl Connection {
     }
 
     fn end_with(&mut self, id: StreamId, end: Chunk) -> Result<(), StreamError> {
-        let s = self
-            .streams
-            .map
-            .get_mut(&id)
-            .ok_or(StreamError::UnknownStream(id))?;
+        let s = self.streams.map.get_mut(&id).ok_or(StreamError::Gone(id))?;
         match s.send.state {
-            SendState::AwaitingHead => return Err(StreamError::NoResponseYet(id)),
-            SendState::Ending | SendState::Closed => return Err(StreamError::SendClosed(id)),
+            SendState::AwaitingHead => return Err(ApiMisuse::NoResponseYet(id).into()),
+            SendState::Ending | SendState::Closed => {
+                return Err(ApiMisuse::SendAfterFinish(id).into());
+            }
             SendState::Open => {}
         }
         s.send.queue.push_back(end);
@@ -768,7 +776,7 @@ impl Connection {
                 Frame::Accept(a) => self.on_accept(a, now),
                 Frame::Reject(r) => {
                     let reason = CloseReason::Refused {
-                        code: r.code,
+                        code: RejectCode::from_wire(r.code),
                         message: r.message,
                         retry_after_ms: r.retry_after_ms,
                     };
