@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protocol::router::RouterConfig;
+use protocol::routing::RouterConfig;
 
 use crate::agent_listener;
 use crate::api::user_auth::UserGate;
@@ -175,10 +175,16 @@ impl Kas {
             .or(config.api_listener.tls.as_ref())
             .map(|files| crate::api::https_acceptor(&files.cert_file, &files.key_file))
             .transpose()?;
-        let registry = Registry::new(RouterConfig {
-            max_pending_per_agent: config.routing.max_pending_per_agent,
-            max_pending_total: config.routing.max_pending_total,
-        });
+        let registry = Registry::new(
+            protocol::routing::RoutingConfig {
+                router: RouterConfig {
+                    max_pending_per_agent: config.routing.max_pending_per_agent,
+                    max_pending_total: config.routing.max_pending_total,
+                },
+                ..protocol::routing::RoutingConfig::default()
+            },
+            directory.listing(),
+        );
         let agent_configs = crate::agent_config::AgentConfigs::new(
             crate::agent_config::Settings::from_config(&config)?,
             directory.clone(),
@@ -327,7 +333,10 @@ async fn reload_files(state: Arc<KasState>, stop: async_channel::Receiver<()>) {
         let (agents, users) =
             smol::unblock(move || (directory.reload_if_changed(), users.reload_if_changed())).await;
         match agents {
-            Ok(_) => {
+            Ok(changed) => {
+                if changed {
+                    state.registry.set_listing(state.directory.listing());
+                }
                 if matches!(state.directory, AgentDirectory::File(_)) {
                     state.set_auth_backend_ok(true);
                 }

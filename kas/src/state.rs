@@ -132,6 +132,7 @@ impl KasState {
     /// The current-state gauges for `/metrics`.
     pub fn snapshot(&self) -> Snapshot {
         let connections = self.registry.connections();
+        let stats = self.registry.stats();
         let mut agents: Vec<u64> = connections.iter().map(|c| c.agent_id).collect();
         agents.sort_unstable();
         agents.dedup();
@@ -146,7 +147,8 @@ impl KasState {
             agents_connected: agents.len() as u64,
             connections: connections.len() as u64,
             open_streams,
-            pending_requests: self.registry.stats().pending as u64,
+            pending_requests: stats.router.pending as u64,
+            requests_rerouted: stats.rerouted,
             views_agents: self.mirrors.agent_count() as u64,
             event_subscribers: self.events.subscribers() as u64,
             event_subscribers_dropped: self.events.dropped_slow(),
