@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use protocol::routing::RouterConfig;
 
 use crate::agent_listener;
-use crate::api::user_auth::UserGate;
 use crate::auth::{
     AgentAuthenticator, AgentsFile, AuthSetupError, GitLabAuthenticator, RateLimitOptions,
     RateLimited,
@@ -36,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::registry::Registry;
 use crate::state::KasState;
-use crate::users::{UsersFile, UsersFileError};
+use crate::users::{UserGate, UsersFile, UsersFileError};
 
 /// How often the agents and users files are checked for changes.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(5);

@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::agent_log::AgentLog;
-use crate::api::user_auth::UserGate;
 use crate::config::RoutingConfig;
 use crate::directory::AgentDirectory;
 use crate::events::{EventHub, Presence, SubscriberLimits};
@@ -12,6 +11,7 @@ use crate::metrics::{Metrics, Snapshot};
 use crate::mirrors::Mirrors;
 use crate::pool::Spawner;
 use crate::registry::Registry;
+use crate::users::UserGate;
 
 /// The registry of live agent connections, keyed by `runtime_smol` connection handles.
 pub type AgentRegistry = Registry<runtime_smol::Connection>;
