@@ -397,23 +397,28 @@ where
         self.debug_check();
     }
 
-    /// The request placed on a connection ended (answered, reset, client gone). Unknown requests are
-    /// ignored (their connection was lost meanwhile).
-    pub fn handle_finished(&mut self, request: &R) {
-        if self.requests.remove(request).is_some() {
-            let _ = self.router.request_finished(request);
-            self.collect();
+    /// The request placed on a connection ended (answered, reset, client gone). Returns whether the
+    /// request was known: an unknown one (its connection was lost meanwhile, or it was reported twice)
+    /// changes nothing.
+    pub fn handle_finished(&mut self, request: &R) -> bool {
+        if self.requests.remove(request).is_none() {
+            return false;
         }
+        let _ = self.router.request_finished(request);
+        self.collect();
+        true
     }
 
-    /// The client went away: forgets the request wherever it is.
-    pub fn handle_cancelled(&mut self, request: &R) {
-        if self.requests.remove(request).is_some() {
-            if !self.router.cancel(request) {
-                let _ = self.router.request_finished(request);
-            }
-            self.collect();
+    /// The client went away: forgets the request wherever it is. Returns whether it was known.
+    pub fn handle_cancelled(&mut self, request: &R) -> bool {
+        if self.requests.remove(request).is_none() {
+            return false;
         }
+        if !self.router.cancel(request) {
+            let _ = self.router.request_finished(request);
+        }
+        self.collect();
+        true
     }
 
     /// The replicas holding connections of `agent_id` (rule 5; issue 12's shared store feeds it).
@@ -836,7 +841,7 @@ mod tests {
                 failure: RequestFailure::ConnectionLost
             }]
         );
-        r.handle_finished(&1); // harmless
+        assert!(!r.handle_finished(&1), "already ended: harmless");
         assert!(!r.knows(&1));
     }
 
