@@ -1,9 +1,9 @@
 //! The agent listener: TLS, HELLO authenticated through the configured [`AgentAuthenticator`] on smol's
 //! blocking pool, REJECT with the right code, and registration of accepted connections in the registry.
 //!
-//! Each accepted connection gets a watcher task that marks it draining in the registry once either side
-//! sent GOAWAY (the runtime's drain event: the moment the protocol processed the GOAWAY, no polling)
-//! and removes it once it closed, and a task accepting the streams the agent opens
+//! Each accepted connection gets a synchronous observer that marks it draining in the registry the
+//! moment the protocol processed a GOAWAY (either way; no task, no polling) and removes it once it
+//! closed, and a task accepting the streams the agent opens
 //! ([`crate::agent_streams`]: the `views` stream). Agents' first connections and last disconnections
 //! are published as `agent` events ([`crate::events::Presence`]).
 
@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use protocol::proto::{Reject, RejectCode};
+use protocol::routing::DrainCause;
 use protocol::{CloseReason, ConnectionError, HelloInfo, PROTOCOL_VERSION};
-use runtime_smol::{Accepted, Connection, ServerConnection};
+use runtime_smol::{Accepted, Connection, ConnectionEvent, Initiator, ServerConnection};
 
 use crate::agent_log::Misbehaviour;
 use crate::auth::{AgentAuthenticator, AuthError};
@@ -129,7 +130,7 @@ pub fn authenticator(
     }
 }
 
-/// Registers an accepted connection and starts its watcher.
+/// Registers an accepted connection and starts observing it.
 pub fn register(state: &Arc<KasState>, accepted: ServerConnection<Connection>, max_streams: u32) {
     let ServerConnection {
         connection,
@@ -177,44 +178,53 @@ pub fn register(state: &Arc<KasState>, accepted: ServerConnection<Connection>, m
         connection_id.clone(),
         state.clone(),
     ));
-    let watcher_state = state.clone();
-    state.spawner.spawn_detached(async move {
-        watch(watcher_state, connection, serial, agent_id, connection_id).await;
-    });
+    observe(state, &connection, serial, agent_id, connection_id);
 }
 
-/// Follows one connection: draining when the protocol processed a GOAWAY (either way), removal once
-/// closed. Both are events of the runtime; nothing is polled.
-async fn watch(
-    state: Arc<KasState>,
-    connection: Connection,
+/// Follows one connection with a synchronous observer ([`ConnectionEvent`]): it is
+/// marked draining the moment the protocol processed a GOAWAY (either way) — before the driver that
+/// processed it transmits anything else, so no request can be placed on it afterwards — and removed
+/// once closed. No task, no polling.
+fn observe(
+    state: &Arc<KasState>,
+    connection: &Connection,
     serial: u64,
     agent_id: u64,
     connection_id: String,
 ) {
-    connection.handle().draining().await;
-    if !connection.is_closed() && state.registry.set_draining(serial) {
-        tracing::info!(agent_id, %connection_id, "agent connection draining (goaway)");
-    }
-    let reason = connection.closed().await;
-    let lost = state.registry.remove_connection(serial);
-    state.presence.connection_down(agent_id, &state.events);
-    if let CloseReason::Local(
-        e @ (ConnectionError::Flood { .. } | ConnectionError::UnreadAnswers { .. }),
-    ) = &reason
-    {
-        state
-            .agent_log
-            .warn(agent_id, Misbehaviour::Flood, &e.to_string());
-    }
-    state.agent_log.flush(agent_id);
-    tracing::info!(
-        agent_id,
-        %connection_id,
-        reason = ?reason,
-        lost_requests = lost.len(),
-        "agent disconnected"
-    );
+    let state = state.clone();
+    connection.handle().on_event(move |event| match event {
+        ConnectionEvent::Draining { initiator, .. } => {
+            let cause = match initiator {
+                Initiator::Peer => DrainCause::PeerGoaway,
+                Initiator::Local if state.is_shutting_down() => DrainCause::Shutdown,
+                Initiator::Local => DrainCause::LocalClose,
+            };
+            if state.registry.set_draining(serial, cause) {
+                tracing::info!(agent_id, %connection_id, ?cause, "agent connection draining (goaway)");
+            }
+        }
+        ConnectionEvent::Closed(reason) => {
+            let lost = state.registry.remove_connection(serial);
+            state.presence.connection_down(agent_id, &state.events);
+            if let CloseReason::Local(
+                e @ (ConnectionError::Flood { .. } | ConnectionError::UnreadAnswers { .. }),
+            ) = reason
+            {
+                state
+                    .agent_log
+                    .warn(agent_id, Misbehaviour::Flood, &e.to_string());
+            }
+            state.agent_log.flush(agent_id);
+            tracing::info!(
+                agent_id,
+                %connection_id,
+                reason = ?reason,
+                lost_requests = lost,
+                "agent disconnected"
+            );
+        }
+    });
 }
 
 /// Accepts authenticated connections until `stop` closes.

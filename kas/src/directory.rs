@@ -1,10 +1,13 @@
-//! Which agents exist: the answer behind "unknown agent → 404" and the agent listing.
+//! Where the list of agents comes from: the agents file (the truth) or GitLab (open). The answer to
+//! "does agent N exist" is the routing policy's ([`protocol::routing::existence`]), fed by [`AgentDirectory::listing`].
 //!
 //! With an agents file (the embedded default or a configured one) the file is the truth: an agent it
 //! does not list is unknown, connected or not. GitLab knows agents kas cannot enumerate, so with the
 //! GitLab backend an agent is known once it has authenticated since kas started.
 
 use std::sync::Arc;
+
+use protocol::routing::Listing;
 
 use crate::auth::{AgentsFile, AgentsFileError};
 
@@ -18,11 +21,14 @@ pub enum AgentDirectory {
 }
 
 impl AgentDirectory {
-    /// Whether `agent_id` exists; `seen`: it authenticated since kas started.
-    pub fn is_known(&self, agent_id: u64, seen: bool) -> bool {
+    /// What the directory says about existence, for the routing policy
+    /// ([`protocol::routing::existence`]): the file's agents are the truth; GitLab's are open.
+    pub fn listing(&self) -> Listing {
         match self {
-            AgentDirectory::File(f) => f.agents().iter().any(|(id, _)| *id == agent_id),
-            AgentDirectory::Seen => seen,
+            AgentDirectory::File(f) => {
+                Listing::Authoritative(f.agents().iter().map(|(id, _)| *id).collect())
+            }
+            AgentDirectory::Seen => Listing::Open,
         }
     }
 
@@ -65,10 +71,8 @@ mod tests {
         );
         let file = AgentsFile::from_yaml_str(&yaml, Path::new("agents.yaml")).unwrap();
         let d = AgentDirectory::File(Arc::new(file));
-        assert!(d.is_known(4, false));
-        assert!(!d.is_known(5, true), "the file is the truth");
+        assert_eq!(d.listing(), Listing::Authoritative([4].into()));
         assert_eq!(d.listed(), vec![(4, "four".to_owned())]);
-        assert!(AgentDirectory::Seen.is_known(5, true));
-        assert!(!AgentDirectory::Seen.is_known(5, false));
+        assert_eq!(AgentDirectory::Seen.listing(), Listing::Open);
     }
 }

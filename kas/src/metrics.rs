@@ -13,6 +13,7 @@
 //! | `kas_agent_connections_accepted_total` | counter | |
 //! | `kas_tunnel_open_streams` | gauge | |
 //! | `kas_pending_requests` | gauge | |
+//! | `kas_requests_rerouted_total` | counter (requests the agent never processed, put back in line by the routing policy) | |
 //! | `kas_views_agents` | gauge (agents whose views kas mirrors) | |
 //! | `kas_event_subscribers` | gauge (open event streams) | |
 //! | `kas_event_subscribers_dropped_total` | counter (event streams dropped as too slow) | |
@@ -48,6 +49,8 @@ pub struct Snapshot {
     pub open_streams: u64,
     /// Requests waiting for an agent connection.
     pub pending_requests: u64,
+    /// Requests the routing policy put back in line after an unprocessed attempt, since start.
+    pub requests_rerouted: u64,
     /// Agents whose views kas mirrors.
     pub views_agents: u64,
     /// Open event streams.
@@ -221,6 +224,17 @@ impl Metrics {
             "Requests waiting for an agent connection.",
             snapshot.pending_requests,
         );
+        header(
+            &mut out,
+            "kas_requests_rerouted_total",
+            "Requests the agent never processed (refused, or the connection was going away), put back in line.",
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "kas_requests_rerouted_total {}",
+            snapshot.requests_rerouted
+        );
         gauge(
             &mut out,
             "kas_views_agents",
@@ -393,6 +407,7 @@ mod tests {
             connections: 3,
             open_streams: 4,
             pending_requests: 1,
+            requests_rerouted: 8,
             views_agents: 5,
             event_subscribers: 6,
             event_subscribers_dropped: 7,
@@ -402,6 +417,7 @@ mod tests {
             "kas_agent_connections 3",
             "kas_tunnel_open_streams 4",
             "kas_pending_requests 1",
+            "kas_requests_rerouted_total 8",
             "kas_views_agents 5",
             "kas_event_subscribers 6",
             "kas_event_subscribers_dropped_total 7",

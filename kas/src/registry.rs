@@ -1,20 +1,24 @@
 //! The agent registry: live agent connections, the requests waiting for one, and the agents kas has seen.
 //!
-//! Every routing *decision* is made by [`protocol::router::Router`] (the deterministic simulator drives
-//! the same router); this module is its async face for kas:
+//! Every routing *decision* is made by [`protocol::routing::KasRouting`] (existence, placement, reroute
+//! of requests the agent never processed; the deterministic simulator drives the same policy on every
+//! replica); this module is its async face for kas:
 //!
 //! - connections are keyed by a `u64` connection serial, requests by a `u64` request serial;
-//! - [`Registry::route`] asks the router for a connection of an agent and, if none is usable yet, waits
-//!   on a one-shot channel until the router assigns one or fails the request (deadline, lost);
-//! - a single task, [`Registry::run_timers`], drives the router's timers (`poll_timeout` /
+//! - [`Registry::route`] asks the policy for a connection of an agent and, if none is usable yet, waits
+//!   on a one-shot channel until the policy assigns one or fails the request (deadline, lost);
+//! - a single task, [`Registry::run_timers`], drives the policy's timers (`poll_timeout` /
 //!   `handle_timeout`) and wakes the waiters whose deadline passed;
-//! - after every change to the router (connection added, draining, removed, request finished,
-//!   retried, cancelled, timed out) the queued outcomes (`poll_assigned` / `poll_failed`) are delivered
-//!   to their waiters at once, under the same lock.
+//! - after every report to the policy (connection added, draining, closed, request finished, refused,
+//!   failed to open, cancelled, timed out) its events (`poll_event`) are delivered to their waiters at
+//!   once, under the same lock.
 //!
 //! A routed request is held as a [`Lease`]: it names the connection to open the stream on and tells the
-//! router the request finished when dropped. [`Lease::reroute`] puts a request whose stream the peer
-//! provably never processed (refused, or opened after the connection started draining) back in line.
+//! policy the request finished when dropped. [`Lease::open_failed`] and [`Lease::refused`] report a
+//! stream the agent provably never processed; the policy decides whether and where it goes next.
+//!
+//! Connections are marked draining only by the connection's synchronous observer
+//! ([`crate::agent_listener`]), the moment the protocol processed the GOAWAY: nothing here polls.
 //!
 //! The registry is generic over the connection handle `C`, so it is tested here without sockets; kas
 //! uses `runtime_smol::Connection`.
@@ -22,21 +26,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use protocol::proto::AgentMeta;
-use protocol::router::{Route, RouteError, Router, RouterConfig, RouterStats};
-
-/// Why a request could not be given a connection.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RouteFailure {
-    /// The router's verdict (not connected, saturated, too many waiting, connection lost).
-    #[error(transparent)]
-    Route(#[from] RouteError),
-    /// kas is shutting down and routes nothing any more.
-    #[error("kas is shutting down")]
-    ShuttingDown,
-}
+use protocol::routing::{
+    DrainCause, KasRouting, Listing, OpenFailure, Placement, RequestFailure, RequestSpec,
+    RoutingConfig, RoutingEvent, RoutingStats,
+};
 
 /// Misuse of the registry's connection table.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,10 +83,10 @@ struct Assignment<C> {
     handle: C,
 }
 
-type Outcome<C> = Result<Assignment<C>, RouteFailure>;
+type Outcome<C> = Result<Assignment<C>, RequestFailure>;
 
 struct State<C> {
-    router: Router<u64, u64>,
+    routing: KasRouting<u64, u64>,
     connections: BTreeMap<u64, ConnectionEntry<C>>,
     seen: BTreeMap<u64, SeenAgent>,
     waiters: HashMap<u64, async_channel::Sender<Outcome<C>>>,
@@ -126,13 +122,13 @@ impl<C> std::fmt::Debug for Registry<C> {
 }
 
 impl<C: Clone + Send + 'static> Registry<C> {
-    /// An empty registry whose router has these limits.
-    pub fn new(config: RouterConfig) -> Self {
+    /// An empty registry whose policy has these limits and knows the agents `listing` names.
+    pub fn new(config: RoutingConfig, listing: Listing) -> Self {
         let (kick, kick_rx) = async_channel::bounded(1);
         Registry {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
-                    router: Router::new(config),
+                    routing: KasRouting::new(config, listing),
                     connections: BTreeMap::new(),
                     seen: BTreeMap::new(),
                     waiters: HashMap::new(),
@@ -163,10 +159,16 @@ impl<C: Clone + Send + 'static> Registry<C> {
         serial
     }
 
+    /// The agents file was (re)loaded.
+    pub fn set_listing(&self, listing: Listing) {
+        self.lock().routing.handle_listing(listing);
+    }
+
     /// Records that `agent_id` authenticated (its name, for listings; "seen" for the GitLab backend's
     /// notion of a known agent).
     pub fn note_agent(&self, agent_id: u64, name: &str) {
         let mut s = self.lock();
+        s.routing.handle_authenticated(agent_id);
         s.seen.insert(
             agent_id,
             SeenAgent {
@@ -177,14 +179,20 @@ impl<C: Clone + Send + 'static> Registry<C> {
         );
     }
 
-    /// Whether `agent_id` authenticated at least once since kas started.
-    pub fn is_seen(&self, agent_id: u64) -> bool {
-        self.lock().seen.contains_key(&agent_id)
+    /// Whether `agent_id` exists: the one answer for the proxy, `/agents/{id}` and `/views`
+    /// ([`protocol::routing::existence`]).
+    pub fn agent_exists(&self, agent_id: u64) -> bool {
+        self.lock().routing.agent_exists(agent_id, Instant::now())
     }
 
-    /// Every agent seen since kas started, by id.
-    pub fn seen_agents(&self) -> Vec<SeenAgent> {
-        self.lock().seen.values().cloned().collect()
+    /// Every agent that exists (listed, or seen for an open listing), by id, with its name when known.
+    pub fn known_agents(&self) -> Vec<(u64, Option<String>)> {
+        let s = self.lock();
+        s.routing
+            .existence()
+            .known()
+            .map(|id| (id, s.seen.get(&id).map(|a| a.name.clone())))
+            .collect()
     }
 
     /// Registers an accepted connection on which kas may open `max_streams` concurrent streams.
@@ -202,17 +210,18 @@ impl<C: Clone + Send + 'static> Registry<C> {
         if s.connections.contains_key(&serial) {
             return Err(RegistryError::DuplicateConnection(serial));
         }
-        s.router
-            .add_connection(entry.agent_id, serial, max_streams, Instant::now())
+        s.routing
+            .handle_connected(entry.agent_id, serial, max_streams, Instant::now())
             .map_err(|_| RegistryError::DuplicateConnection(serial))?;
         s.connections.insert(serial, entry);
         deliver(&mut s);
         Ok(())
     }
 
-    /// Marks a connection draining (GOAWAY): no new request goes to it; requests queued for it but not
-    /// yet started go elsewhere. Returns whether it was live and not draining yet.
-    pub fn set_draining(&self, serial: u64) -> bool {
+    /// Marks a connection draining (GOAWAY either way): no new request goes to it; requests queued for
+    /// it but not yet started go elsewhere. Called by the connection's synchronous observer. Returns
+    /// whether it was live and not draining yet.
+    pub fn set_draining(&self, serial: u64, cause: DrainCause) -> bool {
         let mut s = self.lock();
         let Some(entry) = s.connections.get_mut(&serial) else {
             return false;
@@ -221,19 +230,20 @@ impl<C: Clone + Send + 'static> Registry<C> {
             return false;
         }
         entry.draining = true;
-        let _ = s.router.set_draining(&serial);
+        s.routing.handle_draining(&serial, cause, Instant::now());
         deliver(&mut s);
         true
     }
 
-    /// Forgets a connection that closed. Returns the requests that were running on it (the router says
-    /// they are lost; their streams fail on their own, since the connection is gone).
-    pub fn remove_connection(&self, serial: u64) -> Vec<(u64, RouteError)> {
+    /// Forgets a connection that closed. Returns how many requests were running on it (the policy
+    /// says they are lost; their streams fail on their own, since the connection is gone).
+    pub fn remove_connection(&self, serial: u64) -> usize {
         let mut s = self.lock();
         if s.connections.remove(&serial).is_none() {
-            return Vec::new();
+            return 0;
         }
-        let lost = s.router.remove_connection(&serial).unwrap_or_default();
+        let lost = s.routing.connection(&serial).map_or(0, |c| c.load);
+        s.routing.handle_closed(&serial, Instant::now());
         deliver(&mut s);
         lost
     }
@@ -253,19 +263,22 @@ impl<C: Clone + Send + 'static> Registry<C> {
             .collect()
     }
 
-    /// The router's totals (connections, pending and assigned requests).
-    pub fn stats(&self) -> RouterStats {
-        self.lock().router.stats()
+    /// The policy's totals (connections, pending and assigned requests, reroutes).
+    pub fn stats(&self) -> RoutingStats {
+        self.lock().routing.stats()
     }
 
     /// Requests waiting for a connection of `agent_id`.
     pub fn pending_for(&self, agent_id: u64) -> usize {
-        self.lock().router.pending_count_for(agent_id)
+        self.lock().routing.pending_for(agent_id)
     }
 
     /// Requests currently assigned to a connection (its load in the router).
     pub fn load(&self, serial: u64) -> usize {
-        self.lock().router.connection(&serial).map_or(0, |c| c.load)
+        self.lock()
+            .routing
+            .connection(&serial)
+            .map_or(0, |c| c.load)
     }
 
     /// Whether [`Registry::close`] was called.
@@ -274,7 +287,7 @@ impl<C: Clone + Send + 'static> Registry<C> {
     }
 
     /// Shutdown: routes nothing any more, fails every waiting request with
-    /// [`RouteFailure::ShuttingDown`], marks every connection draining and stops the timer task.
+    /// [`RequestFailure::ShuttingDown`], marks every connection draining and stops the timer task.
     /// Requests already running keep their leases.
     pub fn close(&self) {
         let mut s = self.lock();
@@ -282,43 +295,49 @@ impl<C: Clone + Send + 'static> Registry<C> {
             return;
         }
         s.closed = true;
-        let serials: Vec<u64> = s.connections.keys().copied().collect();
-        for serial in serials {
-            if let Some(e) = s.connections.get_mut(&serial) {
-                e.draining = true;
-            }
-            let _ = s.router.set_draining(&serial);
+        for e in s.connections.values_mut() {
+            e.draining = true;
         }
-        let waiting: Vec<u64> = s.waiters.keys().copied().collect();
-        for request in waiting {
-            s.router.cancel(&request);
-            if let Some(tx) = s.waiters.remove(&request) {
-                let _ = tx.try_send(Err(RouteFailure::ShuttingDown));
-            }
-        }
+        s.routing.handle_shutdown();
         deliver(&mut s);
+        // Waiters the policy did not know any more (cannot happen) must not hang.
+        for (_, tx) in s.waiters.drain() {
+            let _ = tx.try_send(Err(RequestFailure::ShuttingDown));
+        }
         drop(s);
         self.shared.kick.close();
     }
 
     /// Routes a request for `agent_id`: a connection now, or after waiting until one is usable, at the
-    /// latest until `deadline`. Dropping the returned future cancels the request.
-    pub async fn route(&self, agent_id: u64, deadline: Instant) -> Result<Lease<C>, RouteFailure> {
+    /// latest until `deadline`. `replayable`: the request may be sent again after a refusal (no body).
+    /// Dropping the returned future cancels the request.
+    pub async fn route(
+        &self,
+        agent_id: u64,
+        deadline: Instant,
+        replayable: bool,
+    ) -> Result<Lease<C>, RequestFailure> {
         let (request, rx) = {
             let mut s = self.lock();
             if s.closed {
-                return Err(RouteFailure::ShuttingDown);
+                return Err(RequestFailure::ShuttingDown);
             }
             let request = s.next_request;
             s.next_request += 1;
-            match s.router.route(agent_id, request, deadline, Instant::now()) {
-                Route::Assigned(serial) => {
+            let spec = RequestSpec {
+                agent_id,
+                deadline,
+                replayable,
+                hops: 0,
+            };
+            match s.routing.handle_request(request, spec, Instant::now()) {
+                Placement::Open(serial) => {
                     let handle = s.connections.get(&serial).map(|e| e.handle.clone());
                     let Some(handle) = handle else {
-                        // The router and the table disagree (cannot happen): fail, do not leak load.
-                        let _ = s.router.request_finished(&request);
+                        // The policy and the table disagree (cannot happen): fail, do not leak load.
+                        s.routing.handle_finished(&request);
                         deliver(&mut s);
-                        return Err(RouteError::ConnectionLost { agent_id }.into());
+                        return Err(RequestFailure::ConnectionLost);
                     };
                     return Ok(Lease::new(
                         self.clone(),
@@ -327,8 +346,14 @@ impl<C: Clone + Send + 'static> Registry<C> {
                         Assignment { serial, handle },
                     ));
                 }
-                Route::Rejected(e) => return Err(e.into()),
-                Route::Pending => {
+                Placement::Reject(e) => return Err(e),
+                // kas knows no other replica (no holders): never forwarded.
+                Placement::Forward(_) => {
+                    return Err(RequestFailure::NotConnected {
+                        waited: Duration::ZERO,
+                    });
+                }
+                Placement::Wait => {
                     let (tx, rx) = async_channel::bounded(1);
                     s.waiters.insert(request, tx);
                     (request, rx)
@@ -344,7 +369,7 @@ impl<C: Clone + Send + 'static> Registry<C> {
         agent_id: u64,
         request: u64,
         rx: async_channel::Receiver<Outcome<C>>,
-    ) -> Result<Lease<C>, RouteFailure> {
+    ) -> Result<Lease<C>, RequestFailure> {
         let guard = WaitGuard {
             registry: self,
             request,
@@ -357,11 +382,11 @@ impl<C: Clone + Send + 'static> Registry<C> {
             Ok(Ok(assignment)) => Ok(Lease::new(self.clone(), agent_id, request, assignment)),
             Ok(Err(e)) => Err(e),
             // The sender vanished without an answer: only at shutdown.
-            Err(_) => Err(RouteFailure::ShuttingDown),
+            Err(_) => Err(RequestFailure::ShuttingDown),
         }
     }
 
-    /// The single task driving the router's deadlines: sleeps until the earliest one (or until a new
+    /// The single task driving the policy's deadlines: sleeps until the earliest one (or until a new
     /// request may have moved it earlier), expires what is due and wakes those waiters. Returns after
     /// [`Registry::close`].
     pub async fn run_timers(&self) {
@@ -372,7 +397,7 @@ impl<C: Clone + Send + 'static> Registry<C> {
                 if s.closed {
                     return;
                 }
-                s.router.poll_timeout()
+                s.routing.poll_timeout()
             };
             let woke = match next {
                 Some(at) => {
@@ -388,7 +413,7 @@ impl<C: Clone + Send + 'static> Registry<C> {
                 return;
             }
             let mut s = self.lock();
-            s.router.handle_timeout(Instant::now());
+            s.routing.handle_timeout(Instant::now());
             deliver(&mut s);
         }
     }
@@ -408,54 +433,54 @@ impl<C: Clone + Send + 'static> Drop for WaitGuard<'_, C> {
         }
         let mut s = self.registry.lock();
         s.waiters.remove(&self.request);
-        if !s.router.cancel(&self.request) {
-            // Already started (its assignment sat unread in the channel): give the slot back.
-            let _ = s.router.request_finished(&self.request);
-        }
+        // Waiting, or already placed (its assignment sat unread in the channel): either way it ends.
+        s.routing.handle_cancelled(&self.request);
         deliver(&mut s);
     }
 }
 
-/// Hands every queued router outcome to its waiter. Runs under the lock after every router change.
+/// Hands every queued policy event to its waiter. Runs under the lock after every report.
 fn deliver<C: Clone>(s: &mut State<C>) {
-    // Each round removes at least one queued request from the router or ends the loop; a request can
-    // be re-assigned only after another one finished, so the number of rounds is bounded by the number
-    // of requests the router holds (plus one).
-    let bound = s.router.stats().pending + s.router.stats().assigned + s.waiters.len() + 2;
-    for _ in 0..bound {
-        let mut progressed = false;
-        while let Some((request, serial)) = s.router.poll_assigned() {
-            progressed = true;
-            let handle = s.connections.get(&serial).map(|e| e.handle.clone());
-            let waiter = s.waiters.remove(&request);
-            match (waiter, handle) {
-                (Some(tx), Some(handle)) => {
-                    if tx.try_send(Ok(Assignment { serial, handle })).is_err() {
-                        let _ = s.router.request_finished(&request);
+    while let Some(event) = s.routing.poll_event() {
+        match event {
+            RoutingEvent::Assigned {
+                request,
+                conn: serial,
+            } => {
+                let handle = s.connections.get(&serial).map(|e| e.handle.clone());
+                let waiter = s.waiters.remove(&request);
+                match (waiter, handle) {
+                    (Some(tx), Some(handle)) => {
+                        if tx.try_send(Ok(Assignment { serial, handle })).is_err() {
+                            s.routing.handle_finished(&request);
+                        }
                     }
-                }
-                (waiter, _) => {
-                    let _ = s.router.request_finished(&request);
-                    if let Some(tx) = waiter {
-                        let agent_id = s.router.connection(&serial).map_or(0, |c| c.agent_id);
-                        let _ = tx.try_send(Err(RouteError::ConnectionLost { agent_id }.into()));
+                    (waiter, _) => {
+                        s.routing.handle_finished(&request);
+                        if let Some(tx) = waiter {
+                            let _ = tx.try_send(Err(RequestFailure::ConnectionLost));
+                        }
                     }
                 }
             }
-        }
-        while let Some((request, error)) = s.router.poll_failed() {
-            progressed = true;
-            if let Some(tx) = s.waiters.remove(&request) {
-                let _ = tx.try_send(Err(error.into()));
+            RoutingEvent::Failed { request, failure } => {
+                if let Some(tx) = s.waiters.remove(&request) {
+                    let _ = tx.try_send(Err(failure));
+                }
             }
-        }
-        if !progressed {
-            return;
+            // kas has no holders: never happens; fail rather than hang.
+            RoutingEvent::Forward { request, .. } => {
+                if let Some(tx) = s.waiters.remove(&request) {
+                    let _ = tx.try_send(Err(RequestFailure::NotConnected {
+                        waited: Duration::ZERO,
+                    }));
+                }
+            }
         }
     }
 }
 
-/// A request the router assigned to a connection. Dropping it tells the router the request finished.
+/// A request the policy placed on a connection. Dropping it tells the policy the request finished.
 pub struct Lease<C: Clone + Send + 'static> {
     registry: Registry<C>,
     agent_id: u64,
@@ -507,36 +532,38 @@ impl<C: Clone + Send + 'static> Lease<C> {
         self.agent_id
     }
 
-    /// The stream was never processed by the agent (the connection is going away, or the agent refused
-    /// the stream): marks the connection draining when `draining`, puts the request back in line with
-    /// its original deadline and FIFO place, and waits for another connection.
-    pub async fn reroute(mut self, draining: bool) -> Result<Lease<C>, RouteFailure> {
+    /// Opening the stream failed and nothing reached the wire: the policy decides (another connection,
+    /// or a failure), and this waits for its answer.
+    pub async fn open_failed(self, failure: OpenFailure) -> Result<Lease<C>, RequestFailure> {
+        self.report(|routing, request| routing.handle_open_failed(request, failure, Instant::now()))
+            .await
+    }
+
+    /// The agent refused the stream before answering (never processed it): the policy decides.
+    pub async fn refused(self) -> Result<Lease<C>, RequestFailure> {
+        self.report(|routing, request| routing.handle_refused(request, Instant::now()))
+            .await
+    }
+
+    async fn report(
+        mut self,
+        f: impl FnOnce(&mut KasRouting<u64, u64>, &u64),
+    ) -> Result<Lease<C>, RequestFailure> {
         let registry = self.registry.clone();
-        let (agent_id, request, serial) = (self.agent_id, self.request, self.serial);
+        let (agent_id, request) = (self.agent_id, self.request);
         self.active = false;
         drop(self);
         let rx = {
             let mut s = registry.lock();
-            if draining {
-                if let Some(e) = s.connections.get_mut(&serial) {
-                    e.draining = true;
-                }
-                let _ = s.router.set_draining(&serial);
-            }
-            if s.closed {
-                let _ = s.router.request_finished(&request);
-                deliver(&mut s);
-                return Err(RouteFailure::ShuttingDown);
-            }
             let (tx, rx) = async_channel::bounded(1);
             s.waiters.insert(request, tx);
-            if s.router.retry(&request).is_err() {
-                // The router no longer knows the request (its connection was removed meanwhile): lost.
-                s.waiters.remove(&request);
-                deliver(&mut s);
-                return Err(RouteError::ConnectionLost { agent_id }.into());
-            }
+            f(&mut s.routing, &request);
             deliver(&mut s);
+            if s.waiters.contains_key(&request) && !s.routing.knows(&request) {
+                // The policy had already forgotten it (its connection closed meanwhile): lost.
+                s.waiters.remove(&request);
+                return Err(RequestFailure::ConnectionLost);
+            }
             rx
         };
         registry.kick_timers();
@@ -550,8 +577,8 @@ impl<C: Clone + Send + 'static> Drop for Lease<C> {
             return;
         }
         let mut s = self.registry.lock();
-        // Unknown when the connection was removed meanwhile (the router already forgot it).
-        let _ = s.router.request_finished(&self.request);
+        // Unknown when the connection was removed meanwhile (the policy already forgot it).
+        s.routing.handle_finished(&self.request);
         deliver(&mut s);
     }
 }
@@ -560,7 +587,7 @@ impl<C: Clone + Send + 'static> Drop for Lease<C> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use protocol::routing::RouterConfig;
 
     type Reg = Registry<&'static str>;
 
@@ -577,6 +604,15 @@ mod tests {
         }
     }
 
+    /// A registry for the GitLab backend (open listing) that has seen agents 1, 3 and 9.
+    fn reg() -> Reg {
+        let reg = Reg::new(RoutingConfig::default(), Listing::Open);
+        for id in [1, 3, 9] {
+            reg.note_agent(id, "");
+        }
+        reg
+    }
+
     fn in_secs(s: u64) -> Instant {
         Instant::now() + Duration::from_secs(s)
     }
@@ -587,9 +623,9 @@ mod tests {
 
     #[test]
     fn routes_at_once_to_a_live_connection_and_releases_on_drop() {
-        let reg = Reg::new(RouterConfig::default());
+        let reg = reg();
         reg.add_connection(entry(1, 7, "a"), 1).unwrap();
-        let lease = run(reg.route(7, in_secs(5))).unwrap();
+        let lease = run(reg.route(7, in_secs(5), true)).unwrap();
         assert_eq!(*lease.connection(), "a");
         assert_eq!(reg.load(1), 1);
         drop(lease);
@@ -598,23 +634,23 @@ mod tests {
 
     #[test]
     fn waiting_request_gets_a_connection_that_arrives_later() {
-        let reg = Reg::new(RouterConfig::default());
+        let reg = reg();
         let timers = smol::spawn({
             let r = reg.clone();
             async move { r.run_timers().await }
         });
         let waiting = smol::spawn({
             let r = reg.clone();
-            async move { r.route(3, in_secs(30)).await.map(|l| *l.connection()) }
+            async move { r.route(3, in_secs(30), true).await.map(|l| *l.connection()) }
         });
         // Give the request time to be registered (a hang guard, not an assertion on time).
         for _ in 0..200 {
-            if reg.stats().pending == 1 {
+            if reg.stats().router.pending == 1 {
                 break;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(reg.stats().pending, 1);
+        assert_eq!(reg.stats().router.pending, 1);
         reg.add_connection(entry(4, 3, "late"), 8).unwrap();
         assert_eq!(run(waiting), Ok("late"));
         reg.close();
@@ -623,31 +659,25 @@ mod tests {
 
     #[test]
     fn deadline_fails_a_waiting_request_with_not_connected() {
-        let reg = Reg::new(RouterConfig::default());
+        let reg = reg();
         let timers = smol::spawn({
             let r = reg.clone();
             async move { r.run_timers().await }
         });
-        let result = run(reg.route(9, Instant::now() + Duration::from_millis(50)));
+        let result = run(reg.route(9, Instant::now() + Duration::from_millis(50), true));
         assert!(
-            matches!(
-                result,
-                Err(RouteFailure::Route(RouteError::AgentNotConnected {
-                    agent_id: 9,
-                    ..
-                }))
-            ),
+            matches!(result, Err(RequestFailure::NotConnected { .. })),
             "{result:?}"
         );
-        assert_eq!(reg.stats().pending, 0);
+        assert_eq!(reg.stats().router.pending, 0);
         reg.close();
         run(timers);
     }
 
     #[test]
     fn dropping_a_waiting_request_cancels_it() {
-        let reg = Reg::new(RouterConfig::default());
-        let fut = reg.route(1, in_secs(30));
+        let reg = reg();
+        let fut = reg.route(1, in_secs(30), true);
         let polled = run(async {
             futures_lite::future::or(async { Some(fut.await) }, async {
                 smol::Timer::after(Duration::from_millis(20)).await;
@@ -656,7 +686,7 @@ mod tests {
             .await
         });
         assert!(polled.is_none());
-        assert_eq!(reg.stats().pending, 0);
+        assert_eq!(reg.stats().router.pending, 0);
         // A connection arriving later has no load from the cancelled request.
         reg.add_connection(entry(1, 1, "a"), 1).unwrap();
         assert_eq!(reg.load(1), 0);
@@ -664,12 +694,19 @@ mod tests {
 
     #[test]
     fn pending_is_bounded() {
-        let reg = Reg::new(RouterConfig {
-            max_pending_per_agent: 1,
-            max_pending_total: 10,
-        });
-        let first = reg.route(1, in_secs(30));
-        let second = reg.route(1, in_secs(30));
+        let reg = Reg::new(
+            RoutingConfig {
+                router: RouterConfig {
+                    max_pending_per_agent: 1,
+                    max_pending_total: 10,
+                },
+                ..RoutingConfig::default()
+            },
+            Listing::Open,
+        );
+        reg.note_agent(1, "one");
+        let first = reg.route(1, in_secs(30), true);
+        let second = reg.route(1, in_secs(30), true);
         let (a, b) = run(async {
             let mut first = Box::pin(first);
             let a = futures_lite::future::poll_once(&mut first).await;
@@ -677,63 +714,95 @@ mod tests {
             (a.is_none(), b)
         });
         assert!(a, "first request waits");
-        assert_eq!(
-            b.unwrap_err(),
-            RouteFailure::Route(RouteError::TooManyPending { agent_id: 1 })
-        );
+        assert_eq!(b.unwrap_err(), RequestFailure::TooManyPending);
     }
 
     #[test]
-    fn reroute_moves_a_request_from_a_draining_connection() {
-        let reg = Reg::new(RouterConfig::default());
+    fn an_unprocessed_open_moves_the_request_to_another_connection() {
+        let reg = reg();
         reg.add_connection(entry(1, 5, "old"), 4).unwrap();
-        let lease = run(reg.route(5, in_secs(30))).unwrap();
+        let lease = run(reg.route(5, in_secs(30), true)).unwrap();
         assert_eq!(*lease.connection(), "old");
         reg.add_connection(entry(2, 5, "new"), 4).unwrap();
-        let lease = run(lease.reroute(true)).unwrap();
+        let lease = run(lease.open_failed(OpenFailure::GoingAway)).unwrap();
         assert_eq!(*lease.connection(), "new");
         assert_eq!((reg.load(1), reg.load(2)), (0, 1));
+        assert_eq!(reg.stats().rerouted, 1);
         // New requests avoid the draining connection too.
-        let other = run(reg.route(5, in_secs(30))).unwrap();
+        let other = run(reg.route(5, in_secs(30), true)).unwrap();
         assert_eq!(*other.connection(), "new");
     }
 
     #[test]
-    fn removing_a_connection_reports_running_requests_lost() {
-        let reg = Reg::new(RouterConfig::default());
+    fn a_request_after_the_drain_observer_ran_is_never_rerouted() {
+        let reg = reg();
         reg.add_connection(entry(1, 5, "a"), 4).unwrap();
-        let lease = run(reg.route(5, in_secs(30))).unwrap();
-        let lost = reg.remove_connection(1);
+        reg.add_connection(entry(2, 5, "b"), 4).unwrap();
+        assert!(reg.set_draining(1, DrainCause::PeerGoaway));
+        assert!(!reg.set_draining(1, DrainCause::PeerGoaway), "once");
+        let lease = run(reg.route(5, in_secs(30), true)).unwrap();
+        assert_eq!(*lease.connection(), "b");
+        assert_eq!(reg.stats().rerouted, 0);
+    }
+
+    #[test]
+    fn refusals_of_requests_with_a_body_fail() {
+        let reg = reg();
+        reg.add_connection(entry(1, 5, "a"), 4).unwrap();
+        let lease = run(reg.route(5, in_secs(30), false)).unwrap();
         assert_eq!(
-            lost,
-            vec![(
-                lease.request_id(),
-                RouteError::ConnectionLost { agent_id: 5 }
-            )]
+            run(lease.refused()).unwrap_err(),
+            RequestFailure::Unprocessed { attempts: 1 }
         );
+        assert_eq!(reg.load(1), 0);
+        let lease = run(reg.route(5, in_secs(30), true)).unwrap();
+        let lease = run(lease.refused()).unwrap();
+        assert_eq!(*lease.connection(), "a");
+    }
+
+    #[test]
+    fn agent_existence_follows_the_listing() {
+        let reg = Reg::new(RoutingConfig::default(), Listing::Authoritative([1].into()));
+        assert!(reg.agent_exists(1));
+        assert!(!reg.agent_exists(2));
+        assert_eq!(
+            run(reg.route(2, in_secs(1), true)).unwrap_err(),
+            RequestFailure::UnknownAgent
+        );
+        reg.set_listing(Listing::Authoritative([2].into()));
+        assert!(reg.agent_exists(2) && !reg.agent_exists(1));
+        assert_eq!(reg.known_agents(), vec![(2, None)]);
+    }
+
+    #[test]
+    fn removing_a_connection_reports_running_requests_lost() {
+        let reg = reg();
+        reg.add_connection(entry(1, 5, "a"), 4).unwrap();
+        let lease = run(reg.route(5, in_secs(30), true)).unwrap();
+        assert_eq!(reg.remove_connection(1), 1);
         drop(lease); // finishing a forgotten request is harmless
-        assert_eq!(reg.stats().assigned, 0);
+        assert_eq!(reg.stats().router.assigned, 0);
         assert!(reg.connections().is_empty());
     }
 
     #[test]
     fn close_fails_waiters_and_refuses_new_work() {
-        let reg = Reg::new(RouterConfig::default());
+        let reg = reg();
         let waiting = smol::spawn({
             let r = reg.clone();
-            async move { r.route(1, in_secs(30)).await.map(|_| ()) }
+            async move { r.route(1, in_secs(30), true).await.map(|_| ()) }
         });
         for _ in 0..200 {
-            if reg.stats().pending == 1 {
+            if reg.stats().router.pending == 1 {
                 break;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
         reg.close();
-        assert_eq!(run(waiting), Err(RouteFailure::ShuttingDown));
+        assert_eq!(run(waiting), Err(RequestFailure::ShuttingDown));
         assert_eq!(
-            run(reg.route(1, in_secs(1))).map(|_| ()),
-            Err(RouteFailure::ShuttingDown)
+            run(reg.route(1, in_secs(1), true)).map(|_| ()),
+            Err(RequestFailure::ShuttingDown)
         );
         assert_eq!(
             reg.add_connection(entry(1, 1, "a"), 1),
@@ -743,10 +812,10 @@ mod tests {
 
     #[test]
     fn seen_agents_are_remembered() {
-        let reg = Reg::new(RouterConfig::default());
-        assert!(!reg.is_seen(3));
+        let reg = Reg::new(RoutingConfig::default(), Listing::Open);
+        assert!(!reg.agent_exists(3));
         reg.note_agent(3, "three");
-        assert!(reg.is_seen(3));
-        assert_eq!(reg.seen_agents()[0].name, "three");
+        assert!(reg.agent_exists(3));
+        assert_eq!(reg.known_agents(), vec![(3, Some("three".to_owned()))]);
     }
 }

@@ -21,10 +21,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protocol::router::RouterConfig;
+use protocol::routing::RouterConfig;
 
 use crate::agent_listener;
-use crate::api::user_auth::UserGate;
 use crate::auth::{
     AgentAuthenticator, AgentsFile, AuthSetupError, GitLabAuthenticator, RateLimitOptions,
     RateLimited,
@@ -36,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::registry::Registry;
 use crate::state::KasState;
-use crate::users::{UsersFile, UsersFileError};
+use crate::users::{UserGate, UsersFile, UsersFileError};
 
 /// How often the agents and users files are checked for changes.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
@@ -175,10 +174,16 @@ impl Kas {
             .or(config.api_listener.tls.as_ref())
             .map(|files| crate::api::https_acceptor(&files.cert_file, &files.key_file))
             .transpose()?;
-        let registry = Registry::new(RouterConfig {
-            max_pending_per_agent: config.routing.max_pending_per_agent,
-            max_pending_total: config.routing.max_pending_total,
-        });
+        let registry = Registry::new(
+            protocol::routing::RoutingConfig {
+                router: RouterConfig {
+                    max_pending_per_agent: config.routing.max_pending_per_agent,
+                    max_pending_total: config.routing.max_pending_total,
+                },
+                ..protocol::routing::RoutingConfig::default()
+            },
+            directory.listing(),
+        );
         let agent_configs = crate::agent_config::AgentConfigs::new(
             crate::agent_config::Settings::from_config(&config)?,
             directory.clone(),
@@ -335,7 +340,10 @@ async fn reload_files(state: Arc<KasState>, stop: async_channel::Receiver<()>) {
         let (agents, users) =
             smol::unblock(move || (directory.reload_if_changed(), users.reload_if_changed())).await;
         match agents {
-            Ok(_) => {
+            Ok(changed) => {
+                if changed {
+                    state.registry.set_listing(state.directory.listing());
+                }
                 if matches!(state.directory, AgentDirectory::File(_)) {
                     state.set_auth_backend_ok(true);
                 }

@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::agent_log::AgentLog;
-use crate::api::user_auth::UserGate;
 use crate::config::RoutingConfig;
 use crate::directory::AgentDirectory;
 use crate::events::{EventHub, Presence, SubscriberLimits};
@@ -12,6 +11,7 @@ use crate::metrics::{Metrics, Snapshot};
 use crate::mirrors::Mirrors;
 use crate::pool::Spawner;
 use crate::registry::Registry;
+use crate::users::UserGate;
 
 /// The registry of live agent connections, keyed by `runtime_smol` connection handles.
 pub type AgentRegistry = Registry<runtime_smol::Connection>;
@@ -141,6 +141,7 @@ impl KasState {
     /// The current-state gauges for `/metrics`.
     pub fn snapshot(&self) -> Snapshot {
         let connections = self.registry.connections();
+        let stats = self.registry.stats();
         let mut agents: Vec<u64> = connections.iter().map(|c| c.agent_id).collect();
         agents.sort_unstable();
         agents.dedup();
@@ -155,7 +156,8 @@ impl KasState {
             agents_connected: agents.len() as u64,
             connections: connections.len() as u64,
             open_streams,
-            pending_requests: self.registry.stats().pending as u64,
+            pending_requests: stats.router.pending as u64,
+            requests_rerouted: stats.rerouted,
             views_agents: self.mirrors.agent_count() as u64,
             event_subscribers: self.events.subscribers() as u64,
             event_subscribers_dropped: self.events.dropped_slow(),

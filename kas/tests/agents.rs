@@ -269,9 +269,17 @@ fn shutdown_sends_goaway_and_lets_in_flight_requests_finish() {
 
     let stopping = std::thread::spawn(move || kas.shutdown_within(GUARD));
     // The agent learns that kas is going away while its request is still in flight.
-    eventually("goaway to reach the agent", || {
-        agent.conn.is_draining().then_some(())
-    });
+    let drained = smol::block_on(futures_lite::future::or(
+        async {
+            agent.conn.handle().draining().await;
+            true
+        },
+        async {
+            smol::Timer::after(GUARD).await;
+            false
+        },
+    ));
+    assert!(drained, "goaway did not reach the agent within {GUARD:?}");
     script.release();
     let reply = client.join().unwrap();
     assert_eq!(reply.status, 200, "{}", reply.body);

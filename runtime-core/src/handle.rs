@@ -9,6 +9,7 @@ use protocol::proto::RequestHead;
 use protocol::{CloseReason, ConnectionStats, ErrorCode, Established, Role};
 
 use crate::error::Error;
+use crate::observer::ConnectionEvent;
 use crate::session::{DROP_GRACE, Session};
 use crate::stream::StreamHandle;
 
@@ -110,6 +111,16 @@ impl ConnectionHandle {
     /// it is over. Woken by the protocol's GOAWAY event and by our own close, never by polling.
     pub async fn draining(&self) {
         poll_fn(|cx| self.poll_draining(cx)).await
+    }
+
+    /// Registers a synchronous observer of this connection's life ([`crate::observer`]): called with
+    /// [`ConnectionEvent::Draining`] (at most once, GOAWAY either way) and then
+    /// [`ConnectionEvent::Closed`] (once), right after the session lock is released by the call that
+    /// produced the event — on the driver or the commanding task, before that driver transmits any
+    /// later output — in protocol order. Registered late, it is called at once for what already
+    /// happened (replay). Must not block; it may call the connection.
+    pub fn on_event(&self, f: impl Fn(&ConnectionEvent) + Send + Sync + 'static) {
+        self.session.on_event(Arc::new(f));
     }
 
     /// Whether either side sent GOAWAY (no new streams).

@@ -35,6 +35,7 @@ pub mod driver;
 pub mod error;
 pub mod handle;
 pub mod handshake;
+pub mod observer;
 pub mod session;
 pub mod stream;
 pub mod suite;
@@ -47,6 +48,7 @@ pub use handshake::{
     Accepted, AgentOptions, AuthFuture, Authenticator, ServerConnection, agent_handshake,
     server_handshake,
 };
+pub use observer::{ConnectionEvent, Initiator};
 pub use protocol;
 pub use session::Session;
 pub use stream::StreamHandle;

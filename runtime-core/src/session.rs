@@ -19,6 +19,7 @@ use protocol::{
 };
 
 use crate::error::Error;
+use crate::observer::{ConnectionEvent, Initiator, Observer, Observers};
 use crate::wakers::{WakerList, register, wake};
 
 /// Most octets one `poll_write` copies: larger writes take several calls, which keeps every buffer
@@ -117,7 +118,78 @@ pub(crate) struct Shared {
     close_deadline: Option<Instant>,
     /// Detached streams to reset once everything queued for them has been transmitted.
     cancel_after_flush: Vec<StreamId>,
+    /// Synchronous observers and the events they have not seen yet ([`crate::observer`]).
+    observers: Observers,
     span: tracing::Span,
+}
+
+/// The session's lock. Releasing it hands the connection events the locked call produced to the
+/// observers, outside the lock and in protocol order ([`crate::observer`]).
+pub(crate) struct Locked<'a> {
+    guard: Option<MutexGuard<'a, Shared>>,
+    inner: &'a Mutex<Shared>,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        self.guard.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Shared {
+        self.guard.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let Some(mut guard) = self.guard.take() else {
+            return;
+        };
+        if guard.observers.pending.is_empty()
+            || guard.observers.delivering
+            || std::thread::panicking()
+        {
+            return;
+        }
+        guard.observers.delivering = true;
+        deliver(self.inner, guard);
+    }
+}
+
+/// Hands queued events to the observers until none is left; the caller set `delivering`. Events queued
+/// by other threads meanwhile are delivered here too, after the earlier ones.
+fn deliver<'a>(inner: &'a Mutex<Shared>, mut guard: MutexGuard<'a, Shared>) {
+    loop {
+        let batch: Vec<ConnectionEvent> = guard.observers.pending.drain(..).collect();
+        if batch.is_empty() {
+            guard.observers.delivering = false;
+            return;
+        }
+        let list = guard.observers.list.clone();
+        drop(guard);
+        // An observer that panics must not silence the others for good.
+        let reset = ResetDelivering(inner);
+        for ev in &batch {
+            for f in &list {
+                f(ev);
+            }
+        }
+        std::mem::forget(reset);
+        guard = inner.lock().unwrap_or_else(PoisonError::into_inner);
+    }
+}
+
+/// Clears `delivering` when an observer panicked.
+struct ResetDelivering<'a>(&'a Mutex<Shared>);
+
+impl Drop for ResetDelivering<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        s.observers.delivering = false;
+    }
 }
 
 /// A handle on the shared state of one connection. Cheap to clone.
@@ -170,6 +242,7 @@ impl Session {
             drain_wakers: WakerList::default(),
             close_deadline: None,
             cancel_after_flush: Vec::new(),
+            observers: Observers::default(),
             span: span.clone(),
         };
         Session {
@@ -178,8 +251,37 @@ impl Session {
         }
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    pub(crate) fn lock(&self) -> Locked<'_> {
+        Locked {
+            guard: Some(self.inner.lock().unwrap_or_else(PoisonError::into_inner)),
+            inner: &self.inner,
+        }
+    }
+
+    /// Registers a synchronous observer ([`crate::observer`]): called with each later
+    /// [`ConnectionEvent`] right after the session lock is released, and at once with the events that
+    /// already happened (replay), in order. Must not block.
+    pub(crate) fn on_event(&self, f: Observer) {
+        let mut guard = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        guard.observers.list.push(f.clone());
+        let replay = guard.observers.delivered();
+        if guard.observers.delivering {
+            // Another thread is handing out events: it will hand the later ones to `f` too.
+            drop(guard);
+            for ev in &replay {
+                f(ev);
+            }
+            return;
+        }
+        guard.observers.delivering = true;
+        drop(guard);
+        let reset = ResetDelivering(&self.inner);
+        for ev in &replay {
+            f(ev);
+        }
+        std::mem::forget(reset);
+        let guard = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        deliver(&self.inner, guard);
     }
 
     /// The tracing span of this connection (fields `role`, `agent_id`, `connection_id`).
@@ -612,10 +714,19 @@ impl Shared {
         self.dispatch();
         // Our own GOAWAY (close, abort) produces no event: tell the drain waiters here.
         if self.conn.is_draining() || self.conn.is_closed() {
+            self.note_local_drain();
             self.drain_wakers.wake_all();
         }
         if self.conn.has_pending_transmit() || self.conn.is_closed() {
             wake(&mut self.driver);
+        }
+    }
+
+    /// Our own GOAWAY (no protocol event reports it): a `Draining` for the observers, unless the
+    /// connection is already over or a drain was reported.
+    fn note_local_drain(&mut self) {
+        if self.conn.is_draining() && !self.conn.is_closed() {
+            self.observers.note_draining(Initiator::Local, None);
         }
     }
 
@@ -742,6 +853,8 @@ impl Shared {
                     message,
                 } => {
                     tracing::debug!(parent: &self.span, last_stream_id, %code, %message, "peer is going away");
+                    self.observers
+                        .note_draining(Initiator::Peer, Some(last_stream_id));
                     self.drain_wakers.wake_all();
                 }
                 Event::Closed(reason) => self.on_closed(reason),
@@ -758,6 +871,7 @@ impl Shared {
                 _ => tracing::info!(parent: &self.span, %reason, "tunnel connection closed"),
             }
         }
+        self.observers.note_closed(&reason);
         // The streams the close reset carry the connection's reason rather than a bare RESET.
         let text = reason.to_string();
         self.slots.retain(|_, s| !s.detached);
@@ -824,6 +938,7 @@ impl Shared {
         };
         // A GOAWAY we sent because of a timer (idle timeout) or the close deadline.
         if self.conn.is_draining() {
+            self.note_local_drain();
             self.drain_wakers.wake_all();
         }
         Step {
@@ -997,6 +1112,118 @@ mod tests {
         assert!(woken.0.load(std::sync::atomic::Ordering::SeqCst) >= 1);
         assert!(server.poll_draining(&mut cx).is_ready());
         assert!(server.is_draining() && !server.is_closed());
+    }
+
+    /// An observer that records what it sees.
+    fn recorder(c: &ConnectionHandle) -> Arc<Mutex<Vec<ConnectionEvent>>> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        c.on_event(move |ev| s.lock().expect("lock").push(ev.clone()));
+        seen
+    }
+
+    fn events(seen: &Arc<Mutex<Vec<ConnectionEvent>>>) -> Vec<ConnectionEvent> {
+        seen.lock().expect("lock").clone()
+    }
+
+    #[test]
+    fn observers_see_the_peers_goaway_then_the_close_in_order() {
+        let (agent, server) = connected();
+        let seen = recorder(&server);
+        let s = agent.open(RequestHead::default(), true).expect("open");
+        pump(agent.session(), server.session());
+        let accepted = accept(&server);
+        agent.start_close(Duration::from_secs(60));
+        // The observer ran inside handle_input, before anything after it was transmitted.
+        pump(agent.session(), server.session());
+        assert_eq!(
+            events(&seen),
+            vec![ConnectionEvent::Draining {
+                initiator: Initiator::Peer,
+                last_stream_id: Some(0)
+            }]
+        );
+        accepted
+            .respond(protocol::proto::ResponseHead::default(), true)
+            .expect("respond");
+        drop(s);
+        drop(accepted);
+        pump(agent.session(), server.session());
+        assert_eq!(events(&seen).len(), 2, "{:?}", events(&seen));
+        assert!(matches!(events(&seen)[1], ConnectionEvent::Closed(_)));
+    }
+
+    #[test]
+    fn our_own_goaway_is_reported_as_local_and_an_abort_only_as_closed() {
+        let (agent, server) = connected();
+        let seen_agent = recorder(&agent);
+        let seen_server = recorder(&server);
+        agent.start_close(Duration::from_secs(60));
+        assert_eq!(
+            events(&seen_agent),
+            vec![ConnectionEvent::Draining {
+                initiator: Initiator::Local,
+                last_stream_id: None
+            }]
+        );
+        let (agent2, _server2) = connected();
+        let seen_abort = recorder(&agent2);
+        agent2.abort(ErrorCode::Internal, "gone");
+        let ev = events(&seen_abort);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert!(matches!(ev[0], ConnectionEvent::Closed(_)));
+        pump(agent.session(), server.session());
+        assert!(matches!(
+            events(&seen_server).first(),
+            Some(ConnectionEvent::Draining {
+                initiator: Initiator::Peer,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_late_observer_gets_the_past_replayed() {
+        let (agent, server) = connected();
+        agent.start_close(Duration::from_secs(60));
+        pump(agent.session(), server.session());
+        let seen = recorder(&server);
+        let ev = events(&seen);
+        assert!(
+            matches!(
+                ev.first(),
+                Some(ConnectionEvent::Draining {
+                    initiator: Initiator::Peer,
+                    ..
+                })
+            ),
+            "{ev:?}"
+        );
+        assert!(
+            matches!(ev.last(), Some(ConnectionEvent::Closed(_))),
+            "{ev:?}"
+        );
+        assert_eq!(ev.len(), 2);
+    }
+
+    #[test]
+    fn observers_may_call_the_connection() {
+        let (agent, server) = connected();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (c, s) = (calls.clone(), server.clone());
+        server.on_event(move |ev| {
+            // The session lock is free: querying and even opening (refused while draining) work.
+            let refused = s.open(RequestHead::default(), true).is_err();
+            c.lock().expect("lock").push((
+                matches!(ev, ConnectionEvent::Draining { .. }),
+                s.is_draining(),
+                refused,
+            ));
+        });
+        agent.start_close(Duration::from_secs(60));
+        pump(agent.session(), server.session());
+        let calls = calls.lock().expect("lock").clone();
+        assert_eq!(calls.first(), Some(&(true, true, true)), "{calls:?}");
     }
 
     #[test]

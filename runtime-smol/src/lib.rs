@@ -27,6 +27,7 @@ use std::time::Duration;
 pub use agent::{connect_agent, connect_agent_over};
 pub use connection::Connection;
 pub use runtime_core::{Accepted, AgentOptions, Authenticator, Error, ServerConnection, protocol};
+pub use runtime_core::{ConnectionEvent, Initiator};
 pub use server::{Server, accept_over};
 pub use stream::{RecvStream, SendStream, Stream};
 

@@ -1,7 +1,8 @@
 //! `GET /api/v1/agents` and `GET /api/v1/agents/{id}`: agents with their connection status.
 //!
-//! The list is the union of the agents the directory lists (the agents file), the agents that
-//! authenticated since kas started, and the agents connected now, sorted by id:
+//! The list holds the agents that exist — the one answer of the routing policy
+//! ([`protocol::routing::existence`]: listed in the agents file, or authenticated since kas started
+//! with GitLab) — sorted by id:
 //!
 //! ```json
 //! [{"id": 1, "name": "agent-1", "connected": true, "connections": 1, "version": "0.1.0",
@@ -77,49 +78,48 @@ fn agent_json(
     })
 }
 
+/// The names the agents file gives (empty with GitLab).
+fn listed_names(state: &KasState) -> BTreeMap<u64, String> {
+    state.directory.listed().into_iter().collect()
+}
+
 /// Every agent in `scope` (what the request may read), as a JSON array sorted by id.
 pub fn list(state: &KasState, scope: &Scope) -> Value {
     let connections = state.registry.connections();
-    let mut names: BTreeMap<u64, String> = BTreeMap::new();
-    for seen in state.registry.seen_agents() {
-        names.insert(seen.agent_id, seen.name);
-    }
-    for (id, name) in state.directory.listed() {
-        names.insert(id, name);
-    }
-    for c in &connections {
-        names.entry(c.agent_id).or_default();
-    }
-    let agents: Vec<Value> = names
-        .iter()
-        .filter(|(id, _)| scope.includes(**id))
-        .map(|(&id, name)| {
+    let listed = listed_names(state);
+    let agents: Vec<Value> = state
+        .registry
+        .known_agents()
+        .into_iter()
+        .filter(|(id, _)| scope.includes(*id))
+        .map(|(id, seen_name)| {
+            let name = listed.get(&id).cloned().or(seen_name).unwrap_or_default();
             let conns: Vec<_> = connections.iter().filter(|c| c.agent_id == id).collect();
-            agent_json(state, id, name, &conns)
+            agent_json(state, id, &name, &conns)
         })
         .collect();
     Value::Array(agents)
 }
 
-/// One agent, if it exists or is connected.
+/// One agent, if it exists.
 pub fn get(state: &KasState, agent_id: u64) -> Option<Value> {
-    let connections = state.registry.connections_of(agent_id);
-    let listed = state
-        .directory
-        .listed()
-        .into_iter()
-        .find(|(id, _)| *id == agent_id)
-        .map(|(_, name)| name);
-    let seen = state
-        .registry
-        .seen_agents()
-        .into_iter()
-        .find(|s| s.agent_id == agent_id)
-        .map(|s| s.name);
-    if listed.is_none() && seen.is_none() && connections.is_empty() {
+    if !state.registry.agent_exists(agent_id) {
         return None;
     }
-    let name = listed.or(seen).unwrap_or_default();
+    let name = listed_names(state).remove(&agent_id).or_else(|| {
+        state
+            .registry
+            .known_agents()
+            .into_iter()
+            .find(|(id, _)| *id == agent_id)
+            .and_then(|(_, name)| name)
+    });
+    let connections = state.registry.connections_of(agent_id);
     let conns: Vec<_> = connections.iter().collect();
-    Some(agent_json(state, agent_id, &name, &conns))
+    Some(agent_json(
+        state,
+        agent_id,
+        &name.unwrap_or_default(),
+        &conns,
+    ))
 }

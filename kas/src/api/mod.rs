@@ -38,7 +38,6 @@ pub mod proxy;
 pub mod read_access;
 pub mod response;
 pub mod tunnel_body;
-pub mod user_auth;
 pub mod views;
 
 use std::convert::Infallible;
@@ -348,6 +347,19 @@ pub async fn handle(
     resp
 }
 
+/// A refusal of the users gate ([`crate::users::UserGate`]) as the HTTP answer: 401, 403, or 429
+/// with `Retry-After`.
+impl From<crate::users::GateError> for ApiError {
+    fn from(e: crate::users::GateError) -> Self {
+        let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
+        let error = ApiError::new(status, e.to_string());
+        match e {
+            crate::users::GateError::RateLimited { retry_after } => error.retry_after(retry_after),
+            crate::users::GateError::Denied(_) => error,
+        }
+    }
+}
+
 fn only_get(req: &Request<Incoming>) -> Result<(), ApiError> {
     if req.method() == Method::GET || req.method() == Method::HEAD {
         Ok(())
@@ -375,7 +387,8 @@ pub fn authorize(
         Access::User { agent_in_url } => state
             .users
             .authorize(authorization, agent_in_url, peer.ip())
-            .map(Grant::User),
+            .map(Grant::User)
+            .map_err(ApiError::from),
     }
 }
 

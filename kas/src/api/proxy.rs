@@ -13,12 +13,11 @@
 //!    unbuffered ([`TunnelBody`]), which fails the response (the client sees it cut short) if the body
 //!    does not match its `Content-Length`.
 //!
-//! A request the agent provably never saw — the stream could not be opened because the connection is
-//! draining (a real GOAWAY) or already gone, or the agent refused it — is rerouted to another
-//! connection of the same agent, keeping the request's deadline; a refused stream only for requests
-//! without a body, which is not replayable. A connection is marked draining only when it is (the
-//! protocol saw a GOAWAY either way, or it closed), never because one request could not use it. Any
-//! other agent-side failure is 502.
+//! Whether the agent exists, where the request goes and what happens to a request the agent provably
+//! never saw (the stream could not be opened, or the agent refused it) is decided by the routing
+//! policy, [`protocol::routing::KasRouting`], through the registry's [`crate::registry::Lease`]: this
+//! module only reports what the tunnel said ([`open_failure`], [`unprocessed`]). Any other agent-side
+//! failure is 502.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,21 +27,17 @@ use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use protocol::proto::{Header, RequestHead, ResponseHead};
-use protocol::router::RouteError;
+use protocol::routing::{OpenFailure, RequestFailure};
 use protocol::service::HeaderRule;
 use protocol::{ErrorCode, OpenError};
 use runtime_smol::Error as TunnelError;
 
 use crate::agent_listener;
-use crate::registry::RouteFailure;
 use crate::state::KasState;
 use crate::users::UserIdentity;
 
 use super::response::{ApiError, ResponseBody};
 use super::tunnel_body::{TunnelBody, pump_request_body};
-
-/// Most times one request is moved to another connection before giving up.
-const MAX_ATTEMPTS: usize = 4;
 
 /// Where a proxied request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,13 +79,14 @@ fn request_head(req: &Request<Incoming>, target: &Target) -> RequestHead {
     }
 }
 
-fn route_failure(e: RouteFailure) -> ApiError {
-    let status = match &e {
-        RouteFailure::Route(RouteError::ConnectionLost { .. }) => StatusCode::BAD_GATEWAY,
-        RouteFailure::Route(RouteError::DuplicateRequest) => StatusCode::INTERNAL_SERVER_ERROR,
-        RouteFailure::Route(_) | RouteFailure::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+/// The client's answer for a request the policy failed (statuses: [`RequestFailure::http_status`]).
+fn route_failure(agent_id: u64, e: &RequestFailure) -> ApiError {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let message = match e {
+        RequestFailure::UnknownAgent => format!("agent {agent_id} does not exist"),
+        e => format!("agent {agent_id}: {e}"),
     };
-    ApiError::new(status, e.to_string())
+    ApiError::new(status, message)
 }
 
 fn tunnel_failure(agent_id: u64, e: &TunnelError) -> ApiError {
@@ -100,8 +96,29 @@ fn tunnel_failure(agent_id: u64, e: &TunnelError) -> ApiError {
     )
 }
 
-/// Whether the agent provably did not process a stream that failed this way.
-fn never_processed(e: &TunnelError) -> bool {
+/// What a failed open means for the routing policy: nothing reached the wire, and why. `None`: any
+/// other failure (502).
+fn open_failure(e: &TunnelError) -> Option<OpenFailure> {
+    match e {
+        _ if e.is_going_away() => Some(OpenFailure::GoingAway),
+        TunnelError::Open(OpenError::LimitReached { limit }) => {
+            Some(OpenFailure::LimitReached { limit: *limit })
+        }
+        TunnelError::Open(OpenError::IdsExhausted) => Some(OpenFailure::IdsExhausted),
+        TunnelError::Open(OpenError::HeadTooLarge { len, max }) => {
+            Some(OpenFailure::HeadTooLarge {
+                len: *len,
+                max: *max,
+            })
+        }
+        TunnelError::Closed(_) | TunnelError::TransportClosed => Some(OpenFailure::Closed),
+        _ => None,
+    }
+}
+
+/// Whether the agent provably did not process a stream that failed this way before its response
+/// head: refused, or above the last stream id of the agent's GOAWAY.
+fn unprocessed(e: &TunnelError) -> bool {
     e.is_going_away()
         || matches!(
             e,
@@ -198,12 +215,6 @@ fn response_from(
     resp
 }
 
-/// Whether the connection behind a failed open is really unusable for new streams: the protocol
-/// processed a GOAWAY (either way), or the connection is over. Only then may it be marked draining.
-fn unusable(connection: &runtime_smol::Connection) -> bool {
-    connection.is_draining() || connection.is_closed()
-}
-
 /// Proxies `req`, authorised for `user`, through the tunnel as `target` says. Every failure is an
 /// [`ApiError`] ready to be written in the route's style.
 pub async fn proxy(
@@ -215,67 +226,40 @@ pub async fn proxy(
 ) -> Result<Response<ResponseBody>, ApiError> {
     let arrived = Instant::now();
     let agent_id = user.agent_id;
-    if !state
-        .directory
-        .is_known(agent_id, state.registry.is_seen(agent_id))
-    {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("agent {agent_id} does not exist"),
-        ));
-    }
 
     let method = req.method().clone();
     let head = request_head(&req, &target);
     let has_body = !req.body().is_end_stream();
     let mut body = Some(req.into_body());
     let deadline = arrived + state.routing.pending_request_deadline;
+    // The policy rejects unknown agents (404) and bounds the attempts: the loop ends.
+    let failed = |e: RequestFailure| route_failure(agent_id, &e);
     let mut lease = state
         .registry
-        .route(agent_id, deadline)
+        .route(agent_id, deadline, !has_body)
         .await
-        .map_err(route_failure)?;
+        .map_err(failed)?;
 
-    for attempt in 1..=MAX_ATTEMPTS {
-        let last = attempt == MAX_ATTEMPTS;
+    loop {
         let connection_id =
             agent_listener::connection_id(&state.instance, lease.connection_serial());
         span.record("connection_id", connection_id.as_str());
         let stream = match lease.connection().open(head.clone(), !has_body) {
             Ok(s) => Arc::new(s),
-            Err(TunnelError::Open(OpenError::LimitReached { limit })) => {
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("agent {agent_id} has no stream capacity left ({limit} in use)"),
-                ));
-            }
-            // The client's head is larger than the agent accepts: that request only, and the
-            // client's to fix. The connection is as healthy as before.
-            Err(TunnelError::Open(OpenError::HeadTooLarge { len, max })) => {
-                return Err(ApiError::new(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    format!(
-                        "the request's headers take {len} octets on the tunnel; agent {agent_id} accepts at most {max}"
-                    ),
-                ));
-            }
-            // Stream ids are used up (after 2^30 streams): the connection can take no more, so it
-            // is retired for real (GOAWAY) and the request goes elsewhere.
-            Err(TunnelError::Open(OpenError::IdsExhausted)) if !last => {
-                lease
-                    .connection()
-                    .start_close(crate::agent_listener::RETIRE_GRACE);
-                lease = lease.reroute(true).await.map_err(route_failure)?;
+            Err(e) => {
+                let Some(failure) = open_failure(&e) else {
+                    return Err(tunnel_failure(agent_id, &e));
+                };
+                if failure == OpenFailure::IdsExhausted {
+                    // The connection can take no more streams: it is retired for real (GOAWAY).
+                    lease
+                        .connection()
+                        .start_close(crate::agent_listener::RETIRE_GRACE);
+                }
+                tracing::debug!(parent: span, error = %e, ?failure, "stream not opened");
+                lease = lease.open_failed(failure).await.map_err(failed)?;
                 continue;
             }
-            // Nothing was sent because the connection is going away (a GOAWAY either way) or gone:
-            // another connection may take the request.
-            Err(e) if !last && unusable(lease.connection()) => {
-                tracing::debug!(parent: span, error = %e, "connection draining or gone: rerouting");
-                lease = lease.reroute(true).await.map_err(route_failure)?;
-                continue;
-            }
-            Err(e) => return Err(tunnel_failure(agent_id, &e)),
         };
         span.record("stream", stream.id().0);
         tracing::debug!(parent: span, service = target.service, path = %target.path, "stream opened");
@@ -303,11 +287,10 @@ pub async fn proxy(
                     ),
                 ));
             }
-            Some(Err(e)) if never_processed(&e) && !has_body && !last => {
-                tracing::debug!(parent: span, error = %e, "stream refused: rerouting");
-                let draining = unusable(lease.connection());
+            Some(Err(e)) if unprocessed(&e) => {
+                tracing::debug!(parent: span, error = %e, "stream refused before its answer");
                 drop(stream);
-                lease = lease.reroute(draining).await.map_err(route_failure)?;
+                lease = lease.refused().await.map_err(failed)?;
                 continue;
             }
             Some(Err(e)) => return Err(tunnel_failure(agent_id, &e)),
@@ -338,10 +321,6 @@ pub async fn proxy(
             }
         }
     }
-    Err(ApiError::new(
-        StatusCode::BAD_GATEWAY,
-        format!("agent {agent_id}: no connection could take the request"),
-    ))
 }
 
 #[cfg(test)]
@@ -433,26 +412,49 @@ mod tests {
 
     #[test]
     fn route_failures_map_to_statuses() {
-        let s = |e: RouteFailure| route_failure(e).status.as_u16();
+        let s = |e: RequestFailure| route_failure(1, &e).status.as_u16();
+        assert_eq!(s(RequestFailure::UnknownAgent), 404);
         assert_eq!(
-            s(RouteFailure::Route(RouteError::AgentNotConnected {
-                agent_id: 1,
+            s(RequestFailure::NotConnected {
                 waited: std::time::Duration::ZERO
-            })),
+            }),
             503
         );
+        assert_eq!(s(RequestFailure::TooManyPending), 503);
+        assert_eq!(s(RequestFailure::ConnectionLost), 502);
+        assert_eq!(s(RequestFailure::Unprocessed { attempts: 4 }), 502);
+        assert_eq!(s(RequestFailure::HeadTooLarge { len: 9, max: 4 }), 431);
+        assert_eq!(s(RequestFailure::ShuttingDown), 503);
+        assert!(
+            route_failure(7, &RequestFailure::UnknownAgent)
+                .message
+                .contains("agent 7 does not exist")
+        );
+    }
+
+    #[test]
+    fn open_failures_are_classified_for_the_policy() {
         assert_eq!(
-            s(RouteFailure::Route(RouteError::TooManyPending {
-                agent_id: 1
-            })),
-            503
+            open_failure(&TunnelError::Open(OpenError::GoingAway)),
+            Some(OpenFailure::GoingAway)
         );
         assert_eq!(
-            s(RouteFailure::Route(RouteError::ConnectionLost {
-                agent_id: 1
+            open_failure(&TunnelError::Open(OpenError::HeadTooLarge {
+                len: 5,
+                max: 4
             })),
-            502
+            Some(OpenFailure::HeadTooLarge { len: 5, max: 4 })
         );
-        assert_eq!(s(RouteFailure::ShuttingDown), 503);
+        assert_eq!(open_failure(&TunnelError::Timeout), None);
+        assert!(unprocessed(&TunnelError::StreamReset {
+            code: ErrorCode::RefusedStream,
+            message: String::new(),
+            remote: true
+        }));
+        assert!(!unprocessed(&TunnelError::StreamReset {
+            code: ErrorCode::Internal,
+            message: String::new(),
+            remote: true
+        }));
     }
 }

@@ -3,7 +3,7 @@
 //! Views and events are read-only summaries (counts per view row; kind, namespace and name of changed
 //! objects); the inventory (`/api/v1/agents`) lists agents with their peers, pods, nodes, versions and
 //! connection ids. By default they need the same user bearer as the tunnel routes
-//! (`Authorization: Bearer <kind>:<agent-id>:<token>`, [`super::user_auth`]): one agent's views,
+//! (`Authorization: Bearer <kind>:<agent-id>:<token>`, [`crate::users::gate`]): one agent's views,
 //! events and entry need a user allowed on that agent (401/403/429 as for the proxy);
 //! `/api/v1/events` and `/api/v1/agents` need a valid user and carry the agents that user may reach.
 //!

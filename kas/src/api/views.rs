@@ -12,7 +12,8 @@
 //! agentk's state and is not waiting for a resync; `age_seconds`: time since the views last changed
 //! (`null` before the first snapshot). The views of an agent that went away stay readable, with
 //! `connected: false`. An agent that exists but never sent views has `"views": {}`. The one-view form
-//! has `"view": {…}` instead of `"views"`. 404 for an unknown agent or view.
+//! has `"view": {…}` instead of `"views"`. 404 for an unknown agent (the routing policy's one answer,
+//! [`protocol::routing::existence`]) or view.
 
 use std::time::Instant;
 
@@ -24,11 +25,6 @@ use crate::state::KasState;
 
 use super::response::{self, ApiError, ResponseBody};
 
-/// Whether kas knows `agent_id` (configured, seen since start, or mirrored).
-fn agent_exists(state: &KasState, agent_id: u64) -> bool {
-    state.mirrors.has(agent_id) || super::agents::get(state, agent_id).is_some()
-}
-
 fn unknown_agent(agent_id: u64) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -38,11 +34,11 @@ fn unknown_agent(agent_id: u64) -> ApiError {
 
 /// All views of one agent.
 pub fn views(state: &KasState, agent_id: u64) -> Result<Response<ResponseBody>, ApiError> {
+    if !state.registry.agent_exists(agent_id) {
+        return Err(unknown_agent(agent_id));
+    }
     if let Some(v) = state.mirrors.views_json(agent_id, Instant::now()) {
         return Ok(response::json(StatusCode::OK, &v));
-    }
-    if !agent_exists(state, agent_id) {
-        return Err(unknown_agent(agent_id));
     }
     Ok(response::json(
         StatusCode::OK,
@@ -64,16 +60,18 @@ pub fn view(
     agent_id: u64,
     name: &str,
 ) -> Result<Response<ResponseBody>, ApiError> {
+    if !state.registry.agent_exists(agent_id) {
+        return Err(unknown_agent(agent_id));
+    }
     match state.mirrors.view_json(agent_id, name, Instant::now()) {
         ViewLookup::Found(v) => Ok(response::json(StatusCode::OK, &v)),
         ViewLookup::NoView => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("agent {agent_id} has no view {name:?}"),
         )),
-        ViewLookup::NoAgent if agent_exists(state, agent_id) => Err(ApiError::new(
+        ViewLookup::NoAgent => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("agent {agent_id} has sent no views"),
         )),
-        ViewLookup::NoAgent => Err(unknown_agent(agent_id)),
     }
 }

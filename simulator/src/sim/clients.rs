@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use protocol::router::RouteError;
+use protocol::routing::RequestFailure;
 
 use rand::Rng;
 
@@ -47,15 +47,24 @@ impl Outcome {
             Outcome::Timeout => "timeout",
         }
     }
+}
 
-    pub fn from_route_error(e: &RouteError) -> Outcome {
+impl From<&RequestFailure> for Outcome {
+    /// What the client sees when kas's routing policy fails its request.
+    fn from(e: &RequestFailure) -> Outcome {
         match e {
-            RouteError::AgentNotConnected { .. } => Outcome::AgentNotConnected,
-            RouteError::AgentSaturated { .. } => Outcome::AgentSaturated,
-            RouteError::TooManyPending { .. } => Outcome::TooManyPending,
-            RouteError::ConnectionLost { .. } => Outcome::ConnectionLost,
-            // Tokens are unique, so this never happens; it is still a typed error for the client.
-            RouteError::DuplicateRequest => Outcome::StreamReset,
+            RequestFailure::NotConnected { .. } => Outcome::AgentNotConnected,
+            RequestFailure::Saturated { .. } => Outcome::AgentSaturated,
+            RequestFailure::TooManyPending => Outcome::TooManyPending,
+            RequestFailure::ConnectionLost => Outcome::ConnectionLost,
+            RequestFailure::ShuttingDown => Outcome::KasUnavailable,
+            // Refused after every attempt, or a head the agent does not take: an error answer.
+            RequestFailure::Unprocessed { .. } | RequestFailure::HeadTooLarge { .. } => {
+                Outcome::StreamReset
+            }
+            // The world only issues requests for agents that exist, with unique tokens: never
+            // happens; still a typed error for the client.
+            RequestFailure::UnknownAgent | RequestFailure::DuplicateRequest => Outcome::StreamReset,
         }
     }
 }
@@ -69,6 +78,8 @@ pub struct OpenRequest {
     pub deadline: SimTime,
     /// The replica holding it; `None` while it travels between replicas.
     pub at_kas: Option<usize>,
+    /// Times a replica forwarded it to another (the policy's `max_hops`).
+    pub hops: u8,
 }
 
 /// A request ended that was not open.
@@ -105,6 +116,7 @@ impl Ledger {
                 issued,
                 deadline,
                 at_kas: None,
+                hops: 0,
             },
         );
         self.next_id

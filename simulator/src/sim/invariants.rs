@@ -324,7 +324,7 @@ impl World {
                 self.violate("router", format!("kas {k}: {e}"));
                 return;
             }
-            let stats = kas.router.stats();
+            let stats = kas.router.stats().router;
             let pending = kas
                 .requests
                 .values()
@@ -366,7 +366,7 @@ impl World {
             return;
         }
         for (k, kas) in self.kas.iter().enumerate() {
-            let s = kas.router.stats();
+            let s = kas.router.stats().router;
             if s.pending + s.assigned + s.failed_queued > 0 || !kas.requests.is_empty() {
                 let detail = format!(
                     "kas {k} still holds requests: router {s:?}, tracked {}",

@@ -1,13 +1,16 @@
-//! A simulated kas replica: the production [`Router`] deciding which agent connection carries each
-//! request, the production [`MirrorTable`] fed by the agents' views streams ([`super::views`]), and
+//! A simulated kas replica: kas's production routing policy ([`KasRouting`]) deciding which agent
+//! connection carries each request, the production [`MirrorTable`] fed by the agents' views streams
+//! ([`super::views`]), and
 //! kas's side of the tunnel.
 //!
 //! A client request reaches a replica (the one holding a connection of the agent, found through the
-//! directory of connected agents, or any replica when there is none), is routed, and travels as a real
-//! tunnel stream (REQUEST, body DATA, RESPONSE, DATA, end of stream). Refused streams (GOAWAY, stream
-//! limit) are retried through the router, a lost connection fails what it carried, deadlines fail
-//! what waited too long. When an agent connects to a replica, requests waiting for it at other
-//! replicas move there (the directory watch).
+//! directory of connected agents, or any replica when there is none), is placed by the policy, and
+//! travels as a real tunnel stream (REQUEST, body DATA, RESPONSE, DATA, end of stream). What the agent
+//! never processed (an open refused by GOAWAY or the stream limit, a RESET `REFUSED_STREAM`) goes back
+//! to the policy, which reroutes or fails it; a lost connection fails what it carried, deadlines fail
+//! what waited too long. The world tells every replica which replicas hold each agent
+//! ([`KasRouting::handle_holders`], the seam issue 12 fills from Redis): requests waiting for an agent
+//! another replica holds are forwarded there, at most `max_hops` times.
 //!
 //! Replicas crash (connections vanish, silently or with RST; everything in memory is lost) and are
 //! restarted in turn (GOAWAY, drain for at most the grace period, stop, start).
@@ -15,7 +18,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use protocol::cache::MirrorTable;
-use protocol::router::{Route, Router, RouterConfig};
+use protocol::routing::{
+    DrainCause, KasRouting, Listing, OpenFailure, Placement, ReplicaId, RequestSpec, RouterConfig,
+    RoutingConfig, RoutingEvent,
+};
 use protocol::{ErrorCode, Event, StreamId, proto};
 
 use super::agent::{AGENT_HEADER, KIND_HEADER, REQUEST_HEADER};
@@ -52,8 +58,11 @@ pub struct SimKas {
     pub state: KasState,
     accepting: bool,
     pub incarnation: u32,
-    pub router: Router<u64, u64>,
-    router_config: RouterConfig,
+    /// kas's routing policy (over the production router).
+    pub router: KasRouting<u64, u64>,
+    routing_config: RoutingConfig,
+    /// The agents that exist (the agents file every replica reads).
+    listing: Listing,
     /// Flows with a live kas end.
     pub conns: BTreeSet<u64>,
     /// Accepted connections among them.
@@ -67,18 +76,25 @@ pub struct SimKas {
 }
 
 impl SimKas {
-    pub fn new(index: usize, sc: &Scenario) -> SimKas {
-        let router_config = RouterConfig {
-            max_pending_per_agent: sc.kas.max_pending_per_agent,
-            max_pending_total: sc.kas.max_pending_total,
+    /// Replica `index` of a world whose agents are `1..=agents`.
+    pub fn new(index: usize, sc: &Scenario, agents: u64) -> SimKas {
+        let routing_config = RoutingConfig {
+            router: RouterConfig {
+                max_pending_per_agent: sc.kas.max_pending_per_agent,
+                max_pending_total: sc.kas.max_pending_total,
+            },
+            replica: Some(ReplicaId(u32::try_from(index).unwrap_or(u32::MAX))),
+            ..RoutingConfig::default()
         };
+        let listing = Listing::Authoritative((1..=agents).collect());
         SimKas {
             index,
             state: KasState::Up,
             accepting: true,
             incarnation: 0,
-            router: Router::new(router_config),
-            router_config,
+            router: KasRouting::new(routing_config, listing.clone()),
+            routing_config,
+            listing,
             conns: BTreeSet::new(),
             established: 0,
             mirrors: super::views::mirror_table(sc),
@@ -211,7 +227,7 @@ impl World {
                 end.registered = true;
                 let kas = &mut self.kas[k];
                 kas.established += 1;
-                let added = kas.router.add_connection(
+                let added = kas.router.handle_connected(
                     e.agent_id,
                     fid,
                     e.peer_settings.max_concurrent_streams,
@@ -221,8 +237,8 @@ impl World {
                     self.violate("router", format!("kas {k} add_connection({fid}): {err}"));
                     return;
                 }
-                self.directory_notify(k, e.agent_id);
                 self.drain_router(k);
+                self.publish_holders(e.agent_id);
             }
             Event::StreamOpened { id, head, .. } => {
                 if head.service == protocol::service::VIEWS
@@ -318,8 +334,8 @@ impl World {
                     self.kas_views_closed(k, fid, false);
                 } else if let Some(s) = end.requests.remove(&id) {
                     if code == ErrorCode::RefusedStream && remote {
-                        // Never processed by the agent (GOAWAY or stream limit): safe to retry.
-                        self.retry_request(k, s.request);
+                        // Never processed by the agent (GOAWAY or stream limit): the policy decides.
+                        self.retry_request(k, s.request, None);
                     } else if closing {
                         self.finish_request(k, s.request, Outcome::ConnectionLost);
                     } else {
@@ -342,15 +358,22 @@ impl World {
             }
             Event::GoAway { .. } => {
                 if end.registered {
-                    let r = self.kas[k].router.set_draining(&fid);
-                    if let Err(e) = r {
-                        self.violate("router", format!("kas {k} set_draining({fid}): {e}"));
+                    let agent_id = end.agent_id;
+                    if self.kas[k].router.connection(&fid).is_none() {
+                        self.violate("router", format!("kas {k} set_draining({fid}): unknown"));
                     }
+                    self.kas[k]
+                        .router
+                        .handle_draining(&fid, DrainCause::PeerGoaway, self.now_i);
                     self.drain_router(k);
+                    if let Some(a) = agent_id {
+                        self.publish_holders(a);
+                    }
                 }
             }
             Event::Closed(reason) => {
                 let registered = end.registered;
+                let agent_id = end.agent_id;
                 let views = end.views.is_some();
                 let leftovers: Vec<u64> = std::mem::take(&mut end.requests)
                     .into_values()
@@ -380,20 +403,19 @@ impl World {
                     self.kas[k].established -= 1;
                     self.note(format_args!("INJECT keep-closed-connection f={fid}"));
                 } else if registered {
-                    let kas = &mut self.kas[k];
-                    kas.established -= 1;
-                    match kas.router.remove_connection(&fid) {
-                        Ok(lost) => {
-                            for (r, e) in lost {
-                                self.kas[k].requests.remove(&r);
-                                self.complete(r, Outcome::from_route_error(&e));
-                            }
-                        }
-                        Err(e) => {
-                            self.violate("router", format!("kas {k} remove_connection({fid}): {e}"))
-                        }
+                    self.kas[k].established -= 1;
+                    if self.kas[k].router.connection(&fid).is_none() {
+                        self.violate(
+                            "router",
+                            format!("kas {k} remove_connection({fid}): unknown"),
+                        );
                     }
+                    // Requests started on it fail through the policy's events (connection lost).
+                    self.kas[k].router.handle_closed(&fid, self.now_i);
                     self.drain_router(k);
+                    if let Some(a) = agent_id {
+                        self.publish_holders(a);
+                    }
                 }
                 self.check_connection_gone(k, fid);
                 let kas = &self.kas[k];
@@ -423,7 +445,7 @@ impl World {
     }
 
     /// Sends a request to the replica that will route it: the agent's owner, else `front`, else any
-    /// accepting replica. `hop`: it crosses from one replica to another.
+    /// accepting replica.
     pub(super) fn dispatch_request(&mut self, request: u64, front: Option<usize>) {
         let Some(r) = self.ledger.get_mut(request) else {
             return;
@@ -450,6 +472,10 @@ impl World {
     }
 
     pub(super) fn kas_arrive(&mut self, k: usize, request: u64) {
+        let body_len = match self.ledger.get(request) {
+            Some(r) => self.request_body_len(r.kind),
+            None => return,
+        };
         let Some(r) = self.ledger.get_mut(request) else {
             return;
         };
@@ -460,19 +486,82 @@ impl World {
         r.at_kas = Some(k);
         let agent = r.agent;
         let deadline = self.now.plus(self.sc.kas.pending_timeout).min(r.deadline);
-        let route =
-            self.kas[k]
-                .router
-                .route(agent, request, self.clock.instant(deadline), self.now_i);
-        match route {
-            Route::Assigned(fid) => self.start_request(k, request, fid),
-            Route::Pending => {
+        let spec = RequestSpec {
+            agent_id: agent,
+            deadline: self.clock.instant(deadline),
+            replayable: body_len == 0,
+            hops: r.hops,
+        };
+        match self.kas[k].router.handle_request(request, spec, self.now_i) {
+            Placement::Open(fid) => self.start_request(k, request, fid),
+            Placement::Wait => {
                 self.kas[k].requests.insert(request, Stage::Pending);
                 self.pending_for.entry(agent).or_default().insert(request);
             }
-            Route::Rejected(e) => self.complete(request, Outcome::from_route_error(&e)),
+            Placement::Forward(replica) => self.forward_request(request, replica),
+            Placement::Reject(e) => self.complete(request, Outcome::from(&e)),
         }
         self.drain_router(k);
+    }
+
+    /// The agents replica `k` has connections of or requests waiting for.
+    fn agents_of(&self, k: usize) -> BTreeSet<u64> {
+        let mut agents: BTreeSet<u64> = self.kas[k]
+            .conns
+            .iter()
+            .filter_map(|f| self.flows.get(f)?.k.live()?.agent_id)
+            .collect();
+        agents.extend(
+            self.kas[k]
+                .requests
+                .keys()
+                .filter_map(|r| self.ledger.get(*r).map(|o| o.agent)),
+        );
+        agents
+    }
+
+    /// A request's body length (what makes it replayable or not).
+    fn request_body_len(&self, kind: usize) -> usize {
+        self.sc
+            .clients
+            .mix
+            .get(kind)
+            .map_or(0, |k| usize::try_from(k.request_bytes).unwrap_or(0))
+    }
+
+    /// The policy forwards `request` to another replica (one more hop).
+    fn forward_request(&mut self, request: u64, replica: ReplicaId) {
+        let Some(r) = self.ledger.get_mut(request) else {
+            return;
+        };
+        r.hops = r.hops.saturating_add(1);
+        r.at_kas = None;
+        let k = usize::try_from(replica.0).unwrap_or(usize::MAX);
+        if k < self.kas.len() {
+            let at = self.now.plus(self.sc.kas.hop_latency);
+            self.queue.push(at, Ev::KasArrive { kas: k, request });
+        } else {
+            self.complete(request, Outcome::KasUnavailable);
+        }
+    }
+
+    /// Tells every replica which replicas hold a live connection of `agent_id` (accepting, not
+    /// draining): the holders table issue 12 keeps in Redis, kept here by the world.
+    pub(super) fn publish_holders(&mut self, agent_id: u64) {
+        // Entries never expire in the simulation: the world updates them on every change.
+        let expires = self.now_i + std::time::Duration::from_secs(365 * 24 * 3600);
+        let holders: Vec<(ReplicaId, std::time::Instant)> = (0..self.kas.len())
+            .filter(|&k| self.kas[k].accepting() && self.kas[k].holds(agent_id))
+            .map(|k| (ReplicaId(u32::try_from(k).unwrap_or(u32::MAX)), expires))
+            .collect();
+        for k in 0..self.kas.len() {
+            if self.kas[k].is_up() {
+                self.kas[k]
+                    .router
+                    .handle_holders(agent_id, &holders, self.now_i);
+                self.drain_router(k);
+            }
+        }
     }
 
     fn unpend(&mut self, agent: u64, request: u64) {
@@ -488,7 +577,7 @@ impl World {
     fn start_request(&mut self, k: usize, request: u64, fid: u64) {
         let Some(r) = self.ledger.get(request).copied() else {
             // Ended while queued in the router (cannot happen: ending cancels it there).
-            let _ = self.kas[k].router.request_finished(&request);
+            self.kas[k].router.handle_finished(&request);
             return;
         };
         self.unpend(r.agent, request);
@@ -550,17 +639,17 @@ impl World {
                     {
                         tracing::debug!(error = %e, "request body");
                     }
-                    Some(id)
+                    Ok(id)
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, "open_stream refused; retrying elsewhere");
-                    None
+                    tracing::debug!(error = %e, "open_stream refused: back to the policy");
+                    Err(open_failure(&e))
                 }
             },
-            None => None,
+            None => Err(OpenFailure::Closed),
         };
         match opened {
-            Some(stream) => {
+            Ok(stream) => {
                 self.kas[k].requests.insert(
                     request,
                     Stage::Started {
@@ -570,69 +659,45 @@ impl World {
                 );
                 self.touch(target, Side::Kas);
             }
-            None => {
-                // The connection cannot take streams: never choose it again, and re-queue.
-                let kas = &mut self.kas[k];
-                let _ = kas.router.set_draining(&fid);
-                kas.requests.insert(
+            Err(failure) => {
+                // Nothing reached the wire: the policy decides (drain, another connection, fail).
+                self.kas[k].requests.insert(
                     request,
                     Stage::Started {
                         flow: fid,
                         stream: StreamId(0),
                     },
                 );
-                self.retry_request(k, request);
+                self.retry_request(k, request, Some(failure));
             }
         }
     }
 
-    /// A started request's stream was refused: back to the router (or elsewhere if this replica is
-    /// going away).
-    fn retry_request(&mut self, k: usize, request: u64) {
+    /// A started request was never processed by the agent: `open`, its stream could not be opened
+    /// (why); `None`, the agent refused it. The policy requeues, forwards or fails it.
+    fn retry_request(&mut self, k: usize, request: u64, open: Option<OpenFailure>) {
         let kas = &mut self.kas[k];
-        if let Err(e) = kas.router.retry(&request) {
-            self.violate("router", format!("kas {k} retry({request}): {e}"));
+        if kas.router.assigned_connection(&request).is_none() {
+            self.violate("router", format!("kas {k} retry({request}): not started"));
             return;
         }
-        kas.requests.insert(request, Stage::Pending);
-        if let Some(r) = self.ledger.get(request) {
-            self.pending_for.entry(r.agent).or_default().insert(request);
+        match open {
+            Some(failure) => kas.router.handle_open_failed(&request, failure, self.now_i),
+            None => kas.router.handle_refused(&request, self.now_i),
         }
-        if !self.kas[k].accepting() {
-            self.move_pending(k, request);
+        if kas.router.knows(&request) && kas.router.assigned_connection(&request).is_none() {
+            kas.requests.insert(request, Stage::Pending);
+            if let Some(r) = self.ledger.get(request) {
+                self.pending_for.entry(r.agent).or_default().insert(request);
+            }
         }
         self.drain_router(k);
-    }
-
-    /// Takes a pending request out of replica `k` and dispatches it again.
-    fn move_pending(&mut self, k: usize, request: u64) {
-        if self.kas[k].requests.get(&request) != Some(&Stage::Pending) {
-            return;
-        }
-        if !self.kas[k].router.cancel(&request) {
-            return;
-        }
-        self.kas[k].requests.remove(&request);
-        if let Some(agent) = self.ledger.get(request).map(|r| r.agent) {
-            self.unpend(agent, request);
-        }
-        self.dispatch_request(request, None);
-    }
-
-    /// Agent `agent_id` connected to replica `k`: requests waiting for it elsewhere move here.
-    fn directory_notify(&mut self, k: usize, agent_id: u64) {
-        let Some(waiting) = self.pending_for.get(&agent_id) else {
-            return;
-        };
-        let moving: Vec<(u64, usize)> = waiting
-            .iter()
-            .filter_map(|r| {
-                let at = self.ledger.get(*r)?.at_kas?;
-                (at != k).then_some((*r, at))
-            })
-            .collect();
-        for (request, at) in moving {
-            self.move_pending(at, request);
+        if matches!(
+            open,
+            Some(OpenFailure::GoingAway | OpenFailure::IdsExhausted)
+        ) && let Some(agent) = self.ledger.get(request).map(|r| r.agent)
+        {
+            self.publish_holders(agent);
         }
     }
 
@@ -640,19 +705,26 @@ impl World {
     pub(super) fn drain_router(&mut self, k: usize) {
         // Each round removes one request from the router's queues.
         for _ in 0..1_000_000u32 {
-            if let Some((request, fid)) = self.kas[k].router.poll_assigned() {
-                self.start_request(k, request, fid);
-                continue;
-            }
-            if let Some((request, e)) = self.kas[k].router.poll_failed() {
-                self.kas[k].requests.remove(&request);
-                if let Some(agent) = self.ledger.get(request).map(|r| r.agent) {
-                    self.unpend(agent, request);
+            match self.kas[k].router.poll_event() {
+                Some(RoutingEvent::Assigned { request, conn }) => {
+                    self.start_request(k, request, conn);
                 }
-                self.complete(request, Outcome::from_route_error(&e));
-                continue;
+                Some(RoutingEvent::Failed { request, failure }) => {
+                    self.kas[k].requests.remove(&request);
+                    if let Some(agent) = self.ledger.get(request).map(|r| r.agent) {
+                        self.unpend(agent, request);
+                    }
+                    self.complete(request, Outcome::from(&failure));
+                }
+                Some(RoutingEvent::Forward { request, replica }) => {
+                    self.kas[k].requests.remove(&request);
+                    if let Some(agent) = self.ledger.get(request).map(|r| r.agent) {
+                        self.unpend(agent, request);
+                    }
+                    self.forward_request(request, replica);
+                }
+                None => break,
             }
-            break;
         }
         let kas = &mut self.kas[k];
         if let Some(deadline) = kas.router.poll_timeout() {
@@ -679,12 +751,12 @@ impl World {
             && self.injected.insert("double-finish")
         {
             // Deliberate bug: the router is told twice.
-            let _ = self.kas[k].router.request_finished(&request);
+            self.kas[k].router.handle_finished(&request);
         }
-        if let Err(e) = self.kas[k].router.request_finished(&request) {
+        if !self.kas[k].router.handle_finished(&request) {
             self.violate(
                 "router",
-                format!("kas {k} request_finished({request}): {e}"),
+                format!("kas {k} request_finished({request}): unknown request"),
             );
             return;
         }
@@ -700,7 +772,7 @@ impl World {
         if let Some(k) = r.at_kas {
             match self.kas[k].requests.remove(&request) {
                 Some(Stage::Pending) => {
-                    self.kas[k].router.cancel(&request);
+                    self.kas[k].router.handle_cancelled(&request);
                     self.unpend(r.agent, request);
                 }
                 Some(Stage::Started { flow, stream }) => {
@@ -713,10 +785,10 @@ impl World {
                         }
                         self.touch(flow, Side::Kas);
                     }
-                    if let Err(e) = self.kas[k].router.request_finished(&request) {
+                    if !self.kas[k].router.handle_finished(&request) {
                         self.violate(
                             "router",
-                            format!("kas {k} request_finished({request}): {e}"),
+                            format!("kas {k} request_finished({request}): unknown request"),
                         );
                     }
                 }
@@ -734,6 +806,7 @@ impl World {
     /// The replica's process ends: its sockets vanish (with RST if `notify`), its memory is lost, and
     /// everything it was handling fails.
     fn kas_down(&mut self, k: usize, notify: bool, host_up: bool) {
+        let held = self.agents_of(k);
         let conns = std::mem::take(&mut self.kas[k].conns);
         for fid in conns {
             let Some(flow) = self.flows.get_mut(&fid) else {
@@ -748,7 +821,7 @@ impl World {
         let requests = std::mem::take(&mut self.kas[k].requests);
         // Everything in memory is gone before the clients hear of it.
         let kas = &mut self.kas[k];
-        kas.router = Router::new(kas.router_config);
+        kas.router = KasRouting::new(kas.routing_config, kas.listing.clone());
         kas.mirrors.clear();
         kas.established = 0;
         kas.router_timer_at = None;
@@ -761,6 +834,9 @@ impl World {
                 self.unpend(agent, request);
             }
             self.complete(request, Outcome::KasFailed);
+        }
+        for agent in held {
+            self.publish_holders(agent);
         }
     }
 
@@ -821,20 +897,17 @@ impl World {
                 registered = end.registered;
             }
             if registered {
-                let _ = self.kas[k].router.set_draining(fid);
+                self.kas[k]
+                    .router
+                    .handle_draining(fid, DrainCause::Shutdown, self.now_i);
             }
             self.touch(*fid, Side::Kas);
         }
-        let pending: Vec<u64> = self.kas[k]
-            .requests
-            .iter()
-            .filter(|(_, s)| **s == Stage::Pending)
-            .map(|(r, _)| *r)
-            .collect();
-        for r in pending {
-            self.move_pending(k, r);
-        }
         self.drain_router(k);
+        // This replica holds nothing any more: its waiting requests move to the holders.
+        for agent in self.agents_of(k) {
+            self.publish_holders(agent);
+        }
         let stop_at = if conns.is_empty() {
             self.now
         } else {
@@ -917,6 +990,20 @@ impl World {
     /// Records that a flow needs its events handled and its output flushed after this event.
     pub(super) fn touch(&mut self, fid: u64, side: Side) {
         self.dirty.insert((fid, side));
+    }
+}
+
+/// What a refused open means for the policy (nothing reached the wire).
+fn open_failure(e: &protocol::OpenError) -> OpenFailure {
+    match e {
+        protocol::OpenError::GoingAway => OpenFailure::GoingAway,
+        protocol::OpenError::LimitReached { limit } => OpenFailure::LimitReached { limit: *limit },
+        protocol::OpenError::IdsExhausted => OpenFailure::IdsExhausted,
+        protocol::OpenError::HeadTooLarge { len, max } => OpenFailure::HeadTooLarge {
+            len: *len,
+            max: *max,
+        },
+        _ => OpenFailure::Closed,
     }
 }
 

@@ -316,7 +316,7 @@ impl World {
             let mirror_bytes = (bytes * kas.mirrors.len())
                 .checked_div(measured)
                 .unwrap_or(0);
-            let router = kas.router.stats();
+            let router = kas.router.stats().router;
             let memory = kas.conns.len() * std::mem::size_of::<KasEnd>()
                 + buffered
                 + streams as usize * STREAM_STATE_ESTIMATE

@@ -250,7 +250,9 @@ impl World {
         let hot: Vec<usize> = (0..n)
             .filter(|_| sc.cluster.hot_fraction > 0.0 && rng.random_bool(sc.cluster.hot_fraction))
             .collect();
-        let kas = (0..sc.kas.replicas).map(|i| SimKas::new(i, &sc)).collect();
+        let kas = (0..sc.kas.replicas)
+            .map(|i| SimKas::new(i, &sc, n as u64))
+            .collect();
         let mut total = 0.0;
         let mix_cdf = sc
             .clients

@@ -9,15 +9,39 @@
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
-
-use http::StatusCode;
+use std::time::{Duration, Instant};
 
 use crate::auth::{RateLimitOptions, RateLimiter, TokenDigest};
 use crate::metrics::Metrics;
-use crate::users::{UserAuthError, UserGrant, UserIdentity, UsersFile, parse_bearer};
 
-use super::response::ApiError;
+use super::{UserAuthError, UserGrant, UserIdentity, UsersFile, parse_bearer};
+
+/// Why the gate refused a request; the HTTP layer turns it into its answer
+/// ([`GateError::http_status`]: 401, 403 or 429).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GateError {
+    /// Too many failed attempts with these credentials from this address.
+    #[error(
+        "too many failed authentications with these credentials from this address; retry later"
+    )]
+    RateLimited {
+        /// When the client may try again.
+        retry_after: Duration,
+    },
+    /// Not authenticated (401) or not allowed to reach the agent (403).
+    #[error(transparent)]
+    Denied(#[from] UserAuthError),
+}
+
+impl GateError {
+    /// The HTTP status of the refusal.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            GateError::RateLimited { .. } => 429,
+            GateError::Denied(e) => e.http_status(),
+        }
+    }
+}
 
 /// The users file behind a failure rate limit.
 #[derive(Debug)]
@@ -51,24 +75,20 @@ impl UserGate {
     /// clients send for credentials in the server URL (`http://pat:1:<token>@host/k8s-proxy`; kubectl
     /// sends no bearer token over plain HTTP).
     /// `agent_id`: the agent named by the URL, when the route names one (the service proxy); otherwise
-    /// the agent is the one in the bearer credentials. Errors are ready to send (401, 403 or 429).
+    /// the agent is the one in the bearer credentials. Errors say what to answer (401, 403 or 429).
     pub fn authorize(
         &self,
         authorization: Option<&[u8]>,
         agent_id: Option<u64>,
         source: IpAddr,
-    ) -> Result<UserIdentity, ApiError> {
+    ) -> Result<UserIdentity, GateError> {
         let now = Instant::now();
         // Failures count per credential: the header as received (no header at all is one more).
         let credential = TokenDigest::of_bytes(authorization.unwrap_or_default());
         if let Err(retry_after) = self.limiter().check(source, &credential, now) {
             self.metrics.user_auth_failure("rate_limited");
             tracing::debug!(%source, ?retry_after, "user authentication refused: rate limited");
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many failed authentications with these credentials from this address; retry later",
-            )
-            .retry_after(retry_after));
+            return Err(GateError::RateLimited { retry_after });
         }
         let header = authorization
             .ok_or(UserAuthError::MissingBearer)
@@ -93,8 +113,7 @@ impl UserGate {
                     self.metrics.user_auth_failure("forbidden");
                 }
                 tracing::info!(%source, status, error = %e, "HTTP API request not authorised");
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED);
-                Err(ApiError::new(status, e.to_string()))
+                Err(e.into())
             }
         }
     }
@@ -108,7 +127,7 @@ impl UserGate {
         &self,
         authorization: Option<&[u8]>,
         source: IpAddr,
-    ) -> Result<UserGrant, ApiError> {
+    ) -> Result<UserGrant, GateError> {
         let identity = self.authorize(authorization, None, source)?;
         // `authorize` accepted the credentials, so they parse again the same way.
         let header = authorization
@@ -121,7 +140,7 @@ impl UserGate {
             .unwrap_or_default();
         self.users
             .authenticate(identity.kind, &token)
-            .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))
+            .map_err(GateError::from)
     }
 }
 
@@ -177,7 +196,7 @@ mod tests {
         let g = gate(100);
         let ok = g.authorize(Some(b"Bearer pat:1:alice-token"), None, SRC);
         assert_eq!(ok.map(|u| u.agent_id), Ok(1));
-        let code = |h: Option<&[u8]>, a| g.authorize(h, a, SRC).map_err(|e| e.status.as_u16());
+        let code = |h: Option<&[u8]>, a| g.authorize(h, a, SRC).map_err(|e| e.http_status());
         assert_eq!(code(None, None).err(), Some(401));
         assert_eq!(code(Some(b"Basic x"), None).err(), Some(401));
         assert_eq!(code(Some(b"Bearer pat:1:nope"), None).err(), Some(401));
@@ -212,9 +231,9 @@ mod tests {
         );
         let wrong = format!("Basic {}", enc("pat:1:nope"));
         let e = g.authorize(Some(wrong.as_bytes()), None, SRC);
-        assert_eq!(e.map_err(|e| e.status.as_u16()).err(), Some(401));
+        assert_eq!(e.map_err(|e| e.http_status()).err(), Some(401));
         let e = g.authorize(Some(b"Basic !!!"), None, SRC);
-        assert_eq!(e.map_err(|e| e.status.as_u16()).err(), Some(401));
+        assert_eq!(e.map_err(|e| e.http_status()).err(), Some(401));
     }
 
     #[test]
@@ -223,7 +242,7 @@ mod tests {
         let grant = g.grant(Some(b"Bearer pat:1:alice-token"), SRC).unwrap();
         assert_eq!(grant.name, "alice");
         assert!(grant.agents.allows(1) && !grant.agents.allows(2));
-        let code = |h: Option<&[u8]>| g.grant(h, SRC).map_err(|e| e.status.as_u16()).err();
+        let code = |h: Option<&[u8]>| g.grant(h, SRC).map_err(|e| e.http_status()).err();
         assert_eq!(code(None), Some(401));
         assert_eq!(code(Some(b"Bearer pat:1:nope")), Some(401));
         assert_eq!(code(Some(b"Bearer pat:2:alice-token")), Some(403));
@@ -235,7 +254,7 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(
                 g.authorize(Some(b"Bearer pat:1:bad"), None, SRC)
-                    .map_err(|e| e.status.as_u16())
+                    .map_err(|e| e.http_status())
                     .err(),
                 Some(401)
             );
@@ -243,7 +262,7 @@ mod tests {
         let e = g.authorize(Some(b"Bearer pat:1:bad"), None, SRC);
         let e = e
             .err()
-            .map(|e| (e.status.as_u16(), e.retry_after.is_some()));
+            .map(|e| (e.http_status(), matches!(e, GateError::RateLimited { .. })));
         assert_eq!(e, Some((429, true)));
         // A valid token from the same address still works: failures never lock it out.
         assert!(
@@ -254,7 +273,7 @@ mod tests {
         let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
         assert_eq!(
             g.authorize(Some(b"Bearer pat:1:bad"), None, other)
-                .map_err(|e| e.status.as_u16())
+                .map_err(|e| e.http_status())
                 .err(),
             Some(401)
         );

@@ -17,6 +17,10 @@
 //!     kinds: [pat]          # optional: token kinds accepted (default: any)
 //! ```
 
+pub mod gate;
+
+pub use gate::{GateError, UserGate};
+
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,904 @@
+//! kas's routing policy: the one place that decides where a request goes, when it moves, and when it
+//! fails — existence, placement, reroute of requests the agent provably never processed, forwarding to
+//! another replica.
+//!
+//! [`KasRouting`] is Sans-IO: the driver reports what happened (`handle_*`, with `now`), and collects
+//! the outcomes of waiting requests with [`KasRouting::poll_event`]. kas's registry drives it with real
+//! connections; the simulator drives it on every replica.
+//!
+//! # Rules
+//!
+//! 1. **No draining pick.** After [`handle_draining`](KasRouting::handle_draining) or
+//!    [`handle_closed`](KasRouting::handle_closed) of a connection nothing is placed on it
+//!    ([`Placement::Open`], [`RoutingEvent::Assigned`]). The driver calls `handle_draining` from the
+//!    connection's synchronous drain observer, so once the protocol processed a GOAWAY no request is
+//!    assigned to that connection: a request arriving after the GOAWAY is never rerouted.
+//! 2. **Each request ends exactly once:** [`Placement::Reject`] / [`Placement::Forward`], a
+//!    [`RoutingEvent::Failed`] / [`RoutingEvent::Forward`], or
+//!    [`handle_finished`](KasRouting::handle_finished) / [`handle_cancelled`](KasRouting::handle_cancelled)
+//!    after it was placed.
+//! 3. **Requeue only when provably unprocessed.** An open that failed before anything reached the wire
+//!    ([`OpenFailure::GoingAway`], [`OpenFailure::IdsExhausted`], [`OpenFailure::Closed`]) drains that
+//!    connection and requeues the request; [`OpenFailure::LimitReached`] lowers the connection's stream
+//!    limit and requeues; [`OpenFailure::HeadTooLarge`] fails the request (431) and drains nothing. A
+//!    stream the agent refused (RESET `REFUSED_STREAM`, or above a GOAWAY's last stream id) is requeued
+//!    only if the request is replayable (no body). Requeued requests keep their deadline and FIFO place,
+//!    and count in [`RoutingStats::rerouted`]; a request is opened at most
+//!    [`RoutingConfig::max_attempts`] times, then fails with [`RequestFailure::Unprocessed`].
+//! 4. **Existence.** A request for an agent that does not exist ([`super::existence`]) is rejected with
+//!    [`RequestFailure::UnknownAgent`] (404).
+//! 5. **Replicas.** A request is forwarded only while its `hops` are below
+//!    [`RoutingConfig::max_hops`], and only when no local connection of the agent is live (not
+//!    draining) and another replica holds one ([`super::holders`]). Requests already waiting move the
+//!    same way when such a holder appears or the last local connection drains. Without holders (a single
+//!    kas) nothing is ever forwarded.
+//! 6. The [`Router`]'s invariants hold (delegated).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Debug;
+use std::time::{Duration, Instant};
+
+use super::existence::{Existence, Listing};
+use super::holders::{Holders, ReplicaId};
+use super::router::{
+    ConnectionInfo, InvariantViolation, Route, RouteError, Router, RouterConfig, RouterError,
+    RouterStats,
+};
+
+/// Limits of a [`KasRouting`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoutingConfig {
+    /// The router's limits (pending requests).
+    pub router: RouterConfig,
+    /// Most times one request is opened on a connection (the first attempt included).
+    pub max_attempts: u32,
+    /// Most times a request is forwarded between replicas (1: a forwarded request is never forwarded
+    /// again, so requests cannot loop).
+    pub max_hops: u8,
+    /// This replica, when there are several (never forwarded to itself).
+    pub replica: Option<ReplicaId>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            router: RouterConfig::default(),
+            max_attempts: 4,
+            max_hops: 1,
+            replica: None,
+        }
+    }
+}
+
+/// What the driver knows about a new request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestSpec {
+    pub agent_id: u64,
+    /// Waiting for a connection ends here.
+    pub deadline: Instant,
+    /// The request can be sent again after a refusal (it has no body).
+    pub replayable: bool,
+    /// Times the request was already forwarded between replicas.
+    pub hops: u8,
+}
+
+/// Where a new request goes, decided at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement<H> {
+    /// Open its stream on this connection now.
+    Open(H),
+    /// Wait: the outcome comes through [`KasRouting::poll_event`].
+    Wait,
+    /// Forward it to this replica.
+    Forward(ReplicaId),
+    /// Fail it.
+    Reject(RequestFailure),
+}
+
+/// The outcome of a request that waited (or was requeued).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoutingEvent<H, R> {
+    /// Open its stream on `conn` now.
+    Assigned { request: R, conn: H },
+    /// Fail it.
+    Failed { request: R, failure: RequestFailure },
+    /// Forward it to `replica`.
+    Forward { request: R, replica: ReplicaId },
+}
+
+/// Why a connection drains (for logs; every cause drains alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainCause {
+    /// The agent sent GOAWAY.
+    PeerGoaway,
+    /// kas sent GOAWAY (retired the connection).
+    LocalClose,
+    /// kas is shutting down.
+    Shutdown,
+}
+
+/// Why opening a request's stream failed; nothing reached the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenFailure {
+    /// Either side sent GOAWAY on the connection.
+    GoingAway,
+    /// The agent's concurrent stream limit is reached.
+    LimitReached { limit: u32 },
+    /// The connection used up its stream ids.
+    IdsExhausted,
+    /// The request head is larger than the agent accepts (the client's problem).
+    HeadTooLarge { len: usize, max: u32 },
+    /// The connection is over.
+    Closed,
+}
+
+/// Why a request failed; what the client is told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestFailure {
+    #[error("the agent does not exist")]
+    UnknownAgent,
+    #[error("the agent is not connected (waited {waited:?})")]
+    NotConnected { waited: Duration },
+    #[error("the agent is connected but has no stream capacity left (waited {waited:?})")]
+    Saturated { waited: Duration },
+    #[error("too many requests are waiting for the agent")]
+    TooManyPending,
+    #[error("the connection to the agent carrying the request was lost")]
+    ConnectionLost,
+    #[error(
+        "the request's headers take {len} octets on the tunnel; the agent accepts at most {max}"
+    )]
+    HeadTooLarge { len: usize, max: u32 },
+    #[error("the agent did not process the request after {attempts} attempts")]
+    Unprocessed { attempts: u32 },
+    #[error("kas is shutting down")]
+    ShuttingDown,
+    /// A caller bug: the request token is already being routed.
+    #[error("a request with the same token is already being routed")]
+    DuplicateRequest,
+}
+
+impl RequestFailure {
+    /// The HTTP status the client gets.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            RequestFailure::UnknownAgent => 404,
+            RequestFailure::NotConnected { .. }
+            | RequestFailure::Saturated { .. }
+            | RequestFailure::TooManyPending
+            | RequestFailure::ShuttingDown => 503,
+            RequestFailure::ConnectionLost | RequestFailure::Unprocessed { .. } => 502,
+            RequestFailure::HeadTooLarge { .. } => 431,
+            RequestFailure::DuplicateRequest => 500,
+        }
+    }
+}
+
+impl From<RouteError> for RequestFailure {
+    fn from(e: RouteError) -> Self {
+        match e {
+            RouteError::AgentNotConnected { waited, .. } => RequestFailure::NotConnected { waited },
+            RouteError::AgentSaturated { waited, .. } => RequestFailure::Saturated { waited },
+            RouteError::TooManyPending { .. } => RequestFailure::TooManyPending,
+            RouteError::ConnectionLost { .. } => RequestFailure::ConnectionLost,
+            RouteError::DuplicateRequest => RequestFailure::DuplicateRequest,
+        }
+    }
+}
+
+/// Totals of a [`KasRouting`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RoutingStats {
+    pub router: RouterStats,
+    /// Requests put back in line after an unprocessed attempt.
+    pub rerouted: u64,
+    /// Streams the agent refused.
+    pub refused: u64,
+    /// Requests forwarded to another replica.
+    pub forwarded: u64,
+    /// Requests for agents that do not exist.
+    pub unknown_agent: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Req {
+    spec: RequestSpec,
+    /// Times the request was opened (or is being opened) on a connection.
+    attempts: u32,
+}
+
+/// kas's routing policy over the [`Router`], [`Existence`] and [`Holders`]. See the module docs.
+#[derive(Debug)]
+pub struct KasRouting<H, R> {
+    config: RoutingConfig,
+    router: Router<H, R>,
+    existence: Existence,
+    holders: Holders,
+    /// Every request placed or waiting here, until it ends.
+    requests: BTreeMap<R, Req>,
+    events: VecDeque<RoutingEvent<H, R>>,
+    shutting_down: bool,
+    stats: RoutingStats,
+}
+
+impl<H, R> KasRouting<H, R>
+where
+    H: Clone + Ord + Debug,
+    R: Clone + Ord + Debug,
+{
+    pub fn new(config: RoutingConfig, listing: Listing) -> Self {
+        KasRouting {
+            config,
+            router: Router::new(config.router),
+            existence: Existence::new(listing),
+            holders: Holders::new(),
+            requests: BTreeMap::new(),
+            events: VecDeque::new(),
+            shutting_down: false,
+            stats: RoutingStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &RoutingConfig {
+        &self.config
+    }
+
+    // ----- existence -----
+
+    /// The agents file was (re)loaded.
+    pub fn handle_listing(&mut self, listing: Listing) {
+        self.existence.handle_listing(listing);
+    }
+
+    /// `agent_id` authenticated ("seen").
+    pub fn handle_authenticated(&mut self, agent_id: u64) {
+        self.existence.handle_authenticated(agent_id);
+    }
+
+    /// Whether `agent_id` exists: THE answer for the proxy, `/agents/{id}` and `/views`.
+    pub fn agent_exists(&self, agent_id: u64, now: Instant) -> bool {
+        let remote = self
+            .holders
+            .held_elsewhere(agent_id, self.config.replica, now);
+        self.existence.exists(agent_id, remote)
+    }
+
+    /// What is known about existence (the listing, the agents seen).
+    pub fn existence(&self) -> &Existence {
+        &self.existence
+    }
+
+    // ----- connections -----
+
+    /// A connection of `agent_id` on which kas may open `max_streams` concurrent streams. Waiting
+    /// requests may be assigned to it at once.
+    pub fn handle_connected(
+        &mut self,
+        agent_id: u64,
+        conn: H,
+        max_streams: u32,
+        now: Instant,
+    ) -> Result<(), RouterError> {
+        self.existence.handle_authenticated(agent_id);
+        self.router
+            .add_connection(agent_id, conn, max_streams, now)?;
+        self.collect();
+        Ok(())
+    }
+
+    /// The connection drains: nothing is placed on it any more; requests waiting for it go elsewhere.
+    /// Idempotent; unknown connections are ignored.
+    pub fn handle_draining(&mut self, conn: &H, cause: DrainCause, now: Instant) {
+        let Some(agent_id) = self.router.connection(conn).map(|c| c.agent_id) else {
+            return;
+        };
+        tracing::debug!(agent_id, ?conn, ?cause, "routing: connection draining");
+        let _ = self.router.set_draining(conn);
+        self.collect();
+        self.forward_stranded(agent_id, now);
+    }
+
+    /// The connection is gone: requests started on it fail with [`RequestFailure::ConnectionLost`]
+    /// (the agent may have acted on them). Unknown connections are ignored.
+    pub fn handle_closed(&mut self, conn: &H, now: Instant) {
+        let Some(agent_id) = self.router.connection(conn).map(|c| c.agent_id) else {
+            return;
+        };
+        let lost = self.router.remove_connection(conn).unwrap_or_default();
+        for (request, error) in lost {
+            self.requests.remove(&request);
+            self.events.push_back(RoutingEvent::Failed {
+                request,
+                failure: error.into(),
+            });
+        }
+        self.collect();
+        self.forward_stranded(agent_id, now);
+    }
+
+    // ----- requests -----
+
+    /// Places a new request (rules 4, 5, then the router's choice).
+    pub fn handle_request(&mut self, request: R, spec: RequestSpec, now: Instant) -> Placement<H> {
+        let agent_id = spec.agent_id;
+        if self.shutting_down {
+            return Placement::Reject(RequestFailure::ShuttingDown);
+        }
+        if self.requests.contains_key(&request) {
+            return Placement::Reject(RequestFailure::DuplicateRequest);
+        }
+        if !self.agent_exists(agent_id, now) {
+            self.stats.unknown_agent += 1;
+            return Placement::Reject(RequestFailure::UnknownAgent);
+        }
+        if let Some(replica) = self.forward_target(agent_id, spec.hops, now) {
+            self.stats.forwarded += 1;
+            return Placement::Forward(replica);
+        }
+        let placement = match self
+            .router
+            .route(agent_id, request.clone(), spec.deadline, now)
+        {
+            Route::Assigned(conn) => {
+                self.requests.insert(request, Req { spec, attempts: 1 });
+                Placement::Open(conn)
+            }
+            Route::Pending => {
+                self.requests.insert(request, Req { spec, attempts: 0 });
+                Placement::Wait
+            }
+            Route::Rejected(e) => Placement::Reject(e.into()),
+        };
+        self.debug_check();
+        placement
+    }
+
+    /// Opening the request's stream failed before anything reached the wire (rule 3).
+    pub fn handle_open_failed(&mut self, request: &R, failure: OpenFailure, now: Instant) {
+        let Some(conn) = self.router.assigned_connection(request).cloned() else {
+            self.lost(request);
+            return;
+        };
+        match failure {
+            OpenFailure::HeadTooLarge { len, max } => {
+                self.finish(request, RequestFailure::HeadTooLarge { len, max });
+            }
+            OpenFailure::GoingAway | OpenFailure::IdsExhausted | OpenFailure::Closed => {
+                let _ = self.router.set_draining(&conn);
+                self.requeue(request, now);
+            }
+            OpenFailure::LimitReached { limit } => {
+                let _ = self.router.set_max_streams(&conn, limit);
+                self.requeue(request, now);
+            }
+        }
+        self.collect();
+        self.debug_check();
+    }
+
+    /// The agent refused the request's stream before answering (RESET `REFUSED_STREAM`, or the stream
+    /// was above a GOAWAY's last stream id): requeued if replayable, else failed (rule 3).
+    pub fn handle_refused(&mut self, request: &R, now: Instant) {
+        let Some(req) = self.requests.get(request) else {
+            return;
+        };
+        if self.router.assigned_connection(request).is_none() {
+            self.lost(request);
+            return;
+        }
+        self.stats.refused += 1;
+        if req.spec.replayable {
+            self.requeue(request, now);
+        } else {
+            let attempts = req.attempts;
+            self.finish(request, RequestFailure::Unprocessed { attempts });
+        }
+        self.collect();
+        self.debug_check();
+    }
+
+    /// The request placed on a connection ended (answered, reset, client gone). Returns whether the
+    /// request was known: an unknown one (its connection was lost meanwhile, or it was reported twice)
+    /// changes nothing.
+    pub fn handle_finished(&mut self, request: &R) -> bool {
+        if self.requests.remove(request).is_none() {
+            return false;
+        }
+        let _ = self.router.request_finished(request);
+        self.collect();
+        true
+    }
+
+    /// The client went away: forgets the request wherever it is. Returns whether it was known.
+    pub fn handle_cancelled(&mut self, request: &R) -> bool {
+        if self.requests.remove(request).is_none() {
+            return false;
+        }
+        if !self.router.cancel(request) {
+            let _ = self.router.request_finished(request);
+        }
+        self.collect();
+        true
+    }
+
+    /// The replicas holding connections of `agent_id` (rule 5; issue 12's shared store feeds it).
+    pub fn handle_holders(
+        &mut self,
+        agent_id: u64,
+        holders: &[(ReplicaId, Instant)],
+        now: Instant,
+    ) {
+        self.holders.set(agent_id, holders);
+        self.forward_stranded(agent_id, now);
+    }
+
+    /// Shutdown: every connection drains, every waiting request fails with
+    /// [`RequestFailure::ShuttingDown`], new requests are rejected. Placed requests run on.
+    pub fn handle_shutdown(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        let conns: Vec<H> = self
+            .router
+            .agents()
+            .iter()
+            .flat_map(|a| self.router.connections(a.agent_id))
+            .map(|c| c.handle)
+            .collect();
+        for c in &conns {
+            let _ = self.router.set_draining(c);
+        }
+        let waiting: Vec<R> = self
+            .requests
+            .keys()
+            .filter(|r| self.router.assigned_connection(r).is_none())
+            .cloned()
+            .collect();
+        for request in waiting {
+            self.router.cancel(&request);
+            self.requests.remove(&request);
+            self.events.push_back(RoutingEvent::Failed {
+                request,
+                failure: RequestFailure::ShuttingDown,
+            });
+        }
+        self.collect();
+    }
+
+    /// The next outcome of a waiting request.
+    pub fn poll_event(&mut self) -> Option<RoutingEvent<H, R>> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.router.poll_timeout()
+    }
+
+    /// Fails the waiting requests whose deadline passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.router.handle_timeout(now);
+        self.collect();
+    }
+
+    // ----- queries -----
+
+    pub fn stats(&self) -> RoutingStats {
+        RoutingStats {
+            router: self.router.stats(),
+            ..self.stats
+        }
+    }
+
+    /// The connections of one agent, oldest first.
+    pub fn connections(&self, agent_id: u64) -> Vec<ConnectionInfo<H>> {
+        self.router.connections(agent_id)
+    }
+
+    /// One connection.
+    pub fn connection(&self, conn: &H) -> Option<ConnectionInfo<H>> {
+        self.router.connection(conn)
+    }
+
+    /// Requests waiting for a connection of `agent_id`.
+    pub fn pending_for(&self, agent_id: u64) -> usize {
+        self.router.pending_count_for(agent_id)
+    }
+
+    /// The connection a request is placed on, if any.
+    pub fn assigned_connection(&self, request: &R) -> Option<&H> {
+        self.router.assigned_connection(request)
+    }
+
+    /// Whether the request is still routed here (waiting or placed).
+    pub fn knows(&self, request: &R) -> bool {
+        self.requests.contains_key(request)
+    }
+
+    /// The router's invariants, plus: every request known here is known to the router, and none was
+    /// opened more than `max_attempts` times.
+    pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
+        self.router.check_invariants()?;
+        for (r, req) in &self.requests {
+            if req.attempts > self.config.max_attempts {
+                return Err(InvariantViolation(format!(
+                    "request {r:?} opened {} times",
+                    req.attempts
+                )));
+            }
+        }
+        if self.requests.len() < self.router.stats().pending + self.router.stats().assigned {
+            return Err(InvariantViolation(
+                "the router holds requests the policy forgot".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    // ----- internals -----
+
+    fn debug_check(&self) {
+        #[cfg(debug_assertions)]
+        if let Err(e) = self.check_invariants() {
+            panic!("{e}");
+        }
+    }
+
+    /// Moves the router's queued outcomes into the event queue.
+    fn collect(&mut self) {
+        loop {
+            if let Some((request, conn)) = self.router.poll_assigned() {
+                if let Some(req) = self.requests.get_mut(&request) {
+                    req.attempts += 1;
+                }
+                self.events
+                    .push_back(RoutingEvent::Assigned { request, conn });
+                continue;
+            }
+            if let Some((request, error)) = self.router.poll_failed() {
+                self.requests.remove(&request);
+                self.events.push_back(RoutingEvent::Failed {
+                    request,
+                    failure: error.into(),
+                });
+                continue;
+            }
+            break;
+        }
+    }
+
+    /// Puts a placed request back in line, or fails it once it used all its attempts.
+    fn requeue(&mut self, request: &R, now: Instant) {
+        let Some(req) = self.requests.get(request) else {
+            return;
+        };
+        let (agent_id, attempts) = (req.spec.agent_id, req.attempts);
+        if attempts >= self.config.max_attempts {
+            self.finish(request, RequestFailure::Unprocessed { attempts });
+            return;
+        }
+        if self.router.retry(request).is_err() {
+            self.lost(request);
+            return;
+        }
+        self.stats.rerouted += 1;
+        self.collect();
+        self.forward_stranded(agent_id, now);
+    }
+
+    /// Ends a placed request with `failure` (through an event, like every other failure).
+    fn finish(&mut self, request: &R, failure: RequestFailure) {
+        self.requests.remove(request);
+        let _ = self.router.request_finished(request);
+        self.events.push_back(RoutingEvent::Failed {
+            request: request.clone(),
+            failure,
+        });
+    }
+
+    /// A request the router no longer has on a connection (its connection was removed meanwhile).
+    fn lost(&mut self, request: &R) {
+        if self.requests.remove(request).is_some() {
+            self.router.cancel(request);
+            self.events.push_back(RoutingEvent::Failed {
+                request: request.clone(),
+                failure: RequestFailure::ConnectionLost,
+            });
+        }
+    }
+
+    /// The replica a request for `agent_id` with `hops` goes to instead of waiting here.
+    fn forward_target(&self, agent_id: u64, hops: u8, now: Instant) -> Option<ReplicaId> {
+        if hops >= self.config.max_hops {
+            return None;
+        }
+        let live_here = self
+            .router
+            .connections(agent_id)
+            .iter()
+            .any(|c| !c.draining);
+        if live_here {
+            return None;
+        }
+        self.holders.pick(agent_id, self.config.replica, now)
+    }
+
+    /// Forwards the requests waiting for `agent_id` when another replica can serve them (rule 5).
+    fn forward_stranded(&mut self, agent_id: u64, now: Instant) {
+        if self.router.pending_count_for(agent_id) == 0 {
+            return;
+        }
+        let waiting: Vec<(R, u8)> = self
+            .requests
+            .iter()
+            .filter(|(r, q)| {
+                q.spec.agent_id == agent_id && self.router.assigned_connection(r).is_none()
+            })
+            .map(|(r, q)| (r.clone(), q.spec.hops))
+            .collect();
+        for (request, hops) in waiting {
+            let Some(replica) = self.forward_target(agent_id, hops, now) else {
+                continue;
+            };
+            if self.router.cancel(&request) {
+                self.requests.remove(&request);
+                self.stats.forwarded += 1;
+                self.events
+                    .push_back(RoutingEvent::Forward { request, replica });
+            }
+        }
+        self.debug_check();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    type Routing = KasRouting<u64, u64>;
+
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn spec(agent_id: u64, now: Instant, replayable: bool) -> RequestSpec {
+        RequestSpec {
+            agent_id,
+            deadline: now + secs(10),
+            replayable,
+            hops: 0,
+        }
+    }
+
+    fn open() -> Routing {
+        KasRouting::new(RoutingConfig::default(), Listing::Open)
+    }
+
+    fn events(r: &mut Routing) -> Vec<RoutingEvent<u64, u64>> {
+        std::iter::from_fn(|| r.poll_event()).collect()
+    }
+
+    #[test]
+    fn unknown_agents_are_rejected_with_404() {
+        let now = t0();
+        let mut r = KasRouting::<u64, u64>::new(
+            RoutingConfig::default(),
+            Listing::Authoritative([1].into()),
+        );
+        let p = r.handle_request(1, spec(2, now, true), now);
+        assert_eq!(p, Placement::Reject(RequestFailure::UnknownAgent));
+        assert_eq!(RequestFailure::UnknownAgent.http_status(), 404);
+        assert_eq!(r.stats().unknown_agent, 1);
+        assert_eq!(
+            r.handle_request(2, spec(1, now, true), now),
+            Placement::Wait
+        );
+    }
+
+    #[test]
+    fn a_request_after_the_drain_goes_to_the_new_connection_without_a_reroute() {
+        let now = t0();
+        let mut r = open();
+        r.handle_connected(1, 10, 8, now).unwrap();
+        r.handle_connected(1, 11, 8, now).unwrap();
+        r.handle_draining(&10, DrainCause::PeerGoaway, now);
+        assert_eq!(
+            r.handle_request(1, spec(1, now, true), now),
+            Placement::Open(11)
+        );
+        assert_eq!(r.stats().rerouted, 0);
+    }
+
+    #[test]
+    fn going_away_drains_and_requeues_to_another_connection() {
+        let now = t0();
+        let mut r = open();
+        r.handle_connected(1, 10, 8, now).unwrap();
+        assert_eq!(
+            r.handle_request(7, spec(1, now, false), now),
+            Placement::Open(10)
+        );
+        r.handle_connected(1, 11, 8, now).unwrap();
+        r.handle_open_failed(&7, OpenFailure::GoingAway, now);
+        assert_eq!(
+            events(&mut r),
+            vec![RoutingEvent::Assigned {
+                request: 7,
+                conn: 11
+            }]
+        );
+        assert!(r.connection(&10).unwrap().draining);
+        assert_eq!(r.stats().rerouted, 1);
+    }
+
+    #[test]
+    fn head_too_large_fails_the_request_and_drains_nothing() {
+        let now = t0();
+        let mut r = open();
+        r.handle_connected(1, 10, 8, now).unwrap();
+        r.handle_request(7, spec(1, now, true), now);
+        r.handle_open_failed(&7, OpenFailure::HeadTooLarge { len: 9, max: 4 }, now);
+        let failure = RequestFailure::HeadTooLarge { len: 9, max: 4 };
+        assert_eq!(failure.http_status(), 431);
+        assert_eq!(
+            events(&mut r),
+            vec![RoutingEvent::Failed {
+                request: 7,
+                failure
+            }]
+        );
+        assert!(!r.connection(&10).unwrap().draining);
+        assert_eq!(r.connection(&10).unwrap().load, 0);
+    }
+
+    #[test]
+    fn refusals_requeue_replayable_requests_only() {
+        let now = t0();
+        let mut r = open();
+        r.handle_connected(1, 10, 8, now).unwrap();
+        r.handle_request(1, spec(1, now, true), now);
+        r.handle_request(2, spec(1, now, false), now);
+        r.handle_refused(&1, now);
+        r.handle_refused(&2, now);
+        assert_eq!(
+            events(&mut r),
+            vec![
+                RoutingEvent::Assigned {
+                    request: 1,
+                    conn: 10
+                },
+                RoutingEvent::Failed {
+                    request: 2,
+                    failure: RequestFailure::Unprocessed { attempts: 1 }
+                }
+            ]
+        );
+        assert_eq!(r.stats().refused, 2);
+    }
+
+    #[test]
+    fn attempts_are_bounded() {
+        let now = t0();
+        let mut r = open();
+        r.handle_connected(1, 10, 8, now).unwrap();
+        r.handle_request(1, spec(1, now, true), now);
+        for _ in 1..4 {
+            r.handle_refused(&1, now);
+            assert!(matches!(
+                r.poll_event(),
+                Some(RoutingEvent::Assigned { request: 1, .. })
+            ));
+        }
+        r.handle_refused(&1, now);
+        assert_eq!(
+            events(&mut r),
+            vec![RoutingEvent::Failed {
+                request: 1,
+                failure: RequestFailure::Unprocessed { attempts: 4 }
+            }]
+        );
+        assert_eq!(r.stats().rerouted, 3);
+        assert_eq!(r.connection(&10).unwrap().load, 0);
+    }
+
+    #[test]
+    fn limit_reached_lowers_the_limit_and_waits() {
+        let now = t0();
+        let mut r = open();
+        r.handle_connected(1, 10, 8, now).unwrap();
+        r.handle_request(1, spec(1, now, true), now);
+        r.handle_request(2, spec(1, now, true), now);
+        r.handle_open_failed(&2, OpenFailure::LimitReached { limit: 1 }, now);
+        assert!(events(&mut r).is_empty(), "waits for the slot");
+        assert_eq!(r.connection(&10).unwrap().max_streams, 1);
+        r.handle_finished(&1);
+        assert_eq!(
+            events(&mut r),
+            vec![RoutingEvent::Assigned {
+                request: 2,
+                conn: 10
+            }]
+        );
+    }
+
+    #[test]
+    fn closing_loses_started_requests() {
+        let now = t0();
+        let mut r = open();
+        r.handle_connected(1, 10, 8, now).unwrap();
+        r.handle_request(1, spec(1, now, true), now);
+        r.handle_closed(&10, now);
+        assert_eq!(
+            events(&mut r),
+            vec![RoutingEvent::Failed {
+                request: 1,
+                failure: RequestFailure::ConnectionLost
+            }]
+        );
+        assert!(!r.handle_finished(&1), "already ended: harmless");
+        assert!(!r.knows(&1));
+    }
+
+    #[test]
+    fn waiting_requests_move_to_a_replica_that_holds_the_agent() {
+        let now = t0();
+        let config = RoutingConfig {
+            replica: Some(ReplicaId(0)),
+            ..RoutingConfig::default()
+        };
+        let mut r = KasRouting::<u64, u64>::new(config, Listing::Open);
+        r.handle_authenticated(1);
+        assert_eq!(
+            r.handle_request(1, spec(1, now, true), now),
+            Placement::Wait
+        );
+        // Holding it ourselves changes nothing.
+        r.handle_holders(1, &[(ReplicaId(0), now + secs(30))], now);
+        assert!(events(&mut r).is_empty());
+        r.handle_holders(1, &[(ReplicaId(2), now + secs(30))], now);
+        assert_eq!(
+            events(&mut r),
+            vec![RoutingEvent::Forward {
+                request: 1,
+                replica: ReplicaId(2)
+            }]
+        );
+        assert_eq!(
+            r.handle_request(2, spec(1, now, true), now),
+            Placement::Forward(ReplicaId(2))
+        );
+        // A forwarded request is not forwarded again (max_hops 1).
+        let hopped = RequestSpec {
+            hops: 1,
+            ..spec(1, now, true)
+        };
+        assert_eq!(r.handle_request(3, hopped, now), Placement::Wait);
+        assert_eq!(r.stats().forwarded, 2);
+    }
+
+    #[test]
+    fn shutdown_fails_waiters_and_rejects_new_requests() {
+        let now = t0();
+        let mut r = open();
+        r.handle_authenticated(1);
+        r.handle_request(1, spec(1, now, true), now);
+        r.handle_shutdown();
+        assert_eq!(
+            events(&mut r),
+            vec![RoutingEvent::Failed {
+                request: 1,
+                failure: RequestFailure::ShuttingDown
+            }]
+        );
+        assert_eq!(
+            r.handle_request(2, spec(1, now, true), now),
+            Placement::Reject(RequestFailure::ShuttingDown)
+        );
+    }
+}
