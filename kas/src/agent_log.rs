@@ -39,16 +39,19 @@ pub enum Misbehaviour {
     BadResponseBody,
     /// Was closed for flooding (PROTOCOL.md §17: too many costly frames, unread answers).
     Flood,
+    /// Broke the config protocol, or opened a config stream kas could not take.
+    ConfigStream,
 }
 
 impl Misbehaviour {
     /// Every kind.
-    pub const ALL: [Misbehaviour; 5] = [
+    pub const ALL: [Misbehaviour; 6] = [
         Misbehaviour::UnknownService,
         Misbehaviour::ViewsStream,
         Misbehaviour::BadResponseHead,
         Misbehaviour::BadResponseBody,
         Misbehaviour::Flood,
+        Misbehaviour::ConfigStream,
     ];
 
     /// The `kind` label in metrics and logs.
@@ -59,6 +62,7 @@ impl Misbehaviour {
             Misbehaviour::BadResponseHead => "bad_response_head",
             Misbehaviour::BadResponseBody => "bad_response_body",
             Misbehaviour::Flood => "flood",
+            Misbehaviour::ConfigStream => "config_stream",
         }
     }
 }
