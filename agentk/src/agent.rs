@@ -25,10 +25,10 @@ use tracing::Instrument;
 use crate::address::KasAddress;
 use crate::cache::CacheHandle;
 use crate::config::Config;
+use crate::config_client::{AppliedConfigReceiver, ConfigHandle};
 use crate::dispatch::{Services, serve_connection};
 use crate::error::Error;
 use crate::reconnect::{BackoffPolicy, Next, Reconnect};
-use crate::config_client::{AppliedConfigReceiver, ConfigHandle};
 use crate::{cache, config_client, informer, upstream, views};
 
 /// A connection that got GOAWAY sooner than this after its handshake counts as a failure (back-off)

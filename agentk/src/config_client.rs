@@ -88,7 +88,10 @@ pub struct ConfigHandle {
 impl std::fmt::Debug for ConfigHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConfigHandle")
-            .field("applied", &self.tx.borrow().as_ref().map(|a| a.commit.clone()))
+            .field(
+                "applied",
+                &self.tx.borrow().as_ref().map(|a| a.commit.clone()),
+            )
             .field("log_level_control", &self.log.is_some())
             .finish()
     }
@@ -186,9 +189,7 @@ pub async fn run(conn: Connection, handle: ConfigHandle) {
     match answered {
         Ok(h) if h.status == 200 => {}
         Ok(h) if h.status == 404 => {
-            tracing::info!(
-                "kas has no configuration for this agent; running with the current one"
-            );
+            tracing::info!("kas has no configuration for this agent; running with the current one");
             let _ = stream.finish();
             return;
         }
@@ -294,8 +295,8 @@ mod tests {
     use std::sync::Mutex;
 
     fn update(commit: &str, level: &str) -> ConfigUpdate {
-        let file =
-            ConfigFile::parse(&format!("observability: {{logging: {{level: {level}}}}}\n")).unwrap();
+        let file = ConfigFile::parse(&format!("observability: {{logging: {{level: {level}}}}}\n"))
+            .unwrap();
         ConfigUpdate::new(commit, &file, &ProjectId::new("group/config").unwrap())
     }
 

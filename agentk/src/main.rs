@@ -87,14 +87,12 @@ where
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
     let subscriber: Box<dyn tracing::Subscriber + Send + Sync> = match format {
-        LogFormat::Text => Box::new(registry.with(tracing_subscriber::fmt::layer().with_writer(writer))),
-        LogFormat::Json => Box::new(
-            registry.with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(writer),
-            ),
-        ),
+        LogFormat::Text => {
+            Box::new(registry.with(tracing_subscriber::fmt::layer().with_writer(writer)))
+        }
+        LogFormat::Json => {
+            Box::new(registry.with(tracing_subscriber::fmt::layer().json().with_writer(writer)))
+        }
     };
     let control: agentk::LogLevelControl = std::sync::Arc::new(move |logging| {
         let directives = agentk::config_client::filter_directives(logging);
@@ -247,7 +245,10 @@ mod tests {
         });
         let text = String::from_utf8(out.0.lock().expect("lock").clone()).expect("utf-8");
         assert!(!text.contains("hidden-at"), "{text}");
-        assert!(text.contains("shown-at-debug") && text.contains("shown-at-error"), "{text}");
+        assert!(
+            text.contains("shown-at-debug") && text.contains("shown-at-error"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -42,7 +42,10 @@ async fn setup() -> Setup {
 async fn hello_announces_capabilities_and_version() {
     let s = setup().await;
     assert_eq!(s.conn.agent_id, 42);
-    assert_eq!(s.conn.meta.capabilities, vec!["k8s-api", "service-proxy", "config"]);
+    assert_eq!(
+        s.conn.meta.capabilities,
+        vec!["k8s-api", "service-proxy", "config"]
+    );
     assert_eq!(s.conn.meta.version, env!("CARGO_PKG_VERSION"));
     s.agent.shutdown().await.expect("clean shutdown");
 }

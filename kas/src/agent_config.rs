@@ -196,7 +196,7 @@ impl ConfigLink {
 
     /// The agent's last good configuration if this stream must send it now (see
     /// [`Delivery::offer`]); then it is recorded as delivered once [`ConfigLink::sent`] is called.
-    pub fn next(&mut self) -> Option<Arc<ConfigUpdate>> {
+    pub fn to_send(&mut self) -> Option<Arc<ConfigUpdate>> {
         let good = self.configs.good(self.agent_id)?;
         self.has.offer(&good).then_some(good)
     }

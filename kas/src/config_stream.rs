@@ -139,7 +139,7 @@ async fn run(
     let mut writer: &Stream = stream;
     // Bounded by the stream: every iteration waits for a change or for agentk's direction.
     loop {
-        if let Some(update) = link.next() {
+        if let Some(update) = link.to_send() {
             if let Err(e) = writer.write_all(&update.encode_frame()).await {
                 return StreamEnd::Failed(e.to_string());
             }

@@ -195,7 +195,9 @@ impl Event {
                 status,
                 commit,
                 message,
-            } => json!({"agent_id": agent_id, "status": status, "commit": commit, "message": message}),
+            } => {
+                json!({"agent_id": agent_id, "status": status, "commit": commit, "message": message})
+            }
         }
     }
 }

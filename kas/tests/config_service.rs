@@ -277,8 +277,13 @@ fn agentk_applies_pushed_configs_live_keeps_the_last_good_one_and_gets_nothing_t
         (!s.kas.connected_agents().contains(&1)).then_some(())
     });
     agent.proxy.heal();
-    assert!(s.kas.wait_for_agents(&[1], GUARD), "agent 1 did not reconnect");
-    let v = s.wait(1, "the new config stream", |v| v["delivery"]["streams"] == 1);
+    assert!(
+        s.kas.wait_for_agents(&[1], GUARD),
+        "agent 1 did not reconnect"
+    );
+    let v = s.wait(1, "the new config stream", |v| {
+        v["delivery"]["streams"] == 1
+    });
     assert_eq!(v["delivery"]["commit"], second.as_str());
     assert_eq!(v["delivery"]["up_to_date"], true);
     // The next change is the first thing the new stream carries.
@@ -362,12 +367,17 @@ fn config_streams_send_only_new_content_and_refuse_bad_heads() {
     assert_eq!(status, 200);
     // ...nor for a commit that changes only another agent's file (same content for agent 1)...
     let other = s.push(2, &config_yaml("debug"));
-    s.wait(2, "agent 2's change", |v| v["applied_commit"] == other.as_str());
+    s.wait(2, "agent 2's change", |v| {
+        v["applied_commit"] == other.as_str()
+    });
     // ...and the next change of its own is the first message either stream carries.
     let c3 = s.push(1, &config_yaml("debug"));
     let mut d2 = FrameDecoder::default();
     let got = next_update(&current, &mut d2);
-    assert_eq!(got.commit, c3, "nothing before the change of agent 1's content");
+    assert_eq!(
+        got.commit, c3,
+        "nothing before the change of agent 1's content"
+    );
     assert_eq!(got.config.observability.logging.level, LogLevel::Debug);
     assert_eq!(next_update(&fresh, &mut d1).commit, c3);
 
@@ -396,7 +406,11 @@ fn config_streams_send_only_new_content_and_refuse_bad_heads() {
     let (rogue, status) = open(&conn, service::config_request_head(&have));
     assert_eq!(status, 200);
     let mut w: &Stream = &rogue;
-    block_on("write", futures_lite::AsyncWriteExt::write_all(&mut w, b"hi")).unwrap();
+    block_on(
+        "write",
+        futures_lite::AsyncWriteExt::write_all(&mut w, b"hi"),
+    )
+    .unwrap();
     let reset = block_on("the reset", async {
         loop {
             match rogue.read_chunk(1024).await {

@@ -67,7 +67,8 @@ pub fn is_commit_id(s: &str) -> bool {
 }
 
 fn is_lower_hex(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The request head agentk opens a [`CONFIG`] stream with.
