@@ -138,6 +138,7 @@ const KAS_FAULTS: &[(&str, &[&str])] = &[
     ("any-user-token", &["bad-user-token-401"]),
     ("goaway-on-unknown-frame", &["unknown-frame-types-ignored"]),
     ("accept-highest-version", &["version-negotiated"]),
+    ("refuse-config-streams", &["config-stream-answered"]),
     (
         "crash-on-missing-token",
         &[
