@@ -20,6 +20,7 @@ const CONFORMANCE: &str = env!("CARGO_BIN_EXE_conformance");
 /// Every agent fault and the scenarios it must fail.
 const AGENT_FAULTS: &[(&str, &[&str])] = &[
     ("none", &[]),
+    ("forget-config-commit", &["config-commit-resumed"]),
     (
         "no-backoff",
         &["handshake-refused-retry-after", "backoff-after-refusal"],
