@@ -26,6 +26,7 @@
 pub mod access;
 pub mod agent;
 mod decode;
+pub mod delivery;
 pub mod duration;
 pub mod error;
 pub mod extras;
@@ -41,6 +42,7 @@ pub use access::{
     UserAccessAs,
 };
 pub use agent::{AgentConfig, AgentGitops, AgentObservability, Fingerprint};
+pub use delivery::{ConfigUpdate, Delivery, UpdateError};
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
 pub use file::ConfigFile;
 pub use gitops::{

@@ -27,9 +27,10 @@ use tracing::Instrument;
 use crate::address::KasAddress;
 use crate::cache::CacheHandle;
 use crate::config::Config;
+use crate::config_client::{AppliedConfigReceiver, ConfigHandle};
 use crate::dispatch::{Services, serve_connection};
 use crate::error::Error;
-use crate::{cache, informer, upstream, views};
+use crate::{cache, config_client, informer, upstream, views};
 
 /// Upper bound of one dial (TCP connect, TLS, HELLO/ACCEPT), so an unroutable kas address does not
 /// hang an attempt for the operating system's connect timeout.
@@ -46,6 +47,7 @@ pub struct Agent {
     shutdown_grace: Duration,
     services: Services,
     cache: Option<CacheSetup>,
+    config: ConfigHandle,
 }
 
 /// The informer cache, built but not started.
@@ -149,7 +151,15 @@ impl Agent {
             shutdown_grace: config.shutdown_grace,
             services,
             cache,
+            config: ConfigHandle::new(config.log_level.clone()),
         })
+    }
+
+    /// The configuration kas sent, as applied (`None` until the first one): a `tokio::sync::watch`
+    /// receiver that sees every later one. Take it before [`Agent::run`]; it stays valid across
+    /// connections and ends (`changed()` fails) when the agent stops.
+    pub fn applied_config(&self) -> AppliedConfigReceiver {
+        self.config.subscribe()
     }
 
     /// Starts the informer cache, then connects to kas and serves it until `shutdown` resolves,
@@ -208,13 +218,16 @@ impl Agent {
                     );
                     let serving = serve_connection(conn.clone(), services.clone());
                     let views = services.cache.clone().map(|c| views::run(conn.clone(), c));
+                    let config = config_client::run(conn.clone(), self.config.clone());
                     let task = tokio::spawn(
                         async move {
                             match views {
                                 Some(views) => {
-                                    tokio::join!(serving, views);
+                                    tokio::join!(serving, views, config);
                                 }
-                                None => serving.await,
+                                None => {
+                                    tokio::join!(serving, config);
+                                }
                             }
                         }
                         .instrument(span),

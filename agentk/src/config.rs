@@ -37,8 +37,9 @@ pub struct MetaOverrides {
     pub capabilities: Option<Vec<String>>,
 }
 
-/// The services agentk always serves, announced in HELLO.
-pub const CAPABILITIES: &[&str] = &[service::K8S_API, service::SERVICE_PROXY];
+/// The services agentk always serves or opens, announced in HELLO (`config`: it opens a config
+/// stream on every connection).
+pub const CAPABILITIES: &[&str] = &[service::K8S_API, service::SERVICE_PROXY, service::CONFIG];
 
 /// Announced in addition to [`CAPABILITIES`] while the informer cache runs: kas may query the
 /// cache (`cache`) and agentk opens a `views` stream on every connection.
@@ -189,6 +190,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The informer cache and its views.
     pub cache: CacheConfig,
+    /// Sets the log level when kas sends a configuration (`observability.logging`); `None`: the
+    /// level is left alone. The binary passes a `tracing-subscriber` reload handle.
+    pub log_level: Option<crate::config_client::LogLevelControl>,
 }
 
 impl fmt::Debug for Config {
@@ -205,6 +209,7 @@ impl fmt::Debug for Config {
             .field("tunnel", &self.tunnel)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("cache", &self.cache)
+            .field("log_level", &self.log_level.is_some())
             .finish()
     }
 }
@@ -226,6 +231,7 @@ impl Config {
             tunnel: protocol::Config::default(),
             shutdown_grace: Duration::from_secs(10),
             cache: CacheConfig::default(),
+            log_level: None,
         }
     }
 }
@@ -280,11 +286,11 @@ mod tests {
         assert_eq!(m.pod_namespace, "ns");
         assert_eq!(m.node_name, "n");
         assert_eq!(m.version, env!("CARGO_PKG_VERSION"));
-        assert_eq!(m.capabilities, vec!["k8s-api", "service-proxy"]);
+        assert_eq!(m.capabilities, vec!["k8s-api", "service-proxy", "config"]);
         let m = MetaOverrides::default().agent_meta(true);
         assert_eq!(
             m.capabilities,
-            vec!["k8s-api", "service-proxy", "cache", "views"]
+            vec!["k8s-api", "service-proxy", "config", "cache", "views"]
         );
         let m = MetaOverrides {
             capabilities: Some(vec!["x".into()]),

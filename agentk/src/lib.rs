@@ -39,6 +39,7 @@
 //! | [`informer`] | one `kube-runtime` watcher per configured kind, feeding the cache task |
 //! | [`cache`] | the one task driving the [`AgentViews`](protocol::cache::AgentViews) endpoint: events, queries, view sync, object-change batching |
 //! | [`views`] | the `views` stream agentk opens on every connection, linked to the cache task |
+//! | [`config_client`] | the `config` stream agentk opens on every connection: applies kas's configuration live, publishes it on a watch channel |
 //! | [`cache_service`] | `cache`: LIST/GET of cached objects, answered from the store |
 //! | [`service_proxy`] | `service-proxy`: resolve a Service, forward to `clusterIP:port` |
 //! | [`proxy_path`] | the service-proxy path and Service resolution |
@@ -98,6 +99,7 @@ pub mod body;
 pub mod cache;
 pub mod cache_service;
 pub mod config;
+pub mod config_client;
 pub mod dispatch;
 pub mod error;
 pub mod forward;
@@ -116,5 +118,6 @@ pub use config::{
     CACHE_CAPABILITIES, CAPABILITIES, CacheConfig, Config, KubeSource, MetaOverrides,
     default_watch_kinds, parse_watch_kinds, read_token_file, read_views_file,
 };
+pub use config_client::{AppliedConfig, AppliedConfigReceiver, ConfigHandle, LogLevelControl};
 pub use error::Error;
 pub use protocol::tunnel::reconnect::BackoffPolicy;

@@ -64,16 +64,51 @@ struct Cli {
     views_window_ms: u64,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+/// The log filter at start-up: `RUST_LOG` if set, else `info`. A configuration from kas replaces it.
+fn initial_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
+/// The subscriber agentk logs with (writing to `writer`), and the control that changes its level
+/// live (a reload handle of its filter) when kas sends `observability.logging`.
+fn logging<W>(
+    format: LogFormat,
+    filter: tracing_subscriber::EnvFilter,
+    writer: W,
+) -> (
+    Box<dyn tracing::Subscriber + Send + Sync>,
+    agentk::LogLevelControl,
+)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let subscriber: Box<dyn tracing::Subscriber + Send + Sync> = match format {
+        LogFormat::Text => {
+            Box::new(registry.with(tracing_subscriber::fmt::layer().with_writer(writer)))
+        }
+        LogFormat::Json => {
+            Box::new(registry.with(tracing_subscriber::fmt::layer().json().with_writer(writer)))
+        }
+    };
+    let control: agentk::LogLevelControl = std::sync::Arc::new(move |logging| {
+        let directives = agentk::config_client::filter_directives(logging);
+        let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+            .map_err(|e| format!("{directives}: {e}"))?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    });
+    (subscriber, control)
+}
+
+fn init_logging(format: LogFormat) -> agentk::LogLevelControl {
+    let (subscriber, control) = logging(format, initial_filter(), std::io::stderr);
+    if let Err(e) = tracing::subscriber::set_global_default(subscriber) {
+        eprintln!("cannot install the logger: {e}");
     }
+    control
 }
 
 /// The kubeconfig file used when only --context is given.
@@ -146,8 +181,9 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
-    let config = config(&cli)?;
+    let log_level = init_logging(cli.log_format);
+    let mut config = config(&cli)?;
+    config.log_level = Some(log_level);
     agentk::run(config, shutdown_signal())
         .await
         .context("agentk cannot start")?;
@@ -162,6 +198,57 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// A writer into a shared buffer, for the logging test.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_log_level_from_kas_applies_live() {
+        use agent_config::{LogLevel, Logging};
+        let out = Captured::default();
+        let writer = out.clone();
+        let (subscriber, control) = logging(
+            LogFormat::Text,
+            tracing_subscriber::EnvFilter::new("info"),
+            move || writer.clone(),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::debug!("hidden-at-info");
+            control(&Logging {
+                level: LogLevel::Debug,
+                grpc_level: LogLevel::Error,
+            })
+            .expect("reload");
+            tracing::debug!("shown-at-debug");
+            control(&Logging {
+                level: LogLevel::Error,
+                grpc_level: LogLevel::Error,
+            })
+            .expect("reload");
+            tracing::info!("hidden-at-error");
+            tracing::error!("shown-at-error");
+        });
+        let text = String::from_utf8(out.0.lock().expect("lock").clone()).expect("utf-8");
+        assert!(!text.contains("hidden-at"), "{text}");
+        assert!(
+            text.contains("shown-at-debug") && text.contains("shown-at-error"),
+            "{text}"
+        );
     }
 
     #[test]

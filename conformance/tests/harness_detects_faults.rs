@@ -20,6 +20,7 @@ const CONFORMANCE: &str = env!("CARGO_BIN_EXE_conformance");
 /// Every agent fault and the scenarios it must fail.
 const AGENT_FAULTS: &[(&str, &[&str])] = &[
     ("none", &[]),
+    ("forget-config-commit", &["config-commit-resumed"]),
     (
         "no-backoff",
         &["handshake-refused-retry-after", "backoff-after-refusal"],
@@ -138,6 +139,7 @@ const KAS_FAULTS: &[(&str, &[&str])] = &[
     ("any-user-token", &["bad-user-token-401"]),
     ("goaway-on-unknown-frame", &["unknown-frame-types-ignored"]),
     ("accept-highest-version", &["version-negotiated"]),
+    ("refuse-config-streams", &["config-stream-answered"]),
     (
         "crash-on-missing-token",
         &[

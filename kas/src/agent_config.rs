@@ -16,7 +16,16 @@
 //!   (the push webhook) polls the matching repositories at once.
 //!
 //! Read by `GET /api/v1/agents/{id}/config` ([`AgentConfigs::agent_json`]); metrics in
-//! [`AgentConfigs::render_metrics`]. Delivery to agentk (a `config` tunnel service) is not here yet.
+//! [`AgentConfigs::render_metrics`].
+//!
+//! **Delivery** (the `config` tunnel service, [`crate::config_stream`], protocol/SERVICES.md §8):
+//! every accepted configuration is kept as the agent's last good [`ConfigUpdate`]
+//! ([`AgentConfigs::good`]; its `ci_access`/`user_access` are where the authoriser of issue 14 finds
+//! the grants). When it changes (commit or content), every open `config` stream of that agent is woken
+//! at once ([`AgentConfigs::subscribe`]), so a commit reaches agentk within milliseconds of the poll
+//! or webhook that found it. Each stream is a [`ConfigLink`] that records what the agent has, for the
+//! API (`delivery`), the metrics (configs sent, agents up to date) and the event stream (`config`
+//! events: `delivered`, `rejected`, `fetch_failed`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -25,16 +34,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use agent_config::{AgentConfig, AgentName, ConfigFile, ProjectId};
+use agent_config::{AgentName, ConfigFile, ConfigUpdate, Delivery, ProjectId};
 use git_mirror::{Auth, FetchKey, Limits, MirrorSet, Remote, RepoId, RepoUrl, Secret, Want};
 use serde_json::{Value, json};
 
 use crate::auth::{ConfigProject, TokenDigest};
 use crate::config::Config;
 use crate::directory::AgentDirectory;
+use crate::events::{Event, EventHub};
 
 /// Fetches of one poll running at once, at most.
 pub const MAX_CONCURRENT_FETCHES: usize = 16;
+
+/// `config` streams one agent may have open at once (a GOAWAY handover briefly needs two).
+pub const MAX_CONFIG_STREAMS_PER_AGENT: u32 = 4;
 
 /// What the poller needs from `kas.yaml`.
 #[derive(Debug, Clone)]
@@ -103,8 +116,8 @@ struct AgentState {
     applied_commit: Option<String>,
     /// When the config in force was accepted (its content last changed).
     applied_at: Option<SystemTime>,
-    /// The last good config.
-    config: Option<AgentConfig>,
+    /// The last good config, as agentk receives it.
+    good: Option<Arc<ConfigUpdate>>,
     /// Current problems: parse errors of `commit`, or the last fetch failure.
     errors: Vec<Value>,
     /// What was last logged (`commit:<id>` or `fetch:<code>`), so each problem is logged once.
@@ -137,6 +150,91 @@ pub struct AgentConfigs {
     wake_rx: async_channel::Receiver<()>,
     polls: AtomicU64,
     fetch_failures: Mutex<BTreeMap<&'static str, u64>>,
+    /// Wakers of the open `config` streams, by agent.
+    subscribers: Mutex<BTreeMap<u64, Vec<async_channel::Sender<()>>>>,
+    /// What the agents with open `config` streams have.
+    links: Mutex<BTreeMap<u64, LinkState>>,
+    /// Configurations written to `config` streams.
+    sent: AtomicU64,
+    /// Where `config` events go (set once the hub exists).
+    events: OnceLock<EventHub>,
+}
+
+/// One agent's `config` streams, as kas knows them.
+#[derive(Debug, Clone, Default)]
+struct LinkState {
+    /// Open streams.
+    streams: u32,
+    /// What the agent has (from its request head, then from what kas sent).
+    has: Delivery,
+    /// When kas last sent it a configuration.
+    delivered_at: Option<SystemTime>,
+}
+
+/// Why a `config` stream was refused ([`AgentConfigs::open_link`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("agent {agent_id} has {MAX_CONFIG_STREAMS_PER_AGENT} config streams open already")]
+pub struct TooManyStreams {
+    /// The agent.
+    pub agent_id: u64,
+}
+
+/// One open `config` stream: decides what to send it ([`Delivery`]) and keeps the agent's
+/// delivery state up to date. Dropping it closes the link.
+#[derive(Debug)]
+pub struct ConfigLink {
+    configs: Arc<AgentConfigs>,
+    agent_id: u64,
+    has: Delivery,
+}
+
+impl ConfigLink {
+    /// The agent.
+    pub fn agent_id(&self) -> u64 {
+        self.agent_id
+    }
+
+    /// The agent's last good configuration if this stream must send it now (see
+    /// [`Delivery::offer`]); then it is recorded as delivered once [`ConfigLink::sent`] is called.
+    pub fn to_send(&mut self) -> Option<Arc<ConfigUpdate>> {
+        let good = self.configs.good(self.agent_id)?;
+        self.has.offer(&good).then_some(good)
+    }
+
+    /// Records that `update` was written to the stream (metrics, API, a `delivered` event).
+    pub fn sent(&self, update: &ConfigUpdate) {
+        self.configs.sent.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut links = self.configs.links();
+            let link = links.entry(self.agent_id).or_default();
+            link.has = self.has.clone();
+            link.delivered_at = Some(SystemTime::now());
+        }
+        tracing::info!(
+            agent_id = self.agent_id,
+            commit = %update.commit,
+            fingerprint = %update.fingerprint,
+            "configuration delivered to the agent"
+        );
+        self.configs.publish(Event::Config {
+            agent_id: self.agent_id,
+            status: "delivered",
+            commit: Some(update.commit.clone()),
+            message: None,
+        });
+    }
+}
+
+impl Drop for ConfigLink {
+    fn drop(&mut self) {
+        let mut links = self.configs.links();
+        if let Some(link) = links.get_mut(&self.agent_id) {
+            link.streams = link.streams.saturating_sub(1);
+            if link.streams == 0 {
+                links.remove(&self.agent_id);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for AgentConfigs {
@@ -173,6 +271,77 @@ impl AgentConfigs {
             wake_rx,
             polls: AtomicU64::new(0),
             fetch_failures: Mutex::new(BTreeMap::new()),
+            subscribers: Mutex::new(BTreeMap::new()),
+            links: Mutex::new(BTreeMap::new()),
+            sent: AtomicU64::new(0),
+            events: OnceLock::new(),
+        })
+    }
+
+    /// Publishes `config` events on `hub` from now on (kas's state sets it once).
+    pub fn attach_events(&self, hub: EventHub) {
+        let _ = self.events.set(hub);
+    }
+
+    fn publish(&self, event: Event) {
+        if let Some(hub) = self.events.get() {
+            hub.publish(&event);
+        }
+    }
+
+    fn links(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, LinkState>> {
+        self.links.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The agent's last good configuration, as agentk receives it.
+    pub fn good(&self, agent_id: u64) -> Option<Arc<ConfigUpdate>> {
+        self.states().get(&agent_id).and_then(|s| s.good.clone())
+    }
+
+    /// A wake-up for every change of the agent's last good configuration (a bounded(1) channel:
+    /// changes while the receiver is busy coalesce into one wake-up). Subscribe before reading
+    /// [`AgentConfigs::good`], so no change is missed.
+    pub fn subscribe(&self, agent_id: u64) -> async_channel::Receiver<()> {
+        let (tx, rx) = async_channel::bounded(1);
+        let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        let list = subs.entry(agent_id).or_default();
+        list.retain(|t| !t.is_closed());
+        list.push(tx);
+        rx
+    }
+
+    /// Wakes the agent's `config` streams.
+    fn notify(&self, agent_id: u64) {
+        let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = subs.get_mut(&agent_id) {
+            list.retain(|t| !t.is_closed());
+            for t in list.iter() {
+                // Full: a wake-up is pending already.
+                let _ = t.try_send(());
+            }
+            if list.is_empty() {
+                subs.remove(&agent_id);
+            }
+        }
+    }
+
+    /// Opens a `config` stream's link for an agent that has `has` (what its request head said).
+    pub fn open_link(
+        self: &Arc<Self>,
+        agent_id: u64,
+        has: Delivery,
+    ) -> Result<ConfigLink, TooManyStreams> {
+        let mut links = self.links();
+        let link = links.entry(agent_id).or_default();
+        if link.streams >= MAX_CONFIG_STREAMS_PER_AGENT {
+            return Err(TooManyStreams { agent_id });
+        }
+        link.streams += 1;
+        link.has = has.clone();
+        Ok(ConfigLink {
+            configs: self.clone(),
+            agent_id,
+            has,
         })
     }
 
@@ -401,44 +570,74 @@ impl AgentConfigs {
             })]),
         };
         let now = SystemTime::now();
-        let mut states = self.states();
-        let state = states.entry(agent_id).or_default();
-        state.repository = repository.to_owned();
-        state.commit = Some(commit.to_owned());
-        state.fetched_at = Some(now);
-        match parsed {
-            Ok(file) => {
-                let config = file.agent_config(project);
-                if state.config.as_ref() != Some(&config) {
-                    state.applied_at = Some(now);
-                    tracing::info!(agent_id, %commit, repository, "agent configuration accepted");
+        let mut changed = false;
+        let mut rejected = None;
+        {
+            let mut states = self.states();
+            let state = states.entry(agent_id).or_default();
+            state.repository = repository.to_owned();
+            state.commit = Some(commit.to_owned());
+            state.fetched_at = Some(now);
+            match parsed {
+                Ok(file) => {
+                    let update = ConfigUpdate::new(commit, &file, project);
+                    let old = state.good.as_ref();
+                    if old.map(|g| &g.fingerprint) != Some(&update.fingerprint) {
+                        state.applied_at = Some(now);
+                        tracing::info!(agent_id, %commit, repository, "agent configuration accepted");
+                    }
+                    changed = old.is_none_or(|g| g.commit != update.commit);
+                    state.good = Some(Arc::new(update));
+                    state.applied_commit = Some(commit.to_owned());
+                    state.errors.clear();
+                    state.logged = None;
                 }
-                state.config = Some(config);
-                state.applied_commit = Some(commit.to_owned());
-                state.errors.clear();
-                state.logged = None;
-            }
-            Err(errors) => {
-                let logged = format!("commit:{commit}");
-                if state.logged.as_deref() != Some(logged.as_str()) {
-                    let first = errors.first().cloned().unwrap_or(Value::Null);
-                    tracing::warn!(
-                        agent_id,
-                        %commit,
-                        repository,
-                        errors = errors.len(),
-                        first = %first,
-                        "agent configuration rejected; the previous one stays in force"
-                    );
-                    state.logged = Some(logged);
+                Err(errors) => {
+                    let logged = format!("commit:{commit}");
+                    if state.logged.as_deref() != Some(logged.as_str()) {
+                        let first = errors.first().cloned().unwrap_or(Value::Null);
+                        tracing::warn!(
+                            agent_id,
+                            %commit,
+                            repository,
+                            errors = errors.len(),
+                            first = %first,
+                            "agent configuration rejected; the previous one stays in force"
+                        );
+                        state.logged = Some(logged);
+                        rejected = Some(first_message(&first));
+                    }
+                    state.errors = errors;
                 }
-                state.errors = errors;
             }
+        }
+        if changed {
+            self.notify(agent_id);
+        }
+        if let Some(message) = rejected {
+            self.publish(Event::Config {
+                agent_id,
+                status: "rejected",
+                commit: Some(commit.to_owned()),
+                message: Some(message),
+            });
         }
     }
 
     /// Records a fetch failure for one agent; its last state stays.
     fn fetch_failed(&self, agent_id: u64, repository: &str, e: &git_mirror::Error) {
+        if self.record_fetch_failure(agent_id, repository, e) {
+            self.publish(Event::Config {
+                agent_id,
+                status: "fetch_failed",
+                commit: None,
+                message: Some(e.to_string()),
+            });
+        }
+    }
+
+    /// [`AgentConfigs::fetch_failed`]'s state change; whether the failure is new (logged now).
+    fn record_fetch_failure(&self, agent_id: u64, repository: &str, e: &git_mirror::Error) -> bool {
         let mut states = self.states();
         let state = states.entry(agent_id).or_default();
         state.repository = repository.to_owned();
@@ -460,7 +659,9 @@ impl AgentConfigs {
                 "agent configuration fetch failed; the last state stays"
             );
             state.logged = Some(logged);
+            return true;
         }
+        false
     }
 
     /// Polls the repositories matching a push at once (the webhook). `path_with_namespace` and
@@ -540,8 +741,8 @@ impl AgentConfigs {
 
     /// The configuration in force for `agent_id` (its last good one), if any (read by the GitOps
     /// poller, [`crate::gitops_poller`]).
-    pub fn applied_config(&self, agent_id: u64) -> Option<AgentConfig> {
-        self.states().get(&agent_id).and_then(|s| s.config.clone())
+    pub fn applied_config(&self, agent_id: u64) -> Option<agent_config::AgentConfig> {
+        self.good(agent_id).map(|g| g.config.clone())
     }
 
     /// Whether `agent_id` has a config project.
@@ -567,7 +768,7 @@ impl AgentConfigs {
                 "errors": [], "config": null,
             });
         };
-        let status = match (&s.config, s.errors.is_empty()) {
+        let status = match (&s.good, s.errors.is_empty()) {
             (_, false) => "error",
             (Some(_), true) => "ok",
             (None, true) => "pending",
@@ -581,7 +782,23 @@ impl AgentConfigs {
             "applied_commit": s.applied_commit,
             "applied_at": s.applied_at.map(crate::rfc3339::format),
             "errors": s.errors,
-            "config": s.config.as_ref().map(|c| serde_json::to_value(c).unwrap_or(Value::Null)),
+            "config": s.good.as_ref().map(|g| serde_json::to_value(&g.config).unwrap_or(Value::Null)),
+            "fingerprint": s.good.as_ref().map(|g| g.fingerprint.to_string()),
+            "delivery": self.delivery_json(agent_id, s.good.as_deref()),
+        })
+    }
+
+    /// What the agent's open `config` streams know it has: `null` when none is open.
+    fn delivery_json(&self, agent_id: u64, good: Option<&ConfigUpdate>) -> Value {
+        let links = self.links();
+        let Some(link) = links.get(&agent_id) else {
+            return Value::Null;
+        };
+        json!({
+            "streams": link.streams,
+            "commit": link.has.commit(),
+            "up_to_date": good.is_none_or(|g| link.has.is_up_to_date(g)),
+            "delivered_at": link.delivered_at.map(crate::rfc3339::format),
         })
     }
 
@@ -622,7 +839,44 @@ impl AgentConfigs {
              # TYPE kas_agent_configs_with_errors gauge\n\
              kas_agent_configs_with_errors {with_errors}"
         );
+        let (streams, up_to_date) = {
+            let states = self.states();
+            let links = self.links();
+            let streams: u64 = links.values().map(|l| u64::from(l.streams)).sum();
+            let up_to_date = links
+                .iter()
+                .filter(|(id, l)| {
+                    states
+                        .get(id)
+                        .and_then(|s| s.good.as_deref())
+                        .is_none_or(|g| l.has.is_up_to_date(g))
+                })
+                .count();
+            (streams, up_to_date)
+        };
+        let _ = writeln!(
+            out,
+            "# HELP kas_agent_config_sent_total Configurations sent to agents on config streams.\n\
+             # TYPE kas_agent_config_sent_total counter\n\
+             kas_agent_config_sent_total {}\n\
+             # HELP kas_agent_config_streams Open config streams.\n\
+             # TYPE kas_agent_config_streams gauge\n\
+             kas_agent_config_streams {streams}\n\
+             # HELP kas_agent_configs_up_to_date Agents with an open config stream that have their last good configuration.\n\
+             # TYPE kas_agent_configs_up_to_date gauge\n\
+             kas_agent_configs_up_to_date {up_to_date}",
+            self.sent.load(Ordering::Relaxed)
+        );
         out
+    }
+}
+
+/// The message of a JSON error record, for an event.
+fn first_message(error: &Value) -> String {
+    let message = error["message"].as_str().unwrap_or("invalid configuration");
+    match error["line"].as_u64() {
+        Some(line) => format!("line {line}: {message}"),
+        None => message.to_owned(),
     }
 }
 

@@ -41,17 +41,20 @@ pub enum Misbehaviour {
     Flood,
     /// Broke the gitops protocol (bad head, undecodable message or report).
     GitopsStream,
+    /// Broke the config protocol, or opened a config stream kas could not take.
+    ConfigStream,
 }
 
 impl Misbehaviour {
     /// Every kind.
-    pub const ALL: [Misbehaviour; 6] = [
+    pub const ALL: [Misbehaviour; 7] = [
         Misbehaviour::UnknownService,
         Misbehaviour::ViewsStream,
         Misbehaviour::BadResponseHead,
         Misbehaviour::BadResponseBody,
         Misbehaviour::Flood,
         Misbehaviour::GitopsStream,
+        Misbehaviour::ConfigStream,
     ];
 
     /// The `kind` label in metrics and logs.
@@ -63,6 +66,7 @@ impl Misbehaviour {
             Misbehaviour::BadResponseBody => "bad_response_body",
             Misbehaviour::Flood => "flood",
             Misbehaviour::GitopsStream => "gitops_stream",
+            Misbehaviour::ConfigStream => "config_stream",
         }
     }
 }

@@ -68,6 +68,18 @@ pub async fn serve(
                     }
                 });
             }
+            service::CONFIG => {
+                let state2 = state.clone();
+                state.spawner.spawn_detached(async move {
+                    let configs = state2.agent_config.as_ref();
+                    let end = crate::config_stream::serve(configs, agent_id, &head, stream).await;
+                    if let Some(p) = end.problem() {
+                        state2
+                            .agent_log
+                            .warn(agent_id, Misbehaviour::ConfigStream, &p);
+                    }
+                });
+            }
             other => {
                 state.agent_log.warn(
                     agent_id,

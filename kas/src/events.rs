@@ -6,7 +6,9 @@
 //! - `view`: rows of one agent's view changed (from the view mirror, [`crate::mirrors`]);
 //! - `object`: an object in an agent's cluster was added, modified or deleted (agentk's object
 //!   changes, carried on the views stream);
-//! - `agent`: an agent got its first live tunnel connection, or lost its last one ([`Presence`]).
+//! - `agent`: an agent got its first live tunnel connection, or lost its last one ([`Presence`]);
+//! - `config`: an agent's configuration was delivered to it, or a commit was rejected (or could not
+//!   be fetched) and the previous one stays ([`crate::agent_config`]).
 //!
 //! Every subscriber has a bounded queue. Publishing never waits: a subscriber whose queue is full is
 //! too slow for the feed and is dropped (its queue is closed, after the events already in it; a warning
@@ -137,6 +139,18 @@ pub enum Event {
         /// `{"type": "commit" | "rejected" | "fetch_failed" | "source_ok" | "report", …}`.
         data: Value,
     },
+    /// The agent's configuration: `delivered` (sent on its `config` stream), `rejected` (a commit
+    /// that does not parse; the previous one stays) or `fetch_failed`.
+    Config {
+        /// The agent.
+        agent_id: u64,
+        /// `delivered`, `rejected` or `fetch_failed`.
+        status: &'static str,
+        /// The commit delivered or rejected.
+        commit: Option<String>,
+        /// What is wrong (`rejected`, `fetch_failed`).
+        message: Option<String>,
+    },
 }
 
 impl Event {
@@ -146,17 +160,19 @@ impl Event {
             Event::View { agent_id, .. }
             | Event::Object { agent_id, .. }
             | Event::Agent { agent_id, .. }
-            | Event::Gitops { agent_id, .. } => *agent_id,
+            | Event::Gitops { agent_id, .. }
+            | Event::Config { agent_id, .. } => *agent_id,
         }
     }
 
-    /// The event type: `view`, `object`, `agent` or `gitops` (the SSE `event:` field).
+    /// The event type: `view`, `object`, `agent`, `gitops` or `config` (the SSE `event:` field).
     pub fn kind(&self) -> &'static str {
         match self {
             Event::View { .. } => "view",
             Event::Object { .. } => "object",
             Event::Agent { .. } => "agent",
             Event::Gitops { .. } => "gitops",
+            Event::Config { .. } => "config",
         }
     }
 
@@ -167,6 +183,7 @@ impl Event {
     /// {"agent_id": 1, "group": "", "version": "v1", "kind": "Pod", "namespace": "default", "name": "web-1", "uid": "…", "resource_version": "812", "type": "Added"}
     /// {"agent_id": 1, "connected": false}
     /// {"agent_id": 1, "project": "group/manifests", "type": "rejected", "commit": "9fceb02…", "message": "apps/a.yaml:3:1: …"}
+    /// {"agent_id": 1, "status": "delivered", "commit": "9fceb02…", "message": null}
     /// ```
     pub fn to_json(&self) -> Value {
         match self {
@@ -197,6 +214,14 @@ impl Event {
                     map.insert("project".into(), json!(project));
                 }
                 v
+            }
+            Event::Config {
+                agent_id,
+                status,
+                commit,
+                message,
+            } => {
+                json!({"agent_id": agent_id, "status": status, "commit": commit, "message": message})
             }
         }
     }

@@ -67,6 +67,7 @@ pub mod agent_streams;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod config_stream;
 pub mod dashboard;
 pub mod directory;
 pub mod events;

@@ -89,6 +89,7 @@ impl KasState {
 
     /// Sets the agent configuration poller.
     pub fn with_agent_config(mut self, configs: Arc<crate::agent_config::AgentConfigs>) -> Self {
+        configs.attach_events(self.events.clone());
         self.agent_config = Some(configs);
         self
     }

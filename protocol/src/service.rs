@@ -31,6 +31,106 @@ pub const EVENTS: &str = "events";
 /// SERVICES.md §9; messages in the `gitops` crate's `wire` module).
 pub const GITOPS: &str = "gitops";
 
+/// agentk → kas: a long-lived stream on which kas sends agentk's configuration whenever the commit
+/// and the content change (SERVICES.md §8). Method [`CONFIG_METHOD`], path `/`, the agent's last
+/// applied commit in [`CONFIG_COMMIT_HEADER`] (and its content fingerprint in
+/// [`CONFIG_FINGERPRINT_HEADER`]); kas's body is length-delimited JSON `ConfigUpdate` messages.
+pub const CONFIG: &str = "config";
+
+/// The one method of [`CONFIG`] streams (version 1).
+pub const CONFIG_METHOD: &str = "WATCH";
+
+/// Request header of a [`CONFIG`] stream: the commit id of the configuration agentk applied last
+/// (40 or 64 lowercase hex digits); absent when it applied none.
+pub const CONFIG_COMMIT_HEADER: &str = "x-config-commit";
+
+/// Request header of a [`CONFIG`] stream: the content fingerprint (64 lowercase hex digits) of the
+/// configuration agentk applied last; optional.
+pub const CONFIG_FINGERPRINT_HEADER: &str = "x-config-fingerprint";
+
+/// What a [`CONFIG`] request head says the agent has.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigHead {
+    /// The commit of its configuration, if any.
+    pub commit: Option<String>,
+    /// The content fingerprint of its configuration, if given.
+    pub fingerprint: Option<String>,
+}
+
+/// Why a [`CONFIG`] request head is refused (the opener's fault).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigHeadError {
+    /// The method is not [`CONFIG_METHOD`] (the method as received, at most 64 characters).
+    #[error("config stream with method {0:?}")]
+    BadMethod(String),
+    /// A header value is malformed or repeated.
+    #[error("bad {0} header")]
+    BadHeader(&'static str),
+}
+
+/// Whether `s` is a Git object id: 40 (SHA-1) or 64 (SHA-256) lowercase hex digits.
+pub fn is_commit_id(s: &str) -> bool {
+    (s.len() == 40 || s.len() == 64) && is_lower_hex(s)
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The request head agentk opens a [`CONFIG`] stream with.
+pub fn config_request_head(have: &ConfigHead) -> crate::proto::RequestHead {
+    let header = |name: &str, value: &str| crate::proto::Header {
+        name: name.into(),
+        value: bytes::Bytes::copy_from_slice(value.as_bytes()),
+    };
+    let mut headers = Vec::new();
+    if let Some(c) = &have.commit {
+        headers.push(header(CONFIG_COMMIT_HEADER, c));
+    }
+    if let Some(f) = &have.fingerprint {
+        headers.push(header(CONFIG_FINGERPRINT_HEADER, f));
+    }
+    crate::proto::RequestHead {
+        service: CONFIG.into(),
+        method: CONFIG_METHOD.into(),
+        path: "/".into(),
+        headers,
+        timeout_ms: 0,
+    }
+}
+
+/// Reads a [`CONFIG`] request head (kas). Other headers are ignored; an empty value is absent.
+pub fn parse_config_head(head: &crate::proto::RequestHead) -> Result<ConfigHead, ConfigHeadError> {
+    if head.method != CONFIG_METHOD {
+        return Err(ConfigHeadError::BadMethod(
+            head.method.chars().take(64).collect(),
+        ));
+    }
+    let mut out = ConfigHead::default();
+    for h in &head.headers {
+        let (slot, name, valid): (_, _, fn(&str) -> bool) =
+            if h.name.eq_ignore_ascii_case(CONFIG_COMMIT_HEADER) {
+                (&mut out.commit, CONFIG_COMMIT_HEADER, is_commit_id)
+            } else if h.name.eq_ignore_ascii_case(CONFIG_FINGERPRINT_HEADER) {
+                (&mut out.fingerprint, CONFIG_FINGERPRINT_HEADER, |s| {
+                    s.len() == 64 && is_lower_hex(s)
+                })
+            } else {
+                continue;
+            };
+        if h.value.is_empty() {
+            continue;
+        }
+        let value = std::str::from_utf8(&h.value).map_err(|_| ConfigHeadError::BadHeader(name))?;
+        if slot.is_some() || !valid(value) {
+            return Err(ConfigHeadError::BadHeader(name));
+        }
+        *slot = Some(value.to_owned());
+    }
+    Ok(out)
+}
+
 /// Status code carried in a TRAILER when the receiving side failed after the response head.
 pub mod status {
     /// Success.
@@ -270,6 +370,40 @@ mod tests {
         assert!(rule.forwards("accept"));
         // Without a Connection header only the fixed rule applies.
         assert!(HeaderRule::default().forwards("x-secret-hop"));
+    }
+
+    #[test]
+    fn config_heads_round_trip_and_bad_values_are_refused() {
+        let have = ConfigHead {
+            commit: Some("a".repeat(40)),
+            fingerprint: Some("0".repeat(64)),
+        };
+        let head = config_request_head(&have);
+        assert_eq!(head.service, CONFIG);
+        assert_eq!(parse_config_head(&head), Ok(have));
+        assert_eq!(
+            parse_config_head(&config_request_head(&ConfigHead::default())),
+            Ok(ConfigHead::default())
+        );
+        let mut bad = head.clone();
+        bad.method = "SYNC".into();
+        assert!(matches!(
+            parse_config_head(&bad),
+            Err(ConfigHeadError::BadMethod(_))
+        ));
+        for value in ["A".repeat(40), "g".repeat(40), "a".repeat(41), "x".into()] {
+            let mut bad = head.clone();
+            bad.headers[0].value = bytes::Bytes::from(value.clone());
+            assert_eq!(
+                parse_config_head(&bad),
+                Err(ConfigHeadError::BadHeader(CONFIG_COMMIT_HEADER)),
+                "{value}"
+            );
+        }
+        let mut twice = head.clone();
+        twice.headers.push(twice.headers[0].clone());
+        assert!(parse_config_head(&twice).is_err());
+        assert!(is_commit_id(&"b".repeat(64)));
     }
 
     proptest! {

@@ -48,6 +48,7 @@ pub const SCENARIOS: &[(&str, Scenario)] = &[
         reset_cancels_upstream_request,
     ),
     ("unknown-service-refused", unknown_service_refused),
+    ("config-commit-resumed", config_commit_resumed),
     ("k8s-api-uses-own-credentials", k8s_api_uses_own_credentials),
     ("unknown-frame-types-ignored", unknown_frame_types_ignored),
     ("malformed-data-on-stream-0", |s| {
@@ -919,5 +920,126 @@ fn malformed(sh: &Shared, name: &'static str) -> Result<(), String> {
     // The agent may close before it has read everything (oversized frames): ignore write errors.
     let _ = c.peer.send_raw(&octets);
     c.expect_goaway_and_close(code, ANSWER)?;
+    s.not_crashed()
+}
+
+/// The scripted kas's configuration for [`config_commit_resumed`].
+fn scripted_config() -> Result<agent_config::ConfigUpdate, String> {
+    let file = agent_config::ConfigFile::parse("observability:\n  logging:\n    level: debug\n")
+        .map_err(|e| e.to_string())?;
+    let project = agent_config::ProjectId::new("conformance/config").map_err(|e| e.to_string())?;
+    Ok(agent_config::ConfigUpdate::new(
+        &"c0f1".repeat(10),
+        &file,
+        &project,
+    ))
+}
+
+/// Waits on `c` for the agent's `config` stream (other streams the agent opens are refused with
+/// `UNKNOWN_SERVICE`; PINGs are answered); returns its id and head.
+fn await_config_stream(c: &mut KasConn) -> Result<(StreamId, proto::RequestHead), String> {
+    let end = after(Duration::from_secs(15));
+    // Bounded by `end`.
+    while Instant::now() < end {
+        let Some(f) = c.peer.recv(end).map_err(|e| e.to_string())? else {
+            break;
+        };
+        match f {
+            Frame::Request { stream, head, .. }
+                if stream.0 % 2 == 1 && head.service == protocol::service::CONFIG =>
+            {
+                return Ok((stream, head));
+            }
+            Frame::Request { stream, .. } if stream.0 % 2 == 1 => c
+                .peer
+                .send(&Frame::Reset {
+                    stream,
+                    reset: proto::Reset {
+                        code: ErrorCode::UnknownService.to_u32(),
+                        message: "not this one".into(),
+                    },
+                })
+                .map_err(io)?,
+            Frame::Ping {
+                ack: false,
+                payload,
+            } => c
+                .peer
+                .send(&Frame::Ping { ack: true, payload })
+                .map_err(io)?,
+            _ => {}
+        }
+    }
+    Err("the agent opened no config stream within 15 s of ACCEPT".into())
+}
+
+fn header_value(head: &proto::RequestHead, name: &str) -> Option<String> {
+    head.headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// SERVICES.md §8: after the handshake the agent opens a `config` stream (`WATCH /`) naming no
+/// commit; kas answers 200 and sends a configuration; the agent's next connection opens its
+/// `config` stream naming that commit (`x-config-commit`) and, if it sends one, its fingerprint, so
+/// kas need not send it again.
+fn config_commit_resumed(sh: &Shared) -> Result<(), String> {
+    let update = scripted_config()?;
+    let mut s = Session::start(sh, "config-commit-resumed")?;
+    let mut c = established(&mut s)?;
+    let (stream, head) = await_config_stream(&mut c)?;
+    if head.method != protocol::service::CONFIG_METHOD || head.path != "/" {
+        return Err(format!(
+            "config stream opened with {} {}, expected WATCH /",
+            head.method, head.path
+        ));
+    }
+    if let Some(commit) = header_value(&head, protocol::service::CONFIG_COMMIT_HEADER) {
+        return Err(format!(
+            "a fresh agent named commit {commit:?} on its first config stream"
+        ));
+    }
+    c.peer
+        .send_all(&[
+            Frame::Response {
+                stream,
+                head: proto::ResponseHead {
+                    status: 200,
+                    headers: vec![],
+                },
+                end_stream: false,
+            },
+            Frame::Data {
+                stream,
+                data: Bytes::from(update.encode_frame()),
+                end_stream: false,
+            },
+        ])
+        .map_err(io)?;
+    // Time to apply it; then the connection goes away without notice.
+    c.idle(Duration::from_secs(1))?;
+    s.not_crashed()?;
+    drop(c);
+    let mut c = s.accept(Duration::from_secs(30))?;
+    c.check_hello(sh)?;
+    c.accept(kas_settings())?;
+    let (_, head) = await_config_stream(&mut c)?;
+    let commit = header_value(&head, protocol::service::CONFIG_COMMIT_HEADER);
+    if commit.as_deref() != Some(update.commit.as_str()) {
+        return Err(format!(
+            "after reconnecting the agent named commit {commit:?}, expected {:?}",
+            update.commit
+        ));
+    }
+    if let Some(f) = header_value(&head, protocol::service::CONFIG_FINGERPRINT_HEADER)
+        && f != update.fingerprint.0
+    {
+        return Err(format!(
+            "the agent named fingerprint {f:?}, expected {:?}",
+            update.fingerprint.0
+        ));
+    }
     s.not_crashed()
 }

@@ -41,7 +41,7 @@ use crate::wire::{Peer, SendCredit, WireError, summary};
 pub use scenarios::SCENARIOS;
 
 /// Agents listed in `agents.yaml`: ids 1..=AGENTS.
-pub const AGENTS: u64 = 14;
+pub const AGENTS: u64 = 15;
 /// The routing deadline `kas.yaml` configures (a request for an agent that is not connected fails
 /// with 503 after it).
 pub const PENDING_DEADLINE: Duration = Duration::from_secs(2);

@@ -40,6 +40,7 @@ pub const SCENARIOS: &[(&str, Scenario)] = &[
     ),
     ("flow-control-large-response", flow_control_large_response),
     ("ping-answered", ping_answered),
+    ("config-stream-answered", config_stream_answered),
     ("goaway-then-reconnect", goaway_then_reconnect),
     ("reset-on-client-disconnect", reset_on_client_disconnect),
     ("reset-by-agent", reset_by_agent),
@@ -783,4 +784,77 @@ fn bad_user_token_401(sh: &Shared) -> Result<(), String> {
     expect_status(&r, 401, "a wrong user token")?;
     let r = join(api_request(sh, "GET", "/k8s-proxy/version", None, None))?;
     expect_status(&r, 401, "no Authorization header")
+}
+
+/// Waits for kas's RESPONSE on the agent-opened stream `id`.
+fn agent_stream_response(
+    c: &mut AgentConn,
+    id: StreamId,
+) -> Result<(proto::ResponseHead, bool), String> {
+    let end = after(ANSWER);
+    // Bounded by `end`.
+    while let Some(f) = c.next(end)? {
+        if let Frame::Response {
+            stream,
+            head,
+            end_stream,
+        } = f
+            && stream == id
+        {
+            return Ok((head, end_stream));
+        }
+    }
+    Err(format!("kas did not answer stream {} in time", id.0))
+}
+
+fn tunnel_error(head: &proto::ResponseHead) -> Option<String> {
+    head.headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("x-tunnel-error"))
+        .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+}
+
+/// SERVICES.md §8: kas answers the `config` stream of an agent without a config project (the suite's
+/// agents have none) with 404, `x-tunnel-error: no-config` and END_STREAM; a kas that has a
+/// configuration for it may answer 200 instead. A method other than `WATCH` gets 400 `bad-method`
+/// with END_STREAM, on the same connection.
+fn config_stream_answered(sh: &Shared) -> Result<(), String> {
+    use protocol::service::{ConfigHead, config_request_head};
+    let mut c = connect(sh, 15, Settings::default())?;
+    c.peer
+        .send(&Frame::Request {
+            stream: StreamId(1),
+            head: config_request_head(&ConfigHead::default()),
+            end_stream: false,
+        })
+        .map_err(io)?;
+    let (head, ended) = agent_stream_response(&mut c, StreamId(1))?;
+    match head.status {
+        404 if ended && tunnel_error(&head).as_deref() == Some("no-config") => {}
+        200 if !ended => {}
+        s => {
+            return Err(format!(
+                "config stream answered {s} (END_STREAM {ended}, x-tunnel-error {:?}); expected 404 no-config or 200",
+                tunnel_error(&head)
+            ));
+        }
+    }
+    let mut bad = config_request_head(&ConfigHead::default());
+    bad.method = "SYNC".into();
+    c.peer
+        .send(&Frame::Request {
+            stream: StreamId(3),
+            head: bad,
+            end_stream: false,
+        })
+        .map_err(io)?;
+    let (head, ended) = agent_stream_response(&mut c, StreamId(3))?;
+    if head.status != 400 || !ended || tunnel_error(&head).as_deref() != Some("bad-method") {
+        return Err(format!(
+            "config stream with method SYNC answered {} (END_STREAM {ended}, x-tunnel-error {:?}); expected 400 bad-method",
+            head.status,
+            tunnel_error(&head)
+        ));
+    }
+    Ok(())
 }

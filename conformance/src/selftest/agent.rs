@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::io::{self, BufReader, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -67,6 +67,8 @@ pub enum Fault {
     GoawayOnUnknownFrame,
     /// Reports FRAME_SIZE_ERROR as PROTOCOL_ERROR.
     FrameSizeAsProtocol,
+    /// Opens its `config` stream without the commit it applied.
+    ForgetConfigCommit,
 }
 
 /// Every fault by its command-line name.
@@ -94,7 +96,39 @@ pub const FAULTS: &[(&str, Fault)] = &[
     ("no-credit", Fault::NoCredit),
     ("goaway-on-unknown-frame", Fault::GoawayOnUnknownFrame),
     ("frame-size-as-protocol", Fault::FrameSizeAsProtocol),
+    ("forget-config-commit", Fault::ForgetConfigCommit),
 ];
+
+/// The configuration applied last (SERVICES.md §8), kept across connections of this process.
+static APPLIED: Mutex<Option<protocol::service::ConfigHead>> = Mutex::new(None);
+
+/// What the next `config` stream names.
+fn config_have(fault: Fault) -> protocol::service::ConfigHead {
+    if fault == Fault::ForgetConfigCommit {
+        return protocol::service::ConfigHead::default();
+    }
+    APPLIED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .unwrap_or_default()
+}
+
+/// Applies the configuration messages buffered in `decoder`: remembers the last good one.
+fn apply_config(decoder: &mut protocol::cache::MessageDecoder) -> Result<(), String> {
+    // Bounded by the buffered octets.
+    while let Some(bytes) = decoder.next_message().map_err(|e| e.to_string())? {
+        let update = agent_config::ConfigUpdate::from_json(&bytes).map_err(|e| e.to_string())?;
+        if !protocol::service::is_commit_id(&update.commit) {
+            return Err(format!("bad commit {:?}", update.commit));
+        }
+        *APPLIED.lock().unwrap_or_else(|p| p.into_inner()) = Some(protocol::service::ConfigHead {
+            commit: Some(update.commit),
+            fingerprint: Some(update.fingerprint.0),
+        });
+    }
+    Ok(())
+}
 
 impl std::str::FromStr for Fault {
     type Err = String;
@@ -378,6 +412,8 @@ fn serve_once(opts: &AgentOptions, id: u64, notes: &Sender<Note>) -> Result<Endi
     let mut outboxes: BTreeMap<StreamId, Outbox> = BTreeMap::new();
     let mut connected_at = None;
     let mut late: Vec<(Instant, StreamId)> = Vec::new();
+    let mut config_stream: Option<StreamId> = None;
+    let mut config_decoder = protocol::cache::MessageDecoder::default();
     let mut buf = vec![0u8; 64 * 1024];
     // Bounded by the connection: it ends on close, EOF, or its own timers.
     loop {
@@ -391,6 +427,8 @@ fn serve_once(opts: &AgentOptions, id: u64, notes: &Sender<Note>) -> Result<Endi
             match ev {
                 Event::Connected(_) => {
                     connected_at = Some(Instant::now());
+                    let head = protocol::service::config_request_head(&config_have(fault));
+                    config_stream = conn.open_stream(head, false).ok();
                     if fault == Fault::ExceedsStreamLimit {
                         for _ in 0..2 {
                             let head = proto::RequestHead {
@@ -437,6 +475,15 @@ fn serve_once(opts: &AgentOptions, id: u64, notes: &Sender<Note>) -> Result<Endi
                         conn.reset(sid, ErrorCode::UnknownService, "not served here");
                     }
                 }
+                Event::Data { id: sid, data } if Some(sid) == config_stream => {
+                    conn.release_capacity(sid, data.len());
+                    config_decoder.push(&data);
+                    if let Err(e) = apply_config(&mut config_decoder) {
+                        eprintln!("selftest-agent: config stream: {e}");
+                        conn.reset(sid, ErrorCode::Protocol, "bad config message");
+                        config_stream = None;
+                    }
+                }
                 Event::Data { id: sid, data } => {
                     if fault != Fault::NoCredit {
                         conn.release_capacity(sid, data.len());
@@ -459,7 +506,8 @@ fn serve_once(opts: &AgentOptions, id: u64, notes: &Sender<Note>) -> Result<Endi
                     {
                         let _ = f.upstream.shutdown(std::net::Shutdown::Both);
                     }
-                    if remote && fault == Fault::DataAfterReset {
+                    // kas's streams only (even ids): the fault is about answering kas's requests.
+                    if remote && fault == Fault::DataAfterReset && sid.0 % 2 == 0 {
                         // Long after the reset was processed (and any PING behind it answered).
                         late.push((Instant::now() + Duration::from_millis(300), sid));
                     }

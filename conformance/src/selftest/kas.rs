@@ -70,6 +70,8 @@ pub enum Fault {
     CrashOnMissingToken,
     /// Enforces no flood limits: never closes a PING or rapid-reset flooder with ENHANCE_YOUR_CALM.
     NoFloodLimits,
+    /// Refuses `config` streams with RESET `UNKNOWN_SERVICE` instead of answering them.
+    RefuseConfigStreams,
 }
 
 /// Every fault by its command-line name.
@@ -97,6 +99,7 @@ pub const FAULTS: &[(&str, Fault)] = &[
     ("accept-highest-version", Fault::AcceptHighestVersion),
     ("crash-on-missing-token", Fault::CrashOnMissingToken),
     ("no-flood-limits", Fault::NoFloodLimits),
+    ("refuse-config-streams", Fault::RefuseConfigStreams),
 ];
 
 impl std::str::FromStr for Fault {
@@ -621,6 +624,27 @@ fn serve_agent(opts: &KasOptions, hub: &Hub, mut tcp: TcpStream) -> Result<(), S
                         });
                     }
                     me = Some(cid);
+                }
+                Event::StreamOpened { id, head, .. }
+                    if head.service == protocol::service::CONFIG
+                        && fault != Fault::RefuseConfigStreams =>
+                {
+                    // SERVICES.md §8: this kas has no configuration for any agent.
+                    let (status, reason) = if head.method == protocol::service::CONFIG_METHOD {
+                        (404, "no-config")
+                    } else {
+                        (400, "bad-method")
+                    };
+                    let head = proto::ResponseHead {
+                        status,
+                        headers: vec![proto::Header {
+                            name: "x-tunnel-error".into(),
+                            value: bytes::Bytes::from_static(reason.as_bytes()),
+                        }],
+                    };
+                    if conn.send_response(id, head, true).is_err() {
+                        conn.reset(id, ErrorCode::Internal, "cannot answer");
+                    }
                 }
                 Event::StreamOpened { id, .. } => {
                     conn.reset(id, ErrorCode::UnknownService, "kas serves no agent streams");

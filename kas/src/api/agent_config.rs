@@ -6,12 +6,19 @@
 //!  "applied_commit": "1b2c3d4…", "applied_at": "2026-12-03T10:35:02Z",
 //!  "errors": [{"kind": "syntax", "commit": "9fceb02…", "file": ".gitlab/agents/agent-1/config.yaml",
 //!              "path": "", "line": 3, "column": 5, "message": "…"}],
-//!  "config": {"observability": {"logging": {"level": "info", …}}, "gitops": {"manifest_projects": []}}}
+//!  "config": {"observability": {"logging": {"level": "info", …}}, "gitops": {"manifest_projects": []}},
+//!  "fingerprint": "3a7b…",
+//!  "delivery": {"streams": 1, "commit": "1b2c3d4…", "up_to_date": true,
+//!               "delivered_at": "2026-12-03T10:35:02Z"}}
 //! ```
 //!
 //! `status`: `ok`, `error` (the last commit is broken or the last fetch failed: `config` is the last
 //! good one, from `applied_commit`), `pending` (not fetched yet), `not_configured` (no config
 //! project). Fetch errors have `kind: "fetch"` with `code` and `fault`. 404 for an unknown agent.
+//! `fingerprint` is the content fingerprint of `config` (with the access grants) as sent on the
+//! `config` stream; `delivery` is `null` while the agent has no `config` stream open, otherwise what
+//! kas knows it has (`commit`: the commit it named or was last sent; `up_to_date`: it has the last
+//! good configuration).
 //!
 //! The webhook takes GitLab's push event: `X-Gitlab-Token` must equal the shared secret
 //! (`agent_configuration.webhook_secret_file`, compared in constant time; 401 otherwise, the value is
