@@ -48,6 +48,9 @@ pub struct Agent {
     services: Services,
     cache: Option<CacheSetup>,
     config: ConfigHandle,
+    /// The Kubernetes client the GitOps workers apply with (started after the first handshake,
+    /// which names the agent and so its inventories).
+    gitops_client: kube::Client,
 }
 
 /// The informer cache, built but not started.
@@ -152,6 +155,8 @@ impl Agent {
             services,
             cache,
             config: ConfigHandle::new(config.log_level.clone()),
+            gitops_client: kube::Client::try_from(kube_config.clone())
+                .map_err(|e| Error::kube("the GitOps client", e))?,
         })
     }
 
@@ -177,6 +182,9 @@ impl Agent {
         let mut serial = 0u64;
         let mut live: Vec<Live> = Vec::new();
         let mut reload_token = false;
+        // GitOps: workers follow the applied configuration and use the current connection.
+        let (conn_tx, conn_rx) = tokio::sync::watch::channel(None::<Connection>);
+        let mut gitops: Option<JoinHandle<()>> = None;
         tracing::info!(kas = %self.address, "agentk starting");
         // Runs until shutdown; every iteration dials once and then waits (back-off, or the life of
         // the connection), so it never spins.
@@ -216,6 +224,10 @@ impl Agent {
                         agent_id = established.agent_id,
                         connection_id = %established.connection_id,
                     );
+                    conn_tx.send_replace(Some(conn.clone()));
+                    if gitops.is_none() {
+                        gitops = Some(self.start_gitops(established.agent_id, conn_rx.clone()));
+                    }
                     let serving = serve_connection(conn.clone(), services.clone());
                     let views = services.cache.clone().map(|c| views::run(conn.clone(), c));
                     let config = config_client::run(conn.clone(), self.config.clone());
@@ -276,8 +288,42 @@ impl Agent {
                 }
             }
         }
+        if let Some(g) = gitops {
+            g.abort();
+        }
         self.close_all(live).await;
         drop(running_cache);
+    }
+
+    /// Starts the GitOps workers for agent `agent_id`: they follow the configuration kas sends
+    /// (its `gitops.manifest_projects`) and open their streams on the connection in `conns`.
+    fn start_gitops(
+        &self,
+        agent_id: u64,
+        conns: tokio::sync::watch::Receiver<Option<Connection>>,
+    ) -> JoinHandle<()> {
+        let mut applied = self.config.subscribe();
+        let (config_tx, config_rx) = tokio::sync::watch::channel(None);
+        let workers = crate::gitops::GitopsWorkers::new(
+            self.gitops_client.clone(),
+            crate::gitops::WorkerSettings::for_agent(&agent_id.to_string()),
+        );
+        tokio::spawn(async move {
+            let forward = async move {
+                // Forwards each applied configuration (only its content matters to the workers).
+                loop {
+                    let config = applied
+                        .borrow_and_update()
+                        .as_ref()
+                        .map(|a| Arc::new(a.config.clone()));
+                    config_tx.send_replace(config);
+                    if applied.changed().await.is_err() {
+                        break;
+                    }
+                }
+            };
+            tokio::join!(forward, workers.run(conns, config_rx));
+        })
     }
 
     /// Reads the token file again (after kas refused the token); keeps the old token on failure.

@@ -39,7 +39,12 @@ pub struct MetaOverrides {
 
 /// The services agentk always serves or opens, announced in HELLO (`config`: it opens a config
 /// stream on every connection).
-pub const CAPABILITIES: &[&str] = &[service::K8S_API, service::SERVICE_PROXY, service::CONFIG];
+pub const CAPABILITIES: &[&str] = &[
+    service::K8S_API,
+    service::SERVICE_PROXY,
+    service::CONFIG,
+    service::GITOPS,
+];
 
 /// Announced in addition to [`CAPABILITIES`] while the informer cache runs: kas may query the
 /// cache (`cache`) and agentk opens a `views` stream on every connection.
@@ -286,11 +291,21 @@ mod tests {
         assert_eq!(m.pod_namespace, "ns");
         assert_eq!(m.node_name, "n");
         assert_eq!(m.version, env!("CARGO_PKG_VERSION"));
-        assert_eq!(m.capabilities, vec!["k8s-api", "service-proxy", "config"]);
+        assert_eq!(
+            m.capabilities,
+            vec!["k8s-api", "service-proxy", "config", "gitops"]
+        );
         let m = MetaOverrides::default().agent_meta(true);
         assert_eq!(
             m.capabilities,
-            vec!["k8s-api", "service-proxy", "config", "cache", "views"]
+            vec![
+                "k8s-api",
+                "service-proxy",
+                "config",
+                "gitops",
+                "cache",
+                "views"
+            ]
         );
         let m = MetaOverrides {
             capabilities: Some(vec!["x".into()]),

@@ -31,7 +31,14 @@ async fn the_mirror_follows_the_cluster() {
     let conn = kas.next_connection().await;
     assert_eq!(
         conn.meta.capabilities,
-        vec!["k8s-api", "service-proxy", "config", "cache", "views"]
+        vec![
+            "k8s-api",
+            "service-proxy",
+            "config",
+            "gitops",
+            "cache",
+            "views"
+        ]
     );
     let state = SharedMirror::default();
     let _kas_side = serve_views(conn.connection.clone(), state.clone());

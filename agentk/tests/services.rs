@@ -44,7 +44,7 @@ async fn hello_announces_capabilities_and_version() {
     assert_eq!(s.conn.agent_id, 42);
     assert_eq!(
         s.conn.meta.capabilities,
-        vec!["k8s-api", "service-proxy", "config"]
+        vec!["k8s-api", "service-proxy", "config", "gitops"]
     );
     assert_eq!(s.conn.meta.version, env!("CARGO_PKG_VERSION"));
     s.agent.shutdown().await.expect("clean shutdown");
