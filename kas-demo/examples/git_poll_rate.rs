@@ -3,12 +3,16 @@
 //! of the same repositories in the same run as the baseline.
 //!
 //! ```text
-//! cargo run --release -p kas --example git_poll_rate -- [N,N,...] [seconds]
+//! cargo run --release -p kas-demo --example git_poll_rate -- [N,N,...] [seconds]
 //! ```
 //!
 //! Defaults: N = 1,10,100 and 5 s of measuring per cell (every loop is bounded in count and time). N
 //! agents each name their own config project (`git://127.0.0.1:<port>/r<i>.git`, one config file each),
-//! served by a real `git daemon` on loopback (Debian's `git`). The poller runs as in kas — a full poll,
+//! served on loopback by Debian's `git daemon` in two ways: stand-alone (`git daemon --listen …`, whose
+//! listen backlog is 5: more than 5 connections arriving at once wait for a SYN retransmission, 1 s),
+//! and as the demo serves it ([`kas_demo::git::GitServer`]: the demo accepts, backlog 128, and hands
+//! each connection to `git daemon --inetd`). The example lives in kas-demo for that server; it drives
+//! kas's poller directly. The poller runs as in kas — a full poll,
 //! then the next one after `poll_period` (1 ms here, so polls run back to back), at most
 //! [`kas::agent_config::MAX_CONCURRENT_FETCHES`] fetches at once, each an unchanged `git-mirror` update
 //! plus reading and parsing the agent's file — and the rate is read from its
@@ -18,9 +22,9 @@
 //! Measured on the 2-core CI machine (release build, shared with other builds; `git daemon` forks
 //! `git upload-pack` for every poll on the same cores, which dominates):
 //!
-//! | N repos | kas repository polls/s | full polls/s (all N) | `git ls-remote`/s | kas vs ls-remote |
-//! |---:|---:|---:|---:|---:|
-//! | (filled in by the run recorded in the report) | | | | |
+//! | server | N repos | kas repository polls/s | full polls/s (all N) | `git ls-remote`/s | kas vs ls-remote |
+//! |---|---:|---:|---:|---:|---:|
+//! | (filled in by the run recorded in the report) | | | | | |
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -33,6 +37,7 @@ use git_mirror::testing::{GitDaemon, TestRepo};
 use kas::agent_config::{AgentConfigs, Settings};
 use kas::auth::{AgentsFile, TokenDigest};
 use kas::directory::AgentDirectory;
+use kas_demo::git::GitServer;
 
 /// Upper bound on loop iterations of one measurement, whatever the time budget.
 const MAX_ITERATIONS: u64 = 1_000_000;
@@ -60,21 +65,30 @@ fn main() {
         repo.commit("config").unwrap();
     }
     let daemon = GitDaemon::start(&srv).unwrap();
+    let inetd = GitServer::start("127.0.0.1:0".parse().unwrap(), &srv).unwrap();
+    let servers: [(&str, &dyn Fn(&str) -> String); 2] = [
+        ("`git daemon --inetd` (demo)", &|name| inetd.url(name)),
+        ("`git daemon` stand-alone", &|name| daemon.url(name)),
+    ];
 
     println!(
-        "| N repos | kas repository polls/s | full polls/s (all N) | `git ls-remote`/s | kas vs ls-remote |"
+        "| server | N repos | kas repository polls/s | full polls/s (all N) | `git ls-remote`/s | kas vs ls-remote |"
     );
-    println!("|---:|---:|---:|---:|---:|");
-    for &n in &ns {
-        let urls: Vec<String> = (0..n).map(|i| daemon.url(&format!("r{i}"))).collect();
-        let polls = kas_poll_rate(&urls, dir.path().join(format!("mirrors-{n}")), budget);
-        let ls_remote = ls_remote_rate(&urls, budget);
-        println!(
-            "| {n} | {polls:.0} | {:.1} | {ls_remote:.0} | {:.1}× |",
-            polls / n as f64,
-            polls / ls_remote
-        );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (k, (server, url)) in servers.iter().enumerate() {
+        for &n in &ns {
+            let urls: Vec<String> = (0..n).map(|i| url(&format!("r{i}"))).collect();
+            let mirrors = dir.path().join(format!("mirrors-{k}-{n}"));
+            let polls = kas_poll_rate(&urls, mirrors, budget);
+            let ls_remote = ls_remote_rate(&urls, budget);
+            println!(
+                "| {server} | {n} | {polls:.0} | {:.1} | {ls_remote:.0} | {:.1}× |",
+                polls / n as f64,
+                polls / ls_remote
+            );
+        }
     }
+    inetd.shutdown();
 }
 
 /// Repository polls per second of one poller over `urls` (agent `i+1` uses `urls[i]`).
