@@ -39,6 +39,9 @@ use kas::auth::{AgentsFile, TokenDigest};
 use kas::directory::AgentDirectory;
 use kas_demo::git::GitServer;
 
+/// A server's URL of repository `name`.
+type UrlOf<'a> = &'a dyn Fn(&str) -> String;
+
 /// Upper bound on loop iterations of one measurement, whatever the time budget.
 const MAX_ITERATIONS: u64 = 1_000_000;
 
@@ -66,7 +69,7 @@ fn main() {
     }
     let daemon = GitDaemon::start(&srv).unwrap();
     let inetd = GitServer::start("127.0.0.1:0".parse().unwrap(), &srv).unwrap();
-    let servers: [(&str, &dyn Fn(&str) -> String); 2] = [
+    let servers: [(&str, UrlOf); 2] = [
         ("`git daemon --inetd` (demo)", &|name| inetd.url(name)),
         ("`git daemon` stand-alone", &|name| daemon.url(name)),
     ];
