@@ -275,3 +275,27 @@ fn the_curl_hook_reaches_kas_too() {
     assert!(!remote.contains(secret.trim()), "{remote}");
     demo.shutdown();
 }
+
+/// Every fetch that brings a change adds a pack to kas's mirror; gix's default table of 32 pack
+/// indices made the 32nd change fail every later fetch of the repository.
+#[test]
+fn forty_pushes_in_a_row_each_reach_kas() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Demo::start(&options(dir.path().join("state"), 1)).unwrap();
+    let api = demo.api_client(Duration::from_secs(5)).unwrap();
+    let work = clone(
+        &demo.git_url(CONFIG_REPO).unwrap(),
+        &dir.path().join("config"),
+    );
+    for i in 0..40 {
+        std::fs::write(work.join("counter.txt"), format!("{i}\n")).unwrap();
+        git(&work, &["add", "counter.txt"]).unwrap();
+        git(&work, &["commit", "-q", "-m", &format!("push {i}")]).unwrap();
+        let pushed = git(&work, &["rev-parse", "HEAD"]).unwrap();
+        push(&work);
+        let (v, ok) = wait_config(&api, 1, SEEN_WITHIN, |v| v["commit"] == pushed.as_str());
+        assert!(ok, "push {i}: kas did not see {pushed}: {v}");
+        assert_eq!(v["status"], "ok", "push {i}: {v}");
+    }
+    demo.shutdown();
+}
