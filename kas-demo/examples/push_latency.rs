@@ -11,6 +11,13 @@
 //! Prints p50/p99/max over M pushes (default 50) of: `git push` alone (it returns after the hook ran)
 //! and push start → commit visible at kas. Every wait is bounded (10 s per push).
 //!
+//! Measured on the 2-core CI machine (debug build, load 16 from parallel builds), 50 pushes:
+//!
+//! | measured | pushes | p50 ms | p99 ms |
+//! |---|---:|---:|---:|
+//! | `git push` to config (returns after the hook) | 50 | 262 | 489 |
+//! | push → commit visible at kas | 50 | 363 | 557 |
+//!
 //! Each measured stage is one function `fn(&Stage, &str) -> bool` called with the pushed commit until
 //! it holds ([`commit_at_kas`]); push → object applied in the cluster is one more such function (push
 //! to the manifests repository, then `kubectl get` or the simulated API server's store), added to
