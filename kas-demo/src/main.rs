@@ -33,7 +33,8 @@ struct DemoArgs {
     /// kas's HTTP API (HTTPS with the demo CA).
     #[arg(long, default_value = "127.0.0.1:8080")]
     api_listen: SocketAddr,
-    /// The demo's git:// server (config and manifests repositories).
+    /// The demo's git:// server (config and manifests repositories). Anyone who reaches it can push:
+    /// keep it on loopback.
     #[arg(long, default_value = "127.0.0.1:9418")]
     git_listen: SocketAddr,
     /// Churn steps per second in each simulated cluster.
