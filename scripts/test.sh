@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README's second command and CI's only step.
-# Installs the system programs the tests need (kubectl, chromium, git, nginx, fcgiwrap, ss, script) when they are missing.
+# Installs the system programs the tests need (kubectl, chromium, git, curl, nginx, fcgiwrap, ss, script) when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,8 @@ command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 # git-mirror's tests serve repositories with git daemon and git http-backend (both in Debian's git) behind nginx + fcgiwrap
 command -v git >/dev/null 2>&1 || need_apt+=(git)
+# kas-demo's git test also drives the demo repositories' curl post-receive hook
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1 || need_apt+=(nginx)
 { command -v fcgiwrap || [ -x /usr/sbin/fcgiwrap ]; } >/dev/null 2>&1 || need_apt+=(fcgiwrap)
 # `ss` reads listen backlogs (kas's listener test)

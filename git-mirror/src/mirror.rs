@@ -159,23 +159,37 @@ impl std::fmt::Debug for Mirror {
     }
 }
 
+/// Pack indices a mirror can hold at once, at least (see [`open_options`]).
+pub(crate) const MIRROR_INDEX_SLOTS: usize = 256;
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Configuration every mirror is opened with: no global or system configuration, no environment, one
 /// indexing thread (kas runs many fetches), protocol v2, and gix's allocation limit.
+///
+/// Every fetch that brings objects adds a pack, and gix sizes its table of pack indices when the
+/// repository is opened (by default the packs on disk, at least 32): with the default, the 32nd
+/// fetched pack failed every later update ("too few index slots"). [`MIRROR_INDEX_SLOTS`] delay that
+/// (a slot is a few dozen bytes, allocated at open); the lasting fix is to compact or re-create a
+/// mirror whose pack count nears its slots.
 fn open_options(limits: &Limits) -> gix::open::Options {
-    gix::open::Options::isolated().config_overrides([
-        format!("gitoxide.objects.allocLimit={}", limits.max_object_bytes),
-        "pack.threads=1".to_owned(),
-        "protocol.version=2".to_owned(),
-        "core.logAllRefUpdates=false".to_owned(),
-        format!(
-            "gitoxide.userAgent=kas-git-mirror/{}",
-            env!("CARGO_PKG_VERSION")
-        ),
-    ])
+    gix::open::Options::isolated()
+        .object_store_slots(gix::odb::store::init::Slots::AsNeededByDiskState {
+            multiplier: 2.0,
+            minimum: MIRROR_INDEX_SLOTS,
+        })
+        .config_overrides([
+            format!("gitoxide.objects.allocLimit={}", limits.max_object_bytes),
+            "pack.threads=1".to_owned(),
+            "protocol.version=2".to_owned(),
+            "core.logAllRefUpdates=false".to_owned(),
+            format!(
+                "gitoxide.userAgent=kas-git-mirror/{}",
+                env!("CARGO_PKG_VERSION")
+            ),
+        ])
 }
 
 impl Mirror {

@@ -13,8 +13,17 @@
 //! `/k8s-proxy`, so the real `kubectl` reaches each cluster through kas.
 //!
 //! Every file in the state directory is what the hand-started pieces use, so the same deployment can be
-//! run piece by piece (`kas --config DIR/kas.yaml`, `simulator apiserver …`, `agentk …`):
+//! run piece by piece (`kas --config DIR/kas.yaml`, `simulator apiserver …`, `agentk …`, `git daemon …`):
 //! [`Demo::manual_commands`] prints those commands.
+//!
+//! With Debian's `git` installed it also creates a config repository and a manifests repository in
+//! `DIR/git/` and serves them on loopback ([`git`]): every agent's `config_project` is the config
+//! repository, whose `.gitlab/agents/agent-N/config.yaml` enables GitOps on the manifests repository, and
+//! a push reaches kas at once through its push webhook (`kas-demo webhook`, [`webhook`]).
+
+pub mod api_client;
+pub mod git;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -42,6 +51,14 @@ pub struct DemoOptions {
     pub pods: usize,
     /// Churn steps per second in each cluster.
     pub churn: f64,
+    /// The demo's `git://` server. Port 0 (the default here, so that demos started side by side by
+    /// tests never collide): the OS chooses; the `kas-demo` command's default is 9418 (Git's port).
+    pub git_listen: SocketAddr,
+    /// How the repositories' `post-receive` hooks reach kas (`None`: [`git::HookClient::find`] — this
+    /// program if it is `kas-demo`, else a `kas-demo` next to it, else `curl`).
+    pub hooks: Option<git::HookClient>,
+    /// kas's `agent_configuration.poll_period` (a push webhook makes kas read at once anyway).
+    pub config_poll_period: Duration,
 }
 
 impl DemoOptions {
@@ -54,6 +71,9 @@ impl DemoOptions {
             nodes: 3,
             pods: 12,
             churn: 0.5,
+            git_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            hooks: None,
+            config_poll_period: Duration::from_secs(300),
         }
     }
 }
@@ -86,6 +106,20 @@ pub enum DemoError {
     Agent(u64, agentk::Error),
     #[error("agents {0:?} did not connect within {1:?}")]
     AgentsNotConnected(Vec<u64>, Duration),
+    #[error("agents file {}: {reason}", path.display())]
+    AgentsYaml { path: PathBuf, reason: String },
+    #[error("API client: {0}")]
+    Client(String),
+}
+
+/// The demo's Git side: serving, or why not.
+enum GitSide {
+    Serving {
+        server: git::GitServer,
+        repos: git::Repos,
+        hooks: git::HookClient,
+    },
+    Off(String),
 }
 
 fn write(path: &Path, text: &str) -> Result<(), DemoError> {
@@ -115,6 +149,9 @@ pub struct Demo {
     user_token: String,
     /// Where the demo user's token is (the banner names the file, never the token).
     user_token_file: PathBuf,
+    /// The push webhook's shared secret.
+    webhook_secret_file: PathBuf,
+    git: GitSide,
 }
 
 impl Demo {
@@ -138,6 +175,12 @@ impl Demo {
         let files = pki.write_pem_files(&dir)?;
         let agents = AgentsFile::generate(opts.agents, &dir)?;
         let user = UsersFile::generate_demo(&dir)?;
+        let webhook_secret_file = write_webhook_secret(&dir)?;
+        let names: Vec<String> = agents.iter().map(|a| a.name.clone()).collect();
+        let mut git_side = start_git(opts, &dir, &names);
+        if let GitSide::Serving { server, .. } = &git_side {
+            set_config_projects(&dir, &server.url(git::CONFIG_REPO))?;
+        }
 
         let mut config = Config {
             state_dir: dir.clone(),
@@ -157,8 +200,25 @@ impl Demo {
         config.api_listener.public_read = true;
         config.agent_auth.backend = AuthBackendConfig::Embedded;
         config.users.file = dir.join("users.yaml");
+        config.agent_configuration.poll_period = opts.config_poll_period;
+        config.agent_configuration.webhook_secret_file = Some(webhook_secret_file.clone());
         config.write(dir.join("kas.yaml"))?;
         let kas = Kas::start_with(config, StartOptions::default())?;
+        if let GitSide::Serving { repos, hooks, .. } = &mut git_side {
+            *hooks = opts
+                .hooks
+                .clone()
+                .unwrap_or_else(|| git::HookClient::find(None));
+            let target = git::HookTarget {
+                url: format!("{}/api/v1/webhooks/git", kas.api_url()),
+                ca_file: files.ca.clone(),
+                secret_file: webhook_secret_file.clone(),
+            };
+            if let Err(e) = repos.write_hooks(hooks, &target) {
+                tracing::warn!(error = %e, "cannot write the demo repositories' hooks; pushes reach kas at its next poll");
+                *hooks = git::HookClient::None;
+            }
+        }
 
         // The clusters and their agents share one tokio runtime (agentk and the simulated API server
         // are tokio programs; kas runs on its own smol executor).
@@ -224,6 +284,8 @@ impl Demo {
             ca_file: files.ca,
             user_token: user.token.clone(),
             user_token_file: user.token_file.clone(),
+            webhook_secret_file,
+            git: git_side,
         };
         demo.write_kubeconfig()?;
         write(&dir.join("manual-commands.sh"), &demo.manual_commands())?;
@@ -262,6 +324,42 @@ impl Demo {
     /// The file holding the demo user's token.
     pub fn user_token_file(&self) -> &Path {
         &self.user_token_file
+    }
+
+    /// A client of kas's API trusting the demo CA, each call bounded by `timeout`.
+    pub fn api_client(&self, timeout: Duration) -> Result<api_client::ApiClient, DemoError> {
+        api_client::ApiClient::new(&self.kas().api_url(), &self.ca_file, timeout)
+            .map_err(|e| DemoError::Client(e.to_string()))
+    }
+
+    /// The file holding the push webhook's shared secret (`X-Gitlab-Token`).
+    pub fn webhook_secret_file(&self) -> &Path {
+        &self.webhook_secret_file
+    }
+
+    /// The clone URL of a demo repository ([`git::CONFIG_REPO`], [`git::MANIFESTS_REPO`]), or why
+    /// the demo runs without Git.
+    pub fn git_url(&self, repo: &str) -> Result<String, String> {
+        match &self.git {
+            GitSide::Serving { server, .. } => Ok(server.url(repo)),
+            GitSide::Off(why) => Err(why.clone()),
+        }
+    }
+
+    /// The bare repository of a demo repository, if Git is on.
+    pub fn git_repo_path(&self, repo: &str) -> Option<PathBuf> {
+        match &self.git {
+            GitSide::Serving { repos, .. } => Some(repos.path(repo)),
+            GitSide::Off(_) => None,
+        }
+    }
+
+    /// How the repositories' hooks reach kas (none when Git is off).
+    pub fn hook_client(&self) -> git::HookClient {
+        match &self.git {
+            GitSide::Serving { hooks, .. } => hooks.clone(),
+            GitSide::Off(_) => git::HookClient::None,
+        }
     }
 
     /// The demo user's bearer value for an agent (`pat:<id>:<token>`).
@@ -324,7 +422,25 @@ impl Demo {
             self.kas().agent_addr()
         ));
         s.push_str(&format!("state dir:      {}\n", self.state_dir.display()));
-        s.push_str(&format!("kubeconfig:     {}\n\n", kubeconfig.display()));
+        s.push_str(&format!("kubeconfig:     {}\n", kubeconfig.display()));
+        match &self.git {
+            GitSide::Serving { server, hooks, .. } => {
+                let how = match hooks {
+                    git::HookClient::None => "kas reads them at its next poll",
+                    _ => "a push reaches kas at once",
+                };
+                s.push_str(&format!(
+                    "git:            {} (config and GitOps; {how})\n\n",
+                    server.addr()
+                ));
+                s.push_str("edit the agents' configuration and the manifests they apply:\n");
+                for repo in [git::CONFIG_REPO, git::MANIFESTS_REPO] {
+                    s.push_str(&format!("  git clone {}\n", server.url(repo)));
+                }
+                s.push('\n');
+            }
+            GitSide::Off(why) => s.push_str(&format!("git:            off: {why}\n\n")),
+        }
         s.push_str("try:\n");
         s.push_str(&format!(
             "  kubectl --kubeconfig {} get pods\n",
@@ -340,6 +456,11 @@ impl Demo {
         ));
         let ca = self.ca_file.display();
         s.push_str(&format!("  curl --cacert {ca} {api}/api/v1/agents\n"));
+        if matches!(self.git, GitSide::Serving { .. }) {
+            s.push_str(&format!(
+                "  curl --cacert {ca} {api}/api/v1/agents/1/config\n"
+            ));
+        }
         // The token stays in its file: output that ends up in terminals' scrollback, CI logs or
         // screenshots shows where it is, not what it is.
         s.push_str(&format!(
@@ -359,6 +480,9 @@ impl Demo {
              # On a real deployment kas runs on one machine and each agentk inside its cluster.\n\
              kas --config {dir}/kas.yaml &\n"
         );
+        if let GitSide::Serving { server, .. } = &self.git {
+            s.push_str(&format!("{} &\n", server.daemon_command()));
+        }
         for c in &self.clusters {
             let port = c.apiserver.addr().port();
             s.push_str(&format!(
@@ -382,6 +506,11 @@ impl Demo {
         if let Some(stop) = self.stop_agents.take() {
             let _ = stop.send(true);
         }
+        if let GitSide::Serving { server, .. } =
+            std::mem::replace(&mut self.git, GitSide::Off("stopped".into()))
+        {
+            server.shutdown();
+        }
         if let Some(kas) = self.kas.take() {
             kas.shutdown_within(Duration::from_secs(5));
         }
@@ -394,14 +523,85 @@ impl Demo {
     }
 }
 
+/// `DIR/webhook.secret`: kept if it exists, else a new random secret (owner-only).
+fn write_webhook_secret(dir: &Path) -> Result<PathBuf, DemoError> {
+    let path = dir.join("webhook.secret");
+    let existing = std::fs::read_to_string(&path).unwrap_or_default();
+    if existing.trim().is_empty() {
+        write(&path, &format!("{}\n", kas::auth::generate_token()))?;
+    }
+    set_owner_only(&path);
+    Ok(path)
+}
+
+/// Creates and serves the demo repositories, or says why the demo runs without them.
+fn start_git(opts: &DemoOptions, dir: &Path, agents: &[String]) -> GitSide {
+    let off = |why: String| {
+        tracing::warn!(reason = %why, "the demo runs without its Git repositories");
+        GitSide::Off(why)
+    };
+    if let Err(e) = git::find_git() {
+        return off(e.to_string());
+    }
+    let root = dir.join("git");
+    let server = match git::GitServer::start(opts.git_listen, &root) {
+        Ok(s) => s,
+        Err(e) => return off(format!("{e} (choose another with --git-listen)")),
+    };
+    match git::Repos::create(&root, agents, &server.url(git::MANIFESTS_REPO)) {
+        Ok(repos) => GitSide::Serving {
+            server,
+            repos,
+            hooks: git::HookClient::None,
+        },
+        Err(e) => off(e.to_string()),
+    }
+}
+
+/// Points every agent of the generated agents file at the config repository.
+fn set_config_projects(dir: &Path, url: &str) -> Result<(), DemoError> {
+    let path = dir.join(kas::auth::AGENTS_FILE_NAME);
+    let bad = |reason: String| DemoError::AgentsYaml {
+        path: path.clone(),
+        reason,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let agents = doc
+        .get_mut("agents")
+        .and_then(serde_yaml::Value::as_sequence_mut)
+        .ok_or_else(|| bad("no agents list".into()))?;
+    for agent in agents.iter_mut() {
+        let project = serde_yaml::to_value(kas::auth::ConfigProject {
+            url: url.to_owned(),
+            token_file: None,
+            username: None,
+            header_file: None,
+            ca_file: None,
+        })
+        .map_err(|e| bad(e.to_string()))?;
+        if let Some(map) = agent.as_mapping_mut() {
+            map.insert("config_project".into(), project);
+        }
+    }
+    let yaml = serde_yaml::to_string(&doc).map_err(|e| bad(e.to_string()))?;
+    write(
+        &path,
+        &format!(
+            "# Agents kas accepts: id, name, SHA-256 of the token (hex) and the config project\n\
+             # (kas-demo's config repository). Tokens are not stored here.\n{yaml}"
+        ),
+    )
+}
+
 #[cfg(unix)]
-fn set_owner_only(path: &Path) {
+pub(crate) fn set_owner_only(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
 }
 
 #[cfg(not(unix))]
-fn set_owner_only(_: &Path) {}
+pub(crate) fn set_owner_only(_: &Path) {}
 
 /// The demo cluster's in-cluster service: `monitoring/prometheus`, port `web`, whose cluster IP is
 /// loopback in the simulation.
