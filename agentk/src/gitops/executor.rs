@@ -73,12 +73,19 @@ impl Executor {
             } => {
                 let api = self.configmaps(&inventory.namespace);
                 let params = PatchParams::apply("agentk-inventory").force();
-                Outcome::InventoryWritten(
-                    api.patch(&inventory.name, &params, &Patch::Apply(configmap))
-                        .await
-                        .map(|_| ())
-                        .map_err(api_error),
-                )
+                let mut written = api
+                    .patch(&inventory.name, &params, &Patch::Apply(configmap))
+                    .await;
+                // The inventory's namespace (agentk's own, normally) may not exist yet in a fresh
+                // cluster: create it once, then write again.
+                if matches!(&written, Err(e) if not_found(e))
+                    && self.ensure_namespace(&inventory.namespace).await
+                {
+                    written = api
+                        .patch(&inventory.name, &params, &Patch::Apply(configmap))
+                        .await;
+                }
+                Outcome::InventoryWritten(written.map(|_| ()).map_err(api_error))
             }
             Action::ReadObject {
                 object,
@@ -114,6 +121,32 @@ impl Executor {
                 self.prune(object, uid.clone(), *propagation, *dry_run)
                     .await,
             ),
+        }
+    }
+
+    /// Creates `namespace` with server-side apply (field manager `agentk-inventory`); whether it
+    /// now exists.
+    async fn ensure_namespace(&self, namespace: &str) -> bool {
+        let ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("", "v1", "Namespace"),
+            "namespaces",
+        );
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
+        let manifest = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": namespace},
+        });
+        let params = PatchParams::apply("agentk-inventory");
+        match api.patch(namespace, &params, &Patch::Apply(manifest)).await {
+            Ok(_) => {
+                tracing::info!(namespace, "gitops: created the inventory namespace");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(namespace, error = %e, "gitops: cannot create the inventory namespace");
+                false
+            }
         }
     }
 
