@@ -19,9 +19,9 @@
 //! | push → commit visible at kas | 50 | 363 | 557 |
 //!
 //! Each measured stage is one function `fn(&Stage, &str) -> bool` called with the pushed commit until
-//! it holds ([`commit_at_kas`]); push → object applied in the cluster is one more such function (push
-//! to the manifests repository, then `kubectl get` or the simulated API server's store), added to
-//! [`STAGES`].
+//! it holds: [`commit_at_kas`] (config repository) and [`applied_in_cluster`] (manifests repository:
+//! agentk reports the commit applied with server-side apply, so the changed ConfigMap is in the
+//! cluster).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -30,7 +30,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kas_demo::api_client::ApiClient;
-use kas_demo::git::{CONFIG_REPO, HookClient};
+use kas_demo::git::{CONFIG_REPO, HookClient, MANIFESTS_REPO};
 use kas_demo::{Demo, DemoOptions};
 
 /// How long one push may take to become visible.
@@ -47,7 +47,10 @@ struct Stage<'a> {
 type Check = fn(&Stage, &str) -> bool;
 
 /// The stages measured, each over M pushes to its repository.
-const STAGES: &[(&str, &str, Check)] = &[("commit visible at kas", CONFIG_REPO, commit_at_kas)];
+const STAGES: &[(&str, &str, Check)] = &[
+    ("commit visible at kas", CONFIG_REPO, commit_at_kas),
+    ("applied in the cluster", MANIFESTS_REPO, applied_in_cluster),
+];
 
 /// kas's `GET /api/v1/agents/1/config` names `commit`.
 fn commit_at_kas(stage: &Stage, commit: &str) -> bool {
@@ -55,6 +58,20 @@ fn commit_at_kas(stage: &Stage, commit: &str) -> bool {
         .api
         .get_json("/api/v1/agents/1/config")
         .map(|(_, v)| v["commit"] == commit)
+        .unwrap_or(false)
+}
+
+/// agentk reports (`GET /api/v1/agents/1/gitops`) that it applied the pushed commit with server-side
+/// apply: every object of the set is in the (simulated) cluster.
+fn applied_in_cluster(stage: &Stage, commit: &str) -> bool {
+    stage
+        .api
+        .get_json("/api/v1/agents/1/gitops")
+        .map(|(_, v)| {
+            v["projects"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["sync"]["synced_commit"] == commit))
+        })
         .unwrap_or(false)
 }
 
@@ -89,8 +106,17 @@ fn push_and_wait(
     stage: &Stage,
     arrived: Check,
 ) -> (Duration, Option<Duration>) {
-    std::fs::write(work.join("push-latency.txt"), format!("push {i}\n")).unwrap();
-    git(work, &["add", "push-latency.txt"]);
+    // A manifest (the manifests repository selects `**/*.yaml`), so that every push changes an
+    // object in the cluster; in the config repository it is just a file.
+    let file = "push-latency.yaml";
+    std::fs::write(
+        work.join(file),
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: push-latency\n  namespace: demo\ndata:\n  push: \"{i}\"\n"
+        ),
+    )
+    .unwrap();
+    git(work, &["add", file]);
     git(work, &["commit", "-q", "-m", &format!("push {i}")]);
     let commit = git(work, &["rev-parse", "HEAD"]);
     let t0 = Instant::now();
