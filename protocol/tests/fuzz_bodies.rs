@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use protocol::frame::{Frame, PREFACE, StreamId};
-use protocol::pair::Rng;
+use protocol::testing::pair::Rng;
 use protocol::proto;
 
 fn env_u64(name: &str, default: u64) -> u64 {

@@ -302,7 +302,7 @@ impl FlowTable {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use protocol::pair::Pair;
+    use protocol::testing::pair::Pair;
     use protocol::proto;
     use std::time::Instant;
 
