@@ -355,7 +355,8 @@ mod tok {
 mod sml {
     use super::*;
     use runtime_smol::{Connection, Server};
-    use smol::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // by name: shadows the tokio extension traits `super::*` brings (the stream type has both)
+    use smol::io::{AsyncReadExt, AsyncWriteExt};
 
     pub async fn pair(t: &Tls) -> Result<(Server, Connection, Connection)> {
         let server = Server::bind(

@@ -1,28 +1,107 @@
 //! # runtime-tokio: the agent tunnel on tokio
 //!
-//! I/O glue only: the protocol lives in `protocol`, the shared session state, driver loop and handshake
-//! in `runtime-core`. This crate supplies:
-//!
-//! | module | what it is |
-//! |---|---|
-//! | [`io`] | `runtime_core::Transport` for any tokio `AsyncRead + AsyncWrite`, `runtime_core::Timer` for `tokio::time::Sleep` |
-//! | [`agent`] | [`connect_agent`] (TCP + `tokio-rustls` + HELLO) and [`connect_agent_over`] (any byte stream) |
-//! | [`server`] | [`Server`] (listener, TLS, async authenticator, one handshake task per connection) and [`accept_over`] |
-//! | [`connection`] | [`Connection`], the cloneable handle: open/accept streams, graceful close, stats |
-//! | [`stream`] | [`Stream`] with `tokio::io::AsyncRead + AsyncWrite` (shutdown = finish), split halves |
-//!
-//! Each connection runs one spawned driver task (`runtime_core::Driver`) that owns the transport.
-//! `runtime-smol` has the same API for smol and `futures-io`; the behaviour suite in
-//! `runtime_core::suite` runs against both.
+//! The adapter only: [`Tokio`] implements [`runtime_core::Runtime`] with `tokio::spawn`,
+//! `tokio::time::Sleep` and tokio's TCP types (seen as futures-io through `tokio_util::compat`).
+//! Everything else — driver, TLS (futures-rustls), handshakes, [`Server`], [`Connection`], the one
+//! [`Stream`] type, which implements `tokio::io::AsyncRead/AsyncWrite` here (runtime-core's `tokio`
+//! feature) as well as the futures-io traits — is `runtime-core`'s, re-exported with the runtime fixed.
+//! Calls need a tokio runtime context, as `tokio::spawn` does. `runtime-smol` is the same adapter for
+//! smol; the behaviour suite (`runtime_core::testing`) runs against both.
 
-pub mod agent;
-pub mod connection;
-pub mod io;
-pub mod server;
-pub mod stream;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
 
-pub use agent::{connect_agent, connect_agent_over};
-pub use connection::Connection;
-pub use runtime_core::{Accepted, AgentOptions, Authenticator, Error, ServerConnection, protocol};
-pub use server::{Server, accept_over};
-pub use stream::{RecvStream, SendStream, Stream};
+use runtime_core::{AsyncTimer, BoxFuture, BoxIo, Dial, Listener, Runtime};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio_util::compat::TokioAsyncReadCompatExt;
+
+pub use runtime_core::{
+    Accepted, AgentOptions, Authenticator, Connection, ConnectionHandle, Error, RecvStream,
+    SendStream, ServerConnection, Stream, protocol,
+};
+
+/// tokio as a [`Runtime`] (the ambient runtime of the calling task).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tokio;
+
+/// The runtime to hand to `runtime_core`'s functions.
+pub fn runtime() -> Arc<dyn Runtime> {
+    Arc::new(Tokio)
+}
+
+/// A listening tunnel server on tokio (see [`runtime_core::Server`]).
+pub type Server = runtime_core::ServerOn<Tokio>;
+
+/// Dials `to` (a `SocketAddr` or `(host, port)`), verifies the server as `server_name` over TLS, and
+/// runs the tunnel handshake (see [`runtime_core::connect_agent`]).
+pub async fn connect_agent(
+    to: impl Into<Dial>,
+    tls: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+    opts: AgentOptions,
+) -> Result<(Connection, protocol::Established), Error> {
+    runtime_core::connect_agent(runtime(), to, tls, server_name, opts).await
+}
+
+impl Runtime for Tokio {
+    fn spawn(&self, task: BoxFuture<()>) {
+        tokio::spawn(task);
+    }
+
+    fn new_timer(&self, at: Instant) -> Pin<Box<dyn AsyncTimer>> {
+        Box::pin(Timer(Box::pin(tokio::time::sleep_until(at.into()))))
+    }
+
+    fn connect(&self, host: String, port: u16) -> BoxFuture<io::Result<BoxIo>> {
+        Box::pin(async move {
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            Ok(Box::new(tcp.compat()) as BoxIo)
+        })
+    }
+
+    fn listen(&self, listener: std::net::TcpListener) -> io::Result<Box<dyn Listener>> {
+        listener.set_nonblocking(true)?;
+        Ok(Box::new(TcpListener(tokio::net::TcpListener::from_std(
+            listener,
+        )?)))
+    }
+}
+
+/// `tokio::time::Sleep`, re-armed in place.
+#[derive(Debug)]
+struct Timer(Pin<Box<tokio::time::Sleep>>);
+
+impl AsyncTimer for Timer {
+    fn reset(self: Pin<&mut Self>, at: Instant) {
+        self.get_mut().0.as_mut().reset(at.into());
+    }
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.get_mut().0.as_mut().poll(cx)
+    }
+}
+
+#[derive(Debug)]
+struct TcpListener(tokio::net::TcpListener);
+
+impl Listener for TcpListener {
+    fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.0.local_addr()
+    }
+
+    fn accept(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = io::Result<(BoxIo, std::net::SocketAddr)>> + Send + '_>> {
+        Box::pin(async move {
+            let (tcp, peer) = self.0.accept().await?;
+            tcp.set_nodelay(true)?;
+            Ok((Box::new(tcp.compat()) as BoxIo, peer))
+        })
+    }
+}
