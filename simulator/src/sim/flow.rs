@@ -302,8 +302,8 @@ impl FlowTable {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use protocol::testing::pair::Pair;
     use protocol::proto;
+    use protocol::testing::pair::Pair;
     use std::time::Instant;
 
     #[test]
