@@ -1,5 +1,6 @@
-//! What a runtime adapter exports, written once: the adapters fix the runtime by type
-//! (`runtime_smol::Server` is [`ServerOn<Smol>`](ServerOn)) so that their callers never pass one.
+//! What a runtime adapter exports, written once: [`adapter!`](crate::adapter) writes an adapter's
+//! public API with its runtime fixed by type (`runtime_smol::Server` is `ServerOn<Smol>`), so that
+//! kas and agentk never pass a runtime.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -8,7 +9,8 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use protocol::Config;
-use rustls::ServerConfig;
+pub use rustls::pki_types::ServerName;
+pub use rustls::{ClientConfig, ServerConfig};
 
 use crate::error::Error;
 use crate::handshake::Authenticator;
@@ -91,4 +93,37 @@ impl<R> Deref for ServerOn<R> {
     fn deref(&self) -> &Server {
         &self.server
     }
+}
+
+/// Writes a runtime adapter's public API for its runtime type `$rt` (a unit struct implementing
+/// [`Runtime`] and `Default`): the re-exports of this crate's types, `runtime()`, `Server` and
+/// `connect_agent`.
+#[macro_export]
+macro_rules! adapter {
+    ($rt:ident) => {
+        pub use $crate::{
+            Accepted, AgentOptions, Authenticator, Connection, ConnectionHandle, Error, RecvStream,
+            SendStream, ServerConnection, Stream, protocol,
+        };
+
+        /// The runtime to hand to `runtime_core`'s functions.
+        pub fn runtime() -> ::std::sync::Arc<dyn $crate::Runtime> {
+            ::std::sync::Arc::new($rt)
+        }
+
+        /// A listening tunnel server on this runtime (see `runtime_core::Server`).
+        pub type Server = $crate::ServerOn<$rt>;
+
+        /// Dials `to` (a `SocketAddr` or `(host, port)`), verifies the server as `server_name` over
+        /// TLS, and runs the tunnel handshake (see `runtime_core::connect_agent`).
+        pub async fn connect_agent(
+            to: impl ::std::convert::Into<$crate::Dial>,
+            tls: ::std::sync::Arc<$crate::facade::ClientConfig>,
+            server_name: $crate::facade::ServerName<'static>,
+            opts: $crate::AgentOptions,
+        ) -> ::std::result::Result<($crate::Connection, $crate::protocol::Established), $crate::Error>
+        {
+            $crate::connect_agent(runtime(), to, tls, server_name, opts).await
+        }
+    };
 }

@@ -54,7 +54,12 @@ pub trait AsyncTimer: Send + Debug {
 pub trait Listener: Send + Sync + Debug {
     fn local_addr(&self) -> io::Result<SocketAddr>;
     /// The next connection, with `TCP_NODELAY` set, and its peer address.
-    fn accept(&self) -> Pin<Box<dyn Future<Output = io::Result<(BoxIo, SocketAddr)>> + Send + '_>>;
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(BoxIo, SocketAddr)>>;
+}
+
+/// The next connection `listener` accepts.
+pub async fn accept(listener: &dyn Listener) -> io::Result<(BoxIo, SocketAddr)> {
+    poll_fn(|cx| listener.poll_accept(cx)).await
 }
 
 /// Sleeps for `d` on `rt`'s timer.

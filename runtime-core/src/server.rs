@@ -14,7 +14,7 @@ use crate::driver::Driver;
 use crate::error::Error;
 use crate::handle::ConnectionHandle;
 use crate::handshake::{Authenticator, ServerConnection, server_handshake};
-use crate::runtime::{AsyncIo, Listener, Runtime, sleep, timeout};
+use crate::runtime::{AsyncIo, Listener, Runtime, accept, sleep, timeout};
 use crate::session::Session;
 
 /// Authenticated connections waiting for [`Server::accept`].
@@ -94,7 +94,7 @@ async fn accept_loop(
     tx: Sender<ServerConnection<ConnectionHandle>>,
 ) {
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let (tcp, peer) = match accept(&*listener).await {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");

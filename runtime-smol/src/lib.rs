@@ -4,47 +4,23 @@
 //! (`smol::spawn`; `SMOL_THREADS` sets its thread count), `async_io` timers and smol's TCP types.
 //! Everything else — driver, TLS (futures-rustls), handshakes, [`Server`], [`Connection`], the one
 //! [`Stream`] type with the futures-io traits — is `runtime-core`'s, re-exported here with the runtime
-//! fixed, so kas never names a runtime. `runtime-tokio` is the same adapter for tokio; the behaviour
-//! suite (`runtime_core::testing`) runs against both.
+//! fixed ([`runtime_core::adapter!`]), so kas never names a runtime. `runtime-tokio` is the same
+//! adapter for tokio; the behaviour suite (`runtime_core::testing`) runs against both.
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use runtime_core::{AsyncTimer, BoxFuture, BoxIo, Dial, Listener, Runtime};
-use rustls::ClientConfig;
-use rustls::pki_types::ServerName;
-
-pub use runtime_core::{
-    Accepted, AgentOptions, Authenticator, Connection, ConnectionHandle, Error, RecvStream,
-    SendStream, ServerConnection, Stream, protocol,
-};
+use runtime_core::{AsyncTimer, BoxFuture, BoxIo, Listener, Runtime};
 
 /// smol as a [`Runtime`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Smol;
 
-/// The runtime to hand to `runtime_core`'s functions.
-pub fn runtime() -> Arc<dyn Runtime> {
-    Arc::new(Smol)
-}
-
-/// A listening tunnel server on smol (see [`runtime_core::Server`]).
-pub type Server = runtime_core::ServerOn<Smol>;
-
-/// Dials `to` (a `SocketAddr` or `(host, port)`), verifies the server as `server_name` over TLS, and
-/// runs the tunnel handshake (see [`runtime_core::connect_agent`]).
-pub async fn connect_agent(
-    to: impl Into<Dial>,
-    tls: Arc<ClientConfig>,
-    server_name: ServerName<'static>,
-    opts: AgentOptions,
-) -> Result<(Connection, protocol::Established), Error> {
-    runtime_core::connect_agent(runtime(), to, tls, server_name, opts).await
-}
+runtime_core::adapter!(Smol);
 
 impl Runtime for Smol {
     fn spawn(&self, task: BoxFuture<()>) {
@@ -64,9 +40,7 @@ impl Runtime for Smol {
     }
 
     fn listen(&self, listener: std::net::TcpListener) -> io::Result<Box<dyn Listener>> {
-        Ok(Box::new(TcpListener(smol::net::TcpListener::try_from(
-            listener,
-        )?)))
+        Ok(Box::new(TcpListener(smol::Async::new(listener)?)))
     }
 }
 
@@ -80,25 +54,32 @@ impl AsyncTimer for Timer {
     }
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(&mut self.get_mut().0).poll(cx).map(|_| ())
+        Pin::new(&mut self.get_mut().0).poll(cx).map(drop)
     }
 }
 
+/// A non-blocking std listener registered with smol's reactor.
 #[derive(Debug)]
-struct TcpListener(smol::net::TcpListener);
+struct TcpListener(smol::Async<std::net::TcpListener>);
 
 impl Listener for TcpListener {
-    fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
-        self.0.local_addr()
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.get_ref().local_addr()
     }
 
-    fn accept(
-        &self,
-    ) -> Pin<Box<dyn Future<Output = io::Result<(BoxIo, std::net::SocketAddr)>> + Send + '_>> {
-        Box::pin(async move {
-            let (tcp, peer) = self.0.accept().await?;
-            tcp.set_nodelay(true)?;
-            Ok((Box::new(tcp) as BoxIo, peer))
-        })
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(BoxIo, SocketAddr)>> {
+        loop {
+            match self.0.get_ref().accept() {
+                Ok((tcp, peer)) => {
+                    let tcp = smol::net::TcpStream::try_from(tcp)?;
+                    tcp.set_nodelay(true)?;
+                    return Poll::Ready(Ok((Box::new(tcp), peer)));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(self.0.poll_readable(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
     }
 }

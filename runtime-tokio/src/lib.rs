@@ -4,49 +4,25 @@
 //! `tokio::time::Sleep` and tokio's TCP types (seen as futures-io through `tokio_util::compat`).
 //! Everything else — driver, TLS (futures-rustls), handshakes, [`Server`], [`Connection`], the one
 //! [`Stream`] type, which implements `tokio::io::AsyncRead/AsyncWrite` here (runtime-core's `tokio`
-//! feature) as well as the futures-io traits — is `runtime-core`'s, re-exported with the runtime fixed.
-//! Calls need a tokio runtime context, as `tokio::spawn` does. `runtime-smol` is the same adapter for
-//! smol; the behaviour suite (`runtime_core::testing`) runs against both.
+//! feature) as well as the futures-io traits — is `runtime-core`'s, re-exported with the runtime fixed
+//! ([`runtime_core::adapter!`]). Calls need a tokio runtime context, as `tokio::spawn` does.
+//! `runtime-smol` is the same adapter for smol; the behaviour suite (`runtime_core::testing`) runs
+//! against both.
 
-use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use runtime_core::{AsyncTimer, BoxFuture, BoxIo, Dial, Listener, Runtime};
-use rustls::ClientConfig;
-use rustls::pki_types::ServerName;
+use runtime_core::{AsyncTimer, BoxFuture, BoxIo, Listener, Runtime};
 use tokio_util::compat::TokioAsyncReadCompatExt;
-
-pub use runtime_core::{
-    Accepted, AgentOptions, Authenticator, Connection, ConnectionHandle, Error, RecvStream,
-    SendStream, ServerConnection, Stream, protocol,
-};
 
 /// tokio as a [`Runtime`] (the ambient runtime of the calling task).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Tokio;
 
-/// The runtime to hand to `runtime_core`'s functions.
-pub fn runtime() -> Arc<dyn Runtime> {
-    Arc::new(Tokio)
-}
-
-/// A listening tunnel server on tokio (see [`runtime_core::Server`]).
-pub type Server = runtime_core::ServerOn<Tokio>;
-
-/// Dials `to` (a `SocketAddr` or `(host, port)`), verifies the server as `server_name` over TLS, and
-/// runs the tunnel handshake (see [`runtime_core::connect_agent`]).
-pub async fn connect_agent(
-    to: impl Into<Dial>,
-    tls: Arc<ClientConfig>,
-    server_name: ServerName<'static>,
-    opts: AgentOptions,
-) -> Result<(Connection, protocol::Established), Error> {
-    runtime_core::connect_agent(runtime(), to, tls, server_name, opts).await
-}
+runtime_core::adapter!(Tokio);
 
 impl Runtime for Tokio {
     fn spawn(&self, task: BoxFuture<()>) {
@@ -67,9 +43,8 @@ impl Runtime for Tokio {
 
     fn listen(&self, listener: std::net::TcpListener) -> io::Result<Box<dyn Listener>> {
         listener.set_nonblocking(true)?;
-        Ok(Box::new(TcpListener(tokio::net::TcpListener::from_std(
-            listener,
-        )?)))
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        Ok(Box::new(TcpListener(listener)))
     }
 }
 
@@ -91,15 +66,13 @@ impl AsyncTimer for Timer {
 struct TcpListener(tokio::net::TcpListener);
 
 impl Listener for TcpListener {
-    fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
         self.0.local_addr()
     }
 
-    fn accept(
-        &self,
-    ) -> Pin<Box<dyn Future<Output = io::Result<(BoxIo, std::net::SocketAddr)>> + Send + '_>> {
-        Box::pin(async move {
-            let (tcp, peer) = self.0.accept().await?;
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(BoxIo, SocketAddr)>> {
+        self.0.poll_accept(cx).map(|accepted| {
+            let (tcp, peer) = accepted?;
             tcp.set_nodelay(true)?;
             Ok((Box::new(tcp.compat()) as BoxIo, peer))
         })

@@ -29,7 +29,7 @@ use crate::agent::connect_agent_over;
 use crate::error::Error;
 use crate::handle::ConnectionHandle as Connection;
 use crate::handshake::{Accepted, AgentOptions};
-use crate::runtime::{BoxFuture, Runtime};
+use crate::runtime::{BoxFuture, Runtime, accept};
 use crate::server::accept_over;
 pub use switch::{Switch, SwitchState, Switched};
 pub use tasks::{Gate, JoinHandle, Rt, sleep, spawn, timeout};
@@ -99,7 +99,7 @@ pub async fn pair(rt: Rt, setup: Setup) -> Result<Pair, Error> {
     } = setup;
     let server_rt = Arc::clone(rt);
     let server_side = spawn(rt, async move {
-        let (tcp, peer) = listener.accept().await.map_err(Error::Io)?;
+        let (tcp, peer) = accept(&*listener).await.map_err(Error::Io)?;
         let tls = TlsAcceptor::from(server_tls)
             .accept(Switched {
                 inner: tcp,

@@ -99,6 +99,24 @@ async fn read_until_error(s: &Stream) -> Error {
     }
 }
 
+/// Accepts the next stream on `conn`, answers 200 and reads it until it fails (the task's output).
+fn answer_and_read_until_error(rt: Rt, conn: &Connection) -> JoinHandle<Error> {
+    let conn = conn.clone();
+    spawn(rt, async move {
+        let (_, s) = conn.accept_stream().await.expect("a stream");
+        s.respond(status(200), false).expect("respond");
+        read_until_error(&s).await
+    })
+}
+
+/// Opens `path`, sends `body` (without finishing) and waits for the 200.
+async fn open_answered(conn: &Connection, path: &str, body: &[u8]) -> Stream {
+    let s = conn.open(head(path), false).expect("open");
+    write_all(&s, body).await.expect("write");
+    assert_eq!(s.response().await.expect("response").status, 200);
+    s
+}
+
 /// The standard handler: `/echo` echoes, `/sink` reads everything and answers with a trailer holding
 /// the count, anything else is a 404.
 async fn handle(head: RequestHead, s: Arc<Stream>) -> Result<(), Error> {
@@ -415,15 +433,8 @@ pub async fn half_close_acceptor_finishes_first(rt: Rt) {
 /// The opener resets mid-body: the acceptor's read fails with the remote reset and its code.
 pub async fn reset_by_opener(rt: Rt) {
     let p = pair(rt, Setup::default()).await;
-    let server = p.server.clone();
-    let acceptor = spawn(rt, async move {
-        let (_, s) = server.accept_stream().await.expect("a stream");
-        s.respond(status(200), false).expect("respond");
-        read_until_error(&s).await
-    });
-    let s = p.agent.open(head("/reset"), false).expect("open");
-    write_all(&s, &pattern(1, 64 * 1024)).await.expect("write");
-    assert_eq!(s.response().await.expect("response").status, 200);
+    let acceptor = answer_and_read_until_error(rt, &p.server);
+    let s = open_answered(&p.agent, "/reset", &pattern(1, 64 * 1024)).await;
     s.reset(ErrorCode::Cancel);
     match read(&s, &mut [0u8; 16]).await {
         Err(Error::StreamReset {
@@ -695,15 +706,8 @@ pub async fn goaway_drains_in_flight_streams(rt: Rt) {
 /// `Aborted`, the peer `Remote { CANCEL }`, and the stream fails on both sides.
 pub async fn goaway_deadline_aborts_stuck_streams(rt: Rt) {
     let p = pair(rt, Setup::default()).await;
-    let server = p.server.clone();
-    let stuck = spawn(rt, async move {
-        let (_, s) = server.accept_stream().await.expect("a stream");
-        s.respond(status(200), false).expect("respond");
-        read_until_error(&s).await
-    });
-    let s = p.agent.open(head("/stuck"), false).expect("open");
-    write_all(&s, b"never finished").await.expect("write");
-    assert_eq!(s.response().await.expect("response").status, 200);
+    let stuck = answer_and_read_until_error(rt, &p.server);
+    let s = open_answered(&p.agent, "/stuck", b"never finished").await;
     let reason = p.server.close(Duration::from_millis(300)).await;
     assert!(
         matches!(
