@@ -79,7 +79,7 @@ async fn read_to_end(s: &Stream) -> Result<Vec<u8>, Error> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = read(&s, &mut buf).await?;
+        let n = read(s, &mut buf).await?;
         if n == 0 {
             return Ok(out);
         }
@@ -91,7 +91,7 @@ async fn read_to_end(s: &Stream) -> Result<Vec<u8>, Error> {
 async fn read_until_error(s: &Stream) -> Error {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        match read(&s, &mut buf).await {
+        match read(s, &mut buf).await {
             Ok(0) => panic!("stream ended cleanly where an error was expected"),
             Ok(_) => {}
             Err(e) => return e,
@@ -135,7 +135,7 @@ async fn handle(head: RequestHead, s: Arc<Stream>) -> Result<(), Error> {
         }
         "/sink" => {
             s.respond(status(200), false)?;
-            let n = read_to_end(&*s).await?.len();
+            let n = read_to_end(&s).await?.len();
             s.send_trailer(Trailer {
                 code: 0,
                 message: n.to_string(),
@@ -173,7 +173,7 @@ async fn echo_on(rt: Rt, s: Arc<Stream>, data: Arc<Vec<u8>>) -> Result<Vec<u8>, 
     };
     let resp = s.response().await?;
     assert_eq!(resp.status, 200);
-    let got = read_to_end(&*s).await?;
+    let got = read_to_end(&s).await?;
     writer.await?;
     Ok(got)
 }
@@ -550,7 +550,7 @@ pub async fn peer_killed_mid_stream(rt: Rt) {
         .map(|_| p.agent.open(head("/doomed"), false).expect("open"))
         .collect();
     for (i, s) in streams.iter().enumerate() {
-        write_all(&s, &pattern(i as u64, 10_000))
+        write_all(s, &pattern(i as u64, 10_000))
             .await
             .expect("write");
         assert_eq!(s.response().await.expect("response").status, 200);
@@ -562,7 +562,7 @@ pub async fn peer_killed_mid_stream(rt: Rt) {
             Error::TransportClosed => {}
             other => panic!("agent stream saw {other:?}"),
         }
-        assert!(write_all(&s, b"x").await.is_err());
+        assert!(write_all(s, b"x").await.is_err());
     }
     for r in readers {
         match step(rt, "server stream fails", r).await {
@@ -755,8 +755,8 @@ pub async fn stream_limit_is_a_typed_error(rt: Rt) {
         other => panic!("fifth open: {:?}", other.map(|_| ())),
     }
     let first = &streams[0];
-    write_all(&first, b"ping").await.expect("write");
-    shutdown(&first).await.expect("finish");
+    write_all(first, b"ping").await.expect("write");
+    shutdown(first).await.expect("finish");
     assert_eq!(read_to_end(first).await.expect("echo"), b"ping");
     let late = p
         .agent
