@@ -1,7 +1,8 @@
 //! # runtime-tokio: the agent tunnel on tokio
 //!
 //! The adapter only: [`Tokio`] implements [`runtime_core::Runtime`] with `tokio::spawn`,
-//! `tokio::time::Sleep` and tokio's TCP types (seen as futures-io through `tokio_util::compat`).
+//! `tokio::time::Sleep` and tokio's TCP types (seen as futures-io through [`Tcp`], which unlike
+//! `tokio_util::compat` keeps vectored writes: TLS hands the socket many records at once).
 //! Everything else — driver, TLS (futures-rustls), handshakes, [`Server`], [`Connection`], the one
 //! [`Stream`] type, which implements `tokio::io::AsyncRead/AsyncWrite` here (runtime-core's `tokio`
 //! feature) as well as the futures-io traits — is `runtime-core`'s, re-exported with the runtime fixed
@@ -9,14 +10,14 @@
 //! `runtime-smol` is the same adapter for smol; the behaviour suite (`runtime_core::testing`) runs
 //! against both.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use runtime_core::{AsyncTimer, BoxFuture, BoxIo, Listener, Runtime};
-use tokio_util::compat::TokioAsyncReadCompatExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// tokio as a [`Runtime`] (the ambient runtime of the calling task).
 #[derive(Debug, Clone, Copy, Default)]
@@ -37,7 +38,7 @@ impl Runtime for Tokio {
         Box::pin(async move {
             let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
-            Ok(Box::new(tcp.compat()) as BoxIo)
+            Ok(Box::new(Tcp(tcp)) as BoxIo)
         })
     }
 
@@ -74,7 +75,49 @@ impl Listener for TcpListener {
         self.0.poll_accept(cx).map(|accepted| {
             let (tcp, peer) = accepted?;
             tcp.set_nodelay(true)?;
-            Ok((Box::new(tcp.compat()) as BoxIo, peer))
+            Ok((Box::new(Tcp(tcp)) as BoxIo, peer))
         })
+    }
+}
+
+/// A tokio TCP stream with the futures-io traits.
+#[derive(Debug)]
+pub struct Tcp(pub tokio::net::TcpStream);
+
+impl futures_io::AsyncRead for Tcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut buf = ReadBuf::new(buf);
+        ready!(Pin::new(&mut self.get_mut().0).poll_read(cx, &mut buf))?;
+        Poll::Ready(Ok(buf.filled().len()))
+    }
+}
+
+impl futures_io::AsyncWrite for Tcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
 }
