@@ -175,6 +175,12 @@ macro_rules! send_methods {
     )*};
 }
 
+impl SendStream {
+    pub fn id(&self) -> StreamId {
+        self.inner.id
+    }
+}
+
 recv_methods!(Stream, RecvStream);
 send_methods!(Stream, SendStream);
 
