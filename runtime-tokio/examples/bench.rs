@@ -210,6 +210,9 @@ async fn raw_latency(t: &Tls) -> Result<Vec<Duration>> {
         let mut buf = [0u8; SMALL];
         while s.read_exact(&mut buf).await.is_ok() {
             s.write_all(&buf).await?;
+            // tokio-rustls may keep records it could not write yet until a flush: without it, a
+            // reply can sit in the buffer forever (the bench used to hang now and then)
+            s.flush().await?;
         }
         anyhow::Ok(())
     });
@@ -225,6 +228,7 @@ async fn raw_latency(t: &Tls) -> Result<Vec<Duration>> {
     while start.elapsed() < PHASE && rtts.len() < 200_000 {
         let t0 = Instant::now();
         s.write_all(&msg).await?;
+        s.flush().await?;
         s.read_exact(&mut buf).await?;
         rtts.push(t0.elapsed());
     }
@@ -518,7 +522,8 @@ fn main() -> Result<()> {
             measure(tunnel::bulk(&tunnel_rt, &agent, 1), &mut t1).await?;
             measure(tunnel::bulk(&tunnel_rt, &agent, 64), &mut t64).await?;
         }
-        let (tun_rtt, raw_rtt) = (tunnel::latency(&kas).await?, raw_latency(&t).await?);
+        let tun_rtt = tunnel::latency(&kas).await?;
+        let raw_rtt = raw_latency(&t).await?;
 
         let runtime = if use_smol {
             "runtime-smol"
