@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use protocol::frame::{Decoder, Frame, MAX_FRAME_SIZE_LIMIT, PREFACE};
-use protocol::pair::{Pair, Rng};
+use protocol::testing::pair::{Pair, Rng};
 use protocol::{
     AgentHello, CloseReason, Config, Connection, ErrorCode, Event, Settings, StreamId, proto,
 };

@@ -11,7 +11,7 @@
 //! - after an error the decoder is poisoned: it repeats the same error.
 use protocol::FrameError;
 use protocol::frame::{Decoder, Frame, MAX_FRAME_SIZE_LIMIT};
-use protocol::pair::Rng;
+use protocol::testing::pair::Rng;
 
 /// Frames until the decoder wants more input, then the error if it stopped on one.
 fn decode_all(d: &mut Decoder, out: &mut Vec<Frame>) -> Option<FrameError> {

@@ -9,7 +9,7 @@
 //!    decoder, next to a `memcpy` of the same 16 KiB measured in the same run, with the ratio. The codec
 //!    copies the payload twice (into the encode buffer, then into the decoder's buffer; the decoded
 //!    payload itself is a zero-copy slice), so about 0.5x the memcpy rate is the ceiling.
-//! 2. The pair harness ([`protocol::pair::Pair`]): body octets per second moved from agent to server
+//! 2. The pair harness ([`protocol::testing::pair::Pair`]): body octets per second moved from agent to server
 //!    over 1 and 64 concurrent streams, default settings (16 KiB frames, 1 MiB stream windows, 16 MiB
 //!    connection window), the receiver releasing capacity as soon as it sees the data, chunks of up to
 //!    1 MiB between the connections. This is the whole Sans-IO stack without a socket: framing, flow
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use protocol::frame::{Decoder, Frame, HEADER_LEN, MAX_FRAME_SIZE_LIMIT};
-use protocol::pair::Pair;
+use protocol::testing::pair::Pair;
 use protocol::{Event, StreamId, proto};
 
 /// Duration of one run.

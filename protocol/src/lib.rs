@@ -9,10 +9,9 @@
 //! | [`tunnel`] | the connection: frames, flow control, the [`Connection`] state machine, events, errors |
 //! | [`proto`] | protobuf control payloads generated from `proto/tunnel.proto` |
 //! | [`routing`] | kas's inverted request routing: which connection of which agent serves a request |
-//! | [`pair`] | a deterministic two-connection harness on a simulated clock (tests, benchmarks) |
 //! | [`service`] | names and head conventions of the services carried over streams (k8s-api, ...) |
 //! | [`cache`] | informer-cache semantics: store, views, view updates and the kas-side mirror |
-//! | `testing` | (feature `testing`) test support: the naive view oracle, injectable view bugs |
+//! | `testing` | (feature `testing`) test support: the `pair` harness (two connections on a simulated clock), the naive view oracle, injectable view bugs |
 //!
 //! No sockets, no async runtime, no threads, no clock reads: octets and `now` go in, octets, events and
 //! deadlines come out. The wire format is specified in `PROTOCOL.md` beside this crate.
@@ -75,7 +74,6 @@
 //! sender, on its own stream only.
 
 pub mod cache;
-pub mod pair;
 pub mod routing;
 pub mod service;
 #[cfg(feature = "testing")]

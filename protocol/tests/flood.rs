@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use protocol::config::FloodLimits;
 use protocol::connection::FloodKind;
 use protocol::frame::{Decoder, Frame, StreamId};
-use protocol::pair::Pair;
+use protocol::testing::pair::Pair;
 use protocol::{AgentHello, CloseReason, Config, ConnectionError, ErrorCode, proto};
 
 fn config(flood: FloodLimits) -> Config {

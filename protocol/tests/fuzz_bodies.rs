@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use protocol::frame::{Frame, PREFACE, StreamId};
-use protocol::pair::Rng;
 use protocol::proto;
+use protocol::testing::pair::Rng;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -7,7 +7,7 @@ use std::time::Instant;
 use bytes::{BufMut, BytesMut};
 use prost::Message;
 use protocol::frame::{Decoder, Frame};
-use protocol::pair::Pair;
+use protocol::testing::pair::Pair;
 use protocol::{
     AgentHello, CloseReason, Config, ConnectionError, ErrorCode, Event, FrameError, Settings, proto,
 };

@@ -1,4 +1,4 @@
-//! Two connections back to back on a simulated clock (see `protocol::pair`): streams in both directions,
+//! Two connections back to back on a simulated clock (see `protocol::testing::pair`): streams in both directions,
 //! random chunking, random windows, slow readers, GOAWAY draining and keepalive.
 
 use std::collections::BTreeMap;
@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use protocol::pair::{Pair, Rng, Side};
+use protocol::testing::pair::{Pair, Rng, Side};
 use protocol::{AgentHello, CloseReason, Config, ErrorCode, Event, Settings, StreamId, proto};
 
 /// What one side's application does: it opens echo streams and echoes the streams the peer opens.

@@ -1,6 +1,6 @@
-//! The driver: the one task per connection that owns the transport. It is a plain `Future`, generic
-//! over two tiny traits each runtime implements for its own I/O and timer types, so both runtimes run
-//! exactly the same loop:
+//! The driver: the one task per connection that owns the transport. It is a plain `Future` over a
+//! futures-io byte stream and the runtime's timer ([`crate::runtime`]), so both runtimes run exactly
+//! the same loop:
 //!
 //! 1. read what the transport has into a buffer → `handle_input` (or `handle_eof` at EOF/error) —
 //!    unless the connection wants no input: answers to the peer's earlier input are piling up
@@ -19,32 +19,15 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
+use futures_io::{AsyncRead, AsyncWrite};
 
+use crate::runtime::{AsyncTimer, Runtime};
 use crate::session::Session;
-
-/// A byte stream as the driver needs it (implemented by each runtime for its I/O traits).
-pub trait Transport: Unpin {
-    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;
-    fn poll_write_vectored(
-        &mut self,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>>;
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
-    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
-}
-
-/// A resettable one-shot timer (implemented by each runtime).
-pub trait Timer: Unpin {
-    /// Arms the timer for `deadline`, replacing any earlier arming.
-    fn reset(&mut self, deadline: Instant);
-    /// Ready once the armed deadline has passed.
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()>;
-}
 
 /// Receive buffer size. Pages are only touched as far as reads fill them, so idle connections stay
 /// small.
@@ -60,10 +43,12 @@ pub const LINGER: Duration = Duration::from_secs(2);
 const BUDGET: usize = 64;
 
 /// The connection's I/O task. Spawn it; it completes when the connection is over.
-pub struct Driver<T, S> {
+pub struct Driver<T> {
     session: Session,
     io: T,
-    timer: S,
+    runtime: Arc<dyn Runtime>,
+    /// Made at the first deadline.
+    timer: Option<Pin<Box<dyn AsyncTimer>>>,
     armed: Option<Instant>,
     read_buf: Box<[u8]>,
     read_closed: bool,
@@ -87,12 +72,13 @@ enum Discard {
     Pending,
 }
 
-impl<T: Transport, S: Timer> Driver<T, S> {
-    pub fn new(session: Session, io: T, timer: S) -> Self {
+impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
+    pub fn new(session: Session, io: T, runtime: Arc<dyn Runtime>) -> Self {
         Driver {
             session,
             io,
-            timer,
+            runtime,
+            timer: None,
             armed: None,
             read_buf: vec![0u8; READ_BUFFER].into_boxed_slice(),
             read_closed: false,
@@ -111,7 +97,7 @@ impl<T: Transport, S: Timer> Driver<T, S> {
         if self.read_closed || self.closed || self.linger.is_some() {
             return false;
         }
-        match self.io.poll_read(cx, &mut self.read_buf) {
+        match Pin::new(&mut self.io).poll_read(cx, &mut self.read_buf) {
             Poll::Ready(Ok(0)) => {
                 tracing::debug!("transport reached end of file");
                 self.read_closed = true;
@@ -142,7 +128,7 @@ impl<T: Transport, S: Timer> Driver<T, S> {
         }
         let mut progress = false;
         for _ in 0..BUDGET {
-            match self.io.poll_read(cx, &mut self.read_buf) {
+            match Pin::new(&mut self.io).poll_read(cx, &mut self.read_buf) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     self.read_closed = true;
                     return Discard::Done;
@@ -180,7 +166,7 @@ impl<T: Transport, S: Timer> Driver<T, S> {
                 iov[k] = IoSlice::new(b);
                 k += 1;
             }
-            match self.io.poll_write_vectored(cx, &iov[..k]) {
+            match Pin::new(&mut self.io).poll_write_vectored(cx, &iov[..k]) {
                 Poll::Ready(Ok(0)) => {
                     self.write_failed(&io::ErrorKind::WriteZero.into());
                     return true;
@@ -210,7 +196,7 @@ impl<T: Transport, S: Timer> Driver<T, S> {
             }
         }
         if self.need_flush {
-            match self.io.poll_flush(cx) {
+            match Pin::new(&mut self.io).poll_flush(cx) {
                 Poll::Ready(Ok(())) => {
                     self.need_flush = false;
                     progress = true;
@@ -226,7 +212,7 @@ impl<T: Transport, S: Timer> Driver<T, S> {
     }
 }
 
-impl<T: Transport, S: Timer> Future for Driver<T, S> {
+impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -234,7 +220,7 @@ impl<T: Transport, S: Timer> Future for Driver<T, S> {
         let span = this.session.span().clone();
         let _entered = span.enter();
         for _ in 0..BUDGET {
-            let now = Instant::now();
+            let now = this.runtime.now();
             let mut progress = !this.input_paused && this.read(cx, now);
             let step = this.session.step(
                 now,
@@ -268,7 +254,7 @@ impl<T: Transport, S: Timer> Future for Driver<T, S> {
             if this.closed {
                 let flushed = this.out.is_empty() && !this.need_flush;
                 if flushed && !this.shut_down {
-                    match this.io.poll_shutdown(cx) {
+                    match Pin::new(&mut this.io).poll_close(cx) {
                         Poll::Ready(r) => {
                             if let Err(e) = r {
                                 tracing::debug!(error = %e, "transport shutdown failed");
@@ -296,11 +282,17 @@ impl<T: Transport, S: Timer> Future for Driver<T, S> {
                 if d <= now {
                     progress = true;
                 } else {
-                    if this.armed != Some(d) {
-                        this.timer.reset(d);
-                        this.armed = Some(d);
-                    }
-                    if this.timer.poll_expired(cx).is_ready() {
+                    let timer = match &mut this.timer {
+                        Some(t) => {
+                            if this.armed != Some(d) {
+                                t.as_mut().reset(d);
+                            }
+                            t
+                        }
+                        None => this.timer.insert(this.runtime.new_timer(d)),
+                    };
+                    this.armed = Some(d);
+                    if timer.as_mut().poll(cx).is_ready() {
                         this.armed = None;
                         progress = true;
                     }

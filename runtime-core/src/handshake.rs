@@ -74,7 +74,7 @@ where
 
 /// A connection the server accepted, with the identity of its agent.
 #[derive(Debug, Clone)]
-pub struct ServerConnection<C> {
+pub struct ServerConnection<C = ConnectionHandle> {
     pub connection: C,
     pub agent_id: u64,
     pub connection_id: String,

@@ -1,41 +1,85 @@
 //! # runtime-smol: the agent tunnel on smol
 //!
-//! I/O glue only: the protocol lives in `protocol`, the shared session state, driver loop and handshake
-//! in `runtime-core`. This crate supplies:
-//!
-//! | module | what it is |
-//! |---|---|
-//! | [`io`] | `runtime_core::Transport` for any futures-io `AsyncRead + AsyncWrite`, `runtime_core::Timer` for `async_io::Timer` |
-//! | [`agent`] | [`connect_agent`] (TCP + `futures-rustls` + HELLO) and [`connect_agent_over`] (any byte stream) |
-//! | [`server`] | [`Server`] (listener, TLS, async authenticator, one handshake task per connection) and [`accept_over`] |
-//! | [`connection`] | [`Connection`], the cloneable handle: open/accept streams, graceful close, stats |
-//! | [`stream`] | [`Stream`] with `futures_io::AsyncRead + AsyncWrite` (close = finish), split halves |
-//!
-//! Each connection runs one driver task (`runtime_core::Driver`) on smol's global executor
-//! (`smol::spawn`; `SMOL_THREADS` sets its thread count). `runtime-tokio` has the same API for tokio;
-//! the behaviour suite in `runtime_core::suite` runs against both.
-
-pub mod agent;
-pub mod connection;
-pub mod io;
-pub mod server;
-pub mod stream;
+//! The adapter only: [`Smol`] implements [`runtime_core::Runtime`] with smol's executor
+//! (`smol::spawn`; `SMOL_THREADS` sets its thread count), `async_io` timers and smol's TCP types.
+//! Everything else — driver, TLS (futures-rustls), handshakes, [`Server`], [`Connection`], the one
+//! [`Stream`] type with the futures-io traits — is `runtime-core`'s, re-exported here with the runtime
+//! fixed ([`runtime_core::adapter!`]), so kas never names a runtime. `runtime-tokio` is the same
+//! adapter for tokio; the behaviour suite (`runtime_core::testing`) runs against both.
 
 use std::future::Future;
-use std::time::Duration;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
-pub use agent::{connect_agent, connect_agent_over};
-pub use connection::Connection;
-pub use runtime_core::{Accepted, AgentOptions, Authenticator, Error, ServerConnection, protocol};
-pub use runtime_core::{ConnectionEvent, Initiator};
-pub use server::{Server, accept_over};
-pub use stream::{RecvStream, SendStream, Stream};
+use runtime_core::{AsyncTimer, BoxFuture, BoxIo, Listener, Runtime};
 
-/// `f`'s output, or `Error::Timeout` after `d`.
-pub(crate) async fn with_timeout<T>(d: Duration, f: impl Future<Output = T>) -> Result<T, Error> {
-    smol::future::or(async { Ok(f.await) }, async {
-        smol::Timer::after(d).await;
-        Err(Error::Timeout)
-    })
-    .await
+/// smol as a [`Runtime`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Smol;
+
+runtime_core::adapter!(Smol);
+
+impl Runtime for Smol {
+    fn spawn(&self, task: BoxFuture<()>) {
+        smol::spawn(task).detach();
+    }
+
+    fn new_timer(&self, at: Instant) -> Pin<Box<dyn AsyncTimer>> {
+        Box::pin(Timer(smol::Timer::at(at)))
+    }
+
+    fn connect(&self, host: String, port: u16) -> BoxFuture<io::Result<BoxIo>> {
+        Box::pin(async move {
+            let tcp = smol::net::TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            Ok(Box::new(tcp) as BoxIo)
+        })
+    }
+
+    fn listen(&self, listener: std::net::TcpListener) -> io::Result<Box<dyn Listener>> {
+        Ok(Box::new(TcpListener(smol::Async::new(listener)?)))
+    }
+}
+
+/// `async_io::Timer`, re-armed in place.
+#[derive(Debug)]
+struct Timer(smol::Timer);
+
+impl AsyncTimer for Timer {
+    fn reset(self: Pin<&mut Self>, at: Instant) {
+        self.get_mut().0.set_at(at);
+    }
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.get_mut().0).poll(cx).map(drop)
+    }
+}
+
+/// A non-blocking std listener registered with smol's reactor.
+#[derive(Debug)]
+struct TcpListener(smol::Async<std::net::TcpListener>);
+
+impl Listener for TcpListener {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.get_ref().local_addr()
+    }
+
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(BoxIo, SocketAddr)>> {
+        loop {
+            match self.0.get_ref().accept() {
+                Ok((tcp, peer)) => {
+                    let tcp = smol::net::TcpStream::try_from(tcp)?;
+                    tcp.set_nodelay(true)?;
+                    return Poll::Ready(Ok((Box::new(tcp), peer)));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(self.0.poll_readable(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
 }

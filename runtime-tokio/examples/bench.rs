@@ -210,6 +210,9 @@ async fn raw_latency(t: &Tls) -> Result<Vec<Duration>> {
         let mut buf = [0u8; SMALL];
         while s.read_exact(&mut buf).await.is_ok() {
             s.write_all(&buf).await?;
+            // tokio-rustls may keep records it could not write yet until a flush: without it, a
+            // reply can sit in the buffer forever (the bench used to hang now and then)
+            s.flush().await?;
         }
         anyhow::Ok(())
     });
@@ -225,6 +228,7 @@ async fn raw_latency(t: &Tls) -> Result<Vec<Duration>> {
     while start.elapsed() < PHASE && rtts.len() < 200_000 {
         let t0 = Instant::now();
         s.write_all(&msg).await?;
+        s.flush().await?;
         s.read_exact(&mut buf).await?;
         rtts.push(t0.elapsed());
     }
@@ -232,21 +236,41 @@ async fn raw_latency(t: &Tls) -> Result<Vec<Duration>> {
     Ok(rtts)
 }
 
-// ------------------------------------------------------------------------------- tunnel (tokio)
+// ------------------------------------------------------------------------------------- tunnel
 
-mod tok {
+/// The tunnel rows, written once: the runtime (tokio or smol, both ends) is a value.
+mod tunnel {
     use super::*;
-    use runtime_tokio::{Connection, Server};
+    // by name: shadows the tokio extension traits `super::*` brings (the stream type has both)
+    use runtime_core::{Connection, Runtime, Server};
+    use smol::io::{AsyncReadExt, AsyncWriteExt};
 
-    pub async fn pair(t: &Tls) -> Result<(Server, Connection, Connection)> {
-        let server = Server::bind(
-            "127.0.0.1:0",
+    /// Runs `f` on `rt`; its output arrives through the returned channel.
+    fn spawn<T: Send + 'static>(
+        rt: &Arc<dyn Runtime>,
+        f: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> tokio::sync::oneshot::Receiver<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        rt.spawn(Box::pin(async move {
+            let _ = tx.send(f.await);
+        }));
+        rx
+    }
+
+    pub fn server(rt: &Arc<dyn Runtime>, t: &Tls) -> Result<Server> {
+        Ok(Server::bind(
+            rt.clone(),
+            "127.0.0.1:0".parse()?,
             Some(t.server.clone()),
             config(),
             authenticate,
-        )
-        .await?;
-        let (agent, _) = runtime_tokio::connect_agent(
+        )?)
+    }
+
+    pub async fn pair(rt: &Arc<dyn Runtime>, t: &Tls) -> Result<(Server, Connection, Connection)> {
+        let server = server(rt, t)?;
+        let (agent, _) = runtime_core::connect_agent(
+            rt.clone(),
             server.local_addr(),
             t.client.clone(),
             tunnel_tls::server_name("localhost")?,
@@ -258,10 +282,11 @@ mod tok {
     }
 
     /// Server side of bulk: every stream is read to EOF and answered with a trailer holding the count.
-    pub fn sink(kas: Connection) {
-        tokio::spawn(async move {
+    pub fn sink(rt: &Arc<dyn Runtime>, kas: Connection) {
+        let rt2 = rt.clone();
+        drop(spawn(rt, async move {
             while let Some((_, mut s)) = kas.accept_stream().await {
-                tokio::spawn(async move {
+                drop(spawn(&rt2, async move {
                     let mut buf = vec![0u8; CHUNK];
                     let mut n = 0u64;
                     while let Ok(k) = s.read(&mut buf).await {
@@ -282,22 +307,26 @@ mod tok {
                         message: n.to_string(),
                         headers: vec![],
                     });
-                });
+                }));
             }
-        });
+        }));
     }
 
-    pub async fn bulk(agent: &Connection, streams: usize) -> Result<(u64, Duration)> {
+    pub async fn bulk(
+        rt: &Arc<dyn Runtime>,
+        agent: &Connection,
+        streams: usize,
+    ) -> Result<(u64, Duration)> {
         let start = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..streams {
             let mut s = agent.open(head("/bulk"), false)?;
-            tasks.push(tokio::spawn(async move {
+            tasks.push(spawn(rt, async move {
                 let chunk = vec![7u8; CHUNK];
                 while start.elapsed() < PHASE {
                     s.write_all(&chunk).await?;
                 }
-                s.shutdown().await?;
+                s.close().await?;
                 let t = s.trailer().await?.context("no trailer")?;
                 anyhow::Ok(t.message.parse::<u64>()?)
             }));
@@ -310,129 +339,11 @@ mod tok {
     }
 
     /// Agent side of latency: answer each stream's SMALL request with SMALL octets.
-    pub fn responder(agent: Connection) {
-        tokio::spawn(async move {
+    pub fn responder(rt: &Arc<dyn Runtime>, agent: Connection) {
+        let rt2 = rt.clone();
+        drop(spawn(rt, async move {
             while let Some((_, mut s)) = agent.accept_stream().await {
-                tokio::spawn(async move {
-                    let mut req = Vec::new();
-                    s.read_to_end(&mut req).await?;
-                    s.respond(
-                        ResponseHead {
-                            status: 200,
-                            headers: vec![],
-                        },
-                        false,
-                    )?;
-                    s.write_all(&req).await?;
-                    s.shutdown().await?;
-                    anyhow::Ok(())
-                });
-            }
-        });
-    }
-
-    pub async fn latency(kas: &Connection) -> Result<Vec<Duration>> {
-        let mut rtts = Vec::new();
-        let msg = [1u8; SMALL];
-        let start = Instant::now();
-        while start.elapsed() < PHASE && rtts.len() < 200_000 {
-            let t0 = Instant::now();
-            let mut s = kas.open(head("/rtt"), false)?;
-            s.write_all(&msg).await?;
-            s.shutdown().await?;
-            s.response().await?;
-            let mut got = Vec::with_capacity(SMALL);
-            s.read_to_end(&mut got).await?;
-            rtts.push(t0.elapsed());
-        }
-        rtts.sort();
-        Ok(rtts)
-    }
-}
-
-// -------------------------------------------------------------------------------- tunnel (smol)
-
-mod sml {
-    use super::*;
-    use runtime_smol::{Connection, Server};
-    use smol::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-    pub async fn pair(t: &Tls) -> Result<(Server, Connection, Connection)> {
-        let server = Server::bind(
-            "127.0.0.1:0",
-            Some(t.server.clone()),
-            config(),
-            authenticate,
-        )
-        .await?;
-        let (agent, _) = runtime_smol::connect_agent(
-            server.local_addr(),
-            t.client.clone(),
-            tunnel_tls::server_name("localhost")?,
-            opts(),
-        )
-        .await?;
-        let kas = server.accept().await?.connection;
-        Ok((server, agent, kas))
-    }
-
-    pub fn sink(kas: Connection) {
-        smol::spawn(async move {
-            while let Some((_, mut s)) = kas.accept_stream().await {
-                smol::spawn(async move {
-                    let mut buf = vec![0u8; CHUNK];
-                    let mut n = 0u64;
-                    while let Ok(k) = s.read(&mut buf).await {
-                        if k == 0 {
-                            break;
-                        }
-                        n += k as u64;
-                    }
-                    let _ = s.respond(
-                        ResponseHead {
-                            status: 200,
-                            headers: vec![],
-                        },
-                        false,
-                    );
-                    let _ = s.send_trailer(Trailer {
-                        code: 0,
-                        message: n.to_string(),
-                        headers: vec![],
-                    });
-                })
-                .detach();
-            }
-        })
-        .detach();
-    }
-
-    pub async fn bulk(agent: &Connection, streams: usize) -> Result<(u64, Duration)> {
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..streams {
-            let mut s = agent.open(head("/bulk"), false)?;
-            tasks.push(smol::spawn(async move {
-                let chunk = vec![7u8; CHUNK];
-                while start.elapsed() < PHASE {
-                    s.write_all(&chunk).await?;
-                }
-                s.close().await?;
-                let t = s.trailer().await?.context("no trailer")?;
-                anyhow::Ok(t.message.parse::<u64>()?)
-            }));
-        }
-        let mut total = 0;
-        for t in tasks {
-            total += t.await?;
-        }
-        Ok((total, start.elapsed()))
-    }
-
-    pub fn responder(agent: Connection) {
-        smol::spawn(async move {
-            while let Some((_, mut s)) = agent.accept_stream().await {
-                smol::spawn(async move {
+                drop(spawn(&rt2, async move {
                     let mut req = Vec::new();
                     s.read_to_end(&mut req).await?;
                     s.respond(
@@ -445,11 +356,9 @@ mod sml {
                     s.write_all(&req).await?;
                     s.close().await?;
                     anyhow::Ok(())
-                })
-                .detach();
+                }));
             }
-        })
-        .detach();
+        }));
     }
 
     pub async fn latency(kas: &Connection) -> Result<Vec<Duration>> {
@@ -522,68 +431,8 @@ struct Idle {
     accepts_per_s: f64,
 }
 
-/// The server of the idle phase, on either runtime.
-enum AnyServer {
-    Tokio(runtime_tokio::Server),
-    Smol(runtime_smol::Server),
-}
-
-impl AnyServer {
-    async fn bind(t: &Tls, smol: bool) -> Result<AnyServer> {
-        Ok(if smol {
-            AnyServer::Smol(
-                runtime_smol::Server::bind(
-                    "127.0.0.1:0",
-                    Some(t.server.clone()),
-                    config(),
-                    authenticate,
-                )
-                .await?,
-            )
-        } else {
-            AnyServer::Tokio(
-                runtime_tokio::Server::bind(
-                    "127.0.0.1:0",
-                    Some(t.server.clone()),
-                    config(),
-                    authenticate,
-                )
-                .await?,
-            )
-        })
-    }
-
-    fn local_addr(&self) -> SocketAddr {
-        match self {
-            AnyServer::Tokio(s) => s.local_addr(),
-            AnyServer::Smol(s) => s.local_addr(),
-        }
-    }
-
-    async fn accept(&self) -> Result<AnyConn> {
-        Ok(match self {
-            AnyServer::Tokio(s) => AnyConn::Tokio(s.accept().await?.connection),
-            AnyServer::Smol(s) => AnyConn::Smol(s.accept().await?.connection),
-        })
-    }
-}
-
-enum AnyConn {
-    Tokio(runtime_tokio::Connection),
-    Smol(runtime_smol::Connection),
-}
-
-impl AnyConn {
-    fn is_closed(&self) -> bool {
-        match self {
-            AnyConn::Tokio(c) => c.is_closed(),
-            AnyConn::Smol(c) => c.is_closed(),
-        }
-    }
-}
-
-async fn idle_phase(t: &Tls, n: usize, smol: bool) -> Result<Idle> {
-    let server = AnyServer::bind(t, smol).await?;
+async fn idle_phase(rt: &Arc<dyn runtime_core::Runtime>, t: &Tls, n: usize) -> Result<Idle> {
+    let server = tunnel::server(rt, t)?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = rss_kib();
     let mut child = tokio::process::Command::new(std::env::current_exe()?)
@@ -600,7 +449,7 @@ async fn idle_phase(t: &Tls, n: usize, smol: bool) -> Result<Idle> {
     let deadline = Duration::from_secs(120);
     while conns.len() < n {
         match tokio::time::timeout(deadline, server.accept()).await {
-            Ok(c) => conns.push(c?),
+            Ok(c) => conns.push(c?.connection),
             Err(_) => bail!("only {} of {n} connections in {deadline:?}", conns.len()),
         }
     }
@@ -617,7 +466,7 @@ async fn idle_phase(t: &Tls, n: usize, smol: bool) -> Result<Idle> {
     let _ = child.wait().await;
     // Let every connection notice the end before the next phase starts.
     for _ in 0..300 {
-        if conns.iter().all(AnyConn::is_closed) {
+        if conns.iter().all(runtime_core::Connection::is_closed) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -653,34 +502,28 @@ fn main() -> Result<()> {
         .build()?;
     rt.block_on(async move {
         let t = tls()?;
+        let tunnel_rt = if use_smol {
+            runtime_smol::runtime()
+        } else {
+            runtime_tokio::runtime()
+        };
         let idle = if idle_n > 0 {
-            idle_phase(&t, idle_n, use_smol).await
+            idle_phase(&tunnel_rt, &t, idle_n).await
         } else {
             Err(anyhow::anyhow!("skipped (--idle 0)"))
         };
 
         let (mut raw, mut t1, mut t64) = (Bulk::default(), Bulk::default(), Bulk::default());
-        let (tun_rtt, raw_rtt) = if use_smol {
-            let (_server, agent, kas) = sml::pair(&t).await?;
-            sml::sink(kas.clone());
-            sml::responder(agent.clone());
-            for _ in 0..ROUNDS {
-                measure(raw_bulk(&t), &mut raw).await?;
-                measure(sml::bulk(&agent, 1), &mut t1).await?;
-                measure(sml::bulk(&agent, 64), &mut t64).await?;
-            }
-            (sml::latency(&kas).await?, raw_latency(&t).await?)
-        } else {
-            let (_server, agent, kas) = tok::pair(&t).await?;
-            tok::sink(kas.clone());
-            tok::responder(agent.clone());
-            for _ in 0..ROUNDS {
-                measure(raw_bulk(&t), &mut raw).await?;
-                measure(tok::bulk(&agent, 1), &mut t1).await?;
-                measure(tok::bulk(&agent, 64), &mut t64).await?;
-            }
-            (tok::latency(&kas).await?, raw_latency(&t).await?)
-        };
+        let (_server, agent, kas) = tunnel::pair(&tunnel_rt, &t).await?;
+        tunnel::sink(&tunnel_rt, kas.clone());
+        tunnel::responder(&tunnel_rt, agent.clone());
+        for _ in 0..ROUNDS {
+            measure(raw_bulk(&t), &mut raw).await?;
+            measure(tunnel::bulk(&tunnel_rt, &agent, 1), &mut t1).await?;
+            measure(tunnel::bulk(&tunnel_rt, &agent, 64), &mut t64).await?;
+        }
+        let tun_rtt = tunnel::latency(&kas).await?;
+        let raw_rtt = raw_latency(&t).await?;
 
         let runtime = if use_smol {
             "runtime-smol"

@@ -301,8 +301,8 @@ impl FlowTable {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use protocol::pair::Pair;
     use protocol::proto;
+    use protocol::testing::pair::Pair;
     use std::time::Instant;
 
     #[test]

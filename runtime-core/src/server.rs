@@ -1,23 +1,26 @@
-//! The server (accepting) side: a TCP listener, TLS, HELLO and the asynchronous authenticator.
+//! The server (accepting) side: a TCP listener, TLS, HELLO and the asynchronous authenticator — once,
+//! for every runtime.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_channel::{Receiver, Sender};
 use futures_rustls::TlsAcceptor;
 use protocol::Config;
-use runtime_core::{Authenticator, Driver, Error, ServerConnection, Session, server_handshake};
 use rustls::ServerConfig;
-use smol::channel::{Receiver, Sender, bounded};
-use smol::io::{AsyncRead, AsyncWrite};
-use smol::net::{AsyncToSocketAddrs, TcpListener};
 
-use crate::connection::Connection;
-use crate::io::{SmolTimer, SmolTransport};
-use crate::with_timeout;
+use crate::driver::Driver;
+use crate::error::Error;
+use crate::handle::ConnectionHandle;
+use crate::handshake::{Authenticator, ServerConnection, server_handshake};
+use crate::runtime::{AsyncIo, Listener, Runtime, accept, sleep, timeout};
+use crate::session::Session;
 
 /// Authenticated connections waiting for [`Server::accept`].
 const BACKLOG: usize = 1024;
+/// Pause after a failed `accept` (EMFILE and friends) instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A listening tunnel server. Each TCP connection is handshaken on its own task (TLS, HELLO, the
 /// authenticator), so a slow authentication delays nobody else; [`Server::accept`] yields the
@@ -25,49 +28,47 @@ const BACKLOG: usize = 1024;
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
-    rx: Receiver<ServerConnection<Connection>>,
-    _task: smol::Task<()>,
+    rx: Receiver<ServerConnection<ConnectionHandle>>,
+    /// Dropped with the server: the accept loop sees its channel close and stops.
+    _stop: Sender<()>,
 }
 
 impl Server {
     /// Listens on `addr`; `tls: None` serves plain TCP (tests, or TLS terminated in front).
-    pub async fn bind(
-        addr: impl AsyncToSocketAddrs,
+    pub fn bind(
+        rt: Arc<dyn Runtime>,
+        addr: SocketAddr,
         tls: Option<Arc<ServerConfig>>,
         config: Config,
         authenticator: impl Authenticator,
     ) -> Result<Server, Error> {
-        let listener = TcpListener::bind(addr).await.map_err(Error::Io)?;
-        Self::serve(listener, tls, config, authenticator)
+        let listener = std::net::TcpListener::bind(addr).map_err(Error::Io)?;
+        Self::from_listener(rt, listener, tls, config, authenticator)
     }
 
     /// Serves on a listener bound by the caller (e.g. with its own `listen(2)` backlog).
     pub fn from_listener(
+        rt: Arc<dyn Runtime>,
         listener: std::net::TcpListener,
         tls: Option<Arc<ServerConfig>>,
         config: Config,
         authenticator: impl Authenticator,
     ) -> Result<Server, Error> {
-        let listener = TcpListener::try_from(listener).map_err(Error::Io)?;
-        Self::serve(listener, tls, config, authenticator)
-    }
-
-    fn serve(
-        listener: TcpListener,
-        tls: Option<Arc<ServerConfig>>,
-        config: Config,
-        authenticator: impl Authenticator,
-    ) -> Result<Server, Error> {
+        let listener = rt.listen(listener).map_err(Error::Io)?;
         let local_addr = listener.local_addr().map_err(Error::Io)?;
-        let (tx, rx) = bounded(BACKLOG);
+        let (tx, rx) = async_channel::bounded(BACKLOG);
+        let (stop, stopped) = async_channel::bounded(1);
         let auth: Arc<dyn Authenticator> = Arc::new(authenticator);
         let acceptor = tls.map(TlsAcceptor::from);
-        let task = smol::spawn(accept_loop(listener, acceptor, config, auth, tx));
+        let task = accept_loop(rt.clone(), listener, acceptor, config, auth, tx);
+        rt.spawn(Box::pin(futures_lite::future::or(task, async move {
+            let _ = stopped.recv().await;
+        })));
         tracing::info!(%local_addr, "tunnel server listening");
         Ok(Server {
             local_addr,
             rx,
-            _task: task,
+            _stop: stop,
         })
     }
 
@@ -76,7 +77,7 @@ impl Server {
     }
 
     /// The next authenticated connection.
-    pub async fn accept(&self) -> Result<ServerConnection<Connection>, Error> {
+    pub async fn accept(&self) -> Result<ServerConnection<ConnectionHandle>, Error> {
         self.rx
             .recv()
             .await
@@ -85,34 +86,39 @@ impl Server {
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    rt: Arc<dyn Runtime>,
+    listener: Box<dyn Listener>,
     tls: Option<TlsAcceptor>,
     config: Config,
     auth: Arc<dyn Authenticator>,
-    tx: Sender<ServerConnection<Connection>>,
+    tx: Sender<ServerConnection<ConnectionHandle>>,
 ) {
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let (tcp, peer) = match accept(&*listener).await {
             Ok(x) => x,
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
-                smol::Timer::after(Duration::from_millis(100)).await;
+                sleep(&*rt, ACCEPT_BACKOFF).await;
                 continue;
             }
         };
-        let (tls, config, auth, tx) = (tls.clone(), config.clone(), auth.clone(), tx.clone());
-        smol::spawn(async move {
-            let _ = tcp.set_nodelay(true);
+        let (rt2, tls, config, auth, tx) = (
+            rt.clone(),
+            tls.clone(),
+            config.clone(),
+            auth.clone(),
+            tx.clone(),
+        );
+        rt.spawn(Box::pin(async move {
             let result = match tls {
                 Some(acceptor) => {
-                    match with_timeout(config.handshake_timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(s)) => accept_over(s, config, &*auth, peer).await,
+                    match timeout(&*rt2, config.handshake_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => accept_over(rt2, s, config, &*auth, peer).await,
                         Ok(Err(e)) => Err(Error::Tls(e)),
                         Err(e) => Err(e),
                     }
                 }
-                None => accept_over(tcp, config, &*auth, peer).await,
+                None => accept_over(rt2, tcp, config, &*auth, peer).await,
             };
             match result {
                 Ok(c) => {
@@ -120,28 +126,20 @@ async fn accept_loop(
                 }
                 Err(e) => tracing::debug!(%peer, error = %e, "tunnel handshake failed"),
             }
-        })
-        .detach();
+        }));
     }
 }
 
-/// Runs the server side of the tunnel over any byte stream (TLS already done, or an in-memory pipe).
-pub async fn accept_over<T>(
-    io: T,
+/// Runs the server side of the tunnel over any byte stream (TLS already done, or an in-memory pipe);
+/// the connection's driver task runs on `rt`.
+pub async fn accept_over(
+    rt: Arc<dyn Runtime>,
+    io: impl AsyncIo,
     config: Config,
     authenticator: &dyn Authenticator,
     peer: SocketAddr,
-) -> Result<ServerConnection<Connection>, Error>
-where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) -> Result<ServerConnection<ConnectionHandle>, Error> {
     let session = Session::server(config);
-    smol::spawn(Driver::new(
-        session.clone(),
-        SmolTransport(io),
-        SmolTimer::new(),
-    ))
-    .detach();
-    let c = server_handshake(session, authenticator, peer).await?;
-    Ok(c.map(Connection::new))
+    rt.spawn(Box::pin(Driver::new(session.clone(), io, rt.clone())));
+    server_handshake(session, authenticator, peer).await
 }

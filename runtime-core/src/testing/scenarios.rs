@@ -1,4 +1,5 @@
-//! The scenarios. Each is an `async fn` generic over the runtime; they panic on failure.
+//! The scenarios. Each is an `async fn(Rt)` over the one connection and stream API; they panic on
+//! failure.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,11 +10,13 @@ use protocol::{
     ApiMisuse, CloseReason, Config, ConnectionError, ErrorCode, OpenError, StreamError,
 };
 
-use super::util::{Gate, JoinHandle, spawn, timeout};
-use super::{Pair, Setup, SuiteConn, SuiteRuntime, SuiteStream};
-use crate::error::Error;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
-type StreamOf<R> = <<R as SuiteRuntime>::Conn as SuiteConn>::Stream;
+use super::tasks::{Gate, JoinHandle, Rt, sleep, spawn, timeout};
+use super::{Pair, Setup};
+use crate::error::Error;
+use crate::handle::ConnectionHandle as Connection;
+use crate::stream::Stream;
 
 /// A bound for one step inside a scenario (far above what it needs; a hang guard).
 const STEP: Duration = Duration::from_secs(60);
@@ -52,18 +55,33 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
     v
 }
 
-async fn pair<R: SuiteRuntime>(setup: Setup) -> Pair<R::Conn> {
-    match R::pair(setup).await {
+async fn pair(rt: Rt, setup: Setup) -> Pair {
+    match super::pair(rt, setup).await {
         Ok(p) => p,
         Err(e) => panic!("could not connect a pair: {e}"),
     }
 }
 
-async fn read_to_end<S: SuiteStream>(s: &S) -> Result<Vec<u8>, Error> {
+/// Reads into `buf` through the futures-io trait; a reset or a closed connection is the typed error.
+async fn read(mut s: &Stream, buf: &mut [u8]) -> Result<usize, Error> {
+    s.read(buf).await.map_err(Error::from)
+}
+
+/// Writes all of `buf` through the futures-io trait.
+async fn write_all(mut s: &Stream, buf: &[u8]) -> Result<(), Error> {
+    s.write_all(buf).await.map_err(Error::from)
+}
+
+/// Finishes our direction through the futures-io trait (`close`).
+async fn shutdown(mut s: &Stream) -> Result<(), Error> {
+    s.close().await.map_err(Error::from)
+}
+
+async fn read_to_end(s: &Stream) -> Result<Vec<u8>, Error> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = s.read(&mut buf).await?;
+        let n = read(s, &mut buf).await?;
         if n == 0 {
             return Ok(out);
         }
@@ -72,10 +90,10 @@ async fn read_to_end<S: SuiteStream>(s: &S) -> Result<Vec<u8>, Error> {
 }
 
 /// Reads until the stream fails and returns the error (or panics at a clean end).
-async fn read_until_error<S: SuiteStream>(s: &S) -> Error {
+async fn read_until_error(s: &Stream) -> Error {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        match s.read(&mut buf).await {
+        match read(s, &mut buf).await {
             Ok(0) => panic!("stream ended cleanly where an error was expected"),
             Ok(_) => {}
             Err(e) => return e,
@@ -83,25 +101,43 @@ async fn read_until_error<S: SuiteStream>(s: &S) -> Error {
     }
 }
 
+/// Accepts the next stream on `conn`, answers 200 and reads it until it fails (the task's output).
+fn answer_and_read_until_error(rt: Rt, conn: &Connection) -> JoinHandle<Error> {
+    let conn = conn.clone();
+    spawn(rt, async move {
+        let (_, s) = conn.accept_stream().await.expect("a stream");
+        s.respond(status(200), false).expect("respond");
+        read_until_error(&s).await
+    })
+}
+
+/// Opens `path`, sends `body` (without finishing) and waits for the 200.
+async fn open_answered(conn: &Connection, path: &str, body: &[u8]) -> Stream {
+    let s = conn.open(head(path), false).expect("open");
+    write_all(&s, body).await.expect("write");
+    assert_eq!(s.response().await.expect("response").status, 200);
+    s
+}
+
 /// The standard handler: `/echo` echoes, `/sink` reads everything and answers with a trailer holding
 /// the count, anything else is a 404.
-async fn handle<S: SuiteStream>(head: RequestHead, s: Arc<S>) -> Result<(), Error> {
+async fn handle(head: RequestHead, s: Arc<Stream>) -> Result<(), Error> {
     match head.path.as_str() {
         "/echo" => {
             s.respond(status(200), false)?;
             let mut buf = vec![0u8; 64 * 1024];
             loop {
-                let n = s.read(&mut buf).await?;
+                let n = read(&s, &mut buf).await?;
                 if n == 0 {
                     break;
                 }
-                s.write_all(&buf[..n]).await?;
+                write_all(&s, &buf[..n]).await?;
             }
-            s.shutdown().await
+            shutdown(&s).await
         }
         "/sink" => {
             s.respond(status(200), false)?;
-            let n = read_to_end(&*s).await?.len();
+            let n = read_to_end(&s).await?.len();
             s.send_trailer(Trailer {
                 code: 0,
                 message: n.to_string(),
@@ -113,10 +149,10 @@ async fn handle<S: SuiteStream>(head: RequestHead, s: Arc<S>) -> Result<(), Erro
 }
 
 /// Serves every stream the peer opens on `conn` with [`handle`].
-fn serve<R: SuiteRuntime>(conn: R::Conn) {
-    R::spawn(async move {
+fn serve(rt: Rt, conn: Connection) {
+    spawn(rt, async move {
         while let Some((head, s)) = conn.accept_stream().await {
-            R::spawn(async move {
+            spawn(rt, async move {
                 let _ = handle(head, Arc::new(s)).await;
             });
         }
@@ -124,42 +160,39 @@ fn serve<R: SuiteRuntime>(conn: R::Conn) {
 }
 
 /// Opens `/echo`, sends `data` from a second task while reading the echo, returns what came back.
-async fn echo<R: SuiteRuntime>(conn: &R::Conn, data: Arc<Vec<u8>>) -> Result<Vec<u8>, Error> {
+async fn echo(rt: Rt, conn: &Connection, data: Arc<Vec<u8>>) -> Result<Vec<u8>, Error> {
     let s = Arc::new(conn.open(head("/echo"), false)?);
-    echo_on::<R>(s, data).await
+    echo_on(rt, s, data).await
 }
 
-async fn echo_on<R: SuiteRuntime>(
-    s: Arc<StreamOf<R>>,
-    data: Arc<Vec<u8>>,
-) -> Result<Vec<u8>, Error> {
+async fn echo_on(rt: Rt, s: Arc<Stream>, data: Arc<Vec<u8>>) -> Result<Vec<u8>, Error> {
     let writer = {
         let s = s.clone();
-        spawn::<R, _>(async move {
-            s.write_all(&data).await?;
-            s.shutdown().await
+        spawn(rt, async move {
+            write_all(&s, &data).await?;
+            shutdown(&s).await
         })
     };
     let resp = s.response().await?;
     assert_eq!(resp.status, 200);
-    let got = read_to_end(&*s).await?;
+    let got = read_to_end(&s).await?;
     writer.await?;
     Ok(got)
 }
 
 /// Waits (bounded) until `cond` holds.
-async fn wait_until<R: SuiteRuntime>(what: &str, mut cond: impl FnMut() -> bool) {
+async fn wait_until(rt: Rt, what: &str, mut cond: impl FnMut() -> bool) {
     for _ in 0..(STEP.as_millis() / 5) {
         if cond() {
             return;
         }
-        R::sleep(Duration::from_millis(5)).await;
+        sleep(rt, Duration::from_millis(5)).await;
     }
     panic!("{what}: condition not reached within {STEP:?}");
 }
 
-async fn step<R: SuiteRuntime, T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    match timeout::<R, _>(STEP, f).await {
+async fn step<T>(rt: Rt, what: &str, f: impl std::future::Future<Output = T>) -> T {
+    match timeout(rt, STEP, f).await {
         Some(v) => v,
         None => panic!("{what}: did not complete within {STEP:?}"),
     }
@@ -175,16 +208,16 @@ fn short_keepalive(keepalive: Duration, idle: Duration) -> Config {
 // ---------------------------------------------------------------------------------------- echo
 
 /// One stream each way (agent → server and server → agent), 1 MiB echoed; an unknown path is a 404.
-pub async fn echo_one_stream_each_direction<R: SuiteRuntime>() {
-    let p = pair::<R>(Setup::default()).await;
-    serve::<R>(p.server.clone());
-    serve::<R>(p.agent.clone());
+pub async fn echo_one_stream_each_direction(rt: Rt) {
+    let p = pair(rt, Setup::default()).await;
+    serve(rt, p.server.clone());
+    serve(rt, p.agent.clone());
     let data = Arc::new(pattern(1, 1 << 20));
-    let got = echo::<R>(&p.agent, data.clone())
+    let got = echo(rt, &p.agent, data.clone())
         .await
         .expect("agent-opened echo");
     assert!(got == *data, "agent-opened echo returned other octets");
-    let got = echo::<R>(&p.server, data.clone())
+    let got = echo(rt, &p.server, data.clone())
         .await
         .expect("server-opened echo");
     assert!(got == *data, "server-opened echo returned other octets");
@@ -196,10 +229,10 @@ pub async fn echo_one_stream_each_direction<R: SuiteRuntime>() {
 }
 
 /// 1,000 streams opened at once (all in flight together), each echoing its own body.
-pub async fn echo_1000_concurrent_streams<R: SuiteRuntime>() {
+pub async fn echo_1000_concurrent_streams(rt: Rt) {
     const N: usize = 1000;
-    let p = pair::<R>(Setup::default()).await;
-    serve::<R>(p.server.clone());
+    let p = pair(rt, Setup::default()).await;
+    serve(rt, p.server.clone());
     let streams: Vec<_> = (0..N)
         .map(|_| Arc::new(p.agent.open(head("/echo"), false).expect("open")))
         .collect();
@@ -208,9 +241,9 @@ pub async fn echo_1000_concurrent_streams<R: SuiteRuntime>() {
         .into_iter()
         .enumerate()
         .map(|(i, s)| {
-            spawn::<R, _>(async move {
+            spawn(rt, async move {
                 let data = Arc::new(pattern(i as u64, 1000 + (i * 37) % 9000));
-                let got = echo_on::<R>(s, data.clone()).await;
+                let got = echo_on(rt, s, data.clone()).await;
                 match got {
                     Ok(g) => (i, g == *data),
                     Err(e) => panic!("stream {i}: {e}"),
@@ -228,26 +261,26 @@ pub async fn echo_1000_concurrent_streams<R: SuiteRuntime>() {
 
 /// 64 MiB on one stream whose reader stalls, then reads slowly; 16 other streams complete while it
 /// is still incomplete (an ordering assertion), then the large body arrives whole.
-pub async fn large_body_slow_reader_does_not_block_others<R: SuiteRuntime>() {
+pub async fn large_body_slow_reader_does_not_block_others(rt: Rt) {
     const BIG: u64 = 64 << 20;
     const BEFORE_GATE: u64 = 2 << 20;
     const SEED: u64 = 77;
-    let p = pair::<R>(Setup::default()).await;
+    let p = pair(rt, Setup::default()).await;
     let progress = Arc::new(AtomicU64::new(0));
     let gate = Gate::new();
     {
         let (server, progress, gate) = (p.server.clone(), progress.clone(), gate.clone());
-        R::spawn(async move {
+        spawn(rt, async move {
             while let Some((h, s)) = server.accept_stream().await {
                 let s = Arc::new(s);
                 if h.path != "/slow" {
-                    R::spawn(async move {
+                    spawn(rt, async move {
                         let _ = handle(h, s).await;
                     });
                     continue;
                 }
                 let (progress, gate) = (progress.clone(), gate.clone());
-                R::spawn(async move {
+                spawn(rt, async move {
                     s.respond(status(200), false).expect("respond");
                     let mut buf = vec![0u8; 16 * 1024];
                     let mut expect = vec![0u8; 16 * 1024];
@@ -258,14 +291,14 @@ pub async fn large_body_slow_reader_does_not_block_others<R: SuiteRuntime>() {
                             gate.wait().await;
                         }
                         // Small reads, and a pause every MiB: a deliberately slow reader.
-                        let n = s.read(&mut buf).await.expect("slow read");
+                        let n = read(&s, &mut buf).await.expect("slow read");
                         if n == 0 {
                             break;
                         }
                         fill_pattern(SEED, total, &mut expect[..n]);
                         intact &= buf[..n] == expect[..n];
                         if (total >> 20) != ((total + n as u64) >> 20) {
-                            R::sleep(Duration::from_millis(1)).await;
+                            sleep(rt, Duration::from_millis(1)).await;
                         }
                         total += n as u64;
                         progress.store(total, Ordering::SeqCst);
@@ -284,20 +317,20 @@ pub async fn large_body_slow_reader_does_not_block_others<R: SuiteRuntime>() {
     let writer_done = Arc::new(AtomicBool::new(false));
     let writer = {
         let (slow, writer_done) = (slow.clone(), writer_done.clone());
-        spawn::<R, _>(async move {
+        spawn(rt, async move {
             let mut chunk = vec![0u8; 256 * 1024];
             let mut off = 0u64;
             while off < BIG {
                 fill_pattern(SEED, off, &mut chunk);
-                slow.write_all(&chunk).await.expect("write big body");
+                write_all(&slow, &chunk).await.expect("write big body");
                 off += chunk.len() as u64;
             }
-            slow.shutdown().await.expect("finish big body");
+            shutdown(&slow).await.expect("finish big body");
             writer_done.store(true, Ordering::SeqCst);
         })
     };
     assert_eq!(slow.response().await.expect("slow response").status, 200);
-    wait_until::<R>("slow reader reaches its gate", || {
+    wait_until(rt, "slow reader reaches its gate", || {
         progress.load(Ordering::SeqCst) >= BEFORE_GATE
     })
     .await;
@@ -305,15 +338,15 @@ pub async fn large_body_slow_reader_does_not_block_others<R: SuiteRuntime>() {
     let others: Vec<_> = (0..16u64)
         .map(|i| {
             let agent = p.agent.clone();
-            spawn::<R, _>(async move {
+            spawn(rt, async move {
                 let data = Arc::new(pattern(i, 1 << 20));
-                let got = echo::<R>(&agent, data.clone()).await.expect("other echo");
+                let got = echo(rt, &agent, data.clone()).await.expect("other echo");
                 assert!(got == *data, "other stream {i} echoed other octets");
             })
         })
         .collect();
     for o in others {
-        step::<R, _>("other streams complete", o).await;
+        step(rt, "other streams complete", o).await;
     }
     // The ordering assertion: all the others are done, the large body is not.
     assert!(progress.load(Ordering::SeqCst) < BIG);
@@ -330,16 +363,16 @@ pub async fn large_body_slow_reader_does_not_block_others<R: SuiteRuntime>() {
 
 /// The opener sends its whole request and finishes; the acceptor reads to EOF, only then answers with
 /// a body and a trailer, which the opener reads to EOF.
-pub async fn half_close_opener_finishes_first<R: SuiteRuntime>() {
-    let p = pair::<R>(Setup::default()).await;
+pub async fn half_close_opener_finishes_first(rt: Rt) {
+    let p = pair(rt, Setup::default()).await;
     let server = p.server.clone();
-    let acceptor = spawn::<R, _>(async move {
+    let acceptor = spawn(rt, async move {
         let (h, s) = server.accept_stream().await.expect("a stream");
         assert_eq!(h.path, "/half");
         let request = read_to_end(&s).await.expect("request body");
         s.respond(status(200), false).expect("respond");
         let reply: Vec<u8> = request.iter().rev().copied().collect();
-        s.write_all(&reply).await.expect("reply body");
+        write_all(&s, &reply).await.expect("reply body");
         s.send_trailer(Trailer {
             code: 0,
             message: "done".into(),
@@ -350,9 +383,9 @@ pub async fn half_close_opener_finishes_first<R: SuiteRuntime>() {
     });
     let s = p.agent.open(head("/half"), false).expect("open");
     let request = pattern(5, 300 * 1024);
-    s.write_all(&request).await.expect("request");
-    s.shutdown().await.expect("finish");
-    match s.write_all(b"late").await {
+    write_all(&s, &request).await.expect("request");
+    shutdown(&s).await.expect("finish");
+    match write_all(&s, b"late").await {
         Err(Error::Stream(StreamError::Misuse(ApiMisuse::SendAfterFinish(_)))) => {}
         other => panic!("write after finish: {other:?}"),
     }
@@ -369,17 +402,17 @@ pub async fn half_close_opener_finishes_first<R: SuiteRuntime>() {
 
 /// Server-opened stream (kas → agent): the acceptor (agent) answers and finishes its direction
 /// before reading anything; the opener reads that to EOF, then sends its own body and finishes.
-pub async fn half_close_acceptor_finishes_first<R: SuiteRuntime>() {
-    let p = pair::<R>(Setup::default()).await;
+pub async fn half_close_acceptor_finishes_first(rt: Rt) {
+    let p = pair(rt, Setup::default()).await;
     let agent = p.agent.clone();
     let reply = Arc::new(pattern(9, 200 * 1024));
     let acceptor = {
         let reply = reply.clone();
-        spawn::<R, _>(async move {
+        spawn(rt, async move {
             let (_, s) = agent.accept_stream().await.expect("a stream");
             s.respond(status(200), false).expect("respond");
-            s.write_all(&reply).await.expect("reply");
-            s.shutdown().await.expect("finish");
+            write_all(&s, &reply).await.expect("reply");
+            shutdown(&s).await.expect("finish");
             read_to_end(&s).await.expect("request after finishing")
         })
     };
@@ -390,29 +423,22 @@ pub async fn half_close_acceptor_finishes_first<R: SuiteRuntime>() {
     assert_eq!(s.trailer().await.expect("trailer"), None);
     // Our direction is still open.
     let request = pattern(10, 100 * 1024);
-    s.write_all(&request)
+    write_all(&s, &request)
         .await
         .expect("request after the peer finished");
-    s.shutdown().await.expect("finish");
+    shutdown(&s).await.expect("finish");
     assert!(acceptor.await == request);
 }
 
 // ---------------------------------------------------------------------------------------- resets
 
 /// The opener resets mid-body: the acceptor's read fails with the remote reset and its code.
-pub async fn reset_by_opener<R: SuiteRuntime>() {
-    let p = pair::<R>(Setup::default()).await;
-    let server = p.server.clone();
-    let acceptor = spawn::<R, _>(async move {
-        let (_, s) = server.accept_stream().await.expect("a stream");
-        s.respond(status(200), false).expect("respond");
-        read_until_error(&s).await
-    });
-    let s = p.agent.open(head("/reset"), false).expect("open");
-    s.write_all(&pattern(1, 64 * 1024)).await.expect("write");
-    assert_eq!(s.response().await.expect("response").status, 200);
+pub async fn reset_by_opener(rt: Rt) {
+    let p = pair(rt, Setup::default()).await;
+    let acceptor = answer_and_read_until_error(rt, &p.server);
+    let s = open_answered(&p.agent, "/reset", &pattern(1, 64 * 1024)).await;
     s.reset(ErrorCode::Cancel);
-    match s.read(&mut [0u8; 16]).await {
+    match read(&s, &mut [0u8; 16]).await {
         Err(Error::StreamReset {
             code: ErrorCode::Cancel,
             remote: false,
@@ -420,7 +446,7 @@ pub async fn reset_by_opener<R: SuiteRuntime>() {
         }) => {}
         other => panic!("read after own reset: {other:?}"),
     }
-    assert!(s.write_all(b"x").await.is_err());
+    assert!(write_all(&s, b"x").await.is_err());
     match acceptor.await {
         Error::StreamReset {
             code: ErrorCode::Cancel,
@@ -433,10 +459,10 @@ pub async fn reset_by_opener<R: SuiteRuntime>() {
 
 /// The acceptor resets without answering: the opener's `response()` and writes fail with the remote
 /// reset and its code.
-pub async fn reset_by_acceptor<R: SuiteRuntime>() {
-    let p = pair::<R>(Setup::default()).await;
+pub async fn reset_by_acceptor(rt: Rt) {
+    let p = pair(rt, Setup::default()).await;
     let server = p.server.clone();
-    R::spawn(async move {
+    spawn(rt, async move {
         if let Some((_, s)) = server.accept_stream().await {
             s.reset(ErrorCode::Internal);
         }
@@ -450,11 +476,11 @@ pub async fn reset_by_acceptor<R: SuiteRuntime>() {
         }) => {}
         other => panic!("response after peer reset: {other:?}"),
     }
-    match s.write_all(b"x").await {
+    match write_all(&s, b"x").await {
         Err(Error::StreamReset { remote: true, .. }) => {}
         other => panic!("write after peer reset: {other:?}"),
     }
-    match s.read(&mut [0u8; 4]).await {
+    match read(&s, &mut [0u8; 4]).await {
         Err(Error::StreamReset { remote: true, .. }) => {}
         other => panic!("read after peer reset: {other:?}"),
     }
@@ -462,15 +488,15 @@ pub async fn reset_by_acceptor<R: SuiteRuntime>() {
 
 /// Streams dropped with unread body give their connection credit back: with a 256 KiB connection
 /// window, eight 128 KiB bodies dropped unread, then a 1 MiB echo, all complete.
-pub async fn dropped_streams_return_connection_window<R: SuiteRuntime>() {
+pub async fn dropped_streams_return_connection_window(rt: Rt) {
     let mut setup = Setup::default();
     setup.server.settings.initial_connection_window = 256 * 1024;
     setup.server.settings.initial_stream_window = 128 * 1024;
-    let p = pair::<R>(setup).await;
+    let p = pair(rt, setup).await;
     let server = p.server.clone();
-    R::spawn(async move {
+    spawn(rt, async move {
         while let Some((h, s)) = server.accept_stream().await {
-            R::spawn(async move {
+            spawn(rt, async move {
                 if h.path == "/drop" {
                     // The whole body is buffered once the end arrived; drop it unread.
                     let _ = s.trailer().await;
@@ -484,18 +510,19 @@ pub async fn dropped_streams_return_connection_window<R: SuiteRuntime>() {
     });
     for i in 0..8 {
         let s = p.agent.open(head("/drop"), false).expect("open");
-        step::<R, _>("body into a dropped stream", async {
-            s.write_all(&pattern(i, 128 * 1024)).await.expect("write");
-            s.shutdown().await.expect("finish");
+        step(rt, "body into a dropped stream", async {
+            write_all(&s, &pattern(i, 128 * 1024)).await.expect("write");
+            shutdown(&s).await.expect("finish");
             assert_eq!(s.response().await.expect("response").status, 200);
             assert!(read_to_end(&s).await.expect("read").is_empty());
         })
         .await;
     }
     let data = Arc::new(pattern(3, 1 << 20));
-    let got = step::<R, _>(
+    let got = step(
+        rt,
         "echo after dropped streams",
-        echo::<R>(&p.agent, data.clone()),
+        echo(rt, &p.agent, data.clone()),
     )
     .await
     .expect("echo");
@@ -506,18 +533,18 @@ pub async fn dropped_streams_return_connection_window<R: SuiteRuntime>() {
 
 /// The server's transport dies with eight streams open: every stream on both sides fails with the
 /// typed `TransportClosed`, both connections report it, and opening fails the same way.
-pub async fn peer_killed_mid_stream<R: SuiteRuntime>() {
+pub async fn peer_killed_mid_stream(rt: Rt) {
     const N: usize = 8;
     let setup = Setup::default();
     let kill = setup.server_switch.clone();
-    let p = pair::<R>(setup).await;
+    let p = pair(rt, setup).await;
     let server = p.server.clone();
-    let acceptor = spawn::<R, _>(async move {
+    let acceptor = spawn(rt, async move {
         let mut readers = Vec::new();
         for _ in 0..N {
             let (_, s) = server.accept_stream().await.expect("a stream");
             s.respond(status(200), false).expect("respond");
-            readers.push(spawn::<R, _>(async move { read_until_error(&s).await }));
+            readers.push(spawn(rt, async move { read_until_error(&s).await }));
         }
         readers
     });
@@ -525,7 +552,7 @@ pub async fn peer_killed_mid_stream<R: SuiteRuntime>() {
         .map(|_| p.agent.open(head("/doomed"), false).expect("open"))
         .collect();
     for (i, s) in streams.iter().enumerate() {
-        s.write_all(&pattern(i as u64, 10_000))
+        write_all(s, &pattern(i as u64, 10_000))
             .await
             .expect("write");
         assert_eq!(s.response().await.expect("response").status, 200);
@@ -533,14 +560,14 @@ pub async fn peer_killed_mid_stream<R: SuiteRuntime>() {
     let readers = acceptor.await;
     kill.kill();
     for s in &streams {
-        match step::<R, _>("agent stream fails", read_until_error(s)).await {
+        match step(rt, "agent stream fails", read_until_error(s)).await {
             Error::TransportClosed => {}
             other => panic!("agent stream saw {other:?}"),
         }
-        assert!(s.write_all(b"x").await.is_err());
+        assert!(write_all(s, b"x").await.is_err());
     }
     for r in readers {
-        match step::<R, _>("server stream fails", r).await {
+        match step(rt, "server stream fails", r).await {
             Error::TransportClosed => {}
             other => panic!("server stream saw {other:?}"),
         }
@@ -554,7 +581,7 @@ pub async fn peer_killed_mid_stream<R: SuiteRuntime>() {
 }
 
 /// The authenticator refuses: the agent gets the typed refusal with code, message and back-off.
-pub async fn handshake_refused<R: SuiteRuntime>() {
+pub async fn handshake_refused(rt: Rt) {
     let setup = Setup {
         reject: Some(Reject {
             code: RejectCode::Unauthenticated as i32,
@@ -564,7 +591,7 @@ pub async fn handshake_refused<R: SuiteRuntime>() {
         }),
         ..Setup::default()
     };
-    match R::pair(setup).await {
+    match super::pair(rt, setup).await {
         Err(Error::Refused {
             code,
             message,
@@ -582,7 +609,7 @@ pub async fn handshake_refused<R: SuiteRuntime>() {
 
 /// With keepalive 200 ms / idle 600 ms, the server's transport goes silent (it neither reads nor
 /// writes): both ends close with the typed idle timeout, and the in-flight stream fails with it.
-pub async fn keepalive_timeout_on_silent_peer<R: SuiteRuntime>() {
+pub async fn keepalive_timeout_on_silent_peer(rt: Rt) {
     let cfg = short_keepalive(Duration::from_millis(200), Duration::from_millis(600));
     let setup = Setup {
         agent: cfg.clone(),
@@ -590,54 +617,57 @@ pub async fn keepalive_timeout_on_silent_peer<R: SuiteRuntime>() {
         ..Setup::default()
     };
     let freeze = setup.server_switch.clone();
-    let p = pair::<R>(setup).await;
-    serve::<R>(p.server.clone());
+    let p = pair(rt, setup).await;
+    serve(rt, p.server.clone());
     let s = p.agent.open(head("/echo"), false).expect("open");
-    s.write_all(b"hello").await.expect("write");
+    write_all(&s, b"hello").await.expect("write");
     assert_eq!(s.response().await.expect("response").status, 200);
     let mut buf = [0u8; 5];
-    assert_eq!(s.read(&mut buf).await.expect("echo"), 5);
+    assert_eq!(read(&s, &mut buf).await.expect("echo"), 5);
     freeze.freeze();
     let idle = CloseReason::Local(ConnectionError::IdleTimeout);
-    assert_eq!(step::<R, _>("agent closes", p.agent.closed()).await, idle);
+    assert_eq!(step(rt, "agent closes", p.agent.closed()).await, idle);
     let e = read_until_error(&s).await;
     assert!(e.is_idle_timeout(), "stream saw {e:?}");
-    assert_eq!(step::<R, _>("server closes", p.server.closed()).await, idle);
+    assert_eq!(step(rt, "server closes", p.server.closed()).await, idle);
 }
 
 /// With keepalive 100 ms / idle 3 s, a connection with no application traffic for 7 s stays open
 /// (the pings keep it alive) and still works.
-pub async fn keepalive_keeps_idle_connection_open<R: SuiteRuntime>() {
+pub async fn keepalive_keeps_idle_connection_open(rt: Rt) {
     // PINGs every 100 ms against a 3 s idle timeout: a busy machine may delay a PING or its ACK by
     // almost 3 s before the connection would wrongly close. Idle for 7 s, more than twice the idle
     // timeout, so a connection whose keepalive did not work would have closed.
     let cfg = short_keepalive(Duration::from_millis(100), Duration::from_secs(3));
-    let p = pair::<R>(Setup {
-        agent: cfg.clone(),
-        server: cfg,
-        ..Setup::default()
-    })
+    let p = pair(
+        rt,
+        Setup {
+            agent: cfg.clone(),
+            server: cfg,
+            ..Setup::default()
+        },
+    )
     .await;
-    serve::<R>(p.server.clone());
-    let closed = timeout::<R, _>(Duration::from_secs(7), p.agent.closed()).await;
+    serve(rt, p.server.clone());
+    let closed = timeout(rt, Duration::from_secs(7), p.agent.closed()).await;
     assert_eq!(closed, None, "an idle but healthy connection closed");
     let data = Arc::new(pattern(4, 10_000));
-    assert!(echo::<R>(&p.agent, data.clone()).await.expect("echo") == *data);
+    assert!(echo(rt, &p.agent, data.clone()).await.expect("echo") == *data);
 }
 
 // ----------------------------------------------------------------------------------------- goaway
 
 /// The server closes gracefully while a stream is in flight: both sides refuse new streams with
 /// `GoingAway`, the in-flight stream completes, and both ends close `Graceful`.
-pub async fn goaway_drains_in_flight_streams<R: SuiteRuntime>() {
-    let p = pair::<R>(Setup::default()).await;
+pub async fn goaway_drains_in_flight_streams(rt: Rt) {
+    let p = pair(rt, Setup::default()).await;
     let gate = Gate::new();
     {
         let (server, gate) = (p.server.clone(), gate.clone());
-        R::spawn(async move {
+        spawn(rt, async move {
             while let Some((h, s)) = server.accept_stream().await {
                 let gate = gate.clone();
-                R::spawn(async move {
+                spawn(rt, async move {
                     gate.wait().await;
                     let _ = handle(h, Arc::new(s)).await;
                 });
@@ -646,13 +676,19 @@ pub async fn goaway_drains_in_flight_streams<R: SuiteRuntime>() {
     }
     let data = Arc::new(pattern(8, 1 << 20));
     let s = Arc::new(p.agent.open(head("/echo"), false).expect("open"));
-    let echoed = spawn::<R, _>(echo_on::<R>(s, data.clone()));
-    wait_until::<R>("server sees the stream", || p.server.open_streams().1 == 1).await;
+    let echoed = spawn(rt, echo_on(rt, s, data.clone()));
+    wait_until(rt, "server sees the stream", || {
+        p.server.open_streams().1 == 1
+    })
+    .await;
     let closing = {
         let server = p.server.clone();
-        spawn::<R, _>(async move { server.close(Duration::from_secs(60)).await })
+        spawn(
+            rt,
+            async move { server.close(Duration::from_secs(60)).await },
+        )
     };
-    wait_until::<R>("agent sees GOAWAY", || p.agent.is_draining()).await;
+    wait_until(rt, "agent sees GOAWAY", || p.agent.is_draining()).await;
     match p.agent.open(head("/echo"), false) {
         Err(e) if e.is_going_away() => {}
         other => panic!("agent open while draining: {:?}", other.map(|_| ())),
@@ -670,17 +706,10 @@ pub async fn goaway_drains_in_flight_streams<R: SuiteRuntime>() {
 
 /// A stream that never finishes is cut when the graceful close's deadline passes: the closer reports
 /// `Aborted`, the peer `Remote { CANCEL }`, and the stream fails on both sides.
-pub async fn goaway_deadline_aborts_stuck_streams<R: SuiteRuntime>() {
-    let p = pair::<R>(Setup::default()).await;
-    let server = p.server.clone();
-    let stuck = spawn::<R, _>(async move {
-        let (_, s) = server.accept_stream().await.expect("a stream");
-        s.respond(status(200), false).expect("respond");
-        read_until_error(&s).await
-    });
-    let s = p.agent.open(head("/stuck"), false).expect("open");
-    s.write_all(b"never finished").await.expect("write");
-    assert_eq!(s.response().await.expect("response").status, 200);
+pub async fn goaway_deadline_aborts_stuck_streams(rt: Rt) {
+    let p = pair(rt, Setup::default()).await;
+    let stuck = answer_and_read_until_error(rt, &p.server);
+    let s = open_answered(&p.agent, "/stuck", b"never finished").await;
     let reason = p.server.close(Duration::from_millis(300)).await;
     assert!(
         matches!(
@@ -715,11 +744,11 @@ pub async fn goaway_deadline_aborts_stuck_streams<R: SuiteRuntime>() {
 
 /// Past the peer's concurrency limit, `open` fails with the typed `LimitReached`; once a stream is
 /// done, opening works again.
-pub async fn stream_limit_is_a_typed_error<R: SuiteRuntime>() {
+pub async fn stream_limit_is_a_typed_error(rt: Rt) {
     let mut setup = Setup::default();
     setup.server.settings.max_concurrent_streams = 4;
-    let p = pair::<R>(setup).await;
-    serve::<R>(p.server.clone());
+    let p = pair(rt, setup).await;
+    serve(rt, p.server.clone());
     let streams: Vec<_> = (0..4)
         .map(|_| p.agent.open(head("/echo"), false).expect("open"))
         .collect();
@@ -728,12 +757,108 @@ pub async fn stream_limit_is_a_typed_error<R: SuiteRuntime>() {
         other => panic!("fifth open: {:?}", other.map(|_| ())),
     }
     let first = &streams[0];
-    first.write_all(b"ping").await.expect("write");
-    first.shutdown().await.expect("finish");
+    write_all(first, b"ping").await.expect("write");
+    shutdown(first).await.expect("finish");
     assert_eq!(read_to_end(first).await.expect("echo"), b"ping");
     let late = p
         .agent
         .open(head("/echo"), true)
         .expect("open after one finished");
     assert_eq!(late.response().await.expect("response").status, 200);
+}
+
+// ------------------------------------------------------------------------------------- draining
+
+/// The server starts a graceful close with a stream in flight: `draining()` resolves on both sides,
+/// woken by the GOAWAY itself (each await is under the step guard; nothing polls `is_draining`),
+/// opens then fail with `GoingAway`, and the in-flight stream still completes. Before the close,
+/// `draining()` does not resolve.
+pub async fn draining_is_reported_without_polling(rt: Rt) {
+    let p = pair(rt, Setup::default()).await;
+    serve(rt, p.server.clone());
+    let in_flight = p.agent.open(head("/echo"), false).expect("open");
+    write_all(&in_flight, b"before").await.expect("write");
+    assert_eq!(in_flight.response().await.expect("response").status, 200);
+    let early = timeout(rt, Duration::from_millis(50), p.agent.draining()).await;
+    assert!(early.is_none(), "draining() resolved before any GOAWAY");
+    let waiter = {
+        let agent = p.agent.clone();
+        spawn(rt, async move { agent.draining().await })
+    };
+    p.server.start_close(Duration::from_secs(60));
+    step(rt, "server reports draining", p.server.draining()).await;
+    step(rt, "agent is woken by the GOAWAY", waiter).await;
+    assert!(p.agent.is_draining());
+    match p.agent.open(head("/echo"), false) {
+        Err(e) if e.is_going_away() => {}
+        other => panic!("agent open after draining(): {:?}", other.map(|_| ())),
+    }
+    shutdown(&in_flight).await.expect("finish");
+    assert_eq!(read_to_end(&in_flight).await.expect("echo"), b"before");
+    drop(in_flight);
+    assert_eq!(
+        step(rt, "graceful end", p.agent.closed()).await,
+        CloseReason::Graceful
+    );
+}
+
+// ------------------------------------------------------------------------------------- I/O traits
+
+/// The one stream type through the futures-io traits (the whole stream, and its split halves) and,
+/// with the `tokio` feature, through `tokio::io`'s: each echoes a body intact.
+pub async fn io_traits_roundtrip(rt: Rt) {
+    let p = pair(rt, Setup::default()).await;
+    serve(rt, p.server.clone());
+    let data = pattern(21, 300 * 1024);
+
+    // futures-io on the owned stream: write, close (finish), read to end.
+    let mut s = p.agent.open(head("/echo"), false).expect("open");
+    let writer_data = data.clone();
+    let (mut recv, mut send) = {
+        s.write_all(&writer_data[..1000]).await.expect("write");
+        assert_eq!(s.response().await.expect("response").status, 200);
+        let mut first = vec![0u8; 1000];
+        s.read_exact(&mut first).await.expect("read first echo");
+        assert_eq!(first, writer_data[..1000]);
+        s.split()
+    };
+    // The halves from two tasks: the sender writes the rest and closes, the receiver reads to EOF.
+    let sender = spawn(rt, async move {
+        send.write_all(&writer_data[1000..])
+            .await
+            .expect("half write");
+        send.close().await.expect("half close");
+    });
+    let mut rest = Vec::new();
+    recv.read_to_end(&mut rest).await.expect("half read");
+    sender.await;
+    assert!(rest == data[1000..], "futures-io echo altered");
+
+    #[cfg(feature = "tokio")]
+    tokio_io::roundtrip(&p.agent, &data).await;
+}
+
+/// The tokio half of [`io_traits_roundtrip`], in a module of its own: with both extension traits in
+/// scope, method calls would be ambiguous.
+#[cfg(feature = "tokio")]
+mod tokio_io {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::{Connection, head};
+
+    pub(super) async fn roundtrip(conn: &Connection, data: &[u8]) {
+        let mut s = conn.open(head("/echo"), false).expect("open");
+        s.write_all(data).await.expect("tokio write");
+        s.shutdown().await.expect("tokio shutdown");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.expect("tokio read");
+        assert!(got == data, "tokio::io echo altered");
+        // Through a shared reference, as with `&TcpStream`.
+        let s = conn.open(head("/echo"), false).expect("open");
+        (&s).write_all(b"shared").await.expect("write via &Stream");
+        (&s).shutdown().await.expect("shutdown via &Stream");
+        let mut got = Vec::new();
+        (&s).read_to_end(&mut got).await.expect("read via &Stream");
+        assert_eq!(got, b"shared");
+    }
 }
