@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use protocol::Settings;
-use protocol::frame::{Decoder, Frame, MAX_FRAME_SIZE_LIMIT, MAX_WINDOW, StreamId};
+use protocol::tunnel::frame::{Decoder, Frame, MAX_FRAME_SIZE_LIMIT, MAX_WINDOW, StreamId};
 
 /// The TLS stream, either end.
 pub enum Tls {

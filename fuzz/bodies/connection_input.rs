@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use protocol::frame::{Decoder, Frame, MAX_FRAME_SIZE_LIMIT, PREFACE};
+use protocol::tunnel::frame::{Decoder, Frame, MAX_FRAME_SIZE_LIMIT, PREFACE};
 use protocol::testing::pair::{Pair, Rng};
 use protocol::{
     AgentHello, CloseReason, Config, Connection, ErrorCode, Event, Settings, StreamId, proto,

@@ -10,7 +10,7 @@
 //! - a DATA payload never exceeds the payload limit;
 //! - after an error the decoder is poisoned: it repeats the same error.
 use protocol::FrameError;
-use protocol::frame::{Decoder, Frame, MAX_FRAME_SIZE_LIMIT};
+use protocol::tunnel::frame::{Decoder, Frame, MAX_FRAME_SIZE_LIMIT};
 use protocol::testing::pair::Rng;
 
 /// Frames until the decoder wants more input, then the error if it stopped on one.

@@ -463,7 +463,7 @@ impl Default for KeepaliveConfig {
 /// Smallest accepted `limits.max_frame_size` (PROTOCOL.md §6's minimum).
 pub const MIN_FRAME_SIZE: u32 = protocol::tunnel::frame::MIN_MAX_FRAME_SIZE;
 /// Largest accepted `limits.max_frame_size` (24-bit frame length).
-pub const MAX_FRAME_SIZE: u32 = protocol::frame::MAX_FRAME_SIZE_LIMIT;
+pub const MAX_FRAME_SIZE: u32 = protocol::tunnel::frame::MAX_FRAME_SIZE_LIMIT;
 
 /// Per-connection protocol limits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -487,7 +487,7 @@ impl Default for LimitsConfig {
     }
 }
 
-/// Flood limits on agent connections ([`protocol::config::FloodLimits`]): frames that cost kas work
+/// Flood limits on agent connections ([`protocol::tunnel::config::FloodLimits`]): frames that cost kas work
 /// without doing any are counted per `window`; an agent over a limit is closed with GOAWAY
 /// `ENHANCE_YOUR_CALM`. A count of 0 disables that limit. Defaults are far above what agentk does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -514,7 +514,7 @@ pub struct FloodConfig {
 
 impl Default for FloodConfig {
     fn default() -> Self {
-        let d = protocol::config::FloodLimits::default();
+        let d = protocol::tunnel::config::FloodLimits::default();
         Self {
             window: d.window,
             pings: d.pings,
@@ -529,8 +529,8 @@ impl Default for FloodConfig {
 
 impl FloodConfig {
     /// The limits as the protocol takes them.
-    pub fn to_protocol(&self) -> protocol::config::FloodLimits {
-        protocol::config::FloodLimits {
+    pub fn to_protocol(&self) -> protocol::tunnel::config::FloodLimits {
+        protocol::tunnel::config::FloodLimits {
             window: self.window,
             pings: self.pings,
             rapid_resets: self.rapid_resets,

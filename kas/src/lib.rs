@@ -6,7 +6,7 @@
 //! ```text
 //!  kubectl / curl ──HTTP──▶ api (hyper on smol) ──▶ users: 401/403 ──▶ directory: 404
 //!                                 │
-//!                                 ▼ registry.route(agent, deadline)      (protocol::router decides)
+//!                                 ▼ registry.route(agent, deadline)      (protocol::routing::router decides)
 //!                           Lease on a connection ──open stream──▶ agent_listener's connections
 //!                                 │                                      (runtime-smol, TLS)
 //!                                 ◀── response head (≤ response timeout) + body streamed back
@@ -22,7 +22,7 @@
 //! The running server, on smol: [`server`] ([`Kas::start`] → [`Running`]) binds both listeners and
 //! spawns every task on kas's own executor threads ([`pool`]); [`agent_listener`] accepts agent
 //! connections (TLS, HELLO authenticated on smol's blocking pool, REJECT codes) and registers them in
-//! the [`registry`], the async face of `protocol::router::Router` (waiting requests, one timer task,
+//! the [`registry`], the async face of `protocol::routing::router::Router` (waiting requests, one timer task,
 //! leases); [`api`] is the HTTP API (health, readiness, metrics, agent listing, `/k8s-proxy` and the
 //! service proxy, streaming both ways). [`state`] is what all tasks share; [`signals`] waits for
 //! SIGINT/SIGTERM. `kas demo` execs the `kas-demo` binary (crate `kas-demo`): the demo links agentk and

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use conformance::wire::{Peer, summary};
 use protocol::StreamId;
-use protocol::frame::Frame;
+use protocol::tunnel::frame::Frame;
 use protocol::proto;
 use rogue::rogue;
 use support::{Env, GUARD, eventually, get, metric, metrics};

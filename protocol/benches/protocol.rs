@@ -25,7 +25,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use protocol::frame::{Decoder, Frame, HEADER_LEN, MAX_FRAME_SIZE_LIMIT};
+use protocol::tunnel::frame::{Decoder, Frame, HEADER_LEN, MAX_FRAME_SIZE_LIMIT};
 use protocol::testing::pair::Pair;
 use protocol::{Event, StreamId, proto};
 

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use bytes::Bytes;
-use protocol::frame::{Decoder, Frame, HEADER_LEN, MAX_FRAME_SIZE_LIMIT, PREFACE};
+use protocol::tunnel::frame::{Decoder, Frame, HEADER_LEN, MAX_FRAME_SIZE_LIMIT, PREFACE};
 use protocol::{AgentHello, Config, Connection, Event, proto};
 
 /// How a protobuf field is shown.

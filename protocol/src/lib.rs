@@ -73,6 +73,8 @@
 //! [`Connection::release_capacity`] once consumed, which is what lets a slow reader slow down its
 //! sender, on its own stream only.
 
+#![warn(missing_docs)]
+
 pub mod cache;
 pub mod routing;
 pub mod service;
@@ -92,9 +94,3 @@ pub use tunnel::{
     PROTOCOL_VERSION, Phase, RejectCode, Role, Settings, StreamError, StreamId,
 };
 
-// Old module paths, kept while the crates above move to `protocol::tunnel::…` and `protocol::routing`
-// (issue 10). Not part of the curated surface; removed once no caller uses them.
-#[doc(hidden)]
-pub use routing::router;
-#[doc(hidden)]
-pub use tunnel::{config, connection, error, event, flow, frame};

@@ -1,4 +1,3 @@
-#![warn(missing_docs)]
 //! Names and conventions of the services carried over tunnel streams (PROTOCOL.md, "Services").
 //!
 //! The tunnel itself is service-agnostic: a REQUEST names a `service` and a `method`, and the receiving

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use protocol::config::FloodLimits;
-use protocol::connection::FloodKind;
-use protocol::frame::{Decoder, Frame, StreamId};
+use protocol::tunnel::config::FloodLimits;
+use protocol::tunnel::connection::FloodKind;
+use protocol::tunnel::frame::{Decoder, Frame, StreamId};
 use protocol::testing::pair::Pair;
 use protocol::{AgentHello, CloseReason, Config, ConnectionError, ErrorCode, proto};
 

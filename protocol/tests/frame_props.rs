@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use protocol::frame::{Decoder, Frame, MAX_FRAME_SIZE_LIMIT};
+use protocol::tunnel::frame::{Decoder, Frame, MAX_FRAME_SIZE_LIMIT};
 use protocol::{StreamId, proto};
 
 fn stream_id() -> impl Strategy<Value = StreamId> {
@@ -187,7 +187,7 @@ proptest! {
         let now = std::time::Instant::now();
         let mut c = protocol::Connection::server(protocol::Config::default(), now);
         if with_preface {
-            c.handle_input(protocol::frame::PREFACE, now);
+            c.handle_input(protocol::tunnel::frame::PREFACE, now);
         }
         for ch in &chunks {
             c.handle_input(ch, now);

@@ -22,7 +22,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use protocol::frame::{Frame, PREFACE, StreamId};
+use protocol::tunnel::frame::{Frame, PREFACE, StreamId};
 use protocol::proto;
 use protocol::testing::pair::Rng;
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use bytes::{BufMut, BytesMut};
 use prost::Message;
-use protocol::frame::{Decoder, Frame};
+use protocol::tunnel::frame::{Decoder, Frame};
 use protocol::testing::pair::Pair;
 use protocol::{
     AgentHello, CloseReason, Config, ConnectionError, ErrorCode, Event, FrameError, Settings, proto,
@@ -383,7 +383,7 @@ fn handshake_phase_violations() {
     ));
     // A REQUEST instead of HELLO.
     let mut c = protocol::Connection::server(Config::default(), Instant::now());
-    let mut input = protocol::frame::PREFACE.to_vec();
+    let mut input = protocol::tunnel::frame::PREFACE.to_vec();
     input.extend(request(1));
     c.handle_input(&input, Instant::now());
     assert!(matches!(
@@ -401,7 +401,7 @@ fn handshake_phase_violations() {
         }),
         ..Default::default()
     };
-    let mut input = protocol::frame::PREFACE.to_vec();
+    let mut input = protocol::tunnel::frame::PREFACE.to_vec();
     input.extend(Frame::Hello(hello).to_bytes());
     c.handle_input(&input, Instant::now());
     assert!(matches!(

@@ -1,4 +1,4 @@
-//! Property test of `protocol::router` against an independent reference model.
+//! Property test of `protocol::routing::router` against an independent reference model.
 //!
 //! Random operation sequences drive the [`Router`] and a [`Model`] side by side. The model is a naive
 //! re-statement of the routing rules in the router's module documentation — connections with their
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use protocol::router::{Route, RouteError, Router, RouterConfig};
+use protocol::routing::router::{Route, RouteError, Router, RouterConfig};
 
 const AGENTS: u64 = 3;
 const PER_AGENT: usize = 4;

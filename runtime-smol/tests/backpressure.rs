@@ -9,7 +9,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use protocol::frame::{Decoder, Frame, PREFACE};
+use protocol::tunnel::frame::{Decoder, Frame, PREFACE};
 use protocol::{Config, proto};
 use runtime_smol::{Accepted, Server};
 

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protocol::frame::{Frame, StreamId};
+use protocol::tunnel::frame::{Frame, StreamId};
 use protocol::{ErrorCode, PROTOCOL_VERSION, Settings, proto};
 
 use crate::apiserver::FakeApiServer;
@@ -228,11 +228,11 @@ impl<'a> Session<'a> {
                     .recv_raw(8, after(Duration::from_secs(10)))
                     .map_err(|e| format!("reading the preface: {e}"))?
                     .ok_or("no preface within 10 s of connecting")?;
-                if preface != protocol::frame::PREFACE {
+                if preface != protocol::tunnel::frame::PREFACE {
                     return Err(format!(
                         "wrong preface {} (expected {})",
                         hex::encode(&preface),
-                        hex::encode(protocol::frame::PREFACE)
+                        hex::encode(protocol::tunnel::frame::PREFACE)
                     ));
                 }
                 let hello =

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use protocol::frame::{Frame, StreamId};
+use protocol::tunnel::frame::{Frame, StreamId};
 use protocol::{ErrorCode, PROTOCOL_VERSION, Settings, proto};
 use sha2::{Digest, Sha256};
 

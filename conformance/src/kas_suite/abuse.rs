@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use protocol::frame::{Frame, StreamId};
+use protocol::tunnel::frame::{Frame, StreamId};
 use protocol::{ErrorCode, Settings, proto};
 
 use super::{ANSWER, Shared, after, api_request, connect, expect_goaway_and_close, join};
@@ -189,7 +189,7 @@ mod tests {
 
     #[test]
     fn scenario_traffic_is_ten_times_the_documented_limits() {
-        let d = protocol::config::FloodLimits::default();
+        let d = protocol::tunnel::config::FloodLimits::default();
         assert_eq!(d.pings as usize, DOCUMENTED_PINGS_PER_WINDOW);
         assert_eq!(d.rapid_resets as usize, DOCUMENTED_RAPID_RESETS_PER_WINDOW);
     }

@@ -28,7 +28,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use protocol::frame::{Frame, StreamId};
+use protocol::tunnel::frame::{Frame, StreamId};
 use protocol::{ErrorCode, Settings, proto};
 use sha2::{Digest, Sha256};
 
@@ -418,7 +418,7 @@ pub fn hello(
 
 /// Sends the preface and HELLO; returns kas's first frame (ACCEPT or REJECT expected).
 pub fn handshake(peer: &mut Peer, hello: proto::Hello) -> Result<Frame, String> {
-    let mut octets = protocol::frame::PREFACE.to_vec();
+    let mut octets = protocol::tunnel::frame::PREFACE.to_vec();
     octets.extend_from_slice(&Frame::Hello(hello).to_bytes());
     peer.send_raw(&octets)
         .map_err(|e| format!("sending HELLO: {e}"))?;

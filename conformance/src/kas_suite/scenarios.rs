@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use protocol::frame::{Frame, StreamId};
+use protocol::tunnel::frame::{Frame, StreamId};
 use protocol::{ErrorCode, Settings, proto};
 use sha2::{Digest, Sha256};
 
@@ -211,7 +211,7 @@ fn handshake_bad_preface(sh: &Shared) -> Result<(), String> {
 /// §7.6: a frame other than HELLO first is a connection error PROTOCOL_ERROR.
 fn handshake_frame_before_hello(sh: &Shared) -> Result<(), String> {
     let mut peer = dial(sh)?;
-    let mut octets = protocol::frame::PREFACE.to_vec();
+    let mut octets = protocol::tunnel::frame::PREFACE.to_vec();
     octets.extend_from_slice(
         &Frame::Ping {
             ack: false,

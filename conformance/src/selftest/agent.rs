@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use protocol::frame::{Frame, PREFACE};
+use protocol::tunnel::frame::{Frame, PREFACE};
 use protocol::{AgentHello, CloseReason, Config, Connection, ErrorCode, Event, StreamId, proto};
 
 use super::tamper::{self, FirstIncoming, Input, Outgoing, Queue, UnknownFrameWatch};

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use protocol::frame::{Frame, PREFACE};
+use protocol::tunnel::frame::{Frame, PREFACE};
 use protocol::{Config, Connection, ErrorCode, Event, StreamId, proto};
 use sha2::{Digest, Sha256};
 
@@ -480,7 +480,7 @@ fn first_incoming(fault: Fault) -> FirstIncoming {
                 Fault::AcceptUnsupportedVersion => h.min_version = protocol::PROTOCOL_VERSION,
                 Fault::AcceptBadSettings => {
                     if let Some(s) = &mut h.settings {
-                        s.max_frame_size = protocol::frame::DEFAULT_MAX_FRAME_SIZE;
+                        s.max_frame_size = protocol::tunnel::frame::DEFAULT_MAX_FRAME_SIZE;
                     }
                 }
                 Fault::ExceedStreamLimit => {

@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use protocol::frame::{Decoder, Frame, MAX_FRAME_SIZE_LIMIT};
+use protocol::tunnel::frame::{Decoder, Frame, MAX_FRAME_SIZE_LIMIT};
 use protocol::{Connection, ErrorCode, StreamId};
 
 /// Rewrites outgoing frames: `rewrite` maps each frame to what is sent instead (possibly nothing

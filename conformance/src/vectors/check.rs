@@ -1,10 +1,10 @@
 //! Checks the vectors against the reference implementation: frame vectors through
-//! [`protocol::frame::Decoder`] (and back through the encoder), malformed input through a
+//! [`protocol::tunnel::frame::Decoder`] (and back through the encoder), malformed input through a
 //! [`protocol::Connection`] in the receiver's role, observing only what it sends and whether it closes.
 
 use std::time::Instant;
 
-use protocol::frame::{Decoder, Frame, MAX_FRAME_SIZE_LIMIT, PREFACE};
+use protocol::tunnel::frame::{Decoder, Frame, MAX_FRAME_SIZE_LIMIT, PREFACE};
 use protocol::{
     AgentHello, CloseReason, Config, Connection, ConnectionError, Event, Settings, proto,
 };

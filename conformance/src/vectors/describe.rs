@@ -2,7 +2,7 @@
 //! ([`Spec`]: what the generator writes) or from the reference implementation ([`CodeNames`]: what the
 //! checker compares with), so a name or value that differs between the two fails the check.
 
-use protocol::frame::{FLAG_ACK, FLAG_END_STREAM, Frame, FrameType};
+use protocol::tunnel::frame::{FLAG_ACK, FLAG_END_STREAM, Frame, FrameType};
 use protocol::{ErrorCode, proto};
 use serde_json::{Value, json};
 

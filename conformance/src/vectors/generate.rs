@@ -3,7 +3,7 @@
 //! messages — never from the reference implementation's frame encoder, which the vectors check.
 
 use prost::Message;
-use protocol::frame::{Frame, StreamId};
+use protocol::tunnel::frame::{Frame, StreamId};
 use protocol::proto;
 
 use super::describe::{Names, meaning};

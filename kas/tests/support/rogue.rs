@@ -8,7 +8,7 @@ use std::time::Instant;
 use conformance::wire::{Peer, summary};
 use kas::Running;
 use protocol::Settings;
-use protocol::frame::{Frame, PREFACE};
+use protocol::tunnel::frame::{Frame, PREFACE};
 use protocol::proto;
 
 use crate::support::{Env, GUARD, agent_meta};

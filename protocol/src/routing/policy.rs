@@ -73,6 +73,7 @@ impl Default for RoutingConfig {
 /// What the driver knows about a new request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestSpec {
+    /// The agent the request is for.
     pub agent_id: u64,
     /// Waiting for a connection ends here.
     pub deadline: Instant,
@@ -99,11 +100,26 @@ pub enum Placement<H> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoutingEvent<H, R> {
     /// Open its stream on `conn` now.
-    Assigned { request: R, conn: H },
+    Assigned {
+        /// The request.
+        request: R,
+        /// The connection to open it on.
+        conn: H,
+    },
     /// Fail it.
-    Failed { request: R, failure: RequestFailure },
+    Failed {
+        /// The request.
+        request: R,
+        /// Why, as the client is told.
+        failure: RequestFailure,
+    },
     /// Forward it to `replica`.
-    Forward { request: R, replica: ReplicaId },
+    Forward {
+        /// The request.
+        request: R,
+        /// The replica holding a connection of the agent.
+        replica: ReplicaId,
+    },
 }
 
 /// Why a connection drains (for logs; every cause drains alike).
@@ -123,11 +139,19 @@ pub enum OpenFailure {
     /// Either side sent GOAWAY on the connection.
     GoingAway,
     /// The agent's concurrent stream limit is reached.
-    LimitReached { limit: u32 },
+    LimitReached {
+        /// The agent's limit.
+        limit: u32,
+    },
     /// The connection used up its stream ids.
     IdsExhausted,
     /// The request head is larger than the agent accepts (the client's problem).
-    HeadTooLarge { len: usize, max: u32 },
+    HeadTooLarge {
+        /// The head's encoded length.
+        len: usize,
+        /// The most the agent accepts.
+        max: u32,
+    },
     /// The connection is over.
     Closed,
 }
@@ -135,22 +159,45 @@ pub enum OpenFailure {
 /// Why a request failed; what the client is told.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestFailure {
+    /// No such agent (404).
     #[error("the agent does not exist")]
     UnknownAgent,
+    /// The agent exists but had no connection until the deadline (503).
     #[error("the agent is not connected (waited {waited:?})")]
-    NotConnected { waited: Duration },
+    NotConnected {
+        /// How long the request waited for a connection.
+        waited: Duration,
+    },
+    /// Every connection of the agent was at its stream limit until the deadline (503).
     #[error("the agent is connected but has no stream capacity left (waited {waited:?})")]
-    Saturated { waited: Duration },
+    Saturated {
+        /// How long the request waited for capacity.
+        waited: Duration,
+    },
+    /// The agent's queue of waiting requests is full (503).
     #[error("too many requests are waiting for the agent")]
     TooManyPending,
+    /// The connection carrying the request ended before it was processed, and it cannot be
+    /// sent again (502).
     #[error("the connection to the agent carrying the request was lost")]
     ConnectionLost,
+    /// The request head is larger than the agent accepts (431, the client's problem).
     #[error(
         "the request's headers take {len} octets on the tunnel; the agent accepts at most {max}"
     )]
-    HeadTooLarge { len: usize, max: u32 },
+    HeadTooLarge {
+        /// The head's encoded length.
+        len: usize,
+        /// The most the agent accepts.
+        max: u32,
+    },
+    /// Every attempt was refused unprocessed (GOAWAY, REFUSED_STREAM) up to the bound (502).
     #[error("the agent did not process the request after {attempts} attempts")]
-    Unprocessed { attempts: u32 },
+    Unprocessed {
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// kas is shutting down (503).
     #[error("kas is shutting down")]
     ShuttingDown,
     /// A caller bug: the request token is already being routed.
@@ -189,6 +236,7 @@ impl From<RouteError> for RequestFailure {
 /// Totals of a [`KasRouting`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RoutingStats {
+    /// The connection router's totals.
     pub router: RouterStats,
     /// Requests put back in line after an unprocessed attempt.
     pub rerouted: u64,
@@ -226,6 +274,7 @@ where
     H: Clone + Ord + Debug,
     R: Clone + Ord + Debug,
 {
+    /// A policy with `config`, knowing agents as `listing` says.
     pub fn new(config: RoutingConfig, listing: Listing) -> Self {
         KasRouting {
             config,
@@ -239,6 +288,7 @@ where
         }
     }
 
+    /// The configuration.
     pub fn config(&self) -> &RoutingConfig {
         &self.config
     }
@@ -484,6 +534,7 @@ where
 
     // ----- queries -----
 
+    /// Totals since creation.
     pub fn stats(&self) -> RoutingStats {
         RoutingStats {
             router: self.router.stats(),

@@ -106,18 +106,34 @@ pub enum RouteError {
     /// The agent had no usable connection before the request's deadline, and no non-draining connection
     /// at that moment.
     #[error("agent {agent_id} is not connected (waited {waited:?})")]
-    AgentNotConnected { agent_id: u64, waited: Duration },
+    AgentNotConnected {
+        /// The agent.
+        agent_id: u64,
+        /// How long the request waited.
+        waited: Duration,
+    },
     /// The agent is connected, but every connection stayed at its concurrent stream limit until the
     /// request's deadline.
     #[error("agent {agent_id} is connected but has no stream capacity left (waited {waited:?})")]
-    AgentSaturated { agent_id: u64, waited: Duration },
+    AgentSaturated {
+        /// The agent.
+        agent_id: u64,
+        /// How long the request waited.
+        waited: Duration,
+    },
     /// Too many requests are already waiting (for this agent or in total).
     #[error("too many requests are waiting for agent {agent_id}")]
-    TooManyPending { agent_id: u64 },
+    TooManyPending {
+        /// The agent.
+        agent_id: u64,
+    },
     /// The connection carrying the started request went away; the request may have had effects, so it
     /// is not retried.
     #[error("the connection to agent {agent_id} carrying the request was lost")]
-    ConnectionLost { agent_id: u64 },
+    ConnectionLost {
+        /// The agent.
+        agent_id: u64,
+    },
     /// A request with the same token is already known to the router.
     #[error("a request with the same token is already being routed")]
     DuplicateRequest,
@@ -126,12 +142,16 @@ pub enum RouteError {
 /// A caller mistake (a programming error in the runtime glue, not a client-facing failure).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouterError {
+    /// The connection was added twice.
     #[error("connection handle is already registered")]
     DuplicateConnection,
+    /// No connection with this handle.
     #[error("unknown connection handle")]
     UnknownConnection,
+    /// No request with this token.
     #[error("unknown request")]
     UnknownRequest,
+    /// The request was never handed out to a connection.
     #[error("request has not been handed out (it is pending, queued or failed)")]
     NotStarted,
 }
@@ -150,6 +170,7 @@ pub enum Route<H> {
 /// One agent as seen by [`Router::agents`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentInfo {
+    /// The agent.
     pub agent_id: u64,
     /// Live connections, draining ones included.
     pub connections: usize,
@@ -160,12 +181,17 @@ pub struct AgentInfo {
 /// One connection as seen by [`Router::connections`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionInfo<H> {
+    /// The driver's handle of the connection.
     pub handle: H,
+    /// The agent it belongs to.
     pub agent_id: u64,
     /// Assigned, unfinished requests.
     pub load: usize,
+    /// The agent's concurrent stream limit on it.
     pub max_streams: u32,
+    /// Whether it drains (no new requests).
     pub draining: bool,
+    /// When it was added.
     pub connected_since: Instant,
 }
 
@@ -174,6 +200,7 @@ pub struct ConnectionInfo<H> {
 pub struct RouterStats {
     /// Agents with at least one connection or pending request.
     pub agents: usize,
+    /// Live connections, draining ones included.
     pub connections: usize,
     /// Requests waiting for a connection.
     pub pending: usize,
@@ -272,6 +299,7 @@ where
     H: Clone + Eq + Ord + Debug,
     R: Clone + Eq + Ord + Debug,
 {
+    /// An empty router.
     pub fn new(config: RouterConfig) -> Self {
         Router {
             config,
@@ -286,6 +314,7 @@ where
         }
     }
 
+    /// The configuration.
     pub fn config(&self) -> &RouterConfig {
         &self.config
     }

@@ -17,7 +17,9 @@ use crate::tunnel::event::Event;
 /// Which end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
+    /// The agent's connection.
     Agent,
+    /// kas's connection.
     Server,
 }
 
@@ -26,10 +28,12 @@ pub enum Side {
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
+    /// The next pseudo-random number.
     pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
@@ -48,9 +52,13 @@ impl Rng {
 /// Two connections, two in-flight queues, one clock.
 #[derive(Debug)]
 pub struct Pair {
+    /// The agent's side.
     pub agent: Connection,
+    /// kas's side.
     pub server: Connection,
+    /// The simulated clock.
     pub now: Instant,
+    /// The harness's randomness (chunk sizes).
     pub rng: Rng,
     /// Largest chunk delivered at once (chunks are 1..=max_chunk octets, chosen at random).
     pub max_chunk: usize,
@@ -106,6 +114,7 @@ impl Pair {
         }
     }
 
+    /// The connection of `side`.
     pub fn conn(&mut self, side: Side) -> &mut Connection {
         match side {
             Side::Agent => &mut self.agent,

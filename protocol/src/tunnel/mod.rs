@@ -1,4 +1,3 @@
-#![warn(missing_docs)]
 //! The tunnel: one multiplexed connection between agentk and kas, as a Sans-IO state machine.
 //!
 //! | module | what it is |

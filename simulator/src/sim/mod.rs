@@ -2,7 +2,7 @@
 //!
 //! Thousands of agents, their clusters and a few kas replicas in virtual time, with faults, driving
 //! the production code directly: [`protocol::Connection`] (frames, flow control, keepalive, GOAWAY) on
-//! both ends of every tunnel, [`protocol::router::Router`] in every replica,
+//! both ends of every tunnel, [`protocol::routing::router::Router`] in every replica,
 //! the views endpoints [`protocol::cache::AgentViews`] in every agent and
 //! [`protocol::cache::MirrorTable`] in every replica,
 //! and agentk's reconnect policy [`protocol::tunnel::reconnect::Reconnect`] deciding when agents

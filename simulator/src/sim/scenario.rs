@@ -237,7 +237,7 @@ impl Default for ProtocolSpec {
         ProtocolSpec {
             keepalive_interval: s.keepalive_interval,
             idle_timeout: s.idle_timeout,
-            handshake_timeout: protocol::config::defaults::HANDSHAKE_TIMEOUT,
+            handshake_timeout: protocol::tunnel::config::defaults::HANDSHAKE_TIMEOUT,
             max_concurrent_streams: s.max_concurrent_streams,
             initial_stream_window: s.initial_stream_window.into(),
             initial_connection_window: s.initial_connection_window.into(),
