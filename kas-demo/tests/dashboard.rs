@@ -352,6 +352,25 @@ fn open_dashboard(demo: &Demo) -> (Browser, Cdp) {
     (browser, page)
 }
 
+/// Saves a screenshot of the page (the whole page with `full`) as `target/artifacts/<name>`.
+fn screenshot(page: &mut Cdp, name: &str, full: bool) -> PathBuf {
+    let shot = page.call(
+        "Page.captureScreenshot",
+        json!({"format": "png", "captureBeyondViewport": full}),
+    );
+    let png = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        shot["data"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    let dir = artifacts_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, &png).unwrap();
+    path
+}
+
 /// The first 8 hex digits of a commit, as the page shows it.
 fn short(commit: &str) -> &str {
     &commit[..8]
@@ -436,17 +455,7 @@ fn the_dashboard_updates_in_place_when_the_cluster_changes() {
     );
 
     // The screenshot, as a test artefact (and for the README).
-    let shot = page.call("Page.captureScreenshot", json!({"format": "png"}));
-    let png = base64::Engine::decode(
-        &base64::engine::general_purpose::STANDARD,
-        shot["data"].as_str().unwrap(),
-    )
-    .unwrap();
-    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
-    let dir = artifacts_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("dashboard.png");
-    std::fs::write(&path, &png).unwrap();
+    let path = screenshot(&mut page, "dashboard.png", false);
     println!("screenshot: {} ({})", path.display(), chromium.display());
 
     drop(page);
@@ -557,6 +566,9 @@ fn the_dashboard_shows_the_configuration_and_gitops_status_of_each_agent() {
     assert_eq!(shown["marker"], "same-page", "no reload: {shown:#}");
     // The previous good config stays in force: GitOps goes on unchanged.
     assert_eq!(shown["projects"][0]["phase"], "synced", "{shown:#}");
+    println!("panels: {shown:#}");
+    let path = screenshot(&mut page, "dashboard-git.png", true);
+    println!("screenshot: {}", path.display());
 
     drop(page);
     drop(browser);

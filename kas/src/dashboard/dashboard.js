@@ -222,14 +222,13 @@
     el.hidden = !text;
   }
 
-  // `file line 3, column 5: message (commit 1b2c3d4e)`, or a fetch failure with whose fault it is.
+  // `line 3, column 5: message (commit 1b2c3d4e)` (the file is the element's title), or a fetch
+  // failure with whose fault it is.
   function describeConfigError(e) {
     if (e.kind === 'fetch') {
       return 'fetch failed' + (e.fault ? ' (' + e.fault + ')' : '') + ': ' + (e.message || e.code || '');
     }
-    let where = e.file || 'config.yaml';
-    if (e.line != null) where += ' line ' + e.line + (e.column != null ? ', column ' + e.column : '');
-    if (e.path) where += ' (' + e.path + ')';
+    const where = e.line != null ? 'line ' + e.line + (e.column != null ? ', column ' + e.column : '') : e.file || 'config';
     return where + ': ' + (e.message || e.kind || 'error') + (e.commit ? ' (commit ' + short(e.commit) + ')' : '');
   }
 
@@ -256,8 +255,10 @@
     if (c.repository) meta.push(c.repository);
     setText(f['config-meta'], meta.join(' · '));
     const errors = Array.isArray(c.errors) ? c.errors : [];
-    setError(f['config-error'], errors.length === 0 ? '' :
-      describeConfigError(errors[0]) + (errors.length > 1 ? ' (+' + (errors.length - 1) + ' more)' : ''));
+    const error = errors.length === 0 ? '' :
+      describeConfigError(errors[0]) + (errors.length > 1 ? ' (+' + (errors.length - 1) + ' more)' : '');
+    setError(f['config-error'], error);
+    f['config-error'].title = errors.length && errors[0].file ? errors[0].file + '\n' + error : error;
   }
 
   const COUNTS = [
@@ -307,16 +308,21 @@
     const q = (n) => li.querySelector('[data-field="' + n + '"]');
     const sync = p.sync || null;
     setText(q('gitops-project'), p.project);
-    setPill(q('gitops-phase'), sync ? sync.phase + (sync.dry_run ? ' (dry run)' : '') : p.status || 'pending');
-    q('gitops-phase').className = 'pill ' + cls(sync ? sync.phase : p.status);
+    const phase = q('gitops-phase');
+    setText(phase, sync ? sync.phase + (sync.dry_run ? ' (dry run)' : '') : p.status || 'pending', true);
+    phase.className = 'pill ' + cls(sync ? sync.phase : p.status);
     setText(q('gitops-desired'), short(p.desired_commit), true);
     setText(q('gitops-synced'), short(sync && sync.synced_commit), true);
     const objects = sync && Array.isArray(sync.objects) ? sync.objects : [];
     for (const [what, results] of COUNTS) {
-      setText(q('gitops-' + what), String(objects.filter((o) => results.includes(o.result)).length), true);
+      const n = objects.filter((o) => results.includes(o.result)).length;
+      setText(q('gitops-' + what), String(n), true);
+      if (what === 'failed') q('gitops-failed').parentElement.classList.toggle('bad', n > 0);
     }
     const failed = objects.find((o) => COUNTS[2][1].includes(o.result));
-    setError(q('gitops-error'), projectError(p, sync, failed));
+    const error = projectError(p, sync, failed);
+    setError(q('gitops-error'), error);
+    q('gitops-error').title = error;
   }
 
   function renderGitops(a) {
