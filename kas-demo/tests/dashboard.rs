@@ -566,6 +566,73 @@ fn the_dashboard_shows_the_configuration_and_gitops_status_of_each_agent() {
     assert_eq!(shown["marker"], "same-page", "no reload: {shown:#}");
     // The previous good config stays in force: GitOps goes on unchanged.
     assert_eq!(shown["projects"][0]["phase"], "synced", "{shown:#}");
+
+    // A manifests push with an object whose name is an HTML payload: kas rejects the commit, the
+    // `gitops` event brings its error (with the line) as text, the previous commit stays in force.
+    let work = state.path().join("manifests-work");
+    git(
+        state.path(),
+        &["clone", "-q", &manifests_url, &work.to_string_lossy()],
+    )
+    .unwrap();
+    let configmap = |name: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: '{name}'\n  namespace: demo\n")
+    };
+    let bad_name = "<img src=x onerror=window.__kasXss=2>";
+    let more = format!("{}---\n{}", configmap("second"), configmap(bad_name));
+    std::fs::write(work.join("more.yaml"), more).unwrap();
+    git(&work, &["add", "more.yaml"]).unwrap();
+    git(&work, &["commit", "-q", "-m", "more"]).unwrap();
+    let rejected = git(&work, &["rev-parse", "HEAD"]).unwrap();
+    git(&work, &["push", "-q", "origin", "HEAD:main"]).unwrap();
+    let shown = wait_read(&mut page, READ_GIT, "the rejected manifests commit", |v| {
+        v["projects"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(short(&rejected)))
+    });
+    let project = &shown["projects"][0];
+    let error = project["error"].as_str().unwrap();
+    assert!(
+        error.contains("rejected") && error.contains("line 7"),
+        "{shown:#}"
+    );
+    assert!(
+        error.contains(bad_name),
+        "the name is shown as text: {shown:#}"
+    );
+    assert_eq!(
+        shown["injected"], 0,
+        "Git content must never become markup: {shown:#}"
+    );
+    assert_eq!(project["desired"], short(&manifests_head), "{shown:#}");
+    assert_eq!(project["synced"], short(&manifests_head), "{shown:#}");
+
+    // The fix: the new object is applied, the panel shows the new commit synced and no error.
+    std::fs::write(work.join("more.yaml"), configmap("second")).unwrap();
+    git(&work, &["commit", "-q", "-am", "fixed"]).unwrap();
+    let fixed = git(&work, &["rev-parse", "HEAD"]).unwrap();
+    git(&work, &["push", "-q", "origin", "HEAD:main"]).unwrap();
+    let shown = wait_read(
+        &mut page,
+        READ_GIT,
+        "the fixed manifests commit synced",
+        |v| {
+            let p = &v["projects"][0];
+            p["desired"] == short(&fixed) && p["synced"] == short(&fixed) && p["phase"] == "synced"
+        },
+    );
+    let project = &shown["projects"][0];
+    let applied: usize = project["applied"].as_str().unwrap().parse().unwrap();
+    let unchanged: usize = project["unchanged"].as_str().unwrap().parse().unwrap();
+    assert_eq!(applied + unchanged, 3, "{shown:#}");
+    assert_eq!(project["failed"], "0", "{shown:#}");
+    assert_eq!(project["error"], Value::Null, "{shown:#}");
+    assert_eq!(
+        cluster.store().list("v1", "ConfigMap", Some("demo")).len(),
+        2,
+        "agentk applied the new object"
+    );
+    assert_eq!(shown["marker"], "same-page", "no reload: {shown:#}");
     println!("panels: {shown:#}");
     let path = screenshot(&mut page, "dashboard-git.png", true);
     println!("screenshot: {}", path.display());

@@ -481,7 +481,7 @@
       const parts = [data.project, data.type];
       if (data.phase) parts.push(data.phase);
       if (data.commit) parts.push(short(data.commit));
-      if (data.objects != null) parts.push(data.objects + ' objects, ' + num(data.failed) + ' failed');
+      if (data.objects != null) parts.push(data.objects + ' objects' + (data.failed != null ? ', ' + data.failed + ' failed' : ''));
       what.appendChild(document.createTextNode(parts.join(' · ') + (data.message ? ': ' + data.message : '')));
     } else {
       what.appendChild(span('badge ' + (data.connected ? 'Added' : 'Deleted'), 'agent'));
