@@ -10,8 +10,14 @@
 //! must be on the page within [`MAX_LATENCY`] (the README's "within a second" plus a generous margin
 //! for a loaded 2-core machine; the measured values are printed).
 //!
-//! Needs Debian's `chromium` (`/usr/bin/chromium`, or the path in `$CHROMIUM`); the test fails with a
-//! clear message when it is missing.
+//! A second test reads the Configuration and GitOps panels: the demo's config commit (read from its
+//! Git repository) and its manifests project synced by agentk at the manifests' commit; then a broken
+//! config is pushed, with an HTML payload as the unknown key, and the page shows the rejected commit
+//! and its error with the line, as text, without a reload.
+//!
+//! Needs Debian's `chromium` (`/usr/bin/chromium`, or the path in `$CHROMIUM`) and `git`; the tests
+//! fail with a clear message when they are missing. They run one at a time (two demos and two
+//! browsers at once would distort the measured latencies on a small machine).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -22,8 +28,11 @@ mod support;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use git_mirror::testing::git;
+use kas_demo::git::{CONFIG_REPO, HookClient, MANIFESTS_REPO};
 use kas_demo::{Demo, DemoOptions};
 use serde_json::{Value, json};
 use support::GUARD;
@@ -264,13 +273,41 @@ const READ_PAGE: &str = r#"(() => {
   };
 })()"#;
 
+/// What agent 1's Configuration and GitOps panels show, read from the DOM; `injected` counts elements
+/// and globals an HTML payload in Git content would have created.
+const READ_GIT: &str = r#"(() => {
+  const card = document.querySelector('.agent[data-agent="1"]');
+  const field = (root, n) => root && root.querySelector('[data-field="' + n + '"]');
+  const text = (root, n) => { const el = field(root, n); return el ? el.textContent : null; };
+  const shown = (root, n) => { const el = field(root, n); return el && !el.hidden ? el.textContent : null; };
+  return {
+    config_commit: text(card, 'config-commit'),
+    config_status: text(card, 'config-status'),
+    config_error: shown(card, 'config-error'),
+    projects: card ? [...card.querySelectorAll('[data-field="gitops-projects"] > li')].map((li) => ({
+      project: text(li, 'gitops-project'), phase: text(li, 'gitops-phase'),
+      desired: text(li, 'gitops-desired'), synced: text(li, 'gitops-synced'),
+      applied: text(li, 'gitops-applied'), unchanged: text(li, 'gitops-unchanged'),
+      failed: text(li, 'gitops-failed'), pruned: text(li, 'gitops-pruned'), error: shown(li, 'gitops-error'),
+    })) : [],
+    events: [...document.querySelectorAll('#events li:not([hidden])')].map((li) => li.textContent),
+    injected: document.querySelectorAll('.agent img, #events img').length + (window.__kasXss ? 1 : 0),
+    marker: window.__kasTestMarker || null,
+  };
+})()"#;
+
 /// Polls the page until `f` accepts what it shows (hang guard [`GUARD`]).
-fn wait_page(cdp: &mut Cdp, what: &str, mut f: impl FnMut(&Value) -> bool) -> Value {
+fn wait_page(cdp: &mut Cdp, what: &str, f: impl FnMut(&Value) -> bool) -> Value {
+    wait_read(cdp, READ_PAGE, what, f)
+}
+
+/// Polls the page until `f` accepts what `read` evaluates to (hang guard [`GUARD`]).
+fn wait_read(cdp: &mut Cdp, read: &str, what: &str, mut f: impl FnMut(&Value) -> bool) -> Value {
     let deadline = Instant::now() + GUARD;
     let mut last = Value::Null;
     while Instant::now() < deadline {
         // While the page is still loading the expression may throw: try again.
-        last = cdp.try_eval(READ_PAGE).unwrap_or_else(|e| e);
+        last = cdp.try_eval(read).unwrap_or_else(|e| e);
         if f(&last) {
             return last;
         }
@@ -283,18 +320,26 @@ fn count(v: &Value, field: &str) -> Option<usize> {
     v[field].as_str().and_then(|s| s.parse().ok())
 }
 
-#[test]
-fn the_dashboard_updates_in_place_when_the_cluster_changes() {
-    let chromium = chromium_path();
-    let state = tempfile::tempdir().unwrap();
-    let mut opts = DemoOptions::new(2, state.path().join("demo"));
+/// One test at a time (see the module doc).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The demo with `agents` agents on loopback ports, its Git side on, pushes reaching kas's webhook.
+fn start_demo(state: &Path, agents: usize) -> Demo {
+    git(Path::new("."), &["--version"]).expect("`git` is required (Debian package `git`)");
+    let mut opts = DemoOptions::new(agents, state.join("demo"));
     opts.agent_listen = "127.0.0.1:0".parse().unwrap();
     opts.api_listen = "127.0.0.1:0".parse().unwrap();
     opts.nodes = 3;
     opts.pods = 8;
     opts.churn = 0.0;
-    let demo = Demo::start(&opts).unwrap();
-    let cluster = demo.cluster(1).unwrap();
+    opts.hooks = Some(HookClient::KasDemo(PathBuf::from(env!(
+        "CARGO_BIN_EXE_kas-demo"
+    ))));
+    Demo::start(&opts).unwrap()
+}
+
+/// A browser showing the demo's dashboard (1400×640).
+fn open_dashboard(demo: &Demo) -> (Browser, Cdp) {
     let url = format!("{}/", demo.kas().api_url());
     let browser = Browser::launch();
     let mut page = browser.page();
@@ -304,6 +349,41 @@ fn the_dashboard_updates_in_place_when_the_cluster_changes() {
     );
     page.call("Page.enable", json!({}));
     page.call("Page.navigate", json!({"url": url}));
+    (browser, page)
+}
+
+/// Saves a screenshot of the page (the whole page with `full`) as `target/artifacts/<name>`.
+fn screenshot(page: &mut Cdp, name: &str, full: bool) -> PathBuf {
+    let shot = page.call(
+        "Page.captureScreenshot",
+        json!({"format": "png", "captureBeyondViewport": full}),
+    );
+    let png = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        shot["data"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    let dir = artifacts_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, &png).unwrap();
+    path
+}
+
+/// The first 8 hex digits of a commit, as the page shows it.
+fn short(commit: &str) -> &str {
+    &commit[..8]
+}
+
+#[test]
+fn the_dashboard_updates_in_place_when_the_cluster_changes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let chromium = chromium_path();
+    let state = tempfile::tempdir().unwrap();
+    let demo = start_demo(state.path(), 2);
+    let cluster = demo.cluster(1).unwrap();
+    let (browser, mut page) = open_dashboard(&demo);
 
     let store = cluster.store();
     let nodes_now = || store.list("v1", "Node", None).len();
@@ -375,18 +455,187 @@ fn the_dashboard_updates_in_place_when_the_cluster_changes() {
     );
 
     // The screenshot, as a test artefact (and for the README).
-    let shot = page.call("Page.captureScreenshot", json!({"format": "png"}));
-    let png = base64::Engine::decode(
-        &base64::engine::general_purpose::STANDARD,
-        shot["data"].as_str().unwrap(),
+    let path = screenshot(&mut page, "dashboard.png", false);
+    println!("screenshot: {} ({})", path.display(), chromium.display());
+
+    drop(page);
+    drop(browser);
+    demo.shutdown();
+}
+
+#[test]
+fn the_dashboard_shows_the_configuration_and_gitops_status_of_each_agent() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    chromium_path();
+    let state = tempfile::tempdir().unwrap();
+    let demo = start_demo(state.path(), 1);
+    let head = |repo: &str| {
+        let bare = demo
+            .git_repo_path(repo)
+            .unwrap_or_else(|| panic!("the demo runs without Git: {:?}", demo.git_url(repo)));
+        git(&bare, &["rev-parse", "HEAD"]).unwrap()
+    };
+    let (config_head, manifests_head) = (head(CONFIG_REPO), head(MANIFESTS_REPO));
+    let manifests_url = demo.git_url(MANIFESTS_REPO).unwrap();
+    let (browser, mut page) = open_dashboard(&demo);
+
+    // The demo's config commit, and its manifests project synced by agentk at the manifests' commit.
+    let shown = wait_read(
+        &mut page,
+        READ_GIT,
+        "the config commit and the synced manifests project",
+        |v| {
+            v["config_commit"] == short(&config_head)
+                && v["config_status"] == "ok"
+                && v["projects"].as_array().is_some_and(|p| {
+                    p.iter().any(|p| {
+                        p["project"] == manifests_url.as_str()
+                            && p["phase"] == "synced"
+                            && p["desired"] == short(&manifests_head)
+                            && p["synced"] == short(&manifests_head)
+                    })
+                })
+        },
+    );
+    assert_eq!(shown["config_error"], Value::Null, "{shown:#}");
+    let project = &shown["projects"][0];
+    assert_eq!(
+        shown["projects"].as_array().map(Vec::len),
+        Some(1),
+        "{shown:#}"
+    );
+    let applied: usize = project["applied"].as_str().unwrap().parse().unwrap();
+    let unchanged: usize = project["unchanged"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        applied + unchanged,
+        2,
+        "the example manifest is two objects: {shown:#}"
+    );
+    assert_eq!(project["failed"], "0", "{shown:#}");
+    assert_eq!(project["pruned"], "0", "{shown:#}");
+    assert_eq!(project["error"], Value::Null, "{shown:#}");
+    let cluster = demo.cluster(1).unwrap();
+    assert_eq!(
+        cluster.store().list("v1", "ConfigMap", Some("demo")).len(),
+        1,
+        "agentk applied the manifests"
+    );
+
+    // A broken config pushed (its unknown key is an HTML payload): the page shows the rejected commit
+    // and its error with the line, as text, in place.
+    page.eval("window.__kasTestMarker = 'same-page'; true");
+    let work = state.path().join("config-work");
+    git(
+        state.path(),
+        &[
+            "clone",
+            "-q",
+            &demo.git_url(CONFIG_REPO).unwrap(),
+            &work.to_string_lossy(),
+        ],
     )
     .unwrap();
-    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
-    let dir = artifacts_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("dashboard.png");
-    std::fs::write(&path, &png).unwrap();
-    println!("screenshot: {} ({})", path.display(), chromium.display());
+    let file = work.join(".gitlab/agents/agent-1/config.yaml");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    let payload = "<img src=x onerror=window.__kasXss=1>";
+    text.push_str(&format!("{payload}: true\n"));
+    let line = text.lines().count();
+    std::fs::write(&file, text).unwrap();
+    git(&work, &["commit", "-q", "-am", "broken"]).unwrap();
+    let broken = git(&work, &["rev-parse", "HEAD"]).unwrap();
+    git(&work, &["push", "-q", "origin", "HEAD:main"]).unwrap();
+    let shown = wait_read(&mut page, READ_GIT, "the rejected config commit", |v| {
+        v["config_commit"] == short(&broken)
+            && v["config_status"] == "error"
+            && v["config_error"].is_string()
+            && v["events"].as_array().is_some_and(|e| {
+                e.iter()
+                    .any(|e| e.as_str().is_some_and(|e| e.contains("rejected")))
+            })
+    });
+    let error = shown["config_error"].as_str().unwrap();
+    assert!(error.contains(&format!("line {line}")), "{shown:#}");
+    assert!(
+        error.contains(payload),
+        "the key is shown as text: {shown:#}"
+    );
+    assert_eq!(
+        shown["injected"], 0,
+        "Git content must never become markup: {shown:#}"
+    );
+    assert_eq!(shown["marker"], "same-page", "no reload: {shown:#}");
+    // The previous good config stays in force: GitOps goes on unchanged.
+    assert_eq!(shown["projects"][0]["phase"], "synced", "{shown:#}");
+
+    // A manifests push with an object whose name is an HTML payload: kas rejects the commit, the
+    // `gitops` event brings its error (with the line) as text, the previous commit stays in force.
+    let work = state.path().join("manifests-work");
+    git(
+        state.path(),
+        &["clone", "-q", &manifests_url, &work.to_string_lossy()],
+    )
+    .unwrap();
+    let configmap = |name: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: '{name}'\n  namespace: demo\n")
+    };
+    let bad_name = "<img src=x onerror=window.__kasXss=2>";
+    let more = format!("{}---\n{}", configmap("second"), configmap(bad_name));
+    std::fs::write(work.join("more.yaml"), more).unwrap();
+    git(&work, &["add", "more.yaml"]).unwrap();
+    git(&work, &["commit", "-q", "-m", "more"]).unwrap();
+    let rejected = git(&work, &["rev-parse", "HEAD"]).unwrap();
+    git(&work, &["push", "-q", "origin", "HEAD:main"]).unwrap();
+    let shown = wait_read(&mut page, READ_GIT, "the rejected manifests commit", |v| {
+        v["projects"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(short(&rejected)))
+    });
+    let project = &shown["projects"][0];
+    let error = project["error"].as_str().unwrap();
+    assert!(
+        error.contains("rejected") && error.contains("line 7"),
+        "{shown:#}"
+    );
+    assert!(
+        error.contains(bad_name),
+        "the name is shown as text: {shown:#}"
+    );
+    assert_eq!(
+        shown["injected"], 0,
+        "Git content must never become markup: {shown:#}"
+    );
+    assert_eq!(project["desired"], short(&manifests_head), "{shown:#}");
+    assert_eq!(project["synced"], short(&manifests_head), "{shown:#}");
+
+    // The fix: the new object is applied, the panel shows the new commit synced and no error.
+    std::fs::write(work.join("more.yaml"), configmap("second")).unwrap();
+    git(&work, &["commit", "-q", "-am", "fixed"]).unwrap();
+    let fixed = git(&work, &["rev-parse", "HEAD"]).unwrap();
+    git(&work, &["push", "-q", "origin", "HEAD:main"]).unwrap();
+    let shown = wait_read(
+        &mut page,
+        READ_GIT,
+        "the fixed manifests commit synced",
+        |v| {
+            let p = &v["projects"][0];
+            p["desired"] == short(&fixed) && p["synced"] == short(&fixed) && p["phase"] == "synced"
+        },
+    );
+    let project = &shown["projects"][0];
+    let applied: usize = project["applied"].as_str().unwrap().parse().unwrap();
+    let unchanged: usize = project["unchanged"].as_str().unwrap().parse().unwrap();
+    assert_eq!(applied + unchanged, 3, "{shown:#}");
+    assert_eq!(project["failed"], "0", "{shown:#}");
+    assert_eq!(project["error"], Value::Null, "{shown:#}");
+    assert_eq!(
+        cluster.store().list("v1", "ConfigMap", Some("demo")).len(),
+        2,
+        "agentk applied the new object"
+    );
+    assert_eq!(shown["marker"], "same-page", "no reload: {shown:#}");
+    println!("panels: {shown:#}");
+    let path = screenshot(&mut page, "dashboard-git.png", true);
+    println!("screenshot: {}", path.display());
 
     drop(page);
     drop(browser);

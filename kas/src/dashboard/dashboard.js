@@ -1,8 +1,12 @@
 // kas dashboard: every agent with its status and views, and a live event feed.
 //
-// Data: GET /api/v1/agents (status), GET /api/v1/agents/{id}/views (views from kas's memory), and the
-// Server-Sent Events of GET /api/v1/events. A `view` event re-reads that agent's views (coalesced over
-// 100 ms); an `agent` event re-reads the agent list; `object` events go to the feed. Everything is
+// Data: GET /api/v1/agents (status), GET /api/v1/agents/{id}/views (views from kas's memory),
+// GET /api/v1/agents/{id}/config and /gitops (configuration and GitOps status, read from Git by kas),
+// and the Server-Sent Events of GET /api/v1/events. A `view` event re-reads that agent's views, a
+// `config` or `gitops` event its configuration and GitOps status (both coalesced over 100 ms); an
+// `agent` event re-reads the agent list; `object`, `config` and `gitops` events go to the feed. Strings
+// from the API (config errors, object and project names come from Git) are only ever set as text
+// (textContent, attributes), never parsed as HTML. Everything is
 // updated in place (text of existing elements), never by reloading the page. No build step, no
 // dependencies. When the API wants a token (api_listener.public_read is off), the page asks for one,
 // keeps it in sessionStorage and reads the events with fetch() instead of EventSource (which cannot
@@ -11,17 +15,16 @@
 
 (function () {
   const FEED_MAX = 200;
-  const VIEWS_DELAY_MS = 100;
+  const COALESCE_MS = 100;
   const AGENTS_REFRESH_MS = 5000;
   const RECONNECT_MS = 2000;
+  const FEED_TYPES = ['view', 'object', 'agent', 'config', 'gitops'];
 
   const state = {
     token: sessionStorage.getItem('kas-token') || '',
-    agents: new Map(), // id -> {card, fields, info, views, viewsAt}
-    pendingViews: new Set(),
-    viewsTimer: null,
+    agents: new Map(), // id -> {card, fields, info, views, viewsAt, config, gitops, gitSeq}
     needToken: false,
-    stats: { viewFetches: 0, events: 0, streamOpens: 0 },
+    stats: { viewFetches: 0, gitFetches: 0, events: 0, streamOpens: 0 },
   };
   // For tests and the curious: counters, and whether the first load finished.
   window.kasDashboard = state.stats;
@@ -34,9 +37,11 @@
     return state.token ? { Authorization: 'Bearer ' + state.token } : {};
   }
 
-  async function getJSON(url) {
+  // `missingOk`: a 404 (a feature kas has off) is `null`, not an error.
+  async function getJSON(url, missingOk) {
     const r = await fetch(url, { headers: headers(), cache: 'no-store' });
     if (r.status === 401 || r.status === 403) throw new AuthError(url + ': ' + r.status);
+    if (missingOk && r.status === 404) return null;
     if (!r.ok) throw new Error(url + ': ' + r.status);
     return r.json();
   }
@@ -87,7 +92,7 @@
     node.dataset.agent = String(id);
     const fields = {};
     node.querySelectorAll('[data-field]').forEach((el) => { fields[el.dataset.field] = el; });
-    a = { card: node, fields, info: null, views: null, viewsAt: 0 };
+    a = { card: node, fields, info: null, views: null, viewsAt: 0, config: undefined, gitops: undefined, gitSeq: 0 };
     state.agents.set(id, a);
     // Keep the cards in id order.
     const container = $('agents');
@@ -184,6 +189,159 @@
     setText(f['deployments-count'], fmtNum(count), true);
   }
 
+  // ---- configuration and GitOps -------------------------------------------------------------------
+
+  function short(commit) {
+    return typeof commit === 'string' && commit ? commit.slice(0, 8) : '–';
+  }
+
+  function clock(iso) {
+    const d = iso ? new Date(iso) : null;
+    return d && !isNaN(d) ? d.toLocaleTimeString([], { hour12: false }) : '';
+  }
+
+  // A status from the API as a class name: only [a-z_] survives.
+  function cls(s) {
+    return String(s == null ? '' : s).toLowerCase().replace(/[^a-z_]/g, '');
+  }
+
+  function setPill(el, status) {
+    setText(el, status, true);
+    el.className = 'pill ' + cls(status);
+  }
+
+  function el(tag, className, field) {
+    const e = document.createElement(tag);
+    if (className) e.className = className;
+    if (field) e.dataset.field = field;
+    return e;
+  }
+
+  function setError(el, text) {
+    setText(el, text || '');
+    el.hidden = !text;
+  }
+
+  // `line 3, column 5: message (commit 1b2c3d4e)` (the file is the element's title), or a fetch
+  // failure with whose fault it is.
+  function describeConfigError(e) {
+    if (e.kind === 'fetch') {
+      return 'fetch failed' + (e.fault ? ' (' + e.fault + ')' : '') + ': ' + (e.message || e.code || '');
+    }
+    const where = e.line != null ? 'line ' + e.line + (e.column != null ? ', column ' + e.column : '') : e.file || 'config';
+    return where + ': ' + (e.message || e.kind || 'error') + (e.commit ? ' (commit ' + short(e.commit) + ')' : '');
+  }
+
+  function renderConfig(a) {
+    const c = a.config;
+    const f = a.fields;
+    if (c === undefined) return;
+    if (c === null) {
+      setText(f['config-commit'], '–');
+      setPill(f['config-status'], 'off');
+      setText(f['config-meta'], 'agent configuration is not enabled in kas');
+      setError(f['config-error'], '');
+      return;
+    }
+    setText(f['config-commit'], short(c.commit), true);
+    f['config-commit'].title = c.commit || '';
+    setPill(f['config-status'], c.status || 'unknown');
+    const meta = [];
+    if (c.applied_commit && c.applied_commit !== c.commit) meta.push('in force ' + short(c.applied_commit));
+    if (c.applied_at) meta.push('applied ' + clock(c.applied_at));
+    const d = c.delivery;
+    if (d) meta.push(d.up_to_date ? 'delivered' : 'agent has ' + short(d.commit));
+    else if (c.status === 'ok' || c.status === 'error') meta.push('not delivered (no config stream)');
+    if (c.repository) meta.push(c.repository);
+    setText(f['config-meta'], meta.join(' · '));
+    const errors = Array.isArray(c.errors) ? c.errors : [];
+    const error = errors.length === 0 ? '' :
+      describeConfigError(errors[0]) + (errors.length > 1 ? ' (+' + (errors.length - 1) + ' more)' : '');
+    setError(f['config-error'], error);
+    f['config-error'].title = errors.length && errors[0].file ? errors[0].file + '\n' + error : error;
+  }
+
+  const COUNTS = [
+    ['applied', ['applied', 'would_apply']],
+    ['unchanged', ['unchanged']],
+    ['failed', ['apply_failed', 'skipped', 'prune_failed']],
+    ['pruned', ['pruned', 'gone', 'would_prune']],
+  ];
+
+  function projectItem(name) {
+    const li = el('li');
+    li.dataset.project = name;
+    const head = el('div', 'line');
+    head.append(el('span', 'name', 'gitops-project'), el('span', 'pill', 'gitops-phase'));
+    const commits = el('div', 'sub');
+    commits.append('desired ', el('code', '', 'gitops-desired'), ' · synced ', el('code', '', 'gitops-synced'));
+    const counts = el('div', 'sub counts');
+    for (const [what] of COUNTS) {
+      const s = el('span', what);
+      s.append(el('span', '', 'gitops-' + what), ' ' + what);
+      counts.append(s);
+    }
+    li.append(head, commits, counts, el('div', 'err', 'gitops-error'));
+    return li;
+  }
+
+  // The error that matters most: kas's (a rejected commit, a failed fetch), then the agent's last
+  // failed round, then the first failed object.
+  function projectError(p, sync, failed) {
+    const e = p.error;
+    if (e) {
+      const first = Array.isArray(e.errors) ? e.errors[0] : null;
+      const detail = first
+        ? (first.path || '') + (first.line != null ? ' line ' + first.line : '') + ': ' + (first.message || '')
+        : e.message || '';
+      return (e.kind === 'rejected' ? 'commit ' + short(e.commit) + ' rejected: ' : 'fetch failed: ') + detail;
+    }
+    if (sync && sync.last_error && sync.phase !== 'synced') return 'last error: ' + (sync.last_error.message || '');
+    if (failed) {
+      const o = failed.object || {};
+      return o.kind + ' ' + (o.namespace ? o.namespace + '/' : '') + o.name + ': ' + (failed.message || failed.result);
+    }
+    return '';
+  }
+
+  function renderProject(li, p) {
+    const q = (n) => li.querySelector('[data-field="' + n + '"]');
+    const sync = p.sync || null;
+    setText(q('gitops-project'), p.project);
+    const phase = q('gitops-phase');
+    setText(phase, sync ? sync.phase + (sync.dry_run ? ' (dry run)' : '') : p.status || 'pending', true);
+    phase.className = 'pill ' + cls(sync ? sync.phase : p.status);
+    setText(q('gitops-desired'), short(p.desired_commit), true);
+    setText(q('gitops-synced'), short(sync && sync.synced_commit), true);
+    const objects = sync && Array.isArray(sync.objects) ? sync.objects : [];
+    for (const [what, results] of COUNTS) {
+      const n = objects.filter((o) => results.includes(o.result)).length;
+      setText(q('gitops-' + what), String(n), true);
+      if (what === 'failed') q('gitops-failed').parentElement.classList.toggle('bad', n > 0);
+    }
+    const failed = objects.find((o) => COUNTS[2][1].includes(o.result));
+    const error = projectError(p, sync, failed);
+    setError(q('gitops-error'), error);
+    q('gitops-error').title = error;
+  }
+
+  function renderGitops(a) {
+    const g = a.gitops;
+    if (g === undefined) return;
+    const list = a.fields['gitops-projects'];
+    const projects = g && Array.isArray(g.projects) ? g.projects : [];
+    setError(a.fields['gitops-empty'], g === null ? 'GitOps is not enabled in kas' : projects.length ? '' : 'no manifest projects');
+    const have = new Map([...list.children].map((li) => [li.dataset.project, li]));
+    const items = projects.map((p) => {
+      const li = have.get(String(p.project)) || projectItem(String(p.project));
+      renderProject(li, p);
+      return li;
+    });
+    if (items.length !== list.children.length || items.some((li, i) => list.children[i] !== li)) {
+      list.replaceChildren(...items);
+    }
+  }
+
   function renderSummary() {
     let connected = 0;
     for (const a of state.agents.values()) if (a.info && a.info.connected) connected++;
@@ -204,6 +362,27 @@
     } catch (e) {
       if (e instanceof AuthError) askForToken();
       else console.warn('views of agent', id, e);
+    }
+  }
+
+  async function loadGit(id) {
+    const a = state.agents.get(id);
+    if (!a) return;
+    const seq = ++a.gitSeq;
+    try {
+      const [config, gitops] = await Promise.all([
+        getJSON('/api/v1/agents/' + id + '/config', true),
+        getJSON('/api/v1/agents/' + id + '/gitops', true),
+      ]);
+      state.stats.gitFetches++;
+      if (seq !== a.gitSeq) return; // a later read is under way or done
+      a.config = config;
+      a.gitops = gitops;
+      renderConfig(a);
+      renderGitops(a);
+    } catch (e) {
+      if (e instanceof AuthError) askForToken();
+      else console.warn('configuration of agent', id, e);
     }
   }
 
@@ -233,26 +412,33 @@
       $('agents').appendChild(p);
     }
     renderSummary();
-    if (withViews) await Promise.all([...seen].map(loadViews));
+    if (withViews) await Promise.all([...seen].flatMap((id) => [loadViews(id), loadGit(id)]));
   }
 
-  function scheduleViews(id) {
-    state.pendingViews.add(id);
-    if (state.viewsTimer) return;
-    state.viewsTimer = setTimeout(() => {
-      state.viewsTimer = null;
-      const ids = [...state.pendingViews];
-      state.pendingViews.clear();
-      ids.forEach(loadViews);
-    }, VIEWS_DELAY_MS);
+  // `load(id)` once per agent for every burst of calls within COALESCE_MS.
+  function coalesced(load) {
+    const pending = new Set();
+    let timer = null;
+    return (id) => {
+      pending.add(id);
+      if (timer) return;
+      timer = setTimeout(() => {
+        timer = null;
+        const ids = [...pending];
+        pending.clear();
+        ids.forEach(load);
+      }, COALESCE_MS);
+    };
   }
+  const scheduleViews = coalesced(loadViews);
+  const scheduleGit = coalesced(loadGit);
 
   // ---- the event feed -----------------------------------------------------------------------------
 
   function feedFilter(li) {
     const type = li.dataset.type;
     if (type === 'object' && li.dataset.kind === 'Event') return $('show-object').checked && $('show-view').checked;
-    return $('show-' + type).checked;
+    return $('show-' + (type === 'config' || type === 'gitops' ? 'git' : type)).checked;
   }
 
   function span(cls, text) {
@@ -285,6 +471,18 @@
       what.appendChild(span('badge', 'view'));
       what.appendChild(document.createTextNode(
         data.view + ' · ' + (data.changes || []).map(describeRow).join('; ')));
+    } else if (type === 'config') {
+      what.appendChild(span('badge ' + (data.status === 'delivered' ? 'Added' : 'bad'), 'config'));
+      what.appendChild(document.createTextNode(
+        data.status + (data.commit ? ' ' + short(data.commit) : '') + (data.message ? ': ' + data.message : '')));
+    } else if (type === 'gitops') {
+      const bad = data.type === 'rejected' || data.type === 'fetch_failed' || data.failed > 0;
+      what.appendChild(span('badge' + (bad ? ' bad' : ''), 'gitops'));
+      const parts = [data.project, data.type];
+      if (data.phase) parts.push(data.phase);
+      if (data.commit) parts.push(short(data.commit));
+      if (data.objects != null) parts.push(data.objects + ' objects' + (data.failed != null ? ', ' + data.failed + ' failed' : ''));
+      what.appendChild(document.createTextNode(parts.join(' · ') + (data.message ? ': ' + data.message : '')));
     } else {
       what.appendChild(span('badge ' + (data.connected ? 'Added' : 'Deleted'), 'agent'));
       what.appendChild(document.createTextNode(data.connected ? 'connected' : 'disconnected'));
@@ -301,8 +499,9 @@
     try { data = JSON.parse(text); } catch (e) { return; }
     state.stats.events++;
     if (type === 'view') scheduleViews(data.agent_id);
-    if (type === 'agent') loadAgents(false).then(() => scheduleViews(data.agent_id));
-    if (type === 'object' || type === 'view' || type === 'agent') addFeed(type, data);
+    if (type === 'agent') loadAgents(false).then(() => { scheduleViews(data.agent_id); scheduleGit(data.agent_id); });
+    if (type === 'config' || type === 'gitops') scheduleGit(data.agent_id);
+    if (FEED_TYPES.includes(type)) addFeed(type, data);
   }
 
   function setLive(s, text) {
@@ -321,7 +520,7 @@
     const es = new EventSource('/api/v1/events');
     es.onopen = opened;
     es.onerror = () => setLive('connecting', 'reconnecting…');
-    for (const type of ['view', 'object', 'agent']) {
+    for (const type of FEED_TYPES) {
       es.addEventListener(type, (e) => onEvent(type, e.data));
     }
   }
@@ -369,7 +568,7 @@
   // ---- start --------------------------------------------------------------------------------------
 
   function start() {
-    for (const id of ['show-object', 'show-view', 'show-agent']) {
+    for (const id of ['show-object', 'show-view', 'show-agent', 'show-git']) {
       $(id).addEventListener('change', () => {
         for (const li of $('events').children) li.hidden = !feedFilter(li);
       });

@@ -1,6 +1,9 @@
 //! The dashboard: one page served by kas at `/` — every agent with its status and views (nodes
-//! ready/not ready, pods by phase, deployments available/desired) and a live event feed, updated in
-//! place from the Server-Sent Events of `/api/v1/events`.
+//! ready/not ready, pods by phase, deployments available/desired), its configuration (commit, status,
+//! first error with its line) and GitOps status (per manifest project: desired and synced commit,
+//! phase, objects applied/unchanged/failed/pruned, last error), and a live event feed, updated in
+//! place from the Server-Sent Events of `/api/v1/events` (a `config` or `gitops` event re-reads that
+//! agent's `/config` and `/gitops`). Strings from the API, Git content among them, are set as text only.
 //!
 //! Plain HTML, CSS and JavaScript with no build step and no dependencies, embedded in the binary
 //! (`include_str!`): `/` (the page), `/ui/dashboard.js`, `/ui/dashboard.css`. The page reads only the
@@ -60,5 +63,15 @@ mod tests {
         // The page loads what is served.
         assert!(INDEX.contains("/ui/dashboard.js") && INDEX.contains("/ui/dashboard.css"));
         assert!(SCRIPT.contains("/api/v1/events"));
+        assert!(SCRIPT.contains("/config") && SCRIPT.contains("/gitops"));
+        // Data from the API (Git content among it) is only ever set as text.
+        for markup in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+        ] {
+            assert!(!SCRIPT.contains(markup), "{markup}");
+        }
     }
 }
