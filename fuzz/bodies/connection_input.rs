@@ -28,8 +28,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use protocol::tunnel::frame::{Decoder, Frame, MAX_FRAME_SIZE_LIMIT, PREFACE};
 use protocol::testing::pair::{Pair, Rng};
+use protocol::tunnel::frame::{Decoder, Frame, MAX_FRAME_SIZE_LIMIT, PREFACE};
 use protocol::{
     AgentHello, CloseReason, Config, Connection, ErrorCode, Event, Settings, StreamId, proto,
 };

@@ -10,8 +10,8 @@
 //! - a DATA payload never exceeds the payload limit;
 //! - after an error the decoder is poisoned: it repeats the same error.
 use protocol::FrameError;
-use protocol::tunnel::frame::{Decoder, Frame, MAX_FRAME_SIZE_LIMIT};
 use protocol::testing::pair::Rng;
+use protocol::tunnel::frame::{Decoder, Frame, MAX_FRAME_SIZE_LIMIT};
 
 /// Frames until the decoder wants more input, then the error if it stopped on one.
 fn decode_all(d: &mut Decoder, out: &mut Vec<Frame>) -> Option<FrameError> {

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use conformance::wire::{Peer, summary};
 use protocol::StreamId;
-use protocol::tunnel::frame::Frame;
 use protocol::proto;
+use protocol::tunnel::frame::Frame;
 use rogue::rogue;
 use support::{Env, GUARD, eventually, get, metric, metrics};
 

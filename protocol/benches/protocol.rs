@@ -25,8 +25,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use protocol::tunnel::frame::{Decoder, Frame, HEADER_LEN, MAX_FRAME_SIZE_LIMIT};
 use protocol::testing::pair::Pair;
+use protocol::tunnel::frame::{Decoder, Frame, HEADER_LEN, MAX_FRAME_SIZE_LIMIT};
 use protocol::{Event, StreamId, proto};
 
 /// Duration of one run.

@@ -93,4 +93,3 @@ pub use tunnel::{
     ErrorCode, Established, Event, Fault, Frame, FrameError, HelloInfo, OpenError,
     PROTOCOL_VERSION, Phase, RejectCode, Role, Settings, StreamError, StreamId,
 };
-

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use proptest::prelude::*;
+use protocol::testing::pair::Pair;
 use protocol::tunnel::config::FloodLimits;
 use protocol::tunnel::connection::FloodKind;
 use protocol::tunnel::frame::{Decoder, Frame, StreamId};
-use protocol::testing::pair::Pair;
 use protocol::{AgentHello, CloseReason, Config, ConnectionError, ErrorCode, proto};
 
 fn config(flood: FloodLimits) -> Config {

@@ -22,9 +22,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use protocol::tunnel::frame::{Frame, PREFACE, StreamId};
 use protocol::proto;
 use protocol::testing::pair::Rng;
+use protocol::tunnel::frame::{Frame, PREFACE, StreamId};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use bytes::{BufMut, BytesMut};
 use prost::Message;
-use protocol::tunnel::frame::{Decoder, Frame};
 use protocol::testing::pair::Pair;
+use protocol::tunnel::frame::{Decoder, Frame};
 use protocol::{
     AgentHello, CloseReason, Config, ConnectionError, ErrorCode, Event, FrameError, Settings, proto,
 };

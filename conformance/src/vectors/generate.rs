@@ -3,8 +3,8 @@
 //! messages — never from the reference implementation's frame encoder, which the vectors check.
 
 use prost::Message;
-use protocol::tunnel::frame::{Frame, StreamId};
 use protocol::proto;
+use protocol::tunnel::frame::{Frame, StreamId};
 
 use super::describe::{Names, meaning};
 use super::model::{

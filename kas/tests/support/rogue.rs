@@ -8,8 +8,8 @@ use std::time::Instant;
 use conformance::wire::{Peer, summary};
 use kas::Running;
 use protocol::Settings;
-use protocol::tunnel::frame::{Frame, PREFACE};
 use protocol::proto;
+use protocol::tunnel::frame::{Frame, PREFACE};
 
 use crate::support::{Env, GUARD, agent_meta};
 
