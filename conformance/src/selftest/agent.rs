@@ -4,7 +4,9 @@
 //!
 //! Without a fault it conforms, and passes the whole agentk suite: it forwards `k8s-api` requests to
 //! the API server of its kubeconfig with the kubeconfig's token (one upstream HTTP/1.1 connection per
-//! stream, closed when kas resets the stream), refuses other services with RESET `UNKNOWN_SERVICE`,
+//! stream, closed when kas resets the stream), opens `config` and `gitops` streams (the latter per
+//! manifest project of the configuration it applied: [`super::gitops`]), refuses other services with
+//! RESET `UNKNOWN_SERVICE`,
 //! returns credit as it reads request bodies, answers GOAWAY by dialling a replacement at once while
 //! the old connection drains, and reconnects with an exponential back-off (500 ms doubling to 8 s)
 //! that honours REJECT's `retry_after_ms`. Each [`Fault`] breaks exactly one rule.
