@@ -21,6 +21,7 @@ const CONFORMANCE: &str = env!("CARGO_BIN_EXE_conformance");
 const AGENT_FAULTS: &[(&str, &[&str])] = &[
     ("none", &[]),
     ("forget-config-commit", &["config-commit-resumed"]),
+    ("forget-gitops-commit", &["gitops-set-reported"]),
     (
         "no-backoff",
         &["handshake-refused-retry-after", "backoff-after-refusal"],
@@ -140,6 +141,7 @@ const KAS_FAULTS: &[(&str, &[&str])] = &[
     ("goaway-on-unknown-frame", &["unknown-frame-types-ignored"]),
     ("accept-highest-version", &["version-negotiated"]),
     ("refuse-config-streams", &["config-stream-answered"]),
+    ("accept-bad-gitops-heads", &["gitops-stream-answered"]),
     (
         "crash-on-missing-token",
         &[

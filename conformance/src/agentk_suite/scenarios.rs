@@ -49,6 +49,7 @@ pub const SCENARIOS: &[(&str, Scenario)] = &[
     ),
     ("unknown-service-refused", unknown_service_refused),
     ("config-commit-resumed", config_commit_resumed),
+    ("gitops-set-reported", gitops_set_reported),
     ("k8s-api-uses-own-credentials", k8s_api_uses_own_credentials),
     ("unknown-frame-types-ignored", unknown_frame_types_ignored),
     ("malformed-data-on-stream-0", |s| {
@@ -938,6 +939,15 @@ fn scripted_config() -> Result<agent_config::ConfigUpdate, String> {
 /// Waits on `c` for the agent's `config` stream (other streams the agent opens are refused with
 /// `UNKNOWN_SERVICE`; PINGs are answered); returns its id and head.
 fn await_config_stream(c: &mut KasConn) -> Result<(StreamId, proto::RequestHead), String> {
+    await_agent_stream(c, protocol::service::CONFIG)
+}
+
+/// Waits on `c` for a stream of `service` opened by the agent (others are refused with
+/// `UNKNOWN_SERVICE`; PINGs are answered); returns its id and head.
+fn await_agent_stream(
+    c: &mut KasConn,
+    service: &str,
+) -> Result<(StreamId, proto::RequestHead), String> {
     let end = after(Duration::from_secs(15));
     // Bounded by `end`.
     while Instant::now() < end {
@@ -945,32 +955,62 @@ fn await_config_stream(c: &mut KasConn) -> Result<(StreamId, proto::RequestHead)
             break;
         };
         match f {
-            Frame::Request { stream, head, .. }
-                if stream.0 % 2 == 1 && head.service == protocol::service::CONFIG =>
-            {
+            Frame::Request { stream, head, .. } if stream.0 % 2 == 1 && head.service == service => {
                 return Ok((stream, head));
             }
-            Frame::Request { stream, .. } if stream.0 % 2 == 1 => c
-                .peer
-                .send(&Frame::Reset {
-                    stream,
-                    reset: proto::Reset {
-                        code: ErrorCode::UnknownService.to_u32(),
-                        message: "not this one".into(),
-                    },
-                })
-                .map_err(io)?,
-            Frame::Ping {
-                ack: false,
-                payload,
-            } => c
-                .peer
-                .send(&Frame::Ping { ack: true, payload })
-                .map_err(io)?,
-            _ => {}
+            other => answer_routine(c, other)?,
         }
     }
-    Err("the agent opened no config stream within 15 s of ACCEPT".into())
+    Err(format!(
+        "the agent opened no {service} stream within 15 s of ACCEPT"
+    ))
+}
+
+/// What the scripted kas does with a frame a scenario does not look at: an agent stream is refused
+/// with `UNKNOWN_SERVICE`, a PING answered, anything else ignored.
+fn answer_routine(c: &mut KasConn, f: Frame) -> Result<(), String> {
+    match f {
+        Frame::Request { stream, .. } if stream.0 % 2 == 1 => c
+            .peer
+            .send(&Frame::Reset {
+                stream,
+                reset: proto::Reset {
+                    code: ErrorCode::UnknownService.to_u32(),
+                    message: "not this one".into(),
+                },
+            })
+            .map_err(io),
+        Frame::Ping {
+            ack: false,
+            payload,
+        } => c.peer.send(&Frame::Ping { ack: true, payload }).map_err(io),
+        _ => Ok(()),
+    }
+}
+
+/// Answers the agent's `config` stream 200 and sends `update` on it.
+fn send_config(
+    c: &mut KasConn,
+    stream: StreamId,
+    update: &agent_config::ConfigUpdate,
+) -> Result<(), String> {
+    c.peer
+        .send_all(&[
+            Frame::Response {
+                stream,
+                head: proto::ResponseHead {
+                    status: 200,
+                    headers: vec![],
+                },
+                end_stream: false,
+            },
+            Frame::Data {
+                stream,
+                data: Bytes::from(update.encode_frame()),
+                end_stream: false,
+            },
+        ])
+        .map_err(io)
 }
 
 fn header_value(head: &proto::RequestHead, name: &str) -> Option<String> {
@@ -1001,23 +1041,7 @@ fn config_commit_resumed(sh: &Shared) -> Result<(), String> {
             "a fresh agent named commit {commit:?} on its first config stream"
         ));
     }
-    c.peer
-        .send_all(&[
-            Frame::Response {
-                stream,
-                head: proto::ResponseHead {
-                    status: 200,
-                    headers: vec![],
-                },
-                end_stream: false,
-            },
-            Frame::Data {
-                stream,
-                data: Bytes::from(update.encode_frame()),
-                end_stream: false,
-            },
-        ])
-        .map_err(io)?;
+    send_config(&mut c, stream, &update)?;
     // Time to apply it; then the connection goes away without notice.
     c.idle(Duration::from_secs(1))?;
     s.not_crashed()?;
@@ -1039,6 +1063,176 @@ fn config_commit_resumed(sh: &Shared) -> Result<(), String> {
         return Err(format!(
             "the agent named fingerprint {f:?}, expected {:?}",
             update.fingerprint.0
+        ));
+    }
+    s.not_crashed()
+}
+
+/// The manifest project and the commit [`gitops_set_reported`] uses.
+const GITOPS_PROJECT: &str = "conformance/manifests";
+
+/// The scripted kas's configuration for [`gitops_set_reported`]: one manifest project.
+fn scripted_gitops_config() -> Result<agent_config::ConfigUpdate, String> {
+    let file = agent_config::ConfigFile::parse(&format!(
+        "gitops:\n  manifest_projects:\n  - id: {GITOPS_PROJECT}\n"
+    ))
+    .map_err(|e| e.to_string())?;
+    let project = agent_config::ProjectId::new("conformance/config").map_err(|e| e.to_string())?;
+    Ok(agent_config::ConfigUpdate::new(
+        &"c0f2".repeat(10),
+        &file,
+        &project,
+    ))
+}
+
+/// The set [`gitops_set_reported`] sends: one ConfigMap at commit `9a17…`.
+fn scripted_gitops_set() -> Result<gitops::DesiredSet, String> {
+    let yaml =
+        b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: conformance-gitops\ndata:\n  k: v\n";
+    gitops::manifest::parse(
+        [("manifests/cm.yaml", &yaml[..])],
+        "default",
+        &gitops::WellKnownScopes,
+        &gitops::manifest::ManifestLimits::default(),
+    )
+    .into_desired("9a17".repeat(10))
+    .map_err(|e| format!("the scripted set does not parse: {e:?}"))
+}
+
+/// Receives on `c` until the agent sends, on its stream `stream`, a `Report` whose `commit` is
+/// `commit` (other agent streams are refused, PINGs answered); returns the reported status.
+fn await_gitops_report(
+    c: &mut KasConn,
+    stream: StreamId,
+    commit: &str,
+    within: Duration,
+) -> Result<gitops::ProjectStatus<u64>, String> {
+    use gitops::wire::{AgentMessage, decode_report};
+    use prost::Message as _;
+    let end = after(within);
+    let mut decoder = protocol::cache::MessageDecoder::default();
+    let mut reports = Vec::new();
+    // Bounded by `end`.
+    while Instant::now() < end {
+        let Some(f) = c.peer.recv(end).map_err(|e| e.to_string())? else {
+            break;
+        };
+        match f {
+            Frame::Data {
+                stream: s, data, ..
+            } if s == stream => {
+                decoder.push(&data);
+                // Bounded by the buffered octets.
+                while let Some(bytes) = decoder
+                    .next_message()
+                    .map_err(|e| format!("the agent's gitops message: {e}"))?
+                {
+                    let m = AgentMessage::decode(bytes.as_ref())
+                        .map_err(|e| format!("the agent's gitops message does not decode: {e}"))?;
+                    let Some(status) = decode_report(&m)? else {
+                        continue;
+                    };
+                    if status.commit.as_deref() == Some(commit) {
+                        return Ok(status);
+                    }
+                    reports.push(status.commit);
+                }
+            }
+            Frame::Reset { stream: s, reset } if s == stream => {
+                return Err(format!(
+                    "the agent reset its gitops stream ({:?}: {})",
+                    ErrorCode::from_u32(reset.code),
+                    reset.message
+                ));
+            }
+            other => answer_routine(c, other)?,
+        }
+    }
+    Err(format!(
+        "the agent reported no status naming commit {commit} within {within:?} (reports named {reports:?})"
+    ))
+}
+
+/// SERVICES.md §9 (agentk's side), for an agent announcing the `gitops` capability (others pass
+/// with a note): once the scripted kas's configuration names a manifest project, the agent opens a
+/// `gitops` stream (`WATCH /`, `gitops-project` the project's id, no `gitops-commit` when it has no
+/// set); the scripted kas sends a one-object set (Begin, Objects, End); the agent answers with a
+/// `Report` whose `commit` is the set's (applying fails against the suite's fake API server, which
+/// the report may say; the suite checks only that the set was taken); on its next connection the
+/// agent's `gitops` stream names that commit in `gitops-commit`, so kas need not resend it.
+fn gitops_set_reported(sh: &Shared) -> Result<(), String> {
+    use gitops::wire::{self, PROJECT_HEADER};
+    let update = scripted_gitops_config()?;
+    let set = scripted_gitops_set()?;
+    let project = update
+        .config
+        .gitops
+        .manifest_projects
+        .first()
+        .and_then(|p| p.id.as_ref())
+        .map(|p| p.as_str().to_string())
+        .ok_or("the scripted configuration has no manifest project id")?;
+    let mut s = Session::start(sh, "gitops-set-reported")?;
+    let mut c = established(&mut s)?;
+    let caps = c
+        .hello
+        .meta
+        .as_ref()
+        .map(|m| m.capabilities.clone())
+        .unwrap_or_default();
+    if !caps.iter().any(|c| c == protocol::service::GITOPS) {
+        eprintln!("  note: the agent does not announce the gitops capability; nothing to check");
+        return s.not_crashed();
+    }
+    let (stream, _) = await_config_stream(&mut c)?;
+    send_config(&mut c, stream, &update)?;
+    let (stream, head) = await_agent_stream(&mut c, protocol::service::GITOPS)?;
+    if head.method != wire::METHOD || head.path != "/" {
+        return Err(format!(
+            "gitops stream opened with {} {}, expected WATCH /",
+            head.method, head.path
+        ));
+    }
+    let named = header_value(&head, PROJECT_HEADER);
+    if named.as_deref() != Some(project.as_str()) {
+        return Err(format!(
+            "the gitops stream names project {named:?}, expected {project:?} (the configuration's id)"
+        ));
+    }
+    if let Some(commit) = header_value(&head, wire::COMMIT_HEADER) {
+        return Err(format!(
+            "a fresh agent named commit {commit:?} on its first gitops stream"
+        ));
+    }
+    let mut frames = vec![Frame::Response {
+        stream,
+        head: proto::ResponseHead {
+            status: 200,
+            headers: vec![],
+        },
+        end_stream: false,
+    }];
+    for m in wire::encode_set(&set, wire::MAX_CHUNK_BYTES)? {
+        frames.push(Frame::Data {
+            stream,
+            data: protocol::cache::encode_message(&m),
+            end_stream: false,
+        });
+    }
+    c.peer.send_all(&frames).map_err(io)?;
+    await_gitops_report(&mut c, stream, &set.commit, Duration::from_secs(20))?;
+    s.not_crashed()?;
+    // The connection goes away without notice.
+    drop(c);
+    let mut c = s.accept(Duration::from_secs(30))?;
+    c.check_hello(sh)?;
+    c.accept(kas_settings())?;
+    let (_, head) = await_agent_stream(&mut c, protocol::service::GITOPS)?;
+    let commit = header_value(&head, wire::COMMIT_HEADER);
+    if commit.as_deref() != Some(set.commit.as_str()) {
+        return Err(format!(
+            "after reconnecting the agent's gitops stream named commit {commit:?}, expected {:?}",
+            set.commit
         ));
     }
     s.not_crashed()

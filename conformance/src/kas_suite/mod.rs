@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `ca.pem` | the CA that issued `kas.crt` (the scripted agents trust it) |
 //! | `kas.crt`, `kas.key` | the agent listener's certificate (for `localhost`, `127.0.0.1`, `::1`) and key |
-//! | `agents.yaml` | agents 1..=14: `agents: [{id, name, token_sha256}]` |
+//! | `agents.yaml` | agents 1..=16: `agents: [{id, name, token_sha256}]` |
 //! | `agent-N.token` | agent N's token in clear |
 //! | `users.yaml` | one user `conformance` allowed every agent: `users: [{name, token_sha256, agents: "*"}]` |
 //! | `user.token` | that user's token in clear (API requests send `Authorization: Bearer pat:<agent-id>:<token>`) |
@@ -41,7 +41,7 @@ use crate::wire::{Peer, SendCredit, WireError, summary};
 pub use scenarios::SCENARIOS;
 
 /// Agents listed in `agents.yaml`: ids 1..=AGENTS.
-pub const AGENTS: u64 = 15;
+pub const AGENTS: u64 = 16;
 /// The routing deadline `kas.yaml` configures (a request for an agent that is not connected fails
 /// with 503 after it).
 pub const PENDING_DEADLINE: Duration = Duration::from_secs(2);

@@ -41,6 +41,7 @@ pub const SCENARIOS: &[(&str, Scenario)] = &[
     ("flow-control-large-response", flow_control_large_response),
     ("ping-answered", ping_answered),
     ("config-stream-answered", config_stream_answered),
+    ("gitops-stream-answered", gitops_stream_answered),
     ("goaway-then-reconnect", goaway_then_reconnect),
     ("reset-on-client-disconnect", reset_on_client_disconnect),
     ("reset-by-agent", reset_by_agent),
@@ -857,4 +858,123 @@ fn config_stream_answered(sh: &Shared) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A `gitops` request head (SERVICES.md §9) with these headers.
+fn gitops_head(method: &str, headers: &[(&str, &str)]) -> proto::RequestHead {
+    proto::RequestHead {
+        service: protocol::service::GITOPS.into(),
+        method: method.into(),
+        path: "/".into(),
+        headers: headers
+            .iter()
+            .map(|(n, v)| proto::Header {
+                name: (*n).into(),
+                value: Bytes::copy_from_slice(v.as_bytes()),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Opens `head` as stream `id` on `c` and expects 400 with `x-tunnel-error: reason` and END_STREAM.
+fn expect_gitops_400(
+    c: &mut AgentConn,
+    id: StreamId,
+    head: proto::RequestHead,
+    what: &str,
+    reason: &str,
+) -> Result<(), String> {
+    c.peer
+        .send(&Frame::Request {
+            stream: id,
+            head,
+            end_stream: false,
+        })
+        .map_err(io)?;
+    let (head, ended) = agent_stream_response(c, id)?;
+    if head.status != 400 || !ended || tunnel_error(&head).as_deref() != Some(reason) {
+        return Err(format!(
+            "a gitops stream {what} answered {} (END_STREAM {ended}, x-tunnel-error {:?}); expected 400 {reason}",
+            head.status,
+            tunnel_error(&head)
+        ));
+    }
+    Ok(())
+}
+
+/// SERVICES.md §9: kas answers a `gitops` stream whose method is not `WATCH` with 400 `bad-method`,
+/// one without a `gitops-project` header with 400 `bad-head` (both with END_STREAM), and a good head
+/// naming a project the agent's configuration lacks (the suite's agents have no configuration) with
+/// 200, no END_STREAM, and a `Status` `UNKNOWN_PROJECT` message, never a set; all on one connection.
+fn gitops_stream_answered(sh: &Shared) -> Result<(), String> {
+    use gitops::wire::{self, ServerMessage, StatusCode, server_message::Kind};
+    use prost::Message as _;
+    let mut c = connect(sh, 16, Settings::default())?;
+    let project = (wire::PROJECT_HEADER, "conformance/no-such-manifests");
+    expect_gitops_400(
+        &mut c,
+        StreamId(1),
+        gitops_head("SYNC", &[project]),
+        "with method SYNC",
+        "bad-method",
+    )?;
+    expect_gitops_400(
+        &mut c,
+        StreamId(3),
+        gitops_head(wire::METHOD, &[]),
+        "without gitops-project",
+        "bad-head",
+    )?;
+    c.peer
+        .send(&Frame::Request {
+            stream: StreamId(5),
+            head: gitops_head(wire::METHOD, &[project]),
+            end_stream: false,
+        })
+        .map_err(io)?;
+    let (head, ended) = agent_stream_response(&mut c, StreamId(5))?;
+    if head.status != 200 || ended {
+        return Err(format!(
+            "a gitops stream for an unknown project answered {} (END_STREAM {ended}, x-tunnel-error {:?}); \
+             expected 200, stream open",
+            head.status,
+            tunnel_error(&head)
+        ));
+    }
+    let mut decoder = protocol::cache::MessageDecoder::default();
+    let mut seen = 0;
+    let end = after(ANSWER);
+    // Bounded by `end`.
+    while let Some(f) = c.next(end)? {
+        let Frame::Data { stream, data, .. } = f else {
+            continue;
+        };
+        if stream != StreamId(5) {
+            continue;
+        }
+        seen += data.len();
+        decoder.push(&data);
+        let Some(bytes) = decoder
+            .next_message()
+            .map_err(|e| format!("kas's gitops message: {e}"))?
+        else {
+            continue;
+        };
+        let m = ServerMessage::decode(bytes.as_ref())
+            .map_err(|e| format!("kas's first gitops message does not decode: {e}"))?;
+        return match m.kind {
+            Some(Kind::Status(s)) if s.code == StatusCode::UnknownProject as i32 => Ok(()),
+            Some(Kind::Status(s)) => Err(format!(
+                "kas's status for an unknown project has code {} ({:?}), expected UNKNOWN_PROJECT",
+                s.code, s.message
+            )),
+            other => Err(format!(
+                "kas's first gitops message for an unknown project is {other:?}, expected Status UNKNOWN_PROJECT"
+            )),
+        };
+    }
+    Err(format!(
+        "kas sent no complete gitops message for an unknown project within {ANSWER:?} ({seen} octets)"
+    ))
 }

@@ -4,7 +4,9 @@
 //!
 //! Without a fault it conforms, and passes the whole agentk suite: it forwards `k8s-api` requests to
 //! the API server of its kubeconfig with the kubeconfig's token (one upstream HTTP/1.1 connection per
-//! stream, closed when kas resets the stream), refuses other services with RESET `UNKNOWN_SERVICE`,
+//! stream, closed when kas resets the stream), opens `config` and `gitops` streams (the latter per
+//! manifest project of the configuration it applied: [`super::gitops`]), refuses other services with
+//! RESET `UNKNOWN_SERVICE`,
 //! returns credit as it reads request bodies, answers GOAWAY by dialling a replacement at once while
 //! the old connection drains, and reconnects with an exponential back-off (500 ms doubling to 8 s)
 //! that honours REJECT's `retry_after_ms`. Each [`Fault`] breaks exactly one rule.
@@ -69,6 +71,8 @@ pub enum Fault {
     FrameSizeAsProtocol,
     /// Opens its `config` stream without the commit it applied.
     ForgetConfigCommit,
+    /// Opens its `gitops` streams without the commit whose set it has.
+    ForgetGitopsCommit,
 }
 
 /// Every fault by its command-line name.
@@ -97,6 +101,7 @@ pub const FAULTS: &[(&str, Fault)] = &[
     ("goaway-on-unknown-frame", Fault::GoawayOnUnknownFrame),
     ("frame-size-as-protocol", Fault::FrameSizeAsProtocol),
     ("forget-config-commit", Fault::ForgetConfigCommit),
+    ("forget-gitops-commit", Fault::ForgetGitopsCommit),
 ];
 
 /// The configuration applied last (SERVICES.md §8), kept across connections of this process.
@@ -122,6 +127,14 @@ fn apply_config(decoder: &mut protocol::cache::MessageDecoder) -> Result<(), Str
         if !protocol::service::is_commit_id(&update.commit) {
             return Err(format!("bad commit {:?}", update.commit));
         }
+        super::gitops::set_projects(
+            update
+                .config
+                .gitops
+                .manifest_projects
+                .iter()
+                .filter_map(|p| p.id.as_ref().map(|i| i.as_str().to_string())),
+        );
         *APPLIED.lock().unwrap_or_else(|p| p.into_inner()) = Some(protocol::service::ConfigHead {
             commit: Some(update.commit),
             fingerprint: Some(update.fingerprint.0),
@@ -396,7 +409,11 @@ fn serve_once(opts: &AgentOptions, id: u64, notes: &Sender<Note>) -> Result<Endi
         token: opts.token.clone(),
         meta: proto::AgentMeta {
             version: "selftest".into(),
-            capabilities: vec!["k8s-api".into()],
+            capabilities: vec![
+                protocol::service::K8S_API.into(),
+                protocol::service::CONFIG.into(),
+                protocol::service::GITOPS.into(),
+            ],
             ..Default::default()
         },
     };
@@ -414,6 +431,8 @@ fn serve_once(opts: &AgentOptions, id: u64, notes: &Sender<Note>) -> Result<Endi
     let mut late: Vec<(Instant, StreamId)> = Vec::new();
     let mut config_stream: Option<StreamId> = None;
     let mut config_decoder = protocol::cache::MessageDecoder::default();
+    let mut gitops_streams = super::gitops::GitopsStreams::default();
+    let forget_gitops_commit = fault == Fault::ForgetGitopsCommit;
     let mut buf = vec![0u8; 64 * 1024];
     // Bounded by the connection: it ends on close, EOF, or its own timers.
     loop {
@@ -429,6 +448,7 @@ fn serve_once(opts: &AgentOptions, id: u64, notes: &Sender<Note>) -> Result<Endi
                     connected_at = Some(Instant::now());
                     let head = protocol::service::config_request_head(&config_have(fault));
                     config_stream = conn.open_stream(head, false).ok();
+                    gitops_streams.open_missing(&mut conn, forget_gitops_commit);
                     if fault == Fault::ExceedsStreamLimit {
                         for _ in 0..2 {
                             let head = proto::RequestHead {
@@ -483,6 +503,15 @@ fn serve_once(opts: &AgentOptions, id: u64, notes: &Sender<Note>) -> Result<Endi
                         conn.reset(sid, ErrorCode::Protocol, "bad config message");
                         config_stream = None;
                     }
+                    gitops_streams.open_missing(&mut conn, forget_gitops_commit);
+                }
+                Event::Data { id: sid, data } if gitops_streams.owns(sid) => {
+                    conn.release_capacity(sid, data.len());
+                    if let Err(e) = gitops_streams.on_data(&mut conn, sid, &data) {
+                        eprintln!("selftest-agent: gitops stream: {e}");
+                        conn.reset(sid, ErrorCode::Protocol, "bad gitops message");
+                        gitops_streams.remove(sid);
+                    }
                 }
                 Event::Data { id: sid, data } => {
                     if fault != Fault::NoCredit {
@@ -501,6 +530,7 @@ fn serve_once(opts: &AgentOptions, id: u64, notes: &Sender<Note>) -> Result<Endi
                     id: sid, remote, ..
                 } => {
                     outboxes.remove(&sid);
+                    gitops_streams.remove(sid);
                     if let Some(f) = forwards.remove(&sid)
                         && fault != Fault::KeepUpstreamOnReset
                     {

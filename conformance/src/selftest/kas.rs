@@ -72,6 +72,8 @@ pub enum Fault {
     NoFloodLimits,
     /// Refuses `config` streams with RESET `UNKNOWN_SERVICE` instead of answering them.
     RefuseConfigStreams,
+    /// Answers every `gitops` stream 200 with a status, whatever its method and headers.
+    AcceptBadGitopsHeads,
 }
 
 /// Every fault by its command-line name.
@@ -100,6 +102,7 @@ pub const FAULTS: &[(&str, Fault)] = &[
     ("crash-on-missing-token", Fault::CrashOnMissingToken),
     ("no-flood-limits", Fault::NoFloodLimits),
     ("refuse-config-streams", Fault::RefuseConfigStreams),
+    ("accept-bad-gitops-heads", Fault::AcceptBadGitopsHeads),
 ];
 
 impl std::str::FromStr for Fault {
@@ -646,6 +649,11 @@ fn serve_agent(opts: &KasOptions, hub: &Hub, mut tcp: TcpStream) -> Result<(), S
                         conn.reset(id, ErrorCode::Internal, "cannot answer");
                     }
                 }
+                Event::StreamOpened { id, head, .. }
+                    if head.service == protocol::service::GITOPS =>
+                {
+                    answer_gitops(&mut conn, id, &head, fault);
+                }
                 Event::StreamOpened { id, .. } => {
                     conn.reset(id, ErrorCode::UnknownService, "kas serves no agent streams");
                 }
@@ -757,4 +765,53 @@ pub fn command(conformance: &Path, fault: &str) -> String {
          --api-port {{api_port}} --fault {fault}",
         conformance.display()
     )
+}
+
+/// SERVICES.md §9: this kas knows no agent's configuration, so every well-formed `gitops` stream is
+/// answered 200 and told `UNKNOWN_PROJECT` (the stream stays open); a bad method or a missing
+/// project is 400.
+fn answer_gitops(conn: &mut Connection, id: StreamId, head: &proto::RequestHead, fault: Fault) {
+    use gitops::wire;
+    let lenient = fault == Fault::AcceptBadGitopsHeads;
+    let has_project = head
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case(wire::PROJECT_HEADER) && !h.value.is_empty());
+    let refusal = if head.method != wire::METHOD {
+        Some("bad-method")
+    } else if !has_project {
+        Some("bad-head")
+    } else {
+        None
+    };
+    let sent = match refusal.filter(|_| !lenient) {
+        Some(reason) => {
+            let head = proto::ResponseHead {
+                status: 400,
+                headers: vec![proto::Header {
+                    name: "x-tunnel-error".into(),
+                    value: bytes::Bytes::from_static(reason.as_bytes()),
+                }],
+            };
+            conn.send_response(id, head, true).map(|_| ())
+        }
+        None => {
+            let ok = proto::ResponseHead {
+                status: 200,
+                headers: Vec::new(),
+            };
+            let status = wire::status(
+                wire::StatusCode::UnknownProject,
+                "",
+                "the self-test kas knows no agent configuration",
+            );
+            conn.send_response(id, ok, false).and_then(|_| {
+                conn.send_data(id, protocol::cache::encode_message(&status), false)
+                    .map(|_| ())
+            })
+        }
+    };
+    if sent.is_err() {
+        conn.reset(id, ErrorCode::Internal, "cannot answer");
+    }
 }

@@ -6,10 +6,12 @@
 //! | module | what it is |
 //! |---|---|
 //! | [`agent`] | `conformance selftest-agent`: forwards `k8s-api` to its kubeconfig's API server |
+//! | [`gitops`] | the self-test agent's `gitops` streams: sets reassembled and reported, nothing applied |
 //! | [`kas`] | `conformance selftest-kas`: agent listener, `/k8s-proxy` API, routing with a deadline |
 //! | [`tamper`] | frame rewriting between a connection and its socket, for the wire faults |
 
 pub mod agent;
+pub mod gitops;
 pub mod kas;
 pub mod tamper;
 
