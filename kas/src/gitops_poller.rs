@@ -27,7 +27,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use agent_config::{GitRef, ManifestGlob, ManifestProject};
 use git_mirror::{FetchKey, Limits, MirrorSet, Remote, RepoId, RepoUrl, Want};
@@ -233,50 +233,17 @@ impl GitopsPoller {
     /// Polls every poll period, and what [`GitopsPoller::trigger`] names at once, until `stop`
     /// closes.
     pub async fn run(self: Arc<Self>, stop: async_channel::Receiver<()>) {
-        enum Next {
-            Stop,
-            Wake,
-            Full,
-        }
-        let mut next_full = Instant::now();
-        loop {
-            if Instant::now() >= next_full || self.full_requested.swap(false, Ordering::Relaxed) {
-                self.poll(None).await;
-                next_full = Instant::now() + self.settings.poll_period;
-                continue;
-            }
-            let next = futures_lite::future::or(
-                async {
-                    let _ = stop.recv().await;
-                    Next::Stop
-                },
-                futures_lite::future::or(
-                    async {
-                        match self.wake_rx.recv().await {
-                            Ok(()) => Next::Wake,
-                            Err(_) => Next::Stop,
-                        }
-                    },
-                    async {
-                        smol::Timer::at(next_full).await;
-                        Next::Full
-                    },
-                ),
-            )
-            .await;
-            match next {
-                Next::Stop => return,
-                Next::Full => {}
-                Next::Wake => {
-                    let repos = std::mem::take(
-                        &mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()),
-                    );
-                    if !repos.is_empty() {
-                        self.poll(Some(&repos)).await;
-                    }
-                }
-            }
-        }
+        let schedule = crate::poll_schedule::Schedule {
+            period: self.settings.poll_period,
+            wake: &self.wake_rx,
+            pending: &self.pending,
+            full_requested: Some(&self.full_requested),
+        };
+        crate::poll_schedule::run(schedule, stop, |only| {
+            let me = self.clone();
+            async move { me.poll(only.as_ref()).await }
+        })
+        .await;
     }
 
     /// Asks for a full poll soon (a stream names a project kas has not polled yet: the agent's

@@ -76,6 +76,7 @@ pub mod gitops_stream;
 pub mod listener;
 pub mod metrics;
 pub mod mirrors;
+pub mod poll_schedule;
 pub mod pool;
 pub mod registry;
 pub mod rfc3339;
