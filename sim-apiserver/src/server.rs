@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use super::churn::{self, Churn, ChurnConfig};
 use super::handlers::{self, Context};
+use super::identity::{Authenticator, User};
 use super::kubeconfig;
 use super::kubelet;
 use super::population;
@@ -49,8 +50,16 @@ pub struct ApiServerConfig {
     pub kubelet: bool,
     /// How long a Pending pod waits before the simulated kubelet starts it.
     pub pod_startup_delay: Duration,
-    /// If set, every API request must carry `Authorization: Bearer <token>`.
+    /// The admin credential (`kubernetes-admin` in `system:masters`). If set, every API
+    /// request must carry `Authorization: Bearer <token>` of the admin or of one of `users`;
+    /// if not, the server is open: requests without a known credential act as the admin.
     pub bearer_token: Option<String>,
+    /// More credentials, each its own identity, authorised by RBAC (e.g. the agent's service
+    /// account, [`User::service_account`]).
+    pub users: Vec<User>,
+    /// Objects created at start, after the initial population (e.g. the Roles and bindings
+    /// that give `users` their permissions).
+    pub initial_objects: Vec<serde_json::Value>,
     /// Most events kept from simulated activity.
     pub max_events: usize,
     /// Most concurrent streaming sessions (exec, attach, port-forward); more get 429.
@@ -75,6 +84,8 @@ impl Default for ApiServerConfig {
             kubelet: true,
             pod_startup_delay: Duration::from_millis(500),
             bearer_token: None,
+            users: Vec::new(),
+            initial_objects: Vec::new(),
             max_events: 200,
             max_streaming_sessions: 4096,
             streaming_idle_timeout: Duration::from_secs(4 * 3600),
@@ -170,6 +181,9 @@ impl ApiServer {
             broadcast_capacity: config.broadcast_capacity,
         });
         population::populate(&store, config.nodes, config.pods, config.seed)?;
+        for obj in &config.initial_objects {
+            store.create(obj.clone())?;
+        }
         let recorder = EventRecorder::new(store.clone(), config.max_events);
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -180,7 +194,7 @@ impl ApiServer {
             network: network.clone(),
             sessions: sessions.clone(),
             store: store.clone(),
-            bearer_token: config.bearer_token.clone(),
+            authn: Authenticator::new(config.bearer_token.as_deref(), &config.users),
             bookmark_interval: config.bookmark_interval,
             log_interval: config.log_interval,
             shutdown: shutdown_rx.clone(),
@@ -322,6 +336,12 @@ impl RunningApiServer {
     /// A kubeconfig (YAML) for this server with one context named `context`.
     pub fn kubeconfig(&self, context: &str) -> String {
         kubeconfig::kubeconfig_yaml(&self.url(), context, self.bearer_token.as_deref())
+    }
+
+    /// A kubeconfig (YAML) for this server with one context named `context` authenticating
+    /// with `token` (e.g. of one of [`ApiServerConfig::users`]).
+    pub fn kubeconfig_with_token(&self, context: &str, token: &str) -> String {
+        kubeconfig::kubeconfig_yaml(&self.url(), context, Some(token))
     }
 
     /// Writes [`kubeconfig`](Self::kubeconfig) to `path`.
