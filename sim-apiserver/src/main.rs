@@ -41,6 +41,10 @@ struct Args {
     /// Require this bearer token on every API request.
     #[arg(long, env = "SIM_APISERVER_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Serve HTTPS with a certificate from a throw-away CA (the written kubeconfig trusts it);
+    /// kubectl sends bearer tokens only over TLS.
+    #[arg(long)]
+    tls: bool,
     /// Users file (YAML: `users: [{token, username, uid, groups, extra}]`): more credentials,
     /// each its own identity authorised by RBAC (see `sim_apiserver::identity::UsersFile`).
     #[arg(long, value_name = "FILE")]
@@ -98,6 +102,7 @@ fn main() -> anyhow::Result<()> {
     let config = ApiServerConfig {
         users,
         initial_objects,
+        tls: args.tls,
         listen: args.listen,
         nodes: args.nodes,
         pods: args.pods,

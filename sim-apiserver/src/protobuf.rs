@@ -1,6 +1,6 @@
 //! Decoding the Kubernetes protobuf request encoding for the kinds kubectl's typed commands send
 //! that way (`kubectl create namespace|configmap|secret|deployment|serviceaccount|role|
-//! clusterrole|rolebinding|clusterrolebinding`).
+//! clusterrole|rolebinding|clusterrolebinding`) and the review kinds of `kubectl auth whoami|can-i`.
 //!
 //! The envelope is the magic `k8s\0` followed by a `runtime.Unknown` message (type meta, raw
 //! bytes of the object). Objects are decoded with hand-written field tables into the same JSON
@@ -437,6 +437,77 @@ fn role_binding(kind: &str, buf: &[u8]) -> Result<Value, ProtobufError> {
     Ok(o)
 }
 
+/// The review kinds (`SelfSubjectReview`, `SelfSubjectAccessReview`, `SelfSubjectRulesReview`,
+/// `SubjectAccessReview`, `LocalSubjectAccessReview`): metadata and the spec.
+fn review(api_version: &str, kind: &str, buf: &[u8]) -> Result<Value, ProtobufError> {
+    let mut o = json!({"apiVersion": api_version, "kind": kind, "spec": {}});
+    for (n, f) in fields(buf)? {
+        match (n, f) {
+            (1, Field::Bytes(b)) => o["metadata"] = object_meta(b)?,
+            (2, Field::Bytes(b)) if kind == "SelfSubjectRulesReview" => {
+                o["spec"] = string_fields(&[(1, "namespace")], b)?;
+            }
+            (2, Field::Bytes(b)) if kind != "SelfSubjectReview" => o["spec"] = access_spec(b)?,
+            _ => {}
+        }
+    }
+    Ok(o)
+}
+
+/// `SubjectAccessReviewSpec` (and the self/local variants, which share its first fields).
+fn access_spec(buf: &[u8]) -> Result<Value, ProtobufError> {
+    let mut spec = json!({});
+    let mut extra = Map::new();
+    for (n, f) in fields(buf)? {
+        match (n, f) {
+            (1, Field::Bytes(b)) => {
+                spec["resourceAttributes"] = string_fields(
+                    &[
+                        (1, "namespace"),
+                        (2, "verb"),
+                        (3, "group"),
+                        (4, "version"),
+                        (5, "resource"),
+                        (6, "subresource"),
+                        (7, "name"),
+                    ],
+                    b,
+                )?;
+            }
+            (2, Field::Bytes(b)) => {
+                spec["nonResourceAttributes"] = string_fields(&[(1, "path"), (2, "verb")], b)?;
+            }
+            (3, Field::Bytes(b)) => spec["user"] = json!(string(b)?),
+            (4, Field::Bytes(b)) => {
+                let g = json!(string(b)?);
+                match spec.get_mut("groups").and_then(Value::as_array_mut) {
+                    Some(a) => a.push(g),
+                    None => spec["groups"] = json!([g]),
+                }
+            }
+            (5, Field::Bytes(entry)) => {
+                // map<string, ExtraValue>; ExtraValue is `repeated string items = 1`.
+                let mut key = String::new();
+                let mut values = json!({});
+                for (en, ef) in fields(entry)? {
+                    match (en, ef) {
+                        (1, Field::Bytes(k)) => key = string(k)?,
+                        (2, Field::Bytes(v)) => strings_into(&mut values, &[(1, "items")], v)?,
+                        _ => {}
+                    }
+                }
+                extra.insert(key, values.get("items").cloned().unwrap_or(json!([])));
+            }
+            (6, Field::Bytes(b)) => spec["uid"] = json!(string(b)?),
+            _ => {}
+        }
+    }
+    if !extra.is_empty() {
+        spec["extra"] = Value::Object(extra);
+    }
+    Ok(spec)
+}
+
 /// Decodes a `k8s\0`-prefixed protobuf body into a JSON object. Returns `Ok(None)` for kinds
 /// this decoder does not know.
 pub fn decode(body: &[u8]) -> Result<Option<Value>, ProtobufError> {
@@ -472,6 +543,14 @@ pub fn decode(body: &[u8]) -> Result<Option<Value>, ProtobufError> {
         ("rbac.authorization.k8s.io/v1", k @ ("RoleBinding" | "ClusterRoleBinding")) => {
             role_binding(k, raw)?
         }
+        (v @ "authentication.k8s.io/v1", k @ "SelfSubjectReview")
+        | (
+            v @ "authorization.k8s.io/v1",
+            k @ ("SelfSubjectAccessReview"
+            | "SelfSubjectRulesReview"
+            | "SubjectAccessReview"
+            | "LocalSubjectAccessReview"),
+        ) => review(v, k, raw)?,
         _ => return Ok(None),
     };
     Ok(Some(obj))
