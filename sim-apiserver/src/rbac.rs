@@ -669,3 +669,420 @@ pub fn cluster_role_binding(name: &str, role: &str, subjects: &[Subject]) -> Val
         "subjects": subjects.iter().map(Subject::to_json).collect::<Vec<_>>(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+
+    const VERBS: &[&str] = &["get", "list", "create", "delete"];
+    const GROUPS: &[&str] = &["", "apps"];
+    const RESOURCES: &[&str] = &["pods", "deployments"];
+    const SUBS: &[&str] = &["", "log", "exec"];
+    const NAMES: &[&str] = &["", "a", "b"];
+    const NAMESPACES: &[&str] = &["", "ns1", "ns2"];
+    const PATHS: &[&str] = &["/healthz", "/apis", "/apis/apps", "/metrics"];
+    const USERS: &[&str] = &["u1", "u2", "system:serviceaccount:ns1:sa"];
+    const USER_GROUPS: &[&str] = &["g1", "g2"];
+
+    fn pick(from: &'static [&'static str]) -> impl Strategy<Value = String> {
+        proptest::sample::select(from).prop_map(str::to_string)
+    }
+
+    fn some_of(from: &'static [&'static str]) -> impl Strategy<Value = Vec<String>> {
+        proptest::sample::subsequence(from, 0..=from.len())
+            .prop_map(|v: Vec<&'static str>| v.into_iter().map(str::to_string).collect())
+    }
+
+    fn rule() -> impl Strategy<Value = PolicyRule> {
+        let verbs = prop_oneof![some_of(VERBS), Just(vec!["*".to_string()])];
+        let groups = prop_oneof![some_of(GROUPS), Just(vec!["*".to_string()])];
+        let resources = prop_oneof![
+            some_of(&["pods", "deployments", "pods/log", "pods/exec", "*/log"]),
+            Just(vec!["*".to_string()]),
+        ];
+        let names = some_of(&["a", "b"]);
+        let urls = some_of(&["/healthz", "/apis", "/apis/*", "*"]);
+        (verbs, groups, resources, names, urls, any::<bool>()).prop_map(
+            |(verbs, api_groups, resources, resource_names, urls, non_resource)| {
+                if non_resource {
+                    PolicyRule {
+                        verbs,
+                        non_resource_urls: urls,
+                        ..PolicyRule::default()
+                    }
+                } else {
+                    PolicyRule {
+                        verbs,
+                        api_groups,
+                        resources,
+                        resource_names,
+                        ..PolicyRule::default()
+                    }
+                }
+            },
+        )
+    }
+
+    fn subject() -> impl Strategy<Value = Subject> {
+        prop_oneof![
+            pick(&["u1", "u2"]).prop_map(Subject::User),
+            pick(USER_GROUPS).prop_map(Subject::Group),
+            pick(&["", "ns1", "ns2"]).prop_map(|ns| Subject::ServiceAccount(ns, "sa".into())),
+        ]
+    }
+
+    /// (role name, namespace or None for a ClusterRole, rules)
+    type RoleDef = (String, Option<String>, Vec<PolicyRule>);
+    /// (binding namespace or None, role is ClusterRole, role name, subjects)
+    type BindingDef = (Option<String>, bool, String, Vec<Subject>);
+
+    fn policy_defs() -> impl Strategy<Value = (Vec<RoleDef>, Vec<BindingDef>)> {
+        let role = (
+            pick(&["r1", "r2"]),
+            proptest::option::of(pick(&["ns1", "ns2"])),
+            proptest::collection::vec(rule(), 0..3),
+        );
+        let binding = (
+            proptest::option::of(pick(&["ns1", "ns2"])),
+            any::<bool>(),
+            pick(&["r1", "r2", "view"]),
+            proptest::collection::vec(subject(), 1..3),
+        );
+        (
+            proptest::collection::vec(role, 0..4),
+            proptest::collection::vec(binding, 0..4),
+        )
+    }
+
+    fn objects(roles: &[RoleDef], bindings: &[BindingDef]) -> Vec<Value> {
+        let mut out = Vec::new();
+        for (name, ns, rules) in roles {
+            out.push(match ns {
+                Some(ns) => role(ns, name, rules),
+                None => cluster_role(name, rules),
+            });
+        }
+        for (i, (ns, cr, role, subjects)) in bindings.iter().enumerate() {
+            let name = format!("b{i}");
+            out.push(match ns {
+                Some(ns) => role_binding(ns, &name, *cr, role, subjects),
+                None => cluster_role_binding(&name, role, subjects),
+            });
+        }
+        out
+    }
+
+    /// A concrete thing a request may do: resource (verb, group, resource, sub, name, ns) or
+    /// non-resource (verb, path).
+    #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+    enum Act {
+        Resource([String; 6]),
+        Path(String, String),
+    }
+
+    /// The reference model: expand every grant into the set of concrete acts it allows over the
+    /// small universe, by definition rather than by matching.
+    fn model_allowed(roles: &[RoleDef], bindings: &[BindingDef], user: &UserInfo) -> HashSet<Act> {
+        let mut allowed = HashSet::new();
+        // Stored roles replace built-in ones of the same name; the last definition wins.
+        let find = |name: &str, ns: Option<&str>| -> Option<Vec<PolicyRule>> {
+            let stored = roles
+                .iter()
+                .rev()
+                .find(|(n, rns, _)| n == name && rns.as_deref() == ns)
+                .map(|(_, _, r)| r.clone());
+            match (stored, ns) {
+                (Some(r), _) => Some(r),
+                (None, None) => bootstrap_cluster_roles()
+                    .into_iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, r)| r),
+                (None, Some(_)) => None,
+            }
+        };
+        for (bns, cr, role_name, subjects) in bindings {
+            let bound = subjects.iter().any(|s| match s {
+                Subject::User(n) => *n == user.username,
+                Subject::Group(g) => user.groups.contains(g),
+                Subject::ServiceAccount(ns, n) => {
+                    let ns = if ns.is_empty() {
+                        bns.clone().unwrap_or_default()
+                    } else {
+                        ns.clone()
+                    };
+                    user.username == format!("system:serviceaccount:{ns}:{n}")
+                }
+            });
+            if !bound {
+                continue;
+            }
+            let rules = if bns.is_none() || *cr {
+                find(role_name, None)
+            } else {
+                find(role_name, bns.as_deref())
+            };
+            for rule in rules.unwrap_or_default() {
+                let all = |list: &[String], universe: &[&str]| -> Vec<String> {
+                    if list.iter().any(|x| x == "*") {
+                        universe.iter().map(|s| s.to_string()).collect()
+                    } else {
+                        list.to_vec()
+                    }
+                };
+                let verbs = all(&rule.verbs, VERBS);
+                if !rule.non_resource_urls.is_empty() {
+                    if bns.is_some() {
+                        continue;
+                    }
+                    for v in &verbs {
+                        for p in PATHS {
+                            let ok = rule.non_resource_urls.iter().any(|u| {
+                                u == "*"
+                                    || u == p
+                                    || (u.ends_with('*') && p.starts_with(&u[..u.len() - 1]))
+                            });
+                            if ok {
+                                allowed.insert(Act::Path(v.clone(), p.to_string()));
+                            }
+                        }
+                    }
+                    continue;
+                }
+                let mut resource_pairs = Vec::new();
+                for r in &rule.resources {
+                    for res in RESOURCES {
+                        for sub in SUBS {
+                            let combined = if sub.is_empty() {
+                                res.to_string()
+                            } else {
+                                format!("{res}/{sub}")
+                            };
+                            if r == "*"
+                                || *r == combined
+                                || (!sub.is_empty() && *r == format!("*/{sub}"))
+                            {
+                                resource_pairs.push((res.to_string(), sub.to_string()));
+                            }
+                        }
+                    }
+                }
+                let names: Vec<String> = if rule.resource_names.is_empty() {
+                    NAMES.iter().map(|s| s.to_string()).collect()
+                } else {
+                    rule.resource_names.clone()
+                };
+                let namespaces: Vec<String> = match bns {
+                    Some(ns) => vec![ns.clone()],
+                    None => NAMESPACES.iter().map(|s| s.to_string()).collect(),
+                };
+                for v in &verbs {
+                    for g in all(&rule.api_groups, GROUPS) {
+                        for (res, sub) in &resource_pairs {
+                            for n in &names {
+                                for ns in &namespaces {
+                                    allowed.insert(Act::Resource([
+                                        v.clone(),
+                                        g.clone(),
+                                        res.clone(),
+                                        sub.clone(),
+                                        n.clone(),
+                                        ns.clone(),
+                                    ]));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        allowed
+    }
+
+    fn request() -> impl Strategy<Value = RequestInfo> {
+        prop_oneof![
+            (
+                pick(VERBS),
+                pick(GROUPS),
+                pick(RESOURCES),
+                pick(SUBS),
+                pick(NAMES),
+                pick(NAMESPACES)
+            )
+                .prop_map(
+                    |(verb, api_group, resource, subresource, name, namespace)| RequestInfo {
+                        resource_request: true,
+                        verb,
+                        api_group,
+                        api_version: "v1".into(),
+                        namespace,
+                        resource,
+                        subresource,
+                        name,
+                        path: String::new(),
+                    }
+                ),
+            (pick(VERBS), pick(PATHS)).prop_map(|(v, p)| RequestInfo::non_resource(&v, &p)),
+        ]
+    }
+
+    fn user() -> impl Strategy<Value = UserInfo> {
+        (pick(USERS), some_of(USER_GROUPS)).prop_map(|(name, groups)| UserInfo {
+            username: name,
+            groups,
+            ..UserInfo::default()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// For random roles, bindings, identities and requests, the authorizer decides as the
+        /// reference model (which expands every grant into the acts it allows). Identities here
+        /// are not authenticated, so only the stored policy (and the built-in roles it binds)
+        /// applies.
+        #[test]
+        fn decides_as_the_reference_model(
+            (roles, bindings) in policy_defs(),
+            user in user(),
+            reqs in proptest::collection::vec(request(), 1..16),
+        ) {
+            let policy = Policy::new(&objects(&roles, &bindings));
+            let allowed = model_allowed(&roles, &bindings, &user);
+            for req in reqs {
+                let act = if req.resource_request {
+                    Act::Resource([
+                        req.verb.clone(),
+                        req.api_group.clone(),
+                        req.resource.clone(),
+                        req.subresource.clone(),
+                        req.name.clone(),
+                        req.namespace.clone(),
+                    ])
+                } else {
+                    Act::Path(req.verb.clone(), req.path.clone())
+                };
+                prop_assert_eq!(
+                    policy.authorize(&user, &req).allowed(),
+                    allowed.contains(&act),
+                    "request {:?}", req
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn table() {
+        let objs = vec![
+            role(
+                "ns1",
+                "reader",
+                &[PolicyRule::resource(
+                    &["get", "list"],
+                    &[""],
+                    &["pods", "pods/log"],
+                )],
+            ),
+            role_binding(
+                "ns1",
+                "rb",
+                false,
+                "reader",
+                &[Subject::Group("devs".into())],
+            ),
+            cluster_role(
+                "nodes",
+                &[
+                    PolicyRule::resource(&["get"], &[""], &["nodes"]),
+                    PolicyRule::non_resource(&["get"], &["/metrics"]),
+                ],
+            ),
+            role_binding(
+                "ns1",
+                "nodes-in-ns",
+                true,
+                "nodes",
+                &[Subject::User("jane".into())],
+            ),
+            cluster_role_binding(
+                "sa-view",
+                "view",
+                &[Subject::ServiceAccount(
+                    "gitlab-agent".into(),
+                    "agentk".into(),
+                )],
+            ),
+        ];
+        let p = Policy::new(&objs);
+        let jane = UserInfo::new("jane", &["devs"]);
+        let sa = UserInfo::new("system:serviceaccount:gitlab-agent:agentk", &[]);
+        let get =
+            |m: &str, path: &str| RequestInfo::new(&m.parse().unwrap_or_default(), path, None);
+        let cases = [
+            (&jane, get("GET", "/api/v1/namespaces/ns1/pods"), true),
+            (&jane, get("GET", "/api/v1/namespaces/ns1/pods/p/log"), true),
+            (&jane, get("GET", "/api/v1/namespaces/ns2/pods"), false),
+            (
+                &jane,
+                get("GET", "/api/v1/namespaces/ns1/pods/p/exec"),
+                false,
+            ),
+            (&jane, get("DELETE", "/api/v1/namespaces/ns1/pods/p"), false),
+            // A ClusterRole bound by a RoleBinding: namespaced effect only, no paths.
+            (&jane, get("GET", "/api/v1/nodes/n1"), false),
+            (&jane, get("GET", "/metrics"), false),
+            (&jane, get("GET", "/apis"), true),
+            (
+                &jane,
+                get(
+                    "POST",
+                    "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                ),
+                true,
+            ),
+            (&sa, get("GET", "/apis/apps/v1/deployments"), true),
+            (&sa, get("GET", "/api/v1/namespaces/default/secrets"), false),
+            (
+                &sa,
+                get("POST", "/api/v1/namespaces/default/configmaps"),
+                false,
+            ),
+            (&UserInfo::admin(), get("DELETE", "/api/v1/nodes/n1"), true),
+        ];
+        for (user, req, want) in cases {
+            assert_eq!(
+                p.authorize(user, &req).allowed(),
+                want,
+                "{} {req:?}",
+                user.username
+            );
+        }
+        let reason = p.authorize(&jane, &get("GET", "/api/v1/namespaces/ns1/pods"));
+        assert_eq!(
+            reason,
+            Decision::Allow(
+                "RBAC: allowed by RoleBinding \"rb\" of namespace \"ns1\" of Role \"reader\" to Group \"devs\"".into()
+            )
+        );
+        let rules = p.rules_for(&jane, "ns1");
+        assert!(
+            rules
+                .resource_rules
+                .iter()
+                .any(|r| r.resources.contains(&"pods/log".to_string()))
+        );
+        assert!(
+            rules
+                .resource_rules
+                .iter()
+                .any(|r| r.resources.contains(&"nodes".to_string()))
+        );
+        assert!(
+            !rules
+                .non_resource_rules
+                .iter()
+                .any(|r| r.non_resource_urls.contains(&"/metrics".to_string()))
+        );
+    }
+}
