@@ -19,6 +19,7 @@ use tokio::sync::watch as tokio_watch;
 
 use super::body::{self, ResponseBody};
 use super::discovery;
+use super::escalation;
 use super::identity::{self, Authenticator, UserInfo};
 use super::impersonation::Impersonation;
 use super::logs::{self, LogBody};
@@ -230,10 +231,29 @@ where
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    // RBAC's escalation prevention for writes of roles and bindings by anyone but
+    // system:masters (the policy is read before the store's lock is taken).
+    let escalation_policy = match &route {
+        Route::Collection { resource, .. } | Route::Object { resource, .. }
+            if resource.group == rbac::GROUP
+                && resource.crd.is_none()
+                && method != Method::GET
+                && method != Method::HEAD
+                && !user.in_group(identity::MASTERS) =>
+        {
+            Some(policy.clone().unwrap_or_else(|| current_policy(&ctx.store)))
+        }
+        _ => None,
+    };
+    let admit = |obj: &Value| match &escalation_policy {
+        Some(p) => escalation::check(p, &user, obj),
+        None => Ok(()),
+    };
     let w = Write {
         store: &ctx.store,
         query: &query,
         user_agent: &user_agent,
+        admit: &admit,
     };
     match route {
         Route::Health => {

@@ -37,8 +37,9 @@
 //!   ClusterRoles, RoleBindings and ClusterRoleBindings (verbs, apiGroups, resources and
 //!   subresources, resourceNames, nonResourceURLs; User, Group and ServiceAccount subjects)
 //!   with the bootstrap policy (`system:masters`, discovery for everyone authenticated, the
-//!   default `cluster-admin`/`admin`/`edit`/`view` roles built in); a refused request is the
-//!   Kubernetes 403 `Status` in its words. The review APIs ([`reviews`]):
+//!   default `cluster-admin`/`admin`/`edit`/`view` roles built in) and escalation prevention
+//!   ([`escalation`]: writing a role or binding needs the permissions it grants, or the
+//!   `escalate`/`bind` verbs); a refused request is the Kubernetes 403 `Status` in its words. The review APIs ([`reviews`]):
 //!   `SelfSubjectReview` (`kubectl auth whoami`), `SelfSubjectAccessReview` (`kubectl auth
 //!   can-i`), `SelfSubjectRulesReview` (`can-i --list`), `SubjectAccessReview`,
 //!   `LocalSubjectAccessReview`. Optional HTTPS with a throw-away CA ([`ApiServerConfig::tls`],
@@ -46,8 +47,7 @@
 //!
 //! Simplified: no workload controllers (workloads report ready replicas, PVCs are bound, no
 //! pods are created for them; the simulated kubelet starts pods that exist), no admission,
-//! no RBAC aggregation or escalation checks (anyone allowed to write roles may grant anything),
-//! no schema validation of custom resources, no defaulting beyond a few fields,
+//! no ClusterRole aggregation, no schema validation of custom resources, no defaulting beyond a few fields,
 //! no graceful pod termination (pods without finalizers go at once), garbage collection and
 //! namespace termination complete within the write that starts them, protobuf request bodies
 //! only for the kinds [`protobuf`] knows. Containers run no real processes: exec runs the
@@ -108,6 +108,7 @@ pub mod churn;
 pub mod container_fs;
 pub mod crd;
 pub mod discovery;
+pub mod escalation;
 pub mod exec;
 pub mod fieldpath;
 pub(crate) mod handlers;

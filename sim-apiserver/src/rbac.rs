@@ -475,6 +475,23 @@ impl Policy {
         p
     }
 
+    /// The rules of the role a binding in `namespace` (`None`: a ClusterRoleBinding) refers to
+    /// (`cluster_role`: a ClusterRole); empty if there is no such role.
+    pub fn role_ref_rules(
+        &self,
+        namespace: Option<&str>,
+        cluster_role: bool,
+        name: &str,
+    ) -> &[PolicyRule] {
+        self.role_rules(&Binding {
+            name: String::new(),
+            namespace: namespace.map(str::to_string),
+            cluster_role: cluster_role || namespace.is_none(),
+            role: name.to_string(),
+            subjects: Vec::new(),
+        })
+    }
+
     fn role_rules(&self, b: &Binding) -> &[PolicyRule] {
         let rules = if b.cluster_role {
             self.cluster_roles.get(&b.role)

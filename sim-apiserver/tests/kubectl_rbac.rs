@@ -95,6 +95,14 @@ fn forbidden(e: &Env, token: &str, args: &[&str]) -> String {
     err
 }
 
+/// Creates `obj` in the store (as the cluster's operator would).
+fn put(e: &Env, obj: Value) {
+    e.server
+        .store()
+        .create(obj)
+        .unwrap_or_else(|err| panic!("{err}"));
+}
+
 fn whoami(e: &Env, token: &str, extra: &[&str]) -> Value {
     let mut args = vec!["auth", "whoami", "-o", "json"];
     args.extend_from_slice(extra);
@@ -181,9 +189,9 @@ fn whoami_shows_the_caller_and_the_impersonated_identity() {
     let (success, _, err) = as_token(&e, JANE, &["auth", "whoami", "--as", "system:admin"]);
     assert!(!success && err.contains("do not have permission"), "{err}");
     // ... until a ClusterRole lets her impersonate bob (by name) and the group devs.
-    e.server
-        .store()
-        .create(rbac::cluster_role(
+    put(
+        &e,
+        rbac::cluster_role(
             "impersonate-bob",
             &[
                 PolicyRule {
@@ -195,16 +203,16 @@ fn whoami_shows_the_caller_and_the_impersonated_identity() {
                     ..PolicyRule::resource(&["impersonate"], &[""], &["groups"])
                 },
             ],
-        ))
-        .unwrap_or_else(|err| panic!("{err}"));
-    e.server
-        .store()
-        .create(rbac::cluster_role_binding(
+        ),
+    );
+    put(
+        &e,
+        rbac::cluster_role_binding(
             "jane-impersonates-bob",
             "impersonate-bob",
             &[Subject::User("jane".into())],
-        ))
-        .unwrap_or_else(|err| panic!("{err}"));
+        ),
+    );
     let as_bob = whoami(&e, JANE, &["--as", "bob", "--as-group", "devs"]);
     assert_eq!(as_bob["username"], "bob");
     assert_eq!(
@@ -385,24 +393,24 @@ fn exec_needs_create_on_pods_exec() {
         ),
         "{err}"
     );
-    e.server
-        .store()
-        .create(rbac::role(
+    put(
+        &e,
+        rbac::role(
             "team-a",
             "exec",
             &[PolicyRule::resource(&["create"], &[""], &["pods/exec"])],
-        ))
-        .unwrap_or_else(|err| panic!("{err}"));
-    e.server
-        .store()
-        .create(rbac::role_binding(
+        ),
+    );
+    put(
+        &e,
+        rbac::role_binding(
             "team-a",
             "jane-exec",
             false,
             "exec",
             &[Subject::User("jane".into())],
-        ))
-        .unwrap_or_else(|err| panic!("{err}"));
+        ),
+    );
     let out = ok(
         &e,
         JANE,
@@ -420,29 +428,34 @@ fn exec_needs_create_on_pods_exec() {
 #[test]
 fn group_subjects_and_resource_names() {
     let e = cluster();
-    let s = e.server.store();
     for name in ["allowed", "other"] {
-        s.create(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": name, "namespace": "team-a"}, "data": {"k": name}}))
-            .unwrap_or_else(|err| panic!("{err}"));
+        put(
+            &e,
+            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "team-a"}, "data": {"k": name}}),
+        );
     }
-    s.create(rbac::role(
-        "team-a",
-        "one-configmap",
-        &[PolicyRule {
-            resource_names: vec!["allowed".into()],
-            ..PolicyRule::resource(&["get", "update", "patch"], &[""], &["configmaps"])
-        }],
-    ))
-    .unwrap_or_else(|err| panic!("{err}"));
-    s.create(rbac::role_binding(
-        "team-a",
-        "devs-one-configmap",
-        false,
-        "one-configmap",
-        &[Subject::Group("devs".into())],
-    ))
-    .unwrap_or_else(|err| panic!("{err}"));
+    put(
+        &e,
+        rbac::role(
+            "team-a",
+            "one-configmap",
+            &[PolicyRule {
+                resource_names: vec!["allowed".into()],
+                ..PolicyRule::resource(&["get", "update", "patch"], &[""], &["configmaps"])
+            }],
+        ),
+    );
+    put(
+        &e,
+        rbac::role_binding(
+            "team-a",
+            "devs-one-configmap",
+            false,
+            "one-configmap",
+            &[Subject::Group("devs".into())],
+        ),
+    );
     // bob is in devs: the named object only.
     let out = ok(
         &e,
@@ -509,4 +522,98 @@ fn group_subjects_and_resource_names() {
         ],
     );
     forbidden(&e, BOB, &["get", "configmap", "allowed", "-n", "team-a"]);
+}
+
+#[test]
+fn nobody_grants_what_they_do_not_hold() {
+    let e = cluster();
+    // bob administers team-a (the built-in `admin` role includes roles and rolebindings).
+    put(
+        &e,
+        rbac::role_binding(
+            "team-a",
+            "bob-admin",
+            true,
+            "admin",
+            &[Subject::User("bob".into())],
+        ),
+    );
+    ok(
+        &e,
+        BOB,
+        &[
+            "create",
+            "role",
+            "pod-viewer",
+            "-n",
+            "team-a",
+            "--verb=get,list",
+            "--resource=pods",
+        ],
+    );
+    ok(
+        &e,
+        BOB,
+        &[
+            "create",
+            "rolebinding",
+            "jane-views",
+            "-n",
+            "team-a",
+            "--role=pod-viewer",
+            "--user=jane",
+        ],
+    );
+    let err = forbidden(
+        &e,
+        BOB,
+        &[
+            "create",
+            "role",
+            "node-reader",
+            "-n",
+            "team-a",
+            "--verb=get",
+            "--resource=nodes",
+        ],
+    );
+    assert!(
+        err.contains(
+            "roles.rbac.authorization.k8s.io \"node-reader\" is forbidden: user \"bob\" (groups=[\"devs\" \"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:"
+        ) && err.contains("{APIGroups:[\"\"], Resources:[\"nodes\"], Verbs:[\"get\"]}"),
+        "{err}"
+    );
+    // (kubectl's typed `create rolebinding` words a refusal as "failed to create".)
+    let (success, _, err) = as_token(
+        &e,
+        BOB,
+        &[
+            "create",
+            "rolebinding",
+            "root",
+            "-n",
+            "team-a",
+            "--clusterrole=cluster-admin",
+            "--user=bob",
+        ],
+    );
+    assert!(!success, "bob bound cluster-admin to himself");
+    assert!(
+        err.contains("is attempting to grant RBAC permissions not currently held"),
+        "{err}"
+    );
+    // Patching a held role up to more is refused the same way; the admin may.
+    let patch = r#"{"rules":[{"apiGroups":[""],"resources":["*"],"verbs":["*"]}]}"#;
+    let widen = [
+        "patch",
+        "role",
+        "pod-viewer",
+        "-n",
+        "team-a",
+        "--type=merge",
+        "-p",
+        patch,
+    ];
+    forbidden(&e, BOB, &widen);
+    ok(&e, ADMIN, &widen);
 }
