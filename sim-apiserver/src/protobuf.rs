@@ -634,6 +634,49 @@ mod tests {
     }
 
     #[test]
+    fn review_kinds() {
+        let mut attrs = Vec::new();
+        bytes_field(1, b"team-a", &mut attrs);
+        bytes_field(2, b"create", &mut attrs);
+        bytes_field(5, b"pods", &mut attrs);
+        bytes_field(6, b"exec", &mut attrs);
+        let mut items = Vec::new();
+        bytes_field(1, b"7", &mut items);
+        let mut extra = Vec::new();
+        bytes_field(1, b"agent.gitlab.com/id", &mut extra);
+        bytes_field(2, &items, &mut extra);
+        let mut spec = Vec::new();
+        bytes_field(1, &attrs, &mut spec);
+        bytes_field(3, b"jane", &mut spec);
+        bytes_field(4, b"devs", &mut spec);
+        bytes_field(5, &extra, &mut spec);
+        let mut sar = Vec::new();
+        bytes_field(2, &spec, &mut sar);
+        let r = decode(&envelope(
+            "authorization.k8s.io/v1",
+            "SubjectAccessReview",
+            &sar,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_default();
+        assert_eq!(
+            r["spec"],
+            json!({
+                "resourceAttributes": {"namespace": "team-a", "verb": "create", "resource": "pods", "subresource": "exec"},
+                "user": "jane", "groups": ["devs"], "extra": {"agent.gitlab.com/id": ["7"]},
+            })
+        );
+        let who = decode(&envelope(
+            "authentication.k8s.io/v1",
+            "SelfSubjectReview",
+            &[],
+        ))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_default();
+        assert_eq!(who["kind"], "SelfSubjectReview");
+    }
+
+    #[test]
     fn rbac_kinds() {
         let mut meta = Vec::new();
         bytes_field(1, b"reader", &mut meta);
