@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 use sim_apiserver::{ApiServer, ApiServerConfig};
@@ -352,4 +353,161 @@ fn the_containerfile_builds_both_binaries_static_on_an_empty_base() {
     for krate in ["kas", "agentk"] {
         assert!(repo().join(krate).join("Cargo.toml").is_file());
     }
+}
+
+/// A free loopback port (bound and released: a race with other tests is unlikely and only fails).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the process group `pgid` (the script's session, which this test started).
+fn kill_group(pgid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", "--", &format!("-{pgid}")])
+        .status();
+}
+
+#[test]
+fn the_manual_commands_reproduce_the_demo() {
+    use std::io::{BufRead as _, BufReader};
+    // The script runs kas, simulator (→ sim-apiserver) and agentk from the build directory.
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_kas-demo"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let mut build = Command::new(env!("CARGO"));
+    build.args([
+        "build",
+        "--bins",
+        "-p",
+        "kas",
+        "-p",
+        "agentk",
+        "-p",
+        "simulator",
+        "-p",
+        "sim-apiserver",
+    ]);
+    if bin_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    ok(build.current_dir(repo()));
+
+    let state = tempfile::tempdir().unwrap();
+    let (agent_port, api_port, git_port) = (free_port(), free_port(), free_port());
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_kas-demo"))
+        .arg("--agents")
+        .arg("2")
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg("--agent-listen")
+        .arg(format!("127.0.0.1:{agent_port}"))
+        .arg("--api-listen")
+        .arg(format!("127.0.0.1:{api_port}"))
+        .arg("--git-listen")
+        .arg(format!("127.0.0.1:{git_port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(demo.stdout.take().unwrap());
+    let ready = stdout
+        .lines()
+        .take(200)
+        .map_while(Result::ok)
+        .any(|l| l == "ready");
+    // The demo wrote the script; it is stopped so the script can take its ports.
+    let _ = Command::new("kill").arg(demo.id().to_string()).status();
+    let _ = demo.wait();
+    assert!(ready, "the demo never printed ready");
+    let script = state.path().join("manual-commands.sh");
+    let text = std::fs::read_to_string(&script).unwrap();
+    assert!(
+        text.contains("--prometheus cluster-1") && text.contains("--log-level info"),
+        "{text}"
+    );
+
+    // The script in its own session, with the workspace's binaries first on PATH.
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut run = Command::new("setsid")
+        .arg("sh")
+        .arg(&script)
+        .env("PATH", path)
+        .env("HOME", state.path())
+        .stdin(Stdio::null())
+        // Files, not pipes: the servers the script starts keep its output open.
+        .stdout(std::fs::File::create(state.path().join("script.out")).unwrap())
+        .stderr(std::fs::File::create(state.path().join("script.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let pgid = run.id();
+    // The script ends after its (bounded, 60 s) retry of `kubectl get pods`; its servers keep running.
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = run.try_wait().unwrap() {
+            break Some(s);
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let check = || -> Result<(), String> {
+        let status = status.ok_or("the script did not finish")?;
+        let out = std::fs::read_to_string(state.path().join("script.out")).unwrap();
+        if !status.success() || !out.contains("Running") {
+            return Err(format!(
+                "kubectl through the manual deployment: {status:?}\n{out}"
+            ));
+        }
+        // The demo's Prometheus query, as the demo prints it, reaches cluster-1's fake Prometheus.
+        let bearer = format!(
+            "Authorization: Bearer pat:1:{}",
+            std::fs::read_to_string(state.path().join("user-demo.token"))
+                .unwrap()
+                .trim()
+        );
+        let curl = run_out(Command::new("curl").args([
+            "-sS",
+            "--max-time",
+            "20",
+            "--cacert",
+            state.path().join("ca.pem").to_str().unwrap(),
+            "-H",
+            &bearer,
+            &format!("https://127.0.0.1:{api_port}/api/v1/agents/1/proxy/monitoring/prometheus:web/api/v1/query?query=up"),
+        ]));
+        if !curl.contains("\"cluster\":\"cluster-1\"") {
+            return Err(format!("prometheus through kas: {curl}"));
+        }
+        Ok(())
+    };
+    let result = check();
+    kill_group(pgid);
+    let _ = run.wait();
+    if let Err(e) = result {
+        let err = std::fs::read_to_string(state.path().join("script.err")).unwrap_or_default();
+        panic!(
+            "{e}\nscript stderr (tail):\n{}",
+            err.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+        );
+    }
+}
+
+fn run_out(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
