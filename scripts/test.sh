@@ -17,6 +17,8 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 { command -v ss || [ -x /usr/sbin/ss ] || [ -x /usr/bin/ss ]; } >/dev/null 2>&1 || need_apt+=(iproute2)
 # `script` gives `kubectl exec -it` a pseudo-terminal (sim-apiserver's exec tests; util-linux, usually present)
 command -v script >/dev/null 2>&1 || need_apt+=(bsdutils)
+# `systemd-analyze` checks deploy/systemd/kas.service (kas-demo's deploy test)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]}"
     if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

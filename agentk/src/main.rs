@@ -1,11 +1,21 @@
 //! The `agentk` binary: parses flags (each also from an `AGENTK_*` environment variable), sets up
 //! logging, and runs [`agentk::run`] until SIGINT/SIGTERM.
+//!
+//! Health without a port: with `--status-file`, agentk rewrites a small JSON status file every
+//! [`STATUS_INTERVAL`] (from its async runtime, so a wedged runtime stops it); `agentk health
+//! --status-file F` exits 0 while the file is fresh and 1 otherwise, which a pod uses as an exec
+//! probe (the file lives in an `emptyDir`: the root filesystem stays read-only). Whether agentk is
+//! connected is kas's to say (`/api/v1/agents`): agentk reconnects by itself, and restarting it
+//! would not fix a network outage.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// How often agentk rewrites its `--status-file`.
+const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -16,14 +26,16 @@ enum LogFormat {
 /// The GitLab-style agent for Kubernetes: dials out to kas and serves its requests into this
 /// cluster. Never listens on any port.
 #[derive(Debug, Parser)]
-#[command(name = "agentk", version)]
+#[command(name = "agentk", version, subcommand_negates_reqs = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// kas's agent listener: host:port or tls://host:port.
-    #[arg(long, env = "AGENTK_KAS_ADDRESS")]
-    kas_address: String,
+    #[arg(long, env = "AGENTK_KAS_ADDRESS", required = true)]
+    kas_address: Option<String>,
     /// File holding the agent token (surrounding whitespace is ignored).
-    #[arg(long, env = "AGENTK_TOKEN_FILE")]
-    token_file: PathBuf,
+    #[arg(long, env = "AGENTK_TOKEN_FILE", required = true)]
+    token_file: Option<PathBuf>,
     /// PEM file with the CA certificate(s) kas's certificate must chain to (default: system roots).
     #[arg(long, env = "AGENTK_CA_FILE")]
     ca_file: Option<PathBuf>,
@@ -40,9 +52,16 @@ struct Cli {
     /// Name kas's certificate is verified against (default: the host of --kas-address).
     #[arg(long, env = "AGENTK_TLS_SERVER_NAME")]
     tls_server_name: Option<String>,
+    /// Log filter at start-up, e.g. `info` or `info,agentk=debug` (default: $RUST_LOG, else info).
+    /// A configuration from kas (`observability.logging`) replaces it.
+    #[arg(long, env = "AGENTK_LOG_LEVEL")]
+    log_level: Option<String>,
     /// Log format.
     #[arg(long, env = "AGENTK_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Rewrite this status file every 5 s, for `agentk health` (exec probes; no port is opened).
+    #[arg(long, env = "AGENTK_STATUS_FILE")]
+    status_file: Option<PathBuf>,
     /// Seconds in-flight requests may take to finish on shutdown.
     #[arg(long, env = "AGENTK_SHUTDOWN_GRACE", default_value_t = 10)]
     shutdown_grace: u64,
@@ -64,10 +83,132 @@ struct Cli {
     views_window_ms: u64,
 }
 
-/// The log filter at start-up: `RUST_LOG` if set, else `info`. A configuration from kas replaces it.
-fn initial_filter() -> tracing_subscriber::EnvFilter {
-    tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Exit 0 if the running agentk's status file is fresh, 1 otherwise (an exec probe).
+    Health(HealthArgs),
+}
+
+#[derive(Debug, Args)]
+struct HealthArgs {
+    /// The status file the running agentk writes (its --status-file).
+    #[arg(long, env = "AGENTK_STATUS_FILE")]
+    status_file: PathBuf,
+    /// Oldest acceptable status, in seconds.
+    #[arg(long, default_value_t = 30)]
+    max_age: u64,
+}
+
+/// The log filter at start-up: `--log-level` if given (checked), else `RUST_LOG` if set, else
+/// `info`. A configuration from kas replaces it.
+fn initial_filter(level: Option<&str>) -> anyhow::Result<tracing_subscriber::EnvFilter> {
+    match level {
+        Some(level) => {
+            check_log_level(level)?;
+            tracing_subscriber::EnvFilter::try_new(level)
+                .with_context(|| format!("invalid --log-level {level:?}"))
+        }
+        None => Ok(tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))),
+    }
+}
+
+/// Refuses a filter that `tracing` would read as "log only this odd target" (e.g. `loud!!`): every
+/// comma-separated directive must be a level, or `target=level` with a Rust path as target.
+fn check_log_level(filter: &str) -> anyhow::Result<()> {
+    let level_ok = |l: &str| l.eq_ignore_ascii_case("off") || l.parse::<tracing::Level>().is_ok();
+    let target_ok = |t: &str| {
+        t.split("::").all(|seg| {
+            !seg.is_empty()
+                && seg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+        })
+    };
+    let bad = filter
+        .split(',')
+        .map(str::trim)
+        .find(|d| match d.split_once('=') {
+            Some((target, level)) => !(target_ok(target.trim()) && level_ok(level.trim())),
+            None => !level_ok(d),
+        });
+    match bad {
+        Some(d) => anyhow::bail!(
+            "invalid --log-level {d:?}: give a level (off, error, warn, info, debug, trace) or \
+             target=level directives, e.g. info,agentk=debug"
+        ),
+        None => Ok(()),
+    }
+}
+
+/// What the status file holds.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Status {
+    /// agentk's process id.
+    pid: u32,
+    /// When agentk started (Unix seconds).
+    started_unix: u64,
+    /// When the file was last written (Unix seconds).
+    heartbeat_unix: u64,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Writes `status` to `path` atomically (a sibling temporary file renamed over it).
+fn write_status(path: &Path, status: &Status) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec(status).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Rewrites the status file every [`STATUS_INTERVAL`], forever (a failure is logged once per run of
+/// failures).
+async fn heartbeat(path: PathBuf) {
+    let started_unix = unix_now();
+    let mut failing = false;
+    let mut tick = tokio::time::interval(STATUS_INTERVAL);
+    loop {
+        tick.tick().await;
+        let status = Status {
+            pid: std::process::id(),
+            started_unix,
+            heartbeat_unix: unix_now(),
+        };
+        match write_status(&path, &status) {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(path = %path.display(), error = %e, "cannot write the status file");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// `agentk health`: whether the status file is at most `max_age` seconds old.
+fn health(args: &HealthArgs) -> anyhow::Result<()> {
+    let text = std::fs::read(&args.status_file)
+        .with_context(|| format!("no status from agentk at {}", args.status_file.display()))?;
+    let status: Status = serde_json::from_slice(&text)
+        .with_context(|| format!("unreadable status file {}", args.status_file.display()))?;
+    let age = unix_now().saturating_sub(status.heartbeat_unix);
+    anyhow::ensure!(
+        age <= args.max_age,
+        "agentk (pid {}) last wrote its status {age}s ago (more than {}s)",
+        status.pid,
+        args.max_age
+    );
+    println!("ok: agentk pid {} alive ({age}s ago)", status.pid);
+    Ok(())
 }
 
 /// The subscriber agentk logs with (writing to `writer`), and the control that changes its level
@@ -103,12 +244,12 @@ where
     (subscriber, control)
 }
 
-fn init_logging(format: LogFormat) -> agentk::LogLevelControl {
-    let (subscriber, control) = logging(format, initial_filter(), std::io::stderr);
+fn init_logging(format: LogFormat, level: Option<&str>) -> anyhow::Result<agentk::LogLevelControl> {
+    let (subscriber, control) = logging(format, initial_filter(level)?, std::io::stderr);
     if let Err(e) = tracing::subscriber::set_global_default(subscriber) {
         eprintln!("cannot install the logger: {e}");
     }
-    control
+    Ok(control)
 }
 
 /// The kubeconfig file used when only --context is given.
@@ -125,9 +266,12 @@ fn default_kubeconfig() -> anyhow::Result<PathBuf> {
 }
 
 fn config(cli: &Cli) -> anyhow::Result<agentk::Config> {
-    let token = agentk::read_token_file(&cli.token_file)?;
-    let mut config = agentk::Config::new(cli.kas_address.clone(), token);
-    config.token_file = Some(cli.token_file.clone());
+    let (Some(kas_address), Some(token_file)) = (&cli.kas_address, &cli.token_file) else {
+        anyhow::bail!("--kas-address and --token-file are required");
+    };
+    let token = agentk::read_token_file(token_file)?;
+    let mut config = agentk::Config::new(kas_address.clone(), token);
+    config.token_file = Some(token_file.clone());
     if let Some(ca) = &cli.ca_file {
         config.ca = tunnel_tls::Roots::PemFile(ca.clone());
     }
@@ -181,9 +325,15 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let log_level = init_logging(cli.log_format);
+    if let Some(Command::Health(args)) = &cli.command {
+        return health(args);
+    }
+    let log_level = init_logging(cli.log_format, cli.log_level.as_deref())?;
     let mut config = config(&cli)?;
     config.log_level = Some(log_level);
+    if let Some(path) = cli.status_file.clone() {
+        tokio::spawn(heartbeat(path));
+    }
     agentk::run(config, shutdown_signal())
         .await
         .context("agentk cannot start")?;
@@ -248,6 +398,86 @@ mod tests {
         assert!(
             text.contains("shown-at-debug") && text.contains("shown-at-error"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn log_level_flag_is_checked_like_kas() {
+        for good in [
+            "info",
+            "debug,agentk=trace",
+            "warn,kube_client::client=off",
+            "INFO",
+        ] {
+            assert!(initial_filter(Some(good)).is_ok(), "{good}");
+        }
+        for bad in ["loud!!", "", "agentk=", "=debug", "info,a b=debug"] {
+            let e = initial_filter(Some(bad)).expect_err(bad).to_string();
+            assert!(e.contains("--log-level"), "{bad}: {e}");
+        }
+        let cli = Cli::try_parse_from([
+            "agentk",
+            "--kas-address",
+            "kas:1",
+            "--token-file",
+            "t",
+            "--log-level",
+            "debug",
+        ])
+        .expect("flags");
+        assert_eq!(cli.log_level.as_deref(), Some("debug"));
+    }
+
+    #[test]
+    fn health_reads_the_status_file_the_heartbeat_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("status");
+        // No subcommand flags of the agent needed.
+        let cli = Cli::try_parse_from([
+            "agentk",
+            "health",
+            "--status-file",
+            path.to_str().expect("utf-8"),
+        ])
+        .expect("health parses alone");
+        let Some(Command::Health(args)) = cli.command else {
+            panic!("not health");
+        };
+        let e = health(&args).expect_err("no file yet").to_string();
+        assert!(e.contains("no status"), "{e}");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let beat = tokio::spawn(heartbeat(path.clone()));
+            for _ in 0..200 {
+                if path.exists() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            beat.abort();
+        });
+        health(&args).expect("fresh status");
+        let stale = Status {
+            pid: 7,
+            started_unix: 1,
+            heartbeat_unix: unix_now() - 120,
+        };
+        write_status(&path, &stale).expect("write");
+        let e = health(&args).expect_err("stale").to_string();
+        assert!(e.contains("120s ago") || e.contains("121s ago"), "{e}");
+        std::fs::write(&path, "garbage").expect("write");
+        assert!(
+            health(&args)
+                .expect_err("garbage")
+                .to_string()
+                .contains("unreadable")
+        );
+        assert!(
+            Cli::try_parse_from(["agentk", "--token-file", "t"]).is_err(),
+            "address required"
         );
     }
 

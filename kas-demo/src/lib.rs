@@ -27,7 +27,6 @@ pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use sim_apiserver::{ApiServer, ApiServerConfig, RunningApiServer};
@@ -136,6 +135,8 @@ struct Cluster {
     kubeconfig: PathBuf,
     token_file: PathBuf,
     prometheus: SocketAddr,
+    /// `simulator apiserver` flags that make the same cluster (manual commands).
+    apiserver_flags: String,
 }
 
 /// The running demo. Dropping it without [`Demo::shutdown`] stops everything abruptly.
@@ -243,8 +244,13 @@ impl Demo {
             )?;
             let kubeconfig = dir.join(format!("cluster-{}.kubeconfig", agent.id));
             apiserver.write_kubeconfig(&kubeconfig, &format!("cluster-{}", agent.id))?;
-            let prometheus = runtime.block_on(start_prometheus(agent.id))?;
-            add_prometheus_service(&apiserver, prometheus);
+            let prometheus = runtime
+                .block_on(sim_apiserver::prometheus::start(
+                    ([127, 0, 0, 1], 0).into(),
+                    format!("cluster-{}", agent.id),
+                ))
+                .map_err(DemoError::Runtime)?;
+            sim_apiserver::prometheus::add_service(apiserver.store(), prometheus);
 
             let mut cfg = agentk::Config::new(kas.agent_addr().to_string(), agent.token.clone());
             cfg.token_file = Some(agent.token_file.clone());
@@ -268,6 +274,14 @@ impl Demo {
             });
             clusters.push(Cluster {
                 agent_id: agent.id,
+                apiserver_flags: format!(
+                    "--nodes {} --pods {} --churn {} --seed {} --prometheus cluster-{id} --context cluster-{id}",
+                    opts.nodes,
+                    opts.pods,
+                    opts.churn,
+                    agent.id,
+                    id = agent.id
+                ),
                 apiserver,
                 kubeconfig,
                 token_file: agent.token_file.clone(),
@@ -486,18 +500,24 @@ impl Demo {
         for c in &self.clusters {
             let port = c.apiserver.addr().port();
             s.push_str(&format!(
-                "simulator apiserver --listen 127.0.0.1:{port} --nodes 3 --pods 12 --churn 0.5 --kubeconfig-out {} &\n",
+                "simulator apiserver --listen 127.0.0.1:{port} {} --kubeconfig-out {} &\n",
+                c.apiserver_flags,
                 c.kubeconfig.display()
             ));
             s.push_str(&format!(
-                "agentk --kas-address {agent_addr} --tls-server-name localhost --ca-file {} --token-file {} --kubeconfig {} &\n",
+                "POD_NAME=agentk-{} NODE_NAME=sim-node-1 agentk --kas-address {agent_addr} --tls-server-name localhost --ca-file {} --token-file {} --kubeconfig {} --log-level info &\n",
+                c.agent_id,
                 self.ca_file.display(),
                 c.token_file.display(),
                 c.kubeconfig.display()
             ));
             let _ = c.prometheus;
         }
-        s.push_str(&format!("kubectl --kubeconfig {dir}/kubeconfig get pods\n"));
+        // The agents connect within seconds: retry (bounded) until kas reaches agent 1's cluster.
+        s.push_str(&format!(
+            "i=0; until kubectl --kubeconfig {dir}/kubeconfig get pods; do\n  \
+             i=$((i + 1)); [ \"$i\" -ge 60 ] && exit 1; sleep 1\ndone\n"
+        ));
         s
     }
 
@@ -602,76 +622,3 @@ pub(crate) fn set_owner_only(path: &Path) {
 
 #[cfg(not(unix))]
 pub(crate) fn set_owner_only(_: &Path) {}
-
-/// The demo cluster's in-cluster service: `monitoring/prometheus`, port `web`, whose cluster IP is
-/// loopback in the simulation.
-fn add_prometheus_service(apiserver: &RunningApiServer, addr: SocketAddr) {
-    let store = apiserver.store();
-    if let Err(e) = store.add_namespace("monitoring") {
-        tracing::warn!(error = %e, "could not create the demo monitoring namespace");
-    }
-    let svc = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": "prometheus", "namespace": "monitoring", "labels": {"app": "prometheus"}},
-        "spec": {
-            "clusterIP": addr.ip().to_string(),
-            "ports": [{"name": "web", "port": addr.port(), "protocol": "TCP"}],
-            "selector": {"app": "prometheus"}
-        }
-    });
-    if let Err(e) = store.apply(svc, "kas-demo", true) {
-        tracing::warn!(error = %e, "could not create the demo prometheus service");
-    }
-}
-
-/// A tiny Prometheus-shaped HTTP server standing in for an in-cluster service.
-async fn start_prometheus(agent_id: u64) -> Result<SocketAddr, DemoError> {
-    use http_body_util::Full;
-    use hyper::body::Bytes;
-    use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
-
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .map_err(DemoError::Runtime)?;
-    let addr = listener.local_addr().map_err(DemoError::Runtime)?;
-    let started = Arc::new(std::time::Instant::now());
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let started = started.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let uptime = started.elapsed().as_secs();
-                    async move {
-                        let body = if req.uri().path() == "/api/v1/query" {
-                            serde_json::json!({
-                                "status": "success",
-                                "data": {"resultType": "vector", "result": [
-                                    {"metric": {"__name__": "up", "job": "kubernetes-nodes", "cluster": format!("cluster-{agent_id}")},
-                                     "value": [uptime, "1"]}
-                                ]}
-                            })
-                        } else {
-                            serde_json::json!({"status": "success", "data": format!("prometheus of cluster-{agent_id}")})
-                        };
-                        let mut resp =
-                            hyper::Response::new(Full::new(Bytes::from(body.to_string())));
-                        resp.headers_mut().insert(
-                            hyper::header::CONTENT_TYPE,
-                            hyper::header::HeaderValue::from_static("application/json"),
-                        );
-                        Ok::<_, std::convert::Infallible>(resp)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    Ok(addr)
-}

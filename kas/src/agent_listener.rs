@@ -87,12 +87,17 @@ pub fn authenticator(
                 ));
             }
             let token = hello.token;
+            let digest = crate::auth::TokenDigest::of(&token);
             let result = smol::unblock(move || backend.authenticate(&token, peer.ip())).await;
             match result {
                 Ok(identity) => {
                     state.set_auth_backend_ok(true);
                     state.registry.note_agent(identity.agent_id, &identity.name);
                     let serial = state.registry.next_connection_serial();
+                    if let crate::directory::AgentDirectory::File(f) = &state.directory {
+                        let token_id = f.token_id(identity.agent_id, &digest);
+                        (state.tokens).authenticated(serial, identity.agent_id, digest, token_id);
+                    }
                     tracing::debug!(agent_id = identity.agent_id, %peer, "agent authenticated");
                     Ok(Accepted {
                         agent_id: identity.agent_id,
@@ -158,6 +163,7 @@ pub fn register(state: &Arc<KasState>, accepted: ServerConnection<Connection>, m
     };
     if let Err(e) = state.registry.add_connection(entry, max_streams) {
         tracing::info!(agent_id, %connection_id, error = %e, "not registering agent connection");
+        state.tokens.forget(serial);
         connection.start_close(Duration::from_secs(1));
         return;
     }
@@ -167,6 +173,7 @@ pub fn register(state: &Arc<KasState>, accepted: ServerConnection<Connection>, m
         agent_id,
         %connection_id,
         %peer,
+        token_id = state.tokens.token_id(serial).as_deref().unwrap_or("-"),
         version = %meta.version,
         pod = %format!("{}/{}", meta.pod_namespace, meta.pod_name),
         max_streams,
@@ -206,6 +213,7 @@ fn observe(
         }
         ConnectionEvent::Closed(reason) => {
             let lost = state.registry.remove_connection(serial);
+            state.tokens.forget(serial);
             state.presence.connection_down(agent_id, &state.events);
             if let CloseReason::Local(
                 e @ (ConnectionError::Flood { .. } | ConnectionError::UnreadAnswers { .. }),

@@ -68,6 +68,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod config_stream;
+pub mod connection_tokens;
 pub mod dashboard;
 pub mod directory;
 pub mod events;

@@ -1,5 +1,7 @@
-//! The `kas` binary: `kas [run] --config kas.yaml [overrides]`, and `kas demo …`, which execs the
-//! `kas-demo` binary (crate `kas-demo`: it links agentk, the simulated API server and tokio; kas must not).
+//! The `kas` binary: `kas [run] --config kas.yaml [overrides]`; `kas token create|list|revoke`, which
+//! edit the agents file (a new token is printed once, only its digest is stored); and `kas demo …`,
+//! which execs the `kas-demo` binary (crate `kas-demo`: it links agentk, the simulated API server and
+//! tokio; kas must not).
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -8,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use kas::config::{Config, LogFormat, TlsFilesConfig, parse_duration};
+use kas::auth::{AgentsFile, TokenInfo};
+use kas::config::{AuthBackendConfig, Config, LogFormat, TlsFilesConfig, parse_duration};
 use kas::{Kas, StartOptions};
 
 /// kas, the agent server: agents (agentk) connect to it over TLS; its HTTP API reaches their clusters.
@@ -27,6 +30,10 @@ struct Cli {
 enum Command {
     /// Run kas (the default).
     Run(RunArgs),
+    /// Create, list and revoke agent tokens in the agents file. A running kas re-reads the file
+    /// within seconds and closes the connections of revoked tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Start kas, N agents and their simulated clusters in one process (a complete local deployment):
     /// runs the `kas-demo` binary with these arguments (`--agents N --state-dir DIR --agent-listen A
     /// --api-listen A --churn R --log-level F`).
@@ -36,6 +43,66 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+}
+
+/// `kas token …`.
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Add a new token to an agent (an agent may have several: rotate by creating one, switching the
+    /// agent to it, then revoking the old one). Prints the token once, on stdout (or writes it to
+    /// --token-file); only its SHA-256 is stored.
+    Create {
+        #[command(flatten)]
+        file: AgentsFileArgs,
+        /// The agent's id.
+        #[arg(long)]
+        agent: u64,
+        /// Add the agent with this name if the file does not list it.
+        #[arg(long)]
+        name: Option<String>,
+        /// A note shown by `kas token list`.
+        #[arg(long)]
+        description: Option<String>,
+        /// Write the token to this new file (owner-only) instead of stdout.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+    /// List tokens: agent, token id, created, description (never token material).
+    List {
+        #[command(flatten)]
+        file: AgentsFileArgs,
+        /// Only this agent's tokens.
+        #[arg(long)]
+        agent: Option<u64>,
+        /// Output format.
+        #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+        output: String,
+    },
+    /// Remove a token: it no longer authenticates, and a running kas closes the connections it
+    /// authenticated (GOAWAY, then a short grace).
+    Revoke {
+        #[command(flatten)]
+        file: AgentsFileArgs,
+        /// The agent's id.
+        #[arg(long)]
+        agent: u64,
+        /// The token's id (from `kas token list`).
+        token_id: String,
+    },
+}
+
+/// Which agents file `kas token` edits: --agents-file, or the one kas's configuration names.
+#[derive(Debug, Args)]
+struct AgentsFileArgs {
+    /// The agents file (default: the one --config names, or <state-dir>/agents.yaml).
+    #[arg(long, env = "KAS_AGENTS_FILE")]
+    agents_file: Option<PathBuf>,
+    /// kas's configuration file (for the agents file it names).
+    #[arg(long, env = "KAS_CONFIG")]
+    config: Option<PathBuf>,
+    /// kas's state directory (the embedded backend's agents.yaml).
+    #[arg(long, env = "KAS_STATE_DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -80,23 +147,161 @@ fn main() -> anyhow::Result<()> {
         None => run(cli.run),
         Some(Command::Run(args)) => run(args),
         Some(Command::Demo { args }) => demo(args),
+        Some(Command::Token(command)) => token(command),
     }
+}
+
+/// The agents file `kas token` works on.
+fn agents_file_path(args: &AgentsFileArgs) -> anyhow::Result<PathBuf> {
+    if let Some(path) = &args.agents_file {
+        return Ok(path.clone());
+    }
+    let config = base_config(args.config.as_deref(), args.state_dir.as_deref())?;
+    match &config.agent_auth.backend {
+        AuthBackendConfig::Embedded => Ok(config.state_dir.join(kas::auth::AGENTS_FILE_NAME)),
+        AuthBackendConfig::AgentsFile(path) => Ok(path.clone()),
+        AuthBackendConfig::Gitlab(_) => anyhow::bail!(
+            "kas authenticates agents with GitLab: manage their tokens in GitLab, not with kas token"
+        ),
+    }
+}
+
+/// `kas token create|list|revoke`.
+fn token(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create {
+            file,
+            agent,
+            name,
+            description,
+            token_file,
+        } => {
+            let path = agents_file_path(&file)?;
+            // Refuse an existing --token-file before touching the agents file.
+            let out = token_file.as_deref().map(create_secret_file).transpose()?;
+            let new = AgentsFile::create_token(
+                &path,
+                agent,
+                name.as_deref(),
+                description.as_deref(),
+                std::time::SystemTime::now(),
+            )?;
+            match (out, &token_file) {
+                (Some(mut out), Some(token_path)) => {
+                    use std::io::Write as _;
+                    writeln!(out, "{}", new.token)
+                        .and_then(|()| out.sync_all())
+                        .with_context(|| format!("writing {}", token_path.display()))?;
+                    eprintln!(
+                        "created token {} for agent {} ({}) in {}; token written to {}",
+                        new.info.token_id,
+                        agent,
+                        new.info.agent_name,
+                        path.display(),
+                        token_path.display()
+                    );
+                }
+                _ => {
+                    eprintln!(
+                        "created token {} for agent {} ({}) in {}; it is shown once:",
+                        new.info.token_id,
+                        agent,
+                        new.info.agent_name,
+                        path.display()
+                    );
+                    println!("{}", new.token);
+                }
+            }
+        }
+        TokenCommand::List {
+            file,
+            agent,
+            output,
+        } => {
+            let path = agents_file_path(&file)?;
+            let tokens: Vec<TokenInfo> = AgentsFile::list_tokens(&path)?
+                .into_iter()
+                .filter(|t| agent.is_none_or(|a| t.agent_id == a))
+                .collect();
+            if output == "json" {
+                println!("{}", serde_json::to_string_pretty(&tokens)?);
+            } else {
+                println!("AGENT\tNAME\tTOKEN ID\tCREATED\tDESCRIPTION");
+                for t in &tokens {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        t.agent_id,
+                        t.agent_name,
+                        t.token_id,
+                        t.created.as_deref().unwrap_or("-"),
+                        t.description.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
+        TokenCommand::Revoke {
+            file,
+            agent,
+            token_id,
+        } => {
+            let path = agents_file_path(&file)?;
+            let info = AgentsFile::revoke_token(&path, agent, &token_id)?;
+            let left = AgentsFile::list_tokens(&path)?
+                .iter()
+                .filter(|t| t.agent_id == agent)
+                .count();
+            eprintln!(
+                "revoked token {} of agent {} ({}); {left} token(s) left; a running kas closes its \
+                 connections within {}s",
+                info.token_id,
+                agent,
+                info.agent_name,
+                kas::connection_tokens::REVOCATION_BOUND.as_secs()
+            );
+            if left == 0 {
+                eprintln!("warning: agent {agent} has no token left and cannot connect");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates a new file readable by its owner only (refusing to replace one).
+fn create_secret_file(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))
+}
+
+/// The configuration file (or defaults, relative to `state_dir`), with `state_dir` overriding.
+fn base_config(
+    file: Option<&std::path::Path>,
+    state_dir: Option<&std::path::Path>,
+) -> anyhow::Result<Config> {
+    let mut config = match file {
+        Some(path) => Config::load(path).with_context(|| format!("loading {}", path.display()))?,
+        None => {
+            let mut c = Config::default();
+            c.resolve_paths(state_dir.unwrap_or(std::path::Path::new(".")));
+            c
+        }
+    };
+    if let Some(dir) = state_dir {
+        config.state_dir = dir.to_owned();
+    }
+    Ok(config)
 }
 
 /// The configuration: the file (or defaults), then the command line's overrides.
 fn load_config(args: &RunArgs) -> anyhow::Result<Config> {
-    let mut config = match &args.config {
-        Some(path) => Config::load(path).with_context(|| format!("loading {}", path.display()))?,
-        None => {
-            let mut c = Config::default();
-            let base = args.state_dir.clone().unwrap_or_else(|| PathBuf::from("."));
-            c.resolve_paths(&base);
-            c
-        }
-    };
-    if let Some(dir) = &args.state_dir {
-        config.state_dir = dir.clone();
-    }
+    let mut config = base_config(args.config.as_deref(), args.state_dir.as_deref())?;
     if let Some(addr) = args.agent_listen {
         config.agent_listener.address = addr;
     }
@@ -233,6 +438,51 @@ mod tests {
         let cli = Cli::try_parse_from(["kas", "--api-tls-cert", "c.pem", "--api-tls-key", "k.pem"])
             .unwrap();
         assert_eq!(cli.run.api_tls_key, Some(PathBuf::from("k.pem")));
+    }
+
+    #[test]
+    fn token_subcommands_parse_and_find_the_agents_file() {
+        let cli = Cli::try_parse_from([
+            "kas",
+            "token",
+            "revoke",
+            "--agent",
+            "2",
+            "ab12",
+            "--state-dir",
+            "/s",
+        ])
+        .unwrap();
+        match cli.command {
+            Some(Command::Token(TokenCommand::Revoke {
+                file,
+                agent,
+                token_id,
+            })) => {
+                assert_eq!((agent, token_id.as_str()), (2, "ab12"));
+                assert_eq!(
+                    agents_file_path(&file).unwrap(),
+                    PathBuf::from("/s/agents.yaml")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            Cli::try_parse_from(["kas", "token", "create"]).is_err(),
+            "--agent is required"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kas.yaml");
+        std::fs::write(&path, "agent_auth: { backend: { agents_file: a.yaml } }\n").unwrap();
+        let file = AgentsFileArgs {
+            agents_file: None,
+            config: Some(path.clone()),
+            state_dir: None,
+        };
+        assert_eq!(agents_file_path(&file).unwrap(), dir.path().join("a.yaml"));
+        std::fs::write(&path, "agent_auth: { backend: { gitlab: { url: 'https://gitlab.example.com', secret_file: s } } }\n").unwrap();
+        let e = agents_file_path(&file).unwrap_err().to_string();
+        assert!(e.contains("GitLab"), "{e}");
     }
 
     #[test]

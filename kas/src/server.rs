@@ -38,7 +38,7 @@ use crate::state::KasState;
 use crate::users::{UserGate, UsersFile, UsersFileError};
 
 /// How often the agents and users files are checked for changes.
-const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Why kas could not start.
 #[derive(Debug, thiserror::Error)]
@@ -343,6 +343,7 @@ async fn reload_files(state: Arc<KasState>, stop: async_channel::Receiver<()>) {
             Ok(changed) => {
                 if changed {
                     state.registry.set_listing(state.directory.listing());
+                    crate::connection_tokens::close_revoked(&state);
                 }
                 if matches!(state.directory, AgentDirectory::File(_)) {
                     state.set_auth_backend_ok(true);

@@ -123,6 +123,7 @@ pub mod openapi;
 pub mod patch;
 pub mod population;
 pub mod portforward;
+pub mod prometheus;
 pub mod protobuf;
 pub mod query;
 pub mod rbac;

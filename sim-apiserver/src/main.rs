@@ -1,7 +1,7 @@
 //! `sim-apiserver`: runs a simulated Kubernetes API server until interrupted.
 //!
 //! `sim-apiserver --listen ADDR [--nodes N] [--pods N] [--churn RATE] [--kubeconfig-out FILE]
-//! [--token T] [--users FILE] [--objects FILE]`
+//! [--token T] [--users FILE] [--objects FILE] [--prometheus NAME]`
 //! (also reachable as `simulator apiserver …`, which runs this binary).
 
 use std::net::SocketAddr;
@@ -68,6 +68,10 @@ struct Args {
     /// Seconds an exec/attach/port-forward session may pass without data before it is ended.
     #[arg(long, default_value_t = 14_400.0)]
     streaming_idle_timeout: f64,
+    /// Also serve the demo's fake Prometheus (on a loopback port) as the in-cluster Service
+    /// `monitoring/prometheus:web`, its samples labelled `cluster=NAME` (kas-demo uses `cluster-N`).
+    #[arg(long, value_name = "NAME")]
+    prometheus: Option<String>,
 }
 
 fn seconds(name: &str, s: f64) -> anyhow::Result<Duration> {
@@ -122,6 +126,13 @@ fn main() -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     rt.block_on(async move {
         let server = ApiServer::start(config).context("starting the simulated API server")?;
+        if let Some(cluster) = args.prometheus.clone() {
+            let addr = sim_apiserver::prometheus::start(([127, 0, 0, 1], 0).into(), cluster)
+                .await
+                .context("starting the fake Prometheus")?;
+            sim_apiserver::prometheus::add_service(server.store(), addr);
+            eprintln!("fake Prometheus at {addr} (Service monitoring/prometheus:web)");
+        }
         if let Some(path) = &args.kubeconfig_out {
             server
                 .write_kubeconfig(path, &args.context)

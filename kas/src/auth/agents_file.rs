@@ -4,7 +4,12 @@
 //! agents:
 //!   - id: 1
 //!     name: agent-1
-//!     token_sha256: 5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8
+//!     tokens:                       # one or more active tokens (two during a rotation)
+//!       - id: 3f9c0a12              # the token's id: shown by `kas token list`, named by `revoke`
+//!         sha256: 5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8
+//!         created: 2026-12-03T15:40:00Z   # optional
+//!         description: rotation 2026-12   # optional
+//!     # token_sha256: 5e88…         # the older one-token form, still read (token id `default`)
 //!     config_project:               # optional: where .gitlab/agents/agent-1/config.yaml lives
 //!       url: https://gitlab.example.com/group/config.git   # also git://…, a local path
 //!       token_file: config.token    # optional: basic auth (username `oauth2` unless given)
@@ -12,15 +17,22 @@
 //!       # ca_file: ca.pem           # optional: CA certificates for https
 //! ```
 //!
-//! Authentication hashes the presented token and compares the digest with every entry in constant time
-//! (no early exit), so timing reveals neither which entry matched nor how much of a digest did.
-//! [`AgentsFile::generate`] makes the embedded default: `agents.yaml` plus `agent-N.token` files with the
-//! clear tokens, readable by their owner only.
+//! Authentication hashes the presented token and compares the digest with every token of every entry
+//! in constant time (no early exit), so timing reveals neither which entry matched nor how much of a
+//! digest did. [`AgentsFile::generate`] makes the embedded default: `agents.yaml` plus `agent-N.token`
+//! files with the clear tokens, readable by their owner only.
+//!
+//! **Token lifecycle** (`kas token create|list|revoke`): [`AgentsFile::create_token`],
+//! [`AgentsFile::list_tokens`] and [`AgentsFile::revoke_token`] edit the file under an exclusive lock
+//! (`<file>.lock`) and replace it atomically; a new token is returned once and only its digest is
+//! stored. A running kas re-reads the file when it changes and closes the connections whose token is
+//! no longer listed ([`crate::connection_tokens`]). Edits rewrite the file without its comments.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -36,10 +48,60 @@ pub struct AgentEntry {
     pub id: u64,
     /// The agent's name (not empty).
     pub name: String,
-    /// SHA-256 of the agent's token (unique in the file).
-    pub token_sha256: TokenDigest,
+    /// The agent's active tokens (digests unique in the file, ids unique in the entry). None: the
+    /// agent exists but cannot connect.
+    pub tokens: Vec<AgentToken>,
     /// The repository holding the agent's configuration file, if any.
     pub config_project: Option<ConfigProject>,
+}
+
+/// One active token of an agent: its id and digest (never the token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentToken {
+    /// The token's id (1 to 64 of `A-Za-z0-9._-`; `default` for the one-token form).
+    pub id: String,
+    /// SHA-256 of the token.
+    pub sha256: TokenDigest,
+    /// When it was created (RFC 3339), if recorded.
+    pub created: Option<String>,
+    /// What it is for, if noted.
+    pub description: Option<String>,
+}
+
+/// The id the older one-token form (`token_sha256:`) gives its token.
+pub const DEFAULT_TOKEN_ID: &str = "default";
+
+/// A token as `kas token list` shows it: metadata only, no token material (not even the digest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenInfo {
+    /// The agent's id.
+    pub agent_id: u64,
+    /// The agent's name.
+    pub agent_name: String,
+    /// The token's id.
+    pub token_id: String,
+    /// When it was created (RFC 3339), if recorded.
+    pub created: Option<String>,
+    /// What it is for, if noted.
+    pub description: Option<String>,
+}
+
+/// A token just created: the clear token, shown once. `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewToken {
+    /// What `kas token list` will show of it.
+    pub info: TokenInfo,
+    /// The clear token (not stored anywhere by kas).
+    pub token: String,
+}
+
+impl std::fmt::Debug for NewToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewToken")
+            .field("info", &self.info)
+            .field("token", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Where an agent's configuration project is and how to authenticate to it. Relative file paths are
@@ -63,7 +125,7 @@ pub struct ConfigProject {
     pub ca_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AgentsDoc {
     #[serde(default)]
@@ -75,9 +137,23 @@ struct AgentsDoc {
 struct AgentRecord {
     id: u64,
     name: String,
-    token_sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tokens: Vec<TokenRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     config_project: Option<ConfigProject>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRecord {
+    id: String,
+    sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
 }
 
 /// Problems with an agents file.
@@ -111,6 +187,44 @@ pub enum AgentsFileError {
         first: u64,
         /// The second agent id.
         second: u64,
+    },
+    /// One agent lists the same token id twice.
+    #[error("agents file {}: agent {id}: duplicate token id {token_id:?}", path.display())]
+    DuplicateTokenId {
+        /// The file.
+        path: PathBuf,
+        /// The agent id.
+        id: u64,
+        /// The token id.
+        token_id: String,
+    },
+    /// A token id is empty, too long, or has characters other than `A-Za-z0-9._-`.
+    #[error("agents file {}: agent {id}: bad token id {token_id:?} (1 to 64 of A-Za-z0-9._-)", path.display())]
+    BadTokenId {
+        /// The file.
+        path: PathBuf,
+        /// The agent id.
+        id: u64,
+        /// The token id.
+        token_id: String,
+    },
+    /// An edit names an agent the file does not list.
+    #[error("agents file {}: no agent {id} (give --name to add it)", path.display())]
+    NoSuchAgent {
+        /// The file.
+        path: PathBuf,
+        /// The agent id.
+        id: u64,
+    },
+    /// A revocation names a token the agent does not have.
+    #[error("agents file {}: agent {id} has no token {token_id:?}", path.display())]
+    NoSuchToken {
+        /// The file.
+        path: PathBuf,
+        /// The agent id.
+        id: u64,
+        /// The token id.
+        token_id: String,
     },
     /// A `token_sha256` is not 64 hex digits.
     #[error("agents file {}: agent {id}: bad token_sha256: {source}", path.display())]
@@ -310,7 +424,13 @@ impl AgentsFile {
             records.push(AgentRecord {
                 id,
                 name: name.clone(),
-                token_sha256: TokenDigest::of(&token).to_hex(),
+                token_sha256: None,
+                tokens: vec![TokenRecord {
+                    id: new_token_id(&[]),
+                    sha256: TokenDigest::of(&token).to_hex(),
+                    created: Some(crate::rfc3339::format(SystemTime::now())),
+                    description: None,
+                }],
                 config_project: None,
             });
             agents.push(GeneratedAgent {
@@ -332,15 +452,7 @@ impl AgentsFile {
             })?;
         }
         let path = dir.join(AGENTS_FILE_NAME);
-        let yaml = serde_yaml::to_string(&AgentsDoc { agents: records }).map_err(|e| {
-            AgentsFileError::Write {
-                path: path.clone(),
-                source: std::io::Error::other(e),
-            }
-        })?;
-        let text = format!(
-            "# Agents kas accepts: id, name and SHA-256 of the token (hex). Tokens are not stored here.\n{yaml}"
-        );
+        let text = render(&AgentsDoc { agents: records }, &path)?;
         write_atomic(&path, text.as_bytes(), false).map_err(|source| AgentsFileError::Write {
             path: path.clone(),
             source,
@@ -349,15 +461,141 @@ impl AgentsFile {
         Ok(agents)
     }
 
-    /// Looks the token up. Every entry is compared, in constant time.
+    /// Adds a fresh random token to agent `agent_id` of the agents file at `path`, under the file's
+    /// lock, replacing the file atomically; only the token's digest is written. With
+    /// `new_agent_name`, an agent the file does not list is added (and a missing file created).
+    /// Returns the clear token: the only time it is shown.
+    pub fn create_token(
+        path: &Path,
+        agent_id: u64,
+        new_agent_name: Option<&str>,
+        description: Option<&str>,
+        now: SystemTime,
+    ) -> Result<NewToken, AgentsFileError> {
+        edit(path, new_agent_name.is_some(), |doc| {
+            let index = match doc.agents.iter().position(|a| a.id == agent_id) {
+                Some(i) => i,
+                None => {
+                    let Some(name) = new_agent_name else {
+                        return Err(AgentsFileError::NoSuchAgent {
+                            path: path.to_owned(),
+                            id: agent_id,
+                        });
+                    };
+                    doc.agents.push(AgentRecord {
+                        id: agent_id,
+                        name: name.to_owned(),
+                        token_sha256: None,
+                        tokens: Vec::new(),
+                        config_project: None,
+                    });
+                    doc.agents.len() - 1
+                }
+            };
+            let agent = &mut doc.agents[index];
+            let taken: Vec<&str> = agent.tokens.iter().map(|t| t.id.as_str()).collect();
+            let token_id = new_token_id(&taken);
+            let token = generate_token();
+            let created = crate::rfc3339::format(now);
+            agent.tokens.push(TokenRecord {
+                id: token_id.clone(),
+                sha256: TokenDigest::of(&token).to_hex(),
+                created: Some(created.clone()),
+                description: description.map(str::to_owned),
+            });
+            Ok(NewToken {
+                info: TokenInfo {
+                    agent_id,
+                    agent_name: agent.name.clone(),
+                    token_id,
+                    created: Some(created),
+                    description: description.map(str::to_owned),
+                },
+                token,
+            })
+        })
+    }
+
+    /// Every token of the agents file at `path` (metadata only), in file order.
+    pub fn list_tokens(path: &Path) -> Result<Vec<TokenInfo>, AgentsFileError> {
+        let loaded = read_file(path)?;
+        Ok(loaded
+            .entries
+            .iter()
+            .flat_map(|e| e.tokens.iter().map(|t| token_info(e, t)))
+            .collect())
+    }
+
+    /// Removes token `token_id` of agent `agent_id` from the agents file at `path` (under its lock,
+    /// replaced atomically). A running kas closes the connections it authenticated once it re-read
+    /// the file. Returns what the token was.
+    pub fn revoke_token(
+        path: &Path,
+        agent_id: u64,
+        token_id: &str,
+    ) -> Result<TokenInfo, AgentsFileError> {
+        edit(path, false, |doc| {
+            let no_token = || AgentsFileError::NoSuchToken {
+                path: path.to_owned(),
+                id: agent_id,
+                token_id: token_id.to_owned(),
+            };
+            let agent = doc
+                .agents
+                .iter_mut()
+                .find(|a| a.id == agent_id)
+                .ok_or_else(|| AgentsFileError::NoSuchAgent {
+                    path: path.to_owned(),
+                    id: agent_id,
+                })?;
+            let (created, description) =
+                if token_id == DEFAULT_TOKEN_ID && agent.token_sha256.is_some() {
+                    agent.token_sha256 = None;
+                    (None, None)
+                } else {
+                    let i = agent
+                        .tokens
+                        .iter()
+                        .position(|t| t.id == token_id)
+                        .ok_or_else(no_token)?;
+                    let t = agent.tokens.remove(i);
+                    (t.created, t.description)
+                };
+            Ok(TokenInfo {
+                agent_id,
+                agent_name: agent.name.clone(),
+                token_id: token_id.to_owned(),
+                created,
+                description,
+            })
+        })
+    }
+
+    /// The id of the active token with this digest, if agent `agent_id` has one: whether a
+    /// connection that token authenticated may stay open.
+    pub fn token_id(&self, agent_id: u64, digest: &TokenDigest) -> Option<String> {
+        let state = self.read_state();
+        let entry = state.entries.iter().find(|e| e.id == agent_id)?;
+        let mut found = None;
+        for token in &entry.tokens {
+            if token.sha256.ct_eq(digest) {
+                found = Some(token.id.clone());
+            }
+        }
+        found
+    }
+
+    /// Looks the token up. Every token of every entry is compared, in constant time.
     fn find(&self, token: &str) -> Option<AgentIdentity> {
         let digest = TokenDigest::of(token);
         let state = self.read_state();
         let mut found: Option<&AgentEntry> = None;
         for entry in &state.entries {
-            // No early exit: the scan takes the same time wherever (or whether) the token matches.
-            if entry.token_sha256.ct_eq(&digest) {
-                found = Some(entry);
+            for t in &entry.tokens {
+                // No early exit: the scan takes the same time wherever (or whether) the token matches.
+                if t.sha256.ct_eq(&digest) {
+                    found = Some(entry);
+                }
             }
         }
         found.map(|e| AgentIdentity {
@@ -410,13 +648,30 @@ fn parse(text: &str, origin: &Path) -> Result<Vec<AgentEntry>, AgentsFileError> 
     doc.agents
         .into_iter()
         .map(|r| {
-            let token_sha256 = TokenDigest::from_hex(&r.token_sha256).map_err(|source| {
-                AgentsFileError::BadDigest {
+            let digest = |hex: &str| {
+                TokenDigest::from_hex(hex).map_err(|source| AgentsFileError::BadDigest {
                     path: origin.to_owned(),
                     id: r.id,
                     source,
-                }
-            })?;
+                })
+            };
+            let mut tokens = Vec::with_capacity(r.tokens.len() + 1);
+            if let Some(hex) = &r.token_sha256 {
+                tokens.push(AgentToken {
+                    id: DEFAULT_TOKEN_ID.to_owned(),
+                    sha256: digest(hex)?,
+                    created: None,
+                    description: None,
+                });
+            }
+            for t in &r.tokens {
+                tokens.push(AgentToken {
+                    id: t.id.clone(),
+                    sha256: digest(&t.sha256)?,
+                    created: t.created.clone(),
+                    description: t.description.clone(),
+                });
+            }
             let base = origin.parent().unwrap_or(Path::new(""));
             let config_project = r
                 .config_project
@@ -425,7 +680,7 @@ fn parse(text: &str, origin: &Path) -> Result<Vec<AgentEntry>, AgentsFileError> 
             Ok(AgentEntry {
                 id: r.id,
                 name: r.name,
-                token_sha256,
+                tokens,
                 config_project,
             })
         })
@@ -492,15 +747,121 @@ fn check_entries(entries: &[AgentEntry], origin: &Path) -> Result<(), AgentsFile
                 id: e.id,
             });
         }
-        if let Some(first) = digests.insert(e.token_sha256, e.id) {
-            return Err(AgentsFileError::DuplicateToken {
-                path: origin.to_owned(),
-                first,
-                second: e.id,
-            });
+        let mut token_ids = HashSet::with_capacity(e.tokens.len());
+        for t in &e.tokens {
+            if !valid_token_id(&t.id) {
+                return Err(AgentsFileError::BadTokenId {
+                    path: origin.to_owned(),
+                    id: e.id,
+                    token_id: t.id.clone(),
+                });
+            }
+            if !token_ids.insert(t.id.as_str()) {
+                return Err(AgentsFileError::DuplicateTokenId {
+                    path: origin.to_owned(),
+                    id: e.id,
+                    token_id: t.id.clone(),
+                });
+            }
+            if let Some(first) = digests.insert(t.sha256, e.id) {
+                return Err(AgentsFileError::DuplicateToken {
+                    path: origin.to_owned(),
+                    first,
+                    second: e.id,
+                });
+            }
         }
     }
     Ok(())
+}
+
+fn token_info(entry: &AgentEntry, token: &AgentToken) -> TokenInfo {
+    TokenInfo {
+        agent_id: entry.id,
+        agent_name: entry.name.clone(),
+        token_id: token.id.clone(),
+        created: token.created.clone(),
+        description: token.description.clone(),
+    }
+}
+
+/// Runs `change` on the agents file at `path` under an exclusive lock on `<path>.lock`: the file
+/// is checked as it is (a broken file is not edited), changed, checked again and replaced
+/// atomically. A missing file counts as empty when `may_create`.
+fn edit<T>(
+    path: &Path,
+    may_create: bool,
+    change: impl FnOnce(&mut AgentsDoc) -> Result<T, AgentsFileError>,
+) -> Result<T, AgentsFileError> {
+    let write_err = |p: &Path| {
+        let p = p.to_owned();
+        move |source| AgentsFileError::Write { path: p, source }
+    };
+    let mut lock_name = path.file_name().unwrap_or_default().to_os_string();
+    lock_name.push(".lock");
+    let lock_path = path.with_file_name(lock_name);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(write_err(&lock_path))?;
+    // Released when `lock` is closed (dropped), after the rename. Not taken on non-Unix systems.
+    #[cfg(unix)]
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| write_err(&lock_path)(std::io::Error::from(e)))?;
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_create => String::new(),
+        Err(source) => {
+            return Err(AgentsFileError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    check_entries(&parse(&text, path)?, path)?;
+    let mut doc: AgentsDoc = if text.trim().is_empty() {
+        AgentsDoc::default()
+    } else {
+        parse_yaml(path, &text)?
+    };
+    let out = change(&mut doc)?;
+    let new_text = render(&doc, path)?;
+    check_entries(&parse(&new_text, path)?, path)?;
+    write_atomic(path, new_text.as_bytes(), false).map_err(write_err(path))?;
+    drop(lock);
+    Ok(out)
+}
+
+/// 1 to 64 characters of `A-Za-z0-9._-`.
+fn valid_token_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A random 8-hex-digit token id not in `taken`.
+fn new_token_id(taken: &[&str]) -> String {
+    loop {
+        let id = format!("{:08x}", rand::random::<u32>());
+        if !taken.contains(&id.as_str()) && id != DEFAULT_TOKEN_ID {
+            return id;
+        }
+    }
+}
+
+/// The file's text for `doc`, with its header comment.
+fn render(doc: &AgentsDoc, path: &Path) -> Result<String, AgentsFileError> {
+    let yaml = serde_yaml::to_string(doc).map_err(|e| AgentsFileError::Write {
+        path: path.to_owned(),
+        source: std::io::Error::other(e),
+    })?;
+    Ok(format!(
+        "# Agents kas accepts: id, name and the SHA-256 (hex) of each active token. Tokens are not stored here.\n\
+         # Edited by `kas token create|list|revoke` (comments are not kept).\n{yaml}"
+    ))
 }
 
 #[cfg(test)]
@@ -714,6 +1075,157 @@ mod tests {
             1,
             "old entries dropped on error"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn an_agent_may_have_several_tokens_and_each_is_revocable() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("agents.yaml");
+        std::fs::write(&path, yaml_for(&[(1, "one", "legacy-token")]))?;
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_764_000_000);
+        let second = AgentsFile::create_token(&path, 1, None, Some("rotation"), now)?;
+        assert!(
+            !format!("{second:?}").contains(&second.token),
+            "token in Debug"
+        );
+        let text = std::fs::read_to_string(&path)?;
+        assert!(!text.contains(&second.token), "clear token stored");
+        assert!(text.contains(&TokenDigest::of(&second.token).to_hex()));
+
+        let f = AgentsFile::load(&path)?;
+        assert_eq!(f.authenticate("legacy-token", SRC)?.agent_id, 1);
+        assert_eq!(f.authenticate(&second.token, SRC)?.agent_id, 1);
+        assert_eq!(
+            f.token_id(1, &TokenDigest::of(&second.token)),
+            Some(second.info.token_id.clone())
+        );
+        assert_eq!(
+            f.token_id(1, &TokenDigest::of("legacy-token")).as_deref(),
+            Some(DEFAULT_TOKEN_ID)
+        );
+        assert_eq!(f.token_id(2, &TokenDigest::of(&second.token)), None);
+
+        let list = AgentsFile::list_tokens(&path)?;
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[1], second.info);
+        assert_eq!(list[1].created.as_deref(), Some("2025-11-24T16:00:00Z"));
+        let listed = serde_json::to_string(&list)?;
+        assert!(
+            !listed.contains(&second.token)
+                && !listed.contains(&TokenDigest::of(&second.token).to_hex()[..16])
+        );
+
+        let revoked = AgentsFile::revoke_token(&path, 1, DEFAULT_TOKEN_ID)?;
+        assert_eq!(revoked.token_id, DEFAULT_TOKEN_ID);
+        assert!(f.reload_if_changed()?);
+        assert!(matches!(
+            f.authenticate("legacy-token", SRC),
+            Err(AuthError::Unauthenticated)
+        ));
+        assert_eq!(f.token_id(1, &TokenDigest::of("legacy-token")), None);
+        assert_eq!(f.authenticate(&second.token, SRC)?.agent_id, 1);
+
+        assert!(matches!(
+            AgentsFile::revoke_token(&path, 1, "nope"),
+            Err(AgentsFileError::NoSuchToken { id: 1, .. })
+        ));
+        assert!(matches!(
+            AgentsFile::revoke_token(&path, 9, &second.info.token_id),
+            Err(AgentsFileError::NoSuchAgent { id: 9, .. })
+        ));
+        assert!(matches!(
+            AgentsFile::create_token(&path, 9, None, None, now),
+            Err(AgentsFileError::NoSuchAgent { id: 9, .. })
+        ));
+        // A new agent with --name; then the last token of agent 1 goes: it stays listed, unusable.
+        let nine = AgentsFile::create_token(&path, 9, Some("nine"), None, now)?;
+        AgentsFile::revoke_token(&path, 1, &second.info.token_id)?;
+        assert!(f.reload_if_changed()?);
+        assert_eq!(f.agents(), vec![(1, "one".into()), (9, "nine".into())]);
+        assert!(f.authenticate(&second.token, SRC).is_err());
+        assert_eq!(f.authenticate(&nine.token, SRC)?.agent_id, 9);
+        Ok(())
+    }
+
+    #[test]
+    fn editing_creates_a_missing_file_only_for_a_new_agent_and_never_a_broken_one() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("agents.yaml");
+        assert!(matches!(
+            AgentsFile::revoke_token(&path, 1, "x"),
+            Err(AgentsFileError::Read { .. })
+        ));
+        let t = AgentsFile::create_token(&path, 3, Some("three"), None, SystemTime::now())?;
+        assert_eq!(
+            AgentsFile::load(&path)?
+                .authenticate(&t.token, SRC)?
+                .agent_id,
+            3
+        );
+        std::fs::write(&path, "agents: [oops\n")?;
+        assert!(matches!(
+            AgentsFile::create_token(&path, 3, None, None, SystemTime::now()),
+            Err(AgentsFileError::Yaml(_))
+        ));
+        assert_eq!(
+            std::fs::read_to_string(&path)?,
+            "agents: [oops\n",
+            "broken file edited"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn token_ids_are_checked() {
+        let d1 = TokenDigest::of("a").to_hex();
+        let d2 = TokenDigest::of("b").to_hex();
+        for (tokens, want) in [
+            (
+                format!("[{{id: x, sha256: {d1}}}, {{id: x, sha256: {d2}}}]"),
+                "duplicate token id",
+            ),
+            (format!("[{{id: 'a b', sha256: {d1}}}]"), "bad token id"),
+            (format!("[{{id: '', sha256: {d1}}}]"), "bad token id"),
+            (
+                format!("[{{id: x, sha256: {d1}}}, {{id: y, sha256: {d1}}}]"),
+                "same token_sha256",
+            ),
+            (
+                format!("[{{id: x, sha256: {d1}, secret: 1}}]"),
+                "unknown field",
+            ),
+        ] {
+            let yaml = format!("agents:\n- {{id: 1, name: a, tokens: {tokens}}}\n");
+            let err = AgentsFile::from_yaml_str(&yaml, Path::new("a.yaml"))
+                .expect_err(&tokens)
+                .to_string();
+            assert!(err.contains(want), "{tokens}: {err}");
+        }
+    }
+
+    #[test]
+    fn concurrent_edits_lose_nothing() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("agents.yaml");
+        std::fs::write(&path, yaml_for(&[(1, "one", "first")]))?;
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    AgentsFile::create_token(&path, 1, None, None, SystemTime::now())
+                })
+            })
+            .collect();
+        let mut tokens = Vec::new();
+        for t in threads {
+            tokens.push(t.join().map_err(|_| "thread panicked")??.token);
+        }
+        assert_eq!(AgentsFile::list_tokens(&path)?.len(), 9);
+        let f = AgentsFile::load(&path)?;
+        for t in &tokens {
+            assert_eq!(f.authenticate(t, SRC)?.agent_id, 1);
+        }
         Ok(())
     }
 }

@@ -30,7 +30,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use agents_file::{AgentsFile, AgentsFileError, ConfigProject, GeneratedAgent};
+pub use agents_file::{
+    AgentToken, AgentsFile, AgentsFileError, ConfigProject, GeneratedAgent, NewToken, TokenInfo,
+};
 pub use gitlab::{GitLabAgentInfo, GitLabAuthenticator, GitLabOptions, GitLabSetupError};
 pub use rate_limit::{RateLimitOptions, RateLimited, RateLimiter};
 pub use token::{TokenDigest, ct_eq, generate_token};

@@ -389,7 +389,19 @@ impl FakeAgent {
         script: &Script,
         meta: AgentMeta,
     ) -> FakeAgent {
-        let conn = try_connect(env, kas.agent_addr(), env.token(agent_id), meta).unwrap();
+        Self::connect_with_token(env, kas, agent_id, env.token(agent_id), script, meta)
+    }
+
+    /// Connects as `agent_id` presenting `token` (e.g. a second token of the agent).
+    pub fn connect_with_token(
+        env: &Env,
+        kas: &Running,
+        agent_id: u64,
+        token: &str,
+        script: &Script,
+        meta: AgentMeta,
+    ) -> FakeAgent {
+        let conn = try_connect(env, kas.agent_addr(), token, meta).unwrap();
         let serving = conn.clone();
         let script = script.clone();
         let task = smol::spawn(async move {
