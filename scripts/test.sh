@@ -60,6 +60,11 @@ if cargo tree -p simulator -e normal --prefix none | grep -E '^(kube|agentk) v';
     echo "the simulator must not depend on these (reconnect policy: protocol::tunnel::reconnect)" >&2
     exit 1
 fi
+# The live view (--serve) is tiny_http on a std thread: no async runtime or hyper in the simulator.
+if cargo tree -p simulator -e normal --prefix none | grep -E '^(tokio|hyper|smol|async-io) v'; then
+    echo "the simulator must not link an async runtime or hyper (its live view uses tiny_http)" >&2
+    exit 1
+fi
 
 echo "== binaries the conformance suite runs against (target/debug/agentk, target/debug/kas, target/debug/kas-demo)"
 cargo build -p agentk -p kas -p kas-demo

@@ -8,6 +8,10 @@
 //! [--plot out.svg] [--trace out.txt]` runs a scenario in the deterministic simulator, prints a summary
 //! and `trace hash: <hex>`, and exits with status 1 if an invariant broke.
 //!
+//! With `--serve ADDR` it also serves a live view of the run at `http://ADDR/` (replicas, agents,
+//! faults on a timeline, invariants; pause, step and run) — see `sim::live`; `--paused` starts it
+//! paused, `--speed X` paces it to X× real time, `--hold` keeps serving after the end.
+//!
 //! `simulator sweep --scenario FILE --seeds 1..50 [--agents M] [--kas N] [--duration D]` runs many seeds,
 //! stops at the first violation and prints the command that replays it.
 
@@ -109,6 +113,19 @@ struct RunArgs {
     /// No progress line.
     #[arg(long)]
     quiet: bool,
+    /// Serve a live view of the run at http://ADDR/ (e.g. 127.0.0.1:8080; port 0 picks one and the
+    /// address is printed).
+    #[arg(long, value_name = "ADDR")]
+    serve: Option<String>,
+    /// With --serve: start paused (run, pause and step from the page or POST /control).
+    #[arg(long, requires = "serve")]
+    paused: bool,
+    /// With --serve: simulated seconds per wall-clock second (default: as fast as it goes).
+    #[arg(long, value_name = "X", requires = "serve")]
+    speed: Option<f64>,
+    /// With --serve: keep serving the final state after the run, until interrupted.
+    #[arg(long, requires = "serve")]
+    hold: bool,
 }
 
 #[derive(Args, Debug)]
@@ -193,7 +210,22 @@ fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
         progress: !args.quiet && std::io::stderr().is_terminal(),
         fast_exit: true,
     };
-    let outcome = sim::run(scenario, options);
+    let live = match &args.serve {
+        Some(addr) => {
+            let live = sim::live::Live::new(sim::live::LiveOptions {
+                paused: args.paused,
+                speed: args.speed,
+            });
+            let server = sim::live::serve(addr, &live)?;
+            println!("live view: http://{}/", server.addr);
+            Some(live)
+        }
+        None => None,
+    };
+    let outcome = match &live {
+        Some(live) => sim::live::run(scenario, options, live),
+        None => sim::run(scenario, options),
+    };
     print!("{}", outcome.report.summary());
     if let Some(e) = &outcome.trace_error {
         anyhow::bail!("writing the trace failed: {e}");
@@ -216,9 +248,21 @@ fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
             "replay: {} --trace trace.txt",
             args.scenario.replay_command(seed)
         );
+        hold(&args)?;
         std::process::exit(1);
     }
     println!("all invariants held");
+    hold(&args)
+}
+
+/// `--hold`: keeps the live view's server (its own thread) up until the process is interrupted.
+fn hold(args: &RunArgs) -> anyhow::Result<()> {
+    if args.hold {
+        println!("serving the final state until interrupted");
+        loop {
+            std::thread::park();
+        }
+    }
     Ok(())
 }
 

@@ -30,6 +30,7 @@
 //! | [`report`] | capacity metrics and the report |
 //! | [`plot`] | the report's curves as SVG |
 //! | [`progress`] | the progress line (the only other wall-clock reader) |
+//! | [`live`] | the live view in the browser (`--serve`): snapshots, pause and step, its HTTP server |
 //!
 //! ## Determinism
 //!
@@ -60,6 +61,7 @@ pub mod flow;
 pub mod gitops;
 pub mod invariants;
 pub mod kas;
+pub mod live;
 pub mod net;
 pub mod plot;
 pub mod progress;

@@ -70,6 +70,18 @@ pub struct KasCounters {
     series: KasSeries,
 }
 
+impl KasCounters {
+    /// Requests completed through this replica so far.
+    pub fn requests(&self) -> u64 {
+        self.requests
+    }
+
+    /// The curves sampled so far.
+    pub fn series(&self) -> &KasSeries {
+        &self.series
+    }
+}
+
 /// Curves of one replica, one point per sample.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct KasSeries {

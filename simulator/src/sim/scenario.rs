@@ -583,7 +583,7 @@ impl Fault {
         }
     }
 
-    fn start(&self) -> Duration {
+    pub fn start(&self) -> Duration {
         match self {
             Fault::Drop(f) => f.from,
             Fault::Partition(f) => f.at,

@@ -227,6 +227,8 @@ pub(super) struct World {
     pub abandoned: Option<u64>,
     progress: Option<Progress>,
     fast_exit: bool,
+    /// The live view, if one watches (it only reads the world: same trace with or without).
+    pub live: Option<super::live::Recorder>,
 }
 
 impl World {
@@ -311,6 +313,7 @@ impl World {
             abandoned: None,
             progress: options.progress.then(|| Progress::new(end)),
             fast_exit: options.fast_exit,
+            live: None,
             sc,
         };
         w.schedule_start();
@@ -373,10 +376,14 @@ impl World {
             self.now_i = self.clock.instant(t);
             self.trace_event(&ev);
             let is_end = matches!(ev, Ev::End);
+            if let Some(live) = &mut self.live {
+                live.observe(t, &ev);
+            }
             self.dispatch(ev);
             self.flush_dirty();
             self.check_event();
             self.event_index += 1;
+            self.live_tick();
             if self.violation.is_some() || is_end {
                 break;
             }
@@ -389,6 +396,7 @@ impl World {
         if let Some(p) = &mut self.progress {
             p.finish();
         }
+        self.live_finish();
         faults::set_flow_fault(None);
         faults::set_view_fault(None);
         let wall = started.elapsed();
