@@ -3,6 +3,10 @@
 
 use std::net::IpAddr;
 
+// Namespaces, Service names and port names must be DNS-1123 labels: anything else could smuggle
+// path segments into the API request, so it is refused.
+use agent_config::names::is_dns_label;
+
 use crate::head::BadRequest;
 
 /// A Service port as the path names it.
@@ -20,18 +24,6 @@ pub struct ProxyTarget {
     pub port: PortRef,
     /// `/{rest}?query`, at least `/`.
     pub path_and_query: String,
-}
-
-/// A DNS-1123 label (namespaces, Service names, port names): lowercase alphanumerics and `-`,
-/// starting and ending alphanumeric, at most 63 characters. Anything else could smuggle path
-/// segments into the API request, so it is refused.
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 /// Parses `/{namespace}/{service}:{port}/{rest}?query`.

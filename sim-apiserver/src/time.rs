@@ -1,6 +1,6 @@
 //! Timestamps as Kubernetes writes them (RFC 3339, UTC, `Z`) and ages as kubectl prints them.
 //!
-//! Hand-written civil-date conversion (Howard Hinnant's algorithm) to avoid a date crate.
+//! Formatting and parsing by `humantime`; offsets other than `Z` are handled here.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,48 +11,15 @@ pub fn unix_seconds(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// `2024-05-01T12:00:00Z` for Unix seconds `secs`.
+/// `2024-05-01T12:00:00Z` for Unix seconds `secs` (times before the epoch print as the epoch).
 pub fn format_unix(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
+    let secs = u64::try_from(secs).unwrap_or(0);
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
 /// RFC 3339 with nanoseconds, as in `kubectl logs --timestamps`.
 pub fn format_nanos(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-    let base = format_unix(secs);
-    format!("{}.{:09}Z", base.trim_end_matches('Z'), d.subsec_nanos())
+    humantime::format_rfc3339_nanos(t.max(UNIX_EPOCH)).to_string()
 }
 
 /// The current time as a Kubernetes timestamp.
@@ -62,36 +29,26 @@ pub fn now_rfc3339() -> String {
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)` into Unix seconds.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || (b[10] != b'T' && b[10] != b't') {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse::<i64>().ok() };
-    let y = num(0..4)?;
-    let mo = u32::try_from(num(5..7)?).ok()?;
-    let d = u32::try_from(num(8..10)?).ok()?;
-    let h = num(11..13)?;
-    let mi = num(14..16)?;
-    let se = num(17..19)?;
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        rest = &frac[digits..];
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) => {
-            let oh: i64 = rest.get(1..3)?.parse().ok()?;
-            let om: i64 = rest.get(4..6)?.parse().ok()?;
+    let (base, offset) = match s
+        .len()
+        .checked_sub(6)
+        .and_then(|i| Some((s.get(..i)?, s.get(i..)?)))
+    {
+        Some((base, zone)) if zone.starts_with('+') || zone.starts_with('-') => {
+            let b = zone.as_bytes();
+            if b[3] != b':' {
+                return None;
+            }
+            let oh: i64 = zone.get(1..3)?.parse().ok()?;
+            let om: i64 = zone.get(4..6)?.parse().ok()?;
             let o = oh * 3600 + om * 60;
-            if rest.starts_with('-') { -o } else { o }
+            (base, if b[0] == b'-' { -o } else { o })
         }
-        _ => return None,
+        _ => (s.strip_suffix('Z').or_else(|| s.strip_suffix('z'))?, 0),
     };
-    Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se - offset)
+    let t = humantime::parse_rfc3339(&format!("{base}Z")).ok()?;
+    let secs = i64::try_from(t.duration_since(UNIX_EPOCH).ok()?.as_secs()).ok()?;
+    Some(secs - offset)
 }
 
 /// A short human duration the way kubectl's AGE column shows it (`45s`, `3m12s`, `5h`, `2d`).
