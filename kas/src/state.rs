@@ -47,6 +47,8 @@ pub struct KasState {
     pub agent_config: Option<Arc<crate::agent_config::AgentConfigs>>,
     /// GitOps manifest projects polled from Git (`None` when not started).
     pub gitops: Option<Arc<crate::gitops_poller::GitopsPoller>>,
+    /// Counters of the access decisions (`kas_access_*`).
+    pub access_metrics: crate::access::AccessMetrics,
     shutting_down: AtomicBool,
     auth_backend_ok: AtomicBool,
     next_request: AtomicU64,
@@ -81,6 +83,7 @@ impl KasState {
             public_read: false,
             agent_config: None,
             gitops: None,
+            access_metrics: Default::default(),
             shutting_down: AtomicBool::new(false),
             auth_backend_ok: AtomicBool::new(true),
             next_request: AtomicU64::new(1),

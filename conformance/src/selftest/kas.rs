@@ -357,6 +357,7 @@ fn serve_api(opts: &KasOptions, hub: &Hub, tcp: TcpStream) -> io::Result<()> {
         },
         headers,
         timeout_ms: 0,
+        impersonation: None,
     };
     // Route: a usable connection of the agent, or wait for one until the deadline.
     let (tx, updates) = mpsc::channel();
