@@ -297,8 +297,8 @@ struct UsersDoc {
 struct UserRecord {
     name: String,
     token_sha256: String,
-    #[serde(default = "no_agents")]
-    agents: AllowedAgents,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    agents: Option<AllowedAgents>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     kinds: Option<BTreeSet<TokenKind>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -311,10 +311,6 @@ struct UserRecord {
     groups: Vec<MembershipRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ci_job: Option<CiJobRecord>,
-}
-
-fn no_agents() -> AllowedAgents {
-    AllowedAgents::Only(BTreeSet::new())
 }
 
 /// A project or group: numeric id and full path.
@@ -745,7 +741,7 @@ impl UsersFile {
             records.push(UserRecord {
                 name: spec.name.clone(),
                 token_sha256: TokenDigest::of(&token).to_hex(),
-                agents: spec.agents.clone(),
+                agents: Some(spec.agents.clone()),
                 kinds: spec.kinds.clone(),
                 user_id: None,
                 username: None,
@@ -850,16 +846,21 @@ fn parse(text: &str, origin: &Path) -> Result<Vec<UserEntry>, UsersFileError> {
                 second: r.name,
             });
         }
-        let (gitlab_user, ci_job) =
-            gitlab_parts(&r).map_err(|reason| UsersFileError::BadIdentity {
-                path: origin.to_owned(),
-                name: r.name.clone(),
-                reason,
-            })?;
+        let bad_identity = |reason: String| UsersFileError::BadIdentity {
+            path: origin.to_owned(),
+            name: r.name.clone(),
+            reason,
+        };
+        let (gitlab_user, ci_job) = gitlab_parts(&r).map_err(bad_identity)?;
+        if r.agents.is_none() && gitlab_user.is_none() && ci_job.is_none() {
+            return Err(bad_identity(
+                "gives neither agents nor a GitLab identity (projects, groups, ci_job)".into(),
+            ));
+        }
         entries.push(UserEntry {
             name: r.name,
             digest,
-            agents: r.agents,
+            agents: r.agents.unwrap_or(AllowedAgents::Only(BTreeSet::new())),
             kinds: r.kinds,
             gitlab_user,
             ci_job,
@@ -1069,7 +1070,7 @@ mod tests {
             ),
             (
                 format!("users:\n  - {{name: a, token_sha256: {d}}}\n"),
-                "yaml",
+                "identity",
             ),
             (
                 format!(
@@ -1107,6 +1108,7 @@ mod tests {
                 (Err(UsersFileError::DuplicateToken { .. }), "dup-token") => true,
                 (Err(UsersFileError::BadDigest { .. }), "digest") => true,
                 (Err(UsersFileError::InvalidName { .. }), "name") => true,
+                (Err(UsersFileError::BadIdentity { .. }), "identity") => true,
                 _ => false,
             };
             assert!(ok, "{kind}: {text:?} gave {r:?}");
