@@ -11,16 +11,20 @@
 //!   A request no grant covers is 403 with the reason ([`access_control::DenyReason`]), counted in
 //!   `kas_access_denied_total{reason}`.
 //! - The client's own `Impersonate-*` headers: operators' are stripped by the forwarding rule (as
-//!   always); a GitLab requester's are refused with 403 — under an impersonating grant because
-//!   nested impersonation is not supported (as GitLab), under `access_as: agent` because kas does
-//!   not yet ask the cluster (a SubjectAccessReview) whether the agent may impersonate the target.
+//!   always); a GitLab requester's are refused with 403 under an impersonating grant (nested
+//!   impersonation, as GitLab); under `access_as: agent` — beyond GitLab — they are allowed only when
+//!   the cluster says the agent may impersonate every part of that identity
+//!   ([`review`]: `SelfSubjectAccessReview`s through the tunnel), and then logged at `info`
+//!   ("nested impersonation allowed") with [`DecidedAccess::nested`] set for the audit record.
 //! - Routes other than the Kubernetes API (`service-proxy`, `cache`) act as the agent: a grant that
 //!   impersonates does not extend to them (403).
 //!
 //! [`DecidedAccess`] is what was decided, for logs and the audit log (`acted_as`).
 
+pub mod review;
+
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use access_control::{
     ActAs, AgentContext, ClientImpersonation, Decision, GitlabRef, MatchedGrant, Requester,
@@ -42,6 +46,8 @@ pub struct DecidedAccess {
     pub act_as: ActAs,
     /// The grant of the agent's configuration that allowed it (`None` for an operator).
     pub grant: Option<MatchedGrant>,
+    /// The identity is the client's own `Impersonate-*`, allowed by the cluster's review.
+    pub nested: bool,
 }
 
 impl DecidedAccess {
@@ -206,6 +212,7 @@ pub fn decide(
             requester,
             act_as: ActAs::Agent,
             grant: None,
+            nested: false,
         });
     };
     let client = ClientImpersonation::from_headers(
@@ -225,16 +232,24 @@ pub fn decide(
             message: format!("agent {}: {}", user.agent_id, reason.message()),
         }),
         Decision::Allow {
-            needs_review: Some(_),
+            needs_review: Some(client),
+            grant,
             ..
-        } => Err(Refusal {
-            code: "impersonation_not_reviewed",
-            message:
-                "Impersonate-* headers are not accepted: kas does not ask the cluster whether \
-                      the agent may impersonate the requested identity (nested impersonation is \
-                      not supported)"
-                    .to_owned(),
-        }),
+        } => {
+            if service != protocol::service::K8S_API {
+                return Err(Refusal {
+                    code: "impersonation_unsupported_for_service",
+                    message: format!("Impersonate-* headers are not accepted on {service}"),
+                });
+            }
+            // Reviewed by the caller ([`authorise`]) before anything is sent.
+            Ok(DecidedAccess {
+                requester,
+                act_as: client_identity(&client),
+                grant: Some(grant),
+                nested: true,
+            })
+        }
         Decision::Allow { act_as, grant, .. } => {
             if service != protocol::service::K8S_API && act_as != ActAs::Agent {
                 return Err(Refusal {
@@ -252,20 +267,70 @@ pub fn decide(
                 requester,
                 act_as,
                 grant: Some(grant),
+                nested: false,
             })
         }
     }
 }
 
-/// [`decide`], counted and logged: the decision, or the 403 to answer.
-pub fn authorise(
-    state: &KasState,
+/// The client's own impersonation as an identity to send.
+fn client_identity(client: &ClientImpersonation) -> ActAs {
+    ActAs::Impersonate {
+        user: client.user.clone().unwrap_or_default(),
+        uid: client.uid.clone(),
+        groups: client.groups.clone(),
+        extra: client.extra.clone(),
+    }
+}
+
+/// The client's impersonation back from a nested decision (what the cluster must review).
+fn reviewed_identity(act_as: &ActAs) -> ClientImpersonation {
+    match act_as {
+        ActAs::Agent => ClientImpersonation::default(),
+        ActAs::Impersonate {
+            user,
+            uid,
+            groups,
+            extra,
+        } => ClientImpersonation {
+            user: Some(user.clone()),
+            uid: uid.clone(),
+            groups: groups.clone(),
+            extra: extra.clone(),
+        },
+    }
+}
+
+/// [`decide`] (with the cluster's review of a nested impersonation), counted and logged: the
+/// decision, or the 403 to answer.
+pub async fn authorise(
+    state: &Arc<KasState>,
     user: &UserIdentity,
     headers: &HeaderMap,
     service: &str,
     span: &tracing::Span,
 ) -> Result<DecidedAccess, ApiError> {
-    match decide(state, user, headers, service) {
+    let mut decided = decide(state, user, headers, service);
+    if let Ok(d) = &decided
+        && d.nested
+    {
+        let client = reviewed_identity(&d.act_as);
+        match review::review(state, user.agent_id, &client).await {
+            Ok(()) => tracing::info!(
+                parent: span,
+                requester = %d.requester,
+                acted_as = %d.act_as,
+                "nested impersonation allowed by the cluster's review"
+            ),
+            Err(why) => {
+                decided = Err(Refusal {
+                    code: "impersonation_not_allowed",
+                    message: format!("Impersonate-* headers refused: {why}"),
+                });
+            }
+        }
+    }
+    match decided {
         Ok(d) => {
             state.access_metrics.allow(match d.act_as {
                 ActAs::Agent => "agent",

@@ -231,7 +231,8 @@ pub async fn proxy(
 
     let method = req.method().clone();
     // Access control: who asked and as whom the request acts (403 when no grant covers it).
-    let decided = crate::access::authorise(state, &user, req.headers(), target.service, span)?;
+    let decided =
+        crate::access::authorise(state, &user, req.headers(), target.service, span).await?;
     let mut head = request_head(&req, &target);
     head.impersonation = decided.impersonation();
     let has_body = !req.body().is_end_stream();
