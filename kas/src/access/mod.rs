@@ -224,9 +224,17 @@ pub fn decide(
         code: "bad_impersonation_headers",
         message: e.to_string(),
     })?;
-    let (ci, ua, _) = grants(state, user.agent_id);
+    // The agent's last good configuration (shared, not copied); none grants nothing.
+    let config = state
+        .agent_config
+        .as_ref()
+        .and_then(|c| c.good(user.agent_id));
+    let (none_ci, none_ua) = (CiAccess::default(), UserAccess::default());
+    let (ci, ua) = config
+        .as_deref()
+        .map_or((&none_ci, &none_ua), |u| (&u.ci_access, &u.user_access));
     let agent = agent_context(state, user.agent_id);
-    match access_control::decide(&ci, &ua, &agent, who, &client) {
+    match access_control::decide(ci, ua, &agent, who, &client) {
         Decision::Deny { reason } => Err(Refusal {
             code: reason.code(),
             message: format!("agent {}: {}", user.agent_id, reason.message()),
