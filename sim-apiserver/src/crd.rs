@@ -235,6 +235,7 @@ pub fn served_types(crd: &Value) -> Vec<Resource> {
                 crd: Some(name.to_string()),
                 schema: v.pointer("/schema/openAPIV3Schema").cloned().map(Arc::new),
                 printer_columns,
+                create_only: false,
             })
         })
         .collect()

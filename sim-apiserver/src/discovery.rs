@@ -101,6 +101,11 @@ pub fn aggregated_content_type(version: &str) -> &'static str {
     }
 }
 
+/// The verbs of a resource: all of them, or only `create` for the review APIs.
+fn verbs(r: &ResourceType) -> &'static [&'static str] {
+    if r.create_only { &["create"] } else { VERBS }
+}
+
 fn resource_discovery(r: &ResourceType) -> Value {
     let kind = |group: &str, version: &str, kind: &str| json!({"group": group, "version": version, "kind": kind});
     let mut subresources = Vec::new();
@@ -130,7 +135,7 @@ fn resource_discovery(r: &ResourceType) -> Value {
         "responseKind": kind(&r.group, &r.version, &r.kind),
         "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
         "singularResource": r.singular,
-        "verbs": VERBS,
+        "verbs": verbs(r),
     });
     if let Some(o) = entry.as_object_mut() {
         if !r.short_names.is_empty() {
@@ -188,7 +193,7 @@ pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<
             "singularName": r.singular,
             "namespaced": r.namespaced,
             "kind": r.kind,
-            "verbs": VERBS,
+            "verbs": verbs(&r),
         });
         if let Some(o) = entry.as_object_mut() {
             if !r.short_names.is_empty() {

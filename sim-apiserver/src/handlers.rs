@@ -1,4 +1,6 @@
-//! Request handling: authentication, routing, the read verbs (get, list, watch, pod logs) and
+//! Request handling: authentication ([`crate::identity`]), impersonation
+//! ([`crate::impersonation`]) and RBAC authorisation ([`crate::rbac`]) of every request but
+//! `/version` and health, then routing, the read verbs (get, list, watch, pod logs) and
 //! dispatch of the write verbs ([`crate::writes`]) on collections, objects and their `status`
 //! and `scale` subresources, answering errors as `Status` objects.
 //!
@@ -17,13 +19,19 @@ use tokio::sync::watch as tokio_watch;
 
 use super::body::{self, ResponseBody};
 use super::discovery;
+use super::escalation;
+use super::identity::{self, Authenticator, UserInfo};
+use super::impersonation::Impersonation;
 use super::logs::{self, LogBody};
 use super::managed::Target;
 use super::openapi;
 use super::patch::PatchKind;
 use super::protobuf;
 use super::query::Query;
+use super::rbac::{self, Policy};
+use super::request_info::RequestInfo;
 use super::resource::{Resource, ResourceType};
+use super::reviews;
 use super::router::{self, Route};
 use super::status::ApiError;
 use super::store::{Store, StoreError};
@@ -38,7 +46,7 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 /// Everything a request handler needs.
 pub(crate) struct Context {
     pub store: Store,
-    pub bearer_token: Option<String>,
+    pub authn: Authenticator,
     pub bookmark_interval: Duration,
     pub log_interval: Duration,
     pub shutdown: tokio_watch::Receiver<bool>,
@@ -73,22 +81,40 @@ where
     resp
 }
 
-fn authorized(ctx: &Context, headers: &HeaderMap) -> bool {
-    let Some(expected) = &ctx.bearer_token else {
-        return true;
+/// The RBAC policy now: the bootstrap policy and the stored roles and bindings.
+pub(crate) fn current_policy(store: &Store) -> Policy {
+    let objects: Vec<Value> = ["Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"]
+        .iter()
+        .flat_map(|k| store.list("rbac.authorization.k8s.io/v1", k, None))
+        .collect();
+    Policy::new(&objects)
+}
+
+/// Authentication, impersonation and authorisation of a request: the identity it acts as, or
+/// the 401/403 `Status`. The policy is read only when the identity is not `system:masters`.
+fn authenticate_and_authorize(
+    ctx: &Context,
+    parts: &http::request::Parts,
+) -> Result<(UserInfo, Option<Policy>), ApiError> {
+    let caller = ctx.authn.authenticate(&parts.headers)?;
+    let mut policy = None;
+    let user = match Impersonation::from_headers(&parts.headers)? {
+        Some(imp) => {
+            let p = policy.get_or_insert_with(|| current_policy(&ctx.store));
+            let user = imp.authorize(&caller, p)?;
+            tracing::debug!(caller = %caller.username, user = %user.username, "impersonating");
+            user
+        }
+        None => caller,
     };
-    let got = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    got.is_some_and(|g| {
-        g.len() == expected.len()
-            && g.bytes()
-                .zip(expected.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    })
+    if !user.in_group(identity::MASTERS) {
+        let req = RequestInfo::new(&parts.method, parts.uri.path(), parts.uri.query());
+        let p = policy.get_or_insert_with(|| current_policy(&ctx.store));
+        if !p.authorize(&user, &req).allowed() {
+            return Err(rbac::forbidden(&user, &req));
+        }
+    }
+    Ok((user, policy))
 }
 
 fn wants_table(headers: &HeaderMap) -> bool {
@@ -183,9 +209,11 @@ where
     let (mut parts, body_stream) = req.into_parts();
     let registry = ctx.store.registry();
     let route = router::route(parts.uri.path(), &registry);
-    if !matches!(route, Route::Health | Route::Version) && !authorized(ctx, &parts.headers) {
-        return Err(ApiError::unauthorized());
-    }
+    let (user, policy) = if matches!(route, Route::Health | Route::Version) {
+        (UserInfo::default(), None)
+    } else {
+        authenticate_and_authorize(ctx, &parts)?
+    };
     let query = Query::parse(parts.uri.query());
     let method = parts.method.clone();
     let read_only = |doc: Option<Value>| -> Result<Resp, ApiError> {
@@ -203,10 +231,29 @@ where
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    // RBAC's escalation prevention for writes of roles and bindings by anyone but
+    // system:masters (the policy is read before the store's lock is taken).
+    let escalation_policy = match &route {
+        Route::Collection { resource, .. } | Route::Object { resource, .. }
+            if resource.group == rbac::GROUP
+                && resource.crd.is_none()
+                && method != Method::GET
+                && method != Method::HEAD
+                && !user.in_group(identity::MASTERS) =>
+        {
+            Some(policy.clone().unwrap_or_else(|| current_policy(&ctx.store)))
+        }
+        _ => None,
+    };
+    let admit = |obj: &Value| match &escalation_policy {
+        Some(p) => escalation::check(p, &user, obj),
+        None => Ok(()),
+    };
     let w = Write {
         store: &ctx.store,
         query: &query,
         user_agent: &user_agent,
+        admit: &admit,
     };
     match route {
         Route::Health => {
@@ -265,6 +312,17 @@ where
             namespace,
             watch_path,
         } => {
+            if resource.create_only {
+                if method != Method::POST {
+                    return Err(ApiError::method_not_allowed(&method, parts.uri.path()));
+                }
+                let ct = content_type(&parts.headers);
+                let bytes = read_body(body_stream).await?;
+                let obj = decode_object(&bytes, &ct)?;
+                let policy = policy.unwrap_or_else(|| current_policy(&ctx.store));
+                let review = reviews::create(&resource, &user, &policy, namespace.as_deref(), obj)?;
+                return Ok(body::json(StatusCode::CREATED, &review));
+            }
             let table = wants_table(&parts.headers);
             match method {
                 Method::GET | Method::HEAD => {
@@ -297,6 +355,9 @@ where
             subresource,
             watch_path,
         } => {
+            if resource.create_only {
+                return Err(ApiError::not_found_path(parts.uri.path()));
+            }
             if resource.kind == "Pod"
                 && resource.crd.is_none()
                 && let Some(sub) = subresource.as_deref().and_then(Subresource::from_name)

@@ -7,11 +7,12 @@
 //!
 //! # What it serves
 //!
-//! * **Kinds:** 31 built-in kinds (core `v1` Namespace, Node, Pod, Service, ConfigMap, Secret,
+//! * **Kinds:** 31 built-in stored kinds (core `v1` Namespace, Node, Pod, Service, ConfigMap, Secret,
 //!   ServiceAccount, Event, PersistentVolumeClaim/Volume, ResourceQuota, LimitRange; `apps/v1`
 //!   Deployment, ReplicaSet, DaemonSet, StatefulSet; `batch/v1` Job, CronJob; HPA, PDB;
 //!   `networking.k8s.io` Ingress, IngressClass, NetworkPolicy; RBAC Role, ClusterRole and their
-//!   bindings; StorageClass, Lease, PriorityClass; CustomResourceDefinition) and every kind a
+//!   bindings; StorageClass, Lease, PriorityClass; CustomResourceDefinition; plus five create-only
+//!   review kinds of `authentication.k8s.io` and `authorization.k8s.io`) and every kind a
 //!   stored `CustomResourceDefinition` defines, at each served version, as soon as it is stored.
 //!   Everything else is the real 404 `Status`.
 //! * **Verbs:** get, list (paged, consistent), watch (resumable, bookmarks), create, update,
@@ -26,9 +27,27 @@
 //! * **Deletion** ([`store`]): propagation policies, finalizers, `deletionTimestamp`, garbage
 //!   collection through owner references, namespaces and definitions that empty themselves.
 //!
+//! * **Authentication, impersonation and RBAC**, enforced on every request but `/version` and
+//!   health ([`identity`], [`impersonation`], [`request_info`], [`rbac`]): bearer tokens from a
+//!   users table ([`ApiServerConfig::users`], `--users FILE`; the admin token
+//!   [`ApiServerConfig::bearer_token`] is `kubernetes-admin` in `system:masters`; a server
+//!   without an admin token is open: requests without a known token act as the admin, so
+//!   existing clients keep working); `Impersonate-User/-Group/-Uid/-Extra-*` checked with the
+//!   `impersonate` verb on users, serviceaccounts, groups, uids and userextras; Roles,
+//!   ClusterRoles, RoleBindings and ClusterRoleBindings (verbs, apiGroups, resources and
+//!   subresources, resourceNames, nonResourceURLs; User, Group and ServiceAccount subjects)
+//!   with the bootstrap policy (`system:masters`, discovery for everyone authenticated, the
+//!   default `cluster-admin`/`admin`/`edit`/`view` roles built in) and escalation prevention
+//!   ([`escalation`]: writing a role or binding needs the permissions it grants, or the
+//!   `escalate`/`bind` verbs); a refused request is the Kubernetes 403 `Status` in its words. The review APIs ([`reviews`]):
+//!   `SelfSubjectReview` (`kubectl auth whoami`), `SelfSubjectAccessReview` (`kubectl auth
+//!   can-i`), `SelfSubjectRulesReview` (`can-i --list`), `SubjectAccessReview`,
+//!   `LocalSubjectAccessReview`. Optional HTTPS with a throw-away CA ([`ApiServerConfig::tls`],
+//!   `--tls`): kubectl sends bearer tokens only over TLS.
+//!
 //! Simplified: no workload controllers (workloads report ready replicas, PVCs are bound, no
 //! pods are created for them; the simulated kubelet starts pods that exist), no admission,
-//! authorization or schema validation of custom resources, no defaulting beyond a few fields,
+//! no ClusterRole aggregation, no schema validation of custom resources, no defaulting beyond a few fields,
 //! no graceful pod termination (pods without finalizers go at once), garbage collection and
 //! namespace termination complete within the write that starts them, protobuf request bodies
 //! only for the kinds [`protobuf`] knows. Containers run no real processes: exec runs the
@@ -53,11 +72,11 @@
 //!   own; [`protobuf`] decodes the few protobuf bodies kubectl's typed commands send
 //!   (`kubectl create namespace|configmap|secret|deployment`).
 //! * [`watch`] and [`logs`]: streamed responses (watch event streams, followed pod logs).
-//! * `handlers` (routing, reads, `Status` errors from [`status`]) and `writes` (the write
-//!   verbs, with [`strategy`]: per-kind defaults and status) on top of [`body`], served by
-//!   [`server`] (hyper HTTP/1.1 on tokio, plain HTTP, optional bearer token). New subresources
-//!   (exec, attach, port-forward) and request checks (authentication, RBAC) plug into
-//!   `handlers::dispatch` as modules of their own.
+//! * `handlers` (authentication, impersonation and authorisation, routing, reads, `Status`
+//!   errors from [`status`]) and `writes` (the write verbs, with [`strategy`]: per-kind
+//!   defaults and status) on top of [`body`], served by [`server`] (hyper HTTP/1.1 on tokio,
+//!   plain HTTP or HTTPS). New subresources (exec, attach, port-forward) and request checks
+//!   plug into `handlers::dispatch` as modules of their own.
 //! * Upgraded subresources ([`upgrade`]): `pods/exec`, `pods/attach` and `pods/portforward`
 //!   over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`, `SPDY/3.1+portforward.k8s.io`,
 //!   and the kubelet's channel-pair port-forward, [`portforward::channels`]) and SPDY/3.1
@@ -89,9 +108,12 @@ pub mod churn;
 pub mod container_fs;
 pub mod crd;
 pub mod discovery;
+pub mod escalation;
 pub mod exec;
 pub mod fieldpath;
 pub(crate) mod handlers;
+pub mod identity;
+pub mod impersonation;
 pub mod kubeconfig;
 pub mod kubelet;
 pub mod logs;
@@ -103,8 +125,11 @@ pub mod population;
 pub mod portforward;
 pub mod protobuf;
 pub mod query;
+pub mod rbac;
 pub mod recorder;
+pub mod request_info;
 pub mod resource;
+pub mod reviews;
 pub mod router;
 pub mod schema;
 pub mod selector;
@@ -121,6 +146,7 @@ pub mod upgrade;
 pub mod watch;
 pub(crate) mod writes;
 
+pub use identity::{User, UserInfo};
 pub use objects::{HOLD_PHASE_ANNOTATION, PodPhase};
 pub use resource::{Registry, Resource, ResourceType};
 pub use selector::{FieldSelector, LabelSelector, Selectors};

@@ -1,6 +1,7 @@
 //! `sim-apiserver`: runs a simulated Kubernetes API server until interrupted.
 //!
-//! `sim-apiserver --listen ADDR [--nodes N] [--pods N] [--churn RATE] [--kubeconfig-out FILE]`
+//! `sim-apiserver --listen ADDR [--nodes N] [--pods N] [--churn RATE] [--kubeconfig-out FILE]
+//! [--token T] [--users FILE] [--objects FILE]`
 //! (also reachable as `simulator apiserver …`, which runs this binary).
 
 use std::net::SocketAddr;
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use sim_apiserver::identity::UsersFile;
 use sim_apiserver::{ApiServer, ApiServerConfig};
 
 /// Run a simulated Kubernetes API server until interrupted.
@@ -39,6 +41,18 @@ struct Args {
     /// Require this bearer token on every API request.
     #[arg(long, env = "SIM_APISERVER_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Serve HTTPS with a certificate from a throw-away CA (the written kubeconfig trusts it);
+    /// kubectl sends bearer tokens only over TLS.
+    #[arg(long)]
+    tls: bool,
+    /// Users file (YAML: `users: [{token, username, uid, groups, extra}]`): more credentials,
+    /// each its own identity authorised by RBAC (see `sim_apiserver::identity::UsersFile`).
+    #[arg(long, value_name = "FILE")]
+    users: Option<PathBuf>,
+    /// Objects to create at start (multi-document YAML), e.g. the Roles, ClusterRoles and
+    /// bindings that give the users (such as the agent's service account) their permissions.
+    #[arg(long, value_name = "FILE")]
+    objects: Option<PathBuf>,
     /// Change events retained for watch resumption (older versions get 410 Gone).
     #[arg(long, default_value_t = 10_000)]
     history: usize,
@@ -73,7 +87,22 @@ fn main() -> anyhow::Result<()> {
     if !(args.churn.is_finite() && args.churn >= 0.0) {
         anyhow::bail!("--churn must be a non-negative number of changes per second");
     }
+    let users = match &args.users {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the users file {}", path.display()))?;
+            UsersFile::parse(&text).with_context(|| format!("in {}", path.display()))?
+        }
+        None => Vec::new(),
+    };
+    let initial_objects = match &args.objects {
+        Some(path) => read_objects(path)?,
+        None => Vec::new(),
+    };
     let config = ApiServerConfig {
+        users,
+        initial_objects,
+        tls: args.tls,
         listen: args.listen,
         nodes: args.nodes,
         pods: args.pods,
@@ -105,6 +134,22 @@ fn main() -> anyhow::Result<()> {
         server.shutdown();
         anyhow::Ok(())
     })
+}
+
+/// The objects of a multi-document YAML file (empty documents skipped).
+fn read_objects(path: &std::path::Path) -> anyhow::Result<Vec<serde_json::Value>> {
+    use serde::Deserialize as _;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the objects file {}", path.display()))?;
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v = serde_json::Value::deserialize(doc)
+            .with_context(|| format!("parsing the objects file {}", path.display()))?;
+        if !v.is_null() {
+            out.push(v);
+        }
+    }
+    Ok(out)
 }
 
 /// Waits for SIGINT (Ctrl-C) or SIGTERM.

@@ -1,6 +1,6 @@
 //! Decoding the Kubernetes protobuf request encoding for the kinds kubectl's typed commands send
 //! that way (`kubectl create namespace|configmap|secret|deployment|serviceaccount|role|
-//! clusterrole|rolebinding|clusterrolebinding`).
+//! clusterrole|rolebinding|clusterrolebinding`) and the review kinds of `kubectl auth whoami|can-i`.
 //!
 //! The envelope is the magic `k8s\0` followed by a `runtime.Unknown` message (type meta, raw
 //! bytes of the object). Objects are decoded with hand-written field tables into the same JSON
@@ -437,6 +437,77 @@ fn role_binding(kind: &str, buf: &[u8]) -> Result<Value, ProtobufError> {
     Ok(o)
 }
 
+/// The review kinds (`SelfSubjectReview`, `SelfSubjectAccessReview`, `SelfSubjectRulesReview`,
+/// `SubjectAccessReview`, `LocalSubjectAccessReview`): metadata and the spec.
+fn review(api_version: &str, kind: &str, buf: &[u8]) -> Result<Value, ProtobufError> {
+    let mut o = json!({"apiVersion": api_version, "kind": kind, "spec": {}});
+    for (n, f) in fields(buf)? {
+        match (n, f) {
+            (1, Field::Bytes(b)) => o["metadata"] = object_meta(b)?,
+            (2, Field::Bytes(b)) if kind == "SelfSubjectRulesReview" => {
+                o["spec"] = string_fields(&[(1, "namespace")], b)?;
+            }
+            (2, Field::Bytes(b)) if kind != "SelfSubjectReview" => o["spec"] = access_spec(b)?,
+            _ => {}
+        }
+    }
+    Ok(o)
+}
+
+/// `SubjectAccessReviewSpec` (and the self/local variants, which share its first fields).
+fn access_spec(buf: &[u8]) -> Result<Value, ProtobufError> {
+    let mut spec = json!({});
+    let mut extra = Map::new();
+    for (n, f) in fields(buf)? {
+        match (n, f) {
+            (1, Field::Bytes(b)) => {
+                spec["resourceAttributes"] = string_fields(
+                    &[
+                        (1, "namespace"),
+                        (2, "verb"),
+                        (3, "group"),
+                        (4, "version"),
+                        (5, "resource"),
+                        (6, "subresource"),
+                        (7, "name"),
+                    ],
+                    b,
+                )?;
+            }
+            (2, Field::Bytes(b)) => {
+                spec["nonResourceAttributes"] = string_fields(&[(1, "path"), (2, "verb")], b)?;
+            }
+            (3, Field::Bytes(b)) => spec["user"] = json!(string(b)?),
+            (4, Field::Bytes(b)) => {
+                let g = json!(string(b)?);
+                match spec.get_mut("groups").and_then(Value::as_array_mut) {
+                    Some(a) => a.push(g),
+                    None => spec["groups"] = json!([g]),
+                }
+            }
+            (5, Field::Bytes(entry)) => {
+                // map<string, ExtraValue>; ExtraValue is `repeated string items = 1`.
+                let mut key = String::new();
+                let mut values = json!({});
+                for (en, ef) in fields(entry)? {
+                    match (en, ef) {
+                        (1, Field::Bytes(k)) => key = string(k)?,
+                        (2, Field::Bytes(v)) => strings_into(&mut values, &[(1, "items")], v)?,
+                        _ => {}
+                    }
+                }
+                extra.insert(key, values.get("items").cloned().unwrap_or(json!([])));
+            }
+            (6, Field::Bytes(b)) => spec["uid"] = json!(string(b)?),
+            _ => {}
+        }
+    }
+    if !extra.is_empty() {
+        spec["extra"] = Value::Object(extra);
+    }
+    Ok(spec)
+}
+
 /// Decodes a `k8s\0`-prefixed protobuf body into a JSON object. Returns `Ok(None)` for kinds
 /// this decoder does not know.
 pub fn decode(body: &[u8]) -> Result<Option<Value>, ProtobufError> {
@@ -472,6 +543,14 @@ pub fn decode(body: &[u8]) -> Result<Option<Value>, ProtobufError> {
         ("rbac.authorization.k8s.io/v1", k @ ("RoleBinding" | "ClusterRoleBinding")) => {
             role_binding(k, raw)?
         }
+        (v @ "authentication.k8s.io/v1", k @ "SelfSubjectReview")
+        | (
+            v @ "authorization.k8s.io/v1",
+            k @ ("SelfSubjectAccessReview"
+            | "SelfSubjectRulesReview"
+            | "SubjectAccessReview"
+            | "LocalSubjectAccessReview"),
+        ) => review(v, k, raw)?,
         _ => return Ok(None),
     };
     Ok(Some(obj))
@@ -552,6 +631,49 @@ mod tests {
         assert_eq!(decode(&envelope("batch/v1", "Job", b"")), Ok(None));
         assert!(decode(b"not protobuf").is_err());
         assert!(decode(b"k8s\0\x0a\xff").is_err());
+    }
+
+    #[test]
+    fn review_kinds() {
+        let mut attrs = Vec::new();
+        bytes_field(1, b"team-a", &mut attrs);
+        bytes_field(2, b"create", &mut attrs);
+        bytes_field(5, b"pods", &mut attrs);
+        bytes_field(6, b"exec", &mut attrs);
+        let mut items = Vec::new();
+        bytes_field(1, b"7", &mut items);
+        let mut extra = Vec::new();
+        bytes_field(1, b"agent.gitlab.com/id", &mut extra);
+        bytes_field(2, &items, &mut extra);
+        let mut spec = Vec::new();
+        bytes_field(1, &attrs, &mut spec);
+        bytes_field(3, b"jane", &mut spec);
+        bytes_field(4, b"devs", &mut spec);
+        bytes_field(5, &extra, &mut spec);
+        let mut sar = Vec::new();
+        bytes_field(2, &spec, &mut sar);
+        let r = decode(&envelope(
+            "authorization.k8s.io/v1",
+            "SubjectAccessReview",
+            &sar,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_default();
+        assert_eq!(
+            r["spec"],
+            json!({
+                "resourceAttributes": {"namespace": "team-a", "verb": "create", "resource": "pods", "subresource": "exec"},
+                "user": "jane", "groups": ["devs"], "extra": {"agent.gitlab.com/id": ["7"]},
+            })
+        );
+        let who = decode(&envelope(
+            "authentication.k8s.io/v1",
+            "SelfSubjectReview",
+            &[],
+        ))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_default();
+        assert_eq!(who["kind"], "SelfSubjectReview");
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub struct ResourceType {
     pub schema: Option<Arc<Value>>,
     /// For custom resources: `additionalPrinterColumns`.
     pub printer_columns: Vec<PrinterColumn>,
+    /// A review API (`SelfSubjectReview`, `SubjectAccessReview`, ...): only `create`, answered
+    /// at once and never stored ([`crate::reviews`]).
+    pub create_only: bool,
 }
 
 impl ResourceType {
@@ -152,6 +155,7 @@ struct Builtin {
     status: bool,
     scale: bool,
     generation: bool,
+    create_only: bool,
 }
 
 const fn b(
@@ -173,6 +177,7 @@ const fn b(
         status: false,
         scale: false,
         generation: false,
+        create_only: false,
     }
 }
 
@@ -191,6 +196,10 @@ impl Builtin {
     }
     const fn generation(mut self) -> Self {
         self.generation = true;
+        self
+    }
+    const fn create_only(mut self) -> Self {
+        self.create_only = true;
         self
     }
 }
@@ -370,6 +379,51 @@ const BUILTIN: &[Builtin] = &[
     )
     .status()
     .generation(),
+    b(
+        "authentication.k8s.io",
+        "v1",
+        "SelfSubjectReview",
+        "selfsubjectreviews",
+        false,
+        &[],
+    )
+    .create_only(),
+    b(
+        "authorization.k8s.io",
+        "v1",
+        "SelfSubjectAccessReview",
+        "selfsubjectaccessreviews",
+        false,
+        &[],
+    )
+    .create_only(),
+    b(
+        "authorization.k8s.io",
+        "v1",
+        "SelfSubjectRulesReview",
+        "selfsubjectrulesreviews",
+        false,
+        &[],
+    )
+    .create_only(),
+    b(
+        "authorization.k8s.io",
+        "v1",
+        "SubjectAccessReview",
+        "subjectaccessreviews",
+        false,
+        &[],
+    )
+    .create_only(),
+    b(
+        "authorization.k8s.io",
+        "v1",
+        "LocalSubjectAccessReview",
+        "localsubjectaccessreviews",
+        true,
+        &[],
+    )
+    .create_only(),
 ];
 
 static BUILTIN_TYPES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
@@ -396,6 +450,7 @@ static BUILTIN_TYPES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
                 crd: None,
                 schema: None,
                 printer_columns: Vec::new(),
+                create_only: b.create_only,
             })
         })
         .collect()

@@ -1,5 +1,5 @@
 //! Starting and stopping the simulated API server: configuration, binding, the accept loop
-//! (hyper HTTP/1.1 on tokio, plain HTTP), and the background tasks (simulated kubelet, churn).
+//! (hyper HTTP/1.1 on tokio, plain HTTP or HTTPS with a throw-away CA), and the background tasks (simulated kubelet, churn).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use super::churn::{self, Churn, ChurnConfig};
 use super::handlers::{self, Context};
+use super::identity::{Authenticator, User};
 use super::kubeconfig;
 use super::kubelet;
 use super::population;
@@ -49,8 +50,20 @@ pub struct ApiServerConfig {
     pub kubelet: bool,
     /// How long a Pending pod waits before the simulated kubelet starts it.
     pub pod_startup_delay: Duration,
-    /// If set, every API request must carry `Authorization: Bearer <token>`.
+    /// The admin credential (`kubernetes-admin` in `system:masters`). If set, every API
+    /// request must carry `Authorization: Bearer <token>` of the admin or of one of `users`;
+    /// if not, the server is open: requests without a known credential act as the admin.
     pub bearer_token: Option<String>,
+    /// Serve HTTPS with a certificate (for `localhost`, `127.0.0.1`, `::1`) from a throw-away
+    /// CA, which the written kubeconfigs trust. kubectl sends bearer tokens only over TLS, so
+    /// a kubectl authenticating as one of `users` needs this.
+    pub tls: bool,
+    /// More credentials, each its own identity, authorised by RBAC (e.g. the agent's service
+    /// account, [`User::service_account`]).
+    pub users: Vec<User>,
+    /// Objects created at start, after the initial population (e.g. the Roles and bindings
+    /// that give `users` their permissions).
+    pub initial_objects: Vec<serde_json::Value>,
     /// Most events kept from simulated activity.
     pub max_events: usize,
     /// Most concurrent streaming sessions (exec, attach, port-forward); more get 429.
@@ -75,6 +88,9 @@ impl Default for ApiServerConfig {
             kubelet: true,
             pod_startup_delay: Duration::from_millis(500),
             bearer_token: None,
+            tls: false,
+            users: Vec::new(),
+            initial_objects: Vec::new(),
             max_events: 200,
             max_streaming_sessions: 4096,
             streaming_idle_timeout: Duration::from_secs(4 * 3600),
@@ -104,6 +120,9 @@ pub enum Error {
         /// Cause.
         source: std::io::Error,
     },
+    /// The throw-away TLS certificate could not be made.
+    #[error("cannot make the TLS certificate of the API server: {0}")]
+    Tls(String),
     /// The initial cluster state could not be created.
     #[error("cannot create the initial cluster state: {0}")]
     Populate(#[from] StoreError),
@@ -164,12 +183,20 @@ impl ApiServer {
         std_listener.set_nonblocking(true).map_err(bind_err)?;
         let addr = std_listener.local_addr().map_err(bind_err)?;
         let listener = tokio::net::TcpListener::from_std(std_listener).map_err(bind_err)?;
+        let tls = if config.tls {
+            Some(Tls::generate()?)
+        } else {
+            None
+        };
 
         let store = Store::new(StoreConfig {
             history_size: config.history_size.max(1),
             broadcast_capacity: config.broadcast_capacity,
         });
         population::populate(&store, config.nodes, config.pods, config.seed)?;
+        for obj in &config.initial_objects {
+            store.create(obj.clone())?;
+        }
         let recorder = EventRecorder::new(store.clone(), config.max_events);
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -180,13 +207,18 @@ impl ApiServer {
             network: network.clone(),
             sessions: sessions.clone(),
             store: store.clone(),
-            bearer_token: config.bearer_token.clone(),
+            authn: Authenticator::new(config.bearer_token.as_deref(), &config.users),
             bookmark_interval: config.bookmark_interval,
             log_interval: config.log_interval,
             shutdown: shutdown_rx.clone(),
             server_address: addr.to_string(),
         });
-        handle.spawn(accept_loop(listener, ctx, shutdown_rx.clone()));
+        handle.spawn(accept_loop(
+            listener,
+            tls.as_ref().map(|t| t.acceptor.clone()),
+            ctx,
+            shutdown_rx.clone(),
+        ));
         if config.kubelet {
             handle.spawn(kubelet::run(
                 store.clone(),
@@ -214,14 +246,44 @@ impl ApiServer {
             network,
             sessions,
             bearer_token: config.bearer_token,
+            ca_pem: tls.map(|t| t.ca_pem),
             shutdown,
             own_runtime: None,
         })
     }
 }
 
+/// HTTPS: a server certificate from a throw-away CA.
+struct Tls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    ca_pem: String,
+}
+
+impl Tls {
+    fn generate() -> Result<Self, Error> {
+        let err = |e: &dyn std::fmt::Display| Error::Tls(e.to_string());
+        let pki = tunnel_tls::ThrowawayPki::generate().map_err(|e| err(&e))?;
+        let (chain, key) = pki.server.identity().map_err(|e| err(&e))?.into_parts();
+        let mut config = tunnel_tls::rustls::ServerConfig::builder_with_provider(
+            tunnel_tls::config::crypto_provider(),
+        )
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(&e))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| err(&e))?;
+        // HTTP/1.1 only: exec, attach and port-forward upgrade the connection.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            ca_pem: pki.ca_pem().to_string(),
+        })
+    }
+}
+
 async fn accept_loop(
     listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     ctx: Arc<Context>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -231,7 +293,22 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(serve_connection(stream, peer, ctx.clone(), shutdown.clone()));
+                    let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+                    match &tls {
+                        None => {
+                            tokio::spawn(serve_connection(stream, peer, ctx, shutdown));
+                        }
+                        Some(acceptor) => {
+                            let accept = acceptor.accept(stream);
+                            tokio::spawn(async move {
+                                match tokio::time::timeout(Duration::from_secs(10), accept).await {
+                                    Ok(Ok(tls)) => serve_connection(tls, peer, ctx, shutdown).await,
+                                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     // E.g. out of file descriptors: back off instead of spinning.
@@ -244,12 +321,14 @@ async fn accept_loop(
     tracing::debug!("simulated API server stopped accepting");
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     peer: SocketAddr,
     ctx: Arc<Context>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(handlers::handle(ctx, req).await) }
@@ -275,6 +354,7 @@ pub struct RunningApiServer {
     network: Arc<PodNetwork>,
     sessions: Arc<Sessions>,
     bearer_token: Option<String>,
+    ca_pem: Option<String>,
     shutdown: watch::Sender<bool>,
     own_runtime: Option<std::thread::JoinHandle<()>>,
 }
@@ -293,9 +373,20 @@ impl RunningApiServer {
         self.addr
     }
 
-    /// The base URL, `http://127.0.0.1:PORT`.
+    /// The base URL, `http://127.0.0.1:PORT` (`https://` with [`ApiServerConfig::tls`]).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The PEM certificate of the CA that issued the server's certificate (with
+    /// [`ApiServerConfig::tls`]).
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     /// The object store behind the server: changes made here are served and watched like
@@ -321,7 +412,18 @@ impl RunningApiServer {
 
     /// A kubeconfig (YAML) for this server with one context named `context`.
     pub fn kubeconfig(&self, context: &str) -> String {
-        kubeconfig::kubeconfig_yaml(&self.url(), context, self.bearer_token.as_deref())
+        kubeconfig::kubeconfig_yaml_tls(
+            &self.url(),
+            context,
+            self.bearer_token.as_deref(),
+            self.ca_pem(),
+        )
+    }
+
+    /// A kubeconfig (YAML) for this server with one context named `context` authenticating
+    /// with `token` (e.g. of one of [`ApiServerConfig::users`]).
+    pub fn kubeconfig_with_token(&self, context: &str, token: &str) -> String {
+        kubeconfig::kubeconfig_yaml_tls(&self.url(), context, Some(token), self.ca_pem())
     }
 
     /// Writes [`kubeconfig`](Self::kubeconfig) to `path`.

@@ -29,6 +29,9 @@ pub(crate) struct Write<'a> {
     pub query: &'a Query,
     /// The client's `User-Agent` (the default field manager).
     pub user_agent: &'a str,
+    /// Checks the object as it would be stored, before it is (RBAC's escalation prevention,
+    /// [`crate::escalation`]); runs under the store's lock, so it must not use the store.
+    pub admit: &'a (dyn Fn(&Value) -> Result<(), ApiError> + Sync),
 }
 
 impl Write<'_> {
@@ -112,6 +115,7 @@ pub(crate) fn create(
     }
     keep_status(r, None, &mut obj);
     normalize(r, &mut obj, true, w.nodes(r));
+    (w.admit)(&obj)?;
     let created = w.store.create_object_with(r, namespace, obj, commit)?;
     Ok(body::json(StatusCode::CREATED, &r.present(&created)))
 }
@@ -148,6 +152,7 @@ fn update_with(
             if observe_generation(r, Some(cur), &mut new) {
                 normalize(r, &mut new, false, nodes);
             }
+            (w.admit)(&new)?;
             *cur = new;
             Ok(())
         })
@@ -322,6 +327,7 @@ fn apply(
         if observe_generation(r, live, &mut out) {
             normalize(r, &mut out, live.is_none(), nodes);
         }
+        (w.admit)(&out)?;
         Ok::<Value, ApiError>(out)
     })?;
     let code = if created {

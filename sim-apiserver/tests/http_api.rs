@@ -505,3 +505,161 @@ fn shutdown_stops_serving() {
     // The listener is closed once shutdown returns for a server with its own runtime.
     assert!(TcpStream::connect(a).is_err());
 }
+
+/// Users by token, impersonation (extras too, which kubectl 1.32 cannot send), the review APIs
+/// and RBAC's 403 over bare HTTP, on an open server (no admin token: credential-less requests
+/// act as the admin).
+#[test]
+fn identities_impersonation_and_reviews() {
+    use sim_apiserver::User;
+    use sim_apiserver::rbac::{self, PolicyRule, Subject};
+    let srv = server(ApiServerConfig {
+        users: vec![
+            User::new("jane-tok", "jane", &["devs"]),
+            User::service_account("gitlab-agent", "agentk", "agent-tok"),
+        ],
+        initial_objects: vec![
+            rbac::cluster_role(
+                "impersonator",
+                &[
+                    PolicyRule::resource(&["impersonate"], &[""], &["users", "groups"]),
+                    PolicyRule::resource(
+                        &["impersonate"],
+                        &["authentication.k8s.io"],
+                        &["userextras/agent.gitlab.com/id", "uids"],
+                    ),
+                ],
+            ),
+            rbac::cluster_role_binding(
+                "agentk-impersonates",
+                "impersonator",
+                &[Subject::ServiceAccount(
+                    "gitlab-agent".into(),
+                    "agentk".into(),
+                )],
+            ),
+        ],
+        ..ApiServerConfig::default()
+    });
+    let a = srv.addr();
+    let review = br#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#;
+    let whoami = |headers: &[(&str, &str)]| {
+        request(
+            a,
+            "POST",
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            &[&[("Content-Type", "application/json")], headers].concat(),
+            review,
+        )
+    };
+    // No credential on an open server: the admin.
+    let r = whoami(&[]);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json()["status"]["userInfo"]["username"],
+        "kubernetes-admin"
+    );
+    let r = whoami(&[("Authorization", "Bearer jane-tok")]);
+    assert_eq!(
+        r.json()["status"]["userInfo"],
+        json!({"username": "jane", "groups": ["devs", "system:authenticated"]})
+    );
+    // The agent impersonates a CI job, with extras, as agentk does for kas.
+    let r = whoami(&[
+        ("Authorization", "Bearer agent-tok"),
+        ("Impersonate-User", "gitlab:ci_job:42"),
+        ("Impersonate-Group", "gitlab:ci_job"),
+        ("Impersonate-Group", "gitlab:project:7"),
+        ("Impersonate-Uid", "42"),
+        ("Impersonate-Extra-agent.gitlab.com%2Fid", "3"),
+    ]);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json()["status"]["userInfo"],
+        json!({"username": "gitlab:ci_job:42", "uid": "42",
+            "groups": ["gitlab:ci_job", "gitlab:project:7", "system:authenticated"],
+            "extra": {"agent.gitlab.com/id": ["3"]}})
+    );
+    // An extra the agent's role does not name is refused, as Kubernetes refuses it.
+    let r = whoami(&[
+        ("Authorization", "Bearer agent-tok"),
+        ("Impersonate-User", "x"),
+        ("Impersonate-Extra-scopes", "all"),
+    ]);
+    assert_status(&r, 403, "Forbidden");
+    assert_eq!(
+        r.json()["message"],
+        "userextras.authentication.k8s.io \"all\" is forbidden: User \"system:serviceaccount:gitlab-agent:agentk\" cannot impersonate resource \"userextras/scopes\" in API group \"authentication.k8s.io\" at the cluster scope"
+    );
+    // jane may not impersonate at all; groups without a user are a client error.
+    let r = whoami(&[
+        ("Authorization", "Bearer jane-tok"),
+        ("Impersonate-User", "system:admin"),
+    ]);
+    assert_status(&r, 403, "Forbidden");
+    assert_eq!(
+        r.json()["details"],
+        json!({"name": "system:admin", "group": "", "kind": "users"})
+    );
+    let r = whoami(&[("Impersonate-Group", "system:masters")]);
+    assert_status(&r, 400, "BadRequest");
+    // The impersonated CI job has no permissions of its own: 403, worded as Kubernetes does.
+    let r = request(
+        a,
+        "GET",
+        "/api/v1/namespaces/default/pods",
+        &[
+            ("Authorization", "Bearer agent-tok"),
+            ("Impersonate-User", "gitlab:ci_job:42"),
+        ],
+        b"",
+    );
+    assert_status(&r, 403, "Forbidden");
+    assert_eq!(
+        r.json()["message"],
+        "pods is forbidden: User \"gitlab:ci_job:42\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""
+    );
+    // Non-resource paths outside discovery are forbidden too; discovery is readable.
+    let r = request(
+        a,
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer jane-tok")],
+        b"",
+    );
+    assert_status(&r, 403, "Forbidden");
+    assert_eq!(
+        r.json()["message"],
+        "forbidden: User \"jane\" cannot get path \"/metrics\""
+    );
+    let r = request(
+        a,
+        "GET",
+        "/apis",
+        &[("Authorization", "Bearer jane-tok")],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    // SubjectAccessReview needs permission (jane has none); the admin may ask.
+    let sar = br#"{"apiVersion":"authorization.k8s.io/v1","kind":"SubjectAccessReview","spec":{"user":"system:serviceaccount:gitlab-agent:agentk","resourceAttributes":{"verb":"impersonate","resource":"users","name":"anyone"}}}"#;
+    let path = "/apis/authorization.k8s.io/v1/subjectaccessreviews";
+    let ct = ("Content-Type", "application/json");
+    let r = request(
+        a,
+        "POST",
+        path,
+        &[ct, ("Authorization", "Bearer jane-tok")],
+        sar,
+    );
+    assert_status(&r, 403, "Forbidden");
+    let r = request(a, "POST", path, &[ct], sar);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["status"]["allowed"], true);
+    // Reviews are never stored or listed.
+    let r = get(a, "/apis/authorization.k8s.io/v1/subjectaccessreviews");
+    assert_status(&r, 405, "MethodNotAllowed");
+    // Discovery lists the review APIs with the create verb only.
+    let d = get(a, "/apis/authentication.k8s.io/v1").json();
+    assert_eq!(d["resources"][0]["name"], "selfsubjectreviews");
+    assert_eq!(d["resources"][0]["verbs"], json!(["create"]));
+}
