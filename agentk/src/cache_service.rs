@@ -276,6 +276,7 @@ mod tests {
             path: path.into(),
             headers: vec![],
             timeout_ms: 0,
+            impersonation: None,
         }
     }
 

@@ -156,6 +156,7 @@ mod tests {
             path: path.into(),
             headers,
             timeout_ms: 0,
+            impersonation: None,
         }
     }
 

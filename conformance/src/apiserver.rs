@@ -39,6 +39,8 @@ pub enum ApiEvent {
         method: String,
         target: String,
         authorization: Option<String>,
+        /// Every `Impersonate-*` header, in order, names lower-cased.
+        impersonation: Vec<(String, String)>,
     },
     /// The client closed a `/conformance/hang` request.
     HangCancelled,
@@ -156,6 +158,13 @@ fn serve(tcp: TcpStream, events: Arc<Mutex<Vec<ApiEvent>>>, stop: Arc<AtomicBool
                 method: req.method.clone(),
                 target: req.target.clone(),
                 authorization: req.head.header("authorization").map(str::to_owned),
+                impersonation: req
+                    .head
+                    .headers
+                    .iter()
+                    .filter(|(n, _)| n.to_ascii_lowercase().starts_with("impersonate-"))
+                    .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+                    .collect(),
             },
         );
         let result = match (req.method.as_str(), req.path()) {

@@ -83,6 +83,14 @@ const AGENT_FAULTS: &[(&str, &[&str])] = &[
         "forward-tunnel-credentials",
         &["k8s-api-uses-own-credentials"],
     ),
+    (
+        "ignore-impersonation",
+        &["k8s-api-applies-kas-impersonation"],
+    ),
+    (
+        "forward-client-impersonation",
+        &["k8s-api-applies-kas-impersonation"],
+    ),
     ("serve-unknown-service", &["unknown-service-refused"]),
     ("no-credit", &["flow-control-request-body"]),
     ("goaway-on-unknown-frame", &["unknown-frame-types-ignored"]),

@@ -337,6 +337,7 @@ fn good_frame(input: &mut Input, h: &mut Harness) -> Vec<u8> {
                 path: "/x".repeat(usize::from(input.u8())),
                 headers: vec![],
                 timeout_ms: u32::from(flag),
+                impersonation: None,
             },
             end_stream,
         },

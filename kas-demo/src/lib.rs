@@ -598,6 +598,7 @@ fn set_config_projects(dir: &Path, url: &str) -> Result<(), DemoError> {
             username: None,
             header_file: None,
             ca_file: None,
+            project_id: None,
         })
         .map_err(|e| bad(e.to_string()))?;
         if let Some(map) = agent.as_mapping_mut() {

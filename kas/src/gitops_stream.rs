@@ -265,6 +265,7 @@ mod tests {
                 })
                 .collect(),
             timeout_ms: 0,
+            impersonation: None,
         }
     }
 

@@ -60,6 +60,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod access;
 pub mod agent_config;
 pub mod agent_listener;
 pub mod agent_log;

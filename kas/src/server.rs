@@ -163,11 +163,17 @@ impl Kas {
         let backend: Arc<dyn AgentAuthenticator> = Arc::new(RateLimited::new(backend, limits));
         let metrics = Arc::new(Metrics::new());
         let users = Arc::new(UsersFile::load(&config.users.file)?);
-        let gate = UserGate::new(
+        let mut gate = UserGate::new(
             users,
             RateLimitOptions::from(&config.rate_limits.user_auth_failures),
             metrics.clone(),
         );
+        if let AuthBackendConfig::Gitlab(g) = &config.agent_auth.backend {
+            // Users and CI jobs the users file does not know are GitLab's (access control).
+            let gitlab =
+                GitLabAuthenticator::from_config(g).map_err(|e| StartError::Auth(e.into()))?;
+            gate = gate.with_gitlab(Arc::new(gitlab));
+        }
         let api_tls = options
             .api_tls
             .as_ref()

@@ -49,6 +49,8 @@ pub struct KasState {
     pub gitops: Option<Arc<crate::gitops_poller::GitopsPoller>>,
     /// Which token authenticated each agent connection (revocation closes them).
     pub tokens: crate::connection_tokens::ConnectionTokens,
+    /// Counters of the access decisions (`kas_access_*`).
+    pub access_metrics: crate::access::AccessMetrics,
     shutting_down: AtomicBool,
     auth_backend_ok: AtomicBool,
     next_request: AtomicU64,
@@ -84,6 +86,7 @@ impl KasState {
             agent_config: None,
             gitops: None,
             tokens: Default::default(),
+            access_metrics: Default::default(),
             shutting_down: AtomicBool::new(false),
             auth_backend_ok: AtomicBool::new(true),
             next_request: AtomicU64::new(1),

@@ -86,6 +86,7 @@ fn a_request_right_after_goaway_goes_to_the_new_connection_without_a_reroute() {
             path: String::new(),
             headers: vec![],
             timeout_ms: 0,
+            impersonation: None,
         },
         end_stream: false,
     })

@@ -259,6 +259,7 @@ fn the_views_stream_enforces_the_protocol() {
         path: "/".into(),
         headers: vec![],
         timeout_ms: 0,
+        impersonation: None,
     };
     smol::block_on(async {
         // Wrong method: 400.

@@ -302,6 +302,7 @@ fn main() {
                     value: Bytes::from_static(b"application/json"),
                 }],
                 timeout_ms: 30_000,
+                impersonation: None,
             },
             true,
         )

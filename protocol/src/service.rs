@@ -96,6 +96,7 @@ pub fn config_request_head(have: &ConfigHead) -> crate::proto::RequestHead {
         path: "/".into(),
         headers,
         timeout_ms: 0,
+        impersonation: None,
     }
 }
 

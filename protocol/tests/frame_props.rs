@@ -65,6 +65,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                             path,
                             headers,
                             timeout_ms,
+                            impersonation: None,
                         },
                         end_stream,
                     }

@@ -104,6 +104,7 @@ fn frame(rng: &mut Rng) -> Frame {
                     value: small(rng),
                 }],
                 timeout_ms: rng.below(10_000) as u32,
+                impersonation: None,
             },
             end_stream: rng.below(2) == 0,
         },

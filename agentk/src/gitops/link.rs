@@ -68,6 +68,7 @@ pub fn head(project: &str, has: Option<&str>) -> RequestHead {
         path: "/".into(),
         headers,
         timeout_ms: 0,
+        impersonation: None,
     }
 }
 

@@ -211,6 +211,7 @@ pub fn head(service: &str, method: &str, path: &str, headers: Vec<Header>) -> Re
         path: path.into(),
         headers,
         timeout_ms: 0,
+        impersonation: None,
     }
 }
 

@@ -51,6 +51,10 @@ pub const SCENARIOS: &[(&str, Scenario)] = &[
     ("config-commit-resumed", config_commit_resumed),
     ("gitops-set-reported", gitops_set_reported),
     ("k8s-api-uses-own-credentials", k8s_api_uses_own_credentials),
+    (
+        "k8s-api-applies-kas-impersonation",
+        k8s_api_applies_kas_impersonation,
+    ),
     ("unknown-frame-types-ignored", unknown_frame_types_ignored),
     ("malformed-data-on-stream-0", |s| {
         malformed(s, "malformed-data-on-stream-0")
@@ -97,6 +101,7 @@ fn k8s(method: &str, path: &str) -> proto::RequestHead {
             value: Bytes::from_static(b"application/json"),
         }],
         timeout_ms: 0,
+        impersonation: None,
     }
 }
 
@@ -856,6 +861,75 @@ fn k8s_api_uses_own_credentials(sh: &Shared) -> Result<(), String> {
         )),
         _ => Err("the request did not reach the API server".into()),
     }
+}
+
+/// protocol/SERVICES.md §3 (identity), PROTOCOL.md §9.4 (`impersonation`): the agent sends exactly
+/// the impersonation of the request head as `Impersonate-*` headers (user, groups in order, each
+/// extra value under its escaped key), never a client's `Impersonate-*` header from the tunnel; a
+/// head without `impersonation` reaches the API server with no `Impersonate-*` header at all.
+fn k8s_api_applies_kas_impersonation(sh: &Shared) -> Result<(), String> {
+    let mut s = Session::start(sh, "k8s-api-applies-kas-impersonation")?;
+    let mut c = established(&mut s)?;
+    let hostile = |head: &mut proto::RequestHead| {
+        for (name, value) in [
+            ("Impersonate-User", "system:admin"),
+            ("impersonate-group", "system:masters"),
+            ("Impersonate-Extra-Scopes", "everything"),
+        ] {
+            head.headers.push(proto::Header {
+                name: name.into(),
+                value: Bytes::from(value),
+            });
+        }
+    };
+    let mut decided = k8s("GET", "/version?conformance=impersonation");
+    hostile(&mut decided);
+    decided.impersonation = Some(proto::Impersonation {
+        user: "gitlab:ci_job:42".into(),
+        uid: String::new(),
+        groups: vec!["gitlab:ci_job".into(), "gitlab:project:5".into()],
+        extra: vec![proto::ImpersonationExtra {
+            key: "agent.gitlab.com/ci_job_id".into(),
+            values: vec!["42".into()],
+        }],
+    });
+    let mut plain = k8s("GET", "/version?conformance=no-impersonation");
+    hostile(&mut plain);
+    let want: &[(&str, &str)] = &[
+        ("impersonate-user", "gitlab:ci_job:42"),
+        ("impersonate-group", "gitlab:ci_job"),
+        ("impersonate-group", "gitlab:project:5"),
+        ("impersonate-extra-agent.gitlab.com%2fci_job_id", "42"),
+    ];
+    for (head, want) in [(decided, want), (plain, &[][..])] {
+        let target = head.path.clone();
+        let id = c.open(head, true)?;
+        c.until_done(&[id], after(ANSWER))?;
+        let ex = c.answered(id)?;
+        if ex.status != Some(200) {
+            return Err(format!("{target}: expected 200, got {:?}", ex.status));
+        }
+        let seen = sh.api.requests_to(&target);
+        let Some(ApiEvent::Request { impersonation, .. }) = seen.last() else {
+            return Err(format!(
+                "{target}: the request did not reach the API server"
+            ));
+        };
+        let got: Vec<(String, String)> = impersonation
+            .iter()
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+            .collect();
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
+        if got != want {
+            return Err(format!(
+                "{target}: the API server saw impersonation {got:?}, expected exactly {want:?}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// §16: frames of unknown types are ignored after the handshake, on stream 0 and on idle streams,

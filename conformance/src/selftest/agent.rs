@@ -73,6 +73,10 @@ pub enum Fault {
     ForgetConfigCommit,
     /// Opens its `gitops` streams without the commit whose set it has.
     ForgetGitopsCommit,
+    /// Ignores the request head's `impersonation`: acts as itself whatever kas decided.
+    IgnoreImpersonation,
+    /// Forwards the `Impersonate-*` headers received through the tunnel.
+    ForwardClientImpersonation,
 }
 
 /// Every fault by its command-line name.
@@ -102,6 +106,11 @@ pub const FAULTS: &[(&str, Fault)] = &[
     ("frame-size-as-protocol", Fault::FrameSizeAsProtocol),
     ("forget-config-commit", Fault::ForgetConfigCommit),
     ("forget-gitops-commit", Fault::ForgetGitopsCommit),
+    ("ignore-impersonation", Fault::IgnoreImpersonation),
+    (
+        "forward-client-impersonation",
+        Fault::ForwardClientImpersonation,
+    ),
 ];
 
 /// The configuration applied last (SERVICES.md §8), kept across connections of this process.
@@ -657,9 +666,11 @@ fn start_forward(
     } else {
         format!("Bearer {}", up.token)
     };
+    let mut headers = vec![("Authorization".to_owned(), authorization)];
+    headers.extend(impersonation_headers(opts.fault, head)?);
     let (method, path) = (head.method.clone(), head.path.clone());
     std::thread::spawn(move || {
-        let result = forward(tcp, &method, &path, &authorization, &body_rx, &replies, sid);
+        let result = forward(tcp, &method, &path, &headers, &body_rx, &replies, sid);
         if let Err(e) = result {
             let _ = replies.send((sid, Reply::Failed(e)));
         }
@@ -670,11 +681,50 @@ fn start_forward(
     })
 }
 
+/// The `Impersonate-*` headers for the API server: exactly the head's `impersonation` (SERVICES.md
+/// §3), none from the tunnel's headers — unless a fault says otherwise.
+fn impersonation_headers(
+    fault: Fault,
+    head: &proto::RequestHead,
+) -> Result<Vec<(String, String)>, String> {
+    if fault == Fault::ForwardClientImpersonation {
+        return Ok(head
+            .headers
+            .iter()
+            .filter(|h| access_control::client::is_impersonation_header(&h.name))
+            .map(|h| {
+                (
+                    h.name.clone(),
+                    String::from_utf8_lossy(&h.value).into_owned(),
+                )
+            })
+            .collect());
+    }
+    let Some(imp) = head
+        .impersonation
+        .as_ref()
+        .filter(|_| fault != Fault::IgnoreImpersonation)
+    else {
+        return Ok(Vec::new());
+    };
+    let act_as = access_control::ActAs::Impersonate {
+        user: imp.user.clone(),
+        uid: (!imp.uid.is_empty()).then(|| imp.uid.clone()),
+        groups: imp.groups.clone(),
+        extra: imp
+            .extra
+            .iter()
+            .map(|e| (e.key.clone(), e.values.clone()))
+            .collect(),
+    };
+    access_control::to_impersonation_headers(&act_as).map_err(|e| e.to_string())
+}
+
 fn forward(
     mut tcp: TcpStream,
     method: &str,
     path: &str,
-    authorization: &str,
+    headers: &[(String, String)],
     body: &Receiver<Option<Bytes>>,
     replies: &Sender<(StreamId, Reply)>,
     sid: StreamId,
@@ -693,7 +743,10 @@ fn forward(
         &mut tcp,
         method,
         path,
-        &[("Authorization", authorization)],
+        &headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
         has_body.then_some(request_body.as_slice()),
     )
     .map_err(|e| format!("sending upstream: {e}"))?;

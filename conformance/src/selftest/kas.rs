@@ -203,7 +203,7 @@ enum Update {
 /// What an API request asks of a connection.
 enum Command {
     Open {
-        head: proto::RequestHead,
+        head: Box<proto::RequestHead>,
         body: Vec<u8>,
         updates: Sender<Update>,
     },
@@ -357,12 +357,13 @@ fn serve_api(opts: &KasOptions, hub: &Hub, tcp: TcpStream) -> io::Result<()> {
         },
         headers,
         timeout_ms: 0,
+        impersonation: None,
     };
     // Route: a usable connection of the agent, or wait for one until the deadline.
     let (tx, updates) = mpsc::channel();
     let deadline = Instant::now() + opts.deadline;
     let mut command = Some(Command::Open {
-        head,
+        head: Box::new(head),
         body: req.body,
         updates: tx,
     });
@@ -724,7 +725,7 @@ fn serve_agent(opts: &KasOptions, hub: &Hub, mut tcp: TcpStream) -> Result<(), S
                     head,
                     body,
                     updates,
-                } => match conn.open_stream(head, body.is_empty()) {
+                } => match conn.open_stream(*head, body.is_empty()) {
                     Ok(id) => {
                         let _ = updates.send(Update::Opened(id));
                         let mut o = Open {

@@ -14,6 +14,7 @@
 //! | `GET /api/v1/agents/{id}/cache/{kind}?namespace=&labelSelector=` | user | objects from agentk's informer cache (`cache`, [`cache`]) |
 //! | `GET /api/v1/events`, `/api/v1/agents/{id}/events` | read | Server-Sent Events: `view`, `object`, `agent` ([`events`]) |
 //! | `GET /api/v1/agents/{id}/config` | read | the agent's configuration from Git: commit, applied-at, status, errors ([`agent_config`]) |
+//! | `GET /api/v1/agents/{id}/access` | read | the agent's effective access grants (`ci_access`, `user_access`, the configuration project's implicit one) ([`access`]) |
 //! | `GET /api/v1/agents/{id}/gitops` | read | GitOps per manifest project: source commit, errors, the agent's sync report ([`gitops`]) |
 //! | `POST /api/v1/webhooks/git` | public + shared secret | GitLab push webhook (`X-Gitlab-Token`): poll the named repository now (config and manifest projects) |
 //! | `GET /`, `/ui/*` | public | the dashboard's page and assets ([`crate::dashboard`]; the data it shows comes from read routes) |
@@ -29,6 +30,7 @@
 //! the response timeout 504. Error bodies are JSON: Kubernetes `Status` objects on `/k8s-proxy`,
 //! `{code, reason, message}` elsewhere ([`response`]).
 
+pub mod access;
 pub mod agent_config;
 pub mod agents;
 pub mod cache;
@@ -107,6 +109,8 @@ pub enum ApiRoute {
     AgentConfig(u64),
     /// `/api/v1/agents/{id}/gitops`
     AgentGitops(u64),
+    /// `/api/v1/agents/{id}/access`
+    AgentAccess(u64),
     /// `/api/v1/webhooks/git`: authenticated by its own shared secret, not by a user bearer.
     GitWebhook,
     /// `/api/v1/events`
@@ -161,6 +165,7 @@ impl ApiRoute {
             | ApiRoute::View { agent_id: id, .. }
             | ApiRoute::AgentConfig(id)
             | ApiRoute::AgentGitops(id)
+            | ApiRoute::AgentAccess(id)
             | ApiRoute::AgentEvents(id) => Access::Read(ReadTarget::Agent(*id)),
             ApiRoute::ServiceProxy { agent_id, .. } | ApiRoute::Cache { agent_id, .. } => {
                 Access::User {
@@ -184,6 +189,7 @@ impl ApiRoute {
             ApiRoute::Cache { .. } => "cache",
             ApiRoute::AgentConfig(_) => "agent-config",
             ApiRoute::AgentGitops(_) => "gitops",
+            ApiRoute::AgentAccess(_) => "access",
             ApiRoute::GitWebhook => "webhook",
             ApiRoute::Events | ApiRoute::AgentEvents(_) => "events",
             ApiRoute::Dashboard => "dashboard",
@@ -288,6 +294,7 @@ pub fn classify(path: &str) -> ApiRoute {
             "events" => return ApiRoute::AgentEvents(agent_id),
             "config" => return ApiRoute::AgentConfig(agent_id),
             "gitops" => return ApiRoute::AgentGitops(agent_id),
+            "access" => return ApiRoute::AgentAccess(agent_id),
             _ => {}
         }
         if let Some(name) = after.strip_prefix("views/")
@@ -325,6 +332,7 @@ pub async fn handle(
         route = label,
         agent_id = tracing::field::Empty,
         user = tracing::field::Empty,
+        acted_as = tracing::field::Empty,
         connection_id = tracing::field::Empty,
         stream = tracing::field::Empty,
     );
@@ -355,7 +363,7 @@ impl From<crate::users::GateError> for ApiError {
         let error = ApiError::new(status, e.to_string());
         match e {
             crate::users::GateError::RateLimited { retry_after } => error.retry_after(retry_after),
-            crate::users::GateError::Denied(_) => error,
+            crate::users::GateError::Denied(_) | crate::users::GateError::Backend(_) => error,
         }
     }
 }
@@ -399,7 +407,17 @@ async fn dispatch(
     route: ApiRoute,
     span: &tracing::Span,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let grant = authorize(state, &route, authorization(&req), peer)?;
+    let grant = if state.users.asks_gitlab() && matches!(route.access(), Access::User { .. }) {
+        // The gate may ask GitLab (blocking HTTP): off the executor.
+        let (st, r, auth) = (
+            state.clone(),
+            route.clone(),
+            authorization(&req).map(<[u8]>::to_vec),
+        );
+        smol::unblock(move || authorize(&st, &r, auth.as_deref(), peer)).await?
+    } else {
+        authorize(state, &route, authorization(&req), peer)?
+    };
     match (&grant, &route) {
         (Grant::User(user), _) => {
             span.record("agent_id", user.agent_id);
@@ -433,6 +451,7 @@ async fn dispatch(
             if let Some(poller) = &state.gitops {
                 text.push_str(&poller.render_metrics());
             }
+            text.push_str(&state.access_metrics.render());
             Ok(response::with_body(
                 StatusCode::OK,
                 crate::metrics::CONTENT_TYPE,
@@ -483,6 +502,10 @@ async fn dispatch(
         (ApiRoute::AgentGitops(agent_id), Grant::Read(_)) => {
             only_get(&req)?;
             gitops::get(state, agent_id)
+        }
+        (ApiRoute::AgentAccess(agent_id), Grant::Read(_)) => {
+            only_get(&req)?;
+            access::get(state, agent_id)
         }
         (ApiRoute::GitWebhook, Grant::Public) => agent_config::webhook(state, req).await,
         (ApiRoute::Events, Grant::Read(read)) => {

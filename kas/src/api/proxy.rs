@@ -2,7 +2,8 @@
 //! `/api/v1/agents/{id}/proxy/...` (service `service-proxy`).
 //!
 //! 1. the user was authorised by the route's access ([`super::authorize`]: 401/403, 429 when rate
-//!    limited); check the agent exists (404);
+//!    limited), and the request by the agent's access grants ([`crate::access::authorise`]: 403; the
+//!    identity it decides goes in the head's `impersonation`); check the agent exists (404);
 //! 2. route: a connection of the agent now, or wait for one until the routing deadline (503);
 //! 3. open a stream with the request head (method, path and query, headers filtered by the one
 //!    forwarding rule, [`protocol::service::HeaderRule`]: no credentials, impersonation, identity
@@ -76,6 +77,7 @@ fn request_head(req: &Request<Incoming>, target: &Target) -> RequestHead {
         path: target.path.clone(),
         headers,
         timeout_ms: 0,
+        impersonation: None,
     }
 }
 
@@ -228,7 +230,11 @@ pub async fn proxy(
     let agent_id = user.agent_id;
 
     let method = req.method().clone();
-    let head = request_head(&req, &target);
+    // Access control: who asked and as whom the request acts (403 when no grant covers it).
+    let decided =
+        crate::access::authorise(state, &user, req.headers(), target.service, span).await?;
+    let mut head = request_head(&req, &target);
+    head.impersonation = decided.impersonation();
     let has_body = !req.body().is_end_stream();
     let mut body = Some(req.into_body());
     let deadline = arrived + state.routing.pending_request_deadline;

@@ -15,6 +15,7 @@
 //!       token_file: config.token    # optional: basic auth (username `oauth2` unless given)
 //!       # header_file: auth-header  # or: a whole `Authorization` header value, re-read per fetch
 //!       # ca_file: ca.pem           # optional: CA certificates for https
+//!       # project_id: 7             # optional: GitLab's id of the project (access control)
 //! ```
 //!
 //! Authentication hashes the presented token and compares the digest with every token of every entry
@@ -123,6 +124,10 @@ pub struct ConfigProject {
     /// CA certificates (PEM) trusted for `https` instead of the built-in roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// GitLab's numeric id of the project (its path comes from `url`): names it in identities
+    /// (`agent.gitlab.com/config_project_id`) and lets its own CI jobs use the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

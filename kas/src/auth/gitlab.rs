@@ -36,6 +36,10 @@ use crate::config::GitLabConfig;
 
 /// Path of the agent info endpoint, appended to GitLab's base URL.
 pub const AGENT_INFO_PATH: &str = "/api/v4/internal/kubernetes/agent_info";
+/// Who a user of the Kubernetes API proxy is (POST, JWT-signed): [`GitLabAuthenticator::proxy_user`].
+pub const AUTHORIZE_PROXY_USER_PATH: &str = "/api/v4/internal/kubernetes/authorize_proxy_user";
+/// The CI job a job token belongs to (`JOB-TOKEN` header): [`GitLabAuthenticator::ci_job`].
+pub const JOB_PATH: &str = "/api/v4/job";
 /// Length of the decoded shared secret.
 pub const SECRET_LEN: usize = 32;
 /// Largest response body read from GitLab.
@@ -242,6 +246,7 @@ enum Answer {
 
 /// Authenticates agents by asking GitLab, with caching.
 pub struct GitLabAuthenticator {
+    base: String,
     endpoint: String,
     secret: Arc<[u8]>,
     agent: ureq::Agent,
@@ -294,6 +299,7 @@ impl GitLabAuthenticator {
             .tls_config(tls.build())
             .build();
         Ok(Self {
+            base: url.as_str().trim_end_matches('/').to_owned(),
             endpoint,
             secret: options.secret.into(),
             agent: ureq::Agent::new_with_config(config),
@@ -435,8 +441,282 @@ impl GitLabAuthenticator {
         result
     }
 
+    /// Asks GitLab who the holder of a user credential is, for agent `agent_id`
+    /// (`POST /api/v4/internal/kubernetes/authorize_proxy_user` with `agent_id`, `access_type`,
+    /// `access_key`, `csrf_token`, JWT-signed as `agent_info`): the user and their roles in the
+    /// projects and groups GitLab names ([`ProxyUserAnswer`]). kas then decides with the agent's
+    /// `user_access` itself. 401/404: not a valid credential; 403: GitLab refuses access.
+    pub fn proxy_user(
+        &self,
+        agent_id: u64,
+        access_type: access_control::AccessType,
+        access_key: &str,
+        csrf_token: Option<&str>,
+    ) -> Result<access_control::User, AuthError> {
+        precheck_token(access_key)?;
+        let body = serde_json::json!({
+            "agent_id": agent_id,
+            "access_type": access_type.as_str(),
+            "access_key": access_key,
+            "csrf_token": csrf_token.unwrap_or_default(),
+        });
+        let signed = jwt::kas_request_token(&self.secret, SystemTime::now())
+            .map_err(BackendError::Signing)?;
+        let url = format!("{}{AUTHORIZE_PROXY_USER_PATH}", self.base);
+        let response = self
+            .agent
+            .post(&url)
+            .header(jwt::REQUEST_HEADER, signed)
+            .header("Accept", "application/json")
+            .send_json(&body);
+        let answer: ProxyUserAnswer = self.json_answer(&url, response)?;
+        Ok(answer.into_user(access_type))
+    }
+
+    /// Asks GitLab which CI job a job token belongs to (`GET /api/v4/job` with `JOB-TOKEN`): the job,
+    /// its pipeline, project, ancestor groups, environment and whether its ref is protected
+    /// ([`JobAnswer`]). 401/404: not a valid (or a finished) job's token.
+    pub fn ci_job(&self, job_token: &str) -> Result<access_control::CiJob, AuthError> {
+        precheck_token(job_token)?;
+        if !job_token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(AuthError::Unauthenticated);
+        }
+        let url = format!("{}{JOB_PATH}", self.base);
+        let response = self
+            .agent
+            .get(&url)
+            .header("JOB-TOKEN", job_token)
+            .header("Accept", "application/json")
+            .call();
+        let answer: JobAnswer = self.json_answer(&url, response)?;
+        Ok(answer.into_job())
+    }
+
+    /// GitLab's JSON answer, or the error its status means (as for `agent_info`).
+    fn json_answer<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<T, AuthError> {
+        let mut response = response.map_err(|e| {
+            let err = BackendError::Transport {
+                url: url.to_owned(),
+                source: Box::new(e),
+            };
+            tracing::warn!(error = %err, "GitLab request failed");
+            AuthError::from(err)
+        })?;
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE_BYTES)
+            .lossy_utf8(true)
+            .read_to_string()
+            .unwrap_or_default();
+        match status {
+            200 => serde_json::from_str::<T>(&body).map_err(|e| {
+                AuthError::from(BackendError::InvalidResponse {
+                    url: url.to_owned(),
+                    reason: format!("JSON: {e}"),
+                })
+            }),
+            401 if gitlab_message(&body).contains("KAS JWT") => {
+                Err(AuthError::from(BackendError::JwtRejected {
+                    url: url.to_owned(),
+                    message: gitlab_message(&body),
+                }))
+            }
+            401 | 404 => Err(AuthError::Unauthenticated),
+            403 => Err(AuthError::PermissionDenied),
+            _ => Err(AuthError::from(BackendError::Status {
+                url: url.to_owned(),
+                status,
+                message: gitlab_message(&body),
+            })),
+        }
+    }
+
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, TtlCache<Answer>> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A project or group in GitLab's answers: id, full path (`full_path` or `path_with_namespace`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct GitLabRef {
+    /// The numeric id.
+    pub id: u64,
+    /// The full path.
+    #[serde(default, alias = "path_with_namespace")]
+    pub full_path: String,
+}
+
+impl GitLabRef {
+    fn to_ref(&self) -> access_control::GitlabRef {
+        access_control::GitlabRef::new(self.id, self.full_path.clone())
+    }
+}
+
+/// A project or group with the user's roles there.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct GitLabMembership {
+    /// The project or group.
+    #[serde(flatten)]
+    pub of: GitLabRef,
+    /// GitLab's role names (`developer`, `maintainer`, …); the highest known one counts.
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+/// The answer of `authorize_proxy_user`:
+/// `{"agent": {"id", "config_project": {"id"}}, "user": {"id", "username"},
+///   "access_as": {"user": {"projects": [{"id", "full_path", "roles"}], "groups": [...]}}}`
+/// (`access_as` may also be `{"agent": {}}` with no memberships).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ProxyUserAnswer {
+    /// The user.
+    pub user: GitLabUser,
+    /// The user's memberships GitLab reports.
+    #[serde(default)]
+    pub access_as: ProxyAccessAs,
+}
+
+/// `user` of [`ProxyUserAnswer`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct GitLabUser {
+    /// The user id.
+    pub id: u64,
+    /// The username.
+    pub username: String,
+}
+
+/// `access_as` of [`ProxyUserAnswer`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+pub struct ProxyAccessAs {
+    /// Present for `access_as: user`.
+    #[serde(default)]
+    pub user: Option<ProxyMemberships>,
+}
+
+/// The projects and groups with the user's roles.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+pub struct ProxyMemberships {
+    /// Projects.
+    #[serde(default)]
+    pub projects: Vec<GitLabMembership>,
+    /// Groups.
+    #[serde(default)]
+    pub groups: Vec<GitLabMembership>,
+}
+
+fn memberships(list: &[GitLabMembership]) -> Vec<access_control::Membership> {
+    list.iter()
+        .filter_map(|m| {
+            let role = m
+                .roles
+                .iter()
+                .filter_map(|r| {
+                    access_control::Role::ALL
+                        .into_iter()
+                        .find(|k| k.as_str().eq_ignore_ascii_case(r))
+                })
+                .max()?;
+            Some(access_control::Membership {
+                of: m.of.to_ref(),
+                role,
+            })
+        })
+        .collect()
+}
+
+impl ProxyUserAnswer {
+    fn into_user(self, access_type: access_control::AccessType) -> access_control::User {
+        let m = self.access_as.user.unwrap_or_default();
+        access_control::User {
+            user_id: self.user.id,
+            username: self.user.username,
+            access_type,
+            project_roles: memberships(&m.projects),
+            group_roles: memberships(&m.groups),
+        }
+    }
+}
+
+/// The answer of `GET /api/v4/job`:
+/// `{"id", "ref_protected", "pipeline": {"id"}, "user": {"username"},
+///   "project": {"id", "path_with_namespace", "groups": [{"id", "full_path"}, ...closest first]},
+///   "environment": {"name", "slug", "tier"} | null}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct JobAnswer {
+    /// The job id.
+    pub id: u64,
+    /// Whether the job's ref is protected.
+    #[serde(default)]
+    pub ref_protected: bool,
+    /// The pipeline.
+    pub pipeline: JobPipeline,
+    /// The user the job runs for.
+    pub user: JobUser,
+    /// The project.
+    pub project: JobProject,
+    /// The environment it deploys to.
+    #[serde(default)]
+    pub environment: Option<JobEnvironment>,
+}
+
+/// `pipeline` of [`JobAnswer`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct JobPipeline {
+    /// The pipeline id.
+    pub id: u64,
+}
+
+/// `user` of [`JobAnswer`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct JobUser {
+    /// The username.
+    pub username: String,
+}
+
+/// `project` of [`JobAnswer`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct JobProject {
+    /// The project.
+    #[serde(flatten)]
+    pub project: GitLabRef,
+    /// Its ancestor groups, closest first.
+    #[serde(default)]
+    pub groups: Vec<GitLabRef>,
+}
+
+/// `environment` of [`JobAnswer`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct JobEnvironment {
+    /// The name.
+    pub name: String,
+    /// The slug.
+    pub slug: String,
+    /// The tier.
+    #[serde(default)]
+    pub tier: Option<String>,
+}
+
+impl JobAnswer {
+    fn into_job(self) -> access_control::CiJob {
+        access_control::CiJob {
+            job_id: self.id,
+            pipeline_id: self.pipeline.id,
+            username: self.user.username,
+            project: self.project.project.to_ref(),
+            ancestor_groups: self.project.groups.iter().map(GitLabRef::to_ref).collect(),
+            environment: self.environment.map(|e| access_control::Environment {
+                name: e.name,
+                slug: e.slug,
+                tier: e.tier.unwrap_or_else(|| "other".to_owned()),
+            }),
+            ref_protected: self.ref_protected,
+        }
     }
 }
 

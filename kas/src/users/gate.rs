@@ -31,6 +31,9 @@ pub enum GateError {
     /// Not authenticated (401) or not allowed to reach the agent (403).
     #[error(transparent)]
     Denied(#[from] UserAuthError),
+    /// GitLab could not answer who the credential belongs to (503; never the client's fault).
+    #[error("GitLab could not authorise the request: {0}")]
+    Backend(String),
 }
 
 impl GateError {
@@ -39,6 +42,7 @@ impl GateError {
         match self {
             GateError::RateLimited { .. } => 429,
             GateError::Denied(e) => e.http_status(),
+            GateError::Backend(_) => 503,
         }
     }
 }
@@ -47,6 +51,8 @@ impl GateError {
 #[derive(Debug)]
 pub struct UserGate {
     users: Arc<UsersFile>,
+    /// Asked about credentials the users file does not know (`authorize_proxy_user`, `/api/v4/job`).
+    gitlab: Option<Arc<crate::auth::GitLabAuthenticator>>,
     limiter: Mutex<RateLimiter>,
     metrics: Arc<Metrics>,
 }
@@ -56,9 +62,79 @@ impl UserGate {
     pub fn new(users: Arc<UsersFile>, limits: RateLimitOptions, metrics: Arc<Metrics>) -> Self {
         UserGate {
             users,
+            gitlab: None,
             limiter: Mutex::new(RateLimiter::new(limits)),
             metrics,
         }
+    }
+
+    /// Also asks GitLab about credentials the users file does not know: CI job tokens (`ci`) through
+    /// `/api/v4/job`, personal access tokens and sessions through `authorize_proxy_user`. Such
+    /// requesters are GitLab ones ([`super::Principal::Gitlab`]): the agent's configuration decides.
+    /// GitLab's answers block: callers run [`UserGate::authorize`] on a blocking pool when
+    /// [`UserGate::asks_gitlab`].
+    pub fn with_gitlab(mut self, gitlab: Arc<crate::auth::GitLabAuthenticator>) -> Self {
+        self.gitlab = Some(gitlab);
+        self
+    }
+
+    /// Whether [`UserGate::authorize`] may ask GitLab (and so block).
+    pub fn asks_gitlab(&self) -> bool {
+        self.gitlab.is_some()
+    }
+
+    /// Who GitLab says the credential's holder is; `Ok(None)` when GitLab is not asked.
+    fn ask_gitlab(
+        &self,
+        kind: super::TokenKind,
+        agent_id: u64,
+        token: &str,
+    ) -> Result<Option<UserIdentity>, GateError> {
+        use crate::auth::AuthError;
+        let Some(gitlab) = &self.gitlab else {
+            return Ok(None);
+        };
+        let requester = match kind {
+            super::TokenKind::Ci => gitlab.ci_job(token).map(access_control::Requester::CiJob),
+            super::TokenKind::Pat | super::TokenKind::Session => {
+                let access_type = if kind == super::TokenKind::Session {
+                    access_control::AccessType::SessionCookie
+                } else {
+                    access_control::AccessType::PersonalAccessToken
+                };
+                gitlab
+                    .proxy_user(agent_id, access_type, token, None)
+                    .map(access_control::Requester::User)
+            }
+        };
+        let requester = match requester {
+            Ok(r) => r,
+            Err(AuthError::Unauthenticated) => {
+                return Err(UserAuthError::Unauthenticated.into());
+            }
+            Err(AuthError::PermissionDenied) => {
+                return Err(UserAuthError::Forbidden {
+                    user: "(GitLab user)".into(),
+                    agent_id,
+                }
+                .into());
+            }
+            Err(AuthError::Backend(e)) => return Err(GateError::Backend(e.to_string())),
+            // Agent authentication's own limiter; GitLab's answers are never rate limited here.
+            Err(e @ AuthError::RateLimited { .. }) => {
+                return Err(GateError::Backend(e.to_string()));
+            }
+        };
+        let name = match &requester {
+            access_control::Requester::CiJob(j) => format!("ci_job:{}", j.job_id),
+            access_control::Requester::User(u) => u.username.clone(),
+        };
+        Ok(Some(UserIdentity {
+            name,
+            kind,
+            agent_id,
+            principal: super::Principal::Gitlab(requester),
+        }))
     }
 
     /// The users file (for reloading).
@@ -102,6 +178,28 @@ impl UserGate {
                 self.users
                     .authorize(kind, agent_id.unwrap_or(bearer_agent), token)
             });
+        // A credential the users file does not know may be GitLab's.
+        let result = match (result, self.gitlab.is_some()) {
+            (Err(UserAuthError::Unauthenticated), true) => {
+                let parsed = header.as_deref().ok().and_then(|h| parse_bearer(h).ok());
+                match parsed {
+                    Some((kind, bearer_agent, token)) => {
+                        match self.ask_gitlab(kind, agent_id.unwrap_or(bearer_agent), token) {
+                            Ok(Some(user)) => Ok(user),
+                            Ok(None) => Err(UserAuthError::Unauthenticated),
+                            Err(GateError::Denied(e)) => Err(e),
+                            Err(e) => {
+                                self.metrics.user_auth_failure("backend");
+                                tracing::warn!(%source, error = %e, "GitLab could not authorise an HTTP API request");
+                                return Err(e);
+                            }
+                        }
+                    }
+                    None => Err(UserAuthError::Unauthenticated),
+                }
+            }
+            (result, _) => result,
+        };
         match result {
             Ok(user) => Ok(user),
             Err(e) => {

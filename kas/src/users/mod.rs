@@ -16,6 +16,34 @@
 //!     agents: [1, 2]        # or "*" for every agent
 //!     kinds: [pat]          # optional: token kinds accepted (default: any)
 //! ```
+//!
+//! `agents` makes the user a kas *operator* of those agents: requests act as the agent, whatever the
+//! agent's configuration says. For deployments without GitLab the file can also say who a token is in
+//! GitLab's terms; such requests are decided by the agent's configuration (`ci_access`,
+//! `user_access`, [`crate::access`]) and act as the identity it grants:
+//!
+//! ```yaml
+//! users:
+//!   - name: dev                       # a person: user_access decides (pat and session tokens)
+//!     token_sha256: …
+//!     user_id: 12                     # optional (default 0); username: the name unless given
+//!     projects: [{id: 5, path: group/app, role: developer}]
+//!     groups: [{id: 3, path: group, role: maintainer}]
+//!   - name: deploy-job                # a CI job token: ci_access decides (ci tokens)
+//!     token_sha256: …
+//!     kinds: [ci]
+//!     ci_job:
+//!       id: 42
+//!       pipeline_id: 9
+//!       user: dev                     # the user the job runs for
+//!       project: {id: 5, path: group/app}
+//!       groups: [{id: 3, path: group}]          # ancestor groups, closest first
+//!       environment: {name: production, slug: production, tier: production}   # optional
+//!       protected: true               # the job's ref is protected (default false)
+//! ```
+//!
+//! A request of a listed operator acts as the agent; otherwise a `ci` token with `ci_job` is that CI
+//! job, any other token of a user with `projects` or `groups` is that user; anything else is 403.
 
 pub mod gate;
 
@@ -143,6 +171,17 @@ impl<'de> Deserialize<'de> for AllowedAgents {
     }
 }
 
+/// Who a request comes from, as kas authenticated it: what the authoriser ([`crate::access`])
+/// decides with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A kas operator of the agent (the users file's `agents`): acts as the agent, needing no grant
+    /// of the agent's configuration.
+    Operator,
+    /// A GitLab user or CI job: the agent's configuration (`ci_access`, `user_access`) decides.
+    Gitlab(access_control::Requester),
+}
+
 /// A user authorised for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserIdentity {
@@ -152,6 +191,8 @@ pub struct UserIdentity {
     pub kind: TokenKind,
     /// The agent the request is for (allowed).
     pub agent_id: u64,
+    /// Who they are, for the authoriser.
+    pub principal: Principal,
 }
 
 /// A user authenticated by token, with the agents they may reach.
@@ -256,9 +297,63 @@ struct UsersDoc {
 struct UserRecord {
     name: String,
     token_sha256: String,
-    agents: AllowedAgents,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    agents: Option<AllowedAgents>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     kinds: Option<BTreeSet<TokenKind>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    username: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    projects: Vec<MembershipRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    groups: Vec<MembershipRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ci_job: Option<CiJobRecord>,
+}
+
+/// A project or group: numeric id and full path.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefRecord {
+    id: u64,
+    path: String,
+}
+
+/// The user's role in a project or group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembershipRecord {
+    id: u64,
+    path: String,
+    role: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvironmentRecord {
+    name: String,
+    #[serde(default)]
+    slug: Option<String>,
+    #[serde(default)]
+    tier: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CiJobRecord {
+    id: u64,
+    #[serde(default)]
+    pipeline_id: u64,
+    user: String,
+    project: RefRecord,
+    #[serde(default)]
+    groups: Vec<RefRecord>,
+    #[serde(default)]
+    environment: Option<EnvironmentRecord>,
+    #[serde(default)]
+    protected: bool,
 }
 
 struct UserEntry {
@@ -266,6 +361,67 @@ struct UserEntry {
     digest: TokenDigest,
     agents: AllowedAgents,
     kinds: Option<BTreeSet<TokenKind>>,
+    /// The GitLab user (with project and group roles), when `projects` or `groups` are given.
+    gitlab_user: Option<access_control::User>,
+    /// The CI job a `ci` token is.
+    ci_job: Option<access_control::CiJob>,
+}
+
+fn role_named(name: &str) -> Option<access_control::Role> {
+    access_control::Role::ALL
+        .into_iter()
+        .find(|r| r.as_str() == name)
+}
+
+fn gitlab_ref(r: RefRecord) -> access_control::GitlabRef {
+    access_control::GitlabRef::new(r.id, r.path)
+}
+
+/// The GitLab identities of a record, or what is wrong with them.
+fn gitlab_parts(
+    r: &UserRecord,
+) -> Result<(Option<access_control::User>, Option<access_control::CiJob>), String> {
+    let memberships = |list: &[MembershipRecord]| {
+        list.iter()
+            .map(|m| {
+                let role = role_named(&m.role).ok_or_else(|| {
+                    format!(
+                        "unknown role {:?} (guest, reporter, developer, maintainer, owner)",
+                        m.role
+                    )
+                })?;
+                Ok(access_control::Membership {
+                    of: access_control::GitlabRef::new(m.id, m.path.clone()),
+                    role,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()
+    };
+    let user = if r.projects.is_empty() && r.groups.is_empty() {
+        None
+    } else {
+        Some(access_control::User {
+            user_id: r.user_id.unwrap_or(0),
+            username: r.username.clone().unwrap_or_else(|| r.name.clone()),
+            access_type: access_control::AccessType::PersonalAccessToken,
+            project_roles: memberships(&r.projects)?,
+            group_roles: memberships(&r.groups)?,
+        })
+    };
+    let job = r.ci_job.clone().map(|j| access_control::CiJob {
+        job_id: j.id,
+        pipeline_id: j.pipeline_id,
+        username: j.user,
+        project: gitlab_ref(j.project),
+        ancestor_groups: j.groups.into_iter().map(gitlab_ref).collect(),
+        environment: j.environment.map(|e| access_control::Environment {
+            slug: e.slug.unwrap_or_else(|| e.name.clone()),
+            tier: e.tier.unwrap_or_else(|| "other".to_owned()),
+            name: e.name,
+        }),
+        ref_protected: j.protected,
+    });
+    Ok((user, job))
 }
 
 /// Problems with a users file.
@@ -309,6 +465,16 @@ pub enum UsersFileError {
         name: String,
         /// What is wrong.
         source: DigestParseError,
+    },
+    /// A user's GitLab identity (`projects`, `groups`, `ci_job`) is invalid.
+    #[error("users file {}: user {name:?}: {reason}", path.display())]
+    BadIdentity {
+        /// The file.
+        path: PathBuf,
+        /// The user.
+        name: String,
+        /// What is wrong.
+        reason: String,
     },
     /// A user name is not 1-64 characters of `A-Z a-z 0-9 . _ -` (not starting with `.`).
     #[error("users file {}: invalid user name {name:?}", path.display())]
@@ -488,18 +654,43 @@ impl UsersFile {
         token: &str,
     ) -> Result<UserIdentity, UserAuthError> {
         let grant = self.authenticate(kind, token)?;
-        if !grant.agents.allows(agent_id) {
+        let principal = if grant.agents.allows(agent_id) {
+            Some(Principal::Operator)
+        } else {
+            self.gitlab_principal(&grant.name, kind)
+        };
+        let Some(principal) = principal else {
             tracing::debug!(user = %grant.name, agent_id, "user may not access agent");
             return Err(UserAuthError::Forbidden {
                 user: grant.name,
                 agent_id,
             });
-        }
+        };
         Ok(UserIdentity {
             name: grant.name,
             kind,
             agent_id,
+            principal,
         })
+    }
+
+    /// The GitLab identity of user `name` presenting a token of `kind`: the CI job for a `ci` token,
+    /// the user (with the access type of `kind`) for the others.
+    fn gitlab_principal(&self, name: &str, kind: TokenKind) -> Option<Principal> {
+        let state = self.read_state();
+        let entry = state.entries.iter().find(|e| e.name == name)?;
+        let requester = match kind {
+            TokenKind::Ci => access_control::Requester::CiJob(entry.ci_job.clone()?),
+            TokenKind::Pat | TokenKind::Session => {
+                let mut user = entry.gitlab_user.clone()?;
+                user.access_type = match kind {
+                    TokenKind::Session => access_control::AccessType::SessionCookie,
+                    _ => access_control::AccessType::PersonalAccessToken,
+                };
+                access_control::Requester::User(user)
+            }
+        };
+        Some(Principal::Gitlab(requester))
     }
 
     /// [`parse_bearer`] then [`UsersFile::authorize`].
@@ -550,8 +741,13 @@ impl UsersFile {
             records.push(UserRecord {
                 name: spec.name.clone(),
                 token_sha256: TokenDigest::of(&token).to_hex(),
-                agents: spec.agents.clone(),
+                agents: Some(spec.agents.clone()),
                 kinds: spec.kinds.clone(),
+                user_id: None,
+                username: None,
+                projects: Vec::new(),
+                groups: Vec::new(),
+                ci_job: None,
             });
             users.push(GeneratedUser {
                 name: spec.name.clone(),
@@ -650,11 +846,24 @@ fn parse(text: &str, origin: &Path) -> Result<Vec<UserEntry>, UsersFileError> {
                 second: r.name,
             });
         }
+        let bad_identity = |reason: String| UsersFileError::BadIdentity {
+            path: origin.to_owned(),
+            name: r.name.clone(),
+            reason,
+        };
+        let (gitlab_user, ci_job) = gitlab_parts(&r).map_err(bad_identity)?;
+        if r.agents.is_none() && gitlab_user.is_none() && ci_job.is_none() {
+            return Err(bad_identity(
+                "gives neither agents nor a GitLab identity (projects, groups, ci_job)".into(),
+            ));
+        }
         entries.push(UserEntry {
             name: r.name,
             digest,
-            agents: r.agents,
+            agents: r.agents.unwrap_or(AllowedAgents::Only(BTreeSet::new())),
             kinds: r.kinds,
+            gitlab_user,
+            ci_job,
         });
     }
     Ok(entries)
@@ -777,6 +986,65 @@ mod tests {
     }
 
     #[test]
+    fn gitlab_identities_come_from_the_file() -> TestResult {
+        let yaml = format!(
+            "users:\n\
+             - name: dev\n  token_sha256: {}\n  user_id: 12\n  \
+               projects: [{{id: 5, path: group/app, role: developer}}]\n  \
+               groups: [{{id: 3, path: group, role: maintainer}}]\n\
+             - name: job\n  token_sha256: {}\n  kinds: [ci]\n  ci_job:\n    id: 42\n    \
+               pipeline_id: 9\n    user: dev\n    project: {{id: 5, path: group/app}}\n    \
+               groups: [{{id: 3, path: group}}]\n    environment: {{name: review/x}}\n\
+             - name: op\n  token_sha256: {}\n  agents: [1]\n  projects: [{{id: 5, path: g/a, role: guest}}]\n",
+            TokenDigest::of("dev-token").to_hex(),
+            TokenDigest::of("job-token").to_hex(),
+            TokenDigest::of("op-token").to_hex(),
+        );
+        let users = UsersFile::from_yaml_str(&yaml, Path::new("users.yaml"))?;
+        let dev = users.authorize(TokenKind::Session, 4, "dev-token")?;
+        let Principal::Gitlab(access_control::Requester::User(u)) = dev.principal else {
+            panic!("dev is a GitLab user: {dev:?}");
+        };
+        assert_eq!((u.user_id, u.username.as_str()), (12, "dev"));
+        assert_eq!(u.access_type, access_control::AccessType::SessionCookie);
+        assert_eq!(u.project_roles[0].role, access_control::Role::Developer);
+        assert_eq!(u.group_roles[0].of.path, "group");
+        // A user token is not a CI job token.
+        assert!(matches!(
+            users.authorize(TokenKind::Ci, 4, "dev-token"),
+            Err(UserAuthError::Forbidden { .. })
+        ));
+        let job = users.authorize(TokenKind::Ci, 4, "job-token")?;
+        let Principal::Gitlab(access_control::Requester::CiJob(j)) = job.principal else {
+            panic!("a CI job: {job:?}");
+        };
+        assert_eq!((j.job_id, j.project.id, j.ref_protected), (42, 5, false));
+        let env = j.environment.expect("environment");
+        assert_eq!(
+            (env.slug.as_str(), env.tier.as_str()),
+            ("review/x", "other")
+        );
+        // An operator of agent 1 acts as the agent there, and as a GitLab user elsewhere.
+        assert_eq!(
+            users.authorize(TokenKind::Pat, 1, "op-token")?.principal,
+            Principal::Operator
+        );
+        assert!(matches!(
+            users.authorize(TokenKind::Pat, 2, "op-token")?.principal,
+            Principal::Gitlab(_)
+        ));
+        let bad = format!(
+            "users:\n- name: x\n  token_sha256: {}\n  projects: [{{id: 1, path: a, role: admin}}]\n",
+            TokenDigest::of("x").to_hex()
+        );
+        assert!(matches!(
+            UsersFile::from_yaml_str(&bad, Path::new("u.yaml")),
+            Err(UsersFileError::BadIdentity { .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
     fn lookup_compares_every_entry_in_constant_time() -> TestResult {
         let users = UsersFile::from_yaml_str(&users_yaml(), Path::new("users.yaml"))?;
         for token in ["alice-token", "nobody"] {
@@ -802,7 +1070,7 @@ mod tests {
             ),
             (
                 format!("users:\n  - {{name: a, token_sha256: {d}}}\n"),
-                "yaml",
+                "identity",
             ),
             (
                 format!(
@@ -840,6 +1108,7 @@ mod tests {
                 (Err(UsersFileError::DuplicateToken { .. }), "dup-token") => true,
                 (Err(UsersFileError::BadDigest { .. }), "digest") => true,
                 (Err(UsersFileError::InvalidName { .. }), "name") => true,
+                (Err(UsersFileError::BadIdentity { .. }), "identity") => true,
                 _ => false,
             };
             assert!(ok, "{kind}: {text:?} gave {r:?}");

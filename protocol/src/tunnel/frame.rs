@@ -640,6 +640,7 @@ mod tests {
                     value: Bytes::from_static(b"*/*"),
                 }],
                 timeout_ms: 5,
+                impersonation: None,
             },
             end_stream: false,
         });

@@ -612,6 +612,7 @@ impl World {
             path: kind.map_or_else(String::new, |k| k.path.clone()),
             headers,
             timeout_ms: u32::try_from(r.deadline.since(self.now).as_millis()).unwrap_or(u32::MAX),
+            impersonation: None,
         };
         // What the response body must be, for kinds answered with a patterned body.
         let response_expected = kind

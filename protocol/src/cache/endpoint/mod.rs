@@ -42,6 +42,7 @@ pub fn views_request_head() -> RequestHead {
         path: "/".into(),
         headers: Vec::new(),
         timeout_ms: 0,
+        impersonation: None,
     }
 }
 
