@@ -46,6 +46,9 @@ pub enum StartError {
     /// The configuration is invalid (missing files, bad values).
     #[error(transparent)]
     Invalid(#[from] ValidationErrors),
+    /// The replicas part (private API, shared secret, Redis URL) could not be set up.
+    #[error("replicas: {0}")]
+    Replicas(#[from] crate::peer::SetupError),
     /// The agent listener's certificate or key is unusable.
     #[error("agent listener TLS: {0}")]
     Tls(#[from] tunnel_tls::TlsError),
@@ -180,6 +183,10 @@ impl Kas {
                     max_pending_per_agent: config.routing.max_pending_per_agent,
                     max_pending_total: config.routing.max_pending_total,
                 },
+                replica: config
+                    .replicas
+                    .as_ref()
+                    .map(|r| protocol::routing::ReplicaId(r.replica_id)),
                 ..protocol::routing::RoutingConfig::default()
             },
             directory.listing(),
@@ -208,6 +215,16 @@ impl Kas {
         )
         .with_public_read(config.api_listener.public_read)
         .with_agent_config(agent_configs.clone());
+        let (state, peer_server) = match &config.replicas {
+            Some(r) => {
+                let (replicas, server) = crate::peer::setup(&config, r)?;
+                (
+                    state.with_replicas(replicas),
+                    Some((server, r.refresh_period)),
+                )
+            }
+            None => (state, None),
+        };
         let gitops = crate::gitops_poller::GitopsPoller::new(
             gitops_settings,
             agent_configs.clone(),
@@ -276,6 +293,18 @@ impl Kas {
         .detach();
         pool.spawn(agent_configs.run(stopped.clone())).detach();
         pool.spawn(gitops.run(stopped.clone())).detach();
+        if let (Some((server, refresh)), Some(replicas)) = (peer_server, state.replicas.clone()) {
+            pool.spawn(server.run(state.clone(), stopped.clone()))
+                .detach();
+            pool.spawn(crate::tracker::run(
+                state.clone(),
+                replicas.tracker,
+                replicas.peers,
+                refresh,
+                stopped.clone(),
+            ))
+            .detach();
+        }
         pool.spawn(reload_files(state.clone(), stopped)).detach();
 
         tracing::info!(

@@ -47,6 +47,8 @@ pub struct KasState {
     pub agent_config: Option<Arc<crate::agent_config::AgentConfigs>>,
     /// GitOps manifest projects polled from Git (`None` when not started).
     pub gitops: Option<Arc<crate::gitops_poller::GitopsPoller>>,
+    /// Several replicas on Redis: the tracker and the private API client (`None`: one kas alone).
+    pub replicas: Option<crate::peer::Replicas>,
     shutting_down: AtomicBool,
     auth_backend_ok: AtomicBool,
     next_request: AtomicU64,
@@ -81,6 +83,7 @@ impl KasState {
             public_read: false,
             agent_config: None,
             gitops: None,
+            replicas: None,
             shutting_down: AtomicBool::new(false),
             auth_backend_ok: AtomicBool::new(true),
             next_request: AtomicU64::new(1),
@@ -98,6 +101,17 @@ impl KasState {
     pub fn with_gitops(mut self, poller: Arc<crate::gitops_poller::GitopsPoller>) -> Self {
         self.gitops = Some(poller);
         self
+    }
+
+    /// Makes this kas one replica of several ([`crate::peer`], [`crate::tracker`]).
+    pub fn with_replicas(mut self, replicas: crate::peer::Replicas) -> Self {
+        self.replicas = Some(replicas);
+        self
+    }
+
+    /// Whether Redis answered the last call (`None`: no replicas configured).
+    pub fn redis_up(&self) -> Option<bool> {
+        self.replicas.as_ref().map(|r| r.tracker.is_up())
     }
 
     /// Sets whether views, events and the dashboard are readable without a token.
