@@ -433,6 +433,9 @@ async fn dispatch(
             if let Some(poller) = &state.gitops {
                 text.push_str(&poller.render_metrics());
             }
+            if let Some(replicas) = &state.replicas {
+                text.push_str(&replicas.render_metrics());
+            }
             Ok(response::with_body(
                 StatusCode::OK,
                 crate::metrics::CONTENT_TYPE,
@@ -566,8 +569,18 @@ fn readiness(state: &KasState) -> Response<ResponseBody> {
     if !state.auth_backend_ok() {
         problems.push("agent authentication backend not usable");
     }
-    if problems.is_empty() {
+    // Redis down is not a reason to leave the load balancer: the replica still serves its own agents.
+    let degraded: Vec<&str> = (state.redis_up() == Some(false))
+        .then_some("redis unreachable: serving this replica's own agents only")
+        .into_iter()
+        .collect();
+    if problems.is_empty() && degraded.is_empty() {
         response::json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+    } else if problems.is_empty() {
+        response::json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ready", "degraded": degraded}),
+        )
     } else {
         response::json(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -229,3 +229,34 @@ pub fn setup(
         PeerServer::new(listener, server_tls, secret),
     ))
 }
+
+impl Replicas {
+    /// Prometheus text: `kas_redis_up`, `kas_redis_errors_total`, `kas_replica_connections` per
+    /// live replica (as read from Redis at the last refresh).
+    pub fn render_metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "# HELP kas_redis_up Whether the last call to Redis (the replicas' tracker) succeeded.\n# TYPE kas_redis_up gauge\nkas_redis_up {}",
+            u8::from(self.tracker.is_up())
+        );
+        let _ = writeln!(
+            s,
+            "# HELP kas_redis_errors_total Failed calls to Redis since start.\n# TYPE kas_redis_errors_total counter\nkas_redis_errors_total {}",
+            self.tracker.errors()
+        );
+        let _ = writeln!(
+            s,
+            "# HELP kas_replica_connections Agent connections each live replica published.\n# TYPE kas_replica_connections gauge"
+        );
+        for (replica, load) in self.tracker.replica_loads() {
+            let _ = writeln!(
+                s,
+                "kas_replica_connections{{replica=\"{}\"}} {load}",
+                replica.0
+            );
+        }
+        s
+    }
+}
