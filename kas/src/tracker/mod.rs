@@ -47,6 +47,8 @@ pub struct Tracker {
     errors: AtomicU64,
     published: Mutex<BTreeSet<u64>>,
     directory: Mutex<Vec<Entry>>,
+    /// Every agent's live holders, as read at the last garbage collection.
+    cluster: Mutex<BTreeMap<u64, Vec<Entry>>>,
 }
 
 impl std::fmt::Debug for Tracker {
@@ -74,6 +76,7 @@ impl Tracker {
             errors: AtomicU64::new(0),
             published: Mutex::new(BTreeSet::new()),
             directory: Mutex::new(Vec::new()),
+            cluster: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -252,10 +255,35 @@ impl Tracker {
         })
     }
 
-    /// Removes the fields that expired (a crashed replica's, or garbage). Returns how many.
+    /// Every agent some replica holds, with its live holders, as read at the last garbage
+    /// collection (every refresh period).
+    pub fn cluster(&self) -> BTreeMap<u64, Vec<Entry>> {
+        let now = SystemTime::now();
+        let mut all = lock(&self.cluster).clone();
+        all.retain(|_, v| {
+            v.retain(|e| e.expires > now);
+            !v.is_empty()
+        });
+        all
+    }
+
+    /// Removes the fields that expired (a crashed replica's, or garbage), and keeps the live ones as
+    /// [`Tracker::cluster`]. Returns how many were removed.
     pub fn collect_garbage(&self) -> Result<usize, TrackerError> {
         let now = SystemTime::now();
         let all = self.scan_all()?;
+        *lock(&self.cluster) = all
+            .iter()
+            .map(|(agent, fields)| {
+                let live = fields
+                    .iter()
+                    .filter_map(|(f, v)| keys::parse_entry(f, v, false))
+                    .filter(|e| e.expires > now)
+                    .collect::<Vec<_>>();
+                (*agent, live)
+            })
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
         let mut dead: Vec<(String, String)> = Vec::new();
         for (agent, fields) in &all {
             for (f, v) in fields {
