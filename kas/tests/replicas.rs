@@ -231,8 +231,37 @@ fn any_replica_reaches_any_agent() {
                 .then_some(())
         });
     }
+    // Events of an agent held elsewhere reach a subscriber on any replica (served by the holder).
+    let (head, mut sse) = support::raw_get(
+        kas[0].api_addr(),
+        "/api/v1/agents/2/events",
+        &env.admin_bearer(2),
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/event-stream"), "{head}");
+    let mut seen = String::new();
+    for _ in 0..100 {
+        if seen.contains(": connected") {
+            break;
+        }
+        seen.push_str(&String::from_utf8_lossy(
+            &support::read_chunk(&mut sse).unwrap(),
+        ));
+    }
     // An agent that disconnects is removed from its holder's entry.
     drop(agents);
+    for _ in 0..100 {
+        if seen.contains("\"agent_id\":2,\"connected\":false") {
+            break;
+        }
+        seen.push_str(&String::from_utf8_lossy(
+            &support::read_chunk(&mut sse).unwrap(),
+        ));
+    }
+    assert!(
+        seen.contains("\"agent_id\":2,\"connected\":false"),
+        "{seen}"
+    );
     eventually("entries removed on disconnect", || {
         (1..=3u64)
             .all(|a| redis.hgetall(&holders_key(a)).is_empty())

@@ -415,6 +415,14 @@ async fn dispatch(
         }
         (Grant::Public, _) => {}
     }
+    // Views and events of an agent another replica holds are served by that replica.
+    if let ApiRoute::Views(id) | ApiRoute::View { agent_id: id, .. } | ApiRoute::AgentEvents(id) =
+        route
+        && let Some(replicas) = &state.replicas
+        && let Some(holder) = crate::peer::api_holder(state, id, &req)
+    {
+        return replicas.peers.forward_api(state, holder, id, req).await;
+    }
     match (route, grant) {
         (ApiRoute::Healthz, Grant::Public) => {
             only_get(&req)?;

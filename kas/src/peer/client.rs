@@ -113,6 +113,90 @@ impl PeerClient {
         .await
     }
 
+    /// An HTTP/1 connection to `replica`'s private API (its driver runs on kas's executor).
+    async fn connect(
+        &self,
+        state: &KasState,
+        replica: ReplicaId,
+    ) -> Result<hyper::client::conn::http1::SendRequest<ResponseBody>, ConnectError> {
+        let io = self.dial(replica).await.map_err(Unreachable)?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(smol_hyper::rt::FuturesIo::new(io))
+                .await
+                .map_err(|e| Failed(format!("HTTP handshake failed: {e}")))?;
+        state.spawner.spawn_detached(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    /// Runs a whole HTTP API request (`req`, already authorised here) on `replica`, which holds
+    /// `agent_id`, and streams its answer back (views and event streams of agents held elsewhere).
+    /// The holder authorises it again with the same users file.
+    pub async fn forward_api(
+        &self,
+        state: &KasState,
+        replica: ReplicaId,
+        agent_id: u64,
+        req: http::Request<hyper::body::Incoming>,
+    ) -> Result<http::Response<ResponseBody>, ApiError> {
+        let failed = |m: String| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("agent {agent_id} via {replica}: {m}"),
+            )
+        };
+        let mut sender = self.connect(state, replica).await.map_err(|e| match e {
+            Unreachable(m) | Failed(m) => failed(m),
+        })?;
+        let (mut parts, body) = req.into_parts();
+        let control: Vec<_> = parts
+            .headers
+            .keys()
+            .filter(|k| k.as_str().starts_with(server::CONTROL_PREFIX))
+            .cloned()
+            .collect();
+        for k in control {
+            parts.headers.remove(k);
+        }
+        parts.headers.insert(server::SECRET, self.secret.header());
+        parts
+            .headers
+            .insert(server::OP, HeaderValue::from_static("api"));
+        parts
+            .headers
+            .insert(server::FROM, HeaderValue::from(self.replica.0));
+        let request = http::Request::from_parts(
+            parts,
+            body.map_err(|e| Box::new(e) as BodyError).boxed_unsync(),
+        );
+        let limit = self.find_timeout + state.routing.response_timeout;
+        let resp =
+            futures_lite::future::or(async { Some(sender.send_request(request).await) }, async {
+                smol::Timer::after(limit).await;
+                None
+            })
+            .await
+            .ok_or_else(|| failed(format!("no answer within {limit:?}")))?
+            .map_err(|e| failed(format!("the replica holding the agent failed: {e}")))?;
+        if resp
+            .headers()
+            .get(server::PEER_ERROR)
+            .is_some_and(|v| v == server::BAD_SECRET)
+        {
+            tracing::error!(%replica,
+                "the other replica refused this replica's shared secret: the replicas must share one secret");
+            return Err(failed(
+                "refused this replica's shared secret (the replicas are configured with different secrets)".into(),
+            ));
+        }
+        let (parts, body) = resp.into_parts();
+        Ok(http::Response::from_parts(
+            parts,
+            body.map_err(|e| Box::new(e) as BodyError).boxed_unsync(),
+        ))
+    }
+
     /// Sends `req` to `replica` and returns its answer.
     pub(super) async fn forward(
         &self,
@@ -122,33 +206,26 @@ impl PeerClient {
         span: &tracing::Span,
     ) -> Outcome {
         let agent_id = req.user.agent_id;
-        let io = match self.dial(replica).await {
-            Ok(io) => io,
-            Err(why) => {
-                tracing::info!(parent: span, %replica, agent_id, error = %why, "holder unreachable");
-                return Outcome::NotThere("unreachable");
-            }
-        };
         let bad_gateway = |m: String| {
             Outcome::Answered(Err(ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 format!("agent {agent_id} via {replica}: {m}"),
             )))
         };
-        let (mut sender, conn) =
-            match hyper::client::conn::http1::handshake(smol_hyper::rt::FuturesIo::new(io)).await {
-                Ok(x) => x,
-                Err(e) => return bad_gateway(format!("HTTP handshake failed: {e}")),
-            };
-        state.spawner.spawn_detached(async move {
-            let _ = conn.await;
-        });
+        let mut sender = match self.connect(state, replica).await {
+            Ok(s) => s,
+            Err(Unreachable(why)) => {
+                tracing::info!(parent: span, %replica, agent_id, error = %why, "holder unreachable");
+                return Outcome::NotThere("unreachable");
+            }
+            Err(Failed(why)) => return bad_gateway(why),
+        };
         let left = req.deadline.saturating_duration_since(Instant::now());
         let mut builder = http::Request::builder()
             .method(req.head.method.as_str())
             .uri(req.head.path.as_str())
             .header(http::header::HOST, "kas-peer")
-            .header(http::header::AUTHORIZATION, self.secret.bearer())
+            .header(server::SECRET, self.secret.header())
             .header(server::AGENT, agent_id)
             .header(server::SERVICE, req.head.service.as_str())
             .header(server::USER, req.user.name.as_str())
@@ -230,6 +307,15 @@ impl PeerClient {
         Outcome::Answered(Ok(out))
     }
 }
+
+/// Why no connection to a replica came up.
+enum ConnectError {
+    /// Not reached within the find timeout (nothing was sent).
+    Unreachable(String),
+    /// Reached, but the connection failed.
+    Failed(String),
+}
+use ConnectError::{Failed, Unreachable};
 
 /// The `message` of an error body the holder sent (bounded read).
 async fn error_message(body: hyper::body::Incoming) -> String {

@@ -55,6 +55,32 @@ pub struct Forwarded {
     pub from: ReplicaId,
 }
 
+/// Marks an HTTP API request another replica forwarded whole (a request extension): it is served
+/// here, never forwarded again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardedApi;
+
+/// The replica an HTTP API request about `agent_id` (its views or events) goes to: `None` when it is
+/// served here (one kas; the agent has a live connection here; no other replica holds it; the
+/// request was forwarded already). The holder is picked by `protocol::routing::Holders`, the
+/// routing policy's own table, from the tracker's view of Redis.
+pub fn api_holder(
+    state: &KasState,
+    agent_id: u64,
+    req: &http::Request<Incoming>,
+) -> Option<ReplicaId> {
+    let r = state.replicas.as_ref()?;
+    if req.extensions().get::<ForwardedApi>().is_some()
+        || state.registry.has_live_connection(agent_id)
+    {
+        return None;
+    }
+    let entries = r.tracker.cluster().remove(&agent_id)?;
+    let mut holders = protocol::routing::Holders::new();
+    holders.set(agent_id, &crate::tracker::as_policy_holders(&entries));
+    holders.pick(agent_id, Some(r.tracker.replica()), Instant::now())
+}
+
 /// The replicas part of a kas's state: the tracker and the client of the other replicas.
 #[derive(Debug, Clone)]
 pub struct Replicas {

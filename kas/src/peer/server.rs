@@ -22,6 +22,11 @@ use super::Forwarded;
 pub const ALPN: &[u8] = b"kas-peer/1";
 /// Every control header starts with this; the client's own such headers are never forwarded.
 pub const CONTROL_PREFIX: &str = "x-kas-";
+/// The shared secret.
+pub const SECRET: &str = "x-kas-peer-secret";
+/// `api`: an HTTP API request run as a whole by the holder (views, events of the agents it holds);
+/// absent: a tunnel request.
+pub const OP: &str = "x-kas-op";
 /// The agent.
 pub const AGENT: &str = "x-kas-agent-id";
 /// The tunnel service.
@@ -86,17 +91,17 @@ impl Secret {
         Ok(Secret(s.into()))
     }
 
-    /// `Bearer <secret>`.
-    pub(super) fn bearer(&self) -> String {
-        format!("Bearer {}", self.0)
+    /// The header value.
+    pub(super) fn header(&self) -> http::HeaderValue {
+        let mut v =
+            http::HeaderValue::from_str(&self.0).unwrap_or(http::HeaderValue::from_static(""));
+        v.set_sensitive(true);
+        v
     }
 
-    /// Whether an `Authorization` value carries this secret (constant time in the secret's bytes).
-    pub fn matches(&self, authorization: Option<&[u8]>) -> bool {
-        let Some(given) = authorization.and_then(|a| a.strip_prefix(b"Bearer ")) else {
-            return false;
-        };
-        given.ct_eq(self.0.as_bytes()).into()
+    /// Whether a header value is this secret (constant time in the secret's bytes).
+    pub fn matches(&self, given: Option<&[u8]>) -> bool {
+        given.is_some_and(|g| bool::from(g.ct_eq(self.0.as_bytes())))
     }
 }
 
@@ -191,6 +196,17 @@ fn refuse(status: StatusCode, kind: &'static str, message: String) -> Response<R
     resp
 }
 
+fn strip_control(headers: &mut http::HeaderMap) {
+    let control: Vec<_> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(CONTROL_PREFIX))
+        .cloned()
+        .collect();
+    for k in control {
+        headers.remove(k);
+    }
+}
+
 fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
@@ -201,17 +217,18 @@ async fn handle(
     mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<ResponseBody> {
-    if !secret.matches(
-        req.headers()
-            .get(http::header::AUTHORIZATION)
-            .map(|v| v.as_bytes()),
-    ) {
+    if !secret.matches(req.headers().get(SECRET).map(|v| v.as_bytes())) {
         tracing::warn!(%peer, "private API request with a wrong or missing shared secret refused");
         return refuse(
             StatusCode::UNAUTHORIZED,
             BAD_SECRET,
             "the shared secret does not match this replica's".into(),
         );
+    }
+    if header(&req, OP) == Some("api") {
+        strip_control(req.headers_mut());
+        req.extensions_mut().insert(super::ForwardedApi);
+        return crate::api::handle(state, req, peer).await;
     }
     let parsed = (|| {
         let agent_id: u64 = header(&req, AGENT)?.parse().ok()?;
@@ -257,14 +274,7 @@ async fn handle(
         .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
     let headers = req.headers_mut();
     headers.remove(http::header::AUTHORIZATION);
-    let control: Vec<_> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with(CONTROL_PREFIX))
-        .cloned()
-        .collect();
-    for k in control {
-        headers.remove(k);
-    }
+    strip_control(headers);
     req.extensions_mut().insert(Forwarded {
         deadline: Instant::now() + Duration::from_millis(left.min(3_600_000)),
         from: ReplicaId(from),
