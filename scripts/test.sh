@@ -15,6 +15,8 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 { command -v fcgiwrap || [ -x /usr/sbin/fcgiwrap ]; } >/dev/null 2>&1 || need_apt+=(fcgiwrap)
 # `ss` reads listen backlogs (kas's listener test)
 { command -v ss || [ -x /usr/sbin/ss ] || [ -x /usr/bin/ss ]; } >/dev/null 2>&1 || need_apt+=(iproute2)
+# kas replicas share a Redis (kas/tests/replicas.rs, `kas demo --replicas N`)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 # `script` gives `kubectl exec -it` a pseudo-terminal (sim-apiserver's exec tests; util-linux, usually present)
 command -v script >/dev/null 2>&1 || need_apt+=(bsdutils)
 if [ ${#need_apt[@]} -gt 0 ]; then
