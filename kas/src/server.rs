@@ -163,7 +163,17 @@ impl Kas {
                     AgentDirectory::Seen,
                 ),
             };
-        let backend: Arc<dyn AgentAuthenticator> = Arc::new(RateLimited::new(backend, limits));
+        // Several replicas: the private API and the tracker come first (the rate limits share it).
+        let replicas = config
+            .replicas
+            .as_ref()
+            .map(|r| crate::peer::setup(&config, r).map(|s| (s, r.refresh_period)))
+            .transpose()?;
+        let rate_limited = Arc::new(RateLimited::new(backend, limits));
+        if let Some(((r, _), _)) = &replicas {
+            rate_limited.share(r.tracker.clone());
+        }
+        let backend: Arc<dyn AgentAuthenticator> = rate_limited;
         let metrics = Arc::new(Metrics::new());
         let users = Arc::new(UsersFile::load(&config.users.file)?);
         let gate = UserGate::new(
@@ -171,6 +181,9 @@ impl Kas {
             RateLimitOptions::from(&config.rate_limits.user_auth_failures),
             metrics.clone(),
         );
+        if let Some(((r, _), _)) = &replicas {
+            gate.share(r.tracker.clone());
+        }
         let api_tls = options
             .api_tls
             .as_ref()
@@ -215,13 +228,9 @@ impl Kas {
         )
         .with_public_read(config.api_listener.public_read)
         .with_agent_config(agent_configs.clone());
-        let (state, peer_server) = match &config.replicas {
-            Some(r) => {
-                let (replicas, server) = crate::peer::setup(&config, r)?;
-                (
-                    state.with_replicas(replicas),
-                    Some((server, r.refresh_period)),
-                )
+        let (state, peer_server) = match replicas {
+            Some(((replicas, server), refresh)) => {
+                (state.with_replicas(replicas), Some((server, refresh)))
             }
             None => (state, None),
         };

@@ -413,3 +413,50 @@ fn replicas_with_different_secrets_refuse_each_other() {
     r1.shutdown();
     r2.shutdown();
 }
+
+#[test]
+fn auth_failures_are_limited_cluster_wide() {
+    let (mut env, redis) = setup();
+    env.config.rate_limits.user_auth_failures.max_failures = 4;
+    env.config.rate_limits.user_auth_failures.window = Duration::from_secs(60);
+    env.config.routing.pending_request_deadline = Duration::from_secs(1);
+    let r1 = start_replica(&env, &redis, 1, "replicas.secret");
+    let r2 = start_replica(&env, &redis, 2, "replicas.secret");
+    let bad = "Bearer pat:1:not-the-token";
+    let url = |k: &Running| format!("{}/api/v1/pods", k.k8s_proxy_url());
+    for k in [&r1, &r1, &r2, &r2] {
+        assert_eq!(get(&url(k), Some(bad)).status, 401);
+    }
+    // Two failures on each replica, four in the cluster: refused although neither replica reached
+    // the limit alone. A replica learns the cluster-wide count with its own next failure (the count
+    // is updated off the request path): r2 made the fourth, r1 learns with its third.
+    eventually("the cluster-wide count is in Redis", || {
+        let mut c = redis.client().get_connection().unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{PREFIX}:rate_limit:user_auth:*"))
+            .query(&mut c)
+            .unwrap();
+        let n: Option<u64> = keys
+            .first()
+            .and_then(|k| redis::cmd("GET").arg(k).query(&mut c).ok());
+        (n == Some(4)).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = get(&url(&r2), Some(bad));
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(!refused.body.contains("not-the-token"));
+    assert_eq!(get(&url(&r1), Some(bad)).status, 401);
+    std::thread::sleep(Duration::from_millis(300));
+    // Three failures here, below the limit of 4: refused for the cluster's.
+    assert_eq!(get(&url(&r1), Some(bad)).status, 429);
+    // The valid token is not affected.
+    assert_eq!(pods_status(&env, &r1), 503);
+    r1.shutdown();
+    r2.shutdown();
+}
+
+/// The status of a request with a valid token for agent 1 that is connected nowhere (waits for the
+/// routing deadline).
+fn pods_status(env: &Env, kas: &Running) -> u16 {
+    pods(env, kas, 1).status
+}

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `<prefix>:tunnel_tracker2:kas_by_agent_id:<agent id>` | hash | field `<replica id>` → `<expires ms> <private API URL>` |
 //! | `<prefix>:tunnel_tracker2:replicas` | hash | field `<replica id>` → `<expires ms> <connections> <private API URL>` |
-//! | `<prefix>:rate_limit:<limit>:<key hash>:<window>` | string | failed attempts in that window |
+//! | `<prefix>:rate_limit:<limit>:<source>:<credential sha256>:<window number>` | string | failed attempts in that fixed window (`INCR`, expires after two windows) |
 //!
 //! Every value carries its own expiry (Unix milliseconds): Redis 7.0 has no per-field TTL, and a
 //! crashed replica's field must stop counting at once when it expires, not when the whole hash does.
@@ -35,6 +35,12 @@ pub fn agent_of_key(prefix: &str, key: &str) -> Option<u64> {
 /// The key of the replicas' directory (URL and load of each).
 pub fn replicas_key(prefix: &str) -> String {
     format!("{prefix}:tunnel_tracker2:replicas")
+}
+
+/// The failure counter of one (source, credential digest) pair under a rate limit, in fixed window
+/// number `window` (Unix ms / window length).
+pub fn rate_limit_key(prefix: &str, limit: &str, pair: &str, window: u64) -> String {
+    format!("{prefix}:rate_limit:{limit}:{pair}:{window}")
 }
 
 /// Unix milliseconds of `t` (0 before the epoch).

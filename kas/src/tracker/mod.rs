@@ -332,6 +332,27 @@ impl Tracker {
     }
 }
 
+impl crate::auth::rate_limit::SharedFailures for Tracker {
+    fn record(&self, limit: &'static str, key: &str, window: Duration) -> Option<(u64, Duration)> {
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+        let now_ms = keys::unix_ms(SystemTime::now());
+        let index = now_ms / window_ms;
+        let left = Duration::from_millis((index + 1) * window_ms - now_ms);
+        let key = keys::rate_limit_key(&self.prefix, limit, key, index);
+        let count: u64 = self
+            .call(|c| {
+                redis::pipe()
+                    .incr(&key, 1u64)
+                    .pexpire(&key, (window_ms * 2) as i64)
+                    .ignore()
+                    .query::<(u64,)>(c)
+                    .map(|(n,)| n)
+            })
+            .ok()?;
+        Some((count, left))
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
