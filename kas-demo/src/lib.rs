@@ -23,6 +23,7 @@
 
 pub mod api_client;
 pub mod git;
+pub mod replicas;
 pub mod webhook;
 
 use std::net::SocketAddr;
@@ -58,6 +59,9 @@ pub struct DemoOptions {
     pub hooks: Option<git::HookClient>,
     /// kas's `agent_configuration.poll_period` (a push webhook makes kas read at once anyway).
     pub config_poll_period: Duration,
+    /// kas replicas on one Redis (1: a single kas, no Redis). Replica 1 listens on `agent_listen` /
+    /// `api_listen`, the others on free loopback ports; agent N dials replica `(N - 1) % replicas + 1`.
+    pub replicas: usize,
 }
 
 impl DemoOptions {
@@ -73,6 +77,7 @@ impl DemoOptions {
             git_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             hooks: None,
             config_poll_period: Duration::from_secs(300),
+            replicas: 1,
         }
     }
 }
@@ -109,6 +114,8 @@ pub enum DemoError {
     AgentsYaml { path: PathBuf, reason: String },
     #[error("API client: {0}")]
     Client(String),
+    #[error(transparent)]
+    Redis(#[from] replicas::RedisError),
 }
 
 /// The demo's Git side: serving, or why not.
@@ -142,6 +149,9 @@ struct Cluster {
 /// The running demo. Dropping it without [`Demo::shutdown`] stops everything abruptly.
 pub struct Demo {
     kas: Option<Running>,
+    /// Replicas 2.. (with `--replicas`).
+    more: Vec<Running>,
+    redis: Option<replicas::DemoRedis>,
     clusters: Vec<Cluster>,
     runtime: Option<tokio::runtime::Runtime>,
     stop_agents: Option<tokio::sync::watch::Sender<bool>>,
@@ -203,8 +213,40 @@ impl Demo {
         config.users.file = dir.join("users.yaml");
         config.agent_configuration.poll_period = opts.config_poll_period;
         config.agent_configuration.webhook_secret_file = Some(webhook_secret_file.clone());
+        let redis = if opts.replicas > 1 {
+            Some(replicas::DemoRedis::start()?)
+        } else {
+            None
+        };
+        let mut more = Vec::new();
+        if let Some(redis) = &redis {
+            let secret = dir.join("replicas.secret");
+            if std::fs::read_to_string(&secret)
+                .unwrap_or_default()
+                .trim()
+                .len()
+                < 16
+            {
+                write(&secret, &format!("{}\n", kas::auth::generate_token()))?;
+            }
+            set_owner_only(&secret);
+            for id in 2..=opts.replicas {
+                let mut c = config.clone();
+                c.agent_listener.address = SocketAddr::from(([127, 0, 0, 1], 0));
+                c.api_listener.address = SocketAddr::from(([127, 0, 0, 1], 0));
+                let id = u32::try_from(id).unwrap_or(u32::MAX);
+                c.replicas = Some(replicas::config(redis, id, &files.ca, secret.clone()));
+                c.write(dir.join(format!("kas-{id}.yaml")))?;
+                more.push(c);
+            }
+            config.replicas = Some(replicas::config(redis, 1, &files.ca, secret));
+        }
         config.write(dir.join("kas.yaml"))?;
         let kas = Kas::start_with(config, StartOptions::default())?;
+        let more = more
+            .into_iter()
+            .map(|c| Kas::start_with(c, StartOptions::default()))
+            .collect::<Result<Vec<_>, _>>()?;
         if let GitSide::Serving { repos, hooks, .. } = &mut git_side {
             *hooks = opts
                 .hooks
@@ -252,7 +294,14 @@ impl Demo {
                 .map_err(DemoError::Runtime)?;
             sim_apiserver::prometheus::add_service(apiserver.store(), prometheus);
 
-            let mut cfg = agentk::Config::new(kas.agent_addr().to_string(), agent.token.clone());
+            // Spread over the replicas: agent N dials replica (N - 1) % replicas + 1.
+            let index = usize::try_from(agent.id.saturating_sub(1)).unwrap_or(0) % (more.len() + 1);
+            let dial = if index == 0 {
+                kas.agent_addr()
+            } else {
+                more[index - 1].agent_addr()
+            };
+            let mut cfg = agentk::Config::new(dial.to_string(), agent.token.clone());
             cfg.token_file = Some(agent.token_file.clone());
             cfg.ca = tunnel_tls::Roots::PemFile(files.ca.clone());
             cfg.tls_server_name = Some("localhost".into());
@@ -291,6 +340,8 @@ impl Demo {
 
         let demo = Demo {
             kas: Some(kas),
+            more,
+            redis,
             clusters,
             runtime: Some(runtime),
             stop_agents: Some(stop_tx),
@@ -305,15 +356,51 @@ impl Demo {
         write(&dir.join("manual-commands.sh"), &demo.manual_commands())?;
         let ids: Vec<u64> = demo.clusters.iter().map(|c| c.agent_id).collect();
         let wait = Duration::from_secs(60);
-        if !demo.kas().wait_for_agents(&ids, wait) {
-            let connected = demo.kas().connected_agents();
+        if !demo.wait_for_agents(&ids, wait) {
+            let connected = demo.connected_agents();
             let missing = ids.into_iter().filter(|i| !connected.contains(i)).collect();
             return Err(DemoError::AgentsNotConnected(missing, wait));
         }
         Ok(demo)
     }
 
-    /// The running kas.
+    /// Every replica, replica 1 first (one, without `--replicas`).
+    pub fn replicas(&self) -> Vec<&Running> {
+        self.kas.iter().chain(self.more.iter()).collect()
+    }
+
+    /// Agents connected to any replica, sorted.
+    pub fn connected_agents(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .replicas()
+            .iter()
+            .flat_map(|k| k.connected_agents())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    fn wait_for_agents(&self, ids: &[u64], timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let connected = self.connected_agents();
+            if ids.iter().all(|i| connected.contains(i)) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The Redis the replicas share (with `--replicas`).
+    pub fn redis_addr(&self) -> Option<SocketAddr> {
+        self.redis.as_ref().map(replicas::DemoRedis::addr)
+    }
+
+    /// The running kas (replica 1).
     pub fn kas(&self) -> &Running {
         // Present until shutdown consumes the demo.
         self.kas
@@ -395,12 +482,21 @@ impl Demo {
     }
 
     fn write_kubeconfig(&self) -> Result<(), DemoError> {
-        let server = self.kas().k8s_proxy_url();
         let mut clusters = String::new();
         let mut users = String::new();
         let mut contexts = String::new();
-        for c in &self.clusters {
-            let name = format!("agent-{}", c.agent_id);
+        // Replica 1's contexts are `agent-N`; replica R's (R ≥ 2) `agent-N@kas-R`.
+        let replicas = self.replicas();
+        let each = replicas
+            .iter()
+            .enumerate()
+            .flat_map(|(r, k)| self.clusters.iter().map(move |c| (r, k.k8s_proxy_url(), c)));
+        for (r, server, c) in each {
+            let name = if r == 0 {
+                format!("agent-{}", c.agent_id)
+            } else {
+                format!("agent-{}@kas-{}", c.agent_id, r + 1)
+            };
             clusters.push_str(&format!(
                 "- name: {name}\n  cluster:\n    server: {server}\n    certificate-authority: {}\n",
                 self.ca_file.display()
@@ -430,6 +526,21 @@ impl Demo {
         let kubeconfig = self.kubeconfig_path();
         let mut s = String::new();
         s.push_str(&format!("kas API:        {api}\n"));
+        for (r, k) in self.replicas().iter().enumerate().skip(1) {
+            s.push_str(&format!(
+                "kas replica {}:  {} (agents {}; kubectl contexts agent-N@kas-{})\n",
+                r + 1,
+                k.api_url(),
+                k.agent_addr(),
+                r + 1
+            ));
+        }
+        if let Some(redis) = &self.redis {
+            s.push_str(&format!(
+                "redis:          {} (the replicas' tracker; contexts agent-N go through replica 1)\n",
+                redis.addr()
+            ));
+        }
         s.push_str(&format!("dashboard:      {api}/\n"));
         s.push_str(&format!(
             "agent listener: {} (TLS)\n",
@@ -492,8 +603,11 @@ impl Demo {
         let mut s = format!(
             "#!/bin/sh\n# The demo deployment, piece by piece (what `kas-demo` does in one process).\n\
              # On a real deployment kas runs on one machine and each agentk inside its cluster.\n\
-             kas --config {dir}/kas.yaml &\n"
+                          kas --config {dir}/kas.yaml &\n"
         );
+        for (r, _) in self.replicas().iter().enumerate().skip(1) {
+            s.push_str(&format!("kas --config {dir}/kas-{}.yaml &\n", r + 1));
+        }
         if let GitSide::Serving { server, .. } = &self.git {
             s.push_str(&format!("{} &\n", server.daemon_command()));
         }
@@ -531,9 +645,13 @@ impl Demo {
         {
             server.shutdown();
         }
+        for kas in self.more.drain(..) {
+            kas.shutdown_within(Duration::from_secs(5));
+        }
         if let Some(kas) = self.kas.take() {
             kas.shutdown_within(Duration::from_secs(5));
         }
+        self.redis.take();
         for c in self.clusters.drain(..) {
             c.apiserver.shutdown();
         }

@@ -1,4 +1,4 @@
-//! The `kas-demo` binary: `kas-demo [--agents N] [--state-dir DIR] [--agent-listen A] [--api-listen A]
+//! The `kas-demo` binary: `kas-demo [--agents N] [--replicas R] [--state-dir DIR] [--agent-listen A] [--api-listen A]
 //! [--churn R] [--log-level F]` starts kas, N agents and their simulated clusters in one process, writes
 //! `DIR/kubeconfig` (contexts `agent-1`, …), prints `ready` and a banner, and runs until SIGINT/SIGTERM.
 //! `kas demo …` execs this binary with the same arguments.
@@ -37,6 +37,9 @@ struct DemoArgs {
     /// keep it on loopback.
     #[arg(long, default_value = "127.0.0.1:9418")]
     git_listen: SocketAddr,
+    /// kas replicas on one Redis (the demo starts `redis-server`; Debian package `redis-server`).
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
     /// Churn steps per second in each simulated cluster.
     #[arg(long, default_value_t = 0.5)]
     churn: f64,
@@ -99,6 +102,7 @@ fn main() -> anyhow::Result<()> {
     opts.api_listen = args.api_listen;
     opts.churn = args.churn;
     opts.git_listen = args.git_listen;
+    opts.replicas = args.replicas.max(1);
     let demo = Demo::start(&opts).context("starting the demo")?;
     {
         use std::io::Write as _;

@@ -91,6 +91,9 @@ pub struct Config {
     pub agent_configuration: AgentConfigurationConfig,
     /// GitOps manifest projects read from Git ([`crate::gitops_poller`]).
     pub gitops: GitopsConfig,
+    /// Several kas replicas on one Redis ([`crate::tracker`], [`crate::peer`]); unset: one kas alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<ReplicasConfig>,
 }
 
 impl Default for Config {
@@ -109,6 +112,63 @@ impl Default for Config {
             log: LogConfig::default(),
             agent_configuration: AgentConfigurationConfig::default(),
             gitops: GitopsConfig::default(),
+            replicas: None,
+        }
+    }
+}
+
+/// One replica of several: the tracker on Redis and the private kas-to-kas API (docs/replicas.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicasConfig {
+    /// Redis, e.g. `redis://127.0.0.1:6379/0`.
+    pub redis_url: String,
+    /// Prefix of every Redis key; default `kas`.
+    pub key_prefix: String,
+    /// This replica's id, unique among the replicas sharing the Redis (default 1).
+    pub replica_id: u32,
+    /// Where the private kas-to-kas API listens (always TLS); default `0.0.0.0:8155`.
+    pub private_address: SocketAddr,
+    /// The host other replicas dial to reach this one (the private API's URL is
+    /// `https://<advertise_host>:<port>`); default `127.0.0.1`.
+    pub advertise_host: String,
+    /// Certificate and key of the private API; default: the agent listener's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFilesConfig>,
+    /// CA (PEM) the private API's certificates of the other replicas are verified against.
+    pub ca_file: PathBuf,
+    /// The name verified in the other replicas' certificates; default `localhost`.
+    pub server_name: String,
+    /// File holding the secret every replica shares (never a user's or agent's token).
+    pub shared_secret_file: PathBuf,
+    /// How long routing looks for a holder of an agent (Redis lookup, dialling a replica) before it
+    /// moves on to the next one; default 2s.
+    #[serde(with = "duration_format")]
+    pub find_timeout: Duration,
+    /// How often this replica re-publishes its agents; default 10s.
+    #[serde(with = "duration_format")]
+    pub refresh_period: Duration,
+    /// How long a published entry lives without a refresh; default 30s (a crashed replica's entries
+    /// are ignored after it, and removed by the other replicas' garbage collection).
+    #[serde(with = "duration_format")]
+    pub entry_ttl: Duration,
+}
+
+impl Default for ReplicasConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: "redis://127.0.0.1:6379/0".into(),
+            key_prefix: "kas".into(),
+            replica_id: 1,
+            private_address: SocketAddr::from(([0, 0, 0, 0], 8155)),
+            advertise_host: "127.0.0.1".into(),
+            tls: None,
+            ca_file: PathBuf::from("ca.pem"),
+            server_name: "localhost".into(),
+            shared_secret_file: PathBuf::from("replicas.secret"),
+            find_timeout: Duration::from_secs(2),
+            refresh_period: Duration::from_secs(10),
+            entry_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -817,6 +877,14 @@ impl Config {
             fix(&mut tls.cert_file);
             fix(&mut tls.key_file);
         }
+        if let Some(r) = &mut self.replicas {
+            fix(&mut r.ca_file);
+            fix(&mut r.shared_secret_file);
+            if let Some(tls) = &mut r.tls {
+                fix(&mut tls.cert_file);
+                fix(&mut tls.key_file);
+            }
+        }
     }
 
     /// The agents file the configured backend reads: `<state_dir>/agents.yaml` for `embedded`, the
@@ -856,6 +924,10 @@ impl Config {
             }
         }
         need_file("users file", &self.users.file);
+        if let Some(r) = &self.replicas {
+            need_file("replicas CA", &r.ca_file);
+            need_file("replicas shared secret", &r.shared_secret_file);
+        }
         if let Some(secret) = &self.agent_configuration.webhook_secret_file {
             need_file("agent_configuration webhook secret", secret);
         }
@@ -939,6 +1011,35 @@ impl Config {
         ] {
             if rl.max_failures > 0 && rl.window.is_zero() {
                 invalid(field, "must be > 0 when max_failures > 0".into());
+            }
+        }
+        if let Some(r) = &self.replicas {
+            if !(r.redis_url.starts_with("redis://") || r.redis_url.starts_with("unix://")) {
+                invalid(
+                    "replicas.redis_url",
+                    "must start with redis:// or unix://".into(),
+                );
+            }
+            if r.key_prefix.is_empty() || r.key_prefix.contains(char::is_whitespace) {
+                invalid(
+                    "replicas.key_prefix",
+                    "must be non-empty, without spaces".into(),
+                );
+            }
+            if r.find_timeout.is_zero() || r.refresh_period.is_zero() {
+                invalid(
+                    "replicas",
+                    "find_timeout and refresh_period must be > 0".into(),
+                );
+            }
+            if r.entry_ttl <= r.refresh_period {
+                invalid(
+                    "replicas.entry_ttl",
+                    format!(
+                        "must exceed replicas.refresh_period ({})",
+                        format_duration(r.refresh_period)
+                    ),
+                );
             }
         }
         let ac = &self.agent_configuration;

@@ -78,6 +78,7 @@ pub mod gitops_stream;
 pub mod listener;
 pub mod metrics;
 pub mod mirrors;
+pub mod peer;
 pub mod poll_schedule;
 pub mod pool;
 pub mod registry;
@@ -85,6 +86,7 @@ pub mod rfc3339;
 pub mod server;
 pub mod signals;
 pub mod state;
+pub mod tracker;
 pub mod users;
 pub mod views_stream;
 

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use protocol::proto::AgentMeta;
 use protocol::routing::{
-    DrainCause, KasRouting, Listing, OpenFailure, Placement, RequestFailure, RequestSpec,
-    RoutingConfig, RoutingEvent, RoutingStats,
+    DrainCause, KasRouting, Listing, OpenFailure, Placement, ReplicaId, RequestFailure,
+    RequestSpec, RoutingConfig, RoutingEvent, RoutingStats,
 };
 
 /// Misuse of the registry's connection table.
@@ -83,13 +83,36 @@ struct Assignment<C> {
     handle: C,
 }
 
-type Outcome<C> = Result<Assignment<C>, RequestFailure>;
+/// Where the policy put a waiting request.
+enum Placed<C> {
+    /// On a connection here.
+    Here(Assignment<C>),
+    /// On another replica, which holds a connection of the agent.
+    Forward(ReplicaId),
+}
+
+type Outcome<C> = Result<Placed<C>, RequestFailure>;
+
+/// Where [`Registry::route_or_forward`] sends a request.
+#[derive(Debug)]
+pub enum Routed<C: Clone + Send + 'static> {
+    /// A connection here.
+    Here(Lease<C>),
+    /// Another replica holds a connection of the agent and none here is usable: forward it there.
+    Forward(ReplicaId),
+}
+
+/// A request waiting for the policy's answer.
+struct Waiter<C> {
+    agent_id: u64,
+    tx: async_channel::Sender<Outcome<C>>,
+}
 
 struct State<C> {
     routing: KasRouting<u64, u64>,
     connections: BTreeMap<u64, ConnectionEntry<C>>,
     seen: BTreeMap<u64, SeenAgent>,
-    waiters: HashMap<u64, async_channel::Sender<Outcome<C>>>,
+    waiters: HashMap<u64, Waiter<C>>,
     next_request: u64,
     next_connection: u64,
     closed: bool,
@@ -100,6 +123,9 @@ struct Shared<C> {
     /// Wakes the timer task when a deadline may have moved earlier (or at shutdown, by closing).
     kick: async_channel::Sender<()>,
     kick_rx: async_channel::Receiver<()>,
+    /// Signalled when a connection was added or removed (the tracker re-publishes).
+    changed: async_channel::Sender<()>,
+    changed_rx: async_channel::Receiver<()>,
 }
 
 /// The registry; cheap to clone (all clones share one state).
@@ -125,6 +151,7 @@ impl<C: Clone + Send + 'static> Registry<C> {
     /// An empty registry whose policy has these limits and knows the agents `listing` names.
     pub fn new(config: RoutingConfig, listing: Listing) -> Self {
         let (kick, kick_rx) = async_channel::bounded(1);
+        let (changed, changed_rx) = async_channel::bounded(1);
         Registry {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
@@ -138,6 +165,8 @@ impl<C: Clone + Send + 'static> Registry<C> {
                 }),
                 kick,
                 kick_rx,
+                changed,
+                changed_rx,
             }),
         }
     }
@@ -215,6 +244,7 @@ impl<C: Clone + Send + 'static> Registry<C> {
             .map_err(|_| RegistryError::DuplicateConnection(serial))?;
         s.connections.insert(serial, entry);
         deliver(&mut s);
+        let _ = self.shared.changed.try_send(());
         Ok(())
     }
 
@@ -245,6 +275,7 @@ impl<C: Clone + Send + 'static> Registry<C> {
         let lost = s.routing.connection(&serial).map_or(0, |c| c.load);
         s.routing.handle_closed(&serial, Instant::now());
         deliver(&mut s);
+        let _ = self.shared.changed.try_send(());
         lost
     }
 
@@ -301,22 +332,45 @@ impl<C: Clone + Send + 'static> Registry<C> {
         s.routing.handle_shutdown();
         deliver(&mut s);
         // Waiters the policy did not know any more (cannot happen) must not hang.
-        for (_, tx) in s.waiters.drain() {
-            let _ = tx.try_send(Err(RequestFailure::ShuttingDown));
+        for (_, w) in s.waiters.drain() {
+            let _ = w.tx.try_send(Err(RequestFailure::ShuttingDown));
         }
         drop(s);
         self.shared.kick.close();
     }
 
-    /// Routes a request for `agent_id`: a connection now, or after waiting until one is usable, at the
-    /// latest until `deadline`. `replayable`: the request may be sent again after a refusal (no body).
-    /// Dropping the returned future cancels the request.
+    /// Routes a request for `agent_id` to a connection here: now, or after waiting until one is
+    /// usable, at the latest until `deadline`. `replayable`: the request may be sent again after a
+    /// refusal (no body). Never forwarded to another replica. Dropping the returned future cancels the
+    /// request.
     pub async fn route(
         &self,
         agent_id: u64,
         deadline: Instant,
         replayable: bool,
     ) -> Result<Lease<C>, RequestFailure> {
+        match self
+            .route_or_forward(agent_id, deadline, replayable, u8::MAX)
+            .await?
+        {
+            Routed::Here(lease) => Ok(lease),
+            // hops = u8::MAX: the policy never forwards it.
+            Routed::Forward(_) => Err(RequestFailure::NotConnected {
+                waited: Duration::ZERO,
+            }),
+        }
+    }
+
+    /// Routes a request that was forwarded `hops` times already: to a connection here (now or after
+    /// waiting, as [`Registry::route`]), or to another replica the policy picked from the holders
+    /// ([`Registry::set_holders`]); it may move there while waiting, when a holder appears.
+    pub async fn route_or_forward(
+        &self,
+        agent_id: u64,
+        deadline: Instant,
+        replayable: bool,
+        hops: u8,
+    ) -> Result<Routed<C>, RequestFailure> {
         let (request, rx) = {
             let mut s = self.lock();
             if s.closed {
@@ -328,7 +382,7 @@ impl<C: Clone + Send + 'static> Registry<C> {
                 agent_id,
                 deadline,
                 replayable,
-                hops: 0,
+                hops,
             };
             match s.routing.handle_request(request, spec, Instant::now()) {
                 Placement::Open(serial) => {
@@ -339,23 +393,18 @@ impl<C: Clone + Send + 'static> Registry<C> {
                         deliver(&mut s);
                         return Err(RequestFailure::ConnectionLost);
                     };
-                    return Ok(Lease::new(
+                    return Ok(Routed::Here(Lease::new(
                         self.clone(),
                         agent_id,
                         request,
                         Assignment { serial, handle },
-                    ));
+                    )));
                 }
                 Placement::Reject(e) => return Err(e),
-                // kas knows no other replica (no holders): never forwarded.
-                Placement::Forward(_) => {
-                    return Err(RequestFailure::NotConnected {
-                        waited: Duration::ZERO,
-                    });
-                }
+                Placement::Forward(replica) => return Ok(Routed::Forward(replica)),
                 Placement::Wait => {
                     let (tx, rx) = async_channel::bounded(1);
-                    s.waiters.insert(request, tx);
+                    s.waiters.insert(request, Waiter { agent_id, tx });
                     (request, rx)
                 }
             }
@@ -364,12 +413,41 @@ impl<C: Clone + Send + 'static> Registry<C> {
         self.wait(agent_id, request, rx).await
     }
 
+    /// The replicas holding a connection of `agent_id`, each until its entry expires (from the
+    /// tracker). Requests waiting for the agent move to one at once if none is usable here.
+    pub fn set_holders(&self, agent_id: u64, holders: &[(ReplicaId, Instant)]) {
+        let mut s = self.lock();
+        s.routing.handle_holders(agent_id, holders, Instant::now());
+        deliver(&mut s);
+    }
+
+    /// Whether `agent_id` has a live, not draining connection here.
+    pub fn has_live_connection(&self, agent_id: u64) -> bool {
+        self.lock()
+            .connections
+            .values()
+            .any(|e| e.agent_id == agent_id && !e.draining)
+    }
+
+    /// The agents requests are waiting for, sorted.
+    pub fn waiting_agents(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.lock().waiters.values().map(|w| w.agent_id).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Resolves when a connection was added or removed since the last call (coalesced).
+    pub async fn changed(&self) {
+        let _ = self.shared.changed_rx.recv().await;
+    }
+
     async fn wait(
         &self,
         agent_id: u64,
         request: u64,
         rx: async_channel::Receiver<Outcome<C>>,
-    ) -> Result<Lease<C>, RequestFailure> {
+    ) -> Result<Routed<C>, RequestFailure> {
         let guard = WaitGuard {
             registry: self,
             request,
@@ -379,7 +457,13 @@ impl<C: Clone + Send + 'static> Registry<C> {
         let mut guard = guard;
         guard.armed = false;
         match outcome {
-            Ok(Ok(assignment)) => Ok(Lease::new(self.clone(), agent_id, request, assignment)),
+            Ok(Ok(Placed::Here(assignment))) => Ok(Routed::Here(Lease::new(
+                self.clone(),
+                agent_id,
+                request,
+                assignment,
+            ))),
+            Ok(Ok(Placed::Forward(replica))) => Ok(Routed::Forward(replica)),
             Ok(Err(e)) => Err(e),
             // The sender vanished without an answer: only at shutdown.
             Err(_) => Err(RequestFailure::ShuttingDown),
@@ -450,30 +534,30 @@ fn deliver<C: Clone>(s: &mut State<C>) {
                 let handle = s.connections.get(&serial).map(|e| e.handle.clone());
                 let waiter = s.waiters.remove(&request);
                 match (waiter, handle) {
-                    (Some(tx), Some(handle)) => {
-                        if tx.try_send(Ok(Assignment { serial, handle })).is_err() {
+                    (Some(w), Some(handle)) => {
+                        if w.tx
+                            .try_send(Ok(Placed::Here(Assignment { serial, handle })))
+                            .is_err()
+                        {
                             s.routing.handle_finished(&request);
                         }
                     }
                     (waiter, _) => {
                         s.routing.handle_finished(&request);
-                        if let Some(tx) = waiter {
-                            let _ = tx.try_send(Err(RequestFailure::ConnectionLost));
+                        if let Some(w) = waiter {
+                            let _ = w.tx.try_send(Err(RequestFailure::ConnectionLost));
                         }
                     }
                 }
             }
             RoutingEvent::Failed { request, failure } => {
-                if let Some(tx) = s.waiters.remove(&request) {
-                    let _ = tx.try_send(Err(failure));
+                if let Some(w) = s.waiters.remove(&request) {
+                    let _ = w.tx.try_send(Err(failure));
                 }
             }
-            // kas has no holders: never happens; fail rather than hang.
-            RoutingEvent::Forward { request, .. } => {
-                if let Some(tx) = s.waiters.remove(&request) {
-                    let _ = tx.try_send(Err(RequestFailure::NotConnected {
-                        waited: Duration::ZERO,
-                    }));
+            RoutingEvent::Forward { request, replica } => {
+                if let Some(w) = s.waiters.remove(&request) {
+                    let _ = w.tx.try_send(Ok(Placed::Forward(replica)));
                 }
             }
         }
@@ -556,7 +640,7 @@ impl<C: Clone + Send + 'static> Lease<C> {
         let rx = {
             let mut s = registry.lock();
             let (tx, rx) = async_channel::bounded(1);
-            s.waiters.insert(request, tx);
+            s.waiters.insert(request, Waiter { agent_id, tx });
             f(&mut s.routing, &request);
             deliver(&mut s);
             if s.waiters.contains_key(&request) && !s.routing.knows(&request) {
@@ -567,7 +651,12 @@ impl<C: Clone + Send + 'static> Lease<C> {
             rx
         };
         registry.kick_timers();
-        registry.wait(agent_id, request, rx).await
+        match registry.wait(agent_id, request, rx).await? {
+            Routed::Here(lease) => Ok(lease),
+            // A requeued request moved to another replica: its stream was opened here once, so it
+            // is not sent again from here.
+            Routed::Forward(_) => Err(RequestFailure::ConnectionLost),
+        }
     }
 }
 

@@ -46,6 +46,9 @@ pub enum StartError {
     /// The configuration is invalid (missing files, bad values).
     #[error(transparent)]
     Invalid(#[from] ValidationErrors),
+    /// The replicas part (private API, shared secret, Redis URL) could not be set up.
+    #[error("replicas: {0}")]
+    Replicas(#[from] crate::peer::SetupError),
     /// The agent listener's certificate or key is unusable.
     #[error("agent listener TLS: {0}")]
     Tls(#[from] tunnel_tls::TlsError),
@@ -160,7 +163,17 @@ impl Kas {
                     AgentDirectory::Seen,
                 ),
             };
-        let backend: Arc<dyn AgentAuthenticator> = Arc::new(RateLimited::new(backend, limits));
+        // Several replicas: the private API and the tracker come first (the rate limits share it).
+        let replicas = config
+            .replicas
+            .as_ref()
+            .map(|r| crate::peer::setup(&config, r).map(|s| (s, r.refresh_period)))
+            .transpose()?;
+        let rate_limited = Arc::new(RateLimited::new(backend, limits));
+        if let Some(((r, _), _)) = &replicas {
+            rate_limited.share(r.tracker.clone());
+        }
+        let backend: Arc<dyn AgentAuthenticator> = rate_limited;
         let metrics = Arc::new(Metrics::new());
         let users = Arc::new(UsersFile::load(&config.users.file)?);
         let mut gate = UserGate::new(
@@ -174,6 +187,9 @@ impl Kas {
                 GitLabAuthenticator::from_config(g).map_err(|e| StartError::Auth(e.into()))?;
             gate = gate.with_gitlab(Arc::new(gitlab));
         }
+        if let Some(((r, _), _)) = &replicas {
+            gate.share(r.tracker.clone());
+        }
         let api_tls = options
             .api_tls
             .as_ref()
@@ -186,6 +202,10 @@ impl Kas {
                     max_pending_per_agent: config.routing.max_pending_per_agent,
                     max_pending_total: config.routing.max_pending_total,
                 },
+                replica: config
+                    .replicas
+                    .as_ref()
+                    .map(|r| protocol::routing::ReplicaId(r.replica_id)),
                 ..protocol::routing::RoutingConfig::default()
             },
             directory.listing(),
@@ -214,6 +234,12 @@ impl Kas {
         )
         .with_public_read(config.api_listener.public_read)
         .with_agent_config(agent_configs.clone());
+        let (state, peer_server) = match replicas {
+            Some(((replicas, server), refresh)) => {
+                (state.with_replicas(replicas), Some((server, refresh)))
+            }
+            None => (state, None),
+        };
         let gitops = crate::gitops_poller::GitopsPoller::new(
             gitops_settings,
             agent_configs.clone(),
@@ -282,6 +308,18 @@ impl Kas {
         .detach();
         pool.spawn(agent_configs.run(stopped.clone())).detach();
         pool.spawn(gitops.run(stopped.clone())).detach();
+        if let (Some((server, refresh)), Some(replicas)) = (peer_server, state.replicas.clone()) {
+            pool.spawn(server.run(state.clone(), stopped.clone()))
+                .detach();
+            pool.spawn(crate::tracker::run(
+                state.clone(),
+                replicas.tracker,
+                replicas.peers,
+                refresh,
+                stopped.clone(),
+            ))
+            .detach();
+        }
         pool.spawn(reload_files(state.clone(), stopped)).detach();
 
         tracing::info!(

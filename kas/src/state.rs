@@ -51,6 +51,8 @@ pub struct KasState {
     pub tokens: crate::connection_tokens::ConnectionTokens,
     /// Counters of the access decisions (`kas_access_*`).
     pub access_metrics: crate::access::AccessMetrics,
+    /// Several replicas on Redis: the tracker and the private API client (`None`: one kas alone).
+    pub replicas: Option<crate::peer::Replicas>,
     shutting_down: AtomicBool,
     auth_backend_ok: AtomicBool,
     next_request: AtomicU64,
@@ -87,6 +89,7 @@ impl KasState {
             gitops: None,
             tokens: Default::default(),
             access_metrics: Default::default(),
+            replicas: None,
             shutting_down: AtomicBool::new(false),
             auth_backend_ok: AtomicBool::new(true),
             next_request: AtomicU64::new(1),
@@ -104,6 +107,17 @@ impl KasState {
     pub fn with_gitops(mut self, poller: Arc<crate::gitops_poller::GitopsPoller>) -> Self {
         self.gitops = Some(poller);
         self
+    }
+
+    /// Makes this kas one replica of several ([`crate::peer`], [`crate::tracker`]).
+    pub fn with_replicas(mut self, replicas: crate::peer::Replicas) -> Self {
+        self.replicas = Some(replicas);
+        self
+    }
+
+    /// Whether Redis answered the last call (`None`: no replicas configured).
+    pub fn redis_up(&self) -> Option<bool> {
+        self.replicas.as_ref().map(|r| r.tracker.is_up())
     }
 
     /// Sets whether views, events and the dashboard are readable without a token.

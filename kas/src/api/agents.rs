@@ -15,6 +15,10 @@
 //! `version`, `pod`, `node` and `capabilities` come from the newest connection's HELLO and are `null`
 //! (empty for capabilities) when the agent is not connected; `connected_since` is the oldest live
 //! connection's.
+//!
+//! With several replicas the list is cluster-wide: `replicas` names every replica holding a
+//! connection of the agent (from the tracker's view of Redis, refreshed every refresh period), and an
+//! agent held only by other replicas is listed `connected` (its `tunnels` are those of this replica).
 
 use std::collections::BTreeMap;
 
@@ -34,6 +38,7 @@ fn agent_json(
     agent_id: u64,
     name: &str,
     conns: &[&ConnectionEntry<runtime_smol::Connection>],
+    cluster: &Cluster,
 ) -> Value {
     let newest = conns.iter().max_by_key(|c| c.serial);
     let oldest = conns.iter().min_by_key(|c| c.connected_since);
@@ -62,10 +67,22 @@ fn agent_json(
             _ => None,
         }
     });
+    let mut replicas: Vec<u32> = Vec::new();
+    if let Some(r) = &state.replicas {
+        if !conns.is_empty() {
+            replicas.push(r.tracker.replica().0);
+        }
+        if let Some(holders) = cluster.get(&agent_id) {
+            replicas.extend(holders.iter().map(|e| e.replica.0));
+        }
+        replicas.sort_unstable();
+        replicas.dedup();
+    }
     json!({
         "id": agent_id,
         "name": name,
-        "connected": !conns.is_empty(),
+        "connected": !conns.is_empty() || !replicas.is_empty(),
+        "replicas": replicas,
         "connections": conns.len(),
         "version": newest.and_then(|c| non_empty(&c.meta.version)),
         "pod": pod,
@@ -78,6 +95,17 @@ fn agent_json(
     })
 }
 
+/// Every agent's holders among the replicas (empty for a single kas).
+type Cluster = BTreeMap<u64, Vec<crate::tracker::Entry>>;
+
+fn cluster(state: &KasState) -> Cluster {
+    state
+        .replicas
+        .as_ref()
+        .map(|r| r.tracker.cluster())
+        .unwrap_or_default()
+}
+
 /// The names the agents file gives (empty with GitLab).
 fn listed_names(state: &KasState) -> BTreeMap<u64, String> {
     state.directory.listed().into_iter().collect()
@@ -87,15 +115,20 @@ fn listed_names(state: &KasState) -> BTreeMap<u64, String> {
 pub fn list(state: &KasState, scope: &Scope) -> Value {
     let connections = state.registry.connections();
     let listed = listed_names(state);
-    let agents: Vec<Value> = state
-        .registry
-        .known_agents()
+    let cluster = cluster(state);
+    let mut known: BTreeMap<u64, Option<String>> =
+        state.registry.known_agents().into_iter().collect();
+    // Agents only other replicas have seen (GitLab backend): listed too, by id.
+    for id in cluster.keys() {
+        known.entry(*id).or_insert(None);
+    }
+    let agents: Vec<Value> = known
         .into_iter()
         .filter(|(id, _)| scope.includes(*id))
         .map(|(id, seen_name)| {
             let name = listed.get(&id).cloned().or(seen_name).unwrap_or_default();
             let conns: Vec<_> = connections.iter().filter(|c| c.agent_id == id).collect();
-            agent_json(state, id, &name, &conns)
+            agent_json(state, id, &name, &conns, &cluster)
         })
         .collect();
     Value::Array(agents)
@@ -103,7 +136,8 @@ pub fn list(state: &KasState, scope: &Scope) -> Value {
 
 /// One agent, if it exists.
 pub fn get(state: &KasState, agent_id: u64) -> Option<Value> {
-    if !state.registry.agent_exists(agent_id) {
+    let cluster = cluster(state);
+    if !state.registry.agent_exists(agent_id) && !cluster.contains_key(&agent_id) {
         return None;
     }
     let name = listed_names(state).remove(&agent_id).or_else(|| {
@@ -121,5 +155,6 @@ pub fn get(state: &KasState, agent_id: u64) -> Option<Value> {
         agent_id,
         &name.unwrap_or_default(),
         &conns,
+        &cluster,
     ))
 }

@@ -433,6 +433,14 @@ async fn dispatch(
         }
         (Grant::Public, _) => {}
     }
+    // Views and events of an agent another replica holds are served by that replica.
+    if let ApiRoute::Views(id) | ApiRoute::View { agent_id: id, .. } | ApiRoute::AgentEvents(id) =
+        route
+        && let Some(replicas) = &state.replicas
+        && let Some(holder) = crate::peer::api_holder(state, id, &req)
+    {
+        return replicas.peers.forward_api(state, holder, id, req).await;
+    }
     match (route, grant) {
         (ApiRoute::Healthz, Grant::Public) => {
             only_get(&req)?;
@@ -452,6 +460,9 @@ async fn dispatch(
                 text.push_str(&poller.render_metrics());
             }
             text.push_str(&state.access_metrics.render());
+            if let Some(replicas) = &state.replicas {
+                text.push_str(&replicas.render_metrics());
+            }
             Ok(response::with_body(
                 StatusCode::OK,
                 crate::metrics::CONTENT_TYPE,
@@ -589,8 +600,18 @@ fn readiness(state: &KasState) -> Response<ResponseBody> {
     if !state.auth_backend_ok() {
         problems.push("agent authentication backend not usable");
     }
-    if problems.is_empty() {
+    // Redis down is not a reason to leave the load balancer: the replica still serves its own agents.
+    let degraded: Vec<&str> = (state.redis_up() == Some(false))
+        .then_some("redis unreachable: serving this replica's own agents only")
+        .into_iter()
+        .collect();
+    if problems.is_empty() && degraded.is_empty() {
         response::json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+    } else if problems.is_empty() {
+        response::json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ready", "degraded": degraded}),
+        )
     } else {
         response::json(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -230,21 +230,41 @@ pub async fn proxy(
     let agent_id = user.agent_id;
 
     let method = req.method().clone();
-    // Access control: who asked and as whom the request acts (403 when no grant covers it).
-    let decided =
-        crate::access::authorise(state, &user, req.headers(), target.service, span).await?;
+    // Access control: who asked and as whom the request acts (403 when no grant covers it). A
+    // request another replica forwarded carries that replica's decision.
     let mut head = request_head(&req, &target);
-    head.impersonation = decided.impersonation();
+    head.impersonation = match req.extensions().get::<crate::peer::ForwardedAccess>() {
+        Some(access) => access.impersonation.clone(),
+        None => crate::access::authorise(state, &user, req.headers(), target.service, span)
+            .await?
+            .impersonation(),
+    };
     let has_body = !req.body().is_end_stream();
+    // A request another replica forwarded keeps its deadline and is never forwarded again.
+    let forwarded = req.extensions().get::<crate::peer::Forwarded>().copied();
     let mut body = Some(req.into_body());
-    let deadline = arrived + state.routing.pending_request_deadline;
+    let deadline = forwarded.map_or(arrived + state.routing.pending_request_deadline, |f| {
+        f.deadline
+    });
     // The policy rejects unknown agents (404) and bounds the attempts: the loop ends.
     let failed = |e: RequestFailure| route_failure(agent_id, &e);
-    let mut lease = state
-        .registry
-        .route(agent_id, deadline, !has_body)
+    // Here, or on the replica holding the agent (crate::peer; a single kas never forwards).
+    let routed = crate::peer::Request {
+        user: &user,
+        head: &head,
+        method: &method,
+        body: &mut body,
+        has_body,
+        deadline,
+        forwarded,
+    };
+    let mut lease = match crate::peer::route(state, routed, span)
         .await
-        .map_err(failed)?;
+        .map_err(failed)?
+    {
+        crate::peer::Route::Here(lease) => lease,
+        crate::peer::Route::Answered(answer) => return answer,
+    };
 
     loop {
         let connection_id =

@@ -20,10 +20,17 @@
 //!
 //! [`RateLimiter`] takes `now` as an argument so tests control time; [`RateLimited`] wraps an
 //! [`AgentAuthenticator`] and reads the clock.
+//!
+//! With several kas replicas ([`RateLimiter::share`]) the failures are also counted cluster-wide in
+//! Redis, as GitLab does for `connections_per_token_per_minute`: every failure increments a counter
+//! per (limit, source, credential) and fixed window ([`SharedFailures`], off the request path); once
+//! the cluster-wide count reaches `max_failures` the pair is refused on this replica until the window
+//! ends, so N replicas together allow about `max_failures` (plus at most one per replica) per window
+//! instead of N times as many. Redis down: each replica keeps its own limit.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{AgentAuthenticator, AgentIdentity, AuthError, TokenDigest};
@@ -74,12 +81,34 @@ impl From<IpAddr> for SourceKey {
 /// What failures are counted under: the source and the digest of the credential it presented.
 type Key = (SourceKey, TokenDigest);
 
+/// A cluster-wide failure counter (Redis, [`crate::tracker::Tracker`]). Called off the request path.
+pub trait SharedFailures: Send + Sync + std::fmt::Debug {
+    /// Counts one failure of `key` under the limit `limit` in the fixed window of length `window`
+    /// containing now; returns the cluster-wide count in that window and how long the window lasts
+    /// from now (`None`: the store is unreachable).
+    fn record(&self, limit: &'static str, key: &str, window: Duration) -> Option<(u64, Duration)>;
+}
+
+/// The key of a pair in the shared store: no part of the credential, only its digest.
+fn shared_key(key: &Key) -> String {
+    let source = match key.0 {
+        SourceKey::V4(o) => format!("{}.{}.{}.{}", o[0], o[1], o[2], o[3]),
+        SourceKey::V6Prefix64(p) => format!("{p:016x}::/64"),
+    };
+    format!("{source}:{}", key.1.to_hex())
+}
+
+/// Pairs refused cluster-wide, until when.
+type Bans = Arc<Mutex<HashMap<Key, Instant>>>;
+
 /// Failure counts per (source, credential) (sliding window log, at most `max_failures` timestamps
 /// each).
 #[derive(Debug)]
 pub struct RateLimiter {
     options: RateLimitOptions,
     sources: HashMap<Key, VecDeque<Instant>>,
+    shared: Option<(&'static str, Arc<dyn SharedFailures>)>,
+    bans: Bans,
 }
 
 impl RateLimiter {
@@ -88,7 +117,14 @@ impl RateLimiter {
         Self {
             options,
             sources: HashMap::new(),
+            shared: None,
+            bans: Bans::default(),
         }
+    }
+
+    /// Counts failures cluster-wide too, under `limit` (`agent_auth`, `user_auth`).
+    pub fn share(&mut self, limit: &'static str, store: Arc<dyn SharedFailures>) {
+        self.shared = Some((limit, store));
     }
 
     /// The limits in force.
@@ -109,6 +145,16 @@ impl RateLimiter {
         }
         let key = (SourceKey::from(source), *credential);
         let window = self.options.window;
+        {
+            let mut bans = self.bans.lock().unwrap_or_else(|e| e.into_inner());
+            match bans.get(&key) {
+                Some(until) if *until > now => return Err(until.saturating_duration_since(now)),
+                Some(_) => {
+                    bans.remove(&key);
+                }
+                None => {}
+            }
+        }
         let Some(log) = self.sources.get_mut(&key) else {
             return Ok(());
         };
@@ -140,6 +186,24 @@ impl RateLimiter {
         log.push_back(now);
         while log.len() > max {
             log.pop_front();
+        }
+        if let Some((limit, store)) = &self.shared {
+            let (limit, store, bans) = (*limit, store.clone(), self.bans.clone());
+            let max_sources = self.options.max_sources;
+            // Off the request path (the user gate runs on kas's executor): smol's blocking pool.
+            smol::spawn(smol::unblock(move || {
+                if let Some((count, left)) = store.record(limit, &shared_key(&key), window)
+                    && count >= max as u64
+                {
+                    let mut bans = bans.lock().unwrap_or_else(|e| e.into_inner());
+                    let now = Instant::now();
+                    bans.retain(|_, until| *until > now);
+                    if bans.len() < max_sources {
+                        bans.insert(key, now + left);
+                    }
+                }
+            }))
+            .detach();
         }
         if log.len() == max {
             tracing::warn!(
@@ -193,6 +257,16 @@ fn prune(log: &mut VecDeque<Instant>, now: Instant, window: Duration) {
 pub struct RateLimited<A> {
     inner: A,
     limiter: Mutex<RateLimiter>,
+}
+
+impl<A> RateLimited<A> {
+    /// Counts failures cluster-wide too ([`RateLimiter::share`]).
+    pub fn share(&self, store: Arc<dyn SharedFailures>) {
+        self.limiter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .share("agent_auth", store);
+    }
 }
 
 impl<A: AgentAuthenticator> RateLimited<A> {

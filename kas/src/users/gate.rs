@@ -142,6 +142,11 @@ impl UserGate {
         &self.users
     }
 
+    /// Counts failures cluster-wide too (several replicas; [`RateLimiter::share`]).
+    pub fn share(&self, store: Arc<dyn crate::auth::rate_limit::SharedFailures>) {
+        self.limiter().share("user_auth", store);
+    }
+
     fn limiter(&self) -> std::sync::MutexGuard<'_, RateLimiter> {
         self.limiter.lock().unwrap_or_else(|e| e.into_inner())
     }
