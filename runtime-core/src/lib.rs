@@ -16,6 +16,7 @@
 //! | [`handle`] | [`ConnectionHandle`] (alias [`Connection`]): open/accept streams, graceful close with a deadline, observe |
 //! | [`stream`] | [`Stream`], [`RecvStream`], [`SendStream`]: `futures_io` I/O traits always, `tokio::io` with the `tokio` feature |
 //! | [`handshake`] | agent and server handshakes after TLS, the async [`Authenticator`] |
+//! | [`transport`] | the byte streams under the driver: `tls://`, `wss://`/`ws://` (WebSocket), HTTP CONNECT proxies; [`transport::Endpoint`] and [`transport::dial`] |
 //! | [`error`] | [`Error`], the one typed error, and its round trip through `std::io::Error` |
 //! | `testing` | (feature `testing`) the behaviour suite: scenarios written once, run by each adapter's tests |
 //!
@@ -47,11 +48,12 @@ pub mod runtime;
 pub mod server;
 pub mod session;
 pub mod stream;
+pub mod transport;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod wakers;
 
-pub use agent::{connect_agent, connect_agent_over};
+pub use agent::{connect_agent, connect_agent_over, connect_agent_to};
 pub use driver::Driver;
 pub use error::Error;
 pub use facade::{Dial, ServerOn};

@@ -14,7 +14,9 @@ use crate::driver::Driver;
 use crate::error::Error;
 use crate::handle::ConnectionHandle;
 use crate::handshake::{Authenticator, ServerConnection, server_handshake};
-use crate::runtime::{AsyncIo, Listener, Runtime, accept, sleep, timeout};
+use crate::runtime::{AsyncIo, BoxIo, Listener, Runtime, accept, sleep, timeout};
+use crate::transport::{Prefixed, WsIo};
+use futures_lite::AsyncReadExt;
 use crate::session::Session;
 
 /// Authenticated connections waiting for [`Server::accept`].
@@ -59,7 +61,15 @@ impl Server {
         let (tx, rx) = async_channel::bounded(BACKLOG);
         let (stop, stopped) = async_channel::bounded(1);
         let auth: Arc<dyn Authenticator> = Arc::new(authenticator);
-        let acceptor = tls.map(TlsAcceptor::from);
+        // WebSocket clients (`wss://`) negotiate HTTP/1.1 (see `transport::dial`).
+        let acceptor = tls.map(|tls| {
+            let mut tls = (*tls).clone();
+            if !tls.alpn_protocols.is_empty() && !tls.alpn_protocols.iter().any(|p| p == b"http/1.1")
+            {
+                tls.alpn_protocols.push(b"http/1.1".to_vec());
+            }
+            TlsAcceptor::from(Arc::new(tls))
+        });
         let task = accept_loop(rt.clone(), listener, acceptor, config, auth, tx);
         rt.spawn(Box::pin(futures_lite::future::or(task, async move {
             let _ = stopped.recv().await;
@@ -113,12 +123,12 @@ async fn accept_loop(
             let result = match tls {
                 Some(acceptor) => {
                     match timeout(&*rt2, config.handshake_timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(s)) => accept_over(rt2, s, config, &*auth, peer).await,
+                        Ok(Ok(s)) => accept_sniffed(rt2, Box::new(s), config, &*auth, peer).await,
                         Ok(Err(e)) => Err(Error::Tls(e)),
                         Err(e) => Err(e),
                     }
                 }
-                None => accept_over(rt2, tcp, config, &*auth, peer).await,
+                None => accept_sniffed(rt2, tcp, config, &*auth, peer).await,
             };
             match result {
                 Ok(c) => {
@@ -127,6 +137,34 @@ async fn accept_loop(
                 Err(e) => tracing::debug!(%peer, error = %e, "tunnel handshake failed"),
             }
         }));
+    }
+}
+
+/// Runs the server side of the tunnel over `io` after telling a WebSocket upgrade (`GET`) from the
+/// tunnel preface by the first octet; the WebSocket handshake is bounded by the handshake timeout.
+async fn accept_sniffed(
+    rt: Arc<dyn Runtime>,
+    mut io: BoxIo,
+    config: Config,
+    authenticator: &dyn Authenticator,
+    peer: SocketAddr,
+) -> Result<ServerConnection<ConnectionHandle>, Error> {
+    let mut first = [0u8; 1];
+    let n = timeout(&*rt, config.handshake_timeout, io.read(&mut first))
+        .await?
+        .map_err(Error::Io)?;
+    if n == 0 {
+        return Err(Error::TransportClosed);
+    }
+    let io = Prefixed::new(first.to_vec(), io);
+    if first[0] == b'G' {
+        let ws = timeout(&*rt, config.handshake_timeout, WsIo::server(io))
+            .await?
+            .map_err(Error::WebSocket)?;
+        tracing::debug!(%peer, "agent connected over WebSocket");
+        accept_over(rt, ws, config, authenticator, peer).await
+    } else {
+        accept_over(rt, io, config, authenticator, peer).await
     }
 }
 

@@ -9,3 +9,19 @@ runtime_core::behaviour_suite!(runtime_tokio::runtime(), |f| {
         .expect("tokio runtime")
         .block_on(f)
 });
+
+/// The same suite with the tunnel in a WebSocket over TLS (`wss://`).
+mod over_websocket {
+    runtime_core::behaviour_suite!(
+        runtime_tokio::runtime(),
+        |f| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+                .block_on(f)
+        },
+        over = WebSocket
+    );
+}
