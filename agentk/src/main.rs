@@ -18,9 +18,16 @@ enum LogFormat {
 #[derive(Debug, Parser)]
 #[command(name = "agentk", version)]
 struct Cli {
-    /// kas's agent listener: host:port or tls://host:port.
+    /// kas's agent listener: host:port or tls://host:port; or wss://host[:port][/path] for the
+    /// tunnel in a WebSocket (through HTTP proxies and load balancers; kas serves it on its agent
+    /// listener and on its API port at /api/v1/tunnel).
     #[arg(long, env = "AGENTK_KAS_ADDRESS")]
     kas_address: String,
+    /// HTTP CONNECT proxy to kas, `http://[user:password@]host:port`, or `direct` for none
+    /// (default: HTTPS_PROXY for tls:// and wss://, HTTP_PROXY for ws://, unless NO_PROXY names
+    /// kas's host). The credentials are sent as basic authentication and never logged.
+    #[arg(long, env = "AGENTK_PROXY")]
+    proxy: Option<String>,
     /// File holding the agent token (surrounding whitespace is ignored).
     #[arg(long, env = "AGENTK_TOKEN_FILE")]
     token_file: PathBuf,
@@ -132,6 +139,9 @@ fn config(cli: &Cli) -> anyhow::Result<agentk::Config> {
         config.ca = tunnel_tls::Roots::PemFile(ca.clone());
     }
     config.tls_server_name = cli.tls_server_name.clone();
+    if let Some(proxy) = &cli.proxy {
+        config.proxy = agentk::ProxySetting::from_flag(proxy);
+    }
     config.kube = match (&cli.kubeconfig, cli.in_cluster, &cli.context) {
         (Some(path), _, context) => agentk::KubeSource::Kubeconfig {
             path: path.clone(),

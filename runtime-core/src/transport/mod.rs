@@ -23,5 +23,5 @@ pub mod websocket;
 
 pub use endpoint::{Endpoint, EndpointError, Scheme, dial};
 pub use prefixed::Prefixed;
-pub use proxy::{ProxyConfig, ProxyError};
+pub use proxy::{BadProxyUrl, ProxyConfig, ProxyError};
 pub use websocket::{SUBPROTOCOL, WsIo};
