@@ -47,6 +47,9 @@ pub struct KasState {
     pub agent_config: Option<Arc<crate::agent_config::AgentConfigs>>,
     /// GitOps manifest projects polled from Git (`None` when not started).
     pub gitops: Option<Arc<crate::gitops_poller::GitopsPoller>>,
+    /// Feeds WebSockets upgraded on the API port (`/api/v1/tunnel`) to the agent listener's tunnel
+    /// server (set once it listens).
+    pub tunnel_intake: std::sync::OnceLock<runtime_smol::Intake>,
     shutting_down: AtomicBool,
     auth_backend_ok: AtomicBool,
     next_request: AtomicU64,
@@ -81,6 +84,7 @@ impl KasState {
             public_read: false,
             agent_config: None,
             gitops: None,
+            tunnel_intake: std::sync::OnceLock::new(),
             shutting_down: AtomicBool::new(false),
             auth_backend_ok: AtomicBool::new(true),
             next_request: AtomicU64::new(1),

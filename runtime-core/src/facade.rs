@@ -103,7 +103,7 @@ macro_rules! adapter {
     ($rt:ident) => {
         pub use $crate::{
             Accepted, AgentOptions, Authenticator, Connection, ConnectionEvent, ConnectionHandle, Error,
-            Initiator, RecvStream, SendStream, ServerConnection, Stream, protocol, transport,
+            Initiator, Intake, RecvStream, SendStream, ServerConnection, Stream, protocol, transport,
         };
 
         /// The runtime to hand to `runtime_core`'s functions.

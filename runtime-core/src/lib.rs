@@ -65,7 +65,7 @@ pub use handshake::{
 pub use observer::{ConnectionEvent, Initiator};
 pub use protocol;
 pub use runtime::{AsyncIo, AsyncTimer, BoxFuture, BoxIo, Listener, Runtime};
-pub use server::{Server, accept_over};
+pub use server::{Intake, Server, accept_over};
 pub use session::Session;
 #[cfg(test)]
 pub(crate) use stream::StreamHandle;

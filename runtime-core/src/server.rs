@@ -30,6 +30,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
+    intake: Intake,
     rx: Receiver<ServerConnection<ConnectionHandle>>,
     /// Dropped with the server: the accept loop sees its channel close and stops.
     _stop: Sender<()>,
@@ -70,6 +71,12 @@ impl Server {
             }
             TlsAcceptor::from(Arc::new(tls))
         });
+        let intake = Intake {
+            rt: rt.clone(),
+            config: config.clone(),
+            auth: auth.clone(),
+            tx: tx.clone(),
+        };
         let task = accept_loop(rt.clone(), listener, acceptor, config, auth, tx);
         rt.spawn(Box::pin(futures_lite::future::or(task, async move {
             let _ = stopped.recv().await;
@@ -77,6 +84,7 @@ impl Server {
         tracing::info!(%local_addr, "tunnel server listening");
         Ok(Server {
             local_addr,
+            intake,
             rx,
             _stop: stop,
         })
@@ -84,6 +92,12 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// A handle that feeds connections accepted elsewhere (a WebSocket upgraded by an HTTP
+    /// server) into this server's handshake and [`Server::accept`] queue.
+    pub fn intake(&self) -> Intake {
+        self.intake.clone()
     }
 
     /// The next authenticated connection.
@@ -131,6 +145,46 @@ async fn accept_loop(
                 None => accept_sniffed(rt2, tcp, config, &*auth, peer).await,
             };
             match result {
+                Ok(c) => {
+                    let _ = tx.send(c).await;
+                }
+                Err(e) => tracing::debug!(%peer, error = %e, "tunnel handshake failed"),
+            }
+        }));
+    }
+}
+
+/// Feeds connections accepted elsewhere into a [`Server`]: the same configuration, authenticator
+/// and queue as the server's own listener. Cloneable; outlives nothing (once the server is dropped,
+/// adopted connections are handshaken and then dropped).
+#[derive(Clone)]
+pub struct Intake {
+    rt: Arc<dyn Runtime>,
+    config: Config,
+    auth: Arc<dyn Authenticator>,
+    tx: Sender<ServerConnection<ConnectionHandle>>,
+}
+
+impl std::fmt::Debug for Intake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intake").finish_non_exhaustive()
+    }
+}
+
+impl Intake {
+    /// Adopts a WebSocket whose HTTP upgrade an HTTP server already answered (`101`, with the
+    /// subprotocol [`crate::transport::SUBPROTOCOL`]): the tunnel handshake runs on its own task,
+    /// and the connection, once authenticated, comes out of [`Server::accept`].
+    pub fn adopt_websocket(&self, io: impl AsyncIo, peer: SocketAddr) {
+        let Intake {
+            rt,
+            config,
+            auth,
+            tx,
+        } = self.clone();
+        self.rt.spawn(Box::pin(async move {
+            let ws = WsIo::upgraded_server(io).await;
+            match accept_over(rt, ws, config, &*auth, peer).await {
                 Ok(c) => {
                     let _ = tx.send(c).await;
                 }

@@ -140,6 +140,12 @@ pub fn offers_subprotocol<'a>(values: impl IntoIterator<Item = &'a HeaderValue>)
     })
 }
 
+/// The `Sec-WebSocket-Accept` answer to a client's `Sec-WebSocket-Key` (RFC 6455 §4.2.2), for
+/// HTTP servers that answer the upgrade themselves (kas's API port).
+pub fn accept_key(client_key: &[u8]) -> String {
+    async_tungstenite::tungstenite::handshake::derive_accept_key(client_key)
+}
+
 fn refusal(message: String) -> ErrorResponse {
     let mut r = ErrorResponse::new(Some(message));
     *r.status_mut() = StatusCode::BAD_REQUEST;
