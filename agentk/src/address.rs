@@ -66,7 +66,8 @@ impl KasAddress {
         let (scheme, rest) = match trimmed.find("://") {
             Some(i) => {
                 let prefix = &trimmed[..i + 3];
-                let Some((_, scheme)) = SCHEMES.iter().find(|(s, _)| s.eq_ignore_ascii_case(prefix))
+                let Some((_, scheme)) =
+                    SCHEMES.iter().find(|(s, _)| s.eq_ignore_ascii_case(prefix))
                 else {
                     return Err(bad(
                         "unsupported scheme (use tls://host:port, wss://host[:port][/path] or host:port)",
@@ -84,7 +85,9 @@ impl KasAddress {
             },
         };
         if rest.contains('/') || rest.contains('?') || rest.contains('@') || path.contains('?') {
-            return Err(bad("expected host:port without a query or user (and a path only for ws(s)://)"));
+            return Err(bad(
+                "expected host:port without a query or user (and a path only for ws(s)://)",
+            ));
         }
         if path.contains(char::is_whitespace) {
             return Err(bad("the path contains white space"));
@@ -211,7 +214,13 @@ mod tests {
         assert_eq!((a.scheme, a.port, a.path.as_str()), (Scheme::Ws, 9, "/"));
         assert_eq!(full("ws://[::1]").port, 80);
         assert_eq!(full("WSS://[::1]:5/t").to_string(), "wss://[::1]:5/t");
-        for s in ["wss://", "wss://kas:0", "ws://u@kas", "wss://kas/a?b", "ws://::1/"] {
+        for s in [
+            "wss://",
+            "wss://kas:0",
+            "ws://u@kas",
+            "wss://kas/a?b",
+            "ws://::1/",
+        ] {
             assert!(KasAddress::parse(s).is_err(), "{s} should be rejected");
         }
     }
@@ -237,7 +246,13 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for s in ["kas:1", "[::1]:2", "10.0.0.1:3", "wss://kas:443/x", "ws://[::1]:80"] {
+        for s in [
+            "kas:1",
+            "[::1]:2",
+            "10.0.0.1:3",
+            "wss://kas:443/x",
+            "ws://[::1]:80",
+        ] {
             let a = KasAddress::parse(s).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(a.to_string(), s);
             assert_eq!(KasAddress::parse(&a.to_string()).ok(), Some(a));
@@ -265,10 +280,16 @@ mod tests {
             explicit.ok().map(|e| e.proxy.map(|p| p.host)),
             Some(Some("other".to_owned()))
         );
-        assert!(a.endpoint(&ProxySetting::Url("socks5://x:1".into()), env).is_err());
+        assert!(
+            a.endpoint(&ProxySetting::Url("socks5://x:1".into()), env)
+                .is_err()
+        );
         let inside = full("tls://kas.internal:1");
         assert_eq!(
-            inside.endpoint(&ProxySetting::Environment, env).ok().map(|e| e.proxy),
+            inside
+                .endpoint(&ProxySetting::Environment, env)
+                .ok()
+                .map(|e| e.proxy),
             Some(None)
         );
     }

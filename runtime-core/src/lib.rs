@@ -48,9 +48,9 @@ pub mod runtime;
 pub mod server;
 pub mod session;
 pub mod stream;
-pub mod transport;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod transport;
 mod wakers;
 
 pub use agent::{connect_agent, connect_agent_over, connect_agent_to};

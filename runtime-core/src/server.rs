@@ -15,9 +15,9 @@ use crate::error::Error;
 use crate::handle::ConnectionHandle;
 use crate::handshake::{Authenticator, ServerConnection, server_handshake};
 use crate::runtime::{AsyncIo, BoxIo, Listener, Runtime, accept, sleep, timeout};
+use crate::session::Session;
 use crate::transport::{Prefixed, WsIo};
 use futures_lite::AsyncReadExt;
-use crate::session::Session;
 
 /// Authenticated connections waiting for [`Server::accept`].
 const BACKLOG: usize = 1024;
@@ -65,7 +65,8 @@ impl Server {
         // WebSocket clients (`wss://`) negotiate HTTP/1.1 (see `transport::dial`).
         let acceptor = tls.map(|tls| {
             let mut tls = (*tls).clone();
-            if !tls.alpn_protocols.is_empty() && !tls.alpn_protocols.iter().any(|p| p == b"http/1.1")
+            if !tls.alpn_protocols.is_empty()
+                && !tls.alpn_protocols.iter().any(|p| p == b"http/1.1")
             {
                 tls.alpn_protocols.push(b"http/1.1".to_vec());
             }

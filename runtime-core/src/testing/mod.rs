@@ -180,7 +180,9 @@ static OVER_WEBSOCKET: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
 fn transport_of(rt: Rt) -> Transport {
     let key = std::ptr::from_ref(rt) as usize;
-    let list = OVER_WEBSOCKET.lock().unwrap_or_else(PoisonError::into_inner);
+    let list = OVER_WEBSOCKET
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     if list.contains(&key) {
         Transport::WebSocket
     } else {

@@ -122,7 +122,12 @@ pub async fn dial(
         None => rt.connect(endpoint.host.clone(), endpoint.port).await,
     }
     .map_err(Error::Io)?;
-    timeout(rt, handshake_timeout, upgrade(tcp, endpoint, tls, server_name)).await?
+    timeout(
+        rt,
+        handshake_timeout,
+        upgrade(tcp, endpoint, tls, server_name),
+    )
+    .await?
 }
 
 async fn upgrade(
@@ -197,7 +202,10 @@ mod tests {
         e.proxy = ProxyConfig::parse("http://u:secret@proxy:3128").ok();
         assert_eq!(e.to_string(), "wss://kas:8150/api/v1/tunnel");
         let debug = format!("{e:?}");
-        assert!(debug.contains("via http://<redacted>@proxy:3128"), "{debug}");
+        assert!(
+            debug.contains("via http://<redacted>@proxy:3128"),
+            "{debug}"
+        );
         assert!(!debug.contains("secret"));
         assert_eq!(e.ws_url(), "ws://kas:8150/api/v1/tunnel");
     }

@@ -22,7 +22,8 @@ const MAX_ANSWER: usize = 16 * 1024;
 /// A proxy refused or broke the CONNECT request: whose fault it is is in the variant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
-    /// `407`: the proxy wants (other) credentials. The operator's configuration.
+    /// `407` (or `401`, which some proxies, tinyproxy among them, send instead): the proxy wants
+    /// (other) credentials. The operator's configuration.
     #[error("the proxy requires authentication (407 Proxy Authentication Required){}", if *.sent_credentials { ": it refused the credentials given" } else { ": give credentials in the proxy URL" })]
     AuthenticationRequired {
         /// Whether credentials were sent.
@@ -128,7 +129,9 @@ impl ProxyConfig {
             })
             .transpose()?;
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or_else(|| bad("unterminated [IPv6]"))?;
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| bad("unterminated [IPv6]"))?;
             match after.strip_prefix(':') {
                 Some(p) => (host, Some(p)),
                 None if after.is_empty() => (host, None),
@@ -246,7 +249,7 @@ impl ProxyConfig {
         let reason = response.reason.unwrap_or("").to_owned();
         match status {
             200..=299 => Ok(Prefixed::new(buf.split_off(head_len), io)),
-            407 => Err(ProxyError::AuthenticationRequired {
+            401 | 407 => Err(ProxyError::AuthenticationRequired {
                 sent_credentials: self.credentials.is_some(),
             }
             .into()),
@@ -307,17 +310,20 @@ mod tests {
     fn parses_proxy_urls_and_redacts_credentials() {
         let p = ProxyConfig::parse("http://us%40er:p%3Ass@proxy.corp:3128/").unwrap();
         assert_eq!((p.host.as_str(), p.port), ("proxy.corp", 3128));
-        assert_eq!(
-            p.credentials,
-            Some(("us@er".to_owned(), "p:ss".to_owned()))
-        );
+        assert_eq!(p.credentials, Some(("us@er".to_owned(), "p:ss".to_owned())));
         let shown = format!("{p} {p:?}");
         assert!(!shown.contains("p:ss") && !shown.contains("us@er") && !shown.contains("p%3Ass"));
         assert!(shown.contains("<redacted>@proxy.corp:3128"));
         assert_eq!(ProxyConfig::parse("proxy:8080").unwrap().port, 8080);
         assert_eq!(ProxyConfig::parse("http://proxy").unwrap().port, 80);
         assert_eq!(ProxyConfig::parse("http://[::1]:1").unwrap().host, "::1");
-        for bad in ["https://p:1", "socks5://p:1", "http://:1", "http://p:0", "http://p:1/x"] {
+        for bad in [
+            "https://p:1",
+            "socks5://p:1",
+            "http://:1",
+            "http://p:0",
+            "http://p:1/x",
+        ] {
             assert!(ProxyConfig::parse(bad).is_err(), "{bad}");
         }
         // An error never echoes the credentials.
@@ -363,15 +369,23 @@ mod tests {
         use futures_lite::future::block_on;
         let answer = |text: &'static str, creds: bool| {
             let proxy = ProxyConfig::parse(if creds { "http://u:p@p:1" } else { "p:1" }).unwrap();
-            let io = Duplex(futures_lite::io::Cursor::new(text.as_bytes().to_vec()), Vec::new());
+            let io = Duplex(
+                futures_lite::io::Cursor::new(text.as_bytes().to_vec()),
+                Vec::new(),
+            );
             block_on(proxy.connect(io, "kas", 443))
                 .map(|_| ())
                 .map_err(|e| *e.into_inner().unwrap().downcast::<ProxyError>().unwrap())
         };
-        assert_eq!(answer("HTTP/1.1 200 Connection established\r\n\r\n", false), Ok(()));
+        assert_eq!(
+            answer("HTTP/1.1 200 Connection established\r\n\r\n", false),
+            Ok(())
+        );
         assert_eq!(
             answer("HTTP/1.0 407 Proxy Authentication Required\r\n\r\n", true),
-            Err(ProxyError::AuthenticationRequired { sent_credentials: true })
+            Err(ProxyError::AuthenticationRequired {
+                sent_credentials: true
+            })
         );
         assert!(matches!(
             answer("HTTP/1.1 403 Forbidden\r\nX: y\r\n\r\n", false),
@@ -381,8 +395,14 @@ mod tests {
             answer("HTTP/1.1 502 Bad Gateway\r\n\r\n", false),
             Err(ProxyError::Upstream { status: 502, .. })
         ));
-        assert!(matches!(answer("SSH-2.0\r\n\r\n", false), Err(ProxyError::Malformed(_))));
-        assert!(matches!(answer("HTTP/1.1 200 OK\r\n", false), Err(ProxyError::Malformed(_))));
+        assert!(matches!(
+            answer("SSH-2.0\r\n\r\n", false),
+            Err(ProxyError::Malformed(_))
+        ));
+        assert!(matches!(
+            answer("HTTP/1.1 200 OK\r\n", false),
+            Err(ProxyError::Malformed(_))
+        ));
     }
 
     /// Reads from a cursor, writes into a vector.

@@ -90,10 +90,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsIo<S> {
                 .map_err(|e| match e {
                     WsError::Http(r) => io::Error::new(
                         io::ErrorKind::ConnectionRefused,
-                        format!(
-                            "the WebSocket upgrade was refused with HTTP {}",
-                            r.status()
-                        ),
+                        format!("the WebSocket upgrade was refused with HTTP {}", r.status()),
                     ),
                     e => ws_io_error(e),
                 })?;
