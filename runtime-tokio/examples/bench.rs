@@ -281,6 +281,32 @@ mod tunnel {
         Ok((server, agent, kas))
     }
 
+    /// The same pair with the tunnel in a WebSocket over TLS (`wss://`, runtime-core's transport;
+    /// the server tells it from the tunnel preface by its first octet).
+    pub async fn pair_ws(
+        rt: &Arc<dyn Runtime>,
+        t: &Tls,
+    ) -> Result<(Server, Connection, Connection)> {
+        let server = server(rt, t)?;
+        let endpoint = runtime_core::transport::Endpoint {
+            scheme: runtime_core::transport::Scheme::Wss,
+            host: "127.0.0.1".into(),
+            port: server.local_addr().port(),
+            path: "/".into(),
+            proxy: None,
+        };
+        let (agent, _) = runtime_core::connect_agent_to(
+            rt.clone(),
+            &endpoint,
+            t.client.clone(),
+            tunnel_tls::server_name("localhost")?,
+            opts(),
+        )
+        .await?;
+        let kas = server.accept().await?.connection;
+        Ok((server, agent, kas))
+    }
+
     /// Server side of bulk: every stream is read to EOF and answered with a trailer holding the count.
     pub fn sink(rt: &Arc<dyn Runtime>, kas: Connection) {
         let rt2 = rt.clone();
@@ -524,6 +550,17 @@ fn main() -> Result<()> {
         }
         let tun_rtt = tunnel::latency(&kas).await?;
         let raw_rtt = raw_latency(&t).await?;
+        // The WebSocket transport (wss://) in the same run, next to the tls:// rows above.
+        let (mut w1, mut w64) = (Bulk::default(), Bulk::default());
+        let (_ws_server, ws_agent, ws_kas) = tunnel::pair_ws(&tunnel_rt, &t).await?;
+        tunnel::sink(&tunnel_rt, ws_kas.clone());
+        tunnel::responder(&tunnel_rt, ws_agent.clone());
+        for _ in 0..ROUNDS {
+            measure(tunnel::bulk(&tunnel_rt, &agent, 1), &mut t1).await?;
+            measure(tunnel::bulk(&tunnel_rt, &ws_agent, 1), &mut w1).await?;
+            measure(tunnel::bulk(&tunnel_rt, &ws_agent, 64), &mut w64).await?;
+        }
+        let ws_rtt = tunnel::latency(&ws_kas).await?;
 
         let runtime = if use_smol {
             "runtime-smol"
@@ -585,6 +622,39 @@ fn main() -> Result<()> {
             tun_rtt.len(),
             raw_rtt.len()
         );
+        println!();
+        println!(
+            "{:<44} {:>12} {:>12} {:>7}",
+            "transport (same tunnel, same run)", "wss://", "tls://", "ratio"
+        );
+        for (name, w, b) in [("1 stream", w1, t1), ("64 streams", w64, t64)] {
+            println!(
+                "{:<44} {:>12.0} {:>12.0} {:>6.2}x",
+                format!("bulk, {name} (MiB/s, best of 3)"),
+                w.mib_s,
+                b.mib_s,
+                w.mib_s / b.mib_s
+            );
+            println!(
+                "{:<44} {:>12.2} {:>12.2} {:>6.2}x",
+                format!("CPU s per GiB, {name} (both ends)"),
+                w.cpu_per_gib,
+                b.cpu_per_gib,
+                w.cpu_per_gib / b.cpu_per_gib
+            );
+        }
+        for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+            let a = percentile(&ws_rtt, p);
+            let b = percentile(&tun_rtt, p);
+            println!(
+                "{:<44} {:>12.1} {:>12.1} {:>6.2}x",
+                format!("round trip 64 B / 64 B, {name} (µs)"),
+                us(a),
+                us(b),
+                us(a) / us(b)
+            );
+        }
+        println!();
         match idle {
             Ok(i) => {
                 println!(
