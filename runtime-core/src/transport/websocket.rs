@@ -106,6 +106,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsIo<S> {
 
     /// The server handshake: a WebSocket upgrade (any path) that offers [`SUBPROTOCOL`]; anything
     /// else is answered with `400` and fails.
+    // The callback's error type (`http::Response`) is tungstenite's `Callback` contract.
+    #[allow(clippy::result_large_err)]
     pub async fn server(io: S) -> Result<Self, io::Error> {
         let ws = async_tungstenite::accept_hdr_async_with_config(
             io,
