@@ -161,18 +161,15 @@ impl KasAddress {
 impl fmt::Display for KasAddress {
     /// `host:port` for `tls://` (as always), the URL for `ws(s)://`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.scheme != Scheme::Tls {
-            f.write_str(self.scheme.prefix())?;
+        let endpoint = Endpoint {
+            scheme: self.scheme,
+            host: self.host.clone(),
+            port: self.port,
+            path: self.path.clone(),
+            proxy: None,
         }
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)?;
-        } else {
-            write!(f, "{}:{}", self.host, self.port)?;
-        }
-        if self.scheme != Scheme::Tls && self.path != "/" {
-            f.write_str(&self.path)?;
-        }
-        Ok(())
+        .to_string();
+        f.write_str(endpoint.strip_prefix("tls://").unwrap_or(&endpoint))
     }
 }
 

@@ -278,18 +278,24 @@ impl Nginx {
         n
     }
 
-    fn binary() -> PathBuf {
-        find_program("nginx", &["/usr/sbin", "/usr/bin", "/usr/local/sbin"])
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(Self::binary())
-            .arg("-p")
+    /// `nginx` for this instance (prefix, configuration, error log).
+    fn command(&self) -> Command {
+        let mut c = Command::new(find_program(
+            "nginx",
+            &["/usr/sbin", "/usr/bin", "/usr/local/sbin"],
+        ));
+        c.arg("-p")
             .arg(&self.prefix)
             .arg("-c")
             .arg(&self.conf)
             .arg("-e")
-            .arg(self.prefix.join("logs/error.log"))
+            .arg(self.prefix.join("logs/error.log"));
+        c
+    }
+
+    fn spawn(&mut self) {
+        let child = self
+            .command()
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -308,13 +314,7 @@ impl Nginx {
 
     /// `nginx -s <signal>` for this instance; whether it worked.
     fn signal(&self, signal: &str) -> bool {
-        Command::new(Self::binary())
-            .arg("-p")
-            .arg(&self.prefix)
-            .arg("-c")
-            .arg(&self.conf)
-            .arg("-e")
-            .arg(self.prefix.join("logs/error.log"))
+        self.command()
             .args(["-s", signal])
             .stderr(Stdio::null())
             .status()

@@ -508,6 +508,27 @@ async fn idle_phase(rt: &Arc<dyn runtime_core::Runtime>, t: &Tls, n: usize) -> R
 
 // ----------------------------------------------------------------------------------------- main
 
+/// One table row: `a`, `b` with `decimals`, and `a / b`.
+fn ratio_row(name: &str, a: f64, b: f64, decimals: usize) {
+    println!(
+        "{name:<44} {a:>12.decimals$} {b:>12.decimals$} {:>6.2}x",
+        a / b
+    );
+}
+
+/// The round-trip rows (p50, p99 in µs) of `a` next to `b`.
+fn rtt_rows(a: &[Duration], b: &[Duration]) {
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+        ratio_row(
+            &format!("round trip 64 B / 64 B, {name} (µs)"),
+            us(percentile(a, p)),
+            us(percentile(b, p)),
+            1,
+        );
+    }
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--idle-clients") {
@@ -604,18 +625,7 @@ fn main() -> Result<()> {
                 b.cpu_per_gib / raw.cpu_per_gib
             );
         }
-        let us = |d: Duration| d.as_secs_f64() * 1e6;
-        for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
-            let a = percentile(&tun_rtt, p);
-            let b = percentile(&raw_rtt, p);
-            println!(
-                "{:<44} {:>12.1} {:>12.1} {:>6.2}x",
-                format!("round trip 64 B / 64 B, {name} (µs)"),
-                us(a),
-                us(b),
-                us(a) / us(b)
-            );
-        }
+        rtt_rows(&tun_rtt, &raw_rtt);
         println!(
             "{:<44} {:>12} {:>12}",
             "round trips measured",
@@ -628,32 +638,20 @@ fn main() -> Result<()> {
             "transport (same tunnel, same run)", "wss://", "tls://", "ratio"
         );
         for (name, w, b) in [("1 stream", w1, t1), ("64 streams", w64, t64)] {
-            println!(
-                "{:<44} {:>12.0} {:>12.0} {:>6.2}x",
-                format!("bulk, {name} (MiB/s, best of 3)"),
+            ratio_row(
+                &format!("bulk, {name} (MiB/s, best of 3)"),
                 w.mib_s,
                 b.mib_s,
-                w.mib_s / b.mib_s
+                0,
             );
-            println!(
-                "{:<44} {:>12.2} {:>12.2} {:>6.2}x",
-                format!("CPU s per GiB, {name} (both ends)"),
+            ratio_row(
+                &format!("CPU s per GiB, {name} (both ends)"),
                 w.cpu_per_gib,
                 b.cpu_per_gib,
-                w.cpu_per_gib / b.cpu_per_gib
+                2,
             );
         }
-        for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
-            let a = percentile(&ws_rtt, p);
-            let b = percentile(&tun_rtt, p);
-            println!(
-                "{:<44} {:>12.1} {:>12.1} {:>6.2}x",
-                format!("round trip 64 B / 64 B, {name} (µs)"),
-                us(a),
-                us(b),
-                us(a) / us(b)
-            );
-        }
+        rtt_rows(&ws_rtt, &tun_rtt);
         println!();
         match idle {
             Ok(i) => {
