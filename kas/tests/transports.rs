@@ -142,7 +142,12 @@ fn find_program(name: &str, dirs: &[&str]) -> PathBuf {
         .unwrap_or_else(|| panic!("{name} is not installed (scripts/test.sh installs it)"))
 }
 
-/// A `tinyproxy` in the foreground on 127.0.0.1, with basic auth `agent:s3cret` if `auth`.
+/// tinyproxy's basic auth `agent:s3cret`.
+const AUTH: &str = "BasicAuth agent s3cret\n";
+/// tinyproxy lets CONNECT reach port 1 only (everything else: 403).
+const ONLY_PORT_1: &str = "ConnectPort 1\n";
+
+/// A `tinyproxy` in the foreground on 127.0.0.1, with the configuration lines `extra`.
 struct Tinyproxy {
     child: Child,
     port: u16,
@@ -150,7 +155,7 @@ struct Tinyproxy {
 }
 
 impl Tinyproxy {
-    fn start(dir: &Path, auth: bool) -> Tinyproxy {
+    fn start(dir: &Path, extra: &str) -> Tinyproxy {
         let port = free_port();
         let log = dir.join(format!("tinyproxy-{port}.log"));
         let conf = dir.join(format!("tinyproxy-{port}.conf"));
@@ -159,9 +164,7 @@ impl Tinyproxy {
              LogFile \"{}\"\nAllow 127.0.0.1\nDisableViaHeader Yes\n",
             log.display()
         );
-        if auth {
-            text.push_str("BasicAuth agent s3cret\n");
-        }
+        text.push_str(extra);
         std::fs::write(&conf, text).unwrap();
         let child = Command::new(find_program(
             "tinyproxy",
@@ -410,7 +413,7 @@ fn api_port_refuses_upgrades_without_the_subprotocol() {
 #[test]
 fn through_tinyproxy_with_basic_auth_for_wss_and_tls() {
     let s = stack_without_agent();
-    let proxy = Tinyproxy::start(s.env.dir.path(), true);
+    let proxy = Tinyproxy::start(s.env.dir.path(), AUTH);
     let agent = s.kas().agent_addr();
     for address in [
         format!("wss://localhost:{}", agent.port()),
@@ -432,12 +435,13 @@ fn through_tinyproxy_with_basic_auth_for_wss_and_tls() {
     }
 }
 
-/// Wrong or missing credentials: the dial fails with the typed 407 error; agentk keeps retrying
-/// with its back-off (a handful of attempts in a few seconds, not a tight loop) and never connects.
+/// The proxy's refusals are typed errors: wrong or missing credentials (407/401), a forbidden port
+/// (403), an unreachable kas (5xx). With wrong credentials agentk keeps retrying with its back-off
+/// (a handful of attempts in a few seconds, not a tight loop) and never connects.
 #[test]
-fn tinyproxy_with_wrong_credentials_is_a_typed_error_and_a_back_off() {
+fn proxy_refusals_are_typed_errors_and_a_back_off() {
     let s = stack_without_agent();
-    let proxy = Tinyproxy::start(s.env.dir.path(), true);
+    let proxy = Tinyproxy::start(s.env.dir.path(), AUTH);
     let agent = s.kas().agent_addr();
     let pki_roots = tunnel_tls::Roots::PemFile(s.ca_file.clone());
     let tls = tunnel_tls::client_config(&pki_roots, None).unwrap();
@@ -445,35 +449,50 @@ fn tinyproxy_with_wrong_credentials_is_a_typed_error_and_a_back_off() {
         .enable_all()
         .build()
         .unwrap();
-    for (scheme, credentials, sent) in [
-        (Scheme::Wss, "agent:wrong@", true),
-        (Scheme::Tls, "", false),
-    ] {
+    let forbidding = Tinyproxy::start(s.env.dir.path(), ONLY_PORT_1);
+    let closed_port = free_port();
+    let dial = |scheme, proxy_url: String, port| {
         let endpoint = Endpoint {
             scheme,
             host: "localhost".into(),
-            port: agent.port(),
+            port,
             path: "/".into(),
-            proxy: Some(ProxyConfig::parse(&proxy.url(credentials)).unwrap()),
+            proxy: Some(ProxyConfig::parse(&proxy_url).unwrap()),
         };
         let opts = runtime_tokio::AgentOptions {
             token: s.env.token(1).to_owned(),
             ..Default::default()
         };
-        let result = rt.block_on(runtime_tokio::connect_agent_to(
+        match rt.block_on(runtime_tokio::connect_agent_to(
             &endpoint,
             tls.clone(),
             tunnel_tls::server_name("localhost").unwrap(),
             opts,
-        ));
-        match result {
-            Err(runtime_tokio::Error::Proxy(ProxyError::AuthenticationRequired {
-                sent_credentials,
-            })) => assert_eq!(sent_credentials, sent),
-            Err(e) => panic!("{scheme:?}: expected a 407 proxy error, got {e}"),
-            Ok(_) => panic!("{scheme:?}: connected through the proxy with wrong credentials"),
+        )) {
+            Err(runtime_tokio::Error::Proxy(e)) => e,
+            Err(e) => panic!("{scheme:?} via {proxy_url}: expected a proxy error, got {e}"),
+            Ok(_) => panic!("{scheme:?} via {proxy_url}: connected"),
         }
-    }
+    };
+    assert_eq!(
+        dial(Scheme::Wss, proxy.url("agent:wrong@"), agent.port()),
+        ProxyError::AuthenticationRequired {
+            sent_credentials: true
+        }
+    );
+    assert_eq!(
+        dial(Scheme::Tls, proxy.url(""), agent.port()),
+        ProxyError::AuthenticationRequired {
+            sent_credentials: false
+        }
+    );
+    let e = dial(Scheme::Tls, forbidding.url(""), agent.port());
+    assert!(
+        matches!(e, ProxyError::Forbidden { status: 403, .. }),
+        "{e}"
+    );
+    let e = dial(Scheme::Wss, proxy.url("agent:s3cret@"), closed_port);
+    assert!(matches!(e, ProxyError::Upstream { .. }), "{e}");
     let before = proxy.connects();
     let started = Instant::now();
     let a = Agentk::start(
