@@ -25,3 +25,61 @@ pub use endpoint::{Endpoint, EndpointError, Scheme, dial};
 pub use prefixed::Prefixed;
 pub use proxy::{BadProxyUrl, ProxyConfig, ProxyError};
 pub use websocket::{SUBPROTOCOL, WsIo};
+
+/// In-memory byte streams for the transport's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use futures_io::{AsyncRead, AsyncWrite};
+
+    /// Reads `input`, records what is written.
+    pub(crate) struct Duplex {
+        input: futures_lite::io::Cursor<Vec<u8>>,
+        output: Vec<u8>,
+    }
+
+    impl Duplex {
+        pub(crate) fn new(input: Vec<u8>) -> Duplex {
+            Duplex {
+                input: futures_lite::io::Cursor::new(input),
+                output: Vec::new(),
+            }
+        }
+
+        pub(crate) fn written(&self) -> &[u8] {
+            &self.output
+        }
+    }
+
+    impl AsyncRead for Duplex {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.input).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Duplex {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.output.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+}

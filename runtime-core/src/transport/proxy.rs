@@ -369,10 +369,7 @@ mod tests {
         use futures_lite::future::block_on;
         let answer = |text: &'static str, creds: bool| {
             let proxy = ProxyConfig::parse(if creds { "http://u:p@p:1" } else { "p:1" }).unwrap();
-            let io = Duplex(
-                futures_lite::io::Cursor::new(text.as_bytes().to_vec()),
-                Vec::new(),
-            );
+            let io = crate::transport::testing::Duplex::new(text.as_bytes().to_vec());
             block_on(proxy.connect(io, "kas", 443))
                 .map(|_| ())
                 .map_err(|e| *e.into_inner().unwrap().downcast::<ProxyError>().unwrap())
@@ -403,41 +400,5 @@ mod tests {
             answer("HTTP/1.1 200 OK\r\n", false),
             Err(ProxyError::Malformed(_))
         ));
-    }
-
-    /// Reads from a cursor, writes into a vector.
-    struct Duplex(futures_lite::io::Cursor<Vec<u8>>, Vec<u8>);
-
-    impl AsyncRead for Duplex {
-        fn poll_read(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-            buf: &mut [u8],
-        ) -> std::task::Poll<io::Result<usize>> {
-            std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
-        }
-    }
-
-    impl AsyncWrite for Duplex {
-        fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<io::Result<usize>> {
-            self.1.extend_from_slice(buf);
-            std::task::Poll::Ready(Ok(buf.len()))
-        }
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn poll_close(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
     }
 }

@@ -108,9 +108,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsIo<S> {
     /// else is answered with `400` and fails.
     // The callback's error type (`http::Response`) is tungstenite's `Callback` contract.
     #[allow(clippy::result_large_err)]
-    pub async fn server(io: S) -> Result<Self, io::Error> {
-        let ws = async_tungstenite::accept_hdr_async_with_config(
-            io,
+    pub async fn server(io: S) -> Result<WsIo<HeadLimit<S>>, io::Error> {
+        let mut ws = async_tungstenite::accept_hdr_async_with_config(
+            HeadLimit {
+                inner: io,
+                remaining: Some(MAX_UPGRADE_REQUEST),
+            },
             |request: &ServerRequest, mut response: Response| {
                 if !offers_subprotocol(request.headers().get_all(header::SEC_WEBSOCKET_PROTOCOL)) {
                     return Err(refusal(format!(
@@ -127,7 +130,69 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsIo<S> {
         )
         .await
         .map_err(ws_io_error)?;
+        ws.get_mut().remaining = None;
         Ok(WsIo::new(ws))
+    }
+}
+
+/// The most octets a server reads before the upgrade request is complete (tungstenite's handshake
+/// has no bound of its own besides the handshake timeout).
+const MAX_UPGRADE_REQUEST: usize = 16 * 1024;
+
+/// A byte stream that fails reads (`InvalidData`) once `remaining` octets were read, while the
+/// limit is on: bounds what a peer can make the server buffer during the WebSocket handshake.
+#[derive(Debug)]
+pub struct HeadLimit<S> {
+    inner: S,
+    remaining: Option<usize>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for HeadLimit<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let Some(remaining) = this.remaining else {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        };
+        if remaining == 0 {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "WebSocket upgrade request too large",
+            )));
+        }
+        let n = buf.len().min(remaining);
+        let read = ready!(Pin::new(&mut this.inner).poll_read(cx, &mut buf[..n]))?;
+        this.remaining = Some(remaining - read);
+        Poll::Ready(Ok(read))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for HeadLimit<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
     }
 }
 
@@ -228,5 +293,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsIo<S> {
             Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => Poll::Ready(Ok(())),
             Err(e) => Poll::Ready(Err(ws_io_error(e))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::testing::Duplex;
+
+    fn upgrade_request(extra: &str) -> Vec<u8> {
+        format!(
+            "GET / HTTP/1.1\r\nHost: kas\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn serve(request: Vec<u8>) -> (Result<(), io::Error>, String) {
+        let mut io = Duplex::new(request);
+        let result = futures_lite::future::block_on(WsIo::server(&mut io)).map(|_| ());
+        (result, String::from_utf8_lossy(io.written()).into_owned())
+    }
+
+    #[test]
+    fn server_requires_the_subprotocol() {
+        let (ok, answer) = serve(upgrade_request(
+            "Sec-WebSocket-Protocol: x, agent-tunnel.v1\r\n",
+        ));
+        assert!(ok.is_ok(), "{ok:?}");
+        assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+        assert!(answer.contains("agent-tunnel.v1"), "{answer}");
+        let (refused, answer) = serve(upgrade_request("Sec-WebSocket-Protocol: chat\r\n"));
+        assert!(refused.is_err());
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    }
+
+    #[test]
+    fn oversized_upgrade_requests_fail_early() {
+        let huge = format!("X-Filler: {}\r\n", "a".repeat(4 * MAX_UPGRADE_REQUEST));
+        let (result, _) = serve(upgrade_request(&huge));
+        let e = result.expect_err("a 64 KiB header was accepted");
+        assert!(e.to_string().contains("too large"), "{e}");
     }
 }
