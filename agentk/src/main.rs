@@ -295,9 +295,15 @@ mod tests {
             "c1",
             "--tls-server-name",
             "kas.example",
+            "--proxy",
+            "http://proxy.corp:3128",
         ])
         .expect("valid flags");
         let c = config(&cli).expect("config");
+        assert_eq!(
+            c.proxy,
+            agentk::ProxySetting::Url("http://proxy.corp:3128".into())
+        );
         assert_eq!(c.token, "tok");
         assert_eq!(c.kas_address, "tls://kas:8150");
         assert_eq!(c.ca, tunnel_tls::Roots::PemFile("/ca.pem".into()));
