@@ -1,18 +1,25 @@
-//! A byte stream with octets already read put back in front of it.
+//! A byte stream with octets already read put back in front of it, and an optional read budget
+//! while a handshake runs.
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use futures_io::{AsyncRead, AsyncWrite};
 
 /// `inner`, whose next reads first return `prefix` (octets read ahead while sniffing the first
 /// octet of a connection or reading a proxy's answer). Writes go straight to `inner`.
+///
+/// With a read budget ([`Prefixed::with_read_budget`]), reads fail (`InvalidData`) once the budget
+/// is spent, until [`Prefixed::lift_read_budget`]: this bounds what a peer can make a handshake
+/// (tungstenite's WebSocket upgrade, which has no limit of its own) buffer.
 #[derive(Debug)]
 pub struct Prefixed<S> {
     prefix: Vec<u8>,
     /// How much of `prefix` was read already.
     pos: usize,
+    /// Octets that may still be read from `inner`, if limited.
+    budget: Option<usize>,
     inner: S,
 }
 
@@ -22,8 +29,20 @@ impl<S> Prefixed<S> {
         Prefixed {
             prefix,
             pos: 0,
+            budget: None,
             inner,
         }
+    }
+
+    /// Limits what may be read from the inner stream to `octets` (the prefix is not counted).
+    pub fn with_read_budget(mut self, octets: usize) -> Self {
+        self.budget = Some(octets);
+        self
+    }
+
+    /// Removes the read budget (the handshake is over).
+    pub fn lift_read_budget(&mut self) {
+        self.budget = None;
     }
 }
 
@@ -44,7 +63,19 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
             }
             return Poll::Ready(Ok(n));
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        let Some(budget) = this.budget else {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        };
+        if budget == 0 {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "handshake too large (read budget spent)",
+            )));
+        }
+        let n = buf.len().min(budget);
+        let read = ready!(Pin::new(&mut this.inner).poll_read(cx, &mut buf[..n]))?;
+        this.budget = Some(budget - read);
+        Poll::Ready(Ok(read))
     }
 }
 

@@ -22,6 +22,8 @@ use async_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_util::{Sink, Stream};
 
+use super::prefixed::Prefixed;
+
 /// The WebSocket subprotocol the tunnel is offered and accepted under, named for the tunnel
 /// protocol version (`agent-tunnel.v1`).
 pub const SUBPROTOCOL: &str = "agent-tunnel.v1";
@@ -108,12 +110,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsIo<S> {
     /// else is answered with `400` and fails.
     // The callback's error type (`http::Response`) is tungstenite's `Callback` contract.
     #[allow(clippy::result_large_err)]
-    pub async fn server(io: S) -> Result<WsIo<HeadLimit<S>>, io::Error> {
+    pub async fn server(io: S) -> Result<WsIo<Prefixed<S>>, io::Error> {
         let mut ws = async_tungstenite::accept_hdr_async_with_config(
-            HeadLimit {
-                inner: io,
-                remaining: Some(MAX_UPGRADE_REQUEST),
-            },
+            Prefixed::new(Vec::new(), io).with_read_budget(MAX_UPGRADE_REQUEST),
             |request: &ServerRequest, mut response: Response| {
                 if !offers_subprotocol(request.headers().get_all(header::SEC_WEBSOCKET_PROTOCOL)) {
                     return Err(refusal(format!(
@@ -130,7 +129,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsIo<S> {
         )
         .await
         .map_err(ws_io_error)?;
-        ws.get_mut().remaining = None;
+        ws.get_mut().lift_read_budget();
         Ok(WsIo::new(ws))
     }
 }
@@ -138,63 +137,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsIo<S> {
 /// The most octets a server reads before the upgrade request is complete (tungstenite's handshake
 /// has no bound of its own besides the handshake timeout).
 const MAX_UPGRADE_REQUEST: usize = 16 * 1024;
-
-/// A byte stream that fails reads (`InvalidData`) once `remaining` octets were read, while the
-/// limit is on: bounds what a peer can make the server buffer during the WebSocket handshake.
-#[derive(Debug)]
-pub struct HeadLimit<S> {
-    inner: S,
-    remaining: Option<usize>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for HeadLimit<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let Some(remaining) = this.remaining else {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
-        };
-        if remaining == 0 {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "WebSocket upgrade request too large",
-            )));
-        }
-        let n = buf.len().min(remaining);
-        let read = ready!(Pin::new(&mut this.inner).poll_read(cx, &mut buf[..n]))?;
-        this.remaining = Some(remaining - read);
-        Poll::Ready(Ok(read))
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for HeadLimit<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_close(cx)
-    }
-}
 
 /// Whether a `Sec-WebSocket-Protocol` header list offers [`SUBPROTOCOL`].
 pub fn offers_subprotocol<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> bool {
