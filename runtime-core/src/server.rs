@@ -16,7 +16,7 @@ use crate::handle::ConnectionHandle;
 use crate::handshake::{Authenticator, ServerConnection, server_handshake};
 use crate::runtime::{AsyncIo, BoxIo, Listener, Runtime, accept, sleep, timeout};
 use crate::session::Session;
-use crate::transport::{Prefixed, WsIo};
+use crate::transport::{Prefixed, WsIo, websocket};
 use futures_lite::AsyncReadExt;
 
 /// Authenticated connections waiting for [`Server::accept`].
@@ -195,8 +195,11 @@ impl Intake {
     }
 }
 
-/// Runs the server side of the tunnel over `io` after telling a WebSocket upgrade (`GET`) from the
-/// tunnel preface by the first octet; the WebSocket handshake is bounded by the handshake timeout.
+/// Runs the server side of the tunnel over `io` after telling a WebSocket upgrade request from
+/// the tunnel: a connection whose first octet is `G` has its request head read (at most 16 KiB,
+/// within the handshake timeout); a `GET` with `Upgrade: websocket` goes through the WebSocket
+/// handshake, anything else goes to the tunnel as it came (and so is a protocol error unless it is
+/// the preface).
 async fn accept_sniffed(
     rt: Arc<dyn Runtime>,
     mut io: BoxIo,
@@ -204,15 +207,24 @@ async fn accept_sniffed(
     authenticator: &dyn Authenticator,
     peer: SocketAddr,
 ) -> Result<ServerConnection<ConnectionHandle>, Error> {
-    let mut first = [0u8; 1];
-    let n = timeout(&*rt, config.handshake_timeout, io.read(&mut first))
+    let mut head = vec![0u8; 1];
+    let n = timeout(&*rt, config.handshake_timeout, io.read(&mut head))
         .await?
         .map_err(Error::Io)?;
     if n == 0 {
         return Err(Error::TransportClosed);
     }
-    let io = Prefixed::new(first.to_vec(), io);
-    if first[0] == b'G' {
+    if head[0] == b'G' {
+        let _ = timeout(
+            &*rt,
+            config.handshake_timeout,
+            websocket::read_request_head(&mut io, &mut head),
+        )
+        .await;
+    }
+    let upgrade = websocket::is_upgrade_request(&head);
+    let io = Prefixed::new(head, io);
+    if upgrade {
         let ws = timeout(&*rt, config.handshake_timeout, WsIo::server(io))
             .await?
             .map_err(Error::WebSocket)?;

@@ -138,6 +138,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsIo<S> {
 /// has no bound of its own besides the handshake timeout).
 const MAX_UPGRADE_REQUEST: usize = 16 * 1024;
 
+/// Reads into `head` (which holds what was read already) until it holds a whole HTTP request head,
+/// the stream ends or fails, or [`MAX_UPGRADE_REQUEST`] octets; never reads past the head's end
+/// by more than one read (a WebSocket client waits for the answer before sending more).
+pub async fn read_request_head<S: AsyncRead + Unpin>(io: &mut S, head: &mut Vec<u8>) {
+    use futures_lite::AsyncReadExt as _;
+    let mut chunk = [0u8; 1024];
+    while head.len() < MAX_UPGRADE_REQUEST && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match io.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Whether `head` is a complete `GET` request head asking to upgrade to a WebSocket.
+pub fn is_upgrade_request(head: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut headers);
+    matches!(request.parse(head), Ok(httparse::Status::Complete(_)))
+        && request.method == Some("GET")
+        && request.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("upgrade")
+                && std::str::from_utf8(h.value).is_ok_and(|v| {
+                    v.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
+                })
+        })
+}
+
 /// Whether a `Sec-WebSocket-Protocol` header list offers [`SUBPROTOCOL`].
 pub fn offers_subprotocol<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> bool {
     values.into_iter().any(|v| {
@@ -268,6 +297,20 @@ mod tests {
         let (refused, answer) = serve(upgrade_request("Sec-WebSocket-Protocol: chat\r\n"));
         assert!(refused.is_err());
         assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    }
+
+    #[test]
+    fn upgrade_requests_are_told_from_other_heads() {
+        assert!(is_upgrade_request(&upgrade_request("")));
+        assert!(!is_upgrade_request(b"GET / HTTP/1.1\r\nHost: kas\r\n\r\n"));
+        assert!(!is_upgrade_request(
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n"
+        ));
+        assert!(!is_upgrade_request(b"\x89AGTUN\r\n"));
+        let mut head = b"G".to_vec();
+        let mut io = Duplex::new(b"ET / HTTP/1.1\r\nUpgrade: WebSocket\r\n\r\nrest".to_vec());
+        futures_lite::future::block_on(read_request_head(&mut io, &mut head));
+        assert!(is_upgrade_request(&head));
     }
 
     #[test]
