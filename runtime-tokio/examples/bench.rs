@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use protocol::proto::{Reject, RequestHead, ResponseHead, Trailer};
 use protocol::{Config, HelloInfo};
+use runtime_core::transport::Scheme;
 use runtime_core::{Accepted, AgentOptions};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -267,34 +268,18 @@ mod tunnel {
         )?)
     }
 
-    pub async fn pair(rt: &Arc<dyn Runtime>, t: &Tls) -> Result<(Server, Connection, Connection)> {
-        let server = server(rt, t)?;
-        let (agent, _) = runtime_core::connect_agent(
-            rt.clone(),
-            server.local_addr(),
-            t.client.clone(),
-            tunnel_tls::server_name("localhost")?,
-            opts(),
-        )
-        .await?;
-        let kas = server.accept().await?.connection;
-        Ok((server, agent, kas))
-    }
-
-    /// The same pair with the tunnel in a WebSocket over TLS (`wss://`, runtime-core's transport;
-    /// the server tells it from the tunnel preface by its first octet).
-    pub async fn pair_ws(
+    /// An agent connected to a fresh server over `scheme` (`Tls`: the tunnel straight over TLS;
+    /// `Wss`: in a WebSocket over TLS, runtime-core's transport, which the server tells from the
+    /// tunnel preface by its request head).
+    pub async fn pair(
         rt: &Arc<dyn Runtime>,
         t: &Tls,
+        scheme: runtime_core::transport::Scheme,
     ) -> Result<(Server, Connection, Connection)> {
         let server = server(rt, t)?;
-        let endpoint = runtime_core::transport::Endpoint {
-            scheme: runtime_core::transport::Scheme::Wss,
-            host: "127.0.0.1".into(),
-            port: server.local_addr().port(),
-            path: "/".into(),
-            proxy: None,
-        };
+        let mut endpoint =
+            runtime_core::transport::Endpoint::tls("127.0.0.1", server.local_addr().port());
+        endpoint.scheme = scheme;
         let (agent, _) = runtime_core::connect_agent_to(
             rt.clone(),
             &endpoint,
@@ -561,7 +546,7 @@ fn main() -> Result<()> {
         };
 
         let (mut raw, mut t1, mut t64) = (Bulk::default(), Bulk::default(), Bulk::default());
-        let (_server, agent, kas) = tunnel::pair(&tunnel_rt, &t).await?;
+        let (_server, agent, kas) = tunnel::pair(&tunnel_rt, &t, Scheme::Tls).await?;
         tunnel::sink(&tunnel_rt, kas.clone());
         tunnel::responder(&tunnel_rt, agent.clone());
         for _ in 0..ROUNDS {
@@ -573,7 +558,7 @@ fn main() -> Result<()> {
         let raw_rtt = raw_latency(&t).await?;
         // The WebSocket transport (wss://) in the same run, next to the tls:// rows above.
         let (mut w1, mut w64) = (Bulk::default(), Bulk::default());
-        let (_ws_server, ws_agent, ws_kas) = tunnel::pair_ws(&tunnel_rt, &t).await?;
+        let (_ws_server, ws_agent, ws_kas) = tunnel::pair(&tunnel_rt, &t, Scheme::Wss).await?;
         tunnel::sink(&tunnel_rt, ws_kas.clone());
         tunnel::responder(&tunnel_rt, ws_agent.clone());
         for _ in 0..ROUNDS {
