@@ -12,6 +12,10 @@ command -v git >/dev/null 2>&1 || need_apt+=(git)
 # kas-demo's git test also drives the demo repositories' curl post-receive hook
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1 || need_apt+=(nginx)
+# kas/tests/transports.rs: agents through a real HTTP CONNECT proxy (tinyproxy) and behind nginx (TLS
+# terminated for wss://, TCP pass-through with the stream module for tls://)
+{ command -v tinyproxy || [ -x /usr/bin/tinyproxy ]; } >/dev/null 2>&1 || need_apt+=(tinyproxy)
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need_apt+=(libnginx-mod-stream)
 { command -v fcgiwrap || [ -x /usr/sbin/fcgiwrap ]; } >/dev/null 2>&1 || need_apt+=(fcgiwrap)
 # `ss` reads listen backlogs (kas's listener test)
 { command -v ss || [ -x /usr/sbin/ss ] || [ -x /usr/bin/ss ]; } >/dev/null 2>&1 || need_apt+=(iproute2)

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use protocol::CloseReason;
 use protocol::cache::{AgentCache, PublisherConfig, ResourceKind};
 use protocol::tunnel::reconnect::{BackoffPolicy, Decision, DialFailure, Next, Reconnect, Why};
-use runtime_tokio::{AgentOptions, Connection, Error as TunnelError, connect_agent};
+use runtime_tokio::transport::Endpoint;
+use runtime_tokio::{AgentOptions, Connection, Error as TunnelError, connect_agent_to};
 use rustls::pki_types::ServerName;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -39,6 +40,8 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
 /// A ready-to-run agent: configuration checked, TLS and upstream clients built.
 pub struct Agent {
     address: KasAddress,
+    /// The address with its transport and proxy.
+    endpoint: Endpoint,
     tls: Arc<rustls::ClientConfig>,
     server_name: ServerName<'static>,
     options: AgentOptions,
@@ -110,6 +113,7 @@ impl Agent {
         // one provider this workspace compiles in (a no-op if the application installed one).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let address = KasAddress::parse(&config.kas_address)?;
+        let endpoint = address.endpoint(&config.proxy, |k| std::env::var(k).ok())?;
         if config.token.trim().is_empty() {
             return Err(Error::EmptyToken);
         }
@@ -146,6 +150,7 @@ impl Agent {
         };
         Ok(Agent {
             address,
+            endpoint,
             tls,
             server_name,
             options,
@@ -185,7 +190,7 @@ impl Agent {
         // GitOps: workers follow the applied configuration and use the current connection.
         let (conn_tx, conn_rx) = tokio::sync::watch::channel(None::<Connection>);
         let mut gitops: Option<JoinHandle<()>> = None;
-        tracing::info!(kas = %self.address, "agentk starting");
+        tracing::info!(kas = %self.address, proxy = ?self.endpoint.proxy, "agentk starting");
         // Runs until shutdown; every iteration dials once and then waits (back-off, or the life of
         // the connection), so it never spins.
         loop {
@@ -196,8 +201,8 @@ impl Agent {
             let dial = async {
                 tokio::time::timeout(
                     DIAL_TIMEOUT,
-                    connect_agent(
-                        (self.address.host.as_str(), self.address.port),
+                    connect_agent_to(
+                        &self.endpoint,
                         self.tls.clone(),
                         self.server_name.clone(),
                         self.options.clone(),

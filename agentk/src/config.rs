@@ -172,8 +172,11 @@ pub fn read_views_file(path: &Path) -> Result<Vec<ViewSpec>, Error> {
 /// Everything [`crate::run`] needs. Build it with [`Config::new`] and adjust the public fields.
 #[derive(Clone)]
 pub struct Config {
-    /// `host:port` or `tls://host:port` of kas's agent listener.
+    /// `host:port` or `tls://host:port` of kas's agent listener, or `wss://host[:port][/path]` (the
+    /// tunnel in a WebSocket: through HTTP proxies and load balancers).
     pub kas_address: String,
+    /// The HTTP CONNECT proxy to kas (default: from `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`).
+    pub proxy: crate::address::ProxySetting,
     /// The agent token (never logged).
     pub token: String,
     /// Where the token came from, if a file: after kas refused the token, it is read again before
@@ -204,6 +207,7 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("kas_address", &self.kas_address)
+            .field("proxy", &self.proxy_for_logs())
             .field("token", &"<redacted>")
             .field("token_file", &self.token_file)
             .field("ca", &self.ca)
@@ -220,12 +224,24 @@ impl fmt::Debug for Config {
 }
 
 impl Config {
+    /// The proxy setting without credentials (for `Debug`).
+    fn proxy_for_logs(&self) -> String {
+        match &self.proxy {
+            crate::address::ProxySetting::Url(url) => {
+                runtime_tokio::transport::ProxyConfig::parse(url)
+                    .map_or_else(|_| "<unparsable URL>".to_owned(), |p| p.to_string())
+            }
+            other => format!("{other:?}"),
+        }
+    }
+
     /// Defaults: system roots, server name from the address, [`KubeSource::Infer`], the default
     /// back-off, metadata from the environment, default tunnel settings, 10 s shutdown grace, the
     /// default cache ([`CacheConfig::default`]).
     pub fn new(kas_address: impl Into<String>, token: impl Into<String>) -> Config {
         Config {
             kas_address: kas_address.into(),
+            proxy: crate::address::ProxySetting::Environment,
             token: token.into(),
             token_file: None,
             ca: tunnel_tls::Roots::System,

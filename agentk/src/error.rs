@@ -11,6 +11,9 @@ pub enum Error {
     /// The kas address could not be parsed.
     #[error("invalid kas address {address:?}: {reason}")]
     KasAddress { address: String, reason: String },
+    /// The HTTP proxy URL (`--proxy`, `HTTPS_PROXY`, `HTTP_PROXY`) is unusable.
+    #[error("proxy configuration: {0}")]
+    Proxy(#[from] runtime_tokio::transport::proxy::BadProxyUrl),
     /// The TLS configuration (root certificates, server name) is unusable.
     #[error("TLS configuration: {0}")]
     Tls(#[from] tunnel_tls::TlsError),

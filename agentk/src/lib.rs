@@ -112,7 +112,7 @@ pub mod service_proxy;
 pub mod upstream;
 pub mod views;
 
-pub use address::KasAddress;
+pub use address::{KasAddress, ProxySetting};
 pub use agent::{Agent, run};
 pub use config::{
     CACHE_CAPABILITIES, CAPABILITIES, CacheConfig, Config, KubeSource, MetaOverrides,

@@ -30,9 +30,16 @@ enum LogFormat {
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// kas's agent listener: host:port or tls://host:port.
+    /// kas's agent listener: host:port or tls://host:port; or wss://host[:port][/path] for the
+    /// tunnel in a WebSocket (through HTTP proxies and load balancers; kas serves it on its agent
+    /// listener and on its API port at /api/v1/tunnel).
     #[arg(long, env = "AGENTK_KAS_ADDRESS", required = true)]
     kas_address: Option<String>,
+    /// HTTP CONNECT proxy to kas, `http://[user:password@]host:port`, or `direct` for none
+    /// (default: HTTPS_PROXY for tls:// and wss://, HTTP_PROXY for ws://, unless NO_PROXY names
+    /// kas's host). The credentials are sent as basic authentication and never logged.
+    #[arg(long, env = "AGENTK_PROXY")]
+    proxy: Option<String>,
     /// File holding the agent token (surrounding whitespace is ignored).
     #[arg(long, env = "AGENTK_TOKEN_FILE", required = true)]
     token_file: Option<PathBuf>,
@@ -276,6 +283,9 @@ fn config(cli: &Cli) -> anyhow::Result<agentk::Config> {
         config.ca = tunnel_tls::Roots::PemFile(ca.clone());
     }
     config.tls_server_name = cli.tls_server_name.clone();
+    if let Some(proxy) = &cli.proxy {
+        config.proxy = agentk::ProxySetting::from_flag(proxy);
+    }
     config.kube = match (&cli.kubeconfig, cli.in_cluster, &cli.context) {
         (Some(path), _, context) => agentk::KubeSource::Kubeconfig {
             path: path.clone(),
@@ -515,9 +525,15 @@ mod tests {
             "c1",
             "--tls-server-name",
             "kas.example",
+            "--proxy",
+            "http://proxy.corp:3128",
         ])
         .expect("valid flags");
         let c = config(&cli).expect("config");
+        assert_eq!(
+            c.proxy,
+            agentk::ProxySetting::Url("http://proxy.corp:3128".into())
+        );
         assert_eq!(c.token, "tok");
         assert_eq!(c.kas_address, "tls://kas:8150");
         assert_eq!(c.ca, tunnel_tls::Roots::PemFile("/ca.pem".into()));

@@ -499,7 +499,10 @@ impl Default for RoutingConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KeepaliveConfig {
-    /// How often kas pings an otherwise quiet connection; default `20s`.
+    /// How often kas pings an otherwise quiet connection; default `20s`. Behind a load balancer or
+    /// proxy that cuts idle connections (nginx: `proxy_read_timeout`, default 60 s; cloud load
+    /// balancers: often 60 s or 350 s), keep it below that idle timeout: the pings are the traffic
+    /// that keeps an idle tunnel open (kas/tests/transports.rs tests 1 s under nginx's 3 s).
     #[serde(with = "duration_format")]
     pub interval: Duration,
     /// A connection silent this long is closed; default `60s`. Must exceed `interval`.

@@ -278,6 +278,7 @@ impl Kas {
             Ok::<_, StartError>((server, listener))
         })?;
         let agent_addr = server.local_addr();
+        let _ = state.tunnel_intake.set(server.intake());
         let api_addr = listener
             .local_addr()
             .map_err(|source| StartError::ApiListen {

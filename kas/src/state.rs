@@ -53,6 +53,9 @@ pub struct KasState {
     pub access_metrics: crate::access::AccessMetrics,
     /// Several replicas on Redis: the tracker and the private API client (`None`: one kas alone).
     pub replicas: Option<crate::peer::Replicas>,
+    /// Feeds WebSockets upgraded on the API port (`/api/v1/tunnel`) to the agent listener's tunnel
+    /// server (set once it listens).
+    pub tunnel_intake: std::sync::OnceLock<runtime_smol::Intake>,
     shutting_down: AtomicBool,
     auth_backend_ok: AtomicBool,
     next_request: AtomicU64,
@@ -90,6 +93,7 @@ impl KasState {
             tokens: Default::default(),
             access_metrics: Default::default(),
             replicas: None,
+            tunnel_intake: std::sync::OnceLock::new(),
             shutting_down: AtomicBool::new(false),
             auth_backend_ok: AtomicBool::new(true),
             next_request: AtomicU64::new(1),

@@ -1,4 +1,5 @@
-//! The agent (dialing) side: TCP, TLS, HELLO — once, for every runtime.
+//! The agent (dialing) side: TCP, TLS (or a WebSocket, through a proxy: [`crate::transport`]), HELLO —
+//! once, for every runtime.
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use crate::facade::Dial;
 use crate::handle::ConnectionHandle;
 use crate::handshake::{AgentOptions, agent_handshake};
 use crate::runtime::{AsyncIo, Runtime, timeout};
+use crate::transport::{self, Endpoint};
 
 /// Dials `to` on `rt`, verifies the server as `server_name` over TLS, and runs the tunnel
 /// handshake. The TLS handshake is bounded by the configured handshake timeout.
@@ -33,6 +35,26 @@ pub async fn connect_agent(
     .await?
     .map_err(Error::Tls)?;
     connect_agent_over(rt, tls, opts).await
+}
+
+/// Dials `endpoint` (`tls://`, `wss://` or `ws://`, through its proxy if it has one; see
+/// [`transport::dial`]) and runs the tunnel handshake over it.
+pub async fn connect_agent_to(
+    rt: Arc<dyn Runtime>,
+    endpoint: &Endpoint,
+    tls: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+    opts: AgentOptions,
+) -> Result<(ConnectionHandle, Established), Error> {
+    let io = transport::dial(
+        &*rt,
+        endpoint,
+        tls,
+        server_name,
+        opts.config.handshake_timeout,
+    )
+    .await?;
+    connect_agent_over(rt, io, opts).await
 }
 
 /// Runs the agent side of the tunnel over any byte stream (TLS already done, or an in-memory pipe);

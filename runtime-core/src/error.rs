@@ -16,6 +16,12 @@ pub enum Error {
     /// The TLS handshake failed (certificate, ALPN, protocol version...).
     #[error("TLS handshake failed: {0}")]
     Tls(#[source] io::Error),
+    /// An HTTP CONNECT proxy refused the tunnel (407, 403, 502...) or answered nonsense.
+    #[error("proxy: {0}")]
+    Proxy(#[from] crate::transport::ProxyError),
+    /// The WebSocket upgrade failed (refused by kas or a load balancer, wrong subprotocol).
+    #[error("WebSocket handshake failed: {0}")]
+    WebSocket(#[source] io::Error),
     /// The server refused the agent's HELLO.
     #[error("handshake refused ({code}): {message}")]
     Refused {
@@ -91,7 +97,8 @@ impl Error {
     pub fn io_kind(&self) -> io::ErrorKind {
         match self {
             Error::TransportClosed => io::ErrorKind::ConnectionAborted,
-            Error::Tls(_) => io::ErrorKind::InvalidData,
+            Error::Tls(_) | Error::WebSocket(_) => io::ErrorKind::InvalidData,
+            Error::Proxy(_) => io::ErrorKind::ConnectionRefused,
             Error::Refused { .. } => io::ErrorKind::ConnectionRefused,
             Error::StreamReset { .. } => io::ErrorKind::ConnectionReset,
             Error::Closed(_) => io::ErrorKind::ConnectionAborted,

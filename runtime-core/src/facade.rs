@@ -103,7 +103,7 @@ macro_rules! adapter {
     ($rt:ident) => {
         pub use $crate::{
             Accepted, AgentOptions, Authenticator, Connection, ConnectionEvent, ConnectionHandle, Error,
-            Initiator, RecvStream, SendStream, ServerConnection, Stream, protocol,
+            Initiator, Intake, RecvStream, SendStream, ServerConnection, Stream, protocol, transport,
         };
 
         /// The runtime to hand to `runtime_core`'s functions.
@@ -124,6 +124,18 @@ macro_rules! adapter {
         ) -> ::std::result::Result<($crate::Connection, $crate::protocol::Established), $crate::Error>
         {
             $crate::connect_agent(runtime(), to, tls, server_name, opts).await
+        }
+
+        /// Dials `endpoint` (`tls://`, `wss://`, `ws://`, through its HTTP proxy if any) and runs
+        /// the tunnel handshake (see `runtime_core::connect_agent_to`).
+        pub async fn connect_agent_to(
+            endpoint: &$crate::transport::Endpoint,
+            tls: ::std::sync::Arc<$crate::facade::ClientConfig>,
+            server_name: $crate::facade::ServerName<'static>,
+            opts: $crate::AgentOptions,
+        ) -> ::std::result::Result<($crate::Connection, $crate::protocol::Established), $crate::Error>
+        {
+            $crate::connect_agent_to(runtime(), endpoint, tls, server_name, opts).await
         }
     };
 }

@@ -16,6 +16,7 @@
 //! | [`handle`] | [`ConnectionHandle`] (alias [`Connection`]): open/accept streams, graceful close with a deadline, observe |
 //! | [`stream`] | [`Stream`], [`RecvStream`], [`SendStream`]: `futures_io` I/O traits always, `tokio::io` with the `tokio` feature |
 //! | [`handshake`] | agent and server handshakes after TLS, the async [`Authenticator`] |
+//! | [`transport`] | the byte streams under the driver: `tls://`, `wss://`/`ws://` (WebSocket), HTTP CONNECT proxies; [`transport::Endpoint`] and [`transport::dial`] |
 //! | [`error`] | [`Error`], the one typed error, and its round trip through `std::io::Error` |
 //! | `testing` | (feature `testing`) the behaviour suite: scenarios written once, run by each adapter's tests |
 //!
@@ -49,9 +50,10 @@ pub mod session;
 pub mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod transport;
 mod wakers;
 
-pub use agent::{connect_agent, connect_agent_over};
+pub use agent::{connect_agent, connect_agent_over, connect_agent_to};
 pub use driver::Driver;
 pub use error::Error;
 pub use facade::{Dial, ServerOn};
@@ -63,7 +65,7 @@ pub use handshake::{
 pub use observer::{ConnectionEvent, Initiator};
 pub use protocol;
 pub use runtime::{AsyncIo, AsyncTimer, BoxFuture, BoxIo, Listener, Runtime};
-pub use server::{Server, accept_over};
+pub use server::{Intake, Server, accept_over};
 pub use session::Session;
 #[cfg(test)]
 pub(crate) use stream::StreamHandle;

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use protocol::proto::{Reject, RequestHead, ResponseHead, Trailer};
 use protocol::{Config, HelloInfo};
+use runtime_core::transport::Scheme;
 use runtime_core::{Accepted, AgentOptions};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -267,11 +268,21 @@ mod tunnel {
         )?)
     }
 
-    pub async fn pair(rt: &Arc<dyn Runtime>, t: &Tls) -> Result<(Server, Connection, Connection)> {
+    /// An agent connected to a fresh server over `scheme` (`Tls`: the tunnel straight over TLS;
+    /// `Wss`: in a WebSocket over TLS, runtime-core's transport, which the server tells from the
+    /// tunnel preface by its request head).
+    pub async fn pair(
+        rt: &Arc<dyn Runtime>,
+        t: &Tls,
+        scheme: runtime_core::transport::Scheme,
+    ) -> Result<(Server, Connection, Connection)> {
         let server = server(rt, t)?;
-        let (agent, _) = runtime_core::connect_agent(
+        let mut endpoint =
+            runtime_core::transport::Endpoint::tls("127.0.0.1", server.local_addr().port());
+        endpoint.scheme = scheme;
+        let (agent, _) = runtime_core::connect_agent_to(
             rt.clone(),
-            server.local_addr(),
+            &endpoint,
             t.client.clone(),
             tunnel_tls::server_name("localhost")?,
             opts(),
@@ -482,6 +493,27 @@ async fn idle_phase(rt: &Arc<dyn runtime_core::Runtime>, t: &Tls, n: usize) -> R
 
 // ----------------------------------------------------------------------------------------- main
 
+/// One table row: `a`, `b` with `decimals`, and `a / b`.
+fn ratio_row(name: &str, a: f64, b: f64, decimals: usize) {
+    println!(
+        "{name:<44} {a:>12.decimals$} {b:>12.decimals$} {:>6.2}x",
+        a / b
+    );
+}
+
+/// The round-trip rows (p50, p99 in µs) of `a` next to `b`.
+fn rtt_rows(a: &[Duration], b: &[Duration]) {
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+        ratio_row(
+            &format!("round trip 64 B / 64 B, {name} (µs)"),
+            us(percentile(a, p)),
+            us(percentile(b, p)),
+            1,
+        );
+    }
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--idle-clients") {
@@ -514,7 +546,7 @@ fn main() -> Result<()> {
         };
 
         let (mut raw, mut t1, mut t64) = (Bulk::default(), Bulk::default(), Bulk::default());
-        let (_server, agent, kas) = tunnel::pair(&tunnel_rt, &t).await?;
+        let (_server, agent, kas) = tunnel::pair(&tunnel_rt, &t, Scheme::Tls).await?;
         tunnel::sink(&tunnel_rt, kas.clone());
         tunnel::responder(&tunnel_rt, agent.clone());
         for _ in 0..ROUNDS {
@@ -524,6 +556,17 @@ fn main() -> Result<()> {
         }
         let tun_rtt = tunnel::latency(&kas).await?;
         let raw_rtt = raw_latency(&t).await?;
+        // The WebSocket transport (wss://) in the same run, next to the tls:// rows above.
+        let (mut w1, mut w64) = (Bulk::default(), Bulk::default());
+        let (_ws_server, ws_agent, ws_kas) = tunnel::pair(&tunnel_rt, &t, Scheme::Wss).await?;
+        tunnel::sink(&tunnel_rt, ws_kas.clone());
+        tunnel::responder(&tunnel_rt, ws_agent.clone());
+        for _ in 0..ROUNDS {
+            measure(tunnel::bulk(&tunnel_rt, &agent, 1), &mut t1).await?;
+            measure(tunnel::bulk(&tunnel_rt, &ws_agent, 1), &mut w1).await?;
+            measure(tunnel::bulk(&tunnel_rt, &ws_agent, 64), &mut w64).await?;
+        }
+        let ws_rtt = tunnel::latency(&ws_kas).await?;
 
         let runtime = if use_smol {
             "runtime-smol"
@@ -567,24 +610,34 @@ fn main() -> Result<()> {
                 b.cpu_per_gib / raw.cpu_per_gib
             );
         }
-        let us = |d: Duration| d.as_secs_f64() * 1e6;
-        for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
-            let a = percentile(&tun_rtt, p);
-            let b = percentile(&raw_rtt, p);
-            println!(
-                "{:<44} {:>12.1} {:>12.1} {:>6.2}x",
-                format!("round trip 64 B / 64 B, {name} (µs)"),
-                us(a),
-                us(b),
-                us(a) / us(b)
-            );
-        }
+        rtt_rows(&tun_rtt, &raw_rtt);
         println!(
             "{:<44} {:>12} {:>12}",
             "round trips measured",
             tun_rtt.len(),
             raw_rtt.len()
         );
+        println!();
+        println!(
+            "{:<44} {:>12} {:>12} {:>7}",
+            "transport (same tunnel, same run)", "wss://", "tls://", "ratio"
+        );
+        for (name, w, b) in [("1 stream", w1, t1), ("64 streams", w64, t64)] {
+            ratio_row(
+                &format!("bulk, {name} (MiB/s, best of 3)"),
+                w.mib_s,
+                b.mib_s,
+                0,
+            );
+            ratio_row(
+                &format!("CPU s per GiB, {name} (both ends)"),
+                w.cpu_per_gib,
+                b.cpu_per_gib,
+                2,
+            );
+        }
+        rtt_rows(&ws_rtt, &tun_rtt);
+        println!();
         match idle {
             Ok(i) => {
                 println!(

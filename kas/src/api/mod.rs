@@ -39,6 +39,7 @@ pub mod gitops;
 pub mod proxy;
 pub mod read_access;
 pub mod response;
+pub mod tunnel;
 pub mod tunnel_body;
 pub mod views;
 
@@ -117,6 +118,9 @@ pub enum ApiRoute {
     Events,
     /// `/api/v1/agents/{id}/events`
     AgentEvents(u64),
+    /// `/api/v1/tunnel`: an agent's tunnel as a WebSocket (authenticated by its HELLO, like the
+    /// agent listener).
+    Tunnel,
     /// `/`, `/index.html`, `/ui/...`: the dashboard's page and assets.
     Dashboard,
     /// Anything else.
@@ -158,6 +162,7 @@ impl ApiRoute {
             | ApiRoute::Dashboard
             | ApiRoute::BadServicePath(_)
             | ApiRoute::GitWebhook
+            | ApiRoute::Tunnel
             | ApiRoute::NotFound => Access::Public,
             ApiRoute::Agents | ApiRoute::Events => Access::Read(ReadTarget::AllAgents),
             ApiRoute::Agent(id)
@@ -193,6 +198,7 @@ impl ApiRoute {
             ApiRoute::GitWebhook => "webhook",
             ApiRoute::Events | ApiRoute::AgentEvents(_) => "events",
             ApiRoute::Dashboard => "dashboard",
+            ApiRoute::Tunnel => "tunnel",
             ApiRoute::NotFound => "not-found",
         }
     }
@@ -264,6 +270,7 @@ pub fn classify(path: &str) -> ApiRoute {
         "/api/v1/agents" | "/api/v1/agents/" => return ApiRoute::Agents,
         "/api/v1/events" => return ApiRoute::Events,
         "/api/v1/webhooks/git" => return ApiRoute::GitWebhook,
+        tunnel::PATH => return ApiRoute::Tunnel,
         p if crate::dashboard::PATHS.contains(&p) => return ApiRoute::Dashboard,
         _ => {}
     }
@@ -519,6 +526,7 @@ async fn dispatch(
             access::get(state, agent_id)
         }
         (ApiRoute::GitWebhook, Grant::Public) => agent_config::webhook(state, req).await,
+        (ApiRoute::Tunnel, Grant::Public) => tunnel::upgrade(state, req, peer),
         (ApiRoute::Events, Grant::Read(read)) => {
             only_get(&req)?;
             let who = owner(peer, &read);
@@ -708,7 +716,8 @@ async fn serve_connection<I>(
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(smol_hyper::rt::SmolTimer::new())
-        .serve_connection(smol_hyper::rt::FuturesIo::new(io), service);
+        .serve_connection(smol_hyper::rt::FuturesIo::new(io), service)
+        .with_upgrades();
     let mut conn = std::pin::pin!(conn);
     let finished = futures_lite::future::or(async { Some(conn.as_mut().await) }, async {
         let _ = stop.recv().await;

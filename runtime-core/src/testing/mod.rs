@@ -17,7 +17,7 @@ pub mod tasks;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_rustls::{TlsAcceptor, TlsConnector};
@@ -31,6 +31,7 @@ use crate::handle::ConnectionHandle as Connection;
 use crate::handshake::{Accepted, AgentOptions};
 use crate::runtime::{BoxFuture, Runtime, accept};
 use crate::server::accept_over;
+use crate::transport::WsIo;
 pub use switch::{Switch, SwitchState, Switched};
 pub use tasks::{Gate, JoinHandle, Rt, sleep, spawn, timeout};
 
@@ -87,6 +88,7 @@ pub async fn pair(rt: Rt, setup: Setup) -> Result<Pair, Error> {
     let server_tls = tunnel_tls::server_config_with(pki.server.identity().expect("identity"), None)
         .expect("server tls");
     let client_tls = tunnel_tls::client_config(&pki.roots(), None).expect("client tls");
+    let transport = transport_of(rt);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(Error::Io)?;
     let listener = rt.listen(listener).map_err(Error::Io)?;
     let addr = listener.local_addr().map_err(Error::Io)?;
@@ -119,7 +121,13 @@ pub async fn pair(rt: Rt, setup: Setup) -> Result<Pair, Error> {
                 }
             }
         };
-        accept_over(server_rt, tls, server, &auth, peer).await
+        match transport {
+            Transport::Tls => accept_over(server_rt, tls, server, &auth, peer).await,
+            Transport::WebSocket => {
+                let ws = WsIo::server(tls).await.map_err(Error::WebSocket)?;
+                accept_over(server_rt, ws, server, &auth, peer).await
+            }
+        }
     });
     let tcp = rt
         .connect(addr.ip().to_string(), addr.port())
@@ -140,7 +148,13 @@ pub async fn pair(rt: Rt, setup: Setup) -> Result<Pair, Error> {
         meta: Default::default(),
         config: agent,
     };
-    let agent = connect_agent_over(Arc::clone(rt), tls, opts).await;
+    let agent = match transport {
+        Transport::Tls => connect_agent_over(Arc::clone(rt), tls, opts).await,
+        Transport::WebSocket => match WsIo::client(tls, "ws://localhost/suite").await {
+            Ok(ws) => connect_agent_over(Arc::clone(rt), ws, opts).await,
+            Err(e) => Err(Error::WebSocket(e)),
+        },
+    };
     let server = server_side.await;
     let (agent, established) = agent?;
     let server = server?;
@@ -150,6 +164,30 @@ pub async fn pair(rt: Rt, setup: Setup) -> Result<Pair, Error> {
         agent,
         server: server.connection,
     })
+}
+
+/// The transport a suite run's pairs use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The tunnel straight over TLS.
+    Tls,
+    /// The tunnel in a WebSocket over TLS ([`crate::transport::WsIo`], both handshakes).
+    WebSocket,
+}
+
+/// The runtimes (by address of the leaked `Arc`, one per test) whose pairs run over WebSocket.
+static OVER_WEBSOCKET: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+fn transport_of(rt: Rt) -> Transport {
+    let key = std::ptr::from_ref(rt) as usize;
+    let list = OVER_WEBSOCKET
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if list.contains(&key) {
+        Transport::WebSocket
+    } else {
+        Transport::Tls
+    }
 }
 
 /// Runs one scenario on `rt` with the hang guard; `block_on` runs a future to completion on the
@@ -162,8 +200,27 @@ pub fn run<Fut>(
 ) where
     Fut: Future<Output = ()> + Send + 'static,
 {
+    run_over(Transport::Tls, name, rt, block_on, scenario);
+}
+
+/// [`run`], with the scenario's pairs connected over `transport`.
+pub fn run_over<Fut>(
+    transport: Transport,
+    name: &str,
+    rt: Arc<dyn Runtime>,
+    block_on: impl FnOnce(BoxFuture<Option<()>>) -> Option<()>,
+    scenario: impl FnOnce(Rt) -> Fut,
+) where
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let guard = hang_guard();
     let rt: Rt = Box::leak(Box::new(rt));
+    if transport == Transport::WebSocket {
+        OVER_WEBSOCKET
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(std::ptr::from_ref(rt) as usize);
+    }
     let scenario = scenario(rt);
     let done = block_on(Box::pin(async move {
         let handle = spawn(rt, scenario);
@@ -180,7 +237,10 @@ pub fn run<Fut>(
 #[macro_export]
 macro_rules! behaviour_suite {
     ($rt:expr, $block_on:expr) => {
-        $crate::behaviour_suite!(@tests ($rt, $block_on);
+        $crate::behaviour_suite!($rt, $block_on, over = Tls);
+    };
+    ($rt:expr, $block_on:expr, over = $transport:ident) => {
+        $crate::behaviour_suite!(@tests ($rt, $block_on, $transport);
             echo_one_stream_each_direction,
             echo_1000_concurrent_streams,
             large_body_slow_reader_does_not_block_others,
@@ -200,11 +260,12 @@ macro_rules! behaviour_suite {
             io_traits_roundtrip
         );
     };
-    (@tests ($rt:expr, $block_on:expr); $($name:ident),* $(,)?) => {
+    (@tests ($rt:expr, $block_on:expr, $transport:ident); $($name:ident),* $(,)?) => {
         $(
             #[test]
             fn $name() {
-                $crate::testing::run(
+                $crate::testing::run_over(
+                    $crate::testing::Transport::$transport,
                     stringify!($name),
                     $rt,
                     $block_on,
