@@ -37,6 +37,10 @@ pub fn tunnel_config(config: &Config) -> protocol::Config {
     c.settings.max_frame_size = config.limits.max_frame_size;
     c.handshake_timeout = config.keepalive.handshake_timeout;
     c.flood = config.limits.flood.to_protocol();
+    c.replica = protocol::tunnel::ReplicaInfo {
+        replica_id: config.agent_listener.replica_id(),
+        connections_wanted: config.agent_listener.agent_connections,
+    };
     debug_assert!(
         c.settings.validate().is_ok(),
         "tunnel settings out of range"
@@ -289,7 +293,11 @@ mod tests {
         config.keepalive.interval = Duration::from_secs(7);
         config.limits.max_frame_size = 65_536;
         config.limits.flood.pings = 3;
+        config.agent_listener.replica_id = Some("kas-b".into());
+        config.agent_listener.agent_connections = 2;
         let c = tunnel_config(&config);
+        assert_eq!(c.replica.replica_id, "kas-b");
+        assert_eq!(c.replica.connections_wanted, 2);
         assert_eq!(c.settings.keepalive_interval, Duration::from_secs(7));
         assert_eq!(c.settings.max_frame_size, 65_536);
         assert_eq!(c.flood.pings, 3);

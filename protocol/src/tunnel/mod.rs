@@ -20,7 +20,7 @@ pub mod flow;
 pub mod frame;
 pub mod reconnect;
 
-pub use config::{Config, PROTOCOL_VERSION, Settings};
+pub use config::{Config, PROTOCOL_VERSION, ReplicaInfo, Settings};
 pub use connection::{AgentHello, Connection, ConnectionStats, Phase, Role};
 pub use error::{
     ApiMisuse, CloseReason, ConnectionError, ErrorCode, Fault, FrameError, OpenError, RejectCode,
