@@ -9,11 +9,13 @@
 //! | [`event`] | what a connection reports |
 //! | [`error`] | error types and the wire error codes they map to |
 //! | [`reconnect`] | agentk's reconnect policy: back-off after failures, handover after GOAWAY |
+//! | [`connection_set`] | agentk's connections to `K` distinct kas replicas: when to dial, which duplicate to close |
 //!
 //! The wire format is specified in `PROTOCOL.md` beside this crate.
 
 pub mod config;
 pub mod connection;
+pub mod connection_set;
 pub mod error;
 pub mod event;
 pub mod flow;
