@@ -134,8 +134,14 @@ pub fn authenticator(
     }
 }
 
-/// Registers an accepted connection and starts observing it.
-pub fn register(state: &Arc<KasState>, accepted: ServerConnection<Connection>, max_streams: u32) {
+/// Registers an accepted connection and starts observing it; `max_age` (±10 % jitter, decided by
+/// [`protocol::routing::balance::connection_deadline`]) retires it with GOAWAY once that old.
+pub fn register(
+    state: &Arc<KasState>,
+    accepted: ServerConnection<Connection>,
+    max_streams: u32,
+    max_age: Option<Duration>,
+) {
     let ServerConnection {
         connection,
         agent_id,
@@ -182,7 +188,51 @@ pub fn register(state: &Arc<KasState>, accepted: ServerConnection<Connection>, m
         connection_id.clone(),
         state.clone(),
     ));
+    if let Some(age) = max_age {
+        retire_at_age(state, &connection, agent_id, connection_id.clone(), age);
+    }
     observe(state, &connection, serial, agent_id, connection_id);
+}
+
+/// The jitter of the maximum connection age (gRPC's `MaxConnectionAge` uses ±10 % too).
+const AGE_JITTER: f64 = 0.1;
+
+/// Sends GOAWAY on `connection` once it is `max_age` old (± [`AGE_JITTER`]): the agent dials a
+/// replacement at once through the load balancer while in-flight streams finish within
+/// [`RETIRE_GRACE`], so load evens out across replicas without a failed request.
+fn retire_at_age(
+    state: &Arc<KasState>,
+    connection: &Connection,
+    agent_id: u64,
+    connection_id: String,
+    max_age: Duration,
+) {
+    let now = std::time::Instant::now();
+    let deadline =
+        protocol::routing::balance::connection_deadline(now, max_age, AGE_JITTER, rand::random());
+    let conn = connection.clone();
+    state.spawner.spawn_detached(async move {
+        let aged = futures_lite::future::or(
+            async {
+                smol::Timer::at(deadline).await;
+                true
+            },
+            async {
+                conn.closed().await;
+                false
+            },
+        )
+        .await;
+        if aged && !conn.is_draining() {
+            tracing::info!(
+                agent_id,
+                %connection_id,
+                age_ms = u64::try_from(now.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "agent connection reached its maximum age; sending GOAWAY"
+            );
+            conn.start_close(RETIRE_GRACE);
+        }
+    });
 }
 
 /// Follows one connection with a synchronous observer ([`ConnectionEvent`]): it is
@@ -236,6 +286,7 @@ pub async fn accept_loop(
     state: Arc<KasState>,
     server: runtime_smol::Server,
     max_streams: u32,
+    max_age: Option<Duration>,
     stop: async_channel::Receiver<()>,
 ) {
     loop {
@@ -246,7 +297,7 @@ pub async fn accept_loop(
         .await;
         match next {
             None => break,
-            Some(Ok(accepted)) => register(&state, accepted, max_streams),
+            Some(Ok(accepted)) => register(&state, accepted, max_streams, max_age),
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "agent listener stopped accepting");
                 break;

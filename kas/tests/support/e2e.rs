@@ -430,6 +430,8 @@ pub struct StackOptions {
     /// Keepalive interval and idle timeout of both kas and agentk (default: kas's and agentk's own),
     /// and agentk's handshake timeout.
     pub keepalive: Option<(Duration, Duration)>,
+    /// kas's `agent_listener.max_connection_age` (default: kas's own).
+    pub max_connection_age: Option<Duration>,
 }
 
 impl Default for StackOptions {
@@ -440,6 +442,7 @@ impl Default for StackOptions {
             response_timeout: Duration::from_secs(10),
             behind_proxy: Vec::new(),
             keepalive: None,
+            max_connection_age: None,
         }
     }
 }
@@ -500,6 +503,9 @@ impl Stack {
         let mut env = Env::new();
         env.config.routing.pending_request_deadline = opts.pending_request_deadline;
         env.config.routing.response_timeout = opts.response_timeout;
+        if let Some(age) = opts.max_connection_age {
+            env.config.agent_listener.max_connection_age = age;
+        }
         if let Some((interval, idle)) = opts.keepalive {
             env.config.keepalive.interval = interval;
             env.config.keepalive.idle_timeout = idle;

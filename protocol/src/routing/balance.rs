@@ -179,7 +179,10 @@ mod tests {
         let t0 = Instant::now();
         let hour = Duration::from_secs(3600);
         assert_eq!(connection_deadline(t0, hour, 0.1, 0.5), t0 + hour);
-        assert_eq!(connection_deadline(t0, hour, 0.1, 0.0), t0 + hour.mul_f64(0.9));
+        assert_eq!(
+            connection_deadline(t0, hour, 0.1, 0.0),
+            t0 + hour.mul_f64(0.9)
+        );
         assert!(connection_deadline(t0, hour, 0.1, 0.999_999) <= t0 + hour.mul_f64(1.1));
     }
 }
