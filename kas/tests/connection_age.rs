@@ -16,11 +16,13 @@ use support::metric;
 
 #[test]
 fn aged_connections_are_replaced_without_a_failed_request() {
-    let s = Stack::start(StackOptions {
-        agents: vec![1],
-        max_connection_age: Some(Duration::from_secs(2)),
-        ..StackOptions::default()
-    });
+    let s = Stack::start_with(
+        StackOptions {
+            agents: vec![1],
+            ..StackOptions::default()
+        },
+        |config| config.agent_listener.max_connection_age = Duration::from_secs(2),
+    );
     let client = s.https();
     let url = format!("{}/api/v1/namespaces/default/pods", s.kas().k8s_proxy_url());
     let auth = s.admin(1);

@@ -430,8 +430,6 @@ pub struct StackOptions {
     /// Keepalive interval and idle timeout of both kas and agentk (default: kas's and agentk's own),
     /// and agentk's handshake timeout.
     pub keepalive: Option<(Duration, Duration)>,
-    /// kas's `agent_listener.max_connection_age` (default: kas's own).
-    pub max_connection_age: Option<Duration>,
 }
 
 impl Default for StackOptions {
@@ -442,7 +440,6 @@ impl Default for StackOptions {
             response_timeout: Duration::from_secs(10),
             behind_proxy: Vec::new(),
             keepalive: None,
-            max_connection_age: None,
         }
     }
 }
@@ -499,13 +496,16 @@ pub fn init_logging() {
 
 impl Stack {
     pub fn start(opts: StackOptions) -> Stack {
+        Stack::start_with(opts, |_| {})
+    }
+
+    /// [`Stack::start`], with kas's configuration adjusted by `adjust` first.
+    pub fn start_with(opts: StackOptions, adjust: impl FnOnce(&mut Config)) -> Stack {
         init_logging();
         let mut env = Env::new();
+        adjust(&mut env.config);
         env.config.routing.pending_request_deadline = opts.pending_request_deadline;
         env.config.routing.response_timeout = opts.response_timeout;
-        if let Some(age) = opts.max_connection_age {
-            env.config.agent_listener.max_connection_age = age;
-        }
         if let Some((interval, idle)) = opts.keepalive {
             env.config.keepalive.interval = interval;
             env.config.keepalive.idle_timeout = idle;
