@@ -6,19 +6,23 @@
 //!        └─err──▶ back off (Reconnect) ◀── connection lost ─┘
 //! ```
 //!
-//! Only one connection is "current"; connections that got GOAWAY keep serving their in-flight
-//! streams on their own task until kas closes them. Every decision (back-off after a failure,
-//! handover after GOAWAY) comes from protocol's pure [`Reconnect`], which the simulator drives too;
-//! this module only supplies clock and randomness, waits for the connection's events (no polling)
-//! and does the I/O.
+//! kas's ACCEPT names its replica and how many connections to distinct replicas it wants (`K`): the
+//! agent keeps dialling (one dial at a time) until it holds `K`, closing a connection that reached a
+//! replica it already holds. Each connection serves streams on its own task; connections that got
+//! GOAWAY keep serving their in-flight streams until kas closes them. Every decision (back-off after
+//! a failure, handover after GOAWAY, duplicates) comes from protocol's pure [`ConnectionSet`], which
+//! the simulator drives too; this module only supplies clock and randomness, waits for the
+//! connections' events (no polling) and does the I/O.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt as _;
 use protocol::CloseReason;
 use protocol::cache::{AgentCache, PublisherConfig, ResourceKind};
-use protocol::tunnel::reconnect::{BackoffPolicy, Decision, DialFailure, Next, Reconnect, Why};
+use protocol::tunnel::connection_set::{Admit, ConnectionSet};
+use protocol::tunnel::reconnect::{BackoffPolicy, Decision, DialFailure, Why};
 use runtime_tokio::transport::Endpoint;
 use runtime_tokio::{AgentOptions, Connection, Error as TunnelError, connect_agent_to};
 use rustls::pki_types::ServerName;
@@ -98,10 +102,37 @@ impl std::fmt::Debug for Agent {
     }
 }
 
-/// A connection still serving streams (current, or draining after GOAWAY).
+/// A connection still serving streams (serving, or draining after GOAWAY).
 struct Live {
+    serial: u64,
     conn: Connection,
+    connection_id: String,
+    agent_id: u64,
     task: JoinHandle<()>,
+}
+
+/// What a connection's watcher reports.
+enum Watched {
+    /// Either side sent GOAWAY.
+    Draining,
+    /// It ended.
+    Closed(CloseReason),
+}
+
+/// A dial in flight.
+type DialFuture =
+    futures::future::BoxFuture<'static, Result<(Connection, protocol::Established), TunnelError>>;
+
+/// How long a duplicate connection (to a replica already held) serves streams kas opened before
+/// it saw our GOAWAY.
+const DUPLICATE_GRACE: Duration = Duration::from_secs(5);
+
+/// Sleeps until `at`, or forever if `None`.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Agent {
@@ -173,8 +204,10 @@ impl Agent {
     }
 
     /// Starts the informer cache, then connects to kas and serves it until `shutdown` resolves,
-    /// reconnecting forever. On shutdown, every connection is closed gracefully (in-flight requests
-    /// get the shutdown grace), then the cache stops.
+    /// reconnecting forever. kas's ACCEPT says how many connections to distinct replicas to hold
+    /// (`K`); every decision (dial, back-off, handover, closing a duplicate) comes from the pure
+    /// [`ConnectionSet`]. On shutdown, every connection is closed gracefully (in-flight requests get
+    /// the shutdown grace), then the cache stops.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         let mut shutdown = std::pin::pin!(shutdown);
         let running_cache = self.cache.take().map(CacheSetup::start);
@@ -182,115 +215,94 @@ impl Agent {
             cache: running_cache.as_ref().map(|c| c.handle.clone()),
             ..self.services.clone()
         });
-        // Connections are named by a serial number; every decision comes from the pure policy.
-        let mut reconnect: Reconnect<u64> = Reconnect::new(self.backoff);
+        // Connections are named by a serial number.
+        let mut set: ConnectionSet<u64> = ConnectionSet::new(self.backoff);
         let mut serial = 0u64;
         let mut live: Vec<Live> = Vec::new();
         let mut reload_token = false;
-        // GitOps: workers follow the applied configuration and use the current connection.
+        // Each live connection reports its drain and its end here (one watcher task each).
+        let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel::<(u64, Watched)>();
+        let mut dial: Option<std::pin::Pin<Box<DialFuture>>> = None;
+        // GitOps: workers follow the applied configuration and use one serving connection.
         let (conn_tx, conn_rx) = tokio::sync::watch::channel(None::<Connection>);
         let mut gitops: Option<JoinHandle<()>> = None;
+        let mut gitops_serial: Option<u64> = None;
         tracing::info!(kas = %self.address, proxy = ?self.endpoint.proxy, "agentk starting");
-        // Runs until shutdown; every iteration dials once and then waits (back-off, or the life of
-        // the connection), so it never spins.
+        // Runs until shutdown; every iteration waits for a dial, a connection event or the next
+        // dial's time, so it never spins.
         loop {
             live.retain(|l| !l.task.is_finished());
-            if std::mem::take(&mut reload_token) {
-                self.reload_token();
+            let now = Instant::now();
+            if dial.is_none() && set.poll_dial(now) {
+                if std::mem::take(&mut reload_token) {
+                    self.reload_token();
+                }
+                dial = Some(Box::pin(self.dial()));
             }
-            let dial = async {
-                tokio::time::timeout(
-                    DIAL_TIMEOUT,
-                    connect_agent_to(
-                        &self.endpoint,
-                        self.tls.clone(),
-                        self.server_name.clone(),
-                        self.options.clone(),
-                    ),
-                )
-                .await
-                .unwrap_or(Err(TunnelError::Timeout))
-            };
-            let result = tokio::select! {
+            let wake = set.poll_timeout(now);
+            tokio::select! {
                 () = &mut shutdown => break,
-                r = dial => r,
-            };
-            let decision = match result {
-                Ok((conn, established)) => {
-                    serial += 1;
-                    reconnect.handle_connected(serial, Instant::now());
-                    tracing::info!(
-                        agent_id = established.agent_id,
-                        connection_id = %established.connection_id,
-                        "connected to kas"
-                    );
-                    let span = tracing::info_span!(
-                        "connection",
-                        agent_id = established.agent_id,
-                        connection_id = %established.connection_id,
-                    );
-                    conn_tx.send_replace(Some(conn.clone()));
-                    if gitops.is_none() {
-                        gitops = Some(self.start_gitops(established.agent_id, conn_rx.clone()));
-                    }
-                    let serving = serve_connection(conn.clone(), services.clone());
-                    let views = services.cache.clone().map(|c| views::run(conn.clone(), c));
-                    let config = config_client::run(conn.clone(), self.config.clone());
-                    let task = tokio::spawn(
-                        async move {
-                            match views {
-                                Some(views) => {
-                                    tokio::join!(serving, views, config);
-                                }
-                                None => {
-                                    tokio::join!(serving, config);
-                                }
+                result = async { dial.as_mut().expect("guarded").await }, if dial.is_some() => {
+                    dial = None;
+                    match result {
+                        Ok((conn, established)) => {
+                            serial += 1;
+                            let admit = set.handle_connected(
+                                serial,
+                                &established.replica_id,
+                                established.connections_wanted,
+                                Instant::now(),
+                                rand::random(),
+                            );
+                            if gitops.is_none() {
+                                gitops = Some(self.start_gitops(established.agent_id, conn_rx.clone()));
                             }
+                            live.push(self.start_serving(
+                                serial,
+                                conn,
+                                &established,
+                                admit,
+                                &services,
+                                &set,
+                                events_tx.clone(),
+                            ));
                         }
-                        .instrument(span),
-                    );
-                    live.push(Live {
-                        conn: conn.clone(),
-                        task,
-                    });
-                    let (decision, reason) = tokio::select! {
-                        () = &mut shutdown => break,
-                        reason = conn.closed() => (
-                            reconnect.handle_closed(&serial, &reason, Instant::now(), rand::random()),
-                            Some(reason),
-                        ),
-                        () = draining(&conn) => (
-                            reconnect.handle_draining(&serial, Instant::now(), rand::random()),
-                            None,
-                        ),
+                        Err(e) => {
+                            let decision = set.handle_dial_failed(
+                                dial_failure(&e),
+                                Instant::now(),
+                                rand::random(),
+                            );
+                            log_failure(&e, set.failures(), decision.delay(Instant::now()));
+                            reload_token = decision.reload_credentials;
+                        }
+                    }
+                }
+                Some((id, watched)) = events.recv() => {
+                    let now = Instant::now();
+                    let replica = set.replica_of(&id).map(str::to_owned);
+                    let (decision, reason) = match watched {
+                        Watched::Draining => (set.handle_draining(&id, now, rand::random()), None),
+                        Watched::Closed(reason) => {
+                            (set.handle_closed(&id, &reason, now, rand::random()), Some(reason))
+                        }
                     };
-                    // The connection is current and undecided, so the policy always answers.
-                    let decision = decision.unwrap_or_else(|| {
-                        reconnect.handle_dial_failed(
-                            DialFailure::Network,
-                            Instant::now(),
-                            rand::random(),
-                        )
-                    });
-                    log_connection_end(&decision, &reconnect, &established, reason.as_ref());
-                    decision
+                    if let (Some(decision), Some(l)) =
+                        (decision, live.iter().find(|l| l.serial == id))
+                    {
+                        log_connection_end(&decision, &set, l, replica.as_deref(), reason.as_ref());
+                    }
                 }
-                Err(e) => {
-                    let decision = reconnect.handle_dial_failed(
-                        dial_failure(&e),
-                        Instant::now(),
-                        rand::random(),
-                    );
-                    log_failure(&e, reconnect.failures(), decision.delay(Instant::now()));
-                    decision
-                }
-            };
-            reload_token = decision.reload_credentials;
-            if let Next::WaitUntil(at) = decision.next {
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    () = tokio::time::sleep_until(at.into()) => {}
-                }
+                () = sleep_until_opt(wake) => {}
+            }
+            // GitOps streams go to the oldest serving connection.
+            let oldest = set.serving().next().map(|(id, _)| *id);
+            if oldest != gitops_serial {
+                gitops_serial = oldest;
+                let conn = oldest
+                    .and_then(|id| live.iter().find(|l| l.serial == id))
+                    .map(|l| l.conn.clone());
+                conn_tx.send_replace(conn);
             }
         }
         if let Some(g) = gitops {
@@ -298,6 +310,117 @@ impl Agent {
         }
         self.close_all(live).await;
         drop(running_cache);
+    }
+
+    /// One dial (TCP connect, TLS, HELLO/ACCEPT), bounded by [`DIAL_TIMEOUT`]; owns what it needs.
+    fn dial(&self) -> DialFuture {
+        let (endpoint, tls, name, options) = (
+            self.endpoint.clone(),
+            self.tls.clone(),
+            self.server_name.clone(),
+            self.options.clone(),
+        );
+        async move {
+            tokio::time::timeout(
+                DIAL_TIMEOUT,
+                connect_agent_to(&endpoint, tls, name, options),
+            )
+            .await
+            .unwrap_or(Err(TunnelError::Timeout))
+        }
+        .boxed()
+    }
+
+    /// Serves a connection that completed its handshake, as the set admitted it: its streams, the
+    /// views and config streams, and a watcher reporting its drain and end. A duplicate (or
+    /// surplus) connection is closed gracefully at once: streams kas opened before seeing our
+    /// GOAWAY are still served.
+    #[allow(clippy::too_many_arguments)]
+    fn start_serving(
+        &self,
+        serial: u64,
+        conn: Connection,
+        established: &protocol::Established,
+        admit: Admit,
+        services: &Arc<Services>,
+        set: &ConnectionSet<u64>,
+        events: tokio::sync::mpsc::UnboundedSender<(u64, Watched)>,
+    ) -> Live {
+        let replica = established.replica_id.as_str();
+        let span = tracing::info_span!(
+            "connection",
+            agent_id = established.agent_id,
+            connection_id = %established.connection_id,
+            replica,
+        );
+        let serving = set.serving().count();
+        match admit {
+            Admit::Keep => tracing::info!(
+                agent_id = established.agent_id,
+                connection_id = %established.connection_id,
+                replica,
+                serving,
+                wanted = set.wanted(),
+                "connected to kas"
+            ),
+            Admit::Duplicate { next } => tracing::info!(
+                connection_id = %established.connection_id,
+                replica,
+                serving,
+                wanted = set.wanted(),
+                delay_ms = delay_ms(next.saturating_duration_since(Instant::now())),
+                "connected to a kas replica already held; closing this connection and dialling again"
+            ),
+            Admit::Surplus => tracing::info!(
+                connection_id = %established.connection_id,
+                replica,
+                wanted = set.wanted(),
+                "kas wants fewer connections; closing this one"
+            ),
+        }
+        let serving = serve_connection(conn.clone(), services.clone());
+        let keep = admit == Admit::Keep;
+        let views = keep
+            .then(|| services.cache.clone().map(|c| views::run(conn.clone(), c)))
+            .flatten();
+        let config = keep.then(|| config_client::run(conn.clone(), self.config.clone()));
+        let watched = conn.clone();
+        let task = tokio::spawn(
+            async move {
+                let watch = async {
+                    tokio::select! {
+                        () = draining(&watched) => {
+                            let _ = events.send((serial, Watched::Draining));
+                        }
+                        _ = watched.closed() => {}
+                    }
+                    let reason = watched.closed().await;
+                    let _ = events.send((serial, Watched::Closed(reason)));
+                };
+                let extras = async {
+                    if let Some(v) = views {
+                        v.await;
+                    }
+                };
+                let config = async {
+                    if let Some(c) = config {
+                        c.await;
+                    }
+                };
+                tokio::join!(serving, extras, config, watch);
+            }
+            .instrument(span),
+        );
+        if !keep {
+            conn.start_close(DUPLICATE_GRACE);
+        }
+        Live {
+            serial,
+            conn,
+            connection_id: established.connection_id.clone(),
+            agent_id: established.agent_id,
+            task,
+        }
     }
 
     /// Starts the GitOps workers for agent `agent_id`: they follow the configuration kas sends
@@ -393,24 +516,30 @@ fn dial_failure(e: &TunnelError) -> DialFailure {
     }
 }
 
-/// One log line for the end (or drain) of the current connection, by the policy's reason.
+/// One log line for the end (or drain) of a serving connection, by the policy's reason.
 fn log_connection_end(
     decision: &Decision,
-    reconnect: &Reconnect<u64>,
-    established: &protocol::Established,
+    set: &ConnectionSet<u64>,
+    live: &Live,
+    replica: Option<&str>,
     reason: Option<&CloseReason>,
 ) {
     let delay_ms = delay_ms(decision.delay(Instant::now()));
-    let attempt = reconnect.failures();
-    let connection_id = &established.connection_id;
+    let attempt = set.failures();
+    let connection_id = &live.connection_id;
+    let replica = replica.unwrap_or_default();
+    let serving = set.serving().count();
     match decision.why {
         Why::Handover => tracing::info!(
-            agent_id = established.agent_id,
+            agent_id = live.agent_id,
             %connection_id,
+            replica,
+            serving,
             "kas is going away: opening a new connection while this one drains"
         ),
         Why::EarlyGoaway { lived } => tracing::warn!(
             %connection_id,
+            replica,
             attempt,
             delay_ms,
             lived_ms = self::delay_ms(lived),
@@ -418,6 +547,8 @@ fn log_connection_end(
         ),
         _ => tracing::warn!(
             %connection_id,
+            replica,
+            serving,
             reason = %reason.map_or_else(|| "draining".to_owned(), ToString::to_string),
             attempt,
             delay_ms,

@@ -37,6 +37,10 @@ pub fn tunnel_config(config: &Config) -> protocol::Config {
     c.settings.max_frame_size = config.limits.max_frame_size;
     c.handshake_timeout = config.keepalive.handshake_timeout;
     c.flood = config.limits.flood.to_protocol();
+    c.replica = protocol::tunnel::ReplicaInfo {
+        replica_id: config.agent_listener.replica_id(),
+        connections_wanted: config.agent_listener.agent_connections,
+    };
     debug_assert!(
         c.settings.validate().is_ok(),
         "tunnel settings out of range"
@@ -135,8 +139,14 @@ pub fn authenticator(
     }
 }
 
-/// Registers an accepted connection and starts observing it.
-pub fn register(state: &Arc<KasState>, accepted: ServerConnection<Connection>, max_streams: u32) {
+/// Registers an accepted connection and starts observing it; `max_age` (±10 % jitter, decided by
+/// [`protocol::routing::balance::connection_deadline`]) retires it with GOAWAY once that old.
+pub fn register(
+    state: &Arc<KasState>,
+    accepted: ServerConnection<Connection>,
+    max_streams: u32,
+    max_age: Option<Duration>,
+) {
     let ServerConnection {
         connection,
         agent_id,
@@ -185,7 +195,51 @@ pub fn register(state: &Arc<KasState>, accepted: ServerConnection<Connection>, m
         connection_id.clone(),
         state.clone(),
     ));
+    if let Some(age) = max_age {
+        retire_at_age(state, &connection, agent_id, connection_id.clone(), age);
+    }
     observe(state, &connection, serial, agent_id, connection_id);
+}
+
+/// The jitter of the maximum connection age (gRPC's `MaxConnectionAge` uses ±10 % too).
+const AGE_JITTER: f64 = 0.1;
+
+/// Sends GOAWAY on `connection` once it is `max_age` old (± [`AGE_JITTER`]): the agent dials a
+/// replacement at once through the load balancer while in-flight streams finish within
+/// [`RETIRE_GRACE`], so load evens out across replicas without a failed request.
+fn retire_at_age(
+    state: &Arc<KasState>,
+    connection: &Connection,
+    agent_id: u64,
+    connection_id: String,
+    max_age: Duration,
+) {
+    let now = std::time::Instant::now();
+    let deadline =
+        protocol::routing::balance::connection_deadline(now, max_age, AGE_JITTER, rand::random());
+    let conn = connection.clone();
+    state.spawner.spawn_detached(async move {
+        let aged = futures_lite::future::or(
+            async {
+                smol::Timer::at(deadline).await;
+                true
+            },
+            async {
+                conn.closed().await;
+                false
+            },
+        )
+        .await;
+        if aged && !conn.is_draining() {
+            tracing::info!(
+                agent_id,
+                %connection_id,
+                age_ms = u64::try_from(now.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "agent connection reached its maximum age; sending GOAWAY"
+            );
+            conn.start_close(RETIRE_GRACE);
+        }
+    });
 }
 
 /// Follows one connection with a synchronous observer ([`ConnectionEvent`]): it is
@@ -240,6 +294,7 @@ pub async fn accept_loop(
     state: Arc<KasState>,
     server: runtime_smol::Server,
     max_streams: u32,
+    max_age: Option<Duration>,
     stop: async_channel::Receiver<()>,
 ) {
     loop {
@@ -250,7 +305,7 @@ pub async fn accept_loop(
         .await;
         match next {
             None => break,
-            Some(Ok(accepted)) => register(&state, accepted, max_streams),
+            Some(Ok(accepted)) => register(&state, accepted, max_streams, max_age),
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "agent listener stopped accepting");
                 break;
@@ -297,7 +352,11 @@ mod tests {
         config.keepalive.interval = Duration::from_secs(7);
         config.limits.max_frame_size = 65_536;
         config.limits.flood.pings = 3;
+        config.agent_listener.replica_id = Some("kas-b".into());
+        config.agent_listener.agent_connections = 2;
         let c = tunnel_config(&config);
+        assert_eq!(c.replica.replica_id, "kas-b");
+        assert_eq!(c.replica.connections_wanted, 2);
         assert_eq!(c.settings.keepalive_interval, Duration::from_secs(7));
         assert_eq!(c.settings.max_frame_size, 65_536);
         assert_eq!(c.flood.pings, 3);

@@ -9,6 +9,9 @@
 //!   address: 0.0.0.0:8150
 //!   tls: { cert_file: kas.crt, key_file: kas.key }   # client_ca_file: ca.crt (optional)
 //!   backlog: 4096                   # listen(2) backlog (the kernel caps it at net.core.somaxconn)
+//!   replica_id: kas-0               # this replica's name in ACCEPT; default the host name
+//!   agent_connections: 1            # connections to distinct replicas per agent (K; 2 with replicas)
+//!   max_connection_age: 2h          # GOAWAY after this (±10 % jitter); 0s: off
 //! api_listener:
 //!   address: 127.0.0.1:8080
 //!   public_read: false              # true: views, events and the dashboard need no token
@@ -275,6 +278,35 @@ pub struct AgentListenerConfig {
     /// Connections the kernel queues before kas accepts them (`listen(2)`); default 4096. The kernel
     /// caps it at `net.core.somaxconn`. A fleet reconnecting at once after a kas restart needs room.
     pub backlog: u32,
+    /// This replica's name in ACCEPT (PROTOCOL.md §7.4), distinct per replica; default the host name
+    /// (the pod name in Kubernetes), else `kas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_id: Option<String>,
+    /// How many connections, to distinct replicas, each agent should hold (`K`, ACCEPT's
+    /// `connections_wanted`); default 1. A deployment of several replicas sets 2.
+    pub agent_connections: u32,
+    /// kas sends GOAWAY on an agent connection this old (±10 % jitter), so agents reconnect through
+    /// the load balancer and load evens out; default `2h` (GitLab's); `0s` turns it off.
+    #[serde(with = "duration_format")]
+    pub max_connection_age: Duration,
+}
+
+/// Most connections kas may ask each agent to hold.
+pub const MAX_AGENT_CONNECTIONS: u32 = 8;
+
+impl AgentListenerConfig {
+    /// The replica name ACCEPT carries: `replica_id`, else the host name, else `kas`.
+    pub fn replica_id(&self) -> String {
+        if let Some(id) = self.replica_id.as_ref().filter(|s| !s.trim().is_empty()) {
+            return id.trim().to_owned();
+        }
+        std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "kas".to_owned())
+    }
 }
 
 /// Default `listen(2)` backlog of both listeners.
@@ -286,6 +318,9 @@ impl Default for AgentListenerConfig {
             address: SocketAddr::from(([0, 0, 0, 0], 8150)),
             tls: TlsFilesConfig::default(),
             backlog: DEFAULT_BACKLOG,
+            replica_id: None,
+            agent_connections: 1,
+            max_connection_age: Duration::from_secs(2 * 3600),
         }
     }
 }
@@ -994,6 +1029,12 @@ impl Config {
             if backlog == 0 {
                 invalid(field, "must be >= 1".into());
             }
+        }
+        if !(1..=MAX_AGENT_CONNECTIONS).contains(&self.agent_listener.agent_connections) {
+            invalid(
+                "agent_listener.agent_connections",
+                format!("must be 1..={MAX_AGENT_CONNECTIONS}"),
+            );
         }
         let ev = &self.events;
         if ev.max_subscribers == 0 || ev.max_per_source == 0 || ev.max_per_user == 0 {

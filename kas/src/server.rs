@@ -295,6 +295,7 @@ impl Kas {
             state.clone(),
             server,
             config.limits.max_streams_per_connection,
+            Some(config.agent_listener.max_connection_age).filter(|d| !d.is_zero()),
             stopped.clone(),
         ))
         .detach();

@@ -117,14 +117,25 @@ fn frame() -> impl Strategy<Value = Frame> {
                 settings,
             })
         ),
-        (any::<u32>(), any::<u64>(), settings(), ".{0,20}").prop_map(
-            |(version, agent_id, settings, connection_id)| Frame::Accept(proto::Accept {
-                version,
-                agent_id,
-                settings,
-                connection_id,
-            })
-        ),
+        (
+            (any::<u32>(), any::<u64>(), settings(), ".{0,20}"),
+            (".{0,20}", any::<u32>())
+        )
+            .prop_map(
+                |(
+                    (version, agent_id, settings, connection_id),
+                    (replica_id, connections_wanted),
+                )| {
+                    Frame::Accept(proto::Accept {
+                        version,
+                        agent_id,
+                        settings,
+                        connection_id,
+                        replica_id,
+                        connections_wanted,
+                    })
+                }
+            ),
         (0i32..7, ".{0,40}", any::<u32>()).prop_map(|(code, message, retry_after_ms)| {
             Frame::Reject(proto::Reject {
                 code,

@@ -565,3 +565,55 @@ fn stream_errors_say_whether_the_caller_or_the_peer_is_responsible() {
         Err(StreamError::Gone(theirs))
     );
 }
+
+#[test]
+fn accept_names_the_replica_and_the_connections_wanted() {
+    let server = Config {
+        replica: protocol::tunnel::ReplicaInfo {
+            replica_id: "kas-b".into(),
+            connections_wanted: 2,
+        },
+        ..Config::default()
+    };
+    let mut p = Pair::new(
+        Config::default(),
+        server,
+        AgentHello::default(),
+        3,
+        Instant::now(),
+    );
+    p.handshake(9);
+    let e = p
+        .conn(Side::Agent)
+        .established()
+        .expect("established")
+        .clone();
+    assert_eq!((e.replica_id.as_str(), e.connections_wanted), ("kas-b", 2));
+    let s = p
+        .conn(Side::Server)
+        .established()
+        .expect("established")
+        .clone();
+    assert_eq!((s.replica_id.as_str(), s.connections_wanted), ("kas-b", 2));
+    // A server that predates the fields: unknown replica, one connection.
+    let mut old = Pair::new(
+        Config::default(),
+        Config {
+            replica: protocol::tunnel::ReplicaInfo {
+                replica_id: String::new(),
+                connections_wanted: 0,
+            },
+            ..Config::default()
+        },
+        AgentHello::default(),
+        4,
+        Instant::now(),
+    );
+    old.handshake(9);
+    let e = old
+        .conn(Side::Agent)
+        .established()
+        .expect("established")
+        .clone();
+    assert_eq!((e.replica_id.as_str(), e.connections_wanted), ("", 1));
+}

@@ -370,6 +370,7 @@ impl KasConn {
                 agent_id: AGENT_ID,
                 settings: Some(settings.to_wire()),
                 connection_id: "conformance".into(),
+                ..proto::Accept::default()
             }))
             .map_err(|e| format!("sending ACCEPT: {e}"))?;
         self.peer.flow.start(&settings);

@@ -247,6 +247,8 @@ pub fn payload(frame: &Frame, names: &dyn Names) -> Value {
             "agent_id": a.agent_id,
             "settings": settings(a.settings.as_ref()),
             "connection_id": a.connection_id,
+            "replica_id": a.replica_id,
+            "connections_wanted": a.connections_wanted,
         }),
         Frame::Reject(r) => json!({
             "code": r.code,

@@ -220,6 +220,7 @@ fn accept(settings: Option<proto::Settings>) -> Frame {
         agent_id: 1,
         settings,
         connection_id: "vector".into(),
+        ..proto::Accept::default()
     })
 }
 
@@ -616,6 +617,7 @@ impl Gen<'_> {
             agent_id: 42,
             settings: Some(defaults),
             connection_id: "conn-1".into(),
+            ..proto::Accept::default()
         });
         let example_request = Frame::Request {
             stream: StreamId(2),
@@ -725,6 +727,7 @@ impl Gen<'_> {
                     agent_id: 1,
                     settings: None,
                     connection_id: String::new(),
+                    ..proto::Accept::default()
                 })],
             )?,
             self.frame_vector(
@@ -736,6 +739,20 @@ impl Gen<'_> {
                     agent_id: u64::MAX,
                     settings: Some(defaults),
                     connection_id: "kas-0-17".into(),
+                    ..proto::Accept::default()
+                })],
+            )?,
+            self.frame_vector(
+                "accept-replica",
+                vec![s.sentence("7.4", "Both fields are hints")?],
+                false,
+                &[Frame::Accept(proto::Accept {
+                    version: 1,
+                    agent_id: 7,
+                    settings: None,
+                    connection_id: "kas-b-3".into(),
+                    replica_id: "kas-b".into(),
+                    connections_wanted: 2,
                 })],
             )?,
         ]);
@@ -898,12 +915,14 @@ impl Gen<'_> {
             agent_id: 1,
             settings: None,
             connection_id: String::new(),
+            ..proto::Accept::default()
         });
         let accept_bad_settings = Frame::Accept(proto::Accept {
             version: 1,
             agent_id: 1,
             settings: Some(bad_frame_size),
             connection_id: String::new(),
+            ..proto::Accept::default()
         });
         let trailer = |id: u32| Frame::Trailer {
             stream: StreamId(id),

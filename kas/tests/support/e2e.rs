@@ -496,8 +496,14 @@ pub fn init_logging() {
 
 impl Stack {
     pub fn start(opts: StackOptions) -> Stack {
+        Stack::start_with(opts, |_| {})
+    }
+
+    /// [`Stack::start`], with kas's configuration adjusted by `adjust` first.
+    pub fn start_with(opts: StackOptions, adjust: impl FnOnce(&mut Config)) -> Stack {
         init_logging();
         let mut env = Env::new();
+        adjust(&mut env.config);
         env.config.routing.pending_request_deadline = opts.pending_request_deadline;
         env.config.routing.response_timeout = opts.response_timeout;
         if let Some((interval, idle)) = opts.keepalive {

@@ -6,7 +6,9 @@
 //! | [`existence`] | [`Existence`]: does agent N exist (one answer for the proxy, `/agents`, `/views`) |
 //! | [`holders`] | [`Holders`]: which kas replicas hold connections of an agent (the multi-replica seam) |
 //! | [`policy`] | [`KasRouting`]: kas's routing policy over the three (reroute, never processed, forward) |
+//! | [`balance`] | [`balance::Balance`]: how many agent connections a replica drains to even out load, and the maximum connection age |
 
+pub mod balance;
 pub mod existence;
 pub mod holders;
 pub mod policy;

@@ -152,6 +152,27 @@ pub struct Config {
     pub max_transmit: usize,
     /// How much the peer may make us do without doing useful work (PROTOCOL.md §17).
     pub flood: FloodLimits,
+    /// Server only: what ACCEPT says about the replica (PROTOCOL.md §7.4).
+    pub replica: ReplicaInfo,
+}
+
+/// What a server's ACCEPT says about the replica that accepted (PROTOCOL.md §7.4): its name, and how
+/// many connections to distinct replicas each agent should hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaInfo {
+    /// This replica's name, the same on all its connections; empty = unknown.
+    pub replica_id: String,
+    /// Connections to distinct replicas each agent should hold (`K`); 0 means 1.
+    pub connections_wanted: u32,
+}
+
+impl Default for ReplicaInfo {
+    fn default() -> Self {
+        ReplicaInfo {
+            replica_id: String::new(),
+            connections_wanted: 1,
+        }
+    }
 }
 
 /// Limits on what a peer can make a connection do without consuming any of the limits it announced
@@ -207,6 +228,7 @@ impl Default for Config {
             handshake_timeout: defaults::HANDSHAKE_TIMEOUT,
             max_transmit: 256 * 1024,
             flood: FloodLimits::default(),
+            replica: ReplicaInfo::default(),
         }
     }
 }

@@ -39,6 +39,11 @@ pub struct Established {
     pub agent_id: u64,
     /// kas's name for this connection (for logs on both sides).
     pub connection_id: String,
+    /// The kas replica that accepted the connection (ACCEPT's `replica_id`; empty = unknown).
+    pub replica_id: String,
+    /// How many connections to distinct replicas kas wants the agent to hold (ACCEPT's
+    /// `connections_wanted`, 0 resolved to 1).
+    pub connections_wanted: u32,
     /// What the peer announced.
     pub peer_settings: Settings,
 }

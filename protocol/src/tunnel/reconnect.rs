@@ -162,70 +162,70 @@ struct Current<C> {
     decided: bool,
 }
 
-/// The reconnect state of one agent; `C` names a connection (agentk: a serial number; the simulator:
-/// a flow id).
-///
-/// Invariants (checked by `protocol/tests/reconnect_props.rs`): at most one decision per connection
-/// (events for a connection that is not current, or whose decision was taken, yield `None`); a
-/// handover only for a drain or graceful close at least [`MIN_LIFETIME_FOR_HANDOVER`] after the
-/// handshake; every back-off delay lies in `[retry_after, max(policy.max, retry_after)]`; a connection
-/// that lived `policy.stable_after` resets the failure count; `reload_credentials` exactly for a
-/// refusal whose code [`RejectCode::is_credential_problem`].
+/// Consecutive failures and the exponential back-off with full jitter they give; shared by
+/// [`Reconnect`] and [`crate::tunnel::connection_set::ConnectionSet`], so the back-off is decided once.
 #[derive(Debug, Clone)]
-pub struct Reconnect<C> {
-    policy: BackoffPolicy,
-    failures: u32,
+pub(crate) struct Backoff {
+    pub(crate) policy: BackoffPolicy,
+    pub(crate) failures: u32,
     /// Handshake time of the last established connection, until a failure consumed it.
-    connected_at: Option<Instant>,
-    current: Option<Current<C>>,
+    pub(crate) connected_at: Option<Instant>,
 }
 
-impl<C: Eq + Clone + Debug> Reconnect<C> {
-    /// No failures yet, no connection.
-    pub fn new(policy: BackoffPolicy) -> Reconnect<C> {
-        Reconnect {
+impl Backoff {
+    pub(crate) fn new(policy: BackoffPolicy) -> Backoff {
+        Backoff {
             policy,
             failures: 0,
             connected_at: None,
-            current: None,
         }
     }
 
-    /// The policy.
-    pub fn policy(&self) -> &BackoffPolicy {
-        &self.policy
+    /// One more failure: resets the count first if the last connection was stable. The delay lies in
+    /// `[retry_after, max(policy.max, retry_after)]`.
+    pub(crate) fn back_off(
+        &mut self,
+        now: Instant,
+        unit: f64,
+        retry_after: Option<Duration>,
+    ) -> Next {
+        if let Some(at) = self.connected_at.take()
+            && now.saturating_duration_since(at) >= self.policy.stable_after
+        {
+            self.failures = 0;
+        }
+        self.failures = self.failures.saturating_add(1);
+        let ceiling = self.policy.ceiling(self.failures);
+        let jittered = ceiling.mul_f64(unit.clamp(0.0, 1.0));
+        let delay = jittered.max(retry_after.unwrap_or_default());
+        Next::WaitUntil(now + delay)
     }
 
-    /// Consecutive failed attempts so far.
-    pub fn failures(&self) -> u32 {
-        self.failures
+    /// The decision for a connection that ended (`going_away`: GOAWAY or graceful close) after
+    /// living `lived`: a handover at once, or a back-off.
+    pub(crate) fn end_of_connection(
+        &mut self,
+        going_away: bool,
+        lived: Duration,
+        now: Instant,
+        unit: f64,
+    ) -> Decision {
+        let (next, why) = if going_away && lived >= MIN_LIFETIME_FOR_HANDOVER {
+            (Next::Connect, Why::Handover)
+        } else if going_away {
+            (self.back_off(now, unit, None), Why::EarlyGoaway { lived })
+        } else {
+            (self.back_off(now, unit, None), Why::Lost)
+        };
+        Decision {
+            next,
+            why,
+            reload_credentials: false,
+        }
     }
 
-    /// The current connection (the last established one), until its decision was taken.
-    pub fn current(&self) -> Option<&C> {
-        self.current
-            .as_ref()
-            .filter(|c| !c.decided)
-            .map(|c| &c.conn)
-    }
-
-    /// Forgets the consecutive failures: the next failure backs off as the first one.
-    pub fn reset_failures(&mut self) {
-        self.failures = 0;
-    }
-
-    /// `conn` completed its handshake at `now`; it becomes the current connection (a draining
-    /// predecessor is no longer current).
-    pub fn handle_connected(&mut self, conn: C, now: Instant) {
-        self.connected_at = Some(now);
-        self.current = Some(Current {
-            conn,
-            decided: false,
-        });
-    }
-
-    /// A dial attempt failed at `now`. `unit` is a uniform random number in `[0, 1)` (full jitter).
-    pub fn handle_dial_failed(
+    /// The decision for a failed dial.
+    pub(crate) fn dial_failed(
         &mut self,
         failure: DialFailure,
         now: Instant,
@@ -244,6 +244,74 @@ impl<C: Eq + Clone + Debug> Reconnect<C> {
                 reload_credentials: false,
             },
         }
+    }
+}
+
+/// The reconnect state of one agent; `C` names a connection (agentk: a serial number; the simulator:
+/// a flow id).
+///
+/// Invariants (checked by `protocol/tests/reconnect_props.rs`): at most one decision per connection
+/// (events for a connection that is not current, or whose decision was taken, yield `None`); a
+/// handover only for a drain or graceful close at least [`MIN_LIFETIME_FOR_HANDOVER`] after the
+/// handshake; every back-off delay lies in `[retry_after, max(policy.max, retry_after)]`; a connection
+/// that lived `policy.stable_after` resets the failure count; `reload_credentials` exactly for a
+/// refusal whose code [`RejectCode::is_credential_problem`].
+#[derive(Debug, Clone)]
+pub struct Reconnect<C> {
+    backoff: Backoff,
+    current: Option<Current<C>>,
+}
+
+impl<C: Eq + Clone + Debug> Reconnect<C> {
+    /// No failures yet, no connection.
+    pub fn new(policy: BackoffPolicy) -> Reconnect<C> {
+        Reconnect {
+            backoff: Backoff::new(policy),
+            current: None,
+        }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &BackoffPolicy {
+        &self.backoff.policy
+    }
+
+    /// Consecutive failed attempts so far.
+    pub fn failures(&self) -> u32 {
+        self.backoff.failures
+    }
+
+    /// The current connection (the last established one), until its decision was taken.
+    pub fn current(&self) -> Option<&C> {
+        self.current
+            .as_ref()
+            .filter(|c| !c.decided)
+            .map(|c| &c.conn)
+    }
+
+    /// Forgets the consecutive failures: the next failure backs off as the first one.
+    pub fn reset_failures(&mut self) {
+        self.backoff.failures = 0;
+    }
+
+    /// `conn` completed its handshake at `now`; it becomes the current connection (a draining
+    /// predecessor is no longer current).
+    pub fn handle_connected(&mut self, conn: C, now: Instant) {
+        self.backoff.connected_at = Some(now);
+        self.current = Some(Current {
+            conn,
+            decided: false,
+        });
+    }
+
+    /// A dial attempt failed at `now`. `unit` is a uniform random number in `[0, 1)` (full jitter).
+    pub fn handle_dial_failed(
+        &mut self,
+        failure: DialFailure,
+        now: Instant,
+        unit: f64,
+    ) -> Decision {
+        self.backoff.dial_failed(failure, now, unit)
     }
 
     /// Either side sent GOAWAY on `conn`. `None` unless `conn` is current and undecided.
@@ -281,34 +349,10 @@ impl<C: Eq + Clone + Debug> Reconnect<C> {
         }
         current.decided = true;
         let lived = self
+            .backoff
             .connected_at
             .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
-        let (next, why) = if going_away && lived >= MIN_LIFETIME_FOR_HANDOVER {
-            (Next::Connect, Why::Handover)
-        } else if going_away {
-            (self.back_off(now, unit, None), Why::EarlyGoaway { lived })
-        } else {
-            (self.back_off(now, unit, None), Why::Lost)
-        };
-        Some(Decision {
-            next,
-            why,
-            reload_credentials: false,
-        })
-    }
-
-    /// One more failure: resets the count first if the last connection was stable.
-    fn back_off(&mut self, now: Instant, unit: f64, retry_after: Option<Duration>) -> Next {
-        if let Some(at) = self.connected_at.take()
-            && now.saturating_duration_since(at) >= self.policy.stable_after
-        {
-            self.failures = 0;
-        }
-        self.failures = self.failures.saturating_add(1);
-        let ceiling = self.policy.ceiling(self.failures);
-        let jittered = ceiling.mul_f64(unit.clamp(0.0, 1.0));
-        let delay = jittered.max(retry_after.unwrap_or_default());
-        Next::WaitUntil(now + delay)
+        Some(self.backoff.end_of_connection(going_away, lived, now, unit))
     }
 }
 

@@ -1,6 +1,7 @@
 //! A simulated agentk: its cluster, its informer cache ([`AgentCache`], the production code), its
-//! reconnect policy ([`Reconnect`], the one agentk drives, from `protocol::tunnel::reconnect`) and its
-//! side of the tunnel.
+//! connection set ([`ConnectionSet`], the one agentk drives, from `protocol::tunnel::connection_set`:
+//! when to dial, back-off, handover; with kas's `connections_wanted` of 1 here) and its side of the
+//! tunnel.
 //!
 //! Life of an agent: it boots (a new process: a new cache epoch, a relist of its cluster), dials a kas
 //! replica picked by the load balancer, says HELLO, and once accepted opens the `views` stream on
@@ -9,7 +10,7 @@
 //! meant for it, takes a random think time and answers — from its informer cache for the `cache`
 //! service, with a body of the configured size otherwise. When kas sends GOAWAY the agent hands over:
 //! it dials a replacement at once and lets the old connection finish its streams. When a connection is
-//! lost it backs off as [`Reconnect`] decides.
+//! lost it backs off as [`ConnectionSet`] decides.
 
 use std::collections::BTreeSet;
 use std::num::NonZeroU64;
@@ -17,8 +18,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use protocol::cache::{AgentCache, AgentViews, LabelSelector, LinkEnd, Views, WatchEvent};
+use protocol::tunnel::connection_set::{Admit, ConnectionSet};
 use protocol::tunnel::reconnect::{
-    BackoffPolicy, Decision, DialFailure, MIN_LIFETIME_FOR_HANDOVER, Next, Reconnect,
+    BackoffPolicy, Decision, DialFailure, MIN_LIFETIME_FOR_HANDOVER, Next,
 };
 use protocol::{AgentHello, CloseReason, Connection, ErrorCode, Event, StreamId, proto};
 use rand::Rng;
@@ -81,8 +83,8 @@ pub struct SimAgent {
     pub cluster: Cluster,
     /// The views endpoint (the informer cache inside), while the process runs.
     pub views: Option<AgentViews>,
-    /// The reconnect policy; connections are named by their flow id.
-    pub reconnect: Reconnect<u64>,
+    /// The connection set (dial, back-off, handover); connections are named by their flow id.
+    pub reconnect: ConnectionSet<u64>,
     pub state: AgentState,
     /// Invalidates stale `Dial`/`DialFailed` events.
     pub dial_gen: u64,
@@ -110,7 +112,7 @@ impl SimAgent {
             truth: super::invariants::truth(&cluster),
             cluster,
             views: None,
-            reconnect: Reconnect::new(policy),
+            reconnect: ConnectionSet::new(policy),
             state: AgentState::Down,
             dial_gen: 0,
             flows: BTreeSet::new(),
@@ -163,7 +165,7 @@ impl World {
         let a = &mut self.agents[i];
         a.views = Some(views);
         a.up = true;
-        a.reconnect = Reconnect::new(self.policy);
+        a.reconnect = ConnectionSet::new(self.policy);
         a.backoff_model = BackoffModel::default();
         a.dial_gen += 1;
         a.state = AgentState::Waiting;
@@ -230,6 +232,16 @@ impl World {
         if !a.up || a.dial_gen != attempt || a.state != AgentState::Waiting {
             return;
         }
+        let now_i = self.now_i;
+        if !self.agents[i].reconnect.poll_dial(now_i) {
+            let detail = format!(
+                "agent {i}: the connection set does not allow the dial scheduled for {}",
+                self.now
+            );
+            self.violate("reconnect", detail);
+            return;
+        }
+        let a = &self.agents[i];
         let latency = a.link.latency;
         let connect_timeout = self.sc.network.connect_timeout;
         let Some(k) = self.lb_pick() else {
@@ -484,7 +496,26 @@ impl World {
                 }
                 let a = &mut self.agents[i];
                 a.state = AgentState::Connected { flow: fid };
-                a.reconnect.handle_connected(fid, self.now_i);
+                // `unit` only spreads the re-dial after a duplicate, which needs K > 1: no draw
+                // otherwise, so runs with K = 1 keep their random sequence.
+                let unit = if e.connections_wanted > 1 {
+                    self.rng.random()
+                } else {
+                    0.5
+                };
+                let admit = self.agents[i].reconnect.handle_connected(
+                    fid,
+                    &e.replica_id,
+                    e.connections_wanted,
+                    self.now_i,
+                    unit,
+                );
+                if admit != Admit::Keep {
+                    let detail = format!("agent {i}: connection {fid} not kept ({admit:?})");
+                    self.violate("reconnect", detail);
+                    return;
+                }
+                let a = &mut self.agents[i];
                 a.backoff_model.connected_at = Some(self.now);
                 a.connected_since = Some(self.now);
                 a.connects += 1;

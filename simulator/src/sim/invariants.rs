@@ -50,7 +50,7 @@
 //! - `request-leak`: every request has ended;
 //! - `tracking-leak`: no router holds a request, no replica tracks one;
 //! - `reconnect-bound`: every agent is connected, and got connected no later than the reconnect
-//!   deadline (start-up and faults over, plus [`Scenario::reconnect_bound`](super::Scenario::reconnect_bound));
+//!   deadline (start-up, faults and balance drains over, plus [`Scenario::reconnect_bound`](super::Scenario::reconnect_bound));
 //! - `connection-leak` / `stream-leak`: each agent has exactly one connection, carrying only its views
 //!   stream, with nothing queued;
 //! - `views-diverged` / `mirror-diverged`: every agent's views, and the mirror on the replica it is

@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use protocol::cache::MirrorTable;
+use protocol::routing::balance::Balance;
 use protocol::routing::{
     DrainCause, KasRouting, Listing, OpenFailure, Placement, ReplicaId, RequestSpec, RouterConfig,
     RoutingConfig, RoutingEvent,
@@ -73,6 +74,10 @@ pub struct SimKas {
     /// The rolling restart (fault index) this replica is draining for.
     pub rolling: Option<usize>,
     pub restarts: u32,
+    /// The balance decision (scenario `kas.balance`), per process.
+    pub balance: Option<Balance>,
+    /// Connections this replica drained to balance load.
+    pub shed: u64,
 }
 
 impl SimKas {
@@ -102,6 +107,8 @@ impl SimKas {
             router_timer_at: None,
             rolling: None,
             restarts: 0,
+            balance: sc.kas.balance.as_ref().map(|b| Balance::new(b.policy())),
+            shed: 0,
         }
     }
 
@@ -827,6 +834,9 @@ impl World {
         kas.established = 0;
         kas.router_timer_at = None;
         kas.rolling = None;
+        if let Some(b) = &mut kas.balance {
+            *b = Balance::new(*b.policy());
+        }
         kas.state = KasState::Down { host_up };
         kas.incarnation += 1;
         kas.restarts += 1;
@@ -941,6 +951,74 @@ impl World {
                 rolling: Some(fault),
             },
         );
+    }
+
+    /// Replica `k`'s balance step: its usable connections against those of the other accepting
+    /// replicas (the shared store's view in the real kas); the oldest `shed` of its connections get
+    /// GOAWAY (agents hand over at once, through the balancer).
+    pub(super) fn balance_step(&mut self, k: usize) {
+        let Some(interval) = self.sc.kas.balance.as_ref().map(|b| b.interval) else {
+            return;
+        };
+        let next = self.now.plus(interval);
+        if next < self.end {
+            self.queue.push(next, Ev::Balance { kas: k });
+        }
+        if !self.kas[k].accepting() {
+            return;
+        }
+        let usable = |w: &World, r: usize| -> Vec<u64> {
+            w.kas[r]
+                .conns
+                .iter()
+                .copied()
+                .filter(|fid| {
+                    w.flows
+                        .get(fid)
+                        .and_then(|f| f.k.live())
+                        .is_some_and(|e| e.registered && !e.conn.is_draining())
+                })
+                .collect()
+        };
+        let own = usable(self, k);
+        let peers: Vec<u64> = (0..self.kas.len())
+            .filter(|&r| r != k && self.kas[r].accepting())
+            .map(|r| usable(self, r).len() as u64)
+            .collect();
+        let now_i = self.now_i;
+        let Some(balance) = self.kas[k].balance.as_mut() else {
+            return;
+        };
+        let shed = balance.handle_loads(own.len() as u64, &peers, now_i);
+        if shed == 0 {
+            return;
+        }
+        self.note(format_args!(
+            "balance k={k} own={} peers={peers:?} shed={shed}",
+            own.len()
+        ));
+        // A drained agent reconnects like after a fault: the end-of-run reconnect bound counts
+        // from the last drain.
+        let bound = self.now.plus(self.sc.reconnect_bound());
+        self.reconnect_deadline = self.reconnect_deadline.max(bound);
+        let shed = usize::try_from(shed).unwrap_or(usize::MAX);
+        let mut agents = Vec::new();
+        // Flow ids grow with time: the lowest are the oldest connections.
+        for fid in own.into_iter().take(shed) {
+            if let Some(end) = self.flows.get_mut(&fid).and_then(|f| f.k.live_mut()) {
+                end.conn.close(ErrorCode::NoError, "rebalancing");
+                agents.extend(end.agent_id);
+            }
+            self.kas[k]
+                .router
+                .handle_draining(&fid, DrainCause::LocalClose, self.now_i);
+            self.kas[k].shed += 1;
+            self.touch(fid, Side::Kas);
+        }
+        self.drain_router(k);
+        for agent in agents {
+            self.publish_holders(agent);
+        }
     }
 
     pub(super) fn lb_check(&mut self) {

@@ -5,7 +5,7 @@
 //! both ends of every tunnel, [`protocol::routing::router::Router`] in every replica,
 //! the views endpoints [`protocol::cache::AgentViews`] in every agent and
 //! [`protocol::cache::MirrorTable`] in every replica,
-//! and agentk's reconnect policy [`protocol::tunnel::reconnect::Reconnect`] deciding when agents
+//! and agentk's connection set [`protocol::tunnel::connection_set::ConnectionSet`] deciding when agents
 //! dial. No async runtime, no threads, no clock reads in the loop.
 //!
 //! | module | what it is |

@@ -9,7 +9,7 @@
 //! name: example
 //! duration: 10m
 //! agents: 1000
-//! kas: { replicas: 3 }
+//! kas: { replicas: 3, balance: { tolerance: 1.1 } }   # balance: optional, replicas shed load
 //! cluster: { churn_per_minute: 1 }
 //! clients: { rate: 20 }
 //! faults:
@@ -134,6 +134,51 @@ pub struct KasSpec {
     /// Interval of the mirror's repeated resync requests.
     #[serde(deserialize_with = "de_duration")]
     pub resync_interval: Duration,
+    /// Replicas even out their load ([`protocol::routing::balance`]); absent: they do not.
+    pub balance: Option<BalanceSpec>,
+}
+
+/// Balance between replicas: paced GOAWAY shedding above a tolerance of the fair share, as
+/// [`protocol::routing::balance::Balance`] decides.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BalanceSpec {
+    /// Shed while above this multiple of the fair share.
+    pub tolerance: f64,
+    /// Shed down to this multiple of the fair share.
+    pub target: f64,
+    /// One shedding step per interval.
+    #[serde(deserialize_with = "de_duration")]
+    pub interval: Duration,
+    /// A step drains at most this fraction of the replica's connections.
+    pub max_step_fraction: f64,
+}
+
+impl Default for BalanceSpec {
+    fn default() -> Self {
+        let p = protocol::routing::balance::BalancePolicy::default();
+        BalanceSpec {
+            tolerance: p.tolerance,
+            target: p.target,
+            interval: p.interval,
+            max_step_fraction: p.max_step_fraction,
+        }
+    }
+}
+
+impl BalanceSpec {
+    /// The policy replicas drive (the maximum connection age is longer than simulated runs need
+    /// and stays off here).
+    pub fn policy(&self) -> protocol::routing::balance::BalancePolicy {
+        protocol::routing::balance::BalancePolicy {
+            tolerance: self.tolerance,
+            target: self.target,
+            interval: self.interval,
+            max_step_fraction: self.max_step_fraction,
+            max_connection_age: None,
+            ..protocol::routing::balance::BalancePolicy::default()
+        }
+    }
 }
 
 impl Default for KasSpec {
@@ -148,6 +193,7 @@ impl Default for KasSpec {
             hop_latency: d_ms(1),
             mirror_retention: d_s(300),
             resync_interval: d_s(1),
+            balance: None,
         }
     }
 }
@@ -695,6 +741,19 @@ impl Scenario {
         }
         if self.kas.replicas == 0 || self.kas.replicas > 1000 {
             return bad("kas.replicas must be between 1 and 1000".into());
+        }
+        if let Some(b) = &self.kas.balance
+            && !(b.target >= 1.0
+                && b.tolerance >= b.target
+                && b.max_step_fraction > 0.0
+                && b.max_step_fraction <= 1.0
+                && !b.interval.is_zero())
+        {
+            return bad(
+                "kas.balance needs 1 <= target <= tolerance, 0 < max_step_fraction <= 1 and \
+                 an interval > 0"
+                    .into(),
+            );
         }
         if self.duration.is_zero() || self.duration > d_s(30 * 24 * 3600) {
             return bad("duration must be between 1ns and 30 days".into());

@@ -37,6 +37,10 @@ use super::trace::{Trace, TraceSink};
 /// Everything that can happen.
 #[derive(Debug)]
 pub(super) enum Ev {
+    /// A replica's balance step ([`protocol::routing::balance::Balance`]).
+    Balance {
+        kas: usize,
+    },
     /// An agent process starts (first boot or after a restart).
     Boot {
         agent: usize,
@@ -339,6 +343,12 @@ impl World {
             self.queue.push(at, Ev::ClientRequest);
         }
         self.queue.push(SimTime::ZERO, Ev::LbCheck);
+        if let Some(b) = &self.sc.kas.balance {
+            for k in 0..self.kas.len() {
+                self.queue
+                    .push(SimTime::from_duration(b.interval), Ev::Balance { kas: k });
+            }
+        }
         self.queue
             .push(SimTime::from_duration(self.sc.sample_interval), Ev::Sample);
         self.queue.push(self.end, Ev::End);
@@ -447,6 +457,7 @@ impl World {
                 fault,
             } => self.kas_stop(kas, incarnation, fault),
             Ev::LbCheck => self.lb_check(),
+            Ev::Balance { kas } => self.balance_step(kas),
             Ev::Sample => self.sample(),
             Ev::End => self.check_end(),
         }
@@ -516,6 +527,7 @@ impl World {
                 &[("k", u(*kas)), ("n", u64::from(*incarnation))],
             ),
             Ev::LbCheck => tr.event(i, t, "lb-check", "", &[]),
+            Ev::Balance { kas } => tr.event(i, t, "balance", "", &[("k", u(*kas))]),
             Ev::Sample => tr.event(i, t, "sample", "", &[]),
             Ev::End => tr.event(i, t, "end", "", &[]),
         }

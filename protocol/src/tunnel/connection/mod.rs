@@ -43,7 +43,7 @@ pub use flood::FloodKind;
 pub use stats::ConnectionStats;
 
 use crate::proto;
-use crate::tunnel::config::{Config, Settings};
+use crate::tunnel::config::{Config, ReplicaInfo, Settings};
 use crate::tunnel::error::{
     ApiMisuse, CloseReason, ConnectionError, ErrorCode, OpenError, RejectCode, StreamError,
 };
@@ -483,13 +483,16 @@ impl Connection {
         let Phase::HelloPending { version } = self.phase else {
             return;
         };
+        let replica = self.config.replica.clone();
         self.push_frame(&Frame::Accept(proto::Accept {
             version,
             agent_id,
             settings: Some(self.config.settings.to_wire()),
             connection_id: connection_id.clone(),
+            replica_id: replica.replica_id.clone(),
+            connections_wanted: replica.connections_wanted,
         }));
-        self.on_established(version, agent_id, connection_id, now);
+        self.on_established(version, agent_id, connection_id, replica, now);
         self.check_invariants();
     }
 
@@ -508,7 +511,14 @@ impl Connection {
         self.close_now(reason, ErrorCode::Cancel);
     }
 
-    fn on_established(&mut self, version: u32, agent_id: u64, connection_id: String, now: Instant) {
+    fn on_established(
+        &mut self,
+        version: u32,
+        agent_id: u64,
+        connection_id: String,
+        replica: ReplicaInfo,
+        now: Instant,
+    ) {
         self.phase = Phase::Open;
         self.send_conn = SendWindow::new(self.peer.initial_connection_window);
         self.timers.handshake = None;
@@ -517,6 +527,8 @@ impl Connection {
             version,
             agent_id,
             connection_id,
+            replica_id: replica.replica_id,
+            connections_wanted: replica.connections_wanted.max(1),
             peer_settings: self.peer,
         };
         self.established = Some(e.clone());
@@ -855,7 +867,11 @@ impl Connection {
         }
         self.peer = Settings::from_wire(a.settings.as_ref())
             .map_err(|reason| ConnectionError::BadSettings { reason })?;
-        self.on_established(a.version, a.agent_id, a.connection_id, now);
+        let replica = ReplicaInfo {
+            replica_id: a.replica_id,
+            connections_wanted: a.connections_wanted,
+        };
+        self.on_established(a.version, a.agent_id, a.connection_id, replica, now);
         Ok(())
     }
 
