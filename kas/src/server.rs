@@ -457,6 +457,8 @@ impl Running {
         self.state.registry.close();
         // Event streams end (they never finish on their own), so HTTP connections can close.
         self.state.events.close();
+        // Upgraded sessions (exec, port-forward) end too: their streams are reset, clients closed.
+        self.state.upgrades.close_all();
         let connections = self.state.registry.connections();
         for c in &connections {
             tracing::info!(agent_id = c.agent_id, connection_id = %c.connection_id, "sending goaway");
@@ -518,6 +520,7 @@ impl Drop for Running {
             self.stop.close();
             self.state.registry.close();
             self.state.events.close();
+            self.state.upgrades.close_all();
             for c in self.state.registry.connections() {
                 c.handle.abort(protocol::ErrorCode::NoError, "kas stopped");
             }

@@ -47,6 +47,8 @@ pub struct KasState {
     pub agent_config: Option<Arc<crate::agent_config::AgentConfigs>>,
     /// GitOps manifest projects polled from Git (`None` when not started).
     pub gitops: Option<Arc<crate::gitops_poller::GitopsPoller>>,
+    /// Upgraded sessions (exec, attach, port-forward): counts, limits, shutdown signal.
+    pub upgrades: Arc<crate::api::upgrade::Sessions>,
     shutting_down: AtomicBool,
     auth_backend_ok: AtomicBool,
     next_request: AtomicU64,
@@ -81,6 +83,7 @@ impl KasState {
             public_read: false,
             agent_config: None,
             gitops: None,
+            upgrades: Arc::new(crate::api::upgrade::Sessions::new(Default::default())),
             shutting_down: AtomicBool::new(false),
             auth_backend_ok: AtomicBool::new(true),
             next_request: AtomicU64::new(1),
@@ -103,6 +106,12 @@ impl KasState {
     /// Sets whether views, events and the dashboard are readable without a token.
     pub fn with_public_read(mut self, public_read: bool) -> Self {
         self.public_read = public_read;
+        self
+    }
+
+    /// Sets the limits of upgraded sessions.
+    pub fn with_upgrade_limits(mut self, limits: crate::api::upgrade::UpgradeLimits) -> Self {
+        self.upgrades = Arc::new(crate::api::upgrade::Sessions::new(limits));
         self
     }
 

@@ -38,6 +38,7 @@ pub mod proxy;
 pub mod read_access;
 pub mod response;
 pub mod tunnel_body;
+pub mod upgrade;
 pub mod views;
 
 use std::convert::Infallible;
@@ -433,6 +434,7 @@ async fn dispatch(
             if let Some(poller) = &state.gitops {
                 text.push_str(&poller.render_metrics());
             }
+            text.push_str(&state.upgrades.render_metrics());
             Ok(response::with_body(
                 StatusCode::OK,
                 crate::metrics::CONTENT_TYPE,
@@ -662,9 +664,11 @@ async fn serve_connection<I>(
         let state = state.clone();
         async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
     });
+    // `with_upgrades`: a 101 answer hands the connection to the upgraded session ([`upgrade`]).
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(smol_hyper::rt::SmolTimer::new())
-        .serve_connection(smol_hyper::rt::FuturesIo::new(io), service);
+        .serve_connection(smol_hyper::rt::FuturesIo::new(io), service)
+        .with_upgrades();
     let mut conn = std::pin::pin!(conn);
     let finished = futures_lite::future::or(async { Some(conn.as_mut().await) }, async {
         let _ = stop.recv().await;

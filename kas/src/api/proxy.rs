@@ -53,12 +53,9 @@ pub struct Target {
 }
 
 /// The request head for the agent: the client's headers as the forwarding rule allows.
-fn request_head(req: &Request<Incoming>, target: &Target) -> RequestHead {
-    let rule = HeaderRule::for_head(
-        req.headers()
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_bytes())),
-    );
+/// For an upgrade ([`super::upgrade`]) the rule also lets `Upgrade` through.
+fn request_head(req: &Request<Incoming>, target: &Target, upgrade: bool) -> RequestHead {
+    let rule = super::upgrade::request_rule(req, upgrade);
     let headers = req
         .headers()
         .iter()
@@ -219,7 +216,7 @@ fn response_from(
 /// [`ApiError`] ready to be written in the route's style.
 pub async fn proxy(
     state: &Arc<KasState>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     user: UserIdentity,
     target: Target,
     span: &tracing::Span,
@@ -227,9 +224,17 @@ pub async fn proxy(
     let arrived = Instant::now();
     let agent_id = user.agent_id;
 
+    // Upgrades (exec, attach, port-forward) only on the Kubernetes API.
+    let mut upgrade = if target.service == protocol::service::K8S_API {
+        super::upgrade::take(state, &mut req, agent_id)?
+    } else {
+        None
+    };
     let method = req.method().clone();
-    let head = request_head(&req, &target);
+    let head = request_head(&req, &target, upgrade.is_some());
     let has_body = !req.body().is_end_stream();
+    // An upgrade keeps kas's direction open for the bytes after the 101.
+    let end_stream = !has_body && upgrade.is_none();
     let mut body = Some(req.into_body());
     let deadline = arrived + state.routing.pending_request_deadline;
     // The policy rejects unknown agents (404) and bounds the attempts: the loop ends.
@@ -244,7 +249,7 @@ pub async fn proxy(
         let connection_id =
             agent_listener::connection_id(&state.instance, lease.connection_serial());
         span.record("connection_id", connection_id.as_str());
-        let stream = match lease.connection().open(head.clone(), !has_body) {
+        let stream = match lease.connection().open(head.clone(), end_stream) {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 let Some(failure) = open_failure(&e) else {
@@ -295,6 +300,13 @@ pub async fn proxy(
             }
             Some(Err(e)) => return Err(tunnel_failure(agent_id, &e)),
             Some(Ok(head)) => {
+                if let Some(up) = upgrade.take() {
+                    if head.status == 101 {
+                        return super::upgrade::switched(state, stream, lease, &head, up, span);
+                    }
+                    // Refused: an ordinary answer; kas's direction ends without a byte.
+                    let _ = stream.finish();
+                }
                 let bad_gateway = |m: String| {
                     ApiError::new(StatusCode::BAD_GATEWAY, format!("agent {agent_id}: {m}"))
                 };
