@@ -65,6 +65,7 @@ pub mod agent_listener;
 pub mod agent_log;
 pub mod agent_streams;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod config_stream;

@@ -74,6 +74,14 @@ pub enum StartError {
     /// The executor threads could not be started.
     #[error("cannot start threads: {0}")]
     Threads(std::io::Error),
+    /// The audit log's file could not be opened.
+    #[error("cannot open the audit log {path}: {source}")]
+    Audit {
+        /// The configured path.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The agent configuration settings are unusable (the webhook secret file).
     #[error(transparent)]
     AgentConfig(#[from] crate::agent_config::SettingsError),
@@ -192,6 +200,11 @@ impl Kas {
         let gitops_directory = directory.clone();
         let pool = Pool::new(options.threads, "kas").map_err(StartError::Threads)?;
         let instance = format!("{:08x}", rand::random::<u32>());
+        let audit =
+            crate::audit::AuditLog::open(&config.audit).map_err(|source| StartError::Audit {
+                path: config.audit.path.clone().unwrap_or_default(),
+                source,
+            })?;
         let state = KasState::new(
             registry,
             directory,
@@ -207,6 +220,11 @@ impl Kas {
             },
         )
         .with_public_read(config.api_listener.public_read)
+        .with_audit(audit)
+        .with_upgrade_limits(crate::api::upgrade::UpgradeLimits {
+            max_sessions_per_agent: config.upgrades.max_sessions_per_agent,
+            idle_timeout: config.upgrades.idle_timeout,
+        })
         .with_agent_config(agent_configs.clone());
         let gitops = crate::gitops_poller::GitopsPoller::new(
             gitops_settings,
@@ -373,6 +391,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// Reopens the audit log's file by name (kas does this on SIGHUP, after logrotate moved it).
+    pub fn reopen_audit_log(&self) {
+        self.state.audit.reopen();
+    }
+
     /// Where agents connect (TLS).
     pub fn agent_addr(&self) -> SocketAddr {
         self.agent_addr

@@ -47,6 +47,8 @@ pub struct KasState {
     pub agent_config: Option<Arc<crate::agent_config::AgentConfigs>>,
     /// GitOps manifest projects polled from Git (`None` when not started).
     pub gitops: Option<Arc<crate::gitops_poller::GitopsPoller>>,
+    /// The audit log of user requests and upgraded sessions.
+    pub audit: Arc<crate::audit::AuditLog>,
     /// Upgraded sessions (exec, attach, port-forward): counts, limits, shutdown signal.
     pub upgrades: Arc<crate::api::upgrade::Sessions>,
     shutting_down: AtomicBool,
@@ -83,6 +85,7 @@ impl KasState {
             public_read: false,
             agent_config: None,
             gitops: None,
+            audit: Arc::new(crate::audit::AuditLog::disabled()),
             upgrades: Arc::new(crate::api::upgrade::Sessions::new(Default::default())),
             shutting_down: AtomicBool::new(false),
             auth_backend_ok: AtomicBool::new(true),
@@ -106,6 +109,12 @@ impl KasState {
     /// Sets whether views, events and the dashboard are readable without a token.
     pub fn with_public_read(mut self, public_read: bool) -> Self {
         self.public_read = public_read;
+        self
+    }
+
+    /// Sets the audit log.
+    pub fn with_audit(mut self, audit: crate::audit::AuditLog) -> Self {
+        self.audit = Arc::new(audit);
         self
     }
 

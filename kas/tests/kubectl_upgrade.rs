@@ -329,3 +329,165 @@ fn sessions_end_when_the_agent_or_kas_goes_away() {
         }
     }
 }
+
+/// At most `upgrades.max_sessions_per_agent` sessions: the next one is refused (429) before it
+/// reaches the agent; a session idle for `upgrades.idle_timeout` is ended (kubectl exits).
+#[test]
+fn session_limit_and_idle_timeout() {
+    let mut s = stack();
+    s.env.config.upgrades.max_sessions_per_agent = 1;
+    s.env.config.upgrades.idle_timeout = Duration::from_secs(2);
+    let _ = s.restart_kas(Duration::from_secs(1));
+    assert!(s.kas().wait_for_agents(&[1], GUARD));
+    let mut first = Killed(
+        cmd(&s, Via::WebSocket, &["exec", "-i", POD, "--", "cat"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut input = first.0.stdin.take().unwrap();
+    let rx = lines(&mut first.0);
+    input.write_all(b"one\n").unwrap();
+    input.flush().unwrap();
+    assert_eq!(rx.recv_timeout(GUARD).as_deref(), Ok("one"));
+    let (code, _, err) = run(&s, Via::WebSocket, &["exec", POD, "--", "echo", "two"], b"");
+    assert_ne!(code, 0, "a second session beyond the limit must be refused");
+    let metrics = s.metrics();
+    assert!(
+        support::metric(
+            &metrics,
+            "kas_upgraded_sessions_total{result=\"refused_limit\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{err}\n{metrics}"
+    );
+    // The first session, left idle, ends by itself.
+    let code = wait_exit(&mut first.0, "an idle kubectl exec");
+    assert_ne!(code, Some(0));
+    assert!(
+        support::metric(
+            &s.metrics(),
+            "kas_upgraded_sessions_total{result=\"idle_timeout\"}"
+        ) == Some(1.0)
+    );
+    // The slot is free again.
+    let (code, out, err) = run(
+        &s,
+        Via::WebSocket,
+        &["exec", POD, "--", "echo", "three"],
+        b"",
+    );
+    assert_eq!((code, out.as_slice()), (0, &b"three\n"[..]), "{err}");
+}
+
+/// Every kind of user request (k8s-proxy, service proxy, cache, views, an upgraded session) is one
+/// audit record with the user's identity; no token appears in the log.
+#[test]
+fn every_request_kind_is_one_audit_record() {
+    let mut s = stack();
+    let path = s.env.dir.path().join("audit.jsonl");
+    s.env.config.audit.path = Some(path.clone());
+    let _ = s.restart_kas(Duration::from_secs(1));
+    assert!(s.kas().wait_for_agents(&[1], GUARD));
+    let echo = e2e::EchoServer::start(s.runtime());
+    e2e::add_loopback_service(s.cluster(1), "apps", "echo", "http", echo.addr);
+    let admin = s.admin(1);
+
+    let k8s = s.get(
+        "/k8s-proxy/api/v1/namespaces/default/pods?limit=7&access_token=hush",
+        Some(&admin),
+    );
+    assert_eq!(k8s.status, 200, "{}", k8s.body);
+    let svc = s.get(
+        "/api/v1/agents/1/proxy/apps/echo:http/audited?x=1",
+        Some(&admin),
+    );
+    assert!(svc.status < 300, "{} {}", svc.status, svc.body);
+    let cache = s.get(
+        "/api/v1/agents/1/cache/pods?namespace=default",
+        Some(&admin),
+    );
+    let views = s.get("/api/v1/agents/1/views", Some(&admin));
+    let (code, out, err) = run(
+        &s,
+        Via::WebSocket,
+        &["exec", POD, "--", "echo", "audited"],
+        b"",
+    );
+    assert_eq!((code, out.as_slice()), (0, &b"audited\n"[..]), "{err}");
+
+    let records = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let session = support::eventually("the session's record", || {
+        records().into_iter().find(|r| r["kind"] == "session")
+    });
+    let all = records();
+    let one = |pred: &dyn Fn(&serde_json::Value) -> bool, what: &str| {
+        let found: Vec<&serde_json::Value> = all.iter().filter(|r| pred(r)).collect();
+        assert_eq!(found.len(), 1, "{what}: {found:?}");
+        let r = found[0];
+        assert_eq!(r["user"], "admin", "{what}: {r}");
+        assert_eq!(r["agent_id"], 1, "{what}: {r}");
+        r.clone()
+    };
+    let r = one(
+        &|r| r["path"].as_str().is_some_and(|p| p.contains("limit=7")),
+        "k8s-proxy",
+    );
+    assert_eq!(r["route"], "k8s-proxy");
+    assert_eq!(r["status"], 200);
+    assert_eq!(r["token_kind"], "pat");
+    assert!(r["bytes_out"].as_u64().unwrap() as usize >= k8s.body.len());
+    assert!(
+        r["path"]
+            .as_str()
+            .unwrap()
+            .contains("access_token=REDACTED"),
+        "{r}"
+    );
+    let r = one(
+        &|r| {
+            r["path"]
+                .as_str()
+                .is_some_and(|p| p.contains("/audited?x=1"))
+        },
+        "service-proxy",
+    );
+    assert_eq!(r["route"], "service-proxy");
+    assert_eq!(r["status"], svc.status);
+    let r = one(&|r| r["route"] == "cache", "cache");
+    assert_eq!(r["status"], cache.status);
+    let r = one(&|r| r["route"] == "views", "views");
+    assert_eq!(r["status"], views.status);
+    let r = one(&|r| r["kind"] == "session", "session");
+    assert_eq!(r, session);
+    assert_eq!(r["status"], 101);
+    assert_eq!(r["upgrade"], "websocket");
+    assert_eq!(r["end"], "closed");
+    assert!(
+        r["path"].as_str().unwrap().contains("/pods/box/exec?"),
+        "{r}"
+    );
+    assert!(r["bytes_out"].as_u64().unwrap() > 0, "{r}");
+    // The exec's own 101 is not counted twice as a request.
+    assert!(
+        !all.iter()
+            .any(|x| x["kind"] == "request"
+                && x["path"].as_str().is_some_and(|p| p.contains("/exec?"))),
+        "{all:?}"
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        !text.contains(&s.env.admin_token),
+        "a token leaked into the audit log"
+    );
+    assert!(!text.contains("hush"));
+    assert!(support::metric(&s.metrics(), "kas_audit_records_total").is_some_and(|n| n >= 5.0));
+}

@@ -330,11 +330,20 @@ pub async fn handle(
         stream = tracing::field::Empty,
     );
     let style = route.error_style();
-    let result = dispatch(&state, req, peer, route, &span)
+    let mut audit = None;
+    let result = dispatch(&state, req, peer, route, &span, request_id, &mut audit)
         .instrument(span.clone())
         .await;
     let resp = result.unwrap_or_else(|e| e.into_response(style));
     let status = resp.status().as_u16();
+    // One audit record per user request, written when its response ends; an upgraded session
+    // (101) writes its own when the session ends.
+    let resp = match audit {
+        Some(ctx) if status != 101 => {
+            resp.map(|body| crate::audit::audited(body, ctx, status, state.audit.clone()))
+        }
+        _ => resp,
+    };
     let elapsed = arrived.elapsed();
     state.metrics.request(label, status);
     state.metrics.latency(label, elapsed);
@@ -372,6 +381,57 @@ fn only_get(req: &Request<Incoming>) -> Result<(), ApiError> {
     }
 }
 
+/// Who is asking for what, for the audit log: every authorised request that is not public (a
+/// public read without a token is recorded with no user). `None` when the audit log is off.
+fn audit_context(
+    state: &KasState,
+    req: &Request<Incoming>,
+    route: &ApiRoute,
+    grant: &Grant,
+    request_id: u64,
+) -> Option<crate::audit::AuditContext> {
+    if !state.audit.is_enabled() {
+        return None;
+    }
+    let (user, token_kind, agent_id) = match grant {
+        Grant::Public => return None,
+        Grant::User(u) => (
+            Some(u.name.clone()),
+            Some(u.kind.as_str()),
+            Some(u.agent_id),
+        ),
+        Grant::Read(r) => (
+            r.user.clone(),
+            None,
+            match r.target {
+                ReadTarget::Agent(id) => Some(id),
+                _ => None,
+            },
+        ),
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+    Some(crate::audit::AuditContext {
+        request_id,
+        user,
+        token_kind,
+        acted_as: None,
+        agent_id,
+        method: req.method().as_str().to_owned(),
+        route: route.label(),
+        path: crate::audit::redact_query(&path),
+        content_length: req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .or_else(|| http_body::Body::is_end_stream(req.body()).then_some(0)),
+        arrived: Instant::now(),
+    })
+}
+
 /// Enforces `route`'s access for a request from `peer` carrying `authorization`; the grant the
 /// handler works with, or the error to answer (401, 403, 429).
 pub fn authorize(
@@ -395,12 +455,19 @@ pub fn authorize(
 
 async fn dispatch(
     state: &Arc<KasState>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: SocketAddr,
     route: ApiRoute,
     span: &tracing::Span,
+    request_id: u64,
+    audit: &mut Option<crate::audit::AuditContext>,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let grant = authorize(state, &route, authorization(&req), peer)?;
+    if let Some(ctx) = audit_context(state, &req, &route, &grant, request_id) {
+        // The upgrade path takes it from the request for the session's record.
+        req.extensions_mut().insert(ctx.clone());
+        *audit = Some(ctx);
+    }
     match (&grant, &route) {
         (Grant::User(user), _) => {
             span.record("agent_id", user.agent_id);
@@ -435,6 +502,7 @@ async fn dispatch(
                 text.push_str(&poller.render_metrics());
             }
             text.push_str(&state.upgrades.render_metrics());
+            text.push_str(&state.audit.render_metrics());
             Ok(response::with_body(
                 StatusCode::OK,
                 crate::metrics::CONTENT_TYPE,

@@ -178,6 +178,8 @@ pub struct ClientUpgrade {
     /// The `Upgrade` header as sent (`websocket`, `SPDY/3.1`), for logs and the audit log.
     pub protocol: String,
     slot: SessionSlot,
+    /// The request's audit context, when the audit log is on.
+    audit: Option<crate::audit::AuditContext>,
 }
 
 /// Whether `req` asks to switch protocols: HTTP/1.1, `Connection: upgrade`, an `Upgrade` header.
@@ -209,10 +211,15 @@ pub fn take(
         .chars()
         .take(64)
         .collect();
+    let audit = req
+        .extensions()
+        .get::<crate::audit::AuditContext>()
+        .cloned();
     Ok(Some(ClientUpgrade {
         on_upgrade: hyper::upgrade::on(req),
         protocol,
         slot,
+        audit,
     }))
 }
 
@@ -332,6 +339,18 @@ pub enum SessionEnd {
     Failed(String),
 }
 
+impl SessionEnd {
+    /// The word for logs and the audit log.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SessionEnd::Closed => "closed",
+            SessionEnd::Idle => "idle",
+            SessionEnd::Shutdown => "shutdown",
+            SessionEnd::Failed(_) => "failed",
+        }
+    }
+}
+
 /// What one upgraded session carried.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionReport {
@@ -359,7 +378,21 @@ async fn session(
         on_upgrade,
         protocol,
         slot,
+        audit,
     } = upgrade;
+    let write_audit = |report: &SessionReport| {
+        if let Some(ctx) = &audit {
+            let mut record = ctx.record(
+                crate::audit::RecordKind::Session,
+                101,
+                Some(report.bytes_in),
+                report.bytes_out,
+            );
+            record.upgrade = Some(protocol.clone());
+            record.end = Some(report.end.label());
+            state.audit.write(&record);
+        }
+    };
     let client = match on_upgrade.await {
         Ok(u) => ClientIo(u),
         Err(e) => {
@@ -368,6 +401,12 @@ async fn session(
             span.in_scope(
                 || tracing::info!(error = %e, "client connection not upgraded: stream reset"),
             );
+            write_audit(&SessionReport {
+                bytes_in: 0,
+                bytes_out: 0,
+                end: SessionEnd::Failed(e.to_string()),
+                duration: Duration::ZERO,
+            });
             return;
         }
     };
@@ -390,6 +429,7 @@ async fn session(
             stream.reset(ErrorCode::Cancel);
         }
     }
+    write_audit(&report);
     drop(lease);
     drop(slot);
     span.in_scope(|| {
