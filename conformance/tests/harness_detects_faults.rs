@@ -77,8 +77,29 @@ const AGENT_FAULTS: &[(&str, &[&str])] = &[
     ("data-after-reset", &["reset-stream"]),
     (
         "keep-upstream-on-reset",
-        &["reset-cancels-upstream-request"],
+        &[
+            "reset-cancels-upstream-request",
+            "upgrade-reset-mid-session",
+        ],
     ),
+    (
+        // Every upgrade scenario: none gets its 101 or its refusal.
+        "upgrade-ignored",
+        &[
+            "upgrade-101-then-duplex",
+            "upgrade-refused-is-a-response",
+            "upgrade-half-close-from-upstream",
+            "upgrade-reset-mid-session",
+        ],
+    ),
+    (
+        "upgrade-full-close",
+        &[
+            "upgrade-101-then-duplex",
+            "upgrade-half-close-from-upstream",
+        ],
+    ),
+    ("upgrade-refusal-reset", &["upgrade-refused-is-a-response"]),
     (
         "forward-tunnel-credentials",
         &["k8s-api-uses-own-credentials"],
