@@ -9,7 +9,7 @@
 //! | `GET /api/v1/agents` | read | agents with connection status ([`agents`]), those the user may reach |
 //! | `GET /api/v1/agents/{id}` | read | one agent |
 //! | `* /api/v1/agents/{id}/proxy/{namespace}/{service}:{port}/{path...}` | user | an in-cluster service through the tunnel (`service-proxy`) |
-//! | `* /k8s-proxy/{path...}` | user | the agent's Kubernetes API (`k8s-api`); `Authorization: Bearer <kind>:<agent-id>:<token>` selects and authorises |
+//! | `* /k8s-proxy/{path...}` | user | the agent's Kubernetes API (`k8s-api`); `Authorization: Bearer <kind>:<agent-id>:<token>` selects and authorises; HTTP/1.1 upgrades (exec, attach, cp, port-forward) become raw duplex sessions ([`upgrade`]) |
 //! | `GET /api/v1/agents/{id}/views`, `.../views/{name}` | read | the agent's views, from kas's memory ([`views`]) |
 //! | `GET /api/v1/agents/{id}/cache/{kind}?namespace=&labelSelector=` | user | objects from agentk's informer cache (`cache`, [`cache`]) |
 //! | `GET /api/v1/events`, `/api/v1/agents/{id}/events` | read | Server-Sent Events: `view`, `object`, `agent` ([`events`]) |
