@@ -12,6 +12,8 @@
 #[path = "support/e2e.rs"]
 mod e2e;
 mod support;
+#[path = "support/upgrade_client.rs"]
+mod upgrade_client;
 
 use std::io::{BufRead as _, Read as _, Write as _};
 use std::net::TcpStream;
@@ -490,4 +492,77 @@ fn every_request_kind_is_one_audit_record() {
     );
     assert!(!text.contains("hush"));
     assert!(support::metric(&s.metrics(), "kas_audit_records_total").is_some_and(|n| n >= 5.0));
+}
+
+/// A client that writes to `cat` and never reads its output stalls its own session only (flow
+/// control holds back that stream alone): meanwhile other sessions and plain requests through the
+/// same agent connection are served.
+#[test]
+fn a_client_that_stops_reading_slows_only_its_session() {
+    let s = stack();
+    let target = upgrade_client::via_kas(&s);
+    let (stalled_tx, stalled) = mpsc::channel();
+    let writer = std::thread::spawn(move || {
+        smol::block_on(async {
+            let mut session = upgrade_client::open_exec(&target).await.unwrap();
+            let chunk = vec![b'z'; 32 * 1024];
+            let mut written = 0usize;
+            // Bounded: at most 64 MiB, or until a write has been stuck for a second.
+            while written < 64 * 1024 * 1024 {
+                let wrote = futures_lite::future::or(
+                    async { Some(session.write_stdin(&chunk).await) },
+                    async {
+                        smol::Timer::after(Duration::from_secs(1)).await;
+                        None
+                    },
+                )
+                .await;
+                match wrote {
+                    Some(Ok(())) => written += chunk.len(),
+                    Some(Err(e)) => panic!("the stalled session failed: {e}"),
+                    None => break,
+                }
+            }
+            stalled_tx.send(written).unwrap();
+            // Keep the session open, unread, until the test is done with the others.
+            smol::Timer::after(GUARD).await;
+            drop(session);
+        });
+    });
+    let written = stalled
+        .recv_timeout(GUARD * 2)
+        .expect("the writer stalls or finishes");
+    assert!(
+        written < 64 * 1024 * 1024,
+        "64 MiB went into a session whose output nobody reads: no back-pressure"
+    );
+    // The stalled session holds its windows; everything else still flows.
+    for i in 0..3 {
+        let (code, out, err) = run(
+            &s,
+            Via::WebSocket,
+            &["exec", POD, "--", "echo", "free"],
+            b"",
+        );
+        assert_eq!(
+            (code, out.as_slice()),
+            (0, &b"free\n"[..]),
+            "exec {i}: {err}"
+        );
+    }
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let (code, out, err) = run(&s, Via::Spdy, &["exec", "-i", POD, "--", "cat"], &data);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out == data,
+        "cat returned {} of {} bytes",
+        out.len(),
+        data.len()
+    );
+    let pods = s.get(
+        "/k8s-proxy/api/v1/namespaces/default/pods",
+        Some(&s.admin(1)),
+    );
+    assert_eq!(pods.status, 200, "{}", pods.body);
+    drop(writer);
 }
