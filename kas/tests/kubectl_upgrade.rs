@@ -566,3 +566,72 @@ fn a_client_that_stops_reading_slows_only_its_session() {
     assert_eq!(pods.status, 200, "{}", pods.body);
     drop(writer);
 }
+
+/// `kubectl exec -it` through a real pseudo-terminal (util-linux `script`) through kas: the typed
+/// line is echoed by the container's terminal, answered, and the exit status comes back.
+fn terminal(via: Via) {
+    let s = stack();
+    let env = match via {
+        Via::WebSocket => "",
+        Via::Spdy => "KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false ",
+    };
+    let kubectl = format!(
+        "{env}{} --kubeconfig {} --context agent-1 exec -it {POD} -- sh",
+        kubectl_path().display(),
+        s.kubeconfig.display()
+    );
+    let mut child = Killed(
+        Command::new("script")
+            .args(["-qec", &kubectl, "/dev/null"])
+            .env("HOME", s.env.dir.path())
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("util-linux `script` runs"),
+    );
+    let mut input = child.0.stdin.take().unwrap();
+    let mut stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait_for = |needle: &[u8]| {
+        let deadline = Instant::now() + GUARD;
+        while !seen.windows(needle.len()).any(|w| w == needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(b) => seen.extend_from_slice(&b),
+                Err(_) => panic!(
+                    "never saw {:?}; terminal output: {:?}",
+                    String::from_utf8_lossy(needle),
+                    String::from_utf8_lossy(&seen)
+                ),
+            }
+        }
+    };
+    wait_for(b"/ # ");
+    input.write_all(b"echo tty-ok\r").unwrap();
+    input.flush().unwrap();
+    wait_for(b"echo tty-ok\r\ntty-ok\r\n/ # ");
+    input.write_all(b"exit 5\r").unwrap();
+    input.flush().unwrap();
+    assert_eq!(wait_exit(&mut child.0, "kubectl exec -it"), Some(5));
+}
+
+#[test]
+fn terminal_session_over_websocket() {
+    terminal(Via::WebSocket);
+}
+
+#[test]
+fn terminal_session_over_spdy() {
+    terminal(Via::Spdy);
+}
