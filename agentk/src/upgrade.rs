@@ -140,20 +140,53 @@ where
 {
     let (mut up_read, mut up_write) = tokio::io::split(upstream);
     let reset = send.id();
-    let result = tokio::try_join!(
-        async {
+    // The two directions, in a block so that they release the stream's halves afterwards.
+    let result = {
+        let to_upstream = async {
             pipe(&mut recv, &mut up_write)
                 .await
                 .map_err(|e| format!("kas → API server: {e}"))
-        },
-        async {
+        };
+        let to_kas = async {
             pipe(&mut up_read, &mut send)
                 .await
                 .map_err(|e| format!("API server → kas: {e}"))
-        },
-    );
+        };
+        tokio::pin!(to_upstream, to_kas);
+        let (mut up, mut down) = (None, None);
+        // Bounded: each iteration completes one of the two directions.
+        loop {
+            tokio::select! {
+                r = &mut to_upstream, if up.is_none() => up = Some(r),
+                r = &mut to_kas, if down.is_none() => down = Some(r),
+            }
+            match (&up, &down) {
+                (_, Some(Err(e))) => break Err(e.clone()),
+                // The API server closed its connection after its last octet (the session is over
+                // for it): what kas still sends (a closing frame, say) has nowhere to go.
+                (Some(Err(e)), Some(Ok(_))) => {
+                    tracing::debug!(stream = reset.0, error = %e, "octets after the API server's end dropped");
+                    break Ok((
+                        0,
+                        down.as_ref()
+                            .and_then(|d| d.as_ref().ok().copied())
+                            .unwrap_or(0),
+                        true,
+                    ));
+                }
+                (Some(Err(e)), None) => break Err(e.clone()),
+                (Some(Ok(a)), Some(Ok(b))) => break Ok((*a, *b, false)),
+                _ => {}
+            }
+        }
+    };
+    if let Ok((_, _, true)) = result {
+        // Read kas's direction to its end (discarding it), so the stream ends without a reset;
+        // bounded by kas, which ends idle sessions.
+        let _ = tokio::io::copy(&mut recv, &mut tokio::io::sink()).await;
+    }
     match result {
-        Ok((to_upstream, to_kas)) => Outcome::Upgraded {
+        Ok((to_upstream, to_kas, _)) => Outcome::Upgraded {
             to_upstream,
             to_kas,
             error: None,
