@@ -80,5 +80,13 @@ pub async fn serve_stream(services: Arc<Services>, head: RequestHead, stream: St
         Outcome::Cancelled { status, error } => {
             tracing::info!(?status, duration_ms, %error, "request cancelled by kas")
         }
+        Outcome::Upgraded {
+            to_upstream,
+            to_kas,
+            error: None,
+        } => tracing::info!(to_upstream, to_kas, duration_ms, "upgraded session ended"),
+        Outcome::Upgraded { error: Some(e), .. } => {
+            tracing::info!(duration_ms, error = %e, "upgraded session failed")
+        }
     }
 }

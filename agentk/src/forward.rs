@@ -12,9 +12,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Request;
+use http::{Request, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use protocol::proto::{ResponseHead, Trailer};
 use protocol::service::status;
 use runtime_tokio::{Error as TunnelError, SendStream};
@@ -37,6 +38,13 @@ pub enum Outcome {
     Cancelled {
         status: Option<u16>,
         error: TunnelError,
+    },
+    /// Answered `101 Switching Protocols`; the upgraded session then carried these octets and ended
+    /// cleanly (`error: None`, both directions half-closed) or not.
+    Upgraded {
+        to_upstream: u64,
+        to_kas: u64,
+        error: Option<String>,
     },
 }
 
@@ -136,6 +144,20 @@ pub async fn forward(
     request: Request<RequestBody>,
     ex: &mut Exchange,
 ) -> Outcome {
+    match send_upstream(service, request, ex).await {
+        Ok(response) => relay(response, ex).await,
+        Err(outcome) => outcome,
+    }
+}
+
+/// Sends `request` with `service` and waits for the response head, unless kas abandons the stream
+/// or the deadline passes; `Err`: the exchange already ended (answered with a `Status`, or
+/// cancelled), with this outcome.
+pub async fn send_upstream(
+    service: &HttpService,
+    request: Request<RequestBody>,
+    ex: &mut Exchange,
+) -> Result<Response<Incoming>, Outcome> {
     let response = match ex.guard(service.clone().oneshot(request)).await {
         Guarded::Done(Ok(r)) => r,
         Guarded::Done(Err(e)) => {
@@ -146,23 +168,28 @@ pub async fn forward(
             } else {
                 "ServiceUnavailable"
             };
-            return ex
+            return Err(ex
                 .answer_status(
                     502,
                     reason,
                     &format!("agentk cannot reach the upstream: {message}"),
                     Some(kind),
                 )
-                .await;
+                .await);
         }
         Guarded::Cancelled(error) => {
-            return Outcome::Cancelled {
+            return Err(Outcome::Cancelled {
                 status: None,
                 error,
-            };
+            });
         }
-        Guarded::TimedOut => return ex.answer_timeout().await,
+        Guarded::TimedOut => return Err(ex.answer_timeout().await),
     };
+    Ok(response)
+}
+
+/// Answers the upstream's `response` on the exchange: its head, then its body as it arrives.
+pub async fn relay(response: Response<Incoming>, ex: &mut Exchange) -> Outcome {
     let (parts, mut body) = response.into_parts();
     let status = parts.status.as_u16();
     let end = body.is_end_stream();

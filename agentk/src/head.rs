@@ -60,6 +60,15 @@ pub fn parse_path(path: &str) -> Result<PathAndQuery, BadRequest> {
 /// Tunnel headers to an HTTP header map, keeping only forwardable ones.
 pub fn headers_from_tunnel(headers: &[Header]) -> Result<HeaderMap, BadRequest> {
     let rule = HeaderRule::for_head(headers.iter().map(|h| (h.name.as_str(), h.value.as_ref())));
+    headers_from_tunnel_by(&rule, headers)
+}
+
+/// Tunnel headers to an HTTP header map, keeping only what `rule` forwards (the upgrade rule for
+/// upgrades, [`HeaderRule::for_upgrade_head`]).
+pub fn headers_from_tunnel_by(
+    rule: &HeaderRule,
+    headers: &[Header],
+) -> Result<HeaderMap, BadRequest> {
     let mut map = HeaderMap::with_capacity(headers.len());
     for h in headers {
         if let Some(why) = rule.verdict(&h.name) {
@@ -78,6 +87,11 @@ pub fn headers_from_tunnel(headers: &[Header]) -> Result<HeaderMap, BadRequest> 
 /// An HTTP header map to tunnel headers, keeping only forwardable ones.
 pub fn headers_to_tunnel(headers: &HeaderMap) -> Vec<Header> {
     let rule = HeaderRule::for_head(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())));
+    headers_to_tunnel_by(&rule, headers)
+}
+
+/// An HTTP header map to tunnel headers, keeping only what `rule` forwards.
+pub fn headers_to_tunnel_by(rule: &HeaderRule, headers: &HeaderMap) -> Vec<Header> {
     headers
         .iter()
         .filter(|(name, _)| rule.forwards(name.as_str()))

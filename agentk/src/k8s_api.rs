@@ -91,6 +91,9 @@ pub async fn serve(
     recv: RecvStream,
     send: SendStream,
 ) -> Outcome {
+    if crate::upgrade::is_upgrade(head) {
+        return crate::upgrade::serve(kube, head, recv, send).await;
+    }
     let (body, reset) = RequestBody::from_tunnel(recv);
     let mut ex = Exchange::new(send, reset, head.timeout_ms);
     let parsed = match http_head(head) {

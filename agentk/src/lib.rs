@@ -36,6 +36,7 @@
 //! | [`agent`] | the connection loop: dial, serve, GOAWAY handover, reconnect (decided by `protocol::tunnel::reconnect`) |
 //! | [`dispatch`] | one task per kas-opened stream, by service; one log line per request |
 //! | [`k8s_api`] | `k8s-api`: forward to the API server with agentk's own credentials |
+//! | [`upgrade`] | `k8s-api` upgrades (exec, attach, cp, port-forward): HTTP/1.1 `101`, then a raw duplex byte pipe |
 //! | [`informer`] | one `kube-runtime` watcher per configured kind, feeding the cache task |
 //! | [`cache`] | the one task driving the [`AgentViews`](protocol::cache::AgentViews) endpoint: events, queries, view sync, object-change batching |
 //! | [`views`] | the `views` stream agentk opens on every connection, linked to the cache task |
@@ -109,6 +110,7 @@ pub mod informer;
 pub mod k8s_api;
 pub mod proxy_path;
 pub mod service_proxy;
+pub mod upgrade;
 pub mod upstream;
 pub mod views;
 

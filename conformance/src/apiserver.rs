@@ -9,11 +9,12 @@
 //! | `POST /conformance/echo` | 200, `{"bytes": n, "sha256": "..."}` of the request body |
 //! | `GET /conformance/slow?ms=M` | 200 `slow done` after M milliseconds |
 //! | `GET /conformance/hang` | never answers; records when the client gives up (closes) |
+//! | `GET /conformance/upgrade?mode=M` with `Connection: upgrade`, `Upgrade: conformance-echo` | [`UPGRADE_PROTOCOL`]: `101`, then by mode: `echo` echoes every octet until the client's half-close, then sends `bye` and half-closes; `server-first` sends `hello` and half-closes at once, then reads until the client's half-close; `hold` reads until the client goes; `refuse` answers 403 instead. The octets received after the `101` are recorded when the client's direction ends ([`ApiEvent::UpgradeEnded`]). Without the upgrade headers: 400 |
 //! | anything else | 404 with a Kubernetes `Status` body |
 //!
 //! Every request is recorded with its `Authorization` header ([`ApiEvent`]).
 
-use std::io::{BufReader, Read as _};
+use std::io::{BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,7 +45,13 @@ pub enum ApiEvent {
     },
     /// The client closed a `/conformance/hang` request.
     HangCancelled,
+    /// The client's direction of an upgraded `/conformance/upgrade` connection ended: `clean` after
+    /// a half-close (EOF), not after an error; the octets it sent after the `101`.
+    UpgradeEnded { received: Vec<u8>, clean: bool },
 }
+
+/// The protocol `/conformance/upgrade` switches to.
+pub const UPGRADE_PROTOCOL: &str = "conformance-echo";
 
 /// The running server; stops when dropped.
 pub struct FakeApiServer {
@@ -82,6 +89,17 @@ impl FakeApiServer {
         self.events()
             .into_iter()
             .filter(|e| matches!(e, ApiEvent::Request { target, .. } if target.starts_with(prefix)))
+            .collect()
+    }
+
+    /// The upgraded sessions that ended, in order.
+    pub fn upgrades_ended(&self) -> Vec<(Vec<u8>, bool)> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                ApiEvent::UpgradeEnded { received, clean } => Some((received, clean)),
+                _ => None,
+            })
             .collect()
     }
 
@@ -203,6 +221,37 @@ fn serve(tcp: TcpStream, events: Arc<Mutex<Vec<ApiEvent>>>, stop: Arc<AtomicBool
                 hold_until_closed(r.get_mut(), &events, &stop);
                 return;
             }
+            ("GET", "/conformance/upgrade") => {
+                let asks = req
+                    .head
+                    .header("connection")
+                    .is_some_and(|c| c.split(',').any(|o| o.trim().eq_ignore_ascii_case("upgrade")))
+                    && req
+                        .head
+                        .header("upgrade")
+                        .is_some_and(|u| u.eq_ignore_ascii_case(UPGRADE_PROTOCOL));
+                let mode = req.query("mode").unwrap_or("echo").to_owned();
+                if !asks {
+                    let _ = http::write_response(
+                        &mut w,
+                        400,
+                        "application/json",
+                        &status_json(400, "BadRequest", "expected an upgrade to conformance-echo"),
+                    );
+                    return;
+                }
+                if mode == "refuse" {
+                    let _ = http::write_response(
+                        &mut w,
+                        403,
+                        "application/json",
+                        &status_json(403, "Forbidden", "upgrade refused by the conformance API server"),
+                    );
+                    return;
+                }
+                upgraded(r, w, &mode, &events, &stop);
+                return;
+            }
             _ => http::write_response(
                 &mut w,
                 404,
@@ -240,4 +289,56 @@ fn hold_until_closed(tcp: &mut TcpStream, events: &Mutex<Vec<ApiEvent>>, stop: &
             }
         }
     }
+}
+
+/// Serves an upgraded `/conformance/upgrade` connection in `mode` (see the module table).
+fn upgraded(
+    mut r: BufReader<TcpStream>,
+    mut w: TcpStream,
+    mode: &str,
+    events: &Mutex<Vec<ApiEvent>>,
+    stop: &AtomicBool,
+) {
+    let head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {UPGRADE_PROTOCOL}\r\n\r\n"
+    );
+    if w.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    if mode == "server-first" {
+        let _ = w.write_all(b"hello");
+        let _ = w.shutdown(std::net::Shutdown::Write);
+    }
+    let _ = r
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_millis(50)));
+    let until = Instant::now() + HOLD_LIMIT;
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Bounded by the hold limit.
+    let clean = loop {
+        if Instant::now() > until || stop.load(Ordering::SeqCst) {
+            break false;
+        }
+        match r.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => {
+                received.extend_from_slice(&buf[..n]);
+                if mode == "echo" && w.write_all(&buf[..n]).is_err() {
+                    break false;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break false,
+        }
+    };
+    if mode == "echo" && clean {
+        let _ = w.write_all(b"bye");
+        let _ = w.shutdown(std::net::Shutdown::Write);
+    }
+    record(events, ApiEvent::UpgradeEnded { received, clean });
 }

@@ -37,6 +37,9 @@ const AGENT_FAULTS: &[(&str, &[&str])] = &[
             "reset-stream",
             "unknown-service-refused",
             "unknown-frame-types-ignored",
+            "upgrade-101-then-duplex",
+            "upgrade-half-close-from-upstream",
+            "upgrade-reset-mid-session",
         ],
     ),
     (
@@ -57,11 +60,14 @@ const AGENT_FAULTS: &[(&str, &[&str])] = &[
         ],
     ),
     (
-        // Every scenario with windows small enough for a doubled body to overrun them.
+        // Every scenario with windows small enough for a doubled body to overrun them, and the
+        // upgrade scenarios that compare the upgraded bytes exactly.
         "double-data",
         &[
             "flow-control-windows-respected",
             "flow-control-request-body",
+            "upgrade-101-then-duplex",
+            "upgrade-half-close-from-upstream",
         ],
     ),
     ("ping-before-accept", &["handshake-accepted"]),
@@ -77,8 +83,29 @@ const AGENT_FAULTS: &[(&str, &[&str])] = &[
     ("data-after-reset", &["reset-stream"]),
     (
         "keep-upstream-on-reset",
-        &["reset-cancels-upstream-request"],
+        &[
+            "reset-cancels-upstream-request",
+            "upgrade-reset-mid-session",
+        ],
     ),
+    (
+        // Every upgrade scenario: none gets its 101 or its refusal.
+        "upgrade-ignored",
+        &[
+            "upgrade-101-then-duplex",
+            "upgrade-refused-is-a-response",
+            "upgrade-half-close-from-upstream",
+            "upgrade-reset-mid-session",
+        ],
+    ),
+    (
+        "upgrade-full-close",
+        &[
+            "upgrade-101-then-duplex",
+            "upgrade-half-close-from-upstream",
+        ],
+    ),
+    ("upgrade-refusal-reset", &["upgrade-refused-is-a-response"]),
     (
         "forward-tunnel-credentials",
         &["k8s-api-uses-own-credentials"],

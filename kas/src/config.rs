@@ -40,6 +40,8 @@
 //!   max_file_size: 262144
 //!   state_dir: git-mirrors            # default <state_dir>/git-mirrors
 //!   webhook_secret_file: webhook.secret   # POST /api/v1/webhooks/git (X-Gitlab-Token); unset: off
+//! upgrades: { max_sessions_per_agent: 4096, idle_timeout: 4h }   # exec, attach, cp, port-forward
+//! audit: { path: audit.jsonl, max_file_size: 0 }   # `-`: stdout; unset: off; reopened on SIGHUP
 //! gitops:                             # manifest projects of the agents' configurations
 //!   poll_period: 20s                  # the push webhook also polls the named repository at once
 //!   fetch_timeout: 30s
@@ -97,6 +99,44 @@ pub struct Config {
     /// Several kas replicas on one Redis ([`crate::tracker`], [`crate::peer`]); unset: one kas alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<ReplicasConfig>,
+    /// Upgraded sessions through `/k8s-proxy` (exec, attach, cp, port-forward).
+    pub upgrades: UpgradesConfig,
+    /// The audit log of proxied requests and upgraded sessions ([`crate::audit`]).
+    pub audit: AuditConfig,
+}
+
+/// Upgraded sessions (`kubectl exec`, `attach`, `cp`, `port-forward`; [`crate::api::upgrade`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpgradesConfig {
+    /// Most concurrent sessions per agent; beyond, 429; default 4096. Each session holds one tunnel
+    /// stream, so `limits.max_streams_per_connection` bounds them per connection too.
+    pub max_sessions_per_agent: usize,
+    /// A session with no byte in either direction this long is ended; default `4h`.
+    #[serde(with = "duration_format")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for UpgradesConfig {
+    fn default() -> Self {
+        let d = crate::api::upgrade::UpgradeLimits::default();
+        Self {
+            max_sessions_per_agent: d.max_sessions_per_agent,
+            idle_timeout: d.idle_timeout,
+        }
+    }
+}
+
+/// The audit log: one JSON line per proxied request and per upgraded session.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Where records go: a file path (relative to the config file), `-` for stdout; unset: no audit
+    /// log. The file is reopened on SIGHUP (for logrotate).
+    pub path: Option<PathBuf>,
+    /// Rotate the file when it reaches this many bytes (renamed to `<path>.1`, replacing an older
+    /// one); 0 (default): never.
+    pub max_file_size: u64,
 }
 
 impl Default for Config {
@@ -115,6 +155,8 @@ impl Default for Config {
             log: LogConfig::default(),
             agent_configuration: AgentConfigurationConfig::default(),
             gitops: GitopsConfig::default(),
+            upgrades: UpgradesConfig::default(),
+            audit: AuditConfig::default(),
             replicas: None,
         }
     }
@@ -911,6 +953,11 @@ impl Config {
         if let Some(dir) = &mut self.gitops.state_dir {
             fix(dir);
         }
+        if let Some(audit) = &mut self.audit.path
+            && audit.as_os_str() != "-"
+        {
+            fix(audit);
+        }
         if let Some(tls) = &mut self.api_listener.tls {
             fix(&mut tls.cert_file);
             fix(&mut tls.key_file);
@@ -1006,6 +1053,12 @@ impl Config {
         }
         if self.routing.response_timeout.is_zero() {
             invalid("routing.response_timeout", "must be > 0".into());
+        }
+        if self.upgrades.max_sessions_per_agent == 0 {
+            invalid("upgrades.max_sessions_per_agent", "must be >= 1".into());
+        }
+        if self.upgrades.idle_timeout.is_zero() {
+            invalid("upgrades.idle_timeout", "must be > 0".into());
         }
         if self.limits.max_streams_per_connection == 0 {
             invalid("limits.max_streams_per_connection", "must be >= 1".into());

@@ -24,8 +24,10 @@
 //! connections (TLS, HELLO authenticated on smol's blocking pool, REJECT codes) and registers them in
 //! the [`registry`], the async face of `protocol::routing::router::Router` (waiting requests, one timer task,
 //! leases); [`api`] is the HTTP API (health, readiness, metrics, agent listing, `/k8s-proxy` and the
-//! service proxy, streaming both ways). [`state`] is what all tasks share; [`signals`] waits for
-//! SIGINT/SIGTERM. `kas demo` execs the `kas-demo` binary (crate `kas-demo`): the demo links agentk and
+//! service proxy, streaming both ways; HTTP upgrades for `kubectl exec`, `attach`, `cp` and
+//! `port-forward` in [`api::upgrade`]). [`audit`] writes one JSON line per user request and per
+//! upgraded session. [`state`] is what all tasks share; [`signals`] waits for SIGINT/SIGTERM (and
+//! SIGHUP, which reopens the audit log). `kas demo` execs the `kas-demo` binary (crate `kas-demo`): the demo links agentk and
 //! tokio, kas does not.
 //!
 //! Views and events (the informer cache, issue 5):
@@ -66,6 +68,7 @@ pub mod agent_listener;
 pub mod agent_log;
 pub mod agent_streams;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod config_stream;

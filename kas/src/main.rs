@@ -399,7 +399,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         running.api_url(),
         running.k8s_proxy_url()
     );
-    let signal = kas::signals::wait_for_termination().context("waiting for signals")?;
+    let signal = kas::signals::wait_for_termination_with_hangup(|| running.reopen_audit_log())
+        .context("waiting for signals")?;
     tracing::info!(signal, "termination requested");
     let report = running.shutdown();
     if !report.is_clean() {

@@ -77,6 +77,14 @@ pub enum StartError {
     /// The executor threads could not be started.
     #[error("cannot start threads: {0}")]
     Threads(std::io::Error),
+    /// The audit log's file could not be opened.
+    #[error("cannot open the audit log {path}: {source}")]
+    Audit {
+        /// The configured path.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The agent configuration settings are unusable (the webhook secret file).
     #[error(transparent)]
     AgentConfig(#[from] crate::agent_config::SettingsError),
@@ -218,6 +226,11 @@ impl Kas {
         let gitops_directory = directory.clone();
         let pool = Pool::new(options.threads, "kas").map_err(StartError::Threads)?;
         let instance = format!("{:08x}", rand::random::<u32>());
+        let audit =
+            crate::audit::AuditLog::open(&config.audit).map_err(|source| StartError::Audit {
+                path: config.audit.path.clone().unwrap_or_default(),
+                source,
+            })?;
         let state = KasState::new(
             registry,
             directory,
@@ -233,6 +246,11 @@ impl Kas {
             },
         )
         .with_public_read(config.api_listener.public_read)
+        .with_audit(audit)
+        .with_upgrade_limits(crate::api::upgrade::UpgradeLimits {
+            max_sessions_per_agent: config.upgrades.max_sessions_per_agent,
+            idle_timeout: config.upgrades.idle_timeout,
+        })
         .with_agent_config(agent_configs.clone());
         let (state, peer_server) = match replicas {
             Some(((replicas, server), refresh)) => {
@@ -420,6 +438,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// Reopens the audit log's file by name (kas does this on SIGHUP, after logrotate moved it).
+    pub fn reopen_audit_log(&self) {
+        self.state.audit.reopen();
+    }
+
     /// Where agents connect (TLS).
     pub fn agent_addr(&self) -> SocketAddr {
         self.agent_addr
@@ -504,6 +527,8 @@ impl Running {
         self.state.registry.close();
         // Event streams end (they never finish on their own), so HTTP connections can close.
         self.state.events.close();
+        // Upgraded sessions (exec, port-forward) end too: their streams are reset, clients closed.
+        self.state.upgrades.close_all();
         let connections = self.state.registry.connections();
         for c in &connections {
             tracing::info!(agent_id = c.agent_id, connection_id = %c.connection_id, "sending goaway");
@@ -565,6 +590,7 @@ impl Drop for Running {
             self.stop.close();
             self.state.registry.close();
             self.state.events.close();
+            self.state.upgrades.close_all();
             for c in self.state.registry.connections() {
                 c.handle.abort(protocol::ErrorCode::NoError, "kas stopped");
             }

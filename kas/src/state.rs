@@ -56,6 +56,10 @@ pub struct KasState {
     /// Feeds WebSockets upgraded on the API port (`/api/v1/tunnel`) to the agent listener's tunnel
     /// server (set once it listens).
     pub tunnel_intake: std::sync::OnceLock<runtime_smol::Intake>,
+    /// The audit log of user requests and upgraded sessions.
+    pub audit: Arc<crate::audit::AuditLog>,
+    /// Upgraded sessions (exec, attach, port-forward): counts, limits, shutdown signal.
+    pub upgrades: Arc<crate::api::upgrade::Sessions>,
     shutting_down: AtomicBool,
     auth_backend_ok: AtomicBool,
     next_request: AtomicU64,
@@ -94,6 +98,8 @@ impl KasState {
             access_metrics: Default::default(),
             replicas: None,
             tunnel_intake: std::sync::OnceLock::new(),
+            audit: Arc::new(crate::audit::AuditLog::disabled()),
+            upgrades: Arc::new(crate::api::upgrade::Sessions::new(Default::default())),
             shutting_down: AtomicBool::new(false),
             auth_backend_ok: AtomicBool::new(true),
             next_request: AtomicU64::new(1),
@@ -127,6 +133,18 @@ impl KasState {
     /// Sets whether views, events and the dashboard are readable without a token.
     pub fn with_public_read(mut self, public_read: bool) -> Self {
         self.public_read = public_read;
+        self
+    }
+
+    /// Sets the audit log.
+    pub fn with_audit(mut self, audit: crate::audit::AuditLog) -> Self {
+        self.audit = Arc::new(audit);
+        self
+    }
+
+    /// Sets the limits of upgraded sessions.
+    pub fn with_upgrade_limits(mut self, limits: crate::api::upgrade::UpgradeLimits) -> Self {
+        self.upgrades = Arc::new(crate::api::upgrade::Sessions::new(limits));
         self
     }
 

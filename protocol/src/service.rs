@@ -257,6 +257,38 @@ pub fn is_forwarded(name: &str) -> bool {
 pub struct HeaderRule {
     /// The options listed in the head's `Connection` headers, lower-case.
     connection_options: Vec<String>,
+    /// The head is one of an upgrade ([`HeaderRule::for_upgrade_head`]): `Upgrade` crosses.
+    upgrade: bool,
+}
+
+/// The header naming the protocol an upgrade switches to (RFC 9110 §7.8).
+pub const UPGRADE_HEADER: &str = "upgrade";
+
+/// Whether an HTTP/1.1 head asks to switch protocols (RFC 9110 §7.8): a `Connection` header lists the
+/// `upgrade` option and an `Upgrade` header names at least one protocol. Over the tunnel the
+/// convention is simpler (SERVICES.md §3.1): a `k8s-api` head is an upgrade when it carries an
+/// `Upgrade` header ([`is_upgrade_tunnel_head`]); `Connection` never crosses, each hop writes its own.
+pub fn requests_upgrade<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> bool {
+    let mut connection_upgrade = false;
+    let mut upgrade = false;
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("connection") {
+            connection_upgrade |= value
+                .split(|b| *b == b',')
+                .any(|o| o.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+        } else if name.eq_ignore_ascii_case(UPGRADE_HEADER) {
+            upgrade |= !value.trim_ascii().is_empty();
+        }
+    }
+    connection_upgrade && upgrade
+}
+
+/// Whether a tunnel head (request or `101` response) is one of an upgrade: it carries a non-empty
+/// `Upgrade` header (kas forwards it only for upgrade requests, [`HeaderRule::for_upgrade_head`]).
+pub fn is_upgrade_tunnel_head<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> bool {
+    headers.into_iter().any(|(name, value)| {
+        name.eq_ignore_ascii_case(UPGRADE_HEADER) && !value.trim_ascii().is_empty()
+    })
 }
 
 impl HeaderRule {
@@ -278,11 +310,37 @@ impl HeaderRule {
                 }
             }
         }
-        HeaderRule { connection_options }
+        HeaderRule {
+            connection_options,
+            upgrade: false,
+        }
+    }
+
+    /// The rule for the head of an upgrade (a request that [`requests_upgrade`], its tunnel head, or
+    /// the `101` answer to it): as [`HeaderRule::for_head`], except that `Upgrade` crosses even though
+    /// it is hop-by-hop and the `Connection` header names it. `Connection` itself still never crosses
+    /// (each hop writes `Connection: Upgrade`), and credentials, `Impersonate-*` and identity
+    /// assertions are dropped exactly as in any other head; `Sec-WebSocket-*` and
+    /// `X-Stream-Protocol-Version` cross as ordinary end-to-end headers.
+    pub fn for_upgrade_head<'a>(
+        headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> HeaderRule {
+        HeaderRule {
+            upgrade: true,
+            ..HeaderRule::for_head(headers)
+        }
+    }
+
+    /// Whether this is the rule of an upgrade head.
+    pub fn is_upgrade(&self) -> bool {
+        self.upgrade
     }
 
     /// Why `name` is not forwarded in this head; `None` if it is.
     pub fn verdict(&self, name: &str) -> Option<NotForwarded> {
+        if self.upgrade && name.eq_ignore_ascii_case(UPGRADE_HEADER) {
+            return None;
+        }
         classify_header(name).or_else(|| {
             self.connection_options
                 .iter()
@@ -406,7 +464,65 @@ mod tests {
         assert!(is_commit_id(&"b".repeat(64)));
     }
 
+    #[test]
+    fn upgrade_heads_keep_upgrade_and_nothing_else_that_is_forbidden() {
+        let headers: [(&str, &[u8]); 8] = [
+            ("Connection", b"Upgrade"),
+            ("Upgrade", b"websocket"),
+            ("Sec-WebSocket-Key", b"abc"),
+            ("Sec-WebSocket-Protocol", b"v5.channel.k8s.io"),
+            ("X-Stream-Protocol-Version", b"v4.channel.k8s.io"),
+            ("Authorization", b"Bearer secret"),
+            ("Impersonate-User", b"admin"),
+            ("Keep-Alive", b"timeout=5"),
+        ];
+        assert!(requests_upgrade(headers));
+        let rule = HeaderRule::for_upgrade_head(headers);
+        assert!(rule.is_upgrade());
+        let kept: Vec<&str> = headers
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| rule.forwards(n))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                "Upgrade",
+                "Sec-WebSocket-Key",
+                "Sec-WebSocket-Protocol",
+                "X-Stream-Protocol-Version"
+            ]
+        );
+        // The ordinary rule drops Upgrade.
+        assert!(!HeaderRule::for_head(headers).forwards("upgrade"));
+        assert!(is_upgrade_tunnel_head([("upgrade", &b"SPDY/3.1"[..])]));
+        assert!(!is_upgrade_tunnel_head([("upgrade", &b" "[..])]));
+        // Both parts are needed.
+        assert!(!requests_upgrade([("Upgrade", &b"websocket"[..])]));
+        assert!(!requests_upgrade([("Connection", &b"upgrade"[..])]));
+        assert!(requests_upgrade([
+            ("connection", &b"keep-alive, UPGRADE"[..]),
+            ("upgrade", &b"SPDY/3.1"[..])
+        ]));
+    }
+
     proptest! {
+        /// The upgrade rule differs from the ordinary one only in `Upgrade`.
+        #[test]
+        fn upgrade_rule_only_adds_upgrade(
+            name in "[A-Za-z][A-Za-z0-9-]{0,20}",
+            options in prop::collection::vec("[A-Za-z0-9-]{1,12}", 0..4),
+        ) {
+            let joined = options.join(", ");
+            let plain = HeaderRule::for_head([("Connection", joined.as_bytes())]);
+            let upgrade = HeaderRule::for_upgrade_head([("Connection", joined.as_bytes())]);
+            if name.eq_ignore_ascii_case("upgrade") {
+                prop_assert!(upgrade.forwards(&name));
+            } else {
+                prop_assert_eq!(plain.forwards(&name), upgrade.forwards(&name));
+            }
+        }
+
         /// The rule is a superset of the name-only rule, and never forwards an impersonation header
         /// whatever its case or suffix.
         #[test]

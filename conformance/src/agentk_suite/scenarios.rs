@@ -55,6 +55,16 @@ pub const SCENARIOS: &[(&str, Scenario)] = &[
         "k8s-api-applies-kas-impersonation",
         k8s_api_applies_kas_impersonation,
     ),
+    ("upgrade-101-then-duplex", upgrade_101_then_duplex),
+    (
+        "upgrade-refused-is-a-response",
+        upgrade_refused_is_a_response,
+    ),
+    (
+        "upgrade-half-close-from-upstream",
+        upgrade_half_close_from_upstream,
+    ),
+    ("upgrade-reset-mid-session", upgrade_reset_mid_session),
     ("unknown-frame-types-ignored", unknown_frame_types_ignored),
     ("malformed-data-on-stream-0", |s| {
         malformed(s, "malformed-data-on-stream-0")
@@ -1310,4 +1320,206 @@ fn gitops_set_reported(sh: &Shared) -> Result<(), String> {
         ));
     }
     s.not_crashed()
+}
+
+/// A `k8s-api` upgrade request for `/conformance/upgrade` in `mode` (SERVICES.md §3.1).
+fn upgrade_head(mode: &str) -> proto::RequestHead {
+    let mut head = k8s("GET", &format!("/conformance/upgrade?mode={mode}"));
+    head.headers.push(proto::Header {
+        name: "upgrade".into(),
+        value: Bytes::from_static(crate::apiserver::UPGRADE_PROTOCOL.as_bytes()),
+    });
+    head
+}
+
+/// Sends `data` on our stream `id`, with END_STREAM if `fin`.
+fn send_data(c: &mut KasConn, id: StreamId, data: &'static [u8], fin: bool) -> Result<(), String> {
+    c.peer
+        .send(&Frame::Data {
+            stream: id,
+            data: Bytes::from_static(data),
+            end_stream: fin,
+        })
+        .map_err(io)
+}
+
+/// Receives until `what` holds for the exchange of `id` (or the deadline).
+fn until(
+    c: &mut KasConn,
+    id: StreamId,
+    what: &str,
+    ok: impl Fn(&super::Exchange) -> bool,
+) -> Result<(), String> {
+    let end = after(ANSWER);
+    // Bounded by `end`.
+    while !ok(&c.exchanges[&id.0]) {
+        let ex = &c.exchanges[&id.0];
+        if let Some(code) = ex.reset {
+            return Err(format!("{what}: the agent reset the stream with {code}"));
+        }
+        if c.next(end)?.is_none() {
+            let ex = &c.exchanges[&id.0];
+            return Err(format!(
+                "{what}: not within {ANSWER:?} (status {:?}, body {:?}, done {})",
+                ex.status,
+                ex.body_text(),
+                ex.done
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Waits for the API server to report `n` upgraded sessions ended.
+fn upgrades_ended(sh: &Shared, c: &mut KasConn, n: usize) -> Result<(Vec<u8>, bool), String> {
+    let end = after(ANSWER);
+    // Bounded by `end`.
+    loop {
+        let ended = sh.api.upgrades_ended();
+        if ended.len() >= n {
+            return Ok(ended[n - 1].clone());
+        }
+        if Instant::now() > end {
+            return Err("the API server's upgraded connection did not end".into());
+        }
+        c.next(after(Duration::from_millis(50)))?;
+    }
+}
+
+/// protocol/SERVICES.md §3.1: an upgrade request reaches the API server as an HTTP/1.1 upgrade; its
+/// `101` comes back as the response head (with its `Upgrade` header, no END_STREAM), then the stream
+/// carries raw bytes both ways; kas's END_STREAM half-closes the upstream connection (the API server
+/// still answers after it), and the upstream's end becomes the agent's END_STREAM, without a RESET.
+fn upgrade_101_then_duplex(sh: &Shared) -> Result<(), String> {
+    let mut s = Session::start(sh, "upgrade-101-then-duplex")?;
+    let mut c = established(&mut s)?;
+    let before = sh.api.upgrades_ended().len();
+    let id = c.open(upgrade_head("echo"), false)?;
+    until(&mut c, id, "the 101", |ex| ex.status.is_some())?;
+    let ex = &c.exchanges[&id.0];
+    if ex.status != Some(101) {
+        return Err(format!(
+            "expected 101 Switching Protocols, got {:?} {:?}",
+            ex.status,
+            ex.body_text()
+        ));
+    }
+    if ex.done {
+        return Err("the 101 ended the agent's direction (END_STREAM)".into());
+    }
+    let upgrade = ex
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
+        .map(|h| String::from_utf8_lossy(&h.value).into_owned());
+    if !upgrade
+        .as_deref()
+        .is_some_and(|u| u.eq_ignore_ascii_case(crate::apiserver::UPGRADE_PROTOCOL))
+    {
+        return Err(format!("the 101 carries Upgrade {upgrade:?}"));
+    }
+    send_data(&mut c, id, b"ping", false)?;
+    until(&mut c, id, "the echo of ping", |ex| {
+        ex.body.ends_with(b"ping")
+    })?;
+    send_data(&mut c, id, b"pong", true)?;
+    until(
+        &mut c,
+        id,
+        "the agent's END_STREAM after the upstream's bye",
+        |ex| ex.done,
+    )?;
+    let ex = &c.exchanges[&id.0];
+    if ex.reset.is_some() || ex.body != b"pingpongbye" {
+        return Err(format!(
+            "expected pingpongbye then END_STREAM, got {:?} (reset {:?})",
+            ex.body_text(),
+            ex.reset
+        ));
+    }
+    let (received, clean) = upgrades_ended(sh, &mut c, before + 1)?;
+    if received != b"pingpong" || !clean {
+        return Err(format!(
+            "the API server received {:?} (clean end: {clean})",
+            String::from_utf8_lossy(&received)
+        ));
+    }
+    c.ping(*b"upgraded", ANSWER)
+}
+
+/// protocol/SERVICES.md §3.1: a refused upgrade (not `101`) is an ordinary response: status, body,
+/// END_STREAM, no RESET.
+fn upgrade_refused_is_a_response(sh: &Shared) -> Result<(), String> {
+    let mut s = Session::start(sh, "upgrade-refused-is-a-response")?;
+    let mut c = established(&mut s)?;
+    let id = c.open(upgrade_head("refuse"), false)?;
+    until(&mut c, id, "the refusal", |ex| ex.done)?;
+    let ex = c.answered(id)?;
+    if ex.status != Some(403) || !ex.body_text().contains("upgrade refused") {
+        return Err(format!(
+            "expected the API server's 403, got {:?} {:?}",
+            ex.status,
+            ex.body_text()
+        ));
+    }
+    Ok(())
+}
+
+/// protocol/SERVICES.md §3.1: the upstream half-closing after the `101` ends the agent's direction
+/// with END_STREAM, while kas's direction stays open: what kas sends afterwards still reaches the
+/// API server, and kas's END_STREAM ends it cleanly.
+fn upgrade_half_close_from_upstream(sh: &Shared) -> Result<(), String> {
+    let mut s = Session::start(sh, "upgrade-half-close-from-upstream")?;
+    let mut c = established(&mut s)?;
+    let before = sh.api.upgrades_ended().len();
+    let id = c.open(upgrade_head("server-first"), false)?;
+    until(&mut c, id, "hello and END_STREAM", |ex| ex.done)?;
+    let ex = c.answered(id)?;
+    if ex.status != Some(101) || ex.body != b"hello" {
+        return Err(format!(
+            "expected 101, hello, END_STREAM; got {:?} {:?}",
+            ex.status,
+            ex.body_text()
+        ));
+    }
+    send_data(&mut c, id, b"after-half-close", true)?;
+    let (received, clean) = upgrades_ended(sh, &mut c, before + 1)?;
+    if received != b"after-half-close" || !clean {
+        return Err(format!(
+            "after the upstream's half-close the API server received {:?} (clean end: {clean})",
+            String::from_utf8_lossy(&received)
+        ));
+    }
+    if let Some(code) = c.exchanges[&id.0].reset {
+        return Err(format!(
+            "the agent reset the half-closed session with {code}"
+        ));
+    }
+    c.ping(*b"halfdone", ANSWER)
+}
+
+/// protocol/SERVICES.md §3.1: a RESET from kas mid-session makes the agent drop the upstream
+/// connection at once; the connection stays usable.
+fn upgrade_reset_mid_session(sh: &Shared) -> Result<(), String> {
+    let mut s = Session::start(sh, "upgrade-reset-mid-session")?;
+    let mut c = established(&mut s)?;
+    let before = sh.api.upgrades_ended().len();
+    let id = c.open(upgrade_head("hold"), false)?;
+    until(&mut c, id, "the 101", |ex| ex.status.is_some())?;
+    if c.exchanges[&id.0].status != Some(101) {
+        return Err(format!("expected 101, got {:?}", c.exchanges[&id.0].status));
+    }
+    send_data(&mut c, id, b"mid", false)?;
+    c.peer
+        .send(&Frame::Reset {
+            stream: id,
+            reset: proto::Reset {
+                code: ErrorCode::Cancel.to_u32(),
+                message: "conformance: session cancelled".into(),
+            },
+        })
+        .map_err(io)?;
+    c.exchanges.remove(&id.0);
+    upgrades_ended(sh, &mut c, before + 1)?;
+    c.ping(*b"reset-up", ANSWER)
 }

@@ -77,6 +77,13 @@ pub enum Fault {
     IgnoreImpersonation,
     /// Forwards the `Impersonate-*` headers received through the tunnel.
     ForwardClientImpersonation,
+    /// Forwards upgrade requests as ordinary ones (drops `Upgrade`).
+    UpgradeIgnored,
+    /// Ends upgraded sessions with a full close instead of a half-close: kas's END_STREAM closes
+    /// the upstream connection both ways, the upstream's end resets the stream.
+    UpgradeFullClose,
+    /// Resets the stream when the API server refuses an upgrade, instead of relaying the answer.
+    UpgradeRefusalReset,
 }
 
 /// Every fault by its command-line name.
@@ -111,6 +118,9 @@ pub const FAULTS: &[(&str, Fault)] = &[
         "forward-client-impersonation",
         Fault::ForwardClientImpersonation,
     ),
+    ("upgrade-ignored", Fault::UpgradeIgnored),
+    ("upgrade-full-close", Fault::UpgradeFullClose),
+    ("upgrade-refusal-reset", Fault::UpgradeRefusalReset),
 ];
 
 /// The configuration applied last (SERVICES.md §8), kept across connections of this process.
@@ -391,8 +401,12 @@ struct Outbox {
 /// What a forwarding thread reports for its stream.
 enum Reply {
     Head(u32),
+    /// `101` with these headers; the stream then carries the upgraded bytes.
+    Switched(Vec<proto::Header>),
     Body(Bytes),
     End,
+    /// The upstream's direction of an upgraded session ended (kas's may go on).
+    UpstreamEnded,
     Failed(String),
 }
 
@@ -610,6 +624,21 @@ fn serve_once(opts: &AgentOptions, id: u64, notes: &Sender<Note>) -> Result<Endi
                     };
                     o.started = conn.send_response(sid, head, false).is_ok();
                 }
+                Reply::Switched(headers) => {
+                    let head = proto::ResponseHead {
+                        status: 101,
+                        headers,
+                    };
+                    o.started = conn.send_response(sid, head, false).is_ok();
+                }
+                Reply::UpstreamEnded if fault == Fault::UpgradeFullClose => {
+                    outboxes.remove(&sid);
+                    if let Some(f) = forwards.remove(&sid) {
+                        let _ = f.upstream.shutdown(std::net::Shutdown::Both);
+                    }
+                    conn.reset(sid, ErrorCode::Cancel, "upstream closed");
+                }
+                Reply::UpstreamEnded => o.queue.fin = true,
                 Reply::Body(b) => o.queue.chunks.push_back(b),
                 Reply::End => {
                     o.queue.fin = true;
@@ -666,11 +695,30 @@ fn start_forward(
     } else {
         format!("Bearer {}", up.token)
     };
-    let mut headers = vec![("Authorization".to_owned(), authorization)];
+    let mut headers = vec![("Authorization".to_owned(), authorization.clone())];
     headers.extend(impersonation_headers(opts.fault, head)?);
     let (method, path) = (head.method.clone(), head.path.clone());
+    let upgrade = head
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
+        .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+        .filter(|_| opts.fault != Fault::UpgradeIgnored);
+    let fault = opts.fault;
     std::thread::spawn(move || {
-        let result = forward(tcp, &method, &path, &headers, &body_rx, &replies, sid);
+        let result = match upgrade {
+            Some(protocol) => {
+                let up = Upgrade {
+                    method: &method,
+                    path: &path,
+                    authorization: &authorization,
+                    protocol: &protocol,
+                    fault,
+                };
+                forward_upgrade(tcp, &up, &body_rx, &replies, sid)
+            }
+            None => forward(tcp, &method, &path, &headers, &body_rx, &replies, sid),
+        };
         if let Err(e) = result {
             let _ = replies.send((sid, Reply::Failed(e)));
         }
@@ -760,4 +808,99 @@ fn forward(
     }
     let _ = replies.send((sid, Reply::End));
     Ok(())
+}
+
+/// An upgrade request to forward (SERVICES.md §3.1).
+struct Upgrade<'a> {
+    method: &'a str,
+    path: &'a str,
+    authorization: &'a str,
+    protocol: &'a str,
+    fault: Fault,
+}
+
+/// Forwards an upgrade: the request at once (no body), then either the refusal as an ordinary
+/// response, or `101` and raw bytes both ways, each direction ending with a half-close.
+fn forward_upgrade(
+    mut tcp: TcpStream,
+    up: &Upgrade<'_>,
+    body: &Receiver<Option<Bytes>>,
+    replies: &Sender<(StreamId, Reply)>,
+    sid: StreamId,
+) -> Result<(), String> {
+    let request = format!(
+        "{} {} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: {}\r\n\
+         Authorization: {}\r\n\r\n",
+        up.method, up.path, up.protocol, up.authorization
+    );
+    tcp.write_all(request.as_bytes())
+        .and_then(|()| tcp.flush())
+        .map_err(|e| format!("sending upstream: {e}"))?;
+    let writer = tcp.try_clone().map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(tcp);
+    let (status, head) =
+        http::read_response_head(&mut r).map_err(|e| format!("upstream answer: {e}"))?;
+    if status != 101 {
+        if up.fault == Fault::UpgradeRefusalReset {
+            return Err(format!("upgrade refused with {status}"));
+        }
+        let _ = replies.send((sid, Reply::Head(u32::from(status))));
+        let body =
+            http::read_body(&mut r, &head, true).map_err(|e| format!("upstream body: {e}"))?;
+        if !body.is_empty() {
+            let _ = replies.send((sid, Reply::Body(Bytes::from(body))));
+        }
+        let _ = replies.send((sid, Reply::End));
+        return Ok(());
+    }
+    let headers = head
+        .headers
+        .iter()
+        .filter(|(n, _)| !n.eq_ignore_ascii_case("connection"))
+        .map(|(n, v)| proto::Header {
+            name: n.to_ascii_lowercase(),
+            value: Bytes::copy_from_slice(v.as_bytes()),
+        })
+        .collect();
+    let _ = replies.send((sid, Reply::Switched(headers)));
+    // Upstream → kas on its own thread, until the upstream's end (or failure).
+    let to_kas = replies.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        // Bounded by the upstream connection.
+        loop {
+            match std::io::Read::read(&mut r, &mut buf) {
+                Ok(0) => {
+                    let _ = to_kas.send((sid, Reply::UpstreamEnded));
+                    return;
+                }
+                Ok(n) => {
+                    let _ = to_kas.send((sid, Reply::Body(Bytes::copy_from_slice(&buf[..n]))));
+                }
+                Err(e) => {
+                    let _ = to_kas.send((sid, Reply::Failed(format!("upstream: {e}"))));
+                    return;
+                }
+            }
+        }
+    });
+    // kas → upstream, until kas's END_STREAM (half-close) or the stream is gone.
+    let mut writer = writer;
+    loop {
+        match body.recv() {
+            Ok(Some(chunk)) => writer
+                .write_all(&chunk)
+                .map_err(|e| format!("upstream write: {e}"))?,
+            Ok(None) => {
+                let how = if up.fault == Fault::UpgradeFullClose {
+                    std::net::Shutdown::Both
+                } else {
+                    std::net::Shutdown::Write
+                };
+                let _ = writer.shutdown(how);
+                return Ok(());
+            }
+            Err(_) => return Ok(()),
+        }
+    }
 }

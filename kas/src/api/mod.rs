@@ -9,7 +9,7 @@
 //! | `GET /api/v1/agents` | read | agents with connection status ([`agents`]), those the user may reach |
 //! | `GET /api/v1/agents/{id}` | read | one agent |
 //! | `* /api/v1/agents/{id}/proxy/{namespace}/{service}:{port}/{path...}` | user | an in-cluster service through the tunnel (`service-proxy`) |
-//! | `* /k8s-proxy/{path...}` | user | the agent's Kubernetes API (`k8s-api`); `Authorization: Bearer <kind>:<agent-id>:<token>` selects and authorises |
+//! | `* /k8s-proxy/{path...}` | user | the agent's Kubernetes API (`k8s-api`); `Authorization: Bearer <kind>:<agent-id>:<token>` selects and authorises; HTTP/1.1 upgrades (exec, attach, cp, port-forward) become raw duplex sessions ([`upgrade`]) |
 //! | `GET /api/v1/agents/{id}/views`, `.../views/{name}` | read | the agent's views, from kas's memory ([`views`]) |
 //! | `GET /api/v1/agents/{id}/cache/{kind}?namespace=&labelSelector=` | user | objects from agentk's informer cache (`cache`, [`cache`]) |
 //! | `GET /api/v1/events`, `/api/v1/agents/{id}/events` | read | Server-Sent Events: `view`, `object`, `agent` ([`events`]) |
@@ -41,6 +41,7 @@ pub mod read_access;
 pub mod response;
 pub mod tunnel;
 pub mod tunnel_body;
+pub mod upgrade;
 pub mod views;
 
 use std::convert::Infallible;
@@ -344,11 +345,20 @@ pub async fn handle(
         stream = tracing::field::Empty,
     );
     let style = route.error_style();
-    let result = dispatch(&state, req, peer, route, &span)
+    let mut audit = None;
+    let result = dispatch(&state, req, peer, route, &span, request_id, &mut audit)
         .instrument(span.clone())
         .await;
     let resp = result.unwrap_or_else(|e| e.into_response(style));
     let status = resp.status().as_u16();
+    // One audit record per user request, written when its response ends; an upgraded session
+    // (101) writes its own when the session ends.
+    let resp = match audit {
+        Some(ctx) if status != 101 => {
+            resp.map(|body| crate::audit::audited(body, ctx, status, state.audit.clone()))
+        }
+        _ => resp,
+    };
     let elapsed = arrived.elapsed();
     state.metrics.request(label, status);
     state.metrics.latency(label, elapsed);
@@ -386,6 +396,57 @@ fn only_get(req: &Request<Incoming>) -> Result<(), ApiError> {
     }
 }
 
+/// Who is asking for what, for the audit log: every authorised request that is not public (a
+/// public read without a token is recorded with no user). `None` when the audit log is off.
+fn audit_context(
+    state: &KasState,
+    req: &Request<Incoming>,
+    route: &ApiRoute,
+    grant: &Grant,
+    request_id: u64,
+) -> Option<crate::audit::AuditContext> {
+    if !state.audit.is_enabled() {
+        return None;
+    }
+    let (user, token_kind, agent_id) = match grant {
+        Grant::Public => return None,
+        Grant::User(u) => (
+            Some(u.name.clone()),
+            Some(u.kind.as_str()),
+            Some(u.agent_id),
+        ),
+        Grant::Read(r) => (
+            r.user.clone(),
+            None,
+            match r.target {
+                ReadTarget::Agent(id) => Some(id),
+                _ => None,
+            },
+        ),
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+    Some(crate::audit::AuditContext {
+        request_id,
+        user,
+        token_kind,
+        acted_as: Default::default(),
+        agent_id,
+        method: req.method().as_str().to_owned(),
+        route: route.label(),
+        path: crate::audit::redact_query(&path),
+        content_length: req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .or_else(|| http_body::Body::is_end_stream(req.body()).then_some(0)),
+        arrived: Instant::now(),
+    })
+}
+
 /// Enforces `route`'s access for a request from `peer` carrying `authorization`; the grant the
 /// handler works with, or the error to answer (401, 403, 429).
 pub fn authorize(
@@ -409,10 +470,12 @@ pub fn authorize(
 
 async fn dispatch(
     state: &Arc<KasState>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: SocketAddr,
     route: ApiRoute,
     span: &tracing::Span,
+    request_id: u64,
+    audit: &mut Option<crate::audit::AuditContext>,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let grant = if state.users.asks_gitlab() && matches!(route.access(), Access::User { .. }) {
         // The gate may ask GitLab (blocking HTTP): off the executor.
@@ -425,6 +488,11 @@ async fn dispatch(
     } else {
         authorize(state, &route, authorization(&req), peer)?
     };
+    if let Some(ctx) = audit_context(state, &req, &route, &grant, request_id) {
+        // The upgrade path takes it from the request for the session's record.
+        req.extensions_mut().insert(ctx.clone());
+        *audit = Some(ctx);
+    }
     match (&grant, &route) {
         (Grant::User(user), _) => {
             span.record("agent_id", user.agent_id);
@@ -470,6 +538,8 @@ async fn dispatch(
             if let Some(replicas) = &state.replicas {
                 text.push_str(&replicas.render_metrics());
             }
+            text.push_str(&state.upgrades.render_metrics());
+            text.push_str(&state.audit.render_metrics());
             Ok(response::with_body(
                 StatusCode::OK,
                 crate::metrics::CONTENT_TYPE,
@@ -714,6 +784,7 @@ async fn serve_connection<I>(
         let state = state.clone();
         async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
     });
+    // `with_upgrades`: a 101 answer hands the connection to the upgraded session ([`upgrade`]).
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(smol_hyper::rt::SmolTimer::new())
         .serve_connection(smol_hyper::rt::FuturesIo::new(io), service)

@@ -54,12 +54,9 @@ pub struct Target {
 }
 
 /// The request head for the agent: the client's headers as the forwarding rule allows.
-fn request_head(req: &Request<Incoming>, target: &Target) -> RequestHead {
-    let rule = HeaderRule::for_head(
-        req.headers()
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_bytes())),
-    );
+/// For an upgrade ([`super::upgrade`]) the rule also lets `Upgrade` through.
+fn request_head(req: &Request<Incoming>, target: &Target, upgrade: bool) -> RequestHead {
+    let rule = super::upgrade::request_rule(req, upgrade);
     let headers = req
         .headers()
         .iter()
@@ -221,7 +218,7 @@ fn response_from(
 /// [`ApiError`] ready to be written in the route's style.
 pub async fn proxy(
     state: &Arc<KasState>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     user: UserIdentity,
     target: Target,
     span: &tracing::Span,
@@ -229,17 +226,30 @@ pub async fn proxy(
     let arrived = Instant::now();
     let agent_id = user.agent_id;
 
+    // Upgrades (exec, attach, port-forward) only on the Kubernetes API.
+    let mut upgrade = if target.service == protocol::service::K8S_API {
+        super::upgrade::take(state, &mut req, agent_id)?
+    } else {
+        None
+    };
     let method = req.method().clone();
     // Access control: who asked and as whom the request acts (403 when no grant covers it). A
     // request another replica forwarded carries that replica's decision.
-    let mut head = request_head(&req, &target);
+    let mut head = request_head(&req, &target, upgrade.is_some());
     head.impersonation = match req.extensions().get::<crate::peer::ForwardedAccess>() {
         Some(access) => access.impersonation.clone(),
-        None => crate::access::authorise(state, &user, req.headers(), target.service, span)
-            .await?
-            .impersonation(),
+        None => {
+            let decided =
+                crate::access::authorise(state, &user, req.headers(), target.service, span).await?;
+            if let Some(audit) = req.extensions().get::<crate::audit::AuditContext>() {
+                let _ = audit.acted_as.set(decided.acted_as());
+            }
+            decided.impersonation()
+        }
     };
     let has_body = !req.body().is_end_stream();
+    // An upgrade keeps kas's direction open for the bytes after the 101.
+    let end_stream = !has_body && upgrade.is_none();
     // A request another replica forwarded keeps its deadline and is never forwarded again.
     let forwarded = req.extensions().get::<crate::peer::Forwarded>().copied();
     let mut body = Some(req.into_body());
@@ -270,7 +280,7 @@ pub async fn proxy(
         let connection_id =
             agent_listener::connection_id(&state.instance, lease.connection_serial());
         span.record("connection_id", connection_id.as_str());
-        let stream = match lease.connection().open(head.clone(), !has_body) {
+        let stream = match lease.connection().open(head.clone(), end_stream) {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 let Some(failure) = open_failure(&e) else {
@@ -321,6 +331,13 @@ pub async fn proxy(
             }
             Some(Err(e)) => return Err(tunnel_failure(agent_id, &e)),
             Some(Ok(head)) => {
+                if let Some(up) = upgrade.take() {
+                    if head.status == 101 {
+                        return super::upgrade::switched(state, stream, lease, &head, up, span);
+                    }
+                    // Refused: an ordinary answer; kas's direction ends without a byte.
+                    let _ = stream.finish();
+                }
                 let bad_gateway = |m: String| {
                     ApiError::new(StatusCode::BAD_GATEWAY, format!("agent {agent_id}: {m}"))
                 };
