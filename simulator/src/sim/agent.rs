@@ -29,7 +29,7 @@ use super::body::{BodyCheck, Digest, Direction};
 use super::clock::SimTime;
 use super::cluster::Cluster;
 use super::flow::{AgentEnd, End, Flow, Serving, Side, drain_outbox, send_body};
-use super::net::{Dir, Link, LinkParams, PathFaults};
+use super::net::{Dir, Link, LinkParams, PathFaults, Window};
 use super::scenario::{LoadBalancing, Scenario};
 use super::world::{Ev, World};
 
@@ -100,6 +100,8 @@ pub struct SimAgent {
     pub backoff_model: BackoffModel,
     /// The naive oracle's views of the cluster, kept up to date with every change.
     pub truth: Views,
+    /// Windows in which this cluster's API server answers slower, with the factor (`slow_api`).
+    pub slow_api: Vec<(Window, f64)>,
 }
 
 impl SimAgent {
@@ -119,6 +121,7 @@ impl SimAgent {
             timer_at: None,
             connected_since: None,
             faults: PathFaults::default(),
+            slow_api: Vec::new(),
             link: LinkParams {
                 latency,
                 jitter: sc.network.jitter,
@@ -728,12 +731,19 @@ impl World {
             .and_then(|f| f.a.live())
             .and_then(|e| e.serving.get(&id))
             .map_or(0, |s| s.kind);
-        let mean = self
-            .sc
-            .clients
-            .mix
-            .get(kind)
-            .map_or(Duration::ZERO, |k| k.think);
+        let mix = self.sc.clients.mix.get(kind);
+        let mut mean = mix.map_or(Duration::ZERO, |k| k.think);
+        if mix.is_some_and(|k| k.service == protocol::service::K8S_API)
+            && let Some(a) = self.flows.get(&fid).map(|f| f.agent)
+            && let Some(factor) = self.agents[a]
+                .slow_api
+                .iter()
+                .filter(|(w, _)| w.contains(self.now))
+                .map(|(_, f)| *f)
+                .reduce(f64::max)
+        {
+            mean = mean.mul_f64(factor);
+        }
         let think = if mean.is_zero() {
             Duration::ZERO
         } else {

@@ -1,5 +1,6 @@
 //! Turning the scenario's faults into events: which agents sit behind a partition or a NAT, when
-//! replicas crash or roll, and the Poisson processes of connection drops and agent restarts.
+//! replicas crash or roll, whose API servers are slow, and the Poisson processes of connection drops
+//! and agent restarts.
 
 use rand::Rng;
 
@@ -62,6 +63,20 @@ impl World {
                         SimTime::from_duration(r.at),
                         Ev::RollingBegin { kas: 0, fault: x },
                     );
+                }
+                Fault::SlowApi(sa) => {
+                    let w = Window {
+                        from: SimTime::from_duration(sa.from),
+                        to: SimTime::from_duration(sa.to),
+                    };
+                    let mut n = 0u64;
+                    for a in &mut self.agents {
+                        if self.rng.random_bool(sa.fraction) {
+                            a.slow_api.push((w, sa.factor));
+                            n += 1;
+                        }
+                    }
+                    self.metrics.fault_targets.push((f.name(), n));
                 }
                 Fault::AgentRestarts(a) => {
                     let rate = a.rate_per_hour / 3600.0 * self.agents.len() as f64;

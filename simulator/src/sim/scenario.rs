@@ -471,6 +471,9 @@ pub enum Fault {
     RollingRestart(RollingRestartFault),
     /// Agents restart at random (new process: new cache epoch, new back-off state).
     AgentRestarts(AgentRestartFault),
+    /// A fraction of clusters' API servers answer `factor` times slower during the window (the
+    /// `think` of `k8s-api` requests; `cache` answers come from agentk's informer cache, unaffected).
+    SlowApi(SlowApiFault),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -556,6 +559,19 @@ pub struct AgentRestartFault {
     pub down_for: Duration,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlowApiFault {
+    #[serde(deserialize_with = "de_duration")]
+    pub from: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub to: Duration,
+    /// Fraction of clusters whose API server is slow.
+    pub fraction: f64,
+    /// Multiplier of the mean answer time of `k8s-api` requests.
+    pub factor: f64,
+}
+
 /// Deliberate bugs in the simulated agents, kas replicas and transport, to prove that each invariant's
 /// check fires (`simulator/tests/sim_checker.rs` runs every one). Request ids count from 1 in issue
 /// order; agent indexes from 0. All off by default.
@@ -626,6 +642,7 @@ impl Fault {
                     * u32::try_from(kas_replicas).unwrap_or(u32::MAX)
             }
             Fault::AgentRestarts(f) => f.to + f.down_for,
+            Fault::SlowApi(f) => f.to,
         }
     }
 
@@ -637,6 +654,7 @@ impl Fault {
             Fault::KasCrash(f) => f.at,
             Fault::RollingRestart(f) => f.at,
             Fault::AgentRestarts(f) => f.from,
+            Fault::SlowApi(f) => f.from,
         }
     }
 
@@ -648,6 +666,7 @@ impl Fault {
             Fault::KasCrash(_) => "kas_crash",
             Fault::RollingRestart(_) => "rolling_restart",
             Fault::AgentRestarts(_) => "agent_restarts",
+            Fault::SlowApi(_) => "slow_api",
         }
     }
 }
@@ -882,6 +901,11 @@ impl Scenario {
                 Fault::AgentRestarts(a) => {
                     if !a.rate_per_hour.is_finite() || a.rate_per_hour < 0.0 {
                         return bad(format!("{what}: rate_per_hour must be >= 0"));
+                    }
+                }
+                Fault::SlowApi(s) => {
+                    if !fraction_ok(s.fraction) || !s.factor.is_finite() || s.factor < 1.0 {
+                        return bad(format!("{what}: fraction in 0..=1 and factor >= 1"));
                     }
                 }
             }
