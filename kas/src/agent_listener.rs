@@ -38,7 +38,7 @@ pub fn tunnel_config(config: &Config) -> protocol::Config {
     c.handshake_timeout = config.keepalive.handshake_timeout;
     c.flood = config.limits.flood.to_protocol();
     c.replica = protocol::tunnel::ReplicaInfo {
-        replica_id: config.agent_listener.replica_id(),
+        replica_id: config.accept_replica_id(),
         connections_wanted: config.agent_listener.agent_connections,
     };
     debug_assert!(

@@ -300,6 +300,17 @@ impl Default for AgentConfigurationConfig {
 }
 
 impl Config {
+    /// The replica name ACCEPT carries: `agent_listener.replica_id` when set; else, with several
+    /// replicas on Redis, the tracker's id (`replica-<replicas.replica_id>`, so that two replicas on
+    /// one host never look like one to an agent holding connections to distinct replicas); else the
+    /// host name, else `kas`.
+    pub fn accept_replica_id(&self) -> String {
+        match (&self.agent_listener.replica_id, &self.replicas) {
+            (None, Some(r)) => protocol::routing::ReplicaId(r.replica_id).to_string(),
+            _ => self.agent_listener.replica_id(),
+        }
+    }
+
     /// The directory of the agent configuration mirrors.
     pub fn agent_config_mirrors_dir(&self) -> PathBuf {
         self.agent_configuration
@@ -1624,6 +1635,20 @@ mod tests {
                 "{good}: {errors:?}"
             );
         }
+    }
+
+    #[test]
+    fn accept_names_the_tracker_replica_unless_set() {
+        let mut c = Config::default();
+        c.agent_listener.replica_id = Some("kas-a".into());
+        assert_eq!(c.accept_replica_id(), "kas-a");
+        c.replicas = Some(ReplicasConfig {
+            replica_id: 3,
+            ..ReplicasConfig::default()
+        });
+        assert_eq!(c.accept_replica_id(), "kas-a");
+        c.agent_listener.replica_id = None;
+        assert_eq!(c.accept_replica_id(), "replica-3");
     }
 
     #[test]
