@@ -19,7 +19,7 @@ use super::kubeconfig;
 use super::kubelet;
 use super::population;
 use super::portforward::PodNetwork;
-use super::recorder::EventRecorder;
+use super::recorder::{EventRecorder, RecordedRequest, RequestRecorder};
 use super::sessions::{SessionStats, Sessions};
 use super::store::{Store, StoreConfig, StoreError};
 
@@ -109,6 +109,9 @@ pub enum Error {
     Populate(#[from] StoreError),
 }
 
+/// Most requests [`RunningApiServer::requests`] keeps.
+const MAX_RECORDED_REQUESTS: usize = 10_000;
+
 /// Entry points to start a simulated API server.
 pub struct ApiServer;
 
@@ -186,7 +189,13 @@ impl ApiServer {
             shutdown: shutdown_rx.clone(),
             server_address: addr.to_string(),
         });
-        handle.spawn(accept_loop(listener, ctx, shutdown_rx.clone()));
+        let requests = RequestRecorder::new(MAX_RECORDED_REQUESTS);
+        handle.spawn(accept_loop(
+            listener,
+            ctx,
+            requests.clone(),
+            shutdown_rx.clone(),
+        ));
         if config.kubelet {
             handle.spawn(kubelet::run(
                 store.clone(),
@@ -213,6 +222,7 @@ impl ApiServer {
             store,
             network,
             sessions,
+            requests,
             bearer_token: config.bearer_token,
             shutdown,
             own_runtime: None,
@@ -223,6 +233,7 @@ impl ApiServer {
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     ctx: Arc<Context>,
+    requests: RequestRecorder,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -231,7 +242,7 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(serve_connection(stream, peer, ctx.clone(), shutdown.clone()));
+                    tokio::spawn(serve_connection(stream, peer, ctx.clone(), requests.clone(), shutdown.clone()));
                 }
                 Err(e) => {
                     // E.g. out of file descriptors: back off instead of spinning.
@@ -248,9 +259,11 @@ async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     ctx: Arc<Context>,
+    requests: RequestRecorder,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        requests.record(req.method(), req.uri());
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(handlers::handle(ctx, req).await) }
     });
@@ -274,6 +287,7 @@ pub struct RunningApiServer {
     store: Store,
     network: Arc<PodNetwork>,
     sessions: Arc<Sessions>,
+    requests: RequestRecorder,
     bearer_token: Option<String>,
     shutdown: watch::Sender<bool>,
     own_runtime: Option<std::thread::JoinHandle<()>>,
@@ -312,6 +326,12 @@ impl RunningApiServer {
     /// Counters of streaming sessions (exec, attach, port-forward).
     pub fn streaming_sessions(&self) -> SessionStats {
         self.sessions.stats()
+    }
+
+    /// The last requests the server received (at most 10,000, oldest first) and how many it
+    /// received in all.
+    pub fn requests(&self) -> (u64, Vec<RecordedRequest>) {
+        self.requests.snapshot()
     }
 
     /// The bearer token clients must present, if any.
