@@ -2,7 +2,10 @@
 # The benchmark users read (not part of scripts/test.sh): one table, every row measured in the same
 # run on loopback, then the tunnel table (bulk and round trip vs raw TLS, idle connections).
 #
-#   scripts/bench.sh [--seconds S] [--install-rathole] [--no-build] [--idle N]
+#   scripts/bench.sh [--seconds S] [--install-rathole] [--no-build] [--idle N] [--bin-dir DIR]
+#
+# --bin-dir: take kas, agentk, sim-apiserver and examples/{bench,idle_agents} from DIR instead of
+# building them (default target/release).
 #
 # Rows (wrk, one thread; each measurement is bounded to S seconds, default 5):
 #   nginx direct                       the in-cluster service itself
@@ -23,13 +26,15 @@ SECONDS_PER=5
 INSTALL_RATHOLE=0
 BUILD=1
 IDLE=10000
+BIN_DIR=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) SECONDS_PER="$2"; shift 2 ;;
         --install-rathole) INSTALL_RATHOLE=1; shift ;;
         --no-build) BUILD=0; shift ;;
         --idle) IDLE="$2"; shift 2 ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        --bin-dir) BIN_DIR="$2"; BUILD=0; shift 2 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -45,9 +50,9 @@ fi
 if [ "$BUILD" = 1 ]; then
     timeout 3600 cargo build --release -q -p kas --bin kas -p agentk --bin agentk \
         -p sim-apiserver --bin sim-apiserver
-    timeout 3600 cargo build --release -q -p runtime-tokio --example bench
+    timeout 3600 cargo build --release -q -p runtime-tokio --example bench --example idle_agents
 fi
-BIN="$ROOT/target/release"
+BIN="${BIN_DIR:-$ROOT/target/release}"
 
 W="$(mktemp -d /tmp/kas-bench.XXXXXX)"
 PIDS=()
@@ -66,7 +71,9 @@ wait_port() {
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
         sleep 0.1
     done
-    echo "port $1 never opened" >&2; return 1
+    echo "port $1 never opened; logs:" >&2
+    tail -n 5 "$W"/*.log "$W"/*.err >&2 2>/dev/null || true
+    return 1
 }
 rss_mib() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
 
@@ -130,7 +137,7 @@ wait_port "$NGINX_PORT"
 
 # ---------------------------------------------------------------- the simulated API server
 API_PORT=$(port)
-"$BIN/sim-apiserver" --listen "127.0.0.1:$API_PORT" --kubeconfig "$W/cluster.kubeconfig" \
+"$BIN/sim-apiserver" --listen "127.0.0.1:$API_PORT" --kubeconfig-out "$W/cluster.kubeconfig" \
     --pods 10 >"$W/apiserver.log" 2>&1 &
 API_PID=$!
 PIDS+=("$API_PID")
@@ -311,4 +318,9 @@ done <"$RESULTS"
 echo
 
 # ---------------------------------------------------------------- the tunnel table
-"$BIN/examples/bench" --idle "$IDLE"
+"$BIN/examples/bench" --idle 0
+
+# ---------------------------------------------------------------- idle agents on one kas
+if [ "$IDLE" -gt 0 ]; then
+    "$BIN/examples/idle_agents" --n "$IDLE" --kas "$BIN/kas"
+fi
