@@ -264,7 +264,9 @@ async fn connect_all(
                 if i >= n {
                     break;
                 }
-                let source = Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 0, 2)) + (i / PER_SOURCE) as u32);
+                let source = Ipv4Addr::from(
+                    u32::from(Ipv4Addr::new(127, 0, 0, 2)) + (i / PER_SOURCE) as u32,
+                );
                 let opts = AgentOptions {
                     token: tokens[i % tokens.len()].clone(),
                     meta: Default::default(),
@@ -288,7 +290,9 @@ async fn connect_all(
                             log_retry(&format!("connection {i}: {e}; retrying"));
                             tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
                         }
-                        Err(e) => return Err(anyhow::Error::from(e).context(format!("connection {i}"))),
+                        Err(e) => {
+                            return Err(anyhow::Error::from(e).context(format!("connection {i}")));
+                        }
                     }
                 };
                 held.push(conn);
