@@ -228,16 +228,32 @@ fn start_kas(a: &Args) -> Result<(Kas, Vec<String>, PathBuf)> {
     ))
 }
 
-/// Raises this process's open-file limit (kas, started after, inherits it).
+/// Raises this process's open-file limit (kas, started after, inherits it); where that is not
+/// permitted (a container without CAP_SYS_RESOURCE), the current limit must already fit N.
 fn raise_nofile(n: usize) -> Result<()> {
-    let want = (n + 1024) * 2;
-    let status = Command::new("prlimit")
+    let want = n + 1024;
+    let raised = Command::new("prlimit")
         .arg("--pid")
         .arg(std::process::id().to_string())
         .arg(format!("--nofile={want}:{want}"))
-        .status()?;
-    if !status.success() {
-        bail!("cannot raise the open-file limit to {want} (run as root or raise it first)");
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if raised {
+        return Ok(());
+    }
+    let limits = std::fs::read_to_string("/proc/self/limits")?;
+    let soft: usize = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if soft < want {
+        bail!(
+            "the open-file limit is {soft} and cannot be raised to {want}: use --n {}",
+            soft.saturating_sub(1024)
+        );
     }
     Ok(())
 }
