@@ -156,6 +156,10 @@ impl Agent {
         let services = Services {
             kube: upstream::kube_service(&kube_config)?,
             plain: upstream::plain_service(),
+            services: informer::ServiceInformer::new(
+                kube::Client::try_from(kube_config.clone())
+                    .map_err(|e| Error::kube("the service watch client", e))?,
+            ),
             cache: None,
         };
         let cache = if config.cache.enabled() {

@@ -15,6 +15,7 @@ use tracing::Instrument;
 use crate::body::RequestBody;
 use crate::cache::CacheHandle;
 use crate::forward::{Exchange, Outcome};
+use crate::informer::ServiceInformer;
 use crate::service_proxy::Clients;
 use crate::upstream::HttpService;
 use crate::{cache_service, k8s_api, service_proxy};
@@ -26,6 +27,8 @@ pub struct Services {
     pub kube: HttpService,
     /// Plain HTTP/1.1 for in-cluster services.
     pub plain: HttpService,
+    /// The Services the service proxy resolves (watched, not read per request).
+    pub services: ServiceInformer,
     /// The informer cache, if it runs.
     pub cache: Option<CacheHandle>,
 }
@@ -53,7 +56,7 @@ pub async fn serve_stream(services: Arc<Services>, head: RequestHead, stream: St
         service::K8S_API => k8s_api::serve(&services.kube, &head, recv, send).await,
         service::SERVICE_PROXY => {
             let clients = Clients {
-                kube: &services.kube,
+                services: &services.services,
                 plain: &services.plain,
             };
             service_proxy::serve(clients, &head, recv, send).await

@@ -240,10 +240,11 @@ pub async fn relay(response: Response<Incoming>, ex: &mut Exchange) -> Outcome {
                 let Ok(data) = frame.into_data() else {
                     continue;
                 };
-                if let Err(e) = ex.send.write_all(&data).await {
+                // Zero-copy: the upstream's buffer is framed as it is.
+                if let Err(error) = ex.send.write_chunk(data).await {
                     return Outcome::Cancelled {
                         status: Some(status),
-                        error: TunnelError::from(e),
+                        error,
                     };
                 }
             }

@@ -37,7 +37,7 @@
 //! | [`dispatch`] | one task per kas-opened stream, by service; one log line per request |
 //! | [`k8s_api`] | `k8s-api`: forward to the API server with agentk's own credentials |
 //! | [`upgrade`] | `k8s-api` upgrades (exec, attach, cp, port-forward): HTTP/1.1 `101`, then a raw duplex byte pipe |
-//! | [`informer`] | one `kube-runtime` watcher per configured kind, feeding the cache task |
+//! | [`informer`] | one `kube-runtime` watcher per configured kind, feeding the cache task; the service proxy's per-Service watches |
 //! | [`cache`] | the one task driving the [`AgentViews`](protocol::cache::AgentViews) endpoint: events, queries, view sync, object-change batching |
 //! | [`views`] | the `views` stream agentk opens on every connection, linked to the cache task |
 //! | [`config_client`] | the `config` stream agentk opens on every connection: applies kas's configuration live, publishes it on a watch channel |
@@ -73,9 +73,11 @@
 //!   `x-tunnel-error: connect|tls|timeout|upstream`. If the upstream body breaks mid-way: TRAILER
 //!   `UNAVAILABLE`. kas's `timeout_ms`: 504 before the response head, TRAILER `DEADLINE_EXCEEDED`
 //!   after it. A RESET from kas drops the upstream request at once (an idle watch too).
-//! - **service-proxy.** `/{namespace}/{service}:{port}/{rest}`: the Service is read from the API
-//!   server (404 if it does not exist), its `clusterIP` and port (number or name) resolved (503 if
-//!   headless or no such port), and the request sent over HTTP/1.1 to `clusterIP:port/rest`.
+//! - **service-proxy.** `/{namespace}/{service}:{port}/{rest}`: the Service is resolved from a
+//!   watch of it started by its first request ([`informer::ServiceInformer`]; no API call per
+//!   request; 404 if it does not exist), its `clusterIP` and port (number or name) resolved (503 if
+//!   headless or no such port), and the request sent over pooled keep-alive HTTP/1.1 to
+//!   `clusterIP:port/rest`.
 //! - **Informer cache.** From start-up, whether or not kas is connected, one watcher per kind of
 //!   [`CacheConfig::watch_kinds`] (default `v1/Node`, `v1/Pod`, `apps/v1/Deployment`, `v1/Event`, all
 //!   namespaces) feeds one cache task owning the store, the views ([`CacheConfig::views`], default

@@ -1,32 +1,22 @@
-//! The `service-proxy` service: an HTTP request for an in-cluster Service. agentk reads the Service
-//! from the API server, resolves its cluster IP and port, and forwards the request there over
-//! HTTP/1.1, streaming both ways; see protocol/SERVICES.md §4.
+//! The `service-proxy` service: an HTTP request for an in-cluster Service. agentk resolves the
+//! Service's cluster IP and port from its [`ServiceInformer`] (a watch per Service, started by
+//! the first request for it: no API call per request), and forwards the request there over
+//! HTTP/1.1 on a pooled keep-alive connection, streaming both ways; see protocol/SERVICES.md §4.
 
 use http::{Request, Uri};
-use http_body_util::{BodyExt, Limited};
 use protocol::proto::RequestHead;
 use runtime_tokio::{RecvStream, SendStream};
 
 use crate::body::RequestBody;
 use crate::forward::{Exchange, Guarded, Outcome, forward};
 use crate::head::http_head;
+use crate::informer::ServiceInformer;
 use crate::proxy_path::{self, ProxyTarget, ResolveError};
-use crate::upstream::{HttpService, classify};
+use crate::upstream::HttpService;
 
-/// Largest Service object agentk reads.
-const MAX_SERVICE_OBJECT: usize = 1024 * 1024;
-
-/// The API path of the Service object (names are validated DNS labels, no escaping needed).
-pub fn service_api_path(target: &ProxyTarget) -> String {
-    format!(
-        "/api/v1/namespaces/{}/services/{}",
-        target.namespace, target.service
-    )
-}
-
-/// The two clients this service uses.
+/// What this service uses: the Services it resolves and the client it forwards with.
 pub struct Clients<'a> {
-    pub kube: &'a HttpService,
+    pub services: &'a ServiceInformer,
     pub plain: &'a HttpService,
 }
 
@@ -44,7 +34,7 @@ pub async fn serve(
             Ok(x) => x,
             Err(bad) => return ex.answer_status(400, "BadRequest", &bad.0, None).await,
         };
-    let authority = match lookup(clients.kube, &target, &mut ex).await {
+    let authority = match lookup(clients.services, &target, &mut ex).await {
         Ok(a) => a,
         Err(outcome) => return outcome,
     };
@@ -64,42 +54,17 @@ pub async fn serve(
     forward(clients.plain, request, &mut ex).await
 }
 
-/// Reads the Service and resolves `clusterIP:port`; on failure, the stream has been answered.
+/// Resolves `clusterIP:port` of the target's Service; on failure, the stream has been answered.
 async fn lookup(
-    kube: &HttpService,
+    services: &ServiceInformer,
     target: &ProxyTarget,
     ex: &mut Exchange,
 ) -> Result<String, Outcome> {
-    let get = async {
-        let mut request = Request::new(RequestBody::empty());
-        *request.uri_mut() = service_api_path(target)
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| -> crate::upstream::BoxError { e.into() })?;
-        request.headers_mut().insert(
-            http::header::ACCEPT,
-            http::HeaderValue::from_static("application/json"),
-        );
-        let response = tower::ServiceExt::oneshot(kube.clone(), request).await?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_SERVICE_OBJECT)
-            .collect()
-            .await?
-            .to_bytes();
-        Ok::<_, crate::upstream::BoxError>((status, body))
-    };
-    let (status, body) = match ex.guard(get).await {
-        Guarded::Done(Ok(x)) => x,
-        Guarded::Done(Err(e)) => {
-            let (kind, message) = classify(e.as_ref());
-            return Err(ex
-                .answer_status(
-                    502,
-                    "ServiceUnavailable",
-                    &format!("agentk cannot read the service from the API server: {message}"),
-                    Some(kind),
-                )
-                .await);
-        }
+    let state = match ex
+        .guard(services.lookup(&target.namespace, &target.service))
+        .await
+    {
+        Guarded::Done(s) => s,
         Guarded::Cancelled(error) => {
             return Err(Outcome::Cancelled {
                 status: None,
@@ -109,38 +74,41 @@ async fn lookup(
         Guarded::TimedOut => return Err(ex.answer_timeout().await),
     };
     let name = format!("{}/{}", target.namespace, target.service);
-    if status == http::StatusCode::NOT_FOUND {
-        return Err(ex
-            .answer_status(
-                404,
-                "NotFound",
-                &format!(
-                    "services \"{}\" not found in namespace \"{}\"",
-                    target.service, target.namespace
-                ),
-                None,
-            )
-            .await);
-    }
-    if !status.is_success() {
-        return Err(ex
-            .answer_status(
-                502,
-                "InternalError",
-                &format!("the API server answered {status} for service {name}"),
-                Some("lookup"),
-            )
-            .await);
-    }
-    let object: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
+    let object = match state {
+        Ok(Some(object)) => object,
+        Ok(None) => {
+            return Err(ex
+                .answer_status(
+                    404,
+                    "NotFound",
+                    &format!(
+                        "services \"{}\" not found in namespace \"{}\"",
+                        target.service, target.namespace
+                    ),
+                    None,
+                )
+                .await);
+        }
+        Err(failure) if failure.answered => {
             return Err(ex
                 .answer_status(
                     502,
                     "InternalError",
-                    &format!("service {name}: invalid JSON from the API server: {e}"),
-                    Some("lookup"),
+                    &format!("service {name}: {}", failure.message),
+                    Some(failure.kind),
+                )
+                .await);
+        }
+        Err(failure) => {
+            return Err(ex
+                .answer_status(
+                    502,
+                    "ServiceUnavailable",
+                    &format!(
+                        "agentk cannot read service {name} from the API server: {}",
+                        failure.message
+                    ),
+                    Some(failure.kind),
                 )
                 .await);
         }

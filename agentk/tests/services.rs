@@ -451,3 +451,94 @@ async fn followed_logs_flow_live() {
     .await;
     logs.reset(protocol::ErrorCode::Cancel);
 }
+
+/// Requests to the API server for Services in `namespace` (list, watch or get), as it recorded them.
+fn service_calls(api: &sim_apiserver::RunningApiServer, namespace: &str) -> usize {
+    let prefix = format!("/api/v1/namespaces/{namespace}/services");
+    api.requests()
+        .1
+        .iter()
+        .filter(|r| r.path.starts_with(&prefix))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_proxy_resolves_from_its_watch_not_per_request() {
+    let s = setup().await;
+    let web = TestHttpServer::start().await;
+    let other = TestHttpServer::start().await;
+    let api = &s.cluster.api;
+    api.store()
+        .create(loopback_service("default", "cached", web.addr.port()))
+        .expect("create service");
+    const REQUESTS: usize = 40;
+    for i in 0..REQUESTS {
+        let a = request(
+            &s.conn.connection,
+            head(
+                SERVICE_PROXY,
+                "GET",
+                &format!("/default/cached:http/r{i}"),
+                vec![],
+            ),
+            &[],
+        )
+        .await;
+        assert_eq!(a.head.status, 200, "{}", String::from_utf8_lossy(&a.body));
+        assert_eq!(String::from_utf8_lossy(&a.body), format!("GET /r{i}\n"));
+    }
+    // One list and one watch (the watcher may restart its watch once), never one call per request.
+    let calls = service_calls(api, "default");
+    assert!(
+        (1..=3).contains(&calls),
+        "{calls} service calls for {REQUESTS} requests: {:?}",
+        api.requests().1
+    );
+
+    // A change to the Service is followed: its port moves to the other server, then to a port
+    // nothing listens on, then the Service goes away.
+    let get = || async {
+        request(
+            &s.conn.connection,
+            head(SERVICE_PROXY, "GET", "/default/cached:http/again", vec![]),
+            &[],
+        )
+        .await
+    };
+    let set_port = |port: u16| {
+        let mut svc = api
+            .store()
+            .get("v1", "Service", Some("default"), "cached")
+            .expect("service");
+        svc["spec"]["ports"][0]["port"] = serde_json::json!(port);
+        api.store().replace(svc).expect("update service");
+    };
+    let eventually = |what: &'static str, want: u32| async move {
+        // Bounded: at most 100 requests, 50 ms apart.
+        for _ in 0..100 {
+            let a = get().await;
+            if a.head.status == want {
+                return a;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("{what}: never answered {want}");
+    };
+    set_port(other.addr.port());
+    drop(web);
+    let a = eventually("moved to the other server", 200).await;
+    assert_eq!(String::from_utf8_lossy(&a.body), "GET /again\n");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let unused = closed.local_addr().expect("addr").port();
+    drop(closed);
+    set_port(unused);
+    let a = eventually("moved to a closed port", 502).await;
+    assert_eq!(a.header("x-tunnel-error").as_deref(), Some("connect"));
+    api.store()
+        .delete("v1", "Service", Some("default"), "cached")
+        .expect("delete service");
+    let a = eventually("deleted", 404).await;
+    assert_eq!(a.json()["reason"], "NotFound");
+    let calls = service_calls(api, "default");
+    assert!(calls <= 4, "{calls} service calls after the changes");
+}

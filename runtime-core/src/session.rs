@@ -530,6 +530,33 @@ impl Session {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.poll_send(id, cx, buf.len(), |take| {
+            Bytes::copy_from_slice(&buf[..take])
+        })
+    }
+
+    /// Zero-copy write: sends a prefix of `data` (what the windows allow, at most
+    /// [`MAX_WRITE_CHUNK`]) as a slice of it, and advances `data` past it.
+    pub(crate) fn poll_write_bytes(
+        &self,
+        id: StreamId,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        let len = data.len();
+        let sent = std::task::ready!(self.poll_send(id, cx, len, |take| data.slice(..take)))?;
+        bytes::Buf::advance(data, sent);
+        Poll::Ready(Ok(sent))
+    }
+
+    /// Offers up to `len` octets, made by `chunk(n)` for the `n` the windows allow.
+    fn poll_send(
+        &self,
+        id: StreamId,
+        cx: &mut Context<'_>,
+        len: usize,
+        chunk: impl FnOnce(usize) -> Bytes,
+    ) -> Poll<io::Result<usize>> {
         let mut guard = self.lock();
         let s = &mut *guard;
         let Some(slot) = s.slots.get_mut(&id) else {
@@ -543,17 +570,14 @@ impl Session {
                 ApiMisuse::SendAfterFinish(id).into(),
             ))));
         }
-        if buf.is_empty() {
+        if len == 0 {
             return Poll::Ready(Ok(0));
         }
         // Offer what the windows allow; when they allow nothing, offer one octet so that the
         // connection remembers to report `Writable` (it is refused, or taken if credit just came).
         let cap = s.conn.send_capacity(id).max(1);
-        let take = buf.len().min(cap).min(MAX_WRITE_CHUNK);
-        match s
-            .conn
-            .send_data(id, Bytes::copy_from_slice(&buf[..take]), false)
-        {
+        let take = len.min(cap).min(MAX_WRITE_CHUNK);
+        match s.conn.send_data(id, chunk(take), false) {
             Ok(0) => {
                 register(&mut slot.write, cx.waker());
                 Poll::Pending
@@ -909,12 +933,13 @@ impl Shared {
         }
         self.dispatch();
         for _ in 0..2 {
+            // Large DATA payloads go out as slices of the application's buffers (no copy).
             while *out_len < limit {
-                let Some(b) = self.conn.poll_transmit() else {
+                let n = self.conn.poll_transmit_vectored(out);
+                if n == 0 {
                     break;
-                };
-                *out_len += b.len();
-                out.push_back(b);
+                }
+                *out_len += n;
             }
             // Transmitting a stream's end can complete it, and with it a graceful close.
             self.dispatch();

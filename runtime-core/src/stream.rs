@@ -40,6 +40,16 @@ impl Slot {
         self.session.poll_write(self.id, cx, buf)
     }
 
+    async fn write_chunk(&self, mut data: Bytes) -> Result<(), Error> {
+        // Bounded by `data`: every ready poll sends at least one octet of it.
+        while !data.is_empty() {
+            poll_fn(|cx| self.session.poll_write_bytes(self.id, cx, &mut data))
+                .await
+                .map_err(Error::from)?;
+        }
+        Ok(())
+    }
+
     fn poll_finish(&self) -> Poll<io::Result<()>> {
         Poll::Ready(self.session.finish(self.id).map_err(io::Error::from))
     }
@@ -165,6 +175,12 @@ macro_rules! send_methods {
             /// Ends our direction with a trailer (after the queued body).
             pub fn send_trailer(&self, trailer: Trailer) -> Result<(), Error> {
                 self.inner.session.send_trailer(self.inner.id, trailer)
+            }
+
+            /// Sends all of `data` as body without copying it (slices of it are framed and written
+            /// as they are), waiting for flow-control credit like `write_all`.
+            pub async fn write_chunk(&self, data: Bytes) -> Result<(), Error> {
+                self.inner.write_chunk(data).await
             }
 
             /// Abandons the stream in both directions; the peer sees a RESET with `code`.

@@ -6,7 +6,8 @@
 //! - idle connections: a child process (this binary, `--idle-clients`) opens N agent connections to a
 //!   server in this process; server-side RSS delta / N, and connections accepted per second;
 //! - bulk throughput agent → server over 1 stream and over 64 concurrent streams of one tunnel
-//!   connection, next to raw rustls over TCP (one TLS connection, no tunnel) in the same run;
+//!   connection (zero-copy `write_chunk`/`read_chunk`, as agentk and kas move bodies), next to raw
+//!   rustls over TCP (one TLS connection, no tunnel) in the same run;
 //! - round-trip latency of a 64-octet request / 64-octet response, one new stream per request
 //!   (server → agent, as kas calls into the cluster), next to a ping-pong on a raw TLS connection.
 //!
@@ -296,15 +297,12 @@ mod tunnel {
     pub fn sink(rt: &Arc<dyn Runtime>, kas: Connection) {
         let rt2 = rt.clone();
         drop(spawn(rt, async move {
-            while let Some((_, mut s)) = kas.accept_stream().await {
+            while let Some((_, s)) = kas.accept_stream().await {
                 drop(spawn(&rt2, async move {
-                    let mut buf = vec![0u8; CHUNK];
+                    // Zero-copy reads, as kas reads response bodies.
                     let mut n = 0u64;
-                    while let Ok(k) = s.read(&mut buf).await {
-                        if k == 0 {
-                            break;
-                        }
-                        n += k as u64;
+                    while let Some(Ok(chunk)) = s.read_chunk(CHUNK).await {
+                        n += chunk.len() as u64;
                     }
                     let _ = s.respond(
                         ResponseHead {
@@ -333,9 +331,10 @@ mod tunnel {
         for _ in 0..streams {
             let mut s = agent.open(head("/bulk"), false)?;
             tasks.push(spawn(rt, async move {
-                let chunk = vec![7u8; CHUNK];
+                // Zero-copy writes, as agentk writes upstream response bodies.
+                let chunk = bytes::Bytes::from(vec![7u8; CHUNK]);
                 while start.elapsed() < PHASE {
-                    s.write_all(&chunk).await?;
+                    s.write_chunk(chunk.clone()).await?;
                 }
                 s.close().await?;
                 let t = s.trailer().await?.context("no trailer")?;

@@ -1,5 +1,7 @@
 //! Records core `v1` `Event`s about simulated activity (scheduling, starts, exits, node
-//! readiness), keeping at most a fixed number so a long churn run does not grow without bound.
+//! readiness), keeping at most a fixed number so a long churn run does not grow without bound;
+//! and the API requests the server received ([`RequestRecorder`]), so tests can count the calls a
+//! client makes (e.g. that a cache really spares the API server).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -68,11 +70,80 @@ impl EventRecorder {
     }
 }
 
+/// One request the server received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedRequest {
+    /// The HTTP method.
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The query string, if any.
+    pub query: Option<String>,
+}
+
+/// The most recent requests the server received (at most a fixed number, oldest dropped first)
+/// and how many it received in all.
+#[derive(Clone)]
+pub struct RequestRecorder {
+    cap: usize,
+    state: Arc<Mutex<(u64, VecDeque<RecordedRequest>)>>,
+}
+
+impl RequestRecorder {
+    /// A recorder keeping the last `cap` requests.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            state: Arc::default(),
+        }
+    }
+
+    /// Records a request.
+    pub fn record(&self, method: &http::Method, uri: &http::Uri) {
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        st.0 += 1;
+        if st.1.len() >= self.cap {
+            st.1.pop_front();
+        }
+        st.1.push_back(RecordedRequest {
+            method: method.to_string(),
+            path: uri.path().to_owned(),
+            query: uri.query().map(str::to_owned),
+        });
+    }
+
+    /// The recorded requests, oldest first, and the number received in all.
+    pub fn snapshot(&self) -> (u64, Vec<RecordedRequest>) {
+        let st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (st.0, st.1.iter().cloned().collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::StoreConfig;
     use serde_json::json;
+
+    #[test]
+    fn records_the_last_requests() {
+        let r = RequestRecorder::new(2);
+        for path in ["/a", "/b?x=1", "/c"] {
+            r.record(&http::Method::GET, &path.parse().expect("uri"));
+        }
+        let (total, kept) = r.snapshot();
+        assert_eq!(total, 3);
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[0].path, "/b");
+        assert_eq!(kept[0].query.as_deref(), Some("x=1"));
+        assert_eq!(kept[1].path, "/c");
+    }
 
     #[test]
     fn caps_events() {

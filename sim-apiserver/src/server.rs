@@ -20,7 +20,7 @@ use super::kubeconfig;
 use super::kubelet;
 use super::population;
 use super::portforward::PodNetwork;
-use super::recorder::EventRecorder;
+use super::recorder::{EventRecorder, RecordedRequest, RequestRecorder};
 use super::sessions::{SessionStats, Sessions};
 use super::store::{Store, StoreConfig, StoreError};
 
@@ -128,6 +128,9 @@ pub enum Error {
     Populate(#[from] StoreError),
 }
 
+/// Most requests [`RunningApiServer::requests`] keeps.
+const MAX_RECORDED_REQUESTS: usize = 10_000;
+
 /// Entry points to start a simulated API server.
 pub struct ApiServer;
 
@@ -213,10 +216,12 @@ impl ApiServer {
             shutdown: shutdown_rx.clone(),
             server_address: addr.to_string(),
         });
+        let requests = RequestRecorder::new(MAX_RECORDED_REQUESTS);
         handle.spawn(accept_loop(
             listener,
             tls.as_ref().map(|t| t.acceptor.clone()),
             ctx,
+            requests.clone(),
             shutdown_rx.clone(),
         ));
         if config.kubelet {
@@ -245,6 +250,7 @@ impl ApiServer {
             store,
             network,
             sessions,
+            requests,
             bearer_token: config.bearer_token,
             ca_pem: tls.map(|t| t.ca_pem),
             shutdown,
@@ -285,6 +291,7 @@ async fn accept_loop(
     listener: tokio::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     ctx: Arc<Context>,
+    requests: RequestRecorder,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -293,16 +300,16 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+                    let (ctx, requests, shutdown) = (ctx.clone(), requests.clone(), shutdown.clone());
                     match &tls {
                         None => {
-                            tokio::spawn(serve_connection(stream, peer, ctx, shutdown));
+                            tokio::spawn(serve_connection(stream, peer, ctx, requests, shutdown));
                         }
                         Some(acceptor) => {
                             let accept = acceptor.accept(stream);
                             tokio::spawn(async move {
                                 match tokio::time::timeout(Duration::from_secs(10), accept).await {
-                                    Ok(Ok(tls)) => serve_connection(tls, peer, ctx, shutdown).await,
+                                    Ok(Ok(tls)) => serve_connection(tls, peer, ctx, requests, shutdown).await,
                                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                                 }
@@ -325,11 +332,13 @@ async fn serve_connection<S>(
     stream: S,
     peer: SocketAddr,
     ctx: Arc<Context>,
+    requests: RequestRecorder,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        requests.record(req.method(), req.uri());
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(handlers::handle(ctx, req).await) }
     });
@@ -353,6 +362,7 @@ pub struct RunningApiServer {
     store: Store,
     network: Arc<PodNetwork>,
     sessions: Arc<Sessions>,
+    requests: RequestRecorder,
     bearer_token: Option<String>,
     ca_pem: Option<String>,
     shutdown: watch::Sender<bool>,
@@ -403,6 +413,12 @@ impl RunningApiServer {
     /// Counters of streaming sessions (exec, attach, port-forward).
     pub fn streaming_sessions(&self) -> SessionStats {
         self.sessions.stats()
+    }
+
+    /// The last requests the server received (at most 10,000, oldest first) and how many it
+    /// received in all.
+    pub fn requests(&self) -> (u64, Vec<RecordedRequest>) {
+        self.requests.snapshot()
     }
 
     /// The bearer token clients must present, if any.

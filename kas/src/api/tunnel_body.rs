@@ -236,7 +236,7 @@ impl Drop for TunnelBody {
     }
 }
 
-/// Copies the client's request body into the stream, then finishes our direction. A client that fails
+/// Passes the client's request body into the stream (without copying it), then finishes our direction. A client that fails
 /// mid-body gets the stream reset with CANCEL; a stream that fails ends the copy (the response side
 /// reports the failure).
 pub async fn pump_request_body(
@@ -245,7 +245,6 @@ pub async fn pump_request_body(
     metrics: Arc<Metrics>,
     span: tracing::Span,
 ) {
-    use futures_lite::AsyncWriteExt as _;
     // Bounded by the body: each iteration consumes one frame of it.
     loop {
         match body.frame().await {
@@ -260,8 +259,8 @@ pub async fn pump_request_body(
                     continue; // HTTP trailers do not cross the tunnel
                 };
                 metrics.bytes_in(data.len());
-                let mut writer: &Stream = &stream;
-                if let Err(e) = writer.write_all(&data).await {
+                // Zero-copy: hyper's buffer is framed as it is.
+                if let Err(e) = stream.write_chunk(data).await {
                     span.in_scope(
                         || tracing::debug!(error = %e, "request body: stream write failed"),
                     );

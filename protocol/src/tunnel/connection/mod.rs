@@ -44,6 +44,7 @@ pub use stats::ConnectionStats;
 
 use crate::proto;
 use crate::tunnel::config::{Config, ReplicaInfo, Settings};
+
 use crate::tunnel::error::{
     ApiMisuse, CloseReason, ConnectionError, ErrorCode, OpenError, RejectCode, StreamError,
 };
@@ -55,6 +56,11 @@ use streams::recv::RecvState;
 use streams::send::{Chunk, SendState};
 use streams::{Stream, Streams};
 use timer::{Timer, Timers};
+
+/// DATA payloads at least this long are handed out without a copy by
+/// [`Connection::poll_transmit_vectored`]; shorter ones are copied next to their header (a
+/// separate buffer would cost more than the copy).
+pub const ZERO_COPY_MIN: usize = 2048;
 
 /// Which end of the tunnel this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -403,31 +409,65 @@ impl Connection {
     /// may make it a little longer). Control frames and heads go first, then body data taken round-robin
     /// from the streams that have some, one frame per stream per turn.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        let filled = self.transmit(None);
+        if filled.is_empty() {
+            None
+        } else {
+            Some(filled)
+        }
+    }
+
+    /// The same batch as [`poll_transmit`](Self::poll_transmit), octet for octet, appended to `out`
+    /// as several buffers for a vectored write: DATA payloads of at least [`ZERO_COPY_MIN`] octets
+    /// are slices of the buffers the application sent (not copied), everything else is framed into
+    /// one buffer between them. Returns the number of octets appended (0: nothing to send).
+    pub fn poll_transmit_vectored(&mut self, out: &mut VecDeque<Bytes>) -> usize {
+        let mut len = 0;
+        let last = self.transmit(Some((out, &mut len)));
+        if !last.is_empty() {
+            len += last.len();
+            out.push_back(last);
+        }
+        len
+    }
+
+    /// Frames the next batch; with `slices`, large DATA payloads (and the octets framed before
+    /// them) go there, counted in its `usize`. Returns the framed octets not handed out yet.
+    fn transmit(&mut self, mut slices: Option<(&mut VecDeque<Bytes>, &mut usize)>) -> Bytes {
         let max = self.config.max_transmit;
         // Frames are written into `out`, which keeps the rest of its allocation between calls: `split`
         // hands out the filled part (no copy). An idle connection holds no transmit buffer.
         let mut buf = std::mem::take(&mut self.out);
         self.input_answers = 0;
         self.responses = 0;
-        while buf.len() < max {
+        let before = slices.as_ref().map_or(0, |(_, n)| **n);
+        // Bounded: each turn takes one frame of one ready stream, and the batch is at most `max`.
+        while buf.len() + slices.as_ref().map_or(0, |(_, n)| **n - before) < max {
             let Some(id) = self.streams.ready.pop_front() else {
                 break;
             };
-            self.transmit_one(id, &mut buf);
+            self.transmit_one(
+                id,
+                &mut buf,
+                slices.as_mut().map(|(o, n)| (&mut **o, &mut **n)),
+            );
         }
         let filled = buf.split();
         self.out = buf;
         self.check_invariants();
-        if filled.is_empty() {
-            None
-        } else {
-            self.stats.bytes_sent += filled.len() as u64;
-            Some(filled.freeze())
-        }
+        let sent = filled.len() + slices.as_ref().map_or(0, |(_, n)| **n - before);
+        self.stats.bytes_sent += sent as u64;
+        filled.freeze()
     }
 
-    /// Frames the next queued chunk of stream `id` into `buf`.
-    fn transmit_one(&mut self, id: StreamId, buf: &mut BytesMut) {
+    /// Frames the next queued chunk of stream `id` into `buf`; with `slices`, a large payload goes
+    /// there as a slice after what `buf` holds so far (see [`transmit`](Self::transmit)).
+    fn transmit_one(
+        &mut self,
+        id: StreamId,
+        buf: &mut BytesMut,
+        slices: Option<(&mut VecDeque<Bytes>, &mut usize)>,
+    ) {
         let max_frame = self.peer.max_frame_size as usize;
         let Some(s) = self.streams.map.get_mut(&id) else {
             return;
@@ -445,7 +485,15 @@ impl Connection {
                     ended = true;
                 }
                 frame::encode_data_header(id, n, fin_next, buf);
-                buf.extend_from_slice(&chunk);
+                match slices {
+                    Some((out, len)) if n >= ZERO_COPY_MIN => {
+                        let framed = buf.split().freeze();
+                        *len += framed.len() + n;
+                        out.push_back(framed);
+                        out.push_back(chunk);
+                    }
+                    _ => buf.extend_from_slice(&chunk),
+                }
                 s.send.window.consume(n as u64);
                 s.send.queued -= n as u64;
                 self.send_conn.consume(n as u64);

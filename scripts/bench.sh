@@ -1,0 +1,326 @@
+#!/usr/bin/env bash
+# The benchmark users read (not part of scripts/test.sh): one table, every row measured in the same
+# run on loopback, then the tunnel table (bulk and round trip vs raw TLS, idle connections).
+#
+#   scripts/bench.sh [--seconds S] [--install-rathole] [--no-build] [--idle N] [--bin-dir DIR]
+#
+# --bin-dir: take kas, agentk, sim-apiserver and examples/{bench,idle_agents} from DIR instead of
+# building them (default target/release).
+#
+# Rows (wrk, one thread; each measurement is bounded to S seconds, default 5):
+#   nginx direct                       the in-cluster service itself
+#   rathole (TLS)                      rathole 0.5's TLS transport to the same nginx (if installed;
+#                                      --install-rathole runs `cargo install rathole` first)
+#   kas service proxy, plain-HTTP API  kas /api/v1/agents/1/proxy/default/nginx:PORT/… → tunnel →
+#                                      agentk → nginx
+#   kas service proxy, HTTPS API       the same with kas's API over TLS
+#   sim-apiserver direct               GET /version on the simulated API server
+#   kas /k8s-proxy, plain-HTTP API     the same request through kas's /k8s-proxy and agentk
+# Columns: small requests at c=1 and c=64 (req/s, p50, p99), 1 MiB bodies at c=8 (req/s), and the
+# RSS of the serving processes after the row's load. agentk and kas log at `warn` (nginx's access
+# log is off, rathole logs no requests). Only ratios within one run mean anything: the machine may be
+# shared.
+set -euo pipefail
+
+SECONDS_PER=5
+INSTALL_RATHOLE=0
+BUILD=1
+IDLE=10000
+BIN_DIR=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --seconds) SECONDS_PER="$2"; shift 2 ;;
+        --install-rathole) INSTALL_RATHOLE=1; shift ;;
+        --no-build) BUILD=0; shift ;;
+        --idle) IDLE="$2"; shift 2 ;;
+        --bin-dir) BIN_DIR="$2"; BUILD=0; shift 2 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+for tool in wrk nginx openssl curl sha256sum; do
+    command -v "$tool" >/dev/null || { echo "bench.sh needs $tool" >&2; exit 2; }
+done
+if [ "$INSTALL_RATHOLE" = 1 ] && ! command -v rathole >/dev/null; then
+    timeout 1800 cargo install rathole --version 0.5.0 --locked
+fi
+if [ "$BUILD" = 1 ]; then
+    timeout 3600 cargo build --release -q -p kas --bin kas -p agentk --bin agentk \
+        -p sim-apiserver --bin sim-apiserver
+    timeout 3600 cargo build --release -q -p runtime-tokio --example bench --example idle_agents
+fi
+BIN="${BIN_DIR:-$ROOT/target/release}"
+
+W="$(mktemp -d /tmp/kas-bench.XXXXXX)"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$W"
+}
+trap cleanup EXIT
+
+# A free loopback port.
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Waits (at most 30 s) until a TCP port accepts.
+wait_port() {
+    for _ in $(seq 300); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "port $1 never opened; logs:" >&2
+    tail -n 5 "$W"/*.log "$W"/*.err >&2 2>/dev/null || true
+    return 1
+}
+rss_mib() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
+
+# ---------------------------------------------------------------- credentials
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$W/ca.key" \
+    -out "$W/ca.pem" -days 2 -subj /CN=bench-ca \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$W/kas.key" \
+    -out "$W/kas.csr" -subj /CN=localhost 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$W/ext"
+openssl x509 -req -in "$W/kas.csr" -CA "$W/ca.pem" -CAkey "$W/ca.key" -CAcreateserial \
+    -out "$W/kas.crt" -days 2 -extfile "$W/ext" 2>/dev/null
+AGENT_TOKEN="$(openssl rand -hex 24)"
+USER_TOKEN="$(openssl rand -hex 24)"
+echo "$AGENT_TOKEN" >"$W/agent.token"
+sha() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
+cat >"$W/agents.yaml" <<EOF
+agents:
+  - id: 1
+    name: agent-1
+    token_sha256: $(sha "$AGENT_TOKEN")
+EOF
+cat >"$W/users.yaml" <<EOF
+users:
+  - name: bench
+    token_sha256: $(sha "$USER_TOKEN")
+    agents: "*"
+EOF
+BEARER="Authorization: Bearer pat:1:$USER_TOKEN"
+
+# ---------------------------------------------------------------- nginx, the in-cluster service
+NGINX_PORT=$(port)
+mkdir -p "$W/www"
+head -c 1048576 /dev/urandom >"$W/www/1m"
+cat >"$W/nginx.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $W/nginx.pid;
+error_log $W/nginx.err warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path $W/nginx-body;
+    proxy_temp_path $W/nginx-proxy;
+    fastcgi_temp_path $W/nginx-fcgi;
+    uwsgi_temp_path $W/nginx-uwsgi;
+    scgi_temp_path $W/nginx-scgi;
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        root $W/www;
+        location = /small { default_type text/plain; return 200 "ok\n"; }
+    }
+}
+EOF
+nginx -c "$W/nginx.conf" -e "$W/nginx.err" &
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
+wait_port "$NGINX_PORT"
+
+# ---------------------------------------------------------------- the simulated API server
+API_PORT=$(port)
+"$BIN/sim-apiserver" --listen "127.0.0.1:$API_PORT" --kubeconfig-out "$W/cluster.kubeconfig" \
+    --pods 10 >"$W/apiserver.log" 2>&1 &
+API_PID=$!
+PIDS+=("$API_PID")
+wait_port "$API_PORT"
+# The Service agentk resolves: cluster IP 127.0.0.1, port = nginx's port.
+curl -sf -X POST -H 'content-type: application/json' \
+    "http://127.0.0.1:$API_PORT/api/v1/namespaces/default/services" -d @- >/dev/null <<EOF
+{"apiVersion":"v1","kind":"Service","metadata":{"name":"nginx","namespace":"default"},
+ "spec":{"clusterIP":"127.0.0.1","clusterIPs":["127.0.0.1"],"ports":[{"name":"http","port":$NGINX_PORT,"protocol":"TCP"}],"selector":{"app":"nginx"}}}
+EOF
+
+# ---------------------------------------------------------------- measuring
+# wrk prints latency in us/ms/s; normalise to a short string.
+RESULTS="$W/results"
+: >"$RESULTS"
+measure() { # name url conns [header]
+    local out
+    if [ -n "${4:-}" ]; then
+        out=$(timeout $((SECONDS_PER + 30)) wrk -t1 -c"$3" -d"${SECONDS_PER}s" --latency -H "$4" "$2" 2>&1 || true)
+    else
+        out=$(timeout $((SECONDS_PER + 30)) wrk -t1 -c"$3" -d"${SECONDS_PER}s" --latency "$2" 2>&1 || true)
+    fi
+    local rps p50 p99 errs
+    rps=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
+    p50=$(awk '$1 == "50%" { print $2 }' <<<"$out")
+    p99=$(awk '$1 == "99%" { print $2 }' <<<"$out")
+    errs=$(awk '/Non-2xx or 3xx responses:/ { print $NF } /Socket errors:/ { print "sock" }' <<<"$out" | tr '\n' ' ')
+    [ -n "$errs" ] && echo "  ($1: errors: $errs)" >&2
+    echo "${rps:-?}|${p50:-?}|${p99:-?}"
+}
+row() { # label small_url big_url header pids...
+    local label="$1" small="$2" big="$3" header="$4"
+    shift 4
+    # Warm-up (pooled connections, the service watch, TLS sessions).
+    measure warm "$small" 4 "$header" >/dev/null
+    local c1 c64 big_rps rss=""
+    c1=$(measure "$label c=1" "$small" 1 "$header")
+    c64=$(measure "$label c=64" "$small" 64 "$header")
+    if [ -n "$big" ]; then
+        big_rps=$(measure "$label 1MiB" "$big" 8 "$header" | cut -d'|' -f1)
+    else
+        big_rps="—"
+    fi
+    for spec in "$@"; do
+        rss="$rss${rss:+, }${spec%%=*} $(rss_mib "${spec#*=}") MiB"
+    done
+    printf '%s|%s|%s|%s|%s\n' "$label" "$c1" "$c64" "$big_rps" "${rss:-—}" >>"$RESULTS"
+    echo "measured: $label" >&2
+}
+
+row "nginx direct" "http://127.0.0.1:$NGINX_PORT/small" "http://127.0.0.1:$NGINX_PORT/1m" "" \
+    "nginx=$NGINX_PID"
+
+# ---------------------------------------------------------------- rathole (TLS transport)
+if command -v rathole >/dev/null; then
+    RH_CTRL=$(port)
+    RH_PORT=$(port)
+    openssl pkcs12 -export -out "$W/identity.pfx" -inkey "$W/kas.key" -in "$W/kas.crt" \
+        -certfile "$W/ca.pem" -passout pass:bench 2>/dev/null
+    cat >"$W/rathole-server.toml" <<EOF
+[server]
+bind_addr = "127.0.0.1:$RH_CTRL"
+[server.transport]
+type = "tls"
+[server.transport.tls]
+pkcs12 = "$W/identity.pfx"
+pkcs12_password = "bench"
+[server.services.nginx]
+token = "$AGENT_TOKEN"
+bind_addr = "127.0.0.1:$RH_PORT"
+EOF
+    cat >"$W/rathole-client.toml" <<EOF
+[client]
+remote_addr = "localhost:$RH_CTRL"
+[client.transport]
+type = "tls"
+[client.transport.tls]
+trusted_root = "$W/ca.pem"
+hostname = "localhost"
+[client.services.nginx]
+token = "$AGENT_TOKEN"
+local_addr = "127.0.0.1:$NGINX_PORT"
+EOF
+    RUST_LOG=warn rathole --server "$W/rathole-server.toml" >"$W/rathole-server.log" 2>&1 &
+    RHS_PID=$!
+    PIDS+=("$RHS_PID")
+    wait_port "$RH_CTRL"
+    RUST_LOG=warn rathole --client "$W/rathole-client.toml" >"$W/rathole-client.log" 2>&1 &
+    RHC_PID=$!
+    PIDS+=("$RHC_PID")
+    wait_port "$RH_PORT"
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$RH_PORT/small" >/dev/null && break; sleep 0.1; done
+    row "rathole (TLS)" "http://127.0.0.1:$RH_PORT/small" "http://127.0.0.1:$RH_PORT/1m" "" \
+        "server=$RHS_PID" "client=$RHC_PID"
+    kill "$RHS_PID" "$RHC_PID" 2>/dev/null || true
+else
+    echo "rathole (TLS)|not installed (scripts/bench.sh --install-rathole)||||" >>"$RESULTS"
+fi
+
+# ---------------------------------------------------------------- kas + agentk
+AGENT_PORT=$(port)
+KAS_API_PORT=$(port)
+start_kas() { # tls: 0|1
+    local tls=""
+    [ "$1" = 1 ] && tls="  tls: { cert_file: $W/kas.crt, key_file: $W/kas.key }"
+    cat >"$W/kas.yaml" <<EOF
+state_dir: $W
+agent_listener:
+  address: 127.0.0.1:$AGENT_PORT
+  tls: { cert_file: $W/kas.crt, key_file: $W/kas.key }
+api_listener:
+  address: 127.0.0.1:$KAS_API_PORT
+$tls
+agent_auth:
+  backend: embedded
+users:
+  file: $W/users.yaml
+log: { level: warn }
+EOF
+    "$BIN/kas" --config "$W/kas.yaml" >"$W/kas.log" 2>&1 &
+    KAS_PID=$!
+    PIDS+=("$KAS_PID")
+    wait_port "$AGENT_PORT"
+    wait_port "$KAS_API_PORT"
+    RUST_LOG=warn "$BIN/agentk" --kas-address "tls://127.0.0.1:$AGENT_PORT" \
+        --token-file "$W/agent.token" --ca-file "$W/ca.pem" --kubeconfig "$W/cluster.kubeconfig" \
+        >"$W/agentk.log" 2>&1 &
+    AGENTK_PID=$!
+    PIDS+=("$AGENTK_PID")
+}
+stop_kas() {
+    kill "$AGENTK_PID" "$KAS_PID" 2>/dev/null || true
+    wait "$AGENTK_PID" "$KAS_PID" 2>/dev/null || true
+}
+wait_proxy() { # url
+    for _ in $(seq 300); do
+        curl -sfk -H "$BEARER" "$1" >/dev/null && return 0
+        sleep 0.1
+    done
+    echo "kas never proxied $1; logs:" >&2
+    tail -5 "$W/kas.log" "$W/agentk.log" >&2
+    return 1
+}
+
+start_kas 0
+BASE="http://127.0.0.1:$KAS_API_PORT"
+SVC="$BASE/api/v1/agents/1/proxy/default/nginx:$NGINX_PORT"
+wait_proxy "$SVC/small"
+row "kas service proxy, plain-HTTP API" "$SVC/small" "$SVC/1m" "$BEARER" \
+    "kas=$KAS_PID" "agentk=$AGENTK_PID"
+row "sim-apiserver direct (GET /version)" "http://127.0.0.1:$API_PORT/version" "" "" \
+    "apiserver=$API_PID"
+row "kas /k8s-proxy, plain-HTTP API" "$BASE/k8s-proxy/version" "" "$BEARER" \
+    "kas=$KAS_PID" "agentk=$AGENTK_PID"
+stop_kas
+
+start_kas 1
+BASE="https://127.0.0.1:$KAS_API_PORT"
+SVC="$BASE/api/v1/agents/1/proxy/default/nginx:$NGINX_PORT"
+wait_proxy "$SVC/small"
+row "kas service proxy, HTTPS API" "$SVC/small" "$SVC/1m" "$BEARER" \
+    "kas=$KAS_PID" "agentk=$AGENTK_PID"
+stop_kas
+
+# ---------------------------------------------------------------- the table
+echo
+echo "kas bench, $(date -u +%Y-%m-%d), $(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), load $(cut -d' ' -f1-3 /proc/loadavg), loopback, wrk -t1, ${SECONDS_PER} s per cell"
+echo
+echo "| path | c=1 small: req/s · p50 · p99 | c=64 small: req/s · p50 · p99 | c=8, 1 MiB: req/s | RSS after |"
+echo "|---|---|---|---|---|"
+while IFS='|' read -r label r1 p1 q1 r64 p64 q64 big rss; do
+    if [ -z "$p1" ]; then
+        echo "| $label | $r1 | | | |"
+    else
+        echo "| $label | $r1 · $p1 · $q1 | $r64 · $p64 · $q64 | $big | $rss |"
+    fi
+done <"$RESULTS"
+echo
+
+# ---------------------------------------------------------------- the tunnel table
+"$BIN/examples/bench" --idle 0
+
+# ---------------------------------------------------------------- idle agents on one kas
+if [ "$IDLE" -gt 0 ]; then
+    "$BIN/examples/idle_agents" --n "$IDLE" --kas "$BIN/kas"
+fi
