@@ -176,6 +176,13 @@ fn check_rbac(objects: &[Value]) {
             );
         }
     }
+    // The service proxy resolves each target Service from a watch (list + watch).
+    for verb in ["list", "watch"] {
+        assert!(
+            granted.contains(&(String::new(), "services".to_owned(), verb.to_owned())),
+            "the service proxy watches Services but may not {verb} them"
+        );
+    }
     for (g, r, v) in &granted {
         let allowed = match v.as_str() {
             "get" | "list" | "watch" => r != "secrets",
