@@ -9,7 +9,10 @@
 //!   connection (zero-copy `write_chunk`/`read_chunk`, as agentk and kas move bodies), next to raw
 //!   rustls over TCP (one TLS connection, no tunnel) in the same run;
 //! - round-trip latency of a 64-octet request / 64-octet response, one new stream per request
-//!   (server → agent, as kas calls into the cluster), next to a ping-pong on a raw TLS connection.
+//!   (server → agent, as kas calls into the cluster), next to a ping-pong on a raw TLS connection;
+//! - the same tunnel over `wss://` next to `tls://`, and both through a real HTTP CONNECT proxy
+//!   (`tinyproxy` from Debian, started here on loopback; skipped with a line saying why when it is
+//!   not installed) next to direct.
 //!
 //! `BENCH_FRAME_KIB`, `BENCH_STREAM_WINDOW_KIB`, `BENCH_CONN_WINDOW_KIB` override the tunnel's
 //! `protocol::Config` (default: 16 KiB frames, 1 MiB stream and 16 MiB connection windows).
@@ -109,7 +112,12 @@ fn tls() -> Result<Tls> {
 
 /// User + system CPU time of this process so far, in seconds (clock ticks of 10 ms).
 fn cpu_s() -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
+    cpu_s_of("self")
+}
+
+/// User + system CPU time of process `pid` (`self` or a number) so far, in seconds.
+fn cpu_s_of(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
             let rest = s.rsplit_once(')')?.1.to_owned();
@@ -128,13 +136,34 @@ struct Bulk {
     cpu_per_gib: f64,
 }
 
+impl Bulk {
+    /// The faster of two measurements of the same thing.
+    fn better(self, other: Bulk) -> Bulk {
+        if other.mib_s > self.mib_s {
+            other
+        } else {
+            self
+        }
+    }
+}
+
 async fn measure<F: std::future::Future<Output = Result<(u64, Duration)>>>(
     f: F,
     best: &mut Bulk,
 ) -> Result<()> {
-    let c0 = cpu_s();
+    measure_with(f, best, None).await
+}
+
+/// [`measure`], counting the CPU time of process `also` (the proxy) too.
+async fn measure_with<F: std::future::Future<Output = Result<(u64, Duration)>>>(
+    f: F,
+    best: &mut Bulk,
+    also: Option<u32>,
+) -> Result<()> {
+    let cpu_now = || cpu_s() + also.map_or(0.0, |pid| cpu_s_of(&pid.to_string()));
+    let c0 = cpu_now();
     let (bytes, elapsed) = f.await?;
-    let cpu = cpu_s() - c0;
+    let cpu = cpu_now() - c0;
     let b = Bulk {
         mib_s: mib_s(bytes, elapsed),
         cpu_per_gib: cpu / (bytes as f64 / f64::from(1u32 << 30)),
@@ -271,16 +300,18 @@ mod tunnel {
 
     /// An agent connected to a fresh server over `scheme` (`Tls`: the tunnel straight over TLS;
     /// `Wss`: in a WebSocket over TLS, runtime-core's transport, which the server tells from the
-    /// tunnel preface by its request head).
+    /// tunnel preface by its request head), through `proxy` (HTTP CONNECT) if given.
     pub async fn pair(
         rt: &Arc<dyn Runtime>,
         t: &Tls,
         scheme: runtime_core::transport::Scheme,
+        proxy: Option<runtime_core::transport::ProxyConfig>,
     ) -> Result<(Server, Connection, Connection)> {
         let server = server(rt, t)?;
         let mut endpoint =
             runtime_core::transport::Endpoint::tls("127.0.0.1", server.local_addr().port());
         endpoint.scheme = scheme;
+        endpoint.proxy = proxy;
         let (agent, _) = runtime_core::connect_agent_to(
             rt.clone(),
             &endpoint,
@@ -388,6 +419,116 @@ mod tunnel {
         rtts.sort();
         Ok(rtts)
     }
+}
+
+// ---------------------------------------------------------------------------------- proxy path
+
+/// A real HTTP CONNECT proxy: `tinyproxy` in the foreground on 127.0.0.1, with a generated
+/// configuration (as kas/tests/transports.rs starts it); killed on drop.
+struct Tinyproxy {
+    child: std::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Tinyproxy {
+    /// Starts it, or says why not (not installed, did not listen within 5 s).
+    async fn start() -> Result<Tinyproxy> {
+        let program = ["/usr/bin", "/usr/sbin", "/usr/local/bin"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join("tinyproxy"))
+            .find(|p| p.exists())
+            .context("tinyproxy is not installed (apt-get install tinyproxy)")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = std::env::temp_dir().join(format!("bench-tinyproxy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let conf = dir.join("tinyproxy.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "Port {port}\nListen 127.0.0.1\nTimeout 600\nMaxClients 16\nLogLevel Warning\n\
+                 LogFile \"{}\"\nAllow 127.0.0.1\nDisableViaHeader Yes\n",
+                dir.join("tinyproxy.log").display()
+            ),
+        )?;
+        let child = std::process::Command::new(program)
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting tinyproxy")?;
+        let proxy = Tinyproxy { child, port, dir };
+        for _ in 0..100 {
+            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return Ok(proxy);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("tinyproxy did not listen on 127.0.0.1:{port} within 5 s")
+    }
+
+    fn config(&self) -> Result<runtime_core::transport::ProxyConfig> {
+        Ok(runtime_core::transport::ProxyConfig::parse(&format!(
+            "http://127.0.0.1:{}",
+            self.port
+        ))?)
+    }
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The proxy rows: bulk and round trip through the proxy, and direct again in the same rounds.
+struct ProxyRows {
+    tls: [Bulk; 2],
+    tls_direct: Bulk,
+    tls_rtt: Vec<Duration>,
+    wss: [Bulk; 2],
+    wss_direct: Bulk,
+    wss_rtt: Vec<Duration>,
+}
+
+async fn proxy_phase(
+    rt: &Arc<dyn runtime_core::Runtime>,
+    t: &Tls,
+    direct: [&runtime_core::Connection; 2],
+) -> Result<ProxyRows> {
+    let proxy = Tinyproxy::start().await?;
+    let pid = Some(proxy.child.id());
+    let mut rows = ProxyRows {
+        tls: Default::default(),
+        tls_direct: Bulk::default(),
+        tls_rtt: Vec::new(),
+        wss: Default::default(),
+        wss_direct: Bulk::default(),
+        wss_rtt: Vec::new(),
+    };
+    let (_s1, tls_agent, tls_kas) = tunnel::pair(rt, t, Scheme::Tls, Some(proxy.config()?)).await?;
+    let (_s2, wss_agent, wss_kas) = tunnel::pair(rt, t, Scheme::Wss, Some(proxy.config()?)).await?;
+    for (agent, kas) in [(&tls_agent, &tls_kas), (&wss_agent, &wss_kas)] {
+        tunnel::sink(rt, kas.clone());
+        tunnel::responder(rt, agent.clone());
+    }
+    for _ in 0..ROUNDS {
+        measure(tunnel::bulk(rt, direct[0], 1), &mut rows.tls_direct).await?;
+        measure_with(tunnel::bulk(rt, &tls_agent, 1), &mut rows.tls[0], pid).await?;
+        measure_with(tunnel::bulk(rt, &tls_agent, 64), &mut rows.tls[1], pid).await?;
+        measure(tunnel::bulk(rt, direct[1], 1), &mut rows.wss_direct).await?;
+        measure_with(tunnel::bulk(rt, &wss_agent, 1), &mut rows.wss[0], pid).await?;
+        measure_with(tunnel::bulk(rt, &wss_agent, 64), &mut rows.wss[1], pid).await?;
+    }
+    rows.tls_rtt = tunnel::latency(&tls_kas).await?;
+    rows.wss_rtt = tunnel::latency(&wss_kas).await?;
+    Ok(rows)
 }
 
 // ---------------------------------------------------------------------------- idle connections
@@ -545,7 +686,7 @@ fn main() -> Result<()> {
         };
 
         let (mut raw, mut t1, mut t64) = (Bulk::default(), Bulk::default(), Bulk::default());
-        let (_server, agent, kas) = tunnel::pair(&tunnel_rt, &t, Scheme::Tls).await?;
+        let (_server, agent, kas) = tunnel::pair(&tunnel_rt, &t, Scheme::Tls, None).await?;
         tunnel::sink(&tunnel_rt, kas.clone());
         tunnel::responder(&tunnel_rt, agent.clone());
         for _ in 0..ROUNDS {
@@ -557,7 +698,8 @@ fn main() -> Result<()> {
         let raw_rtt = raw_latency(&t).await?;
         // The WebSocket transport (wss://) in the same run, next to the tls:// rows above.
         let (mut w1, mut w64) = (Bulk::default(), Bulk::default());
-        let (_ws_server, ws_agent, ws_kas) = tunnel::pair(&tunnel_rt, &t, Scheme::Wss).await?;
+        let (_ws_server, ws_agent, ws_kas) =
+            tunnel::pair(&tunnel_rt, &t, Scheme::Wss, None).await?;
         tunnel::sink(&tunnel_rt, ws_kas.clone());
         tunnel::responder(&tunnel_rt, ws_agent.clone());
         for _ in 0..ROUNDS {
@@ -566,6 +708,8 @@ fn main() -> Result<()> {
             measure(tunnel::bulk(&tunnel_rt, &ws_agent, 64), &mut w64).await?;
         }
         let ws_rtt = tunnel::latency(&ws_kas).await?;
+        // Through a real HTTP CONNECT proxy, next to direct, in the same run.
+        let proxied = proxy_phase(&tunnel_rt, &t, [&agent, &ws_agent]).await;
 
         let runtime = if use_smol {
             "runtime-smol"
@@ -636,6 +780,56 @@ fn main() -> Result<()> {
             );
         }
         rtt_rows(&ws_rtt, &tun_rtt);
+        println!();
+        match proxied {
+            Ok(p) => {
+                println!(
+                    "{:<44} {:>12} {:>12} {:>7}",
+                    "proxy path (tinyproxy CONNECT, same run)", "via proxy", "direct", "ratio"
+                );
+                for (scheme, via, direct, rtt, direct_rtt) in [
+                    (
+                        "tls://",
+                        p.tls,
+                        [p.tls_direct.better(t1), t64],
+                        &p.tls_rtt,
+                        &tun_rtt,
+                    ),
+                    (
+                        "wss://",
+                        p.wss,
+                        [p.wss_direct.better(w1), w64],
+                        &p.wss_rtt,
+                        &ws_rtt,
+                    ),
+                ] {
+                    for (k, name) in ["1 stream", "64 streams"].into_iter().enumerate() {
+                        ratio_row(
+                            &format!("{scheme} bulk, {name} (MiB/s)"),
+                            via[k].mib_s,
+                            direct[k].mib_s,
+                            0,
+                        );
+                        ratio_row(
+                            &format!("{scheme} CPU s/GiB, {name} (+proxy)"),
+                            via[k].cpu_per_gib,
+                            direct[k].cpu_per_gib,
+                            2,
+                        );
+                    }
+                    let us = |d: Duration| d.as_secs_f64() * 1e6;
+                    for (name, q) in [("p50", 0.5), ("p99", 0.99)] {
+                        ratio_row(
+                            &format!("{scheme} round trip 64 B, {name} (µs)"),
+                            us(percentile(rtt, q)),
+                            us(percentile(direct_rtt, q)),
+                            1,
+                        );
+                    }
+                }
+            }
+            Err(e) => println!("proxy path rows skipped: {e:#}"),
+        }
         println!();
         match idle {
             Ok(i) => {
