@@ -460,6 +460,9 @@ impl Tinyproxy {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
+            .inspect_err(|_| {
+                let _ = std::fs::remove_dir_all(&dir);
+            })
             .context("starting tinyproxy")?;
         let proxy = Tinyproxy { child, port, dir };
         for _ in 0..100 {
