@@ -42,6 +42,7 @@ pub mod response;
 pub mod tunnel;
 pub mod tunnel_body;
 pub mod upgrade;
+pub mod upgraded_io;
 pub mod views;
 
 use std::convert::Infallible;

@@ -4,11 +4,8 @@
 //! agent listener's tunnel server ([`runtime_smol::Intake`]): the same HELLO, authenticator and
 //! registration as an agent dialing the agent listener.
 
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::header::{
     CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
@@ -16,10 +13,10 @@ use http::header::{
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::upgrade::Upgraded;
 use runtime_smol::transport::websocket::{SUBPROTOCOL, accept_key, offers_subprotocol};
 
 use super::response::{ApiError, ResponseBody, full};
+use super::upgraded_io::UpgradedIo;
 use crate::state::KasState;
 
 /// The path of the tunnel on the API port.
@@ -85,48 +82,4 @@ pub fn upgrade(
         .header(SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL)
         .body(full(""))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
-}
-
-/// hyper's upgraded connection with futures-io's traits (the tunnel's byte-stream traits).
-struct UpgradedIo(Upgraded);
-
-impl futures_lite::AsyncRead for UpgradedIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut read_buf = hyper::rt::ReadBuf::new(buf);
-        match hyper::rt::Read::poll_read(Pin::new(&mut self.0), cx, read_buf.unfilled()) {
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(read_buf.filled().len())),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl futures_lite::AsyncWrite for UpgradedIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        hyper::rt::Write::poll_write(Pin::new(&mut self.0), cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        hyper::rt::Write::poll_write_vectored(Pin::new(&mut self.0), cx, bufs)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        hyper::rt::Write::poll_flush(Pin::new(&mut self.0), cx)
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        hyper::rt::Write::poll_shutdown(Pin::new(&mut self.0), cx)
-    }
 }

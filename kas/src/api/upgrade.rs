@@ -20,17 +20,14 @@
 //! holds the agent back on that stream alone.
 
 use std::collections::HashMap;
-use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper::upgrade::OnUpgrade;
 use protocol::ErrorCode;
 use protocol::proto::ResponseHead;
 use protocol::service::HeaderRule;
@@ -40,6 +37,7 @@ use crate::registry::Lease;
 use crate::state::KasState;
 
 use super::response::{ApiError, ResponseBody};
+use super::upgraded_io::UpgradedIo;
 
 /// Largest chunk copied at once in either direction.
 const CHUNK: usize = 32 * 1024;
@@ -289,43 +287,6 @@ pub fn switched(
     Ok(resp)
 }
 
-/// The client's upgraded connection as futures-io.
-struct ClientIo(Upgraded);
-
-impl futures_lite::AsyncRead for ClientIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut rb = hyper::rt::ReadBuf::new(buf);
-        std::task::ready!(hyper::rt::Read::poll_read(
-            Pin::new(&mut self.0),
-            cx,
-            rb.unfilled()
-        ))?;
-        Poll::Ready(Ok(rb.filled().len()))
-    }
-}
-
-impl futures_lite::AsyncWrite for ClientIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        hyper::rt::Write::poll_write(Pin::new(&mut self.0), cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        hyper::rt::Write::poll_flush(Pin::new(&mut self.0), cx)
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        hyper::rt::Write::poll_shutdown(Pin::new(&mut self.0), cx)
-    }
-}
-
 /// How a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEnd {
@@ -394,7 +355,7 @@ async fn session(
         }
     };
     let client = match on_upgrade.await {
-        Ok(u) => ClientIo(u),
+        Ok(u) => UpgradedIo(u),
         Err(e) => {
             stream.reset(ErrorCode::Cancel);
             state.upgrades.failed.fetch_add(1, Ordering::Relaxed);
@@ -447,7 +408,7 @@ async fn session(
 
 /// The byte pipe between the client and the stream (see the module documentation).
 async fn carry(
-    client: ClientIo,
+    client: UpgradedIo,
     stream: &Stream,
     idle_timeout: Duration,
     stop: &async_channel::Receiver<()>,
