@@ -35,6 +35,7 @@ pub mod decision;
 pub mod headers;
 pub mod identity;
 pub mod requester;
+pub mod wire;
 
 pub use client::{ClientImpersonation, ClientImpersonationError};
 pub use decision::{Decision, DenyReason, MatchedGrant, decide, decide_for_config};

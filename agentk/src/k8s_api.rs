@@ -60,16 +60,7 @@ pub fn impersonate<B>(
     if imp.user.is_empty() {
         return Err(BadImpersonation::EmptyUser);
     }
-    let act_as = access_control::ActAs::Impersonate {
-        user: imp.user.clone(),
-        uid: (!imp.uid.is_empty()).then(|| imp.uid.clone()),
-        groups: imp.groups.clone(),
-        extra: imp
-            .extra
-            .iter()
-            .map(|e| (e.key.clone(), e.values.clone()))
-            .collect(),
-    };
+    let act_as = access_control::wire::act_as_of(imp);
     for (name, value) in access_control::to_impersonation_headers(&act_as)? {
         let (Ok(name), Ok(value)) = (
             http::HeaderName::from_bytes(name.as_bytes()),

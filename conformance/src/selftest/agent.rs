@@ -755,16 +755,7 @@ fn impersonation_headers(
     else {
         return Ok(Vec::new());
     };
-    let act_as = access_control::ActAs::Impersonate {
-        user: imp.user.clone(),
-        uid: (!imp.uid.is_empty()).then(|| imp.uid.clone()),
-        groups: imp.groups.clone(),
-        extra: imp
-            .extra
-            .iter()
-            .map(|e| (e.key.clone(), e.values.clone()))
-            .collect(),
-    };
+    let act_as = access_control::wire::act_as_of(imp);
     access_control::to_impersonation_headers(&act_as).map_err(|e| e.to_string())
 }
 

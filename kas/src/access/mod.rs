@@ -62,29 +62,7 @@ impl DecidedAccess {
     }
 }
 
-/// The wire form of `act_as` (`None` for the agent's own identity).
-pub fn impersonation_of(act_as: &ActAs) -> Option<Impersonation> {
-    match act_as {
-        ActAs::Agent => None,
-        ActAs::Impersonate {
-            user,
-            uid,
-            groups,
-            extra,
-        } => Some(Impersonation {
-            user: user.clone(),
-            uid: uid.clone().unwrap_or_default(),
-            groups: groups.clone(),
-            extra: extra
-                .iter()
-                .map(|(key, values)| protocol::proto::ImpersonationExtra {
-                    key: key.clone(),
-                    values: values.clone(),
-                })
-                .collect(),
-        }),
-    }
-}
+pub use access_control::wire::impersonation_of;
 
 /// Counters of the authoriser (rendered into `/metrics`).
 #[derive(Debug, Default)]
@@ -377,22 +355,5 @@ mod tests {
             "g/sub/c"
         );
         assert_eq!(project_path("/srv/git/c"), "srv/git/c");
-    }
-
-    #[test]
-    fn impersonation_carries_every_part() {
-        let act_as = ActAs::Impersonate {
-            user: "gitlab:ci_job:1".into(),
-            uid: Some("u".into()),
-            groups: vec!["a".into(), "b".into()],
-            extra: [("k".to_owned(), vec!["v1".to_owned(), "v2".to_owned()])].into(),
-        };
-        let i = impersonation_of(&act_as).expect("impersonates");
-        assert_eq!(i.user, "gitlab:ci_job:1");
-        assert_eq!(i.uid, "u");
-        assert_eq!(i.groups, ["a", "b"]);
-        assert_eq!(i.extra[0].key, "k");
-        assert_eq!(i.extra[0].values, ["v1", "v2"]);
-        assert_eq!(impersonation_of(&ActAs::Agent), None);
     }
 }
