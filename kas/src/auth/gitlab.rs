@@ -382,60 +382,11 @@ impl GitLabAuthenticator {
             .header(jwt::REQUEST_HEADER, signed)
             .header("Accept", "application/json")
             .call();
-        let mut response = match response {
-            Ok(r) => r,
-            Err(e) => {
-                let err = BackendError::Transport {
-                    url: url.clone(),
-                    source: Box::new(e),
-                };
-                tracing::warn!(error = %err, "GitLab agent_info request failed");
-                return Err(err.into());
-            }
-        };
-        let status = response.status().as_u16();
-        let body = response
-            .body_mut()
-            .with_config()
-            .limit(MAX_RESPONSE_BYTES)
-            .lossy_utf8(true)
-            .read_to_string();
-        tracing::debug!(status, "GitLab agent_info answered");
-        let body = match body {
-            Ok(b) => b,
-            Err(e) if status == 200 => {
-                let err = BackendError::Transport {
-                    url: url.clone(),
-                    source: Box::new(e),
-                };
-                tracing::warn!(error = %err, "reading GitLab agent_info answer failed");
-                return Err(err.into());
-            }
-            // For error statuses the body is only informative.
-            Err(_) => String::new(),
-        };
-        let result = match status {
-            200 => serde_json::from_str::<GitLabAgentInfo>(&body).map_err(|e| {
-                AuthError::from(BackendError::InvalidResponse {
-                    url: url.clone(),
-                    reason: format!("agent_info JSON: {e}"),
-                })
-            }),
-            401 if gitlab_message(&body).contains("KAS JWT") => {
-                Err(AuthError::from(BackendError::JwtRejected {
-                    url: url.clone(),
-                    message: gitlab_message(&body),
-                }))
-            }
-            401 | 404 => Err(AuthError::Unauthenticated),
-            403 => Err(AuthError::PermissionDenied),
-            _ => Err(AuthError::from(BackendError::Status {
-                url: url.clone(),
-                status,
-                message: gitlab_message(&body),
-            })),
-        };
-        if let Err(AuthError::Backend(e)) = &result {
+        let result = self.json_answer::<GitLabAgentInfo>(url, response);
+        // Transport failures were logged by `json_answer`; the others once here.
+        if let Err(AuthError::Backend(e)) = &result
+            && !matches!(e, BackendError::Transport { .. })
+        {
             tracing::warn!(error = %e, "GitLab agent_info failed");
         }
         result
@@ -512,8 +463,20 @@ impl GitLabAuthenticator {
             .with_config()
             .limit(MAX_RESPONSE_BYTES)
             .lossy_utf8(true)
-            .read_to_string()
-            .unwrap_or_default();
+            .read_to_string();
+        tracing::debug!(status, url, "GitLab answered");
+        let body = match body {
+            Ok(b) => b,
+            Err(e) if status == 200 => {
+                return Err(BackendError::Transport {
+                    url: url.to_owned(),
+                    source: Box::new(e),
+                }
+                .into());
+            }
+            // For error statuses the body is only informative.
+            Err(_) => String::new(),
+        };
         match status {
             200 => serde_json::from_str::<T>(&body).map_err(|e| {
                 AuthError::from(BackendError::InvalidResponse {
