@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README's second command and CI's only step.
-# Installs the system programs the tests need (kubectl, chromium, git, curl, nginx, fcgiwrap, ss, script) when they are missing.
+# Installs the system programs the tests need (kubectl, chromium, git, curl, nginx + stream module, tinyproxy,
+# fcgiwrap, ss, redis-server, script, systemd-analyze) when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
