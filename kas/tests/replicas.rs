@@ -460,3 +460,40 @@ fn auth_failures_are_limited_cluster_wide() {
 fn pods_status(env: &Env, kas: &Running) -> u16 {
     pods(env, kas, 1).status
 }
+
+/// An upgraded session (`kubectl exec`, `port-forward`) is served only by a replica holding the
+/// agent's tunnel: the private API carries no upgraded bytes, so a replica without the agent answers
+/// 503 at the routing deadline instead of forwarding (never a hang, never a half-working session),
+/// while an ordinary request to the same replica is forwarded.
+#[test]
+fn upgrades_are_served_only_where_the_agent_is() {
+    use std::io::{BufRead, BufReader, Write};
+    let (mut env, redis) = setup();
+    env.config.routing.pending_request_deadline = Duration::from_secs(1);
+    let r1 = start_replica(&env, &redis, 1, "replicas.secret");
+    let r2 = start_replica(&env, &redis, 2, "replicas.secret");
+    let script = Script::new("agent-1");
+    let _agent = FakeAgent::connect(&env, &r2, 1, &script);
+    eventually("published", || {
+        (!redis.hgetall(&holders_key(1)).is_empty()).then_some(())
+    });
+    assert_eq!(
+        pods(&env, &r1, 1).status,
+        200,
+        "ordinary requests are forwarded"
+    );
+    let mut tcp = std::net::TcpStream::connect(r1.api_addr()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        tcp,
+        "GET /k8s-proxy/api/v1/namespaces/default/pods/p/exec?command=sh&stdin=true HTTP/1.1\r\n\
+         Host: kas\r\nAuthorization: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n",
+        env.admin_bearer(1)
+    )
+    .unwrap();
+    let mut status = String::new();
+    BufReader::new(tcp).read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 503"), "{status:?}");
+}

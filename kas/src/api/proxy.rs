@@ -267,6 +267,7 @@ pub async fn proxy(
         has_body,
         deadline,
         forwarded,
+        local_only: upgrade.is_some(),
     };
     let mut lease = match crate::peer::route(state, routed, span)
         .await

@@ -155,6 +155,9 @@ pub struct Request<'a> {
     pub deadline: Instant,
     /// Set when the request came from another replica.
     pub forwarded: Option<Forwarded>,
+    /// Served only by a connection of this replica, never forwarded: an upgraded session
+    /// (`kubectl exec`, `port-forward`), whose bytes after the `101` the private API does not carry.
+    pub local_only: bool,
 }
 
 /// Routes a proxied request: the routing policy decides between a connection here and a replica
@@ -166,11 +169,18 @@ pub async fn route(
     span: &tracing::Span,
 ) -> Result<Route, RequestFailure> {
     let agent_id = req.user.agent_id;
-    let hops = u8::from(req.forwarded.is_some());
+    // A request that must stay here counts as forwarded without limit: the policy never forwards it
+    // (it waits for a connection here until its deadline, then 503).
+    let hops = if req.local_only {
+        u8::MAX
+    } else {
+        u8::from(req.forwarded.is_some())
+    };
     let mut skip = BTreeSet::new();
     // Bounded: each round leaves one more replica out, and there are finitely many.
     loop {
         if let (Some(r), None) = (&state.replicas, req.forwarded)
+            && !req.local_only
             && !state.registry.has_live_connection(agent_id)
         {
             refresh_holders_skipping(state, &r.tracker, &r.peers, agent_id, &skip).await;
