@@ -227,6 +227,11 @@ async fn agent_holds_two_replicas_and_survives_one_dying() {
         a.accepted() > before
     })
     .await;
+    // The agent lets the duplicate go at once (GOAWAY); kas-a sees that a moment later.
+    eventually("the duplicate on kas-a is let go", || {
+        a.serving().len() == 1
+    })
+    .await;
     assert_eq!(a.serving().len(), 1, "two connections kept to kas-a");
     assert!(!on_a.is_closed() && !on_a.is_draining());
 
