@@ -23,17 +23,7 @@ use super::response::{self, ApiError, ResponseBody};
 
 /// One agent's effective grants.
 pub fn get(state: &KasState, agent_id: u64) -> Result<Response<ResponseBody>, ApiError> {
-    let known = state
-        .agent_config
-        .as_ref()
-        .is_some_and(|c| c.has_source(agent_id))
-        || super::agents::get(state, agent_id).is_some();
-    if !known {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("agent {agent_id} does not exist"),
-        ));
-    }
+    super::agents::require_known(state, agent_id)?;
     let (ci_access, user_access, commit) = crate::access::grants(state, agent_id);
     let agent = crate::access::agent_context(state, agent_id);
     let implicit: Vec<&str> = if agent.config_project.path.is_empty() {

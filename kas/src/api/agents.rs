@@ -134,6 +134,24 @@ pub fn list(state: &KasState, scope: &Scope) -> Value {
     Value::Array(agents)
 }
 
+/// `Ok` when kas knows `agent_id` (its configuration is read from Git, or it is listed, connected or
+/// seen); else the 404 every per-agent resource answers.
+pub fn require_known(state: &KasState, agent_id: u64) -> Result<(), super::response::ApiError> {
+    let known = state
+        .agent_config
+        .as_ref()
+        .is_some_and(|c| c.has_source(agent_id))
+        || get(state, agent_id).is_some();
+    if known {
+        Ok(())
+    } else {
+        Err(super::response::ApiError::new(
+            http::StatusCode::NOT_FOUND,
+            format!("agent {agent_id} does not exist"),
+        ))
+    }
+}
+
 /// One agent, if it exists.
 pub fn get(state: &KasState, agent_id: u64) -> Option<Value> {
     let cluster = cluster(state);

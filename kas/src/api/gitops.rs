@@ -33,17 +33,7 @@ pub fn get(state: &KasState, agent_id: u64) -> Result<Response<ResponseBody>, Ap
             "gitops is not enabled",
         ));
     };
-    let known = state
-        .agent_config
-        .as_ref()
-        .is_some_and(|c| c.has_source(agent_id))
-        || super::agents::get(state, agent_id).is_some();
-    if !known {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("agent {agent_id} does not exist"),
-        ));
-    }
+    super::agents::require_known(state, agent_id)?;
     Ok(response::json(StatusCode::OK, &poller.agent_json(agent_id)))
 }
 
