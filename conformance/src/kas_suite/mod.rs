@@ -272,17 +272,30 @@ pub fn run(opts: &Options) -> Report {
         .clone()
         .or_else(|| temp.as_ref().map(|t| t.path().to_path_buf()))
         .unwrap_or_else(|| PathBuf::from("."));
-    let shared = match Shared::prepare(&dir) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            report.push(ScenarioResult {
-                name: "setup".into(),
-                outcome: Err(e),
-            });
-            return report;
+    // The ports are chosen free and then handed to kas, so another process may take one in
+    // between: a kas that could not bind gets fresh ports (a bounded number of times).
+    let mut attempt = 0;
+    let (shared, started) = loop {
+        attempt += 1;
+        let shared = match Shared::prepare(&dir) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                report.push(ScenarioResult {
+                    name: "setup".into(),
+                    outcome: Err(e),
+                });
+                return report;
+            }
+        };
+        let started = shared.start_kas(&opts.cmd, opts.startup);
+        match &started {
+            Err(e) if attempt < 3 && e.contains("in use") => {
+                shared.stop_kas();
+                continue;
+            }
+            _ => break (shared, started),
         }
     };
-    let started = shared.start_kas(&opts.cmd, opts.startup);
     let startup_failed = started.is_err();
     report.push(ScenarioResult {
         name: "kas-started".into(),
