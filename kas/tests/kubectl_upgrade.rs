@@ -15,23 +15,18 @@ mod support;
 #[path = "support/upgrade_client.rs"]
 mod upgrade_client;
 
-use std::io::{BufRead as _, Read as _, Write as _};
-use std::net::TcpStream;
+use std::io::{BufRead as _, Write as _};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use e2e::{Stack, StackOptions, kubectl_path};
+use sim_apiserver::testing::{
+    Killed, Terminal, Via, check_terminal_session, free_port, http_get, run_bounded, wait_exit,
+};
 use support::GUARD;
 
 const POD: &str = "box";
-
-/// Which transport kubectl is forced to.
-#[derive(Clone, Copy, Debug)]
-enum Via {
-    WebSocket,
-    Spdy,
-}
 
 /// Agent 1 with a pod `default/box`.
 fn stack() -> Stack {
@@ -51,53 +46,18 @@ fn cmd(s: &Stack, via: Via, args: &[&str]) -> Command {
         .arg("agent-1")
         .args(args)
         .env_remove("KUBECONFIG");
-    if matches!(via, Via::Spdy) {
-        c.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
-            .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false");
-    }
+    via.apply(&mut c);
     c
-}
-
-/// Kills the child when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Runs kubectl with `stdin` fed, bounded by [`GUARD`]; (exit code, stdout, stderr).
 fn run(s: &Stack, via: Via, args: &[&str], stdin: &[u8]) -> (i32, Vec<u8>, String) {
-    let mut child = cmd(s, via, args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl runs");
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    let feeder = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let (tx, rx) = mpsc::channel();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        let mut o = Vec::new();
-        let mut e = String::new();
-        let _ = out.read_to_end(&mut o);
-        let _ = err.read_to_string(&mut e);
-        let _ = tx.send((o, e));
-    });
-    let Ok((o, e)) = rx.recv_timeout(GUARD) else {
-        let _ = child.kill();
-        panic!("kubectl {args:?} ({via:?}) did not finish within {GUARD:?}");
-    };
-    let _ = feeder.join();
-    let status = child.wait().unwrap();
-    (status.code().unwrap_or(-1), o, e)
+    run_bounded(
+        cmd(s, via, args),
+        &format!("kubectl {args:?} ({via:?})"),
+        stdin,
+        GUARD,
+    )
 }
 
 /// Lines of a child's stdout as they come.
@@ -113,18 +73,6 @@ fn lines(child: &mut Child) -> mpsc::Receiver<String> {
         }
     });
     rx
-}
-
-/// Waits (bounded by [`GUARD`]) for the child to exit; its code.
-fn wait_exit(child: &mut Child, what: &str) -> Option<i32> {
-    let deadline = Instant::now() + GUARD;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        assert!(Instant::now() < deadline, "{what} did not exit (hang)");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn exec_cp_and_interactive(via: Via) {
@@ -166,7 +114,7 @@ fn exec_cp_and_interactive(via: Via) {
         assert_eq!(rx.recv_timeout(GUARD).as_deref(), Ok(word));
     }
     input.write_all(b"exit 4\n").unwrap();
-    assert_eq!(wait_exit(&mut sh.0, "kubectl exec -i sh"), Some(4));
+    assert_eq!(wait_exit(&mut sh.0, "kubectl exec -i sh", GUARD), Some(4));
 
     // kubectl cp in and out, byte-identical.
     let payload: Vec<u8> = (0..200_000u32)
@@ -229,26 +177,6 @@ fn attach_echoes_through_the_tunnel() {
     assert!(seen, "kubectl attach never echoed the input");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect to the forwarded port");
-    c.set_read_timeout(Some(GUARD)).unwrap();
-    write!(
-        c,
-        "GET {path} HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    let _ = c.read_to_string(&mut resp);
-    resp
-}
-
 fn port_forward(via: Via) {
     let s = stack();
     let local = free_port();
@@ -273,7 +201,7 @@ fn port_forward(via: Via) {
         .expect("port-forward prints its ports");
     assert!(line.contains("Forwarding from"), "{line}");
     for _ in 0..3 {
-        let resp = http_get(local, "/");
+        let resp = http_get(local, "/", GUARD);
         assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
         assert!(
             resp.contains(&format!("hello from default/{POD} port 8080")),
@@ -319,6 +247,7 @@ fn sessions_end_when_the_agent_or_kas_goes_away() {
         let code = wait_exit(
             &mut child.0,
             &format!("kubectl exec after the {away} went away"),
+            GUARD,
         );
         assert_ne!(
             code,
@@ -366,7 +295,7 @@ fn session_limit_and_idle_timeout() {
         "{err}\n{metrics}"
     );
     // The first session, left idle, ends by itself.
-    let code = wait_exit(&mut first.0, "an idle kubectl exec");
+    let code = wait_exit(&mut first.0, "an idle kubectl exec", GUARD);
     assert_ne!(code, Some(0));
     assert!(
         support::metric(
@@ -571,59 +500,17 @@ fn a_client_that_stops_reading_slows_only_its_session() {
 /// line is echoed by the container's terminal, answered, and the exit status comes back.
 fn terminal(via: Via) {
     let s = stack();
-    let env = match via {
-        Via::WebSocket => "",
-        Via::Spdy => "KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false ",
-    };
+    let env: String = via.env().iter().map(|(k, v)| format!("{k}={v} ")).collect();
     let kubectl = format!(
         "{env}{} --kubeconfig {} --context agent-1 exec -it {POD} -- sh",
         kubectl_path().display(),
         s.kubeconfig.display()
     );
-    let mut child = Killed(
-        Command::new("script")
-            .args(["-qec", &kubectl, "/dev/null"])
-            .env("HOME", s.env.dir.path())
-            .env_remove("KUBECONFIG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("util-linux `script` runs"),
-    );
-    let mut input = child.0.stdin.take().unwrap();
-    let mut stdout = child.0.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    let mut wait_for = |needle: &[u8]| {
-        let deadline = Instant::now() + GUARD;
-        while !seen.windows(needle.len()).any(|w| w == needle) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(b) => seen.extend_from_slice(&b),
-                Err(_) => panic!(
-                    "never saw {:?}; terminal output: {:?}",
-                    String::from_utf8_lossy(needle),
-                    String::from_utf8_lossy(&seen)
-                ),
-            }
-        }
-    };
-    wait_for(b"/ # ");
-    input.write_all(b"echo tty-ok\r").unwrap();
-    input.flush().unwrap();
-    wait_for(b"echo tty-ok\r\ntty-ok\r\n/ # ");
-    input.write_all(b"exit 5\r").unwrap();
-    input.flush().unwrap();
-    assert_eq!(wait_exit(&mut child.0, "kubectl exec -it"), Some(5));
+    check_terminal_session(Terminal::spawn(
+        &kubectl,
+        &[("HOME", s.env.dir.path().as_os_str())],
+        GUARD,
+    ));
 }
 
 #[test]

@@ -141,6 +141,8 @@ pub mod status;
 pub mod store;
 pub mod strategy;
 pub mod table;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;
 pub mod typed;
 pub mod upgrade;

@@ -13,6 +13,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use sim_apiserver::ApiServerConfig;
+use sim_apiserver::testing::{
+    Killed, Terminal, Via, check_terminal_session, free_port, http_get, run_bounded,
+};
 use support::{Env, GUARD, env};
 
 const POD: &str = "box";
@@ -30,52 +33,20 @@ fn cluster(config: ApiServerConfig) -> Env {
     e
 }
 
-/// Which transport kubectl is forced to.
-#[derive(Clone, Copy, Debug)]
-enum Via {
-    WebSocket,
-    Spdy,
-}
-
 fn cmd(e: &Env, via: Via, args: &[&str]) -> Command {
     let mut c = e.command(args);
-    if matches!(via, Via::Spdy) {
-        c.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
-            .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false");
-    }
+    via.apply(&mut c);
     c
 }
 
 /// Runs kubectl with `stdin` fed, bounded by [`GUARD`]; returns (exit code, stdout, stderr).
 fn run(e: &Env, via: Via, args: &[&str], stdin: &[u8]) -> (i32, Vec<u8>, String) {
-    let mut child = cmd(e, via, args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|err| panic!("cannot run kubectl (install kubernetes-client): {err}"));
-    let mut input = child.stdin.take().expect("stdin piped");
-    let data = stdin.to_vec();
-    let feeder = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let (tx, rx) = mpsc::channel();
-    let mut out = child.stdout.take().expect("stdout piped");
-    let mut err = child.stderr.take().expect("stderr piped");
-    std::thread::spawn(move || {
-        let mut o = Vec::new();
-        let mut s = String::new();
-        let _ = out.read_to_end(&mut o);
-        let _ = err.read_to_string(&mut s);
-        let _ = tx.send((o, s));
-    });
-    let Ok((o, s)) = rx.recv_timeout(GUARD) else {
-        let _ = child.kill();
-        panic!("kubectl {args:?} ({via:?}) did not finish within {GUARD:?}");
-    };
-    let _ = feeder.join();
-    let status = child.wait().expect("kubectl exit status");
-    (status.code().unwrap_or(-1), o, s)
+    run_bounded(
+        cmd(e, via, args),
+        &format!("kubectl {args:?} ({via:?})"),
+        stdin,
+        GUARD,
+    )
 }
 
 fn exec_basics(via: Via) {
@@ -264,26 +235,6 @@ fn attach_echoes_through_the_main_process() {
     assert!(seen, "kubectl attach never echoed the input");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the forwarded port");
-    s.set_read_timeout(Some(GUARD)).expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut resp = String::new();
-    let _ = s.read_to_string(&mut resp);
-    resp
-}
-
 fn port_forward(via: Via) {
     let e = cluster(ApiServerConfig::default());
     let local = free_port();
@@ -302,7 +253,7 @@ fn port_forward(via: Via) {
             .stderr(Stdio::piped())
             .spawn()
             .expect("kubectl runs");
-        Child(child)
+        Killed(child)
     };
     let stdout = pf.0.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
@@ -318,14 +269,14 @@ fn port_forward(via: Via) {
         .expect("kubectl port-forward prints its ports");
     assert!(line.contains("Forwarding from"), "{line}");
     for _ in 0..3 {
-        let resp = http_get(local, "/");
+        let resp = http_get(local, "/", GUARD);
         assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
         assert!(
             resp.contains(&format!("hello from default/{POD} port 8080")),
             "{resp}"
         );
     }
-    let metrics = http_get(local, "/metrics");
+    let metrics = http_get(local, "/metrics", GUARD);
     assert!(
         metrics.contains("sim_pod_info{namespace=\"default\""),
         "{metrics}"
@@ -343,7 +294,7 @@ fn port_forward(via: Via) {
             .expect("write");
     });
     let local2 = free_port();
-    let mut pf2 = Child(
+    let mut pf2 = Killed(
         cmd(
             &e,
             via,
@@ -382,7 +333,7 @@ fn port_forward(via: Via) {
         let _ = w.shutdown(std::net::Shutdown::Write);
     });
     let local3 = free_port();
-    let mut pf3 = Child(
+    let mut pf3 = Killed(
         cmd(
             &e,
             via,
@@ -427,15 +378,6 @@ fn port_forward(via: Via) {
         2.0 / took.as_secs_f64()
     );
     assert!(e.server.streaming_sessions().started >= 3);
-}
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -547,7 +489,7 @@ fn sessions_are_bounded() {
         max_streaming_sessions: 1,
         ..ApiServerConfig::default()
     });
-    let mut holder = Child(
+    let mut holder = Killed(
         cmd(&e, Via::WebSocket, &["exec", POD, "--", "sleep", "60"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -596,69 +538,17 @@ fn idle_sessions_end() {
 /// container side echoes what is typed, prints a prompt, ends lines with CRLF.
 fn terminal(via: Via) {
     let e = cluster(ApiServerConfig::default());
-    let kubectl = match via {
-        Via::WebSocket => format!("kubectl exec -it {POD} -- sh"),
-        Via::Spdy => {
-            format!("KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false kubectl exec -it {POD} -- sh")
-        }
-    };
-    let mut child = Child(
-        Command::new("script")
-            .args(["-qec", &kubectl, "/dev/null"])
-            .env("KUBECONFIG", &e.kubeconfig)
-            .env("HOME", e.dir.path())
-            .env("KUBECACHEDIR", e.dir.path().join("cache"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("util-linux `script` runs"),
-    );
-    let mut input = child.0.stdin.take().expect("stdin");
-    let mut stdout = child.0.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    let mut wait_for = |needle: &[u8]| {
-        let deadline = Instant::now() + GUARD;
-        while !seen.windows(needle.len()).any(|w| w == needle) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(b) => seen.extend_from_slice(&b),
-                Err(_) => panic!(
-                    "never saw {:?}; terminal output: {:?}",
-                    String::from_utf8_lossy(needle),
-                    String::from_utf8_lossy(&seen)
-                ),
-            }
-        }
-    };
-    wait_for(b"/ # ");
-    input.write_all(b"echo tty-ok\r").expect("type");
-    input.flush().expect("flush");
-    // The typed line echoed, then the output with CRLF, then the next prompt.
-    wait_for(b"echo tty-ok\r\ntty-ok\r\n/ # ");
-    input.write_all(b"exit 5\r").expect("type");
-    input.flush().expect("flush");
-    let deadline = Instant::now() + GUARD;
-    let code = loop {
-        if let Some(s) = child.0.try_wait().expect("wait") {
-            break s.code();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "kubectl exec -it did not end after `exit 5`"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(code, Some(5));
+    let env: String = via.env().iter().map(|(k, v)| format!("{k}={v} ")).collect();
+    let cache = e.dir.path().join("cache");
+    check_terminal_session(Terminal::spawn(
+        &format!("{env}kubectl exec -it {POD} -- sh"),
+        &[
+            ("KUBECONFIG", e.kubeconfig.as_os_str()),
+            ("HOME", e.dir.path().as_os_str()),
+            ("KUBECACHEDIR", cache.as_os_str()),
+        ],
+        GUARD,
+    ));
 }
 
 #[test]
@@ -685,7 +575,7 @@ fn workloads_and_services_resolve_to_pods() {
     assert_eq!(code, 0, "{err}");
     assert!(String::from_utf8_lossy(&out).starts_with("web-"), "{out:?}");
     let local = free_port();
-    let mut pf = Child(
+    let mut pf = Killed(
         e.command(&["port-forward", "svc/web", &format!("{local}:80")])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -696,7 +586,7 @@ fn workloads_and_services_resolve_to_pods() {
     let mut first = String::new();
     std::io::BufRead::read_line(&mut out, &mut first).expect("first line");
     assert!(first.contains("-> 8080"), "{first}");
-    let resp = http_get(local, "/");
+    let resp = http_get(local, "/", GUARD);
     assert!(resp.contains("hello from default/web-"), "{resp}");
 }
 
