@@ -97,6 +97,13 @@ pub fn authenticator(
                 Ok(identity) => {
                     state.set_auth_backend_ok(true);
                     state.registry.note_agent(identity.agent_id, &identity.name);
+                    // GitLab named the agent's project: read its configuration at once.
+                    if let (Some(path), Some(configs)) = (
+                        state.directory.note_authenticated(&identity),
+                        &state.agent_config,
+                    ) {
+                        configs.trigger(Some(&path), None);
+                    }
                     let serial = state.registry.next_connection_serial();
                     if let crate::directory::AgentDirectory::File(f) = &state.directory {
                         let token_id = f.token_id(identity.agent_id, &digest);

@@ -19,7 +19,9 @@
 //! events: { max_subscribers: 1000, max_per_source: 64, max_per_user: 32 }
 //! agent_auth:
 //!   backend: embedded               # or: { agents_file: agents.yaml }
-//!                                   # or: { gitlab: { url: https://gitlab.example.com, secret_file: .gitlab_kas_secret } }
+//!                                   # or: { gitlab: { url: https://gitlab.example.com, secret_file: .gitlab_kas_secret,
+//!                                   #   repositories: { token_file: read-repository.token } } }
+//!                                   #   (repositories: clone each agent's config project from GitLab over HTTP)
 //! users:
 //!   file: users.yaml
 //! routing: { pending_request_deadline: 20s, max_pending_per_agent: 256, max_pending_total: 16384 }
@@ -502,6 +504,13 @@ pub struct GitLabConfig {
     pub timeout: Duration,
     /// Caching of GitLab's answers.
     pub cache: AuthCacheConfig,
+    /// Reading the configuration project of an agent GitLab authenticated (its
+    /// `.gitlab/agents/<name>/config.yaml`, hence its `ci_access`/`user_access` grants and GitOps) from
+    /// GitLab over smart HTTP. GitLab's own kas reads it from Gitaly; this kas has no Gitaly client.
+    /// Unset (the default): such agents get no configuration, so GitLab users and CI jobs are refused
+    /// for them (`no_grant`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repositories: Option<Box<GitLabRepositoriesConfig>>,
 }
 
 impl Default for GitLabConfig {
@@ -512,8 +521,32 @@ impl Default for GitLabConfig {
             ca_file: None,
             timeout: Duration::from_secs(10),
             cache: AuthCacheConfig::default(),
+            repositories: None,
         }
     }
+}
+
+/// Where and how kas clones agents' configuration projects from GitLab: `{url}/{project path}.git`
+/// (the path from GitLab's `agent_info`), with a token that may read repositories (a group or
+/// instance access token with `read_repository`, never an agent's or user's token).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GitLabRepositoriesConfig {
+    /// Base URL of GitLab's Git over HTTP; default: `gitlab.url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Basic auth: a file holding the token (re-read before every fetch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Basic auth username with `token_file`; default `oauth2`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// A file holding a whole `Authorization` header value, instead of `token_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_file: Option<PathBuf>,
+    /// CA certificates (PEM) trusted for `https` instead of the built-in roots; default: `gitlab.ca_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// How long authentication answers are reused, keyed by the token's SHA-256.
@@ -952,6 +985,14 @@ impl Config {
                 if let Some(ca) = &mut g.ca_file {
                     fix(ca);
                 }
+                if let Some(r) = &mut g.repositories {
+                    for p in [&mut r.token_file, &mut r.header_file, &mut r.ca_file]
+                        .into_iter()
+                        .flatten()
+                    {
+                        fix(p);
+                    }
+                }
             }
         }
         fix(&mut self.users.file);
@@ -1018,6 +1059,17 @@ impl Config {
             if let Some(ca) = &g.ca_file {
                 need_file("GitLab CA", ca);
             }
+            if let Some(r) = &g.repositories {
+                for (what, p) in [
+                    ("gitlab.repositories token", &r.token_file),
+                    ("gitlab.repositories header", &r.header_file),
+                    ("gitlab.repositories CA", &r.ca_file),
+                ] {
+                    if let Some(p) = p {
+                        need_file(what, p);
+                    }
+                }
+            }
         }
         need_file("users file", &self.users.file);
         if let Some(r) = &self.replicas {
@@ -1045,6 +1097,23 @@ impl Config {
             }
             if g.timeout.is_zero() {
                 invalid("agent_auth.backend.gitlab.timeout", "must be > 0".into());
+            }
+            if let Some(r) = &g.repositories {
+                let field = "agent_auth.backend.gitlab.repositories";
+                if r.token_file.is_some() && r.header_file.is_some() {
+                    invalid(field, "give token_file or header_file, not both".into());
+                }
+                if r.username.is_some() && r.token_file.is_none() {
+                    invalid(field, "username needs token_file".into());
+                }
+                if let Some(url) = &r.url {
+                    // A base: checked as the URL of a project under it, without echoing
+                    // credentials it may carry.
+                    let sample = format!("{}/group/project.git", url.trim_end_matches('/'));
+                    if let Err(e) = git_mirror::RepoUrl::parse_with_credentials(&sample) {
+                        invalid(field, format!("url: {e}"));
+                    }
+                }
             }
         }
         if self.keepalive.interval.is_zero() {

@@ -164,7 +164,7 @@ mod tests {
         assert!(t.revoked(&dir, &[1, 2]).is_empty(), "reported twice");
         assert_eq!(t.len(), 2);
         assert_eq!(t.token_id(2).as_deref(), Some("new"));
-        assert!(t.revoked(&AgentDirectory::Seen, &[2, 3]).is_empty());
+        assert!(t.revoked(&AgentDirectory::seen(), &[2, 3]).is_empty());
         t.forget(2);
         t.forget(3);
         assert!(t.is_empty());

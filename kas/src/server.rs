@@ -168,7 +168,11 @@ impl Kas {
                         GitLabAuthenticator::from_config(g)
                             .map_err(|e| StartError::Auth(e.into()))?,
                     ),
-                    AgentDirectory::Seen,
+                    AgentDirectory::Seen(Arc::new(crate::directory::SeenAgents::from_config(
+                        &g.url,
+                        g.ca_file.as_ref(),
+                        g.repositories.as_deref(),
+                    ))),
                 ),
             };
         // Several replicas: the private API and the tracker come first (the rate limits share it).

@@ -530,7 +530,7 @@ mod gitlab {
     use std::net::{IpAddr, Ipv4Addr, TcpListener};
     use std::sync::{Arc, Mutex};
 
-    use kas::auth::gitlab::{AUTHORIZE_PROXY_USER_PATH, JOB_PATH};
+    use kas::auth::gitlab::{AGENT_INFO_PATH, AUTHORIZE_PROXY_USER_PATH, JOB_PATH};
     use kas::auth::{GitLabAuthenticator, GitLabOptions, RateLimitOptions};
     use kas::metrics::Metrics;
     use kas::users::{Principal, UserGate, UsersFile};
@@ -540,8 +540,11 @@ mod gitlab {
     /// One request as the fake GitLab saw it: request line, headers (lower-case names), body.
     type Seen = (String, Vec<(String, String)>, String);
 
-    /// Serves `count` requests, answering `/api/v4/job` and `authorize_proxy_user`.
-    fn fake_gitlab(count: usize) -> (String, Arc<Mutex<Vec<Seen>>>) {
+    /// Serves `count` requests, answering `/api/v4/job`, `authorize_proxy_user` and, for
+    /// `agent_token`, `agent_info` (agent 1 `agent-1` in project 7 `group/config`).
+    fn fake_gitlab(count: usize, agent_token: &str) -> (String, Arc<Mutex<Vec<Seen>>>) {
+        let agent_bearer = format!("Bearer {agent_token}");
+        let agent_token = agent_token.to_owned();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -587,7 +590,28 @@ mod gitlab {
                 }
                 let body = String::from_utf8_lossy(&buf[head_end..]).into_owned();
                 let header = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-                let (status, answer) = if request_line.starts_with(&format!("GET {JOB_PATH} ")) {
+                let (status, answer) = if request_line
+                    .starts_with(&format!("GET {AGENT_INFO_PATH} "))
+                {
+                    if !agent_token.is_empty()
+                        && header("authorization") == Some(agent_bearer.clone())
+                    {
+                        (
+                            200,
+                            serde_json::json!({
+                                "project_id": 7, "agent_id": 1, "agent_name": "agent-1",
+                                "gitaly_info": {"address": "tcp://gitaly:8075", "token": "gitaly-secret"},
+                                "gitaly_repository": {"storage_name": "default",
+                                    "relative_path": "@hashed/aa/bb.git", "gl_repository": "project-7",
+                                    "gl_project_path": "group/config"},
+                                "default_branch": "main"
+                            })
+                            .to_string(),
+                        )
+                    } else {
+                        (401, r#"{"message":"401 Unauthorized"}"#.to_owned())
+                    }
+                } else if request_line.starts_with(&format!("GET {JOB_PATH} ")) {
                     match header("job-token").as_deref() {
                         Some("job-token-42") => (
                             200,
@@ -646,7 +670,7 @@ mod gitlab {
 
     #[test]
     fn gitlab_says_who_users_and_ci_jobs_are() {
-        let (url, seen) = fake_gitlab(5);
+        let (url, seen) = fake_gitlab(5, "");
         let gitlab = GitLabAuthenticator::new(GitLabOptions::new(url, SECRET.to_vec())).unwrap();
         let users =
             UsersFile::from_yaml_str("users: []\n", std::path::Path::new("users.yaml")).unwrap();
@@ -711,6 +735,90 @@ mod gitlab {
         assert_eq!(body["agent_id"], 1);
         assert_eq!(body["access_type"], "personal_access_token");
         assert_eq!(body["access_key"], "glpat-dev");
+    }
+
+    /// An agent GitLab authenticates gets the configuration of the project GitLab names for it
+    /// (`agent_info`'s `gl_project_path`), cloned from `gitlab.repositories` — so its `user_access`
+    /// grants decide for GitLab users. Without `gitlab.repositories` it gets none (fail closed).
+    #[test]
+    fn agents_gitlab_authenticates_read_their_configuration_from_gitlab() {
+        use super::*;
+        use kas::config::{AuthBackendConfig, GitLabConfig, GitLabRepositoriesConfig};
+
+        let mut stack = Stack::start(StackOptions {
+            agents: vec![1],
+            ..StackOptions::default()
+        });
+        let git_root = tempfile::tempdir().unwrap();
+        let repo = TestRepo::create(git_root.path(), "group/config").unwrap();
+        repo.write(".gitlab/agents/agent-1/config.yaml", CONFIG)
+            .unwrap();
+        repo.commit("access grants").unwrap();
+        let daemon = GitDaemon::start(git_root.path()).unwrap();
+        let base = daemon
+            .url("group/config")
+            .trim_end_matches("/group/config")
+            .trim_end_matches("/group/config.git")
+            .to_owned();
+        let agent_token = stack.env.agents[0].token.clone();
+        let (url, seen) = fake_gitlab(50, &agent_token);
+        let dir = stack.env.dir.path().to_owned();
+        std::fs::write(
+            dir.join("gitlab.secret"),
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, SECRET),
+        )
+        .unwrap();
+        let gitlab = |repositories| {
+            AuthBackendConfig::Gitlab(GitLabConfig {
+                url: url.clone(),
+                secret_file: dir.join("gitlab.secret"),
+                repositories,
+                ..GitLabConfig::default()
+            })
+        };
+        let access = |stack: &Stack| {
+            let reply = stack.get("/api/v1/agents/1/access", Some(&stack.admin(1)));
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            reply.json()
+        };
+        stack.env.config.agent_configuration.poll_period = Duration::from_secs(300);
+        stack.env.config.agent_configuration.fetch_timeout = Duration::from_secs(10);
+
+        // Without repository access: the agent connects, and has no configuration.
+        stack.env.config.agent_auth.backend = gitlab(None);
+        stack.restart_kas(Duration::from_secs(2));
+        stack.stop_agent(1);
+        stack.start_agent(1);
+        assert!(stack.kas().wait_for_agents(&[1], GUARD));
+        std::thread::sleep(Duration::from_secs(1));
+        let v = access(&stack);
+        assert!(v["config_commit"].is_null(), "{v}");
+
+        // With it: the configuration from GitLab's project, polled as soon as the agent connects
+        // (the poll period is 5 minutes).
+        stack.env.config.agent_auth.backend = gitlab(Some(Box::new(GitLabRepositoriesConfig {
+            url: Some(base),
+            ..GitLabRepositoriesConfig::default()
+        })));
+        stack.restart_kas(Duration::from_secs(2));
+        stack.stop_agent(1);
+        stack.start_agent(1);
+        assert!(stack.kas().wait_for_agents(&[1], GUARD));
+        let v = eventually("agent 1's configuration from GitLab's project", || {
+            let v = access(&stack);
+            (!v["config_commit"].is_null()).then_some(v)
+        });
+        assert_eq!(v["config_project"]["id"], 7, "{v}");
+        assert_eq!(v["config_project"]["path"], "group/config", "{v}");
+        // kas asked GitLab who the agent is, with the agent's token (and never logged it).
+        let seen = seen.lock().unwrap().clone();
+        assert!(
+            seen.iter()
+                .any(|(line, _, _)| line.starts_with(&format!("GET {AGENT_INFO_PATH} "))),
+            "{seen:?}"
+        );
+        stack.shutdown();
+        drop(daemon);
     }
 }
 
