@@ -502,8 +502,13 @@ pub struct GitLabConfig {
     /// Whole-request timeout; default `10s`.
     #[serde(with = "duration_format")]
     pub timeout: Duration,
-    /// Caching of GitLab's answers.
+    /// Caching of GitLab's answers about agent tokens (`agent_info`).
     pub cache: AuthCacheConfig,
+    /// Caching of GitLab's answers about users and CI job tokens (`authorize_proxy_user`,
+    /// `/api/v4/job`): kubectl sends many requests per command (discovery alone is dozens), and
+    /// each would otherwise be a request to GitLab. Short, as a revoked token or a changed role
+    /// must take effect soon.
+    pub user_cache: UserCacheConfig,
     /// Reading the configuration project of an agent GitLab authenticated (its
     /// `.gitlab/agents/<name>/config.yaml`, hence its `ci_access`/`user_access` grants and GitOps) from
     /// GitLab over smart HTTP. GitLab's own kas reads it from Gitaly; this kas has no Gitaly client.
@@ -521,6 +526,7 @@ impl Default for GitLabConfig {
             ca_file: None,
             timeout: Duration::from_secs(10),
             cache: AuthCacheConfig::default(),
+            user_cache: UserCacheConfig::default(),
             repositories: None,
         }
     }
@@ -569,6 +575,30 @@ impl Default for AuthCacheConfig {
             positive_ttl: Duration::from_secs(300),
             negative_ttl: Duration::from_secs(60),
             max_entries: 10_000,
+        }
+    }
+}
+
+/// How long GitLab's answers about users and CI job tokens are reused, keyed by the SHA-256 of
+/// what was asked (agent, access type, credential). Entries count against `cache.max_entries`'s bound
+/// in a cache of their own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UserCacheConfig {
+    /// Lifetime of a successful answer; default `10s`. `0s` disables.
+    #[serde(with = "duration_format")]
+    pub positive_ttl: Duration,
+    /// Lifetime of a rejection (401/403/404); default `10s`. `0s` disables. Backend failures are
+    /// never cached.
+    #[serde(with = "duration_format")]
+    pub negative_ttl: Duration,
+}
+
+impl Default for UserCacheConfig {
+    fn default() -> Self {
+        Self {
+            positive_ttl: Duration::from_secs(10),
+            negative_ttl: Duration::from_secs(10),
         }
     }
 }

@@ -737,6 +737,64 @@ mod gitlab {
         assert_eq!(body["access_key"], "glpat-dev");
     }
 
+    /// GitLab's answers about users and CI jobs are reused for `user_cache`'s TTLs (kubectl sends
+    /// dozens of requests per command), keyed by everything asked; backend failures never.
+    #[test]
+    fn user_and_job_answers_are_cached_for_their_ttls() {
+        use std::time::{Duration, Instant};
+        let (url, seen) = fake_gitlab(20, "");
+        let mut options = GitLabOptions::new(url, SECRET.to_vec());
+        options.user_positive_ttl = Duration::from_secs(10);
+        options.user_negative_ttl = Duration::from_secs(5);
+        let gitlab = GitLabAuthenticator::new(options).unwrap();
+        let pat = access_control::AccessType::PersonalAccessToken;
+        let t0 = Instant::now();
+        let asked = || seen.lock().unwrap().len();
+        gitlab.proxy_user_at(1, pat, "glpat-dev", None, t0).unwrap();
+        gitlab
+            .proxy_user_at(1, pat, "glpat-dev", None, t0 + Duration::from_secs(9))
+            .unwrap();
+        assert_eq!(asked(), 1, "the second answer comes from the cache");
+        // Another agent is another question.
+        gitlab.proxy_user_at(2, pat, "glpat-dev", None, t0).unwrap();
+        assert_eq!(asked(), 2);
+        gitlab
+            .proxy_user_at(1, pat, "glpat-dev", None, t0 + Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(asked(), 3, "expired after the positive TTL");
+        // Refusals: cached for the negative TTL, as refusals.
+        for at in [0, 4] {
+            let e = gitlab
+                .proxy_user_at(1, pat, "glpat-other", None, t0 + Duration::from_secs(at))
+                .unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                kas::auth::AuthError::PermissionDenied.to_string()
+            );
+        }
+        assert_eq!(asked(), 4);
+        let _ = gitlab.proxy_user_at(1, pat, "glpat-other", None, t0 + Duration::from_secs(5));
+        assert_eq!(asked(), 5);
+        // Backend failures are never cached.
+        for _ in 0..2 {
+            assert!(
+                gitlab
+                    .proxy_user_at(1, pat, "glpat-boom", None, t0)
+                    .is_err()
+            );
+        }
+        assert_eq!(asked(), 7);
+        // CI job tokens likewise.
+        gitlab.ci_job_at("job-token-42", t0).unwrap();
+        gitlab
+            .ci_job_at("job-token-42", t0 + Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(asked(), 8);
+        assert!(gitlab.ci_job_at("job-token-nope", t0).is_err());
+        assert!(gitlab.ci_job_at("job-token-nope", t0).is_err());
+        assert_eq!(asked(), 9);
+    }
+
     /// An agent GitLab authenticates gets the configuration of the project GitLab names for it
     /// (`agent_info`'s `gl_project_path`), cloned from `gitlab.repositories` — so its `user_access`
     /// grants decide for GitLab users. Without `gitlab.repositories` it gets none (fail closed).

@@ -132,8 +132,12 @@ pub struct GitLabOptions {
     pub positive_ttl: Duration,
     /// Lifetime of cached rejections (0: no caching).
     pub negative_ttl: Duration,
-    /// Cache size bound.
+    /// Cache size bound (of each cache: agents, users and jobs).
     pub max_cache_entries: usize,
+    /// Lifetime of cached answers about users and CI jobs (0: no caching).
+    pub user_positive_ttl: Duration,
+    /// Lifetime of cached rejections of user and CI job credentials (0: no caching).
+    pub user_negative_ttl: Duration,
     /// PEM CA certificates to trust instead of the built-in roots.
     pub ca_pem: Option<Vec<u8>>,
 }
@@ -147,6 +151,8 @@ impl fmt::Debug for GitLabOptions {
             .field("positive_ttl", &self.positive_ttl)
             .field("negative_ttl", &self.negative_ttl)
             .field("max_cache_entries", &self.max_cache_entries)
+            .field("user_positive_ttl", &self.user_positive_ttl)
+            .field("user_negative_ttl", &self.user_negative_ttl)
             .field("ca_pem", &self.ca_pem.as_ref().map(|p| p.len()))
             .finish()
     }
@@ -163,6 +169,8 @@ impl GitLabOptions {
             positive_ttl: d.cache.positive_ttl,
             negative_ttl: d.cache.negative_ttl,
             max_cache_entries: d.cache.max_entries,
+            user_positive_ttl: d.user_cache.positive_ttl,
+            user_negative_ttl: d.user_cache.negative_ttl,
             ca_pem: None,
         }
     }
@@ -253,6 +261,18 @@ pub struct GitLabAuthenticator {
     positive_ttl: Duration,
     negative_ttl: Duration,
     cache: Mutex<TtlCache<Answer>>,
+    user_positive_ttl: Duration,
+    user_negative_ttl: Duration,
+    users: Mutex<TtlCache<UserAnswer>>,
+}
+
+/// A cached answer about a user or CI job credential.
+#[derive(Clone)]
+enum UserAnswer {
+    User(access_control::User),
+    Job(access_control::CiJob),
+    Unauthenticated,
+    PermissionDenied,
 }
 
 impl fmt::Debug for GitLabAuthenticator {
@@ -306,6 +326,9 @@ impl GitLabAuthenticator {
             positive_ttl: options.positive_ttl,
             negative_ttl: options.negative_ttl,
             cache: Mutex::new(TtlCache::new(options.max_cache_entries)),
+            user_positive_ttl: options.user_positive_ttl,
+            user_negative_ttl: options.user_negative_ttl,
+            users: Mutex::new(TtlCache::new(options.max_cache_entries)),
         })
     }
 
@@ -328,6 +351,8 @@ impl GitLabAuthenticator {
             positive_ttl: config.cache.positive_ttl,
             negative_ttl: config.cache.negative_ttl,
             max_cache_entries: config.cache.max_entries,
+            user_positive_ttl: config.user_cache.positive_ttl,
+            user_negative_ttl: config.user_cache.negative_ttl,
             ca_pem,
         };
         Self::new(options).map_err(|e| match (e, &config.ca_file) {
@@ -404,7 +429,48 @@ impl GitLabAuthenticator {
         access_key: &str,
         csrf_token: Option<&str>,
     ) -> Result<access_control::User, AuthError> {
+        self.proxy_user_at(
+            agent_id,
+            access_type,
+            access_key,
+            csrf_token,
+            Instant::now(),
+        )
+    }
+
+    /// [`Self::proxy_user`] as of `now`: from the cache (`user_cache`) if possible, else by
+    /// asking GitLab and caching the answer. The key is the digest of everything asked.
+    pub fn proxy_user_at(
+        &self,
+        agent_id: u64,
+        access_type: access_control::AccessType,
+        access_key: &str,
+        csrf_token: Option<&str>,
+        now: Instant,
+    ) -> Result<access_control::User, AuthError> {
         precheck_token(access_key)?;
+        let key = TokenDigest::of(&format!(
+            "authorize_proxy_user\0{agent_id}\0{}\0{access_key}\0{}",
+            access_type.as_str(),
+            csrf_token.unwrap_or_default()
+        ));
+        let answer = self.cached_user_answer(key, now, || {
+            self.ask_proxy_user(agent_id, access_type, access_key, csrf_token)
+                .map(UserAnswer::User)
+        })?;
+        match answer {
+            UserAnswer::User(u) => Ok(u),
+            _ => Err(AuthError::Unauthenticated),
+        }
+    }
+
+    fn ask_proxy_user(
+        &self,
+        agent_id: u64,
+        access_type: access_control::AccessType,
+        access_key: &str,
+        csrf_token: Option<&str>,
+    ) -> Result<access_control::User, AuthError> {
         let body = serde_json::json!({
             "agent_id": agent_id,
             "access_type": access_type.as_str(),
@@ -428,10 +494,63 @@ impl GitLabAuthenticator {
     /// its pipeline, project, ancestor groups, environment and whether its ref is protected
     /// ([`JobAnswer`]). 401/404: not a valid (or a finished) job's token.
     pub fn ci_job(&self, job_token: &str) -> Result<access_control::CiJob, AuthError> {
+        self.ci_job_at(job_token, Instant::now())
+    }
+
+    /// [`Self::ci_job`] as of `now`: from the cache (`user_cache`) if possible, else by asking
+    /// GitLab and caching the answer.
+    pub fn ci_job_at(
+        &self,
+        job_token: &str,
+        now: Instant,
+    ) -> Result<access_control::CiJob, AuthError> {
         precheck_token(job_token)?;
         if !job_token.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(AuthError::Unauthenticated);
         }
+        let key = TokenDigest::of(&format!("job\0{job_token}"));
+        let answer =
+            self.cached_user_answer(key, now, || self.ask_ci_job(job_token).map(UserAnswer::Job))?;
+        match answer {
+            UserAnswer::Job(j) => Ok(j),
+            _ => Err(AuthError::Unauthenticated),
+        }
+    }
+
+    /// A cached answer under `key`, else `ask`'s, cached for the user TTLs (refusals as
+    /// refusals; backend failures never).
+    fn cached_user_answer(
+        &self,
+        key: TokenDigest,
+        now: Instant,
+        ask: impl FnOnce() -> Result<UserAnswer, AuthError>,
+    ) -> Result<UserAnswer, AuthError> {
+        let lock = || self.users.lock().unwrap_or_else(|e| e.into_inner());
+        let answer = match lock().get(&key, now) {
+            Some(answer) => answer,
+            None => {
+                let (answer, ttl) = match ask() {
+                    Ok(a) => (a, self.user_positive_ttl),
+                    Err(AuthError::Unauthenticated) => {
+                        (UserAnswer::Unauthenticated, self.user_negative_ttl)
+                    }
+                    Err(AuthError::PermissionDenied) => {
+                        (UserAnswer::PermissionDenied, self.user_negative_ttl)
+                    }
+                    Err(e) => return Err(e),
+                };
+                lock().insert(key, answer.clone(), ttl, now);
+                answer
+            }
+        };
+        match answer {
+            UserAnswer::Unauthenticated => Err(AuthError::Unauthenticated),
+            UserAnswer::PermissionDenied => Err(AuthError::PermissionDenied),
+            a => Ok(a),
+        }
+    }
+
+    fn ask_ci_job(&self, job_token: &str) -> Result<access_control::CiJob, AuthError> {
         let url = format!("{}{JOB_PATH}", self.base);
         let response = self
             .agent
