@@ -456,10 +456,10 @@ impl World {
                 ));
             };
             // The primary carries the views stream, the others nothing.
-            let want = if sfid == fid {
-                ((1, 0), (0, 1))
+            let (want, wanted) = if sfid == fid {
+                (((1, 0), (0, 1)), "only the views stream")
             } else {
-                ((0, 0), (0, 0))
+                (((0, 0), (0, 0)), "none on a secondary connection")
             };
             let streams = (ae.conn.open_streams(), ke.conn.open_streams());
             if streams != want
@@ -472,7 +472,7 @@ impl World {
                     "stream-leak",
                     format!(
                         "agent {i} connection {sfid}: open streams (agent, kas) = {streams:?} \
-                         (want {want:?}), outboxes {}/{}, serving {}, requests {}",
+                         (want {wanted}), outboxes {}/{}, serving {}, requests {}",
                         ae.outbox.len(),
                         ke.outbox.len(),
                         ae.serving.len(),
