@@ -12,6 +12,11 @@
 //! ([`KasRouting::handle_holders`], the seam issue 12 fills from Redis): requests waiting for an agent
 //! another replica holds are forwarded there, at most `max_hops` times.
 //!
+//! With `kas.agent_connections` (`K`) above 1, ACCEPT names the replica (`kas-<index>`) and says
+//! `K` as kas decides it ([`protocol::tunnel::connection_set::connections_wanted`], capped by the
+//! replicas): agents then hold connections on several replicas, and a request is served by the
+//! replica the balancer chose when it holds one of them, as kas serves its own connections first.
+//!
 //! Replicas crash (connections vanish, silently or with RST; everything in memory is lost) and are
 //! restarted in turn (GOAWAY, drain for at most the grace period, stop, start).
 
