@@ -39,7 +39,11 @@ pub fn tunnel_config(config: &Config) -> protocol::Config {
     c.flood = config.limits.flood.to_protocol();
     c.replica = protocol::tunnel::ReplicaInfo {
         replica_id: config.accept_replica_id(),
-        connections_wanted: config.agent_listener.agent_connections,
+        // The replica count is unknown here (peers come from Redis): the configured `K`.
+        connections_wanted: protocol::tunnel::connection_set::connections_wanted(
+            config.agent_listener.agent_connections,
+            None,
+        ),
     };
     debug_assert!(
         c.settings.validate().is_ok(),

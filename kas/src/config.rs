@@ -347,7 +347,7 @@ pub struct AgentListenerConfig {
 }
 
 /// Most connections kas may ask each agent to hold.
-pub const MAX_AGENT_CONNECTIONS: u32 = 8;
+pub const MAX_AGENT_CONNECTIONS: u32 = protocol::tunnel::connection_set::MAX_CONNECTIONS;
 
 impl AgentListenerConfig {
     /// The replica name ACCEPT carries: `replica_id`, else the host name, else `kas`.

@@ -67,3 +67,89 @@ fn balance_evens_out_replicas_after_a_rolling_restart_without_failing_requests()
         "balance failed requests: {failed_on} failed with it, {failed_off} without"
     );
 }
+
+// ------------------------------------------------------------------ K connections per agent
+
+/// `simulator/scenarios/replica-failover.yaml`: 300 agents on 3 replicas, replica 1's host dies
+/// for a minute at 2m (silent: agents notice only by keepalive).
+const FAILOVER: &str = include_str!("../scenarios/replica-failover.yaml");
+
+/// The failover scenario with `K` connections per agent.
+fn failover(k: u32) -> Scenario {
+    let mut s = Scenario::from_yaml(FAILOVER, "replica-failover").expect("valid scenario");
+    s.kas.agent_connections = k;
+    s
+}
+
+fn failed(out: &simulator::sim::Outcome) -> u64 {
+    let r = &out.report.requests;
+    r.issued - r.outcomes.get("ok").copied().unwrap_or(0)
+}
+
+/// Connections per replica at the last sample.
+fn last_connections(out: &simulator::sim::Outcome) -> Vec<usize> {
+    out.report
+        .series
+        .iter()
+        .map(|k| k.connections.last().copied().unwrap_or(0))
+        .collect()
+}
+
+#[test]
+fn with_two_connections_per_agent_a_dead_replica_fails_no_request() {
+    let one = run(failover(1), RunOptions::default());
+    let two = run(failover(2), RunOptions::default());
+    assert!(one.violation.is_none(), "K = 1: {:?}", one.violation);
+    assert!(two.violation.is_none(), "K = 2: {:?}", two.violation);
+    let (f1, f2) = (failed(&one), failed(&two));
+    let (c1, c2) = (last_connections(&one), last_connections(&two));
+    eprintln!(
+        "replica 1 dead for a minute: failed requests K=1 {f1} of {}, K=2 {f2} of {}; \
+         connections per replica at the end K=1 {c1:?}, K=2 {c2:?}",
+        one.report.requests.issued, two.report.requests.issued
+    );
+    assert!(
+        f1 >= 50,
+        "with K = 1 the dead replica's agents are unreachable until they notice: only {f1} failed \
+         requests, the scenario no longer tests anything"
+    );
+    assert_eq!(
+        f2, 0,
+        "with K = 2 requests go to the agents' other connection at once, yet {f2} failed"
+    );
+    // Every agent holds K connections at the end (the end-of-run invariants check each agent;
+    // here the totals).
+    let agents = one.report.agents;
+    assert_eq!(c1.iter().sum::<usize>(), agents, "K = 1: {c1:?}");
+    assert_eq!(c2.iter().sum::<usize>(), 2 * agents, "K = 2: {c2:?}");
+    assert!(
+        c2.iter().all(|&c| c <= agents),
+        "two connections of one agent on one replica: {c2:?}"
+    );
+}
+
+#[test]
+fn two_connections_per_agent_same_seed_same_trace_hash() {
+    let a = run(failover(2), RunOptions::default());
+    let b = run(failover(2), RunOptions::default());
+    assert!(a.violation.is_none(), "{:?}", a.violation);
+    assert_eq!(a.trace_hash, b.trace_hash);
+    let mut other = failover(2);
+    other.seed = 2;
+    let c = run(other, RunOptions::default());
+    assert_ne!(a.trace_hash, c.trace_hash, "the seed must matter");
+}
+
+#[test]
+fn k_is_capped_by_the_replicas() {
+    // Asking for 3 connections of 2 replicas: ACCEPT says 2 (connections_wanted), so agents
+    // settle on both replicas instead of dialling duplicates forever.
+    let mut s = failover(3);
+    s.kas.replicas = 2;
+    s.faults.clear();
+    s.duration = std::time::Duration::from_secs(150);
+    assert_eq!(s.connections_wanted(), 2);
+    let out = run(s, RunOptions::default());
+    assert!(out.violation.is_none(), "{:?}", out.violation);
+    assert_eq!(last_connections(&out), vec![300, 300]);
+}

@@ -49,6 +49,25 @@ use crate::tunnel::reconnect::{Backoff, BackoffPolicy, Decision, DialFailure, Ne
 /// it open hundreds).
 pub const MAX_CONNECTIONS: u32 = 8;
 
+/// `K` as a kas replica announces it in ACCEPT (`connections_wanted`): the configured count within
+/// `1..=MAX_CONNECTIONS`, and never more than the replicas the deployment is known to have
+/// (`replicas`; `None` when unknown, as for kas, which learns its peers only from Redis and so sends
+/// the configured count). Asking for more distinct replicas than exist only makes every agent dial
+/// duplicates forever. kas (`agent_listener::tunnel_config`) and the simulator's replicas both
+/// decide with this function.
+///
+/// ```
+/// use protocol::tunnel::connection_set::connections_wanted;
+/// assert_eq!(connections_wanted(2, Some(3)), 2);
+/// assert_eq!(connections_wanted(2, Some(1)), 1);
+/// assert_eq!(connections_wanted(0, None), 1);
+/// assert_eq!(connections_wanted(50, None), 8);
+/// ```
+pub fn connections_wanted(configured: u32, replicas: Option<u32>) -> u32 {
+    let k = configured.clamp(1, MAX_CONNECTIONS);
+    replicas.map_or(k, |r| k.min(r.max(1)))
+}
+
 /// What to do with a connection that just completed its handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admit {

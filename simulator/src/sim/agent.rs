@@ -1,16 +1,21 @@
 //! A simulated agentk: its cluster, its informer cache ([`AgentCache`], the production code), its
 //! connection set ([`ConnectionSet`], the one agentk drives, from `protocol::tunnel::connection_set`:
-//! when to dial, back-off, handover; with kas's `connections_wanted` of 1 here) and its side of the
+//! how many connections to hold, when to dial, back-off, handover, duplicates) and its side of the
 //! tunnel.
 //!
 //! Life of an agent: it boots (a new process: a new cache epoch, a relist of its cluster), dials a kas
 //! replica picked by the load balancer, says HELLO, and once accepted opens the `views` stream on
 //! which its publisher pushes view updates (length-delimited protobuf in DATA) and receives kas's
-//! acknowledgements and resync requests. kas's requests arrive as streams; the agent checks they are
-//! meant for it, takes a random think time and answers — from its informer cache for the `cache`
-//! service, with a body of the configured size otherwise. When kas sends GOAWAY the agent hands over:
-//! it dials a replacement at once and lets the old connection finish its streams. When a connection is
-//! lost it backs off as [`ConnectionSet`] decides.
+//! acknowledgements and resync requests. kas's ACCEPT says how many connections to distinct replicas
+//! to hold (`K`, scenario `kas.agent_connections`): the agent dials again, one dial at a time, until it
+//! holds `K`; a dial that lands on a replica it already holds is closed gracefully (GOAWAY) and the
+//! next dial waits a back-off, as the set says. One connection (the primary) carries the views
+//! stream; when it goes, the next serving one opens it. kas's requests arrive as streams on any of
+//! them; the agent checks they are meant for it, takes a random think time and answers — from its
+//! informer cache for the `cache` service, with a body of the configured size otherwise. When kas
+//! sends GOAWAY the agent hands over: it dials a replacement at once and lets the old connection
+//! finish its streams. When a connection is lost it backs off as [`ConnectionSet`] decides while the
+//! others keep serving.
 
 use std::collections::BTreeSet;
 use std::num::NonZeroU64;
@@ -51,8 +56,8 @@ pub enum AgentState {
     Dialing { flow: Option<u64> },
     /// HELLO sent.
     Handshaking { flow: u64 },
-    /// Accepted; `flow` is the active connection.
-    Connected { flow: u64 },
+    /// Holds the connections it wants (`K` serving); no dial planned.
+    Complete,
 }
 
 /// An independent model of agentk's back-off policy, the oracle of the `backoff-too-short`
@@ -88,14 +93,20 @@ pub struct SimAgent {
     pub state: AgentState,
     /// Invalidates stale `Dial`/`DialFailed` events.
     pub dial_gen: u64,
-    /// Flows with a live agent end (the active one and draining ones).
+    /// Flows with a live agent end (serving, draining, the one dialled, duplicates closing).
     pub flows: BTreeSet<u64>,
+    /// The connection the views stream was last opened on (see [`SimAgent::connected_flow`]).
+    views_flow: Option<u64>,
+    /// Connections a views stream was opened on once (each gets one, as in agentk).
+    views_tried: BTreeSet<u64>,
     pub timer_at: Option<SimTime>,
     pub connected_since: Option<SimTime>,
     pub faults: PathFaults,
     pub link: LinkParams,
     pub restarts: u32,
     pub connects: u64,
+    /// Connections closed at once because they reached a replica the agent holds already.
+    pub duplicates: u64,
     /// The back-off oracle's state.
     pub backoff_model: BackoffModel,
     /// The naive oracle's views of the cluster, kept up to date with every change.
@@ -118,6 +129,8 @@ impl SimAgent {
             state: AgentState::Down,
             dial_gen: 0,
             flows: BTreeSet::new(),
+            views_flow: None,
+            views_tried: BTreeSet::new(),
             timer_at: None,
             connected_since: None,
             faults: PathFaults::default(),
@@ -129,16 +142,35 @@ impl SimAgent {
             },
             restarts: 0,
             connects: 0,
+            duplicates: 0,
             backoff_model: BackoffModel::default(),
         }
     }
 
-    /// The active connection, if established.
+    /// The primary connection: the serving connection carrying the views stream, else the oldest
+    /// serving one (with `K = 1`, the one connection while it serves).
     pub fn connected_flow(&self) -> Option<u64> {
-        match self.state {
-            AgentState::Connected { flow } => Some(flow),
-            _ => None,
+        if !self.up {
+            return None;
         }
+        let mut serving = self.reconnect.serving().map(|(c, _)| *c);
+        match self.views_flow {
+            Some(v) if self.is_serving(v) => Some(v),
+            _ => serving.next(),
+        }
+    }
+
+    /// Whether `fid` is one of the serving connections (not draining).
+    pub fn is_serving(&self, fid: u64) -> bool {
+        self.up && self.reconnect.serving().any(|(c, _)| *c == fid)
+    }
+
+    /// The serving connections, oldest first.
+    pub fn serving_flows(&self) -> Vec<u64> {
+        if !self.up {
+            return Vec::new();
+        }
+        self.reconnect.serving().map(|(c, _)| *c).collect()
     }
 }
 
@@ -169,6 +201,8 @@ impl World {
         a.views = Some(views);
         a.up = true;
         a.reconnect = ConnectionSet::new(self.policy);
+        a.views_flow = None;
+        a.views_tried.clear();
         a.backoff_model = BackoffModel::default();
         a.dial_gen += 1;
         a.state = AgentState::Waiting;
@@ -186,6 +220,9 @@ impl World {
         }
         a.up = false;
         a.views = None;
+        a.reconnect = ConnectionSet::new(self.policy);
+        a.views_flow = None;
+        a.views_tried.clear();
         a.dial_gen += 1;
         a.state = AgentState::Down;
         a.connected_since = None;
@@ -397,6 +434,13 @@ impl World {
         a.dial_gen += 1;
         a.state = AgentState::Waiting;
         let attempt = a.dial_gen;
+        // The back-off model follows one connection; with `K > 1` (members ending at different
+        // times, duplicates backing off on their own count) only the bound is checked.
+        let expect = if a.reconnect.wanted() > 1 {
+            Expect::NotBefore(Duration::ZERO)
+        } else {
+            expect
+        };
         let mut at = match next {
             Next::Connect => self.now,
             Next::WaitUntil(t) => self.clock.to_sim(t).max(self.now),
@@ -429,6 +473,92 @@ impl World {
             return;
         }
         self.queue.push(at, Ev::Dial { agent: i, attempt });
+    }
+
+    /// Plans the next dial from a decision the set just took: unless a dial is in flight (the set
+    /// remembers the plan for after it), the dial is scheduled when the set says (`next` for the
+    /// checks of [`Self::schedule_dial`]).
+    fn redial(&mut self, i: usize, next: Next, retry_after: Option<Duration>, expect: Expect) {
+        let a = &self.agents[i];
+        if !a.up
+            || matches!(
+                a.state,
+                AgentState::Dialing { .. } | AgentState::Handshaking { .. }
+            )
+        {
+            return;
+        }
+        match a.reconnect.poll_timeout(self.now_i) {
+            // Complete: nothing to dial (the connection that ended was drained on purpose, K fell).
+            // (Stale `Dial` events find the state no longer `Waiting`.)
+            None => self.agents[i].state = AgentState::Complete,
+            // The set's plan may be later than this decision's (a duplicate's back-off); both are
+            // within the bounds the checks know.
+            Some(at) => {
+                let next = match next {
+                    Next::WaitUntil(t) if at > t => Next::WaitUntil(at),
+                    Next::Connect if at > self.now_i => Next::WaitUntil(at),
+                    n => n,
+                };
+                self.schedule_dial(i, next, retry_after, expect);
+            }
+        }
+    }
+
+    /// After a dial ended (kept or a duplicate): the next dial when the set wants one, else the
+    /// agent is complete.
+    fn arm_dial(&mut self, i: usize, expect: Expect) {
+        let Some(at) = self.agents[i].reconnect.poll_timeout(self.now_i) else {
+            self.agents[i].state = AgentState::Complete;
+            return;
+        };
+        let next = if at <= self.now_i {
+            Next::Connect
+        } else {
+            Next::WaitUntil(at)
+        };
+        self.schedule_dial(i, next, None, expect);
+    }
+
+    /// Opens the views stream on the oldest serving connection that never had one, unless a
+    /// serving connection carries it already (agentk opens one per connection; the newest linked
+    /// wins there; here one connection carries it, which is what kas's mirrors see either way).
+    fn ensure_views(&mut self, i: usize) {
+        let a = &self.agents[i];
+        if a.views.is_none() {
+            return;
+        }
+        let serving = a.serving_flows();
+        let carried = serving.iter().any(|f| {
+            self.flows
+                .get(f)
+                .and_then(|fl| fl.a.live())
+                .is_some_and(|e| e.views.is_some())
+        });
+        if carried {
+            return;
+        }
+        let Some(fid) = serving.into_iter().find(|f| !a.views_tried.contains(f)) else {
+            return;
+        };
+        let Some(end) = self.flows.get_mut(&fid).and_then(|f| f.a.live_mut()) else {
+            return;
+        };
+        let head = super::views::request_head();
+        match end.conn.open_stream(head, false) {
+            Ok(id) => end.views = Some(id),
+            Err(err) => {
+                let detail = format!(
+                    "agent {} cannot open its views stream: {err}",
+                    self.agents[i].id
+                );
+                self.violate("views-stream", detail);
+            }
+        }
+        let a = &mut self.agents[i];
+        a.views_tried.insert(fid);
+        a.views_flow = Some(fid);
+        self.touch(fid, Side::Agent);
     }
 
     pub(super) fn agent_syn_ack(&mut self, fid: u64) {
@@ -477,19 +607,6 @@ impl World {
         match ev {
             Event::Connected(e) => {
                 end.connected_at = Some(self.now);
-                let head = super::views::request_head();
-                if self.sc.inject.close_before_views == Some(i) {
-                    // Deliberate bug: the agent starts closing before it opened its views stream.
-                    end.conn.close(ErrorCode::NoError, "injected");
-                }
-                match end.conn.open_stream(head, false) {
-                    Ok(id) => end.views = Some(id),
-                    Err(err) => {
-                        let detail =
-                            format!("agent {} cannot open its views stream: {err}", e.agent_id);
-                        self.violate("views-stream", detail);
-                    }
-                }
                 if e.agent_id != self.agents[i].id {
                     let detail = format!(
                         "agent {} was accepted as agent {}",
@@ -497,8 +614,6 @@ impl World {
                     );
                     self.violate("identity", detail);
                 }
-                let a = &mut self.agents[i];
-                a.state = AgentState::Connected { flow: fid };
                 // `unit` only spreads the re-dial after a duplicate, which needs K > 1: no draw
                 // otherwise, so runs with K = 1 keep their random sequence.
                 let unit = if e.connections_wanted > 1 {
@@ -513,17 +628,42 @@ impl World {
                     self.now_i,
                     unit,
                 );
+                // The dial is over either way.
+                self.agents[i].state = AgentState::Complete;
                 if admit != Admit::Keep {
-                    let detail = format!("agent {i}: connection {fid} not kept ({admit:?})");
-                    self.violate("reconnect", detail);
+                    // A replica this agent holds already (or one too many): closed politely, the
+                    // next dial when the set says.
+                    if let Some(end) = self.flows.get_mut(&fid).and_then(|f| f.a.live_mut()) {
+                        end.conn
+                            .close(ErrorCode::NoError, "already connected to this replica");
+                    }
+                    self.touch(fid, Side::Agent);
+                    self.agents[i].duplicates += 1;
+                    let kind = match admit {
+                        Admit::Duplicate { .. } => "duplicate",
+                        _ => "surplus",
+                    };
+                    self.note(format_args!("{kind} a={i} f={fid}"));
+                    self.arm_dial(i, Expect::NotBefore(Duration::ZERO));
                     return;
+                }
+                if self.sc.inject.close_before_views == Some(i) {
+                    // Deliberate bug: the agent starts closing before it opened its views stream.
+                    if let Some(end) = self.flows.get_mut(&fid).and_then(|f| f.a.live_mut()) {
+                        end.conn.close(ErrorCode::NoError, "injected");
+                    }
                 }
                 let a = &mut self.agents[i];
                 a.backoff_model.connected_at = Some(self.now);
-                a.connected_since = Some(self.now);
+                if a.reconnect.serving().count() == 1 {
+                    // The agent's first serving connection (with K = 1: every connection).
+                    a.connected_since = Some(self.now);
+                }
                 a.connects += 1;
+                self.ensure_views(i);
                 self.metrics.agent_connected(i, self.now);
                 self.note(format_args!("connected a={i} f={fid}"));
+                self.arm_dial(i, Expect::NotBefore(Duration::ZERO));
             }
             Event::Response { id, head, .. } if end.views == Some(id) => {
                 self.agent_views_answered(i, fid, head.status);
@@ -640,7 +780,7 @@ impl World {
                 }
             }
             Event::GoAway { .. } => {
-                let active = self.agents[i].connected_flow() == Some(fid);
+                let active = self.agents[i].is_serving(fid);
                 if active && !end.draining {
                     end.draining = true;
                     if let Some(v) = end.views.take() {
@@ -663,7 +803,8 @@ impl World {
                     };
                     let expect = self.model_after_connection(i, true, lived, unit);
                     self.note(format_args!("goaway a={i} f={fid}"));
-                    self.schedule_dial(i, decision.next, None, expect);
+                    self.ensure_views(i);
+                    self.redial(i, decision.next, None, expect);
                 }
             }
             Event::Closed(reason) => {
@@ -676,35 +817,40 @@ impl World {
                 self.note(format_args!("closed a={i} f={fid} {reason}"));
                 let a = &mut self.agents[i];
                 a.flows.remove(&fid);
-                let was_active = matches!(
-                    a.state,
-                    AgentState::Connected { flow } | AgentState::Handshaking { flow } if flow == fid
-                );
-                if carried_views && was_active {
+                a.views_tried.remove(&fid);
+                let serving = a.is_serving(fid);
+                let dialled = a.state == (AgentState::Handshaking { flow: fid });
+                if carried_views && (serving || dialled) {
                     self.agent_views_gone(i, fid, LinkEnd::Draining);
                 }
-                if !was_active {
+                if !(serving || dialled) {
+                    // Draining (its decision came with the drain) or a duplicate closing.
+                    let _ = self.agents[i]
+                        .reconnect
+                        .handle_closed(&fid, &reason, self.now_i, 0.5);
                     return;
                 }
-                self.agents[i].connected_since = None;
                 let unit: f64 = self.rng.random();
-                let connected = matches!(self.agents[i].state, AgentState::Connected { .. });
                 let lived = connected_at.map_or(Duration::ZERO, |t| self.now.since(t));
                 let graceful = reason == CloseReason::Graceful;
-                if !(connected && graceful && lived >= reconnect_handover()) {
+                if !(serving && graceful && lived >= reconnect_handover()) {
                     self.inject_forget_backoff(i);
                 }
-                let (next, retry_after, expect) = if connected {
+                let (next, retry_after, expect) = if serving {
                     let decision = self.agents[i]
                         .reconnect
                         .handle_closed(&fid, &reason, self.now_i, unit);
                     let Some(decision) = self.policy_answer(i, fid, decision) else {
                         return;
                     };
+                    if self.agents[i].reconnect.serving().next().is_none() {
+                        self.agents[i].connected_since = None;
+                    }
                     let expect = self.model_after_connection(i, graceful, lived, unit);
                     (decision.next, None, expect)
                 } else {
                     // Ended during the handshake: a failed dial (a REJECT carries its retry_after).
+                    self.agents[i].state = AgentState::Complete;
                     let failure = DialFailure::from_close(&reason);
                     let retry_after = match failure {
                         DialFailure::Refused { retry_after, .. } => retry_after,
@@ -716,7 +862,8 @@ impl World {
                     let expect = self.model_failure(i, unit, retry_after);
                     (decision.next, retry_after, expect)
                 };
-                self.schedule_dial(i, next, retry_after, expect);
+                self.ensure_views(i);
+                self.redial(i, next, retry_after, expect);
             }
             Event::Hello(_) | Event::Response { .. } => {}
         }

@@ -389,12 +389,13 @@ impl World {
                 return;
             }
         }
-        let connected = self.agents.len();
+        // Each agent holds its K serving connections, nothing else.
+        let connected: usize = self.agents.iter().map(|a| a.serving_flows().len()).sum();
         if self.flows.len() != connected {
             let stray = self
                 .flows
                 .iter()
-                .find(|(id, f)| self.agents[f.agent].connected_flow() != Some(*id))
+                .find(|(id, f)| !self.agents[f.agent].is_serving(*id))
                 .map(|(id, f)| (id, f.agent, f.kas));
             let detail = format!(
                 "{} connections remain for {connected} agents; a stray one (flow, agent, kas): {stray:?}",
@@ -407,12 +408,14 @@ impl World {
     /// The end-of-run state of one agent, if wrong: (invariant, detail).
     fn agent_end_state(&self, i: usize, deadline: SimTime) -> Option<(&'static str, String)> {
         let a = &self.agents[i];
-        let AgentState::Connected { flow: fid } = a.state else {
+        let (AgentState::Complete, Some(fid)) = (a.state, a.connected_flow()) else {
             return Some((
                 "reconnect-bound",
                 format!(
-                    "agent {i} is not connected at the end (state {:?})",
-                    a.state
+                    "agent {i} is not connected at the end (state {:?}, {} of {} connections)",
+                    a.state,
+                    a.serving_flows().len(),
+                    a.reconnect.wanted()
                 ),
             ));
         };
@@ -427,44 +430,60 @@ impl World {
                 ),
             ));
         }
-        if a.flows.len() != 1 {
+        let serving = a.serving_flows();
+        if a.flows.len() != serving.len() {
             return Some((
                 "connection-leak",
                 format!(
-                    "agent {i} holds {} connections: {:?}",
+                    "agent {i} holds {} connections, {} serving: {:?}",
                     a.flows.len(),
+                    serving.len(),
                     a.flows
                 ),
             ));
         }
+        for &sfid in &serving {
+            let Some(flow) = self.flows.get(&sfid) else {
+                return Some((
+                    "connection-leak",
+                    format!("agent {i}'s flow {sfid} is gone"),
+                ));
+            };
+            let (Some(ae), Some(ke)) = (flow.a.live(), flow.k.live()) else {
+                return Some((
+                    "connection-leak",
+                    format!("agent {i}'s connection {sfid} is half closed"),
+                ));
+            };
+            // The primary carries the views stream, the others nothing.
+            let (want, wanted) = if sfid == fid {
+                (((1, 0), (0, 1)), "only the views stream")
+            } else {
+                (((0, 0), (0, 0)), "none on a secondary connection")
+            };
+            let streams = (ae.conn.open_streams(), ke.conn.open_streams());
+            if streams != want
+                || !ae.outbox.is_empty()
+                || !ke.outbox.is_empty()
+                || !ae.serving.is_empty()
+                || !ke.requests.is_empty()
+            {
+                return Some((
+                    "stream-leak",
+                    format!(
+                        "agent {i} connection {sfid}: open streams (agent, kas) = {streams:?} \
+                         (want {wanted}), outboxes {}/{}, serving {}, requests {}",
+                        ae.outbox.len(),
+                        ke.outbox.len(),
+                        ae.serving.len(),
+                        ke.requests.len()
+                    ),
+                ));
+            }
+        }
         let Some(flow) = self.flows.get(&fid) else {
             return Some(("connection-leak", format!("agent {i}'s flow {fid} is gone")));
         };
-        let (Some(ae), Some(ke)) = (flow.a.live(), flow.k.live()) else {
-            return Some((
-                "connection-leak",
-                format!("agent {i}'s connection {fid} is half closed"),
-            ));
-        };
-        let streams = (ae.conn.open_streams(), ke.conn.open_streams());
-        if streams != ((1, 0), (0, 1))
-            || !ae.outbox.is_empty()
-            || !ke.outbox.is_empty()
-            || !ae.serving.is_empty()
-            || !ke.requests.is_empty()
-        {
-            return Some((
-                "stream-leak",
-                format!(
-                    "agent {i} connection {fid}: open streams (agent, kas) = {streams:?} (want only \
-                     the views stream), outboxes {}/{}, serving {}, requests {}",
-                    ae.outbox.len(),
-                    ke.outbox.len(),
-                    ae.serving.len(),
-                    ke.requests.len()
-                ),
-            ));
-        }
         let cache = a.views.as_ref()?.cache();
         let truth = truth(&a.cluster);
         if truth != a.truth {

@@ -12,6 +12,11 @@
 //! ([`KasRouting::handle_holders`], the seam issue 12 fills from Redis): requests waiting for an agent
 //! another replica holds are forwarded there, at most `max_hops` times.
 //!
+//! With `kas.agent_connections` (`K`) above 1, ACCEPT names the replica (`kas-<index>`) and says
+//! `K` as kas decides it ([`protocol::tunnel::connection_set::connections_wanted`], capped by the
+//! replicas): agents then hold connections on several replicas, and a request is served by the
+//! replica the balancer chose when it holds one of them, as kas serves its own connections first.
+//!
 //! Replicas crash (connections vanish, silently or with RST; everything in memory is lost) and are
 //! restarted in turn (GOAWAY, drain for at most the grace period, stop, start).
 
@@ -78,6 +83,8 @@ pub struct SimKas {
     pub balance: Option<Balance>,
     /// Connections this replica drained to balance load.
     pub shed: u64,
+    /// Its end of the tunnel: ACCEPT names the replica and `K` ([`Scenario::server_config`]).
+    server_config: protocol::Config,
 }
 
 impl SimKas {
@@ -109,6 +116,7 @@ impl SimKas {
             restarts: 0,
             balance: sc.kas.balance.as_ref().map(|b| Balance::new(b.policy())),
             shed: 0,
+            server_config: sc.server_config(index),
         }
     }
 
@@ -149,7 +157,7 @@ impl World {
         let kas = &mut self.kas[k];
         if kas.accepting() && kas.incarnation == flow.incarnation && matches!(flow.k, End::Pending)
         {
-            let conn = protocol::Connection::server(self.config.clone(), self.now_i);
+            let conn = protocol::Connection::server(kas.server_config.clone(), self.now_i);
             flow.k = End::Live(KasEnd::new(conn));
             kas.conns.insert(fid);
             let faults = &self.agents[i].faults;
@@ -459,12 +467,23 @@ impl World {
         };
         r.at_kas = None;
         let agent = r.agent;
-        let target = self.directory_owner(agent).or(front).or_else(|| {
-            let up: Vec<usize> = (0..self.kas.len())
-                .filter(|&k| self.kas[k].accepting())
-                .collect();
-            (!up.is_empty()).then(|| up[usize::try_from(request).unwrap_or(0) % up.len()])
+        // With K > 1 the replica the balancer chose serves it when it holds a connection of the
+        // agent, as kas does (its own connections first); else the holder the directory names
+        // (where the policy would forward it). With K = 1 one replica holds an agent (but for
+        // moments, a connection kas has not seen die yet): the directory's holder, as before, so
+        // such runs keep their trace hashes.
+        let front_holds = front.filter(|&k| {
+            self.sc.connections_wanted() > 1 && self.kas[k].accepting() && self.kas[k].holds(agent)
         });
+        let target = front_holds
+            .or_else(|| self.directory_owner(agent))
+            .or(front)
+            .or_else(|| {
+                let up: Vec<usize> = (0..self.kas.len())
+                    .filter(|&k| self.kas[k].accepting())
+                    .collect();
+                (!up.is_empty()).then(|| up[usize::try_from(request).unwrap_or(0) % up.len()])
+            });
         match target {
             Some(k) => {
                 let at = if Some(k) == front {

@@ -136,6 +136,10 @@ pub struct KasSpec {
     pub resync_interval: Duration,
     /// Replicas even out their load ([`protocol::routing::balance`]); absent: they do not.
     pub balance: Option<BalanceSpec>,
+    /// How many connections, to distinct replicas, each agent should hold (`K`, kas's
+    /// `agent_listener.agent_connections`); ACCEPT says
+    /// [`protocol::tunnel::connection_set::connections_wanted`] of it and `replicas`. Default 1.
+    pub agent_connections: u32,
 }
 
 /// Balance between replicas: paced GOAWAY shedding above a tolerance of the fair share, as
@@ -194,6 +198,7 @@ impl Default for KasSpec {
             mirror_retention: d_s(300),
             resync_interval: d_s(1),
             balance: None,
+            agent_connections: 1,
         }
     }
 }
@@ -761,6 +766,12 @@ impl Scenario {
         if self.kas.replicas == 0 || self.kas.replicas > 1000 {
             return bad("kas.replicas must be between 1 and 1000".into());
         }
+        let max_k = protocol::tunnel::connection_set::MAX_CONNECTIONS;
+        if !(1..=max_k).contains(&self.kas.agent_connections) {
+            return bad(format!(
+                "kas.agent_connections must be between 1 and {max_k}"
+            ));
+        }
         if let Some(b) = &self.kas.balance
             && !(b.target >= 1.0
                 && b.tolerance >= b.target
@@ -941,6 +952,30 @@ impl Scenario {
     }
 
     /// The connection configuration both sides use.
+    /// `K` every replica announces in ACCEPT (kas's decision, with the replica count known here).
+    pub fn connections_wanted(&self) -> u32 {
+        let replicas = u32::try_from(self.kas.replicas).unwrap_or(u32::MAX);
+        protocol::tunnel::connection_set::connections_wanted(
+            self.kas.agent_connections,
+            Some(replicas),
+        )
+    }
+
+    /// The tunnel configuration of replica `k`'s end of its connections: the scenario's, with
+    /// ACCEPT naming the replica and `K`. With `K = 1` ACCEPT carries no name (nothing to tell
+    /// duplicates from), so such runs keep the trace hashes they had before replicas were named.
+    pub fn server_config(&self, k: usize) -> protocol::Config {
+        let mut c = self.connection_config();
+        let wanted = self.connections_wanted();
+        if wanted > 1 {
+            c.replica = protocol::tunnel::ReplicaInfo {
+                replica_id: format!("kas-{k}"),
+                connections_wanted: wanted,
+            };
+        }
+        c
+    }
+
     pub fn connection_config(&self) -> protocol::Config {
         protocol::Config {
             settings: self.settings(),
