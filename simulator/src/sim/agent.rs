@@ -749,6 +749,8 @@ impl World {
         } else {
             self.exp(1.0 / mean.as_secs_f64())
         };
+        // Plus the fixed time the real kas and agentk take (`sim::profile`).
+        let think = think + self.profile.request_base();
         self.queue.push(
             self.now.plus(think),
             Ev::AgentRespond {
