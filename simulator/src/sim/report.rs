@@ -305,11 +305,15 @@ impl World {
             self.expire_mirrors(k);
             let kas = &mut self.kas[k];
             let mut streams = 0u64;
+            // Streams other than the views stream each agentk keeps (whose cost is its mirror).
+            let mut request_streams = 0usize;
             let mut buffered = 0usize;
             for fid in &kas.conns {
                 if let Some(e) = self.flows.get(fid).and_then(|f| f.k.live()) {
                     let (l, r) = e.conn.open_streams();
                     streams += u64::from(l + r);
+                    request_streams +=
+                        ((l + r) as usize).saturating_sub(usize::from(e.views.is_some()));
                     buffered += e.outbox.values().map(|o| o.bytes()).sum::<usize>()
                         + e.views_stream.as_ref().map_or(0, |s| s.buffered());
                 }
@@ -331,7 +335,7 @@ impl World {
             let memory = if kas.is_up() {
                 let usage = Usage {
                     connections: kas.conns.len(),
-                    streams: streams as usize,
+                    streams: request_streams,
                     pending_requests: router.pending,
                     buffered_bytes: buffered,
                     mirror_bytes,
