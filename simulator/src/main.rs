@@ -75,9 +75,12 @@ struct PlanArgs {
     /// Tunnel connections per agent.
     #[arg(long, default_value_t = 1)]
     connections_per_agent: usize,
-    /// Open streams per connection at peak (agentk keeps one views stream open; plus requests).
-    #[arg(long, default_value_t = 1.1)]
+    /// Open streams per connection at peak, besides the views stream (requests, watches).
+    #[arg(long, default_value_t = 0.1)]
     streams_per_connection: f64,
+    /// Mirror content per agent (its cluster's view rows), KiB.
+    #[arg(long, default_value_t = 16)]
+    mirror_kib_per_agent: usize,
     /// Connections one replica may hold.
     #[arg(long, default_value_t = 20_000)]
     max_connections_per_replica: usize,
@@ -414,10 +417,11 @@ fn run_plan(args: PlanArgs) -> anyhow::Result<()> {
         profile.cpu.handshake_us
     );
     println!(
-        "{} connection(s) per agent, {} open streams per connection, at most {} connections per \
-         replica, one replica may fail, {:.0} % memory headroom",
+        "{} connection(s) per agent, {} open request streams per connection, {} KiB of mirror per \
+         agent, at most {} connections per replica, one replica may fail, {:.0} % memory headroom",
         args.connections_per_agent,
         args.streams_per_connection,
+        args.mirror_kib_per_agent,
         args.max_connections_per_replica,
         args.headroom * 100.0
     );
@@ -427,6 +431,7 @@ fn run_plan(args: PlanArgs) -> anyhow::Result<()> {
             agents,
             connections_per_agent: args.connections_per_agent,
             streams_per_connection: args.streams_per_connection,
+            mirror_bytes_per_agent: args.mirror_kib_per_agent * 1024,
             max_connections_per_replica: args.max_connections_per_replica,
             min_replicas: args.min_replicas,
             headroom: args.headroom,

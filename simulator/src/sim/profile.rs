@@ -116,8 +116,9 @@ pub struct LatencyCosts {
     /// Median time a request spends in kas and agentk on loopback at concurrency 1, beyond the
     /// cluster API server's own time, µs. Added to every request the simulated agent answers.
     pub request_base_us: f64,
-    /// Mean of an exponential delay added to that (fitted so that the model's p99 matches the
-    /// measured one: `(p99 - p50) / ln 50`), µs.
+    /// Mean of an exponential delay added to that, µs: fitted to the tail, `(p99 - p50) / ln 50`,
+    /// at most what keeps the base >= 0; the base is then the median beyond the API server's own
+    /// median minus `spread × ln 2`.
     pub request_spread_us: f64,
 }
 
@@ -253,6 +254,10 @@ impl CostProfile {
         let usage = Usage {
             connections: per_replica_conns,
             streams,
+            mirror_bytes: q
+                .agents
+                .div_ceil(survivors)
+                .saturating_mul(q.mirror_bytes_per_agent),
             ..Usage::default()
         };
         let bytes = self.memory(&usage) as f64 * (1.0 + q.headroom);
@@ -282,9 +287,11 @@ pub struct PlanQuestion {
     pub agents: usize,
     /// Tunnel connections each agent keeps.
     pub connections_per_agent: usize,
-    /// Open streams per connection at peak: the views stream every agentk keeps, plus requests and
-    /// watches in flight.
+    /// Open streams per connection at peak besides the views stream every agentk keeps (requests
+    /// and watches in flight).
     pub streams_per_connection: f64,
+    /// Mirror content per agent (its cluster's view rows, as the model counts them), bytes.
+    pub mirror_bytes_per_agent: usize,
     /// Connections one replica may hold.
     pub max_connections_per_replica: usize,
     /// At least this many replicas (high availability).
@@ -301,7 +308,8 @@ impl PlanQuestion {
         PlanQuestion {
             agents,
             connections_per_agent: 1,
-            streams_per_connection: 1.1,
+            streams_per_connection: 0.1,
+            mirror_bytes_per_agent: 16 * 1024,
             max_connections_per_replica: 20_000,
             min_replicas: 2,
             headroom: 0.25,
