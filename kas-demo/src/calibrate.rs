@@ -33,9 +33,7 @@ use kas::users::{TokenKind, UsersFile};
 use protocol::tunnel::reconnect::{BackoffPolicy, DialFailure, Reconnect};
 use runtime_core::{AgentOptions, Runtime};
 use sim_apiserver::{ApiServer, ApiServerConfig, RunningApiServer};
-use simulator::sim::profile::{
-    CostProfile, CpuCosts, LatencyCosts, Machine, MemoryCosts,
-};
+use simulator::sim::profile::{CostProfile, CpuCosts, LatencyCosts, Machine, MemoryCosts};
 
 /// Why a calibration could not run.
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +114,12 @@ pub struct KasProcess {
 
 impl KasProcess {
     /// Starts kas and waits until its agent listener accepts.
-    pub fn start(bin: &Path, config: &Path, agent_addr: std::net::SocketAddr, api_url: String) -> Result<KasProcess, CalibrateError> {
+    pub fn start(
+        bin: &Path,
+        config: &Path,
+        agent_addr: std::net::SocketAddr,
+        api_url: String,
+    ) -> Result<KasProcess, CalibrateError> {
         let mut k = KasProcess {
             bin: bin.to_owned(),
             config: config.to_owned(),
@@ -273,9 +276,7 @@ async fn member(
                     _ => DialFailure::Network,
                 };
                 let now = Instant::now();
-                reconnect
-                    .handle_dial_failed(failure, now, unit)
-                    .delay(now)
+                reconnect.handle_dial_failed(failure, now, unit).delay(now)
             }
             Err(_) => {
                 let now = Instant::now();
@@ -500,7 +501,9 @@ impl Bench {
         let (_, cpu1) = self.kas.usage()?;
         let url = format!(
             "{}{REQUEST_PATH}",
-            self.apiserver.as_ref().map_or_else(String::new, |a| a.url())
+            self.apiserver
+                .as_ref()
+                .map_or_else(String::new, |a| a.url())
         );
         let mut direct = Vec::with_capacity(requests);
         for _ in 0..requests {
@@ -534,10 +537,7 @@ impl Bench {
         raise_nofile(n)?;
         let connected = Arc::new(AtomicUsize::new(0));
         let dials = Arc::new(tokio::sync::Semaphore::new(1024));
-        let runtime = self
-            .runtime
-            .as_ref()
-            .ok_or_else(|| setup("no runtime"))?;
+        let runtime = self.runtime.as_ref().ok_or_else(|| setup("no runtime"))?;
         for token in &self.fleet_tokens {
             runtime.spawn(member(
                 self.kas.agent_addr,
@@ -819,7 +819,11 @@ impl Measured {
                 format!("{:.1} MiB", mib(self.rss_after_storm)),
             ),
         ];
-        let width = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+        let width = rows
+            .iter()
+            .map(|(k, _)| k.chars().count())
+            .max()
+            .unwrap_or(0);
         let mut s = String::new();
         for (k, v) in rows {
             s.push_str(&format!("  {k:<width$}  {v}\n"));

@@ -131,13 +131,22 @@ fn disagreements(real: &Figures, model: &Figures) -> Vec<String> {
         out.push(format!("memory off by {:.0} %", off * 100.0));
     }
     if !within_factor(real.p50_ms, model.p50_ms, P50_FACTOR) {
-        out.push(format!("p50 {:.2} ms vs {:.2} ms", real.p50_ms, model.p50_ms));
+        out.push(format!(
+            "p50 {:.2} ms vs {:.2} ms",
+            real.p50_ms, model.p50_ms
+        ));
     }
     if !within_factor(real.p99_ms, model.p99_ms, P99_FACTOR) {
-        out.push(format!("p99 {:.2} ms vs {:.2} ms", real.p99_ms, model.p99_ms));
+        out.push(format!(
+            "p99 {:.2} ms vs {:.2} ms",
+            real.p99_ms, model.p99_ms
+        ));
     }
     if !within_factor(real.storm_s, model.storm_s, STORM_FACTOR) {
-        out.push(format!("storm {:.2} s vs {:.2} s", real.storm_s, model.storm_s));
+        out.push(format!(
+            "storm {:.2} s vs {:.2} s",
+            real.storm_s, model.storm_s
+        ));
     }
     out
 }
@@ -235,6 +244,9 @@ fn the_calibrated_simulator_predicts_a_different_real_scenario() {
     let five_wrong = disagreements(&real, &five);
     assert!(!five_wrong.is_empty(), "a 5× profile passed the check");
     let old_wrong = disagreements(&real, &old);
-    assert!(!old_wrong.is_empty(), "the struct-size model passed the check");
+    assert!(
+        !old_wrong.is_empty(),
+        "the struct-size model passed the check"
+    );
     println!("profile ×5 rejected: {five_wrong:?}; struct-size model rejected: {old_wrong:?}");
 }

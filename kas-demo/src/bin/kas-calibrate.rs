@@ -59,13 +59,10 @@ fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let measured = result?;
     let date = today();
-    let name = args.name.clone().unwrap_or_else(|| {
-        format!(
-            "{}-{}core-{date}",
-            hostname(),
-            kas_demo::calibrate::cores()
-        )
-    });
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}core-{date}", hostname(), kas_demo::calibrate::cores()));
     let command = format!(
         "simulator calibrate --out {} --agents {} --streams {} --requests {}",
         args.out.display(),
@@ -74,7 +71,10 @@ fn main() -> anyhow::Result<()> {
         args.requests
     );
     let profile = measured.profile(&name, &date, &command);
-    println!("calibration on this machine ({} cores, {} build):", profile.machine.cores, profile.machine.build);
+    println!(
+        "calibration on this machine ({} cores, {} build):",
+        profile.machine.cores, profile.machine.build
+    );
     print!("{}", measured.table());
     let text = format!(
         "# Cost profile measured by `{command}` ({}).\n# Fields not in `measured` are the model's estimates.\n{}",

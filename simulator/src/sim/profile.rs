@@ -407,9 +407,7 @@ mod tests {
         let big = p.plan(&PlanQuestion::new(100_000));
         assert!(big.replicas > small.replicas);
         assert!(small.replicas >= 2);
-        assert!(
-            big.connections_per_replica_after_failure * (big.replicas - 1) >= big.connections
-        );
+        assert!(big.connections_per_replica_after_failure * (big.replicas - 1) >= big.connections);
         assert!(big.memory_gib >= small.memory_gib);
     }
 }
