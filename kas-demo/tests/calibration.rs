@@ -177,7 +177,7 @@ fn row(name: &str, f: &Figures) -> String {
 #[test]
 fn the_calibrated_simulator_predicts_a_different_real_scenario() {
     let kas_bin = kas_binary();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("a temporary directory");
 
     // 1. Calibrate (small).
     let mut bench = Bench::start(&BenchOptions {
