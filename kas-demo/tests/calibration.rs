@@ -12,9 +12,10 @@
 //!    one was).
 //!
 //! Tolerances, and why: **memory ±35 %** (RSS moves with the allocator's arenas and with what the
-//! first 150 connections warmed up); **request p50 within 2×, p99 within 3×** (2 cores shared with
-//! other builds: the tail is mostly scheduling); **storm within 2×** (its length is the back-off's
-//! random jitter over a few hundred agents plus the queue of handshakes on the cores kas gets).
+//! first 150 connections warmed up); **request p50 within 2×, p99 within 4×** (2 cores shared with
+//! other builds: the tail is mostly scheduling; two runs were 1.2× and 2.9× apart); **storm within
+//! 2×** (its length is the back-off's random jitter over a few hundred agents plus the queue of
+//! handshakes on the cores kas gets).
 //!
 //! The check can fail: the same real figures are compared with the model run on the profile scaled
 //! 5× and on the old struct-size model (no baseline, ~4 KB per connection, free handshakes), and
@@ -30,7 +31,7 @@ use simulator::sim::{RunOptions, Scenario};
 
 const MEMORY_TOLERANCE: f64 = 0.35;
 const P50_FACTOR: f64 = 2.0;
-const P99_FACTOR: f64 = 3.0;
+const P99_FACTOR: f64 = 4.0;
 const STORM_FACTOR: f64 = 2.0;
 /// Idle agents in the real scenario (the calibration uses 150).
 const AGENTS: usize = 300;
