@@ -73,6 +73,47 @@ impl ApiClient {
         answer("GET", url, resp)
     }
 
+    /// `GET base+path` with extra headers: status and body (at most 16 MiB).
+    pub fn get_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, String), ApiClientError> {
+        let url = self.url(path);
+        let mut req = self.agent.get(&url);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        answer("GET", url, req.call())
+    }
+
+    /// `GET base+path` with extra headers, for a response that streams (a watch): calls `opened`
+    /// once the head arrived, then reads the body until it ends or the client's timeout.
+    pub fn stream_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        opened: impl FnOnce(),
+    ) -> Result<u16, ApiClientError> {
+        use std::io::Read as _;
+        let url = self.url(path);
+        let mut req = self.agent.get(&url);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let mut resp = req.call().map_err(|e| ApiClientError::Http {
+            method: "GET",
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+        opened();
+        let mut reader = resp.body_mut().as_reader();
+        let mut buf = [0u8; 4096];
+        // Bounded by the client's global timeout.
+        while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
+        Ok(resp.status().as_u16())
+    }
+
     /// `GET base+path` as JSON (`Null` for a body that is not JSON).
     pub fn get_json(&self, path: &str) -> Result<(u16, serde_json::Value), ApiClientError> {
         let (status, body) = self.get(path)?;

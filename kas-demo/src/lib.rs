@@ -22,6 +22,7 @@
 //! a push reaches kas at once through its push webhook (`kas-demo webhook`, [`webhook`]).
 
 pub mod api_client;
+pub mod calibrate;
 pub mod git;
 pub mod replicas;
 pub mod webhook;

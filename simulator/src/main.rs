@@ -14,6 +14,17 @@
 //!
 //! `simulator sweep --scenario FILE --seeds 1..50 [--agents M] [--kas N] [--duration D]` runs many seeds,
 //! stops at the first violation and prints the command that replays it.
+//!
+//! `simulator run … --profile FILE` replaces the built-in cost profile (`simulator/profiles/default.yaml`,
+//! see `sim::profile`): memory per connection and stream, handshake CPU, request base latency.
+//!
+//! `simulator calibrate --out FILE [--agents N] [--streams M] [--requests R]` measures a cost profile
+//! on this machine from the real programs: it replaces itself with the `kas-calibrate` binary (crate
+//! `kas-demo`, which links kas, agentk and sim-apiserver; this crate links none of them) next to this
+//! one or on `PATH`, which starts a real `kas` process and prints what it measured.
+//!
+//! `simulator plan --agents 1000,10000 [--profile FILE] [--cores-storm-within 10s] …` prints how many
+//! replicas of how much memory and how many cores those agents need, from the cost profile.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -44,6 +55,44 @@ enum Command {
     Run(RunArgs),
     /// Run a scenario with many seeds; stop at the first invariant violation.
     Sweep(SweepArgs),
+    /// Measure a cost profile from the real programs on this machine (runs `kas-calibrate`; see
+    /// `simulator calibrate --help`).
+    #[command(disable_help_flag = true)]
+    Calibrate(ApiserverArgs),
+    /// Replicas, memory and cores for N agents, from a cost profile.
+    Plan(PlanArgs),
+}
+
+/// `simulator plan`.
+#[derive(Args, Debug)]
+struct PlanArgs {
+    /// Agent counts, e.g. 1000,10000,50000,100000.
+    #[arg(long, value_delimiter = ',', required = true)]
+    agents: Vec<usize>,
+    /// Cost profile (default: the built-in one).
+    #[arg(long, value_name = "FILE")]
+    profile: Option<PathBuf>,
+    /// Tunnel connections per agent.
+    #[arg(long, default_value_t = 1)]
+    connections_per_agent: usize,
+    /// Open streams per connection at peak, besides the views stream (requests, watches).
+    #[arg(long, default_value_t = 0.1)]
+    streams_per_connection: f64,
+    /// Mirror content per agent (its cluster's view rows), KiB.
+    #[arg(long, default_value_t = 16)]
+    mirror_kib_per_agent: usize,
+    /// Connections one replica may hold.
+    #[arg(long, default_value_t = 20_000)]
+    max_connections_per_replica: usize,
+    /// At least this many replicas.
+    #[arg(long, default_value_t = 2)]
+    min_replicas: usize,
+    /// Memory headroom above the model (0.25 = 25 %).
+    #[arg(long, default_value_t = 0.25)]
+    headroom: f64,
+    /// A reconnect storm of every agent must be absorbed within this long.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_sim_duration)]
+    storm_within: Duration,
 }
 
 /// What a scenario run can override.
@@ -126,6 +175,9 @@ struct RunArgs {
     /// With --serve: keep serving the final state after the run, until interrupted.
     #[arg(long, requires = "serve")]
     hold: bool,
+    /// Cost profile (YAML; default: the built-in `simulator/profiles/default.yaml`).
+    #[arg(long, value_name = "FILE")]
+    profile: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -177,6 +229,9 @@ fn main() -> anyhow::Result<()> {
     if let Command::Apiserver(args) = cli.command {
         return run_apiserver(args);
     }
+    if let Command::Calibrate(args) = cli.command {
+        return run_calibrate(args);
+    }
     // The simulator's core logs what individual connections do; by default only errors show.
     let default_filter = "error";
     tracing_subscriber::fmt()
@@ -190,6 +245,8 @@ fn main() -> anyhow::Result<()> {
         Command::Apiserver(args) => run_apiserver(args),
         Command::Run(args) => run_scenario(args),
         Command::Sweep(args) => run_sweep(args),
+        Command::Calibrate(args) => run_calibrate(args),
+        Command::Plan(args) => run_plan(args),
     }
 }
 
@@ -209,6 +266,7 @@ fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
         trace,
         progress: !args.quiet && std::io::stderr().is_terminal(),
         fast_exit: true,
+        profile: load_profile(args.profile.as_deref())?,
     };
     let live = match &args.serve {
         Some(addr) => {
@@ -307,18 +365,79 @@ fn run_sweep(args: SweepArgs) -> anyhow::Result<()> {
 /// Replaces this process with `sim-apiserver ARGS…`: the binary next to this one (as cargo builds
 /// and installs them), else the one on `PATH`.
 fn run_apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
+    exec_sibling(
+        "sim-apiserver",
+        &args.args,
+        "the simulated API server is the `sim-apiserver` binary (build it with `cargo build -p sim-apiserver`)",
+    )
+}
+
+/// Replaces this process with `kas-calibrate ARGS…` (crate `kas-demo`), found as `sim-apiserver` is.
+fn run_calibrate(args: ApiserverArgs) -> anyhow::Result<()> {
+    exec_sibling(
+        "kas-calibrate",
+        &args.args,
+        "calibration runs the `kas-calibrate` binary, which starts the `kas` binary next to it \
+         (build both with `cargo build -p kas -p kas-demo --bins`)",
+    )
+}
+
+/// Replaces this process with `name ARGS…`: the binary next to this one, else the one on `PATH`.
+fn exec_sibling(name: &str, args: &[OsString], hint: &str) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt as _;
     let sibling = std::env::current_exe()
         .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("sim-apiserver")))
+        .and_then(|exe| exe.parent().map(|dir| dir.join(name)))
         .filter(|p| p.is_file());
-    let program = sibling.unwrap_or_else(|| PathBuf::from("sim-apiserver"));
-    let err = std::process::Command::new(&program).args(&args.args).exec();
-    Err(err).with_context(|| {
-        format!(
-            "cannot run {}: the simulated API server is the `sim-apiserver` binary \
-             (build it with `cargo build -p sim-apiserver`)",
-            program.display()
-        )
+    let program = sibling.unwrap_or_else(|| PathBuf::from(name));
+    let err = std::process::Command::new(&program).args(args).exec();
+    Err(err).with_context(|| format!("cannot run {}: {hint}", program.display()))
+}
+
+/// The profile in `path`, or the built-in one.
+fn load_profile(path: Option<&std::path::Path>) -> anyhow::Result<sim::CostProfile> {
+    Ok(match path {
+        Some(p) => sim::CostProfile::load(p)?,
+        None => sim::CostProfile::default_profile(),
     })
+}
+
+/// `simulator plan`: one table row per agent count.
+fn run_plan(args: PlanArgs) -> anyhow::Result<()> {
+    let profile = load_profile(args.profile.as_deref())?;
+    println!(
+        "cost profile {} ({}, {} cores, {} build): {:.1} KiB per connection, {:.1} MiB baseline, \
+         {:.0} µs CPU per handshake",
+        profile.name,
+        profile.date,
+        profile.machine.cores,
+        profile.machine.build,
+        profile.memory.per_connection_bytes as f64 / 1024.0,
+        profile.memory.baseline_bytes as f64 / (1024.0 * 1024.0),
+        profile.cpu.handshake_us
+    );
+    println!(
+        "{} connection(s) per agent, {} open request streams per connection, {} KiB of mirror per \
+         agent, at most {} connections per replica, one replica may fail, {:.0} % memory headroom",
+        args.connections_per_agent,
+        args.streams_per_connection,
+        args.mirror_kib_per_agent,
+        args.max_connections_per_replica,
+        args.headroom * 100.0
+    );
+    println!("{}", sim::profile::Plan::HEADER);
+    for &agents in &args.agents {
+        let q = sim::profile::PlanQuestion {
+            agents,
+            connections_per_agent: args.connections_per_agent,
+            streams_per_connection: args.streams_per_connection,
+            mirror_bytes_per_agent: args.mirror_kib_per_agent * 1024,
+            max_connections_per_replica: args.max_connections_per_replica,
+            min_replicas: args.min_replicas,
+            headroom: args.headroom,
+            storm_within: args.storm_within,
+        };
+        println!("{}", profile.plan(&q).row());
+    }
+    Ok(())
 }

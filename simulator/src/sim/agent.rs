@@ -896,6 +896,14 @@ impl World {
         } else {
             self.exp(1.0 / mean.as_secs_f64())
         };
+        // Plus the time the real kas and agentk take (`sim::profile`): fixed, plus exponential.
+        let spread = self.profile.request_spread();
+        let extra = if spread.is_zero() {
+            Duration::ZERO
+        } else {
+            self.exp(1.0 / spread.as_secs_f64())
+        };
+        let think = think + self.profile.request_base() + extra;
         self.queue.push(
             self.now.plus(think),
             Ev::AgentRespond {

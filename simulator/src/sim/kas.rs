@@ -160,12 +160,16 @@ impl World {
             let conn = protocol::Connection::server(kas.server_config.clone(), self.now_i);
             flow.k = End::Live(KasEnd::new(conn));
             kas.conns.insert(fid);
+            // The handshake's CPU (TLS, HELLO, auth; `sim::profile`) queues on the replica's cores.
+            let start = self.now.max(self.handshake_free[k]);
+            self.handshake_free[k] = start.plus(self.profile.handshake_slot());
+            let cpu = self.handshake_free[k].since(self.now);
             let faults = &self.agents[i].faults;
             if let Some(at) = flow
                 .link
                 .signal(Dir::Down, self.now, k, faults, &mut self.rng)
             {
-                self.queue.push(at, Ev::SynAck { flow: fid });
+                self.queue.push(at.plus(cpu), Ev::SynAck { flow: fid });
             }
             self.touch(fid, Side::Kas);
             return;

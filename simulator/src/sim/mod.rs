@@ -27,6 +27,7 @@
 //! | [`gitops`] | GitOps in virtual time: `gitops::Sync` against model clusters under commits, outages, restarts |
 //! | [`views`] | the views stream: agents drive `AgentViews`, replicas `MirrorTable`; fault injection |
 //! | [`invariants`] | what must always hold, and the checks |
+//! | [`profile`] | cost profiles: what the real programs cost (memory, CPU, latency), measured by `simulator calibrate` |
 //! | [`report`] | capacity metrics and the report |
 //! | [`plot`] | the report's curves as SVG |
 //! | [`progress`] | the progress line (the only other wall-clock reader) |
@@ -64,6 +65,7 @@ pub mod kas;
 pub mod live;
 pub mod net;
 pub mod plot;
+pub mod profile;
 pub mod progress;
 pub mod queue;
 pub mod report;
@@ -74,6 +76,7 @@ pub mod views;
 pub mod world;
 
 pub use invariants::Violation;
+pub use profile::CostProfile;
 pub use report::Report;
 pub use scenario::{Overrides, Scenario, ScenarioError};
 pub use trace::TraceSink;

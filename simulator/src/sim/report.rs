@@ -2,10 +2,11 @@
 //!
 //! Per replica: connections, streams, pending requests and bytes per second at every sample, with
 //! their peaks; request latency percentiles (virtual time, from the client sending the request to the
-//! end of the response); a memory estimate built from the real sizes of the per-connection state
-//! (`size_of::<Connection>()` and the simulator's kas-side connection state), plus buffered octets,
-//! estimated per-stream and router-entry overheads, and the mirrors' rows. Reconnect storms: for each
-//! replica crash or restart, how long until every agent it served was connected again.
+//! end of the response); memory from the calibrated cost model ([`CostProfile::memory`]: kas's
+//! baseline RSS, per connection, per open stream, per pending request as measured on the real kas,
+//! plus buffered octets and the mirrors' rows). The report names the profile it used. Reconnect
+//! storms: for each replica crash or restart, how long until every agent it served was connected
+//! again.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -15,17 +16,10 @@ use serde::Serialize;
 
 use super::clients::{Completed, Outcome};
 use super::clock::SimTime;
-use super::flow::KasEnd;
 use super::invariants::Violation;
+use super::profile::{CostProfile, Usage};
 use super::world::{Ev, World};
 
-/// Estimated bytes of one stream's state inside a `Connection` (windows, send queue, state, map
-/// entry); the type is private to the protocol crate, so this is an estimate, not a `size_of`.
-pub const STREAM_STATE_ESTIMATE: usize = 256;
-/// Estimated bytes of one connection's entry in the router (tables and per-agent sets).
-pub const ROUTER_CONNECTION_ESTIMATE: usize = 160;
-/// Estimated bytes of one request's entry in the router.
-pub const ROUTER_REQUEST_ESTIMATE: usize = 200;
 /// Mirrors measured per replica and sample (the rest is extrapolated).
 const MIRROR_SAMPLE: usize = 256;
 /// Estimated bytes of one B-tree entry beyond its key and value.
@@ -176,15 +170,18 @@ fn percentiles(values: &mut [u64]) -> Percentiles {
     }
 }
 
-/// Memory estimate of one replica.
+/// Memory of one replica from the cost profile ([`CostProfile::memory`]).
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct MemoryEstimate {
-    /// `size_of::<protocol::Connection>()`.
-    pub connection_struct_bytes: usize,
-    /// Size of the kas-side per-connection state (connection, views buffers, stream tables).
-    pub connection_state_bytes: usize,
-    pub stream_estimate_bytes: usize,
+    /// The profile's baseline RSS (nothing connected).
+    pub baseline_bytes: u64,
+    /// The profile's bytes per idle connection.
+    pub per_connection_bytes: u64,
+    /// The profile's bytes per open stream.
+    pub per_stream_bytes: u64,
+    /// Peak of the model's total (RSS of the replica).
     pub peak_total_bytes: usize,
+    /// That peak over the peak connections (baseline included).
     pub peak_per_connection_bytes: usize,
     pub peak_mirror_bytes: usize,
 }
@@ -229,6 +226,8 @@ pub struct RequestReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub scenario: String,
+    /// The cost profile the memory, handshake and latency model used.
+    pub profile: CostProfile,
     pub seed: u64,
     pub agents: usize,
     pub kas_replicas: usize,
@@ -306,11 +305,15 @@ impl World {
             self.expire_mirrors(k);
             let kas = &mut self.kas[k];
             let mut streams = 0u64;
+            // Streams other than the views stream each agentk keeps (whose cost is its mirror).
+            let mut request_streams = 0usize;
             let mut buffered = 0usize;
             for fid in &kas.conns {
                 if let Some(e) = self.flows.get(fid).and_then(|f| f.k.live()) {
                     let (l, r) = e.conn.open_streams();
                     streams += u64::from(l + r);
+                    request_streams +=
+                        ((l + r) as usize).saturating_sub(usize::from(e.views.is_some()));
                     buffered += e.outbox.values().map(|o| o.bytes()).sum::<usize>()
                         + e.views_stream.as_ref().map_or(0, |s| s.buffered());
                 }
@@ -329,12 +332,18 @@ impl World {
                 .checked_div(measured)
                 .unwrap_or(0);
             let router = kas.router.stats().router;
-            let memory = kas.conns.len() * std::mem::size_of::<KasEnd>()
-                + buffered
-                + streams as usize * STREAM_STATE_ESTIMATE
-                + router.connections * ROUTER_CONNECTION_ESTIMATE
-                + (router.pending + router.assigned) * ROUTER_REQUEST_ESTIMATE
-                + mirror_bytes;
+            let memory = if kas.is_up() {
+                let usage = Usage {
+                    connections: kas.conns.len(),
+                    streams: request_streams,
+                    pending_requests: router.pending,
+                    buffered_bytes: buffered,
+                    mirror_bytes,
+                };
+                usize::try_from(self.profile.memory(&usage)).unwrap_or(usize::MAX)
+            } else {
+                0
+            };
             let c = &mut self.metrics.kas[k];
             let rate = (c.bytes - c.last_bytes) as f64 / dt;
             c.last_bytes = c.bytes;
@@ -382,9 +391,9 @@ impl World {
                     restarts: self.kas[i].restarts,
                     latency: percentiles(&mut c.latencies),
                     memory: MemoryEstimate {
-                        connection_struct_bytes: std::mem::size_of::<protocol::Connection>(),
-                        connection_state_bytes: std::mem::size_of::<KasEnd>(),
-                        stream_estimate_bytes: STREAM_STATE_ESTIMATE,
+                        baseline_bytes: self.profile.memory.baseline_bytes,
+                        per_connection_bytes: self.profile.memory.per_connection_bytes,
+                        per_stream_bytes: self.profile.memory.per_stream_bytes,
                         peak_total_bytes: c.peak_memory,
                         peak_per_connection_bytes: c.peak_memory / peak_conns,
                         peak_mirror_bytes: c.peak_mirrors,
@@ -407,6 +416,7 @@ impl World {
         let wall_s = wall.as_secs_f64();
         Report {
             scenario: self.sc.name.clone(),
+            profile: self.profile.clone(),
             seed: self.seed,
             agents: self.agents.len(),
             kas_replicas: self.kas.len(),
@@ -459,6 +469,21 @@ impl Report {
             "scenario {} seed {}: {} agents, {} kas, {:.0}s simulated",
             self.scenario, self.seed, self.agents, self.kas_replicas, self.simulated_s
         );
+        let p = &self.profile;
+        let _ = writeln!(
+            s,
+            "cost profile {} ({}, {} cores, {} build): {:.1} KiB per connection, {:.1} KiB per stream, \
+             {:.1} MiB baseline; handshake {:.0} µs CPU; request +{:.2} ms",
+            p.name,
+            p.date,
+            p.machine.cores,
+            p.machine.build,
+            p.memory.per_connection_bytes as f64 / 1024.0,
+            p.memory.per_stream_bytes as f64 / 1024.0,
+            p.memory.baseline_bytes as f64 / (1024.0 * 1024.0),
+            p.cpu.handshake_us,
+            p.latency.request_base_us / 1000.0
+        );
         let _ = writeln!(
             s,
             "events: {} in {:.2}s wall ({:.0} events/s)",
@@ -494,7 +519,8 @@ impl Report {
             let _ = writeln!(
                 s,
                 "kas {}: peak conns {} streams {} pending {}; peak {:.0} B/s (mean {:.0}); {} requests, \
-                 p99 {:.1}ms; memory ~{:.1} MiB peak ({} B/conn; Connection is {} B); restarts {}",
+                 p99 {:.1}ms; memory {:.1} MiB peak (calibrated model; {:.1} KiB per connection \
+                 incl. baseline); restarts {}",
                 k.index,
                 k.peak_connections,
                 k.peak_streams,
@@ -504,8 +530,7 @@ impl Report {
                 k.requests,
                 k.latency.p99_ms,
                 k.memory.peak_total_bytes as f64 / (1024.0 * 1024.0),
-                k.memory.peak_per_connection_bytes,
-                k.memory.connection_struct_bytes,
+                k.memory.peak_per_connection_bytes as f64 / 1024.0,
                 k.restarts
             );
         }

@@ -151,6 +151,8 @@ pub struct RunOptions {
     /// Do not free the world's memory at the end (a large world takes seconds to free): for a
     /// process that exits right after the run.
     pub fast_exit: bool,
+    /// What the real programs cost (memory, handshake CPU, request latency): see `sim::profile`.
+    pub profile: super::profile::CostProfile,
 }
 
 impl Default for RunOptions {
@@ -159,6 +161,7 @@ impl Default for RunOptions {
             trace: TraceSink::None,
             progress: false,
             fast_exit: false,
+            profile: super::profile::CostProfile::default_profile(),
         }
     }
 }
@@ -233,6 +236,10 @@ pub(super) struct World {
     fast_exit: bool,
     /// The live view, if one watches (it only reads the world: same trace with or without).
     pub live: Option<super::live::Recorder>,
+    /// The cost profile (memory in the report, handshake CPU, request base latency).
+    pub profile: super::profile::CostProfile,
+    /// Per replica: when its handshake CPU is next free (handshakes queue on `replica_cores`).
+    pub handshake_free: Vec<SimTime>,
 }
 
 impl World {
@@ -318,6 +325,8 @@ impl World {
             progress: options.progress.then(|| Progress::new(end)),
             fast_exit: options.fast_exit,
             live: None,
+            profile: options.profile,
+            handshake_free: vec![SimTime::ZERO; replicas],
             sc,
         };
         w.schedule_start();
