@@ -199,6 +199,8 @@ enum Sink {
 #[derive(Debug)]
 pub struct AuditLog {
     sink: Mutex<Sink>,
+    /// The traffic recorder this hook feeds too ([`crate::recording`]), when recording.
+    recorder: std::sync::OnceLock<Arc<crate::recording::Recorder>>,
     max_file_size: u64,
     records: AtomicU64,
     failures: AtomicU64,
@@ -218,6 +220,7 @@ impl AuditLog {
     fn with_sink(sink: Sink, max_file_size: u64) -> Self {
         AuditLog {
             sink: Mutex::new(sink),
+            recorder: std::sync::OnceLock::new(),
             max_file_size,
             records: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -254,12 +257,25 @@ impl AuditLog {
         !matches!(*self.lock(), Sink::Off)
     }
 
+    /// Also hands every record to the traffic recorder (the one hook that sees each request end).
+    pub fn set_recorder(&self, recorder: Arc<crate::recording::Recorder>) {
+        let _ = self.recorder.set(recorder);
+    }
+
+    /// Whether requests need a context (the audit log or the traffic recorder is on).
+    pub fn wants_records(&self) -> bool {
+        self.recorder.get().is_some() || self.is_enabled()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Sink> {
         self.sink.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Writes one record (one line).
     pub fn write(&self, record: &AuditRecord) {
+        if let Some(recorder) = self.recorder.get() {
+            recorder.request(record);
+        }
         let mut sink = self.lock();
         if matches!(*sink, Sink::Off) {
             return;
@@ -365,7 +381,11 @@ impl AuditLog {
             self.records(),
             self.failures.load(Ordering::Relaxed),
             self.rotations.load(Ordering::Relaxed),
-        )
+        ) + &self
+            .recorder
+            .get()
+            .map(|r| r.render_metrics())
+            .unwrap_or_default()
     }
 }
 
