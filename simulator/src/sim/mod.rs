@@ -31,6 +31,7 @@
 //! | [`plot`] | the report's curves as SVG |
 //! | [`progress`] | the progress line (the only other wall-clock reader) |
 //! | [`live`] | the live view in the browser (`--serve`): snapshots, pause and step, its HTTP server |
+//! | [`replay`] | a kas recording (`traffic_trace`) as the workload (`--replay FILE --scale 10x`) |
 //!
 //! ## Determinism
 //!
@@ -66,6 +67,7 @@ pub mod net;
 pub mod plot;
 pub mod progress;
 pub mod queue;
+pub mod replay;
 pub mod report;
 pub mod scenario;
 pub mod trace;
