@@ -20,14 +20,13 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use traffic_trace::{Header, Pseudonymizer, Record, RecordingOptions, Service};
 
-use crate::audit::{AuditRecord, RecordKind};
+use crate::audit::{AuditRecord, RecordKind, WriteCounters, rotated_name};
 use crate::config::RecordingConfig;
 
 #[derive(Debug)]
@@ -48,11 +47,7 @@ pub struct Recorder {
     pseudonyms: Pseudonymizer,
     sample_rate: f64,
     max_file_size: u64,
-    records: AtomicU64,
-    failures: AtomicU64,
-    rotations: AtomicU64,
-    /// Seconds since `started` of the last failure logged (rate limit).
-    last_failure_log: AtomicU64,
+    counters: WriteCounters,
 }
 
 impl Recorder {
@@ -79,10 +74,7 @@ impl Recorder {
             pseudonyms: Pseudonymizer::new(key),
             sample_rate: config.sample_rate.0.clamp(0.0, 1.0),
             max_file_size: config.max_file_size,
-            records: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-            rotations: AtomicU64::new(0),
-            last_failure_log: AtomicU64::new(0),
+            counters: WriteCounters::new("traffic recording write failed"),
         };
         {
             let mut sink = recorder.lock();
@@ -211,7 +203,7 @@ impl Recorder {
         drop(sink);
         match result {
             Ok(()) => {
-                self.records.fetch_add(1, Ordering::Relaxed);
+                self.counters.wrote();
             }
             Err(e) => self.failed(&format!("writing a record: {e}")),
         }
@@ -234,58 +226,38 @@ impl Recorder {
             written: line.len() as u64,
             part,
         };
-        self.rotations.fetch_add(1, Ordering::Relaxed);
+        self.counters.rotated();
         Ok(())
     }
 
     fn failed(&self, message: &str) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-        let now = self.started.elapsed().as_secs() + 1;
-        let last = self.last_failure_log.load(Ordering::Relaxed);
-        if (last == 0 || now >= last + 60)
-            && self
-                .last_failure_log
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            tracing::warn!(error = message, "traffic recording write failed");
-        }
+        self.counters.failed(message);
     }
 
     /// Records written since start.
     pub fn records(&self) -> u64 {
-        self.records.load(Ordering::Relaxed)
+        self.counters.records()
     }
 
     /// The recorder's series in the Prometheus text format.
     pub fn render_metrics(&self) -> String {
-        format!(
-            "# HELP kas_recording_records_total Traffic records written.\n\
-             # TYPE kas_recording_records_total counter\n\
-             kas_recording_records_total {}\n\
-             # HELP kas_recording_failures_total Traffic records or rotations that failed.\n\
-             # TYPE kas_recording_failures_total counter\n\
-             kas_recording_failures_total {}\n\
-             # HELP kas_recording_rotations_total Traffic recording file rotations.\n\
-             # TYPE kas_recording_rotations_total counter\n\
-             kas_recording_rotations_total {}\n",
-            self.records(),
-            self.failures.load(Ordering::Relaxed),
-            self.rotations.load(Ordering::Relaxed),
-        )
+        self.counters.render("recording", "Traffic")
     }
-}
-
-fn rotated_name(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".1");
-    PathBuf::from(name)
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn recorder(path: &std::path::Path, max_file_size: u64, rate: f64, replica: &str) -> Recorder {
+        let config = RecordingConfig {
+            path: Some(path.to_owned()),
+            max_file_size,
+            sample_rate: crate::config::SampleRate(rate),
+        };
+        Recorder::open(&config, replica).unwrap().unwrap()
+    }
 
     fn audit(route: &'static str, path: &str, agent: u64) -> AuditRecord {
         AuditRecord {
@@ -312,16 +284,7 @@ mod tests {
     fn records_carry_classes_and_pseudonyms_and_rotate() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rec.jsonl");
-        let r = Recorder::open(
-            &RecordingConfig {
-                path: Some(path.clone()),
-                max_file_size: 0,
-                sample_rate: crate::config::SampleRate(1.0),
-            },
-            "single",
-        )
-        .unwrap()
-        .unwrap();
+        let r = recorder(&path, 0, 1.0, "single");
         r.connected(4242, "c1");
         r.request(&audit(
             "k8s-proxy",
@@ -346,16 +309,7 @@ mod tests {
 
         // Rotation: each part starts with a header and stays readable.
         let small = dir.path().join("small.jsonl");
-        let r = Recorder::open(
-            &RecordingConfig {
-                path: Some(small.clone()),
-                max_file_size: 600,
-                sample_rate: crate::config::SampleRate(1.0),
-            },
-            "r",
-        )
-        .unwrap()
-        .unwrap();
+        let r = recorder(&small, 600, 1.0, "r");
         for i in 0..20 {
             r.views(i, 1, 1);
         }
@@ -372,16 +326,7 @@ mod tests {
     fn sampling_keeps_whole_agents() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rec.jsonl");
-        let r = Recorder::open(
-            &RecordingConfig {
-                path: Some(path.clone()),
-                max_file_size: 0,
-                sample_rate: crate::config::SampleRate(0.5),
-            },
-            "single",
-        )
-        .unwrap()
-        .unwrap();
+        let r = recorder(&path, 0, 0.5, "single");
         for agent in 1..=200 {
             r.connected(agent, "c");
             r.disconnected(agent, "c");

@@ -9,7 +9,9 @@
 //!   its last open connection closed and it connected again later, the agent goes down then and boots
 //!   again at its next connect (the process model of an agent restart); a final disconnect with no
 //!   later connect is the end of the recording and is not replayed (an agent stays up to the end, as
-//!   the end-of-run invariants expect).
+//!   the end-of-run invariants expect). The restart is a crash: requests still in flight on the
+//!   agent then fail (`connection_lost`), as they would if the agent had died; the simulated network
+//!   (the scenario's `network.latency`) decides how long requests are in flight.
 //! - **requests**: each recorded request arrives at its recorded time for its agent, with its recorded
 //!   request and response body sizes; the agent answers after a think time with the recorded duration
 //!   as its mean (exponential, from the seeded RNG). Requests of one service, class and sizes share a
@@ -25,7 +27,9 @@
 //! with its own agent id and the original's timeline shifted by a seeded offset under one second
 //! (clone 0 is not shifted, so `--scale 1` replays the recording as it was). Each agent's request
 //! rate stays what it was: ten times the agents make ten times the load, which is what "ten times
-//! today's load" means for a kas fleet. Same file, scale and seed ⇒ same trace hash.
+//! today's load" means for a kas fleet. Same file, scale and seed ⇒ same trace hash. A recording
+//! made with `sample_rate` r holds about r of the agents and is replayed as it is: scale it by 1/r to
+//! stand for all of them.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -418,6 +422,12 @@ impl ReplayPlan {
                 .get(RequestOutcome::Response(200).name())
                 .copied()
                 .unwrap_or(0),
+            simulated_outcomes: r
+                .requests
+                .outcomes
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
         }
     }
 }
@@ -444,6 +454,8 @@ pub struct ReplayReport {
     pub simulated_requests: u64,
     /// Of which answered.
     pub simulated_ok: u64,
+    /// Ended requests by outcome.
+    pub simulated_outcomes: BTreeMap<String, u64>,
 }
 
 impl ReplayReport {
@@ -476,6 +488,12 @@ impl ReplayReport {
             p.request_bytes,
             p.response_bytes
         ));
+        let outcomes: Vec<String> = self
+            .simulated_outcomes
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        s.push_str(&format!("  outcomes: {}\n", outcomes.join(" ")));
         for (class, n) in &p.requests {
             s.push_str(&format!("  {class}: {n}\n"));
         }
@@ -508,21 +526,7 @@ impl World {
         };
         match step {
             Step::Down { agent, down_for } => self.agent_crash(agent, down_for),
-            Step::Request { agent, kind } => {
-                let deadline = self.now.plus(self.sc.clients.timeout);
-                let id = self
-                    .ledger
-                    .issue(agent as u64 + 1, kind, self.now, deadline);
-                self.queue
-                    .push(deadline, Ev::RequestDeadline { request: id });
-                let up: Vec<usize> = (0..self.kas.len()).filter(|&k| self.lb_up[k]).collect();
-                if up.is_empty() {
-                    self.complete(id, RequestOutcome::KasUnavailable);
-                    return;
-                }
-                let front = up[self.rng.random_range(0..up.len())];
-                self.dispatch_request(id, Some(front));
-            }
+            Step::Request { agent, kind } => self.issue_request(agent as u64 + 1, kind),
         }
     }
 }
