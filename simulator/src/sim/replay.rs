@@ -20,8 +20,9 @@
 //!   the recorded sizes (the simulated agent answers `cache` requests from its model cluster, whose
 //!   sizes are not the recorded ones, and upgraded sessions are replayed as one exchange of their
 //!   bytes).
-//! - **views traffic**: the recorded rows changed per agent and minute become the clusters'
-//!   `churn_per_minute` (the simulator's views traffic is made by cluster changes).
+//! - **views traffic**: the recorded rows changed per agent and minute (not counting each
+//!   connection's first chunk, the snapshot) become the clusters' `churn_per_minute` (the
+//!   simulator's views traffic is made by cluster changes).
 //!
 //! **Scale** multiplies *agents*: `--scale 10x` replays every recorded agent ten times, each clone
 //! with its own agent id and the original's timeline shifted by a seeded offset under one second
@@ -156,6 +157,8 @@ struct Timeline {
     connects: u64,
     disconnects: u64,
     seen_connection_event: bool,
+    /// Connections whose first views chunk (the snapshot) is still to come.
+    snapshots_pending: u64,
 }
 
 /// The key of a request kind.
@@ -209,6 +212,7 @@ impl ReplayPlan {
                         line.downs.push((down, *t_us));
                     }
                     line.open += 1;
+                    line.snapshots_pending += 1;
                     line.seen_connection_event = true;
                 }
                 Record::Disconnected { t_us, .. } => {
@@ -277,7 +281,12 @@ impl ReplayPlan {
                     }
                 }
                 Record::Views { rows: n, .. } => {
-                    rows += n;
+                    // A connection's first chunk is the snapshot of the whole cache, not churn.
+                    if line.snapshots_pending > 0 {
+                        line.snapshots_pending -= 1;
+                    } else {
+                        rows += n;
+                    }
                     if line.boot.is_none() {
                         line.boot = Some(0);
                     }
@@ -586,6 +595,12 @@ mod tests {
                     rows: 4,
                     bytes: 300,
                 },
+                Record::Views {
+                    t_us: 9_600_000,
+                    agent: "a-1".into(),
+                    rows: 6,
+                    bytes: 200,
+                },
             ],
         }
     }
@@ -620,6 +635,12 @@ mod tests {
                     agent: 1,
                     down_for: Duration::from_secs(2)
                 }));
+        // The snapshot (a connection's first views chunk) is not churn: 6 rows, 2 agents, 9.6 s.
+        assert!(
+            (one.churn_per_minute - 18.75).abs() < 1e-9,
+            "{}",
+            one.churn_per_minute
+        );
         let ten = ReplayPlan::new(&t, "t", Scale(10), 1).unwrap();
         assert_eq!(ten.planned, recorded.scaled(10));
         // Same seed, same plan; another seed shifts the clones.
