@@ -105,6 +105,17 @@ pub struct RecordingOptions {
     pub part: u32,
 }
 
+impl Default for RecordingOptions {
+    /// Every agent, no rotation, the first part.
+    fn default() -> Self {
+        RecordingOptions {
+            sample_rate: 1.0,
+            max_file_size: 0,
+            part: 0,
+        }
+    }
+}
+
 /// The service a request went to (protocol/SERVICES.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -664,16 +675,7 @@ mod tests {
 
     #[test]
     fn a_trace_round_trips_and_counts() {
-        let header = Header::new(
-            "0.1.0",
-            5,
-            "single",
-            RecordingOptions {
-                sample_rate: 1.0,
-                max_file_size: 0,
-                part: 0,
-            },
-        );
+        let header = Header::new("0.1.0", 5, "single", RecordingOptions::default());
         let records = vec![
             Record::Request {
                 t_us: 50,
@@ -734,16 +736,7 @@ mod tests {
             Trace::read(&v2[..]),
             Err(TraceError::Version { found: 2 })
         ));
-        let mut ok = encode_line(&Header::new(
-            "x",
-            0,
-            "r",
-            RecordingOptions {
-                sample_rate: 1.0,
-                max_file_size: 0,
-                part: 0,
-            },
-        ));
+        let mut ok = encode_line(&Header::new("x", 0, "r", RecordingOptions::default()));
         let mut bad = ok.clone();
         bad.extend_from_slice(b"{\"event\":\"nope\"}\n");
         assert!(matches!(

@@ -571,16 +571,7 @@ mod tests {
             duration_us: 3_000,
         };
         Trace {
-            header: Header::new(
-                "0.1.0",
-                0,
-                "single",
-                RecordingOptions {
-                    sample_rate: 1.0,
-                    max_file_size: 0,
-                    part: 0,
-                },
-            ),
+            header: Header::new("0.1.0", 0, "single", RecordingOptions::default()),
             records: vec![
                 c(1_000_000, "a-1"),
                 c(1_500_000, "a-2"),
