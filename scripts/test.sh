@@ -41,6 +41,10 @@ if cargo tree -p protocol -e normal --prefix none | grep -E '^(tokio|smol|async-
     echo "protocol must stay Sans-IO" >&2
     exit 1
 fi
+if cargo tree -p traffic-trace -e normal --prefix none | grep -E '^(tokio|smol|async-io|async-std|mio|async-net|protocol|kas|simulator) v'; then
+    echo "traffic-trace (the recording format kas and the simulator share) must stay pure" >&2
+    exit 1
+fi
 
 echo "== clippy"
 cargo clippy --workspace --all-targets -- -D warnings

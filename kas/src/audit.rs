@@ -199,13 +199,83 @@ enum Sink {
 #[derive(Debug)]
 pub struct AuditLog {
     sink: Mutex<Sink>,
+    /// The traffic recorder this hook feeds too ([`crate::recording`]), when recording.
+    recorder: std::sync::OnceLock<Arc<crate::recording::Recorder>>,
     max_file_size: u64,
+    counters: WriteCounters,
+}
+
+/// What a record file's writer counts (the audit log's and the traffic recording's): records
+/// written, failures (logged at most once a minute), rotations.
+#[derive(Debug)]
+pub(crate) struct WriteCounters {
     records: AtomicU64,
     failures: AtomicU64,
     rotations: AtomicU64,
     /// Seconds since `started` of the last failure logged (rate limit).
     last_failure_log: AtomicU64,
     started: Instant,
+    /// Logged with a failure (`audit log write failed`).
+    failure_message: &'static str,
+}
+
+impl WriteCounters {
+    pub(crate) fn new(failure_message: &'static str) -> Self {
+        WriteCounters {
+            records: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            rotations: AtomicU64::new(0),
+            last_failure_log: AtomicU64::new(0),
+            started: Instant::now(),
+            failure_message,
+        }
+    }
+
+    pub(crate) fn wrote(&self) {
+        self.records.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn rotated(&self) {
+        self.rotations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a failure; logs it unless one was logged less than a minute ago.
+    pub(crate) fn failed(&self, message: &str) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let now = self.started.elapsed().as_secs() + 1;
+        let last = self.last_failure_log.load(Ordering::Relaxed);
+        if (last == 0 || now >= last + Duration::from_secs(60).as_secs())
+            && self
+                .last_failure_log
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(error = message, "{}", self.failure_message);
+        }
+    }
+
+    pub(crate) fn records(&self) -> u64 {
+        self.records.load(Ordering::Relaxed)
+    }
+
+    /// The series `kas_{name}_records_total`, `_failures_total`, `_rotations_total` in the
+    /// Prometheus text format; `noun` starts their help texts.
+    pub(crate) fn render(&self, name: &str, noun: &str) -> String {
+        format!(
+            "# HELP kas_{name}_records_total {noun} records written.\n\
+             # TYPE kas_{name}_records_total counter\n\
+             kas_{name}_records_total {}\n\
+             # HELP kas_{name}_failures_total {noun} records or rotations that failed.\n\
+             # TYPE kas_{name}_failures_total counter\n\
+             kas_{name}_failures_total {}\n\
+             # HELP kas_{name}_rotations_total {noun} file rotations.\n\
+             # TYPE kas_{name}_rotations_total counter\n\
+             kas_{name}_rotations_total {}\n",
+            self.records(),
+            self.failures.load(Ordering::Relaxed),
+            self.rotations.load(Ordering::Relaxed),
+        )
+    }
 }
 
 fn open_append(path: &Path) -> io::Result<(File, u64)> {
@@ -218,12 +288,9 @@ impl AuditLog {
     fn with_sink(sink: Sink, max_file_size: u64) -> Self {
         AuditLog {
             sink: Mutex::new(sink),
+            recorder: std::sync::OnceLock::new(),
             max_file_size,
-            records: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-            rotations: AtomicU64::new(0),
-            last_failure_log: AtomicU64::new(0),
-            started: Instant::now(),
+            counters: WriteCounters::new("audit log write failed"),
         }
     }
 
@@ -254,12 +321,25 @@ impl AuditLog {
         !matches!(*self.lock(), Sink::Off)
     }
 
+    /// Also hands every record to the traffic recorder (the one hook that sees each request end).
+    pub fn set_recorder(&self, recorder: Arc<crate::recording::Recorder>) {
+        let _ = self.recorder.set(recorder);
+    }
+
+    /// Whether requests need a context (the audit log or the traffic recorder is on).
+    pub fn wants_records(&self) -> bool {
+        self.recorder.get().is_some() || self.is_enabled()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Sink> {
         self.sink.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Writes one record (one line).
     pub fn write(&self, record: &AuditRecord) {
+        if let Some(recorder) = self.recorder.get() {
+            recorder.request(record);
+        }
         let mut sink = self.lock();
         if matches!(*sink, Sink::Off) {
             return;
@@ -286,7 +366,7 @@ impl AuditLog {
                         Ok((f, len)) => {
                             *file = f;
                             *written = len;
-                            self.rotations.fetch_add(1, Ordering::Relaxed);
+                            self.counters.rotated();
                         }
                         Err(e) => self.failed(&format!("rotating {}: {e}", path.display())),
                     }
@@ -301,7 +381,7 @@ impl AuditLog {
         drop(sink);
         match result {
             Ok(()) => {
-                self.records.fetch_add(1, Ordering::Relaxed);
+                self.counters.wrote();
             }
             Err(e) => self.failed(&format!("writing a record: {e}")),
         }
@@ -332,40 +412,23 @@ impl AuditLog {
     }
 
     fn failed(&self, message: &str) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-        let now = self.started.elapsed().as_secs() + 1;
-        let last = self.last_failure_log.load(Ordering::Relaxed);
-        if (last == 0 || now >= last + Duration::from_secs(60).as_secs())
-            && self
-                .last_failure_log
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            tracing::warn!(error = message, "audit log write failed");
-        }
+        self.counters.failed(message);
     }
 
     /// Records written since start.
     pub fn records(&self) -> u64 {
-        self.records.load(Ordering::Relaxed)
+        self.counters.records()
     }
 
-    /// The audit log's series in the Prometheus text format.
+    /// The audit log's series in the Prometheus text format (and the traffic recorder's, which
+    /// this hook feeds).
     pub fn render_metrics(&self) -> String {
-        format!(
-            "# HELP kas_audit_records_total Audit records written.\n\
-             # TYPE kas_audit_records_total counter\n\
-             kas_audit_records_total {}\n\
-             # HELP kas_audit_failures_total Audit records or rotations that failed.\n\
-             # TYPE kas_audit_failures_total counter\n\
-             kas_audit_failures_total {}\n\
-             # HELP kas_audit_rotations_total Audit file rotations.\n\
-             # TYPE kas_audit_rotations_total counter\n\
-             kas_audit_rotations_total {}\n",
-            self.records(),
-            self.failures.load(Ordering::Relaxed),
-            self.rotations.load(Ordering::Relaxed),
-        )
+        self.counters.render("audit", "Audit")
+            + &self
+                .recorder
+                .get()
+                .map(|r| r.render_metrics())
+                .unwrap_or_default()
     }
 }
 
@@ -449,7 +512,7 @@ impl Drop for AuditedBody {
     }
 }
 
-fn rotated_name(path: &Path) -> PathBuf {
+pub(crate) fn rotated_name(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".1");
     PathBuf::from(name)

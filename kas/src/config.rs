@@ -44,6 +44,8 @@
 //!   webhook_secret_file: webhook.secret   # POST /api/v1/webhooks/git (X-Gitlab-Token); unset: off
 //! upgrades: { max_sessions_per_agent: 4096, idle_timeout: 4h }   # exec, attach, cp, port-forward
 //! audit: { path: audit.jsonl, max_file_size: 0 }   # `-`: stdout; unset: off; reopened on SIGHUP
+//! recording: { path: traffic.jsonl, max_file_size: 67108864, sample_rate: 1.0 }   # unset: off;
+//!                                     # `kas --record FILE` too; replay: `simulator run --replay FILE`
 //! gitops:                             # manifest projects of the agents' configurations
 //!   poll_period: 20s                  # the push webhook also polls the named repository at once
 //!   fetch_timeout: 30s
@@ -105,7 +107,45 @@ pub struct Config {
     pub upgrades: UpgradesConfig,
     /// The audit log of proxied requests and upgraded sessions ([`crate::audit`]).
     pub audit: AuditConfig,
+    /// The traffic recording for replay in the simulator ([`crate::recording`]); off by default.
+    pub recording: RecordingConfig,
 }
+
+/// The traffic recording ([`crate::recording`]): what kas saw, without secrets, for
+/// `simulator run --replay FILE`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordingConfig {
+    /// The file (relative to the config file; replaced at start); unset: no recording.
+    pub path: Option<PathBuf>,
+    /// Rotate at this many bytes (the previous part kept as `<path>.1`); 0: never. Default 64 MiB.
+    pub max_file_size: u64,
+    /// Fraction of agents recorded, in (0, 1] (each agent whole or not at all); default 1.
+    pub sample_rate: SampleRate,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            max_file_size: 64 * 1024 * 1024,
+            sample_rate: SampleRate(1.0),
+        }
+    }
+}
+
+/// A fraction in (0, 1] (compared by its bits, so the configuration stays `Eq`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SampleRate(pub f64);
+
+impl PartialEq for SampleRate {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for SampleRate {}
 
 /// Upgraded sessions (`kubectl exec`, `attach`, `cp`, `port-forward`; [`crate::api::upgrade`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +199,7 @@ impl Default for Config {
             gitops: GitopsConfig::default(),
             upgrades: UpgradesConfig::default(),
             audit: AuditConfig::default(),
+            recording: RecordingConfig::default(),
             replicas: None,
         }
     }
@@ -1040,6 +1081,9 @@ impl Config {
         {
             fix(audit);
         }
+        if let Some(recording) = &mut self.recording.path {
+            fix(recording);
+        }
         if let Some(tls) = &mut self.api_listener.tls {
             fix(&mut tls.cert_file);
             fix(&mut tls.key_file);
@@ -1113,6 +1157,13 @@ impl Config {
         let mut invalid = |field: &'static str, reason: String| {
             errors.push(ValidationError::InvalidValue { field, reason });
         };
+        let rate = self.recording.sample_rate.0;
+        if !(rate > 0.0 && rate <= 1.0) {
+            invalid(
+                "recording.sample_rate",
+                format!("must be in (0, 1], got {rate}"),
+            );
+        }
         if let AuthBackendConfig::Gitlab(g) = &self.agent_auth.backend {
             match url::Url::parse(&g.url) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}

@@ -84,6 +84,7 @@ pub mod mirrors;
 pub mod peer;
 pub mod poll_schedule;
 pub mod pool;
+pub mod recording;
 pub mod registry;
 pub mod rfc3339;
 pub mod server;

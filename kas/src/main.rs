@@ -139,6 +139,10 @@ struct RunArgs {
     /// The HTTPS API's private key (PEM); needs --api-tls-cert.
     #[arg(long, env = "KAS_API_TLS_KEY", requires = "api_tls_cert")]
     api_tls_key: Option<PathBuf>,
+    /// Record the traffic (connections, request classes and sizes, views; no secrets) to FILE,
+    /// for `simulator run --replay FILE` (overrides `recording.path`).
+    #[arg(long, env = "KAS_RECORD", value_name = "FILE")]
+    record: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -310,6 +314,9 @@ fn load_config(args: &RunArgs) -> anyhow::Result<Config> {
     }
     if let Some(level) = &args.log_level {
         config.log.level = level.clone();
+    }
+    if let Some(file) = &args.record {
+        config.recording.path = Some(file.clone());
     }
     match args.log_format.as_deref() {
         Some("json") => config.log.format = LogFormat::Json,

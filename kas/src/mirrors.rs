@@ -36,6 +36,8 @@ pub const DEFAULT_MAX_AGENTS: usize = 10_000;
 struct Shared {
     table: Mutex<MirrorTable>,
     hub: EventHub,
+    /// The traffic recorder views chunks are reported to ([`crate::recording`]), when recording.
+    recorder: std::sync::OnceLock<Arc<crate::recording::Recorder>>,
 }
 
 /// The mirrors of every agent; cheap to clone (all clones share one table).
@@ -74,8 +76,14 @@ impl Mirrors {
             shared: Arc::new(Shared {
                 table: Mutex::new(MirrorTable::new(config)),
                 hub,
+                recorder: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Reports every applied views chunk to the traffic recorder.
+    pub fn set_recorder(&self, recorder: Arc<crate::recording::Recorder>) {
+        let _ = self.shared.recorder.set(recorder);
     }
 
     fn lock(&self) -> MutexGuard<'_, MirrorTable> {
@@ -168,7 +176,8 @@ impl Mirrors {
     }
 
     /// Publishes what the table reported, rendered under the lock, sent after it is released.
-    fn publish(&self) {
+    /// Publishes the table's events; how many hub events they made.
+    fn publish(&self) -> usize {
         let events = {
             let mut table = self.lock();
             let mut events = Vec::new();
@@ -179,6 +188,7 @@ impl Mirrors {
             events
         };
         self.shared.hub.publish_all(&events);
+        events.len()
     }
 }
 
@@ -268,8 +278,12 @@ impl ViewsLink {
         let Some(stream) = self.stream.as_mut() else {
             return Ok(());
         };
+        let agent_id = stream.agent_id();
         let result = self.mirrors.lock().handle_body(stream, chunk, now);
-        self.mirrors.publish();
+        let rows = self.mirrors.publish();
+        if let Some(recorder) = self.mirrors.shared.recorder.get() {
+            recorder.views(agent_id, rows as u64, chunk.len() as u64);
+        }
         result
     }
 

@@ -126,6 +126,8 @@ struct Shared<C> {
     /// Signalled when a connection was added or removed (the tracker re-publishes).
     changed: async_channel::Sender<()>,
     changed_rx: async_channel::Receiver<()>,
+    /// The traffic recorder connections are reported to ([`crate::recording`]), when recording.
+    recorder: std::sync::OnceLock<Arc<crate::recording::Recorder>>,
 }
 
 /// The registry; cheap to clone (all clones share one state).
@@ -167,8 +169,14 @@ impl<C: Clone + Send + 'static> Registry<C> {
                 kick_rx,
                 changed,
                 changed_rx,
+                recorder: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Reports every connection added and removed to the traffic recorder.
+    pub fn set_recorder(&self, recorder: Arc<crate::recording::Recorder>) {
+        let _ = self.shared.recorder.set(recorder);
     }
 
     fn lock(&self) -> MutexGuard<'_, State<C>> {
@@ -242,8 +250,17 @@ impl<C: Clone + Send + 'static> Registry<C> {
         s.routing
             .handle_connected(entry.agent_id, serial, max_streams, Instant::now())
             .map_err(|_| RegistryError::DuplicateConnection(serial))?;
+        let recorded = self
+            .shared
+            .recorder
+            .get()
+            .map(|r| (r, entry.agent_id, entry.connection_id.clone()));
         s.connections.insert(serial, entry);
         deliver(&mut s);
+        drop(s);
+        if let Some((recorder, agent_id, connection_id)) = recorded {
+            recorder.connected(agent_id, &connection_id);
+        }
         let _ = self.shared.changed.try_send(());
         Ok(())
     }
@@ -269,12 +286,16 @@ impl<C: Clone + Send + 'static> Registry<C> {
     /// says they are lost; their streams fail on their own, since the connection is gone).
     pub fn remove_connection(&self, serial: u64) -> usize {
         let mut s = self.lock();
-        if s.connections.remove(&serial).is_none() {
+        let Some(entry) = s.connections.remove(&serial) else {
             return 0;
-        }
+        };
         let lost = s.routing.connection(&serial).map_or(0, |c| c.load);
         s.routing.handle_closed(&serial, Instant::now());
         deliver(&mut s);
+        drop(s);
+        if let Some(recorder) = self.shared.recorder.get() {
+            recorder.disconnected(entry.agent_id, &entry.connection_id);
+        }
         let _ = self.shared.changed.try_send(());
         lost
     }

@@ -77,6 +77,14 @@ pub enum StartError {
     /// The executor threads could not be started.
     #[error("cannot start threads: {0}")]
     Threads(std::io::Error),
+    /// The traffic recording's file could not be created.
+    #[error("cannot create the traffic recording {path}: {source}")]
+    Recording {
+        /// The configured path.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The audit log's file could not be opened.
     #[error("cannot open the audit log {path}: {source}")]
     Audit {
@@ -235,6 +243,22 @@ impl Kas {
                 path: config.audit.path.clone().unwrap_or_default(),
                 source,
             })?;
+        let recorder = crate::recording::Recorder::open(
+            &config.recording,
+            &config
+                .replicas
+                .as_ref()
+                .map_or_else(|| "single".to_owned(), |r| r.replica_id.to_string()),
+        )
+        .map_err(|source| StartError::Recording {
+            path: config.recording.path.clone().unwrap_or_default(),
+            source,
+        })?
+        .map(Arc::new);
+        if let Some(recorder) = &recorder {
+            audit.set_recorder(recorder.clone());
+            registry.set_recorder(recorder.clone());
+        }
         let state = KasState::new(
             registry,
             directory,
@@ -269,6 +293,9 @@ impl Kas {
             state.events.clone(),
         );
         let state = Arc::new(state.with_gitops(gitops.clone()));
+        if let Some(recorder) = recorder {
+            state.mirrors.set_recorder(recorder);
+        }
 
         let agent_addr = config.agent_listener.address;
         let api_addr = config.api_listener.address;

@@ -12,6 +12,11 @@
 //! faults on a timeline, invariants; pause, step and run) — see `sim::live`; `--paused` starts it
 //! paused, `--speed X` paces it to X× real time, `--hold` keeps serving after the end.
 //!
+//! `simulator run --replay FILE [--scale 10x] [--scenario FILE] [--seed S]` replays a traffic
+//! recording of a real kas (`kas --record FILE`): its agents (times the scale, each clone with its own
+//! id), their connects and disconnects, requests and views traffic, in the world the scenario file
+//! describes (defaults without one) — see `sim::replay`.
+//!
 //! `simulator sweep --scenario FILE --seeds 1..50 [--agents M] [--kas N] [--duration D]` runs many seeds,
 //! stops at the first violation and prints the command that replays it.
 //!
@@ -98,9 +103,10 @@ struct PlanArgs {
 /// What a scenario run can override.
 #[derive(Args, Debug, Clone)]
 struct ScenarioArgs {
-    /// Scenario file (YAML), e.g. simulator/scenarios/faults.yaml.
+    /// Scenario file (YAML), e.g. simulator/scenarios/faults.yaml (optional with --replay: the
+    /// world around the replayed workload; defaults without it).
     #[arg(long, value_name = "FILE")]
-    scenario: PathBuf,
+    scenario: Option<PathBuf>,
     /// Number of agents (overrides the scenario).
     #[arg(long, value_name = "M")]
     agents: Option<usize>,
@@ -114,7 +120,10 @@ struct ScenarioArgs {
 
 impl ScenarioArgs {
     fn load(&self, seed: Option<u64>) -> anyhow::Result<sim::Scenario> {
-        let scenario = sim::Scenario::load(&self.scenario)?;
+        let scenario = match &self.scenario {
+            Some(path) => sim::Scenario::load(path)?,
+            None => anyhow::bail!("--scenario FILE is required (or --replay FILE with `run`)"),
+        };
         let overrides = sim::Overrides {
             seed,
             agents: self.agents,
@@ -126,10 +135,10 @@ impl ScenarioArgs {
 
     /// The command line that replays `seed`.
     fn replay_command(&self, seed: u64) -> String {
-        let mut cmd = format!(
-            "simulator run --scenario {} --seed {seed}",
-            self.scenario.display()
-        );
+        let mut cmd = format!("simulator run --seed {seed}");
+        if let Some(path) = &self.scenario {
+            cmd.push_str(&format!(" --scenario {}", path.display()));
+        }
         if let Some(a) = self.agents {
             cmd.push_str(&format!(" --agents {a}"));
         }
@@ -178,6 +187,13 @@ struct RunArgs {
     /// Cost profile (YAML; default: the built-in `simulator/profiles/default.yaml`).
     #[arg(long, value_name = "FILE")]
     profile: Option<PathBuf>,
+    /// Replay a traffic recording of a real kas (`kas --record FILE`) as the workload.
+    #[arg(long, value_name = "FILE")]
+    replay: Option<PathBuf>,
+    /// With --replay: replay every recorded agent this many times (e.g. 10x: ten times the agents,
+    /// each with the recorded agent's timeline).
+    #[arg(long, value_name = "Nx", requires = "replay", default_value = "1x")]
+    scale: sim::replay::Scale,
 }
 
 #[derive(Args, Debug)]
@@ -252,7 +268,24 @@ fn main() -> anyhow::Result<()> {
 
 fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
     use std::io::IsTerminal as _;
-    let scenario = args.scenario.load(args.seed)?;
+    let (scenario, replay) = match &args.replay {
+        Some(file) => {
+            let base = match &args.scenario.scenario {
+                Some(_) => args.scenario.load(args.seed)?,
+                None => sim::Scenario::default()
+                    .with_overrides(&sim::Overrides {
+                        seed: args.seed,
+                        agents: None,
+                        kas: args.scenario.kas,
+                        duration: None,
+                    })
+                    .context("the default scenario")?,
+            };
+            let plan = sim::replay::ReplayPlan::load(file, args.scale, base.seed)?;
+            (plan.clone().scenario(base)?, Some(plan))
+        }
+        None => (args.scenario.load(args.seed)?, None),
+    };
     let seed = scenario.seed;
     let trace = match &args.trace {
         Some(path) => {
@@ -285,6 +318,9 @@ fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
         None => sim::run(scenario, options),
     };
     print!("{}", outcome.report.summary());
+    if let Some(plan) = &replay {
+        print!("{}", plan.report(&outcome).summary());
+    }
     if let Some(e) = &outcome.trace_error {
         anyhow::bail!("writing the trace failed: {e}");
     }
@@ -302,10 +338,15 @@ fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
     println!("trace hash: {:016x}", outcome.trace_hash);
     if let Some(v) = &outcome.violation {
         println!("VIOLATION: {v}");
-        println!(
-            "replay: {} --trace trace.txt",
-            args.scenario.replay_command(seed)
-        );
+        let mut again = args.scenario.replay_command(seed);
+        if let Some(file) = &args.replay {
+            again.push_str(&format!(
+                " --replay {} --scale {}x",
+                file.display(),
+                args.scale.0
+            ));
+        }
+        println!("replay: {again} --trace trace.txt");
         hold(&args)?;
         std::process::exit(1);
     }

@@ -398,7 +398,8 @@ fn only_get(req: &Request<Incoming>) -> Result<(), ApiError> {
 }
 
 /// Who is asking for what, for the audit log: every authorised request that is not public (a
-/// public read without a token is recorded with no user). `None` when the audit log is off.
+/// public read without a token is recorded with no user). `None` when neither the audit log nor
+/// the traffic recording is on.
 fn audit_context(
     state: &KasState,
     req: &Request<Incoming>,
@@ -406,7 +407,7 @@ fn audit_context(
     grant: &Grant,
     request_id: u64,
 ) -> Option<crate::audit::AuditContext> {
-    if !state.audit.is_enabled() {
+    if !state.audit.wants_records() {
         return None;
     }
     let (user, token_kind, agent_id) = match grant {

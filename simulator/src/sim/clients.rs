@@ -182,6 +182,11 @@ impl World {
             .mix_cdf
             .partition_point(|c| *c <= u)
             .min(self.mix_cdf.len().saturating_sub(1));
+        self.issue_request(agent, kind);
+    }
+
+    /// Issues a request of `kind` for `agent` now, through the load balancer.
+    pub(super) fn issue_request(&mut self, agent: u64, kind: usize) {
         let deadline = self.now.plus(self.sc.clients.timeout);
         let id = self.ledger.issue(agent, kind, self.now, deadline);
         self.queue

@@ -32,6 +32,7 @@
 //! | [`plot`] | the report's curves as SVG |
 //! | [`progress`] | the progress line (the only other wall-clock reader) |
 //! | [`live`] | the live view in the browser (`--serve`): snapshots, pause and step, its HTTP server |
+//! | [`replay`] | a kas recording (`traffic_trace`) as the workload (`--replay FILE --scale 10x`) |
 //!
 //! ## Determinism
 //!
@@ -68,6 +69,7 @@ pub mod plot;
 pub mod profile;
 pub mod progress;
 pub mod queue;
+pub mod replay;
 pub mod report;
 pub mod scenario;
 pub mod trace;

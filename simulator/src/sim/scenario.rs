@@ -84,6 +84,10 @@ pub struct Scenario {
     pub sample_interval: Duration,
     /// Deliberate bugs, to prove the invariant checker catches them.
     pub inject: Injection,
+    /// The workload of a recorded kas, when replaying one (`--replay`, [`super::replay`]); not
+    /// part of scenario files.
+    #[serde(skip)]
+    pub replay: Option<std::sync::Arc<super::replay::ReplayPlan>>,
 }
 
 impl Default for Scenario {
@@ -104,6 +108,7 @@ impl Default for Scenario {
             quiesce: d_s(60),
             sample_interval: d_s(10),
             inject: Injection::default(),
+            replay: None,
         }
     }
 }

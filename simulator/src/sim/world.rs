@@ -135,6 +135,10 @@ pub(super) enum Ev {
     },
     /// The load balancer re-checks which replicas are up.
     LbCheck,
+    /// A replayed agent down or request ([`super::replay`]; index into the plan's steps).
+    Replay {
+        index: usize,
+    },
     /// Metrics sampling and periodic invariant checks.
     Sample,
     /// The end of the run.
@@ -335,10 +339,14 @@ impl World {
 
     /// The initial events.
     fn schedule_start(&mut self) {
-        let spread = self.sc.agent.start_spread;
-        for i in 0..self.agents.len() {
-            let at = SimTime::from_duration(spread.mul_f64(self.rng.random::<f64>()));
-            self.queue.push(at, Ev::Boot { agent: i });
+        if let Some(plan) = self.sc.replay.clone() {
+            self.schedule_replay(&plan);
+        } else {
+            let spread = self.sc.agent.start_spread;
+            for i in 0..self.agents.len() {
+                let at = SimTime::from_duration(spread.mul_f64(self.rng.random::<f64>()));
+                self.queue.push(at, Ev::Boot { agent: i });
+            }
         }
         self.schedule_faults();
         let churn = self.churn_rate();
@@ -467,6 +475,7 @@ impl World {
             } => self.kas_stop(kas, incarnation, fault),
             Ev::LbCheck => self.lb_check(),
             Ev::Balance { kas } => self.balance_step(kas),
+            Ev::Replay { index } => self.replay_step(index),
             Ev::Sample => self.sample(),
             Ev::End => self.check_end(),
         }
@@ -537,6 +546,7 @@ impl World {
             ),
             Ev::LbCheck => tr.event(i, t, "lb-check", "", &[]),
             Ev::Balance { kas } => tr.event(i, t, "balance", "", &[("k", u(*kas))]),
+            Ev::Replay { index } => tr.event(i, t, "replay", "", &[("x", u(*index))]),
             Ev::Sample => tr.event(i, t, "sample", "", &[]),
             Ev::End => tr.event(i, t, "end", "", &[]),
         }
