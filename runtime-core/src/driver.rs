@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_io::{AsyncRead, AsyncWrite};
 
 use crate::runtime::{AsyncTimer, Runtime};
@@ -55,8 +55,11 @@ pub struct Driver<T> {
     /// Made at the first deadline.
     timer: Option<Pin<Box<dyn AsyncTimer>>>,
     armed: Option<Instant>,
-    /// Empty while idle, [`READ_BUFFER_SMALL`] while quiet, [`READ_BUFFER`] while busy.
-    read_buf: Vec<u8>,
+    /// Receive buffer: none while idle, [`READ_BUFFER_SMALL`] while quiet, [`READ_BUFFER`] while busy.
+    /// Filled octets are split off and handed to the session without a copy.
+    read_buf: BytesMut,
+    /// The size `read_buf` is filled to.
+    read_size: usize,
     /// The last time a read filled more than the small buffer holds.
     last_busy: Instant,
     read_closed: bool,
@@ -100,7 +103,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             runtime,
             timer: None,
             armed: None,
-            read_buf: Vec::new(),
+            read_buf: BytesMut::new(),
+            read_size: 0,
             last_busy: Instant::now(),
             read_closed: false,
             out: VecDeque::new(),
@@ -120,14 +124,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         if self.read_closed || self.closed || self.linger.is_some() {
             return Read::Nothing;
         }
-        if self.read_buf.is_empty() {
-            self.read_buf = vec![0u8; READ_BUFFER_SMALL];
+        if self.read_size == 0 {
+            self.read_size = READ_BUFFER_SMALL;
         }
+        let size = self.read_size;
+        // Zero-filled room to read into (futures-io reads into initialised memory); the octets of
+        // earlier reads were split off, so this reuses the allocation once they are consumed.
+        self.read_buf.clear();
+        self.read_buf.resize(size, 0);
         let mut filled = 0;
         let mut eof = false;
         let mut drained = false;
         // Bounded by the buffer: every round fills some of it or ends the loop.
-        while filled < self.read_buf.len() {
+        while filled < size {
             match Pin::new(&mut self.io).poll_read(cx, &mut self.read_buf[filled..]) {
                 Poll::Ready(Ok(0)) => {
                     tracing::debug!("transport reached end of file");
@@ -146,28 +155,31 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 }
             }
         }
+        self.read_buf.truncate(filled);
         if filled > 0 {
-            self.session.handle_input(&self.read_buf[..filled], now);
+            let data = self.read_buf.split().freeze();
+            self.session.handle_input_bytes(data, now);
         }
         if eof {
             self.read_closed = true;
             self.session.handle_eof();
         }
-        let size = self.read_buf.len();
         if filled > READ_BUFFER_SMALL {
             self.last_busy = now;
         }
         if filled == size && size < READ_BUFFER {
             // A full small buffer: this connection is busy.
-            self.read_buf = vec![0u8; READ_BUFFER];
+            self.read_size = READ_BUFFER;
             self.last_busy = now;
         } else if filled == 0 {
             if size > READ_BUFFER_SMALL && now.duration_since(self.last_busy) >= READ_BUFFER_SHRINK
             {
-                self.read_buf = vec![0u8; READ_BUFFER_SMALL];
+                self.read_size = READ_BUFFER_SMALL;
+                self.read_buf = BytesMut::new();
             } else if size <= READ_BUFFER_SMALL {
                 // Nothing to read and quiet: an idle connection holds no receive buffer.
-                self.read_buf = Vec::new();
+                self.read_size = 0;
+                self.read_buf = BytesMut::new();
             }
         }
         if eof {
@@ -189,8 +201,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         if self.read_closed {
             return Discard::Done;
         }
-        if self.read_buf.is_empty() {
-            self.read_buf = vec![0u8; READ_BUFFER_SMALL];
+        if self.read_buf.len() < READ_BUFFER_SMALL {
+            self.read_buf.clear();
+            self.read_buf.resize(READ_BUFFER_SMALL, 0);
         }
         let mut progress = false;
         for _ in 0..BUDGET {

@@ -305,6 +305,14 @@ impl Session {
         s.dispatch();
     }
 
+    /// Octets received from the transport, handed over without a copy (DATA payloads reach the
+    /// streams as slices of `data`).
+    pub fn handle_input_bytes(&self, data: Bytes, now: Instant) {
+        let mut s = self.lock();
+        s.conn.handle_input_bytes(data, now);
+        s.dispatch();
+    }
+
     /// The transport reached end of file or failed.
     pub fn handle_eof(&self) {
         let mut s = self.lock();
