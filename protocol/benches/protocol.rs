@@ -306,10 +306,11 @@ fn main() {
     row("memcpy of 16 KiB (baseline)", memcpy, memcpy);
     row("DATA frame 16 KiB encode + decode", codec, memcpy);
     row(
-        "DATA 16 KiB, header + slice (drivers' way)",
+        "DATA 16 KiB, header+slice, decoder copies",
         vectored,
         memcpy,
     );
+    row("DATA 16 KiB, header+slice, zero-copy read", zero, memcpy);
     row("pair harness, 1 stream, agent -> server", one, memcpy);
     row("pair harness, 64 streams, agent -> server", many, memcpy);
     println!();
