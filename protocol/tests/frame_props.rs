@@ -182,6 +182,56 @@ proptest! {
         prop_assert_eq!(d.buffered(), 0);
     }
 
+    /// Zero-copy input (`feed_bytes`) mixed with copied input (`feed`) at arbitrary cuts decodes
+    /// the same frames, and DATA payloads decoded from a whole frame in zero-copy input are slices
+    /// of it (same memory).
+    #[test]
+    fn zero_copy_input_decodes_the_same(frames in prop::collection::vec(frame(), 1..8), splits in prop::collection::vec(any::<prop::sample::Index>(), 0..10), zero_copy in prop::collection::vec(any::<bool>(), 12)) {
+        let mut wire = Vec::new();
+        for f in &frames {
+            wire.extend_from_slice(&f.to_bytes());
+        }
+        let wire = bytes::Bytes::from(wire);
+        let mut cuts: Vec<usize> = splits.iter().map(|i| i.index(wire.len() + 1)).collect();
+        cuts.push(0);
+        cuts.push(wire.len());
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut d = Decoder::new(MAX_FRAME_SIZE_LIMIT, MAX_FRAME_SIZE_LIMIT);
+        let mut out = Vec::new();
+        for (k, w) in cuts.windows(2).enumerate() {
+            let part = wire.slice(w[0]..w[1]);
+            let whole_buffer_empty = d.buffered() == 0;
+            if zero_copy[k % zero_copy.len()] {
+                d.feed_bytes(part.clone());
+            } else {
+                d.feed(&part);
+            }
+            // Offset in `part` of the next frame while every frame so far lay wholly in `part`.
+            let mut offset = (zero_copy[k % zero_copy.len()] && whole_buffer_empty).then_some(0usize);
+            while let Some(f) = d.decode().expect("valid input") {
+                let len = f.to_bytes().len();
+                if let Some(o) = offset {
+                    if o + len <= part.len() {
+                        if let Frame::Data { data, .. } = &f
+                            && !data.is_empty()
+                        {
+                            let start = part.as_ptr() as usize;
+                            let p = data.as_ptr() as usize;
+                            prop_assert!((start..start + part.len()).contains(&p), "payload was copied");
+                        }
+                        offset = Some(o + len);
+                    } else {
+                        offset = None;
+                    }
+                }
+                out.push(f);
+            }
+        }
+        prop_assert_eq!(out, frames);
+        prop_assert_eq!(d.buffered(), 0);
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic(input in prop::collection::vec(any::<u8>(), 0..4096), max in 0u32..70_000) {
         let mut d = Decoder::new(max, max);

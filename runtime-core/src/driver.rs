@@ -2,7 +2,8 @@
 //! futures-io byte stream and the runtime's timer ([`crate::runtime`]), so both runtimes run exactly
 //! the same loop:
 //!
-//! 1. read what the transport has into a buffer → `handle_input` (or `handle_eof` at EOF/error) —
+//! 1. read what the transport has into a buffer (several reads, until the buffer is full or the
+//!    transport has nothing more) → one `handle_input` (or `handle_eof` at EOF/error) —
 //!    unless the connection wants no input: answers to the peer's earlier input are piling up
 //!    untransmitted because the peer does not read, so the driver stops reading too until they are
 //!    written (back-pressure: the peer's sends block in TCP, and kas's memory stays bounded);
@@ -23,15 +24,19 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_io::{AsyncRead, AsyncWrite};
 
 use crate::runtime::{AsyncTimer, Runtime};
 use crate::session::Session;
 
-/// Receive buffer size. Pages are only touched as far as reads fill them, so idle connections stay
-/// small.
+/// Receive buffer size of a busy connection (one that filled its small buffer).
 pub const READ_BUFFER: usize = 64 * 1024;
+/// Receive buffer size of a quiet connection. An idle connection holds none at all: the buffer is
+/// allocated when the driver reads and released when a read finds nothing while it is this small.
+pub const READ_BUFFER_SMALL: usize = 4 * 1024;
+/// A large receive buffer that has not been filled for this long shrinks back to small.
+pub const READ_BUFFER_SHRINK: Duration = Duration::from_secs(2);
 /// How much transmit output the driver takes from the connection at once.
 pub const WRITE_BATCH: usize = 512 * 1024;
 /// Most slices in one vectored write.
@@ -50,7 +55,13 @@ pub struct Driver<T> {
     /// Made at the first deadline.
     timer: Option<Pin<Box<dyn AsyncTimer>>>,
     armed: Option<Instant>,
-    read_buf: Box<[u8]>,
+    /// Receive buffer: none while idle, [`READ_BUFFER_SMALL`] while quiet, [`READ_BUFFER`] while busy.
+    /// Filled octets are split off and handed to the session without a copy.
+    read_buf: BytesMut,
+    /// The size `read_buf` is filled to.
+    read_size: usize,
+    /// The last time a read filled more than the small buffer holds.
+    last_busy: Instant,
     read_closed: bool,
     out: VecDeque<Bytes>,
     out_len: usize,
@@ -62,6 +73,18 @@ pub struct Driver<T> {
     input_paused: bool,
     /// Our direction of the transport is shut down; what the peer still sends is discarded.
     shut_down: bool,
+}
+
+/// What one [`Driver::read`] gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// Not reading (closed or lingering).
+    Nothing,
+    /// The transport has nothing more for now (whatever was read has been handled); its waker is
+    /// registered, so reading again in this poll would only repeat a failing system call.
+    Drained,
+    /// Input was read and more may be waiting, or the transport ended: go round again.
+    Progress,
 }
 
 /// What discarding the peer's last octets gave.
@@ -80,7 +103,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             runtime,
             timer: None,
             armed: None,
-            read_buf: vec![0u8; READ_BUFFER].into_boxed_slice(),
+            read_buf: BytesMut::new(),
+            read_size: 0,
+            last_busy: Instant::now(),
             read_closed: false,
             out: VecDeque::new(),
             out_len: 0,
@@ -93,28 +118,78 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         }
     }
 
-    fn read(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
+    /// Reads what the transport has (several reads, up to the buffer's size) and hands it to the
+    /// session in one call: one lock, one dispatch and one wake-up per stream for many TLS records.
+    fn read(&mut self, cx: &mut Context<'_>, now: Instant) -> Read {
         if self.read_closed || self.closed || self.linger.is_some() {
-            return false;
+            return Read::Nothing;
         }
-        match Pin::new(&mut self.io).poll_read(cx, &mut self.read_buf) {
-            Poll::Ready(Ok(0)) => {
-                tracing::debug!("transport reached end of file");
-                self.read_closed = true;
-                self.session.handle_eof();
-                true
+        if self.read_size == 0 {
+            self.read_size = READ_BUFFER_SMALL;
+        }
+        let size = self.read_size;
+        // Zero-filled room to read into (futures-io reads into initialised memory); the octets of
+        // earlier reads were split off, so this reuses the allocation once they are consumed.
+        self.read_buf.clear();
+        self.read_buf.resize(size, 0);
+        let mut filled = 0;
+        let mut eof = false;
+        let mut drained = false;
+        // Bounded by the buffer: every round fills some of it or ends the loop.
+        while filled < size {
+            match Pin::new(&mut self.io).poll_read(cx, &mut self.read_buf[filled..]) {
+                Poll::Ready(Ok(0)) => {
+                    tracing::debug!("transport reached end of file");
+                    eof = true;
+                    break;
+                }
+                Poll::Ready(Ok(n)) => filled += n,
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!(error = %e, "transport read failed");
+                    eof = true;
+                    break;
+                }
+                Poll::Pending => {
+                    drained = true;
+                    break;
+                }
             }
-            Poll::Ready(Ok(n)) => {
-                self.session.handle_input(&self.read_buf[..n], now);
-                true
+        }
+        self.read_buf.truncate(filled);
+        if filled > 0 {
+            let data = self.read_buf.split().freeze();
+            self.session.handle_input_bytes(data, now);
+        }
+        if eof {
+            self.read_closed = true;
+            self.session.handle_eof();
+        }
+        if filled > READ_BUFFER_SMALL {
+            self.last_busy = now;
+        }
+        if filled == size && size < READ_BUFFER {
+            // A full small buffer: this connection is busy.
+            self.read_size = READ_BUFFER;
+            self.last_busy = now;
+        } else if filled == 0 {
+            if size > READ_BUFFER_SMALL && now.duration_since(self.last_busy) >= READ_BUFFER_SHRINK
+            {
+                self.read_size = READ_BUFFER_SMALL;
+                self.read_buf = BytesMut::new();
+            } else if size <= READ_BUFFER_SMALL {
+                // Nothing to read and quiet: an idle connection holds no receive buffer.
+                self.read_size = 0;
+                self.read_buf = BytesMut::new();
             }
-            Poll::Ready(Err(e)) => {
-                tracing::debug!(error = %e, "transport read failed");
-                self.read_closed = true;
-                self.session.handle_eof();
-                true
-            }
-            Poll::Pending => false,
+        }
+        if eof {
+            Read::Progress
+        } else if drained {
+            // The transport's waker is registered: new input wakes the task.
+            Read::Drained
+        } else {
+            // The buffer filled up: there may be more.
+            Read::Progress
         }
     }
 
@@ -125,6 +200,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     fn discard(&mut self, cx: &mut Context<'_>) -> Discard {
         if self.read_closed {
             return Discard::Done;
+        }
+        if self.read_buf.len() < READ_BUFFER_SMALL {
+            self.read_buf.clear();
+            self.read_buf.resize(READ_BUFFER_SMALL, 0);
         }
         let mut progress = false;
         for _ in 0..BUDGET {
@@ -219,9 +298,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
         let this = self.get_mut();
         let span = this.session.span().clone();
         let _entered = span.enter();
+        let mut drained = false;
         for _ in 0..BUDGET {
             let now = this.runtime.now();
-            let mut progress = !this.input_paused && this.read(cx, now);
+            let mut progress = false;
+            if !this.input_paused && !drained {
+                match this.read(cx, now) {
+                    Read::Progress => progress = true,
+                    Read::Drained => drained = true,
+                    Read::Nothing => {}
+                }
+            }
             let step = this.session.step(
                 now,
                 cx.waker(),
@@ -229,7 +316,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
                 &mut this.out_len,
                 WRITE_BATCH,
             );
-            progress |= this.write(cx);
+            let failed_before = this.write_failed;
+            this.write(cx);
+            // Another round for the writer only if the write failed (the session must see it) or
+            // the batch is out and the session has more; a pending write has registered the
+            // transport's waker, and commands that produce output wake the task (registered in
+            // `step`).
+            progress |= this.write_failed != failed_before
+                || (step.more_output && this.out.is_empty() && !this.need_flush);
             // A change between paused (no input wanted) and reading.
             if this.input_paused == step.wants_input {
                 if this.input_paused {
@@ -282,16 +376,26 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
                 if d <= now {
                     progress = true;
                 } else {
+                    // Every input moves the idle and keepalive deadlines later; a timer armed
+                    // earlier is left as it is (it fires, finds nothing due, and is re-armed at
+                    // the later deadline), so that busy connections do not touch the runtime's
+                    // timer structures on every read.
                     let timer = match &mut this.timer {
                         Some(t) => {
-                            if this.armed != Some(d) {
-                                t.as_mut().reset(d);
+                            match this.armed {
+                                Some(a) if a <= d => {}
+                                _ => {
+                                    t.as_mut().reset(d);
+                                    this.armed = Some(d);
+                                }
                             }
                             t
                         }
-                        None => this.timer.insert(this.runtime.new_timer(d)),
+                        None => {
+                            this.armed = Some(d);
+                            this.timer.insert(this.runtime.new_timer(d))
+                        }
                     };
-                    this.armed = Some(d);
                     if timer.as_mut().poll(cx).is_ready() {
                         this.armed = None;
                         progress = true;

@@ -25,7 +25,7 @@
 //! ```text
 //!  application tasks                         driver task (one per connection)
 //!  ─────────────────                         ────────────────────────────────
-//!  Stream::poll_write       ─┐               read transport ─▶ Session::handle_input
+//!  Stream::poll_write       ─┐               read transport ─▶ Session::handle_input_bytes (zero-copy)
 //!  Stream::poll_read        ─┼─▶ Session ◀── Session::step: timers, transmit batch, register waker
 //!  ConnectionHandle::open   ─┘   (Mutex)     write batch (vectored) ─▶ flush ─▶ sleep until deadline
 //!            ▲                      │

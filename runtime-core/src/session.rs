@@ -20,7 +20,7 @@ use protocol::{
 
 use crate::error::Error;
 use crate::observer::{ConnectionEvent, Initiator, Observer, Observers};
-use crate::wakers::{WakerList, register, wake};
+use crate::wakers::{DeferScope, WakerList, register, wake};
 
 /// Most octets one `poll_write` copies: larger writes take several calls, which keeps every buffer
 /// below the allocator's mmap threshold (allocating and unmapping 256 KiB buffers per write costs more
@@ -99,6 +99,8 @@ pub struct Step {
     /// Whether the connection wants more input ([`Connection::wants_input`]): false while answers
     /// to the peer's input pile up untransmitted, and the driver stops reading until they are gone.
     pub wants_input: bool,
+    /// Output is left that did not fit in this step's batch: step again once the batch is written.
+    pub more_output: bool,
 }
 
 /// Everything behind the session's mutex.
@@ -125,9 +127,12 @@ pub(crate) struct Shared {
 
 /// The session's lock. Releasing it hands the connection events the locked call produced to the
 /// observers, outside the lock and in protocol order ([`crate::observer`]).
+/// Wake-ups made under the lock are delivered after it is released ([`DeferScope`]).
 pub(crate) struct Locked<'a> {
     guard: Option<MutexGuard<'a, Shared>>,
     inner: &'a Mutex<Shared>,
+    /// Dropped after the guard (fields drop after `Drop::drop`, which releases the lock).
+    _defer: DeferScope,
 }
 
 impl std::ops::Deref for Locked<'_> {
@@ -252,9 +257,11 @@ impl Session {
     }
 
     pub(crate) fn lock(&self) -> Locked<'_> {
+        let defer = DeferScope::new();
         Locked {
             guard: Some(self.inner.lock().unwrap_or_else(PoisonError::into_inner)),
             inner: &self.inner,
+            _defer: defer,
         }
     }
 
@@ -295,6 +302,14 @@ impl Session {
     pub fn handle_input(&self, data: &[u8], now: Instant) {
         let mut s = self.lock();
         s.conn.handle_input(data, now);
+        s.dispatch();
+    }
+
+    /// Octets received from the transport, handed over without a copy (DATA payloads reach the
+    /// streams as slices of `data`).
+    pub fn handle_input_bytes(&self, data: Bytes, now: Instant) {
+        let mut s = self.lock();
+        s.conn.handle_input_bytes(data, now);
         s.dispatch();
     }
 
@@ -971,6 +986,7 @@ impl Shared {
             finished: self.conn.is_closed() && !self.conn.has_pending_transmit(),
             closed: self.conn.is_closed(),
             wants_input: self.conn.wants_input(),
+            more_output: self.conn.has_pending_transmit(),
         }
     }
 }

@@ -399,7 +399,11 @@ fn encode_msg<M: Message>(m: &M, out: &mut BytesMut) {
 /// meaningless, so every later call returns the same error.
 #[derive(Debug)]
 pub struct Decoder {
+    /// Undecoded octets that were copied in ([`Decoder::feed`]) or left over from `input`.
     buf: BytesMut,
+    /// Undecoded octets handed over without a copy ([`Decoder::feed_bytes`]); frames are sliced out
+    /// of it. Invariant: non-empty only while `buf` is empty.
+    input: Bytes,
     max_payload: u32,
     max_header: u32,
     poisoned: Option<FrameError>,
@@ -412,6 +416,7 @@ impl Decoder {
     pub fn new(max_payload: u32, max_header: u32) -> Decoder {
         Decoder {
             buf: BytesMut::new(),
+            input: Bytes::new(),
             max_payload: max_payload.min(MAX_FRAME_SIZE_LIMIT),
             max_header: max_header.min(MAX_FRAME_SIZE_LIMIT),
             poisoned: None,
@@ -421,17 +426,46 @@ impl Decoder {
     /// Appends received bytes.
     pub fn feed(&mut self, data: &[u8]) {
         if self.poisoned.is_none() {
+            self.copy_input();
             self.buf.extend_from_slice(data);
+        }
+    }
+
+    /// Appends received bytes without copying them when nothing is buffered: the frames decoded
+    /// from `data` are slices of it (DATA payloads reach the application without a copy), and only
+    /// a frame that `data` holds part of is copied, to be completed by later input.
+    pub fn feed_bytes(&mut self, data: Bytes) {
+        if self.poisoned.is_some() || data.is_empty() {
+            return;
+        }
+        if self.buf.is_empty() && self.input.is_empty() {
+            self.input = data;
+        } else {
+            self.copy_input();
+            self.buf.extend_from_slice(&data);
+        }
+    }
+
+    /// Moves the zero-copy input into the copy buffer.
+    fn copy_input(&mut self) {
+        if !self.input.is_empty() {
+            debug_assert!(self.buf.is_empty(), "input is only held while buf is empty");
+            self.buf.extend_from_slice(&self.input);
+            self.input = Bytes::new();
         }
     }
 
     /// Octets received but not yet decoded.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.input.len()
     }
 
     /// Removes `n` raw octets from the front of the buffer if they are all there (used for the preface).
     pub fn take_raw(&mut self, n: usize) -> Option<Bytes> {
+        if self.input.len() >= n {
+            return Some(self.input.split_to(n));
+        }
+        self.copy_input();
         if self.buf.len() >= n {
             Some(self.buf.split_to(n).freeze())
         } else {
@@ -448,6 +482,7 @@ impl Decoder {
             Err(e) => {
                 self.poisoned = Some(e.clone());
                 self.buf.clear();
+                self.input = Bytes::new();
                 Err(e)
             }
             ok => ok,
@@ -455,7 +490,11 @@ impl Decoder {
     }
 
     fn decode_inner(&mut self) -> Result<Option<Frame>, FrameError> {
-        let Some(hdr_bytes) = self.buf.get(..HEADER_LEN) else {
+        let from_input = !self.input.is_empty();
+        let pending: &[u8] = if from_input { &self.input } else { &self.buf };
+        let Some(hdr_bytes) = pending.get(..HEADER_LEN) else {
+            // A partial header: keep it for the next input.
+            self.copy_input();
             return Ok(None);
         };
         let mut raw = [0u8; HEADER_LEN];
@@ -492,12 +531,19 @@ impl Decoder {
             check_header(kind, &header)?;
         }
         let total = HEADER_LEN + header.length as usize;
-        if self.buf.len() < total {
-            self.buf.reserve(total - self.buf.len());
-            return Ok(None);
-        }
-        self.buf.advance(HEADER_LEN);
-        let payload = self.buf.split_to(header.length as usize).freeze();
+        let payload = if from_input && self.input.len() >= total {
+            // The whole frame is in the zero-copy input: slice it out.
+            self.input.advance(HEADER_LEN);
+            self.input.split_to(header.length as usize)
+        } else {
+            self.copy_input();
+            if self.buf.len() < total {
+                self.buf.reserve(total - self.buf.len());
+                return Ok(None);
+            }
+            self.buf.advance(HEADER_LEN);
+            self.buf.split_to(header.length as usize).freeze()
+        };
         match known {
             None => Ok(Some(Frame::Unknown {
                 kind: header.kind,

@@ -296,6 +296,24 @@ impl Connection {
         }
         self.stats.bytes_received += data.len() as u64;
         self.decoder.feed(data);
+        self.process_input(data, now);
+    }
+
+    /// Feeds octets received from the transport, handed over without a copy: DATA payloads are
+    /// delivered as slices of `data` (see [`Decoder::feed_bytes`]). Same effect as
+    /// [`handle_input`](Self::handle_input).
+    pub fn handle_input_bytes(&mut self, data: Bytes, now: Instant) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.stats.bytes_received += data.len() as u64;
+        let view = data.clone();
+        self.decoder.feed_bytes(data);
+        self.process_input(&view, now);
+    }
+
+    /// Decodes and handles what the decoder holds after `data` was fed to it.
+    fn process_input(&mut self, data: &[u8], now: Instant) {
         if !self.preface_seen {
             match self.decoder.take_raw(PREFACE.len()) {
                 None => {
