@@ -382,6 +382,11 @@ impl World {
         );
         // Bounded by the queue: every event is due no later than the end event, which stops the loop.
         while let Some((t, ev)) = self.queue.pop() {
+            if let Ev::ConnTimer { flow, side } = ev
+                && self.stale_timer(t, flow, side)
+            {
+                continue;
+            }
             self.now = t;
             self.now_i = self.clock.instant(t);
             self.trace_event(&ev);
@@ -802,6 +807,38 @@ impl World {
             self.pump(fid, side);
         } else {
             self.maybe_remove_flow(fid);
+        }
+    }
+
+    /// Jumps from deadline to deadline: a connection timer event whose endpoint is gone, or whose
+    /// deadline moved later since the event was queued (the endpoint received something, which
+    /// re-armed its keepalive and idle timers), would find nothing due — `handle_timeout` fires no
+    /// timer and the pump has nothing to move — so it is not an event at all: it is re-queued at the
+    /// endpoint's current deadline, without a trace line. An idle connection thus costs exactly the
+    /// events of its real keepalive exchange (timer → PING → PONG).
+    fn stale_timer(&mut self, t: SimTime, fid: u64, side: Side) -> bool {
+        let clock = self.clock;
+        let Some(flow) = self.flows.get_mut(&fid) else {
+            return true;
+        };
+        let Some(end) = (match side {
+            Side::Agent => flow.a.live_mut().map(|e| (&e.conn, &mut e.timer_at)),
+            Side::Kas => flow.k.live_mut().map(|e| (&e.conn, &mut e.timer_at)),
+        }) else {
+            return true;
+        };
+        let (conn, timer_at) = end;
+        match conn.poll_timeout().map(|d| clock.to_sim(d)) {
+            Some(due) if due <= t => false,
+            Some(due) => {
+                *timer_at = Some(due);
+                self.queue.push(due, Ev::ConnTimer { flow: fid, side });
+                true
+            }
+            None => {
+                *timer_at = None;
+                true
+            }
         }
     }
 
