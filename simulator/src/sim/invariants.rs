@@ -220,16 +220,19 @@ impl World {
 
     /// After every event: the flow-control bounds of every connection the event touched.
     pub(super) fn check_event(&mut self) {
-        let pumped = std::mem::take(&mut self.pumped);
-        if self.violation.is_some() {
-            return;
-        }
-        for fid in pumped {
-            if let Some(p) = self.flow_problem(fid) {
-                self.violate("flow-control", p);
-                return;
+        let mut pumped = std::mem::take(&mut self.pumped);
+        pumped.sort_unstable();
+        pumped.dedup();
+        if self.violation.is_none() {
+            for fid in pumped.iter().copied() {
+                if let Some(p) = self.flow_problem(fid) {
+                    self.violate("flow-control", p);
+                    break;
+                }
             }
         }
+        pumped.clear();
+        self.pumped = pumped;
     }
 
     /// Whether agent `i`'s views are checked against the oracle after every change (its cached

@@ -219,8 +219,9 @@ pub(super) struct World {
     pub patterns: Patterns,
     /// Endpoints touched by the current event, pumped once it is handled.
     pub dirty: BTreeSet<(u64, Side)>,
-    /// Flows pumped during the current event: their flow-control bounds are checked after it.
-    pub pumped: BTreeSet<u64>,
+    /// Flows pumped during the current event (with repeats): their flow-control bounds are checked
+    /// after it, in flow order. A vector that keeps its allocation: no allocation per event.
+    pub pumped: Vec<u64>,
     /// Chunks transmitted so far (counts for [`Injection::corrupt_transmit`](super::scenario::Injection)).
     pub transmits: u64,
     /// Watch events delivered to agents so far (for the watch-event injections).
@@ -310,7 +311,7 @@ impl World {
             mix_cdf,
             patterns: Patterns::new(usize::try_from(max_body).unwrap_or(0)),
             dirty: BTreeSet::new(),
-            pumped: BTreeSet::new(),
+            pumped: Vec::new(),
             transmits: 0,
             watch_events: 0,
             injected: BTreeSet::new(),
@@ -585,7 +586,7 @@ impl World {
     /// events, `Closed` among them); then closes the socket if the connection is over, or arms the
     /// endpoint's timer.
     pub fn pump(&mut self, fid: u64, side: Side) {
-        self.pumped.insert(fid);
+        self.pumped.push(fid);
         // Each round handles at least one event or ends; handlers add a bounded number of events.
         for _ in 0..1_000_000u32 {
             while let Some(ev) = self.next_event(fid, side) {
