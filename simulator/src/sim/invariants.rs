@@ -240,7 +240,7 @@ impl World {
     /// evenly spread sample of that many in larger ones, so the per-event views checks cost the same
     /// at 100,000 agents as at 1,000. Every agent is checked in full at the end of the run.
     pub(super) fn views_watched(&self, i: usize) -> bool {
-        i % self.agents.len().div_ceil(VIEWS_WATCHED).max(1) == 0
+        i.is_multiple_of(self.agents.len().div_ceil(VIEWS_WATCHED).max(1))
     }
 
     /// After agent `i`'s cache took a change: its incremental views equal the oracle's (watched

@@ -9,9 +9,11 @@
 //! The transport mechanics live here: [`World::pump`] hands a connection's events to the agent or kas
 //! logic and then [`World::flush`]es what it wants to send onto its link (each transmit becomes one
 //! `Deliver` event at its arrival time) and (re)arms its timer. Timers are lazy: an endpoint has at most
-//! one timer event it relies on (`timer_at`); when a deadline moves later, the old event fires, finds
-//! nothing due and re-arms, so an idle connection costs a few events per keepalive interval and
-//! nothing else.
+//! one timer event it relies on (`timer_at`); when a deadline moves later, the old queue entry comes
+//! out, finds nothing due and is put back at the new deadline without being an event (no trace line,
+//! no pump: `World::stale_timer`), so an idle connection costs exactly the events of its keepalive
+//! exchange — the timer that sends the PING and the deliveries of the PING and the PONG, processed
+//! by the real `Connection`s — and nothing in between.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
