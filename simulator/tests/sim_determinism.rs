@@ -40,3 +40,48 @@ fn the_hash_does_not_depend_on_keeping_the_lines() {
     assert_eq!(kept.trace_hash, hashed.trace_hash);
     assert!(hashed.trace_lines.is_empty());
 }
+
+/// A large-ish run (1,200 agents: more than the per-event views checks watch, a crash, a rolling restart,
+/// churn and traffic over a quarter of an hour) is deterministic too: two runs, one hash. The same
+/// scenario shape as the speed benchmark's (`scripts/sim-speed.sh`), at a size the test suite affords.
+#[test]
+fn a_large_run_is_deterministic() {
+    const LARGE: &str = r#"
+name: large
+duration: 15m
+agents: 1000
+kas:
+  replicas: 3
+  balance: { tolerance: 1.1, target: 1.0, interval: 10s, max_step_fraction: 0.05 }
+agent: { start_spread: 1m, load_balancing: round_robin }
+network: { latency: 30ms, latency_spread: 0.5, jitter: 2ms, bandwidth: 10MB }
+cluster: { nodes: 2, namespaces: 2, pods_per_namespace: 3, deployments_per_namespace: 1, churn_per_minute: 2 }
+clients: { rate: 20, start: 1m, timeout: 30s }
+faults:
+  - { kind: kas_crash, at: 3m, kas: 1, down_for: 30s, silent: true }
+  - { kind: rolling_restart, at: 6m, grace: 20s, down_for: 10s, interval: 20s }
+quiesce: 60s
+sample_interval: 30s
+"#;
+    // More agents than the per-event views checks watch: the run exercises the sampled checks.
+    const AGENTS: usize = 1200;
+    const { assert!(AGENTS > simulator::sim::invariants::VIEWS_WATCHED) };
+    let large = || {
+        let mut s = scenario(LARGE, 11);
+        s.agents = AGENTS;
+        s
+    };
+    let a = sim_common::run_plain(large());
+    let b = sim_common::run_plain(large());
+    assert!(a.violation.is_none(), "{:?}", a.violation);
+    assert!(
+        a.events > 200_000,
+        "the world did something: {} events",
+        a.events
+    );
+    assert_eq!(
+        (a.trace_hash, a.events),
+        (b.trace_hash, b.events),
+        "same seed, same trace"
+    );
+}

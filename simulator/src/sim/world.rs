@@ -9,9 +9,11 @@
 //! The transport mechanics live here: [`World::pump`] hands a connection's events to the agent or kas
 //! logic and then [`World::flush`]es what it wants to send onto its link (each transmit becomes one
 //! `Deliver` event at its arrival time) and (re)arms its timer. Timers are lazy: an endpoint has at most
-//! one timer event it relies on (`timer_at`); when a deadline moves later, the old event fires, finds
-//! nothing due and re-arms, so an idle connection costs a few events per keepalive interval and
-//! nothing else.
+//! one timer event it relies on (`timer_at`); when a deadline moves later, the old queue entry comes
+//! out, finds nothing due and is put back at the new deadline without being an event (no trace line,
+//! no pump: `World::stale_timer`), so an idle connection costs exactly the events of its keepalive
+//! exchange — the timer that sends the PING and the deliveries of the PING and the PONG, processed
+//! by the real `Connection`s — and nothing in between.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -226,8 +228,9 @@ pub(super) struct World {
     pub patterns: Patterns,
     /// Endpoints touched by the current event, pumped once it is handled.
     pub dirty: BTreeSet<(u64, Side)>,
-    /// Flows pumped during the current event: their flow-control bounds are checked after it.
-    pub pumped: BTreeSet<u64>,
+    /// Flows pumped during the current event (with repeats): their flow-control bounds are checked
+    /// after it, in flow order. A vector that keeps its allocation: no allocation per event.
+    pub pumped: Vec<u64>,
     /// Chunks transmitted so far (counts for [`Injection::corrupt_transmit`](super::scenario::Injection)).
     pub transmits: u64,
     /// Watch events delivered to agents so far (for the watch-event injections).
@@ -321,7 +324,7 @@ impl World {
             mix_cdf,
             patterns: Patterns::new(usize::try_from(max_body).unwrap_or(0)),
             dirty: BTreeSet::new(),
-            pumped: BTreeSet::new(),
+            pumped: Vec::new(),
             transmits: 0,
             watch_events: 0,
             injected: BTreeSet::new(),
@@ -399,6 +402,11 @@ impl World {
         );
         // Bounded by the queue: every event is due no later than the end event, which stops the loop.
         while let Some((t, ev)) = self.queue.pop() {
+            if let Ev::ConnTimer { flow, side } = ev
+                && self.stale_timer(t, flow, side)
+            {
+                continue;
+            }
             self.now = t;
             self.now_i = self.clock.instant(t);
             self.trace_event(&ev);
@@ -599,7 +607,7 @@ impl World {
     /// events, `Closed` among them); then closes the socket if the connection is over, or arms the
     /// endpoint's timer.
     pub fn pump(&mut self, fid: u64, side: Side) {
-        self.pumped.insert(fid);
+        self.pumped.push(fid);
         // Each round handles at least one event or ends; handlers add a bounded number of events.
         for _ in 0..1_000_000u32 {
             while let Some(ev) = self.next_event(fid, side) {
@@ -821,6 +829,38 @@ impl World {
             self.pump(fid, side);
         } else {
             self.maybe_remove_flow(fid);
+        }
+    }
+
+    /// Jumps from deadline to deadline: a connection timer event whose endpoint is gone, or whose
+    /// deadline moved later since the event was queued (the endpoint received something, which
+    /// re-armed its keepalive and idle timers), would find nothing due — `handle_timeout` fires no
+    /// timer and the pump has nothing to move — so it is not an event at all: it is re-queued at the
+    /// endpoint's current deadline, without a trace line. An idle connection thus costs exactly the
+    /// events of its real keepalive exchange (timer → PING → PONG).
+    fn stale_timer(&mut self, t: SimTime, fid: u64, side: Side) -> bool {
+        let clock = self.clock;
+        let Some(flow) = self.flows.get_mut(&fid) else {
+            return true;
+        };
+        let Some(end) = (match side {
+            Side::Agent => flow.a.live_mut().map(|e| (&e.conn, &mut e.timer_at)),
+            Side::Kas => flow.k.live_mut().map(|e| (&e.conn, &mut e.timer_at)),
+        }) else {
+            return true;
+        };
+        let (conn, timer_at) = end;
+        match conn.poll_timeout().map(|d| clock.to_sim(d)) {
+            Some(due) if due <= t => false,
+            Some(due) => {
+                *timer_at = Some(due);
+                self.queue.push(due, Ev::ConnTimer { flow: fid, side });
+                true
+            }
+            None => {
+                *timer_at = None;
+                true
+            }
         }
     }
 

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The simulator's speed benchmark: runs the speed scenarios in the release build and prints a table of
+# wall time, CPU time, simulated/real ratio, events per second, peak RSS and trace hash, with the
+# machine. Not a test: it asserts nothing (README "Simulator speed" shows its output).
+#
+#   scripts/sim-speed.sh                      # capacity (10k x 1 h), day (10k x 24 h), 100k (100k x 1 h)
+#   scripts/sim-speed.sh steady capacity      # any scenarios under simulator/scenarios/, by name
+#   SIM_SPEED_TIMEOUT=1800 scripts/sim-speed.sh   # per-run bound in seconds (default 1800)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scenarios=("$@")
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(capacity day 100k)
+limit="${SIM_SPEED_TIMEOUT:-1800}"
+
+command -v /usr/bin/time >/dev/null 2>&1 || { echo "needs /usr/bin/time (Debian package time)" >&2; exit 1; }
+cargo build --release -q -p simulator
+bin=target/release/simulator
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "date: $(date -u +%Y-%m-%d)  commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+echo
+printf '| %-9s | %7s | %4s | %9s | %9s | %8s | %7s | %11s | %9s | %-16s | %s\n' \
+    scenario agents kas simulated wall cpu 'sim/wall' events 'events/s' 'trace hash' 'peak RSS |'
+printf '|%s|\n' '-----------|---------|------|-----------|-----------|----------|---------|-------------|-----------|------------------|----------'
+for name in "${scenarios[@]}"; do
+    file="simulator/scenarios/$name.yaml"
+    [ -f "$file" ] || { echo "no scenario $file" >&2; exit 1; }
+    status=0
+    timeout "$limit" /usr/bin/time -f 'TIME %e %U %S %M' "$bin" run --scenario "$file" --quiet \
+        >"$out/$name.out" 2>"$out/$name.err" || status=$?
+    line=$(grep -m1 '^scenario ' "$out/$name.out" || true)
+    agents=$(sed -E 's/.*: ([0-9]+) agents.*/\1/' <<<"$line")
+    kas=$(sed -E 's/.* ([0-9]+) kas.*/\1/' <<<"$line")
+    sim=$(sed -E 's/.* ([0-9.]+)s simulated.*/\1/' <<<"$line")
+    events=$(grep -m1 '^events: ' "$out/$name.out" | awk '{print $2}')
+    hash=$(grep -m1 '^trace hash: ' "$out/$name.out" | awk '{print $3}')
+    read -r _ wall user sys rss < <(grep '^TIME ' "$out/$name.err" | tail -1) || true
+    if [ "$status" -ne 0 ] && [ -z "$hash" ]; then
+        printf '| %-9s | failed (exit %s; bound %ss): %s\n' "$name" "$status" "$limit" \
+            "$(grep -v '^TIME ' "$out/$name.err" | tail -1)"
+        continue
+    fi
+    verdict=$(grep -qx 'all invariants held' "$out/$name.out" && echo '' || echo ' (VIOLATION)')
+    awk -v n="$name" -v a="$agents" -v k="$kas" -v s="$sim" -v w="$wall" -v u="$user" -v y="$sys" \
+        -v e="$events" -v h="$hash" -v r="$rss" -v v="$verdict" 'BEGIN {
+        printf "| %-9s | %7d | %4d | %8.0fs | %8.1fs | %7.1fs | %6.0fx | %11d | %9.0f | %-16s | %6.0f MiB%s |\n",
+            n, a, k, s, w, u + y, s / w, e, e / w, h, r / 1024, v }'
+done
+echo
+echo "wall: elapsed time; cpu: user + system time of the run (the machine may be shared: cpu is the figure"
+echo "that does not depend on other load); sim/wall: simulated seconds per wall-clock second."
