@@ -25,6 +25,7 @@
 //! head came yet, else the response is cut short; never a hang (every wait is bounded).
 
 mod client;
+mod relay;
 mod server;
 
 use std::collections::BTreeSet;
@@ -42,8 +43,8 @@ use crate::state::KasState;
 use crate::tracker::Tracker;
 use crate::users::UserIdentity;
 
-pub use client::PeerClient;
-pub use server::{PeerServer, Secret};
+pub use client::{PeerClient, PoolLimits};
+pub use server::{CONTROL_PREFIX, PeerServer, Secret};
 
 /// Marks a request that came from another replica (a request extension): its deadline, and that it
 /// is never forwarded again.
@@ -155,9 +156,10 @@ pub struct Request<'a> {
     pub deadline: Instant,
     /// Set when the request came from another replica.
     pub forwarded: Option<Forwarded>,
-    /// Served only by a connection of this replica, never forwarded: an upgraded session
-    /// (`kubectl exec`, `port-forward`), whose bytes after the `101` the private API does not carry.
-    pub local_only: bool,
+    /// The client's upgrade (`kubectl exec`, `port-forward`), if it asks for one. Forwarded, the
+    /// request asks the holder to upgrade too; on its `101` this is taken and the session carried
+    /// between the client and the holder ([`crate::api::upgrade::switched_via_replica`]).
+    pub upgrade: &'a mut Option<crate::api::upgrade::ClientUpgrade>,
 }
 
 /// Routes a proxied request: the routing policy decides between a connection here and a replica
@@ -169,18 +171,12 @@ pub async fn route(
     span: &tracing::Span,
 ) -> Result<Route, RequestFailure> {
     let agent_id = req.user.agent_id;
-    // A request that must stay here counts as forwarded without limit: the policy never forwards it
-    // (it waits for a connection here until its deadline, then 503).
-    let hops = if req.local_only {
-        u8::MAX
-    } else {
-        u8::from(req.forwarded.is_some())
-    };
+    // A request another replica forwarded is never forwarded again (the policy's `max_hops`).
+    let hops = u8::from(req.forwarded.is_some());
     let mut skip = BTreeSet::new();
     // Bounded: each round leaves one more replica out, and there are finitely many.
     loop {
         if let (Some(r), None) = (&state.replicas, req.forwarded)
-            && !req.local_only
             && !state.registry.has_live_connection(agent_id)
         {
             refresh_holders_skipping(state, &r.tracker, &r.peers, agent_id, &skip).await;
@@ -302,6 +298,7 @@ impl Replicas {
                 replica.0
             );
         }
+        s.push_str(&self.peers.render_metrics());
         s
     }
 }
