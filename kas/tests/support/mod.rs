@@ -302,14 +302,9 @@ async fn serve_stream(script: Script, conn: Connection, head_in: RequestHead, st
             );
             let mut w: &Stream = &stream;
             // Bounded by the stream: every iteration takes a chunk of it or ends.
-            loop {
-                match stream.read_chunk(64 * 1024).await {
-                    Some(Ok(b)) => {
-                        if w.write_all(&b).await.is_err() {
-                            return;
-                        }
-                    }
-                    _ => break,
+            while let Some(Ok(b)) = stream.read_chunk(64 * 1024).await {
+                if w.write_all(&b).await.is_err() {
+                    return;
                 }
             }
             let _ = w.write_all(b"bye\n").await;
