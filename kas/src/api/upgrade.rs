@@ -277,18 +277,26 @@ pub fn switched(
             _ => tracing::debug!(name = %h.name, "dropping an invalid response header"),
         }
     }
-    headers.insert(
+    Ok(start(state, resp, upgrade, Far::Stream(stream, lease), span))
+}
+
+/// Marks `resp` (a `101`) as an upgrade and spawns the session with the `far` end.
+fn start(
+    state: &Arc<KasState>,
+    mut resp: Response<ResponseBody>,
+    upgrade: ClientUpgrade,
+    far: Far,
+    span: &tracing::Span,
+) -> Response<ResponseBody> {
+    resp.headers_mut().insert(
         http::header::CONNECTION,
         HeaderValue::from_static("Upgrade"),
     );
     state.upgrades.started.fetch_add(1, Ordering::Relaxed);
-    state.spawner.spawn_detached(session(
-        state.clone(),
-        upgrade,
-        Far::Stream(stream, lease),
-        span.clone(),
-    ));
-    Ok(resp)
+    state
+        .spawner
+        .spawn_detached(session(state.clone(), upgrade, far, span.clone()));
+    resp
 }
 
 /// The client's `101` for the `101` of the replica holding the agent (the session was forwarded
@@ -316,18 +324,7 @@ pub fn switched_via_replica(
             headers.append(n.clone(), v.clone());
         }
     }
-    headers.insert(
-        http::header::CONNECTION,
-        HeaderValue::from_static("Upgrade"),
-    );
-    state.upgrades.started.fetch_add(1, Ordering::Relaxed);
-    state.spawner.spawn_detached(session(
-        state.clone(),
-        upgrade,
-        Far::Replica(on_upgrade),
-        span.clone(),
-    ));
-    resp
+    start(state, resp, upgrade, Far::Replica(on_upgrade), span)
 }
 
 /// How a session ended.
