@@ -277,7 +277,13 @@ pub fn switched(
             _ => tracing::debug!(name = %h.name, "dropping an invalid response header"),
         }
     }
-    Ok(start(state, resp, upgrade, Far::Stream(stream, lease), span))
+    Ok(start(
+        state,
+        resp,
+        upgrade,
+        Far::Stream(stream, lease),
+        span,
+    ))
 }
 
 /// Marks `resp` (a `101`) as an upgrade and spawns the session with the `far` end.

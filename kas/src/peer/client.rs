@@ -146,7 +146,17 @@ pub struct PeerClient {
     pool: Arc<Pool>,
     /// Event relay streams open now ([`super::relay`]).
     relays: AtomicU64,
+    /// Holders read from Redis per agent, and when ([`HOLDERS_TTL`]).
+    holders: Mutex<HashMap<u64, (Instant, Vec<Entry>)>>,
 }
+
+/// How long the holders of an agent read from Redis serve further requests to it without reading
+/// again. A holder that left the agent in the meantime answers `not-held` (or cannot be reached)
+/// and the request reads Redis again; no holders at all is never remembered.
+pub const HOLDERS_TTL: Duration = Duration::from_secs(1);
+
+/// Agents whose holders are remembered at most (beyond, the expired ones are forgotten, then all).
+const MAX_CACHED_AGENTS: usize = 100_000;
 
 impl std::fmt::Debug for PeerClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -177,6 +187,7 @@ impl PeerClient {
             urls: Mutex::new(BTreeMap::new()),
             pool: Arc::new(Pool::default()),
             relays: AtomicU64::new(0),
+            holders: Mutex::new(HashMap::new()),
         }
     }
 
@@ -258,6 +269,30 @@ impl PeerClient {
         for e in entries {
             urls.insert(e.replica, e.url.clone());
         }
+    }
+
+    /// `agent_id`'s holders read within [`HOLDERS_TTL`] of `now`.
+    pub fn cached_holders(&self, agent_id: u64, now: Instant) -> Option<Vec<Entry>> {
+        let map = self.holders.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&agent_id)
+            .filter(|(at, _)| now.saturating_duration_since(*at) < HOLDERS_TTL)
+            .map(|(_, entries)| entries.clone())
+    }
+
+    /// Remembers `agent_id`'s holders as read from Redis at `now` (forgets them if there are none).
+    pub fn cache_holders(&self, agent_id: u64, entries: &[Entry], now: Instant) {
+        let mut map = self.holders.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.is_empty() {
+            map.remove(&agent_id);
+            return;
+        }
+        if map.len() >= MAX_CACHED_AGENTS {
+            map.retain(|_, (at, _)| now.saturating_duration_since(*at) < HOLDERS_TTL);
+            if map.len() >= MAX_CACHED_AGENTS {
+                map.clear();
+            }
+        }
+        map.insert(agent_id, (now, entries.to_vec()));
     }
 
     fn url(&self, replica: ReplicaId) -> Option<String> {

@@ -122,6 +122,7 @@ async fn refresh_holders_skipping(
     let Ok(entries) = smol::unblock(move || t.holders(agent_id)).await else {
         return;
     };
+    peers.cache_holders(agent_id, &entries, Instant::now());
     let entries: Vec<_> = entries
         .into_iter()
         .filter(|e| !skip.contains(&e.replica))
@@ -179,7 +180,20 @@ pub async fn route(
         if let (Some(r), None) = (&state.replicas, req.forwarded)
             && !state.registry.has_live_connection(agent_id)
         {
-            refresh_holders_skipping(state, &r.tracker, &r.peers, agent_id, &skip).await;
+            // The holders read for an earlier request serve for a moment (not after one of them
+            // failed this request: then Redis is read again).
+            match r
+                .peers
+                .cached_holders(agent_id, Instant::now())
+                .filter(|_| skip.is_empty())
+            {
+                Some(entries) => state
+                    .registry
+                    .set_holders(agent_id, &crate::tracker::as_policy_holders(&entries)),
+                None => {
+                    refresh_holders_skipping(state, &r.tracker, &r.peers, agent_id, &skip).await;
+                }
+            }
         }
         let routed = state
             .registry
@@ -201,6 +215,7 @@ pub async fn route(
                 tracing::debug!(parent: span, %replica, why, "holder skipped");
                 skip.insert(replica);
                 state.registry.set_holders(agent_id, &[]);
+                r.peers.cache_holders(agent_id, &[], Instant::now());
                 if req.body.is_none() && req.has_body {
                     // The body went to the holder that refused it: nothing to send again.
                     return Ok(Route::Answered(Err(ApiError::new(
