@@ -212,6 +212,32 @@ fn any_replica_reaches_any_agent() {
     let full = support::metric(&text, "kas_peer_connections_total{tls=\"full\"}").unwrap();
     assert!(reused >= 3.0, "{text}");
     assert_eq!(full, 2.0, "{text}");
+    // Two requests at once need a second connection to replica 2: it resumes the TLS session.
+    while scripts[1].seen.try_recv().is_ok() {}
+    let url = format!(
+        "{}/api/v1/namespaces/default/after-release",
+        kas[0].k8s_proxy_url()
+    );
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let (url, bearer) = (url.clone(), env.admin_bearer(2));
+            std::thread::spawn(move || get(&url, Some(&bearer)))
+        })
+        .collect();
+    scripts[1].wait_for("request");
+    scripts[1].wait_for("request");
+    scripts[1].release();
+    scripts[1].release();
+    for h in held {
+        let reply = h.join().unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.body, "released");
+    }
+    let text = support::metrics(&kas[0]);
+    let resumed = support::metric(&text, "kas_peer_connections_total{tls=\"resumed\"}").unwrap();
+    let full = support::metric(&text, "kas_peer_connections_total{tls=\"full\"}").unwrap();
+    assert!(resumed >= 1.0, "{text}");
+    assert_eq!(full, 2.0, "{text}");
     eventually("every replica's load is read", || {
         let text = support::metrics(&kas[0]);
         (1..=3)

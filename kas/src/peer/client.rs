@@ -3,9 +3,9 @@
 //!
 //! **Connection pool.** Connections to each replica are kept alive and reused ([`Pool`]): a request
 //! takes the most recently used idle connection of its replica, or dials a new one (TCP, then TLS,
-//! which resumes the session of an earlier connection when it can: rustls' client session cache and
-//! the server's session store, both on by default); once its response has been read to the end the
-//! connection goes back to the pool. The pool is bounded per replica ([`PoolLimits`]: beyond
+//! which resumes the session of an earlier connection to the same replica when it can: a session
+//! cache per replica, since the replicas share one server name, and the server's session store);
+//! once its response has been read to the end the connection goes back to the pool. The pool is bounded per replica ([`PoolLimits`]: beyond
 //! `max_idle_per_replica` the oldest idle connection is closed), an idle connection is closed after
 //! `idle_timeout`, and a connection that failed (or was upgraded) never returns. A pooled connection
 //! may turn out dead only when used (the other replica restarted or closed it as idle): hyper then
@@ -139,7 +139,11 @@ impl Pool {
 pub struct PeerClient {
     replica: ReplicaId,
     secret: Secret,
-    tls: futures_rustls::TlsConnector,
+    /// The TLS configuration every replica's connector starts from.
+    tls: Arc<futures_rustls::rustls::ClientConfig>,
+    /// One connector per replica, each with its own TLS session cache: the replicas share one
+    /// server name, and a session one replica issued cannot be resumed with another.
+    connectors: Mutex<HashMap<ReplicaId, futures_rustls::TlsConnector>>,
     server_name: futures_rustls::pki_types::ServerName<'static>,
     find_timeout: Duration,
     urls: Mutex<BTreeMap<ReplicaId, String>>,
@@ -154,6 +158,9 @@ pub struct PeerClient {
 /// again. A holder that left the agent in the meantime answers `not-held` (or cannot be reached)
 /// and the request reads Redis again; no holders at all is never remembered.
 pub const HOLDERS_TTL: Duration = Duration::from_secs(1);
+
+/// TLS sessions remembered per replica (a TLS 1.3 ticket resumes one connection).
+const SESSIONS_PER_REPLICA: usize = 64;
 
 /// Agents whose holders are remembered at most (beyond, the expired ones are forgotten, then all).
 const MAX_CACHED_AGENTS: usize = 100_000;
@@ -181,7 +188,8 @@ impl PeerClient {
         PeerClient {
             replica,
             secret,
-            tls: futures_rustls::TlsConnector::from(Arc::new(config)),
+            tls: Arc::new(config),
+            connectors: Mutex::new(HashMap::new()),
             server_name,
             find_timeout,
             urls: Mutex::new(BTreeMap::new()),
@@ -295,6 +303,20 @@ impl PeerClient {
         map.insert(agent_id, (now, entries.to_vec()));
     }
 
+    /// `replica`'s TLS connector (its own session cache, made on first use).
+    fn connector(&self, replica: ReplicaId) -> futures_rustls::TlsConnector {
+        let mut map = self.connectors.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(replica)
+            .or_insert_with(|| {
+                let mut config = (*self.tls).clone();
+                config.resumption = futures_rustls::rustls::client::Resumption::in_memory_sessions(
+                    SESSIONS_PER_REPLICA,
+                );
+                futures_rustls::TlsConnector::from(Arc::new(config))
+            })
+            .clone()
+    }
+
     fn url(&self, replica: ReplicaId) -> Option<String> {
         self.urls
             .lock()
@@ -321,7 +343,7 @@ impl PeerClient {
                 .map_err(|e| format!("connecting to {replica} at {authority}: {e}"))?;
             let _ = tcp.set_nodelay(true);
             let io = self
-                .tls
+                .connector(replica)
                 .connect(self.server_name.clone(), tcp)
                 .await
                 .map_err(|e| format!("TLS with {replica} at {authority}: {e}"))?;
