@@ -353,6 +353,55 @@ fn holder_killed_mid_request_then_agent_reconnects_elsewhere() {
     r3.shutdown();
 }
 
+/// A holder restarted on the same private address: the gateway's pooled connections to the old
+/// process are dead; requests after the restart reach the new one (a dead pooled connection is
+/// left, or hands the request back unsent and it goes on a new connection), none fails.
+#[test]
+fn a_holder_restarted_behind_pooled_connections_is_reached() {
+    let (env, redis) = setup();
+    let r1 = start_replica(&env, &redis, 1, "replicas.secret");
+    let private = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let start_r2 = || {
+        let mut config = env.config.clone();
+        let mut replicas = replicas_config(&env, &redis, 2, "replicas.secret");
+        replicas.private_address = private;
+        config.replicas = Some(replicas);
+        Kas::start_with(
+            config,
+            StartOptions {
+                threads: 2,
+                shutdown_grace: Duration::from_secs(5),
+                api_tls: None,
+            },
+        )
+        .unwrap()
+    };
+    let r2 = start_r2();
+    let script = Script::new("agent-1");
+    let agent = FakeAgent::connect(&env, &r2, 1, &script);
+    eventually("published", || {
+        (!redis.hgetall(&holders_key(1)).is_empty()).then_some(())
+    });
+    for _ in 0..3 {
+        assert_eq!(pods(&env, &r1, 1).status, 200);
+    }
+    eventually("a pooled connection to replica 2", || {
+        (support::metric(&support::metrics(&r1), "kas_peer_pool_idle") >= Some(1.0)).then_some(())
+    });
+    drop(agent);
+    drop(r2);
+    let r2 = start_r2();
+    let script = Script::new("agent-1-again");
+    let _agent = FakeAgent::connect(&env, &r2, 1, &script);
+    for _ in 0..3 {
+        let reply = pods(&env, &r1, 1);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.json()["agent"], "agent-1-again");
+    }
+    r1.shutdown();
+    r2.shutdown();
+}
+
 #[test]
 fn stale_entry_to_a_dead_replica_is_skipped() {
     let (env, redis) = setup();
