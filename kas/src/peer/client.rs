@@ -148,7 +148,7 @@ pub struct PeerClient {
     find_timeout: Duration,
     urls: Mutex<BTreeMap<ReplicaId, String>>,
     pool: Arc<Pool>,
-    /// Event relay streams open now ([`super::relay`]).
+    /// Event relay streams open now (`relay.rs`).
     relays: AtomicU64,
     /// Holders read from Redis per agent, and when ([`HOLDERS_TTL`]).
     holders: Mutex<HashMap<u64, (Instant, Vec<Entry>)>>,
@@ -213,7 +213,7 @@ impl PeerClient {
         self.relays.store(n as u64, Ordering::Relaxed);
     }
 
-    /// Opens the stream of every event `replica` publishes itself ([`super::relay`]).
+    /// Opens the stream of every event `replica` publishes itself (`relay.rs`).
     pub(super) async fn open_events(
         &self,
         state: &KasState,

@@ -3,8 +3,9 @@
 //!
 //! **Why HTTP/1.1 (hyper) over TLS, not HTTP/2 or the tunnel protocol.** hyper is already kas's HTTP
 //! server; its HTTP/1 client needs no new dependency and no tokio runtime (hyper's HTTP/2 goes through
-//! `h2`, which needs tokio's I/O traits in kas's tree), and one TCP connection per forwarded request
-//! gets flow control both ways from TCP itself (a slow client slows only its own request). The tunnel
+//! `h2`, which needs tokio's I/O traits in kas's tree), and one TCP connection per request in flight
+//! gets flow control both ways from TCP itself (a slow client slows only its own request);
+//! connections are pooled and reused one request after another (`client.rs`). The tunnel
 //! protocol would need a second kind of peer on the agent listener and the reverse direction (replica
 //! to replica) that it was not built for. See docs/replicas.md.
 //!
@@ -23,6 +24,12 @@
 //! or cannot be reached within the find timeout is left out and the policy asked again (a request
 //! with a body only when nothing was sent yet). A holder that dies mid-request: `502` if no response
 //! head came yet, else the response is cut short; never a hang (every wait is bounded).
+//!
+//! **Upgraded sessions** (`kubectl exec`, `port-forward`) travel the same way with
+//! `Connection: Upgrade`; on the holder's `101` both replicas hand their connections over and the
+//! bytes flow client ↔ gateway ↔ holder ↔ agent stream ([`crate::api::upgrade`]).
+//!
+//! **Events** of every replica reach every replica's hub through relay streams (`relay.rs`).
 
 mod client;
 mod relay;

@@ -140,7 +140,7 @@ impl PeerServer {
         }
     }
 
-    /// Accepts connections until `stop` closes; runs the event relays ([`super::relay`]) too.
+    /// Accepts connections until `stop` closes; runs the event relays (`relay.rs`) too.
     pub async fn run(self, state: Arc<KasState>, stop: async_channel::Receiver<()>) {
         state
             .spawner
