@@ -13,7 +13,7 @@
 //! reached the other replica is never sent again.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -150,6 +150,8 @@ pub struct PeerClient {
     pool: Arc<Pool>,
     /// Event relay streams open now (`relay.rs`).
     relays: AtomicU64,
+    /// Whether connections are pooled and holders remembered ([`PeerClient::set_pooling`]).
+    pooling: AtomicBool,
     /// Holders read from Redis per agent, and when ([`HOLDERS_TTL`]).
     holders: Mutex<HashMap<u64, (Instant, Vec<Entry>)>>,
 }
@@ -195,6 +197,7 @@ impl PeerClient {
             urls: Mutex::new(BTreeMap::new()),
             pool: Arc::new(Pool::default()),
             relays: AtomicU64::new(0),
+            pooling: AtomicBool::new(true),
             holders: Mutex::new(HashMap::new()),
         }
     }
@@ -206,6 +209,17 @@ impl PeerClient {
             ..Pool::default()
         });
         self
+    }
+
+    /// Turns pooling off (every request dials a new connection, resuming the TLS session, and
+    /// reads its holders from Redis: the cost of a hop without the pool) or back on. On by
+    /// default; for benchmarks (`kas-demo`'s `replica_hop` example measures both in one run).
+    pub fn set_pooling(&self, on: bool) {
+        self.pooling.store(on, Ordering::SeqCst);
+    }
+
+    fn pooling(&self) -> bool {
+        self.pooling.load(Ordering::SeqCst)
     }
 
     /// Records how many event relay streams are open.
@@ -281,6 +295,9 @@ impl PeerClient {
 
     /// `agent_id`'s holders read within [`HOLDERS_TTL`] of `now`.
     pub fn cached_holders(&self, agent_id: u64, now: Instant) -> Option<Vec<Entry>> {
+        if !self.pooling() {
+            return None;
+        }
         let map = self.holders.lock().unwrap_or_else(|e| e.into_inner());
         map.get(&agent_id)
             .filter(|(at, _)| now.saturating_duration_since(*at) < HOLDERS_TTL)
@@ -391,7 +408,12 @@ impl PeerClient {
         request: http::Request<ResponseBody>,
     ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
         let mut request = request;
-        if let Some(mut sender) = self.pool.take(replica, Instant::now()) {
+        let pooled = if self.pooling() {
+            self.pool.take(replica, Instant::now())
+        } else {
+            None
+        };
+        if let Some(mut sender) = pooled {
             match sender.try_send_request(request).await {
                 Ok(resp) => {
                     self.pool.reused.fetch_add(1, Ordering::Relaxed);
@@ -425,6 +447,9 @@ impl PeerClient {
     /// request); a connection that ends instead (failed, upgraded, closed) is dropped. Closes it
     /// after the idle timeout if nobody took it.
     fn release(&self, state: &KasState, replica: ReplicaId, mut sender: Sender) {
+        if !self.pooling() {
+            return;
+        }
         let pool = self.pool.clone();
         let spawner = state.spawner.clone();
         state.spawner.spawn_detached(async move {
