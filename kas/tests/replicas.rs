@@ -120,8 +120,12 @@ fn write_secrets(dir: &Path) {
 }
 
 fn start_replica(env: &Env, redis: &Redis, id: u32, secret_file: &str) -> Running {
+    start_with_replicas(env, replicas_config(env, redis, id, secret_file))
+}
+
+fn start_with_replicas(env: &Env, replicas: ReplicasConfig) -> Running {
     let mut config = env.config.clone();
-    config.replicas = Some(replicas_config(env, redis, id, secret_file));
+    config.replicas = Some(replicas);
     Kas::start_with(
         config,
         StartOptions {
@@ -362,19 +366,9 @@ fn a_holder_restarted_behind_pooled_connections_is_reached() {
     let r1 = start_replica(&env, &redis, 1, "replicas.secret");
     let private = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let start_r2 = || {
-        let mut config = env.config.clone();
         let mut replicas = replicas_config(&env, &redis, 2, "replicas.secret");
         replicas.private_address = private;
-        config.replicas = Some(replicas);
-        Kas::start_with(
-            config,
-            StartOptions {
-                threads: 2,
-                shutdown_grace: Duration::from_secs(5),
-                api_tls: None,
-            },
-        )
-        .unwrap()
+        start_with_replicas(&env, replicas)
     };
     let r2 = start_r2();
     let script = Script::new("agent-1");
