@@ -1,9 +1,12 @@
 //! Benchmark: what a request pays for landing on a replica that does not hold its agent. Two kas
 //! replicas on one `redis-server`; agent 2 is connected to replica 2 only. The same small request
-//! (`GET /k8s-proxy/version`, answered by the simulated API server behind agentk) goes alternately
-//! straight to replica 2 and to replica 1, which forwards it over the private API to replica 2.
+//! (`GET /k8s-proxy/version`, answered by the simulated API server behind agentk) goes in turn
+//! straight to replica 2, to replica 1 which forwards it over the private API to replica 2 on a
+//! pooled connection, and to replica 1 with its pool turned off (`PeerClient::set_pooling`: a new
+//! connection and a Redis read per request, as before the pool).
 //!
-//! `cargo run --release -p kas-demo --example replica_hop [N]` prints p50/p99/mean for both, same run.
+//! `cargo run --release -p kas-demo --example replica_hop [N]` prints p50/p99/mean for the three,
+//! same run.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,26 +61,46 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Ok(t.elapsed())
     };
-    // Warm up both paths (TLS sessions to kas, discovery in agentk's client).
+    let peers = replicas[0]
+        .peer_client()
+        .ok_or("replica 1 has no private API client")?;
+    let unpooled = |url: &str| {
+        peers.set_pooling(false);
+        let t = call(url);
+        peers.set_pooling(true);
+        t
+    };
+    // Warm up the paths (TLS sessions to kas, discovery in agentk's client).
     for _ in 0..50 {
         call(&direct_url)?;
         call(&hop_url)?;
+        unpooled(&hop_url)?;
     }
-    let (mut direct, mut hop) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    // Bounded: N pairs, each bounded by the client's 30 s timeout.
+    let (mut direct, mut hop, mut hop_unpooled) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    // Bounded: N rounds, each request bounded by the client's 30 s timeout.
     for _ in 0..n {
         direct.push(call(&direct_url)?);
         hop.push(call(&hop_url)?);
+        hop_unpooled.push(unpooled(&hop_url)?);
     }
     direct.sort();
     hop.sort();
+    hop_unpooled.sort();
     let mean = |v: &[Duration]| v.iter().sum::<Duration>() / v.len() as u32;
     println!("{n} requests each, GET /k8s-proxy/version for agent 2 (held by replica 2)");
     println!("| path | p50 ms | p99 ms | mean ms |");
     println!("|---|---|---|---|");
     for (name, v) in [
         ("direct (replica 2, holds the agent)", &direct),
-        ("via replica 1 → private API → replica 2", &hop),
+        ("via replica 1 → private API → replica 2 (pooled)", &hop),
+        (
+            "via replica 1 → private API → replica 2 (pool off)",
+            &hop_unpooled,
+        ),
     ] {
         println!(
             "| {name} | {} | {} | {} |",
@@ -86,11 +109,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ms(mean(v))
         );
     }
-    println!(
-        "hop overhead: p50 +{} ms, p99 +{} ms",
-        ms(percentile(&hop, 0.5).saturating_sub(percentile(&direct, 0.5))),
-        ms(percentile(&hop, 0.99).saturating_sub(percentile(&direct, 0.99)))
-    );
+    for (name, v) in [("pooled", &hop), ("pool off", &hop_unpooled)] {
+        println!(
+            "hop overhead ({name}): p50 +{} ms, p99 +{} ms",
+            ms(percentile(v, 0.5).saturating_sub(percentile(&direct, 0.5))),
+            ms(percentile(v, 0.99).saturating_sub(percentile(&direct, 0.99)))
+        );
+    }
     demo.shutdown();
     Ok(())
 }

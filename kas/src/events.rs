@@ -153,6 +153,9 @@ pub enum Event {
     },
 }
 
+/// Every [`Event::kind`] (what [`EventHub::publish_relayed`] accepts).
+pub const EVENT_KINDS: [&str; 5] = ["view", "object", "agent", "gitops", "config"];
+
 impl Event {
     /// The agent the event is about.
     pub fn agent_id(&self) -> u64 {
@@ -239,6 +242,8 @@ pub struct Published {
     pub agent_id: u64,
     /// [`Event::to_json`], serialised.
     pub data: String,
+    /// Published by another replica and relayed here ([`EventHub::publish_relayed`]).
+    pub relayed: bool,
 }
 
 /// Which agents' events a subscriber receives.
@@ -282,6 +287,9 @@ pub enum SubscribeError {
 
 struct Subscriber {
     scope: Scope,
+    /// Takes only the events published here (not relayed from another replica): another
+    /// replica's relay ([`EventHub::subscribe_local`]).
+    local_only: bool,
     tx: async_channel::Sender<Arc<Published>>,
     lagged: Arc<AtomicBool>,
     owner: Owner,
@@ -391,7 +399,21 @@ impl EventHub {
         scope: Scope,
         owner: impl Into<Owner>,
     ) -> Result<Subscription, SubscribeError> {
-        let owner = owner.into();
+        self.subscribe_with(scope, owner.into(), false)
+    }
+
+    /// Subscribes another replica's relay (`owner`) to every event published here, and to none
+    /// relayed from elsewhere (an event crosses one hop at most: no loops, no echoes).
+    pub fn subscribe_local(&self, owner: Owner) -> Result<Subscription, SubscribeError> {
+        self.subscribe_with(Scope::All, owner, true)
+    }
+
+    fn subscribe_with(
+        &self,
+        scope: Scope,
+        owner: Owner,
+        local_only: bool,
+    ) -> Result<Subscription, SubscribeError> {
         let limits = self.shared.limits;
         let mut s = self.lock();
         if s.closed {
@@ -424,6 +446,7 @@ impl EventHub {
             id,
             Subscriber {
                 scope,
+                local_only,
                 tx,
                 lagged: lagged.clone(),
                 owner,
@@ -440,7 +463,27 @@ impl EventHub {
     /// Publishes `event` to every subscriber in whose scope it is; never waits. Returns its id.
     pub fn publish(&self, event: &Event) -> u64 {
         let data = event.to_json().to_string();
-        let (kind, agent_id) = (event.kind(), event.agent_id());
+        self.publish_data(event.kind(), event.agent_id(), data, false)
+    }
+
+    /// Publishes an event another replica published (`kind` and `data` as its [`Published`]) to
+    /// every subscriber in whose scope it is, except other replicas' relays. `None` for a kind this
+    /// kas does not know (a newer replica's), which is left out.
+    pub fn publish_relayed(&self, kind: &str, agent_id: u64, data: String) -> Option<u64> {
+        let kind = EVENT_KINDS.iter().find(|k| **k == kind)?;
+        Some(self.publish_data(kind, agent_id, data, true))
+    }
+
+    /// Subscribers that take events relayed from other replicas (all but the relays themselves).
+    pub fn relay_subscribers(&self) -> usize {
+        self.lock()
+            .subscribers
+            .values()
+            .filter(|s| !s.local_only)
+            .count()
+    }
+
+    fn publish_data(&self, kind: &'static str, agent_id: u64, data: String, relayed: bool) -> u64 {
         let mut s = self.lock();
         let id = s.next_event;
         s.next_event += 1;
@@ -452,10 +495,11 @@ impl EventHub {
             kind,
             agent_id,
             data,
+            relayed,
         });
         let mut gone = Vec::new();
         for (sub_id, sub) in &s.subscribers {
-            if !sub.scope.includes(agent_id) {
+            if !sub.scope.includes(agent_id) || (relayed && sub.local_only) {
                 continue;
             }
             match sub.tx.try_send(published.clone()) {
@@ -642,6 +686,30 @@ mod tests {
 
     fn drain(sub: &Subscription) -> Vec<Arc<Published>> {
         std::iter::from_fn(|| sub.try_recv()).collect()
+    }
+
+    #[test]
+    fn relayed_events_reach_subscribers_but_never_another_relay() {
+        let hub = EventHub::default();
+        let client = hub.subscribe(Scope::Agent(2), "client").unwrap();
+        let relay = hub.subscribe_local(Owner::internal("relay")).unwrap();
+        assert_eq!(hub.subscribers(), 2);
+        assert_eq!(hub.relay_subscribers(), 1);
+        hub.publish(&agent(2, true));
+        let data = agent(2, false).to_json().to_string();
+        assert!(hub.publish_relayed("agent", 2, data.clone()).is_some());
+        assert!(hub.publish_relayed("agent", 3, data.clone()).is_some());
+        assert_eq!(hub.publish_relayed("hologram", 2, data.clone()), None);
+        let got = drain(&client);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(!got[0].relayed && got[1].relayed);
+        assert_eq!(got[1].data, data);
+        assert_eq!(got[1].kind, "agent");
+        assert!(got[0].id < got[1].id);
+        // The relay takes the local event only: an event crosses one hop at most.
+        let relayed = drain(&relay);
+        assert_eq!(relayed.len(), 1);
+        assert!(!relayed[0].relayed);
     }
 
     #[test]

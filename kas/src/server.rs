@@ -500,6 +500,11 @@ impl Running {
         &self.state.metrics
     }
 
+    /// The client of the other replicas' private APIs (`None` for a single kas).
+    pub fn peer_client(&self) -> Option<Arc<crate::peer::PeerClient>> {
+        self.state.replicas.as_ref().map(|r| r.peers.clone())
+    }
+
     /// Every agent's view mirror.
     pub fn mirrors(&self) -> &crate::mirrors::Mirrors {
         &self.state.mirrors

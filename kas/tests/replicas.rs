@@ -120,8 +120,12 @@ fn write_secrets(dir: &Path) {
 }
 
 fn start_replica(env: &Env, redis: &Redis, id: u32, secret_file: &str) -> Running {
+    start_with_replicas(env, replicas_config(env, redis, id, secret_file))
+}
+
+fn start_with_replicas(env: &Env, replicas: ReplicasConfig) -> Running {
     let mut config = env.config.clone();
-    config.replicas = Some(replicas_config(env, redis, id, secret_file));
+    config.replicas = Some(replicas);
     Kas::start_with(
         config,
         StartOptions {
@@ -201,6 +205,43 @@ fn any_replica_reaches_any_agent() {
     // Loads are visible to every replica; the metrics say Redis is up.
     let text = support::metrics(&kas[0]);
     assert_eq!(support::metric(&text, "kas_redis_up"), Some(1.0));
+    // Connections to the other replicas are pooled: five more requests from kas[0] to agent 2,
+    // one after the other, reuse its connection to replica 2 (a new connection, if the pool had
+    // not got it back in time, resumes the TLS session: one full handshake per replica).
+    for _ in 0..5 {
+        assert_eq!(pods(&env, &kas[0], 2).status, 200);
+    }
+    let text = support::metrics(&kas[0]);
+    let reused = support::metric(&text, "kas_peer_requests_reused_total").unwrap();
+    let full = support::metric(&text, "kas_peer_connections_total{tls=\"full\"}").unwrap();
+    assert!(reused >= 3.0, "{text}");
+    assert_eq!(full, 2.0, "{text}");
+    // Two requests at once need a second connection to replica 2: it resumes the TLS session.
+    while scripts[1].seen.try_recv().is_ok() {}
+    let url = format!(
+        "{}/api/v1/namespaces/default/after-release",
+        kas[0].k8s_proxy_url()
+    );
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let (url, bearer) = (url.clone(), env.admin_bearer(2));
+            std::thread::spawn(move || get(&url, Some(&bearer)))
+        })
+        .collect();
+    scripts[1].wait_for("request");
+    scripts[1].wait_for("request");
+    scripts[1].release();
+    scripts[1].release();
+    for h in held {
+        let reply = h.join().unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.body, "released");
+    }
+    let text = support::metrics(&kas[0]);
+    let resumed = support::metric(&text, "kas_peer_connections_total{tls=\"resumed\"}").unwrap();
+    let full = support::metric(&text, "kas_peer_connections_total{tls=\"full\"}").unwrap();
+    assert!(resumed >= 1.0, "{text}");
+    assert_eq!(full, 2.0, "{text}");
     eventually("every replica's load is read", || {
         let text = support::metrics(&kas[0]);
         (1..=3)
@@ -314,6 +355,45 @@ fn holder_killed_mid_request_then_agent_reconnects_elsewhere() {
     });
     r1.shutdown();
     r3.shutdown();
+}
+
+/// A holder restarted on the same private address: the gateway's pooled connections to the old
+/// process are dead; requests after the restart reach the new one (a dead pooled connection is
+/// left, or hands the request back unsent and it goes on a new connection), none fails.
+#[test]
+fn a_holder_restarted_behind_pooled_connections_is_reached() {
+    let (env, redis) = setup();
+    let r1 = start_replica(&env, &redis, 1, "replicas.secret");
+    let private = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let start_r2 = || {
+        let mut replicas = replicas_config(&env, &redis, 2, "replicas.secret");
+        replicas.private_address = private;
+        start_with_replicas(&env, replicas)
+    };
+    let r2 = start_r2();
+    let script = Script::new("agent-1");
+    let agent = FakeAgent::connect(&env, &r2, 1, &script);
+    eventually("published", || {
+        (!redis.hgetall(&holders_key(1)).is_empty()).then_some(())
+    });
+    for _ in 0..3 {
+        assert_eq!(pods(&env, &r1, 1).status, 200);
+    }
+    eventually("a pooled connection to replica 2", || {
+        (support::metric(&support::metrics(&r1), "kas_peer_pool_idle") >= Some(1.0)).then_some(())
+    });
+    drop(agent);
+    drop(r2);
+    let r2 = start_r2();
+    let script = Script::new("agent-1-again");
+    let _agent = FakeAgent::connect(&env, &r2, 1, &script);
+    for _ in 0..3 {
+        let reply = pods(&env, &r1, 1);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.json()["agent"], "agent-1-again");
+    }
+    r1.shutdown();
+    r2.shutdown();
 }
 
 #[test]
@@ -461,39 +541,167 @@ fn pods_status(env: &Env, kas: &Running) -> u16 {
     pods(env, kas, 1).status
 }
 
-/// An upgraded session (`kubectl exec`, `port-forward`) is served only by a replica holding the
-/// agent's tunnel: the private API carries no upgraded bytes, so a replica without the agent answers
-/// 503 at the routing deadline instead of forwarding (never a hang, never a half-working session),
-/// while an ordinary request to the same replica is forwarded.
+/// Reads an event stream until `needle` shows (bounded: 200 chunks, each within the read timeout);
+/// everything read.
+fn read_until(sse: &mut std::io::BufReader<std::net::TcpStream>, seen: &mut String, needle: &str) {
+    for _ in 0..200 {
+        if seen.contains(needle) {
+            return;
+        }
+        match support::read_chunk(sse) {
+            Some(c) => seen.push_str(&String::from_utf8_lossy(&c)),
+            None => break,
+        }
+    }
+    assert!(seen.contains(needle), "{needle} not in {seen}");
+}
+
+/// `/api/v1/events` (every agent) is cluster-wide: a subscriber on replica 1 sees the events of
+/// agents held by replica 2 (relayed over the private API while someone subscribes), each event
+/// once (a relayed event is never relayed back), and nothing is relayed without subscribers.
 #[test]
-fn upgrades_are_served_only_where_the_agent_is() {
-    use std::io::{BufRead, BufReader, Write};
-    let (mut env, redis) = setup();
-    env.config.routing.pending_request_deadline = Duration::from_secs(1);
+fn the_event_stream_is_cluster_wide() {
+    let (env, redis) = setup();
     let r1 = start_replica(&env, &redis, 1, "replicas.secret");
+    let r2 = start_replica(&env, &redis, 2, "replicas.secret");
+    let relays = |k: &Running| support::metric(&support::metrics(k), "kas_peer_event_relays");
+    eventually("both replicas in the directory", || {
+        let text = support::metrics(&r1);
+        (support::metric(&text, "kas_replica_connections{replica=\"2\"}").is_some()).then_some(())
+    });
+    // Nobody subscribes: nothing is relayed.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(relays(&r1), Some(0.0));
+    let (head, mut sse1) = support::raw_get(r1.api_addr(), "/api/v1/events", &env.admin_bearer(1));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (head, mut sse2) = support::raw_get(r2.api_addr(), "/api/v1/events", &env.admin_bearer(1));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    eventually("each replica relays the other's events", || {
+        (relays(&r1) == Some(1.0) && relays(&r2) == Some(1.0)).then_some(())
+    });
+    // Agent 2 on replica 2, agent 3 on replica 1: both streams see both, once each.
+    let s2 = Script::new("agent-2");
+    let a2 = FakeAgent::connect(&env, &r2, 2, &s2);
+    let s3 = Script::new("agent-3");
+    let _a3 = FakeAgent::connect(&env, &r1, 3, &s3);
+    let (mut seen1, mut seen2) = (String::new(), String::new());
+    for (sse, seen) in [(&mut sse1, &mut seen1), (&mut sse2, &mut seen2)] {
+        read_until(sse, seen, "\"agent_id\":2,\"connected\":true");
+        read_until(sse, seen, "\"agent_id\":3,\"connected\":true");
+    }
+    drop(a2);
+    read_until(&mut sse1, &mut seen1, "\"agent_id\":2,\"connected\":false");
+    read_until(&mut sse2, &mut seen2, "\"agent_id\":2,\"connected\":false");
+    for seen in [&seen1, &seen2] {
+        for needle in [
+            "\"agent_id\":2,\"connected\":true",
+            "\"agent_id\":3,\"connected\":true",
+            "\"agent_id\":2,\"connected\":false",
+        ] {
+            assert_eq!(seen.matches(needle).count(), 1, "{needle} in {seen}");
+        }
+    }
+    // The subscribers leave: the relays end.
+    drop((sse1, sse2));
+    eventually("relays end without subscribers", || {
+        (relays(&r1) == Some(0.0) && relays(&r2) == Some(0.0)).then_some(())
+    });
+    r1.shutdown();
+    r2.shutdown();
+}
+
+/// An upgraded session (`kubectl exec`, `port-forward`) through a replica that does not hold the
+/// agent is carried over the private API to the holder: the 101 comes back, bytes flow both ways,
+/// the client's half-close reaches the agent and the agent's answer after it still comes back; the
+/// gateway writes the session's one audit record, the holder counts it in its session limit.
+#[test]
+fn upgrades_are_carried_to_the_replica_holding_the_agent() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let (mut env, redis) = setup();
+    env.config.routing.pending_request_deadline = Duration::from_secs(5);
+    env.config.upgrades.max_sessions_per_agent = 1;
+    env.config.audit.path = Some(env.dir.path().join("audit-r1.log"));
+    let r1 = start_replica(&env, &redis, 1, "replicas.secret");
+    env.config.audit.path = Some(env.dir.path().join("audit-r2.log"));
     let r2 = start_replica(&env, &redis, 2, "replicas.secret");
     let script = Script::new("agent-1");
     let _agent = FakeAgent::connect(&env, &r2, 1, &script);
     eventually("published", || {
         (!redis.hgetall(&holders_key(1)).is_empty()).then_some(())
     });
-    assert_eq!(
-        pods(&env, &r1, 1).status,
-        200,
-        "ordinary requests are forwarded"
+    let exec = |kas: &Running| {
+        let mut tcp = std::net::TcpStream::connect(kas.api_addr()).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            tcp,
+            "GET /k8s-proxy/api/v1/namespaces/default/pods/p/exec?command=sh&stdin=true HTTP/1.1\r\n\
+             Host: kas\r\nAuthorization: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n",
+            env.admin_bearer(1)
+        )
+        .unwrap();
+        let mut reader = BufReader::new(tcp);
+        let mut head = String::new();
+        // Bounded: a head of at most 50 lines.
+        for _ in 0..50 {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        (head, reader)
+    };
+    let (head, mut reader) = exec(&r1);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("upgrade: websocket"), "{head}");
+    assert!(
+        lower.contains("sec-websocket-protocol: v5.channel.k8s.io"),
+        "{head}"
     );
-    let mut tcp = std::net::TcpStream::connect(r1.api_addr()).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        tcp,
-        "GET /k8s-proxy/api/v1/namespaces/default/pods/p/exec?command=sh&stdin=true HTTP/1.1\r\n\
-         Host: kas\r\nAuthorization: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n",
-        env.admin_bearer(1)
-    )
-    .unwrap();
-    let mut status = String::new();
-    BufReader::new(tcp).read_line(&mut status).unwrap();
-    assert!(status.starts_with("HTTP/1.1 503"), "{status:?}");
+    assert!(!lower.contains("x-kas-"), "{head}");
+    // The session reached the agent on replica 2 without the user's credentials.
+    let seen = script.wait_for("request");
+    assert!(seen.head.headers.iter().all(|h| !h.name.starts_with("x-kas-")
+        && !h.name.eq_ignore_ascii_case("authorization")));
+    // The holder counts it: a second session of the agent, straight on the holder, is over its
+    // limit of one.
+    let (second, _) = exec(&r2);
+    assert!(second.starts_with("HTTP/1.1 429"), "{second}");
+    // Bytes both ways, then the client's half-close: the agent's last words still arrive, then EOF.
+    let mut tcp = reader.get_ref().try_clone().unwrap();
+    tcp.write_all(b"hello through two replicas\n").unwrap();
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "hello through two replicas\n");
+    tcp.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "bye\n");
+    // One audit record of the session, on the gateway; none on the holder.
+    let sessions = |file: &str| {
+        std::fs::read_to_string(env.dir.path().join(file))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"upgrade\""))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let records = eventually("the gateway's session record", || {
+        let r = sessions("audit-r1.log");
+        (!r.is_empty()).then_some(r)
+    });
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert!(records[0].contains("websocket"), "{}", records[0]);
+    assert!(sessions("audit-r2.log").is_empty());
+    // The holder's slot is free again: a new session through replica 1 is switched.
+    let (again, _) = eventually("the holder's session ended", || {
+        let (h, r) = exec(&r1);
+        h.starts_with("HTTP/1.1 101").then_some((h, r))
+    });
+    assert!(again.starts_with("HTTP/1.1 101"));
+    r1.shutdown();
+    r2.shutdown();
 }

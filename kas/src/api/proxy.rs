@@ -267,7 +267,7 @@ pub async fn proxy(
         has_body,
         deadline,
         forwarded,
-        local_only: upgrade.is_some(),
+        upgrade: &mut upgrade,
     };
     let mut lease = match crate::peer::route(state, routed, span)
         .await

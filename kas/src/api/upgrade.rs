@@ -20,6 +20,7 @@
 //! holds the agent back on that stream alone.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -276,15 +277,60 @@ pub fn switched(
             _ => tracing::debug!(name = %h.name, "dropping an invalid response header"),
         }
     }
-    headers.insert(
+    Ok(start(
+        state,
+        resp,
+        upgrade,
+        Far::Stream(stream, lease),
+        span,
+    ))
+}
+
+/// Marks `resp` (a `101`) as an upgrade and spawns the session with the `far` end.
+fn start(
+    state: &Arc<KasState>,
+    mut resp: Response<ResponseBody>,
+    upgrade: ClientUpgrade,
+    far: Far,
+    span: &tracing::Span,
+) -> Response<ResponseBody> {
+    resp.headers_mut().insert(
         http::header::CONNECTION,
         HeaderValue::from_static("Upgrade"),
     );
     state.upgrades.started.fetch_add(1, Ordering::Relaxed);
     state
         .spawner
-        .spawn_detached(session(state.clone(), upgrade, stream, lease, span.clone()));
-    Ok(resp)
+        .spawn_detached(session(state.clone(), upgrade, far, span.clone()));
+    resp
+}
+
+/// The client's `101` for the `101` of the replica holding the agent (the session was forwarded
+/// over the private API, [`crate::peer`]), and the session spawned to carry the bytes between the
+/// client's connection and the holder's once hyper hands both over. The holder carries them on to
+/// the agent's stream; this replica writes the session's one audit record.
+pub fn switched_via_replica(
+    state: &Arc<KasState>,
+    mut holder: Response<Incoming>,
+    upgrade: ClientUpgrade,
+    span: &tracing::Span,
+) -> Response<ResponseBody> {
+    let on_upgrade = hyper::upgrade::on(&mut holder);
+    let rule = HeaderRule::for_upgrade_head(
+        holder
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes())),
+    );
+    let mut resp = Response::new(super::response::full(""));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = resp.headers_mut();
+    for (n, v) in holder.headers() {
+        if rule.forwards(n.as_str()) && !n.as_str().starts_with(crate::peer::CONTROL_PREFIX) {
+            headers.append(n.clone(), v.clone());
+        }
+    }
+    start(state, resp, upgrade, Far::Replica(on_upgrade), span)
 }
 
 /// How a session ended.
@@ -325,15 +371,16 @@ pub struct SessionReport {
     pub duration: Duration,
 }
 
+/// The other end of a session: the agent's stream on a connection here, or the replica holding the
+/// agent (the holder's upgraded private API connection, once hyper hands it over).
+enum Far {
+    Stream(Arc<Stream>, Lease<Connection>),
+    Replica(OnUpgrade),
+}
+
 /// Carries one upgraded session until both directions ended, one side failed, it was idle too long,
 /// or kas shuts down. Holds the request's lease (the router counts it as running) and its slot.
-async fn session(
-    state: Arc<KasState>,
-    upgrade: ClientUpgrade,
-    stream: Arc<Stream>,
-    lease: Lease<Connection>,
-    span: tracing::Span,
-) {
+async fn session(state: Arc<KasState>, upgrade: ClientUpgrade, far: Far, span: tracing::Span) {
     let started = Instant::now();
     let ClientUpgrade {
         on_upgrade,
@@ -354,44 +401,58 @@ async fn session(
             state.audit.write(&record);
         }
     };
+    let not_upgraded = |e: String| {
+        state.upgrades.failed.fetch_add(1, Ordering::Relaxed);
+        span.in_scope(|| tracing::info!(error = %e, "connection not upgraded: session ended"));
+        write_audit(&SessionReport {
+            bytes_in: 0,
+            bytes_out: 0,
+            end: SessionEnd::Failed(e),
+            duration: Duration::ZERO,
+        });
+    };
     let client = match on_upgrade.await {
         Ok(u) => UpgradedIo(u),
         Err(e) => {
-            stream.reset(ErrorCode::Cancel);
-            state.upgrades.failed.fetch_add(1, Ordering::Relaxed);
-            span.in_scope(
-                || tracing::info!(error = %e, "client connection not upgraded: stream reset"),
-            );
-            write_audit(&SessionReport {
-                bytes_in: 0,
-                bytes_out: 0,
-                end: SessionEnd::Failed(e.to_string()),
-                duration: Duration::ZERO,
-            });
-            return;
+            if let Far::Stream(stream, _) = &far {
+                stream.reset(ErrorCode::Cancel);
+            }
+            return not_upgraded(format!("client: {e}"));
         }
     };
-    let report = carry(
-        client,
-        &stream,
-        state.upgrades.limits.idle_timeout,
-        &state.upgrades.stop.1,
-        &state.metrics,
-    )
-    .await;
+    let limits = state.upgrades.limits;
+    let stop = &state.upgrades.stop.1;
+    let (report, stream) = match far {
+        Far::Stream(stream, lease) => {
+            let report = carry(client, &stream, limits.idle_timeout, stop, &state.metrics).await;
+            (report, Some((stream, lease)))
+        }
+        Far::Replica(holder) => match holder.await {
+            Ok(holder) => {
+                let report = carry_io(client, UpgradedIo(holder), limits.idle_timeout, stop).await;
+                (report, None)
+            }
+            Err(e) => return not_upgraded(format!("replica holding the agent: {e}")),
+        },
+    };
     match &report.end {
         SessionEnd::Closed => {}
         SessionEnd::Idle => {
             state.upgrades.idle_ended.fetch_add(1, Ordering::Relaxed);
-            stream.reset(ErrorCode::Cancel);
         }
         SessionEnd::Shutdown | SessionEnd::Failed(_) => {
             state.upgrades.failed.fetch_add(1, Ordering::Relaxed);
-            stream.reset(ErrorCode::Cancel);
         }
     }
+    // Ended other than closed: the agent's stream is reset (a holder's connection is dropped, which
+    // ends its side of the session).
+    if let Some((stream, lease)) = stream {
+        if report.end != SessionEnd::Closed {
+            stream.reset(ErrorCode::Cancel);
+        }
+        drop(lease);
+    }
     write_audit(&report);
-    drop(lease);
     drop(slot);
     span.in_scope(|| {
         tracing::info!(
@@ -406,6 +467,125 @@ async fn session(
     });
 }
 
+/// What moved in a session and when the last byte did.
+struct Activity {
+    started: Instant,
+    /// Milliseconds since `started` of the last byte moved in either direction.
+    last: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            started: Instant::now(),
+            last: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        }
+    }
+
+    /// `n` octets moved client → agent (`inbound`) or back.
+    fn moved(&self, inbound: bool, n: usize) {
+        self.last
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let counter = if inbound {
+            &self.bytes_in
+        } else {
+            &self.bytes_out
+        };
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Runs the two directions of a session until both ended or one failed, it was idle for
+    /// `idle_timeout`, or `stop` closed.
+    async fn supervise(
+        &self,
+        up: impl Future<Output = Result<(), String>>,
+        down: impl Future<Output = Result<(), String>>,
+        idle_timeout: Duration,
+        stop: &async_channel::Receiver<()>,
+    ) -> SessionReport {
+        let pipe = async {
+            match futures_lite::future::try_zip(up, down).await {
+                Ok(_) => SessionEnd::Closed,
+                Err(e) => SessionEnd::Failed(e),
+            }
+        };
+        let idle = async {
+            // Bounded: each wait ends at the current idle deadline; the session ends when one
+            // passes with no byte moved.
+            loop {
+                let since = Duration::from_millis(self.last.load(Ordering::Relaxed));
+                let deadline = self.started + since + idle_timeout;
+                if Instant::now() >= deadline {
+                    return SessionEnd::Idle;
+                }
+                smol::Timer::at(deadline).await;
+            }
+        };
+        let shutdown = async {
+            let _ = stop.recv().await;
+            SessionEnd::Shutdown
+        };
+        let end = futures_lite::future::or(pipe, futures_lite::future::or(idle, shutdown)).await;
+        SessionReport {
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            end,
+            duration: self.started.elapsed(),
+        }
+    }
+}
+
+/// Copies `from` to `to` until `from` ends, then shuts `to`'s write side (half-close).
+async fn copy_half(
+    mut from: impl futures_lite::AsyncRead + Unpin,
+    mut to: impl futures_lite::AsyncWrite + Unpin,
+    activity: &Activity,
+    inbound: bool,
+) -> Result<(), String> {
+    let (src, dst) = if inbound {
+        ("client", "replica holding the agent")
+    } else {
+        ("replica holding the agent", "client")
+    };
+    let mut buf = vec![0u8; CHUNK];
+    // Bounded by `from`: every iteration reads from it or ends.
+    loop {
+        let n = from
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("{src} read: {e}"))?;
+        if n == 0 {
+            let _ = to.close().await;
+            return Ok(());
+        }
+        activity.moved(inbound, n);
+        to.write_all(&buf[..n])
+            .await
+            .map_err(|e| format!("{dst} write: {e}"))?;
+        to.flush().await.map_err(|e| format!("{dst} write: {e}"))?;
+    }
+}
+
+/// The byte pipe between the client and the replica holding the agent (a session another replica
+/// carries to the agent): each direction half-closes on its own.
+async fn carry_io(
+    client: UpgradedIo,
+    holder: UpgradedIo,
+    idle_timeout: Duration,
+    stop: &async_channel::Receiver<()>,
+) -> SessionReport {
+    let activity = Activity::new();
+    let (client_read, client_write) = futures_lite::io::split(client);
+    let (holder_read, holder_write) = futures_lite::io::split(holder);
+    let up = copy_half(client_read, holder_write, &activity, true);
+    let down = copy_half(holder_read, client_write, &activity, false);
+    activity.supervise(up, down, idle_timeout, stop).await
+}
+
 /// The byte pipe between the client and the stream (see the module documentation).
 async fn carry(
     client: UpgradedIo,
@@ -414,14 +594,7 @@ async fn carry(
     stop: &async_channel::Receiver<()>,
     metrics: &crate::metrics::Metrics,
 ) -> SessionReport {
-    let started = Instant::now();
-    // Milliseconds since `started` of the last byte moved in either direction.
-    let last = AtomicU64::new(0);
-    let touch = || {
-        last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    };
-    let bytes_in = AtomicU64::new(0);
-    let bytes_out = AtomicU64::new(0);
+    let activity = Activity::new();
     let (mut client_read, mut client_write) = futures_lite::io::split(client);
     let up = async {
         let mut buf = vec![0u8; CHUNK];
@@ -435,8 +608,7 @@ async fn carry(
                 let _ = stream.finish();
                 return Ok::<(), String>(());
             }
-            touch();
-            bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            activity.moved(true, n);
             metrics.bytes_in(n);
             let mut writer: &Stream = stream;
             writer
@@ -450,8 +622,7 @@ async fn carry(
         loop {
             match stream.read_chunk(CHUNK).await {
                 Some(Ok(bytes)) => {
-                    touch();
-                    bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    activity.moved(false, bytes.len());
                     metrics.bytes_out(bytes.len());
                     client_write
                         .write_all(&bytes)
@@ -478,33 +649,5 @@ async fn carry(
             }
         }
     };
-    let pipe = async {
-        match futures_lite::future::try_zip(up, down).await {
-            Ok(_) => SessionEnd::Closed,
-            Err(e) => SessionEnd::Failed(e),
-        }
-    };
-    let idle = async {
-        // Bounded: each wait ends at the current idle deadline; the session ends when one passes
-        // with no byte moved.
-        loop {
-            let since = Duration::from_millis(last.load(Ordering::Relaxed));
-            let deadline = started + since + idle_timeout;
-            if Instant::now() >= deadline {
-                return SessionEnd::Idle;
-            }
-            smol::Timer::at(deadline).await;
-        }
-    };
-    let shutdown = async {
-        let _ = stop.recv().await;
-        SessionEnd::Shutdown
-    };
-    let end = futures_lite::future::or(pipe, futures_lite::future::or(idle, shutdown)).await;
-    SessionReport {
-        bytes_in: bytes_in.load(Ordering::Relaxed),
-        bytes_out: bytes_out.load(Ordering::Relaxed),
-        end,
-        duration: started.elapsed(),
-    }
+    activity.supervise(up, down, idle_timeout, stop).await
 }

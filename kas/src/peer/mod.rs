@@ -3,8 +3,9 @@
 //!
 //! **Why HTTP/1.1 (hyper) over TLS, not HTTP/2 or the tunnel protocol.** hyper is already kas's HTTP
 //! server; its HTTP/1 client needs no new dependency and no tokio runtime (hyper's HTTP/2 goes through
-//! `h2`, which needs tokio's I/O traits in kas's tree), and one TCP connection per forwarded request
-//! gets flow control both ways from TCP itself (a slow client slows only its own request). The tunnel
+//! `h2`, which needs tokio's I/O traits in kas's tree), and one TCP connection per request in flight
+//! gets flow control both ways from TCP itself (a slow client slows only its own request);
+//! connections are pooled and reused one request after another (`client.rs`). The tunnel
 //! protocol would need a second kind of peer on the agent listener and the reverse direction (replica
 //! to replica) that it was not built for. See docs/replicas.md.
 //!
@@ -23,8 +24,15 @@
 //! or cannot be reached within the find timeout is left out and the policy asked again (a request
 //! with a body only when nothing was sent yet). A holder that dies mid-request: `502` if no response
 //! head came yet, else the response is cut short; never a hang (every wait is bounded).
+//!
+//! **Upgraded sessions** (`kubectl exec`, `port-forward`) travel the same way with
+//! `Connection: Upgrade`; on the holder's `101` both replicas hand their connections over and the
+//! bytes flow client ↔ gateway ↔ holder ↔ agent stream ([`crate::api::upgrade`]).
+//!
+//! **Events** of every replica reach every replica's hub through relay streams (`relay.rs`).
 
 mod client;
+mod relay;
 mod server;
 
 use std::collections::BTreeSet;
@@ -42,8 +50,8 @@ use crate::state::KasState;
 use crate::tracker::Tracker;
 use crate::users::UserIdentity;
 
-pub use client::PeerClient;
-pub use server::{PeerServer, Secret};
+pub use client::{PeerClient, PoolLimits};
+pub use server::{CONTROL_PREFIX, PeerServer, Secret};
 
 /// Marks a request that came from another replica (a request extension): its deadline, and that it
 /// is never forwarded again.
@@ -121,6 +129,7 @@ async fn refresh_holders_skipping(
     let Ok(entries) = smol::unblock(move || t.holders(agent_id)).await else {
         return;
     };
+    peers.cache_holders(agent_id, &entries, Instant::now());
     let entries: Vec<_> = entries
         .into_iter()
         .filter(|e| !skip.contains(&e.replica))
@@ -155,9 +164,10 @@ pub struct Request<'a> {
     pub deadline: Instant,
     /// Set when the request came from another replica.
     pub forwarded: Option<Forwarded>,
-    /// Served only by a connection of this replica, never forwarded: an upgraded session
-    /// (`kubectl exec`, `port-forward`), whose bytes after the `101` the private API does not carry.
-    pub local_only: bool,
+    /// The client's upgrade (`kubectl exec`, `port-forward`), if it asks for one. Forwarded, the
+    /// request asks the holder to upgrade too; on its `101` this is taken and the session carried
+    /// between the client and the holder ([`crate::api::upgrade::switched_via_replica`]).
+    pub upgrade: &'a mut Option<crate::api::upgrade::ClientUpgrade>,
 }
 
 /// Routes a proxied request: the routing policy decides between a connection here and a replica
@@ -169,21 +179,28 @@ pub async fn route(
     span: &tracing::Span,
 ) -> Result<Route, RequestFailure> {
     let agent_id = req.user.agent_id;
-    // A request that must stay here counts as forwarded without limit: the policy never forwards it
-    // (it waits for a connection here until its deadline, then 503).
-    let hops = if req.local_only {
-        u8::MAX
-    } else {
-        u8::from(req.forwarded.is_some())
-    };
+    // A request another replica forwarded is never forwarded again (the policy's `max_hops`).
+    let hops = u8::from(req.forwarded.is_some());
     let mut skip = BTreeSet::new();
     // Bounded: each round leaves one more replica out, and there are finitely many.
     loop {
         if let (Some(r), None) = (&state.replicas, req.forwarded)
-            && !req.local_only
             && !state.registry.has_live_connection(agent_id)
         {
-            refresh_holders_skipping(state, &r.tracker, &r.peers, agent_id, &skip).await;
+            // The holders read for an earlier request serve for a moment (not after one of them
+            // failed this request: then Redis is read again).
+            match r
+                .peers
+                .cached_holders(agent_id, Instant::now())
+                .filter(|_| skip.is_empty())
+            {
+                Some(entries) => state
+                    .registry
+                    .set_holders(agent_id, &crate::tracker::as_policy_holders(&entries)),
+                None => {
+                    refresh_holders_skipping(state, &r.tracker, &r.peers, agent_id, &skip).await;
+                }
+            }
         }
         let routed = state
             .registry
@@ -205,6 +222,7 @@ pub async fn route(
                 tracing::debug!(parent: span, %replica, why, "holder skipped");
                 skip.insert(replica);
                 state.registry.set_holders(agent_id, &[]);
+                r.peers.cache_holders(agent_id, &[], Instant::now());
                 if req.body.is_none() && req.has_body {
                     // The body went to the holder that refused it: nothing to send again.
                     return Ok(Route::Answered(Err(ApiError::new(
@@ -302,6 +320,7 @@ impl Replicas {
                 replica.0
             );
         }
+        s.push_str(&self.peers.render_metrics());
         s
     }
 }

@@ -140,8 +140,11 @@ impl PeerServer {
         }
     }
 
-    /// Accepts connections until `stop` closes.
+    /// Accepts connections until `stop` closes; runs the event relays (`relay.rs`) too.
     pub async fn run(self, state: Arc<KasState>, stop: async_channel::Receiver<()>) {
+        state
+            .spawner
+            .spawn_detached(super::relay::run(state.clone(), stop.clone()));
         // Bounded by `stop`: every iteration accepts one connection or ends.
         loop {
             let next =
@@ -182,7 +185,8 @@ impl PeerServer {
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(smol_hyper::rt::SmolTimer::new())
-                    .serve_connection(smol_hyper::rt::FuturesIo::new(io), service);
+                    .serve_connection(smol_hyper::rt::FuturesIo::new(io), service)
+                    .with_upgrades();
                 if let Err(e) = conn.await {
                     tracing::debug!(%peer, error = %e, "private API connection ended with an error");
                 }
@@ -227,6 +231,14 @@ async fn handle(
             BAD_SECRET,
             "the shared secret does not match this replica's".into(),
         );
+    }
+    if header(&req, OP) == Some("events") {
+        let from = header(&req, FROM)
+            .unwrap_or("?")
+            .chars()
+            .take(16)
+            .collect::<String>();
+        return super::relay::serve(&state, &from);
     }
     if header(&req, OP) == Some("api") {
         strip_control(req.headers_mut());

@@ -279,6 +279,37 @@ async fn serve_stream(script: Script, conn: Connection, head_in: RequestHead, st
             let _ = w.write_all(b"released").await;
             let _ = stream.finish();
         }
+        "exec"
+            if head_in
+                .headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case("upgrade")) =>
+        {
+            // An upgraded session: 101, then every byte echoed; the client's end of stream ends
+            // this side too (half-close), after the echo.
+            report("request", Vec::new());
+            let _ = stream.respond(
+                head(
+                    101,
+                    vec![
+                        header("upgrade", "websocket"),
+                        header("connection", "Upgrade"),
+                        header("sec-websocket-protocol", "v5.channel.k8s.io"),
+                        header("x-agent", &script.name),
+                    ],
+                ),
+                false,
+            );
+            let mut w: &Stream = &stream;
+            // Bounded by the stream: every iteration takes a chunk of it or ends.
+            while let Some(Ok(b)) = stream.read_chunk(64 * 1024).await {
+                if w.write_all(&b).await.is_err() {
+                    return;
+                }
+            }
+            let _ = w.write_all(b"bye\n").await;
+            let _ = stream.finish();
+        }
         "drop" => {
             report("request", Vec::new());
             conn.abort(protocol::ErrorCode::Internal, "simulated crash");
