@@ -19,14 +19,19 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use protocol::routing::ReplicaId;
 use protocol::routing::balance::{Balance, BalancePolicy, Candidate, fair_share, shed_order};
 
+use protocol::routing::DrainCause;
+
 use crate::agent_listener::RETIRE_GRACE;
 use crate::state::KasState;
 use crate::tracker::Entry;
+
+/// Between taking a connection out of routing and sending the agent GOAWAY (see [`Shedding::step`]).
+const GOAWAY_NOTICE: Duration = Duration::from_millis(500);
 
 /// One replica's shedding: the pure [`Balance`] and when it was last consulted.
 #[derive(Debug)]
@@ -116,10 +121,23 @@ impl Shedding {
             "holding more than the fair share of agent connections: draining some (goaway)"
         );
         for serial in &chosen {
-            if let Some(c) = serving.iter().find(|c| c.serial == *serial) {
-                tracing::debug!(agent_id = c.agent_id, connection_id = %c.connection_id, "goaway to rebalance");
-                c.handle.start_close(RETIRE_GRACE);
-            }
+            let Some(c) = serving.iter().find(|c| c.serial == *serial) else {
+                continue;
+            };
+            // Two steps, as HTTP/2's graceful GOAWAY (RFC 9113 §6.8): no new request is routed to
+            // the connection from now on, and only after a moment — once the requests routed to it
+            // just before have opened their streams — is the agent told (GOAWAY). A request
+            // routed to it but not yet opened would otherwise fail to open on a connection that
+            // is going away.
+            state
+                .registry
+                .set_draining(c.serial, DrainCause::LocalClose);
+            tracing::debug!(agent_id = c.agent_id, connection_id = %c.connection_id, "goaway to rebalance");
+            let handle = c.handle.clone();
+            state.spawner.spawn_detached(async move {
+                smol::Timer::after(GOAWAY_NOTICE).await;
+                handle.start_close(RETIRE_GRACE);
+            });
         }
         state.metrics.balance.shed(chosen.len() as u64);
         chosen.len()
