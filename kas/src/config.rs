@@ -1717,10 +1717,10 @@ mod tests {
     }
 
     #[test]
-    fn replicas_balance_parses_and_is_checked() {
+    fn replicas_balance_parses_and_is_checked() -> TestResult {
         let yaml = "replicas:\n  balance: { tolerance: 1.25, target: 1.05, interval: 2s, max_step_fraction: 0.2 }\n";
-        let c: Config = serde_yaml::from_str(yaml).unwrap();
-        let b = &c.replicas.as_ref().unwrap().balance;
+        let c: Config = serde_yaml::from_str(yaml)?;
+        let b = &c.replicas.as_ref().ok_or("replicas section")?.balance;
         assert!(b.enabled, "on by default");
         let p = b.policy();
         assert_eq!(
@@ -1736,12 +1736,20 @@ mod tests {
             "{ max_step_fraction: 1.5 }",
             "{ interval: 0s }",
         ] {
-            let mut c: Config =
-                serde_yaml::from_str(&format!("replicas:\n  balance: {bad}\n")).unwrap();
-            c.replicas.as_mut().unwrap().shared_secret_file = "/dev/null".into();
-            let errors = format!("{:?}", c.validate().unwrap_err());
-            assert!(errors.contains("replicas.balance"), "{bad}: {errors}");
+            let mut c: Config = serde_yaml::from_str(&format!("replicas:\n  balance: {bad}\n"))?;
+            c.replicas
+                .as_mut()
+                .ok_or("replicas section")?
+                .shared_secret_file = "/dev/null".into();
+            match c.validate() {
+                Ok(()) => panic!("{bad} passed validation"),
+                Err(errors) => {
+                    let errors = format!("{errors:?}");
+                    assert!(errors.contains("replicas.balance"), "{bad}: {errors}");
+                }
+            }
         }
+        Ok(())
     }
 
     #[test]

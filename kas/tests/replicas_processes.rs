@@ -69,17 +69,17 @@ fn rolling_restart_of_three_processes_keeps_every_agent_reachable_and_evens_out_
     let bearers = (1..=AGENTS as u64).map(|a| env.admin_bearer(a)).collect();
     let load = Load::start(replicas.iter().map(|r| r.api).collect(), bearers, 1);
 
-    for r in 0..REPLICAS {
+    for (r, replica) in replicas.iter_mut().enumerate() {
         // Let the loop reach every agent through every replica for a while first.
         std::thread::sleep(Duration::from_millis(1500));
         load.set_up(r, false);
-        replicas[r].stop();
+        replica.stop();
         wait_until(
-            &format!("every agent on two replicas without kas-{}", r + 1),
+            &format!("every agent on two replicas without kas-{}", replica.id),
             GUARD,
-            || redis.all_hold(AGENTS, 2, Some(r as u32 + 1)).then_some(()),
+            || redis.all_hold(AGENTS, 2, Some(replica.id)).then_some(()),
         );
-        replicas[r].start(KAS);
+        replica.start(KAS);
         load.set_up(r, true);
     }
 
