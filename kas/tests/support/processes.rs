@@ -86,39 +86,32 @@ impl Redis {
         redis::Client::open(format!("redis://{}/0", self.addr)).unwrap()
     }
 
+    /// The fields of hash `key` whose value (`<expires unix ms> …`) has not expired, with the rest
+    /// of the value.
+    fn live_fields(&self, key: &str) -> Vec<(String, String)> {
+        let mut c = self.client().get_connection().unwrap();
+        let all: BTreeMap<String, String> = redis::cmd("HGETALL").arg(key).query(&mut c).unwrap();
+        let now = unix_ms();
+        all.into_iter()
+            .filter_map(|(f, v)| {
+                let (expires, rest) = v.split_once(' ')?;
+                (expires.parse::<u64>().ok()? > now).then(|| (f, rest.to_owned()))
+            })
+            .collect()
+    }
+
     /// Each live replica's published serving connections, by replica id.
     pub fn loads(&self) -> BTreeMap<u32, u64> {
-        let mut c = self.client().get_connection().unwrap();
-        let dir: BTreeMap<String, String> = redis::cmd("HGETALL")
-            .arg(format!("{PREFIX}:tunnel_tracker2:replicas"))
-            .query(&mut c)
-            .unwrap();
-        let now = unix_ms();
-        dir.iter()
-            .filter_map(|(f, v)| {
-                let mut it = v.split(' ');
-                let expires: u64 = it.next()?.parse().ok()?;
-                let load: u64 = it.next()?.parse().ok()?;
-                (expires > now).then_some((f.parse().ok()?, load))
-            })
+        self.live_fields(&format!("{PREFIX}:tunnel_tracker2:replicas"))
+            .into_iter()
+            .filter_map(|(f, rest)| Some((f.parse().ok()?, rest.split(' ').next()?.parse().ok()?)))
             .collect()
     }
 
     /// The live replicas holding `agent`.
     pub fn holders(&self, agent: u64) -> Vec<u32> {
-        let mut c = self.client().get_connection().unwrap();
-        let h: BTreeMap<String, String> = redis::cmd("HGETALL")
-            .arg(format!("{PREFIX}:tunnel_tracker2:kas_by_agent_id:{agent}"))
-            .query(&mut c)
-            .unwrap();
-        let now = unix_ms();
-        h.iter()
-            .filter(|(_, v)| {
-                v.split(' ')
-                    .next()
-                    .and_then(|e| e.parse::<u64>().ok())
-                    .is_some_and(|e| e > now)
-            })
+        self.live_fields(&format!("{PREFIX}:tunnel_tracker2:kas_by_agent_id:{agent}"))
+            .into_iter()
             .filter_map(|(f, _)| f.parse().ok())
             .collect()
     }
