@@ -95,5 +95,7 @@ pub fn config(redis: &DemoRedis, id: u32, ca_file: &Path, secret_file: PathBuf) 
         find_timeout: Duration::from_secs(1),
         refresh_period: Duration::from_secs(2),
         entry_ttl: Duration::from_secs(6),
+        // Agent N dials replica (N - 1) % replicas + 1: even, so shedding never triggers here.
+        balance: kas::config::BalanceConfig::default(),
     }
 }

@@ -240,6 +240,67 @@ pub struct ReplicasConfig {
     /// are ignored after it, and removed by the other replicas' garbage collection).
     #[serde(with = "duration_format")]
     pub entry_ttl: Duration,
+    /// Shedding: a replica holding more than its share of agent connections drains some with
+    /// GOAWAY ([`crate::balance`]); on by default.
+    pub balance: BalanceConfig,
+}
+
+/// A finite, non-negative number of the configuration ([`Config::validate`] checks it), comparable
+/// for equality.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Ratio(pub f64);
+
+impl Eq for Ratio {}
+
+/// `replicas.balance`: the fields of `protocol::routing::balance::BalancePolicy` (the maximum
+/// connection age is `agent_listener.max_connection_age`).
+///
+/// ```yaml
+/// balance: { enabled: true, tolerance: 1.1, target: 1.0, interval: 10s, max_step_fraction: 0.05 }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BalanceConfig {
+    /// Shed at all; default true.
+    pub enabled: bool,
+    /// Shed while holding more than this multiple of the fair share (≥ 1); default 1.1.
+    pub tolerance: Ratio,
+    /// Shed down to this multiple of the fair share (1 ≤ target ≤ tolerance); default 1.0.
+    pub target: Ratio,
+    /// At most one shedding step per interval; default 10s.
+    #[serde(with = "duration_format")]
+    pub interval: Duration,
+    /// A step drains at most this fraction of the connections held (at least one; 0 < f ≤ 1);
+    /// default 0.05.
+    pub max_step_fraction: Ratio,
+}
+
+impl Default for BalanceConfig {
+    fn default() -> Self {
+        let p = protocol::routing::balance::BalancePolicy::default();
+        Self {
+            enabled: true,
+            tolerance: Ratio(p.tolerance),
+            target: Ratio(p.target),
+            interval: p.interval,
+            max_step_fraction: Ratio(p.max_step_fraction),
+        }
+    }
+}
+
+impl BalanceConfig {
+    /// The policy (no maximum age: kas retires old connections itself, `agent_listener`).
+    pub fn policy(&self) -> protocol::routing::balance::BalancePolicy {
+        protocol::routing::balance::BalancePolicy {
+            tolerance: self.tolerance.0,
+            target: self.target.0,
+            interval: self.interval,
+            max_step_fraction: self.max_step_fraction.0,
+            max_connection_age: None,
+            ..protocol::routing::balance::BalancePolicy::default()
+        }
+    }
 }
 
 impl Default for ReplicasConfig {
@@ -257,6 +318,7 @@ impl Default for ReplicasConfig {
             find_timeout: Duration::from_secs(2),
             refresh_period: Duration::from_secs(10),
             entry_ttl: Duration::from_secs(30),
+            balance: BalanceConfig::default(),
         }
     }
 }
@@ -1290,6 +1352,23 @@ impl Config {
                     "find_timeout and refresh_period must be > 0".into(),
                 );
             }
+            let b = &r.balance;
+            if !(b.target.0.is_finite()
+                && b.tolerance.0.is_finite()
+                && 1.0 <= b.target.0
+                && b.target.0 <= b.tolerance.0)
+            {
+                invalid("replicas.balance", "needs 1 ≤ target ≤ tolerance".into());
+            }
+            if !(b.max_step_fraction.0 > 0.0 && b.max_step_fraction.0 <= 1.0) {
+                invalid(
+                    "replicas.balance.max_step_fraction",
+                    "must be > 0 and ≤ 1".into(),
+                );
+            }
+            if b.interval.is_zero() {
+                invalid("replicas.balance.interval", "must be > 0".into());
+            }
             if r.entry_ttl <= r.refresh_period {
                 invalid(
                     "replicas.entry_ttl",
@@ -1785,6 +1864,42 @@ mod tests {
                 "{good}: {errors:?}"
             );
         }
+    }
+
+    #[test]
+    fn replicas_balance_parses_and_is_checked() -> TestResult {
+        let yaml = "replicas:\n  balance: { tolerance: 1.25, target: 1.05, interval: 2s, max_step_fraction: 0.2 }\n";
+        let c: Config = serde_yaml::from_str(yaml)?;
+        let b = &c.replicas.as_ref().ok_or("replicas section")?.balance;
+        assert!(b.enabled, "on by default");
+        let p = b.policy();
+        assert_eq!(
+            (p.tolerance, p.target, p.max_step_fraction),
+            (1.25, 1.05, 0.2)
+        );
+        assert_eq!(p.interval, Duration::from_secs(2));
+        assert_eq!(p.max_connection_age, None);
+        for bad in [
+            "{ tolerance: 1.0, target: 1.1 }",
+            "{ target: 0.5 }",
+            "{ max_step_fraction: 0 }",
+            "{ max_step_fraction: 1.5 }",
+            "{ interval: 0s }",
+        ] {
+            let mut c: Config = serde_yaml::from_str(&format!("replicas:\n  balance: {bad}\n"))?;
+            c.replicas
+                .as_mut()
+                .ok_or("replicas section")?
+                .shared_secret_file = "/dev/null".into();
+            match c.validate() {
+                Ok(()) => panic!("{bad} passed validation"),
+                Err(errors) => {
+                    let errors = format!("{errors:?}");
+                    assert!(errors.contains("replicas.balance"), "{bad}: {errors}");
+                }
+            }
+        }
+        Ok(())
     }
 
     #[test]

@@ -70,6 +70,7 @@ pub mod agent_streams;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod balance;
 pub mod config;
 pub mod config_stream;
 pub mod connection_tokens;

@@ -103,6 +103,8 @@ pub struct Metrics {
     bytes_out: AtomicU64,
     connections_accepted: AtomicU64,
     labelled: Mutex<Labelled>,
+    /// Shedding between replicas ([`crate::balance`]).
+    pub balance: crate::balance::BalanceMetrics,
 }
 
 impl Metrics {
@@ -358,6 +360,7 @@ impl Metrics {
                 escape(kind)
             );
         }
+        out.push_str(&self.balance.render());
         out
     }
 }

@@ -362,11 +362,19 @@ impl Kas {
         if let (Some((server, refresh)), Some(replicas)) = (peer_server, state.replicas.clone()) {
             pool.spawn(server.run(state.clone(), stopped.clone()))
                 .detach();
+            let shedding = config
+                .replicas
+                .as_ref()
+                .filter(|r| r.balance.enabled)
+                .map(|r| {
+                    crate::balance::Shedding::new(r.balance.policy(), replicas.tracker.replica())
+                });
             pool.spawn(crate::tracker::run(
                 state.clone(),
                 replicas.tracker,
                 replicas.peers,
                 refresh,
+                shedding,
                 stopped.clone(),
             ))
             .detach();

@@ -107,6 +107,11 @@ fn replicas_config(env: &Env, redis: &Redis, id: u32, secret_file: &str) -> Repl
         find_timeout: Duration::from_millis(500),
         refresh_period: Duration::from_millis(300),
         entry_ttl: Duration::from_millis(1500),
+        // The fake agents are placed on replicas by the tests and never reconnect: no shedding.
+        balance: kas::config::BalanceConfig {
+            enabled: false,
+            ..Default::default()
+        },
     }
 }
 

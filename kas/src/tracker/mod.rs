@@ -377,24 +377,28 @@ const RETRY: Duration = Duration::from_secs(1);
 /// Keeps this replica's entries published until `stop` closes, then withdraws them: publishes at
 /// once when a connection comes or goes (coalesced), every `refresh` otherwise, every second while
 /// Redis is down; collects garbage every `refresh`; feeds the holders of agents that requests are
-/// waiting for to the registry.
+/// waiting for to the registry. With `shedding`, takes a balance step ([`crate::balance`]) after
+/// every successful refresh and when the pacing interval of the last drain ends.
 pub async fn run(
     state: Arc<KasState>,
     tracker: Arc<Tracker>,
     peers: Arc<crate::peer::PeerClient>,
     refresh: Duration,
+    mut shedding: Option<crate::balance::Shedding>,
     stop: async_channel::Receiver<()>,
 ) {
     let mut next_publish = Instant::now();
     let mut next_gc = Instant::now() + refresh;
     loop {
         let now = Instant::now();
+        let mut refreshed = false;
         if now >= next_publish {
+            // The load published is the serving connections: draining ones are leaving.
             let mut agents = BTreeSet::new();
             let mut load = 0u64;
             for c in state.registry.connections() {
-                load += 1;
                 if !c.draining {
+                    load += 1;
                     agents.insert(c.agent_id);
                 }
             }
@@ -405,6 +409,7 @@ pub async fn run(
             if ok {
                 peers.learn(&tracker.replicas());
             }
+            refreshed = ok;
             next_publish = now + if ok { refresh } else { RETRY };
         }
         if now >= next_gc && tracker.is_up() {
@@ -412,13 +417,27 @@ pub async fn run(
             let _ = smol::unblock(move || t.collect_garbage()).await;
             next_gc = now + refresh;
         }
+        if let Some(s) = shedding.as_mut()
+            && tracker.is_up()
+            && (refreshed || s.due(now))
+        {
+            s.step(
+                &state,
+                &tracker.replica_loads(),
+                &tracker.cluster(),
+                Instant::now(),
+            );
+        }
         for agent in state.registry.waiting_agents() {
             crate::peer::refresh_holders(&state, &tracker, &peers, agent).await;
         }
+        let now = Instant::now();
         let wait = if state.registry.waiting_agents().is_empty() {
-            next_publish
-                .min(next_gc)
-                .saturating_duration_since(Instant::now())
+            let mut at = next_publish.min(next_gc);
+            if let Some(t) = shedding.as_ref().and_then(|s| s.poll_timeout(now)) {
+                at = at.min(t);
+            }
+            at.saturating_duration_since(now)
         } else {
             WAITING_POLL
         };

@@ -147,6 +147,42 @@ impl Balance {
     }
 }
 
+/// A connection a replica could drain, as [`shed_order`] ranks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate<C> {
+    /// The connection.
+    pub connection: C,
+    /// Its agent.
+    pub agent: u64,
+    /// Whether the agent holds a connection on another replica too (with `K = 2`): draining this
+    /// one costs it nothing, the other keeps serving while it dials a replacement.
+    pub held_elsewhere: bool,
+}
+
+/// Which connections to drain when [`Balance::handle_loads`] says `n`: `candidates` (this
+/// replica's serving connections, **oldest first**) ranked with the agents that hold a connection
+/// on another replica first, then the others, each group oldest first; at most one connection per
+/// agent in one step (an agent with two connections here — a duplicate it is about to close —
+/// never loses both at once). Returns at most `n` connections, in that order.
+pub fn shed_order<C: Clone>(candidates: &[Candidate<C>], n: usize) -> Vec<C> {
+    let mut agents = std::collections::BTreeSet::new();
+    let ranked = candidates
+        .iter()
+        .filter(|c| c.held_elsewhere)
+        .chain(candidates.iter().filter(|c| !c.held_elsewhere));
+    let mut out = Vec::with_capacity(n.min(candidates.len()));
+    for c in ranked {
+        if out.len() >= n {
+            break;
+        }
+        if agents.insert(c.agent) {
+            out.push(c.connection.clone());
+        }
+    }
+    debug_assert!(out.len() <= n);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +220,25 @@ mod tests {
             t0 + hour.mul_f64(0.9)
         );
         assert!(connection_deadline(t0, hour, 0.1, 0.999_999) <= t0 + hour.mul_f64(1.1));
+    }
+
+    #[test]
+    fn agents_held_elsewhere_are_drained_first_oldest_first_once_each() {
+        let c = |connection: u32, agent: u64, held_elsewhere: bool| Candidate {
+            connection,
+            agent,
+            held_elsewhere,
+        };
+        let candidates = [
+            c(1, 10, false),
+            c(2, 11, true),
+            c(3, 12, false),
+            c(4, 13, true),
+            c(5, 13, true),
+        ];
+        assert_eq!(shed_order(&candidates, 2), vec![2, 4]);
+        assert_eq!(shed_order(&candidates, 3), vec![2, 4, 1]);
+        assert_eq!(shed_order(&candidates, 10), vec![2, 4, 1, 3]);
+        assert_eq!(shed_order(&candidates, 0), Vec::<u32>::new());
     }
 }
