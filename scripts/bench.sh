@@ -168,7 +168,7 @@ perf_start() { # name
     [ -n "$PERF_DIR" ] && [ -n "${KAS_PID:-}" ] && [ -n "${PERF_PIDS:-}" ] || return 0
     local file
     file="$PERF_DIR/$(tr -c 'a-zA-Z0-9=\n' '-' <<<"$1" | tr -s '-').data"
-    perf record -q -F 499 --call-graph dwarf,16384 -o "$file" -p "$PERF_PIDS" \
+    perf record -q -F 199 --call-graph dwarf,16384 -o "$file" -p "$PERF_PIDS" \
         -- sleep "$SECONDS_PER" >/dev/null 2>&1 &
     PERF_PID=$!
 }
