@@ -187,7 +187,7 @@ enum Sent {
     /// The exchange ended (answered, relayed, or cancelled).
     Done(Outcome),
     /// The connection turned the request away before any of it was written.
-    Unsent(Request<RequestBody>),
+    Unsent(Box<Request<RequestBody>>),
 }
 
 async fn exchange(
@@ -198,7 +198,7 @@ async fn exchange(
     match ex.guard(send.try_send_request(request)).await {
         Guarded::Done(Ok(response)) => Sent::Done(relay(response, ex).await),
         Guarded::Done(Err(mut e)) => match e.take_message() {
-            Some(request) => Sent::Unsent(request),
+            Some(request) => Sent::Unsent(Box::new(request)),
             None => Sent::Done(upstream_failed(classify(e.error()), ex).await),
         },
         Guarded::Cancelled(error) => Sent::Done(Outcome::Cancelled {
@@ -259,7 +259,7 @@ pub async fn forward(
                 }
                 return outcome;
             }
-            Sent::Unsent(back) if !fresh => request = back,
+            Sent::Unsent(back) if !fresh => request = *back,
             Sent::Unsent(_) => {
                 let e = std::io::Error::new(
                     std::io::ErrorKind::ConnectionAborted,
