@@ -3,7 +3,11 @@
 # run on loopback, then the tunnel table (bulk and round trip vs raw TLS, idle connections).
 #
 #   scripts/bench.sh [--seconds S] [--install-rathole] [--no-build] [--idle N] [--bin-dir DIR]
+#                    [--http-only] [--perf DIR]
 #
+# --http-only: only the HTTP table (no tunnel table, no idle agents).
+# --perf DIR: also record `perf` profiles (call graphs) of kas and agentk during the kas rows'
+# c=1 and c=64 small-request cells, as DIR/<row>-c<N>.data (read with `perf report -i`).
 # --bin-dir: take kas, agentk, sim-apiserver and examples/{bench,idle_agents} from DIR instead of
 # building them (default target/release).
 #
@@ -27,6 +31,8 @@ INSTALL_RATHOLE=0
 BUILD=1
 IDLE=10000
 BIN_DIR=""
+HTTP_ONLY=0
+PERF_DIR=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) SECONDS_PER="$2"; shift 2 ;;
@@ -34,7 +40,9 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0; shift ;;
         --idle) IDLE="$2"; shift 2 ;;
         --bin-dir) BIN_DIR="$2"; BUILD=0; shift 2 ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        --http-only) HTTP_ONLY=1; shift ;;
+        --perf) PERF_DIR="$(mkdir -p "$2" && cd "$2" && pwd)"; shift 2 ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -50,7 +58,8 @@ fi
 if [ "$BUILD" = 1 ]; then
     timeout 3600 cargo build --release -q -p kas --bin kas -p agentk --bin agentk \
         -p sim-apiserver --bin sim-apiserver
-    timeout 3600 cargo build --release -q -p runtime-tokio --example bench --example idle_agents
+    [ "$HTTP_ONLY" = 1 ] ||
+        timeout 3600 cargo build --release -q -p runtime-tokio --example bench --example idle_agents
 fi
 BIN="${BIN_DIR:-$ROOT/target/release}"
 
@@ -153,13 +162,26 @@ EOF
 # wrk prints latency in us/ms/s; normalise to a short string.
 RESULTS="$W/results"
 : >"$RESULTS"
+# Profiles the kas rows' small-request cells when --perf is given (perf runs as long as wrk).
+perf_start() { # name
+    PERF_PID=""
+    [ -n "$PERF_DIR" ] && [ -n "${KAS_PID:-}" ] && [ -n "${PERF_PIDS:-}" ] || return 0
+    local file
+    file="$PERF_DIR/$(tr -c 'a-zA-Z0-9=\n' '-' <<<"$1" | tr -s '-').data"
+    perf record -q -F 199 --call-graph dwarf,16384 -o "$file" -p "$PERF_PIDS" \
+        -- sleep "$SECONDS_PER" >/dev/null 2>&1 &
+    PERF_PID=$!
+}
+perf_stop() { [ -z "${PERF_PID:-}" ] || wait "$PERF_PID" || true; }
 measure() { # name url conns [header]
     local out
+    case "$1" in *" c="*) perf_start "$1" ;; esac
     if [ -n "${4:-}" ]; then
         out=$(timeout $((SECONDS_PER + 30)) wrk -t1 -c"$3" -d"${SECONDS_PER}s" --latency -H "$4" "$2" 2>&1 || true)
     else
         out=$(timeout $((SECONDS_PER + 30)) wrk -t1 -c"$3" -d"${SECONDS_PER}s" --latency "$2" 2>&1 || true)
     fi
+    perf_stop
     local rps p50 p99 errs
     rps=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
     p50=$(awk '$1 == "50%" { print $2 }' <<<"$out")
@@ -286,13 +308,17 @@ start_kas 0
 BASE="http://127.0.0.1:$KAS_API_PORT"
 SVC="$BASE/api/v1/agents/1/proxy/default/nginx:$NGINX_PORT"
 wait_proxy "$SVC/small"
+PERF_PIDS="$KAS_PID,$AGENTK_PID"
 row "kas service proxy, plain-HTTP API" "$SVC/small" "$SVC/1m" "$BEARER" \
     "kas=$KAS_PID" "agentk=$AGENTK_PID"
+PERF_PIDS=""
 row "sim-apiserver direct (GET /version)" "http://127.0.0.1:$API_PORT/version" "" "" \
     "apiserver=$API_PID"
+PERF_PIDS="$KAS_PID,$AGENTK_PID"
 row "kas /k8s-proxy, plain-HTTP API" "$BASE/k8s-proxy/version" "" "$BEARER" \
     "kas=$KAS_PID" "agentk=$AGENTK_PID"
 stop_kas
+PERF_PIDS=""
 
 start_kas 1
 BASE="https://127.0.0.1:$KAS_API_PORT"
@@ -316,6 +342,8 @@ while IFS='|' read -r label r1 p1 q1 r64 p64 q64 big rss; do
     fi
 done <"$RESULTS"
 echo
+
+[ "$HTTP_ONLY" = 1 ] && exit 0
 
 # ---------------------------------------------------------------- the tunnel table
 "$BIN/examples/bench" --idle 0

@@ -155,7 +155,7 @@ impl Agent {
         tracing::info!(api_server = %kube_config.cluster_url, "Kubernetes API configuration loaded");
         let services = Services {
             kube: upstream::kube_service(&kube_config)?,
-            plain: upstream::plain_service(),
+            pool: Default::default(),
             services: informer::ServiceInformer::new(
                 kube::Client::try_from(kube_config.clone())
                     .map_err(|e| Error::kube("the service watch client", e))?,

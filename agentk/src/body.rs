@@ -16,6 +16,8 @@ use tokio::sync::oneshot;
 
 /// Largest chunk handed to hyper at once.
 const CHUNK: usize = 16 * 1024;
+/// What [`RequestBody::from_tunnel`] peeks at most (on the stack).
+const PEEK: usize = 2048;
 
 /// A request body: empty, or the body kas streams on the tunnel stream.
 ///
@@ -54,10 +56,11 @@ impl RequestBody {
     /// body at all; otherwise hyper streams the tunnel body upstream as it arrives and hands the
     /// receiving half back to the [`ResetWatch`] when it is done with it.
     pub fn from_tunnel(mut recv: RecvStream) -> (RequestBody, ResetWatch) {
-        let mut buf = vec![0; CHUNK];
-        // Peek without waiting: a stream opened with END_STREAM reports its end at once.
+        // Peek without waiting: a stream opened with END_STREAM (most requests) reports its end at
+        // once, and needs no buffer beyond this one on the stack.
+        let mut peek = [0u8; PEEK];
         let mut cx = Context::from_waker(Waker::noop());
-        let mut rb = ReadBuf::new(&mut buf);
+        let mut rb = ReadBuf::new(&mut peek);
         let first = match Pin::new(&mut recv).poll_read(&mut cx, &mut rb) {
             Poll::Ready(Ok(())) if rb.filled().is_empty() => {
                 return (RequestBody::empty(), ResetWatch::Stream(recv));
@@ -70,7 +73,7 @@ impl RequestBody {
         (
             RequestBody {
                 recv: Some(recv),
-                buf,
+                buf: Vec::new(),
                 first,
                 give_back: Some(tx),
             },
@@ -112,6 +115,9 @@ impl Body for RequestBody {
         let Some(recv) = this.recv.as_mut() else {
             return Poll::Ready(None);
         };
+        if this.buf.is_empty() {
+            this.buf = vec![0; CHUNK];
+        }
         let mut rb = ReadBuf::new(&mut this.buf);
         match Pin::new(recv).poll_read(cx, &mut rb) {
             Poll::Pending => Poll::Pending,

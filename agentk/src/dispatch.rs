@@ -16,6 +16,7 @@ use crate::body::RequestBody;
 use crate::cache::CacheHandle;
 use crate::forward::{Exchange, Outcome};
 use crate::informer::ServiceInformer;
+use crate::service_pool::ServicePool;
 use crate::service_proxy::Clients;
 use crate::upstream::HttpService;
 use crate::{cache_service, k8s_api, service_proxy};
@@ -25,8 +26,8 @@ use crate::{cache_service, k8s_api, service_proxy};
 pub struct Services {
     /// The Kubernetes API server, with agentk's credentials.
     pub kube: HttpService,
-    /// Plain HTTP/1.1 for in-cluster services.
-    pub plain: HttpService,
+    /// Keep-alive HTTP/1.1 connections to in-cluster services.
+    pub pool: Arc<ServicePool>,
     /// The Services the service proxy resolves (watched, not read per request).
     pub services: ServiceInformer,
     /// The informer cache, if it runs.
@@ -57,7 +58,7 @@ pub async fn serve_stream(services: Arc<Services>, head: RequestHead, stream: St
         service::SERVICE_PROXY => {
             let clients = Clients {
                 services: &services.services,
-                plain: &services.plain,
+                pool: &services.pool,
             };
             service_proxy::serve(clients, &head, recv, send).await
         }

@@ -1,23 +1,24 @@
 //! The `service-proxy` service: an HTTP request for an in-cluster Service. agentk resolves the
 //! Service's cluster IP and port from its [`ServiceInformer`] (a watch per Service, started by
 //! the first request for it: no API call per request), and forwards the request there over
-//! HTTP/1.1 on a pooled keep-alive connection, streaming both ways; see protocol/SERVICES.md §4.
+//! HTTP/1.1 on a pooled keep-alive connection driven by the stream's own task
+//! ([`crate::service_pool`]), streaming both ways; see protocol/SERVICES.md §4.
 
-use http::{Request, Uri};
+use http::{HeaderValue, Request, Uri};
 use protocol::proto::RequestHead;
 use runtime_tokio::{RecvStream, SendStream};
 
 use crate::body::RequestBody;
-use crate::forward::{Exchange, Guarded, Outcome, forward};
+use crate::forward::{Exchange, Guarded, Outcome};
 use crate::head::http_head;
 use crate::informer::ServiceInformer;
 use crate::proxy_path::{self, ProxyTarget, ResolveError};
-use crate::upstream::HttpService;
+use crate::service_pool::{self, ServicePool};
 
-/// What this service uses: the Services it resolves and the client it forwards with.
+/// What this service uses: the Services it resolves and the connections it forwards on.
 pub struct Clients<'a> {
     pub services: &'a ServiceInformer,
-    pub plain: &'a HttpService,
+    pub pool: &'a ServicePool,
 }
 
 /// Serves one service-proxy stream.
@@ -38,20 +39,35 @@ pub async fn serve(
         Ok(a) => a,
         Err(outcome) => return outcome,
     };
-    let uri = match format!("http://{authority}{}", target.path_and_query).parse::<Uri>() {
-        Ok(u) => u,
-        Err(e) => {
+    // Origin-form, with the Host a client of the service would send (`clusterIP:port`).
+    let (uri, host) = match (
+        Uri::try_from(target.path_and_query),
+        HeaderValue::from_str(&authority),
+    ) {
+        (Ok(u), Ok(h)) => (u, h),
+        (Err(e), _) => {
             return ex
                 .answer_status(400, "BadRequest", &format!("invalid target URI: {e}"), None)
                 .await;
         }
+        (_, Err(e)) => {
+            return ex
+                .answer_status(
+                    400,
+                    "BadRequest",
+                    &format!("invalid target host: {e}"),
+                    None,
+                )
+                .await;
+        }
     };
-    tracing::debug!(%uri, "proxying to service");
+    tracing::debug!(%authority, %uri, "proxying to service");
     let mut request = Request::new(body);
     *request.method_mut() = parsed.method;
     *request.uri_mut() = uri;
     *request.headers_mut() = parsed.headers;
-    forward(clients.plain, request, &mut ex).await
+    request.headers_mut().insert(http::header::HOST, host);
+    service_pool::forward(clients.pool, &authority, request, &mut ex).await
 }
 
 /// Resolves `clusterIP:port` of the target's Service; on failure, the stream has been answered.
@@ -73,7 +89,7 @@ async fn lookup(
         }
         Guarded::TimedOut => return Err(ex.answer_timeout().await),
     };
-    let name = format!("{}/{}", target.namespace, target.service);
+    let name = || format!("{}/{}", target.namespace, target.service);
     let object = match state {
         Ok(Some(object)) => object,
         Ok(None) => {
@@ -94,7 +110,7 @@ async fn lookup(
                 .answer_status(
                     502,
                     "InternalError",
-                    &format!("service {name}: {}", failure.message),
+                    &format!("service {}: {}", name(), failure.message),
                     Some(failure.kind),
                 )
                 .await);
@@ -105,7 +121,8 @@ async fn lookup(
                     502,
                     "ServiceUnavailable",
                     &format!(
-                        "agentk cannot read service {name} from the API server: {}",
+                        "agentk cannot read service {} from the API server: {}",
+                        name(),
                         failure.message
                     ),
                     Some(failure.kind),
@@ -119,7 +136,7 @@ async fn lookup(
             .answer_status(
                 502,
                 "InternalError",
-                &format!("service {name}: {e}"),
+                &format!("service {}: {e}", name()),
                 Some("lookup"),
             )
             .await),
@@ -127,7 +144,7 @@ async fn lookup(
             .answer_status(
                 503,
                 "ServiceUnavailable",
-                &format!("service {name}: {e}"),
+                &format!("service {}: {e}", name()),
                 None,
             )
             .await),

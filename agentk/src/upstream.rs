@@ -4,9 +4,9 @@
 //!   impersonation headers; `kube::client::ConfigExt`) over hyper-util's pooled client with kube's
 //!   rustls connector. kube's `Client::send` takes only buffered request bodies, so agentk builds the
 //!   same stack itself with a streaming body type.
-//! - The in-cluster service client: plain HTTP/1.1 to `clusterIP:port`.
 //!
-//! Both are boxed as [`HttpService`], so forwarding does not care which one it uses.
+//! It is boxed as [`HttpService`]. In-cluster services are reached on keep-alive connections of
+//! [`crate::service_pool`] instead.
 
 use std::error::Error as StdError;
 use std::time::Duration;
@@ -30,7 +30,7 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 /// An HTTP client as a cloneable, shareable tower service with a streaming request body.
 pub type HttpService = BoxCloneSyncService<Request<RequestBody>, Response<Incoming>, BoxError>;
 
-/// Connect timeout for in-cluster services and for the API server when kube sets none.
+/// Connect timeout for the API server when kube sets none.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
@@ -86,21 +86,6 @@ pub fn kube_service(config: &kube::Config) -> Result<HttpService, Error> {
         .map_err(BoxError::from)
         .service(client);
     Ok(BoxCloneSyncService::new(service))
-}
-
-/// The plain HTTP/1.1 client for in-cluster services (absolute `http://` URIs).
-pub fn plain_service() -> HttpService {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE)
-        .build::<_, RequestBody>(http);
-    BoxCloneSyncService::new(
-        ServiceBuilder::new()
-            .map_err(BoxError::from)
-            .service(client),
-    )
 }
 
 /// A short kind for the `x-tunnel-error` header and the full message of an upstream failure.

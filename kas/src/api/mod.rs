@@ -36,6 +36,7 @@ pub mod agents;
 pub mod cache;
 pub mod events;
 pub mod gitops;
+pub mod lazy_timer;
 pub mod proxy;
 pub mod read_access;
 pub mod response;
@@ -361,8 +362,7 @@ pub async fn handle(
         _ => resp,
     };
     let elapsed = arrived.elapsed();
-    state.metrics.request(label, status);
-    state.metrics.latency(label, elapsed);
+    state.metrics.answered(label, status, elapsed);
     let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
     span.in_scope(|| match label {
         "healthz" | "readyz" | "metrics" => {
@@ -788,7 +788,7 @@ async fn serve_connection<I>(
     });
     // `with_upgrades`: a 101 answer hands the connection to the upgraded session ([`upgrade`]).
     let conn = hyper::server::conn::http1::Builder::new()
-        .timer(smol_hyper::rt::SmolTimer::new())
+        .timer(lazy_timer::LazyTimer)
         .serve_connection(smol_hyper::rt::FuturesIo::new(io), service)
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);

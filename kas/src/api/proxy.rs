@@ -278,9 +278,11 @@ pub async fn proxy(
     };
 
     loop {
-        let connection_id =
-            agent_listener::connection_id(&state.instance, lease.connection_serial());
-        span.record("connection_id", connection_id.as_str());
+        if !span.is_disabled() {
+            let connection_id =
+                agent_listener::connection_id(&state.instance, lease.connection_serial());
+            span.record("connection_id", connection_id.as_str());
+        }
         let stream = match lease.connection().open(head.clone(), end_stream) {
             Ok(s) => Arc::new(s),
             Err(e) => {
