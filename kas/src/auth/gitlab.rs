@@ -526,7 +526,9 @@ impl GitLabAuthenticator {
         ask: impl FnOnce() -> Result<UserAnswer, AuthError>,
     ) -> Result<UserAnswer, AuthError> {
         let lock = || self.users.lock().unwrap_or_else(|e| e.into_inner());
-        let answer = match lock().get(&key, now) {
+        // The guard must not live through the match: asking GitLab and caching lock again.
+        let cached = lock().get(&key, now);
+        let answer = match cached {
             Some(answer) => answer,
             None => {
                 let (answer, ttl) = match ask() {
