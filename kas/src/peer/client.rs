@@ -612,6 +612,12 @@ impl PeerClient {
                 tracing::info!(parent: span, %replica, agent_id, error = %why, "holder unreachable");
                 return Outcome::NotThere("unreachable");
             }
+            Some(Err(e)) if retryable(req) => {
+                // An idempotent request without a body (RFC 9110 §9.2.2) whose hop failed before
+                // any answer: tried again on another holder, as an HTTP client retries it.
+                tracing::info!(parent: span, %replica, agent_id, error = %e, "holder failed before answering; trying another");
+                return Outcome::NotThere("failed");
+            }
             Some(Err(e)) => {
                 tracing::info!(parent: span, %replica, agent_id, error = %e, "holder failed mid-request");
                 return bad_gateway(e.to_string());
@@ -659,6 +665,14 @@ impl PeerClient {
         }
         Outcome::Answered(Ok(out))
     }
+}
+
+/// Whether a request whose hop failed before any answer may be sent to another holder: an
+/// idempotent method, no body, not an upgrade (RFC 9110 §9.2.2).
+fn retryable(req: &super::Request<'_>) -> bool {
+    !req.has_body
+        && req.upgrade.is_none()
+        && matches!(req.head.method.as_str(), "GET" | "HEAD" | "OPTIONS")
 }
 
 /// Why a request to a replica got no response.
