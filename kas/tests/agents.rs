@@ -71,9 +71,13 @@ fn agents_listing_shows_connection_metadata() {
     let _b = FakeAgent::connect(&env, &kas, 1, &script);
 
     let admin = env.admin_bearer(1);
-    let reply = get(&format!("{}/api/v1/agents", kas.api_url()), Some(&admin));
-    assert_eq!(reply.status, 200);
-    let list = reply.json();
+    // The agent has its ACCEPT a moment before kas lists the connection: wait for both.
+    let list = eventually("both connections of agent 1 listed", || {
+        let reply = get(&format!("{}/api/v1/agents", kas.api_url()), Some(&admin));
+        assert_eq!(reply.status, 200);
+        let list = reply.json();
+        (list[0]["connections"] == 2).then_some(list)
+    });
     let agents = list.as_array().expect("a JSON array");
     let ids: Vec<u64> = agents.iter().map(|a| a["id"].as_u64().unwrap()).collect();
     assert_eq!(ids, [1, 2, 3], "agents of the agents file, sorted");
