@@ -32,6 +32,8 @@ use simulator::sim::{RunOptions, Scenario};
 const MEMORY_TOLERANCE: f64 = 0.35;
 const P50_FACTOR: f64 = 2.0;
 const P99_FACTOR: f64 = 4.0;
+/// Storms closer than this agree (see `disagreements`).
+const STORM_SLACK_S: f64 = 1.5;
 const STORM_FACTOR: f64 = 2.0;
 /// Idle agents in the real scenario (the calibration uses 150).
 const AGENTS: usize = 300;
@@ -143,7 +145,12 @@ fn disagreements(real: &Figures, model: &Figures) -> Vec<String> {
             real.p99_ms, model.p99_ms
         ));
     }
-    if !within_factor(real.storm_s, model.storm_s, STORM_FACTOR) {
+    // A storm of a few hundred agents after a short outage lasts about one jittered back-off
+    // (agentk's first retry lies anywhere in 0–0.5 s, the next in 0–1 s): below STORM_SLACK_S apart
+    // the two agree whatever their ratio.
+    if !within_factor(real.storm_s, model.storm_s, STORM_FACTOR)
+        && (real.storm_s - model.storm_s).abs() > STORM_SLACK_S
+    {
         out.push(format!(
             "storm {:.2} s vs {:.2} s",
             real.storm_s, model.storm_s
