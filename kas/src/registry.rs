@@ -282,8 +282,9 @@ impl<C: Clone + Send + 'static> Registry<C> {
         true
     }
 
-    /// Forgets a connection that closed. Returns how many requests were running on it (the policy
-    /// says they are lost; their streams fail on their own, since the connection is gone).
+    /// Forgets a connection that closed. Returns how many requests were running on it: their streams
+    /// fail on their own, and the policy keeps each until its [`Lease`] reports how (finished: the
+    /// agent may have processed it, the proxy fails it; refused or never opened: placed again).
     pub fn remove_connection(&self, serial: u64) -> usize {
         let mut s = self.lock();
         let Some(entry) = s.connections.remove(&serial) else {
@@ -637,15 +638,18 @@ impl<C: Clone + Send + 'static> Lease<C> {
         self.agent_id
     }
 
-    /// Opening the stream failed and nothing reached the wire: the policy decides (another connection,
-    /// or a failure), and this waits for its answer.
-    pub async fn open_failed(self, failure: OpenFailure) -> Result<Lease<C>, RequestFailure> {
+    /// Opening the stream failed and nothing reached the wire: the policy decides (another connection
+    /// here, another replica holding the agent, or a failure), and this waits for its answer. Also
+    /// when the connection closed meanwhile (the policy kept the request: rule 3a of
+    /// [`protocol::routing::policy`]).
+    pub async fn open_failed(self, failure: OpenFailure) -> Result<Routed<C>, RequestFailure> {
         self.report(|routing, request| routing.handle_open_failed(request, failure, Instant::now()))
             .await
     }
 
-    /// The agent refused the stream before answering (never processed it): the policy decides.
-    pub async fn refused(self) -> Result<Lease<C>, RequestFailure> {
+    /// The agent refused the stream before answering (never processed it): the policy decides, as for
+    /// [`Lease::open_failed`] (a request with a body fails: it cannot be sent again).
+    pub async fn refused(self) -> Result<Routed<C>, RequestFailure> {
         self.report(|routing, request| routing.handle_refused(request, Instant::now()))
             .await
     }
@@ -653,7 +657,7 @@ impl<C: Clone + Send + 'static> Lease<C> {
     async fn report(
         mut self,
         f: impl FnOnce(&mut KasRouting<u64, u64>, &u64),
-    ) -> Result<Lease<C>, RequestFailure> {
+    ) -> Result<Routed<C>, RequestFailure> {
         let registry = self.registry.clone();
         let (agent_id, request) = (self.agent_id, self.request);
         self.active = false;
@@ -665,19 +669,16 @@ impl<C: Clone + Send + 'static> Lease<C> {
             f(&mut s.routing, &request);
             deliver(&mut s);
             if s.waiters.contains_key(&request) && !s.routing.knows(&request) {
-                // The policy had already forgotten it (its connection closed meanwhile): lost.
+                // The policy keeps every request a lease holds (orphans included) until it is
+                // reported: cannot happen, but never wait for an answer that will not come.
                 s.waiters.remove(&request);
                 return Err(RequestFailure::ConnectionLost);
             }
             rx
         };
         registry.kick_timers();
-        match registry.wait(agent_id, request, rx).await? {
-            Routed::Here(lease) => Ok(lease),
-            // A requeued request moved to another replica: its stream was opened here once, so it
-            // is not sent again from here.
-            Routed::Forward(_) => Err(RequestFailure::ConnectionLost),
-        }
+        // Here again, or another replica (the agent never processed it: the caller forwards it).
+        registry.wait(agent_id, request, rx).await
     }
 }
 
@@ -687,7 +688,7 @@ impl<C: Clone + Send + 'static> Drop for Lease<C> {
             return;
         }
         let mut s = self.registry.lock();
-        // Unknown when the connection was removed meanwhile (the policy already forgot it).
+        // Its connection may be gone (an orphan in the policy): finished either way.
         s.routing.handle_finished(&self.request);
         deliver(&mut s);
     }
@@ -729,6 +730,25 @@ mod tests {
 
     fn run<T>(f: impl std::future::Future<Output = T>) -> T {
         smol::block_on(f)
+    }
+
+    /// The lease of a request the policy placed here again.
+    fn here(routed: Result<Routed<&'static str>, RequestFailure>) -> Lease<&'static str> {
+        match routed {
+            Ok(Routed::Here(lease)) => lease,
+            other => panic!("expected a connection here, got {other:?}"),
+        }
+    }
+
+    /// Waits (bounded, a hang guard) until `f` holds.
+    fn until(f: impl Fn() -> bool) {
+        for _ in 0..400 {
+            if f() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(f(), "condition not reached");
     }
 
     #[test]
@@ -834,7 +854,7 @@ mod tests {
         let lease = run(reg.route(5, in_secs(30), true)).unwrap();
         assert_eq!(*lease.connection(), "old");
         reg.add_connection(entry(2, 5, "new"), 4).unwrap();
-        let lease = run(lease.open_failed(OpenFailure::GoingAway)).unwrap();
+        let lease = here(run(lease.open_failed(OpenFailure::GoingAway)));
         assert_eq!(*lease.connection(), "new");
         assert_eq!((reg.load(1), reg.load(2)), (0, 1));
         assert_eq!(reg.stats().rerouted, 1);
@@ -866,8 +886,110 @@ mod tests {
         );
         assert_eq!(reg.load(1), 0);
         let lease = run(reg.route(5, in_secs(30), true)).unwrap();
-        let lease = run(lease.refused()).unwrap();
+        let lease = here(run(lease.refused()));
         assert_eq!(*lease.connection(), "a");
+    }
+
+    /// The refused-stream race (issue 12): the agent refuses a stream and closes the connection (a
+    /// duplicate, a shed one), and kas removes the connection before the proxy reports the refusal.
+    /// The request was never processed: it goes to the agent's other connection, not a 502.
+    #[test]
+    fn a_refusal_reported_after_its_connection_closed_is_placed_again() {
+        let reg = reg();
+        reg.add_connection(entry(1, 5, "duplicate"), 4).unwrap();
+        let lease = run(reg.route(5, in_secs(30), true)).unwrap();
+        assert_eq!(*lease.connection(), "duplicate");
+        reg.add_connection(entry(2, 5, "other"), 4).unwrap();
+        assert_eq!(reg.remove_connection(1), 1, "running on it when it closed");
+        let lease = here(run(lease.refused()));
+        assert_eq!(*lease.connection(), "other");
+        assert_eq!(reg.load(2), 1);
+        assert_eq!(reg.stats().rerouted, 1);
+        // The same for an open that failed on a connection closed meanwhile.
+        reg.add_connection(entry(3, 5, "third"), 4).unwrap();
+        assert_eq!(reg.remove_connection(2), 1);
+        let lease = here(run(lease.open_failed(OpenFailure::Closed)));
+        assert_eq!(*lease.connection(), "third");
+        drop(lease);
+        assert_eq!(reg.load(3), 0);
+        assert_eq!(reg.stats().router.assigned, 0);
+    }
+
+    #[test]
+    fn a_refusal_after_the_last_connection_closed_waits_for_the_next_one() {
+        let reg = reg();
+        let timers = smol::spawn({
+            let r = reg.clone();
+            async move { r.run_timers().await }
+        });
+        reg.add_connection(entry(1, 5, "duplicate"), 4).unwrap();
+        let lease = run(reg.route(5, in_secs(30), true)).unwrap();
+        reg.remove_connection(1);
+        let refused = smol::spawn(async move {
+            lease.refused().await.map(|r| match r {
+                Routed::Here(l) => *l.connection(),
+                Routed::Forward(_) => "forwarded",
+            })
+        });
+        until(|| reg.pending_for(5) == 1);
+        reg.add_connection(entry(2, 5, "redialled"), 4).unwrap();
+        assert_eq!(run(refused), Ok("redialled"));
+        // Its original deadline still holds: refused after a close, it waits no longer than that.
+        reg.remove_connection(2);
+        reg.add_connection(entry(3, 5, "short"), 4).unwrap();
+        let lease = run(reg.route(5, Instant::now() + Duration::from_millis(100), true)).unwrap();
+        assert_eq!(*lease.connection(), "short");
+        reg.remove_connection(3);
+        assert!(matches!(
+            run(lease.refused()),
+            Err(RequestFailure::NotConnected { .. })
+        ));
+        reg.close();
+        run(timers);
+    }
+
+    #[test]
+    fn a_refusal_after_the_close_moves_to_the_replica_holding_the_agent() {
+        let reg = Reg::new(
+            RoutingConfig {
+                replica: Some(ReplicaId(1)),
+                ..RoutingConfig::default()
+            },
+            Listing::Open,
+        );
+        reg.note_agent(5, "five");
+        reg.add_connection(entry(1, 5, "duplicate"), 4).unwrap();
+        reg.set_holders(5, &[(ReplicaId(2), in_secs(30))]);
+        let lease = match run(reg.route_or_forward(5, in_secs(30), true, 0)).unwrap() {
+            Routed::Here(lease) => lease,
+            Routed::Forward(r) => panic!("a live connection here comes first, not {r}"),
+        };
+        // A request with a body that was refused cannot go anywhere: a typed failure.
+        let with_body = match run(reg.route_or_forward(5, in_secs(30), false, 0)).unwrap() {
+            Routed::Here(lease) => lease,
+            Routed::Forward(r) => panic!("{r}"),
+        };
+        reg.remove_connection(1);
+        assert!(matches!(
+            run(lease.refused()),
+            Ok(Routed::Forward(ReplicaId(2)))
+        ));
+        assert_eq!(
+            run(with_body.refused()).unwrap_err(),
+            RequestFailure::Unprocessed { attempts: 1 }
+        );
+        assert_eq!(reg.stats().router.pending + reg.stats().router.assigned, 0);
+        // A forwarded request (one hop made) is never forwarded again: it waits here.
+        reg.add_connection(entry(2, 5, "back"), 4).unwrap();
+        let hopped = match run(reg.route_or_forward(5, in_secs(30), true, 1)).unwrap() {
+            Routed::Here(lease) => lease,
+            Routed::Forward(r) => panic!("{r}"),
+        };
+        reg.remove_connection(2);
+        let waiting = smol::spawn(async move { hopped.refused().await.map(|_| ()) });
+        until(|| reg.pending_for(5) == 1);
+        reg.close();
+        assert_eq!(run(waiting), Err(RequestFailure::ShuttingDown));
     }
 
     #[test]
@@ -890,7 +1012,7 @@ mod tests {
         reg.add_connection(entry(1, 5, "a"), 4).unwrap();
         let lease = run(reg.route(5, in_secs(30), true)).unwrap();
         assert_eq!(reg.remove_connection(1), 1);
-        drop(lease); // finishing a forgotten request is harmless
+        drop(lease); // its stream failed (the agent may have processed it): finished
         assert_eq!(reg.stats().router.assigned, 0);
         assert!(reg.connections().is_empty());
     }

@@ -13,6 +13,9 @@
 //!   only refused or unprocessed requests are placed again;
 //! - `no_forward_without_holder`: without another replica holding the agent nothing is forwarded, and
 //!   a request is never forwarded more than `max_hops` times;
+//! - `orphans_are_kept`: a request placed on a connection that closes stays known to the policy until
+//!   the driver reports it (finished, cancelled, refused, open failed); reported unprocessed after
+//!   the close (the refused-stream race), it is placed again like a requeued one;
 //! - the policy's own invariants (router invariants included) hold.
 #![allow(clippy::unwrap_used)]
 
@@ -333,7 +336,8 @@ impl Harness {
         self.routing
             .check_invariants()
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
-        // A connection that closed loses the requests placed on it: the driver's streams fail.
+        // orphans_are_kept: a connection that closed orphans the requests placed on it; the driver
+        // still holds them and reports each.
         let lost: Vec<u64> = self
             .requests
             .iter()

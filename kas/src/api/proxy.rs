@@ -28,12 +28,13 @@ use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use protocol::proto::{Header, RequestHead, ResponseHead};
-use protocol::routing::{OpenFailure, RequestFailure};
+use protocol::routing::{OpenFailure, ReplicaId, RequestFailure};
 use protocol::service::HeaderRule;
 use protocol::{ErrorCode, OpenError};
 use runtime_smol::Error as TunnelError;
 
 use crate::agent_listener;
+use crate::registry::{Lease, Routed};
 use crate::state::KasState;
 use crate::users::UserIdentity;
 
@@ -258,26 +259,35 @@ pub async fn proxy(
     });
     // The policy rejects unknown agents (404) and bounds the attempts: the loop ends.
     let failed = |e: RequestFailure| route_failure(agent_id, &e);
-    // Here, or on the replica holding the agent (crate::peer; a single kas never forwards).
-    let routed = crate::peer::Request {
-        user: &user,
-        head: &head,
-        method: &method,
-        body: &mut body,
-        has_body,
-        deadline,
-        forwarded,
-        upgrade: &mut upgrade,
-    };
-    let mut lease = match crate::peer::route(state, routed, span)
-        .await
-        .map_err(failed)?
-    {
-        crate::peer::Route::Here(lease) => lease,
-        crate::peer::Route::Answered(answer) => return answer,
-    };
-
+    // A request the agent never processed here (refused, or its stream not opened) goes where the
+    // policy says: a connection here again (`placed`), or the replica holding the agent (`moved`).
+    let mut placed: Option<Lease<runtime_smol::Connection>> = None;
+    let mut moved: Option<ReplicaId> = None;
     loop {
+        let lease = match placed.take() {
+            Some(lease) => lease,
+            None => {
+                // Here, or on the replica holding the agent (crate::peer; a single kas never
+                // forwards).
+                let routed = crate::peer::Request {
+                    user: &user,
+                    head: &head,
+                    method: &method,
+                    body: &mut body,
+                    has_body,
+                    deadline,
+                    forwarded,
+                    upgrade: &mut upgrade,
+                };
+                match crate::peer::route(state, routed, moved.take(), span)
+                    .await
+                    .map_err(failed)?
+                {
+                    crate::peer::Route::Here(lease) => lease,
+                    crate::peer::Route::Answered(answer) => return answer,
+                }
+            }
+        };
         if !span.is_disabled() {
             let connection_id =
                 agent_listener::connection_id(&state.instance, lease.connection_serial());
@@ -296,7 +306,10 @@ pub async fn proxy(
                         .start_close(crate::agent_listener::RETIRE_GRACE);
                 }
                 tracing::debug!(parent: span, error = %e, ?failure, "stream not opened");
-                lease = lease.open_failed(failure).await.map_err(failed)?;
+                match lease.open_failed(failure).await.map_err(failed)? {
+                    Routed::Here(lease) => placed = Some(lease),
+                    Routed::Forward(replica) => moved = Some(replica),
+                }
                 continue;
             }
         };
@@ -329,7 +342,10 @@ pub async fn proxy(
             Some(Err(e)) if unprocessed(&e) => {
                 tracing::debug!(parent: span, error = %e, "stream refused before its answer");
                 drop(stream);
-                lease = lease.refused().await.map_err(failed)?;
+                match lease.refused().await.map_err(failed)? {
+                    Routed::Here(lease) => placed = Some(lease),
+                    Routed::Forward(replica) => moved = Some(replica),
+                }
                 continue;
             }
             Some(Err(e)) => return Err(tunnel_failure(agent_id, &e)),

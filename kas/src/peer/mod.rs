@@ -172,10 +172,13 @@ pub struct Request<'a> {
 
 /// Routes a proxied request: the routing policy decides between a connection here and a replica
 /// holding one (from the tracker's holders); a forwarded request is sent there and its answer
-/// returned. A single kas (no `replicas` configured) never forwards.
+/// returned. A single kas (no `replicas` configured) never forwards. `moved`: the policy already
+/// chose that replica (a request the agent never processed here, refused or not opened, moved there:
+/// [`crate::registry::Lease::refused`]); it is sent there first.
 pub async fn route(
     state: &Arc<KasState>,
     mut req: Request<'_>,
+    mut moved: Option<ReplicaId>,
     span: &tracing::Span,
 ) -> Result<Route, RequestFailure> {
     let agent_id = req.user.agent_id;
@@ -184,31 +187,12 @@ pub async fn route(
     let mut skip = BTreeSet::new();
     // Bounded: each round leaves one more replica out, and there are finitely many.
     loop {
-        if let (Some(r), None) = (&state.replicas, req.forwarded)
-            && !state.registry.has_live_connection(agent_id)
-        {
-            // The holders read for an earlier request serve for a moment (not after one of them
-            // failed this request: then Redis is read again).
-            match r
-                .peers
-                .cached_holders(agent_id, Instant::now())
-                .filter(|_| skip.is_empty())
-            {
-                Some(entries) => state
-                    .registry
-                    .set_holders(agent_id, &crate::tracker::as_policy_holders(&entries)),
-                None => {
-                    refresh_holders_skipping(state, &r.tracker, &r.peers, agent_id, &skip).await;
-                }
-            }
-        }
-        let routed = state
-            .registry
-            .route_or_forward(agent_id, req.deadline, !req.has_body, hops)
-            .await?;
-        let replica = match routed {
-            Routed::Here(lease) => return Ok(Route::Here(lease)),
-            Routed::Forward(replica) => replica,
+        let replica = match moved.take() {
+            Some(replica) => replica,
+            None => match route_here_or_holder(state, &req, hops, &skip).await? {
+                Routed::Here(lease) => return Ok(Route::Here(lease)),
+                Routed::Forward(replica) => replica,
+            },
         };
         let Some(r) = &state.replicas else {
             // Holders only come from the tracker: cannot happen.
@@ -235,6 +219,39 @@ pub async fn route(
             }
         }
     }
+}
+
+/// One round of [`route`]: reads the agent's holders (cached for a moment, or from Redis without the
+/// replicas in `skip`) when no connection here is live, and asks the policy.
+async fn route_here_or_holder(
+    state: &Arc<KasState>,
+    req: &Request<'_>,
+    hops: u8,
+    skip: &BTreeSet<ReplicaId>,
+) -> Result<Routed<runtime_smol::Connection>, RequestFailure> {
+    let agent_id = req.user.agent_id;
+    if let (Some(r), None) = (&state.replicas, req.forwarded)
+        && !state.registry.has_live_connection(agent_id)
+    {
+        // The holders read for an earlier request serve for a moment (not after one of them
+        // failed this request: then Redis is read again).
+        match r
+            .peers
+            .cached_holders(agent_id, Instant::now())
+            .filter(|_| skip.is_empty())
+        {
+            Some(entries) => state
+                .registry
+                .set_holders(agent_id, &crate::tracker::as_policy_holders(&entries)),
+            None => {
+                refresh_holders_skipping(state, &r.tracker, &r.peers, agent_id, skip).await;
+            }
+        }
+    }
+    state
+        .registry
+        .route_or_forward(agent_id, req.deadline, !req.has_body, hops)
+        .await
 }
 
 /// Why the replicas part of kas could not start.

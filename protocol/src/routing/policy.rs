@@ -25,6 +25,19 @@
 //!    only if the request is replayable (no body). Requeued requests keep their deadline and FIFO place,
 //!    and count in [`RoutingStats::rerouted`]; a request is opened at most
 //!    [`RoutingConfig::max_attempts`] times, then fails with [`RequestFailure::Unprocessed`].
+//! 3a. **A closed connection orphans, it does not fail.** [`handle_closed`](KasRouting::handle_closed)
+//!    takes the requests placed on the connection out of the router, but the policy keeps them (with
+//!    their [`RequestSpec`] and attempts) until the driver, which still holds each one, reports how its
+//!    stream ended: [`handle_finished`](KasRouting::handle_finished) /
+//!    [`handle_cancelled`](KasRouting::handle_cancelled) (the agent may have processed it: the driver
+//!    fails it itself), or [`handle_refused`](KasRouting::handle_refused) /
+//!    [`handle_open_failed`](KasRouting::handle_open_failed) (provably unprocessed: the refusal or
+//!    failed open was only reported after the close). An unprocessed orphan is placed again as a new
+//!    request with its original deadline, `replayable` and `hops` — on another connection, waiting
+//!    for one, or forwarded to a replica holding the agent — under rule 3's conditions (replayable if
+//!    refused, attempts bounded); it goes to the back of the line. This closes the race where an
+//!    agent closes a connection (a duplicate, a shed one) after refusing a stream but before kas
+//!    processed the refusal.
 //! 4. **Existence.** A request for an agent that does not exist ([`super::existence`]) is rejected with
 //!    [`RequestFailure::UnknownAgent`] (404).
 //! 5. **Replicas.** A request is forwarded only while its `hops` are below
@@ -253,6 +266,19 @@ struct Req {
     spec: RequestSpec,
     /// Times the request was opened (or is being opened) on a connection.
     attempts: u32,
+    /// Placed on a connection that closed before the driver reported the request's outcome (rule 3a):
+    /// the router forgot it, the driver still holds it.
+    orphaned: bool,
+}
+
+impl Req {
+    fn new(spec: RequestSpec, attempts: u32) -> Self {
+        Req {
+            spec,
+            attempts,
+            orphaned: false,
+        }
+    }
 }
 
 /// kas's routing policy over the [`Router`], [`Existence`] and [`Holders`]. See the module docs.
@@ -348,19 +374,18 @@ where
         self.forward_stranded(agent_id, now);
     }
 
-    /// The connection is gone: requests started on it fail with [`RequestFailure::ConnectionLost`]
-    /// (the agent may have acted on them). Unknown connections are ignored.
+    /// The connection is gone. Requests started on it are orphaned (rule 3a): the driver still holds
+    /// them and reports how each ended — finished (the agent may have acted on it), or refused / open
+    /// failed (never processed: placed again). Unknown connections are ignored.
     pub fn handle_closed(&mut self, conn: &H, now: Instant) {
         let Some(agent_id) = self.router.connection(conn).map(|c| c.agent_id) else {
             return;
         };
-        let lost = self.router.remove_connection(conn).unwrap_or_default();
-        for (request, error) in lost {
-            self.requests.remove(&request);
-            self.events.push_back(RoutingEvent::Failed {
-                request,
-                failure: error.into(),
-            });
+        let started = self.router.remove_connection(conn).unwrap_or_default();
+        for (request, _) in started {
+            if let Some(req) = self.requests.get_mut(&request) {
+                req.orphaned = true;
+            }
         }
         self.collect();
         self.forward_stranded(agent_id, now);
@@ -381,30 +406,95 @@ where
             self.stats.unknown_agent += 1;
             return Placement::Reject(RequestFailure::UnknownAgent);
         }
-        if let Some(replica) = self.forward_target(agent_id, spec.hops, now) {
-            self.stats.forwarded += 1;
-            return Placement::Forward(replica);
-        }
-        let placement = match self
-            .router
-            .route(agent_id, request.clone(), spec.deadline, now)
-        {
-            Route::Assigned(conn) => {
-                self.requests.insert(request, Req { spec, attempts: 1 });
-                Placement::Open(conn)
-            }
-            Route::Pending => {
-                self.requests.insert(request, Req { spec, attempts: 0 });
-                Placement::Wait
-            }
-            Route::Rejected(e) => Placement::Reject(e.into()),
-        };
+        let placement = self.place(request, spec, 0, now);
         self.debug_check();
         placement
     }
 
+    /// Places a request opened `attempts` times before: forwarded (rule 5), on a connection, waiting,
+    /// or rejected by the router. Known to the policy afterwards unless forwarded or rejected.
+    fn place(
+        &mut self,
+        request: R,
+        spec: RequestSpec,
+        attempts: u32,
+        now: Instant,
+    ) -> Placement<H> {
+        if let Some(replica) = self.forward_target(spec.agent_id, spec.hops, now) {
+            self.stats.forwarded += 1;
+            return Placement::Forward(replica);
+        }
+        match self
+            .router
+            .route(spec.agent_id, request.clone(), spec.deadline, now)
+        {
+            Route::Assigned(conn) => {
+                self.requests.insert(request, Req::new(spec, attempts + 1));
+                Placement::Open(conn)
+            }
+            Route::Pending => {
+                self.requests.insert(request, Req::new(spec, attempts));
+                Placement::Wait
+            }
+            Route::Rejected(e) => Placement::Reject(e.into()),
+        }
+    }
+
+    /// Places an orphan the agent never processed again (rule 3a), as a new request with its original
+    /// spec; the outcome is an event, as for a requeue.
+    fn replace_orphan(&mut self, request: &R, now: Instant) {
+        let Some(req) = self.requests.remove(request) else {
+            return;
+        };
+        debug_assert!(req.orphaned, "only orphans are placed anew");
+        let failure = if req.attempts >= self.config.max_attempts {
+            Some(RequestFailure::Unprocessed {
+                attempts: req.attempts,
+            })
+        } else if self.shutting_down {
+            Some(RequestFailure::ShuttingDown)
+        } else {
+            None
+        };
+        if let Some(failure) = failure {
+            self.events.push_back(RoutingEvent::Failed {
+                request: request.clone(),
+                failure,
+            });
+            return;
+        }
+        self.stats.rerouted += 1;
+        let request = request.clone();
+        let event = match self.place(request.clone(), req.spec, req.attempts, now) {
+            Placement::Open(conn) => Some(RoutingEvent::Assigned { request, conn }),
+            Placement::Wait => None,
+            Placement::Forward(replica) => Some(RoutingEvent::Forward { request, replica }),
+            Placement::Reject(failure) => Some(RoutingEvent::Failed { request, failure }),
+        };
+        self.events.extend(event);
+    }
+
+    fn is_orphan(&self, request: &R) -> bool {
+        self.requests.get(request).is_some_and(|q| q.orphaned)
+    }
+
     /// Opening the request's stream failed before anything reached the wire (rule 3).
     pub fn handle_open_failed(&mut self, request: &R, failure: OpenFailure, now: Instant) {
+        if self.is_orphan(request) {
+            // Its connection closed before the failure was reported (rule 3a): nothing to drain.
+            if let OpenFailure::HeadTooLarge { len, max } = failure {
+                self.requests.remove(request);
+                self.events.push_back(RoutingEvent::Failed {
+                    request: request.clone(),
+                    failure: RequestFailure::HeadTooLarge { len, max },
+                });
+            } else {
+                self.replace_orphan(request, now);
+            }
+            self.collect();
+            self.debug_check();
+            return;
+        }
         let Some(conn) = self.router.assigned_connection(request).cloned() else {
             self.lost(request);
             return;
@@ -432,13 +522,19 @@ where
         let Some(req) = self.requests.get(request) else {
             return;
         };
-        if self.router.assigned_connection(request).is_none() {
+        let orphaned = req.orphaned;
+        if !orphaned && self.router.assigned_connection(request).is_none() {
             self.lost(request);
             return;
         }
         self.stats.refused += 1;
         if req.spec.replayable {
-            self.requeue(request, now);
+            if orphaned {
+                // Refused, and its connection closed before the refusal was reported (rule 3a).
+                self.replace_orphan(request, now);
+            } else {
+                self.requeue(request, now);
+            }
         } else {
             let attempts = req.attempts;
             self.finish(request, RequestFailure::Unprocessed { attempts });
@@ -501,9 +597,9 @@ where
         }
         let waiting: Vec<R> = self
             .requests
-            .keys()
-            .filter(|r| self.router.assigned_connection(r).is_none())
-            .cloned()
+            .iter()
+            .filter(|(r, q)| !q.orphaned && self.router.assigned_connection(r).is_none())
+            .map(|(r, _)| r.clone())
             .collect();
         for request in waiting {
             self.router.cancel(&request);
@@ -572,6 +668,11 @@ where
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
         self.router.check_invariants()?;
         for (r, req) in &self.requests {
+            if req.orphaned && (req.attempts == 0 || self.router.assigned_connection(r).is_some()) {
+                return Err(InvariantViolation(format!(
+                    "orphan {r:?} was never opened or is still on a connection"
+                )));
+            }
             if req.attempts > self.config.max_attempts {
                 return Err(InvariantViolation(format!(
                     "request {r:?} opened {} times",
@@ -684,7 +785,9 @@ where
             .requests
             .iter()
             .filter(|(r, q)| {
-                q.spec.agent_id == agent_id && self.router.assigned_connection(r).is_none()
+                q.spec.agent_id == agent_id
+                    && !q.orphaned
+                    && self.router.assigned_connection(r).is_none()
             })
             .map(|(r, q)| (r.clone(), q.spec.hops))
             .collect();
@@ -879,21 +982,149 @@ mod tests {
     }
 
     #[test]
-    fn closing_loses_started_requests() {
+    fn closing_orphans_started_requests_until_the_driver_reports_them() {
         let now = t0();
         let mut r = open();
         r.handle_connected(1, 10, 8, now).unwrap();
         r.handle_request(1, spec(1, now, true), now);
         r.handle_closed(&10, now);
+        assert!(events(&mut r).is_empty(), "the driver still holds it");
+        assert!(r.knows(&1) && r.assigned_connection(&1).is_none());
+        // The agent may have processed it: the driver fails it itself and reports it finished.
+        assert!(r.handle_finished(&1));
+        assert!(!r.knows(&1));
+        assert!(!r.handle_finished(&1), "once");
+        assert!(events(&mut r).is_empty());
+    }
+
+    /// Rule 3a, the refused-stream race: the agent refuses a stream and closes the connection (a
+    /// duplicate or shed one); kas processes the close before the refusal.
+    #[test]
+    fn an_unprocessed_request_whose_connection_closed_is_placed_again() {
+        let now = t0();
+        let mut r = open();
+        r.handle_connected(1, 10, 8, now).unwrap();
+        r.handle_connected(1, 11, 8, now).unwrap();
+        let deadline = now + secs(10);
+        // Placed on 10 (the oldest), then 10 closes; the refusal is reported afterwards.
+        assert_eq!(
+            r.handle_request(1, spec(1, now, true), now),
+            Placement::Open(10)
+        );
+        r.handle_closed(&10, now);
+        r.handle_refused(&1, now);
+        assert_eq!(
+            events(&mut r),
+            vec![RoutingEvent::Assigned {
+                request: 1,
+                conn: 11
+            }]
+        );
+        assert_eq!(r.connection(&11).unwrap().load, 1);
+        assert_eq!((r.stats().rerouted, r.stats().refused), (1, 1));
+        // A body cannot be sent again after a refusal: typed failure, as on a live connection.
+        assert_eq!(
+            r.handle_request(2, spec(1, now, false), now),
+            Placement::Open(11)
+        );
+        r.handle_closed(&11, now);
+        r.handle_refused(&2, now);
+        assert_eq!(
+            events(&mut r),
+            vec![RoutingEvent::Failed {
+                request: 2,
+                failure: RequestFailure::Unprocessed { attempts: 1 }
+            }]
+        );
+        // Request 1 was orphaned again; its failed open (nothing on the wire) waits for a connection
+        // with the original deadline, then takes the next one.
+        r.handle_open_failed(&1, OpenFailure::Closed, now);
+        assert!(events(&mut r).is_empty());
+        assert_eq!(r.pending_for(1), 1);
+        assert_eq!(r.poll_timeout(), Some(deadline));
+        r.handle_connected(1, 12, 8, now).unwrap();
+        assert_eq!(
+            events(&mut r),
+            vec![RoutingEvent::Assigned {
+                request: 1,
+                conn: 12
+            }]
+        );
+        // Attempts stay bounded across orphaning: 3 so far, the 4th (max) is the last.
+        r.handle_closed(&12, now);
+        r.handle_connected(1, 13, 8, now).unwrap();
+        r.handle_refused(&1, now);
+        assert!(matches!(
+            events(&mut r).as_slice(),
+            [RoutingEvent::Assigned {
+                request: 1,
+                conn: 13
+            }]
+        ));
+        r.handle_closed(&13, now);
+        r.handle_refused(&1, now);
         assert_eq!(
             events(&mut r),
             vec![RoutingEvent::Failed {
                 request: 1,
-                failure: RequestFailure::ConnectionLost
+                failure: RequestFailure::Unprocessed { attempts: 4 }
             }]
         );
-        assert!(!r.handle_finished(&1), "already ended: harmless");
         assert!(!r.knows(&1));
+        r.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn an_orphan_moves_to_a_replica_holding_the_agent() {
+        let now = t0();
+        let config = RoutingConfig {
+            replica: Some(ReplicaId(1)),
+            ..RoutingConfig::default()
+        };
+        let mut r = KasRouting::<u64, u64>::new(config, Listing::Open);
+        r.handle_connected(1, 10, 8, now).unwrap();
+        r.handle_holders(1, &[(ReplicaId(2), now + secs(30))], now);
+        // A body whose stream never opened can still go to the holder; a hop already made cannot.
+        assert_eq!(
+            r.handle_request(1, spec(1, now, false), now),
+            Placement::Open(10)
+        );
+        let hopped = RequestSpec {
+            hops: 1,
+            ..spec(1, now, true)
+        };
+        assert_eq!(r.handle_request(2, hopped, now), Placement::Open(10));
+        r.handle_closed(&10, now);
+        r.handle_open_failed(&1, OpenFailure::GoingAway, now);
+        r.handle_refused(&2, now);
+        assert_eq!(
+            events(&mut r),
+            vec![RoutingEvent::Forward {
+                request: 1,
+                replica: ReplicaId(2)
+            }]
+        );
+        assert_eq!(r.pending_for(1), 1, "the forwarded request waits here");
+        // Shutdown fails the waiter, and an orphan refused after it.
+        r.handle_connected(1, 11, 8, now).unwrap();
+        assert!(matches!(
+            events(&mut r).as_slice(),
+            [RoutingEvent::Assigned {
+                request: 2,
+                conn: 11
+            }]
+        ));
+        r.handle_closed(&11, now);
+        r.handle_shutdown();
+        assert!(events(&mut r).is_empty(), "placed requests run on");
+        r.handle_refused(&2, now);
+        assert_eq!(
+            events(&mut r),
+            vec![RoutingEvent::Failed {
+                request: 2,
+                failure: RequestFailure::ShuttingDown
+            }]
+        );
     }
 
     #[test]
