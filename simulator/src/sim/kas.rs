@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use protocol::cache::MirrorTable;
-use protocol::routing::balance::Balance;
+use protocol::routing::balance::{Balance, Candidate, shed_order};
 use protocol::routing::{
     DrainCause, KasRouting, Listing, OpenFailure, Placement, ReplicaId, RequestSpec, RouterConfig,
     RoutingConfig, RoutingEvent,
@@ -977,8 +977,9 @@ impl World {
     }
 
     /// Replica `k`'s balance step: its usable connections against those of the other accepting
-    /// replicas (the shared store's view in the real kas); the oldest `shed` of its connections get
-    /// GOAWAY (agents hand over at once, through the balancer).
+    /// replicas (the shared store's view in the real kas); `shed` of its connections, chosen by
+    /// [`shed_order`] as kas chooses them (agents another replica holds first, oldest first, one per
+    /// agent), get GOAWAY (agents hand over at once, through the balancer).
     pub(super) fn balance_step(&mut self, k: usize) {
         let Some(interval) = self.sc.kas.balance.as_ref().map(|b| b.interval) else {
             return;
@@ -1025,9 +1026,23 @@ impl World {
         let bound = self.now.plus(self.sc.reconnect_bound());
         self.reconnect_deadline = self.reconnect_deadline.max(bound);
         let shed = usize::try_from(shed).unwrap_or(usize::MAX);
+        // Flow ids grow with time: `own` (a set's order) is oldest first, as shed_order wants. An
+        // agent is held elsewhere when another replica publishes it (publish_holders' view).
+        let candidates: Vec<Candidate<u64>> = own
+            .iter()
+            .filter_map(|fid| {
+                let agent = self.flows.get(fid)?.k.live()?.agent_id?;
+                let held_elsewhere = (0..self.kas.len())
+                    .any(|r| r != k && self.kas[r].accepting() && self.kas[r].holds(agent));
+                Some(Candidate {
+                    connection: *fid,
+                    agent,
+                    held_elsewhere,
+                })
+            })
+            .collect();
         let mut agents = Vec::new();
-        // Flow ids grow with time: the lowest are the oldest connections.
-        for fid in own.into_iter().take(shed) {
+        for fid in shed_order(&candidates, shed) {
             if let Some(end) = self.flows.get_mut(&fid).and_then(|f| f.k.live_mut()) {
                 end.conn.close(ErrorCode::NoError, "rebalancing");
                 agents.extend(end.agent_id);
