@@ -340,13 +340,20 @@ fn holder_killed_mid_request_then_agent_reconnects_elsewhere() {
     drop(r2);
     drop(agent);
     let failed = in_flight.join().unwrap();
-    assert_eq!(failed.status, 502, "{}", failed.body);
-    // Either the gateway saw the hop die, or the dying holder still answered that its tunnel did.
-    assert!(
-        failed.body.contains("via replica-2") || failed.body.contains("kas stopped"),
-        "{}",
-        failed.body
-    );
+    // A typed failure, never a hang. Either the dying holder still answered that its tunnel died,
+    // or the gateway saw the hop die: mid-answer that is a 502, before any answer this idempotent
+    // GET without a body is tried on another holder (RFC 9110 §9.2.2) — none holds the agent any
+    // more, so it waits for one until the routing deadline (503). Which one depends on how fast
+    // the dropped replica's tasks end.
+    match failed.status {
+        502 => assert!(
+            failed.body.contains("via replica-2") || failed.body.contains("kas stopped"),
+            "{}",
+            failed.body
+        ),
+        503 => assert!(failed.body.contains("not connected"), "{}", failed.body),
+        s => panic!("{s}: {}", failed.body),
+    }
     // r2's entry is stale now; the agent reconnects to r3; r1 skips the dead replica and reaches it.
     let script3 = Script::new("agent-1-again");
     let _agent = FakeAgent::connect(&env, &r3, 1, &script3);
