@@ -25,7 +25,8 @@
 //!    only if the request is replayable (no body). Requeued requests keep their deadline and FIFO place,
 //!    and count in [`RoutingStats::rerouted`]; a request is opened at most
 //!    [`RoutingConfig::max_attempts`] times, then fails with [`RequestFailure::Unprocessed`].
-//! 3a. **A closed connection orphans, it does not fail.** [`handle_closed`](KasRouting::handle_closed)
+//!
+//!    **3a. A closed connection orphans, it does not fail.** [`handle_closed`](KasRouting::handle_closed)
 //!    takes the requests placed on the connection out of the router, but the policy keeps them (with
 //!    their [`RequestSpec`] and attempts) until the driver, which still holds each one, reports how its
 //!    stream ended: [`handle_finished`](KasRouting::handle_finished) /
