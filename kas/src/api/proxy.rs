@@ -17,8 +17,9 @@
 //! Whether the agent exists, where the request goes and what happens to a request the agent provably
 //! never saw (the stream could not be opened, or the agent refused it) is decided by the routing
 //! policy, [`protocol::routing::KasRouting`], through the registry's [`crate::registry::Lease`]: this
-//! module only reports what the tunnel said ([`open_failure`], [`unprocessed`]). Any other agent-side
-//! failure is 502.
+//! module only reports what the tunnel said ([`open_failure`], [`unprocessed`]) and follows the answer:
+//! a connection here again, or the replica holding the agent ([`crate::peer::route`]), also when the
+//! connection closed before the refusal was reported. Any other agent-side failure is 502.
 
 use std::sync::Arc;
 use std::time::Instant;
