@@ -15,7 +15,8 @@
 //!   a request is never forwarded more than `max_hops` times;
 //! - `orphans_are_kept`: a request placed on a connection that closes stays known to the policy until
 //!   the driver reports it (finished, cancelled, refused, open failed); reported unprocessed after
-//!   the close (the refused-stream race), it is placed again like a requeued one;
+//!   the close (the refused-stream race), it is placed again like a requeued one, and the policy
+//!   never fails a request as lost (`ConnectionLost`);
 //! - the policy's own invariants (router invariants included) hold.
 #![allow(clippy::unwrap_used)]
 
@@ -187,6 +188,13 @@ impl Harness {
                     if let RequestFailure::Unprocessed { attempts } = failure {
                         prop_assert!(attempts <= MAX_ATTEMPTS);
                     }
+                    // orphans_are_kept: the policy never declares a request lost; whether the
+                    // agent processed it is the driver's to report.
+                    prop_assert!(
+                        failure != RequestFailure::ConnectionLost,
+                        "request {} failed as lost by the policy",
+                        request
+                    );
                     self.end(request)?;
                 }
                 RoutingEvent::Forward { request, replica } => {
