@@ -80,6 +80,9 @@ fn request_head(req: &Request<Incoming>, target: &Target, upgrade: bool) -> Requ
     }
 }
 
+/// Most times one request moves to another replica after the agent did not process it here.
+const MAX_MOVES: u32 = 4;
+
 /// The client's answer for a request the policy failed (statuses: [`RequestFailure::http_status`]).
 fn route_failure(agent_id: u64, e: &RequestFailure) -> ApiError {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -264,7 +267,15 @@ pub async fn proxy(
     // policy says: a connection here again (`placed`), or the replica holding the agent (`moved`).
     let mut placed: Option<Lease<runtime_smol::Connection>> = None;
     let mut moved: Option<ReplicaId> = None;
+    // Each move starts a new placement (its attempts counted afresh): bounded here.
+    let mut moves = 0u32;
     loop {
+        if moved.is_some() {
+            moves += 1;
+            if moves > MAX_MOVES {
+                return Err(failed(RequestFailure::Unprocessed { attempts: moves }));
+            }
+        }
         let lease = match placed.take() {
             Some(lease) => lease,
             None => {
