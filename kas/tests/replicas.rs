@@ -516,23 +516,27 @@ fn auth_failures_are_limited_cluster_wide() {
     let r2 = start_replica(&env, &redis, 2, "replicas.secret");
     let bad = "Bearer pat:1:not-the-token";
     let url = |k: &Running| format!("{}/api/v1/pods", k.k8s_proxy_url());
-    for k in [&r1, &r1, &r2, &r2] {
-        assert_eq!(get(&url(k), Some(bad)).status, 401);
-    }
-    // Two failures on each replica, four in the cluster: refused although neither replica reached
-    // the limit alone. A replica learns the cluster-wide count with its own next failure (the count
-    // is updated off the request path): r2 made the fourth, r1 learns with its third.
-    eventually("the cluster-wide count is in Redis", || {
+    let count = || -> Option<u64> {
         let mut c = redis.client().get_connection().unwrap();
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{PREFIX}:rate_limit:user_auth:*"))
             .query(&mut c)
             .unwrap();
-        let n: Option<u64> = keys
-            .first()
-            .and_then(|k| redis::cmd("GET").arg(k).query(&mut c).ok());
-        (n == Some(4)).then_some(())
-    });
+        keys.first()
+            .and_then(|k| redis::cmd("GET").arg(k).query(&mut c).ok())
+    };
+    // Two failures on each replica, four in the cluster: refused although neither replica reached
+    // the limit alone. A replica learns the cluster-wide count with its own failure (the count is
+    // updated off the request path), so each failure waits until Redis counted it: then r2 made
+    // the fourth (not whichever replica's update happened to land last), and r1 learns with its
+    // third.
+    for (i, k) in [&r1, &r1, &r2, &r2].into_iter().enumerate() {
+        assert_eq!(get(&url(k), Some(bad)).status, 401);
+        let want = i as u64 + 1;
+        eventually("the cluster-wide count is in Redis", || {
+            (count() == Some(want)).then_some(())
+        });
+    }
     std::thread::sleep(Duration::from_millis(300));
     let refused = get(&url(&r2), Some(bad));
     assert_eq!(refused.status, 429, "{}", refused.body);
