@@ -14,6 +14,12 @@
 //!   (`tinyproxy` from Debian, started here on loopback; skipped with a line saying why when it is
 //!   not installed) next to direct.
 //!
+//! The main table (bulk and round trip, tunnel vs raw TLS) alternates its measurements `BENCH_ROUNDS`
+//! times (default 7, each `BENCH_PHASE_MS` long, default 1500) and prints medians, each ratio being
+//! the median of the rounds' own ratios (a round's two figures share the load of that moment), with
+//! their range; the transport and proxy tables report the best of 3. `--core` prints the main table
+//! only; `BENCH_ONLY=raw|bulk1|bulk64|rtt|rawrtt` runs one of its parts alone (for a profiler).
+//!
 //! `BENCH_FRAME_KIB`, `BENCH_STREAM_WINDOW_KIB`, `BENCH_CONN_WINDOW_KIB` override the tunnel's
 //! `protocol::Config` (default: 16 KiB frames, 1 MiB stream and 16 MiB connection windows).
 //!
@@ -845,6 +851,20 @@ fn main() -> Result<()> {
                 }
             }
             if only.is_some() {
+                for (name, v) in [("raw", &raw_s), ("bulk1", &t1_s), ("bulk64", &t64_s)] {
+                    for b in v.iter() {
+                        println!(
+                            "{name}: {:.0} MiB/s, {:.2} CPU s/GiB",
+                            b.mib_s, b.cpu_per_gib
+                        );
+                    }
+                }
+                for (name, v) in [("rtt", &tun_rtts), ("rawrtt", &raw_rtts)] {
+                    for r in v.iter() {
+                        let p50 = percentile(r, 0.5).as_secs_f64() * 1e6;
+                        println!("{name}: {} round trips, p50 {p50:.1} µs", r.len());
+                    }
+                }
                 return anyhow::Ok(());
             }
             print_main_table(
