@@ -346,6 +346,8 @@ echo
 [ "$HTTP_ONLY" = 1 ] && exit 0
 
 # ---------------------------------------------------------------- the tunnel table
+# Bulk (MiB/s and CPU s per GiB) and round trip against raw rustls: medians of BENCH_ROUNDS (default 7)
+# alternating rounds of BENCH_PHASE_MS each (both taken from the environment).
 "$BIN/examples/bench" --idle 0
 
 # ---------------------------------------------------------------- idle agents on one kas

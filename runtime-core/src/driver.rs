@@ -37,6 +37,10 @@ pub const READ_BUFFER: usize = 64 * 1024;
 pub const READ_BUFFER_SMALL: usize = 4 * 1024;
 /// A large receive buffer that has not been filled for this long shrinks back to small.
 pub const READ_BUFFER_SHRINK: Duration = Duration::from_secs(2);
+/// Receive buffers a busy connection keeps for reuse: the octets read are handed out as slices, so
+/// a buffer can be refilled only once the streams have consumed them. Reusing those allocations
+/// instead of taking fresh ones spares the allocator's trimming and the kernel's page faults.
+const SPARE_BUFFERS: usize = 4;
 /// How much transmit output the driver takes from the connection at once.
 pub const WRITE_BATCH: usize = 512 * 1024;
 /// Most slices in one vectored write.
@@ -58,6 +62,9 @@ pub struct Driver<T> {
     /// Receive buffer: none while idle, [`READ_BUFFER_SMALL`] while quiet, [`READ_BUFFER`] while busy.
     /// Filled octets are split off and handed to the session without a copy.
     read_buf: BytesMut,
+    /// Earlier receive buffers, oldest first, whose slices may still be held by streams
+    /// ([`SPARE_BUFFERS`]); emptied whenever `read_buf` is released.
+    spare: VecDeque<BytesMut>,
     /// The size `read_buf` is filled to.
     read_size: usize,
     /// The last time a read filled more than the small buffer holds.
@@ -104,6 +111,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             timer: None,
             armed: None,
             read_buf: BytesMut::new(),
+            spare: VecDeque::new(),
             read_size: 0,
             last_busy: Instant::now(),
             read_closed: false,
@@ -131,6 +139,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         // Zero-filled room to read into (futures-io reads into initialised memory); the octets of
         // earlier reads were split off, so this reuses the allocation once they are consumed.
         self.read_buf.clear();
+        self.recycle(size);
         self.read_buf.resize(size, 0);
         let mut filled = 0;
         let mut eof = false;
@@ -176,10 +185,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             {
                 self.read_size = READ_BUFFER_SMALL;
                 self.read_buf = BytesMut::new();
+                self.spare.clear();
             } else if size <= READ_BUFFER_SMALL {
                 // Nothing to read and quiet: an idle connection holds no receive buffer.
                 self.read_size = 0;
                 self.read_buf = BytesMut::new();
+                self.spare.clear();
             }
         }
         if eof {
@@ -191,6 +202,29 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             // The buffer filled up: there may be more.
             Read::Progress
         }
+    }
+
+    /// Makes `read_buf` (empty) hold room for `size` octets without a fresh allocation when it can:
+    /// its own allocation or a spare one whose slices have all been consumed. A buffer still in
+    /// use is kept as a spare (the oldest spare is dropped when there are too many).
+    fn recycle(&mut self, size: usize) {
+        if self.read_buf.capacity() >= size || self.read_buf.try_reclaim(size) {
+            return;
+        }
+        let reusable = self.spare.iter_mut().position(|b| {
+            b.clear();
+            b.try_reclaim(size)
+        });
+        let next = match reusable {
+            Some(i) => self.spare.remove(i).unwrap_or_default(),
+            // a fresh allocation (by `resize`)
+            None => BytesMut::new(),
+        };
+        let old = std::mem::replace(&mut self.read_buf, next);
+        if self.spare.len() >= SPARE_BUFFERS {
+            self.spare.pop_front();
+        }
+        self.spare.push_back(old);
     }
 
     /// Lingering close: after our last frames and our shutdown, reads and drops what the peer still

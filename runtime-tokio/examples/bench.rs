@@ -14,6 +14,12 @@
 //!   (`tinyproxy` from Debian, started here on loopback; skipped with a line saying why when it is
 //!   not installed) next to direct.
 //!
+//! The main table (bulk and round trip, tunnel vs raw TLS) alternates its measurements `BENCH_ROUNDS`
+//! times (default 7, each `BENCH_PHASE_MS` long, default 1500) and prints medians, each ratio being
+//! the median of the rounds' own ratios (a round's two figures share the load of that moment), with
+//! their range; the transport and proxy tables report the best of 3. `--core` prints the main table
+//! only; `BENCH_ONLY=raw|bulk1|bulk64|rtt|rawrtt` runs one of its parts alone (for a profiler).
+//!
 //! `BENCH_FRAME_KIB`, `BENCH_STREAM_WINDOW_KIB`, `BENCH_CONN_WINDOW_KIB` override the tunnel's
 //! `protocol::Config` (default: 16 KiB frames, 1 MiB stream and 16 MiB connection windows).
 //!
@@ -34,9 +40,22 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-const PHASE: Duration = Duration::from_millis(1500);
-/// Bulk rounds; the best of each kind is reported (the machine may be shared).
+/// Length of one measurement (`BENCH_PHASE_MS`, default 1500).
+fn phase() -> Duration {
+    Duration::from_millis(env_u64("BENCH_PHASE_MS").unwrap_or(1500))
+}
+
+/// Rounds of the main table (`BENCH_ROUNDS`, default 7): its figures are medians over the rounds.
+fn rounds() -> usize {
+    env_u64("BENCH_ROUNDS").map_or(7, |n| n.max(1) as usize)
+}
+
+/// Rounds of the transport and proxy tables; the best of each kind is reported.
 const ROUNDS: usize = 3;
+
+fn env_u64(k: &str) -> Option<u64> {
+    std::env::var(k).ok().and_then(|v| v.parse().ok())
+}
 const CHUNK: usize = 256 * 1024;
 const SMALL: usize = 64;
 
@@ -147,6 +166,13 @@ impl Bulk {
     }
 }
 
+/// One measurement of `f`.
+async fn sample<F: std::future::Future<Output = Result<(u64, Duration)>>>(f: F) -> Result<Bulk> {
+    let mut b = Bulk::default();
+    measure(f, &mut b).await?;
+    Ok(b)
+}
+
 async fn measure<F: std::future::Future<Output = Result<(u64, Duration)>>>(
     f: F,
     best: &mut Bulk,
@@ -218,7 +244,7 @@ async fn raw_bulk(t: &Tls) -> Result<(u64, Duration)> {
         .await?;
     let chunk = vec![7u8; CHUNK];
     let start = Instant::now();
-    while start.elapsed() < PHASE {
+    while start.elapsed() < phase() {
         s.write_all(&chunk).await?;
     }
     s.shutdown().await?;
@@ -230,7 +256,7 @@ async fn raw_bulk(t: &Tls) -> Result<(u64, Duration)> {
 }
 
 /// Ping-pong of SMALL octets on one raw TLS connection.
-async fn raw_latency(t: &Tls) -> Result<Vec<Duration>> {
+async fn raw_latency(t: &Tls, phase: Duration) -> Result<Vec<Duration>> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let acceptor = TlsAcceptor::from(t.server.clone());
@@ -256,7 +282,7 @@ async fn raw_latency(t: &Tls) -> Result<Vec<Duration>> {
     let msg = [1u8; SMALL];
     let mut buf = [0u8; SMALL];
     let start = Instant::now();
-    while start.elapsed() < PHASE && rtts.len() < 200_000 {
+    while start.elapsed() < phase && rtts.len() < 200_000 {
         let t0 = Instant::now();
         s.write_all(&msg).await?;
         s.flush().await?;
@@ -357,14 +383,18 @@ mod tunnel {
         agent: &Connection,
         streams: usize,
     ) -> Result<(u64, Duration)> {
+        // One body buffer shared by every stream (zero-copy slices of it), as the raw TLS
+        // baseline writes one buffer over and over: 64 buffers of their own would make the
+        // streams' encryption read 16 MiB out of cache.
+        let body = bytes::Bytes::from(vec![7u8; CHUNK]);
         let start = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..streams {
             let mut s = agent.open(head("/bulk"), false)?;
+            let chunk = body.clone();
             tasks.push(spawn(rt, async move {
                 // Zero-copy writes, as agentk writes upstream response bodies.
-                let chunk = bytes::Bytes::from(vec![7u8; CHUNK]);
-                while start.elapsed() < PHASE {
+                while start.elapsed() < phase() {
                     s.write_chunk(chunk.clone()).await?;
                 }
                 s.close().await?;
@@ -402,11 +432,11 @@ mod tunnel {
         }));
     }
 
-    pub async fn latency(kas: &Connection) -> Result<Vec<Duration>> {
+    pub async fn latency(kas: &Connection, phase: Duration) -> Result<Vec<Duration>> {
         let mut rtts = Vec::new();
         let msg = [1u8; SMALL];
         let start = Instant::now();
-        while start.elapsed() < PHASE && rtts.len() < 200_000 {
+        while start.elapsed() < phase && rtts.len() < 200_000 {
             let t0 = Instant::now();
             let mut s = kas.open(head("/rtt"), false)?;
             s.write_all(&msg).await?;
@@ -529,8 +559,8 @@ async fn proxy_phase(
         measure_with(tunnel::bulk(rt, &wss_agent, 1), &mut rows.wss[0], pid).await?;
         measure_with(tunnel::bulk(rt, &wss_agent, 64), &mut rows.wss[1], pid).await?;
     }
-    rows.tls_rtt = tunnel::latency(&tls_kas).await?;
-    rows.wss_rtt = tunnel::latency(&wss_kas).await?;
+    rows.tls_rtt = tunnel::latency(&tls_kas, phase()).await?;
+    rows.wss_rtt = tunnel::latency(&wss_kas, phase()).await?;
     Ok(rows)
 }
 
@@ -636,6 +666,101 @@ async fn idle_phase(rt: &Arc<dyn runtime_core::Runtime>, t: &Tls, n: usize) -> R
 
 // ----------------------------------------------------------------------------------------- main
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// One row of the main table: the medians of `a` and `b` over the rounds, the median of the
+/// rounds' ratios `a_i / b_i`, and the smallest and largest of those ratios.
+fn median_row(name: &str, a: &[f64], b: &[f64], decimals: usize) {
+    let ratios: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), r| {
+            (l.min(*r), h.max(*r))
+        });
+    println!(
+        "{name:<44} {:>12.decimals$} {:>12.decimals$} {:>6.2}x  {lo:.2}–{hi:.2}",
+        median(a.to_vec()),
+        median(b.to_vec()),
+        median(ratios),
+    );
+}
+
+/// The main table: tunnel vs raw TLS, bulk throughput and CPU per GiB, round trip; every figure a
+/// median over `rounds` alternating rounds (`bulk` = raw, 1 stream, 64 streams).
+fn print_main_table(
+    use_smol: bool,
+    rounds: usize,
+    bulk: [&[Bulk]; 3],
+    tun_rtts: &[Vec<Duration>],
+    raw_rtts: &[Vec<Duration>],
+) {
+    let runtime = if use_smol {
+        "runtime-smol"
+    } else {
+        "runtime-tokio"
+    };
+    let c = config();
+    println!(
+        "agent tunnel benchmark ({runtime}, frames {} KiB, windows {} KiB/stream {} KiB/connection; \
+         loopback, TLS 1.3, rustls/ring, same TLS configurations, TCP_NODELAY both; release)",
+        c.settings.max_frame_size / 1024,
+        c.settings.initial_stream_window / 1024,
+        c.settings.initial_connection_window / 1024
+    );
+    println!(
+        "{:<44} {:>12} {:>12} {:>7}  ratio range",
+        format!("measure (median of {rounds} alternating rounds)"),
+        "tunnel",
+        "raw TLS",
+        "ratio"
+    );
+    let [raw, t1, t64] = bulk;
+    let f = |v: &[Bulk], g: fn(&Bulk) -> f64| v.iter().map(g).collect::<Vec<f64>>();
+    for (name, t) in [("1 stream", t1), ("64 streams on 1 connection", t64)] {
+        median_row(
+            &format!("bulk, {name} (MiB/s)"),
+            &f(t, |b| b.mib_s),
+            &f(raw, |b| b.mib_s),
+            0,
+        );
+    }
+    for (name, t) in [("1 stream", t1), ("64 streams", t64)] {
+        median_row(
+            &format!("CPU s per GiB, {name} (both ends)"),
+            &f(t, |b| b.cpu_per_gib),
+            &f(raw, |b| b.cpu_per_gib),
+            2,
+        );
+    }
+    let us = |v: &[Vec<Duration>], p: f64| -> Vec<f64> {
+        v.iter()
+            .map(|r| percentile(r, p).as_secs_f64() * 1e6)
+            .collect()
+    };
+    for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+        median_row(
+            &format!("round trip 64 B / 64 B, {name} (µs)"),
+            &us(tun_rtts, p),
+            &us(raw_rtts, p),
+            1,
+        );
+    }
+    let n = |v: &[Vec<Duration>]| v.iter().map(Vec::len).sum::<usize>();
+    println!(
+        "{:<44} {:>12} {:>12}",
+        "round trips measured",
+        n(tun_rtts),
+        n(raw_rtts)
+    );
+}
+
 /// One table row: `a`, `b` with `decimals`, and `a / b`.
 fn ratio_row(name: &str, a: f64, b: f64, decimals: usize) {
     println!(
@@ -665,6 +790,8 @@ fn main() -> Result<()> {
         return idle_clients(addr, n);
     }
     let use_smol = args.iter().any(|a| a == "--smol");
+    // only the main table (tunnel vs raw TLS): no wss://, proxy or idle rows
+    let core_only = args.iter().any(|a| a == "--core");
     let idle_n = args
         .iter()
         .position(|a| a == "--idle")
@@ -675,179 +802,188 @@ fn main() -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // Everything runs in a task on the runtime's workers, as kas's and agentk's request handlers do:
+    // a loop in `block_on` itself would wake (and be woken by) the workers across threads on every
+    // step, which no real caller pays.
     rt.block_on(async move {
-        let t = tls()?;
-        let tunnel_rt = if use_smol {
-            runtime_smol::runtime()
-        } else {
-            runtime_tokio::runtime()
-        };
-        let idle = if idle_n > 0 {
-            idle_phase(&tunnel_rt, &t, idle_n).await
-        } else {
-            Err(anyhow::anyhow!("skipped (--idle 0)"))
-        };
+        tokio::spawn(async move {
+            let t = tls()?;
+            let tunnel_rt = if use_smol {
+                runtime_smol::runtime()
+            } else {
+                runtime_tokio::runtime()
+            };
+            let idle = if idle_n > 0 && !core_only {
+                idle_phase(&tunnel_rt, &t, idle_n).await
+            } else {
+                Err(anyhow::anyhow!("skipped (--idle 0)"))
+            };
 
-        let (mut raw, mut t1, mut t64) = (Bulk::default(), Bulk::default(), Bulk::default());
-        let (_server, agent, kas) = tunnel::pair(&tunnel_rt, &t, Scheme::Tls, None).await?;
-        tunnel::sink(&tunnel_rt, kas.clone());
-        tunnel::responder(&tunnel_rt, agent.clone());
-        for _ in 0..ROUNDS {
-            measure(raw_bulk(&t), &mut raw).await?;
-            measure(tunnel::bulk(&tunnel_rt, &agent, 1), &mut t1).await?;
-            measure(tunnel::bulk(&tunnel_rt, &agent, 64), &mut t64).await?;
-        }
-        let tun_rtt = tunnel::latency(&kas).await?;
-        let raw_rtt = raw_latency(&t).await?;
-        // The WebSocket transport (wss://) in the same run, next to the tls:// rows above.
-        let (mut w1, mut w64) = (Bulk::default(), Bulk::default());
-        let (_ws_server, ws_agent, ws_kas) =
-            tunnel::pair(&tunnel_rt, &t, Scheme::Wss, None).await?;
-        tunnel::sink(&tunnel_rt, ws_kas.clone());
-        tunnel::responder(&tunnel_rt, ws_agent.clone());
-        for _ in 0..ROUNDS {
-            measure(tunnel::bulk(&tunnel_rt, &agent, 1), &mut t1).await?;
-            measure(tunnel::bulk(&tunnel_rt, &ws_agent, 1), &mut w1).await?;
-            measure(tunnel::bulk(&tunnel_rt, &ws_agent, 64), &mut w64).await?;
-        }
-        let ws_rtt = tunnel::latency(&ws_kas).await?;
-        // Through a real HTTP CONNECT proxy, next to direct, in the same run.
-        let proxied = proxy_phase(&tunnel_rt, &t, [&agent, &ws_agent]).await;
-
-        let runtime = if use_smol {
-            "runtime-smol"
-        } else {
-            "runtime-tokio"
-        };
-        let c = config();
-        let tuned = format!(
-            "frames {} KiB, windows {} KiB/stream {} KiB/connection",
-            c.settings.max_frame_size / 1024,
-            c.settings.initial_stream_window / 1024,
-            c.settings.initial_connection_window / 1024
-        );
-        println!(
-            "agent tunnel benchmark ({runtime}, {tuned}; loopback, TLS 1.3, rustls/ring, release)"
-        );
-        println!(
-            "{:<44} {:>12} {:>12} {:>7}",
-            "measure", "tunnel", "raw TLS", "ratio"
-        );
-        println!(
-            "{:<44} {:>12.0} {:>12.0} {:>6.2}x",
-            "bulk, 1 stream (MiB/s, best of 3)",
-            t1.mib_s,
-            raw.mib_s,
-            t1.mib_s / raw.mib_s
-        );
-        println!(
-            "{:<44} {:>12.0} {:>12.0} {:>6.2}x",
-            "bulk, 64 streams on 1 connection (MiB/s)",
-            t64.mib_s,
-            raw.mib_s,
-            t64.mib_s / raw.mib_s
-        );
-        for (name, b) in [("1 stream", t1), ("64 streams", t64)] {
-            println!(
-                "{:<44} {:>12.2} {:>12.2} {:>6.2}x",
-                format!("CPU s per GiB, {name} (both ends)"),
-                b.cpu_per_gib,
-                raw.cpu_per_gib,
-                b.cpu_per_gib / raw.cpu_per_gib
-            );
-        }
-        rtt_rows(&tun_rtt, &raw_rtt);
-        println!(
-            "{:<44} {:>12} {:>12}",
-            "round trips measured",
-            tun_rtt.len(),
-            raw_rtt.len()
-        );
-        println!();
-        println!(
-            "{:<44} {:>12} {:>12} {:>7}",
-            "transport (same tunnel, same run)", "wss://", "tls://", "ratio"
-        );
-        for (name, w, b) in [("1 stream", w1, t1), ("64 streams", w64, t64)] {
-            ratio_row(
-                &format!("bulk, {name} (MiB/s, best of 3)"),
-                w.mib_s,
-                b.mib_s,
-                0,
-            );
-            ratio_row(
-                &format!("CPU s per GiB, {name} (both ends)"),
-                w.cpu_per_gib,
-                b.cpu_per_gib,
-                2,
-            );
-        }
-        rtt_rows(&ws_rtt, &tun_rtt);
-        println!();
-        match proxied {
-            Ok(p) => {
-                println!(
-                    "{:<44} {:>12} {:>12} {:>7}",
-                    "proxy path (tinyproxy CONNECT, same run)", "via proxy", "direct", "ratio"
-                );
-                for (scheme, via, direct, rtt, direct_rtt) in [
-                    (
-                        "tls://",
-                        p.tls,
-                        [p.tls_direct.better(t1), t64],
-                        &p.tls_rtt,
-                        &tun_rtt,
-                    ),
-                    (
-                        "wss://",
-                        p.wss,
-                        [p.wss_direct.better(w1), w64],
-                        &p.wss_rtt,
-                        &ws_rtt,
-                    ),
-                ] {
-                    for (k, name) in ["1 stream", "64 streams"].into_iter().enumerate() {
-                        ratio_row(
-                            &format!("{scheme} bulk, {name} (MiB/s)"),
-                            via[k].mib_s,
-                            direct[k].mib_s,
-                            0,
-                        );
-                        ratio_row(
-                            &format!("{scheme} CPU s/GiB, {name} (+proxy)"),
-                            via[k].cpu_per_gib,
-                            direct[k].cpu_per_gib,
-                            2,
-                        );
-                    }
-                    let us = |d: Duration| d.as_secs_f64() * 1e6;
-                    for (name, q) in [("p50", 0.5), ("p99", 0.99)] {
-                        ratio_row(
-                            &format!("{scheme} round trip 64 B, {name} (µs)"),
-                            us(percentile(rtt, q)),
-                            us(percentile(direct_rtt, q)),
-                            1,
+            // The main table: raw TLS and the tunnel measured alternately, `rounds` times; each figure
+            // is the median over the rounds and each ratio the median of the rounds' ratios (a round's
+            // two figures share the machine's load of that moment).
+            let rounds = rounds();
+            let (mut raw_s, mut t1_s, mut t64_s) = (Vec::new(), Vec::new(), Vec::new());
+            let (_server, agent, kas) = tunnel::pair(&tunnel_rt, &t, Scheme::Tls, None).await?;
+            tunnel::sink(&tunnel_rt, kas.clone());
+            tunnel::responder(&tunnel_rt, agent.clone());
+            // `BENCH_ONLY=raw|bulk1|bulk64|rtt|rawrtt`: run that part alone (for a profiler)
+            let only = std::env::var("BENCH_ONLY").ok();
+            let part = |p: &str| only.as_deref().is_none_or(|o| o == p);
+            for _ in 0..rounds {
+                if part("raw") {
+                    raw_s.push(sample(raw_bulk(&t)).await?);
+                }
+                if part("bulk1") {
+                    t1_s.push(sample(tunnel::bulk(&tunnel_rt, &agent, 1)).await?);
+                }
+                if part("bulk64") {
+                    t64_s.push(sample(tunnel::bulk(&tunnel_rt, &agent, 64)).await?);
+                }
+            }
+            let (mut tun_rtts, mut raw_rtts) = (Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                if part("rtt") {
+                    tun_rtts.push(tunnel::latency(&kas, phase() / 2).await?);
+                }
+                if part("rawrtt") {
+                    raw_rtts.push(raw_latency(&t, phase() / 2).await?);
+                }
+            }
+            if only.is_some() {
+                for (name, v) in [("raw", &raw_s), ("bulk1", &t1_s), ("bulk64", &t64_s)] {
+                    for b in v.iter() {
+                        println!(
+                            "{name}: {:.0} MiB/s, {:.2} CPU s/GiB",
+                            b.mib_s, b.cpu_per_gib
                         );
                     }
                 }
+                for (name, v) in [("rtt", &tun_rtts), ("rawrtt", &raw_rtts)] {
+                    for r in v.iter() {
+                        let p50 = percentile(r, 0.5).as_secs_f64() * 1e6;
+                        println!("{name}: {} round trips, p50 {p50:.1} µs", r.len());
+                    }
+                }
+                return anyhow::Ok(());
             }
-            Err(e) => println!("proxy path rows skipped: {e:#}"),
-        }
-        println!();
-        match idle {
-            Ok(i) => {
-                println!(
-                    "{:<44} {:>12.1}",
-                    format!("server RSS per idle connection, N={} (KiB)", i.n),
-                    i.kib_per_conn
+            print_main_table(
+                use_smol,
+                rounds,
+                [&raw_s, &t1_s, &t64_s],
+                &tun_rtts,
+                &raw_rtts,
+            );
+            if core_only {
+                return anyhow::Ok(());
+            }
+            let best = |v: &[Bulk]| v.iter().fold(Bulk::default(), |a, b| a.better(*b));
+            let (mut t1, t64) = (best(&t1_s), best(&t64_s));
+            let mut tun_rtt = tun_rtts.concat();
+            tun_rtt.sort();
+            // The WebSocket transport (wss://) in the same run, next to the tls:// rows above.
+            let (mut w1, mut w64) = (Bulk::default(), Bulk::default());
+            let (_ws_server, ws_agent, ws_kas) =
+                tunnel::pair(&tunnel_rt, &t, Scheme::Wss, None).await?;
+            tunnel::sink(&tunnel_rt, ws_kas.clone());
+            tunnel::responder(&tunnel_rt, ws_agent.clone());
+            for _ in 0..ROUNDS {
+                measure(tunnel::bulk(&tunnel_rt, &agent, 1), &mut t1).await?;
+                measure(tunnel::bulk(&tunnel_rt, &ws_agent, 1), &mut w1).await?;
+                measure(tunnel::bulk(&tunnel_rt, &ws_agent, 64), &mut w64).await?;
+            }
+            let ws_rtt = tunnel::latency(&ws_kas, phase()).await?;
+            // Through a real HTTP CONNECT proxy, next to direct, in the same run.
+            let proxied = proxy_phase(&tunnel_rt, &t, [&agent, &ws_agent]).await;
+
+            println!();
+            println!(
+                "{:<44} {:>12} {:>12} {:>7}",
+                "transport (same tunnel, same run)", "wss://", "tls://", "ratio"
+            );
+            for (name, w, b) in [("1 stream", w1, t1), ("64 streams", w64, t64)] {
+                ratio_row(
+                    &format!("bulk, {name} (MiB/s, best of 3)"),
+                    w.mib_s,
+                    b.mib_s,
+                    0,
                 );
-                println!(
-                    "{:<44} {:>12.0}",
-                    "connections accepted per second (TLS+HELLO)", i.accepts_per_s
+                ratio_row(
+                    &format!("CPU s per GiB, {name} (both ends)"),
+                    w.cpu_per_gib,
+                    b.cpu_per_gib,
+                    2,
                 );
             }
-            Err(e) => println!("idle connections: failed: {e:#}"),
-        }
-        anyhow::Ok(())
+            rtt_rows(&ws_rtt, &tun_rtt);
+            println!();
+            match proxied {
+                Ok(p) => {
+                    println!(
+                        "{:<44} {:>12} {:>12} {:>7}",
+                        "proxy path (tinyproxy CONNECT, same run)", "via proxy", "direct", "ratio"
+                    );
+                    for (scheme, via, direct, rtt, direct_rtt) in [
+                        (
+                            "tls://",
+                            p.tls,
+                            [p.tls_direct.better(t1), t64],
+                            &p.tls_rtt,
+                            &tun_rtt,
+                        ),
+                        (
+                            "wss://",
+                            p.wss,
+                            [p.wss_direct.better(w1), w64],
+                            &p.wss_rtt,
+                            &ws_rtt,
+                        ),
+                    ] {
+                        for (k, name) in ["1 stream", "64 streams"].into_iter().enumerate() {
+                            ratio_row(
+                                &format!("{scheme} bulk, {name} (MiB/s)"),
+                                via[k].mib_s,
+                                direct[k].mib_s,
+                                0,
+                            );
+                            ratio_row(
+                                &format!("{scheme} CPU s/GiB, {name} (+proxy)"),
+                                via[k].cpu_per_gib,
+                                direct[k].cpu_per_gib,
+                                2,
+                            );
+                        }
+                        let us = |d: Duration| d.as_secs_f64() * 1e6;
+                        for (name, q) in [("p50", 0.5), ("p99", 0.99)] {
+                            ratio_row(
+                                &format!("{scheme} round trip 64 B, {name} (µs)"),
+                                us(percentile(rtt, q)),
+                                us(percentile(direct_rtt, q)),
+                                1,
+                            );
+                        }
+                    }
+                }
+                Err(e) => println!("proxy path rows skipped: {e:#}"),
+            }
+            println!();
+            match idle {
+                Ok(i) => {
+                    println!(
+                        "{:<44} {:>12.1}",
+                        format!("server RSS per idle connection, N={} (KiB)", i.n),
+                        i.kib_per_conn
+                    );
+                    println!(
+                        "{:<44} {:>12.0}",
+                        "connections accepted per second (TLS+HELLO)", i.accepts_per_s
+                    );
+                }
+                Err(e) => println!("idle connections: failed: {e:#}"),
+            }
+            anyhow::Ok(())
+        })
+        .await
+        .context("the benchmark task")?
     })
 }

@@ -399,10 +399,13 @@ fn encode_msg<M: Message>(m: &M, out: &mut BytesMut) {
 /// meaningless, so every later call returns the same error.
 #[derive(Debug)]
 pub struct Decoder {
-    /// Undecoded octets that were copied in ([`Decoder::feed`]) or left over from `input`.
+    /// Undecoded octets that were copied in ([`Decoder::feed`]), or the start of a frame that
+    /// `input` held only part of. They come before `input`.
     buf: BytesMut,
-    /// Undecoded octets handed over without a copy ([`Decoder::feed_bytes`]); frames are sliced out
-    /// of it. Invariant: non-empty only while `buf` is empty.
+    /// Undecoded octets handed over without a copy ([`Decoder::feed_bytes`]), after `buf`; whole
+    /// frames are sliced out of it. Of a frame that straddles two inputs only that frame is copied
+    /// (into `buf`), so a busy connection whose reads end mid-frame still receives its other
+    /// frames without a copy.
     input: Bytes,
     max_payload: u32,
     max_header: u32,
@@ -431,27 +434,38 @@ impl Decoder {
         }
     }
 
-    /// Appends received bytes without copying them when nothing is buffered: the frames decoded
-    /// from `data` are slices of it (DATA payloads reach the application without a copy), and only
-    /// a frame that `data` holds part of is copied, to be completed by later input.
+    /// Appends received bytes without copying them: the frames decoded from `data` are slices of
+    /// it (DATA payloads reach the application without a copy); only a frame that `data` holds part
+    /// of is copied, to be completed by later input.
     pub fn feed_bytes(&mut self, data: Bytes) {
         if self.poisoned.is_some() || data.is_empty() {
             return;
         }
-        if self.buf.is_empty() && self.input.is_empty() {
+        if self.input.is_empty() {
             self.input = data;
         } else {
+            // Undecoded zero-copy input is still held (the caller did not decode to the end):
+            // keep the order by copying it behind `buf`.
             self.copy_input();
-            self.buf.extend_from_slice(&data);
+            self.input = data;
         }
     }
 
-    /// Moves the zero-copy input into the copy buffer.
+    /// Moves the zero-copy input into the copy buffer, behind what it holds.
     fn copy_input(&mut self) {
         if !self.input.is_empty() {
-            debug_assert!(self.buf.is_empty(), "input is only held while buf is empty");
             self.buf.extend_from_slice(&self.input);
             self.input = Bytes::new();
+        }
+    }
+
+    /// Copies octets from the front of `input` to `buf` until `buf` holds `n` (or `input` is
+    /// empty): completes the straddling frame that `buf` starts.
+    fn fill_buf(&mut self, n: usize) {
+        let k = n.saturating_sub(self.buf.len()).min(self.input.len());
+        if k > 0 {
+            self.buf.extend_from_slice(&self.input[..k]);
+            self.input.advance(k);
         }
     }
 
@@ -462,7 +476,7 @@ impl Decoder {
 
     /// Removes `n` raw octets from the front of the buffer if they are all there (used for the preface).
     pub fn take_raw(&mut self, n: usize) -> Option<Bytes> {
-        if self.input.len() >= n {
+        if self.buf.is_empty() && self.input.len() >= n {
             return Some(self.input.split_to(n));
         }
         self.copy_input();
@@ -490,7 +504,11 @@ impl Decoder {
     }
 
     fn decode_inner(&mut self) -> Result<Option<Frame>, FrameError> {
-        let from_input = !self.input.is_empty();
+        // `buf` comes first: a frame it starts is completed from `input` (copying only that frame).
+        let from_input = self.buf.is_empty();
+        if !from_input {
+            self.fill_buf(HEADER_LEN);
+        }
         let pending: &[u8] = if from_input { &self.input } else { &self.buf };
         let Some(hdr_bytes) = pending.get(..HEADER_LEN) else {
             // A partial header: keep it for the next input.
@@ -536,7 +554,14 @@ impl Decoder {
             self.input.advance(HEADER_LEN);
             self.input.split_to(header.length as usize)
         } else {
-            self.copy_input();
+            if from_input {
+                // The frame is not all in: keep its start for the next input, in room for all of
+                // it (one allocation, one copy).
+                self.buf.reserve(total);
+                self.copy_input();
+            } else {
+                self.fill_buf(total);
+            }
             if self.buf.len() < total {
                 self.buf.reserve(total - self.buf.len());
                 return Ok(None);
@@ -746,6 +771,52 @@ mod tests {
         // A payload outliving the decoder keeps its memory: it is shared, not borrowed.
         drop(d);
         assert_eq!(payloads[2].len(), 4000);
+    }
+
+    #[test]
+    fn only_the_frame_straddling_two_inputs_is_copied() {
+        // Four DATA frames cut in the middle of the second: the frames after the cut must still be
+        // slices of the second input (a busy connection's reads end mid-frame nearly always).
+        let mut wire = BytesMut::new();
+        for i in 0..4u8 {
+            Frame::Data {
+                stream: StreamId(3),
+                data: Bytes::from(vec![i; 3000]),
+                end_stream: false,
+            }
+            .encode(&mut wire);
+        }
+        let wire = wire.freeze();
+        let cut = HEADER_LEN + 3000 + 1500;
+        let (first, second) = (wire.slice(..cut), wire.slice(cut..));
+        let mut d = Decoder::new(DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_FRAME_SIZE);
+        let mut payloads = Vec::new();
+        for input in [first, second.clone()] {
+            d.feed_bytes(input);
+            while let Ok(Some(f)) = d.decode() {
+                let Frame::Data { data, .. } = f else {
+                    panic!("expected data")
+                };
+                payloads.push(data);
+            }
+        }
+        assert_eq!(payloads.len(), 4);
+        for (i, p) in payloads.iter().enumerate() {
+            assert!(p.len() == 3000 && p.iter().all(|b| usize::from(*b) == i));
+        }
+        let inside = |p: &Bytes| {
+            let (a, b) = (
+                second.as_ptr() as usize,
+                second.as_ptr() as usize + second.len(),
+            );
+            (a..b).contains(&(p.as_ptr() as usize))
+        };
+        assert!(!inside(&payloads[1]), "the straddling frame is a copy");
+        assert!(
+            inside(&payloads[2]) && inside(&payloads[3]),
+            "frames after the straddling one were copied"
+        );
+        assert_eq!(d.buffered(), 0);
     }
 
     #[test]
