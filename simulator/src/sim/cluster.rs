@@ -7,6 +7,7 @@
 //! reference views from, with the naive oracle, independently of the agent's cache.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use protocol::cache::{ResourceKind, WatchEvent};
 use rand::Rng;
@@ -15,6 +16,12 @@ use serde_json::{Value, json};
 use super::scenario::ClusterSpec;
 
 const PHASES: [&str; 4] = ["Pending", "Running", "Succeeded", "Failed"];
+
+// The three kinds, built once (`ResourceKind::pod()` allocates three strings): every watch event
+// and every object listed for the invariants' oracle names its kind.
+static NODE: LazyLock<ResourceKind> = LazyLock::new(ResourceKind::node);
+static POD: LazyLock<ResourceKind> = LazyLock::new(ResourceKind::pod);
+static DEPLOYMENT: LazyLock<ResourceKind> = LazyLock::new(ResourceKind::deployment);
 
 #[derive(Debug, Clone)]
 struct Node {
@@ -58,7 +65,7 @@ pub struct Cluster {
 }
 
 /// A kind's events, as the agent's watcher sees them.
-pub type KindEvent = (ResourceKind, WatchEvent);
+pub type KindEvent = (&'static ResourceKind, WatchEvent);
 
 impl Cluster {
     /// The initial cluster of agent `agent`.
@@ -179,17 +186,17 @@ impl Cluster {
         })
     }
 
-    /// Every object with its kind (the truth).
-    pub fn objects(&self) -> Vec<(ResourceKind, Value)> {
+    /// Every object with its kind (the truth), in kind order (nodes, pods, deployments).
+    pub fn objects(&self) -> Vec<(&'static ResourceKind, Value)> {
         let mut out = Vec::with_capacity(self.len());
         for n in &self.nodes {
-            out.push((ResourceKind::node(), self.node_json(n)));
+            out.push((&*NODE, self.node_json(n)));
         }
         for (k, p) in &self.pods {
-            out.push((ResourceKind::pod(), self.pod_json(*k, p)));
+            out.push((&*POD, self.pod_json(*k, p)));
         }
         for (k, d) in &self.deployments {
-            out.push((ResourceKind::deployment(), self.deployment_json(*k, d)));
+            out.push((&*DEPLOYMENT, self.deployment_json(*k, d)));
         }
         out
     }
@@ -197,18 +204,11 @@ impl Cluster {
     /// The events of a full relist of every kind (a starting watcher).
     pub fn relist(&self) -> Vec<KindEvent> {
         let mut out = Vec::with_capacity(self.len() + 6);
-        let kinds = [
-            ResourceKind::node(),
-            ResourceKind::pod(),
-            ResourceKind::deployment(),
-        ];
-        let objects = self.objects();
-        for kind in kinds {
-            out.push((kind.clone(), WatchEvent::Init));
-            for (k, o) in &objects {
-                if *k == kind {
-                    out.push((kind.clone(), WatchEvent::InitApply(o.clone())));
-                }
+        let mut objects = self.objects().into_iter().peekable();
+        for kind in [&*NODE, &*POD, &*DEPLOYMENT] {
+            out.push((kind, WatchEvent::Init));
+            while let Some((_, o)) = objects.next_if(|(k, _)| *k == kind) {
+                out.push((kind, WatchEvent::InitApply(o)));
             }
             out.push((kind, WatchEvent::InitDone));
         }
@@ -225,8 +225,8 @@ impl Cluster {
             let n = &mut self.nodes[i];
             n.ready = !n.ready;
             n.rv = rv;
-            let n = self.nodes[i].clone();
-            return vec![(ResourceKind::node(), WatchEvent::Apply(self.node_json(&n)))];
+            let n = &self.nodes[i];
+            return vec![(&*NODE, WatchEvent::Apply(self.node_json(n)))];
         }
         if roll < 0.20 && !self.deployments.is_empty() {
             let i = rng.random_range(0..self.deployments.len());
@@ -246,10 +246,10 @@ impl Cluster {
                 }
                 d.rv = rv;
             }
-            let d = self.deployments[&key].clone();
+            let d = &self.deployments[&key];
             return vec![(
-                ResourceKind::deployment(),
-                WatchEvent::Apply(self.deployment_json(key, &d)),
+                &*DEPLOYMENT,
+                WatchEvent::Apply(self.deployment_json(key, d)),
             )];
         }
         // Pods: keep the population around its target.
@@ -258,11 +258,8 @@ impl Cluster {
         if roll < 0.40 && !too_many || self.pods.is_empty() {
             let ns = rng.random_range(0..self.namespaces);
             let key = self.create_pod(ns, 0);
-            let p = self.pods[&key].clone();
-            return vec![(
-                ResourceKind::pod(),
-                WatchEvent::Apply(self.pod_json(key, &p)),
-            )];
+            let p = &self.pods[&key];
+            return vec![(&*POD, WatchEvent::Apply(self.pod_json(key, p)))];
         }
         let i = rng.random_range(0..self.pods.len());
         let Some(key) = self.pods.keys().nth(i).copied() else {
@@ -273,10 +270,7 @@ impl Cluster {
             if let Some(p) = self.pods.remove(&key) {
                 // The deleted object's final state carries a new resourceVersion.
                 let p = Pod { rv: self.rv(), ..p };
-                return vec![(
-                    ResourceKind::pod(),
-                    WatchEvent::Delete(self.pod_json(key, &p)),
-                )];
+                return vec![(&*POD, WatchEvent::Delete(self.pod_json(key, &p)))];
             }
             return Vec::new();
         }
@@ -295,11 +289,8 @@ impl Cluster {
             };
             p.rv = rv;
         }
-        let p = self.pods[&key].clone();
-        vec![(
-            ResourceKind::pod(),
-            WatchEvent::Apply(self.pod_json(key, &p)),
-        )]
+        let p = &self.pods[&key];
+        vec![(&*POD, WatchEvent::Apply(self.pod_json(key, p)))]
     }
 }
 

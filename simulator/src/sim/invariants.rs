@@ -106,7 +106,7 @@ pub fn truth(cluster: &Cluster) -> Views {
     static SPECS: std::sync::OnceLock<Vec<protocol::cache::ViewSpec>> = std::sync::OnceLock::new();
     let specs = SPECS.get_or_init(default_views);
     let objects = cluster.objects();
-    naive_views::evaluate(specs, objects.iter().map(|(k, v)| (k, v)))
+    naive_views::evaluate(specs, objects.iter().map(|(k, v)| (*k, v)))
 }
 
 /// A broken invariant: which, where in the run, and the seed to replay it.
