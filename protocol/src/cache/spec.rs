@@ -686,7 +686,8 @@ mod tests {
     fn contribution_of_a_node() {
         let views = compile_all(&default_views()).unwrap_or_default();
         let node = json!({"metadata": {"name": "n"}, "status": {"conditions": [{"type": "Ready", "status": "False"}]}});
-        let c = views[0].contribution(&ResourceKind::node(), &node);
+        let node_kind = ResourceKind::node();
+        let c = views[0].contribution(&node_kind, &node);
         assert_eq!(
             c,
             Some(Contribution {
@@ -694,8 +695,8 @@ mod tests {
                 values: vec![Decimal::ONE, Decimal::ZERO, Decimal::ONE]
             })
         );
-        assert_eq!(views[1].contribution(&ResourceKind::node(), &node), None);
-        let by_kind = views[3].contribution(&ResourceKind::node(), &node);
+        assert_eq!(views[1].contribution(&node_kind, &node), None);
+        let by_kind = views[3].contribution(&node_kind, &node);
         assert_eq!(
             by_kind.map(|c| c.owned_key()),
             Some(vec!["Node".to_owned(), String::new()])

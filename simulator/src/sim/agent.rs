@@ -1045,7 +1045,7 @@ impl World {
         let a = &mut self.agents[i];
         let events = a.cluster.churn(&mut self.rng);
         if watched {
-            a.truth = super::invariants::truth(&a.cluster);
+            a.truth = super::invariants::truth_cached(&mut a.cluster);
         }
         self.metrics.churn += 1;
         if let Some(views) = &mut a.views {

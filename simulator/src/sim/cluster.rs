@@ -62,6 +62,26 @@ pub struct Cluster {
     next_uid: u64,
     next_pod: u64,
     changes: u64,
+    /// Every object's JSON, kept from the first [`Cluster::objects_cached`] on (the agents whose
+    /// views the invariants check after every change): listing them for the oracle then builds
+    /// nothing. Other clusters build JSON only for their watch events.
+    json: Option<Box<Json>>,
+}
+
+/// The objects' JSON, keyed as the objects are.
+#[derive(Debug, Clone, Default)]
+struct Json {
+    nodes: Vec<Value>,
+    pods: BTreeMap<(u32, u64), Value>,
+    deployments: BTreeMap<(u32, u32), Value>,
+}
+
+/// Which object a change touched.
+#[derive(Debug, Clone, Copy)]
+enum Touched {
+    Node(usize),
+    Pod((u32, u64)),
+    Deployment((u32, u32)),
 }
 
 /// A kind's events, as the agent's watcher sees them.
@@ -81,6 +101,7 @@ impl Cluster {
             next_uid: 1,
             next_pod: 0,
             changes: 0,
+            json: None,
         };
         for n in 0..spec.nodes.max(1) {
             let uid = c.uid();
@@ -201,6 +222,31 @@ impl Cluster {
         out
     }
 
+    /// Every object with its kind, as [`Cluster::objects`] lists them, from JSON kept up to date
+    /// from now on (built on the first call).
+    pub fn objects_cached(&mut self) -> Vec<(&'static ResourceKind, &Value)> {
+        if self.json.is_none() {
+            let json = Json {
+                nodes: self.nodes.iter().map(|n| self.node_json(n)).collect(),
+                pods: (self.pods.iter())
+                    .map(|(k, p)| (*k, self.pod_json(*k, p)))
+                    .collect(),
+                deployments: (self.deployments.iter())
+                    .map(|(k, d)| (*k, self.deployment_json(*k, d)))
+                    .collect(),
+            };
+            self.json = Some(Box::new(json));
+        }
+        let Some(json) = self.json.as_deref() else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(self.len());
+        out.extend(json.nodes.iter().map(|v| (&*NODE, v)));
+        out.extend(json.pods.values().map(|v| (&*POD, v)));
+        out.extend(json.deployments.values().map(|v| (&*DEPLOYMENT, v)));
+        out
+    }
+
     /// The events of a full relist of every kind (a starting watcher).
     pub fn relist(&self) -> Vec<KindEvent> {
         let mut out = Vec::with_capacity(self.len() + 6);
@@ -217,6 +263,33 @@ impl Cluster {
 
     /// Applies one random change and returns its watch events.
     pub fn churn<R: Rng>(&mut self, rng: &mut R) -> Vec<KindEvent> {
+        let (touched, events) = self.change(rng);
+        if let (Some(json), Some(touched)) = (self.json.as_deref_mut(), touched) {
+            for (_, event) in &events {
+                match (event, touched) {
+                    (WatchEvent::Apply(v), Touched::Node(i)) => {
+                        if let Some(slot) = json.nodes.get_mut(i) {
+                            *slot = v.clone();
+                        }
+                    }
+                    (WatchEvent::Apply(v), Touched::Pod(k)) => {
+                        json.pods.insert(k, v.clone());
+                    }
+                    (WatchEvent::Apply(v), Touched::Deployment(k)) => {
+                        json.deployments.insert(k, v.clone());
+                    }
+                    (WatchEvent::Delete(_), Touched::Pod(k)) => {
+                        json.pods.remove(&k);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        events
+    }
+
+    /// Applies one random change: the object it touched and the watch events.
+    fn change<R: Rng>(&mut self, rng: &mut R) -> (Option<Touched>, Vec<KindEvent>) {
         self.changes += 1;
         let roll: f64 = rng.random();
         if roll < 0.05 && !self.nodes.is_empty() {
@@ -226,7 +299,8 @@ impl Cluster {
             n.ready = !n.ready;
             n.rv = rv;
             let n = &self.nodes[i];
-            return vec![(&*NODE, WatchEvent::Apply(self.node_json(n)))];
+            let event = (&*NODE, WatchEvent::Apply(self.node_json(n)));
+            return (Some(Touched::Node(i)), vec![event]);
         }
         if roll < 0.20 && !self.deployments.is_empty() {
             let i = rng.random_range(0..self.deployments.len());
@@ -247,10 +321,8 @@ impl Cluster {
                 d.rv = rv;
             }
             let d = &self.deployments[&key];
-            return vec![(
-                &*DEPLOYMENT,
-                WatchEvent::Apply(self.deployment_json(key, d)),
-            )];
+            let event = (&*DEPLOYMENT, WatchEvent::Apply(self.deployment_json(key, d)));
+            return (Some(Touched::Deployment(key)), vec![event]);
         }
         // Pods: keep the population around its target.
         let too_few = self.pods.len() < self.target_pods;
@@ -259,20 +331,22 @@ impl Cluster {
             let ns = rng.random_range(0..self.namespaces);
             let key = self.create_pod(ns, 0);
             let p = &self.pods[&key];
-            return vec![(&*POD, WatchEvent::Apply(self.pod_json(key, p)))];
+            let event = (&*POD, WatchEvent::Apply(self.pod_json(key, p)));
+            return (Some(Touched::Pod(key)), vec![event]);
         }
         let i = rng.random_range(0..self.pods.len());
         let Some(key) = self.pods.keys().nth(i).copied() else {
-            return Vec::new();
+            return (None, Vec::new());
         };
         let finished = self.pods.get(&key).is_some_and(|p| p.phase >= 2);
         if (roll < 0.55 && !too_few) || finished && rng.random_bool(0.7) {
             if let Some(p) = self.pods.remove(&key) {
                 // The deleted object's final state carries a new resourceVersion.
                 let p = Pod { rv: self.rv(), ..p };
-                return vec![(&*POD, WatchEvent::Delete(self.pod_json(key, &p)))];
+                let event = (&*POD, WatchEvent::Delete(self.pod_json(key, &p)));
+                return (Some(Touched::Pod(key)), vec![event]);
             }
-            return Vec::new();
+            return (None, Vec::new());
         }
         let rv = self.rv();
         if let Some(p) = self.pods.get_mut(&key) {
@@ -290,7 +364,8 @@ impl Cluster {
             p.rv = rv;
         }
         let p = &self.pods[&key];
-        vec![(&*POD, WatchEvent::Apply(self.pod_json(key, p)))]
+        let event = (&*POD, WatchEvent::Apply(self.pod_json(key, p)));
+        (Some(Touched::Pod(key)), vec![event])
     }
 }
 
