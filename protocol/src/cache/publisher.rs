@@ -202,6 +202,16 @@ impl Publisher {
         self.pending.extend(changed);
     }
 
+    /// [`Publisher::record`] of a set: taken over whole when nothing is pending (the usual case
+    /// between flushes), merged otherwise.
+    pub(crate) fn record_set(&mut self, mut changed: BTreeSet<ChangedKey>) {
+        if self.pending.is_empty() {
+            self.pending = changed;
+        } else {
+            self.pending.append(&mut changed);
+        }
+    }
+
     /// A stream to kas is open. Nothing is sent until kas's [`proto::ResyncRequest`] arrives (or
     /// `ack_timeout` passes).
     pub fn on_connected(&mut self, now: Instant) {

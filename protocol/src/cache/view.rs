@@ -111,6 +111,11 @@ impl ViewSet {
         std::mem::take(&mut self.changed).into_iter().collect()
     }
 
+    /// [`ViewSet::take_changed`] as the set it is kept in (handed to the publisher as is).
+    pub(crate) fn take_changed_set(&mut self) -> BTreeSet<ChangedKey> {
+        std::mem::take(&mut self.changed)
+    }
+
     /// The views computed from scratch over `objects` (independently of the incremental tables): the
     /// reference the incremental state must always equal.
     pub fn recompute<'a>(
