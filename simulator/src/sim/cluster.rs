@@ -321,7 +321,10 @@ impl Cluster {
                 d.rv = rv;
             }
             let d = &self.deployments[&key];
-            let event = (&*DEPLOYMENT, WatchEvent::Apply(self.deployment_json(key, d)));
+            let event = (
+                &*DEPLOYMENT,
+                WatchEvent::Apply(self.deployment_json(key, d)),
+            );
             return (Some(Touched::Deployment(key)), vec![event]);
         }
         // Pods: keep the population around its target.
