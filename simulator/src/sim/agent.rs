@@ -1065,7 +1065,7 @@ impl World {
                     ));
                     continue;
                 }
-                if let Err(e) = views.handle_watch(&kind, ev, self.now_i) {
+                if let Err(e) = views.handle_watch(kind, ev, self.now_i) {
                     let detail = format!("agent {} cache rejected a watch event: {e}", a.id);
                     self.violate("agent-cache", detail);
                     return;

@@ -391,12 +391,12 @@ mod tests {
         )
         .unwrap();
         for (kind, ev) in c.relist() {
-            cache.apply(&kind, ev).unwrap();
+            cache.apply(kind, ev).unwrap();
         }
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         for _ in 0..2000 {
             for (kind, ev) in c.churn(&mut rng) {
-                cache.apply(&kind, ev).unwrap();
+                cache.apply(kind, ev).unwrap();
             }
         }
         assert_eq!(cache.store().len(), c.len());
