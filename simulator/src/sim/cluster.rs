@@ -404,4 +404,22 @@ mod tests {
         assert_eq!(cache.views().views(), truth);
         assert!(c.len() < 100, "the population stays bounded: {}", c.len());
     }
+
+    #[test]
+    fn kept_json_follows_churn() {
+        let mut c = Cluster::new(3, &ClusterSpec::default());
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for round in 0..500 {
+            if round == 7 {
+                assert_eq!(c.objects_cached().len(), c.len());
+            }
+            c.churn(&mut rng);
+            if round >= 7 {
+                let kept: Vec<(&ResourceKind, Value)> = (c.objects_cached().into_iter())
+                    .map(|(k, v)| (k, v.clone()))
+                    .collect();
+                assert_eq!(kept, c.objects(), "after change {round}");
+            }
+        }
+    }
 }
