@@ -38,7 +38,7 @@ impl AgentCache {
         event: WatchEvent,
     ) -> Result<Vec<ObjectChange>, StoreError> {
         let changes = self.store.apply(kind, event, &mut self.views)?;
-        self.publisher.record(self.views.take_changed());
+        self.publisher.record_set(self.views.take_changed_set());
         Ok(changes)
     }
 

@@ -242,16 +242,22 @@ impl Mirror {
             }
         }
         for (name, key, values) in upserts {
-            if let Some(view) = self.views.get_mut(name)
-                && view.rows.get(&key) != Some(&values)
-            {
-                view.rows.insert(key.clone(), values.clone());
-                changes.push(ViewChange {
-                    view: name.to_owned(),
-                    key,
-                    values: Some(values),
-                });
+            let Some(view) = self.views.get_mut(name) else {
+                continue;
+            };
+            // A changed row (the common case) is updated in place: its key is not cloned.
+            match view.rows.get_mut(&key) {
+                Some(row) if *row == values => continue,
+                Some(row) => row.clone_from(&values),
+                None => {
+                    view.rows.insert(key.clone(), values.clone());
+                }
             }
+            changes.push(ViewChange {
+                view: name.to_owned(),
+                key,
+                values: Some(values),
+            });
         }
         changes.sort();
         self.position = Some((epoch, update.seq));

@@ -202,6 +202,16 @@ impl Publisher {
         self.pending.extend(changed);
     }
 
+    /// [`Publisher::record`] of a set: taken over whole when nothing is pending (the usual case
+    /// between flushes), merged otherwise.
+    pub(crate) fn record_set(&mut self, mut changed: BTreeSet<ChangedKey>) {
+        if self.pending.is_empty() {
+            self.pending = changed;
+        } else {
+            self.pending.append(&mut changed);
+        }
+    }
+
     /// A stream to kas is open. Nothing is sent until kas's [`proto::ResyncRequest`] arrives (or
     /// `ack_timeout` passes).
     pub fn on_connected(&mut self, now: Instant) {
@@ -384,11 +394,12 @@ impl Publisher {
                 continue;
             };
             let current = views.row(view, &key);
-            let previous = table.get(&key);
-            if previous.and_then(|p| p.values.as_deref()) == current {
+            // One lookup: a row published before (the common case) is updated in place.
+            let mut previous = table.get_mut(&key);
+            if previous.as_ref().and_then(|p| p.values.as_deref()) == current {
                 continue;
             }
-            let was_tombstone = previous.is_some_and(|p| p.values.is_none());
+            let was_tombstone = previous.as_ref().is_some_and(|p| p.values.is_none());
             let delta = deltas.entry(view).or_insert_with(|| proto::ViewDelta {
                 view: self
                     .schemas
@@ -409,13 +420,16 @@ impl Publisher {
                     self.tombstones += 1;
                 }
             }
-            table.insert(
-                key,
-                Published {
-                    seq: next,
-                    values: current.map(<[Decimal]>::to_vec),
-                },
-            );
+            let values = current.map(<[Decimal]>::to_vec);
+            match previous.take() {
+                Some(p) => {
+                    p.seq = next;
+                    p.values = values;
+                }
+                None => {
+                    table.insert(key, Published { seq: next, values });
+                }
+            }
         }
         if deltas.is_empty() {
             return None;

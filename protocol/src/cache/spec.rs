@@ -31,6 +31,7 @@
 //!
 //! A row exists while at least one object falls into it, so rows appear and disappear with objects.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -409,11 +410,20 @@ pub(crate) struct CompiledView {
     metrics: Vec<CompiledMetric>,
 }
 
-/// One object's share of a view: its row key and its metric values.
+/// One object's share of a view: its row key and its metric values. The key borrows from the object
+/// where it can, so comparing an object's contributions before and after a change allocates no
+/// strings ([`Contribution::owned_key`] makes the table's key when a row is touched).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Contribution {
-    pub(crate) key: Vec<String>,
+pub(crate) struct Contribution<'a> {
+    pub(crate) key: Vec<Cow<'a, str>>,
     pub(crate) values: Vec<Decimal>,
+}
+
+impl Contribution<'_> {
+    /// The row key as the tables hold it.
+    pub(crate) fn owned_key(&self) -> Vec<String> {
+        self.key.iter().map(|k| k.as_ref().to_owned()).collect()
+    }
 }
 
 impl CompiledView {
@@ -511,26 +521,26 @@ impl CompiledView {
     }
 
     /// The object's row key and metric values, or `None` if the view does not count it.
-    pub(crate) fn contribution(&self, kind: &ResourceKind, object: &Value) -> Option<Contribution> {
+    pub(crate) fn contribution<'a>(
+        &self,
+        kind: &'a ResourceKind,
+        object: &'a Value,
+    ) -> Option<Contribution<'a>> {
         if !self.kind.matches(kind) || !self.filter.iter().all(|p| p.holds(kind, object)) {
             return None;
         }
         #[cfg_attr(not(feature = "testing"), allow(unused_mut))]
-        let mut key: Vec<String> = self
+        let mut key: Vec<Cow<'a, str>> = self
             .group_by
             .iter()
-            .map(|p| {
-                p.eval_text(kind, object)
-                    .map(|c| c.into_owned())
-                    .unwrap_or_default()
-            })
+            .map(|p| p.eval_text(kind, object).unwrap_or_default())
             .collect();
         #[cfg(feature = "testing")]
         let fault = crate::testing::faults::view_fault();
         #[cfg(feature = "testing")]
         if fault == Some(crate::testing::faults::ViewFault::FailedCountsAsPending) {
             for k in key.iter_mut().filter(|k| *k == "Failed") {
-                *k = "Pending".into();
+                *k = Cow::Borrowed("Pending");
             }
         }
         let values = self
@@ -676,7 +686,8 @@ mod tests {
     fn contribution_of_a_node() {
         let views = compile_all(&default_views()).unwrap_or_default();
         let node = json!({"metadata": {"name": "n"}, "status": {"conditions": [{"type": "Ready", "status": "False"}]}});
-        let c = views[0].contribution(&ResourceKind::node(), &node);
+        let node_kind = ResourceKind::node();
+        let c = views[0].contribution(&node_kind, &node);
         assert_eq!(
             c,
             Some(Contribution {
@@ -684,10 +695,10 @@ mod tests {
                 values: vec![Decimal::ONE, Decimal::ZERO, Decimal::ONE]
             })
         );
-        assert_eq!(views[1].contribution(&ResourceKind::node(), &node), None);
-        let by_kind = views[3].contribution(&ResourceKind::node(), &node);
+        assert_eq!(views[1].contribution(&node_kind, &node), None);
+        let by_kind = views[3].contribution(&node_kind, &node);
         assert_eq!(
-            by_kind.map(|c| c.key),
+            by_kind.map(|c| c.owned_key()),
             Some(vec!["Node".to_owned(), String::new()])
         );
     }

@@ -224,6 +224,15 @@ impl Store {
         Store::default()
     }
 
+    /// The objects of `kind`, created empty on first use (`entry` would clone the kind on every
+    /// event, three strings).
+    fn kind_store(&mut self, kind: &ResourceKind) -> Option<&mut KindStore> {
+        if !self.kinds.contains_key(kind) {
+            self.kinds.insert(kind.clone(), KindStore::default());
+        }
+        self.kinds.get_mut(kind)
+    }
+
     /// Applies one watch event for `kind`, reporting each change to `observer`, and returns the
     /// change records (empty for stale/duplicate events, bookmarks and relist progress).
     pub fn apply(
@@ -285,7 +294,9 @@ impl Store {
             WatchEvent::Apply(object) => {
                 let object = normalise(kind, object).map_err(bad)?;
                 let (key, entry) = Entry::new(object).map_err(bad)?;
-                let ks = self.kinds.entry(kind.clone()).or_default();
+                let Some(ks) = self.kind_store(kind) else {
+                    return Ok(Vec::new());
+                };
                 let verdict = verdict(ks.objects.get(&key), &entry);
                 if matches!(verdict, Verdict::Stale) {
                     debug!(%kind, ns = %key.0, name = %key.1, rv = %entry.resource_version, "stale apply ignored");
@@ -369,8 +380,9 @@ impl Store {
                 }
             }
             WatchEvent::Bookmark { resource_version } => {
-                self.kinds.entry(kind.clone()).or_default().resource_version =
-                    Some(resource_version);
+                if let Some(ks) = self.kind_store(kind) {
+                    ks.resource_version = Some(resource_version);
+                }
                 Ok(Vec::new())
             }
         }

@@ -111,6 +111,11 @@ impl ViewSet {
         std::mem::take(&mut self.changed).into_iter().collect()
     }
 
+    /// [`ViewSet::take_changed`] as the set it is kept in (handed to the publisher as is).
+    pub(crate) fn take_changed_set(&mut self) -> BTreeSet<ChangedKey> {
+        std::mem::take(&mut self.changed)
+    }
+
     /// The views computed from scratch over `objects` (independently of the incremental tables): the
     /// reference the incremental state must always equal.
     pub fn recompute<'a>(
@@ -123,7 +128,7 @@ impl ViewSet {
             for (view, table) in self.views.iter().zip(tables.iter_mut()) {
                 if let Some(c) = view.contribution(kind, object) {
                     let row = table
-                        .entry(c.key)
+                        .entry(c.owned_key())
                         .or_insert_with(|| vec![Decimal::ZERO; c.values.len()]);
                     for (r, v) in row.iter_mut().zip(&c.values) {
                         *r = r.saturating_add(*v);
@@ -141,40 +146,45 @@ impl ViewSet {
             .collect()
     }
 
-    fn add(&mut self, view: usize, c: Contribution) {
+    fn add(&mut self, view: usize, c: Contribution<'_>) {
         let Some(table) = self.tables.get_mut(view) else {
             return;
         };
-        let acc = table.entry(c.key.clone()).or_insert_with(|| Accumulator {
-            members: 0,
-            values: vec![Decimal::ZERO; c.values.len()],
-        });
+        let key = c.owned_key();
+        let acc = match table.get_mut(&key) {
+            Some(acc) => acc,
+            None => table.entry(key.clone()).or_insert_with(|| Accumulator {
+                members: 0,
+                values: vec![Decimal::ZERO; c.values.len()],
+            }),
+        };
         acc.members += 1;
         for (a, v) in acc.values.iter_mut().zip(&c.values) {
             *a = a.saturating_add(*v);
         }
-        self.changed.insert(ChangedKey { view, key: c.key });
+        self.changed.insert(ChangedKey { view, key });
     }
 
-    fn remove(&mut self, view: usize, c: Contribution) {
+    fn remove(&mut self, view: usize, c: Contribution<'_>) {
         let Some(table) = self.tables.get_mut(view) else {
             return;
         };
-        let Some(acc) = table.get_mut(&c.key) else {
+        let key = c.owned_key();
+        let Some(acc) = table.get_mut(&key) else {
             // Only possible if the set missed the object's insertion (it was attached to a store
             // that already held objects).
-            warn!(view = %self.views[view].schema.name, key = ?c.key, "view row missing on removal");
+            warn!(view = %self.views[view].schema.name, ?key, "view row missing on removal");
             return;
         };
         acc.members = acc.members.saturating_sub(1);
         if acc.members == 0 {
-            table.remove(&c.key);
+            table.remove(&key);
         } else {
             for (a, v) in acc.values.iter_mut().zip(&c.values) {
                 *a = a.saturating_sub(*v);
             }
         }
-        self.changed.insert(ChangedKey { view, key: c.key });
+        self.changed.insert(ChangedKey { view, key });
     }
 }
 
@@ -189,21 +199,20 @@ impl ChangeObserver for ViewSet {
             let after = new.and_then(|n| view.contribution(kind, n));
             match (before, after) {
                 (Some(b), Some(a)) if b.key == a.key => {
+                    // The common case (an object changed, its row did not): no key is built.
                     if b.values == a.values {
                         continue;
                     }
-                    if let Some(acc) = self.tables[i].get_mut(&a.key) {
+                    let key = a.owned_key();
+                    if let Some(acc) = self.tables[i].get_mut(&key) {
                         for ((x, old_v), new_v) in
                             acc.values.iter_mut().zip(&b.values).zip(&a.values)
                         {
                             *x = x.saturating_sub(*old_v).saturating_add(*new_v);
                         }
-                        self.changed.insert(ChangedKey {
-                            view: i,
-                            key: a.key,
-                        });
+                        self.changed.insert(ChangedKey { view: i, key });
                     } else {
-                        warn!(view = %view.schema.name, key = ?a.key, "view row missing on update");
+                        warn!(view = %view.schema.name, ?key, "view row missing on update");
                         self.add(i, a);
                     }
                 }

@@ -549,6 +549,27 @@ impl Decoder {
             check_header(kind, &header)?;
         }
         let total = HEADER_LEN + header.length as usize;
+        if let Some(kind @ (FrameType::WindowUpdate | FrameType::Ping)) = known {
+            // The fixed-size control frames (keepalive, flow control: most frames of an idle or
+            // slow connection) are read in place: no payload `Bytes`, so no reference count to
+            // touch and no shared buffer to promote.
+            let whole_input = from_input && self.input.len() >= total;
+            if !whole_input {
+                self.copy_input();
+                if self.buf.len() < total {
+                    self.buf.reserve(total - self.buf.len());
+                    return Ok(None);
+                }
+            }
+            let pending: &[u8] = if whole_input { &self.input } else { &self.buf };
+            let frame = parse_fixed(kind, &header, &pending[HEADER_LEN..total]);
+            if whole_input {
+                self.input.advance(total);
+            } else {
+                self.buf.advance(total);
+            }
+            return frame.map(Some);
+        }
         let payload = if from_input && self.input.len() >= total {
             // The whole frame is in the zero-copy input: slice it out.
             self.input.advance(HEADER_LEN);
@@ -614,6 +635,36 @@ fn check_header(kind: FrameType, h: &Header) -> Result<(), FrameError> {
         });
     }
     Ok(())
+}
+
+/// Parses a WINDOW_UPDATE or PING payload (its length already checked by [`check_header`]).
+fn parse_fixed(kind: FrameType, h: &Header, payload: &[u8]) -> Result<Frame, FrameError> {
+    match (kind, payload) {
+        (FrameType::WindowUpdate, &[a, b, c, d]) => {
+            let increment = u32::from_be_bytes([a, b, c, d]);
+            if increment == 0 || increment > MAX_WINDOW {
+                return Err(FrameError::BadWindowIncrement { increment });
+            }
+            Ok(Frame::WindowUpdate {
+                stream: h.stream,
+                increment,
+            })
+        }
+        (FrameType::Ping, p) if p.len() == 8 => {
+            let mut payload = [0u8; 8];
+            payload.copy_from_slice(p);
+            Ok(Frame::Ping {
+                ack: h.flags & FLAG_ACK != 0,
+                payload,
+            })
+        }
+        // Unreachable after `check_header`; an error rather than a panic all the same.
+        (kind, p) => Err(FrameError::BadLength {
+            kind: h.kind,
+            len: u32::try_from(p.len()).unwrap_or(u32::MAX),
+            want: if kind == FrameType::Ping { 8 } else { 4 },
+        }),
+    }
 }
 
 fn parse_payload(kind: FrameType, h: &Header, mut payload: Bytes) -> Result<Frame, FrameError> {

@@ -1045,7 +1045,7 @@ impl World {
         let a = &mut self.agents[i];
         let events = a.cluster.churn(&mut self.rng);
         if watched {
-            a.truth = super::invariants::truth(&a.cluster);
+            a.truth = super::invariants::truth_cached(&mut a.cluster);
         }
         self.metrics.churn += 1;
         if let Some(views) = &mut a.views {
@@ -1065,7 +1065,7 @@ impl World {
                     ));
                     continue;
                 }
-                if let Err(e) = views.handle_watch(&kind, ev, self.now_i) {
+                if let Err(e) = views.handle_watch(kind, ev, self.now_i) {
                     let detail = format!("agent {} cache rejected a watch event: {e}", a.id);
                     self.violate("agent-cache", detail);
                     return;

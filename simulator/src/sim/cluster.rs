@@ -7,6 +7,7 @@
 //! reference views from, with the naive oracle, independently of the agent's cache.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use protocol::cache::{ResourceKind, WatchEvent};
 use rand::Rng;
@@ -15,6 +16,12 @@ use serde_json::{Value, json};
 use super::scenario::ClusterSpec;
 
 const PHASES: [&str; 4] = ["Pending", "Running", "Succeeded", "Failed"];
+
+// The three kinds, built once (`ResourceKind::pod()` allocates three strings): every watch event
+// and every object listed for the invariants' oracle names its kind.
+static NODE: LazyLock<ResourceKind> = LazyLock::new(ResourceKind::node);
+static POD: LazyLock<ResourceKind> = LazyLock::new(ResourceKind::pod);
+static DEPLOYMENT: LazyLock<ResourceKind> = LazyLock::new(ResourceKind::deployment);
 
 #[derive(Debug, Clone)]
 struct Node {
@@ -55,10 +62,30 @@ pub struct Cluster {
     next_uid: u64,
     next_pod: u64,
     changes: u64,
+    /// Every object's JSON, kept from the first [`Cluster::objects_cached`] on (the agents whose
+    /// views the invariants check after every change): listing them for the oracle then builds
+    /// nothing. Other clusters build JSON only for their watch events.
+    json: Option<Box<Json>>,
+}
+
+/// The objects' JSON, keyed as the objects are.
+#[derive(Debug, Clone, Default)]
+struct Json {
+    nodes: Vec<Value>,
+    pods: BTreeMap<(u32, u64), Value>,
+    deployments: BTreeMap<(u32, u32), Value>,
+}
+
+/// Which object a change touched.
+#[derive(Debug, Clone, Copy)]
+enum Touched {
+    Node(usize),
+    Pod((u32, u64)),
+    Deployment((u32, u32)),
 }
 
 /// A kind's events, as the agent's watcher sees them.
-pub type KindEvent = (ResourceKind, WatchEvent);
+pub type KindEvent = (&'static ResourceKind, WatchEvent);
 
 impl Cluster {
     /// The initial cluster of agent `agent`.
@@ -74,6 +101,7 @@ impl Cluster {
             next_uid: 1,
             next_pod: 0,
             changes: 0,
+            json: None,
         };
         for n in 0..spec.nodes.max(1) {
             let uid = c.uid();
@@ -179,36 +207,54 @@ impl Cluster {
         })
     }
 
-    /// Every object with its kind (the truth).
-    pub fn objects(&self) -> Vec<(ResourceKind, Value)> {
+    /// Every object with its kind (the truth), in kind order (nodes, pods, deployments).
+    pub fn objects(&self) -> Vec<(&'static ResourceKind, Value)> {
         let mut out = Vec::with_capacity(self.len());
         for n in &self.nodes {
-            out.push((ResourceKind::node(), self.node_json(n)));
+            out.push((&*NODE, self.node_json(n)));
         }
         for (k, p) in &self.pods {
-            out.push((ResourceKind::pod(), self.pod_json(*k, p)));
+            out.push((&*POD, self.pod_json(*k, p)));
         }
         for (k, d) in &self.deployments {
-            out.push((ResourceKind::deployment(), self.deployment_json(*k, d)));
+            out.push((&*DEPLOYMENT, self.deployment_json(*k, d)));
         }
+        out
+    }
+
+    /// Every object with its kind, as [`Cluster::objects`] lists them, from JSON kept up to date
+    /// from now on (built on the first call).
+    pub fn objects_cached(&mut self) -> Vec<(&'static ResourceKind, &Value)> {
+        if self.json.is_none() {
+            let json = Json {
+                nodes: self.nodes.iter().map(|n| self.node_json(n)).collect(),
+                pods: (self.pods.iter())
+                    .map(|(k, p)| (*k, self.pod_json(*k, p)))
+                    .collect(),
+                deployments: (self.deployments.iter())
+                    .map(|(k, d)| (*k, self.deployment_json(*k, d)))
+                    .collect(),
+            };
+            self.json = Some(Box::new(json));
+        }
+        let Some(json) = self.json.as_deref() else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(self.len());
+        out.extend(json.nodes.iter().map(|v| (&*NODE, v)));
+        out.extend(json.pods.values().map(|v| (&*POD, v)));
+        out.extend(json.deployments.values().map(|v| (&*DEPLOYMENT, v)));
         out
     }
 
     /// The events of a full relist of every kind (a starting watcher).
     pub fn relist(&self) -> Vec<KindEvent> {
         let mut out = Vec::with_capacity(self.len() + 6);
-        let kinds = [
-            ResourceKind::node(),
-            ResourceKind::pod(),
-            ResourceKind::deployment(),
-        ];
-        let objects = self.objects();
-        for kind in kinds {
-            out.push((kind.clone(), WatchEvent::Init));
-            for (k, o) in &objects {
-                if *k == kind {
-                    out.push((kind.clone(), WatchEvent::InitApply(o.clone())));
-                }
+        let mut objects = self.objects().into_iter().peekable();
+        for kind in [&*NODE, &*POD, &*DEPLOYMENT] {
+            out.push((kind, WatchEvent::Init));
+            while let Some((_, o)) = objects.next_if(|(k, _)| *k == kind) {
+                out.push((kind, WatchEvent::InitApply(o)));
             }
             out.push((kind, WatchEvent::InitDone));
         }
@@ -217,6 +263,33 @@ impl Cluster {
 
     /// Applies one random change and returns its watch events.
     pub fn churn<R: Rng>(&mut self, rng: &mut R) -> Vec<KindEvent> {
+        let (touched, events) = self.change(rng);
+        if let (Some(json), Some(touched)) = (self.json.as_deref_mut(), touched) {
+            for (_, event) in &events {
+                match (event, touched) {
+                    (WatchEvent::Apply(v), Touched::Node(i)) => {
+                        if let Some(slot) = json.nodes.get_mut(i) {
+                            *slot = v.clone();
+                        }
+                    }
+                    (WatchEvent::Apply(v), Touched::Pod(k)) => {
+                        json.pods.insert(k, v.clone());
+                    }
+                    (WatchEvent::Apply(v), Touched::Deployment(k)) => {
+                        json.deployments.insert(k, v.clone());
+                    }
+                    (WatchEvent::Delete(_), Touched::Pod(k)) => {
+                        json.pods.remove(&k);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        events
+    }
+
+    /// Applies one random change: the object it touched and the watch events.
+    fn change<R: Rng>(&mut self, rng: &mut R) -> (Option<Touched>, Vec<KindEvent>) {
         self.changes += 1;
         let roll: f64 = rng.random();
         if roll < 0.05 && !self.nodes.is_empty() {
@@ -225,8 +298,9 @@ impl Cluster {
             let n = &mut self.nodes[i];
             n.ready = !n.ready;
             n.rv = rv;
-            let n = self.nodes[i].clone();
-            return vec![(ResourceKind::node(), WatchEvent::Apply(self.node_json(&n)))];
+            let n = &self.nodes[i];
+            let event = (&*NODE, WatchEvent::Apply(self.node_json(n)));
+            return (Some(Touched::Node(i)), vec![event]);
         }
         if roll < 0.20 && !self.deployments.is_empty() {
             let i = rng.random_range(0..self.deployments.len());
@@ -246,11 +320,12 @@ impl Cluster {
                 }
                 d.rv = rv;
             }
-            let d = self.deployments[&key].clone();
-            return vec![(
-                ResourceKind::deployment(),
-                WatchEvent::Apply(self.deployment_json(key, &d)),
-            )];
+            let d = &self.deployments[&key];
+            let event = (
+                &*DEPLOYMENT,
+                WatchEvent::Apply(self.deployment_json(key, d)),
+            );
+            return (Some(Touched::Deployment(key)), vec![event]);
         }
         // Pods: keep the population around its target.
         let too_few = self.pods.len() < self.target_pods;
@@ -258,27 +333,23 @@ impl Cluster {
         if roll < 0.40 && !too_many || self.pods.is_empty() {
             let ns = rng.random_range(0..self.namespaces);
             let key = self.create_pod(ns, 0);
-            let p = self.pods[&key].clone();
-            return vec![(
-                ResourceKind::pod(),
-                WatchEvent::Apply(self.pod_json(key, &p)),
-            )];
+            let p = &self.pods[&key];
+            let event = (&*POD, WatchEvent::Apply(self.pod_json(key, p)));
+            return (Some(Touched::Pod(key)), vec![event]);
         }
         let i = rng.random_range(0..self.pods.len());
         let Some(key) = self.pods.keys().nth(i).copied() else {
-            return Vec::new();
+            return (None, Vec::new());
         };
         let finished = self.pods.get(&key).is_some_and(|p| p.phase >= 2);
         if (roll < 0.55 && !too_few) || finished && rng.random_bool(0.7) {
             if let Some(p) = self.pods.remove(&key) {
                 // The deleted object's final state carries a new resourceVersion.
                 let p = Pod { rv: self.rv(), ..p };
-                return vec![(
-                    ResourceKind::pod(),
-                    WatchEvent::Delete(self.pod_json(key, &p)),
-                )];
+                let event = (&*POD, WatchEvent::Delete(self.pod_json(key, &p)));
+                return (Some(Touched::Pod(key)), vec![event]);
             }
-            return Vec::new();
+            return (None, Vec::new());
         }
         let rv = self.rv();
         if let Some(p) = self.pods.get_mut(&key) {
@@ -295,11 +366,9 @@ impl Cluster {
             };
             p.rv = rv;
         }
-        let p = self.pods[&key].clone();
-        vec![(
-            ResourceKind::pod(),
-            WatchEvent::Apply(self.pod_json(key, &p)),
-        )]
+        let p = &self.pods[&key];
+        let event = (&*POD, WatchEvent::Apply(self.pod_json(key, p)));
+        (Some(Touched::Pod(key)), vec![event])
     }
 }
 
@@ -322,17 +391,35 @@ mod tests {
         )
         .unwrap();
         for (kind, ev) in c.relist() {
-            cache.apply(&kind, ev).unwrap();
+            cache.apply(kind, ev).unwrap();
         }
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         for _ in 0..2000 {
             for (kind, ev) in c.churn(&mut rng) {
-                cache.apply(&kind, ev).unwrap();
+                cache.apply(kind, ev).unwrap();
             }
         }
         assert_eq!(cache.store().len(), c.len());
         let truth = crate::sim::invariants::truth(&c);
         assert_eq!(cache.views().views(), truth);
         assert!(c.len() < 100, "the population stays bounded: {}", c.len());
+    }
+
+    #[test]
+    fn kept_json_follows_churn() {
+        let mut c = Cluster::new(3, &ClusterSpec::default());
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for round in 0..500 {
+            if round == 7 {
+                assert_eq!(c.objects_cached().len(), c.len());
+            }
+            c.churn(&mut rng);
+            if round >= 7 {
+                let kept: Vec<(&ResourceKind, Value)> = (c.objects_cached().into_iter())
+                    .map(|(k, v)| (k, v.clone()))
+                    .collect();
+                assert_eq!(kept, c.objects(), "after change {round}");
+            }
+        }
     }
 }

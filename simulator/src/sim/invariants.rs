@@ -103,10 +103,19 @@ pub const VIEWS_WATCHED: usize = 1000;
 
 /// The truth an agent's views must equal: the naive oracle over its cluster's objects.
 pub fn truth(cluster: &Cluster) -> Views {
-    static SPECS: std::sync::OnceLock<Vec<protocol::cache::ViewSpec>> = std::sync::OnceLock::new();
-    let specs = SPECS.get_or_init(default_views);
     let objects = cluster.objects();
-    naive_views::evaluate(specs, objects.iter().map(|(k, v)| (k, v)))
+    naive_views::evaluate(specs(), objects.iter().map(|(k, v)| (*k, v)))
+}
+
+/// [`truth`] from the cluster's kept JSON ([`Cluster::objects_cached`]), for the agents checked
+/// after every change.
+pub fn truth_cached(cluster: &mut Cluster) -> Views {
+    naive_views::evaluate(specs(), cluster.objects_cached())
+}
+
+fn specs() -> &'static [protocol::cache::ViewSpec] {
+    static SPECS: std::sync::OnceLock<Vec<protocol::cache::ViewSpec>> = std::sync::OnceLock::new();
+    SPECS.get_or_init(default_views)
 }
 
 /// A broken invariant: which, where in the run, and the seed to replay it.

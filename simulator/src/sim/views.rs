@@ -67,7 +67,7 @@ impl World {
         };
         let a = &self.agents[i];
         for (kind, ev) in a.cluster.relist() {
-            if let Err(e) = views.handle_watch(&kind, ev, self.now_i) {
+            if let Err(e) = views.handle_watch(kind, ev, self.now_i) {
                 let detail = format!("agent {} relist rejected: {e}", a.id);
                 self.violate("agent-cache", detail);
                 return None;
