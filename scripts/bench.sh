@@ -15,6 +15,8 @@
 # After the table, a second one: per request, how often the serving processes' threads were
 # scheduled (wake-ups), their CPU time and their time waiting for a CPU (from
 # /proc/PID/task/*/schedstat, all threads summed), in the c=1 and c=64 small-request cells.
+# Experiments: BENCH_KAS_ARGS (extra kas flags, e.g. "--threads 1") and BENCH_AGENTK_ENV (extra
+# VAR=value words for agentk, e.g. "TOKIO_WORKER_THREADS=1") apply to every kas row.
 #
 # Rows (wrk, one thread; each measurement is bounded to S seconds, default 5):
 #   nginx direct                       the in-cluster service itself
@@ -49,7 +51,7 @@ while [ $# -gt 0 ]; do
         --http-only) HTTP_ONLY=1; shift ;;
         --perf) PERF_DIR="$(mkdir -p "$2" && cd "$2" && pwd)"; shift 2 ;;
         --compare) COMPARE_DIR="$(cd "$2" && pwd)"; shift 2 ;;
-        -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set /p' "$0" | grep '^#'; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
