@@ -103,3 +103,35 @@ impl Listener for TcpListener {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn spawns_on_the_executor_this_thread_names() {
+        let executor = Arc::new(smol::Executor::new());
+        let ran = Arc::new(AtomicBool::new(false));
+        // This thread names no executor yet: nothing is queued on `executor`.
+        assert!(!executor.try_tick());
+        spawn_on_this_thread(Arc::downgrade(&executor));
+        let flag = ran.clone();
+        Smol.spawn(Box::pin(async move { flag.store(true, Ordering::SeqCst) }));
+        // The task is queued on `executor` (no thread runs it): one tick runs it here.
+        assert!(!ran.load(Ordering::SeqCst));
+        assert!(executor.try_tick(), "the task went elsewhere");
+        assert!(ran.load(Ordering::SeqCst));
+        // Once the executor is gone, smol's global executor takes the tasks.
+        drop(executor);
+        let (tx, rx) = std::sync::mpsc::channel();
+        Smol.spawn(Box::pin(async move {
+            let _ = tx.send(());
+        }));
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_secs(30)).is_ok(),
+            "the global executor ran it"
+        );
+    }
+}
