@@ -3,13 +3,20 @@
 # run on loopback, then the tunnel table (bulk and round trip vs raw TLS, idle connections).
 #
 #   scripts/bench.sh [--seconds S] [--install-rathole] [--no-build] [--idle N] [--bin-dir DIR]
-#                    [--http-only] [--perf DIR]
+#                    [--http-only] [--perf DIR] [--compare DIR]
 #
 # --http-only: only the HTTP table (no tunnel table, no idle agents).
 # --perf DIR: also record `perf` profiles (call graphs) of kas and agentk during the kas rows'
 # c=1 and c=64 small-request cells, as DIR/<row>-c<N>.data (read with `perf report -i`).
 # --bin-dir: take kas, agentk, sim-apiserver and examples/{bench,idle_agents} from DIR instead of
 # building them (default target/release).
+# --compare DIR: also measure the plain-HTTP kas rows with the kas and agentk binaries in DIR (another
+# build, e.g. a copy of target/release before a change), labelled with DIR's name, in the same run.
+# After the table, a second one: per request, how often the serving processes' threads were
+# scheduled (wake-ups), their CPU time and their time waiting for a CPU (from
+# /proc/PID/task/*/schedstat, all threads summed), in the c=1 and c=64 small-request cells.
+# Experiments: BENCH_KAS_ARGS (extra kas flags, e.g. "--threads 1") and BENCH_AGENTK_ENV (extra
+# VAR=value words for agentk, e.g. "TOKIO_WORKER_THREADS=1") apply to every kas row.
 #
 # Rows (wrk, one thread; each measurement is bounded to S seconds, default 5):
 #   nginx direct                       the in-cluster service itself
@@ -33,6 +40,7 @@ IDLE=10000
 BIN_DIR=""
 HTTP_ONLY=0
 PERF_DIR=""
+COMPARE_DIR=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) SECONDS_PER="$2"; shift 2 ;;
@@ -42,7 +50,8 @@ while [ $# -gt 0 ]; do
         --bin-dir) BIN_DIR="$2"; BUILD=0; shift 2 ;;
         --http-only) HTTP_ONLY=1; shift ;;
         --perf) PERF_DIR="$(mkdir -p "$2" && cd "$2" && pwd)"; shift 2 ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        --compare) COMPARE_DIR="$(cd "$2" && pwd)"; shift 2 ;;
+        -h|--help) sed -n '2,/^set /p' "$0" | grep '^#'; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -183,6 +192,7 @@ measure() { # name url conns [header]
     fi
     perf_stop
     local rps p50 p99 errs
+    awk '/ requests in / { print $1 }' <<<"$out" >"$W/requests"
     rps=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
     p50=$(awk '$1 == "50%" { print $2 }' <<<"$out")
     p99=$(awk '$1 == "99%" { print $2 }' <<<"$out")
@@ -190,14 +200,43 @@ measure() { # name url conns [header]
     [ -n "$errs" ] && echo "  ($1: errors: $errs)" >&2
     echo "${rps:-?}|${p50:-?}|${p99:-?}"
 }
-row() { # label small_url big_url header pids...
+# Per process: CPU ns (user + system, /proc/PID/stat), and over its live threads the run-queue
+# wait ns and the times scheduled (/proc/PID/task/*/schedstat).
+sched() { # name=pid...
+    local spec cpu tck
+    tck=$(getconf CLK_TCK)
+    for spec in "$@"; do
+        cpu=$(awk -v t="$tck" '{ sub(/^.*\) /, ""); printf "%.0f", ($12 + $13) * 1e9 / t }' "/proc/${spec#*=}/stat" 2>/dev/null || echo 0)
+        cat "/proc/${spec#*=}/task/"*/schedstat 2>/dev/null |
+            awk -v n="${spec%%=*}" -v c="$cpu" '{ w += $2; s += $3 } END { printf "%s %.0f %.0f %.0f\n", n, c, w, s }'
+    done
+}
+# Per request between two `sched` snapshots: "name wake-ups · CPU µs · wait µs, ...".
+per_request() { # before after requests
+    awk -v n="$3" 'NR == FNR { r[$1] = $2; w[$1] = $3; s[$1] = $4; next }
+        n > 0 { printf "%s%s %.1f · %.0f µs · %.0f µs", sep, $1, ($4 - s[$1]) / n,
+                ($2 - r[$1]) / n / 1000, ($3 - w[$1]) / n / 1000; sep = ", " }' "$1" "$2"
+}
+# A measurement with the scheduler counters of the processes around it: "rps|p50|p99" on stdout,
+# the per-request costs appended to $W/cost.
+measure_cost() { # name url conns header pids...
+    local name="$1" url="$2" conns="$3" header="$4" out
+    shift 4
+    sched "$@" >"$W/sched-before"
+    out=$(measure "$name" "$url" "$conns" "$header")
+    sched "$@" >"$W/sched-after"
+    per_request "$W/sched-before" "$W/sched-after" "$(cat "$W/requests" 2>/dev/null || echo 0)" >"$W/cost-$conns"
+    echo "$out"
+}
+row() { # label small_url big_url header name=pid...
     local label="$1" small="$2" big="$3" header="$4"
     shift 4
     # Warm-up (pooled connections, the service watch, TLS sessions).
     measure warm "$small" 4 "$header" >/dev/null
     local c1 c64 big_rps rss=""
-    c1=$(measure "$label c=1" "$small" 1 "$header")
-    c64=$(measure "$label c=64" "$small" 64 "$header")
+    c1=$(measure_cost "$label c=1" "$small" 1 "$header" "$@")
+    c64=$(measure_cost "$label c=64" "$small" 64 "$header" "$@")
+    printf '%s|%s|%s\n' "$label" "$(cat "$W/cost-1")" "$(cat "$W/cost-64")" >>"$W/costs"
     if [ -n "$big" ]; then
         big_rps=$(measure "$label 1MiB" "$big" 8 "$header" | cut -d'|' -f1)
     else
@@ -262,8 +301,8 @@ fi
 # ---------------------------------------------------------------- kas + agentk
 AGENT_PORT=$(port)
 KAS_API_PORT=$(port)
-start_kas() { # tls: 0|1
-    local tls=""
+start_kas() { # tls: 0|1, [bin dir]
+    local tls="" dir="${2:-$BIN}"
     [ "$1" = 1 ] && tls="  tls: { cert_file: $W/kas.crt, key_file: $W/kas.key }"
     cat >"$W/kas.yaml" <<EOF
 state_dir: $W
@@ -279,12 +318,14 @@ users:
   file: $W/users.yaml
 log: { level: warn }
 EOF
-    "$BIN/kas" --config "$W/kas.yaml" >"$W/kas.log" 2>&1 &
+    # shellcheck disable=SC2086 # BENCH_KAS_ARGS: extra flags, split on purpose (experiments)
+    "$dir/kas" --config "$W/kas.yaml" ${BENCH_KAS_ARGS:-} >"$W/kas.log" 2>&1 &
     KAS_PID=$!
     PIDS+=("$KAS_PID")
     wait_port "$AGENT_PORT"
     wait_port "$KAS_API_PORT"
-    RUST_LOG=warn "$BIN/agentk" --kas-address "tls://127.0.0.1:$AGENT_PORT" \
+    # shellcheck disable=SC2086 # BENCH_AGENTK_ENV: extra VAR=value words for agentk (experiments)
+    env ${BENCH_AGENTK_ENV:-} RUST_LOG=warn "$dir/agentk" --kas-address "tls://127.0.0.1:$AGENT_PORT" \
         --token-file "$W/agent.token" --ca-file "$W/ca.pem" --kubeconfig "$W/cluster.kubeconfig" \
         >"$W/agentk.log" 2>&1 &
     AGENTK_PID=$!
@@ -320,6 +361,19 @@ row "kas /k8s-proxy, plain-HTTP API" "$BASE/k8s-proxy/version" "" "$BEARER" \
 stop_kas
 PERF_PIDS=""
 
+if [ -n "$COMPARE_DIR" ]; then
+    NAME="$(basename "$COMPARE_DIR")"
+    start_kas 0 "$COMPARE_DIR"
+    BASE="http://127.0.0.1:$KAS_API_PORT"
+    SVC="$BASE/api/v1/agents/1/proxy/default/nginx:$NGINX_PORT"
+    wait_proxy "$SVC/small"
+    row "kas service proxy, plain-HTTP API ($NAME)" "$SVC/small" "$SVC/1m" "$BEARER" \
+        "kas=$KAS_PID" "agentk=$AGENTK_PID"
+    row "kas /k8s-proxy, plain-HTTP API ($NAME)" "$BASE/k8s-proxy/version" "" "$BEARER" \
+        "kas=$KAS_PID" "agentk=$AGENTK_PID"
+    stop_kas
+fi
+
 start_kas 1
 BASE="https://127.0.0.1:$KAS_API_PORT"
 SVC="$BASE/api/v1/agents/1/proxy/default/nginx:$NGINX_PORT"
@@ -341,6 +395,29 @@ while IFS='|' read -r label r1 p1 q1 r64 p64 q64 big rss; do
         echo "| $label | $r1 · $p1 · $q1 | $r64 · $p64 · $q64 | $big | $rss |"
     fi
 done <"$RESULTS"
+echo
+# The issue's goals, from the rows above (p50s in µs).
+awk -F'|' '
+    function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; if (v ~ /s$/) return v * 1e6; return v + 0 }
+    { rps1[$1] = $2; p50[$1] = us($3); p99[$1] = us($4); rps64[$1] = $5; p99_64[$1] = us($7) }
+    END {
+        rh = "rathole (TLS)"; d = "sim-apiserver direct (GET /version)"
+        for (k in rps1) {
+            if (k ~ /^kas service proxy/ && (rh in rps1) && rps1[rh] > 0)
+                printf "%s: c=1 %.2f× rathole'"'"'s req/s (p99 %.0f vs %.0f µs), c=64 %.2f× (p99 %.0f vs %.0f µs)\n",
+                    k, rps1[k] / rps1[rh], p99[k], p99[rh], rps64[k] / rps64[rh], p99_64[k], p99_64[rh]
+            if (k ~ /^kas \/k8s-proxy/ && (d in rps1))
+                printf "%s: adds %.0f µs p50 at c=1 over the API server direct\n", k, p50[k] - p50[d]
+        }
+    }' "$RESULTS" | sort
+echo
+echo "Per request (all threads of each serving process; wake-ups = times a thread was scheduled, wait = time runnable but waiting for a CPU):"
+echo
+echo "| path | c=1: wake-ups · CPU · wait | c=64: wake-ups · CPU · wait |"
+echo "|---|---|---|"
+while IFS='|' read -r label k1 k64; do
+    echo "| $label | $k1 | $k64 |"
+done <"$W/costs"
 echo
 
 [ "$HTTP_ONLY" = 1 ] && exit 0

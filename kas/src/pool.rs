@@ -1,6 +1,9 @@
 //! The threads kas's tasks run on: one `smol` executor shared by a few threads, owned by one running
 //! kas, so that starting kas twice in one process (tests, the demo) gives two independent instances and
-//! stopping one drops every task it spawned.
+//! stopping one drops every task it spawned. The tunnel's own tasks (the agent listener's accept loop,
+//! handshakes, every connection's driver) run here too when started from a pool thread
+//! ([`runtime_smol::spawn_on_this_thread`]): a proxied request's HTTP task and its connection's driver
+//! then share threads instead of crossing to smol's global executor and back.
 
 use std::future::Future;
 use std::sync::{Arc, Weak};
@@ -28,6 +31,8 @@ impl Pool {
             let handle = std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
                 .spawn(move || {
+                    // The tunnel's tasks started from here (drivers) run on this pool too.
+                    runtime_smol::spawn_on_this_thread(Arc::downgrade(&ex));
                     smol::block_on(ex.run(async move {
                         // Ends when the sender is closed.
                         let _ = stopped.recv().await;

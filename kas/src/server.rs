@@ -301,7 +301,7 @@ impl Kas {
         let api_addr = config.api_listener.address;
         let tunnel_config = agent_listener::tunnel_config(&config);
         let auth = agent_listener::authenticator(state.clone(), backend);
-        let agent_listen_error = |source| StartError::AgentListen {
+        let agent_listen_error = move |source| StartError::AgentListen {
             addr: agent_addr,
             source,
         };
@@ -314,7 +314,9 @@ impl Kas {
                     source,
                 }
             })?;
-        let (server, listener) = smol::block_on(async {
+        // Started from a pool thread, so that the tunnel's accept loop and every connection's
+        // driver run on kas's threads, next to the HTTP tasks using their streams (crate::pool).
+        let (server, listener) = pool.block_on(pool.spawn(async move {
             let server =
                 runtime_smol::Server::from_listener(agent_socket, Some(tls), tunnel_config, auth)
                     .map_err(agent_listen_error)?;
@@ -325,7 +327,7 @@ impl Kas {
                 }
             })?;
             Ok::<_, StartError>((server, listener))
-        })?;
+        }))?;
         let agent_addr = server.local_addr();
         let _ = state.tunnel_intake.set(server.intake());
         let api_addr = listener

@@ -1,16 +1,19 @@
 //! # runtime-smol: the agent tunnel on smol
 //!
 //! The adapter only: [`Smol`] implements [`runtime_core::Runtime`] with smol's executor
-//! (`smol::spawn`; `SMOL_THREADS` sets its thread count), `async_io` timers and smol's TCP types.
+//! (`smol::spawn`; `SMOL_THREADS` sets its thread count; or the executor a program's thread named
+//! with [`spawn_on_this_thread`]), `async_io` timers and smol's TCP types.
 //! Everything else — driver, TLS (futures-rustls), handshakes, [`Server`], [`Connection`], the one
 //! [`Stream`] type with the futures-io traits — is `runtime-core`'s, re-exported here with the runtime
 //! fixed ([`runtime_core::adapter!`]), so kas never names a runtime. `runtime-tokio` is the same
 //! adapter for tokio; the behaviour suite (`runtime_core::testing`) runs against both.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Weak;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
@@ -22,9 +25,26 @@ pub struct Smol;
 
 runtime_core::adapter!(Smol);
 
+thread_local! {
+    /// The executor [`Smol`] spawns on from this thread ([`spawn_on_this_thread`]).
+    static EXECUTOR: RefCell<Option<Weak<smol::Executor<'static>>>> = const { RefCell::new(None) };
+}
+
+/// From now on, tasks the tunnel spawns from this thread (a server's accept loop, handshakes, each
+/// connection's driver) run on `executor` instead of smol's global one, while it lives — what
+/// `tokio::spawn` does by itself. A program running its own executor threads (kas's pool) calls
+/// this at the start of each, so a connection's driver runs on the same threads as the tasks that
+/// use its streams: a request then costs no hop to and from smol's global thread.
+pub fn spawn_on_this_thread(executor: Weak<smol::Executor<'static>>) {
+    EXECUTOR.with(|e| *e.borrow_mut() = Some(executor));
+}
+
 impl Runtime for Smol {
     fn spawn(&self, task: BoxFuture<()>) {
-        smol::spawn(task).detach();
+        match EXECUTOR.with(|e| e.borrow().as_ref().and_then(Weak::upgrade)) {
+            Some(executor) => executor.spawn(task).detach(),
+            None => smol::spawn(task).detach(),
+        }
     }
 
     fn new_timer(&self, at: Instant) -> Pin<Box<dyn AsyncTimer>> {
@@ -81,5 +101,37 @@ impl Listener for TcpListener {
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn spawns_on_the_executor_this_thread_names() {
+        let executor = Arc::new(smol::Executor::new());
+        let ran = Arc::new(AtomicBool::new(false));
+        // This thread names no executor yet: nothing is queued on `executor`.
+        assert!(!executor.try_tick());
+        spawn_on_this_thread(Arc::downgrade(&executor));
+        let flag = ran.clone();
+        Smol.spawn(Box::pin(async move { flag.store(true, Ordering::SeqCst) }));
+        // The task is queued on `executor` (no thread runs it): one tick runs it here.
+        assert!(!ran.load(Ordering::SeqCst));
+        assert!(executor.try_tick(), "the task went elsewhere");
+        assert!(ran.load(Ordering::SeqCst));
+        // Once the executor is gone, smol's global executor takes the tasks.
+        drop(executor);
+        let (tx, rx) = std::sync::mpsc::channel();
+        Smol.spawn(Box::pin(async move {
+            let _ = tx.send(());
+        }));
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_secs(30)).is_ok(),
+            "the global executor ran it"
+        );
     }
 }
