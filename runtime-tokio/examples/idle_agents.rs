@@ -6,7 +6,7 @@
 //!
 //! `cargo build --release -p kas --bin kas && cargo run --release -p runtime-tokio --example
 //! idle_agents -- [--n N[,N2…]] [--agents K] [--idle-secs S] [--kas PATH] [--keepalive-secs K]
-//! [--per-process P] [--concurrency C]`
+//! [--per-process P] [--concurrency C] [--handshake-secs H] [--kas-wrap CMD]`
 //!
 //! - Several N (`--n 5000,19000`): each with a fresh kas, so the per-connection figures of the
 //!   runs show whether memory grows linearly; the summary's slope between the smallest and the
@@ -24,7 +24,10 @@
 //!   (utime+stime) of kas; (3) every client drops every connection at once; once kas holds none,
 //!   every client redials all of its connections at once (at most 4,096 in flight per process) and
 //!   the storm lasts until kas lists all N again; kas's peak RSS (VmHWM, reset before the storm
-//!   through /proc/PID/clear_refs) is read after it.
+//!   through /proc/PID/clear_refs) is read after it, with kas's CPU time over the storm.
+//! - The agents' handshake timeout is H (default 60 s, as kas's in the generated config): with
+//!   agentk's 10 s, a herd larger than kas accepts in 10 s times out and redials, and the storm
+//!   then measures that wasted work too (the dials retried are printed either way).
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -85,6 +88,8 @@ struct Args {
     kas: PathBuf,
     concurrency: usize,
     per_process: usize,
+    /// The agents' handshake timeout (agentk's default is 10 s).
+    handshake: Duration,
     /// A command kas runs under (a profiler: `--kas-wrap 'heaptrack -o /tmp/kas'`).
     wrap: Option<String>,
 }
@@ -123,6 +128,7 @@ fn args(argv: &[String]) -> Result<Args> {
         concurrency: get("--concurrency").map_or(Ok(256), |v| v.parse())?,
         per_process: get("--per-process").map_or(Ok(10_000), |v| v.parse())?,
         wrap: get("--kas-wrap"),
+        handshake: Duration::from_secs(get("--handshake-secs").map_or(Ok(60), |v| v.parse())?),
     })
 }
 
@@ -426,7 +432,14 @@ impl Drop for Client {
 }
 
 impl Client {
-    fn start(kas: &Kas, first: usize, count: usize, agents: usize, c: usize) -> Result<Client> {
+    fn start(
+        kas: &Kas,
+        first: usize,
+        count: usize,
+        agents: usize,
+        c: usize,
+        handshake: Duration,
+    ) -> Result<Client> {
         let mut child = Command::new(std::env::current_exe()?)
             .arg("--client")
             .args(["--addr", &kas.addr.to_string()])
@@ -438,6 +451,7 @@ impl Client {
             .args(["--count", &count.to_string()])
             .args(["--agents", &agents.to_string()])
             .args(["--concurrency", &c.to_string()])
+            .args(["--handshake-secs", &handshake.as_secs().to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -493,6 +507,7 @@ fn client_main(argv: &[String]) -> Result<()> {
     let first: usize = get("--first")?.parse()?;
     let count: usize = get("--count")?.parse()?;
     let concurrency: usize = get("--concurrency")?.parse()?;
+    let handshake = Duration::from_secs(get("--handshake-secs")?.parse()?);
     if tokens.is_empty() {
         bail!("no tokens");
     }
@@ -508,11 +523,15 @@ fn client_main(argv: &[String]) -> Result<()> {
     };
     let dial = |c: usize| {
         let (tls, tokens) = (tls.clone(), tokens.clone());
-        rt.block_on(connect_all(addr, first, count, tokens, tls, c))
+        rt.block_on(connect_all(addr, first, count, tokens, tls, c, handshake))
     };
     let mut held = match dial(concurrency) {
         Ok((held, took)) => {
-            say(format!("up {}", took.as_secs_f64()));
+            say(format!(
+                "up {} {}",
+                took.as_secs_f64(),
+                RETRIES.load(Ordering::Relaxed)
+            ));
             held
         }
         Err(e) => {
@@ -534,7 +553,11 @@ fn client_main(argv: &[String]) -> Result<()> {
             "connect" => match dial(count.min(4096)) {
                 Ok((h, took)) => {
                     held = h;
-                    say(format!("up {}", took.as_secs_f64()));
+                    say(format!(
+                        "up {} {}",
+                        took.as_secs_f64(),
+                        RETRIES.load(Ordering::Relaxed)
+                    ));
                 }
                 Err(e) => {
                     say(format!("error {e:#}"));
@@ -557,7 +580,9 @@ async fn connect_all(
     tokens: Vec<String>,
     tls: Arc<rustls::ClientConfig>,
     concurrency: usize,
+    handshake: Duration,
 ) -> Result<(Vec<runtime_tokio::Connection>, Duration)> {
+    RETRIES.store(0, Ordering::Relaxed);
     let next = Arc::new(AtomicUsize::new(0));
     let tokens = Arc::new(tokens);
     let start = Instant::now();
@@ -576,10 +601,12 @@ async fn connect_all(
                 let source = Ipv4Addr::from(
                     u32::from(Ipv4Addr::new(127, 0, 0, 2)) + (i / PER_SOURCE) as u32,
                 );
+                let mut config = Config::default();
+                config.handshake_timeout = handshake;
                 let opts = AgentOptions {
                     token: tokens[i % tokens.len()].clone(),
                     meta: Default::default(),
-                    config: Config::default(),
+                    config,
                 };
                 let mut attempt = 0;
                 // Bounded: at most 6 attempts.
@@ -597,6 +624,7 @@ async fn connect_all(
                         Ok((c, _)) => break c,
                         Err(e) if attempt < 5 => {
                             attempt += 1;
+                            RETRIES.fetch_add(1, Ordering::Relaxed);
                             log_retry(&format!("connection {i}: {e}; retrying"));
                             tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
                         }
@@ -621,6 +649,9 @@ async fn connect_all(
     Ok((held, start.elapsed()))
 }
 
+/// Dials retried in the current phase (this client process).
+static RETRIES: AtomicUsize = AtomicUsize::new(0);
+
 /// Retries are rare; printing the first few is enough.
 fn log_retry(line: &str) {
     static SHOWN: AtomicUsize = AtomicUsize::new(0);
@@ -644,6 +675,11 @@ struct Run {
     storm: Duration,
     storm_clients: f64,
     storm_peak: u64,
+    /// kas's CPU seconds from the redial until it listed all N.
+    storm_cpu: f64,
+    /// Dials the clients retried (their handshake timed out or failed).
+    first_retries: usize,
+    storm_retries: usize,
     peak_from_hwm: bool,
     after_storm: Usage,
 }
@@ -669,6 +705,23 @@ impl Run {
     }
 }
 
+/// `up SECONDS RETRIES` from a client.
+fn up_line(line: &str) -> Result<(f64, usize)> {
+    let mut words = line
+        .strip_prefix("up ")
+        .context("client answer")?
+        .split(' ');
+    let secs = words
+        .next()
+        .and_then(|s| s.parse().ok())
+        .context("client answer")?;
+    let retries = words
+        .next()
+        .and_then(|s| s.parse().ok())
+        .context("client answer")?;
+    Ok((secs, retries))
+}
+
 fn run(a: &Args, n: usize, index: usize) -> Result<Run> {
     let agents = a.agents.unwrap_or(n).max(1);
     let kas = start_kas(a, agents, index)?;
@@ -682,10 +735,18 @@ fn run(a: &Args, n: usize, index: usize) -> Result<Run> {
     for p in 0..processes {
         let first = p * per;
         let count = per.min(n - first);
-        clients.push(Client::start(&kas, first, count, agents, a.concurrency)?);
+        clients.push(Client::start(
+            &kas,
+            first,
+            count,
+            agents,
+            a.concurrency,
+            a.handshake,
+        )?);
     }
+    let mut first_retries = 0;
     for c in &clients {
-        c.answer(Duration::from_secs(600))?;
+        first_retries += up_line(&c.answer(Duration::from_secs(600))?)?.1;
     }
     until_kas_holds(&kas, n as u64, Duration::from_secs(60))?;
     let first = t0.elapsed();
@@ -717,18 +778,17 @@ fn run(a: &Args, n: usize, index: usize) -> Result<Run> {
     until_kas_holds(&kas, 0, Duration::from_secs(120))?;
     std::thread::sleep(Duration::from_secs(1));
     let peak_from_hwm = reset_peak(pid);
+    let before_storm = usage(pid)?;
     for c in &mut clients {
         c.send("connect")?;
     }
     let (storm, sampled_peak) = until_kas_holds(&kas, n as u64, Duration::from_secs(600))?;
     let mut storm_clients: f64 = 0.0;
+    let mut storm_retries = 0;
     for c in &clients {
-        let up = c.answer(Duration::from_secs(600))?;
-        let secs: f64 = up
-            .strip_prefix("up ")
-            .and_then(|s| s.parse().ok())
-            .context("client answer")?;
+        let (secs, retries) = up_line(&c.answer(Duration::from_secs(600))?)?;
         storm_clients = storm_clients.max(secs);
+        storm_retries += retries;
     }
     let after_storm = usage(pid)?;
     let storm_peak = if peak_from_hwm {
@@ -752,6 +812,9 @@ fn run(a: &Args, n: usize, index: usize) -> Result<Run> {
         storm,
         storm_clients,
         storm_peak,
+        storm_cpu: after_storm.cpu - before_storm.cpu,
+        first_retries,
+        storm_retries,
         peak_from_hwm,
         after_storm,
     })
@@ -772,8 +835,9 @@ fn report(a: &Args, runs: &[Run]) {
         .unwrap_or_else(|| "?".into());
     println!(
         "idle agents on one real kas process (release build; real TLS 1.3, tokens, agent handshake; \
-         keepalive every {} s; open-file limit {}, hard {hard})",
+         keepalive every {} s; agents' handshake timeout {} s; open-file limit {}, hard {hard})",
         a.keepalive,
+        a.handshake.as_secs(),
         nofile_soft()
     );
     for r in runs {
@@ -791,11 +855,16 @@ fn report(a: &Args, runs: &[Run]) {
             r.idle_end.threads
         );
         println!(
-            "    first connect ({} in flight per process) until kas listed all: {:.2} s; reconnect storm: kas listed all after {:.2} s (clients saw theirs up after {:.2} s); peak RSS {:.1} MiB ({}), RSS after {:.1} MiB",
+            "    first connect ({} in flight per process) until kas listed all: {:.2} s ({} dials retried); reconnect storm: kas listed all after {:.2} s (clients saw theirs up after {:.2} s; {} dials retried; kas CPU {:.1} s = {:.0} µs per connection, {} threads after); peak RSS {:.1} MiB ({}), RSS after {:.1} MiB",
             a.concurrency,
             r.first.as_secs_f64(),
+            r.first_retries,
             r.storm.as_secs_f64(),
             r.storm_clients,
+            r.storm_retries,
+            r.storm_cpu,
+            r.storm_cpu * 1e6 / r.n as f64,
+            r.after_storm.threads,
             mib(r.storm_peak),
             if r.peak_from_hwm {
                 "VmHWM"
