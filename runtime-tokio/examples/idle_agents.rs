@@ -601,8 +601,10 @@ async fn connect_all(
                 let source = Ipv4Addr::from(
                     u32::from(Ipv4Addr::new(127, 0, 0, 2)) + (i / PER_SOURCE) as u32,
                 );
-                let mut config = Config::default();
-                config.handshake_timeout = handshake;
+                let config = Config {
+                    handshake_timeout: handshake,
+                    ..Config::default()
+                };
                 let opts = AgentOptions {
                     token: tokens[i % tokens.len()].clone(),
                     meta: Default::default(),
