@@ -8,6 +8,8 @@
 # --http-only: only the HTTP table (no tunnel table, no idle agents).
 # --perf DIR: also record `perf` profiles (call graphs) of kas and agentk during the kas rows'
 # c=1 and c=64 small-request cells, as DIR/<row>-c<N>.data (read with `perf report -i`).
+# --idle N: the idle-agents section's largest N (default: 100,000 where the open-file limit can be
+# raised that far, else the hard limit less 1,000); it also runs N/4 to show linearity; 0 skips it.
 # --bin-dir: take kas, agentk, sim-apiserver and examples/{bench,idle_agents} from DIR instead of
 # building them (default target/release).
 # --compare DIR: also measure the plain-HTTP kas rows with the kas and agentk binaries in DIR (another
@@ -36,7 +38,7 @@ set -euo pipefail
 SECONDS_PER=5
 INSTALL_RATHOLE=0
 BUILD=1
-IDLE=10000
+IDLE=auto
 BIN_DIR=""
 HTTP_ONLY=0
 PERF_DIR=""
@@ -428,6 +430,20 @@ echo
 "$BIN/examples/bench" --idle 0
 
 # ---------------------------------------------------------------- idle agents on one kas
+if [ "$IDLE" = auto ]; then
+    if (ulimit -n 101000) 2>/dev/null; then
+        IDLE=100000
+    else
+        HARD="$(ulimit -Hn)"
+        IDLE=$((HARD - 1000))
+    fi
+fi
 if [ "$IDLE" -gt 0 ]; then
-    "$BIN/examples/idle_agents" --n "$IDLE" --kas "$BIN/kas"
+    echo
+    echo "idle agents, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), load $(cut -d' ' -f1-3 /proc/loadavg)"
+    if [ "$IDLE" -lt 100000 ]; then
+        echo "100,000 connections in one process are blocked here by the open-file limit (hard $(ulimit -Hn), no"
+        echo "CAP_SYS_RESOURCE to raise it): measured at N=$((IDLE / 4)) and N=$IDLE, 100,000 projected linearly from them."
+    fi
+    "$BIN/examples/idle_agents" --n "$((IDLE / 4)),$IDLE" --kas "$BIN/kas"
 fi

@@ -25,6 +25,12 @@ use crate::state::KasState;
 /// How long a connection kas retires (GOAWAY) gives its streams in flight.
 pub const RETIRE_GRACE: Duration = Duration::from_secs(30);
 
+/// Most HELLOs authenticated at once. The backend runs on smol's blocking pool, which grows a thread
+/// per waiting call (up to 500): in a reconnect storm of thousands of agents that was ~300 threads
+/// and tens of MiB of stacks and allocator arenas for calls that take microseconds (agents file) or
+/// one HTTP round trip (GitLab). The rest wait here, within their handshake timeout.
+const AUTH_CONCURRENCY: usize = 64;
+
 /// What an agent is told to wait before reconnecting when the backend could not answer.
 const BACKEND_RETRY_AFTER: Duration = Duration::from_secs(5);
 
@@ -82,9 +88,11 @@ pub fn authenticator(
 + Send
 + Sync
 + 'static {
+    let permits = Arc::new(smol::lock::Semaphore::new(AUTH_CONCURRENCY));
     move |hello: HelloInfo, peer: SocketAddr| {
         let state = state.clone();
         let backend = backend.clone();
+        let permits = permits.clone();
         Box::pin(async move {
             if state.is_shutting_down() {
                 state.metrics.agent_auth_failure("shutting_down");
@@ -96,7 +104,10 @@ pub fn authenticator(
             }
             let token = hello.token;
             let digest = crate::auth::TokenDigest::of(&token);
-            let result = smol::unblock(move || backend.authenticate(&token, peer.ip())).await;
+            let result = {
+                let _permit = permits.acquire().await;
+                smol::unblock(move || backend.authenticate(&token, peer.ip())).await
+            };
             match result {
                 Ok(identity) => {
                     state.set_auth_backend_ok(true);

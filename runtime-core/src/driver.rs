@@ -33,7 +33,7 @@ use crate::session::Session;
 /// Receive buffer size of a busy connection (one that filled its small buffer).
 pub const READ_BUFFER: usize = 64 * 1024;
 /// Receive buffer size of a quiet connection. An idle connection holds none at all: the buffer is
-/// allocated when the driver reads and released when a read finds nothing while it is this small.
+/// allocated when the driver reads and released once a read at this size drained the transport.
 pub const READ_BUFFER_SMALL: usize = 4 * 1024;
 /// A large receive buffer that has not been filled for this long shrinks back to small.
 pub const READ_BUFFER_SHRINK: Duration = Duration::from_secs(2);
@@ -192,6 +192,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 self.read_buf = BytesMut::new();
                 self.spare.clear();
             }
+        } else if drained && size <= READ_BUFFER_SMALL {
+            // Quiet: what the transport had fitted the small buffer and the next wake-up may be a
+            // keepalive away, so hold none until then (4 KiB per idle connection otherwise).
+            self.read_size = 0;
+            self.read_buf = BytesMut::new();
         }
         if eof {
             Read::Progress
