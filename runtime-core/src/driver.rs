@@ -197,6 +197,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             // keepalive away, so hold none until then (4 KiB per idle connection otherwise).
             self.read_size = 0;
             self.read_buf = BytesMut::new();
+            self.spare.clear();
         }
         if eof {
             Read::Progress
