@@ -305,6 +305,7 @@ fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
         progress: !args.quiet && std::io::stderr().is_terminal(),
         fast_exit: true,
         profile: load_profile(args.profile.as_deref())?,
+        ..sim::RunOptions::default()
     };
     let live = match &args.serve {
         Some(addr) => {

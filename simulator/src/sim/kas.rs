@@ -165,10 +165,7 @@ impl World {
             self.handshake_free[k] = start.plus(self.profile.handshake_slot());
             let cpu = self.handshake_free[k].since(self.now);
             let faults = &self.agents[i].faults;
-            if let Some(at) = flow
-                .link
-                .signal(Dir::Down, self.now, k, faults, &mut self.rng)
-            {
+            if let Some(at) = flow.link.signal(Dir::Down, self.now, k, faults) {
                 self.queue.push(at.plus(cpu), Ev::SynAck { flow: fid });
             }
             self.touch(fid, Side::Kas);
