@@ -9,12 +9,13 @@
 //! flow's own events (the segments it sends, its timers) are kept in the round instead of the world's
 //! queue and are taken later, in time order and each at its own instant, by the same
 //! `Connection` calls the world would make (`handle_input`, `handle_timeout`, `poll_transmit`,
-//! `poll_timeout`) — either when the round ends (one `round` event, a few latencies later) or as soon
-//! as anything else touches the flow ([`FlowTable::get_mut`](super::flow::FlowTable::get_mut)), which
-//! first takes every step due by then and hands what is left back to the world's queue. Since the
+//! `poll_timeout`): at the round's own event, which comes every few keepalive intervals and lets
+//! the round go on, or as soon as anything else touches the flow
+//! ([`FlowTable::get_mut`](super::flow::FlowTable::get_mut)), which ends the round: it first takes
+//! every step due by then and hands what is left back to the world's queue. Since the
 //! link draws its jitter from its own generator, the connection ends in exactly the state stepping
 //! it event by event gives (`simulator/tests/sim_determinism.rs` compares the two); only the trace
-//! differs: a round is its opening timer and one `round f=… n=<steps>` line.
+//! differs: a round is its opening timer and one `round f=…` line every few keepalive intervals.
 //!
 //! A step never reports an application event (PING and PONG do not make any); if one did, it would
 //! stay in the connection until the world pumps the endpoint at the end of the round.

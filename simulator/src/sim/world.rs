@@ -39,6 +39,14 @@ use super::trace::{Trace, TraceSink};
 /// How many keepalive intervals a round covers at most (it ends earlier when the flow is touched).
 const ROUND_INTERVALS: u32 = 3;
 
+/// How long a round opened on `flow` lasts unless touched: long enough for both sides' PINGs to be
+/// answered, and for a few keepalive intervals.
+fn round_span(flow: &Flow, sc: &Scenario) -> Duration {
+    let p = flow.link.params();
+    ((p.latency + p.jitter) * 4 + Duration::from_millis(1))
+        .max(sc.protocol.keepalive_interval * ROUND_INTERVALS)
+}
+
 /// Everything that can happen.
 #[derive(Debug)]
 pub(super) enum Ev {
@@ -503,10 +511,7 @@ impl World {
             Ev::Deliver { flow, dir, data } => self.on_deliver(flow, dir, &data),
             Ev::Signal { flow, dir, .. } => self.on_signal(flow, dir),
             Ev::ConnTimer { flow, side } => self.on_conn_timer(flow, side),
-            Ev::Round { flow } => {
-                // Ends the round (see `take_ended_rounds`).
-                self.flows.get_mut(&flow);
-            }
+            Ev::Round { flow } => self.round_due(flow),
             Ev::AgentTimer { agent } => self.agent_timer(agent),
             Ev::AgentRespond { flow, stream } => self.agent_respond(flow, stream),
             Ev::Churn => self.churn(),
@@ -968,8 +973,9 @@ impl World {
     }
 
     /// Opens a keepalive round ([`super::round`]) on a quiet flow whose timer fires: both ends
-    /// live, nothing in flight either way, no faults on its path. The round ends after
-    /// [`ROUND_INTERVALS`] keepalive intervals, or when something touches the flow.
+    /// live, nothing in flight either way, no faults on its path. Its own event comes every
+    /// [`ROUND_INTERVALS`] keepalive intervals (see `round_due`); it ends when something touches
+    /// the flow.
     fn maybe_open_round(&mut self, fid: u64) {
         if !self.keepalive_rounds {
             return;
@@ -988,11 +994,46 @@ impl World {
         }
         // Long enough for both sides' PINGs to be answered, and for a few keepalive intervals: an
         // idle connection then costs two events per round however many exchanges it holds.
-        let p = flow.link.params();
-        let span = ((p.latency + p.jitter) * 4 + Duration::from_millis(1))
-            .max(self.sc.protocol.keepalive_interval * ROUND_INTERVALS);
-        let until = now.plus(span);
+        let until = now.plus(round_span(flow, &self.sc));
         flow.round = Some(Box::new(super::round::Round::new(until)));
+        self.queue.push(until, Ev::Round { flow: fid });
+    }
+
+    /// A round's own event: nothing touched the flow meanwhile, so it is as quiet as when the
+    /// round opened; its steps due by now are taken and the round goes on for another span (its
+    /// kas traffic is counted now), its endpoints' deadlines inside the new span kept as steps.
+    fn round_due(&mut self, fid: u64) {
+        let (clock, now) = (self.clock, self.now);
+        let Some(flow) = self.flows.get_mut_raw(&fid) else {
+            return;
+        };
+        flow.advance_round(&clock, now);
+        if flow.a.live().is_none() || flow.k.live().is_none() || flow.link.is_dead() {
+            // Cannot happen (steps make no events); end it the ordinary way.
+            self.flows.get_mut(&fid);
+            return;
+        }
+        let until = now.plus(round_span(flow, &self.sc));
+        let kas = flow.kas;
+        let deadlines = [Side::Agent, Side::Kas].map(|side| {
+            let conn = match side {
+                Side::Agent => flow.a.live().map(|e| &e.conn),
+                Side::Kas => flow.k.live().map(|e| &e.conn),
+            };
+            (side, conn.and_then(|c| c.poll_timeout()))
+        });
+        let Some(round) = flow.round.as_mut() else {
+            return;
+        };
+        round.until = until;
+        for (side, due) in deadlines {
+            if let Some(due) = due.map(|d| clock.to_sim(d).max(now))
+                && due <= until
+            {
+                round.timer(due, side);
+            }
+        }
+        self.metrics.kas[kas].bytes += std::mem::take(&mut round.kas_bytes);
         self.queue.push(until, Ev::Round { flow: fid });
     }
 
