@@ -189,6 +189,10 @@ struct RunArgs {
     /// With --serve: keep serving the final state after the run, until interrupted.
     #[arg(long, requires = "serve")]
     hold: bool,
+    /// Step every keepalive PING and PONG through the event queue instead of advancing idle
+    /// connections by rounds (slower; the connections end the same, the trace differs).
+    #[arg(long)]
+    step_keepalive: bool,
     /// Cost profile (YAML; default: the built-in `simulator/profiles/default.yaml`).
     #[arg(long, value_name = "FILE")]
     profile: Option<PathBuf>,
@@ -305,6 +309,7 @@ fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
         progress: !args.quiet && std::io::stderr().is_terminal(),
         fast_exit: true,
         profile: load_profile(args.profile.as_deref())?,
+        keepalive_rounds: !args.step_keepalive,
     };
     let live = match &args.serve {
         Some(addr) => {

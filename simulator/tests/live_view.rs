@@ -331,3 +331,31 @@ fn live_view_shows_the_run_pauses_and_steps_without_changing_it() {
     assert!(rest.contains("all invariants held"), "{rest}");
     drop(served);
 }
+
+/// A run watched at full speed (`--serve` without `--paused`: the page polls while the world runs,
+/// keepalive rounds and all) ends with the same trace hash as the same seed unwatched.
+#[test]
+fn serving_a_run_at_full_speed_keeps_its_trace_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("live.yaml");
+    std::fs::write(&scenario, SCENARIO).unwrap();
+    let run = |serve: bool| {
+        let mut cmd = simulator();
+        cmd.args(["run", "--quiet", "--seed", "9", "--scenario"])
+            .arg(&scenario);
+        if serve {
+            cmd.args(["--serve", "127.0.0.1:0"]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let plain = run(false);
+    let served = run(true);
+    assert!(
+        served.starts_with("live view: http://127.0.0.1:"),
+        "{served}"
+    );
+    assert!(served.contains("all invariants held"), "{served}");
+    assert_eq!(trace_hash(&served), trace_hash(&plain), "{served}");
+}

@@ -93,7 +93,7 @@ const CASES: &[Case] = &[
     },
     Case {
         invariant: "protocol-error",
-        inject: |i| i.corrupt_transmit = Some(2000),
+        inject: |i| i.corrupt_transmit = Some(2100),
         tune: same,
         detail: "failed",
         when: When::During,

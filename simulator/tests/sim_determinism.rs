@@ -85,3 +85,79 @@ sample_interval: 30s
         "same seed, same trace"
     );
 }
+
+/// Keepalive rounds (`sim::round`) take idle connections' PING/PONG exchanges by themselves, lazily,
+/// instead of stepping each through the queue: every connection ends in exactly the state stepping
+/// leaves (both `Connection`s' counters and deadlines, the links' octets), the world around them
+/// does the same (requests and their latencies, views, connects, drops), in far fewer events; only
+/// the trace differs (a round is one line), and it is as deterministic as before.
+#[test]
+fn keepalive_rounds_leave_every_connection_as_stepping_does() {
+    const QUIET: &str = r#"
+name: rounds
+duration: 12m
+agents: 150
+kas: { replicas: 3 }
+agent: { start_spread: 30s, load_balancing: round_robin }
+network: { latency: 30ms, latency_spread: 0.5, jitter: 2ms, bandwidth: 10MB }
+cluster: { churn_per_minute: 0.5 }
+clients: { rate: 2, start: 30s, timeout: 30s }
+faults:
+  - { kind: drop, from: 2m, to: 8m, rate_per_hour: 20, silent: 0.5 }
+  - { kind: kas_crash, at: 4m, kas: 1, down_for: 30s, silent: true }
+  - { kind: rolling_restart, at: 7m, grace: 20s, down_for: 10s, interval: 20s }
+  - { kind: agent_restarts, from: 2m, to: 9m, rate_per_hour: 5, down_for: 3s }
+quiesce: 60s
+sample_interval: 30s
+"#;
+    use simulator::sim::{RunOptions, run};
+    let go = |rounds: bool| {
+        run(
+            scenario(QUIET, 21),
+            RunOptions {
+                keepalive_rounds: rounds,
+                ..RunOptions::default()
+            },
+        )
+    };
+    let stepped = go(false);
+    let rounds = go(true);
+    let again = go(true);
+    for o in [&stepped, &rounds] {
+        assert!(o.violation.is_none(), "{:?}", o.violation);
+    }
+    assert_eq!(
+        rounds.state_digest, stepped.state_digest,
+        "keepalive rounds left some connection in another state than stepping"
+    );
+    let world = |o: &simulator::sim::Outcome| {
+        let r = &o.report;
+        format!(
+            "{:?} changes={} views={} connects={} drops={} restarts={}",
+            r.requests,
+            r.cluster_changes,
+            r.view_messages,
+            r.agent_connects,
+            r.connection_drops,
+            r.agent_restarts
+        )
+    };
+    assert_eq!(world(&rounds), world(&stepped));
+    assert!(
+        stepped.report.requests.issued > 500 && stepped.report.connection_drops > 0,
+        "the world did something: {}",
+        world(&stepped)
+    );
+    assert!(
+        rounds.events * 4 < stepped.events * 3,
+        "rounds batch the keepalive exchanges: {} events, stepped {}",
+        rounds.events,
+        stepped.events
+    );
+    assert_ne!(rounds.trace_hash, stepped.trace_hash);
+    assert_eq!(
+        (rounds.trace_hash, rounds.events, rounds.state_digest),
+        (again.trace_hash, again.events, again.state_digest),
+        "same seed, same trace with rounds"
+    );
+}

@@ -308,8 +308,8 @@ impl World {
             return;
         }
         let fid = self.new_flow_id();
-        let mut link = Link::new(self.agents[i].link, self.now);
-        let syn = link.signal(Dir::Up, self.now, k, &self.agents[i].faults, &mut self.rng);
+        let mut link = Link::new(self.agents[i].link, self.now, self.link_rng(fid));
+        let syn = link.signal(Dir::Up, self.now, k, &self.agents[i].faults);
         self.flows.insert(
             fid,
             Flow {
@@ -320,6 +320,7 @@ impl World {
                 a: End::Pending,
                 k: End::Pending,
                 created: self.now,
+                round: None,
             },
         );
         self.agents[i].state = AgentState::Dialing { flow: Some(fid) };

@@ -13,8 +13,9 @@ use protocol::cache::ViewsStream;
 use protocol::{Connection, StreamError, StreamId};
 
 use super::body::BodyCheck;
-use super::clock::SimTime;
+use super::clock::{Clock, SimTime};
 use super::net::{Dir, Link};
+use super::round::{Leftover, Round};
 
 /// Which end of a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -235,6 +236,8 @@ pub struct Flow {
     pub a: End<AgentEnd>,
     pub k: End<KasEnd>,
     pub created: SimTime,
+    /// A keepalive round in progress ([`super::round`]).
+    pub round: Option<Box<Round>>,
 }
 
 impl Flow {
@@ -246,13 +249,32 @@ impl Flow {
 
 /// Every flow, by id. Ids are handed out in increasing order and index a vector directly (a slab
 /// without reuse), so lookups are cheap and iteration is in id order, like an ordered map.
-#[derive(Debug, Default)]
+///
+/// [`get_mut`](Self::get_mut) is how the simulated programs touch a flow: it first ends the flow's
+/// keepalive round, if one is open ([`super::round`]), taking its steps due by the current event's
+/// time and leaving the rest in [`ended`](Self::ended) for the world to queue.
+#[derive(Debug)]
 pub struct FlowTable {
     slots: Vec<Option<Box<Flow>>>,
     live: usize,
+    clock: Clock,
+    /// The time of the event being handled.
+    pub now: SimTime,
+    /// Rounds ended by a touch, with what they left (the world takes them after each step).
+    pub ended: Vec<(u64, Leftover)>,
 }
 
 impl FlowTable {
+    pub fn new(clock: Clock) -> FlowTable {
+        FlowTable {
+            slots: Vec::new(),
+            live: 0,
+            clock,
+            now: SimTime::ZERO,
+            ended: Vec::new(),
+        }
+    }
+
     /// Adds a flow under an id not used before.
     pub fn insert(&mut self, id: u64, flow: Flow) {
         let i = usize::try_from(id).unwrap_or(usize::MAX);
@@ -268,7 +290,22 @@ impl FlowTable {
         self.slots.get(usize::try_from(*id).ok()?)?.as_deref()
     }
 
+    /// The flow, its keepalive round (if any) ended first (see the type's docs).
     pub fn get_mut(&mut self, id: &u64) -> Option<&mut Flow> {
+        let flow = self
+            .slots
+            .get_mut(usize::try_from(*id).ok()?)?
+            .as_deref_mut()?;
+        if flow.round.is_some()
+            && let Some(left) = flow.end_round(&self.clock, self.now)
+        {
+            self.ended.push((*id, left));
+        }
+        Some(flow)
+    }
+
+    /// The flow as it is, its round (if any) left open: for the world's transport mechanics only.
+    pub fn get_mut_raw(&mut self, id: &u64) -> Option<&mut Flow> {
         self.slots
             .get_mut(usize::try_from(*id).ok()?)?
             .as_deref_mut()

@@ -157,18 +157,23 @@ impl World {
         let kas = &mut self.kas[k];
         if kas.accepting() && kas.incarnation == flow.incarnation && matches!(flow.k, End::Pending)
         {
+            // Handshakes queue on the replica's cores (below). One whose turn comes only after the
+            // dialer gave up (its connect timeout) costs nothing: by then the client has closed the
+            // socket and kas finds it reset. Without this, every timed-out dial of a storm would
+            // still hold the queue and delay the retries behind it: a collapse no real kas has.
+            let start = self.now.max(self.handshake_free[k]);
+            if start >= flow.created.plus(self.sc.network.connect_timeout) {
+                flow.k = End::Gone;
+                return;
+            }
             let conn = protocol::Connection::server(kas.server_config.clone(), self.now_i);
             flow.k = End::Live(KasEnd::new(conn));
             kas.conns.insert(fid);
             // The handshake's CPU (TLS, HELLO, auth; `sim::profile`) queues on the replica's cores.
-            let start = self.now.max(self.handshake_free[k]);
             self.handshake_free[k] = start.plus(self.profile.handshake_slot());
             let cpu = self.handshake_free[k].since(self.now);
             let faults = &self.agents[i].faults;
-            if let Some(at) = flow
-                .link
-                .signal(Dir::Down, self.now, k, faults, &mut self.rng)
-            {
+            if let Some(at) = flow.link.signal(Dir::Down, self.now, k, faults) {
                 self.queue.push(at.plus(cpu), Ev::SynAck { flow: fid });
             }
             self.touch(fid, Side::Kas);

@@ -16,6 +16,7 @@
 //! | [`queue`] | the single event queue, ordered by (time, sequence) |
 //! | [`trace`] | the canonical event trace and its FNV-1a hash |
 //! | [`world`] | the world, the event loop and the transport mechanics |
+//! | [`round`] | keepalive rounds: an idle connection's PING/PONG taken by the flow itself, lazily |
 //! | [`net`] | the network model of a connection: latency, jitter, bandwidth, partitions, NAT |
 //! | [`flow`] | one connection: its two endpoints and what the applications keep beside them |
 //! | [`agent`] | a simulated agentk: cache, views stream, requests, reconnects |
@@ -71,6 +72,7 @@ pub mod progress;
 pub mod queue;
 pub mod replay;
 pub mod report;
+pub mod round;
 pub mod scenario;
 pub mod trace;
 pub mod units;

@@ -15,10 +15,16 @@
 //!
 //! Whether a given instant is inside a partition or a NAT window is decided by the caller, which
 //! passes the agent's [`PathFaults`].
+//!
+//! Each link draws its jitter from its own generator (the run's seed, stream = the flow id), so
+//! what a connection's segments do depends on that connection's own history only: the world may
+//! advance an idle connection's keepalive round by itself, later, and get the same arrivals
+//! (`sim::world`, "Keepalive rounds").
 
 use std::time::Duration;
 
 use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 
 use super::clock::SimTime;
 
@@ -109,6 +115,8 @@ struct Lane {
 #[derive(Debug, Clone)]
 pub struct Link {
     params: LinkParams,
+    /// This link's jitter (see the module docs).
+    rng: ChaCha8Rng,
     lanes: [Lane; 2],
     /// Last time a segment passed the agent's NAT (either direction).
     nat_last: SimTime,
@@ -116,9 +124,10 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new(params: LinkParams, now: SimTime) -> Link {
+    pub fn new(params: LinkParams, now: SimTime, rng: ChaCha8Rng) -> Link {
         Link {
             params,
+            rng,
             lanes: [Lane::default(); 2],
             nat_last: now,
             dead: false,
@@ -134,6 +143,16 @@ impl Link {
         self.dead
     }
 
+    /// Nothing in flight either way at `now` (every segment sent has arrived, and not at `now`
+    /// itself: one arriving now may not have been handled yet), and the connection is not dead.
+    pub fn is_quiet(&self, now: SimTime) -> bool {
+        !self.dead
+            && self
+                .lanes
+                .iter()
+                .all(|l| l.last_arrival < now && l.busy_until <= now)
+    }
+
     /// Kills the connection silently.
     pub fn kill(&mut self) {
         self.dead = true;
@@ -146,14 +165,13 @@ impl Link {
 
     /// Sends `len` octets at `now`; returns when they arrive, or `None` if they are lost (the
     /// connection is or just became dead).
-    pub fn send<R: Rng>(
+    pub fn send(
         &mut self,
         dir: Dir,
         now: SimTime,
         len: usize,
         kas: usize,
         faults: &PathFaults,
-        rng: &mut R,
     ) -> Option<SimTime> {
         if self.dead {
             return None;
@@ -162,7 +180,7 @@ impl Link {
         let jitter = if jitter_ns == 0 {
             0
         } else {
-            rng.random_range(0..jitter_ns)
+            self.rng.random_range(0..jitter_ns)
         };
         let lane = &mut self.lanes[dir.index()];
         let start = lane.busy_until.max(now);
@@ -199,15 +217,14 @@ impl Link {
     }
 
     /// When a zero-length signal (FIN, RST) sent now would arrive; `None` if the link is dead.
-    pub fn signal<R: Rng>(
+    pub fn signal(
         &mut self,
         dir: Dir,
         now: SimTime,
         kas: usize,
         faults: &PathFaults,
-        rng: &mut R,
     ) -> Option<SimTime> {
-        self.send(dir, now, 0, kas, faults, rng)
+        self.send(dir, now, 0, kas, faults)
     }
 }
 
@@ -228,23 +245,20 @@ mod tests {
 
     #[test]
     fn in_order_with_latency_and_bandwidth() {
-        let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let mut l = Link::new(params(), SimTime::ZERO);
+        let mut l = Link::new(params(), SimTime::ZERO, ChaCha8Rng::seed_from_u64(1));
         let none = PathFaults::default();
-        let a = l
-            .send(Dir::Up, SimTime::ZERO, 100_000, 0, &none, &mut rng)
-            .unwrap();
+        let a = l.send(Dir::Up, SimTime::ZERO, 100_000, 0, &none).unwrap();
         // 100 kB at 1 MB/s = 100 ms, plus 10 ms latency.
         assert!(a >= SimTime::from_duration(Duration::from_millis(110)));
         assert!(a < SimTime::from_duration(Duration::from_millis(115)));
-        let b = l.send(Dir::Up, SimTime(1), 1, 0, &none, &mut rng).unwrap();
+        let b = l.send(Dir::Up, SimTime(1), 1, 0, &none).unwrap();
         assert!(b >= a, "a later segment never overtakes");
     }
 
     #[test]
     fn partitions_hold_and_nat_kills() {
-        let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let mut l = Link::new(params(), SimTime::ZERO);
+        let rng = ChaCha8Rng::seed_from_u64(1);
+        let mut l = Link::new(params(), SimTime::ZERO, rng.clone());
         let s = |x: u64| SimTime::from_duration(Duration::from_secs(x));
         let faults = PathFaults {
             partitions: vec![(
@@ -262,19 +276,14 @@ mod tests {
                 Duration::from_secs(5),
             )],
         };
-        let held = l.send(Dir::Down, s(12), 10, 0, &faults, &mut rng).unwrap();
+        let held = l.send(Dir::Down, s(12), 10, 0, &faults).unwrap();
         assert!(held >= s(20));
         // Another replica is not partitioned.
-        let mut other = Link::new(params(), SimTime::ZERO);
-        assert!(
-            other
-                .send(Dir::Down, s(12), 10, 1, &faults, &mut rng)
-                .unwrap()
-                < s(13)
-        );
+        let mut other = Link::new(params(), SimTime::ZERO, rng);
+        assert!(other.send(Dir::Down, s(12), 10, 1, &faults).unwrap() < s(13));
         // Quiet for more than the NAT timeout inside the NAT window: dead, both ways, for good.
-        assert!(l.send(Dir::Up, s(40), 10, 0, &faults, &mut rng).is_none());
+        assert!(l.send(Dir::Up, s(40), 10, 0, &faults).is_none());
         assert!(l.is_dead());
-        assert!(l.send(Dir::Down, s(41), 10, 0, &faults, &mut rng).is_none());
+        assert!(l.send(Dir::Down, s(41), 10, 0, &faults).is_none());
     }
 }

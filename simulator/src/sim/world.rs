@@ -36,6 +36,17 @@ use super::report::{Metrics, Report};
 use super::scenario::Scenario;
 use super::trace::{Trace, TraceSink};
 
+/// How many keepalive intervals a round covers at most (it ends earlier when the flow is touched).
+const ROUND_INTERVALS: u32 = 3;
+
+/// How long a round opened on `flow` lasts unless touched: long enough for both sides' PINGs to be
+/// answered, and for a few keepalive intervals.
+fn round_span(flow: &Flow, sc: &Scenario) -> Duration {
+    let p = flow.link.params();
+    ((p.latency + p.jitter) * 4 + Duration::from_millis(1))
+        .max(sc.protocol.keepalive_interval * ROUND_INTERVALS)
+}
+
 /// Everything that can happen.
 #[derive(Debug)]
 pub(super) enum Ev {
@@ -81,6 +92,10 @@ pub(super) enum Ev {
     ConnTimer {
         flow: u64,
         side: Side,
+    },
+    /// The end of a flow's keepalive round ([`super::round`]).
+    Round {
+        flow: u64,
     },
     /// An agent's publisher deadline.
     AgentTimer {
@@ -159,6 +174,10 @@ pub struct RunOptions {
     pub fast_exit: bool,
     /// What the real programs cost (memory, handshake CPU, request latency): see `sim::profile`.
     pub profile: super::profile::CostProfile,
+    /// Advance idle connections' keepalive exchanges as rounds ([`super::round`]; on by default).
+    /// Off, every PING and PONG is stepped through the queue: the connections end in the same
+    /// state, only the trace (and its hash) differs.
+    pub keepalive_rounds: bool,
 }
 
 impl Default for RunOptions {
@@ -168,6 +187,7 @@ impl Default for RunOptions {
             progress: false,
             fast_exit: false,
             profile: super::profile::CostProfile::default_profile(),
+            keepalive_rounds: true,
         }
     }
 }
@@ -188,6 +208,10 @@ pub struct Outcome {
     pub wall: Duration,
     /// A trace file could not be written.
     pub trace_error: Option<String>,
+    /// A digest of every connection's state at the end (both `Connection`s' counters and next
+    /// deadlines, the link's octet counts): what keepalive rounds must leave exactly as stepping
+    /// does ([`RunOptions::keepalive_rounds`]), while the trace hash differs.
+    pub state_digest: u64,
 }
 
 /// The simulated world (see the module docs).
@@ -247,6 +271,8 @@ pub(super) struct World {
     pub profile: super::profile::CostProfile,
     /// Per replica: when its handshake CPU is next free (handshakes queue on `replica_cores`).
     pub handshake_free: Vec<SimTime>,
+    /// Open keepalive rounds on quiet connections ([`RunOptions::keepalive_rounds`]).
+    keepalive_rounds: bool,
 }
 
 impl World {
@@ -308,7 +334,7 @@ impl World {
             violation: None,
             agents,
             kas,
-            flows: FlowTable::default(),
+            flows: FlowTable::new(clock),
             next_flow: 0,
             ledger: Ledger::default(),
             pending_for: BTreeMap::new(),
@@ -334,6 +360,8 @@ impl World {
             live: None,
             profile: options.profile,
             handshake_free: vec![SimTime::ZERO; replicas],
+            // A chunk-counting injection counts every transmit as an event's.
+            keepalive_rounds: options.keepalive_rounds && sc.inject.corrupt_transmit.is_none(),
             sc,
         };
         w.schedule_start();
@@ -374,6 +402,13 @@ impl World {
         self.queue.push(self.end, Ev::End);
     }
 
+    /// The jitter generator of flow `fid`'s link: the run's seed, stream `fid` (`sim::net`).
+    pub fn link_rng(&self, fid: u64) -> ChaCha8Rng {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(fid);
+        rng
+    }
+
     /// An exponentially distributed delay with the given rate (per second).
     pub fn exp(&mut self, rate: f64) -> Duration {
         if rate <= 0.0 {
@@ -402,10 +437,20 @@ impl World {
         );
         // Bounded by the queue: every event is due no later than the end event, which stops the loop.
         while let Some((t, ev)) = self.queue.pop() {
-            if let Ev::ConnTimer { flow, side } = ev
-                && self.stale_timer(t, flow, side)
-            {
-                continue;
+            self.flows.now = t;
+            match ev {
+                Ev::ConnTimer { flow, side } if self.stale_timer(t, flow, side) => continue,
+                Ev::Round { flow }
+                    if self
+                        .flows
+                        .get(&flow)
+                        .and_then(|f| f.round.as_ref())
+                        .is_none_or(|r| r.until != t) =>
+                {
+                    // The round ended early (something touched the flow): not an event.
+                    continue;
+                }
+                _ => {}
             }
             self.now = t;
             self.now_i = self.clock.instant(t);
@@ -436,6 +481,7 @@ impl World {
         faults::set_view_fault(None);
         let wall = started.elapsed();
         let trace_error = self.trace.finish().err();
+        let state_digest = self.state_digest();
         let report = self.report(wall);
         let outcome = Outcome {
             seed: self.seed,
@@ -446,6 +492,7 @@ impl World {
             report,
             wall,
             trace_error,
+            state_digest,
         };
         if self.fast_exit {
             // Freeing millions of small allocations only to exit: let the process end do it.
@@ -464,6 +511,7 @@ impl World {
             Ev::Deliver { flow, dir, data } => self.on_deliver(flow, dir, &data),
             Ev::Signal { flow, dir, .. } => self.on_signal(flow, dir),
             Ev::ConnTimer { flow, side } => self.on_conn_timer(flow, side),
+            Ev::Round { flow } => self.round_due(flow),
             Ev::AgentTimer { agent } => self.agent_timer(agent),
             Ev::AgentRespond { flow, stream } => self.agent_respond(flow, stream),
             Ev::Churn => self.churn(),
@@ -485,7 +533,10 @@ impl World {
             Ev::Balance { kas } => self.balance_step(kas),
             Ev::Replay { index } => self.replay_step(index),
             Ev::Sample => self.sample(),
-            Ev::End => self.check_end(),
+            Ev::End => {
+                self.end_rounds();
+                self.check_end();
+            }
         }
     }
 
@@ -523,6 +574,7 @@ impl World {
                 &[("f", *flow)],
             ),
             Ev::ConnTimer { flow, side } => tr.event(i, t, "timer", side.name(), &[("f", *flow)]),
+            Ev::Round { flow } => tr.event(i, t, "round", "", &[("f", *flow)]),
             Ev::AgentTimer { agent } => tr.event(i, t, "views-timer", "", &[("a", u(*agent))]),
             Ev::AgentRespond { flow, stream } => tr.event(
                 i,
@@ -588,7 +640,7 @@ impl World {
 
     /// The next event of an endpoint, if it is live and has one.
     fn next_event(&mut self, fid: u64, side: Side) -> Option<protocol::Event> {
-        let flow = self.flows.get_mut(&fid)?;
+        let flow = self.flows.get_mut_raw(&fid)?;
         match side {
             Side::Agent => flow.a.live_mut()?.conn.poll_event(),
             Side::Kas => flow.k.live_mut()?.conn.poll_event(),
@@ -625,11 +677,16 @@ impl World {
     /// Moves what an endpoint wants to send onto its link.
     fn transmit(&mut self, fid: u64, side: Side) {
         let now = self.now;
-        let Some(flow) = self.flows.get_mut(&fid) else {
+        let Some(flow) = self.flows.get_mut_raw(&fid) else {
             return;
         };
         let Flow {
-            a, k, link, agent, ..
+            a,
+            k,
+            link,
+            agent,
+            round,
+            ..
         } = flow;
         let kas = flow.kas;
         let faults = &self.agents[*agent].faults;
@@ -659,7 +716,11 @@ impl World {
                 ));
             }
             sent += bytes.len() as u64;
-            if let Some(at) = link.send(dir, now, bytes.len(), kas, faults, &mut self.rng) {
+            if let Some(at) = link.send(dir, now, bytes.len(), kas, faults) {
+                if let Some(r) = round {
+                    r.deliver(at, dir, bytes);
+                    continue;
+                }
                 self.queue.push(
                     at,
                     Ev::Deliver {
@@ -679,11 +740,16 @@ impl World {
     /// endpoint's timer.
     fn settle(&mut self, fid: u64, side: Side) {
         let now = self.now;
-        let Some(flow) = self.flows.get_mut(&fid) else {
+        let Some(flow) = self.flows.get_mut_raw(&fid) else {
             return;
         };
         let Flow {
-            a, k, link, agent, ..
+            a,
+            k,
+            link,
+            agent,
+            round,
+            ..
         } = flow;
         let kas = flow.kas;
         let faults = &self.agents[*agent].faults;
@@ -699,7 +765,11 @@ impl World {
             },
         };
         if conn.is_closed() {
-            if let Some(at) = link.signal(dir, now, kas, faults, &mut self.rng) {
+            debug_assert!(
+                round.is_none(),
+                "a connection closed inside a keepalive round"
+            );
+            if let Some(at) = link.signal(dir, now, kas, faults) {
                 self.queue.push(
                     at,
                     Ev::Signal {
@@ -718,6 +788,12 @@ impl World {
         }
         if let Some(deadline) = conn.poll_timeout() {
             let t = self.clock.to_sim(deadline).max(now);
+            if let Some(r) = round
+                && t <= r.until
+            {
+                r.timer(t, side);
+                return;
+            }
             if timer_at.is_none_or(|s| t < s) {
                 *timer_at = Some(t);
                 self.queue.push(t, Ev::ConnTimer { flow: fid, side });
@@ -732,7 +808,7 @@ impl World {
             return;
         };
         let faults = &self.agents[flow.agent].faults;
-        if let Some(at) = flow.link.signal(dir, now, flow.kas, faults, &mut self.rng) {
+        if let Some(at) = flow.link.signal(dir, now, flow.kas, faults) {
             self.queue.push(
                 at,
                 Ev::Signal {
@@ -840,9 +916,20 @@ impl World {
     /// events of its real keepalive exchange (timer → PING → PONG).
     fn stale_timer(&mut self, t: SimTime, fid: u64, side: Side) -> bool {
         let clock = self.clock;
-        let Some(flow) = self.flows.get_mut(&fid) else {
+        let Some(flow) = self.flows.get_mut_raw(&fid) else {
             return true;
         };
+        if let Some(round) = &mut flow.round {
+            // The flow's timers belong to its round now: this deadline becomes one of its steps.
+            if let Some(e) = flow.a.live_mut().filter(|_| side == Side::Agent) {
+                e.timer_at = None;
+            }
+            if let Some(e) = flow.k.live_mut().filter(|_| side == Side::Kas) {
+                e.timer_at = None;
+            }
+            round.timer(t, side);
+            return true;
+        }
         let Some(end) = (match side {
             Side::Agent => flow.a.live_mut().map(|e| (&e.conn, &mut e.timer_at)),
             Side::Kas => flow.k.live_mut().map(|e| (&e.conn, &mut e.timer_at)),
@@ -866,7 +953,8 @@ impl World {
 
     fn on_conn_timer(&mut self, fid: u64, side: Side) {
         let now = self.now_i;
-        let Some(flow) = self.flows.get_mut(&fid) else {
+        self.maybe_open_round(fid);
+        let Some(flow) = self.flows.get_mut_raw(&fid) else {
             return;
         };
         let fired = match side {
@@ -884,9 +972,156 @@ impl World {
         }
     }
 
+    /// Opens a keepalive round ([`super::round`]) on a quiet flow whose timer fires: both ends
+    /// live, nothing in flight either way, no faults on its path. Its own event comes every
+    /// [`ROUND_INTERVALS`] keepalive intervals (see `round_due`); it ends when something touches
+    /// the flow.
+    fn maybe_open_round(&mut self, fid: u64) {
+        if !self.keepalive_rounds {
+            return;
+        }
+        let now = self.now;
+        let Some(flow) = self.flows.get_mut_raw(&fid) else {
+            return;
+        };
+        if flow.round.is_some()
+            || flow.a.live().is_none()
+            || flow.k.live().is_none()
+            || !flow.link.is_quiet(now)
+            || !self.agents[flow.agent].faults.is_empty()
+        {
+            return;
+        }
+        // Long enough for both sides' PINGs to be answered, and for a few keepalive intervals: an
+        // idle connection then costs two events per round however many exchanges it holds.
+        let until = now.plus(round_span(flow, &self.sc));
+        flow.round = Some(Box::new(super::round::Round::new(until)));
+        self.queue.push(until, Ev::Round { flow: fid });
+    }
+
+    /// A round's own event: nothing touched the flow meanwhile, so it is as quiet as when the
+    /// round opened; its steps due by now are taken and the round goes on for another span (its
+    /// kas traffic is counted now), its endpoints' deadlines inside the new span kept as steps.
+    fn round_due(&mut self, fid: u64) {
+        let (clock, now) = (self.clock, self.now);
+        let Some(flow) = self.flows.get_mut_raw(&fid) else {
+            return;
+        };
+        flow.advance_round(&clock, now);
+        if flow.a.live().is_none() || flow.k.live().is_none() || flow.link.is_dead() {
+            // Cannot happen (steps make no events); end it the ordinary way.
+            self.flows.get_mut(&fid);
+            return;
+        }
+        let until = now.plus(round_span(flow, &self.sc));
+        let kas = flow.kas;
+        let deadlines = [Side::Agent, Side::Kas].map(|side| {
+            let conn = match side {
+                Side::Agent => flow.a.live().map(|e| &e.conn),
+                Side::Kas => flow.k.live().map(|e| &e.conn),
+            };
+            (side, conn.and_then(|c| c.poll_timeout()))
+        });
+        let Some(round) = flow.round.as_mut() else {
+            return;
+        };
+        round.until = until;
+        for (side, due) in deadlines {
+            if let Some(due) = due.map(|d| clock.to_sim(d).max(now))
+                && due <= until
+            {
+                round.timer(due, side);
+            }
+        }
+        self.metrics.kas[kas].bytes += std::mem::take(&mut round.kas_bytes);
+        self.queue.push(until, Ev::Round { flow: fid });
+    }
+
+    /// Ends every open round (at the end of the run: the checks and the state digest see every
+    /// connection as stepping would have left it).
+    fn end_rounds(&mut self) {
+        let open: Vec<u64> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| f.round.is_some())
+            .map(|(id, _)| id)
+            .collect();
+        for fid in open {
+            self.flows.get_mut(&fid);
+        }
+    }
+
+    /// See [`Outcome::state_digest`].
+    fn state_digest(&self) -> u64 {
+        let mut h = super::trace::Fnv64::default();
+        let mut word = |x: u64| h.update(&x.to_le_bytes());
+        let clock = self.clock;
+        let conn = |c: &protocol::Connection, word: &mut dyn FnMut(u64)| {
+            let s = c.stats();
+            for x in [
+                s.bytes_received,
+                s.bytes_sent,
+                s.frames_received,
+                s.frames_sent,
+                s.data_bytes_received,
+                s.data_bytes_sent,
+                s.streams_opened_local,
+                s.streams_opened_remote,
+                s.streams_reset_sent,
+                s.pings_sent,
+                c.poll_timeout().map_or(u64::MAX, |d| clock.to_sim(d).0),
+            ] {
+                word(x);
+            }
+        };
+        for (fid, f) in self.flows.iter() {
+            word(fid);
+            word(f.link.bytes(Dir::Up));
+            word(f.link.bytes(Dir::Down));
+            if let Some(e) = f.a.live() {
+                conn(&e.conn, &mut word);
+            }
+            if let Some(e) = f.k.live() {
+                conn(&e.conn, &mut word);
+            }
+        }
+        h.finish()
+    }
+
+    /// Queues what rounds ended by a touch left (their segments still travelling), counts their
+    /// kas traffic, and marks both endpoints to be pumped (which re-arms their timers).
+    fn take_ended_rounds(&mut self) {
+        if self.flows.ended.is_empty() {
+            return;
+        }
+        let mut ended = std::mem::take(&mut self.flows.ended);
+        for (fid, left) in ended.drain(..) {
+            for (at, dir, data) in left.deliveries {
+                self.queue.push(
+                    at,
+                    Ev::Deliver {
+                        flow: fid,
+                        dir,
+                        data,
+                    },
+                );
+            }
+            if let Some(kas) = self.flows.get(&fid).map(|f| f.kas) {
+                self.metrics.kas[kas].bytes += left.kas_bytes;
+            }
+            self.dirty.insert((fid, Side::Agent));
+            self.dirty.insert((fid, Side::Kas));
+        }
+        // Keep the vector's allocation.
+        if self.flows.ended.is_empty() {
+            self.flows.ended = ended;
+        }
+    }
+
     /// Pumps every endpoint the current event touched (pumping may touch more; bounded).
     fn flush_dirty(&mut self) {
         for _ in 0..1_000_000u32 {
+            self.take_ended_rounds();
             let Some((fid, side)) = self.dirty.pop_first() else {
                 return;
             };

@@ -1,0 +1,218 @@
+//! Keepalive rounds: an idle connection advanced by itself.
+//!
+//! An idle connection's keepalive exchange — each side's timer sends a PING, the peer answers with a
+//! PONG — changes nothing but the two [`protocol::Connection`]s' timers and counters and the
+//! [`Link`](super::net::Link)'s lanes. Stepped through the world, it costs six events (two timers,
+//! four deliveries) every keepalive interval on every connection, which is most of a long run's
+//! events. So when a connection timer fires on a *quiet* connection (both ends live, nothing in
+//! flight either way, no path faults), the world opens a [`Round`] on the flow: from then on the
+//! flow's own events (the segments it sends, its timers) are kept in the round instead of the world's
+//! queue and are taken later, in time order and each at its own instant, by the same
+//! `Connection` calls the world would make (`handle_input`, `handle_timeout`, `poll_transmit`,
+//! `poll_timeout`): at the round's own event, which comes every few keepalive intervals and lets
+//! the round go on, or as soon as anything else touches the flow
+//! ([`FlowTable::get_mut`](super::flow::FlowTable::get_mut)), which ends the round: it first takes
+//! every step due by then and hands what is left back to the world's queue. Since the
+//! link draws its jitter from its own generator, the connection ends in exactly the state stepping
+//! it event by event gives (`simulator/tests/sim_determinism.rs` compares the two); only the trace
+//! differs: a round is its opening timer and one `round f=…` line every few keepalive intervals.
+//!
+//! A step never reports an application event (PING and PONG do not make any); if one did, it would
+//! stay in the connection until the world pumps the endpoint at the end of the round.
+
+use bytes::Bytes;
+
+use super::clock::{Clock, SimTime};
+use super::flow::{End, Flow, Side};
+use super::net::{Dir, PathFaults};
+
+/// One pending step of a round.
+#[derive(Debug)]
+enum Step {
+    /// Octets arrive in `dir`.
+    Deliver { dir: Dir, data: Bytes },
+    /// An endpoint's deadline.
+    Timer { side: Side },
+}
+
+/// A flow's keepalive round in progress (see the module docs).
+#[derive(Debug)]
+pub struct Round {
+    /// When the round's own event is due (it ends the round).
+    pub until: SimTime,
+    /// Steps not taken yet: (due, order of scheduling, step). A handful at most.
+    steps: Vec<(SimTime, u32, Step)>,
+    seq: u32,
+    /// Steps taken.
+    pub taken: u64,
+    /// Octets the kas end sent and received in steps (the replica's traffic metric).
+    pub kas_bytes: u64,
+}
+
+/// What ending a round leaves for the world: steps not taken yet, to queue as ordinary events.
+#[derive(Debug, Default)]
+pub struct Leftover {
+    /// Segments still travelling: (arrival, direction, octets).
+    pub deliveries: Vec<(SimTime, Dir, Bytes)>,
+    pub taken: u64,
+    pub kas_bytes: u64,
+}
+
+impl Round {
+    pub fn new(until: SimTime) -> Round {
+        Round {
+            until,
+            steps: Vec::new(),
+            seq: 0,
+            taken: 0,
+            kas_bytes: 0,
+        }
+    }
+
+    fn push(&mut self, at: SimTime, step: Step) {
+        self.seq += 1;
+        self.steps.push((at, self.seq, step));
+    }
+
+    /// Keeps a segment the flow sent in the round.
+    pub fn deliver(&mut self, at: SimTime, dir: Dir, data: Bytes) {
+        self.push(at, Step::Deliver { dir, data });
+    }
+
+    /// Keeps an endpoint's deadline that falls inside the round (unless a step for it is due no
+    /// later: that one re-arms it when taken).
+    pub fn timer(&mut self, at: SimTime, side: Side) {
+        let covered = self
+            .steps
+            .iter()
+            .any(|(t, _, s)| matches!(s, Step::Timer { side: x } if *x == side) && *t <= at);
+        if !covered {
+            self.push(at, Step::Timer { side });
+        }
+    }
+
+    /// The earliest pending step due by `upto`.
+    fn next_due(&mut self, upto: SimTime) -> Option<(SimTime, Step)> {
+        let i = (0..self.steps.len())
+            .filter(|&i| self.steps[i].0 <= upto)
+            .min_by_key(|&i| (self.steps[i].0, self.steps[i].1))?;
+        let (at, _, step) = self.steps.swap_remove(i);
+        Some((at, step))
+    }
+}
+
+/// No faults: rounds are only opened on flows whose path has none.
+static NO_FAULTS: PathFaults = PathFaults {
+    partitions: Vec::new(),
+    nat: Vec::new(),
+};
+
+impl Flow {
+    /// Takes every step of the flow's round due by `upto`, in order, each at its own instant.
+    pub fn advance_round(&mut self, clock: &Clock, upto: SimTime) {
+        let Some(mut round) = self.round.take() else {
+            return;
+        };
+        // Each step is taken once; steps add a bounded number of steps (a PING its PONG).
+        for _ in 0..10_000u32 {
+            let Some((t, step)) = round.next_due(upto) else {
+                break;
+            };
+            round.taken += 1;
+            let now = clock.instant(t);
+            let side = match step {
+                Step::Deliver { dir, data } => {
+                    let side = Side::receiver(dir);
+                    if side == Side::Kas {
+                        round.kas_bytes += data.len() as u64;
+                    }
+                    match side {
+                        Side::Agent => {
+                            if let End::Live(e) = &mut self.a {
+                                e.conn.handle_input(&data, now);
+                            }
+                        }
+                        Side::Kas => {
+                            if let End::Live(e) = &mut self.k {
+                                e.conn.handle_input(&data, now);
+                            }
+                        }
+                    }
+                    side
+                }
+                Step::Timer { side } => {
+                    if let Some(conn) = self.conn_mut(side)
+                        && conn.poll_timeout().is_some_and(|d| clock.to_sim(d) <= t)
+                    {
+                        conn.handle_timeout(now);
+                    }
+                    side
+                }
+            };
+            self.round_transmit(&mut round, clock, side, t);
+        }
+        self.round = Some(round);
+    }
+
+    /// Moves what `side` wants to send onto the link as round steps, and keeps its deadline as a
+    /// step if it falls inside the round.
+    fn round_transmit(&mut self, round: &mut Round, clock: &Clock, side: Side, t: SimTime) {
+        let kas = self.kas;
+        let dir = side.out_dir();
+        let conn = match side {
+            Side::Agent => match &mut self.a {
+                End::Live(e) => &mut e.conn,
+                _ => return,
+            },
+            Side::Kas => match &mut self.k {
+                End::Live(e) => &mut e.conn,
+                _ => return,
+            },
+        };
+        // poll_transmit drains a finite buffer.
+        while let Some(bytes) = conn.poll_transmit() {
+            if side == Side::Kas {
+                round.kas_bytes += bytes.len() as u64;
+            }
+            if let Some(at) = self.link.send(dir, t, bytes.len(), kas, &NO_FAULTS) {
+                round.deliver(at, dir, bytes);
+            }
+        }
+        if let Some(due) = conn.poll_timeout().map(|d| clock.to_sim(d).max(t))
+            && due <= round.until
+        {
+            round.timer(due, side);
+        }
+    }
+
+    /// Ends the flow's round after taking its steps due by `now`: what is left for the world.
+    pub fn end_round(&mut self, clock: &Clock, now: SimTime) -> Option<Leftover> {
+        self.advance_round(clock, now);
+        let round = self.round.take()?;
+        let mut deliveries: Vec<_> = round
+            .steps
+            .into_iter()
+            .filter_map(|(at, seq, s)| match s {
+                Step::Deliver { dir, data } => Some((at, seq, dir, data)),
+                // The world re-arms both endpoints' timers when it pumps them.
+                Step::Timer { .. } => None,
+            })
+            .collect();
+        deliveries.sort_by_key(|(at, seq, ..)| (*at, *seq));
+        Some(Leftover {
+            deliveries: deliveries
+                .into_iter()
+                .map(|(at, _, dir, data)| (at, dir, data))
+                .collect(),
+            taken: round.taken,
+            kas_bytes: round.kas_bytes,
+        })
+    }
+
+    fn conn_mut(&mut self, side: Side) -> Option<&mut protocol::Connection> {
+        match side {
+            Side::Agent => self.a.live_mut().map(|e| &mut e.conn),
+            Side::Kas => self.k.live_mut().map(|e| &mut e.conn),
+        }
+    }
+}
