@@ -93,11 +93,15 @@ const SINGLE: &[Expect] = &[
     },
     // Graceful rolling restart: GOAWAY, in-flight requests finish, waiting ones move. Only a request
     // sent to a replica that just stopped taking requests (before the load balancer noticed) is
-    // refused.
+    // refused. These agents hold one connection (K = 1): an agent whose replacement dials keep
+    // landing on the stopped replica (the load balancer lists it until its next health check, 5 s)
+    // backs off, and when that outlasts the routing deadline (10 s) a request waiting for it ends
+    // `agent_not_connected` (seen: one agent unconnected 11.1 s after six refused dials in 1 s).
+    // With K = 2 the other connection serves it (sim_balance, replica-failover.yaml: 0 failed).
     Expect {
         name: "rolling restart",
         fault: "{ kind: rolling_restart, at: 110s, grace: 10s, down_for: 5s, interval: 5s }",
-        allowed: &["kas_unavailable"],
+        allowed: &["kas_unavailable", "agent_not_connected"],
         signature: &[],
         min_ok_per_mille: 995,
     },
