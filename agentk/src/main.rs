@@ -88,11 +88,12 @@ struct Cli {
     /// of each per window).
     #[arg(long, env = "AGENTK_VIEWS_WINDOW_MS", default_value_t = 100)]
     views_window_ms: u64,
-    /// Threads of agentk's async runtime. With one, a proxied request's tasks (the tunnel's
-    /// driver, the stream, the upstream connection) hand over to each other on the same thread
-    /// instead of waking another: fewer wake-ups and less CPU per request (scripts/bench.sh).
-    #[arg(long, env = "AGENTK_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
-    worker_threads: u16,
+    /// Threads of agentk's async runtime; default: one per CPU the process may use. With one, a
+    /// proxied request's tasks (the tunnel's driver, the stream, the upstream connection) hand over
+    /// to each other on the same thread instead of waking another: fewer wake-ups and less CPU per
+    /// small request (scripts/bench.sh), but one core's worth of TLS and bodies for everything.
+    #[arg(long, env = "AGENTK_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    worker_threads: Option<u16>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -342,8 +343,11 @@ fn main() -> anyhow::Result<()> {
     if let Some(Command::Health(args)) = &cli.command {
         return health(args);
     }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(usize::from(cli.worker_threads))
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.worker_threads {
+        runtime.worker_threads(usize::from(n));
+    }
+    runtime
         .enable_all()
         .build()
         .context("starting the async runtime")?
