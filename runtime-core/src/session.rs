@@ -6,6 +6,7 @@
 //! command produced and wakes the driver when there is something to transmit: the driver never polls.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
@@ -29,6 +30,42 @@ pub const MAX_WRITE_CHUNK: usize = 64 * 1024;
 
 /// How long a connection whose last handle was dropped may drain before it is aborted.
 pub const DROP_GRACE: Duration = Duration::from_secs(10);
+
+/// The hasher of the stream map. Stream ids are small integers that the protocol hands out (ours
+/// counting up, the peer's validated by the protocol before a slot exists), so there is nothing to
+/// defend against that SipHash's keyed hashing would buy: one multiplication spreads them over the
+/// whole word (hashbrown takes its control bits from the top), where SipHash costs ~20 ns per
+/// lookup, and every read, write and received frame looks its stream up.
+#[derive(Debug, Default, Clone, Copy)]
+struct StreamIdHasher(u64);
+
+impl Hasher for StreamIdHasher {
+    fn finish(&self) -> u64 {
+        // The product's low bits are poor (odd ids times an odd constant are all odd); hashbrown
+        // takes the bucket from the low bits, so bring well-mixed middle bits there (as
+        // rustc-hash 2 does).
+        self.0.rotate_left(26)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached by `StreamId` (its `Hash` writes one `u32`); kept correct for any key.
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // FxHash's step: rotate, mix in, multiply by an odd constant (the golden ratio's bits).
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// One slot per stream, keyed with [`StreamIdHasher`].
+type SlotMap = HashMap<StreamId, Slot, BuildHasherDefault<StreamIdHasher>>;
 
 /// Why a stream cannot be used any more.
 #[derive(Debug, Clone)]
@@ -106,7 +143,7 @@ pub struct Step {
 /// Everything behind the session's mutex.
 pub(crate) struct Shared {
     conn: Connection,
-    slots: HashMap<StreamId, Slot>,
+    slots: SlotMap,
     incoming: VecDeque<(StreamId, RequestHead)>,
     incoming_wakers: WakerList,
     /// Server: the HELLO awaiting the application's verdict.
@@ -237,7 +274,7 @@ impl Session {
         );
         let shared = Shared {
             conn,
-            slots: HashMap::new(),
+            slots: SlotMap::default(),
             incoming: VecDeque::new(),
             incoming_wakers: WakerList::default(),
             hello: None,
@@ -992,12 +1029,12 @@ impl Shared {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{ConnectionHandle, StreamHandle};
 
     /// Moves every transmitted octet between the two sessions until both are quiet.
-    fn pump(a: &Session, b: &Session) {
+    pub(crate) fn pump(a: &Session, b: &Session) {
         let w = Waker::noop();
         for _ in 0..1000 {
             let mut moved = false;
@@ -1017,7 +1054,7 @@ mod tests {
         panic!("sessions never went quiet");
     }
 
-    fn connected() -> (ConnectionHandle, ConnectionHandle) {
+    pub(crate) fn connected() -> (ConnectionHandle, ConnectionHandle) {
         let agent = Session::agent(Config::default(), AgentHello::default());
         let server = Session::server(Config::default());
         pump(&agent, &server);
@@ -1032,7 +1069,7 @@ mod tests {
         (ConnectionHandle::new(agent), ConnectionHandle::new(server))
     }
 
-    fn accept(c: &ConnectionHandle) -> StreamHandle {
+    pub(crate) fn accept(c: &ConnectionHandle) -> StreamHandle {
         let mut cx = Context::from_waker(Waker::noop());
         match c.poll_accept_stream(&mut cx) {
             Poll::Ready(Some((_, s))) => s,
@@ -1040,16 +1077,32 @@ mod tests {
         }
     }
 
-    fn write(s: &StreamHandle, data: &[u8]) {
+    pub(crate) fn write(s: &StreamHandle, data: &[u8]) {
         let mut cx = Context::from_waker(Waker::noop());
         assert!(matches!(s.poll_write(&mut cx, data), Poll::Ready(Ok(n)) if n == data.len()));
     }
 
-    fn read(s: &StreamHandle) -> Poll<io::Result<Vec<u8>>> {
+    pub(crate) fn read(s: &StreamHandle) -> Poll<io::Result<Vec<u8>>> {
         let mut cx = Context::from_waker(Waker::noop());
         let mut buf = vec![0u8; 4096];
         s.poll_read(&mut cx, &mut buf)
             .map(|r| r.map(|n| buf[..n].to_vec()))
+    }
+
+    #[test]
+    fn stream_ids_spread_over_the_hashs_top_bits() {
+        // hashbrown picks the bucket from the low bits and the tag it compares first from the top
+        // seven: ids of one side (all odd or all even) must spread over both about as well as
+        // random hashes (128 of them in 128 buckets fill ~81; a constant low bit caps it at 64).
+        use std::hash::BuildHasher;
+        let build = BuildHasherDefault::<StreamIdHasher>::default();
+        let hashes: Vec<u64> = (0..128u32)
+            .map(|i| build.hash_one(StreamId(2 * i + 1)))
+            .collect();
+        let tags: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        let buckets: std::collections::HashSet<u64> = hashes.iter().map(|h| h & 127).collect();
+        assert!(tags.len() >= 64, "{} distinct tags", tags.len());
+        assert!(buckets.len() >= 72, "{} distinct buckets", buckets.len());
     }
 
     #[test]
@@ -1126,7 +1179,7 @@ mod tests {
     }
 
     /// A waker that counts its wake-ups.
-    struct Counter(std::sync::atomic::AtomicUsize);
+    pub(crate) struct Counter(pub(crate) std::sync::atomic::AtomicUsize);
 
     impl std::task::Wake for Counter {
         fn wake(self: Arc<Self>) {
@@ -1134,7 +1187,7 @@ mod tests {
         }
     }
 
-    fn counting_waker() -> (Arc<Counter>, Waker) {
+    pub(crate) fn counting_waker() -> (Arc<Counter>, Waker) {
         let c = Arc::new(Counter(std::sync::atomic::AtomicUsize::new(0)));
         (c.clone(), Waker::from(c))
     }
