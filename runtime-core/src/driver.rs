@@ -24,12 +24,14 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_io::{AsyncRead, AsyncWrite};
+
+use protocol::Connection;
 
 use crate::runtime::{AsyncTimer, Runtime};
 use crate::session::Session;
@@ -64,7 +66,9 @@ const BUDGET: usize = 64;
 /// The connection's I/O task. Spawn it; it completes when the connection is over.
 pub struct Driver<T> {
     session: Session,
-    io: T,
+    /// The transport and the output waiting for it, shared with the tasks that end streams (they
+    /// write from their own task while the driver is not polling: [`InlineWrite`]).
+    wire: Arc<Mutex<Wire<T>>>,
     runtime: Arc<dyn Runtime>,
     /// Made at the first deadline.
     timer: Option<Pin<Box<dyn AsyncTimer>>>,
@@ -74,9 +78,6 @@ pub struct Driver<T> {
     /// The last time a read filled the scratch buffer's size.
     last_busy: Instant,
     read_closed: bool,
-    out: VecDeque<Bytes>,
-    out_len: usize,
-    need_flush: bool,
     write_failed: bool,
     closed: bool,
     linger: Option<Instant>,
@@ -239,20 +240,25 @@ enum Discard {
     Pending,
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
     pub fn new(session: Session, io: T, runtime: Arc<dyn Runtime>) -> Self {
+        let wire = Arc::new(Mutex::new(Wire {
+            io,
+            out: VecDeque::new(),
+            out_len: 0,
+            need_flush: false,
+            error: None,
+        }));
+        session.attach_wire(wire.clone());
         Driver {
             session,
-            io,
+            wire,
             runtime,
             timer: None,
             armed: None,
             recv: Receive::default(),
             last_busy: Instant::now(),
             read_closed: false,
-            out: VecDeque::new(),
-            out_len: 0,
-            need_flush: false,
             write_failed: false,
             closed: false,
             linger: None,
@@ -263,13 +269,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
 
     /// Reads what the transport has (several reads, up to the buffer's size) and hands it to the
     /// session in one call: one lock, one dispatch and one wake-up per stream for many TLS records.
-    fn read(&mut self, cx: &mut Context<'_>, now: Instant) -> Read {
+    fn read(&mut self, w: &mut Wire<T>, cx: &mut Context<'_>, now: Instant) -> Read {
         if self.read_closed || self.closed || self.linger.is_some() {
             return Read::Nothing;
         }
         let outcome = if self.recv.is_busy() {
             let mut buf = self.recv.take_buffer();
-            let outcome = fill(&mut self.io, cx, &mut buf);
+            let outcome = fill(&mut w.io, cx, &mut buf);
             if outcome.filled > READ_BUFFER_SMALL {
                 let data = self.recv.keep(buf).slice(..outcome.filled);
                 self.session.handle_input_bytes(data, now);
@@ -284,7 +290,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             }
             outcome
         } else {
-            let (io, session) = (&mut self.io, &self.session);
+            let (io, session) = (&mut w.io, &self.session);
             with_scratch(|scratch| {
                 let outcome = fill(io, cx, scratch);
                 if outcome.filled > 0 {
@@ -338,11 +344,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     /// sends until its end of file (bounded by [`LINGER`] at the caller). Dropping a socket with
     /// unread input makes the kernel reset the connection, and a reset destroys what the peer has
     /// not read yet — the GOAWAY saying why it was closed, for one.
-    fn discard(&mut self, cx: &mut Context<'_>) -> Discard {
+    fn discard(&mut self, w: &mut Wire<T>, cx: &mut Context<'_>) -> Discard {
         if self.read_closed {
             return Discard::Done;
         }
-        let io = &mut self.io;
+        let io = &mut w.io;
         let done = with_scratch(|scratch| {
             let mut progress = false;
             for _ in 0..BUDGET {
@@ -364,20 +370,56 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         done
     }
 
-    fn write_failed(&mut self, e: &io::Error) {
+    fn write_failed(&mut self, w: &mut Wire<T>, e: &io::Error) {
         tracing::debug!(error = %e, "transport write failed");
         self.write_failed = true;
-        self.out.clear();
-        self.out_len = 0;
+        w.out.clear();
+        w.out_len = 0;
         self.session.handle_eof();
     }
 
-    fn write(&mut self, cx: &mut Context<'_>) -> bool {
+    fn write(&mut self, w: &mut Wire<T>, cx: &mut Context<'_>) -> bool {
         if self.write_failed {
-            self.out.clear();
-            self.out_len = 0;
+            w.out.clear();
+            w.out_len = 0;
             return false;
         }
+        // A write from a task that failed (`InlineWrite`): the session learns it here.
+        let result = match w.error.take() {
+            Some(e) => Err(e),
+            None => w.write_out(cx),
+        };
+        match result {
+            Ok(progress) => progress,
+            Err(e) => {
+                self.write_failed(w, &e);
+                true
+            }
+        }
+    }
+}
+
+impl<T> Drop for Driver<T> {
+    fn drop(&mut self) {
+        // The transport goes with the driver: no task may write to it any more.
+        self.session.detach_wire();
+    }
+}
+
+/// The transport and the output taken from the connection for it.
+pub(crate) struct Wire<T> {
+    io: T,
+    out: VecDeque<Bytes>,
+    out_len: usize,
+    need_flush: bool,
+    /// A write error met by a task's inline write, for the driver to handle.
+    error: Option<io::Error>,
+}
+
+impl<T: AsyncWrite + Unpin> Wire<T> {
+    /// Writes `out` with vectored writes and flushes once it is all written; whether anything
+    /// moved. A pending write or flush has registered `cx`'s waker.
+    fn write_out(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
         let mut progress = false;
         while !self.out.is_empty() {
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
@@ -387,10 +429,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 k += 1;
             }
             match Pin::new(&mut self.io).poll_write_vectored(cx, &iov[..k]) {
-                Poll::Ready(Ok(0)) => {
-                    self.write_failed(&io::ErrorKind::WriteZero.into());
-                    return true;
-                }
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
                 Poll::Ready(Ok(mut n)) => {
                     progress = true;
                     self.need_flush = true;
@@ -408,11 +447,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                         }
                     }
                 }
-                Poll::Ready(Err(e)) => {
-                    self.write_failed(&e);
-                    return true;
-                }
-                Poll::Pending => return progress,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => return Ok(progress),
             }
         }
         if self.need_flush {
@@ -421,31 +457,89 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                     self.need_flush = false;
                     progress = true;
                 }
-                Poll::Ready(Err(e)) => {
-                    self.write_failed(&e);
-                    return true;
-                }
+                Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => {}
             }
         }
-        progress
+        Ok(progress)
+    }
+
+    /// Everything taken has been written and flushed.
+    fn flushed(&self) -> bool {
+        self.out.is_empty() && !self.need_flush
     }
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
+/// What a task's attempt to write the connection's output itself gave ([`InlineWrite`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Inline {
+    /// The driver is polling (or the lock is poisoned): nothing was done, wake it.
+    Busy,
+    /// Output was taken and all of it written and flushed.
+    Written,
+    /// Output was taken; the transport is full, and the waker given is registered with it.
+    Pending,
+    /// The write failed; the driver must run to report it.
+    Failed,
+}
+
+/// A transport that a task other than the driver may write to while the driver is not polling:
+/// the session calls this when a command ends a stream's data, so the frames go out from the
+/// commanding task at once instead of after a wake-up of the driver (and, on another thread, a
+/// context switch).
+pub(crate) trait InlineWrite: Send + Sync {
+    /// If the transport is free, takes `conn`'s transmit output (up to [`WRITE_BATCH`]) and writes
+    /// it, registering `waker` (the driver's) where the transport is not ready.
+    fn try_write(&self, conn: &mut Connection, waker: &Waker) -> Inline;
+}
+
+impl<T: AsyncWrite + Unpin + Send> InlineWrite for Mutex<Wire<T>> {
+    fn try_write(&self, conn: &mut Connection, waker: &Waker) -> Inline {
+        // Never waits: the driver holds the lock for the whole of its poll.
+        let Ok(mut guard) = self.try_lock() else {
+            return Inline::Busy;
+        };
+        let w = &mut *guard;
+        if w.error.is_some() {
+            return Inline::Failed;
+        }
+        while w.out_len < WRITE_BATCH {
+            let n = conn.poll_transmit_vectored(&mut w.out);
+            if n == 0 {
+                break;
+            }
+            w.out_len += n;
+        }
+        let mut cx = Context::from_waker(waker);
+        match w.write_out(&mut cx) {
+            Ok(_) if w.flushed() => Inline::Written,
+            Ok(_) => Inline::Pending,
+            Err(e) => {
+                w.error = Some(e);
+                Inline::Failed
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Future for Driver<T> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         let span = this.session.span().clone();
         let _entered = span.enter();
+        // Held for the whole poll: a task that ends a stream meanwhile leaves the writing to us.
+        let wire = this.wire.clone();
+        let mut guard = wire.lock().unwrap_or_else(PoisonError::into_inner);
+        let w = &mut *guard;
         let mut drained = false;
         let mut full_reads = 0;
         for _ in 0..BUDGET {
             let now = this.runtime.now();
             let mut progress = false;
             if !this.input_paused && !drained && full_reads < FULL_READS {
-                match this.read(cx, now) {
+                match this.read(w, cx, now) {
                     Read::Progress => progress = true,
                     Read::Full => {
                         progress = true;
@@ -455,21 +549,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
                     Read::Nothing => {}
                 }
             }
-            let step = this.session.step(
-                now,
-                cx.waker(),
-                &mut this.out,
-                &mut this.out_len,
-                WRITE_BATCH,
-            );
+            let step = this
+                .session
+                .step(now, cx.waker(), &mut w.out, &mut w.out_len, WRITE_BATCH);
             let failed_before = this.write_failed;
-            this.write(cx);
+            this.write(w, cx);
             // Another round for the writer only if the write failed (the session must see it) or
             // the batch is out and the session has more; a pending write has registered the
             // transport's waker, and commands that produce output wake the task (registered in
             // `step`).
-            progress |= this.write_failed != failed_before
-                || (step.more_output && this.out.is_empty() && !this.need_flush);
+            progress |= this.write_failed != failed_before || (step.more_output && w.flushed());
             // A change between paused (no input wanted) and reading.
             if this.input_paused == step.wants_input {
                 if this.input_paused {
@@ -492,9 +581,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
                 return Poll::Ready(());
             }
             if this.closed {
-                let flushed = this.out.is_empty() && !this.need_flush;
+                let flushed = w.flushed();
                 if flushed && !this.shut_down {
-                    match Pin::new(&mut this.io).poll_close(cx) {
+                    match Pin::new(&mut w.io).poll_close(cx) {
                         Poll::Ready(r) => {
                             if let Err(e) = r {
                                 tracing::debug!(error = %e, "transport shutdown failed");
@@ -507,7 +596,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Future for Driver<T> {
                     }
                 }
                 if this.shut_down {
-                    match this.discard(cx) {
+                    match this.discard(w, cx) {
                         Discard::Done => return Poll::Ready(()),
                         Discard::Progress => progress = true,
                         Discard::Pending => {}
@@ -751,5 +840,72 @@ mod tests {
         got.extend(read_all(&r));
         assert_eq!(got.len(), body.len());
         assert!(got == body);
+    }
+
+    /// The server side of `wire` as it arrives: the stream ids it ended (END_STREAM seen).
+    fn finished_streams(server: &crate::ConnectionHandle, wire: &[u8]) -> Vec<protocol::StreamId> {
+        server.session().handle_input(wire, Instant::now());
+        server.session().ended_streams()
+    }
+
+    #[test]
+    fn ending_a_stream_writes_from_the_callers_task_when_the_driver_is_parked() {
+        let (agent, server) = connected();
+        let io = Scripted::default();
+        let mut driver = Driver::new(agent.session().clone(), io.clone(), Arc::new(Manual));
+        let s = agent.open(Default::default(), false).expect("open");
+        write(&s, b"request");
+        let (woken, waker) = crate::session::tests::counting_waker();
+        let mut cx = Context::from_waker(&waker);
+        // The driver writes the head and the body, and parks.
+        assert!(Pin::new(&mut driver).poll(&mut cx).is_pending());
+        let sent = std::mem::take(&mut *io.written.lock().expect("lock"));
+        assert!(finished_streams(&server, &sent).is_empty());
+        let before = woken.0.load(std::sync::atomic::Ordering::SeqCst);
+        s.finish().expect("finish");
+        // The end of stream went out from this task, and the driver was not woken for it.
+        let sent = std::mem::take(&mut *io.written.lock().expect("lock"));
+        assert_eq!(finished_streams(&server, &sent), vec![s.id()]);
+        assert_eq!(woken.0.load(std::sync::atomic::Ordering::SeqCst), before);
+    }
+
+    #[test]
+    fn ending_a_stream_wakes_the_driver_when_it_holds_the_transport() {
+        let (agent, server) = connected();
+        let io = Scripted::default();
+        let mut driver = Driver::new(agent.session().clone(), io.clone(), Arc::new(Manual));
+        let s = agent.open(Default::default(), false).expect("open");
+        let (woken, waker) = crate::session::tests::counting_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut driver).poll(&mut cx).is_pending());
+        let sent = std::mem::take(&mut *io.written.lock().expect("lock"));
+        assert!(finished_streams(&server, &sent).is_empty());
+        let before = woken.0.load(std::sync::atomic::Ordering::SeqCst);
+        {
+            // As while the driver polls (on another thread).
+            let _busy = driver.wire.lock().expect("lock");
+            s.finish().expect("finish");
+        }
+        assert!(io.written.lock().expect("lock").is_empty());
+        assert_eq!(
+            woken.0.load(std::sync::atomic::Ordering::SeqCst),
+            before + 1
+        );
+        // The woken driver writes it.
+        assert!(Pin::new(&mut driver).poll(&mut cx).is_pending());
+        let sent = std::mem::take(&mut *io.written.lock().expect("lock"));
+        assert_eq!(finished_streams(&server, &sent), vec![s.id()]);
+    }
+
+    #[test]
+    fn a_finished_driver_lets_go_of_the_transport() {
+        let (agent, _server) = connected();
+        let io = Scripted::default();
+        let driver = Driver::new(agent.session().clone(), io.clone(), Arc::new(Manual));
+        // The driver and the session hold it (plus `io` here).
+        assert_eq!(Arc::strong_count(&io.written), 2);
+        drop(driver);
+        assert_eq!(Arc::strong_count(&io.written), 1);
+        assert!(!agent.session().has_wire());
     }
 }

@@ -19,6 +19,7 @@ use protocol::{
     HelloInfo, Role, StreamError, StreamId,
 };
 
+use crate::driver::{Inline, InlineWrite};
 use crate::error::Error;
 use crate::observer::{ConnectionEvent, Initiator, Observer, Observers};
 use crate::wakers::{DeferScope, WakerList, register, wake};
@@ -150,6 +151,13 @@ pub(crate) struct Shared {
     hello: Option<HelloInfo>,
     handshake_wakers: WakerList,
     driver: Option<Waker>,
+    /// The driver's transport, for commands that end a stream's data to write from their own task
+    /// while the driver is not polling ([`Shared::flush_inline`]); `None` once the driver is gone.
+    wire: Option<Arc<dyn InlineWrite>>,
+    /// What the driver saw at its last step: the deadline its timer is armed for at the latest,
+    /// and whether it stopped reading. An inline write that changes either wakes it.
+    driver_deadline: Option<Instant>,
+    driver_paused: bool,
     close_wakers: WakerList,
     /// Tasks waiting for the connection to drain (GOAWAY either way) or close.
     drain_wakers: WakerList,
@@ -280,6 +288,9 @@ impl Session {
             hello: None,
             handshake_wakers: WakerList::default(),
             driver: None,
+            wire: None,
+            driver_deadline: None,
+            driver_paused: false,
             close_wakers: WakerList::default(),
             drain_wakers: WakerList::default(),
             close_deadline: None,
@@ -334,6 +345,18 @@ impl Session {
     }
 
     // ------------------------------------------------------------------ driver side
+
+    /// The driver's transport, which commands that end a stream's data may write to.
+    pub(crate) fn attach_wire(&self, wire: Arc<dyn InlineWrite>) {
+        self.lock().wire = Some(wire);
+    }
+
+    /// The driver is gone, and its transport with it.
+    pub(crate) fn detach_wire(&self) {
+        let wire = self.lock().wire.take();
+        // Dropped outside the lock: the last reference closes the transport.
+        drop(wire);
+    }
 
     /// Octets received from the transport.
     pub fn handle_input(&self, data: &[u8], now: Instant) {
@@ -431,7 +454,11 @@ impl Session {
                 ..Slot::default()
             },
         );
-        s.after_command();
+        if end_stream {
+            s.after_end_command();
+        } else {
+            s.after_command();
+        }
         Ok(id)
     }
 
@@ -670,7 +697,7 @@ impl Session {
         }
         f(&mut s.conn)?;
         slot.send_done = true;
-        s.after_command();
+        s.after_end_command();
         Ok(())
     }
 
@@ -691,7 +718,11 @@ impl Session {
         }
         s.conn.send_response(id, head, end_stream)?;
         slot.send_done |= end_stream;
-        s.after_command();
+        if end_stream {
+            s.after_end_command();
+        } else {
+            s.after_command();
+        }
         Ok(())
     }
 
@@ -714,7 +745,7 @@ impl Session {
                 remote: false,
             },
         );
-        s.after_command();
+        s.after_end_command();
     }
 
     pub(crate) fn poll_response(
@@ -784,9 +815,41 @@ impl Session {
     }
 }
 
+#[cfg(test)]
+impl Session {
+    /// The streams whose peer ended its direction.
+    pub(crate) fn ended_streams(&self) -> Vec<StreamId> {
+        let s = self.lock();
+        let mut ids: Vec<StreamId> = s
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.recv_end.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Whether a driver's transport is attached.
+    pub(crate) fn has_wire(&self) -> bool {
+        self.lock().wire.is_some()
+    }
+}
+
 impl Shared {
     /// Routes the events a call produced and wakes the driver if it has something to do.
     fn after_command(&mut self) {
+        self.after(false);
+    }
+
+    /// [`Shared::after_command`] for a command that ends a stream's data (end of stream, trailer,
+    /// reset): nothing more of that stream is coming to batch with, so its frames are written from
+    /// the commanding task at once if the driver is not polling ([`Shared::flush_inline`]).
+    fn after_end_command(&mut self) {
+        self.after(true);
+    }
+
+    fn after(&mut self, inline: bool) {
         self.dispatch();
         // Our own GOAWAY (close, abort) produces no event: tell the drain waiters here.
         if self.conn.is_draining() || self.conn.is_closed() {
@@ -794,8 +857,47 @@ impl Shared {
             self.drain_wakers.wake_all();
         }
         if self.conn.has_pending_transmit() || self.conn.is_closed() {
+            if inline && !self.conn.is_closed() && self.flush_inline() {
+                return;
+            }
             wake(&mut self.driver);
         }
+    }
+
+    /// Writes the transmit output from this task if the driver's transport is free (the driver
+    /// is parked, or woken but not yet running); true if the driver need not be woken for it:
+    /// everything was written (or the transport is full and the driver's waker is registered with
+    /// it) and nothing the driver acts on changed — no output left over, no close, no resets
+    /// waiting for the flush, no deadline earlier than its timer's, no paused input to resume.
+    /// A driver that was woken already runs anyway and finds nothing left to write.
+    fn flush_inline(&mut self) -> bool {
+        let Some(wire) = self.wire.clone() else {
+            return false;
+        };
+        // The transport remembers this waker where it is not ready: the driver's, so that it is
+        // woken to write the rest; if it was woken already, it writes the rest in that run.
+        let waker = self.driver.clone().unwrap_or_else(|| Waker::noop().clone());
+        match wire.try_write(&mut self.conn, &waker) {
+            Inline::Busy | Inline::Failed => return false,
+            Inline::Written | Inline::Pending => {}
+        }
+        // Transmitting a stream's end can complete it, and with it a graceful close.
+        self.dispatch();
+        let deadline = match (self.conn.poll_timeout(), self.close_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let earlier = match (deadline, self.driver_deadline) {
+            (Some(d), Some(armed)) => d < armed,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        !(self.conn.has_pending_transmit()
+            || self.conn.is_closed()
+            || self.conn.is_draining()
+            || !self.cancel_after_flush.is_empty()
+            || earlier
+            || (self.driver_paused && self.conn.wants_input()))
     }
 
     /// Our own GOAWAY (no protocol event reports it): a `Draining` for the observers, unless the
@@ -1013,6 +1115,8 @@ impl Shared {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        self.driver_deadline = deadline;
+        self.driver_paused = !self.conn.wants_input();
         // A GOAWAY we sent because of a timer (idle timeout) or the close deadline.
         if self.conn.is_draining() {
             self.note_local_drain();
