@@ -6,7 +6,7 @@
 //!    transport has nothing more) → one `handle_input` (or `handle_eof` at EOF/error): a quiet
 //!    connection reads into its thread's scratch buffer and hands over a copy of what it read, a busy
 //!    one reads into 64 KiB buffers of its own that it reuses once their octets are consumed
-//!    ([`Receive`]); after [`FULL_READS`] full buffers the driver yields to the other tasks —
+//!    (`Receive`); after [`FULL_READS`] full buffers the driver yields to the other tasks —
 //!    unless the connection wants no input: answers to the peer's earlier input are piling up
 //!    untransmitted because the peer does not read, so the driver stops reading too until they are
 //!    written (back-pressure: the peer's sends block in TCP, and kas's memory stays bounded);
