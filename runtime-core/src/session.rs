@@ -6,6 +6,7 @@
 //! command produced and wakes the driver when there is something to transmit: the driver never polls.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
@@ -18,6 +19,7 @@ use protocol::{
     HelloInfo, Role, StreamError, StreamId,
 };
 
+use crate::driver::{Inline, InlineWrite};
 use crate::error::Error;
 use crate::observer::{ConnectionEvent, Initiator, Observer, Observers};
 use crate::wakers::{DeferScope, WakerList, register, wake};
@@ -29,6 +31,42 @@ pub const MAX_WRITE_CHUNK: usize = 64 * 1024;
 
 /// How long a connection whose last handle was dropped may drain before it is aborted.
 pub const DROP_GRACE: Duration = Duration::from_secs(10);
+
+/// The hasher of the stream map. Stream ids are small integers that the protocol hands out (ours
+/// counting up, the peer's validated by the protocol before a slot exists), so there is nothing to
+/// defend against that SipHash's keyed hashing would buy: one multiplication spreads them over the
+/// whole word (hashbrown takes its control bits from the top), where SipHash costs ~20 ns per
+/// lookup, and every read, write and received frame looks its stream up.
+#[derive(Debug, Default, Clone, Copy)]
+struct StreamIdHasher(u64);
+
+impl Hasher for StreamIdHasher {
+    fn finish(&self) -> u64 {
+        // The product's low bits are poor (odd ids times an odd constant are all odd); hashbrown
+        // takes the bucket from the low bits, so bring well-mixed middle bits there (as
+        // rustc-hash 2 does).
+        self.0.rotate_left(26)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached by `StreamId` (its `Hash` writes one `u32`); kept correct for any key.
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // FxHash's step: rotate, mix in, multiply by an odd constant (the golden ratio's bits).
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// One slot per stream, keyed with [`StreamIdHasher`].
+type SlotMap = HashMap<StreamId, Slot, BuildHasherDefault<StreamIdHasher>>;
 
 /// Why a stream cannot be used any more.
 #[derive(Debug, Clone)]
@@ -106,13 +144,20 @@ pub struct Step {
 /// Everything behind the session's mutex.
 pub(crate) struct Shared {
     conn: Connection,
-    slots: HashMap<StreamId, Slot>,
+    slots: SlotMap,
     incoming: VecDeque<(StreamId, RequestHead)>,
     incoming_wakers: WakerList,
     /// Server: the HELLO awaiting the application's verdict.
     hello: Option<HelloInfo>,
     handshake_wakers: WakerList,
     driver: Option<Waker>,
+    /// The driver's transport, for commands that end a stream's data to write from their own task
+    /// while the driver is not polling ([`Shared::flush_inline`]); `None` once the driver is gone.
+    wire: Option<Arc<dyn InlineWrite>>,
+    /// What the driver saw at its last step: the deadline its timer is armed for at the latest,
+    /// and whether it stopped reading. An inline write that changes either wakes it.
+    driver_deadline: Option<Instant>,
+    driver_paused: bool,
     close_wakers: WakerList,
     /// Tasks waiting for the connection to drain (GOAWAY either way) or close.
     drain_wakers: WakerList,
@@ -237,12 +282,15 @@ impl Session {
         );
         let shared = Shared {
             conn,
-            slots: HashMap::new(),
+            slots: SlotMap::default(),
             incoming: VecDeque::new(),
             incoming_wakers: WakerList::default(),
             hello: None,
             handshake_wakers: WakerList::default(),
             driver: None,
+            wire: None,
+            driver_deadline: None,
+            driver_paused: false,
             close_wakers: WakerList::default(),
             drain_wakers: WakerList::default(),
             close_deadline: None,
@@ -297,6 +345,18 @@ impl Session {
     }
 
     // ------------------------------------------------------------------ driver side
+
+    /// The driver's transport, which commands that end a stream's data may write to.
+    pub(crate) fn attach_wire(&self, wire: Arc<dyn InlineWrite>) {
+        self.lock().wire = Some(wire);
+    }
+
+    /// The driver is gone, and its transport with it.
+    pub(crate) fn detach_wire(&self) {
+        let wire = self.lock().wire.take();
+        // Dropped outside the lock: the last reference closes the transport.
+        drop(wire);
+    }
 
     /// Octets received from the transport.
     pub fn handle_input(&self, data: &[u8], now: Instant) {
@@ -394,7 +454,11 @@ impl Session {
                 ..Slot::default()
             },
         );
-        s.after_command();
+        if end_stream {
+            s.after_end_command();
+        } else {
+            s.after_command();
+        }
         Ok(id)
     }
 
@@ -633,7 +697,7 @@ impl Session {
         }
         f(&mut s.conn)?;
         slot.send_done = true;
-        s.after_command();
+        s.after_end_command();
         Ok(())
     }
 
@@ -654,7 +718,11 @@ impl Session {
         }
         s.conn.send_response(id, head, end_stream)?;
         slot.send_done |= end_stream;
-        s.after_command();
+        if end_stream {
+            s.after_end_command();
+        } else {
+            s.after_command();
+        }
         Ok(())
     }
 
@@ -677,7 +745,7 @@ impl Session {
                 remote: false,
             },
         );
-        s.after_command();
+        s.after_end_command();
     }
 
     pub(crate) fn poll_response(
@@ -747,9 +815,41 @@ impl Session {
     }
 }
 
+#[cfg(test)]
+impl Session {
+    /// The streams whose peer ended its direction.
+    pub(crate) fn ended_streams(&self) -> Vec<StreamId> {
+        let s = self.lock();
+        let mut ids: Vec<StreamId> = s
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.recv_end.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Whether a driver's transport is attached.
+    pub(crate) fn has_wire(&self) -> bool {
+        self.lock().wire.is_some()
+    }
+}
+
 impl Shared {
     /// Routes the events a call produced and wakes the driver if it has something to do.
     fn after_command(&mut self) {
+        self.after(false);
+    }
+
+    /// [`Shared::after_command`] for a command that ends a stream's data (end of stream, trailer,
+    /// reset): nothing more of that stream is coming to batch with, so its frames are written from
+    /// the commanding task at once if the driver is not polling ([`Shared::flush_inline`]).
+    fn after_end_command(&mut self) {
+        self.after(true);
+    }
+
+    fn after(&mut self, inline: bool) {
         self.dispatch();
         // Our own GOAWAY (close, abort) produces no event: tell the drain waiters here.
         if self.conn.is_draining() || self.conn.is_closed() {
@@ -757,8 +857,47 @@ impl Shared {
             self.drain_wakers.wake_all();
         }
         if self.conn.has_pending_transmit() || self.conn.is_closed() {
+            if inline && !self.conn.is_closed() && self.flush_inline() {
+                return;
+            }
             wake(&mut self.driver);
         }
+    }
+
+    /// Writes the transmit output from this task if the driver's transport is free (the driver
+    /// is parked, or woken but not yet running); true if the driver need not be woken for it:
+    /// everything was written (or the transport is full and the driver's waker is registered with
+    /// it) and nothing the driver acts on changed — no output left over, no close, no resets
+    /// waiting for the flush, no deadline earlier than its timer's, no paused input to resume.
+    /// A driver that was woken already runs anyway and finds nothing left to write.
+    fn flush_inline(&mut self) -> bool {
+        let Some(wire) = self.wire.clone() else {
+            return false;
+        };
+        // The transport remembers this waker where it is not ready: the driver's, so that it is
+        // woken to write the rest; if it was woken already, it writes the rest in that run.
+        let waker = self.driver.clone().unwrap_or_else(|| Waker::noop().clone());
+        match wire.try_write(&mut self.conn, &waker) {
+            Inline::Busy | Inline::Failed => return false,
+            Inline::Written | Inline::Pending => {}
+        }
+        // Transmitting a stream's end can complete it, and with it a graceful close.
+        self.dispatch();
+        let deadline = match (self.conn.poll_timeout(), self.close_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let earlier = match (deadline, self.driver_deadline) {
+            (Some(d), Some(armed)) => d < armed,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        !(self.conn.has_pending_transmit()
+            || self.conn.is_closed()
+            || self.conn.is_draining()
+            || !self.cancel_after_flush.is_empty()
+            || earlier
+            || (self.driver_paused && self.conn.wants_input()))
     }
 
     /// Our own GOAWAY (no protocol event reports it): a `Draining` for the observers, unless the
@@ -976,6 +1115,8 @@ impl Shared {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        self.driver_deadline = deadline;
+        self.driver_paused = !self.conn.wants_input();
         // A GOAWAY we sent because of a timer (idle timeout) or the close deadline.
         if self.conn.is_draining() {
             self.note_local_drain();
@@ -992,12 +1133,12 @@ impl Shared {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{ConnectionHandle, StreamHandle};
 
     /// Moves every transmitted octet between the two sessions until both are quiet.
-    fn pump(a: &Session, b: &Session) {
+    pub(crate) fn pump(a: &Session, b: &Session) {
         let w = Waker::noop();
         for _ in 0..1000 {
             let mut moved = false;
@@ -1017,7 +1158,7 @@ mod tests {
         panic!("sessions never went quiet");
     }
 
-    fn connected() -> (ConnectionHandle, ConnectionHandle) {
+    pub(crate) fn connected() -> (ConnectionHandle, ConnectionHandle) {
         let agent = Session::agent(Config::default(), AgentHello::default());
         let server = Session::server(Config::default());
         pump(&agent, &server);
@@ -1032,7 +1173,7 @@ mod tests {
         (ConnectionHandle::new(agent), ConnectionHandle::new(server))
     }
 
-    fn accept(c: &ConnectionHandle) -> StreamHandle {
+    pub(crate) fn accept(c: &ConnectionHandle) -> StreamHandle {
         let mut cx = Context::from_waker(Waker::noop());
         match c.poll_accept_stream(&mut cx) {
             Poll::Ready(Some((_, s))) => s,
@@ -1040,16 +1181,32 @@ mod tests {
         }
     }
 
-    fn write(s: &StreamHandle, data: &[u8]) {
+    pub(crate) fn write(s: &StreamHandle, data: &[u8]) {
         let mut cx = Context::from_waker(Waker::noop());
         assert!(matches!(s.poll_write(&mut cx, data), Poll::Ready(Ok(n)) if n == data.len()));
     }
 
-    fn read(s: &StreamHandle) -> Poll<io::Result<Vec<u8>>> {
+    pub(crate) fn read(s: &StreamHandle) -> Poll<io::Result<Vec<u8>>> {
         let mut cx = Context::from_waker(Waker::noop());
         let mut buf = vec![0u8; 4096];
         s.poll_read(&mut cx, &mut buf)
             .map(|r| r.map(|n| buf[..n].to_vec()))
+    }
+
+    #[test]
+    fn stream_ids_spread_over_the_hashs_top_bits() {
+        // hashbrown picks the bucket from the low bits and the tag it compares first from the top
+        // seven: ids of one side (all odd or all even) must spread over both about as well as
+        // random hashes (128 of them in 128 buckets fill ~81; a constant low bit caps it at 64).
+        use std::hash::BuildHasher;
+        let build = BuildHasherDefault::<StreamIdHasher>::default();
+        let hashes: Vec<u64> = (0..128u32)
+            .map(|i| build.hash_one(StreamId(2 * i + 1)))
+            .collect();
+        let tags: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        let buckets: std::collections::HashSet<u64> = hashes.iter().map(|h| h & 127).collect();
+        assert!(tags.len() >= 64, "{} distinct tags", tags.len());
+        assert!(buckets.len() >= 72, "{} distinct buckets", buckets.len());
     }
 
     #[test]
@@ -1126,7 +1283,7 @@ mod tests {
     }
 
     /// A waker that counts its wake-ups.
-    struct Counter(std::sync::atomic::AtomicUsize);
+    pub(crate) struct Counter(pub(crate) std::sync::atomic::AtomicUsize);
 
     impl std::task::Wake for Counter {
         fn wake(self: Arc<Self>) {
@@ -1134,7 +1291,7 @@ mod tests {
         }
     }
 
-    fn counting_waker() -> (Arc<Counter>, Waker) {
+    pub(crate) fn counting_waker() -> (Arc<Counter>, Waker) {
         let c = Arc::new(Counter(std::sync::atomic::AtomicUsize::new(0)));
         (c.clone(), Waker::from(c))
     }
