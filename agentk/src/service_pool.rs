@@ -17,8 +17,8 @@
 //!
 //! The pool is generic over how a connection is made ([`Connect`]): plain TCP for services
 //! ([`Tcp`]), TCP and TLS with kube's configuration for the API server
-//! ([`crate::upstream::ApiConnector`]). A request body that is small and complete (a
-//! `Content-Length` of at most [`SMALL_BODY`](crate::body::SMALL_BODY)) is read whole before the request is sent
+//! ([`crate::upstream::ApiConnector`]). A small request body (a `Content-Length` of at most
+//! [`SMALL_BODY`](crate::body::SMALL_BODY)) is read whole before the request is sent
 //! ([`RequestBody::buffer_small`]), so head and body leave in one write.
 
 use std::collections::HashMap;
