@@ -154,6 +154,7 @@ impl Agent {
         let kube_config = upstream::load_kube_config(&config.kube).await?;
         tracing::info!(api_server = %kube_config.cluster_url, "Kubernetes API configuration loaded");
         let services = Services {
+            api: Arc::new(upstream::ApiClient::new(&kube_config)?),
             kube: upstream::kube_service(&kube_config)?,
             pool: Default::default(),
             services: informer::ServiceInformer::new(

@@ -9,6 +9,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
+use http::HeaderMap;
+use http::header::CONTENT_LENGTH;
 use http_body::{Body, Frame, SizeHint};
 use runtime_tokio::{Error as TunnelError, RecvStream};
 use tokio::io::{AsyncRead, ReadBuf};
@@ -18,6 +20,9 @@ use tokio::sync::oneshot;
 const CHUNK: usize = 16 * 1024;
 /// What [`RequestBody::from_tunnel`] peeks at most (on the stack).
 const PEEK: usize = 2048;
+/// Largest request body (by its `Content-Length`) read whole before the request is sent
+/// ([`RequestBody::buffer_small`]), so that head and body leave in one write.
+pub const SMALL_BODY: u64 = 64 * 1024;
 
 /// A request body: empty, or the body kas streams on the tunnel stream.
 ///
@@ -79,6 +84,41 @@ impl RequestBody {
             },
             ResetWatch::Lent(rx),
         )
+    }
+
+    /// This body read to its end first if `headers` give it a `Content-Length` of at most
+    /// [`SMALL_BODY`], so hyper has all of it when it writes the head and sends both in one write
+    /// (instead of the head alone, then the body when it arrives); as it is otherwise (no length:
+    /// it may be a long stream, say a watch's request). A body that turns out longer than
+    /// [`SMALL_BODY`] stops being read there and streams on. `Err`: the tunnel stream failed (kas
+    /// reset it).
+    pub async fn buffer_small(mut self, headers: &HeaderMap) -> Result<RequestBody, TunnelError> {
+        let small = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n <= SMALL_BODY);
+        if !small || self.recv.is_none() {
+            return Ok(self);
+        }
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut len: u64 = 0;
+        // Bounded: every frame adds octets, and more than SMALL_BODY of them ends the loop.
+        while len <= SMALL_BODY {
+            let frame = std::future::poll_fn(|cx| Pin::new(&mut self).poll_frame(cx)).await;
+            let Some(frame) = frame else { break };
+            if let Ok(data) = frame?.into_data() {
+                len += data.len() as u64;
+                chunks.push(data);
+            }
+        }
+        let data = match chunks.len() {
+            0 => return Ok(self),
+            1 => chunks.pop().unwrap_or_default(),
+            _ => Bytes::from(chunks.concat()),
+        };
+        self.first = Some(Ok(data));
+        Ok(self)
     }
 
     fn release(&mut self) {
@@ -144,10 +184,11 @@ impl Body for RequestBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.is_end_stream() {
-            SizeHint::with_exact(0)
-        } else {
-            SizeHint::default()
+        match (&self.recv, &self.first) {
+            (None, None) => SizeHint::with_exact(0),
+            // Read whole ([`RequestBody::buffer_small`]).
+            (None, Some(Ok(data))) => SizeHint::with_exact(data.len() as u64),
+            _ => SizeHint::default(),
         }
     }
 }

@@ -18,13 +18,15 @@ use crate::forward::{Exchange, Outcome};
 use crate::informer::ServiceInformer;
 use crate::service_pool::ServicePool;
 use crate::service_proxy::Clients;
-use crate::upstream::HttpService;
+use crate::upstream::{ApiClient, HttpService};
 use crate::{cache_service, k8s_api, service_proxy};
 
 /// What serving a stream needs.
 #[derive(Clone)]
 pub struct Services {
     /// The Kubernetes API server, with agentk's credentials.
+    pub api: Arc<ApiClient>,
+    /// The same for upgraded `k8s-api` streams (hyper-util's client).
     pub kube: HttpService,
     /// Keep-alive HTTP/1.1 connections to in-cluster services.
     pub pool: Arc<ServicePool>,
@@ -54,7 +56,13 @@ pub async fn serve_stream(services: Arc<Services>, head: RequestHead, stream: St
     let started = Instant::now();
     let (recv, send) = stream.split();
     let outcome = match head.service.as_str() {
-        service::K8S_API => k8s_api::serve(&services.kube, &head, recv, send).await,
+        service::K8S_API => {
+            let clients = k8s_api::ApiClients {
+                api: &services.api,
+                upgrades: &services.kube,
+            };
+            k8s_api::serve(clients, &head, recv, send).await
+        }
         service::SERVICE_PROXY => {
             let clients = Clients {
                 services: &services.services,

@@ -1,4 +1,4 @@
-//! Forwarding one HTTP exchange between a tunnel stream and an upstream client, streaming both ways.
+//! Forwarding one HTTP exchange between a tunnel stream and an upstream, streaming both ways.
 //!
 //! The request (its body a [`RequestBody`] over the tunnel stream) goes to the upstream service; the
 //! response head is answered on the stream and every body chunk is written to the stream as soon
@@ -136,18 +136,6 @@ pub enum Guarded<T> {
     Done(T),
     Cancelled(TunnelError),
     TimedOut,
-}
-
-/// Sends `request` with `service` and streams the response back on the exchange.
-pub async fn forward(
-    service: &HttpService,
-    request: Request<RequestBody>,
-    ex: &mut Exchange,
-) -> Outcome {
-    match send_upstream(service, request, ex).await {
-        Ok(response) => relay(response, ex).await,
-        Err(outcome) => outcome,
-    }
 }
 
 /// Sends `request` with `service` and waits for the response head, unless kas abandons the stream

@@ -6,11 +6,12 @@ use protocol::proto::{Impersonation, RequestHead};
 use runtime_tokio::{RecvStream, SendStream};
 
 use crate::body::RequestBody;
-use crate::forward::{Exchange, Outcome, forward};
+use crate::forward::{Exchange, Outcome};
 use crate::head::{HttpHead, http_head};
-use crate::upstream::HttpService;
+use crate::upstream::{ApiClient, HttpService};
 
-/// The HTTP request for the API server (origin-form URI: kube's base-URI layer adds the server).
+/// The HTTP request for the API server (origin-form URI: [`ApiClient`] adds the server's path
+/// prefix and `Host`).
 ///
 /// `head` went through the forwarding rule ([`crate::head::http_head`]): it carries no credentials
 /// and no `Impersonate-*` header, so the request acts as agentk's own identity (kube's layers add
@@ -75,15 +76,24 @@ pub fn impersonate<B>(
     Ok(())
 }
 
+/// The API server clients of `k8s-api`.
+pub struct ApiClients<'a> {
+    /// Ordinary requests: agentk's keep-alive connections, driven by the stream's task.
+    pub api: &'a ApiClient,
+    /// Upgrades only (`kubectl exec`, `port-forward`): hyper-util's client, whose connections
+    /// hyper hands over after `101`.
+    pub upgrades: &'a HttpService,
+}
+
 /// Serves one k8s-api stream.
 pub async fn serve(
-    kube: &HttpService,
+    clients: ApiClients<'_>,
     head: &RequestHead,
     recv: RecvStream,
     send: SendStream,
 ) -> Outcome {
     if crate::upgrade::is_upgrade(head) {
-        return crate::upgrade::serve(kube, head, recv, send).await;
+        return crate::upgrade::serve(clients.upgrades, head, recv, send).await;
     }
     let (body, reset) = RequestBody::from_tunnel(recv);
     let mut ex = Exchange::new(send, reset, head.timeout_ms);
@@ -101,7 +111,7 @@ pub async fn serve(
     if let Some(imp) = &head.impersonation {
         tracing::debug!(user = %imp.user, groups = imp.groups.len(), "acting as the identity kas decided");
     }
-    forward(kube, request, &mut ex).await
+    clients.api.forward(request, &mut ex).await
 }
 
 #[cfg(test)]

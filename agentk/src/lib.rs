@@ -43,11 +43,11 @@
 //! | [`config_client`] | the `config` stream agentk opens on every connection: applies kas's configuration live, publishes it on a watch channel |
 //! | [`cache_service`] | `cache`: LIST/GET of cached objects, answered from the store |
 //! | [`service_proxy`] | `service-proxy`: resolve a Service, forward to `clusterIP:port` |
-//! | [`service_pool`] | keep-alive HTTP/1.1 connections to services, driven by the stream's own task |
+//! | [`service_pool`] | keep-alive HTTP/1.1 connections to services and the API server, driven by the stream's own task |
 //! | [`proxy_path`] | the service-proxy path and Service resolution |
 //! | [`forward`] | one HTTP exchange, streaming both ways, with cancel and deadline |
 //! | [`body`] | tunnel streams as HTTP request bodies; noticing a RESET from kas |
-//! | [`upstream`] | the Kubernetes API client: kube's middleware over hyper-util |
+//! | [`upstream`] | the Kubernetes API client: keep-alive connections of [`service_pool`] with kube's TLS and credentials (upgrades: kube's middleware over hyper-util) |
 //! | [`head`] | tunnel heads ↔ HTTP (header filtering), Kubernetes `Status` answers |
 //! | [`gitops`] | GitOps sync workers: one `gitops` stream per manifest project, `gitops::Sync` driven with server-side apply, inventory, prune |
 //! | [`error`] | [`Error`]: why agentk could not start |

@@ -1,5 +1,5 @@
-//! Keep-alive HTTP/1.1 connections to in-cluster services, each driven by the task serving the
-//! request that uses it.
+//! Keep-alive HTTP/1.1 connections to upstreams (in-cluster services, the Kubernetes API server),
+//! each driven by the task serving the request that uses it.
 //!
 //! A general-purpose client (hyper-util's pooled client) runs every connection on a task of its own
 //! and hands each request, response head and body chunk between that task and the caller, and
@@ -14,6 +14,12 @@
 //! `clusterIP:port`; one the service closed meanwhile is noticed when checked out (its end of file
 //! is read) and dropped, and a request that a pooled connection turned away before sending any of
 //! it is sent again on a fresh connection.
+//!
+//! The pool is generic over how a connection is made ([`Connect`]): plain TCP for services
+//! ([`Tcp`]), TCP and TLS with kube's configuration for the API server
+//! ([`crate::upstream::ApiConnector`]). A small request body (a `Content-Length` of at most
+//! [`SMALL_BODY`](crate::body::SMALL_BODY)) is read whole before the request is sent
+//! ([`RequestBody::buffer_small`]), so head and body leave in one write.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -40,30 +46,57 @@ pub const MAX_IDLE_PER_AUTHORITY: usize = 128;
 /// `clusterIP:port`s with idle connections kept at once.
 const MAX_AUTHORITIES: usize = 1024;
 
-type Connection = http1::Connection<TokioIo<TcpStream>, RequestBody>;
+/// How a pool makes a connection to an upstream.
+pub trait Connect: Send + Sync + 'static {
+    /// The connection's byte stream.
+    type Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static;
 
-/// One HTTP/1.1 connection to a service: the request side and the connection itself, which makes
-/// progress only while [`Upstream::drive`] polls it.
-pub struct Upstream {
+    /// Connects to `authority` (`host:port`).
+    fn connect(&self, authority: &str) -> impl Future<Output = Result<Self::Io, BoxError>> + Send;
+}
+
+/// Plain TCP (`TCP_NODELAY`), for in-cluster services; [`CONNECT_TIMEOUT`] at most.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tcp;
+
+impl Connect for Tcp {
+    type Io = TokioIo<TcpStream>;
+
+    async fn connect(&self, authority: &str) -> Result<Self::Io, BoxError> {
+        Ok(TokioIo::new(connect_tcp(authority, CONNECT_TIMEOUT).await?))
+    }
+}
+
+/// A TCP connection to `authority` with `TCP_NODELAY`, within `timeout` (an `io::Error` of kind
+/// `TimedOut` after it).
+pub async fn connect_tcp(authority: &str, timeout: Duration) -> std::io::Result<TcpStream> {
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(authority))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connecting to {authority} timed out"),
+            )
+        })??;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
+/// One HTTP/1.1 connection to an upstream: the request side and the connection itself, which
+/// makes progress only while [`Upstream::drive`] polls it.
+pub struct Upstream<C: Connect = Tcp> {
     send: http1::SendRequest<RequestBody>,
-    conn: Connection,
-    /// The connection ended (closed by the service, or failed).
+    conn: http1::Connection<C::Io, RequestBody>,
+    /// The connection ended (closed by the upstream, or failed).
     ended: bool,
 }
 
-impl Upstream {
-    /// Connects to `authority` (`ip:port`, as [`crate::proxy_path::resolve`] gives it).
-    pub async fn connect(authority: &str) -> Result<Upstream, BoxError> {
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("connecting to {authority} timed out"),
-                )
-            })??;
-        tcp.set_nodelay(true)?;
-        let (send, conn) = http1::handshake(TokioIo::new(tcp)).await?;
+impl<C: Connect> Upstream<C> {
+    /// Connects to `authority` with `connector` (for services `ip:port`, as
+    /// [`crate::proxy_path::resolve`] gives it).
+    pub async fn connect(connector: &C, authority: &str) -> Result<Upstream<C>, BoxError> {
+        let io = connector.connect(authority).await?;
+        let (send, conn) = http1::handshake(io).await?;
         Ok(Upstream {
             send,
             conn,
@@ -131,19 +164,36 @@ impl Upstream {
     }
 }
 
-/// The idle connections, by `clusterIP:port`.
-#[derive(Default)]
-pub struct ServicePool {
-    idle: Mutex<HashMap<String, Vec<(Upstream, Instant)>>>,
+/// Idle connections of one pool, by authority, each with the time it was checked in.
+type IdleMap<C> = HashMap<String, Vec<(Upstream<C>, Instant)>>;
+
+/// The idle connections, by authority (`clusterIP:port` for services), and how new ones are made.
+pub struct ServicePool<C: Connect = Tcp> {
+    connector: C,
+    idle: Mutex<IdleMap<C>>,
 }
 
-impl ServicePool {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<(Upstream, Instant)>>> {
+impl Default for ServicePool<Tcp> {
+    fn default() -> Self {
+        ServicePool::new(Tcp)
+    }
+}
+
+impl<C: Connect> ServicePool<C> {
+    /// An empty pool making its connections with `connector`.
+    pub fn new(connector: C) -> ServicePool<C> {
+        ServicePool {
+            connector,
+            idle: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, IdleMap<C>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// An idle connection to `authority` that is still open, if any (the most recently used one).
-    pub fn checkout(&self, authority: &str) -> Option<Upstream> {
+    pub fn checkout(&self, authority: &str) -> Option<Upstream<C>> {
         let now = Instant::now();
         let mut idle = self.lock();
         let list = idle.get_mut(authority)?;
@@ -157,7 +207,7 @@ impl ServicePool {
     }
 
     /// Keeps `up` for the next request to `authority`, if there is room.
-    pub fn checkin(&self, authority: &str, up: Upstream) {
+    pub fn checkin(&self, authority: &str, up: Upstream<C>) {
         let now = Instant::now();
         let mut idle = self.lock();
         if idle.len() >= MAX_AUTHORITIES && !idle.contains_key(authority) {
@@ -210,7 +260,10 @@ async fn exchange(
 }
 
 /// Answers 502 for an upstream failure ([`classify`]'d).
-async fn upstream_failed((kind, message): (&'static str, String), ex: &mut Exchange) -> Outcome {
+pub async fn upstream_failed(
+    (kind, message): (&'static str, String),
+    ex: &mut Exchange,
+) -> Outcome {
     tracing::debug!(kind, %message, "upstream request failed");
     let reason = if kind == "upstream" {
         "InternalError"
@@ -228,19 +281,35 @@ async fn upstream_failed((kind, message): (&'static str, String), ex: &mut Excha
 
 /// Sends `request` (origin-form, with its `Host`) to `authority` on a pooled connection (or a new
 /// one) and streams the response back on the exchange; the connection goes back to the pool if the
-/// exchange left it ready for another request.
-pub async fn forward(
-    pool: &ServicePool,
+/// exchange left it ready for another request. A small complete body is read first, so that it
+/// leaves with the head.
+pub async fn forward<C: Connect>(
+    pool: &ServicePool<C>,
     authority: &str,
-    mut request: Request<RequestBody>,
+    request: Request<RequestBody>,
     ex: &mut Exchange,
 ) -> Outcome {
+    let (parts, body) = request.into_parts();
+    let body = match ex.guard(body.buffer_small(&parts.headers)).await {
+        Guarded::Done(Ok(body)) => body,
+        Guarded::Done(Err(error)) | Guarded::Cancelled(error) => {
+            return Outcome::Cancelled {
+                status: None,
+                error,
+            };
+        }
+        Guarded::TimedOut => return ex.answer_timeout().await,
+    };
+    let mut request = Request::from_parts(parts, body);
     // Bounded: every round takes a connection out of the pool for good, and a fresh connection
     // ends the loop.
     loop {
         let (mut up, fresh) = match pool.checkout(authority) {
             Some(up) => (up, false),
-            None => match ex.guard(Upstream::connect(authority)).await {
+            None => match ex
+                .guard(Upstream::connect(&pool.connector, authority))
+                .await
+            {
                 Guarded::Done(Ok(up)) => (up, true),
                 Guarded::Done(Err(e)) => return upstream_failed(classify(e.as_ref()), ex).await,
                 Guarded::Cancelled(error) => {

@@ -1,0 +1,242 @@
+//! agentk's own client for the Kubernetes API server (`upstream::ApiClient`) through a real tunnel:
+//! keep-alive connections (counted on the server side by a relay), kube's credentials (a token, a
+//! token file) and TLS with the kubeconfig's own CA, the server URL's path prefix and `Host`.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use common::*;
+use protocol::service::K8S_API;
+use sim_apiserver::{ApiServer, ApiServerConfig, RunningApiServer};
+use tunnel_tls::ThrowawayPki;
+
+struct Setup {
+    _pki: ThrowawayPki,
+    _kas: FakeKas,
+    agent: RunningAgent,
+    conn: runtime_tokio::ServerConnection<runtime_tokio::Connection>,
+}
+
+/// A fake kas and agentk connected to it, reaching the API server with `kubeconfig`.
+async fn connect(kubeconfig: &Path) -> Setup {
+    init_tracing();
+    let pki = ThrowawayPki::generate().expect("pki");
+    let mut kas = FakeKas::start(&pki, "127.0.0.1:0".parse().expect("addr"), Verdict::Accept).await;
+    let agent = spawn_agent(agent_config(&pki, kas.addr, kubeconfig));
+    let conn = kas.next_connection().await;
+    Setup {
+        _pki: pki,
+        _kas: kas,
+        agent,
+        conn,
+    }
+}
+
+async fn get(s: &Setup, path: &str) -> Answer {
+    request(&s.conn.connection, head(K8S_API, "GET", path, vec![]), &[]).await
+}
+
+/// A simulated API server over HTTPS with its own throw-away CA, admitting only `token`.
+fn tls_api_server(token: &str) -> RunningApiServer {
+    ApiServer::start(ApiServerConfig {
+        kubelet: false,
+        pods: 2,
+        nodes: 1,
+        tls: true,
+        bearer_token: Some(token.to_owned()),
+        ..ApiServerConfig::default()
+    })
+    .expect("start the simulated API server")
+}
+
+/// Writes a kubeconfig for `server` trusting `ca_pem`, with `user` as its user entry.
+fn write_kubeconfig(
+    dir: &Path,
+    name: &str,
+    server: &str,
+    ca_pem: Option<&str>,
+    user: serde_json::Value,
+) -> std::path::PathBuf {
+    let yaml = sim_apiserver::kubeconfig::kubeconfig_yaml_tls(server, "sim", None, ca_pem);
+    let mut doc: serde_json::Value = serde_yaml::from_str(&yaml).expect("kubeconfig yaml");
+    doc["users"][0]["user"] = user;
+    let path = dir.join(name);
+    std::fs::write(&path, serde_yaml::to_string(&doc).expect("yaml")).expect("write kubeconfig");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_requests_reuse_one_upstream_connection() {
+    let c = cluster();
+    let counting = CountingRelay::start(c.api.addr()).await;
+    let kubeconfig = kubeconfig_for(
+        c.dir.path(),
+        "relay-kubeconfig",
+        &format!("http://{}", counting.addr),
+    );
+    let s = connect(&kubeconfig).await;
+    const REQUESTS: usize = 20;
+    for i in 0..REQUESTS {
+        if i % 5 == 4 {
+            // A small body with its length (sent with the head), in two chunks on the stream.
+            let body = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": format!("cm-{i}"), "namespace": "default"},
+                "data": {"i": i.to_string()},
+            })
+            .to_string();
+            let (first, second) = body.as_bytes().split_at(body.len() / 2);
+            let a = request(
+                &s.conn.connection,
+                head(
+                    K8S_API,
+                    "POST",
+                    "/api/v1/namespaces/default/configmaps",
+                    vec![
+                        header("content-type", "application/json"),
+                        header("content-length", &body.len().to_string()),
+                    ],
+                ),
+                &[first, second],
+            )
+            .await;
+            assert_eq!(a.head.status, 201, "{}", String::from_utf8_lossy(&a.body));
+            assert_eq!(a.json()["data"]["i"], i.to_string());
+        } else {
+            let a = get(&s, "/api/v1/namespaces/default/pods").await;
+            assert_eq!(a.head.status, 200, "{}", String::from_utf8_lossy(&a.body));
+            assert_eq!(a.json()["kind"], "PodList");
+        }
+    }
+    assert_eq!(
+        counting.total.load(Ordering::SeqCst),
+        1,
+        "{REQUESTS} sequential requests, one upstream connection"
+    );
+    s.agent.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_api_server_with_its_own_ca_and_a_token_keeps_one_connection() {
+    const API_TOKEN: &str = "the-api-servers-token";
+    let api = tls_api_server(API_TOKEN);
+    let counting = CountingRelay::start(api.addr()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = format!("https://{}", counting.addr);
+    let kubeconfig = write_kubeconfig(
+        dir.path(),
+        "tls",
+        &server,
+        api.ca_pem(),
+        serde_json::json!({"token": API_TOKEN}),
+    );
+    let s = connect(&kubeconfig).await;
+    for _ in 0..10 {
+        let a = get(&s, "/api/v1/namespaces/default/pods").await;
+        assert_eq!(a.head.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    }
+    assert_eq!(counting.total.load(Ordering::SeqCst), 1);
+    s.agent.shutdown().await.expect("clean shutdown");
+
+    // The token is what admits them: with another one the API server refuses.
+    let wrong = write_kubeconfig(
+        dir.path(),
+        "wrong-token",
+        &server,
+        api.ca_pem(),
+        serde_json::json!({"token": "not-the-token"}),
+    );
+    let s = connect(&wrong).await;
+    let a = get(&s, "/api/v1/namespaces/default/pods").await;
+    assert_eq!(a.head.status, 401, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(
+        a.header("x-tunnel-error"),
+        None,
+        "the API server's own answer"
+    );
+    s.agent.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_api_server_not_signed_by_the_kubeconfigs_ca_is_a_tls_error() {
+    let api = tls_api_server("t");
+    let other = ThrowawayPki::generate().expect("another CA");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = write_kubeconfig(
+        dir.path(),
+        "other-ca",
+        &api.url(),
+        Some(other.ca_pem()),
+        serde_json::json!({"token": "t"}),
+    );
+    let s = connect(&kubeconfig).await;
+    let a = get(&s, "/api/v1/namespaces/default/pods").await;
+    assert_eq!(a.head.status, 502, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.header("x-tunnel-error").as_deref(), Some("tls"));
+    assert_eq!(a.json()["reason"], "ServiceUnavailable");
+    s.agent.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_in_the_kubeconfig_is_read_by_kube() {
+    const API_TOKEN: &str = "token-from-a-file";
+    let api = tls_api_server(API_TOKEN);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    // As a service account token is mounted: no newline (kube sends the file as it is).
+    std::fs::write(&token_file, API_TOKEN).expect("write token file");
+    let kubeconfig = write_kubeconfig(
+        dir.path(),
+        "token-file",
+        &api.url(),
+        api.ca_pem(),
+        serde_json::json!({"tokenFile": token_file}),
+    );
+    let s = connect(&kubeconfig).await;
+    for _ in 0..3 {
+        let a = get(&s, "/api/v1/namespaces/default/pods").await;
+        assert_eq!(a.head.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    }
+    s.agent.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_urls_path_prefix_host_and_impersonation_reach_the_api_server() {
+    let c = cluster();
+    let relay = RecordingRelay::start(c.api.addr()).await;
+    let yaml = sim_apiserver::kubeconfig::kubeconfig_yaml(
+        &format!("http://{}/prefix/", relay.addr),
+        "sim",
+        None,
+    );
+    let mut doc: serde_json::Value = serde_yaml::from_str(&yaml).expect("kubeconfig yaml");
+    doc["users"][0]["user"] = serde_json::json!({"as": "kubeconfig-user", "as-groups": ["g1"]});
+    let kubeconfig = c.dir.path().join("prefixed");
+    std::fs::write(&kubeconfig, serde_yaml::to_string(&doc).expect("yaml"))
+        .expect("write kubeconfig");
+    let s = connect(&kubeconfig).await;
+    // The simulated API server serves no prefix: its answer does not matter, what reached it does.
+    let _ = get(&s, "/api/v1/pods?marker=prefix").await;
+    let lines = relay.lines();
+    let start = lines
+        .iter()
+        .position(|l| l.contains("marker=prefix"))
+        .unwrap_or_else(|| panic!("the request reached the relay: {lines:?}"));
+    assert_eq!(
+        lines[start],
+        "GET /prefix/api/v1/pods?marker=prefix HTTP/1.1"
+    );
+    let headers: Vec<String> = lines[start + 1..]
+        .iter()
+        .take_while(|l| !l.is_empty())
+        .map(|l| l.to_ascii_lowercase())
+        .collect();
+    let has = |h: &str| headers.iter().any(|l| l == h);
+    assert!(has(&format!("host: {}", relay.addr)), "{headers:?}");
+    assert!(has("impersonate-user: kubeconfig-user"), "{headers:?}");
+    assert!(has("impersonate-group: g1"), "{headers:?}");
+    s.agent.shutdown().await.expect("clean shutdown");
+}
