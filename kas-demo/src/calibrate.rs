@@ -20,6 +20,13 @@
 //!
 //! [`Measured::profile`] turns the figures into a [`CostProfile`] for the simulator. The same pieces
 //! run the calibration test's real scenario (`kas-demo/tests/calibration.rs`).
+//!
+//! **Which build.** A profile is meant to describe kas as users run it: a release build. The kas
+//! binary is found beside the running executable ([`BenchOptions::find_kas`]: same target directory
+//! and profile), its build is read from `kas --version` ([`KasBuild`]), and [`Bench::start`] refuses
+//! a kas whose build differs from this program's (which runs the agentk and the fleet), unless mixed
+//! builds are allowed, and always one with protocol's test hooks compiled in. The profile names the
+//! build measured (`machine.build`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -47,6 +54,97 @@ pub enum CalibrateError {
     Setup(String),
     #[error("{what} did not happen within {within:?}")]
     Timeout { what: String, within: Duration },
+    #[error(
+        "kas at {kas} is a {kas_build} build but this program (agentk, the fleet) is a {this_build} \
+         build: build both the same way (`cargo build --release -p kas-demo --bins`, then kas on its \
+         own: `cargo build --release -p kas --bin kas`), or pass --mixed-builds to measure them \
+         anyway"
+    )]
+    MixedBuilds {
+        kas: PathBuf,
+        kas_build: &'static str,
+        this_build: &'static str,
+    },
+    #[error(
+        "kas at {0} has protocol's test hooks compiled in (`kas --version`): it was built in one \
+         cargo invocation with a crate that enables them; build it on its own \
+         (`cargo build --release -p kas --bin kas`)"
+    )]
+    TestHooks(PathBuf),
+    #[error("cannot tell how kas at {kas} was built: `kas --version` said {said:?}")]
+    UnknownBuild { kas: PathBuf, said: String },
+}
+
+/// `debug` (debug assertions on) or `release`: how this program was built.
+pub const THIS_BUILD: &str = if cfg!(debug_assertions) {
+    "debug"
+} else {
+    "release"
+};
+
+/// How a kas binary was built, as its `--version` says (`kas 0.1.0 (release build)`, see
+/// `kas::VERSION`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KasBuild {
+    /// `debug` or `release`.
+    pub profile: &'static str,
+    /// Protocol's fault-injection hooks are compiled in.
+    pub test_hooks: bool,
+}
+
+impl KasBuild {
+    /// Parses `kas --version` output; `None` when it does not say.
+    pub fn parse(version: &str) -> Option<KasBuild> {
+        let inside = version.split_once('(')?.1.split_once(')')?.0;
+        let mut parts = inside.split(',').map(str::trim);
+        let profile = match parts.next()? {
+            "release build" => "release",
+            "debug build" => "debug",
+            _ => return None,
+        };
+        let test_hooks = parts.any(|p| p == "protocol test hooks");
+        Some(KasBuild {
+            profile,
+            test_hooks,
+        })
+    }
+
+    /// Runs `kas --version`.
+    pub fn of(kas: &Path) -> Result<KasBuild, CalibrateError> {
+        let out = Command::new(kas)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(io(format!(
+                "running {} --version (build it with `cargo build -p kas --bin kas`)",
+                kas.display()
+            )))?;
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        KasBuild::parse(&said).ok_or_else(|| CalibrateError::UnknownBuild {
+            kas: kas.to_owned(),
+            said,
+        })
+    }
+
+    /// What a profile measured with this kas says in `machine.build`: the build, when kas and this
+    /// program agree; an error when they do not, unless `allow_mixed` (then both are named). A kas
+    /// with test hooks is refused: users never run one.
+    pub fn check(&self, kas: &Path, allow_mixed: bool) -> Result<String, CalibrateError> {
+        if self.test_hooks {
+            return Err(CalibrateError::TestHooks(kas.to_owned()));
+        }
+        if self.profile == THIS_BUILD {
+            return Ok(self.profile.to_owned());
+        }
+        if allow_mixed {
+            return Ok(format!("kas {}, agentk {}", self.profile, THIS_BUILD));
+        }
+        Err(CalibrateError::MixedBuilds {
+            kas: kas.to_owned(),
+            kas_build: self.profile,
+            this_build: THIS_BUILD,
+        })
+    }
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CalibrateError {
@@ -301,10 +399,13 @@ pub struct BenchOptions {
     pub fleet: usize,
     /// Where files go (removed by the caller).
     pub dir: PathBuf,
+    /// Measure a kas built differently from this program (debug against release) anyway.
+    pub mixed_builds: bool,
 }
 
 impl BenchOptions {
-    /// `kas` next to the running executable (or its parent: test binaries live in `deps/`).
+    /// `kas` next to the running executable (or its parent: test binaries live in `deps/`): the same
+    /// target directory and cargo profile as this program. Else `kas` on `PATH`.
     pub fn find_kas() -> PathBuf {
         let exe = std::env::current_exe().unwrap_or_default();
         let dirs = [exe.parent(), exe.parent().and_then(Path::parent)];
@@ -319,6 +420,8 @@ impl BenchOptions {
 /// kas (a process), one real agentk with its sim-apiserver, and an idle fleet (not started yet).
 pub struct Bench {
     pub kas: KasProcess,
+    /// The build measured, for the profile's `machine.build` ([`KasBuild::check`]).
+    pub build: String,
     runtime: Option<tokio::runtime::Runtime>,
     stop: tokio::sync::watch::Sender<bool>,
     apiserver: Option<RunningApiServer>,
@@ -355,6 +458,7 @@ pub const REQUEST_PATH: &str = "/api/v1/namespaces/default/pods";
 impl Bench {
     /// Generates the files, starts kas and the agentk; returns once the agent answers through kas.
     pub fn start(opts: &BenchOptions) -> Result<Bench, CalibrateError> {
+        let build = KasBuild::of(&opts.kas_bin)?.check(&opts.kas_bin, opts.mixed_builds)?;
         let dir = &opts.dir;
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         let pki = tunnel_tls::ThrowawayPki::generate().map_err(setup)?;
@@ -442,6 +546,7 @@ impl Bench {
             .map_err(setup)?;
         let bench = Bench {
             kas,
+            build,
             runtime: Some(runtime),
             stop,
             apiserver: Some(apiserver),
@@ -626,6 +731,7 @@ impl Bench {
         let (rss_after, _) = self.kas.usage()?;
         let n = self.fleet.as_ref().map_or(0, |f| f.size);
         Ok(Measured {
+            build: self.build.clone(),
             fleet: n,
             streams,
             through,
@@ -668,37 +774,12 @@ impl Drop for Bench {
     }
 }
 
-/// Raises this process's soft open-file limit to fit `n` connections (never lowers a limit; the
-/// hard limit stays); kas, a separate process, has its own.
+/// Raises this process's open-file limit to fit `n` connections (never lowers it); kas, a separate
+/// process, has its own.
 fn raise_nofile(n: usize) -> Result<(), CalibrateError> {
-    let want = n + 1024;
-    let soft = || -> usize {
-        std::fs::read_to_string("/proc/self/limits")
-            .ok()
-            .and_then(|l| {
-                l.lines()
-                    .find(|l| l.starts_with("Max open files"))
-                    .and_then(|l| l.split_whitespace().nth(3))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0)
-    };
-    if soft() >= want {
-        return Ok(());
-    }
-    let _ = Command::new("prlimit")
-        .arg("--pid")
-        .arg(std::process::id().to_string())
-        .arg(format!("--nofile={want}:"))
-        .stderr(Stdio::null())
-        .status();
-    if soft() >= want {
-        return Ok(());
-    }
-    Err(setup(format!(
-        "the open-file limit is {} and cannot be raised to {want} for {n} connections",
-        soft()
-    )))
+    runtime_core::testing::nofile::raise(n as u64 + 1024)
+        .map(drop)
+        .map_err(|e| setup(format!("{e} (for {n} connections)")))
 }
 
 /// Online CPUs.
@@ -709,6 +790,8 @@ pub fn cores() -> u32 {
 /// Everything a calibration measured.
 #[derive(Debug, Clone)]
 pub struct Measured {
+    /// The build measured (`machine.build`).
+    pub build: String,
     pub fleet: usize,
     pub streams: usize,
     pub through: Latency,
@@ -848,11 +931,7 @@ impl Measured {
             machine: Machine {
                 cores: cores(),
                 cpu: cpu_model(),
-                build: if cfg!(debug_assertions) {
-                    "debug".into()
-                } else {
-                    "release".into()
-                },
+                build: self.build.clone(),
                 note: "measured while other builds shared the machine".into(),
             },
             command: command.to_owned(),
@@ -906,4 +985,66 @@ fn cpu_model() -> String {
                 .map(|(_, v)| v.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kas_version_says_which_build() {
+        assert_eq!(
+            KasBuild::parse("kas 0.1.0 (release build)"),
+            Some(KasBuild {
+                profile: "release",
+                test_hooks: false
+            })
+        );
+        assert_eq!(
+            KasBuild::parse("kas 0.1.0 (debug build, protocol test hooks)"),
+            Some(KasBuild {
+                profile: "debug",
+                test_hooks: true
+            })
+        );
+        // This workspace's kas says it the same way.
+        assert!(KasBuild::parse(&format!("kas {}", kas::VERSION)).is_some());
+        assert_eq!(KasBuild::parse("kas 0.1.0"), None);
+        assert_eq!(KasBuild::parse("kas 0.1.0 (optimised)"), None);
+    }
+
+    #[test]
+    fn mixed_builds_are_refused_unless_allowed_and_test_hooks_always() {
+        let kas = Path::new("target/x/kas");
+        let other = if THIS_BUILD == "debug" {
+            "release"
+        } else {
+            "debug"
+        };
+        let same = KasBuild {
+            profile: THIS_BUILD,
+            test_hooks: false,
+        };
+        assert_eq!(same.check(kas, false).ok().as_deref(), Some(THIS_BUILD));
+        let mixed = KasBuild {
+            profile: other,
+            test_hooks: false,
+        };
+        assert!(matches!(
+            mixed.check(kas, false),
+            Err(CalibrateError::MixedBuilds { .. })
+        ));
+        assert_eq!(
+            mixed.check(kas, true).ok(),
+            Some(format!("kas {other}, agentk {THIS_BUILD}"))
+        );
+        let hooks = KasBuild {
+            profile: THIS_BUILD,
+            test_hooks: true,
+        };
+        assert!(matches!(
+            hooks.check(kas, true),
+            Err(CalibrateError::TestHooks(_))
+        ));
+    }
 }

@@ -39,12 +39,16 @@ const STORM_FACTOR: f64 = 2.0;
 const AGENTS: usize = 300;
 const REQUESTS: usize = 150;
 
-/// Builds the `kas` binary the benches run (a no-op when it is up to date).
+/// Builds the `kas` binary the benches run, on its own (no test features unified into it) and in
+/// this test's profile (`--release` when the test is a release build), so that the bench measures
+/// the same build as the agentk it runs in-process; a no-op when it is up to date.
 fn kas_binary() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-p", "kas", "--bin", "kas"])
-        .status()
-        .expect("running cargo build");
+    let mut build = Command::new(env!("CARGO"));
+    build.args(["build", "-p", "kas", "--bin", "kas"]);
+    if !cfg!(debug_assertions) {
+        build.arg("--release");
+    }
+    let status = build.status().expect("running cargo build");
     assert!(status.success(), "cargo build -p kas failed");
     let kas = BenchOptions::find_kas();
     assert!(kas.is_file(), "no kas binary at {}", kas.display());
@@ -192,11 +196,16 @@ fn the_calibrated_simulator_predicts_a_different_real_scenario() {
         kas_bin: kas_bin.clone(),
         fleet: 150,
         dir: dir.path().join("calibrate"),
+        mixed_builds: false,
     })
     .expect("calibration bench");
     let measured = bench.measure(20, 100).expect("calibration");
     bench.shutdown();
-    println!("calibration:\n{}", measured.table());
+    println!(
+        "calibration ({} build):\n{}",
+        measured.build,
+        measured.table()
+    );
     let profile = measured.profile("calibration-test", "today", "kas-demo/tests/calibration.rs");
     println!("{}", profile.to_yaml());
 
@@ -205,6 +214,7 @@ fn the_calibrated_simulator_predicts_a_different_real_scenario() {
         kas_bin,
         fleet: AGENTS,
         dir: dir.path().join("scenario"),
+        mixed_builds: false,
     })
     .expect("scenario bench");
     bench.start_fleet().expect("the agents connect");

@@ -12,7 +12,7 @@
 //! GitLab's backend is not covered here: GitLab revokes tokens itself and kas re-asks it on the next
 //! connection (its answers are cached for the cache's TTL).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -93,8 +93,13 @@ impl ConnectionTokens {
 
     /// The serials among `live` whose token `directory` no longer lists for their agent, with the
     /// token's id; they are forgotten (each is reported once). Entries of serials not in `live` and
-    /// older than a handshake can take are dropped.
-    fn revoked(&self, directory: &AgentDirectory, live: &[u64]) -> Vec<(u64, u64, Option<String>)> {
+    /// older than a handshake can take are dropped. Linear in the connections (set and index
+    /// lookups): it runs on every reload of the file, with every connection live.
+    fn revoked(
+        &self,
+        directory: &AgentDirectory,
+        live: &HashSet<u64>,
+    ) -> Vec<(u64, u64, Option<String>)> {
         let AgentDirectory::File(file) = directory else {
             return Vec::new();
         };
@@ -123,10 +128,11 @@ impl ConnectionTokens {
 /// longer lists. Call after the file was re-read. Returns how many connections it closed.
 pub fn close_revoked(state: &KasState) -> usize {
     let connections = state.registry.connections();
-    let live: Vec<u64> = connections.iter().map(|c| c.serial).collect();
+    let by_serial: HashMap<u64, _> = connections.iter().map(|c| (c.serial, c)).collect();
+    let live: HashSet<u64> = by_serial.keys().copied().collect();
     let revoked = state.tokens.revoked(&state.directory, &live);
     for (serial, agent_id, token_id) in &revoked {
-        if let Some(c) = connections.iter().find(|c| c.serial == *serial) {
+        if let Some(c) = by_serial.get(serial) {
             tracing::info!(
                 agent_id,
                 connection_id = %c.connection_id,
@@ -160,11 +166,18 @@ mod tests {
         t.authenticated(2, 1, TokenDigest::of("new"), Some("new".into()));
         // Serial 3: revoked token, but not (yet) registered: kept until registered or expired.
         t.authenticated(3, 1, TokenDigest::of("old"), None);
-        assert_eq!(t.revoked(&dir, &[1, 2]), vec![(1, 1, Some("old".into()))]);
-        assert!(t.revoked(&dir, &[1, 2]).is_empty(), "reported twice");
+        let live = |serials: &[u64]| serials.iter().copied().collect::<HashSet<u64>>();
+        assert_eq!(
+            t.revoked(&dir, &live(&[1, 2])),
+            vec![(1, 1, Some("old".into()))]
+        );
+        assert!(t.revoked(&dir, &live(&[1, 2])).is_empty(), "reported twice");
         assert_eq!(t.len(), 2);
         assert_eq!(t.token_id(2).as_deref(), Some("new"));
-        assert!(t.revoked(&AgentDirectory::seen(), &[2, 3]).is_empty());
+        assert!(
+            t.revoked(&AgentDirectory::seen(), &live(&[2, 3]))
+                .is_empty()
+        );
         t.forget(2);
         t.forget(3);
         assert!(t.is_empty());

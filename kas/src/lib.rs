@@ -96,3 +96,20 @@ pub mod users;
 pub mod views_stream;
 
 pub use server::{Kas, Running, ShutdownReport, StartError, StartOptions};
+
+/// What `kas --version` prints after the name: the version and how this binary was built, `release`
+/// or `debug` (debug assertions on), with `protocol test hooks` when [`protocol::TESTING_HOOKS`] are
+/// compiled in (kas built in one cargo invocation with a crate that enables them). The calibration
+/// (`kas-calibrate`) reads it to say which build it measured.
+pub const VERSION: &str = match (cfg!(debug_assertions), protocol::TESTING_HOOKS) {
+    (false, false) => concat!(env!("CARGO_PKG_VERSION"), " (release build)"),
+    (true, false) => concat!(env!("CARGO_PKG_VERSION"), " (debug build)"),
+    (false, true) => concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (release build, protocol test hooks)"
+    ),
+    (true, true) => concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (debug build, protocol test hooks)"
+    ),
+};

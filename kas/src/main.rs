@@ -16,7 +16,7 @@ use kas::{Kas, StartOptions};
 
 /// kas, the agent server: agents (agentk) connect to it over TLS; its HTTP API reaches their clusters.
 #[derive(Debug, Parser)]
-#[command(name = "kas", version, args_conflicts_with_subcommands = true)]
+#[command(name = "kas", version = kas::VERSION, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -82,6 +82,12 @@ pub mod service;
 pub mod testing;
 pub mod tunnel;
 
+/// Whether this build has the `testing` feature: its fault-injection hooks run in hot paths (flow
+/// control, view evaluation). Cargo unifies features per invocation, so a program built in one
+/// `cargo build` with a crate that enables them has them too; a program that reports its build
+/// (`kas --version`) says so.
+pub const TESTING_HOOKS: bool = cfg!(feature = "testing");
+
 /// Protobuf messages generated from `proto/tunnel.proto` (package `agent_tunnel.v1`).
 #[allow(clippy::all, missing_docs)]
 pub mod proto {

@@ -18,7 +18,7 @@
 //! | [`handshake`] | agent and server handshakes after TLS, the async [`Authenticator`] |
 //! | [`transport`] | the byte streams under the driver: `tls://`, `wss://`/`ws://` (WebSocket), HTTP CONNECT proxies; [`transport::Endpoint`] and [`transport::dial`] |
 //! | [`error`] | [`Error`], the one typed error, and its round trip through `std::io::Error` |
-//! | `testing` | (feature `testing`) the behaviour suite: scenarios written once, run by each adapter's tests |
+//! | `testing` | (feature `testing`) the behaviour suite: scenarios written once, run by each adapter's tests; `testing::nofile`, the open-file limit raiser of every test and bench binary that holds thousands of sockets |
 //!
 //! ## How it fits together
 //!

@@ -15,8 +15,8 @@
 //!   10,000) connections each, so no client process needs more file descriptors than kas does;
 //!   connections come from many source addresses in 127.0.0.0/8 ([`PER_SOURCE`] each), so neither
 //!   ephemeral ports nor the TIME_WAIT sockets the storm leaves behind bound N. kas needs N + ~500
-//!   descriptors: the open-file limit is raised (`prlimit`) where that is permitted; in a container
-//!   without CAP_SYS_RESOURCE the hard limit caps N.
+//!   descriptors: the open-file limit is raised (`runtime_core::testing::nofile`) where permitted;
+//!   in a container without CAP_SYS_RESOURCE the hard limit caps N.
 //! - K agents (default N: one connection per agent), connections spread over them round-robin.
 //! - Phases, each bounded in time: (1) connect all N (each client process at most C handshakes in
 //!   flight) until kas's `/metrics` says `kas_agent_connections N`; (2) idle S seconds (default
@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use protocol::Config;
+use runtime_core::testing::nofile;
 use runtime_core::{AgentOptions, AsyncTimer, BoxFuture, BoxIo, Listener, Runtime};
 
 /// Connections per source address: with as many TIME_WAIT sockets left by the storm, still below
@@ -382,37 +383,14 @@ fn until_kas_holds(kas: &Kas, want: u64, deadline: Duration) -> Result<(Duration
 /// that is not permitted (a container without CAP_SYS_RESOURCE), the current limit must already
 /// fit N in kas.
 fn raise_nofile(n: usize) -> Result<()> {
-    let want = n + 512;
-    if nofile_soft() >= want {
-        return Ok(());
-    }
-    let raised = Command::new("prlimit")
-        .arg("--pid")
-        .arg(std::process::id().to_string())
-        .arg(format!("--nofile={want}:{want}"))
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if raised || nofile_soft() >= want {
-        return Ok(());
-    }
-    bail!(
-        "the open-file limit is {} and cannot be raised to {want}: use --n {} or less",
-        nofile_soft(),
-        nofile_soft().saturating_sub(512)
-    )
+    nofile::raise(n as u64 + 512).map_err(|e| {
+        anyhow::anyhow!("{e}: use --n {} or less", e.limit.soft.saturating_sub(512))
+    })?;
+    Ok(())
 }
 
 fn nofile_soft() -> usize {
-    std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|l| {
-            l.lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(3))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    usize::try_from(nofile::limit().soft).unwrap_or(usize::MAX)
 }
 
 // ------------------------------------------------------------------------------------------ clients
@@ -827,14 +805,10 @@ fn mib(kib: u64) -> f64 {
 }
 
 fn report(a: &Args, runs: &[Run]) {
-    let hard = std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|l| {
-            l.lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(4).map(str::to_owned))
-        })
-        .unwrap_or_else(|| "?".into());
+    let hard = match nofile::limit().hard {
+        u64::MAX => "unlimited".to_owned(),
+        h => h.to_string(),
+    };
     println!(
         "idle agents on one real kas process (release build; real TLS 1.3, tokens, agent handshake; \
          keepalive every {} s; agents' handshake timeout {} s; open-file limit {}, hard {hard})",

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use futures::{SinkExt as _, StreamExt as _};
+use runtime_core::testing::nofile;
 use sim_apiserver::{ApiServer, ApiServerConfig};
 use tokio_tungstenite::client_async_with_config;
 use tokio_tungstenite::tungstenite::Message;
@@ -13,14 +14,15 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-/// Sessions opened (fewer when the open-file limit would not allow two sockets each).
+/// Sessions opened (fewer when the open-file limit cannot be raised to two sockets each).
 const MOST_SESSIONS: usize = 1000;
 const GUARD: Duration = Duration::from_secs(120);
 
-fn open_file_limit() -> Option<usize> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
+/// The open-file limit, raised for every session where permitted.
+fn open_file_limit() -> usize {
+    let want = 2 * MOST_SESSIONS as u64 + 256;
+    let soft = nofile::raise(want).map_or_else(|_| nofile::limit().soft, |l| l.soft);
+    usize::try_from(soft).unwrap_or(usize::MAX)
 }
 
 fn rss_kib() -> Option<u64> {
@@ -31,7 +33,7 @@ fn rss_kib() -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_exec_sessions() {
-    let limit = open_file_limit().unwrap_or(1024);
+    let limit = open_file_limit();
     let sessions = MOST_SESSIONS.min(limit.saturating_sub(256) / 2).max(10);
     let server = ApiServer::start(ApiServerConfig {
         nodes: 1,

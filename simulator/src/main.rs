@@ -23,10 +23,12 @@
 //! `simulator run … --profile FILE` replaces the built-in cost profile (`simulator/profiles/default.yaml`,
 //! see `sim::profile`): memory per connection and stream, handshake CPU, request base latency.
 //!
-//! `simulator calibrate --out FILE [--agents N] [--streams M] [--requests R]` measures a cost profile
-//! on this machine from the real programs: it replaces itself with the `kas-calibrate` binary (crate
-//! `kas-demo`, which links kas, agentk and sim-apiserver; this crate links none of them) next to this
-//! one or on `PATH`, which starts a real `kas` process and prints what it measured.
+//! `simulator calibrate --out FILE [--agents N] [--streams M] [--requests R] [--mixed-builds]`
+//! measures a cost profile on this machine from the real programs: it replaces itself with the
+//! `kas-calibrate` binary (crate `kas-demo`, which links kas, agentk and sim-apiserver; this crate
+//! links none of them) next to this one or on `PATH`, which starts the real `kas` binary beside it
+//! (same cargo profile: calibrate release builds, as users run them; a debug/release mix is refused
+//! unless `--mixed-builds`) and prints what it measured.
 //!
 //! `simulator plan --agents 1000,10000 [--profile FILE] [--cores-storm-within 10s] …` prints how many
 //! replicas of how much memory and how many cores those agents need, from the cost profile.
@@ -429,7 +431,8 @@ fn run_calibrate(args: ApiserverArgs) -> anyhow::Result<()> {
         "kas-calibrate",
         &args.args,
         "calibration runs the `kas-calibrate` binary, which starts the `kas` binary next to it \
-         (build both with `cargo build -p kas -p kas-demo --bins`)",
+         (build them as users run them: `cargo build --release -p kas-demo -p simulator --bins`, \
+         then kas on its own, `cargo build --release -p kas --bin kas`)",
     )
 }
 

@@ -1,7 +1,8 @@
-//! `kas-calibrate --out FILE [--agents N] [--streams M] [--requests R] [--kas PATH] [--name NAME]`:
-//! measures the real kas (a process), agentk and sim-apiserver on this machine, prints a table of
-//! what it measured and writes the simulator's cost profile (YAML) to FILE. `simulator calibrate …`
-//! runs this binary. See `kas_demo::calibrate`.
+//! `kas-calibrate --out FILE [--agents N] [--streams M] [--requests R] [--kas PATH] [--name NAME]
+//! [--mixed-builds]`: measures the real kas (a process), agentk and sim-apiserver on this machine,
+//! prints a table of what it measured and writes the simulator's cost profile (YAML) to FILE.
+//! `simulator calibrate …` runs this binary. Build it and kas as users run them (`--release`); a kas
+//! built differently from this binary is refused unless `--mixed-builds`. See `kas_demo::calibrate`.
 
 use std::path::PathBuf;
 
@@ -25,9 +26,13 @@ struct Args {
     /// Requests at concurrency 1 for the latency.
     #[arg(long, default_value_t = 300)]
     requests: usize,
-    /// The kas binary (default: next to this one).
+    /// The kas binary (default: next to this one, i.e. the same cargo profile).
     #[arg(long)]
     kas: Option<PathBuf>,
+    /// Measure a kas built differently (debug/release) from this binary, which runs the agentk
+    /// and the fleet; the profile then names both builds.
+    #[arg(long)]
+    mixed_builds: bool,
     /// The profile's name (default: `<hostname>-<cores>core-<date>`).
     #[arg(long)]
     name: Option<String>,
@@ -47,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         kas_bin: args.kas.clone().unwrap_or_else(BenchOptions::find_kas),
         fleet: args.agents,
         dir: dir.clone(),
+        mixed_builds: args.mixed_builds,
     };
     let result = (|| {
         let mut bench = Bench::start(&opts).context("starting kas, agentk and sim-apiserver")?;
@@ -64,11 +70,16 @@ fn main() -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("{}-{}core-{date}", hostname(), kas_demo::calibrate::cores()));
     let command = format!(
-        "simulator calibrate --out {} --agents {} --streams {} --requests {}",
+        "simulator calibrate --out {} --agents {} --streams {} --requests {}{}",
         args.out.display(),
         args.agents,
         args.streams,
-        args.requests
+        args.requests,
+        if args.mixed_builds {
+            " --mixed-builds"
+        } else {
+            ""
+        }
     );
     let profile = measured.profile(&name, &date, &command);
     println!(

@@ -18,9 +18,12 @@
 //!       # project_id: 7             # optional: GitLab's id of the project (access control)
 //! ```
 //!
-//! Authentication hashes the presented token and compares the digest with every token of every entry
-//! in constant time (no early exit), so timing reveals neither which entry matched nor how much of a
-//! digest did. [`AgentsFile::generate`] makes the embedded default: `agents.yaml` plus `agent-N.token`
+//! Authentication hashes the presented token and looks the digest up in an index built when the file
+//! is loaded (digest → agent), so a handshake costs the same with ten agents or a hundred thousand (a
+//! linear scan made a reconnect storm of N agents quadratic); the digest found is then compared with
+//! the presented one in constant time ([`TokenDigest::ct_eq`]) before it counts. The index is keyed
+//! by SHA-256 digests, not tokens: what probing the table might reveal through timing is about the
+//! digest of a token the caller already holds, which says nothing usable about a stored token. [`AgentsFile::generate`] makes the embedded default: `agents.yaml` plus `agent-N.token`
 //! files with the clear tokens, readable by their owner only.
 //!
 //! **Token lifecycle** (`kas token create|list|revoke`): [`AgentsFile::create_token`],
@@ -29,7 +32,7 @@
 //! stored. A running kas re-reads the file when it changes and closes the connections whose token is
 //! no longer listed ([`crate::connection_tokens`]). Edits rewrite the file without its comments.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
@@ -297,7 +300,39 @@ impl std::fmt::Debug for GeneratedAgent {
 
 struct Loaded {
     entries: Vec<AgentEntry>,
+    /// Every token's digest → (index of its entry, index of the token in the entry).
+    by_digest: HashMap<TokenDigest, (usize, usize)>,
     stamp: Option<FileStamp>,
+}
+
+impl Loaded {
+    /// Indexes `entries` (checked: ids and digests are unique).
+    fn new(entries: Vec<AgentEntry>, stamp: Option<FileStamp>) -> Self {
+        let by_digest = entries
+            .iter()
+            .enumerate()
+            .flat_map(|(i, e)| {
+                e.tokens
+                    .iter()
+                    .enumerate()
+                    .map(move |(j, t)| (t.sha256, (i, j)))
+            })
+            .collect();
+        Self {
+            entries,
+            by_digest,
+            stamp,
+        }
+    }
+
+    /// The entry and token whose digest is `digest`: the index finds the candidate, a constant-time
+    /// comparison confirms it.
+    fn lookup(&self, digest: &TokenDigest) -> Option<(&AgentEntry, &AgentToken)> {
+        let &(i, j) = self.by_digest.get(digest)?;
+        let entry = &self.entries[i];
+        let token = &entry.tokens[j];
+        token.sha256.ct_eq(digest).then_some((entry, token))
+    }
 }
 
 /// Agents authenticated from a file (or from entries given in memory).
@@ -338,10 +373,7 @@ impl AgentsFile {
         check_entries(&entries, origin)?;
         Ok(Self {
             path: None,
-            state: RwLock::new(Loaded {
-                entries,
-                stamp: None,
-            }),
+            state: RwLock::new(Loaded::new(entries, None)),
         })
     }
 
@@ -580,30 +612,15 @@ impl AgentsFile {
     /// connection that token authenticated may stay open.
     pub fn token_id(&self, agent_id: u64, digest: &TokenDigest) -> Option<String> {
         let state = self.read_state();
-        let entry = state.entries.iter().find(|e| e.id == agent_id)?;
-        let mut found = None;
-        for token in &entry.tokens {
-            if token.sha256.ct_eq(digest) {
-                found = Some(token.id.clone());
-            }
-        }
-        found
+        let (entry, token) = state.lookup(digest)?;
+        (entry.id == agent_id).then(|| token.id.clone())
     }
 
-    /// Looks the token up. Every token of every entry is compared, in constant time.
+    /// Looks the token up by its digest (index, then one constant-time comparison).
     fn find(&self, token: &str) -> Option<AgentIdentity> {
         let digest = TokenDigest::of(token);
         let state = self.read_state();
-        let mut found: Option<&AgentEntry> = None;
-        for entry in &state.entries {
-            for t in &entry.tokens {
-                // No early exit: the scan takes the same time wherever (or whether) the token matches.
-                if t.sha256.ct_eq(&digest) {
-                    found = Some(entry);
-                }
-            }
-        }
-        found.map(|e| AgentIdentity {
+        state.lookup(&digest).map(|(e, _)| AgentIdentity {
             agent_id: e.id,
             name: e.name.clone(),
             project: None,
@@ -642,7 +659,7 @@ fn read_file(path: &Path) -> Result<Loaded, AgentsFileError> {
     })?;
     let entries = parse(&text, path)?;
     check_entries(&entries, path)?;
-    Ok(Loaded { entries, stamp })
+    Ok(Loaded::new(entries, stamp))
 }
 
 fn parse(text: &str, origin: &Path) -> Result<Vec<AgentEntry>, AgentsFileError> {
@@ -953,17 +970,39 @@ mod tests {
     }
 
     #[test]
-    fn lookup_compares_every_entry_in_constant_time() -> TestResult {
-        let f = AgentsFile::from_yaml_str(
-            &yaml_for(&[(1, "a", "t1"), (2, "b", "t2"), (3, "c", "t3")]),
-            Path::new("agents.yaml"),
-        )?;
-        // A match on the first entry still compares all three, and so does a miss.
-        for token in ["t1", "nope"] {
+    fn lookup_is_indexed_and_confirmed_in_constant_time() -> TestResult {
+        // 10,000 agents: a linear scan would compare 10,000 digests per lookup.
+        let tokens: Vec<String> = (1..=10_000).map(|i| format!("tok-{i}")).collect();
+        let entries: Vec<(u64, String, &str)> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i as u64 + 1, format!("agent-{}", i + 1), t.as_str()))
+            .collect();
+        let refs: Vec<(u64, &str, &str)> = entries
+            .iter()
+            .map(|(id, n, t)| (*id, n.as_str(), *t))
+            .collect();
+        let f = AgentsFile::from_yaml_str(&yaml_for(&refs), Path::new("agents.yaml"))?;
+        // First, middle and last entry: the right agent, with exactly one constant-time comparison.
+        for id in [1u64, 5_000, 10_000] {
             let before = ct_compares();
-            let _ = f.authenticate(token, SRC);
-            assert_eq!(ct_compares() - before, 3, "token {token}");
+            let identity = f.authenticate(&format!("tok-{id}"), SRC)?;
+            assert_eq!(ct_compares() - before, 1, "agent {id}");
+            assert_eq!(identity.agent_id, id);
+            assert_eq!(identity.name, format!("agent-{id}"));
         }
+        // An unknown token finds no candidate to compare.
+        let before = ct_compares();
+        assert!(matches!(
+            f.authenticate("nope", SRC),
+            Err(AuthError::Unauthenticated)
+        ));
+        assert_eq!(ct_compares() - before, 0);
+        // A connection's token check: the digest must belong to that agent.
+        let d = TokenDigest::of("tok-42");
+        assert_eq!(f.token_id(42, &d).as_deref(), Some(DEFAULT_TOKEN_ID));
+        assert_eq!(f.token_id(43, &d), None);
+        assert_eq!(f.token_id(42, &TokenDigest::of("tok-43")), None);
         Ok(())
     }
 

@@ -10,7 +10,11 @@
 //! Connections are made by [`pair`] over TCP + TLS on 127.0.0.1 through the runtime's own
 //! `listen`/`connect`; each side's raw TCP stream (below TLS) goes through a [`Switched`] transport
 //! the scenario controls.
+//!
+//! [`nofile`] reads and raises the open-file limit for test and bench binaries that hold thousands
+//! of sockets.
 
+pub mod nofile;
 pub mod scenarios;
 pub mod switch;
 pub mod tasks;
