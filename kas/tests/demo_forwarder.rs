@@ -7,13 +7,29 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
+use std::time::Duration;
 
 /// A copy of the kas binary in `dir`, so what lies next to it is up to the test.
 fn kas_in(dir: &Path) -> std::path::PathBuf {
     let kas = dir.join("kas");
     std::fs::copy(env!("CARGO_BIN_EXE_kas"), &kas).unwrap();
     kas
+}
+
+/// Runs `cmd`, again while exec says "text file busy": the two tests run in parallel threads, and a
+/// child forked by one may still hold the other's freshly written executable open for writing until it
+/// execs (the usual ETXTBSY race of tests that write and run files). Bounded: 100 tries, 2 s in all.
+fn output(cmd: &mut Command) -> Output {
+    for _ in 0..100 {
+        match cmd.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other.unwrap(),
+        }
+    }
+    panic!("{cmd:?} stayed busy (ETXTBSY) for 2 s");
 }
 
 #[test]
@@ -28,11 +44,10 @@ fn kas_demo_runs_the_kas_demo_beside_it_with_the_same_arguments() {
     )
     .unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = Command::new(&kas)
-        .args(["demo", "--agents", "3", "--state-dir", "/tmp/x y", "--help"])
-        .env("PATH", "")
-        .output()
-        .unwrap();
+    let cmd = &mut Command::new(&kas);
+    cmd.args(["demo", "--agents", "3", "--state-dir", "/tmp/x y", "--help"])
+        .env("PATH", "");
+    let out = output(cmd);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "arg:--agents\narg:3\narg:--state-dir\narg:/tmp/x y\narg:--help\n"
@@ -48,11 +63,11 @@ fn kas_demo_runs_the_kas_demo_beside_it_with_the_same_arguments() {
 fn without_kas_demo_kas_demo_says_how_to_run_it() {
     let dir = tempfile::tempdir().unwrap();
     let kas = kas_in(dir.path());
-    let out = Command::new(&kas)
-        .args(["demo", "--agents", "1"])
-        .env("PATH", dir.path().join("empty"))
-        .output()
-        .unwrap();
+    let out = output(
+        Command::new(&kas)
+            .args(["demo", "--agents", "1"])
+            .env("PATH", dir.path().join("empty")),
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
