@@ -488,8 +488,11 @@ pub(crate) enum Inline {
 /// commanding task at once instead of after a wake-up of the driver (and, on another thread, a
 /// context switch).
 pub(crate) trait InlineWrite: Send + Sync {
-    /// If the transport is free, takes `conn`'s transmit output (up to [`WRITE_BATCH`]) and writes
-    /// it, registering `waker` (the driver's) where the transport is not ready.
+    /// If the transport is free, takes one batch of `conn`'s transmit output (at most
+    /// `Config::max_transmit` and a frame; none if earlier output still waits) and writes it,
+    /// registering `waker` (the driver's) where the transport is not ready. One batch: the task
+    /// writes under the session's lock, so a command that ends one stream must not encrypt a
+    /// backlog of other streams' data while every other command waits; the driver writes the rest.
     fn try_write(&self, conn: &mut Connection, waker: &Waker) -> Inline;
 }
 
@@ -503,12 +506,8 @@ impl<T: AsyncWrite + Unpin + Send> InlineWrite for Mutex<Wire<T>> {
         if w.error.is_some() {
             return Inline::Failed;
         }
-        while w.out_len < WRITE_BATCH {
-            let n = conn.poll_transmit_vectored(&mut w.out);
-            if n == 0 {
-                break;
-            }
-            w.out_len += n;
+        if w.out.is_empty() {
+            w.out_len += conn.poll_transmit_vectored(&mut w.out);
         }
         let mut cx = Context::from_waker(waker);
         match w.write_out(&mut cx) {
@@ -895,6 +894,35 @@ mod tests {
         assert!(Pin::new(&mut driver).poll(&mut cx).is_pending());
         let sent = std::mem::take(&mut *io.written.lock().expect("lock"));
         assert_eq!(finished_streams(&server, &sent), vec![s.id()]);
+    }
+
+    #[test]
+    fn an_inline_write_takes_a_bounded_batch_and_leaves_the_rest_to_the_driver() {
+        let (agent, server) = connected();
+        let io = Scripted::default();
+        let mut driver = Driver::new(agent.session().clone(), io.clone(), Arc::new(Manual));
+        poll(&mut driver);
+        io.written.lock().expect("lock").clear();
+        // A backlog of another stream's body, not yet written by the driver.
+        let a = agent.open(Default::default(), false).expect("open");
+        let chunk = vec![1u8; crate::session::MAX_WRITE_CHUNK];
+        for _ in 0..8 {
+            write(&a, &chunk);
+        }
+        let b = agent.open(Default::default(), false).expect("open");
+        b.finish().expect("finish");
+        let inline = std::mem::take(&mut *io.written.lock().expect("lock"));
+        let batch = protocol::Config::default().max_transmit;
+        assert!(
+            !inline.is_empty() && inline.len() <= batch + 17 * 1024,
+            "{} octets",
+            inline.len()
+        );
+        finished_streams(&server, &inline);
+        poll(&mut driver);
+        let sent = std::mem::take(&mut *io.written.lock().expect("lock"));
+        assert!(sent.len() >= 8 * chunk.len() - inline.len());
+        assert_eq!(finished_streams(&server, &sent), vec![b.id()]);
     }
 
     #[test]

@@ -32,11 +32,11 @@ pub const MAX_WRITE_CHUNK: usize = 64 * 1024;
 /// How long a connection whose last handle was dropped may drain before it is aborted.
 pub const DROP_GRACE: Duration = Duration::from_secs(10);
 
-/// The hasher of the stream map. Stream ids are small integers that the protocol hands out (ours
-/// counting up, the peer's validated by the protocol before a slot exists), so there is nothing to
-/// defend against that SipHash's keyed hashing would buy: one multiplication spreads them over the
-/// whole word (hashbrown takes its control bits from the top), where SipHash costs ~20 ns per
-/// lookup, and every read, write and received frame looks its stream up.
+/// The hasher of the stream map. Stream ids are integers that count up (ours from the protocol,
+/// the peer's refused unless each is above the last, and at most `max_concurrent_streams` open), so
+/// a peer cannot fill the map with chosen collisions and SipHash's keyed hashing buys nothing: one
+/// multiplication spreads them over the word (FxHash's step) where SipHash runs its rounds, and
+/// every read, write and received frame looks its stream up.
 #[derive(Debug, Default, Clone, Copy)]
 struct StreamIdHasher(u64);
 
