@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use common::*;
 use protocol::service::K8S_API;
 use sim_apiserver::{ApiServer, ApiServerConfig, RunningApiServer};
+use tokio::io::AsyncWriteExt;
 use tunnel_tls::ThrowawayPki;
 
 struct Setup {
@@ -238,5 +239,120 @@ async fn the_server_urls_path_prefix_host_and_impersonation_reach_the_api_server
     assert!(has(&format!("host: {}", relay.addr)), "{headers:?}");
     assert!(has("impersonate-user: kubeconfig-user"), "{headers:?}");
     assert!(has("impersonate-group: g1"), "{headers:?}");
+    s.agent.shutdown().await.expect("clean shutdown");
+}
+
+/// A stand-in API server that answers every request `201` and records, per request, whether its
+/// first read held the whole request (head and `Content-Length` body).
+struct WholeReads {
+    addr: std::net::SocketAddr,
+    whole: std::sync::Arc<std::sync::Mutex<Vec<bool>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WholeReads {
+    async fn start() -> WholeReads {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let whole = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = whole.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = vec![0u8; 64 * 1024];
+                    // Bounded by the client: every round serves one request or ends the connection.
+                    loop {
+                        buf.clear();
+                        let mut reads = 0;
+                        let complete = loop {
+                            let Ok(n) = conn.read(&mut chunk).await else {
+                                return;
+                            };
+                            if n == 0 {
+                                return;
+                            }
+                            reads += 1;
+                            buf.extend_from_slice(&chunk[..n]);
+                            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                let head =
+                                    String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                                let len: usize = head
+                                    .lines()
+                                    .find_map(|l| l.strip_prefix("content-length:"))
+                                    .map_or(0, |v| v.trim().parse().unwrap_or(0));
+                                if buf.len() >= end + 4 + len {
+                                    break reads == 1;
+                                }
+                            }
+                        };
+                        log.lock().expect("log").push(complete);
+                        let answer = b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                        if conn.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        WholeReads { addr, whole, task }
+    }
+}
+
+impl Drop for WholeReads {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_body_leaves_with_its_head() {
+    let server = WholeReads::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = kubeconfig_for(dir.path(), "whole", &format!("http://{}", server.addr));
+    let s = connect(&kubeconfig).await;
+    const REQUESTS: usize = 8;
+    for i in 0..REQUESTS {
+        let body = format!(
+            "{{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{{\"name\":\"cm-{i}\"}}}}"
+        );
+        let (first, second) = body.as_bytes().split_at(body.len() / 2);
+        // The body arrives in two DATA frames after the head, the second a moment later (pacing
+        // only, nothing is timed): agentk sends nothing upstream before it has all of it, then
+        // head and body in one write, which the server reads at once. (Streamed as it came, the
+        // head and the first half would reach the server alone.)
+        let mut st = s
+            .conn
+            .connection
+            .open(
+                head(
+                    K8S_API,
+                    "POST",
+                    "/api/v1/namespaces/default/configmaps",
+                    vec![
+                        header("content-type", "application/json"),
+                        header("content-length", &body.len().to_string()),
+                    ],
+                ),
+                false,
+            )
+            .expect("open stream");
+        st.write_all(first).await.expect("first half");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        st.write_all(second).await.expect("second half");
+        st.finish().expect("finish");
+        let a = read_answer(&st).await;
+        assert_eq!(a.head.status, 201, "{}", String::from_utf8_lossy(&a.body));
+    }
+    let whole = server.whole.lock().expect("log").clone();
+    assert_eq!(
+        whole,
+        vec![true; REQUESTS],
+        "per request: read whole at once"
+    );
     s.agent.shutdown().await.expect("clean shutdown");
 }
