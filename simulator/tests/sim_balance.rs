@@ -90,6 +90,18 @@ fn failed(out: &simulator::sim::Outcome) -> u64 {
     r.issued - r.outcomes.get("ok").copied().unwrap_or(0)
 }
 
+/// Requests that the crashed replica itself was handling when it died (`kas_failed`: the simulator
+/// gives that outcome only to the requests a replica holds when its process ends).
+fn lost_in_crash(out: &simulator::sim::Outcome) -> u64 {
+    let r = &out.report.requests;
+    r.outcomes.get("kas_failed").copied().unwrap_or(0)
+}
+
+/// At most this many requests may be in flight on the replica when it dies (50 requests/s over
+/// three replicas, each one there for tens of milliseconds: one or two expected; K = 2 cannot save
+/// a request whose client's connection ended on the dead replica).
+const IN_FLIGHT_AT_CRASH: u64 = 5;
+
 /// Connections per replica at the last sample.
 fn last_connections(out: &simulator::sim::Outcome) -> Vec<usize> {
     out.report
@@ -100,7 +112,7 @@ fn last_connections(out: &simulator::sim::Outcome) -> Vec<usize> {
 }
 
 #[test]
-fn with_two_connections_per_agent_a_dead_replica_fails_no_request() {
+fn with_two_connections_per_agent_a_dead_replica_fails_only_what_it_was_handling() {
     let one = run(failover(1), RunOptions::default());
     let two = run(failover(2), RunOptions::default());
     assert!(one.violation.is_none(), "K = 1: {:?}", one.violation);
@@ -108,18 +120,32 @@ fn with_two_connections_per_agent_a_dead_replica_fails_no_request() {
     let (f1, f2) = (failed(&one), failed(&two));
     let (c1, c2) = (last_connections(&one), last_connections(&two));
     eprintln!(
-        "replica 1 dead for a minute: failed requests K=1 {f1} of {}, K=2 {f2} of {}; \
+        "replica 1 dead for a minute: failed requests K=1 {f1} of {}, K=2 {f2} of {} ({:?}); \
          connections per replica at the end K=1 {c1:?}, K=2 {c2:?}",
-        one.report.requests.issued, two.report.requests.issued
+        one.report.requests.issued, two.report.requests.issued, two.report.requests.outcomes
     );
     assert!(
         f1 >= 50,
         "with K = 1 the dead replica's agents are unreachable until they notice: only {f1} failed \
          requests, the scenario no longer tests anything"
     );
+    // Requests for the dead replica's agents go to their other connection at once: none fails
+    // but those the crashed replica was itself handling when it died (the client's request was
+    // on it; `kas_failed`), a handful at this rate. The profile decides how long a request stays
+    // there, so the count moves with it (0 with the 2026-12-03 debug profile, 4 with the
+    // 2026-12-04 release one: another random realisation); anything else failing is a bug.
+    let lost2 = lost_in_crash(&two);
     assert_eq!(
-        f2, 0,
-        "with K = 2 requests go to the agents' other connection at once, yet {f2} failed"
+        f2 - lost2,
+        0,
+        "with K = 2 requests go to the agents' other connection at once, yet {} failed other than \
+         in the crash ({:?})",
+        f2 - lost2,
+        two.report.requests.outcomes
+    );
+    assert!(
+        lost2 <= IN_FLIGHT_AT_CRASH,
+        "{lost2} requests lost with the crashed replica: more than can be in flight on it"
     );
     // Every agent holds K connections at the end (the end-of-run invariants check each agent;
     // here the totals).

@@ -69,18 +69,19 @@ fn main() -> anyhow::Result<()> {
         .name
         .clone()
         .unwrap_or_else(|| format!("{}-{}core-{date}", hostname(), kas_demo::calibrate::cores()));
-    let command = format!(
-        "simulator calibrate --out {} --agents {} --streams {} --requests {}{}",
+    let mut command = format!(
+        "simulator calibrate --out {} --agents {} --streams {} --requests {}",
         args.out.display(),
         args.agents,
         args.streams,
         args.requests,
-        if args.mixed_builds {
-            " --mixed-builds"
-        } else {
-            ""
-        }
     );
+    if let Some(n) = &args.name {
+        command.push_str(&format!(" --name {n}"));
+    }
+    if args.mixed_builds {
+        command.push_str(" --mixed-builds");
+    }
     let profile = measured.profile(&name, &date, &command);
     println!(
         "calibration on this machine ({} cores, {} build):",

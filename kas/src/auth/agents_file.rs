@@ -23,8 +23,9 @@
 //! linear scan made a reconnect storm of N agents quadratic); the digest found is then compared with
 //! the presented one in constant time ([`TokenDigest::ct_eq`]) before it counts. The index is keyed
 //! by SHA-256 digests, not tokens: what probing the table might reveal through timing is about the
-//! digest of a token the caller already holds, which says nothing usable about a stored token. [`AgentsFile::generate`] makes the embedded default: `agents.yaml` plus `agent-N.token`
-//! files with the clear tokens, readable by their owner only.
+//! digest of a token the caller already holds, which says nothing usable about a stored token.
+//! [`AgentsFile::generate`] makes the embedded default: `agents.yaml` plus `agent-N.token` files with
+//! the clear tokens, readable by their owner only.
 //!
 //! **Token lifecycle** (`kas token create|list|revoke`): [`AgentsFile::create_token`],
 //! [`AgentsFile::list_tokens`] and [`AgentsFile::revoke_token`] edit the file under an exclusive lock

@@ -14,8 +14,8 @@
 //! call it. Fields the calibration measures are listed in [`CostProfile::measured`]; the others keep
 //! the model's estimate and are listed as such, so nobody mistakes them for measurements.
 //!
-//! The default profile (`simulator/profiles/default.yaml`, from this project's 2-core machine) is
-//! compiled in; `simulator run … --profile FILE` reads another one.
+//! The default profile (`simulator/profiles/default.yaml`, release builds measured on this project's
+//! 2-core machine) is compiled in; `simulator run … --profile FILE` reads another one.
 
 use std::path::Path;
 use std::time::Duration;
