@@ -41,8 +41,10 @@ const REQUESTS: usize = 150;
 
 /// Builds the `kas` binary the benches run, on its own (no test features unified into it) and in
 /// this test's profile (`--release` when the test is a release build), so that the bench measures
-/// the same build as the agentk it runs in-process; a no-op when it is up to date.
-fn kas_binary() -> PathBuf {
+/// the same build as the agentk it runs in-process; a no-op when it is up to date. Returns a copy in
+/// `dir`: other tests build kas together with crates that enable protocol's test hooks, and may
+/// replace the target directory's binary while this one runs.
+fn kas_binary(dir: &std::path::Path) -> PathBuf {
     let mut build = Command::new(env!("CARGO"));
     build.args(["build", "-p", "kas", "--bin", "kas"]);
     if !cfg!(debug_assertions) {
@@ -52,7 +54,9 @@ fn kas_binary() -> PathBuf {
     assert!(status.success(), "cargo build -p kas failed");
     let kas = BenchOptions::find_kas();
     assert!(kas.is_file(), "no kas binary at {}", kas.display());
-    kas
+    let copy = dir.join("kas");
+    std::fs::copy(&kas, &copy).expect("copying the kas binary");
+    copy
 }
 
 /// The figures compared.
@@ -188,8 +192,8 @@ fn row(name: &str, f: &Figures) -> String {
 
 #[test]
 fn the_calibrated_simulator_predicts_a_different_real_scenario() {
-    let kas_bin = kas_binary();
     let dir = tempfile::tempdir().expect("a temporary directory");
+    let kas_bin = kas_binary(dir.path());
 
     // 1. Calibrate (small).
     let mut bench = Bench::start(&BenchOptions {
