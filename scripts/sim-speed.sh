@@ -6,12 +6,15 @@
 #   scripts/sim-speed.sh                      # capacity (10k x 1 h), day (10k x 24 h), 100k (100k x 1 h)
 #   scripts/sim-speed.sh steady capacity      # any scenarios under simulator/scenarios/, by name
 #   SIM_SPEED_TIMEOUT=1800 scripts/sim-speed.sh   # per-run bound in seconds (default 1800)
+#   SIM_SPEED_PROFILE=simulator/profiles/vm-2core-2026-12-03.yaml scripts/sim-speed.sh   # another cost profile
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(capacity day 100k)
 limit="${SIM_SPEED_TIMEOUT:-1800}"
+profile_args=()
+[ -z "${SIM_SPEED_PROFILE:-}" ] || profile_args=(--profile "$SIM_SPEED_PROFILE")
 
 command -v /usr/bin/time >/dev/null 2>&1 || { echo "needs /usr/bin/time (Debian package time)" >&2; exit 1; }
 cargo build --release -q -p simulator
@@ -20,7 +23,7 @@ out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "date: $(date -u +%Y-%m-%d)  commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+echo "date: $(date -u +%Y-%m-%d)  commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')  cost profile: ${SIM_SPEED_PROFILE:-the default}"
 echo
 printf '| %-9s | %7s | %4s | %9s | %9s | %8s | %7s | %11s | %9s | %-16s | %s\n' \
     scenario agents kas simulated wall cpu 'sim/wall' events 'events/s' 'trace hash' 'peak RSS |'
@@ -29,7 +32,7 @@ for name in "${scenarios[@]}"; do
     file="simulator/scenarios/$name.yaml"
     [ -f "$file" ] || { echo "no scenario $file" >&2; exit 1; }
     status=0
-    timeout "$limit" /usr/bin/time -f 'TIME %e %U %S %M' "$bin" run --scenario "$file" --quiet \
+    timeout "$limit" /usr/bin/time -f 'TIME %e %U %S %M' "$bin" run --scenario "$file" --quiet "${profile_args[@]}" \
         >"$out/$name.out" 2>"$out/$name.err" || status=$?
     line=$(grep -m1 '^scenario ' "$out/$name.out" || true)
     agents=$(sed -E 's/.*: ([0-9]+) agents.*/\1/' <<<"$line")
