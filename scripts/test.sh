@@ -46,6 +46,12 @@ if cargo tree -p traffic-trace -e normal --prefix none | grep -E '^(tokio|smol|a
     exit 1
 fi
 
+echo "== the pure crates read no clock, start no thread, open no socket or file (scripts/sans-io-clippy/clippy.toml)"
+# Its own target dir: another clippy configuration must not invalidate the workspace's checked crates.
+CLIPPY_CONF_DIR="$PWD/scripts/sans-io-clippy" CARGO_TARGET_DIR=target/sans-io-check \
+    cargo clippy -q -p protocol -p agent-config -p access-control -p gitops -p traffic-trace --lib -- \
+    -D warnings -D clippy::disallowed_methods -D clippy::disallowed_types
+
 echo "== clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 

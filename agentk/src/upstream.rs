@@ -17,10 +17,7 @@
 //!   that stack itself with a streaming body type.
 
 use std::error::Error as StdError;
-use std::io::IoSlice;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{HOST, HeaderValue};
@@ -32,7 +29,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use kube::client::ConfigExt;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::either::Either;
 use tokio::net::TcpStream;
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
@@ -258,7 +255,7 @@ impl Connect for ApiConnector {
     async fn connect(&self, authority: &str) -> Result<Self::Io, BoxError> {
         let tcp = connect_tcp(authority, self.timeout).await?;
         let stream = match &self.tls {
-            None => ApiStream::Plain(tcp),
+            None => Either::Left(tcp),
             Some((tls, name)) => {
                 let handshake = tls.connect(name.clone(), tcp);
                 let tls = tokio::time::timeout(self.timeout, handshake)
@@ -269,76 +266,16 @@ impl Connect for ApiConnector {
                             format!("the TLS handshake with {authority} timed out"),
                         )
                     })??;
-                ApiStream::Tls(Box::new(tls))
+                Either::Right(Box::new(tls))
             }
         };
         Ok(TokioIo::new(stream))
     }
 }
 
-/// A connection to the API server: plain TCP or TLS.
-pub enum ApiStream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for ApiStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ApiStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ApiStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ApiStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            ApiStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ApiStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            ApiStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ApiStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            ApiStream::Plain(s) => s.is_write_vectored(),
-            ApiStream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ApiStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ApiStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ApiStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ApiStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+/// A connection to the API server: plain TCP (`Left`) or TLS (`Right`). tokio-util's `Either` forwards
+/// every `AsyncRead`/`AsyncWrite` method, vectored writes included, so hyper's writes stay vectored.
+pub type ApiStream = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 
 /// A short kind for the `x-tunnel-error` header and the full message of an upstream failure.
 pub fn classify(error: &(dyn StdError + 'static)) -> (&'static str, String) {
