@@ -286,6 +286,16 @@ fn queries_by_namespace_and_selector() {
     assert_eq!(list["items"][0]["apiVersion"], "v1");
     assert!(s.get(&ResourceKind::pod(), "a", "db-1").is_some());
     assert!(s.get(&ResourceKind::pod(), "b", "db-1").is_none());
+    // The serialised form is the same octets, without copying the objects.
+    for (ns, sel) in [(None, ""), (Some("a"), "app=web"), (Some("nope"), "")] {
+        let sel = LabelSelector::parse(sel).unwrap_or_else(|e| panic!("{e}"));
+        let want = serde_json::to_vec(&s.list_json(&ResourceKind::pod(), ns, &sel));
+        let have = s.list_json_vec(&ResourceKind::pod(), ns, &sel);
+        assert_eq!(
+            have.map(String::from_utf8).ok(),
+            want.map(String::from_utf8).ok()
+        );
+    }
 }
 
 #[test]

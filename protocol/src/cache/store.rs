@@ -448,6 +448,29 @@ impl Store {
         })
     }
 
+    /// [`Store::list_json`] serialised as JSON: the same octets as `serde_json::to_vec` of it, written
+    /// straight from the stored objects (no copy of them).
+    pub fn list_json_vec(
+        &self,
+        kind: &ResourceKind,
+        namespace: Option<&str>,
+        selector: &LabelSelector,
+    ) -> Result<Vec<u8>, serde_json::Error> {
+        // The head is built as `list_json` builds it, so its keys come in the same order (the map's
+        // own order) whatever serde_json's features; only `items` is written from borrowed objects.
+        let head = json!({
+            "apiVersion": "v1",
+            "kind": "List",
+            "metadata": {"resourceVersion": self.resource_version(kind).unwrap_or("")},
+            "items": Value::Null,
+        });
+        let list = ListRef {
+            head: head.as_object(),
+            items: self.list(kind, namespace, selector),
+        };
+        serde_json::to_vec(&list)
+    }
+
     /// Kinds the store has seen an event for, in order.
     pub fn kinds(&self) -> impl Iterator<Item = &ResourceKind> {
         self.kinds.keys()
@@ -580,4 +603,26 @@ fn diff_relist(
         }
     }
     out
+}
+
+/// A `List` object whose `items` are borrowed (see [`Store::list_json_vec`]).
+struct ListRef<'a> {
+    head: Option<&'a serde_json::Map<String, Value>>,
+    items: Vec<&'a Value>,
+}
+
+impl serde::Serialize for ListRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let head = self.head.into_iter().flatten();
+        let mut map = s.serialize_map(self.head.map(serde_json::Map::len))?;
+        for (k, v) in head {
+            if k == "items" {
+                map.serialize_entry(k, &self.items)?;
+            } else {
+                map.serialize_entry(k, v)?;
+            }
+        }
+        map.end()
+    }
 }

@@ -1098,8 +1098,7 @@ fn cache_query(cache: &AgentCache, path: &str) -> Result<Bytes, String> {
         }
     }
     let kind = cache.store().find_kind(kind).map_err(|e| e.to_string())?;
-    let list = cache.store().list_json(&kind, namespace, &selector);
-    serde_json::to_vec(&list)
+    (cache.store().list_json_vec(&kind, namespace, &selector))
         .map(Bytes::from)
         .map_err(|e| e.to_string())
 }

@@ -129,12 +129,12 @@ impl Flow {
                     match side {
                         Side::Agent => {
                             if let End::Live(e) = &mut self.a {
-                                e.conn.handle_input(&data, now);
+                                e.conn.handle_input_bytes(data, now);
                             }
                         }
                         Side::Kas => {
                             if let End::Live(e) = &mut self.k {
-                                e.conn.handle_input(&data, now);
+                                e.conn.handle_input_bytes(data, now);
                             }
                         }
                     }

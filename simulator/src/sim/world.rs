@@ -508,7 +508,7 @@ impl World {
             Ev::DialFailed { agent, attempt } => self.agent_dial_failed(agent, attempt),
             Ev::Syn { flow } => self.kas_syn(flow),
             Ev::SynAck { flow } => self.agent_syn_ack(flow),
-            Ev::Deliver { flow, dir, data } => self.on_deliver(flow, dir, &data),
+            Ev::Deliver { flow, dir, data } => self.on_deliver(flow, dir, data),
             Ev::Signal { flow, dir, .. } => self.on_signal(flow, dir),
             Ev::ConnTimer { flow, side } => self.on_conn_timer(flow, side),
             Ev::Round { flow } => self.round_due(flow),
@@ -827,7 +827,8 @@ impl World {
         }
     }
 
-    fn on_deliver(&mut self, fid: u64, dir: Dir, data: &[u8]) {
+    fn on_deliver(&mut self, fid: u64, dir: Dir, data: Bytes) {
+        let len = data.len() as u64;
         let now = self.now_i;
         let side = Side::receiver(dir);
         let Some(flow) = self.flows.get_mut(&fid) else {
@@ -837,21 +838,21 @@ impl World {
         let delivered = match side {
             Side::Agent => match &mut flow.a {
                 End::Live(e) => {
-                    e.conn.handle_input(data, now);
+                    e.conn.handle_input_bytes(data, now);
                     true
                 }
                 _ => false,
             },
             Side::Kas => match &mut flow.k {
                 End::Live(e) => {
-                    e.conn.handle_input(data, now);
+                    e.conn.handle_input_bytes(data, now);
                     true
                 }
                 _ => false,
             },
         };
         if side == Side::Kas {
-            self.metrics.kas[kas].bytes += data.len() as u64;
+            self.metrics.kas[kas].bytes += len;
         }
         if delivered {
             self.pump(fid, side);
