@@ -113,14 +113,20 @@ async fn tagged<T>(future: impl Future<Output = T>) -> T {
 }
 
 /// Executor threads, each with its own executor.
-#[derive(Debug)]
 pub struct Pool {
     shared: Arc<Shared>,
     /// What runtime-smol calls to spawn the tunnel's tasks (the threads hold it weakly).
-    #[allow(clippy::type_complexity)]
-    hook: Arc<runtime_smol::SpawnFn>,
+    _hook: Arc<runtime_smol::SpawnFn>,
     stop: async_channel::Sender<()>,
     threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("threads", &self.shared.executors.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Pool {
@@ -169,7 +175,7 @@ impl Pool {
         }
         Ok(Pool {
             shared,
-            hook,
+            _hook: hook,
             stop,
             threads: handles,
         })
@@ -219,9 +225,7 @@ impl Spawner {
     /// when called from a pool thread.
     pub fn spawn_detached(&self, future: impl Future<Output = ()> + Send + 'static) {
         if let Some(shared) = self.0.upgrade() {
-            shared
-                .spawn_on(shared.here_or_in_turn(), future)
-                .detach();
+            shared.spawn_on(shared.here_or_in_turn(), future).detach();
         }
     }
 
@@ -454,7 +458,11 @@ mod tests {
         });
         let seen = pool.block_on(done_rx.recv()).unwrap();
         assert_eq!(seen.len(), 50);
-        assert_eq!(seen[0], Some(0), "placed on the thread with the fewest connections");
+        assert_eq!(
+            seen[0],
+            Some(0),
+            "placed on the thread with the fewest connections"
+        );
         assert_eq!(seen[49], Some(1), "moved to the thread waking it: {seen:?}");
         pool.stop();
     }
