@@ -162,4 +162,24 @@ mod tests {
             "the global executor ran it"
         );
     }
+
+    #[test]
+    fn spawns_through_the_function_this_thread_names() {
+        let spawned = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = spawned.clone();
+        let hook: Arc<SpawnFn> = Arc::new(move |task: BoxFuture<()>| {
+            count.fetch_add(1, Ordering::SeqCst);
+            drop(task);
+        });
+        std::thread::spawn({
+            let hook = Arc::downgrade(&hook);
+            move || {
+                spawn_with_on_this_thread(hook);
+                Smol.spawn(Box::pin(async {}));
+            }
+        })
+        .join()
+        .expect("the thread ran");
+        assert_eq!(spawned.load(Ordering::SeqCst), 1, "the hook took the task");
+    }
 }
