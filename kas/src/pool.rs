@@ -297,12 +297,11 @@ impl Wake for Recorder {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if POLLING.get() {
-            if let Some((pool, thread)) = CURRENT.get() {
-                if pool == self.pool {
-                    self.from.store(thread, Ordering::Relaxed);
-                }
-            }
+        if POLLING.get()
+            && let Some((pool, thread)) = CURRENT.get()
+            && pool == self.pool
+        {
+            self.from.store(thread, Ordering::Relaxed);
         }
         let waker = self
             .waker
@@ -340,7 +339,8 @@ const MOVE_AFTER: u32 = 2;
 /// Whether a connection may move from a thread serving `here` connections (itself included) to one
 /// serving `there`: afterwards the new thread serves at most twice the old one's plus one.
 fn may_move(here: usize, there: usize) -> bool {
-    there + 1 <= 2 * here.saturating_sub(1) + 1
+    // there + 1 <= 2 * (here - 1) + 1
+    there <= 2 * here.saturating_sub(1)
 }
 
 async fn run_connection(
@@ -362,13 +362,13 @@ async fn run_connection(
                 _ => 1,
             };
             streak = Some((from, n));
-            if n >= MOVE_AFTER {
-                if let Some(shared) = counted.shared.upgrade() {
-                    let here = shared.connections[thread].load(Ordering::Relaxed);
-                    let there = shared.connections[from].load(Ordering::Relaxed);
-                    if may_move(here, there) {
-                        return Poll::Ready(Some(from));
-                    }
+            if n >= MOVE_AFTER
+                && let Some(shared) = counted.shared.upgrade()
+            {
+                let here = shared.connections[thread].load(Ordering::Relaxed);
+                let there = shared.connections[from].load(Ordering::Relaxed);
+                if may_move(here, there) {
+                    return Poll::Ready(Some(from));
                 }
             }
         }
