@@ -18,8 +18,9 @@
 //!   connections; and a connection **moves** to the thread of the task that keeps waking it (twice
 //!   in a row: the driver of the agent connection its requests go through), so a proxied request's
 //!   HTTP task and the tunnel driver hand over on one thread. Wake-ups from I/O (the reactor) do not
-//!   count. A connection moves only while its new thread would have at most twice the connections
-//!   of the old one plus one, so many connections through one agent still use every thread. Moving
+//!   count. A connection moves only to a thread serving fewer connections than its own (so one
+//!   agent's connections do not all pile onto its driver's thread: measured, allowing up to twice
+//!   the other thread's cost a third of the req/s at 64 connections). Moving
 //!   is cheap and safe: the connection's future is boxed, so the task polling it ends and a new one on
 //!   the other thread polls the same future (which registers its wakers afresh on that poll).
 //!
@@ -337,10 +338,10 @@ fn start_connection(
 const MOVE_AFTER: u32 = 2;
 
 /// Whether a connection may move from a thread serving `here` connections (itself included) to one
-/// serving `there`: afterwards the new thread serves at most twice the old one's plus one.
+/// serving `there`: only to a thread serving fewer.
 fn may_move(here: usize, there: usize) -> bool {
-    // there + 1 <= 2 * (here - 1) + 1
-    there <= 2 * here.saturating_sub(1)
+    // Afterwards the new thread serves no more than the old one did.
+    there < here
 }
 
 async fn run_connection(
@@ -468,11 +469,10 @@ mod tests {
     }
 
     #[test]
-    fn moves_keep_threads_within_twice_each_other() {
+    fn moves_never_make_a_thread_busier_than_the_one_left() {
         assert!(may_move(1, 0));
-        assert!(may_move(32, 32));
-        assert!(may_move(22, 42));
-        assert!(!may_move(21, 43));
+        assert!(may_move(33, 31));
+        assert!(!may_move(32, 32));
         assert!(!may_move(1, 1));
     }
 
