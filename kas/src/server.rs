@@ -314,8 +314,9 @@ impl Kas {
                     source,
                 }
             })?;
-        // Started from a pool thread, so that the tunnel's accept loop and every connection's
-        // driver run on kas's threads, next to the HTTP tasks using their streams (crate::pool).
+        // Started from a pool thread, so that the tunnel's accept loop, handshakes and every
+        // connection's driver run on kas's threads, spread over them; an HTTP connection then
+        // moves to the thread of the driver its requests go through (crate::pool).
         let (server, listener) = pool.block_on(pool.spawn(async move {
             let server =
                 runtime_smol::Server::from_listener(agent_socket, Some(tls), tunnel_config, auth)

@@ -17,7 +17,8 @@ use std::sync::Weak;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use runtime_core::{AsyncTimer, BoxFuture, BoxIo, Listener, Runtime};
+use runtime_core::{AsyncTimer, BoxIo, Listener};
+pub use runtime_core::{BoxFuture, Runtime};
 
 /// smol as a [`Runtime`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -25,9 +26,18 @@ pub struct Smol;
 
 runtime_core::adapter!(Smol);
 
+/// A program's own spawn function ([`spawn_with_on_this_thread`]).
+pub type SpawnFn = dyn Fn(BoxFuture<()>) + Send + Sync;
+
+/// Where [`Smol`] spawns from one thread.
+enum Target {
+    Executor(Weak<smol::Executor<'static>>),
+    Hook(Weak<SpawnFn>),
+}
+
 thread_local! {
-    /// The executor [`Smol`] spawns on from this thread ([`spawn_on_this_thread`]).
-    static EXECUTOR: RefCell<Option<Weak<smol::Executor<'static>>>> = const { RefCell::new(None) };
+    /// Where [`Smol`] spawns from this thread ([`spawn_on_this_thread`], [`spawn_with_on_this_thread`]).
+    static EXECUTOR: RefCell<Option<Target>> = const { RefCell::new(None) };
 }
 
 /// From now on, tasks the tunnel spawns from this thread (a server's accept loop, handshakes, each
@@ -36,13 +46,31 @@ thread_local! {
 /// this at the start of each, so a connection's driver runs on the same threads as the tasks that
 /// use its streams: a request then costs no hop to and from smol's global thread.
 pub fn spawn_on_this_thread(executor: Weak<smol::Executor<'static>>) {
-    EXECUTOR.with(|e| *e.borrow_mut() = Some(executor));
+    EXECUTOR.with(|e| *e.borrow_mut() = Some(Target::Executor(executor)));
+}
+
+/// Like [`spawn_on_this_thread`], with the program's own spawn function: for a program whose threads
+/// each run their own executor and that decides itself which one takes a task (kas's pool spreads
+/// handshakes and drivers over its threads). Once `spawn` is dropped, smol's global executor takes
+/// the tasks.
+pub fn spawn_with_on_this_thread(spawn: Weak<SpawnFn>) {
+    EXECUTOR.with(|e| *e.borrow_mut() = Some(Target::Hook(spawn)));
 }
 
 impl Runtime for Smol {
     fn spawn(&self, task: BoxFuture<()>) {
-        match EXECUTOR.with(|e| e.borrow().as_ref().and_then(Weak::upgrade)) {
-            Some(executor) => executor.spawn(task).detach(),
+        enum Live {
+            Executor(std::sync::Arc<smol::Executor<'static>>),
+            Hook(std::sync::Arc<SpawnFn>),
+        }
+        let live = EXECUTOR.with(|e| match e.borrow().as_ref() {
+            Some(Target::Executor(ex)) => ex.upgrade().map(Live::Executor),
+            Some(Target::Hook(hook)) => hook.upgrade().map(Live::Hook),
+            None => None,
+        });
+        match live {
+            Some(Live::Executor(executor)) => executor.spawn(task).detach(),
+            Some(Live::Hook(spawn)) => spawn(task),
             None => smol::spawn(task).detach(),
         }
     }
@@ -133,5 +161,25 @@ mod tests {
             rx.recv_timeout(std::time::Duration::from_secs(30)).is_ok(),
             "the global executor ran it"
         );
+    }
+
+    #[test]
+    fn spawns_through_the_function_this_thread_names() {
+        let spawned = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = spawned.clone();
+        let hook: Arc<SpawnFn> = Arc::new(move |task: BoxFuture<()>| {
+            count.fetch_add(1, Ordering::SeqCst);
+            drop(task);
+        });
+        std::thread::spawn({
+            let hook = Arc::downgrade(&hook);
+            move || {
+                spawn_with_on_this_thread(hook);
+                Smol.spawn(Box::pin(async {}));
+            }
+        })
+        .join()
+        .expect("the thread ran");
+        assert_eq!(spawned.load(Ordering::SeqCst), 1, "the hook took the task");
     }
 }

@@ -738,7 +738,7 @@ pub async fn serve(
                 let _ = tcp.set_nodelay(true);
                 let (state2, stop, active) = (state.clone(), stop.clone(), active.clone());
                 let tls = tls.clone();
-                state.spawner.spawn_detached(async move {
+                state.spawner.spawn_connection(async move {
                     match tls {
                         None => serve_connection(state2, tcp, peer, stop, active).await,
                         Some(acceptor) => {
