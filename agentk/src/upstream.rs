@@ -29,8 +29,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use kube::client::ConfigExt;
 use rustls::pki_types::ServerName;
-use tokio_util::either::Either;
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
