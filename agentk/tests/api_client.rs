@@ -92,15 +92,7 @@ async fn sequential_requests_reuse_one_upstream_connection() {
             let (first, second) = body.as_bytes().split_at(body.len() / 2);
             let a = request(
                 &s.conn.connection,
-                head(
-                    K8S_API,
-                    "POST",
-                    "/api/v1/namespaces/default/configmaps",
-                    vec![
-                        header("content-type", "application/json"),
-                        header("content-length", &body.len().to_string()),
-                    ],
-                ),
+                create_configmap(body.len()),
                 &[first, second],
             )
             .await;
@@ -328,18 +320,7 @@ async fn a_small_body_leaves_with_its_head() {
         let mut st = s
             .conn
             .connection
-            .open(
-                head(
-                    K8S_API,
-                    "POST",
-                    "/api/v1/namespaces/default/configmaps",
-                    vec![
-                        header("content-type", "application/json"),
-                        header("content-length", &body.len().to_string()),
-                    ],
-                ),
-                false,
-            )
+            .open(create_configmap(body.len()), false)
             .expect("open stream");
         st.write_all(first).await.expect("first half");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -355,4 +336,17 @@ async fn a_small_body_leaves_with_its_head() {
         "per request: read whole at once"
     );
     s.agent.shutdown().await.expect("clean shutdown");
+}
+
+/// The head of a `k8s-api` request creating a ConfigMap in `default` from a JSON body of `len` octets.
+fn create_configmap(len: usize) -> protocol::proto::RequestHead {
+    head(
+        K8S_API,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        vec![
+            header("content-type", "application/json"),
+            header("content-length", &len.to_string()),
+        ],
+    )
 }

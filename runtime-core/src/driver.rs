@@ -732,6 +732,36 @@ mod tests {
         }
     }
 
+    impl Scripted {
+        /// Queues one read.
+        fn push_read(&self, bytes: &[u8]) {
+            self.reads.lock().expect("lock").push_back(bytes.to_vec());
+        }
+
+        /// Whether every queued read has been taken.
+        fn reads_done(&self) -> bool {
+            self.reads.lock().expect("lock").is_empty()
+        }
+
+        /// What has been written since the last call.
+        fn take_written(&self) -> Vec<u8> {
+            std::mem::take(&mut *self.written.lock().expect("lock"))
+        }
+    }
+
+    /// A connected pair, and a driver of the agent's side over a [`Scripted`] transport.
+    fn agent_driver() -> (
+        crate::ConnectionHandle,
+        crate::ConnectionHandle,
+        Scripted,
+        Driver<Scripted>,
+    ) {
+        let (agent, server) = connected();
+        let io = Scripted::default();
+        let driver = Driver::new(agent.session().clone(), io.clone(), Arc::new(Manual));
+        (agent, server, io, driver)
+    }
+
     fn poll(d: &mut Driver<Scripted>) {
         let mut cx = Context::from_waker(Waker::noop());
         assert!(Pin::new(d).poll(&mut cx).is_pending());
@@ -764,29 +794,21 @@ mod tests {
 
     #[test]
     fn a_quiet_connection_keeps_a_partial_frame_across_reads_and_holds_no_buffer() {
-        let (agent, server) = connected();
-        let io = Scripted::default();
-        let mut driver = Driver::new(agent.session().clone(), io.clone(), Arc::new(Manual));
+        let (agent, server, io, mut driver) = agent_driver();
         let s = server.open(Default::default(), false).expect("open");
         write(&s, b"hello, agent");
         s.finish().expect("finish");
         let wire = transmit(server.session());
         // Split inside the DATA frame's payload: the first read ends mid-frame.
         let cut = wire.len() - 5;
-        io.reads
-            .lock()
-            .expect("lock")
-            .push_back(wire[..cut].to_vec());
+        io.push_read(&wire[..cut]);
         poll(&mut driver);
         assert!(!driver.recv.is_busy());
         assert!(driver.recv.current.is_none() && driver.recv.spare.is_empty());
         let r = accept(&agent);
         // The stream opened, but its body's frame is not complete yet.
         assert!(read(&r).is_pending());
-        io.reads
-            .lock()
-            .expect("lock")
-            .push_back(wire[cut..].to_vec());
+        io.push_read(&wire[cut..]);
         poll(&mut driver);
         assert_eq!(read_all(&r), b"hello, agent");
         assert!(driver.recv.current.is_none() && driver.recv.spare.is_empty());
@@ -794,9 +816,7 @@ mod tests {
 
     #[test]
     fn a_busy_connection_reuses_its_consumed_buffers_and_yields_after_full_reads() {
-        let (agent, server) = connected();
-        let io = Scripted::default();
-        let mut driver = Driver::new(agent.session().clone(), io.clone(), Arc::new(Manual));
+        let (agent, server, io, mut driver) = agent_driver();
         let s = server.open(Default::default(), false).expect("open");
         let body: Vec<u8> = (0..(FULL_READS + 2) * READ_BUFFER)
             .map(|i| (i % 251) as u8)
@@ -811,16 +831,14 @@ mod tests {
         }
         // One read of the scratch buffer's size makes the connection busy; then the rest comes in
         // reads of odd sizes, so that frames straddle the buffers.
-        let mut reads = io.reads.lock().expect("lock");
-        reads.push_back(wire[..READ_BUFFER_SMALL].to_vec());
+        io.push_read(&wire[..READ_BUFFER_SMALL]);
         for c in wire[READ_BUFFER_SMALL..].chunks(7_777) {
-            reads.push_back(c.to_vec());
+            io.push_read(c);
         }
-        drop(reads);
         poll(&mut driver);
         assert!(driver.recv.is_busy());
         // The driver stopped after its full reads: input is left for its next turn.
-        assert!(!io.reads.lock().expect("lock").is_empty());
+        assert!(!io.reads_done());
         let r = accept(&agent);
         let mut got = read_all(&r);
         // Everything read has been consumed: the next read refills a kept buffer.
@@ -831,7 +849,7 @@ mod tests {
         assert!(driver.recv.spare.iter().any(|b| Some(b.as_ptr()) == reused));
         for _ in 0..100 {
             got.extend(read_all(&r));
-            if io.reads.lock().expect("lock").is_empty() {
+            if io.reads_done() {
                 break;
             }
             poll(&mut driver);
@@ -849,35 +867,31 @@ mod tests {
 
     #[test]
     fn ending_a_stream_writes_from_the_callers_task_when_the_driver_is_parked() {
-        let (agent, server) = connected();
-        let io = Scripted::default();
-        let mut driver = Driver::new(agent.session().clone(), io.clone(), Arc::new(Manual));
+        let (agent, server, io, mut driver) = agent_driver();
         let s = agent.open(Default::default(), false).expect("open");
         write(&s, b"request");
         let (woken, waker) = crate::session::tests::counting_waker();
         let mut cx = Context::from_waker(&waker);
         // The driver writes the head and the body, and parks.
         assert!(Pin::new(&mut driver).poll(&mut cx).is_pending());
-        let sent = std::mem::take(&mut *io.written.lock().expect("lock"));
+        let sent = io.take_written();
         assert!(finished_streams(&server, &sent).is_empty());
         let before = woken.0.load(std::sync::atomic::Ordering::SeqCst);
         s.finish().expect("finish");
         // The end of stream went out from this task, and the driver was not woken for it.
-        let sent = std::mem::take(&mut *io.written.lock().expect("lock"));
+        let sent = io.take_written();
         assert_eq!(finished_streams(&server, &sent), vec![s.id()]);
         assert_eq!(woken.0.load(std::sync::atomic::Ordering::SeqCst), before);
     }
 
     #[test]
     fn ending_a_stream_wakes_the_driver_when_it_holds_the_transport() {
-        let (agent, server) = connected();
-        let io = Scripted::default();
-        let mut driver = Driver::new(agent.session().clone(), io.clone(), Arc::new(Manual));
+        let (agent, server, io, mut driver) = agent_driver();
         let s = agent.open(Default::default(), false).expect("open");
         let (woken, waker) = crate::session::tests::counting_waker();
         let mut cx = Context::from_waker(&waker);
         assert!(Pin::new(&mut driver).poll(&mut cx).is_pending());
-        let sent = std::mem::take(&mut *io.written.lock().expect("lock"));
+        let sent = io.take_written();
         assert!(finished_streams(&server, &sent).is_empty());
         let before = woken.0.load(std::sync::atomic::Ordering::SeqCst);
         {
@@ -885,24 +899,22 @@ mod tests {
             let _busy = driver.wire.lock().expect("lock");
             s.finish().expect("finish");
         }
-        assert!(io.written.lock().expect("lock").is_empty());
+        assert!(io.take_written().is_empty());
         assert_eq!(
             woken.0.load(std::sync::atomic::Ordering::SeqCst),
             before + 1
         );
         // The woken driver writes it.
         assert!(Pin::new(&mut driver).poll(&mut cx).is_pending());
-        let sent = std::mem::take(&mut *io.written.lock().expect("lock"));
+        let sent = io.take_written();
         assert_eq!(finished_streams(&server, &sent), vec![s.id()]);
     }
 
     #[test]
     fn an_inline_write_takes_a_bounded_batch_and_leaves_the_rest_to_the_driver() {
-        let (agent, server) = connected();
-        let io = Scripted::default();
-        let mut driver = Driver::new(agent.session().clone(), io.clone(), Arc::new(Manual));
+        let (agent, server, io, mut driver) = agent_driver();
         poll(&mut driver);
-        io.written.lock().expect("lock").clear();
+        io.take_written();
         // A backlog of another stream's body, not yet written by the driver.
         let a = agent.open(Default::default(), false).expect("open");
         let chunk = vec![1u8; crate::session::MAX_WRITE_CHUNK];
@@ -911,7 +923,7 @@ mod tests {
         }
         let b = agent.open(Default::default(), false).expect("open");
         b.finish().expect("finish");
-        let inline = std::mem::take(&mut *io.written.lock().expect("lock"));
+        let inline = io.take_written();
         let batch = protocol::Config::default().max_transmit;
         assert!(
             !inline.is_empty() && inline.len() <= batch + 17 * 1024,
@@ -920,16 +932,14 @@ mod tests {
         );
         finished_streams(&server, &inline);
         poll(&mut driver);
-        let sent = std::mem::take(&mut *io.written.lock().expect("lock"));
+        let sent = io.take_written();
         assert!(sent.len() >= 8 * chunk.len() - inline.len());
         assert_eq!(finished_streams(&server, &sent), vec![b.id()]);
     }
 
     #[test]
     fn a_finished_driver_lets_go_of_the_transport() {
-        let (agent, _server) = connected();
-        let io = Scripted::default();
-        let driver = Driver::new(agent.session().clone(), io.clone(), Arc::new(Manual));
+        let (agent, _server, io, driver) = agent_driver();
         // The driver and the session hold it (plus `io` here).
         assert_eq!(Arc::strong_count(&io.written), 2);
         drop(driver);
