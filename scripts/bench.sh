@@ -85,46 +85,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A free loopback port.
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# Waits (at most 30 s) until a TCP port accepts.
-wait_port() {
-    for _ in $(seq 300); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "port $1 never opened; logs:" >&2
-    tail -n 5 "$W"/*.log "$W"/*.err >&2 2>/dev/null || true
-    return 1
-}
+# shellcheck source=scripts/bench-lib.sh
+. "$ROOT/scripts/bench-lib.sh"
 rss_mib() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
 
 # ---------------------------------------------------------------- credentials
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$W/ca.key" \
-    -out "$W/ca.pem" -days 2 -subj /CN=bench-ca \
-    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$W/kas.key" \
-    -out "$W/kas.csr" -subj /CN=localhost 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$W/ext"
-openssl x509 -req -in "$W/kas.csr" -CA "$W/ca.pem" -CAkey "$W/ca.key" -CAcreateserial \
-    -out "$W/kas.crt" -days 2 -extfile "$W/ext" 2>/dev/null
-AGENT_TOKEN="$(openssl rand -hex 24)"
-USER_TOKEN="$(openssl rand -hex 24)"
-echo "$AGENT_TOKEN" >"$W/agent.token"
-sha() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
-cat >"$W/agents.yaml" <<EOF
-agents:
-  - id: 1
-    name: agent-1
-    token_sha256: $(sha "$AGENT_TOKEN")
-EOF
-cat >"$W/users.yaml" <<EOF
-users:
-  - name: bench
-    token_sha256: $(sha "$USER_TOKEN")
-    agents: "*"
-EOF
-BEARER="Authorization: Bearer pat:1:$USER_TOKEN"
+bench_credentials
 
 # ---------------------------------------------------------------- nginx, the in-cluster service
 NGINX_PORT=$(port)
@@ -306,22 +272,8 @@ fi
 AGENT_PORT=$(port)
 KAS_API_PORT=$(port)
 start_kas() { # tls: 0|1, [bin dir]
-    local tls="" dir="${2:-$BIN}"
-    [ "$1" = 1 ] && tls="  tls: { cert_file: $W/kas.crt, key_file: $W/kas.key }"
-    cat >"$W/kas.yaml" <<EOF
-state_dir: $W
-agent_listener:
-  address: 127.0.0.1:$AGENT_PORT
-  tls: { cert_file: $W/kas.crt, key_file: $W/kas.key }
-api_listener:
-  address: 127.0.0.1:$KAS_API_PORT
-$tls
-agent_auth:
-  backend: embedded
-users:
-  file: $W/users.yaml
-log: { level: warn }
-EOF
+    local dir="${2:-$BIN}"
+    write_kas_yaml "$1"
     # shellcheck disable=SC2086 # BENCH_KAS_ARGS: extra flags, split on purpose (experiments)
     "$dir/kas" --config "$W/kas.yaml" ${BENCH_KAS_ARGS:-} >"$W/kas.log" 2>&1 &
     KAS_PID=$!

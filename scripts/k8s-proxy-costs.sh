@@ -18,33 +18,13 @@ S=${S:-3}
 W=$(mktemp -d /tmp/k8s-proxy-costs.XXXXXX)
 PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill $p 2>/dev/null || true; done; wait 2>/dev/null; rm -rf $W' EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$W/ca.key" -out "$W/ca.pem" -days 2 -subj /CN=ca -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$W/kas.key" -out "$W/kas.csr" -subj /CN=localhost 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$W/ext"
-openssl x509 -req -in "$W/kas.csr" -CA "$W/ca.pem" -CAkey "$W/ca.key" -CAcreateserial -out "$W/kas.crt" -days 2 -extfile "$W/ext" 2>/dev/null
-AT="$(openssl rand -hex 24)"; UT="$(openssl rand -hex 24)"; echo "$AT" >"$W/agent.token"
-sha() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
-printf 'agents:\n  - id: 1\n    name: agent-1\n    token_sha256: %s\n' "$(sha "$AT")" >"$W/agents.yaml"
-printf 'users:\n  - name: bench\n    token_sha256: %s\n    agents: "*"\n' "$(sha "$UT")" >"$W/users.yaml"
-BEARER="Authorization: Bearer pat:1:$UT"
+# shellcheck source=scripts/bench-lib.sh
+. "$(dirname "$0")/bench-lib.sh"
+bench_credentials
 API_PORT=$(port); AGENT_PORT=$(port); KAS_API_PORT=$(port)
 "$BIN/sim-apiserver" --listen "127.0.0.1:$API_PORT" --kubeconfig-out "$W/cluster.kubeconfig" --pods 10 >"$W/api.log" 2>&1 &
 PIDS+=($!); wait_port "$API_PORT"
-cat >"$W/kas.yaml" <<EOT
-state_dir: $W
-agent_listener:
-  address: 127.0.0.1:$AGENT_PORT
-  tls: { cert_file: $W/kas.crt, key_file: $W/kas.key }
-api_listener:
-  address: 127.0.0.1:$KAS_API_PORT
-agent_auth:
-  backend: embedded
-users:
-  file: $W/users.yaml
-log: { level: warn }
-EOT
+write_kas_yaml 0
 "$BIN/kas" --config "$W/kas.yaml" >"$W/kas.log" 2>&1 &
 PIDS+=($!); wait_port "$KAS_API_PORT"
 URL="http://127.0.0.1:$KAS_API_PORT/k8s-proxy/version"
