@@ -24,8 +24,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -69,7 +68,7 @@ pub struct Driver<T> {
     session: Session,
     /// The transport and the output waiting for it, shared with the tasks that end streams (they
     /// write from their own task while the driver is not polling: [`InlineWrite`]).
-    wire: Arc<WireCell<T>>,
+    wire: Arc<Mutex<Wire<T>>>,
     runtime: Arc<dyn Runtime>,
     /// Made at the first deadline.
     timer: Option<Pin<Box<dyn AsyncTimer>>>,
@@ -243,14 +242,12 @@ enum Discard {
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
     pub fn new(session: Session, io: T, runtime: Arc<dyn Runtime>) -> Self {
-        let wire = Arc::new(WireCell::new(Wire {
+        let wire = Arc::new(Mutex::new(Wire {
             io,
             out: VecDeque::new(),
             out_len: 0,
             need_flush: false,
             error: None,
-            task_reads: false,
-            reader: None,
         }));
         session.attach_wire(wire.clone());
         Driver {
@@ -276,26 +273,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
         if self.read_closed || self.closed || self.linger.is_some() {
             return Read::Nothing;
         }
-        // A task waiting for input read the transport last and left its waker with it next to
-        // ours ([`Both`]): keep it there while that task may still wait, so that the next input
-        // wakes it directly too (it reads before this driver's turn). Once this driver has read
-        // input itself, it dispatched it (waking that task if it was what it waited for), and the
-        // transport gets our waker alone again.
-        let both = match &w.reader {
-            Some((_, d, both)) if d.will_wake(cx.waker()) => Some(both.clone()),
-            Some(_) => {
-                w.reader = None;
-                None
-            }
-            None => None,
-        };
-        match both {
-            Some(both) => self.read_from(w, &mut Context::from_waker(&both), now),
-            None => self.read_from(w, cx, now),
-        }
-    }
-
-    fn read_from(&mut self, w: &mut Wire<T>, cx: &mut Context<'_>, now: Instant) -> Read {
         let outcome = if self.recv.is_busy() {
             let mut buf = self.recv.take_buffer();
             let outcome = fill(&mut w.io, cx, &mut buf);
@@ -333,9 +310,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
             eof,
             drained,
         } = outcome;
-        if filled > 0 || eof {
-            w.reader = None;
-        }
         if eof {
             self.read_closed = true;
             self.session.handle_eof();
@@ -396,19 +370,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
         done
     }
 
-    /// Whether a task waiting for input may read the transport while the driver is parked: only
-    /// a quiet connection that reads (not a busy one, whose reads fill the driver's own buffers;
-    /// not one paused, closing or done).
-    fn tasks_may_read(&self) -> bool {
-        !self.recv.is_busy()
-            && !self.read_closed
-            && !self.closed
-            && !self.write_failed
-            && self.linger.is_none()
-            && !self.input_paused
-            && !self.shut_down
-    }
-
     fn write_failed(&mut self, w: &mut Wire<T>, e: &io::Error) {
         tracing::debug!(error = %e, "transport write failed");
         self.write_failed = true;
@@ -445,60 +406,6 @@ impl<T> Drop for Driver<T> {
     }
 }
 
-/// The transport behind its lock, and whether the driver found it held by a task.
-///
-/// The driver never waits for the lock: a task that writes or reads inline holds it for one
-/// batch, and a driver that blocked on it would put its thread to sleep. The driver marks that it
-/// missed its turn and returns; the task, once it has let go, wakes it.
-pub(crate) struct WireCell<T> {
-    lock: Mutex<Wire<T>>,
-    missed: AtomicBool,
-}
-
-impl<T> WireCell<T> {
-    fn new(wire: Wire<T>) -> Self {
-        WireCell {
-            lock: Mutex::new(wire),
-            missed: AtomicBool::new(false),
-        }
-    }
-
-    /// The driver's lock: `None` if a task holds it; that task then wakes the driver when it
-    /// lets go ([`WireCell::release`]). The flag is set before a second attempt, so that a task
-    /// letting go between the two attempts either is seen by the second or sees the flag.
-    fn lock_or_miss(&self) -> Option<MutexGuard<'_, Wire<T>>> {
-        match self.lock.try_lock() {
-            Ok(g) => return Some(g),
-            Err(TryLockError::Poisoned(p)) => return Some(p.into_inner()),
-            Err(TryLockError::WouldBlock) => {}
-        }
-        self.missed.store(true, Ordering::SeqCst);
-        match self.lock.try_lock() {
-            Ok(g) => {
-                self.missed.store(false, Ordering::SeqCst);
-                Some(g)
-            }
-            Err(TryLockError::Poisoned(p)) => {
-                self.missed.store(false, Ordering::SeqCst);
-                Some(p.into_inner())
-            }
-            Err(TryLockError::WouldBlock) => None,
-        }
-    }
-
-    /// A task's lock: `None` if the driver (or another task) holds it.
-    fn try_lock(&self) -> Option<MutexGuard<'_, Wire<T>>> {
-        self.lock.try_lock().ok()
-    }
-
-    /// After a task let go of the lock: wakes the driver if it missed its turn meanwhile.
-    fn release(&self, driver: &Waker) {
-        if self.missed.swap(false, Ordering::SeqCst) {
-            driver.wake_by_ref();
-        }
-    }
-}
-
 /// The transport and the output taken from the connection for it.
 pub(crate) struct Wire<T> {
     io: T,
@@ -507,36 +414,6 @@ pub(crate) struct Wire<T> {
     need_flush: bool,
     /// A write error met by a task's inline write, for the driver to handle.
     error: Option<io::Error>,
-    /// Set by the driver at the end of each poll: the connection is quiet (reads go to the
-    /// scratch buffer), reading, not paused and not closing, so a task waiting for input may read
-    /// the transport itself ([`InlineWrite::try_read`]).
-    task_reads: bool,
-    /// The last reading task's waker and the waker given to the transport for it (that task and
-    /// the driver), kept so that a task waiting again does not allocate another.
-    reader: Option<(Waker, Waker, Waker)>,
-}
-
-/// The waker a task that read the transport itself leaves with it: it wakes the driver and that
-/// task. The driver is woken for every input, as when it reads alone (it re-registers itself and
-/// acts on whatever the task's read left for it: no event is lost if the task has gone or waits for
-/// something else); the task is woken first: runtimes run the first of several tasks woken by
-/// their reactor first (smol's queue; tokio's worker too: the last one woken goes to its LIFO slot,
-/// which it takes only after the task it runs next), so the waiting task reads before the driver's
-/// turn, which then finds little to do.
-struct Both {
-    driver: Waker,
-    task: Waker,
-}
-
-impl std::task::Wake for Both {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.task.wake_by_ref();
-        self.driver.wake_by_ref();
-    }
 }
 
 impl<T: AsyncWrite + Unpin> Wire<T> {
@@ -617,45 +494,12 @@ pub(crate) trait InlineWrite: Send + Sync {
     /// writes under the session's lock, so a command that ends one stream must not encrypt a
     /// backlog of other streams' data while every other command waits; the driver writes the rest.
     fn try_write(&self, conn: &mut Connection, waker: &Waker) -> Inline;
-
-    /// If the transport is free and the driver allows it (`Wire::task_reads`), reads what the
-    /// transport has into the thread's scratch buffer and hands it to `session`, from the task of
-    /// `task` that is about to wait for input: the frames reach their streams without the driver's
-    /// turn in between. The transport keeps a waker for both `driver` and `task` where it has
-    /// nothing more; when it may have more (the scratch buffer filled) or ended, the driver is
-    /// woken to read on, and tasks leave reading to it until its next poll.
-    fn try_read(&self, session: &Session, task: &Waker, driver: &Waker) -> InlineRead;
 }
 
-/// What a task's attempt to read the transport itself gave ([`InlineWrite::try_read`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum InlineRead {
-    /// The driver is polling, or reads itself: nothing was done.
-    Busy,
-    /// Nothing was read.
-    Nothing,
-    /// Input was handed to the session; `more`: the driver has been woken to read on.
-    Read { more: bool },
-}
-
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> InlineWrite for WireCell<T> {
+impl<T: AsyncWrite + Unpin + Send> InlineWrite for Mutex<Wire<T>> {
     fn try_write(&self, conn: &mut Connection, waker: &Waker) -> Inline {
-        let r = self.try_write_locked(conn, waker);
-        self.release(waker);
-        r
-    }
-
-    fn try_read(&self, session: &Session, task: &Waker, driver: &Waker) -> InlineRead {
-        let r = self.try_read_locked(session, task, driver);
-        self.release(driver);
-        r
-    }
-}
-
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> WireCell<T> {
-    fn try_write_locked(&self, conn: &mut Connection, waker: &Waker) -> Inline {
         // Never waits: the driver holds the lock for the whole of its poll.
-        let Some(mut guard) = self.try_lock() else {
+        let Ok(mut guard) = self.try_lock() else {
             return Inline::Busy;
         };
         let w = &mut *guard;
@@ -675,51 +519,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> WireCell<T> {
             }
         }
     }
-
-    fn try_read_locked(&self, session: &Session, task: &Waker, driver: &Waker) -> InlineRead {
-        let Some(mut guard) = self.try_lock() else {
-            return InlineRead::Busy;
-        };
-        let w = &mut *guard;
-        if !w.task_reads || w.error.is_some() {
-            return InlineRead::Busy;
-        }
-        let both = match &w.reader {
-            Some((t, d, both)) if t.will_wake(task) && d.will_wake(driver) => both.clone(),
-            _ => {
-                let both = Waker::from(Arc::new(Both {
-                    driver: driver.clone(),
-                    task: task.clone(),
-                }));
-                w.reader = Some((task.clone(), driver.clone(), both.clone()));
-                both
-            }
-        };
-        let mut cx = Context::from_waker(&both);
-        let io = &mut w.io;
-        let outcome = with_scratch(|scratch| {
-            let outcome = fill(io, &mut cx, scratch);
-            if outcome.filled > 0 {
-                session.handle_input_bytes(
-                    Bytes::copy_from_slice(&scratch[..outcome.filled]),
-                    Instant::now(),
-                );
-            }
-            outcome
-        });
-        let more = outcome.full || outcome.eof;
-        if more {
-            // A busy connection, or the end of the transport (which the driver reads again and
-            // handles): the driver's business from here on.
-            w.task_reads = false;
-            driver.wake_by_ref();
-        }
-        if outcome.filled == 0 {
-            InlineRead::Nothing
-        } else {
-            InlineRead::Read { more }
-        }
-    }
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Future for Driver<T> {
@@ -731,13 +530,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Future for Driver<T> {
         let _entered = span.enter();
         // Held for the whole poll: a task that ends a stream meanwhile leaves the writing to us.
         let wire = this.wire.clone();
-        // A task holding the transport (writing or reading inline) wakes us when it lets go.
-        let Some(mut guard) = wire.lock_or_miss() else {
-            return Poll::Pending;
-        };
+        let mut guard = wire.lock().unwrap_or_else(PoisonError::into_inner);
         let w = &mut *guard;
-        // Tasks read again only once this poll ends parked (and everything allows it).
-        w.task_reads = false;
         let mut drained = false;
         let mut full_reads = 0;
         for _ in 0..BUDGET {
@@ -848,11 +642,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Future for Driver<T> {
                 break;
             }
             if !progress {
-                w.task_reads = this.tasks_may_read();
                 return Poll::Pending;
             }
         }
-        w.task_reads = false;
         cx.waker().wake_by_ref();
         Poll::Pending
     }
@@ -1104,7 +896,7 @@ mod tests {
         let before = woken.0.load(std::sync::atomic::Ordering::SeqCst);
         {
             // As while the driver polls (on another thread).
-            let _busy = driver.wire.lock.lock().expect("lock");
+            let _busy = driver.wire.lock().expect("lock");
             s.finish().expect("finish");
         }
         assert!(io.take_written().is_empty());

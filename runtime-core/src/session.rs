@@ -19,7 +19,7 @@ use protocol::{
     HelloInfo, Role, StreamError, StreamId,
 };
 
-use crate::driver::{Inline, InlineRead, InlineWrite};
+use crate::driver::{Inline, InlineWrite};
 use crate::error::Error;
 use crate::observer::{ConnectionEvent, Initiator, Observer, Observers};
 use crate::wakers::{DeferScope, WakerList, register, wake};
@@ -151,9 +151,6 @@ pub(crate) struct Shared {
     hello: Option<HelloInfo>,
     handshake_wakers: WakerList,
     driver: Option<Waker>,
-    /// The driver's waker as of its last step, kept (`driver` is taken by a wake-up): a task that
-    /// reads the transport itself leaves it with the transport next to its own.
-    driver_task: Option<Waker>,
     /// The driver's transport, for commands that end a stream's data to write from their own task
     /// while the driver is not polling ([`Shared::flush_inline`]); `None` once the driver is gone.
     wire: Option<Arc<dyn InlineWrite>>,
@@ -291,7 +288,6 @@ impl Session {
             hello: None,
             handshake_wakers: WakerList::default(),
             driver: None,
-            driver_task: None,
             wire: None,
             driver_deadline: None,
             driver_paused: false,
@@ -398,32 +394,6 @@ impl Session {
         s.step(now, waker, out, out_len, limit)
     }
 
-    /// Called by a task that is about to wait for input (a stream's body, head or trailer, an
-    /// incoming stream): if the driver is parked and the connection quiet, reads what the transport
-    /// has from this task and hands it to the connection ([`InlineWrite::try_read`]), so that the
-    /// frames reach their stream without a wake-up of the driver and the driver's turn first; the
-    /// transport then keeps a waker for this task and the driver. True if input was handled: look
-    /// again before waiting. Takes neither lock while the other is held by this task.
-    fn drive_input(&self, task: &Waker) -> bool {
-        let (wire, driver) = {
-            let s = self.lock();
-            if s.conn.is_closed() || !s.conn.wants_input() || s.driver_paused {
-                return false;
-            }
-            match (&s.wire, &s.driver_task) {
-                (Some(w), Some(d)) => (w.clone(), d.clone()),
-                _ => return false,
-            }
-        };
-        match wire.try_read(self, task, &driver) {
-            InlineRead::Busy | InlineRead::Nothing => false,
-            InlineRead::Read { .. } => {
-                self.lock().after_input();
-                true
-            }
-        }
-    }
-
     // ------------------------------------------------------------------ handshake
 
     /// Server: the agent's HELLO, once it arrived.
@@ -497,26 +467,15 @@ impl Session {
         &self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<(StreamId, RequestHead)>> {
-        let mut read = false;
-        loop {
-            let mut s = self.lock();
-            if let Some(x) = s.incoming.pop_front() {
-                return Poll::Ready(Some(x));
-            }
-            if s.conn.is_closed() {
-                return Poll::Ready(None);
-            }
-            if read {
-                s.incoming_wakers.register(cx.waker());
-                return Poll::Pending;
-            }
-            drop(s);
-            read = true;
-            if !self.drive_input(cx.waker()) {
-                // Nothing read: register (the driver, or this task's next read, wakes it).
-                continue;
-            }
+        let mut s = self.lock();
+        if let Some(x) = s.incoming.pop_front() {
+            return Poll::Ready(Some(x));
         }
+        if s.conn.is_closed() {
+            return Poll::Ready(None);
+        }
+        s.incoming_wakers.register(cx.waker());
+        Poll::Pending
     }
 
     /// Starts a graceful close (GOAWAY); the connection is aborted if streams are still open after
@@ -566,65 +525,47 @@ impl Session {
 
     // ------------------------------------------------------------------ streams
 
-    /// Polls `f` under the lock without a waiter; if it is pending, reads the transport from this
-    /// task when it can ([`Session::drive_input`]) and polls `f` again with this task's waker to
-    /// register. A task that waits reads first and registers after, so the input it reads
-    /// itself does not wake it for nothing.
-    fn poll_input<R>(
-        &self,
-        cx: &mut Context<'_>,
-        mut f: impl FnMut(&mut Shared, Option<&Waker>) -> Poll<R>,
-    ) -> Poll<R> {
-        if let Poll::Ready(r) = f(&mut self.lock(), None) {
-            return Poll::Ready(r);
-        }
-        self.drive_input(cx.waker());
-        f(&mut self.lock(), Some(cx.waker()))
-    }
-
     pub(crate) fn poll_read(
         &self,
         id: StreamId,
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_input(cx, |s, waiter| {
-            let Some(slot) = s.slots.get_mut(&id) else {
-                return Poll::Ready(Err(stream_io_error(Error::Stream(StreamError::Gone(id)))));
-            };
-            if slot.buffered > 0 {
-                let mut n = 0;
-                while n < buf.len() {
-                    let Some(front) = slot.recv.front_mut() else {
-                        break;
-                    };
-                    let k = front.len().min(buf.len() - n);
-                    buf[n..n + k].copy_from_slice(&front[..k]);
-                    n += k;
-                    if k == front.len() {
-                        slot.recv.pop_front();
-                    } else {
-                        let _ = front.split_to(k);
-                    }
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        let Some(slot) = s.slots.get_mut(&id) else {
+            return Poll::Ready(Err(stream_io_error(Error::Stream(StreamError::Gone(id)))));
+        };
+        if slot.buffered > 0 {
+            let mut n = 0;
+            while n < buf.len() {
+                let Some(front) = slot.recv.front_mut() else {
+                    break;
+                };
+                let k = front.len().min(buf.len() - n);
+                buf[n..n + k].copy_from_slice(&front[..k]);
+                n += k;
+                if k == front.len() {
+                    slot.recv.pop_front();
+                } else {
+                    let _ = front.split_to(k);
                 }
-                slot.buffered -= n;
-                if n > 0 {
-                    s.release(id, n);
-                    s.after_command();
-                }
-                return Poll::Ready(Ok(n));
             }
-            if slot.recv_end.is_some() || buf.is_empty() {
-                return Poll::Ready(Ok(0));
+            slot.buffered -= n;
+            if n > 0 {
+                s.release(id, n);
+                s.after_command();
             }
-            if let Some(f) = &slot.failure {
-                return Poll::Ready(Err(stream_io_error(f.to_error())));
-            }
-            if let Some(w) = waiter {
-                register(&mut slot.read, w);
-            }
-            Poll::Pending
-        })
+            return Poll::Ready(Ok(n));
+        }
+        if slot.recv_end.is_some() || buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if let Some(f) = &slot.failure {
+            return Poll::Ready(Err(stream_io_error(f.to_error())));
+        }
+        register(&mut slot.read, cx.waker());
+        Poll::Pending
     }
 
     /// Zero-copy read: the next received chunk (at most `max` octets), `None` at end of stream.
@@ -634,34 +575,32 @@ impl Session {
         cx: &mut Context<'_>,
         max: usize,
     ) -> Poll<Option<io::Result<Bytes>>> {
-        self.poll_input(cx, |s, waiter| {
-            let Some(slot) = s.slots.get_mut(&id) else {
-                return Poll::Ready(Some(Err(stream_io_error(Error::Stream(
-                    StreamError::Gone(id),
-                )))));
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        let Some(slot) = s.slots.get_mut(&id) else {
+            return Poll::Ready(Some(Err(stream_io_error(Error::Stream(
+                StreamError::Gone(id),
+            )))));
+        };
+        if let Some(front) = slot.recv.front_mut() {
+            let chunk = if front.len() <= max {
+                slot.recv.pop_front().unwrap_or_default()
+            } else {
+                front.split_to(max)
             };
-            if let Some(front) = slot.recv.front_mut() {
-                let chunk = if front.len() <= max {
-                    slot.recv.pop_front().unwrap_or_default()
-                } else {
-                    front.split_to(max)
-                };
-                slot.buffered -= chunk.len();
-                s.release(id, chunk.len());
-                s.after_command();
-                return Poll::Ready(Some(Ok(chunk)));
-            }
-            if slot.recv_end.is_some() {
-                return Poll::Ready(None);
-            }
-            if let Some(f) = &slot.failure {
-                return Poll::Ready(Some(Err(stream_io_error(f.to_error()))));
-            }
-            if let Some(w) = waiter {
-                register(&mut slot.read, w);
-            }
-            Poll::Pending
-        })
+            slot.buffered -= chunk.len();
+            s.release(id, chunk.len());
+            s.after_command();
+            return Poll::Ready(Some(Ok(chunk)));
+        }
+        if slot.recv_end.is_some() {
+            return Poll::Ready(None);
+        }
+        if let Some(f) = &slot.failure {
+            return Poll::Ready(Some(Err(stream_io_error(f.to_error()))));
+        }
+        register(&mut slot.read, cx.waker());
+        Poll::Pending
     }
 
     pub(crate) fn poll_write(
@@ -814,21 +753,18 @@ impl Session {
         id: StreamId,
         cx: &mut Context<'_>,
     ) -> Poll<Result<ResponseHead, Error>> {
-        self.poll_input(cx, |s, waiter| {
-            let Some(slot) = s.slots.get_mut(&id) else {
-                return Poll::Ready(Err(Error::Stream(StreamError::Gone(id))));
-            };
-            if let Some(h) = &slot.response {
-                return Poll::Ready(Ok(h.clone()));
-            }
-            if let Some(f) = &slot.failure {
-                return Poll::Ready(Err(f.to_error()));
-            }
-            if let Some(w) = waiter {
-                slot.meta.register(w);
-            }
-            Poll::Pending
-        })
+        let mut s = self.lock();
+        let Some(slot) = s.slots.get_mut(&id) else {
+            return Poll::Ready(Err(Error::Stream(StreamError::Gone(id))));
+        };
+        if let Some(h) = &slot.response {
+            return Poll::Ready(Ok(h.clone()));
+        }
+        if let Some(f) = &slot.failure {
+            return Poll::Ready(Err(f.to_error()));
+        }
+        slot.meta.register(cx.waker());
+        Poll::Pending
     }
 
     pub(crate) fn poll_trailer(
@@ -836,21 +772,18 @@ impl Session {
         id: StreamId,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<Trailer>, Error>> {
-        self.poll_input(cx, |s, waiter| {
-            let Some(slot) = s.slots.get_mut(&id) else {
-                return Poll::Ready(Err(Error::Stream(StreamError::Gone(id))));
-            };
-            if let Some(end) = &slot.recv_end {
-                return Poll::Ready(Ok(end.clone()));
-            }
-            if let Some(f) = &slot.failure {
-                return Poll::Ready(Err(f.to_error()));
-            }
-            if let Some(w) = waiter {
-                slot.meta.register(w);
-            }
-            Poll::Pending
-        })
+        let mut s = self.lock();
+        let Some(slot) = s.slots.get_mut(&id) else {
+            return Poll::Ready(Err(Error::Stream(StreamError::Gone(id))));
+        };
+        if let Some(end) = &slot.recv_end {
+            return Poll::Ready(Ok(end.clone()));
+        }
+        if let Some(f) = &slot.failure {
+            return Poll::Ready(Err(f.to_error()));
+        }
+        slot.meta.register(cx.waker());
+        Poll::Pending
     }
 
     /// The application dropped its handle on the stream. Unread octets are released (the connection
@@ -943,24 +876,13 @@ impl Shared {
         };
         // The transport remembers this waker where it is not ready: the driver's, so that it is
         // woken to write the rest; if it was woken already, it writes the rest in that run.
-        // It also wakes the driver if it found the transport held by this task meanwhile.
-        let waker = self
-            .driver_task
-            .clone()
-            .unwrap_or_else(|| Waker::noop().clone());
+        let waker = self.driver.clone().unwrap_or_else(|| Waker::noop().clone());
         match wire.try_write(&mut self.conn, &waker) {
             Inline::Busy | Inline::Failed => return false,
             Inline::Written | Inline::Pending => {}
         }
         // Transmitting a stream's end can complete it, and with it a graceful close.
         self.dispatch();
-        !self.driver_needed()
-    }
-
-    /// Whether the driver has to run for what changed since its last step: output to transmit, a
-    /// close or drain, resets waiting for the flush, a deadline earlier than its timer's, paused
-    /// input to resume or input to pause.
-    fn driver_needed(&self) -> bool {
         let deadline = match (self.conn.poll_timeout(), self.close_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -970,28 +892,12 @@ impl Shared {
             (Some(_), None) => true,
             (None, _) => false,
         };
-        self.conn.has_pending_transmit()
+        !(self.conn.has_pending_transmit()
             || self.conn.is_closed()
             || self.conn.is_draining()
             || !self.cancel_after_flush.is_empty()
             || earlier
-            || self.driver_paused == self.conn.wants_input()
-    }
-
-    /// After a task read input itself ([`Session::drive_input`]): the answers it produced (window
-    /// updates, PONGs, resets) go out from this task if the transport is free, and the driver is
-    /// woken for whatever else it must act on.
-    fn after_input(&mut self) {
-        if self.conn.is_draining() || self.conn.is_closed() {
-            self.note_local_drain();
-            self.drain_wakers.wake_all();
-        }
-        if self.conn.has_pending_transmit() && !self.conn.is_closed() && self.flush_inline() {
-            return;
-        }
-        if self.driver_needed() {
-            wake(&mut self.driver);
-        }
+            || (self.driver_paused && self.conn.wants_input()))
     }
 
     /// Our own GOAWAY (no protocol event reports it): a `Draining` for the observers, unless the
@@ -1205,7 +1111,6 @@ impl Shared {
             self.dispatch();
         }
         register(&mut self.driver, waker);
-        register(&mut self.driver_task, waker);
         let deadline = match (self.conn.poll_timeout(), self.close_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
