@@ -782,8 +782,12 @@ async fn serve_connection<I>(
 ) where
     I: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req| {
+    // The response timer the connection's proxied requests take in turn (no timer registered
+    // with the reactor per request).
+    let sleep = lazy_timer::ConnectionSleep::default();
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let state = state.clone();
+        req.extensions_mut().insert(sleep.clone());
         async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
     });
     // `with_upgrades`: a 101 answer hands the connection to the upgraded session ([`upgrade`]).
