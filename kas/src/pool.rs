@@ -24,11 +24,6 @@
 //!   is cheap and safe: the connection's future is boxed, so the task polling it ends and a new one on
 //!   the other thread polls the same future (which registers its wakers afresh on that poll).
 //!
-//! A thread that runs out of tasks of its own runs, before it parks, the tasks waiting on the
-//! other threads' executors (one at a time, checking its own again in between): a busy thread's
-//! backlog is shared when the other thread is awake anyway. A parked thread is never woken for
-//! another thread's tasks (that would bring back a wake-up per task).
-//!
 //! Blocking calls (authentication backends, Redis) go to smol's blocking pool, never to these
 //! threads. Stopping the pool ends the threads and drops every executor with its tasks.
 
