@@ -113,20 +113,6 @@ async fn tagged<T>(future: impl Future<Output = T>) -> T {
     .await
 }
 
-/// Runs, each time this thread's executor is polled (before its own tasks, which it runs until
-/// none is left), one task waiting on another thread's executor, and asks to be polled again at
-/// once while it finds any: a thread that runs out of its own work helps a thread with a backlog
-/// instead of parking. A parked thread is not woken for another thread's backlog (that would wake
-/// it for nearly every task again, the cost one executor per thread removed).
-fn help_others(others: Vec<Arc<Executor<'static>>>) -> impl Future<Output = ()> {
-    futures_lite::future::poll_fn(move |cx| {
-        if others.iter().any(|ex| ex.try_tick()) {
-            cx.waker().wake_by_ref();
-        }
-        Poll::Pending
-    })
-}
-
 /// Executor threads, each with its own executor.
 pub struct Pool {
     shared: Arc<Shared>,
@@ -164,9 +150,6 @@ impl Pool {
         let mut handles = Vec::new();
         for i in 0..n {
             let ex = shared.executors[i].clone();
-            let others: Vec<_> = (1..n)
-                .map(|k| shared.executors[(i + k) % n].clone())
-                .collect();
             let (id, hook) = (shared.id, Arc::downgrade(&hook));
             let stopped = stopped.clone();
             let handle = std::thread::Builder::new()
@@ -175,13 +158,10 @@ impl Pool {
                     CURRENT.set(Some((id, i)));
                     // The tunnel's tasks started from here (handshakes, drivers) run on this pool.
                     runtime_smol::spawn_with_on_this_thread(hook);
-                    smol::block_on(ex.run(futures_lite::future::or(
-                        async move {
-                            // Ends when the sender is closed.
-                            let _ = stopped.recv().await;
-                        },
-                        help_others(others),
-                    )))
+                    smol::block_on(ex.run(async move {
+                        // Ends when the sender is closed.
+                        let _ = stopped.recv().await;
+                    }))
                 });
             match handle {
                 Ok(h) => handles.push(h),
@@ -485,37 +465,6 @@ mod tests {
             "placed on the thread with the fewest connections"
         );
         assert_eq!(seen[49], Some(1), "moved to the thread waking it: {seen:?}");
-        pool.stop();
-    }
-
-    #[test]
-    fn a_thread_with_nothing_to_do_runs_a_task_waiting_on_a_busy_one() {
-        let pool = Pool::new(2, "test-help").unwrap();
-        let spawner = pool.spawner();
-        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
-        let (helped_tx, helped_rx) = std::sync::mpsc::channel::<Option<usize>>();
-        let (outcome_tx, outcome_rx) = std::sync::mpsc::channel::<Option<Option<usize>>>();
-        // Thread 0 is busy: its task blocks until the task queued behind it ran (elsewhere).
-        spawner.spawn_on_thread(0, async move {
-            let _ = started_tx.send(());
-            let helped = helped_rx
-                .recv_timeout(std::time::Duration::from_secs(30))
-                .ok();
-            let _ = outcome_tx.send(helped);
-        });
-        started_rx.recv().unwrap();
-        let s = spawner.clone();
-        spawner.spawn_on_thread(0, async move {
-            let _ = helped_tx.send(s.current_thread());
-        });
-        // Thread 1 wakes for a task of its own, runs it, then helps thread 0.
-        spawner.spawn_on_thread(1, async {});
-        let helped = outcome_rx.recv().unwrap();
-        assert_eq!(
-            helped,
-            Some(Some(1)),
-            "the task queued on the busy thread ran on the other one"
-        );
         pool.stop();
     }
 
