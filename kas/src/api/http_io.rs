@@ -99,7 +99,9 @@ mod tests {
 
     #[test]
     fn reads_only_what_arrived_and_leaves_the_rest_of_the_buffer_alone() {
-        let mut io = HttpIo::new(futures_lite::io::Cursor::new(b"GET / HTTP/1.1\r\n".to_vec()));
+        let mut io = HttpIo::new(futures_lite::io::Cursor::new(
+            b"GET / HTTP/1.1\r\n".to_vec(),
+        ));
         let mut buf = vec![0xAA; 8192];
         let n = read_once(&mut io, &mut buf);
         assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n");
