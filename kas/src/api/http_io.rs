@@ -85,7 +85,6 @@ impl<I: AsyncWrite + Unpin> hyper::rt::Write for HttpIo<I> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use hyper::rt::Read as _;
 
     /// Reads once from `io` into `buf` (which hyper lends as spare capacity); the octets read.
     fn read_once<R: hyper::rt::Read + Unpin>(io: &mut R, buf: &mut [u8]) -> usize {
