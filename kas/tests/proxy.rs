@@ -9,7 +9,8 @@ use std::io::Read as _;
 use std::time::Duration;
 
 use support::{
-    Env, FakeAgent, Script, eventually, get, metric, metrics, post, raw_get, read_chunk,
+    Env, FakeAgent, Script, eventually, get, http, metric, metrics, post, raw_get, read_chunk,
+    reply,
 };
 
 #[test]
@@ -245,6 +246,37 @@ fn late_answer_is_504() {
     assert_eq!(reply.status, 504, "{}", reply.body);
     assert_eq!(reply.json()["reason"], "Timeout");
     script.wait_for("request");
+    script.release();
+    kas.shutdown();
+}
+
+/// The response timer is kept by the HTTP connection between its requests: one answered in time
+/// does not use it up, and the next request on that connection still times out.
+#[test]
+fn late_answer_after_a_prompt_one_on_the_same_connection_is_504() {
+    let mut env = Env::new();
+    env.config.routing.response_timeout = Duration::from_millis(300);
+    let kas = env.start();
+    let script = Script::new("agent-1");
+    let _agent = FakeAgent::connect(&env, &kas, 1, &script);
+    // One client: ureq keeps the connection alive between the requests.
+    let client = http();
+    let bearer = env.admin_bearer(1);
+    let prompt = client
+        .get(format!("{}/api/v1/namespaces", kas.k8s_proxy_url()))
+        .header("Authorization", &bearer)
+        .call()
+        .unwrap();
+    assert_eq!(prompt.status(), 200);
+    let late = reply(
+        client
+            .get(format!("{}/slow", kas.k8s_proxy_url()))
+            .header("Authorization", &bearer)
+            .call()
+            .unwrap(),
+    );
+    assert_eq!(late.status, 504, "{}", late.body);
+    assert_eq!(late.json()["reason"], "Timeout");
     script.release();
     kas.shutdown();
 }

@@ -11,6 +11,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -81,6 +82,74 @@ impl Future for LazySleep {
 
 impl Sleep for LazySleep {}
 
+/// One [`LazySleep`] the requests of one HTTP connection take in turn for their response
+/// timeout (kas's proxy waits at most the routing's response timeout for the agent's answer).
+/// A fresh `smol::Timer` per request registered a timer with the reactor and woke it, once per
+/// request; this one stays registered (at the earliest deadline it was given), each request moves
+/// its deadline later for free, and it re-arms about once per timeout period. A request that
+/// finds it taken (never on HTTP/1.1, whose requests on one connection come one after another)
+/// gets a sleep of its own.
+#[derive(Clone, Default)]
+pub struct ConnectionSleep(Arc<Mutex<Option<LazySleep>>>);
+
+impl std::fmt::Debug for ConnectionSleep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionSleep").finish_non_exhaustive()
+    }
+}
+
+impl ConnectionSleep {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<LazySleep>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Resolves at `deadline` (never before). Dropping it before then returns the timer to the
+    /// connection for its next request.
+    pub async fn until(&self, deadline: Instant) {
+        let sleep = match self.slot().take() {
+            Some(mut s) => {
+                s.move_to(deadline);
+                s
+            }
+            None => LazySleep {
+                deadline,
+                armed: deadline,
+                timer: smol::Timer::at(deadline),
+            },
+        };
+        let mut back = PutBack {
+            owner: self,
+            sleep: Some(sleep),
+        };
+        if let Some(sleep) = back.sleep.as_mut() {
+            sleep.await;
+        }
+        // Fired: its smol timer is spent (a one-shot timer does not fire again after `set_at`
+        // unless polled anew); the next request makes a fresh one.
+        back.sleep = None;
+    }
+
+    /// Whether a timer waits in the slot for the next request (tests).
+    #[cfg(test)]
+    fn holds_timer(&self) -> bool {
+        self.slot().is_some()
+    }
+}
+
+/// Gives a sleep that did not fire back to its connection.
+struct PutBack<'a> {
+    owner: &'a ConnectionSleep,
+    sleep: Option<LazySleep>,
+}
+
+impl Drop for PutBack<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.sleep.take() {
+            *self.owner.slot() = Some(s);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +180,57 @@ mod tests {
             )
             .await;
             assert!(fired);
+        });
+    }
+
+    /// Waits for `sleep` at most `limit`: whether it fired.
+    async fn fires_within(sleep: impl Future<Output = ()>, limit: Duration) -> bool {
+        futures_lite::future::or(
+            async {
+                sleep.await;
+                true
+            },
+            async {
+                smol::Timer::after(limit).await;
+                false
+            },
+        )
+        .await
+    }
+
+    #[test]
+    fn a_connection_sleep_is_reused_by_the_next_request_and_still_fires() {
+        smol::block_on(async {
+            let conn = ConnectionSleep::default();
+            // A request answered before its deadline returns the timer to the connection.
+            let far = Instant::now() + Duration::from_secs(3600);
+            assert!(!fires_within(conn.until(far), Duration::from_millis(5)).await);
+            assert!(conn.holds_timer(), "the timer went back to the connection");
+            // The next request reuses it with its own (here earlier) deadline, which still fires.
+            let start = Instant::now();
+            let near = start + Duration::from_millis(20);
+            assert!(fires_within(conn.until(near), Duration::from_secs(60)).await);
+            assert!(start.elapsed() >= Duration::from_millis(20));
+            // A fired timer is not kept; the one after gets a fresh one that fires too.
+            assert!(!conn.holds_timer());
+            let near = Instant::now() + Duration::from_millis(10);
+            assert!(fires_within(conn.until(near), Duration::from_secs(60)).await);
+        });
+    }
+
+    #[test]
+    fn a_reused_connection_sleep_with_a_later_deadline_does_not_fire_early() {
+        smol::block_on(async {
+            let conn = ConnectionSleep::default();
+            let start = Instant::now();
+            // Registered at +20 ms, then given back unfired.
+            let first = start + Duration::from_millis(20);
+            assert!(!fires_within(conn.until(first), Duration::from_millis(1)).await);
+            // The next request's deadline is later: the registered timer fires first, and the
+            // sleep waits on until its own deadline.
+            let later = start + Duration::from_millis(80);
+            conn.until(later).await;
+            assert!(start.elapsed() >= Duration::from_millis(80));
         });
     }
 }

@@ -36,6 +36,7 @@ pub mod agents;
 pub mod cache;
 pub mod events;
 pub mod gitops;
+pub mod http_io;
 pub mod lazy_timer;
 pub mod proxy;
 pub mod read_access;
@@ -782,14 +783,18 @@ async fn serve_connection<I>(
 ) where
     I: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req| {
+    // The response timer the connection's proxied requests take in turn (no timer registered
+    // with the reactor per request).
+    let sleep = lazy_timer::ConnectionSleep::default();
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let state = state.clone();
+        req.extensions_mut().insert(sleep.clone());
         async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
     });
     // `with_upgrades`: a 101 answer hands the connection to the upgraded session ([`upgrade`]).
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(lazy_timer::LazyTimer)
-        .serve_connection(smol_hyper::rt::FuturesIo::new(io), service)
+        .serve_connection(http_io::HttpIo::new(io), service)
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);
     let finished = futures_lite::future::or(async { Some(conn.as_mut().await) }, async {

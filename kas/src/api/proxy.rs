@@ -257,6 +257,12 @@ pub async fn proxy(
     let end_stream = !has_body && upgrade.is_none();
     // A request another replica forwarded keeps its deadline and is never forwarded again.
     let forwarded = req.extensions().get::<crate::peer::Forwarded>().copied();
+    // The connection's reusable response timer (none on requests another replica forwarded).
+    let sleep = req
+        .extensions()
+        .get::<super::lazy_timer::ConnectionSleep>()
+        .cloned()
+        .unwrap_or_default();
     let mut body = Some(req.into_body());
     let deadline = forwarded.map_or(arrived + state.routing.pending_request_deadline, |f| {
         f.deadline
@@ -336,7 +342,9 @@ pub async fn proxy(
             ));
         }
         let response = futures_lite::future::or(async { Some(stream.response().await) }, async {
-            smol::Timer::after(state.routing.response_timeout).await;
+            sleep
+                .until(Instant::now() + state.routing.response_timeout)
+                .await;
             None
         })
         .await;

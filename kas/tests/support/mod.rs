@@ -480,7 +480,7 @@ impl Reply {
     }
 }
 
-fn reply(mut resp: ureq::http::Response<ureq::Body>) -> Reply {
+pub fn reply(mut resp: ureq::http::Response<ureq::Body>) -> Reply {
     let status = resp.status().as_u16();
     let headers = resp
         .headers()
