@@ -59,7 +59,7 @@ async fn forward(upstream: std::net::SocketAddr, head: RequestHead, stream: Stre
         return;
     };
     let Ok((mut sender, conn)) =
-        hyper::client::conn::http1::handshake(smol_hyper::rt::FuturesIo::new(tcp)).await
+        hyper::client::conn::http1::handshake(kas::api::http_io::HttpIo::new(tcp)).await
     else {
         let _ = stream.respond(
             ResponseHead {

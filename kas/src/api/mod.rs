@@ -1,5 +1,5 @@
 //! kas's HTTP API: HTTP/1.1 (plain, or HTTPS with [`crate::StartOptions::api_tls`]), hyper 1 on smol
-//! through `smol-hyper`'s I/O and timer adapters.
+//! through our I/O and timer adapters (`http_io`, `lazy_timer`).
 //!
 //! | route | access | what |
 //! |---|---|---|

@@ -389,7 +389,7 @@ impl PeerClient {
     async fn connect(&self, state: &KasState, replica: ReplicaId) -> Result<Sender, ConnectError> {
         let io = self.dial(replica).await.map_err(Unreachable)?;
         let (sender, conn) =
-            hyper::client::conn::http1::handshake(smol_hyper::rt::FuturesIo::new(io))
+            hyper::client::conn::http1::handshake(crate::api::http_io::HttpIo::new(io))
                 .await
                 .map_err(|e| Failed(format!("HTTP handshake failed: {e}")))?;
         state.spawner.spawn_detached(async move {

@@ -184,8 +184,8 @@ impl PeerServer {
                     async move { Ok::<_, Infallible>(handle(state, secret, req, peer).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(smol_hyper::rt::SmolTimer::new())
-                    .serve_connection(smol_hyper::rt::FuturesIo::new(io), service)
+                    .timer(crate::api::lazy_timer::LazyTimer)
+                    .serve_connection(crate::api::http_io::HttpIo::new(io), service)
                     .with_upgrades();
                 if let Err(e) = conn.await {
                     tracing::debug!(%peer, error = %e, "private API connection ended with an error");
