@@ -91,18 +91,16 @@ pub fn kube_service(config: &kube::Config) -> Result<HttpService, Error> {
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE)
         .build::<_, RequestBody>(https);
-    let auth = config
-        .auth_layer()
-        .map_err(|e| Error::kube("credentials", e))?;
-    let extra_headers = config
-        .extra_headers_layer()
-        .map_err(|e| Error::kube("impersonation headers", e))?;
+    let middleware = kube_middleware(config)?;
     let service = ServiceBuilder::new()
         .layer(config.base_uri_layer())
-        .option_layer(auth)
-        .layer(extra_headers)
-        .map_err(BoxError::from)
-        .service(client);
+        .service_fn(move |request: Request<RequestBody>| {
+            let (middleware, client) = (middleware.clone(), client.clone());
+            async move {
+                let prepared = middleware.oneshot(request).await?.into_body();
+                client.request(prepared).await.map_err(BoxError::from)
+            }
+        });
     Ok(BoxCloneSyncService::new(service))
 }
 
@@ -110,6 +108,26 @@ pub fn kube_service(config: &kube::Config) -> Result<HttpService, Error> {
 /// (impersonation) headers. The inner service hands the request back (as a response's body).
 type Middleware =
     BoxCloneSyncService<Request<RequestBody>, Response<Request<RequestBody>>, BoxError>;
+
+/// kube's auth and extra-headers layers for `config`, built once here for both clients (kube's
+/// layer types cannot be named, so they are boxed as [`Middleware`]).
+fn kube_middleware(config: &kube::Config) -> Result<Middleware, Error> {
+    let auth = config
+        .auth_layer()
+        .map_err(|e| Error::kube("credentials", e))?;
+    let extra_headers = config
+        .extra_headers_layer()
+        .map_err(|e| Error::kube("impersonation headers", e))?;
+    let middleware = ServiceBuilder::new()
+        .option_layer(auth)
+        .layer(extra_headers)
+        .map_err(BoxError::from)
+        // tower-http's layer wants a response: the request travels back as its body.
+        .service_fn(|request: Request<RequestBody>| async move {
+            Ok::<_, BoxError>(Response::new(request))
+        });
+    Ok(BoxCloneSyncService::new(middleware))
+}
 
 /// The Kubernetes API server client for `k8s-api` requests: keep-alive HTTP/1.1 connections
 /// driven by the stream's task, kube's credentials; see the module documentation.
@@ -169,20 +187,7 @@ impl ApiClient {
             tls,
             timeout: config.connect_timeout.unwrap_or(CONNECT_TIMEOUT),
         };
-        let auth = config
-            .auth_layer()
-            .map_err(|e| Error::kube("credentials", e))?;
-        let extra_headers = config
-            .extra_headers_layer()
-            .map_err(|e| Error::kube("impersonation headers", e))?;
-        let middleware = ServiceBuilder::new()
-            .option_layer(auth)
-            .layer(extra_headers)
-            .map_err(BoxError::from)
-            // tower-http's layer wants a response: the request travels back as its body.
-            .service_fn(|request: Request<RequestBody>| async move {
-                Ok::<_, BoxError>(Response::new(request))
-            });
+        let middleware = kube_middleware(config)?;
         let base_path = url
             .path_and_query()
             .map(|p| p.path().trim_end_matches('/').to_owned())
@@ -192,7 +197,7 @@ impl ApiClient {
             authority,
             host: host_header,
             base_path,
-            middleware: BoxCloneSyncService::new(middleware),
+            middleware,
         })
     }
 
