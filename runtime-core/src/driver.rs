@@ -145,6 +145,38 @@ fn fill<T: AsyncRead + Unpin>(io: &mut T, cx: &mut Context<'_>, buf: &mut [u8]) 
     out
 }
 
+/// Inputs up to this size are copied into one allocation that holds both the octets and the
+/// reference count ([`SmallInput`]).
+const SMALL_INPUT: usize = 512;
+
+/// The octets of a small read and their length, owned by the `Bytes` that [`copy_input`] makes.
+struct SmallInput {
+    len: usize,
+    data: [u8; SMALL_INPUT],
+}
+
+impl AsRef<[u8]> for SmallInput {
+    fn as_ref(&self) -> &[u8] {
+        &self.data[..self.len]
+    }
+}
+
+/// A copy of `input` as `Bytes`. A small input (a request or answer of a few frames) takes one
+/// allocation: `Bytes::copy_from_slice` allocates the octets, and the decoder's first slice of them
+/// a shared header besides; an owner holding both costs one, and its slices only count references.
+fn copy_input(input: &[u8]) -> Bytes {
+    if input.len() <= SMALL_INPUT {
+        let mut owner = SmallInput {
+            len: input.len(),
+            data: [0; SMALL_INPUT],
+        };
+        owner.data[..input.len()].copy_from_slice(input);
+        Bytes::from_owner(owner)
+    } else {
+        Bytes::copy_from_slice(input)
+    }
+}
+
 thread_local! {
     /// The scratch receive buffer of the quiet connections whose drivers run on this thread.
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUFFER_SMALL]);
@@ -284,7 +316,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
                 // the streams consumed it.
                 if outcome.filled > 0 {
                     self.session
-                        .handle_input_bytes(Bytes::copy_from_slice(&buf[..outcome.filled]), now);
+                        .handle_input_bytes(copy_input(&buf[..outcome.filled]), now);
                 }
                 self.recv.put_back(buf);
             }
@@ -296,10 +328,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
                 if outcome.filled > 0 {
                     // A copy of exactly what was read: the connection holds no buffer between
                     // reads, and the frames are slices of the copy.
-                    session.handle_input_bytes(
-                        Bytes::copy_from_slice(&scratch[..outcome.filled]),
-                        now,
-                    );
+                    session.handle_input_bytes(copy_input(&scratch[..outcome.filled]), now);
                 }
                 outcome
             })
