@@ -17,7 +17,13 @@ struct Deferred {
 }
 
 thread_local! {
-    static DEFERRED: RefCell<Deferred> = RefCell::new(Deferred::default());
+    // `const`: no lazy-initialisation check on the two accesses per lock.
+    static DEFERRED: RefCell<Deferred> = const {
+        RefCell::new(Deferred {
+            depth: 0,
+            wakers: Vec::new(),
+        })
+    };
 }
 
 /// While one exists on this thread, wake-ups are collected; dropping the outermost one wakes them.
