@@ -57,6 +57,8 @@ pub const FULL_READS: usize = 4;
 pub const WRITE_BATCH: usize = 512 * 1024;
 /// Most slices in one vectored write.
 const MAX_IOV: usize = 64;
+/// Vectored writes of at most this many buffers use a small array.
+const FEW_IOV: usize = 4;
 /// How long a closed connection may take to flush its last frames before the transport is dropped
 /// (a peer that stopped reading must not keep the task alive).
 pub const LINGER: Duration = Duration::from_secs(2);
@@ -143,6 +145,45 @@ fn fill<T: AsyncRead + Unpin>(io: &mut T, cx: &mut Context<'_>, buf: &mut [u8]) 
     }
     out.full = !buf.is_empty() && out.filled == buf.len();
     out
+}
+
+/// Inputs up to this size are copied into one allocation that holds both the octets and the
+/// reference count ([`SmallInput`]); a request or answer of a few small frames fits in the first
+/// size.
+const SMALL_INPUT: [usize; 2] = [192, 512];
+
+/// The octets of a small read and their length, owned by the `Bytes` that [`copy_input`] makes.
+struct SmallInput<const N: usize> {
+    len: usize,
+    data: [u8; N],
+}
+
+impl<const N: usize> AsRef<[u8]> for SmallInput<N> {
+    fn as_ref(&self) -> &[u8] {
+        &self.data[..self.len]
+    }
+}
+
+fn small_input<const N: usize>(input: &[u8]) -> Bytes {
+    let mut owner = SmallInput {
+        len: input.len(),
+        data: [0; N],
+    };
+    owner.data[..input.len()].copy_from_slice(input);
+    Bytes::from_owner(owner)
+}
+
+/// A copy of `input` as `Bytes`. A small input takes one allocation: `Bytes::copy_from_slice`
+/// allocates the octets, and the decoder's first slice of them a shared header besides; an owner
+/// holding both costs one, and its slices only count references.
+fn copy_input(input: &[u8]) -> Bytes {
+    if input.len() <= SMALL_INPUT[0] {
+        small_input::<{ SMALL_INPUT[0] }>(input)
+    } else if input.len() <= SMALL_INPUT[1] {
+        small_input::<{ SMALL_INPUT[1] }>(input)
+    } else {
+        Bytes::copy_from_slice(input)
+    }
 }
 
 thread_local! {
@@ -284,7 +325,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
                 // the streams consumed it.
                 if outcome.filled > 0 {
                     self.session
-                        .handle_input_bytes(Bytes::copy_from_slice(&buf[..outcome.filled]), now);
+                        .handle_input_bytes(copy_input(&buf[..outcome.filled]), now);
                 }
                 self.recv.put_back(buf);
             }
@@ -296,10 +337,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
                 if outcome.filled > 0 {
                     // A copy of exactly what was read: the connection holds no buffer between
                     // reads, and the frames are slices of the copy.
-                    session.handle_input_bytes(
-                        Bytes::copy_from_slice(&scratch[..outcome.filled]),
-                        now,
-                    );
+                    session.handle_input_bytes(copy_input(&scratch[..outcome.filled]), now);
                 }
                 outcome
             })
@@ -416,19 +454,34 @@ pub(crate) struct Wire<T> {
     error: Option<io::Error>,
 }
 
+/// One vectored write of the first (at most `N`) buffers of `out`.
+fn write_vectored<T: AsyncWrite + Unpin, const N: usize>(
+    io: &mut T,
+    cx: &mut Context<'_>,
+    out: &VecDeque<Bytes>,
+) -> Poll<io::Result<usize>> {
+    let mut iov = [IoSlice::new(&[]); N];
+    let mut k = 0;
+    for b in out.iter().take(N) {
+        iov[k] = IoSlice::new(b);
+        k += 1;
+    }
+    Pin::new(io).poll_write_vectored(cx, &iov[..k])
+}
+
 impl<T: AsyncWrite + Unpin> Wire<T> {
     /// Writes `out` with vectored writes and flushes once it is all written; whether anything
     /// moved. A pending write or flush has registered `cx`'s waker.
     fn write_out(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
         let mut progress = false;
         while !self.out.is_empty() {
-            let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let mut k = 0;
-            for b in self.out.iter().take(MAX_IOV) {
-                iov[k] = IoSlice::new(b);
-                k += 1;
-            }
-            match Pin::new(&mut self.io).poll_write_vectored(cx, &iov[..k]) {
+            let written = if self.out.len() <= FEW_IOV {
+                // The usual small batch (a few frames): no 64-entry array to set up per write.
+                write_vectored::<T, FEW_IOV>(&mut self.io, cx, &self.out)
+            } else {
+                write_vectored::<T, MAX_IOV>(&mut self.io, cx, &self.out)
+            };
+            match written {
                 Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
                 Poll::Ready(Ok(mut n)) => {
                     progress = true;

@@ -167,8 +167,14 @@ pub(crate) struct Shared {
     cancel_after_flush: Vec<StreamId>,
     /// Synchronous observers and the events they have not seen yet ([`crate::observer`]).
     observers: Observers,
+    /// Emptied receive queues of dropped streams, for the next slots (at most [`SPARE_RECV`]): a
+    /// connection that opens a stream per request allocates no queue per stream.
+    spare_recv: Vec<VecDeque<Bytes>>,
     span: tracing::Span,
 }
+
+/// How many emptied receive queues a session keeps for reuse.
+const SPARE_RECV: usize = 16;
 
 /// The session's lock. Releasing it hands the connection events the locked call produced to the
 /// observers, outside the lock and in protocol order ([`crate::observer`]).
@@ -296,6 +302,7 @@ impl Session {
             close_deadline: None,
             cancel_after_flush: Vec::new(),
             observers: Observers::default(),
+            spare_recv: Vec::new(),
             span: span.clone(),
         };
         Session {
@@ -447,13 +454,12 @@ impl Session {
             return Err(Error::from_close(r));
         }
         let id = s.conn.open_stream(head, end_stream)?;
-        s.slots.insert(
-            id,
-            Slot {
-                send_done: end_stream,
-                ..Slot::default()
-            },
-        );
+        let slot = Slot {
+            send_done: end_stream,
+            recv: s.spare_recv.pop().unwrap_or_default(),
+            ..Slot::default()
+        };
+        s.slots.insert(id, slot);
         if end_stream {
             s.after_end_command();
         } else {
@@ -809,8 +815,11 @@ impl Session {
                 s.slots.insert(id, slot);
                 s.cancel_after_flush.push(id);
                 wake(&mut s.driver);
+                s.after_command();
+                return;
             }
         }
+        s.recycle(slot);
         s.after_command();
     }
 }
@@ -871,13 +880,14 @@ impl Shared {
     /// waiting for the flush, no deadline earlier than its timer's, no paused input to resume.
     /// A driver that was woken already runs anyway and finds nothing left to write.
     fn flush_inline(&mut self) -> bool {
-        let Some(wire) = self.wire.clone() else {
+        let Some(wire) = self.wire.as_deref() else {
             return false;
         };
         // The transport remembers this waker where it is not ready: the driver's, so that it is
         // woken to write the rest; if it was woken already, it writes the rest in that run.
-        let waker = self.driver.clone().unwrap_or_else(|| Waker::noop().clone());
-        match wire.try_write(&mut self.conn, &waker) {
+        // Borrowed, not cloned: no reference counts to touch on this path taken per request.
+        let waker = self.driver.as_ref().unwrap_or(Waker::noop());
+        match wire.try_write(&mut self.conn, waker) {
             Inline::Busy | Inline::Failed => return false,
             Inline::Written | Inline::Pending => {}
         }
@@ -905,6 +915,15 @@ impl Shared {
     fn note_local_drain(&mut self) {
         if self.conn.is_draining() && !self.conn.is_closed() {
             self.observers.note_draining(Initiator::Local, None);
+        }
+    }
+
+    /// Keeps the receive queue of a slot that is gone, for a later one.
+    fn recycle(&mut self, slot: Slot) {
+        let mut q = slot.recv;
+        if q.capacity() > 0 && self.spare_recv.len() < SPARE_RECV {
+            q.clear();
+            self.spare_recv.push(q);
         }
     }
 
@@ -952,6 +971,13 @@ impl Shared {
     }
 
     fn dispatch(&mut self) {
+        // Called after every command and several times per driver step, mostly with nothing to do.
+        if self.conn.has_events() {
+            self.dispatch_events();
+        }
+    }
+
+    fn dispatch_events(&mut self) {
         while let Some(ev) = self.conn.poll_event() {
             match ev {
                 Event::Hello(h) => {
@@ -971,6 +997,7 @@ impl Shared {
                 } => {
                     let slot = Slot {
                         recv_end: end_stream.then_some(None),
+                        recv: self.spare_recv.pop().unwrap_or_default(),
                         ..Slot::default()
                     };
                     self.slots.insert(id, slot);

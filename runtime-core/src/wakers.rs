@@ -17,7 +17,13 @@ struct Deferred {
 }
 
 thread_local! {
-    static DEFERRED: RefCell<Deferred> = RefCell::new(Deferred::default());
+    // `const`: no lazy-initialisation check on the two accesses per lock.
+    static DEFERRED: RefCell<Deferred> = const {
+        RefCell::new(Deferred {
+            depth: 0,
+            wakers: Vec::new(),
+        })
+    };
 }
 
 /// While one exists on this thread, wake-ups are collected; dropping the outermost one wakes them.
@@ -92,19 +98,32 @@ pub(crate) fn wake(slot: &mut Option<Waker>) {
     }
 }
 
-/// Several tasks waiting for the same thing (cloned connection handles, several acceptors).
+/// Several tasks waiting for the same thing (cloned connection handles, several acceptors). The
+/// first is held inline: the usual single waiter (a stream's response head) costs no allocation.
 #[derive(Debug, Default)]
-pub(crate) struct WakerList(Vec<Waker>);
+pub(crate) struct WakerList {
+    first: Option<Waker>,
+    more: Vec<Waker>,
+}
 
 impl WakerList {
     pub(crate) fn register(&mut self, w: &Waker) {
-        if !self.0.iter().any(|old| old.will_wake(w)) {
-            self.0.push(w.clone());
+        match &self.first {
+            None => self.first = Some(w.clone()),
+            Some(old) if old.will_wake(w) => {}
+            Some(_) => {
+                if !self.more.iter().any(|old| old.will_wake(w)) {
+                    self.more.push(w.clone());
+                }
+            }
         }
     }
 
     pub(crate) fn wake_all(&mut self) {
-        for w in self.0.drain(..) {
+        if let Some(w) = self.first.take() {
+            wake_or_defer(w);
+        }
+        for w in self.more.drain(..) {
             wake_or_defer(w);
         }
     }

@@ -307,9 +307,16 @@ impl Connection {
             return;
         }
         self.stats.bytes_received += data.len() as u64;
-        let view = data.clone();
-        self.decoder.feed_bytes(data);
-        self.process_input(&view, now);
+        if self.preface_seen {
+            // `process_input` reads `data` only for the preface: no clone (a clone of a
+            // unique `Bytes` allocates its shared header).
+            self.decoder.feed_bytes(data);
+            self.process_input(&[], now);
+        } else {
+            let view = data.clone();
+            self.decoder.feed_bytes(data);
+            self.process_input(&view, now);
+        }
     }
 
     /// Decodes and handles what the decoder holds after `data` was fed to it.
@@ -423,6 +430,12 @@ impl Connection {
         self.events.pop_front()
     }
 
+    /// Whether [`poll_event`](Self::poll_event) has an event to return.
+    #[inline]
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// Next batch of octets to write to the transport, at most `Config::max_transmit` long (one frame
     /// may make it a little longer). Control frames and heads go first, then body data taken round-robin
     /// from the streams that have some, one frame per stream per turn.
@@ -440,6 +453,13 @@ impl Connection {
     /// are slices of the buffers the application sent (not copied), everything else is framed into
     /// one buffer between them. Returns the number of octets appended (0: nothing to send).
     pub fn poll_transmit_vectored(&mut self, out: &mut VecDeque<Bytes>) -> usize {
+        if !self.has_pending_transmit() {
+            // Nothing to frame (a driver's step asks once more after its last batch). As after a
+            // `transmit`: no answers wait in the (empty) buffer.
+            self.input_answers = 0;
+            self.responses = 0;
+            return 0;
+        }
         let mut len = 0;
         let last = self.transmit(Some((out, &mut len)));
         if !last.is_empty() {
@@ -1321,7 +1341,9 @@ impl Connection {
 
     fn maybe_remove(&mut self, id: StreamId) {
         if self.streams.map.get(&id).is_some_and(Stream::is_done) {
-            self.remove_stream(id);
+            if let Some(s) = self.remove_stream(id) {
+                self.streams.recycle(s);
+            }
             self.check_drained();
         }
     }

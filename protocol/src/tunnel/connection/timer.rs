@@ -25,10 +25,12 @@ pub(crate) struct Timers {
 impl Timers {
     /// The earliest armed deadline.
     pub(crate) fn next(&self) -> Option<Instant> {
-        [self.handshake, self.keepalive, self.idle]
-            .into_iter()
-            .flatten()
-            .min()
+        // Asked several times per command and input: plain comparisons, no iterator.
+        let min = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        min(min(self.handshake, self.keepalive), self.idle)
     }
 
     /// Disarms and returns the timers that expired at `now`, earliest first.

@@ -56,10 +56,22 @@ pub(crate) struct Streams {
     pub(crate) ready: VecDeque<StreamId>,
     pub(crate) open_local: u32,
     pub(crate) open_remote: u32,
+    /// Emptied send queues of finished streams, kept for the next streams (at most
+    /// [`SPARE_QUEUES`]): a connection that opens a stream per request allocates no queue per
+    /// stream.
+    spare_queues: Vec<VecDeque<send::Chunk>>,
 }
 
+/// How many emptied send queues [`Streams`] keeps for reuse.
+const SPARE_QUEUES: usize = 16;
+
 impl Streams {
-    pub(crate) fn insert(&mut self, id: StreamId, s: Stream) {
+    pub(crate) fn insert(&mut self, id: StreamId, mut s: Stream) {
+        if s.send.queue.capacity() == 0
+            && let Some(q) = self.spare_queues.pop()
+        {
+            s.send.queue = q;
+        }
         if s.local {
             self.open_local += 1;
         } else {
@@ -77,6 +89,15 @@ impl Streams {
         }
         self.ready.retain(|r| *r != id);
         Some(s)
+    }
+
+    /// Keeps the send queue of a stream that was removed, for a later stream.
+    pub(crate) fn recycle(&mut self, s: Stream) {
+        let mut q = s.send.queue;
+        if q.capacity() > 0 && self.spare_queues.len() < SPARE_QUEUES {
+            q.clear();
+            self.spare_queues.push(q);
+        }
     }
 
     /// Puts the stream in the transmit rotation if it has something queued and is not there yet.
