@@ -175,6 +175,9 @@ pub(crate) struct Shared {
 
 /// How many emptied receive queues a session keeps for reuse.
 const SPARE_RECV: usize = 16;
+/// The largest receive queue kept for reuse (in buffers): a bulk stream's grown queue is dropped,
+/// so a quiet connection holds at most `16 × 8` spare entries.
+const SPARE_RECV_CAPACITY: usize = 8;
 
 /// The session's lock. Releasing it hands the connection events the locked call produced to the
 /// observers, outside the lock and in protocol order ([`crate::observer`]).
@@ -921,7 +924,10 @@ impl Shared {
     /// Keeps the receive queue of a slot that is gone, for a later one.
     fn recycle(&mut self, slot: Slot) {
         let mut q = slot.recv;
-        if q.capacity() > 0 && self.spare_recv.len() < SPARE_RECV {
+        if q.capacity() > 0
+            && q.capacity() <= SPARE_RECV_CAPACITY
+            && self.spare_recv.len() < SPARE_RECV
+        {
             q.clear();
             self.spare_recv.push(q);
         }

@@ -64,6 +64,9 @@ pub(crate) struct Streams {
 
 /// How many emptied send queues [`Streams`] keeps for reuse.
 const SPARE_QUEUES: usize = 16;
+/// The largest send queue kept for reuse (in chunks): a request's queue is a few chunks; a bulk
+/// stream's grown queue is dropped, so a quiet connection holds at most `16 × 8` spare entries.
+const SPARE_QUEUE_CAPACITY: usize = 8;
 
 impl Streams {
     pub(crate) fn insert(&mut self, id: StreamId, mut s: Stream) {
@@ -94,7 +97,10 @@ impl Streams {
     /// Keeps the send queue of a stream that was removed, for a later stream.
     pub(crate) fn recycle(&mut self, s: Stream) {
         let mut q = s.send.queue;
-        if q.capacity() > 0 && self.spare_queues.len() < SPARE_QUEUES {
+        if q.capacity() > 0
+            && q.capacity() <= SPARE_QUEUE_CAPACITY
+            && self.spare_queues.len() < SPARE_QUEUES
+        {
             q.clear();
             self.spare_queues.push(q);
         }
