@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 
 use super::proto;
 use super::table::{ViewChange, Views};
-use super::wire::{WireError, removed_from_proto, row_from_proto, views_from_snapshot};
+use super::wire::{WireError, removed_from_proto, row_values, views_from_snapshot};
 
 /// What applying a message did, and what to send back.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -182,12 +182,54 @@ impl Mirror {
         }
     }
 
+    /// [`Mirror::handle`] of a message the caller no longer needs: an update's keys are moved into
+    /// the views and the changes instead of being copied.
+    pub fn handle_owned(
+        &mut self,
+        message: proto::AgentToServer,
+        now: Instant,
+    ) -> Result<MirrorOutcome, WireError> {
+        match message.msg {
+            Some(proto::agent_to_server::Msg::Update(u)) => self.apply_update_owned(u, now),
+            Some(proto::agent_to_server::Msg::Snapshot(s)) => self.apply_snapshot(&s, now),
+            Some(proto::agent_to_server::Msg::ObjectChanges(_)) => {
+                Ok(MirrorOutcome::Ignored { ack: None })
+            }
+            None => Err(WireError::Malformed("empty cache message".into())),
+        }
+    }
+
     /// Applies an update.
     pub fn apply_update(
         &mut self,
         update: &proto::ViewUpdate,
         now: Instant,
     ) -> Result<MirrorOutcome, WireError> {
+        if let Some(outcome) = self.admit(update, now)? {
+            return Ok(outcome);
+        }
+        self.apply_rows(update.clone(), now)
+    }
+
+    /// [`Mirror::apply_update`] of an update the caller no longer needs (its keys are moved).
+    pub fn apply_update_owned(
+        &mut self,
+        update: proto::ViewUpdate,
+        now: Instant,
+    ) -> Result<MirrorOutcome, WireError> {
+        if let Some(outcome) = self.admit(&update, now)? {
+            return Ok(outcome);
+        }
+        self.apply_rows(update, now)
+    }
+
+    /// The outcome of an update that is not applied (malformed, unusable or old); `None` for one
+    /// to apply.
+    fn admit(
+        &mut self,
+        update: &proto::ViewUpdate,
+        now: Instant,
+    ) -> Result<Option<MirrorOutcome>, WireError> {
         if update.seq < update.base_seq {
             return Err(WireError::Malformed(format!(
                 "update seq {} below its base {}",
@@ -195,53 +237,71 @@ impl Mirror {
             )));
         }
         let Some((epoch, seq)) = self.position else {
-            return Ok(self.resync(proto::ResyncReason::NoState, now));
+            return Ok(Some(self.resync(proto::ResyncReason::NoState, now)));
         };
         if update.epoch != epoch {
-            return Ok(self.resync(proto::ResyncReason::EpochChanged, now));
+            return Ok(Some(self.resync(proto::ResyncReason::EpochChanged, now)));
         }
         if update.base_seq > seq {
-            return Ok(self.resync(proto::ResyncReason::Gap, now));
+            return Ok(Some(self.resync(proto::ResyncReason::Gap, now)));
         }
         // agentk knew our position when it built this message.
         self.awaiting_resync = false;
         self.last_confirmed = Some(now);
         if update.seq <= seq {
-            return Ok(MirrorOutcome::Ignored {
+            return Ok(Some(MirrorOutcome::Ignored {
                 ack: Some(ack(epoch, seq)),
-            });
+            }));
         }
+        Ok(None)
+    }
+
+    /// Applies an admitted update ([`Mirror::admit`]), validating it whole first.
+    fn apply_rows(
+        &mut self,
+        update: proto::ViewUpdate,
+        now: Instant,
+    ) -> Result<MirrorOutcome, WireError> {
+        let Some((epoch, _)) = self.position else {
+            return Ok(self.resync(proto::ResyncReason::NoState, now));
+        };
         // Validate everything before changing anything.
+        let mut names = Vec::with_capacity(update.views.len());
         let mut upserts = Vec::new();
         let mut removals = Vec::new();
-        for delta in &update.views {
+        for delta in update.views {
             let Some(view) = self.views.get(&delta.view) else {
                 return Err(WireError::Malformed(format!(
                     "unknown view {:?}",
                     delta.view
                 )));
             };
-            for row in &delta.upserts {
-                let (key, values) = row_from_proto(row, &view.schema)?;
-                upserts.push((delta.view.as_str(), key, values));
+            let n = names.len();
+            for row in delta.upserts {
+                let values = row_values(&row, &view.schema)?;
+                upserts.push((n, row.key, values));
             }
             for row in &delta.removed {
-                removals.push((delta.view.as_str(), removed_from_proto(row, &view.schema)?));
+                removed_from_proto(row, &view.schema)?;
             }
+            removals.extend(delta.removed.into_iter().map(|r| (n, r.key)));
+            names.push(delta.view);
         }
-        let mut changes = Vec::new();
-        for (name, key) in removals {
+        let mut changes = Vec::with_capacity(upserts.len() + removals.len());
+        for (n, key) in removals {
+            let name = &names[n];
             if let Some(view) = self.views.get_mut(name)
                 && view.rows.remove(&key).is_some()
             {
                 changes.push(ViewChange {
-                    view: name.to_owned(),
+                    view: name.clone(),
                     key,
                     values: None,
                 });
             }
         }
-        for (name, key, values) in upserts {
+        for (n, key, values) in upserts {
+            let name = &names[n];
             let Some(view) = self.views.get_mut(name) else {
                 continue;
             };
@@ -254,7 +314,7 @@ impl Mirror {
                 }
             }
             changes.push(ViewChange {
-                view: name.to_owned(),
+                view: name.clone(),
                 key,
                 values: Some(values),
             });

@@ -49,7 +49,7 @@ use super::decimal::Decimal;
 use super::proto;
 use super::table::{GroupKey, ViewSchema};
 use super::view::{ChangedKey, ViewSet};
-use super::wire::row_to_proto;
+use super::wire::{row_into_proto, row_to_proto};
 
 /// Tuning of a [`Publisher`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -394,12 +394,12 @@ impl Publisher {
                 continue;
             };
             let current = views.row(view, &key);
-            // One lookup: a row published before (the common case) is updated in place.
-            let mut previous = table.get_mut(&key);
+            // One lookup: a row published before (the common case) is updated in place, and its
+            // key moves into the message.
+            let previous = table.get_mut(&key);
             if previous.as_ref().and_then(|p| p.values.as_deref()) == current {
                 continue;
             }
-            let was_tombstone = previous.as_ref().is_some_and(|p| p.values.is_none());
             let delta = deltas.entry(view).or_insert_with(|| proto::ViewDelta {
                 view: self
                     .schemas
@@ -408,25 +408,39 @@ impl Publisher {
                     .unwrap_or_default(),
                 ..Default::default()
             });
-            match current {
-                Some(values) => {
-                    delta.upserts.push(row_to_proto(&key, values));
-                    if was_tombstone {
-                        self.tombstones -= 1;
+            match previous {
+                Some(p) => {
+                    p.seq = next;
+                    match current {
+                        Some(values) => {
+                            match &mut p.values {
+                                Some(v) => {
+                                    v.clear();
+                                    v.extend_from_slice(values);
+                                }
+                                None => {
+                                    self.tombstones -= 1;
+                                    p.values = Some(values.to_vec());
+                                }
+                            }
+                            delta.upserts.push(row_into_proto(key, values));
+                        }
+                        None => {
+                            p.values = None;
+                            self.tombstones += 1;
+                            delta.removed.push(proto::RemovedRow { key });
+                        }
                     }
                 }
                 None => {
-                    delta.removed.push(proto::RemovedRow { key: key.clone() });
-                    self.tombstones += 1;
-                }
-            }
-            let values = current.map(<[Decimal]>::to_vec);
-            match previous.take() {
-                Some(p) => {
-                    p.seq = next;
-                    p.values = values;
-                }
-                None => {
+                    match current {
+                        Some(values) => delta.upserts.push(row_to_proto(&key, values)),
+                        None => {
+                            delta.removed.push(proto::RemovedRow { key: key.clone() });
+                            self.tombstones += 1;
+                        }
+                    }
+                    let values = current.map(<[Decimal]>::to_vec);
                     table.insert(key, Published { seq: next, values });
                 }
             }

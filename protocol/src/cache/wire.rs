@@ -58,17 +58,24 @@ impl From<&proto::ViewSchema> for ViewSchema {
 
 /// Encodes one row; `nanos` is left empty when every value is whole.
 pub(crate) fn row_to_proto(key: &GroupKey, values: &[Decimal]) -> proto::Row {
-    let parts: Vec<(i64, i32)> = values.iter().map(|v| v.to_parts()).collect();
-    let nanos = if parts.iter().all(|(_, n)| *n == 0) {
+    row_into_proto(key.clone(), values)
+}
+
+/// [`row_to_proto`] with a key the caller no longer needs.
+pub(crate) fn row_into_proto(key: GroupKey, values: &[Decimal]) -> proto::Row {
+    let mut units = Vec::with_capacity(values.len());
+    let mut whole = true;
+    for v in values {
+        let (u, n) = v.to_parts();
+        units.push(u);
+        whole &= n == 0;
+    }
+    let nanos = if whole {
         Vec::new()
     } else {
-        parts.iter().map(|(_, n)| *n).collect()
+        values.iter().map(|v| v.to_parts().1).collect()
     };
-    proto::Row {
-        key: key.clone(),
-        units: parts.iter().map(|(u, _)| *u).collect(),
-        nanos,
-    }
+    proto::Row { key, units, nanos }
 }
 
 /// Decodes one row of a view with `schema`, checking its shape.
@@ -76,6 +83,12 @@ pub(crate) fn row_from_proto(
     row: &proto::Row,
     schema: &ViewSchema,
 ) -> Result<(GroupKey, Vec<Decimal>), WireError> {
+    let values = row_values(row, schema)?;
+    Ok((row.key.clone(), values))
+}
+
+/// The values of one row of a view with `schema`, checking the row's shape (key included).
+pub(crate) fn row_values(row: &proto::Row, schema: &ViewSchema) -> Result<Vec<Decimal>, WireError> {
     if row.key.len() != schema.group_by.len() {
         return Err(malformed(format!(
             "view {:?}: row key has {} fields, schema {}",
@@ -104,7 +117,7 @@ pub(crate) fn row_from_proto(
                 .ok_or_else(|| malformed(format!("view {:?}: nanos out of range", schema.name)))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((row.key.clone(), values))
+    Ok(values)
 }
 
 /// Checks that a removed key fits the schema.
@@ -179,15 +192,58 @@ impl From<&ObjectChange> for proto::ObjectChange {
     }
 }
 
+impl From<ObjectChange> for proto::ObjectChange {
+    /// As `From<&ObjectChange>`, moving the strings instead of copying them.
+    fn from(c: ObjectChange) -> Self {
+        proto::ObjectChange {
+            group: c.kind.group,
+            version: c.kind.version,
+            kind: c.kind.kind,
+            namespace: c.namespace,
+            name: c.name,
+            r#type: proto::ChangeType::from(c.change_type) as i32,
+            uid: c.uid,
+            resource_version: c.resource_version,
+        }
+    }
+}
+
+fn change_type_from_proto(t: i32) -> Result<ChangeType, WireError> {
+    match proto::ChangeType::try_from(t) {
+        Ok(proto::ChangeType::Added) => Ok(ChangeType::Added),
+        Ok(proto::ChangeType::Modified) => Ok(ChangeType::Modified),
+        Ok(proto::ChangeType::Deleted) => Ok(ChangeType::Deleted),
+        _ => Err(malformed(format!("object change type {t}"))),
+    }
+}
+
+impl TryFrom<proto::ObjectChange> for ObjectChange {
+    type Error = WireError;
+    /// As `TryFrom<&proto::ObjectChange>`, moving the strings instead of copying them.
+    fn try_from(c: proto::ObjectChange) -> Result<Self, WireError> {
+        let change_type = change_type_from_proto(c.r#type)?;
+        if c.kind.is_empty() || c.version.is_empty() || c.name.is_empty() {
+            return Err(malformed("object change without kind, version or name"));
+        }
+        Ok(ObjectChange {
+            kind: ResourceKind {
+                group: c.group,
+                version: c.version,
+                kind: c.kind,
+            },
+            namespace: c.namespace,
+            name: c.name,
+            uid: c.uid,
+            resource_version: c.resource_version,
+            change_type,
+        })
+    }
+}
+
 impl TryFrom<&proto::ObjectChange> for ObjectChange {
     type Error = WireError;
     fn try_from(c: &proto::ObjectChange) -> Result<Self, WireError> {
-        let change_type = match proto::ChangeType::try_from(c.r#type) {
-            Ok(proto::ChangeType::Added) => ChangeType::Added,
-            Ok(proto::ChangeType::Modified) => ChangeType::Modified,
-            Ok(proto::ChangeType::Deleted) => ChangeType::Deleted,
-            _ => return Err(malformed(format!("object change type {}", c.r#type))),
-        };
+        let change_type = change_type_from_proto(c.r#type)?;
         if c.kind.is_empty() || c.version.is_empty() || c.name.is_empty() {
             return Err(malformed("object change without kind, version or name"));
         }
@@ -208,6 +264,17 @@ pub fn object_changes_message(changes: &[ObjectChange]) -> proto::AgentToServer 
         msg: Some(proto::agent_to_server::Msg::ObjectChanges(
             proto::ObjectChanges {
                 changes: changes.iter().map(proto::ObjectChange::from).collect(),
+            },
+        )),
+    }
+}
+
+/// [`object_changes_message`] of changes the caller no longer needs (their strings are moved).
+pub(crate) fn object_changes_into_message(changes: Vec<ObjectChange>) -> proto::AgentToServer {
+    proto::AgentToServer {
+        msg: Some(proto::agent_to_server::Msg::ObjectChanges(
+            proto::ObjectChanges {
+                changes: changes.into_iter().map(proto::ObjectChange::from).collect(),
             },
         )),
     }

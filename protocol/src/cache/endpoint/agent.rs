@@ -33,7 +33,7 @@ use crate::cache::proto;
 use crate::cache::publisher::PublisherConfig;
 use crate::cache::spec::{ViewSpec, ViewSpecError};
 use crate::cache::store::{StoreError, WatchEvent};
-use crate::cache::wire::{decode_server_message, object_changes_message};
+use crate::cache::wire::{decode_server_message, object_changes_into_message};
 
 /// Identifies one `views` stream to the endpoint (agentk: a serial; the simulator: the flow id).
 pub type LinkId = u64;
@@ -327,7 +327,7 @@ impl AgentViews {
             if dropped > 0 {
                 self.push_event(AgentViewsEvent::ChangesDropped { count: dropped });
             }
-            return Some(object_changes_message(&changes));
+            return Some(object_changes_into_message(changes));
         }
         debug_assert!(
             self.poll_timeout().is_none_or(|t| t > now),

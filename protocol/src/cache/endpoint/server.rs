@@ -298,7 +298,7 @@ impl MirrorTable {
             };
             let mut message = decode_agent_message(&bytes)?;
             tap(&mut message);
-            self.apply(stream, &message, now)?;
+            self.apply(stream, message, now)?;
             stream.messages += 1;
         }
     }
@@ -306,15 +306,15 @@ impl MirrorTable {
     fn apply(
         &mut self,
         stream: &mut ViewsStream,
-        message: &proto::AgentToServer,
+        message: proto::AgentToServer,
         now: Instant,
     ) -> Result<(), ViewsViolation> {
         let agent_id = stream.agent_id;
-        if let Some(In::ObjectChanges(batch)) = &message.msg {
+        if let Some(In::ObjectChanges(batch)) = message.msg {
             // Validated whole before any of it is reported.
             let changes = batch
                 .changes
-                .iter()
+                .into_iter()
                 .map(ObjectChange::try_from)
                 .collect::<Result<Vec<_>, _>>()?;
             if !changes.is_empty() {
@@ -334,7 +334,7 @@ impl MirrorTable {
             );
             return Ok(());
         };
-        match a.mirror.handle(message, now)? {
+        match a.mirror.handle_owned(message, now)? {
             MirrorOutcome::Applied { ack, changes } => {
                 stream.queue(Out::Ack(ack));
                 if !changes.is_empty() {
