@@ -415,9 +415,84 @@ pub(crate) struct CompiledView {
 /// strings ([`Contribution::owned_key`] makes the table's key when a row is touched).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Contribution<'a> {
-    pub(crate) key: Vec<Cow<'a, str>>,
-    pub(crate) values: Vec<Decimal>,
+    pub(crate) key: Small<Cow<'a, str>>,
+    pub(crate) values: Small<Decimal>,
 }
+
+/// Up to [`SMALL`] items in place, more on the heap: a contribution's key and values are built
+/// for every view an event touches (twice: before and after), and views rarely have more than a
+/// few columns, so they need no allocation.
+#[derive(Clone, Debug)]
+pub(crate) enum Small<T> {
+    Inline(usize, [T; SMALL]),
+    Heap(Vec<T>),
+}
+
+/// Items a [`Small`] holds in place.
+const SMALL: usize = 4;
+
+impl<T: Default> Small<T> {
+    fn with_capacity(n: usize) -> Self {
+        if n <= SMALL {
+            Small::Inline(0, std::array::from_fn(|_| T::default()))
+        } else {
+            Small::Heap(Vec::with_capacity(n))
+        }
+    }
+
+    fn push(&mut self, item: T) {
+        match self {
+            Small::Inline(len, items) if *len < SMALL => {
+                items[*len] = item;
+                *len += 1;
+            }
+            Small::Inline(_, items) => {
+                let mut v: Vec<T> = items.iter_mut().map(std::mem::take).collect();
+                v.push(item);
+                *self = Small::Heap(v);
+            }
+            Small::Heap(v) => v.push(item),
+        }
+    }
+}
+
+impl<T: Default> FromIterator<T> for Small<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
+        let iter = iter.into_iter();
+        let mut out = Small::with_capacity(iter.size_hint().0);
+        for item in iter {
+            out.push(item);
+        }
+        out
+    }
+}
+
+impl<T> std::ops::Deref for Small<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            Small::Inline(len, items) => &items[..*len],
+            Small::Heap(v) => v,
+        }
+    }
+}
+
+impl<T> std::ops::DerefMut for Small<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        match self {
+            Small::Inline(len, items) => &mut items[..*len],
+            Small::Heap(v) => v,
+        }
+    }
+}
+
+impl<T: PartialEq> PartialEq for Small<T> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl<T: Eq> Eq for Small<T> {}
 
 impl Contribution<'_> {
     /// The row key as the tables hold it.
@@ -530,7 +605,7 @@ impl CompiledView {
             return None;
         }
         #[cfg_attr(not(feature = "testing"), allow(unused_mut))]
-        let mut key: Vec<Cow<'a, str>> = self
+        let mut key: Small<Cow<'a, str>> = self
             .group_by
             .iter()
             .map(|p| p.eval_text(kind, object).unwrap_or_default())
@@ -691,8 +766,10 @@ mod tests {
         assert_eq!(
             c,
             Some(Contribution {
-                key: vec![],
-                values: vec![Decimal::ONE, Decimal::ZERO, Decimal::ONE]
+                key: Small::from_iter([]),
+                values: [Decimal::ONE, Decimal::ZERO, Decimal::ONE]
+                    .into_iter()
+                    .collect()
             })
         );
         assert_eq!(views[1].contribution(&node_kind, &node), None);

@@ -193,6 +193,17 @@ fn change(kind: &ResourceKind, key: &NsName, entry: &Entry, t: ChangeType) -> Ob
     }
 }
 
+/// Records a kind's latest resourceVersion, reusing the string already there.
+fn set_version(slot: &mut Option<String>, version: &str) {
+    match slot {
+        Some(v) => {
+            v.clear();
+            v.push_str(version);
+        }
+        None => *slot = Some(version.to_owned()),
+    }
+}
+
 /// What an incoming watch event means against the stored incarnation.
 enum Verdict {
     New,
@@ -305,7 +316,7 @@ impl Store {
                     return Ok(Vec::new());
                 }
                 if !entry.resource_version.is_empty() {
-                    ks.resource_version = Some(entry.resource_version.clone());
+                    set_version(&mut ks.resource_version, &entry.resource_version);
                 }
                 let new_change = |t| change(kind, &key, &entry, t);
                 match verdict {
@@ -315,20 +326,31 @@ impl Store {
                         ks.objects.insert(key, entry);
                         Ok(vec![c])
                     }
-                    Verdict::Newer => {
-                        let c = new_change(ChangeType::Modified);
-                        match ks.objects.get_mut(&key) {
-                            Some(slot) => {
-                                let old = std::mem::replace(slot, entry);
-                                observer.observe(kind, Some(&old.object), Some(&slot.object));
-                            }
-                            None => {
-                                observer.observe(kind, None, Some(&entry.object));
-                                ks.objects.insert(key, entry);
-                            }
+                    Verdict::Newer => match ks.objects.get_mut(&key) {
+                        Some(slot) => {
+                            let old = std::mem::replace(slot, entry);
+                            observer.observe(kind, Some(&old.object), Some(&slot.object));
+                            // The common case, built without copies: the key was made for the
+                            // lookup, the uid is the same incarnation's, the old version's
+                            // string is reused.
+                            let mut resource_version = old.resource_version;
+                            resource_version.clone_from(&slot.resource_version);
+                            Ok(vec![ObjectChange {
+                                kind: kind.clone(),
+                                namespace: key.0,
+                                name: key.1,
+                                uid: old.uid,
+                                resource_version,
+                                change_type: ChangeType::Modified,
+                            }])
                         }
-                        Ok(vec![c])
-                    }
+                        None => {
+                            let c = new_change(ChangeType::Modified);
+                            observer.observe(kind, None, Some(&entry.object));
+                            ks.objects.insert(key, entry);
+                            Ok(vec![c])
+                        }
+                    },
                     _ => {
                         // Replace: another incarnation under the same key.
                         let added = new_change(ChangeType::Added);
@@ -369,12 +391,19 @@ impl Store {
                     return Ok(Vec::new());
                 }
                 if !entry.resource_version.is_empty() {
-                    ks.resource_version = Some(entry.resource_version.clone());
+                    set_version(&mut ks.resource_version, &entry.resource_version);
                 }
                 match ks.objects.remove(&key) {
                     Some(old) => {
                         observer.observe(kind, Some(&old.object), None);
-                        Ok(vec![change(kind, &key, &old, ChangeType::Deleted)])
+                        Ok(vec![ObjectChange {
+                            kind: kind.clone(),
+                            namespace: key.0,
+                            name: key.1,
+                            uid: old.uid,
+                            resource_version: old.resource_version,
+                            change_type: ChangeType::Deleted,
+                        }])
                     }
                     None => Ok(Vec::new()),
                 }

@@ -130,7 +130,7 @@ impl ViewSet {
                     let row = table
                         .entry(c.owned_key())
                         .or_insert_with(|| vec![Decimal::ZERO; c.values.len()]);
-                    for (r, v) in row.iter_mut().zip(&c.values) {
+                    for (r, v) in row.iter_mut().zip(c.values.iter()) {
                         *r = r.saturating_add(*v);
                     }
                 }
@@ -159,7 +159,7 @@ impl ViewSet {
             }),
         };
         acc.members += 1;
-        for (a, v) in acc.values.iter_mut().zip(&c.values) {
+        for (a, v) in acc.values.iter_mut().zip(c.values.iter()) {
             *a = a.saturating_add(*v);
         }
         self.changed.insert(ChangedKey { view, key });
@@ -180,7 +180,7 @@ impl ViewSet {
         if acc.members == 0 {
             table.remove(&key);
         } else {
-            for (a, v) in acc.values.iter_mut().zip(&c.values) {
+            for (a, v) in acc.values.iter_mut().zip(c.values.iter()) {
                 *a = a.saturating_sub(*v);
             }
         }
@@ -205,8 +205,11 @@ impl ChangeObserver for ViewSet {
                     }
                     let key = a.owned_key();
                     if let Some(acc) = self.tables[i].get_mut(&key) {
-                        for ((x, old_v), new_v) in
-                            acc.values.iter_mut().zip(&b.values).zip(&a.values)
+                        for ((x, old_v), new_v) in acc
+                            .values
+                            .iter_mut()
+                            .zip(b.values.iter())
+                            .zip(a.values.iter())
                         {
                             *x = x.saturating_sub(*old_v).saturating_add(*new_v);
                         }
