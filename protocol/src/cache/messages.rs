@@ -87,6 +87,40 @@ impl MessageDecoder {
         Ok(Some(self.buf.split_to(len).freeze()))
     }
 
+    /// Feeds `chunk` and hands every message it completes to `each`, in order, stopping at the
+    /// first error. The same as [`MessageDecoder::push`] then [`MessageDecoder::next_message`]
+    /// until `None`, but while nothing is buffered the chunk's whole messages are handed out
+    /// straight from it, without copying them into the buffer (the usual case: a chunk carries
+    /// whole messages).
+    pub fn push_each<E: From<MessageError>>(
+        &mut self,
+        chunk: &[u8],
+        mut each: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut rest = chunk;
+        if self.buf.is_empty() {
+            while let Some((len, prefix)) = length_prefix(rest)? {
+                let Ok(len) = usize::try_from(len) else {
+                    break;
+                };
+                if len > self.max || rest.len() - prefix < len {
+                    break;
+                }
+                let (message, after) = rest[prefix..].split_at(len);
+                rest = after;
+                each(message)?;
+            }
+        }
+        if rest.is_empty() {
+            return Ok(());
+        }
+        self.push(rest);
+        while let Some(message) = self.next_message()? {
+            each(&message)?;
+        }
+        Ok(())
+    }
+
     /// Octets buffered (part of a message).
     pub fn buffered(&self) -> usize {
         self.buf.len()
@@ -105,22 +139,27 @@ impl MessageDecoder {
 
     /// The length prefix at the front of the buffer and its size, if complete.
     fn length(&self) -> Result<Option<(u64, usize)>, MessageError> {
-        let mut value: u64 = 0;
-        for (i, b) in self.buf.iter().take(MAX_VARINT).enumerate() {
-            let bits = u64::from(b & 0x7f);
-            if i == MAX_VARINT - 1 && *b > 1 {
-                return Err(MessageError::BadLength);
-            }
-            value |= bits << (7 * i);
-            if b & 0x80 == 0 {
-                return Ok(Some((value, i + 1)));
-            }
-        }
-        if self.buf.len() >= MAX_VARINT {
+        length_prefix(&self.buf)
+    }
+}
+
+/// The length prefix at the front of `buf` and its size, if complete.
+fn length_prefix(buf: &[u8]) -> Result<Option<(u64, usize)>, MessageError> {
+    let mut value: u64 = 0;
+    for (i, b) in buf.iter().take(MAX_VARINT).enumerate() {
+        let bits = u64::from(b & 0x7f);
+        if i == MAX_VARINT - 1 && *b > 1 {
             return Err(MessageError::BadLength);
         }
-        Ok(None)
+        value |= bits << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(Some((value, i + 1)));
+        }
     }
+    if buf.len() >= MAX_VARINT {
+        return Err(MessageError::BadLength);
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -601,7 +601,20 @@ impl CompiledView {
         kind: &'a ResourceKind,
         object: &'a Value,
     ) -> Option<Contribution<'a>> {
-        if !self.kind.matches(kind) || !self.filter.iter().all(|p| p.holds(kind, object)) {
+        if !self.kind.matches(kind) {
+            return None;
+        }
+        self.contribution_of_kind(kind, object)
+    }
+
+    /// [`CompiledView::contribution`] of an object whose kind the caller checked with
+    /// `self.kind.matches(kind)` (the view set does once per event, not once per object).
+    pub(crate) fn contribution_of_kind<'a>(
+        &self,
+        kind: &'a ResourceKind,
+        object: &'a Value,
+    ) -> Option<Contribution<'a>> {
+        if !self.filter.iter().all(|p| p.holds(kind, object)) {
             return None;
         }
         #[cfg_attr(not(feature = "testing"), allow(unused_mut))]

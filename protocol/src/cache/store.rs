@@ -308,7 +308,9 @@ impl Store {
                 let Some(ks) = self.kind_store(kind) else {
                     return Ok(Vec::new());
                 };
-                let verdict = verdict(ks.objects.get(&key), &entry);
+                // One lookup: the stored entry decides and is then updated in place.
+                let slot = ks.objects.get_mut(&key);
+                let verdict = verdict(slot.as_deref(), &entry);
                 if matches!(verdict, Verdict::Stale) {
                     debug!(%kind, ns = %key.0, name = %key.1, rv = %entry.resource_version, "stale apply ignored");
                 }
@@ -326,7 +328,7 @@ impl Store {
                         ks.objects.insert(key, entry);
                         Ok(vec![c])
                     }
-                    Verdict::Newer => match ks.objects.get_mut(&key) {
+                    Verdict::Newer => match slot {
                         Some(slot) => {
                             let old = std::mem::replace(slot, entry);
                             observer.observe(kind, Some(&old.object), Some(&slot.object));
@@ -355,7 +357,7 @@ impl Store {
                         // Replace: another incarnation under the same key.
                         let added = new_change(ChangeType::Added);
                         let mut out = Vec::with_capacity(2);
-                        match ks.objects.get_mut(&key) {
+                        match slot {
                             Some(slot) => {
                                 let old = std::mem::replace(slot, entry);
                                 observer.observe(kind, Some(&old.object), None);

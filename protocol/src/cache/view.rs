@@ -195,8 +195,8 @@ impl ChangeObserver for ViewSet {
             if !view.kind.matches(kind) {
                 continue;
             }
-            let before = old.and_then(|o| view.contribution(kind, o));
-            let after = new.and_then(|n| view.contribution(kind, n));
+            let before = old.and_then(|o| view.contribution_of_kind(kind, o));
+            let after = new.and_then(|n| view.contribution_of_kind(kind, n));
             match (before, after) {
                 (Some(b), Some(a)) if b.key == a.key => {
                     // The common case (an object changed, its row did not): no key is built.

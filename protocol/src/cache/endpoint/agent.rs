@@ -252,19 +252,14 @@ impl AgentViews {
         let Some(l) = self.link.as_mut().filter(|l| l.id == link) else {
             return Ok(());
         };
-        l.decoder.push(chunk);
-        // Bounded by the buffered octets: every round takes one message out or stops.
-        let result = loop {
-            let bytes = match l.decoder.next_message() {
-                Ok(Some(b)) => b,
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(ViewsViolation::from(e)),
-            };
-            match decode_server_message(&bytes) {
-                Ok(message) => self.cache.handle(&message, now),
-                Err(e) => break Err(ViewsViolation::from(e)),
-            }
-        };
+        // Bounded by the chunk and the buffered octets: every round takes one message out or
+        // stops.
+        let cache = &mut self.cache;
+        let result = l.decoder.push_each(chunk, |bytes| {
+            let message = decode_server_message(bytes)?;
+            cache.handle(&message, now);
+            Ok::<(), ViewsViolation>(())
+        });
         self.input(now);
         if result.is_err() {
             self.handle_unlinked(link, LinkEnd::Violation);

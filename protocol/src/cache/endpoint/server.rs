@@ -290,17 +290,18 @@ impl MirrorTable {
         now: Instant,
         mut tap: impl FnMut(&mut proto::AgentToServer),
     ) -> Result<(), ViewsViolation> {
-        stream.decoder.push(chunk);
-        // Bounded by the buffered octets: every round takes one message out or stops.
-        loop {
-            let Some(bytes) = stream.decoder.next_message()? else {
-                return Ok(());
-            };
-            let mut message = decode_agent_message(&bytes)?;
+        // Bounded by the chunk and the buffered octets: every round takes one message out or
+        // stops. The decoder is set aside while its messages are applied to the stream.
+        let mut decoder = std::mem::take(&mut stream.decoder);
+        let result = decoder.push_each(chunk, |bytes| {
+            let mut message = decode_agent_message(bytes)?;
             tap(&mut message);
             self.apply(stream, message, now)?;
             stream.messages += 1;
-        }
+            Ok::<(), ViewsViolation>(())
+        });
+        stream.decoder = decoder;
+        result
     }
 
     fn apply(
