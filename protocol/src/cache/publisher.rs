@@ -388,7 +388,9 @@ impl Publisher {
             return None;
         }
         let next = self.seq + 1;
-        let mut deltas: BTreeMap<usize, proto::ViewDelta> = BTreeMap::new();
+        // The pending rows come in (view, key) order, so each view's delta is the last one made.
+        let mut deltas: Vec<proto::ViewDelta> = Vec::new();
+        let mut last_view = None;
         for ChangedKey { view, key } in std::mem::take(&mut self.pending) {
             let Some(table) = self.published.get_mut(view) else {
                 continue;
@@ -400,14 +402,20 @@ impl Publisher {
             if previous.as_ref().and_then(|p| p.values.as_deref()) == current {
                 continue;
             }
-            let delta = deltas.entry(view).or_insert_with(|| proto::ViewDelta {
-                view: self
-                    .schemas
-                    .get(view)
-                    .map(|s| s.name.clone())
-                    .unwrap_or_default(),
-                ..Default::default()
-            });
+            if last_view != Some(view) {
+                last_view = Some(view);
+                deltas.push(proto::ViewDelta {
+                    view: self
+                        .schemas
+                        .get(view)
+                        .map(|s| s.name.clone())
+                        .unwrap_or_default(),
+                    ..Default::default()
+                });
+            }
+            let Some(delta) = deltas.last_mut() else {
+                continue;
+            };
             match previous {
                 Some(p) => {
                     p.seq = next;
@@ -455,7 +463,7 @@ impl Publisher {
             epoch: self.epoch(),
             base_seq: self.seq - 1,
             seq: self.seq,
-            views: deltas.into_values().collect(),
+            views: deltas,
         })
     }
 
