@@ -273,6 +273,59 @@ mod tests {
         }
 
         #[test]
+        fn push_each_hands_out_what_push_and_next_message_do(
+            seqs in prop::collection::vec(any::<u64>(), 0..20),
+            cuts in prop::collection::vec(0usize..400, 0..20),
+            max in prop::sample::select(vec![4usize, 12, MAX_MESSAGE]),
+            garbage in prop::option::of(prop::collection::vec(any::<u8>(), 1..16)),
+        ) {
+            let mut wire = Vec::new();
+            for s in &seqs {
+                wire.extend_from_slice(&encode_message(&ack(*s)));
+            }
+            wire.extend(garbage.into_iter().flatten());
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(wire.len())).collect();
+            cuts.push(0);
+            cuts.push(wire.len());
+            cuts.sort_unstable();
+            // The reference: push, then next_message until None or the first error.
+            let mut reference = MessageDecoder::new(max);
+            let mut expected = Vec::new();
+            let mut expected_error = None;
+            'chunks: for w in cuts.windows(2) {
+                reference.push(&wire[w[0]..w[1]]);
+                loop {
+                    match reference.next_message() {
+                        Ok(Some(m)) => expected.push(m.to_vec()),
+                        Ok(None) => break,
+                        Err(e) => {
+                            expected_error = Some(e);
+                            break 'chunks;
+                        }
+                    }
+                }
+            }
+            let mut d = MessageDecoder::new(max);
+            let mut got = Vec::new();
+            let mut got_error = None;
+            for w in cuts.windows(2) {
+                let r = d.push_each(&wire[w[0]..w[1]], |m| {
+                    got.push(m.to_vec());
+                    Ok::<(), MessageError>(())
+                });
+                if let Err(e) = r {
+                    got_error = Some(e);
+                    break;
+                }
+            }
+            prop_assert_eq!(got, expected);
+            prop_assert_eq!(&got_error, &expected_error);
+            if got_error.is_none() {
+                prop_assert_eq!(d.finish(), reference.finish());
+            }
+        }
+
+        #[test]
         fn arbitrary_octets_never_panic(data in prop::collection::vec(any::<u8>(), 0..64)) {
             let mut d = MessageDecoder::new(32);
             d.push(&data);
