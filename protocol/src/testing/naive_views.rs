@@ -15,6 +15,7 @@
 //! the table types the result is expressed in. Specs are assumed valid (compile them with
 //! [`ViewSet::new`](crate::cache::ViewSet::new) first); an invalid path panics here.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde_json::Value;
@@ -113,12 +114,14 @@ fn kind_matches(spec_kind: &str, kind: &ResourceKind) -> bool {
     if spec_kind == "*" {
         return true;
     }
-    let parts: Vec<&str> = spec_kind.split('/').collect();
-    match parts.as_slice() {
-        [name] => kind.kind == *name,
-        [version, name] => kind.group.is_empty() && kind.version == *version && kind.kind == *name,
-        [group, version, name] => {
-            kind.group == *group && kind.version == *version && kind.kind == *name
+    let mut parts = spec_kind.split('/');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(name), None, None, None) => kind.kind == name,
+        (Some(version), Some(name), None, None) => {
+            kind.group.is_empty() && kind.version == version && kind.kind == name
+        }
+        (Some(group), Some(version), Some(name), None) => {
+            kind.group == group && kind.version == version && kind.kind == name
         }
         _ => false,
     }
@@ -149,7 +152,7 @@ fn label(g: &GroupBy) -> String {
 }
 
 fn holds(path: &Path, p: &Predicate, kind: &ResourceKind, object: &Value) -> bool {
-    let v = path.text(kind, object);
+    let v = path.text_ref(kind, object);
     let v = v.as_deref();
     match &p.test {
         Test::Eq(s) => v == Some(s.0.as_str()),
@@ -183,6 +186,15 @@ impl Path {
         match find(self, kind, object)? {
             Found::Json(v) => json_text(v),
             Found::Text(t) => Some(t),
+        }
+    }
+
+    /// [`Path::text`], borrowed where the value is a JSON string (predicates only compare it).
+    fn text_ref<'a>(&self, kind: &ResourceKind, object: &'a Value) -> Option<Cow<'a, str>> {
+        match find(self, kind, object)? {
+            Found::Json(Value::String(s)) => Some(Cow::Borrowed(s)),
+            Found::Json(v) => json_text(v).map(Cow::Owned),
+            Found::Text(t) => Some(Cow::Owned(t)),
         }
     }
 
@@ -266,8 +278,10 @@ fn find<'a>(path: &Path, kind: &ResourceKind, object: &'a Value) -> Option<Found
             Step::Select(field, value) => cur.as_array()?.iter().find(|item| {
                 item.as_object()
                     .and_then(|o| o.get(field))
-                    .and_then(json_text)
-                    .is_some_and(|t| t == *value)
+                    .is_some_and(|v| match v {
+                        Value::String(s) => s == value,
+                        v => json_text(v).is_some_and(|t| t == *value),
+                    })
             })?,
         };
     }
