@@ -349,9 +349,13 @@ pub async fn handle(
     );
     let style = route.error_style();
     let mut audit = None;
-    let result = dispatch(&state, req, peer, route, &span, request_id, &mut audit)
-        .instrument(span.clone())
-        .await;
+    // Boxed: the handler's future (proxying's whole state, kilobytes) is moved as a pointer, not
+    // copied into the instrumented future.
+    let result = Box::pin(dispatch(
+        &state, req, peer, route, &span, request_id, &mut audit,
+    ))
+    .instrument(span.clone())
+    .await;
     let resp = result.unwrap_or_else(|e| e.into_response(style));
     let status = resp.status().as_u16();
     // One audit record per user request, written when its response ends; an upgraded session
@@ -737,6 +741,8 @@ pub async fn serve(
             None => break,
             Some(Ok((tcp, peer))) => {
                 let _ = tcp.set_nodelay(true);
+                // Reads that skip the socket when its queue is known to be empty.
+                let tcp = runtime_smol::TcpIo::from(tcp);
                 let (state2, stop, active) = (state.clone(), stop.clone(), active.clone());
                 let tls = tls.clone();
                 state.spawner.spawn_connection(async move {
@@ -789,7 +795,8 @@ async fn serve_connection<I>(
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let state = state.clone();
         req.extensions_mut().insert(sleep.clone());
-        async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
+        // Boxed, so hyper moves a pointer into its in-flight slot, not the whole future.
+        Box::pin(async move { Ok::<_, Infallible>(handle(state, req, peer).await) })
     });
     // `with_upgrades`: a 101 answer hands the connection to the upgraded session ([`upgrade`]).
     let conn = hyper::server::conn::http1::Builder::new()
