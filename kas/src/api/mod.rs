@@ -349,13 +349,9 @@ pub async fn handle(
     );
     let style = route.error_style();
     let mut audit = None;
-    // Boxed: the handler's future (proxying's whole state, kilobytes) is moved as a pointer, not
-    // copied into the instrumented future.
-    let result = Box::pin(dispatch(
-        &state, req, peer, route, &span, request_id, &mut audit,
-    ))
-    .instrument(span.clone())
-    .await;
+    let result = dispatch(&state, req, peer, route, &span, request_id, &mut audit)
+        .instrument(span.clone())
+        .await;
     let resp = result.unwrap_or_else(|e| e.into_response(style));
     let status = resp.status().as_u16();
     // One audit record per user request, written when its response ends; an upgraded session
@@ -795,8 +791,7 @@ async fn serve_connection<I>(
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let state = state.clone();
         req.extensions_mut().insert(sleep.clone());
-        // Boxed, so hyper moves a pointer into its in-flight slot, not the whole future.
-        Box::pin(async move { Ok::<_, Infallible>(handle(state, req, peer).await) })
+        async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
     });
     // `with_upgrades`: a 101 answer hands the connection to the upgraded session ([`upgrade`]).
     let conn = hyper::server::conn::http1::Builder::new()
