@@ -2,7 +2,8 @@
 //!
 //! The adapter only: [`Smol`] implements [`runtime_core::Runtime`] with smol's executor
 //! (`smol::spawn`; `SMOL_THREADS` sets its thread count; or the executor a program's thread named
-//! with [`spawn_on_this_thread`]), `async_io` timers and smol's TCP types.
+//! with [`spawn_on_this_thread`]), `async_io` timers and smol's TCP types (read through [`TcpIo`], which does not read a socket it
+//! knows to be empty).
 //! Everything else — driver, TLS (futures-rustls), handshakes, [`Server`], [`Connection`], the one
 //! [`Stream`] type with the futures-io traits — is `runtime-core`'s, re-exported here with the runtime
 //! fixed ([`runtime_core::adapter!`]), so kas never names a runtime. `runtime-tokio` is the same
@@ -18,7 +19,10 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use runtime_core::{AsyncTimer, BoxIo, Listener};
+
+mod tcp;
 pub use runtime_core::{BoxFuture, Runtime};
+pub use tcp::TcpIo;
 
 /// smol as a [`Runtime`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -83,7 +87,7 @@ impl Runtime for Smol {
         Box::pin(async move {
             let tcp = smol::net::TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
-            Ok(Box::new(tcp) as BoxIo)
+            Ok(Box::new(TcpIo::from(tcp)) as BoxIo)
         })
     }
 
@@ -119,9 +123,8 @@ impl Listener for TcpListener {
         loop {
             match self.0.get_ref().accept() {
                 Ok((tcp, peer)) => {
-                    let tcp = smol::net::TcpStream::try_from(tcp)?;
                     tcp.set_nodelay(true)?;
-                    return Poll::Ready(Ok((Box::new(tcp), peer)));
+                    return Poll::Ready(Ok((Box::new(TcpIo::new(tcp)?), peer)));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     ready!(self.0.poll_readable(cx))?;

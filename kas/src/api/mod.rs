@@ -737,6 +737,8 @@ pub async fn serve(
             None => break,
             Some(Ok((tcp, peer))) => {
                 let _ = tcp.set_nodelay(true);
+                // Reads that skip the socket when its queue is known to be empty.
+                let tcp = runtime_smol::TcpIo::from(tcp);
                 let (state2, stop, active) = (state.clone(), stop.clone(), active.clone());
                 let tls = tls.clone();
                 state.spawner.spawn_connection(async move {
