@@ -419,80 +419,9 @@ pub(crate) struct Contribution<'a> {
     pub(crate) values: Small<Decimal>,
 }
 
-/// Up to [`SMALL`] items in place, more on the heap: a contribution's key and values are built
-/// for every view an event touches (twice: before and after), and views rarely have more than a
-/// few columns, so they need no allocation.
-#[derive(Clone, Debug)]
-pub(crate) enum Small<T> {
-    Inline(usize, [T; SMALL]),
-    Heap(Vec<T>),
-}
-
-/// Items a [`Small`] holds in place.
-const SMALL: usize = 4;
-
-impl<T: Default> Small<T> {
-    fn with_capacity(n: usize) -> Self {
-        if n <= SMALL {
-            Small::Inline(0, std::array::from_fn(|_| T::default()))
-        } else {
-            Small::Heap(Vec::with_capacity(n))
-        }
-    }
-
-    fn push(&mut self, item: T) {
-        match self {
-            Small::Inline(len, items) if *len < SMALL => {
-                items[*len] = item;
-                *len += 1;
-            }
-            Small::Inline(_, items) => {
-                let mut v: Vec<T> = items.iter_mut().map(std::mem::take).collect();
-                v.push(item);
-                *self = Small::Heap(v);
-            }
-            Small::Heap(v) => v.push(item),
-        }
-    }
-}
-
-impl<T: Default> FromIterator<T> for Small<T> {
-    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
-        let iter = iter.into_iter();
-        let mut out = Small::with_capacity(iter.size_hint().0);
-        for item in iter {
-            out.push(item);
-        }
-        out
-    }
-}
-
-impl<T> std::ops::Deref for Small<T> {
-    type Target = [T];
-    fn deref(&self) -> &[T] {
-        match self {
-            Small::Inline(len, items) => &items[..*len],
-            Small::Heap(v) => v,
-        }
-    }
-}
-
-impl<T> std::ops::DerefMut for Small<T> {
-    fn deref_mut(&mut self) -> &mut [T] {
-        match self {
-            Small::Inline(len, items) => &mut items[..*len],
-            Small::Heap(v) => v,
-        }
-    }
-}
-
-impl<T: PartialEq> PartialEq for Small<T> {
-    fn eq(&self, other: &Self) -> bool {
-        **self == **other
-    }
-}
-
-impl<T: Eq> Eq for Small<T> {}
+/// A contribution's key parts or values: built for every view an event touches (twice: before and
+/// after), and views rarely have more than a few columns, so up to four are kept in place.
+pub(crate) type Small<T> = smallvec::SmallVec<[T; 4]>;
 
 impl Contribution<'_> {
     /// The row key as the tables hold it.
