@@ -179,16 +179,7 @@ impl From<ChangeType> for proto::ChangeType {
 
 impl From<&ObjectChange> for proto::ObjectChange {
     fn from(c: &ObjectChange) -> Self {
-        proto::ObjectChange {
-            group: c.kind.group.clone(),
-            version: c.kind.version.clone(),
-            kind: c.kind.kind.clone(),
-            namespace: c.namespace.clone(),
-            name: c.name.clone(),
-            r#type: proto::ChangeType::from(c.change_type) as i32,
-            uid: c.uid.clone(),
-            resource_version: c.resource_version.clone(),
-        }
+        proto::ObjectChange::from(c.clone())
     }
 }
 
@@ -243,18 +234,7 @@ impl TryFrom<proto::ObjectChange> for ObjectChange {
 impl TryFrom<&proto::ObjectChange> for ObjectChange {
     type Error = WireError;
     fn try_from(c: &proto::ObjectChange) -> Result<Self, WireError> {
-        let change_type = change_type_from_proto(c.r#type)?;
-        if c.kind.is_empty() || c.version.is_empty() || c.name.is_empty() {
-            return Err(malformed("object change without kind, version or name"));
-        }
-        Ok(ObjectChange {
-            kind: ResourceKind::new(&c.group, &c.version, &c.kind),
-            namespace: c.namespace.clone(),
-            name: c.name.clone(),
-            uid: c.uid.clone(),
-            resource_version: c.resource_version.clone(),
-            change_type,
-        })
+        ObjectChange::try_from(c.clone())
     }
 }
 
