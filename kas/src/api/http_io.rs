@@ -43,14 +43,9 @@ impl<I: AsyncRead + Unpin> hyper::rt::Read for HttpIo<I> {
         let io = &mut self.get_mut().0;
         SCRATCH.with_borrow_mut(|scratch| {
             let into = &mut scratch[..want];
-            match Pin::new(io).poll_read(cx, into) {
-                Poll::Ready(Ok(n)) => {
-                    buf.put_slice(&into[..n]);
-                    Poll::Ready(Ok(()))
-                }
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            }
+            Pin::new(io)
+                .poll_read(cx, into)
+                .map_ok(|n| buf.put_slice(&into[..n]))
         })
     }
 }
