@@ -33,6 +33,24 @@ impl TcpIo {
         Ok(TcpIo::from(smol::net::TcpStream::try_from(tcp)?))
     }
 
+    /// Tries `write` on the socket, waiting for writability while it would block.
+    fn poll_write_with(
+        &self,
+        cx: &mut Context<'_>,
+        mut write: impl FnMut(&std::net::TcpStream) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        // Bounded: each round ends unless the reactor reported the socket writable since.
+        loop {
+            match write(self.io.get_ref()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(self.io.poll_writable(cx))?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                res => return Poll::Ready(res),
+            }
+        }
+    }
+
     /// The socket.
     pub fn get_ref(&self) -> &std::net::TcpStream {
         self.io.get_ref()
@@ -82,15 +100,7 @@ impl AsyncWrite for TcpIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let io = &self.io;
-        // Bounded: each round ends unless the reactor reported the socket writable since.
-        loop {
-            match io.get_ref().write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(io.poll_writable(cx))?,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                res => return Poll::Ready(res),
-            }
-        }
+        self.poll_write_with(cx, |mut tcp| tcp.write(buf))
     }
 
     fn poll_write_vectored(
@@ -98,15 +108,7 @@ impl AsyncWrite for TcpIo {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let io = &self.io;
-        // Bounded as in `poll_write`.
-        loop {
-            match io.get_ref().write_vectored(bufs) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(io.poll_writable(cx))?,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                res => return Poll::Ready(res),
-            }
-        }
+        self.poll_write_with(cx, |mut tcp| tcp.write_vectored(bufs))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
