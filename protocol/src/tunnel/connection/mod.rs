@@ -307,16 +307,15 @@ impl Connection {
             return;
         }
         self.stats.bytes_received += data.len() as u64;
-        if self.preface_seen {
-            // `process_input` reads `data` only for the preface: no clone (a clone of a
-            // unique `Bytes` allocates its shared header).
-            self.decoder.feed_bytes(data);
-            self.process_input(&[], now);
+        // `process_input` reads `data` only for the preface: after it, no clone (a clone of a
+        // unique `Bytes` allocates its shared header).
+        let view = if self.preface_seen {
+            Bytes::new()
         } else {
-            let view = data.clone();
-            self.decoder.feed_bytes(data);
-            self.process_input(&view, now);
-        }
+            data.clone()
+        };
+        self.decoder.feed_bytes(data);
+        self.process_input(&view, now);
     }
 
     /// Decodes and handles what the decoder holds after `data` was fed to it.
