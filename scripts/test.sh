@@ -5,6 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# No incremental compilation: CI builds once from a fresh clone, where incremental state only costs time
+# and disk (it grew to 28 GB here; a CI run once failed with "No space left on device"). Set
+# CARGO_INCREMENTAL=1 to keep it for repeated local runs.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 need_apt=()
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
