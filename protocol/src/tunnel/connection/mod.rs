@@ -439,6 +439,13 @@ impl Connection {
     /// may make it a little longer). Control frames and heads go first, then body data taken round-robin
     /// from the streams that have some, one frame per stream per turn.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        if !self.has_pending_transmit() {
+            // Nothing to frame (every driver asks once more after its last batch): as after a
+            // `transmit`, no answers wait in the (empty) buffer; no buffer is touched.
+            self.input_answers = 0;
+            self.responses = 0;
+            return None;
+        }
         let filled = self.transmit(None);
         if filled.is_empty() {
             None
@@ -489,7 +496,14 @@ impl Connection {
                 slices.as_mut().map(|(o, n)| (&mut **o, &mut **n)),
             );
         }
-        let filled = buf.split();
+        // A full buffer (one keepalive frame in a buffer reserved for it, say) has no rest to
+        // keep: hand the buffer itself over, which spares `split`'s shared header (an allocation)
+        // and its reference counting.
+        let filled = if buf.len() == buf.capacity() {
+            std::mem::take(&mut buf)
+        } else {
+            buf.split()
+        };
         self.out = buf;
         self.check_invariants();
         let sent = filled.len() + slices.as_ref().map_or(0, |(_, n)| **n - before);

@@ -33,9 +33,12 @@ impl Timers {
         min(min(self.handshake, self.keepalive), self.idle)
     }
 
-    /// Disarms and returns the timers that expired at `now`, earliest first.
-    pub(crate) fn expired(&mut self, now: Instant) -> Vec<Timer> {
-        let mut fired: Vec<(Instant, Timer)> = Vec::new();
+    /// Disarms and returns the timers that expired at `now`, earliest first (ties in the order
+    /// handshake, idle, keepalive). Called on every timeout of every connection: a fixed array, no
+    /// allocation.
+    pub(crate) fn expired(&mut self, now: Instant) -> impl Iterator<Item = Timer> + use<> {
+        let mut fired: [Option<(Instant, Timer)>; 3] = [None; 3];
+        let mut n = 0;
         for (slot, t) in [
             (&mut self.handshake, Timer::Handshake),
             (&mut self.idle, Timer::Idle),
@@ -45,10 +48,12 @@ impl Timers {
                 && at <= now
             {
                 *slot = None;
-                fired.push((at, t));
+                fired[n] = Some((at, t));
+                n += 1;
             }
         }
-        fired.sort_by_key(|(at, _)| *at);
-        fired.into_iter().map(|(_, t)| t).collect()
+        // A stable sort of at most three entries by deadline (`sort_by_key` is stable too).
+        fired[..n].sort_by_key(|e| e.map(|(at, _)| at));
+        fired.into_iter().flatten().map(|(_, t)| t)
     }
 }
