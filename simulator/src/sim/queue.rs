@@ -7,7 +7,10 @@
 //! numbered by the highest bit in which its key differs from the last key popped, and only the
 //! lowest non-empty bucket is ever searched and redistributed. Every entry moves down at most once per
 //! bit, and each bucket is a plain vector, which makes it much cheaper than a binary heap with tens of
-//! thousands of pending timers. Events wait in a slab; buckets hold (key, slot) pairs.
+//! thousands of pending timers. Events sit in the buckets themselves, next to their keys: the
+//! entries a pop takes were just redistributed, so they are in cache (a slab beside the buckets cost
+//! a cache miss per pop, at a random slot). A bitmap of the non-empty buckets finds the lowest one
+//! without scanning the bucket headers.
 
 use super::clock::SimTime;
 
@@ -15,11 +18,11 @@ const BUCKETS: usize = 129;
 
 /// Events of type `E` keyed by when they are due.
 pub struct EventQueue<E> {
-    buckets: Vec<Vec<(u128, u32)>>,
+    buckets: Vec<Vec<(u128, E)>>,
+    /// Bit `i - 1` is set when bucket `i` (1..=128) holds entries; bucket 0 is checked directly.
+    nonempty: u128,
     last: u128,
     len: usize,
-    slab: Vec<Option<E>>,
-    free: Vec<u32>,
     next_seq: u64,
     peak: usize,
 }
@@ -28,10 +31,9 @@ impl<E> Default for EventQueue<E> {
     fn default() -> Self {
         EventQueue {
             buckets: (0..BUCKETS).map(|_| Vec::new()).collect(),
+            nonempty: 0,
             last: 0,
             len: 0,
-            slab: Vec::new(),
-            free: Vec::new(),
             next_seq: 0,
             peak: 0,
         }
@@ -52,27 +54,26 @@ impl<E> EventQueue<E> {
         Self::default()
     }
 
+    /// Files an entry under its bucket relative to `last`.
+    fn file(&mut self, key: u128, event: E) {
+        let b = bucket(key, self.last);
+        if b > 0 {
+            self.nonempty |= 1 << (b - 1);
+        }
+        self.buckets[b].push((key, event));
+    }
+
     /// Schedules `event` at `at`. Scheduling before the last event taken out is a bug; such an event
     /// runs next instead.
     pub fn push(&mut self, at: SimTime, event: E) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let slot = match self.free.pop() {
-            Some(s) => {
-                self.slab[s as usize] = Some(event);
-                s
-            }
-            None => {
-                self.slab.push(Some(event));
-                u32::try_from(self.slab.len() - 1).unwrap_or(u32::MAX)
-            }
-        };
         let key = (u128::from(at.0) << 64 | u128::from(seq)).max(self.last);
         debug_assert!(
             u128::from(at.0) >= self.last >> 64,
             "event scheduled in the past"
         );
-        self.buckets[bucket(key, self.last)].push((key, slot));
+        self.file(key, event);
         self.len += 1;
         self.peak = self.peak.max(self.len);
     }
@@ -80,24 +81,25 @@ impl<E> EventQueue<E> {
     /// The earliest event, if any.
     pub fn pop(&mut self) -> Option<(SimTime, E)> {
         if self.buckets[0].is_empty() {
-            let i = self.buckets.iter().position(|b| !b.is_empty())?;
-            let items = std::mem::take(&mut self.buckets[i]);
+            if self.nonempty == 0 {
+                return None;
+            }
+            let i = self.nonempty.trailing_zeros() as usize + 1;
+            self.nonempty &= !(1 << (i - 1));
+            let mut items = std::mem::take(&mut self.buckets[i]);
             let min = items.iter().map(|(k, _)| *k).min()?;
             self.last = min;
-            for (k, slot) in items.iter().copied() {
-                self.buckets[bucket(k, min)].push((k, slot));
+            for (k, event) in items.drain(..) {
+                // Every entry lands in a lower bucket than `i` (they all share the bits above it).
+                self.file(k, event);
             }
             // Keep the emptied vector's allocation for later use.
-            let mut items = items;
-            items.clear();
             if self.buckets[i].is_empty() {
                 self.buckets[i] = items;
             }
         }
-        let (key, slot) = self.buckets[0].pop()?;
+        let (key, event) = self.buckets[0].pop()?;
         self.len -= 1;
-        let event = self.slab.get_mut(slot as usize)?.take()?;
-        self.free.push(slot);
         Some((SimTime((key >> 64) as u64), event))
     }
 
