@@ -253,9 +253,15 @@ impl Flow {
 /// [`get_mut`](Self::get_mut) is how the simulated programs touch a flow: it first ends the flow's
 /// keepalive round, if one is open ([`super::round`]), taking its steps due by the current event's
 /// time and leaving the rest in [`ended`](Self::ended) for the world to queue.
+///
+/// Beside the flows it keeps when each flow's open round is due ([`round_until`](Self::round_until)),
+/// dense by id: the world checks every round event against it, and most of those find their round
+/// ended early, which this answers without touching the flow (a cache miss into a large struct).
 #[derive(Debug)]
 pub struct FlowTable {
     slots: Vec<Option<Box<Flow>>>,
+    /// `round.until` of each flow's open round, 0 without one (a round always ends after 0).
+    rounds: Vec<u64>,
     live: usize,
     clock: Clock,
     /// The time of the event being handled.
@@ -268,6 +274,7 @@ impl FlowTable {
     pub fn new(clock: Clock) -> FlowTable {
         FlowTable {
             slots: Vec::new(),
+            rounds: Vec::new(),
             live: 0,
             clock,
             now: SimTime::ZERO,
@@ -280,7 +287,9 @@ impl FlowTable {
         let i = usize::try_from(id).unwrap_or(usize::MAX);
         if i >= self.slots.len() {
             self.slots.resize_with(i + 1, || None);
+            self.rounds.resize(i + 1, 0);
         }
+        self.rounds[i] = flow.round.as_ref().map_or(0, |r| r.until.0);
         if self.slots[i].replace(Box::new(flow)).is_none() {
             self.live += 1;
         }
@@ -292,16 +301,38 @@ impl FlowTable {
 
     /// The flow, its keepalive round (if any) ended first (see the type's docs).
     pub fn get_mut(&mut self, id: &u64) -> Option<&mut Flow> {
-        let flow = self
-            .slots
-            .get_mut(usize::try_from(*id).ok()?)?
-            .as_deref_mut()?;
+        let i = usize::try_from(*id).ok()?;
+        let flow = self.slots.get_mut(i)?.as_deref_mut()?;
         if flow.round.is_some()
             && let Some(left) = flow.end_round(&self.clock, self.now)
         {
+            self.rounds[i] = 0;
             self.ended.push((*id, left));
         }
         Some(flow)
+    }
+
+    /// When the flow's open keepalive round is due, if it has one (the flow is not touched).
+    pub fn round_until(&self, id: u64) -> Option<SimTime> {
+        let until = *self.rounds.get(usize::try_from(id).ok()?)?;
+        (until != 0).then_some(SimTime(until))
+    }
+
+    /// Records the flow's round as it is now: call after opening a round or moving its end
+    /// through [`get_mut_raw`](Self::get_mut_raw) (ending one goes through [`get_mut`](Self::get_mut)).
+    pub fn sync_round(&mut self, id: u64) {
+        let Some(i) = usize::try_from(id).ok() else {
+            return;
+        };
+        let until = self
+            .slots
+            .get(i)
+            .and_then(|f| f.as_deref())
+            .and_then(|f| f.round.as_ref())
+            .map_or(0, |r| r.until.0);
+        if let Some(r) = self.rounds.get_mut(i) {
+            *r = until;
+        }
     }
 
     /// The flow as it is, its round (if any) left open: for the world's transport mechanics only.
@@ -312,7 +343,9 @@ impl FlowTable {
     }
 
     pub fn remove(&mut self, id: &u64) -> Option<Flow> {
-        let f = self.slots.get_mut(usize::try_from(*id).ok()?)?.take()?;
+        let i = usize::try_from(*id).ok()?;
+        let f = self.slots.get_mut(i)?.take()?;
+        self.rounds[i] = 0;
         self.live -= 1;
         Some(*f)
     }

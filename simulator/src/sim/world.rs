@@ -438,15 +438,19 @@ impl World {
         // Bounded by the queue: every event is due no later than the end event, which stops the loop.
         while let Some((t, ev)) = self.queue.pop() {
             self.flows.now = t;
+            if let Ev::Round { flow } = &ev {
+                debug_assert_eq!(
+                    self.flows.round_until(*flow),
+                    self.flows
+                        .get(flow)
+                        .and_then(|f| f.round.as_ref())
+                        .map(|r| r.until),
+                    "the table's round times follow the flows' rounds"
+                );
+            }
             match ev {
                 Ev::ConnTimer { flow, side } if self.stale_timer(t, flow, side) => continue,
-                Ev::Round { flow }
-                    if self
-                        .flows
-                        .get(&flow)
-                        .and_then(|f| f.round.as_ref())
-                        .is_none_or(|r| r.until != t) =>
-                {
+                Ev::Round { flow } if self.flows.round_until(flow) != Some(t) => {
                     // The round ended early (something touched the flow): not an event.
                     continue;
                 }
@@ -997,6 +1001,7 @@ impl World {
         // idle connection then costs two events per round however many exchanges it holds.
         let until = now.plus(round_span(flow, &self.sc));
         flow.round = Some(Box::new(super::round::Round::new(until)));
+        self.flows.sync_round(fid);
         self.queue.push(until, Ev::Round { flow: fid });
     }
 
@@ -1035,6 +1040,7 @@ impl World {
             }
         }
         self.metrics.kas[kas].bytes += std::mem::take(&mut round.kas_bytes);
+        self.flows.sync_round(fid);
         self.queue.push(until, Ev::Round { flow: fid });
     }
 
