@@ -19,6 +19,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde_json::Value;
+use smallvec::SmallVec;
 
 use crate::cache::{
     AggregateOp, Decimal, GroupBy, GroupKey, Predicate, ResourceKind, Test, View, ViewSchema,
@@ -41,7 +42,7 @@ pub struct Oracle {
 
 /// One spec, read: its schema, and its predicates and paths split into steps.
 struct Prepared {
-    kind: String,
+    kind: KindSpec,
     schema: ViewSchema,
     filter: Conditions,
     group_by: Vec<Path>,
@@ -78,7 +79,7 @@ impl Prepared {
                 .collect()
         };
         Prepared {
-            kind: spec.kind.clone(),
+            kind: KindSpec::new(&spec.kind),
             schema: ViewSchema {
                 name: spec.name.clone(),
                 kind: spec.kind.clone(),
@@ -114,12 +115,12 @@ fn view(spec: &Prepared, objects: &[(&ResourceKind, &Value)]) -> View {
     // Group first (every member object of each row), aggregate afterwards. Key parts are borrowed
     // from the objects until the row is made.
     type Members<'o> = Vec<(&'o ResourceKind, &'o Value)>;
-    let mut groups: BTreeMap<Vec<Cow<str>>, Members> = BTreeMap::new();
+    let mut groups: BTreeMap<SmallVec<[Cow<str>; 4]>, Members> = BTreeMap::new();
     for &(kind, object) in objects {
-        if !kind_matches(&spec.kind, kind) || !all(&spec.filter, kind, object) {
+        if !spec.kind.matches(kind) || !all(&spec.filter, kind, object) {
             continue;
         }
-        let key: Vec<Cow<str>> = spec
+        let key: SmallVec<[Cow<str>; 4]> = spec
             .group_by
             .iter()
             .map(|path| path.text_ref(kind, object).unwrap_or_default())
@@ -157,21 +158,58 @@ fn view(spec: &Prepared, objects: &[(&ResourceKind, &Value)]) -> View {
     }
 }
 
-/// `*`, a kind name, or an exact `group/version/Kind` (`version/Kind` for the core group).
-fn kind_matches(spec_kind: &str, kind: &ResourceKind) -> bool {
-    if spec_kind == "*" {
-        return true;
+/// A spec's kind, split at its slashes once: `*`, a kind name, or an exact `group/version/Kind`
+/// (`version/Kind` for the core group).
+enum KindSpec {
+    Any,
+    Name(String),
+    Core {
+        version: String,
+        name: String,
+    },
+    Full {
+        group: String,
+        version: String,
+        name: String,
+    },
+    Invalid,
+}
+
+impl KindSpec {
+    fn new(spec_kind: &str) -> KindSpec {
+        if spec_kind == "*" {
+            return KindSpec::Any;
+        }
+        let mut parts = spec_kind.split('/');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(name), None, None, None) => KindSpec::Name(name.to_owned()),
+            (Some(version), Some(name), None, None) => KindSpec::Core {
+                version: version.to_owned(),
+                name: name.to_owned(),
+            },
+            (Some(group), Some(version), Some(name), None) => KindSpec::Full {
+                group: group.to_owned(),
+                version: version.to_owned(),
+                name: name.to_owned(),
+            },
+            _ => KindSpec::Invalid,
+        }
     }
-    let mut parts = spec_kind.split('/');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(name), None, None, None) => kind.kind == name,
-        (Some(version), Some(name), None, None) => {
-            kind.group.is_empty() && kind.version == version && kind.kind == name
+
+    fn matches(&self, kind: &ResourceKind) -> bool {
+        match self {
+            KindSpec::Any => true,
+            KindSpec::Name(name) => kind.kind == *name,
+            KindSpec::Core { version, name } => {
+                kind.group.is_empty() && kind.version == *version && kind.kind == *name
+            }
+            KindSpec::Full {
+                group,
+                version,
+                name,
+            } => kind.group == *group && kind.version == *version && kind.kind == *name,
+            KindSpec::Invalid => false,
         }
-        (Some(group), Some(version), Some(name), None) => {
-            kind.group == group && kind.version == version && kind.kind == name
-        }
-        _ => false,
     }
 }
 
