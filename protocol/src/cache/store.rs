@@ -27,7 +27,7 @@
 //! incremental views see events without the store copying objects.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, btree_map};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -229,19 +229,23 @@ fn verdict(stored: Option<&Entry>, incoming: &Entry) -> Verdict {
     }
 }
 
+/// The objects of `kind` in `kinds`, in one lookup, created empty on first use (`entry` alone
+/// would clone the kind, three strings, on every event). A macro, not a method: a method returning
+/// the borrow needs a second lookup (the borrow checker keeps a returned borrow alive on the insert
+/// path, NLL problem case #3).
+macro_rules! kind_store {
+    ($kinds:expr, $kind:expr) => {
+        match $kinds.get_mut($kind) {
+            Some(ks) => ks,
+            None => $kinds.entry($kind.clone()).or_default(),
+        }
+    };
+}
+
 impl Store {
     /// An empty store.
     pub fn new() -> Self {
         Store::default()
-    }
-
-    /// The objects of `kind`, created empty on first use (`entry` would clone the kind on every
-    /// event, three strings).
-    fn kind_store(&mut self, kind: &ResourceKind) -> Option<&mut KindStore> {
-        if !self.kinds.contains_key(kind) {
-            self.kinds.insert(kind.clone(), KindStore::default());
-        }
-        self.kinds.get_mut(kind)
     }
 
     /// Applies one watch event for `kind`, reporting each change to `observer`, and returns the
@@ -305,9 +309,7 @@ impl Store {
             WatchEvent::Apply(object) => {
                 let object = normalise(kind, object).map_err(bad)?;
                 let (key, entry) = Entry::new(object).map_err(bad)?;
-                let Some(ks) = self.kind_store(kind) else {
-                    return Ok(Vec::new());
-                };
+                let ks = kind_store!(self.kinds, kind);
                 // One lookup: the stored entry decides and is then updated in place.
                 let slot = ks.objects.get_mut(&key);
                 let verdict = verdict(slot.as_deref(), &entry);
@@ -379,41 +381,39 @@ impl Store {
                 let Some(ks) = self.kinds.get_mut(kind) else {
                     return Ok(Vec::new());
                 };
-                let Some(stored) = ks.objects.get(&key) else {
+                // One lookup: the stored entry is checked, then removed through the same handle.
+                let btree_map::Entry::Occupied(stored) = ks.objects.entry(key) else {
                     return Ok(Vec::new());
                 };
-                if stored.uid != entry.uid {
-                    debug!(%kind, ns = %key.0, name = %key.1, "delete of another incarnation ignored");
+                let (ns, name) = stored.key();
+                if stored.get().uid != entry.uid {
+                    debug!(%kind, %ns, %name, "delete of another incarnation ignored");
                     return Ok(Vec::new());
                 }
-                if compare_resource_versions(&entry.resource_version, &stored.resource_version)
-                    == Some(Ordering::Less)
+                if compare_resource_versions(
+                    &entry.resource_version,
+                    &stored.get().resource_version,
+                ) == Some(Ordering::Less)
                 {
-                    debug!(%kind, ns = %key.0, name = %key.1, rv = %entry.resource_version, "stale delete ignored");
+                    debug!(%kind, %ns, %name, rv = %entry.resource_version, "stale delete ignored");
                     return Ok(Vec::new());
                 }
                 if !entry.resource_version.is_empty() {
                     set_version(&mut ks.resource_version, &entry.resource_version);
                 }
-                match ks.objects.remove(&key) {
-                    Some(old) => {
-                        observer.observe(kind, Some(&old.object), None);
-                        Ok(vec![ObjectChange {
-                            kind: kind.clone(),
-                            namespace: key.0,
-                            name: key.1,
-                            uid: old.uid,
-                            resource_version: old.resource_version,
-                            change_type: ChangeType::Deleted,
-                        }])
-                    }
-                    None => Ok(Vec::new()),
-                }
+                let ((namespace, name), old) = stored.remove_entry();
+                observer.observe(kind, Some(&old.object), None);
+                Ok(vec![ObjectChange {
+                    kind: kind.clone(),
+                    namespace,
+                    name,
+                    uid: old.uid,
+                    resource_version: old.resource_version,
+                    change_type: ChangeType::Deleted,
+                }])
             }
             WatchEvent::Bookmark { resource_version } => {
-                if let Some(ks) = self.kind_store(kind) {
-                    ks.resource_version = Some(resource_version);
-                }
+                kind_store!(self.kinds, kind).resource_version = Some(resource_version);
                 Ok(Vec::new())
             }
         }

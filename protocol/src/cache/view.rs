@@ -63,6 +63,11 @@ impl ViewSet {
         self.views.iter().map(|v| v.schema.clone()).collect()
     }
 
+    /// One view's column description, borrowed ([`ViewSet::schemas`] copies them all).
+    pub fn schema(&self, view: usize) -> Option<&ViewSchema> {
+        self.views.get(view).map(|v| &v.schema)
+    }
+
     /// Number of views.
     pub fn len(&self) -> usize {
         self.views.len()

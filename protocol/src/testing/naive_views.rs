@@ -19,6 +19,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde_json::Value;
+use smallvec::SmallVec;
 
 use crate::cache::{
     AggregateOp, Decimal, GroupBy, GroupKey, Predicate, ResourceKind, Test, View, ViewSchema,
@@ -30,63 +31,107 @@ pub fn evaluate<'a>(
     specs: &[ViewSpec],
     objects: impl IntoIterator<Item = (&'a ResourceKind, &'a Value)>,
 ) -> Views {
-    let objects: Vec<(&ResourceKind, &Value)> = objects.into_iter().collect();
-    specs.iter().map(|spec| view(spec, &objects)).collect()
+    Oracle::new(specs).evaluate(objects)
+}
+
+/// [`evaluate`] with the specs read once: each view's schema and paths split into steps, for a
+/// caller that evaluates the same specs over and over (the simulator, after every change).
+pub struct Oracle {
+    views: Vec<Prepared>,
+}
+
+/// One spec, read: its schema, and its predicates and paths split into steps.
+struct Prepared {
+    kind: KindSpec,
+    schema: ViewSchema,
+    filter: Conditions,
+    group_by: Vec<Path>,
+    metrics: Vec<(Conditions, Option<Path>)>,
 }
 
 /// Predicates with their paths split into steps.
-type Conditions<'a> = Vec<(Path, &'a Predicate)>;
+type Conditions = Vec<(Path, Predicate)>;
+
+impl Oracle {
+    /// Reads `specs` (valid ones: see the module documentation).
+    pub fn new(specs: &[ViewSpec]) -> Oracle {
+        Oracle {
+            views: specs.iter().map(Prepared::new).collect(),
+        }
+    }
+
+    /// The views over `objects`, computed from scratch.
+    pub fn evaluate<'a>(
+        &self,
+        objects: impl IntoIterator<Item = (&'a ResourceKind, &'a Value)>,
+    ) -> Views {
+        let objects: Vec<(&ResourceKind, &Value)> = objects.into_iter().collect();
+        self.views.iter().map(|p| view(p, &objects)).collect()
+    }
+}
+
+impl Prepared {
+    fn new(spec: &ViewSpec) -> Prepared {
+        let conditions = |preds: &[Predicate]| -> Conditions {
+            preds
+                .iter()
+                .map(|p| (Path::new(&p.path), p.clone()))
+                .collect()
+        };
+        Prepared {
+            kind: KindSpec::new(&spec.kind),
+            schema: ViewSchema {
+                name: spec.name.clone(),
+                kind: spec.kind.clone(),
+                group_by: spec.group_by.iter().map(label).collect(),
+                metrics: spec.metrics.iter().map(|m| m.name.clone()).collect(),
+            },
+            filter: conditions(&spec.filter),
+            group_by: spec
+                .group_by
+                .iter()
+                .map(|g| Path::new(group_path(g)))
+                .collect(),
+            metrics: spec
+                .metrics
+                .iter()
+                .map(|m| {
+                    let sum = match m.op {
+                        AggregateOp::Count => None,
+                        AggregateOp::Sum => Some(Path::new(m.path.as_deref().unwrap_or(""))),
+                    };
+                    (conditions(&m.filter), sum)
+                })
+                .collect(),
+        }
+    }
+}
 
 /// One view over every object.
-fn view(spec: &ViewSpec, objects: &[(&ResourceKind, &Value)]) -> View {
-    let schema = ViewSchema {
-        name: spec.name.clone(),
-        kind: spec.kind.clone(),
-        group_by: spec.group_by.iter().map(label).collect(),
-        metrics: spec.metrics.iter().map(|m| m.name.clone()).collect(),
-    };
-    // Each path is split into steps once per view, not once per object.
-    let filter: Conditions = spec
-        .filter
-        .iter()
-        .map(|p| (Path::new(&p.path), p))
-        .collect();
-    let group_by: Vec<Path> = spec
-        .group_by
-        .iter()
-        .map(|g| Path::new(group_path(g)))
-        .collect();
-    let metrics: Vec<(Conditions, Option<Path>)> = spec
-        .metrics
-        .iter()
-        .map(|m| {
-            let filter = m.filter.iter().map(|p| (Path::new(&p.path), p)).collect();
-            let sum = match m.op {
-                AggregateOp::Count => None,
-                AggregateOp::Sum => Some(Path::new(m.path.as_deref().unwrap_or(""))),
-            };
-            (filter, sum)
-        })
-        .collect();
-    let all = |preds: &[(Path, &Predicate)], kind: &ResourceKind, object: &Value| {
+fn view(spec: &Prepared, objects: &[(&ResourceKind, &Value)]) -> View {
+    let all = |preds: &[(Path, Predicate)], kind: &ResourceKind, object: &Value| {
         preds.iter().all(|(path, p)| holds(path, p, kind, object))
     };
-    // Group first (every member object of each row), aggregate afterwards.
-    let mut groups: BTreeMap<GroupKey, Vec<(&ResourceKind, &Value)>> = BTreeMap::new();
+    // Group first (every member object of each row), aggregate afterwards. Key parts are borrowed
+    // from the objects until the row is made.
+    type Members<'o> = Vec<(&'o ResourceKind, &'o Value)>;
+    let mut groups: BTreeMap<SmallVec<[Cow<str>; 4]>, Members> = BTreeMap::new();
     for &(kind, object) in objects {
-        if !kind_matches(&spec.kind, kind) || !all(&filter, kind, object) {
+        if !spec.kind.matches(kind) || !all(&spec.filter, kind, object) {
             continue;
         }
-        let key: GroupKey = group_by
+        let key: SmallVec<[Cow<str>; 4]> = spec
+            .group_by
             .iter()
-            .map(|path| path.text(kind, object).unwrap_or_default())
+            .map(|path| path.text_ref(kind, object).unwrap_or_default())
             .collect();
         groups.entry(key).or_default().push((kind, object));
     }
     let rows = groups
         .into_iter()
         .map(|(key, members)| {
-            let values = metrics
+            let values = spec
+                .metrics
                 .iter()
                 .map(|(filter, sum)| {
                     let mut total = Decimal::ZERO;
@@ -103,27 +148,68 @@ fn view(spec: &ViewSpec, objects: &[(&ResourceKind, &Value)]) -> View {
                     total
                 })
                 .collect();
+            let key: GroupKey = key.into_iter().map(Cow::into_owned).collect();
             (key, values)
         })
         .collect();
-    View { schema, rows }
+    View {
+        schema: spec.schema.clone(),
+        rows,
+    }
 }
 
-/// `*`, a kind name, or an exact `group/version/Kind` (`version/Kind` for the core group).
-fn kind_matches(spec_kind: &str, kind: &ResourceKind) -> bool {
-    if spec_kind == "*" {
-        return true;
+/// A spec's kind, split at its slashes once: `*`, a kind name, or an exact `group/version/Kind`
+/// (`version/Kind` for the core group).
+enum KindSpec {
+    Any,
+    Name(String),
+    Core {
+        version: String,
+        name: String,
+    },
+    Full {
+        group: String,
+        version: String,
+        name: String,
+    },
+    Invalid,
+}
+
+impl KindSpec {
+    fn new(spec_kind: &str) -> KindSpec {
+        if spec_kind == "*" {
+            return KindSpec::Any;
+        }
+        let mut parts = spec_kind.split('/');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(name), None, None, None) => KindSpec::Name(name.to_owned()),
+            (Some(version), Some(name), None, None) => KindSpec::Core {
+                version: version.to_owned(),
+                name: name.to_owned(),
+            },
+            (Some(group), Some(version), Some(name), None) => KindSpec::Full {
+                group: group.to_owned(),
+                version: version.to_owned(),
+                name: name.to_owned(),
+            },
+            _ => KindSpec::Invalid,
+        }
     }
-    let mut parts = spec_kind.split('/');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(name), None, None, None) => kind.kind == name,
-        (Some(version), Some(name), None, None) => {
-            kind.group.is_empty() && kind.version == version && kind.kind == name
+
+    fn matches(&self, kind: &ResourceKind) -> bool {
+        match self {
+            KindSpec::Any => true,
+            KindSpec::Name(name) => kind.kind == *name,
+            KindSpec::Core { version, name } => {
+                kind.group.is_empty() && kind.version == *version && kind.kind == *name
+            }
+            KindSpec::Full {
+                group,
+                version,
+                name,
+            } => kind.group == *group && kind.version == *version && kind.kind == *name,
+            KindSpec::Invalid => false,
         }
-        (Some(group), Some(version), Some(name), None) => {
-            kind.group == group && kind.version == version && kind.kind == name
-        }
-        _ => false,
     }
 }
 
@@ -182,19 +268,12 @@ impl Path {
         }
     }
 
-    fn text(&self, kind: &ResourceKind, object: &Value) -> Option<String> {
-        match find(self, kind, object)? {
-            Found::Json(v) => json_text(v),
-            Found::Text(t) => Some(t),
-        }
-    }
-
-    /// [`Path::text`], borrowed where the value is a JSON string (predicates only compare it).
-    fn text_ref<'a>(&self, kind: &ResourceKind, object: &'a Value) -> Option<Cow<'a, str>> {
+    /// The text the path finds (see [`json_text`]), borrowed where it can be.
+    fn text_ref<'a>(&self, kind: &'a ResourceKind, object: &'a Value) -> Option<Cow<'a, str>> {
         match find(self, kind, object)? {
             Found::Json(Value::String(s)) => Some(Cow::Borrowed(s)),
             Found::Json(v) => json_text(v).map(Cow::Owned),
-            Found::Text(t) => Some(Cow::Owned(t)),
+            Found::Text(t) => Some(t),
         }
     }
 
@@ -254,19 +333,19 @@ fn steps(path: &str) -> Vec<Step> {
 /// What a path points at.
 enum Found<'a> {
     Json(&'a Value),
-    Text(String),
+    Text(Cow<'a, str>),
 }
 
-fn find<'a>(path: &Path, kind: &ResourceKind, object: &'a Value) -> Option<Found<'a>> {
+fn find<'a>(path: &Path, kind: &'a ResourceKind, object: &'a Value) -> Option<Found<'a>> {
     match path.text.as_str() {
-        "@kind" => return Some(Found::Text(kind.kind.clone())),
+        "@kind" => return Some(Found::Text(Cow::Borrowed(&kind.kind))),
         "@gvk" => {
             let gvk = if kind.group.is_empty() {
                 format!("{}/{}", kind.version, kind.kind)
             } else {
                 format!("{}/{}/{}", kind.group, kind.version, kind.kind)
             };
-            return Some(Found::Text(gvk));
+            return Some(Found::Text(Cow::Owned(gvk)));
         }
         _ => {}
     }

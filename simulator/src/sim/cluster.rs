@@ -47,6 +47,29 @@ struct Deployment {
     rv: u64,
 }
 
+/// `prefix` then `n` in decimal: what `format!("{prefix}{n}")` writes, without the formatting
+/// machinery (the objects' names and versions are built for every watch event).
+fn numbered(prefix: &str, n: u64) -> String {
+    let mut out = String::with_capacity(prefix.len() + 20);
+    out.push_str(prefix);
+    push_decimal(&mut out, n);
+    out
+}
+
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[start..].iter().map(|&d| char::from(d)));
+}
+
 /// A cluster's objects (see the module docs).
 #[derive(Debug, Clone)]
 pub struct Cluster {
@@ -177,11 +200,19 @@ impl Cluster {
         self.changes
     }
 
+    /// An object's uid, `a{agent}-{uid}`.
+    fn uid_text(&self, uid: u64) -> String {
+        let mut out = numbered("a", self.agent);
+        out.push('-');
+        push_decimal(&mut out, uid);
+        out
+    }
+
     fn node_json(&self, n: &Node) -> Value {
         json!({
             "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": format!("node-{}", n.name), "uid": format!("a{}-{}", self.agent, n.uid),
-                         "resourceVersion": n.rv.to_string()},
+            "metadata": {"name": numbered("node-", n.name.into()), "uid": self.uid_text(n.uid),
+                         "resourceVersion": numbered("", n.rv)},
             "status": {"conditions": [{"type": "Ready", "status": if n.ready { "True" } else { "False" }}]},
         })
     }
@@ -189,10 +220,10 @@ impl Cluster {
     fn pod_json(&self, (ns, n): (u32, u64), p: &Pod) -> Value {
         json!({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": format!("pod-{n}"), "namespace": format!("ns-{ns}"),
-                         "uid": format!("a{}-{}", self.agent, p.uid), "resourceVersion": p.rv.to_string(),
+            "metadata": {"name": numbered("pod-", n), "namespace": numbered("ns-", ns.into()),
+                         "uid": self.uid_text(p.uid), "resourceVersion": numbered("", p.rv),
                          "labels": {"app": "app-0"}},
-            "spec": {"nodeName": format!("node-{}", p.node)},
+            "spec": {"nodeName": numbered("node-", p.node.into())},
             "status": {"phase": PHASES[usize::from(p.phase) % PHASES.len()]},
         })
     }
@@ -200,8 +231,8 @@ impl Cluster {
     fn deployment_json(&self, (ns, n): (u32, u32), d: &Deployment) -> Value {
         json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": format!("app-{n}"), "namespace": format!("ns-{ns}"),
-                         "uid": format!("a{}-{}", self.agent, d.uid), "resourceVersion": d.rv.to_string()},
+            "metadata": {"name": numbered("app-", n.into()), "namespace": numbered("ns-", ns.into()),
+                         "uid": self.uid_text(d.uid), "resourceVersion": numbered("", d.rv)},
             "spec": {"replicas": d.replicas},
             "status": {"readyReplicas": d.ready, "availableReplicas": d.ready},
         })
@@ -403,6 +434,16 @@ mod tests {
         let truth = crate::sim::invariants::truth(&c);
         assert_eq!(cache.views().views(), truth);
         assert!(c.len() < 100, "the population stays bounded: {}", c.len());
+    }
+
+    #[test]
+    fn numbered_writes_what_format_writes() {
+        for n in [0, 1, 9, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX] {
+            assert_eq!(numbered("pod-", n), format!("pod-{n}"));
+            assert_eq!(numbered("", n), n.to_string());
+        }
+        let c = Cluster::new(42, &ClusterSpec::default());
+        assert_eq!(c.uid_text(7), "a42-7");
     }
 
     #[test]

@@ -104,18 +104,19 @@ pub const VIEWS_WATCHED: usize = 1000;
 /// The truth an agent's views must equal: the naive oracle over its cluster's objects.
 pub fn truth(cluster: &Cluster) -> Views {
     let objects = cluster.objects();
-    naive_views::evaluate(specs(), objects.iter().map(|(k, v)| (*k, v)))
+    oracle().evaluate(objects.iter().map(|(k, v)| (*k, v)))
 }
 
 /// [`truth`] from the cluster's kept JSON ([`Cluster::objects_cached`]), for the agents checked
 /// after every change.
 pub fn truth_cached(cluster: &mut Cluster) -> Views {
-    naive_views::evaluate(specs(), cluster.objects_cached())
+    oracle().evaluate(cluster.objects_cached())
 }
 
-fn specs() -> &'static [protocol::cache::ViewSpec] {
-    static SPECS: std::sync::OnceLock<Vec<protocol::cache::ViewSpec>> = std::sync::OnceLock::new();
-    SPECS.get_or_init(default_views)
+/// The naive oracle over the default views, their specs read once.
+fn oracle() -> &'static naive_views::Oracle {
+    static ORACLE: std::sync::OnceLock<naive_views::Oracle> = std::sync::OnceLock::new();
+    ORACLE.get_or_init(|| naive_views::Oracle::new(&default_views()))
 }
 
 /// A broken invariant: which, where in the run, and the seed to replay it.
@@ -561,14 +562,16 @@ impl World {
 /// Whether the incremental views equal `truth`, without copying them.
 fn same_views(set: &protocol::cache::ViewSet, truth: &Views) -> bool {
     set.len() == truth.len()
-        && set.schemas().iter().enumerate().all(|(i, schema)| {
-            truth.get(&schema.name).is_some_and(|t| {
-                &t.schema == schema
-                    && t.rows.len() == set.rows(i).count()
-                    && set
-                        .rows(i)
-                        .zip(&t.rows)
-                        .all(|((k, v), (tk, tv))| k == tk && v == tv.as_slice())
+        && (0..set.len()).all(|i| {
+            set.schema(i).is_some_and(|schema| {
+                truth.get(&schema.name).is_some_and(|t| {
+                    &t.schema == schema
+                        && t.rows.len() == set.rows(i).count()
+                        && set
+                            .rows(i)
+                            .zip(&t.rows)
+                            .all(|((k, v), (tk, tv))| k == tk && v == tv.as_slice())
+                })
             })
         })
 }
