@@ -47,8 +47,8 @@ struct Deployment {
     rv: u64,
 }
 
-/// `prefix` then `n` in decimal: what `format!("{prefix}{n}")` writes, without the formatting
-/// machinery (the objects' names and versions are built for every watch event).
+/// `prefix` then `n` in decimal: what `format!("{prefix}{n}")` writes, through itoa, without the
+/// formatting machinery (the objects' names and versions are built for every watch event).
 fn numbered(prefix: &str, n: u64) -> String {
     let mut out = String::with_capacity(prefix.len() + 20);
     out.push_str(prefix);
@@ -56,18 +56,8 @@ fn numbered(prefix: &str, n: u64) -> String {
     out
 }
 
-fn push_decimal(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend(digits[start..].iter().map(|&d| char::from(d)));
+fn push_decimal(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// A cluster's objects (see the module docs).
