@@ -21,6 +21,7 @@
 //! stay in the connection until the world pumps the endpoint at the end of the round.
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 use super::clock::{Clock, SimTime};
 use super::flow::{End, Flow, Side};
@@ -38,57 +39,10 @@ enum Step {
 /// A pending step: (due, order of scheduling, step).
 type Entry = (SimTime, u32, Step);
 
-/// How many pending steps a round holds in place: a keepalive exchange has at most four pending
-/// (two timers, a PING or PONG in flight, and the next exchange's first segment).
-const INLINE_STEPS: usize = 4;
-
-/// A round's pending steps, in no particular order: the first few in place (in the round's own
-/// allocation, which every step reads anyway: no second pointer to chase), any more in `spill`.
-#[derive(Debug, Default)]
-struct Steps {
-    inline: [Option<Entry>; INLINE_STEPS],
-    spill: Vec<Entry>,
-}
-
-impl Steps {
-    fn push(&mut self, e: Entry) {
-        match self.inline.iter_mut().find(|s| s.is_none()) {
-            Some(slot) => *slot = Some(e),
-            None => self.spill.push(e),
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &Entry> {
-        self.inline.iter().flatten().chain(&self.spill)
-    }
-
-    /// Removes and returns the entry with the least (due, order) among those due by `upto`.
-    fn take_first_due(&mut self, upto: SimTime) -> Option<Entry> {
-        let mut best: Option<(SimTime, u32, usize)> = None;
-        let all = self
-            .inline
-            .iter()
-            .map(Option::as_ref)
-            .chain(self.spill.iter().map(Some));
-        for (i, e) in all.enumerate() {
-            if let Some(&(at, seq, _)) = e
-                && at <= upto
-                && best.is_none_or(|(bt, bs, _)| (at, seq) < (bt, bs))
-            {
-                best = Some((at, seq, i));
-            }
-        }
-        let (_, _, i) = best?;
-        match i.checked_sub(INLINE_STEPS) {
-            None => self.inline[i].take(),
-            Some(j) => Some(self.spill.swap_remove(j)),
-        }
-    }
-
-    fn into_entries(self) -> impl Iterator<Item = Entry> {
-        self.inline.into_iter().flatten().chain(self.spill)
-    }
-}
+/// A round's pending steps, in no particular order: up to four in place (a keepalive exchange has at
+/// most four pending: two timers, a PING or PONG in flight, and the next exchange's first segment),
+/// in the round's own allocation, which every step reads anyway: no second pointer to chase.
+type Steps = SmallVec<[Entry; 4]>;
 
 /// A flow's keepalive round in progress (see the module docs).
 #[derive(Debug)]
@@ -117,7 +71,7 @@ impl Round {
     pub fn new(until: SimTime) -> Round {
         Round {
             until,
-            steps: Steps::default(),
+            steps: Steps::new(),
             seq: 0,
             taken: 0,
             kas_bytes: 0,
@@ -148,7 +102,10 @@ impl Round {
 
     /// The earliest pending step due by `upto`.
     fn next_due(&mut self, upto: SimTime) -> Option<(SimTime, Step)> {
-        let (at, _, step) = self.steps.take_first_due(upto)?;
+        let i = (0..self.steps.len())
+            .filter(|&i| self.steps[i].0 <= upto)
+            .min_by_key(|&i| (self.steps[i].0, self.steps[i].1))?;
+        let (at, _, step) = self.steps.swap_remove(i);
         Some((at, step))
     }
 }
@@ -243,7 +200,7 @@ impl Flow {
         let round = self.round.take()?;
         let mut deliveries: Vec<_> = round
             .steps
-            .into_entries()
+            .into_iter()
             .filter_map(|(at, seq, s)| match s {
                 Step::Deliver { dir, data } => Some((at, seq, dir, data)),
                 // The world re-arms both endpoints' timers when it pumps them.
