@@ -282,6 +282,12 @@ impl Connection {
         self.input_answers + self.responses
     }
 
+    /// The transmit buffer was taken (or found empty): no answers wait in it any more.
+    fn answers_taken(&mut self) {
+        self.input_answers = 0;
+        self.responses = 0;
+    }
+
     /// Whether `poll_transmit` has something to return.
     pub fn has_pending_transmit(&self) -> bool {
         !self.out.is_empty() || !self.streams.ready.is_empty()
@@ -442,8 +448,7 @@ impl Connection {
         if !self.has_pending_transmit() {
             // Nothing to frame (every driver asks once more after its last batch): as after a
             // `transmit`, no answers wait in the (empty) buffer; no buffer is touched.
-            self.input_answers = 0;
-            self.responses = 0;
+            self.answers_taken();
             return None;
         }
         let filled = self.transmit(None);
@@ -462,8 +467,7 @@ impl Connection {
         if !self.has_pending_transmit() {
             // Nothing to frame (a driver's step asks once more after its last batch). As after a
             // `transmit`: no answers wait in the (empty) buffer.
-            self.input_answers = 0;
-            self.responses = 0;
+            self.answers_taken();
             return 0;
         }
         let mut len = 0;
@@ -482,8 +486,7 @@ impl Connection {
         // Frames are written into `out`, which keeps the rest of its allocation between calls: `split`
         // hands out the filled part (no copy). An idle connection holds no transmit buffer.
         let mut buf = std::mem::take(&mut self.out);
-        self.input_answers = 0;
-        self.responses = 0;
+        self.answers_taken();
         let before = slices.as_ref().map_or(0, |(_, n)| **n);
         // Bounded: each turn takes one frame of one ready stream, and the batch is at most `max`.
         while buf.len() + slices.as_ref().map_or(0, |(_, n)| **n - before) < max {
