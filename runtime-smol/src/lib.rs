@@ -2,8 +2,8 @@
 //!
 //! The adapter only: [`Smol`] implements [`runtime_core::Runtime`] with smol's executor
 //! (`smol::spawn`; `SMOL_THREADS` sets its thread count; or the executor a program's thread named
-//! with [`spawn_on_this_thread`]), `async_io` timers and smol's TCP types (read through [`TcpIo`], which does not read a socket it
-//! knows to be empty).
+//! with [`spawn_on_this_thread`]), `async_io` timers and smol's TCP types (read through [`TcpIo`],
+//! which does not read a socket it knows to be empty).
 //! Everything else — driver, TLS (futures-rustls), handshakes, [`Server`], [`Connection`], the one
 //! [`Stream`] type with the futures-io traits — is `runtime-core`'s, re-exported here with the runtime
 //! fixed ([`runtime_core::adapter!`]), so kas never names a runtime. `runtime-tokio` is the same

@@ -445,12 +445,6 @@ impl Connection {
     /// may make it a little longer). Control frames and heads go first, then body data taken round-robin
     /// from the streams that have some, one frame per stream per turn.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        if !self.has_pending_transmit() {
-            // Nothing to frame (every driver asks once more after its last batch): as after a
-            // `transmit`, no answers wait in the (empty) buffer; no buffer is touched.
-            self.answers_taken();
-            return None;
-        }
         let filled = self.transmit(None);
         if filled.is_empty() {
             None
@@ -464,12 +458,6 @@ impl Connection {
     /// are slices of the buffers the application sent (not copied), everything else is framed into
     /// one buffer between them. Returns the number of octets appended (0: nothing to send).
     pub fn poll_transmit_vectored(&mut self, out: &mut VecDeque<Bytes>) -> usize {
-        if !self.has_pending_transmit() {
-            // Nothing to frame (a driver's step asks once more after its last batch). As after a
-            // `transmit`: no answers wait in the (empty) buffer.
-            self.answers_taken();
-            return 0;
-        }
         let mut len = 0;
         let last = self.transmit(Some((out, &mut len)));
         if !last.is_empty() {
@@ -482,6 +470,13 @@ impl Connection {
     /// Frames the next batch; with `slices`, large DATA payloads (and the octets framed before
     /// them) go there, counted in its `usize`. Returns the framed octets not handed out yet.
     fn transmit(&mut self, mut slices: Option<(&mut VecDeque<Bytes>, &mut usize)>) -> Bytes {
+        if !self.has_pending_transmit() {
+            // Nothing to frame (every driver asks once more after its last batch): no answers wait
+            // in the (empty) buffer, and no buffer is touched (splitting an empty one would make it
+            // a shared one: an allocation, then reference counting).
+            self.answers_taken();
+            return Bytes::new();
+        }
         let max = self.config.max_transmit;
         // Frames are written into `out`, which keeps the rest of its allocation between calls: `split`
         // hands out the filled part (no copy). An idle connection holds no transmit buffer.
