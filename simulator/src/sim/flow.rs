@@ -236,8 +236,10 @@ pub struct Flow {
     pub a: End<AgentEnd>,
     pub k: End<KasEnd>,
     pub created: SimTime,
-    /// A keepalive round in progress ([`super::round`]).
-    pub round: Option<Box<Round>>,
+    /// A keepalive round in progress ([`super::round`]). In place, not boxed: the flow is read
+    /// anyway when a round is opened, advanced or ended, so its steps come with it (no allocation
+    /// per round, no second pointer to chase into a cold line).
+    pub round: Option<Round>,
 }
 
 impl Flow {

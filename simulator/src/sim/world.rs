@@ -1000,7 +1000,7 @@ impl World {
         // Long enough for both sides' PINGs to be answered, and for a few keepalive intervals: an
         // idle connection then costs two events per round however many exchanges it holds.
         let until = now.plus(round_span(flow, &self.sc));
-        flow.round = Some(Box::new(super::round::Round::new(until)));
+        flow.round = Some(super::round::Round::new(until));
         self.flows.sync_round(fid);
         self.queue.push(until, Ev::Round { flow: fid });
     }
