@@ -474,6 +474,30 @@ fn the_mirror_rejects_malformed_messages_without_changing() {
             seq: seq + 1,
             ..update(vec![])
         },
+        // Nanos out of range, after a good row.
+        update(vec![
+            delta("pods_by_phase", good_row.clone()),
+            delta(
+                "pods_by_phase",
+                proto::Row {
+                    nanos: vec![1_000_000_000],
+                    ..good_row.clone()
+                },
+            ),
+        ]),
+        // A removed key of the wrong shape, after a good removal.
+        update(vec![proto::ViewDelta {
+            view: "pods_by_phase".into(),
+            upserts: vec![],
+            removed: vec![
+                proto::RemovedRow {
+                    key: vec!["a".into(), "Running".into()],
+                },
+                proto::RemovedRow {
+                    key: vec!["a".into()],
+                },
+            ],
+        }]),
     ];
     for u in bad {
         assert!(link.mirror.apply_update(&u, link.now).is_err(), "{u:?}");
@@ -522,6 +546,52 @@ fn the_mirror_rejects_malformed_messages_without_changing() {
             .handle(&proto::AgentToServer { msg: None }, link.now)
             .is_err()
     );
+}
+
+/// An update's removals are applied before its upserts, whichever delta carries them (a view
+/// named by two deltas: the upsert of a key wins over its removal).
+#[test]
+fn the_mirror_applies_removals_before_upserts() {
+    let mut link = Link::new(agent(7));
+    link.apply(
+        &pods(),
+        WatchEvent::Apply(pod("a", "p1", "p1", 1, "Running")),
+    );
+    link.settle();
+    let seq = link.mirror.seq().unwrap_or_default();
+    let key: Vec<String> = vec!["a".into(), "Failed".into()];
+    let u = proto::ViewUpdate {
+        epoch: 7,
+        base_seq: seq,
+        seq: seq + 1,
+        views: vec![
+            proto::ViewDelta {
+                view: "pods_by_phase".into(),
+                upserts: vec![proto::Row {
+                    key: key.clone(),
+                    units: vec![2],
+                    nanos: vec![],
+                }],
+                removed: vec![],
+            },
+            proto::ViewDelta {
+                view: "pods_by_phase".into(),
+                upserts: vec![],
+                removed: vec![proto::RemovedRow { key: key.clone() }],
+            },
+        ],
+    };
+    assert!(matches!(
+        link.mirror.apply_update(&u, link.now),
+        Ok(MirrorOutcome::Applied { .. })
+    ));
+    let rows = link.mirror.views().get("pods_by_phase").map(|v| &v.rows);
+    assert_eq!(
+        rows.and_then(|r| r.get(&key)).map(Vec::len),
+        Some(1),
+        "{rows:?}"
+    );
+    assert_eq!(link.mirror.seq(), Some(seq + 1));
 }
 
 #[test]

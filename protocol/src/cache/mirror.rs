@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 
 use super::proto;
 use super::table::{ViewChange, Views};
-use super::wire::{WireError, removed_from_proto, row_values, views_from_snapshot};
+use super::wire::{WireError, check_removed, check_row, row_values, views_from_snapshot};
 
 /// What applying a message did, and what to send back.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -265,59 +265,63 @@ impl Mirror {
         let Some((epoch, _)) = self.position else {
             return Ok(self.resync(proto::ResyncReason::NoState, now));
         };
-        // Validate everything before changing anything.
-        let mut names = Vec::with_capacity(update.views.len());
-        let mut upserts = Vec::new();
-        let mut removals = Vec::new();
-        for delta in update.views {
+        // Validate everything before changing anything (without copying anything: the rows are
+        // read again to be applied, each delta's view looked up once per pass).
+        let mut rows = 0;
+        for delta in &update.views {
             let Some(view) = self.views.get(&delta.view) else {
                 return Err(WireError::Malformed(format!(
                     "unknown view {:?}",
                     delta.view
                 )));
             };
-            let n = names.len();
-            for row in delta.upserts {
-                let values = row_values(&row, &view.schema)?;
-                upserts.push((n, row.key, values));
+            for row in &delta.upserts {
+                check_row(row, &view.schema)?;
             }
             for row in &delta.removed {
-                removed_from_proto(row, &view.schema)?;
+                check_removed(row, &view.schema)?;
             }
-            removals.extend(delta.removed.into_iter().map(|r| (n, r.key)));
-            names.push(delta.view);
+            rows += delta.upserts.len() + delta.removed.len();
         }
-        let mut changes = Vec::with_capacity(upserts.len() + removals.len());
-        for (n, key) in removals {
-            let name = &names[n];
-            if let Some(view) = self.views.get_mut(name)
-                && view.rows.remove(&key).is_some()
-            {
-                changes.push(ViewChange {
-                    view: name.clone(),
-                    key,
-                    values: None,
-                });
-            }
-        }
-        for (n, key, values) in upserts {
-            let name = &names[n];
-            let Some(view) = self.views.get_mut(name) else {
+        let mut changes = Vec::with_capacity(rows);
+        let mut deltas = update.views;
+        // Every removal first, then every upsert.
+        for delta in &mut deltas {
+            let Some(view) = self.views.get_mut(&delta.view) else {
                 continue;
             };
-            // A changed row (the common case) is updated in place: its key is not cloned.
-            match view.rows.get_mut(&key) {
-                Some(row) if *row == values => continue,
-                Some(row) => row.clone_from(&values),
-                None => {
-                    view.rows.insert(key.clone(), values.clone());
+            for removed in std::mem::take(&mut delta.removed) {
+                if view.rows.remove(&removed.key).is_some() {
+                    changes.push(ViewChange {
+                        view: delta.view.clone(),
+                        key: removed.key,
+                        values: None,
+                    });
                 }
             }
-            changes.push(ViewChange {
-                view: name.clone(),
-                key,
-                values: Some(values),
-            });
+        }
+        for delta in deltas {
+            let Some(view) = self.views.get_mut(&delta.view) else {
+                continue;
+            };
+            for row in delta.upserts {
+                // Checked above: cannot fail.
+                let values = row_values(&row, &view.schema)?;
+                let key = row.key;
+                // A changed row (the common case) is updated in place: its key is not cloned.
+                match view.rows.get_mut(&key) {
+                    Some(row) if *row == values => continue,
+                    Some(row) => row.clone_from(&values),
+                    None => {
+                        view.rows.insert(key.clone(), values.clone());
+                    }
+                }
+                changes.push(ViewChange {
+                    view: delta.view.clone(),
+                    key,
+                    values: Some(values),
+                });
+            }
         }
         changes.sort();
         self.position = Some((epoch, update.seq));

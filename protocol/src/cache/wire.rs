@@ -87,6 +87,23 @@ pub(crate) fn row_from_proto(
     Ok((row.key.clone(), values))
 }
 
+/// Checks one row of a view with `schema` as [`row_values`] does, without making its values.
+pub(crate) fn check_row(row: &proto::Row, schema: &ViewSchema) -> Result<(), WireError> {
+    if row.key.len() != schema.group_by.len()
+        || row.units.len() != schema.metrics.len()
+        || !(row.nanos.is_empty() || row.nanos.len() == row.units.len())
+        || row
+            .units
+            .iter()
+            .enumerate()
+            .any(|(i, u)| Decimal::from_parts(*u, row.nanos.get(i).copied().unwrap_or(0)).is_none())
+    {
+        // The same checks, with the message.
+        row_values(row, schema)?;
+    }
+    Ok(())
+}
+
 /// The values of one row of a view with `schema`, checking the row's shape (key included).
 pub(crate) fn row_values(row: &proto::Row, schema: &ViewSchema) -> Result<Vec<Decimal>, WireError> {
     if row.key.len() != schema.group_by.len() {
@@ -121,10 +138,7 @@ pub(crate) fn row_values(row: &proto::Row, schema: &ViewSchema) -> Result<Vec<De
 }
 
 /// Checks that a removed key fits the schema.
-pub(crate) fn removed_from_proto(
-    row: &proto::RemovedRow,
-    schema: &ViewSchema,
-) -> Result<GroupKey, WireError> {
+pub(crate) fn check_removed(row: &proto::RemovedRow, schema: &ViewSchema) -> Result<(), WireError> {
     if row.key.len() != schema.group_by.len() {
         return Err(malformed(format!(
             "view {:?}: removed key has {} fields, schema {}",
@@ -133,7 +147,7 @@ pub(crate) fn removed_from_proto(
             schema.group_by.len()
         )));
     }
-    Ok(row.key.clone())
+    Ok(())
 }
 
 /// The views a snapshot carries, validated: view names unique and non-empty, rows shaped as their
