@@ -372,11 +372,11 @@ impl<C: Clone + Send + 'static> Registry<C> {
         replayable: bool,
     ) -> Result<Lease<C>, RequestFailure> {
         match self
-            .route_or_forward(agent_id, deadline, replayable, u8::MAX)
+            .route_or_forward(agent_id, deadline, replayable, RequestSpec::LOCAL_ONLY)
             .await?
         {
             Routed::Here(lease) => Ok(lease),
-            // hops = u8::MAX: the policy never forwards it.
+            // `LOCAL_ONLY`: the policy never forwards it.
             Routed::Forward(_) => Err(RequestFailure::NotConnected {
                 waited: Duration::ZERO,
             }),
@@ -979,17 +979,21 @@ mod tests {
             RequestFailure::Unprocessed { attempts: 1 }
         );
         assert_eq!(reg.stats().router.pending + reg.stats().router.assigned, 0);
-        // A forwarded request (one hop made) is never forwarded again: it waits here.
+        // A forwarded request (one hop made) is never forwarded again, nor does it wait here once
+        // no live connection of the agent is left (rule 5a): it goes back to the replica that
+        // forwarded it (421 not-held), which asks again.
         reg.add_connection(entry(2, 5, "back"), 4).unwrap();
         let hopped = match run(reg.route_or_forward(5, in_secs(30), true, 1)).unwrap() {
             Routed::Here(lease) => lease,
             Routed::Forward(r) => panic!("{r}"),
         };
         reg.remove_connection(2);
-        let waiting = smol::spawn(async move { hopped.refused().await.map(|_| ()) });
-        until(|| reg.pending_for(5) == 1);
-        reg.close();
-        assert_eq!(run(waiting), Err(RequestFailure::ShuttingDown));
+        assert_eq!(run(hopped.refused()).err(), Some(RequestFailure::NotHeld));
+        assert_eq!(reg.pending_for(5), 0, "nothing waits for the agent here");
+        assert_eq!(
+            run(reg.route_or_forward(5, in_secs(30), true, 1)).err(),
+            Some(RequestFailure::NotHeld)
+        );
     }
 
     #[test]

@@ -17,7 +17,9 @@
 //! logged). The holder checks the secret, refuses at once (`421`, `x-kas-peer-error: not-held`) if it
 //! has no live connection of the agent, and otherwise runs the request through the same proxy code as
 //! a local one, marked [`Forwarded`]: the policy never forwards it again (hops = 1: no loops), and it
-//! waits at most until the deadline that came with it.
+//! waits at most until the deadline that came with it — and only while a live connection of the agent
+//! is here: when the last one drains or closes first, the policy fails it `NotHeld` and the holder
+//! refuses it as on arrival (`421 not-held`; `protocol::routing` rule 5a).
 //!
 //! **Which holder.** The routing policy (`protocol::routing::KasRouting`) decides, with the holders
 //! read from Redis ([`crate::tracker`]) as its input ([`route`]). A holder that refuses (`not-held`)

@@ -325,9 +325,17 @@ async fn handle(
         Ok(resp) => resp,
         Err(e) => {
             let status = e.status;
+            // 421 is the policy's `NotHeld` (rule 5a): the live connection this replica had when
+            // the request arrived drained or closed before it could be placed; the gateway asks
+            // again, leaving this replica out, as for a refusal on arrival.
+            let kind = if status == StatusCode::MISDIRECTED_REQUEST {
+                NOT_HELD
+            } else {
+                "failed"
+            };
             let mut resp = e.into_response(ErrorStyle::Plain);
             resp.headers_mut()
-                .insert(PEER_ERROR, http::HeaderValue::from_static("failed"));
+                .insert(PEER_ERROR, http::HeaderValue::from_static(kind));
             *resp.status_mut() = status;
             resp
         }

@@ -46,6 +46,14 @@
 //!    draining) and another replica holds one ([`super::holders`]). Requests already waiting move the
 //!    same way when such a holder appears or the last local connection drains. Without holders (a single
 //!    kas) nothing is ever forwarded.
+//!
+//!    **5a. A forwarded request does not strand.** A request that was forwarded here (`hops > 0`,
+//!    not [`RequestSpec::LOCAL_ONLY`]) and can be neither placed on a live connection here nor
+//!    forwarded further fails at once with [`RequestFailure::NotHeld`] — when it arrives, when it is
+//!    placed again (rule 3, 3a), and when the last live connection here drains or closes while it
+//!    waits — instead of waiting until its deadline for the agent to come back *here*: the agent's
+//!    other connections are elsewhere, and the replica that forwarded it asks again (kas:
+//!    `421 not-held`; the simulator models the same).
 //! 6. The [`Router`]'s invariants hold (delegated).
 
 use std::collections::{BTreeMap, VecDeque};
@@ -93,8 +101,16 @@ pub struct RequestSpec {
     pub deadline: Instant,
     /// The request can be sent again after a refusal (it has no body).
     pub replayable: bool,
-    /// Times the request was already forwarded between replicas.
+    /// Times the request was already forwarded between replicas; [`RequestSpec::LOCAL_ONLY`] for a
+    /// request kas makes itself that must be served here (never forwarded, it waits here).
     pub hops: u8,
+}
+
+impl RequestSpec {
+    /// `hops` of a request that is served by this replica or not at all: it is never forwarded, and
+    /// it waits here for a connection of its agent (rule 5a does not send it back: there is no
+    /// replica that forwarded it).
+    pub const LOCAL_ONLY: u8 = u8::MAX;
 }
 
 /// Where a new request goes, decided at once.
@@ -214,6 +230,10 @@ pub enum RequestFailure {
     /// kas is shutting down (503).
     #[error("kas is shutting down")]
     ShuttingDown,
+    /// A request forwarded here finds no live connection of its agent here any more (rule 5a, 421):
+    /// the replica that forwarded it places it again.
+    #[error("this replica no longer holds a live connection of the agent")]
+    NotHeld,
     /// A caller bug: the request token is already being routed.
     #[error("a request with the same token is already being routed")]
     DuplicateRequest,
@@ -230,6 +250,7 @@ impl RequestFailure {
             | RequestFailure::ShuttingDown => 503,
             RequestFailure::ConnectionLost | RequestFailure::Unprocessed { .. } => 502,
             RequestFailure::HeadTooLarge { .. } => 431,
+            RequestFailure::NotHeld => 421,
             RequestFailure::DuplicateRequest => 500,
         }
     }
@@ -260,6 +281,8 @@ pub struct RoutingStats {
     pub forwarded: u64,
     /// Requests for agents that do not exist.
     pub unknown_agent: u64,
+    /// Forwarded requests sent back because no live connection of the agent was here (rule 5a).
+    pub not_held: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -424,6 +447,10 @@ where
         if let Some(replica) = self.forward_target(spec.agent_id, spec.hops, now) {
             self.stats.forwarded += 1;
             return Placement::Forward(replica);
+        }
+        if self.stranded(spec.agent_id, spec.hops) {
+            self.stats.not_held += 1;
+            return Placement::Reject(RequestFailure::NotHeld);
         }
         match self
             .router
@@ -777,7 +804,20 @@ where
         self.holders.pick(agent_id, self.config.replica, now)
     }
 
-    /// Forwards the requests waiting for `agent_id` when another replica can serve them (rule 5).
+    /// Whether a request for `agent_id` forwarded `hops` times, which cannot be forwarded further,
+    /// would wait here without a live connection of its agent (rule 5a).
+    fn stranded(&self, agent_id: u64, hops: u8) -> bool {
+        hops > 0
+            && hops != RequestSpec::LOCAL_ONLY
+            && !self
+                .router
+                .connections(agent_id)
+                .iter()
+                .any(|c| !c.draining)
+    }
+
+    /// Forwards the requests waiting for `agent_id` when another replica can serve them (rule 5);
+    /// fails the forwarded ones that would strand here (rule 5a).
     fn forward_stranded(&mut self, agent_id: u64, now: Instant) {
         if self.router.pending_count_for(agent_id) == 0 {
             return;
@@ -793,14 +833,24 @@ where
             .map(|(r, q)| (r.clone(), q.spec.hops))
             .collect();
         for (request, hops) in waiting {
-            let Some(replica) = self.forward_target(agent_id, hops, now) else {
-                continue;
+            let event = match self.forward_target(agent_id, hops, now) {
+                Some(replica) => RoutingEvent::Forward {
+                    request: request.clone(),
+                    replica,
+                },
+                None if self.stranded(agent_id, hops) => RoutingEvent::Failed {
+                    request: request.clone(),
+                    failure: RequestFailure::NotHeld,
+                },
+                None => continue,
             };
             if self.router.cancel(&request) {
                 self.requests.remove(&request);
-                self.stats.forwarded += 1;
-                self.events
-                    .push_back(RoutingEvent::Forward { request, replica });
+                match event {
+                    RoutingEvent::Forward { .. } => self.stats.forwarded += 1,
+                    _ => self.stats.not_held += 1,
+                }
+                self.events.push_back(event);
             }
         }
         self.debug_check();
@@ -1098,34 +1148,77 @@ mod tests {
         r.handle_closed(&10, now);
         r.handle_open_failed(&1, OpenFailure::GoingAway, now);
         r.handle_refused(&2, now);
+        // The forwarded one does not wait here for the agent to come back (rule 5a).
         assert_eq!(
             events(&mut r),
-            vec![RoutingEvent::Forward {
-                request: 1,
-                replica: ReplicaId(2)
-            }]
+            vec![
+                RoutingEvent::Forward {
+                    request: 1,
+                    replica: ReplicaId(2)
+                },
+                RoutingEvent::Failed {
+                    request: 2,
+                    failure: RequestFailure::NotHeld
+                }
+            ]
         );
-        assert_eq!(r.pending_for(1), 1, "the forwarded request waits here");
-        // Shutdown fails the waiter, and an orphan refused after it.
+        assert_eq!(r.pending_for(1), 0);
+        assert_eq!(r.stats().not_held, 1);
+        // Shutdown: an orphan refused after it fails.
         r.handle_connected(1, 11, 8, now).unwrap();
-        assert!(matches!(
-            events(&mut r).as_slice(),
-            [RoutingEvent::Assigned {
-                request: 2,
-                conn: 11
-            }]
-        ));
+        assert_eq!(r.handle_request(3, hopped, now), Placement::Open(11));
         r.handle_closed(&11, now);
         r.handle_shutdown();
         assert!(events(&mut r).is_empty(), "placed requests run on");
-        r.handle_refused(&2, now);
+        r.handle_refused(&3, now);
         assert_eq!(
             events(&mut r),
             vec![RoutingEvent::Failed {
-                request: 2,
+                request: 3,
                 failure: RequestFailure::ShuttingDown
             }]
         );
+    }
+
+    #[test]
+    fn a_forwarded_request_goes_back_when_no_live_connection_is_here() {
+        let now = t0();
+        let config = RoutingConfig {
+            replica: Some(ReplicaId(1)),
+            ..RoutingConfig::default()
+        };
+        let mut r = KasRouting::<u64, u64>::new(config, Listing::Open);
+        let hopped = RequestSpec {
+            hops: 1,
+            ..spec(1, now, true)
+        };
+        r.handle_authenticated(1);
+        assert_eq!(
+            r.handle_request(1, hopped, now),
+            Placement::Reject(RequestFailure::NotHeld),
+            "no connection here"
+        );
+        // A live connection at its stream limit: the forwarded request waits for capacity ...
+        r.handle_connected(1, 10, 1, now).unwrap();
+        assert_eq!(
+            r.handle_request(2, spec(1, now, true), now),
+            Placement::Open(10)
+        );
+        assert_eq!(r.handle_request(3, hopped, now), Placement::Wait);
+        // ... until the connection drains (a GOAWAY, a shed connection): then it goes back at once,
+        // while the local request placed on it runs on.
+        r.handle_draining(&10, DrainCause::PeerGoaway, now);
+        assert_eq!(
+            events(&mut r),
+            vec![RoutingEvent::Failed {
+                request: 3,
+                failure: RequestFailure::NotHeld
+            }]
+        );
+        assert!(r.knows(&2) && !r.knows(&3));
+        assert_eq!(r.stats().not_held, 2);
+        assert_eq!(RequestFailure::NotHeld.http_status(), 421);
+        r.check_invariants().unwrap();
     }
 
     #[test]
@@ -1156,12 +1249,16 @@ mod tests {
             r.handle_request(2, spec(1, now, true), now),
             Placement::Forward(ReplicaId(2))
         );
-        // A forwarded request is not forwarded again (max_hops 1).
+        // A forwarded request is not forwarded again (max_hops 1), nor does it wait here for a
+        // connection (rule 5a).
         let hopped = RequestSpec {
             hops: 1,
             ..spec(1, now, true)
         };
-        assert_eq!(r.handle_request(3, hopped, now), Placement::Wait);
+        assert_eq!(
+            r.handle_request(3, hopped, now),
+            Placement::Reject(RequestFailure::NotHeld)
+        );
         assert_eq!(r.stats().forwarded, 2);
     }
 

@@ -58,6 +58,8 @@ impl From<&RequestFailure> for Outcome {
             RequestFailure::TooManyPending => Outcome::TooManyPending,
             RequestFailure::ConnectionLost => Outcome::ConnectionLost,
             RequestFailure::ShuttingDown => Outcome::KasUnavailable,
+            // Sent back by every replica it was forwarded to (the gateway gave up).
+            RequestFailure::NotHeld => Outcome::AgentNotConnected,
             // Refused after every attempt, or a head the agent does not take: an error answer.
             RequestFailure::Unprocessed { .. } | RequestFailure::HeadTooLarge { .. } => {
                 Outcome::StreamReset
@@ -80,6 +82,12 @@ pub struct OpenRequest {
     pub at_kas: Option<usize>,
     /// Times a replica forwarded it to another (the policy's `max_hops`).
     pub hops: u8,
+    /// The replica the client's request reached first: a replica it was forwarded to sends it back
+    /// there when it no longer holds the agent (the policy's rule 5a).
+    pub gateway: Option<usize>,
+    /// Times it was sent back to its gateway (bounded by the replicas, as kas's gateway leaves one
+    /// more replica out each time).
+    pub returns: u8,
 }
 
 /// A request ended that was not open.
@@ -101,6 +109,7 @@ pub struct Ledger {
     next_id: u64,
     issued: u64,
     outcomes: BTreeMap<&'static str, u64>,
+    sent_back: u64,
 }
 
 impl Ledger {
@@ -117,6 +126,8 @@ impl Ledger {
                 deadline,
                 at_kas: None,
                 hops: 0,
+                gateway: None,
+                returns: 0,
             },
         );
         self.next_id
@@ -162,6 +173,16 @@ impl Ledger {
     /// Ended requests by outcome name.
     pub fn outcomes(&self) -> &BTreeMap<&'static str, u64> {
         &self.outcomes
+    }
+
+    /// A replica a request was forwarded to sent it back to its gateway (the policy's rule 5a).
+    pub fn note_sent_back(&mut self) {
+        self.sent_back += 1;
+    }
+
+    /// Times requests were sent back to their gateway.
+    pub fn sent_back(&self) -> u64 {
+        self.sent_back
     }
 }
 

@@ -10,7 +10,9 @@
 //! to the policy, which reroutes or fails it; a lost connection fails what it carried, deadlines fail
 //! what waited too long. The world tells every replica which replicas hold each agent
 //! ([`KasRouting::handle_holders`], the seam issue 12 fills from Redis): requests waiting for an agent
-//! another replica holds are forwarded there, at most `max_hops` times.
+//! another replica holds are forwarded there, at most `max_hops` times; a replica a request was
+//! forwarded to that no longer holds a live connection of the agent sends it back to the replica the
+//! client reached (the policy's rule 5a; kas answers `421 not-held`), which places it again.
 //!
 //! With `kas.agent_connections` (`K`) above 1, ACCEPT names the replica (`kas-<index>`) and says
 //! `K` as kas decides it ([`protocol::tunnel::connection_set::connections_wanted`], capped by the
@@ -25,8 +27,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use protocol::cache::MirrorTable;
 use protocol::routing::balance::{Balance, Candidate, shed_order};
 use protocol::routing::{
-    DrainCause, KasRouting, Listing, OpenFailure, Placement, ReplicaId, RequestSpec, RouterConfig,
-    RoutingConfig, RoutingEvent,
+    DrainCause, KasRouting, Listing, OpenFailure, Placement, ReplicaId, RequestFailure,
+    RequestSpec, RouterConfig, RoutingConfig, RoutingEvent,
 };
 use protocol::{ErrorCode, Event, StreamId, proto};
 
@@ -519,6 +521,7 @@ impl World {
             return;
         }
         r.at_kas = Some(k);
+        r.gateway.get_or_insert(k);
         let agent = r.agent;
         let deadline = self.now.plus(self.sc.kas.pending_timeout).min(r.deadline);
         let spec = RequestSpec {
@@ -534,9 +537,32 @@ impl World {
                 self.pending_for.entry(agent).or_default().insert(request);
             }
             Placement::Forward(replica) => self.forward_request(request, replica),
+            Placement::Reject(RequestFailure::NotHeld) => self.send_back(request),
             Placement::Reject(e) => self.complete(request, Outcome::from(&e)),
         }
         self.drain_router(k);
+    }
+
+    /// The replica `request` was forwarded to no longer holds a live connection of its agent (the
+    /// policy's rule 5a): it goes back to the replica the client reached, which places it again —
+    /// kas's gateway on `421 not-held`. At most once per replica (kas's gateway leaves one more
+    /// replica out each round); then the client gets the failure.
+    fn send_back(&mut self, request: u64) {
+        let replicas = self.kas.len();
+        let Some(r) = self.ledger.get_mut(request) else {
+            return;
+        };
+        match r.gateway {
+            Some(g) if usize::from(r.returns) < replicas => {
+                r.returns += 1;
+                r.hops = 0;
+                r.at_kas = None;
+                self.ledger.note_sent_back();
+                let at = self.now.plus(self.sc.kas.hop_latency);
+                self.queue.push(at, Ev::KasArrive { kas: g, request });
+            }
+            _ => self.complete(request, Outcome::from(&RequestFailure::NotHeld)),
+        }
     }
 
     /// The agents replica `k` has connections of or requests waiting for.
@@ -750,7 +776,11 @@ impl World {
                     if let Some(agent) = self.ledger.get(request).map(|r| r.agent) {
                         self.unpend(agent, request);
                     }
-                    self.complete(request, Outcome::from(&failure));
+                    if failure == RequestFailure::NotHeld {
+                        self.send_back(request);
+                    } else {
+                        self.complete(request, Outcome::from(&failure));
+                    }
                 }
                 Some(RoutingEvent::Forward { request, replica }) => {
                     self.kas[k].requests.remove(&request);

@@ -220,6 +220,9 @@ pub struct RequestReport {
     pub issued: u64,
     pub outcomes: std::collections::BTreeMap<String, u64>,
     pub latency: Percentiles,
+    /// Times a replica a request was forwarded to no longer held the agent and sent the request
+    /// back to the replica the client reached, which placed it again (the routing policy's rule 5a).
+    pub sent_back: u64,
 }
 
 /// The capacity report of a run.
@@ -438,6 +441,7 @@ impl World {
                     .map(|(k, v)| ((*k).to_owned(), *v))
                     .collect(),
                 latency: percentiles(&mut self.metrics.all_latencies),
+                sent_back: self.ledger.sent_back(),
             },
             cluster_changes: self.metrics.churn,
             view_messages: self.metrics.views_messages,
@@ -506,6 +510,13 @@ impl Report {
             l.p99_ms,
             l.max_ms
         );
+        if self.requests.sent_back > 0 {
+            let _ = writeln!(
+                s,
+                "requests sent back to the replica the client reached (a replica forwarded to had lost the agent): {}",
+                self.requests.sent_back
+            );
+        }
         let _ = writeln!(
             s,
             "cluster changes: {}, view messages applied: {}, connects: {}, drops: {}, agent restarts: {}",
