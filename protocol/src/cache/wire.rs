@@ -89,23 +89,20 @@ pub(crate) fn row_from_proto(
 
 /// Checks one row of a view with `schema` as [`row_values`] does, without making its values.
 pub(crate) fn check_row(row: &proto::Row, schema: &ViewSchema) -> Result<(), WireError> {
-    if row.key.len() != schema.group_by.len()
-        || row.units.len() != schema.metrics.len()
-        || !(row.nanos.is_empty() || row.nanos.len() == row.units.len())
-        || row
-            .units
-            .iter()
-            .enumerate()
-            .any(|(i, u)| Decimal::from_parts(*u, row.nanos.get(i).copied().unwrap_or(0)).is_none())
-    {
-        // The same checks, with the message.
-        row_values(row, schema)?;
-    }
-    Ok(())
+    check_shape(row, schema)?;
+    (0..row.units.len()).try_for_each(|i| value(row, i, schema).map(drop))
 }
 
 /// The values of one row of a view with `schema`, checking the row's shape (key included).
 pub(crate) fn row_values(row: &proto::Row, schema: &ViewSchema) -> Result<Vec<Decimal>, WireError> {
+    check_shape(row, schema)?;
+    (0..row.units.len())
+        .map(|i| value(row, i, schema))
+        .collect()
+}
+
+/// A row's key and value count fit `schema`.
+fn check_shape(row: &proto::Row, schema: &ViewSchema) -> Result<(), WireError> {
     if row.key.len() != schema.group_by.len() {
         return Err(malformed(format!(
             "view {:?}: row key has {} fields, schema {}",
@@ -125,16 +122,13 @@ pub(crate) fn row_values(row: &proto::Row, schema: &ViewSchema) -> Result<Vec<De
             schema.metrics.len()
         )));
     }
-    let values = row
-        .units
-        .iter()
-        .enumerate()
-        .map(|(i, u)| {
-            Decimal::from_parts(*u, row.nanos.get(i).copied().unwrap_or(0))
-                .ok_or_else(|| malformed(format!("view {:?}: nanos out of range", schema.name)))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(values)
+    Ok(())
+}
+
+/// Value `i` of a row whose shape was checked.
+fn value(row: &proto::Row, i: usize, schema: &ViewSchema) -> Result<Decimal, WireError> {
+    Decimal::from_parts(row.units[i], row.nanos.get(i).copied().unwrap_or(0))
+        .ok_or_else(|| malformed(format!("view {:?}: nanos out of range", schema.name)))
 }
 
 /// Checks that a removed key fits the schema.

@@ -41,7 +41,8 @@ type Entry = (SimTime, u32, Step);
 
 /// A round's pending steps, in no particular order: up to four in place (a keepalive exchange has at
 /// most four pending: two timers, a PING or PONG in flight, and the next exchange's first segment),
-/// in the round itself (which lives in the flow), which every step reads anyway: no second pointer to chase.
+/// in the round itself (which lives in the flow), which every step reads anyway: no second pointer
+/// to chase.
 type Steps = SmallVec<[Entry; 4]>;
 
 /// A flow's keepalive round in progress (see the module docs).
