@@ -31,12 +31,32 @@ use crate::support::Env;
 /// The key prefix of the replicas.
 pub const PREFIX: &str = "kas-proc";
 
-/// A free loopback address (bound, then released).
+/// A free loopback address (bound, then released) whose port lies below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`). A replica is started on its ports long after they were picked
+/// and restarted on them while the front keeps dialling it: a port from the ephemeral range could
+/// meanwhile be the source port of an outgoing connection, and the kas start fail to bind it (seen
+/// once in a full test run: `kas-3 ready` timed out). Each port is handed out once per process, from
+/// a start that differs between processes.
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    use std::sync::atomic::AtomicU32;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .clamp(LOW + 1_000, 65_535);
+    let span = high - LOW;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    // Bounded: every port of the range is tried at most once per call.
+    for _ in 0..span {
+        let port = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let addr = SocketAddr::from(([127, 0, 0, 1], u16::try_from(port).unwrap()));
+        if TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{high}");
 }
 
 /// Polls `f` every 50 ms until it answers; panics after `limit` (a hang guard).
@@ -300,10 +320,22 @@ impl Replica {
             .unwrap();
         self.child = Some(child);
         let url = format!("http://{}/readyz", self.api);
+        let (id, log) = (self.id, self.log.clone());
+        let child = self.child.as_mut().unwrap();
         wait_until(
             &format!("kas-{} ready", self.id),
             Duration::from_secs(60),
             || {
+                // A kas that exited (a port taken, a bad configuration) fails the start at once,
+                // with its own words.
+                if let Some(status) = child.try_wait().unwrap() {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    panic!(
+                        "kas-{id} exited ({status}) before it was ready; its log ends:\n{}",
+                        lines[lines.len().saturating_sub(20)..].join("\n")
+                    );
+                }
                 let r = ureq::get(&url)
                     .config()
                     .http_status_as_error(false)
