@@ -15,20 +15,12 @@ use std::time::Duration;
 
 use kas::config::ReplicasConfig;
 use kas::{Kas, Running, StartOptions};
-use support::{Env, FakeAgent, Script, eventually, get, post};
+use support::{Env, FakeAgent, Script, eventually, free_port, get, post};
 
 /// A `redis-server` on a loopback port, killed on drop.
 struct Redis {
     port: u16,
     child: Child,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Redis {

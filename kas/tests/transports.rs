@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use e2e::{Stack, StackOptions, pod_names};
 use runtime_tokio::transport::{Endpoint, ProxyConfig, ProxyError, Scheme};
-use support::{GUARD, eventually, metric};
+use support::{GUARD, eventually, free_port, metric};
 
 // ---------------------------------------------------------------------------------------------
 // agentk with a chosen address and proxy
@@ -120,14 +120,6 @@ fn wait_disconnected(stack: &Stack) {
 
 // ---------------------------------------------------------------------------------------------
 // Real proxies and load balancers on loopback
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn wait_listening(port: u16, what: &str) {
     eventually(&format!("{what} to listen on {port}"), || {

@@ -557,6 +557,39 @@ pub fn read_chunk(reader: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
     Some(data)
 }
 
+/// A free loopback address (bound, then released) whose port lies below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`). Tests pick a port and start a server on it later — or restart
+/// one on it while clients keep dialling: a port from the ephemeral range could meanwhile be the
+/// source port of an outgoing connection, and the server fail to bind it (seen once in a full test
+/// run: `kas-3 ready` timed out). Each port is handed out once per process, from a start that differs
+/// between processes.
+pub fn free_addr() -> SocketAddr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .clamp(LOW + 1_000, 65_535);
+    let span = high - LOW;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    // Bounded: every port of the range is tried at most once per call.
+    for _ in 0..span {
+        let port = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let addr = SocketAddr::from(([127, 0, 0, 1], u16::try_from(port).unwrap()));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{high}");
+}
+
+/// The port of a [`free_addr`].
+pub fn free_port() -> u16 {
+    free_addr().port()
+}
+
 /// Polls `f` until it returns `Some`, or panics after [`GUARD`].
 pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + GUARD;

@@ -31,33 +31,7 @@ use crate::support::Env;
 /// The key prefix of the replicas.
 pub const PREFIX: &str = "kas-proc";
 
-/// A free loopback address (bound, then released) whose port lies below the kernel's ephemeral range
-/// (`net.ipv4.ip_local_port_range`). A replica is started on its ports long after they were picked
-/// and restarted on them while the front keeps dialling it: a port from the ephemeral range could
-/// meanwhile be the source port of an outgoing connection, and the kas start fail to bind it (seen
-/// once in a full test run: `kas-3 ready` timed out). Each port is handed out once per process, from
-/// a start that differs between processes.
-pub fn free_addr() -> SocketAddr {
-    use std::sync::atomic::AtomicU32;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    const LOW: u32 = 10_000;
-    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32_768)
-        .clamp(LOW + 1_000, 65_535);
-    let span = high - LOW;
-    let start = std::process::id().wrapping_mul(7_919) % span;
-    // Bounded: every port of the range is tried at most once per call.
-    for _ in 0..span {
-        let port = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
-        let addr = SocketAddr::from(([127, 0, 0, 1], u16::try_from(port).unwrap()));
-        if TcpListener::bind(addr).is_ok() {
-            return addr;
-        }
-    }
-    panic!("no free loopback port in {LOW}..{high}");
-}
+pub use crate::support::free_addr;
 
 /// Polls `f` every 50 ms until it answers; panics after `limit` (a hang guard).
 pub fn wait_until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
