@@ -195,6 +195,10 @@ struct RunArgs {
     /// connections by rounds (slower; the connections end the same, the trace differs).
     #[arg(long)]
     step_keepalive: bool,
+    /// Run on one thread: each keepalive round event does its own work at once, instead of
+    /// deferring it into batches split over two threads (same trace and report; for comparing).
+    #[arg(long)]
+    one_thread: bool,
     /// Cost profile (YAML; default: the built-in `simulator/profiles/default.yaml`).
     #[arg(long, value_name = "FILE")]
     profile: Option<PathBuf>,
@@ -312,6 +316,7 @@ fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
         fast_exit: true,
         profile: load_profile(args.profile.as_deref())?,
         keepalive_rounds: !args.step_keepalive,
+        defer_rounds: !args.one_thread,
     };
     let live = match &args.serve {
         Some(addr) => {

@@ -42,7 +42,8 @@ fn the_hash_does_not_depend_on_keeping_the_lines() {
 }
 
 /// A large-ish run (1,200 agents: more than the per-event views checks watch, a crash, a rolling restart,
-/// churn and traffic over a quarter of an hour) is deterministic too: two runs, one hash. The same
+/// churn and traffic over a quarter of an hour) is deterministic too: two runs, one hash, whether
+/// keepalive round events' work is deferred and split over two threads or done at once. The same
 /// scenario shape as the speed benchmark's (`scripts/sim-speed.sh`), at a size the test suite affords.
 #[test]
 fn a_large_run_is_deterministic() {
@@ -72,7 +73,15 @@ sample_interval: 30s
         s
     };
     let a = sim_common::run_plain(large());
-    let b = sim_common::run_plain(large());
+    // The second run does each keepalive round event's work at once, on this thread (the first
+    // defers it into batches split over two threads): nothing may differ.
+    let b = simulator::sim::run(
+        large(),
+        simulator::sim::RunOptions {
+            defer_rounds: false,
+            ..simulator::sim::RunOptions::default()
+        },
+    );
     assert!(a.violation.is_none(), "{:?}", a.violation);
     assert!(
         a.events > 200_000,
@@ -80,9 +89,14 @@ sample_interval: 30s
         a.events
     );
     assert_eq!(
-        (a.trace_hash, a.events),
-        (b.trace_hash, b.events),
-        "same seed, same trace"
+        (a.trace_hash, a.events, a.state_digest),
+        (b.trace_hash, b.events, b.state_digest),
+        "same seed, same trace, deferred rounds or not"
+    );
+    assert_eq!(
+        format!("{:?} {:?}", a.report.kas, a.report.series),
+        format!("{:?} {:?}", b.report.kas, b.report.series),
+        "the replicas' traffic counts every round step once, deferred or not"
     );
 }
 

@@ -259,6 +259,16 @@ impl Flow {
 /// Beside the flows it keeps when each flow's open round is due ([`round_until`](Self::round_until)),
 /// dense by id: the world checks every round event against it, and most of those find their round
 /// ended early, which this answers without touching the flow (a cache miss into a large struct).
+///
+/// A round's own event only records its work ([`defer_round_event`](Self::defer_round_event),
+/// [`Round::due`]); the work is done when the flow is next taken out ([`get_mut`](Self::get_mut),
+/// [`get_mut_raw`](Self::get_mut_raw), [`remove`](Self::remove)) or, for many flows at once split
+/// between this thread and a second one, when [`DEFER_BATCH`] have gathered or the world asks
+/// ([`take_deferred`](Self::take_deferred)). Each flow's work depends on nothing but the flow,
+/// so who does it, and when, changes nothing: the connections end exactly as if each round event
+/// had done its own work (same trace hash, same state digest). [`get`](Self::get) may see a flow
+/// whose round event's steps are pending, as it may see any open round's steps pending: rounds
+/// move only timers and keepalive counters.
 #[derive(Debug)]
 pub struct FlowTable {
     slots: Vec<Option<Box<Flow>>>,
@@ -270,7 +280,21 @@ pub struct FlowTable {
     pub now: SimTime,
     /// Rounds ended by a touch, with what they left (the world takes them after each step).
     pub ended: Vec<(u64, Leftover)>,
+    /// Flows whose round event's work is deferred, in the order deferred (an id may repeat).
+    deferred: Vec<u64>,
+    /// Whether deferred work may run on a second thread. Off when the scenario injects a bug
+    /// into the protocol core: those are per thread (`protocol::testing::faults`).
+    pub parallel: bool,
+    /// Octets of the kas end in deferred round steps taken, by replica, not yet counted in the
+    /// world's metrics ([`take_round_bytes`](Self::take_round_bytes)).
+    round_bytes: Vec<u64>,
 }
+
+/// How many deferred round events gather before they are taken together.
+pub const DEFER_BATCH: usize = 1024;
+
+/// Below this many flows, deferred work is done on this thread alone (a thread costs more).
+const PARALLEL_MIN: usize = 64;
 
 impl FlowTable {
     pub fn new(clock: Clock) -> FlowTable {
@@ -281,7 +305,124 @@ impl FlowTable {
             clock,
             now: SimTime::ZERO,
             ended: Vec::new(),
+            deferred: Vec::new(),
+            parallel: true,
+            round_bytes: Vec::new(),
         }
+    }
+
+    fn count_round_bytes(round_bytes: &mut Vec<u64>, kas: usize, bytes: u64) {
+        if bytes > 0 {
+            if kas >= round_bytes.len() {
+                round_bytes.resize(kas + 1, 0);
+            }
+            round_bytes[kas] += bytes;
+        }
+    }
+
+    /// Records a round event at `at` on flow `id` whose round goes on to `until`; its work is
+    /// done later (see the type's docs). The flow must have an open round with no pending event.
+    pub fn defer_round_event(&mut self, id: u64, at: SimTime, until: SimTime) {
+        let Some(i) = usize::try_from(id).ok() else {
+            return;
+        };
+        let Some(round) = self
+            .slots
+            .get_mut(i)
+            .and_then(|f| f.as_deref_mut())
+            .and_then(|f| f.round.as_mut())
+        else {
+            return;
+        };
+        debug_assert!(round.due.is_none(), "one round event pending at a time");
+        round.due = Some((at, until));
+        self.rounds[i] = until.0;
+        self.deferred.push(id);
+        if self.deferred.len() >= DEFER_BATCH {
+            self.take_deferred();
+        }
+    }
+
+    /// Does every deferred round event's work now, split between this thread and a second one.
+    pub fn take_deferred(&mut self) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let mut ids = std::mem::take(&mut self.deferred);
+        ids.sort_unstable();
+        ids.dedup();
+        // Disjoint borrows of the pending flows, walking the slots once in id order.
+        let mut work: Vec<&mut Flow> = Vec::with_capacity(ids.len());
+        let mut rest: &mut [Option<Box<Flow>>] = &mut self.slots;
+        let mut base = 0usize;
+        for &id in &ids {
+            let Some(i) = usize::try_from(id).ok().and_then(|i| i.checked_sub(base)) else {
+                continue;
+            };
+            let tail = std::mem::take(&mut rest);
+            let Some((slot, after)) = tail.get_mut(i..).and_then(<[_]>::split_first_mut) else {
+                break;
+            };
+            rest = after;
+            base = usize::try_from(id).unwrap_or(usize::MAX).saturating_add(1);
+            if let Some(flow) = slot.as_deref_mut()
+                && flow.round.as_ref().is_some_and(|r| r.due.is_some())
+            {
+                work.push(flow);
+            }
+        }
+        let clock = self.clock;
+        let run = |flows: &mut [&mut Flow]| -> Vec<(usize, u64)> {
+            flows
+                .iter_mut()
+                .map(|f| (f.kas, f.take_due(&clock)))
+                .collect()
+        };
+        let counted = if self.parallel && work.len() >= PARALLEL_MIN {
+            let half = work.len() / 2;
+            let (mine, theirs) = work.split_at_mut(half);
+            std::thread::scope(|s| {
+                let helper = s.spawn(|| run(theirs));
+                let mut counted = run(mine);
+                match helper.join() {
+                    Ok(more) => counted.extend(more),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+                counted
+            })
+        } else {
+            run(&mut work)
+        };
+        for (kas, bytes) in counted {
+            Self::count_round_bytes(&mut self.round_bytes, kas, bytes);
+        }
+        // Keep the vector's allocation.
+        ids.clear();
+        self.deferred = ids;
+    }
+
+    /// The kas octets of deferred round steps taken since the last call, by replica.
+    pub fn take_round_bytes(&mut self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        self.round_bytes
+            .iter_mut()
+            .enumerate()
+            .map(|(k, b)| (k, std::mem::take(b)))
+            .filter(|(_, b)| *b > 0)
+    }
+
+    /// Does `flow`'s deferred round event's work, if it has one pending.
+    fn catch_up(flow: &mut Flow, clock: &Clock, round_bytes: &mut Vec<u64>) {
+        if flow.round.as_ref().is_some_and(|r| r.due.is_some()) {
+            let bytes = flow.take_due(clock);
+            Self::count_round_bytes(round_bytes, flow.kas, bytes);
+        }
+    }
+
+    /// Slot `i`'s flow with its deferred round event's work done.
+    fn caught_up(&mut self, i: usize) -> Option<&mut Flow> {
+        let flow = self.slots.get_mut(i)?.as_deref_mut()?;
+        Self::catch_up(flow, &self.clock, &mut self.round_bytes);
+        Some(flow)
     }
 
     /// Adds a flow under an id not used before.
@@ -305,6 +446,7 @@ impl FlowTable {
     pub fn get_mut(&mut self, id: &u64) -> Option<&mut Flow> {
         let i = usize::try_from(*id).ok()?;
         let flow = self.slots.get_mut(i)?.as_deref_mut()?;
+        Self::catch_up(flow, &self.clock, &mut self.round_bytes);
         if flow.round.is_some()
             && let Some(left) = flow.end_round(&self.clock, self.now)
         {
@@ -331,7 +473,7 @@ impl FlowTable {
             .get(i)
             .and_then(|f| f.as_deref())
             .and_then(|f| f.round.as_ref())
-            .map_or(0, |r| r.until.0);
+            .map_or(0, |r| r.due.map_or(r.until, |(_, until)| until).0);
         if let Some(r) = self.rounds.get_mut(i) {
             *r = until;
         }
@@ -339,13 +481,12 @@ impl FlowTable {
 
     /// The flow as it is, its round (if any) left open: for the world's transport mechanics only.
     pub fn get_mut_raw(&mut self, id: &u64) -> Option<&mut Flow> {
-        self.slots
-            .get_mut(usize::try_from(*id).ok()?)?
-            .as_deref_mut()
+        self.caught_up(usize::try_from(*id).ok()?)
     }
 
     pub fn remove(&mut self, id: &u64) -> Option<Flow> {
         let i = usize::try_from(*id).ok()?;
+        self.caught_up(i)?;
         let f = self.slots.get_mut(i)?.take()?;
         self.rounds[i] = 0;
         self.live -= 1;

@@ -6,7 +6,10 @@
 //! the views endpoints [`protocol::cache::AgentViews`] in every agent and
 //! [`protocol::cache::MirrorTable`] in every replica,
 //! and agentk's connection set [`protocol::tunnel::connection_set::ConnectionSet`] deciding when agents
-//! dial. No async runtime, no threads, no clock reads in the loop.
+//! dial. No async runtime and no clock reads in the loop; one thread runs the world, and a second
+//! only ever takes a batch of deferred keepalive-round work that depends on nothing but each flow
+//! (`flow::FlowTable::take_deferred`, a scoped thread joined before the loop goes on), so what it
+//! does cannot depend on timing.
 //!
 //! | module | what it is |
 //! |---|---|

@@ -293,6 +293,7 @@ impl World {
 
     /// Samples the curves, checks the periodic invariants and drops expired mirrors.
     pub(super) fn sample(&mut self) {
+        self.take_deferred_rounds();
         let next = self.now.plus(self.sc.sample_interval);
         if next < self.end {
             self.queue.push(next, Ev::Sample);

@@ -17,6 +17,10 @@
 //! it event by event gives (`simulator/tests/sim_determinism.rs` compares the two); only the trace
 //! differs: a round is its opening timer and one `round f=…` line every few keepalive intervals.
 //!
+//! A round's own event only records its work ([`Round::due`]): the steps are taken when the flow
+//! is next touched or, for many flows at once split over two threads, when a batch has gathered or
+//! the world reads every connection (samples, the end) — see [`FlowTable`](super::flow::FlowTable).
+//!
 //! A step never reports an application event (PING and PONG do not make any); if one did, it would
 //! stay in the connection until the world pumps the endpoint at the end of the round.
 
@@ -57,6 +61,11 @@ pub struct Round {
     pub taken: u64,
     /// Octets the kas end sent and received in steps (the replica's traffic metric).
     pub kas_bytes: u64,
+    /// The round's own event came at `.0` and the round goes on to `.1`, but its steps due by
+    /// `.0` are not taken yet ([`Flow::take_due`]): they change nothing anyone reads before the
+    /// flow is next touched (PING and PONG move no stream, window or liveness), so the world defers
+    /// them and takes many flows' at once on two threads ([`FlowTable`](super::flow::FlowTable)).
+    pub due: Option<(SimTime, SimTime)>,
 }
 
 /// What ending a round leaves for the world: steps not taken yet, to queue as ordinary events.
@@ -76,6 +85,7 @@ impl Round {
             seq: 0,
             taken: 0,
             kas_bytes: 0,
+            due: None,
         }
     }
 
@@ -195,8 +205,47 @@ impl Flow {
         }
     }
 
+    /// The work of the round's own event at `at` (see [`Round::due`]): takes the steps due by
+    /// `at`, then lets the round go on to `until`, keeping its endpoints' deadlines inside the new
+    /// span as steps. Returns the octets the kas end sent and received in those steps.
+    pub fn round_event(&mut self, clock: &Clock, at: SimTime, until: SimTime) -> u64 {
+        self.advance_round(clock, at);
+        let deadlines = [Side::Agent, Side::Kas].map(|side| {
+            let conn = match side {
+                Side::Agent => self.a.live().map(|e| &e.conn),
+                Side::Kas => self.k.live().map(|e| &e.conn),
+            };
+            (side, conn.and_then(|c| c.poll_timeout()))
+        });
+        let Some(round) = self.round.as_mut() else {
+            return 0;
+        };
+        round.until = until;
+        for (side, due) in deadlines {
+            if let Some(due) = due.map(|d| clock.to_sim(d).max(at))
+                && due <= until
+            {
+                round.timer(due, side);
+            }
+        }
+        std::mem::take(&mut round.kas_bytes)
+    }
+
+    /// Does a deferred round event's work ([`Round::due`]), if one is pending; returns the kas
+    /// end's octets of its steps.
+    pub fn take_due(&mut self, clock: &Clock) -> u64 {
+        match self.round.as_mut().and_then(|r| r.due.take()) {
+            Some((at, until)) => self.round_event(clock, at, until),
+            None => 0,
+        }
+    }
+
     /// Ends the flow's round after taking its steps due by `now`: what is left for the world.
     pub fn end_round(&mut self, clock: &Clock, now: SimTime) -> Option<Leftover> {
+        debug_assert!(
+            self.round.as_ref().is_none_or(|r| r.due.is_none()),
+            "a deferred round event is taken before the round ends"
+        );
         self.advance_round(clock, now);
         let round = self.round.take()?;
         let mut deliveries: Vec<_> = round

@@ -178,6 +178,10 @@ pub struct RunOptions {
     /// Off, every PING and PONG is stepped through the queue: the connections end in the same
     /// state, only the trace (and its hash) differs.
     pub keepalive_rounds: bool,
+    /// Defer each round event's work and take it in batches, half of each on a second thread
+    /// (`FlowTable::take_deferred`; on by default). Off, each round event does its own work at
+    /// once: the trace, the connections and the report are the same.
+    pub defer_rounds: bool,
 }
 
 impl Default for RunOptions {
@@ -188,6 +192,7 @@ impl Default for RunOptions {
             fast_exit: false,
             profile: super::profile::CostProfile::default_profile(),
             keepalive_rounds: true,
+            defer_rounds: true,
         }
     }
 }
@@ -273,6 +278,8 @@ pub(super) struct World {
     pub handshake_free: Vec<SimTime>,
     /// Open keepalive rounds on quiet connections ([`RunOptions::keepalive_rounds`]).
     keepalive_rounds: bool,
+    /// See [`RunOptions::defer_rounds`].
+    defer_rounds: bool,
 }
 
 impl World {
@@ -362,8 +369,11 @@ impl World {
             handshake_free: vec![SimTime::ZERO; replicas],
             // A chunk-counting injection counts every transmit as an event's.
             keepalive_rounds: options.keepalive_rounds && sc.inject.corrupt_transmit.is_none(),
+            defer_rounds: options.defer_rounds,
             sc,
         };
+        // Bugs injected into the protocol core live in this thread only.
+        w.flows.parallel = !(w.sc.inject.double_credit || w.sc.inject.view_fault);
         w.schedule_start();
         w
     }
@@ -444,7 +454,7 @@ impl World {
                     self.flows
                         .get(flow)
                         .and_then(|f| f.round.as_ref())
-                        .map(|r| r.until),
+                        .map(|r| r.due.map_or(r.until, |(_, until)| until)),
                     "the table's round times follow the flows' rounds"
                 );
             }
@@ -480,6 +490,7 @@ impl World {
         if let Some(p) = &mut self.progress {
             p.finish();
         }
+        self.take_deferred_rounds();
         self.live_finish();
         faults::set_flow_fault(None);
         faults::set_view_fault(None);
@@ -538,6 +549,7 @@ impl World {
             Ev::Replay { index } => self.replay_step(index),
             Ev::Sample => self.sample(),
             Ev::End => {
+                self.take_deferred_rounds();
                 self.end_rounds();
                 self.check_end();
             }
@@ -1010,38 +1022,42 @@ impl World {
     /// kas traffic is counted now), its endpoints' deadlines inside the new span kept as steps.
     fn round_due(&mut self, fid: u64) {
         let (clock, now) = (self.clock, self.now);
+        // Takes a pending round event's work first (an earlier round event of this flow).
         let Some(flow) = self.flows.get_mut_raw(&fid) else {
             return;
         };
-        flow.advance_round(&clock, now);
         if flow.a.live().is_none() || flow.k.live().is_none() || flow.link.is_dead() {
             // Cannot happen (steps make no events); end it the ordinary way.
+            flow.advance_round(&clock, now);
             self.flows.get_mut(&fid);
             return;
         }
         let until = now.plus(round_span(flow, &self.sc));
-        let kas = flow.kas;
-        let deadlines = [Side::Agent, Side::Kas].map(|side| {
-            let conn = match side {
-                Side::Agent => flow.a.live().map(|e| &e.conn),
-                Side::Kas => flow.k.live().map(|e| &e.conn),
-            };
-            (side, conn.and_then(|c| c.poll_timeout()))
-        });
-        let Some(round) = flow.round.as_mut() else {
+        if flow.round.is_none() {
             return;
-        };
-        round.until = until;
-        for (side, due) in deadlines {
-            if let Some(due) = due.map(|d| clock.to_sim(d).max(now))
-                && due <= until
-            {
-                round.timer(due, side);
+        }
+        if self.defer_rounds {
+            // The steps are taken later, perhaps on another thread (FlowTable::defer_round_event);
+            // their kas traffic is counted when they are (take_deferred_rounds).
+            self.flows.defer_round_event(fid, now, until);
+        } else {
+            let kas = flow.kas;
+            let bytes = flow.round_event(&clock, now, until);
+            self.metrics.kas[kas].bytes += bytes;
+            self.flows.sync_round(fid);
+        }
+        self.queue.push(until, Ev::Round { flow: fid });
+    }
+
+    /// Does every deferred round event's work and counts its kas traffic: before anything reads
+    /// the traffic metrics or every connection's state (samples, the end).
+    pub(super) fn take_deferred_rounds(&mut self) {
+        self.flows.take_deferred();
+        for (k, bytes) in self.flows.take_round_bytes() {
+            if let Some(m) = self.metrics.kas.get_mut(k) {
+                m.bytes += bytes;
             }
         }
-        self.metrics.kas[kas].bytes += std::mem::take(&mut round.kas_bytes);
-        self.flows.sync_round(fid);
-        self.queue.push(until, Ev::Round { flow: fid });
     }
 
     /// Ends every open round (at the end of the run: the checks and the state digest see every
