@@ -1039,10 +1039,18 @@ impl World {
                 })
                 .collect()
         };
-        let own = usable(self, k);
+        // Every replica's step comes at the same instants, one event after another: the lists,
+        // read off every connection, are made once for such a run (kept while nothing else
+        // happened and no step shed a connection).
+        let lists = match self.balance_usable.take() {
+            Some((at, lists)) if at == self.event_index => lists,
+            _ => (0..self.kas.len()).map(|r| usable(self, r)).collect(),
+        };
+        let empty = Vec::new();
+        let own = lists.get(k).unwrap_or(&empty);
         let peers: Vec<u64> = (0..self.kas.len())
             .filter(|&r| r != k && self.kas[r].accepting())
-            .map(|r| usable(self, r).len() as u64)
+            .map(|r| lists.get(r).map_or(0, Vec::len) as u64)
             .collect();
         let now_i = self.now_i;
         let Some(balance) = self.kas[k].balance.as_mut() else {
@@ -1050,8 +1058,10 @@ impl World {
         };
         let shed = balance.handle_loads(own.len() as u64, &peers, now_i);
         if shed == 0 {
+            self.balance_usable = Some((self.event_index + 1, lists));
             return;
         }
+        let own = lists.get(k).cloned().unwrap_or_default();
         self.note(format_args!(
             "balance k={k} own={} peers={peers:?} shed={shed}",
             own.len()

@@ -280,6 +280,9 @@ pub(super) struct World {
     keepalive_rounds: bool,
     /// See [`RunOptions::defer_rounds`].
     defer_rounds: bool,
+    /// The replicas' connections a balance step may count and shed (registered, not draining),
+    /// by replica, and the event index at which they are still current (`kas::balance_step`).
+    pub balance_usable: Option<(u64, Vec<Vec<u64>>)>,
 }
 
 impl World {
@@ -370,6 +373,7 @@ impl World {
             // A chunk-counting injection counts every transmit as an event's.
             keepalive_rounds: options.keepalive_rounds && sc.inject.corrupt_transmit.is_none(),
             defer_rounds: options.defer_rounds,
+            balance_usable: None,
             sc,
         };
         // Bugs injected into the protocol core live in this thread only.
