@@ -68,6 +68,30 @@ impl Oracle {
         let objects: Vec<(&ResourceKind, &Value)> = objects.into_iter().collect();
         self.views.iter().map(|p| view(p, &objects)).collect()
     }
+
+    /// Brings `views` — what [`evaluate`](Self::evaluate) gave before a change — up to date after
+    /// a change that touched objects of the `changed` kinds only: every view whose kind matches
+    /// one of them (or that `views` lacks) is computed again from scratch over `objects`; a view
+    /// of another kind cannot have changed and is kept.
+    pub fn update<'a>(
+        &self,
+        views: &mut Views,
+        changed: &[&ResourceKind],
+        objects: impl IntoIterator<Item = (&'a ResourceKind, &'a Value)>,
+    ) {
+        let stale: Vec<&Prepared> = (self.views.iter())
+            .filter(|p| {
+                changed.iter().any(|k| p.kind.matches(k)) || views.get(&p.schema.name).is_none()
+            })
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        let objects: Vec<(&ResourceKind, &Value)> = objects.into_iter().collect();
+        for p in stale {
+            views.insert(view(p, &objects));
+        }
+    }
 }
 
 impl Prepared {
@@ -469,5 +493,28 @@ mod tests {
             names,
             Some(vec!["gvk".to_owned(), "app.kubernetes.io/name".to_owned()])
         );
+    }
+
+    #[test]
+    fn update_recomputes_exactly_the_views_of_the_changed_kinds() {
+        let oracle = Oracle::new(&default_views());
+        let mut objs = objects();
+        let mut views = oracle.evaluate(objs.iter().map(|(k, o)| (k, o)));
+        // A pod changes phase: only views that may hold pods can differ.
+        objs[2].1 =
+            json!({"metadata": {"namespace": "web", "name": "p"}, "status": {"phase": "Failed"}});
+        let pod = ResourceKind::pod();
+        let mut updated = views.clone();
+        oracle.update(&mut updated, &[&pod], objs.iter().map(|(k, o)| (k, o)));
+        let full = oracle.evaluate(objs.iter().map(|(k, o)| (k, o)));
+        assert_eq!(updated, full);
+        assert_ne!(updated, views, "the change shows");
+        // Told of no change, a view of a changed kind is kept as it was: update trusts `changed`.
+        oracle.update(&mut views, &[], objs.iter().map(|(k, o)| (k, o)));
+        assert_ne!(views, full);
+        // A view missing from the table is computed whatever changed.
+        let mut partial = Views::new();
+        oracle.update(&mut partial, &[], objs.iter().map(|(k, o)| (k, o)));
+        assert_eq!(partial, full);
     }
 }

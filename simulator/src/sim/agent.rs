@@ -22,7 +22,9 @@ use std::num::NonZeroU64;
 use std::time::Duration;
 
 use bytes::Bytes;
-use protocol::cache::{AgentCache, AgentViews, LabelSelector, LinkEnd, Views, WatchEvent};
+use protocol::cache::{
+    AgentCache, AgentViews, LabelSelector, LinkEnd, ResourceKind, Views, WatchEvent,
+};
 use protocol::tunnel::connection_set::{Admit, ConnectionSet};
 use protocol::tunnel::reconnect::{
     BackoffPolicy, Decision, DialFailure, MIN_LIFETIME_FOR_HANDOVER, Next,
@@ -1046,7 +1048,13 @@ impl World {
         let a = &mut self.agents[i];
         let events = a.cluster.churn(&mut self.rng);
         if watched {
-            a.truth = super::invariants::truth_cached(&mut a.cluster);
+            let mut kinds: smallvec::SmallVec<[&ResourceKind; 3]> = smallvec::SmallVec::new();
+            for (kind, _) in &events {
+                if !kinds.contains(kind) {
+                    kinds.push(kind);
+                }
+            }
+            super::invariants::update_truth(&mut a.truth, &kinds, &mut a.cluster);
         }
         self.metrics.churn += 1;
         if let Some(views) = &mut a.views {

@@ -58,7 +58,7 @@
 
 use serde::Serialize;
 
-use protocol::cache::{Views, default_views};
+use protocol::cache::{ResourceKind, Views, default_views};
 use protocol::testing::naive_views;
 
 use super::agent::AgentState;
@@ -111,6 +111,14 @@ pub fn truth(cluster: &Cluster) -> Views {
 /// after every change.
 pub fn truth_cached(cluster: &mut Cluster) -> Views {
     oracle().evaluate(cluster.objects_cached())
+}
+
+/// [`truth_cached`] after a change that touched objects of the `changed` kinds only, from `truth`
+/// as it was before: the views of other kinds are kept (they cannot have changed), the others are
+/// computed again by the oracle from scratch. The end of the run compares every watched agent's
+/// kept truth with a full [`truth`] (`stale-truth`).
+pub fn update_truth(truth: &mut Views, changed: &[&ResourceKind], cluster: &mut Cluster) {
+    oracle().update(truth, changed, cluster.objects_cached());
 }
 
 /// The naive oracle over the default views, their specs read once.
