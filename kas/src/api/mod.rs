@@ -785,9 +785,10 @@ async fn serve_connection<I>(
 ) where
     I: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static,
 {
-    // The response timer the connection's proxied requests take in turn (no timer registered
-    // with the reactor per request).
+    // The one timer of the connection, which hyper's header read timeout and the proxied requests'
+    // response timeouts take in turn (no timer registered with the reactor per request).
     let sleep = lazy_timer::ConnectionSleep::default();
+    let timer = lazy_timer::LazyTimer::for_connection(&sleep);
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let state = state.clone();
         req.extensions_mut().insert(sleep.clone());
@@ -795,7 +796,7 @@ async fn serve_connection<I>(
     });
     // `with_upgrades`: a 101 answer hands the connection to the upgraded session ([`upgrade`]).
     let conn = hyper::server::conn::http1::Builder::new()
-        .timer(lazy_timer::LazyTimer)
+        .timer(timer)
         .serve_connection(http_io::HttpIo::new(io), service)
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);
