@@ -259,9 +259,18 @@ fn parse_service_proxy(agent_id: u64, rest: &str) -> ApiRoute {
             rest.chars().take(120).collect::<String>()
         ));
     }
+    // "/{namespace}/{service}:{port}{path}", without the formatting machinery (every request).
+    let mut full = String::with_capacity(1 + rest.len() + 1);
+    full.push('/');
+    full.push_str(namespace);
+    full.push('/');
+    full.push_str(service);
+    full.push(':');
+    full.push_str(port);
+    full.push_str(path);
     ApiRoute::ServiceProxy {
         agent_id,
-        path: format!("/{namespace}/{service}:{port}{path}"),
+        path: full,
     }
 }
 
@@ -290,8 +299,9 @@ pub fn classify(path: &str) -> ApiRoute {
     if let Some(rest) = path.strip_prefix("/api/v1/agents/") {
         let (id, after) = rest.split_once('/').unwrap_or((rest, ""));
         // Canonical decimal only ("07" is not agent 7), and ids start at 1.
+        let canonical = !id.starts_with('0') && id.bytes().all(|b| b.is_ascii_digit());
         let agent_id = match id.parse::<u64>() {
-            Ok(n) if n > 0 && n.to_string() == id => n,
+            Ok(n) if n > 0 && canonical => n,
             _ => return ApiRoute::NotFound,
         };
         if after.is_empty() {
@@ -862,6 +872,19 @@ mod tests {
         assert_eq!(classify("/api/v1/agents/7"), ApiRoute::Agent(7));
         assert_eq!(classify("/api/v1/agents/07"), ApiRoute::NotFound);
         assert_eq!(classify("/api/v1/agents/0"), ApiRoute::NotFound);
+        assert_eq!(classify("/api/v1/agents/+7"), ApiRoute::NotFound);
+        assert_eq!(classify("/api/v1/agents/ 7"), ApiRoute::NotFound);
+        assert_eq!(
+            classify("/api/v1/agents/18446744073709551616"),
+            ApiRoute::NotFound
+        );
+        assert_eq!(
+            classify("/api/v1/agents/10/proxy/ns/svc:http"),
+            ApiRoute::ServiceProxy {
+                agent_id: 10,
+                path: "/ns/svc:http/".into()
+            }
+        );
         assert_eq!(classify("/api/v1/agents/x/proxy/a/b:1"), ApiRoute::NotFound);
         assert_eq!(
             classify("/k8s-proxy/api/v1/pods"),
