@@ -25,12 +25,6 @@ enum LogFormat {
 
 /// The GitLab-style agent for Kubernetes: dials out to kas and serves its requests into this
 /// cluster. Never listens on any port.
-/// Every proxied request allocates and frees a few dozen buffers and futures, some of them
-/// kilobytes large (which make glibc's malloc consolidate its fast bins): mimalloc is faster at
-/// that (see the workspace Cargo.toml).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(name = "agentk", version, subcommand_negates_reqs = true)]
 struct Cli {

@@ -15,12 +15,6 @@ use kas::config::{AuthBackendConfig, Config, LogFormat, TlsFilesConfig, parse_du
 use kas::{Kas, StartOptions};
 
 /// kas, the agent server: agents (agentk) connect to it over TLS; its HTTP API reaches their clusters.
-/// Every proxied request allocates and frees a few dozen buffers and futures, some of them
-/// kilobytes large (which make glibc's malloc consolidate its fast bins): mimalloc is faster at
-/// that (see the workspace Cargo.toml).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(name = "kas", version = kas::VERSION, args_conflicts_with_subcommands = true)]
 struct Cli {
