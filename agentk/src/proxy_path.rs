@@ -91,7 +91,7 @@ pub fn resolve(service: &serde_json::Value, port: &PortRef) -> Result<String, Re
         .and_then(|v| v.as_str())
         .filter(|ip| !ip.is_empty() && *ip != "None")
         .ok_or(ResolveError::NoClusterIp)?;
-    let ip: IpAddr = ip.parse().map_err(|_| ResolveError::NoClusterIp)?;
+    let parsed: IpAddr = ip.parse().map_err(|_| ResolveError::NoClusterIp)?;
     let ports = spec
         .get("ports")
         .and_then(|p| p.as_array())
@@ -114,8 +114,16 @@ pub fn resolve(service: &serde_json::Value, port: &PortRef) -> Result<String, Re
             .and_then(port_of)
             .ok_or_else(|| ResolveError::NoSuchPort(name.clone()))?,
     };
-    Ok(match ip {
-        IpAddr::V4(v4) => format!("{v4}:{number}"),
+    Ok(match parsed {
+        // An IPv4 address that parses is already in its one textual form (no leading zeros, four
+        // decimal octets): used as written, without the formatting machinery (every request).
+        IpAddr::V4(_) => {
+            let mut authority = String::with_capacity(ip.len() + 6);
+            authority.push_str(ip);
+            authority.push(':');
+            authority.push_str(itoa::Buffer::new().format(number));
+            authority
+        }
         IpAddr::V6(v6) => format!("[{v6}]:{number}"),
     })
 }
@@ -225,6 +233,20 @@ mod tests {
             resolve(&json!({}), &PortRef::Number(80)),
             Err(ResolveError::Malformed)
         );
+        // Only the one textual form of an IPv4 address is used as written; others are refused.
+        for odd in [
+            "10.0.0.07",
+            "10.0.7",
+            " 10.0.0.7",
+            "10.0.0.7 ",
+            "0x0a.0.0.7",
+        ] {
+            assert_eq!(
+                resolve(&svc(odd), &PortRef::Number(80)),
+                Err(ResolveError::NoClusterIp),
+                "{odd:?}"
+            );
+        }
     }
 
     proptest! {

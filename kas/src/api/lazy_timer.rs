@@ -1,13 +1,15 @@
-//! hyper's timer for the HTTP API, on smol's timers, with deadlines that move later for free.
+//! hyper's timer for the HTTP API, on smol's timers, with deadlines that move later for free and one
+//! timer per connection.
 //!
-//! hyper re-arms a connection's header read timeout for every request it reads (a deadline a few
-//! seconds later than the last one). With `smol-hyper`'s timer each re-arm deregisters and registers
-//! an `async-io` timer, and every registration wakes the reactor (a system call, and often another
-//! thread) — once per request. [`LazyTimer`]'s sleeps keep the timer registered at the earlier
-//! deadline and only remember the later one: when the registered timer fires before the current
-//! deadline it is re-armed once, so a busy keep-alive connection touches the reactor about once
-//! per timeout period instead of once per request. A sleep still never resolves before its
-//! deadline.
+//! hyper arms a connection's header read timeout for every request it waits for (a deadline a few
+//! seconds later than the last one), and drops it once the head is read. With `smol-hyper`'s timer
+//! each of these registers an `async-io` timer, and every registration wakes the reactor (an
+//! `eventfd` write, and often another thread) — once per request. Here a connection keeps one
+//! [`LazySleep`] in its [`ConnectionSleep`] slot: a sleep hyper (or the proxy's response timeout)
+//! drops before it fired goes back to the slot still registered, and the next one takes it and only
+//! remembers its new deadline; when the registered timer fires before the current deadline it is
+//! re-armed once. A busy keep-alive connection so touches the reactor about once per timeout period
+//! instead of once per request. A sleep still never resolves before its deadline.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,9 +19,22 @@ use std::time::{Duration, Instant};
 
 use hyper::rt::Sleep;
 
-/// hyper's [`hyper::rt::Timer`] with lazily re-armed sleeps.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LazyTimer;
+/// hyper's [`hyper::rt::Timer`] with lazily re-armed sleeps, kept in a connection's slot between
+/// uses ([`LazyTimer::for_connection`]; `default()`: a slot of its own).
+#[derive(Debug, Clone, Default)]
+pub struct LazyTimer {
+    slot: ConnectionSleep,
+}
+
+impl LazyTimer {
+    /// The timer of the connection whose requests use `sleep` for their response timeout: both
+    /// take the same registered timer in turn.
+    pub fn for_connection(sleep: &ConnectionSleep) -> LazyTimer {
+        LazyTimer {
+            slot: sleep.clone(),
+        }
+    }
+}
 
 impl hyper::rt::Timer for LazyTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn Sleep>> {
@@ -27,11 +42,11 @@ impl hyper::rt::Timer for LazyTimer {
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
-        Box::pin(LazySleep::at(deadline))
+        Box::pin(self.slot.take(deadline))
     }
 
     fn reset(&self, sleep: &mut Pin<Box<dyn Sleep>>, new_deadline: Instant) {
-        match sleep.as_mut().downcast_mut_pin::<LazySleep>() {
+        match sleep.as_mut().downcast_mut_pin::<SlotSleep>() {
             Some(s) => s.get_mut().move_to(new_deadline),
             None => *sleep = self.sleep_until(new_deadline),
         }
@@ -85,15 +100,11 @@ impl Future for LazySleep {
     }
 }
 
-impl Sleep for LazySleep {}
-
-/// One [`LazySleep`] the requests of one HTTP connection take in turn for their response
-/// timeout (kas's proxy waits at most the routing's response timeout for the agent's answer).
-/// A fresh `smol::Timer` per request registered a timer with the reactor and woke it, once per
-/// request; this one stays registered (at the earliest deadline it was given), each request moves
-/// its deadline later for free, and it re-arms about once per timeout period. A request that
-/// finds it taken (never on HTTP/1.1, whose requests on one connection come one after another)
-/// gets a sleep of its own.
+/// The one timer of an HTTP connection, which hyper's header read timeout and the proxied
+/// requests' response timeouts (kas's proxy waits at most the routing's response timeout for the
+/// agent's answer) take in turn: it stays registered (at the earliest deadline it was given), each
+/// use moves its deadline later for free, and it re-arms about once per timeout period. A use that
+/// finds it taken gets a timer of its own, which goes back to the slot if that is empty then.
 #[derive(Clone, Default)]
 pub struct ConnectionSleep(Arc<Mutex<Option<LazySleep>>>);
 
@@ -108,9 +119,9 @@ impl ConnectionSleep {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Resolves at `deadline` (never before). Dropping it before then returns the timer to the
-    /// connection for its next request.
-    pub async fn until(&self, deadline: Instant) {
+    /// A sleep until `deadline` on the slot's timer (or a new one if it is taken), which goes back
+    /// to the slot if dropped before it fired.
+    fn take(&self, deadline: Instant) -> SlotSleep {
         let sleep = match self.slot().take() {
             Some(mut s) => {
                 s.move_to(deadline);
@@ -118,35 +129,79 @@ impl ConnectionSleep {
             }
             None => LazySleep::at(deadline),
         };
-        let mut back = PutBack {
-            owner: self,
+        SlotSleep {
+            owner: self.clone(),
+            deadline,
             sleep: Some(sleep),
-        };
-        if let Some(sleep) = back.sleep.as_mut() {
-            sleep.await;
         }
-        // Fired: its smol timer is spent (a one-shot timer does not fire again after `set_at`
-        // unless polled anew); the next request makes a fresh one.
-        back.sleep = None;
     }
 
-    /// Whether a timer waits in the slot for the next request (tests).
+    /// Resolves at `deadline` (never before). Dropping it before then returns the timer to the
+    /// connection for its next use.
+    pub async fn until(&self, deadline: Instant) {
+        self.take(deadline).await;
+    }
+
+    /// Whether a timer waits in the slot for the next use (tests).
     #[cfg(test)]
     fn holds_timer(&self) -> bool {
         self.slot().is_some()
     }
 }
 
-/// Gives a sleep that did not fire back to its connection.
-struct PutBack<'a> {
-    owner: &'a ConnectionSleep,
+/// A sleep on a connection's timer: gives the timer back to the connection when dropped unfired.
+struct SlotSleep {
+    owner: ConnectionSleep,
+    /// The deadline, also once fired (a fired sleep holds no timer).
+    deadline: Instant,
     sleep: Option<LazySleep>,
 }
 
-impl Drop for PutBack<'_> {
+impl SlotSleep {
+    fn move_to(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+        match self.sleep.as_mut() {
+            Some(s) => s.move_to(deadline),
+            // Fired: its smol timer was spent; take the connection's (or a new one).
+            None => self.sleep = Some(self.owner.take(deadline).into_sleep()),
+        }
+    }
+
+    /// The timer, no longer given back on drop.
+    fn into_sleep(mut self) -> LazySleep {
+        self.sleep
+            .take()
+            .unwrap_or_else(|| LazySleep::at(self.deadline))
+    }
+}
+
+impl Future for SlotSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let Some(sleep) = this.sleep.as_mut() else {
+            return Poll::Ready(());
+        };
+        if Pin::new(sleep).poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        // Fired: a one-shot smol timer does not fire again after `set_at` unless polled anew, so
+        // it is not kept; the next use makes a fresh one.
+        this.sleep = None;
+        Poll::Ready(())
+    }
+}
+
+impl Sleep for SlotSleep {}
+
+impl Drop for SlotSleep {
     fn drop(&mut self) {
         if let Some(s) = self.sleep.take() {
-            *self.owner.slot() = Some(s);
+            let mut slot = self.owner.slot();
+            if slot.is_none() {
+                *slot = Some(s);
+            }
         }
     }
 }
@@ -159,7 +214,7 @@ mod tests {
     #[test]
     fn a_moved_deadline_is_kept_and_an_earlier_one_fires() {
         smol::block_on(async {
-            let timer = LazyTimer;
+            let timer = LazyTimer::default();
             let start = Instant::now();
             let mut sleep = timer.sleep(Duration::from_millis(20));
             // Later: the sleep outlasts its first deadline.
@@ -186,6 +241,43 @@ mod tests {
             },
         )
         .await
+    }
+
+    #[test]
+    fn hyper_sleeps_dropped_unfired_go_back_to_the_connection_and_are_shared_with_requests() {
+        smol::block_on(async {
+            let conn = ConnectionSleep::default();
+            let timer = LazyTimer::for_connection(&conn);
+            // hyper arms the header read timeout while it waits for a head, then drops it.
+            let mut header = timer.sleep(Duration::from_secs(30));
+            assert!(!fires_within(header.as_mut(), Duration::from_millis(1)).await);
+            assert!(!conn.holds_timer(), "taken while in use");
+            drop(header);
+            assert!(
+                conn.holds_timer(),
+                "the header timer went back to the connection"
+            );
+            // The request's response timeout takes the same timer, then gives it back.
+            let far = Instant::now() + Duration::from_secs(60);
+            assert!(!fires_within(conn.until(far), Duration::from_millis(1)).await);
+            assert!(conn.holds_timer());
+            // The next head's timer, with an earlier deadline than the registered one, still fires
+            // at its own deadline, and a fired timer is not kept.
+            let start = Instant::now();
+            let mut header = timer.sleep(Duration::from_millis(20));
+            assert!(!conn.holds_timer());
+            assert!(fires_within(header.as_mut(), Duration::from_secs(60)).await);
+            assert!(start.elapsed() >= Duration::from_millis(20));
+            drop(header);
+            assert!(!conn.holds_timer());
+            // A reset of a fired sleep waits again until its new deadline.
+            let mut header = timer.sleep(Duration::from_millis(1));
+            header.as_mut().await;
+            let start = Instant::now();
+            timer.reset(&mut header, start + Duration::from_millis(20));
+            assert!(fires_within(header.as_mut(), Duration::from_secs(60)).await);
+            assert!(start.elapsed() >= Duration::from_millis(20));
+        });
     }
 
     #[test]

@@ -259,9 +259,18 @@ fn parse_service_proxy(agent_id: u64, rest: &str) -> ApiRoute {
             rest.chars().take(120).collect::<String>()
         ));
     }
+    // "/{namespace}/{service}:{port}{path}", without the formatting machinery (every request).
+    let mut full = String::with_capacity(1 + rest.len() + 1);
+    full.push('/');
+    full.push_str(namespace);
+    full.push('/');
+    full.push_str(service);
+    full.push(':');
+    full.push_str(port);
+    full.push_str(path);
     ApiRoute::ServiceProxy {
         agent_id,
-        path: format!("/{namespace}/{service}:{port}{path}"),
+        path: full,
     }
 }
 
@@ -290,8 +299,9 @@ pub fn classify(path: &str) -> ApiRoute {
     if let Some(rest) = path.strip_prefix("/api/v1/agents/") {
         let (id, after) = rest.split_once('/').unwrap_or((rest, ""));
         // Canonical decimal only ("07" is not agent 7), and ids start at 1.
+        let canonical = !id.starts_with('0') && id.bytes().all(|b| b.is_ascii_digit());
         let agent_id = match id.parse::<u64>() {
-            Ok(n) if n > 0 && n.to_string() == id => n,
+            Ok(n) if n > 0 && canonical => n,
             _ => return ApiRoute::NotFound,
         };
         if after.is_empty() {
@@ -785,9 +795,10 @@ async fn serve_connection<I>(
 ) where
     I: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static,
 {
-    // The response timer the connection's proxied requests take in turn (no timer registered
-    // with the reactor per request).
+    // The one timer of the connection, which hyper's header read timeout and the proxied requests'
+    // response timeouts take in turn (no timer registered with the reactor per request).
     let sleep = lazy_timer::ConnectionSleep::default();
+    let timer = lazy_timer::LazyTimer::for_connection(&sleep);
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let state = state.clone();
         req.extensions_mut().insert(sleep.clone());
@@ -795,7 +806,7 @@ async fn serve_connection<I>(
     });
     // `with_upgrades`: a 101 answer hands the connection to the upgraded session ([`upgrade`]).
     let conn = hyper::server::conn::http1::Builder::new()
-        .timer(lazy_timer::LazyTimer)
+        .timer(timer)
         .serve_connection(http_io::HttpIo::new(io), service)
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);
@@ -861,6 +872,19 @@ mod tests {
         assert_eq!(classify("/api/v1/agents/7"), ApiRoute::Agent(7));
         assert_eq!(classify("/api/v1/agents/07"), ApiRoute::NotFound);
         assert_eq!(classify("/api/v1/agents/0"), ApiRoute::NotFound);
+        assert_eq!(classify("/api/v1/agents/+7"), ApiRoute::NotFound);
+        assert_eq!(classify("/api/v1/agents/ 7"), ApiRoute::NotFound);
+        assert_eq!(
+            classify("/api/v1/agents/18446744073709551616"),
+            ApiRoute::NotFound
+        );
+        assert_eq!(
+            classify("/api/v1/agents/10/proxy/ns/svc:http"),
+            ApiRoute::ServiceProxy {
+                agent_id: 10,
+                path: "/ns/svc:http/".into()
+            }
+        );
         assert_eq!(classify("/api/v1/agents/x/proxy/a/b:1"), ApiRoute::NotFound);
         assert_eq!(
             classify("/k8s-proxy/api/v1/pods"),

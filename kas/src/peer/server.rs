@@ -184,7 +184,7 @@ impl PeerServer {
                     async move { Ok::<_, Infallible>(handle(state, secret, req, peer).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(crate::api::lazy_timer::LazyTimer)
+                    .timer(crate::api::lazy_timer::LazyTimer::default())
                     .serve_connection(crate::api::http_io::HttpIo::new(io), service)
                     .with_upgrades();
                 if let Err(e) = conn.await {
