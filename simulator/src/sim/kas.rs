@@ -1046,8 +1046,7 @@ impl World {
             Some((at, lists)) if at == self.event_index => lists,
             _ => (0..self.kas.len()).map(|r| usable(self, r)).collect(),
         };
-        let empty = Vec::new();
-        let own = lists.get(k).unwrap_or(&empty);
+        let own: &[u64] = lists.get(k).map_or(&[], Vec::as_slice);
         let peers: Vec<u64> = (0..self.kas.len())
             .filter(|&r| r != k && self.kas[r].accepting())
             .map(|r| lists.get(r).map_or(0, Vec::len) as u64)
@@ -1061,7 +1060,6 @@ impl World {
             self.balance_usable = Some((self.event_index + 1, lists));
             return;
         }
-        let own = lists.get(k).cloned().unwrap_or_default();
         self.note(format_args!(
             "balance k={k} own={} peers={peers:?} shed={shed}",
             own.len()
