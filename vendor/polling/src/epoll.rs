@@ -2,14 +2,10 @@
 
 use std::io;
 use std::os::unix::io::{AsFd, AsRawFd, BorrowedFd, RawFd};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[cfg(not(target_os = "redox"))]
 use rustix::event::{eventfd, EventfdFlags};
-#[cfg(not(target_os = "redox"))]
-use rustix::time::{
-    timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags,
-};
 
 use rustix::buffer::spare_capacity;
 use rustix::event::{epoll, Timespec};
@@ -27,13 +23,10 @@ pub struct Poller {
     epoll_fd: OwnedFd,
 
     /// Notifier used to wake up epoll.
-    notifier: Notifier,
-
-    /// File descriptor for the timerfd that produces timeouts.
     ///
-    /// Redox does not support timerfd.
-    #[cfg(not(target_os = "redox"))]
-    timer_fd: Option<OwnedFd>,
+    /// Vendored change (issue 15): registered once, level-triggered, and read only when a wait
+    /// reports it; there is no timerfd (the timeout goes to `epoll_pwait2` with nanoseconds).
+    notifier: Notifier,
 }
 
 impl Poller {
@@ -44,36 +37,19 @@ impl Poller {
         // Use `epoll_create1` with `EPOLL_CLOEXEC`.
         let epoll_fd = epoll::create(epoll::CreateFlags::CLOEXEC)?;
 
-        // Set up notifier and timerfd.
+        // Set up the notifier.
         let notifier = Notifier::new()?;
-        #[cfg(not(target_os = "redox"))]
-        let timer_fd = timerfd_create(
-            TimerfdClockId::Monotonic,
-            TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
-        )
-        .ok();
 
-        let poller = Poller {
-            epoll_fd,
-            notifier,
-            #[cfg(not(target_os = "redox"))]
-            timer_fd,
-        };
+        let poller = Poller { epoll_fd, notifier };
 
+        // Level-triggered: a notification stays pending (the eventfd or pipe stays readable)
+        // until `wait_deadline` reads it after a wait that reported it, so the registration never
+        // needs to be renewed.
         unsafe {
-            #[cfg(not(target_os = "redox"))]
-            if let Some(ref timer_fd) = poller.timer_fd {
-                poller.add(
-                    timer_fd.as_raw_fd(),
-                    Event::none(crate::NOTIFY_KEY),
-                    PollMode::Oneshot,
-                )?;
-            }
-
             poller.add(
                 poller.notifier.as_fd().as_raw_fd(),
                 Event::readable(crate::NOTIFY_KEY),
-                PollMode::Oneshot,
+                PollMode::Level,
             )?;
         }
 
@@ -163,7 +139,13 @@ impl Poller {
     }
 
     /// Waits for I/O events with an optional deadline.
-    #[allow(clippy::needless_update)]
+    ///
+    /// Vendored change (issue 15): one system call per wait when the notifier did not fire
+    /// (upstream: timerfd_settime, epoll_ctl on the timerfd, the wait, a read of the notifier and
+    /// epoll_ctl on the notifier, every time; smol-rs/polling#224). The timeout goes to the wait
+    /// itself: rustix's `linux_5_11` feature (Cargo.toml) makes that `epoll_pwait2`, which takes
+    /// nanoseconds, so timers keep the timerfd's precision; without the feature (Android, Redox)
+    /// rustix rounds the timeout up to milliseconds, late but never early.
     pub fn wait_deadline(&self, events: &mut Events, deadline: Option<Instant>) -> io::Result<()> {
         #[cfg(feature = "tracing")]
         let span = tracing::trace_span!(
@@ -174,48 +156,13 @@ impl Poller {
         #[cfg(feature = "tracing")]
         let _enter = span.enter();
 
-        let timeout = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
-
-        #[cfg(not(target_os = "redox"))]
-        if let Some(ref timer_fd) = self.timer_fd {
-            // Configure the timeout using timerfd.
-            let new_val = Itimerspec {
-                it_interval: TS_ZERO,
-                it_value: match timeout {
-                    None => TS_ZERO,
-                    Some(t) => {
-                        let mut ts = TS_ZERO;
-                        ts.tv_sec = t.as_secs() as _;
-                        ts.tv_nsec = t.subsec_nanos() as _;
-                        ts
-                    }
-                },
-                ..unsafe { std::mem::zeroed() }
-            };
-
-            timerfd_settime(timer_fd, TimerfdTimerFlags::empty(), &new_val)?;
-
-            // Set interest in timerfd.
-            self.modify(
-                timer_fd.as_fd(),
-                Event::readable(crate::NOTIFY_KEY),
-                PollMode::Oneshot,
-            )?;
-        }
-
-        #[cfg(not(target_os = "redox"))]
-        let timer_fd = &self.timer_fd;
-        #[cfg(target_os = "redox")]
-        let timer_fd: Option<core::convert::Infallible> = None;
-
         // Timeout for epoll. In case of overflow, use no timeout.
-        let timeout = match (timer_fd, timeout) {
-            (_, Some(t)) if t == Duration::from_secs(0) => Some(Timespec::default()),
-            (None, Some(t)) => Timespec::try_from(t).ok(),
-            _ => None,
-        };
+        let timeout = deadline
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+            .and_then(|t| Timespec::try_from(t).ok());
 
-        // Wait for I/O events.
+        // Wait for I/O events (appended after those the caller has not cleared).
+        let old_len = events.list.len();
         epoll::wait(
             &self.epoll_fd,
             spare_capacity(&mut events.list),
@@ -228,13 +175,14 @@ impl Poller {
             "new events",
         );
 
-        // Clear the notification (if received) and re-register interest in it.
-        self.notifier.clear();
-        self.modify(
-            self.notifier.as_fd(),
-            Event::readable(crate::NOTIFY_KEY),
-            PollMode::Oneshot,
-        )?;
+        // Clear the notification if this wait reported it. One that arrived after the wait
+        // collected its events stays pending and wakes the next wait at once (level-triggered).
+        if events.list[old_len..]
+            .iter()
+            .any(|ev| ev.data.u64() == crate::NOTIFY_KEY as u64)
+        {
+            self.notifier.clear();
+        }
         Ok(())
     }
 
@@ -277,17 +225,9 @@ impl Drop for Poller {
         #[cfg(feature = "tracing")]
         let _enter = span.enter();
 
-        #[cfg(not(target_os = "redox"))]
-        if let Some(timer_fd) = self.timer_fd.take() {
-            let _ = self.delete(timer_fd.as_fd());
-        }
         let _ = self.delete(self.notifier.as_fd());
     }
 }
-
-/// `timespec` value that equals zero.
-#[cfg(not(target_os = "redox"))]
-const TS_ZERO: Timespec = unsafe { std::mem::transmute([0u8; std::mem::size_of::<Timespec>()]) };
 
 /// Get the EPOLL flags for the interest.
 fn epoll_flags(interest: &Event, mode: PollMode) -> epoll::EventFlags {
