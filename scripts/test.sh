@@ -97,3 +97,8 @@ cargo build -p agentk -p kas -p kas-demo
 # rewrites the conformance vectors: regenerate them with `cargo run -p conformance -- gen-vectors`.
 echo "== tests (unit, property, fuzz bodies, simulation, integration, kubectl and Chromium end to end, conformance)"
 cargo test --workspace
+
+# The vendored, patched polling (kas's reactor; vendor/polling/VENDORED.md) is outside the workspace:
+# its own tests, the changed epoll backend's included, run here, into the workspace's target/.
+echo "== vendored polling (kas's reactor)"
+cargo test --manifest-path vendor/polling/Cargo.toml --target-dir target/vendor

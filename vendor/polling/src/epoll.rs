@@ -25,7 +25,8 @@ pub struct Poller {
     /// Notifier used to wake up epoll.
     ///
     /// Vendored change (issue 15): registered once, level-triggered, and read only when a wait
-    /// reports it; there is no timerfd (the timeout goes to `epoll_pwait2` with nanoseconds).
+    /// reports it; there is no timerfd (the timeout goes to the wait itself, in milliseconds
+    /// rounded up).
     notifier: Notifier,
 }
 
@@ -143,9 +144,11 @@ impl Poller {
     /// Vendored change (issue 15): one system call per wait when the notifier did not fire
     /// (upstream: timerfd_settime, epoll_ctl on the timerfd, the wait, a read of the notifier and
     /// epoll_ctl on the notifier, every time; smol-rs/polling#224). The timeout goes to the wait
-    /// itself: rustix's `linux_5_11` feature (Cargo.toml) makes that `epoll_pwait2`, which takes
-    /// nanoseconds, so timers keep the timerfd's precision; without the feature (Android, Redox)
-    /// rustix rounds the timeout up to milliseconds, late but never early.
+    /// itself: rustix's `epoll_pwait` rounds it up to whole milliseconds, so a timer fires up to
+    /// 1 ms late but never early (tokio's timer wheel has the same granularity). Upstream takes
+    /// this path too when `timerfd_create` fails. Not `epoll_pwait2` (rustix's `linux_5_11`):
+    /// it needs Linux >= 5.11 and a seccomp profile that allows it, and container runtimes'
+    /// profiles lagged behind; a refused wait would stop the reactor, a late timer costs nothing.
     pub fn wait_deadline(&self, events: &mut Events, deadline: Option<Instant>) -> io::Result<()> {
         #[cfg(feature = "tracing")]
         let span = tracing::trace_span!(
