@@ -167,34 +167,22 @@ impl Trace {
     }
 }
 
-/// Decimal digits of `v`.
-fn push_u64(buf: &mut String, mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut n = 0;
-    loop {
-        digits[n] = b'0' + (v % 10) as u8;
-        n += 1;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    for d in digits[..n].iter().rev() {
-        buf.push(char::from(*d));
-    }
+/// Decimal digits of `v` (through itoa: one `push_str`, not a `push` per digit).
+fn push_u64(buf: &mut String, v: u64) {
+    buf.push_str(itoa::Buffer::new().format(v));
 }
 
-/// `seconds.microseconds`, as `SimTime`'s `Display`.
+/// `seconds.microseconds`, as `SimTime`'s `Display` (six zero-padded digits).
 fn push_time(buf: &mut String, t: SimTime) {
     push_u64(buf, t.0 / 1_000_000_000);
-    buf.push('.');
     let micros = (t.0 / 1000) % 1_000_000;
-    let mut div = 100_000;
-    // Six zero-padded digits.
-    for _ in 0..6 {
-        buf.push(char::from(b'0' + ((micros / div) % 10) as u8));
-        div /= 10;
+    let mut frac = *b".000000";
+    let mut rest = micros;
+    for d in frac[1..].iter_mut().rev() {
+        *d = b'0' + (rest % 10) as u8;
+        rest /= 10;
     }
+    buf.push_str(std::str::from_utf8(&frac).unwrap_or(".??????"));
 }
 
 #[cfg(test)]
@@ -236,5 +224,16 @@ mod tests {
         a.event(10, SimTime(0), "end", "", &[]);
         let want = format!("0 {t} deliver up f=7 n=0 x={}", u64::MAX);
         assert_eq!(a.take_lines(), vec![want, "10 0.000000 end".to_owned()]);
+        for ns in [
+            1_000,
+            9_999_999,
+            1_000_000_000,
+            86_400_123_456_789,
+            u64::MAX,
+        ] {
+            let t = SimTime(ns);
+            a.event(ns, t, "x", "", &[]);
+            assert_eq!(a.take_lines(), vec![format!("{ns} {t} x")]);
+        }
     }
 }
