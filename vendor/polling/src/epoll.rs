@@ -2,7 +2,7 @@
 
 use std::io;
 use std::os::unix::io::{AsFd, AsRawFd, BorrowedFd, RawFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[cfg(not(target_os = "redox"))]
 use rustix::event::{eventfd, EventfdFlags};
@@ -159,9 +159,13 @@ impl Poller {
         #[cfg(feature = "tracing")]
         let _enter = span.enter();
 
-        // Timeout for epoll. In case of overflow, use no timeout.
+        // Timeout for epoll, at most `i32::MAX` milliseconds (about 24.8 days) so that rustix
+        // always takes `epoll_pwait` (a longer one would go to `epoll_pwait2`); a wait that ends
+        // before a farther deadline is only an early wake-up, after which the caller waits again.
+        // In case of overflow, use no timeout.
         let timeout = deadline
             .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+            .map(|t| t.min(Duration::from_millis(i32::MAX as u64)))
             .and_then(|t| Timespec::try_from(t).ok());
 
         // Wait for I/O events (appended after those the caller has not cleared).

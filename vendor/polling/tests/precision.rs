@@ -27,7 +27,10 @@ fn below_ms() -> io::Result<()> {
     // the margin, not sub-millisecond precision.
     if cfg!(all(target_os = "linux", not(polling_test_poll_backend))) {
         assert!(lowest < ceil_ms(dur) + margin, "{lowest:?}");
-        assert!(lowest >= ceil_ms(dur), "{lowest:?} woke before the rounded timeout");
+        assert!(
+            lowest >= ceil_ms(dur),
+            "{lowest:?} woke before the rounded timeout"
+        );
     } else if cfg!(all(
         any(
             target_os = "android",
@@ -62,7 +65,10 @@ fn above_ms() -> io::Result<()> {
 
     if cfg!(all(target_os = "linux", not(polling_test_poll_backend))) {
         assert!(lowest < ceil_ms(dur) + margin, "{lowest:?}");
-        assert!(lowest >= ceil_ms(dur), "{lowest:?} woke before the rounded timeout");
+        assert!(
+            lowest >= ceil_ms(dur),
+            "{lowest:?} woke before the rounded timeout"
+        );
     } else if cfg!(all(
         any(
             target_os = "android",
@@ -80,5 +86,5 @@ fn above_ms() -> io::Result<()> {
 
 /// `dur` rounded up to whole milliseconds, as rustix's `epoll_pwait` passes it.
 fn ceil_ms(dur: Duration) -> Duration {
-    Duration::from_millis(dur.as_nanos().div_ceil(1_000_000) as u64)
+    Duration::from_millis(((dur.as_nanos() + 999_999) / 1_000_000) as u64)
 }
