@@ -432,7 +432,7 @@ impl FlowTable {
             self.slots.resize_with(i + 1, || None);
             self.rounds.resize(i + 1, 0);
         }
-        self.rounds[i] = flow.round.as_ref().map_or(0, |r| r.until.0);
+        self.rounds[i] = flow.round.as_ref().map_or(0, |r| r.next_event().0);
         if self.slots[i].replace(Box::new(flow)).is_none() {
             self.live += 1;
         }
@@ -473,7 +473,7 @@ impl FlowTable {
             .get(i)
             .and_then(|f| f.as_deref())
             .and_then(|f| f.round.as_ref())
-            .map_or(0, |r| r.due.map_or(r.until, |(_, until)| until).0);
+            .map_or(0, |r| r.next_event().0);
         if let Some(r) = self.rounds.get_mut(i) {
             *r = until;
         }

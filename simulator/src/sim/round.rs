@@ -78,6 +78,12 @@ pub struct Leftover {
 }
 
 impl Round {
+    /// When the round's own event is next due: [`until`](Self::until), or the end a deferred round
+    /// event already gave it ([`due`](Self::due)), which `until` takes once that work is done.
+    pub fn next_event(&self) -> SimTime {
+        self.due.map_or(self.until, |(_, until)| until)
+    }
+
     pub fn new(until: SimTime) -> Round {
         Round {
             until,

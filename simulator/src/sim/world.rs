@@ -458,7 +458,7 @@ impl World {
                     self.flows
                         .get(flow)
                         .and_then(|f| f.round.as_ref())
-                        .map(|r| r.due.map_or(r.until, |(_, until)| until)),
+                        .map(super::round::Round::next_event),
                     "the table's round times follow the flows' rounds"
                 );
             }
