@@ -101,6 +101,12 @@ pub const INVARIANTS: &[(&str, &str)] = &[
 /// [`World::views_watched`]).
 pub const VIEWS_WATCHED: usize = 1000;
 
+/// Whether agent `i` of `agents` is one whose views are checked after every change
+/// ([`World::views_watched`]).
+pub fn views_watched(i: usize, agents: usize) -> bool {
+    i.is_multiple_of(agents.div_ceil(VIEWS_WATCHED).max(1))
+}
+
 /// The truth an agent's views must equal: the naive oracle over its cluster's objects.
 pub fn truth(cluster: &Cluster) -> Views {
     let objects = cluster.objects();
@@ -258,7 +264,7 @@ impl World {
     /// evenly spread sample of that many in larger ones, so the per-event views checks cost the same
     /// at 100,000 agents as at 1,000. Every agent is checked in full at the end of the run.
     pub(super) fn views_watched(&self, i: usize) -> bool {
-        i.is_multiple_of(self.agents.len().div_ceil(VIEWS_WATCHED).max(1))
+        views_watched(i, self.agents.len())
     }
 
     /// After agent `i`'s cache took a change: its incremental views equal the oracle's (watched

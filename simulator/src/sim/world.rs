@@ -301,7 +301,7 @@ impl World {
         for i in 0..n {
             let spread = sc.network.latency_spread * (rng.random::<f64>() * 2.0 - 1.0);
             let latency = sc.network.latency.mul_f64((1.0 + spread).max(0.0));
-            agents.push(SimAgent::new(i, &sc, latency, policy));
+            agents.push(SimAgent::new(i, n, &sc, latency, policy));
         }
         let hot: Vec<usize> = (0..n)
             .filter(|_| sc.cluster.hot_fraction > 0.0 && rng.random_bool(sc.cluster.hot_fraction))
