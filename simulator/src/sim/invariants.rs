@@ -538,8 +538,8 @@ impl World {
                 format!("agent {i}'s cached oracle views are stale (a glue bug in the simulator)"),
             ));
         }
-        let own = cache.views().views();
-        if own != truth {
+        if !same_views(cache.views(), &truth) {
+            let own = cache.views().views();
             return Some((
                 "views-diverged",
                 format!(
