@@ -66,8 +66,9 @@ pub const ZERO_COPY_MIN: usize = 2048;
 /// off it and, once the transport wrote (and dropped) it, its octets are reclaimed for the next
 /// ones, so that a request's head, body and end are framed without an allocation. It is taken when
 /// fewer than [`OUT_MIN_FREE`] octets are free and cannot be reclaimed; a buffer grown above
-/// [`OUT_RETAIN_MAX`] is handed out whole rather than kept, and a connection quiet for a keepalive
-/// interval lets its buffer go (an idle connection holds none).
+/// [`OUT_RETAIN_MAX`] is handed out whole rather than kept, and so is the buffer of a batch without
+/// stream frames (a PING or its answer, a window update): a connection whose streams are quiet
+/// lets its buffer go at its next keepalive, and an idle one holds none.
 const OUT_BUFFER: usize = 4 * 1024;
 const OUT_MIN_FREE: usize = 1024;
 const OUT_RETAIN_MAX: usize = 16 * 1024;
@@ -423,10 +424,6 @@ impl Connection {
                 }
                 Timer::Idle => self.fail(ConnectionError::IdleTimeout),
                 Timer::Keepalive => {
-                    // Quiet for a keepalive interval: let the kept transmit buffer go.
-                    if self.out.is_empty() {
-                        self.out = BytesMut::new();
-                    }
                     if self.ping_outstanding.is_none() {
                         self.pings += 1;
                         let payload = self.pings.to_be_bytes();
@@ -496,7 +493,8 @@ impl Connection {
         // hands out the filled part (no copy). An idle connection holds no transmit buffer.
         let mut buf = std::mem::take(&mut self.out);
         self.answers_taken();
-        if !self.streams.ready.is_empty()
+        let stream_frames = !self.streams.ready.is_empty();
+        if stream_frames
             && buf.capacity() - buf.len() < OUT_MIN_FREE
             && !buf.try_reclaim(OUT_MIN_FREE)
         {
@@ -517,12 +515,14 @@ impl Connection {
         }
         // A full buffer (one keepalive frame in a buffer reserved for it, say) has no rest to
         // keep: hand the buffer itself over, which spares `split`'s shared header (an allocation)
-        // and its reference counting; so is a large one, not to be kept.
-        let filled = if buf.len() == buf.capacity() || buf.capacity() > OUT_RETAIN_MAX {
-            std::mem::take(&mut buf)
-        } else {
-            buf.split()
-        };
+        // and its reference counting; so is a large one, and one without stream traffic: neither
+        // is kept (see OUT_BUFFER).
+        let filled =
+            if buf.len() == buf.capacity() || buf.capacity() > OUT_RETAIN_MAX || !stream_frames {
+                std::mem::take(&mut buf)
+            } else {
+                buf.split()
+            };
         self.out = buf;
         self.check_invariants();
         let sent = filled.len() + slices.as_ref().map_or(0, |(_, n)| **n - before);
@@ -1552,12 +1552,18 @@ mod tests {
             pump(&mut agent, &mut server, now);
         }
         assert_eq!(agent.open_streams(), (0, 0));
-        // Quiet for a keepalive interval: the PING is framed into a buffer of its own size and
-        // handed out whole; nothing is kept.
+        // Quiet for a keepalive interval: the PING goes out in the kept buffer, handed out whole,
+        // and the peer's answer likewise (a peer that only answers PINGs, as kas does for a quiet
+        // agent, keeps no buffer either); nothing is kept.
+        assert!(agent.out.capacity() > 0 && server.out.capacity() > 0);
         let at = agent.poll_timeout().expect("keepalive armed");
         agent.handle_timeout(at);
         let ping = agent.poll_transmit().expect("a ping");
         assert_eq!(ping.len(), 9 + 8);
         assert_eq!(agent.out.capacity(), 0);
+        server.handle_input(&ping, at);
+        let ack = server.poll_transmit().expect("the PING's answer");
+        assert_eq!(ack.len(), 9 + 8);
+        assert_eq!(server.out.capacity(), 0);
     }
 }
