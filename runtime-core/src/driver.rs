@@ -75,6 +75,11 @@ pub struct Driver<T> {
     /// Made at the first deadline.
     timer: Option<Pin<Box<dyn AsyncTimer>>>,
     armed: Option<Instant>,
+    /// The waker the armed timer holds: it answered `Pending` to a poll with it since it was last
+    /// armed. While its instant is still ahead it cannot have fired, and polling it again with the
+    /// same waker would only register that waker again (the quiet polls of a connection that
+    /// sends a request and waits for the answer would each pay for it).
+    timer_waker: Option<Waker>,
     /// Receive buffers: none while quiet (reads go to the thread's scratch buffer).
     recv: Receive,
     /// The last time a read filled the scratch buffer's size.
@@ -297,6 +302,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<T> {
             runtime,
             timer: None,
             armed: None,
+            timer_waker: None,
             recv: Receive::default(),
             last_busy: Instant::now(),
             read_closed: false,
@@ -674,18 +680,32 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Future for Driver<T> {
                                 _ => {
                                     t.as_mut().reset(d);
                                     this.armed = Some(d);
+                                    this.timer_waker = None;
                                 }
                             }
                             t
                         }
                         None => {
                             this.armed = Some(d);
+                            this.timer_waker = None;
                             this.timer.insert(this.runtime.new_timer(d))
                         }
                     };
-                    if timer.as_mut().poll(cx).is_ready() {
-                        this.armed = None;
-                        progress = true;
+                    // Polled only if it may have fired (its instant has come: timers do not fire
+                    // early) or does not hold this task's waker yet.
+                    let holds_waker = this.armed.is_some_and(|a| a > now)
+                        && this
+                            .timer_waker
+                            .as_ref()
+                            .is_some_and(|w| w.will_wake(cx.waker()));
+                    if !holds_waker {
+                        if timer.as_mut().poll(cx).is_ready() {
+                            this.armed = None;
+                            this.timer_waker = None;
+                            progress = true;
+                        } else {
+                            this.timer_waker = Some(cx.waker().clone());
+                        }
                     }
                 }
             }

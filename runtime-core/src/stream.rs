@@ -75,7 +75,8 @@ impl Slot {
 /// so one task can read while another writes. Dropping an unfinished stream resets it.
 #[derive(Debug)]
 pub struct Stream {
-    inner: Arc<Slot>,
+    /// Held inline: only [`Stream::split`] shares it (an allocation per stream spared).
+    inner: Slot,
 }
 
 /// The name the connection handle uses.
@@ -96,7 +97,7 @@ pub struct SendStream {
 impl Stream {
     pub(crate) fn new(session: Session, id: StreamId) -> Stream {
         Stream {
-            inner: Arc::new(Slot { session, id }),
+            inner: Slot { session, id },
         }
     }
 
@@ -128,11 +129,12 @@ impl Stream {
     /// Splits into a receiving and a sending half usable from different tasks. The stream is dropped
     /// (and reset if unfinished) when both halves are.
     pub fn split(self) -> (RecvStream, SendStream) {
+        let inner = Arc::new(self.inner);
         (
             RecvStream {
-                inner: self.inner.clone(),
+                inner: inner.clone(),
             },
-            SendStream { inner: self.inner },
+            SendStream { inner },
         )
     }
 }
@@ -216,7 +218,7 @@ macro_rules! io_impls {
                 $cx: &mut Context<'_>,
                 $buf: $buf_ty,
             ) -> Poll<io::Result<$read_out>> {
-                let $rself = &*self.inner;
+                let $rself: &Slot = &self.inner;
                 $read_body
             }
         })*

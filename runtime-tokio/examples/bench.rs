@@ -414,9 +414,24 @@ mod tunnel {
         let rt2 = rt.clone();
         drop(spawn(rt, async move {
             while let Some((_, mut s)) = agent.accept_stream().await {
-                drop(spawn(&rt2, async move {
-                    let mut req = Vec::new();
-                    s.read_to_end(&mut req).await?;
+                // A plain spawn, as agentk spawns a task per stream: no result channel per request
+                // (`spawn` above makes one), which the raw TLS echo has no equivalent of.
+                let answer = async move {
+                    // Read to the end into a buffer on the stack, as the raw TLS echo reads into
+                    // one (a `Vec` grown by `read_to_end` allocated two or three times a request).
+                    let mut req = [0u8; 2 * SMALL];
+                    let mut n = 0;
+                    loop {
+                        let k = s.read(&mut req[n..]).await?;
+                        if k == 0 {
+                            break;
+                        }
+                        n += k;
+                        if n == req.len() {
+                            bail!("request longer than expected");
+                        }
+                    }
+                    let req = &req[..n];
                     s.respond(
                         ResponseHead {
                             status: 200,
@@ -424,10 +439,13 @@ mod tunnel {
                         },
                         false,
                     )?;
-                    s.write_all(&req).await?;
+                    s.write_all(req).await?;
                     s.close().await?;
                     anyhow::Ok(())
-                }));
+                };
+                runtime_core::runtime::spawn(&*rt2, async move {
+                    let _ = answer.await;
+                });
             }
         }));
     }
@@ -435,6 +453,9 @@ mod tunnel {
     pub async fn latency(kas: &Connection, phase: Duration) -> Result<Vec<Duration>> {
         let mut rtts = Vec::new();
         let msg = [1u8; SMALL];
+        // One answer buffer for every round trip, as the raw TLS ping-pong reuses one; room to
+        // spare so that `read_to_end` sees the end without growing it.
+        let mut got = Vec::with_capacity(2 * SMALL);
         let start = Instant::now();
         while start.elapsed() < phase && rtts.len() < 200_000 {
             let t0 = Instant::now();
@@ -442,7 +463,7 @@ mod tunnel {
             s.write_all(&msg).await?;
             s.close().await?;
             s.response().await?;
-            let mut got = Vec::with_capacity(SMALL);
+            got.clear();
             s.read_to_end(&mut got).await?;
             rtts.push(t0.elapsed());
         }
