@@ -444,7 +444,9 @@ mod tunnel {
                     anyhow::Ok(())
                 };
                 runtime_core::runtime::spawn(&*rt2, async move {
-                    let _ = answer.await;
+                    if let Err(e) = answer.await {
+                        eprintln!("bench responder: {e:#}");
+                    }
                 });
             }
         }));
