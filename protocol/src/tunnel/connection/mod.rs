@@ -1463,45 +1463,22 @@ fn frame_name(f: &Frame) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::pair::Pair;
 
-    /// Moves every transmitted octet between the two connections until both are quiet; returns the
-    /// events each side reported (agent's, server's).
-    fn pump(a: &mut Connection, b: &mut Connection, now: Instant) -> (Vec<Event>, Vec<Event>) {
-        let (mut ea, mut eb) = (Vec::new(), Vec::new());
-        loop {
-            let mut moved = false;
-            while let Some(x) = a.poll_transmit() {
-                b.handle_input(&x, now);
-                moved = true;
-            }
-            while let Some(x) = b.poll_transmit() {
-                a.handle_input(&x, now);
-                moved = true;
-            }
-            ea.extend(std::iter::from_fn(|| a.poll_event()));
-            eb.extend(std::iter::from_fn(|| b.poll_event()));
-            if !moved {
-                return (ea, eb);
-            }
-        }
-    }
-
-    fn established(now: Instant) -> (Connection, Connection) {
-        let mut agent = Connection::agent(Config::default(), AgentHello::default(), now);
-        let mut server = Connection::server(Config::default(), now);
-        pump(&mut agent, &mut server, now);
-        server.accept(1, "c".into(), now);
-        pump(&mut agent, &mut server, now);
-        assert_eq!(agent.phase(), Phase::Open);
-        (agent, server)
+    /// Moves everything both sides of `p` have to send until both are quiet; returns the events
+    /// kas's side reported (the agent's are drained too).
+    fn settle(p: &mut Pair) -> Vec<Event> {
+        p.drive();
+        while p.agent.poll_event().is_some() {}
+        std::iter::from_fn(|| p.server.poll_event()).collect()
     }
 
     #[test]
     fn stream_traffic_reuses_one_transmit_buffer_and_a_quiet_connection_lets_it_go() {
-        let now = Instant::now();
-        let (mut agent, mut server) = established(now);
+        let mut p = Pair::connected(7, Instant::now());
+        let now = p.now;
         // The handshake kept no buffer.
-        assert_eq!(agent.out.capacity(), 0);
+        assert_eq!(p.agent.out.capacity(), 0);
         let (mut agent_base, mut server_base) = (None, None);
         // One batch taken from `c`: split off the kept buffer (its rest stays), within the same
         // 4 KiB allocation as the first batch: 100 batches of ~100 octets need it reclaimed.
@@ -1525,15 +1502,15 @@ mod tests {
                 ..Default::default()
             };
             // A request: head, 64 octets and the end in one batch.
-            let id = agent.open_stream(head, false).expect("open");
+            let id = p.agent.open_stream(head, false).expect("open");
             assert_eq!(
-                agent.send_data(id, Bytes::from(vec![7u8; 64]), true),
+                p.agent.send_data(id, Bytes::from(vec![7u8; 64]), true),
                 Ok(64)
             );
-            let batch = take(&mut agent, &mut agent_base, i);
-            server.handle_input(&batch, now);
+            let batch = take(&mut p.agent, &mut agent_base, i);
+            p.server.handle_input(&batch, now);
             drop(batch);
-            let (_, ev) = pump(&mut agent, &mut server, now);
+            let ev = settle(&mut p);
             assert!(ev.iter().any(|e| matches!(e, Event::StreamOpened { .. })));
             // Its answer likewise (a head and a body whose batch an exactly grown buffer would
             // fill: it used to be handed out whole, and the next answer allocated again).
@@ -1541,16 +1518,17 @@ mod tests {
                 status: 200,
                 headers: vec![],
             };
-            server.send_response(id, answer, false).expect("respond");
+            p.server.send_response(id, answer, false).expect("respond");
             assert_eq!(
-                server.send_data(id, Bytes::from(vec![7u8; 64]), true),
+                p.server.send_data(id, Bytes::from(vec![7u8; 64]), true),
                 Ok(64)
             );
-            let batch = take(&mut server, &mut server_base, i);
-            agent.handle_input(&batch, now);
+            let batch = take(&mut p.server, &mut server_base, i);
+            p.agent.handle_input(&batch, now);
             drop(batch);
-            pump(&mut agent, &mut server, now);
+            settle(&mut p);
         }
+        let (agent, server) = (&mut p.agent, &mut p.server);
         assert_eq!(agent.open_streams(), (0, 0));
         // Quiet for a keepalive interval: the PING goes out in the kept buffer, handed out whole,
         // and the peer's answer likewise (a peer that only answers PINGs, as kas does for a quiet
