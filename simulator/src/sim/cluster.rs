@@ -14,6 +14,7 @@ use rand::Rng;
 use serde_json::{Value, json};
 
 use super::scenario::ClusterSpec;
+use super::trace::push_decimal;
 
 const PHASES: [&str; 4] = ["Pending", "Running", "Succeeded", "Failed"];
 
@@ -91,10 +92,6 @@ fn numbered(prefix: &str, n: u64) -> String {
     out.push_str(prefix);
     push_decimal(&mut out, n);
     out
-}
-
-fn push_decimal(out: &mut String, n: u64) {
-    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// A cluster's objects (see the module docs).
@@ -235,15 +232,36 @@ impl Cluster {
         out
     }
 
+    /// Fills the fields of an object's `metadata` that vary: its name, namespace (a node's shape
+    /// has none), uid and resourceVersion.
+    fn fill_metadata(
+        &self,
+        meta: &mut Value,
+        name: String,
+        namespace: Option<u32>,
+        uid: u64,
+        rv: u64,
+    ) {
+        let mut name = Some(name);
+        fill(meta, |key, f| match key {
+            "name" => *f = name.take().unwrap_or_default().into(),
+            "namespace" => {
+                if let Some(ns) = namespace {
+                    *f = numbered("ns-", ns.into()).into();
+                }
+            }
+            "uid" => *f = self.uid_text(uid).into(),
+            "resourceVersion" => *f = numbered("", rv).into(),
+            _ => {}
+        });
+    }
+
     fn node_json(&self, n: &Node) -> Value {
         let mut v = NODE_SHAPE.clone();
         fill(&mut v, |key, f| match key {
-            "metadata" => fill(f, |key, f| match key {
-                "name" => *f = numbered("node-", n.name.into()).into(),
-                "uid" => *f = self.uid_text(n.uid).into(),
-                "resourceVersion" => *f = numbered("", n.rv).into(),
-                _ => {}
-            }),
+            "metadata" => {
+                self.fill_metadata(f, numbered("node-", n.name.into()), None, n.uid, n.rv);
+            }
             "status" => fill(f, |key, f| {
                 if key == "conditions"
                     && let Some(ready) = f.get_mut(0)
@@ -263,13 +281,7 @@ impl Cluster {
     fn pod_json(&self, (ns, n): (u32, u64), p: &Pod) -> Value {
         let mut v = POD_SHAPE.clone();
         fill(&mut v, |key, f| match key {
-            "metadata" => fill(f, |key, f| match key {
-                "name" => *f = numbered("pod-", n).into(),
-                "namespace" => *f = numbered("ns-", ns.into()).into(),
-                "uid" => *f = self.uid_text(p.uid).into(),
-                "resourceVersion" => *f = numbered("", p.rv).into(),
-                _ => {}
-            }),
+            "metadata" => self.fill_metadata(f, numbered("pod-", n), Some(ns), p.uid, p.rv),
             "spec" => fill(f, |key, f| {
                 if key == "nodeName" {
                     *f = numbered("node-", p.node.into()).into();
@@ -288,13 +300,9 @@ impl Cluster {
     fn deployment_json(&self, (ns, n): (u32, u32), d: &Deployment) -> Value {
         let mut v = DEPLOYMENT_SHAPE.clone();
         fill(&mut v, |key, f| match key {
-            "metadata" => fill(f, |key, f| match key {
-                "name" => *f = numbered("app-", n.into()).into(),
-                "namespace" => *f = numbered("ns-", ns.into()).into(),
-                "uid" => *f = self.uid_text(d.uid).into(),
-                "resourceVersion" => *f = numbered("", d.rv).into(),
-                _ => {}
-            }),
+            "metadata" => {
+                self.fill_metadata(f, numbered("app-", n.into()), Some(ns), d.uid, d.rv);
+            }
             "spec" => fill(f, |key, f| {
                 if key == "replicas" {
                     *f = d.replicas.into();

@@ -100,7 +100,7 @@ impl Trace {
         fields: &[(&str, u64)],
     ) {
         self.buf.clear();
-        push_u64(&mut self.buf, index);
+        push_decimal(&mut self.buf, index);
         self.buf.push(' ');
         push_time(&mut self.buf, t);
         self.buf.push(' ');
@@ -113,7 +113,7 @@ impl Trace {
             self.buf.push(' ');
             self.buf.push_str(k);
             self.buf.push('=');
-            push_u64(&mut self.buf, *v);
+            push_decimal(&mut self.buf, *v);
         }
         self.buf.push('\n');
         self.emit();
@@ -167,14 +167,15 @@ impl Trace {
     }
 }
 
-/// Decimal digits of `v` (through itoa: one `push_str`, not a `push` per digit).
-fn push_u64(buf: &mut String, v: u64) {
+/// Decimal digits of `v` (through itoa: one `push_str`, not a `push` per digit); the clusters'
+/// object names use it too.
+pub(super) fn push_decimal(buf: &mut String, v: u64) {
     buf.push_str(itoa::Buffer::new().format(v));
 }
 
 /// `seconds.microseconds`, as `SimTime`'s `Display` (six zero-padded digits).
 fn push_time(buf: &mut String, t: SimTime) {
-    push_u64(buf, t.0 / 1_000_000_000);
+    push_decimal(buf, t.0 / 1_000_000_000);
     let micros = (t.0 / 1000) % 1_000_000;
     let mut frac = *b".000000";
     let mut rest = micros;
