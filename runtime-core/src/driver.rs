@@ -728,6 +728,7 @@ mod tests {
     use super::*;
     use crate::runtime::{BoxFuture, BoxIo, Listener};
     use crate::session::tests::{accept, connected, read, write};
+    use protocol::proto::RequestHead;
     use std::sync::Mutex;
     use std::task::Waker;
 
@@ -868,7 +869,7 @@ mod tests {
     #[test]
     fn a_quiet_connection_keeps_a_partial_frame_across_reads_and_holds_no_buffer() {
         let (agent, server, io, mut driver) = agent_driver();
-        let s = server.open(Default::default(), false).expect("open");
+        let s = server.open(RequestHead::default(), false).expect("open");
         write(&s, b"hello, agent");
         s.finish().expect("finish");
         let wire = transmit(server.session());
@@ -890,7 +891,7 @@ mod tests {
     #[test]
     fn a_busy_connection_reuses_its_consumed_buffers_and_yields_after_full_reads() {
         let (agent, server, io, mut driver) = agent_driver();
-        let s = server.open(Default::default(), false).expect("open");
+        let s = server.open(RequestHead::default(), false).expect("open");
         let body: Vec<u8> = (0..(FULL_READS + 2) * READ_BUFFER)
             .map(|i| (i % 251) as u8)
             .collect();
@@ -941,7 +942,7 @@ mod tests {
     #[test]
     fn ending_a_stream_writes_from_the_callers_task_when_the_driver_is_parked() {
         let (agent, server, io, mut driver) = agent_driver();
-        let s = agent.open(Default::default(), false).expect("open");
+        let s = agent.open(RequestHead::default(), false).expect("open");
         write(&s, b"request");
         let (woken, waker) = crate::session::tests::counting_waker();
         let mut cx = Context::from_waker(&waker);
@@ -960,7 +961,7 @@ mod tests {
     #[test]
     fn ending_a_stream_wakes_the_driver_when_it_holds_the_transport() {
         let (agent, server, io, mut driver) = agent_driver();
-        let s = agent.open(Default::default(), false).expect("open");
+        let s = agent.open(RequestHead::default(), false).expect("open");
         let (woken, waker) = crate::session::tests::counting_waker();
         let mut cx = Context::from_waker(&waker);
         assert!(Pin::new(&mut driver).poll(&mut cx).is_pending());
@@ -989,12 +990,12 @@ mod tests {
         poll(&mut driver);
         io.take_written();
         // A backlog of another stream's body, not yet written by the driver.
-        let a = agent.open(Default::default(), false).expect("open");
+        let a = agent.open(RequestHead::default(), false).expect("open");
         let chunk = vec![1u8; crate::session::MAX_WRITE_CHUNK];
         for _ in 0..8 {
             write(&a, &chunk);
         }
-        let b = agent.open(Default::default(), false).expect("open");
+        let b = agent.open(RequestHead::default(), false).expect("open");
         b.finish().expect("finish");
         let inline = io.take_written();
         let batch = protocol::Config::default().max_transmit;

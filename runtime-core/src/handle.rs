@@ -47,9 +47,14 @@ impl ConnectionHandle {
     /// Opens a stream with a request head; `end_stream`: no body follows. Fails with
     /// `Error::Open(OpenError::GoingAway)` once either side sent GOAWAY, with
     /// `OpenError::LimitReached` at the peer's concurrency limit, and with the connection's error once
-    /// it is over.
-    pub fn open(&self, head: RequestHead, end_stream: bool) -> Result<StreamHandle, Error> {
-        let id = self.session.open(head, end_stream)?;
+    /// it is over. The head is only encoded: pass it by reference to keep it (`&head`), e.g. to
+    /// send it again on another connection.
+    pub fn open(
+        &self,
+        head: impl std::borrow::Borrow<RequestHead>,
+        end_stream: bool,
+    ) -> Result<StreamHandle, Error> {
+        let id = self.session.open(head.borrow(), end_stream)?;
         Ok(StreamHandle::new(self.session.clone(), id))
     }
 

@@ -104,8 +104,10 @@ struct Slot {
     buffered: usize,
     /// The peer ended its direction: `Some(None)` without trailer, `Some(Some(t))` with one.
     recv_end: Option<Option<Trailer>>,
-    /// Opener: the acceptor's answer.
+    /// Opener: the acceptor's answer, until the application takes it.
     response: Option<ResponseHead>,
+    /// The application took the response head (`take_response`).
+    response_taken: bool,
     failure: Option<Failure>,
     /// We ended our direction (FIN or trailer queued, or opened/answered with end of stream).
     send_done: bool,
@@ -451,12 +453,12 @@ impl Session {
     // ------------------------------------------------------------------ connection
 
     /// Opens a stream; see [`crate::StreamHandle`].
-    pub(crate) fn open(&self, head: RequestHead, end_stream: bool) -> Result<StreamId, Error> {
+    pub(crate) fn open(&self, head: &RequestHead, end_stream: bool) -> Result<StreamId, Error> {
         let mut s = self.lock();
         if let Some(r) = s.conn.close_reason() {
             return Err(Error::from_close(r));
         }
-        let id = s.conn.open_stream(head, end_stream)?;
+        let id = s.conn.open_stream_with(head, end_stream)?;
         let slot = Slot {
             send_done: end_stream,
             recv: s.spare_recv.pop().unwrap_or_default(),
@@ -757,17 +759,27 @@ impl Session {
         s.after_end_command();
     }
 
+    /// The response head once it arrived: a copy, or with `take` the head itself, after which a
+    /// further call fails with [`ApiMisuse::ResponseTaken`].
     pub(crate) fn poll_response(
         &self,
         id: StreamId,
         cx: &mut Context<'_>,
+        take: bool,
     ) -> Poll<Result<ResponseHead, Error>> {
         let mut s = self.lock();
         let Some(slot) = s.slots.get_mut(&id) else {
             return Poll::Ready(Err(Error::Stream(StreamError::Gone(id))));
         };
+        if take && let Some(h) = slot.response.take() {
+            slot.response_taken = true;
+            return Poll::Ready(Ok(h));
+        }
         if let Some(h) = &slot.response {
             return Poll::Ready(Ok(h.clone()));
+        }
+        if slot.response_taken {
+            return Poll::Ready(Err(Error::Stream(ApiMisuse::ResponseTaken(id).into())));
         }
         if let Some(f) = &slot.failure {
             return Poll::Ready(Err(f.to_error()));

@@ -54,8 +54,8 @@ impl Slot {
         Poll::Ready(self.session.finish(self.id).map_err(io::Error::from))
     }
 
-    async fn response(&self) -> Result<ResponseHead, Error> {
-        poll_fn(|cx| self.session.poll_response(self.id, cx)).await
+    async fn response(&self, take: bool) -> Result<ResponseHead, Error> {
+        poll_fn(|cx| self.session.poll_response(self.id, cx, take)).await
     }
 
     async fn trailer(&self) -> Result<Option<Trailer>, Error> {
@@ -118,7 +118,7 @@ impl Stream {
 
     #[cfg(test)]
     pub(crate) fn poll_response(&self, cx: &mut Context<'_>) -> Poll<Result<ResponseHead, Error>> {
-        self.inner.session.poll_response(self.inner.id, cx)
+        self.inner.session.poll_response(self.inner.id, cx, false)
     }
 
     /// Ends our direction (what `close`/`shutdown` do). Idempotent.
@@ -147,9 +147,16 @@ macro_rules! recv_methods {
                 self.inner.id
             }
 
-            /// Opener: waits for the acceptor's response head.
+            /// Opener: waits for the acceptor's response head (a copy: the stream keeps it).
             pub async fn response(&self) -> Result<ResponseHead, Error> {
-                self.inner.response().await
+                self.inner.response(false).await
+            }
+
+            /// Opener: waits for the acceptor's response head and hands it over instead of
+            /// copying it; any later `response` or `take_response` fails with
+            /// `ApiMisuse::ResponseTaken`.
+            pub async fn take_response(&self) -> Result<ResponseHead, Error> {
+                self.inner.response(true).await
             }
 
             /// Waits for the end of the peer's direction and returns its trailer (`None`: it ended

@@ -311,7 +311,7 @@ pub async fn proxy(
                 agent_listener::connection_id(&state.instance, lease.connection_serial());
             span.record("connection_id", connection_id.as_str());
         }
-        let stream = match lease.connection().open(head.clone(), end_stream) {
+        let stream = match lease.connection().open(&head, end_stream) {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 let Some(failure) = open_failure(&e) else {
@@ -341,13 +341,14 @@ pub async fn proxy(
                 span.clone(),
             ));
         }
-        let response = futures_lite::future::or(async { Some(stream.response().await) }, async {
-            sleep
-                .until(Instant::now() + state.routing.response_timeout)
-                .await;
-            None
-        })
-        .await;
+        let response =
+            futures_lite::future::or(async { Some(stream.take_response().await) }, async {
+                sleep
+                    .until(Instant::now() + state.routing.response_timeout)
+                    .await;
+                None
+            })
+            .await;
         match response {
             None => {
                 stream.reset(ErrorCode::Cancel);

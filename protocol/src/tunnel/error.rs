@@ -369,6 +369,9 @@ pub enum ApiMisuse {
     /// Data, trailer or end of stream after we ended our direction.
     #[error("stream {0} was already finished in this direction")]
     SendAfterFinish(StreamId),
+    /// The response head of a stream we opened was asked for again: it is handed over once.
+    #[error("the response head of stream {0} was already taken")]
+    ResponseTaken(StreamId),
 }
 
 /// An operation on an existing stream failed. Never closes the connection.

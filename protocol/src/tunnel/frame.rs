@@ -374,6 +374,30 @@ impl Frame {
     }
 }
 
+/// Appends a REQUEST frame for `head`: the octets `Frame::Request { stream, head, end_stream }`
+/// encodes, without owning (or cloning) the head.
+pub fn encode_request(
+    stream: StreamId,
+    head: &proto::RequestHead,
+    end_stream: bool,
+    out: &mut BytesMut,
+) {
+    let len = head.encoded_len();
+    debug_assert!(
+        len <= MAX_FRAME_SIZE_LIMIT as usize,
+        "frame payload too large"
+    );
+    out.reserve(HEADER_LEN + len);
+    Header {
+        length: len as u32,
+        kind: FrameType::Request as u8,
+        flags: u8::from(end_stream) * FLAG_END_STREAM,
+        stream,
+    }
+    .write(out);
+    encode_msg(head, out);
+}
+
 /// Appends the header of a DATA frame; the caller appends `len` payload octets right after.
 ///
 /// This is how the connection writes DATA without building a [`Frame`] first.
@@ -742,6 +766,31 @@ mod tests {
             &f.to_bytes()[..],
             &[0, 0, 4, 5, 0, 1, 2, 3, 4, 0x0A, 0x0B, 0x0C, 0x0D]
         );
+    }
+
+    #[test]
+    fn a_borrowed_request_head_encodes_as_the_frame() {
+        let head = proto::RequestHead {
+            service: "service-proxy".into(),
+            method: "POST".into(),
+            path: "/default/web:80/x?y=1".into(),
+            headers: vec![proto::Header {
+                name: "content-type".into(),
+                value: Bytes::from_static(b"text/plain"),
+            }],
+            timeout_ms: 0,
+            impersonation: None,
+        };
+        for end_stream in [false, true] {
+            let mut out = BytesMut::new();
+            encode_request(StreamId(5), &head, end_stream, &mut out);
+            let frame = Frame::Request {
+                stream: StreamId(5),
+                head: head.clone(),
+                end_stream,
+            };
+            assert_eq!(&out[..], &frame.to_bytes()[..], "end_stream {end_stream}");
+        }
     }
 
     #[test]

@@ -116,6 +116,10 @@ async fn open_answered(conn: &Connection, path: &str, body: &[u8]) -> Stream {
     let s = conn.open(head(path), false).expect("open");
     write_all(&s, body).await.expect("write");
     assert_eq!(s.response().await.expect("response").status, 200);
+    // A copy each time, until the head is handed over; then no more.
+    assert_eq!(s.take_response().await.expect("response").status, 200);
+    let again = s.response().await.expect_err("the head was taken");
+    assert!(again.is_misuse(), "{again}");
     s
 }
 

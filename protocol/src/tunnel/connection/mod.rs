@@ -672,7 +672,17 @@ impl Connection {
     /// Opens a stream with a request head. `end_stream`: no body follows.
     pub fn open_stream(
         &mut self,
-        head: proto::RequestHead,
+        head: impl std::borrow::Borrow<proto::RequestHead>,
+        end_stream: bool,
+    ) -> Result<StreamId, OpenError> {
+        self.open_stream_with(head.borrow(), end_stream)
+    }
+
+    /// [`Connection::open_stream`] with a borrowed head: it is encoded as it is, so a caller that
+    /// keeps the head (to send it again elsewhere) need not clone it.
+    pub fn open_stream_with(
+        &mut self,
+        head: &proto::RequestHead,
         end_stream: bool,
     ) -> Result<StreamId, OpenError> {
         if self.phase != Phase::Open {
@@ -707,11 +717,8 @@ impl Connection {
         }
         self.streams.insert(id, s);
         self.stats.streams_opened_local += 1;
-        self.push_frame(&Frame::Request {
-            stream: id,
-            head,
-            end_stream,
-        });
+        self.stats.frames_sent += 1;
+        frame::encode_request(id, head, end_stream, &mut self.out);
         self.check_invariants();
         Ok(id)
     }
