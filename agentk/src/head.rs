@@ -91,15 +91,14 @@ pub fn headers_to_tunnel(headers: &HeaderMap) -> Vec<Header> {
 }
 
 /// An HTTP header map to tunnel headers, keeping only what `rule` forwards.
+/// The values share one buffer ([`protocol::service::pack_headers`]).
 pub fn headers_to_tunnel_by(rule: &HeaderRule, headers: &HeaderMap) -> Vec<Header> {
-    headers
-        .iter()
-        .filter(|(name, _)| rule.forwards(name.as_str()))
-        .map(|(name, value)| Header {
-            name: name.as_str().to_owned(),
-            value: Bytes::copy_from_slice(value.as_bytes()),
-        })
-        .collect()
+    protocol::service::pack_headers(|| {
+        headers
+            .iter()
+            .filter(|(name, _)| rule.forwards(name.as_str()))
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+    })
 }
 
 /// The response head for an upstream HTTP response.

@@ -355,10 +355,54 @@ impl HeaderRule {
     }
 }
 
+/// Tunnel headers from `(name, value)` pairs, in order. `pairs` is called three times and must
+/// yield the same pairs each time. The values are copied into one buffer they all share: building
+/// the head allocates once for every value together (not once per value), and encoding it, which
+/// clones each value, allocates nothing more (a clone of a value copied on its own allocates).
+pub fn pack_headers<'a, I>(pairs: impl Fn() -> I) -> Vec<crate::proto::Header>
+where
+    I: Iterator<Item = (&'a str, &'a [u8])>,
+{
+    let (count, len) = pairs().fold((0, 0), |(c, l), (_, v)| (c + 1, l + v.len()));
+    let mut buf = bytes::BytesMut::with_capacity(len);
+    for (_, v) in pairs() {
+        buf.extend_from_slice(v);
+    }
+    let values = buf.freeze();
+    let mut headers = Vec::with_capacity(count);
+    let mut at = 0;
+    for (name, v) in pairs().take(count) {
+        let end = (at + v.len()).min(values.len());
+        headers.push(crate::proto::Header {
+            name: name.to_owned(),
+            value: values.slice(at..end),
+        });
+        at = end;
+    }
+    headers
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn packed_headers_keep_names_values_and_order() {
+        let pairs = [
+            ("content-type", &b"text/plain"[..]),
+            ("x-empty", &b""[..]),
+            ("x-multi", &b"1"[..]),
+            ("x-multi", &b"2"[..]),
+        ];
+        let headers = pack_headers(|| pairs.iter().copied());
+        let got: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|h| (h.name.as_str(), h.value.as_ref()))
+            .collect();
+        assert_eq!(got, pairs);
+        assert!(pack_headers(std::iter::empty).is_empty());
+    }
 
     #[test]
     fn hop_by_hop_and_credentials_are_dropped() {

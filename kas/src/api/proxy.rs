@@ -28,7 +28,7 @@ use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use protocol::proto::{Header, RequestHead, ResponseHead};
+use protocol::proto::{RequestHead, ResponseHead};
 use protocol::routing::{OpenFailure, ReplicaId, RequestFailure};
 use protocol::service::HeaderRule;
 use protocol::{ErrorCode, OpenError};
@@ -59,15 +59,12 @@ pub struct Target {
 /// For an upgrade ([`super::upgrade`]) the rule also lets `Upgrade` through.
 fn request_head(req: &Request<Incoming>, target: &Target, upgrade: bool) -> RequestHead {
     let rule = super::upgrade::request_rule(req, upgrade);
-    let headers = req
-        .headers()
-        .iter()
-        .filter(|(name, _)| rule.forwards(name.as_str()))
-        .map(|(name, value)| Header {
-            name: name.as_str().to_owned(),
-            value: bytes::Bytes::copy_from_slice(value.as_bytes()),
-        })
-        .collect();
+    let headers = protocol::service::pack_headers(|| {
+        req.headers()
+            .iter()
+            .filter(|(name, _)| rule.forwards(name.as_str()))
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+    });
     RequestHead {
         service: target.service.to_owned(),
         method: target
@@ -410,6 +407,7 @@ pub async fn proxy(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use protocol::proto::Header;
 
     fn h(name: &str, value: &str) -> Header {
         Header {
