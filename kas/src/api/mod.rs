@@ -481,6 +481,11 @@ pub fn authorize(
     }
 }
 
+/// The routes' handlers whose futures are large (the proxy's holds the request, its head, the
+/// lease and the stream across several awaits) are boxed where they are awaited: this future, and
+/// [`handle`]'s and hyper's around it, then stay small, so moving them per request (into
+/// `instrument`, into hyper's in-flight slot) copies little, and the large one is moved once,
+/// into its box.
 async fn dispatch(
     state: &Arc<KasState>,
     mut req: Request<Incoming>,
@@ -527,7 +532,7 @@ async fn dispatch(
         && let Some(replicas) = &state.replicas
         && let Some(holder) = crate::peer::api_holder(state, id, &req)
     {
-        return replicas.peers.forward_api(state, holder, id, req).await;
+        return Box::pin(replicas.peers.forward_api(state, holder, id, req)).await;
     }
     match (route, grant) {
         (ApiRoute::Healthz, Grant::Public) => {
@@ -608,7 +613,7 @@ async fn dispatch(
             only_get(&req)?;
             access::get(state, agent_id)
         }
-        (ApiRoute::GitWebhook, Grant::Public) => agent_config::webhook(state, req).await,
+        (ApiRoute::GitWebhook, Grant::Public) => Box::pin(agent_config::webhook(state, req)).await,
         (ApiRoute::Tunnel, Grant::Public) => tunnel::upgrade(state, req, peer),
         (ApiRoute::Events, Grant::Read(read)) => {
             only_get(&req)?;
@@ -629,7 +634,7 @@ async fn dispatch(
         (ApiRoute::Cache { agent_id, kind }, Grant::User(user)) => {
             only_get(&req)?;
             let target = cache::target(agent_id, &kind, req.uri().query())?;
-            proxy::proxy(state, req, user, target, span).await
+            Box::pin(proxy::proxy(state, req, user, target, span)).await
         }
         (ApiRoute::NotFound, Grant::Public) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -642,7 +647,7 @@ async fn dispatch(
                 path: with_query(path, &req),
                 agent_in_url: Some(agent_id),
             };
-            proxy::proxy(state, req, user, target, span).await
+            Box::pin(proxy::proxy(state, req, user, target, span)).await
         }
         (ApiRoute::K8sProxy { path }, Grant::User(user)) => {
             let target = Target {
@@ -651,7 +656,7 @@ async fn dispatch(
                 path: with_query(path, &req),
                 agent_in_url: None,
             };
-            proxy::proxy(state, req, user, target, span).await
+            Box::pin(proxy::proxy(state, req, user, target, span)).await
         }
         // `authorize` grants what `access` declares: nothing else can reach here.
         (route, grant) => {
