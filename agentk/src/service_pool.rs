@@ -93,15 +93,16 @@ pub struct Upstream<C: Connect = Tcp> {
 
 impl<C: Connect> Upstream<C> {
     /// Connects to `authority` with `connector` (for services `ip:port`, as
-    /// [`crate::proxy_path::resolve`] gives it).
-    pub async fn connect(connector: &C, authority: &str) -> Result<Upstream<C>, BoxError> {
+    /// [`crate::proxy_path::resolve`] gives it). Boxed: hyper's connection state is large, and a
+    /// pooled connection moves between the pool and every request's future it serves.
+    pub async fn connect(connector: &C, authority: &str) -> Result<Box<Upstream<C>>, BoxError> {
         let io = connector.connect(authority).await?;
         let (send, conn) = http1::handshake(io).await?;
-        Ok(Upstream {
+        Ok(Box::new(Upstream {
             send,
             conn,
             ended: false,
-        })
+        }))
     }
 
     /// Polls the connection once without waiting: whether it is still usable (a service that
@@ -165,7 +166,7 @@ impl<C: Connect> Upstream<C> {
 }
 
 /// Idle connections of one pool, by authority, each with the time it was checked in.
-type IdleMap<C> = HashMap<String, Vec<(Upstream<C>, Instant)>>;
+type IdleMap<C> = HashMap<String, Vec<(Box<Upstream<C>>, Instant)>>;
 
 /// The idle connections, by authority (`clusterIP:port` for services), and how new ones are made.
 pub struct ServicePool<C: Connect = Tcp> {
@@ -193,7 +194,7 @@ impl<C: Connect> ServicePool<C> {
     }
 
     /// An idle connection to `authority` that is still open, if any (the most recently used one).
-    pub fn checkout(&self, authority: &str) -> Option<Upstream<C>> {
+    pub fn checkout(&self, authority: &str) -> Option<Box<Upstream<C>>> {
         let now = Instant::now();
         let mut idle = self.lock();
         let list = idle.get_mut(authority)?;
@@ -207,7 +208,7 @@ impl<C: Connect> ServicePool<C> {
     }
 
     /// Keeps `up` for the next request to `authority`, if there is room.
-    pub fn checkin(&self, authority: &str, up: Upstream<C>) {
+    pub fn checkin(&self, authority: &str, up: Box<Upstream<C>>) {
         let now = Instant::now();
         let mut idle = self.lock();
         if idle.len() >= MAX_AUTHORITIES && !idle.contains_key(authority) {
@@ -219,10 +220,17 @@ impl<C: Connect> ServicePool<C> {
                 return;
             }
         }
-        let list = idle.entry(authority.to_owned()).or_default();
-        list.retain(|(_, since)| now.duration_since(*since) < IDLE);
-        if list.len() < MAX_IDLE_PER_AUTHORITY {
-            list.push((up, now));
+        // The key is copied only for an authority not kept yet, not at every check-in.
+        match idle.get_mut(authority) {
+            Some(list) => {
+                list.retain(|(_, since)| now.duration_since(*since) < IDLE);
+                if list.len() < MAX_IDLE_PER_AUTHORITY {
+                    list.push((up, now));
+                }
+            }
+            None => {
+                idle.insert(authority.to_owned(), vec![(up, now)]);
+            }
         }
     }
 
