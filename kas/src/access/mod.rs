@@ -40,8 +40,6 @@ use crate::users::{Principal, UserIdentity};
 /// What kas decided for one request: who asked and as whom the request acts in the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecidedAccess {
-    /// Who asked: `operator:<name>`, `user:<username>` or `ci_job:<job id>`.
-    pub requester: String,
     /// As whom the request acts.
     pub act_as: ActAs,
     /// The grant of the agent's configuration that allowed it (`None` for an operator).
@@ -184,10 +182,8 @@ pub fn decide(
     headers: &HeaderMap,
     service: &str,
 ) -> Result<DecidedAccess, Refusal> {
-    let requester = requester_label(user);
     let Principal::Gitlab(who) = &user.principal else {
         return Ok(DecidedAccess {
-            requester,
             act_as: ActAs::Agent,
             grant: None,
             nested: false,
@@ -230,7 +226,6 @@ pub fn decide(
             }
             // Reviewed by the caller ([`authorise`]) before anything is sent.
             Ok(DecidedAccess {
-                requester,
                 act_as: client_identity(&client),
                 grant: Some(grant),
                 nested: true,
@@ -250,7 +245,6 @@ pub fn decide(
                 message: format!("the granted identity cannot be sent: {e}"),
             })?;
             Ok(DecidedAccess {
-                requester,
                 act_as,
                 grant: Some(grant),
                 nested: false,
@@ -304,7 +298,7 @@ pub async fn authorise(
         match review::review(state, user.agent_id, &client).await {
             Ok(()) => tracing::info!(
                 parent: span,
-                requester = %d.requester,
+                requester = %requester_label(user),
                 acted_as = %d.act_as,
                 "nested impersonation allowed by the cluster's review"
             ),
@@ -322,9 +316,11 @@ pub async fn authorise(
                 ActAs::Agent => "agent",
                 ActAs::Impersonate { .. } => "impersonated",
             });
-            let acted_as = d.acted_as();
-            span.record("acted_as", acted_as.as_str());
-            tracing::debug!(parent: span, requester = %d.requester, %acted_as, grant = ?d.grant, "request allowed");
+            // Labels formatted only for a span or log that takes them.
+            if !span.is_disabled() {
+                span.record("acted_as", d.acted_as().as_str());
+            }
+            tracing::debug!(parent: span, requester = %requester_label(user), acted_as = %d.act_as, grant = ?d.grant, "request allowed");
             Ok(d)
         }
         Err(r) => {
