@@ -342,6 +342,18 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<ResponseBody> {
+    handle_on(state, req, peer, None).await
+}
+
+/// [`handle`] for a request of one of the API's HTTP connections: `sleep` is the connection's
+/// reusable timer, which a proxied request's response timeout takes (passed along, not put in the
+/// request's extensions: that map and its entry are allocations per request).
+async fn handle_on(
+    state: Arc<KasState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    sleep: Option<lazy_timer::ConnectionSleep>,
+) -> Response<ResponseBody> {
     let arrived = Instant::now();
     let request_id = state.next_request_id();
     let route = classify(req.uri().path());
@@ -359,9 +371,11 @@ pub async fn handle(
     );
     let style = route.error_style();
     let mut audit = None;
-    let result = dispatch(&state, req, peer, route, &span, request_id, &mut audit)
-        .instrument(span.clone())
-        .await;
+    let result = dispatch(
+        &state, req, peer, route, &span, request_id, &mut audit, sleep,
+    )
+    .instrument(span.clone())
+    .await;
     let resp = result.unwrap_or_else(|e| e.into_response(style));
     let status = resp.status().as_u16();
     // One audit record per user request, written when its response ends; an upgraded session
@@ -486,6 +500,7 @@ pub fn authorize(
 /// [`handle`]'s and hyper's around it, then stay small, so moving them per request (into
 /// `instrument`, into hyper's in-flight slot) copies little, and the large one is moved once,
 /// into its box.
+#[allow(clippy::too_many_arguments)] // one request's context, passed once
 async fn dispatch(
     state: &Arc<KasState>,
     mut req: Request<Incoming>,
@@ -494,6 +509,7 @@ async fn dispatch(
     span: &tracing::Span,
     request_id: u64,
     audit: &mut Option<crate::audit::AuditContext>,
+    sleep: Option<lazy_timer::ConnectionSleep>,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let grant = if state.users.asks_gitlab() && matches!(route.access(), Access::User { .. }) {
         // The gate may ask GitLab (blocking HTTP): off the executor.
@@ -634,7 +650,7 @@ async fn dispatch(
         (ApiRoute::Cache { agent_id, kind }, Grant::User(user)) => {
             only_get(&req)?;
             let target = cache::target(agent_id, &kind, req.uri().query())?;
-            Box::pin(proxy::proxy(state, req, user, target, span)).await
+            Box::pin(proxy::proxy(state, req, user, target, span, sleep)).await
         }
         (ApiRoute::NotFound, Grant::Public) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -647,7 +663,7 @@ async fn dispatch(
                 path: with_query(path, &req),
                 agent_in_url: Some(agent_id),
             };
-            Box::pin(proxy::proxy(state, req, user, target, span)).await
+            Box::pin(proxy::proxy(state, req, user, target, span, sleep)).await
         }
         (ApiRoute::K8sProxy { path }, Grant::User(user)) => {
             let target = Target {
@@ -656,7 +672,7 @@ async fn dispatch(
                 path: with_query(path, &req),
                 agent_in_url: None,
             };
-            Box::pin(proxy::proxy(state, req, user, target, span)).await
+            Box::pin(proxy::proxy(state, req, user, target, span, sleep)).await
         }
         // `authorize` grants what `access` declares: nothing else can reach here.
         (route, grant) => {
@@ -804,10 +820,9 @@ async fn serve_connection<I>(
     // response timeouts take in turn (no timer registered with the reactor per request).
     let sleep = lazy_timer::ConnectionSleep::default();
     let timer = lazy_timer::LazyTimer::for_connection(&sleep);
-    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        let state = state.clone();
-        req.extensions_mut().insert(sleep.clone());
-        async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (state, sleep) = (state.clone(), sleep.clone());
+        async move { Ok::<_, Infallible>(handle_on(state, req, peer, Some(sleep)).await) }
     });
     // `with_upgrades`: a 101 answer hands the connection to the upgraded session ([`upgrade`]).
     let conn = hyper::server::conn::http1::Builder::new()

@@ -56,8 +56,9 @@ pub struct Target {
 }
 
 /// The request head for the agent: the client's headers as the forwarding rule allows.
-/// For an upgrade ([`super::upgrade`]) the rule also lets `Upgrade` through.
-fn request_head(req: &Request<Incoming>, target: &Target, upgrade: bool) -> RequestHead {
+/// For an upgrade ([`super::upgrade`]) the rule also lets `Upgrade` through. The target's path
+/// moves into the head.
+fn request_head(req: &Request<Incoming>, target: &mut Target, upgrade: bool) -> RequestHead {
     let rule = super::upgrade::request_rule(req, upgrade);
     let headers = protocol::service::pack_headers(|| {
         req.headers()
@@ -70,7 +71,7 @@ fn request_head(req: &Request<Incoming>, target: &Target, upgrade: bool) -> Requ
         method: target
             .method
             .map_or_else(|| req.method().as_str().to_owned(), str::to_owned),
-        path: target.path.clone(),
+        path: std::mem::take(&mut target.path),
         headers,
         timeout_ms: 0,
         impersonation: None,
@@ -185,9 +186,10 @@ fn check_head(head: &ResponseHead, method: &Method) -> Result<CheckedHead, Strin
     })
 }
 
-/// The client's response from the agent's (checked) response head.
+/// The client's response from the agent's (checked) response head. The header values are the
+/// head's own octets (shared, not copied).
 fn response_from(
-    head: &ResponseHead,
+    head: ResponseHead,
     checked: CheckedHead,
     body: ResponseBody,
 ) -> Response<ResponseBody> {
@@ -199,13 +201,13 @@ fn response_from(
             .map(|h| (h.name.as_str(), h.value.as_ref())),
     );
     let headers = resp.headers_mut();
-    for h in &head.headers {
+    for h in head.headers {
         if !rule.forwards(&h.name) {
             continue;
         }
         match (
             HeaderName::from_bytes(h.name.as_bytes()),
-            HeaderValue::from_bytes(&h.value),
+            HeaderValue::from_maybe_shared(h.value),
         ) {
             (Ok(name), Ok(value)) => {
                 headers.append(name, value);
@@ -222,8 +224,9 @@ pub async fn proxy(
     state: &Arc<KasState>,
     mut req: Request<Incoming>,
     user: UserIdentity,
-    target: Target,
+    mut target: Target,
     span: &tracing::Span,
+    sleep: Option<super::lazy_timer::ConnectionSleep>,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let arrived = Instant::now();
     let agent_id = user.agent_id;
@@ -237,7 +240,7 @@ pub async fn proxy(
     let method = req.method().clone();
     // Access control: who asked and as whom the request acts (403 when no grant covers it). A
     // request another replica forwarded carries that replica's decision.
-    let mut head = request_head(&req, &target, upgrade.is_some());
+    let mut head = request_head(&req, &mut target, upgrade.is_some());
     head.impersonation = match req.extensions().get::<crate::peer::ForwardedAccess>() {
         Some(access) => access.impersonation.clone(),
         None => {
@@ -255,11 +258,7 @@ pub async fn proxy(
     // A request another replica forwarded keeps its deadline and is never forwarded again.
     let forwarded = req.extensions().get::<crate::peer::Forwarded>().copied();
     // The connection's reusable response timer (none on requests another replica forwarded).
-    let sleep = req
-        .extensions()
-        .get::<super::lazy_timer::ConnectionSleep>()
-        .cloned()
-        .unwrap_or_default();
+    let sleep = sleep.unwrap_or_default();
     let mut body = Some(req.into_body());
     let deadline = forwarded.map_or(arrived + state.routing.pending_request_deadline, |f| {
         f.deadline
@@ -329,7 +328,7 @@ pub async fn proxy(
             }
         };
         span.record("stream", stream.id().0);
-        tracing::debug!(parent: span, service = target.service, path = %target.path, "stream opened");
+        tracing::debug!(parent: span, service = target.service, path = %head.path, "stream opened");
         if let Some(body) = body.take().filter(|_| has_body) {
             state.spawner.spawn_detached(pump_request_body(
                 body,
@@ -397,7 +396,7 @@ pub async fn proxy(
                 if let Err(m) = body.check_start().await {
                     return Err(bad_gateway(m));
                 }
-                return Ok(response_from(&head, checked, body.boxed_unsync()));
+                return Ok(response_from(head, checked, body.boxed_unsync()));
             }
         }
     }
@@ -432,7 +431,7 @@ mod tests {
             ],
         };
         let checked = check_head(&head, &Method::GET).unwrap();
-        let resp = response_from(&head, checked, super::super::response::full(""));
+        let resp = response_from(head, checked, super::super::response::full(""));
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["content-type"], "application/json");
         assert!(resp.headers().get("transfer-encoding").is_none());

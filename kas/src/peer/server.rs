@@ -321,7 +321,7 @@ async fn handle(
         path,
         agent_in_url: None,
     };
-    match crate::api::proxy::proxy(&state, req, user, target, &span).await {
+    match crate::api::proxy::proxy(&state, req, user, target, &span, None).await {
         Ok(resp) => resp,
         Err(e) => {
             let status = e.status;
