@@ -458,7 +458,7 @@ impl Session {
         if let Some(r) = s.conn.close_reason() {
             return Err(Error::from_close(r));
         }
-        let id = s.conn.open_stream_with(head, end_stream)?;
+        let id = s.conn.open_stream(head, end_stream)?;
         let slot = Slot {
             send_done: end_stream,
             recv: s.spare_recv.pop().unwrap_or_default(),

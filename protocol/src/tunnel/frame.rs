@@ -329,11 +329,6 @@ impl Frame {
     /// The caller guarantees the payload fits the peer's maximum frame size (the connection splits DATA
     /// and checks heads before calling); a payload above [`MAX_FRAME_SIZE_LIMIT`] is a bug.
     pub fn encode(&self, out: &mut BytesMut) {
-        let len = self.payload_len();
-        debug_assert!(
-            len <= MAX_FRAME_SIZE_LIMIT as usize,
-            "frame payload too large"
-        );
         let flags = match self {
             Frame::Data { end_stream, .. }
             | Frame::Request { end_stream, .. }
@@ -342,14 +337,7 @@ impl Frame {
             Frame::Unknown { flags, .. } => *flags,
             _ => 0,
         };
-        out.reserve(HEADER_LEN + len);
-        Header {
-            length: len as u32,
-            kind: self.kind(),
-            flags,
-            stream: self.stream(),
-        }
-        .write(out);
+        write_header(self.kind(), flags, self.stream(), self.payload_len(), out);
         match self {
             Frame::Data { data, .. } => out.put_slice(data),
             Frame::Request { head, .. } => encode_msg(head, out),
@@ -382,7 +370,18 @@ pub fn encode_request(
     end_stream: bool,
     out: &mut BytesMut,
 ) {
-    let len = head.encoded_len();
+    write_header(
+        FrameType::Request as u8,
+        u8::from(end_stream) * FLAG_END_STREAM,
+        stream,
+        head.encoded_len(),
+        out,
+    );
+    encode_msg(head, out);
+}
+
+/// Appends a frame header for a payload of `len` octets, with room reserved for the payload.
+fn write_header(kind: u8, flags: u8, stream: StreamId, len: usize, out: &mut BytesMut) {
     debug_assert!(
         len <= MAX_FRAME_SIZE_LIMIT as usize,
         "frame payload too large"
@@ -390,12 +389,11 @@ pub fn encode_request(
     out.reserve(HEADER_LEN + len);
     Header {
         length: len as u32,
-        kind: FrameType::Request as u8,
-        flags: u8::from(end_stream) * FLAG_END_STREAM,
+        kind,
+        flags,
         stream,
     }
     .write(out);
-    encode_msg(head, out);
 }
 
 /// Appends the header of a DATA frame; the caller appends `len` payload octets right after.

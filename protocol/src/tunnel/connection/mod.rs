@@ -669,18 +669,18 @@ impl Connection {
 
     // ------------------------------------------------------------------ stream commands
 
-    /// Opens a stream with a request head. `end_stream`: no body follows.
+    /// Opens a stream with a request head. `end_stream`: no body follows. The head is only
+    /// encoded: a caller that keeps it (to send it again elsewhere) passes `&head`, no clone.
     pub fn open_stream(
         &mut self,
         head: impl std::borrow::Borrow<proto::RequestHead>,
         end_stream: bool,
     ) -> Result<StreamId, OpenError> {
-        self.open_stream_with(head.borrow(), end_stream)
+        self.open_stream_ref(head.borrow(), end_stream)
     }
 
-    /// [`Connection::open_stream`] with a borrowed head: it is encoded as it is, so a caller that
-    /// keeps the head (to send it again elsewhere) need not clone it.
-    pub fn open_stream_with(
+    /// [`Connection::open_stream`]'s body, not generic.
+    fn open_stream_ref(
         &mut self,
         head: &proto::RequestHead,
         end_stream: bool,
