@@ -355,29 +355,24 @@ impl HeaderRule {
     }
 }
 
-/// Tunnel headers from `(name, value)` pairs, in order. `pairs` is called three times and must
-/// yield the same pairs each time. The values are copied into one buffer they all share: building
-/// the head allocates once for every value together (not once per value), and encoding it, which
-/// clones each value, allocates nothing more (a clone of a value copied on its own allocates).
+/// Tunnel headers from `(name, value)` pairs, in order. The values are copied into one buffer they
+/// all share: building the head allocates once for every value together (not once per value), and
+/// encoding it, which clones each value, allocates nothing more (a clone of a value copied on its
+/// own allocates). `pairs` is called twice, first only to size that buffer.
 pub fn pack_headers<'a, I>(pairs: impl Fn() -> I) -> Vec<crate::proto::Header>
 where
     I: Iterator<Item = (&'a str, &'a [u8])>,
 {
     let (count, len) = pairs().fold((0, 0), |(c, l), (_, v)| (c + 1, l + v.len()));
     let mut buf = bytes::BytesMut::with_capacity(len);
-    for (_, v) in pairs() {
-        buf.extend_from_slice(v);
-    }
-    let values = buf.freeze();
     let mut headers = Vec::with_capacity(count);
-    let mut at = 0;
-    for (name, v) in pairs().take(count) {
-        let end = (at + v.len()).min(values.len());
+    for (name, v) in pairs() {
+        buf.extend_from_slice(v);
         headers.push(crate::proto::Header {
             name: name.to_owned(),
-            value: values.slice(at..end),
+            // The octets just written, sharing `buf`'s allocation.
+            value: buf.split().freeze(),
         });
-        at = end;
     }
     headers
 }
@@ -401,6 +396,11 @@ mod tests {
             .map(|h| (h.name.as_str(), h.value.as_ref()))
             .collect();
         assert_eq!(got, pairs);
+        // One buffer: each value starts where the one before it ends.
+        for w in headers.windows(2) {
+            let end = w[0].value.as_ptr().wrapping_add(w[0].value.len());
+            assert_eq!(end, w[1].value.as_ptr(), "{} then {}", w[0].name, w[1].name);
+        }
         assert!(pack_headers(std::iter::empty).is_empty());
     }
 
