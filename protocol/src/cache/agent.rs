@@ -21,13 +21,19 @@ pub struct AgentCache {
 impl AgentCache {
     /// An empty cache maintaining `specs` (e.g. [`default_views`](super::default_views)).
     pub fn new(specs: &[ViewSpec], config: PublisherConfig) -> Result<Self, ViewSpecError> {
-        let views = ViewSet::new(specs)?;
-        let publisher = Publisher::new(config, views.schemas());
-        Ok(AgentCache {
+        Ok(AgentCache::with_views(&ViewSet::new(specs)?, config))
+    }
+
+    /// An empty cache maintaining the views of `views` (its rows are not copied: the cache starts
+    /// with none), sharing their compiled specs ([`ViewSet::fresh`]).
+    pub fn with_views(views: &ViewSet, config: PublisherConfig) -> Self {
+        let views = views.fresh();
+        let publisher = Publisher::with_schemas(config, views.shared_schemas());
+        AgentCache {
             store: Store::new(),
             views,
             publisher,
-        })
+        }
     }
 
     /// Applies a watch event of `kind`: updates the store and the views, records the changed rows
@@ -80,5 +86,57 @@ impl AgentCache {
     /// The publisher (sequence numbers, stats).
     pub fn publisher(&self) -> &Publisher {
         &self.publisher
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::spec::default_views;
+    use serde_json::json;
+    use std::num::NonZeroU64;
+
+    fn pod(name: &str, rv: u64, phase: &str) -> WatchEvent {
+        WatchEvent::Apply(json!({
+            "metadata": {"namespace": "a", "name": name, "uid": name,
+                         "resourceVersion": rv.to_string()},
+            "status": {"phase": phase},
+        }))
+    }
+
+    /// A cache sharing another set's compiled views starts empty whatever that set holds, and then
+    /// behaves as a cache compiled from the specs: same views, same messages.
+    #[test]
+    fn a_cache_with_shared_views_is_a_new_cache() {
+        let config = || PublisherConfig::new(NonZeroU64::MIN);
+        let kind = ResourceKind::pod();
+        let mut template = ViewSet::new(&default_views()).unwrap_or_else(|e| panic!("{e}"));
+        let mut store = Store::new();
+        let applied = store.apply(&kind, pod("p0", 1, "Running"), &mut template);
+        assert!(applied.is_ok_and(|c| c.len() == 1));
+        assert_ne!(
+            template.views(),
+            ViewSet::new(&default_views())
+                .map(|v| v.views())
+                .unwrap_or_default()
+        );
+        let fresh = template.fresh();
+        assert!(fresh.views().iter().all(|v| v.rows.is_empty()));
+        assert_eq!(fresh.schemas(), template.schemas());
+
+        let mut shared = AgentCache::with_views(&template, config());
+        let mut compiled =
+            AgentCache::new(&default_views(), config()).unwrap_or_else(|e| panic!("{e}"));
+        let t = Instant::now();
+        shared.on_connected(t);
+        compiled.on_connected(t);
+        for (i, phase) in ["Pending", "Running", "Failed"].into_iter().enumerate() {
+            let ev = pod(&format!("p{i}"), 10 + i as u64, phase);
+            assert_eq!(shared.apply(&kind, ev.clone()), compiled.apply(&kind, ev));
+        }
+        assert_eq!(shared.views().views(), compiled.views().views());
+        assert_eq!(shared.store().len(), 3);
+        let later = t + std::time::Duration::from_secs(5);
+        assert_eq!(shared.poll_transmit(later), compiled.poll_transmit(later));
     }
 }

@@ -41,6 +41,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::num::NonZeroU64;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
@@ -120,7 +121,8 @@ struct Link {
 #[derive(Clone, Debug)]
 pub struct Publisher {
     config: PublisherConfig,
-    schemas: Vec<ViewSchema>,
+    /// Shared with the view set the publisher was made for ([`AgentCache`](super::AgentCache)).
+    schemas: Arc<[ViewSchema]>,
     seq: u64,
     published: Vec<BTreeMap<GroupKey, Published>>,
     tombstones: usize,
@@ -141,6 +143,11 @@ fn later(t: Instant, d: Duration) -> Option<Instant> {
 impl Publisher {
     /// A publisher for views with these schemas (from [`ViewSet::schemas`]), at seq 0, disconnected.
     pub fn new(config: PublisherConfig, schemas: Vec<ViewSchema>) -> Self {
+        Publisher::with_schemas(config, schemas.into())
+    }
+
+    /// [`Publisher::new`] with schemas shared with their view set ([`ViewSet::shared_schemas`]).
+    pub(crate) fn with_schemas(config: PublisherConfig, schemas: Arc<[ViewSchema]>) -> Self {
         let published = vec![BTreeMap::new(); schemas.len()];
         Publisher {
             config,

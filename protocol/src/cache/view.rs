@@ -13,6 +13,7 @@
 //! entry per row), for the [`Publisher`](super::Publisher).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde_json::Value;
 use tracing::warn;
@@ -41,7 +42,13 @@ struct Accumulator {
 /// The views agentk maintains (see the module documentation).
 #[derive(Clone, Debug)]
 pub struct ViewSet {
-    views: Vec<CompiledView>,
+    /// The compiled specs, shared by every set made from one with [`ViewSet::fresh`]: a process
+    /// that keeps many caches (the simulator) reads one copy of them for every event, not a copy
+    /// per cache that has gone cold since its last event.
+    views: Arc<[CompiledView]>,
+    /// The views' schemas, shared likewise (and with the publisher of an
+    /// [`AgentCache`](super::AgentCache)).
+    schemas: Arc<[ViewSchema]>,
     tables: Vec<BTreeMap<GroupKey, Accumulator>>,
     changed: BTreeSet<ChangedKey>,
 }
@@ -49,18 +56,36 @@ pub struct ViewSet {
 impl ViewSet {
     /// Compiles `specs`; views start empty.
     pub fn new(specs: &[ViewSpec]) -> Result<Self, ViewSpecError> {
-        let views = compile_all(specs)?;
+        let views: Arc<[CompiledView]> = compile_all(specs)?.into();
         let tables = vec![BTreeMap::new(); views.len()];
+        let schemas = views.iter().map(|v| v.schema.clone()).collect();
         Ok(ViewSet {
             views,
+            schemas,
             tables,
             changed: BTreeSet::new(),
         })
     }
 
+    /// The same views with no rows, as [`ViewSet::new`] of the same specs makes them, sharing
+    /// this set's compiled specs instead of compiling them again.
+    pub fn fresh(&self) -> ViewSet {
+        ViewSet {
+            views: Arc::clone(&self.views),
+            schemas: Arc::clone(&self.schemas),
+            tables: vec![BTreeMap::new(); self.views.len()],
+            changed: BTreeSet::new(),
+        }
+    }
+
     /// Column descriptions, in view order (the order [`ChangedKey::view`] indexes).
     pub fn schemas(&self) -> Vec<ViewSchema> {
-        self.views.iter().map(|v| v.schema.clone()).collect()
+        self.schemas.to_vec()
+    }
+
+    /// [`ViewSet::schemas`] without a copy.
+    pub(crate) fn shared_schemas(&self) -> Arc<[ViewSchema]> {
+        Arc::clone(&self.schemas)
     }
 
     /// One view's column description, borrowed ([`ViewSet::schemas`] copies them all).

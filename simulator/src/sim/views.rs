@@ -10,13 +10,14 @@
 //! mirror without streams after `kas.mirror_retention`.
 
 use std::num::NonZeroU64;
+use std::sync::LazyLock;
 
 use bytes::Bytes;
 use protocol::cache::proto as cache_proto;
 use protocol::cache::{
-    AgentViews, AgentViewsConfig, LinkEnd, MirrorTable, MirrorTableConfig, PublisherConfig,
-    ResponseVerdict, ViewsViolation, classify_views_response, default_views, encode_message,
-    views_request_head,
+    AgentCache, AgentViews, AgentViewsConfig, LinkEnd, MirrorTable, MirrorTableConfig,
+    PublisherConfig, ResponseVerdict, ViewSet, ViewSpecError, ViewsViolation,
+    classify_views_response, default_views, encode_message, views_request_head,
 };
 use protocol::{ErrorCode, StreamId, proto};
 
@@ -41,6 +42,11 @@ pub fn request_head() -> proto::RequestHead {
     views_request_head()
 }
 
+/// The default views compiled once: every agent's cache shares them ([`AgentCache::with_views`]),
+/// so the specs an event evaluates are one hot copy rather than a cold one per agent.
+static DEFAULT_VIEWS: LazyLock<Result<ViewSet, ViewSpecError>> =
+    LazyLock::new(|| ViewSet::new(&default_views()));
+
 fn violation_kind(e: &ViewsViolation) -> &'static str {
     match e {
         ViewsViolation::Message(_) => "views-messages",
@@ -58,8 +64,8 @@ impl World {
         cfg.ack_timeout = self.sc.agent.views_ack_timeout;
         cfg.max_unacked = self.sc.agent.views_max_unacked;
         let config = AgentViewsConfig::new(self.sc.agent.views_window);
-        let mut views = match AgentViews::new(&default_views(), cfg, config) {
-            Ok(v) => v,
+        let mut views = match &*DEFAULT_VIEWS {
+            Ok(v) => AgentViews::with_cache(AgentCache::with_views(v, cfg), config),
             Err(e) => {
                 self.violate("agent-cache", format!("default views do not compile: {e}"));
                 return None;
