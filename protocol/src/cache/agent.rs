@@ -28,7 +28,7 @@ impl AgentCache {
     /// with none), sharing their compiled specs ([`ViewSet::fresh`]).
     pub fn with_views(views: &ViewSet, config: PublisherConfig) -> Self {
         let views = views.fresh();
-        let publisher = Publisher::with_schemas(config, views.shared_schemas());
+        let publisher = Publisher::new(config, views.shared_schemas());
         AgentCache {
             store: Store::new(),
             views,

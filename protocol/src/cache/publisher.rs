@@ -141,13 +141,10 @@ fn later(t: Instant, d: Duration) -> Option<Instant> {
 }
 
 impl Publisher {
-    /// A publisher for views with these schemas (from [`ViewSet::schemas`]), at seq 0, disconnected.
-    pub fn new(config: PublisherConfig, schemas: Vec<ViewSchema>) -> Self {
-        Publisher::with_schemas(config, schemas.into())
-    }
-
-    /// [`Publisher::new`] with schemas shared with their view set ([`ViewSet::shared_schemas`]).
-    pub(crate) fn with_schemas(config: PublisherConfig, schemas: Arc<[ViewSchema]>) -> Self {
+    /// A publisher for views with these schemas (from [`ViewSet::schemas`], or shared with their
+    /// view set as an `Arc`), at seq 0, disconnected.
+    pub fn new(config: PublisherConfig, schemas: impl Into<Arc<[ViewSchema]>>) -> Self {
+        let schemas = schemas.into();
         let published = vec![BTreeMap::new(); schemas.len()];
         Publisher {
             config,
