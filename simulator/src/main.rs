@@ -196,7 +196,8 @@ struct RunArgs {
     #[arg(long)]
     step_keepalive: bool,
     /// Run on one thread: each keepalive round event does its own work at once, instead of
-    /// deferring it into batches split over two threads (same trace and report; for comparing).
+    /// deferring it into batches split over two threads, and the loop processes cluster changes
+    /// itself instead of informer worker threads (same trace and report; for comparing).
     #[arg(long)]
     one_thread: bool,
     /// Cost profile (YAML; default: the built-in `simulator/profiles/default.yaml`).
@@ -317,6 +318,11 @@ fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
         profile: load_profile(args.profile.as_deref())?,
         keepalive_rounds: !args.step_keepalive,
         defer_rounds: !args.one_thread,
+        informer_threads: if args.one_thread {
+            0
+        } else {
+            sim::world::default_informer_threads()
+        },
     };
     let live = match &args.serve {
         Some(addr) => {

@@ -72,13 +72,21 @@ sample_interval: 30s
         s.agents = AGENTS;
         s
     };
-    let a = sim_common::run_plain(large());
-    // The second run does each keepalive round event's work at once, on this thread (the first
-    // defers it into batches split over two threads): nothing may differ.
+    // The first run defers keepalive round events' work into batches split over two threads and
+    // processes cluster changes on three informer workers; the second does all of it at once, on
+    // this thread: nothing may differ.
+    let a = simulator::sim::run(
+        large(),
+        simulator::sim::RunOptions {
+            informer_threads: 3,
+            ..simulator::sim::RunOptions::default()
+        },
+    );
     let b = simulator::sim::run(
         large(),
         simulator::sim::RunOptions {
             defer_rounds: false,
+            informer_threads: 0,
             ..simulator::sim::RunOptions::default()
         },
     );
@@ -91,7 +99,7 @@ sample_interval: 30s
     assert_eq!(
         (a.trace_hash, a.events, a.state_digest),
         (b.trace_hash, b.events, b.state_digest),
-        "same seed, same trace, deferred rounds or not"
+        "same seed, same trace, with or without deferred rounds and informer workers"
     );
     assert_eq!(
         format!("{:?} {:?}", a.report.kas, a.report.series),

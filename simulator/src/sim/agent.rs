@@ -22,9 +22,7 @@ use std::num::NonZeroU64;
 use std::time::Duration;
 
 use bytes::Bytes;
-use protocol::cache::{
-    AgentCache, AgentViews, LabelSelector, LinkEnd, ResourceKind, Views, WatchEvent,
-};
+use protocol::cache::{AgentCache, LabelSelector, LinkEnd, Views};
 use protocol::tunnel::connection_set::{Admit, ConnectionSet};
 use protocol::tunnel::reconnect::{
     BackoffPolicy, Decision, DialFailure, MIN_LIFETIME_FOR_HANDOVER, Next,
@@ -36,6 +34,7 @@ use super::body::{BodyCheck, Digest, Direction};
 use super::clock::SimTime;
 use super::cluster::Cluster;
 use super::flow::{AgentEnd, End, Flow, Serving, Side, drain_outbox, send_body};
+use super::informer::{AgentLocal, Job, WatchInjection};
 use super::net::{Dir, Link, LinkParams, PathFaults, Window};
 use super::scenario::{LoadBalancing, Scenario};
 use super::world::{Ev, World};
@@ -87,9 +86,9 @@ pub enum Expect {
 pub struct SimAgent {
     pub id: u64,
     pub up: bool,
-    pub cluster: Cluster,
-    /// The views endpoint (the informer cache inside), while the process runs.
-    pub views: Option<AgentViews>,
+    /// The cluster, the informer cache and the oracle's views: out with an informer job while a
+    /// cluster change is processed ([`super::informer`]); [`World::join_informer`] takes it back.
+    pub(super) local: Option<Box<AgentLocal>>,
     /// The connection set (dial, back-off, handover); connections are named by their flow id.
     pub reconnect: ConnectionSet<u64>,
     pub state: AgentState,
@@ -111,10 +110,6 @@ pub struct SimAgent {
     pub duplicates: u64,
     /// The back-off oracle's state.
     pub backoff_model: BackoffModel,
-    /// The naive oracle's views of the cluster, kept up to date with every change (agents whose
-    /// views are watched, [`World::views_watched`]; empty for the others, whose views are checked
-    /// against a fresh oracle at the end of the run only).
-    pub truth: Views,
     /// Windows in which this cluster's API server answers slower, with the factor (`slow_api`).
     pub slow_api: Vec<(Window, f64)>,
 }
@@ -131,16 +126,15 @@ impl SimAgent {
         let id = index as u64 + 1;
         let cluster = Cluster::new(id, &sc.cluster);
         let watched = super::invariants::views_watched(index, agents);
+        let truth = if watched {
+            super::invariants::truth(&cluster)
+        } else {
+            Views::new()
+        };
         SimAgent {
             id,
             up: false,
-            truth: if watched {
-                super::invariants::truth(&cluster)
-            } else {
-                Views::new()
-            },
-            cluster,
-            views: None,
+            local: Some(Box::new(AgentLocal::new(sc.seed, id, cluster, truth))),
             reconnect: ConnectionSet::new(policy),
             state: AgentState::Down,
             dial_gen: 0,
@@ -161,6 +155,21 @@ impl SimAgent {
             duplicates: 0,
             backoff_model: BackoffModel::default(),
         }
+    }
+
+    /// The cluster, the informer cache and the oracle's views. The caller took them back from any
+    /// informer job first ([`World::join_informer`]).
+    pub fn local(&self) -> &AgentLocal {
+        self.local
+            .as_deref()
+            .expect("an agent's state is taken back from its informer job before use")
+    }
+
+    /// [`SimAgent::local`], to change.
+    pub fn local_mut(&mut self) -> &mut AgentLocal {
+        self.local
+            .as_deref_mut()
+            .expect("an agent's state is taken back from its informer job before use")
     }
 
     /// The primary connection: the serving connection carrying the views stream, else the oldest
@@ -209,12 +218,13 @@ impl World {
     // ------------------------------------------------------------------ life cycle
 
     pub(super) fn agent_boot(&mut self, i: usize) {
+        self.join_informer(i);
         let epoch = NonZeroU64::new(self.rng.random::<u64>() | 1).unwrap_or(NonZeroU64::MIN);
         let Some(views) = self.agent_views_boot(i, epoch) else {
             return;
         };
         let a = &mut self.agents[i];
-        a.views = Some(views);
+        a.local_mut().views = Some(views);
         a.up = true;
         a.reconnect = ConnectionSet::new(self.policy);
         a.views_flow = None;
@@ -230,12 +240,13 @@ impl World {
 
     /// The process dies (its sockets are reset by the kernel); it boots again after `down_for`.
     pub(super) fn agent_crash(&mut self, i: usize, down_for: Duration) {
-        let a = &mut self.agents[i];
-        if !a.up {
+        if !self.agents[i].up {
             return;
         }
+        self.join_informer(i);
+        let a = &mut self.agents[i];
         a.up = false;
-        a.views = None;
+        a.local_mut().views = None;
         a.reconnect = ConnectionSet::new(self.policy);
         a.views_flow = None;
         a.views_tried.clear();
@@ -541,8 +552,9 @@ impl World {
     /// serving connection carries it already (agentk opens one per connection; the newest linked
     /// wins there; here one connection carries it, which is what kas's mirrors see either way).
     fn ensure_views(&mut self, i: usize) {
+        self.join_informer(i);
         let a = &self.agents[i];
-        if a.views.is_none() {
+        if a.local().views.is_none() {
             return;
         }
         let serving = a.serving_flows();
@@ -936,7 +948,12 @@ impl World {
             return;
         };
         let i = flow.agent;
-        let Some(end) = flow.a.live_mut() else {
+        if flow.a.live().is_none() {
+            return;
+        }
+        // A cache query reads the informer cache.
+        self.join_informer(i);
+        let Some(end) = self.flows.get_mut(&fid).and_then(|f| f.a.live_mut()) else {
             return;
         };
         let Some(serving) = end.serving.remove(&id) else {
@@ -978,6 +995,7 @@ impl World {
         let (status, body) = match kind {
             Some(k) if k.service == protocol::service::CACHE => {
                 match self.agents[i]
+                    .local()
                     .views
                     .as_ref()
                     .map(|v| cache_query(v.cache(), &k.path))
@@ -1040,7 +1058,9 @@ impl World {
             + self.hot.len() as f64 * per_agent * (c.hot_factor - 1.0).max(0.0)
     }
 
-    /// One cluster changes; its agent's watcher feeds the cache.
+    /// One cluster changes. The change, the oracle and the agent's informer cache taking the watch
+    /// events go to an informer job ([`super::informer`]); the agent publishes what changed when
+    /// the API server's watch latency has passed (`Ev::Watched`).
     pub(super) fn churn(&mut self) {
         if self.now >= self.quiet_from {
             return;
@@ -1058,47 +1078,71 @@ impl World {
         } else {
             self.rng.random_range(0..self.agents.len())
         };
+        self.metrics.churn += 1;
+        // One job per agent at a time: an earlier change of this cluster is taken back first.
+        self.join_informer(i);
+        let (malformed, skip) = (
+            self.sc.inject.malformed_watch_event,
+            self.sc.inject.skip_watch_event,
+        );
+        if malformed.is_some() || skip.is_some() {
+            // The injections count watch events over the run: every earlier change counted first.
+            self.join_informers();
+        }
+        let inject = WatchInjection {
+            before: self.watch_events,
+            malformed,
+            skip,
+        };
         let watched = self.views_watched(i);
         let a = &mut self.agents[i];
-        let events = a.cluster.churn(&mut self.rng);
-        if watched {
-            let mut kinds: smallvec::SmallVec<[&ResourceKind; 3]> = smallvec::SmallVec::new();
-            for (kind, _) in &events {
-                if !kinds.contains(kind) {
-                    kinds.push(kind);
-                }
-            }
-            super::invariants::update_truth(&mut a.truth, &kinds, &mut a.cluster);
-        }
-        self.metrics.churn += 1;
-        if let Some(views) = &mut a.views {
-            for (kind, ev) in events {
-                self.watch_events += 1;
-                let ev = if self.sc.inject.malformed_watch_event == Some(self.watch_events) {
-                    // Deliberate bug: the object lost its metadata on the way.
-                    WatchEvent::Apply(serde_json::json!({"kind": kind.kind}))
-                } else {
-                    ev
-                };
-                if self.sc.inject.skip_watch_event == Some(self.watch_events) {
-                    // Deliberate bug: the watch event is lost before the cache.
-                    self.trace.line(format_args!(
-                        "{} {} . INJECT skip-watch-event a={i}",
-                        self.event_index, self.now
-                    ));
-                    continue;
-                }
-                if let Err(e) = views.handle_watch(kind, ev, self.now_i) {
-                    let detail = format!("agent {} cache rejected a watch event: {e}", a.id);
-                    self.violate("agent-cache", detail);
-                    return;
-                }
-            }
-            self.check_agent_views(i);
-        }
+        let Some(local) = a.local.take() else {
+            return;
+        };
+        self.informers.submit(Job {
+            agent: i,
+            agent_id: a.id,
+            local,
+            watched,
+            now: self.now_i,
+            inject,
+        });
+        let at = self.now.plus(self.sc.cluster.watch_latency);
+        self.queue.push(at, Ev::Watched { agent: i });
+    }
+
+    /// Agent `i`'s informer has seen a change: the agent publishes what changed.
+    pub(super) fn watched(&mut self, i: usize) {
+        self.join_informer(i);
         self.pump_views(i);
         if let Some(fid) = self.agents[i].connected_flow() {
             self.pump(fid, Side::Agent);
+        }
+    }
+
+    /// Takes agent `i`'s state back from its informer job, if one has it, and reports what the
+    /// job found (waits for the job when it is not done yet).
+    pub(super) fn join_informer(&mut self, i: usize) {
+        let Some(done) = self.informers.join(i) else {
+            return;
+        };
+        self.agents[i].local = Some(done.local);
+        self.watch_events += done.events;
+        if done.skipped {
+            self.trace.line(format_args!(
+                "{} {} . INJECT skip-watch-event a={i}",
+                self.event_index, self.now
+            ));
+        }
+        if let Some((invariant, detail)) = done.violation {
+            self.violate(invariant, detail);
+        }
+    }
+
+    /// Takes every agent's state back from the informer jobs, in agent order.
+    pub(super) fn join_informers(&mut self) {
+        for i in self.informers.outstanding() {
+            self.join_informer(i);
         }
     }
 }

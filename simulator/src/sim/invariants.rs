@@ -65,6 +65,7 @@ use super::agent::AgentState;
 use super::clock::SimTime;
 use super::cluster::Cluster;
 use super::flow::{AgentEnd, Flow, KasEnd};
+use super::informer::AgentLocal;
 use super::kas::Stage;
 use super::world::World;
 
@@ -273,17 +274,8 @@ impl World {
         if !self.views_watched(i) {
             return;
         }
-        let a = &self.agents[i];
-        let Some(cache) = a.views.as_ref().map(|v| v.cache()) else {
-            return;
-        };
-        if !same_views(cache.views(), &a.truth) {
-            let have = cache.views().views();
-            let detail = format!(
-                "agent {i}'s incremental views differ from the oracle's views of its cluster: \
-                 {:?}",
-                differing(&have, &a.truth)
-            );
+        self.join_informer(i);
+        if let Some(detail) = agent_views_diverged(i, self.agents[i].local()) {
             self.violate("views-diverged", detail);
         }
     }
@@ -301,7 +293,8 @@ impl World {
         if !self.views_watched(i) {
             return;
         }
-        let a = &self.agents[i];
+        self.join_informer(i);
+        let a = self.agents[i].local();
         let (Some(cache), Some(mirror)) = (
             a.views.as_ref().map(|v| v.cache()),
             self.kas[k].mirrors.mirror(agent_id),
@@ -530,9 +523,11 @@ impl World {
         let Some(flow) = self.flows.get(&fid) else {
             return Some(("connection-leak", format!("agent {i}'s flow {fid} is gone")));
         };
-        let cache = a.views.as_ref()?.cache();
-        let truth = truth(&a.cluster);
-        if self.views_watched(i) && truth != a.truth {
+        // The end of the run took every state back from the informer jobs.
+        let local = a.local();
+        let cache = local.views.as_ref()?.cache();
+        let truth = truth(&local.cluster);
+        if self.views_watched(i) && truth != local.truth {
             return Some((
                 "views-diverged",
                 format!("agent {i}'s cached oracle views are stale (a glue bug in the simulator)"),
@@ -571,6 +566,20 @@ impl World {
         }
         None
     }
+}
+
+/// Whether agent `i`'s incremental views differ from the oracle's views of its cluster (what they
+/// are and where, if so); nothing while the agent has no cache.
+pub fn agent_views_diverged(i: usize, local: &AgentLocal) -> Option<String> {
+    let cache = local.views.as_ref()?.cache();
+    if same_views(cache.views(), &local.truth) {
+        return None;
+    }
+    let have = cache.views().views();
+    Some(format!(
+        "agent {i}'s incremental views differ from the oracle's views of its cluster: {:?}",
+        differing(&have, &local.truth)
+    ))
 }
 
 /// Whether the incremental views equal `truth`, without copying them.

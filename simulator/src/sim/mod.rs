@@ -6,10 +6,13 @@
 //! the views endpoints [`protocol::cache::AgentViews`] in every agent and
 //! [`protocol::cache::MirrorTable`] in every replica,
 //! and agentk's connection set [`protocol::tunnel::connection_set::ConnectionSet`] deciding when agents
-//! dial. No async runtime and no clock reads in the loop; one thread runs the world, and a second
-//! only ever takes a batch of deferred keepalive-round work that depends on nothing but each flow
-//! (`flow::FlowTable::take_deferred`, a scoped thread joined before the loop goes on), so what it
-//! does cannot depend on timing.
+//! dial. No async runtime and no clock reads in the loop; one thread runs the world. Other threads
+//! only ever take work that depends on nothing but what is handed to them, and the loop takes it
+//! back at points fixed by the run's own history, so nothing can depend on timing: a batch of
+//! deferred keepalive-round work, each flow's own (`flow::FlowTable::take_deferred`, a scoped
+//! thread joined before the loop goes on), and the cluster changes, each agent's own
+//! ([`informer`]: worker threads; the loop joins a change when the watch latency has passed or
+//! before anything else touches that agent).
 //!
 //! | module | what it is |
 //! |---|---|
@@ -29,6 +32,7 @@
 //! | [`clients`] | client requests and the exactly-once ledger |
 //! | [`faults`] | the scenario's faults as events |
 //! | [`gitops`] | GitOps in virtual time: `gitops::Sync` against model clusters under commits, outages, restarts |
+//! | [`informer`] | the agents' informers: cluster changes processed on worker threads beside the loop, joined deterministically |
 //! | [`views`] | the views stream: agents drive `AgentViews`, replicas `MirrorTable`; fault injection |
 //! | [`invariants`] | what must always hold, and the checks |
 //! | [`profile`] | cost profiles: what the real programs cost (memory, CPU, latency), measured by `simulator calibrate` |
@@ -41,7 +45,8 @@
 //! ## Determinism
 //!
 //! One [`rand_chacha::ChaCha8Rng`] seeded from the scenario's seed makes every random choice, in the
-//! order events happen; events are totally ordered by (time, insertion sequence); every table is a
+//! order events happen, except each cluster's changes (its own stream of the seed) and each link's
+//! jitter (likewise); events are totally ordered by (time, insertion sequence); every table is a
 //! `BTreeMap`/`BTreeSet`; simulated time is an integer ([`clock::SimTime`]) mapped onto instants as
 //! offsets from one epoch. The same scenario and seed therefore give the same trace, byte for byte,
 //! and the same [trace hash](world::Outcome::trace_hash).
@@ -65,6 +70,7 @@ pub mod cluster;
 pub mod faults;
 pub mod flow;
 pub mod gitops;
+pub mod informer;
 pub mod invariants;
 pub mod kas;
 pub mod live;

@@ -351,6 +351,10 @@ pub struct ClusterSpec {
     pub hot_fraction: f64,
     /// ... and churn this many times faster.
     pub hot_factor: f64,
+    /// From a change in the API server to the agent's informer having it (the watch's latency);
+    /// the agent publishes what changed then.
+    #[serde(deserialize_with = "de_duration")]
+    pub watch_latency: Duration,
 }
 
 impl Default for ClusterSpec {
@@ -363,6 +367,7 @@ impl Default for ClusterSpec {
             churn_per_minute: 1.0,
             hot_fraction: 0.0,
             hot_factor: 10.0,
+            watch_latency: d_ms(50),
         }
     }
 }
@@ -827,6 +832,13 @@ impl Scenario {
                 return bad(format!("{name} must be a non-negative number, got {f}"));
             }
         }
+        if self.cluster.watch_latency > d_s(1) {
+            return bad(format!(
+                "cluster.watch_latency must be at most 1s (changes are published before the run \
+                 quiesces), got {:?}",
+                self.cluster.watch_latency
+            ));
+        }
         if self.network.bandwidth == 0 {
             return bad("network.bandwidth must be positive".into());
         }
@@ -1026,5 +1038,12 @@ mod tests {
         );
         assert!(matches!(e, Err(ScenarioError::Invalid(_))), "{e:?}");
         assert!(Scenario::from_yaml("duration: 3 fortnights\n", "t").is_err());
+        let e = Scenario::from_yaml("cluster: {watch_latency: 2s}\n", "t");
+        assert!(
+            matches!(&e, Err(ScenarioError::Invalid(m)) if m.contains("watch_latency")),
+            "{e:?}"
+        );
+        let ok = Scenario::from_yaml("cluster: {watch_latency: 200ms}\n", "t").unwrap();
+        assert_eq!(ok.cluster.watch_latency, Duration::from_millis(200));
     }
 }

@@ -71,8 +71,9 @@ impl World {
                 return None;
             }
         };
+        self.join_informer(i);
         let a = &self.agents[i];
-        for (kind, ev) in a.cluster.relist() {
+        for (kind, ev) in a.local().cluster.relist() {
             if let Err(e) = views.handle_watch(kind, ev, self.now_i) {
                 let detail = format!("agent {} relist rejected: {e}", a.id);
                 self.violate("agent-cache", detail);
@@ -85,11 +86,13 @@ impl World {
 
     /// kas answered agent `i`'s views request on `fid` with `status`.
     pub(super) fn agent_views_answered(&mut self, i: usize, fid: u64, status: u32) {
+        self.join_informer(i);
         let now_i = self.now_i;
         let a = &mut self.agents[i];
+        let connected = a.connected_flow();
         if classify_views_response(status) == ResponseVerdict::Linked
-            && a.connected_flow() == Some(fid)
-            && let Some(views) = &mut a.views
+            && connected == Some(fid)
+            && let Some(views) = &mut a.local_mut().views
         {
             views.handle_linked(fid, now_i);
         }
@@ -98,8 +101,9 @@ impl World {
 
     /// Octets kas sent on agent `i`'s views stream of `fid`.
     pub(super) fn agent_views_data(&mut self, i: usize, fid: u64, data: &[u8]) {
+        self.join_informer(i);
         let now_i = self.now_i;
-        if let Some(views) = &mut self.agents[i].views
+        if let Some(views) = &mut self.agents[i].local_mut().views
             && let Err(e) = views.handle_body(fid, data, now_i)
         {
             self.violate(violation_kind(&e), format!("agent {i}: {e}"));
@@ -110,7 +114,8 @@ impl World {
 
     /// Agent `i`'s views stream on `fid` is gone (ignored unless it is the current link).
     pub(super) fn agent_views_gone(&mut self, i: usize, fid: u64, end: LinkEnd) {
-        if let Some(views) = &mut self.agents[i].views {
+        self.join_informer(i);
+        if let Some(views) = &mut self.agents[i].local_mut().views {
             views.handle_unlinked(fid, end);
         }
     }
@@ -118,10 +123,11 @@ impl World {
     /// Lets the endpoint send what is due on the active connection's views stream and arms its
     /// timer. The caller flushes the connection.
     pub(super) fn pump_views(&mut self, i: usize) {
+        self.join_informer(i);
         let now_i = self.now_i;
         let a = &mut self.agents[i];
         let connected = a.connected_flow();
-        let Some(views) = &mut a.views else {
+        let Some(views) = a.local.as_deref_mut().and_then(|l| l.views.as_mut()) else {
             return;
         };
         if let Some(fid) = connected

@@ -27,6 +27,7 @@ use super::body::Patterns;
 use super::clients::Ledger;
 use super::clock::{Clock, SimTime};
 use super::flow::{End, Flow, FlowTable, Side};
+use super::informer::Informers;
 use super::invariants::Violation;
 use super::kas::SimKas;
 use super::net::Dir;
@@ -108,6 +109,10 @@ pub(super) enum Ev {
     },
     /// A cluster changes.
     Churn,
+    /// Agent `agent`'s informer has seen its cluster's change (the watch latency after it).
+    Watched {
+        agent: usize,
+    },
     /// A client sends a request.
     ClientRequest,
     /// A request reaches the kas replica that will route it.
@@ -182,6 +187,9 @@ pub struct RunOptions {
     /// (`FlowTable::take_deferred`; on by default). Off, each round event does its own work at
     /// once: the trace, the connections and the report are the same.
     pub defer_rounds: bool,
+    /// Worker threads that process cluster changes beside the loop ([`super::informer`]; 0: the
+    /// loop does it itself). The trace is the same with any number.
+    pub informer_threads: usize,
 }
 
 impl Default for RunOptions {
@@ -193,8 +201,17 @@ impl Default for RunOptions {
             profile: super::profile::CostProfile::default_profile(),
             keepalive_rounds: true,
             defer_rounds: true,
+            informer_threads: default_informer_threads(),
         }
     }
+}
+
+/// One informer worker per core beyond the loop's, at most 3; none on one core.
+pub fn default_informer_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .saturating_sub(1)
+        .min(3)
 }
 
 /// The result of a run.
@@ -280,6 +297,8 @@ pub(super) struct World {
     keepalive_rounds: bool,
     /// See [`RunOptions::defer_rounds`].
     defer_rounds: bool,
+    /// The agents' informer jobs (cluster changes) and their worker threads.
+    pub informers: super::informer::Informers,
     /// The replicas' connections a balance step may count and shed (registered, not draining),
     /// by replica, and the event index at which they are still current (`kas::balance_step`).
     pub balance_usable: Option<(u64, Vec<Vec<u64>>)>,
@@ -332,6 +351,20 @@ impl World {
             sc.faults_end().max(sc.agent.start_spread) + sc.reconnect_bound(),
         );
         let replicas = sc.kas.replicas;
+        // The protocol core's deliberate bugs live in thread-locals: set them on the workers too.
+        let (double_credit, view_fault) = (sc.inject.double_credit, sc.inject.view_fault);
+        let threads =
+            if sc.inject.skip_watch_event.is_some() || sc.inject.malformed_watch_event.is_some() {
+                // These count watch events over the run: each change is joined before the next anyway.
+                0
+            } else {
+                options.informer_threads
+            };
+        let informers = Informers::new(n, threads, move || {
+            use protocol::testing::faults;
+            faults::set_flow_fault(double_credit.then_some(faults::FlowFault::DoubleCredit));
+            faults::set_view_fault(view_fault.then_some(faults::ViewFault::FailedCountsAsPending));
+        });
         let mut w = World {
             seed,
             clock,
@@ -374,6 +407,7 @@ impl World {
             keepalive_rounds: options.keepalive_rounds && sc.inject.corrupt_transmit.is_none(),
             defer_rounds: options.defer_rounds,
             balance_usable: None,
+            informers,
             sc,
         };
         // Bugs injected into the protocol core live in this thread only.
@@ -494,6 +528,7 @@ impl World {
         if let Some(p) = &mut self.progress {
             p.finish();
         }
+        self.join_informers();
         self.take_deferred_rounds();
         self.live_finish();
         faults::set_flow_fault(None);
@@ -513,6 +548,11 @@ impl World {
             trace_error,
             state_digest,
         };
+        // Ends the informer workers (a forgotten world would leave them waiting).
+        drop(std::mem::replace(
+            &mut self.informers,
+            Informers::new(0, 0, || {}),
+        ));
         if self.fast_exit {
             // Freeing millions of small allocations only to exit: let the process end do it.
             std::mem::forget(self);
@@ -534,6 +574,7 @@ impl World {
             Ev::AgentTimer { agent } => self.agent_timer(agent),
             Ev::AgentRespond { flow, stream } => self.agent_respond(flow, stream),
             Ev::Churn => self.churn(),
+            Ev::Watched { agent } => self.watched(agent),
             Ev::ClientRequest => self.client_request(),
             Ev::KasArrive { kas, request } => self.kas_arrive(kas, request),
             Ev::RequestDeadline { request } => self.request_deadline(request),
@@ -553,6 +594,7 @@ impl World {
             Ev::Replay { index } => self.replay_step(index),
             Ev::Sample => self.sample(),
             Ev::End => {
+                self.join_informers();
                 self.take_deferred_rounds();
                 self.end_rounds();
                 self.check_end();
@@ -604,6 +646,7 @@ impl World {
                 &[("f", *flow), ("s", u64::from(*stream))],
             ),
             Ev::Churn => tr.event(i, t, "churn", "", &[]),
+            Ev::Watched { agent } => tr.event(i, t, "watched", "", &[("a", u(*agent))]),
             Ev::ClientRequest => tr.event(i, t, "client", "", &[]),
             Ev::KasArrive { kas, request } => {
                 tr.event(i, t, "arrive", "", &[("k", u(*kas)), ("r", *request)])
