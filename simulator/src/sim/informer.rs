@@ -188,7 +188,9 @@ impl Queue {
         }
         let mut w = self.lock();
         loop {
-            if let Some(job) = w.jobs.pop_front() {
+            // The newest job: the loop needs the oldest first, and runs it itself if no worker
+            // got to it, so a busy machine's late worker rarely makes the loop wait.
+            if let Some(job) = w.jobs.pop_back() {
                 self.len.store(w.jobs.len(), Ordering::Relaxed);
                 return Some(job);
             }
