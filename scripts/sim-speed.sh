@@ -12,6 +12,8 @@
 # The PGO build (trained on short cuts of day and 100k, not on these runs) gives the same trace hashes and
 # 12-17 % less CPU on 1 h and 4 h cuts of day, but only 0-3 % on the whole day (2 pairs, 2026-12-06, busy
 # machine): the plain build stays the default. The build that ran is printed above the table.
+# CPU above wall is the other threads' share: cluster changes on the informer workers (sim::informer,
+# one per core beyond the first, at most 3) and half of the deferred keepalive rounds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
