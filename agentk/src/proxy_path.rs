@@ -16,18 +16,18 @@ pub enum PortRef {
     Name(String),
 }
 
-/// A parsed service-proxy path.
+/// A parsed service-proxy path; the namespace and Service name borrow from the path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxyTarget {
-    pub namespace: String,
-    pub service: String,
+pub struct ProxyTarget<'a> {
+    pub namespace: &'a str,
+    pub service: &'a str,
     pub port: PortRef,
     /// `/{rest}?query`, at least `/`.
     pub path_and_query: String,
 }
 
 /// Parses `/{namespace}/{service}:{port}/{rest}?query`.
-pub fn parse(path: &str) -> Result<ProxyTarget, BadRequest> {
+pub fn parse(path: &str) -> Result<ProxyTarget<'_>, BadRequest> {
     let bad = |why: &str| {
         BadRequest(format!(
             "service-proxy path {path:?}: {why} (expected /{{namespace}}/{{service}}:{{port}}/{{path}})"
@@ -64,8 +64,8 @@ pub fn parse(path: &str) -> Result<ProxyTarget, BadRequest> {
         tail.to_owned()
     };
     Ok(ProxyTarget {
-        namespace: namespace.to_owned(),
-        service: service.to_owned(),
+        namespace,
+        service,
         port,
         path_and_query,
     })
@@ -134,10 +134,10 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
-    fn target(ns: &str, svc: &str, port: PortRef, pq: &str) -> ProxyTarget {
+    fn target<'a>(ns: &'a str, svc: &'a str, port: PortRef, pq: &str) -> ProxyTarget<'a> {
         ProxyTarget {
-            namespace: ns.into(),
-            service: svc.into(),
+            namespace: ns,
+            service: svc,
             port,
             path_and_query: pq.into(),
         }
@@ -259,7 +259,8 @@ mod tests {
             query in prop::option::of("[a-z0-9=&]{0,12}"),
         ) {
             let q = query.as_ref().map(|q| format!("?{q}")).unwrap_or_default();
-            let t = parse(&format!("/{ns}/{svc}:{port}{rest}{q}")).expect("valid");
+            let path = format!("/{ns}/{svc}:{port}{rest}{q}");
+            let t = parse(&path).expect("valid");
             prop_assert_eq!(t.namespace, ns);
             prop_assert_eq!(t.service, svc);
             prop_assert_eq!(t.port, PortRef::Number(port));
