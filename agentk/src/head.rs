@@ -105,12 +105,14 @@ pub fn headers_to_tunnel(headers: &HeaderMap) -> Vec<Header> {
 /// An HTTP header map to tunnel headers, keeping only what `rule` forwards.
 /// The values share one buffer ([`protocol::service::pack_headers`]).
 pub fn headers_to_tunnel_by(rule: &HeaderRule, headers: &HeaderMap) -> Vec<Header> {
-    protocol::service::pack_headers(|| {
-        headers
-            .iter()
-            .filter(|(name, _)| rule.forwards(name.as_str()))
-            .map(|(name, value)| (name.as_str(), value.as_bytes()))
-    })
+    protocol::service::pack_headers(
+        || {
+            headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_bytes()))
+        },
+        |name| rule.forwards(name),
+    )
 }
 
 /// The response head for an upstream HTTP response.
