@@ -35,8 +35,7 @@ pub struct HttpHead {
 /// which agentk maps to impersonation itself ([`crate::k8s_api::api_request`] is that one place);
 /// a header never can.
 pub fn http_head(head: &RequestHead) -> Result<HttpHead, BadRequest> {
-    let method = Method::from_bytes(head.method.as_bytes())
-        .map_err(|_| BadRequest(format!("invalid HTTP method {:?}", head.method)))?;
+    let method = request_method(head)?;
     let path = parse_path(&head.path)?;
     let headers = headers_from_tunnel(&head.headers)?;
     Ok(HttpHead {
@@ -46,15 +45,28 @@ pub fn http_head(head: &RequestHead) -> Result<HttpHead, BadRequest> {
     })
 }
 
+/// The request head's method, as [`http_head`] parses it.
+pub fn request_method(head: &RequestHead) -> Result<Method, BadRequest> {
+    Method::from_bytes(head.method.as_bytes())
+        .map_err(|_| BadRequest(format!("invalid HTTP method {:?}", head.method)))
+}
+
 /// A path and query that must be origin-form (`/...`).
 pub fn parse_path(path: &str) -> Result<PathAndQuery, BadRequest> {
+    check_path_form(path)?;
+    PathAndQuery::try_from(path).map_err(|e| BadRequest(format!("invalid path {path:?}: {e}")))
+}
+
+/// [`parse_path`]'s checks before it parses: origin-form, and no fragment (which `http`'s parser
+/// would drop silently).
+pub fn check_path_form(path: &str) -> Result<(), BadRequest> {
     if !path.starts_with('/') {
         return Err(BadRequest(format!("path must start with '/': {path:?}")));
     }
     if path.contains('#') {
         return Err(BadRequest("path must not contain a fragment".into()));
     }
-    PathAndQuery::try_from(path).map_err(|e| BadRequest(format!("invalid path {path:?}: {e}")))
+    Ok(())
 }
 
 /// Tunnel headers to an HTTP header map, keeping only forwardable ones.
@@ -93,12 +105,14 @@ pub fn headers_to_tunnel(headers: &HeaderMap) -> Vec<Header> {
 /// An HTTP header map to tunnel headers, keeping only what `rule` forwards.
 /// The values share one buffer ([`protocol::service::pack_headers`]).
 pub fn headers_to_tunnel_by(rule: &HeaderRule, headers: &HeaderMap) -> Vec<Header> {
-    protocol::service::pack_headers(|| {
-        headers
-            .iter()
-            .filter(|(name, _)| rule.forwards(name.as_str()))
-            .map(|(name, value)| (name.as_str(), value.as_bytes()))
-    })
+    protocol::service::pack_headers(
+        || {
+            headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_bytes()))
+        },
+        |name| rule.forwards(name),
+    )
 }
 
 /// The response head for an upstream HTTP response.

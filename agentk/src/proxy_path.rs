@@ -16,18 +16,18 @@ pub enum PortRef {
     Name(String),
 }
 
-/// A parsed service-proxy path.
+/// A parsed service-proxy path; the namespace and Service name borrow from the path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxyTarget {
-    pub namespace: String,
-    pub service: String,
+pub struct ProxyTarget<'a> {
+    pub namespace: &'a str,
+    pub service: &'a str,
     pub port: PortRef,
     /// `/{rest}?query`, at least `/`.
     pub path_and_query: String,
 }
 
 /// Parses `/{namespace}/{service}:{port}/{rest}?query`.
-pub fn parse(path: &str) -> Result<ProxyTarget, BadRequest> {
+pub fn parse(path: &str) -> Result<ProxyTarget<'_>, BadRequest> {
     let bad = |why: &str| {
         BadRequest(format!(
             "service-proxy path {path:?}: {why} (expected /{{namespace}}/{{service}}:{{port}}/{{path}})"
@@ -36,11 +36,14 @@ pub fn parse(path: &str) -> Result<ProxyTarget, BadRequest> {
     let rest = path
         .strip_prefix('/')
         .ok_or_else(|| bad("must start with '/'"))?;
-    let (namespace, rest) = rest.split_once('/').ok_or_else(|| bad("missing service"))?;
-    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (namespace, rest) =
+        split_once(rest, |b| b == b'/').ok_or_else(|| bad("missing service"))?;
+    let split = rest
+        .bytes()
+        .position(|b| b == b'/' || b == b'?')
+        .unwrap_or(rest.len());
     let (service_port, tail) = rest.split_at(split);
-    let (service, port) = service_port
-        .split_once(':')
+    let (service, port) = split_once(service_port, |b| b == b':')
         .ok_or_else(|| bad("missing :port after the service name"))?;
     if !is_dns_label(namespace) {
         return Err(bad("invalid namespace"));
@@ -64,11 +67,19 @@ pub fn parse(path: &str) -> Result<ProxyTarget, BadRequest> {
         tail.to_owned()
     };
     Ok(ProxyTarget {
-        namespace: namespace.to_owned(),
-        service: service.to_owned(),
+        namespace,
+        service,
         port,
         path_and_query,
     })
+}
+
+/// `s` before and after its first ASCII byte that `is` picks: `str::split_once` as a plain loop,
+/// cheaper on a short path than `str`'s searcher (an ASCII byte is never inside a multi-byte
+/// character, so both halves are whole `str`s).
+fn split_once(s: &str, is: impl Fn(u8) -> bool) -> Option<(&str, &str)> {
+    let i = s.bytes().position(|b| b.is_ascii() && is(b))?;
+    Some((&s[..i], &s[i + 1..]))
 }
 
 /// Why a Service cannot be proxied to.
@@ -134,10 +145,10 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
-    fn target(ns: &str, svc: &str, port: PortRef, pq: &str) -> ProxyTarget {
+    fn target<'a>(ns: &'a str, svc: &'a str, port: PortRef, pq: &str) -> ProxyTarget<'a> {
         ProxyTarget {
-            namespace: ns.into(),
-            service: svc.into(),
+            namespace: ns,
+            service: svc,
             port,
             path_and_query: pq.into(),
         }
@@ -259,12 +270,19 @@ mod tests {
             query in prop::option::of("[a-z0-9=&]{0,12}"),
         ) {
             let q = query.as_ref().map(|q| format!("?{q}")).unwrap_or_default();
-            let t = parse(&format!("/{ns}/{svc}:{port}{rest}{q}")).expect("valid");
+            let path = format!("/{ns}/{svc}:{port}{rest}{q}");
+            let t = parse(&path).expect("valid");
             prop_assert_eq!(t.namespace, ns);
             prop_assert_eq!(t.service, svc);
             prop_assert_eq!(t.port, PortRef::Number(port));
             let rest = if rest.is_empty() { "/".to_owned() } else { rest };
             prop_assert_eq!(t.path_and_query, format!("{rest}{q}"));
+        }
+
+        #[test]
+        fn splits_as_str_does(s in "\\PC{0,40}", pick in 0usize..3) {
+            let byte = [b'/', b':', b'?'][pick];
+            prop_assert_eq!(split_once(&s, |b| b == byte), s.split_once(char::from(byte)));
         }
 
         #[test]

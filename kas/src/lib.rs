@@ -90,6 +90,7 @@ pub mod registry;
 pub mod rfc3339;
 pub mod server;
 pub mod signals;
+pub mod split;
 pub mod state;
 pub mod tracker;
 pub mod users;

@@ -355,18 +355,41 @@ impl HeaderRule {
     }
 }
 
-/// Tunnel headers from `(name, value)` pairs, in order. The values are copied into one buffer they
-/// all share: building the head allocates once for every value together (not once per value), and
-/// encoding it, which clones each value, allocates nothing more (a clone of a value copied on its
-/// own allocates). `pairs` is called twice, first only to size that buffer.
-pub fn pack_headers<'a, I>(pairs: impl Fn() -> I) -> Vec<crate::proto::Header>
+/// Tunnel headers from the `(name, value)` pairs that `keep` keeps (by name), in order. The values
+/// are copied into one buffer they all share: building the head allocates once for every value
+/// together (not once per value), and encoding it, which clones each value, allocates nothing more
+/// (a clone of a value copied on its own allocates). `pairs` is called twice, first only to size
+/// that buffer; `keep` runs once per pair (its answers for the first 128 pairs are remembered
+/// between the walks, a later pair is asked again).
+pub fn pack_headers<'a, I>(
+    pairs: impl Fn() -> I,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<crate::proto::Header>
 where
     I: Iterator<Item = (&'a str, &'a [u8])>,
 {
-    let (count, len) = pairs().fold((0, 0), |(c, l), (_, v)| (c + 1, l + v.len()));
+    let mut kept = 0u128;
+    let (mut count, mut len) = (0, 0);
+    for (i, (name, v)) in pairs().enumerate() {
+        if keep(name) {
+            if i < 128 {
+                kept |= 1 << i;
+            }
+            count += 1;
+            len += v.len();
+        }
+    }
     let mut buf = bytes::BytesMut::with_capacity(len);
     let mut headers = Vec::with_capacity(count);
-    for (name, v) in pairs() {
+    for (i, (name, v)) in pairs().enumerate() {
+        let keeps = if i < 128 {
+            kept & (1 << i) != 0
+        } else {
+            keep(name)
+        };
+        if !keeps {
+            continue;
+        }
         buf.extend_from_slice(v);
         headers.push(crate::proto::Header {
             name: name.to_owned(),
@@ -390,7 +413,7 @@ mod tests {
             ("x-multi", &b"1"[..]),
             ("x-multi", &b"2"[..]),
         ];
-        let headers = pack_headers(|| pairs.iter().copied());
+        let headers = pack_headers(|| pairs.iter().copied(), |_| true);
         let got: Vec<(&str, &[u8])> = headers
             .iter()
             .map(|h| (h.name.as_str(), h.value.as_ref()))
@@ -401,7 +424,30 @@ mod tests {
             let end = w[0].value.as_ptr().wrapping_add(w[0].value.len());
             assert_eq!(end, w[1].value.as_ptr(), "{} then {}", w[0].name, w[1].name);
         }
-        assert!(pack_headers(std::iter::empty).is_empty());
+        assert!(pack_headers(std::iter::empty, |_| true).is_empty());
+        // `keep` decides, once per pair, also past the first 128 pairs.
+        let names: Vec<String> = (0..300).map(|i| format!("x-h{i}")).collect();
+        let asked = std::cell::Cell::new(0);
+        let headers = pack_headers(
+            || names.iter().map(|n| (n.as_str(), n.as_bytes())),
+            |n| {
+                asked.set(asked.get() + 1);
+                n.ends_with('7')
+            },
+        );
+        let want: Vec<&str> = names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| n.ends_with('7'))
+            .collect();
+        let got: Vec<&str> = headers.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(got, want);
+        assert!(
+            headers
+                .iter()
+                .all(|h| h.value.as_ref() == h.name.as_bytes())
+        );
+        assert_eq!(asked.get(), 300 + (300 - 128));
     }
 
     #[test]

@@ -243,12 +243,12 @@ fn valid_port(s: &str) -> bool {
 
 fn parse_service_proxy(agent_id: u64, rest: &str) -> ApiRoute {
     // rest: "{namespace}/{service}:{port}" then optionally "/{path...}"
-    let (namespace, after) = rest.split_once('/').unwrap_or((rest, ""));
-    let (service_port, path) = match after.find('/') {
+    let (namespace, after) = crate::split::once(rest, b'/').unwrap_or((rest, ""));
+    let (service_port, path) = match crate::split::find(after, b'/') {
         Some(i) => (&after[..i], &after[i..]),
         None => (after, "/"),
     };
-    let Some((service, port)) = service_port.split_once(':') else {
+    let Some((service, port)) = crate::split::once(service_port, b':') else {
         return ApiRoute::BadServicePath(
             "expected /api/v1/agents/{id}/proxy/{namespace}/{service}:{port}/{path}".into(),
         );

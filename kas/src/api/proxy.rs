@@ -60,12 +60,14 @@ pub struct Target {
 /// moves into the head.
 fn request_head(req: &Request<Incoming>, target: &mut Target, upgrade: bool) -> RequestHead {
     let rule = super::upgrade::request_rule(req, upgrade);
-    let headers = protocol::service::pack_headers(|| {
-        req.headers()
-            .iter()
-            .filter(|(name, _)| rule.forwards(name.as_str()))
-            .map(|(name, value)| (name.as_str(), value.as_bytes()))
-    });
+    let headers = protocol::service::pack_headers(
+        || {
+            req.headers()
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_bytes()))
+        },
+        |name| rule.forwards(name),
+    );
     RequestHead {
         service: target.service.to_owned(),
         method: target

@@ -253,7 +253,7 @@ impl UserGate {
 fn basic_as_bearer(value: &str) -> Result<std::borrow::Cow<'_, str>, UserAuthError> {
     use base64::Engine as _;
     let value = value.trim();
-    let Some((scheme, encoded)) = value.split_once(' ') else {
+    let Some((scheme, encoded)) = crate::split::once(value, b' ') else {
         return Ok(value.into());
     };
     if !scheme.eq_ignore_ascii_case("basic") {

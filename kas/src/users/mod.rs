@@ -251,14 +251,17 @@ impl UserAuthError {
 /// the token may itself contain `:`).
 pub fn parse_bearer(header_value: &str) -> Result<(TokenKind, u64, &str), UserAuthError> {
     let value = header_value.trim();
-    let (scheme, credentials) = value.split_once(' ').ok_or(UserAuthError::MissingBearer)?;
+    let (scheme, credentials) =
+        crate::split::once(value, b' ').ok_or(UserAuthError::MissingBearer)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(UserAuthError::MissingBearer);
     }
     let credentials = credentials.trim_start();
-    let mut parts = credentials.splitn(3, ':');
-    let (Some(kind), Some(agent_id), Some(token)) = (parts.next(), parts.next(), parts.next())
-    else {
+    // `kind:agent_id:token`; the token may hold further colons.
+    let Some((kind, rest)) = crate::split::once(credentials, b':') else {
+        return Err(UserAuthError::Malformed);
+    };
+    let Some((agent_id, token)) = crate::split::once(rest, b':') else {
         return Err(UserAuthError::Malformed);
     };
     let kind: TokenKind = kind.parse()?;
