@@ -12,8 +12,27 @@ use super::{ANSWER, Shared, after, api_request, connect, expect_goaway_and_close
 const DOCUMENTED_PINGS_PER_WINDOW: usize = 100;
 const DOCUMENTED_RAPID_RESETS_PER_WINDOW: usize = 1000;
 
-/// Unread input the back-pressure scenario offers at most.
+/// Unread input the back-pressure scenario offers at most beyond what the kernel's socket buffers
+/// can hold ([`socket_buffers`]).
 const ABUSE_BYTES: usize = 64 << 20;
+
+/// What loopback TCP buffers can hold before a writer that kas stopped reading blocks: requests in
+/// the agent's send and kas's receive buffer, and as much again of answers (about as large as the
+/// requests) in kas's send and the agent's receive buffer, each at most its autotuning maximum
+/// (`tcp_rmem`/`tcp_wmem`; 6 and 4 MiB by default before Linux 6.14, whose receive maximum is
+/// 32 MiB). Without this allowance a kas that stops reading as it should can take the whole
+/// scenario's input into the kernel's buffers on a machine with large ones.
+fn socket_buffers() -> usize {
+    let max = |path: &str, default: usize| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(2)?.parse().ok())
+            .unwrap_or(default)
+    };
+    let rmem = max("/proc/sys/net/ipv4/tcp_rmem", 6 << 20);
+    let wmem = max("/proc/sys/net/ipv4/tcp_wmem", 4 << 20);
+    2 * (rmem + wmem)
+}
 /// Growth of the kas process allowed meanwhile (its answers would be larger than the input).
 const MAX_GROWTH_KIB: u64 = 32 * 1024;
 
@@ -94,8 +113,9 @@ pub fn output_backpressure(sh: &Shared) -> Result<(), String> {
     let mut written = 0usize;
     let mut outcome = "";
     let started = Instant::now();
-    // Bounded by ABUSE_BYTES and the write timeout.
-    while written < ABUSE_BYTES {
+    let limit = ABUSE_BYTES + socket_buffers();
+    // Bounded by the limit and the write timeout.
+    while written < limit {
         let batch: Vec<Frame> = (0..500)
             .map(|_| {
                 let stream = StreamId(next);
