@@ -218,7 +218,6 @@ impl World {
     // ------------------------------------------------------------------ life cycle
 
     pub(super) fn agent_boot(&mut self, i: usize) {
-        self.join_informer(i);
         let epoch = NonZeroU64::new(self.rng.random::<u64>() | 1).unwrap_or(NonZeroU64::MIN);
         let Some(views) = self.agent_views_boot(i, epoch) else {
             return;

@@ -359,6 +359,16 @@ impl Informers {
         }
     }
 
+    /// Ends the worker threads (jobs submitted afterwards run at once, on the caller's thread).
+    pub fn shutdown(&mut self) {
+        self.queue.lock().closed = true;
+        self.queue.arrived.notify_all();
+        for w in self.workers.drain(..) {
+            // A worker ends when the queue closes; a job's panic was raised at its join.
+            let _ = w.join();
+        }
+    }
+
     /// The agents whose states are out, in index order (join them in this order).
     pub fn outstanding(&self) -> Vec<usize> {
         let mut v = self.outstanding.clone();
@@ -369,12 +379,7 @@ impl Informers {
 
 impl Drop for Informers {
     fn drop(&mut self) {
-        self.queue.lock().closed = true;
-        self.queue.arrived.notify_all();
-        for w in self.workers.drain(..) {
-            // A worker ends when the queue closes; a job's panic was raised at its join.
-            let _ = w.join();
-        }
+        self.shutdown();
     }
 }
 
@@ -396,9 +401,7 @@ mod tests {
             AgentCache::with_views(views, cfg),
             AgentViewsConfig::new(Duration::from_millis(100)),
         );
-        for (kind, ev) in local.cluster.relist() {
-            v.handle_watch(kind, ev, now).expect("relist");
-        }
+        crate::sim::views::take_relist(&mut v, &local.cluster, now).expect("relist");
         local.views = Some(v);
         Box::new(local)
     }

@@ -16,11 +16,12 @@ use bytes::Bytes;
 use protocol::cache::proto as cache_proto;
 use protocol::cache::{
     AgentCache, AgentViews, AgentViewsConfig, LinkEnd, MirrorTable, MirrorTableConfig,
-    PublisherConfig, ResponseVerdict, ViewSet, ViewSpecError, ViewsViolation,
+    PublisherConfig, ResponseVerdict, StoreError, ViewSet, ViewSpecError, ViewsViolation,
     classify_views_response, default_views, encode_message, views_request_head,
 };
 use protocol::{ErrorCode, StreamId, proto};
 
+use super::cluster::Cluster;
 use super::flow::send_body;
 use super::scenario::Scenario;
 use super::world::{Ev, World};
@@ -46,6 +47,20 @@ pub fn request_head() -> proto::RequestHead {
 /// so the specs an event evaluates are one hot copy rather than a cold one per agent.
 static DEFAULT_VIEWS: LazyLock<Result<ViewSet, ViewSpecError>> =
     LazyLock::new(|| ViewSet::new(&default_views()));
+
+/// Feeds a booting agent's endpoint the first list of its cluster (its events dropped: nothing
+/// watches them yet).
+pub(super) fn take_relist(
+    views: &mut AgentViews,
+    cluster: &Cluster,
+    now: std::time::Instant,
+) -> Result<(), StoreError> {
+    for (kind, ev) in cluster.relist() {
+        views.handle_watch(kind, ev, now)?;
+    }
+    while views.poll_event().is_some() {}
+    Ok(())
+}
 
 fn violation_kind(e: &ViewsViolation) -> &'static str {
     match e {
@@ -73,14 +88,11 @@ impl World {
         };
         self.join_informer(i);
         let a = &self.agents[i];
-        for (kind, ev) in a.local().cluster.relist() {
-            if let Err(e) = views.handle_watch(kind, ev, self.now_i) {
-                let detail = format!("agent {} relist rejected: {e}", a.id);
-                self.violate("agent-cache", detail);
-                return None;
-            }
+        if let Err(e) = take_relist(&mut views, &a.local().cluster, self.now_i) {
+            let detail = format!("agent {} relist rejected: {e}", a.id);
+            self.violate("agent-cache", detail);
+            return None;
         }
-        while views.poll_event().is_some() {}
         Some(views)
     }
 

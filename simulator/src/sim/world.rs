@@ -298,7 +298,7 @@ pub(super) struct World {
     /// See [`RunOptions::defer_rounds`].
     defer_rounds: bool,
     /// The agents' informer jobs (cluster changes) and their worker threads.
-    pub informers: super::informer::Informers,
+    pub informers: Informers,
     /// The replicas' connections a balance step may count and shed (registered, not draining),
     /// by replica, and the event index at which they are still current (`kas::balance_step`).
     pub balance_usable: Option<(u64, Vec<Vec<u64>>)>,
@@ -549,10 +549,7 @@ impl World {
             state_digest,
         };
         // Ends the informer workers (a forgotten world would leave them waiting).
-        drop(std::mem::replace(
-            &mut self.informers,
-            Informers::new(0, 0, || {}),
-        ));
+        self.informers.shutdown();
         if self.fast_exit {
             // Freeing millions of small allocations only to exit: let the process end do it.
             std::mem::forget(self);
