@@ -160,9 +160,9 @@ pub(crate) struct Shared {
     /// and whether it stopped reading. An inline write that changes either wakes it.
     driver_deadline: Option<Instant>,
     driver_paused: bool,
-    /// A task wrote inline since the driver's last step: the next end leaves its frames to the
-    /// driver ([`Shared::after_end_command`]).
-    inline_since_step: bool,
+    /// A task wrote inline since the driver last handed input over: the next end leaves its
+    /// frames to the driver ([`Shared::after_end_command`]).
+    inline_since_input: bool,
     close_wakers: WakerList,
     /// Tasks waiting for the connection to drain (GOAWAY either way) or close.
     drain_wakers: WakerList,
@@ -305,7 +305,7 @@ impl Session {
             wire: None,
             driver_deadline: None,
             driver_paused: false,
-            inline_since_step: false,
+            inline_since_input: false,
             close_wakers: WakerList::default(),
             drain_wakers: WakerList::default(),
             close_deadline: None,
@@ -377,6 +377,7 @@ impl Session {
     /// Octets received from the transport.
     pub fn handle_input(&self, data: &[u8], now: Instant) {
         let mut s = self.lock();
+        s.inline_since_input = false;
         s.conn.handle_input(data, now);
         s.dispatch();
     }
@@ -385,6 +386,7 @@ impl Session {
     /// streams as slices of `data`).
     pub fn handle_input_bytes(&self, data: Bytes, now: Instant) {
         let mut s = self.lock();
+        s.inline_since_input = false;
         s.conn.handle_input_bytes(data, now);
         s.dispatch();
     }
@@ -873,10 +875,11 @@ impl Shared {
     /// [`Shared::after_command`] for a command that ends a stream's data (end of stream, trailer,
     /// reset): nothing more of that stream is coming to batch with, so its frames are written from
     /// the commanding task at once if the driver is not polling ([`Shared::flush_inline`]) — once
-    /// per driver step. Further ends before the driver's next step leave their frames to it, which
-    /// writes them in one batch (one TLS record, one system call): at 64 concurrent proxied
-    /// requests, writing each request's frames on its own cost kas and agentk 14 % more CPU per
-    /// request (`scripts/bench.sh`'s service proxy, alternating builds).
+    /// per input the driver hands over. Further ends before the next input leave their frames to
+    /// the driver, which writes those that wait in one batch (one TLS record, one system call): at
+    /// 64 concurrent proxied requests, writing each request's frames on its own cost kas and
+    /// agentk about a fifth more CPU per request (`scripts/bench.sh`'s service proxy, alternating
+    /// builds). A request–answer exchange at a time still writes each end at once.
     fn after_end_command(&mut self) {
         self.after(true);
     }
@@ -889,10 +892,10 @@ impl Shared {
             self.drain_wakers.wake_all();
         }
         if self.conn.has_pending_transmit() || self.conn.is_closed() {
-            // One inline write between two driver steps: a second stream ending before the
-            // driver ran again means several are ending at once (many requests in flight), and the
-            // driver's run, queued behind the tasks already woken, writes them all together.
-            let inline = inline && !self.inline_since_step;
+            // One inline write per input read: a second stream ending before the peer sent
+            // anything more means several are ending at once (many requests in flight), and the
+            // driver's run, queued behind the tasks already woken, writes them together.
+            let inline = inline && !self.inline_since_input;
             if inline && !self.conn.is_closed() && self.flush_inline() {
                 return;
             }
@@ -918,7 +921,7 @@ impl Shared {
             Inline::Busy | Inline::Failed => return false,
             Inline::Written | Inline::Pending => {}
         }
-        self.inline_since_step = true;
+        self.inline_since_input = true;
         // Transmitting a stream's end can complete it, and with it a graceful close.
         self.dispatch();
         let deadline = match (self.conn.poll_timeout(), self.close_deadline) {
@@ -1134,7 +1137,6 @@ impl Shared {
         out_len: &mut usize,
         limit: usize,
     ) -> Step {
-        self.inline_since_step = false;
         if self.conn.poll_timeout().is_some_and(|t| t <= now) {
             self.conn.handle_timeout(now);
         }
