@@ -35,7 +35,8 @@
 //! Commands (write, read, open, finish, reset, close) run directly on the shared state under the lock and
 //! wake the driver only when they produced octets to transmit; a command that ends a stream's data
 //! (finish, trailer, reset) writes those octets from its own task instead when the driver is not
-//! polling, and still wakes it for anything it must act on (see `driver::InlineWrite`). Reading hands consumed octets back to
+//! polling — the first such end after each input read; later ones are left to the driver, which
+//! batches them — and still wakes it for anything it must act on (see `driver::InlineWrite`). Reading hands consumed octets back to
 //! flow control (`release_capacity`), so a slow reader slows its own stream's sender and nothing else.
 //! No async runtime is named here: tasks, timers and sockets come from the [`Runtime`] the caller passes.
 
